@@ -1,0 +1,76 @@
+"""The ``workbench`` command: a thin layer that parses arguments and calls the Python API.
+
+Each concern registers its own sub-commands from a small ``_cli.py`` module beside its code;
+this file only assembles them, configures logging and turns :class:`WorkbenchError` into a
+one-paragraph message and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from workbench.config import Settings, get_settings
+from workbench.exceptions import WorkbenchError
+
+__all__ = ["main", "settings_from_args"]
+
+logger = logging.getLogger(__name__)
+
+#: Modules that define ``register(subparsers)``; each adds its sub-commands.
+_COMMAND_MODULES = (
+    "workbench.broker._cli",
+    "workbench.data._cli",
+)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the environment with the global CLI options on top."""
+    return get_settings(home=args.home, kafka_bootstrap_servers=args.bootstrap_servers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for tests and ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="workbench",
+        description="Replay and analyse Redshift (Redset) query logs through Kafka.",
+    )
+    parser.add_argument("--home", help="WORKBENCH_HOME: where everything is written")
+    parser.add_argument(
+        "--bootstrap-servers",
+        help="KAFKA_BOOTSTRAP_SERVERS of an existing cluster (default: the managed local Kafka)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in _COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``workbench`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # Third-party chatter drowns the progress output at INFO.
+    for noisy in ("quixstreams", "kafka", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.DEBUG)
+    try:
+        return int(args.func(args) or 0)
+    except WorkbenchError as exc:
+        print(f"workbench: error: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's own voice
+        return 2
+    except KeyboardInterrupt:
+        print("workbench: interrupted", file=sys.stderr)  # noqa: T201
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""One settings object for the whole workbench.
+
+Precedence: explicit argument (``Settings(...)`` or ``settings.with_overrides(...)``, which the CLI
+uses), then environment variables, then defaults. Kafka settings use the standard
+``KAFKA_*`` names; everything else uses ``WORKBENCH_*``. Every path the product writes derives
+from ``WORKBENCH_HOME``, an absolute path, so nothing depends on the current directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["KAFKA_VERSION", "Settings", "get_settings"]
+
+KAFKA_VERSION = "4.1.2"
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+
+
+def _default_home() -> Path:
+    return platformdirs.user_data_path("pulse-workbench")
+
+
+def _default_cache() -> Path:
+    return platformdirs.user_cache_path("pulse-workbench")
+
+
+class Settings(BaseSettings):
+    """Workbench configuration, resolved once and then immutable.
+
+    Examples
+    --------
+    >>> s = Settings(home="/tmp/wb", kafka_port=19092)
+    >>> s.bootstrap_servers
+    '127.0.0.1:19092'
+    """
+
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, env_prefix="WORKBENCH_"
+    )
+
+    # --- paths -------------------------------------------------------------------------------
+    home: Path = Field(
+        default_factory=_default_home,
+        validation_alias="WORKBENCH_HOME",
+        description="Root of everything the workbench writes (data, state, stores, models, logs).",
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache,
+        validation_alias="WORKBENCH_CACHE_DIR",
+        description="Downloaded Kafka jars, fetched once and shared by every WORKBENCH_HOME.",
+    )
+    reports_dir: Path | None = Field(
+        default=None,
+        validation_alias="WORKBENCH_REPORTS_DIR",
+        description="Where `workbench report` writes; defaults to <home>/reports.",
+    )
+
+    # --- Kafka (standard names) ------------------------------------------------------------
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias="KAFKA_BOOTSTRAP_SERVERS",
+        description="An existing cluster. Unset: the workbench runs its own local Kafka.",
+    )
+    kafka_security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT",
+        validation_alias="KAFKA_SECURITY_PROTOCOL",
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        default=None, validation_alias="KAFKA_SASL_MECHANISM"
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None, validation_alias="KAFKA_SASL_USERNAME"
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, validation_alias="KAFKA_SASL_PASSWORD"
+    )
+
+    # --- the managed local broker ----------------------------------------------------------
+    kafka_port: int = Field(
+        default=9092,
+        ge=1,
+        le=65535,
+        validation_alias="WORKBENCH_KAFKA_PORT",
+        description="Client port of the local broker (the controller uses the next port).",
+    )
+    kafka_heap: str = Field(
+        default="1g", validation_alias="WORKBENCH_KAFKA_HEAP"
+    )
+
+    # --- topics ------------------------------------------------------------------------------
+    topic_query_events: str = "redshift.query_events"
+    topic_anomalies: str = "redshift.anomalies"
+    topic_dead_letter: str = "redshift.dead_letter"
+    topic_replay_control: str = "workbench.replay_control"
+    partitions: int = Field(
+        default=4, ge=1, le=1024, validation_alias="WORKBENCH_PARTITIONS"
+    )
+    retention_ms: int = Field(
+        default=14 * 24 * 3600 * 1000,
+        ge=60_000,
+        validation_alias="WORKBENCH_RETENTION_MS",
+        description="Retention of the event and anomaly topics (dead letters keep 4x longer).",
+    )
+
+    @field_validator("home", "cache_dir", "reports_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Resolve once, here, so that a later chdir cannot move where the workbench writes.
+        return None if value is None else value.expanduser().resolve()
+
+    # --- derived -----------------------------------------------------------------------------
+    @property
+    def manages_kafka(self) -> bool:
+        """True when no external cluster is configured and the workbench runs its own broker."""
+        return not self.kafka_bootstrap_servers
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The bootstrap address clients use."""
+        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def kafka_dir(self) -> Path:
+        """Storage, config and logs of the managed broker."""
+        return self.home / "kafka"
+
+    @property
+    def kafka_libs_dir(self) -> Path:
+        """Kafka jars for the pinned version."""
+        return self.cache_dir / f"kafka-{KAFKA_VERSION}" / "libs"
+
+    @property
+    def data_dir(self) -> Path:
+        """Input logs (generated or copied)."""
+        return self.home / "data"
+
+    @property
+    def state_dir(self) -> Path:
+        """Quix Streams state stores and replay positions."""
+        return self.home / "state"
+
+    @property
+    def shards_dir(self) -> Path:
+        """Arrow shards of every scored event."""
+        return self.home / "shards"
+
+    @property
+    def models_dir(self) -> Path:
+        """Model registry (one folder per version plus the current pointer)."""
+        return self.home / "models"
+
+    @property
+    def sqlite_path(self) -> Path:
+        """SQLite database of the stream analytics (``window_stats``)."""
+        return self.home / "stream_stats.sqlite"
+
+    @property
+    def archive_dir(self) -> Path:
+        """Parquet archive of windows older than the retention."""
+        return self.home / "archive"
+
+    @property
+    def lakehouse_dir(self) -> Path:
+        """DuckLake lakehouse (SQLite catalog plus Parquet data)."""
+        return self.home / "lakehouse"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Logs of background processes (broker, apps, training)."""
+        return self.home / "logs"
+
+    @property
+    def resolved_reports_dir(self) -> Path:
+        """Where reports are written."""
+        return self.reports_dir or self.home / "reports"
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """librdkafka settings shared by every producer, consumer and admin client."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            config["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password is not None:
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        return config
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with some fields replaced (``None`` values are ignored), revalidated."""
+        changes = {key: value for key, value in overrides.items() if value is not None}
+        if not changes:
+            return self
+        data = self.model_dump()
+        data.update(changes)
+        return type(self).model_validate(data)
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with explicit overrides on top (``None`` means "not given")."""
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})

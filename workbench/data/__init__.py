@@ -1,0 +1,1 @@
+"""Redset data: the schema, its validation, the message codec and a synthetic generator."""
