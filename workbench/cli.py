@@ -65,10 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except WorkbenchError as exc:
-        print(f"workbench: error: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's own voice
+        print(f"workbench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("workbench: interrupted", file=sys.stderr)  # noqa: T201
+        print("workbench: interrupted", file=sys.stderr)
         return 130
 
 

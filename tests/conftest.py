@@ -1,0 +1,74 @@
+"""Shared fixtures: one real Apache Kafka per test session, isolated homes and topics per test.
+
+Set KAFKA_BOOTSTRAP_SERVERS to run the suite against an existing cluster instead of the
+managed local broker.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from workbench.broker import LocalKafka, ensure_broker
+from workbench.config import Settings
+
+
+def _free_port_pair() -> int:
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(20000, 60000)
+        ok = True
+        for candidate in (port, port + 1):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", candidate))
+                except OSError:
+                    ok = False
+        if ok:
+            return port
+    msg = "no free port pair found for the test broker"
+    raise RuntimeError(msg)
+
+
+@pytest.fixture(scope="session")
+def kafka_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings of the session's broker (started here when no external cluster is configured)."""
+    home = tmp_path_factory.mktemp("kafka-home")
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        settings = Settings(home=home)
+        ensure_broker(settings, topics=False)
+        yield settings
+        return
+    settings = Settings(home=home, kafka_port=_free_port_pair(), kafka_heap="768m")
+    broker = LocalKafka(settings)
+    broker.start(timeout=120)
+    try:
+        yield settings
+    finally:
+        broker.stop()
+
+
+def isolated_settings(base: Settings, home: Path, **overrides: object) -> Settings:
+    """Settings on the session broker with a private home and private topic names."""
+    suffix = uuid.uuid4().hex[:8]
+    return base.with_overrides(
+        home=home,
+        kafka_bootstrap_servers=base.bootstrap_servers,
+        topic_query_events=f"redshift.query_events.{suffix}",
+        topic_anomalies=f"redshift.anomalies.{suffix}",
+        topic_dead_letter=f"redshift.dead_letter.{suffix}",
+        topic_replay_control=f"workbench.replay_control.{suffix}",
+        **overrides,
+    )
+
+
+@pytest.fixture
+def kafka_settings(kafka_base: Settings, tmp_path: Path) -> Settings:
+    """Per-test settings: the session's broker, a fresh WORKBENCH_HOME and fresh topics."""
+    return isolated_settings(kafka_base, tmp_path / "home")

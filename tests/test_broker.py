@@ -1,0 +1,95 @@
+"""The managed broker and topic provisioning, against the real session Kafka."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from workbench.broker import (
+    BrokerSetupError,
+    LocalKafka,
+    PortInUseError,
+    _runtime,
+    broker_status,
+    ensure_topics,
+    topic_specs,
+)
+from workbench.config import Settings
+
+
+def test_status_reports_running_broker_and_address(kafka_base: Settings) -> None:
+    status = broker_status(kafka_base)
+    assert status.running
+    assert status.bootstrap_servers == kafka_base.bootstrap_servers
+    assert kafka_base.bootstrap_servers in str(status)
+
+
+def test_topics_are_created_with_partitions_and_retention_idempotently(kafka_settings: Settings) -> None:
+    settings = kafka_settings.with_overrides(partitions=3)
+    created = ensure_topics(settings)
+    assert sorted(created) == sorted(spec.name for spec in topic_specs(settings))
+    assert ensure_topics(settings) == []  # second call changes nothing
+
+    admin = AdminClient(settings.kafka_client_config())
+    topics = admin.list_topics(timeout=10).topics
+    assert len(topics[settings.topic_query_events].partitions) == 3
+    assert len(topics[settings.topic_dead_letter].partitions) == 1
+    resource = ConfigResource("topic", settings.topic_query_events)
+    config = admin.describe_configs([resource])[resource].result()
+    assert config["retention.ms"].value == str(settings.retention_ms)
+
+    grown = settings.with_overrides(partitions=5)
+    ensure_topics(grown)
+    topics = admin.list_topics(timeout=10).topics
+    assert len(topics[settings.topic_query_events].partitions) == 5
+
+
+def test_port_in_use_gives_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        broker = LocalKafka(Settings(home=tmp_path, kafka_port=port))
+        with pytest.raises(PortInUseError, match=rf"Port {port} .* WORKBENCH_KAFKA_PORT"):
+            broker.start()
+
+
+def test_local_kafka_refuses_to_start_when_an_external_cluster_is_configured(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, kafka_bootstrap_servers="broker.example:9092")
+    with pytest.raises(Exception, match="never starts its own"):
+        LocalKafka(settings).start()
+
+
+def test_missing_java_is_one_clear_paragraph(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(BrokerSetupError, match="No Java runtime found.*version 17 or newer"):
+        _runtime.find_java()
+
+
+def test_missing_maven_is_one_clear_paragraph(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(BrokerSetupError, match="Maven .* not on PATH"):
+        _runtime.ensure_kafka_jars(Settings(home=tmp_path, cache_dir=tmp_path / "cache"))
+
+
+def test_stop_and_restart_keeps_topics(tmp_path: Path, kafka_base: Settings) -> None:
+    """A second, private broker: start, create topics, stop, start again, topics still there."""
+    from tests.conftest import _free_port_pair
+
+    settings = Settings(home=tmp_path, kafka_port=_free_port_pair(), kafka_heap="512m", cache_dir=kafka_base.cache_dir)
+    broker = LocalKafka(settings)
+    try:
+        broker.start(timeout=120)
+        ensure_topics(settings)
+        assert broker.stop()
+        assert not broker.status().running
+        assert not broker.stop()  # stopping twice is harmless
+        broker.start(timeout=120)
+        topics = AdminClient(settings.kafka_client_config()).list_topics(timeout=10).topics
+        assert settings.topic_query_events in topics
+    finally:
+        broker.stop()

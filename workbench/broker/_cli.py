@@ -1,0 +1,79 @@
+"""``workbench kafka start|stop|status|fetch`` and ``workbench topics``."""
+
+from __future__ import annotations
+
+import argparse
+
+from workbench.broker import (
+    LocalKafka,
+    broker_status,
+    ensure_broker,
+    ensure_kafka_jars,
+    ensure_topics,
+    topic_specs,
+)
+
+__all__ = ["register"]
+
+
+def _settings(args: argparse.Namespace):
+    from workbench.cli import settings_from_args
+
+    settings = settings_from_args(args)
+    if getattr(args, "port", None):
+        settings = settings.with_overrides(kafka_port=args.port)
+    return settings
+
+
+def _start(args: argparse.Namespace) -> int:
+    status = ensure_broker(_settings(args))
+    print(status)
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if not settings.manages_kafka:
+        print(f"external cluster at {settings.bootstrap_servers}: not managed, nothing to stop")
+        return 0
+    stopped = LocalKafka(settings).stop()
+    print("stopped" if stopped else "not running")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = broker_status(_settings(args))
+    print(status)
+    print(f"bootstrap servers: {status.bootstrap_servers}")
+    return 0 if status.running else 1
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    libs = ensure_kafka_jars(_settings(args))
+    print(f"Kafka jars ready in {libs}")
+    return 0
+
+
+def _topics(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    ensure_topics(settings)
+    for spec in topic_specs(settings):
+        print(f"{spec.name}: {spec.partitions} partitions, retention.ms={spec.config['retention.ms']}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the broker commands."""
+    kafka = subparsers.add_parser("kafka", help="manage the local Apache Kafka")
+    actions = kafka.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, func, help_text in (
+        ("start", _start, "start the local Kafka (or check the external cluster) and create topics"),
+        ("stop", _stop, "stop the local Kafka"),
+        ("status", _status, "print whether the broker runs and its bootstrap address"),
+        ("fetch", _fetch, "download the Kafka jars from Maven Central into the cache (once)"),
+    ):
+        parser = actions.add_parser(name, help=help_text)
+        parser.add_argument("--port", type=int, help="client port of the local broker (WORKBENCH_KAFKA_PORT)")
+        parser.set_defaults(func=func)
+    topics = subparsers.add_parser("topics", help="create or check the workbench's topics (idempotent)")
+    topics.set_defaults(func=_topics)

@@ -1,0 +1,300 @@
+"""A single-node Apache Kafka (KRaft) on 127.0.0.1 that the workbench starts and stops itself.
+
+Storage, configuration, pid file and logs live under ``<WORKBENCH_HOME>/kafka`` and
+``<WORKBENCH_HOME>/logs/kafka.log``; the jars come from the user's cache. The broker is a
+detached process, so it outlives the Python process that started it until ``stop()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench.broker._runtime import ensure_kafka_jars, find_java
+from workbench.broker.exceptions import BrokerError, BrokerUnavailableError, PortInUseError
+from workbench.config import KAFKA_VERSION, Settings
+
+__all__ = ["BrokerStatus", "LocalKafka", "wait_for_broker"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    """What ``workbench kafka status`` reports."""
+
+    bootstrap_servers: str
+    managed: bool
+    running: bool
+    pid: int | None = None
+    log_file: Path | None = None
+    brokers: int | None = None
+
+    def __str__(self) -> str:
+        where = "managed local Kafka" if self.managed else "external cluster"
+        state = "running" if self.running else "not running"
+        extra = f", pid {self.pid}" if self.pid else ""
+        log = f", log {self.log_file}" if self.log_file and self.managed else ""
+        return f"{where} at {self.bootstrap_servers}: {state}{extra}{log}"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child (started by this very process) still answers kill(0): reap it.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == 0
+
+
+def wait_for_broker(settings: Settings, timeout: float = 60.0) -> int:
+    """Block until the broker answers a metadata request; return the number of brokers."""
+    from confluent_kafka.admin import AdminClient
+
+    deadline = time.monotonic() + timeout
+    # log_level 2: the probe expects "connection refused" until the broker is up; don't print it.
+    admin = AdminClient({**settings.kafka_client_config(), "socket.connection.setup.timeout.ms": 2000, "log_level": 2})
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            metadata = admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            if metadata.brokers:
+                return len(metadata.brokers)
+        except Exception as exc:
+            last_error = exc
+        time.sleep(0.25)
+    msg = (
+        f"No Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f} s"
+        + (f" (last error: {last_error})" if last_error else "")
+        + (". Check `workbench kafka status` and the broker log." if settings.manages_kafka else
+           ". Check KAFKA_BOOTSTRAP_SERVERS and that the cluster is reachable.")
+    )
+    raise BrokerUnavailableError(msg)
+
+
+class LocalKafka:
+    """The workbench-managed single-node Kafka.
+
+    Parameters
+    ----------
+    settings : Settings
+        Supplies the port (``WORKBENCH_KAFKA_PORT``), ``WORKBENCH_HOME`` and the jar cache.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    # -- paths ------------------------------------------------------------------------------------
+    @property
+    def directory(self) -> Path:
+        return self.settings.kafka_dir
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "kafka.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.settings.logs_dir / "kafka.log"
+
+    @property
+    def controller_port(self) -> int:
+        return self.settings.kafka_port + 1
+
+    # -- state ------------------------------------------------------------------------------------
+    def pid(self) -> int | None:
+        """The broker's pid if it is running, else None (a stale pid file is removed)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        if _pid_alive(pid) and self._is_our_kafka(pid):
+            return pid
+        self.pid_file.unlink(missing_ok=True)
+        return None
+
+    def _is_our_kafka(self, pid: int) -> bool:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return True  # no /proc (macOS): trust the pid file
+        return b"kafka.Kafka" in cmdline
+
+    def status(self) -> BrokerStatus:
+        """Whether the broker runs and where."""
+        pid = self.pid()
+        return BrokerStatus(self.settings.bootstrap_servers, True, pid is not None, pid, self.log_file)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def _write_config(self) -> Path:
+        port, controller = self.settings.kafka_port, self.controller_port
+        data_dir = self.directory / "data"
+        config = self.directory / "server.properties"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config.write_text(
+            "\n".join(
+                [
+                    "# Written by the workbench on every start; edit WORKBENCH_* settings instead.",
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{controller}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"log.dirs={data_dir}",
+                    "num.partitions=1",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=8",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=false",
+                    "log.retention.check.interval.ms=60000",
+                    "message.max.bytes=16777216",
+                    "",
+                ]
+            )
+        )
+        log4j = self.directory / "log4j2.properties"
+        log4j.write_text(
+            "\n".join(
+                [
+                    "status = warn",
+                    "appender.file.type = File",
+                    "appender.file.name = FILE",
+                    f"appender.file.fileName = {self.log_file}",
+                    "appender.file.layout.type = PatternLayout",
+                    "appender.file.layout.pattern = [%d] %p %m (%c)%n",
+                    "rootLogger.level = INFO",
+                    "rootLogger.appenderRef.file.ref = FILE",
+                    "logger.kafka.name = kafka",
+                    "logger.kafka.level = INFO",
+                    "logger.state.name = state.change.logger",
+                    "logger.state.level = WARN",
+                    "",
+                ]
+            )
+        )
+        return config
+
+    def _java_command(self, java: str, libs: Path, main: str, *args: str) -> list[str]:
+        return [
+            java,
+            "-Xms256m",
+            f"-Xmx{self.settings.kafka_heap}",
+            "-XX:+UseG1GC",
+            "-XX:TieredStopAtLevel=1",  # faster start-up; the broker is not CPU-bound here
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.directory / 'log4j2.properties'}",
+            "-cp",
+            f"{libs}/*",
+            main,
+            *args,
+        ]
+
+    def _format_storage(self, java: str, libs: Path, config: Path) -> None:
+        if (self.directory / "data" / "meta.properties").exists():
+            return
+        cluster_id = uuid.uuid4().hex[:22]
+        command = self._java_command(java, libs, "kafka.tools.StorageTool",
+                                     "format", "-t", cluster_id, "-c", str(config), "--ignore-formatted")
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            msg = f"Formatting Kafka storage in {self.directory / 'data'} failed: {result.stderr.strip()[-800:]}"
+            raise BrokerError(msg)
+
+    def start(self, timeout: float = 90.0) -> BrokerStatus:
+        """Start the broker (no-op when it already runs) and wait until it answers."""
+        if not self.settings.manages_kafka:
+            msg = (
+                f"KAFKA_BOOTSTRAP_SERVERS is set ({self.settings.kafka_bootstrap_servers}), so the "
+                "workbench uses that cluster and never starts its own. Unset it to use the local Kafka."
+            )
+            raise BrokerError(msg)
+        if self.pid() is not None:
+            wait_for_broker(self.settings, timeout=timeout)
+            return self.status()
+        port = self.settings.kafka_port
+        for needed in (port, self.controller_port):
+            if not _port_free(needed):
+                msg = (
+                    f"Port {needed} on 127.0.0.1 is already in use, so the local Kafka cannot start "
+                    f"(it needs {port} for clients and {self.controller_port} for its controller). "
+                    "Stop the program using it, or choose another port with WORKBENCH_KAFKA_PORT."
+                )
+                raise PortInUseError(msg)
+        java = find_java()
+        libs = ensure_kafka_jars(self.settings)
+        config = self._write_config()
+        self._format_storage(java, libs, config)
+        self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        stdout = (self.settings.logs_dir / "kafka.stdout.log").open("ab")
+        command = self._java_command(java, libs, "kafka.Kafka", str(config))
+        logger.info("starting Kafka %s on %s", KAFKA_VERSION, self.settings.bootstrap_servers)
+        process = subprocess.Popen(
+            command, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=self.directory,
+        )
+        stdout.close()
+        self.pid_file.write_text(str(process.pid))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                msg = (f"Kafka exited during start-up with code {process.returncode}; "
+                       f"see {self.log_file} and {self.settings.logs_dir / 'kafka.stdout.log'}.")
+                raise BrokerError(msg)
+            try:
+                brokers = wait_for_broker(self.settings, timeout=2.0)
+            except BrokerUnavailableError:
+                continue
+            logger.info("Kafka ready at %s (pid %d)", self.settings.bootstrap_servers, process.pid)
+            return BrokerStatus(self.settings.bootstrap_servers, True, True, process.pid, self.log_file, brokers)
+        self.stop()
+        msg = f"Kafka did not become ready within {timeout:.0f} s; see {self.log_file}."
+        raise BrokerError(msg)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the broker cleanly (SIGTERM, then SIGKILL after ``timeout``). True if it ran."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        logger.info("stopping Kafka (pid %d)", pid)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _pid_alive(pid):
+            time.sleep(0.2)
+        if _pid_alive(pid):
+            logger.warning("Kafka did not stop within %.0f s; killing it", timeout)
+            os.kill(pid, signal.SIGKILL)
+            while _pid_alive(pid):
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+

@@ -1,0 +1,88 @@
+"""Topic provisioning in one place: names, partitions, retention. Idempotent."""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+from workbench.broker.exceptions import BrokerError
+from workbench.config import Settings
+
+__all__ = ["TopicSpec", "ensure_topics", "topic_specs"]
+
+logger = logging.getLogger(__name__)
+
+
+class TopicSpec:
+    """One topic the workbench needs."""
+
+    def __init__(self, name: str, partitions: int, config: dict[str, str]) -> None:
+        self.name = name
+        self.partitions = partitions
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"TopicSpec({self.name!r}, partitions={self.partitions}, config={self.config})"
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """The workbench's topics: events and anomalies keyed by instance_id, dead letters, control."""
+    retention = str(settings.retention_ms)
+    common = {"retention.ms": retention, "compression.type": "producer", "max.message.bytes": "16777216"}
+    return [
+        TopicSpec(settings.topic_query_events, settings.partitions, dict(common)),
+        TopicSpec(settings.topic_anomalies, settings.partitions, dict(common)),
+        # Dead letters are what someone must look at later: keep them four times longer.
+        TopicSpec(settings.topic_dead_letter, 1, {**common, "retention.ms": str(settings.retention_ms * 4)}),
+        # Replay commands: one partition keeps them ordered; compaction is not wanted (commands
+        # are events), a day of retention is plenty.
+        TopicSpec(settings.topic_replay_control, 1, {"retention.ms": str(24 * 3600 * 1000)}),
+    ]
+
+
+def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, timeout: float = 30.0) -> list[str]:
+    """Create missing topics and grow partition counts that are too small; return created names.
+
+    Existing topics keep their data and configuration. Partitions are never reduced (Kafka
+    cannot), and a topic with more partitions than configured is left as it is.
+    """
+    specs = specs or topic_specs(settings)
+    admin = AdminClient(settings.kafka_client_config())
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        msg = f"Cannot list topics at {settings.bootstrap_servers}: {exc}"
+        raise BrokerError(msg) from exc
+    to_create = [
+        NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=-1, config=spec.config)
+        for spec in specs
+        if spec.name not in existing
+    ]
+    created: list[str] = []
+    if to_create:
+        for name, future in admin.create_topics(to_create, request_timeout=timeout).items():
+            try:
+                future.result()
+                created.append(name)
+                logger.info("created topic %s", name)
+            except KafkaException as exc:
+                if exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
+                    continue
+                msg = f"Could not create topic {name!r} at {settings.bootstrap_servers}: {exc}"
+                raise BrokerError(msg) from exc
+    grow = [
+        NewPartitions(spec.name, spec.partitions)
+        for spec in specs
+        if spec.name in existing and len(existing[spec.name].partitions) < spec.partitions
+    ]
+    if grow:
+        for name, future in admin.create_partitions(grow, request_timeout=timeout).items():
+            try:
+                future.result()
+                logger.info("grew topic %s to the configured partition count", name)
+            except KafkaException as exc:
+                msg = f"Could not add partitions to {name!r}: {exc}"
+                raise BrokerError(msg) from exc
+    return created

@@ -1,0 +1,23 @@
+"""Errors about the Kafka broker the workbench uses or manages."""
+
+from __future__ import annotations
+
+from workbench.exceptions import WorkbenchError
+
+__all__ = ["BrokerError", "BrokerSetupError", "BrokerUnavailableError", "PortInUseError"]
+
+
+class BrokerError(WorkbenchError, RuntimeError):
+    """Something went wrong with the Kafka broker."""
+
+
+class BrokerSetupError(BrokerError):
+    """The local Kafka cannot be installed or started: a prerequisite is missing."""
+
+
+class PortInUseError(BrokerError):
+    """The port the local broker wants is taken by another program."""
+
+
+class BrokerUnavailableError(BrokerError):
+    """No broker answers at the configured bootstrap address."""
