@@ -1,0 +1,350 @@
+"""Tumbling-window aggregation math for the stream analytics (pulse-study 3.3), as mergeable partials.
+
+The streaming app turns each Arrow batch into small per-``(instance_id, window_start)`` partial
+aggregates (:func:`partial_aggregates`), keeps only partials in window state and combines them with
+:func:`merge`, which is associative and commutative, so that the order in which partials arrive (or
+a re-delivery split across batches) cannot change the result. :func:`finalize` turns a partial into
+the ``window_stats`` output row.
+
+A partial is a plain JSON-safe ``dict`` (ints, strings and a ``dict[str, int]`` histogram), so it
+survives any state serializer. Keys:
+
+``instance_id``, ``window_start_ms``, ``window_ms``
+    The window identity; ``window_start_ms = floor(arrival_ms / window_ms) * window_ms`` (UTC).
+``cluster_size``, ``cluster_size_at_ms``
+    The last non-null ``cluster_size`` by arrival time (ties: later rows win), and its arrival
+    time; ``None`` / ``-1`` when none was seen.
+``total_queries`` and ``normal_queries``, ``cpu_bound_queries``, ``io_bound_queries``,
+``network_bound_queries``, ``queue_wlm_bound_queries``
+    Row counts (see :mod:`workbench.analysis.classify`).
+``spilled_mb``, ``queue_ms``, ``exec_ms``
+    Exact integer sums (nulls count as 0).
+``exec_count``, ``exec_min_ms``, ``exec_max_ms``, ``exec_hist``
+    Non-null execution times: count, exact min/max, and a histogram with
+    :data:`HIST_BINS_PER_DECADE` log-spaced bins per decade (keys are bin numbers as strings).
+``anomalies``
+    Always 0 here; the ML side counts anomalies.
+``first_arrival_ms``, ``last_arrival_ms``
+    Earliest and latest arrival time seen in the window.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from workbench.analysis.classify import CLASSES, CLASSIFY_COLUMNS, classify_codes
+from workbench.analysis.exceptions import AnalysisError, MissingColumnsError
+
+__all__ = [
+    "CLASS_COUNT_KEYS",
+    "DEFAULT_WINDOW_MS",
+    "HIST_BINS_PER_DECADE",
+    "HIST_MAX_MS",
+    "WindowMergeError",
+    "finalize",
+    "hist_bin",
+    "hist_quantile",
+    "merge",
+    "merge_all",
+    "partial_aggregates",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WINDOW_MS: Final = 600_000
+#: Histogram resolution: bin edges are 10 ** (k / 20) ms, i.e. ~12 % wide; quantiles are reported
+#: at the bin's geometric middle (error at most ~6 %) and clipped to the exact min/max.
+HIST_BINS_PER_DECADE: Final = 20
+#: Times from this value up share the last bin (1e8 ms is about 28 hours).
+HIST_MAX_MS: Final = 100_000_000
+_LAST_BIN: Final = round(math.log10(HIST_MAX_MS) * HIST_BINS_PER_DECADE) + 1
+#: ``<class>_queries`` count keys, in :data:`~workbench.analysis.classify.CLASSES` order.
+CLASS_COUNT_KEYS: Final[tuple[str, ...]] = tuple(f"{c}_queries" for c in CLASSES)
+_NEEDED: Final = ("instance_id", "arrival_timestamp", "cluster_size", *CLASSIFY_COLUMNS)
+_SUM_KEYS: Final = ("total_queries", *CLASS_COUNT_KEYS, "spilled_mb", "queue_ms", "exec_ms", "exec_count",
+                    "anomalies")
+
+
+class WindowMergeError(AnalysisError, ValueError):
+    """Two partials of different windows were merged."""
+
+
+def hist_bin(exec_ms: np.ndarray) -> np.ndarray:
+    """Histogram bin of each execution time (ms): 0 below 1 ms, then 20 per decade, capped.
+
+    Parameters
+    ----------
+    exec_ms : numpy.ndarray
+        Non-negative times in ms.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int64`` bin numbers in ``[0, 161]``.
+    """
+    values = np.asarray(exec_ms, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bins = np.floor(np.log10(np.maximum(values, 1.0)) * HIST_BINS_PER_DECADE).astype(np.int64) + 1
+    bins = np.where(values < 1.0, 0, bins)
+    return np.clip(bins, 0, _LAST_BIN)
+
+
+def _bin_middle(b: int) -> float:
+    if b <= 0:
+        return 0.5
+    return 10.0 ** ((b - 0.5) / HIST_BINS_PER_DECADE)
+
+
+def hist_quantile(agg: Mapping[str, Any], q: float = 0.95) -> float | None:
+    """Approximate quantile of the execution time from a partial's histogram (nearest rank).
+
+    Parameters
+    ----------
+    agg : Mapping
+        A partial aggregate.
+    q : float
+        Quantile in ``(0, 1]``.
+
+    Returns
+    -------
+    float or None
+        The quantile in ms, ``None`` when no execution time was seen.
+    """
+    if not 0.0 < q <= 1.0:
+        msg = f"The quantile q must be in (0, 1]. Got {q!r} instead."
+        raise AnalysisError(msg)
+    n = int(agg["exec_count"])
+    if n == 0:
+        return None
+    rank = max(1, math.ceil(q * n))
+    seen = 0
+    for key in sorted(agg["exec_hist"], key=int):
+        seen += int(agg["exec_hist"][key])
+        if seen >= rank:
+            value = _bin_middle(int(key))
+            return float(min(max(value, agg["exec_min_ms"]), agg["exec_max_ms"]))
+    return float(agg["exec_max_ms"])  # unreachable when the histogram and count agree
+
+
+def _arrival_ms(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+    col = batch.column(batch.schema.get_field_index("arrival_timestamp"))
+    typ = col.type
+    if pa.types.is_timestamp(typ):
+        micros = pc.cast(pc.cast(col, pa.timestamp("us", tz=typ.tz)), pa.int64())
+        return np.floor_divide(micros.to_numpy(zero_copy_only=False), 1000)
+    if pa.types.is_integer(typ):  # already epoch ms
+        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+    msg = (f"arrival_timestamp must be a timestamp (UTC) or epoch-ms integer column. Got {typ} instead. "
+           "Decode messages with workbench.data.codec.decode_values.")
+    raise AnalysisError(msg)
+
+
+def _ints(batch: pa.RecordBatch | pa.Table, name: str) -> np.ndarray:
+    col = batch.column(batch.schema.get_field_index(name))
+    return pc.fill_null(pc.cast(col, pa.int64()), 0).to_numpy(zero_copy_only=False)
+
+
+def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAULT_WINDOW_MS) -> list[dict]:
+    """Per ``(instance_id, window_start)`` partial aggregates of one batch of rows.
+
+    Parameters
+    ----------
+    batch : pyarrow.RecordBatch or pyarrow.Table
+        Redset rows in arrival order (``instance_id``, ``arrival_timestamp``, ``cluster_size`` and the
+        classifier's columns are needed).
+    window_ms : int
+        Tumbling window length in ms (default 10 minutes).
+
+    Returns
+    -------
+    list of dict
+        One partial per window present in the batch, sorted by instance then window start.
+        Rows with a null ``instance_id`` or ``arrival_timestamp`` are skipped (and logged).
+    """
+    if window_ms <= 0:
+        msg = f"window_ms must be a positive number of milliseconds. Got {window_ms!r} instead."
+        raise AnalysisError(msg)
+    missing = tuple(n for n in _NEEDED if batch.schema.get_field_index(n) < 0)
+    if missing:
+        msg = f"partial_aggregates needs the columns {list(_NEEDED)}; the batch lacks {list(missing[:5])}."
+        raise MissingColumnsError(msg, missing=missing)
+    if batch.num_rows == 0:
+        return []
+    inst_col = batch.column(batch.schema.get_field_index("instance_id"))
+    ts_col = batch.column(batch.schema.get_field_index("arrival_timestamp"))
+    valid = ~np.asarray(pc.or_(pc.is_null(inst_col), pc.is_null(ts_col)).to_numpy(zero_copy_only=False),
+                        dtype=bool)
+    if not valid.all():
+        logger.warning("skipping rows without instance_id or arrival_timestamp count=%d", int((~valid).sum()))
+        batch = batch.filter(pa.array(valid))
+        if batch.num_rows == 0:
+            return []
+
+    instance = _ints(batch, "instance_id")
+    arrival = _arrival_ms(batch)
+    start = np.floor_divide(arrival, window_ms) * window_ms
+    codes = classify_codes(batch).astype(np.int64)
+    spilled = _ints(batch, "mbytes_spilled")
+    queue = _ints(batch, "queue_duration_ms")
+    exec_col = batch.column(batch.schema.get_field_index("execution_duration_ms"))
+    exec_valid = ~np.asarray(pc.is_null(exec_col).to_numpy(zero_copy_only=False), dtype=bool)
+    exec_ms = _ints(batch, "execution_duration_ms")
+    size_col = batch.column(batch.schema.get_field_index("cluster_size"))
+    size_valid = ~np.asarray(pc.is_null(size_col).to_numpy(zero_copy_only=False), dtype=bool)
+    size = _ints(batch, "cluster_size")
+    bins = hist_bin(exec_ms)
+
+    # Stable sort by (instance, window): keeps arrival order inside each group.
+    order = np.lexsort((start, instance))
+    inst_s, start_s = instance[order], start[order]
+    boundary = np.ones(len(order), dtype=bool)
+    boundary[1:] = (inst_s[1:] != inst_s[:-1]) | (start_s[1:] != start_s[:-1])
+    group_starts = np.flatnonzero(boundary)
+    group_ends = np.append(group_starts[1:], len(order))
+
+    out: list[dict] = []
+    for g0, g1 in zip(group_starts, group_ends, strict=True):
+        idx = order[g0:g1]
+        counts = np.bincount(codes[idx], minlength=len(CLASSES))
+        arr = arrival[idx]
+        ev = exec_valid[idx]
+        ex = exec_ms[idx][ev]
+        hist_b, hist_c = np.unique(bins[idx][ev], return_counts=True)
+        sv = size_valid[idx]
+        cluster_size: int | None = None
+        cluster_at = -1
+        if sv.any():
+            sized = np.flatnonzero(sv)
+            # latest arrival wins; among equal arrivals the later row (stable argmax on reversed order)
+            arr_sized = arr[sized]
+            best = sized[len(sized) - 1 - int(np.argmax(arr_sized[::-1]))]
+            cluster_size, cluster_at = int(size[idx][best]), int(arr[best])
+        agg: dict[str, Any] = {
+            "instance_id": int(inst_s[g0]),
+            "window_start_ms": int(start_s[g0]),
+            "window_ms": int(window_ms),
+            "cluster_size": cluster_size,
+            "cluster_size_at_ms": cluster_at,
+            "total_queries": len(idx),
+            **{key: int(c) for key, c in zip(CLASS_COUNT_KEYS, counts, strict=True)},
+            "spilled_mb": int(spilled[idx].sum()),
+            "queue_ms": int(queue[idx].sum()),
+            "exec_ms": int(exec_ms[idx].sum()),
+            "exec_count": len(ex),
+            "exec_min_ms": int(ex.min()) if len(ex) else None,
+            "exec_max_ms": int(ex.max()) if len(ex) else None,
+            "exec_hist": {str(int(b)): int(c) for b, c in zip(hist_b, hist_c, strict=True)},
+            "anomalies": 0,
+            "first_arrival_ms": int(arr.min()),
+            "last_arrival_ms": int(arr.max()),
+        }
+        out.append(agg)
+    return out
+
+
+def _opt(fn: Any, a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return fn(a, b)
+
+
+def merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Combine two partials of the same window (associative and commutative; inputs are not changed).
+
+    Parameters
+    ----------
+    a, b : Mapping
+        Partials from :func:`partial_aggregates` or :func:`merge`; ``b`` wins ``cluster_size`` ties.
+
+    Returns
+    -------
+    dict
+        The combined partial.
+
+    Raises
+    ------
+    WindowMergeError
+        If ``a`` and ``b`` belong to different windows.
+    """
+    key_a = (a["instance_id"], a["window_start_ms"], a["window_ms"])
+    key_b = (b["instance_id"], b["window_start_ms"], b["window_ms"])
+    if key_a != key_b:
+        msg = (f"merge combines partials of one window (instance_id, window_start_ms, window_ms); got {key_a} "
+               f"and {key_b}. Group partials by that key first (see merge_all).")
+        raise WindowMergeError(msg)
+    out: dict[str, Any] = {"instance_id": key_a[0], "window_start_ms": key_a[1], "window_ms": key_a[2]}
+    if b["cluster_size"] is not None and (a["cluster_size"] is None
+                                          or b["cluster_size_at_ms"] >= a["cluster_size_at_ms"]):
+        out["cluster_size"], out["cluster_size_at_ms"] = b["cluster_size"], b["cluster_size_at_ms"]
+    else:
+        out["cluster_size"], out["cluster_size_at_ms"] = a["cluster_size"], a["cluster_size_at_ms"]
+    for key in _SUM_KEYS:
+        out[key] = int(a[key]) + int(b[key])
+    out["exec_min_ms"] = _opt(min, a["exec_min_ms"], b["exec_min_ms"])
+    out["exec_max_ms"] = _opt(max, a["exec_max_ms"], b["exec_max_ms"])
+    hist = dict(a["exec_hist"])
+    for k, c in b["exec_hist"].items():
+        hist[k] = hist.get(k, 0) + int(c)
+    out["exec_hist"] = hist
+    out["first_arrival_ms"] = min(a["first_arrival_ms"], b["first_arrival_ms"])
+    out["last_arrival_ms"] = max(a["last_arrival_ms"], b["last_arrival_ms"])
+    return out
+
+
+def merge_all(partials: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Merge any number of partials by window key; result sorted by (instance_id, window_start_ms)."""
+    acc: dict[tuple[int, int, int], dict[str, Any]] = {}
+    for p in partials:
+        key = (p["instance_id"], p["window_start_ms"], p["window_ms"])
+        acc[key] = merge(acc[key], p) if key in acc else dict(p)
+    return [acc[k] for k in sorted(acc)]
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def finalize(agg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``window_stats`` output row of a (fully merged) partial.
+
+    Parameters
+    ----------
+    agg : Mapping
+        A partial aggregate.
+
+    Returns
+    -------
+    dict
+        ``window_start``, ``window_end`` (tz-aware UTC datetimes), ``instance_id``, ``cluster_size``
+        (``None`` when unknown), ``total_queries``, the five ``<class>_queries`` counts,
+        ``total_spilled_mb``, ``total_queue_time_ms``, ``total_exec_time_ms`` (exact ints),
+        ``p95_exec_time_ms`` (approximate, ``None`` without execution times), ``max_exec_time_ms``,
+        ``anomalies``, ``first_arrival``, ``last_arrival`` (UTC datetimes).
+    """
+    start = int(agg["window_start_ms"])
+    return {
+        "window_start": _dt(start),
+        "window_end": _dt(start + int(agg["window_ms"])),
+        "instance_id": int(agg["instance_id"]),
+        "cluster_size": agg["cluster_size"],
+        "total_queries": int(agg["total_queries"]),
+        **{key: int(agg[key]) for key in CLASS_COUNT_KEYS},
+        "total_spilled_mb": int(agg["spilled_mb"]),
+        "total_queue_time_ms": int(agg["queue_ms"]),
+        "total_exec_time_ms": int(agg["exec_ms"]),
+        "p95_exec_time_ms": hist_quantile(agg, 0.95),
+        "max_exec_time_ms": agg["exec_max_ms"],
+        "anomalies": int(agg["anomalies"]),
+        "first_arrival": _dt(int(agg["first_arrival_ms"])),
+        "last_arrival": _dt(int(agg["last_arrival_ms"])),
+    }
