@@ -1,0 +1,130 @@
+"""SQLite window_stats store: upsert idempotency, reads, late events, retention archive."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from workbench.analysis.windows import finalize, merge_all, partial_aggregates
+from workbench.data.schema import REDSET_SCHEMA
+from workbench.store.exceptions import RowValidationError, StoreClosedError
+from workbench.store.window_stats import WindowStatsStore
+
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def window_rows(days: int = 10, per_day: int = 6, instances: int = 3) -> list[dict[str, Any]]:
+    rows = []
+    for d in range(days):
+        for w in range(per_day):
+            start = T0 + timedelta(days=d, minutes=10 * w)
+            for i in range(instances):
+                rows.append({"instance_id": 2**40 + i, "window_start": start,
+                             "window_end": start + timedelta(minutes=10), "cluster_size": 4,
+                             "total_queries": 10 + d, "normal_queries": 10 + d, "total_spilled_mb": 2**40,
+                             "p95_exec_time_ms": 12.5})
+    return rows
+
+
+def test_upsert_twice_is_idempotent(tmp_path: Path) -> None:
+    rows = window_rows()
+    with WindowStatsStore(tmp_path / "s.sqlite") as store:
+        store.upsert(rows)
+        first = store.read()
+        store.upsert(rows)
+        second = store.read()
+        assert store.count() == len(rows)
+    assert first.drop_columns(["updated_at"]).equals(second.drop_columns(["updated_at"]))
+    assert first.column("total_spilled_mb")[0].as_py() == 2**40  # 64-bit exact
+
+
+def test_upsert_replaces_values(tmp_path: Path) -> None:
+    row = window_rows(1, 1, 1)[0]
+    with WindowStatsStore(tmp_path / "s.sqlite") as store:
+        store.upsert([row])
+        store.upsert([{**row, "total_queries": 99}])
+        assert store.read().column("total_queries").to_pylist() == [99]
+
+
+def test_from_finalize_and_filters(tmp_path: Path) -> None:
+    batch = pa.RecordBatch.from_pylist(
+        [{"instance_id": 7, "cluster_size": 2, "arrival_timestamp": T0 + timedelta(minutes=m),
+          "execution_duration_ms": 100, "query_type": "select", "was_cached": False, "mbytes_scanned": 1,
+          "mbytes_spilled": 0, "queue_duration_ms": 0, "num_joins": 0, "num_scans": 1,
+          "num_aggregations": 0} for m in range(60)],
+        schema=pa.schema([REDSET_SCHEMA.field(n).with_nullable(True) for n in (
+            "instance_id", "cluster_size", "arrival_timestamp", "execution_duration_ms", "query_type",
+            "was_cached", "mbytes_scanned", "mbytes_spilled", "queue_duration_ms", "num_joins", "num_scans",
+            "num_aggregations")]))
+    out = [finalize(p) for p in merge_all(partial_aggregates(batch))]
+    with WindowStatsStore(tmp_path / "s.sqlite") as store:
+        assert store.upsert(out) == 6
+        t = store.read(start=T0 + timedelta(minutes=10), end=T0 + timedelta(minutes=30), instances=[7])
+        assert t.num_rows == 2
+        assert t.schema.field("window_start").type.tz == "UTC"
+        assert store.read(instances=[8]).num_rows == 0
+        assert store.newest_window_start() == T0 + timedelta(minutes=50)
+
+
+def test_naive_datetime_rejected(tmp_path: Path) -> None:
+    row = window_rows(1, 1, 1)[0]
+    with WindowStatsStore(tmp_path / "s.sqlite") as store, pytest.raises(RowValidationError, match="naive"):
+        store.upsert([{**row, "window_start": datetime(2024, 3, 1)}])
+    with WindowStatsStore(tmp_path / "s.sqlite") as store, pytest.raises(RowValidationError, match="lacks"):
+        store.upsert([{"instance_id": 1}])
+
+
+def test_closed_store_explains() -> None:
+    with pytest.raises(StoreClosedError, match="open"):
+        WindowStatsStore("/nonexistent/x.sqlite").count()
+
+
+def test_pragmas_and_late_events(tmp_path: Path) -> None:
+    with WindowStatsStore(tmp_path / "s.sqlite") as store:
+        assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        store.record_late(5, T0, 2)
+        store.record_late(5, T0, 3)
+        late = store.late_events()
+        assert late.column("late_count").to_pylist() == [5]
+
+
+def test_archive_idempotent_and_crash_safe(tmp_path: Path) -> None:
+    rows = window_rows(days=10)
+    archive = tmp_path / "archive"
+    with WindowStatsStore(tmp_path / "s.sqlite", archive_dir=archive) as store:
+        store.upsert(rows)
+        total = store.count()
+        result = store.archive_older_than(3)
+        # newest window starts on day 9 at 00:50 -> cutoff day 6 00:50
+        assert result.cutoff == T0 + timedelta(days=6, minutes=50)
+        assert result.rows > 0
+        assert store.count() + result.rows == total
+        again = store.archive_older_than(3)
+        assert again.rows == 0 and again.files == ()
+        archived = sum(pq.read_table(f).num_rows for f in archive.glob("*.parquet"))
+        assert archived == result.rows
+        # Simulate a crash after writing Parquet but before deleting: put the rows back, archive again.
+        store.upsert([r for r in rows if r["window_start"] < result.cutoff])
+        store.archive_older_than(3)
+        archived_after = sum(pq.read_table(f).num_rows for f in archive.glob("*.parquet"))
+        assert archived_after == result.rows
+        assert sorted(p.name for p in archive.iterdir())[0] == "window_stats_2024-03-01.parquet"
+        assert not list(archive.glob("*.tmp-*"))
+
+
+def test_upsert_throughput(tmp_path: Path) -> None:
+    rows = window_rows(days=50, per_day=144, instances=3)[:20_000]
+    with WindowStatsStore(tmp_path / "s.sqlite") as store:
+        t = time.perf_counter()
+        for i in range(0, len(rows), 1000):
+            store.upsert(rows[i:i + 1000])
+        rate = len(rows) / (time.perf_counter() - t)
+    print(f"upsert rows/s: {rate:,.0f}")
+    assert rate > 5_000
