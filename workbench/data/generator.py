@@ -685,6 +685,6 @@ def generate(
         first_arrival=dt.datetime.fromtimestamp((first_ts or epoch_us) / 1e6, tz=dt.UTC),
         last_arrival=dt.datetime.fromtimestamp((last_ts or epoch_us) / 1e6, tz=dt.UTC),
     )
-    logger.info("generated path=\"%s\" rows=%d anomalies=%d seconds=%.1f", out, total_rows,
+    logger.debug("generated path=\"%s\" rows=%d anomalies=%d seconds=%.1f", out, total_rows,
                 total_anomalies, seconds)
     return summary
