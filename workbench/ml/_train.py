@@ -1,0 +1,202 @@
+"""Training: window of events -> features -> regressors -> ONNX -> parity -> calibration -> registry."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from workbench.config import Settings
+from workbench.data.schema import COLUMNS
+from workbench.ml.detector import ResidualDetector
+from workbench.ml.exceptions import TrainingError
+from workbench.ml.features import SIGNALS, FeatureBuilder, _log_signal
+from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
+from workbench.ml.registry import ModelRegistry
+
+__all__ = ["TrainResult", "load_log_window", "train_day", "train_table", "window_days_of"]
+
+logger = logging.getLogger(__name__)
+
+MIN_ROWS = 500
+PARITY_TOLERANCE = 1e-3
+PARITY_ROWS = 5000
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one training produced."""
+
+    version: str
+    seconds: float
+    rows: int
+    meta: dict[str, Any]
+
+
+def window_days_of(day: dt.date, window_days: int) -> list[dt.date]:
+    """The ``window_days`` days ending with ``day`` (inclusive)."""
+    if window_days < 1:
+        msg = f"window_days must be >= 1. Got {window_days} instead."
+        raise ValueError(msg)
+    return [day - dt.timedelta(days=k) for k in range(window_days - 1, -1, -1)]
+
+
+def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
+    """Rows of a Parquet query log whose UTC arrival day is in the window ending at ``day``."""
+    days = window_days_of(day, window_days)
+    start = dt.datetime.combine(days[0], dt.time(), dt.UTC)
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC)
+    dataset = ds.dataset(str(path), format="parquet")
+    ts = ds.field("arrival_timestamp")
+    start_s = pa.scalar(start, pa.timestamp("us", tz="UTC"))
+    end_s = pa.scalar(end, pa.timestamp("us", tz="UTC"))
+    return dataset.to_table(filter=(ts >= start_s) & (ts < end_s))
+
+
+def _library_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import skl2onnx
+    import sklearn
+
+    return {"scikit-learn": sklearn.__version__, "skl2onnx": skl2onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+            "numpy": np.__version__, "pyarrow": pa.__version__}
+
+
+def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days: int = 7,
+                max_rows: int = 400_000, seed: int = 0, holdout_fraction: float = 0.15,
+                alert_rate: float = 0.005, parity_tolerance: float = PARITY_TOLERANCE,
+                model_params: dict[str, Any] | None = None, parent: str | None = None,
+                set_current: bool = True) -> TrainResult:
+    """Train, export, check and register a version from the events of one window.
+
+    Parameters
+    ----------
+    models_dir : Path
+        Registry root (``settings.models_dir``).
+    table : Table
+        Events of the window (Redset columns; others are ignored). Aborted rows and rows
+        without execution time are dropped.
+    day : date
+        Last day of the window (names the version).
+    max_rows : int, default=400_000
+        Seeded uniform sample cap.
+    holdout_fraction : float, default=0.15
+        Share of rows held out for parity, regression metrics and detector calibration.
+    alert_rate : float, default=0.005
+        The detector's target alert rate (see :class:`ResidualDetector`).
+    """
+    t_start = time.perf_counter()
+    registry = ModelRegistry(models_dir)
+    parent = parent if parent is not None else registry.current()
+    table = table.select([c for c in COLUMNS if c in table.column_names])
+    keep = pc.and_(pc.is_valid(table.column("execution_duration_ms")),
+                   pc.invert(pc.fill_null(table.column("was_aborted"), False)))
+    table = table.filter(keep)
+    raw_rows = table.num_rows
+    if raw_rows < MIN_ROWS:
+        msg = (f"Training for {day} needs at least {MIN_ROWS} non-aborted rows in the {window_days}-day "
+               f"window; got {raw_rows}. Wait for more events or widen window_days.")
+        raise TrainingError(msg)
+    rng = np.random.default_rng(seed)
+    if raw_rows > max_rows:
+        table = table.take(np.sort(rng.choice(raw_rows, max_rows, replace=False)))
+    n = table.num_rows
+    perm = rng.permutation(n)
+    n_hold = max(int(n * holdout_fraction), 200)
+    hold_idx, train_idx = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
+    train, hold = table.take(train_idx), table.take(hold_idx)
+
+    t0 = time.perf_counter()
+    builder = FeatureBuilder(seed=seed)
+    X = builder.fit_transform(train)
+    y = _log_signal(train, "exec")
+    t_feat = time.perf_counter() - t0
+    model = DurationModel(random_state=seed, **(model_params or {})).fit(X, y)
+    t_fit = time.perf_counter() - t0 - t_feat
+
+    with registry.staging() as staged:
+        t1 = time.perf_counter()
+        (staged / "mean.onnx").write_bytes(export_onnx(model.mean_, X.shape[1]))
+        (staged / "quantile.onnx").write_bytes(export_onnx(model.quantile_model_, X.shape[1]))
+        feature_state = builder.save(staged)
+        t_export = time.perf_counter() - t1
+        pair = OnnxPair(staged / "mean.onnx", staged / "quantile.onnx")
+        X_hold, refs = builder.transform_with_references(hold)
+        sample = X_hold[:PARITY_ROWS]
+        parity = parity_max_abs_diff(model, pair, sample, tolerance=parity_tolerance)
+        mean_log, q_log = pair.predict_log(X_hold)
+        observed = {s: _log_signal(hold, s) for s in SIGNALS}
+        detector = ResidualDetector(alert_rate=alert_rate, quantile=model.quantile)
+        z = detector.residuals(observed, mean_log, q_log, refs)
+        detector.fit(z)
+        _, alert, _ = detector.decide(z)
+        y_hold = observed["exec"]
+        holdout = {
+            "rows": len(y_hold),
+            "MAE(log)": float(np.mean(np.abs(y_hold - mean_log))),
+            "q90 coverage": float(np.mean(y_hold <= q_log)),
+            "alert rate": float(np.mean(alert)),
+        }
+        seconds = time.perf_counter() - t_start
+        meta = {
+            "parent": parent,
+            "window_days": [d.isoformat() for d in window_days_of(day, window_days)],
+            "rows": {"window": int(raw_rows), "trained": len(train_idx), "holdout": int(n_hold)},
+            "seed": seed,
+            "features": feature_state,
+            "feature_list": list(builder.feature_names_),
+            "hyper_parameters": model.get_params(),
+            "n_iter": model.n_iter_,
+            "onnx": {"mean": "mean.onnx", "quantile": "quantile.onnx", "target_opset": 17,
+                     "input": "X", "shape": [None, int(X.shape[1])]},
+            "parity_max_abs_diff": parity,
+            "parity_tolerance": parity_tolerance,
+            "detector": detector.to_dict(),
+            "holdout_metrics": holdout,
+            "library_versions": _library_versions(),
+            "training_seconds": round(seconds, 3),
+            "timings": {"features": round(t_feat, 3), "fit": round(t_fit, 3), "export": round(t_export, 3),
+                        "fit_mean": round(model.fit_seconds_["mean"], 3),
+                        "fit_quantile": round(model.fit_seconds_["quantile"], 3)},
+        }
+        version = registry.publish(staged, day, meta)
+    if set_current:
+        registry.set_current(version)
+    logger.info("training done version=%s day=%s rows=%d seconds=%.1f parity=%.2g holdout=%s",
+                version, day, n, seconds, parity, holdout)
+    return TrainResult(version=version, seconds=seconds, rows=n, meta=meta)
+
+
+def train_day(settings: Settings, day: dt.date, *, window_days: int = 7, max_rows: int = 400_000,
+              seed: int = 0, data: Path | None = None, **kwargs: Any) -> TrainResult:
+    """Train on the shards (or the Parquet log ``data``) of ``[day - window_days + 1, day]``.
+
+    Registers the version and makes it current; on any failure the previous version stays
+    current. Extra keyword arguments go to :func:`train_table`.
+    """
+    from workbench.store.shards import read_shards
+
+    if data is not None:
+        table = load_log_window(Path(data), day, window_days)
+        source = str(data)
+    else:
+        table = read_shards(settings.shards_dir, days=window_days_of(day, window_days), columns=list(COLUMNS))
+        source = str(settings.shards_dir)
+    logger.info("training window loaded day=%s window_days=%d rows=%d source=%s",
+                day, window_days, table.num_rows, source)
+    if table.num_rows == 0:
+        msg = (f"No events for the training window ending {day} ({window_days} days) in {source}. "
+               "Check the day, or that the pipeline has written shards.")
+        raise TrainingError(msg)
+    return train_table(settings.models_dir, table, day, window_days=window_days, max_rows=max_rows,
+                       seed=seed, **kwargs)

@@ -1,0 +1,435 @@
+"""Pre-execution features, computed column-wise from Arrow data (never row by row).
+
+The model sees one ``float32`` matrix ``[N, F]`` (:attr:`FeatureBuilder.feature_names_`):
+
+* what is known before a query runs: query type (ordinal code learned at fit), plan counts,
+  table counts parsed from the comma-separated id lists, compile time, cluster size, arrival
+  hour and day of week (UTC), missing-value indicators;
+* the history of the query's fingerprint on its instance in the training window: how often it
+  ran (log count), median, IQR and 90th percentile of ``log1p(execution_duration_ms)``, median
+  ``log1p(mbytes_scanned)``; plus the same execution statistics per instance as a fallback.
+
+History statistics are stored with the model version as Parquet lookup tables, keyed by
+``(instance_id, feature_fingerprint)`` and ``instance_id``. During ``fit_transform`` the
+training rows get *out-of-fold* history (statistics from the other folds), so a rare
+fingerprint's own runtime never leaks into its features.
+
+The same lookup supplies the detector's references for the observed signals (queue time,
+scanned and spilled MB) via :meth:`FeatureBuilder.references`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from workbench.ml.exceptions import ColumnMismatchError, NotFittedError
+
+__all__ = [
+    "FEATURE_NAMES",
+    "INPUT_COLUMNS",
+    "OBSERVED_COLUMNS",
+    "SIGNALS",
+    "FeatureBuilder",
+    "check_columns",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Columns the features are computed from (all known before execution).
+INPUT_COLUMNS: tuple[str, ...] = (
+    "instance_id",
+    "cluster_size",
+    "arrival_timestamp",
+    "compile_duration_ms",
+    "feature_fingerprint",
+    "query_type",
+    "num_permanent_tables_accessed",
+    "num_external_tables_accessed",
+    "num_system_tables_accessed",
+    "read_table_ids",
+    "write_table_ids",
+    "num_joins",
+    "num_scans",
+    "num_aggregations",
+)
+
+#: Observed signals (known after execution): the target and the detector's other residuals.
+SIGNALS: dict[str, str] = {
+    "exec": "execution_duration_ms",
+    "queue": "queue_duration_ms",
+    "scan": "mbytes_scanned",
+    "spill": "mbytes_spilled",
+}
+OBSERVED_COLUMNS: tuple[str, ...] = tuple(SIGNALS.values())
+
+_COUNT_COLUMNS = (
+    "num_permanent_tables_accessed",
+    "num_external_tables_accessed",
+    "num_system_tables_accessed",
+    "num_joins",
+    "num_scans",
+    "num_aggregations",
+)
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "query_type_code",
+    *_COUNT_COLUMNS,
+    "compile_duration_ms",
+    "cluster_size",
+    "read_table_count",
+    "write_table_count",
+    "arrival_hour",
+    "arrival_dow",
+    "fp_log_count",
+    "fp_med_log_exec",
+    "fp_iqr_log_exec",
+    "fp_p90_log_exec",
+    "fp_med_log_scan",
+    "inst_med_log_exec",
+    "inst_iqr_log_exec",
+    "fp_is_missing",
+    "fp_is_unseen",
+    "cluster_size_is_missing",
+    "compile_duration_ms_is_missing",
+)
+
+#: Statistics kept per group: (signal, quantile, name).
+_STATS: tuple[tuple[str, float, str], ...] = (
+    *[(s, q, f"{tag}_{s}") for s in SIGNALS for q, tag in ((0.25, "q25"), (0.5, "med"), (0.75, "q75"))],
+    ("exec", 0.9, "p90_exec"),
+)
+_MISSING = -1.0  # sentinel for unknown numeric values (every real value is >= 0)
+_FP_TABLE = "fingerprint_stats.parquet"
+_INSTANCE_TABLE = "instance_stats.parquet"
+
+
+def check_columns(columns: list[str] | tuple[str, ...], required: tuple[str, ...], *,
+                  what: str = "model") -> None:
+    """Raise :class:`ColumnMismatchError` when ``columns`` lacks any of ``required``.
+
+    The error lists the missing names and the input names the model does not know (at most
+    five each), like scikit-learn's feature-name check.
+    """
+    present = set(columns)
+    missing = [c for c in required if c not in present]
+    if missing:
+        known = set(required) | set(OBSERVED_COLUMNS)
+        unseen = [c for c in columns if c not in known]
+        raise ColumnMismatchError(missing=missing, unseen=unseen, what=what)
+
+
+def _as_table(data: pa.Table | pa.RecordBatch) -> pa.Table:
+    return pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
+
+
+def _num(table: pa.Table, name: str) -> np.ndarray:
+    """A column as float64 with NaN for nulls."""
+    col = table.column(name)
+    return col.to_numpy(zero_copy_only=False).astype(np.float64, copy=False) if col.null_count == 0 \
+        else pc.fill_null(pc.cast(col, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+
+
+def _log_signal(table: pa.Table, signal: str) -> np.ndarray:
+    """``log1p`` of an observed signal; nulls and negatives count as 0."""
+    values = np.nan_to_num(_num(table, SIGNALS[signal]), nan=0.0)
+    return np.log1p(np.clip(values, 0.0, None))
+
+
+def _id_count(table: pa.Table, name: str) -> np.ndarray:
+    """Number of ids in a comma-separated list (0 for null or empty)."""
+    col = pc.utf8_trim_whitespace(pc.cast(table.column(name), pa.string()))
+    commas = pc.count_substring(col, ",")
+    nonempty = pc.greater(pc.utf8_length(col), 0)
+    count = pc.if_else(nonempty, pc.add(commas, 1), 0)
+    return pc.fill_null(count, 0).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _fp_keys(table: pa.Table) -> pa.ChunkedArray:
+    """``"<instance_id>|<fingerprint>"``; null when the fingerprint is null."""
+    inst = pc.cast(table.column("instance_id"), pa.string())
+    return pc.binary_join_element_wise(inst, pc.cast(table.column("feature_fingerprint"), pa.string()), "|")
+
+
+def _group_quantiles(codes: np.ndarray, values: np.ndarray, n_groups: int,
+                     qs: tuple[float, ...]) -> np.ndarray:
+    """Per-group linear-interpolated quantiles, ``[n_groups, len(qs)]`` (NaN for empty groups)."""
+    order = np.lexsort((values, codes))
+    v = values[order]
+    counts = np.bincount(codes, minlength=n_groups)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    out = np.full((n_groups, len(qs)), np.nan)
+    has = counts > 0
+    last = max(len(v) - 1, 0)
+    for j, q in enumerate(qs):
+        pos = starts + q * np.maximum(counts - 1, 0)
+        lo = np.clip(np.floor(pos).astype(np.int64), 0, last)
+        hi = np.clip(np.ceil(pos).astype(np.int64), 0, last)
+        frac = pos - np.floor(pos)
+        if len(v):
+            out[has, j] = (v[lo] + (v[hi] - v[lo]) * frac)[has]
+    return out
+
+
+def _stats(codes: np.ndarray, logs: dict[str, np.ndarray], n_groups: int) -> dict[str, np.ndarray]:
+    """Count plus every statistic of :data:`_STATS` for each group code."""
+    result: dict[str, np.ndarray] = {"n": np.bincount(codes, minlength=n_groups).astype(np.float64)}
+    for signal in SIGNALS:
+        wanted = [(q, name) for s, q, name in _STATS if s == signal]
+        table = _group_quantiles(codes, logs[signal], n_groups, tuple(q for q, _ in wanted))
+        for j, (_, name) in enumerate(wanted):
+            result[name] = table[:, j]
+    return result
+
+
+@dataclass
+class _Lookup:
+    """History statistics of each input row (NaN where the group is unknown)."""
+
+    fp: dict[str, np.ndarray]
+    inst: dict[str, np.ndarray]
+    fp_missing: np.ndarray
+    fp_unseen: np.ndarray
+
+
+class FeatureBuilder:
+    """Learns categories and history tables from a training window; builds the model matrix.
+
+    Parameters
+    ----------
+    n_folds : int, default=5
+        Folds for the out-of-fold history features of the training rows.
+    min_history : int, default=3
+        Runs of a fingerprint needed before its own statistics serve as a detector reference
+        (otherwise the instance's statistics are used).
+    seed : int, default=0
+        Seed of the fold assignment.
+    """
+
+    def __init__(self, *, n_folds: int = 5, min_history: int = 3, seed: int = 0) -> None:
+        self.n_folds = n_folds
+        self.min_history = min_history
+        self.seed = seed
+
+    # --- fitting --------------------------------------------------------------------------
+    def fit(self, data: pa.Table | pa.RecordBatch) -> FeatureBuilder:
+        """Learn query-type codes and the history tables from a training window."""
+        self.fit_transform(data)
+        return self
+
+    def fit_transform(self, data: pa.Table | pa.RecordBatch) -> np.ndarray:
+        """Fit, then return the training matrix with out-of-fold history features."""
+        table = _as_table(data)
+        check_columns(table.column_names, INPUT_COLUMNS + OBSERVED_COLUMNS, what="feature builder")
+        if self.n_folds < 2:
+            msg = f"The 'n_folds' parameter of FeatureBuilder must be >= 2. Got {self.n_folds} instead."
+            raise ValueError(msg)
+        n = table.num_rows
+        qtypes = pc.unique(pc.drop_null(pc.cast(table.column("query_type"), pa.string())))
+        self.categories_: list[str] = sorted(qtypes.to_pylist())
+        logs = {s: _log_signal(table, s) for s in SIGNALS}
+
+        # Group codes for (instance, fingerprint) and instance.
+        keys = _fp_keys(table).combine_chunks()
+        encoded = pc.dictionary_encode(keys)
+        fp_codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        fp_dict = encoded.dictionary
+        inst_values = _num(table, "instance_id").astype(np.int64)
+        inst_ids, inst_codes = np.unique(inst_values, return_inverse=True)
+
+        has_fp = fp_codes >= 0
+        full_fp = _stats(fp_codes[has_fp], {s: v[has_fp] for s, v in logs.items()}, len(fp_dict))
+        full_inst = _stats(inst_codes, logs, len(inst_ids))
+
+        # Stored lookup tables (full window).
+        split = pc.split_pattern(fp_dict, "|", max_splits=1)
+        self.fp_table_ = pa.table(
+            {
+                "instance_id": pc.cast(pc.list_element(split, 0), pa.int64()),
+                "feature_fingerprint": pc.list_element(split, 1),
+                **{k: pa.array(v) for k, v in full_fp.items()},
+            }
+        )
+        self.instance_table_ = pa.table(
+            {"instance_id": pa.array(inst_ids), **{k: pa.array(v) for k, v in full_inst.items()}}
+        )
+        self.global_: dict[str, float] = {
+            name: float(np.quantile(logs[s], q)) for s, q, name in _STATS
+        }
+        self._build_index()
+        self.feature_names_: tuple[str, ...] = FEATURE_NAMES
+        self.input_columns_: tuple[str, ...] = INPUT_COLUMNS
+
+        # Out-of-fold history for the training rows.
+        rng = np.random.default_rng(self.seed)
+        folds = rng.integers(0, self.n_folds, n)
+        fp_oof = {k: np.full(n, np.nan) for k in full_fp}
+        scale = self.n_folds / (self.n_folds - 1)
+        for k in range(self.n_folds):
+            inside = folds == k
+            train = has_fp & ~inside
+            st = _stats(fp_codes[train], {s: v[train] for s, v in logs.items()}, len(fp_dict))
+            rows = inside & has_fp
+            for name, values in st.items():
+                fp_oof[name][rows] = values[fp_codes[rows]]
+        fp_oof["n"] = fp_oof["n"] * scale
+        seen = fp_oof["n"] > 0
+        for name in fp_oof:
+            if name != "n":
+                fp_oof[name][~seen] = np.nan
+        lookup = _Lookup(
+            fp=fp_oof,
+            inst={k: v[inst_codes] for k, v in full_inst.items()},
+            fp_missing=~has_fp,
+            fp_unseen=has_fp & ~seen,
+        )
+        return self._matrix(table, lookup)
+
+    # --- persistence ----------------------------------------------------------------------
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Write the lookup tables into ``directory``; return the JSON-able rest of the state."""
+        self._check_fitted("save")
+        pq.write_table(self.fp_table_, directory / _FP_TABLE, compression="zstd")
+        pq.write_table(self.instance_table_, directory / _INSTANCE_TABLE, compression="zstd")
+        return {
+            "params": {"n_folds": self.n_folds, "min_history": self.min_history, "seed": self.seed},
+            "categories": self.categories_,
+            "global": self.global_,
+            "feature_names": list(self.feature_names_),
+            "input_columns": list(self.input_columns_),
+            "tables": [_FP_TABLE, _INSTANCE_TABLE],
+        }
+
+    @classmethod
+    def load(cls, directory: Path, state: dict[str, Any]) -> FeatureBuilder:
+        """Rebuild a fitted builder from :meth:`save`'s files and returned state."""
+        builder = cls(**state["params"])
+        builder.categories_ = list(state["categories"])
+        builder.global_ = {k: float(v) for k, v in state["global"].items()}
+        builder.feature_names_ = tuple(state["feature_names"])
+        builder.input_columns_ = tuple(state["input_columns"])
+        builder.fp_table_ = pq.read_table(directory / _FP_TABLE)
+        builder.instance_table_ = pq.read_table(directory / _INSTANCE_TABLE)
+        builder._build_index()
+        return builder
+
+    # --- transforming ---------------------------------------------------------------------
+    def transform(self, data: pa.Table | pa.RecordBatch) -> np.ndarray:
+        """The ``float32`` model matrix ``[N, F]`` of new rows (history from the stored tables)."""
+        self._check_fitted("transform")
+        table = _as_table(data)
+        check_columns(table.column_names, self.input_columns_)
+        return self._matrix(table, self._lookup(table))
+
+    def transform_with_references(self, data: pa.Table | pa.RecordBatch
+                                  ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """:meth:`transform` plus the detector references (see :meth:`references`)."""
+        self._check_fitted("transform_with_references")
+        table = _as_table(data)
+        check_columns(table.column_names, self.input_columns_)
+        lookup = self._lookup(table)
+        return self._matrix(table, lookup), self._references(lookup)
+
+    def references(self, data: pa.Table | pa.RecordBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Expected ``log1p`` level and spread of each observed signal, per row.
+
+        Returns ``{signal: (median, iqr)}`` from the fingerprint's history when it ran at least
+        ``min_history`` times in the window, else from the instance's, else global.
+        """
+        self._check_fitted("references")
+        table = _as_table(data)
+        check_columns(table.column_names, self.input_columns_)
+        return self._references(self._lookup(table))
+
+    # --- internals ------------------------------------------------------------------------
+    def _check_fitted(self, method: str) -> None:
+        if not hasattr(self, "fp_table_"):
+            msg = (f"This FeatureBuilder is not fitted yet; call 'fit' (or FeatureBuilder.load) "
+                   f"before '{method}'.")
+            raise NotFittedError(msg)
+
+    def _build_index(self) -> None:
+        t = self.fp_table_
+        self._fp_keys = pc.binary_join_element_wise(
+            pc.cast(t.column("instance_id"), pa.string()), t.column("feature_fingerprint"), "|"
+        ).combine_chunks()
+        self._fp_cols = {name: t.column(name).to_numpy() for name in t.column_names[2:]}
+        self._inst_ids = self.instance_table_.column("instance_id").to_numpy()
+        order = np.argsort(self._inst_ids)
+        self._inst_ids = self._inst_ids[order]
+        self._inst_cols = {name: self.instance_table_.column(name).to_numpy()[order]
+                           for name in self.instance_table_.column_names[1:]}
+        self._qtype_set = pa.array(self.categories_, pa.string())
+
+    def _lookup(self, table: pa.Table) -> _Lookup:
+        n = table.num_rows
+        keys = _fp_keys(table)
+        idx = pc.index_in(keys, value_set=self._fp_keys)
+        idx_np = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        found = idx_np >= 0
+        fp = {}
+        for name, col in self._fp_cols.items():
+            values = np.full(n, np.nan)
+            values[found] = col[idx_np[found]]
+            fp[name] = values
+        inst = _num(table, "instance_id").astype(np.int64)
+        pos = np.clip(np.searchsorted(self._inst_ids, inst), 0, max(len(self._inst_ids) - 1, 0))
+        inst_found = self._inst_ids[pos] == inst if len(self._inst_ids) else np.zeros(n, bool)
+        inst_stats = {}
+        for name, col in self._inst_cols.items():
+            values = np.full(n, np.nan)
+            values[inst_found] = col[pos[inst_found]]
+            inst_stats[name] = values
+        fp_missing = pc.is_null(keys).to_numpy(zero_copy_only=False)
+        return _Lookup(fp=fp, inst=inst_stats, fp_missing=fp_missing, fp_unseen=~fp_missing & ~found)
+
+    def _references(self, lookup: _Lookup) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        use_fp = np.nan_to_num(lookup.fp["n"], nan=0.0) >= self.min_history
+        refs = {}
+        for signal in SIGNALS:
+            med = np.where(use_fp, lookup.fp[f"med_{signal}"], lookup.inst[f"med_{signal}"])
+            iqr = np.where(use_fp, lookup.fp[f"q75_{signal}"] - lookup.fp[f"q25_{signal}"],
+                           lookup.inst[f"q75_{signal}"] - lookup.inst[f"q25_{signal}"])
+            med = np.where(np.isnan(med), self.global_[f"med_{signal}"], med)
+            glob_iqr = self.global_[f"q75_{signal}"] - self.global_[f"q25_{signal}"]
+            iqr = np.where(np.isnan(iqr), glob_iqr, iqr)
+            refs[signal] = (med, iqr)
+        return refs
+
+    def _matrix(self, table: pa.Table, lookup: _Lookup) -> np.ndarray:
+        n = table.num_rows
+        out = np.empty((n, len(FEATURE_NAMES)), dtype=np.float32)
+        qtype = pc.cast(table.column("query_type"), pa.string())
+        code = pc.fill_null(pc.index_in(qtype, value_set=self._qtype_set), -1)
+        cols: list[np.ndarray] = [code.to_numpy(zero_copy_only=False).astype(np.float64)]
+        cols += [_num(table, c) for c in _COUNT_COLUMNS]
+        compile_ms = _num(table, "compile_duration_ms")
+        cluster = _num(table, "cluster_size")
+        cols += [compile_ms, cluster, _id_count(table, "read_table_ids"), _id_count(table, "write_table_ids")]
+        ts = table.column("arrival_timestamp")
+        cols += [pc.hour(ts).to_numpy(zero_copy_only=False).astype(np.float64),
+                 pc.day_of_week(ts).to_numpy(zero_copy_only=False).astype(np.float64)]
+        fp_n = np.nan_to_num(lookup.fp["n"], nan=0.0)
+        cols += [
+            np.where(lookup.fp_missing, _MISSING, np.log1p(fp_n)),
+            lookup.fp["med_exec"],
+            lookup.fp["q75_exec"] - lookup.fp["q25_exec"],
+            lookup.fp["p90_exec"],
+            lookup.fp["med_scan"],
+            lookup.inst["med_exec"],
+            lookup.inst["q75_exec"] - lookup.inst["q25_exec"],
+            lookup.fp_missing.astype(np.float64),
+            lookup.fp_unseen.astype(np.float64),
+            np.isnan(cluster).astype(np.float64),
+            np.isnan(compile_ms).astype(np.float64),
+        ]
+        for j, values in enumerate(cols):
+            out[:, j] = np.where(np.isnan(values), _MISSING, values)
+        return out

@@ -1,0 +1,155 @@
+"""Runtime regressors: a mean and a q-quantile HistGradientBoosting model on ``log1p(ms)``.
+
+Both models take the one ``float32`` matrix built by :class:`~workbench.ml.features.FeatureBuilder`
+(categoricals are already ordinal codes, so no native categorical split is needed: skl2onnx
+ignores those). :func:`export_onnx` writes one ONNX graph per model (opset 17, dynamic batch,
+one input ``X`` of shape ``[N, F]``); :class:`OnnxPair` runs them with ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from sklearn.ensemble import HistGradientBoostingRegressor
+
+from workbench.ml.exceptions import NotFittedError, ParityError
+
+__all__ = ["DurationModel", "OnnxPair", "export_onnx", "parity_max_abs_diff"]
+
+logger = logging.getLogger(__name__)
+
+TARGET_OPSET = 17
+
+
+class DurationModel:
+    """Mean and upper-quantile regressors of ``log1p(execution_duration_ms)``.
+
+    Parameters
+    ----------
+    quantile : float, default=0.9
+        Quantile of the second model; its distance to the mean model is the per-query spread
+        the detector standardises residuals with.
+    max_iter, learning_rate, max_leaf_nodes, min_samples_leaf, l2_regularization
+        Passed to both :class:`~sklearn.ensemble.HistGradientBoostingRegressor`.
+    n_iter_no_change : int, default=10
+        Early-stopping patience (on a 10 % validation split).
+    random_state : int, default=0
+        Seed of both models.
+    """
+
+    def __init__(self, *, quantile: float = 0.9, max_iter: int = 200, learning_rate: float = 0.1,
+                 max_leaf_nodes: int = 31, min_samples_leaf: int = 50, l2_regularization: float = 0.1,
+                 n_iter_no_change: int = 10, random_state: int = 0) -> None:
+        self.quantile = quantile
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.max_leaf_nodes = max_leaf_nodes
+        self.min_samples_leaf = min_samples_leaf
+        self.l2_regularization = l2_regularization
+        self.n_iter_no_change = n_iter_no_change
+        self.random_state = random_state
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters (for ``model.json``)."""
+        return {k: getattr(self, k) for k in ("quantile", "max_iter", "learning_rate", "max_leaf_nodes",
+                                             "min_samples_leaf", "l2_regularization", "n_iter_no_change",
+                                             "random_state")}
+
+    def _hgb(self, **loss: Any) -> HistGradientBoostingRegressor:
+        return HistGradientBoostingRegressor(
+            max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
+            min_samples_leaf=self.min_samples_leaf, l2_regularization=self.l2_regularization,
+            early_stopping=True, validation_fraction=0.1, n_iter_no_change=self.n_iter_no_change,
+            random_state=self.random_state, **loss,
+        )
+
+    def fit(self, X: np.ndarray, y_log: np.ndarray) -> DurationModel:
+        """Fit both models on features ``X`` and the log target ``y_log``."""
+        if not 0.5 < self.quantile < 1.0:
+            msg = f"The 'quantile' parameter of DurationModel must be in (0.5, 1). Got {self.quantile}."
+            raise ValueError(msg)
+        t0 = time.perf_counter()
+        self.mean_ = self._hgb(loss="squared_error").fit(X, y_log)
+        t1 = time.perf_counter()
+        self.quantile_model_ = self._hgb(loss="quantile", quantile=self.quantile).fit(X, y_log)
+        t2 = time.perf_counter()
+        self.fit_seconds_ = {"mean": t1 - t0, "quantile": t2 - t1}
+        self.n_iter_ = {"mean": int(self.mean_.n_iter_), "quantile": int(self.quantile_model_.n_iter_)}
+        logger.info("duration models fitted rows=%d mean_s=%.1f quantile_s=%.1f iters=%s",
+                    len(y_log), t1 - t0, t2 - t1, self.n_iter_)
+        return self
+
+    def predict_log(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """sklearn predictions ``(mean, quantile)`` in log space."""
+        if not hasattr(self, "mean_"):
+            msg = "This DurationModel is not fitted yet; call 'fit' before 'predict_log'."
+            raise NotFittedError(msg)
+        return self.mean_.predict(X), self.quantile_model_.predict(X)
+
+
+def export_onnx(estimator: HistGradientBoostingRegressor, n_features: int) -> bytes:
+    """Serialised ONNX graph of a fitted regressor: input ``X`` float32 ``[N, n_features]``."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    onx = to_onnx(estimator, initial_types=[("X", FloatTensorType([None, n_features]))],
+                  target_opset=TARGET_OPSET)
+    return onx.SerializeToString()
+
+
+class OnnxPair:
+    """ONNX Runtime sessions of the mean and quantile models (CPU, bounded intra-op threads).
+
+    Parameters
+    ----------
+    mean, quantile : bytes or Path
+        The two serialised graphs (or their files).
+    intra_op_threads : int, default=2
+        ONNX Runtime intra-op threads; inter-op parallelism is off (one session call at a time).
+    """
+
+    def __init__(self, mean: bytes | Path, quantile: bytes | Path, *, intra_op_threads: int = 2) -> None:
+        self.mean = mean
+        self.quantile = quantile
+        self.intra_op_threads = intra_op_threads
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self._sessions = [
+            ort.InferenceSession(str(m) if isinstance(m, Path) else m, sess_options=opts,
+                                 providers=["CPUExecutionProvider"])
+            for m in (mean, quantile)
+        ]
+
+    def predict_log(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ONNX predictions ``(mean, quantile)`` in log space (float64)."""
+        if len(X) == 0:
+            empty = np.zeros(0)
+            return empty, empty
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        out = [s.run(None, {"X": X})[0].reshape(-1).astype(np.float64) for s in self._sessions]
+        return out[0], out[1]
+
+
+def parity_max_abs_diff(model: DurationModel, pair: OnnxPair, X: np.ndarray, *,
+                        tolerance: float | None = None) -> float:
+    """Largest ``|sklearn - ONNX|`` over both models on ``X`` (log space).
+
+    Raises :class:`ParityError` when ``tolerance`` is given and exceeded.
+    """
+    sk_mean, sk_q = model.predict_log(X)
+    ox_mean, ox_q = pair.predict_log(X)
+    diff = float(max(np.max(np.abs(sk_mean - ox_mean), initial=0.0),
+                     np.max(np.abs(sk_q - ox_q), initial=0.0)))
+    if tolerance is not None and not diff <= tolerance:
+        msg = (f"The ONNX export does not reproduce the sklearn models: max |diff| in log space is "
+               f"{diff:.3g} on {len(X)} holdout rows, above the tolerance {tolerance:g}. The version is "
+               "not registered; check the skl2onnx/onnxruntime versions (pinned in pyproject.toml).")
+        raise ParityError(msg)
+    return diff

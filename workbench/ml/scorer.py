@@ -1,0 +1,204 @@
+"""Scoring with ONNX Runtime: features, both regressors, the detector, model hot swap.
+
+:class:`Scorer` follows the registry's ``CURRENT`` pointer. Each :meth:`Scorer.score` call first
+``stat``\\ s the pointer (inode, mtime, size: microseconds); when it changed, the new version is
+loaded (~10 ms) and used from that call on, so a retraining never pauses the stream and no batch
+is scored by a half-loaded model. Loaded versions are cached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from workbench.ml.detector import ResidualDetector
+from workbench.ml.exceptions import ModelNotFoundError
+from workbench.ml.features import (
+    INPUT_COLUMNS,
+    OBSERVED_COLUMNS,
+    SIGNALS,
+    FeatureBuilder,
+    _as_table,
+    _log_signal,
+    check_columns,
+)
+from workbench.ml.models import OnnxPair
+from workbench.ml.registry import MODEL_JSON, ModelRegistry
+
+__all__ = ["EXTRA_FIELDS", "SCORE_FIELDS", "LoadedModel", "Scorer"]
+
+logger = logging.getLogger(__name__)
+
+#: Columns every scored batch (and shard) carries; null while unscored.
+SCORE_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("pred_mean_ms", pa.float64()),
+    pa.field("pred_q_ms", pa.float64()),
+    pa.field("score", pa.float64()),
+    pa.field("is_anomaly", pa.bool_()),
+    pa.field("reason", pa.string()),
+    pa.field("model_version", pa.string()),
+)
+#: Extra per-query values for the anomaly topic (not stored in shards).
+EXTRA_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("expected_ms", pa.float64()),  # the fingerprint's (or instance's) median runtime
+    pa.field("exec_ratio", pa.float64()),  # actual / predicted mean runtime
+)
+_ALL_SCORE_NAMES = {f.name for f in SCORE_FIELDS + EXTRA_FIELDS}
+_BASE_REQUIRED = INPUT_COLUMNS + OBSERVED_COLUMNS
+
+
+@dataclass
+class LoadedModel:
+    """One registered version, ready to score."""
+
+    version: str
+    meta: dict[str, Any]
+    features: FeatureBuilder
+    regressors: OnnxPair
+    detector: ResidualDetector
+
+    @classmethod
+    def load(cls, registry: ModelRegistry, version: str, *, intra_op_threads: int = 2,
+             verify: bool = True) -> LoadedModel:
+        """Load a version's files (SHA-256 checked when ``verify``)."""
+        folder = registry.path(version)
+        if verify:
+            registry.verify(version)
+        meta = json.loads((folder / MODEL_JSON).read_text())
+        features = FeatureBuilder.load(folder, meta["features"])
+        pair = OnnxPair(folder / meta["onnx"]["mean"], folder / meta["onnx"]["quantile"],
+                        intra_op_threads=intra_op_threads)
+        detector = ResidualDetector.from_dict(meta["detector"])
+        return cls(version=version, meta=meta, features=features, regressors=pair, detector=detector)
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        """Input columns a batch must have."""
+        return self.features.input_columns_ + OBSERVED_COLUMNS
+
+    def predict(self, data: pa.Table | pa.RecordBatch) -> dict[str, np.ndarray]:
+        """All per-row model outputs as numpy arrays (see :data:`SCORE_FIELDS`)."""
+        table = _as_table(data)
+        check_columns(table.column_names, self.required_columns)
+        X, refs = self.features.transform_with_references(table)
+        mean_log, q_log = self.regressors.predict_log(X)
+        observed = {s: _log_signal(table, s) for s in SIGNALS}
+        z = self.detector.residuals(observed, mean_log, q_log, refs)
+        score, alert, reason = self.detector.decide(z)
+        pred_mean = np.expm1(np.clip(mean_log, 0.0, 50.0))
+        exec_ms = np.expm1(observed["exec"])
+        return {
+            "pred_mean_ms": pred_mean,
+            "pred_q_ms": np.expm1(np.clip(q_log, 0.0, 50.0)),
+            "score": score,
+            "is_anomaly": alert,
+            "reason": reason,
+            "model_version": np.full(len(score), self.version, dtype=object),
+            "expected_ms": np.expm1(refs["exec"][0]),
+            "exec_ratio": exec_ms / np.maximum(pred_mean, 1.0),
+            "mean_log": mean_log,
+            "q_log": q_log,
+        }
+
+
+def _append(table: pa.Table, values: dict[str, np.ndarray] | None) -> pa.RecordBatch:
+    keep = [n for n in table.column_names if n not in _ALL_SCORE_NAMES]
+    table = table.select(keep)
+    n = table.num_rows
+    for field in SCORE_FIELDS + EXTRA_FIELDS:
+        arr = pa.nulls(n, field.type) if values is None else pa.array(values[field.name], field.type)
+        table = table.append_column(field, arr)
+    batches = table.combine_chunks().to_batches()
+    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
+
+
+class Scorer:
+    """Scores Arrow batches with the current (or a pinned) model version.
+
+    Parameters
+    ----------
+    models_dir : Path
+        ``settings.models_dir``.
+    version : str, optional
+        Pin one version; ``None`` follows ``CURRENT`` and hot-swaps when it changes.
+    intra_op_threads : int, default=2
+        ONNX Runtime threads per session.
+    """
+
+    def __init__(self, models_dir: Path, *, version: str | None = None, intra_op_threads: int = 2) -> None:
+        self.models_dir = Path(models_dir)
+        self.pinned_version = version
+        self.intra_op_threads = intra_op_threads
+        self._registry = ModelRegistry(self.models_dir)
+        self._cache: dict[str, LoadedModel] = {}
+        self._stamp: tuple[int, int, int] | None = None
+        self._model: LoadedModel | None = None
+
+    @property
+    def version(self) -> str | None:
+        """The version the next :meth:`score` call uses (after checking the pointer)."""
+        self.refresh()
+        return self._model.version if self._model else None
+
+    @property
+    def model(self) -> LoadedModel | None:
+        """The loaded model (``None`` while no version exists)."""
+        self.refresh()
+        return self._model
+
+    def refresh(self) -> bool:
+        """Load the current version if the pointer changed; True when the model changed."""
+        if self.pinned_version is not None:
+            if self._model is None:
+                self._model = self._load(self.pinned_version)
+                return True
+            return False
+        try:
+            st = os.stat(self._registry.current_path)
+        except FileNotFoundError:
+            return False
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return False
+        version = self._registry.current()
+        if version is None:
+            return False
+        previous = self._model.version if self._model else None
+        if version != previous:
+            try:
+                self._model = self._load(version)
+            except (ModelNotFoundError, OSError) as exc:
+                logger.error("cannot load new current model version=%s error=%s", version, exc)
+                return False
+            logger.info("scorer swapped model previous=%s current=%s", previous, version)
+        self._stamp = stamp
+        return version != previous
+
+    def _load(self, version: str) -> LoadedModel:
+        if version not in self._cache:
+            self._cache[version] = LoadedModel.load(self._registry, version,
+                                                    intra_op_threads=self.intra_op_threads)
+            for old in list(self._cache)[:-2]:
+                del self._cache[old]
+        return self._cache[version]
+
+    def score(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+        """The batch plus :data:`SCORE_FIELDS` and :data:`EXTRA_FIELDS` columns.
+
+        When no model exists yet the score columns are null (``model_version`` null), so the
+        rows can be stored and scored later (:func:`workbench.store.shards.rescore_unscored`).
+        """
+        table = _as_table(batch)
+        model = self.model
+        if model is None:
+            check_columns(table.column_names, _BASE_REQUIRED)
+            return _append(table, None)
+        return _append(table, model.predict(table))
+
