@@ -1,0 +1,159 @@
+"""DuckLake anomaly lakehouse: idempotent writes, time travel, compaction, busy errors, concurrent reader."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from workbench.store.exceptions import LakehouseBusyError, LakehouseNotFoundError, RowValidationError
+from workbench.store.lakehouse import ANOMALY_SCHEMA, AnomalyLakehouse, connect
+
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def batch(a: int, b: int, version: str = "v1") -> pa.Table:
+    n = b - a
+    return pa.table({
+        "instance_id": pa.array([2**40 + i % 7 for i in range(a, b)], pa.int64()),
+        "query_id": pa.array([2**35 + i for i in range(a, b)], pa.int64()),
+        "model_version": [version] * n,
+        "arrival_timestamp": pa.array([T0 + timedelta(seconds=i) for i in range(a, b)], pa.timestamp("us", "UTC")),
+        "true_ms": [120_000.0] * n,
+        "pred_ms": [1_000.0] * n,
+        "score": [0.9] * n,
+        "reason": ["underestimated_ratio"] * n,
+        "features": ['{"num_joins": 3}'] * n,
+    })
+
+
+def test_same_batch_twice_no_duplicates(tmp_path: Path) -> None:
+    with AnomalyLakehouse(tmp_path / "lake") as lake:
+        assert lake.write(batch(0, 100)) == 100
+        assert lake.write(batch(0, 100)) == 0
+        assert lake.write(batch(50, 150)) == 50  # overlap: only the new half
+        assert lake.write(batch(0, 10, version="v2")) == 10  # other model version is another key
+        dup = pa.concat_tables([batch(200, 210), batch(200, 210)])
+        assert lake.write(dup) == 10  # duplicates inside one batch
+        assert lake.count() == 170
+        t = lake.read()
+        keys = set(zip(t["instance_id"].to_pylist(), t["query_id"].to_pylist(), t["model_version"].to_pylist(),
+                       strict=True))
+        assert len(keys) == 170
+        assert t.schema.field("arrival_timestamp").type.tz == "UTC"
+        assert t.schema.field("query_id").type == pa.int64()
+        assert t.column_names == ANOMALY_SCHEMA.names
+
+
+def test_dict_rows_with_features(tmp_path: Path) -> None:
+    rows = [{"instance_id": 1, "query_id": 2, "model_version": "m", "arrival_timestamp": T0,
+             "features": {"a": 1.5}, "reason": "underestimated_delta"}]
+    with AnomalyLakehouse(tmp_path / "lake") as lake:
+        assert lake.write(rows) == 1
+        assert lake.write(rows) == 0
+        got = lake.connection.execute("SELECT features::JSON ->> 'a' FROM lake.anomalies").fetchone()
+        assert got == ("1.5",)
+        with pytest.raises(RowValidationError, match="naive"):
+            lake.write([{**rows[0], "arrival_timestamp": datetime(2024, 3, 1)}])
+        with pytest.raises(RowValidationError, match="unknown: \\['bogus'\\]"):
+            lake.write([{**rows[0], "bogus": 1}])
+        with pytest.raises(RowValidationError, match="Missing: \\['model_version'\\]"):
+            lake.write([{"instance_id": 1, "query_id": 3, "arrival_timestamp": T0}])
+
+
+def test_time_travel_and_compaction(tmp_path: Path) -> None:
+    with AnomalyLakehouse(tmp_path / "lake") as lake:
+        versions = []
+        for k in range(6):
+            lake.write(batch(k * 100, (k + 1) * 100))
+            versions.append(lake.current_version())
+        assert [lake.count(version=v) for v in versions] == [100, 200, 300, 400, 500, 600]
+        before = lake.read()
+        assert lake.data_files() == 6
+        kept = lake.maintain(keep_snapshots=timedelta(days=7))  # merge, nothing expires yet
+        assert kept.files_after == 1 and kept.snapshots_expired == 0
+        assert lake.count(version=versions[0]) == 100  # time travel still works
+        result = lake.maintain(keep_snapshots=timedelta(0))
+        assert result.snapshots_expired > 0 and result.files_deleted >= 6
+        assert lake.read().equals(before)
+    assert len(list((tmp_path / "lake" / "data").rglob("*.parquet"))) == 1
+
+
+def test_reader_needs_catalog(tmp_path: Path) -> None:
+    with pytest.raises(LakehouseNotFoundError, match="anomaly sink"):
+        connect(tmp_path / "nothing", read_only=True)
+
+
+def test_locked_catalog_is_busy_error(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    with AnomalyLakehouse(root) as lake:
+        lake.write(batch(0, 10))
+        code = ("import sqlite3, sys, time\n"
+                f"c = sqlite3.connect({str(root / 'catalog.sqlite')!r}, isolation_level=None)\n"
+                "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(30)\n")
+        holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            with pytest.raises(LakehouseBusyError) as info:
+                lake.write(batch(10, 20))
+            assert info.value.retry_after > 0
+        finally:
+            holder.kill()
+            holder.wait()
+        assert lake.write(batch(10, 20)) == 10  # retry after the lock is gone
+
+
+READER = textwrap.dedent("""
+    import json, sys, time
+    from workbench.store.lakehouse import AnomalyLakehouse
+    counts, errors = [], []
+    deadline = time.monotonic() + float(sys.argv[2])
+    with AnomalyLakehouse(sys.argv[1], read_only=True) as lake:
+        print("ready", flush=True)
+        while time.monotonic() < deadline:
+            try:
+                counts.append(lake.count())
+            except Exception as exc:
+                errors.append(repr(exc))
+            time.sleep(0.02)
+    print(json.dumps({"counts": counts, "errors": errors}), flush=True)
+""")
+
+
+def test_concurrent_reader_process(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    with AnomalyLakehouse(root) as lake:
+        lake.write(batch(0, 1000))
+        reader = subprocess.Popen([sys.executable, "-c", READER, str(root), "4"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        assert reader.stdout is not None and reader.stdout.readline().strip() == "ready"
+        k, deadline = 1, time.monotonic() + 3
+        while time.monotonic() < deadline:
+            lake.write(batch(k * 1000, (k + 1) * 1000))
+            k += 1
+            time.sleep(0.05)
+        out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    counts = result["counts"]
+    assert result["errors"] == []
+    assert counts == sorted(counts) and len(counts) > 10
+    assert counts[0] >= 1000 and counts[-1] > counts[0]
+    assert all(c % 1000 == 0 for c in counts)  # never a partial batch
+
+
+def test_insert_throughput(tmp_path: Path) -> None:
+    with AnomalyLakehouse(tmp_path / "lake") as lake:
+        t = time.perf_counter()
+        for k in range(5):
+            lake.write(batch(k * 10_000, (k + 1) * 10_000))
+        rate = 50_000 / (time.perf_counter() - t)
+    print(f"lakehouse insert rows/s (10k batches): {rate:,.0f}")
+    assert rate > 10_000
