@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from workbench.store.exceptions import RowValidationError, StoreClosedError, StoreError
+from workbench.store.exceptions import RowValidationError, StoreClosedError, StoreError, StoreNotFoundError
 
 if TYPE_CHECKING:
     from workbench.config import Settings
@@ -165,6 +165,8 @@ class WindowStatsStore:
         Where :meth:`archive_older_than` writes Parquet files.
     busy_timeout_ms : int
         How long a statement waits for another connection's lock.
+    read_only : bool
+        Open an existing database for reading only (notebooks); never creates anything.
 
     Examples
     --------
@@ -173,21 +175,32 @@ class WindowStatsStore:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, archive_dir: str | os.PathLike[str] | None = None,
-                 busy_timeout_ms: int = 10_000) -> None:
+                 busy_timeout_ms: int = 10_000, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         self.archive_dir = None if archive_dir is None else Path(archive_dir)
         self.busy_timeout_ms = busy_timeout_ms
         self._con: sqlite3.Connection | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> WindowStatsStore:
+    def from_settings(cls, settings: Settings, *, read_only: bool = False) -> WindowStatsStore:
         """A store at ``settings.sqlite_path`` archiving into ``settings.archive_dir``."""
-        return cls(settings.sqlite_path, archive_dir=settings.archive_dir)
+        return cls(settings.sqlite_path, archive_dir=settings.archive_dir, read_only=read_only)
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def open(self) -> Self:
         """Connect, apply the pragmas and create the tables if needed."""
         if self._con is not None:
+            return self
+        if self.read_only:
+            if not self.path.exists():
+                msg = (f"No window stats database at {self.path}. Run the stream-analytics app first, or point "
+                       "settings.home at the workbench that has one.")
+                raise StoreNotFoundError(msg)
+            con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                  timeout=self.busy_timeout_ms / 1000, isolation_level=None)
+            con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+            self._con = con
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
@@ -295,6 +308,11 @@ class WindowStatsStore:
     def count(self) -> int:
         """Number of windows in SQLite."""
         return int(self._db.execute("SELECT count(*) FROM window_stats").fetchone()[0])
+
+    def newest_window_end(self) -> datetime | None:
+        """The latest ``window_end`` stored (the data's "now"), or ``None`` when empty."""
+        value = self._db.execute("SELECT max(window_end) FROM window_stats").fetchone()[0]
+        return None if value is None else datetime.fromtimestamp(value / 1000, tz=UTC)
 
     def newest_window_start(self) -> datetime | None:
         """The latest ``window_start`` stored (data time, not wall time), or ``None`` when empty."""

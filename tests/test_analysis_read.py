@@ -1,0 +1,117 @@
+"""Read API on real SQLite + DuckLake files: periods from data time, shares, critical rule, metrics."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from workbench.analysis import classify
+from workbench.analysis.exceptions import AnalysisError, UnknownWindowError
+from workbench.analysis.read import (
+    anomalies,
+    class_shares,
+    critical_instances,
+    critical_types,
+    data_end,
+    metrics,
+    period,
+    remediation,
+    window_stats,
+)
+from workbench.config import Settings
+from workbench.store.exceptions import LakehouseNotFoundError, StoreNotFoundError
+from workbench.store.lakehouse import AnomalyLakehouse
+from workbench.store.window_stats import WindowStatsStore
+
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+END = T0 + timedelta(days=2)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    s = Settings(home=tmp_path / "wb")
+    rows = []
+    for w in range(2 * 144):  # two days of 10-minute windows
+        start = T0 + timedelta(minutes=10 * w)
+        day2 = start >= T0 + timedelta(days=1)
+        rows.append({"instance_id": 1, "window_start": start, "window_end": start + timedelta(minutes=10),
+                     "cluster_size": 4 if day2 else 2, "total_queries": 100, "normal_queries": 90,
+                     "cpu_bound_queries": 10, "total_spilled_mb": 5, "total_queue_time_ms": 300,
+                     "total_exec_time_ms": 700 if day2 else 1700})
+        # instance 2: many queries, 51 io-bound per day in total (tiny share)
+        rows.append({"instance_id": 2, "window_start": start, "window_end": start + timedelta(minutes=10),
+                     "total_queries": 1000, "normal_queries": 1000 - (1 if w % 144 < 51 else 0),
+                     "io_bound_queries": 1 if w % 144 < 51 else 0})
+    with WindowStatsStore.from_settings(s) as store:
+        store.upsert(rows)
+    return s
+
+
+def test_period_from_data_time(settings: Settings) -> None:
+    assert data_end(settings) == END
+    p = period(settings, "24h")
+    assert (p.start, p.end, p.previous_start) == (END - timedelta(days=1), END, T0)
+    with pytest.raises(UnknownWindowError, match="'2h'"):
+        period(settings, "2h")
+
+
+def test_window_stats_and_shares(settings: Settings) -> None:
+    df = window_stats(settings, T0, T0 + timedelta(hours=1), [1])
+    assert len(df) == 6 and str(df["window_start"].dt.tz) == "UTC"
+    shares = class_shares(settings, T0, T0 + timedelta(hours=1))
+    assert len(shares) == 6
+    assert shares["total_queries"].iloc[0] == 1100
+    assert shares["cpu_bound_share"].iloc[0] == pytest.approx(10 / 1100)
+    with pytest.raises(AnalysisError, match="timezone-aware"):
+        window_stats(settings, datetime(2024, 3, 1))
+
+
+def test_critical_rule_default_and_legacy(settings: Settings) -> None:
+    crit = critical_instances(settings, "24h")
+    assert crit["instance_id"].tolist() == [1]  # 1440 cpu-bound, 10 %
+    assert crit["critical_types"].tolist() == [["cpu_bound"]]
+    legacy = critical_instances(settings, "24h", mode="any")
+    assert legacy["instance_id"].tolist() == [1, 2]  # 51 io-bound of 144,000 passes "> 50"
+    assert critical_types(settings, "24h", [2]) == []
+    assert critical_types(settings, "24h", [2], mode="any") == ["io_bound"]
+
+
+def test_metrics_and_anomalies(settings: Settings) -> None:
+    with AnomalyLakehouse.from_settings(settings) as lake:
+        lake.write([{"instance_id": 1, "query_id": q, "model_version": "v1", "reason": "r",
+                     "arrival_timestamp": END - timedelta(hours=h)} for q, h in enumerate([1, 2, 30, 49])])
+    m = metrics(settings, "24h", [1])
+    assert m["score"] == pytest.approx(0.9) and m["score_delta"] == pytest.approx(0.0)
+    assert m["queue_ratio"] == pytest.approx(0.3) and m["queue_ratio_delta"] == pytest.approx(0.3 - 0.15)
+    assert m["cluster_size"] == 4
+    assert m["anomalies"] == 2 and m["anomalies_delta"] == 1  # 49 h ago is outside both periods
+    assert m["spilled_mb"] == 5 * 144 and m["spilled_mb_delta"] == 0
+    df = anomalies(settings, start=END - timedelta(days=1), end=END, instances=[1], limit=1)
+    assert df["query_id"].tolist() == [0]  # newest first
+    assert str(df["arrival_timestamp"].dt.tz) == "UTC"
+    assert len(anomalies(settings, reason="other")) == 0
+
+
+def test_missing_stores_are_explained(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path / "empty")
+    with pytest.raises(StoreNotFoundError, match="stream-analytics"):
+        window_stats(s)
+    with pytest.raises(LakehouseNotFoundError):
+        anomalies(s)
+
+
+def test_remediation_quotes_code_thresholds() -> None:
+    for problem in ("cpu_bound", "io_bound", "network_bound", "queue_wlm_bound", "normal"):
+        text = remediation(problem)
+        assert "{" not in text and text.startswith("###")
+    assert f"{classify.CPU_RATIO:g} ms" in remediation("cpu_bound")
+    assert f"{classify.IO_SCANNED_MB:,} MB" in remediation("io_bound")
+    assert f"{classify.NETWORK_EXEC_MS:,} ms" in remediation("network_bound")
+    assert f"{classify.QUEUE_MIN_MS:,} ms" in remediation("queue_wlm_bound")
+    # no stale numbers from the earlier texts
+    assert not re.search(r"5,000|1,000 ms/MB|10 ms/MB", remediation("cpu_bound") + remediation("io_bound"))
+    with pytest.raises(AnalysisError, match="problem must be"):
+        remediation("disk")

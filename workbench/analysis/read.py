@@ -1,0 +1,340 @@
+"""Read API for the notebooks: window stats, class shares, critical instances, metrics, anomalies.
+
+Every function takes the :class:`~workbench.config.Settings` (or explicit stores) and returns a pandas
+``DataFrame`` (or a small dict). SQL only ever receives values as bound parameters.
+
+Time handling (fixes weaknesses 26/27 of the earlier dashboard):
+
+* every bound must be a tz-aware ``datetime`` (naive ones raise) and every returned time is UTC;
+* named periods (``'24h'``, ``'1week'``) end at the **data** time, the latest ``window_end`` in
+  ``window_stats``, never at the wall clock, and both the current ``[end - d, end)`` and the previous
+  ``[end - 2d, end - d)`` periods have explicit upper bounds;
+* windows are selected by ``window_start`` and anomalies by ``arrival_timestamp`` with the same
+  half-open bounds.
+
+Critical rule (pulse-study 5.3 used ``count > 50 OR share > 5 %`` per class): the default here is
+**AND** -- at least :data:`CRITICAL_MIN_COUNT` problem queries *and* at least
+:data:`CRITICAL_MIN_SHARE` of the instance's queries in one class. With OR, 51 slow queries out of a
+busy cluster's 100,000 (0.05 %) made it "critical", and 1 of 3 queries on an idle one did too; AND
+needs both volume and a meaningful share. ``mode='any'`` restores the old OR rule.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from workbench.analysis import classify
+from workbench.analysis.classify import CLASSES, PROBLEM_CLASSES
+from workbench.analysis.exceptions import AnalysisError, UnknownWindowError
+from workbench.store.exceptions import LakehouseNotFoundError
+from workbench.store.lakehouse import CATALOG_ALIAS, connect
+from workbench.store.window_stats import WindowStatsStore
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from workbench.config import Settings
+
+__all__ = [
+    "CRITICAL_MIN_COUNT",
+    "CRITICAL_MIN_SHARE",
+    "WINDOWS",
+    "Period",
+    "anomalies",
+    "class_shares",
+    "critical_instances",
+    "critical_types",
+    "data_end",
+    "metrics",
+    "period",
+    "remediation",
+    "window_stats",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Named analysis periods.
+WINDOWS: Final[dict[str, timedelta]] = {"24h": timedelta(hours=24), "1week": timedelta(days=7)}
+CRITICAL_MIN_COUNT: Final = 50
+CRITICAL_MIN_SHARE: Final = 0.05
+CriticalMode = Literal["all", "any"]
+_COUNT_COLS: Final = tuple(f"{c}_queries" for c in CLASSES)
+
+
+@dataclass(frozen=True)
+class Period:
+    """A current period ``[start, end)`` and the previous one ``[previous_start, start)`` (UTC)."""
+
+    name: str
+    start: datetime
+    end: datetime
+    previous_start: datetime
+
+
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and (not isinstance(value, datetime) or value.utcoffset() is None):
+        msg = (f"{name} must be a timezone-aware datetime (e.g. datetime(..., tzinfo=datetime.UTC)). "
+               f"Got {value!r} instead.")
+        raise AnalysisError(msg)
+    return value
+
+
+def _ids(instances: Sequence[int] | None) -> list[int] | None:
+    return None if instances is None else [int(i) for i in instances]
+
+
+def _stats_table(settings: Settings, start: datetime | None, end: datetime | None,
+                 instances: Sequence[int] | None) -> pa.Table:
+    with WindowStatsStore.from_settings(settings, read_only=True) as store:
+        return store.read(_aware(start, "start"), _aware(end, "end"), _ids(instances))
+
+
+def _duck() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _frame(result: duckdb.DuckDBPyConnection | duckdb.DuckDBPyRelation) -> pd.DataFrame:
+    return result.to_arrow_table().to_pandas()
+
+
+def data_end(settings: Settings) -> datetime | None:
+    """The data's "now": the latest ``window_end`` in ``window_stats`` (``None`` when empty)."""
+    with WindowStatsStore.from_settings(settings, read_only=True) as store:
+        return store.newest_window_end()
+
+
+def period(settings: Settings, window: str = "24h", *, end: datetime | None = None) -> Period:
+    """The named period ending at the data time (or at ``end``).
+
+    Raises
+    ------
+    UnknownWindowError
+        For a name not in :data:`WINDOWS`.
+    AnalysisError
+        When there is no data yet and no ``end`` was given.
+    """
+    if window not in WINDOWS:
+        msg = f"window must be one of {sorted(WINDOWS)}. Got {window!r} instead."
+        raise UnknownWindowError(msg)
+    stop = _aware(end, "end") or data_end(settings)
+    if stop is None:
+        msg = "window_stats is empty, so there is no data time to end the period at. Replay some data first."
+        raise AnalysisError(msg)
+    length = WINDOWS[window]
+    return Period(window, stop - length, stop, stop - 2 * length)
+
+
+def window_stats(settings: Settings, start: datetime | None = None, end: datetime | None = None,
+                 instances: Sequence[int] | None = None) -> pd.DataFrame:
+    """Window rows with ``start <= window_start < end`` for the given instances (all when ``None``)."""
+    return _stats_table(settings, start, end, instances).to_pandas()
+
+
+def class_shares(settings: Settings, start: datetime | None = None, end: datetime | None = None,
+                 instances: Sequence[int] | None = None) -> pd.DataFrame:
+    """Per ``window_start``: summed class counts over the instances and each class's share (0..1).
+
+    Columns: ``window_start, total_queries, <class>_queries..., <class>_share...`` ordered by time.
+    """
+    table = _stats_table(settings, start, end, instances)
+    con = _duck()
+    con.register("ws", table)
+    sums = ", ".join(f"sum({c})::BIGINT AS {c}" for c in ("total_queries", *_COUNT_COLS))
+    shares = ", ".join(f"{c}_queries / nullif(total_queries, 0) AS {c}_share" for c in CLASSES)
+    rel = con.execute(f"SELECT *, {shares} FROM (SELECT window_start, {sums} FROM ws GROUP BY window_start) "
+                      "ORDER BY window_start")
+    return _frame(rel)
+
+
+def critical_instances(settings: Settings, window: str = "24h", *, min_count: int = CRITICAL_MIN_COUNT,
+                       min_share: float = CRITICAL_MIN_SHARE, mode: CriticalMode = "all",
+                       end: datetime | None = None) -> pd.DataFrame:
+    """Instances with at least one critical problem class over the period.
+
+    Parameters
+    ----------
+    window : {'24h', '1week'}
+        The period, ending at the data time.
+    min_count, min_share : int, float
+        The thresholds (per instance and class).
+    mode : {'all', 'any'}
+        ``'all'`` (default): count >= min_count AND share >= min_share. ``'any'``: the earlier rule,
+        count > min_count OR share > min_share (strict, as pulse-study 5.3).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per critical instance: ``instance_id``, ``total_queries``, per problem class its count
+        and share, and ``critical_types`` (list of classes in severity order). Sorted by instance.
+    """
+    if mode not in ("all", "any"):
+        msg = f"mode must be 'all' or 'any'. Got {mode!r} instead."
+        raise AnalysisError(msg)
+    p = period(settings, window, end=end)
+    return _critical(_stats_table(settings, p.start, p.end, None), min_count, min_share, mode)
+
+
+def _critical(table: pa.Table, min_count: int, min_share: float, mode: CriticalMode) -> pd.DataFrame:
+    con = _duck()
+    con.register("ws", table)
+    sums = ", ".join(f"sum({c}_queries)::BIGINT AS {c}" for c in PROBLEM_CLASSES)
+    per = con.execute(f"SELECT instance_id, sum(total_queries)::BIGINT AS total_queries, {sums} FROM ws "
+                      "GROUP BY instance_id ORDER BY instance_id")
+    df = _frame(per)
+    flags = []
+    for cls in PROBLEM_CLASSES:
+        share = df[cls] / df["total_queries"].where(df["total_queries"] > 0)
+        df[f"{cls}_share"] = share.fillna(0.0)
+        if mode == "all":
+            flags.append((df[cls] >= min_count) & (df[f"{cls}_share"] >= min_share))
+        else:
+            flags.append((df[cls] > min_count) | (df[f"{cls}_share"] > min_share))
+    df["critical_types"] = [[c for c, f in zip(PROBLEM_CLASSES, row, strict=True) if f]
+                            for row in zip(*flags, strict=True)] if len(df) else []
+    return df[df["critical_types"].map(len) > 0].reset_index(drop=True)
+
+
+def critical_types(settings: Settings, window: str = "24h", instances: Sequence[int] | None = None, *,
+                   min_count: int = CRITICAL_MIN_COUNT, min_share: float = CRITICAL_MIN_SHARE,
+                   mode: CriticalMode = "all", end: datetime | None = None) -> list[str]:
+    """Problem classes critical for at least one of the selected instances, in severity order."""
+    p = period(settings, window, end=end)
+    df = _critical(_stats_table(settings, p.start, p.end, instances), min_count, min_share, mode)
+    found = {c for types in df["critical_types"] for c in types}
+    return [c for c in PROBLEM_CLASSES if c in found]
+
+
+def _summary(table: pa.Table) -> dict[str, Any]:
+    con = _duck()
+    con.register("ws", table)
+    row = con.execute(
+        "SELECT count(DISTINCT instance_id), sum(total_queries)::BIGINT, sum(normal_queries)::BIGINT, "
+        "sum(total_spilled_mb)::BIGINT, sum(total_queue_time_ms)::BIGINT, sum(total_exec_time_ms)::BIGINT, "
+        "arg_max(cluster_size, window_start) FROM ws").fetchone() or (0, None, None, None, None, None, None)
+    n_inst, total, normal, spilled, queue, exec_ms, size = row
+    return {
+        "instances": int(n_inst or 0),
+        "total_queries": total,
+        "cluster_size": size,
+        "score": None if not total else normal / total,
+        "spilled_mb": spilled,
+        "queue_time_ms": queue,
+        "queue_ratio": None if not (queue or exec_ms) else queue / (queue + exec_ms),
+    }
+
+
+def _anomaly_count(settings: Settings, start: datetime, end: datetime, instances: list[int] | None) -> int | None:
+    try:
+        con = connect(settings.lakehouse_dir, read_only=True, connection=_duck())
+    except LakehouseNotFoundError:
+        logger.info("no anomaly lakehouse yet path=%s", settings.lakehouse_dir)
+        return None
+    try:
+        row = con.execute(
+            f"SELECT count(*) FROM {CATALOG_ALIAS}.anomalies WHERE arrival_timestamp >= $s AND "
+            "arrival_timestamp < $e AND ($i IS NULL OR list_contains($i::BIGINT[], instance_id))",
+            {"s": start, "e": end, "i": instances}).fetchone()
+    finally:
+        con.close()
+    return int(row[0]) if row else 0
+
+
+def metrics(settings: Settings, window: str = "24h", instances: Sequence[int] | None = None, *,
+            end: datetime | None = None) -> dict[str, Any]:
+    """Headline metrics of the current period and their change against the previous one.
+
+    Returns
+    -------
+    dict
+        ``period`` (:class:`Period`), and for each of ``instances``, ``total_queries``, ``cluster_size``
+        (latest, meaningful for one instance), ``score`` (share of normal queries, higher is better),
+        ``spilled_mb``, ``queue_time_ms``, ``queue_ratio`` (queue / (queue + exec)), ``anomalies``
+        (``None`` without a lakehouse): the current value and ``<key>_delta`` = current - previous,
+        ``None`` when either side has no value (no data is not the same as zero).
+    """
+    p = period(settings, window, end=end)
+    ids = _ids(instances)
+    table = _stats_table(settings, p.previous_start, p.end, ids)
+    cur_mask = pc.greater_equal(table["window_start"], pa.scalar(p.start, table["window_start"].type))
+    current = _summary(table.filter(cur_mask))
+    previous = _summary(table.filter(pc.invert(cur_mask)))
+    current["anomalies"] = _anomaly_count(settings, p.start, p.end, ids)
+    previous["anomalies"] = _anomaly_count(settings, p.previous_start, p.start, ids)
+    out: dict[str, Any] = {"period": p}
+    for key, value in current.items():
+        out[key] = value
+        before = previous[key]
+        out[f"{key}_delta"] = None if value is None or before is None else value - before
+    return out
+
+
+def anomalies(settings: Settings, start: datetime | None = None, end: datetime | None = None,
+              instances: Sequence[int] | None = None, reason: str | None = None,
+              model_version: str | None = None, limit: int | None = None) -> pd.DataFrame:
+    """Anomalies with ``start <= arrival_timestamp < end``, newest first.
+
+    Columns are those of :data:`workbench.store.lakehouse.ANOMALY_SCHEMA`; ``excess_ms`` is
+    ``true_ms - pred_ms`` (positive: slower than predicted) and ``under_ratio`` is
+    ``true_ms / max(pred_ms, 1)`` (a ratio, not a percentage).
+
+    Raises
+    ------
+    LakehouseNotFoundError
+        If no anomaly was ever written.
+    """
+    if limit is not None and limit < 0:
+        msg = f"limit must be a non-negative number of rows or None. Got {limit!r} instead."
+        raise AnalysisError(msg)
+    con = connect(settings.lakehouse_dir, read_only=True, connection=_duck())
+    try:
+        rel = con.execute(
+            f"SELECT * FROM {CATALOG_ALIAS}.anomalies WHERE ($s IS NULL OR arrival_timestamp >= $s) "
+            "AND ($e IS NULL OR arrival_timestamp < $e) "
+            "AND ($i IS NULL OR list_contains($i::BIGINT[], instance_id)) "
+            "AND ($r IS NULL OR reason = $r) AND ($m IS NULL OR model_version = $m) "
+            "ORDER BY arrival_timestamp DESC, instance_id, query_id LIMIT $l",
+            {"s": _aware(start, "start"), "e": _aware(end, "end"), "i": _ids(instances), "r": reason,
+             "m": model_version, "l": limit})
+        return _frame(rel)
+    finally:
+        con.close()
+
+
+def _threshold_values() -> dict[str, str]:
+    return {
+        "CPU_RATIO": f"{classify.CPU_RATIO:g}",
+        "CPU_EXEC_MS": f"{classify.CPU_EXEC_MS:,}",
+        "IO_SCANNED_MB": f"{classify.IO_SCANNED_MB:,}",
+        "IO_RATIO": f"{classify.IO_RATIO:g}",
+        "IO_EXEC_MS": f"{classify.IO_EXEC_MS:,}",
+        "NETWORK_EXEC_MS": f"{classify.NETWORK_EXEC_MS:,}",
+        "QUEUE_MIN_MS": f"{classify.QUEUE_MIN_MS:,}",
+        "QUEUE_MAX_OPERATORS": f"{classify.QUEUE_MAX_OPERATORS}",
+        "CRITICAL_MIN_COUNT": f"{CRITICAL_MIN_COUNT}",
+        "CRITICAL_MIN_SHARE_PCT": f"{CRITICAL_MIN_SHARE * 100:g}",
+    }
+
+
+def remediation(problem: str) -> str:
+    """Markdown advice for a problem class (or ``'normal'``), quoting the thresholds the code uses.
+
+    The texts live in ``workbench/analysis/remediation/<problem>.md`` with ``{NAME}`` placeholders
+    filled from :mod:`workbench.analysis.classify`, so they cannot drift from the rules.
+    """
+    names = (*PROBLEM_CLASSES, "normal")
+    if problem not in names:
+        msg = f"problem must be one of {list(names)}. Got {problem!r} instead."
+        raise AnalysisError(msg)
+    text = resources.files("workbench.analysis").joinpath("remediation", f"{problem}.md").read_text("utf-8")
+    return text.format_map(_threshold_values())
