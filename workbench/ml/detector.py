@@ -41,7 +41,7 @@ class ResidualDetector:
 
     Parameters
     ----------
-    alert_rate : float, default=0.005
+    alert_rate : float, default=0.0025
         Target share of alerting queries on data like the training holdout.
     signals : tuple of str, default=("exec", "queue", "scan", "spill")
         Observed signals to score (subset of :data:`REASONS`).
@@ -54,7 +54,7 @@ class ResidualDetector:
         The quantile of the upper regressor (to turn its distance to the mean into a sigma).
     """
 
-    def __init__(self, *, alert_rate: float = 0.005, signals: tuple[str, ...] = tuple(REASONS),
+    def __init__(self, *, alert_rate: float = 0.0025, signals: tuple[str, ...] = tuple(REASONS),
                  min_scale: float = 0.25, reference_quantile: float = 0.99, quantile: float = 0.9) -> None:
         self.alert_rate = alert_rate
         self.signals = signals

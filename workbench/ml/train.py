@@ -37,7 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_path = settings.logs_dir / f"train_{args.day.isoformat()}.log"
     handler = logging.FileHandler(log_path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler, logging.StreamHandler()])
+    handlers: list[logging.Handler] = [handler]
+    if sys.stderr.isatty():  # under the supervisor stderr already goes to the same log file
+        handlers.append(logging.StreamHandler())
+    logging.basicConfig(level=logging.INFO, handlers=handlers)
     logger.info("training started day=%s home=%s", args.day, settings.home)
     try:
         result = train_day(settings, args.day, window_days=args.window_days, max_rows=args.max_rows,

@@ -1,0 +1,242 @@
+"""Non-blocking training schedule for the streaming app.
+
+The app calls :meth:`TrainingSupervisor.maybe_schedule` with each event's (or batch's) UTC day
+and :meth:`TrainingSupervisor.poll` regularly. When event time crosses into a new day, every day
+that just finished is considered: day ``i`` (counted from the first day ever seen) is trained
+when ``i % every_n_days == every_n_days - 1``, so ``every_n_days=2`` trains days 1, 3, 5, ...
+
+Training runs as ``python -m workbench.ml.train --day D`` in its own process (its own session,
+logs in ``<logs_dir>/train_<day>.log``); the caller never waits. A failed or killed run is
+retried with exponential backoff up to ``max_attempts``; until a run succeeds the previous
+version stays current (a version only becomes current at the very end of a successful run).
+
+State (first day, last day seen, every day's status, attempts, next retry time, the running
+pid) is persisted atomically in ``<state_dir>/ml_training.json``, so a restart neither
+retrains finished days nor forgets failed ones. A run left "running" by a previous process is
+checked by pid and, once gone, counted as done if the registry has a version for its day and
+as a failed attempt otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from workbench.config import Settings
+from workbench.ml.registry import ModelRegistry, _write_atomic
+
+__all__ = ["TrainingSupervisor"]
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "ml_training.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class TrainingSupervisor:
+    """Schedules, runs (as subprocesses), reaps and retries daily trainings.
+
+    Parameters
+    ----------
+    settings : Settings
+        Paths (models, state, logs) and ``home`` passed to the subprocess.
+    every_n_days : int, default=1
+        Train every N-th finished day.
+    window_days : int, default=7
+        Training window passed to the subprocess.
+    max_rows : int, default=400_000
+        Row cap passed to the subprocess.
+    max_attempts : int, default=3
+        Attempts per day before it is marked ``failed``.
+    backoff_seconds : float, default=60.0
+        Delay before the first retry; doubles with each further attempt.
+    python : str, optional
+        Interpreter for the subprocess (default: the running one).
+    clock : callable, optional
+        Wall-clock seconds (``time.time``), injectable for tests.
+    """
+
+    def __init__(self, settings: Settings, *, every_n_days: int = 1, window_days: int = 7,
+                 max_rows: int = 400_000, max_attempts: int = 3, backoff_seconds: float = 60.0,
+                 python: str | None = None, clock: Callable[[], float] | None = None) -> None:
+        if every_n_days < 1:
+            msg = f"The 'every_n_days' parameter of TrainingSupervisor must be >= 1. Got {every_n_days}."
+            raise ValueError(msg)
+        self.settings = settings
+        self.every_n_days = every_n_days
+        self.window_days = window_days
+        self.max_rows = max_rows
+        self.max_attempts = max_attempts
+        self.backoff_seconds = backoff_seconds
+        self.python = python or sys.executable
+        self.clock = clock or time.time
+        self.state_path = settings.state_dir / STATE_FILE
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.state: dict[str, Any] = self._load()
+
+    # --- state ------------------------------------------------------------------------------
+    def _load(self) -> dict[str, Any]:
+        if self.state_path.is_file():
+            state = json.loads(self.state_path.read_text())
+            if state.get("every_n_days") != self.every_n_days:
+                logger.warning("training cadence changed previous=%s now=%d (day counting kept)",
+                               state.get("every_n_days"), self.every_n_days)
+                state["every_n_days"] = self.every_n_days
+            return state
+        return {"first_day": None, "last_day": None, "every_n_days": self.every_n_days, "days": {}}
+
+    def _save(self) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.state_path, json.dumps(self.state, indent=2, sort_keys=True).encode())
+
+    def status(self, day: dt.date | str) -> str | None:
+        """``pending``, ``running``, ``done``, ``failed`` or ``None`` (never scheduled)."""
+        key = day if isinstance(day, str) else day.isoformat()
+        entry = self.state["days"].get(key)
+        return entry["status"] if entry else None
+
+    @property
+    def running(self) -> bool:
+        """True while a training subprocess runs."""
+        return any(e["status"] == "running" for e in self.state["days"].values())
+
+    # --- scheduling ---------------------------------------------------------------------------
+    def should_train(self, day: dt.date) -> bool:
+        """Whether finished ``day`` is on the cadence (counted from the first day seen)."""
+        first = self.state["first_day"]
+        if first is None:
+            return False
+        index = (day - dt.date.fromisoformat(first)).days
+        return index >= 0 and index % self.every_n_days == self.every_n_days - 1
+
+    def maybe_schedule(self, event_day: dt.date) -> list[dt.date]:
+        """Note the event day; schedule finished days on the cadence. Never blocks.
+
+        Returns the days newly scheduled. Also starts a due job when nothing is running.
+        """
+        scheduled: list[dt.date] = []
+        last = self.state["last_day"]
+        if self.state["first_day"] is None:
+            self.state["first_day"] = event_day.isoformat()
+        if last is None:
+            self.state["last_day"] = event_day.isoformat()
+            self._save()
+            return scheduled
+        last_day = dt.date.fromisoformat(last)
+        if event_day <= last_day:
+            return scheduled  # same day, or a late event: nothing finished
+        day = last_day
+        while day < event_day:  # every finished day, including days without events
+            if self.should_train(day) and day.isoformat() not in self.state["days"]:
+                self.state["days"][day.isoformat()] = {"status": "pending", "attempts": 0,
+                                                      "next_attempt_at": 0.0, "last_rc": None}
+                scheduled.append(day)
+                logger.info("training scheduled day=%s", day)
+            day += dt.timedelta(days=1)
+        self.state["last_day"] = event_day.isoformat()
+        self._save()
+        self.poll()
+        return scheduled
+
+    def poll(self) -> str | None:
+        """Reap a finished run, start the next due one; returns the day now running (if any)."""
+        running = [(d, e) for d, e in self.state["days"].items() if e["status"] == "running"]
+        for day, entry in running:
+            rc = self._finished_rc(entry)
+            if rc is None:
+                return day  # still running
+            self._record_result(day, entry, rc)
+        self._save()
+        now = self.clock()
+        due = sorted(d for d, e in self.state["days"].items()
+                     if e["status"] == "pending" and e["next_attempt_at"] <= now)
+        if not due:
+            return None
+        self._start(due[0])
+        return due[0]
+
+    def wait(self, timeout: float = 600.0, interval: float = 0.2) -> None:
+        """Poll until nothing runs or is due (for tests and shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.poll() is None:
+                return
+            time.sleep(interval)
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the running training process."""
+        for entry in self.state["days"].values():
+            if entry["status"] == "running":
+                return int(entry["pid"])
+        return None
+
+    # --- internals --------------------------------------------------------------------------
+    def _finished_rc(self, entry: dict[str, Any]) -> int | None:
+        if self._proc is not None and self._proc.pid == entry["pid"]:
+            rc = self._proc.poll()
+            if rc is not None:
+                self._proc = None
+            return rc
+        # A run started by an earlier process: we cannot reap it, only watch its pid.
+        if _pid_alive(int(entry["pid"])):
+            return None
+        return -999  # unknown: decided from the registry
+
+    def _record_result(self, day: str, entry: dict[str, Any], rc: int) -> None:
+        if rc == -999:
+            done = any(ModelRegistry(self.settings.models_dir).info(v).get("training_day") == day
+                       for v in ModelRegistry(self.settings.models_dir).versions())
+            rc = 0 if done else -1
+        entry["last_rc"] = rc
+        entry.pop("pid", None)
+        if rc == 0:
+            entry["status"] = "done"
+            logger.info("training finished day=%s attempts=%d", day, entry["attempts"])
+            return
+        if entry["attempts"] >= self.max_attempts:
+            entry["status"] = "failed"
+            logger.error("training failed for good day=%s attempts=%d rc=%d (previous model stays current)",
+                         day, entry["attempts"], rc)
+            return
+        delay = self.backoff_seconds * 2 ** (entry["attempts"] - 1)
+        entry["status"] = "pending"
+        entry["next_attempt_at"] = self.clock() + delay
+        logger.warning("training failed day=%s attempt=%d rc=%d retry_in_s=%.0f", day, entry["attempts"],
+                       rc, delay)
+
+    def command(self, day: str) -> list[str]:
+        """The subprocess command line for ``day``."""
+        return [self.python, "-m", "workbench.ml.train", "--day", day, "--home", str(self.settings.home),
+                "--window-days", str(self.window_days), "--max-rows", str(self.max_rows)]
+
+    def _start(self, day: str) -> None:
+        entry = self.state["days"][day]
+        self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        log_path: Path = self.settings.logs_dir / f"train_{day}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(log_path, "ab") as log:
+            self._proc = subprocess.Popen(self.command(day), stdout=log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        entry["attempts"] += 1
+        entry["status"] = "running"
+        entry["pid"] = self._proc.pid
+        self._save()
+        logger.info("training started day=%s attempt=%d pid=%d", day, entry["attempts"], self._proc.pid)
