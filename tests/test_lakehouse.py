@@ -157,3 +157,25 @@ def test_insert_throughput(tmp_path: Path) -> None:
         rate = 50_000 / (time.perf_counter() - t)
     print(f"lakehouse insert rows/s (10k batches): {rate:,.0f}")
     assert rate > 10_000
+
+
+def test_from_scored_maps_scorer_output(tmp_path: Path) -> None:
+    from workbench.store.lakehouse import from_scored
+
+    scored = pa.table({
+        "instance_id": pa.array([1, 1, 2], pa.int64()), "query_id": pa.array([1, 2, 3], pa.int64()),
+        "arrival_timestamp": pa.array([T0] * 3, pa.timestamp("us", "UTC")),
+        "execution_duration_ms": pa.array([100_000, 5, 90_000], pa.int64()),
+        "mbytes_scanned": pa.array([10, 1, None], pa.int64()), "query_type": ["select"] * 3,
+        "pred_mean_ms": [1_000.0, 5.0, 0.5], "pred_q_ms": [2_000.0, 6.0, 1.0], "score": [9.0, 0.1, 8.0],
+        "is_anomaly": [True, False, True], "reason": ["exec_high", None, "exec_high"],
+        "model_version": ["v1", "v1", "v1"], "expected_ms": [900.0, 5.0, 1.0], "exec_ratio": [100.0, 1.0, 1.0],
+    })
+    rows = from_scored(scored)
+    assert rows.num_rows == 2
+    assert rows["under_ratio"].to_pylist() == [100.0, 90_000.0]
+    assert rows["excess_ms"].to_pylist() == [99_000.0, 89_999.5]
+    assert json.loads(rows["features"][0].as_py()) == {"mbytes_scanned": 10}
+    with AnomalyLakehouse(tmp_path / "lake") as lake:
+        assert lake.write(rows) == 2
+        assert lake.write(from_scored(scored)) == 0
