@@ -237,7 +237,9 @@ def _make_templates(rng: np.random.Generator, inst: _Instance, qtype: np.ndarray
     scan = np.where(io, io_scan, scan)
     # Copy / unload / maintenance.
     copy_scan = np.where(rng.random(n) < 0.45, 0.0, _lognormal(rng, 150.0, 1.5, n))
-    exec_ms = np.where(copy_, _lognormal(rng, 240.0, 1.4, n), exec_ms)
+    # A pool's top loads are small and frequent (< 500 ms); the long ones come from the tail.
+    copy_exec = np.where(rank < 5, _lognormal(rng, 120.0, 0.5, n), _lognormal(rng, 2_000.0, 1.4, n))
+    exec_ms = np.where(copy_, copy_exec, exec_ms)
     scan = np.where(copy_, copy_scan, scan)
     exec_ms = np.where(unl, _lognormal(rng, 3_000.0, 1.2, n), exec_ms)
     scan = np.where(unl, _lognormal(rng, 300.0, 1.5, n), scan)
