@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from sklearn.ensemble import HistGradientBoostingRegressor
+from threadpoolctl import threadpool_limits
 
 from workbench.ml.exceptions import NotFittedError, ParityError
 
@@ -41,6 +43,9 @@ class DurationModel:
     quantile_max_rows : int, default=200_000
         The quantile model is fitted on a seeded sample of at most this many rows (its loss is
         the slower one and a q90 needs fewer rows than a mean).
+    n_threads : int, optional
+        OpenMP threads while fitting. ``None``: 1 below 50,000 rows (thread start-up and spin
+        costs dominate on small data, badly so on a busy 2-core machine), else all cores.
     random_state : int, default=0
         Seed of both models.
     """
@@ -48,7 +53,7 @@ class DurationModel:
     def __init__(self, *, quantile: float = 0.9, max_iter: int = 200, learning_rate: float = 0.1,
                  max_leaf_nodes: int = 31, min_samples_leaf: int = 50, l2_regularization: float = 0.1,
                  n_iter_no_change: int = 10, quantile_max_rows: int = 200_000,
-                 random_state: int = 0) -> None:
+                 n_threads: int | None = None, random_state: int = 0) -> None:
         self.quantile = quantile
         self.max_iter = max_iter
         self.learning_rate = learning_rate
@@ -57,13 +62,14 @@ class DurationModel:
         self.l2_regularization = l2_regularization
         self.n_iter_no_change = n_iter_no_change
         self.quantile_max_rows = quantile_max_rows
+        self.n_threads = n_threads
         self.random_state = random_state
 
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters (for ``model.json``)."""
         return {k: getattr(self, k) for k in ("quantile", "max_iter", "learning_rate", "max_leaf_nodes",
                                              "min_samples_leaf", "l2_regularization", "n_iter_no_change",
-                                             "quantile_max_rows", "random_state")}
+                                             "quantile_max_rows", "n_threads", "random_state")}
 
     def _hgb(self, **loss: Any) -> HistGradientBoostingRegressor:
         return HistGradientBoostingRegressor(
@@ -78,6 +84,11 @@ class DurationModel:
         if not 0.5 < self.quantile < 1.0:
             msg = f"The 'quantile' parameter of DurationModel must be in (0.5, 1). Got {self.quantile}."
             raise ValueError(msg)
+        threads = self.n_threads or (1 if len(y_log) < 50_000 else None)
+        with threadpool_limits(limits=threads, user_api="openmp"):
+            return self._fit(X, y_log)
+
+    def _fit(self, X: np.ndarray, y_log: np.ndarray) -> DurationModel:
         t0 = time.perf_counter()
         self.mean_ = self._hgb(loss="squared_error").fit(X, y_log)
         t1 = time.perf_counter()
@@ -108,8 +119,10 @@ def export_onnx(estimator: HistGradientBoostingRegressor, n_features: int) -> by
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
 
-    onx = to_onnx(estimator, initial_types=[("X", FloatTensorType([None, n_features]))],
-                  target_opset=TARGET_OPSET)
+    with warnings.catch_warnings():  # skl2onnx passes bools where protobuf 6 expects ints
+        warnings.simplefilter("ignore", DeprecationWarning)
+        onx = to_onnx(estimator, initial_types=[("X", FloatTensorType([None, n_features]))],
+                      target_opset=TARGET_OPSET)
     return onx.SerializeToString()
 
 

@@ -231,7 +231,7 @@ class TrainingSupervisor:
         entry = self.state["days"][day]
         self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
         log_path: Path = self.settings.logs_dir / f"train_{day}.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
         with open(log_path, "ab") as log:
             self._proc = subprocess.Popen(self.command(day), stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, env=env, start_new_session=True)

@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import sys
+
+# Before sklearn loads libgomp: spinning OpenMP threads are pathological when the streaming app
+# shares the machine's two cores (a busy machine made HGB fits 5-10x slower).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from collections.abc import Sequence
 from pathlib import Path
 

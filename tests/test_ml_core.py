@@ -1,0 +1,186 @@
+"""Features, ONNX parity, registry (atomic publish, rollback), scorer hot swap, rescoring shards."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from workbench.data.schema import COLUMNS
+from workbench.ml._testing import toy_log
+from workbench.ml._train import train_table
+from workbench.ml.detector import ResidualDetector
+from workbench.ml.exceptions import ColumnMismatchError, ModelNotFoundError, NotFittedError, ParityError
+from workbench.ml.features import FEATURE_NAMES, FeatureBuilder
+from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
+from workbench.ml.registry import ModelRegistry
+from workbench.ml.scorer import Scorer
+from workbench.store.shards import read_shards, rescore_unscored, write_shard
+
+DAY1, DAY2 = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
+
+
+@pytest.fixture(scope="module")
+def log() -> pa.Table:
+    return toy_log(days=3, rows_per_day=3000, seed=7)
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory, log: pa.Table) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    train_table(root, log.slice(0, 3000), DAY1, window_days=1)
+    return root
+
+
+# --- features -------------------------------------------------------------------------------
+def test_features_are_float32_deterministic_and_out_of_fold(log: pa.Table) -> None:
+    a = FeatureBuilder(seed=3).fit_transform(log)
+    b = FeatureBuilder(seed=3).fit_transform(log)
+    assert a.dtype == np.float32 and a.shape == (log.num_rows, len(FEATURE_NAMES))
+    np.testing.assert_array_equal(a, b)
+    # A fingerprint seen once has no out-of-fold history, so its own runtime cannot leak.
+    single = toy_log(days=1, rows_per_day=1, seed=1)
+    idx = single.schema.get_field_index("feature_fingerprint")
+    single = single.set_column(idx, single.schema.field(idx), pa.array(["f" * 64]))
+    X = FeatureBuilder().fit_transform(pa.concat_tables([log, single]))
+    assert X[-1, FEATURE_NAMES.index("fp_med_log_exec")] == -1.0
+    assert X[-1, FEATURE_NAMES.index("fp_is_unseen")] == 1.0
+
+
+def test_table_counts_and_missing_indicators(log: pa.Table) -> None:
+    fb = FeatureBuilder().fit(log)
+    t = log.slice(0, 3)
+    t = t.set_column(t.schema.get_field_index("read_table_ids"), "read_table_ids", pa.array(["1,2,3", "", None]))
+    t = t.set_column(t.schema.get_field_index("cluster_size"), "cluster_size", pa.array([None, 4, 8], pa.int64()))
+    X = fb.transform(t)
+    assert X[:, FEATURE_NAMES.index("read_table_count")].tolist() == [3.0, 0.0, 0.0]
+    assert X[:, FEATURE_NAMES.index("cluster_size_is_missing")].tolist() == [1.0, 0.0, 0.0]
+    assert X[0, FEATURE_NAMES.index("cluster_size")] == -1.0
+
+
+def test_column_mismatch_lists_missing_and_unseen(log: pa.Table) -> None:
+    fb = FeatureBuilder().fit(log)
+    renamed = log.rename_columns([c.upper() if c.startswith("num_") else c for c in log.column_names])
+    with pytest.raises(ColumnMismatchError) as info:
+        fb.transform(renamed)
+    err = info.value
+    assert "num_joins" in err.missing and "NUM_JOINS" in err.unseen
+    text = str(err)
+    assert "Missing (6)" in text and "Unseen at fit time" in text and ", ..." in text
+    assert text.count("'num_") == 5  # at most five names shown per list
+
+
+def test_not_fitted_errors_name_the_method() -> None:
+    with pytest.raises(NotFittedError, match="call 'fit'"):
+        FeatureBuilder().transform(pa.table({"a": [1]}))
+    with pytest.raises(NotFittedError, match="'fit'"):
+        DurationModel().predict_log(np.zeros((1, 3)))
+    with pytest.raises(NotFittedError, match="'fit'"):
+        ResidualDetector().decide({})
+
+
+# --- ONNX parity ------------------------------------------------------------------------------
+def test_onnx_matches_sklearn(log: pa.Table) -> None:
+    X = FeatureBuilder().fit_transform(log)
+    y = np.log1p(log.column("execution_duration_ms").to_numpy().astype(float))
+    model = DurationModel(max_iter=40).fit(X, y)
+    pair = OnnxPair(export_onnx(model.mean_, X.shape[1]), export_onnx(model.quantile_model_, X.shape[1]))
+    assert parity_max_abs_diff(model, pair, X[:2000], tolerance=1e-3) < 1e-4
+    with pytest.raises(ParityError, match="tolerance"):
+        parity_max_abs_diff(model, pair, X[:2000], tolerance=-1.0)
+
+
+def test_model_json_records_version_metadata(models_dir: Path) -> None:
+    registry = ModelRegistry(models_dir)
+    version = registry.current()
+    assert version == "v0001-2024-03-01"
+    meta = registry.info(version)
+    for key in ("parent", "window_days", "rows", "feature_list", "hyper_parameters", "library_versions",
+                "files", "training_seconds", "holdout_metrics", "parity_max_abs_diff"):
+        assert key in meta, key
+    assert meta["parity_max_abs_diff"] < 1e-3
+    assert set(meta["files"]) == {"mean.onnx", "quantile.onnx", "fingerprint_stats.parquet",
+                                  "instance_stats.parquet"}
+    registry.verify(version)
+
+
+# --- registry, scorer, hot swap -------------------------------------------------------------
+def test_publish_rollback_and_hot_swap_mid_stream(tmp_path: Path, log: pa.Table) -> None:
+    models = tmp_path / "models"
+    registry = ModelRegistry(models)
+    scorer = Scorer(models)
+    batches = log.slice(6000).to_batches(max_chunksize=500)
+    unscored = scorer.score(batches[0])
+    assert unscored.column("model_version").null_count == unscored.num_rows
+    v1 = train_table(models, log.slice(0, 3000), DAY1, window_days=1).version
+    seen = [scorer.score(b).column("model_version")[0].as_py() for b in batches[1:3]]
+    v2 = train_table(models, log.slice(0, 6000), DAY2, window_days=2).version
+    seen += [scorer.score(b).column("model_version")[0].as_py() for b in batches[3:5]]
+    assert seen == [v1, v1, v2, v2]
+    assert registry.info(v2)["parent"] == v1
+    registry.rollback(v1)
+    assert scorer.score(batches[5]).column("model_version")[0].as_py() == v1
+    assert registry.versions() == [v1, v2]
+    with pytest.raises(ModelNotFoundError, match="Known versions"):
+        registry.set_current("v0009-2024-01-01")
+    assert registry.current() == v1
+
+
+def test_failed_training_leaves_no_version_and_keeps_current(tmp_path: Path, log: pa.Table) -> None:
+    models = tmp_path / "models"
+    v1 = train_table(models, log.slice(0, 3000), DAY1, window_days=1).version
+    with pytest.raises(ParityError):
+        train_table(models, log.slice(0, 6000), DAY2, parity_tolerance=-1.0)
+    registry = ModelRegistry(models)
+    assert registry.versions() == [v1] and registry.current() == v1
+    assert not [p for p in registry.versions_dir.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_scores_do_not_depend_on_batching(models_dir: Path, log: pa.Table) -> None:
+    scorer = Scorer(models_dir)
+    day = log.slice(6000)
+    whole = scorer.score(day)
+    parts = pa.Table.from_batches([scorer.score(b) for b in day.to_batches(max_chunksize=337)])
+    np.testing.assert_array_equal(whole.column("score").to_numpy(), parts.column("score").to_numpy())
+    assert whole.column("is_anomaly").to_pylist() == parts.column("is_anomaly").to_pylist()
+    reasons = pc.drop_null(whole.column("reason")).to_pylist()
+    assert reasons and set(reasons) <= {"slow_execution", "long_queue", "large_scan", "large_spill"}
+
+
+def test_scorer_checks_columns(models_dir: Path, log: pa.Table) -> None:
+    with pytest.raises(ColumnMismatchError, match="execution_duration_ms"):
+        Scorer(models_dir).score(log.slice(0, 10).drop_columns(["execution_duration_ms"]))
+
+
+def test_rescore_unscored_shards(tmp_path: Path, models_dir: Path, log: pa.Table) -> None:
+    shards = tmp_path / "shards"
+    events = log.slice(6000, 400).select(list(COLUMNS))
+    events = events.append_column("kafka_partition", pa.array([0] * 400, pa.int32()))
+    events = events.append_column("kafka_offset", pa.array(range(400), pa.int64()))
+    write_shard(shards, dt.date(2024, 3, 3), 0, 0, Scorer(tmp_path / "no-models").score(events))
+    assert rescore_unscored(shards, Scorer(tmp_path / "no-models")) == 0
+    assert rescore_unscored(shards, Scorer(models_dir)) == 400
+    table = read_shards(shards)
+    assert table.num_rows == 400 and table.column("model_version").null_count == 0
+    assert rescore_unscored(shards, Scorer(models_dir)) == 0
+
+
+def test_cli_models_list_show_rollback(models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from workbench.cli import main
+
+    home = models_dir.parent / "home"
+    (home).mkdir(exist_ok=True)
+    if not (home / "models").exists():
+        (home / "models").symlink_to(models_dir)
+    assert main(["--home", str(home), "models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "* v0001-2024-03-01" in out
+    assert main(["--home", str(home), "models", "show", "v0001-2024-03-01"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == "v0001-2024-03-01"
+    assert main(["--home", str(home), "models", "set-current", "v0001-2024-03-01"]) == 0
+    assert main(["--home", str(home), "models", "rollback", "nope"]) == 2
