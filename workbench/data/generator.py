@@ -223,6 +223,8 @@ def _make_templates(rng: np.random.Generator, inst: _Instance, qtype: np.ndarray
     overhead = _lognormal(rng, 15.0, 1.0, n)
     zero_scan = rng.random(n) < np.where(sel, 0.2, np.where(dml, 0.4, 0.8))
     scan = np.where(zero_scan | ~reads, 0.0, _lognormal(rng, 500.0, 2.3, n))
+    # Frequently repeated fingerprints are not the multi-TB ones (that tail would dominate the log).
+    scan = np.minimum(scan, np.where(rank < 20, 50_000.0, 5_000_000.0))
     rate = _lognormal(rng, 0.3, 0.9, n) * (1.0 + 0.15 * complexity)
     exec_ms = overhead + rate * scan
     # cpu: long-running, little data (ratio well above 20 ms/MB).
@@ -267,7 +269,7 @@ def _make_templates(rng: np.random.Generator, inst: _Instance, qtype: np.ndarray
         write_ids=_id_lists(rng, n_write, inst.table_base, inst.n_tables),
         database=rng.choice(inst.databases, n),
         owner=owner,
-        base_exec=np.minimum(exec_ms, _EXEC_CAP_MS / 4),
+        base_exec=np.minimum(exec_ms, np.where(rank < 20, 60_000.0, _EXEC_CAP_MS / 4)),
         base_scan=scan,
         compile_p=np.full(n, 0.2),
         compile_base=_lognormal(rng, 3_000.0, 1.5, n),
