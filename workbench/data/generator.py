@@ -52,7 +52,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -174,7 +175,6 @@ class _Instance:
     pool_by_type: list[np.ndarray]  # per type: indices into pool, in Zipf rank order
     zipf_by_type: list[np.ndarray]
     next_query_id: int
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def _zipf(k: int) -> np.ndarray:
@@ -608,8 +608,6 @@ def generate(
     GenerateSummary
         Path, row count, anomalies, time span and wall time.
     """
-    import time
-
     started = time.perf_counter()
     rows_per_day = 500_000 if rows_per_day is None else rows_per_day
     _check("days", days, 1, 3_650, "an integer")
