@@ -149,7 +149,7 @@ def test_scores_do_not_depend_on_batching(models_dir: Path, log: pa.Table) -> No
     np.testing.assert_array_equal(whole.column("score").to_numpy(), parts.column("score").to_numpy())
     assert whole.column("is_anomaly").to_pylist() == parts.column("is_anomaly").to_pylist()
     reasons = pc.drop_null(whole.column("reason")).to_pylist()
-    assert reasons and set(reasons) <= {"slow_execution", "long_queue", "large_scan", "large_spill"}
+    assert reasons and set(reasons) <= {"slow_execution", "queue_longer_than_run", "scan_explosion", "spill_exceeds_scan"}
 
 
 def test_scorer_checks_columns(models_dir: Path, log: pa.Table) -> None:

@@ -74,7 +74,7 @@ def _library_versions() -> dict[str, str]:
 
 def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days: int = 7,
                 max_rows: int = 400_000, seed: int = 0, holdout_fraction: float = 0.15,
-                alert_rate: float = 0.0025, parity_tolerance: float = PARITY_TOLERANCE,
+                alert_rate: float = 0.001, parity_tolerance: float = PARITY_TOLERANCE,
                 model_params: dict[str, Any] | None = None, parent: str | None = None,
                 set_current: bool = True) -> TrainResult:
     """Train, export, check and register a version from the events of one window.
@@ -92,8 +92,8 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
         Seeded uniform sample cap.
     holdout_fraction : float, default=0.15
         Share of rows held out for parity, regression metrics and detector calibration.
-    alert_rate : float, default=0.0025
-        The detector's target alert rate (see :class:`ResidualDetector`).
+    alert_rate : float, default=0.001
+        The detector's target false-alert rate (see :class:`ResidualDetector`).
     """
     t_start = time.perf_counter()
     registry = ModelRegistry(models_dir)

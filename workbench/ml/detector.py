@@ -4,15 +4,23 @@ For each query and signal the detector computes a z-like residual in log space:
 
 * ``exec``: ``(log1p(exec) - mean) / s`` where ``s = (q90 - mean) / 1.2816`` is the per-query
   spread implied by the quantile model (floored at ``min_scale``);
-* ``queue``, ``scan``, ``spill``: ``(log1p(x) - median) / (IQR / 1.349)`` against the
-  fingerprint's history in the training window (instance history when the fingerprint is rare).
+* ``scan``: ``(log1p(MB scanned) - median) / (IQR / 1.349)`` against the fingerprint's history in
+  the training window (the instance's history when the fingerprint is rare);
+* ``spill``: ``log1p(MB spilled) - log1p(MB scanned)`` (spill normally stays well below the scan);
+* ``queue``: ``log1p(queue) - max(usual log queue, predicted log exec)``: waiting longer than the
+  fingerprint usually waits *and* longer than the query is expected to run.
 
 Each residual is put on a common scale with the training holdout: ``u = (z - median_h) /
-(q_h - median_h)`` with ``q_h`` its ``reference_quantile`` on the holdout. The anomaly score is
-``max(u)`` over signals, the reason names the signal that attains it, and the threshold is the
-``1 - alert_rate`` quantile of the holdout scores (a split-conformal calibration: on data like the
-holdout, about ``alert_rate`` of queries alert). Every number is a function of the row and the
-model version only, so the decision does not depend on how rows are batched.
+(q99_h - median_h)``. The anomaly score is ``max(u)`` over signals and the reason names the signal
+that attains it.
+
+The threshold targets ``alert_rate`` false alerts on normal traffic. The holdout comes from the
+training window and may itself contain anomalies (at a rate that may exceed ``alert_rate``), so
+its raw ``1 - alert_rate`` quantile would land inside the anomalies. Instead the tail is
+extrapolated from the holdout's 95th and 99th percentiles (robust to under 1 % contamination),
+assuming an exponential tail: ``threshold = q95 + (q99 - q95) / ln 5 * ln(0.05 / alert_rate)``
+(split-conformal calibration with a peaks-over-threshold tail). Every number is a function of the
+row and the model version only, so decisions do not depend on how rows are batched.
 """
 
 from __future__ import annotations
@@ -28,9 +36,9 @@ __all__ = ["REASONS", "ResidualDetector"]
 #: Reason string per signal.
 REASONS: dict[str, str] = {
     "exec": "slow_execution",
-    "queue": "long_queue",
-    "scan": "large_scan",
-    "spill": "large_spill",
+    "queue": "queue_longer_than_run",
+    "scan": "scan_explosion",
+    "spill": "spill_exceeds_scan",
 }
 _Z90 = 1.2815515655446004  # standard normal 0.9 quantile
 _IQR_TO_SIGMA = 1.349
@@ -41,8 +49,8 @@ class ResidualDetector:
 
     Parameters
     ----------
-    alert_rate : float, default=0.0025
-        Target share of alerting queries on data like the training holdout.
+    alert_rate : float, default=0.001
+        Target share of *normal* queries that alert (false alerts); true anomalies come on top.
     signals : tuple of str, default=("exec", "queue", "scan", "spill")
         Observed signals to score (subset of :data:`REASONS`).
     min_scale : float, default=0.25
@@ -54,7 +62,7 @@ class ResidualDetector:
         The quantile of the upper regressor (to turn its distance to the mean into a sigma).
     """
 
-    def __init__(self, *, alert_rate: float = 0.0025, signals: tuple[str, ...] = tuple(REASONS),
+    def __init__(self, *, alert_rate: float = 0.001, signals: tuple[str, ...] = tuple(REASONS),
                  min_scale: float = 0.25, reference_quantile: float = 0.99, quantile: float = 0.9) -> None:
         self.alert_rate = alert_rate
         self.signals = signals
@@ -75,18 +83,21 @@ class ResidualDetector:
         out = {}
         for s in self.signals:
             if s == "exec":
-                center = pred_mean_log
                 scale = np.maximum((pred_q_log - pred_mean_log) / z_q, self.min_scale)
-            else:
+                out[s] = (observed_log[s] - pred_mean_log) / scale
+            elif s == "scan":
                 center, iqr = references[s]
-                scale = np.maximum(iqr / _IQR_TO_SIGMA, self.min_scale)
-            out[s] = (observed_log[s] - center) / scale
+                out[s] = (observed_log[s] - center) / np.maximum(iqr / _IQR_TO_SIGMA, self.min_scale)
+            elif s == "spill":
+                out[s] = observed_log["spill"] - observed_log["scan"]
+            else:  # queue
+                out[s] = observed_log["queue"] - np.maximum(references["queue"][0], pred_mean_log)
         return out
 
     def fit(self, residuals: dict[str, np.ndarray]) -> ResidualDetector:
         """Calibrate per-signal scales and the threshold on holdout residuals."""
-        if not 0.0 < self.alert_rate < 0.5:
-            msg = f"The 'alert_rate' parameter of ResidualDetector must be in (0, 0.5). Got {self.alert_rate}."
+        if not 0.0 < self.alert_rate < 0.05:
+            msg = f"The 'alert_rate' parameter of ResidualDetector must be in (0, 0.05). Got {self.alert_rate}."
             raise ValueError(msg)
         self.center_: dict[str, float] = {}
         self.spread_: dict[str, float] = {}
@@ -96,7 +107,9 @@ class ResidualDetector:
             self.center_[s] = c
             self.spread_[s] = max(float(np.quantile(z, self.reference_quantile)) - c, 1e-3)
         score, _ = self._score(residuals)
-        self.threshold_ = float(np.quantile(score, 1.0 - self.alert_rate))
+        q95, q99 = np.quantile(score, [0.95, 0.99])
+        beta = max(float(q99 - q95), 1e-6) / np.log(5.0)
+        self.threshold_ = float(q95 + beta * np.log(0.05 / self.alert_rate))
         self.n_calibration_ = len(score)
         return self
 

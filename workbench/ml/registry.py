@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,12 +154,22 @@ class ModelRegistry:
     def staging(self) -> Iterator[Path]:
         """A temporary folder inside ``versions/`` (removed unless :meth:`publish` moved it)."""
         self.versions_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_staging()
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.versions_dir))
         try:
             yield tmp
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def _remove_stale_staging(self, max_age_s: float = 6 * 3600) -> None:
+        """Delete staging folders a killed trainer left behind (older than ``max_age_s``)."""
+        now = time.time()
+        for p in self.versions_dir.glob(".tmp-*"):
+            with contextlib.suppress(OSError):
+                if now - p.stat().st_mtime > max_age_s:
+                    shutil.rmtree(p, ignore_errors=True)
+                    logger.info("removed stale staging folder path=%s", p)
 
     def publish(self, staged: Path, day: dt.date, meta: dict[str, Any]) -> str:
         """Hash the staged files, write ``model.json`` and rename the folder into place.

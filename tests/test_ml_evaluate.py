@@ -1,0 +1,86 @@
+"""Metrics on a hand-made case; the default detector against the baseline on generated data."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workbench.config import Settings
+from workbench.ml._train import train_day
+from workbench.ml.baseline import baseline_decide
+from workbench.ml.evaluate import detection_metrics, evaluate, format_table, regression_metrics, top_k_f1
+from workbench.ml.registry import ModelRegistry
+
+
+def test_detection_metrics_on_a_hand_made_case() -> None:
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)
+    score = np.array([0.9, 0.8, 0.1, 0.7, 0.3, 0.2, 0.05, 0.0])
+    alert = score >= 0.5  # alerts rows 0, 1, 3: TP=2, FP=1, FN=1
+    kinds = ["a", "b", "b", None, None, None, None, None]
+    m = detection_metrics(labels, score, alert, kinds)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["F1"] == pytest.approx(2 / 3)
+    assert m["alerts per 10k"] == pytest.approx(3 / 8 * 1e4)
+    assert m["recall[a]"] == 1.0 and m["recall[b]"] == 0.5
+    # AP: ranks 1 (TP, P=1), 2 (TP, P=1), 3 (FP), ..., 6 (TP, P=3/6): (1 + 1 + 0.5) / 3
+    assert m["PR-AUC"] == pytest.approx(2.5 / 3)
+    assert top_k_f1(labels, score, 2) == pytest.approx(2 * 1 * (2 / 3) / (1 + 2 / 3))
+    r = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.5, 2.0, 2.0]), np.array([2.0, 2.5, 2.5]))
+    assert r == {"MAE(log)": pytest.approx(0.5), "q90 coverage": pytest.approx(2 / 3)}
+    text = format_table(m)
+    assert "PR-AUC" in text and "recall[b]" in text
+
+
+def test_baseline_rules_and_per_instance_ranks() -> None:
+    inst = np.array([1, 1, 1, 2])
+    exec_ms = np.array([70_000.0, 10.0, 61_000.0, 500_000.0])
+    pred = np.array([5_000.0, 10.0, 50_000.0, 480_000.0])
+    _, alert, reason = baseline_decide(inst, exec_ms, pred, pred)
+    assert alert.tolist() == [True, False, False, False]
+    assert reason[0] == "underestimated_ratio"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
+    from workbench.data.generator import generate
+
+    root = tmp_path_factory.mktemp("demo")
+    data = root / "log.parquet"
+    generate(data, days=3, instances=8, rows_per_day=30_000, anomaly_rate=0.005, seed=1)
+    settings = Settings(home=root / "home")
+    train_day(settings, dt.date(2024, 3, 5), window_days=2, data=data)
+    return settings, data
+
+
+def test_default_detector_beats_the_baseline_on_generated_data(demo: tuple[Settings, Path]) -> None:
+    settings, data = demo
+    day = dt.date(2024, 3, 6)
+    res = evaluate(settings, day, "current", data=data)
+    base = evaluate(settings, day, "baseline", data=data)
+    m, b = res["metrics"], base["metrics"]
+    assert m["anomalies"] > 50
+    assert m["PR-AUC"] >= 0.9
+    for kind in ("slow_fingerprint", "spill_storm", "queue_storm", "scan_explosion"):
+        assert m[f"recall[{kind}]"] >= 0.8, kind
+    assert m["F1 @ baseline volume"] > b["F1"]
+    assert m["F1"] > b["F1"]
+    assert m["q90 coverage"] > 0.8
+    evals = ModelRegistry(settings.models_dir).info(res["version"])["evaluations"]
+    assert [e["detector"] for e in evals] == ["residual", "baseline"]
+
+
+def test_cli_evaluate_prints_the_labelled_lines(demo: tuple[Settings, Path],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from workbench.cli import main
+
+    settings, data = demo
+    assert main(["--home", str(settings.home), "evaluate", "--day", "2024-03-06", "--data", str(data),
+                 "--no-store"]) == 0
+    out = capsys.readouterr().out
+    for label in ("PR-AUC", "F1", "precision", "recall", "alerts per 10k", "recall[slow_fingerprint]",
+                  "MAE(log)", "q90 coverage"):
+        assert f"\n{label} " in out, label

@@ -1,0 +1,101 @@
+"""Training supervisor: real subprocesses, cadence, SIGKILL mid-run, retries, persisted state."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from workbench.config import Settings
+from workbench.data.schema import COLUMNS
+from workbench.ml._testing import toy_log
+from workbench.ml._train import train_day
+from workbench.ml.registry import ModelRegistry
+from workbench.ml.supervisor import TrainingSupervisor
+from workbench.store.shards import write_shard
+
+D0 = dt.date(2024, 3, 1)
+
+
+def _day(k: int) -> dt.date:
+    return D0 + dt.timedelta(days=k)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    s = Settings(home=tmp_path / "home")
+    log = toy_log(days=4, rows_per_day=1500, seed=3, start=D0).select(list(COLUMNS))
+    for k in range(4):
+        part = log.slice(k * 1500, 1500)
+        part = part.append_column("kafka_partition", pa.array([0] * 1500, pa.int32()))
+        part = part.append_column("kafka_offset", pa.array(range(k * 1500, (k + 1) * 1500), pa.int64()))
+        write_shard(s.shards_dir, _day(k), 0, k * 1500, part)
+    return s
+
+
+def _trained_days(settings: Settings) -> list[str]:
+    reg = ModelRegistry(settings.models_dir)
+    return [reg.info(v)["training_day"] for v in reg.versions()]
+
+
+def test_every_two_days_really_trains_every_two_days(settings: Settings) -> None:
+    sup = TrainingSupervisor(settings, every_n_days=2, backoff_seconds=0)
+    scheduled = []
+    for k in range(5):  # event time moves through days 0..4
+        scheduled += sup.maybe_schedule(_day(k))
+        sup.wait(timeout=120)
+    assert scheduled == [_day(1), _day(3)]
+    assert _trained_days(settings) == [_day(1).isoformat(), _day(3).isoformat()]
+    assert ModelRegistry(settings.models_dir).info(ModelRegistry(settings.models_dir).current())[
+        "training_day"] == _day(3).isoformat()
+    assert (settings.logs_dir / f"train_{_day(3).isoformat()}.log").read_text().count("SUCCESS") == 1
+    # A restart keeps the schedule: nothing is retrained, day counting continues.
+    again = TrainingSupervisor(settings, every_n_days=2, backoff_seconds=0)
+    assert again.maybe_schedule(_day(4)) == []
+    assert again.status(_day(1)) == "done" and again.status(_day(2)) is None
+    assert again.maybe_schedule(_day(6)) == [_day(5)]  # index 5: on the cadence
+
+
+def test_sigkill_mid_run_is_retried_and_previous_version_stays_current(settings: Settings) -> None:
+    sup = TrainingSupervisor(settings, every_n_days=1, backoff_seconds=0, max_attempts=3)
+    sup.maybe_schedule(_day(0))
+    previous = train_day(settings, _day(0), window_days=1).version  # the model in service
+    registry = ModelRegistry(settings.models_dir)
+    assert sup.maybe_schedule(_day(2)) == [_day(0), _day(1)]
+    pid = sup.pid
+    assert pid is not None and sup.status(_day(0)) == "running"
+    log = settings.logs_dir / f"train_{_day(0).isoformat()}.log"
+    deadline = time.monotonic() + 60
+    while "training window loaded" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)  # mid-run
+    while sup.pid == pid:
+        sup.poll()
+        time.sleep(0.05)
+    assert registry.current() == previous
+    assert registry.versions() == [previous]
+    entry = sup.state["days"][_day(0).isoformat()]
+    assert entry["attempts"] == 2 and entry["status"] == "running"  # retried at once (backoff 0)
+    # The state on disk says so too: a restarted app would not forget the failure.
+    restarted = TrainingSupervisor(settings, every_n_days=1, backoff_seconds=0)
+    assert restarted.state["days"][_day(0).isoformat()]["attempts"] == 2
+    sup.wait(timeout=120)
+    assert sup.status(_day(0)) == "done" and sup.status(_day(1)) == "done"
+    current = registry.current()
+    assert current != previous and registry.info(current)["training_day"] == _day(1).isoformat()
+
+
+def test_exhausted_attempts_mark_failed_and_keep_current(settings: Settings) -> None:
+    sup = TrainingSupervisor(settings, every_n_days=1, backoff_seconds=0, max_attempts=2)
+    sup.maybe_schedule(dt.date(2024, 1, 1))  # no shards anywhere near this window
+    assert sup.maybe_schedule(dt.date(2024, 1, 2)) == [dt.date(2024, 1, 1)]
+    sup.wait(timeout=120)
+    assert sup.status(dt.date(2024, 1, 1)) == "failed"
+    assert sup.state["days"]["2024-01-01"]["attempts"] == 2
+    assert ModelRegistry(settings.models_dir).current() is None
