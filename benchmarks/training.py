@@ -1,0 +1,45 @@
+"""Seconds to train one day of 400k rows (features, both HGB models, ONNX export, parity, calibration).
+
+Usage: ``python benchmarks/training.py [--rows 400000] [--repeat 1]``. The day comes from the
+synthetic generator (one day, 16 instances, seed 0); the registry lives in a temp folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pyarrow.parquet as pq
+
+from workbench.data.generator import generate
+from workbench.ml._train import train_table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=400_000)
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "day.parquet"
+        generate(data, days=1, rows_per_day=int(args.rows * 1.02), seed=0)
+        table = pq.read_table(data)
+        print(f"cores={os.cpu_count()} rows_in_day={table.num_rows} cap={args.rows}")
+        for i in range(args.repeat):
+            t0 = time.perf_counter()
+            result = train_table(Path(tmp) / f"models{i}", table, dt.date(2024, 3, 4), window_days=1,
+                                 max_rows=args.rows)
+            wall = time.perf_counter() - t0
+            m = result.meta
+            print(f"train one day: {wall:.1f} s wall  (rows {result.rows}, trained {m['rows']['trained']}, "
+                  f"timings {m['timings']}, iterations {m['n_iter']}, parity {m['parity_max_abs_diff']:.1e})")
+
+
+if __name__ == "__main__":
+    main()
