@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 _COMMAND_MODULES = (
     "workbench.broker._cli",
     "workbench.data._cli",
+    "workbench.ml._cli",
 )
 
 
