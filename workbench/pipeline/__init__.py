@@ -1,1 +1,52 @@
-"""pipeline"""
+"""The streaming applications: stream analytics, the anomaly lakehouse sink, and their shared parts.
+
+Shared parts for every app (the ML scoring app reuses them):
+
+* :func:`build_application` / :func:`run_quix_app` (``_app``): the Quix Application factory with the
+  workbench's consumer settings, and a bounded run in the main thread;
+* :func:`decode_event_message`, :func:`json_event_row`, :func:`event_topic` (``_decode``): event
+  messages to Arrow or to a validated dict, raising ``MessageDecodeError`` with a reason;
+* :class:`DeadLetters` (``_deadletter``): malformed messages to the dead-letter topic;
+* :class:`AppStatus` / :func:`read_app_status` (``_status``): counters published as JSON;
+* :mod:`.contracts`: the ``redshift.anomalies`` message contract.
+"""
+
+from __future__ import annotations
+
+from workbench.pipeline._app import (
+    CONSUMER_DEFAULTS,
+    app_state_dir,
+    build_application,
+    consumer_group,
+    register_periodic,
+    run_quix_app,
+)
+from workbench.pipeline._deadletter import DeadLetters
+from workbench.pipeline._decode import decode_event_message, event_topic, json_event_row, message_encoding
+from workbench.pipeline._status import AppStatus, read_app_status, status_path
+from workbench.pipeline.analytics import AnalyticsApp, AnalyticsResult, WindowStatsSink, run_analytics
+from workbench.pipeline.exceptions import AnomalyContractError, PipelineConfigError, PipelineError
+
+__all__ = [
+    "CONSUMER_DEFAULTS",
+    "AnalyticsApp",
+    "AnalyticsResult",
+    "AnomalyContractError",
+    "AppStatus",
+    "DeadLetters",
+    "PipelineConfigError",
+    "PipelineError",
+    "WindowStatsSink",
+    "app_state_dir",
+    "build_application",
+    "consumer_group",
+    "decode_event_message",
+    "event_topic",
+    "json_event_row",
+    "message_encoding",
+    "read_app_status",
+    "register_periodic",
+    "run_analytics",
+    "run_quix_app",
+    "status_path",
+]

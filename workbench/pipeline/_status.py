@@ -1,0 +1,101 @@
+"""Counters of a running app, published as ``<state_dir>/<app>/status.json`` about once a second.
+
+Other processes (notebooks, the CLI) read them with :func:`read_app_status`. The file is written
+to a temporary name and ``os.replace``-d, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import orjson
+
+from workbench.config import Settings
+from workbench.pipeline._app import app_state_dir
+
+__all__ = ["AppStatus", "read_app_status", "status_path"]
+
+logger = logging.getLogger(__name__)
+
+
+def status_path(settings: Settings, app_name: str) -> os.PathLike[str]:
+    """Where app ``app_name`` publishes its status."""
+    return app_state_dir(settings, app_name) / "status.json"
+
+
+class AppStatus:
+    """Named counters plus a throttled, atomic JSON publisher.
+
+    Parameters
+    ----------
+    settings : Settings
+        Locates the status file.
+    app_name : str
+        The app's short name.
+    interval : float
+        Least seconds between two writes of the file (:meth:`maybe_publish`).
+
+    Examples
+    --------
+    >>> status = AppStatus(settings, "analytics")  # doctest: +SKIP
+    >>> status.add("events", 100); status.maybe_publish()  # doctest: +SKIP
+    """
+
+    def __init__(self, settings: Settings, app_name: str, *, interval: float = 1.0) -> None:
+        self.app_name = app_name
+        self.path = status_path(settings, app_name)
+        self.interval = interval
+        self.counters: dict[str, int] = {}
+        self.info: dict[str, Any] = {}
+        self.state = "starting"
+        self.started_at = time.time()
+        self._last_publish = 0.0
+
+    def add(self, name: str, amount: int = 1) -> None:
+        """Increase counter ``name`` by ``amount``."""
+        self.counters[name] = self.counters.get(name, 0) + amount
+
+    def snapshot(self) -> dict[str, Any]:
+        """The status as a JSON-safe dict."""
+        return {"app": self.app_name, "state": self.state, "pid": os.getpid(), "started_at": self.started_at,
+                "updated_at": time.time(), "counters": dict(self.counters), "info": dict(self.info)}
+
+    def maybe_publish(self) -> None:
+        """Write the file if ``interval`` seconds passed since the last write (cheap otherwise)."""
+        now = time.monotonic()
+        if now - self._last_publish >= self.interval:
+            self.publish()
+
+    def publish(self, state: str | None = None) -> None:
+        """Write the file now (optionally changing ``state``: running, stopped, failed)."""
+        if state is not None:
+            self.state = state
+        self._last_publish = time.monotonic()
+        path = os.fspath(self.path)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(orjson.dumps(self.snapshot(), default=str))
+            os.replace(tmp, path)
+        except OSError as exc:  # a status file must never stop the app
+            logger.warning("cannot write status file path=%r error=%r", path, exc)
+
+
+def read_app_status(settings: Settings, app_name: str) -> dict[str, Any] | None:
+    """The last status app ``app_name`` published, or None if it never ran under this home.
+
+    ``updated_at`` (epoch seconds) tells whether the app is alive: a running app refreshes it
+    about once a second while it processes messages or waits for them.
+    """
+    try:
+        with open(status_path(settings, app_name), "rb") as fh:
+            return orjson.loads(fh.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        logger.warning("cannot read status app=%r error=%r", app_name, exc)
+        return None
