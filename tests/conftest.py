@@ -64,6 +64,7 @@ def isolated_settings(base: Settings, home: Path, **overrides: object) -> Settin
         topic_anomalies=f"redshift.anomalies.{suffix}",
         topic_dead_letter=f"redshift.dead_letter.{suffix}",
         topic_replay_control=f"workbench.replay_control.{suffix}",
+        topic_replay_state=f"workbench.replay_state.{suffix}",
         **overrides,
     )
 

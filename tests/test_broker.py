@@ -39,7 +39,8 @@ def test_topics_are_created_with_partitions_and_retention_idempotently(kafka_set
     assert len(topics[settings.topic_dead_letter].partitions) == 1
     resource = ConfigResource("topic", settings.topic_query_events)
     config = admin.describe_configs([resource])[resource].result()
-    assert config["retention.ms"].value == str(settings.retention_ms)
+    assert config["retention.ms"].value == "-1"  # historical timestamps: retention by size
+    assert config["retention.bytes"].value == str(settings.retention_bytes)
 
     grown = settings.with_overrides(partitions=5)
     ensure_topics(grown)

@@ -98,14 +98,19 @@ class Settings(BaseSettings):
     topic_anomalies: str = "redshift.anomalies"
     topic_dead_letter: str = "redshift.dead_letter"
     topic_replay_control: str = "workbench.replay_control"
+    topic_replay_state: str = "workbench.replay_state"
     partitions: int = Field(
         default=4, ge=1, le=1024, validation_alias="WORKBENCH_PARTITIONS"
     )
-    retention_ms: int = Field(
-        default=14 * 24 * 3600 * 1000,
-        ge=60_000,
-        validation_alias="WORKBENCH_RETENTION_MS",
-        description="Retention of the event and anomaly topics (dead letters keep 4x longer).",
+    retention_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1024**2,
+        validation_alias="WORKBENCH_RETENTION_BYTES",
+        description=(
+            "Retention of the event and anomaly topics, per partition. Size, not time: replayed "
+            "events carry their historical arrival times as Kafka timestamps, which time-based "
+            "retention would delete as soon as they land."
+        ),
     )
 
     @field_validator("home", "cache_dir", "reports_dir", mode="after")

@@ -29,16 +29,23 @@ class TopicSpec:
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """The workbench's topics: events and anomalies keyed by instance_id, dead letters, control."""
-    retention = str(settings.retention_ms)
-    common = {"retention.ms": retention, "compression.type": "producer", "max.message.bytes": "16777216"}
+    # Kafka timestamps are the log's own (historical) arrival times, so time-based retention would
+    # delete replayed data at once: the data topics keep everything up to a size per partition.
+    by_size = {
+        "retention.ms": "-1",
+        "retention.bytes": str(settings.retention_bytes),
+        "compression.type": "producer",
+        "max.message.bytes": "16777216",
+    }
     return [
-        TopicSpec(settings.topic_query_events, settings.partitions, dict(common)),
-        TopicSpec(settings.topic_anomalies, settings.partitions, dict(common)),
-        # Dead letters are what someone must look at later: keep them four times longer.
-        TopicSpec(settings.topic_dead_letter, 1, {**common, "retention.ms": str(settings.retention_ms * 4)}),
-        # Replay commands: one partition keeps them ordered; compaction is not wanted (commands
-        # are events), a day of retention is plenty.
+        TopicSpec(settings.topic_query_events, settings.partitions, dict(by_size)),
+        TopicSpec(settings.topic_anomalies, settings.partitions, dict(by_size)),
+        TopicSpec(settings.topic_dead_letter, 1, dict(by_size)),
         TopicSpec(settings.topic_replay_control, 1, {"retention.ms": str(24 * 3600 * 1000)}),
+        # Replay positions and status, written in the same transactions as the events: compacted,
+        # so the latest record per replay survives forever and the topic stays small.
+        TopicSpec(settings.topic_replay_state, 1, {"cleanup.policy": "compact", "retention.ms": "-1",
+                                                   "segment.ms": str(3600 * 1000)}),
     ]
 
 

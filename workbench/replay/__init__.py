@@ -1,1 +1,21 @@
-"""replay"""
+"""Replay a Parquet query log into Kafka at an adjustable speed, steerable from any process."""
+
+from workbench.replay._control import COMMANDS, Command, ReplayController, ReplayStatus
+from workbench.replay._pacing import Clock, Pacer, SystemClock
+from workbench.replay._replay import BatchReport, Replay
+from workbench.replay._source import LogFile
+from workbench.replay.exceptions import ReplayError
+
+__all__ = [
+    "COMMANDS",
+    "BatchReport",
+    "Clock",
+    "Command",
+    "LogFile",
+    "Pacer",
+    "Replay",
+    "ReplayController",
+    "ReplayError",
+    "ReplayStatus",
+    "SystemClock",
+]

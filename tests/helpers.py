@@ -1,0 +1,93 @@
+"""Small, exact test inputs and Kafka read-back helpers shared by the tests."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from confluent_kafka import Consumer, TopicPartition
+
+from workbench.config import Settings
+from workbench.data.schema import LABEL_SCHEMA, REDSET_SCHEMA
+
+
+def make_log(path: Path, *, rows: int = 2000, instances: int = 3, start: str = "2024-03-04T00:00:00",
+             spacing_s: float = 1.0, seed: int = 0, row_group_size: int = 500) -> Path:
+    """A valid, sorted Redset-style log with evenly spaced arrivals (exact, not realistic)."""
+    rng = np.random.default_rng(seed)
+    t0 = int(datetime.fromisoformat(start).replace(tzinfo=UTC).timestamp() * 1_000_000)
+    times = t0 + (np.arange(rows) * spacing_s * 1_000_000).astype(np.int64)
+    instance = rng.integers(1, instances + 1, rows)
+    columns = {
+        "instance_id": instance,
+        "cluster_size": np.where(instance % 2 == 0, 4, 0),
+        "user_id": rng.integers(1, 20, rows),
+        "database_id": rng.integers(1, 3, rows),
+        "query_id": np.arange(rows) * 7 + 1_000_000_000_000,  # beyond int32 on purpose
+        "arrival_timestamp": times,
+        "compile_duration_ms": rng.integers(0, 500, rows),
+        "queue_duration_ms": rng.integers(0, 50, rows),
+        "execution_duration_ms": rng.integers(1, 5000, rows),
+        "feature_fingerprint": [f"{x:064x}" for x in rng.integers(0, 50, rows)],
+        "was_aborted": np.zeros(rows, bool),
+        "was_cached": rng.random(rows) < 0.1,
+        "cache_source_query_id": [None] * rows,
+        "query_type": rng.choice(["select", "insert", "copy"], rows),
+        "num_permanent_tables_accessed": rng.integers(0, 4, rows),
+        "num_external_tables_accessed": np.zeros(rows, np.int64),
+        "num_system_tables_accessed": np.zeros(rows, np.int64),
+        "read_table_ids": ["1,2"] * rows,
+        "write_table_ids": [None] * rows,
+        "mbytes_scanned": rng.integers(0, 3000, rows),
+        "mbytes_spilled": np.zeros(rows, np.int64),
+        "num_joins": rng.integers(0, 3, rows),
+        "num_scans": rng.integers(0, 3, rows),
+        "num_aggregations": rng.integers(0, 3, rows),
+    }
+    arrays = []
+    for field in REDSET_SCHEMA:
+        values = columns[field.name]
+        if field.name == "cluster_size":
+            arrays.append(pa.array(values, pa.int64(), mask=np.asarray(values) == 0))
+        elif field.name == "arrival_timestamp":
+            arrays.append(pa.array(values, pa.int64()).cast(field.type))
+        else:
+            arrays.append(pa.array(values, field.type))
+    labels = [pa.array(np.zeros(rows, bool)), pa.array([None] * rows, pa.string())]
+    schema = pa.schema(list(REDSET_SCHEMA) + list(LABEL_SCHEMA))
+    table = pa.Table.from_arrays(arrays + labels, schema=schema)
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def consume_all(settings: Settings, topic: str, *, expected: int | None = None, timeout: float = 60.0,
+                idle: float = 3.0) -> list:
+    """Every committed message of ``topic`` (read_committed), until ``expected`` or ``idle`` s of silence."""
+    consumer = Consumer({
+        **settings.kafka_client_config(), "group.id": f"test-{uuid.uuid4().hex[:8]}",
+        "auto.offset.reset": "earliest", "enable.auto.commit": False, "isolation.level": "read_committed",
+    })
+    metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+    consumer.assign([TopicPartition(topic, p, 0) for p in metadata.partitions])
+    messages: list = []
+    deadline = time.monotonic() + timeout
+    last = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            batch = consumer.consume(num_messages=10_000, timeout=0.5)
+            batch = [m for m in batch if not m.error()]
+            if batch:
+                messages.extend(batch)
+                last = time.monotonic()
+            if expected is not None and len(messages) >= expected and time.monotonic() - last > 0.5:
+                break
+            if expected is None and time.monotonic() - last > idle:
+                break
+    finally:
+        consumer.close()
+    return messages

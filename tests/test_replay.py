@@ -1,0 +1,219 @@
+"""The replay engine on the real broker: pacing, live control, resume, packing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers import consume_all, make_log
+from workbench.config import Settings
+from workbench.data import codec
+from workbench.replay import BatchReport, Pacer, Replay, ReplayController, ReplayError
+
+
+class FakeClock:
+    """Wall time that only moves when the replay sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+
+
+def _ids(messages: list) -> Counter:
+    decoded = codec.decode_values([m.value() for m in messages],
+                                  [codec.header(m.headers(), "encoding") for m in messages])
+    assert not decoded.errors
+    batch = decoded.batch
+    return Counter(zip(batch.column("instance_id").to_pylist(), batch.column("query_id").to_pylist(), strict=True))
+
+
+def _file_ids(path: Path) -> Counter:
+    table = pq.read_table(path, columns=["instance_id", "query_id"])
+    return Counter(zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True))
+
+
+def test_pacer_keeps_event_time_continuous_across_speed_changes_and_pauses() -> None:
+    pacer = Pacer(600)
+    pacer.anchor(0, now=0.0)
+    assert pacer.event_clock(1.0) == 600_000_000
+    pacer.set_speed(60, now=1.0, current_event_us=None)
+    assert pacer.event_clock(1.0) == 600_000_000  # no jump at the change
+    assert pacer.event_clock(2.0) == 660_000_000
+    pacer.pause(now=2.0, current_event_us=None)
+    assert pacer.event_clock(50.0) == 660_000_000 and not pacer.due(660_000_001, 50.0)
+    pacer.resume(now=50.0)
+    assert pacer.event_clock(51.0) == 720_000_000
+
+
+def test_fake_clock_pacing_matches_speed_within_one_percent_including_a_speed_change(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    log = make_log(tmp_path / "log.parquet", rows=7200, spacing_s=1.0)  # two hours of events
+    clock = FakeClock()
+    reports: list[BatchReport] = []
+    replay: Replay
+
+    def observe(report: BatchReport) -> None:
+        reports.append(report)
+        if report.wall_time - 1000.0 >= 5.0 and replay.speedup == 600:
+            replay.set_speed(1800)
+
+    replay = Replay(log, settings=kafka_settings, speedup=600, clock=clock, observer=observe, batch_size=1000)
+    status = replay.run()
+    assert status.state == "finished" and status.next_row == 7200
+
+    change = next(i for i, r in enumerate(reports) if r.speedup == 1800)
+    before, after = reports[:change], reports[change:]
+    t0, e0 = before[0].wall_time, before[0].first_event_us
+    t1, e1 = before[-1].wall_time, before[-1].last_event_us
+    assert (e1 - e0) / 1e6 / (t1 - t0) == pytest.approx(600, rel=0.01)
+    t2, e2 = after[0].wall_time, after[0].last_event_us
+    t3, e3 = after[-1].wall_time, after[-1].last_event_us
+    assert (e3 - e2) / 1e6 / (t3 - t2) == pytest.approx(1800, rel=0.01)
+    # every row arrived exactly once
+    messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=7200)
+    assert _ids(messages) == _file_ids(log)
+
+
+def test_messages_are_keyed_timestamped_headed_and_never_carry_labels(kafka_settings: Settings, tmp_path: Path) -> None:
+    log = make_log(tmp_path / "log.parquet", rows=300)
+    Replay(log, settings=kafka_settings, speedup=0).run()
+    messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=300)
+    first = sorted(messages, key=lambda m: m.timestamp()[1])[0]
+    row = pq.read_table(log).slice(0, 1).to_pylist()[0]
+    assert first.key() == str(row["instance_id"]).encode()
+    assert first.timestamp()[1] == int(row["arrival_timestamp"].timestamp() * 1000)
+    assert codec.header(first.headers(), "schema") == "redset/1"
+    assert codec.header(first.headers(), "encoding") == "json"
+    import orjson
+    value = orjson.loads(first.value())
+    assert "label_anomaly" not in value and "label_kind" not in value
+    assert len(value) == 24 and value["cache_source_query_id"] is None
+    assert value["arrival_timestamp"].endswith("+00:00")
+
+
+def test_packed_messages_carry_every_row_in_order_per_instance(kafka_settings: Settings, tmp_path: Path) -> None:
+    log = make_log(tmp_path / "log.parquet", rows=3000, instances=4)
+    Replay(log, settings=kafka_settings, speedup=0, pack=50).run()
+    messages = consume_all(kafka_settings, kafka_settings.topic_query_events, idle=3)
+    assert all(codec.header(m.headers(), "encoding") == "arrow" for m in messages)
+    assert len(messages) < 3000 / 10
+    assert _ids(messages) == _file_ids(log)
+    for message in messages:  # one instance per message, in arrival order
+        batch = codec.decode_value(message.value(), "arrow")
+        assert set(batch.column("instance_id").to_pylist()) == {int(message.key())}
+        times = batch.column("arrival_timestamp").to_pylist()
+        assert times == sorted(times)
+
+
+def test_pause_via_another_process_stops_production_within_a_second(kafka_settings: Settings, tmp_path: Path) -> None:
+    log = make_log(tmp_path / "log.parquet", rows=20_000, spacing_s=1.0)
+    replay = Replay(log, settings=kafka_settings, speedup=600).start()
+    controller = ReplayController(kafka_settings)  # the cross-process path: commands over the topic
+    try:
+        _wait(lambda: (replay.status() or _none).next_row > 0)
+        controller.pause()
+        time.sleep(1.0)
+        paused_at = replay.status().next_row
+        assert replay.status().state == "paused"
+        time.sleep(1.5)
+        assert replay.status().next_row == paused_at
+        controller.resume()
+        _wait(lambda: replay.status().next_row > paused_at)
+        # status is visible from another process too
+        _wait(lambda: (controller.status() or _none).next_row > 0)
+    finally:
+        replay.stop()
+        replay.join(10)
+
+
+class _None:
+    next_row = 0
+    state = None
+
+
+_none = _None()
+
+
+def _wait(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def test_seek_and_reset_land_on_the_right_row(kafka_settings: Settings, tmp_path: Path) -> None:
+    log = make_log(tmp_path / "log.parquet", rows=5000, spacing_s=2.0)
+    replay = Replay(log, settings=kafka_settings, speedup=60).start()
+    try:
+        _wait(lambda: (replay.status() or _none).next_row > 0)
+        replay.pause()
+        _wait(lambda: replay.status().state == "paused")
+        replay.seek("2024-03-04T02:00:01")  # rows are 2 s apart from midnight: row 3601 is the first at/after
+        _wait(lambda: replay.status().next_row == 3601)
+        assert replay.status().event_time.isoformat() == "2024-03-04T02:00:02+00:00"
+        replay.reset_position()
+        _wait(lambda: replay.status().next_row == 0)
+        replay.set_speed("max")
+        replay.resume()
+        _wait(lambda: replay.status().state == "finished")
+    finally:
+        replay.stop()
+        replay.join(10)
+    assert replay.status().next_row == 5000
+
+
+def test_restart_resumes_at_saved_position_and_refuses_another_file(kafka_settings: Settings, tmp_path: Path) -> None:
+    log = make_log(tmp_path / "log.parquet", rows=1000)
+    status = Replay(log, settings=kafka_settings, speedup=0).run()
+    assert status.next_row == 1000
+    again = Replay(log, settings=kafka_settings, speedup=0).run()
+    assert again.rows_sent == 0 and again.state == "finished"
+    other = make_log(tmp_path / "other.parquet", rows=500, seed=1)
+    with pytest.raises(ReplayError, match="saved position in another file.*--reset"):
+        Replay(other, settings=kafka_settings, speedup=0).run()
+    assert Replay(other, settings=kafka_settings, speedup=0, reset=True).run().rows_sent == 500
+
+
+def test_kill_9_and_restart_yields_exactly_the_file(kafka_settings: Settings, tmp_path: Path) -> None:
+    log = make_log(tmp_path / "log.parquet", rows=30_000, spacing_s=0.5)
+    env = {
+        **os.environ,
+        "WORKBENCH_HOME": str(kafka_settings.home),
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+        "WORKBENCH_TOPIC_QUERY_EVENTS": kafka_settings.topic_query_events,
+        "WORKBENCH_TOPIC_DEAD_LETTER": kafka_settings.topic_dead_letter,
+        "WORKBENCH_TOPIC_REPLAY_CONTROL": kafka_settings.topic_replay_control,
+        "WORKBENCH_TOPIC_REPLAY_STATE": kafka_settings.topic_replay_state,
+    }
+    command = [sys.executable, "-m", "workbench.cli", "replay", str(log), "--speedup", "3600",
+               "--batch-size", "300", "--quiet"]
+    controller = ReplayController(kafka_settings)
+    for _ in range(2):  # killed twice mid-run
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        seen = (controller.status() or _none).next_row
+        _wait(lambda seen=seen: (controller.status() or _none).next_row > seen + 1000, timeout=60)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    status = controller.status()
+    assert 0 < status.next_row < 30_000
+    finished = subprocess.run([*command[:-1], "--speedup", "max", "--quiet"], env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=30_000, idle=5)
+    assert len(messages) == 30_000
+    assert _ids(messages) == _file_ids(log)

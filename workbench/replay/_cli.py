@@ -1,0 +1,85 @@
+"""``workbench replay FILE`` and ``workbench replay-control COMMAND``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from workbench.replay._control import ReplayController, ReplayStatus
+from workbench.replay._replay import Replay
+
+__all__ = ["register"]
+
+
+def _settings(args: argparse.Namespace):
+    from workbench.cli import settings_from_args
+
+    return settings_from_args(args)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from workbench.broker import ensure_broker
+
+    settings = _settings(args)
+    ensure_broker(settings)
+    replay = Replay(args.file, settings=settings, speedup=args.speedup, pack=args.pack, replay_id=args.replay_id,
+                    reset=args.reset, batch_size=args.batch_size)
+    bar = tqdm(total=0, unit="rows", unit_scale=True, dynamic_ncols=True, disable=args.quiet, file=sys.stderr)
+
+    def progress(status: ReplayStatus) -> None:
+        if bar.total != status.rows_total:
+            bar.total = status.rows_total
+        bar.n = status.next_row
+        clock = status.event_time.strftime("%Y-%m-%d %H:%M:%S") if status.event_time else "-"
+        speed = "max" if status.speedup <= 0 else f"{status.speedup:g}x"
+        eta = f"{status.eta_seconds:.0f}s" if status.eta_seconds is not None else "-"
+        bar.set_description_str(f"{clock} UTC {speed} {status.state}", refresh=False)
+        bar.set_postfix_str(f"{status.rate_now:,.0f}/s ETA {eta}", refresh=False)
+        bar.refresh()
+
+    # SIGTERM/SIGINT ask for a clean stop: the current batch commits, the position is saved.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: replay.stop())
+    status = replay.run(timeout=args.timeout, progress=progress)
+    bar.close()
+    print(status)
+    return 0 if status.state in ("finished", "stopped") else 1
+
+
+def _control(args: argparse.Namespace) -> int:
+    controller = ReplayController(_settings(args), args.replay_id)
+    if args.action == "status":
+        status = controller.status()
+        print(status if status else f"replay {args.replay_id!r} has not run yet")
+        return 0 if status else 1
+    if args.action == "speed":
+        controller.set_speed(args.value)
+    elif args.action == "seek":
+        controller.seek(args.value)
+    else:
+        getattr(controller, args.action)()
+    print(f"sent {args.action} to replay {args.replay_id!r}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the replay commands."""
+    parser = subparsers.add_parser("replay", help="replay a Parquet query log into Kafka")
+    parser.add_argument("file", help="Parquet query log sorted by (arrival_timestamp, query_id)")
+    parser.add_argument("--speedup", default="600", help="event seconds per wall second, 0 or 'max' = unpaced")
+    parser.add_argument("--pack", type=int, default=1, help="queries per message (N>1: packed Arrow messages)")
+    parser.add_argument("--reset", action="store_true", help="start from the first row, not the saved position")
+    parser.add_argument("--replay-id", default="default", help="names the position, status and commands")
+    parser.add_argument("--batch-size", type=int, default=5000, help="most rows per transaction")
+    parser.add_argument("--timeout", type=float, help="stop after this many seconds")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_replay)
+
+    control = subparsers.add_parser("replay-control", help="steer a running replay from any process")
+    control.add_argument("action", choices=["speed", "pause", "resume", "seek", "reset", "stop", "status"])
+    control.add_argument("value", nargs="?", help="speedup for 'speed', ISO date-time for 'seek'")
+    control.add_argument("--replay-id", default="default")
+    control.set_defaults(func=_control)

@@ -1,0 +1,230 @@
+"""Replay commands and status across processes.
+
+One documented mechanism: commands are JSON records on the control topic
+(``workbench.replay_control``), keyed by replay id::
+
+    {"replay_id": "default", "command": "set_speed", "value": 600, "issued_at": 1710000000.0}
+
+with ``command`` one of ``set_speed`` (value: speedup, 0 = max), ``pause``, ``resume``,
+``seek`` (value: ISO-8601 event time), ``reset`` and ``stop``. A running replay applies each
+command within one loop tick (0.1 s). It publishes its position and a status snapshot to the
+compacted state topic (``workbench.replay_state``) under the keys ``<id>/position`` and
+``<id>/status``, the position inside the same Kafka transaction as the events it covers.
+:class:`ReplayController` is the client any notebook or process uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from workbench.config import Settings
+from workbench.replay.exceptions import ReplayError
+
+__all__ = ["COMMANDS", "Command", "ReplayController", "ReplayStatus", "read_state"]
+
+logger = logging.getLogger(__name__)
+
+COMMANDS = ("set_speed", "pause", "resume", "seek", "reset", "stop")
+CommandName = Literal["set_speed", "pause", "resume", "seek", "reset", "stop"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One control command for a replay."""
+
+    replay_id: str
+    command: str
+    value: Any = None
+    issued_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.command not in COMMANDS:
+            msg = f"The replay command must be one of {COMMANDS}. Got {self.command!r} instead."
+            raise ReplayError(msg)
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, value: bytes) -> Command:
+        data = orjson.loads(value)
+        return cls(str(data["replay_id"]), str(data["command"]), data.get("value"), float(data.get("issued_at", 0)))
+
+
+@dataclass(frozen=True)
+class ReplayStatus:
+    """A snapshot of a replay's progress, for people and notebooks."""
+
+    replay_id: str
+    file: str
+    state: str  # starting | running | paused | finished | stopped | failed
+    speedup: float
+    rows_sent: int
+    rows_total: int
+    next_row: int
+    event_time: datetime | None
+    first_event_time: datetime | None
+    last_event_time: datetime | None
+    rate_now: float
+    rate_avg: float
+    eta_seconds: float | None
+    dead_letters: int = 0
+    pack: int = 1
+    error: str | None = None
+    updated_at: float = field(default_factory=time.time)
+
+    @property
+    def fraction(self) -> float:
+        """Share of the file replayed (0..1)."""
+        return self.next_row / self.rows_total if self.rows_total else 1.0
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("starting", "running", "paused")
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, value: bytes) -> ReplayStatus:
+        data = orjson.loads(value)
+        for key in ("event_time", "first_event_time", "last_event_time"):
+            if data.get(key):
+                data[key] = datetime.fromisoformat(data[key])
+        return cls(**data)
+
+    def __str__(self) -> str:
+        clock = self.event_time.strftime("%Y-%m-%d %H:%M:%S") if self.event_time else "-"
+        speed = "max" if self.speedup <= 0 else f"{self.speedup:g}x"
+        eta = f", ETA {self.eta_seconds:.0f} s" if self.eta_seconds is not None else ""
+        return (
+            f"replay {self.replay_id} [{self.state}] {clock} UTC | {self.next_row:,}/{self.rows_total:,} rows "
+            f"({self.fraction:.1%}) | {self.rate_now:,.0f} rows/s now, {self.rate_avg:,.0f} avg | {speed}{eta}"
+        )
+
+
+def _parse_time(value: datetime | str) -> datetime:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError as exc:
+            msg = f"seek needs an ISO-8601 date-time such as 2024-03-05T12:00:00. Got {value!r} instead."
+            raise ReplayError(msg) from exc
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def read_state(settings: Settings, key: str, timeout: float = 10.0) -> bytes | None:
+    """The latest value under ``key`` in the replay state topic (committed records only)."""
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": f"workbench-state-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            "log_level": 3,
+        }
+    )
+    try:
+        partition = TopicPartition(settings.topic_replay_state, 0)
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
+        except Exception as exc:
+            logger.debug("state topic not readable: %s", exc)
+            return None
+        if high <= low:
+            return None
+        consumer.assign([TopicPartition(settings.topic_replay_state, 0, low)])
+        latest: bytes | None = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            messages = consumer.consume(num_messages=10_000, timeout=0.5)
+            for message in messages:
+                if message.error():
+                    continue
+                if message.key() == key.encode():
+                    latest = message.value()
+            position = consumer.position([partition])[0].offset
+            # read_committed stops at the last stable offset; an aborted tail never arrives.
+            if position >= high or (not messages and position >= 0):
+                break
+        return latest
+    finally:
+        consumer.close()
+
+
+class ReplayController:
+    """Steer a replay that runs in any process, and read its status.
+
+    Examples
+    --------
+    >>> ctl = ReplayController(settings, "default")  # doctest: +SKIP
+    >>> ctl.set_speed(3600); ctl.pause(); ctl.seek("2024-03-05T12:00"); ctl.resume()  # doctest: +SKIP
+    """
+
+    def __init__(self, settings: Settings, replay_id: str = "default") -> None:
+        self.settings = settings
+        self.replay_id = replay_id
+        self._producer: Producer | None = None
+
+    def _send(self, command: str, value: Any = None) -> None:
+        if self._producer is None:
+            self._producer = Producer({**self.settings.kafka_client_config(), "linger.ms": 0, "log_level": 3})
+        cmd = Command(self.replay_id, command, value)
+        self._producer.produce(self.settings.topic_replay_control, key=self.replay_id.encode(), value=cmd.encode())
+        if self._producer.flush(10) != 0:
+            msg = f"Could not deliver the {command!r} command to {self.settings.topic_replay_control}"
+            raise ReplayError(msg)
+
+    def set_speed(self, speedup: float) -> None:
+        """Event seconds per wall second; 0 (or ``"max"``) sends as fast as the broker takes."""
+        self._send("set_speed", _validate_speed(speedup))
+
+    def pause(self) -> None:
+        self._send("pause")
+
+    def resume(self) -> None:
+        self._send("resume")
+
+    def seek(self, event_time: datetime | str) -> None:
+        """Continue from the first row at or after ``event_time`` (UTC if no zone is given)."""
+        self._send("seek", _parse_time(event_time).isoformat())
+
+    def reset(self) -> None:
+        """Start over from the first row."""
+        self._send("reset")
+
+    def stop(self) -> None:
+        self._send("stop")
+
+    def status(self) -> ReplayStatus | None:
+        """The replay's latest published status, or None if it never ran."""
+        value = read_state(self.settings, f"{self.replay_id}/status")
+        return ReplayStatus.from_json(value) if value else None
+
+
+def _validate_speed(speedup: float | str) -> float:
+    if isinstance(speedup, str):
+        if speedup.strip().lower() in ("max", "inf", "0"):
+            return 0.0
+        try:
+            speedup = float(speedup.rstrip("xX"))
+        except ValueError as exc:
+            msg = f"The speedup must be a number >= 0 or 'max'. Got {speedup!r} instead."
+            raise ReplayError(msg) from exc
+    if not speedup >= 0 or speedup == float("inf"):
+        if speedup == float("inf"):
+            return 0.0
+        msg = f"The speedup must be a number >= 0 (0 = as fast as possible). Got {speedup!r} instead."
+        raise ReplayError(msg)
+    return float(speedup)
