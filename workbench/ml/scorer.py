@@ -2,15 +2,18 @@
 
 :class:`Scorer` follows the registry's ``CURRENT`` pointer. Each :meth:`Scorer.score` call first
 ``stat``\\ s the pointer (inode, mtime, size: microseconds); when it changed, the new version is
-loaded (~10 ms) and used from that call on, so a retraining never pauses the stream and no batch
-is scored by a half-loaded model. Loaded versions are cached.
+loaded in a background thread while the old one keeps scoring, and the first call after the load
+completed uses it: a retraining never pauses the stream and no batch is scored by a half-loaded
+model. Loaded versions are cached (the last two).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from workbench.ml.detector import ResidualDetector
-from workbench.ml.exceptions import ModelNotFoundError
+from workbench.ml.exceptions import MLError
 from workbench.ml.features import (
     INPUT_COLUMNS,
     OBSERVED_COLUMNS,
@@ -130,16 +133,24 @@ class Scorer:
         Pin one version; ``None`` follows ``CURRENT`` and hot-swaps when it changes.
     intra_op_threads : int, default=2
         ONNX Runtime threads per session.
+    background : bool, default=True
+        Load a new current version in a background thread (~0.1-0.2 s for a 400k-row model)
+        and keep scoring with the old one until it is ready, so the swap costs the stream no
+        pause. The very first model is always loaded synchronously.
     """
 
-    def __init__(self, models_dir: Path, *, version: str | None = None, intra_op_threads: int = 2) -> None:
+    def __init__(self, models_dir: Path, *, version: str | None = None, intra_op_threads: int = 2,
+                 background: bool = True) -> None:
         self.models_dir = Path(models_dir)
         self.pinned_version = version
         self.intra_op_threads = intra_op_threads
+        self.background = background
         self._registry = ModelRegistry(self.models_dir)
         self._cache: dict[str, LoadedModel] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._model: LoadedModel | None = None
+        self._pending: tuple[str, Future[LoadedModel]] | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def version(self) -> str | None:
@@ -153,38 +164,77 @@ class Scorer:
         self.refresh()
         return self._model
 
+    @property
+    def swap_pending(self) -> bool:
+        """True while a new current version loads in the background."""
+        return self._pending is not None
+
     def refresh(self) -> bool:
-        """Load the current version if the pointer changed; True when the model changed."""
+        """Check the pointer (one ``stat``) and swap in a loaded new version; True if swapped."""
         if self.pinned_version is not None:
             if self._model is None:
                 self._model = self._load(self.pinned_version)
                 return True
             return False
+        swapped = self._finish_pending()
         try:
             st = os.stat(self._registry.current_path)
         except FileNotFoundError:
-            return False
+            return swapped
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp == self._stamp:
-            return False
-        version = self._registry.current()
-        if version is None:
-            return False
-        previous = self._model.version if self._model else None
-        if version != previous:
-            try:
-                self._model = self._load(version)
-            except (ModelNotFoundError, OSError) as exc:
-                logger.error("cannot load new current model version=%s error=%s", version, exc)
-                return False
-            logger.info("scorer swapped model previous=%s current=%s", previous, version)
+            return swapped
         self._stamp = stamp
-        return version != previous
+        version = self._registry.current()
+        current = self._model.version if self._model else None
+        if version is None or version == current:
+            return swapped
+        if self._pending is not None and self._pending[0] == version:
+            return swapped
+        if self._model is None or not self.background:
+            try:
+                self._install(self._load(version))
+            except (MLError, OSError) as exc:
+                logger.error("cannot load new current model version=%s error=%s", version, exc)
+                self._stamp = None  # try again on the next call
+                return swapped
+            return True
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
+        self._pending = (version, self._executor.submit(self._load, version))
+        logger.info("loading new current model in background version=%s", version)
+        return swapped
+
+    def wait_for_swap(self, timeout: float = 30.0) -> str | None:
+        """Block until a background load finished (tests, shutdown); returns the version in use."""
+        if self._pending is not None:
+            with contextlib.suppress(Exception):
+                self._pending[1].result(timeout=timeout)
+        self.refresh()
+        return self._model.version if self._model else None
+
+    def _finish_pending(self) -> bool:
+        if self._pending is None or not self._pending[1].done():
+            return False
+        version, future = self._pending
+        self._pending = None
+        try:
+            self._install(future.result())
+        except (MLError, OSError) as exc:
+            logger.error("cannot load new current model version=%s error=%s", version, exc)
+            self._stamp = None
+            return False
+        return True
+
+    def _install(self, model: LoadedModel) -> None:
+        previous = self._model.version if self._model else None
+        self._model = model
+        logger.info("scorer swapped model previous=%s current=%s", previous, model.version)
 
     def _load(self, version: str) -> LoadedModel:
         if version not in self._cache:
-            self._cache[version] = LoadedModel.load(self._registry, version,
-                                                    intra_op_threads=self.intra_op_threads)
+            loaded = LoadedModel.load(self._registry, version, intra_op_threads=self.intra_op_threads)
+            self._cache[version] = loaded
             for old in list(self._cache)[:-2]:
                 del self._cache[old]
         return self._cache[version]
@@ -201,4 +251,3 @@ class Scorer:
             check_columns(table.column_names, _BASE_REQUIRED)
             return _append(table, None)
         return _append(table, model.predict(table))
-
