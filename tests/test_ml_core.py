@@ -194,3 +194,10 @@ def test_cli_models_list_show_rollback(models_dir: Path, capsys: pytest.CaptureF
     assert json.loads(capsys.readouterr().out)["version"] == "v0001-2024-03-01"
     assert main(["--home", str(home), "models", "set-current", "v0001-2024-03-01"]) == 0
     assert main(["--home", str(home), "models", "rollback", "nope"]) == 2
+
+
+def test_training_is_deterministic(tmp_path: Path, log: pa.Table) -> None:
+    a = train_table(tmp_path / "a", log.slice(0, 3000), DAY1, window_days=1, seed=5)
+    b = train_table(tmp_path / "b", log.slice(0, 3000), DAY1, window_days=1, seed=5)
+    assert a.meta["files"] == b.meta["files"]  # same ONNX bytes, same lookup tables
+    assert a.meta["detector"] == b.meta["detector"]

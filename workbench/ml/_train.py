@@ -170,6 +170,7 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
                         "fit_quantile": round(model.fit_seconds_["quantile"], 3)},
         }
         version = registry.publish(staged, day, meta)
+    meta = registry.info(version)  # with version id, file hashes and creation time
     if set_current:
         registry.set_current(version)
     logger.info("training done version=%s day=%s rows=%d seconds=%.1f parity=%.2g holdout=%s",
