@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "workbench.broker._cli",
     "workbench.data._cli",
     "workbench.ml._cli",
+    "workbench.pipeline._cli",
     "workbench.replay._cli",
 )
 

@@ -1,0 +1,38 @@
+"""``workbench app analytics|anomaly-sink``: run a streaming app in this process (main thread)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``app`` command."""
+    parser = subparsers.add_parser("app", help="run a streaming app (stream analytics or the anomaly sink)")
+    parser.add_argument("name", choices=("analytics", "anomaly-sink"), help="which app")
+    parser.add_argument("--timeout", type=float, help="stop after this many seconds")
+    parser.add_argument("--idle-exit", type=float, help="stop after this many seconds without messages")
+    parser.add_argument("--window-minutes", type=float, default=10.0, help="analytics window length")
+    parser.add_argument("--grace-minutes", type=float, default=5.0, help="analytics grace period (event time)")
+    parser.add_argument("--closing-strategy", choices=("partition", "key"), default="partition")
+    parser.add_argument("--retention-days", type=float, default=8.0, help="archive older analytics windows")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from workbench.cli import settings_from_args
+
+    settings = settings_from_args(args)
+    if args.name == "analytics":
+        from workbench.pipeline.analytics import run_analytics
+
+        run_analytics(settings, timeout=args.timeout, idle_exit=args.idle_exit,
+                      window_ms=int(args.window_minutes * 60_000), grace_ms=int(args.grace_minutes * 60_000),
+                      closing_strategy=args.closing_strategy, retention_days=args.retention_days)
+    else:
+        from workbench.pipeline.anomaly_sink import run_anomaly_sink
+
+        run_anomaly_sink(settings, timeout=args.timeout, idle_exit=args.idle_exit)
+    return 0

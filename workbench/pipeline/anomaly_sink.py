@@ -1,0 +1,244 @@
+"""Anomaly sink: ``redshift.anomalies`` into the DuckLake lakehouse, idempotently.
+
+No window (the earlier app's window only added latency): each message is checked against the
+contract (:mod:`workbench.pipeline.contracts`) and mapped to a lakehouse row; malformed ones go to
+the dead-letter topic. :class:`DuckLakeSink` writes each flushed batch (one per topic partition
+per checkpoint) with :meth:`AnomalyLakehouse.write`, which skips rows already stored under
+``(instance_id, query_id, model_version)``, so at-least-once redelivery never duplicates. A locked
+catalog pauses the partitions (``SinkBackpressureError``) and the batch is re-read and retried.
+Every ``maintain_every`` writes or ``maintain_interval_s`` seconds the sink compacts
+(:meth:`AnomalyLakehouse.maintain`).
+
+Run it as ``workbench app anomaly-sink`` or ``python -m workbench.pipeline.anomaly_sink``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from quixstreams import Application
+from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
+
+from workbench.config import Settings, get_settings
+from workbench.pipeline._app import build_application, register_periodic, run_quix_app
+from workbench.pipeline._deadletter import DeadLetters
+from workbench.pipeline._status import AppStatus
+from workbench.pipeline.contracts import anomaly_row
+from workbench.pipeline.exceptions import AnomalyContractError, PipelineConfigError
+from workbench.store.exceptions import LakehouseBusyError
+from workbench.store.lakehouse import AnomalyLakehouse
+
+__all__ = ["APP_NAME", "AnomalySinkApp", "DuckLakeSink", "SinkResult", "main", "run_anomaly_sink"]
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "anomaly-sink"
+
+
+class DuckLakeSink(BatchingSink):
+    """Quix sink writing anomaly rows into the DuckLake lakehouse (idempotent, one snapshot per batch).
+
+    Parameters
+    ----------
+    lakehouse : AnomalyLakehouse
+        Not yet opened; :meth:`setup` opens it.
+    maintain_every : int
+        Compact after this many successful writes (0 disables the count trigger).
+    maintain_interval_s : float
+        ... or when this many seconds passed since the last compaction (0 disables).
+    status : AppStatus, optional
+        Receives ``sink_rows`` (inserted), ``sink_duplicates``, ``sink_writes``, ``backpressure``.
+    """
+
+    def __init__(self, lakehouse: AnomalyLakehouse, *, maintain_every: int = 200, maintain_interval_s: float = 600.0,
+                 status: AppStatus | None = None) -> None:
+        super().__init__()
+        self.lakehouse = lakehouse
+        self.maintain_every = maintain_every
+        self.maintain_interval_s = maintain_interval_s
+        self.status = status
+        self._writes_since_maintain = 0
+        self._last_maintain = time.monotonic()
+
+    def setup(self) -> None:
+        """Open the lakehouse (creates the table)."""
+        self.lakehouse.open()
+
+    def _count(self, name: str, n: int = 1) -> None:
+        if self.status is not None:
+            self.status.add(name, n)
+
+    def write(self, batch: SinkBatch) -> None:
+        """Insert the batch's rows that are not stored yet; a busy catalog means backpressure."""
+        rows = [item.value for item in batch]
+        if not rows:
+            return
+        try:
+            inserted = self.lakehouse.write(rows)
+        except LakehouseBusyError as exc:
+            self._count("backpressure")
+            logger.warning("lakehouse busy, pausing partition=%s[%s] retry_after=%s", batch.topic, batch.partition,
+                           exc.retry_after)
+            raise SinkBackpressureError(retry_after=float(exc.retry_after or 1.0)) from exc
+        except Exception:
+            logger.exception("lakehouse write failed partition=%s[%s] rows=%d", batch.topic, batch.partition, len(rows))
+            raise
+        self._count("sink_rows", inserted)
+        self._count("sink_duplicates", len(rows) - inserted)
+        self._count("sink_writes")
+        self._writes_since_maintain += 1
+        self.maybe_maintain()
+
+    def maybe_maintain(self, *, force: bool = False) -> None:
+        """Compact when due (or ``force``); a busy catalog just postpones it."""
+        due = force or (self.maintain_every and self._writes_since_maintain >= self.maintain_every) or (
+            self.maintain_interval_s and self._writes_since_maintain
+            and time.monotonic() - self._last_maintain >= self.maintain_interval_s)
+        if not due:
+            return
+        try:
+            self.lakehouse.maintain()
+        except LakehouseBusyError as exc:
+            logger.info("lakehouse maintenance postponed: %s", exc)
+            return
+        self._writes_since_maintain = 0
+        self._last_maintain = time.monotonic()
+        self._count("maintenance_runs")
+
+
+@dataclass
+class SinkResult:
+    """What a bounded :func:`run_anomaly_sink` did (the app's final counters)."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> int:
+        return self.counters.get(name, 0)
+
+
+class AnomalySinkApp:
+    """The anomaly-sink Quix app (see the module docstring).
+
+    Parameters
+    ----------
+    settings : Settings
+        Broker, topics, lakehouse path.
+    group : str, optional
+        Consumer group (default ``workbench-anomaly-sink``).
+    commit_interval : float
+        Seconds between checkpoints, i.e. between lakehouse writes (one snapshot per partition each).
+    maintain_every, maintain_interval_s
+        See :class:`DuckLakeSink`.
+    """
+
+    def __init__(self, settings: Settings, *, group: str | None = None, commit_interval: float = 5.0,
+                 maintain_every: int = 200, maintain_interval_s: float = 600.0, status_interval: float = 1.0) -> None:
+        if maintain_every < 0 or maintain_interval_s < 0:
+            msg = (f"maintain_every and maintain_interval_s must be >= 0 (0 disables). Got {maintain_every!r} and "
+                   f"{maintain_interval_s!r} instead.")
+            raise PipelineConfigError(msg)
+        self.settings = settings
+        self.group = group
+        self.commit_interval = commit_interval
+        self.maintain_every = maintain_every
+        self.maintain_interval_s = maintain_interval_s
+        self.status = AppStatus(settings, APP_NAME, interval=status_interval)
+        self.app: Application | None = None
+        self.sink: DuckLakeSink | None = None
+        self.dead_letters: DeadLetters | None = None
+
+    def _row(self, value: bytes | None, key: Any, _ts: int, headers: Any) -> dict[str, Any] | None:
+        assert self.dead_letters is not None
+        try:
+            row = anomaly_row(value)
+        except AnomalyContractError as exc:
+            self.dead_letters.send(value, str(exc), key=key, headers=headers)
+            self.status.add("dead_letters")
+            return None
+        self.status.add("anomalies")
+        return row
+
+    def build(self) -> Application:
+        """Declare the Quix pipeline; returns the Application (not started)."""
+        app = build_application(self.settings, APP_NAME, group=self.group, commit_interval=self.commit_interval,
+                                use_changelog_topics=False)
+        self.dead_letters = DeadLetters(self.settings, APP_NAME, app.get_producer())
+        self.sink = DuckLakeSink(AnomalyLakehouse.from_settings(self.settings), maintain_every=self.maintain_every,
+                                 maintain_interval_s=self.maintain_interval_s, status=self.status)
+        topic = app.topic(self.settings.topic_anomalies, value_deserializer="bytes", key_deserializer="str")
+        sdf = app.dataframe(topic)
+        sdf = sdf.apply(self._row, metadata=True).filter(lambda row: row is not None)
+        sdf.sink(self.sink)
+        register_periodic(app, self.status.maybe_publish)
+        self.status.info.update({"topic": self.settings.topic_anomalies,
+                                 "lakehouse": str(self.settings.lakehouse_dir)})
+        self.app = app
+        return app
+
+    def stop(self) -> None:
+        """Ask a running app to stop (safe from signal handlers and other threads)."""
+        if self.app is not None:
+            self.app.stop()
+
+    def run(self, *, timeout: float | None = None, idle_exit: float | None = None,
+            count: int | None = None) -> SinkResult:
+        """Run in the main thread until stopped, ``timeout`` s of wall time, ``idle_exit`` s without
+        messages, or ``count`` rows; compacts once at the end when anything was written."""
+        app = self.app or self.build()
+        timer = threading.Timer(timeout, self.stop) if timeout else None
+        self.status.publish("running")
+        state = "stopped"
+        try:
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
+            run_quix_app(app, timeout=idle_exit, count=count)
+            if self.sink is not None and self.sink._writes_since_maintain:
+                self.sink.maybe_maintain(force=True)
+        except BaseException:
+            state = "failed"
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if self.sink is not None:
+                self.sink.lakehouse.close()
+            if self.dead_letters is not None:
+                self.dead_letters.close()
+            self.status.publish(state)
+        return SinkResult(dict(self.status.counters))
+
+
+def run_anomaly_sink(settings: Settings, *, timeout: float | None = None, idle_exit: float | None = None,
+                     count: int | None = None, **options: Any) -> SinkResult:
+    """Build and run the anomaly sink in this (main) thread; see :class:`AnomalySinkApp`.
+
+    Returns
+    -------
+    SinkResult
+        Final counters: ``anomalies``, ``sink_rows`` (inserted), ``sink_duplicates``, ``sink_writes``,
+        ``dead_letters``, ``backpressure``, ``maintenance_runs``.
+    """
+    return AnomalySinkApp(settings, **options).run(timeout=timeout, idle_exit=idle_exit, count=count)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m workbench.pipeline.anomaly_sink [--timeout S] [--idle-exit S]``."""
+    parser = argparse.ArgumentParser(prog="python -m workbench.pipeline.anomaly_sink")
+    parser.add_argument("--home")
+    parser.add_argument("--timeout", type=float)
+    parser.add_argument("--idle-exit", type=float)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_anomaly_sink(get_settings(home=args.home), timeout=args.timeout, idle_exit=args.idle_exit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
