@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pytest
 
 from workbench.data.schema import COLUMNS
-from workbench.ml._testing import toy_log
+from workbench.ml._testing import generated_log
 from workbench.ml._train import train_table
 from workbench.ml.detector import ResidualDetector
 from workbench.ml.exceptions import ColumnMismatchError, ModelNotFoundError, NotFittedError, ParityError
@@ -28,7 +28,7 @@ DAY1, DAY2 = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
 
 @pytest.fixture(scope="module")
 def log() -> pa.Table:
-    return toy_log(days=3, rows_per_day=3000, seed=7)
+    return generated_log(days=3, rows_per_day=3300, seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_features_are_float32_deterministic_and_out_of_fold(log: pa.Table) -> No
     assert a.dtype == np.float32 and a.shape == (log.num_rows, len(FEATURE_NAMES))
     np.testing.assert_array_equal(a, b)
     # A fingerprint seen once has no out-of-fold history, so its own runtime cannot leak.
-    single = toy_log(days=1, rows_per_day=1, seed=1)
+    single = log.slice(0, 1)
     idx = single.schema.get_field_index("feature_fingerprint")
     single = single.set_column(idx, single.schema.field(idx), pa.array(["f" * 64]))
     X = FeatureBuilder().fit_transform(pa.concat_tables([log, single]))

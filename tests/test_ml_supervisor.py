@@ -13,7 +13,7 @@ import pytest
 
 from workbench.config import Settings
 from workbench.data.schema import COLUMNS
-from workbench.ml._testing import toy_log
+from workbench.ml._testing import day_slice, generated_log
 from workbench.ml._train import train_day
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.supervisor import TrainingSupervisor
@@ -29,12 +29,15 @@ def _day(k: int) -> dt.date:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     s = Settings(home=tmp_path / "home")
-    log = toy_log(days=4, rows_per_day=1500, seed=3, start=D0).select(list(COLUMNS))
+    log = generated_log(days=4, rows_per_day=1500, seed=3, start=D0).select(list(COLUMNS))
+    offset = 0
     for k in range(4):
-        part = log.slice(k * 1500, 1500)
-        part = part.append_column("kafka_partition", pa.array([0] * 1500, pa.int32()))
-        part = part.append_column("kafka_offset", pa.array(range(k * 1500, (k + 1) * 1500), pa.int64()))
-        write_shard(s.shards_dir, _day(k), 0, k * 1500, part)
+        part = day_slice(log, _day(k))
+        n = part.num_rows
+        part = part.append_column("kafka_partition", pa.array([0] * n, pa.int32()))
+        part = part.append_column("kafka_offset", pa.array(range(offset, offset + n), pa.int64()))
+        write_shard(s.shards_dir, _day(k), 0, offset, part)
+        offset += n
     return s
 
 

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 
 from workbench.data.schema import COLUMNS
-from workbench.ml._testing import toy_log
+from workbench.ml._testing import generated_log
 from workbench.store.shards import (
     SHARD_SCHEMA,
     ShardError,
@@ -23,8 +23,12 @@ from workbench.store.shards import (
 DAY = dt.date(2024, 3, 1)
 
 
+_LOG = generated_log(days=1, rows_per_day=400, seed=1).select(list(COLUMNS))
+
+
 def _events(n: int = 100, offset: int = 0, partition: int = 0) -> pa.Table:
-    t = toy_log(days=1, rows_per_day=n, seed=1).select(list(COLUMNS))
+    t = _LOG.slice(offset % 100, n)
+    assert t.num_rows == n
     t = t.append_column("kafka_partition", pa.array([partition] * n, pa.int32()))
     return t.append_column("kafka_offset", pa.array(range(offset, offset + n), pa.int64()))
 

@@ -100,6 +100,8 @@ class DurationModel:
             Xq, yq = X, y_log
         self.quantile_model_ = self._hgb(loss="quantile", quantile=self.quantile).fit(Xq, yq)
         t2 = time.perf_counter()
+        for estimator in (self.mean_, self.quantile_model_):
+            _snap_thresholds_to_float32(estimator)
         self.fit_seconds_ = {"mean": t1 - t0, "quantile": t2 - t1}
         self.n_iter_ = {"mean": int(self.mean_.n_iter_), "quantile": int(self.quantile_model_.n_iter_)}
         logger.info("duration models fitted rows=%d mean_s=%.1f quantile_s=%.1f iters=%s",
@@ -112,6 +114,24 @@ class DurationModel:
             msg = "This DurationModel is not fitted yet; call 'fit' before 'predict_log'."
             raise NotFittedError(msg)
         return self.mean_.predict(X), self.quantile_model_.predict(X)
+
+
+def _snap_thresholds_to_float32(estimator: HistGradientBoostingRegressor) -> None:
+    """Replace every split threshold ``t`` by the largest float32 ``<= t``.
+
+    HGB thresholds are float64 midpoints between neighbouring feature values, while ONNX
+    TreeEnsemble compares in float32. A float32 input ``x`` satisfies ``x <= t`` exactly when it
+    satisfies ``x <= floor32(t)``, so this leaves sklearn's predictions on float32 features
+    unchanged and makes the ONNX comparisons identical (without it, values next to a threshold
+    flip branches: a 0.05 log-space parity error was seen on generated data).
+    """
+    for stage in estimator._predictors:
+        for predictor in stage:
+            t = predictor.nodes["num_threshold"]
+            f = t.astype(np.float32)
+            above = f.astype(np.float64) > t
+            f[above] = np.nextafter(f[above], np.float32(-np.inf))
+            predictor.nodes["num_threshold"] = f.astype(np.float64)
 
 
 def export_onnx(estimator: HistGradientBoostingRegressor, n_features: int) -> bytes:
