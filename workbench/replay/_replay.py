@@ -210,6 +210,7 @@ class _ReplayRun:
         self._rate_mark = (self.started, 0)
         self._last_status_publish = -1e9
         self.current_event_us: int | None = None
+        self._last_commit = -1e9
 
     # -- setup ---------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -520,7 +521,9 @@ class _ReplayRun:
             else:
                 count = int(np.searchsorted(pending_times, self.pacer.event_clock(now), side="right"))
             if count == 0:
-                wait = self.pacer.wall_time_for(int(pending_times[0])) - now
+                # Pace per batch, not per row: wait for the next row, but at least one tick since
+                # the last commit, so a transaction carries every row that fell due meanwhile.
+                wait = max(self.pacer.wall_time_for(int(pending_times[0])), self._last_commit + replay.tick) - now
                 self._publish_status()
                 # At least 1 ms: float rounding can leave a due row a hair short of the clock.
                 self.clock.sleep(min(replay.tick, max(wait, 0.001)))
@@ -529,6 +532,7 @@ class _ReplayRun:
             messages = self._encode(chunk, pending_first_row)
             next_row = pending_first_row + count
             self._commit_batch(messages, next_row)
+            self._last_commit = now
             self.rows_sent += count
             self.next_row = next_row
             self.current_event_us = int(pending_times[count - 1])
