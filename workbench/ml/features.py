@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from workbench.data.schema import COLUMNS, LABEL_COLUMNS
 from workbench.ml.exceptions import ColumnMismatchError, NotFittedError
 
 __all__ = [
@@ -106,6 +107,8 @@ _STATS: tuple[tuple[str, float, str], ...] = (
     *[(s, q, f"{tag}_{s}") for s in SIGNALS for q, tag in ((0.25, "q25"), (0.5, "med"), (0.75, "q75"))],
     ("exec", 0.9, "p90_exec"),
 )
+_CARRIED = {"kafka_partition", "kafka_offset", "pred_mean_ms", "pred_q_ms", "score", "is_anomaly", "reason",
+            "model_version", "expected_ms", "exec_ratio"}
 _MISSING = -1.0  # sentinel for unknown numeric values (every real value is >= 0)
 _FP_TABLE = "fingerprint_stats.parquet"
 _INSTANCE_TABLE = "instance_stats.parquet"
@@ -121,7 +124,8 @@ def check_columns(columns: list[str] | tuple[str, ...], required: tuple[str, ...
     present = set(columns)
     missing = [c for c in required if c not in present]
     if missing:
-        known = set(required) | set(OBSERVED_COLUMNS)
+        # Other Redset, label, Kafka and score columns are expected extras, not "unseen".
+        known = set(required) | set(OBSERVED_COLUMNS) | set(COLUMNS) | set(LABEL_COLUMNS) | _CARRIED
         unseen = [c for c in columns if c not in known]
         raise ColumnMismatchError(missing=missing, unseen=unseen, what=what)
 
