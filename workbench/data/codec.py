@@ -84,7 +84,13 @@ def _project(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 def encode_json(batch: pa.RecordBatch) -> list[bytes]:
     """One JSON value per row of ``batch`` (extra columns such as labels are dropped)."""
-    return [orjson.dumps(row) for row in _project(batch).to_pylist()]
+    projected = _project(batch)
+    values: list[bytes] = []
+    # Convert a couple of thousand rows at a time: materialising a large batch as Python dicts
+    # at once costs hundreds of MB of short-lived objects.
+    for start in range(0, projected.num_rows, 2048):
+        values.extend(orjson.dumps(row) for row in projected.slice(start, 2048).to_pylist())
+    return values
 
 
 def encode_arrow(batch: pa.RecordBatch) -> bytes:

@@ -34,7 +34,9 @@ class LogFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser().resolve()
-        self._file = pq.ParquetFile(self.path)
+        # Stream column chunks through a small buffer instead of pre-buffering whole row groups:
+        # memory then depends on the batch size, not on the file's row-group size.
+        self._file = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20)
         metadata = self._file.metadata
         self.num_rows = metadata.num_rows
         self._group_starts: list[int] = []
@@ -94,7 +96,8 @@ class LogFile:
         first_group = self._group_of(start_row)
         row = self._group_starts[first_group]
         groups = list(range(first_group, self._file.metadata.num_row_groups))
-        for batch in self._file.iter_batches(batch_size=batch_size, row_groups=groups, columns=list(COLUMNS)):
+        for batch in self._file.iter_batches(batch_size=batch_size, row_groups=groups, columns=list(COLUMNS),
+                                             use_threads=False):
             end = row + batch.num_rows
             if end <= start_row:
                 row = end

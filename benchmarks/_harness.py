@@ -1,0 +1,107 @@
+"""Shared set-up for the benchmarks: a broker to run against, cached inputs, peak memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench.broker import LocalKafka, ensure_broker
+from workbench.config import Settings
+from workbench.data.generator import generate
+
+CACHE = Path(os.environ.get("WORKBENCH_BENCH_CACHE", Path(tempfile.gettempdir()) / "workbench-bench"))
+
+
+def free_port_pair(start: int = 29092) -> int:
+    """A client port whose successor (the controller port) is free too."""
+    for port in range(start, start + 400, 2):
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port pair for the benchmark broker")
+
+
+@contextlib.contextmanager
+def broker(home: Path | None = None) -> Iterator[Settings]:
+    """KAFKA_BOOTSTRAP_SERVERS if set, else a private local Kafka that is stopped afterwards."""
+    home = home or Path(tempfile.mkdtemp(prefix="workbench-bench-"))
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        settings = Settings(home=home)
+        ensure_broker(settings)
+        yield settings
+        return
+    settings = Settings(home=home, kafka_port=free_port_pair())
+    ensure_broker(settings)
+    try:
+        yield settings
+    finally:
+        LocalKafka(settings).stop()
+
+
+def demo_log(days: int = 4, instances: int = 16, seed: int = 0, rows_per_day: int | None = None) -> Path:
+    """A generated log, cached across benchmark runs (same arguments, same bytes)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"redset_{days}d_{instances}i_s{seed}_{rows_per_day or 'default'}.parquet"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        generate(tmp, days=days, instances=instances, seed=seed, rows_per_day=rows_per_day)
+        tmp.replace(path)
+    return path
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """Wall seconds and peak resident memory of one child process."""
+
+    seconds: float
+    peak_rss_mb: float
+    returncode: int
+    stderr: str
+
+
+def run_child(command: Sequence[str], env: dict[str, str] | None = None) -> ChildRun:
+    """Run ``command`` and measure its wall time and peak RSS (from wait4's rusage)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(list(command), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return ChildRun(seconds, usage.ru_maxrss / 1024, process.returncode, stderr)
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment that points a child ``workbench`` process at the same broker, home and topics."""
+    env = {
+        **os.environ,
+        "WORKBENCH_HOME": str(settings.home),
+        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "WORKBENCH_TOPIC_QUERY_EVENTS": settings.topic_query_events,
+        "WORKBENCH_TOPIC_ANOMALIES": settings.topic_anomalies,
+        "WORKBENCH_TOPIC_DEAD_LETTER": settings.topic_dead_letter,
+        "WORKBENCH_TOPIC_REPLAY_CONTROL": settings.topic_replay_control,
+        "WORKBENCH_TOPIC_REPLAY_STATE": settings.topic_replay_state,
+    }
+    env.update(extra)
+    return env
+
+
+def self_rss_mb() -> float:
+    """Peak RSS of this process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+WORKBENCH = [sys.executable, "-m", "workbench.cli"]
