@@ -238,3 +238,13 @@ def test_an_unsorted_file_is_refused_before_the_first_message(kafka_settings: Se
     topics = AdminClient(kafka_settings.kafka_client_config()).list_topics(timeout=10).topics
     if kafka_settings.topic_query_events in topics:
         assert consume_all(kafka_settings, kafka_settings.topic_query_events, idle=1.5) == []
+
+
+def test_packed_runs_respect_size_and_event_time_span() -> None:
+    from workbench.replay._replay import _runs
+
+    indices = np.arange(10)
+    times = np.array([0, 10, 20, 30, 100, 110, 120, 130, 140, 150]) * 1_000_000
+    runs = _runs(indices, times, size=3, span_us=60 * 1_000_000)
+    assert [r.tolist() for r in runs] == [[0, 1, 2], [3], [4, 5, 6], [7, 8, 9]]
+    assert sum(len(r) for r in runs) == 10

@@ -199,6 +199,19 @@ class Settings(BaseSettings):
             config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
         return config
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables, so a child process resolves the same ones."""
+        env: dict[str, str] = {}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            key = field.validation_alias if isinstance(field.validation_alias, str) else f"WORKBENCH_{name.upper()}"
+            env[key] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if self.manages_kafka:
+            env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        return env
+
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with some fields replaced (``None`` values are ignored), revalidated."""
         changes = {key: value for key, value in overrides.items() if value is not None}

@@ -52,6 +52,23 @@ class BatchReport:
     speedup: float
 
 
+def _runs(indices: np.ndarray, times_us: np.ndarray, size: int, span_us: int) -> list[np.ndarray]:
+    """Split one instance's rows into runs of at most ``size`` rows and ``span_us`` of event time.
+
+    The span bound keeps a packed message's rows inside a short stretch of event time, so a
+    consumer's event-time windows never see a message reaching far into the past.
+    """
+    runs: list[np.ndarray] = []
+    start = 0
+    while start < len(indices):
+        end = min(start + size, len(indices))
+        limit = times_us[start] + span_us
+        end = start + max(1, int(np.searchsorted(times_us[start:end], limit, side="right")))
+        runs.append(indices[start:end])
+        start = end
+    return runs
+
+
 def _us_to_datetime(value: int | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value / _US, tz=UTC)
 
@@ -76,6 +93,9 @@ class Replay:
         Ignore the saved position and start from the first row.
     batch_size : int
         Most rows per transaction; also the largest catch-up burst.
+    pack_span_s : float
+        A packed message never spans more than this much event time (keeps consumers'
+        event-time windows from seeing rows far older than the message timestamp).
     clock : Clock, optional
         Wall clock (tests pass a fake one).
     observer : callable, optional
@@ -96,6 +116,7 @@ class Replay:
         observer: Callable[[BatchReport], None] | None = None,
         tick: float = 0.1,
         validate: bool = True,
+        pack_span_s: float = 60.0,
     ) -> None:
         self.data = Path(data).expanduser().resolve()
         self.settings = settings or get_settings()
@@ -107,6 +128,10 @@ class Replay:
             msg = f"The batch_size parameter of Replay must be >= 1. Got {batch_size!r} instead."
             raise ReplayError(msg)
         self.pack = pack
+        if pack_span_s <= 0:
+            msg = f"The pack_span_s parameter of Replay must be > 0 seconds. Got {pack_span_s!r} instead."
+            raise ReplayError(msg)
+        self.pack_span_s = pack_span_s
         self.replay_id = replay_id
         self.reset = reset
         self.batch_size = batch_size
@@ -352,9 +377,9 @@ class _ReplayRun:
         sorted_keys = keys[order]
         boundaries = np.flatnonzero(np.diff(sorted_keys)) + 1
         messages = []
+        span_us = int(self.replay.pack_span_s * _US)
         for group in np.split(order, boundaries):
-            for start in range(0, len(group), self.replay.pack):
-                indices = group[start : start + self.replay.pack]
+            for indices in _runs(group, times_ms[group] * 1000, self.replay.pack, span_us):
                 piece = batch.take(pa.array(indices))
                 try:
                     value = codec.encode_arrow(piece)

@@ -1,0 +1,152 @@
+"""One snapshot of a running workbench: replay progress, apps, lag, models, anomalies."""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from workbench.config import Settings
+from workbench.replay import ReplayStatus
+
+__all__ = ["WorkbenchStatus", "consumer_lag", "topic_message_count"]
+
+logger = logging.getLogger(__name__)
+
+
+def _consumer(settings: Settings, group: str) -> Consumer:
+    return Consumer({**settings.kafka_client_config(), "group.id": group, "enable.auto.commit": False,
+                     "log_level": 3})
+
+
+def consumer_lag(settings: Settings, group: str, topic: str, timeout: float = 5.0) -> int | None:
+    """Messages of ``topic`` that consumer group ``group`` has not committed yet (None if unknown)."""
+    consumer = _consumer(settings, group)
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return None
+        partitions = [TopicPartition(topic, p) for p in metadata.partitions]
+        committed = consumer.committed(partitions, timeout=timeout)
+        lag = 0
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=timeout)
+            position = tp.offset if tp.offset >= 0 else low
+            lag += max(0, high - position)
+        return lag
+    except Exception as exc:
+        logger.debug("lag of %s unknown: %s", group, exc)
+        return None
+    finally:
+        consumer.close()
+
+
+def topic_message_count(settings: Settings, topic: str, timeout: float = 5.0) -> int | None:
+    """Messages currently held by ``topic`` (sum of watermark spans; None if unknown)."""
+    consumer = _consumer(settings, f"workbench-status-{uuid.uuid4().hex[:8]}")
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return None
+        total = 0
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+            total += high - low
+        return total
+    except Exception as exc:
+        logger.debug("size of %s unknown: %s", topic, exc)
+        return None
+    finally:
+        consumer.close()
+
+
+@dataclass(frozen=True)
+class WorkbenchStatus:
+    """Everything ``Workbench.status()`` reports, at one moment."""
+
+    replay: ReplayStatus | None
+    processes: dict[str, dict[str, Any]]
+    apps: dict[str, dict[str, Any]]
+    lag: dict[str, int | None]
+    model_version: str | None
+    model_versions: int
+    anomalies: int | None
+    late_events: int | None
+    dead_letters: int | None
+    taken_at: float = field(default_factory=time.time)
+
+    # -- convenience views ------------------------------------------------------------------
+    @property
+    def event_time(self) -> datetime | None:
+        return self.replay.event_time if self.replay else None
+
+    @property
+    def rows_sent(self) -> int:
+        return self.replay.next_row if self.replay else 0
+
+    @property
+    def rows_total(self) -> int:
+        return self.replay.rows_total if self.replay else 0
+
+    @property
+    def speedup(self) -> float | None:
+        return self.replay.speedup if self.replay else None
+
+    @property
+    def replay_state(self) -> str | None:
+        return self.replay.state if self.replay else None
+
+    @property
+    def events_processed(self) -> dict[str, int]:
+        """Events each app has processed so far."""
+        return {name: int(app.get("counters", {}).get("events", 0)) for name, app in self.apps.items()}
+
+    @property
+    def drained(self) -> bool:
+        """The replay is done and every app has consumed everything it was sent."""
+        return bool(self.replay and not self.replay.active) and all(v == 0 for v in self.lag.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        """A flat, JSON-friendly view (for tables and logs)."""
+        replay = self.replay
+        return {
+            "event_time": self.event_time.isoformat() if self.event_time else None,
+            "replay_state": self.replay_state,
+            "rows_sent": self.rows_sent,
+            "rows_total": self.rows_total,
+            "speedup": self.speedup,
+            "rate_now": replay.rate_now if replay else None,
+            "rate_avg": replay.rate_avg if replay else None,
+            "eta_seconds": replay.eta_seconds if replay else None,
+            "lag": dict(self.lag),
+            "model_version": self.model_version,
+            "model_versions": self.model_versions,
+            "anomalies": self.anomalies,
+            "late_events": self.late_events,
+            "dead_letters": self.dead_letters,
+            "processes": {name: p.get("state") for name, p in self.processes.items()},
+        }
+
+    def __str__(self) -> str:
+        lines = [str(self.replay) if self.replay else "replay: not started"]
+        lag = ", ".join(f"{name} {value if value is not None else '?'}" for name, value in self.lag.items())
+        lines.append(f"lag: {lag or '-'}")
+        lines.append(f"model: {self.model_version or 'none yet'} ({self.model_versions} versions) | "
+                     f"anomalies {self.anomalies if self.anomalies is not None else '?'} | "
+                     f"late events {self.late_events if self.late_events is not None else '?'} | "
+                     f"dead letters {self.dead_letters if self.dead_letters is not None else '?'}")
+        procs = ", ".join(f"{name}: {p.get('state')}" + (f" ({p['restarts']} restarts)" if p.get("restarts") else "")
+                          for name, p in self.processes.items())
+        lines.append(f"processes: {procs or '-'}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td style='text-align:left'>"
+                       f"{html.escape(str(v))}</td></tr>" for k, v in self.as_dict().items())
+        return f"<table>{rows}</table>"
