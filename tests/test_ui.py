@@ -1,0 +1,207 @@
+"""The control panel against a fake workbench, and the chart specs (valid Vega-Lite, offline SVG)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench.exceptions import ConfigurationError
+from workbench.replay import ReplayStatus
+from workbench.runtime import WorkbenchStatus
+from workbench.ui import charts, control_panel, metric_cards, parse_seek_time
+
+T0 = datetime(2024, 3, 4, tzinfo=UTC)
+
+
+class FakeWorkbench:
+    """Implements the methods the panel calls and records them (UI unit tests only)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.running = True
+        self.state = "running"
+        self.speedup = 600.0
+        self.next_row = 250
+        self.anomaly_count = 3
+
+    def status(self) -> WorkbenchStatus:
+        replay = ReplayStatus(replay_id="default", file="log.parquet", state=self.state, speedup=self.speedup,
+                              rows_sent=self.next_row, rows_total=1000, next_row=self.next_row,
+                              event_time=T0 + timedelta(hours=2), first_event_time=T0,
+                              last_event_time=T0 + timedelta(days=1), rate_now=1234.0, rate_avg=1000.0,
+                              eta_seconds=75.0)
+        return WorkbenchStatus(replay=replay, processes={"scoring": {"state": "running"}},
+                               apps={}, lag={"scoring": 7, "analytics": 0, "anomaly-sink": None},
+                               model_version="v0002-2024-03-05", model_versions=2, anomalies=self.anomaly_count,
+                               late_events=4, dead_letters=1)
+
+    def set_speed(self, speedup: float | str) -> None:
+        self.calls.append(("set_speed", speedup))
+
+    def pause(self) -> None:
+        self.calls.append(("pause", None))
+
+    def resume(self) -> None:
+        self.calls.append(("resume", None))
+
+    def seek(self, event_time: datetime | str) -> None:
+        self.calls.append(("seek", event_time))
+
+    def reset(self) -> None:
+        self.calls.append(("reset", None))
+
+    def window_stats(self, **filters: Any) -> pd.DataFrame:
+        starts = pd.date_range(T0, periods=6, freq="10min", tz="UTC")
+        return pd.DataFrame({"window_start": starts, "instance_id": 1, "total_queries": np.arange(6) * 10})
+
+    def anomalies(self, **filters: Any) -> pd.DataFrame:
+        return pd.DataFrame({"arrival_timestamp": pd.date_range(T0, periods=3, freq="7min", tz="UTC")})
+
+
+@pytest.fixture
+def panel_and_fake() -> tuple[Any, FakeWorkbench]:
+    fake = FakeWorkbench()
+    panel = control_panel(fake, auto_refresh=False)
+    yield panel, fake
+    panel.close()
+
+
+def test_buttons_call_the_workbench(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    panel, fake = panel_and_fake
+    panel.presets[0].click()
+    panel.presets[3].click()
+    panel.play.value = False
+    panel.play.value = True
+    panel.reset_button.click()
+    panel.speed.value = 5000.0
+    panel.seek_text.value = "2024-03-04 12:30"
+    panel.seek_button.click()
+    assert fake.calls == [("set_speed", 60.0), ("set_speed", "max"), ("pause", None), ("resume", None),
+                          ("reset", None), ("set_speed", 5000.0),
+                          ("seek", datetime(2024, 3, 4, 12, 30, tzinfo=UTC))]
+    assert panel.play.description == "Pause"
+
+
+def test_invalid_seek_is_reported_not_sent(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    panel, fake = panel_and_fake
+    panel.seek_text.value = "yesterday noon"
+    panel.seek_button.click()
+    assert fake.calls == []
+    assert "yesterday noon" in panel.message.value and "2024-03-05 12:00" in panel.message.value
+
+
+def test_refresh_updates_labels_without_sending_commands(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    panel, fake = panel_and_fake
+    assert panel.progress.value == pytest.approx(0.25)
+    assert "2024-03-04 02:00:00 UTC" in panel.clock.value
+    assert panel.eta.value == "ETA 1m 15s"
+    for text in ("scoring 7", "anomaly-sink ?", "v0002-2024-03-05", "1,234 rows/s"):
+        assert text in panel.counters.value
+    fake.state, fake.speedup, fake.next_row, fake.anomaly_count = "paused", 3600.0, 900, 42
+    panel.refresh()
+    assert panel.progress.value == pytest.approx(0.9)
+    assert panel.play.value is False and panel.play.description == "Play"
+    assert panel.speed.value == pytest.approx(3600.0) and panel.speed_label.value == "3600x"
+    assert "<td>42</td>" in panel.counters.value
+    assert "<svg" in panel.events_plot.value and "<svg" in panel.anomalies_plot.value
+    assert fake.calls == []  # syncing widgets from the status is not a user action
+
+
+def test_refresh_thread_runs_and_stops_with_the_workbench() -> None:
+    fake = FakeWorkbench()
+    panel = control_panel(fake, counter_interval=0.05, chart_interval=60, charts=False)
+    try:
+        assert panel.refreshing
+        fake.anomaly_count = 99
+        deadline = time.monotonic() + 5
+        while "<td>99</td>" not in panel.counters.value and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "<td>99</td>" in panel.counters.value
+        fake.running = False
+        deadline = time.monotonic() + 5
+        while panel.refreshing and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not panel.refreshing
+    finally:
+        panel.close()
+    panel2 = control_panel(fake, counter_interval=0.05, charts=False)
+    panel2.close()
+    assert not panel2.refreshing
+
+
+def test_parse_seek_time() -> None:
+    assert parse_seek_time("2024-03-05T01:02:03+01:00") == datetime(2024, 3, 5, 0, 2, 3, tzinfo=UTC)
+    with pytest.raises(ConfigurationError, match="Got '31/12' instead"):
+        parse_seek_time("31/12")
+    with pytest.raises(ConfigurationError, match="positive"):
+        control_panel(FakeWorkbench(), counter_interval=0)
+
+
+# -- charts -------------------------------------------------------------------------------------
+def _shares() -> pd.DataFrame:
+    starts = pd.date_range(T0, periods=4, freq="10min", tz="UTC")
+    df = pd.DataFrame({"window_start": starts})
+    for i, c in enumerate(charts.CLASS_LABELS):
+        df[f"{c}_queries"] = [i + 1, 0, 2, 5]
+    df["total_queries"] = df[[f"{c}_queries" for c in charts.CLASS_LABELS]].sum(axis=1)
+    return df
+
+
+def _anoms() -> pd.DataFrame:
+    return pd.DataFrame({"arrival_timestamp": pd.date_range(T0, periods=5, freq="13min", tz="UTC"),
+                         "instance_id": [1, 2, 1, 3, 2], "reason": ["slow_execution"] * 4 + [None],
+                         "under_ratio": [5.0, 10.0, 0.5, 100.0, 7.0], "query_id": range(5)})
+
+
+def _all_charts() -> dict[str, alt.TopLevelMixin]:
+    fake = FakeWorkbench()
+    return {
+        "shares": charts.class_shares_chart(_shares()),
+        "activity": charts.activity_chart(fake.window_stats(), _anoms()),
+        "timeline": charts.anomaly_timeline(_anoms()),
+        "pr": charts.pr_curve_chart({"residual": ([0.5, 1.0], [1.0, 0.2]), "baseline": ([0.1, 1.0], [1.0, 0.0])}),
+        "coverage": charts.coverage_chart(pd.DataFrame({"version": ["v1", "v2"], "coverage": [0.88, 0.91]})),
+        "empty": charts.events_chart(fake.window_stats().iloc[:0]),
+    }
+
+
+@pytest.mark.parametrize("name", list(_all_charts()))
+def test_chart_is_valid_vega_lite_and_renders_offline(name: str) -> None:
+    chart = _all_charts()[name]
+    spec = chart.to_dict(validate=True)
+    assert spec["$schema"].startswith("https://vega.github.io/schema/vega-lite/")
+    svg = charts.to_svg(chart)
+    assert svg.startswith("<svg") and ("<path" in svg or "<text" in svg)
+    assert "title" in str(spec)
+
+
+def test_class_shares_uses_the_earlier_colours_in_order_and_utc() -> None:
+    spec = charts.class_shares_chart(_shares()).to_dict()
+    enc = spec["encoding"]
+    assert enc["color"]["scale"] == {"domain": ["CPU", "IO", "Network", "Queue/WLM", "Normal"],
+                                     "range": ["#C62828", "#EF5350", "#F9A825", "#FDD835", "#2E7D32"]}
+    assert enc["y"]["stack"] == "normalize" and enc["x"]["scale"]["type"] == "utc"
+    values = next(iter(spec["datasets"].values()))
+    assert values[0]["window_start"].endswith("Z")
+
+
+def test_anomalies_per_window_bins_by_ten_minutes() -> None:
+    per = charts.anomalies_per_window(_anoms())
+    assert per["anomalies"].tolist() == [1, 1, 1, 1, 1]
+    assert per["window_start"].iloc[1] == pd.Timestamp("2024-03-04 00:10", tz="UTC")
+
+
+def test_metric_cards_format_and_colour() -> None:
+    html = charts.metric_cards_html({"score": 0.95, "score_delta": -0.01, "spilled_mb": 2048, "spilled_mb_delta": None,
+                                     "queue_time_ms": 90_000, "queue_time_ms_delta": -1000, "queue_ratio": 0.4,
+                                     "queue_ratio_delta": 0.0, "anomalies": 12, "anomalies_delta": 2})
+    assert "95.0 %" in html and "2.0 GB" in html and "1.5 min" in html and "no previous data" in html
+    assert "#C62828;font-size:12px'>▼ -1.0 %" in html  # score down is bad
+    assert "#2E7D32;font-size:12px'>▼ -1.0 s" in html  # queue time down is good
+    assert metric_cards({"score": 1.0}).value.count("n/a") == 4

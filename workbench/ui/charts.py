@@ -1,0 +1,277 @@
+"""Altair chart builders shared by the control panel and the notebooks.
+
+Every builder takes a pandas ``DataFrame`` as the read API returns it and gives back an Altair
+chart with a title, axis titles with units and UTC time axes. :func:`to_svg` renders any of them
+offline (bundled Vega engine, no CDN), which is how the panel shows charts and how reports stay
+readable without a network.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from workbench.exceptions import ConfigurationError
+
+__all__ = [
+    "CARDS",
+    "CLASS_COLORS",
+    "CLASS_LABELS",
+    "activity_chart",
+    "anomalies_chart",
+    "anomalies_per_window",
+    "anomaly_timeline",
+    "class_shares_chart",
+    "coverage_chart",
+    "empty_chart",
+    "events_chart",
+    "format_metric",
+    "metric_cards_html",
+    "pr_curve_chart",
+    "to_svg",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Display order (bottom to top of the stack) and colours of the earlier dashboard.
+CLASS_LABELS: Final[dict[str, str]] = {
+    "cpu_bound": "CPU", "io_bound": "IO", "network_bound": "Network", "queue_wlm_bound": "Queue/WLM",
+    "normal": "Normal",
+}
+CLASS_COLORS: Final[dict[str, str]] = {
+    "CPU": "#C62828", "IO": "#EF5350", "Network": "#F9A825", "Queue/WLM": "#FDD835", "Normal": "#2E7D32",
+}
+_WIDTH: Final = 640
+_TIME_FORMAT: Final = "%b %d %H:%M"
+_WINDOW: Final = "10min"
+
+
+def _time_x(field: str = "window_start", title: str = "Time (UTC)") -> alt.X:
+    return alt.X(f"{field}:T", title=title, scale=alt.Scale(type="utc"),
+                 axis=alt.Axis(format=_TIME_FORMAT, labelAngle=-30, labelOverlap=True))
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        msg = (f"{what} needs the columns {list(columns)}; the frame lacks {missing[:5]}. "
+               "Pass the frame the read API returns.")
+        raise ConfigurationError(msg)
+
+
+def _utc(values: pd.Series) -> pd.Series:
+    out = pd.to_datetime(values, utc=True)
+    # Vega-Lite reads ISO strings with an explicit offset exactly; naive strings would be local time.
+    return out.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def empty_chart(title: str, message: str = "No data yet") -> alt.Chart:
+    """A titled placeholder that says why there is nothing to show."""
+    return alt.Chart(pd.DataFrame({"text": [message]})).mark_text(size=14, color="#666").encode(
+        text="text:N").properties(title=title, width=_WIDTH, height=80)
+
+
+def class_shares_chart(shares: pd.DataFrame, *, title: str = "Query classes per 10-minute window") -> alt.Chart:
+    """Stacked area (0-100 %) of each class's share per window.
+
+    Parameters
+    ----------
+    shares : DataFrame
+        :func:`workbench.analysis.read.class_shares` output (``window_start`` and ``<class>_queries``).
+    """
+    _require(shares, ["window_start", *(f"{c}_queries" for c in CLASS_LABELS)], "class_shares_chart")
+    if shares.empty:
+        return empty_chart(title)
+    long = shares.melt(id_vars=["window_start"], value_vars=[f"{c}_queries" for c in CLASS_LABELS],
+                       var_name="cls", value_name="queries")
+    long["class"] = long["cls"].str.removesuffix("_queries").map(CLASS_LABELS)
+    long["order"] = long["class"].map({label: i for i, label in enumerate(CLASS_COLORS)})
+    long["window_start"] = _utc(long["window_start"])
+    long = long.drop(columns="cls")
+    return alt.Chart(long).mark_area(interpolate="step-after").encode(
+        x=_time_x(),
+        y=alt.Y("queries:Q", stack="normalize", title="Share of queries (%)", axis=alt.Axis(format="%")),
+        color=alt.Color("class:N", title="Class", sort=list(CLASS_COLORS),
+                        scale=alt.Scale(domain=list(CLASS_COLORS), range=list(CLASS_COLORS.values()))),
+        order=alt.Order("order:Q"),
+        tooltip=["window_start:T", "class:N", "queries:Q"],
+    ).properties(title=title, width=_WIDTH, height=240)
+
+
+def events_chart(stats: pd.DataFrame, *, title: str = "Events per 10 minutes") -> alt.Chart:
+    """Bars of queries per window, summed over instances (``window_stats`` rows)."""
+    _require(stats, ["window_start", "total_queries"], "events_chart")
+    if stats.empty:
+        return empty_chart(title)
+    per = stats.groupby("window_start", as_index=False)["total_queries"].sum()
+    per["window_start"] = _utc(per["window_start"])
+    return alt.Chart(per).mark_bar(color="#1565C0").encode(
+        x=_time_x(), y=alt.Y("total_queries:Q", title="Queries per 10 min"),
+        tooltip=["window_start:T", "total_queries:Q"],
+    ).properties(title=title, width=_WIDTH, height=140)
+
+
+def anomalies_per_window(anomalies: pd.DataFrame) -> pd.DataFrame:
+    """Anomaly counts per 10-minute window (``window_start``, ``anomalies``), from anomaly rows."""
+    _require(anomalies, ["arrival_timestamp"], "anomalies_per_window")
+    if anomalies.empty:
+        return pd.DataFrame({"window_start": pd.Series([], dtype="datetime64[ns, UTC]"),
+                             "anomalies": pd.Series([], dtype="int64")})
+    start = pd.to_datetime(anomalies["arrival_timestamp"], utc=True).dt.floor(_WINDOW)
+    out = start.value_counts().sort_index().rename_axis("window_start").reset_index(name="anomalies")
+    return out
+
+
+def anomalies_chart(anomalies: pd.DataFrame, *, title: str = "Anomalies per 10 minutes") -> alt.Chart:
+    """Bars of anomalies per window (from lakehouse anomaly rows)."""
+    per = anomalies_per_window(anomalies)
+    if per.empty:
+        return empty_chart(title, "No anomalies yet")
+    per["window_start"] = _utc(per["window_start"])
+    return alt.Chart(per).mark_bar(color="#C62828").encode(
+        x=_time_x(), y=alt.Y("anomalies:Q", title="Anomalies per 10 min"),
+        tooltip=["window_start:T", "anomalies:Q"],
+    ).properties(title=title, width=_WIDTH, height=120)
+
+
+def activity_chart(stats: pd.DataFrame, anomalies: pd.DataFrame) -> alt.VConcatChart:
+    """Events and anomalies per 10 minutes, stacked vertically on a shared time axis."""
+    return alt.vconcat(events_chart(stats), anomalies_chart(anomalies)).resolve_scale(x="shared")
+
+
+def anomaly_timeline(anomalies: pd.DataFrame, *, title: str = "Anomalies per instance over time") -> alt.Chart:
+    """One row per instance; each anomaly a point at its arrival time, coloured by reason."""
+    _require(anomalies, ["arrival_timestamp", "instance_id", "reason", "under_ratio"], "anomaly_timeline")
+    if anomalies.empty:
+        return empty_chart(title, "No anomalies")
+    df = anomalies[["arrival_timestamp", "instance_id", "reason", "under_ratio", "query_id"]].copy()
+    df["arrival_timestamp"] = _utc(df["arrival_timestamp"])
+    df["under_ratio"] = df["under_ratio"].clip(lower=1.0)
+    df["reason"] = df["reason"].fillna("unknown")
+    return alt.Chart(df).mark_circle(opacity=0.7).encode(
+        x=_time_x("arrival_timestamp", "Arrival time (UTC)"),
+        y=alt.Y("instance_id:O", title="Instance"),
+        color=alt.Color("reason:N", title="Reason"),
+        size=alt.Size("under_ratio:Q", title="Actual / predicted", scale=alt.Scale(type="log", range=[20, 300])),
+        tooltip=["arrival_timestamp:T", "instance_id:O", "query_id:N", "reason:N", "under_ratio:Q"],
+    ).properties(title=title, width=_WIDTH, height=max(80, 22 * df["instance_id"].nunique()))
+
+
+def pr_curve_chart(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
+                   title: str = "Precision-recall curves") -> alt.Chart:
+    """Precision against recall, one line per detector.
+
+    Parameters
+    ----------
+    curves : mapping
+        ``name -> (precision, recall)`` arrays, e.g. from :func:`sklearn.metrics.precision_recall_curve`.
+    """
+    frames = []
+    for name, (precision, recall) in curves.items():
+        p, r = np.asarray(precision, float), np.asarray(recall, float)
+        if len(p) > 400:  # keep the spec small; the curve's shape survives
+            idx = np.unique(np.linspace(0, len(p) - 1, 400).round().astype(int))
+            p, r = p[idx], r[idx]
+        frames.append(pd.DataFrame({"detector": name, "precision": p, "recall": r}))
+    if not frames:
+        return empty_chart(title, "No labelled data")
+    df = pd.concat(frames, ignore_index=True)
+    return alt.Chart(df).mark_line(interpolate="step-after").encode(
+        x=alt.X("recall:Q", title="Recall", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("precision:Q", title="Precision", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("detector:N", title="Detector"),
+    ).properties(title=title, width=420, height=320)
+
+
+def coverage_chart(coverage: pd.DataFrame, *, target: float = 0.9,
+                   title: str = "Quantile coverage (share of runtimes <= q90 prediction)") -> alt.LayerChart:
+    """Bars of the q90 coverage per model version with the target as a rule.
+
+    ``coverage`` has the columns ``version`` and ``coverage`` (0..1).
+    """
+    _require(coverage, ["version", "coverage"], "coverage_chart")
+    bars = alt.Chart(coverage).mark_bar(color="#1565C0").encode(
+        x=alt.X("version:N", title="Model version"),
+        y=alt.Y("coverage:Q", title="Coverage (%)", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
+    )
+    rule = alt.Chart(pd.DataFrame({"target": [target]})).mark_rule(color="#C62828", strokeDash=[4, 4]).encode(
+        y="target:Q")
+    return alt.layer(bars, rule).properties(title=title, width=320, height=220)
+
+
+def to_svg(chart: alt.TopLevelMixin) -> str:
+    """Render a chart to an SVG string offline (vl-convert's bundled engine)."""
+    import vl_convert
+
+    return vl_convert.vegalite_to_svg(chart.to_dict())
+
+
+# -- metric cards ------------------------------------------------------------------------------
+_HUMAN_MB: Final = (("TB", 1024 * 1024), ("GB", 1024), ("MB", 1))
+_HUMAN_MS: Final = (("h", 3_600_000), ("min", 60_000), ("s", 1000), ("ms", 1))
+
+
+def _scaled(value: float, units: tuple[tuple[str, int], ...]) -> str:
+    for unit, size in units:
+        if abs(value) >= size:
+            return f"{value / size:,.1f} {unit}"
+    return f"{value:,.0f} {units[-1][0]}"
+
+
+def format_metric(kind: str, value: Any) -> str:
+    """Human text for a metric value: ``kind`` is ``pct``, ``mb``, ``ms``, ``count`` or ``text``."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    if kind == "pct":
+        return f"{value * 100:.1f} %"
+    if kind == "mb":
+        return _scaled(float(value), _HUMAN_MB)
+    if kind == "ms":
+        return _scaled(float(value), _HUMAN_MS)
+    if kind == "count":
+        return f"{int(value):,}"
+    return str(value)
+
+
+#: The cards of pulse-study 5.4: (key, label, kind, higher_is_better).
+CARDS: Final = (
+    ("score", "Score (% normal)", "pct", True),
+    ("spilled_mb", "Spillage", "mb", False),
+    ("queue_time_ms", "Queue time", "ms", False),
+    ("queue_ratio", "Queue ratio", "pct", False),
+    ("anomalies", "Anomaly queries", "count", False),
+)
+
+
+def metric_cards_html(metrics: Mapping[str, Any], *, cards: Sequence[tuple[str, str, str, bool]] = CARDS,
+                      caption: str = "") -> str:
+    """Metric cards (value, trend arrow, delta vs the previous period) as a self-contained HTML block.
+
+    ``metrics`` is :func:`workbench.analysis.read.metrics` output: ``<key>`` and ``<key>_delta``.
+    Green means better, red worse; a missing previous period shows "no previous data".
+    """
+    parts = []
+    for key, label, kind, higher_better in cards:
+        value = metrics.get(key)
+        delta = metrics.get(f"{key}_delta")
+        if delta is None or value is None:
+            arrow, colour, delta_text = "", "#666", "no previous data"
+        else:
+            arrow = "▲" if delta > 0 else "▼" if delta < 0 else "■"
+            good = (delta > 0) == higher_better
+            colour = "#666" if delta == 0 else "#2E7D32" if good else "#C62828"
+            sign = "+" if delta > 0 else ""
+            delta_text = f"{sign}{format_metric(kind, delta)} vs previous"
+        parts.append(
+            "<div style='border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:140px'>"
+            f"<div style='color:#555;font-size:12px'>{html.escape(label)}</div>"
+            f"<div style='font-size:20px;font-weight:600'>{html.escape(format_metric(kind, value))}</div>"
+            f"<div style='color:{colour};font-size:12px'>{arrow} {html.escape(delta_text)}</div></div>")
+    head = f"<div style='font-weight:600;margin:4px 0'>{html.escape(caption)}</div>" if caption else ""
+    return f"{head}<div style='display:flex;flex-wrap:wrap;gap:8px'>{''.join(parts)}</div>"
