@@ -1,4 +1,4 @@
-"""The streaming applications: stream analytics, the anomaly lakehouse sink, and their shared parts.
+"""The streaming applications: stream analytics, ML scoring, the anomaly lakehouse sink, and their shared parts.
 
 Shared parts for every app (the ML scoring app reuses them):
 
@@ -26,6 +26,7 @@ from workbench.pipeline._decode import decode_event_message, event_topic, json_e
 from workbench.pipeline._status import AppStatus, read_app_status, status_path
 from workbench.pipeline.analytics import AnalyticsApp, AnalyticsResult, WindowStatsSink, run_analytics
 from workbench.pipeline.exceptions import AnomalyContractError, PipelineConfigError, PipelineError
+from workbench.pipeline.scoring import ScoringApp, ScoringResult, ScoringSink, run_scoring
 
 __all__ = [
     "CONSUMER_DEFAULTS",
@@ -36,6 +37,9 @@ __all__ = [
     "DeadLetters",
     "PipelineConfigError",
     "PipelineError",
+    "ScoringApp",
+    "ScoringResult",
+    "ScoringSink",
     "WindowStatsSink",
     "app_state_dir",
     "build_application",
@@ -48,5 +52,6 @@ __all__ = [
     "register_periodic",
     "run_analytics",
     "run_quix_app",
+    "run_scoring",
     "status_path",
 ]

@@ -1,4 +1,4 @@
-"""``workbench app analytics|anomaly-sink``: run a streaming app in this process (main thread)."""
+"""``workbench app analytics|anomaly-sink|scoring``: run a streaming app in this process (main thread)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,19 @@ __all__ = ["register"]
 
 def register(subparsers: Any) -> None:
     """Add the ``app`` command."""
-    parser = subparsers.add_parser("app", help="run a streaming app (stream analytics or the anomaly sink)")
-    parser.add_argument("name", choices=("analytics", "anomaly-sink"), help="which app")
+    parser = subparsers.add_parser("app", help="run a streaming app (stream analytics, the anomaly sink or ML scoring)")
+    parser.add_argument("name", choices=("analytics", "anomaly-sink", "scoring"), help="which app")
     parser.add_argument("--timeout", type=float, help="stop after this many seconds")
     parser.add_argument("--idle-exit", type=float, help="stop after this many seconds without messages")
     parser.add_argument("--window-minutes", type=float, default=10.0, help="analytics window length")
     parser.add_argument("--grace-minutes", type=float, default=5.0, help="analytics grace period (event time)")
     parser.add_argument("--closing-strategy", choices=("partition", "key"), default="partition")
     parser.add_argument("--retention-days", type=float, default=8.0, help="archive older analytics windows")
+    parser.add_argument("--batch-rows", type=int, default=16_384, help="scoring: rows per partition batch")
+    parser.add_argument("--batch-seconds", type=float, default=1.0, help="scoring: longest time between flushes")
+    parser.add_argument("--every-n-days", type=int, default=1, help="scoring: train every N-th finished day")
+    parser.add_argument("--window-days", type=int, default=7, help="scoring: training window in days")
+    parser.add_argument("--no-train", action="store_true", help="scoring: never schedule training")
     parser.set_defaults(func=_run)
 
 
@@ -31,6 +36,12 @@ def _run(args: argparse.Namespace) -> int:
         run_analytics(settings, timeout=args.timeout, idle_exit=args.idle_exit,
                       window_ms=int(args.window_minutes * 60_000), grace_ms=int(args.grace_minutes * 60_000),
                       closing_strategy=args.closing_strategy, retention_days=args.retention_days)
+    elif args.name == "scoring":
+        from workbench.pipeline.scoring import run_scoring
+
+        run_scoring(settings, timeout=args.timeout, idle_exit=args.idle_exit, batch_rows=args.batch_rows,
+                    batch_seconds=args.batch_seconds, every_n_days=args.every_n_days, window_days=args.window_days,
+                    train=not args.no_train)
     else:
         from workbench.pipeline.anomaly_sink import run_anomaly_sink
 
