@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "workbench.ml._cli",
     "workbench.pipeline._cli",
     "workbench.replay._cli",
+    "workbench.reports._cli",
 )
 
 

@@ -1,0 +1,235 @@
+"""``run_report``: execute the analysis notebooks with papermill and export them as offline HTML.
+
+A report is a folder ``<reports_dir>/<run_id>/`` with, per notebook, the executed ``.ipynb`` and a
+self-contained ``.html`` (charts are static SVG, images embedded, no script loaded from a CDN),
+plus ``index.html`` linking them and ``params.json``. Every number comes from the data and the
+parameters, never from the wall clock, so the same data and parameters give the same tables; only
+the default ``run_id`` is time-based.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from workbench.config import Settings
+from workbench.reports.exceptions import ReportError
+
+__all__ = ["ALL", "DEFAULT_NOTEBOOKS_DIR", "PARAMETER_NAMES", "export_html", "run_report"]
+
+logger = logging.getLogger(__name__)
+
+#: The report notebooks, in order.
+ALL: Final[tuple[str, ...]] = ("01_replay_control", "02_anomaly_explorer", "03_model_comparison",
+                               "04_stream_analytics")
+#: The repository's ``notebooks/`` folder (editable installs and checkouts).
+DEFAULT_NOTEBOOKS_DIR: Final = Path(__file__).resolve().parents[2] / "notebooks"
+#: Parameters ``run_report`` understands; each notebook receives those it declares.
+PARAMETER_NAMES: Final = ("start", "end", "instances", "versions", "labels_path", "day", "top_n", "critical_mode")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_EXTERNAL_SCRIPT = re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']?(?:https?:)?//[^>]*>\s*</script>", re.I)
+_SVG_IMG = re.compile(r'<img\b[^>]*?\bsrc="data:image/svg\+xml;base64,([A-Za-z0-9+/=\s]+)"[^>]*>')
+_ENV_LOCK = threading.Lock()
+
+# The lab template minus everything it would fetch from a CDN (require.js, MathJax, mermaid,
+# widget manager): the charts are SVG already, so the page needs no script at all.
+_OFFLINE_TEMPLATE: Final = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    # The kernel papermill starts inherits os.environ: that is how it finds WORKBENCH_HOME.
+    with _ENV_LOCK:
+        saved = {key: os.environ.get(key) for key in values}
+        os.environ.update(values)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def _strip_widgets(nb: Any) -> None:
+    """Drop live-widget state and views (they need a JS widget manager); text fallbacks stay."""
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data")
+            if data and "application/vnd.jupyter.widget-view+json" in data:
+                data.pop("application/vnd.jupyter.widget-view+json")
+
+
+def export_html(notebook: Path, target: Path | None = None) -> Path:
+    """Write a self-contained HTML page of an executed notebook (no external scripts).
+
+    Parameters
+    ----------
+    notebook : Path
+        An executed ``.ipynb``.
+    target : Path, optional
+        Output file (default: beside the notebook, ``.html``).
+    """
+    import jinja2
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(notebook, as_version=4)
+    _strip_widgets(nb)
+    exporter = HTMLExporter(template_name="lab", embed_images=True,
+                            extra_loaders=[jinja2.DictLoader({"workbench_offline.html.j2": _OFFLINE_TEMPLATE})],
+                            template_file="workbench_offline.html.j2")
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
+    # Inline the charts' SVG (nbconvert base64-encodes it into <img>): crisp, searchable, and the
+    # marks are part of the page's DOM.
+    body = _SVG_IMG.sub(lambda m: base64.b64decode(m.group(1)).decode("utf-8"), body)
+    body, removed = _EXTERNAL_SCRIPT.subn("", body)
+    if removed:
+        logger.warning("removed external scripts from the HTML notebook=%s count=%d", notebook.name, removed)
+    target = target or notebook.with_suffix(".html")
+    target.write_text(body, encoding="utf-8")
+    return target
+
+
+def _index(out: Path, run_id: str, params: Mapping[str, Any], done: list[tuple[str, str]]) -> Path:
+    items = "".join(
+        f"<li><a href='{html.escape(name)}.html'>{html.escape(name.replace('_', ' '))}</a> "
+        f"(<a href='{html.escape(name)}.ipynb'>notebook</a>) &mdash; {html.escape(state)}</li>"
+        for name, state in done)
+    rows = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in sorted(params.items())) or "<tr><td>defaults</td></tr>"
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Workbench report {html.escape(run_id)}"
+            "</title><style>body{font-family:sans-serif;margin:2em;max-width:60em}td,th{padding:2px 12px}</style>"
+            f"</head><body><h1>Workbench report <code>{html.escape(run_id)}</code></h1>"
+            f"<h2>Notebooks</h2><ul>{items}</ul>"
+            f"<h2>Parameters</h2><table>{rows}</table></body></html>")
+    path = out / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _declared(notebook: Path) -> set[str]:
+    import papermill
+
+    return set(papermill.inspect_notebook(str(notebook)))
+
+
+def run_report(
+    settings: Settings,
+    *,
+    run_id: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    notebooks: Sequence[str] = ALL,
+    data: str | Path | None = None,
+    notebooks_dir: Path | None = None,
+    progress: bool = True,
+    timeout: float = 900.0,
+) -> Path:
+    """Execute the report notebooks and write executed notebooks, HTML pages and an index.
+
+    Parameters
+    ----------
+    settings : Settings
+        Whose data to analyse (``WORKBENCH_HOME``) and where to write (``resolved_reports_dir``).
+    run_id : str, optional
+        Folder name of the report (default: UTC time ``YYYYmmddTHHMMSSZ``).
+    params : mapping, optional
+        Notebook parameters, e.g. ``start``/``end`` (ISO-8601 UTC), ``instances`` ("1,2" or a list),
+        ``versions`` ("v1,v2"), ``labels_path``, ``day``. Each notebook receives only the ones it declares.
+    notebooks : sequence of str
+        Names (without ``.ipynb``) to run, default :data:`ALL`.
+    data : path, optional
+        Labelled Parquet log, passed as ``labels_path`` (and ``data`` to the replay notebook).
+    notebooks_dir : Path, optional
+        Where the notebooks are (default: the repository's ``notebooks/``).
+    progress : bool
+        Show progress bars (one per report and one per notebook).
+    timeout : float
+        Seconds any one cell may run.
+
+    Returns
+    -------
+    Path
+        The report folder (open its ``index.html``).
+
+    Raises
+    ------
+    ReportError
+        For an unknown notebook or parameter or a bad run id, or when a notebook fails (its
+        partial output and HTML are still written).
+    """
+    import papermill
+    from tqdm.auto import tqdm
+
+    source = Path(notebooks_dir or DEFAULT_NOTEBOOKS_DIR)
+    unknown = [n for n in notebooks if not (source / f"{n}.ipynb").is_file()]
+    if unknown:
+        msg = f"Unknown report notebook(s) {unknown} in {source}. Choose from {list(ALL)}."
+        raise ReportError(msg)
+    params = dict(params or {})
+    bad = sorted(set(params) - set(PARAMETER_NAMES))
+    if bad:
+        msg = f"Unknown report parameter(s) {bad}. Valid names are {list(PARAMETER_NAMES)}."
+        raise ReportError(msg)
+    if isinstance(params.get("instances"), list | tuple):
+        params["instances"] = ",".join(str(i) for i in params["instances"])
+    if isinstance(params.get("versions"), list | tuple):
+        params["versions"] = ",".join(params["versions"])
+    if data is not None:
+        params.setdefault("labels_path", str(Path(data).expanduser().resolve()))
+    run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    if not _RUN_ID.match(run_id):
+        msg = f"run_id must be letters, digits, '.', '_' or '-' (a folder name). Got {run_id!r} instead."
+        raise ReportError(msg)
+    out = settings.resolved_reports_dir / run_id
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    logger.info("report run_id=%s out=%s notebooks=%s", run_id, out, ",".join(notebooks))
+
+    env = settings.to_env()
+    done: list[tuple[str, str]] = []
+    failure: ReportError | None = None
+    bar = tqdm(list(notebooks), desc="report", unit="notebook", disable=not progress)
+    for name in bar:
+        bar.set_postfix_str(name)
+        notebook = source / f"{name}.ipynb"
+        executed = out / f"{name}.ipynb"
+        declared = _declared(notebook)
+        given = {k: v for k, v in params.items() if k in declared}
+        if data is not None and "data" in declared:
+            given["data"] = str(Path(data).expanduser().resolve())
+        try:
+            with _environment(env):
+                papermill.execute_notebook(str(notebook), str(executed), parameters=given, kernel_name="python3",
+                                           progress_bar=progress, cwd=str(out), execution_timeout=timeout)
+            state = "ok"
+        except papermill.PapermillExecutionError as exc:
+            state = f"failed in cell {exc.cell_index}: {exc.ename}: {exc.evalue}"
+            failure = failure or ReportError(f"Report notebook {name} failed in cell {exc.cell_index} "
+                                             f"({exc.ename}: {exc.evalue}). See {executed}.", notebook=name)
+            logger.error("report notebook failed name=%s cell=%s error=%s", name, exc.cell_index, exc.evalue)
+        if executed.is_file():
+            export_html(executed)
+        done.append((name, state))
+    bar.close()
+    _index(out, run_id, params, done)
+    if failure is not None:
+        raise failure
+    return out
