@@ -20,9 +20,10 @@ from workbench.config import Settings
 
 
 def _free_port_pair() -> int:
+    """A port pair below Linux's ephemeral range (32768+), so no client socket can hold it."""
     rng = random.Random()
     for _ in range(200):
-        port = rng.randint(20000, 60000)
+        port = rng.randrange(20000, 32000, 2)
         ok = True
         for candidate in (port, port + 1):
             with socket.socket() as sock:

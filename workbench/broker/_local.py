@@ -46,13 +46,14 @@ class BrokerStatus:
 
 
 def _port_free(port: int) -> bool:
+    """No program listens on ``port`` (a connection attempt is refused)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.settimeout(1.0)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.connect(("127.0.0.1", port))
         except OSError:
-            return False
-    return True
+            return True
+    return False
 
 
 def _pid_alive(pid: int) -> bool:

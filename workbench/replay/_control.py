@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from workbench.config import Settings
 from workbench.replay.exceptions import ReplayError
@@ -123,20 +123,57 @@ def _parse_time(value: datetime | str) -> datetime:
     return value.astimezone(UTC)
 
 
-def read_state(settings: Settings, key: str, timeout: float = 10.0) -> bytes | None:
-    """The latest value under ``key`` in the replay state topic (committed records only)."""
+def _scan_state(consumer: Consumer, partition: TopicPartition, start: int, end: int, wanted: bytes,
+                deadline: float) -> bytes | None:
+    """Latest value of ``wanted`` in offsets [start, end): what existed when the read began."""
+    consumer.assign([TopicPartition(partition.topic, partition.partition, start)])
+    latest: bytes | None = None
+    idle_polls = 0
+    while time.monotonic() < deadline:
+        messages = consumer.consume(num_messages=10_000, timeout=0.1)
+        if not messages:
+            idle_polls += 1
+            # The last offsets are often transaction markers (never delivered), and under
+            # read_committed the end is the last stable offset, which librdkafka does not report
+            # as end-of-partition while a transaction is open: two empty polls mean the end.
+            if idle_polls >= 2:
+                return latest
+            continue
+        idle_polls = 0
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    return latest
+                continue
+            if message.key() == wanted:
+                latest = message.value()
+            if message.offset() >= end - 1:
+                return latest
+    return latest
+
+
+def read_state(settings: Settings, key: str, *, committed: bool = False, timeout: float = 10.0) -> bytes | None:
+    """The latest value under ``key`` in the replay state topic, or None.
+
+    ``committed=True`` reads only records of committed transactions (positions, which decide
+    where a replay resumes); status snapshots don't need that and are read faster without it.
+    """
     consumer = Consumer(
         {
             **settings.kafka_client_config(),
             "group.id": f"workbench-state-reader-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
-            "isolation.level": "read_committed",
+            "isolation.level": "read_committed" if committed else "read_uncommitted",
             "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
             "log_level": 3,
         }
     )
+    wanted = key.encode()
+    partition = TopicPartition(settings.topic_replay_state, 0)
+    deadline = time.monotonic() + timeout
     try:
-        partition = TopicPartition(settings.topic_replay_state, 0)
         try:
             low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
         except Exception as exc:
@@ -144,20 +181,12 @@ def read_state(settings: Settings, key: str, timeout: float = 10.0) -> bytes | N
             return None
         if high <= low:
             return None
-        consumer.assign([TopicPartition(settings.topic_replay_state, 0, low)])
-        latest: bytes | None = None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            messages = consumer.consume(num_messages=10_000, timeout=0.5)
-            for message in messages:
-                if message.error():
-                    continue
-                if message.key() == key.encode():
-                    latest = message.value()
-            position = consumer.position([partition])[0].offset
-            # read_committed stops at the last stable offset; an aborted tail never arrives.
-            if position >= high or (not messages and position >= 0):
-                break
+        # The newest records almost always hold the key (a running replay writes it every
+        # second): read the tail first, the whole compacted topic only when that misses.
+        tail_start = max(low, high - 64)
+        latest = _scan_state(consumer, partition, tail_start, high, wanted, deadline)
+        if latest is None and tail_start > low:
+            latest = _scan_state(consumer, partition, low, high, wanted, deadline)
         return latest
     finally:
         consumer.close()

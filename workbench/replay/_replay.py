@@ -248,7 +248,6 @@ class _ReplayRun:
         self.first_event_us = self.log.first_time_us()
         self.last_event_us = self.log.last_time_us()
         ensure_topics(self.settings)
-        self.next_row = 0 if replay.reset else self._saved_position()
         self.producer = Producer(
             {
                 **self.settings.kafka_client_config(),
@@ -269,6 +268,9 @@ class _ReplayRun:
         except KafkaException as exc:
             msg = f"Could not initialise the replay's Kafka transactions at {self.settings.bootstrap_servers}: {exc}"
             raise ReplayError(msg) from exc
+        # Only now: init_transactions has fenced (and so aborted) any open transaction of a killed
+        # predecessor, so the committed position below is final.
+        self.next_row = 0 if replay.reset else self._saved_position()
         self.control = Consumer(
             {
                 **self.settings.kafka_client_config(),
@@ -284,7 +286,7 @@ class _ReplayRun:
         self.control.assign([TopicPartition(self.settings.topic_replay_control, 0, high)])
 
     def _saved_position(self) -> int:
-        value = read_state(self.settings, self.position_key.decode())
+        value = read_state(self.settings, self.position_key.decode(), committed=True)
         if value is None:
             return 0
         saved = orjson.loads(value)
