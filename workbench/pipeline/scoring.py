@@ -78,6 +78,7 @@ from quixstreams.sinks import BatchingSink, SinkBatch
 
 from workbench.config import Settings, get_settings
 from workbench.data import codec
+from workbench.data.schema import REDSET_SCHEMA
 from workbench.pipeline._app import app_state_dir, build_application, register_periodic, run_quix_app
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._decode import event_topic
@@ -100,6 +101,7 @@ logger = logging.getLogger(__name__)
 
 APP_NAME: Final = "scoring"
 _DAY_US: Final = 86_400_000_000
+_EVENT_SCHEMA: Final = REDSET_SCHEMA.remove_metadata()
 UNSCORED_FILE: Final = "unscored_days.json"
 #: Columns copied into an anomaly's ``features`` object (the model inputs and observed signals).
 FEATURE_COLUMNS: Final = (
@@ -325,6 +327,8 @@ class ScoringSink(BatchingSink):
         self.buffered: dict[int, int] = {}
         self.size_due = False
         self.last_message_at = 0.0
+        self.first_message_wall: float | None = None  # epoch s of the first message (throughput)
+        self.last_batch_wall: float | None = None  # epoch s when the last batch was durable
         self.max_event_us: int | None = None
         self.first_event_us: int | None = None
         self.on_flushed: Callable[[], None] | None = None
@@ -345,6 +349,8 @@ class ScoringSink(BatchingSink):
         if n >= self.batch_rows:
             self.size_due = True
         self.last_message_at = time.monotonic()
+        if self.first_message_wall is None:
+            self.first_message_wall = time.time()
 
     @property
     def buffered_rows(self) -> int:
@@ -362,28 +368,50 @@ class ScoringSink(BatchingSink):
             self.on_flushed()
 
     def _decode(self, batch: SinkBatch) -> tuple[pa.Table, list[tuple[Any, str]]]:
+        """All rows of the batch's messages as one table (+ ``kafka_*`` columns), and the malformed ones.
+
+        JSON messages are decoded in one vectorised call; each packed Arrow message is one IPC
+        read, and the tables are concatenated once (a message whose schema is not exactly the
+        event schema takes :func:`codec.decode_values`' validating path instead).
+        """
         items = list(batch)
         encodings = [codec.header(item.headers, "encoding") or codec.ENCODING_JSON for item in items]
-        offsets = np.fromiter((item.offset for item in items), dtype=np.int64, count=len(items))
-        groups: dict[bool, list[int]] = {}
-        for i, enc in enumerate(encodings):
-            groups.setdefault(enc == codec.ENCODING_JSON, []).append(i)
-        pieces: list[pa.Table] = []
+        json_pos = [i for i, enc in enumerate(encodings) if enc == codec.ENCODING_JSON]
+        other_pos = [i for i, enc in enumerate(encodings) if enc != codec.ENCODING_JSON]
+        pieces: list[tuple[pa.Table | pa.RecordBatch, np.ndarray]] = []  # rows, their message positions
         errors: list[tuple[Any, str]] = []
-        for positions in groups.values():  # JSON in one vectorised call; the rest message by message
+
+        def careful(positions: list[int]) -> None:
             result = codec.decode_values([items[i].value for i in positions], [encodings[i] for i in positions])
-            errors += [(items[positions[pos]], reason) for pos, reason in result.errors]
+            errors.extend((items[positions[pos]], reason) for pos, reason in result.errors)
             if result.batch.num_rows:
                 index = np.asarray(positions, dtype=np.int64)[np.asarray(result.source_index, dtype=np.int64)]
-                table = pa.Table.from_batches([result.batch])
-                table = table.append_column("kafka_partition",
-                                            pa.array(np.full(len(index), batch.partition, np.int32)))
-                table = table.append_column("kafka_offset", pa.array(offsets[index]))
-                pieces.append(table)
+                pieces.append((result.batch, index))
+
+        if json_pos:
+            careful(json_pos)
+        slow: list[int] = []
+        for i in other_pos:
+            table = None
+            if encodings[i] == codec.ENCODING_ARROW and items[i].value is not None:
+                try:
+                    table = pa.ipc.open_stream(items[i].value).read_all()
+                except (pa.ArrowInvalid, OSError):
+                    table = None
+            if table is None or not table.schema.equals(_EVENT_SCHEMA):
+                slow.append(i)
+            elif table.num_rows:
+                pieces.append((table, np.full(table.num_rows, i, dtype=np.int64)))
+        if slow:
+            careful(slow)
         if not pieces:
             return pa.table({}), errors
-        table = pa.concat_tables(pieces)
-        if len(pieces) > 1:
+        table = pa.concat_tables([p if isinstance(p, pa.Table) else pa.Table.from_batches([p]) for p, _ in pieces])
+        index = np.concatenate([ix for _, ix in pieces])
+        offsets = np.fromiter((item.offset for item in items), dtype=np.int64, count=len(items))[index]
+        table = table.append_column("kafka_partition", pa.array(np.full(len(index), batch.partition, np.int32)))
+        table = table.append_column("kafka_offset", pa.array(offsets))
+        if len(pieces) > 1 and np.any(np.diff(offsets) < 0):
             table = table.sort_by([("kafka_offset", "ascending")])
         return table.combine_chunks(), errors
 
@@ -435,6 +463,7 @@ class ScoringSink(BatchingSink):
         for key, seconds in zip(self.timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             self.timings[key] += seconds
         self.status.info["model_version"] = version
+        self.last_batch_wall = time.time()
         logger.debug("batch partition=%d rows=%d version=%s anomalies=%d days=%s", batch.partition, n, version,
                      published, sorted(day_names.values()))
 
@@ -570,14 +599,20 @@ class ScoringApp:
             error, self._rescore_error = self._rescore_error, None
             raise error
         self._sum_anomalies()
-        if sink is not None:
-            self.status.info["timings_s"] = {k: round(v, 3) for k, v in sink.timings.items()}
-            self.status.info["max_event_time"] = (None if sink.max_event_us is None else
-                                                  _us_to_iso(sink.max_event_us))
+        self._sink_info()
         self.status.maybe_publish()
         if self._idle_exit is not None and self.app is not None and self._idle():
             logger.info("scoring idle for %.1fs with nothing pending: stopping", self._idle_exit)
             self.app.stop()
+
+    def _sink_info(self) -> None:
+        sink = self.sink
+        if sink is None:
+            return
+        self.status.info["timings_s"] = {k: round(v, 3) for k, v in sink.timings.items()}
+        self.status.info["max_event_time"] = None if sink.max_event_us is None else _us_to_iso(sink.max_event_us)
+        self.status.info["first_message_at"] = sink.first_message_wall
+        self.status.info["last_batch_at"] = sink.last_batch_wall
 
     def _sum_anomalies(self) -> None:
         counters = self.status.counters
@@ -713,8 +748,7 @@ class ScoringApp:
                 self.publisher.close()
             if self.dead_letters is not None:
                 self.dead_letters.close()
-            if self.sink is not None:
-                self.status.info["timings_s"] = {k: round(v, 3) for k, v in self.sink.timings.items()}
+            self._sink_info()
             if self.scorer is not None:
                 self.status.info["model_version"] = self.scorer.version
             self._sum_anomalies()
