@@ -208,8 +208,8 @@ def test_app_killed_mid_stream_restarts_without_duplicates(kafka_settings: Setti
     settings = kafka_settings
     ensure_topics(settings)
     version = train_day(settings, D1, window_days=1, data=logs["full"]).version
-    expected = _rows(logs["d12"])
-    Replay(logs["d12"], settings=settings, speedup=0, pack=1).run()
+    expected = _rows(logs["full"])  # 3 days: the child's status file (1 s period) must catch it mid-stream
+    Replay(logs["full"], settings=settings, speedup=0, pack=1).run()
     env = {**os.environ, **settings.to_env()}
     child = subprocess.Popen([sys.executable, "-m", "workbench.pipeline.scoring", "--no-train", "--batch-rows",
                               "2048", "--batch-seconds", "0.3", "--timeout", "120"], env=env,
