@@ -1,0 +1,85 @@
+"""run_report: executed notebooks plus offline HTML, deterministic tables, and a real browser render."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tests.notebook_home import cached_home
+from workbench.config import Settings
+from workbench.reports import ALL, ReportError, run_report
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path, Path]:
+    home, data = cached_home(tmp_path_factory.getbasetemp())
+    settings = Settings(home=home, reports_dir=tmp_path_factory.mktemp("reports"))
+    out = run_report(settings, run_id="first", params={"versions": ""}, data=data, progress=False)
+    return settings, data, out
+
+
+def _metrics_table(path: Path) -> str:
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "metrics-table" in c.metadata.get("tags", []))
+    return "".join(o["data"]["text/plain"] for o in cell.outputs if "data" in o)
+
+
+def test_report_has_executed_notebooks_html_and_index(report: tuple[Settings, Path, Path]) -> None:
+    settings, _, out = report
+    assert out == settings.resolved_reports_dir / "first"
+    index = (out / "index.html").read_text()
+    for name in ALL:
+        assert (out / f"{name}.ipynb").is_file()
+        page = (out / f"{name}.html").read_text()
+        assert f"href='{name}.html'" in index
+        assert not re.search(r"<script[^>]+src=[\"']?(https?:)?//", page, re.I), name
+        assert "cdn" not in page.lower() or "<script" not in page.lower()
+    assert index.count("&mdash; ok") == len(ALL) and "failed" not in index
+    page = (out / "04_stream_analytics.html").read_text()
+    assert page.count("<svg") >= 1 and "mark-area" in page
+    nb = nbformat.read(out / "02_anomaly_explorer.ipynb", as_version=4)
+    assert any("image/svg+xml" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_same_data_and_parameters_give_the_same_numbers(report: tuple[Settings, Path, Path]) -> None:
+    settings, data, out = report
+    again = run_report(settings, run_id="second", params={"versions": ""}, notebooks=["04_stream_analytics"],
+                       data=data, progress=False)
+    first = _metrics_table(out / "04_stream_analytics.ipynb")
+    second = _metrics_table(again / "04_stream_analytics.ipynb")
+    assert "score" in first and first == second
+
+
+def test_bad_arguments_are_explained(report: tuple[Settings, Path, Path]) -> None:
+    settings, _, _ = report
+    with pytest.raises(ReportError, match="Unknown report parameter"):
+        run_report(settings, params={"instance": "1"}, progress=False)
+    with pytest.raises(ReportError, match="Unknown report notebook"):
+        run_report(settings, notebooks=["99_nope"], progress=False)
+    with pytest.raises(ReportError, match="run_id must be"):
+        run_report(settings, run_id="../x", notebooks=["04_stream_analytics"], progress=False)
+
+
+@pytest.mark.skipif(CHROMIUM is None,
+                    reason="chromium is not installed (run `make browser` or apt-get install chromium)")
+def test_report_renders_its_charts_in_headless_chromium(report: tuple[Settings, Path, Path], tmp_path: Path) -> None:
+    _, _, out = report
+    page = out / "04_stream_analytics.html"
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
+        capture_output=True, timeout=120)
+    dom = result.stdout.decode("utf-8", "replace")
+    assert result.returncode == 0, result.stderr.decode("utf-8", "replace")[-2000:]
+    assert dom.count("<svg") >= 1
+    assert dom.count('class="mark-area') >= 1  # the class-share areas were drawn
+    assert "Query classes per 10-minute window" in dom
