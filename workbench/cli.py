@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from workbench.config import Settings, get_settings
@@ -20,6 +21,9 @@ __all__ = ["main", "settings_from_args"]
 
 logger = logging.getLogger(__name__)
 
+# quixstreams imports authlib's httpx integration, which warns on import; nothing for users to act on.
+warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+
 #: Modules that define ``register(subparsers)``; each adds its sub-commands.
 _COMMAND_MODULES = (
     "workbench.broker._cli",
@@ -28,6 +32,7 @@ _COMMAND_MODULES = (
     "workbench.pipeline._cli",
     "workbench.replay._cli",
     "workbench.reports._cli",
+    "workbench.runtime._cli",
 )
 
 

@@ -212,6 +212,17 @@ class Settings(BaseSettings):
             env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
         return env
 
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> Settings:
+        """Settings from a mapping of environment variables (as :meth:`to_env` writes them);
+        fields the mapping lacks come from the process environment and defaults as usual."""
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            key = field.validation_alias if isinstance(field.validation_alias, str) else f"WORKBENCH_{name.upper()}"
+            if key in env:
+                values[name] = env[key]
+        return cls(**values)
+
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with some fields replaced (``None`` values are ignored), revalidated."""
         changes = {key: value for key, value in overrides.items() if value is not None}

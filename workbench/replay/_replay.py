@@ -94,8 +94,9 @@ class Replay:
     batch_size : int
         Most rows per transaction; also the largest catch-up burst.
     pack_span_s : float
-        A packed message never spans more than this much event time (keeps consumers'
-        event-time windows from seeing rows far older than the message timestamp).
+        A packed message never spans more than this much event time. Keep it below the stream
+        analytics' grace period (5 min): then no packed message can reach into a window that
+        event time has already closed.
     clock : Clock, optional
         Wall clock (tests pass a fake one).
     observer : callable, optional
@@ -116,7 +117,7 @@ class Replay:
         observer: Callable[[BatchReport], None] | None = None,
         tick: float = 0.1,
         validate: bool = True,
-        pack_span_s: float = 60.0,
+        pack_span_s: float = 120.0,
     ) -> None:
         self.data = Path(data).expanduser().resolve()
         self.settings = settings or get_settings()

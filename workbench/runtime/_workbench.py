@@ -162,8 +162,13 @@ class Workbench:
 
     @classmethod
     def attach(cls, settings: Settings | None = None, *, replay_id: str | None = None) -> Workbench:
-        """Connect to the workbench running under the same WORKBENCH_HOME (from any process)."""
+        """Connect to the workbench running under the same WORKBENCH_HOME (from any process).
+
+        Broker address, ports and topics are taken from the running workbench, so only
+        WORKBENCH_HOME (or ``settings.home``) needs to match.
+        """
         settings = settings or get_settings()
+        spec_path = run_dir(settings.home) / "spec.json"
         state = read_state(settings.home)
         if not state or not _pid_alive(state.get("supervisor_pid")) or state.get("state") == "stopped":
             msg = (f"No workbench runs under {settings.home}. Start one with Workbench.start(data=...) "
@@ -171,7 +176,8 @@ class Workbench:
             raise WorkbenchStateError(msg)
         import orjson
 
-        spec = orjson.loads((run_dir(settings.home) / "spec.json").read_bytes())
+        spec = orjson.loads(spec_path.read_bytes())
+        settings = Settings.from_env({**spec.get("env", {}), "WORKBENCH_HOME": str(settings.home)})
         return cls(settings, replay_id=replay_id or spec.get("replay_id", "default"),
                    apps=spec.get("apps", DEFAULT_APPS), started_kafka=bool(spec.get("started_kafka")))
 

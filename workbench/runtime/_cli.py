@@ -1,0 +1,87 @@
+"""``workbench demo``, ``workbench start``, ``workbench stop`` and ``workbench status``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+__all__ = ["register"]
+
+
+def _settings(args: argparse.Namespace):
+    from workbench.cli import settings_from_args
+
+    return settings_from_args(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from workbench.runtime._demo import run_demo
+
+    result = run_demo(_settings(args), days=args.days, instances=args.instances, seed=args.seed, pack=args.pack,
+                      report=not args.no_report, progress=not args.quiet)
+    print(result.summary())
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    from workbench.runtime import Workbench
+
+    workbench = Workbench.start(data=args.data, speedup=args.speedup, pack=args.pack, settings=_settings(args),
+                                reset=not args.resume, retrain_every_days=args.every_n_days)
+    print(f"started: {workbench}; logs in {workbench.settings.logs_dir}")
+    print("steer it with `workbench replay-control ...`, watch it with `workbench status`, "
+          "end it with `workbench stop`")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from workbench.runtime import Workbench, WorkbenchStateError
+
+    try:
+        workbench = Workbench.attach(_settings(args))
+    except WorkbenchStateError as exc:
+        print(exc)
+        return 0
+    workbench.stop(kafka=True if args.kafka else None)
+    print("stopped")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from workbench.runtime import Workbench
+
+    workbench = Workbench.attach(_settings(args))
+    while True:
+        print(workbench.status())
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
+        print()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the runtime commands."""
+    demo = subparsers.add_parser("demo", help="everything end to end on generated data, then stop")
+    demo.add_argument("--days", type=int, default=4)
+    demo.add_argument("--instances", type=int, default=16)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--pack", type=int, default=100, help="queries per Kafka message (1 = JSON per query)")
+    demo.add_argument("--no-report", action="store_true", help="skip the papermill reports")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_demo)
+
+    start = subparsers.add_parser("start", help="start Kafka, the pipeline apps and a replay in the background")
+    start.add_argument("--data", help="Parquet query log to replay")
+    start.add_argument("--speedup", default="600", help="event seconds per wall second, or 'max'")
+    start.add_argument("--pack", type=int, default=1)
+    start.add_argument("--resume", action="store_true", help="continue the replay's saved position")
+    start.add_argument("--every-n-days", type=int, default=1, help="training cadence")
+    start.set_defaults(func=_start)
+
+    stop = subparsers.add_parser("stop", help="stop the running workbench (and the Kafka it started)")
+    stop.add_argument("--kafka", action="store_true", help="also stop a managed Kafka it did not start")
+    stop.set_defaults(func=_stop)
+
+    status = subparsers.add_parser("status", help="one status snapshot of the running workbench")
+    status.add_argument("--watch", type=float, metavar="SECONDS", help="repeat every SECONDS")
+    status.set_defaults(func=_status)

@@ -1,0 +1,161 @@
+"""``workbench demo``: the whole product, end to end, on generated data, leaving nothing running."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from workbench.config import Settings
+from workbench.runtime._workbench import Workbench
+
+__all__ = ["DemoResult", "run_demo"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoResult:
+    """What the demo did, for the closing summary."""
+
+    data: Path
+    events: int
+    days: list[str]
+    scored_events: int | None
+    anomalies: int | None
+    model_versions: list[str]
+    evaluation_day: str | None
+    detector: dict[str, Any] = field(default_factory=dict)
+    baseline: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """Human-readable closing summary."""
+        lines = [
+            "",
+            "=== Pulse Workbench demo ===",
+            f"data            {self.data} ({self.events:,} events, days {', '.join(self.days)})",
+            f"scored events   {self.scored_events:,}" if self.scored_events is not None else "scored events   ?",
+            f"anomalies       {self.anomalies:,} in the lakehouse" if self.anomalies is not None else "anomalies ?",
+            f"model versions  {', '.join(self.model_versions) or 'none'}",
+        ]
+        if self.detector:
+            lines.append(f"detection on {self.evaluation_day} (labels from the generator):")
+            keys = ["PR-AUC", "F1", "precision", "recall", "alerts per 10k"]
+            lines.append(f"  {'metric':<16}{'detector':>10}{'baseline':>10}")
+            for key in keys:
+                mine, theirs = self.detector.get(key), self.baseline.get(key)
+                lines.append(f"  {key:<16}{_fmt(mine):>10}{_fmt(theirs):>10}")
+            for key in sorted(k for k in self.detector if k.startswith("recall[")):
+                lines.append(f"  {key:<32}{_fmt(self.detector[key]):>10}{_fmt(self.baseline.get(key)):>10}")
+        if self.report:
+            lines.append(f"report          {self.report / 'index.html'}")
+        timing = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.seconds.items())
+        lines.append(f"time            {timing}")
+        return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "-" if value is None else str(value)
+
+
+def _pick(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in metrics.items() if isinstance(value, int | float)}
+
+
+def run_demo(settings: Settings, *, days: int = 4, instances: int = 16, seed: int = 0, pack: int = 100,
+             report: bool = True, progress: bool = True, timeout: float = 1800.0) -> DemoResult:
+    """Generate a log, run Kafka + pipeline + replay at max speed with daily retraining, evaluate
+    the detector against the generator's labels, write the reports, stop everything.
+    """
+    from workbench.data.generator import generate
+
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    data = settings.data_dir / f"redset_{days}d_{instances}i_s{seed}.parquet"
+    if not data.exists():
+        logger.info("generating %d days x %d instances (seed %d) into %s", days, instances, seed, data)
+        data.parent.mkdir(parents=True, exist_ok=True)
+        partial = data.with_suffix(".partial.parquet")
+        generate(partial, days=days, instances=instances, seed=seed, progress=progress)
+        partial.replace(data)
+    timings["generate"] = time.monotonic() - started
+    metadata = pq.ParquetFile(data)
+    events = metadata.metadata.num_rows
+    first_day, last_day = _days(data)
+    day_list = [str(first_day + dt.timedelta(days=i)) for i in range((last_day - first_day).days + 1)]
+
+    mark = time.monotonic()
+    workbench = Workbench.start(data=data, speedup="max", pack=pack, settings=settings, reset=True)
+    try:
+        status = workbench.wait(timeout=timeout, progress=progress)
+        if not status.drained:
+            logger.warning("the pipeline had not drained after %.0f s: %s", timeout, status)
+        _wait_for_training(settings, workbench, timeout=300)
+        timings["pipeline"] = time.monotonic() - mark
+        scored = _scored_events(settings)
+        anomalies = workbench.status().anomalies
+    finally:
+        workbench.stop(kafka=None)
+    from workbench.ml.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.models_dir)
+    result = DemoResult(data=data, events=events, days=day_list, scored_events=scored, anomalies=anomalies,
+                        model_versions=registry.versions(), evaluation_day=None, seconds=timings)
+    if registry.current():
+        mark = time.monotonic()
+        from workbench.ml.evaluate import evaluate
+
+        result.evaluation_day = str(last_day)
+        result.detector = _pick(evaluate(settings, last_day, "current", data=data))
+        result.baseline = _pick(evaluate(settings, last_day, "baseline", data=data))
+        timings["evaluate"] = time.monotonic() - mark
+    if report:
+        mark = time.monotonic()
+        from workbench.reports import run_report
+
+        result.report = run_report(settings, run_id=f"demo-{days}d-{instances}i-s{seed}", data=data,
+                                   progress=progress)
+        timings["report"] = time.monotonic() - mark
+    timings["total"] = time.monotonic() - started
+    return result
+
+
+def _days(path: Path) -> tuple[dt.date, dt.date]:
+    from workbench.data.schema import validate
+
+    summary = validate(path)
+    return summary.first_arrival.date(), summary.last_arrival.date()
+
+
+def _scored_events(settings: Settings) -> int | None:
+    from workbench.store.shards import read_shards
+
+    try:
+        table = read_shards(settings.shards_dir, columns=["model_version"])
+    except Exception as exc:
+        logger.warning("cannot read shards: %s", exc)
+        return None
+    return table.num_rows - table.column("model_version").null_count
+
+
+def _wait_for_training(settings: Settings, workbench: Workbench, timeout: float) -> None:
+    """Let the trainings the scoring app scheduled finish while the app still supervises them."""
+    from workbench.ml.supervisor import TrainingSupervisor
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and workbench.running:
+        # A fresh instance reads the app's persisted schedule; the app itself reaps and retries.
+        state = TrainingSupervisor(settings).state["days"].values()
+        if not any(entry["status"] in ("running", "pending") for entry in state):
+            return
+        time.sleep(1.0)
+    logger.warning("training still running after %.0f s; stopping anyway", timeout)
