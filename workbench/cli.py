@@ -11,7 +11,6 @@ import argparse
 import importlib
 import logging
 import sys
-import warnings
 from collections.abc import Sequence
 
 from workbench.config import Settings, get_settings
@@ -20,9 +19,6 @@ from workbench.exceptions import WorkbenchError
 __all__ = ["main", "settings_from_args"]
 
 logger = logging.getLogger(__name__)
-
-# quixstreams imports authlib's httpx integration, which warns on import; nothing for users to act on.
-warnings.filterwarnings("ignore", message="The httpx module is deprecated")
 
 #: Modules that define ``register(subparsers)``; each adds its sub-commands.
 _COMMAND_MODULES = (

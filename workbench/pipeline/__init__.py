@@ -13,6 +13,18 @@ Shared parts for every app (the ML scoring app reuses them):
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
+with warnings.catch_warnings():
+    # quixstreams imports authlib's httpx client, which warns on import; authlib forces its own
+    # filter to "always" when first imported, so import it first, then ignore, then import quix.
+    # Nothing for a workbench user to act on.
+    with contextlib.suppress(ImportError):
+        import authlib.deprecate  # noqa: F401
+    warnings.simplefilter("ignore")
+    import quixstreams  # noqa: F401
+
 from workbench.pipeline._app import (
     CONSUMER_DEFAULTS,
     app_state_dir,

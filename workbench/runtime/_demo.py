@@ -47,13 +47,12 @@ class DemoResult:
         ]
         if self.detector:
             lines.append(f"detection on {self.evaluation_day} (labels from the generator):")
-            keys = ["PR-AUC", "F1", "precision", "recall", "alerts per 10k"]
-            lines.append(f"  {'metric':<16}{'detector':>10}{'baseline':>10}")
+            keys = ["PR-AUC", "F1", "F1 @ baseline volume", "precision", "recall", "alerts per 10k"]
+            lines.append(f"  {'metric':<28}{'detector':>10}{'baseline':>10}")
+            keys += sorted(k for k in self.detector if k.startswith("recall["))
             for key in keys:
-                mine, theirs = self.detector.get(key), self.baseline.get(key)
-                lines.append(f"  {key:<16}{_fmt(mine):>10}{_fmt(theirs):>10}")
-            for key in sorted(k for k in self.detector if k.startswith("recall[")):
-                lines.append(f"  {key:<32}{_fmt(self.detector[key]):>10}{_fmt(self.baseline.get(key)):>10}")
+                theirs = self.baseline.get("F1" if key == "F1 @ baseline volume" else key)
+                lines.append(f"  {key:<28}{_fmt(self.detector.get(key)):>10}{_fmt(theirs):>10}")
         if self.report:
             lines.append(f"report          {self.report / 'index.html'}")
         timing = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.seconds.items())
@@ -115,8 +114,8 @@ def run_demo(settings: Settings, *, days: int = 4, instances: int = 16, seed: in
         from workbench.ml.evaluate import evaluate
 
         result.evaluation_day = str(last_day)
-        result.detector = _pick(evaluate(settings, last_day, "current", data=data))
-        result.baseline = _pick(evaluate(settings, last_day, "baseline", data=data))
+        result.detector = _pick(evaluate(settings, last_day, "current", data=data)["metrics"])
+        result.baseline = _pick(evaluate(settings, last_day, "baseline", data=data)["metrics"])
         timings["evaluate"] = time.monotonic() - mark
     if report:
         mark = time.monotonic()

@@ -286,17 +286,21 @@ class Workbench:
         from tqdm.auto import tqdm
 
         deadline = None if timeout is None else time.monotonic() + timeout
-        bar = tqdm(total=0, unit="rows", unit_scale=True, disable=not progress, desc="replay")
+        bar = tqdm(total=0, unit="events", unit_scale=True, disable=not progress, desc="pipeline")
         try:
             while True:
                 status = self.status()
                 if status.replay:
+                    # Progress is what the slowest app has processed, not what the replay has sent.
+                    processed = min(status.events_processed.values(), default=0)
                     bar.total = status.replay.rows_total
-                    bar.n = status.replay.next_row
+                    bar.n = min(processed, bar.total)
                     clock = status.event_time.strftime("%Y-%m-%d %H:%M") if status.event_time else "-"
-                    lag = sum(v or 0 for v in status.lag.values())
-                    bar.set_postfix_str(f"{clock} UTC, lag {lag:,}, model {status.model_version or '-'}",
-                                        refresh=False)
+                    bar.set_postfix_str(
+                        f"replayed {status.replay.fraction:.0%} to {clock} UTC, "
+                        f"model {status.model_version or '-'}, anomalies {status.anomalies or 0:,}",
+                        refresh=False,
+                    )
                     bar.refresh()
                 if status.drained:
                     return status
