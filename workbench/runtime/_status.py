@@ -136,8 +136,9 @@ class WorkbenchStatus:
 
     @property
     def events_processed(self) -> dict[str, int]:
-        """Events each app has processed so far."""
-        return {name: int(app.get("counters", {}).get("events", 0)) for name, app in self.apps.items()}
+        """Events each event-consuming app has processed so far (since its last start)."""
+        return {name: int(app["counters"]["events"]) for name, app in self.apps.items()
+                if "events" in app.get("counters", {})}
 
     @property
     def drained(self) -> bool:
