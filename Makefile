@@ -9,6 +9,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 DEMO_ARGS ?=
+# `make demo` writes its reports into this repository's reports/ folder (any absolute path works).
+export WORKBENCH_REPORTS_DIR ?= $(CURDIR)/reports
 
 .PHONY: setup demo test lint kafka-jars browser clean
 

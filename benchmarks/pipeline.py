@@ -65,7 +65,7 @@ def run(settings: Settings, data, pack: int, broker_pid: int | None) -> tuple[Me
     rows = pq.ParquetFile(data).metadata.num_rows
     suffix = uuid.uuid4().hex[:6]
     settings = settings.with_overrides(
-        home=settings.home / f"run-{suffix}",
+        home=settings.home / f"run-{suffix}", kafka_bootstrap_servers=settings.bootstrap_servers,
         topic_query_events=f"bench.events.{suffix}", topic_anomalies=f"bench.anomalies.{suffix}",
         topic_dead_letter=f"bench.dead.{suffix}", topic_replay_control=f"bench.control.{suffix}",
         topic_replay_state=f"bench.state.{suffix}",

@@ -149,6 +149,8 @@ def _arrival_ms(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
 
 def _ints(batch: pa.RecordBatch | pa.Table, name: str) -> np.ndarray:
     col = batch.column(batch.schema.get_field_index(name))
+    if col.null_count == 0 and pa.types.is_integer(col.type):
+        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)  # no compute kernels
     return pc.fill_null(pc.cast(col, pa.int64()), 0).to_numpy(zero_copy_only=False)
 
 

@@ -152,6 +152,8 @@ def _decode_arrow(value: bytes) -> pa.RecordBatch:
     if missing:
         msg = f"Arrow batch is missing columns {missing[:5]}"
         raise MessageDecodeError(msg)
+    if table.schema.equals(_SCHEMA_NO_META):  # what the replay writes: nothing to convert
+        return table.combine_chunks().to_batches()[0] if table.num_rows else _empty_batch()
     try:
         table = table.select(list(COLUMNS)).cast(_SCHEMA_NO_META)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

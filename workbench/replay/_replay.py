@@ -117,7 +117,7 @@ class Replay:
         observer: Callable[[BatchReport], None] | None = None,
         tick: float = 0.1,
         validate: bool = True,
-        pack_span_s: float = 120.0,
+        pack_span_s: float = 180.0,
     ) -> None:
         self.data = Path(data).expanduser().resolve()
         self.settings = settings or get_settings()
