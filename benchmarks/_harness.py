@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -85,23 +84,7 @@ def run_child(command: Sequence[str], env: dict[str, str] | None = None) -> Chil
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     """Environment that points a child ``workbench`` process at the same broker, home and topics."""
-    env = {
-        **os.environ,
-        "WORKBENCH_HOME": str(settings.home),
-        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "WORKBENCH_TOPIC_QUERY_EVENTS": settings.topic_query_events,
-        "WORKBENCH_TOPIC_ANOMALIES": settings.topic_anomalies,
-        "WORKBENCH_TOPIC_DEAD_LETTER": settings.topic_dead_letter,
-        "WORKBENCH_TOPIC_REPLAY_CONTROL": settings.topic_replay_control,
-        "WORKBENCH_TOPIC_REPLAY_STATE": settings.topic_replay_state,
-    }
-    env.update(extra)
-    return env
-
-
-def self_rss_mb() -> float:
-    """Peak RSS of this process so far."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {**os.environ, **settings.to_env(), **extra}
 
 
 WORKBENCH = [sys.executable, "-m", "workbench.cli"]

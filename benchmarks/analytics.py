@@ -11,35 +11,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from _harness import broker
 from confluent_kafka import Producer
 
-from workbench.broker import LocalKafka, ensure_broker, ensure_topics
+from workbench.broker import ensure_topics
 from workbench.config import Settings
 from workbench.data.generator import generate
 from workbench.pipeline.analytics import AnalyticsApp
 from workbench.pipeline.anomaly_sink import AnomalySinkApp
 from workbench.pipeline.contracts import anomaly_headers, anomaly_key, encode_anomaly
 from workbench.replay import Replay
-
-
-def _free_port() -> int:
-    for port in range(29092, 29400, 2):
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port pair")
 
 
 def _topics(settings: Settings) -> Settings:
@@ -117,23 +103,13 @@ def main() -> None:
     parser.add_argument("--pack", type=int, default=100)
     parser.add_argument("--sink-rows", type=int, default=50_000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="wb-bench-") as tmp:
-        home = Path(tmp)
-        external = bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
-        settings = Settings(home=home) if external else Settings(home=home, kafka_port=_free_port(),
-                                                                 kafka_heap="768m")
-        ensure_broker(settings, topics=False)
-        try:
-            log = home / "log.parquet"
-            generate(log, days=1, instances=8, seed=1, rows_per_day=args.rows)
-            out = {"analytics_json": bench_analytics(settings, log, 1),
-                   "analytics_packed": bench_analytics(settings, log, args.pack),
-                   "anomaly_sink": bench_sink(settings, args.sink_rows)}
-            print(json.dumps(out, indent=2))
-        finally:
-            if not external:
-                LocalKafka(settings).stop()
-
+    with broker() as settings:
+        log = settings.home / "log.parquet"
+        generate(log, days=1, instances=8, seed=1, rows_per_day=args.rows)
+        out = {"analytics_json": bench_analytics(settings, log, 1),
+               "analytics_packed": bench_analytics(settings, log, args.pack),
+               "anomaly_sink": bench_sink(settings, args.sink_rows)}
+        print(json.dumps(out, indent=2))
 
 if __name__ == "__main__":
     main()

@@ -211,7 +211,7 @@ def test_app_killed_mid_stream_restarts_without_duplicates(kafka_settings: Setti
     expected = _rows(logs["full"])  # 3 days: the child's status file (1 s period) must catch it mid-stream
     Replay(logs["full"], settings=settings, speedup=0, pack=1).run()
     env = {**os.environ, **settings.to_env()}
-    child = subprocess.Popen([sys.executable, "-m", "workbench.pipeline.scoring", "--no-train", "--batch-rows",
+    child = subprocess.Popen([sys.executable, "-m", "workbench.cli", "app", "scoring", "--no-train", "--batch-rows",
                               "2048", "--batch-seconds", "0.3", "--timeout", "120"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

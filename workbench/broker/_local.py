@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbench._fs import pid_alive
 from workbench.broker._runtime import ensure_kafka_jars, find_java
 from workbench.broker.exceptions import BrokerError, BrokerUnavailableError, PortInUseError
 from workbench.config import KAFKA_VERSION, Settings
@@ -54,21 +55,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return True
     return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child (started by this very process) still answers kill(0): reap it.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return done == 0
 
 
 def wait_for_broker(settings: Settings, timeout: float = 60.0) -> int:
@@ -132,7 +118,7 @@ class LocalKafka:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        if _pid_alive(pid) and self._is_our_kafka(pid):
+        if pid_alive(pid) and self._is_our_kafka(pid):
             return pid
         self.pid_file.unlink(missing_ok=True)
         return None
@@ -289,12 +275,12 @@ class LocalKafka:
         logger.info("stopping Kafka (pid %d)", pid)
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _pid_alive(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.2)
-        if _pid_alive(pid):
+        if pid_alive(pid):
             logger.warning("Kafka did not stop within %.0f s; killing it", timeout)
             os.kill(pid, signal.SIGKILL)
-            while _pid_alive(pid):
+            while pid_alive(pid):
                 time.sleep(0.1)
         self.pid_file.unlink(missing_ok=True)
         return True

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from workbench._fs import write_atomic
 from workbench.ml.exceptions import ModelNotFoundError, RegistryError
 
 __all__ = ["ModelRegistry", "sha256_file"]
@@ -47,20 +48,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class ModelRegistry:
@@ -197,7 +184,7 @@ class ModelRegistry:
     def set_current(self, version: str) -> None:
         """Atomically point ``CURRENT`` at an existing version (also how rollback works)."""
         self.path(version)
-        _write_atomic(self.current_path, (version + "\n").encode())
+        write_atomic(self.current_path, (version + "\n").encode())
         logger.info("current model set version=%s", version)
 
     rollback = set_current
@@ -208,4 +195,4 @@ class ModelRegistry:
         path = folder / EVALUATIONS_JSON
         records = json.loads(path.read_text()) if path.is_file() else []
         records.append(record)
-        _write_atomic(path, json.dumps(records, indent=2, sort_keys=True).encode())
+        write_atomic(path, json.dumps(records, indent=2, sort_keys=True).encode())

@@ -30,24 +30,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from workbench._fs import pid_alive, write_atomic
 from workbench.config import Settings
-from workbench.ml.registry import ModelRegistry, _write_atomic
+from workbench.ml.registry import ModelRegistry
 
 __all__ = ["TrainingSupervisor"]
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "ml_training.json"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class TrainingSupervisor:
@@ -104,7 +95,7 @@ class TrainingSupervisor:
 
     def _save(self) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.state_path, json.dumps(self.state, indent=2, sort_keys=True).encode())
+        write_atomic(self.state_path, json.dumps(self.state, indent=2, sort_keys=True).encode())
 
     def status(self, day: dt.date | str) -> str | None:
         """``pending``, ``running``, ``done``, ``failed`` or ``None`` (never scheduled)."""
@@ -196,7 +187,7 @@ class TrainingSupervisor:
                 self._proc = None
             return rc
         # A run started by an earlier process: we cannot reap it, only watch its pid.
-        if _pid_alive(int(entry["pid"])):
+        if pid_alive(int(entry["pid"])):
             return None
         return -999  # unknown: decided from the registry
 

@@ -35,22 +35,21 @@ from workbench.pipeline._app import (
 )
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._decode import decode_event_message, event_topic, json_event_row, message_encoding
-from workbench.pipeline._status import AppStatus, read_app_status, status_path
-from workbench.pipeline.analytics import AnalyticsApp, AnalyticsResult, WindowStatsSink, run_analytics
+from workbench.pipeline._status import AppResult, AppStatus, read_app_status, status_path
+from workbench.pipeline.analytics import AnalyticsApp, WindowStatsSink, run_analytics
 from workbench.pipeline.exceptions import AnomalyContractError, PipelineConfigError, PipelineError
-from workbench.pipeline.scoring import ScoringApp, ScoringResult, ScoringSink, run_scoring
+from workbench.pipeline.scoring import ScoringApp, ScoringSink, run_scoring
 
 __all__ = [
     "CONSUMER_DEFAULTS",
     "AnalyticsApp",
-    "AnalyticsResult",
     "AnomalyContractError",
+    "AppResult",
     "AppStatus",
     "DeadLetters",
     "PipelineConfigError",
     "PipelineError",
     "ScoringApp",
-    "ScoringResult",
     "ScoringSink",
     "WindowStatsSink",
     "app_state_dir",

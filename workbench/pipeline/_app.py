@@ -123,7 +123,7 @@ def run_quix_app(app: Application, *, timeout: float | None = None, count: int |
     if threading.current_thread() is not threading.main_thread():
         msg = ("Quix applications must run in the main thread (they install signal handlers). "
                "Got a call from thread " + repr(threading.current_thread().name) + "; run the app in its own "
-               "process instead (`workbench app ...` or `python -m workbench.pipeline.<app>`).")
+               "process instead (`workbench app NAME`).")
         raise PipelineConfigError(msg)
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

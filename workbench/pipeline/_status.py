@@ -9,16 +9,30 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from workbench._fs import write_atomic
 from workbench.config import Settings
 from workbench.pipeline._app import app_state_dir
 
-__all__ = ["AppStatus", "read_app_status", "status_path"]
+__all__ = ["AppResult", "AppStatus", "read_app_status", "status_path"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AppResult:
+    """What a bounded app run did: its final counters (and info) as in its status file."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> int:
+        return self.counters.get(name, 0)
 
 
 def status_path(settings: Settings, app_name: str) -> os.PathLike[str]:
@@ -74,15 +88,11 @@ class AppStatus:
         if state is not None:
             self.state = state
         self._last_publish = time.monotonic()
-        path = os.fspath(self.path)
-        tmp = f"{path}.{os.getpid()}.tmp"
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(tmp, "wb") as fh:
-                fh.write(orjson.dumps(self.snapshot(), default=str))
-            os.replace(tmp, path)
+            # No fsync: a status file is rewritten every second and may lose the last second in a crash.
+            write_atomic(Path(self.path), orjson.dumps(self.snapshot(), default=str), fsync=False)
         except OSError as exc:  # a status file must never stop the app
-            logger.warning("cannot write status file path=%r error=%r", path, exc)
+            logger.warning("cannot write status file path=%r error=%r", self.path, exc)
 
 
 def read_app_status(settings: Settings, app_name: str) -> dict[str, Any] | None:

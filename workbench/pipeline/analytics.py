@@ -1,7 +1,6 @@
 """Stream analytics: per-instance tumbling windows of ``redshift.query_events`` into SQLite.
 
-Pipeline (one Quix app, its own process: ``workbench app analytics`` or
-``python -m workbench.pipeline.analytics``)::
+Pipeline (one Quix app in its own process: ``workbench app analytics``)::
 
     bytes message --decode--> partial aggregates (1 per window the message touches)
         --set_timestamp(first arrival of the partial)--> tumbling_window(window_ms, grace_ms)
@@ -47,13 +46,10 @@ Retention
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -69,17 +65,17 @@ from workbench.analysis.windows import (
     merge,
     partial_aggregates,
 )
-from workbench.config import Settings, get_settings
+from workbench.config import Settings
 from workbench.data import codec
 from workbench.data.codec import MessageDecodeError
 from workbench.pipeline._app import build_application, register_periodic, run_quix_app
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._decode import decode_event_message, event_topic, json_event_row, message_encoding
-from workbench.pipeline._status import AppStatus
+from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline.exceptions import PipelineConfigError
 from workbench.store.window_stats import WindowStatsStore
 
-__all__ = ["APP_NAME", "AnalyticsApp", "AnalyticsResult", "WindowStatsSink", "main", "row_partial", "run_analytics"]
+__all__ = ["APP_NAME", "AnalyticsApp", "WindowStatsSink", "row_partial", "run_analytics"]
 
 logger = logging.getLogger(__name__)
 
@@ -202,16 +198,6 @@ class WindowStatsSink(BatchingSink):
         self._count("provisional_rows", written)
         self._count("sink_rows", written)
         return written
-
-
-@dataclass
-class AnalyticsResult:
-    """What a bounded :func:`run_analytics` did (the app's final counters)."""
-
-    counters: dict[str, int] = field(default_factory=dict)
-
-    def __getitem__(self, name: str) -> int:
-        return self.counters.get(name, 0)
 
 
 class AnalyticsApp:
@@ -370,7 +356,7 @@ class AnalyticsApp:
             self.app.stop()
 
     def run(self, *, timeout: float | None = None, idle_exit: float | None = None,
-            count: int | None = None) -> AnalyticsResult:
+            count: int | None = None) -> AppResult:
         """Run in the main thread until stopped, ``timeout`` s of wall time, ``idle_exit`` s without
         messages, or ``count`` closed windows; then write the open windows and the final status."""
         app = self.app or self.build()
@@ -398,7 +384,7 @@ class AnalyticsApp:
             if self.dead_letters is not None:
                 self.dead_letters.close()
             self.status.publish(state)
-        return AnalyticsResult(dict(self.status.counters))
+        return AppResult(dict(self.status.counters))
 
 
 def _int_or_none(key: Any) -> int | None:
@@ -409,7 +395,7 @@ def _int_or_none(key: Any) -> int | None:
 
 
 def run_analytics(settings: Settings, *, timeout: float | None = None, idle_exit: float | None = None,
-                  count: int | None = None, **options: Any) -> AnalyticsResult:
+                  count: int | None = None, **options: Any) -> AppResult:
     """Build and run the stream-analytics app in this (main) thread; see :class:`AnalyticsApp`.
 
     Parameters
@@ -427,24 +413,8 @@ def run_analytics(settings: Settings, *, timeout: float | None = None, idle_exit
 
     Returns
     -------
-    AnalyticsResult
+    AppResult
         The final counters: ``events``, ``messages``, ``windows_emitted``, ``provisional_rows``,
         ``late_events``, ``dead_letters``, ``sink_rows``, ``wide_messages``.
     """
     return AnalyticsApp(settings, **options).run(timeout=timeout, idle_exit=idle_exit, count=count)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m workbench.pipeline.analytics [--timeout S] [--idle-exit S]``."""
-    parser = argparse.ArgumentParser(prog="python -m workbench.pipeline.analytics")
-    parser.add_argument("--home")
-    parser.add_argument("--timeout", type=float)
-    parser.add_argument("--idle-exit", type=float)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_analytics(get_settings(home=args.home), timeout=args.timeout, idle_exit=args.idle_exit)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,32 +9,29 @@ catalog pauses the partitions (``SinkBackpressureError``) and the batch is re-re
 Every ``maintain_every`` writes or ``maintain_interval_s`` seconds the sink compacts
 (:meth:`AnomalyLakehouse.maintain`).
 
-Run it as ``workbench app anomaly-sink`` or ``python -m workbench.pipeline.anomaly_sink``.
+Run it as ``workbench app anomaly-sink``.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from quixstreams import Application
 from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
 
-from workbench.config import Settings, get_settings
+from workbench.config import Settings
 from workbench.pipeline._app import build_application, register_periodic, run_quix_app
 from workbench.pipeline._deadletter import DeadLetters
-from workbench.pipeline._status import AppStatus
+from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline.contracts import anomaly_row
 from workbench.pipeline.exceptions import AnomalyContractError, PipelineConfigError
 from workbench.store.exceptions import LakehouseBusyError
 from workbench.store.lakehouse import AnomalyLakehouse
 
-__all__ = ["APP_NAME", "AnomalySinkApp", "DuckLakeSink", "SinkResult", "main", "run_anomaly_sink"]
+__all__ = ["APP_NAME", "AnomalySinkApp", "DuckLakeSink", "run_anomaly_sink"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,16 +109,6 @@ class DuckLakeSink(BatchingSink):
         self._count("maintenance_runs")
 
 
-@dataclass
-class SinkResult:
-    """What a bounded :func:`run_anomaly_sink` did (the app's final counters)."""
-
-    counters: dict[str, int] = field(default_factory=dict)
-
-    def __getitem__(self, name: str) -> int:
-        return self.counters.get(name, 0)
-
-
 class AnomalySinkApp:
     """The anomaly-sink Quix app (see the module docstring).
 
@@ -187,7 +174,7 @@ class AnomalySinkApp:
             self.app.stop()
 
     def run(self, *, timeout: float | None = None, idle_exit: float | None = None,
-            count: int | None = None) -> SinkResult:
+            count: int | None = None) -> AppResult:
         """Run in the main thread until stopped, ``timeout`` s of wall time, ``idle_exit`` s without
         messages, or ``count`` rows; compacts once at the end when anything was written."""
         app = self.app or self.build()
@@ -212,33 +199,17 @@ class AnomalySinkApp:
             if self.dead_letters is not None:
                 self.dead_letters.close()
             self.status.publish(state)
-        return SinkResult(dict(self.status.counters))
+        return AppResult(dict(self.status.counters))
 
 
 def run_anomaly_sink(settings: Settings, *, timeout: float | None = None, idle_exit: float | None = None,
-                     count: int | None = None, **options: Any) -> SinkResult:
+                     count: int | None = None, **options: Any) -> AppResult:
     """Build and run the anomaly sink in this (main) thread; see :class:`AnomalySinkApp`.
 
     Returns
     -------
-    SinkResult
+    AppResult
         Final counters: ``anomalies``, ``sink_rows`` (inserted), ``sink_duplicates``, ``sink_writes``,
         ``dead_letters``, ``backpressure``, ``maintenance_runs``.
     """
     return AnomalySinkApp(settings, **options).run(timeout=timeout, idle_exit=idle_exit, count=count)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m workbench.pipeline.anomaly_sink [--timeout S] [--idle-exit S]``."""
-    parser = argparse.ArgumentParser(prog="python -m workbench.pipeline.anomaly_sink")
-    parser.add_argument("--home")
-    parser.add_argument("--timeout", type=float)
-    parser.add_argument("--idle-exit", type=float)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_anomaly_sink(get_settings(home=args.home), timeout=args.timeout, idle_exit=args.idle_exit)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

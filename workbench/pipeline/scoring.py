@@ -1,7 +1,6 @@
 """The ML scoring app: ``redshift.query_events`` -> scored Arrow shards + ``redshift.anomalies``.
 
-Pipeline (one Quix app, its own process: ``workbench app scoring`` or
-``python -m workbench.pipeline.scoring``)::
+Pipeline (one Quix app in its own process: ``workbench app scoring``)::
 
     bytes message --(no per-message work)--> ScoringSink.add (buffer per partition)
     checkpoint (every batch_seconds, or as soon as a partition buffers batch_rows rows):
@@ -55,17 +54,15 @@ Batching
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
@@ -76,13 +73,14 @@ from quixstreams import Application
 from quixstreams.models import HeadersTuples
 from quixstreams.sinks import BatchingSink, SinkBatch
 
-from workbench.config import Settings, get_settings
+from workbench._fs import write_atomic
+from workbench.config import Settings
 from workbench.data import codec
 from workbench.data.schema import REDSET_SCHEMA
 from workbench.pipeline._app import app_state_dir, build_application, register_periodic, run_quix_app
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._decode import event_topic
-from workbench.pipeline._status import AppStatus
+from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline.contracts import anomaly_headers, anomaly_key, encode_anomaly
 from workbench.pipeline.exceptions import PipelineConfigError, PipelineError
 
@@ -90,10 +88,8 @@ __all__ = [
     "APP_NAME",
     "AnomalyPublisher",
     "ScoringApp",
-    "ScoringResult",
     "ScoringSink",
     "anomaly_messages",
-    "main",
     "run_scoring",
 ]
 
@@ -268,13 +264,7 @@ class UnscoredDays:
             return set(self.days)
 
     def _save(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(json.dumps({"days": sorted(self.days)}).encode())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(Path(self.path), json.dumps({"days": sorted(self.days)}).encode())
 
 
 class _PublishingScorer:
@@ -469,17 +459,6 @@ class ScoringSink(BatchingSink):
 
 
 # --- the app --------------------------------------------------------------------------------------
-@dataclass
-class ScoringResult:
-    """What a bounded :func:`run_scoring` did: the final counters and info of the status file."""
-
-    counters: dict[str, int] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def __getitem__(self, name: str) -> int:
-        return self.counters.get(name, 0)
-
-
 class ScoringApp:
     """The scoring Quix app (see the module docstring).
 
@@ -713,7 +692,7 @@ class ScoringApp:
         if self.app is not None:
             self.app.stop()
 
-    def run(self, *, timeout: float | None = None, idle_exit: float | None = None) -> ScoringResult:
+    def run(self, *, timeout: float | None = None, idle_exit: float | None = None) -> AppResult:
         """Run in the main thread until stopped, ``timeout`` s of wall time, or idle.
 
         Idle means: no message for ``idle_exit`` s, nothing buffered, no training running or
@@ -753,7 +732,7 @@ class ScoringApp:
                 self.status.info["model_version"] = self.scorer.version
             self._sum_anomalies()
             self.status.publish(state)
-        return ScoringResult(dict(self.status.counters), dict(self.status.info))
+        return AppResult(dict(self.status.counters), dict(self.status.info))
 
 
 def _day_of(us: int) -> dt.date:
@@ -766,7 +745,7 @@ def _us_to_iso(us: int) -> str:
 
 def run_scoring(settings: Settings, *, timeout: float | None = None, idle_exit: float | None = None,
                 batch_rows: int = 16_384, batch_seconds: float = 1.0, every_n_days: int = 1, window_days: int = 7,
-                **options: Any) -> ScoringResult:
+                **options: Any) -> AppResult:
     """Build and run the scoring app in this (main) thread; see :class:`ScoringApp`.
 
     Parameters
@@ -787,7 +766,7 @@ def run_scoring(settings: Settings, *, timeout: float | None = None, idle_exit: 
 
     Returns
     -------
-    ScoringResult
+    AppResult
         Final counters: ``events``, ``messages``, ``scored``, ``unscored``, ``rescored``, ``anomalies``
         (``stream_anomalies`` + ``rescore_anomalies``), ``batches``, ``shards``, ``dead_letters``,
         ``events_while_training``, ``trainings_scheduled``; ``info`` has ``model_version``, ``training``
@@ -796,27 +775,3 @@ def run_scoring(settings: Settings, *, timeout: float | None = None, idle_exit: 
     app = ScoringApp(settings, batch_rows=batch_rows, batch_seconds=batch_seconds, every_n_days=every_n_days,
                      window_days=window_days, **options)
     return app.run(timeout=timeout, idle_exit=idle_exit)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m workbench.pipeline.scoring [--home H] [--timeout S] [--idle-exit S] ...``."""
-    parser = argparse.ArgumentParser(prog="python -m workbench.pipeline.scoring")
-    parser.add_argument("--home")
-    parser.add_argument("--timeout", type=float)
-    parser.add_argument("--idle-exit", type=float)
-    parser.add_argument("--batch-rows", type=int, default=16_384)
-    parser.add_argument("--batch-seconds", type=float, default=1.0)
-    parser.add_argument("--every-n-days", type=int, default=1)
-    parser.add_argument("--window-days", type=int, default=7)
-    parser.add_argument("--no-train", action="store_true", help="score only; never schedule training")
-    parser.add_argument("--training-backoff", type=float, default=60.0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_scoring(get_settings(home=args.home), timeout=args.timeout, idle_exit=args.idle_exit,
-                batch_rows=args.batch_rows, batch_seconds=args.batch_seconds, every_n_days=args.every_n_days,
-                window_days=args.window_days, train=not args.no_train, training_backoff_s=args.training_backoff)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench._fs import pid_alive
 from workbench.broker import LocalKafka, broker_status, ensure_broker
 from workbench.config import Settings, get_settings
 from workbench.exceptions import WorkbenchError
@@ -42,22 +43,6 @@ DEFAULT_APPS: tuple[str, ...] = ("scoring", "analytics", "anomaly-sink")
 
 class WorkbenchStateError(WorkbenchError, RuntimeError):
     """The workbench is not in the state the call needs (e.g. attach with nothing running)."""
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return done == 0
 
 
 class Workbench:
@@ -111,7 +96,7 @@ class Workbench:
         """
         settings = settings or get_settings()
         state = read_state(settings.home)
-        if state and state.get("state") in ("running", "stopping") and _pid_alive(state.get("supervisor_pid")):
+        if state and state.get("state") in ("running", "stopping") and pid_alive(state.get("supervisor_pid")):
             msg = (f"A workbench already runs under {settings.home} (supervisor pid {state['supervisor_pid']}). "
                    "Use Workbench.attach() to connect to it, or stop() it first.")
             raise WorkbenchStateError(msg)
@@ -170,7 +155,7 @@ class Workbench:
         settings = settings or get_settings()
         spec_path = run_dir(settings.home) / "spec.json"
         state = read_state(settings.home)
-        if not state or not _pid_alive(state.get("supervisor_pid")) or state.get("state") == "stopped":
+        if not state or not pid_alive(state.get("supervisor_pid")) or state.get("state") == "stopped":
             msg = (f"No workbench runs under {settings.home}. Start one with Workbench.start(data=...) "
                    "or `workbench demo`, or set WORKBENCH_HOME to the home of the running one.")
             raise WorkbenchStateError(msg)
@@ -185,7 +170,7 @@ class Workbench:
     def running(self) -> bool:
         """Whether the supervisor of this workbench is alive."""
         state = read_state(self.settings.home)
-        return bool(state) and state.get("state") != "stopped" and _pid_alive(state.get("supervisor_pid"))
+        return bool(state) and state.get("state") != "stopped" and pid_alive(state.get("supervisor_pid"))
 
     def stop(self, *, kafka: bool | None = None, timeout: float = 60.0) -> None:
         """Stop the replay, the apps and the supervisor; and Kafka when this workbench started it.
@@ -194,12 +179,12 @@ class Workbench:
         """
         state = read_state(self.settings.home)
         pid = state.get("supervisor_pid") if state else None
-        if _pid_alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGTERM)  # type: ignore[arg-type]
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and _pid_alive(pid):
+            while time.monotonic() < deadline and pid_alive(pid):
                 time.sleep(0.1)
-            if _pid_alive(pid):
+            if pid_alive(pid):
                 logger.warning("supervisor did not stop within %.0f s; killing it", timeout)
                 os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
         stop_kafka = self.started_kafka if kafka is None else kafka

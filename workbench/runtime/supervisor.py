@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from workbench._fs import write_atomic
+
 __all__ = ["ProcessSpec", "Supervisor", "read_state", "run_dir", "write_json_atomic"]
 
 logger = logging.getLogger(__name__)
@@ -38,10 +40,7 @@ def run_dir(home: Path) -> Path:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` so that readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, path)
+    write_atomic(path, orjson.dumps(data, option=orjson.OPT_INDENT_2), fsync=False)
 
 
 def read_state(home: Path) -> dict[str, Any] | None:

@@ -12,12 +12,9 @@ Events stored before any model existed carry ``model_version = null``;
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.feather as feather
 
+from workbench._fs import atomic_path
 from workbench.data.schema import REDSET_SCHEMA
 from workbench.exceptions import WorkbenchError
 
@@ -107,18 +105,8 @@ def shard_name(partition: int, first_offset: int) -> str:
 
 
 def _atomic_feather(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         feather.write_feather(table, tmp, compression="lz4")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def write_shard(directory: Path, date: dt.date | str, partition: int, first_offset: int,

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from workbench._fs import atomic_path
 from workbench.store.exceptions import RowValidationError, StoreClosedError, StoreError, StoreNotFoundError
 
 if TYPE_CHECKING:
@@ -399,9 +400,6 @@ def _merge_into_day_file(folder: Path, day: datetime, part: pa.Table) -> Path:
         kept = kept.filter(pc.is_null(kept["_new"])).drop_columns(["_new"]).select(WINDOW_STATS_COLUMNS)
         table = pa.concat_tables([kept.cast(WINDOW_STATS_SCHEMA), part]).sort_by(
             [("window_start", "ascending"), ("instance_id", "ascending")])
-    tmp = path.with_suffix(f".parquet.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     return path
