@@ -248,3 +248,30 @@ def test_packed_runs_respect_size_and_event_time_span() -> None:
     runs = _runs(indices, times, size=3, span_us=60 * 1_000_000)
     assert [r.tolist() for r in runs] == [[0, 1, 2], [3], [4, 5, 6], [7, 8, 9]]
     assert sum(len(r) for r in runs) == 10
+
+
+def test_a_row_that_cannot_be_encoded_goes_to_dead_letters_and_the_rest_flows(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from workbench.data.exceptions import DataValidationError
+
+    log = make_log(tmp_path / "log.parquet", rows=200)
+    table = pq.read_table(log)
+    # Year 10000: a valid int64 timestamp that no Python datetime (hence no JSON encoder) can hold.
+    times = table.column("arrival_timestamp").cast(pa.int64()).to_pylist()
+    times[100] = 253_402_300_800_000_000
+    table = table.set_column(table.schema.get_field_index("arrival_timestamp"), "arrival_timestamp",
+                             pa.array(times, pa.int64()).cast(pa.timestamp("us", tz="UTC")))
+    pq.write_table(table, tmp_path / "bad.parquet")
+    with pytest.raises(DataValidationError, match="outside years 1..9999 at row 100"):
+        Replay(tmp_path / "bad.parquet", settings=kafka_settings, speedup=0).run()
+    # Without validation the row reaches the encoder, which sends it to dead letters and goes on.
+    status = Replay(tmp_path / "bad.parquet", settings=kafka_settings, speedup=0, validate=False).run()
+    assert status.state == "finished" and status.dead_letters == 1
+    assert len(consume_all(kafka_settings, kafka_settings.topic_query_events, expected=199)) == 199
+    dead = consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=1)
+    assert len(dead) == 1
+    assert codec.header(dead[0].headers(), "row") == "100"
+    assert "cannot encode" in codec.header(dead[0].headers(), "reason")
+    assert str(table.column("query_id")[100].as_py()) in dead[0].value().decode()

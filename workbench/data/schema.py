@@ -175,6 +175,12 @@ def _as_us(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return values.cast(pa.timestamp("us", tz=values.type.tz)).cast(pa.int64()).to_numpy(zero_copy_only=False)
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# What a Python datetime can hold, hence what every consumer can decode.
+_MIN_US = (dt.datetime(1, 1, 1, tzinfo=dt.UTC) - _EPOCH) // dt.timedelta(microseconds=1)
+_MAX_US = (dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC) - _EPOCH) // dt.timedelta(microseconds=1)
+
+
 def _stamp(us: int) -> dt.datetime:
     return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
 
@@ -227,6 +233,12 @@ def validate(path: str | os.PathLike[str], *, batch_size: int = 262_144) -> LogS
                        f"{' and '.join(SORT_KEY)}; drop or fix such rows.")
                 raise DataValidationError(msg, path=str(path), column=name, row=row)
         ts = _as_us(batch.column("arrival_timestamp"))
+        out_of_range = (ts < _MIN_US) | (ts > _MAX_US)
+        if out_of_range.any():
+            row = offset + int(np.flatnonzero(out_of_range)[0])
+            msg = (f"Query log {str(path)!r} has an arrival_timestamp outside years 1..9999 at row {row} "
+                   f"({int(ts[row - offset])} µs since 1970). Fix or drop that row.")
+            raise DataValidationError(msg, path=str(path), column="arrival_timestamp", row=row)
         qid = batch.column("query_id").cast(pa.int64()).to_numpy(zero_copy_only=False)
         if prev_ts is not None:
             ts = np.concatenate([[prev_ts], ts])

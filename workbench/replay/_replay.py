@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 _US = 1_000_000
 
+#: What encoding a row can raise (e.g. a timestamp beyond year 9999 has no Python datetime).
+_ENCODE_ERRORS = (TypeError, ValueError, OverflowError, pa.ArrowException)
+
 
 @dataclass(frozen=True)
 class BatchReport:
@@ -237,6 +240,7 @@ class _ReplayRun:
         self._last_status_publish = -1e9
         self.current_event_us: int | None = None
         self._last_commit = -1e9
+        self._pending_dead_letters: list[tuple[bytes, list]] = []
 
     # -- setup ---------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -361,12 +365,12 @@ class _ReplayRun:
         if self.replay.pack == 1:
             try:
                 values = codec.encode_json(batch)
-            except (TypeError, ValueError, pa.ArrowException):
+            except _ENCODE_ERRORS:
                 values = []
                 for index in range(batch.num_rows):
                     try:
                         values.extend(codec.encode_json(batch.slice(index, 1)))
-                    except (TypeError, ValueError, pa.ArrowException) as exc:
+                    except _ENCODE_ERRORS as exc:
                         values.append(None)  # type: ignore[arg-type]
                         self._dead_letter(batch.slice(index, 1), first_row + index, f"cannot encode row: {exc}")
             headers = codec.message_headers(codec.ENCODING_JSON, 1)
@@ -386,7 +390,7 @@ class _ReplayRun:
                 piece = batch.take(pa.array(indices))
                 try:
                     value = codec.encode_arrow(piece)
-                except (TypeError, ValueError, pa.ArrowException) as exc:
+                except _ENCODE_ERRORS as exc:
                     self._dead_letter(piece, first_row + int(indices[0]), f"cannot encode rows: {exc}")
                     continue
                 headers = codec.message_headers(codec.ENCODING_ARROW, len(indices))
@@ -395,16 +399,16 @@ class _ReplayRun:
         return messages
 
     def _dead_letter(self, rows: pa.RecordBatch, row: int, reason: str) -> None:
+        """Queue rows that cannot be encoded for the dead-letter topic (sent in the next transaction)."""
         self.dead_letters += 1
         logger.warning("replay %s: row %d of %s sent to dead letters: %s", self.replay.replay_id, row,
                        self.replay.data, reason)
-        value = orjson.dumps({"source": str(self.replay.data), "row": row, "reason": reason,
-                              "rows": rows.to_pylist()}, default=str)
-        self.producer.produce(
-            self.settings.topic_dead_letter, value=value,
-            headers=[("reason", reason.encode()), ("source", b"replay"), ("file", str(self.replay.data).encode()),
-                     ("row", str(row).encode())],
-        )
+        # Every value as text: the row failed to convert to Python objects once already.
+        as_text = {name: pc.cast(rows.column(name), pa.string()).to_pylist() for name in rows.schema.names}
+        value = orjson.dumps({"source": str(self.replay.data), "row": row, "reason": reason, "columns": as_text})
+        headers = [("reason", reason.encode()), ("source", b"replay"), ("file", str(self.replay.data).encode()),
+                   ("row", str(row).encode())]
+        self._pending_dead_letters.append((value, headers))
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, timestamp: int = 0,
                  headers: list | None = None) -> None:
@@ -422,6 +426,8 @@ class _ReplayRun:
                 self.producer.begin_transaction()
                 for key, value, timestamp, headers in messages:
                     self._produce(self.settings.topic_query_events, key, value, timestamp, headers)
+                for value, headers in self._pending_dead_letters:
+                    self._produce(self.settings.topic_dead_letter, None, value, 0, headers)
                 position = {
                     "replay_id": self.replay.replay_id, "file": str(self.replay.data),
                     "fingerprint": self.log.fingerprint, "next_row": next_row, "rows_total": self.log.num_rows,
@@ -433,6 +439,7 @@ class _ReplayRun:
                     self._produce(self.settings.topic_replay_state, self.status_key,
                                   self._snapshot(next_row).to_json())
                 self.producer.commit_transaction(60)
+                self._pending_dead_letters.clear()
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 from collections.abc import Iterator
 from datetime import datetime
@@ -46,13 +47,16 @@ class LogFile:
             start += metadata.row_group(index).num_rows
         self._ts_column = self._file.schema_arrow.get_field_index("arrival_timestamp")
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """Identifies the file's content cheaply (size, row count, footer statistics)."""
-        digest = hashlib.sha256()
-        digest.update(str(self.path.stat().st_size).encode())
-        digest.update(str(self.num_rows).encode())
-        digest.update(self._file.metadata.to_dict().__repr__().encode()[:100_000])
+        """Identifies the file's content cheaply: a hash of its Parquet footer (schema, row groups,
+        statistics) and size, read once."""
+        footer = self._file.metadata.serialized_size + 8  # footer, its length, the magic bytes
+        size = self.path.stat().st_size
+        with self.path.open("rb") as fh:
+            fh.seek(max(0, size - footer))
+            digest = hashlib.sha256(fh.read())
+        digest.update(str(size).encode())
         return digest.hexdigest()[:16]
 
     def _group_of(self, row: int) -> int:
