@@ -235,7 +235,8 @@ class Workbench:
         lag = {name: consumer_lag(self.settings, consumer_group(name), topics.get(name, default_topic))
                for name in self.apps}
         registry = ModelRegistry(self.settings.models_dir)
-        late = apps.get("analytics", {}).get("counters", {}).get("late_events") if "analytics" in apps else None
+        analytics = apps.get("analytics") or {}
+        late = analytics["counters"].get("late_events", 0) if "counters" in analytics else None
         return WorkbenchStatus(
             replay=self._controller.status(),
             processes=state.get("processes", {}),
