@@ -34,20 +34,12 @@ from workbench.ml.features import (
 )
 from workbench.ml.models import OnnxPair
 from workbench.ml.registry import MODEL_JSON, ModelRegistry
+from workbench.store.shards import SCORE_FIELDS
 
 __all__ = ["EXTRA_FIELDS", "SCORE_FIELDS", "LoadedModel", "Scorer"]
 
 logger = logging.getLogger(__name__)
 
-#: Columns every scored batch (and shard) carries; null while unscored.
-SCORE_FIELDS: tuple[pa.Field, ...] = (
-    pa.field("pred_mean_ms", pa.float64()),
-    pa.field("pred_q_ms", pa.float64()),
-    pa.field("score", pa.float64()),
-    pa.field("is_anomaly", pa.bool_()),
-    pa.field("reason", pa.string()),
-    pa.field("model_version", pa.string()),
-)
 #: Extra per-query values for the anomaly topic (not stored in shards).
 EXTRA_FIELDS: tuple[pa.Field, ...] = (
     pa.field("expected_ms", pa.float64()),  # the fingerprint's (or instance's) median runtime

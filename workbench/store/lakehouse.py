@@ -40,7 +40,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
 import duckdb
@@ -48,11 +47,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from workbench.store._base import ConnectionStore
 from workbench.store.exceptions import (
     LakehouseBusyError,
     LakehouseNotFoundError,
     RowValidationError,
-    StoreClosedError,
     StoreError,
 )
 
@@ -223,7 +222,7 @@ class MaintenanceResult:
     files_deleted: int
 
 
-class AnomalyLakehouse:
+class AnomalyLakehouse(ConnectionStore):
     """The ``anomalies`` DuckLake table: idempotent batch writes, reads, time travel, maintenance.
 
     Parameters
@@ -249,6 +248,9 @@ class AnomalyLakehouse:
         """The lakehouse at ``settings.lakehouse_dir``."""
         return cls(settings.lakehouse_dir, read_only=read_only)
 
+    def __repr__(self) -> str:
+        return f"AnomalyLakehouse({str(self.root)!r})"
+
     def open(self) -> Self:
         """Connect, attach and (writers) create the table if needed."""
         if self._con is None:
@@ -263,26 +265,10 @@ class AnomalyLakehouse:
             self._con = con
         return self
 
-    def close(self) -> None:
-        """Detach and close (idempotent)."""
-        if self._con is not None:
-            self._con.close()
-            self._con = None
-
-    def __enter__(self) -> Self:
-        return self.open()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
         """The open DuckDB connection (``lake`` attached)."""
-        if self._con is None:
-            msg = f"AnomalyLakehouse({str(self.root)!r}) is not open. Call open() or use it as a context manager."
-            raise StoreClosedError(msg)
-        return self._con
+        return self._open_connection()
 
     # --- writes ------------------------------------------------------------------------------------
     def write(self, rows: pa.Table | pa.RecordBatch | Iterable[Mapping[str, Any]]) -> int:

@@ -29,6 +29,7 @@ from workbench.data.schema import REDSET_SCHEMA
 from workbench.exceptions import WorkbenchError
 
 __all__ = [
+    "SCORE_FIELDS",
     "SHARD_SCHEMA",
     "ShardError",
     "list_days",
@@ -40,7 +41,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_SCORE_FIELDS = (
+#: The model's per-query outputs, null while an event is unscored. The scorer produces exactly these.
+SCORE_FIELDS: tuple[pa.Field, ...] = (
     pa.field("pred_mean_ms", pa.float64()),
     pa.field("pred_q_ms", pa.float64()),
     pa.field("score", pa.float64()),
@@ -53,10 +55,10 @@ SHARD_SCHEMA = pa.schema(
         *REDSET_SCHEMA.remove_metadata(),
         pa.field("kafka_partition", pa.int32(), nullable=False),
         pa.field("kafka_offset", pa.int64(), nullable=False),
-        *_SCORE_FIELDS,
+        *SCORE_FIELDS,
     ]
 )
-_SCORE_NAMES = tuple(f.name for f in _SCORE_FIELDS)
+_SCORE_NAMES = tuple(f.name for f in SCORE_FIELDS)
 _DAY_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 _SHARD_RE = re.compile(r"^p\d{3,}-o\d{12,}\.arrow$")
 

@@ -31,7 +31,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
 import pyarrow as pa
@@ -39,7 +38,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workbench._fs import atomic_path
-from workbench.store.exceptions import RowValidationError, StoreClosedError, StoreError, StoreNotFoundError
+from workbench.store._base import ConnectionStore
+from workbench.store.exceptions import RowValidationError, StoreError, StoreNotFoundError
 
 if TYPE_CHECKING:
     from workbench.config import Settings
@@ -155,7 +155,7 @@ class ArchiveResult:
     files: tuple[Path, ...]
 
 
-class WindowStatsStore:
+class WindowStatsStore(ConnectionStore):
     """The ``window_stats`` SQLite table: idempotent upserts, reads and Parquet archiving.
 
     Parameters
@@ -189,6 +189,9 @@ class WindowStatsStore:
         return cls(settings.sqlite_path, archive_dir=settings.archive_dir, read_only=read_only)
 
     # --- lifecycle ---------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"WindowStatsStore({str(self.path)!r})"
+
     def open(self) -> Self:
         """Connect, apply the pragmas and create the tables if needed."""
         if self._con is not None:
@@ -214,25 +217,9 @@ class WindowStatsStore:
         logger.debug("window stats store opened path=%s", self.path)
         return self
 
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        if self._con is not None:
-            self._con.close()
-            self._con = None
-
-    def __enter__(self) -> Self:
-        return self.open()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
     @property
     def _db(self) -> sqlite3.Connection:
-        if self._con is None:
-            msg = f"WindowStatsStore({str(self.path)!r}) is not open. Call open() or use it as a context manager."
-            raise StoreClosedError(msg)
-        return self._con
+        return self._open_connection()
 
     # --- writes ------------------------------------------------------------------------------------
     def _tuple(self, row: Mapping[str, Any], now_ms: int) -> tuple[Any, ...]:
