@@ -36,7 +36,7 @@ def main() -> None:
                 suffix = uuid.uuid4().hex[:6]
                 settings = base.with_overrides(topic_query_events=f"bench.replay.{suffix}")
                 command = [*WORKBENCH, "replay", str(path), "--speedup", "max", "--reset", "--quiet",
-                           "--pack", str(pack), "--replay-id", f"bench-{suffix}", "--batch-size", "20000"]
+                           "--pack", str(pack), "--replay-id", f"bench-{suffix}"]
                 run = run_child(command, env=settings_env(settings))
                 if run.returncode != 0:
                     raise SystemExit(f"replay failed:\n{run.stderr[-2000:]}")

@@ -13,32 +13,48 @@ Shared parts for every app (the ML scoring app reuses them):
 
 from __future__ import annotations
 
-import contextlib
+import importlib
 import warnings
+from typing import Any
 
-with warnings.catch_warnings():
-    # quixstreams imports authlib's httpx client, which warns on import; authlib forces its own
-    # filter to "always" when first imported, so import it first, then ignore, then import quix.
+try:
+    from authlib.deprecate import AuthlibDeprecationWarning
+except ImportError:  # pragma: no cover - authlib comes with quixstreams
+    pass
+else:
+    # quixstreams imports authlib's httpx client, which warns on import; authlib sets its own
+    # warning to "always" when first imported, so this filter must come after that import.
     # Nothing for a workbench user to act on.
-    with contextlib.suppress(ImportError):
-        import authlib.deprecate  # noqa: F401
-    warnings.simplefilter("ignore")
-    import quixstreams  # noqa: F401
+    warnings.filterwarnings("ignore", category=AuthlibDeprecationWarning)
 
-from workbench.pipeline._app import (
-    CONSUMER_DEFAULTS,
-    app_state_dir,
-    build_application,
-    consumer_group,
-    register_periodic,
-    run_quix_app,
-)
-from workbench.pipeline._deadletter import DeadLetters
-from workbench.pipeline._decode import decode_event_message, event_topic, json_event_row, message_encoding
-from workbench.pipeline._status import AppResult, AppStatus, read_app_status, status_path
-from workbench.pipeline.analytics import AnalyticsApp, WindowStatsSink, run_analytics
-from workbench.pipeline.exceptions import AnomalyContractError, PipelineConfigError, PipelineError
-from workbench.pipeline.scoring import ScoringApp, ScoringSink, run_scoring
+# Exports load on first use: `import workbench.pipeline` (and the CLI) stays light.
+_EXPORTS: dict[str, str] = {
+    "CONSUMER_DEFAULTS": "workbench.pipeline._app",
+    "AnalyticsApp": "workbench.pipeline.analytics",
+    "AnomalyContractError": "workbench.pipeline.exceptions",
+    "AppResult": "workbench.pipeline._status",
+    "AppStatus": "workbench.pipeline._status",
+    "DeadLetters": "workbench.pipeline._deadletter",
+    "PipelineConfigError": "workbench.pipeline.exceptions",
+    "PipelineError": "workbench.pipeline.exceptions",
+    "ScoringApp": "workbench.pipeline.scoring",
+    "ScoringSink": "workbench.pipeline.scoring",
+    "WindowStatsSink": "workbench.pipeline.analytics",
+    "app_state_dir": "workbench.pipeline._app",
+    "build_application": "workbench.pipeline._app",
+    "consumer_group": "workbench.pipeline._app",
+    "decode_event_message": "workbench.pipeline._decode",
+    "event_topic": "workbench.pipeline._decode",
+    "json_event_row": "workbench.pipeline._decode",
+    "message_encoding": "workbench.pipeline._decode",
+    "read_app_status": "workbench.pipeline._status",
+    "register_periodic": "workbench.pipeline._app",
+    "run_analytics": "workbench.pipeline.analytics",
+    "run_quix_app": "workbench.pipeline._app",
+    "run_scoring": "workbench.pipeline.scoring",
+    "status_path": "workbench.pipeline._status",
+}
+
 
 __all__ = [
     "CONSUMER_DEFAULTS",
@@ -66,3 +82,10 @@ __all__ = [
     "run_scoring",
     "status_path",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    msg = f"module 'workbench.pipeline' has no attribute {name!r}"
+    raise AttributeError(msg)
