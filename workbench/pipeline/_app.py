@@ -31,6 +31,7 @@ from workbench.pipeline.exceptions import PipelineConfigError
 
 __all__ = [
     "CONSUMER_DEFAULTS",
+    "WorkbenchApp",
     "app_state_dir",
     "build_application",
     "consumer_group",
@@ -148,3 +149,63 @@ def register_periodic(app: Application, task: Any) -> bool:
         return False
     register(task)
     return True
+
+
+class WorkbenchApp:
+    """The run lifecycle every workbench app shares (subclasses implement :meth:`build`).
+
+    :meth:`run` runs the Quix app in the main thread, bounded by wall time (``timeout``), idleness
+    (``idle_exit``) or output count, publishes ``running``/``stopped``/``failed`` in the status
+    file, and always releases resources. Hooks: :meth:`_after_run` (only after a clean run) and
+    :meth:`_cleanup` (always); :meth:`_result` builds the returned :class:`AppResult`.
+    """
+
+    app: Application | None = None
+    dead_letters: Any = None
+    status: Any = None
+
+    def build(self) -> Application:  # pragma: no cover - every app overrides it
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Ask a running app to stop (safe from signal handlers and other threads)."""
+        if self.app is not None:
+            self.app.stop()
+
+    def _after_run(self) -> None:
+        """Work after a run that ended without an error (e.g. a last compaction)."""
+
+    def _cleanup(self) -> None:
+        """Release what the app holds; runs after every run, failed or not."""
+
+    def _result(self) -> Any:
+        from workbench.pipeline._status import AppResult
+
+        return AppResult(dict(self.status.counters))
+
+    def run(self, *, timeout: float | None = None, idle_exit: float | None = None,
+            count: int | None = None) -> Any:
+        """Run until stopped, ``timeout`` s of wall time, ``idle_exit`` s idle or ``count`` outputs."""
+        app = self.app or self.build()
+        timer = threading.Timer(timeout, self.stop) if timeout else None
+        self.status.publish("running")
+        state = "stopped"
+        try:
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
+            run_quix_app(app, timeout=idle_exit, count=count)
+            self._after_run()
+        except BaseException:
+            state = "failed"
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            try:
+                self._cleanup()
+            finally:
+                if self.dead_letters is not None:
+                    self.dead_letters.close()
+                self.status.publish(state)
+        return self._result()

@@ -47,7 +47,6 @@ Retention
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -68,7 +67,7 @@ from workbench.analysis.windows import (
 from workbench.config import Settings
 from workbench.data import codec
 from workbench.data.codec import MessageDecodeError
-from workbench.pipeline._app import build_application, register_periodic, run_quix_app
+from workbench.pipeline._app import WorkbenchApp, build_application, register_periodic
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._decode import decode_event_message, event_topic, json_event_row, message_encoding
 from workbench.pipeline._status import AppResult, AppStatus
@@ -200,7 +199,7 @@ class WindowStatsSink(BatchingSink):
         return written
 
 
-class AnalyticsApp:
+class AnalyticsApp(WorkbenchApp):
     """The stream-analytics Quix app (see the module docstring).
 
     Parameters
@@ -350,41 +349,15 @@ class AnalyticsApp:
         self.app = app
         return app
 
-    def stop(self) -> None:
-        """Ask a running app to stop (safe from signal handlers and other threads)."""
-        if self.app is not None:
-            self.app.stop()
-
-    def run(self, *, timeout: float | None = None, idle_exit: float | None = None,
-            count: int | None = None) -> AppResult:
-        """Run in the main thread until stopped, ``timeout`` s of wall time, ``idle_exit`` s without
-        messages, or ``count`` closed windows; then write the open windows and the final status."""
-        app = self.app or self.build()
-        timer = threading.Timer(timeout, self.stop) if timeout else None
-        self.status.publish("running")
-        state = "stopped"
-        try:
-            if timer is not None:
-                timer.daemon = True
-                timer.start()
-            run_quix_app(app, timeout=idle_exit, count=count)
-        except BaseException:
-            state = "failed"
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if self.sink is not None:
-                try:
-                    if self.open_windows.windows:
-                        self.sink.store.open()
-                        self.sink.flush_open_windows(everything=True)
-                finally:
-                    self.sink.store.close()
-            if self.dead_letters is not None:
-                self.dead_letters.close()
-            self.status.publish(state)
-        return AppResult(dict(self.status.counters))
+    def _cleanup(self) -> None:
+        # Every window still open (each instance's last one included) is written before exit.
+        if self.sink is not None:
+            try:
+                if self.open_windows.windows:
+                    self.sink.store.open()
+                    self.sink.flush_open_windows(everything=True)
+            finally:
+                self.sink.store.close()
 
 
 def _int_or_none(key: Any) -> int | None:

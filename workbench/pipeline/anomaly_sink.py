@@ -15,7 +15,6 @@ Run it as ``workbench app anomaly-sink``.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -23,7 +22,7 @@ from quixstreams import Application
 from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
 
 from workbench.config import Settings
-from workbench.pipeline._app import build_application, register_periodic, run_quix_app
+from workbench.pipeline._app import WorkbenchApp, build_application, register_periodic
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline.contracts import anomaly_row
@@ -109,7 +108,7 @@ class DuckLakeSink(BatchingSink):
         self._count("maintenance_runs")
 
 
-class AnomalySinkApp:
+class AnomalySinkApp(WorkbenchApp):
     """The anomaly-sink Quix app (see the module docstring).
 
     Parameters
@@ -168,38 +167,14 @@ class AnomalySinkApp:
         self.app = app
         return app
 
-    def stop(self) -> None:
-        """Ask a running app to stop (safe from signal handlers and other threads)."""
-        if self.app is not None:
-            self.app.stop()
+    def _after_run(self) -> None:
+        # One compaction at the end when anything was written since the last one.
+        if self.sink is not None and self.sink._writes_since_maintain:
+            self.sink.maybe_maintain(force=True)
 
-    def run(self, *, timeout: float | None = None, idle_exit: float | None = None,
-            count: int | None = None) -> AppResult:
-        """Run in the main thread until stopped, ``timeout`` s of wall time, ``idle_exit`` s without
-        messages, or ``count`` rows; compacts once at the end when anything was written."""
-        app = self.app or self.build()
-        timer = threading.Timer(timeout, self.stop) if timeout else None
-        self.status.publish("running")
-        state = "stopped"
-        try:
-            if timer is not None:
-                timer.daemon = True
-                timer.start()
-            run_quix_app(app, timeout=idle_exit, count=count)
-            if self.sink is not None and self.sink._writes_since_maintain:
-                self.sink.maybe_maintain(force=True)
-        except BaseException:
-            state = "failed"
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if self.sink is not None:
-                self.sink.lakehouse.close()
-            if self.dead_letters is not None:
-                self.dead_letters.close()
-            self.status.publish(state)
-        return AppResult(dict(self.status.counters))
+    def _cleanup(self) -> None:
+        if self.sink is not None:
+            self.sink.lakehouse.close()
 
 
 def run_anomaly_sink(settings: Settings, *, timeout: float | None = None, idle_exit: float | None = None,

@@ -77,7 +77,7 @@ from workbench._fs import write_atomic
 from workbench.config import Settings
 from workbench.data import codec
 from workbench.data.schema import REDSET_SCHEMA
-from workbench.pipeline._app import app_state_dir, build_application, register_periodic, run_quix_app
+from workbench.pipeline._app import WorkbenchApp, app_state_dir, build_application, register_periodic
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._decode import event_topic
 from workbench.pipeline._status import AppResult, AppStatus
@@ -459,7 +459,7 @@ class ScoringSink(BatchingSink):
 
 
 # --- the app --------------------------------------------------------------------------------------
-class ScoringApp:
+class ScoringApp(WorkbenchApp):
     """The scoring Quix app (see the module docstring).
 
     Parameters
@@ -687,51 +687,37 @@ class ScoringApp:
         self.app = app
         return app
 
-    def stop(self) -> None:
-        """Ask a running app to stop (safe from signal handlers and other threads)."""
-        if self.app is not None:
-            self.app.stop()
-
-    def run(self, *, timeout: float | None = None, idle_exit: float | None = None) -> AppResult:
+    def run(self, *, timeout: float | None = None, idle_exit: float | None = None,
+            count: int | None = None) -> AppResult:
         """Run in the main thread until stopped, ``timeout`` s of wall time, or idle.
 
         Idle means: no message for ``idle_exit`` s, nothing buffered, no training running or
-        pending, and no unscored rows left that a model could score. Offsets are committed
-        (after the last flush) when the run ends.
+        pending, and no unscored rows left that a model could score (the app checks this itself,
+        so Quix's own idle timeout is not used). Offsets are committed (after the last flush)
+        when the run ends.
         """
-        app = self.app or self.build()
         self._idle_exit = idle_exit
         self._started = time.monotonic()
-        timer = threading.Timer(timeout, self.stop) if timeout else None
-        self.status.publish("running")
-        state = "stopped"
-        try:
-            if timer is not None:
-                timer.daemon = True
-                timer.start()
-            run_quix_app(app)
-            if self._rescorer is not None:
-                self._rescorer.join()
-            if self._rescore_error is not None:
-                raise self._rescore_error
-        except BaseException:
-            state = "failed"
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if self.supervisor is not None:
-                self.supervisor.poll()
-                self._training_info()
-            if self.publisher is not None:
-                self.publisher.close()
-            if self.dead_letters is not None:
-                self.dead_letters.close()
-            self._sink_info()
-            if self.scorer is not None:
-                self.status.info["model_version"] = self.scorer.version
-            self._sum_anomalies()
-            self.status.publish(state)
+        return super().run(timeout=timeout, idle_exit=None, count=count)
+
+    def _after_run(self) -> None:
+        if self._rescorer is not None:
+            self._rescorer.join()
+        if self._rescore_error is not None:
+            raise self._rescore_error
+
+    def _cleanup(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.poll()
+            self._training_info()
+        if self.publisher is not None:
+            self.publisher.close()
+        self._sink_info()
+        if self.scorer is not None:
+            self.status.info["model_version"] = self.scorer.version
+        self._sum_anomalies()
+
+    def _result(self) -> AppResult:
         return AppResult(dict(self.status.counters), dict(self.status.info))
 
 
