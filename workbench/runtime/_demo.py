@@ -24,6 +24,7 @@ class DemoResult:
     """What the demo did, for the closing summary."""
 
     data: Path
+    home: Path
     events: int
     days: list[str]
     scored_events: int | None
@@ -41,6 +42,7 @@ class DemoResult:
             "",
             "=== Pulse Workbench demo ===",
             f"data            {self.data} ({self.events:,} events, days {', '.join(self.days)})",
+            f"demo home       {self.home} (cleared at every demo run)",
             f"scored events   {self.scored_events:,}" if self.scored_events is not None else "scored events   ?",
             f"anomalies       {self.anomalies:,} in the lakehouse" if self.anomalies is not None else "anomalies ?",
             f"model versions  {', '.join(self.model_versions) or 'none'}",
@@ -93,39 +95,73 @@ def run_demo(settings: Settings, *, days: int = 4, instances: int = 16, seed: in
     day_list = [str(first_day + dt.timedelta(days=i)) for i in range((last_day - first_day).days + 1)]
 
     mark = time.monotonic()
-    workbench = Workbench.start(data=data, speedup="max", pack=pack, settings=settings, reset=True)
+    demo = _fresh_demo_home(settings)
+    workbench = Workbench.start(data=data, speedup="max", pack=pack, settings=demo, reset=True)
     try:
         status = workbench.wait(timeout=timeout, progress=progress)
         if not status.drained:
             logger.warning("the pipeline had not drained after %.0f s: %s", timeout, status)
-        _wait_for_training(settings, workbench, timeout=300)
+        _wait_until_settled(demo, workbench, timeout=300)
         timings["pipeline"] = time.monotonic() - mark
-        scored = _scored_events(settings)
+        scored = _scored_events(demo)
         anomalies = workbench.status().anomalies
     finally:
         workbench.stop(kafka=None)
     from workbench.ml.registry import ModelRegistry
 
-    registry = ModelRegistry(settings.models_dir)
-    result = DemoResult(data=data, events=events, days=day_list, scored_events=scored, anomalies=anomalies,
-                        model_versions=registry.versions(), evaluation_day=None, seconds=timings)
+    registry = ModelRegistry(demo.models_dir)
+    result = DemoResult(data=data, home=demo.home, events=events, days=day_list, scored_events=scored,
+                        anomalies=anomalies, model_versions=registry.versions(), evaluation_day=None,
+                        seconds=timings)
     if registry.current():
         mark = time.monotonic()
         from workbench.ml.evaluate import evaluate
 
         result.evaluation_day = str(last_day)
-        result.detector = _pick(evaluate(settings, last_day, "current", data=data)["metrics"])
-        result.baseline = _pick(evaluate(settings, last_day, "baseline", data=data)["metrics"])
+        result.detector = _pick(evaluate(demo, last_day, "current", data=data)["metrics"])
+        result.baseline = _pick(evaluate(demo, last_day, "baseline", data=data)["metrics"])
         timings["evaluate"] = time.monotonic() - mark
     if report:
         mark = time.monotonic()
         from workbench.reports import run_report
 
-        result.report = run_report(settings, run_id=f"demo-{days}d-{instances}i-s{seed}", data=data,
+        result.report = run_report(demo, run_id=f"demo-{days}d-{instances}i-s{seed}", data=data,
                                    progress=progress)
         timings["report"] = time.monotonic() - mark
     timings["total"] = time.monotonic() - started
     return result
+
+
+def _fresh_demo_home(settings: Settings) -> Settings:
+    """Settings for a demo run that starts from nothing, so the same seed gives the same numbers.
+
+    The demo owns ``<home>/demo`` (broker data, state, shards, models, stores, logs) and clears it
+    first; the rest of the home, the generated input under ``<home>/data`` and the reports folder
+    are left alone. On an external cluster the demo uses topics of its own instead of clearing any.
+    """
+    import contextlib
+    import shutil
+    import uuid
+
+    from workbench.broker import LocalKafka
+    from workbench.runtime._workbench import WorkbenchStateError
+    from workbench.runtime.supervisor import read_state
+
+    demo = settings.with_overrides(home=settings.home / "demo", reports_dir=settings.resolved_reports_dir)
+    state = read_state(demo.home)
+    if state and state.get("state") != "stopped":
+        with contextlib.suppress(WorkbenchStateError):  # a demo killed before it could clean up
+            Workbench.attach(demo).stop(kafka=True)
+    if demo.manages_kafka:
+        LocalKafka(demo).stop()
+    else:
+        suffix = f"demo-{uuid.uuid4().hex[:8]}"
+        demo = demo.with_overrides(**{name: f"{getattr(demo, name)}.{suffix}" for name in (
+            "topic_query_events", "topic_anomalies", "topic_dead_letter", "topic_replay_control",
+            "topic_replay_state")})
+    if demo.home.exists():
+        shutil.rmtree(demo.home)
+    return demo
 
 
 def _days(path: Path) -> tuple[dt.date, dt.date]:
@@ -146,15 +182,25 @@ def _scored_events(settings: Settings) -> int | None:
     return table.num_rows - table.column("model_version").null_count
 
 
-def _wait_for_training(settings: Settings, workbench: Workbench, timeout: float) -> None:
-    """Let the trainings the scoring app scheduled finish while the app still supervises them."""
-    from workbench.ml.supervisor import TrainingSupervisor
+def _wait_until_settled(settings: Settings, workbench: Workbench, timeout: float) -> None:
+    """Wait until the trainings the scoring app scheduled are done, every event is scored (those
+    that came before a model retroactively) and every anomaly has reached the lakehouse."""
+    import orjson
 
+    from workbench.ml.registry import ModelRegistry
+    from workbench.ml.supervisor import TrainingSupervisor
+    from workbench.pipeline import app_state_dir
+    from workbench.pipeline.scoring import UNSCORED_FILE
+
+    unscored_file = app_state_dir(settings, "scoring") / UNSCORED_FILE
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and workbench.running:
-        # A fresh instance reads the app's persisted schedule; the app itself reaps and retries.
-        state = TrainingSupervisor(settings).state["days"].values()
-        if not any(entry["status"] in ("running", "pending") for entry in state):
+        # Fresh reads of what the scoring app persists; the app itself reaps, retries and rescores.
+        training = any(entry["status"] in ("running", "pending")
+                       for entry in TrainingSupervisor(settings).state["days"].values())
+        unscored = orjson.loads(unscored_file.read_bytes()).get("days") if unscored_file.exists() else []
+        waiting_for_rescore = bool(unscored) and ModelRegistry(settings.models_dir).current() is not None
+        if not training and not waiting_for_rescore and workbench.status().drained:
             return
         time.sleep(1.0)
-    logger.warning("training still running after %.0f s; stopping anyway", timeout)
+    logger.warning("the pipeline had not settled after %.0f s; stopping anyway", timeout)
