@@ -143,13 +143,16 @@ def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array | pa.Chunke
     return batch.column(batch.schema.get_field_index(name))
 
 
-def _float(batch: pa.RecordBatch | pa.Table, name: str) -> np.ndarray:
+def numeric_values(batch: pa.RecordBatch | pa.Table, name: str, dtype: type = np.float64) -> np.ndarray:
+    """Column ``name`` as a numpy array of ``dtype`` with nulls as 0 (shared by the window code)."""
     col = _column(batch, name)
-    if col.null_count == 0 and (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+    arrow_type = pa.from_numpy_dtype(np.dtype(dtype))
+    if col.null_count == 0 and (pa.types.is_integer(col.type)
+                                or (pa.types.is_floating(col.type) and pa.types.is_floating(arrow_type))):
         # The common case (decoded messages are int64 without nulls): one conversion, no compute
         # kernels; small packed messages make per-call overhead the main cost here.
-        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
-    return pc.fill_null(pc.cast(col, pa.float64()), 0.0).to_numpy()
+        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=dtype)
+    return pc.fill_null(pc.cast(col, arrow_type), 0).to_numpy(zero_copy_only=False)
 
 
 def classify_codes(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
@@ -181,13 +184,13 @@ def classify_codes(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
     q = pc.utf8_lower(pc.cast(_column(batch, "query_type"), pa.string()))
     transfer_col = pc.fill_null(pc.is_in(q, value_set=pa.array(sorted(NETWORK_QUERY_TYPES))), False)
     transfer = np.asarray(transfer_col.to_numpy(zero_copy_only=False), dtype=bool)
-    exec_ms = _float(batch, "execution_duration_ms")
-    scanned = _float(batch, "mbytes_scanned")
-    spilled = _float(batch, "mbytes_spilled")
-    queue = _float(batch, "queue_duration_ms")
-    joins = _float(batch, "num_joins")
-    aggs = _float(batch, "num_aggregations")
-    scans = _float(batch, "num_scans")
+    exec_ms = numeric_values(batch, "execution_duration_ms")
+    scanned = numeric_values(batch, "mbytes_scanned")
+    spilled = numeric_values(batch, "mbytes_spilled")
+    queue = numeric_values(batch, "queue_duration_ms")
+    joins = numeric_values(batch, "num_joins")
+    aggs = numeric_values(batch, "num_aggregations")
+    scans = numeric_values(batch, "num_scans")
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(scanned > 0, exec_ms / (scanned + 1.0), 0.0)
 

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workbench.analysis.classify import CLASSES, CLASSIFY_COLUMNS, classify_codes
+from workbench.analysis.classify import CLASSES, CLASSIFY_COLUMNS, classify_codes, numeric_values
 from workbench.analysis.exceptions import AnalysisError, MissingColumnsError
 
 __all__ = [
@@ -147,13 +147,6 @@ def _arrival_ms(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
     raise AnalysisError(msg)
 
 
-def _ints(batch: pa.RecordBatch | pa.Table, name: str) -> np.ndarray:
-    col = batch.column(batch.schema.get_field_index(name))
-    if col.null_count == 0 and pa.types.is_integer(col.type):
-        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)  # no compute kernels
-    return pc.fill_null(pc.cast(col, pa.int64()), 0).to_numpy(zero_copy_only=False)
-
-
 def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAULT_WINDOW_MS) -> list[dict]:
     """Per ``(instance_id, window_start)`` partial aggregates of one batch of rows.
 
@@ -190,18 +183,18 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
         if batch.num_rows == 0:
             return []
 
-    instance = _ints(batch, "instance_id")
+    instance = numeric_values(batch, "instance_id", np.int64)
     arrival = _arrival_ms(batch)
     start = np.floor_divide(arrival, window_ms) * window_ms
     codes = classify_codes(batch).astype(np.int64)
-    spilled = _ints(batch, "mbytes_spilled")
-    queue = _ints(batch, "queue_duration_ms")
+    spilled = numeric_values(batch, "mbytes_spilled", np.int64)
+    queue = numeric_values(batch, "queue_duration_ms", np.int64)
     exec_col = batch.column(batch.schema.get_field_index("execution_duration_ms"))
     exec_valid = ~np.asarray(pc.is_null(exec_col).to_numpy(zero_copy_only=False), dtype=bool)
-    exec_ms = _ints(batch, "execution_duration_ms")
+    exec_ms = numeric_values(batch, "execution_duration_ms", np.int64)
     size_col = batch.column(batch.schema.get_field_index("cluster_size"))
     size_valid = ~np.asarray(pc.is_null(size_col).to_numpy(zero_copy_only=False), dtype=bool)
-    size = _ints(batch, "cluster_size")
+    size = numeric_values(batch, "cluster_size", np.int64)
     bins = hist_bin(exec_ms)
 
     # Stable sort by (instance, window): keeps arrival order inside each group.
