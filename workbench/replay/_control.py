@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from workbench.config import Settings
 from workbench.replay.exceptions import ReplayError
@@ -123,41 +123,53 @@ def _parse_time(value: datetime | str) -> datetime:
     return value.astimezone(UTC)
 
 
+_NO_SUCH_TOPIC = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC)
+_NOT_READY_YET = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TIMED_OUT,
+                  KafkaError.REQUEST_TIMED_OUT, KafkaError._TRANSPORT, KafkaError.NOT_COORDINATOR,
+                  KafkaError._WAIT_COORD, KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
+
+
+class _Unfinished(Exception):
+    """The scan hit its deadline before reaching the end of the range."""
+
+
 def _scan_state(consumer: Consumer, partition: TopicPartition, start: int, end: int, wanted: bytes,
                 deadline: float) -> bytes | None:
-    """Latest value of ``wanted`` in offsets [start, end): what existed when the read began."""
+    """Latest value of ``wanted`` in offsets [start, end): what existed when the read began.
+
+    Ends only at the range's end (its last record, or end-of-partition: the last offsets are
+    often transaction markers, which are never delivered), never after a guessed idle period: a
+    busy broker may take seconds to answer the first fetch, and an early "nothing there" would
+    make a replay restart from row 0.
+    """
     consumer.assign([TopicPartition(partition.topic, partition.partition, start)])
     latest: bytes | None = None
-    idle_polls = 0
     while time.monotonic() < deadline:
-        messages = consumer.consume(num_messages=10_000, timeout=0.1)
-        if not messages:
-            idle_polls += 1
-            # The last offsets are often transaction markers (never delivered), and under
-            # read_committed the end is the last stable offset, which librdkafka does not report
-            # as end-of-partition while a transaction is open: two empty polls mean the end.
-            if idle_polls >= 2:
-                return latest
-            continue
-        idle_polls = 0
-        for message in messages:
+        for message in consumer.consume(num_messages=10_000, timeout=0.05):
             error = message.error()
             if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
+                if error.code() == KafkaError._PARTITION_EOF and message.offset() >= end:
                     return latest
                 continue
             if message.key() == wanted:
                 latest = message.value()
             if message.offset() >= end - 1:
                 return latest
-    return latest
+    raise _Unfinished
 
 
-def read_state(settings: Settings, key: str, *, committed: bool = False, timeout: float = 10.0) -> bytes | None:
-    """The latest value under ``key`` in the replay state topic, or None.
+def read_state(settings: Settings, key: str, *, committed: bool = False, timeout: float = 30.0) -> bytes | None:
+    """The latest value under ``key`` in the replay state topic, or None if it has none.
 
     ``committed=True`` reads only records of committed transactions (positions, which decide
-    where a replay resumes); status snapshots don't need that and are read faster without it.
+    where a replay resumes); its end is then the last stable offset, which the watermark query
+    reports under that isolation level. Status snapshots don't need that and are read without it.
+
+    Raises
+    ------
+    ReplayError
+        If the topic cannot be read to its end within ``timeout`` seconds: an unknown answer
+        must never pass for "no saved position".
     """
     consumer = Consumer(
         {
@@ -174,19 +186,34 @@ def read_state(settings: Settings, key: str, *, committed: bool = False, timeout
     partition = TopicPartition(settings.topic_replay_state, 0)
     deadline = time.monotonic() + timeout
     try:
-        try:
-            low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
-        except Exception as exc:
-            logger.debug("state topic not readable: %s", exc)
-            return None
+        while True:
+            try:
+                low, high = consumer.get_watermark_offsets(partition, timeout=max(0.1, deadline - time.monotonic()))
+                break
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if error is not None and error.code() in _NO_SUCH_TOPIC:
+                    return None
+                # A topic created a moment ago has no leader yet: retriable until the deadline.
+                if error is None or error.code() not in _NOT_READY_YET or time.monotonic() >= deadline:
+                    msg = (f"Could not read the replay state topic {settings.topic_replay_state!r} at "
+                           f"{settings.bootstrap_servers}: {exc}")
+                    raise ReplayError(msg) from exc
+                time.sleep(0.1)
         if high <= low:
             return None
         # The newest records almost always hold the key (a running replay writes it every
         # second): read the tail first, the whole compacted topic only when that misses.
-        tail_start = max(low, high - 64)
-        latest = _scan_state(consumer, partition, tail_start, high, wanted, deadline)
-        if latest is None and tail_start > low:
-            latest = _scan_state(consumer, partition, low, high, wanted, deadline)
+        try:
+            tail_start = max(low, high - 64)
+            latest = _scan_state(consumer, partition, tail_start, high, wanted, deadline)
+            if latest is None and tail_start > low:
+                latest = _scan_state(consumer, partition, low, high, wanted, deadline)
+        except _Unfinished:
+            msg = (f"Could not read {key!r} from the replay state topic {settings.topic_replay_state!r} at "
+                   f"{settings.bootstrap_servers} within {timeout:.0f} s (offsets {low}..{high}); is the broker "
+                   "overloaded or unreachable?")
+            raise ReplayError(msg) from None
         return latest
     finally:
         consumer.close()
