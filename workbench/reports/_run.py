@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -32,8 +33,14 @@ logger = logging.getLogger(__name__)
 #: The report notebooks, in order.
 ALL: Final[tuple[str, ...]] = ("01_replay_control", "02_anomaly_explorer", "03_model_comparison",
                                "04_stream_analytics")
-#: The repository's ``notebooks/`` folder (editable installs and checkouts).
-DEFAULT_NOTEBOOKS_DIR: Final = Path(__file__).resolve().parents[2] / "notebooks"
+#: The repository's ``notebooks/`` folder (editable installs and checkouts) ...
+CHECKOUT_NOTEBOOKS_DIR: Final = Path(__file__).resolve().parents[2] / "notebooks"
+#: ... and where a wheel installs them (``[tool.setuptools.data-files]`` in pyproject.toml).
+INSTALLED_NOTEBOOKS_DIR: Final = Path(sys.prefix) / "share" / "pulse-workbench" / "notebooks"
+#: The notebooks ``run_report`` uses by default: the checkout's when there is one.
+DEFAULT_NOTEBOOKS_DIR: Final = next(
+    (d for d in (CHECKOUT_NOTEBOOKS_DIR, INSTALLED_NOTEBOOKS_DIR) if (d / f"{ALL[0]}.ipynb").is_file()),
+    CHECKOUT_NOTEBOOKS_DIR)
 #: Parameters ``run_report`` understands; each notebook receives those it declares.
 PARAMETER_NAMES: Final = ("start", "end", "instances", "versions", "labels_path", "day", "top_n", "critical_mode")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -158,7 +165,7 @@ def run_report(
     data : path, optional
         Labelled Parquet log, passed as ``labels_path`` (and ``data`` to the replay notebook).
     notebooks_dir : Path, optional
-        Where the notebooks are (default: the repository's ``notebooks/``).
+        Where the notebooks are (default: the checkout's ``notebooks/``, else the installed copies).
     progress : bool
         Show progress bars (one per report and one per notebook).
     timeout : float
