@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from workbench._memory import prefer_jemalloc_for_arrow
 from workbench.config import Settings, get_settings
 from workbench.exceptions import WorkbenchError
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``workbench`` console script."""
+    prefer_jemalloc_for_arrow()  # before the command modules import pyarrow
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

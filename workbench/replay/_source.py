@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from workbench.data.schema import COLUMNS, REDSET_SCHEMA
+from workbench.data.schema import COLUMNS, REDSET_SCHEMA, batches_by_row_group
 
 __all__ = ["LogFile"]
 
@@ -100,8 +100,8 @@ class LogFile:
         first_group = self._group_of(start_row)
         row = self._group_starts[first_group]
         groups = list(range(first_group, self._file.metadata.num_row_groups))
-        for batch in self._file.iter_batches(batch_size=batch_size, row_groups=groups, columns=list(COLUMNS),
-                                             use_threads=False):
+        for batch in batches_by_row_group(self._file, batch_size=batch_size, row_groups=groups, columns=COLUMNS,
+                                          use_threads=False):
             end = row + batch.num_rows
             if end <= start_row:
                 row = end

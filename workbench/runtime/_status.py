@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from workbench.config import Settings
 from workbench.replay import ReplayStatus
@@ -26,7 +26,12 @@ def _consumer(settings: Settings, group: str) -> Consumer:
 
 
 def _data_between(settings: Settings, topic: str, partition: int, start: int, end: int, timeout: float) -> int:
-    """Committed data messages in [start, end) of one partition; transaction markers don't count."""
+    """Committed data messages in [start, end) of one partition; transaction markers don't count.
+
+    Reads to end-of-partition (the last stable offset under read_committed), never stopping on a
+    quiet poll: a slow first fetch must not pass for "nothing left", which would call a pipeline
+    drained too early. If the end is not reached in time, every offset counts.
+    """
     reader = Consumer({**settings.kafka_client_config(), "group.id": f"workbench-lag-{uuid.uuid4().hex[:8]}",
                        "enable.auto.commit": False, "isolation.level": "read_committed",
                        "enable.partition.eof": True, "log_level": 3})
@@ -35,18 +40,35 @@ def _data_between(settings: Settings, topic: str, partition: int, start: int, en
         count = 0
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            messages = reader.consume(num_messages=100, timeout=0.2)
-            if not messages:
-                break
-            for message in messages:
-                if message.error() is not None:
-                    return count
+            for message in reader.consume(num_messages=100, timeout=0.05):
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        return count
+                    continue
                 if message.offset() >= end:
                     return count
                 count += 1
-        return count
+        return end - start
     finally:
         reader.close()
+
+
+_COORDINATOR_NOT_READY = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                          KafkaError.COORDINATOR_NOT_AVAILABLE)
+
+
+def _committed(consumer: Consumer, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+    """The group's committed offsets, waiting out a group coordinator that is still loading."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.committed(partitions, timeout=max(0.1, deadline - time.monotonic()))
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if error is None or error.code() not in _COORDINATOR_NOT_READY or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
 
 
 def consumer_lag(settings: Settings, group: str, topic: str, timeout: float = 5.0) -> int | None:
@@ -62,7 +84,7 @@ def consumer_lag(settings: Settings, group: str, topic: str, timeout: float = 5.
         if metadata is None or metadata.error is not None:
             return None
         partitions = [TopicPartition(topic, p) for p in metadata.partitions]
-        committed = consumer.committed(partitions, timeout=timeout)
+        committed = _committed(consumer, partitions, timeout)
         lag = 0
         for tp in committed:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=timeout)
