@@ -62,6 +62,7 @@ CLASSES: Final[tuple[str, ...]] = ("normal", "cpu_bound", "io_bound", "network_b
 PROBLEM_CLASSES: Final[tuple[str, ...]] = ("cpu_bound", "io_bound", "queue_wlm_bound", "network_bound")
 
 NETWORK_QUERY_TYPES: Final[frozenset[str]] = frozenset({"copy", "unload"})
+_NETWORK_TYPES_ARRAY: Final = pa.array(sorted(NETWORK_QUERY_TYPES), pa.string())
 NETWORK_EXEC_MS: Final = 500
 CPU_RATIO: Final = 20.0
 CPU_EXEC_MS: Final = 1000
@@ -146,11 +147,15 @@ def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array | pa.Chunke
 def numeric_values(batch: pa.RecordBatch | pa.Table, name: str, dtype: type = np.float64) -> np.ndarray:
     """Column ``name`` as a numpy array of ``dtype`` with nulls as 0 (shared by the window code)."""
     col = _column(batch, name)
+    # Packed messages are ~100 rows, so per-call overhead is the cost here: integer columns (the
+    # decoded message types) go through numpy only, one conversion, no compute kernels.
+    if pa.types.is_integer(col.type):
+        values = col.to_numpy(zero_copy_only=False)  # float64 with NaN where null
+        if col.null_count:
+            values = np.where(np.isnan(values), 0, values)
+        return np.asarray(values, dtype=dtype)
     arrow_type = pa.from_numpy_dtype(np.dtype(dtype))
-    if col.null_count == 0 and (pa.types.is_integer(col.type)
-                                or (pa.types.is_floating(col.type) and pa.types.is_floating(arrow_type))):
-        # The common case (decoded messages are int64 without nulls): one conversion, no compute
-        # kernels; small packed messages make per-call overhead the main cost here.
+    if col.null_count == 0 and pa.types.is_floating(col.type) and pa.types.is_floating(arrow_type):
         return np.asarray(col.to_numpy(zero_copy_only=False), dtype=dtype)
     return pc.fill_null(pc.cast(col, arrow_type), 0).to_numpy(zero_copy_only=False)
 
@@ -179,10 +184,14 @@ def classify_codes(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
                "Pass rows decoded with workbench.data.codec (REDSET_SCHEMA).")
         raise MissingColumnsError(msg, missing=missing)
     n = batch.num_rows
-    cached_col = pc.fill_null(pc.cast(_column(batch, "was_cached"), pa.bool_()), False)
+    cached_col = _column(batch, "was_cached")
+    if cached_col.type != pa.bool_() or cached_col.null_count:
+        cached_col = pc.fill_null(pc.cast(cached_col, pa.bool_()), False)
     cached = np.asarray(cached_col.to_numpy(zero_copy_only=False), dtype=bool)
-    q = pc.utf8_lower(pc.cast(_column(batch, "query_type"), pa.string()))
-    transfer_col = pc.fill_null(pc.is_in(q, value_set=pa.array(sorted(NETWORK_QUERY_TYPES))), False)
+    q = _column(batch, "query_type")
+    if q.type != pa.string():
+        q = pc.cast(q, pa.string())
+    transfer_col = pc.is_in(pc.utf8_lower(q), value_set=_NETWORK_TYPES_ARRAY)  # null -> False
     transfer = np.asarray(transfer_col.to_numpy(zero_copy_only=False), dtype=bool)
     exec_ms = numeric_values(batch, "execution_duration_ms")
     scanned = numeric_values(batch, "mbytes_scanned")

@@ -137,14 +137,20 @@ def hist_quantile(agg: Mapping[str, Any], q: float = 0.95) -> float | None:
 def _arrival_ms(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
     col = batch.column(batch.schema.get_field_index("arrival_timestamp"))
     typ = col.type
-    if pa.types.is_timestamp(typ):
-        micros = pc.cast(pc.cast(col, pa.timestamp("us", tz=typ.tz)), pa.int64())
-        return np.floor_divide(micros.to_numpy(zero_copy_only=False), 1000)
+    if pa.types.is_timestamp(typ):  # nulls are filtered out before this
+        micros = np.asarray(col.to_numpy(zero_copy_only=False)).astype("datetime64[us]").view(np.int64)
+        return np.floor_divide(micros, 1000)
     if pa.types.is_integer(typ):  # already epoch ms
         return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
     msg = (f"arrival_timestamp must be a timestamp (UTC) or epoch-ms integer column. Got {typ} instead. "
            "Decode messages with workbench.data.codec.decode_values.")
     raise AnalysisError(msg)
+
+
+def _not_null(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    if not col.null_count:
+        return np.ones(len(col), dtype=bool)
+    return ~np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAULT_WINDOW_MS) -> list[dict]:
@@ -175,9 +181,10 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
         return []
     inst_col = batch.column(batch.schema.get_field_index("instance_id"))
     ts_col = batch.column(batch.schema.get_field_index("arrival_timestamp"))
+    has_nulls = bool(inst_col.null_count or ts_col.null_count)
     valid = ~np.asarray(pc.or_(pc.is_null(inst_col), pc.is_null(ts_col)).to_numpy(zero_copy_only=False),
-                        dtype=bool)
-    if not valid.all():
+                        dtype=bool) if has_nulls else None
+    if valid is not None:
         logger.warning("skipping rows without instance_id or arrival_timestamp count=%d", int((~valid).sum()))
         batch = batch.filter(pa.array(valid))
         if batch.num_rows == 0:
@@ -190,10 +197,10 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
     spilled = numeric_values(batch, "mbytes_spilled", np.int64)
     queue = numeric_values(batch, "queue_duration_ms", np.int64)
     exec_col = batch.column(batch.schema.get_field_index("execution_duration_ms"))
-    exec_valid = ~np.asarray(pc.is_null(exec_col).to_numpy(zero_copy_only=False), dtype=bool)
+    exec_valid = _not_null(exec_col)
     exec_ms = numeric_values(batch, "execution_duration_ms", np.int64)
     size_col = batch.column(batch.schema.get_field_index("cluster_size"))
-    size_valid = ~np.asarray(pc.is_null(size_col).to_numpy(zero_copy_only=False), dtype=bool)
+    size_valid = _not_null(size_col)
     size = numeric_values(batch, "cluster_size", np.int64)
     bins = hist_bin(exec_ms)
 
