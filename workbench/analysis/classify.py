@@ -178,7 +178,8 @@ def classify_codes(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
     MissingColumnsError
         If a needed column is absent.
     """
-    missing = tuple(name for name in CLASSIFY_COLUMNS if batch.schema.get_field_index(name) < 0)
+    names = set(batch.schema.names)
+    missing = tuple(name for name in CLASSIFY_COLUMNS if name not in names)
     if missing:
         msg = (f"classify needs the columns {list(CLASSIFY_COLUMNS)}; the batch lacks {list(missing[:5])}. "
                "Pass rows decoded with workbench.data.codec (REDSET_SCHEMA).")

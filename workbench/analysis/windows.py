@@ -93,8 +93,8 @@ def hist_bin(exec_ms: np.ndarray) -> np.ndarray:
     values = np.asarray(exec_ms, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         bins = np.floor(np.log10(np.maximum(values, 1.0)) * HIST_BINS_PER_DECADE).astype(np.int64) + 1
-    bins = np.where(values < 1.0, 0, bins)
-    return np.clip(bins, 0, _LAST_BIN)
+    bins = np.where(values < 1.0, 0, bins)  # >= 0 from here on
+    return np.minimum(bins, _LAST_BIN)
 
 
 def _bin_middle(b: int) -> float:
@@ -135,7 +135,7 @@ def hist_quantile(agg: Mapping[str, Any], q: float = 0.95) -> float | None:
 
 
 def _arrival_ms(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
-    col = batch.column(batch.schema.get_field_index("arrival_timestamp"))
+    col = batch.column("arrival_timestamp")
     typ = col.type
     if pa.types.is_timestamp(typ):  # nulls are filtered out before this
         micros = np.asarray(col.to_numpy(zero_copy_only=False)).astype("datetime64[us]").view(np.int64)
@@ -173,14 +173,15 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
     if window_ms <= 0:
         msg = f"window_ms must be a positive number of milliseconds. Got {window_ms!r} instead."
         raise AnalysisError(msg)
-    missing = tuple(n for n in _NEEDED if batch.schema.get_field_index(n) < 0)
+    names = set(batch.schema.names)
+    missing = tuple(n for n in _NEEDED if n not in names)
     if missing:
         msg = f"partial_aggregates needs the columns {list(_NEEDED)}; the batch lacks {list(missing[:5])}."
         raise MissingColumnsError(msg, missing=missing)
     if batch.num_rows == 0:
         return []
-    inst_col = batch.column(batch.schema.get_field_index("instance_id"))
-    ts_col = batch.column(batch.schema.get_field_index("arrival_timestamp"))
+    inst_col = batch.column("instance_id")
+    ts_col = batch.column("arrival_timestamp")
     has_nulls = bool(inst_col.null_count or ts_col.null_count)
     valid = ~np.asarray(pc.or_(pc.is_null(inst_col), pc.is_null(ts_col)).to_numpy(zero_copy_only=False),
                         dtype=bool) if has_nulls else None
@@ -196,10 +197,10 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
     codes = classify_codes(batch).astype(np.int64)
     spilled = numeric_values(batch, "mbytes_spilled", np.int64)
     queue = numeric_values(batch, "queue_duration_ms", np.int64)
-    exec_col = batch.column(batch.schema.get_field_index("execution_duration_ms"))
+    exec_col = batch.column("execution_duration_ms")
     exec_valid = _not_null(exec_col)
     exec_ms = numeric_values(batch, "execution_duration_ms", np.int64)
-    size_col = batch.column(batch.schema.get_field_index("cluster_size"))
+    size_col = batch.column("cluster_size")
     size_valid = _not_null(size_col)
     size = numeric_values(batch, "cluster_size", np.int64)
     bins = hist_bin(exec_ms)
@@ -219,7 +220,8 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
         arr = arrival[idx]
         ev = exec_valid[idx]
         ex = exec_ms[idx][ev]
-        hist_b, hist_c = np.unique(bins[idx][ev], return_counts=True)
+        hist_c = np.bincount(bins[idx][ev], minlength=_LAST_BIN + 1)
+        hist_b = np.flatnonzero(hist_c)
         sv = size_valid[idx]
         cluster_size: int | None = None
         cluster_at = -1
@@ -243,7 +245,7 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
             "exec_count": len(ex),
             "exec_min_ms": int(ex.min()) if len(ex) else None,
             "exec_max_ms": int(ex.max()) if len(ex) else None,
-            "exec_hist": {str(int(b)): int(c) for b, c in zip(hist_b, hist_c, strict=True)},
+            "exec_hist": dict(zip(map(str, hist_b.tolist()), hist_c[hist_b].tolist(), strict=True)),
             "anomalies": 0,
             "first_arrival_ms": int(arr.min()),
             "last_arrival_ms": int(arr.max()),

@@ -148,7 +148,8 @@ def _decode_arrow(value: bytes) -> pa.RecordBatch:
     except (pa.ArrowInvalid, OSError) as exc:
         msg = f"not an Arrow IPC stream: {exc}"
         raise MessageDecodeError(msg) from exc
-    missing = [name for name in COLUMNS if name not in table.schema.names]
+    names = set(table.schema.names)  # builds a new list on every access
+    missing = [name for name in COLUMNS if name not in names]
     if missing:
         msg = f"Arrow batch is missing columns {missing[:5]}"
         raise MessageDecodeError(msg)
@@ -250,6 +251,8 @@ def decode_values(
         source_index.extend([position] * batch.num_rows)
     if not pieces:
         return DecodedBatch(_empty_batch(), source_index, errors)
+    if len(pieces) == 1:  # one message, the per-message path of the apps: nothing to combine
+        return DecodedBatch(pieces[0], source_index, errors)
     combined = pa.Table.from_batches(pieces, schema=_SCHEMA_NO_META).combine_chunks()
     batch = combined.to_batches()[0] if combined.num_rows else _empty_batch()
     return DecodedBatch(batch, source_index, errors)
