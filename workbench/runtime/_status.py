@@ -191,7 +191,7 @@ class WorkbenchStatus:
     def __str__(self) -> str:
         lines = [str(self.replay) if self.replay else "replay: not started"]
         lag = ", ".join(f"{name} {value if value is not None else '?'}" for name, value in self.lag.items())
-        lines.append(f"lag: {lag or '-'}")
+        lines.append(f"lag (messages): {lag or '-'}")
         lines.append(f"model: {self.model_version or 'none yet'} ({self.model_versions} versions) | "
                      f"anomalies {self.anomalies if self.anomalies is not None else '?'} | "
                      f"late events {self.late_events if self.late_events is not None else '?'} | "
