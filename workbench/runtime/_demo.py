@@ -104,9 +104,9 @@ def run_demo(settings: Settings, *, days: int = 4, instances: int = 16, seed: in
         _wait_until_settled(demo, workbench, timeout=300)
         timings["pipeline"] = time.monotonic() - mark
         scored = _scored_events(demo)
-        anomalies = workbench.status().anomalies
     finally:
         workbench.stop(kafka=None)
+    anomalies = _lakehouse_count(demo)  # after the stop: final, and not the status' cached figure
     from workbench.ml.registry import ModelRegistry
 
     registry = ModelRegistry(demo.models_dir)
@@ -180,6 +180,17 @@ def _scored_events(settings: Settings) -> int | None:
         logger.warning("cannot read shards: %s", exc)
         return None
     return table.num_rows - table.column("model_version").null_count
+
+
+def _lakehouse_count(settings: Settings) -> int | None:
+    from workbench.store.lakehouse import AnomalyLakehouse
+
+    try:
+        with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
+            return lake.count()
+    except Exception as exc:
+        logger.warning("cannot read the lakehouse: %s", exc)
+        return None
 
 
 def _wait_until_settled(settings: Settings, workbench: Workbench, timeout: float) -> None:
