@@ -59,6 +59,12 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune(args: argparse.Namespace) -> int:
+    removed = ModelRegistry(_settings(args).models_dir).prune(args.keep)
+    print(f"deleted {len(removed)} version(s){': ' + ', '.join(removed) if removed else ''}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from workbench.ml._train import train_day
 
@@ -80,7 +86,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``models`` (list/show/rollback/set-current), ``train`` and ``evaluate``."""
+    """Add ``models`` (list/show/rollback/set-current/prune), ``train`` and ``evaluate``."""
     models = subparsers.add_parser("models", help="list, inspect and roll back model versions")
     sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     p = sub.add_parser("list", help="one line per version (* = current)")
@@ -93,6 +99,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help="make VERSION current (atomic pointer swap)")
         p.add_argument("version")
         p.set_defaults(func=_rollback)
+    p = sub.add_parser("prune", help="delete all but the newest versions (the current one always stays)")
+    p.add_argument("--keep", type=int, required=True, help="how many of the newest versions to keep")
+    p.set_defaults(func=_prune)
 
     train = subparsers.add_parser("train", help="train, check and register a model for one day")
     train.add_argument("--day", required=True, type=dt.date.fromisoformat, help="last day of the window")

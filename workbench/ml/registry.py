@@ -189,6 +189,32 @@ class ModelRegistry:
 
     rollback = set_current
 
+    def prune(self, keep: int) -> list[str]:
+        """Delete all but the ``keep`` newest versions (the current one is always kept).
+
+        A version is renamed out of ``versions/`` before its files go, so no reader ever sees a
+        half-deleted version as complete. Shards keep the ids of the versions that scored them.
+        Returns the deleted ids, oldest first.
+        """
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            msg = f"keep must be an integer >= 1 (how many of the newest versions stay). Got {keep!r} instead."
+            raise RegistryError(msg)
+        for leftover in self.versions_dir.glob(".deleting-*"):  # a prune killed mid-delete
+            shutil.rmtree(leftover, ignore_errors=True)
+        versions = self.versions()
+        current = self.current()
+        kept = set(versions[-keep:]) | ({current} if current else set())
+        removed = []
+        for version in versions:
+            if version in kept:
+                continue
+            doomed = self.versions_dir / f".deleting-{version}"
+            os.rename(self.versions_dir / version, doomed)
+            shutil.rmtree(doomed)
+            removed.append(version)
+            logger.info("model version deleted version=%s", version)
+        return removed
+
     def add_evaluation(self, version: str, record: dict[str, Any]) -> None:
         """Append an evaluation record to the version's ``evaluations.json`` (atomic rewrite)."""
         folder = self.path(version)
