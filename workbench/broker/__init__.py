@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from workbench.broker._client import NO_SUCH_TOPIC, NOT_READY_YET, read_range, when_ready
 from workbench.broker._local import BrokerStatus, LocalKafka, wait_for_broker
 from workbench.broker._runtime import ensure_kafka_jars, find_java
 from workbench.broker._topics import TopicSpec, ensure_topics, topic_specs
@@ -9,15 +10,19 @@ from workbench.broker.exceptions import (
     BrokerError,
     BrokerSetupError,
     BrokerUnavailableError,
+    IncompleteReadError,
     PortInUseError,
 )
 from workbench.config import Settings
 
 __all__ = [
+    "NOT_READY_YET",
+    "NO_SUCH_TOPIC",
     "BrokerError",
     "BrokerSetupError",
     "BrokerStatus",
     "BrokerUnavailableError",
+    "IncompleteReadError",
     "LocalKafka",
     "PortInUseError",
     "TopicSpec",
@@ -26,8 +31,10 @@ __all__ = [
     "ensure_kafka_jars",
     "ensure_topics",
     "find_java",
+    "read_range",
     "topic_specs",
     "wait_for_broker",
+    "when_ready",
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from workbench.exceptions import WorkbenchError
 
-__all__ = ["BrokerError", "BrokerSetupError", "BrokerUnavailableError", "PortInUseError"]
+__all__ = ["BrokerError", "BrokerSetupError", "BrokerUnavailableError", "IncompleteReadError", "PortInUseError"]
 
 
 class BrokerError(WorkbenchError, RuntimeError):
@@ -21,3 +21,7 @@ class PortInUseError(BrokerError):
 
 class BrokerUnavailableError(BrokerError):
     """No broker answers at the configured bootstrap address."""
+
+
+class IncompleteReadError(BrokerError):
+    """A read of a partition range did not reach its end in time."""

@@ -23,8 +23,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from workbench.broker import NO_SUCH_TOPIC, IncompleteReadError, read_range, when_ready
 from workbench.config import Settings
 from workbench.replay.exceptions import ReplayError
 
@@ -123,39 +124,14 @@ def _parse_time(value: datetime | str) -> datetime:
     return value.astimezone(UTC)
 
 
-_NO_SUCH_TOPIC = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC)
-_NOT_READY_YET = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TIMED_OUT,
-                  KafkaError.REQUEST_TIMED_OUT, KafkaError._TRANSPORT, KafkaError.NOT_COORDINATOR,
-                  KafkaError._WAIT_COORD, KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
-
-
-class _Unfinished(Exception):
-    """The scan hit its deadline before reaching the end of the range."""
-
-
-def _scan_state(consumer: Consumer, partition: TopicPartition, start: int, end: int, wanted: bytes,
-                deadline: float) -> bytes | None:
-    """Latest value of ``wanted`` in offsets [start, end): what existed when the read began.
-
-    Ends only at the range's end (its last record, or end-of-partition: the last offsets are
-    often transaction markers, which are never delivered), never after a guessed idle period: a
-    busy broker may take seconds to answer the first fetch, and an early "nothing there" would
-    make a replay restart from row 0.
-    """
-    consumer.assign([TopicPartition(partition.topic, partition.partition, start)])
+def _latest_value(consumer: Consumer, topic: str, start: int, end: int, wanted: bytes,
+                  deadline: float) -> bytes | None:
+    """Latest value of ``wanted`` in offsets [start, end) of the state partition."""
     latest: bytes | None = None
-    while time.monotonic() < deadline:
-        for message in consumer.consume(num_messages=10_000, timeout=0.05):
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF and message.offset() >= end:
-                    return latest
-                continue
-            if message.key() == wanted:
-                latest = message.value()
-            if message.offset() >= end - 1:
-                return latest
-    raise _Unfinished
+    for message in read_range(consumer, topic, 0, start, end, deadline):
+        if message.key() == wanted:
+            latest = message.value()
+    return latest
 
 
 def read_state(settings: Settings, key: str, *, committed: bool = False, timeout: float = 30.0) -> bytes | None:
@@ -183,34 +159,29 @@ def read_state(settings: Settings, key: str, *, committed: bool = False, timeout
         }
     )
     wanted = key.encode()
-    partition = TopicPartition(settings.topic_replay_state, 0)
+    topic = settings.topic_replay_state
     deadline = time.monotonic() + timeout
     try:
-        while True:
-            try:
-                low, high = consumer.get_watermark_offsets(partition, timeout=max(0.1, deadline - time.monotonic()))
-                break
-            except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                if error is not None and error.code() in _NO_SUCH_TOPIC:
-                    return None
-                # A topic created a moment ago has no leader yet: retriable until the deadline.
-                if error is None or error.code() not in _NOT_READY_YET or time.monotonic() >= deadline:
-                    msg = (f"Could not read the replay state topic {settings.topic_replay_state!r} at "
-                           f"{settings.bootstrap_servers}: {exc}")
-                    raise ReplayError(msg) from exc
-                time.sleep(0.1)
+        try:
+            low, high = when_ready(
+                lambda remaining: consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=remaining),
+                deadline)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() in NO_SUCH_TOPIC:
+                return None
+            msg = f"Could not read the replay state topic {topic!r} at {settings.bootstrap_servers}: {exc}"
+            raise ReplayError(msg) from exc
         if high <= low:
             return None
         # The newest records almost always hold the key (a running replay writes it every
         # second): read the tail first, the whole compacted topic only when that misses.
         try:
             tail_start = max(low, high - 64)
-            latest = _scan_state(consumer, partition, tail_start, high, wanted, deadline)
+            latest = _latest_value(consumer, topic, tail_start, high, wanted, deadline)
             if latest is None and tail_start > low:
-                latest = _scan_state(consumer, partition, low, high, wanted, deadline)
-        except _Unfinished:
-            msg = (f"Could not read {key!r} from the replay state topic {settings.topic_replay_state!r} at "
+                latest = _latest_value(consumer, topic, low, high, wanted, deadline)
+        except IncompleteReadError:
+            msg = (f"Could not read {key!r} from the replay state topic {topic!r} at "
                    f"{settings.bootstrap_servers} within {timeout:.0f} s (offsets {low}..{high}); is the broker "
                    "overloaded or unreachable?")
             raise ReplayError(msg) from None

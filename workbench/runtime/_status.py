@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
+from workbench.broker import IncompleteReadError, read_range, when_ready
 from workbench.config import Settings
 from workbench.replay import ReplayStatus
 
@@ -28,47 +29,26 @@ def _consumer(settings: Settings, group: str) -> Consumer:
 def _data_between(settings: Settings, topic: str, partition: int, start: int, end: int, timeout: float) -> int:
     """Committed data messages in [start, end) of one partition; transaction markers don't count.
 
-    Reads to end-of-partition (the last stable offset under read_committed), never stopping on a
-    quiet poll: a slow first fetch must not pass for "nothing left", which would call a pipeline
-    drained too early. If the end is not reached in time, every offset counts.
+    If the end is not reached in time, every offset counts: a pipeline is never called drained
+    too early.
     """
     reader = Consumer({**settings.kafka_client_config(), "group.id": f"workbench-lag-{uuid.uuid4().hex[:8]}",
                        "enable.auto.commit": False, "isolation.level": "read_committed",
                        "enable.partition.eof": True, "log_level": 3})
     try:
-        reader.assign([TopicPartition(topic, partition, start)])
-        count = 0
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in reader.consume(num_messages=100, timeout=0.05):
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        return count
-                    continue
-                if message.offset() >= end:
-                    return count
-                count += 1
+        return sum(1 for _ in read_range(reader, topic, partition, start, end, time.monotonic() + timeout))
+    except IncompleteReadError:
         return end - start
     finally:
         reader.close()
 
 
-_COORDINATOR_NOT_READY = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-                          KafkaError.COORDINATOR_NOT_AVAILABLE)
-
-
-def _committed(consumer: Consumer, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
-    """The group's committed offsets, waiting out a group coordinator that is still loading."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return consumer.committed(partitions, timeout=max(0.1, deadline - time.monotonic()))
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            if error is None or error.code() not in _COORDINATOR_NOT_READY or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.1)
+def _partitions(consumer: Consumer, topic: str, timeout: float) -> list[int] | None:
+    """Partition ids of ``topic`` (None if it does not exist)."""
+    metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        return None
+    return list(metadata.partitions)
 
 
 def consumer_lag(settings: Settings, group: str, topic: str, timeout: float = 5.0) -> int | None:
@@ -80,11 +60,11 @@ def consumer_lag(settings: Settings, group: str, topic: str, timeout: float = 5.
     """
     consumer = _consumer(settings, group)
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-        if metadata is None or metadata.error is not None:
+        partitions = _partitions(consumer, topic, timeout)
+        if partitions is None:
             return None
-        partitions = [TopicPartition(topic, p) for p in metadata.partitions]
-        committed = _committed(consumer, partitions, timeout)
+        committed = when_ready(lambda remaining: consumer.committed(
+            [TopicPartition(topic, p) for p in partitions], timeout=remaining), time.monotonic() + timeout)
         lag = 0
         for tp in committed:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=timeout)
@@ -105,11 +85,11 @@ def topic_message_count(settings: Settings, topic: str, timeout: float = 5.0) ->
     """Messages currently held by ``topic`` (sum of watermark spans; None if unknown)."""
     consumer = _consumer(settings, f"workbench-status-{uuid.uuid4().hex[:8]}")
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-        if metadata is None or metadata.error is not None:
+        partitions = _partitions(consumer, topic, timeout)
+        if partitions is None:
             return None
         total = 0
-        for partition in metadata.partitions:
+        for partition in partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
             total += high - low
         return total
