@@ -182,10 +182,8 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
         return []
     inst_col = batch.column("instance_id")
     ts_col = batch.column("arrival_timestamp")
-    has_nulls = bool(inst_col.null_count or ts_col.null_count)
-    valid = ~np.asarray(pc.or_(pc.is_null(inst_col), pc.is_null(ts_col)).to_numpy(zero_copy_only=False),
-                        dtype=bool) if has_nulls else None
-    if valid is not None:
+    if inst_col.null_count or ts_col.null_count:
+        valid = _not_null(inst_col) & _not_null(ts_col)
         logger.warning("skipping rows without instance_id or arrival_timestamp count=%d", int((~valid).sum()))
         batch = batch.filter(pa.array(valid))
         if batch.num_rows == 0:

@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from workbench.config import Settings
+from workbench.runtime._status import anomaly_count
 from workbench.runtime._workbench import Workbench
 
 __all__ = ["DemoResult", "run_demo"]
@@ -106,7 +107,7 @@ def run_demo(settings: Settings, *, days: int = 4, instances: int = 16, seed: in
         scored = _scored_events(demo)
     finally:
         workbench.stop(kafka=None)
-    anomalies = _lakehouse_count(demo)  # after the stop: final, and not the status' cached figure
+    anomalies = anomaly_count(demo)  # after the stop: final, and not the status' cached figure
     from workbench.ml.registry import ModelRegistry
 
     registry = ModelRegistry(demo.models_dir)
@@ -180,17 +181,6 @@ def _scored_events(settings: Settings) -> int | None:
         logger.warning("cannot read shards: %s", exc)
         return None
     return table.num_rows - table.column("model_version").null_count
-
-
-def _lakehouse_count(settings: Settings) -> int | None:
-    from workbench.store.lakehouse import AnomalyLakehouse
-
-    try:
-        with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
-            return lake.count()
-    except Exception as exc:
-        logger.warning("cannot read the lakehouse: %s", exc)
-        return None
 
 
 def _wait_until_settled(settings: Settings, workbench: Workbench, timeout: float) -> None:

@@ -16,7 +16,7 @@ from workbench.broker import IncompleteReadError, read_range, when_ready
 from workbench.config import Settings
 from workbench.replay import ReplayStatus
 
-__all__ = ["WorkbenchStatus", "consumer_lag", "topic_message_count"]
+__all__ = ["WorkbenchStatus", "anomaly_count", "consumer_lag", "topic_message_count"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,18 @@ def topic_message_count(settings: Settings, topic: str, timeout: float = 5.0) ->
         return None
     finally:
         consumer.close()
+
+
+def anomaly_count(settings: Settings) -> int | None:
+    """Rows in the anomaly lakehouse now (None if it cannot be read yet)."""
+    from workbench.store.lakehouse import AnomalyLakehouse
+
+    try:
+        with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
+            return lake.count()
+    except Exception as exc:
+        logger.debug("anomaly count unavailable: %s", exc)
+        return None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from workbench.broker import LocalKafka, broker_status, ensure_broker
 from workbench.config import Settings, get_settings
 from workbench.exceptions import WorkbenchError
 from workbench.replay import ReplayController, ReplayStatus
-from workbench.runtime._status import WorkbenchStatus, consumer_lag, topic_message_count
+from workbench.runtime._status import WorkbenchStatus, anomaly_count, consumer_lag, topic_message_count
 from workbench.runtime.supervisor import ProcessSpec, read_state, run_dir, spec_dict, write_json_atomic
 
 if TYPE_CHECKING:
@@ -251,16 +251,12 @@ class Workbench:
 
     def _anomaly_count(self) -> int | None:
         # Reading the lakehouse costs ~0.1 s: refresh at most every 5 s.
-        at, value = self._anomaly_cache
+        at, cached = self._anomaly_cache
         if time.monotonic() - at < 5.0:
-            return value
-        try:
-            from workbench.store.lakehouse import AnomalyLakehouse
-
-            with AnomalyLakehouse.from_settings(self.settings, read_only=True) as lake:
-                value = lake.count()
-        except Exception as exc:
-            logger.debug("anomaly count unavailable: %s", exc)
+            return cached
+        value = anomaly_count(self.settings)
+        if value is None:  # keep showing the last figure while the lakehouse is busy
+            value = cached
         self._anomaly_cache = (time.monotonic(), value)
         return value
 
