@@ -101,7 +101,7 @@ def test_unsorted_rows_name_first_offender(log_table: pa.Table, tmp_path: Path, 
         validate(_write(table, tmp_path / "unsorted.parquet", row_group_size=700), batch_size=500)
     message = str(info.value)
     assert "is not sorted by (arrival_timestamp, query_id)" in message
-    assert f"row {bad_row} " in message and f"comes after row {bad_row - 1} " in message
+    assert f"row {bad_row}, arrival_timestamp" in message and f"comes after row {bad_row - 1} " in message
     assert f"{ts[bad_row]:%Y-%m-%d %H:%M:%S.%f}" in message
     assert f"{ts[bad_row - 1]:%Y-%m-%d %H:%M:%S.%f}" in message
     assert info.value.row == bad_row
@@ -113,6 +113,7 @@ def test_equal_times_ordered_by_query_id(tmp_path: Path) -> None:
     table = table.set_column(COLUMNS.index("arrival_timestamp"), "arrival_timestamp",
                              pa.array([stamp.value] * 3, pa.timestamp("us", tz="UTC")))
     table = table.set_column(COLUMNS.index("query_id"), "query_id", pa.array([5, 9, 7], pa.int64()))
+    table = table.set_column(COLUMNS.index("instance_id"), "instance_id", pa.array([1, 1, 1], pa.int64()))
     with pytest.raises(DataValidationError) as info:
         validate(_write(table, tmp_path / "ties.parquet"))
     assert info.value.row == 2

@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from workbench.data.generator import generate
-from workbench.data.schema import validate
 
 __all__ = ["register"]
 
@@ -32,8 +31,14 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    print(f"OK {validate(args.file)}")
-    return 0
+    """Print one line per row problem (at most LINES_PER_COLUMN per column) and a verdict; 1 if any."""
+    from workbench.data.validation import check
+
+    report = check(args.file)
+    for line in report.lines():
+        print(line)
+    print(report.verdict())
+    return 0 if report.ok else 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,9 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     val = subparsers.add_parser(
         "validate",
-        help="check that a Parquet query log has the Redset columns and is sorted",
-        description="Check a Parquet query log: readable, non-empty, Redset columns and types, "
-        "sorted by (arrival_timestamp, query_id).",
+        help="check every row and column of a Parquet query log before replaying it",
+        description="Check a Parquet query log: readable, non-empty, Redset columns and types, every value "
+        "(NULLs in required columns, negative durations/sizes/counts, ids beyond int64, NaN, times no consumer "
+        "can decode, non-UTF-8 text, undecodable pages) and the order by (arrival_timestamp, query_id). "
+        "Prints one line per problem (the first 10 per column; all are counted) and exits 1 if any.",
     )
     val.add_argument("file", help="the Parquet query log")
     val.set_defaults(func=_validate)

@@ -18,7 +18,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -119,8 +118,12 @@ def _type_family(type_: pa.DataType) -> str:
         return "integer"
     if pa.types.is_timestamp(type_):
         return "timestamp"
+    if pa.types.is_floating(type_):
+        return "float"
     if pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_string_view(type_):
         return "string"
+    if pa.types.is_binary(type_) or pa.types.is_large_binary(type_) or pa.types.is_binary_view(type_):
+        return "binary"
     if pa.types.is_boolean(type_):
         return "boolean"
     if pa.types.is_null(type_):
@@ -142,9 +145,23 @@ def _open(path: Path) -> pq.ParquetFile:
         raise DataValidationError(msg, path=str(path)) from exc
 
 
+#: Stored types the workbench converts on reading: floats holding whole numbers (as pandas writes
+#: integer columns with NULLs) and UTF-8 bytes. Row validation rejects the values that do not convert.
+_COERCIBLE = {"integer": {"float"}, "string": {"binary"}}
+
+
 def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = COLUMNS) -> bool:
-    """Raise on missing or mistyped columns; return whether the label columns are present."""
+    """Raise on missing, duplicated or mistyped columns; return whether the label columns are present."""
     expected = {f.name: f.type for f in list(REDSET_SCHEMA) + list(LABEL_SCHEMA)}
+    seen: dict[str, int] = {}
+    for name in schema.names:
+        seen[name] = seen.get(name, 0) + 1
+    duplicated = [name for name, count in seen.items() if count > 1 and name in expected]
+    if duplicated:
+        name = duplicated[0]
+        msg = (f"Query log {str(path)!r} has {seen[name]} columns named {name!r}; the workbench cannot tell "
+               "which one holds the data. Keep one of them.")
+        raise DataValidationError(msg, path=str(path), column=name)
     names = set(schema.names)
     missing = [name for name in required if name not in names]
     if missing:
@@ -159,7 +176,8 @@ def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = CO
         want, got = expected[name], schema.field(name).type
         family = _type_family(got)
         all_null_ok = family == "null" and name in REDSET_SCHEMA.names and REDSET_SCHEMA.field(name).nullable
-        if family != _type_family(want) and not all_null_ok:
+        coercible = family in _COERCIBLE.get(_type_family(want), ())
+        if family != _type_family(want) and not all_null_ok and not coercible:
             sql_type = _SQL_TYPES.get(_type_family(want), str(want))
             msg = (
                 f"Column {name!r} of query log {str(path)!r} must be {_type_family(want)} ({want}). "
@@ -167,23 +185,6 @@ def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = CO
             )
             raise DataValidationError(msg, path=str(path), column=name)
     return has_labels
-
-
-def _as_us(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Timestamps as int64 microseconds since the epoch (naive values are UTC)."""
-    if pa.types.is_dictionary(values.type):
-        values = values.dictionary_decode()
-    return values.cast(pa.timestamp("us", tz=values.type.tz)).cast(pa.int64()).to_numpy(zero_copy_only=False)
-
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-# What a Python datetime can hold, hence what every consumer can decode.
-_MIN_US = (dt.datetime(1, 1, 1, tzinfo=dt.UTC) - _EPOCH) // dt.timedelta(microseconds=1)
-_MAX_US = (dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC) - _EPOCH) // dt.timedelta(microseconds=1)
-
-
-def _stamp(us: int) -> dt.datetime:
-    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
 
 
 def batches_by_row_group(pf: pq.ParquetFile, *, columns: Sequence[str], batch_size: int,
@@ -200,87 +201,15 @@ def batches_by_row_group(pf: pq.ParquetFile, *, columns: Sequence[str], batch_si
                                    use_threads=use_threads)
 
 
-def validate(path: str | os.PathLike[str], *, batch_size: int = 262_144) -> LogSummary:
-    """Check that a Parquet query log can be replayed: readable, non-empty, typed and sorted.
+def validate(path: str | os.PathLike[str], *, batch_size: int = 65_536) -> LogSummary:
+    """Check that a Parquet query log can be replayed: every column of every row (bounded memory).
 
-    Only the two sort-key columns are read, one batch at a time, so memory stays bounded
-    whatever the file size.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        The Parquet file.
-    batch_size : int
-        Rows per batch read while checking the order.
-
-    Returns
-    -------
-    LogSummary
-        Row and row-group counts, the arrival span and whether anomaly labels are present.
-
-    Raises
-    ------
-    DataValidationError
-        With ``path`` (and ``column``/``row`` where they apply) for an unreadable file, an empty
-        file, missing or mistyped columns, NULL sort keys, or rows not sorted by
-        ``(arrival_timestamp, query_id)``.
+    See :func:`workbench.data.validation.validate`, which this forwards to; raises
+    :class:`DataValidationError` naming file, first problem (column, row, value) and the count.
     """
-    path = Path(path)
-    pf = _open(path)
-    has_labels = _check_schema(pf.schema_arrow, path)
-    rows = pf.metadata.num_rows
-    if rows == 0:
-        msg = f"Query log {str(path)!r} has no rows. Regenerate it or point at a log with queries."
-        raise DataValidationError(msg, path=str(path))
-    offset = 0
-    prev_ts: int | None = None
-    prev_id: int | None = None
-    first_ts = last_ts = 0
-    for batch in batches_by_row_group(pf, columns=SORT_KEY, batch_size=batch_size):
-        n = batch.num_rows
-        if n == 0:
-            continue
-        for name in SORT_KEY:
-            column = batch.column(name)
-            if column.null_count:
-                row = offset + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-                msg = (f"Query log {str(path)!r} has a NULL {name} at row {row}. Every query needs "
-                       f"{' and '.join(SORT_KEY)}; drop or fix such rows.")
-                raise DataValidationError(msg, path=str(path), column=name, row=row)
-        ts = _as_us(batch.column("arrival_timestamp"))
-        out_of_range = (ts < _MIN_US) | (ts > _MAX_US)
-        if out_of_range.any():
-            row = offset + int(np.flatnonzero(out_of_range)[0])
-            msg = (f"Query log {str(path)!r} has an arrival_timestamp outside years 1..9999 at row {row} "
-                   f"({int(ts[row - offset])} µs since 1970). Fix or drop that row.")
-            raise DataValidationError(msg, path=str(path), column="arrival_timestamp", row=row)
-        qid = batch.column("query_id").cast(pa.int64()).to_numpy(zero_copy_only=False)
-        if prev_ts is not None:
-            ts = np.concatenate([[prev_ts], ts])
-            qid = np.concatenate([[prev_id], qid])
-        bad = (ts[1:] < ts[:-1]) | ((ts[1:] == ts[:-1]) & (qid[1:] < qid[:-1]))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            row = offset + i + (0 if prev_ts is not None else 1)
-            msg = (
-                f"Query log {str(path)!r} is not sorted by (arrival_timestamp, query_id): row {row} "
-                f"(arrival {_stamp(int(ts[i + 1])):%Y-%m-%d %H:%M:%S.%f}, query_id {int(qid[i + 1])}) "
-                f"comes after row {row - 1} (arrival {_stamp(int(ts[i])):%Y-%m-%d %H:%M:%S.%f}, "
-                f"query_id {int(qid[i])}). Sort it, e.g. in DuckDB: COPY (SELECT * FROM 'in.parquet' "
-                "ORDER BY arrival_timestamp, query_id) TO 'out.parquet'."
-            )
-            raise DataValidationError(msg, path=str(path), column="arrival_timestamp", row=row)
-        if prev_ts is None:
-            first_ts = int(ts[0])
-        prev_ts, prev_id = int(ts[-1]), int(qid[-1])
-        last_ts = prev_ts
-        offset += n
-    summary = LogSummary(
-        path=path, rows=rows, row_groups=pf.metadata.num_row_groups,
-        first_arrival=_stamp(first_ts), last_arrival=_stamp(last_ts), has_labels=has_labels,
-    )
-    logger.debug("validated path=\"%s\" rows=%d", path, rows)
-    return summary
+    from workbench.data.validation import validate as validate_all
+
+    return validate_all(path, batch_size=batch_size)
 
 
 def read_batches(

@@ -1,0 +1,520 @@
+"""Full validation of a Parquet query log: every column of every row, streamed in bounded memory.
+
+Two kinds of trouble are told apart:
+
+* **File problems** (unreadable file, no rows, missing, duplicated or mistyped columns) make the
+  file unusable as a whole; :func:`check` raises :class:`DataValidationError` for the first one.
+* **Row problems** (a NULL where every query needs a value, a negative duration, an id beyond
+  int64, NaN in a float column, a time no consumer can decode, a string that is not UTF-8, a row
+  out of order, a page that cannot be decoded) are all collected: :class:`ValidationReport`
+  counts every one and keeps the first :data:`LINES_PER_COLUMN` of each column for display.
+
+:func:`find_bad_rows` applies the same per-row rules to one batch, so the replay can send the
+rows it cannot replay to the dead-letter topic (``--skip-bad-rows``) with the same reason text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from workbench.data.exceptions import DataValidationError
+from workbench.data.schema import (
+    COLUMNS,
+    LABEL_COLUMNS,
+    LABEL_SCHEMA,
+    REDSET_SCHEMA,
+    SORT_KEY,
+    LogSummary,
+    _check_schema,
+    _open,
+    _type_family,
+)
+
+__all__ = [
+    "LINES_PER_COLUMN",
+    "MAX_EVENT_TIME",
+    "MIN_EVENT_TIME",
+    "NON_NEGATIVE_COLUMNS",
+    "SKIPPABLE_KINDS",
+    "BadRows",
+    "Problem",
+    "ValidationReport",
+    "check",
+    "conform",
+    "find_bad_rows",
+    "validate",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Problem lines kept per column for display; every problem is counted regardless.
+LINES_PER_COLUMN = 10
+
+#: Durations, sizes and counts: a negative value is a broken row, not a measurement.
+NON_NEGATIVE_COLUMNS: tuple[str, ...] = (
+    "cluster_size", "compile_duration_ms", "queue_duration_ms", "execution_duration_ms",
+    "num_permanent_tables_accessed", "num_external_tables_accessed", "num_system_tables_accessed",
+    "mbytes_scanned", "mbytes_spilled", "num_joins", "num_scans", "num_aggregations",
+)
+
+#: The event times every consumer can decode: Kafka message timestamps are non-negative
+#: milliseconds, pandas holds nanoseconds in int64 (up to 2262-04-11), Python datetimes and
+#: DuckDB/SQLite hold both ends.
+MIN_EVENT_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+MAX_EVENT_TIME = dt.datetime(2262, 4, 10, tzinfo=dt.UTC)
+
+#: Row problems the replay can skip (dead-letter) with ``--skip-bad-rows``. Rows out of order and
+#: pages that cannot be decoded are not among them: the first breaks pacing and resume, the
+#: second leaves nothing to send.
+SKIPPABLE_KINDS = frozenset({"null", "not_int64", "negative", "not_a_number", "not_whole", "time_range",
+                             "not_utf8"})
+
+_INT64_MAX = 2**63 - 1
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MIN_US = 0
+_MAX_US = (MAX_EVENT_TIME - _EPOCH) // dt.timedelta(microseconds=1)
+_UNIT_PER_US = {"s": (1, 1_000_000), "ms": (1, 1000), "us": (1, 1), "ns": (1000, 1)}  # (multiply, divide)
+_FIELDS = {f.name: f for f in list(REDSET_SCHEMA) + list(LABEL_SCHEMA)}
+_SORT_HINT = ("Sort it, e.g. in DuckDB: COPY (SELECT * FROM 'in.parquet' ORDER BY arrival_timestamp, query_id) "
+              "TO 'out.parquet'.")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in one row (``row`` is the 0-based row index in the file)."""
+
+    row: int
+    column: str
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"row {self.row}, {self.column}: {self.detail}"
+
+
+@dataclass
+class ValidationReport:
+    """Everything :func:`check` found: counts of every problem, the first lines of each column."""
+
+    path: Path
+    rows: int
+    row_groups: int
+    has_labels: bool
+    first_arrival: dt.datetime | None = None
+    last_arrival: dt.datetime | None = None
+    problems: list[Problem] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    kinds: Counter[str] = field(default_factory=Counter)
+    bad_rows: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.counts
+
+    @property
+    def total(self) -> int:
+        """Problems found, shown or not."""
+        return sum(self.counts.values())
+
+    @property
+    def skippable(self) -> bool:
+        """Whether every problem is one the replay can dead-letter row by row."""
+        return all(kind in SKIPPABLE_KINDS for kind in self.kinds)
+
+    def summary(self) -> LogSummary:
+        if self.first_arrival is None or self.last_arrival is None:
+            msg = f"Query log {str(self.path)!r} has no row with a usable arrival_timestamp."
+            raise DataValidationError(msg, path=str(self.path), column="arrival_timestamp")
+        return LogSummary(path=self.path, rows=self.rows, row_groups=self.row_groups,
+                          first_arrival=self.first_arrival, last_arrival=self.last_arrival,
+                          has_labels=self.has_labels)
+
+    def lines(self) -> list[str]:
+        """One line per kept problem, then one per column whose further problems were not kept."""
+        out = [str(problem) for problem in self.problems]
+        shown = Counter(problem.column for problem in self.problems)
+        for column, count in self.counts.items():
+            if count > shown[column]:
+                out.append(f"{column}: {count - shown[column]:,} more problem(s) not shown")
+        return out
+
+    def verdict(self) -> str:
+        """The one-line summary: OK with the log summary, or the counts per column."""
+        if self.ok:
+            return f"OK {self.summary()}"
+        per_column = ", ".join(f"{column} {count:,}" for column, count in self.counts.most_common())
+        return (f"FAILED {self.path}: {self.total:,} problem(s) in {self.bad_rows:,} of {self.rows:,} rows "
+                f"({per_column})")
+
+    def error(self) -> DataValidationError:
+        """The error :func:`validate` and the replay raise for a file with row problems."""
+        first = self.problems[0]
+        if first.kind == "unsorted":
+            hint = _SORT_HINT
+        elif first.kind == "unreadable":
+            hint = "The file is damaged: write it again from its source."
+        elif self.skippable:
+            hint = ("Fix or drop those rows, or replay with --skip-bad-rows to send them to the dead-letter "
+                    "topic and replay the rest.")
+        else:
+            hint = "Fix the file first."
+        msg = (f"Query log {str(self.path)!r} fails validation: {self.total:,} problem(s) in {self.bad_rows:,} "
+               f"row(s), the first at {first}. Run `workbench validate {self.path}` to list them. {hint}")
+        return DataValidationError(msg, path=str(self.path), column=first.column, row=first.row)
+
+
+class BadRows(NamedTuple):
+    """The rows of one batch that cannot be replayed, and why (one reason per bad row)."""
+
+    mask: np.ndarray  # bool per row of the batch
+    findings: list[_Finding]
+
+    def reasons(self) -> dict[int, str]:
+        """Batch index -> the first problem of that row, as ``column: detail``."""
+        out: dict[int, str] = {}
+        for finding in self.findings:
+            for index in finding.rows:
+                out.setdefault(int(index), f"{finding.column}: {finding.detail(int(index))}")
+        return out
+
+
+class _Finding(NamedTuple):
+    column: str
+    kind: str
+    rows: np.ndarray  # indices into the batch
+    array: pa.Array
+
+    def detail(self, index: int) -> str:
+        return _DESCRIBE[self.kind](self.column, self.array, index)
+
+
+def _value(array: pa.Array, index: int) -> object:
+    try:
+        return array[index].as_py()
+    except (ValueError, OverflowError, UnicodeDecodeError, pa.ArrowException):
+        return repr(array.cast(pa.binary(), safe=False)[index].as_py()) if _type_family(array.type) == "string" \
+            else str(array[index])
+
+
+def _time_text(array: pa.Array, index: int) -> str:
+    raw = array.cast(pa.int64())[index].as_py()
+    unit = array.type.unit
+    try:
+        return f"{array[index].as_py():%Y-%m-%d %H:%M:%S}"
+    except (ValueError, OverflowError, pa.ArrowException):
+        return f"{raw} {unit} since 1970"
+
+
+def _utf8_text(array: pa.Array, index: int) -> str:
+    raw = array.cast(pa.binary(), safe=False)[index].as_py() if not pa.types.is_binary(array.type) \
+        else array[index].as_py()
+    return repr(raw[:40])
+
+
+_DESCRIBE: dict[str, Callable[[str, pa.Array, int], str]] = {
+    "null": lambda c, a, i: "NULL, but every query needs a value here",
+    "not_int64": lambda c, a, i: f"{_value(a, i)} does not fit a signed 64-bit integer (largest {_INT64_MAX})",
+    "negative": lambda c, a, i: f"{_value(a, i)} is negative (durations, sizes and counts are >= 0)",
+    "not_a_number": lambda c, a, i: f"{_value(a, i)} is not a finite number",
+    "not_whole": lambda c, a, i: f"{_value(a, i)} is not a whole number",
+    "time_range": lambda c, a, i: (f"{_time_text(a, i)} is outside {MIN_EVENT_TIME:%Y-%m-%d} .. "
+                                   f"{MAX_EVENT_TIME:%Y-%m-%d}, the range every consumer can decode"),
+    "not_utf8": lambda c, a, i: f"{_utf8_text(a, i)} is not valid UTF-8 text",
+}
+
+
+def _rows(mask: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(mask)
+
+
+def _valid(array: pa.Array) -> np.ndarray:
+    if array.null_count == 0:
+        return np.ones(len(array), bool)
+    return array.is_valid().to_numpy(zero_copy_only=False)
+
+
+def _utf8_bad(array: pa.Array) -> np.ndarray:
+    """Rows of a string/binary array that are not valid UTF-8 (fast path: the whole array is fine)."""
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        try:
+            array.validate(full=True)
+            return np.zeros(len(array), bool)
+        except pa.ArrowInvalid:
+            pass
+        raw = array.cast(pa.large_binary() if pa.types.is_large_string(array.type) else pa.binary(), safe=False)
+    else:
+        raw = array
+    bad = np.zeros(len(array), bool)
+    for index, value in enumerate(raw.to_pylist()):
+        if value is None:
+            continue
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            bad[index] = True
+    return bad
+
+
+def _check_integers(name: str, array: pa.Array, valid: np.ndarray) -> list[_Finding]:
+    findings = []
+    if pa.types.is_unsigned_integer(array.type):
+        if array.type.bit_width == 64:
+            too_big = pc.fill_null(pc.greater(array, pa.scalar(_INT64_MAX, pa.uint64())), False)
+            mask = too_big.to_numpy(zero_copy_only=False)
+            if mask.any():
+                findings.append(_Finding(name, "not_int64", _rows(mask), array))
+        return findings
+    if name in NON_NEGATIVE_COLUMNS:
+        mask = pc.fill_null(pc.less(array, 0), False).to_numpy(zero_copy_only=False)
+        if mask.any():
+            findings.append(_Finding(name, "negative", _rows(mask), array))
+    return findings
+
+
+def _check_floats(name: str, array: pa.Array, valid: np.ndarray) -> list[_Finding]:
+    values = array.to_numpy(zero_copy_only=False).astype(np.float64)
+    finite = np.isfinite(values) & valid
+    findings = []
+    masks = {
+        "not_a_number": valid & ~np.isfinite(values),
+        "not_int64": finite & (np.abs(values) >= 2.0**63),
+    }
+    with np.errstate(invalid="ignore"):
+        masks["not_whole"] = finite & ~masks["not_int64"] & (values != np.floor(values))
+        if name in NON_NEGATIVE_COLUMNS:
+            masks["negative"] = finite & (values < 0)
+    for kind, mask in masks.items():
+        if mask.any():
+            findings.append(_Finding(name, kind, _rows(mask), array))
+    return findings
+
+
+def _check_times(name: str, array: pa.Array, valid: np.ndarray) -> list[_Finding]:
+    # Compare in the column's own unit: converting year 300000 in seconds to µs would overflow.
+    multiply, divide = _UNIT_PER_US[array.type.unit]
+    low, high = _MIN_US * multiply // divide, _MAX_US * multiply // divide
+    raw = array.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    mask = valid & ((raw < low) | (raw >= high))
+    return [_Finding(name, "time_range", _rows(mask), array)] if mask.any() else []
+
+
+def find_bad_rows(batch: pa.RecordBatch | pa.Table) -> BadRows:
+    """Apply the per-row rules to every known column of ``batch`` (raw, as read from the file)."""
+    findings: list[_Finding] = []
+    n = batch.num_rows
+    for name in batch.schema.names:
+        spec = _FIELDS.get(name)
+        if spec is None:
+            continue
+        array = batch.column(name)
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        if pa.types.is_dictionary(array.type):
+            array = array.dictionary_decode()
+        valid = _valid(array)
+        if not spec.nullable and not valid.all():
+            findings.append(_Finding(name, "null", _rows(~valid), array))
+        family = _type_family(array.type)
+        if family == "integer":
+            findings += _check_integers(name, array, valid)
+        elif family == "float":
+            findings += _check_floats(name, array, valid)
+        elif family == "timestamp":
+            findings += _check_times(name, array, valid)
+        elif family in ("string", "binary"):
+            mask = _utf8_bad(array)
+            if mask.any():
+                findings.append(_Finding(name, "not_utf8", _rows(mask), array))
+    mask = np.zeros(n, bool)
+    for finding in findings:
+        mask[finding.rows] = True
+    return BadRows(mask, findings)
+
+
+def conform(batch: pa.RecordBatch, names: Sequence[str]) -> pa.RecordBatch:
+    """``batch``'s columns ``names`` cast to the Redset types (run on rows without problems only)."""
+    known = [_FIELDS[name] for name in names]
+    arrays = []
+    for spec in known:
+        column = batch.column(spec.name)
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        arrays.append(column if column.type == spec.type else column.cast(spec.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(known, metadata=REDSET_SCHEMA.metadata))
+
+
+class _Order:
+    """Checks the stream order across batches, over the rows whose sort keys are usable."""
+
+    def __init__(self) -> None:
+        self.prev: tuple[int, int, int] | None = None  # (row, arrival µs, query_id)
+        self.first_us: int | None = None
+        self.last_us: int | None = None
+
+    def feed(self, batch: pa.RecordBatch, offset: int, usable: np.ndarray) -> list[Problem]:
+        rows = np.flatnonzero(usable)
+        if len(rows) == 0:
+            return []
+        ts_array = batch.column("arrival_timestamp").take(pa.array(rows))
+        if pa.types.is_dictionary(ts_array.type):
+            ts_array = ts_array.dictionary_decode()
+        ts = ts_array.cast(pa.timestamp("us", tz=ts_array.type.tz)).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        qid_array = batch.column("query_id").take(pa.array(rows))
+        if pa.types.is_dictionary(qid_array.type):
+            qid_array = qid_array.dictionary_decode()
+        qid = qid_array.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        index = rows + offset
+        if self.prev is not None:
+            index = np.concatenate([[self.prev[0]], index])
+            ts = np.concatenate([[self.prev[1]], ts])
+            qid = np.concatenate([[self.prev[2]], qid])
+        if self.first_us is None:
+            self.first_us = int(ts[0])
+        problems = []
+        bad = (ts[1:] < ts[:-1]) | ((ts[1:] == ts[:-1]) & (qid[1:] < qid[:-1]))
+        for i in np.flatnonzero(bad):
+            detail = (
+                f"is not sorted by (arrival_timestamp, query_id): arrival {_stamp(int(ts[i + 1]))}, "
+                f"query_id {int(qid[i + 1])} comes after row {int(index[i])} (arrival {_stamp(int(ts[i]))}, "
+                f"query_id {int(qid[i])})"
+            )
+            problems.append(Problem(int(index[i + 1]), "arrival_timestamp", "unsorted", detail))
+        self.prev = (int(index[-1]), int(ts[-1]), int(qid[-1]))
+        self.last_us = max(self.last_us or int(ts[-1]), int(ts[-1]))
+        return problems
+
+
+def _stamp(us: int) -> str:
+    return f"{_EPOCH + dt.timedelta(microseconds=us):%Y-%m-%d %H:%M:%S.%f}"
+
+
+def _unreadable_columns(pf: pq.ParquetFile, group: int, names: Sequence[str]) -> list[tuple[str, str]]:
+    """Which columns of a row group cannot be decoded, with the reader's error."""
+    broken = []
+    for name in names:
+        try:
+            for _ in pf.iter_batches(batch_size=65_536, row_groups=[group], columns=[name], use_threads=False):
+                pass
+        except (pa.ArrowException, OSError) as exc:
+            broken.append((name, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__))
+    return broken or [(names[0], "the row group cannot be read")]
+
+
+def check(path: str | os.PathLike[str], *, batch_size: int = 65_536,
+          progress: Callable[[int, int], None] | None = None) -> ValidationReport:
+    """Check every column of every row of a Parquet query log, one row group at a time.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The Parquet file.
+    batch_size : int
+        Rows decoded at a time (memory is bounded by this and one row group's pages).
+    progress : callable, optional
+        Called with (rows checked, total rows) after each batch.
+
+    Returns
+    -------
+    ValidationReport
+        Counts of every row problem per column, the first problems of each column, the summary.
+
+    Raises
+    ------
+    DataValidationError
+        For file problems: unreadable, no rows, missing/duplicated/mistyped columns.
+    """
+    path = Path(path)
+    pf = _open(path)
+    has_labels = _check_schema(pf.schema_arrow, path)
+    metadata = pf.metadata
+    report = ValidationReport(path=path, rows=metadata.num_rows, row_groups=metadata.num_row_groups,
+                              has_labels=has_labels)
+    if report.rows == 0:
+        msg = f"Query log {str(path)!r} has no rows. Regenerate it or point at a log with queries."
+        raise DataValidationError(msg, path=str(path))
+    names = [*COLUMNS, *(LABEL_COLUMNS if has_labels else ())]
+    order = _Order()
+    shown: Counter[str] = Counter()
+
+    def note(problem: Problem) -> None:
+        report.counts[problem.column] += 1
+        report.kinds[problem.kind] += 1
+        if shown[problem.column] < LINES_PER_COLUMN:
+            shown[problem.column] += 1
+            report.problems.append(problem)
+
+    offset = 0
+    for group in range(metadata.num_row_groups):
+        group_rows = metadata.row_group(group).num_rows
+        group_end = offset + group_rows
+        row = offset
+        try:
+            for batch in pf.iter_batches(batch_size=batch_size, row_groups=[group], columns=names,
+                                         use_threads=False):
+                bad = find_bad_rows(batch)
+                for finding in bad.findings:
+                    report.counts[finding.column] += len(finding.rows)
+                    report.kinds[finding.kind] += len(finding.rows)
+                    for index in finding.rows[: max(0, LINES_PER_COLUMN - shown[finding.column])]:
+                        shown[finding.column] += 1
+                        report.problems.append(Problem(row + int(index), finding.column, finding.kind,
+                                                       finding.detail(int(index))))
+                usable = np.ones(batch.num_rows, bool)
+                for finding in bad.findings:
+                    if finding.column in SORT_KEY:
+                        usable[finding.rows] = False
+                unsorted = order.feed(batch, row, usable)
+                for problem in unsorted:
+                    note(problem)
+                bad.mask[[p.row - row for p in unsorted]] = True
+                report.bad_rows += int(bad.mask.sum())
+                row += batch.num_rows
+                if progress is not None:
+                    progress(row, report.rows)
+        except (pa.ArrowException, OSError) as exc:
+            logger.debug("row group %d of %s cannot be read: %s", group, path, exc)
+            for column, error in _unreadable_columns(pf, group, names):
+                note(Problem(row, column, "unreadable",
+                             f"rows {row}..{group_end - 1} (row group {group}) cannot be decoded: {error}"))
+            report.bad_rows += group_end - row
+        offset = group_end
+    if order.first_us is not None and order.last_us is not None:
+        report.first_arrival = _EPOCH + dt.timedelta(microseconds=order.first_us)
+        report.last_arrival = _EPOCH + dt.timedelta(microseconds=order.last_us)
+    report.problems.sort(key=lambda problem: (problem.row, names.index(problem.column)))
+    logger.debug("checked path=\"%s\" rows=%d problems=%d", path, report.rows, report.total)
+    return report
+
+
+def validate(path: str | os.PathLike[str], *, batch_size: int = 65_536) -> LogSummary:
+    """Check that a Parquet query log can be replayed as it is: every column of every row.
+
+    Memory stays bounded whatever the file size (one batch of one row group at a time).
+
+    Returns
+    -------
+    LogSummary
+        Row and row-group counts, the arrival span and whether anomaly labels are present.
+
+    Raises
+    ------
+    DataValidationError
+        With ``path`` (and ``column``/``row`` of the first problem) for a file problem or any row
+        problem; the message counts them all. :func:`check` returns them instead.
+    """
+    report = check(path, batch_size=batch_size)
+    if not report.ok:
+        raise report.error()
+    return report.summary()
