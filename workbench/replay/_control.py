@@ -7,18 +7,27 @@ One documented mechanism: commands are JSON records on the control topic
 
 with ``command`` one of ``set_speed`` (value: speedup, 0 = max), ``pause``, ``resume``,
 ``seek`` (value: ISO-8601 event time), ``reset`` and ``stop``. A running replay applies each
-command within one loop tick (0.1 s). It publishes its position and a status snapshot to the
-compacted state topic (``workbench.replay_state``) under the keys ``<id>/position`` and
-``<id>/status``, the position inside the same Kafka transaction as the events it covers.
+command within one loop tick (0.1 s). Anything else on the topic (a tombstone, bytes that are
+not a JSON object, an unknown command, a speed that is negative, NaN, infinite or beyond
+:data:`MAX_SPEEDUP`, a seek to something that is not a time) is logged with its reason, shown in
+the status (``notice``) and ignored: no record can stop a replay. Commands sent after the replay
+was created but before it listened are applied too (it reads the topic from its creation time).
+
+The replay publishes its position and a status snapshot to the compacted state topic
+(``workbench.replay_state``) under the keys ``<id>/position`` and ``<id>/status``, the position
+inside the same Kafka transaction as the events it covers, signed (see :mod:`._position`) so a
+record written by anyone else cannot move the resume point.
 :class:`ReplayController` is the client any notebook or process uses.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -29,12 +38,26 @@ from workbench.broker import NO_SUCH_TOPIC, IncompleteReadError, read_range, whe
 from workbench.config import Settings
 from workbench.replay.exceptions import ReplayError
 
-__all__ = ["COMMANDS", "Command", "ReplayController", "ReplayStatus", "read_state"]
+__all__ = ["COMMANDS", "MAX_SPEEDUP", "MIN_SPEEDUP", "Command", "InvalidCommand", "ReplayController",
+           "ReplayStatus", "read_state"]
 
 logger = logging.getLogger(__name__)
 
 COMMANDS = ("set_speed", "pause", "resume", "seek", "reset", "stop")
 CommandName = Literal["set_speed", "pause", "resume", "seek", "reset", "stop"]
+
+#: Paced speeds a replay accepts (0 means unpaced). Beyond them a speed is a typo, not a wish:
+#: 1e-3x would freeze the replay for days; 1e9x is "max" with extra steps.
+MIN_SPEEDUP = 0.01
+MAX_SPEEDUP = 1_000_000.0
+
+#: Event times a seek accepts: what every consumer can decode (see workbench.data.validation).
+_SEEK_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+_SEEK_MAX = datetime(2262, 4, 10, tzinfo=UTC)
+
+
+class InvalidCommand(ReplayError, ValueError):
+    """A control record that is not a well-formed command; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -55,9 +78,44 @@ class Command:
         return orjson.dumps(asdict(self))
 
     @classmethod
-    def decode(cls, value: bytes) -> Command:
-        data = orjson.loads(value)
-        return cls(str(data["replay_id"]), str(data["command"]), data.get("value"), float(data.get("issued_at", 0)))
+    def decode(cls, value: bytes | None) -> Command:
+        """Parse and check one control record; raise :class:`InvalidCommand` saying what is wrong."""
+        if value is None:
+            msg = "a tombstone (no value) is not a command"
+            raise InvalidCommand(msg)
+        try:
+            data = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            msg = f"not JSON ({exc})"
+            raise InvalidCommand(msg) from None
+        if not isinstance(data, dict):
+            msg = f"a command is a JSON object, not {type(data).__name__}"
+            raise InvalidCommand(msg)
+        replay_id, name = data.get("replay_id"), data.get("command")
+        if not isinstance(replay_id, str) or not replay_id:
+            msg = f"replay_id must be a non-empty string, got {replay_id!r}"
+            raise InvalidCommand(msg)
+        if name not in COMMANDS:
+            msg = f"unknown command {name!r} (known: {', '.join(COMMANDS)})"
+            raise InvalidCommand(msg)
+        issued_at = data.get("issued_at", 0)
+        if isinstance(issued_at, bool) or not isinstance(issued_at, int | float) or not math.isfinite(issued_at):
+            msg = f"issued_at must be a number of seconds since 1970, got {issued_at!r}"
+            raise InvalidCommand(msg)
+        value_ = data.get("value")
+        try:
+            if name == "set_speed":
+                value_ = _validate_speed(value_)
+            elif name == "seek":
+                if not isinstance(value_, str):
+                    msg = f"seek needs an ISO-8601 date-time string, got {value_!r}"
+                    raise InvalidCommand(msg)
+                value_ = _parse_time(value_).isoformat()
+        except InvalidCommand:
+            raise
+        except ReplayError as exc:
+            raise InvalidCommand(str(exc)) from None
+        return cls(replay_id, name, value_, float(issued_at))
 
 
 @dataclass(frozen=True)
@@ -81,6 +139,13 @@ class ReplayStatus:
     pack: int = 1
     error: str | None = None
     updated_at: float = field(default_factory=time.time)
+    #: Whether the replay sends more slowly than its speed asks, and by how much event time.
+    behind: bool = False
+    behind_seconds: float = 0.0
+    #: A finished replay that still takes seek and reset (it runs under the workbench).
+    listening: bool = False
+    #: The last command the replay rejected, and why (for a UI to show).
+    notice: str | None = None
 
     @property
     def fraction(self) -> float:
@@ -94,9 +159,22 @@ class ReplayStatus:
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
 
+    @property
+    def controls(self) -> tuple[str, ...]:
+        """The commands this replay can act on now (a UI disables the others)."""
+        if self.state in ("running", "starting"):
+            return ("set_speed", "pause", "seek", "reset", "stop")
+        if self.state == "paused":
+            return ("set_speed", "resume", "seek", "reset", "stop")
+        if self.state == "finished" and self.listening:
+            return ("seek", "reset", "stop")
+        return ()
+
     @classmethod
     def from_json(cls, value: bytes) -> ReplayStatus:
         data = orjson.loads(value)
+        known = {f.name for f in fields(cls)}
+        data = {key: item for key, item in data.items() if key in known}  # a newer writer's extra fields
         for key in ("event_time", "first_event_time", "last_event_time"):
             if data.get(key):
                 data[key] = datetime.fromisoformat(data[key])
@@ -106,6 +184,8 @@ class ReplayStatus:
         clock = self.event_time.strftime("%Y-%m-%d %H:%M:%S") if self.event_time else "-"
         speed = "max" if self.speedup <= 0 else f"{self.speedup:g}x"
         eta = f", ETA {self.eta_seconds:.0f} s" if self.eta_seconds is not None else ""
+        if self.behind:
+            eta += f", {self.behind_seconds:,.0f} s of event time behind"
         return (
             f"replay {self.replay_id} [{self.state}] {clock} UTC | {self.next_row:,}/{self.rows_total:,} rows "
             f"({self.fraction:.1%}) | {self.rate_now:,.0f} rows/s now, {self.rate_avg:,.0f} avg | {speed}{eta}"
@@ -119,27 +199,46 @@ def _parse_time(value: datetime | str) -> datetime:
         except ValueError as exc:
             msg = f"seek needs an ISO-8601 date-time such as 2024-03-05T12:00:00. Got {value!r} instead."
             raise ReplayError(msg) from exc
+    if not isinstance(value, datetime):
+        msg = f"seek needs a date-time. Got {value!r} instead."
+        raise ReplayError(msg)
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        msg = f"seek needs a date-time between {_SEEK_MIN:%Y-%m-%d} and {_SEEK_MAX:%Y-%m-%d}. Got {value!r} instead."
+        raise ReplayError(msg) from exc
+    if not _SEEK_MIN <= value < _SEEK_MAX:
+        msg = f"seek needs a date-time between {_SEEK_MIN:%Y-%m-%d} and {_SEEK_MAX:%Y-%m-%d}. Got {value} instead."
+        raise ReplayError(msg)
+    return value
 
 
 def _latest_value(consumer: Consumer, topic: str, start: int, end: int, wanted: bytes,
-                  deadline: float) -> bytes | None:
-    """Latest value of ``wanted`` in offsets [start, end) of the state partition."""
+                  deadline: float, accept: Callable[[bytes], bool] | None) -> bytes | None:
+    """Latest value of ``wanted`` in offsets [start, end) of the state partition that ``accept`` takes."""
     latest: bytes | None = None
     for message in read_range(consumer, topic, 0, start, end, deadline):
-        if message.key() == wanted:
-            latest = message.value()
+        if message.key() != wanted or message.value() is None:
+            continue
+        if accept is not None and not accept(message.value()):
+            logger.warning("ignoring the record under %r at offset %d of %s: not written by a replay of this "
+                           "workbench", wanted.decode(errors="replace"), message.offset(), topic)
+            continue
+        latest = message.value()
     return latest
 
 
-def read_state(settings: Settings, key: str, *, committed: bool = False, timeout: float = 30.0) -> bytes | None:
+def read_state(settings: Settings, key: str, *, committed: bool = False, timeout: float = 30.0,
+               accept: Callable[[bytes], bool] | None = None) -> bytes | None:
     """The latest value under ``key`` in the replay state topic, or None if it has none.
 
     ``committed=True`` reads only records of committed transactions (positions, which decide
     where a replay resumes); its end is then the last stable offset, which the watermark query
     reports under that isolation level. Status snapshots don't need that and are read without it.
+    ``accept`` (optional) skips records it returns False for (forged positions), so the latest
+    accepted one is returned.
 
     Raises
     ------
@@ -177,9 +276,9 @@ def read_state(settings: Settings, key: str, *, committed: bool = False, timeout
         # second): read the tail first, the whole compacted topic only when that misses.
         try:
             tail_start = max(low, high - 64)
-            latest = _latest_value(consumer, topic, tail_start, high, wanted, deadline)
+            latest = _latest_value(consumer, topic, tail_start, high, wanted, deadline, accept)
             if latest is None and tail_start > low:
-                latest = _latest_value(consumer, topic, low, high, wanted, deadline)
+                latest = _latest_value(consumer, topic, low, high, wanted, deadline, accept)
         except IncompleteReadError:
             msg = (f"Could not read {key!r} from the replay state topic {topic!r} at "
                    f"{settings.bootstrap_servers} within {timeout:.0f} s (offsets {low}..{high}); is the broker "
@@ -241,17 +340,22 @@ class ReplayController:
 
 
 def _validate_speed(speedup: float | str) -> float:
+    """A checked speed: 0 for unpaced ("max", "0"), else a finite number in [MIN_SPEEDUP, MAX_SPEEDUP]."""
     if isinstance(speedup, str):
-        if speedup.strip().lower() in ("max", "inf", "0"):
+        if speedup.strip().lower() in ("max", "0"):
             return 0.0
         try:
-            speedup = float(speedup.rstrip("xX"))
+            speedup = float(speedup.strip().rstrip("xX"))
         except ValueError as exc:
-            msg = f"The speedup must be a number >= 0 or 'max'. Got {speedup!r} instead."
+            msg = f"The speedup must be a number or 'max'. Got {speedup!r} instead."
             raise ReplayError(msg) from exc
-    if not speedup >= 0 or speedup == float("inf"):
-        if speedup == float("inf"):
-            return 0.0
-        msg = f"The speedup must be a number >= 0 (0 = as fast as possible). Got {speedup!r} instead."
+    if isinstance(speedup, bool) or not isinstance(speedup, int | float):
+        msg = f"The speedup must be a number or 'max'. Got {speedup!r} instead."
+        raise ReplayError(msg)
+    if speedup == 0:
+        return 0.0
+    if not math.isfinite(speedup) or not MIN_SPEEDUP <= speedup <= MAX_SPEEDUP:
+        msg = (f"The speedup must be between {MIN_SPEEDUP:g} and {MAX_SPEEDUP:,.0f} event seconds per wall second, "
+               f"or 0/'max' for as fast as possible. Got {speedup!r} instead.")
         raise ReplayError(msg)
     return float(speedup)

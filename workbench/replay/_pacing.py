@@ -2,7 +2,10 @@
 
 The pacer keeps one anchor (an event time and the wall time it corresponds to) and a speed.
 Everything is computed from the anchor, so steady state never accumulates drift; a speed
-change, pause or seek re-anchors at the current event time so the clock never jumps.
+change, pause or seek re-anchors so the clock never jumps forward. When the replay is behind
+schedule (the broker or the encoder cannot keep up), the re-anchor is at the next row actually
+due to be sent, not where the schedule says the replay should be: otherwise the backlog would go
+out unpaced after a pause or a speed change, and the new speed would not hold.
 """
 
 from __future__ import annotations
@@ -92,21 +95,37 @@ class Pacer:
             return self._wall_anchor
         return self._wall_anchor + (event_us - self._event_anchor_us) / (self.speedup * _US)
 
-    def set_speed(self, speedup: float, now: float, current_event_us: int | None) -> None:
-        """Change speed without a jump: re-anchor at the event time reached so far."""
+    def behind_us(self, now: float, next_event_us: int | None) -> int:
+        """How much event time the schedule is ahead of the next unsent row (0 when on time)."""
+        reached = self.event_clock(now)
+        if reached is None or next_event_us is None or self.paused:
+            return 0
+        return max(0, reached - next_event_us)
+
+    def _reached(self, now: float, next_event_us: int | None) -> int | None:
+        """Where to re-anchor: the schedule's event time, or the next unsent row if that is earlier."""
         reached = self.event_clock(now)
         if reached is None:
-            reached = current_event_us
+            return next_event_us
+        if next_event_us is not None and next_event_us < reached:
+            return next_event_us
+        return reached
+
+    def set_speed(self, speedup: float, now: float, next_event_us: int | None) -> None:
+        """Change speed from now on: re-anchor where the replay really is (see :meth:`_reached`)."""
+        reached = self._reached(now, next_event_us)
         self.speedup = float(speedup)
         if reached is not None:
             self._event_anchor_us = reached
             self._wall_anchor = now
+            if self._paused_at_us is not None:
+                self._paused_at_us = reached
 
-    def pause(self, now: float, current_event_us: int | None) -> None:
-        """Freeze the event clock where it is."""
+    def pause(self, now: float, next_event_us: int | None) -> None:
+        """Freeze the event clock at the next row to send (or the schedule, when on time)."""
         if self._paused_at_us is None:
-            reached = self.event_clock(now)
-            self._paused_at_us = reached if reached is not None else (current_event_us or 0)
+            reached = self._reached(now, next_event_us)
+            self._paused_at_us = reached if reached is not None else 0
 
     def resume(self, now: float) -> None:
         """Continue from the frozen event time."""

@@ -4,6 +4,10 @@ Exactly-once by construction: every batch of events is produced inside one Kafka
 together with the replay's new position (on the compacted state topic). A replay killed at
 any point resumes from the last committed position, and consumers reading committed data
 (``isolation.level=read_committed``) never see a row twice nor miss one.
+
+A row the replay cannot send (found by the same rules as ``workbench validate``, or failing to
+encode) goes to the dead-letter topic, with its reason, in the transaction that moves the
+position past it: it is dead-lettered exactly once and can never stop the replay in a loop.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +28,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from workbench.broker import ensure_topics
+from workbench.broker import ensure_topics, when_ready
 from workbench.config import Settings, get_settings
-from workbench.data import codec
-from workbench.replay._control import Command, ReplayStatus, _parse_time, _validate_speed, read_state
+from workbench.data import COLUMNS, codec
+from workbench.data.validation import MAX_EVENT_TIME, check, conform, find_bad_rows
+from workbench.replay._control import (
+    Command,
+    InvalidCommand,
+    ReplayStatus,
+    _parse_time,
+    _validate_speed,
+    read_state,
+)
 from workbench.replay._pacing import Clock, Pacer, SystemClock
+from workbench.replay._position import Position, PositionSigner
 from workbench.replay._source import LogFile
 from workbench.replay.exceptions import ReplayError
 
@@ -37,6 +50,8 @@ __all__ = ["BatchReport", "Replay"]
 logger = logging.getLogger(__name__)
 
 _US = 1_000_000
+#: Event times past this are unusable for pacing (see workbench.data.validation).
+_MAX_EVENT_US = (MAX_EVENT_TIME - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 #: What encoding a row can raise (e.g. a timestamp beyond year 9999 has no Python datetime).
 _ENCODE_ERRORS = (TypeError, ValueError, OverflowError, pa.ArrowException)
@@ -104,6 +119,24 @@ class Replay:
         Wall clock (tests pass a fake one).
     observer : callable, optional
         Called with a :class:`BatchReport` after each committed batch.
+    validate : bool
+        Check every row of the file first (as ``workbench validate``) and refuse a file with problems.
+    skip_bad_rows : bool
+        Replay a file with row problems anyway: the bad rows go to the dead-letter topic with their
+        reason, the rest is replayed. Rows out of order or undecodable pages still refuse the file.
+    linger : bool
+        Keep listening after the last row (as under the workbench): seek and reset replay again,
+        pause/resume/speed are rejected with a notice, stop ends the run.
+    run_token : str, optional
+        Names one logical run across restarts. With ``reset``, a restart that finds a position
+        written by the same run token resumes from it instead of resetting again, so a supervisor
+        can restart with the very same arguments and never skips nor repeats a row.
+    commands_since : float, optional
+        Apply control commands sent since this Unix time (default: when this object was created),
+        so commands sent before the replay listens are not lost. A restart of the same run resumes
+        at the control offset saved with the position instead.
+    commit_timeout : float
+        Seconds to wait for a transaction commit before retrying it.
     """
 
     def __init__(
@@ -121,6 +154,11 @@ class Replay:
         tick: float = 0.1,
         validate: bool = True,
         pack_span_s: float = 180.0,
+        skip_bad_rows: bool = False,
+        linger: bool = False,
+        run_token: str | None = None,
+        commands_since: float | None = None,
+        commit_timeout: float = 60.0,
     ) -> None:
         self.data = Path(data).expanduser().resolve()
         self.settings = settings or get_settings()
@@ -143,6 +181,11 @@ class Replay:
         self.observer = observer
         self.tick = tick
         self.validate = validate
+        self.skip_bad_rows = skip_bad_rows
+        self.linger = linger
+        self.run_token = run_token
+        self.commands_since = time.time() if commands_since is None else float(commands_since)
+        self.commit_timeout = commit_timeout
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._status_lock = threading.Lock()
@@ -181,6 +224,18 @@ class Replay:
         with self._status_lock:
             return self._status
 
+    def _set_status(self, snapshot: ReplayStatus) -> None:
+        with self._status_lock:
+            self._status = snapshot
+
+    def _take_commands(self) -> list[Command]:
+        commands: list[Command] = []
+        while True:
+            try:
+                commands.append(self._commands.get_nowait())
+            except queue.Empty:
+                return commands
+
     @property
     def error(self) -> BaseException | None:
         """The exception that ended a background run, if any."""
@@ -215,15 +270,23 @@ class Replay:
     def run(self, *, timeout: float | None = None, progress: Callable[[ReplayStatus], None] | None = None
             ) -> ReplayStatus:
         """Replay in the calling thread until the file ends, ``stop()`` or ``timeout`` seconds."""
-        return _ReplayRun(self, timeout=timeout, progress=progress).execute()
+        return _ReplayRun(self, inbox=self._take_commands, on_status=self._set_status, timeout=timeout,
+                          progress=progress).execute()
 
 
 class _ReplayRun:
-    """The state of one run of a :class:`Replay` (kept apart so the public object stays small)."""
+    """The state of one run of a :class:`Replay` (kept apart so the public object stays small).
 
-    def __init__(self, replay: Replay, *, timeout: float | None,
+    It reads the replay's public configuration; commands and status pass through the two
+    callables the replay hands over (``inbox``, ``on_status``), never through its private fields.
+    """
+
+    def __init__(self, replay: Replay, *, inbox: Callable[[], list[Command]],
+                 on_status: Callable[[ReplayStatus], None], timeout: float | None,
                  progress: Callable[[ReplayStatus], None] | None) -> None:
         self.replay = replay
+        self.inbox = inbox
+        self.on_status = on_status
         self.settings = replay.settings
         self.clock = replay.clock
         self.timeout = timeout
@@ -239,20 +302,28 @@ class _ReplayRun:
         self._rate_mark = (self.started, 0)
         self._last_status_publish = -1e9
         self.current_event_us: int | None = None
+        self.next_event_us: int | None = None  # event time of the next row to send, when known
+        self.notice: str | None = None
+        self.control_offset: int | None = None
         self._last_commit = -1e9
-        self._pending_dead_letters: list[tuple[bytes, list]] = []
+        # (row, value, headers): sent in the transaction whose position passes the row.
+        self._pending_dead_letters: list[tuple[int, bytes, list]] = []
 
     # -- setup ---------------------------------------------------------------------------------
     def _open(self) -> None:
         replay = self.replay
         if replay.validate:
-            from workbench.data.schema import validate
-
-            validate(replay.data)
+            report = check(replay.data)
+            if not report.ok:
+                if not (replay.skip_bad_rows and report.skippable):
+                    raise report.error()
+                logger.warning("replay %s: %s; the bad rows go to the dead-letter topic", replay.replay_id,
+                               report.verdict())
         self.log = LogFile(replay.data)
-        self.first_event_us = self.log.first_time_us()
-        self.last_event_us = self.log.last_time_us()
+        self.first_event_us = self._event_time(0)
+        self.last_event_us = self._event_time(self.log.num_rows - 1)
         ensure_topics(self.settings)
+        self.signer = PositionSigner(self.settings)
         self.producer = Producer(
             {
                 **self.settings.kafka_client_config(),
@@ -275,7 +346,19 @@ class _ReplayRun:
             raise ReplayError(msg) from exc
         # Only now: init_transactions has fenced (and so aborted) any open transaction of a killed
         # predecessor, so the committed position below is final.
-        self.next_row = 0 if replay.reset else self._saved_position()
+        saved = self._saved_position()
+        same_run = saved is not None and replay.run_token is not None and saved.run_token == replay.run_token
+        if saved is not None and (same_run or not replay.reset):
+            self.next_row = saved.next_row
+            if same_run:
+                self.control_offset = saved.control_offset
+                if saved.speedup is not None:
+                    self.pacer.speedup = saved.speedup
+                    replay.speedup = saved.speedup
+            logger.info("replay %s resumes at row %d (%s)", replay.replay_id, self.next_row,
+                        "same run" if same_run else "saved position")
+        else:
+            self.next_row = 0
         self.control = Consumer(
             {
                 **self.settings.kafka_client_config(),
@@ -285,80 +368,148 @@ class _ReplayRun:
                 "log_level": 3,
             }
         )
-        control_partition = TopicPartition(self.settings.topic_replay_control, 0)
-        _, high = self.control.get_watermark_offsets(control_partition, timeout=10)
-        # Only commands issued from now on apply; old ones in the topic are history.
-        self.control.assign([TopicPartition(self.settings.topic_replay_control, 0, high)])
+        topic = self.settings.topic_replay_control
+        if self.control_offset is None:
+            # Commands sent since the replay was created apply, even those sent before it listened.
+            since = TopicPartition(topic, 0, int(replay.commands_since * 1000))
+            deadline = time.monotonic() + 30
+            found = when_ready(lambda remaining: self.control.offsets_for_times([since], timeout=remaining),
+                               deadline)[0].offset
+            if found < 0:  # nothing that recent: start at the end
+                found = when_ready(lambda remaining: self.control.get_watermark_offsets(
+                    TopicPartition(topic, 0), timeout=remaining), deadline)[1]
+            self.control_offset = found
+        self.control.assign([TopicPartition(topic, 0, self.control_offset)])
+        # Committed before any row is sent: a restart after any failure resumes from here (with
+        # the same run token), never from an older position of an earlier run.
+        self._commit_batch([], self.next_row, force_status=True)
 
-    def _saved_position(self) -> int:
-        value = read_state(self.settings, self.position_key.decode(), committed=True)
-        if value is None:
-            return 0
-        saved = orjson.loads(value)
-        if saved.get("fingerprint") != self.log.fingerprint:
+    def _event_time(self, row: int) -> int | None:
+        """Arrival time of ``row``, or None past the end or where the row's time is unusable."""
+        if row < 0:
+            return None
+        try:
+            value = self.log.event_time_us(row)
+        except (TypeError, ValueError, OverflowError, pa.ArrowException):
+            return None
+        return value if value is None or 0 <= value < _MAX_EVENT_US else None
+
+    def _saved_position(self) -> Position | None:
+        value = read_state(self.settings, self.position_key.decode(), committed=True, accept=self.signer.accepts)
+        saved = self.signer.decode(value) if value is not None else None
+        if saved is None:
+            return None
+        if saved.fingerprint != self.log.fingerprint and not self.replay.reset:
             msg = (
                 f"Replay {self.replay.replay_id!r} has a saved position in another file "
-                f"({saved.get('file')}, row {saved.get('next_row')}), not {self.replay.data}. "
+                f"({saved.file}, row {saved.next_row}), not {self.replay.data}. "
                 "Pass reset=True (CLI: --reset) to start this file from its first row, or use another replay_id."
             )
             raise ReplayError(msg)
-        return int(saved["next_row"])
+        return saved if saved.fingerprint == self.log.fingerprint else None
 
     # -- commands --------------------------------------------------------------------------------
     def _drain_commands(self) -> list[Command]:
-        commands: list[Command] = []
-        while True:
-            try:
-                commands.append(self.replay._commands.get_nowait())
-            except queue.Empty:
-                break
+        commands = self.inbox()
         for message in self.control.consume(num_messages=100, timeout=0):
             if message.error():
                 continue
+            self.control_offset = message.offset() + 1
             try:
                 command = Command.decode(message.value())
-            except (ValueError, KeyError, TypeError) as exc:
-                logger.warning("ignoring malformed replay command %r: %s", message.value()[:200], exc)
+            except InvalidCommand as exc:
+                self._reject(f"ignored control record at offset {message.offset()}: {exc}",
+                             preview=message.value())
                 continue
             if command.replay_id == self.replay.replay_id:
                 commands.append(command)
         return commands
 
+    def _reject(self, reason: str, preview: bytes | None = None) -> None:
+        """Log a command that cannot apply and show it in the status; the replay goes on."""
+        shown = "" if preview is None else f" {preview[:200]!r}"
+        logger.warning("replay %s: %s%s", self.replay.replay_id, reason, shown)
+        self.notice = reason
+        self._last_status_publish = -1e9  # publish the notice with the next status
+
     def _apply(self, command: Command) -> bool:
-        """Apply one command; True when the iterator must restart at ``self.next_row``."""
-        now = self.clock.monotonic()
-        logger.info("replay %s: %s %s", self.replay.replay_id, command.command, command.value or "")
-        if command.command == "set_speed":
-            self.pacer.set_speed(_validate_speed(command.value), now, self.current_event_us)
-            self.replay.speedup = self.pacer.speedup
-        elif command.command == "pause":
-            self.pacer.pause(now, self.current_event_us)
-            self.state = "paused"
-        elif command.command == "resume":
-            self.pacer.resume(now)
-            self.state = "running"
-        elif command.command in ("seek", "reset"):
-            if command.command == "reset":
-                self.next_row = 0
-            else:
-                target = int(_parse_time(command.value).timestamp() * _US)
-                self.next_row = self.log.row_at_or_after(target)
-            event_us = self.log.event_time_us(self.next_row)
-            if event_us is not None:
-                paused = self.pacer.paused
-                self.pacer.anchor(event_us, now)
-                self.current_event_us = event_us
-                if paused:
-                    self.state = "paused"
-            # The new position is committed at once, so a restart continues from here.
-            self._commit_batch([], self.next_row, force_status=True)
-            return True
-        elif command.command == "stop":
-            self.state = "stopped"
+        """Apply one command through :data:`_HANDLERS`; True when the batches restart at ``next_row``."""
+        logger.info("replay %s: %s %s", self.replay.replay_id, command.command,
+                    "" if command.value is None else command.value)
+        if self.state == "finished" and command.command in _LIVE_ONLY:
+            self._reject(f"{command.command} ignored: replay {self.replay.replay_id!r} finished at row "
+                         f"{self.next_row:,} of {self.log.num_rows:,}; seek or reset to replay again")
+            return False
+        try:
+            return _HANDLERS[command.command](self, command.value)
+        except ReplayError as exc:
+            self._reject(f"{command.command} {command.value!r} ignored: {exc}")
+            return False
+
+    def _on_speed(self, value: object) -> bool:
+        speed = _validate_speed(value)  # type: ignore[arg-type]
+        self.pacer.set_speed(speed, self.clock.monotonic(), self.next_event_us)
+        self.replay.speedup = self.pacer.speedup
         return False
 
+    def _on_pause(self, value: object) -> bool:
+        self.pacer.pause(self.clock.monotonic(), self.next_event_us)
+        self.state = "paused"
+        return False
+
+    def _on_resume(self, value: object) -> bool:
+        self.pacer.resume(self.clock.monotonic())
+        self.state = "running"
+        return False
+
+    def _on_seek(self, value: object) -> bool:
+        target = int(_parse_time(value).timestamp() * _US)  # type: ignore[arg-type]
+        return self._move_to(self.log.row_at_or_after(target))
+
+    def _on_reset(self, value: object) -> bool:
+        return self._move_to(0)
+
+    def _on_stop(self, value: object) -> bool:
+        self.state = "stopped"
+        return False
+
+    def _move_to(self, row: int) -> bool:
+        self.next_row = row
+        # Dead letters of rows not yet passed belong to the old course; the rows are checked again.
+        self._pending_dead_letters.clear()
+        event_us = self._event_time(row)
+        now = self.clock.monotonic()
+        if event_us is not None:
+            self.pacer.anchor(event_us, now)
+            self.current_event_us = event_us
+            self.next_event_us = event_us
+        if row < self.log.num_rows:
+            self.state = "paused" if self.pacer.paused else "running"
+        # The new position is committed at once, so a restart continues from here.
+        self._commit_batch([], self.next_row, force_status=True)
+        return True
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
+        """(file row of each row, rows cast to the Redset types) with the bad rows taken out."""
+        for first_row, raw in self.log.batches(self.next_row, self.replay.batch_size, cast=False):
+            rows = np.arange(first_row, first_row + raw.num_rows)
+            bad = find_bad_rows(raw)
+            if bad.mask.any():
+                for index, reason in sorted(bad.reasons().items()):
+                    self._dead_letter(raw.slice(index, 1), int(rows[index]), reason)
+                keep = ~bad.mask
+                rows = rows[keep]
+                raw = raw.filter(pa.array(keep))
+            if raw.num_rows == 0:
+                # Nothing to send, but the position moves past the bad rows (with their dead letters).
+                self._commit_batch([], first_row + len(bad.mask))
+                self.next_row = first_row + len(bad.mask)
+                continue
+            yield rows, conform(raw, COLUMNS)
+
     # -- sending ---------------------------------------------------------------------------------
-    def _encode(self, batch: pa.RecordBatch, first_row: int) -> list[tuple[bytes, bytes, int, list]]:
+    def _encode(self, batch: pa.RecordBatch, rows: np.ndarray) -> list[tuple[bytes, bytes, int, list]]:
         """(key, value, timestamp_ms, headers) per message, in order; bad rows go to dead letters."""
         keys = batch.column("instance_id").to_numpy()
         times_ms = pc.cast(batch.column("arrival_timestamp"), pa.int64()).to_numpy() // 1000
@@ -372,7 +523,7 @@ class _ReplayRun:
                         values.extend(codec.encode_json(batch.slice(index, 1)))
                     except _ENCODE_ERRORS as exc:
                         values.append(None)  # type: ignore[arg-type]
-                        self._dead_letter(batch.slice(index, 1), first_row + index, f"cannot encode row: {exc}")
+                        self._dead_letter(batch.slice(index, 1), int(rows[index]), f"cannot encode row: {exc}")
             headers = codec.message_headers(codec.ENCODING_JSON, 1)
             return [
                 (str(key).encode(), value, int(ts), headers)
@@ -391,7 +542,7 @@ class _ReplayRun:
                 try:
                     value = codec.encode_arrow(piece)
                 except _ENCODE_ERRORS as exc:
-                    self._dead_letter(piece, first_row + int(indices[0]), f"cannot encode rows: {exc}")
+                    self._dead_letter(piece, int(rows[indices[0]]), f"cannot encode rows: {exc}")
                     continue
                 headers = codec.message_headers(codec.ENCODING_ARROW, len(indices))
                 messages.append((str(keys[indices[0]]).encode(), value, int(times_ms[indices[0]]), headers))
@@ -399,16 +550,22 @@ class _ReplayRun:
         return messages
 
     def _dead_letter(self, rows: pa.RecordBatch, row: int, reason: str) -> None:
-        """Queue rows that cannot be encoded for the dead-letter topic (sent in the next transaction)."""
-        self.dead_letters += 1
+        """Queue rows that cannot be sent for the dead-letter topic (sent with the position passing them)."""
         logger.warning("replay %s: row %d of %s sent to dead letters: %s", self.replay.replay_id, row,
                        self.replay.data, reason)
         # Every value as text: the row failed to convert to Python objects once already.
-        as_text = {name: pc.cast(rows.column(name), pa.string()).to_pylist() for name in rows.schema.names}
+        as_text = {}
+        for name in rows.schema.names:
+            column = rows.column(name)
+            try:
+                as_text[name] = pc.cast(column, pa.string()).to_pylist()
+            except (pa.ArrowException, UnicodeDecodeError):
+                as_text[name] = [repr(value) for value in column.cast(pa.binary(), safe=False).to_pylist()] \
+                    if _is_text(column.type) else [str(column[i]) for i in range(len(column))]
         value = orjson.dumps({"source": str(self.replay.data), "row": row, "reason": reason, "columns": as_text})
         headers = [("reason", reason.encode()), ("source", b"replay"), ("file", str(self.replay.data).encode()),
-                   ("row", str(row).encode())]
-        self._pending_dead_letters.append((value, headers))
+                   ("row", str(row).encode()), ("replay_id", self.replay.replay_id.encode())]
+        self._pending_dead_letters.append((row, value, headers))
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, timestamp: int = 0,
                  headers: list | None = None) -> None:
@@ -419,39 +576,78 @@ class _ReplayRun:
             except BufferError:
                 self.producer.poll(0.05)
 
+    def _position(self, next_row: int) -> bytes:
+        return self.signer.encode(Position(
+            replay_id=self.replay.replay_id, file=str(self.replay.data), fingerprint=self.log.fingerprint,
+            next_row=next_row, rows_total=self.log.num_rows, run_token=self.replay.run_token,
+            control_offset=self.control_offset if hasattr(self, "control") else None,
+            speedup=self.pacer.speedup, paused=self.pacer.paused,
+        ))
+
     def _commit_batch(self, messages: list, next_row: int, *, force_status: bool = False) -> None:
-        """Produce ``messages`` and the new position in one transaction (retrying abortable errors)."""
+        """Produce ``messages``, the dead letters of rows before ``next_row`` and the new position in
+        one transaction.
+
+        An abortable error aborts and retries the whole batch; a commit that times out is resumed
+        (``commit_transaction`` again: it may have reached the broker), and if that fails too the
+        transaction is aborted and the batch retried. A transaction is never begun while one is open.
+        """
+        dead = [(value, headers) for row, value, headers in self._pending_dead_letters if row < next_row]
         for attempt in range(1, 6):
+            open_txn = False
             try:
                 self.producer.begin_transaction()
+                open_txn = True
                 for key, value, timestamp, headers in messages:
                     self._produce(self.settings.topic_query_events, key, value, timestamp, headers)
-                for value, headers in self._pending_dead_letters:
+                for value, headers in dead:
                     self._produce(self.settings.topic_dead_letter, None, value, 0, headers)
-                position = {
-                    "replay_id": self.replay.replay_id, "file": str(self.replay.data),
-                    "fingerprint": self.log.fingerprint, "next_row": next_row, "rows_total": self.log.num_rows,
-                }
-                self._produce(self.settings.topic_replay_state, self.position_key, orjson.dumps(position))
+                self._produce(self.settings.topic_replay_state, self.position_key, self._position(next_row))
                 now = self.clock.monotonic()
                 if force_status or now - self._last_status_publish >= 1.0:
                     self._last_status_publish = now
                     self._produce(self.settings.topic_replay_state, self.status_key,
                                   self._snapshot(next_row).to_json())
-                self.producer.commit_transaction(60)
-                self._pending_dead_letters.clear()
+                self._commit(attempt)
+                open_txn = False
+                self.dead_letters += len(dead)
+                self._pending_dead_letters = [item for item in self._pending_dead_letters if item[0] >= next_row]
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
                 if error.fatal() or (not error.txn_requires_abort() and not error.retriable()):
                     msg = f"Replay {self.replay.replay_id!r} cannot write to Kafka: {error.str()}"
                     raise ReplayError(msg) from exc
-                logger.warning("replay transaction failed (attempt %d): %s; retrying", attempt, error.str())
-                if error.txn_requires_abort():
-                    self.producer.abort_transaction(30)
+                logger.warning("replay transaction failed (attempt %d): %s; retrying the batch", attempt, error.str())
+                if open_txn:
+                    self._abort()
                 time.sleep(min(2.0, 0.1 * 2**attempt))
         msg = f"Replay {self.replay.replay_id!r} could not commit a batch after 5 attempts."
         raise ReplayError(msg)
+
+    def _commit(self, attempt: int) -> None:
+        """Commit the open transaction; a timed-out commit is resumed once with the full timeout."""
+        timeout = self.replay.commit_timeout
+        try:
+            self.producer.commit_transaction(timeout)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if not error.retriable() or error.txn_requires_abort() or error.fatal():
+                raise
+            logger.warning("replay commit did not finish within %.3g s (attempt %d): %s; resuming it",
+                           timeout, attempt, error.str())
+            self.producer.commit_transaction(max(timeout, 60.0))
+
+    def _abort(self) -> None:
+        for _ in range(3):
+            try:
+                self.producer.abort_transaction(30)
+                return
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.fatal() or not error.retriable():
+                    msg = f"Replay {self.replay.replay_id!r} cannot abort a transaction: {error.str()}"
+                    raise ReplayError(msg) from exc
 
     # -- status ---------------------------------------------------------------------------------
     def _snapshot(self, next_row: int | None = None) -> ReplayStatus:
@@ -466,15 +662,20 @@ class _ReplayRun:
         rate_avg = self.rows_sent / elapsed
         last_us = self.last_event_us
         remaining_rows = self.log.num_rows - next_row
+        behind_s = self.pacer.behind_us(now, self.next_event_us) / _US if self.state == "running" else 0.0
+        # Behind: more than a second of wall time at this speed (one batch of slack is normal).
+        behind = self.pacer.speedup > 0 and behind_s > self.pacer.speedup
+        rate = self.rate_now or rate_avg
         eta: float | None
         if remaining_rows <= 0:
             eta = 0.0
-        elif self.pacer.paused:
+        elif self.pacer.paused or self.state != "running":
             eta = None
         elif self.pacer.speedup > 0 and last_us is not None and self.current_event_us is not None:
             eta = max(0.0, (last_us - self.current_event_us) / _US / self.pacer.speedup)
+            if behind and rate > 0:  # the schedule cannot be kept: the measured rate decides
+                eta = max(eta, remaining_rows / rate)
         else:
-            rate = self.rate_now or rate_avg
             eta = remaining_rows / rate if rate > 0 else None
         return ReplayStatus(
             replay_id=self.replay.replay_id, file=str(self.replay.data), state=self.state,
@@ -482,13 +683,13 @@ class _ReplayRun:
             next_row=next_row, event_time=_us_to_datetime(self.current_event_us),
             first_event_time=_us_to_datetime(self.first_event_us), last_event_time=_us_to_datetime(last_us),
             rate_now=self.rate_now, rate_avg=rate_avg, eta_seconds=eta, dead_letters=self.dead_letters,
-            pack=self.replay.pack,
+            pack=self.replay.pack, behind=behind, behind_seconds=round(behind_s, 3),
+            listening=self.replay.linger and self.state == "finished", notice=self.notice,
         )
 
     def _publish_status(self, force: bool = False) -> None:
         snapshot = self._snapshot()
-        with self.replay._status_lock:
-            self.replay._status = snapshot
+        self.on_status(snapshot)
         if self.progress is not None:
             self.progress(snapshot)
         now = self.clock.monotonic()
@@ -513,15 +714,16 @@ class _ReplayRun:
 
     def _loop(self) -> ReplayStatus:
         replay = self.replay
-        batches = self.log.batches(self.next_row, replay.batch_size)
+        batches = self._batches()
         pending: pa.RecordBatch | None = None
-        pending_first_row = self.next_row
+        pending_rows: np.ndarray | None = None
         pending_times: np.ndarray | None = None
         deadline = None if self.timeout is None else self.started + self.timeout
-        first_event = self.log.event_time_us(self.next_row)
+        first_event = self._event_time(self.next_row)
         if first_event is not None:
             self.pacer.anchor(first_event, self.clock.monotonic())
             self.current_event_us = first_event
+            self.next_event_us = first_event
         self.state = "running"
         logger.info("replay %s: %s from row %d of %d at %s", replay.replay_id, replay.data, self.next_row,
                     self.log.num_rows, "max speed" if self.pacer.unpaced else f"{self.pacer.speedup:g}x")
@@ -533,24 +735,33 @@ class _ReplayRun:
             if self.state == "stopped":
                 break
             if restart:
-                batches = self.log.batches(self.next_row, replay.batch_size)
+                batches = self._batches()
                 pending = None
             if deadline is not None and self.clock.monotonic() >= deadline:
                 self.state = "stopped"
                 break
-            if self.pacer.paused:
+            if self.state == "finished" or self.pacer.paused:
                 self._publish_status()
                 self.clock.sleep(replay.tick)
                 continue
             if pending is None:
                 try:
-                    pending_first_row, pending = next(batches)
+                    pending_rows, pending = next(batches)
                 except StopIteration:
                     self.state = "finished"
+                    self.next_row = self.log.num_rows
+                    self.next_event_us = None
+                    self._publish_status(force=True)
+                    if replay.linger:
+                        logger.info("replay %s finished; listening for seek or reset", replay.replay_id)
+                        continue
                     break
                 pending_times = pc.cast(pending.column("arrival_timestamp"), pa.int64()).to_numpy()
+                self.next_event_us = int(pending_times[0])
+                if not self.pacer.anchored:
+                    self.pacer.anchor(self.next_event_us, self.clock.monotonic())
             now = self.clock.monotonic()
-            assert pending_times is not None
+            assert pending_times is not None and pending_rows is not None
             if self.pacer.unpaced:
                 count = pending.num_rows
             else:
@@ -564,26 +775,45 @@ class _ReplayRun:
                 self.clock.sleep(min(replay.tick, max(wait, 0.001)))
                 continue
             chunk = pending.slice(0, count)
-            messages = self._encode(chunk, pending_first_row)
-            next_row = pending_first_row + count
+            messages = self._encode(chunk, pending_rows[:count])
+            next_row = int(pending_rows[count - 1]) + 1
             self._commit_batch(messages, next_row)
             self._last_commit = now
             self.rows_sent += count
             self.next_row = next_row
             self.current_event_us = int(pending_times[count - 1])
             if replay.observer is not None:
-                replay.observer(BatchReport(pending_first_row, count, len(messages), int(pending_times[0]),
+                replay.observer(BatchReport(int(pending_rows[0]), count, len(messages), int(pending_times[0]),
                                             int(pending_times[count - 1]), now, self.pacer.speedup))
             if count < pending.num_rows:
                 pending = pending.slice(count)
                 pending_times = pending_times[count:]
-                pending_first_row = next_row
+                pending_rows = pending_rows[count:]
+                self.next_event_us = int(pending_times[0])
             else:
                 pending = None
+                self.next_event_us = self._event_time(next_row)
             self._publish_status()
         logger.info("replay %s %s at row %d of %d (%d rows sent this run)", replay.replay_id, self.state,
                     self.next_row, self.log.num_rows, self.rows_sent)
         snapshot = self._snapshot()
-        with replay._status_lock:
-            replay._status = snapshot
+        self.on_status(snapshot)
         return snapshot
+
+
+def _is_text(type_: pa.DataType) -> bool:
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_)
+
+
+#: Commands that act on a running replay only; a finished one rejects them with a notice.
+_LIVE_ONLY = frozenset({"set_speed", "pause", "resume"})
+
+#: One handler per command (value -> whether the batches restart); extend together with COMMANDS.
+_HANDLERS: dict[str, Callable[[_ReplayRun, object], bool]] = {
+    "set_speed": _ReplayRun._on_speed,
+    "pause": _ReplayRun._on_pause,
+    "resume": _ReplayRun._on_resume,
+    "seek": _ReplayRun._on_seek,
+    "reset": _ReplayRun._on_reset,
+    "stop": _ReplayRun._on_stop,
+}

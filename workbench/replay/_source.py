@@ -93,8 +93,12 @@ class LogFile:
                 return self._group_starts[group] + offset
         return self.num_rows
 
-    def batches(self, start_row: int = 0, batch_size: int = 8192) -> Iterator[tuple[int, pa.RecordBatch]]:
-        """Yield ``(first_row_index, batch)`` from ``start_row`` to the end, in file order."""
+    def batches(self, start_row: int = 0, batch_size: int = 8192, *,
+                cast: bool = True) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """Yield ``(first_row_index, batch)`` from ``start_row`` to the end, in file order.
+
+        ``cast=False`` yields the columns as stored, for a caller that checks rows before casting.
+        """
         if start_row >= self.num_rows:
             return
         first_group = self._group_of(start_row)
@@ -110,5 +114,5 @@ class LogFile:
                 batch = batch.slice(start_row - row)
                 row = start_row
             batch = batch.select(list(COLUMNS))
-            yield row, batch.cast(_SCHEMA) if batch.schema != _SCHEMA else batch
+            yield row, batch.cast(_SCHEMA) if cast and batch.schema != _SCHEMA else batch
             row += batch.num_rows
