@@ -26,7 +26,8 @@ def _replay(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ensure_broker(settings)
     replay = Replay(args.file, settings=settings, speedup=args.speedup, pack=args.pack, replay_id=args.replay_id,
-                    reset=args.reset, batch_size=args.batch_size)
+                    reset=args.reset, batch_size=args.batch_size, skip_bad_rows=args.skip_bad_rows,
+                    linger=args.linger, run_token=args.run_token, commands_since=args.commands_since)
     bar = tqdm(total=0, unit="rows", unit_scale=True, dynamic_ncols=True, disable=args.quiet, file=sys.stderr)
 
     def progress(status: ReplayStatus) -> None:
@@ -75,6 +76,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--replay-id", default="default", help="names the position, status and commands")
     parser.add_argument("--batch-size", type=int, default=5000, help="most rows per transaction")
     parser.add_argument("--timeout", type=float, help="stop after this many seconds")
+    parser.add_argument("--skip-bad-rows", action="store_true",
+                        help="replay a file with row problems: bad rows go to the dead-letter topic with their reason")
+    parser.add_argument("--linger", action="store_true",
+                        help="after the last row keep listening for seek/reset (as under the workbench)")
+    parser.add_argument("--run-token",
+                        help="names this run across restarts: with --reset, a restart of the same run resumes "
+                        "from its own saved position instead of resetting again")
+    parser.add_argument("--commands-since", type=float,
+                        help="apply control commands sent since this Unix time (default: process start)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_replay)
 

@@ -341,6 +341,7 @@ class ReplayController:
 
 def _validate_speed(speedup: float | str) -> float:
     """A checked speed: 0 for unpaced ("max", "0"), else a finite number in [MIN_SPEEDUP, MAX_SPEEDUP]."""
+    given = speedup
     if isinstance(speedup, str):
         if speedup.strip().lower() in ("max", "0"):
             return 0.0
@@ -356,6 +357,6 @@ def _validate_speed(speedup: float | str) -> float:
         return 0.0
     if not math.isfinite(speedup) or not MIN_SPEEDUP <= speedup <= MAX_SPEEDUP:
         msg = (f"The speedup must be between {MIN_SPEEDUP:g} and {MAX_SPEEDUP:,.0f} event seconds per wall second, "
-               f"or 0/'max' for as fast as possible. Got {speedup!r} instead.")
+               f"or 0/'max' for as fast as possible. Got {given!r} instead.")
         raise ReplayError(msg)
     return float(speedup)

@@ -1,0 +1,298 @@
+"""The replay's unhappy paths on the real broker: malformed commands, forged positions, restarts,
+commit timeouts, commands sent early, a finished replay that keeps listening, pacing after a pause
+while behind schedule, and files with bad rows."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from confluent_kafka import Producer
+
+from tests.helpers import consume_all, make_log
+from tests.test_replay import FakeClock, _file_ids, _ids, _none, _wait
+from workbench.broker import ensure_topics
+from workbench.config import Settings
+from workbench.data import codec
+from workbench.data.exceptions import DataValidationError
+from workbench.replay import BatchReport, Pacer, Replay, ReplayController
+from workbench.replay._control import read_state
+
+
+def _send_raw(settings: Settings, records: list[bytes | None], key: bytes = b"default") -> None:
+    producer = Producer(settings.kafka_client_config())
+    for value in records:
+        producer.produce(settings.topic_replay_control, key=key, value=value)
+    assert producer.flush(10) == 0
+
+
+def _command(command: object, value: object = None, replay_id: object = "default") -> bytes:
+    return orjson.dumps({"replay_id": replay_id, "command": command, "value": value, "issued_at": 1.0})
+
+
+def test_malformed_commands_are_logged_with_a_reason_and_never_stop_the_replay(
+        kafka_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    log = make_log(tmp_path / "log.parquet", rows=20_000, spacing_s=1.0)
+    replay = Replay(log, settings=kafka_settings, speedup=600).start()
+    bad = {
+        None: "a tombstone (no value) is not a command",
+        b"not json": "not JSON",
+        b"[1, 2]": "a command is a JSON object, not list",
+        b'{"replay_id": "default", "command": "x", "value": NaN}': "not JSON",
+        _command("explode"): "unknown command 'explode'",
+        _command("pause", replay_id=5): "replay_id must be a non-empty string, got 5",
+        _command("seek", "yesterday"): "seek needs an ISO-8601 date-time such as",
+        _command("seek", 12): "seek needs an ISO-8601 date-time string, got 12",
+        _command("seek", "9999-12-31T00:00:00"): "seek needs a date-time between 1970-01-01 and 2262-04-10",
+        _command("set_speed", -5): "The speedup must be between 0.01 and 1,000,000",
+        _command("set_speed", "nan"): "Got 'nan' instead",
+        _command("set_speed", "inf"): "Got 'inf' instead",
+        _command("set_speed", 1e12): "Got 1000000000000.0 instead",
+        _command("set_speed", 1e-9): "Got 1e-09 instead",
+        _command("set_speed", True): "The speedup must be a number or 'max'. Got True instead",
+        _command("set_speed", [600]): "Got [600] instead",
+    }
+    try:
+        _wait(lambda: (replay.status() or _none).next_row > 0)
+        with caplog.at_level(logging.WARNING, logger="workbench.replay"):
+            _send_raw(kafka_settings, list(bad))
+            _send_raw(kafka_settings, [_command("pause", replay_id="another-replay")])  # not ours: no effect
+            _wait(lambda: "Got [600] instead" in (replay.status().notice or ""))
+        warnings = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+        for reason in bad.values():
+            assert reason in warnings
+        status = replay.status()
+        assert status.state == "running" and status.speedup == 600
+        # Still steerable: a good command after the bad ones applies.
+        ReplayController(kafka_settings).pause()
+        _wait(lambda: replay.status().state == "paused")
+    finally:
+        replay.stop()
+        replay.join(10)
+    assert replay.error is None
+
+
+def test_a_forged_position_record_cannot_move_the_resume_point(kafka_settings: Settings, tmp_path: Path) -> None:
+    log = make_log(tmp_path / "log.parquet", rows=1000)
+    assert Replay(log, settings=kafka_settings, speedup=0).run().next_row == 1000
+    real = orjson.loads(read_state(kafka_settings, "default/position", committed=True))
+    forged_plain = {k: v for k, v in real.items() if k != "mac"} | {"next_row": 10}
+    forged_mac = real | {"next_row": 10}  # the real MAC over other content
+    producer = Producer(kafka_settings.kafka_client_config())  # not transactional
+    for value in (orjson.dumps(forged_plain), orjson.dumps(forged_mac), b"garbage", None):
+        producer.produce(kafka_settings.topic_replay_state, key=b"default/position", value=value)
+    assert producer.flush(10) == 0
+    again = Replay(log, settings=kafka_settings, speedup=0).run()
+    assert again.rows_sent == 0 and again.next_row == 1000
+    assert len(consume_all(kafka_settings, kafka_settings.topic_query_events, expected=1000, idle=2)) == 1000
+
+
+def test_reset_with_a_run_token_resumes_its_own_run_and_resets_a_new_one(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    log = make_log(tmp_path / "log.parquet", rows=3000, spacing_s=1.0)
+    assert Replay(log, settings=kafka_settings, speedup=0).run().next_row == 3000  # an earlier run
+    clock = FakeClock()
+    # A new run with --reset: position 0 is committed before any row, then it stops part-way.
+    first = Replay(log, settings=kafka_settings, speedup=600, reset=True, run_token="run-b", clock=clock,
+                   batch_size=500)
+    status = first.run(timeout=2.0)
+    assert status.state == "stopped" and 0 < status.next_row < 3000
+    # The supervisor restarts it with the same arguments: it resumes, it does not reset again.
+    restarted = Replay(log, settings=kafka_settings, speedup=0, reset=True, run_token="run-b").run()
+    assert restarted.rows_sent == 3000 - status.next_row and restarted.next_row == 3000
+    # A different run token with --reset starts from the first row.
+    assert Replay(log, settings=kafka_settings, speedup=0, reset=True, run_token="run-c").run().rows_sent == 3000
+    messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=9000, idle=3)
+    counts = _ids(messages)
+    assert set(counts.values()) == {3}  # run a, run b (split by a restart), run c: each row once per run
+
+
+def test_a_commit_that_times_out_is_resumed_and_nothing_is_lost_or_repeated(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    log = make_log(tmp_path / "log.parquet", rows=2000)
+    status = Replay(log, settings=kafka_settings, speedup=0, batch_size=400, commit_timeout=1e-6).run()
+    assert status.state == "finished" and status.next_row == 2000
+    messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=2000, idle=3)
+    assert _ids(messages) == _file_ids(log)
+
+
+def test_commands_sent_before_the_replay_listens_are_applied(kafka_settings: Settings, tmp_path: Path) -> None:
+    log = make_log(tmp_path / "log.parquet", rows=5000, spacing_s=1.0)
+    ensure_topics(kafka_settings)  # as `workbench start` does before it starts the replay
+    replay = Replay(log, settings=kafka_settings, speedup=600)
+    controller = ReplayController(kafka_settings)
+    controller.set_speed(60)
+    controller.pause()  # sent before the replay runs at all
+    replay.start()
+    try:
+        _wait(lambda: (replay.status() or _none).state == "paused")
+        assert replay.status().speedup == 60
+        assert replay.status().rows_sent <= 60  # at most what fell due before the pause arrived
+    finally:
+        replay.stop()
+        replay.join(10)
+
+
+def test_a_finished_replay_listens_for_seek_and_reset_and_rejects_the_rest(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    log = make_log(tmp_path / "log.parquet", rows=1000, spacing_s=2.0)
+    replay = Replay(log, settings=kafka_settings, speedup=0, linger=True).start()
+    controller = ReplayController(kafka_settings)
+    try:
+        _wait(lambda: (replay.status() or _none).state == "finished")
+        status = replay.status()
+        assert status.listening and status.next_row == 1000 and status.controls == ("seek", "reset", "stop")
+        _wait(lambda: (controller.status() or _none).state == "finished")  # other processes see it too
+        replay.pause()
+        _wait(lambda: "pause ignored" in (replay.status().notice or ""))
+        assert replay.status().notice == ("pause ignored: replay 'default' finished at row 1,000 of 1,000; "
+                                          "seek or reset to replay again")
+        replay.set_speed(60)
+        _wait(lambda: "set_speed ignored" in (replay.status().notice or ""))
+        assert replay.status().speedup == 0
+        controller.seek("2024-03-04T00:30:00")  # row 900 (rows 2 s apart)
+        _wait(lambda: replay.status().state == "finished" and replay.status().rows_sent == 1100)
+        replay.reset_position()
+        _wait(lambda: replay.status().state == "finished" and replay.status().rows_sent == 2100)
+    finally:
+        replay.stop()
+        replay.join(10)
+    assert replay.status().state == "stopped"
+    messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=2100, idle=3)
+    counts = _ids(messages)
+    assert sum(counts.values()) == 2100 and max(counts.values()) == 3
+
+
+def test_pacer_reanchors_at_the_next_unsent_row_when_behind() -> None:
+    pacer = Pacer(3600)
+    pacer.anchor(0, now=0.0)
+    # 10 wall seconds later the schedule is at 36,000 event s, but the next unsent row is at 5,000 s.
+    assert pacer.behind_us(10.0, 5_000_000_000) == 31_000_000_000
+    pacer.pause(now=10.0, next_event_us=5_000_000_000)
+    pacer.set_speed(600, now=20.0, next_event_us=5_000_000_000)
+    pacer.resume(now=30.0)
+    assert pacer.event_clock(30.0) == 5_000_000_000  # no jump to where the old schedule was
+    assert pacer.event_clock(31.0) == 5_600_000_000  # the new speed from that row on
+    # On time (the next row lies ahead of the schedule) the change keeps the schedule's clock.
+    pacer.set_speed(60, now=31.0, next_event_us=9_000_000_000)
+    assert pacer.event_clock(32.0) == 5_660_000_000
+
+
+def _slope(points: list[tuple[float, float]]) -> float:
+    walls = np.array([p[0] for p in points])
+    events = np.array([p[1] for p in points])
+    return float(np.polyfit(walls, events, 1)[0])
+
+
+def test_paused_while_behind_and_resumed_slower_holds_the_new_speed_fake_clock(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    log = make_log(tmp_path / "log.parquet", rows=20_000, spacing_s=1.0)
+    clock = FakeClock()
+    reports: list[BatchReport] = []
+    statuses: list = []
+    replay: Replay
+
+    def observe(report: BatchReport) -> None:
+        reports.append(report)
+        if replay.speedup == 3600:
+            clock.now += 2.0  # a slow pipeline: 500 rows take 2 s, far behind 3600x
+            if len(reports) == 4:
+                replay.pause()
+        if len(reports) > 40:
+            replay.stop()
+
+    def progress(status) -> None:
+        statuses.append(status)
+        if status.state == "paused" and replay.speedup == 3600:
+            clock.now += 30.0
+            replay.set_speed(600)
+            replay.resume()
+
+    replay = Replay(log, settings=kafka_settings, speedup=3600, clock=clock, observer=observe, batch_size=500)
+    replay.run(progress=progress)
+    behind = [s for s in statuses if s.speedup == 3600 and s.state == "running" and s.next_row > 0]
+    assert behind and behind[-1].behind and behind[-1].behind_seconds > 3600
+    # ETA from the measured rate (250 rows/s), not from the schedule (which says a few seconds).
+    assert behind[-1].eta_seconds > (20_000 - behind[-1].next_row) / 300
+    after = [r for r in reports if r.speedup == 600]
+    assert len(after) > 20
+    assert _slope([(r.wall_time, r.last_event_us / 1e6) for r in after]) == pytest.approx(600, rel=0.1)
+    first_after = after[0]
+    resumed = max(r.last_event_us for r in reports if r.speedup == 3600)
+    # The first batch after the resume starts at the next unsent row, not at the old schedule.
+    assert first_after.first_event_us - resumed <= 1_000_000 * 600
+
+
+def test_paused_while_behind_and_resumed_slower_holds_the_new_speed_real_clock(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    log = make_log(tmp_path / "log.parquet", rows=200_000, spacing_s=1.0, row_group_size=20_000)
+    replay = Replay(log, settings=kafka_settings, speedup=1_000_000, batch_size=2000).start()
+    controller = ReplayController(kafka_settings)
+    try:
+        _wait(lambda: (replay.status() or _none).next_row > 4000, timeout=60)
+        assert replay.status().behind  # a million x: no broker keeps up
+        controller.pause()
+        _wait(lambda: replay.status().state == "paused")
+        controller.set_speed(3000)
+        controller.resume()
+        _wait(lambda: replay.status().state == "running" and replay.status().speedup == 3000)
+        samples = []
+        import time
+
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:
+            status = replay.status()
+            samples.append((time.monotonic(), status.event_time.timestamp()))
+            time.sleep(0.1)
+    finally:
+        replay.stop()
+        replay.join(10)
+    assert _slope(samples) == pytest.approx(3000, rel=0.1)
+
+
+def _bad_log(tmp_path: Path) -> Path:
+    table = pq.read_table(make_log(tmp_path / "good.parquet", rows=500, row_group_size=100))
+    instance = table.column("instance_id").to_pylist()
+    instance[10] = None
+    duration = table.column("execution_duration_ms").to_pylist()
+    duration[250] = -7
+    users = [int(v) for v in table.column("user_id").to_pylist()]
+    users[499] = 2**64 - 1
+    fields = {f.name: f for f in table.schema}
+    table = table.set_column(0, pa.field("instance_id", pa.int64()), pa.array(instance, pa.int64()))
+    index = table.schema.get_field_index("execution_duration_ms")
+    table = table.set_column(index, fields["execution_duration_ms"], pa.array(duration, pa.int64()))
+    table = table.set_column(table.schema.get_field_index("user_id"), "user_id", pa.array(users, pa.uint64()))
+    path = tmp_path / "bad.parquet"
+    pq.write_table(table, path, row_group_size=100)
+    return path
+
+
+def test_a_file_with_bad_rows_is_refused_or_replayed_with_the_bad_rows_dead_lettered(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    path = _bad_log(tmp_path)
+    with pytest.raises(DataValidationError, match=r"3 problem\(s\) in 3 row\(s\), the first at row 10, instance_id"):
+        Replay(path, settings=kafka_settings, speedup=0).run()
+    status = Replay(path, settings=kafka_settings, speedup=0, skip_bad_rows=True, batch_size=64).run()
+    assert status.state == "finished" and status.next_row == 500 and status.dead_letters == 3
+    # A second run resumes at the end: no row and no dead letter twice.
+    assert Replay(path, settings=kafka_settings, speedup=0, skip_bad_rows=True).run().rows_sent == 0
+    good = _file_ids(path)
+    for row in (10, 250, 499):
+        table = pq.read_table(path).slice(row, 1)
+        del good[(table.column("instance_id")[0].as_py(), table.column("query_id")[0].as_py())]
+    messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=497, idle=3)
+    assert _ids(messages) == good
+    dead = consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=3, idle=3)
+    reasons = {codec.header(m.headers(), "row"): codec.header(m.headers(), "reason") for m in dead}
+    assert reasons == {
+        "10": "instance_id: NULL, but every query needs a value here",
+        "250": "execution_duration_ms: -7 is negative (durations, sizes and counts are >= 0)",
+        "499": "user_id: 18446744073709551615 does not fit a signed 64-bit integer (largest 9223372036854775807)",
+    }
+    assert all(codec.header(m.headers(), "source") == "replay" for m in dead)
