@@ -113,9 +113,11 @@ def test_reset_with_a_run_token_resumes_its_own_run_and_resets_a_new_one(
 
 
 def test_a_commit_that_times_out_is_resumed_and_nothing_is_lost_or_repeated(
-        kafka_settings: Settings, tmp_path: Path) -> None:
+        kafka_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     log = make_log(tmp_path / "log.parquet", rows=2000)
-    status = Replay(log, settings=kafka_settings, speedup=0, batch_size=400, commit_timeout=1e-6).run()
+    with caplog.at_level(logging.WARNING, logger="workbench.replay"):
+        status = Replay(log, settings=kafka_settings, speedup=0, batch_size=400, commit_timeout=1e-6).run()
+    assert any("commit did not finish within" in r.getMessage() for r in caplog.records)  # the path ran
     assert status.state == "finished" and status.next_row == 2000
     messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=2000, idle=3)
     assert _ids(messages) == _file_ids(log)
