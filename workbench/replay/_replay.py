@@ -663,8 +663,8 @@ class _ReplayRun:
         last_us = self.last_event_us
         remaining_rows = self.log.num_rows - next_row
         behind_s = self.pacer.behind_us(now, self.next_event_us) / _US if self.state == "running" else 0.0
-        # Behind: more than a second of wall time at this speed (one batch of slack is normal).
-        behind = self.pacer.speedup > 0 and behind_s > self.pacer.speedup
+        # Behind: more than half a wall second at this speed (a tick or two of slack is normal).
+        behind = self.pacer.speedup > 0 and behind_s > 0.5 * self.pacer.speedup
         rate = self.rate_now or rate_avg
         eta: float | None
         if remaining_rows <= 0:
