@@ -1,6 +1,6 @@
 """Replay a Parquet query log into Kafka at an adjustable speed, steerable from any process."""
 
-from workbench.replay._control import COMMANDS, Command, ReplayController, ReplayStatus
+from workbench.replay._control import COMMANDS, Command, InvalidCommand, ReplayController, ReplayStatus
 from workbench.replay._pacing import Clock, Pacer, SystemClock
 from workbench.replay._replay import BatchReport, Replay
 from workbench.replay._source import LogFile
@@ -11,6 +11,7 @@ __all__ = [
     "BatchReport",
     "Clock",
     "Command",
+    "InvalidCommand",
     "LogFile",
     "Pacer",
     "Replay",

@@ -506,7 +506,7 @@ class _ReplayRun:
                 self._commit_batch([], first_row + len(bad.mask))
                 self.next_row = first_row + len(bad.mask)
                 continue
-            yield rows, conform(raw, COLUMNS)
+            yield rows, conform(raw, COLUMNS).replace_schema_metadata(None)  # as LogFile's own cast
 
     # -- sending ---------------------------------------------------------------------------------
     def _encode(self, batch: pa.RecordBatch, rows: np.ndarray) -> list[tuple[bytes, bytes, int, list]]:
