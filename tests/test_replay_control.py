@@ -299,3 +299,46 @@ def test_a_file_with_bad_rows_is_refused_or_replayed_with_the_bad_rows_dead_lett
         "499": "user_id: 18446744073709551615 does not fit a signed 64-bit integer (largest 9223372036854775807)",
     }
     assert all(codec.header(m.headers(), "source") == "replay" for m in dead)
+
+
+def test_kill_9_of_a_paused_run_restarted_with_the_same_arguments_stays_paused_and_loses_nothing(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    log = make_log(tmp_path / "log.parquet", rows=20_000, spacing_s=1.0)
+    assert Replay(log, settings=kafka_settings, speedup=0, replay_id="default").run().next_row == 20_000  # older run
+    env = {**os.environ, "WORKBENCH_HOME": str(kafka_settings.home),
+           "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+           **{f"WORKBENCH_TOPIC_{name.upper()}": getattr(kafka_settings, f"topic_{name}")
+              for name in ("query_events", "dead_letter", "replay_control", "replay_state")}}
+    # What the supervisor runs, first start and restarts alike.
+    command = [sys.executable, "-m", "workbench.cli", "replay", str(log), "--speedup", "600", "--batch-size", "500",
+               "--quiet", "--reset", "--run-token", "run-7", "--linger"]
+    controller = ReplayController(kafka_settings)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: (controller.status() or _none).state == "running"
+              and 1000 < controller.status().next_row < 19_000, timeout=60)
+        controller.pause()
+        _wait(lambda: controller.status().state == "paused")
+        paused_at = controller.status().next_row
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # The restart resumes its own run (no reset to row 0), still paused, without replaying the pause.
+        _wait(lambda: controller.status().updated_at > 0 and controller.status().rows_sent == 0
+              and controller.status().state == "paused", timeout=60)
+        assert controller.status().next_row == paused_at
+        controller.set_speed("max")
+        controller.resume()
+        _wait(lambda: controller.status().state == "finished", timeout=120)
+        controller.stop()
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=40_000, idle=5)
+    assert set(_ids(messages).values()) == {2}  # the older run and this one: each row exactly once per run

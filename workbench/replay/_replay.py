@@ -305,6 +305,7 @@ class _ReplayRun:
         self.next_event_us: int | None = None  # event time of the next row to send, when known
         self.notice: str | None = None
         self.control_offset: int | None = None
+        self._resume_paused = False
         self._last_commit = -1e9
         # (row, value, headers): sent in the transaction whose position passes the row.
         self._pending_dead_letters: list[tuple[int, bytes, list]] = []
@@ -355,6 +356,7 @@ class _ReplayRun:
                 if saved.speedup is not None:
                     self.pacer.speedup = saved.speedup
                     replay.speedup = saved.speedup
+                self._resume_paused = saved.paused  # a crash does not undo the user's pause
             logger.info("replay %s resumes at row %d (%s)", replay.replay_id, self.next_row,
                         "same run" if same_run else "saved position")
         else:
@@ -725,6 +727,9 @@ class _ReplayRun:
             self.current_event_us = first_event
             self.next_event_us = first_event
         self.state = "running"
+        if self._resume_paused:
+            self.pacer.pause(self.clock.monotonic(), self.next_event_us)
+            self.state = "paused"
         logger.info("replay %s: %s from row %d of %d at %s", replay.replay_id, replay.data, self.next_row,
                     self.log.num_rows, "max speed" if self.pacer.unpaced else f"{self.pacer.speedup:g}x")
         self._publish_status(force=True)
