@@ -342,3 +342,22 @@ def test_kill_9_of_a_paused_run_restarted_with_the_same_arguments_stays_paused_a
             process.kill()
     messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=40_000, idle=5)
     assert set(_ids(messages).values()) == {2}  # the older run and this one: each row exactly once per run
+
+
+def test_without_validation_a_row_that_cannot_be_converted_is_dead_lettered_not_fatal(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    table = pq.read_table(make_log(tmp_path / "good.parquet", rows=300))
+    text = ["true" if v else "false" for v in table.column("was_cached").to_pylist()]
+    text[7] = "yes"  # no boolean
+    table = table.set_column(table.schema.get_field_index("was_cached"), "was_cached", pa.array(text))
+    path = tmp_path / "text_bool.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(DataValidationError, match="Column 'was_cached' .* must be boolean"):
+        Replay(path, settings=kafka_settings, speedup=0).run()
+    status = Replay(path, settings=kafka_settings, speedup=0, validate=False).run()
+    assert status.state == "finished" and status.next_row == 300 and status.dead_letters == 1
+    assert len(consume_all(kafka_settings, kafka_settings.topic_query_events, expected=299, idle=2)) == 299
+    dead = consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=1, idle=2)
+    assert [codec.header(m.headers(), "row") for m in dead] == ["7"]
+    assert codec.header(dead[0].headers(), "reason").startswith("cannot convert row: ")
+    assert codec.header(dead[0].headers(), "app") == "replay"

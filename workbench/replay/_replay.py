@@ -495,7 +495,8 @@ class _ReplayRun:
     def _batches(self) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
         """(file row of each row, rows cast to the Redset types) with the bad rows taken out."""
         for first_row, raw in self.log.batches(self.next_row, self.replay.batch_size, cast=False):
-            rows = np.arange(first_row, first_row + raw.num_rows)
+            end_row = first_row + raw.num_rows
+            rows = np.arange(first_row, end_row)
             bad = find_bad_rows(raw)
             if bad.mask.any():
                 for index, reason in sorted(bad.reasons().items()):
@@ -503,12 +504,32 @@ class _ReplayRun:
                 keep = ~bad.mask
                 rows = rows[keep]
                 raw = raw.filter(pa.array(keep))
-            if raw.num_rows == 0:
+            rows, batch = self._conform(raw, rows)
+            if batch.num_rows == 0:
                 # Nothing to send, but the position moves past the bad rows (with their dead letters).
-                self._commit_batch([], first_row + len(bad.mask))
-                self.next_row = first_row + len(bad.mask)
+                self._commit_batch([], end_row)
+                self.next_row = end_row
                 continue
-            yield rows, conform(raw, COLUMNS).replace_schema_metadata(None)  # as LogFile's own cast
+            yield rows, batch
+
+    def _conform(self, raw: pa.RecordBatch, rows: np.ndarray) -> tuple[np.ndarray, pa.RecordBatch]:
+        """Cast to the Redset types; a row the rules missed that still cannot be cast is dead-lettered.
+
+        Only reachable without validation (e.g. text in a boolean column): one row must not fail
+        its whole batch, or the replay would fail at the same batch at every restart.
+        """
+        try:
+            return rows, conform(raw, COLUMNS).replace_schema_metadata(None)  # as LogFile's own cast
+        except _ENCODE_ERRORS:
+            pass
+        keep = np.ones(raw.num_rows, bool)
+        for index in range(raw.num_rows):
+            try:
+                conform(raw.slice(index, 1), COLUMNS)
+            except _ENCODE_ERRORS as exc:
+                keep[index] = False
+                self._dead_letter(raw.slice(index, 1), int(rows[index]), f"cannot convert row: {exc}")
+        return rows[keep], conform(raw.filter(pa.array(keep)), COLUMNS).replace_schema_metadata(None)
 
     # -- sending ---------------------------------------------------------------------------------
     def _encode(self, batch: pa.RecordBatch, rows: np.ndarray) -> list[tuple[bytes, bytes, int, list]]:
@@ -565,8 +586,10 @@ class _ReplayRun:
                 as_text[name] = [repr(value) for value in column.cast(pa.binary(), safe=False).to_pylist()] \
                     if _is_text(column.type) else [str(column[i]) for i in range(len(column))]
         value = orjson.dumps({"source": str(self.replay.data), "row": row, "reason": reason, "columns": as_text})
-        headers = [("reason", reason.encode()), ("source", b"replay"), ("file", str(self.replay.data).encode()),
-                   ("row", str(row).encode()), ("replay_id", self.replay.replay_id.encode())]
+        # The apps' header names (reason, app) plus where the row is: file and row instead of topic/offset.
+        headers = [("reason", reason[:2000].encode()), ("app", b"replay"), ("source", b"replay"),
+                   ("file", str(self.replay.data).encode()), ("row", str(row).encode()),
+                   ("replay_id", self.replay.replay_id.encode())]
         self._pending_dead_letters.append((row, value, headers))
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, timestamp: int = 0,
