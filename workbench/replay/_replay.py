@@ -743,6 +743,7 @@ class _ReplayRun:
         pending: pa.RecordBatch | None = None
         pending_rows: np.ndarray | None = None
         pending_times: np.ndarray | None = None
+        exhausted = False
         deadline = None if self.timeout is None else self.started + self.timeout
         first_event = self._event_time(self.next_row)
         if first_event is not None:
@@ -757,6 +758,18 @@ class _ReplayRun:
                     self.log.num_rows, "max speed" if self.pacer.unpaced else f"{self.pacer.speedup:g}x")
         self._publish_status(force=True)
         while True:
+            # Load the next rows before applying commands: a pause or speed change re-anchors at
+            # the next row actually due (next_event_us), which only the loaded batch knows.
+            if pending is None and not exhausted and self.state != "finished":
+                try:
+                    pending_rows, pending = next(batches)
+                except StopIteration:
+                    exhausted = True
+                else:
+                    pending_times = pc.cast(pending.column("arrival_timestamp"), pa.int64()).to_numpy()
+                    self.next_event_us = int(pending_times[0])
+                    if not self.pacer.anchored:
+                        self.pacer.anchor(self.next_event_us, self.clock.monotonic())
             restart = False
             for command in self._drain_commands():
                 restart = self._apply(command) or restart
@@ -765,6 +778,8 @@ class _ReplayRun:
             if restart:
                 batches = self._batches()
                 pending = None
+                exhausted = False
+                continue
             if deadline is not None and self.clock.monotonic() >= deadline:
                 self.state = "stopped"
                 break
@@ -773,21 +788,14 @@ class _ReplayRun:
                 self.clock.sleep(replay.tick)
                 continue
             if pending is None:
-                try:
-                    pending_rows, pending = next(batches)
-                except StopIteration:
-                    self.state = "finished"
-                    self.next_row = self.log.num_rows
-                    self.next_event_us = None
-                    self._publish_status(force=True)
-                    if replay.linger:
-                        logger.info("replay %s finished; listening for seek or reset", replay.replay_id)
-                        continue
-                    break
-                pending_times = pc.cast(pending.column("arrival_timestamp"), pa.int64()).to_numpy()
-                self.next_event_us = int(pending_times[0])
-                if not self.pacer.anchored:
-                    self.pacer.anchor(self.next_event_us, self.clock.monotonic())
+                self.state = "finished"
+                self.next_row = self.log.num_rows
+                self.next_event_us = None
+                self._publish_status(force=True)
+                if replay.linger:
+                    logger.info("replay %s finished; listening for seek or reset", replay.replay_id)
+                    continue
+                break
             now = self.clock.monotonic()
             assert pending_times is not None and pending_rows is not None
             if self.pacer.unpaced:
@@ -819,8 +827,7 @@ class _ReplayRun:
                 pending_rows = pending_rows[count:]
                 self.next_event_us = int(pending_times[0])
             else:
-                pending = None
-                self.next_event_us = self._event_time(next_row)
+                pending = None  # the next batch is loaded at the top of the loop
             self._publish_status()
         logger.info("replay %s %s at row %d of %d (%d rows sent this run)", replay.replay_id, self.state,
                     self.next_row, self.log.num_rows, self.rows_sent)
