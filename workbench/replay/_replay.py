@@ -605,7 +605,7 @@ class _ReplayRun:
         return self.signer.encode(Position(
             replay_id=self.replay.replay_id, file=str(self.replay.data), fingerprint=self.log.fingerprint,
             next_row=next_row, rows_total=self.log.num_rows, run_token=self.replay.run_token,
-            control_offset=self.control_offset if hasattr(self, "control") else None,
+            control_offset=self.control_offset,
             speedup=self.pacer.speedup, paused=self.pacer.paused,
         ))
 
