@@ -344,6 +344,7 @@ class ControlPanel(widgets.VBox):
         if charts:
             rows.append(widgets.VBox([self.events_plot, self.anomalies_plot]))
         super().__init__(rows)
+        self.add_class("workbench-panel")  # a stable hook for styling and browser tests
         self.refresh(charts=False)
         if auto_refresh:
             self.start()
