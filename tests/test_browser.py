@@ -83,8 +83,14 @@ def lab(live_home: tuple[Settings, Workbench], tmp_path: Path) -> Iterator[str]:
     root = tmp_path / "lab"
     shutil.copytree(ROOT / "notebooks", root)
     port, token = _free_port(), secrets.token_hex(16)
+    # Private Jupyter directories; every cell stays in the page (no windowing), so all charts can be checked.
+    lab_settings = tmp_path / "lab-settings"
+    tracker = lab_settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text('{"windowingMode": "none"}')
     env = {**os.environ, "WORKBENCH_HOME": str(settings.home), "JUPYTER_CONFIG_DIR": str(tmp_path / "jconfig"),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "jruntime"), "IPYTHONDIR": str(tmp_path / "ipython")}
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "jruntime"), "IPYTHONDIR": str(tmp_path / "ipython"),
+           "JUPYTERLAB_SETTINGS_DIR": str(lab_settings), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)  # the notebook attaches: the broker comes from the running workbench
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0",
@@ -122,9 +128,9 @@ def browser_page() -> Iterator[Any]:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            yield page
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.set_default_timeout(60_000)
+            yield context.new_page()
         finally:
             browser.close()
 
@@ -141,7 +147,12 @@ def _run_all(page: Any, url: str) -> None:
         prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
         return bool(prompts) and all("[*]" not in p and any(ch.isdigit() for ch in p) for p in prompts)
 
-    _until(done, timeout=240, poll=1.0, what="all cells executed")
+    try:
+        _until(done, timeout=240, poll=1.0, what="all cells executed")
+    except AssertionError:
+        page.screenshot(path=str(Path(os.environ.get("TMPDIR", "/tmp")) / "workbench-browser-failure.png"),
+                        full_page=True)
+        raise
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
     assert not [e for e in errors if "Traceback" in e or "Error" in e], errors
     tracebacks = page.locator(".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']").count()
@@ -231,8 +242,9 @@ def test_replay_panel_and_explorer_in_jupyterlab(live_home: tuple[Settings, Work
     _screenshot(panel, "panel.png", tmp_path)
     assert wb.running  # Run All stopped nothing
 
-    _run_all(page, lab.format(name="02_anomaly_explorer.ipynb"))
-    charts = page.evaluate(_MARKS_JS)
+    explorer = page.context.new_page()  # a second tab: leaving the first would ask about unsaved changes
+    _run_all(explorer, lab.format(name="02_anomaly_explorer.ipynb"))
+    charts = explorer.evaluate(_MARKS_JS)
     assert len(charts) >= 3, charts  # anomalies per 10 min, timeline, drill-down
     for chart in charts:
         visible = {k: v for k, v in chart["marks"].items() if k != "mark-text" and v["visible"] > 0}
