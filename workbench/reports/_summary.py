@@ -35,7 +35,7 @@ th:first-child,td:first-child{text-align:left}
 .thumbs{display:flex;flex-wrap:wrap;gap:14px}
 .thumb{border:1px solid #ddd;border-radius:6px;padding:6px;width:360px}
 .thumb svg{width:100%;height:auto} .thumb figcaption{font-size:13px;color:#555}
-.muted{color:#666} .failed{color:#C62828}
+.muted{color:#666} .bad{color:#C62828}
 """
 
 _VERSION_PACKAGES = ("pulse-workbench", "quixstreams", "confluent-kafka", "pyarrow", "duckdb", "onnxruntime",
@@ -233,7 +233,7 @@ def write_summary(out: Path, run_id: str, settings: Settings, params: Mapping[st
     parts.append("<h2>Notebooks</h2><ul id='pages'>")
     for name, state in pages:
         entry = page(name)
-        status = ("" if state == "ok" else f" <span class='failed'>&mdash; {html.escape(state)}</span>")
+        status = ("" if state == "ok" else f" <span class='bad'>&mdash; {html.escape(state)}</span>")
         parts.append(f"<li><a href='{html.escape(name)}.html'>{html.escape(entry.title)}</a> "
                      f"(<a href='{html.escape(name)}.ipynb'>notebook</a>){status}"
                      f"<br><span class='muted'>{html.escape(entry.description)}</span></li>")

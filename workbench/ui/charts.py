@@ -173,7 +173,7 @@ def runtime_comparison_chart(values: Mapping[str, float | None], *, highlight: s
                              title: str = "Actual vs predicted runtime") -> alt.Chart:
     """Horizontal bars of runtimes (ms) on a log axis, e.g. actual against the predictions.
 
-    Bars start at a power of ten below the smallest value (a log axis has no zero), the axis has
+    Bars start a decade below the smallest value (a log axis has no zero), the axis has
     a tick per power of ten with readable labels ("1,000 ms"), and ``highlight`` is drawn red.
     Missing values (``None``/NaN) are left out; values below 1 ms are shown as 1 ms.
     """
@@ -182,7 +182,8 @@ def runtime_comparison_chart(values: Mapping[str, float | None], *, highlight: s
         return empty_chart(title, "No runtimes to compare")
     df = pd.DataFrame(rows, columns=["what", "ms"])
     df["shown"] = df["ms"].clip(lower=1.0)
-    lo = 10.0 ** np.floor(np.log10(df["shown"].min()))
+    # One decade below the smallest value, so even the smallest bar has a visible length.
+    lo = 10.0 ** (np.floor(np.log10(df["shown"].min())) - 1)
     hi = 10.0 ** np.ceil(np.log10(df["shown"].max() * 1.01))
     df["base"] = lo
     ticks = [10.0 ** e for e in range(int(np.log10(lo)), int(np.log10(hi)) + 1)]
@@ -190,7 +191,8 @@ def runtime_comparison_chart(values: Mapping[str, float | None], *, highlight: s
     return alt.Chart(df).mark_bar(height=18).encode(
         x=alt.X("base:Q", title="Execution time (ms, log scale)",
                 scale=alt.Scale(type="log", domain=[lo, hi]),
-                axis=alt.Axis(values=ticks, format=",.0f", labelExpr="format(datum.value, ',.0f') + ' ms'")),
+                axis=alt.Axis(values=ticks, labelExpr="(datum.value < 1 ? format(datum.value, '.1f') "
+                                                      ": format(datum.value, ',.0f')) + ' ms'")),
         x2="shown:Q",
         y=alt.Y("what:N", title=None, sort=None),
         color=alt.Color("what:N", scale=alt.Scale(domain=list(df["what"]), range=colours), legend=None),
