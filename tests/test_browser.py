@@ -88,6 +88,9 @@ def lab(live_home: tuple[Settings, Workbench], tmp_path: Path) -> Iterator[str]:
     tracker = lab_settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
     tracker.parent.mkdir(parents=True)
     tracker.write_text('{"windowingMode": "none"}')
+    news = lab_settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    news.parent.mkdir(parents=True)
+    news.write_text('{"fetchNews": "false", "checkForUpdates": false}')  # no news prompt, no network
     env = {**os.environ, "WORKBENCH_HOME": str(settings.home), "JUPYTER_CONFIG_DIR": str(tmp_path / "jconfig"),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "jruntime"), "IPYTHONDIR": str(tmp_path / "ipython"),
            "JUPYTERLAB_SETTINGS_DIR": str(lab_settings), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
@@ -128,7 +131,7 @@ def browser_page() -> Iterator[Any]:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context = browser.new_context(viewport={"width": 1400, "height": 1500})
             context.set_default_timeout(60_000)
             yield context.new_page()
         finally:

@@ -202,6 +202,15 @@ def write_summary(out: Path, run_id: str, settings: Settings, params: Mapping[st
         if figures.get(key):
             parts.append(f"<p class='muted'>{html.escape(figures[key])}</p>")
 
+    thumbs = _thumbnails(figures)
+    parts.append("<h2>Charts</h2>")
+    if thumbs:
+        parts.append("<div class='thumbs'>" + "".join(
+            f"<figure class='thumb'>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>"
+            for caption, svg in thumbs) + "</div>")
+    else:
+        parts.append("<p class='muted'>no data to chart yet</p>")
+
     parts.append("<h2>Anomalies per reason and model version</h2>")
     by_reason = figures.get("by_reason")
     parts.append(_table(by_reason, index=False) if by_reason is not None else "<p class='muted'>no anomalies yet</p>")
@@ -220,15 +229,6 @@ def write_summary(out: Path, run_id: str, settings: Settings, params: Mapping[st
         parts.append(f"<p class='muted'>{html.escape(figures.get('critical_why') or 'none')}</p>")
     else:
         parts.append(_table(critical.round(3), index=False))
-
-    thumbs = _thumbnails(figures)
-    parts.append("<h2>Charts</h2>")
-    if thumbs:
-        parts.append("<div class='thumbs'>" + "".join(
-            f"<figure class='thumb'>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>"
-            for caption, svg in thumbs) + "</div>")
-    else:
-        parts.append("<p class='muted'>no data to chart yet</p>")
 
     parts.append("<h2>Notebooks</h2><ul id='pages'>")
     for name, state in pages:

@@ -217,7 +217,9 @@ def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple
     if replay is not None and not stale and state in ("running", "paused", "starting"):
         eta = _field(replay, "eta_s", _field(replay, "eta_seconds"))
         behind_s = _field(replay, "behind_s")
-        rate = _field(replay, "rate") or _field(replay, "rate_avg") or _field(replay, "rate_now")
+        # The replay's measured rate when it reports one; else the recent rate (the average
+        # includes pauses and the start).
+        rate = _field(replay, "rate") or _field(replay, "rate_now") or _field(replay, "rate_avg")
         eps = _events_per_second(replay)
         if behind_s is None and eta is not None and rate and speed and eps:
             # Rows the schedule wants per wall second against the rows actually sent per second.
@@ -226,7 +228,7 @@ def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple
                 behind_s = max(0.0, (total - sent) / rate - (eta or 0.0))
         if behind_s is not None and behind_s > _BEHIND_AFTER and rate:
             eta = max(eta or 0.0, (total - sent) / rate)
-            behind_text = f"behind schedule (sending {rate:,.0f} rows/s)"
+            behind_text = f"behind schedule, sending {rate:,.0f} rows/s"
         eta_text = "ETA paused" if state == "paused" else f"ETA {_duration(eta)}"
     elif state == "finished":
         eta_text = "done"
@@ -432,7 +434,7 @@ class ControlPanel(widgets.VBox):
             self.progress.value = view.progress
             self.progress.description = view.progress_text
             self.clock.value = f"<b>{html.escape(view.clock)}</b> &nbsp; [{html.escape(view.state)}]"
-            self.eta.value = view.eta + (f" ({view.behind})" if view.behind else "")
+            self.eta.value = view.eta + (f" · {view.behind}" if view.behind else "")
             if view.speed is not None:
                 self.speed.value = float(min(max(view.speed, 1.0), 100_000.0))
             self.speed_label.value = view.speed_text
