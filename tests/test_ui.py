@@ -66,6 +66,7 @@ class FakeWorkbench:
         self.calls.append(("reset", None))
 
     def window_stats(self, **filters: Any) -> pd.DataFrame:
+        self.chart_filters = filters
         if self.stores_missing:
             raise StoreNotFoundError("No window stats database at /x/stream_stats.sqlite")
         starts = pd.date_range(T0, periods=6, freq="10min", tz="UTC")
@@ -240,6 +241,8 @@ def test_charts_wait_for_stores_the_workbench_is_creating() -> None:
         fake.stores_missing = False
         panel.refresh()
         assert "<svg" in panel.events_plot.value
+        # the last 12 h of event time up to the replay clock (02:00) and its window in progress
+        assert fake.chart_filters == {"start": T0 - timedelta(hours=10), "end": T0 + timedelta(hours=2, minutes=10)}
     finally:
         panel.close()
 

@@ -489,10 +489,13 @@ class ControlPanel(widgets.VBox):
         self._last_chart = time.monotonic()
         end = getattr(status, "event_time", None) if status is not None else None
         start = end - CHART_SPAN if end is not None else None
+        # Up to the replay clock (plus the window in progress): a store filled by an earlier run
+        # must not show "future" windows.
+        upto = end + timedelta(minutes=10) if end is not None else None
         from workbench.store.exceptions import StoreNotFoundError
 
         try:
-            stats = self._wb.window_stats(start=start)
+            stats = self._wb.window_stats(start=start, end=upto)
             if stats.empty:
                 self.events_plot.value = _placeholder("Events per 10 minutes", "waiting for the first window")
             else:
@@ -503,7 +506,7 @@ class ControlPanel(widgets.VBox):
             logger.warning("events chart unavailable: %s", exc)
             self.events_plot.value = f"<i>events chart unavailable: {html.escape(str(exc))}</i>"
         try:
-            anomalies = self._wb.anomalies(start=start)
+            anomalies = self._wb.anomalies(start=start, end=upto)
         except StoreNotFoundError:  # the sink creates the lakehouse with the first anomaly
             anomalies = None
         except Exception as exc:
