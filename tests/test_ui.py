@@ -14,7 +14,9 @@ import pytest
 from workbench.exceptions import ConfigurationError
 from workbench.replay import ReplayStatus
 from workbench.runtime import WorkbenchStatus
+from workbench.store.exceptions import StoreNotFoundError
 from workbench.ui import charts, control_panel, metric_cards, parse_seek_time
+from workbench.ui._panel import format_speed, lag_trend, panel_view
 
 T0 = datetime(2024, 3, 4, tzinfo=UTC)
 
@@ -29,15 +31,22 @@ class FakeWorkbench:
         self.speedup = 600.0
         self.next_row = 250
         self.anomaly_count = 3
+        self.stores_missing = False
+        self.lag = 7
+        self.processes: dict[str, dict[str, Any]] = {"scoring": {"state": "running"}}
+        self.replay_extra: dict[str, Any] = {}
+        self.no_replay = False
 
     def status(self) -> WorkbenchStatus:
         replay = ReplayStatus(replay_id="default", file="log.parquet", state=self.state, speedup=self.speedup,
                               rows_sent=self.next_row, rows_total=1000, next_row=self.next_row,
                               event_time=T0 + timedelta(hours=2), first_event_time=T0,
                               last_event_time=T0 + timedelta(days=1), rate_now=1234.0, rate_avg=1000.0,
-                              eta_seconds=75.0)
-        return WorkbenchStatus(replay=replay, processes={"scoring": {"state": "running"}},
-                               apps={}, lag={"scoring": 7, "analytics": 0, "anomaly-sink": None},
+                              eta_seconds=75.0, updated_at=1000.0)
+        for key, value in self.replay_extra.items():
+            object.__setattr__(replay, key, value)
+        return WorkbenchStatus(replay=None if self.no_replay else replay, processes=self.processes,
+                               apps={}, lag={"scoring": self.lag, "analytics": 0, "anomaly-sink": None},
                                model_version="v0002-2024-03-05", model_versions=2, anomalies=self.anomaly_count,
                                late_events=4, dead_letters=1)
 
@@ -57,10 +66,15 @@ class FakeWorkbench:
         self.calls.append(("reset", None))
 
     def window_stats(self, **filters: Any) -> pd.DataFrame:
+        self.chart_filters = filters
+        if self.stores_missing:
+            raise StoreNotFoundError("No window stats database at /x/stream_stats.sqlite")
         starts = pd.date_range(T0, periods=6, freq="10min", tz="UTC")
         return pd.DataFrame({"window_start": starts, "instance_id": 1, "total_queries": np.arange(6) * 10})
 
     def anomalies(self, **filters: Any) -> pd.DataFrame:
+        if self.stores_missing:
+            raise StoreNotFoundError("No lakehouse yet")
         return pd.DataFrame({"arrival_timestamp": pd.date_range(T0, periods=3, freq="7min", tz="UTC")})
 
 
@@ -101,13 +115,15 @@ def test_refresh_updates_labels_without_sending_commands(panel_and_fake: tuple[A
     assert panel.progress.value == pytest.approx(0.25)
     assert "2024-03-04 02:00:00 UTC" in panel.clock.value
     assert panel.eta.value == "ETA 1m 15s"
+    assert panel.note.value == "" and not panel.reset_button.disabled
     for text in ("scoring 7", "anomaly-sink ?", "v0002-2024-03-05", "1,234 rows/s"):
         assert text in panel.counters.value
     fake.state, fake.speedup, fake.next_row, fake.anomaly_count = "paused", 3600.0, 900, 42
     panel.refresh()
     assert panel.progress.value == pytest.approx(0.9)
     assert panel.play.value is False and panel.play.description == "Play"
-    assert panel.speed.value == pytest.approx(3600.0) and panel.speed_label.value == "3600x"
+    assert panel.speed.value == pytest.approx(3600.0) and panel.speed_label.value == "3,600x"
+    assert panel.speed.readout_format == ",.0f"
     assert "<td>42</td>" in panel.counters.value
     assert "<svg" in panel.events_plot.value and "<svg" in panel.anomalies_plot.value
     assert fake.calls == []  # syncing widgets from the status is not a user action
@@ -141,6 +157,94 @@ def test_parse_seek_time() -> None:
         parse_seek_time("31/12")
     with pytest.raises(ConfigurationError, match="positive"):
         control_panel(FakeWorkbench(), counter_interval=0)
+
+
+def test_controls_that_cannot_act_are_disabled_and_say_why() -> None:
+    fake = FakeWorkbench()
+    panel = control_panel(fake, auto_refresh=False, charts=False)
+    try:
+        fake.state = "finished"
+        panel.refresh()
+        assert panel.play.disabled and panel.speed.disabled and all(b.disabled for b in panel.presets)
+        assert panel.reset_button.disabled and panel.seek_button.disabled  # today's replay stops listening
+        assert "finished" in panel.note.value and panel.eta.value == "done"
+        panel.presets[0].click()  # a click that raced the refresh is refused, not sent
+        assert fake.calls == [] and "not sent" in panel.message.value
+        fake.replay_extra = {"finished": True}  # a replay that keeps listening after the end
+        panel.refresh()
+        assert not panel.reset_button.disabled and not panel.seek_button.disabled and panel.play.disabled
+        panel.reset_button.click()
+        assert fake.calls == [("reset", None)]
+        fake.state, fake.replay_extra = "stopped", {}
+        panel.refresh()
+        assert panel.reset_button.disabled and "stopped" in panel.note.value
+        fake.state, fake.running = "running", False
+        panel.refresh()
+        assert panel.play.disabled and "not running" in panel.note.value
+    finally:
+        panel.close()
+
+
+def test_a_previous_runs_status_is_not_shown_as_the_new_one() -> None:
+    fake = FakeWorkbench()
+    fake.state = "finished"
+    fake.processes = {"replay": {"state": "running", "started_at": 2000.0}}  # status updated_at=1000: before
+    panel = control_panel(fake, auto_refresh=False, charts=False)
+    try:
+        assert panel.speed_label.value == "-" and panel.progress.value == 0.0
+        assert "starting" in panel.clock.value and panel.play.disabled
+        fake.processes = {"replay": {"state": "running", "started_at": 500.0}}
+        fake.state = "running"
+        panel.refresh()
+        assert panel.speed_label.value == "600x" and not panel.play.disabled
+    finally:
+        panel.close()
+
+
+def test_eta_comes_from_the_measured_rate_when_behind() -> None:
+    fake = FakeWorkbench()
+    fake.speedup = 3600.0  # 1000 rows over a day: 41.7 rows/s needed, 1,000 rows/s sent: on schedule
+    assert panel_view(fake.status()).behind == ""
+    fake.replay_extra = {"rate": 5.0}  # measured 5 rows/s: far behind
+    view = panel_view(fake.status())
+    assert view.behind.startswith("behind schedule") and view.eta == "ETA 2m 30s"  # 750 rows left / 5
+    fake.replay_extra = {"rate": 5.0, "behind_s": 0.5, "eta_s": 20.0}  # the replay's own figures win
+    assert panel_view(fake.status()).eta == "ETA 20s"
+
+
+def test_lag_trend_and_event_time_behind() -> None:
+    assert lag_trend([]) == "" and lag_trend([(0.0, 5000)]) == ""
+    assert lag_trend([(0.0, 5000), (5.0, 9000), (12.0, 20000)]) == "growing"
+    assert lag_trend([(0.0, 20000), (12.0, 5000)]) == "shrinking"
+    assert lag_trend([(0.0, 20000), (12.0, 20050)]) == "steady"
+    fake = FakeWorkbench()
+    fake.lag = 140_000  # 1000 rows per day of events: 140,000 messages are ~97 days of event time
+    view = panel_view(fake.status(), lag_history=[(0.0, 100_000), (11.0, 140_000)])
+    assert view.lag.startswith("140,000 messages, ~") and "of event time behind" in view.lag
+    assert view.lag.endswith("growing")
+
+
+def test_speeds_read_as_numbers() -> None:
+    assert [format_speed(v) for v in (3600.0, 600, 100_000.0, 0.5, "max", 0)] == [
+        "3,600x", "600x", "100,000x", "0.5x", "max", "max"]
+
+
+def test_charts_wait_for_stores_the_workbench_is_creating() -> None:
+    fake = FakeWorkbench()
+    fake.stores_missing = True
+    panel = control_panel(fake, auto_refresh=False)
+    try:
+        panel.refresh()
+        assert "waiting for the first window" in panel.events_plot.value
+        assert "no anomalies yet" in panel.anomalies_plot.value
+        assert "unavailable" not in panel.events_plot.value + panel.anomalies_plot.value
+        fake.stores_missing = False
+        panel.refresh()
+        assert "<svg" in panel.events_plot.value
+        # the last 12 h of event time up to the replay clock (02:00) and its window in progress
+        assert fake.chart_filters == {"start": T0 - timedelta(hours=10), "end": T0 + timedelta(hours=2, minutes=10)}
+    finally:
+        panel.close()
 
 
 # -- charts -------------------------------------------------------------------------------------

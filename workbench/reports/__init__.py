@@ -5,7 +5,9 @@
 PosixPath('.../reports/20240305T120000Z')
 """
 
-from workbench.reports._run import ALL, DEFAULT_NOTEBOOKS_DIR, PARAMETER_NAMES, export_html, run_report
+from workbench.reports._run import DEFAULT_NOTEBOOKS_DIR, PARAMETER_NAMES, export_html, run_report
 from workbench.reports.exceptions import ReportError
+from workbench.reports.pages import ALL, PAGES, ReportPage
 
-__all__ = ["ALL", "DEFAULT_NOTEBOOKS_DIR", "PARAMETER_NAMES", "ReportError", "export_html", "run_report"]
+__all__ = ["ALL", "DEFAULT_NOTEBOOKS_DIR", "PAGES", "PARAMETER_NAMES", "ReportError", "ReportPage", "export_html",
+           "run_report"]

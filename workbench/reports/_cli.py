@@ -16,7 +16,7 @@ def _report(args: argparse.Namespace) -> int:
                                             ("versions", args.versions), ("day", args.day)) if value}
     out = run_report(settings_from_args(args), run_id=args.run_id, params=params,
                      notebooks=args.notebooks.split(",") if args.notebooks else ALL, data=args.data,
-                     progress=not args.no_progress and sys.stderr.isatty())
+                     progress=not args.no_progress and sys.stderr.isatty(), show_code=args.show_code)
     print(out / "index.html")
     return 0
 
@@ -37,6 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument("--day", help="UTC day for the model evaluation, YYYY-MM-DD (default: last day of --data)")
     rep.add_argument("--data", help="labelled Parquet log for label agreement and model evaluation "
                                     "(default: newest labelled log in <home>/data)")
-    rep.add_argument("--notebooks", help="comma-separated notebook names (default: all four)")
+    from workbench.reports.pages import ALL
+
+    rep.add_argument("--notebooks", help=f"comma-separated notebook names (default: all, {','.join(ALL)})")
+    rep.add_argument("--show-code", action="store_true",
+                     help="keep the notebooks' code cells in the HTML pages (default: narrative and results only)")
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
     rep.set_defaults(func=_report)

@@ -1,8 +1,10 @@
 """``run_report``: execute the analysis notebooks with papermill and export them as offline HTML.
 
 A report is a folder ``<reports_dir>/<run_id>/`` with, per notebook, the executed ``.ipynb`` and a
-self-contained ``.html`` (charts are static SVG, images embedded, no script loaded from a CDN),
-plus ``index.html`` linking them and ``params.json``. Every number comes from the data and the
+self-contained ``.html`` (charts are static SVG, images embedded, no script loaded from a CDN;
+input cells left out unless ``show_code``), plus the summary page ``index.html`` (key figures,
+chart thumbnails, links, parameters, versions) and ``params.json``. The notebooks come from the
+page registry :mod:`workbench.reports.pages`. Every number comes from the data and the
 parameters, never from the wall clock, so the same data and parameters give the same tables; only
 the default ``run_id`` is time-based.
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import html
 import json
 import logging
 import os
@@ -25,14 +26,12 @@ from typing import Any, Final
 
 from workbench.config import Settings
 from workbench.reports.exceptions import ReportError
+from workbench.reports.pages import ALL
 
 __all__ = ["ALL", "DEFAULT_NOTEBOOKS_DIR", "PARAMETER_NAMES", "export_html", "run_report"]
 
 logger = logging.getLogger(__name__)
 
-#: The report notebooks, in order.
-ALL: Final[tuple[str, ...]] = ("01_replay_control", "02_anomaly_explorer", "03_model_comparison",
-                               "04_stream_analytics")
 #: The repository's ``notebooks/`` folder (editable installs and checkouts) ...
 CHECKOUT_NOTEBOOKS_DIR: Final = Path(__file__).resolve().parents[2] / "notebooks"
 #: ... and where a wheel installs them (``[tool.setuptools.data-files]`` in pyproject.toml).
@@ -84,7 +83,7 @@ def _strip_widgets(nb: Any) -> None:
                 data.pop("application/vnd.jupyter.widget-view+json")
 
 
-def export_html(notebook: Path, target: Path | None = None) -> Path:
+def export_html(notebook: Path, target: Path | None = None, *, show_code: bool = False) -> Path:
     """Write a self-contained HTML page of an executed notebook (no external scripts).
 
     Parameters
@@ -93,6 +92,8 @@ def export_html(notebook: Path, target: Path | None = None) -> Path:
         An executed ``.ipynb``.
     target : Path, optional
         Output file (default: beside the notebook, ``.html``).
+    show_code : bool
+        Keep the input (code) cells; by default the page shows the narrative and the results only.
     """
     import jinja2
     import nbformat
@@ -100,7 +101,8 @@ def export_html(notebook: Path, target: Path | None = None) -> Path:
 
     nb = nbformat.read(notebook, as_version=4)
     _strip_widgets(nb)
-    exporter = HTMLExporter(template_name="lab", embed_images=True,
+    exporter = HTMLExporter(template_name="lab", embed_images=True, exclude_input=not show_code,
+                            exclude_input_prompt=not show_code, exclude_output_prompt=not show_code,
                             extra_loaders=[jinja2.DictLoader({"workbench_offline.html.j2": _OFFLINE_TEMPLATE})],
                             template_file="workbench_offline.html.j2")
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
@@ -113,23 +115,6 @@ def export_html(notebook: Path, target: Path | None = None) -> Path:
     target = target or notebook.with_suffix(".html")
     target.write_text(body, encoding="utf-8")
     return target
-
-
-def _index(out: Path, run_id: str, params: Mapping[str, Any], done: list[tuple[str, str]]) -> Path:
-    items = "".join(
-        f"<li><a href='{html.escape(name)}.html'>{html.escape(name.replace('_', ' '))}</a> "
-        f"(<a href='{html.escape(name)}.ipynb'>notebook</a>) &mdash; {html.escape(state)}</li>"
-        for name, state in done)
-    rows = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in sorted(params.items())) or "<tr><td>defaults</td></tr>"
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Workbench report {html.escape(run_id)}"
-            "</title><style>body{font-family:sans-serif;margin:2em;max-width:60em}td,th{padding:2px 12px}</style>"
-            f"</head><body><h1>Workbench report <code>{html.escape(run_id)}</code></h1>"
-            f"<h2>Notebooks</h2><ul>{items}</ul>"
-            f"<h2>Parameters</h2><table>{rows}</table></body></html>")
-    path = out / "index.html"
-    path.write_text(page, encoding="utf-8")
-    return path
 
 
 def _declared(notebook: Path) -> set[str]:
@@ -148,6 +133,7 @@ def run_report(
     notebooks_dir: Path | None = None,
     progress: bool = True,
     timeout: float = 900.0,
+    show_code: bool = False,
 ) -> Path:
     """Execute the report notebooks and write executed notebooks, HTML pages and an index.
 
@@ -170,6 +156,8 @@ def run_report(
         Show progress bars (one per report and one per notebook).
     timeout : float
         Seconds any one cell may run.
+    show_code : bool
+        Keep the code cells in the HTML pages (default: narrative and results only).
 
     Returns
     -------
@@ -233,10 +221,18 @@ def run_report(
                                              f"({exc.ename}: {exc.evalue}). See {executed}.", notebook=name)
             logger.error("report notebook failed name=%s cell=%s error=%s", name, exc.cell_index, exc.evalue)
         if executed.is_file():
-            export_html(executed)
+            export_html(executed, show_code=show_code)
         done.append((name, state))
     bar.close()
-    _index(out, run_id, params, done)
+    from workbench.reports._summary import write_summary
+    from workbench.reports.notebook import find_labelled_log
+
+    try:
+        labels_file = find_labelled_log(settings, str(params.get("labels_path", "")))
+    except Exception as exc:  # a bad labels_path already failed a notebook; the summary goes without labels
+        logger.warning("report summary without labels: %s", exc)
+        labels_file = None
+    write_summary(out, run_id, settings, params, done, labels_file=labels_file)
     if failure is not None:
         raise failure
     return out

@@ -1,8 +1,9 @@
-"""Helpers the report notebooks share: parameter checks and parsing, chart setup, data discovery.
+"""Helpers the report notebooks share: one-call setup, parameter checks and parsing, data discovery.
 
-Each notebook starts with ``_before = set(globals())``, then its ``parameters`` cell of
-``name: type = default  # help`` lines, then :func:`check_parameters`, which warns about names
-papermill injected that the parameters cell does not declare (typos such as ``instance=``).
+Each notebook has a ``parameters`` cell of ``name: type = default  # help`` lines, then
+``settings = setup(globals())``: it warns about names papermill injected that the parameters cell
+does not declare (typos such as ``instance=``), renders charts as offline SVG, sets pandas'
+display options and returns the settings (``WORKBENCH_HOME`` from the environment).
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ __all__ = [
     "UnknownParameterWarning",
     "check_parameters",
     "find_labelled_log",
+    "open_workbench",
     "parse_instances",
     "parse_list",
     "parse_time",
+    "setup",
     "setup_charts",
+    "wait_for_replay",
 ]
 
 logger = logging.getLogger(__name__)
@@ -34,7 +38,11 @@ class UnknownParameterWarning(UserWarning):
     """A parameter was passed to a notebook that its ``parameters`` cell does not declare."""
 
 
-def check_parameters(namespace: Mapping[str, Any], before: Iterable[str]) -> list[str]:
+_PARAMETER_TYPES = (str, int, float, bool, list, dict, type(None))
+_SHELL_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
+
+
+def check_parameters(namespace: Mapping[str, Any], before: Iterable[str] = ()) -> list[str]:
     """Warn about (and return) injected names the parameters cell does not declare.
 
     Parameters
@@ -42,11 +50,13 @@ def check_parameters(namespace: Mapping[str, Any], before: Iterable[str]) -> lis
     namespace : mapping
         The notebook's ``globals()`` after the parameters (and any injected) cell.
     before : iterable of str
-        The names that existed before the parameters cell.
+        Names that existed before the parameters cell (optional: without them, any undeclared
+        global holding a plain value, as papermill injects them, counts).
     """
     declared = set(namespace.get("__annotations__", {}))
     unknown = sorted(n for n in set(namespace) - set(before) - declared
-                     if not n.startswith("_") and n not in ("In", "Out", "get_ipython", "exit", "quit"))
+                     if not n.startswith("_") and n not in _SHELL_NAMES
+                     and isinstance(namespace[n], _PARAMETER_TYPES))
     if unknown:
         msg = (f"Unknown notebook parameter(s) {unknown}: they are ignored. "
                f"This notebook accepts {sorted(declared)}; check the spelling.")
@@ -123,3 +133,79 @@ def setup_charts() -> None:
 
     alt.renderers.enable("svg")
     alt.data_transformers.disable_max_rows()
+
+
+def setup(namespace: Mapping[str, Any]) -> Settings:
+    """Everything a report notebook does first; call it right after the ``parameters`` cell.
+
+    Warns about undeclared (misspelled) parameters, renders Altair charts as offline SVG, sets
+    pandas' display width, and returns the settings (``WORKBENCH_HOME`` from the environment).
+
+    >>> settings = setup(globals())  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    from workbench.config import get_settings
+
+    unknown = check_parameters(namespace)
+    if unknown:
+        logger.warning("unknown notebook parameters ignored: %s", unknown)
+    setup_charts()
+    pd.set_option("display.width", 160)
+    pd.set_option("display.max_columns", 30)
+    return get_settings()
+
+
+def open_workbench(mode: str, settings: Settings, *, data: str = "", speedup: float | str = 600.0,
+                   pack: int = 1) -> tuple[Any, bool]:
+    """``(workbench or None, started_here)`` for the replay notebook's ``mode`` parameter.
+
+    ``"start"`` starts one on ``data`` (default: the newest labelled log in the home's data
+    folder); ``"attach"`` connects to the running one and prints why when none runs; ``"skip"``
+    does nothing.
+    """
+    from workbench.runtime import Workbench, WorkbenchStateError
+
+    if mode not in ("attach", "start", "skip"):
+        msg = f"The `mode` parameter must be 'attach', 'start' or 'skip'. Got {mode!r} instead."
+        raise ConfigurationError(msg)
+    if mode == "start":
+        log = data or find_labelled_log(settings)
+        if not log:
+            msg = f"mode='start' needs `data` (a Parquet log); none given and none in {settings.data_dir}."
+            raise ConfigurationError(msg)
+        return Workbench.start(data=log, speedup=speedup, pack=pack, settings=settings), True
+    if mode == "attach":
+        try:
+            return Workbench.attach(settings), False
+        except WorkbenchStateError as exc:
+            print(f"Nothing to attach to: {exc}")
+    return None, False
+
+
+def wait_for_replay(wb: Any, *, timeout: float = 60.0, poll: float = 0.5) -> Any:
+    """Wait until ``wb``'s replay takes commands (running or paused) and return its status.
+
+    Commands sent before a replay listens may not reach it; steering code calls this first.
+
+    Raises
+    ------
+    ConfigurationError
+        If the replay is not running or paused within ``timeout`` seconds (naming its state).
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        status = wb.replay_status()
+        proc = (wb.status().processes or {}).get("replay") or {}
+        fresh = status is not None and not (proc.get("started_at") and status.updated_at < proc["started_at"])
+        if fresh and status.state in ("running", "paused"):
+            return status
+        if fresh and status.state in ("finished", "stopped", "failed"):
+            break
+        time.sleep(poll)
+    state = status.state if status is not None else "not started"
+    msg = f"The replay does not take commands (state: {state} after up to {timeout:.0f} s); nothing was sent."
+    raise ConfigurationError(msg)

@@ -45,6 +45,18 @@ class WorkbenchStateError(WorkbenchError, RuntimeError):
     """The workbench is not in the state the call needs (e.g. attach with nothing running)."""
 
 
+class _InProcessSettings(Settings):
+    """Settings whose Kafka clients log through Python logging (``workbench.kafka``), not stderr.
+
+    The workbench's own clients run in the caller's process, a notebook kernel: librdkafka's
+    lines (e.g. "Connection refused" after a stop) would land in cell output. Apps are other
+    processes and keep their own logging.
+    """
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        return {**super().kafka_client_config(), "logger": logging.getLogger("workbench.kafka")}
+
+
 class Workbench:
     """A running workbench: replay control, status and data access.
 
@@ -54,7 +66,8 @@ class Workbench:
 
     def __init__(self, settings: Settings, *, replay_id: str = "default", apps: Sequence[str] = DEFAULT_APPS,
                  started_kafka: bool = False) -> None:
-        self.settings = settings
+        self.settings = _InProcessSettings.model_construct(
+            _fields_set=settings.model_fields_set, **{k: getattr(settings, k) for k in Settings.model_fields})
         self.replay_id = replay_id
         self.apps = tuple(apps)
         self.started_kafka = started_kafka

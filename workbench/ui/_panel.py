@@ -5,6 +5,14 @@ Buttons and sliders call the workbench's methods (``set_speed``, ``pause``, ``re
 counters about every second and the charts every few seconds; it never blocks the kernel, and it
 ends when the panel is closed or the workbench stops running. Widget updates from a thread are
 sent to the front end by ipywidgets directly.
+
+What the panel shows is computed by :func:`panel_view` from one status snapshot (plus the lag
+history the panel keeps), so the rules are unit-tested without widgets: which controls can act
+and why not, an ETA from the measured rate when the replay falls behind its schedule, and the
+lag's trend. Replay status fields read (newer ones only when the replay reports them):
+``state``, ``speedup``, ``next_row``, ``rows_total``, ``event_time``, ``first_event_time``,
+``last_event_time``, ``rate_now``, ``rate_avg``, ``eta_seconds``, ``updated_at``, ``error``, and
+optionally ``finished``, ``rate``, ``behind_s``, ``eta_s``.
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ import html
 import logging
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -20,7 +30,8 @@ import ipywidgets as widgets
 
 from workbench.exceptions import ConfigurationError
 
-__all__ = ["ControlPanel", "PanelTarget", "control_panel", "metric_cards"]
+__all__ = ["ControlPanel", "PanelTarget", "PanelView", "control_panel", "format_speed", "lag_trend", "metric_cards",
+           "panel_view"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +77,192 @@ def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     seconds = int(max(0, seconds))
-    h, rest = divmod(seconds, 3600)
+    d, rest = divmod(seconds, 86400)
+    h, rest = divmod(rest, 3600)
     m, s = divmod(rest, 60)
+    if d:
+        return f"{d}d {h:02d}h {m:02d}m"
     return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s" if m else f"{s}s"
 
 
 def _num(value: Any) -> str:
-    return "?" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+    if value is None:
+        return "?"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 10 else f"{value:,.2g}"
+    return str(value)
+
+
+def format_speed(speedup: float | str | None) -> str:
+    """``"3,600x"``, ``"0.5x"`` or ``"max"`` (never scientific notation)."""
+    if speedup is None:
+        return "-"
+    if isinstance(speedup, str) or speedup <= 0:
+        return "max"
+    return f"{speedup:,.0f}x" if speedup >= 10 else f"{speedup:,.3g}x"
+
+
+#: Lag changes smaller than this share (or 100 messages) between two looks are "steady".
+_TREND_TOLERANCE = 0.05
+#: Seconds of lag history compared for the trend.
+_TREND_SPAN = 10.0
+#: Seconds behind schedule from which the ETA comes from the measured rate.
+_BEHIND_AFTER = 2.0
+
+
+@dataclass(frozen=True)
+class PanelView:
+    """What the panel shows for one status snapshot (computed by :func:`panel_view`)."""
+
+    can_play: bool
+    can_speed: bool
+    can_seek: bool
+    can_reset: bool
+    why_disabled: str  # empty when every control can act
+    playing: bool | None  # None: leave the button as it is
+    speed: float | None  # None: no number to show (max, or no fresh status)
+    speed_text: str
+    progress: float
+    progress_text: str
+    clock: str
+    state: str
+    eta: str
+    behind: str
+    lag: str
+
+
+def _field(obj: Any, name: str, default: Any = None) -> Any:
+    return getattr(obj, name, default) if obj is not None else default
+
+
+def _stale(status: Any) -> bool:
+    """Whether the replay status predates the replay process now running (a previous run's)."""
+    replay = status.replay
+    proc = (status.processes or {}).get("replay") or {}
+    started = proc.get("started_at")
+    updated = _field(replay, "updated_at")
+    return bool(replay is not None and started and updated and proc.get("state") in ("running", "starting")
+                and updated < started)
+
+
+def _events_per_second(replay: Any) -> float | None:
+    first, last = _field(replay, "first_event_time"), _field(replay, "last_event_time")
+    total = _field(replay, "rows_total") or 0
+    if not first or not last or total <= 0:
+        return None
+    span = (last - first).total_seconds()
+    return total / span if span > 0 else None
+
+
+def lag_trend(history: Sequence[tuple[float, int]], *, span: float = _TREND_SPAN) -> str:
+    """``growing``, ``shrinking``, ``steady`` or ``""`` (too little history) from ``(time, lag)`` samples."""
+    if len(history) < 2:
+        return ""
+    now, latest = history[-1]
+    older = [(t, v) for t, v in history if now - t >= span]
+    then, before = older[-1] if older else history[0]
+    if now - then <= 0:
+        return ""
+    change = latest - before
+    if abs(change) <= max(100, _TREND_TOLERANCE * max(before, latest)):
+        return "steady"
+    return "growing" if change > 0 else "shrinking"
+
+
+def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple[float, int]] = ()) -> PanelView:
+    """The panel's controls and texts for one ``Workbench.status()`` snapshot.
+
+    Controls that cannot act are disabled with the reason in ``why_disabled``: no replay yet, a
+    previous run's status, a finished, stopped or failed replay, a workbench that does not run.
+    On a finished replay, seek and reset stay enabled when the replay reports ``finished`` (it
+    keeps listening and restarts on them); otherwise they are disabled too.
+    """
+    replay = status.replay
+    stale = _stale(status)
+    state = "starting" if stale else (_field(replay, "state") or "not started")
+    finished_listens = _field(replay, "finished") is not None and not stale
+    can = {"play": False, "speed": False, "seek": False, "reset": False}
+    why = ""
+    if not running:
+        why = "The workbench is not running: start one (mode='start') to steer a replay."
+    elif replay is None:
+        why = "No replay yet: the controls work once the replay has reported its first status."
+    elif stale or state == "starting":
+        why = "The replay is starting; the controls work once it reports its first status."
+    elif state in ("running", "paused"):
+        can = dict.fromkeys(can, True)
+    elif state == "finished":
+        if finished_listens:
+            can["seek"] = can["reset"] = True
+            why = "The replay has finished: Seek or Reset replays again; pause and speed act on a running replay."
+        else:
+            why = "The replay has finished and no longer takes commands; start a new one to replay again."
+    else:  # stopped, failed, or a state this panel does not know
+        err = _field(replay, "error")
+        why = f"The replay is {state}" + (f" ({err})" if err else "") + "; start a new one to replay again."
+
+    speedup = None if stale else _field(replay, "speedup")
+    speed = float(speedup) if speedup and speedup > 0 else None
+    total, sent = (_field(replay, "rows_total") or 0), (0 if stale else _field(replay, "next_row") or 0)
+    fraction = sent / total if total else 0.0
+    event_time = None if stale else _field(replay, "event_time")
+    clock = f"{event_time:%Y-%m-%d %H:%M:%S} UTC" if event_time else "-"
+
+    # ETA: the schedule's, unless the replay falls behind it; then the rows left at the measured rate.
+    eta_text, behind_text = "ETA -", ""
+    if replay is not None and not stale and state in ("running", "paused", "starting"):
+        eta = _field(replay, "eta_s", _field(replay, "eta_seconds"))
+        behind_s = _field(replay, "behind_s")
+        # The replay's measured rate when it reports one; else the recent rate (the average
+        # includes pauses and the start).
+        rate = _field(replay, "rate") or _field(replay, "rate_now") or _field(replay, "rate_avg")
+        eps = _events_per_second(replay)
+        if behind_s is None and eta is not None and rate and speed and eps:
+            # Rows the schedule wants per wall second against the rows actually sent per second.
+            needed = eps * speed
+            if rate < needed * 0.9:
+                behind_s = max(0.0, (total - sent) / rate - (eta or 0.0))
+        if behind_s is not None and behind_s > _BEHIND_AFTER and rate:
+            eta = max(eta or 0.0, (total - sent) / rate)
+            behind_text = f"behind schedule, sending {rate:,.0f} rows/s"
+        eta_text = "ETA paused" if state == "paused" else f"ETA {_duration(eta)}"
+    elif state == "finished":
+        eta_text = "done"
+
+    lags = [v for v in (status.lag or {}).values() if isinstance(v, int)]
+    lag_text = "-"
+    if lags:
+        worst = max(lags)
+        eps = _events_per_second(replay)
+        parts = [f"{worst:,} messages"]
+        if eps and worst:
+            parts.append(f"~{_duration(worst / eps)} of event time behind")
+        trend = lag_trend(lag_history)
+        if trend:
+            parts.append(trend)
+        lag_text = ", ".join(parts)
+
+    playing = None
+    if not stale and state in ("running", "paused"):
+        playing = state == "running"
+    return PanelView(
+        can_play=can["play"], can_speed=can["speed"], can_seek=can["seek"], can_reset=can["reset"],
+        why_disabled=why, playing=playing, speed=speed,
+        speed_text=format_speed(speedup) if replay is not None and not stale else "-",
+        progress=float(min(1.0, max(0.0, fraction))), progress_text=f"{fraction:.0%}",
+        clock=clock, state=state, eta=eta_text, behind=behind_text, lag=lag_text,
+    )
+
+
+def _placeholder(title: str, message: str) -> str:
+    """A chart-sized box saying why there is no chart yet (no SVG rendering needed)."""
+    return ("<div class='workbench-placeholder' style='width:640px;height:80px;border:1px dashed #bbb;"
+            "border-radius:4px;display:flex;flex-direction:column;justify-content:center;align-items:center;"
+            f"color:#666'><b>{html.escape(title)}</b><i>{html.escape(message)}&hellip;</i></div>")
 
 
 def metric_cards(metrics: dict[str, Any], caption: str = "") -> widgets.HTML:
@@ -111,10 +301,13 @@ class ControlPanel(widgets.VBox):
         self._charts_enabled = charts
         self._last_chart = 0.0
 
-        self.speed = widgets.FloatLogSlider(value=600, base=10, min=0, max=5, step=0.05, description="Speed",
-                                            readout_format=".3g", continuous_update=False,
+        # The slider's own readout uses d3-format: ",.0f" gives "3,600", never "3.60e+3".
+        self.speed = widgets.FloatLogSlider(value=1.0, base=10, min=0, max=5, step=0.05, description="Speed",
+                                            readout_format=",.0f", continuous_update=False,
                                             layout=widgets.Layout(width="380px"))
-        self.speed_label = widgets.Label("600x")
+        self.speed_label = widgets.Label("-")
+        self._running_history: list[tuple[float, int]] = []
+        self._lag_history: list[tuple[float, int]] = []
         self.presets = [widgets.Button(description=name, layout=widgets.Layout(width="64px"),
                                        tooltip=f"Replay at {name}") for name, _ in PRESETS]
         self.play = widgets.ToggleButton(value=True, description="Pause", icon="pause",
@@ -128,10 +321,11 @@ class ControlPanel(widgets.VBox):
                                               layout=widgets.Layout(width="380px"))
         self.clock = widgets.HTML("<b>-</b>")
         self.eta = widgets.Label("ETA -")
+        self.note = widgets.HTML("")  # why controls are disabled
         self.counters = widgets.HTML("")
         self.message = widgets.HTML("")
-        self.events_plot = widgets.HTML("")
-        self.anomalies_plot = widgets.HTML("")
+        self.events_plot = widgets.HTML(_placeholder("Events per 10 minutes", "waiting for the first window"))
+        self.anomalies_plot = widgets.HTML(_placeholder("Anomalies per 10 minutes", "waiting for the first window"))
 
         self.speed.observe(self._on_speed, names="value")
         for button, (_, value) in zip(self.presets, PRESETS, strict=True):
@@ -145,22 +339,30 @@ class ControlPanel(widgets.VBox):
             widgets.HBox([widgets.Label("Presets:"), *self.presets]),
             widgets.HBox([self.seek_text, self.seek_button]),
             widgets.HBox([self.progress, self.clock, self.eta]),
+            self.note,
             self.counters,
             self.message,
         ]
         if charts:
             rows.append(widgets.VBox([self.events_plot, self.anomalies_plot]))
         super().__init__(rows)
+        self.add_class("workbench-panel")  # a stable hook for styling and browser tests
         self.refresh(charts=False)
         if auto_refresh:
             self.start()
 
     # -- commands ------------------------------------------------------------------------------
     def _command(self, what: str, value: Any = None) -> None:
+        view = getattr(self, "view", None)
+        allowed = {"speed": "can_speed", "pause": "can_play", "resume": "can_play", "seek": "can_seek",
+                   "reset": "can_reset"}[what]
+        if view is not None and not getattr(view, allowed):
+            self._say(f"{what} not sent: {view.why_disabled}", error=True)
+            return
         try:
             if what == "speed":
                 self._wb.set_speed(value)
-                self._say(f"speed set to {value if isinstance(value, str) else f'{value:g}x'}")
+                self._say(f"speed {format_speed(value)} sent")
                 if not isinstance(value, str):
                     self._local.syncing = True
                     try:
@@ -169,16 +371,16 @@ class ControlPanel(widgets.VBox):
                         self._local.syncing = False
             elif what == "pause":
                 self._wb.pause()
-                self._say("paused")
+                self._say("pause sent")
             elif what == "resume":
                 self._wb.resume()
-                self._say("resumed")
+                self._say("resume sent")
             elif what == "reset":
                 self._wb.reset()
-                self._say("replay reset to the first row")
+                self._say("reset sent: the replay restarts from the first row")
             elif what == "seek":
                 self._wb.seek(value)
-                self._say(f"seeking to {value:%Y-%m-%d %H:%M:%S} UTC")
+                self._say(f"seek to {value:%Y-%m-%d %H:%M:%S} UTC sent")
         except Exception as exc:
             logger.warning("panel command failed what=%s error=%s", what, exc)
             self._say(str(exc), error=True)
@@ -220,40 +422,54 @@ class ControlPanel(widgets.VBox):
             self.refresh_charts(status)
 
     def _show_status(self, status: Any) -> None:
-        replay = status.replay
+        total_lag = [v for v in (status.lag or {}).values() if isinstance(v, int)]
+        if total_lag:
+            now = time.monotonic()
+            self._lag_history.append((now, max(total_lag)))
+            self._lag_history = [(t, v) for t, v in self._lag_history if now - t <= 6 * _TREND_SPAN]
+        view = panel_view(status, running=self._wb.running, lag_history=self._lag_history)
+        self.view = view
         self._local.syncing = True
         try:
-            if replay is None:
-                self.progress.value = 0.0
-                self.clock.value = "<b>no replay yet</b>"
-                self.eta.value = "ETA -"
-            else:
-                self.progress.value = float(min(1.0, max(0.0, replay.fraction)))
-                self.progress.description = f"{replay.fraction:.0%}"
-                clock = replay.event_time.strftime("%Y-%m-%d %H:%M:%S") if replay.event_time else "-"
-                self.clock.value = f"<b>{clock} UTC</b> &nbsp; [{html.escape(replay.state)}]"
-                self.eta.value = f"ETA {_duration(replay.eta_seconds)}"
-                if replay.speedup and replay.speedup > 0:
-                    self.speed.value = float(min(max(replay.speedup, 1.0), 100_000.0))
-                    self.speed_label.value = f"{replay.speedup:g}x"
-                else:
-                    self.speed_label.value = "max"
-                if replay.state in ("running", "paused", "starting"):
-                    self.play.value = replay.state != "paused"
+            self.progress.value = view.progress
+            self.progress.description = view.progress_text
+            self.clock.value = f"<b>{html.escape(view.clock)}</b> &nbsp; [{html.escape(view.state)}]"
+            self.eta.value = view.eta + (f" · {view.behind}" if view.behind else "")
+            if view.speed is not None:
+                self.speed.value = float(min(max(view.speed, 1.0), 100_000.0))
+            self.speed_label.value = view.speed_text
+            if view.playing is not None:
+                self.play.value = view.playing
+            self.play.disabled = not view.can_play
+            self.speed.disabled = not view.can_speed
+            for button in self.presets:
+                button.disabled = not view.can_speed
+            self.seek_text.disabled = self.seek_button.disabled = not view.can_seek
+            self.reset_button.disabled = not view.can_reset
+            reason = html.escape(view.why_disabled)
+            self.note.value = f"<span style='color:#8D6E00'>{reason}</span>" if reason else ""
+            for widget in (self.play, self.speed, self.seek_button, self.reset_button, *self.presets):
+                widget.tooltip = view.why_disabled or None
         finally:
             self._local.syncing = False
-        self.counters.value = self._counters_html(status)
+        self.counters.value = self._counters_html(status, view)
 
     @staticmethod
-    def _counters_html(status: Any) -> str:
-        replay = status.replay
+    def _counters_html(status: Any, view: PanelView) -> str:
+        replay = None if _stale(status) else status.replay
         rows = []
         if replay is not None:
             rows.append(("Rows sent", f"{replay.next_row:,} / {replay.rows_total:,}"))
-            rows.append(("Rate", f"{replay.rate_now:,.0f} rows/s now, {replay.rate_avg:,.0f} avg"))
+            if replay.state == "running":
+                rate = _field(replay, "rate")
+                measured = f", {rate:,.0f} measured" if rate else ""
+                rows.append(("Rate", f"{replay.rate_now:,.0f} rows/s now, {replay.rate_avg:,.0f} avg{measured}"))
+            else:
+                rows.append(("Rate", f"{replay.state}: {replay.rate_avg:,.0f} rows/s on average"))
         lag = ", ".join(f"{name} {_num(value)}" for name, value in status.lag.items()) or "-"
         rows += [
             ("Lag (messages)", lag),
+            ("Pipeline behind", view.lag),
             ("Anomalies", _num(status.anomalies)),
             ("Model", f"{status.model_version or 'none yet'} ({status.model_versions} versions)"),
             ("Late events", _num(status.late_events)),
@@ -273,21 +489,34 @@ class ControlPanel(widgets.VBox):
         self._last_chart = time.monotonic()
         end = getattr(status, "event_time", None) if status is not None else None
         start = end - CHART_SPAN if end is not None else None
+        # Up to the replay clock (plus the window in progress): a store filled by an earlier run
+        # must not show "future" windows.
+        upto = end + timedelta(minutes=10) if end is not None else None
+        from workbench.store.exceptions import StoreNotFoundError
+
         try:
-            stats = self._wb.window_stats(start=start)
-            self.events_plot.value = charts.to_svg(charts.events_chart(stats))
+            stats = self._wb.window_stats(start=start, end=upto)
+            if stats.empty:
+                self.events_plot.value = _placeholder("Events per 10 minutes", "waiting for the first window")
+            else:
+                self.events_plot.value = charts.to_svg(charts.events_chart(stats))
+        except StoreNotFoundError:  # the analytics app creates it with its first window
+            self.events_plot.value = _placeholder("Events per 10 minutes", "waiting for the first window")
         except Exception as exc:
-            logger.debug("events chart unavailable: %s", exc)
+            logger.warning("events chart unavailable: %s", exc)
             self.events_plot.value = f"<i>events chart unavailable: {html.escape(str(exc))}</i>"
         try:
-            anomalies = self._wb.anomalies(start=start)
-        except Exception as exc:  # no lakehouse before the first anomaly
-            logger.debug("anomalies unavailable: %s", exc)
-            import pandas as pd
-
-            anomalies = pd.DataFrame({"arrival_timestamp": pd.Series([], dtype="datetime64[ns, UTC]")})
+            anomalies = self._wb.anomalies(start=start, end=upto)
+        except StoreNotFoundError:  # the sink creates the lakehouse with the first anomaly
+            anomalies = None
+        except Exception as exc:
+            logger.warning("anomalies unavailable: %s", exc)
+            anomalies = None
         try:
-            self.anomalies_plot.value = charts.to_svg(charts.anomalies_chart(anomalies))
+            if anomalies is None or anomalies.empty:
+                self.anomalies_plot.value = _placeholder("Anomalies per 10 minutes", "no anomalies yet")
+            else:
+                self.anomalies_plot.value = charts.to_svg(charts.anomalies_chart(anomalies))
         except Exception as exc:
             self.anomalies_plot.value = f"<i>anomalies chart unavailable: {html.escape(str(exc))}</i>"
 

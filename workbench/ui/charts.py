@@ -34,6 +34,8 @@ __all__ = [
     "format_metric",
     "metric_cards_html",
     "pr_curve_chart",
+    "problem_badges_html",
+    "runtime_comparison_chart",
     "to_svg",
 ]
 
@@ -100,7 +102,8 @@ def class_shares_chart(shares: pd.DataFrame, *, title: str = "Query classes per 
         color=alt.Color("class:N", title="Class", sort=list(CLASS_COLORS),
                         scale=alt.Scale(domain=list(CLASS_COLORS), range=list(CLASS_COLORS.values()))),
         order=alt.Order("order:Q"),
-        tooltip=["window_start:T", "class:N", "queries:Q"],
+        tooltip=[alt.Tooltip("window_start:T", format=_TIME_FORMAT), "class:N",
+                 alt.Tooltip("queries:Q", format=",d")],
     ).properties(title=title, width=_WIDTH, height=240)
 
 
@@ -112,8 +115,9 @@ def events_chart(stats: pd.DataFrame, *, title: str = "Events per 10 minutes") -
     per = stats.groupby("window_start", as_index=False)["total_queries"].sum()
     per["window_start"] = _utc(per["window_start"])
     return alt.Chart(per).mark_bar(color="#1565C0").encode(
-        x=_time_x(), y=alt.Y("total_queries:Q", title="Queries per 10 min"),
-        tooltip=["window_start:T", "total_queries:Q"],
+        x=_time_x(), y=alt.Y("total_queries:Q", title="Queries per 10 min", axis=alt.Axis(format=",d")),
+        tooltip=[alt.Tooltip("window_start:T", format=_TIME_FORMAT),
+                 alt.Tooltip("total_queries:Q", format=",d")],
     ).properties(title=title, width=_WIDTH, height=140)
 
 
@@ -135,8 +139,8 @@ def anomalies_chart(anomalies: pd.DataFrame, *, title: str = "Anomalies per 10 m
         return empty_chart(title, "No anomalies yet")
     per["window_start"] = _utc(per["window_start"])
     return alt.Chart(per).mark_bar(color="#C62828").encode(
-        x=_time_x(), y=alt.Y("anomalies:Q", title="Anomalies per 10 min"),
-        tooltip=["window_start:T", "anomalies:Q"],
+        x=_time_x(), y=alt.Y("anomalies:Q", title="Anomalies per 10 min", axis=alt.Axis(format=",d", tickMinStep=1)),
+        tooltip=[alt.Tooltip("window_start:T", format=_TIME_FORMAT), alt.Tooltip("anomalies:Q", format=",d")],
     ).properties(title=title, width=_WIDTH, height=120)
 
 
@@ -158,9 +162,54 @@ def anomaly_timeline(anomalies: pd.DataFrame, *, title: str = "Anomalies per ins
         x=_time_x("arrival_timestamp", "Arrival time (UTC)"),
         y=alt.Y("instance_id:O", title="Instance"),
         color=alt.Color("reason:N", title="Reason"),
-        size=alt.Size("under_ratio:Q", title="Actual / predicted", scale=alt.Scale(type="log", range=[20, 300])),
-        tooltip=["arrival_timestamp:T", "instance_id:O", "query_id:N", "reason:N", "under_ratio:Q"],
+        size=alt.Size("under_ratio:Q", title="Actual / predicted", scale=alt.Scale(type="log", range=[20, 300]),
+                      legend=alt.Legend(format=",.0f")),
+        tooltip=[alt.Tooltip("arrival_timestamp:T", format=_TIME_FORMAT), "instance_id:O", "query_id:N", "reason:N",
+                 alt.Tooltip("under_ratio:Q", title="actual / predicted", format=",.1f")],
     ).properties(title=title, width=_WIDTH, height=max(80, 22 * df["instance_id"].nunique()))
+
+
+def runtime_comparison_chart(values: Mapping[str, float | None], *, highlight: str = "actual",
+                             title: str = "Actual vs predicted runtime") -> alt.Chart:
+    """Horizontal bars of runtimes (ms) on a log axis, e.g. actual against the predictions.
+
+    Bars start a decade below the smallest value (a log axis has no zero), the axis has
+    a tick per power of ten with readable labels ("1,000 ms"), and ``highlight`` is drawn red.
+    Missing values (``None``/NaN) are left out; values below 1 ms are shown as 1 ms.
+    """
+    rows = [(k, float(v)) for k, v in values.items() if v is not None and np.isfinite(float(v))]
+    if not rows:
+        return empty_chart(title, "No runtimes to compare")
+    df = pd.DataFrame(rows, columns=["what", "ms"])
+    df["shown"] = df["ms"].clip(lower=1.0)
+    # One decade below the smallest value, so even the smallest bar has a visible length.
+    lo = 10.0 ** (np.floor(np.log10(df["shown"].min())) - 1)
+    hi = 10.0 ** np.ceil(np.log10(df["shown"].max() * 1.01))
+    df["base"] = lo
+    ticks = [10.0 ** e for e in range(int(np.log10(lo)), int(np.log10(hi)) + 1)]
+    colours = ["#C62828" if w == highlight else "#1565C0" for w in df["what"]]
+    return alt.Chart(df).mark_bar(height=18).encode(
+        x=alt.X("base:Q", title="Execution time (ms, log scale)",
+                scale=alt.Scale(type="log", domain=[lo, hi]),
+                axis=alt.Axis(values=ticks, labelExpr="(datum.value < 1 ? format(datum.value, '.1f') "
+                                                      ": format(datum.value, ',.0f')) + ' ms'")),
+        x2="shown:Q",
+        y=alt.Y("what:N", title=None, sort=None),
+        color=alt.Color("what:N", scale=alt.Scale(domain=list(df["what"]), range=colours), legend=None),
+        tooltip=[alt.Tooltip("what:N", title="runtime"), alt.Tooltip("ms:Q", title="ms", format=",.1f")],
+    ).properties(title=title, width=480, height=alt.Step(26))
+
+
+def problem_badges_html(types: Sequence[str]) -> str:
+    """Coloured badges for problem classes (colours of :data:`CLASS_COLORS`), or "no critical problem type"."""
+    badges = []
+    for problem in types:
+        label = CLASS_LABELS.get(problem, problem)
+        colour = CLASS_COLORS.get(label, "#555")
+        text = "#222" if colour in ("#F9A825", "#FDD835") else "white"
+        badges.append(f"<span style='background:{colour};color:{text};border-radius:4px;padding:2px 6px'>"
+                      f"{html.escape(label)}</span>")
+    return " ".join(badges) or "<span style='color:#2E7D32'>no critical problem type</span>"
 
 
 def pr_curve_chart(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,

@@ -1,0 +1,149 @@
+"""The notebook-facing helpers: anomaly tables, label agreement, evaluation table, one-call setup."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from workbench.analysis import anomaly_summary as summary
+from workbench.analysis import detection_summary as ds
+from workbench.config import Settings
+from workbench.reports.notebook import UnknownParameterWarning, check_parameters, setup
+from workbench.reports.pages import ALL, PAGES, page
+from workbench.ui import charts
+
+T = pd.Timestamp("2024-03-04T10:00", tz="UTC")
+
+
+def _anomalies() -> pd.DataFrame:
+    return pd.DataFrame({
+        "instance_id": [1, 1, 2, 3, 1],
+        "query_id": [10, 11, 20, 30, 10],  # query 10 alerted by two versions
+        "model_version": ["v1", "v2", "v2", "v2", "v2"],
+        "arrival_timestamp": [T + pd.Timedelta(minutes=m) for m in (0, 5, 7, 9, 0)],
+        "reason": ["slow_execution", "slow_execution", "long_queue", "slow_execution", "slow_execution"],
+        "true_ms": [5000.0, 900.0, 100.0, 70_000.0, 5000.0],
+        "pred_ms": [100.0, 90.0, 50.0, 700.0, 120.0],
+        "pred_q_ms": [200.0, 150.0, 80.0, 900.0, 220.0],
+        "under_ratio": [50.0, 10.0, 2.0, 100.0, 41.7],
+        "excess_ms": [4900.0, 810.0, 50.0, 69_300.0, 4880.0],
+        "score": [3.0, 1.0, 0.5, 4.0, 2.9],
+        "features": [json.dumps({"bytes_scanned": 12}), None, "", "{}", "{}"],
+    })
+
+
+def test_anomaly_tables_are_sorted_and_complete() -> None:
+    a = _anomalies()
+    by = summary.by_reason_and_version(a)
+    assert by.to_dict("records") == [
+        {"reason": "slow_execution", "model_version": "v2", "anomalies": 3},
+        {"reason": "long_queue", "model_version": "v2", "anomalies": 1},
+        {"reason": "slow_execution", "model_version": "v1", "anomalies": 1}]
+    top = summary.top_offenders(a, 2)
+    assert top.index.tolist() == [1, 3] and top.loc[1, "anomalies"] == 3
+    assert top.loc[3, "excess_hours"] == pytest.approx(round(69_300 / 3.6e6, 2))
+    worst = summary.worst_queries(a, 2)
+    assert worst["query_id"].tolist() == [30, 10] and worst["under_ratio"].tolist() == [100.0, 50.0]
+    assert summary.pick_query(a)["query_id"] == 30
+    assert summary.pick_query(a, 20)["instance_id"] == 2
+    assert summary.pick_query(a, 99) is None and summary.pick_query(a.iloc[:0]) is None
+    assert summary.query_features(a.iloc[0]).to_dict() == {"feature": {"bytes_scanned": 12}}
+    assert summary.query_features(a.iloc[1]).empty and summary.query_features(a.iloc[2]).empty
+
+
+def test_no_lakehouse_means_no_anomalies_but_other_errors_surface(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    empty = summary.anomalies_or_empty(settings)
+    assert empty.empty and list(empty.columns) == list(summary.ANOMALY_COLUMNS)
+    assert summary.by_reason_and_version(empty).empty and summary.top_offenders(empty).empty
+
+
+def test_classification_table_counts_and_shares() -> None:
+    stats = pd.DataFrame({"total_queries": [10, 10], "normal_queries": [8, 6], "cpu_bound_queries": [1, 2],
+                          "io_bound_queries": [1, 0], "network_bound_queries": [0, 1],
+                          "queue_wlm_bound_queries": [0, 1]})
+    table = summary.classification_table(stats, 3)
+    assert table.loc["total", "queries"] == 20 and table.loc["Normal", "share %"] == 70.0
+    assert table.loc["Anomalies", "queries"] == 3 and table.loc["Anomalies", "share %"] == 15.0
+    assert summary.classification_table(stats.iloc[:0], 0)["queries"].sum() == 0
+
+
+def _labels(path: Path) -> Path:
+    table = pa.table({
+        "instance_id": pa.array([1, 1, 2, 3, 3, 1], pa.int32()),
+        "query_id": pa.array([10, 11, 20, 30, 31, 12], pa.int64()),
+        "arrival_timestamp": pa.array([T + pd.Timedelta(minutes=m) for m in (0, 5, 7, 9, 11, 13)],
+                                      pa.timestamp("us", tz="UTC")),
+        "label_anomaly": [True, False, True, True, True, False],
+        "label_kind": ["slow", None, "queue", "slow", "spill", None],
+    })
+    pq.write_table(table, path)
+    return path
+
+
+def test_label_agreement_counts_each_query_once(tmp_path: Path) -> None:
+    labels = _labels(tmp_path / "log.parquet")
+    result = ds.label_agreement(_anomalies(), labels)
+    # alerts: 10, 11, 20, 30 (10 twice); labelled: 10, 20, 30, 31 -> 3 hits
+    assert result.precision == 0.75 and result.recall == 0.75
+    assert result.summary.loc["alerts that are labelled", "value"] == 3
+    assert result.per_kind.loc["spill", "recall"] == 0.0 and result.per_kind.loc["slow", "alerted"] == 2
+    narrow = ds.label_agreement(_anomalies(), labels, instances=[3])
+    assert narrow.recall == 0.5  # 30 found, 31 missed; other instances' labels are not counted
+    assert ds.last_log_day(labels).isoformat() == "2024-03-04"
+
+
+def test_evaluation_table_orders_rows_and_adds_recall_per_kind() -> None:
+    table = ds.evaluation_table({"v1": {"rows": 100, "F1": 0.51234, "recall[slow]": 0.5},
+                                 "baseline": {"rows": 100, "F1": 0.2}})
+    assert list(table.index) == ["v1", "baseline"]
+    assert list(table.columns)[:3] == ["rows", "anomalies", "alerts"] and table.columns[-1] == "recall[slow]"
+    assert table.loc["v1", "F1"] == 0.5123 and np.isnan(table.loc["baseline", "recall[slow]"])
+
+
+def test_runtime_chart_has_nonzero_bars_and_readable_log_ticks() -> None:
+    chart = charts.runtime_comparison_chart({"actual": 5000.0, "predicted mean": 100.0, "predicted q90": 0.2,
+                                             "typical for fingerprint": None})
+    spec = chart.to_dict(validate=True)
+    enc = spec["encoding"]
+    assert enc["x"]["scale"] == {"type": "log", "domain": [0.1, 10_000.0]}
+    assert enc["x"]["axis"]["values"] == pytest.approx([0.1, 1.0, 10.0, 100.0, 1000.0, 10_000.0])
+    assert enc["x2"]["field"] == "shown"  # bars span base..value: never zero width on a log axis
+    rows = next(iter(spec["datasets"].values()))
+    assert [r["what"] for r in rows] == ["actual", "predicted mean", "predicted q90"]
+    assert all(r["shown"] > r["base"] for r in rows)  # 0.2 ms is shown as 1 ms, still a bar
+    svg = charts.to_svg(chart)
+    assert "1,000 ms" in svg and "0.1 ms" in svg and "e+" not in svg
+    assert "No runtimes" in charts.to_svg(charts.runtime_comparison_chart({"actual": None}))
+
+
+def test_problem_badges_use_the_class_colours() -> None:
+    html = charts.problem_badges_html(["cpu_bound", "queue_wlm_bound"])
+    assert charts.CLASS_COLORS["CPU"] in html and charts.CLASS_COLORS["Queue/WLM"] in html
+    assert "no critical problem type" in charts.problem_badges_html([])
+
+
+def test_setup_warns_about_undeclared_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    namespace = {"__annotations__": {"start": str}, "start": "", "instance": "1", "pd": pd, "In": [],
+                 "_before": set()}
+    with pytest.warns(UnknownParameterWarning, match=r"\['instance'\]"):
+        settings = setup(namespace)
+    assert settings.home == tmp_path / "home"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_parameters({"__annotations__": {"start": str}, "start": "x", "json": json}) == []
+
+
+def test_page_registry_is_the_notebook_folder() -> None:
+    root = Path(__file__).resolve().parents[1] / "notebooks"
+    assert [p.stem for p in sorted(root.glob("*.ipynb"))] == list(ALL) == [p.name for p in PAGES]
+    assert page("02_anomaly_explorer").title == "Anomaly explorer"
+    assert page("05_new_page").title == "New page"

@@ -1,0 +1,258 @@
+"""The notebooks as a user meets them: JupyterLab in headless Chromium, driven by Playwright.
+
+The test starts a workbench (replay + analytics app on the session's broker) on a copy of the
+notebook test home, starts JupyterLab on 127.0.0.1 with a random port and token and private
+Jupyter directories, opens ``01_replay_control``, runs all cells and then uses the panel: pause,
+a speed preset, a seek. After each click the Python API's ``Workbench.status()`` must agree, and
+so must the panel. It then opens ``02_anomaly_explorer``, runs all cells and checks that every
+chart has visible marks (SVG marks of non-zero size). Playwright drives the system Chromium
+(``executable_path``); it never downloads a browser. Set ``WORKBENCH_SCREENSHOTS_DIR`` to keep
+the PNG screenshots (the README's come from ``docs/images/``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import isolated_settings
+from tests.notebook_home import cached_home
+from workbench.config import Settings
+from workbench.runtime import Workbench
+
+pytestmark = [pytest.mark.slow, pytest.mark.kafka]
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
+                 if p and Path(p).is_file()), None)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (run `make browser` or apt-get install chromium)")
+
+
+def _until(condition: Callable[[], Any], timeout: float = 45.0, poll: float = 0.3, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(poll)
+    raise AssertionError(f"{what or 'condition'} not reached in {timeout} s (last value {last!r})")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def live_home(kafka_base: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Workbench]]:
+    """A copy of the notebook home with a running workbench (replay at 600x + analytics)."""
+    home_src, _ = cached_home(tmp_path_factory.getbasetemp())
+    home = tmp_path_factory.mktemp("browser") / "home"
+    shutil.copytree(home_src, home, ignore=shutil.ignore_patterns("run", "logs"))
+    settings = isolated_settings(kafka_base, home)
+    wb = Workbench.start(data=home / "data" / "log.parquet", speedup=600, settings=settings, apps=("analytics",))
+    try:
+        _until(lambda: (s := wb.status()).replay and s.replay_state == "running" and s.rows_sent > 0,
+               what="the replay running")
+        yield settings, wb
+    finally:
+        wb.stop()
+
+
+@pytest.fixture
+def lab(live_home: tuple[Settings, Workbench], tmp_path: Path) -> Iterator[str]:
+    """JupyterLab on a copy of the notebooks; yields the base URL with the token."""
+    settings, _ = live_home
+    root = tmp_path / "lab"
+    shutil.copytree(ROOT / "notebooks", root)
+    port, token = _free_port(), secrets.token_hex(16)
+    # Private Jupyter directories; every cell stays in the page (no windowing), so all charts can be checked.
+    lab_settings = tmp_path / "lab-settings"
+    tracker = lab_settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text('{"windowingMode": "none"}')
+    news = lab_settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    news.parent.mkdir(parents=True)
+    news.write_text('{"fetchNews": "false", "checkForUpdates": false}')  # no news prompt, no network
+    env = {**os.environ, "WORKBENCH_HOME": str(settings.home), "JUPYTER_CONFIG_DIR": str(tmp_path / "jconfig"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "jruntime"), "IPYTHONDIR": str(tmp_path / "ipython"),
+           "JUPYTERLAB_SETTINGS_DIR": str(lab_settings), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)  # the notebook attaches: the broker comes from the running workbench
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0",
+           "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
+    log = (tmp_path / "jupyterlab.log").open("wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert proc.poll() is None, (tmp_path / "jupyterlab.log").read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    try:
+        _until(ready, timeout=90, what="JupyterLab answering")
+        yield f"{base}/lab/tree/{{name}}?token={token}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def browser_page() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1500})
+            context.set_default_timeout(60_000)
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+def _run_all(page: Any, url: str) -> None:
+    """Open a notebook, wait for its kernel, run all cells and wait until none is pending."""
+    page.goto(url)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    _until(lambda: "Idle" in page.locator("#jp-main-statusbar").inner_text(), timeout=90, what="kernel idle")
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_text("Run All Cells", exact=True).click()
+
+    def done() -> bool:
+        prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+        return bool(prompts) and all("[*]" not in p and any(ch.isdigit() for ch in p) for p in prompts)
+
+    try:
+        _until(done, timeout=240, poll=1.0, what="all cells executed")
+    except AssertionError:
+        page.screenshot(path=str(Path(os.environ.get("TMPDIR", "/tmp")) / "workbench-browser-failure.png"),
+                        full_page=True)
+        raise
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
+    assert not [e for e in errors if "Traceback" in e or "Error" in e], errors
+    tracebacks = page.locator(".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']").count()
+    assert tracebacks == 0, page.locator(".jp-OutputArea").all_inner_texts()
+
+
+def _screenshot(element: Any, name: str, tmp_path: Path) -> None:
+    target = tmp_path / name
+    element.screenshot(path=str(target))
+    keep = os.environ.get("WORKBENCH_SCREENSHOTS_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(target, Path(keep) / name)
+
+
+# Every chart's data marks (not axes, legends or titles), with their rendered size, per SVG chart.
+_MARKS_JS = """() => {
+  const out = [];
+  const svgs = [];
+  document.querySelectorAll('.jp-OutputArea-output svg.marks, .jp-OutputArea-output > svg').forEach(s => svgs.push(s));
+  document.querySelectorAll('.jp-OutputArea-output img[src^="data:image/svg+xml"]').forEach(img => {
+    const text = decodeURIComponent(img.src.split(',').slice(1).join(','));
+    const holder = document.createElement('div');
+    holder.style.position = 'absolute'; holder.style.left = '0'; holder.style.top = '0';
+    holder.innerHTML = text; document.body.appendChild(holder);
+    svgs.push(holder.querySelector('svg'));
+  });
+  for (const svg of svgs) {
+    if (!svg) continue;
+    const title = (svg.querySelector('.role-title-text') || {}).textContent || '';
+    const marks = {};
+    svg.querySelectorAll('g.role-mark').forEach(g => {
+      const kind = [...g.classList].find(c => c.startsWith('mark-')) || 'mark';
+      for (const el of g.querySelectorAll(':scope > path, :scope > text, :scope > line, :scope > rect')) {
+        const box = el.getBBox();
+        marks[kind] = marks[kind] || {count: 0, visible: 0};
+        marks[kind].count += 1;
+        if (box.width > 0 || box.height > 0) marks[kind].visible += 1;
+        if (kind === 'mark-rect' && !(box.width > 0 && box.height > 0)) marks[kind].visible -= 1;
+      }
+    });
+    out.push({title, marks});
+  }
+  return out;
+}"""
+
+
+@needs_chromium
+def test_replay_panel_and_explorer_in_jupyterlab(live_home: tuple[Settings, Workbench], lab: str,
+                                                  browser_page: Any, tmp_path: Path) -> None:
+    _, wb = live_home
+    page = browser_page
+    _run_all(page, lab.format(name="01_replay_control.ipynb"))
+
+    # Run All leaves a working panel: the replay runs, the panel shows it.
+    panel = page.locator(".workbench-panel")
+    panel.wait_for(state="visible")
+    toggle = panel.locator(".widget-toggle-button")
+    _until(lambda: toggle.inner_text().strip() == "Pause", what="the play/pause button reading Pause")
+    _until(lambda: "[running]" in panel.inner_text(), what="panel says running")
+    assert wb.status().replay_state == "running"
+    assert "e+" not in panel.inner_text()  # readable numbers, never 3.60e+3
+
+    toggle.click()
+    _until(lambda: wb.status().replay_state == "paused", what="status paused after the click")
+    _until(lambda: "[paused]" in panel.inner_text(), what="panel says paused")
+    _until(lambda: toggle.inner_text().strip() == "Play", what="the button reading Play")
+
+    panel.locator(".widget-button", has_text="3600x").click()
+    _until(lambda: wb.status().speedup == 3600, what="status speed 3600 after the preset")
+    _until(lambda: "3,600x" in panel.inner_text(), what="panel shows 3,600x")
+
+    panel.locator(".widget-text input").fill("2024-03-05 12:00")
+    panel.locator(".widget-button", has_text="Seek").click()
+    target = datetime(2024, 3, 5, 12, 0, tzinfo=UTC)
+    status = _until(lambda: (s := wb.status()).event_time and s.event_time >= target and s,
+                    what="status at the seek time")
+    assert (status.event_time - target).total_seconds() < 600, status.event_time
+    _until(lambda: "2024-03-05 12:0" in panel.inner_text(), what="panel clock at the seek time")
+    assert wb.status().replay_state == "paused"  # a seek does not resume
+
+    toggle.click()
+    _until(lambda: wb.status().replay_state == "running", what="status running after play")
+    _until(lambda: "[running]" in panel.inner_text(), what="panel says running again")
+    _until(lambda: panel.locator("svg").count() >= 1 or "waiting for the first window" in panel.inner_text(),
+           what="panel charts or their placeholders")
+    _screenshot(panel, "panel.png", tmp_path)
+    assert wb.running  # Run All stopped nothing
+
+    explorer = page.context.new_page()  # a second tab: leaving the first would ask about unsaved changes
+    _run_all(explorer, lab.format(name="02_anomaly_explorer.ipynb"))
+    charts = explorer.evaluate(_MARKS_JS)
+    assert len(charts) >= 3, charts  # anomalies per 10 min, timeline, drill-down
+    for chart in charts:
+        visible = {k: v for k, v in chart["marks"].items() if k != "mark-text" and v["visible"] > 0}
+        assert visible, f"chart {chart['title']!r} has no visible marks: {chart['marks']}"
+        rects = chart["marks"].get("mark-rect")
+        if rects:
+            assert rects["visible"] == rects["count"], f"zero-size bars in {chart['title']!r}: {rects}"
+    assert any("actual vs predicted runtime" in c["title"] for c in charts), [c["title"] for c in charts]

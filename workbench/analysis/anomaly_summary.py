@@ -1,0 +1,136 @@
+"""Tables the anomaly notebooks and the report summary show, from lakehouse anomaly rows.
+
+Every function takes the frame :func:`workbench.analysis.read.anomalies` returns (or an empty
+frame with its columns) and returns a small, sorted, deterministic pandas frame.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from workbench.config import Settings
+
+__all__ = [
+    "ANOMALY_COLUMNS",
+    "analysed_span",
+    "anomalies_or_empty",
+    "by_reason_and_version",
+    "classification_table",
+    "metrics_for_versions",
+    "pick_query",
+    "query_features",
+    "top_offenders",
+    "worst_queries",
+]
+
+#: The columns of an anomaly frame (what an empty frame gets when there is no lakehouse yet).
+ANOMALY_COLUMNS: tuple[str, ...] = (
+    "instance_id", "query_id", "model_version", "arrival_timestamp", "reason", "true_ms", "pred_ms", "pred_q_ms",
+    "under_ratio", "excess_ms", "score", "features")
+
+
+def anomalies_or_empty(settings: Settings, *, start: datetime | None = None, end: datetime | None = None,
+                       instances: Sequence[int] | None = None, reason: str | None = None,
+                       versions: Sequence[str] = ()) -> pd.DataFrame:
+    """Anomalies in the range, or an empty frame with :data:`ANOMALY_COLUMNS` before the first one.
+
+    Only a lakehouse that does not exist yet counts as "no anomalies"; any other error is raised.
+    ``versions`` keeps only those model versions; the wall-clock ``inserted_at`` is dropped.
+    """
+    from workbench.analysis import read
+    from workbench.store.exceptions import LakehouseNotFoundError
+
+    try:
+        frame = read.anomalies(settings, start=start, end=end, instances=instances, reason=reason or None)
+    except LakehouseNotFoundError:
+        frame = pd.DataFrame({c: pd.Series(dtype="datetime64[ns, UTC]" if c == "arrival_timestamp" else object)
+                              for c in ANOMALY_COLUMNS})
+    if versions:
+        frame = frame[frame["model_version"].isin(list(versions))]
+    return frame.drop(columns=["inserted_at"], errors="ignore").reset_index(drop=True)
+
+
+def by_reason_and_version(anomalies: pd.DataFrame) -> pd.DataFrame:
+    """Anomaly counts per ``reason`` and ``model_version``, most first."""
+    out = anomalies.groupby(["reason", "model_version"]).size().rename("anomalies").reset_index()
+    return out.sort_values(["anomalies", "reason", "model_version"], ascending=[False, True, True],
+                           ignore_index=True)
+
+
+def top_offenders(anomalies: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """Instances with the most anomalies: count, median and worst actual/predicted ratio, excess hours."""
+    out = (anomalies.groupby("instance_id")
+           .agg(anomalies=("query_id", "size"), median_ratio=("under_ratio", "median"),
+                worst_ratio=("under_ratio", "max"), excess_hours=("excess_ms", lambda s: s.sum() / 3.6e6))
+           .sort_values(["anomalies", "worst_ratio"], ascending=False).head(n))
+    return out.astype({"median_ratio": float, "worst_ratio": float, "excess_hours": float}).round(2)
+
+
+def worst_queries(anomalies: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The ``n`` anomalies with the highest actual / predicted runtime ratio."""
+    cols = ["arrival_timestamp", "instance_id", "query_id", "reason", "true_ms", "pred_ms", "under_ratio",
+            "model_version"]
+    out = anomalies.sort_values(["under_ratio", "query_id"], ascending=[False, True]).head(n)[cols]
+    return out.astype({"true_ms": float, "pred_ms": float, "under_ratio": float}).round(
+        {"true_ms": 0, "pred_ms": 1, "under_ratio": 1}).reset_index(drop=True)
+
+
+def pick_query(anomalies: pd.DataFrame, query_id: int = 0) -> pd.Series | None:
+    """The anomaly row of ``query_id``, or the highest-scoring one for 0; ``None`` when absent."""
+    if anomalies.empty:
+        return None
+    if query_id:
+        rows = anomalies[anomalies["query_id"] == query_id]
+    else:
+        rows = anomalies.sort_values(["score", "query_id"], ascending=[False, True]).head(1)
+    return None if rows.empty else rows.iloc[0]
+
+
+def classification_table(stats: pd.DataFrame, anomalies: int) -> pd.DataFrame:
+    """Queries per class (and anomalies) over ``window_stats`` rows, with their share in %."""
+    from workbench.ui.charts import CLASS_LABELS
+
+    labels = {"total": "total_queries", **{CLASS_LABELS[c]: f"{c}_queries" for c in
+                                           ("normal", "cpu_bound", "io_bound", "network_bound", "queue_wlm_bound")}}
+    counts = {name: int(stats[col].sum()) if len(stats) else 0 for name, col in labels.items()}
+    counts["Anomalies"] = int(anomalies)
+    total = counts["total"] or 1
+    return pd.DataFrame({"queries": counts, "share %": {k: round(100 * v / total, 2) for k, v in counts.items()}})
+
+
+def query_features(row: pd.Series) -> pd.DataFrame:
+    """The feature values stored with one anomaly (its ``features`` JSON) as a one-column frame."""
+    raw = row.get("features")
+    values = json.loads(raw) if isinstance(raw, str) and raw else raw if isinstance(raw, dict) else {}
+    return pd.Series(values, name="feature", dtype=object).to_frame()
+
+
+def analysed_span(settings: Settings, start: datetime | None, end: datetime | None,
+                  instances: Sequence[int] | None = None) -> tuple[datetime | None, datetime | None]:
+    """``(start, end)`` with open ends closed by the window stats (the data actually streamed)."""
+    from workbench.analysis import read
+
+    span = read.window_stats(settings, start=start, end=end, instances=instances)
+    if span.empty:
+        return start, end
+    return start or span["window_start"].min(), end or span["window_end"].max()
+
+
+def metrics_for_versions(settings: Settings, window: str, instances: Sequence[int] | None,
+                         versions: Sequence[str], *, end: datetime | None = None) -> dict[str, Any]:
+    """:func:`workbench.analysis.read.metrics`, with anomalies counted for ``versions`` only (all when empty)."""
+    from workbench.analysis import read
+
+    m = read.metrics(settings, window, instances, end=end)
+    if versions and m.get("anomalies") is not None:
+        p = m["period"]
+        cur = anomalies_or_empty(settings, start=p.start, end=p.end, instances=instances, versions=versions)
+        prev = anomalies_or_empty(settings, start=p.previous_start, end=p.start, instances=instances,
+                                  versions=versions)
+        m["anomalies"], m["anomalies_delta"] = len(cur), len(cur) - len(prev)
+    return m

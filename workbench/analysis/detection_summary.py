@@ -1,0 +1,202 @@
+"""How the detector's alerts agree with a generated log's labels, and model versions side by side.
+
+Notebook-facing helpers over :mod:`workbench.ml.evaluate` (whose public functions compute the
+metrics): precision and recall of the lakehouse alerts against ``label_anomaly``, recall per
+``label_kind``, the evaluation table of several versions, their precision-recall curves and the
+queries on which two versions disagree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from workbench.config import Settings
+
+__all__ = [
+    "EVALUATION_KEYS",
+    "LabelAgreement",
+    "ScoredDay",
+    "choose_versions",
+    "disagreements",
+    "evaluation_table",
+    "label_agreement",
+    "last_log_day",
+    "model_metadata",
+    "score_day",
+]
+
+#: Rows of the evaluation table, in order (``recall[<kind>]`` rows follow).
+EVALUATION_KEYS: tuple[str, ...] = ("rows", "anomalies", "alerts", "PR-AUC", "F1", "precision", "recall",
+                                    "alerts per 10k", "MAE(log)", "q90 coverage")
+_LABEL_COLUMNS = ["instance_id", "query_id", "arrival_timestamp", "label_anomaly", "label_kind"]
+
+
+@dataclass(frozen=True)
+class LabelAgreement:
+    """Alerts against labels over one span: totals and recall per label kind."""
+
+    summary: pd.DataFrame  # one "value" column: log, counts, precision, recall
+    per_kind: pd.DataFrame  # index label_kind: labelled, alerted, recall
+    precision: float | None
+    recall: float | None
+
+
+def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: datetime | None = None,
+                    end: datetime | None = None, instances: Sequence[int] | None = None) -> LabelAgreement:
+    """Precision (alerts that are labelled anomalies) and recall (labelled anomalies that alerted).
+
+    Parameters
+    ----------
+    anomalies : DataFrame
+        Lakehouse anomaly rows (``instance_id``, ``query_id``, ``reason``); duplicates per query
+        (several model versions) count once.
+    labels_file : Path
+        A generated Parquet log with ``label_anomaly`` and ``label_kind``.
+    start, end, instances : optional
+        The span the alerts were read for: labels outside it are not counted as missed.
+    """
+    import pyarrow.parquet as pq
+
+    log = pq.read_table(labels_file, columns=_LABEL_COLUMNS).to_pandas()
+    if start is not None:
+        log = log[log["arrival_timestamp"] >= start]
+    if end is not None:
+        log = log[log["arrival_timestamp"] < end]
+    if instances:
+        log = log[log["instance_id"].isin(list(instances))]
+    labelled = log[log["label_anomaly"].astype(bool)]
+    alerts = anomalies.drop_duplicates(["instance_id", "query_id"])[["instance_id", "query_id", "reason"]]
+    alerts = alerts.astype({"instance_id": "int64", "query_id": "int64"})
+    joined = alerts.merge(log[["instance_id", "query_id", "label_anomaly"]], on=["instance_id", "query_id"],
+                          how="left")
+    hits = int(joined["label_anomaly"].astype("boolean").fillna(False).sum())
+    precision = round(hits / len(alerts), 3) if len(alerts) else None
+    recall = round(hits / len(labelled), 3) if len(labelled) else None
+    summary = pd.DataFrame({"value": {
+        "labelled log": labels_file.name, "queries in span": len(log), "labelled anomalies": len(labelled),
+        "alerts": len(alerts), "alerts that are labelled": hits, "precision": precision, "recall": recall}})
+    found = labelled.merge(alerts, on=["instance_id", "query_id"], how="left", indicator=True)
+    per_kind = (found.assign(alerted=found["_merge"] == "both").groupby("label_kind")["alerted"]
+                .agg(["size", "sum", "mean"])
+                .rename(columns={"size": "labelled", "sum": "alerted", "mean": "recall"}).round(3))
+    return LabelAgreement(summary=summary, per_kind=per_kind, precision=precision, recall=recall)
+
+
+def last_log_day(labels_file: Path) -> dt.date:
+    """The UTC day of the newest arrival in a Parquet log."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    newest = pc.max(pq.read_table(labels_file, columns=["arrival_timestamp"]).column("arrival_timestamp"))
+    return pd.Timestamp(newest.as_py()).tz_convert("UTC").date()
+
+
+def choose_versions(settings: Settings, wanted: Sequence[str] = ()) -> list[str]:
+    """The registered versions among ``wanted`` (all registered when empty); unknown ones are warned about."""
+    import warnings
+
+    from workbench.ml import ModelRegistry
+
+    known = ModelRegistry(settings.models_dir).versions()
+    missing = [v for v in wanted if v not in known]
+    if missing:
+        warnings.warn(f"Unknown model versions {missing} ignored; registered: {known}", stacklevel=2)
+    return [v for v in wanted if v in known] if wanted else list(known)
+
+
+def model_metadata(settings: Settings, versions: Sequence[str]) -> pd.DataFrame:
+    """One row per version from its ``model.json``: training day and window, rows, holdout metrics."""
+    from workbench.ml import ModelRegistry
+
+    registry = ModelRegistry(settings.models_dir)
+    current = registry.current()
+    rows = []
+    for v in versions:
+        info = registry.info(v)
+        hold = info.get("holdout_metrics", {})
+        rows.append({"version": v, "training day": info.get("training_day"),
+                     "window days": len(info.get("window_days", [])),
+                     "trained rows": info.get("rows", {}).get("trained"), "parent": info.get("parent"),
+                     "holdout MAE(log)": hold.get("MAE(log)"), "holdout q90 coverage": hold.get("q90 coverage"),
+                     "holdout alert rate": hold.get("alert rate"), "current": v == current})
+    return pd.DataFrame(rows).set_index("version") if rows else pd.DataFrame()
+
+
+def evaluation_table(results: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Detector x metric table from ``{name: evaluate(...)["metrics"]}``, rounded to 4 digits."""
+    keys = [*EVALUATION_KEYS, *sorted({k for m in results.values() for k in m if k.startswith("recall[")})]
+    frame = pd.DataFrame({v: {k: m.get(k) for k in keys} for v, m in results.items()}).T
+    return frame.astype(float).round(4)
+
+
+@dataclass
+class ScoredDay:
+    """One labelled day scored by several versions (and the baseline rules)."""
+
+    day: dt.date
+    table: Any  # pyarrow.Table of the day
+    labels: np.ndarray
+    outputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    baseline_score: np.ndarray | None = None
+
+    def pr_curves(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``name -> (precision, recall)`` for every version and the baseline."""
+        from sklearn.metrics import precision_recall_curve
+
+        curves = {}
+        scores = {v: out["score"] for v, out in self.outputs.items()}
+        if self.baseline_score is not None:
+            scores["baseline"] = self.baseline_score
+        for name, score in scores.items():
+            p, r, _ = precision_recall_curve(self.labels, score)
+            curves[name] = (p, r)
+        return curves
+
+
+def score_day(settings: Settings, labels_file: Path, day: dt.date, versions: Sequence[str]) -> ScoredDay:
+    """Score one labelled day with each version, plus the baseline on the current version's predictions."""
+    from workbench.ml import ModelRegistry
+    from workbench.ml._train import load_log_window
+    from workbench.ml.baseline import baseline_decide
+    from workbench.ml.scorer import LoadedModel
+
+    registry = ModelRegistry(settings.models_dir)
+    table = load_log_window(Path(labels_file), day, 1)
+    labels = table.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool)
+    scored = ScoredDay(day=day, table=table, labels=labels)
+    for v in versions:
+        scored.outputs[v] = LoadedModel.load(registry, v).predict(table)
+    if scored.outputs:
+        cur = scored.outputs.get(registry.current() or "") or next(iter(scored.outputs.values()))
+        exec_ms = table.column("execution_duration_ms").fill_null(0).to_numpy(zero_copy_only=False)
+        scored.baseline_score, _, _ = baseline_decide(table.column("instance_id").to_numpy(zero_copy_only=False),
+                                                      exec_ms, cur["pred_mean_ms"], cur["pred_q_ms"])
+    return scored
+
+
+def disagreements(scored: ScoredDay, a: str, b: str, *, start: datetime | None = None,
+                  end: datetime | None = None, instances: Sequence[int] | None = None) -> pd.DataFrame:
+    """Every query of the day with both versions' alert and score (filter ``alert a != alert b``)."""
+    t = scored.table
+    frame = pd.DataFrame({
+        "arrival_timestamp": t.column("arrival_timestamp").to_pandas(),
+        "instance_id": t.column("instance_id").to_numpy(zero_copy_only=False),
+        "query_id": t.column("query_id").to_numpy(zero_copy_only=False),
+        "label": scored.labels, "kind": t.column("label_kind").to_pandas(),
+        f"alert {a}": scored.outputs[a]["is_anomaly"], f"alert {b}": scored.outputs[b]["is_anomaly"],
+        f"score {a}": np.round(scored.outputs[a]["score"], 3), f"score {b}": np.round(scored.outputs[b]["score"], 3)})
+    if start is not None:
+        frame = frame[frame["arrival_timestamp"] >= start]
+    if end is not None:
+        frame = frame[frame["arrival_timestamp"] < end]
+    if instances:
+        frame = frame[frame["instance_id"].isin(list(instances))]
+    return frame.reset_index(drop=True)
