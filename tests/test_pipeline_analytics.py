@@ -18,7 +18,6 @@ from workbench.config import Settings
 from workbench.data import codec
 from workbench.data.generator import generate
 from workbench.pipeline import read_app_status, run_analytics
-from workbench.pipeline._decode import json_event_row
 from workbench.pipeline.analytics import row_partial
 from workbench.replay import Replay
 from workbench.store.window_stats import WindowStatsStore
@@ -88,7 +87,7 @@ def test_row_partial_matches_vectorised(tmp_path: Path) -> None:
     log = make_log(tmp_path / "l.parquet", rows=300)
     batch = pq.read_table(log).to_batches()[0]
     for value in codec.encode_json(batch):
-        row = json_event_row(value)
+        row = codec.decode_row(value)
         assert row_partial(row) == partial_aggregates(codec.decode_value(value))[0]
 
 
