@@ -7,6 +7,7 @@ from pathlib import Path
 
 import duckdb
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Producer
@@ -161,3 +162,24 @@ def test_dead_letters_and_late_events(kafka_settings: Settings, tmp_path: Path) 
         assert sum(r["late_count"] for r in late_rows) == 3
         assert store.read().to_pylist()  # the good rows landed
     assert sum(v[0] for v in stored_windows(kafka_settings).values()) == 600
+
+
+def test_window_sums_saturate_instead_of_wrapping(tmp_path: Path) -> None:
+    from workbench.analysis.windows import INT64_MAX, finalize, merge
+
+    log = make_log(tmp_path / "l.parquet", rows=4, instances=1, spacing_s=1)
+    batch = pq.read_table(log).to_batches()[0]
+    huge = pa.array([INT64_MAX - 1, INT64_MAX - 1, None, 5], pa.int64())
+    batch = batch.set_column(batch.schema.get_field_index("mbytes_spilled"), "mbytes_spilled", huge)
+    (vectorised,) = partial_aggregates(batch)
+    assert vectorised["spilled_mb"] == INT64_MAX  # numpy alone would wrap to a negative total
+    rows = [codec.decode_row(v) for v in codec.encode_json(batch)]
+    merged = row_partial(rows[0])
+    for row in rows[1:]:
+        merged = merge(merged, row_partial(row))
+    assert merged["spilled_mb"] == INT64_MAX  # the JSON path agrees
+    assert finalize(merged)["total_spilled_mb"] == INT64_MAX
+    # exact below the bound, also with nulls (no float64 round trip)
+    exact = pa.array([2**60 + 1, None, 2**60 + 3, 1], pa.int64())
+    batch = batch.set_column(batch.schema.get_field_index("mbytes_spilled"), "mbytes_spilled", exact)
+    assert partial_aggregates(batch)[0]["spilled_mb"] == 2**61 + 5
