@@ -178,11 +178,16 @@ def _sum(values: np.ndarray, exact: bool) -> int:
 def _ints(batch: pa.RecordBatch | pa.Table, name: str) -> np.ndarray:
     """An integer column as exact int64 with nulls as 0 (never through float64, which rounds above 2**53)."""
     col = batch.column(name)
-    if not pa.types.is_integer(col.type):
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if col.type != pa.int64():
         return numeric_values(batch, name, np.int64)
+    n, buffers = len(col), col.buffers()
+    values = np.frombuffer(buffers[1], dtype=np.int64, count=n, offset=col.offset * 8)
     if col.null_count:
-        col = pc.fill_null(col, 0)
-    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+        bits = np.unpackbits(np.frombuffer(buffers[0], dtype=np.uint8), bitorder="little")
+        values = np.where(bits[col.offset:col.offset + n].astype(bool), values, 0)
+    return values
 
 
 def _not_null(col: pa.Array | pa.ChunkedArray) -> np.ndarray:

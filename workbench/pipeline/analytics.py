@@ -52,8 +52,6 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from quixstreams import Application
 from quixstreams.sinks import BatchingSink, SinkBatch
 
@@ -280,8 +278,7 @@ class AnalyticsApp(WorkbenchApp):
                 batch = decoded.batch
                 rows = batch.num_rows
                 if rows:
-                    bounds = pc.min_max(batch.column("arrival_timestamp").view(pa.int64()))
-                    self.guard.check(bounds["min"].as_py(), bounds["max"].as_py())
+                    self.guard.check(*codec.int64_bounds(batch.column("arrival_timestamp")))
                 partials = partial_aggregates(batch, self.window_ms)
         except MessageDecodeError as exc:
             self.dead_letters.send(value, str(exc), key=key, headers=headers)
