@@ -8,7 +8,8 @@ dead-letter topic while the rest of the batch goes on:
   against the watermark at the start of the batch (so event time moves at most one horizon per
   batch), or the median of the first batch when there is no watermark yet;
 * scoring: a failing ``Scorer.score`` is retried on halves of the batch (by message) until the
-  failing message is found (``processing_error``);
+  failing message is found (``processing_error``); when no message of a batch of several scores,
+  the fault is the model's, not a message's, and the batch fails (the app stops);
 * publishing: a message the anomaly contract refuses is dead-lettered (``anomaly_contract``),
   its event stays in the shard.
 
@@ -35,6 +36,7 @@ from workbench.pipeline._app import INFRASTRUCTURE_ERRORS
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._eventtime import EventTimeGuard
 from workbench.pipeline._status import AppStatus
+from workbench.pipeline.exceptions import PipelineError
 from workbench.pipeline.scoring._days import UnscoredDays
 from workbench.pipeline.scoring._publisher import AnomalyPublisher
 
@@ -211,6 +213,9 @@ class ScoringSink(BatchingSink):
         self.status.add("messages", batch.size)
         t1 = time.perf_counter()
         scored, failed = self._score(table) if table.num_rows else (None, [])
+        if scored is None and len(failed) > 1:  # nothing in the batch scores: the model, not a message
+            msg = f"scoring failed for all {len(failed)} messages of the batch, first: {failed[0][1][:300]}"
+            raise PipelineError(msg)
         for position, reason in sorted(errors + late + failed):
             self._dead_letter(items[position], reason, batch)
         if scored is None or not scored.num_rows:
