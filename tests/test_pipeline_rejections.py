@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 from confluent_kafka import Producer
 
-from tests.helpers import consume_all
+from tests.helpers import consume_all, make_log
 from tests.test_codec import REJECTED, _batch
 from workbench.broker import ensure_topics
 from workbench.config import Settings
@@ -19,6 +22,8 @@ from workbench.pipeline import run_analytics
 from workbench.pipeline.anomaly_sink import run_anomaly_sink
 from workbench.pipeline.contracts import anomaly_headers
 from workbench.pipeline.scoring import run_scoring
+from workbench.replay import Replay
+from workbench.replay.exceptions import ReplayError
 from workbench.store.lakehouse import AnomalyLakehouse
 from workbench.store.window_stats import WindowStatsStore
 
@@ -139,3 +144,17 @@ def test_the_anomaly_sink_dead_letters_values_the_lakehouse_cannot_hold(kafka_se
         rows = lake.read()
     assert rows.num_rows == 4
     assert pa.compute.sum(rows["true_ms"].is_null()).as_py() == 1
+
+
+def test_replay_sends_the_named_encoding(kafka_settings: Settings, tmp_path: Path) -> None:
+    ensure_topics(kafka_settings)
+    log = make_log(tmp_path / "l.parquet", rows=300, instances=3)
+    with pytest.raises(ReplayError, match="at most 1 row"):
+        Replay(log, settings=kafka_settings, speedup=0, pack=5, encoding="json")
+    Replay(log, settings=kafka_settings, speedup=0, pack=50, encoding="arrow-zstd").run()
+    messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=1, timeout=30)
+    assert {codec.header(m.headers(), "encoding") for m in messages} == {"arrow-zstd"}
+    decoded = codec.decode_values([m.value() for m in messages], headers=[m.headers() for m in messages],
+                                  keys=[m.key() for m in messages])
+    assert decoded.errors == [] and decoded.batch.num_rows == 300
+    assert sorted(decoded.batch.column("query_id").to_pylist()) == sorted(pq.read_table(log)["query_id"].to_pylist())
