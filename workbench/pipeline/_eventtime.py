@@ -22,7 +22,14 @@ reference, so one 2035 event among real ones is rejected; a per-message consumer
 has only the absolute bounds for its very first message. We chose that over a wall-clock bound
 (``t <= now``) because synthetic logs may be dated in the future on purpose. Inside one running
 process, a stream that really jumps more than the horizon ahead is rejected until the app
-restarts (or the horizon is raised): the guard cannot tell such a jump from a poisoned message.
+restarts (or the horizon is raised) - except that a jump the stream itself confirms is followed:
+
+* :data:`REANCHOR_AFTER` (64) consecutive messages rejected only for being ahead, spanning at most
+  one horizon among themselves and with no accepted message between them, move the watermark to
+  the latest of them (a forward ``seek`` of the replay by more than the horizon; those 64 are in
+  the dead-letter topic). Poisoned messages interleaved with real ones never form such a run.
+* a batch consumer also accepts a batch whose *median* is ahead, when the batch holds at least
+  :data:`MEDIAN_MIN_MESSAGES` messages: one message cannot move a median.
 """
 
 from __future__ import annotations
@@ -35,9 +42,13 @@ import numpy as np
 from workbench.config import Settings
 from workbench.data.codec import MessageDecodeError
 
-__all__ = ["REASON", "EventTimeGuard"]
+__all__ = ["MEDIAN_MIN_MESSAGES", "REANCHOR_AFTER", "REASON", "EventTimeGuard"]
 
 REASON: Final = "event_time_out_of_range"
+#: Consecutive ahead-only rejections (within one horizon of each other) that re-anchor the watermark.
+REANCHOR_AFTER: Final = 64
+#: Messages a batch needs before its median may serve as the reference.
+MEDIAN_MIN_MESSAGES: Final = 16
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _US: Final = timedelta(microseconds=1)
 
@@ -62,6 +73,7 @@ class EventTimeGuard:
         self.horizon_us = int(horizon_us)
         self.watermark_us = watermark_us
         self.rejected = 0
+        self._ahead: list[int] = []  # the current run of ahead-only rejections (their latest times)
 
     @classmethod
     def from_settings(cls, settings: Settings, watermark_us: int | None = None) -> EventTimeGuard:
@@ -84,17 +96,41 @@ class EventTimeGuard:
         """Raise MessageDecodeError (``event_time_out_of_range``) or advance the watermark to ``hi_us``."""
         why = self.reason(lo_us, hi_us, reference_us)
         if why is not None:
-            self.rejected += 1
-            raise MessageDecodeError(REASON, why.split(": ", 1)[1])
+            if not self.ahead_only(lo_us, hi_us) or not self.note_ahead(hi_us):
+                self.rejected += 1
+                raise MessageDecodeError(REASON, why.split(": ", 1)[1])
+            return  # the stream jumped: re-anchored on this message
         self.advance(hi_us)
 
+    def ahead_only(self, lo_us: int, hi_us: int) -> bool:
+        """True when the absolute bounds hold (so only the horizon rejected the times)."""
+        return lo_us >= self.min_us and hi_us < self.max_us
+
+    def note_ahead(self, hi_us: int) -> bool:
+        """Record a message rejected only for being ahead; True when this run re-anchored the watermark."""
+        self._ahead.append(int(hi_us))
+        if max(self._ahead) - min(self._ahead) > self.horizon_us:
+            self._ahead = [int(hi_us)]  # not one stream: start a new run here
+        if len(self._ahead) < REANCHOR_AFTER:
+            return False
+        self.watermark_us = max(self._ahead)
+        self._ahead = []
+        return True
+
     def advance(self, hi_us: int) -> None:
-        """Move the watermark forward to ``hi_us`` (never back)."""
+        """Move the watermark forward to ``hi_us`` (never back); an accepted message ends a run of rejections."""
+        self._ahead.clear()
         if self.watermark_us is None or hi_us > self.watermark_us:
             self.watermark_us = int(hi_us)
 
-    def batch_reference(self, times_us: np.ndarray) -> int | None:
-        """The reference for a batch when there is no watermark yet: the median of its times."""
-        if self.watermark_us is not None or len(times_us) == 0:
-            return None
-        return int(np.median(times_us))
+    def batch_reference(self, times_us: np.ndarray, messages: int) -> int | None:
+        """The reference for a batch: the watermark, or the median of the batch's times when there is
+        no watermark yet or when the median itself is ahead in a batch of enough messages."""
+        if len(times_us) == 0:
+            return self.watermark_us
+        median = int(np.median(times_us))
+        if self.watermark_us is None:
+            return median
+        if messages >= MEDIAN_MIN_MESSAGES and median > self.watermark_us + self.horizon_us:
+            return median
+        return self.watermark_us

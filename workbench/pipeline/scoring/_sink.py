@@ -148,17 +148,18 @@ class ScoringSink(BatchingSink):
         starts = np.flatnonzero(np.r_[True, msg[1:] != msg[:-1]])
         lo, hi = np.minimum.reduceat(ts, starts), np.maximum.reduceat(ts, starts)
         guard = self.guard
-        reference = guard.watermark_us if guard.watermark_us is not None else guard.batch_reference(ts)
-        bad = (lo < guard.min_us) | (hi >= guard.max_us)
-        if reference is not None:
-            bad |= hi > reference + guard.horizon_us
-        if bad.any():
-            rejects = [(int(msg[starts[i]]), guard.reason(int(lo[i]), int(hi[i]), reference) or "")
-                       for i in np.flatnonzero(bad)]
+        reference = guard.batch_reference(ts, len(starts))
+        absolute = (lo < guard.min_us) | (hi >= guard.max_us)
+        bad = absolute | (hi > reference + guard.horizon_us) if reference is not None else absolute
+        rejects = []
+        for i in np.flatnonzero(bad):  # rare: only implausible messages are visited
+            if not absolute[i] and guard.note_ahead(int(hi[i])):
+                bad[i] = False  # a run of ahead messages re-anchored the watermark (the stream jumped)
+                continue
+            rejects.append((int(msg[starts[i]]), guard.reason(int(lo[i]), int(hi[i]), reference) or ""))
+        if rejects:
             guard.rejected += len(rejects)
             table = table.filter(pa.array(~np.repeat(bad, np.diff(np.r_[starts, len(msg)]))))
-        else:
-            rejects = []
         if len(hi[~bad]):
             guard.advance(int(hi[~bad].max()))
         return table, rejects
