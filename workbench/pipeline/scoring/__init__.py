@@ -1,13 +1,18 @@
 """The ML scoring app: ``redshift.query_events`` -> scored Arrow shards + ``redshift.anomalies``.
 
+Modules (private, re-exported here): ``_sink`` (the batch steps), ``_publisher`` (acknowledged
+anomaly delivery), ``_days`` (durable unscored days), ``_rescore`` (rescoring thread),
+``_training`` (training schedule), ``_app`` (wiring and lifecycle).
+
 Pipeline (one Quix app in its own process: ``workbench app scoring``)::
 
     bytes message --(no per-message work)--> ScoringSink.add (buffer per partition)
     checkpoint (every batch_seconds, or as soon as a partition buffers batch_rows rows):
         ScoringSink.write(partition batch):
-            decode all buffered messages at once to Arrow (JSON lines vectorised; packed Arrow
-            messages one IPC read each) -> malformed messages to the dead-letter topic
-            -> Scorer.score(batch) (one vectorised ONNX call per partition batch)
+            decode all buffered messages at once with workbench.data.codec.decode_values
+            -> event-time guard -> malformed or implausible messages to the dead-letter topic
+            -> Scorer.score(batch) (one vectorised ONNX call per partition batch; a failure
+               is narrowed down to its message by bisection)
             -> write_shard per event day (name = partition + first offset of those rows)
             -> publish the anomalies, wait for the broker's acknowledgement
         then Quix commits the offsets of the checkpoint.
