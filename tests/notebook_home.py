@@ -40,7 +40,9 @@ def populate(settings: Settings, data: Path) -> None:
     """Fill ``settings.home`` from the labelled log ``data`` (offline: no broker, no processes)."""
     from workbench.analysis.windows import finalize, merge_all, partial_aggregates
     from workbench.ml import Scorer, train_day
-    from workbench.store.lakehouse import AnomalyLakehouse, from_scored
+    from workbench.pipeline.contracts import anomaly_rows
+    from workbench.pipeline.scoring import AnomalyPublisher
+    from workbench.store.lakehouse import AnomalyLakehouse
     from workbench.store.shards import write_shard
     from workbench.store.window_stats import WindowStatsStore
 
@@ -50,6 +52,7 @@ def populate(settings: Settings, data: Path) -> None:
     train_day(settings, days[1], window_days=2, data=data, model_params={"max_iter": 40})
     table = pq.read_table(data)
     scorer = Scorer(settings.models_dir, background=False)
+    thresholds = AnomalyPublisher(settings).threshold  # no broker needed: it only reads model.json
     partials: list[dict] = []
     settings.lakehouse_dir.mkdir(parents=True, exist_ok=True)
     with AnomalyLakehouse.from_settings(settings) as lake:
@@ -62,7 +65,7 @@ def populate(settings: Settings, data: Path) -> None:
                                                                   pa.int64()))
             write_shard(settings.shards_dir, day, 0, offset * 10**7, stored)
             partials += partial_aggregates(part)
-            anomalies = from_scored(scored)
+            anomalies = anomaly_rows(stored, thresholds)  # the mapping production uses
             if anomalies.num_rows:
                 lake.write(anomalies)
     rows = [finalize(p) for p in merge_all(partials)]

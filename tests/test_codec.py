@@ -57,19 +57,141 @@ def test_bad_messages_are_reported_with_their_position_and_reason() -> None:
     assert decoded.batch.num_rows == 2 and decoded.source_index == [0, 6]
     reasons = dict(decoded.errors)
     assert set(reasons) == {1, 2, 3, 4, 5}
-    assert "invalid JSON" in reasons[1]
-    assert "mistyped" in reasons[2] and "many" in reasons[2]
-    assert "query_id" in reasons[3]
-    assert "Arrow" in reasons[4]
-    assert "empty" in reasons[5]
+    assert reasons[1].startswith("invalid_json:")
+    assert reasons[2].startswith("wrong_type:") and "many" in reasons[2]
+    assert reasons[3].startswith("missing_columns:") and "query_id" in reasons[3]
+    assert reasons[4].startswith("invalid_arrow:") and "Arrow" in reasons[4]
+    assert reasons[5].startswith("empty_value:")
 
 
 def test_unknown_encoding_and_header_helpers() -> None:
     decoded = codec.decode_values([b"{}"], ["avro"])
-    assert "unknown encoding 'avro'" in decoded.errors[0][1]
+    assert decoded.errors[0][1].startswith("unknown_encoding: unknown encoding 'avro'")
     headers = codec.message_headers(codec.ENCODING_ARROW, 3)
     assert codec.header(headers, "schema") == "redset/1"
     assert codec.header(headers, "rows") == "3"
     assert codec.header(None, "encoding") is None
-    with pytest.raises(codec.MessageDecodeError, match="invalid JSON"):
+    with pytest.raises(codec.MessageDecodeError, match="invalid JSON") as info:
         codec.decode_value(b"[", "json")
+    assert info.value.reason == "invalid_json"
+
+
+def _json(**changes: object) -> bytes:
+    row = orjson.loads(codec.encode_json(_batch(1))[0])
+    for name, value in changes.items():
+        if value is _DROP:
+            del row[name]
+        else:
+            row[name] = value
+    return orjson.dumps(row)
+
+
+_DROP = object()
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _arrow_with(**columns: pa.Array) -> bytes:
+    table = pa.Table.from_batches([_batch(3)]).replace_schema_metadata(None)
+    for name, array in columns.items():
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), pa.field(name, array.type), array)
+        else:
+            table = table.append_column(name, array)
+    return _ipc(table)
+
+
+def _null_required_exact_schema() -> bytes:
+    # A hostile producer: the schema says non-nullable, the validity bitmap holds a null.
+    batch = _batch(3).cast(REDSET_SCHEMA.remove_metadata())
+    qid = pa.array([1, None, 3], pa.int64())
+    arrays = [qid if name == "query_id" else batch.column(name) for name in batch.schema.names]
+    return _ipc(pa.Table.from_batches([pa.RecordBatch.from_arrays(arrays, schema=batch.schema)]))
+
+
+REJECTED = {
+    # family: (value, headers, key, expected reason code)
+    "invalid json": (b"{not json", codec.message_headers("json", 1), b"7", "invalid_json"),
+    "json array": (b"[1, 2]", codec.message_headers("json", 1), b"7", "not_an_object"),
+    "missing key": (_json(cluster_size=_DROP), codec.message_headers("json", 1), b"7", "missing_columns"),
+    "extra key": (_json(label_anomaly=True), codec.message_headers("json", 1), b"7", "extra_columns"),
+    "null required json": (_json(query_id=None), codec.message_headers("json", 1), b"7", "null_in_required"),
+    "float for int": (_json(num_joins=1.5), codec.message_headers("json", 1), b"7", "wrong_type"),
+    "bool for int": (_json(num_joins=True), codec.message_headers("json", 1), b"7", "wrong_type"),
+    "int above int64": (_json(mbytes_scanned=2**63), codec.message_headers("json", 1), b"7", "int_out_of_range"),
+    "naive time": (_json(arrival_timestamp="2024-03-04T12:00:00"), codec.message_headers("json", 1), b"7",
+                   "wrong_type"),
+    "not a time": (_json(arrival_timestamp="yesterday"), codec.message_headers("json", 1), b"7", "wrong_type"),
+    "unrepresentable time": (_json(arrival_timestamp="9999-12-31T23:00:00-05:00"), codec.message_headers("json", 1),
+                             b"7", "timestamp_out_of_range"),
+    "non-utf8 key": (_json(), codec.message_headers("json", 1), b"\xff\xfe", "bad_key"),
+    "wrong key": (_json(), codec.message_headers("json", 1), b"8", "bad_key"),
+    "non-utf8 encoding header": (_json(), [("encoding", b"\xff")], b"7", "bad_header"),
+    "non-numeric rows header": (_json(), [("encoding", b"json"), ("rows", b"three")], b"7", "bad_header"),
+    "unknown encoding": (_json(), codec.message_headers("avro", 1), b"7", "unknown_encoding"),
+    "empty value": (b"", codec.message_headers("json", 1), b"7", "empty_value"),
+    "truncated arrow": (codec.encode_arrow(_batch(3))[:-200], codec.message_headers("arrow", 3), b"7",
+                        "invalid_arrow"),
+    "arrow cut at a batch boundary": (codec.encode_arrow(_batch(0)), codec.message_headers("arrow", 3), b"7",
+                                      "rows_mismatch"),
+    "null required nullable schema": (_arrow_with(query_id=pa.array([1, None, 3], pa.int64())),
+                                      codec.message_headers("arrow", 3), b"7", "null_in_required"),
+    "null required exact schema": (_null_required_exact_schema(), codec.message_headers("arrow", 3), b"7",
+                                   "null_in_required"),
+    "uint64 above int64": (_arrow_with(mbytes_scanned=pa.array([1, 2**64 - 1, 3], pa.uint64())),
+                           codec.message_headers("arrow", 3), b"7", "int_out_of_range"),
+    "arrow year 10000": (_arrow_with(arrival_timestamp=pa.array([0, 253402300800 * 10**6, 0],
+                                                                pa.timestamp("us", "UTC"))),
+                         codec.message_headers("arrow", 3), b"7", "timestamp_out_of_range"),
+    "arrow wrong type": (_arrow_with(num_joins=pa.array(["a", "b", "c"])), codec.message_headers("arrow", 3), b"7",
+                         "wrong_type"),
+    "arrow extra column": (_arrow_with(label_anomaly=pa.array([True, False, True])), codec.message_headers("arrow", 3),
+                           b"7", "extra_columns"),
+    "arrow missing column": (_ipc(pa.Table.from_batches([_batch(3)]).drop_columns(["user_id"])),
+                             codec.message_headers("arrow", 3), b"7", "missing_columns"),
+}
+
+
+@pytest.mark.parametrize("family", sorted(REJECTED))
+def test_every_malformed_family_is_rejected_with_its_reason(family: str) -> None:
+    value, headers, key, reason = REJECTED[family]
+    decoded = codec.decode_values([value, codec.encode_json(_batch(1))[0]], headers=[headers, None], keys=[key, b"7"])
+    assert [p for p, _ in decoded.errors] == [0], decoded.errors
+    assert decoded.errors[0][1].startswith(f"{reason}: "), decoded.errors
+    assert decoded.batch.num_rows == 1 and decoded.source_index == [1]  # the valid one still decodes
+    if (codec.header(headers, "encoding") if reason != "bad_header" else "json") == "json":
+        with pytest.raises(codec.MessageDecodeError) as info:  # the one-row path agrees
+            codec.decode_row(value, headers, key=key, check_key=True)
+        assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("name", sorted(codec.ENCODINGS))
+def test_every_registered_encoding_round_trips(name: str) -> None:
+    encoding = codec.get_encoding(name)
+    batch = _batch(1 if encoding.max_rows == 1 else 5)
+    value = encoding.encode(batch)
+    decoded = codec.decode_values([value], headers=[codec.message_headers(name, batch.num_rows)], keys=[b"7"])
+    assert decoded.errors == []
+    assert decoded.batch.to_pylist() == batch.to_pylist()
+
+
+def test_mixed_encodings_keep_message_order() -> None:
+    arrow = codec.encode_arrow(_batch(2))
+    js = codec.encode_json(_batch(1))[0]
+    decoded = codec.decode_values([arrow, js, arrow], ["arrow", "json", "arrow"])
+    assert decoded.source_index == [0, 0, 1, 2, 2]
+    assert decoded.batch.num_rows == 5
+
+
+def test_json_row_and_batch_paths_agree_on_valid_rows() -> None:
+    for value in codec.encode_json(_batch(4)):
+        row = codec.decode_row(value)
+        batch = codec.decode_value(value)
+        assert {k: v for k, v in row.items() if k not in ("arrival_timestamp", "arrival_us")} == {
+            k: v for k, v in batch.to_pylist()[0].items() if k != "arrival_timestamp"}
+        assert row["arrival_us"] == batch.column("arrival_timestamp").cast(pa.int64())[0].as_py()

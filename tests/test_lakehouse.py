@@ -159,8 +159,8 @@ def test_consecutive_batches_accumulate_one_snapshot_each(tmp_path: Path) -> Non
         assert len(lake.snapshots()) == before + 5
 
 
-def test_from_scored_maps_scorer_output(tmp_path: Path) -> None:
-    from workbench.store.lakehouse import from_scored
+def test_anomaly_rows_map_scorer_output_through_the_one_contract(tmp_path: Path) -> None:
+    from workbench.pipeline.contracts import anomaly_rows
 
     scored = pa.table({
         "instance_id": pa.array([1, 1, 2], pa.int64()), "query_id": pa.array([1, 2, 3], pa.int64()),
@@ -171,11 +171,27 @@ def test_from_scored_maps_scorer_output(tmp_path: Path) -> None:
         "is_anomaly": [True, False, True], "reason": ["exec_high", None, "exec_high"],
         "model_version": ["v1", "v1", "v1"], "expected_ms": [900.0, 5.0, 1.0], "exec_ratio": [100.0, 1.0, 1.0],
     })
-    rows = from_scored(scored)
+    rows = anomaly_rows(scored)
     assert rows.num_rows == 2
     assert rows["under_ratio"].to_pylist() == [100.0, 90_000.0]
     assert rows["excess_ms"].to_pylist() == [99_000.0, 89_999.5]
-    assert json.loads(rows["features"][0].as_py()) == {"mbytes_scanned": 10}
+    assert json.loads(rows["features"][0].as_py()) == {"mbytes_scanned": 10, "exec_ratio": 100.0}
     with AnomalyLakehouse(tmp_path / "lake") as lake:
         assert lake.write(rows) == 2
-        assert lake.write(from_scored(scored)) == 0
+        assert lake.write(anomaly_rows(scored)) == 0
+
+
+def test_an_alert_without_execution_time_maps_to_a_row(tmp_path: Path) -> None:
+    from workbench.pipeline.contracts import anomaly_rows
+
+    scored = pa.table({
+        "instance_id": pa.array([1], pa.int64()), "query_id": pa.array([1], pa.int64()),
+        "arrival_timestamp": pa.array([T0], pa.timestamp("us", "UTC")),
+        "execution_duration_ms": pa.array([None], pa.int64()), "queue_duration_ms": pa.array([90_000], pa.int64()),
+        "pred_mean_ms": [1_000.0], "score": [9.0], "is_anomaly": [True], "reason": ["queue_high"],
+        "model_version": ["v1"],
+    })
+    rows = anomaly_rows(scored)
+    assert rows["true_ms"].to_pylist() == [None] and rows["excess_ms"].to_pylist() == [None]
+    with AnomalyLakehouse(tmp_path / "lake") as lake:
+        assert lake.write(rows) == 1

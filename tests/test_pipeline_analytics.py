@@ -7,6 +7,7 @@ from pathlib import Path
 
 import duckdb
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Producer
@@ -18,7 +19,6 @@ from workbench.config import Settings
 from workbench.data import codec
 from workbench.data.generator import generate
 from workbench.pipeline import read_app_status, run_analytics
-from workbench.pipeline._decode import json_event_row
 from workbench.pipeline.analytics import row_partial
 from workbench.replay import Replay
 from workbench.store.window_stats import WindowStatsStore
@@ -88,7 +88,7 @@ def test_row_partial_matches_vectorised(tmp_path: Path) -> None:
     log = make_log(tmp_path / "l.parquet", rows=300)
     batch = pq.read_table(log).to_batches()[0]
     for value in codec.encode_json(batch):
-        row = json_event_row(value)
+        row = codec.decode_row(value)
         assert row_partial(row) == partial_aggregates(codec.decode_value(value))[0]
 
 
@@ -162,3 +162,24 @@ def test_dead_letters_and_late_events(kafka_settings: Settings, tmp_path: Path) 
         assert sum(r["late_count"] for r in late_rows) == 3
         assert store.read().to_pylist()  # the good rows landed
     assert sum(v[0] for v in stored_windows(kafka_settings).values()) == 600
+
+
+def test_window_sums_saturate_instead_of_wrapping(tmp_path: Path) -> None:
+    from workbench.analysis.windows import INT64_MAX, finalize, merge
+
+    log = make_log(tmp_path / "l.parquet", rows=4, instances=1, spacing_s=1)
+    batch = pq.read_table(log).to_batches()[0]
+    huge = pa.array([INT64_MAX - 1, INT64_MAX - 1, None, 5], pa.int64())
+    batch = batch.set_column(batch.schema.get_field_index("mbytes_spilled"), "mbytes_spilled", huge)
+    (vectorised,) = partial_aggregates(batch)
+    assert vectorised["spilled_mb"] == INT64_MAX  # numpy alone would wrap to a negative total
+    rows = [codec.decode_row(v) for v in codec.encode_json(batch)]
+    merged = row_partial(rows[0])
+    for row in rows[1:]:
+        merged = merge(merged, row_partial(row))
+    assert merged["spilled_mb"] == INT64_MAX  # the JSON path agrees
+    assert finalize(merged)["total_spilled_mb"] == INT64_MAX
+    # exact below the bound, also with nulls (no float64 round trip)
+    exact = pa.array([2**60 + 1, None, 2**60 + 3, 1], pa.int64())
+    batch = batch.set_column(batch.schema.get_field_index("mbytes_spilled"), "mbytes_spilled", exact)
+    assert partial_aggregates(batch)[0]["spilled_mb"] == 2**61 + 5

@@ -249,7 +249,9 @@ def test_malformed_messages_go_to_dead_letters(kafka_settings: Settings, tmp_pat
                      headers=json_headers)
     producer.produce(topic, key=b"1", value=b"\x00garbage", headers=codec.message_headers("arrow", 3))
     producer.produce(topic, key=b"1", value=b"{}", headers=codec.message_headers("xml", 1))
-    producer.produce(topic, key=b"1", value=orjson.dumps(dict(good, query_id=42)), headers=json_headers)
+    # valid (the key is its instance id, as for every app: the codec checks it)
+    producer.produce(topic, key=str(good["instance_id"]).encode(), value=orjson.dumps(dict(good, query_id=42)),
+                     headers=json_headers)
     producer.flush(10)
     result = run_scoring(settings, idle_exit=2, timeout=60, train=False, batch_seconds=0.3)
     assert result["dead_letters"] == 4 and result["events"] == 401

@@ -8,6 +8,7 @@ from ``WORKBENCH_HOME``, an absolute path, so nothing depends on the current dir
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,6 +112,24 @@ class Settings(BaseSettings):
             "events carry their historical arrival times as Kafka timestamps, which time-based "
             "retention would delete as soon as they land."
         ),
+    )
+
+    # --- event-time guard of the apps (workbench.pipeline._eventtime) --------------------------
+    event_time_min: datetime = Field(
+        default=datetime(2000, 1, 1, tzinfo=UTC),
+        validation_alias="WORKBENCH_EVENT_TIME_MIN",
+        description="Events before this time are dead-lettered (event_time_out_of_range).",
+    )
+    event_time_max: datetime = Field(
+        default=datetime(2100, 1, 1, tzinfo=UTC),
+        validation_alias="WORKBENCH_EVENT_TIME_MAX",
+        description="Events at or after this time are dead-lettered (event_time_out_of_range).",
+    )
+    event_time_horizon_s: float = Field(
+        default=7 * 86_400.0,
+        gt=0,
+        validation_alias="WORKBENCH_EVENT_TIME_HORIZON_S",
+        description="Events further ahead of an app's event-time watermark are dead-lettered.",
     )
 
     @field_validator("home", "cache_dir", "reports_dir", mode="after")

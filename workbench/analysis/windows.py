@@ -18,7 +18,11 @@ survives any state serializer. Keys:
 ``network_bound_queries``, ``queue_wlm_bound_queries``
     Row counts (see :mod:`workbench.analysis.classify`).
 ``spilled_mb``, ``queue_ms``, ``exec_ms``
-    Exact integer sums (nulls count as 0).
+    Exact integer sums (nulls count as 0), saturating at the int64 bounds (:data:`INT64_MAX`):
+    a sum never wraps around to a wrong value on either path (numpy for batches, Python ints
+    for single rows and merges), and SQLite never sees an integer it cannot store. A saturated
+    sum reads "at least INT64_MAX". A single value that does not fit int64 never gets here: the
+    codec rejects its message (``int_out_of_range``).
 ``exec_count``, ``exec_min_ms``, ``exec_max_ms``, ``exec_hist``
     Non-null execution times: count, exact min/max, and a histogram with
     :data:`HIST_BINS_PER_DECADE` log-spaced bins per decade (keys are bin numbers as strings).
@@ -48,6 +52,7 @@ __all__ = [
     "DEFAULT_WINDOW_MS",
     "HIST_BINS_PER_DECADE",
     "HIST_MAX_MS",
+    "INT64_MAX",
     "WindowMergeError",
     "finalize",
     "hist_bin",
@@ -69,6 +74,10 @@ _LAST_BIN: Final = round(math.log10(HIST_MAX_MS) * HIST_BINS_PER_DECADE) + 1
 #: ``<class>_queries`` count keys, in :data:`~workbench.analysis.classify.CLASSES` order.
 CLASS_COUNT_KEYS: Final[tuple[str, ...]] = tuple(f"{c}_queries" for c in CLASSES)
 _NEEDED: Final = ("instance_id", "arrival_timestamp", "cluster_size", *CLASSIFY_COLUMNS)
+INT64_MAX: Final = 2**63 - 1
+INT64_MIN: Final = -(2**63)
+_SAFE: Final = 2**62  # |sum| bound under which numpy's int64 sum cannot have wrapped
+
 _SUM_KEYS: Final = ("total_queries", *CLASS_COUNT_KEYS, "spilled_mb", "queue_ms", "exec_ms", "exec_count",
                     "anomalies")
 
@@ -147,6 +156,40 @@ def _arrival_ms(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
     raise AnalysisError(msg)
 
 
+def saturate(value: int) -> int:
+    """``value`` clipped to the int64 range."""
+    return INT64_MAX if value > INT64_MAX else INT64_MIN if value < INT64_MIN else value
+
+
+def _may_overflow(values: np.ndarray) -> bool:
+    """True when some sum of ``values``' elements could leave the int64 range (checked once per batch)."""
+    if not len(values):
+        return False
+    bound = max(abs(int(values.max())), abs(int(values.min())))
+    return bound * len(values) >= _SAFE
+
+
+def _sum(values: np.ndarray, exact: bool) -> int:
+    if not exact:
+        return int(values.sum())
+    return saturate(sum(values.tolist()))  # Python ints: exact, then clipped
+
+
+def _ints(batch: pa.RecordBatch | pa.Table, name: str) -> np.ndarray:
+    """An integer column as exact int64 with nulls as 0 (never through float64, which rounds above 2**53)."""
+    col = batch.column(name)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if col.type != pa.int64():
+        return numeric_values(batch, name, np.int64)
+    n, buffers = len(col), col.buffers()
+    values = np.frombuffer(buffers[1], dtype=np.int64, count=n, offset=col.offset * 8)
+    if col.null_count:
+        bits = np.unpackbits(np.frombuffer(buffers[0], dtype=np.uint8), bitorder="little")
+        values = np.where(bits[col.offset:col.offset + n].astype(bool), values, 0)
+    return values
+
+
 def _not_null(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if not col.null_count:
         return np.ones(len(col), dtype=bool)
@@ -189,19 +232,20 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
         if batch.num_rows == 0:
             return []
 
-    instance = numeric_values(batch, "instance_id", np.int64)
+    instance = _ints(batch, "instance_id")
     arrival = _arrival_ms(batch)
     start = np.floor_divide(arrival, window_ms) * window_ms
     codes = classify_codes(batch).astype(np.int64)
-    spilled = numeric_values(batch, "mbytes_spilled", np.int64)
-    queue = numeric_values(batch, "queue_duration_ms", np.int64)
+    spilled = _ints(batch, "mbytes_spilled")
+    queue = _ints(batch, "queue_duration_ms")
     exec_col = batch.column("execution_duration_ms")
     exec_valid = _not_null(exec_col)
-    exec_ms = numeric_values(batch, "execution_duration_ms", np.int64)
+    exec_ms = _ints(batch, "execution_duration_ms")
     size_col = batch.column("cluster_size")
     size_valid = _not_null(size_col)
-    size = numeric_values(batch, "cluster_size", np.int64)
+    size = _ints(batch, "cluster_size")
     bins = hist_bin(exec_ms)
+    exact = {"spilled": _may_overflow(spilled), "queue": _may_overflow(queue), "exec": _may_overflow(exec_ms)}
 
     # Stable sort by (instance, window): keeps arrival order inside each group.
     order = np.lexsort((start, instance))
@@ -237,9 +281,9 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
             "cluster_size_at_ms": cluster_at,
             "total_queries": len(idx),
             **{key: int(c) for key, c in zip(CLASS_COUNT_KEYS, counts, strict=True)},
-            "spilled_mb": int(spilled[idx].sum()),
-            "queue_ms": int(queue[idx].sum()),
-            "exec_ms": int(exec_ms[idx].sum()),
+            "spilled_mb": _sum(spilled[idx], exact["spilled"]),
+            "queue_ms": _sum(queue[idx], exact["queue"]),
+            "exec_ms": _sum(exec_ms[idx], exact["exec"]),
             "exec_count": len(ex),
             "exec_min_ms": int(ex.min()) if len(ex) else None,
             "exec_max_ms": int(ex.max()) if len(ex) else None,
@@ -291,7 +335,7 @@ def merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     else:
         out["cluster_size"], out["cluster_size_at_ms"] = a["cluster_size"], a["cluster_size_at_ms"]
     for key in _SUM_KEYS:
-        out[key] = int(a[key]) + int(b[key])
+        out[key] = saturate(int(a[key]) + int(b[key]))
     out["exec_min_ms"] = _opt(min, a["exec_min_ms"], b["exec_min_ms"])
     out["exec_max_ms"] = _opt(max, a["exec_max_ms"], b["exec_max_ms"])
     hist = dict(a["exec_hist"])

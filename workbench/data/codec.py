@@ -1,58 +1,168 @@
 """The message contract of ``redshift.query_events``: how query rows travel through Kafka.
 
-Two encodings, named by the ``encoding`` header of every message; both carry the
-``schema`` header (:data:`~workbench.data.schema.SCHEMA_VERSION`) and the ``rows`` header:
+Encodings are a registry (:data:`ENCODINGS`), named by the ``encoding`` header of every message;
+every message also carries the ``schema`` header (:data:`~workbench.data.schema.SCHEMA_VERSION`)
+and the ``rows`` header (how many rows the value holds). Built in:
 
-``json`` (default)
-    One query per message: a JSON object with all 24 Redset columns, ISO-8601 UTC times
+``json`` (one row per message)
+    A JSON object with exactly the 24 Redset columns, ISO-8601 times *with* a zone
     (``2024-03-01T10:20:00.123456+00:00``), ``null`` for nulls.
 ``arrow``
-    Up to N consecutive queries of one instance in one message (``workbench replay --pack N``):
-    an Arrow IPC stream holding one record batch with the 24 columns of
+    Up to N consecutive queries of one instance in one message (``workbench replay --encoding
+    arrow --pack N``): an Arrow IPC stream of the 24 columns of
     :data:`~workbench.data.schema.REDSET_SCHEMA`, rows in log order.
+``arrow-zstd``
+    The same, with zstd-compressed IPC buffers (smaller messages, a little more CPU).
 
-Consumers call :func:`decode_values` on a batch of message values and get one Arrow record
-batch back, plus the messages that could not be decoded and why (for the dead-letter topic).
-Label columns are never encoded.
+Adding an encoding is one :class:`Encoding` passed to :func:`register_encoding` (an ``encode``
+from a record batch to one value, a ``decode`` from one value to a record batch) plus its tests:
+the validation below applies to every encoding.
+
+What a valid event is (one rule for every consumer)
+    Exactly the 24 columns (none missing, none extra); every value of its column's type (an int
+    column takes JSON integers, not floats or booleans, within int64); the non-nullable columns
+    (``instance_id``, ``query_id``, ``arrival_timestamp``) not null; ``arrival_timestamp`` a time
+    with a zone (JSON) that a Python ``datetime`` can hold (years 1-9999 in UTC); the message key,
+    when the consumer passes it, the decimal ``instance_id`` of every row; the ``rows`` header,
+    when present, the number of rows decoded. Whether an event time is *plausible* for the
+    stream is the apps' event-time guard (:mod:`workbench.pipeline._eventtime`).
+
+Consumers call :func:`decode_values` on a batch of message values (with their headers and
+keys) and get one Arrow record batch back, plus the messages that could not be decoded and why.
+The one-row JSON path of a per-message consumer is :func:`decode_row` (a dict instead of a
+one-row batch, ~50x cheaper), which applies the same checks through the same function.
+A rejection is a :class:`MessageDecodeError` whose text starts with a reason code
+(:data:`REASONS`), e.g. ``null_in_required: column 'query_id' ...``. Label columns are never encoded.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
+import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.json as pa_json
+import pyarrow.compute as pc
 
 from workbench.data.schema import COLUMNS, REDSET_SCHEMA, SCHEMA_VERSION
 from workbench.exceptions import WorkbenchError
 
 __all__ = [
+    "ENCODINGS",
     "ENCODING_ARROW",
+    "ENCODING_ARROW_ZSTD",
     "ENCODING_JSON",
+    "REASONS",
     "DecodedBatch",
+    "Encoding",
     "MessageDecodeError",
+    "decode_key",
+    "decode_row",
     "decode_value",
     "decode_values",
+    "default_encoding",
     "encode_arrow",
     "encode_json",
+    "get_encoding",
     "header",
+    "int64_bounds",
     "message_headers",
+    "register_encoding",
 ]
 
-ENCODING_JSON = "json"
-ENCODING_ARROW = "arrow"
-_ENCODINGS = (ENCODING_JSON, ENCODING_ARROW)
-_SCHEMA_NO_META = REDSET_SCHEMA.remove_metadata()
+ENCODING_JSON: Final = "json"
+ENCODING_ARROW: Final = "arrow"
+ENCODING_ARROW_ZSTD: Final = "arrow-zstd"
+_SCHEMA_NO_META: Final = REDSET_SCHEMA.remove_metadata()
+_COLUMN_SET: Final = frozenset(COLUMNS)
+_REQUIRED: Final = tuple(f.name for f in REDSET_SCHEMA if not f.nullable)
+_INT_FIELDS: Final = tuple(f.name for f in REDSET_SCHEMA if pa.types.is_integer(f.type))
+_BOOL_FIELDS: Final = tuple(f.name for f in REDSET_SCHEMA if pa.types.is_boolean(f.type))
+_STR_FIELDS: Final = tuple(f.name for f in REDSET_SCHEMA if pa.types.is_string(f.type))
+_TIME: Final = object()  # arrival_timestamp: checked by _timestamp_us
+_JSON_TYPES: Final = {f.name: _TIME if pa.types.is_timestamp(f.type) else int if pa.types.is_integer(f.type)
+                      else bool if pa.types.is_boolean(f.type) else str for f in REDSET_SCHEMA}
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_US: Final = timedelta(microseconds=1)
+#: Event times every consumer can turn into a ``datetime`` (epoch microseconds, inclusive).
+TIME_MIN_US: Final = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // _US
+TIME_MAX_US: Final = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) // _US
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+#: Reason codes a rejection starts with (the dead-letter ``reason`` header carries code and detail).
+REASONS: Final = {
+    "empty_value": "the message has no value",
+    "unknown_encoding": "the encoding header names no registered encoding",
+    "bad_header": "a header is not UTF-8 text or not a number where one is needed",
+    "bad_key": "the key is not the decimal instance_id of the message's rows",
+    "rows_mismatch": "the rows header disagrees with the rows decoded (e.g. a truncated stream)",
+    "invalid_json": "the value is not JSON",
+    "not_an_object": "the JSON value is not an object",
+    "invalid_arrow": "the value is not a (complete) Arrow IPC stream",
+    "missing_columns": "required columns are absent",
+    "extra_columns": "columns that are not Redset columns are present",
+    "wrong_type": "a value is not of its column's type",
+    "int_out_of_range": "an integer does not fit int64",
+    "null_in_required": "a non-nullable column holds a null",
+    "timestamp_out_of_range": "a time no consumer can represent",
+}
 
 
 class MessageDecodeError(WorkbenchError, ValueError):
-    """A message value is not a valid encoded query row (or batch of rows)."""
+    """A message is not a valid encoded query row (or batch of rows); ``reason`` is its code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}")
 
 
 Headers = Sequence[tuple[str, bytes | str | None]] | None
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """One message encoding: ``encode`` rows into one value, ``decode`` one value into rows.
+
+    ``decode`` returns a record batch of whatever columns the value holds (raising
+    :class:`MessageDecodeError` when it cannot be read); :func:`decode_values` then validates it
+    against the one event contract. ``max_rows`` is how many rows one value may carry (None: any).
+    ``encode_each`` (optional) encodes every row into its own value, vectorised.
+    """
+
+    name: str
+    encode: Callable[[pa.RecordBatch], bytes]
+    decode: Callable[[bytes], pa.RecordBatch]
+    max_rows: int | None = None
+    encode_each: Callable[[pa.RecordBatch], list[bytes]] | None = None
+
+
+ENCODINGS: dict[str, Encoding] = {}
+
+
+def register_encoding(encoding: Encoding) -> None:
+    """Add ``encoding`` to the registry (a name registered twice is an error)."""
+    if encoding.name in ENCODINGS:
+        msg = f"encoding {encoding.name!r} is already registered"
+        raise ValueError(msg)
+    ENCODINGS[encoding.name] = encoding
+
+
+def get_encoding(name: str) -> Encoding:
+    """The registered encoding ``name``; raises MessageDecodeError (``unknown_encoding``)."""
+    try:
+        return ENCODINGS[name]
+    except KeyError:
+        msg = f"unknown encoding {name[:60]!r}; expected one of {sorted(ENCODINGS)}"
+        raise MessageDecodeError("unknown_encoding", msg) from None
+
+
+def default_encoding(pack: int) -> str:
+    """The encoding used when a caller names only a pack size: ``json`` for 1, ``arrow`` above."""
+    return ENCODING_JSON if pack == 1 else ENCODING_ARROW
 
 
 def message_headers(encoding: str, rows: int) -> list[tuple[str, bytes]]:
@@ -65,20 +175,64 @@ def message_headers(encoding: str, rows: int) -> list[tuple[str, bytes]]:
 
 
 def header(headers: Headers, name: str) -> str | None:
-    """The value of header ``name`` as text, or None."""
+    """The value of header ``name`` as text, or None; MessageDecodeError if it is not UTF-8."""
     for key, value in headers or ():
         if key == name:
             if value is None:
                 return None
-            return value.decode() if isinstance(value, bytes) else str(value)
+            if isinstance(value, bytes | bytearray | memoryview):
+                try:
+                    return bytes(value).decode()
+                except UnicodeDecodeError:
+                    msg = f"header {name!r} is not UTF-8 text: {bytes(value)[:40]!r}"
+                    raise MessageDecodeError("bad_header", msg) from None
+            return str(value)
     return None
 
 
+def _meta(headers: Headers) -> tuple[str | None, int | None]:
+    """The ``encoding`` and ``rows`` headers of one message, read in one pass and checked."""
+    encoding = rows = None
+    for key, value in headers or ():
+        if key == "encoding" or key == "rows":
+            text = header(((key, value),), key)
+            if key == "encoding":
+                encoding = text
+            elif text is not None:
+                if not (text.isascii() and text.isdigit()) or len(text) > 12:
+                    msg = f"header 'rows' must be a non-negative integer. Got {text[:40]!r}"
+                    raise MessageDecodeError("bad_header", msg)
+                rows = int(text)
+    return encoding, rows
+
+
+def decode_key(key: bytes | str | None) -> int:
+    """A message key as the instance id it must be (decimal int64 text); MessageDecodeError otherwise."""
+    if key is None:
+        raise MessageDecodeError("bad_key", "the message has no key; the key must be the instance_id")
+    if isinstance(key, bytes | bytearray | memoryview):
+        try:
+            key = bytes(key).decode()
+        except UnicodeDecodeError:
+            msg = f"the key is not UTF-8 text: {bytes(key)[:40]!r}"
+            raise MessageDecodeError("bad_key", msg) from None
+    text = key.strip()
+    if not text.lstrip("-").isdigit() or not text.isascii() or len(text) > 20:
+        msg = f"the key must be the decimal instance_id. Got {key[:40]!r}"
+        raise MessageDecodeError("bad_key", msg)
+    value = int(text)
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        msg = f"the key {text[:40]!r} does not fit int64"
+        raise MessageDecodeError("bad_key", msg)
+    return value
+
+
+# --- encoders --------------------------------------------------------------------------------
 def _project(batch: pa.RecordBatch) -> pa.RecordBatch:
     missing = [name for name in COLUMNS if name not in batch.schema.names]
     if missing:
         msg = f"cannot encode rows: missing columns {missing[:5]}"
-        raise MessageDecodeError(msg)
+        raise MessageDecodeError("missing_columns", msg)
     return batch.select(list(COLUMNS))
 
 
@@ -93,21 +247,169 @@ def encode_json(batch: pa.RecordBatch) -> list[bytes]:
     return values
 
 
-def encode_arrow(batch: pa.RecordBatch) -> bytes:
-    """One Arrow IPC stream value for all rows of ``batch`` (extra columns dropped)."""
+def _encode_json_one(batch: pa.RecordBatch) -> bytes:
+    values = encode_json(batch)
+    if len(values) != 1:
+        msg = f"a json message holds exactly one row; got {len(values)}"
+        raise ValueError(msg)
+    return values[0]
+
+
+def _ipc(batch: pa.RecordBatch, compression: str | None) -> bytes:
     projected = _project(batch).cast(_SCHEMA_NO_META)
     sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, _SCHEMA_NO_META) as writer:
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.ipc.new_stream(sink, _SCHEMA_NO_META, options=options) as writer:
         writer.write_batch(projected)
     return sink.getvalue()
 
 
+def encode_arrow(batch: pa.RecordBatch) -> bytes:
+    """One Arrow IPC stream value for all rows of ``batch`` (extra columns dropped)."""
+    return _ipc(batch, None)
+
+
+# --- decoders (to a batch of whatever the value holds; validated afterwards) -----------------
+def _read_ipc(value: bytes) -> pa.RecordBatch:
+    try:
+        table = pa.ipc.open_stream(value).read_all()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        msg = f"not a complete Arrow IPC stream: {str(exc)[:200]}"
+        raise MessageDecodeError("invalid_arrow", msg) from exc
+    if table.num_rows == 0:
+        return pa.RecordBatch.from_pylist([], schema=table.schema)
+    return table.combine_chunks().to_batches()[0]
+
+
+def _timestamp_us(text: Any, name: str) -> int:
+    if type(text) is not str:
+        msg = f"column {name!r} must be an ISO-8601 time string. Got {text!r:.60}"
+        raise MessageDecodeError("wrong_type", msg)
+    try:
+        ts = datetime.fromisoformat(text)
+    except ValueError as exc:
+        msg = f"column {name!r} is not an ISO-8601 time: {text[:60]!r}"
+        raise MessageDecodeError("wrong_type", msg) from exc
+    if ts.tzinfo is None:
+        msg = f"column {name!r} must carry a zone (e.g. +00:00). Got {text[:60]!r}"
+        raise MessageDecodeError("wrong_type", msg)
+    try:
+        return (ts - _EPOCH) // _US
+    except OverflowError as exc:  # pragma: no cover - timedelta covers years 1-9999
+        msg = f"column {name!r} holds a time no consumer can represent: {text[:60]!r}"
+        raise MessageDecodeError("timestamp_out_of_range", msg) from exc
+
+
+def _check_us(us: int, name: str, text: Any) -> int:
+    if not TIME_MIN_US <= us <= TIME_MAX_US:
+        msg = f"column {name!r} holds a time outside years 1-9999 in UTC: {text!r:.60}"
+        raise MessageDecodeError("timestamp_out_of_range", msg)
+    return us
+
+
+def _json_row(value: bytes) -> dict[str, Any]:
+    """One JSON value validated against the contract; adds ``arrival_us`` (epoch microseconds)."""
+    try:
+        row = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        msg = f"invalid JSON: {exc}"
+        raise MessageDecodeError("invalid_json", msg) from exc
+    if type(row) is not dict:
+        msg = f"expected a JSON object, got {type(row).__name__}"
+        raise MessageDecodeError("not_an_object", msg)
+    if len(row) != len(COLUMNS) or row.keys() != _COLUMN_SET:
+        missing = [name for name in COLUMNS if name not in row]
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise MessageDecodeError("missing_columns", f"missing columns {missing[:5]}{more}")
+        extra = sorted(str(k)[:40] for k in row if k not in _COLUMN_SET)
+        raise MessageDecodeError("extra_columns", f"unknown columns {extra[:5]}")
+    for name in _REQUIRED:
+        if row[name] is None:
+            raise MessageDecodeError("null_in_required", f"column {name!r} must not be null")
+    for name, v in row.items():  # one pass: the per-field loops cost twice as much
+        if v is None:
+            continue
+        kind = _JSON_TYPES[name]
+        if type(v) is not kind:
+            if kind is _TIME:
+                continue
+            label = {int: "an integer", bool: "a boolean", str: "a string"}[kind]
+            raise MessageDecodeError("wrong_type", f"column {name!r} must be {label}. Got {v!r:.60}")
+        if kind is int and not _INT64_MIN <= v <= _INT64_MAX:
+            raise MessageDecodeError("int_out_of_range", f"column {name!r} does not fit int64: {v}")
+    text = row["arrival_timestamp"]
+    row["arrival_us"] = _check_us(_timestamp_us(text, "arrival_timestamp"), "arrival_timestamp", text)
+    return row
+
+
+def _json_rows_to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+    # Validated rows only: from_pylist then cannot fail. The time goes in as epoch microseconds.
+    records = [{**r, "arrival_timestamp": r["arrival_us"]} for r in rows]
+    return pa.RecordBatch.from_pylist(records, schema=_SCHEMA_NO_META)
+
+
+def _decode_json(value: bytes) -> pa.RecordBatch:
+    return _json_rows_to_batch([_json_row(value)])
+
+
+def _cast_error(name: str, exc: Exception) -> MessageDecodeError:
+    text = str(exc)
+    if "out of bounds" in text or "not in range" in text or "overflow" in text.lower():
+        return MessageDecodeError("int_out_of_range" if name != "arrival_timestamp" else "timestamp_out_of_range",
+                                  f"column {name!r}: {text[:200]}")
+    return MessageDecodeError("wrong_type", f"column {name!r}: {text[:200]}")
+
+
+def _conform(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A decoded batch with exactly the event schema, or MessageDecodeError (any encoding)."""
+    schema = batch.schema
+    if not schema.equals(_SCHEMA_NO_META):
+        names = schema.names
+        if len(names) != len(set(names)):
+            raise MessageDecodeError("extra_columns", "a column name appears twice")
+        missing = [n for n in COLUMNS if n not in names]
+        if missing:
+            raise MessageDecodeError("missing_columns", f"missing columns {missing[:5]}")
+        extra = [n for n in names if n not in _COLUMN_SET]
+        if extra:
+            raise MessageDecodeError("extra_columns", f"unknown columns {[str(n)[:40] for n in extra[:5]]}")
+        arrays = []
+        for field in _SCHEMA_NO_META:
+            column = batch.column(field.name)
+            if column.type != field.type:
+                if pa.types.is_timestamp(field.type) and pa.types.is_timestamp(column.type) and column.type.tz is None:
+                    raise MessageDecodeError("wrong_type", "column 'arrival_timestamp' must carry a zone (UTC)")
+                try:
+                    column = pc.cast(column, field.type, safe=True)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OverflowError) as exc:
+                    raise _cast_error(field.name, exc) from exc
+            arrays.append(column)
+        batch = pa.RecordBatch.from_arrays(arrays, schema=_SCHEMA_NO_META)
+    for name in _REQUIRED:
+        if batch.column(name).null_count:
+            raise MessageDecodeError("null_in_required", f"column {name!r} must not be null")
+    if batch.num_rows:
+        lo, hi = int64_bounds(batch.column("arrival_timestamp"))
+        if lo < TIME_MIN_US or hi > TIME_MAX_US:
+            _check_us(lo, "arrival_timestamp", lo)
+            _check_us(hi, "arrival_timestamp", hi)
+    return batch
+
+
+register_encoding(Encoding(ENCODING_JSON, _encode_json_one, _decode_json, max_rows=1, encode_each=encode_json))
+register_encoding(Encoding(ENCODING_ARROW, encode_arrow, _read_ipc))
+register_encoding(Encoding(ENCODING_ARROW_ZSTD, lambda batch: _ipc(batch, "zstd"), _read_ipc))
+
+
+# --- the one decode function -----------------------------------------------------------------
 @dataclass(frozen=True)
 class DecodedBatch:
     """Rows decoded from many messages, and the messages that failed.
 
     ``source_index[i]`` is the position (in the input sequence) of the message row ``i`` came
-    from; ``errors`` lists ``(position, reason)`` for every message that could not be decoded.
+    from; ``errors`` lists ``(position, reason)`` for every message that could not be decoded
+    (``reason`` starts with a code of :data:`REASONS`).
     """
 
     batch: pa.RecordBatch
@@ -115,144 +417,140 @@ class DecodedBatch:
     errors: list[tuple[int, str]]
 
 
-def _json_rows_to_batch(rows: list[dict]) -> pa.RecordBatch:
-    arrays = []
-    for field in _SCHEMA_NO_META:
-        values = [row.get(field.name) for row in rows]
-        if pa.types.is_timestamp(field.type):
-            arrays.append(pa.array(values, pa.string()).cast(field.type))
-        else:
-            arrays.append(pa.array(values, field.type))
-    batch = pa.RecordBatch.from_arrays(arrays, schema=_SCHEMA_NO_META)
-    for field in _SCHEMA_NO_META:
-        if not field.nullable and batch.column(field.name).null_count:
-            msg = f"column {field.name!r} must not be null"
-            raise MessageDecodeError(msg)
+def _empty_batch() -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([], schema=_SCHEMA_NO_META)
+
+
+def int64_bounds(array: pa.Array) -> tuple[int, int]:
+    """Min and max of a null-free int64 or timestamp array (numpy on the data buffer: no kernel call)."""
+    values = np.frombuffer(array.buffers()[1], dtype=np.int64, count=len(array), offset=array.offset * 8)
+    return int(values.min()), int(values.max())
+
+
+def _check_key(batch: pa.RecordBatch, key: Any) -> None:
+    expected = decode_key(key)
+    if batch.num_rows:
+        lo, hi = int64_bounds(batch.column("instance_id"))
+        if lo != expected or hi != expected:
+            msg = (f"message key {expected} does not match the rows' instance_id {sorted({lo, hi})}; "
+                   "the key must be the instance id")
+            raise MessageDecodeError("bad_key", msg)
+
+
+def _decode_one(value: bytes | None, encoding: str, rows: int | None, check_key: bool, key: Any) -> pa.RecordBatch:
+    enc = get_encoding(encoding)
+    if value is None or (enc.name == ENCODING_JSON and not value):
+        raise MessageDecodeError("empty_value", "empty message value")
+    batch = _conform(enc.decode(bytes(value)))
+    if enc.max_rows is not None and batch.num_rows > enc.max_rows:
+        raise MessageDecodeError("rows_mismatch", f"{enc.name} carries at most {enc.max_rows} row(s) per message")
+    if rows is not None and rows != batch.num_rows:
+        msg = f"header 'rows' says {rows} but the value holds {batch.num_rows} (truncated or mislabelled)"
+        raise MessageDecodeError("rows_mismatch", msg)
+    if check_key:
+        _check_key(batch, key)
     return batch
 
 
-def _check_json_row(row: object) -> dict:
-    if not isinstance(row, dict):
-        msg = f"expected a JSON object, got {type(row).__name__}"
-        raise MessageDecodeError(msg)
-    missing = [name for name in COLUMNS if name not in row]
-    if missing:
-        msg = f"missing columns {missing[:5]}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise MessageDecodeError(msg)
+def decode_values(
+    values: Sequence[bytes | None],
+    encodings: Iterable[str | None] | None = None,
+    *,
+    headers: Sequence[Headers] | None = None,
+    keys: Sequence[Any] | None = None,
+) -> DecodedBatch:
+    """Decode many message values (mixed encodings allowed) into one validated record batch.
+
+    Parameters
+    ----------
+    values : sequence of bytes
+        Message values.
+    encodings : iterable of str, optional
+        Each value's encoding (None means ``json``); ignored where ``headers`` name one.
+    headers : sequence of header lists, optional
+        Each message's headers: ``encoding`` and ``rows`` are read (and checked) from them.
+    keys : sequence, optional
+        Each message's key; when given, it must be the instance id of all the message's rows.
+
+    Malformed values never raise: they are reported in :attr:`DecodedBatch.errors` with the reason.
+    """
+    encodings = list(encodings) if encodings is not None else [None] * len(values)
+    if len(encodings) != len(values) or (headers is not None and len(headers) != len(values)) or (
+            keys is not None and len(keys) != len(values)):
+        msg = f"got {len(values)} values but {len(encodings)} encodings / headers / keys"
+        raise ValueError(msg)
+    pieces: list[pa.RecordBatch] = []
+    source_index: list[int] = []
+    errors: list[tuple[int, str]] = []
+    json_rows: list[dict[str, Any]] = []
+    json_pos: list[int] = []
+    for position, value in enumerate(values):
+        hdrs = headers[position] if headers is not None else None
+        key = keys[position] if keys is not None else None
+        try:
+            name, rows = _meta(hdrs)
+            name = name or encodings[position] or ENCODING_JSON
+            if name == ENCODING_JSON:  # one row: validated as a dict, the batch built once for all
+                json_rows.append(_decode_row(value, rows, key, keys is not None))
+                json_pos.append(position)
+                continue
+            batch = _decode_one(value, name, rows, keys is not None, key)
+        except MessageDecodeError as exc:
+            errors.append((position, str(exc)))
+            continue
+        pieces.append(batch)
+        source_index.extend([position] * batch.num_rows)
+    if json_rows:
+        pieces.insert(0, _json_rows_to_batch(json_rows))
+        source_index[:0] = json_pos
+    if not pieces:
+        return DecodedBatch(_empty_batch(), source_index, errors)
+    if len(pieces) == 1:  # one message or all JSON: nothing to combine
+        batch = pieces[0]
+    else:
+        combined = pa.Table.from_batches(pieces, schema=_SCHEMA_NO_META).combine_chunks()
+        batch = combined.to_batches()[0] if combined.num_rows else _empty_batch()
+    if json_rows and len(pieces) > 1:  # keep message order (JSON rows were put first)
+        order = sorted(range(len(source_index)), key=source_index.__getitem__)
+        if order != list(range(len(order))):
+            batch = batch.take(pa.array(order))
+            source_index = [source_index[i] for i in order]
+    return DecodedBatch(batch, source_index, errors)
+
+
+def decode_row(value: bytes | None, headers: Headers = None, *, key: Any = None,
+               check_key: bool = False) -> dict[str, Any]:
+    """One one-row JSON message as a validated dict (plus ``arrival_us``); MessageDecodeError otherwise.
+
+    Applies exactly the checks :func:`decode_values` applies to a ``json`` message (it is the
+    function that does them), without building a one-row Arrow batch.
+    """
+    name, rows = _meta(headers)
+    if name is not None and name != ENCODING_JSON:
+        get_encoding(name)
+        msg = f"decode_row reads json messages only; got encoding {name!r}"
+        raise MessageDecodeError("unknown_encoding", msg)
+    return _decode_row(value, rows, key, check_key)
+
+
+def _decode_row(value: bytes | None, rows: int | None, key: Any, check_key: bool) -> dict[str, Any]:
+    if rows is not None and rows != 1:
+        raise MessageDecodeError("rows_mismatch", f"header 'rows' says {rows} but a json message holds 1")
+    if not value:
+        raise MessageDecodeError("empty_value", "empty message value")
+    row = _json_row(value if type(value) is bytes else bytes(value))
+    if check_key and decode_key(key) != row["instance_id"]:
+        msg = (f"message key {key!r:.40} does not match the row's instance_id {row['instance_id']}; "
+               "the key must be the instance id")
+        raise MessageDecodeError("bad_key", msg)
     return row
-
-
-def _decode_arrow(value: bytes) -> pa.RecordBatch:
-    try:
-        table = pa.ipc.open_stream(value).read_all()
-    except (pa.ArrowInvalid, OSError) as exc:
-        msg = f"not an Arrow IPC stream: {exc}"
-        raise MessageDecodeError(msg) from exc
-    names = set(table.schema.names)  # builds a new list on every access
-    missing = [name for name in COLUMNS if name not in names]
-    if missing:
-        msg = f"Arrow batch is missing columns {missing[:5]}"
-        raise MessageDecodeError(msg)
-    if table.schema.equals(_SCHEMA_NO_META):  # what the replay writes: nothing to convert
-        return table.combine_chunks().to_batches()[0] if table.num_rows else _empty_batch()
-    try:
-        table = table.select(list(COLUMNS)).cast(_SCHEMA_NO_META)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        msg = f"Arrow batch has mistyped columns: {exc}"
-        raise MessageDecodeError(msg) from exc
-    return table.combine_chunks().to_batches()[0] if table.num_rows else _empty_batch()
-
-
-def _empty_batch() -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist([], schema=_SCHEMA_NO_META)
 
 
 def decode_value(value: bytes | None, encoding: str | None = ENCODING_JSON) -> pa.RecordBatch:
     """Decode one message value into a record batch of Redset rows; raise MessageDecodeError."""
     result = decode_values([value], [encoding])
     if result.errors:
-        raise MessageDecodeError(result.errors[0][1])
+        reason = result.errors[0][1]
+        code, _, detail = reason.partition(": ")
+        raise MessageDecodeError(code, detail)
     return result.batch
-
-
-def _read_json_lines(values: list[bytes]) -> pa.RecordBatch | None:
-    """Vectorised decode of JSON values; None when any value needs the careful path."""
-    if any(b"\n" in value for value in values):
-        return None
-    try:
-        table = pa_json.read_json(
-            io.BytesIO(b"\n".join(values)),
-            parse_options=pa_json.ParseOptions(
-                explicit_schema=_SCHEMA_NO_META, unexpected_field_behavior="ignore"
-            ),
-        )
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        return None
-    if table.num_rows != len(values):
-        return None
-    if any(table.column(f.name).null_count for f in _SCHEMA_NO_META if not f.nullable):
-        return None
-    table = table.combine_chunks()
-    return table.to_batches()[0] if table.num_rows else _empty_batch()
-
-
-def _decode_json_carefully(value: bytes) -> pa.RecordBatch:
-    try:
-        row = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        msg = f"invalid JSON: {exc}"
-        raise MessageDecodeError(msg) from exc
-    try:
-        return _json_rows_to_batch([_check_json_row(row)])
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-        msg = f"mistyped value: {exc}"
-        raise MessageDecodeError(msg) from exc
-
-
-def decode_values(
-    values: Sequence[bytes | None], encodings: Iterable[str | None] | None = None
-) -> DecodedBatch:
-    """Decode many message values (mixed encodings allowed) into one record batch.
-
-    ``encodings`` gives each value's ``encoding`` header (None means ``json``). Malformed
-    values never raise: they are reported in :attr:`DecodedBatch.errors` with the reason.
-    Absent nullable JSON fields read as null; absent required ones are errors.
-    """
-    encodings = list(encodings) if encodings is not None else [None] * len(values)
-    if len(encodings) != len(values):
-        msg = f"got {len(values)} values but {len(encodings)} encodings"
-        raise ValueError(msg)
-    if all((e or ENCODING_JSON) == ENCODING_JSON for e in encodings) and all(
-        v is not None for v in values
-    ):
-        fast = _read_json_lines(list(values))  # type: ignore[arg-type]
-        if fast is not None:
-            return DecodedBatch(fast, list(range(len(values))), [])
-
-    pieces: list[pa.RecordBatch] = []
-    source_index: list[int] = []
-    errors: list[tuple[int, str]] = []
-    for position, (value, encoding) in enumerate(zip(values, encodings, strict=True)):
-        encoding = encoding or ENCODING_JSON
-        try:
-            if value is None:
-                raise MessageDecodeError("empty message value")
-            if encoding == ENCODING_JSON:
-                batch = _decode_json_carefully(value)
-            elif encoding == ENCODING_ARROW:
-                batch = _decode_arrow(value)
-            else:
-                msg = f"unknown encoding {encoding!r}; expected one of {_ENCODINGS}"
-                raise MessageDecodeError(msg)
-        except MessageDecodeError as exc:
-            errors.append((position, str(exc)))
-            continue
-        pieces.append(batch)
-        source_index.extend([position] * batch.num_rows)
-    if not pieces:
-        return DecodedBatch(_empty_batch(), source_index, errors)
-    if len(pieces) == 1:  # one message, the per-message path of the apps: nothing to combine
-        return DecodedBatch(pieces[0], source_index, errors)
-    combined = pa.Table.from_batches(pieces, schema=_SCHEMA_NO_META).combine_chunks()
-    batch = combined.to_batches()[0] if combined.num_rows else _empty_batch()
-    return DecodedBatch(batch, source_index, errors)

@@ -4,8 +4,9 @@ Shared parts for every app (the ML scoring app reuses them):
 
 * :func:`build_application` / :func:`run_quix_app` (``_app``): the Quix Application factory with the
   workbench's consumer settings, and a bounded run in the main thread;
-* :func:`decode_event_message`, :func:`json_event_row`, :func:`event_topic` (``_decode``): event
-  messages to Arrow or to a validated dict, raising ``MessageDecodeError`` with a reason;
+* :func:`event_topic` (``_decode``): the event topic as raw bytes; decoding is
+  :mod:`workbench.data.codec`'s alone;
+* :class:`EventTimeGuard` (``_eventtime``): implausible event times are dead-lettered;
 * :class:`DeadLetters` (``_deadletter``): malformed messages to the dead-letter topic;
 * :class:`AppStatus` / :func:`read_app_status` (``_status``): counters published as JSON;
 * :mod:`.contracts`: the ``redshift.anomalies`` message contract.
@@ -35,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "AppResult": "workbench.pipeline._status",
     "AppStatus": "workbench.pipeline._status",
     "DeadLetters": "workbench.pipeline._deadletter",
+    "EventTimeGuard": "workbench.pipeline._eventtime",
     "PipelineConfigError": "workbench.pipeline.exceptions",
     "PipelineError": "workbench.pipeline.exceptions",
     "ScoringApp": "workbench.pipeline.scoring",
@@ -44,12 +46,9 @@ _EXPORTS: dict[str, str] = {
     "app_state_dir": "workbench.pipeline._app",
     "build_application": "workbench.pipeline._app",
     "consumer_group": "workbench.pipeline._app",
-    "decode_event_message": "workbench.pipeline._decode",
     "event_topic": "workbench.pipeline._decode",
-    "json_event_row": "workbench.pipeline._decode",
-    "message_encoding": "workbench.pipeline._decode",
     "read_app_status": "workbench.pipeline._status",
-    "register_periodic": "workbench.pipeline._app",
+    "register_periodic": "workbench.pipeline._quix",
     "run_analytics": "workbench.pipeline.analytics",
     "run_quix_app": "workbench.pipeline._app",
     "run_scoring": "workbench.pipeline.scoring",
@@ -64,6 +63,7 @@ __all__ = [
     "AppResult",
     "AppStatus",
     "DeadLetters",
+    "EventTimeGuard",
     "PipelineConfigError",
     "PipelineError",
     "ScoringApp",
@@ -73,10 +73,7 @@ __all__ = [
     "app_state_dir",
     "build_application",
     "consumer_group",
-    "decode_event_message",
     "event_topic",
-    "json_event_row",
-    "message_encoding",
     "read_app_status",
     "register_periodic",
     "run_analytics",

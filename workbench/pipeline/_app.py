@@ -23,14 +23,17 @@ import threading
 from pathlib import Path
 from typing import Any, Final
 
+from confluent_kafka import KafkaException
 from quixstreams import Application
 from quixstreams.kafka.configuration import ConnectionConfig
 
 from workbench.config import Settings
+from workbench.pipeline._quix import register_periodic
 from workbench.pipeline.exceptions import PipelineConfigError
 
 __all__ = [
     "CONSUMER_DEFAULTS",
+    "INFRASTRUCTURE_ERRORS",
     "WorkbenchApp",
     "app_state_dir",
     "build_application",
@@ -40,6 +43,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Failures that are not one message's fault: they stop an app instead of dead-lettering a message.
+INFRASTRUCTURE_ERRORS: Final = (OSError, MemoryError, KafkaException)
 
 #: Consumer settings every app shares (see the module docstring).
 CONSUMER_DEFAULTS: Final[dict[str, Any]] = {
@@ -69,6 +75,7 @@ def build_application(
     consumer_extra_config: dict[str, Any] | None = None,
     producer_extra_config: dict[str, Any] | None = None,
     use_changelog_topics: bool = True,
+    on_processing_error: Any = None,
 ) -> Application:
     """A Quix Application for one workbench app, configured from ``settings``.
 
@@ -86,6 +93,8 @@ def build_application(
         librdkafka settings on top of :data:`CONSUMER_DEFAULTS`.
     use_changelog_topics : bool
         Back window state with changelog topics (needed to recover state on another machine).
+    on_processing_error : callable, optional
+        Quix's per-message error callback (:meth:`WorkbenchApp.on_processing_error`).
 
     Returns
     -------
@@ -112,6 +121,7 @@ def build_application(
         auto_create_topics=True,
         use_changelog_topics=use_changelog_topics,
         consumer_poll_timeout=0.2,
+        on_processing_error=on_processing_error,
     )
 
 
@@ -135,22 +145,6 @@ def run_quix_app(app: Application, *, timeout: float | None = None, count: int |
                 signal.signal(sig, handler)
 
 
-def register_periodic(app: Application, task: Any) -> bool:
-    """Call ``task()`` on every iteration of the app's main loop, also while no message arrives.
-
-    Uses the periodic-task hook of Quix 3.28's dataframe registry (the one ``join_lookup`` uses);
-    returns False, and registers nothing, on a Quix version without it. Keep ``task`` cheap and
-    throttle it yourself: it runs after every poll (every ``consumer_poll_timeout`` when idle).
-    """
-    registry = getattr(app, "_dataframe_registry", None)
-    register = getattr(registry, "register_periodic_task", None)
-    if register is None:
-        logger.warning("this quixstreams has no periodic-task hook; status files update only on messages")
-        return False
-    register(task)
-    return True
-
-
 class WorkbenchApp:
     """The run lifecycle every workbench app shares (subclasses implement :meth:`build`).
 
@@ -163,6 +157,23 @@ class WorkbenchApp:
     app: Application | None = None
     dead_letters: Any = None
     status: Any = None
+
+    def on_processing_error(self, exc: Exception, row: Any, _logger: Any) -> bool:
+        """The per-message error boundary: dead-letter the message whose processing raised, go on.
+
+        Quix calls it for any exception raised while one message runs through the pipeline.
+        Infrastructure failures (:data:`INFRASTRUCTURE_ERRORS`: broker, disk, memory) are not
+        suppressed: they stop the app (the supervisor restarts it, nothing is committed).
+        """
+        if isinstance(exc, INFRASTRUCTURE_ERRORS) or row is None or self.dead_letters is None:
+            return False
+        reason = f"processing_error: {type(exc).__name__}: {exc}"
+        logger.warning("message failed in processing, dead-lettered: %s", reason[:300], exc_info=exc)
+        self.dead_letters.send(row.value, reason, key=row.key, headers=row.headers, topic=row.topic,
+                               partition=row.partition, offset=row.offset)
+        if self.status is not None:
+            self.status.add("dead_letters")
+        return True
 
     def build(self) -> Application:  # pragma: no cover - every app overrides it
         raise NotImplementedError

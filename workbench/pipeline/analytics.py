@@ -67,9 +67,11 @@ from workbench.analysis.windows import (
 from workbench.config import Settings
 from workbench.data import codec
 from workbench.data.codec import MessageDecodeError
-from workbench.pipeline._app import WorkbenchApp, build_application, register_periodic
+from workbench.pipeline._app import WorkbenchApp, build_application
 from workbench.pipeline._deadletter import DeadLetters
-from workbench.pipeline._decode import decode_event_message, event_topic, json_event_row, message_encoding
+from workbench.pipeline._decode import event_topic
+from workbench.pipeline._eventtime import EventTimeGuard
+from workbench.pipeline._quix import register_periodic
 from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline.exceptions import PipelineConfigError
 from workbench.store.window_stats import WindowStatsStore
@@ -88,11 +90,11 @@ def row_partial(row: Mapping[str, Any], window_ms: int = DEFAULT_WINDOW_MS) -> d
     Parameters
     ----------
     row : Mapping
-        A decoded event (:func:`~workbench.pipeline._decode.json_event_row`, with ``arrival_ms``).
+        A decoded event (:func:`~workbench.data.codec.decode_row`, with ``arrival_us``).
     window_ms : int
         Window length in ms.
     """
-    arrival = int(row["arrival_ms"])
+    arrival = int(row["arrival_us"]) // 1000
     cls = classify_query(row)
     exec_ms = row.get("execution_duration_ms")
     size = row.get("cluster_size")
@@ -248,28 +250,36 @@ class AnalyticsApp(WorkbenchApp):
         self.app: Application | None = None
         self.sink: WindowStatsSink | None = None
         self.dead_letters: DeadLetters | None = None
+        self.guard: EventTimeGuard | None = None
         self._last_archive = time.monotonic()
         self._warned_wide = False
 
     # --- per-message steps (main thread) --------------------------------------------------------
     def _partials(self, value: bytes | None, key: Any, _timestamp: int, headers: Any) -> list[dict[str, Any]]:
-        """Decode one message into its partial aggregates; dead-letter it when malformed."""
-        assert self.dead_letters is not None
-        encoding = message_encoding(headers)
+        """Decode one message into its partial aggregates; dead-letter it when it is not a valid event.
+
+        The codec decides validity (key included); the event-time guard then decides whether
+        the event may move event time. Anything else that fails for this one message is caught by
+        :meth:`on_processing_error` (the app's per-message boundary).
+        """
+        assert self.dead_letters is not None and self.guard is not None
         try:
-            if encoding == codec.ENCODING_JSON:
-                row = json_event_row(value)
+            if (codec.header(headers, "encoding") or codec.ENCODING_JSON) == codec.ENCODING_JSON:
+                row = codec.decode_row(value, headers, key=key, check_key=True)
+                arrival_us = row["arrival_us"]
+                self.guard.check(arrival_us, arrival_us)
                 partials = [row_partial(row, self.window_ms)]
                 rows = 1
             else:
-                batch = decode_event_message(value, headers)
+                decoded = codec.decode_values([value], headers=[headers], keys=[key])
+                if decoded.errors:
+                    code, _, detail = decoded.errors[0][1].partition(": ")
+                    raise MessageDecodeError(code, detail)
+                batch = decoded.batch
                 rows = batch.num_rows
+                if rows:
+                    self.guard.check(*codec.int64_bounds(batch.column("arrival_timestamp")))
                 partials = partial_aggregates(batch, self.window_ms)
-            instances = {p["instance_id"] for p in partials}
-            if partials and (key is None or instances != {_int_or_none(key)}):
-                msg = (f"message key {key!r} does not match the rows' instance_id {sorted(instances)[:5]}; "
-                       "the key of redshift.query_events must be the instance id")
-                raise MessageDecodeError(msg)
         except MessageDecodeError as exc:
             self.dead_letters.send(value, str(exc), key=key, headers=headers)
             self.status.add("dead_letters")
@@ -329,8 +339,10 @@ class AnalyticsApp(WorkbenchApp):
     # --- lifecycle --------------------------------------------------------------------------------
     def build(self) -> Application:
         """Declare the Quix pipeline; returns the Application (not started)."""
-        app = build_application(self.settings, APP_NAME, group=self.group, commit_interval=self.commit_interval)
+        app = build_application(self.settings, APP_NAME, group=self.group, commit_interval=self.commit_interval,
+                                on_processing_error=self.on_processing_error)
         self.dead_letters = DeadLetters(self.settings, APP_NAME, app.get_producer())
+        self.guard = EventTimeGuard.from_settings(self.settings)
         store = WindowStatsStore(self.settings.sqlite_path, archive_dir=self.settings.archive_dir)
         self.sink = WindowStatsSink(store, open_windows=self.open_windows, status=self.status)
         sdf = app.dataframe(event_topic(app, self.settings))
@@ -358,13 +370,6 @@ class AnalyticsApp(WorkbenchApp):
                     self.sink.flush_open_windows(everything=True)
             finally:
                 self.sink.store.close()
-
-
-def _int_or_none(key: Any) -> int | None:
-    try:
-        return int(key)
-    except (TypeError, ValueError):
-        return None
 
 
 def run_analytics(settings: Settings, *, timeout: float | None = None, idle_exit: float | None = None,

@@ -22,8 +22,9 @@ from quixstreams import Application
 from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
 
 from workbench.config import Settings
-from workbench.pipeline._app import WorkbenchApp, build_application, register_periodic
+from workbench.pipeline._app import WorkbenchApp, build_application
 from workbench.pipeline._deadletter import DeadLetters
+from workbench.pipeline._quix import register_periodic
 from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline.contracts import anomaly_row
 from workbench.pipeline.exceptions import AnomalyContractError, PipelineConfigError
@@ -140,11 +141,12 @@ class AnomalySinkApp(WorkbenchApp):
         self.dead_letters: DeadLetters | None = None
 
     def _row(self, value: bytes | None, key: Any, _ts: int, headers: Any) -> dict[str, Any] | None:
+        """The message's lakehouse row, or None when it is dead-lettered (``anomaly_contract``)."""
         assert self.dead_letters is not None
         try:
             row = anomaly_row(value)
         except AnomalyContractError as exc:
-            self.dead_letters.send(value, str(exc), key=key, headers=headers)
+            self.dead_letters.send(value, f"anomaly_contract: {exc}", key=key, headers=headers)
             self.status.add("dead_letters")
             return None
         self.status.add("anomalies")
@@ -153,11 +155,11 @@ class AnomalySinkApp(WorkbenchApp):
     def build(self) -> Application:
         """Declare the Quix pipeline; returns the Application (not started)."""
         app = build_application(self.settings, APP_NAME, group=self.group, commit_interval=self.commit_interval,
-                                use_changelog_topics=False)
+                                use_changelog_topics=False, on_processing_error=self.on_processing_error)
         self.dead_letters = DeadLetters(self.settings, APP_NAME, app.get_producer())
         self.sink = DuckLakeSink(AnomalyLakehouse.from_settings(self.settings), maintain_every=self.maintain_every,
                                  maintain_interval_s=self.maintain_interval_s, status=self.status)
-        topic = app.topic(self.settings.topic_anomalies, value_deserializer="bytes", key_deserializer="str")
+        topic = app.topic(self.settings.topic_anomalies, value_deserializer="bytes", key_deserializer="bytes")
         sdf = app.dataframe(topic)
         sdf = sdf.apply(self._row, metadata=True).filter(lambda row: row is not None)
         sdf.sink(self.sink)

@@ -5,24 +5,36 @@ One JSON object per message, key = the instance id as text, header ``schema`` =
 
 ``instance_id`` int, ``query_id`` int, ``model_version`` str, ``arrival_timestamp`` ISO-8601 UTC str,
 ``user_id`` int?, ``database_id`` int?, ``query_type`` str?, ``cluster_size`` int?,
-``execution_duration_ms`` number (actual), ``queue_duration_ms`` number?, ``compile_duration_ms``
+``execution_duration_ms`` number? (actual; null for a queue/spill alert on a row without it),
+``queue_duration_ms`` number?, ``compile_duration_ms``
 number?, ``pred_mean_ms`` number, ``pred_q_ms`` number?, ``expected_ms`` number?, ``score`` number?,
 ``threshold`` number?, ``reason`` str?, ``features`` object?.
 
-:func:`anomaly_row` maps a message to a row of :data:`workbench.store.lakehouse.ANOMALY_SCHEMA`
-(``true_ms`` = actual, ``pred_ms`` = ``pred_mean_ms``, ``excess_ms`` = true - pred, ``under_ratio``
-= true / max(pred, 1), like :func:`workbench.store.lakehouse.from_scored`; queue, compile and
-threshold go into ``features``, which has no column of their own).
+This module is the one mapping of the anomaly contract, used by the scoring app, the anomaly
+sink, the lakehouse tests and the notebook fixtures:
+
+scored table -> message: :func:`anomaly_messages` (rows flagged ``is_anomaly``; the Redset
+    columns of :data:`FEATURE_COLUMNS` go into ``features``);
+message -> bytes: :func:`encode_anomaly` / :func:`anomaly_key` / :func:`anomaly_headers`;
+message -> lakehouse row: :func:`anomaly_row` (a row of
+    :data:`workbench.store.lakehouse.ANOMALY_SCHEMA`: ``true_ms`` = actual, ``pred_ms`` =
+    ``pred_mean_ms``, ``excess_ms`` = true - pred, ``under_ratio`` = true / max(pred, 1), both
+    null without an actual; queue, compile and threshold go into ``features``);
+scored table -> lakehouse rows: :func:`anomaly_rows` (the composition, what production stores).
+
+Integers must fit int64 and ``arrival_timestamp`` must be an ISO-8601 time that converts to UTC
+inside years 1-9999; anything else raises :class:`AnomalyContractError` (the sink dead-letters it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from workbench.pipeline.exceptions import AnomalyContractError
 from workbench.store.lakehouse import ANOMALY_SCHEMA
@@ -30,9 +42,12 @@ from workbench.store.lakehouse import ANOMALY_SCHEMA
 __all__ = [
     "ANOMALY_CONTRACT_VERSION",
     "ANOMALY_FIELDS",
+    "FEATURE_COLUMNS",
     "anomaly_headers",
     "anomaly_key",
+    "anomaly_messages",
     "anomaly_row",
+    "anomaly_rows",
     "decode_anomalies",
     "encode_anomaly",
 ]
@@ -43,13 +58,22 @@ _INT, _NUM, _STR, _OBJ = "int", "number", "str", "object"
 ANOMALY_FIELDS: Final[dict[str, tuple[str, bool]]] = {
     "instance_id": (_INT, True), "query_id": (_INT, True), "model_version": (_STR, True),
     "arrival_timestamp": (_STR, True), "user_id": (_INT, False), "database_id": (_INT, False),
-    "query_type": (_STR, False), "cluster_size": (_INT, False), "execution_duration_ms": (_NUM, True),
+    "query_type": (_STR, False), "cluster_size": (_INT, False), "execution_duration_ms": (_NUM, False),
     "queue_duration_ms": (_NUM, False), "compile_duration_ms": (_NUM, False), "pred_mean_ms": (_NUM, True),
     "pred_q_ms": (_NUM, False), "expected_ms": (_NUM, False), "score": (_NUM, False), "threshold": (_NUM, False),
     "reason": (_STR, False), "features": (_OBJ, False),
 }
+#: Redset and Kafka columns copied into an anomaly's ``features`` object (model inputs, observed signals).
+FEATURE_COLUMNS: Final = (
+    "feature_fingerprint", "num_permanent_tables_accessed", "num_external_tables_accessed",
+    "num_system_tables_accessed", "num_joins", "num_scans", "num_aggregations", "read_table_ids",
+    "write_table_ids", "was_cached", "mbytes_scanned", "mbytes_spilled", "exec_ratio",
+    "kafka_partition", "kafka_offset",
+)
+#: Scored columns that become top-level message fields (the rest of ANOMALY_FIELDS is computed).
+_FROM_SCORED: Final = tuple(n for n in ANOMALY_FIELDS if n not in ("threshold", "features"))
 _CHECK: Final = {
-    _INT: lambda v: type(v) is int,
+    _INT: lambda v: type(v) is int and -(2**63) <= v < 2**63,
     _NUM: lambda v: type(v) in (int, float),
     _STR: lambda v: type(v) is str,
     _OBJ: lambda v: isinstance(v, dict),
@@ -68,17 +92,18 @@ def _check(message: Mapping[str, Any]) -> None:
     for name, (kind, _) in ANOMALY_FIELDS.items():
         v = message.get(name)
         if v is not None and not _CHECK[kind](v):
-            msg = f"anomaly field {name!r} must be of type {kind}. Got {v!r} instead."
+            msg = f"anomaly field {name!r} must be of type {kind} (integers within int64). Got {v!r:.80} instead."
             raise AnomalyContractError(msg)
 
 
 def _parse_time(text: str) -> datetime:
     try:
         ts = datetime.fromisoformat(text)
-    except ValueError as exc:
-        msg = f"anomaly field 'arrival_timestamp' must be an ISO-8601 time. Got {text[:60]!r} instead."
+        return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        msg = (f"anomaly field 'arrival_timestamp' must be an ISO-8601 time inside years 1-9999 in UTC. "
+               f"Got {text[:60]!r} instead.")
         raise AnomalyContractError(msg) from exc
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def encode_anomaly(message: Mapping[str, Any]) -> bytes:
@@ -114,7 +139,7 @@ def anomaly_row(value: bytes | Mapping[str, Any] | None) -> dict[str, Any]:
     else:
         message = value
     _check(message)
-    true = float(message["execution_duration_ms"])
+    true = None if message.get("execution_duration_ms") is None else float(message["execution_duration_ms"])
     pred = float(message["pred_mean_ms"])
     features = dict(message.get("features") or {})
     for extra in ("queue_duration_ms", "compile_duration_ms", "threshold"):
@@ -127,15 +152,58 @@ def anomaly_row(value: bytes | Mapping[str, Any] | None) -> dict[str, Any]:
         "query_type": message.get("query_type"), "cluster_size": message.get("cluster_size"),
         "true_ms": true, "pred_ms": pred, "pred_mean_ms": pred,
         "pred_q_ms": None if message.get("pred_q_ms") is None else float(message["pred_q_ms"]),
-        "excess_ms": true - pred, "under_ratio": true / max(pred, 1.0),
+        "excess_ms": None if true is None else true - pred,
+        "under_ratio": None if true is None else true / max(pred, 1.0),
         "expected_ms": None if message.get("expected_ms") is None else float(message["expected_ms"]),
         "score": None if message.get("score") is None else float(message["score"]),
         "reason": message.get("reason"), "features": orjson.dumps(features).decode(),
     }
 
 
+def anomaly_messages(scored: pa.Table | pa.RecordBatch, thresholds: Callable[[str], float | None] | None = None,
+                     ) -> list[dict[str, Any]]:
+    """The ``redshift.anomalies`` messages of the rows of ``scored`` flagged ``is_anomaly``.
+
+    Parameters
+    ----------
+    scored : Table or RecordBatch
+        Scorer output (Redset columns plus score columns; ``kafka_*`` columns optional).
+    thresholds : callable, optional
+        ``model_version -> detector threshold`` (goes into the message's ``threshold``).
+    """
+    table = pa.Table.from_batches([scored]) if isinstance(scored, pa.RecordBatch) else scored
+    flags = table.column("is_anomaly")
+    if flags.null_count == len(flags) or not pc.any(flags).as_py():
+        return []
+    rows = table.filter(pc.fill_null(flags, False))
+    names = set(rows.column_names)
+    top = [c for c in _FROM_SCORED if c in names]
+    feats = [c for c in FEATURE_COLUMNS if c in names]
+    out = []
+    for row in rows.select(top + feats).to_pylist():
+        message = {c: row[c] for c in top}
+        message["features"] = {c: row[c] for c in feats}
+        if thresholds is not None:
+            message["threshold"] = thresholds(message["model_version"])
+        out.append(message)
+    return out
+
+
+def anomaly_rows(scored: pa.Table | pa.RecordBatch, thresholds: Callable[[str], float | None] | None = None,
+                 ) -> pa.Table:
+    """The lakehouse rows production stores for ``scored``: messages, encoded, decoded, mapped."""
+    table, errors = decode_anomalies([encode_anomaly(m) for m in anomaly_messages(scored, thresholds)])
+    if errors:
+        raise AnomalyContractError(errors[0][1])
+    return table
+
+
 def decode_anomalies(values: Sequence[bytes | None]) -> tuple[pa.Table, list[tuple[int, str]]]:
-    """Many anomaly messages as one table of lakehouse rows, plus ``(position, reason)`` errors."""
+    """Many anomaly messages as one table of lakehouse rows, plus ``(position, reason)`` errors.
+
+    :func:`anomaly_row` checks every value that could not fit the lakehouse schema (int64
+    range, times in years 1-9999), so one bad message is an error of its own and never fails the table.
+    """
     rows, errors = [], []
     for i, value in enumerate(values):
         try:

@@ -25,9 +25,10 @@ def _replay(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     ensure_broker(settings)
-    replay = Replay(args.file, settings=settings, speedup=args.speedup, pack=args.pack, replay_id=args.replay_id,
-                    reset=args.reset, batch_size=args.batch_size, skip_bad_rows=args.skip_bad_rows,
-                    linger=args.linger, run_token=args.run_token, commands_since=args.commands_since)
+    replay = Replay(args.file, settings=settings, speedup=args.speedup, pack=args.pack, encoding=args.encoding,
+                    replay_id=args.replay_id, reset=args.reset, batch_size=args.batch_size,
+                    skip_bad_rows=args.skip_bad_rows, linger=args.linger, run_token=args.run_token,
+                    commands_since=args.commands_since)
     bar = tqdm(total=0, unit="rows", unit_scale=True, dynamic_ncols=True, disable=args.quiet, file=sys.stderr)
 
     def progress(status: ReplayStatus) -> None:
@@ -71,7 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("replay", help="replay a Parquet query log into Kafka")
     parser.add_argument("file", help="Parquet query log sorted by (arrival_timestamp, query_id)")
     parser.add_argument("--speedup", default="600", help="event seconds per wall second, 0 or 'max' = unpaced")
-    parser.add_argument("--pack", type=int, default=1, help="queries per message (N>1: packed Arrow messages)")
+    parser.add_argument("--pack", type=int, default=1, help="most queries of one instance per message")
+    parser.add_argument("--encoding", default=None,
+                        help="message encoding: json (1 query per message), arrow, arrow-zstd; "
+                             "default json for --pack 1, arrow otherwise")
     parser.add_argument("--reset", action="store_true", help="start from the first row, not the saved position")
     parser.add_argument("--replay-id", default="default", help="names the position, status and commands")
     parser.add_argument("--batch-size", type=int, default=5000, help="most rows per transaction")

@@ -103,8 +103,10 @@ class Replay:
     speedup : float or "max"
         Event seconds per wall second (600 = an hour of log in 6 s); 0 or "max" = unpaced.
     pack : int
-        1 sends one query per JSON message; N > 1 packs up to N consecutive queries of one
-        instance into one Arrow message (see :mod:`workbench.data.codec`).
+        Most queries per message: up to N consecutive queries of one instance go into one message.
+    encoding : str, optional
+        A registered encoding of :mod:`workbench.data.codec` (``json``, ``arrow``, ``arrow-zstd``);
+        default ``json`` for ``pack=1``, ``arrow`` otherwise. ``json`` carries one row per message.
     replay_id : str
         Names the replay's position, status and commands; one running replay per id.
     reset : bool
@@ -146,6 +148,7 @@ class Replay:
         settings: Settings | None = None,
         speedup: float | str = 600.0,
         pack: int = 1,
+        encoding: str | None = None,
         replay_id: str = "default",
         reset: bool = False,
         batch_size: int = 5000,
@@ -170,6 +173,15 @@ class Replay:
             msg = f"The batch_size parameter of Replay must be >= 1. Got {batch_size!r} instead."
             raise ReplayError(msg)
         self.pack = pack
+        self.encoding = codec.default_encoding(pack) if encoding is None else encoding
+        if self.encoding not in codec.ENCODINGS:
+            msg = f"The encoding of Replay must be one of {sorted(codec.ENCODINGS)}. Got {encoding!r} instead."
+            raise ReplayError(msg)
+        max_rows = codec.ENCODINGS[self.encoding].max_rows
+        if max_rows is not None and pack > max_rows:
+            msg = (f"The {self.encoding!r} encoding carries at most {max_rows} row(s) per message; got pack={pack}. "
+                   "Use --encoding arrow for packed messages.")
+            raise ReplayError(msg)
         if pack_span_s <= 0:
             msg = f"The pack_span_s parameter of Replay must be > 0 seconds. Got {pack_span_s!r} instead."
             raise ReplayError(msg)
@@ -536,18 +548,21 @@ class _ReplayRun:
         """(key, value, timestamp_ms, headers) per message, in order; bad rows go to dead letters."""
         keys = batch.column("instance_id").to_numpy()
         times_ms = pc.cast(batch.column("arrival_timestamp"), pa.int64()).to_numpy() // 1000
+        encoding = codec.get_encoding(self.replay.encoding)
         if self.replay.pack == 1:
+            encode_each = encoding.encode_each or (lambda rows: [encoding.encode(rows.slice(i, 1))
+                                                                 for i in range(rows.num_rows)])
             try:
-                values = codec.encode_json(batch)
+                values = encode_each(batch)
             except _ENCODE_ERRORS:
                 values = []
                 for index in range(batch.num_rows):
                     try:
-                        values.extend(codec.encode_json(batch.slice(index, 1)))
+                        values.extend(encode_each(batch.slice(index, 1)))
                     except _ENCODE_ERRORS as exc:
                         values.append(None)  # type: ignore[arg-type]
                         self._dead_letter(batch.slice(index, 1), int(rows[index]), f"cannot encode row: {exc}")
-            headers = codec.message_headers(codec.ENCODING_JSON, 1)
+            headers = codec.message_headers(encoding.name, 1)
             return [
                 (str(key).encode(), value, int(ts), headers)
                 for key, value, ts in zip(keys, values, times_ms, strict=True)
@@ -563,11 +578,11 @@ class _ReplayRun:
             for indices in _runs(group, times_ms[group] * 1000, self.replay.pack, span_us):
                 piece = batch.take(pa.array(indices))
                 try:
-                    value = codec.encode_arrow(piece)
+                    value = encoding.encode(piece)
                 except _ENCODE_ERRORS as exc:
                     self._dead_letter(piece, int(rows[indices[0]]), f"cannot encode rows: {exc}")
                     continue
-                headers = codec.message_headers(codec.ENCODING_ARROW, len(indices))
+                headers = codec.message_headers(encoding.name, len(indices))
                 messages.append((str(keys[indices[0]]).encode(), value, int(times_ms[indices[0]]), headers))
         messages.sort(key=lambda message: message[2])
         return messages

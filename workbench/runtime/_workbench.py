@@ -82,6 +82,7 @@ class Workbench:
         *,
         speedup: float | str = 600,
         pack: int = 1,
+        encoding: str | None = None,
         settings: Settings | None = None,
         apps: Sequence[str] = DEFAULT_APPS,
         replay_id: str = "default",
@@ -99,7 +100,10 @@ class Workbench:
         speedup : float or "max"
             Event seconds per wall second; change it live with :meth:`set_speed`.
         pack : int
-            Queries per Kafka message (1 = JSON per query; N = packed Arrow, much faster).
+            Most queries per Kafka message (N > 1 packs one instance's queries, much faster).
+        encoding : str, optional
+            Message encoding (:data:`workbench.data.codec.ENCODINGS`); default ``json`` for
+            ``pack=1``, ``arrow`` otherwise.
         reset : bool
             Replay ``data`` from its first row (default); False resumes a saved position.
         retrain_every_days : int
@@ -133,6 +137,8 @@ class Workbench:
         if data is not None:
             replay = [*python, "replay", str(Path(data).expanduser().resolve()), "--speedup", str(speedup),
                       "--pack", str(pack), "--replay-id", replay_id, "--quiet"]
+            if encoding is not None:
+                replay += ["--encoding", encoding]
             specs.append(ProcessSpec("replay", [*replay, "--reset"] if reset else replay, restart_argv=replay))
         run = run_dir(settings.home)
         run.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,6 @@ __all__ = [
     "MaintenanceResult",
     "connect",
     "extension_paths",
-    "from_scored",
     "sql_literal",
 ]
 
@@ -388,54 +387,6 @@ class AnomalyLakehouse(ConnectionStore):
         logger.info("lakehouse maintenance files_before=%d files_after=%d snapshots_expired=%d files_deleted=%d",
                     result.files_before, result.files_after, result.snapshots_expired, result.files_deleted)
         return result
-
-
-#: Redset columns copied into ``features`` (JSON) by :func:`from_scored`.
-_FEATURE_COLUMNS: Final = ("compile_duration_ms", "queue_duration_ms", "mbytes_scanned", "mbytes_spilled",
-                           "num_joins", "num_scans", "num_aggregations", "num_permanent_tables_accessed",
-                           "num_external_tables_accessed", "num_system_tables_accessed", "was_aborted",
-                           "was_cached", "feature_fingerprint")
-
-
-def from_scored(batch: pa.Table | pa.RecordBatch, *, only_anomalies: bool = True) -> pa.Table:
-    """Anomaly rows (:data:`ANOMALY_SCHEMA` minus ``inserted_at``) from a scored Redset batch.
-
-    The batch carries the Redset columns plus the scorer's ``pred_mean_ms``, ``pred_q_ms``,
-    ``score``, ``is_anomaly``, ``reason``, ``model_version`` and optionally ``expected_ms``.
-    ``true_ms`` = ``execution_duration_ms``, ``pred_ms`` = ``pred_mean_ms``, ``excess_ms`` =
-    true - pred, ``under_ratio`` = true / max(pred, 1); a few Redset columns go to ``features``.
-
-    Parameters
-    ----------
-    batch : pyarrow.Table or pyarrow.RecordBatch
-        Scored rows.
-    only_anomalies : bool
-        Keep only rows with ``is_anomaly`` true (and a model version).
-    """
-    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
-    needed = ("instance_id", "query_id", "arrival_timestamp", "execution_duration_ms", "pred_mean_ms",
-              "model_version", *(("is_anomaly",) if only_anomalies else ()))
-    missing = tuple(n for n in needed if n not in table.column_names)
-    if missing:
-        msg = (f"from_scored needs the columns {list(needed)}; the batch lacks {list(missing[:5])}. "
-               "Pass the scorer's output batch.")
-        raise RowValidationError(msg, missing=missing[:5])
-    if only_anomalies:
-        keep = pc.and_(pc.fill_null(table["is_anomaly"], False), pc.is_valid(table["model_version"]))
-        table = table.filter(keep)
-    true = pc.cast(table["execution_duration_ms"], pa.float64())
-    pred = pc.cast(table["pred_mean_ms"], pa.float64())
-    features_cols = [c for c in _FEATURE_COLUMNS if c in table.column_names]
-    features = [orjson.dumps(r).decode() for r in table.select(features_cols).to_pylist()]
-    out: dict[str, Any] = {name: table[name] for name in ("instance_id", "query_id", "model_version",
-                                                          "arrival_timestamp", "user_id", "database_id",
-                                                          "query_type", "cluster_size", "pred_q_ms",
-                                                          "score", "reason", "expected_ms")
-                           if name in table.column_names}
-    out.update({"true_ms": true, "pred_ms": pred, "pred_mean_ms": pred, "excess_ms": pc.subtract(true, pred),
-                "under_ratio": pc.divide(true, pc.max_element_wise(pred, 1.0)),
-                "features": pa.array(features, pa.string())})
-    return _to_arrow(pa.table(out))
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:

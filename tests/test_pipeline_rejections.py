@@ -1,0 +1,160 @@
+"""Every malformed family, produced into the apps on the real broker: dead-lettered once with its reason,
+the app keeps running (returns normally) and the valid events after each bad one are processed."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from confluent_kafka import Producer
+
+from tests.helpers import consume_all, make_log
+from tests.test_codec import REJECTED, _batch
+from workbench.broker import ensure_topics
+from workbench.config import Settings
+from workbench.data import codec
+from workbench.pipeline import run_analytics
+from workbench.pipeline.anomaly_sink import run_anomaly_sink
+from workbench.pipeline.contracts import anomaly_headers
+from workbench.pipeline.scoring import run_scoring
+from workbench.replay import Replay
+from workbench.replay.exceptions import ReplayError
+from workbench.store.lakehouse import AnomalyLakehouse
+from workbench.store.window_stats import WindowStatsStore
+
+T0 = datetime(2024, 3, 4, 12, 0, tzinfo=UTC)
+BIG = 16 * 1024 * 1024
+
+
+def _event(i: int, when: datetime | None = None) -> bytes:
+    row = orjson.loads(codec.encode_json(_batch(1))[0])
+    row.update(query_id=10_000 + i, arrival_timestamp=(when or T0 + timedelta(seconds=i)).isoformat())
+    return orjson.dumps(row)
+
+
+def _families() -> list[tuple[str, bytes, list, bytes | None, str]]:
+    """(family, value, headers, key, reason) of every malformed message, event-time and size included."""
+    json_headers = codec.message_headers("json", 1)
+    out = [(name, value, headers, key, reason) for name, (value, headers, key, reason) in sorted(REJECTED.items())]
+    out += [
+        ("year 2035", _event(900, datetime(2035, 1, 1, tzinfo=UTC)), json_headers, b"7", "event_time_out_of_range"),
+        ("year 1999", _event(901, datetime(1999, 1, 1, tzinfo=UTC)), json_headers, b"7", "event_time_out_of_range"),
+        ("year 9999", _event(902, datetime(9999, 1, 1, tzinfo=UTC)), json_headers, b"7", "event_time_out_of_range"),
+        ("8 days ahead", _event(903, T0 + timedelta(days=8)), json_headers, b"7", "event_time_out_of_range"),
+        ("2 MB of random bytes", os.urandom(2 * 1024 * 1024), json_headers, b"7", "invalid_json"),
+        ("no key", _event(904), json_headers, None, "bad_key"),
+    ]
+    return out
+
+
+def _produce(settings: Settings) -> tuple[dict[int, tuple[str, str]], int]:
+    """Valid, bad, valid, bad, ... into partition 0; returns {offset: (family, reason)} and the valid count."""
+    producer = Producer({**settings.kafka_client_config(), "message.max.bytes": BIG})
+    topic = settings.topic_query_events
+    json_headers = codec.message_headers("json", 1)
+    sent: list[tuple[str, str] | None] = []
+    for i, (family, value, headers, key, reason) in enumerate(_families()):
+        producer.produce(topic, key=b"7", value=_event(i), headers=json_headers, partition=0)
+        sent.append(None)
+        producer.produce(topic, key=key, value=value, headers=headers, partition=0)
+        sent.append((family, reason))
+    producer.produce(topic, key=b"7", value=_event(999), headers=json_headers, partition=0)
+    sent.append(None)
+    assert producer.flush(30) == 0
+    return {offset: s for offset, s in enumerate(sent) if s is not None}, sent.count(None)
+
+
+def _assert_dead_letters(settings: Settings, app: str, expected: dict[int, tuple[str, str]]) -> None:
+    dead = [m for m in consume_all(settings, settings.topic_dead_letter, timeout=60)
+            if dict(m.headers())["app"] == app.encode()]
+    by_offset: dict[int, list[str]] = {}
+    truncated = 0
+    for message in dead:
+        headers = dict(message.headers())
+        assert headers["source_topic"] == settings.topic_query_events.encode()
+        assert headers["source_partition"] == b"0"
+        by_offset.setdefault(int(headers["source_offset"]), []).append(headers["reason"].decode())
+        if headers.get("truncated") == b"true":  # the 2 MB value: stored cut, with its size and checksum
+            assert int(headers["original_size"]) == 2 * 1024 * 1024 and len(headers["original_sha256"]) == 64
+            assert len(message.value()) == 512 * 1024
+            truncated += 1
+    assert truncated == 1
+    wrong = {expected[o][0]: (expected[o][1], r) for o, r in by_offset.items()
+             if o in expected and (len(r) != 1 or not r[0].startswith(expected[o][1] + ": "))}
+    assert not wrong, wrong  # family: (expected reason, reasons got)
+    assert set(by_offset) == set(expected), {expected[o][0] for o in set(expected) - set(by_offset)}
+
+
+def test_analytics_and_scoring_dead_letter_every_family_once_and_keep_going(kafka_settings: Settings) -> None:
+    settings = kafka_settings
+    ensure_topics(settings)
+    expected, valid = _produce(settings)
+
+    result = run_analytics(settings, idle_exit=4, timeout=150, commit_interval=1.0)
+    assert result["dead_letters"] == len(expected), result.counters
+    assert result["events"] == valid
+    _assert_dead_letters(settings, "analytics", expected)
+    with WindowStatsStore(settings.sqlite_path, read_only=True) as store:
+        windows = store.read().to_pylist()
+    assert sum(w["total_queries"] for w in windows) == valid
+    assert max(w["window_start"] for w in windows) < T0 + timedelta(hours=1)  # no window in 2035 or 9999
+
+    result = run_scoring(settings, idle_exit=8, timeout=150, train=False, batch_seconds=0.3)
+    assert result["dead_letters"] == len(expected), result.counters
+    assert result["events"] == valid
+    assert result.info["max_event_time"] < (T0 + timedelta(hours=1)).isoformat()  # the guard kept event time
+    _assert_dead_letters(settings, "scoring", expected)
+
+
+def test_the_anomaly_sink_dead_letters_values_the_lakehouse_cannot_hold(kafka_settings: Settings) -> None:
+    settings = kafka_settings
+    ensure_topics(settings)
+    good = {"instance_id": 1, "query_id": 1, "model_version": "v1", "arrival_timestamp": T0.isoformat(),
+            "execution_duration_ms": 90_000, "pred_mean_ms": 1000.0}
+    bad = {
+        "int above 2**63": dict(good, query_id=2**63 + 5),
+        "time overflows to UTC": dict(good, arrival_timestamp="9999-12-31T23:00:00-05:00"),
+        "wrong type": dict(good, pred_mean_ms="fast"),
+    }
+    producer = Producer(settings.kafka_client_config())
+    topic = settings.topic_anomalies
+    families: dict[int, str] = {}
+    offset = 0
+    for i, (family, message) in enumerate([*bad.items(), ("not json", b"{")]):
+        value = message if isinstance(message, bytes) else orjson.dumps(message)
+        producer.produce(topic, key=b"1", value=value, headers=anomaly_headers(), partition=0)
+        families[offset] = family
+        # a valid one after each, the last without an actual execution time (a queue alert): null-safe
+        after = dict(good, query_id=100 + i, execution_duration_ms=None if i == 3 else 90_000)
+        producer.produce(topic, key=b"\xff", value=orjson.dumps(after), headers=anomaly_headers(), partition=0)
+        offset += 2
+    assert producer.flush(10) == 0
+    result = run_anomaly_sink(settings, idle_exit=4, timeout=90, commit_interval=0.5)
+    assert result["dead_letters"] == len(families) and result["sink_rows"] == 4, result.counters
+    dead = consume_all(settings, settings.topic_dead_letter, expected=len(families), timeout=30)
+    got = {int(dict(m.headers())["source_offset"]): dict(m.headers())["reason"].decode() for m in dead}
+    assert set(got) == set(families)
+    assert all(reason.startswith("anomaly_contract: ") for reason in got.values())
+    with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
+        rows = lake.read()
+    assert rows.num_rows == 4
+    assert pa.compute.sum(rows["true_ms"].is_null()).as_py() == 1
+
+
+def test_replay_sends_the_named_encoding(kafka_settings: Settings, tmp_path: Path) -> None:
+    ensure_topics(kafka_settings)
+    log = make_log(tmp_path / "l.parquet", rows=300, instances=3)
+    with pytest.raises(ReplayError, match="at most 1 row"):
+        Replay(log, settings=kafka_settings, speedup=0, pack=5, encoding="json")
+    Replay(log, settings=kafka_settings, speedup=0, pack=50, encoding="arrow-zstd").run()
+    messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=1, timeout=30)
+    assert {codec.header(m.headers(), "encoding") for m in messages} == {"arrow-zstd"}
+    decoded = codec.decode_values([m.value() for m in messages], headers=[m.headers() for m in messages],
+                                  keys=[m.key() for m in messages])
+    assert decoded.errors == [] and decoded.batch.num_rows == 300
+    assert sorted(decoded.batch.column("query_id").to_pylist()) == sorted(pq.read_table(log)["query_id"].to_pylist())

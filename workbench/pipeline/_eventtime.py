@@ -1,0 +1,136 @@
+"""The event-time guard: an event whose time is implausible for the stream is rejected, not obeyed.
+
+Event time drives everything time-based in the apps (window closing, training days, archive
+cuts) and only moves forward, so one event dated 2035 would close every window and schedule a
+decade of trainings. :class:`EventTimeGuard` is asked before an event can move anything; an event
+it rejects goes to the dead-letter topic with reason ``event_time_out_of_range``.
+
+Rules (``Settings.event_time_min`` / ``event_time_max`` / ``event_time_horizon_s``):
+
+* absolute: ``event_time_min <= t < event_time_max`` (default years 2000 to 2100);
+* relative: ``t <= watermark + horizon`` (default 7 days), where the watermark is the latest event
+  time the guard accepted. Redset's longest quiet gap on one instance is hours to a few days, and
+  the guard keeps one watermark per app (all instances), so real gaps never trip it. Events
+  *behind* the watermark are accepted (late events and replay resets are real); they cannot move
+  anything forward.
+
+The watermark lives as long as the app process. It is deliberately not seeded from stored data:
+a new log replayed into the same home may start months after the last one, and a restarted app
+must accept it (every ``Workbench.start`` starts new app processes). The first events of a
+process have no watermark: a batch consumer (scoring) uses the median of its first batch as the
+reference, so one 2035 event among real ones is rejected; a per-message consumer (analytics)
+has only the absolute bounds for its very first message. We chose that over a wall-clock bound
+(``t <= now``) because synthetic logs may be dated in the future on purpose. Inside one running
+process, a stream that really jumps more than the horizon ahead is rejected until the app
+restarts (or the horizon is raised) - except that a jump the stream itself confirms is followed:
+
+* :data:`REANCHOR_AFTER` (64) consecutive messages rejected only for being ahead, spanning at most
+  one horizon among themselves and with no accepted message between them, move the watermark to
+  the latest of them (a forward ``seek`` of the replay by more than the horizon; those 64 are in
+  the dead-letter topic). Poisoned messages interleaved with real ones never form such a run.
+* a batch consumer also accepts a batch whose *median* is ahead, when the batch holds at least
+  :data:`MEDIAN_MIN_MESSAGES` messages: one message cannot move a median.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+import numpy as np
+
+from workbench.config import Settings
+from workbench.data.codec import MessageDecodeError
+
+__all__ = ["MEDIAN_MIN_MESSAGES", "REANCHOR_AFTER", "REASON", "EventTimeGuard"]
+
+REASON: Final = "event_time_out_of_range"
+#: Consecutive ahead-only rejections (within one horizon of each other) that re-anchor the watermark.
+REANCHOR_AFTER: Final = 64
+#: Messages a batch needs before its median may serve as the reference.
+MEDIAN_MIN_MESSAGES: Final = 16
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_US: Final = timedelta(microseconds=1)
+
+
+def _us(value: datetime) -> int:
+    return ((value if value.tzinfo else value.replace(tzinfo=UTC)) - _EPOCH) // _US
+
+
+def _iso(us: int) -> str:
+    try:
+        return (_EPOCH + timedelta(microseconds=int(us))).isoformat()
+    except OverflowError:
+        return f"{us} us since epoch"
+
+
+class EventTimeGuard:
+    """Accepts or rejects event times (epoch microseconds) and keeps the stream's watermark."""
+
+    def __init__(self, min_us: int, max_us: int, horizon_us: int, watermark_us: int | None = None) -> None:
+        self.min_us = int(min_us)
+        self.max_us = int(max_us)
+        self.horizon_us = int(horizon_us)
+        self.watermark_us = watermark_us
+        self.rejected = 0
+        self._ahead: list[int] = []  # the current run of ahead-only rejections (their latest times)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, watermark_us: int | None = None) -> EventTimeGuard:
+        """A guard with the bounds of ``settings``."""
+        return cls(_us(settings.event_time_min), _us(settings.event_time_max),
+                   int(settings.event_time_horizon_s * 1_000_000), watermark_us)
+
+    def reason(self, lo_us: int, hi_us: int, reference_us: int | None = None) -> str | None:
+        """Why events spanning ``[lo_us, hi_us]`` are implausible, or None when they are fine."""
+        if lo_us < self.min_us or hi_us >= self.max_us:
+            return (f"{REASON}: event time {_iso(lo_us if lo_us < self.min_us else hi_us)} is outside "
+                    f"[{_iso(self.min_us)}, {_iso(self.max_us)}) (Settings.event_time_min/max)")
+        reference = self.watermark_us if self.watermark_us is not None else reference_us
+        if reference is not None and hi_us > reference + self.horizon_us:
+            return (f"{REASON}: event time {_iso(hi_us)} is more than {self.horizon_us / 86_400e6:g} days ahead of "
+                    f"the stream ({_iso(reference)}; Settings.event_time_horizon_s)")
+        return None
+
+    def check(self, lo_us: int, hi_us: int, reference_us: int | None = None) -> None:
+        """Raise MessageDecodeError (``event_time_out_of_range``) or advance the watermark to ``hi_us``."""
+        why = self.reason(lo_us, hi_us, reference_us)
+        if why is not None:
+            if not self.ahead_only(lo_us, hi_us) or not self.note_ahead(hi_us):
+                self.rejected += 1
+                raise MessageDecodeError(REASON, why.split(": ", 1)[1])
+            return  # the stream jumped: re-anchored on this message
+        self.advance(hi_us)
+
+    def ahead_only(self, lo_us: int, hi_us: int) -> bool:
+        """True when the absolute bounds hold (so only the horizon rejected the times)."""
+        return lo_us >= self.min_us and hi_us < self.max_us
+
+    def note_ahead(self, hi_us: int) -> bool:
+        """Record a message rejected only for being ahead; True when this run re-anchored the watermark."""
+        self._ahead.append(int(hi_us))
+        if max(self._ahead) - min(self._ahead) > self.horizon_us:
+            self._ahead = [int(hi_us)]  # not one stream: start a new run here
+        if len(self._ahead) < REANCHOR_AFTER:
+            return False
+        self.watermark_us = max(self._ahead)
+        self._ahead = []
+        return True
+
+    def advance(self, hi_us: int) -> None:
+        """Move the watermark forward to ``hi_us`` (never back); an accepted message ends a run of rejections."""
+        self._ahead.clear()
+        if self.watermark_us is None or hi_us > self.watermark_us:
+            self.watermark_us = int(hi_us)
+
+    def batch_reference(self, times_us: np.ndarray, messages: int) -> int | None:
+        """The reference for a batch: the watermark, or the median of the batch's times when there is
+        no watermark yet or when the median itself is ahead in a batch of enough messages."""
+        if len(times_us) == 0:
+            return self.watermark_us
+        median = int(np.median(times_us))
+        if self.watermark_us is None:
+            return median
+        if messages >= MEDIAN_MIN_MESSAGES and median > self.watermark_us + self.horizon_us:
+            return median
+        return self.watermark_us

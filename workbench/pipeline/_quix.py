@@ -1,0 +1,62 @@
+"""The one place that touches Quix Streams internals (pinned ``quixstreams==3.28.*``).
+
+Two things the workbench needs have no public API in Quix 3.28:
+
+* a callback on every iteration of the app's main loop, also while no message arrives (status
+  files, training supervision, idle detection): ``app._dataframe_registry.register_periodic_task``,
+  the hook ``join_lookup`` uses;
+* forcing a checkpoint now (the scoring app flushes as soon as a partition's batch is full rather
+  than waiting for ``commit_interval``): ``app._processing_context.commit_checkpoint(force=True)``.
+
+Both are resolved here, at build time, and a missing or changed internal raises
+:class:`QuixInternalsError` instead of silently switching a feature off. ``tests/test_pipeline_quix.py``
+asserts the attributes and their signatures on the installed version, so an upgrade fails loudly.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from quixstreams import Application
+
+from workbench.pipeline.exceptions import PipelineError
+
+__all__ = ["QuixInternalsError", "force_checkpoint", "register_periodic"]
+
+
+class QuixInternalsError(PipelineError):
+    """The installed quixstreams lacks an internal the workbench relies on (see :mod:`._quix`)."""
+
+
+def _internal(owner: Any, path: str, method: str, params: tuple[str, ...]) -> Callable[..., Any]:
+    obj = getattr(owner, path, None)
+    fn = getattr(obj, method, None)
+    if fn is None or not callable(fn):
+        msg = (f"quixstreams {_version()} has no Application.{path}.{method}; the workbench needs it "
+               "(workbench/pipeline/_quix.py). Pin quixstreams==3.28.* or port the adapter.")
+        raise QuixInternalsError(msg)
+    names = tuple(inspect.signature(fn).parameters)
+    if names[: len(params)] != params:
+        msg = (f"quixstreams {_version()} changed Application.{path}.{method}{inspect.signature(fn)}; "
+               f"expected parameters {params}. Port workbench/pipeline/_quix.py.")
+        raise QuixInternalsError(msg)
+    return fn
+
+
+def _version() -> str:
+    import quixstreams
+
+    return getattr(quixstreams, "__version__", "?")
+
+
+def register_periodic(app: Application, task: Callable[[], None]) -> None:
+    """Call ``task()`` after every poll of ``app``'s main loop (keep it cheap; throttle it yourself)."""
+    _internal(app, "_dataframe_registry", "register_periodic_task", ("task",))(task)
+
+
+def force_checkpoint(app: Application) -> Callable[[], None]:
+    """A function that commits ``app``'s checkpoint now (sinks flush, offsets commit)."""
+    commit = _internal(app, "_processing_context", "commit_checkpoint", ("force",))
+    return lambda: commit(force=True)

@@ -1,0 +1,255 @@
+"""The scoring app: wires the sink, the publisher, rescoring and the training schedule into Quix."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from quixstreams import Application
+
+from workbench.config import Settings
+from workbench.pipeline._app import WorkbenchApp, app_state_dir, build_application
+from workbench.pipeline._deadletter import DeadLetters
+from workbench.pipeline._decode import event_topic
+from workbench.pipeline._quix import force_checkpoint, register_periodic
+from workbench.pipeline._status import AppResult, AppStatus
+from workbench.pipeline.exceptions import PipelineConfigError
+from workbench.pipeline.scoring._days import UNSCORED_FILE, UnscoredDays
+from workbench.pipeline.scoring._publisher import AnomalyPublisher
+from workbench.pipeline.scoring._rescore import Rescorer
+from workbench.pipeline.scoring._sink import ScoringSink
+from workbench.pipeline.scoring._training import TrainingSchedule, us_to_iso
+
+__all__ = ["APP_NAME", "ScoringApp", "run_scoring"]
+
+logger = logging.getLogger(__name__)
+
+APP_NAME: Final = "scoring"
+
+
+class ScoringApp(WorkbenchApp):
+    """The scoring Quix app (see the module docstring).
+
+    Parameters
+    ----------
+    settings : Settings
+        Broker, topics and paths (shards, models, state, logs).
+    batch_rows : int, default=16_384
+        Rows one partition may buffer before the app flushes (scores) at once.
+    batch_seconds : float, default=1.0
+        Longest time between flushes (the Quix checkpoint interval; also the anomaly latency).
+    every_n_days, window_days : int
+        Training cadence and window, passed to :class:`~workbench.ml.TrainingSupervisor`.
+    train : bool, default=True
+        Schedule trainings (False: score with whatever version is current).
+    max_train_rows : int, default=400_000
+        Row cap of one training.
+    training_backoff_s : float, default=60.0
+        Delay before retrying a failed or killed training (doubles per attempt).
+    max_training_attempts : int, default=3
+        Attempts per day before the supervisor gives up (the previous version stays current).
+    training_grace_s : float, default=600.0
+        Event-time seconds past midnight before the finished day is trained (lets the other
+        partitions deliver that day's last events).
+    group : str, optional
+        Consumer group (default ``workbench-scoring``).
+    intra_op_threads : int, default=2
+        ONNX Runtime threads per session.
+    status_interval : float, default=1.0
+        Least seconds between two writes of the status file.
+    """
+
+    def __init__(self, settings: Settings, *, batch_rows: int = 16_384, batch_seconds: float = 1.0,
+                 every_n_days: int = 1, window_days: int = 7, train: bool = True, max_train_rows: int = 400_000,
+                 training_backoff_s: float = 60.0, max_training_attempts: int = 3, training_grace_s: float = 600.0,
+                 group: str | None = None, intra_op_threads: int = 2, status_interval: float = 1.0) -> None:
+        if not 1 <= batch_rows <= 1_000_000:
+            msg = f"The batch_rows of ScoringApp must be in [1, 1000000]. Got {batch_rows!r} instead."
+            raise PipelineConfigError(msg)
+        if not 0 < batch_seconds <= 600:
+            msg = f"The batch_seconds of ScoringApp must be in (0, 600]. Got {batch_seconds!r} instead."
+            raise PipelineConfigError(msg)
+        if every_n_days < 1 or window_days < 1:
+            msg = (f"every_n_days and window_days of ScoringApp must be >= 1. Got {every_n_days!r} and "
+                   f"{window_days!r} instead.")
+            raise PipelineConfigError(msg)
+        if training_grace_s < 0 or training_backoff_s < 0:
+            msg = (f"training_grace_s and training_backoff_s must be >= 0 seconds. Got {training_grace_s!r} and "
+                   f"{training_backoff_s!r} instead.")
+            raise PipelineConfigError(msg)
+        self.settings = settings
+        self.batch_rows = int(batch_rows)
+        self.batch_seconds = float(batch_seconds)
+        self.every_n_days = every_n_days
+        self.window_days = window_days
+        self.train = train
+        self.max_train_rows = max_train_rows
+        self.training_backoff_s = training_backoff_s
+        self.max_training_attempts = max_training_attempts
+        self.training_grace_us = int(training_grace_s * 1_000_000)
+        self.group = group
+        self.intra_op_threads = intra_op_threads
+        self.status = AppStatus(settings, APP_NAME, interval=status_interval)
+        self.app: Application | None = None
+        self.sink: ScoringSink | None = None
+        self.scorer: Any = None
+        self.supervisor: Any = None
+        self.publisher: AnomalyPublisher | None = None
+        self.dead_letters: DeadLetters | None = None
+        self.unscored = UnscoredDays(app_state_dir(settings, APP_NAME) / UNSCORED_FILE)
+        self.rescorer = Rescorer(settings, self.unscored, self.status)
+        self.schedule: TrainingSchedule | None = None
+        self._idle_exit: float | None = None
+        self._started = 0.0
+        self._last_slow_tick = 0.0
+        self._force_commit: Callable[[], None] | None = None
+
+    def _tick(self) -> None:
+        """Called after every poll: force a flush when a batch is full; cheap otherwise."""
+        sink = self.sink
+        if sink is not None and sink.size_due and self._force_commit is not None:
+            self._force_commit()
+        now = time.monotonic()
+        if now - self._last_slow_tick < 0.2:
+            return
+        self._last_slow_tick = now
+        if self.schedule is not None:
+            self.schedule.poll()
+        self.rescorer.maybe_start(self.scorer)
+        self.rescorer.raise_error()
+        self._sum_anomalies()
+        self._sink_info()
+        self.status.maybe_publish()
+        if self._idle_exit is not None and self.app is not None and self._idle():
+            logger.info("scoring idle for %.1fs with nothing pending: stopping", self._idle_exit)
+            self.app.stop()
+
+    def _sink_info(self) -> None:
+        sink = self.sink
+        if sink is None:
+            return
+        self.status.info["timings_s"] = {k: round(v, 3) for k, v in sink.timings.items()}
+        self.status.info["max_event_time"] = None if sink.max_event_us is None else us_to_iso(sink.max_event_us)
+        self.status.info["first_message_at"] = sink.first_message_wall
+        self.status.info["last_batch_at"] = sink.last_batch_wall
+
+    def _sum_anomalies(self) -> None:
+        counters = self.status.counters
+        counters["anomalies"] = counters.get("stream_anomalies", 0) + counters.get("rescore_anomalies", 0)
+
+    def _idle(self) -> bool:
+        sink = self.sink
+        assert sink is not None and self._idle_exit is not None
+        last = sink.last_message_at or self._started
+        if time.monotonic() - last < self._idle_exit or sink.buffered_rows:
+            return False
+        if self.rescorer.running or (self.schedule is not None and self.schedule.busy):
+            return False
+        return not (self.unscored.snapshot() and self.scorer.version is not None)
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def build(self) -> Application:
+        """Declare the Quix pipeline; returns the Application (not started)."""
+        from workbench.broker import ensure_topics
+        from workbench.ml.scorer import Scorer
+        from workbench.ml.supervisor import TrainingSupervisor
+
+        ensure_topics(self.settings)
+        app = build_application(self.settings, APP_NAME, group=self.group, commit_interval=self.batch_seconds,
+                                use_changelog_topics=False, on_processing_error=self.on_processing_error)
+        self.dead_letters = DeadLetters(self.settings, APP_NAME, app.get_producer())
+        self.publisher = AnomalyPublisher(self.settings)
+        self.scorer = Scorer(self.settings.models_dir, intra_op_threads=self.intra_op_threads)
+        if self.train:
+            self.supervisor = TrainingSupervisor(self.settings, every_n_days=self.every_n_days,
+                                                 window_days=self.window_days, max_rows=self.max_train_rows,
+                                                 max_attempts=self.max_training_attempts,
+                                                 backoff_seconds=self.training_backoff_s)
+            self.schedule = TrainingSchedule(self.supervisor, self.status, self.training_grace_us)
+        self.sink = ScoringSink(self.settings, self.scorer, self.publisher, self.dead_letters, self.status,
+                                self.unscored, batch_rows=self.batch_rows)
+        sink = self.sink
+        if self.schedule is not None:
+            schedule = self.schedule
+            self.sink.on_flushed = lambda: schedule.after_flush(sink.first_event_us, sink.max_event_us)
+        for name in ("events", "scored", "unscored", "rescored", "anomalies", "stream_anomalies", "rescore_anomalies",
+                     "batches", "shards", "dead_letters", "events_while_training"):
+            self.status.counters.setdefault(name, 0)  # the rescoring thread never inserts keys
+        if self.supervisor is not None:
+            supervisor = self.supervisor
+            self.sink.training_running = lambda: supervisor.running
+        sdf = app.dataframe(event_topic(app, self.settings))
+        sdf.sink(self.sink)
+        register_periodic(app, self._tick)
+        self._force_commit = force_checkpoint(app)
+        self.status.info.update({"topic": self.settings.topic_query_events, "anomalies": self.settings.topic_anomalies,
+                                 "shards_dir": str(self.settings.shards_dir), "batch_rows": self.batch_rows,
+                                 "batch_seconds": self.batch_seconds, "every_n_days": self.every_n_days,
+                                 "window_days": self.window_days, "model_version": self.scorer.version})
+        self.app = app
+        return app
+
+    def run(self, *, timeout: float | None = None, idle_exit: float | None = None,
+            count: int | None = None) -> AppResult:
+        """Run in the main thread until stopped, ``timeout`` s of wall time, or idle.
+
+        Idle means: no message for ``idle_exit`` s, nothing buffered, no training running or
+        pending, and no unscored rows left that a model could score (the app checks this itself,
+        so Quix's own idle timeout is not used). Offsets are committed (after the last flush)
+        when the run ends.
+        """
+        self._idle_exit = idle_exit
+        self._started = time.monotonic()
+        return super().run(timeout=timeout, idle_exit=None, count=count)
+
+    def _after_run(self) -> None:
+        self.rescorer.join()
+
+    def _cleanup(self) -> None:
+        if self.schedule is not None:
+            self.schedule.poll()
+        if self.publisher is not None:
+            self.publisher.close()
+        self._sink_info()
+        if self.scorer is not None:
+            self.status.info["model_version"] = self.scorer.version
+        self._sum_anomalies()
+
+    def _result(self) -> AppResult:
+        return AppResult(dict(self.status.counters), dict(self.status.info))
+
+
+def run_scoring(settings: Settings, *, timeout: float | None = None, idle_exit: float | None = None,
+                batch_rows: int = 16_384, batch_seconds: float = 1.0, every_n_days: int = 1, window_days: int = 7,
+                **options: Any) -> AppResult:
+    """Build and run the scoring app in this (main) thread; see :class:`ScoringApp`.
+
+    Parameters
+    ----------
+    settings : Settings
+        Broker, topics, paths.
+    timeout : float, optional
+        Stop after this many seconds of wall time (a running training keeps running).
+    idle_exit : float, optional
+        Stop once idle this many seconds (see :meth:`ScoringApp.run`): the end of a replay,
+        including the training it triggered and the rescoring of unscored events.
+    batch_rows, batch_seconds
+        Flush a partition's batch at this many rows, and flush everything at least this often.
+    every_n_days, window_days : int
+        Training cadence and window.
+    **options
+        Other keyword arguments of :class:`ScoringApp` (``train``, ``training_backoff_s``, ``group``, ...).
+
+    Returns
+    -------
+    AppResult
+        Final counters: ``events``, ``messages``, ``scored``, ``unscored``, ``rescored``, ``anomalies``
+        (``stream_anomalies`` + ``rescore_anomalies``), ``batches``, ``shards``, ``dead_letters``,
+        ``events_while_training``, ``trainings_scheduled``; ``info`` has ``model_version``, ``training``
+        and ``timings_s``.
+    """
+    app = ScoringApp(settings, batch_rows=batch_rows, batch_seconds=batch_seconds, every_n_days=every_n_days,
+                     window_days=window_days, **options)
+    return app.run(timeout=timeout, idle_exit=idle_exit)

@@ -1,0 +1,107 @@
+"""Rescoring the stored unscored rows once a model exists, in a helper thread.
+
+Until the first model exists the scorer returns null scores; the sink records those rows' event
+days in :class:`~._days.UnscoredDays` before their offsets can be committed. As soon as the
+scorer reports a version, :class:`Rescorer` runs :func:`~workbench.store.shards.rescore_unscored`
+over those days with a scorer pinned to that version, publishing each rescored shard's anomalies
+(acknowledged) *before* the shard is rewritten as scored, so a crash in between only re-publishes.
+The consuming thread never waits for it; an error is raised in the main thread by :meth:`raise_error`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from workbench.config import Settings
+from workbench.pipeline._status import AppStatus
+from workbench.pipeline.scoring._days import UnscoredDays
+from workbench.pipeline.scoring._publisher import AnomalyPublisher
+
+__all__ = ["Rescorer"]
+
+logger = logging.getLogger(__name__)
+
+
+class _PublishingScorer:
+    """A scorer for :func:`rescore_unscored` that publishes each rescored chunk's anomalies first."""
+
+    def __init__(self, scorer: Any, publisher: AnomalyPublisher, status: AppStatus) -> None:
+        self.scorer = scorer
+        self.publisher = publisher
+        self.status = status
+
+    def score(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+        scored = self.scorer.score(batch)
+        n = self.publisher.publish_scored(scored)  # acknowledged before the shard is rewritten
+        self.status.add("rescore_anomalies", n)  # only this thread writes this (pre-created) counter
+        if self.publisher.rejected:  # the stored row stays; its anomaly cannot be expressed
+            logger.warning("rescoring: %d anomaly message(s) refused by the contract, first: %s",
+                           len(self.publisher.rejected), self.publisher.rejected[0][1][:200])
+            self.publisher.rejected.clear()
+        return scored
+
+
+class Rescorer:
+    """Starts and watches the rescoring thread (see the module docstring)."""
+
+    def __init__(self, settings: Settings, unscored: UnscoredDays, status: AppStatus) -> None:
+        self.settings = settings
+        self.unscored = unscored
+        self.status = status
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def running(self) -> bool:
+        """True while the thread works."""
+        return self.thread is not None and self.thread.is_alive()
+
+    def maybe_start(self, scorer: Any) -> None:
+        """Start rescoring when unscored days exist and ``scorer`` has a version (main thread)."""
+        if self.running:
+            return
+        days = self.unscored.snapshot()
+        if not days or scorer is None:
+            return
+        version = scorer.version  # a stat of CURRENT; loads the first model synchronously
+        if version is None:
+            return
+        self.thread = threading.Thread(target=self._run, args=(days, version), name="rescore", daemon=True)
+        self.thread.start()
+
+    def raise_error(self) -> None:
+        """Re-raise, in the caller's thread, what made the last rescoring fail."""
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def join(self) -> None:
+        """Wait for the thread, then re-raise its error."""
+        if self.thread is not None:
+            self.thread.join()
+        self.raise_error()
+
+    def _run(self, days: set[str], version: str) -> None:
+        from workbench.ml.scorer import Scorer
+        from workbench.store.shards import rescore_unscored
+
+        t0 = time.perf_counter()
+        publisher = AnomalyPublisher(self.settings)  # its own producer and delivery-error list
+        try:
+            pinned = Scorer(self.settings.models_dir, version=version, intra_op_threads=1)
+            rows = rescore_unscored(self.settings.shards_dir, _PublishingScorer(pinned, publisher, self.status),
+                                    days=sorted(days))
+            publisher.close()
+        except BaseException as exc:  # surfaced in the main thread by raise_error
+            logger.exception("rescoring failed days=%s version=%s", sorted(days), version)
+            self.error = exc
+            return
+        self.unscored.remove(days)
+        self.status.add("rescored", rows)  # only this thread writes this (pre-created) counter
+        logger.info("rescored unscored events rows=%d days=%s version=%s seconds=%.2f", rows, sorted(days), version,
+                    time.perf_counter() - t0)

@@ -1,0 +1,253 @@
+"""The scoring sink: per partition batch, decode -> guard -> score -> shards -> anomalies.
+
+Every step that can fail because of one message is isolated to that message, which goes to the
+dead-letter topic while the rest of the batch goes on:
+
+* decoding and validation: :func:`workbench.data.codec.decode_values` (key checked too);
+* event time: :class:`~workbench.pipeline._eventtime.EventTimeGuard`, vectorised per message
+  against the watermark at the start of the batch (so event time moves at most one horizon per
+  batch), or the median of the first batch when there is no watermark yet;
+* scoring: a failing ``Scorer.score`` is retried on halves of the batch (by message) until the
+  failing message is found (``processing_error``); when no message of a batch of several scores,
+  the fault is the model's, not a message's, and the batch fails (the app stops);
+* publishing: a message the anomaly contract refuses is dead-lettered (``anomaly_contract``),
+  its event stays in the shard.
+
+Only infrastructure failures (disk for the shards, broker for the anomalies) raise, which aborts
+the checkpoint: no offset is committed and the batch is re-read after a restart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import numpy as np
+import pyarrow as pa
+from quixstreams.models import HeadersTuples
+from quixstreams.sinks import BatchingSink, SinkBatch
+
+from workbench.config import Settings
+from workbench.data import codec
+from workbench.pipeline._app import INFRASTRUCTURE_ERRORS
+from workbench.pipeline._deadletter import DeadLetters
+from workbench.pipeline._eventtime import EventTimeGuard
+from workbench.pipeline._status import AppStatus
+from workbench.pipeline.exceptions import PipelineError
+from workbench.pipeline.scoring._days import UnscoredDays
+from workbench.pipeline.scoring._publisher import AnomalyPublisher
+
+__all__ = ["ScoringSink"]
+
+logger = logging.getLogger(__name__)
+
+_DAY_US: Final = 86_400_000_000
+_KAFKA: Final = ["kafka_partition", "kafka_offset"]
+
+
+class ScoringSink(BatchingSink):
+    """Quix sink: per partition batch, decode -> score -> shards -> anomalies (see the module docstring).
+
+    Parameters
+    ----------
+    settings : Settings
+        Paths (shards, models), topics and the event-time bounds.
+    scorer : Scorer
+        Follows the registry's current version (hot swap).
+    publisher : AnomalyPublisher
+        Anomaly producer.
+    dead_letters : DeadLetters
+        Destination of malformed messages.
+    status : AppStatus
+        Counters.
+    unscored : UnscoredDays
+        Durable record of days with unscored rows.
+    batch_rows : int
+        Rows buffered in one partition that make the app flush at once.
+    """
+
+    def __init__(self, settings: Settings, scorer: Any, publisher: AnomalyPublisher, dead_letters: DeadLetters,
+                 status: AppStatus, unscored: UnscoredDays, *, batch_rows: int = 16_384) -> None:
+        super().__init__()
+        self.settings = settings
+        self.scorer = scorer
+        self.publisher = publisher
+        self.dead_letters = dead_letters
+        self.status = status
+        self.unscored = unscored
+        self.batch_rows = batch_rows
+        self.guard = EventTimeGuard.from_settings(settings)
+        self.buffered: dict[int, int] = {}
+        self.size_due = False
+        self.last_message_at = 0.0
+        self.first_message_wall: float | None = None  # epoch s of the first message (throughput)
+        self.last_batch_wall: float | None = None  # epoch s when the last batch was durable
+        self.max_event_us: int | None = None
+        self.first_event_us: int | None = None
+        self.on_flushed: Callable[[], None] | None = None
+        self.training_running: Callable[[], bool] = lambda: False
+        self.timings = {"decode": 0.0, "score": 0.0, "shards": 0.0, "publish": 0.0}
+
+    def add(self, value: Any, key: Any, timestamp: int, headers: HeadersTuples, topic: str, partition: int,
+            offset: int) -> None:
+        """Buffer one message (no decoding here) and note when the partition's batch is full."""
+        super().add(value, key, timestamp, headers, topic, partition, offset)
+        rows = 1
+        for name, text in headers or ():
+            if name == "rows" and isinstance(text, bytes) and text.isdigit() and len(text) < 8:
+                rows = int(text)  # only a size hint: decoding checks the header properly
+        n = self.buffered.get(partition, 0) + rows
+        self.buffered[partition] = n
+        if n >= self.batch_rows:
+            self.size_due = True
+        self.last_message_at = time.monotonic()
+        if self.first_message_wall is None:
+            self.first_message_wall = time.time()
+
+    @property
+    def buffered_rows(self) -> int:
+        """Rows waiting for the next flush."""
+        return sum(self.buffered.values())
+
+    def flush(self) -> None:
+        """Write every partition's batch, then let the app schedule training (shards are on disk)."""
+        try:
+            super().flush()
+        finally:
+            self.buffered.clear()
+            self.size_due = False
+        if self.on_flushed is not None:
+            self.on_flushed()
+
+    # --- steps -------------------------------------------------------------------------------
+    def _dead_letter(self, item: Any, reason: str, batch: SinkBatch) -> None:
+        self.dead_letters.send(item.value, reason, key=item.key, headers=item.headers, topic=batch.topic,
+                               partition=batch.partition, offset=item.offset)
+        self.status.add("dead_letters")
+
+    def _decode(self, items: list[Any], partition: int) -> tuple[pa.Table, list[tuple[int, str]]]:
+        """All valid rows of ``items`` (+ ``kafka_*`` columns), and ``(item index, reason)`` of the others."""
+        decoded = codec.decode_values([item.value for item in items], headers=[item.headers or () for item in items],
+                                      keys=[item.key for item in items])
+        index = np.asarray(decoded.source_index, dtype=np.int64)
+        offsets = np.fromiter((item.offset for item in items), dtype=np.int64, count=len(items))
+        table = pa.Table.from_batches([decoded.batch])
+        table = table.append_column("kafka_partition", pa.array(np.full(len(index), partition, np.int32)))
+        table = table.append_column("kafka_offset", pa.array(offsets[index] if len(index) else offsets[:0]))
+        return table.append_column("_message", pa.array(index)), decoded.errors
+
+    def _guard(self, table: pa.Table) -> tuple[pa.Table, list[tuple[int, str]]]:
+        """Drop the messages whose event time is implausible (vectorised per message)."""
+        if not table.num_rows:
+            return table, []
+        ts = table.column("arrival_timestamp").combine_chunks().view(pa.int64()).to_numpy()
+        msg = table.column("_message").to_numpy()
+        starts = np.flatnonzero(np.r_[True, msg[1:] != msg[:-1]])
+        lo, hi = np.minimum.reduceat(ts, starts), np.maximum.reduceat(ts, starts)
+        guard = self.guard
+        reference = guard.batch_reference(ts, len(starts))
+        absolute = (lo < guard.min_us) | (hi >= guard.max_us)
+        bad = absolute | (hi > reference + guard.horizon_us) if reference is not None else absolute
+        rejects = []
+        for i in np.flatnonzero(bad):  # rare: only implausible messages are visited
+            if not absolute[i] and guard.note_ahead(int(hi[i])):
+                bad[i] = False  # a run of ahead messages re-anchored the watermark (the stream jumped)
+                continue
+            rejects.append((int(msg[starts[i]]), guard.reason(int(lo[i]), int(hi[i]), reference) or ""))
+        if rejects:
+            guard.rejected += len(rejects)
+            table = table.filter(pa.array(~np.repeat(bad, np.diff(np.r_[starts, len(msg)]))))
+        if len(hi[~bad]):
+            guard.advance(int(hi[~bad].max()))
+        return table, rejects
+
+    def _score(self, table: pa.Table) -> tuple[pa.Table | None, list[tuple[int, str]]]:
+        """Score ``table``; a failure not caused by infrastructure is narrowed down to its message."""
+        try:
+            scored = pa.Table.from_batches([self.scorer.score(table.drop_columns([*_KAFKA, "_message"]))])
+        except INFRASTRUCTURE_ERRORS:
+            raise
+        except Exception as exc:
+            messages = np.unique(table.column("_message").to_numpy())
+            if len(messages) == 1:
+                return None, [(int(messages[0]), f"processing_error: scoring failed: {type(exc).__name__}: {exc}")]
+            column = table.column("_message").to_numpy()
+            half = messages[len(messages) // 2]
+            parts, errors = [], []
+            for mask in (column < half, column >= half):
+                part, errs = self._score(table.filter(pa.array(mask)))
+                errors += errs
+                if part is not None:
+                    parts.append(part)
+            return (pa.concat_tables(parts) if parts else None), errors
+        for name in (*_KAFKA, "_message"):
+            scored = scored.append_column(name, table.column(name))
+        return scored, []
+
+    def _store(self, scored: pa.Table, partition: int, version: str | None) -> tuple[np.ndarray, dict[int, str]]:
+        from workbench.store.shards import write_shard
+
+        ts_us = scored.column("arrival_timestamp").cast(pa.int64()).to_numpy()
+        day_index = ts_us // _DAY_US
+        offsets = scored.column("kafka_offset").to_numpy()
+        days = np.unique(day_index)
+        day_names = {int(d): (dt.date(1970, 1, 1) + dt.timedelta(days=int(d))).isoformat() for d in days}
+        if version is None:
+            self.unscored.add(set(day_names.values()))  # durable before the offsets can be committed
+        stored = scored.drop_columns(["_message"])
+        for d in days:
+            mask = day_index == d
+            part = stored if len(days) == 1 else stored.filter(pa.array(mask))
+            write_shard(self.settings.shards_dir, day_names[int(d)], partition, int(offsets[mask].min()), part)
+        self.status.add("shards", len(days))
+        return ts_us, day_names
+
+    def write(self, batch: SinkBatch) -> None:
+        """Decode, score, store and publish one partition's batch (all durable on return)."""
+        t0 = time.perf_counter()
+        items = list(batch)
+        table, errors = self._decode(items, batch.partition)
+        table, late = self._guard(table)
+        self.status.add("messages", batch.size)
+        t1 = time.perf_counter()
+        scored, failed = self._score(table) if table.num_rows else (None, [])
+        if scored is None and len(failed) > 1:  # nothing in the batch scores: the model, not a message
+            msg = f"scoring failed for all {len(failed)} messages of the batch, first: {failed[0][1][:300]}"
+            raise PipelineError(msg)
+        for position, reason in sorted(errors + late + failed):
+            self._dead_letter(items[position], reason, batch)
+        if scored is None or not scored.num_rows:
+            return
+        n = scored.num_rows
+        version = scored.column("model_version")[0].as_py()
+        t2 = time.perf_counter()
+        ts_us, day_names = self._store(scored, batch.partition, version)
+        t3 = time.perf_counter()
+        published = 0
+        if version is not None:
+            published = self.publisher.publish_scored(scored.drop_columns(["_message"]))
+            by_offset = {item.offset: item for item in items}
+            for message, reason in self.publisher.rejected:
+                item = by_offset.get((message.get("features") or {}).get("kafka_offset"))
+                if item is not None:
+                    self._dead_letter(item, reason, batch)
+            self.publisher.rejected.clear()
+        t4 = time.perf_counter()
+        self.status.add("events", n)
+        self.status.add("batches")
+        self.status.add("scored" if version is not None else "unscored", n)
+        self.status.add("stream_anomalies", published)
+        if self.training_running():
+            self.status.add("events_while_training", n)
+        lo, hi = int(ts_us.min()), int(ts_us.max())
+        self.first_event_us = lo if self.first_event_us is None else min(self.first_event_us, lo)
+        self.max_event_us = hi if self.max_event_us is None else max(self.max_event_us, hi)
+        for key, seconds in zip(self.timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            self.timings[key] += seconds
+        self.status.info["model_version"] = version
+        self.last_batch_wall = time.time()
+        logger.debug("batch partition=%d rows=%d version=%s anomalies=%d days=%s", batch.partition, n, version,
+                     published, sorted(day_names.values()))

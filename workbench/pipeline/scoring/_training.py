@@ -1,0 +1,72 @@
+"""When to train: finished event days handed to the training supervisor, after the shards are on disk.
+
+Event time is the maximum ``arrival_timestamp`` the sink accepted across all partitions (the
+event-time guard keeps implausible times out); it only moves forward, so interleaved partitions
+or late events cannot flip the day back. Once event time is ``training_grace_s`` past midnight
+(default 10 minutes of event time, to let the other partitions deliver the day's last events),
+the finished day is handed to :meth:`TrainingSupervisor.maybe_schedule` - *after* the sink
+flushed, so the day's shards are on disk. Training runs as a subprocess on the shards and never
+blocks scoring.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Final
+
+from workbench.pipeline._status import AppStatus
+
+__all__ = ["TrainingSchedule", "day_of", "us_to_iso"]
+
+_DAY_US: Final = 86_400_000_000
+
+
+def day_of(us: int) -> dt.date:
+    """The UTC day of an epoch-microsecond time."""
+    return dt.date(1970, 1, 1) + dt.timedelta(days=us // _DAY_US)
+
+
+def us_to_iso(us: int) -> str:
+    """An epoch-microsecond time as ISO-8601 UTC text."""
+    return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)).isoformat()
+
+
+class TrainingSchedule:
+    """Hands finished days to ``supervisor`` (a :class:`~workbench.ml.TrainingSupervisor`) and reports it."""
+
+    def __init__(self, supervisor: Any, status: AppStatus, grace_us: int) -> None:
+        self.supervisor = supervisor
+        self.status = status
+        self.grace_us = int(grace_us)
+
+    def after_flush(self, first_event_us: int | None, max_event_us: int | None) -> None:
+        """Schedule the days finished by event time ``max_event_us`` (the sink just wrote every row)."""
+        if max_event_us is None:
+            return
+        if self.supervisor.state["first_day"] is None and first_event_us is not None:
+            self.supervisor.maybe_schedule(day_of(first_event_us))
+        scheduled = self.supervisor.maybe_schedule(day_of(max_event_us - self.grace_us))
+        if scheduled:
+            self.status.add("trainings_scheduled", len(scheduled))
+            self.publish_info()
+
+    def poll(self) -> None:
+        """Reap and retry trainings, then report."""
+        self.supervisor.poll()
+        self.publish_info()
+
+    @property
+    def busy(self) -> bool:
+        """True while a training runs or waits."""
+        return any(e["status"] in ("running", "pending") for e in self.supervisor.state["days"].values())
+
+    def publish_info(self) -> None:
+        """Put the last days' training state into the status ``info``."""
+        sup = self.supervisor
+        days = sup.state["days"]
+        self.status.info["training"] = {
+            "running_day": next((d for d, e in days.items() if e["status"] == "running"), None),
+            "pid": sup.pid,
+            "days": {d: {"status": e["status"], "attempts": e["attempts"], "last_rc": e.get("last_rc")}
+                     for d, e in sorted(days.items())[-7:]},
+        }
