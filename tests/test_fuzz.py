@@ -162,14 +162,22 @@ def test_malformed_messages_never_stop_the_pipeline(kafka_settings: Settings, fu
         events_at = _produce(settings, settings.topic_query_events, stream)
         anomalies_at = _produce(settings, settings.topic_anomalies, bad_anomalies)
 
+        last: dict = {}
+
         def drained() -> bool:
-            status = wb.status()
+            status = last["status"] = wb.status()
             return (bool(status.lag) and all(v == 0 for v in status.lag.values())
                     and min(status.events_processed.values(), default=0) >= day2.num_rows)
 
-        _until(drained, timeout=240, what="a drained pipeline")
-        time.sleep(3)  # the last checkpoint's anomalies reach the sink after the events' lag is 0
-        _until(drained, timeout=60, what="a drained anomaly sink")
+        try:
+            _until(drained, timeout=240, what="a drained pipeline")
+            time.sleep(3)  # the last checkpoint's anomalies reach the sink after the events' lag is 0
+            _until(drained, timeout=60, what="a drained anomaly sink")
+        except AssertionError as exc:
+            status = last.get("status")
+            detail = {"lag": status.lag, "processed": status.events_processed,
+                      "restarts": {k: v.get("restarts") for k, v in status.processes.items()}} if status else None
+            raise AssertionError(f"{exc}; last status {detail}") from None
         processes = read_state(settings.home)["processes"]
     finally:
         wb.stop()
