@@ -10,17 +10,25 @@ with daily retraining, and samples every process once a second:
   the slowest app goes from 10 % to 90 % of the log (sustained, start-up and tail excluded);
 * the total time until every app has consumed everything (drained);
 * the largest consumer lag seen, in messages, per app;
-* the peak resident memory of every process.
+* the peak resident memory of every process;
+* a cost model: CPU time (user + system) of every process divided by the events of the log, in
+  microseconds per event, and their sum (two cores give 2,000,000 us of CPU per second, so
+  ``2e6 / total`` is the ceiling of this machine for that configuration).
 
 The one-query-per-message figure uses a shorter log (``--json-days``) so the run stays short.
+``--profile DIR`` records a py-spy flame graph (SVG) per app while it runs (``pip install py-spy``;
+py-spy needs ptrace rights: root, or ``kernel.yama.ptrace_scope=0``).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 import pyarrow.parquet as pq
@@ -41,6 +49,15 @@ class Measurement:
     samples: list[Sample] = field(default_factory=list)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     max_lag: dict[str, int] = field(default_factory=dict)
+    #: (process name, pid) -> the latest CPU seconds seen (a restarted process is a new pid)
+    cpu_seconds: dict[tuple[str, int], float] = field(default_factory=dict)
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds per process name, summed over restarts."""
+        totals: dict[str, float] = {}
+        for (name, _), seconds in self.cpu_seconds.items():
+            totals[name] = totals.get(name, 0.0) + seconds
+        return totals
 
 
 def _sample_memory(wb: Workbench, broker_pid: int | None, m: Measurement) -> None:
@@ -55,13 +72,39 @@ def _sample_memory(wb: Workbench, broker_pid: int | None, m: Measurement) -> Non
         if not pid:
             continue
         try:
-            rss = psutil.Process(pid).memory_info().rss / 1024**2
+            process = psutil.Process(pid)
+            with process.oneshot():
+                rss = process.memory_info().rss / 1024**2
+                cpu = process.cpu_times()
+                # the training subprocesses are the scoring app's children: their CPU counts as scoring
+                for child in process.children(recursive=True):
+                    child_cpu = child.cpu_times()
+                    m.cpu_seconds[(f"{name} (training)", child.pid)] = child_cpu.user + child_cpu.system
         except psutil.Error:
             continue
         m.peak_rss_mb[name] = max(m.peak_rss_mb.get(name, 0.0), rss)
+        m.cpu_seconds[(name, pid)] = cpu.user + cpu.system
 
 
-def run(settings: Settings, data, pack: int, broker_pid: int | None) -> tuple[Measurement, float, int]:
+def _start_profilers(wb: Workbench, folder: Path, label: str) -> list[subprocess.Popen]:
+    """One ``py-spy record`` per app process, writing ``<folder>/<label>-<app>.svg`` when the app stops."""
+    from workbench.runtime.supervisor import read_state
+
+    if shutil.which("py-spy") is None:
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    folder.mkdir(parents=True, exist_ok=True)
+    profilers = []
+    for name, info in (read_state(wb.settings.home) or {}).get("processes", {}).items():
+        if info.get("pid"):
+            out = folder / f"{label}-{name}.svg"
+            profilers.append(subprocess.Popen(
+                ["py-spy", "record", "--pid", str(info["pid"]), "--rate", "50", "--output", str(out), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return profilers
+
+
+def run(settings: Settings, data, pack: int, broker_pid: int | None,
+        profile: Path | None = None) -> tuple[Measurement, float, int]:
     rows = pq.ParquetFile(data).metadata.num_rows
     suffix = uuid.uuid4().hex[:6]
     settings = settings.with_overrides(
@@ -73,7 +116,11 @@ def run(settings: Settings, data, pack: int, broker_pid: int | None) -> tuple[Me
     m = Measurement()
     started = time.monotonic()
     wb = Workbench.start(data=data, speedup="max", pack=pack, settings=settings)
+    profilers: list[subprocess.Popen] = []
     try:
+        if profile is not None:
+            time.sleep(2.0)  # let the supervisor start every process
+            profilers = _start_profilers(wb, profile, f"pack{pack}")
         while True:
             status = wb.status()
             processed = min(status.events_processed.values() or [0])
@@ -88,7 +135,10 @@ def run(settings: Settings, data, pack: int, broker_pid: int | None) -> tuple[Me
                 raise SystemExit("pipeline did not drain within an hour")
             time.sleep(1.0)
     finally:
+        _sample_memory(wb, broker_pid, m)  # the last CPU reading before the processes go
         wb.stop(kafka=False)
+        for profiler in profilers:  # py-spy writes its SVG when the profiled process exits
+            profiler.wait(60)
     return m, time.monotonic() - started, rows
 
 
@@ -105,6 +155,11 @@ def report(label: str, m: Measurement, seconds: float, rows: int) -> None:
     print(f"drained after {seconds:.0f} s ({rows / seconds:,.0f} events/s including start-up and training)")
     print("max consumer lag (messages): " + ", ".join(f"{k} {v:,}" for k, v in sorted(m.max_lag.items())))
     print("peak RSS (MB): " + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(m.peak_rss_mb.items())))
+    cpu = m.cpu_by_process()
+    per_event = {name: seconds * 1e6 / rows for name, seconds in cpu.items()}
+    total = sum(per_event.values())
+    print("CPU us/event: " + ", ".join(f"{k} {v:,.1f}" for k, v in sorted(per_event.items()))
+          + f"; total {total:,.1f} (2 cores cap this configuration at ~{2e6 / max(total, 1e-9):,.0f} events/s)")
 
 
 def main() -> None:
@@ -113,6 +168,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=16)
     parser.add_argument("--pack", type=int, default=100)
     parser.add_argument("--json-days", type=int, default=1, help="days for the one-query-per-message run (0: skip)")
+    parser.add_argument("--profile", type=Path, help="write a py-spy flame graph per app into this folder")
     args = parser.parse_args()
 
     packed_log = demo_log(args.days, args.instances)
@@ -122,11 +178,11 @@ def main() -> None:
 
         if settings.manages_kafka:
             broker_pid = LocalKafka(settings).pid()
-        m, seconds, rows = run(settings, packed_log, args.pack, broker_pid)
+        m, seconds, rows = run(settings, packed_log, args.pack, broker_pid, args.profile)
         report(f"packed {args.pack} queries per message, {args.days} days", m, seconds, rows)
         if args.json_days:
             json_log = demo_log(args.json_days, args.instances)
-            m, seconds, rows = run(settings, json_log, 1, broker_pid)
+            m, seconds, rows = run(settings, json_log, 1, broker_pid, args.profile)
             report(f"one query per message, {args.json_days} day(s)", m, seconds, rows)
 
 
