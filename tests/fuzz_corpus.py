@@ -182,10 +182,10 @@ def _event_time_out_of_range(rng: random.Random, t: dict) -> Malformed:
                        datetime(1975, 1, 1, tzinfo=UTC), datetime(2001, 9, 9, tzinfo=UTC)])
     when = when.replace(microsecond=rng.randrange(0, 10**6))
     row = _row(t, arrival_timestamp=when)
+    family = f"event_time_out_of_range ({when.year})"
     if rng.random() < 0.5:
-        return _json("event_time_out_of_range", row, "event_time_out_of_range")
-    return Malformed("event_time_out_of_range", arrow_value([row]), _key(row), event_headers("arrow", 1),
-                     "event_time_out_of_range")
+        return _json(family, row, "event_time_out_of_range")
+    return Malformed(family, arrow_value([row]), _key(row), event_headers("arrow", 1), "event_time_out_of_range")
 
 
 def _arrow_garbage(rng: random.Random, t: dict) -> Malformed:

@@ -131,6 +131,15 @@ class Settings(BaseSettings):
         validation_alias="WORKBENCH_EVENT_TIME_HORIZON_S",
         description="Events further ahead of an app's event-time watermark are dead-lettered.",
     )
+    event_time_past_horizon_s: float = Field(
+        default=366 * 86_400.0,
+        gt=0,
+        validation_alias="WORKBENCH_EVENT_TIME_PAST_HORIZON_S",
+        description=(
+            "Events further behind an app's event-time watermark are dead-lettered. Longer than the "
+            "forward horizon: a replay reset or backward seek goes back at most the log's span (Redset: 3 months)."
+        ),
+    )
 
     @field_validator("home", "cache_dir", "reports_dir", mode="after")
     @classmethod

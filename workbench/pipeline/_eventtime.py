@@ -8,11 +8,13 @@ it rejects goes to the dead-letter topic with reason ``event_time_out_of_range``
 Rules (``Settings.event_time_min`` / ``event_time_max`` / ``event_time_horizon_s``):
 
 * absolute: ``event_time_min <= t < event_time_max`` (default years 2000 to 2100);
-* relative: ``t <= watermark + horizon`` (default 7 days), where the watermark is the latest event
-  time the guard accepted. Redset's longest quiet gap on one instance is hours to a few days, and
-  the guard keeps one watermark per app (all instances), so real gaps never trip it. Events
-  *behind* the watermark are accepted (late events and replay resets are real); they cannot move
-  anything forward.
+* relative: ``watermark - past_horizon <= t <= watermark + horizon`` (defaults 366 and 7 days),
+  where the watermark is the latest event time the guard accepted. Redset's longest quiet gap on
+  one instance is hours to a few days, and the guard keeps one watermark per app (all instances),
+  so real gaps never trip it. Events *behind* the watermark are accepted within the past horizon
+  (late events, replay resets and backward seeks are real; a log longer than a year that is reset
+  re-anchors like a forward jump, below); they cannot move anything forward. An event decades
+  behind the stream is as implausible as one decades ahead.
 
 The watermark lives as long as the app process. It is deliberately not seeded from stored data:
 a new log replayed into the same home may start months after the last one, and a restarted app
@@ -24,7 +26,7 @@ has only the absolute bounds for its very first message. We chose that over a wa
 process, a stream that really jumps more than the horizon ahead is rejected until the app
 restarts (or the horizon is raised) - except that a jump the stream itself confirms is followed:
 
-* :data:`REANCHOR_AFTER` (64) consecutive messages rejected only for being ahead, spanning at most
+* :data:`REANCHOR_AFTER` (64) consecutive messages rejected only by the horizons, spanning at most
   one horizon among themselves and with no accepted message between them, move the watermark to
   the latest of them (a forward ``seek`` of the replay by more than the horizon; those 64 are in
   the dead-letter topic). Poisoned messages interleaved with real ones never form such a run.
@@ -67,10 +69,12 @@ def _iso(us: int) -> str:
 class EventTimeGuard:
     """Accepts or rejects event times (epoch microseconds) and keeps the stream's watermark."""
 
-    def __init__(self, min_us: int, max_us: int, horizon_us: int, watermark_us: int | None = None) -> None:
+    def __init__(self, min_us: int, max_us: int, horizon_us: int, watermark_us: int | None = None,
+                 past_horizon_us: int | None = None) -> None:
         self.min_us = int(min_us)
         self.max_us = int(max_us)
         self.horizon_us = int(horizon_us)
+        self.past_horizon_us = int(past_horizon_us) if past_horizon_us is not None else None
         self.watermark_us = watermark_us
         self.rejected = 0
         self._ahead: list[int] = []  # the current run of ahead-only rejections (their latest times)
@@ -79,7 +83,8 @@ class EventTimeGuard:
     def from_settings(cls, settings: Settings, watermark_us: int | None = None) -> EventTimeGuard:
         """A guard with the bounds of ``settings``."""
         return cls(_us(settings.event_time_min), _us(settings.event_time_max),
-                   int(settings.event_time_horizon_s * 1_000_000), watermark_us)
+                   int(settings.event_time_horizon_s * 1_000_000), watermark_us,
+                   past_horizon_us=int(settings.event_time_past_horizon_s * 1_000_000))
 
     def reason(self, lo_us: int, hi_us: int, reference_us: int | None = None) -> str | None:
         """Why events spanning ``[lo_us, hi_us]`` are implausible, or None when they are fine."""
@@ -90,6 +95,9 @@ class EventTimeGuard:
         if reference is not None and hi_us > reference + self.horizon_us:
             return (f"{REASON}: event time {_iso(hi_us)} is more than {self.horizon_us / 86_400e6:g} days ahead of "
                     f"the stream ({_iso(reference)}; Settings.event_time_horizon_s)")
+        if reference is not None and self.past_horizon_us is not None and lo_us < reference - self.past_horizon_us:
+            return (f"{REASON}: event time {_iso(lo_us)} is more than {self.past_horizon_us / 86_400e6:g} days "
+                    f"behind the stream ({_iso(reference)}; Settings.event_time_past_horizon_s)")
         return None
 
     def check(self, lo_us: int, hi_us: int, reference_us: int | None = None) -> None:

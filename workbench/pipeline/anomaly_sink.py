@@ -145,6 +145,11 @@ class AnomalySinkApp(WorkbenchApp):
         assert self.dead_letters is not None
         try:
             row = anomaly_row(value)
+            if key is not None and bytes(key) != str(row["instance_id"]).encode():
+                # the contract's key is the instance id as text: Kafka's per-instance order depends on it
+                shown = bytes(key)[:40].decode("utf-8", errors="backslashreplace")
+                msg = f"the message key must be the instance id {row['instance_id']} as text. Got {shown!r} instead."
+                raise AnomalyContractError(msg)
         except AnomalyContractError as exc:
             self.dead_letters.send(value, f"anomaly_contract: {exc}", key=key, headers=headers)
             self.status.add("dead_letters")

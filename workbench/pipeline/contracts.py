@@ -28,6 +28,7 @@ inside years 1-9999; anything else raises :class:`AnomalyContractError` (the sin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -74,7 +75,7 @@ FEATURE_COLUMNS: Final = (
 _FROM_SCORED: Final = tuple(n for n in ANOMALY_FIELDS if n not in ("threshold", "features"))
 _CHECK: Final = {
     _INT: lambda v: type(v) is int and -(2**63) <= v < 2**63,
-    _NUM: lambda v: type(v) in (int, float),
+    _NUM: lambda v: type(v) is int or (type(v) is float and math.isfinite(v)),  # 1e999 parses as inf
     _STR: lambda v: type(v) is str,
     _OBJ: lambda v: isinstance(v, dict),
 }

@@ -150,11 +150,15 @@ class ScoringSink(BatchingSink):
         guard = self.guard
         reference = guard.batch_reference(ts, len(starts))
         absolute = (lo < guard.min_us) | (hi >= guard.max_us)
-        bad = absolute | (hi > reference + guard.horizon_us) if reference is not None else absolute
+        bad = absolute.copy()
+        if reference is not None:
+            bad |= hi > reference + guard.horizon_us
+            if guard.past_horizon_us is not None:
+                bad |= lo < reference - guard.past_horizon_us
         rejects = []
         for i in np.flatnonzero(bad):  # rare: only implausible messages are visited
             if not absolute[i] and guard.note_ahead(int(hi[i])):
-                bad[i] = False  # a run of ahead messages re-anchored the watermark (the stream jumped)
+                bad[i] = False  # a run of such messages re-anchored the watermark (the stream jumped)
                 continue
             rejects.append((int(msg[starts[i]]), guard.reason(int(lo[i]), int(hi[i]), reference) or ""))
         if rejects:
