@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from workbench.data.exceptions import DataValidationError
 from workbench.data.generator import ANOMALY_KINDS, GenerateSummary, generate
+from workbench.data.prepare import PrepareSummary, prepare
 from workbench.data.schema import (
     COLUMNS,
     LABEL_COLUMNS,
@@ -25,7 +26,9 @@ __all__ = [
     "DataValidationError",
     "GenerateSummary",
     "LogSummary",
+    "PrepareSummary",
     "generate",
+    "prepare",
     "read_batches",
     "validate",
 ]

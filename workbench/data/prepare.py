@@ -620,7 +620,7 @@ def prepare(
                          row_group=row_group_size)
         bar = _Progress(con, rows_in, progress, "read+sort")
         try:
-            reader = con.execute(query).fetch_record_batch(65_536)
+            reader = con.execute(query).to_arrow_reader(65_536)
         finally:
             bar.close()
         write_bar = None

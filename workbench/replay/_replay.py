@@ -29,7 +29,7 @@ from workbench.config import Settings, get_settings
 from workbench.data import codec
 from workbench.replay._control import Command, ReplayStatus, _parse_time, _validate_speed, read_state
 from workbench.replay._pacing import Clock, Pacer, SystemClock
-from workbench.replay._source import LogFile
+from workbench.replay._source import LogFile, validate_log
 from workbench.replay.exceptions import ReplayError
 
 __all__ = ["BatchReport", "Replay"]
@@ -82,7 +82,8 @@ class Replay:
     Parameters
     ----------
     data : str or Path
-        A Parquet query log sorted by ``(arrival_timestamp, query_id)``; validated first.
+        A Parquet query log sorted by ``(arrival_timestamp, query_id)``, or a folder of them
+        replayed in name order as one log (``workbench prepare --split day``); validated first.
     settings : Settings, optional
         Broker and topics; from the environment when omitted.
     speedup : float or "max"
@@ -246,9 +247,7 @@ class _ReplayRun:
     def _open(self) -> None:
         replay = self.replay
         if replay.validate:
-            from workbench.data.schema import validate
-
-            validate(replay.data)
+            validate_log(replay.data)
         self.log = LogFile(replay.data)
         self.first_event_us = self.log.first_time_us()
         self.last_event_us = self.log.last_time_us()
