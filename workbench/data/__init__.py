@@ -5,6 +5,7 @@ from __future__ import annotations
 from workbench.data.exceptions import DataValidationError
 from workbench.data.generator import ANOMALY_KINDS, GenerateSummary, generate
 from workbench.data.prepare import PrepareSummary, prepare
+from workbench.data.profile import ProfileReport, profile
 from workbench.data.schema import (
     COLUMNS,
     LABEL_COLUMNS,
@@ -27,8 +28,10 @@ __all__ = [
     "GenerateSummary",
     "LogSummary",
     "PrepareSummary",
+    "ProfileReport",
     "generate",
     "prepare",
+    "profile",
     "read_batches",
     "validate",
 ]

@@ -555,6 +555,9 @@ def prepare(
                                  "preserve_insertion_order": True, **({"threads": threads} if threads else {})})
     try:
         con.execute("SET TimeZone = 'UTC'")
+        # Progress is polled into tqdm (query_progress needs the bar enabled), never printed by DuckDB.
+        con.execute("SET enable_progress_bar = true")
+        con.execute("SET enable_progress_bar_print = false")
         groups: dict[tuple, _Group] = {}
         rows_in = 0
         for path in files:
