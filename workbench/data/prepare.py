@@ -56,6 +56,7 @@ _TRUE_WORDS = ("t", "true", "1", "y", "yes")
 _FALSE_WORDS = ("f", "false", "0", "n", "no")
 _INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
               "UBIGINT", "UHUGEINT")
+_SAFE_INTS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER")
 _FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
 
 
@@ -169,21 +170,23 @@ def _family(duck_type: str) -> str:
     return t
 
 
-def _coerce(col: str, family: str, target: str) -> tuple[str, str, str] | None:
+def _coerce(col: str, family: str, target: str) -> tuple[str, str, str | None] | None:
     """SQL (value, present, problem) turning source column ``col`` of ``family`` into ``target``.
 
     ``present`` is true when the source holds a value (NULL, NaN and null words are absent), so
-    ``present AND value IS NULL`` means the value was refused. None: the types cannot meet.
+    ``present AND value IS NULL`` means the value was refused, counted as ``problem``; ``problem``
+    is None for a conversion that cannot fail (then the column is not even read when counting
+    refusals). None: the types cannot meet.
     """
     c = _q(col)
     if family == "null":
-        return f"NULL::{_sql_type(target)}", "false", "invalid"
+        return f"NULL::{_sql_type(target)}", "false", None
     if family == "string":
         s = f"NULLIF(trim(CAST({c} AS VARCHAR)), '')"
         nulls = ", ".join(_lit(w) for w in _NULL_WORDS)
         present = f"({s} IS NOT NULL AND lower({s}) NOT IN ({nulls}))"
         if target == "string":
-            return f"CAST({c} AS VARCHAR)", f"({c} IS NOT NULL)", "invalid"
+            return f"CAST({c} AS VARCHAR)", f"({c} IS NOT NULL)", None
         if target == "integer":
             as_double = f"TRY_CAST({s} AS DOUBLE)"
             value = (f"CASE WHEN NOT {present} THEN NULL WHEN {as_double} <> trunc({as_double}) THEN NULL "
@@ -203,7 +206,7 @@ def _coerce(col: str, family: str, target: str) -> tuple[str, str, str] | None:
         if target == "boolean":
             return f"CASE WHEN {c} = 1 THEN true WHEN {c} = 0 THEN false END", present, "not_a_boolean"
         if target == "string":
-            return f"CAST({c} AS VARCHAR)", present, "invalid"
+            return f"CAST({c} AS VARCHAR)", present, None
         if target == "timestamp":
             # Epoch numbers: the unit follows from the magnitude (s, ms, µs or ns around the 2020s).
             v = f"TRY_CAST({c} AS BIGINT)"
@@ -221,16 +224,16 @@ def _coerce(col: str, family: str, target: str) -> tuple[str, str, str] | None:
     if family == "boolean":
         present = f"({c} IS NOT NULL)"
         if target == "boolean":
-            return c, present, "invalid"
+            return c, present, None
         if target == "integer":
-            return f"CAST({c} AS BIGINT)", present, "invalid"
+            return f"CAST({c} AS BIGINT)", present, None
         if target == "string":
-            return f"CAST({c} AS VARCHAR)", present, "invalid"
+            return f"CAST({c} AS VARCHAR)", present, None
     if family == "timestamp" and target == "timestamp":
         # The session time zone is UTC, so a naive timestamp (any unit) is taken as UTC.
         return f"CAST(CAST({c} AS TIMESTAMP) AS TIMESTAMPTZ)", f"({c} IS NOT NULL)", "not_a_timestamp"
     if family == "list" and target == "string":
-        return f"array_to_string({c}, ',')", f"({c} IS NOT NULL)", "invalid"
+        return f"array_to_string({c}, ',')", f"({c} IS NOT NULL)", None
     return None
 
 
@@ -298,6 +301,8 @@ def _group_sql(group: _Group, labels: bool, raw: bool) -> tuple[str, list[str]]:
                    f"Redset column {name!r} ({target}). Convert it before preparing, e.g. with DuckDB.")
             raise DataValidationError(msg, path=str(group.files[0]), column=source)
         value, present, problem = plan
+        if family == "integer" and target == "integer" and duck_type.upper() in _SAFE_INTS:
+            problem = None  # fits in int64: nothing to refuse
         if family != target or (family == "timestamp" and "TIME ZONE" not in duck_type.upper()):
             naive = " (naive, taken as UTC)" if family == "timestamp" else ""
             coercions.append(f"{duck_type}{naive} -> {_sql_type(target)}: {name}")
@@ -311,7 +316,8 @@ def _group_sql(group: _Group, labels: bool, raw: bool) -> tuple[str, list[str]]:
             reasons.append(f"WHEN NOT {present} THEN {_lit('null_key:' + name)}")
         elif name == "label_anomaly":
             reasons.append(f"WHEN NOT {present} THEN {_lit('null_label:' + name)}")
-        reasons.append(f"WHEN {present} AND ({value}) IS NULL THEN {_lit(problem + ':' + name)}")
+        if problem is not None:
+            reasons.append(f"WHEN {present} AND ({value}) IS NULL THEN {_lit(problem + ':' + name)}")
     reason = "CASE " + " ".join(reasons) + " END AS _reason" if reasons else "NULL AS _reason"
     sql = (f"SELECT {', '.join(values)}, {reason}, _wb_file AS _file, file_row_number AS _row "
            f"FROM read_parquet({files}, union_by_name=true, filename='_wb_file', file_row_number=true)")
