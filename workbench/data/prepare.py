@@ -590,11 +590,15 @@ def prepare(
 
         # Rejected rows: counts per reason and the first rows of each, in one scan.
         rejected: dict[str, int] = {}
-        sample_rows = con.execute(
-            "SELECT _reason, count(*) OVER (PARTITION BY _reason) AS n, _file, _row, * EXCLUDE (_reason, _file, _row) "
-            "FROM raw_input WHERE _reason IS NOT NULL "
-            f"QUALIFY row_number() OVER (PARTITION BY _reason ORDER BY _file, _row) <= {SAMPLE_PER_REASON} "
-            "ORDER BY _reason, _file, _row").fetchall()
+        bar = _Progress(con, rows_in, progress, "check rows")
+        try:
+            sample_rows = con.execute(
+                "SELECT _reason, count(*) OVER (PARTITION BY _reason) AS n, _file, _row, "
+                "* EXCLUDE (_reason, _file, _row) FROM raw_input WHERE _reason IS NOT NULL "
+                f"QUALIFY row_number() OVER (PARTITION BY _reason ORDER BY _file, _row) <= {SAMPLE_PER_REASON} "
+                "ORDER BY _reason, _file, _row").fetchall()
+        finally:
+            bar.close()
         sample_cols = [d[0] for d in con.description]
         for row in sample_rows:
             rejected[row[0]] = int(row[1])
@@ -636,7 +640,9 @@ def prepare(
         if progress:
             from tqdm.auto import tqdm
 
-            write_bar = tqdm(total=None, unit="rows", unit_scale=True, desc="write", dynamic_ncols=True)
+            filtered = instances is not None or start_ts or end_ts or sample_instances is not None
+            write_bar = tqdm(total=None if filtered else rows_in - sum(rejected.values()), unit="rows",
+                             unit_scale=True, desc="write", dynamic_ncols=True)
         for batch in _batches(reader):
             writer.add(_to_schema(batch, schema))
             if write_bar is not None:
