@@ -266,3 +266,16 @@ def test_cli_prepare_prints_the_summary(canonical: pa.Table, tmp_path: Path,
     assert f"prepared {ROWS:,} of {ROWS:,} rows" in out and "4 files in" in out
     assert "TIMESTAMP_NS (naive, taken as UTC) -> TIMESTAMPTZ: arrival_timestamp" in out
     assert cli.main(["validate", str(tmp_path / "out" / "2024-03-04.parquet")]) == 0
+
+
+def test_label_columns_are_kept_under_either_spelling(canonical: pa.Table, tmp_path: Path) -> None:
+    renamed = _doubles(canonical).rename_columns(
+        [{"label_anomaly": "is_anomaly", "label_kind": "Anomaly_Kind"}.get(n, n) for n in canonical.column_names])
+    pq.write_table(renamed, tmp_path / "in.parquet")
+    summary = prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.rows_out == ROWS and validate(tmp_path / "out.parquet").has_labels
+    assert pq.read_table(tmp_path / "out.parquet").equals(canonical)
+    # Without labels in every source, the output has none (and is still a valid log).
+    pq.write_table(canonical.drop_columns(["label_anomaly", "label_kind"]).slice(0, 10), tmp_path / "b.parquet")
+    prepare([tmp_path / "in.parquet", tmp_path / "b.parquet"], tmp_path / "mixed.parquet", temp_dir=tmp_path)
+    assert pq.read_schema(tmp_path / "mixed.parquet").names == list(REDSET_SCHEMA.names)

@@ -545,6 +545,9 @@ def prepare(
     if row_group_size < 1:
         msg = f"row_group_size must be >= 1. Got {row_group_size!r}."
         raise DataValidationError(msg)
+    if split == "day" and out.is_file():
+        msg = f"The output {str(out)!r} is a file; --split day writes a folder. Pass a folder name."
+        raise DataValidationError(msg, path=str(out))
     if out in files:
         msg = f"The output {str(out)!r} is also a source; write to another path."
         raise DataValidationError(msg, path=str(out))
