@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from workbench.data.exceptions import DataValidationError
 from workbench.data.generator import ANOMALY_KINDS, GenerateSummary, generate
+from workbench.data.prepare import PrepareSummary, prepare
+from workbench.data.profile import ProfileReport, profile
 from workbench.data.schema import (
     COLUMNS,
     LABEL_COLUMNS,
@@ -25,7 +27,11 @@ __all__ = [
     "DataValidationError",
     "GenerateSummary",
     "LogSummary",
+    "PrepareSummary",
+    "ProfileReport",
     "generate",
+    "prepare",
+    "profile",
     "read_batches",
     "validate",
 ]

@@ -1,4 +1,4 @@
-"""``workbench generate`` and ``workbench validate``: thin wrappers over the data API."""
+"""``workbench generate``, ``validate``, ``prepare`` and ``profile``: thin wrappers over the data API."""
 
 from __future__ import annotations
 
@@ -41,8 +41,42 @@ def _validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _instance_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        msg = f"--instances takes comma-separated instance ids such as 3,17,42. Got {text!r}."
+        raise argparse.ArgumentTypeError(msg) from exc
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from workbench.cli import settings_from_args
+    from workbench.data.prepare import prepare
+
+    settings = settings_from_args(args)
+    summary = prepare(
+        args.sources, args.out, instances=args.instances, start=args.start, end=args.end,
+        sample_instances=args.sample_instances, seed=args.seed, split=args.split,
+        memory_limit=args.memory_limit, threads=args.threads, row_group_size=args.row_group_size,
+        temp_dir=settings.home / "tmp", progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    print(summary)
+    if summary.rows_out == 0:
+        print("no rows left to write: check the filters and the rejected-rows sample", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from workbench.data.profile import profile
+
+    report = profile(args.file, tier=args.tier)
+    print(report)
+    return 0 if report.all_in_range or not args.strict else 1
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``generate`` and ``validate`` sub-commands."""
+    """Add the ``generate``, ``validate``, ``prepare`` and ``profile`` sub-commands."""
     gen = subparsers.add_parser(
         "generate",
         help="write a synthetic Redset-like query log with labelled anomalies",
@@ -70,3 +104,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     val.add_argument("file", help="the Parquet query log")
     val.set_defaults(func=_validate)
+
+    prep = subparsers.add_parser(
+        "prepare",
+        help="turn Redset files, folders or globs into one sorted log that replays",
+        description="Map columns case-insensitively, coerce types (integral floats and numeric strings to int64, "
+        "naive timestamps of any unit as UTC, 0/1 and t/f booleans), drop and count rows that cannot be repaired "
+        "(sample in OUT.rejected.jsonl), filter, and sort by (arrival_timestamp, query_id) out of core with DuckDB. "
+        "Same inputs and options give byte-identical output.",
+    )
+    prep.add_argument("sources", nargs="+", metavar="SRC", help="Parquet files, folders (Redset's parts/) or globs")
+    prep.add_argument("--out", required=True, help="Parquet file to write (with --split day: a folder)")
+    prep.add_argument("--split", choices=["day"], help="one file per UTC day in the folder OUT")
+    prep.add_argument("--instances", type=_instance_list, help="keep only these instance ids, e.g. 3,17,42")
+    prep.add_argument("--start", help="keep arrivals at or after this ISO date/time (UTC)")
+    prep.add_argument("--end", help="keep arrivals before this ISO date/time (UTC)")
+    prep.add_argument("--sample-instances", type=int, metavar="N", help="keep N randomly chosen instances")
+    prep.add_argument("--seed", type=int, default=0, help="seed of --sample-instances (default 0)")
+    prep.add_argument("--memory-limit", default="1GB", help="DuckDB memory limit; the sort spills beyond it (1GB)")
+    prep.add_argument("--threads", type=int, help="DuckDB threads (default: one per core)")
+    prep.add_argument("--row-group-size", type=int, default=131_072, help="rows per row group (default 131072)")
+    prep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    prep.set_defaults(func=_prepare)
+
+    prof = subparsers.add_parser(
+        "profile",
+        help="compare a query log with the published Redset aggregates",
+        description="Query-type mix, cache hits, runtime and scan quantiles, queueing, fingerprint repetition and "
+        "arrivals by hour of a log, each against the range published for Redset, marked in or out of range.",
+    )
+    prof.add_argument("file", help="Parquet query log (file or folder)")
+    prof.add_argument("--tier", choices=["auto", "provisioned", "serverless"], default="auto",
+                      help="which published figures to compare with (auto: by the share of NULL cluster_size)")
+    prof.add_argument("--strict", action="store_true", help="exit 1 when any aggregate is out of range")
+    prof.set_defaults(func=_profile)

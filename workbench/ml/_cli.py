@@ -77,7 +77,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from workbench.ml.alert_report import alert_report, format_alert_report, has_labels
     from workbench.ml.evaluate import evaluate, format_table
+
+    if not has_labels(args.data):  # a real (unlabelled) log: alert volume, reasons and scores instead
+        print(format_alert_report(alert_report(_settings(args), args.day, args.version, data=args.data)))
+        return 0
 
     result = evaluate(_settings(args), args.day, args.version, data=args.data, store=not args.no_store)
     print(f"day {result['day']}  version {result['version']}  detector {result['detector']}")
@@ -114,6 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev = subparsers.add_parser("evaluate", help="score a labelled day and print detection metrics")
     ev.add_argument("--day", required=True, type=dt.date.fromisoformat)
     ev.add_argument("--version", default="current", help="a version id, 'current' or 'baseline'")
-    ev.add_argument("--data", required=True, type=Path, help="labelled Parquet log (workbench generate)")
+    ev.add_argument("--data", required=True, type=Path,
+                    help="Parquet log (file or prepared folder); without labels: alerts, reasons, scores per instance")
     ev.add_argument("--no-store", action="store_true", help="do not record the result with the version")
     ev.set_defaults(func=_evaluate)

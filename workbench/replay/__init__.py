@@ -3,7 +3,7 @@
 from workbench.replay._control import COMMANDS, Command, InvalidCommand, ReplayController, ReplayStatus
 from workbench.replay._pacing import Clock, Pacer, SystemClock
 from workbench.replay._replay import BatchReport, Replay
-from workbench.replay._source import LogFile
+from workbench.replay._source import LogFile, log_parts, validate_log
 from workbench.replay.exceptions import ReplayError
 
 __all__ = [
@@ -19,4 +19,6 @@ __all__ = [
     "ReplayError",
     "ReplayStatus",
     "SystemClock",
+    "log_parts",
+    "validate_log",
 ]

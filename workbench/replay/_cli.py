@@ -70,7 +70,8 @@ def _control(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the replay commands."""
     parser = subparsers.add_parser("replay", help="replay a Parquet query log into Kafka")
-    parser.add_argument("file", help="Parquet query log sorted by (arrival_timestamp, query_id)")
+    parser.add_argument("file", help="Parquet query log sorted by (arrival_timestamp, query_id), or a folder "
+                        "of them replayed in name order (workbench prepare --split day)")
     parser.add_argument("--speedup", default="600", help="event seconds per wall second, 0 or 'max' = unpaced")
     parser.add_argument("--pack", type=int, default=1, help="most queries of one instance per message")
     parser.add_argument("--encoding", default=None,

@@ -42,7 +42,7 @@ from workbench.replay._control import (
 )
 from workbench.replay._pacing import Clock, Pacer, SystemClock
 from workbench.replay._position import Position, PositionSigner
-from workbench.replay._source import LogFile
+from workbench.replay._source import LogFile, check_order_across_files, log_parts
 from workbench.replay.exceptions import ReplayError
 
 __all__ = ["BatchReport", "Replay"]
@@ -97,7 +97,8 @@ class Replay:
     Parameters
     ----------
     data : str or Path
-        A Parquet query log sorted by ``(arrival_timestamp, query_id)``; validated first.
+        A Parquet query log sorted by ``(arrival_timestamp, query_id)``, or a folder of them
+        replayed in name order as one log (``workbench prepare --split day``); validated first.
     settings : Settings, optional
         Broker and topics; from the environment when omitted.
     speedup : float or "max"
@@ -326,12 +327,14 @@ class _ReplayRun:
     def _open(self) -> None:
         replay = self.replay
         if replay.validate:
-            report = check(replay.data)
-            if not report.ok:
-                if not (replay.skip_bad_rows and report.skippable):
-                    raise report.error()
-                logger.warning("replay %s: %s; the bad rows go to the dead-letter topic", replay.replay_id,
-                               report.verdict())
+            for part in log_parts(replay.data):  # one file, or each file of a prepared folder
+                report = check(part)
+                if not report.ok:
+                    if not (replay.skip_bad_rows and report.skippable):
+                        raise report.error()
+                    logger.warning("replay %s: %s; the bad rows go to the dead-letter topic", replay.replay_id,
+                                   report.verdict())
+            check_order_across_files(replay.data)
         self.log = LogFile(replay.data)
         self.first_event_us = self._event_time(0)
         self.last_event_us = self._event_time(self.log.num_rows - 1)

@@ -1,21 +1,28 @@
-"""Lazy, seekable reading of a sorted Parquet query log: bounded memory for any file size."""
+"""Lazy, seekable reading of a sorted Parquet query log: bounded memory for any file size.
+
+A log is one Parquet file or a folder of them (``workbench prepare --split day`` writes one file
+per UTC day); the files of a folder, in name order, are one ordered stream whose row index is
+global, so a saved replay position means the same row whichever file it falls in.
+"""
 
 from __future__ import annotations
 
 import bisect
 import functools
 import hashlib
+import os
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from workbench.data.schema import COLUMNS, REDSET_SCHEMA, batches_by_row_group
+from workbench.data.exceptions import DataValidationError
+from workbench.data.schema import COLUMNS, REDSET_SCHEMA, LogSummary, batches_by_row_group, validate
 
-__all__ = ["LogFile"]
+__all__ = ["LogFile", "check_order_across_files", "log_parts", "validate_log"]
 
 _SCHEMA = REDSET_SCHEMA.remove_metadata()
 
@@ -26,8 +33,8 @@ def _to_us(value: object) -> int:
     return int(pa.scalar(value).cast(pa.int64()).as_py())
 
 
-class LogFile:
-    """A Parquet query log opened for replay: row counts, seeking, lazy batches.
+class _LogPart:
+    """One Parquet file of a log: row counts, seeking, lazy batches.
 
     Only the 24 Redset columns are decoded (label columns are never read), one row group at
     a time.
@@ -79,6 +86,13 @@ class LogFile:
     def last_time_us(self) -> int | None:
         return self.event_time_us(self.num_rows - 1) if self.num_rows else None
 
+    def key_at(self, row: int) -> tuple[int, int]:
+        """``(arrival µs, query_id)`` of row ``row`` (which must exist)."""
+        group = self._group_of(row)
+        table = self._read_group(group, ["arrival_timestamp", "query_id"])
+        offset = row - self._group_starts[group]
+        return _to_us(table.column(0)[offset].as_py()), int(table.column(1)[offset].as_py())
+
     def row_at_or_after(self, event_us: int) -> int:
         """Index of the first row whose arrival time is >= ``event_us`` (num_rows if none)."""
         metadata = self._file.metadata
@@ -116,3 +130,125 @@ class LogFile:
             batch = batch.select(list(COLUMNS))
             yield row, batch.cast(_SCHEMA) if cast and batch.schema != _SCHEMA else batch
             row += batch.num_rows
+
+
+def log_parts(path: str | os.PathLike[str]) -> list[Path]:
+    """The Parquet files of a log: the file itself, or a folder's ``*.parquet`` in name order.
+
+    Names starting with ``.`` or ``_`` (temp and side files) are skipped.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_dir():
+        return [path]
+    parts = sorted(p for p in path.iterdir()
+                   if p.is_file() and p.suffix == ".parquet" and not p.name.startswith((".", "_")))
+    if not parts:
+        msg = (f"Folder {str(path)!r} holds no .parquet files. Pass a query log file, or a folder written by "
+               "`workbench prepare ... --split day`.")
+        raise DataValidationError(msg, path=str(path))
+    return parts
+
+
+def validate_log(path: str | os.PathLike[str]) -> LogSummary:
+    """:func:`~workbench.data.schema.validate` for a file or a folder of files.
+
+    For a folder each file is validated, and the order must hold across file boundaries too:
+    the first row of a file may not sort before the last row of the file before it.
+    """
+    parts = log_parts(path)
+    if len(parts) == 1 and not Path(path).expanduser().is_dir():
+        return validate(parts[0])
+    summaries = [validate(part) for part in parts]
+    check_order_across_files(path)
+    labels = {s.has_labels for s in summaries}
+    return LogSummary(path=Path(path).expanduser().resolve(), rows=sum(s.rows for s in summaries),
+                      row_groups=sum(s.row_groups for s in summaries), first_arrival=summaries[0].first_arrival,
+                      last_arrival=summaries[-1].last_arrival, has_labels=labels == {True})
+
+
+def check_order_across_files(path: str | os.PathLike[str]) -> None:
+    """Raise DataValidationError when a folder's files, in name order, are not one sorted log."""
+    previous: tuple[Path, tuple[int, int]] | None = None
+    for part in log_parts(path):
+        log = _LogPart(part)
+        first, last = log.key_at(0), log.key_at(log.num_rows - 1)
+        if previous is not None and first < previous[1]:
+            msg = (f"Query log folder {str(Path(path))!r} is not sorted across files: the first row of "
+                   f"{part.name} (arrival {_stamp(first[0])}, query_id {first[1]}) sorts before the last row of "
+                   f"{previous[0].name} (arrival {_stamp(previous[1][0])}, query_id {previous[1][1]}). Files are "
+                   "replayed in name order; rebuild the folder with `workbench prepare SRC --out DIR --split day`.")
+            raise DataValidationError(msg, path=str(part), column="arrival_timestamp", row=0)
+        previous = (part, last)
+
+
+def _stamp(us: int) -> str:
+    return f"{datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us):%Y-%m-%d %H:%M:%S.%f}"
+
+
+class LogFile:
+    """A query log opened for replay, one file or a folder of files read as one ordered stream.
+
+    Row indices are global over the files in name order (see :func:`log_parts`); every method
+    takes and returns global indices.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser().resolve()
+        self.parts = [_LogPart(part) for part in log_parts(self.path)]
+        self._starts: list[int] = []
+        start = 0
+        for part in self.parts:
+            self._starts.append(start)
+            start += part.num_rows
+        self.num_rows = start
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Identifies the content: a single file's footer hash; for a folder, a hash over its files."""
+        if len(self.parts) == 1 and not self.path.is_dir():
+            return self.parts[0].fingerprint
+        digest = hashlib.sha256()
+        for part in self.parts:
+            digest.update(f"{part.path.name}:{part.fingerprint};".encode())
+        return digest.hexdigest()[:16]
+
+    def _part_of(self, row: int) -> int:
+        return max(0, bisect.bisect_right(self._starts, row) - 1)
+
+    def event_time_us(self, row: int) -> int | None:
+        """Arrival time (µs since epoch) of row ``row``; None past the end."""
+        if row >= self.num_rows:
+            return None
+        index = self._part_of(row)
+        return self.parts[index].event_time_us(row - self._starts[index])
+
+    def first_time_us(self) -> int | None:
+        return self.event_time_us(0)
+
+    def last_time_us(self) -> int | None:
+        return self.event_time_us(self.num_rows - 1) if self.num_rows else None
+
+    def row_at_or_after(self, event_us: int) -> int:
+        """Index of the first row whose arrival time is >= ``event_us`` (num_rows if none)."""
+        for index, part in enumerate(self.parts):
+            if not part.num_rows:
+                continue
+            last = part.last_time_us()
+            if last is not None and last < event_us:
+                continue
+            return self._starts[index] + part.row_at_or_after(event_us)
+        return self.num_rows
+
+    def batches(self, start_row: int = 0, batch_size: int = 8192, *,
+                cast: bool = True) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """Yield ``(first_row_index, batch)`` from ``start_row`` to the end, in stream order.
+
+        ``cast=False`` yields the columns as stored, for a caller that checks rows before casting.
+        """
+        if start_row >= self.num_rows:
+            return
+        for index in range(self._part_of(start_row), len(self.parts)):
+            offset = self._starts[index]
+            local = max(0, start_row - offset)
+            for row, batch in self.parts[index].batches(local, batch_size, cast=cast):
+                yield offset + row, batch

@@ -95,7 +95,8 @@ class Workbench:
         Parameters
         ----------
         data : path, optional
-            A Parquet query log to replay; without it only the apps start (replay later, or
+            A Parquet query log to replay (a file, or a folder of per-day files from
+            ``workbench prepare --split day``); without it only the apps start (replay later, or
             attach to a replay another process runs).
         speedup : float or "max"
             Event seconds per wall second; change it live with :meth:`set_speed`.
@@ -118,9 +119,9 @@ class Workbench:
                    "Use Workbench.attach() to connect to it, or stop() it first.")
             raise WorkbenchStateError(msg)
         if data is not None:
-            from workbench.data.schema import validate
+            from workbench.replay import validate_log
 
-            validate(data)
+            validate_log(data)
         kafka_was_running = settings.manages_kafka and broker_status(settings).running
         ensure_broker(settings)
         started_kafka = settings.manages_kafka and not kafka_was_running

@@ -1,0 +1,281 @@
+"""``workbench prepare``: every source variant becomes one typed, sorted log that ``validate`` accepts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers import make_log
+from workbench import cli
+from workbench.data import DataValidationError, prepare
+from workbench.data.schema import LABEL_SCHEMA, REDSET_SCHEMA, validate
+from workbench.replay import LogFile, validate_log
+
+ROWS = 3000
+FULL_SCHEMA = pa.schema(list(REDSET_SCHEMA) + list(LABEL_SCHEMA), metadata=REDSET_SCHEMA.metadata)
+
+
+@pytest.fixture(scope="module")
+def canonical(tmp_path_factory: pytest.TempPathFactory) -> pa.Table:
+    """A sorted log over ~3.5 days (100 s apart) with a few labelled rows and NULLs in nullable columns."""
+    path = make_log(tmp_path_factory.mktemp("canon") / "log.parquet", rows=ROWS, instances=5, spacing_s=100.0)
+    table = pq.read_table(path)
+    rng = np.random.default_rng(7)
+    labelled = rng.random(ROWS) < 0.05
+    table = table.set_column(table.schema.get_field_index("label_anomaly"), LABEL_SCHEMA.field("label_anomaly"),
+                             pa.array(labelled))
+    kinds = pa.array(np.where(labelled, "slow_fingerprint", None).tolist(), pa.string())
+    table = table.set_column(table.schema.get_field_index("label_kind"), LABEL_SCHEMA.field("label_kind"), kinds)
+    # Equal arrival times for some neighbours, so ties must sort by query_id.
+    ts = pc.cast(table.column("arrival_timestamp"), pa.int64()).to_numpy().copy()
+    ts[1::10] = ts[0::10][: len(ts[1::10])]
+    table = table.set_column(5, REDSET_SCHEMA.field("arrival_timestamp"),
+                             pa.array(ts).cast(REDSET_SCHEMA.field("arrival_timestamp").type))
+    return table.sort_by([("arrival_timestamp", "ascending"), ("query_id", "ascending")]).cast(FULL_SCHEMA)
+
+
+def _doubles(t: pa.Table) -> pa.Table:
+    """What a pandas export of nullable integers produces: every integer column as double."""
+    return pa.table({f.name: (t.column(f.name).cast(pa.float64()) if pa.types.is_integer(f.type) else t.column(f.name))
+                     for f in t.schema})
+
+
+def _naive_ns(t: pa.Table) -> pa.Table:
+    col = t.column("arrival_timestamp").cast(pa.timestamp("ns", tz="UTC")).cast(pa.timestamp("ns"))
+    return t.set_column(5, pa.field("arrival_timestamp", col.type), col)
+
+
+def _unsorted(t: pa.Table) -> pa.Table:
+    return t.take(np.random.default_rng(3).permutation(t.num_rows))
+
+
+def _string_ids(t: pa.Table) -> pa.Table:
+    out = {}
+    for f in t.schema:
+        col = t.column(f.name)
+        if f.name in ("instance_id", "query_id", "user_id", "cluster_size", "cache_source_query_id"):
+            col = col.cast(pa.string())
+        elif pa.types.is_boolean(f.type) and f.name != "label_anomaly":
+            col = pc.if_else(col, "t", "f")
+        elif f.name in ("feature_fingerprint", "query_type"):
+            col = col.cast(pa.large_string()).dictionary_encode()
+        elif f.name == "arrival_timestamp":
+            col = col.cast(pa.timestamp("ms", tz="UTC")).cast(pa.timestamp("ms"))
+        out[f.name] = col
+    return pa.table(out)
+
+
+def _upper_case(t: pa.Table) -> pa.Table:
+    return t.rename_columns([name.upper() for name in t.column_names])
+
+
+def _bool_ints(t: pa.Table) -> pa.Table:
+    return pa.table({f.name: (t.column(f.name).cast(pa.int8()) if f.name in ("was_aborted", "was_cached")
+                              else t.column(f.name)) for f in t.schema})
+
+
+def _everything(t: pa.Table) -> pa.Table:
+    return _upper_case(_unsorted(_naive_ns(_doubles(t))))
+
+
+VARIANTS: dict[str, Callable[[pa.Table], pa.Table]] = {
+    "double_ints": _doubles, "naive_ns": _naive_ns, "unsorted": _unsorted, "string_ids": _string_ids,
+    "upper_case": _upper_case, "bool_ints": _bool_ints, "everything": _everything,
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_each_variant_prepares_into_the_canonical_log(variant: str, canonical: pa.Table, tmp_path: Path) -> None:
+    source = tmp_path / "in.parquet"
+    pq.write_table(VARIANTS[variant](canonical), source, row_group_size=700)
+    out = tmp_path / "out.parquet"
+    summary = prepare(source, out, temp_dir=tmp_path / "tmp")
+    assert (summary.rows_in, summary.rows_out, summary.rejected) == (ROWS, ROWS, {})
+    assert validate(out).rows == ROWS
+    written = pq.read_table(out)
+    assert written.schema.equals(FULL_SCHEMA, check_metadata=True)
+    assert written.equals(canonical)
+    assert not (tmp_path / "tmp").exists() or not any((tmp_path / "tmp").iterdir())  # spill folder removed
+
+
+def test_a_parts_folder_and_globs_are_one_log(canonical: pa.Table, tmp_path: Path) -> None:
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    instances = canonical.column("instance_id").to_numpy()
+    for instance in np.unique(instances):  # Redset's parts/<instance>.parquet, each in its own variant
+        piece = canonical.filter(pa.array(instances == instance))
+        variant = list(VARIANTS.values())[int(instance) % len(VARIANTS)]
+        pq.write_table(variant(piece), parts / f"{instance}.parquet")
+    summary = prepare(parts, tmp_path / "a.parquet", temp_dir=tmp_path / "tmp")
+    assert len(summary.sources) == len(np.unique(instances)) and summary.rows_out == ROWS
+    assert pq.read_table(tmp_path / "a.parquet").equals(canonical)
+    # A glob and an explicit file that overlap count each file once.
+    first = sorted(parts.iterdir())[0]
+    summary = prepare([str(parts / "*.parquet"), first], tmp_path / "b.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.rows_out == ROWS
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+def test_unrepairable_rows_are_dropped_counted_and_sampled(canonical: pa.Table, tmp_path: Path) -> None:
+    bad = _doubles(canonical.slice(0, 10)).to_pylist()
+    bad[0]["query_id"] = None
+    bad[1]["instance_id"] = None
+    bad[2]["arrival_timestamp"] = None
+    bad[3]["execution_duration_ms"] = 12.5       # non-integral
+    bad[4]["mbytes_scanned"] = 3.25
+    bad[5]["cluster_size"] = float("nan")         # NaN is a NULL, not a refusal
+    bad[5]["query_id"] = 1.0
+    good = _doubles(canonical)
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.concat_tables([good, pa.Table.from_pylist(bad[:6], schema=good.schema)]), source)
+    out = tmp_path / "out.parquet"
+    summary = prepare(source, out, temp_dir=tmp_path / "tmp")
+    assert summary.rejected == {"null_key:query_id": 1, "null_key:instance_id": 1, "null_key:arrival_timestamp": 1,
+                                "not_integral:execution_duration_ms": 1, "not_integral:mbytes_scanned": 1}
+    assert summary.rows_out == ROWS + 1 and summary.rows_in == ROWS + 6
+    validate(out)
+    kept = pq.read_table(out).filter(pc.equal(pq.read_table(out).column("query_id"), 1))
+    assert kept.num_rows == 1 and kept.column("cluster_size").null_count == 1
+    lines = [json.loads(line) for line in summary.rejected_sample.read_text().splitlines()]
+    assert summary.rejected_sample == tmp_path / "out.parquet.rejected.jsonl"
+    assert {line["reason"] for line in lines} == set(summary.rejected)
+    refused = next(line for line in lines if line["reason"] == "not_integral:execution_duration_ms")
+    assert refused["file"] == str(source) and refused["row"] == ROWS + 3
+    assert refused["values"]["execution_duration_ms"] == "12.5"
+    assert "not_integral:execution_duration_ms: 1" in str(summary)
+    # A clean run afterwards removes the stale sample.
+    assert prepare(tmp_path / "out.parquet", tmp_path / "again.parquet", temp_dir=tmp_path / "tmp").rejected == {}
+    assert not (tmp_path / "again.parquet.rejected.jsonl").exists()
+
+
+def test_bad_strings_and_booleans_are_refused_per_column(canonical: pa.Table, tmp_path: Path) -> None:
+    table = _string_ids(canonical.slice(0, 6))
+    rows = table.to_pylist()
+    rows[0]["user_id"] = "alice"
+    rows[1]["was_cached"] = "maybe"
+    rows[2]["query_id"] = "12.5"
+    rows[3]["cluster_size"] = ""              # empty string: NULL
+    rows[4]["instance_id"] = "null"           # a null word in a key: no instance
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema.remove_metadata()), tmp_path / "in.parquet")
+    summary = prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.rejected == {"not_an_integer:user_id": 1, "not_a_boolean:was_cached": 1,
+                                "not_an_integer:query_id": 1, "null_key:instance_id": 1}
+    assert summary.rows_out == 2
+
+
+def test_filters_keep_exactly_the_asked_rows(canonical: pa.Table, tmp_path: Path) -> None:
+    pq.write_table(canonical, tmp_path / "in.parquet")
+    ts = canonical.column("arrival_timestamp")
+    inst = canonical.column("instance_id")
+    summary = prepare(tmp_path / "in.parquet", tmp_path / "f.parquet", instances=[1, 3], start="2024-03-05",
+                      end="2024-03-06T12:00", temp_dir=tmp_path / "tmp")
+    lo = pa.scalar(pd_ts("2024-03-05T00:00"), ts.type)
+    hi = pa.scalar(pd_ts("2024-03-06T12:00"), ts.type)
+    mask = pc.and_(pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)), pc.is_in(inst, pa.array([1, 3])))
+    expected = canonical.filter(mask)
+    assert summary.rows_out == expected.num_rows > 0
+    assert summary.rows_filtered == ROWS - expected.num_rows
+    assert pq.read_table(tmp_path / "f.parquet").equals(expected)
+    a = prepare(tmp_path / "in.parquet", tmp_path / "s1.parquet", sample_instances=2, seed=5, temp_dir=tmp_path)
+    b = prepare(tmp_path / "in.parquet", tmp_path / "s2.parquet", sample_instances=2, seed=5, temp_dir=tmp_path)
+    chosen = set(pq.read_table(tmp_path / "s1.parquet").column("instance_id").to_pylist())
+    assert len(chosen) == 2 and a.rows_out == b.rows_out
+    assert (tmp_path / "s1.parquet").read_bytes() == (tmp_path / "s2.parquet").read_bytes()
+    assert a.rows_out == canonical.filter(pc.is_in(inst, pa.array(sorted(chosen)))).num_rows
+
+
+def pd_ts(text: str) -> int:
+    import datetime as dt
+
+    value = dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
+    return int(value.timestamp() * 1_000_000)
+
+
+def test_output_is_byte_identical_and_row_groups_fixed(canonical: pa.Table, tmp_path: Path) -> None:
+    pq.write_table(_everything(canonical), tmp_path / "in.parquet")
+    digests = []
+    for run in range(2):
+        out = tmp_path / f"out{run}.parquet"
+        prepare(tmp_path / "in.parquet", out, row_group_size=1000, threads=2, temp_dir=tmp_path / "tmp")
+        digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
+        meta = pq.ParquetFile(out).metadata
+        assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [1000, 1000, 1000]
+    assert digests[0] == digests[1]
+    # Overwriting in place with the same inputs leaves the same bytes.
+    prepare(tmp_path / "in.parquet", tmp_path / "out0.parquet", row_group_size=1000, temp_dir=tmp_path / "tmp")
+    assert hashlib.sha256((tmp_path / "out0.parquet").read_bytes()).hexdigest() == digests[0]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp leftovers
+
+
+def test_split_by_day_writes_one_file_per_day_in_time_order(canonical: pa.Table, tmp_path: Path) -> None:
+    pq.write_table(_unsorted(canonical), tmp_path / "in.parquet")
+    out = tmp_path / "days"
+    summary = prepare(tmp_path / "in.parquet", out, split="day", temp_dir=tmp_path / "tmp")
+    names = [p.name for p in summary.outputs]
+    assert names == ["2024-03-04.parquet", "2024-03-05.parquet", "2024-03-06.parquet", "2024-03-07.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == names
+    for path in summary.outputs:
+        day = path.stem
+        stamps = pq.read_table(path).column("arrival_timestamp").to_pylist()
+        assert {f"{s:%Y-%m-%d}" for s in stamps} == {day}
+    assert validate_log(out).rows == ROWS
+    assert pa.concat_tables(pq.read_table(p) for p in summary.outputs).equals(canonical)
+    log = LogFile(out)
+    assert log.num_rows == ROWS
+    rows = pa.Table.from_batches([b for _, b in log.batches(0, 512)])
+    assert rows.equals(canonical.select(REDSET_SCHEMA.names).cast(REDSET_SCHEMA.remove_metadata()))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    prepare(tmp_path / "in.parquet", out, split="day", temp_dir=tmp_path / "tmp")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_clear_errors_name_the_file_and_column(canonical: pa.Table, tmp_path: Path) -> None:
+    with pytest.raises(DataValidationError, match="does not exist"):
+        prepare(tmp_path / "missing.parquet", tmp_path / "out.parquet")
+    pq.write_table(canonical.drop_columns(["query_id"]), tmp_path / "nokey.parquet")
+    with pytest.raises(DataValidationError, match=r"nokey.parquet.*lacks the key column\(s\) query_id") as info:
+        prepare(tmp_path / "nokey.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert info.value.column == "query_id"
+    odd = canonical.set_column(1, "cluster_size", pa.array([[1]] * ROWS, pa.list_(pa.int64())))
+    pq.write_table(odd, tmp_path / "odd.parquet")
+    with pytest.raises(DataValidationError, match="'cluster_size' of .*odd.parquet.* cannot become"):
+        prepare(tmp_path / "odd.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DataValidationError, match="junk.parquet.*not a readable Parquet"):
+        prepare(tmp_path / "junk.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_cli_prepare_prints_the_summary(canonical: pa.Table, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "_COMMAND_MODULES", ("workbench.data._cli",))
+    pq.write_table(_everything(canonical), tmp_path / "in.parquet")
+    argv = ["--home", str(tmp_path / "home"), "prepare", str(tmp_path / "in.parquet"), "--out",
+            str(tmp_path / "out"), "--split", "day", "--instances", "1,2,3,4,5", "--no-progress"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"prepared {ROWS:,} of {ROWS:,} rows" in out and "4 files in" in out
+    assert "TIMESTAMP_NS (naive, taken as UTC) -> TIMESTAMPTZ: arrival_timestamp" in out
+    assert cli.main(["validate", str(tmp_path / "out" / "2024-03-04.parquet")]) == 0
+
+
+def test_label_columns_are_kept_under_either_spelling(canonical: pa.Table, tmp_path: Path) -> None:
+    renamed = _doubles(canonical).rename_columns(
+        [{"label_anomaly": "is_anomaly", "label_kind": "Anomaly_Kind"}.get(n, n) for n in canonical.column_names])
+    pq.write_table(renamed, tmp_path / "in.parquet")
+    summary = prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.rows_out == ROWS and validate(tmp_path / "out.parquet").has_labels
+    assert pq.read_table(tmp_path / "out.parquet").equals(canonical)
+    # Without labels in every source, the output has none (and is still a valid log).
+    pq.write_table(canonical.drop_columns(["label_anomaly", "label_kind"]).slice(0, 10), tmp_path / "b.parquet")
+    prepare([tmp_path / "in.parquet", tmp_path / "b.parquet"], tmp_path / "mixed.parquet", temp_dir=tmp_path)
+    assert pq.read_schema(tmp_path / "mixed.parquet").names == list(REDSET_SCHEMA.names)

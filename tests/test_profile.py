@@ -1,0 +1,68 @@
+"""``workbench profile``: a log against the published Redset aggregates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers import make_log
+from workbench import cli
+from workbench.data.generator import generate
+from workbench.data.profile import profile
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The generator's default shape (16 instances, default seed and rates), two days at a fifth of the volume."""
+    path = tmp_path_factory.mktemp("gen") / "gen.parquet"
+    generate(path, days=2, rows_per_day=100_000)
+    return path
+
+
+def test_the_generators_default_output_is_within_every_published_range(generated: Path) -> None:
+    report = profile(generated)
+    assert report.tier == "provisioned" and report.instances == 16
+    assert report.out_of_range == [], str(report)
+    statuses = {c.name: c.status for c in report.checks}
+    assert statuses.pop("weekday / weekend rate") == "n/a"  # two days cannot show a weekly cycle
+    assert set(statuses.values()) == {"in"}
+    assert "all in range" in str(report)
+
+
+def test_a_log_unlike_redset_is_marked_out_of_range(tmp_path: Path) -> None:
+    # Uniform 1..5000 ms runtimes, cache hits typed select/insert/copy with fingerprints, flat arrivals.
+    path = make_log(tmp_path / "flat.parquet", rows=5000, spacing_s=60.0)
+    report = profile(path)
+    out = {c.name for c in report.out_of_range}
+    assert {"execution p50", "cached typed other, NULL fingerprint", "hourly peak / trough"} <= out
+    p50 = report.check("execution p50")
+    assert 2000 < p50.observed < 3000 and p50.status == "OUT"
+    assert "OUT" in str(report) and f"{len(out)} out of range" in str(report)
+
+
+def test_serverless_logs_use_the_serverless_figures(tmp_path: Path) -> None:
+    path = make_log(tmp_path / "log.parquet", rows=2000)
+    table = pq.read_table(path)
+    table = table.set_column(1, "cluster_size", pa.nulls(table.num_rows, pa.int64()))
+    pq.write_table(table, path)
+    report = profile(path)
+    assert report.tier == "serverless"
+    names = [c.name for c in report.checks]
+    assert "insert" in names and "cluster_size mean (provisioned rows)" not in names
+    assert profile(path, tier="provisioned").check("cached (was_cached)").low == 0.03
+
+
+def test_cli_profile_prints_the_table_and_strict_fails_out_of_range(tmp_path: Path, generated: Path,
+                                                                  capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "_COMMAND_MODULES", ("workbench.data._cli",))
+    assert cli.main(["profile", str(generated), "--strict"]) == 0
+    out = capsys.readouterr().out
+    assert "fingerprint repeat share" in out and "all in range" in out
+    flat = make_log(tmp_path / "flat.parquet", rows=3000, spacing_s=60.0)
+    assert cli.main(["profile", str(flat)]) == 0
+    assert cli.main(["profile", str(flat), "--strict"]) == 1
+    assert cli.main(["profile", str(tmp_path / "missing.parquet")]) == 2

@@ -1,0 +1,724 @@
+"""``prepare``: turn Redset files or exports (any mix of files, folders, globs) into a replayable log.
+
+The heavy lifting runs in DuckDB: each group of source files with one schema is read with
+``read_parquet``, every column is mapped case-insensitively to a Redset column and coerced
+(integral floats and numeric strings to int64, dictionary/large strings to string, naive
+timestamps of any unit taken as UTC, booleans from 0/1 and t/f/true/false), rows that cannot be
+repaired get a reason, and the valid rows are sorted out of core by ``(arrival_timestamp,
+query_id)`` under a memory limit, spilling to a temp folder under ``WORKBENCH_HOME``. The sorted
+stream is written by pyarrow with :data:`~workbench.data.schema.REDSET_SCHEMA` exactly, in row
+groups of a fixed size, to a temp name that is renamed into place: the same inputs and options
+give byte-identical output, and a killed run leaves the previous output untouched.
+
+A value counts as *refused* when the source has it (not NULL, not NaN, not an empty string) but
+it cannot become the Redset type: a non-integral float, a non-numeric id, a boolean written as
+``2``... The whole row is then dropped, counted under ``<problem>:<column>`` and, for the first
+rows of each reason, written with its file, row number and raw values to ``<out>.rejected.jsonl``.
+Rows without an instance, query id or arrival time are dropped as ``null_key:<column>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import glob
+import json
+import logging
+import os
+import random
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from workbench.data.exceptions import DataValidationError
+from workbench.data.schema import LABEL_SCHEMA, REDSET_SCHEMA
+
+__all__ = ["DEFAULT_ROW_GROUP", "PrepareSummary", "prepare", "source_files"]
+
+logger = logging.getLogger(__name__)
+
+#: Rows per written row group: the replay reads one row group at a time, so this bounds its memory.
+DEFAULT_ROW_GROUP = 131_072
+#: Reasons kept in the rejected-rows sample, per reason.
+SAMPLE_PER_REASON = 20
+KEY_COLUMNS = ("instance_id", "query_id", "arrival_timestamp")
+#: Other spellings of the label columns (exports of labelled logs from other tools).
+LABEL_ALIASES = {"is_anomaly": "label_anomaly", "anomaly_kind": "label_kind"}
+_NULL_WORDS = ("", "null", "none", "nan", "na", "n/a", "\\n")
+_TRUE_WORDS = ("t", "true", "1", "y", "yes")
+_FALSE_WORDS = ("f", "false", "0", "n", "no")
+_INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+              "UBIGINT", "UHUGEINT")
+_SAFE_INTS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER")
+_FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareSummary:
+    """What :func:`prepare` read, dropped and wrote."""
+
+    sources: tuple[Path, ...]
+    outputs: tuple[Path, ...]
+    rows_in: int
+    rows_out: int
+    rows_filtered: int
+    rejected: dict[str, int]
+    rejected_sample: Path | None
+    coercions: tuple[str, ...]
+    missing_columns: tuple[str, ...]
+    first_arrival: dt.datetime | None
+    last_arrival: dt.datetime | None
+    seconds: float
+
+    @property
+    def rows_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    def __str__(self) -> str:
+        span = (f", {self.first_arrival:%Y-%m-%d %H:%M:%S} .. {self.last_arrival:%Y-%m-%d %H:%M:%S} UTC"
+                if self.first_arrival and self.last_arrival else "")
+        target = self.outputs[0] if len(self.outputs) == 1 else f"{len(self.outputs)} files in {self.outputs[0].parent}"
+        lines = [
+            f"prepared {self.rows_out:,} of {self.rows_in:,} rows from {len(self.sources)} file(s) into {target}{span} "
+            f"in {self.seconds:.1f} s ({self.rows_in / max(self.seconds, 1e-9):,.0f} rows/s)",
+        ]
+        if self.rows_filtered:
+            lines.append(f"  filtered out (--instances/--start/--end/--sample-instances): {self.rows_filtered:,}")
+        if self.rejected:
+            lines.append(f"  rejected {self.rows_rejected:,} row(s) that cannot be repaired "
+                         f"(sample: {self.rejected_sample}):")
+            lines += [f"    {reason}: {count:,}" for reason, count in sorted(self.rejected.items())]
+        if self.coercions:
+            merged: dict[str, list[str]] = {}
+            for note in self.coercions:
+                kind, _, name = note.rpartition(": ")
+                merged.setdefault(kind, []).append(name)
+            lines += [f"  {kind}: {', '.join(names)}" for kind, names in merged.items()]
+        if self.missing_columns:
+            lines.append("  absent in the source, written as NULL: " + ", ".join(self.missing_columns))
+        return "\n".join(lines)
+
+
+# -- sources ----------------------------------------------------------------------------------
+def source_files(sources: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Expand files, folders (every ``*.parquet`` below, recursively) and globs; sorted, no duplicates."""
+    found: dict[Path, None] = {}
+    for source in sources:
+        text = os.path.expanduser(os.fspath(source))
+        path = Path(text)
+        if path.is_dir():
+            matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() == ".parquet")
+            if not matches:
+                msg = f"Folder {text!r} holds no .parquet files. Point at Redset's parts/ folder or a Parquet file."
+                raise DataValidationError(msg, path=text)
+        elif path.is_file():
+            matches = [path]
+        elif glob.has_magic(text):
+            matches = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not matches:
+                msg = f"Pattern {text!r} matches no file."
+                raise DataValidationError(msg, path=text)
+        else:
+            msg = f"Source {text!r} does not exist. Pass Parquet files, folders of them or glob patterns."
+            raise DataValidationError(msg, path=text)
+        for match in matches:
+            found.setdefault(match.resolve(), None)
+    if not found:
+        msg = "prepare() needs at least one source file."
+        raise DataValidationError(msg)
+    return sorted(found)
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+_TARGETS: dict[str, str] = {}
+for _field in list(REDSET_SCHEMA) + list(LABEL_SCHEMA):
+    _t = _field.type
+    _TARGETS[_field.name] = ("integer" if pa.types.is_integer(_t) else "timestamp" if pa.types.is_timestamp(_t)
+                             else "boolean" if pa.types.is_boolean(_t) else "string")
+
+
+def _family(duck_type: str) -> str:
+    t = duck_type.upper()
+    if t in _INT_TYPES:
+        return "integer"
+    if t in _FLOAT_TYPES or t.startswith("DECIMAL"):
+        return "float"
+    if t == "VARCHAR" or t.startswith("ENUM"):
+        return "string"
+    if t == "BOOLEAN":
+        return "boolean"
+    if t.startswith("TIMESTAMP") or t == "DATE":
+        return "timestamp"
+    if t.endswith("[]"):
+        return "list"
+    if t == '"NULL"' or t == "NULL":
+        return "null"
+    return t
+
+
+def _coerce(col: str, family: str, target: str) -> tuple[str, str, str | None] | None:
+    """SQL (value, present, problem) turning source column ``col`` of ``family`` into ``target``.
+
+    ``present`` is true when the source holds a value (NULL, NaN and null words are absent), so
+    ``present AND value IS NULL`` means the value was refused, counted as ``problem``; ``problem``
+    is None for a conversion that cannot fail (then the column is not even read when counting
+    refusals). None: the types cannot meet.
+    """
+    c = _q(col)
+    if family == "null":
+        return f"NULL::{_sql_type(target)}", "false", None
+    if family == "string":
+        s = f"NULLIF(trim(CAST({c} AS VARCHAR)), '')"
+        nulls = ", ".join(_lit(w) for w in _NULL_WORDS)
+        present = f"({s} IS NOT NULL AND lower({s}) NOT IN ({nulls}))"
+        if target == "string":
+            return f"CAST({c} AS VARCHAR)", f"({c} IS NOT NULL)", None
+        if target == "integer":
+            as_double = f"TRY_CAST({s} AS DOUBLE)"
+            value = (f"CASE WHEN NOT {present} THEN NULL WHEN {as_double} <> trunc({as_double}) THEN NULL "
+                     f"ELSE TRY_CAST({s} AS BIGINT) END")
+            return value, present, "not_an_integer"
+        if target == "boolean":
+            trues = ", ".join(_lit(w) for w in _TRUE_WORDS)
+            falses = ", ".join(_lit(w) for w in _FALSE_WORDS)
+            value = f"CASE WHEN lower({s}) IN ({trues}) THEN true WHEN lower({s}) IN ({falses}) THEN false END"
+            return value, present, "not_a_boolean"
+        if target == "timestamp":
+            return f"CASE WHEN {present} THEN TRY_CAST({s} AS TIMESTAMPTZ) END", present, "not_a_timestamp"
+    if family == "integer":
+        present = f"({c} IS NOT NULL)"
+        if target == "integer":
+            return f"TRY_CAST({c} AS BIGINT)", present, "out_of_range"
+        if target == "boolean":
+            return f"CASE WHEN {c} = 1 THEN true WHEN {c} = 0 THEN false END", present, "not_a_boolean"
+        if target == "string":
+            return f"CAST({c} AS VARCHAR)", present, None
+        if target == "timestamp":
+            # Epoch numbers: the unit follows from the magnitude (s, ms, µs or ns around the 2020s).
+            v = f"TRY_CAST({c} AS BIGINT)"
+            micros = (f"CASE WHEN abs({v}) >= 100000000000000000 THEN {v} // 1000 "
+                      f"WHEN abs({v}) >= 100000000000000 THEN {v} "
+                      f"WHEN abs({v}) >= 100000000000 THEN {v} * 1000 ELSE {v} * 1000000 END")
+            return f"CAST(make_timestamp({micros}) AS TIMESTAMPTZ)", present, "not_a_timestamp"
+    if family == "float":
+        present = f"({c} IS NOT NULL AND NOT isnan(CAST({c} AS DOUBLE)))"
+        if target == "integer":
+            value = f"CASE WHEN {present} AND {c} = trunc({c}) THEN TRY_CAST({c} AS BIGINT) END"
+            return value, present, "not_integral"
+        if target == "boolean":
+            return f"CASE WHEN {c} = 1 THEN true WHEN {c} = 0 THEN false END", present, "not_a_boolean"
+    if family == "boolean":
+        present = f"({c} IS NOT NULL)"
+        if target == "boolean":
+            return c, present, None
+        if target == "integer":
+            return f"CAST({c} AS BIGINT)", present, None
+        if target == "string":
+            return f"CAST({c} AS VARCHAR)", present, None
+    if family == "timestamp" and target == "timestamp":
+        # The session time zone is UTC, so a naive timestamp (any unit) is taken as UTC.
+        return f"CAST(CAST({c} AS TIMESTAMP) AS TIMESTAMPTZ)", f"({c} IS NOT NULL)", "not_a_timestamp"
+    if family == "list" and target == "string":
+        return f"array_to_string({c}, ',')", f"({c} IS NOT NULL)", None
+    return None
+
+
+def _sql_type(target: str) -> str:
+    return {"integer": "BIGINT", "string": "VARCHAR", "timestamp": "TIMESTAMPTZ", "boolean": "BOOLEAN"}[target]
+
+
+@dataclasses.dataclass
+class _Group:
+    """Source files that share one schema, read by one ``read_parquet``."""
+
+    files: list[Path]
+    columns: dict[str, tuple[str, str]]  # Redset name -> (source name, DuckDB type)
+
+
+def _describe(con, path: Path) -> list[tuple[str, str]]:
+    try:
+        rows = con.execute(f"DESCRIBE SELECT * FROM read_parquet({_lit(str(path))})").fetchall()
+    except Exception as exc:  # duckdb raises several error classes for a broken file
+        msg = f"Source {str(path)!r} is not a readable Parquet file ({exc})."
+        raise DataValidationError(msg, path=str(path)) from exc
+    return [(row[0], row[1]) for row in rows]
+
+
+def _map_columns(path: Path, described: list[tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    wanted = set(_TARGETS)
+    mapped: dict[str, tuple[str, str]] = {}
+    for name, duck_type in described:
+        key = name.strip().lower()
+        key = LABEL_ALIASES.get(key, key)
+        if key not in wanted:
+            continue
+        if key in mapped:
+            msg = (f"Source {str(path)!r} has two columns that both map to {key!r} ({mapped[key][0]!r} and "
+                   f"{name!r}); column names are matched case-insensitively. Drop one of them.")
+            raise DataValidationError(msg, path=str(path), column=name)
+        mapped[key] = (name, duck_type)
+    missing_keys = [k for k in KEY_COLUMNS if k not in mapped]
+    if missing_keys:
+        msg = (f"Source {str(path)!r} lacks the key column(s) {', '.join(missing_keys)} (matched "
+               f"case-insensitively; it has {', '.join(n for n, _ in described[:12])}"
+               f"{'...' if len(described) > 12 else ''}). Every query needs instance_id, query_id and "
+               "arrival_timestamp.")
+        raise DataValidationError(msg, path=str(path), column=missing_keys[0])
+    return mapped
+
+
+def _group_sql(group: _Group, labels: bool, raw: bool) -> tuple[str, list[str]]:
+    """One SELECT over a group: canonical columns (or raw text when ``raw``), ``_reason``, ``_file``, ``_row``."""
+    files = "[" + ", ".join(_lit(str(f)) for f in group.files) + "]"
+    targets = list(REDSET_SCHEMA.names) + (list(LABEL_SCHEMA.names) if labels else [])
+    values: list[str] = []
+    reasons: list[str] = []
+    coercions: list[str] = []
+    for name in targets:
+        target = _TARGETS[name]
+        if name not in group.columns:
+            values.append(f"NULL::{_sql_type(target)} AS {_q(name)}")
+            continue
+        source, duck_type = group.columns[name]
+        family = _family(duck_type)
+        plan = _coerce(source, family, target)
+        if plan is None:
+            msg = (f"Column {source!r} of {str(group.files[0])!r} is {duck_type}, which cannot become the "
+                   f"Redset column {name!r} ({target}). Convert it before preparing, e.g. with DuckDB.")
+            raise DataValidationError(msg, path=str(group.files[0]), column=source)
+        value, present, problem = plan
+        if family == "integer" and target == "integer" and duck_type.upper() in _SAFE_INTS:
+            problem = None  # fits in int64: nothing to refuse
+        if family != target or (family == "timestamp" and "TIME ZONE" not in duck_type.upper()):
+            naive = " (naive, taken as UTC)" if family == "timestamp" else ""
+            coercions.append(f"{duck_type}{naive} -> {_sql_type(target)}: {name}")
+        if source != name:
+            coercions.append(f"renamed: {source} -> {name}")
+        if raw:
+            values.append(f"CAST({_q(source)} AS VARCHAR) AS {_q(name)}")
+        else:
+            values.append(f"{value} AS {_q(name)}")
+        if name in KEY_COLUMNS:
+            reasons.append(f"WHEN NOT {present} THEN {_lit('null_key:' + name)}")
+        elif name == "label_anomaly":
+            reasons.append(f"WHEN NOT {present} THEN {_lit('null_label:' + name)}")
+        if problem is not None:
+            reasons.append(f"WHEN {present} AND ({value}) IS NULL THEN {_lit(problem + ':' + name)}")
+    reason = "CASE " + " ".join(reasons) + " END AS _reason" if reasons else "NULL AS _reason"
+    sql = (f"SELECT {', '.join(values)}, {reason}, _wb_file AS _file, file_row_number AS _row "
+           f"FROM read_parquet({files}, union_by_name=true, filename='_wb_file', file_row_number=true)")
+    return sql, coercions
+
+
+def _parse_time(value: str | dt.datetime | None, what: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError as exc:
+            msg = f"--{what} must be an ISO date or date-time such as 2024-03-04 or 2024-03-04T12:00. Got {value!r}."
+            raise DataValidationError(msg) from exc
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+# -- writing ----------------------------------------------------------------------------------
+_DAY_US = 86_400_000_000
+
+
+class _Writer:
+    """Writes the sorted stream: exact row groups, one file or one file per UTC day, all in ``tmp_dir``."""
+
+    def __init__(self, schema: pa.Schema, tmp_dir: Path, *, split_day: bool, single_name: str,
+                 row_group: int) -> None:
+        self.schema = schema
+        self.tmp_dir = tmp_dir
+        self.split_day = split_day
+        self.single_name = single_name
+        self.row_group = row_group
+        self.files: list[str] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._day: int | None = None
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered = 0
+        self.rows = 0
+        self.first_us: int | None = None
+        self.last_us: int | None = None
+
+    def _open(self, day: int | None) -> None:
+        name = self.single_name if day is None else f"{dt.date(1970, 1, 1) + dt.timedelta(days=day):%Y-%m-%d}.parquet"
+        self.files.append(name)
+        self._writer = pq.ParquetWriter(self.tmp_dir / name, self.schema, compression="zstd",
+                                        write_statistics=True, store_schema=True)
+
+    def _flush(self, final: bool) -> None:
+        if not self._buffered:
+            return
+        table = pa.Table.from_batches(self._buffer, schema=self.schema)
+        full = (table.num_rows // self.row_group) * self.row_group
+        cut = table.num_rows if final else full
+        if cut:
+            assert self._writer is not None
+            self._writer.write_table(table.slice(0, cut), row_group_size=self.row_group)
+        rest = table.slice(cut).combine_chunks()
+        self._buffer = rest.to_batches() if rest.num_rows else []
+        self._buffered = rest.num_rows
+
+    def _close_file(self) -> None:
+        self._flush(final=True)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        stamps = pc.cast(batch.column("arrival_timestamp"), pa.int64()).to_numpy()
+        if self.first_us is None:
+            self.first_us = int(stamps[0])
+        self.last_us = int(stamps[-1])
+        self.rows += batch.num_rows
+        if not self.split_day:
+            if self._writer is None:
+                self._open(None)
+            self._append(batch)
+            return
+        days = stamps // _DAY_US
+        start = 0
+        while start < len(days):
+            day = int(days[start])
+            end = int(days.searchsorted(day, side="right"))
+            if day != self._day:
+                self._close_file()
+                self._open(day)
+                self._day = day
+            self._append(batch.slice(start, end - start))
+            start = end
+
+    def _append(self, batch: pa.RecordBatch) -> None:
+        self._buffer.append(batch)
+        self._buffered += batch.num_rows
+        if self._buffered >= self.row_group:
+            self._flush(final=False)
+
+    def close(self) -> None:
+        self._close_file()
+        if not self.files and not self.split_day:  # an empty result is still a valid (empty) file
+            self._open(None)
+            self._close_file()
+
+
+def _to_schema(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    arrays = []
+    for field in schema:
+        column = batch.column(field.name)
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        arrays.append(column if column.type == field.type else column.cast(field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move ``tmp`` (file or folder) to ``out``, replacing what was there."""
+    if out.is_dir() and not out.is_symlink():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+class _Progress:
+    """A tqdm bar fed from DuckDB's query progress (polled in a thread) while the sort runs."""
+
+    def __init__(self, con, total: int, enabled: bool, desc: str) -> None:
+        self.con = con
+        self.enabled = enabled
+        self._stop = threading.Event()
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="rows", unit_scale=True, desc=desc, dynamic_ncols=True)
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.25):
+            try:
+                share = float(self.con.query_progress())
+            except Exception:
+                continue
+            if share >= 0 and self.bar is not None:
+                self.bar.n = max(self.bar.n, int(self.bar.total * share / 100))
+                self.bar.refresh()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.bar is not None:
+            self._thread.join()
+            self.bar.n = self.bar.total
+            self.bar.close()
+
+
+def prepare(
+    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    instances: Sequence[int] | None = None,
+    start: str | dt.datetime | None = None,
+    end: str | dt.datetime | None = None,
+    sample_instances: int | None = None,
+    seed: int = 0,
+    split: str | None = None,
+    memory_limit: str = "1GB",
+    threads: int | None = None,
+    row_group_size: int = DEFAULT_ROW_GROUP,
+    temp_dir: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> PrepareSummary:
+    """Map, coerce, filter, clean and sort Redset-schema Parquet sources into a replayable log.
+
+    Parameters
+    ----------
+    sources : path, folder or glob, or a sequence of them
+        Redset's ``full.parquet``, ``parts/``, samples, or exports of Redshift's system tables.
+    out : path
+        The Parquet file to write; with ``split="day"`` a folder of ``YYYY-MM-DD.parquet`` files
+        (file order = time order), which ``workbench replay`` accepts as one log.
+    instances : sequence of int, optional
+        Keep only these instance ids.
+    start, end : ISO string or datetime, optional
+        Keep arrivals in ``[start, end)``; naive values are UTC.
+    sample_instances : int, optional
+        Keep a random choice of this many instances (after ``instances``), drawn with ``seed``.
+    split : None or "day"
+        One output file, or one per UTC day.
+    memory_limit : str
+        DuckDB's memory limit for the sort; beyond it DuckDB spills to ``temp_dir``.
+    threads : int, optional
+        DuckDB threads (default: DuckDB's, one per core).
+    row_group_size : int
+        Rows per row group (the replay's read unit).
+    temp_dir : path, optional
+        Spill folder (default ``<WORKBENCH_HOME>/tmp``); a private sub-folder is removed afterwards.
+    progress : bool
+        Show tqdm bars (rows/s and ETA).
+
+    Returns
+    -------
+    PrepareSummary
+        Counts read, written, filtered and rejected per reason, the output files and the span.
+
+    Raises
+    ------
+    DataValidationError
+        Naming the file and column for a missing source, an unreadable file, a missing key column
+        or a column whose type cannot become the Redset type.
+    """
+    import duckdb
+
+    started = time.monotonic()
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    files = source_files(sources)
+    out = Path(out).expanduser().resolve()
+    if split not in (None, "day"):
+        msg = f"split must be None or 'day'. Got {split!r}."
+        raise DataValidationError(msg)
+    if row_group_size < 1:
+        msg = f"row_group_size must be >= 1. Got {row_group_size!r}."
+        raise DataValidationError(msg)
+    if split == "day" and out.is_file():
+        msg = f"The output {str(out)!r} is a file; --split day writes a folder. Pass a folder name."
+        raise DataValidationError(msg, path=str(out))
+    if out in files:
+        msg = f"The output {str(out)!r} is also a source; write to another path."
+        raise DataValidationError(msg, path=str(out))
+    start_ts, end_ts = _parse_time(start, "start"), _parse_time(end, "end")
+    if temp_dir is None:
+        from workbench.config import get_settings
+
+        temp_dir = get_settings().home / "tmp"
+    spill = Path(temp_dir).expanduser() / f"prepare-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    spill.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(spill),
+                                 "preserve_insertion_order": True, **({"threads": threads} if threads else {})})
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        # Progress is polled into tqdm (query_progress needs the bar enabled), never printed by DuckDB.
+        con.execute("SET enable_progress_bar = true")
+        con.execute("SET enable_progress_bar_print = false")
+        groups: dict[tuple, _Group] = {}
+        rows_in = 0
+        for path in files:
+            try:
+                rows_in += pq.ParquetFile(path).metadata.num_rows
+            except (pa.ArrowException, OSError) as exc:
+                msg = f"Source {str(path)!r} is not a readable Parquet file ({exc})."
+                raise DataValidationError(msg, path=str(path)) from exc
+            described = _describe(con, path)
+            mapped = _map_columns(path, described)
+            key = tuple(sorted(mapped.items()))
+            groups.setdefault(key, _Group([], mapped)).files.append(path)
+        labels = all("label_anomaly" in g.columns for g in groups.values())
+        coercions: dict[str, None] = {}
+        parts, raw_parts = [], []
+        for group in groups.values():
+            sql, notes = _group_sql(group, labels, raw=False)
+            parts.append(sql)
+            coercions.update(dict.fromkeys(notes))
+            raw_parts.append(_group_sql(group, labels, raw=True)[0])
+        missing = sorted({name for g in groups.values() for name in REDSET_SCHEMA.names if name not in g.columns})
+        con.execute("CREATE TEMP VIEW prepared_input AS " + " UNION ALL ".join(parts))
+        con.execute("CREATE TEMP VIEW raw_input AS " + " UNION ALL ".join(raw_parts))
+
+        # Rejected rows: counts per reason and the first rows of each, in one scan.
+        rejected: dict[str, int] = {}
+        bar = _Progress(con, rows_in, progress, "check rows")
+        try:
+            sample_rows = con.execute(
+                "SELECT _reason, count(*) OVER (PARTITION BY _reason) AS n, _file, _row, "
+                "* EXCLUDE (_reason, _file, _row) FROM raw_input WHERE _reason IS NOT NULL "
+                f"QUALIFY row_number() OVER (PARTITION BY _reason ORDER BY _file, _row) <= {SAMPLE_PER_REASON} "
+                "ORDER BY _reason, _file, _row").fetchall()
+        finally:
+            bar.close()
+        sample_cols = [d[0] for d in con.description]
+        for row in sample_rows:
+            rejected[row[0]] = int(row[1])
+
+        conditions = ["_reason IS NULL"]
+        if instances is not None:
+            wanted = sorted({int(i) for i in instances})
+            conditions.append(f"instance_id IN ({', '.join(map(str, wanted)) or 'NULL'})")
+        if start_ts is not None:
+            conditions.append(f"arrival_timestamp >= TIMESTAMPTZ {_lit(start_ts.isoformat())}")
+        if end_ts is not None:
+            conditions.append(f"arrival_timestamp < TIMESTAMPTZ {_lit(end_ts.isoformat())}")
+        if sample_instances is not None:
+            if sample_instances < 1:
+                msg = f"sample_instances must be >= 1. Got {sample_instances!r}."
+                raise DataValidationError(msg)
+            present = [int(r[0]) for r in con.execute(
+                f"SELECT DISTINCT instance_id FROM prepared_input WHERE {' AND '.join(conditions)} ORDER BY 1"
+            ).fetchall()]
+            chosen = sorted(random.Random(seed).sample(present, min(sample_instances, len(present))))
+            conditions.append(f"instance_id IN ({', '.join(map(str, chosen)) or 'NULL'})")
+
+        schema = pa.schema(list(REDSET_SCHEMA) + (list(LABEL_SCHEMA) if labels else []),
+                           metadata=REDSET_SCHEMA.metadata)
+        # A total order: the stream key first, then every column, so ties sort the same every run.
+        order = ", ".join(_q(n) for n in ["arrival_timestamp", "query_id", "instance_id",
+                                          *[n for n in schema.names if n not in KEY_COLUMNS]])
+        query = (f"SELECT {', '.join(_q(n) for n in schema.names)} FROM prepared_input "
+                 f"WHERE {' AND '.join(conditions)} ORDER BY {order}")
+        tmp_out.mkdir()
+        writer = _Writer(schema, tmp_out, split_day=split == "day", single_name="log.parquet",
+                         row_group=row_group_size)
+        bar = _Progress(con, rows_in, progress, "read+sort")
+        try:
+            reader = con.execute(query).to_arrow_reader(65_536)
+        finally:
+            bar.close()
+        write_bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            filtered = instances is not None or start_ts or end_ts or sample_instances is not None
+            write_bar = tqdm(total=None if filtered else rows_in - sum(rejected.values()), unit="rows",
+                             unit_scale=True, desc="write", dynamic_ncols=True)
+        for batch in _batches(reader):
+            writer.add(_to_schema(batch, schema))
+            if write_bar is not None:
+                write_bar.update(batch.num_rows)
+            if on_batch is not None:
+                on_batch(writer.rows)
+        writer.close()
+        if write_bar is not None:
+            write_bar.close()
+    except duckdb.Error as exc:
+        shutil.rmtree(tmp_out, ignore_errors=True)
+        msg = f"prepare failed in DuckDB: {exc}"
+        raise DataValidationError(msg) from exc
+    except BaseException:
+        shutil.rmtree(tmp_out, ignore_errors=True)
+        raise
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+
+    # Publish: a single file is renamed out of the temp folder; a split replaces the folder.
+    if split == "day":
+        _replace(tmp_out, out)
+        outputs = tuple(out / name for name in writer.files)
+    else:
+        if out.is_dir():
+            _refuse_dir(out, tmp_out)
+        os.replace(tmp_out / "log.parquet", out)
+        tmp_out.rmdir()
+        outputs = (out,)
+    sample_path = _write_sample(out, sample_cols, sample_rows)
+    rows_out = writer.rows
+    summary = PrepareSummary(
+        sources=tuple(files), outputs=outputs, rows_in=rows_in, rows_out=rows_out,
+        rows_filtered=rows_in - rows_out - sum(rejected.values()), rejected=rejected,
+        rejected_sample=sample_path, coercions=tuple(coercions), missing_columns=tuple(missing),
+        first_arrival=_stamp(writer.first_us), last_arrival=_stamp(writer.last_us),
+        seconds=time.monotonic() - started,
+    )
+    logger.info("prepared %d of %d rows into %s", rows_out, rows_in, out)
+    return summary
+
+
+def _refuse_dir(out: Path, tmp_out: Path) -> None:
+    shutil.rmtree(tmp_out, ignore_errors=True)
+    msg = f"The output {str(out)!r} is a folder; pass a file name, or split='day' to write a folder."
+    raise DataValidationError(msg, path=str(out))
+
+
+def _batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+    while True:
+        try:
+            yield reader.read_next_batch()
+        except StopIteration:
+            return
+
+
+def _stamp(us: int | None) -> dt.datetime | None:
+    return None if us is None else dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
+
+
+def _write_sample(out: Path, columns: list[str], rows: list[tuple]) -> Path | None:
+    """``<out>.rejected.jsonl``: the first rejected rows of each reason with file, row and raw values."""
+    path = out.with_name(out.name + ".rejected.jsonl")
+    if not rows:
+        path.unlink(missing_ok=True)
+        return None
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            record = dict(zip(columns, row, strict=True))
+            line = {"reason": record.pop("_reason"), "file": record.pop("_file"), "row": record.pop("_row"),
+                    "rows_with_this_reason": record.pop("n"), "values": record}
+            fh.write(json.dumps(line, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
