@@ -22,7 +22,7 @@ from workbench.ml.features import SIGNALS, FeatureBuilder, _log_signal
 from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
 from workbench.ml.registry import ModelRegistry
 
-__all__ = ["TrainResult", "load_log_window", "train_day", "train_table", "window_days_of"]
+__all__ = ["TrainResult", "load_log_window", "split_window", "train_day", "train_table", "window_days_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,33 @@ def _library_versions() -> dict[str, str]:
             "numpy": np.__version__, "pyarrow": pa.__version__}
 
 
+def split_window(table: pa.Table, *, max_rows: int = 400_000, seed: int = 0,
+                 holdout_fraction: float = 0.15) -> tuple[pa.Table, pa.Table, int]:
+    """``(train, holdout, usable rows)`` of a window: non-aborted rows with a runtime, capped.
+
+    The holdout is the *latest* part of the window, scored with history of the earlier part
+    only: exactly how a version meets the next day's traffic (fingerprints that first appear
+    late in the window are unseen, as they will be tomorrow). A random holdout would share
+    nearly every fingerprint with the training rows and calibrate the detector too leniently.
+    """
+    table = table.select([c for c in COLUMNS if c in table.column_names])
+    keep = pc.and_(pc.is_valid(table.column("execution_duration_ms")),
+                   pc.invert(pc.fill_null(table.column("was_aborted"), False)))
+    table = table.filter(keep)
+    raw_rows = table.num_rows
+    if raw_rows < MIN_ROWS:
+        return table, table.slice(0, 0), raw_rows
+    rng = np.random.default_rng(seed)
+    if raw_rows > max_rows:
+        table = table.take(np.sort(rng.choice(raw_rows, max_rows, replace=False)))
+    n = table.num_rows
+    ts = table.column("arrival_timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
+    order = np.argsort(ts, kind="stable")
+    n_hold = max(int(n * holdout_fraction), 200)
+    hold_idx, train_idx = np.sort(order[n - n_hold:]), np.sort(order[:n - n_hold])
+    return table.take(train_idx), table.take(hold_idx), raw_rows
+
+
 def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days: int = 7,
                 max_rows: int = 400_000, seed: int = 0, holdout_fraction: float = 0.15,
                 alert_rate: float = 0.001, parity_tolerance: float = PARITY_TOLERANCE,
@@ -98,23 +125,15 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
     t_start = time.perf_counter()
     registry = ModelRegistry(models_dir)
     parent = parent if parent is not None else registry.current()
-    table = table.select([c for c in COLUMNS if c in table.column_names])
-    keep = pc.and_(pc.is_valid(table.column("execution_duration_ms")),
-                   pc.invert(pc.fill_null(table.column("was_aborted"), False)))
-    table = table.filter(keep)
-    raw_rows = table.num_rows
+    train, hold, raw_rows = split_window(table, max_rows=max_rows, seed=seed,
+                                         holdout_fraction=holdout_fraction)
     if raw_rows < MIN_ROWS:
         msg = (f"Training for {day} needs at least {MIN_ROWS} non-aborted rows in the {window_days}-day "
                f"window; got {raw_rows}. Wait for more events or widen window_days.")
         raise TrainingError(msg)
-    rng = np.random.default_rng(seed)
-    if raw_rows > max_rows:
-        table = table.take(np.sort(rng.choice(raw_rows, max_rows, replace=False)))
-    n = table.num_rows
-    perm = rng.permutation(n)
-    n_hold = max(int(n * holdout_fraction), 200)
-    hold_idx, train_idx = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
-    train, hold = table.take(train_idx), table.take(hold_idx)
+    n = train.num_rows + hold.num_rows
+    n_hold = hold.num_rows
+    train_idx = range(train.num_rows)
 
     t0 = time.perf_counter()
     builder = FeatureBuilder(seed=seed)
@@ -138,8 +157,9 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
         observed = {s: _log_signal(hold, s) for s in SIGNALS}
         detector = ResidualDetector(alert_rate=alert_rate, quantile=model.quantile)
         z = detector.residuals(observed, mean_log, q_log, refs)
-        detector.fit(z)
-        _, alert, _ = detector.decide(z)
+        excess = detector.excess(observed, detector.expected(mean_log, refs))
+        detector.fit(z, excess)
+        _, alert, _ = detector.decide(z, excess)
         y_hold = observed["exec"]
         holdout = {
             "rows": len(y_hold),
