@@ -55,8 +55,8 @@ import numpy as np
 from quixstreams import Application
 from quixstreams.sinks import BatchingSink, SinkBatch
 
-from workbench.analysis.collective import CollectiveStep
 from workbench.analysis.classify import classify_query
+from workbench.analysis.collective import CollectiveStep
 from workbench.analysis.windows import (
     CLASS_COUNT_KEYS,
     DEFAULT_WINDOW_MS,

@@ -346,7 +346,7 @@ class AnomalyLakehouse(ConnectionStore):
         if rows.num_rows == 0:
             return 0
         con = self.connection
-        cols = ", ".join(WINDOW_ANOMALY_KEY + ("expected", "observed", "score", "reason"))
+        cols = ", ".join((*WINDOW_ANOMALY_KEY, "expected", "observed", "score", "reason"))
         sql = (
             f"INSERT INTO {CATALOG_ALIAS}.window_anomalies ({cols}, inserted_at) "
             f"SELECT {cols}, now() FROM ("
