@@ -150,7 +150,7 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
         feature_state = builder.save(staged)
         t_export = time.perf_counter() - t1
         pair = OnnxPair(staged / "mean.onnx", staged / "quantile.onnx")
-        X_hold, refs = builder.transform_with_references(hold)
+        X_hold, refs, source = builder.transform_with_evidence(hold)
         sample = X_hold[:PARITY_ROWS]
         parity = parity_max_abs_diff(model, pair, sample, tolerance=parity_tolerance)
         mean_log, q_log = pair.predict_log(X_hold)
@@ -158,8 +158,8 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
         detector = ResidualDetector(alert_rate=alert_rate, quantile=model.quantile)
         z = detector.residuals(observed, mean_log, q_log, refs)
         excess = detector.excess(observed, detector.expected(mean_log, refs))
-        detector.fit(z, excess)
-        _, alert, _ = detector.decide(z, excess)
+        detector.fit(z, excess, source)
+        _, alert, _ = detector.decide(z, excess, source)
         y_hold = observed["exec"]
         holdout = {
             "rows": len(y_hold),

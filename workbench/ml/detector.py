@@ -110,7 +110,7 @@ class ResidualDetector:
     def __init__(self, *, alert_rate: float = 0.001, signals: tuple[str, ...] = tuple(REASONS),
                  min_scale: float = 0.25, max_scale: float = 1.0, reference_quantile: float = 0.99,
                  quantile: float = 0.9, floors: dict[str, float] | None = None,
-                 costly: dict[str, float] | None = None) -> None:
+                 costly: dict[str, float] | None = None, min_group_rows: int = 500) -> None:
         self.alert_rate = alert_rate
         self.signals = signals
         self.min_scale = min_scale
@@ -119,6 +119,8 @@ class ResidualDetector:
         self.quantile = quantile
         self.floors = dict(FLOORS if floors is None else floors)
         self.costly = dict(COSTLY if costly is None else costly)
+        self.min_group_rows = min_group_rows
+        self.n_groups = 1
 
     # --- per-row quantities -----------------------------------------------------------------
     def _check_signals(self) -> None:
@@ -172,8 +174,11 @@ class ResidualDetector:
         return {s: np.expm1(observed_log[s]) - expected[s] for s in self.signals}
 
     # --- calibration ------------------------------------------------------------------------
-    def _u(self, residuals: dict[str, np.ndarray]) -> np.ndarray:
-        return np.stack([(residuals[s] - self.center_[s]) / self.spread_[s] for s in self.signals])
+    def _u(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None) -> np.ndarray:
+        g = np.zeros(len(residuals[self.signals[0]]), dtype=np.int64) if groups is None else np.asarray(groups)
+        g = np.clip(g, 0, self.n_groups - 1)
+        return np.stack([(residuals[s] - np.asarray(self.center_[s])[g]) / np.asarray(self.spread_[s])[g]
+                         for s in self.signals])
 
     def _stake(self, excess: dict[str, np.ndarray]) -> np.ndarray:
         """``(e / floor) ** gamma`` per signal (1 at or below the floor)."""
@@ -183,25 +188,39 @@ class ResidualDetector:
             rows.append(ratio ** self.gamma_[s])
         return np.stack(rows)
 
-    def fit(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None
-            ) -> ResidualDetector:
+    def fit(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None,
+            groups: np.ndarray | None = None) -> ResidualDetector:
         """Calibrate per-signal scales, the stake exponents and the threshold on holdout rows.
 
         ``excess`` (from :meth:`excess`) is needed for the impact weighting; without it the
         detector is purely relative (stake exponents 0, floors still applied at decision time).
+        ``groups`` (small ints, e.g. the reference source of each row: own fingerprint history,
+        instance prior, global) calibrate each signal's scale per group (Mondrian calibration):
+        a residual of a well-known fingerprint is judged against well-known fingerprints, not
+        against the wider spread of never-seen ones. Groups with fewer than
+        ``min_group_rows`` holdout rows use the pooled scale.
         """
         self._check_signals()
         if not 0.0 < self.alert_rate < 0.05:
             msg = f"The 'alert_rate' parameter of ResidualDetector must be in (0, 0.05). Got {self.alert_rate}."
             raise ValueError(msg)
-        self.center_: dict[str, float] = {}
-        self.spread_: dict[str, float] = {}
+        g = np.zeros(len(residuals[self.signals[0]]), dtype=np.int64) if groups is None else np.asarray(groups)
+        self.n_groups = int(g.max()) + 1 if len(g) else 1
+        self.center_: dict[str, list[float]] = {}
+        self.spread_: dict[str, list[float]] = {}
         for s in self.signals:
             z = residuals[s]
-            c = float(np.median(z))
-            self.center_[s] = c
-            self.spread_[s] = max(float(np.quantile(z, self.reference_quantile)) - c, 1e-3)
-        u = self._u(residuals)
+            pooled = (float(np.median(z)), float(np.quantile(z, self.reference_quantile)))
+            centers, spreads = [], []
+            for k in range(self.n_groups):
+                zk = z[g == k]
+                c, q = (float(np.median(zk)), float(np.quantile(zk, self.reference_quantile))) \
+                    if len(zk) >= self.min_group_rows else pooled
+                centers.append(c)
+                spreads.append(max(q - c, 1e-3))
+            self.center_[s] = centers
+            self.spread_[s] = spreads
+        u = self._u(residuals, g)
         t0 = _tail_threshold(u.max(axis=0), self.alert_rate)
         self.relative_threshold_ = t0
         self.gamma_: dict[str, float] = {}
@@ -217,30 +236,30 @@ class ResidualDetector:
         return self
 
     # --- decision -----------------------------------------------------------------------------
-    def _signal_scores(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None
-                       ) -> np.ndarray:
-        u = self._u(residuals)
+    def _signal_scores(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None,
+                       groups: np.ndarray | None = None) -> np.ndarray:
+        u = self._u(residuals, groups)
         if excess is None:  # relative only (no impact information): the old behaviour
             return u / self.threshold_
         s = u * self._stake(excess) / self.threshold_
         gate = np.stack([excess[sig] / self.floors[sig] for sig in self.signals])
         return np.minimum(s, gate)
 
-    def decide(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def decide(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None,
+               groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(score, is_anomaly, reason)``; alert when ``score >= 1``; reason ``None`` otherwise."""
-        score, alert, which = self.decide_with_signal(residuals, excess)
+        score, alert, which = self.decide_with_signal(residuals, excess, groups)
         names = np.array([REASONS[s] for s in self.signals], dtype=object)
         reason = np.where(alert, names[which], None)
         return score, alert, reason
 
-    def decide_with_signal(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None
-                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def decide_with_signal(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None,
+                           groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(score, is_anomaly, index of the deciding signal in self.signals)``."""
         if not hasattr(self, "threshold_"):
             msg = "This ResidualDetector is not calibrated yet; call 'fit' (or from_dict) before 'decide'."
             raise NotFittedError(msg)
-        per_signal = self._signal_scores(residuals, excess)
+        per_signal = self._signal_scores(residuals, excess, groups)
         which = np.argmax(per_signal, axis=0)
         score = np.take_along_axis(per_signal, which[None, :], axis=0)[0]
         return score, score >= 1.0, which
@@ -256,10 +275,10 @@ class ResidualDetector:
             "params": {"alert_rate": self.alert_rate, "signals": list(self.signals),
                        "min_scale": self.min_scale, "max_scale": self.max_scale,
                        "reference_quantile": self.reference_quantile, "quantile": self.quantile,
-                       "floors": self.floors, "costly": self.costly},
+                       "floors": self.floors, "costly": self.costly, "min_group_rows": self.min_group_rows},
             "center": self.center_, "spread": self.spread_, "gamma": self.gamma_,
             "relative_threshold": self.relative_threshold_, "score_threshold": self.threshold_,
-            "threshold": 1.0, "n_calibration": self.n_calibration_,
+            "threshold": 1.0, "n_calibration": self.n_calibration_, "n_groups": self.n_groups,
         }
 
     @classmethod
@@ -268,8 +287,9 @@ class ResidualDetector:
         params = dict(state["params"])
         params["signals"] = tuple(params["signals"])
         det = cls(**params)
-        det.center_ = {k: float(v) for k, v in state["center"].items()}
-        det.spread_ = {k: float(v) for k, v in state["spread"].items()}
+        det.n_groups = int(state.get("n_groups", 1))
+        det.center_ = {k: [float(x) for x in np.atleast_1d(v)] for k, v in state["center"].items()}
+        det.spread_ = {k: [float(x) for x in np.atleast_1d(v)] for k, v in state["spread"].items()}
         det.gamma_ = {k: float(v) for k, v in state.get("gamma", {s: 0.0 for s in det.signals}).items()}
         det.relative_threshold_ = float(state.get("relative_threshold", state["threshold"]))
         det.threshold_ = float(state.get("score_threshold", state["threshold"]))

@@ -97,7 +97,7 @@ class LoadedModel:
         z = det.residuals(observed, mean_log, q_log, refs)
         expected = det.expected(mean_log, refs)
         excess = det.excess(observed, expected)
-        score, alert, which = det.decide_with_signal(z, excess)
+        score, alert, which = det.decide_with_signal(z, excess, source)
         signals = np.array(det.signals, dtype=object)
         reason = np.where(alert, np.array([_REASON[s] for s in det.signals], dtype=object)[which], None)
         pick = which[None, :]

@@ -7,12 +7,15 @@ One JSON object per message, key = the instance id as text, header ``schema`` =
 ``user_id`` int?, ``database_id`` int?, ``query_type`` str?, ``cluster_size`` int?,
 ``execution_duration_ms`` number (actual), ``queue_duration_ms`` number?, ``compile_duration_ms``
 number?, ``pred_mean_ms`` number, ``pred_q_ms`` number?, ``expected_ms`` number?, ``score`` number?,
-``threshold`` number?, ``reason`` str?, ``features`` object?.
+``threshold`` number?, ``reason`` str?, ``features`` object?, and the alert's evidence:
+``evidence_signal`` str? (exec, queue, scan, spill), ``evidence_unit`` str? (ms, MB),
+``expected_value``, ``observed_value``, ``excess_value`` number?, ``reference`` str? (what the
+expectation was built from).
 
 :func:`anomaly_row` maps a message to a row of :data:`workbench.store.lakehouse.ANOMALY_SCHEMA`
 (``true_ms`` = actual, ``pred_ms`` = ``pred_mean_ms``, ``excess_ms`` = true - pred, ``under_ratio``
 = true / max(pred, 1), like :func:`workbench.store.lakehouse.from_scored`; queue, compile and
-threshold go into ``features``, which has no column of their own).
+threshold and the evidence fields go into ``features``, which have no column of their own).
 """
 
 from __future__ import annotations
@@ -47,7 +50,11 @@ ANOMALY_FIELDS: Final[dict[str, tuple[str, bool]]] = {
     "queue_duration_ms": (_NUM, False), "compile_duration_ms": (_NUM, False), "pred_mean_ms": (_NUM, True),
     "pred_q_ms": (_NUM, False), "expected_ms": (_NUM, False), "score": (_NUM, False), "threshold": (_NUM, False),
     "reason": (_STR, False), "features": (_OBJ, False),
+    # Evidence of the deciding signal (workbench.ml.scorer.EXTRA_FIELDS); stored inside ``features``.
+    "evidence_signal": (_STR, False), "evidence_unit": (_STR, False), "expected_value": (_NUM, False),
+    "observed_value": (_NUM, False), "excess_value": (_NUM, False), "reference": (_STR, False),
 }
+_EVIDENCE: Final = ("evidence_signal", "evidence_unit", "expected_value", "observed_value", "excess_value", "reference")
 _CHECK: Final = {
     _INT: lambda v: type(v) is int,
     _NUM: lambda v: type(v) in (int, float),
@@ -117,7 +124,7 @@ def anomaly_row(value: bytes | Mapping[str, Any] | None) -> dict[str, Any]:
     true = float(message["execution_duration_ms"])
     pred = float(message["pred_mean_ms"])
     features = dict(message.get("features") or {})
-    for extra in ("queue_duration_ms", "compile_duration_ms", "threshold"):
+    for extra in ("queue_duration_ms", "compile_duration_ms", "threshold", *_EVIDENCE):
         if message.get(extra) is not None:
             features.setdefault(extra, message[extra])
     return {

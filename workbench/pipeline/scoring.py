@@ -110,6 +110,7 @@ _TOP_LEVEL: Final = (
     "instance_id", "query_id", "model_version", "arrival_timestamp", "user_id", "database_id", "query_type",
     "cluster_size", "execution_duration_ms", "queue_duration_ms", "compile_duration_ms", "pred_mean_ms",
     "pred_q_ms", "expected_ms", "score", "reason",
+    "evidence_signal", "evidence_unit", "expected_value", "observed_value", "excess_value", "reference",
 )
 
 
