@@ -92,7 +92,7 @@ def test_scorer_rows_carry_their_evidence(tmp_path: Path) -> None:
     train_table(tmp_path / "models", log.slice(0, 3000), dt.date(2024, 3, 1), window_days=1)
     batch = log.slice(3000, 500)
     idx = batch.schema.get_field_index("execution_duration_ms")
-    runaway = pa.array([40 * 60_000] + batch.column(idx).to_pylist()[1:], pa.int64())
+    runaway = pa.array([40 * 60_000, *batch.column(idx).to_pylist()[1:]], pa.int64())
     batch = batch.set_column(idx, batch.schema.field(idx), runaway)
     out = Scorer(tmp_path / "models", background=False).score(batch)
     names = out.schema.names
