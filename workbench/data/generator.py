@@ -674,19 +674,24 @@ def _inject_extra(rng: np.random.Generator, rows: dict[str, np.ndarray], kind: n
         _POINT_EFFECTS[name](rng, rows, idx)
         kind[idx] = ALL_KINDS.index(name)
     episodes: list[tuple[int, int, int, str]] = []
-    # Collective episodes go to instances with enough traffic to be seen (>= 4 queries / 10 min).
+    # Collective episodes go to instances with enough traffic to be seen (>= 4 queries / 10 min),
+    # uniformly (a storm is not more likely on a busier instance).
     busy = instances[counts >= 4 * 144]
     if not len(busy):
         return episodes
-    busy_w = counts[counts >= 4 * 144].astype(float) ** 0.5
+    busy_w = np.ones(len(busy))
     for name in [k for k in kinds if k in WINDOW_KINDS]:
         for _ in range(episodes_per_kind):
             inst = int(rng.choice(busy, p=busy_w / busy_w.sum()))
-            if name == "concurrency_surge":  # two hours of arrivals squeezed into 20 night minutes
-                start = int(rng.integers(0, 5)) * 60 * _MIN + int(rng.integers(0, 6)) * 10 * _MIN
-                src = _episode_rows(rows, inst, start, start + 120 * _MIN)
+            own = np.flatnonzero(rows["instance"] == inst)
+            if name == "concurrency_surge":  # an hour of arrivals squeezed into 20 quiet minutes
+                # the instance's quietest active hour of the day
+                hours = np.bincount(rows["ts"][own] // (60 * _MIN), minlength=24)
+                quiet = np.flatnonzero(hours > 0)
+                start = int(quiet[np.argmin(hours[quiet])]) * 60 * _MIN
+                src = _episode_rows(rows, inst, start, start + 60 * _MIN)
                 src = src[kind[src] < 0]
-                rows["ts"][src] = start + (rows["ts"][src] - start) // 6
+                rows["ts"][src] = start + (rows["ts"][src] - start) // 3
                 m = len(src)
                 rows["queue"][src] += np.rint(_lognormal(rng, 3_000.0, 0.8, m))
                 rows["exec"][src] = np.rint(np.minimum(rows["exec"][src] * rng.uniform(1.2, 2.0, m), _EXEC_CAP_MS))
@@ -694,7 +699,8 @@ def _inject_extra(rng: np.random.Generator, rows: dict[str, np.ndarray], kind: n
                 hit = src
             else:
                 minutes = int(rng.integers(2, 6)) * 10
-                start = int(rng.integers(0, 24 * 6 - minutes // 10)) * 10 * _MIN
+                # start at a random query of the instance (episodes happen while it works)
+                start = min(int(rows["ts"][rng.choice(own)]) // (10 * _MIN) * 10 * _MIN, _DAY_US - minutes * _MIN)
                 end = start + minutes * _MIN
                 hit = _collective(rng, rows, name, inst, start, end, kind)
             if len(hit):

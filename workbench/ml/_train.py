@@ -76,10 +76,10 @@ def split_window(table: pa.Table, *, max_rows: int = 400_000, seed: int = 0,
                  holdout_fraction: float = 0.15) -> tuple[pa.Table, pa.Table, int]:
     """``(train, holdout, usable rows)`` of a window: non-aborted rows with a runtime, capped.
 
-    The holdout is the *latest* part of the window, scored with history of the earlier part
-    only: exactly how a version meets the next day's traffic (fingerprints that first appear
-    late in the window are unseen, as they will be tomorrow). A random holdout would share
-    nearly every fingerprint with the training rows and calibrate the detector too leniently.
+    The holdout is made of whole hours (every ``1 / holdout_fraction``-th hour of the window),
+    scored with the history of the other hours only: like the next day's traffic, it holds
+    fingerprints the model never saw, and it spans the whole daily cycle (a tail-of-window holdout
+    would calibrate on the quiet evening hours only).
     """
     table = table.select([c for c in COLUMNS if c in table.column_names])
     keep = pc.and_(pc.is_valid(table.column("execution_duration_ms")),
@@ -91,17 +91,23 @@ def split_window(table: pa.Table, *, max_rows: int = 400_000, seed: int = 0,
     rng = np.random.default_rng(seed)
     if raw_rows > max_rows:
         table = table.take(np.sort(rng.choice(raw_rows, max_rows, replace=False)))
-    n = table.num_rows
     ts = table.column("arrival_timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
-    order = np.argsort(ts, kind="stable")
-    n_hold = max(int(n * holdout_fraction), 200)
-    hold_idx, train_idx = np.sort(order[n - n_hold:]), np.sort(order[:n - n_hold])
+    # Blocked holdout: whole hours, every k-th hour of the window (k ~ 1 / holdout_fraction), so
+    # it spans every hour of the day while its fingerprints that first appear in those hours are
+    # as unseen as tomorrow's.
+    every = max(round(1 / holdout_fraction), 2)
+    hold = (ts // 3_600_000_000) % every == every // 2
+    if hold.sum() < 200 or (~hold).sum() < 200:  # a window of a few hours: fall back to the tail
+        order = np.argsort(ts, kind="stable")
+        hold = np.zeros(len(ts), dtype=bool)
+        hold[order[len(ts) - max(int(len(ts) * holdout_fraction), 200):]] = True
+    hold_idx, train_idx = np.flatnonzero(hold), np.flatnonzero(~hold)
     return table.take(train_idx), table.take(hold_idx), raw_rows
 
 
 def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days: int = 7,
                 max_rows: int = 400_000, seed: int = 0, holdout_fraction: float = 0.15,
-                alert_rate: float = 0.001, parity_tolerance: float = PARITY_TOLERANCE,
+                alert_rate: float = 0.0005, parity_tolerance: float = PARITY_TOLERANCE,
                 model_params: dict[str, Any] | None = None, parent: str | None = None,
                 set_current: bool = True) -> TrainResult:
     """Train, export, check and register a version from the events of one window.
@@ -119,7 +125,7 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
         Seeded uniform sample cap.
     holdout_fraction : float, default=0.15
         Share of rows held out for parity, regression metrics and detector calibration.
-    alert_rate : float, default=0.001
+    alert_rate : float, default=0.0005
         The detector's target false-alert rate (see :class:`ResidualDetector`).
     """
     t_start = time.perf_counter()

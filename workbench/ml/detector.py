@@ -43,11 +43,16 @@ only ``u = 1`` (a 1-in-100 surprise), and less still beyond::
     s = u * (e / floor) ** gamma,   gamma = ln(T0) / ln(costly / floor)
 
 (``T0`` = the threshold of ``u`` alone). ``T`` is then calibrated on ``s`` over the holdout (tail
-extrapolation, below), and the per-signal score is ``min(s / T, e / floor)``: above 1 exactly when
-the relative evidence clears the stake-adjusted bar *and* the excess clears the floor. The query's
-score is the maximum over signals; the signal attaining it is the reason and its evidence
-(expected, observed, excess, reference) travels with the alert. A query running tens of minutes
-longer than expected alerts whatever its fingerprint's history (capped spread, costly excess);
+extrapolation, below), and the relative path's score is ``min(s / T, e / floor)``: above 1 exactly
+when the relative evidence clears the stake-adjusted bar *and* the excess clears the floor.
+
+The costly path stands next to it: ``min(e / costly, z / costly_z)`` with the raw (capped, not
+recalibrated) residual ``z``: an excess that is expensive on its own alerts as soon as the query is
+at least ``costly_z = 2`` capped units above its expectation, whatever the calibration of its
+group (for a never-seen fingerprint: at least ``e^2 ~ 7x`` its prior). A per-signal score is the
+larger of the two paths; the query's score is the maximum over signals, the signal attaining it
+is the reason and its evidence (expected, observed, excess, reference) travels with the alert. A
+query running tens of minutes longer than expected alerts whatever its fingerprint's history;
 sub-second noise never does (floor).
 
 Calibration: the threshold targets ``alert_rate`` false alerts on normal traffic. The holdout
@@ -91,8 +96,10 @@ class ResidualDetector:
 
     Parameters
     ----------
-    alert_rate : float, default=0.001
+    alert_rate : float, default=0.0005
         Target share of *normal* queries that alert (false alerts); true anomalies come on top.
+        Half the product's budget of 10 per 10k: on a new day the realised rate runs up to
+        about 1.2-2x the holdout's (traffic shifts, fingerprints never seen).
     signals : tuple of str, default=("exec", "queue", "scan", "spill")
         Observed signals to score (subset of :data:`REASONS`).
     min_scale, max_scale : float, default=0.25, 1.0
@@ -107,10 +114,11 @@ class ResidualDetector:
         Per-signal excess levels (see the module docstring); default :data:`FLOORS`, :data:`COSTLY`.
     """
 
-    def __init__(self, *, alert_rate: float = 0.001, signals: tuple[str, ...] = tuple(REASONS),
+    def __init__(self, *, alert_rate: float = 0.0005, signals: tuple[str, ...] = tuple(REASONS),
                  min_scale: float = 0.25, max_scale: float = 1.0, reference_quantile: float = 0.99,
                  quantile: float = 0.9, floors: dict[str, float] | None = None,
-                 costly: dict[str, float] | None = None, min_group_rows: int = 500) -> None:
+                 costly: dict[str, float] | None = None, min_group_rows: int = 500,
+                 costly_z: float = 2.0) -> None:
         self.alert_rate = alert_rate
         self.signals = signals
         self.min_scale = min_scale
@@ -120,6 +128,7 @@ class ResidualDetector:
         self.floors = dict(FLOORS if floors is None else floors)
         self.costly = dict(COSTLY if costly is None else costly)
         self.min_group_rows = min_group_rows
+        self.costly_z = costly_z
         self.n_groups = 1
 
     # --- per-row quantities -----------------------------------------------------------------
@@ -212,12 +221,15 @@ class ResidualDetector:
             z = residuals[s]
             pooled = (float(np.median(z)), float(np.quantile(z, self.reference_quantile)))
             centers, spreads = [], []
+            pooled_spread = max(pooled[1] - pooled[0], 1e-3)
             for k in range(self.n_groups):
                 zk = z[g == k]
                 c, q = (float(np.median(zk)), float(np.quantile(zk, self.reference_quantile))) \
                     if len(zk) >= self.min_group_rows else pooled
                 centers.append(c)
-                spreads.append(max(q - c, 1e-3))
+                # A group may be tighter than the pool, but not degenerate (e.g. never-seen
+                # fingerprints that mostly neither scan nor spill): at least half the pooled spread.
+                spreads.append(max(q - c, 0.5 * pooled_spread))
             self.center_[s] = centers
             self.spread_[s] = spreads
         u = self._u(residuals, g)
@@ -243,7 +255,13 @@ class ResidualDetector:
             return u / self.threshold_
         s = u * self._stake(excess) / self.threshold_
         gate = np.stack([excess[sig] / self.floors[sig] for sig in self.signals])
-        return np.minimum(s, gate)
+        relative = np.minimum(s, gate)
+        # Costly path: the excess alone is expensive and the residual is at least ``costly_z``
+        # capped units above the expectation (not the upper tail of a long query's variation).
+        raw = np.stack([residuals[sig] for sig in self.signals])
+        costly = np.minimum(np.stack([excess[sig] / self.costly[sig] for sig in self.signals]),
+                            raw / self.costly_z)
+        return np.maximum(relative, costly)
 
     def decide(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None,
                groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -275,7 +293,8 @@ class ResidualDetector:
             "params": {"alert_rate": self.alert_rate, "signals": list(self.signals),
                        "min_scale": self.min_scale, "max_scale": self.max_scale,
                        "reference_quantile": self.reference_quantile, "quantile": self.quantile,
-                       "floors": self.floors, "costly": self.costly, "min_group_rows": self.min_group_rows},
+                       "floors": self.floors, "costly": self.costly, "min_group_rows": self.min_group_rows,
+                       "costly_z": self.costly_z},
             "center": self.center_, "spread": self.spread_, "gamma": self.gamma_,
             "relative_threshold": self.relative_threshold_, "score_threshold": self.threshold_,
             "threshold": 1.0, "n_calibration": self.n_calibration_, "n_groups": self.n_groups,
