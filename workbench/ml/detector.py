@@ -46,10 +46,12 @@ only ``u = 1`` (a 1-in-100 surprise), and less still beyond::
 extrapolation, below), and the relative path's score is ``min(s / T, e / floor)``: above 1 exactly
 when the relative evidence clears the stake-adjusted bar *and* the excess clears the floor.
 
-The costly path stands next to it: ``min(e / costly, z / costly_z)`` with the raw (capped, not
-recalibrated) residual ``z``: an excess that is expensive on its own alerts as soon as the query is
-at least ``costly_z = 2`` capped units above its expectation, whatever the calibration of its
-group (for a never-seen fingerprint: at least ``e^2 ~ 7x`` its prior). A per-signal score is the
+The costly path stands next to it for the time signals (runtime, queue wait: the cost a user
+feels directly; MB scanned or spilled go the relative path only, a costly scan that costs time
+shows in the runtime): ``min(e / costly, z / costly_z)`` with the raw (capped, not recalibrated)
+residual ``z``: an excess that is expensive on its own alerts as soon as the query is at least
+``costly_z = 2`` capped units above its expectation, whatever the calibration of its group (for a
+never-seen fingerprint: at least ``e^2 ~ 7x`` its prior). A per-signal score is the
 larger of the two paths; the query's score is the maximum over signals, the signal attaining it
 is the reason and its evidence (expected, observed, excess, reference) travels with the alert. A
 query running tens of minutes longer than expected alerts whatever its fingerprint's history;
@@ -72,7 +74,7 @@ import numpy as np
 
 from workbench.ml.exceptions import NotFittedError
 
-__all__ = ["COSTLY", "FLOORS", "REASONS", "UNITS", "ResidualDetector"]
+__all__ = ["COSTLY", "FLOORS", "REASONS", "TIME_SIGNALS", "UNITS", "ResidualDetector"]
 
 #: Reason string per signal.
 REASONS: dict[str, str] = {
@@ -83,6 +85,9 @@ REASONS: dict[str, str] = {
 }
 #: Unit of each signal's expected / observed / excess values.
 UNITS: dict[str, str] = {"exec": "ms", "queue": "ms", "scan": "MB", "spill": "MB"}
+#: Signals measured in time, the cost a user feels directly: only they have the costly path (a big
+#: scan or spill that costs time shows up in the runtime; on its own it goes the relative path).
+TIME_SIGNALS: tuple[str, ...] = ("exec", "queue")
 #: Smallest excess that may alert (natural units): 1 s of runtime or wait, 1 GB scanned or spilled.
 FLOORS: dict[str, float] = {"exec": 1_000.0, "queue": 1_000.0, "scan": 1_000.0, "spill": 1_000.0}
 #: Excess that is costly on its own: 10 min of runtime or wait, 1 TB scanned, 100 GB spilled.
@@ -261,7 +266,8 @@ class ResidualDetector:
         raw = np.stack([residuals[sig] for sig in self.signals])
         costly = np.minimum(np.stack([excess[sig] / self.costly[sig] for sig in self.signals]),
                             raw / self.costly_z)
-        return np.maximum(relative, costly)
+        on_path = np.array([sig in TIME_SIGNALS for sig in self.signals])[:, None]
+        return np.where(on_path, np.maximum(relative, costly), relative)
 
     def decide(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None,
                groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
