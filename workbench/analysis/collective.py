@@ -80,6 +80,7 @@ class Signal:
     reason: str
     log: bool = True
     two_sided: bool = False
+    needs_many: bool = True  # only judged in windows with at least ``min_queries`` queries
 
 
 def _per_query(column: str) -> Callable[[pd.DataFrame], np.ndarray]:
@@ -93,7 +94,7 @@ def _col(column: str) -> Callable[[pd.DataFrame], np.ndarray]:
 
 
 SIGNALS: dict[str, Signal] = {
-    "arrivals": Signal(_col("total_queries"), 30.0, "queries", "arrival surge (concurrency)"),
+    "arrivals": Signal(_col("total_queries"), 30.0, "queries", "arrival surge (concurrency)", needs_many=False),
     "queue_per_query_ms": Signal(_per_query("total_queue_time_ms"), 1_000.0, "ms",
                                  "every query waits longer in the WLM queue"),
     "queue_total_ms": Signal(_col("total_queue_time_ms"), 300_000.0, "ms", "queue time of the window up"),
@@ -103,7 +104,7 @@ SIGNALS: dict[str, Signal] = {
     "exec_per_query_ms": Signal(_per_query("total_exec_time_ms"), 1_000.0, "ms", "queries run slower"),
     "p95_exec_ms": Signal(_col("p95_exec_time_ms"), 5_000.0, "ms", "p95 runtime up"),
     "cluster_size": Signal(_col("cluster_size"), 1.0, "nodes", "cluster size changed (resize)",
-                           two_sided=True),
+                           two_sided=True, needs_many=False),
 }
 
 
@@ -117,6 +118,9 @@ class CollectiveParams:
     lookback: timedelta = timedelta(days=28)
     min_spread: float = 0.1
     min_share_spread: float = 0.02
+    #: A collective claim needs many queries: a mean, share or sum over a handful of queries is
+    #: one or two queries' story (per-query scoring tells it).
+    min_queries: int = 20
     #: The latest hour before a window is not part of its reference: an ongoing episode must not
     #: become its own baseline.
     recent_guard: timedelta = timedelta(hours=1)
@@ -187,6 +191,7 @@ def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
     floors = np.array([SIGNALS[n].floor for n in names])
     min_spread = np.where(logged, params.min_spread, params.min_share_spread)
     reasons = np.array([SIGNALS[n].reason for n in names], dtype=object)
+    needs_many = np.array([SIGNALS[n].needs_many for n in names])
 
     def transform(v: np.ndarray) -> np.ndarray:
         return np.where(logged, np.log1p(np.clip(v, 0, None)), v)
@@ -202,6 +207,7 @@ def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
         with np.errstate(invalid="ignore"):
             values = transform(hist[names].to_numpy(float))
         t_obs = targets[names].to_numpy(float)
+        t_many = targets["arrivals"].to_numpy(float) >= params.min_queries
         for j, (t, t_how, t_hod) in enumerate(zip(targets["start_ms"].to_numpy(), targets["how"].to_numpy(),
                                                   targets["hod"].to_numpy(), strict=True)):
             lo = np.searchsorted(times, t - lookback, side="left")
@@ -227,7 +233,7 @@ def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
             z = np.where(two_sided, np.abs(z), z)
             excess = np.where(two_sided, np.abs(excess), excess)
             score = np.minimum(z / params.z_threshold, excess / floors)
-            ok = (n >= params.min_history) & ~np.isnan(observed) & ~np.isnan(score)
+            ok = (n >= params.min_history) & ~np.isnan(observed) & ~np.isnan(score) & (t_many[j] | ~needs_many)
             if not ok.any():
                 continue
             out.append(pd.DataFrame({

@@ -562,6 +562,7 @@ def _inject_anomalies(rng: np.random.Generator, rows: dict[str, np.ndarray], rat
 
 # --- the stress pack ------------------------------------------------------------------------------
 _MIN = 60_000_000  # µs
+_MIN_WINDOW_ROWS = 10  # affected queries that make a window a labelled collective anomaly
 
 
 def _runaway_new_query(rng: np.random.Generator, rows: dict[str, np.ndarray], idx: np.ndarray) -> None:
@@ -659,7 +660,7 @@ def _collective(rng: np.random.Generator, rows: dict[str, np.ndarray], name: str
 
 
 def _inject_extra(rng: np.random.Generator, rows: dict[str, np.ndarray], kind: np.ndarray, kinds: tuple[str, ...],
-                  rate: float, episodes_per_kind: int, day_start_us: int) -> list[tuple[int, int, int, str]]:
+                  rate: float, episodes_per_kind: int, day_start_us: int) -> list[tuple[int, int, str]]:
     """Point, contextual and collective kinds of the stress pack; returns the episodes."""
     instances, counts = np.unique(rows["instance"], return_counts=True)
     big = int(instances[np.argmax(counts)])
@@ -673,7 +674,7 @@ def _inject_extra(rng: np.random.Generator, rows: dict[str, np.ndarray], kind: n
         idx = rng.choice(cand, take, replace=False)
         _POINT_EFFECTS[name](rng, rows, idx)
         kind[idx] = ALL_KINDS.index(name)
-    episodes: list[tuple[int, int, int, str]] = []
+    episodes: list[tuple[int, int, str]] = []
     # Collective episodes go to instances with enough traffic to be seen (>= 4 queries / 10 min),
     # uniformly (a storm is not more likely on a busier instance).
     busy = instances[counts >= 4 * 144]
@@ -685,17 +686,16 @@ def _inject_extra(rng: np.random.Generator, rows: dict[str, np.ndarray], kind: n
             inst = int(rng.choice(busy, p=busy_w / busy_w.sum()))
             own = np.flatnonzero(rows["instance"] == inst)
             if name == "concurrency_surge":  # an hour of arrivals squeezed into 20 quiet minutes
-                # the instance's quietest active hour of the day
+                # an ordinary hour of the instance (the median of its active hours)
                 hours = np.bincount(rows["ts"][own] // (60 * _MIN), minlength=24)
-                quiet = np.flatnonzero(hours > 0)
-                start = int(quiet[np.argmin(hours[quiet])]) * 60 * _MIN
+                active = np.flatnonzero(hours > 0)
+                start = int(active[np.argsort(hours[active])[len(active) // 2]]) * 60 * _MIN
                 src = _episode_rows(rows, inst, start, start + 60 * _MIN)
                 src = src[kind[src] < 0]
                 rows["ts"][src] = start + (rows["ts"][src] - start) // 3
                 m = len(src)
                 rows["queue"][src] += np.rint(_lognormal(rng, 3_000.0, 0.8, m))
                 rows["exec"][src] = np.rint(np.minimum(rows["exec"][src] * rng.uniform(1.2, 2.0, m), _EXEC_CAP_MS))
-                end = start + 20 * _MIN
                 hit = src
             else:
                 minutes = int(rng.integers(2, 6)) * 10
@@ -705,7 +705,10 @@ def _inject_extra(rng: np.random.Generator, rows: dict[str, np.ndarray], kind: n
                 hit = _collective(rng, rows, name, inst, start, end, kind)
             if len(hit):
                 kind[hit] = ALL_KINDS.index(name)
-                episodes.append((inst, day_start_us + start, day_start_us + end, name))
+                # A window is labelled when it holds at least _MIN_WINDOW_ROWS affected queries.
+                starts, counts_w = np.unique(rows["ts"][hit] // (10 * _MIN), return_counts=True)
+                for ws in starts[counts_w >= _MIN_WINDOW_ROWS].tolist():
+                    episodes.append((inst, day_start_us + ws * 10 * _MIN, name))
     return episodes
 
 
@@ -735,17 +738,11 @@ _WINDOW_LABEL_SCHEMA = pa.schema([pa.field("instance_id", pa.int64()),
                                   pa.field("kind", pa.string())])
 
 
-def _episode_windows(episodes: list[tuple[int, int, int, str]]) -> pa.Table:
-    """10-minute windows an episode covers for at least half of their length."""
-    inst, starts, kinds = [], [], []
-    w = WINDOW_MS * 1000
-    for instance_id, start, end, name in episodes:
-        first = start // w * w
-        for ws in range(first, end, w):
-            if min(end, ws + w) - max(start, ws) >= w // 2:
-                inst.append(instance_id)
-                starts.append(ws // 1000)
-                kinds.append(name)
+def _episode_windows(episodes: list[tuple[int, int, str]]) -> pa.Table:
+    """The labelled ``(instance_id, window_start, kind)`` windows as a table."""
+    inst = [e[0] for e in episodes]
+    starts = [e[1] // 1000 for e in episodes]
+    kinds = [e[2] for e in episodes]
     return pa.table({"instance_id": pa.array(inst, pa.int64()),
                      "window_start": pa.array(starts, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
                      "kind": pa.array(kinds, pa.string())}, schema=_WINDOW_LABEL_SCHEMA)
@@ -883,7 +880,7 @@ def generate(
     setup_seq, *day_seqs = root.spawn(days + 1)
     # The stress pack draws from its own streams, so the classic log's bytes never change.
     extra_seqs = root.spawn(days) if stress else []
-    episodes: list[tuple[int, int, int, str]] = []
+    episodes: list[tuple[int, int, str]] = []
     fleet = _setup_instances(np.random.Generator(np.random.PCG64(setup_seq)), n=instances, days=days,
                              rows_per_day=rows_per_day)
     weekday = _WEEKDAY_PROFILE / _WEEKDAY_PROFILE.mean()
