@@ -48,22 +48,27 @@ def test_quiet_history_flags_nothing_and_a_queue_storm_flags_its_windows() -> No
     storm = w.copy()
     hit = slice(300, 302)  # 20 minutes: every query waits 4 s longer
     storm.loc[storm.index[hit], "total_queue_time_ms"] += storm["total_queries"].iloc[hit] * 4_000
+    # Most queries run ~400 ms, so waiting 4 s more makes them queue-bound (classify.py's rule).
+    storm.loc[storm.index[hit], "queue_wlm_bound_queries"] = (storm["total_queries"].iloc[hit] * 0.8).astype(int)
     flagged = flag_windows(storm.iloc[290:310], storm).to_pandas()
     got = set(zip(flagged["window_start"], flagged["signal"], strict=True))
     starts = {pd.Timestamp(s) for s in storm["window_start"].iloc[hit]}
     assert {s for s, _ in got} == starts
-    assert ("queue_per_query_ms" in {g for _, g in got})
-    row = flagged[flagged["signal"] == "queue_per_query_ms"].iloc[0]
-    assert row["observed"] > row["expected"] + 3_000
+    assert "queue_bound_share" in {g for _, g in got}
+    row = flagged[flagged["signal"] == "queue_bound_share"].iloc[0]
+    assert row["observed"] > row["expected"] + 0.5
     assert "WLM" in row["reason"] and "expected" in row["reason"]
 
 
 def test_small_absolute_changes_never_flag_however_surprising() -> None:
     w = _windows()
-    # Queueing triples, but stays far below one second per query: relatively huge, absolutely tiny.
-    w.loc[w.index[300:302], "total_queue_time_ms"] *= 3
+    # The queue-bound share triples (1 % -> 3 %): relatively huge, absolutely two queries.
+    w.loc[w.index[300:302], "queue_wlm_bound_queries"] = (w["total_queries"].iloc[300:302] * 0.03).astype(int)
+    # One runaway query (an hour) in a window moves the mean, not the mean without the longest.
+    w.loc[w.index[303], "total_exec_time_ms"] += 3_600_000
+    w.loc[w.index[303], "max_exec_time_ms"] = 3_600_000
     flagged = flag_windows(w.iloc[290:310], w).to_pandas()
-    assert "queue_per_query_ms" not in set(flagged["signal"])
+    assert flagged.empty, flagged
 
 
 def test_needs_history_and_uses_only_earlier_windows() -> None:
@@ -85,7 +90,7 @@ def test_a_resize_is_flagged_on_cluster_size() -> None:
 def test_step_writes_window_anomalies_once(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home")
     w = _windows()
-    w.loc[w.index[300:302], "total_queue_time_ms"] += w["total_queries"].iloc[300:302] * 5_000
+    w.loc[w.index[300:302], "queue_wlm_bound_queries"] = w["total_queries"].iloc[300:302] // 2
     with WindowStatsStore.from_settings(settings) as store:
         store.upsert(w.to_dict("records"))
     step = CollectiveStep(settings)

@@ -5,10 +5,12 @@ Per-query scoring cannot see many queries that are each only mildly odd, togethe
 instance is compared with that instance's *earlier* windows, signal by signal, with pure functions
 over ``window_stats`` rows (:data:`workbench.store.window_stats.WINDOW_STATS_SCHEMA`).
 
-Signals (:data:`SIGNALS`; all from what a window already aggregates): arrivals (queries per
-window), mean queue wait per query, total queue time, share of queue/WLM-bound queries, MB
-spilled, mean and p95 execution time, and the cluster size (a resize). Aborts and result-cache
-hits are not aggregated by the windows, so they are not signals yet.
+Signals (:data:`SIGNALS`; all from what a window already aggregates, and none that a single
+query can move on its own): arrivals (queries per window), share of queue/WLM-bound queries, mean
+runtime per query without the longest query, p95 runtime, and the cluster size (a resize). Sums
+(total queue time, MB spilled) are left out: one big query moves them as much as a storm does.
+Aborts, result-cache hits and per-query spill counts are not aggregated by the windows, so they
+are not signals yet.
 
 Expected value (robust, shrunk): for the window's hour of the week, the median of the instance's
 windows at the same hour of the week in earlier weeks, shrunk toward the median at the same hour of
@@ -23,8 +25,8 @@ Decision: the same two-sided principle as the per-query detector
 (:mod:`workbench.ml.detector`): a window is flagged on a signal when the robust z clears
 ``z_threshold`` *and* the absolute excess (observed - expected, natural units) clears the signal's
 floor, i.e. ``score = min(z / z_threshold, excess / floor) >= 1``. The floors are set by what an
-operator would call material for a whole window (half a minute of extra waiting per query is
-not needed: one second per query, five minutes in total, 10 GB spilled, 30 extra queries, one node).
+operator would call material for a whole window (5 points of queue-bound share, one second per
+query, five seconds of p95, 30 extra queries, one node).
 The z threshold (4.0) keeps false windows at about one per instance and week for light-tailed
 signals; nothing here knows about any generator or anomaly kind.
 
@@ -93,15 +95,23 @@ def _col(column: str) -> Callable[[pd.DataFrame], np.ndarray]:
     return lambda w: pd.to_numeric(w[column], errors="coerce").to_numpy(float)
 
 
+def _trimmed_mean_exec(w: pd.DataFrame) -> np.ndarray:
+    """Mean runtime per query without the window's longest query (one runaway is not collective)."""
+    n = w["total_queries"].to_numpy(float)
+    total = w["total_exec_time_ms"].to_numpy(float)
+    longest = pd.to_numeric(w["max_exec_time_ms"], errors="coerce").fillna(0).to_numpy(float)
+    return (total - longest) / np.maximum(n - 1, 1.0)
+
+
+#: Collective signals are counts, shares or statistics that one query cannot move on its own:
+#: sums like the window's total queue time or MB spilled are one big query's story as often as
+#: not (per-query scoring tells that one), so they are not signals here.
 SIGNALS: dict[str, Signal] = {
     "arrivals": Signal(_col("total_queries"), 30.0, "queries", "arrival surge (concurrency)", needs_many=False),
-    "queue_per_query_ms": Signal(_per_query("total_queue_time_ms"), 1_000.0, "ms",
-                                 "every query waits longer in the WLM queue"),
-    "queue_total_ms": Signal(_col("total_queue_time_ms"), 300_000.0, "ms", "queue time of the window up"),
     "queue_bound_share": Signal(_per_query("queue_wlm_bound_queries"), 0.05, "share",
-                                "more queries are queue/WLM bound", log=False),
-    "spilled_mb": Signal(_col("total_spilled_mb"), 10_000.0, "MB", "spill to disk up (memory pressure)"),
-    "exec_per_query_ms": Signal(_per_query("total_exec_time_ms"), 1_000.0, "ms", "queries run slower"),
+                                "more queries wait in the WLM queue longer than they run", log=False),
+    "exec_per_query_ms": Signal(_trimmed_mean_exec, 1_000.0, "ms",
+                                "queries run slower (mean without the longest query)"),
     "p95_exec_ms": Signal(_col("p95_exec_time_ms"), 5_000.0, "ms", "p95 runtime up"),
     "cluster_size": Signal(_col("cluster_size"), 1.0, "nodes", "cluster size changed (resize)",
                            two_sided=True, needs_many=False),
