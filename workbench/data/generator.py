@@ -41,6 +41,19 @@ pre-execution features predict:
 ``scan_explosion``
     One query scans 50-1000x its fingerprint's usual volume and runs 20-100x slower.
 
+The stress pack (``kinds="all"``, :data:`EXTRA_KINDS`) adds kinds modelled on real Redshift
+failure modes, in three families (:data:`KIND_FAMILY`): point (``runaway_new_query``: a
+never-seen fingerprint runs 10-60 minutes; ``plan_regression``: a repeating query 5-20x slower,
+often spilling; ``copy_stall``: a COPY/UNLOAD 3-30 minutes longer), contextual
+(``cross_instance_heavy``: an ETL-sized statement on an instance where that query is light;
+``concurrency_surge``: an hour of an instance's arrivals squeezed into 20 minutes, each waiting and
+running longer) and collective (``wlm_saturation``: every query waits seconds more for 20-50
+minutes; ``spill_wave``; ``cache_miss_storm``: result-cache hits become executions;
+``resize_slowdown``: half the nodes, held then slower). Window kinds (:data:`WINDOW_KINDS`) are
+labelled per query and per 10-minute window (at least 10 affected queries) in the sidecar
+:func:`window_labels_path`. The stress pack draws from its own seed streams, so the classic log's
+bytes do not change.
+
 Output is written day by day with :class:`pyarrow.parquet.ParquetWriter` (zstd, row groups of at
 most 256k rows), columns in :data:`~workbench.data.schema.REDSET_SCHEMA` order followed by the label
 columns, sorted by ``(arrival_timestamp, query_id)``. Every random draw comes from a
