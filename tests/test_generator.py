@@ -228,3 +228,39 @@ def test_anomalies_present_labelled_and_detectable(log: duckdb.DuckDBPyConnectio
         FROM q JOIN typical USING (instance_id, feature_fingerprint) WHERE label_kind = 'scan_explosion'
     """)[0]
     assert scan_ratio >= 30
+
+
+def test_stress_pack_kinds_families_and_window_labels(tmp_path: Path) -> None:
+    from workbench.data.generator import (
+        ALL_KINDS,
+        KIND_FAMILY,
+        WINDOW_KINDS,
+        resolve_kinds,
+        window_labels,
+        window_labels_path,
+    )
+
+    assert len(ALL_KINDS) >= 10 and set(KIND_FAMILY.values()) == {"point", "contextual", "collective"}
+    kwargs = {"days": 2, "instances": 6, "rows_per_day": 60_000, "seed": 3, "anomaly_rate": 0.004}
+    a = generate(tmp_path / "a.parquet", kinds="all", **kwargs)
+    b = generate(tmp_path / "b.parquet", kinds="all", **kwargs)
+    assert _sha256(a.path) == _sha256(b.path)  # reproducible with a seed
+    assert validate(a.path).rows == a.rows
+    con = duckdb.connect()
+    kinds = dict(con.execute(f"SELECT label_kind, count(*) FROM '{a.path}' WHERE label_anomaly GROUP BY 1").fetchall())
+    assert len(kinds) >= 10, kinds
+    windows = window_labels(a.path).to_pandas()
+    assert len(windows) and set(windows["kind"]) <= set(WINDOW_KINDS)
+    # Every labelled window holds queries labelled with its kind.
+    have = set(con.execute(f"""SELECT instance_id, epoch_ms(time_bucket(INTERVAL 10 MINUTE, arrival_timestamp)),
+                                      label_kind FROM '{a.path}' WHERE label_anomaly GROUP BY ALL""").fetchall())
+    for inst, ws, kind in zip(windows["instance_id"], window_labels(a.path).column("window_start").cast("int64")
+                              .to_pylist(), windows["kind"], strict=True):
+        assert (inst, ws, kind) in have
+    # The classic log has no sidecar and only the classic kinds; bad names say what is allowed.
+    c = generate(tmp_path / "c.parquet", **kwargs)
+    assert not window_labels_path(c.path).exists() and window_labels(c.path).num_rows == 0
+    classic = {k for (k,) in con.execute(f"SELECT DISTINCT label_kind FROM '{c.path}' WHERE label_anomaly").fetchall()}
+    assert classic <= set(ANOMALY_KINDS)
+    with pytest.raises(ConfigurationError, match="`kinds` parameter"):
+        resolve_kinds("slow_fingerprint,nope")

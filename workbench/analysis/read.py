@@ -57,6 +57,7 @@ __all__ = [
     "metrics",
     "period",
     "remediation",
+    "window_anomalies",
     "window_stats",
 ]
 
@@ -307,6 +308,37 @@ def anomalies(settings: Settings, start: datetime | None = None, end: datetime |
             {"s": _aware(start, "start"), "e": _aware(end, "end"), "i": _ids(instances), "r": reason,
              "m": model_version, "l": limit})
         return _frame(rel)
+    finally:
+        con.close()
+
+
+def window_anomalies(settings: Settings, start: datetime | None = None, end: datetime | None = None,
+                     instances: Sequence[int] | None = None, signal: str | None = None) -> pd.DataFrame:
+    """Collective anomalies (flagged 10-minute windows) with ``start <= window_start < end``, newest first.
+
+    Columns: ``instance_id``, ``window_start``, ``signal``, ``expected``, ``observed``, ``score``,
+    ``reason``, ``inserted_at`` (see :mod:`workbench.analysis.collective`). Empty when none was
+    flagged yet (or the lakehouse predates the table).
+
+    Raises
+    ------
+    LakehouseNotFoundError
+        If the lakehouse does not exist yet.
+    """
+    import duckdb
+
+    con = connect(settings.lakehouse_dir, read_only=True, connection=_duck())
+    try:
+        rel = con.execute(
+            f"SELECT * FROM {CATALOG_ALIAS}.window_anomalies WHERE ($s IS NULL OR window_start >= $s) "
+            "AND ($e IS NULL OR window_start < $e) "
+            "AND ($i IS NULL OR list_contains($i::BIGINT[], instance_id)) AND ($g IS NULL OR signal = $g) "
+            "ORDER BY window_start DESC, instance_id, signal",
+            {"s": _aware(start, "start"), "e": _aware(end, "end"), "i": _ids(instances), "g": signal})
+        return _frame(rel)
+    except duckdb.CatalogException:
+        return pd.DataFrame(columns=["instance_id", "window_start", "signal", "expected", "observed", "score",
+                                     "reason", "inserted_at"])
     finally:
         con.close()
 

@@ -25,6 +25,7 @@ def _generate(args: argparse.Namespace) -> int:
         anomaly_rate=args.anomaly_rate,
         rows_per_day=args.rows_per_day,
         progress=not args.no_progress and sys.stderr.isatty(),
+        kinds=args.kinds,
     )
     print(summary)
     return 0
@@ -91,6 +92,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--anomaly-rate", type=float, default=0.002,
                      help="share of labelled anomalous queries (default 0.002)")
     gen.add_argument("--start", default="2024-03-04", help="first day, YYYY-MM-DD (default 2024-03-04)")
+    gen.add_argument("--kinds", default="classic",
+                     help="anomaly kinds: 'classic' (default, 4 kinds), 'all' (the 13-kind stress pack, "
+                          "window labels in <out>.windows.parquet) or comma-separated names")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
 

@@ -41,6 +41,19 @@ pre-execution features predict:
 ``scan_explosion``
     One query scans 50-1000x its fingerprint's usual volume and runs 20-100x slower.
 
+The stress pack (``kinds="all"``, :data:`EXTRA_KINDS`) adds kinds modelled on real Redshift
+failure modes, in three families (:data:`KIND_FAMILY`): point (``runaway_new_query``: a
+never-seen fingerprint runs 10-60 minutes; ``plan_regression``: a repeating query 5-20x slower,
+often spilling; ``copy_stall``: a COPY/UNLOAD 3-30 minutes longer), contextual
+(``cross_instance_heavy``: an ETL-sized statement on an instance where that query is light;
+``concurrency_surge``: an hour of an instance's arrivals squeezed into 20 minutes, each waiting and
+running longer) and collective (``wlm_saturation``: every query waits seconds more for 20-50
+minutes; ``spill_wave``; ``cache_miss_storm``: result-cache hits become executions;
+``resize_slowdown``: half the nodes, held then slower). Window kinds (:data:`WINDOW_KINDS`) are
+labelled per query and per 10-minute window (at least 10 affected queries) in the sidecar
+:func:`window_labels_path`. The stress pack draws from its own seed streams, so the classic log's
+bytes do not change.
+
 Output is written day by day with :class:`pyarrow.parquet.ParquetWriter` (zstd, row groups of at
 most 256k rows), columns in :data:`~workbench.data.schema.REDSET_SCHEMA` order followed by the label
 columns, sorted by ``(arrival_timestamp, query_id)``. Every random draw comes from a
@@ -63,11 +76,43 @@ import pyarrow.parquet as pq
 from workbench.data.schema import LABEL_SCHEMA, REDSET_SCHEMA
 from workbench.exceptions import ConfigurationError
 
-__all__ = ["ANOMALY_KINDS", "QUERY_TYPES", "GenerateSummary", "generate"]
+__all__ = [
+    "ALL_KINDS",
+    "ANOMALY_KINDS",
+    "EXTRA_KINDS",
+    "KIND_FAMILY",
+    "QUERY_KINDS",
+    "QUERY_TYPES",
+    "WINDOW_KINDS",
+    "GenerateSummary",
+    "generate",
+    "resolve_kinds",
+    "window_labels",
+    "window_labels_path",
+]
 
 logger = logging.getLogger(__name__)
 
 ANOMALY_KINDS: tuple[str, ...] = ("slow_fingerprint", "spill_storm", "queue_storm", "scan_explosion")
+#: Kinds of the stress pack (``kinds="all"``), after the classic ones; family per kind.
+EXTRA_KINDS: tuple[str, ...] = (
+    "runaway_new_query", "plan_regression", "copy_stall", "cross_instance_heavy",
+    "concurrency_surge", "wlm_saturation", "spill_wave", "cache_miss_storm", "resize_slowdown",
+)
+ALL_KINDS: tuple[str, ...] = ANOMALY_KINDS + EXTRA_KINDS
+KIND_FAMILY: dict[str, str] = {
+    "slow_fingerprint": "point", "spill_storm": "point", "queue_storm": "point", "scan_explosion": "point",
+    "runaway_new_query": "point", "plan_regression": "point", "copy_stall": "point",
+    "cross_instance_heavy": "contextual", "concurrency_surge": "contextual",
+    "wlm_saturation": "collective", "spill_wave": "collective", "cache_miss_storm": "collective",
+    "resize_slowdown": "collective",
+}
+#: Kinds labelled per 10-minute window as well as per query (many queries together).
+WINDOW_KINDS: tuple[str, ...] = ("concurrency_surge", "wlm_saturation", "spill_wave", "cache_miss_storm",
+                                 "resize_slowdown")
+#: Kinds anomalous query by query (each labelled row deviates on its own).
+QUERY_KINDS: tuple[str, ...] = tuple(k for k in ALL_KINDS if k not in WINDOW_KINDS)
+WINDOW_MS = 600_000
 
 QUERY_TYPES: tuple[str, ...] = (
     "select", "insert", "copy", "delete", "update", "ctas", "analyze", "vacuum", "other", "unload",
@@ -432,6 +477,7 @@ def _instance_day(rng: np.random.Generator, inst: _Instance, n_total: int,
         "joins": templates.joins[tpl], "scans": templates.scans[tpl], "aggs": templates.aggs[tpl],
         "expected": expected,
         "eligible": ~fresh_row & ~aborted & (expected < _FAST_MS) & (exec_ms > 0),
+        "fresh": fresh_row & ~aborted,
     }
 
     # Result-cache hits: a later copy of an earlier select by the same user.
@@ -456,7 +502,7 @@ def _instance_day(rng: np.random.Generator, inst: _Instance, n_total: int,
             "n_sys": np.full(m, -1), "read_ids": np.full(m, None, dtype=object),
             "write_ids": np.full(m, None, dtype=object), "scan": zeros, "spill": zeros,
             "joins": np.full(m, -1), "scans": np.full(m, -1), "aggs": np.full(m, -1),
-            "expected": zeros, "eligible": np.zeros(m, dtype=bool),
+            "expected": zeros, "eligible": np.zeros(m, dtype=bool), "fresh": np.zeros(m, dtype=bool),
         }
         rows = {key: np.concatenate([rows[key], cached_rows[key]]) for key in rows}
         n = len(rows["ts"])
@@ -474,19 +520,25 @@ def _instance_day(rng: np.random.Generator, inst: _Instance, n_total: int,
     return rows
 
 
-def _inject_anomalies(rng: np.random.Generator, rows: dict[str, np.ndarray], rate: float) -> np.ndarray:
-    """Mark and modify anomalous rows in place; returns the kind code per row (-1 = none)."""
+def _inject_anomalies(rng: np.random.Generator, rows: dict[str, np.ndarray], rate: float,
+                      kinds: tuple[str, ...] = ANOMALY_KINDS) -> np.ndarray:
+    """Mark and modify anomalous rows in place; returns the kind code per row (-1 = none).
+
+    ``kinds`` are the classic kinds to inject (a subset of :data:`ANOMALY_KINDS`); codes index
+    :data:`ALL_KINDS`.
+    """
     n = len(rows["ts"])
     kind = np.full(n, -1, dtype=np.int8)
     eligible = rows["eligible"].copy()
-    n_anomalies = int(rng.binomial(n, rate)) if rate > 0 else 0
+    n_anomalies = int(rng.binomial(n, rate)) if rate > 0 and kinds else 0
     if n_anomalies == 0 or not eligible.any():
         return kind
-    counts = rng.multinomial(n_anomalies, [1 / len(ANOMALY_KINDS)] * len(ANOMALY_KINDS))
+    counts = rng.multinomial(n_anomalies, [1 / len(kinds)] * len(kinds))
     inst_order = np.argsort(rows["instance"], kind="stable")   # rows are time-sorted already
     where = np.empty(n, dtype=np.int64)
     where[inst_order] = np.arange(n)
-    for code, (name, count) in enumerate(zip(ANOMALY_KINDS, counts.tolist(), strict=True)):
+    for name, count in zip(kinds, counts.tolist(), strict=True):
+        code = ALL_KINDS.index(name)
         chosen: list[int] = []
         if name in ("slow_fingerprint", "scan_explosion"):
             candidates = np.flatnonzero(eligible)
@@ -521,6 +573,206 @@ def _inject_anomalies(rng: np.random.Generator, rows: dict[str, np.ndarray], rat
     return kind
 
 
+# --- the stress pack ------------------------------------------------------------------------------
+_MIN = 60_000_000  # µs
+_MIN_WINDOW_ROWS = 10  # affected queries that make a window a labelled collective anomaly
+
+
+def _runaway_new_query(rng: np.random.Generator, rows: dict[str, np.ndarray], idx: np.ndarray) -> None:
+    """A never-seen fingerprint runs for 10-60 minutes (a new report with a cross join)."""
+    rows["exec"][idx] = np.rint(rng.uniform(10, 60, len(idx)) * 60_000.0)
+
+
+def _plan_regression(rng: np.random.Generator, rows: dict[str, np.ndarray], idx: np.ndarray) -> None:
+    """A repeating query gets a bad plan (stale statistics): 5-20x slower, often spilling."""
+    m = len(idx)
+    rows["exec"][idx] = np.rint(np.minimum(np.maximum(rows["exec"][idx] * rng.uniform(5, 20, m),
+                                                      rows["exec"][idx] + rng.uniform(2_000, 20_000, m)),
+                                           _EXEC_CAP_MS))
+    spills = (rng.random(m) < 0.5) & (rows["scan"][idx] > 10)
+    rows["spill"][idx] = np.where(spills, np.rint(rows["scan"][idx] * rng.uniform(0.5, 2, m)), rows["spill"][idx])
+
+
+def _copy_stall(rng: np.random.Generator, rows: dict[str, np.ndarray], idx: np.ndarray) -> None:
+    """A COPY / UNLOAD stalls on S3 throttling or a lock: 3-30 minutes longer."""
+    rows["exec"][idx] = np.rint(rows["exec"][idx] + rng.uniform(3, 30, len(idx)) * 60_000.0)
+
+
+def _cross_instance_heavy(rng: np.random.Generator, rows: dict[str, np.ndarray], idx: np.ndarray) -> None:
+    """An ETL-sized statement (normal on a big warehouse) on an instance where this query is light."""
+    m = len(idx)
+    rows["exec"][idx] = np.rint(rng.uniform(60_000, 600_000, m))
+    rows["scan"][idx] = np.rint(np.maximum(rows["scan"][idx], 1.0) + rng.uniform(50_000, 500_000, m))
+
+
+_POINT_EFFECTS = {
+    "runaway_new_query": _runaway_new_query,
+    "plan_regression": _plan_regression,
+    "copy_stall": _copy_stall,
+    "cross_instance_heavy": _cross_instance_heavy,
+}
+
+
+def _point_candidates(rows: dict[str, np.ndarray], name: str, big_instance: int) -> np.ndarray:
+    plain = ~rows["aborted"] & ~rows["cached"] & (rows["exec"] > 0)
+    if name == "runaway_new_query":
+        return rows["fresh"] & plain & (rows["expected"] < 30_000)
+    if name == "copy_stall":
+        return plain & np.isin(rows["qtype"], (_T["copy"], _T["unload"])) & (rows["expected"] < 60_000)
+    if name == "cross_instance_heavy":
+        return rows["eligible"] & (rows["instance"] != big_instance) & (rows["scan"] < 10_000)
+    return rows["eligible"].copy()
+
+
+def _episode_rows(rows: dict[str, np.ndarray], inst: int, start: int, end: int) -> np.ndarray:
+    return np.flatnonzero((rows["instance"] == inst) & (rows["ts"] >= start) & (rows["ts"] < end))
+
+
+def _collective(rng: np.random.Generator, rows: dict[str, np.ndarray], name: str, inst: int, start: int,
+                end: int, kind: np.ndarray) -> np.ndarray:
+    """Apply one collective episode; returns the affected rows."""
+    idx = _episode_rows(rows, inst, start, end)
+    idx = idx[kind[idx] < 0]
+    plain = idx[~rows["aborted"][idx] & ~rows["cached"][idx]]
+    m = len(plain)
+    if name == "wlm_saturation":  # every WLM slot taken: everyone waits seconds to a minute
+        rows["queue"][plain] += np.rint(_lognormal(rng, 8_000.0, 0.7, m))
+        return plain
+    if name == "spill_wave":  # a memory-hungry job squeezes everyone's working memory
+        hit = plain[rows["scan"][plain] > 50]
+        k = len(hit)
+        rows["spill"][hit] = np.rint(rows["scan"][hit] * rng.uniform(0.5, 3, k)) + 1
+        rows["exec"][hit] = np.rint(np.minimum(rows["exec"][hit] * rng.uniform(1.5, 3, k), _EXEC_CAP_MS))
+        return hit
+    if name == "resize_slowdown":  # elastic resize to half the nodes: held, then slower
+        size = rows["cluster_size"][idx]
+        rows["cluster_size"][idx] = np.where(size > 0, np.maximum(size // 2, 1), size)
+        rows["exec"][plain] = np.rint(np.minimum(rows["exec"][plain] * rng.uniform(1.8, 2.6, m), _EXEC_CAP_MS))
+        held = plain[rows["ts"][plain] < start + 10 * _MIN]
+        rows["queue"][held] += np.rint(rng.uniform(10_000, 120_000, len(held)))
+        return idx
+    if name == "cache_miss_storm":  # a commit invalidated the result cache: hits become executions
+        cached = idx[rows["cached"][idx]]
+        qid_pos = {int(q): i for i, q in enumerate(rows["query_id"].tolist())
+                   if rows["instance"][i] == inst}
+        out = []
+        for i in cached.tolist():
+            src = qid_pos.get(int(rows["source"][i]))
+            if src is None:
+                continue
+            for col in ("fingerprint", "qtype", "n_perm", "n_ext", "n_sys", "read_ids", "write_ids", "scan",
+                        "spill", "joins", "scans", "aggs", "compile"):
+                rows[col][i] = rows[col][src]
+            rows["exec"][i] = np.rint(rows["exec"][src] * np.exp(0.35 * rng.standard_normal()))
+            rows["cached"][i] = False
+            rows["source"][i] = -1
+            out.append(i)
+        return np.asarray(out, dtype=np.int64)
+    msg = f"unknown collective kind {name}"
+    raise ValueError(msg)
+
+
+def _inject_extra(rng: np.random.Generator, rows: dict[str, np.ndarray], kind: np.ndarray, kinds: tuple[str, ...],
+                  rate: float, episodes_per_kind: int, day_start_us: int) -> list[tuple[int, int, str]]:
+    """Point, contextual and collective kinds of the stress pack; returns the episodes."""
+    instances, counts = np.unique(rows["instance"], return_counts=True)
+    big = int(instances[np.argmax(counts)])
+    point = [k for k in kinds if k in _POINT_EFFECTS]
+    per_kind = int(rng.binomial(len(rows["ts"]), rate / len(ANOMALY_KINDS)))  # as much as each classic kind
+    for name in point:
+        cand = np.flatnonzero(_point_candidates(rows, name, big) & (kind < 0))
+        take = min(per_kind, len(cand))
+        if not take:
+            continue
+        idx = rng.choice(cand, take, replace=False)
+        _POINT_EFFECTS[name](rng, rows, idx)
+        kind[idx] = ALL_KINDS.index(name)
+    episodes: list[tuple[int, int, str]] = []
+    # Collective episodes go to instances with enough traffic to be seen (>= 4 queries / 10 min),
+    # uniformly (a storm is not more likely on a busier instance).
+    busy = instances[counts >= 4 * 144]
+    if not len(busy):
+        return episodes
+    busy_w = np.ones(len(busy))
+    for name in [k for k in kinds if k in WINDOW_KINDS]:
+        for _ in range(episodes_per_kind):
+            inst = int(rng.choice(busy, p=busy_w / busy_w.sum()))
+            own = np.flatnonzero(rows["instance"] == inst)
+            if name == "concurrency_surge":  # an hour of arrivals squeezed into 20 quiet minutes
+                # an ordinary hour of the instance (the median of its active hours)
+                hours = np.bincount(rows["ts"][own] // (60 * _MIN), minlength=24)
+                active = np.flatnonzero(hours > 0)
+                start = int(active[np.argsort(hours[active])[len(active) // 2]]) * 60 * _MIN
+                src = _episode_rows(rows, inst, start, start + 60 * _MIN)
+                src = src[kind[src] < 0]
+                rows["ts"][src] = start + (rows["ts"][src] - start) // 3
+                m = len(src)
+                rows["queue"][src] += np.rint(_lognormal(rng, 3_000.0, 0.8, m))
+                rows["exec"][src] = np.rint(np.minimum(rows["exec"][src] * rng.uniform(1.2, 2.0, m), _EXEC_CAP_MS))
+                hit = src
+            else:
+                minutes = int(rng.integers(2, 6)) * 10
+                # start at a random query of the instance (episodes happen while it works)
+                start = min(int(rows["ts"][rng.choice(own)]) // (10 * _MIN) * 10 * _MIN, _DAY_US - minutes * _MIN)
+                end = start + minutes * _MIN
+                hit = _collective(rng, rows, name, inst, start, end, kind)
+            if len(hit):
+                kind[hit] = ALL_KINDS.index(name)
+                # A window is labelled when it holds at least _MIN_WINDOW_ROWS affected queries.
+                starts, counts_w = np.unique(rows["ts"][hit] // (10 * _MIN), return_counts=True)
+                for ws in starts[counts_w >= _MIN_WINDOW_ROWS].tolist():
+                    episodes.append((inst, day_start_us + ws * 10 * _MIN, name))
+    return episodes
+
+
+def resolve_kinds(kinds: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """``None`` / ``"classic"`` = :data:`ANOMALY_KINDS`; ``"all"`` = :data:`ALL_KINDS`; or a list/comma text."""
+    if kinds is None or kinds == "classic":
+        return ANOMALY_KINDS
+    if kinds == "all":
+        return ALL_KINDS
+    names = tuple(k.strip() for k in kinds.split(",")) if isinstance(kinds, str) else tuple(kinds)
+    unknown = [k for k in names if k not in ALL_KINDS]
+    if unknown or not names:
+        msg = (f"The `kinds` parameter of generate() must be 'classic', 'all' or names from {ALL_KINDS}. "
+               f"Got unknown {unknown or names!r} instead.")
+        raise ConfigurationError(msg)
+    return tuple(k for k in ALL_KINDS if k in names)
+
+
+def window_labels_path(path: str | Path) -> Path:
+    """The sidecar of a generated log holding its collective episodes' windows."""
+    path = Path(path)
+    return path.with_name(path.stem + ".windows.parquet")
+
+
+_WINDOW_LABEL_SCHEMA = pa.schema([pa.field("instance_id", pa.int64()),
+                                  pa.field("window_start", pa.timestamp("ms", tz="UTC")),
+                                  pa.field("kind", pa.string())])
+
+
+def _episode_windows(episodes: list[tuple[int, int, str]]) -> pa.Table:
+    """The labelled ``(instance_id, window_start, kind)`` windows as a table."""
+    inst = [e[0] for e in episodes]
+    starts = [e[1] // 1000 for e in episodes]
+    kinds = [e[2] for e in episodes]
+    return pa.table({"instance_id": pa.array(inst, pa.int64()),
+                     "window_start": pa.array(starts, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+                     "kind": pa.array(kinds, pa.string())}, schema=_WINDOW_LABEL_SCHEMA)
+
+
+def window_labels(path: str | Path) -> pa.Table:
+    """The ``(instance_id, window_start, kind)`` collective anomalies of a generated log.
+
+    Read from the sidecar :func:`window_labels_path` written next to the log (labels never travel
+    on the wire); an empty table when the log has none.
+    """
+    side = window_labels_path(path)
+    if not side.exists():
+        return _WINDOW_LABEL_SCHEMA.empty_table()
+    return pq.read_table(side)
+
+
 def _to_table(rows: dict[str, np.ndarray], day_start_us: int, kind: np.ndarray) -> pa.Table:
     def ints(values: np.ndarray, null_below_zero: bool = False) -> pa.Array:
         values = np.asarray(values).astype(np.int64)
@@ -529,7 +781,7 @@ def _to_table(rows: dict[str, np.ndarray], day_start_us: int, kind: np.ndarray) 
 
     cached = rows["cached"]
     type_names = np.array(QUERY_TYPES, dtype=object)
-    kinds = np.array((*ANOMALY_KINDS, None), dtype=object)
+    kinds = np.array((*ALL_KINDS, None), dtype=object)
     arrays = [
         ints(rows["instance"]),
         ints(rows["cluster_size"], True),
@@ -581,6 +833,8 @@ def generate(
     anomaly_rate: float = 0.002,
     rows_per_day: int | None = None,
     progress: bool = False,
+    kinds: str | tuple[str, ...] | list[str] | None = None,
+    episodes_per_kind: int = 1,
 ) -> GenerateSummary:
     """Write a synthetic Redset-like query log with labelled anomalies to a Parquet file.
 
@@ -602,6 +856,13 @@ def generate(
         Average queries per day over the fleet (default 500,000; the weekday cycle varies it).
     progress : bool
         Show a tqdm progress bar, one step per day.
+    kinds : str or sequence of str, optional
+        Which anomaly kinds to inject: ``"classic"`` (default, :data:`ANOMALY_KINDS`, the demo log),
+        ``"all"`` (the stress pack, :data:`ALL_KINDS`) or names. Per-query kinds share
+        ``anomaly_rate``; each window kind gets ``episodes_per_kind`` episodes a day, whose
+        windows are written to the sidecar :func:`window_labels_path`.
+    episodes_per_kind : int
+        Collective episodes per window kind and day.
 
     Returns
     -------
@@ -614,6 +875,10 @@ def generate(
     _check("instances", instances, 1, 10_000, "an integer")
     _check("rows_per_day", rows_per_day, 1, None, "an integer")
     _check("anomaly_rate", anomaly_rate, 0.0, 0.2, "a float")
+    _check("episodes_per_kind", episodes_per_kind, 0, 100, "an integer")
+    chosen = resolve_kinds(kinds)
+    classic = tuple(k for k in chosen if k in ANOMALY_KINDS)
+    stress = chosen != ANOMALY_KINDS
     if isinstance(start, str):
         try:
             start = dt.date.fromisoformat(start)
@@ -626,6 +891,9 @@ def generate(
 
     root = np.random.SeedSequence(seed)
     setup_seq, *day_seqs = root.spawn(days + 1)
+    # The stress pack draws from its own streams, so the classic log's bytes never change.
+    extra_seqs = root.spawn(days) if stress else []
+    episodes: list[tuple[int, int, str]] = []
     fleet = _setup_instances(np.random.Generator(np.random.PCG64(setup_seq)), n=instances, days=days,
                              rows_per_day=rows_per_day)
     weekday = _WEEKDAY_PROFILE / _WEEKDAY_PROFILE.mean()
@@ -663,7 +931,15 @@ def generate(
                 rows = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
                 order = np.lexsort((rows["query_id"], rows["ts"]))
                 rows = {key: value[order] for key, value in rows.items()}
-                kind = _inject_anomalies(rng, rows, anomaly_rate)
+                kind = _inject_anomalies(rng, rows, anomaly_rate * len(classic) / len(ANOMALY_KINDS)
+                                         if stress else anomaly_rate, classic)
+                if stress:
+                    extra_rng = np.random.Generator(np.random.PCG64(extra_seqs[day]))
+                    episodes += _inject_extra(extra_rng, rows, kind, chosen, anomaly_rate, episodes_per_kind,
+                                              epoch_us + day * _DAY_US)
+                    order = np.lexsort((rows["query_id"], rows["ts"]))
+                    rows = {key: value[order] for key, value in rows.items()}
+                    kind = kind[order]
                 table = _to_table(rows, epoch_us + day * _DAY_US, kind)
                 writer.write_table(table, row_group_size=_ROW_GROUP)
                 total_rows += table.num_rows
@@ -675,6 +951,11 @@ def generate(
                 logger.debug("generated day=%s rows=%d", date, table.num_rows)
                 if bar is not None:
                     bar.update(1)
+        side = window_labels_path(out)
+        if stress:
+            pq.write_table(_episode_windows(episodes), side)
+        else:
+            side.unlink(missing_ok=True)
         tmp.replace(out)
     finally:
         if bar is not None:

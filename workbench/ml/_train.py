@@ -22,7 +22,7 @@ from workbench.ml.features import SIGNALS, FeatureBuilder, _log_signal
 from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
 from workbench.ml.registry import ModelRegistry
 
-__all__ = ["TrainResult", "load_log_window", "train_day", "train_table", "window_days_of"]
+__all__ = ["TrainResult", "load_log_window", "split_window", "train_day", "train_table", "window_days_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +72,42 @@ def _library_versions() -> dict[str, str]:
             "numpy": np.__version__, "pyarrow": pa.__version__}
 
 
+def split_window(table: pa.Table, *, max_rows: int = 400_000, seed: int = 0,
+                 holdout_fraction: float = 0.15) -> tuple[pa.Table, pa.Table, int]:
+    """``(train, holdout, usable rows)`` of a window: non-aborted rows with a runtime, capped.
+
+    The holdout is made of whole hours (every ``1 / holdout_fraction``-th hour of the window),
+    scored with the history of the other hours only: like the next day's traffic, it holds
+    fingerprints the model never saw, and it spans the whole daily cycle (a tail-of-window holdout
+    would calibrate on the quiet evening hours only).
+    """
+    table = table.select([c for c in COLUMNS if c in table.column_names])
+    keep = pc.and_(pc.is_valid(table.column("execution_duration_ms")),
+                   pc.invert(pc.fill_null(table.column("was_aborted"), False)))
+    table = table.filter(keep)
+    raw_rows = table.num_rows
+    if raw_rows < MIN_ROWS:
+        return table, table.slice(0, 0), raw_rows
+    rng = np.random.default_rng(seed)
+    if raw_rows > max_rows:
+        table = table.take(np.sort(rng.choice(raw_rows, max_rows, replace=False)))
+    ts = table.column("arrival_timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
+    # Blocked holdout: whole hours, every k-th hour of the window (k ~ 1 / holdout_fraction), so
+    # it spans every hour of the day while its fingerprints that first appear in those hours are
+    # as unseen as tomorrow's.
+    every = max(round(1 / holdout_fraction), 2)
+    hold = (ts // 3_600_000_000) % every == every // 2
+    if hold.sum() < 200 or (~hold).sum() < 200:  # a window of a few hours: fall back to the tail
+        order = np.argsort(ts, kind="stable")
+        hold = np.zeros(len(ts), dtype=bool)
+        hold[order[len(ts) - max(int(len(ts) * holdout_fraction), 200):]] = True
+    hold_idx, train_idx = np.flatnonzero(hold), np.flatnonzero(~hold)
+    return table.take(train_idx), table.take(hold_idx), raw_rows
+
+
 def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days: int = 7,
                 max_rows: int = 400_000, seed: int = 0, holdout_fraction: float = 0.15,
-                alert_rate: float = 0.001, parity_tolerance: float = PARITY_TOLERANCE,
+                alert_rate: float = 0.0005, parity_tolerance: float = PARITY_TOLERANCE,
                 model_params: dict[str, Any] | None = None, parent: str | None = None,
                 set_current: bool = True) -> TrainResult:
     """Train, export, check and register a version from the events of one window.
@@ -92,29 +125,21 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
         Seeded uniform sample cap.
     holdout_fraction : float, default=0.15
         Share of rows held out for parity, regression metrics and detector calibration.
-    alert_rate : float, default=0.001
+    alert_rate : float, default=0.0005
         The detector's target false-alert rate (see :class:`ResidualDetector`).
     """
     t_start = time.perf_counter()
     registry = ModelRegistry(models_dir)
     parent = parent if parent is not None else registry.current()
-    table = table.select([c for c in COLUMNS if c in table.column_names])
-    keep = pc.and_(pc.is_valid(table.column("execution_duration_ms")),
-                   pc.invert(pc.fill_null(table.column("was_aborted"), False)))
-    table = table.filter(keep)
-    raw_rows = table.num_rows
+    train, hold, raw_rows = split_window(table, max_rows=max_rows, seed=seed,
+                                         holdout_fraction=holdout_fraction)
     if raw_rows < MIN_ROWS:
         msg = (f"Training for {day} needs at least {MIN_ROWS} non-aborted rows in the {window_days}-day "
                f"window; got {raw_rows}. Wait for more events or widen window_days.")
         raise TrainingError(msg)
-    rng = np.random.default_rng(seed)
-    if raw_rows > max_rows:
-        table = table.take(np.sort(rng.choice(raw_rows, max_rows, replace=False)))
-    n = table.num_rows
-    perm = rng.permutation(n)
-    n_hold = max(int(n * holdout_fraction), 200)
-    hold_idx, train_idx = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
-    train, hold = table.take(train_idx), table.take(hold_idx)
+    n = train.num_rows + hold.num_rows
+    n_hold = hold.num_rows
+    train_idx = range(train.num_rows)
 
     t0 = time.perf_counter()
     builder = FeatureBuilder(seed=seed)
@@ -131,15 +156,16 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
         feature_state = builder.save(staged)
         t_export = time.perf_counter() - t1
         pair = OnnxPair(staged / "mean.onnx", staged / "quantile.onnx")
-        X_hold, refs = builder.transform_with_references(hold)
+        X_hold, refs, source = builder.transform_with_evidence(hold)
         sample = X_hold[:PARITY_ROWS]
         parity = parity_max_abs_diff(model, pair, sample, tolerance=parity_tolerance)
         mean_log, q_log = pair.predict_log(X_hold)
         observed = {s: _log_signal(hold, s) for s in SIGNALS}
         detector = ResidualDetector(alert_rate=alert_rate, quantile=model.quantile)
         z = detector.residuals(observed, mean_log, q_log, refs)
-        detector.fit(z)
-        _, alert, _ = detector.decide(z)
+        excess = detector.excess(observed, detector.expected(mean_log, refs))
+        detector.fit(z, excess, source)
+        _, alert, _ = detector.decide(z, excess, source)
         y_hold = observed["exec"]
         holdout = {
             "rows": len(y_hold),

@@ -1,26 +1,69 @@
-"""Anomaly decision: standardised residuals of every observed signal, calibrated on a holdout.
+"""Anomaly decision: relative surprise *and* absolute impact, calibrated on a holdout.
 
+Relative surprise
+-----------------
 For each query and signal the detector computes a z-like residual in log space:
 
 * ``exec``: ``(log1p(exec) - mean) / s`` where ``s = (q90 - mean) / 1.2816`` is the per-query
-  spread implied by the quantile model (floored at ``min_scale``);
+  spread implied by the quantile model, clipped to ``[min_scale, max_scale]``. The upper cap is the
+  point: an unseen fingerprint gets a wide quantile interval, and without a cap a query predicted
+  at 0.3 s that ran 42 minutes would look unremarkable. Beyond the cap the expectation falls back
+  to what the regressor knows without the fingerprint's history (instance statistics, query type,
+  plan shape, tables, compile time), with bounded tolerance;
 * ``scan``: ``(log1p(MB scanned) - median) / (IQR / 1.349)`` against the fingerprint's history in
-  the training window (the instance's history when the fingerprint is rare);
+  the training window (the instance's history when the fingerprint is rare), spread clipped the
+  same way;
 * ``spill``: ``log1p(MB spilled) - log1p(MB scanned)`` (spill normally stays well below the scan);
 * ``queue``: ``log1p(queue) - max(usual log queue, predicted log exec)``: waiting longer than the
   fingerprint usually waits *and* longer than the query is expected to run.
 
 Each residual is put on a common scale with the training holdout: ``u = (z - median_h) /
-(q99_h - median_h)``. The anomaly score is ``max(u)`` over signals and the reason names the signal
-that attains it.
+(q99_h - median_h)``, so ``u = 1`` is a 1-in-100 surprise of that signal on normal traffic.
 
-The threshold targets ``alert_rate`` false alerts on normal traffic. The holdout comes from the
-training window and may itself contain anomalies (at a rate that may exceed ``alert_rate``), so
-its raw ``1 - alert_rate`` quantile would land inside the anomalies. Instead the tail is
-extrapolated from the holdout's 95th and 99th percentiles (robust to under 1 % contamination),
-assuming an exponential tail: ``threshold = q95 + (q99 - q95) / ln 5 * ln(0.05 / alert_rate)``
-(split-conformal calibration with a peaks-over-threshold tail). Every number is a function of the
-row and the model version only, so decisions do not depend on how rows are batched.
+Absolute impact
+---------------
+Next to each residual the detector computes what is at stake in natural units, the *excess*
+``e = observed - expected``: seconds of runtime (expected = the mean model), seconds of queueing
+(expected = the larger of the usual wait and the expected runtime), MB scanned (expected = the
+history's median) and MB spilled (expected = the history's median spill). Two per-signal constants
+frame it, both chosen from what an operator would call material, never from injected kinds:
+
+* ``floors``: the smallest excess worth a human's attention (1 s of runtime or queueing, 1 GB
+  scanned or spilled). Below it a query never alerts, however large the *relative* deviation:
+  a 5 ms query that took 400 ms is noise, not an incident;
+* ``costly``: an excess that is expensive on its own (10 minutes of runtime or queueing, 1 TB
+  scanned, 100 GB spilled).
+
+Combination (a two-sided test with a stake-dependent evidence bar)
+------------------------------------------------------------------
+The relative evidence a query needs falls as the stake grows: at the floor it needs the full
+calibrated threshold ``T`` (the ``1 - alert_rate`` tail of normal traffic), at the costly level
+only ``u = 1`` (a 1-in-100 surprise), and less still beyond::
+
+    s = u * (e / floor) ** gamma,   gamma = ln(T0) / ln(costly / floor)
+
+(``T0`` = the threshold of ``u`` alone). ``T`` is then calibrated on ``s`` over the holdout (tail
+extrapolation, below), and the relative path's score is ``min(s / T, e / floor)``: above 1 exactly
+when the relative evidence clears the stake-adjusted bar *and* the excess clears the floor.
+
+The costly path stands next to it for the time signals (runtime, queue wait: the cost a user
+feels directly; MB scanned or spilled go the relative path only, a costly scan that costs time
+shows in the runtime): ``min(e / costly, z / costly_z)`` with the raw (capped, not recalibrated)
+residual ``z``: an excess that is expensive on its own alerts as soon as the query is at least
+``costly_z = 2`` capped units above its expectation, whatever the calibration of its group (for a
+never-seen fingerprint: at least ``e^2 ~ 7x`` its prior). A per-signal score is the
+larger of the two paths; the query's score is the maximum over signals, the signal attaining it
+is the reason and its evidence (expected, observed, excess, reference) travels with the alert. A
+query running tens of minutes longer than expected alerts whatever its fingerprint's history;
+sub-second noise never does (floor).
+
+Calibration: the threshold targets ``alert_rate`` false alerts on normal traffic. The holdout
+comes from the training window and may itself contain anomalies, so its raw ``1 - alert_rate``
+quantile would land inside them. Instead the tail is extrapolated from the holdout's 95th and
+99th percentiles, assuming an exponential tail: ``T = q95 + (q99 - q95) / ln 5 * ln(0.05 /
+alert_rate)`` (split-conformal calibration with a peaks-over-threshold tail). The floor gate only
+removes alerts, so the realised false-alert rate is at most the target. Every number is a
+function of the row and the model version only, so decisions do not depend on batching.
 """
 
 from __future__ import annotations
@@ -31,7 +74,7 @@ import numpy as np
 
 from workbench.ml.exceptions import NotFittedError
 
-__all__ = ["REASONS", "ResidualDetector"]
+__all__ = ["COSTLY", "FLOORS", "REASONS", "TIME_SIGNALS", "UNITS", "ResidualDetector"]
 
 #: Reason string per signal.
 REASONS: dict[str, str] = {
@@ -40,103 +83,227 @@ REASONS: dict[str, str] = {
     "scan": "scan_explosion",
     "spill": "spill_exceeds_scan",
 }
+#: Unit of each signal's expected / observed / excess values.
+UNITS: dict[str, str] = {"exec": "ms", "queue": "ms", "scan": "MB", "spill": "MB"}
+#: Signals measured in time, the cost a user feels directly: only they have the costly path (a big
+#: scan or spill that costs time shows up in the runtime; on its own it goes the relative path).
+TIME_SIGNALS: tuple[str, ...] = ("exec", "queue")
+#: Smallest excess that may alert (natural units): 1 s of runtime or wait, 1 GB scanned or spilled.
+FLOORS: dict[str, float] = {"exec": 1_000.0, "queue": 1_000.0, "scan": 1_000.0, "spill": 1_000.0}
+#: Excess that is costly on its own: 10 min of runtime or wait, 1 TB scanned, 100 GB spilled.
+COSTLY: dict[str, float] = {"exec": 600_000.0, "queue": 600_000.0, "scan": 1_000_000.0, "spill": 100_000.0}
 _Z90 = 1.2815515655446004  # standard normal 0.9 quantile
 _IQR_TO_SIGMA = 1.349
 
 
 class ResidualDetector:
-    """Per-query anomaly score from standardised log-space residuals.
+    """Per-query anomaly score from log-space surprise weighted by absolute excess.
 
     Parameters
     ----------
-    alert_rate : float, default=0.001
+    alert_rate : float, default=0.0005
         Target share of *normal* queries that alert (false alerts); true anomalies come on top.
+        Half the product's budget of 10 per 10k: on a new day the realised rate runs up to
+        about 1.2-2x the holdout's (traffic shifts, fingerprints never seen).
     signals : tuple of str, default=("exec", "queue", "scan", "spill")
         Observed signals to score (subset of :data:`REASONS`).
-    min_scale : float, default=0.25
-        Floor of every spread in log units (a fingerprint that always runs in 100 ms still
-        tolerates ~28 % variation per unit of z).
+    min_scale, max_scale : float, default=0.25, 1.0
+        Bounds of every spread in log units: a fingerprint that always runs in 100 ms still
+        tolerates ~28 % per unit of z, and no history, however thin, tolerates more than a
+        factor ``e`` per unit of z (a 20x runtime is always at least 3 units).
     reference_quantile : float, default=0.99
         Holdout quantile that maps to ``u = 1`` for each signal.
     quantile : float, default=0.9
         The quantile of the upper regressor (to turn its distance to the mean into a sigma).
+    floors, costly : dict, optional
+        Per-signal excess levels (see the module docstring); default :data:`FLOORS`, :data:`COSTLY`.
     """
 
-    def __init__(self, *, alert_rate: float = 0.001, signals: tuple[str, ...] = tuple(REASONS),
-                 min_scale: float = 0.25, reference_quantile: float = 0.99, quantile: float = 0.9) -> None:
+    def __init__(self, *, alert_rate: float = 0.0005, signals: tuple[str, ...] = tuple(REASONS),
+                 min_scale: float = 0.25, max_scale: float = 1.0, reference_quantile: float = 0.99,
+                 quantile: float = 0.9, floors: dict[str, float] | None = None,
+                 costly: dict[str, float] | None = None, min_group_rows: int = 500,
+                 costly_z: float = 2.0) -> None:
         self.alert_rate = alert_rate
         self.signals = signals
         self.min_scale = min_scale
+        self.max_scale = max_scale
         self.reference_quantile = reference_quantile
         self.quantile = quantile
+        self.floors = dict(FLOORS if floors is None else floors)
+        self.costly = dict(COSTLY if costly is None else costly)
+        self.min_group_rows = min_group_rows
+        self.costly_z = costly_z
+        self.n_groups = 1
 
-    def residuals(self, observed_log: dict[str, np.ndarray], pred_mean_log: np.ndarray,
-                  pred_q_log: np.ndarray, references: dict[str, tuple[np.ndarray, np.ndarray]]
-                  ) -> dict[str, np.ndarray]:
-        """Raw standardised residual ``z`` of each signal (positive = more than expected)."""
+    # --- per-row quantities -----------------------------------------------------------------
+    def _check_signals(self) -> None:
         unknown = [s for s in self.signals if s not in REASONS]
         if unknown:
             msg = (f"The 'signals' parameter of ResidualDetector must be a subset of {tuple(REASONS)}. "
                    f"Got unknown {unknown}.")
             raise ValueError(msg)
+        if self.max_scale < self.min_scale:
+            msg = (f"The 'max_scale' parameter of ResidualDetector must be >= min_scale ({self.min_scale}). "
+                   f"Got {self.max_scale}.")
+            raise ValueError(msg)
+
+    def residuals(self, observed_log: dict[str, np.ndarray], pred_mean_log: np.ndarray,
+                  pred_q_log: np.ndarray, references: dict[str, tuple[np.ndarray, np.ndarray]]
+                  ) -> dict[str, np.ndarray]:
+        """Raw standardised residual ``z`` of each signal (positive = more than expected)."""
+        self._check_signals()
         z_q = _Z90 if self.quantile == 0.9 else float(np.sqrt(2) * _erfinv(2 * self.quantile - 1))
         out = {}
         for s in self.signals:
             if s == "exec":
-                scale = np.maximum((pred_q_log - pred_mean_log) / z_q, self.min_scale)
+                scale = np.clip((pred_q_log - pred_mean_log) / z_q, self.min_scale, self.max_scale)
                 out[s] = (observed_log[s] - pred_mean_log) / scale
             elif s == "scan":
                 center, iqr = references[s]
-                out[s] = (observed_log[s] - center) / np.maximum(iqr / _IQR_TO_SIGMA, self.min_scale)
+                out[s] = (observed_log[s] - center) / np.clip(iqr / _IQR_TO_SIGMA, self.min_scale, self.max_scale)
             elif s == "spill":
                 out[s] = observed_log["spill"] - observed_log["scan"]
             else:  # queue
                 out[s] = observed_log["queue"] - np.maximum(references["queue"][0], pred_mean_log)
         return out
 
-    def fit(self, residuals: dict[str, np.ndarray]) -> ResidualDetector:
-        """Calibrate per-signal scales and the threshold on holdout residuals."""
+    def expected(self, pred_mean_log: np.ndarray, references: dict[str, tuple[np.ndarray, np.ndarray]]
+                 ) -> dict[str, np.ndarray]:
+        """Expected value of each signal in natural units (ms or MB), the base of the excess."""
+        out = {}
+        for s in self.signals:
+            if s == "exec":
+                level = pred_mean_log
+            elif s == "queue":
+                level = np.maximum(references["queue"][0], pred_mean_log)
+            else:
+                level = references[s][0]
+            out[s] = np.expm1(np.clip(level, 0.0, 50.0))
+        return out
+
+    def excess(self, observed_log: dict[str, np.ndarray], expected: dict[str, np.ndarray]
+               ) -> dict[str, np.ndarray]:
+        """Observed minus expected, natural units (negative = less than expected)."""
+        return {s: np.expm1(observed_log[s]) - expected[s] for s in self.signals}
+
+    # --- calibration ------------------------------------------------------------------------
+    def _u(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None) -> np.ndarray:
+        g = np.zeros(len(residuals[self.signals[0]]), dtype=np.int64) if groups is None else np.asarray(groups)
+        g = np.clip(g, 0, self.n_groups - 1)
+        return np.stack([(residuals[s] - np.asarray(self.center_[s])[g]) / np.asarray(self.spread_[s])[g]
+                         for s in self.signals])
+
+    def _stake(self, excess: dict[str, np.ndarray]) -> np.ndarray:
+        """``(e / floor) ** gamma`` per signal (1 at or below the floor)."""
+        rows = []
+        for s in self.signals:
+            ratio = np.maximum(excess[s] / self.floors[s], 1.0)
+            rows.append(ratio ** self.gamma_[s])
+        return np.stack(rows)
+
+    def fit(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None,
+            groups: np.ndarray | None = None) -> ResidualDetector:
+        """Calibrate per-signal scales, the stake exponents and the threshold on holdout rows.
+
+        ``excess`` (from :meth:`excess`) is needed for the impact weighting; without it the
+        detector is purely relative (stake exponents 0, floors still applied at decision time).
+        ``groups`` (small ints, e.g. the reference source of each row: own fingerprint history,
+        instance prior, global) calibrate each signal's scale per group (Mondrian calibration):
+        a residual of a well-known fingerprint is judged against well-known fingerprints, not
+        against the wider spread of never-seen ones. Groups with fewer than
+        ``min_group_rows`` holdout rows use the pooled scale.
+        """
+        self._check_signals()
         if not 0.0 < self.alert_rate < 0.05:
             msg = f"The 'alert_rate' parameter of ResidualDetector must be in (0, 0.05). Got {self.alert_rate}."
             raise ValueError(msg)
-        self.center_: dict[str, float] = {}
-        self.spread_: dict[str, float] = {}
+        g = np.zeros(len(residuals[self.signals[0]]), dtype=np.int64) if groups is None else np.asarray(groups)
+        self.n_groups = int(g.max()) + 1 if len(g) else 1
+        self.center_: dict[str, list[float]] = {}
+        self.spread_: dict[str, list[float]] = {}
         for s in self.signals:
             z = residuals[s]
-            c = float(np.median(z))
-            self.center_[s] = c
-            self.spread_[s] = max(float(np.quantile(z, self.reference_quantile)) - c, 1e-3)
-        score, _ = self._score(residuals)
-        q95, q99 = np.quantile(score, [0.95, 0.99])
-        beta = max(float(q99 - q95), 1e-6) / np.log(5.0)
-        self.threshold_ = float(q95 + beta * np.log(0.05 / self.alert_rate))
-        self.n_calibration_ = len(score)
+            pooled = (float(np.median(z)), float(np.quantile(z, self.reference_quantile)))
+            centers, spreads = [], []
+            pooled_spread = max(pooled[1] - pooled[0], 1e-3)
+            for k in range(self.n_groups):
+                zk = z[g == k]
+                c, q = (float(np.median(zk)), float(np.quantile(zk, self.reference_quantile))) \
+                    if len(zk) >= self.min_group_rows else pooled
+                centers.append(c)
+                # A group may be tighter than the pool, but not degenerate (e.g. never-seen
+                # fingerprints that mostly neither scan nor spill): at least half the pooled spread.
+                spreads.append(max(q - c, 0.5 * pooled_spread))
+            self.center_[s] = centers
+            self.spread_[s] = spreads
+        u = self._u(residuals, g)
+        t0 = _tail_threshold(u.max(axis=0), self.alert_rate)
+        self.relative_threshold_ = t0
+        self.gamma_: dict[str, float] = {}
+        for s in self.signals:
+            span = np.log(max(self.costly[s] / self.floors[s], 1.0 + 1e-9))
+            self.gamma_[s] = float(np.log(max(t0, 1.0)) / span) if excess is not None else 0.0
+        if excess is not None:
+            s_all = u * self._stake(excess)
+            self.threshold_ = _tail_threshold(s_all.max(axis=0), self.alert_rate)
+        else:
+            self.threshold_ = t0
+        self.n_calibration_ = int(u.shape[1])
         return self
 
-    def _score(self, residuals: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        u = np.stack([(residuals[s] - self.center_[s]) / self.spread_[s] for s in self.signals])
-        which = np.argmax(u, axis=0)
-        return np.take_along_axis(u, which[None, :], axis=0)[0], which
+    # --- decision -----------------------------------------------------------------------------
+    def _signal_scores(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None,
+                       groups: np.ndarray | None = None) -> np.ndarray:
+        u = self._u(residuals, groups)
+        if excess is None:  # relative only (no impact information): the old behaviour
+            return u / self.threshold_
+        s = u * self._stake(excess) / self.threshold_
+        gate = np.stack([excess[sig] / self.floors[sig] for sig in self.signals])
+        relative = np.minimum(s, gate)
+        # Costly path: the excess alone is expensive and the residual is at least ``costly_z``
+        # capped units above the expectation (not the upper tail of a long query's variation).
+        raw = np.stack([residuals[sig] for sig in self.signals])
+        costly = np.minimum(np.stack([excess[sig] / self.costly[sig] for sig in self.signals]),
+                            raw / self.costly_z)
+        on_path = np.array([sig in TIME_SIGNALS for sig in self.signals])[:, None]
+        return np.where(on_path, np.maximum(relative, costly), relative)
 
-    def decide(self, residuals: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(score, is_anomaly, reason)``; reason is ``None`` for non-anomalies."""
-        if not hasattr(self, "threshold_"):
-            msg = "This ResidualDetector is not calibrated yet; call 'fit' (or from_dict) before 'decide'."
-            raise NotFittedError(msg)
-        score, which = self._score(residuals)
-        alert = score >= self.threshold_
+    def decide(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None,
+               groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(score, is_anomaly, reason)``; alert when ``score >= 1``; reason ``None`` otherwise."""
+        score, alert, which = self.decide_with_signal(residuals, excess, groups)
         names = np.array([REASONS[s] for s in self.signals], dtype=object)
         reason = np.where(alert, names[which], None)
         return score, alert, reason
 
+    def decide_with_signal(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None,
+                           groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(score, is_anomaly, index of the deciding signal in self.signals)``."""
+        if not hasattr(self, "threshold_"):
+            msg = "This ResidualDetector is not calibrated yet; call 'fit' (or from_dict) before 'decide'."
+            raise NotFittedError(msg)
+        per_signal = self._signal_scores(residuals, excess, groups)
+        which = np.argmax(per_signal, axis=0)
+        score = np.take_along_axis(per_signal, which[None, :], axis=0)[0]
+        return score, score >= 1.0, which
+
+    # --- persistence ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able parameters and calibration (stored in ``model.json``)."""
+        """JSON-able parameters and calibration (stored in ``model.json``).
+
+        ``threshold`` is the decision threshold of the *score* (always 1.0: scores are already
+        divided by the calibrated ``score_threshold``).
+        """
         return {
             "params": {"alert_rate": self.alert_rate, "signals": list(self.signals),
-                       "min_scale": self.min_scale, "reference_quantile": self.reference_quantile,
-                       "quantile": self.quantile},
-            "center": self.center_, "spread": self.spread_, "threshold": self.threshold_,
-            "n_calibration": self.n_calibration_,
+                       "min_scale": self.min_scale, "max_scale": self.max_scale,
+                       "reference_quantile": self.reference_quantile, "quantile": self.quantile,
+                       "floors": self.floors, "costly": self.costly, "min_group_rows": self.min_group_rows,
+                       "costly_z": self.costly_z},
+            "center": self.center_, "spread": self.spread_, "gamma": self.gamma_,
+            "relative_threshold": self.relative_threshold_, "score_threshold": self.threshold_,
+            "threshold": 1.0, "n_calibration": self.n_calibration_, "n_groups": self.n_groups,
         }
 
     @classmethod
@@ -145,11 +312,21 @@ class ResidualDetector:
         params = dict(state["params"])
         params["signals"] = tuple(params["signals"])
         det = cls(**params)
-        det.center_ = {k: float(v) for k, v in state["center"].items()}
-        det.spread_ = {k: float(v) for k, v in state["spread"].items()}
-        det.threshold_ = float(state["threshold"])
+        det.n_groups = int(state.get("n_groups", 1))
+        det.center_ = {k: [float(x) for x in np.atleast_1d(v)] for k, v in state["center"].items()}
+        det.spread_ = {k: [float(x) for x in np.atleast_1d(v)] for k, v in state["spread"].items()}
+        det.gamma_ = {k: float(v) for k, v in state.get("gamma", {s: 0.0 for s in det.signals}).items()}
+        det.relative_threshold_ = float(state.get("relative_threshold", state["threshold"]))
+        det.threshold_ = float(state.get("score_threshold", state["threshold"]))
         det.n_calibration_ = int(state["n_calibration"])
         return det
+
+
+def _tail_threshold(score: np.ndarray, alert_rate: float) -> float:
+    """Exponential-tail extrapolation of the ``1 - alert_rate`` quantile from q95 and q99."""
+    q95, q99 = np.quantile(score, [0.95, 0.99])
+    beta = max(float(q99 - q95), 1e-6) / np.log(5.0)
+    return float(q95 + beta * np.log(0.05 / alert_rate))
 
 
 def _erfinv(y: float) -> float:

@@ -11,9 +11,23 @@ Metrics (all from :mod:`sklearn.metrics` where one exists):
 ``F1 @ baseline volume``
     F1 of the top-k scores where k is the number of baseline alerts on the same day, so the
     detector and the baseline are compared at the same alert volume.
+``false alerts per 10k normal``
+    Alerts on unlabelled rows per 10,000 unlabelled rows.
+``recall@baseline volume[<kind>]``
+    Per-kind recall of the detector's top-k scores, k = the baseline's alert count: the two
+    detectors compared at equal alert volume.
 ``MAE(log)``, ``q90 coverage``
     Mean absolute error of the mean regressor and share of runtimes at or below the q90
     prediction, in ``log1p(ms)``.
+
+Logs with collective kinds (``workbench generate --kinds all``): rows of window kinds
+(:data:`workbench.data.generator.WINDOW_KINDS`, anomalous only together) are left out of the
+per-query metrics (neither positives nor negatives; their per-query recall is still reported),
+and the windows are evaluated on their own (:func:`window_metrics`): the day's 10-minute windows
+are computed from the log, flagged by :mod:`workbench.analysis.collective` against the earlier
+days, and compared with the log's window labels: ``window recall[<kind>]`` and ``window
+precision`` (flagged labelled windows over flagged windows; a flagged window holding labelled
+per-query anomalies is explained by them and counts on neither side).
 """
 
 from __future__ import annotations
@@ -25,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 
 from workbench.config import Settings
@@ -35,7 +51,8 @@ from workbench.ml.exceptions import MLError
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import LoadedModel
 
-__all__ = ["detection_metrics", "evaluate", "format_table", "regression_metrics", "top_k_f1"]
+__all__ = ["detection_metrics", "evaluate", "format_table", "recall_at_volume", "regression_metrics", "top_k_f1",
+           "window_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +72,57 @@ def detection_metrics(labels: np.ndarray, score: np.ndarray, alert: np.ndarray,
         "recall": float(recall_score(labels, alert, zero_division=0.0)),
         "alerts per 10k": float(alert.mean() * 1e4) if len(alert) else 0.0,
     }
+    out["false alerts per 10k normal"] = float(alert[~labels].mean() * 1e4) if (~labels).any() else 0.0
     if kinds is not None:
         kinds_arr = np.asarray(kinds, dtype=object)
         for kind in sorted({k for k in kinds_arr[labels] if k is not None}):
             sel = labels & (kinds_arr == kind)
             out[f"recall[{kind}]"] = float(alert[sel].mean())
+    return out
+
+
+def recall_at_volume(labels: np.ndarray, score: np.ndarray, kinds: np.ndarray, k: int) -> dict[str, float]:
+    """Per-kind recall when exactly the ``k`` highest scores alert."""
+    alert = np.zeros(len(labels), dtype=bool)
+    if k > 0:
+        alert[np.argsort(-np.asarray(score), kind="stable")[:k]] = True
+    kinds = np.asarray(kinds, dtype=object)
+    return {f"recall@baseline volume[{kind}]": float(alert[labels & (kinds == kind)].mean())
+            for kind in sorted({x for x in kinds[labels] if x is not None})}
+
+
+def window_metrics(data: Path, day: dt.date, history_days: int = 7) -> dict[str, float]:
+    """Window-level precision and per-kind recall of the collective detector on one day (see above)."""
+    from workbench.analysis.collective import flag_windows, windows_of
+    from workbench.data.generator import window_labels
+
+    labels = window_labels(data).to_pandas()
+    table = load_log_window(Path(data), day, history_days + 1)
+    windows = windows_of(table)
+    if windows.empty:
+        return {}
+    start = pd.Timestamp(day, tz="UTC")
+    windows["window_start"] = pd.to_datetime(windows["window_start"], utc=True)
+    today = windows[windows["window_start"] >= start]
+    flagged = flag_windows(today, windows).to_pandas()
+    flagged_keys = set(zip(flagged["instance_id"], pd.to_datetime(flagged["window_start"], utc=True), strict=True))
+    labels["window_start"] = pd.to_datetime(labels["window_start"], utc=True)
+    labels = labels[(labels["window_start"] >= start) & (labels["window_start"] < start + pd.Timedelta(days=1))]
+    label_keys = set(zip(labels["instance_id"], labels["window_start"], strict=True))
+    day_rows = table.filter(pc.greater_equal(table.column("arrival_timestamp"),
+                                             pa.scalar(start.to_pydatetime(), pa.timestamp("us", tz="UTC"))))
+    lab = day_rows.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool)
+    ts = pd.to_datetime(day_rows.column("arrival_timestamp").to_numpy(zero_copy_only=False)[lab], utc=True)
+    inst = day_rows.column("instance_id").to_numpy(zero_copy_only=False)[lab]
+    explained = set(zip(inst, ts.floor("10min"), strict=True)) - label_keys
+    tp = len(flagged_keys & label_keys)
+    fp = len(flagged_keys - label_keys - explained)
+    out: dict[str, float] = {"windows": float(len(today)), "windows flagged": float(len(flagged_keys)),
+                             "window precision": tp / (tp + fp) if tp + fp else float("nan"),
+                             "false windows per 1k": 1e3 * fp / max(len(today) - len(label_keys), 1)}
+    for kind, group in labels.groupby("kind"):
+        keys = set(zip(group["instance_id"], group["window_start"], strict=True))
+        out[f"window recall[{kind}]"] = len(keys & flagged_keys) / len(keys)
     return out
 
 
@@ -86,6 +149,13 @@ def format_table(metrics: dict[str, Any]) -> str:
             int(value) if isinstance(value, float) else value)
         lines.append(f"{key:<{width}}  {text}")
     return "\n".join(lines)
+
+
+def window_labels_exist(data: Path) -> bool:
+    """True when the log has a window-label sidecar (a stress-pack log)."""
+    from workbench.data.generator import window_labels_path
+
+    return window_labels_path(data).exists()
 
 
 def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data: Path,
@@ -116,18 +186,27 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
         raise MLError(msg)
     model = LoadedModel.load(registry, resolved)
     out = model.predict(table)
+    from workbench.data.generator import WINDOW_KINDS
+
     labels = table.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool)
     kinds = np.asarray(table.column("label_kind").to_pylist(), dtype=object)
+    collective = np.isin(kinds, WINDOW_KINDS)
     inst = table.column("instance_id").to_numpy(zero_copy_only=False)
     exec_ms = pa.compute.fill_null(table.column("execution_duration_ms"), 0).to_numpy(zero_copy_only=False)
     b_score, b_alert, _ = baseline_decide(inst, exec_ms, out["pred_mean_ms"], out["pred_q_ms"])
-    if use_baseline:
-        metrics = detection_metrics(labels, b_score, b_alert, kinds)
-    else:
-        metrics = detection_metrics(labels, out["score"], out["is_anomaly"], kinds)
-        metrics["F1 @ baseline volume"] = top_k_f1(labels, out["score"], int(b_alert.sum()))
-        metrics["baseline F1"] = float(f1_score(labels, b_alert, zero_division=0.0))
-        metrics["baseline alerts"] = float(b_alert.sum())
+    q = ~collective  # per-query metrics: rows of window kinds are neither positives nor negatives
+    score, alert = (b_score, b_alert) if use_baseline else (out["score"], out["is_anomaly"])
+    metrics = detection_metrics(labels[q], score[q], alert[q], kinds[q])
+    for kind in sorted(set(kinds[collective])):
+        metrics[f"recall[{kind}] (per query)"] = float(alert[kinds == kind].mean())
+    if not use_baseline:
+        k_base = int(b_alert[q].sum())
+        metrics["F1 @ baseline volume"] = top_k_f1(labels[q], out["score"][q], k_base)
+        metrics["baseline F1"] = float(f1_score(labels[q], b_alert[q], zero_division=0.0))
+        metrics["baseline alerts"] = float(k_base)
+        metrics.update(recall_at_volume(labels[q], out["score"][q], kinds[q], k_base))
+        if collective.any() or window_labels_exist(data):
+            metrics.update(window_metrics(Path(data), day))
     y_log = np.log1p(np.clip(exec_ms.astype(np.float64), 0, None))
     metrics.update(regression_metrics(y_log, out["mean_log"], out["q_log"]))
     result = {"day": day.isoformat(), "detector": "baseline" if use_baseline else "residual",

@@ -37,6 +37,7 @@ __all__ = [
     "FEATURE_NAMES",
     "INPUT_COLUMNS",
     "OBSERVED_COLUMNS",
+    "REFERENCE_SOURCES",
     "SIGNALS",
     "FeatureBuilder",
     "check_columns",
@@ -108,7 +109,10 @@ _STATS: tuple[tuple[str, float, str], ...] = (
     ("exec", 0.9, "p90_exec"),
 )
 _CARRIED = {"kafka_partition", "kafka_offset", "pred_mean_ms", "pred_q_ms", "score", "is_anomaly", "reason",
-            "model_version", "expected_ms", "exec_ratio"}
+            "model_version", "expected_ms", "exec_ratio", "evidence_signal", "evidence_unit",
+            "expected_value", "observed_value", "excess_value", "reference"}
+#: Where a row's detector references come from (see :meth:`FeatureBuilder.transform_with_evidence`).
+REFERENCE_SOURCES = np.array(["fingerprint", "instance", "global"], dtype=object)
 _MISSING = -1.0  # sentinel for unknown numeric values (every real value is >= 0)
 _FP_TABLE = "fingerprint_stats.parquet"
 _INSTANCE_TABLE = "instance_stats.parquet"
@@ -335,11 +339,25 @@ class FeatureBuilder:
     def transform_with_references(self, data: pa.Table | pa.RecordBatch
                                   ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
         """:meth:`transform` plus the detector references (see :meth:`references`)."""
-        self._check_fitted("transform_with_references")
+        X, refs, _ = self.transform_with_evidence(data)
+        return X, refs
+
+    def transform_with_evidence(self, data: pa.Table | pa.RecordBatch
+                                ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+        """:meth:`transform_with_references` plus where each row's references come from.
+
+        The third value is an ``int8`` index into :data:`REFERENCE_SOURCES` per row: ``fingerprint`` (its own
+        history, at least ``min_history`` runs), ``instance`` (rare or unseen fingerprint: the
+        instance's history) or ``global`` (unknown instance: the whole training window).
+        """
+        self._check_fitted("transform_with_evidence")
         table = _as_table(data)
         check_columns(table.column_names, self.input_columns_)
         lookup = self._lookup(table)
-        return self._matrix(table, lookup), self._references(lookup)
+        use_fp = np.nan_to_num(lookup.fp["n"], nan=0.0) >= self.min_history
+        known_inst = ~np.isnan(lookup.inst["med_exec"])
+        source = np.where(use_fp, 0, np.where(known_inst, 1, 2)).astype(np.int8)
+        return self._matrix(table, lookup), self._references(lookup), source
 
     def references(self, data: pa.Table | pa.RecordBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Expected ``log1p`` level and spread of each observed signal, per row.

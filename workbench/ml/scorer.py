@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from workbench.ml.detector import ResidualDetector
+from workbench.ml.detector import REASONS, UNITS, ResidualDetector
 from workbench.ml.exceptions import MLError
 from workbench.ml.features import (
     INPUT_COLUMNS,
     OBSERVED_COLUMNS,
+    REFERENCE_SOURCES,
     SIGNALS,
     FeatureBuilder,
     _as_table,
@@ -44,6 +45,13 @@ logger = logging.getLogger(__name__)
 EXTRA_FIELDS: tuple[pa.Field, ...] = (
     pa.field("expected_ms", pa.float64()),  # the fingerprint's (or instance's) median runtime
     pa.field("exec_ratio", pa.float64()),  # actual / predicted mean runtime
+    # Evidence of the deciding signal (the one with the highest score), for every row:
+    pa.field("evidence_signal", pa.string()),  # exec | queue | scan | spill
+    pa.field("evidence_unit", pa.string()),  # ms | MB
+    pa.field("expected_value", pa.float64()),  # what the version expected for this query
+    pa.field("observed_value", pa.float64()),
+    pa.field("excess_value", pa.float64()),  # observed - expected
+    pa.field("reference", pa.string()),  # what it was compared with, e.g. "model+fingerprint history"
 )
 _ALL_SCORE_NAMES = {f.name for f in SCORE_FIELDS + EXTRA_FIELDS}
 _BASE_REQUIRED = INPUT_COLUMNS + OBSERVED_COLUMNS
@@ -82,11 +90,21 @@ class LoadedModel:
         """All per-row model outputs as numpy arrays (see :data:`SCORE_FIELDS`)."""
         table = _as_table(data)
         check_columns(table.column_names, self.required_columns)
-        X, refs = self.features.transform_with_references(table)
+        X, refs, source = self.features.transform_with_evidence(table)
         mean_log, q_log = self.regressors.predict_log(X)
         observed = {s: _log_signal(table, s) for s in SIGNALS}
-        z = self.detector.residuals(observed, mean_log, q_log, refs)
-        score, alert, reason = self.detector.decide(z)
+        det = self.detector
+        z = det.residuals(observed, mean_log, q_log, refs)
+        expected = det.expected(mean_log, refs)
+        excess = det.excess(observed, expected)
+        score, alert, which = det.decide_with_signal(z, excess, source)
+        signals = np.array(det.signals, dtype=object)
+        reason = np.where(alert, np.array([_REASON[s] for s in det.signals], dtype=object)[which], None)
+        pick = which[None, :]
+        exp_v = np.take_along_axis(np.stack([expected[s] for s in det.signals]), pick, axis=0)[0]
+        exc_v = np.take_along_axis(np.stack([excess[s] for s in det.signals]), pick, axis=0)[0]
+        labels = np.array([[_reference_label(s, src) for src in REFERENCE_SOURCES] for s in det.signals],
+                          dtype=object)
         pred_mean = np.expm1(np.clip(mean_log, 0.0, 50.0))
         exec_ms = np.expm1(observed["exec"])
         return {
@@ -98,9 +116,30 @@ class LoadedModel:
             "model_version": np.full(len(score), self.version, dtype=object),
             "expected_ms": np.expm1(refs["exec"][0]),
             "exec_ratio": exec_ms / np.maximum(pred_mean, 1.0),
+            "evidence_signal": signals[which],
+            "evidence_unit": np.array([UNITS[s] for s in det.signals], dtype=object)[which],
+            "expected_value": exp_v,
+            "observed_value": exp_v + exc_v,
+            "excess_value": exc_v,
+            "reference": labels[which, source],
             "mean_log": mean_log,
             "q_log": q_log,
         }
+
+
+_REASON = REASONS
+
+
+def _reference_label(signal: str, source: str) -> str:
+    """What a signal's expectation was built from, for the alert's evidence."""
+    history = f"{source} history" if source != "global" else "training window"
+    if signal == "exec":
+        return "model+" + ("fingerprint history" if source == "fingerprint" else "plan/instance prior")
+    if signal == "queue":
+        return f"max(usual wait: {history}, expected runtime)"
+    if signal == "spill":
+        return f"{history} spill; relative to this query's scan"
+    return history
 
 
 def _append(table: pa.Table, values: dict[str, np.ndarray] | None) -> pa.RecordBatch:

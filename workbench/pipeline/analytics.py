@@ -56,6 +56,7 @@ from quixstreams import Application
 from quixstreams.sinks import BatchingSink, SinkBatch
 
 from workbench.analysis.classify import classify_query
+from workbench.analysis.collective import CollectiveStep
 from workbench.analysis.windows import (
     CLASS_COUNT_KEYS,
     DEFAULT_WINDOW_MS,
@@ -252,6 +253,8 @@ class AnalyticsApp(WorkbenchApp):
         self.dead_letters: DeadLetters | None = None
         self.guard: EventTimeGuard | None = None
         self._last_archive = time.monotonic()
+        self._last_collective = time.monotonic()
+        self.collective = CollectiveStep(settings)
         self._warned_wide = False
 
     # --- per-message steps (main thread) --------------------------------------------------------
@@ -323,10 +326,19 @@ class AnalyticsApp(WorkbenchApp):
 
     def _tick(self) -> None:
         self.status.maybe_publish()
+        if time.monotonic() - self._last_collective >= 30.0:  # collective anomalies of closed windows
+            self._last_collective = time.monotonic()
+            self._collective_step()
         if (self.retention_days is not None and self.sink is not None
                 and time.monotonic() - self._last_archive >= self.archive_every_s):
             self._last_archive = time.monotonic()
             self.archive()
+
+    def _collective_step(self) -> None:
+        try:
+            self.status.add("window_anomalies", self.collective.run())
+        except Exception:  # never stop the stream for the collective step; retried on the next tick
+            logger.exception("collective window step failed; will retry")
 
     def archive(self) -> None:
         """Archive windows older than ``retention_days`` (data time) into Parquet."""
@@ -370,6 +382,7 @@ class AnalyticsApp(WorkbenchApp):
                     self.sink.flush_open_windows(everything=True)
             finally:
                 self.sink.store.close()
+            self._collective_step()
 
 
 def run_analytics(settings: Settings, *, timeout: float | None = None, idle_exit: float | None = None,

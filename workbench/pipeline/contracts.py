@@ -8,7 +8,10 @@ One JSON object per message, key = the instance id as text, header ``schema`` =
 ``execution_duration_ms`` number? (actual; null for a queue/spill alert on a row without it),
 ``queue_duration_ms`` number?, ``compile_duration_ms``
 number?, ``pred_mean_ms`` number, ``pred_q_ms`` number?, ``expected_ms`` number?, ``score`` number?,
-``threshold`` number?, ``reason`` str?, ``features`` object?.
+``threshold`` number?, ``reason`` str?, ``features`` object?, and the alert's evidence:
+``evidence_signal`` str? (exec, queue, scan, spill), ``evidence_unit`` str? (ms, MB),
+``expected_value``, ``observed_value``, ``excess_value`` number?, ``reference`` str? (what the
+expectation was built from).
 
 This module is the one mapping of the anomaly contract, used by the scoring app, the anomaly
 sink, the lakehouse tests and the notebook fixtures:
@@ -19,7 +22,8 @@ message -> bytes: :func:`encode_anomaly` / :func:`anomaly_key` / :func:`anomaly_
 message -> lakehouse row: :func:`anomaly_row` (a row of
     :data:`workbench.store.lakehouse.ANOMALY_SCHEMA`: ``true_ms`` = actual, ``pred_ms`` =
     ``pred_mean_ms``, ``excess_ms`` = true - pred, ``under_ratio`` = true / max(pred, 1), both
-    null without an actual; queue, compile and threshold go into ``features``);
+    null without an actual; queue, compile, threshold and the evidence fields go into
+    ``features``);
 scored table -> lakehouse rows: :func:`anomaly_rows` (the composition, what production stores).
 
 Integers must fit int64 and ``arrival_timestamp`` must be an ISO-8601 time that converts to UTC
@@ -63,6 +67,9 @@ ANOMALY_FIELDS: Final[dict[str, tuple[str, bool]]] = {
     "queue_duration_ms": (_NUM, False), "compile_duration_ms": (_NUM, False), "pred_mean_ms": (_NUM, True),
     "pred_q_ms": (_NUM, False), "expected_ms": (_NUM, False), "score": (_NUM, False), "threshold": (_NUM, False),
     "reason": (_STR, False), "features": (_OBJ, False),
+    # Evidence of the deciding signal (workbench.ml.scorer.EXTRA_FIELDS); stored inside ``features``.
+    "evidence_signal": (_STR, False), "evidence_unit": (_STR, False), "expected_value": (_NUM, False),
+    "observed_value": (_NUM, False), "excess_value": (_NUM, False), "reference": (_STR, False),
 }
 #: Redset and Kafka columns copied into an anomaly's ``features`` object (model inputs, observed signals).
 FEATURE_COLUMNS: Final = (
@@ -73,6 +80,7 @@ FEATURE_COLUMNS: Final = (
 )
 #: Scored columns that become top-level message fields (the rest of ANOMALY_FIELDS is computed).
 _FROM_SCORED: Final = tuple(n for n in ANOMALY_FIELDS if n not in ("threshold", "features"))
+_EVIDENCE: Final = ("evidence_signal", "evidence_unit", "expected_value", "observed_value", "excess_value", "reference")
 _CHECK: Final = {
     _INT: lambda v: type(v) is int and -(2**63) <= v < 2**63,
     _NUM: lambda v: type(v) is int or (type(v) is float and math.isfinite(v)),  # 1e999 parses as inf
@@ -143,7 +151,7 @@ def anomaly_row(value: bytes | Mapping[str, Any] | None) -> dict[str, Any]:
     true = None if message.get("execution_duration_ms") is None else float(message["execution_duration_ms"])
     pred = float(message["pred_mean_ms"])
     features = dict(message.get("features") or {})
-    for extra in ("queue_duration_ms", "compile_duration_ms", "threshold"):
+    for extra in ("queue_duration_ms", "compile_duration_ms", "threshold", *_EVIDENCE):
         if message.get(extra) is not None:
             features.setdefault(extra, message[extra])
     return {

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ANOMALY_KEY",
     "ANOMALY_SCHEMA",
+    "WINDOW_ANOMALY_KEY",
     "AnomalyLakehouse",
     "MaintenanceResult",
     "connect",
@@ -97,6 +98,15 @@ ANOMALY_SCHEMA: Final = pa.schema([
     pa.field("features", pa.string()),  # JSON text
     pa.field("inserted_at", _TSZ, nullable=False),
 ])
+#: Key and columns of ``lake.window_anomalies`` (collective anomalies, :mod:`workbench.analysis.collective`).
+WINDOW_ANOMALY_KEY: Final[tuple[str, ...]] = ("instance_id", "window_start", "signal")
+_WINDOW_FIELDS: Final = (
+    pa.field("instance_id", pa.int64()), pa.field("window_start", _TSZ), pa.field("signal", pa.string()),
+    pa.field("expected", pa.float64()), pa.field("observed", pa.float64()), pa.field("score", pa.float64()),
+    pa.field("reason", pa.string()), pa.field("inserted_at", _TSZ),
+)
+_WINDOW_COLUMNS: Final = ("instance_id BIGINT, window_start TIMESTAMPTZ, signal VARCHAR, expected DOUBLE, "
+                          "observed DOUBLE, score DOUBLE, reason VARCHAR, inserted_at TIMESTAMPTZ")
 #: The idempotency key.
 ANOMALY_KEY: Final[tuple[str, ...]] = ("instance_id", "query_id", "model_version")
 _REQUIRED: Final = (*ANOMALY_KEY, "arrival_timestamp")
@@ -258,6 +268,7 @@ class AnomalyLakehouse(ConnectionStore):
                 columns = ", ".join(f"{f.name} {_DUCK_TYPES[f.type]}" for f in ANOMALY_SCHEMA)
                 try:
                     con.execute(f"CREATE TABLE IF NOT EXISTS {CATALOG_ALIAS}.anomalies ({columns})")
+                    con.execute(f"CREATE TABLE IF NOT EXISTS {CATALOG_ALIAS}.window_anomalies ({_WINDOW_COLUMNS})")
                 except duckdb.Error as exc:
                     con.close()
                     raise _translate(exc, "create table") from exc
@@ -321,6 +332,45 @@ class AnomalyLakehouse(ConnectionStore):
         count = int(inserted[0]) if inserted else 0
         logger.debug("lakehouse write rows=%d inserted=%d", table.num_rows, count)
         return count
+
+    def write_window_anomalies(self, rows: pa.Table) -> int:
+        """Insert flagged windows not stored yet (key ``(instance_id, window_start, signal)``).
+
+        ``rows`` follow :data:`workbench.analysis.collective.WINDOW_ANOMALY_SCHEMA`; one snapshot;
+        re-delivered rows are skipped, so the collective step may run over the same windows again.
+        """
+        if self.read_only:
+            msg = f"AnomalyLakehouse({str(self.root)!r}) was opened read_only; open it with read_only=False to write."
+            raise StoreError(msg)
+        if rows.num_rows == 0:
+            return 0
+        con = self.connection
+        cols = ", ".join((*WINDOW_ANOMALY_KEY, "expected", "observed", "score", "reason"))
+        sql = (
+            f"INSERT INTO {CATALOG_ALIAS}.window_anomalies ({cols}, inserted_at) "
+            f"SELECT {cols}, now() FROM ("
+            f"  SELECT * FROM _wb_windows QUALIFY row_number() OVER (PARTITION BY {', '.join(WINDOW_ANOMALY_KEY)}) = 1"
+            f") s WHERE NOT EXISTS (SELECT 1 FROM {CATALOG_ALIAS}.window_anomalies t WHERE "
+            + " AND ".join(f"t.{k} = s.{k}" for k in WINDOW_ANOMALY_KEY) + ")"
+        )
+        con.register("_wb_windows", rows)
+        try:
+            inserted = con.execute(sql).fetchone()
+        except duckdb.Error as exc:
+            _rollback(con)
+            raise _translate(exc, "write window anomalies") from exc
+        finally:
+            con.unregister("_wb_windows")
+        return int(inserted[0]) if inserted else 0
+
+    def read_window_anomalies(self) -> pa.Table:
+        """All flagged windows, ordered by window start, instance and signal (empty before the first)."""
+        con = self.connection
+        try:
+            return con.execute(f"SELECT * FROM {CATALOG_ALIAS}.window_anomalies ORDER BY window_start, "
+                               "instance_id, signal").to_arrow_table()
+        except duckdb.CatalogException:
+            return pa.table({f.name: pa.array([], f.type) for f in _WINDOW_FIELDS})
 
     # --- reads -------------------------------------------------------------------------------------
     def count(self, version: int | None = None) -> int:

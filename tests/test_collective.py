@@ -1,0 +1,114 @@
+"""Collective anomalies: window scoring against the instance's own history, the lakehouse table, the step."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench.analysis import read
+from workbench.analysis.collective import (
+    WINDOW_ANOMALY_SCHEMA,
+    CollectiveParams,
+    CollectiveStep,
+    flag_windows,
+    score_windows,
+)
+from workbench.config import Settings
+from workbench.store.lakehouse import AnomalyLakehouse
+from workbench.store.window_stats import WindowStatsStore
+
+T0 = datetime(2024, 3, 4, tzinfo=UTC)
+
+
+def _windows(n: int = 3 * 144, seed: int = 0, instance: int = 7) -> pd.DataFrame:
+    """Three quiet days of one instance: ~60 queries per window with a daily cycle, little queueing."""
+    rng = np.random.default_rng(seed)
+    starts = [T0 + timedelta(minutes=10 * k) for k in range(n)]
+    hours = np.array([s.hour for s in starts])
+    total = rng.poisson(60 * (1 + 0.5 * np.sin(hours / 24 * 2 * np.pi)))
+    queue = rng.poisson(total * 30)  # ~30 ms per query
+    return pd.DataFrame({
+        "instance_id": instance, "window_start": starts, "window_end": [s + timedelta(minutes=10) for s in starts],
+        "cluster_size": 4, "total_queries": total, "normal_queries": total, "cpu_bound_queries": 0,
+        "io_bound_queries": 0, "network_bound_queries": 0, "queue_wlm_bound_queries": rng.binomial(total, 0.01),
+        "total_spilled_mb": rng.poisson(50, n), "total_queue_time_ms": queue,
+        "total_exec_time_ms": rng.poisson(total * 400), "p95_exec_time_ms": rng.gamma(20, 100, n),
+        "max_exec_time_ms": rng.poisson(5_000, n), "anomalies": 0,
+    })
+
+
+def test_quiet_history_flags_nothing_and_a_queue_storm_flags_its_windows() -> None:
+    w = _windows()
+    scored = score_windows(w.iloc[144:], w)
+    assert len(scored) and (scored["score"] < 1).mean() > 0.995  # at most a stray window in two days
+    storm = w.copy()
+    hit = slice(300, 302)  # 20 minutes: every query waits 4 s longer
+    storm.loc[storm.index[hit], "total_queue_time_ms"] += storm["total_queries"].iloc[hit] * 4_000
+    # Most queries run ~400 ms, so waiting 4 s more makes them queue-bound (classify.py's rule).
+    storm.loc[storm.index[hit], "queue_wlm_bound_queries"] = (storm["total_queries"].iloc[hit] * 0.8).astype(int)
+    flagged = flag_windows(storm.iloc[290:310], storm).to_pandas()
+    got = set(zip(flagged["window_start"], flagged["signal"], strict=True))
+    starts = {pd.Timestamp(s) for s in storm["window_start"].iloc[hit]}
+    assert {s for s, _ in got} == starts
+    assert "queue_bound_share" in {g for _, g in got}
+    row = flagged[flagged["signal"] == "queue_bound_share"].iloc[0]
+    assert row["observed"] > row["expected"] + 0.5
+    assert "WLM" in row["reason"] and "expected" in row["reason"]
+
+
+def test_small_absolute_changes_never_flag_however_surprising() -> None:
+    w = _windows()
+    # The queue-bound share triples (1 % -> 3 %): relatively huge, absolutely two queries.
+    w.loc[w.index[300:302], "queue_wlm_bound_queries"] = (w["total_queries"].iloc[300:302] * 0.03).astype(int)
+    # One runaway query (an hour) in a window moves the mean, not the mean without the longest.
+    w.loc[w.index[303], "total_exec_time_ms"] += 3_600_000
+    w.loc[w.index[303], "max_exec_time_ms"] = 3_600_000
+    flagged = flag_windows(w.iloc[290:310], w).to_pandas()
+    assert flagged.empty, flagged
+
+
+def test_needs_history_and_uses_only_earlier_windows() -> None:
+    w = _windows()
+    assert score_windows(w.iloc[:10], w).empty  # first windows: not enough history
+    # The future does not change the past's score.
+    a = score_windows(w.iloc[200:201], w.iloc[:201])
+    b = score_windows(w.iloc[200:201], w)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_resize_is_flagged_on_cluster_size() -> None:
+    w = _windows()
+    w.loc[w.index[300:304], "cluster_size"] = 2
+    flagged = flag_windows(w.iloc[300:304], w, CollectiveParams()).to_pandas()
+    assert (flagged["signal"] == "cluster_size").sum() == 4
+
+
+def test_step_writes_window_anomalies_once(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    w = _windows()
+    w.loc[w.index[300:302], "queue_wlm_bound_queries"] = w["total_queries"].iloc[300:302] // 2
+    with WindowStatsStore.from_settings(settings) as store:
+        store.upsert(w.to_dict("records"))
+    step = CollectiveStep(settings)
+    inserted = step.run()
+    assert inserted >= 2
+    assert step.run() == 0  # nothing new
+    again = CollectiveStep(settings)  # a restart: cursor lost, everything scored again
+    assert again.run() == 0  # insert-if-absent: no duplicates
+    with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
+        table = lake.read_window_anomalies()
+    assert table.num_rows == inserted
+    assert set(WINDOW_ANOMALY_SCHEMA.names) <= set(table.column_names)
+    frame = read.window_anomalies(settings, instances=[7])
+    assert len(frame) == inserted and frame["window_start"].is_monotonic_decreasing
+    starts = set(pd.to_datetime(frame["window_start"], utc=True))
+    assert {pd.Timestamp(s) for s in w["window_start"].iloc[300:302]} <= starts
+
+
+@pytest.mark.parametrize("bad", [None, pd.DataFrame()])
+def test_empty_input_gives_empty_output(bad: pd.DataFrame | None) -> None:
+    assert score_windows(bad).empty

@@ -1,0 +1,106 @@
+"""Absolute impact next to relative surprise: runaways alert, sub-second noise does not, evidence travels."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from workbench.ml._testing import generated_log
+from workbench.ml._train import train_table
+from workbench.ml.detector import ResidualDetector
+from workbench.ml.scorer import EXTRA_FIELDS, Scorer
+
+
+def _holdout(n: int = 20_000, seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray, dict]:
+    """Normal traffic: runtimes around 200 ms with log-sd 0.35, a well-calibrated quantile model."""
+    rng = np.random.default_rng(seed)
+    mean = np.log1p(rng.lognormal(np.log(200), 1.0, n))
+    q = mean + 1.2816 * 0.35
+    obs = {"exec": mean + 0.35 * rng.standard_normal(n), "queue": np.zeros(n),
+           "scan": np.log1p(rng.lognormal(np.log(100), 0.2, n)), "spill": np.zeros(n)}
+    refs = {"queue": (np.zeros(n), np.zeros(n)), "scan": (np.log1p(np.full(n, 100.0)), np.full(n, 0.3)),
+            "spill": (np.zeros(n), np.zeros(n)), "exec": (mean, np.full(n, 0.5))}
+    return obs, mean, q, refs
+
+
+def _fitted(**kwargs: float) -> ResidualDetector:
+    obs, mean, q, refs = _holdout()
+    det = ResidualDetector(**kwargs)
+    det.fit(det.residuals(obs, mean, q, refs), det.excess(obs, det.expected(mean, refs)))
+    return det
+
+
+def _one(det: ResidualDetector, exec_ms: float, pred_ms: float, spread_log: float) -> tuple[float, bool, str | None]:
+    mean = np.array([np.log1p(pred_ms)])
+    obs = {"exec": np.log1p([exec_ms]), "queue": np.zeros(1), "scan": np.log1p([100.0]), "spill": np.zeros(1)}
+    refs = {"queue": (np.zeros(1), np.zeros(1)), "scan": (np.log1p([100.0]), np.array([0.3])),
+            "spill": (np.zeros(1), np.zeros(1)), "exec": (mean, np.array([0.5]))}
+    z = det.residuals(obs, mean, mean + 1.2816 * spread_log, refs)
+    score, alert, reason = det.decide(z, det.excess(obs, det.expected(mean, refs)))
+    return float(score[0]), bool(alert[0]), reason[0]
+
+
+def test_a_runaway_on_an_unseen_fingerprint_alerts_however_wide_its_spread() -> None:
+    det = _fitted()
+    # Predicted 0.3 s with a huge quantile spread (never-seen fingerprint), ran 42 minutes.
+    score, alert, reason = _one(det, 42 * 60_000, 300, spread_log=6.0)
+    assert alert and reason == "slow_execution" and score > 1
+    # Without the cap the same query would pass as unremarkable: the cap is what catches it.
+    uncapped = _fitted(max_scale=100.0)
+    assert not _one(uncapped, 42 * 60_000, 300, spread_log=6.0)[1]
+
+
+def test_sub_second_noise_never_alerts_however_relatively_large() -> None:
+    det = _fitted()
+    score, alert, _ = _one(det, 600, 5, spread_log=0.35)  # 120x, but half a second
+    assert not alert and score < 1
+    assert _one(det, 5_600, 5, spread_log=0.35)[1]  # the same surprise at 5.6 s is material
+
+
+def test_the_bar_falls_as_the_stake_grows() -> None:
+    det = _fitted()
+    # A 10-minute query running 2.5x its expectation on a tight fingerprint (z ~2.6, a 1-in-200
+    # surprise): 15 minutes of excess make that enough.
+    assert _one(det, 25 * 60_000, 10 * 60_000, spread_log=0.35)[1]
+    # The same ratio at 300 ms expected is under a second's worth: no alert.
+    assert not _one(det, 750, 300, spread_log=0.35)[1]
+    # Ordinary variation of a long query (1.3x) stays quiet even though it is minutes of excess.
+    assert not _one(det, 78 * 60_000, 60 * 60_000, spread_log=0.35)[1]
+
+
+def test_state_round_trip_and_batch_independence() -> None:
+    det = _fitted()
+    again = ResidualDetector.from_dict(det.to_dict())
+    obs, mean, q, refs = _holdout(seed=3)
+    z = det.residuals(obs, mean, q, refs)
+    e = det.excess(obs, det.expected(mean, refs))
+    a = det.decide(z, e)[0]
+    b = again.decide(again.residuals(obs, mean, q, refs), e)[0]
+    np.testing.assert_array_equal(a, b)
+    part = det.decide({k: v[:7] for k, v in z.items()}, {k: v[:7] for k, v in e.items()})[0]
+    np.testing.assert_array_equal(part, a[:7])
+    with pytest.raises(ValueError, match="max_scale"):
+        ResidualDetector(min_scale=2.0, max_scale=1.0).residuals(obs, mean, q, refs)
+
+
+def test_scorer_rows_carry_their_evidence(tmp_path: Path) -> None:
+    log = generated_log(days=2, rows_per_day=3000, seed=5)
+    train_table(tmp_path / "models", log.slice(0, 3000), dt.date(2024, 3, 1), window_days=1)
+    batch = log.slice(3000, 500)
+    idx = batch.schema.get_field_index("execution_duration_ms")
+    runaway = pa.array([40 * 60_000, *batch.column(idx).to_pylist()[1:]], pa.int64())
+    batch = batch.set_column(idx, batch.schema.field(idx), runaway)
+    out = Scorer(tmp_path / "models", background=False).score(batch)
+    names = out.schema.names
+    for field in EXTRA_FIELDS:
+        assert field.name in names
+    first = {n: out.column(n)[0].as_py() for n in names}
+    assert first["is_anomaly"] and first["evidence_signal"] == "exec" and first["evidence_unit"] == "ms"
+    assert first["observed_value"] == pytest.approx(40 * 60_000, rel=1e-6)
+    assert first["excess_value"] == pytest.approx(first["observed_value"] - first["expected_value"])
+    assert first["reference"].startswith("model+")
+    assert set(out.column("evidence_signal").to_pylist()) <= {"exec", "queue", "scan", "spill"}

@@ -1,0 +1,335 @@
+"""Collective (instance-level) anomalies: a 10-minute window against its instance's own history.
+
+Per-query scoring cannot see many queries that are each only mildly odd, together, on one instance
+(a WLM queue storm, a concurrency surge, a spill wave, a resize). Here each closed window of an
+instance is compared with that instance's *earlier* windows, signal by signal, with pure functions
+over ``window_stats`` rows (:data:`workbench.store.window_stats.WINDOW_STATS_SCHEMA`).
+
+Signals (:data:`SIGNALS`; all from what a window already aggregates, and none that a single
+query can move on its own): arrivals (queries per window), share of queue/WLM-bound queries, mean
+runtime per query without the longest query, p95 runtime, and the cluster size (a resize). Sums
+(total queue time, MB spilled) are left out: one big query moves them as much as a storm does.
+Aborts, result-cache hits and per-query spill counts are not aggregated by the windows, so they
+are not signals yet.
+
+Expected value (robust, shrunk): for the window's hour of the week, the median of the instance's
+windows at the same hour of the week in earlier weeks, shrunk toward the median at the same hour of
+the day on earlier days, shrunk in turn toward the instance's overall median (the hour just before
+the window excluded, so that an ongoing episode does not become its own reference): ``m = (n_g * med_g + k * m_parent) /
+(n_g + k)`` with ``k = shrink`` windows (an hour's worth), so a group with little history leans on
+its parent and a long history speaks for itself. The spread is the MAD (x 1.4826) shrunk the same
+way, floored at ``min_spread``. Counts, times and MB are compared in ``log1p`` space, shares as
+they are.
+
+Decision: the same two-sided principle as the per-query detector
+(:mod:`workbench.ml.detector`): a window is flagged on a signal when the robust z clears
+``z_threshold`` *and* the absolute excess (observed - expected, natural units) clears the signal's
+floor, i.e. ``score = min(z / z_threshold, excess / floor) >= 1``. The floors are set by what an
+operator would call material for a whole window (5 points of queue-bound share, one second per
+query, five seconds of p95, 30 extra queries, one node).
+The z threshold (5.0; robust z of heavy-tailed window statistics) aims at well under one false
+window per instance and week (about 5,000 window-signal tests); ``benchmarks/detection.py``
+chooses it leave-one-kind-out from {3, 4, 5} and picks 5 for every kind. Nothing here knows
+about any generator or anomaly kind.
+
+Every value depends only on the window and the instance's earlier windows, so re-running over
+the same store gives the same rows (the lakehouse write is insert-if-absent on
+``(instance_id, window_start, signal)``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+__all__ = [
+    "SIGNALS",
+    "WINDOW_ANOMALY_SCHEMA",
+    "CollectiveParams",
+    "CollectiveStep",
+    "Signal",
+    "flag_windows",
+    "score_windows",
+    "window_signals",
+    "windows_of",
+]
+
+_TS = pa.timestamp("ms", tz="UTC")
+#: Rows of the ``window_anomalies`` table (one per flagged window and signal).
+WINDOW_ANOMALY_SCHEMA = pa.schema([
+    pa.field("instance_id", pa.int64(), nullable=False),
+    pa.field("window_start", _TS, nullable=False),
+    pa.field("signal", pa.string(), nullable=False),
+    pa.field("expected", pa.float64()),
+    pa.field("observed", pa.float64()),
+    pa.field("score", pa.float64()),
+    pa.field("reason", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One window signal: how to read it, its floor and unit, and the reason text."""
+
+    observe: Callable[[pd.DataFrame], np.ndarray]
+    floor: float
+    unit: str
+    reason: str
+    log: bool = True
+    two_sided: bool = False
+    needs_many: bool = True  # only judged in windows with at least ``min_queries`` queries
+
+
+def _per_query(column: str) -> Callable[[pd.DataFrame], np.ndarray]:
+    def observe(w: pd.DataFrame) -> np.ndarray:
+        return w[column].to_numpy(float) / np.maximum(w["total_queries"].to_numpy(float), 1.0)
+    return observe
+
+
+def _col(column: str) -> Callable[[pd.DataFrame], np.ndarray]:
+    return lambda w: pd.to_numeric(w[column], errors="coerce").to_numpy(float)
+
+
+def _trimmed_mean_exec(w: pd.DataFrame) -> np.ndarray:
+    """Mean runtime per query without the window's longest query (one runaway is not collective)."""
+    n = w["total_queries"].to_numpy(float)
+    total = w["total_exec_time_ms"].to_numpy(float)
+    longest = pd.to_numeric(w["max_exec_time_ms"], errors="coerce").fillna(0).to_numpy(float)
+    return (total - longest) / np.maximum(n - 1, 1.0)
+
+
+#: Collective signals are counts, shares or statistics that one query cannot move on its own:
+#: sums like the window's total queue time or MB spilled are one big query's story as often as
+#: not (per-query scoring tells that one), so they are not signals here.
+SIGNALS: dict[str, Signal] = {
+    "arrivals": Signal(_col("total_queries"), 30.0, "queries", "arrival surge (concurrency)", needs_many=False),
+    "queue_bound_share": Signal(_per_query("queue_wlm_bound_queries"), 0.05, "share",
+                                "more queries wait in the WLM queue longer than they run", log=False),
+    "exec_per_query_ms": Signal(_trimmed_mean_exec, 1_000.0, "ms",
+                                "queries run slower (mean without the longest query)"),
+    "p95_exec_ms": Signal(_col("p95_exec_time_ms"), 5_000.0, "ms", "p95 runtime up"),
+    "cluster_size": Signal(_col("cluster_size"), 1.0, "nodes", "cluster size changed (resize)",
+                           two_sided=True, needs_many=False),
+}
+
+
+@dataclass(frozen=True)
+class CollectiveParams:
+    """Constants of the window comparison (see the module docstring)."""
+
+    z_threshold: float = 5.0
+    shrink: float = 6.0
+    min_history: int = 36
+    lookback: timedelta = timedelta(days=28)
+    min_spread: float = 0.1
+    min_share_spread: float = 0.02
+    #: A collective claim needs many queries: a mean, share or sum over a handful of queries is
+    #: one or two queries' story (per-query scoring tells it).
+    min_queries: int = 20
+    #: The latest hour before a window is not part of its reference: an ongoing episode must not
+    #: become its own baseline.
+    recent_guard: timedelta = timedelta(hours=1)
+
+
+def window_signals(windows: pd.DataFrame) -> pd.DataFrame:
+    """The observed value of every signal per window (NaN where not defined)."""
+    start = pd.DatetimeIndex(pd.to_datetime(windows["window_start"], utc=True))
+    out = pd.DataFrame({"instance_id": windows["instance_id"].to_numpy(),
+                        "start_ms": (start.as_unit("ms").asi8 if len(start) else np.zeros(0, np.int64)),
+                        "how": start.day_of_week * 24 + start.hour, "hod": start.hour})
+    for name, sig in SIGNALS.items():
+        out[name] = sig.observe(windows)
+    return out
+
+
+def _robust(tr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column: median, MAD x 1.4826 and count of non-NaN values (NaN medians for empty columns)."""
+    n = (~np.isnan(tr)).sum(axis=0)
+    if not len(tr):
+        nan = np.full(tr.shape[1], np.nan)
+        return nan, nan, n
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (serverless cluster size)
+        med = np.nanmedian(tr, axis=0)
+        mad = np.nanmedian(np.abs(tr - med), axis=0) * 1.4826
+    return med, mad, n
+
+
+def _blend(child: tuple[np.ndarray, np.ndarray, np.ndarray], parent: tuple[np.ndarray, np.ndarray],
+           k: float) -> tuple[np.ndarray, np.ndarray]:
+    med, mad, n = child
+    w = n / (n + k)
+    has = n > 0
+    return (np.where(has, w * np.nan_to_num(med) + (1 - w) * parent[0], parent[0]),
+            np.where(has, w * np.nan_to_num(mad) + (1 - w) * parent[1], parent[1]))
+
+
+def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
+                  params: CollectiveParams | None = None) -> pd.DataFrame:
+    """Score each window of ``windows`` on every signal against the instance's earlier windows.
+
+    Parameters
+    ----------
+    windows : DataFrame
+        ``window_stats`` rows to score (``instance_id``, ``window_start`` and the aggregates).
+    history : DataFrame, optional
+        Earlier ``window_stats`` rows (may overlap ``windows``; duplicates are dropped). For each
+        window only rows of the same instance strictly before it, within ``params.lookback``, count.
+    params : CollectiveParams, optional
+
+    Returns
+    -------
+    DataFrame
+        One row per (window, signal) with enough history: ``instance_id``, ``window_start``,
+        ``signal``, ``expected``, ``observed``, ``excess``, ``z``, ``score``, ``reason``.
+    """
+    params = params or CollectiveParams()
+    columns = ["instance_id", "window_start", "signal", "expected", "observed", "excess", "z", "score", "reason"]
+    if windows is None or not len(windows):
+        return pd.DataFrame(columns=columns)
+    allw = windows if history is None or not len(history) else pd.concat([history, windows], ignore_index=True)
+    obs_all = window_signals(allw).drop_duplicates(["instance_id", "start_ms"], keep="last")
+    wanted = window_signals(windows)
+    names = list(SIGNALS)
+    logged = np.array([SIGNALS[n].log for n in names])
+    two_sided = np.array([SIGNALS[n].two_sided for n in names])
+    floors = np.array([SIGNALS[n].floor for n in names])
+    min_spread = np.where(logged, params.min_spread, params.min_share_spread)
+    reasons = np.array([SIGNALS[n].reason for n in names], dtype=object)
+    needs_many = np.array([SIGNALS[n].needs_many for n in names])
+
+    def transform(v: np.ndarray) -> np.ndarray:
+        return np.where(logged, np.log1p(np.clip(v, 0, None)), v)
+
+    out: list[pd.DataFrame] = []
+    lookback = int(params.lookback.total_seconds() * 1000)
+    guard = int(params.recent_guard.total_seconds() * 1000)
+    for inst, targets in wanted.groupby("instance_id", sort=True):
+        hist = obs_all[obs_all["instance_id"] == inst].sort_values("start_ms")
+        times = hist["start_ms"].to_numpy()
+        how = hist["how"].to_numpy()
+        hod = hist["hod"].to_numpy()
+        with np.errstate(invalid="ignore"):
+            values = transform(hist[names].to_numpy(float))
+        t_obs = targets[names].to_numpy(float)
+        t_many = targets["arrivals"].to_numpy(float) >= params.min_queries
+        for j, (t, t_how, t_hod) in enumerate(zip(targets["start_ms"].to_numpy(), targets["how"].to_numpy(),
+                                                  targets["hod"].to_numpy(), strict=True)):
+            lo = np.searchsorted(times, t - lookback, side="left")
+            hi = np.searchsorted(times, t - guard, side="left")
+            if hi - lo < params.min_history:
+                continue
+            tr = values[lo:hi]
+            med, mad, n = _robust(tr)
+            # Same hour of the day on *earlier days*, same hour of the week in *earlier weeks*.
+            day_hi = np.searchsorted(times, t - 20 * 3_600_000, side="left")
+            week_hi = np.searchsorted(times, t - 6 * 86_400_000, side="left")
+            day_sel = hod[lo:day_hi] == t_hod
+            week_sel = how[lo:week_hi] == t_how
+            parent = _blend(_robust(values[lo:day_hi][day_sel]), (med, mad), params.shrink)
+            center, spread = _blend(_robust(values[lo:week_hi][week_sel]), parent, params.shrink)
+            spread = np.maximum(spread, min_spread)
+            observed = t_obs[j]
+            with np.errstate(invalid="ignore"):
+                x = transform(observed)
+            z = (x - center) / spread
+            expected = np.where(logged, np.expm1(center), center)
+            excess = observed - expected
+            z = np.where(two_sided, np.abs(z), z)
+            excess = np.where(two_sided, np.abs(excess), excess)
+            score = np.minimum(z / params.z_threshold, excess / floors)
+            ok = (n >= params.min_history) & ~np.isnan(observed) & ~np.isnan(score) & (t_many[j] | ~needs_many)
+            if not ok.any():
+                continue
+            out.append(pd.DataFrame({
+                "instance_id": int(inst), "window_start": pd.Timestamp(int(t), unit="ms", tz="UTC"),
+                "signal": np.array(names, dtype=object)[ok], "expected": expected[ok], "observed": observed[ok],
+                "excess": excess[ok], "z": z[ok], "score": score[ok], "reason": reasons[ok]}))
+    if not out:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(out, ignore_index=True)[columns]
+
+
+def flag_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
+                 params: CollectiveParams | None = None) -> pa.Table:
+    """Flagged (window, signal) rows as a :data:`WINDOW_ANOMALY_SCHEMA` table (``score >= 1``)."""
+    scored = score_windows(windows, history, params)
+    flagged = scored[scored["score"] >= 1.0]
+    reason = [f"{r}: observed {o:,.4g} vs expected {e:,.4g} ({SIGNALS[s].unit}; instance's own history "
+              f"for this hour of the week, shrunk toward its hour of day and overall)"
+              for r, o, e, s in zip(flagged["reason"], flagged["observed"], flagged["expected"],
+                                    flagged["signal"], strict=True)]
+    return pa.table({
+        "instance_id": pa.array(flagged["instance_id"].to_numpy(), pa.int64()),
+        "window_start": pa.array(flagged["window_start"].to_list(), _TS),
+        "signal": pa.array(flagged["signal"].to_list(), pa.string()),
+        "expected": pa.array(flagged["expected"].to_numpy(), pa.float64()),
+        "observed": pa.array(flagged["observed"].to_numpy(), pa.float64()),
+        "score": pa.array(flagged["score"].to_numpy(), pa.float64()),
+        "reason": pa.array(reason, pa.string()),
+    }, schema=WINDOW_ANOMALY_SCHEMA)
+
+
+def windows_of(table: pa.Table) -> pd.DataFrame:
+    """``window_stats`` rows of a whole query log, computed offline (evaluation, tests).
+
+    The same math as the stream analytics (:mod:`workbench.analysis.windows`), applied to the
+    table in one go.
+    """
+    from workbench.analysis.windows import finalize, merge_all, partial_aggregates
+
+    partials = []
+    for batch in table.to_batches(max_chunksize=262_144):
+        partials.extend(partial_aggregates(batch))
+    return pd.DataFrame([finalize(p) for p in merge_all(partials)])
+
+
+class CollectiveStep:
+    """Reads closed windows from the SQLite ``window_stats``, flags them, stores them in the lakehouse.
+
+    Incremental: each :meth:`run` scores the final windows that started after the last scored one
+    (a window is final once the store holds windows of the same instance at least ``settle_ms``
+    later: window length plus grace). The lakehouse write is insert-if-absent on
+    ``(instance_id, window_start, signal)``, so a crash and restart (cursor lost, windows scored
+    again) neither loses nor duplicates a row. A busy lakehouse leaves the cursor where it was.
+    """
+
+    def __init__(self, settings: Any, params: CollectiveParams | None = None, *, settle_ms: int = 900_000) -> None:
+        self.settings = settings
+        self.params = params or CollectiveParams()
+        self.settle_ms = settle_ms
+        self.cursor_ms: int | None = None
+
+    def run(self) -> int:
+        """Score new final windows; returns the number of window anomalies inserted."""
+        from workbench.store.lakehouse import AnomalyLakehouse
+        from workbench.store.window_stats import WindowStatsStore
+
+        lookback_ms = int(self.params.lookback.total_seconds() * 1000)
+        start = None if self.cursor_ms is None else self.cursor_ms - lookback_ms
+        with WindowStatsStore.from_settings(self.settings, read_only=True) as store:
+            table = store.read(start=start)
+        if table.num_rows == 0:
+            return 0
+        frame = table.to_pandas()
+        start_ms = pd.DatetimeIndex(frame["window_start"]).as_unit("ms").asi8
+        newest = frame.assign(_ms=start_ms).groupby("instance_id")["_ms"].transform("max").to_numpy()
+        final = start_ms <= newest - self.settle_ms
+        if self.cursor_ms is not None:
+            final &= start_ms > self.cursor_ms
+        if not final.any():
+            return 0
+        flagged = flag_windows(frame[final], frame, self.params)
+        inserted = 0
+        if flagged.num_rows:
+            with AnomalyLakehouse.from_settings(self.settings) as lake:
+                inserted = lake.write_window_anomalies(flagged)
+        self.cursor_ms = int(start_ms[final].max())
+        return inserted
