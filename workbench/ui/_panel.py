@@ -12,7 +12,7 @@ and why not, an ETA from the measured rate when the replay falls behind its sche
 lag's trend. Replay status fields read (newer ones only when the replay reports them):
 ``state``, ``speedup``, ``next_row``, ``rows_total``, ``event_time``, ``first_event_time``,
 ``last_event_time``, ``rate_now``, ``rate_avg``, ``eta_seconds``, ``updated_at``, ``error``, and
-optionally ``finished``, ``rate``, ``behind_s``, ``eta_s``.
+``listening`` (a finished replay that restarts on seek and reset), ``behind`` and ``behind_seconds``.
 """
 
 from __future__ import annotations
@@ -184,7 +184,8 @@ def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple
     replay = status.replay
     stale = _stale(status)
     state = "starting" if stale else (_field(replay, "state") or "not started")
-    finished_listens = _field(replay, "finished") is not None and not stale
+    # A lingering replay (workbench.replay, ``listening``) restarts on seek and reset after it finished.
+    finished_listens = (bool(_field(replay, "listening")) or _field(replay, "finished") is not None) and not stale
     can = {"play": False, "speed": False, "seek": False, "reset": False}
     why = ""
     if not running:
@@ -216,7 +217,7 @@ def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple
     eta_text, behind_text = "ETA -", ""
     if replay is not None and not stale and state in ("running", "paused", "starting"):
         eta = _field(replay, "eta_s", _field(replay, "eta_seconds"))
-        behind_s = _field(replay, "behind_s")
+        behind_s = _field(replay, "behind_seconds") if _field(replay, "behind") else _field(replay, "behind_s")
         # The replay's measured rate when it reports one; else the recent rate (the average
         # includes pauses and the start).
         rate = _field(replay, "rate") or _field(replay, "rate_now") or _field(replay, "rate_avg")
