@@ -159,7 +159,8 @@ class Workbench:
         write_json_atomic(run / "spec.json", spec.to_json())
         settings.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # The supervisor logs through a rotating handler; its raw output only holds a crash.
-        with (settings.logs_dir / "supervisor.stdout.log").open("ab") as log:
+        raw_log = os.open(settings.logs_dir / "supervisor.stdout.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(raw_log, "ab") as log:
             subprocess.Popen(
                 [sys.executable, "-m", "workbench.runtime.supervisor", "--home", str(settings.home)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
