@@ -137,8 +137,13 @@ def _until(condition, timeout: float, what: str, poll: float = 0.5):
 # --- the run ------------------------------------------------------------------------------------------
 def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, pack: int,
               kinds: tuple[str, ...] = KINDS, first_kill_s: float = 8.0, min_gap_s: float = 3.0,
-              max_gap_s: float = 8.0, drain_timeout: float = 900.0, log=print) -> ChaosResult:
-    """Replay ``data`` through a fresh workbench under ``home`` with ``kills`` seeded kill -9s."""
+              max_gap_s: float = 8.0, drain_timeout: float = 900.0, max_speed_after: bool = True,
+              log=print) -> ChaosResult:
+    """Replay ``data`` through a fresh workbench under ``home`` with ``kills`` seeded kill -9s.
+
+    ``max_speed_after`` switches the replay to max speed once the schedule is done (short tests);
+    without it the replay keeps its pace, so a run with kills and one without compare.
+    """
     rng = random.Random(seed)
     settings = Settings(home=home, kafka_port=free_port_pair(), kafka_heap="512m", partitions=4)
     # Each kind once in a shuffled round, then rounds again: every kind is reached early.
@@ -195,7 +200,8 @@ def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, 
             with contextlib.suppress(AssertionError):
                 _until(lambda: not training_delays, 60, "training kills", poll=0.5)
         stop_watch.set()
-        wb.set_speed("max")
+        if max_speed_after:
+            wb.set_speed("max")
         _until(lambda: wb.status().drained, drain_timeout, "drained", poll=1.0)
         drained_at = time.monotonic() - started
         time.sleep(3.0)  # one more checkpoint of every app
