@@ -242,3 +242,17 @@ def test_lakehouse_maintenance_deletes_orphaned_files(tmp_path: Path) -> None:
         result = lake.maintain(orphan_age=timedelta(minutes=10))
         assert result.orphans_deleted == 1 and not orphan.exists()
         assert lake.count() == 100
+
+
+def test_status_shows_disk_use_per_store(tmp_path: Path) -> None:
+    from workbench.runtime._status import WorkbenchStatus, disk_usage
+
+    settings = Settings(home=tmp_path)
+    settings.shards_dir.mkdir(parents=True)
+    (settings.shards_dir / "x.arrow").write_bytes(b"0" * 100_000)
+    settings.sqlite_path.write_bytes(b"0" * 50_000)
+    disk = disk_usage(settings)
+    assert disk["shards"] >= 100_000 and disk["window_stats"] >= 50_000 and disk["lakehouse"] == 0
+    status = WorkbenchStatus(replay=None, processes={}, apps={}, lag={}, model_version=None, model_versions=0,
+                             anomalies=None, late_events=None, dead_letters=None, disk=disk)
+    assert "disk: kafka 0 B, shards 100.0 KB, models 0 B" in str(status), str(status)

@@ -149,6 +149,7 @@ class Workbench:
 
         specs = build_specs(data, apps=apps, speedup=speedup, pack=pack, replay_id=replay_id, reset=reset,
                             retrain_every_days=retrain_every_days, idle_exit=idle_exit)
+        settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         run = run_dir(settings.home)
         run.mkdir(parents=True, exist_ok=True, mode=0o700)
         (run / "state.json").unlink(missing_ok=True)
@@ -174,7 +175,8 @@ class Workbench:
                 break
             time.sleep(0.1)
         else:
-            msg = f"The supervisor did not start within 20 s; see {settings.logs_dir / 'supervisor.log'}."
+            msg = (f"The supervisor did not start within 20 s; see {settings.logs_dir / 'supervisor.log'} and "
+                   f"{settings.logs_dir / 'supervisor.stdout.log'}.")
             raise WorkbenchStateError(msg)
         logger.info("workbench started under %s: %s", settings.home, ", ".join(s.name for s in specs))
         return cls(settings, replay_id=replay_id, apps=apps, started_kafka=started_kafka)
