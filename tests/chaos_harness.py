@@ -196,13 +196,11 @@ def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, 
                 # Its children die with it (parent-death signal / watchdog); then start again.
                 _until(lambda: not home_processes(settings.home), 60, "the supervisor's children exit")
                 wb = start(False)
-        if training_delays:  # give the training watcher its chance before the end
-            with contextlib.suppress(AssertionError):
-                _until(lambda: not training_delays, 60, "training kills", poll=0.5)
-        stop_watch.set()
         if max_speed_after:
             wb.set_speed("max")
+        # The training watcher keeps going until the end: trainings start after each finished day.
         _until(lambda: wb.status().drained, drain_timeout, "drained", poll=1.0)
+        stop_watch.set()
         drained_at = time.monotonic() - started
         time.sleep(3.0)  # one more checkpoint of every app
     finally:
