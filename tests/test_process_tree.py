@@ -256,3 +256,20 @@ def test_status_shows_disk_use_per_store(tmp_path: Path) -> None:
     status = WorkbenchStatus(replay=None, processes={}, apps={}, lag={}, model_version=None, model_versions=0,
                              anomalies=None, late_events=None, dead_letters=None, disk=disk)
     assert "disk: kafka 0 B, shards 100.0 KB, models 0 B" in str(status), str(status)
+
+
+@pytest.mark.slow
+def test_workbench_stop_also_stops_the_training_subprocess(kafka_settings: Settings) -> None:
+    wb = Workbench.start(settings=kafka_settings, apps=("analytics",))
+    trainer = None
+    try:
+        _until(lambda: wb.status().processes["analytics"]["state"] == "running")
+        supervisor_pid = json.loads((run_dir(kafka_settings.home) / "state.json").read_text())["supervisor_pid"]
+        # What the scoring app starts: tagged with the home and the supervisor, not bound to its parent.
+        trainer = _tagged_sleeper(kafka_settings.home, "training", supervisor_pid=supervisor_pid)
+        time.sleep(1.0)
+        assert not _gone(trainer)
+    finally:
+        wb.stop()
+    assert trainer is not None
+    _until(lambda: _gone(trainer), timeout=5)
