@@ -273,3 +273,16 @@ def test_workbench_stop_also_stops_the_training_subprocess(kafka_settings: Setti
         wb.stop()
     assert trainer is not None
     _until(lambda: _gone(trainer), timeout=5)
+
+
+def test_status_late_events_come_from_the_store_and_survive_app_restarts(tmp_path: Path) -> None:
+    from workbench.runtime._status import late_event_count
+    from workbench.store.window_stats import WindowStatsStore
+
+    settings = Settings(home=tmp_path)
+    assert late_event_count(settings) is None  # no store yet
+    with WindowStatsStore.from_settings(settings) as store:
+        store.record_late(1, 0, 3, source=("events", 0, 10))
+        store.record_late(1, 0, 3, source=("events", 0, 10))  # re-processed after a restart
+        store.record_late(2, 600_000, 1, source=("events", 1, 4))
+    assert late_event_count(settings) == 4

@@ -18,7 +18,15 @@ from workbench.broker import IncompleteReadError, read_range, when_ready
 from workbench.config import Settings
 from workbench.replay import ReplayStatus
 
-__all__ = ["WorkbenchStatus", "anomaly_count", "consumer_lag", "disk_usage", "format_bytes", "topic_message_count"]
+__all__ = [
+    "WorkbenchStatus",
+    "anomaly_count",
+    "consumer_lag",
+    "disk_usage",
+    "format_bytes",
+    "late_event_count",
+    "topic_message_count",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +108,20 @@ def topic_message_count(settings: Settings, topic: str, timeout: float = 5.0) ->
         return None
     finally:
         consumer.close()
+
+
+def late_event_count(settings: Settings) -> int | None:
+    """Late events recorded in the window-stats store (None if it cannot be read yet)."""
+    from workbench.store.window_stats import WindowStatsStore
+
+    if not settings.sqlite_path.exists():
+        return None
+    try:
+        with WindowStatsStore.from_settings(settings, read_only=True) as store:
+            return int(sum(store.late_events().column("late_count").to_pylist()))
+    except Exception as exc:
+        logger.debug("late-event count unavailable: %s", exc)
+        return None
 
 
 def anomaly_count(settings: Settings) -> int | None:

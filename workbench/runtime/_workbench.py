@@ -28,7 +28,14 @@ from workbench.broker import LocalKafka, broker_status, ensure_broker
 from workbench.config import Settings, get_settings
 from workbench.exceptions import WorkbenchError
 from workbench.replay import ReplayController, ReplayStatus
-from workbench.runtime._status import WorkbenchStatus, anomaly_count, consumer_lag, disk_usage, topic_message_count
+from workbench.runtime._status import (
+    WorkbenchStatus,
+    anomaly_count,
+    consumer_lag,
+    disk_usage,
+    late_event_count,
+    topic_message_count,
+)
 from workbench.runtime.supervisor import (
     OWNER_ONLY_UMASK,
     ProcessSpec,
@@ -283,7 +290,10 @@ class Workbench:
                for name in self.apps}
         registry = ModelRegistry(self.settings.models_dir)
         analytics = apps.get("analytics") or {}
-        late = analytics["counters"].get("late_events", 0) if "counters" in analytics else None
+        # The store's keyed counts survive app restarts; the app's counter only covers its current run.
+        late = late_event_count(self.settings)
+        if late is None and "counters" in analytics:
+            late = analytics["counters"].get("late_events", 0)
         return WorkbenchStatus(
             replay=self._controller.status(),
             processes=state.get("processes", {}),
