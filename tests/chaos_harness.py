@@ -116,6 +116,12 @@ def _pid_of(settings: Settings, kind: str) -> int | None:
     return proc.get("pid") if proc.get("state") == "running" else None
 
 
+def _finished_and_drained(wb: Workbench) -> bool:
+    status = wb.status()
+    return (status.drained and status.replay_state == "finished" and status.rows_total > 0
+            and status.rows_sent == status.rows_total)
+
+
 def _kill(pid: int) -> bool:
     try:
         os.kill(pid, signal.SIGKILL)
@@ -199,7 +205,9 @@ def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, 
         if max_speed_after:
             wb.set_speed("max")
         # The training watcher keeps going until the end: trainings start after each finished day.
-        _until(lambda: wb.status().drained, drain_timeout, "drained", poll=1.0)
+        # Finished, not merely inactive: right after a restart the state topic still shows the status
+        # the killed run left ("stopped"), before the new run publishes its own.
+        _until(lambda: _finished_and_drained(wb), drain_timeout, "drained", poll=1.0)
         stop_watch.set()
         drained_at = time.monotonic() - started
         time.sleep(3.0)  # one more checkpoint of every app
