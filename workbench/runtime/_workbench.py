@@ -150,13 +150,13 @@ class Workbench:
             from workbench.data.schema import validate
 
             validate(data)
+        settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)  # before Kafka creates anything in it
         kafka_was_running = settings.manages_kafka and broker_status(settings).running
         ensure_broker(settings)
         started_kafka = settings.manages_kafka and not kafka_was_running
 
         specs = build_specs(data, apps=apps, speedup=speedup, pack=pack, replay_id=replay_id, reset=reset,
                             retrain_every_days=retrain_every_days, idle_exit=idle_exit)
-        settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         run = run_dir(settings.home)
         run.mkdir(parents=True, exist_ok=True, mode=0o700)
         (run / "state.json").unlink(missing_ok=True)
