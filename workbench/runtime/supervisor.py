@@ -292,6 +292,11 @@ class Supervisor:
 
         assert self.broker is not None
         kafka = LocalKafka(self.broker)
+        if kafka.pid() is None:
+            # Not this home's broker (e.g. one shared by several homes on the same port): not ours to restart.
+            logger.info("the broker at %s was not started from this home; not watching it",
+                        self.broker.bootstrap_servers)
+            return
         while not self._stopping:
             time.sleep(BROKER_CHECK_S)
             if self._stopping or kafka.pid() is not None:
