@@ -126,3 +126,13 @@ def test_many_upsert_batches_keep_one_row_per_key(tmp_path: Path) -> None:
             store.upsert(rows[i:i + 1000])
         store.upsert(rows[:5000])
         assert store.count() == len({(r["instance_id"], r["window_start"]) for r in rows})
+
+
+def test_late_counts_are_keyed_by_source_message(tmp_path: Path) -> None:
+    """A late message re-processed after a crash replaces its count instead of adding it again."""
+    with WindowStatsStore(tmp_path / "stats.sqlite") as store:
+        store.record_late(5, T0, 2, source=("events", 0, 17))
+        store.record_late(5, T0, 2, source=("events", 0, 17))  # the same message again (at-least-once)
+        store.record_late(5, T0, 1, source=("events", 1, 17))  # another message, same window
+        late = store.late_events().to_pylist()
+    assert [(r["instance_id"], r["late_count"]) for r in late] == [(5, 3)]

@@ -8,7 +8,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "pid_alive", "write_atomic"]
+__all__ = [
+    "atomic_path",
+    "pid_alive",
+    "process_start_time",
+    "read_pid_file",
+    "remove_stale_temp_files",
+    "same_process",
+    "write_atomic",
+    "write_pid_file",
+]
 
 
 @contextlib.contextmanager
@@ -55,3 +64,69 @@ def pid_alive(pid: int | None) -> bool:
     except ChildProcessError:
         return True  # not our child: kill(0) said it exists
     return done == 0
+
+
+def process_start_time(pid: int | None) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), or None when it does not exist.
+
+    Stored next to a pid, it tells our process from an unrelated one that got the same pid later.
+    """
+    if not pid:
+        return None
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, ValueError):
+        return None
+    except psutil.AccessDenied:
+        return None
+
+
+def same_process(pid: int | None, started: float | None) -> bool:
+    """Whether ``pid`` is alive and is the process that started at ``started`` (±10 ms).
+
+    ``started=None`` (a pid file of an older version) falls back to :func:`pid_alive`.
+    """
+    if not pid_alive(pid):
+        return False
+    if started is None:
+        return True
+    now = process_start_time(pid)
+    return now is not None and abs(now - float(started)) < 0.01
+
+
+def write_pid_file(path: Path, pid: int) -> None:
+    """Write ``"<pid> <start time>"`` atomically (see :func:`read_pid_file`)."""
+    started = process_start_time(pid)
+    write_atomic(path, f"{pid} {started!r}\n".encode(), fsync=False)
+
+
+def read_pid_file(path: Path) -> int | None:
+    """The pid in ``path`` if that very process still runs (a reused pid is not ours), else None."""
+    try:
+        parts = path.read_text().split()
+        pid = int(parts[0])
+        started = float(parts[1]) if len(parts) > 1 and parts[1] != "None" else None
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+    return pid if same_process(pid, started) else None
+
+
+def remove_stale_temp_files(root: Path, *, skip: tuple[str, ...] = ()) -> int:
+    """Delete the temporary files :func:`atomic_path` leaves behind when a process is killed.
+
+    Call it only while no process of ``root`` writes (e.g. before the workbench starts). Folders
+    named in ``skip`` (relative to ``root``) are not searched. Returns the number removed.
+    """
+    removed = 0
+    skipped = {root / name for name in skip}
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        dirs[:] = [d for d in dirs if here / d not in skipped]
+        for name in files:
+            if name.startswith(".") and name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    (here / name).unlink()
+                    removed += 1
+    return removed

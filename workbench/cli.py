@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``workbench`` console script."""
     prefer_jemalloc_for_arrow()  # before the command modules import pyarrow
+    os.umask(0o077)  # everything the workbench writes (home, stores, logs, reports) is owner-only
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -227,12 +227,21 @@ class Settings(BaseSettings):
             config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
         return config
 
-    def to_env(self) -> dict[str, str]:
-        """These settings as environment variables, so a child process resolves the same ones."""
+    def secret_env_names(self) -> list[str]:
+        """Environment variables of the secrets that are set (never written to disk)."""
+        return [field.validation_alias for name, field in type(self).model_fields.items()
+                if isinstance(getattr(self, name), SecretStr) and isinstance(field.validation_alias, str)]
+
+    def to_env(self, *, include_secrets: bool = True) -> dict[str, str]:
+        """These settings as environment variables, so a child process resolves the same ones.
+
+        ``include_secrets=False`` leaves out secrets (the SASL password): for anything written to
+        disk, such as the supervisor's spec, which names them instead (:meth:`secret_env_names`).
+        """
         env: dict[str, str] = {}
         for name, field in type(self).model_fields.items():
             value = getattr(self, name)
-            if value is None:
+            if value is None or (isinstance(value, SecretStr) and not include_secrets):
                 continue
             key = field.validation_alias if isinstance(field.validation_alias, str) else f"WORKBENCH_{name.upper()}"
             env[key] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)

@@ -17,7 +17,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench._fs import pid_alive
+from workbench import defaults
+from workbench._fs import pid_alive, read_pid_file, write_pid_file
+from workbench._lifeline import tags
 from workbench.broker._runtime import ensure_kafka_jars, find_java
 from workbench.broker.exceptions import BrokerError, BrokerUnavailableError, PortInUseError
 from workbench.config import KAFKA_VERSION, Settings
@@ -25,6 +27,8 @@ from workbench.config import KAFKA_VERSION, Settings
 __all__ = ["BrokerStatus", "LocalKafka", "wait_for_broker"]
 
 logger = logging.getLogger(__name__)
+
+_OWNER_ONLY = 0o077
 
 
 @dataclass(frozen=True)
@@ -114,11 +118,10 @@ class LocalKafka:
     # -- state ------------------------------------------------------------------------------------
     def pid(self) -> int | None:
         """The broker's pid if it is running, else None (a stale pid file is removed)."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
+        if not self.pid_file.exists():
             return None
-        if pid_alive(pid) and self._is_our_kafka(pid):
+        pid = read_pid_file(self.pid_file)  # pid and start time: a reused pid is not ours
+        if pid is not None and self._is_our_kafka(pid):
             return pid
         self.pid_file.unlink(missing_ok=True)
         return None
@@ -140,7 +143,7 @@ class LocalKafka:
         port, controller = self.settings.kafka_port, self.controller_port
         data_dir = self.directory / "data"
         config = self.directory / "server.properties"
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         config.write_text(
             "\n".join(
                 [
@@ -173,11 +176,19 @@ class LocalKafka:
             "\n".join(
                 [
                     "status = warn",
-                    "appender.file.type = File",
+                    # Rolls at LOG_MAX_BYTES, keeping LOG_BACKUPS old files, like every workbench log.
+                    "appender.file.type = RollingFile",
                     "appender.file.name = FILE",
                     f"appender.file.fileName = {self.log_file}",
+                    f"appender.file.filePattern = {self.log_file}.%i",
                     "appender.file.layout.type = PatternLayout",
                     "appender.file.layout.pattern = [%d] %p %m (%c)%n",
+                    "appender.file.policies.type = Policies",
+                    "appender.file.policies.size.type = SizeBasedTriggeringPolicy",
+                    f"appender.file.policies.size.size = {defaults.LOG_MAX_BYTES}",
+                    "appender.file.strategy.type = DefaultRolloverStrategy",
+                    f"appender.file.strategy.max = {defaults.LOG_BACKUPS}",
+                    "appender.file.strategy.fileIndex = min",
                     "rootLogger.level = INFO",
                     "rootLogger.appenderRef.file.ref = FILE",
                     "logger.kafka.name = kafka",
@@ -211,13 +222,28 @@ class LocalKafka:
         cluster_id = uuid.uuid4().hex[:22]
         command = self._java_command(java, libs, "kafka.tools.StorageTool",
                                      "format", "-t", cluster_id, "-c", str(config), "--ignore-formatted")
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        result = subprocess.run(command, capture_output=True, text=True, check=False, umask=_OWNER_ONLY)
         if result.returncode != 0:
             msg = f"Formatting Kafka storage in {self.directory / 'data'} failed: {result.stderr.strip()[-800:]}"
             raise BrokerError(msg)
 
     def start(self, timeout: float = 90.0) -> BrokerStatus:
-        """Start the broker (no-op when it already runs) and wait until it answers."""
+        """Start the broker (no-op when it already runs) and wait until it answers.
+
+        Starts are serialised on a lock file, so two processes that find the broker down (the
+        supervisor restarting it, a user's ``workbench kafka start``) start it once.
+        """
+        import fcntl
+
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(os.open(self.directory / "start.lock", os.O_RDWR | os.O_CREAT, 0o600), "rb+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return self._start(timeout)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _start(self, timeout: float) -> BrokerStatus:
         if not self.settings.manages_kafka:
             msg = (
                 f"KAFKA_BOOTSTRAP_SERVERS is set ({self.settings.kafka_bootstrap_servers}), so the "
@@ -241,15 +267,18 @@ class LocalKafka:
         config = self._write_config()
         self._format_storage(java, libs, config)
         self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
-        stdout = (self.settings.logs_dir / "kafka.stdout.log").open("ab")
+        stdout = os.fdopen(os.open(self.settings.logs_dir / "kafka.stdout.log",
+                                   os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         command = self._java_command(java, libs, "kafka.Kafka", str(config))
         logger.info("starting Kafka %s on %s", KAFKA_VERSION, self.settings.bootstrap_servers)
+        # Tagged with the home (found again without the pid file); owner-only files, data included.
         process = subprocess.Popen(
             command, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=self.directory,
+            start_new_session=True, cwd=self.directory, umask=_OWNER_ONLY,
+            env={**os.environ, **tags(self.settings.home, "kafka")},
         )
         stdout.close()
-        self.pid_file.write_text(str(process.pid))
+        write_pid_file(self.pid_file, process.pid)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
+from workbench import defaults
 from workbench.config import Settings
 from workbench.ml.registry import ModelRegistry
 
@@ -110,8 +111,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     train = subparsers.add_parser("train", help="train, check and register a model for one day")
     train.add_argument("--day", required=True, type=dt.date.fromisoformat, help="last day of the window")
-    train.add_argument("--window-days", type=int, default=7, help="days in the window (default 7)")
-    train.add_argument("--max-rows", type=int, default=400_000, help="row cap (default 400000)")
+    train.add_argument("--window-days", type=int, default=defaults.TRAIN_WINDOW_DAYS, help="days in the window")
+    train.add_argument("--max-rows", type=int, default=defaults.TRAIN_MAX_ROWS, help="row cap")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--data", type=Path, help="train from a Parquet log instead of the shards")
     train.set_defaults(func=_train)

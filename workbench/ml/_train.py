@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from workbench import defaults
 from workbench.config import Settings
 from workbench.data.schema import COLUMNS
 from workbench.ml.detector import ResidualDetector
@@ -72,7 +73,7 @@ def _library_versions() -> dict[str, str]:
             "numpy": np.__version__, "pyarrow": pa.__version__}
 
 
-def split_window(table: pa.Table, *, max_rows: int = 400_000, seed: int = 0,
+def split_window(table: pa.Table, *, max_rows: int = defaults.TRAIN_MAX_ROWS, seed: int = 0,
                  holdout_fraction: float = 0.15) -> tuple[pa.Table, pa.Table, int]:
     """``(train, holdout, usable rows)`` of a window: non-aborted rows with a runtime, capped.
 
@@ -105,8 +106,8 @@ def split_window(table: pa.Table, *, max_rows: int = 400_000, seed: int = 0,
     return table.take(train_idx), table.take(hold_idx), raw_rows
 
 
-def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days: int = 7,
-                max_rows: int = 400_000, seed: int = 0, holdout_fraction: float = 0.15,
+def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days: int = defaults.TRAIN_WINDOW_DAYS,
+                max_rows: int = defaults.TRAIN_MAX_ROWS, seed: int = 0, holdout_fraction: float = 0.15,
                 alert_rate: float = 0.0005, parity_tolerance: float = PARITY_TOLERANCE,
                 model_params: dict[str, Any] | None = None, parent: str | None = None,
                 set_current: bool = True) -> TrainResult:
@@ -121,7 +122,7 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
         without execution time are dropped.
     day : date
         Last day of the window (names the version).
-    max_rows : int, default=400_000
+    max_rows : int, default=defaults.TRAIN_MAX_ROWS
         Seeded uniform sample cap.
     holdout_fraction : float, default=0.15
         Share of rows held out for parity, regression metrics and detector calibration.
@@ -204,7 +205,8 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
     return TrainResult(version=version, seconds=seconds, rows=n, meta=meta)
 
 
-def train_day(settings: Settings, day: dt.date, *, window_days: int = 7, max_rows: int = 400_000,
+def train_day(settings: Settings, day: dt.date, *, window_days: int = defaults.TRAIN_WINDOW_DAYS,
+              max_rows: int = defaults.TRAIN_MAX_ROWS,
               seed: int = 0, data: Path | None = None, **kwargs: Any) -> TrainResult:
     """Train on the shards (or the Parquet log ``data``) of ``[day - window_days + 1, day]``.
 

@@ -30,7 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workbench._fs import pid_alive, write_atomic
+from workbench import defaults
+from workbench._fs import process_start_time, same_process, write_atomic
+from workbench._lifeline import untag_parent
 from workbench.config import Settings
 from workbench.ml.registry import ModelRegistry
 
@@ -52,7 +54,7 @@ class TrainingSupervisor:
         Train every N-th finished day.
     window_days : int, default=7
         Training window passed to the subprocess.
-    max_rows : int, default=400_000
+    max_rows : int, default=defaults.TRAIN_MAX_ROWS
         Row cap passed to the subprocess.
     max_attempts : int, default=3
         Attempts per day before it is marked ``failed``.
@@ -64,8 +66,9 @@ class TrainingSupervisor:
         Wall-clock seconds (``time.time``), injectable for tests.
     """
 
-    def __init__(self, settings: Settings, *, every_n_days: int = 1, window_days: int = 7,
-                 max_rows: int = 400_000, max_attempts: int = 3, backoff_seconds: float = 60.0,
+    def __init__(self, settings: Settings, *, every_n_days: int = defaults.TRAIN_EVERY_N_DAYS,
+                 window_days: int = defaults.TRAIN_WINDOW_DAYS, max_rows: int = defaults.TRAIN_MAX_ROWS,
+                 max_attempts: int = 3, backoff_seconds: float = 60.0,
                  python: str | None = None, clock: Callable[[], float] | None = None) -> None:
         if every_n_days < 1:
             msg = f"The 'every_n_days' parameter of TrainingSupervisor must be >= 1. Got {every_n_days}."
@@ -80,6 +83,7 @@ class TrainingSupervisor:
         self.clock = clock or time.time
         self.state_path = settings.state_dir / STATE_FILE
         self._proc: subprocess.Popen[bytes] | None = None
+        self._saved: bytes | None = None
         self.state: dict[str, Any] = self._load()
 
     # --- state ------------------------------------------------------------------------------
@@ -94,8 +98,13 @@ class TrainingSupervisor:
         return {"first_day": None, "last_day": None, "every_n_days": self.every_n_days, "days": {}}
 
     def _save(self) -> None:
+        # poll() runs several times a second: write (and fsync) only when something changed.
+        data = json.dumps(self.state, indent=2, sort_keys=True).encode()
+        if data == self._saved:
+            return
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.state_path, json.dumps(self.state, indent=2, sort_keys=True).encode())
+        write_atomic(self.state_path, data)
+        self._saved = data
 
     def status(self, day: dt.date | str) -> str | None:
         """``pending``, ``running``, ``done``, ``failed`` or ``None`` (never scheduled)."""
@@ -186,8 +195,9 @@ class TrainingSupervisor:
             if rc is not None:
                 self._proc = None
             return rc
-        # A run started by an earlier process: we cannot reap it, only watch its pid.
-        if pid_alive(int(entry["pid"])):
+        # A run started by an earlier process: we cannot reap it, only watch its pid (with its
+        # start time, so that an unrelated process that got the pid later is not taken for it).
+        if same_process(int(entry["pid"]), entry.get("pid_started")):
             return None
         return -999  # unknown: decided from the registry
 
@@ -198,6 +208,7 @@ class TrainingSupervisor:
             rc = 0 if done else -1
         entry["last_rc"] = rc
         entry.pop("pid", None)
+        entry.pop("pid_started", None)
         if rc == 0:
             entry["status"] = "done"
             logger.info("training finished day=%s attempts=%d", day, entry["attempts"])
@@ -222,12 +233,15 @@ class TrainingSupervisor:
         entry = self.state["days"][day]
         self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
         log_path: Path = self.settings.logs_dir / f"train_{day}.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+        # Same home and supervisor tags as the app: it dies with the supervisor (watchdog), but not
+        # with the app, so a restarted app finds it still running instead of training twice.
+        env = {**untag_parent(dict(os.environ), "training"), "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
         with open(log_path, "ab") as log:
             self._proc = subprocess.Popen(self.command(day), stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         entry["attempts"] += 1
         entry["status"] = "running"
         entry["pid"] = self._proc.pid
+        entry["pid_started"] = process_start_time(self._proc.pid)
         self._save()
         logger.info("training started day=%s attempt=%d pid=%d", day, entry["attempts"], self._proc.pid)

@@ -18,6 +18,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from collections.abc import Sequence
 from pathlib import Path
 
+from workbench import defaults
+from workbench._lifeline import bind_to_supervisor
 from workbench.config import get_settings
 from workbench.exceptions import WorkbenchError
 from workbench.ml._train import TrainResult, train_day, train_table
@@ -29,11 +31,12 @@ logger = logging.getLogger(__name__)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the training subprocess."""
+    bind_to_supervisor()  # dies with the workbench's supervisor, not with the scoring app
     parser = argparse.ArgumentParser(prog="python -m workbench.ml.train")
     parser.add_argument("--day", required=True, type=dt.date.fromisoformat)
     parser.add_argument("--home")
-    parser.add_argument("--window-days", type=int, default=7)
-    parser.add_argument("--max-rows", type=int, default=400_000)
+    parser.add_argument("--window-days", type=int, default=defaults.TRAIN_WINDOW_DAYS)
+    parser.add_argument("--max-rows", type=int, default=defaults.TRAIN_MAX_ROWS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, help="a Parquet log instead of the shards")
     args = parser.parse_args(argv)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from workbench import defaults
+
 __all__ = ["register"]
 
 
@@ -14,14 +16,21 @@ def register(subparsers: Any) -> None:
     parser.add_argument("name", choices=("analytics", "anomaly-sink", "scoring"), help="which app")
     parser.add_argument("--timeout", type=float, help="stop after this many seconds")
     parser.add_argument("--idle-exit", type=float, help="stop after this many seconds without messages")
-    parser.add_argument("--window-minutes", type=float, default=10.0, help="analytics window length")
-    parser.add_argument("--grace-minutes", type=float, default=5.0, help="analytics grace period (event time)")
+    parser.add_argument("--window-minutes", type=float, default=defaults.ANALYTICS_WINDOW_MINUTES,
+                        help="analytics window length")
+    parser.add_argument("--grace-minutes", type=float, default=defaults.ANALYTICS_GRACE_MINUTES,
+                        help="analytics grace period (event time)")
     parser.add_argument("--closing-strategy", choices=("partition", "key"), default="partition")
-    parser.add_argument("--retention-days", type=float, default=8.0, help="archive older analytics windows")
-    parser.add_argument("--batch-rows", type=int, default=16_384, help="scoring: rows per partition batch")
-    parser.add_argument("--batch-seconds", type=float, default=1.0, help="scoring: longest time between flushes")
-    parser.add_argument("--every-n-days", type=int, default=1, help="scoring: train every N-th finished day")
-    parser.add_argument("--window-days", type=int, default=7, help="scoring: training window in days")
+    parser.add_argument("--retention-days", type=float, default=defaults.ANALYTICS_RETENTION_DAYS,
+                        help="archive older analytics windows")
+    parser.add_argument("--batch-rows", type=int, default=defaults.SCORING_BATCH_ROWS,
+                        help="scoring: rows per partition batch")
+    parser.add_argument("--batch-seconds", type=float, default=defaults.SCORING_BATCH_SECONDS,
+                        help="scoring: longest time between flushes")
+    parser.add_argument("--every-n-days", type=int, default=defaults.TRAIN_EVERY_N_DAYS,
+                        help="scoring: train every N-th finished day")
+    parser.add_argument("--window-days", type=int, default=defaults.TRAIN_WINDOW_DAYS,
+                        help="scoring: training window in days")
     parser.add_argument("--no-train", action="store_true", help="scoring: never schedule training")
     parser.set_defaults(func=_run)
 

@@ -312,7 +312,8 @@ class AnalyticsApp(WorkbenchApp):
         before = self.status.counters.get("late_events", 0)
         self.status.add("late_events", n)
         if self.sink is not None:
-            self.sink.store.record_late(int(value["instance_id"]), int(start), n)
+            # Keyed by the late message: a re-processed message (after a crash) replaces its count.
+            self.sink.store.record_late(int(value["instance_id"]), int(start), n, source=(topic, partition, offset))
         if before == 0 or before // 1000 != (before + n) // 1000:
             logger.warning("late events dropped from closed window instance_id=%s window_start_ms=%d count=%d "
                            "late_by_ms=%d source=%s[%s]@%s total_late=%d", value.get("instance_id"), start, n,

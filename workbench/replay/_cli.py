@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 
+from workbench import defaults
 from workbench.replay._control import ReplayController, ReplayStatus
 from workbench.replay._replay import Replay
 
@@ -72,14 +73,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("replay", help="replay a Parquet query log into Kafka")
     parser.add_argument("file", help="Parquet query log sorted by (arrival_timestamp, query_id), or a folder "
                         "of them replayed in name order (workbench prepare --split day)")
-    parser.add_argument("--speedup", default="600", help="event seconds per wall second, 0 or 'max' = unpaced")
-    parser.add_argument("--pack", type=int, default=1, help="most queries of one instance per message")
+    parser.add_argument("--speedup", default=f"{defaults.REPLAY_SPEEDUP:g}",
+                        help="event seconds per wall second, 0 or 'max' = unpaced")
+    parser.add_argument("--pack", type=int, default=defaults.REPLAY_PACK,
+                        help="most queries of one instance per message")
     parser.add_argument("--encoding", default=None,
                         help="message encoding: json (1 query per message), arrow, arrow-zstd; "
                              "default json for --pack 1, arrow otherwise")
     parser.add_argument("--reset", action="store_true", help="start from the first row, not the saved position")
     parser.add_argument("--replay-id", default="default", help="names the position, status and commands")
-    parser.add_argument("--batch-size", type=int, default=5000, help="most rows per transaction")
+    parser.add_argument("--batch-size", type=int, default=defaults.REPLAY_BATCH_SIZE, help="most rows per transaction")
     parser.add_argument("--timeout", type=float, help="stop after this many seconds")
     parser.add_argument("--skip-bad-rows", action="store_true",
                         help="replay a file with row problems: bad rows go to the dead-letter topic with their reason")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from workbench import defaults
+
 __all__ = ["register"]
 
 
@@ -37,10 +39,17 @@ def _start(args: argparse.Namespace) -> int:
 def _stop(args: argparse.Namespace) -> int:
     from workbench.runtime import Workbench, WorkbenchStateError
 
+    settings = _settings(args)
     try:
-        workbench = Workbench.attach(_settings(args))
+        workbench = Workbench.attach(settings)
     except WorkbenchStateError as exc:
-        print(exc)
+        # No live supervisor; its children may still run (it was killed): find them by their home tag.
+        orphans = Workbench.stop_orphans(settings)
+        print(f"stopped {orphans} orphaned process(es) of {settings.home}" if orphans else exc)
+        if args.kafka and settings.manages_kafka:
+            from workbench.broker import LocalKafka
+
+            LocalKafka(settings).stop()
         return 0
     workbench.stop(kafka=True if args.kafka else None)
     print("stopped")
@@ -72,10 +81,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     start = subparsers.add_parser("start", help="start Kafka, the pipeline apps and a replay in the background")
     start.add_argument("--data", help="Parquet query log to replay")
-    start.add_argument("--speedup", default="600", help="event seconds per wall second, or 'max'")
-    start.add_argument("--pack", type=int, default=1)
+    start.add_argument("--speedup", default=f"{defaults.REPLAY_SPEEDUP:g}",
+                       help="event seconds per wall second, or 'max'")
+    start.add_argument("--pack", type=int, default=defaults.REPLAY_PACK)
     start.add_argument("--resume", action="store_true", help="continue the replay's saved position")
-    start.add_argument("--every-n-days", type=int, default=1, help="training cadence")
+    start.add_argument("--every-n-days", type=int, default=defaults.TRAIN_EVERY_N_DAYS, help="training cadence")
     start.set_defaults(func=_start)
 
     stop = subparsers.add_parser("stop", help="stop the running workbench (and the Kafka it started)")

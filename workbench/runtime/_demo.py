@@ -133,6 +133,10 @@ def run_demo(settings: Settings, *, days: int = 4, instances: int = 16, seed: in
     return result
 
 
+#: A file in the demo home that says the demo created it (and may delete it).
+DEMO_MARKER = ".workbench-demo"
+
+
 def _fresh_demo_home(settings: Settings) -> Settings:
     """Settings for a demo run that starts from nothing, so the same seed gives the same numbers.
 
@@ -160,8 +164,15 @@ def _fresh_demo_home(settings: Settings) -> Settings:
         demo = demo.with_overrides(**{name: f"{getattr(demo, name)}.{suffix}" for name in (
             "topic_query_events", "topic_anomalies", "topic_dead_letter", "topic_replay_control",
             "topic_replay_state")})
+    marker = demo.home / DEMO_MARKER
     if demo.home.exists():
+        if not marker.is_file():
+            msg = (f"{demo.home} exists but was not created by `workbench demo` (it has no {DEMO_MARKER} "
+                   "marker), so the demo will not delete it. Move it away, or set WORKBENCH_HOME elsewhere.")
+            raise WorkbenchStateError(msg)
         shutil.rmtree(demo.home)
+    demo.home.mkdir(parents=True, mode=0o700)
+    marker.write_text("Created by `workbench demo`, which deletes this folder at its next run.\n")
     return demo
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
@@ -16,7 +18,15 @@ from workbench.broker import IncompleteReadError, read_range, when_ready
 from workbench.config import Settings
 from workbench.replay import ReplayStatus
 
-__all__ = ["WorkbenchStatus", "anomaly_count", "consumer_lag", "topic_message_count"]
+__all__ = [
+    "WorkbenchStatus",
+    "anomaly_count",
+    "consumer_lag",
+    "disk_usage",
+    "format_bytes",
+    "late_event_count",
+    "topic_message_count",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +110,20 @@ def topic_message_count(settings: Settings, topic: str, timeout: float = 5.0) ->
         consumer.close()
 
 
+def late_event_count(settings: Settings) -> int | None:
+    """Late events recorded in the window-stats store (None if it cannot be read yet)."""
+    from workbench.store.window_stats import WindowStatsStore
+
+    if not settings.sqlite_path.exists():
+        return None
+    try:
+        with WindowStatsStore.from_settings(settings, read_only=True) as store:
+            return int(sum(store.late_events().column("late_count").to_pylist()))
+    except Exception as exc:
+        logger.debug("late-event count unavailable: %s", exc)
+        return None
+
+
 def anomaly_count(settings: Settings) -> int | None:
     """Rows in the anomaly lakehouse now (None if it cannot be read yet)."""
     from workbench.store.lakehouse import AnomalyLakehouse
@@ -110,6 +134,48 @@ def anomaly_count(settings: Settings) -> int | None:
     except Exception as exc:
         logger.debug("anomaly count unavailable: %s", exc)
         return None
+
+
+def _tree_bytes(path: Path) -> int:
+    """Bytes on disk under ``path`` (a file or a folder; 0 when missing)."""
+    total = 0
+    try:
+        if path.is_file():
+            return path.stat().st_blocks * 512
+        for folder, _dirs, files in os.walk(path):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(folder, name)).st_blocks * 512
+                except OSError:
+                    continue  # removed while we walked
+    except OSError:
+        return total
+    return total
+
+
+def disk_usage(settings: Settings) -> dict[str, int]:
+    """Bytes on disk per store of the home (Kafka data, shards, models, window stats, lakehouse,
+    app state, logs)."""
+    stats = [settings.sqlite_path.with_name(settings.sqlite_path.name + suffix) for suffix in ("", "-wal", "-shm")]
+    return {
+        "kafka": _tree_bytes(settings.kafka_dir) if settings.manages_kafka else 0,
+        "shards": _tree_bytes(settings.shards_dir),
+        "models": _tree_bytes(settings.models_dir),
+        "window_stats": sum(_tree_bytes(p) for p in stats) + _tree_bytes(settings.archive_dir),
+        "lakehouse": _tree_bytes(settings.lakehouse_dir),
+        "state": _tree_bytes(settings.state_dir),
+        "logs": _tree_bytes(settings.logs_dir),
+    }
+
+
+def format_bytes(n: int) -> str:
+    """``1.2 GB``-style size."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"  # pragma: no cover
 
 
 @dataclass(frozen=True)
@@ -125,6 +191,7 @@ class WorkbenchStatus:
     anomalies: int | None
     late_events: int | None
     dead_letters: int | None
+    disk: dict[str, int] = field(default_factory=dict)
     taken_at: float = field(default_factory=time.time)
 
     # -- convenience views ------------------------------------------------------------------
@@ -178,6 +245,7 @@ class WorkbenchStatus:
             "late_events": self.late_events,
             "dead_letters": self.dead_letters,
             "processes": {name: p.get("state") for name, p in self.processes.items()},
+            "disk": dict(self.disk),
         }
 
     def __str__(self) -> str:
@@ -191,6 +259,8 @@ class WorkbenchStatus:
         procs = ", ".join(f"{name}: {p.get('state')}" + (f" ({p['restarts']} restarts)" if p.get("restarts") else "")
                           for name, p in self.processes.items())
         lines.append(f"processes: {procs or '-'}")
+        if self.disk:
+            lines.append("disk: " + ", ".join(f"{name} {format_bytes(n)}" for name, n in self.disk.items()))
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:

@@ -16,18 +16,36 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench._fs import pid_alive
+from workbench import defaults
+from workbench._fs import same_process
+from workbench._lifeline import home_processes, stop_processes, tags
 from workbench.broker import LocalKafka, broker_status, ensure_broker
 from workbench.config import Settings, get_settings
 from workbench.exceptions import WorkbenchError
 from workbench.replay import ReplayController, ReplayStatus
-from workbench.runtime._status import WorkbenchStatus, anomaly_count, consumer_lag, topic_message_count
-from workbench.runtime.supervisor import ProcessSpec, read_state, run_dir, spec_dict, write_json_atomic
+from workbench.runtime._status import (
+    WorkbenchStatus,
+    anomaly_count,
+    consumer_lag,
+    disk_usage,
+    late_event_count,
+    topic_message_count,
+)
+from workbench.runtime.supervisor import (
+    OWNER_ONLY_UMASK,
+    ProcessSpec,
+    RunSpec,
+    read_spec,
+    read_state,
+    run_dir,
+    write_json_atomic,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,6 +75,35 @@ class _InProcessSettings(Settings):
         return {**super().kafka_client_config(), "logger": logging.getLogger("workbench.kafka")}
 
 
+def _supervisor_alive(state: dict[str, Any] | None) -> bool:
+    """The supervisor recorded in ``state`` still runs (same pid *and* start time)."""
+    return bool(state) and same_process(state.get("supervisor_pid"), state.get("supervisor_started"))
+
+
+def build_specs(data: str | Path | None, *, apps: Sequence[str], speedup: float | str, pack: int, replay_id: str,
+                reset: bool, retrain_every_days: int, idle_exit: float | None, encoding: str | None = None,
+                commands_since: float | None = None) -> list[ProcessSpec]:
+    """The typed process specs of a workbench: one per app, plus the replay of ``data``."""
+    specs: list[ProcessSpec] = []
+    for app in apps:
+        options: dict[str, Any] = {}
+        if app == "scoring":
+            options["every_n_days"] = retrain_every_days
+        if idle_exit:
+            options["idle_exit"] = float(idle_exit)
+        specs.append(ProcessSpec(app, "app", options))
+    if data is not None:
+        # linger: a finished replay keeps listening (seek and reset replay again). The run token makes a
+        # restart resume this run's own committed position (also when the first start failed before its
+        # first commit), so restarts use the very same options; commands_since keeps commands a notebook
+        # sent before the replay process listened.
+        replay = {"data": str(Path(data).expanduser().resolve()), "speedup": speedup, "pack": pack,
+                  "encoding": encoding, "replay_id": replay_id, "reset": reset, "linger": True,
+                  "run_token": uuid.uuid4().hex, "commands_since": commands_since or time.time()}
+        specs.append(ProcessSpec("replay", "replay", replay))
+    return specs
+
+
 class Workbench:
     """A running workbench: replay control, status and data access.
 
@@ -80,14 +127,14 @@ class Workbench:
         cls,
         data: str | Path | None = None,
         *,
-        speedup: float | str = 600,
-        pack: int = 1,
+        speedup: float | str = defaults.REPLAY_SPEEDUP,
+        pack: int = defaults.REPLAY_PACK,
         encoding: str | None = None,
         settings: Settings | None = None,
         apps: Sequence[str] = DEFAULT_APPS,
         replay_id: str = "default",
         reset: bool = True,
-        retrain_every_days: int = 1,
+        retrain_every_days: int = defaults.TRAIN_EVERY_N_DAYS,
         idle_exit: float | None = None,
     ) -> Workbench:
         """Start Kafka (if needed), the pipeline apps and the replay of ``data``; return at once.
@@ -114,44 +161,45 @@ class Workbench:
         """
         settings = settings or get_settings()
         state = read_state(settings.home)
-        if state and state.get("state") in ("running", "stopping") and pid_alive(state.get("supervisor_pid")):
+        if state and state.get("state") in ("running", "stopping") and _supervisor_alive(state):
             msg = (f"A workbench already runs under {settings.home} (supervisor pid {state['supervisor_pid']}). "
                    "Use Workbench.attach() to connect to it, or stop() it first.")
+            raise WorkbenchStateError(msg)
+        orphans = home_processes(settings.home)
+        if orphans:
+            msg = (f"Processes of an earlier workbench still run under {settings.home} (pids "
+                   f"{', '.join(str(p.pid) for p in orphans)}); a second set would work on the same state "
+                   "files. Stop them with `workbench stop` (or Workbench.stop_orphans()) first.")
             raise WorkbenchStateError(msg)
         if data is not None:
             from workbench.replay import validate_log
 
             validate_log(data)
+        settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)  # before Kafka creates anything in it
         kafka_was_running = settings.manages_kafka and broker_status(settings).running
         ensure_broker(settings)
         started_kafka = settings.manages_kafka and not kafka_was_running
 
-        python = [sys.executable, "-m", "workbench.cli"]
-        specs: list[ProcessSpec] = []
-        for app in apps:
-            argv = [*python, "app", app]
-            if app == "scoring":
-                argv += ["--every-n-days", str(retrain_every_days)]
-            if idle_exit:
-                argv += ["--idle-exit", str(idle_exit)]
-            specs.append(ProcessSpec(app, argv))
-        if data is not None:
-            replay = [*python, "replay", str(Path(data).expanduser().resolve()), "--speedup", str(speedup),
-                      "--pack", str(pack), "--replay-id", replay_id, "--quiet"]
-            if encoding is not None:
-                replay += ["--encoding", encoding]
-            specs.append(ProcessSpec("replay", [*replay, "--reset"] if reset else replay, restart_argv=replay))
+        specs = build_specs(data, apps=apps, speedup=speedup, pack=pack, replay_id=replay_id, reset=reset,
+                            retrain_every_days=retrain_every_days, idle_exit=idle_exit, encoding=encoding,
+                            commands_since=time.time())
         run = run_dir(settings.home)
-        run.mkdir(parents=True, exist_ok=True)
+        run.mkdir(parents=True, exist_ok=True, mode=0o700)
         (run / "state.json").unlink(missing_ok=True)
-        write_json_atomic(run / "spec.json", spec_dict(specs, settings.to_env(), started_kafka=started_kafka,
-                                                       replay_id=replay_id, apps=list(apps)))
-        settings.logs_dir.mkdir(parents=True, exist_ok=True)
-        with (settings.logs_dir / "supervisor.log").open("ab") as log:
+        # The spec names the secrets; their values travel only in the supervisor's environment.
+        spec = RunSpec(processes=specs, env=settings.to_env(include_secrets=False),
+                       secret_env=settings.secret_env_names(), started_kafka=started_kafka, replay_id=replay_id,
+                       apps=list(apps))
+        write_json_atomic(run / "spec.json", spec.to_json())
+        settings.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The supervisor logs through a rotating handler; its raw output only holds a crash.
+        raw_log = os.open(settings.logs_dir / "supervisor.stdout.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(raw_log, "ab") as log:
             subprocess.Popen(
                 [sys.executable, "-m", "workbench.runtime.supervisor", "--home", str(settings.home)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                env={**os.environ, **settings.to_env()}, cwd=settings.home,
+                env={**os.environ, **settings.to_env(), **tags(settings.home, "supervisor")}, cwd=settings.home,
+                umask=OWNER_ONLY_UMASK,
             )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -160,7 +208,8 @@ class Workbench:
                 break
             time.sleep(0.1)
         else:
-            msg = f"The supervisor did not start within 20 s; see {settings.logs_dir / 'supervisor.log'}."
+            msg = (f"The supervisor did not start within 20 s; see {settings.logs_dir / 'supervisor.log'} and "
+                   f"{settings.logs_dir / 'supervisor.stdout.log'}.")
             raise WorkbenchStateError(msg)
         logger.info("workbench started under %s: %s", settings.home, ", ".join(s.name for s in specs))
         return cls(settings, replay_id=replay_id, apps=apps, started_kafka=started_kafka)
@@ -173,24 +222,33 @@ class Workbench:
         WORKBENCH_HOME (or ``settings.home``) needs to match.
         """
         settings = settings or get_settings()
-        spec_path = run_dir(settings.home) / "spec.json"
         state = read_state(settings.home)
-        if not state or not pid_alive(state.get("supervisor_pid")) or state.get("state") == "stopped":
+        if not _supervisor_alive(state) or state.get("state") == "stopped":  # type: ignore[union-attr]
             msg = (f"No workbench runs under {settings.home}. Start one with Workbench.start(data=...) "
                    "or `workbench demo`, or set WORKBENCH_HOME to the home of the running one.")
             raise WorkbenchStateError(msg)
-        import orjson
+        spec = read_spec(settings.home)
+        settings = Settings.from_env({**spec.env, "WORKBENCH_HOME": str(settings.home)})
+        return cls(settings, replay_id=replay_id or spec.replay_id, apps=spec.apps or DEFAULT_APPS,
+                   started_kafka=spec.started_kafka)
 
-        spec = orjson.loads(spec_path.read_bytes())
-        settings = Settings.from_env({**spec.get("env", {}), "WORKBENCH_HOME": str(settings.home)})
-        return cls(settings, replay_id=replay_id or spec.get("replay_id", "default"),
-                   apps=spec.get("apps", DEFAULT_APPS), started_kafka=bool(spec.get("started_kafka")))
+    @staticmethod
+    def stop_orphans(settings: Settings | None = None, *, timeout: float = 30.0) -> int:
+        """Stop every process left of an earlier workbench of this home (e.g. after its supervisor
+        was killed); returns how many there were. The managed Kafka is not touched."""
+        settings = settings or get_settings()
+        orphans = home_processes(settings.home)
+        if orphans:
+            logger.warning("stopping %d orphaned process(es) of %s: %s", len(orphans), settings.home,
+                           ", ".join(str(p.pid) for p in orphans))
+            stop_processes(orphans, timeout=timeout)
+        return len(orphans)
 
     @property
     def running(self) -> bool:
         """Whether the supervisor of this workbench is alive."""
         state = read_state(self.settings.home)
-        return bool(state) and state.get("state") != "stopped" and pid_alive(state.get("supervisor_pid"))
+        return _supervisor_alive(state) and state.get("state") != "stopped"  # type: ignore[union-attr]
 
     def stop(self, *, kafka: bool | None = None, timeout: float = 60.0) -> None:
         """Stop the replay, the apps and the supervisor; and Kafka when this workbench started it.
@@ -198,15 +256,17 @@ class Workbench:
         ``kafka=True``/``False`` forces stopping or keeping the managed broker.
         """
         state = read_state(self.settings.home)
-        pid = state.get("supervisor_pid") if state else None
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)  # type: ignore[arg-type]
+        if _supervisor_alive(state):
+            pid: int = state["supervisor_pid"]  # type: ignore[index]
+            started = state.get("supervisor_started")  # type: ignore[union-attr]
+            os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and pid_alive(pid):
+            while time.monotonic() < deadline and same_process(pid, started):
                 time.sleep(0.1)
-            if pid_alive(pid):
+            if same_process(pid, started):
                 logger.warning("supervisor did not stop within %.0f s; killing it", timeout)
-                os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+                os.kill(pid, signal.SIGKILL)
+        self.stop_orphans(self.settings, timeout=timeout)
         stop_kafka = self.started_kafka if kafka is None else kafka
         if stop_kafka and self.settings.manages_kafka:
             LocalKafka(self.settings).stop()
@@ -256,7 +316,10 @@ class Workbench:
                for name in self.apps}
         registry = ModelRegistry(self.settings.models_dir)
         analytics = apps.get("analytics") or {}
-        late = analytics["counters"].get("late_events", 0) if "counters" in analytics else None
+        # The store's keyed counts survive app restarts; the app's counter only covers its current run.
+        late = late_event_count(self.settings)
+        if late is None and "counters" in analytics:
+            late = analytics["counters"].get("late_events", 0)
         return WorkbenchStatus(
             replay=self._controller.status(),
             processes=state.get("processes", {}),
@@ -267,6 +330,7 @@ class Workbench:
             anomalies=self._anomaly_count(),
             late_events=late,
             dead_letters=topic_message_count(self.settings, self.settings.topic_dead_letter),
+            disk=disk_usage(self.settings),
         )
 
     def _anomaly_count(self) -> int | None:

@@ -1,10 +1,18 @@
 """The supervisor: one small daemon per WORKBENCH_HOME that runs the workbench's processes.
 
-It starts each process in the spec (``<home>/run/spec.json``), sends its output to
-``<home>/logs/<name>.log``, restarts a process that dies with exponential backoff (1 s, 2 s, ...
-30 s), and leaves a process that exits with code 0 finished (a replay that reached the end).
-Every half second it writes ``<home>/run/state.json`` atomically. SIGTERM or SIGINT stops all
-children (SIGTERM, then SIGKILL after a grace period) and then the supervisor itself.
+It starts each process of the spec (``<home>/run/spec.json``, a list of typed
+:class:`ProcessSpec`) as ``python -m workbench.runtime._launch --name NAME``, writes its output
+to ``<home>/logs/<name>.log`` (rotated: :data:`~workbench.defaults.LOG_MAX_BYTES`, a few old files
+kept), restarts a process that dies with exponential backoff (1 s, 2 s, ... 30 s), and leaves a
+process that exits with code 0 finished (a replay that reached the end). ``<home>/run/state.json``
+is rewritten atomically when something changes (and every few seconds as a heartbeat). SIGTERM or
+SIGINT stops all children (SIGTERM, then SIGKILL after a grace period), then any other process
+tagged with this home (the training subprocess), then the supervisor itself.
+
+Faults: children are bound to the supervisor (:mod:`workbench._lifeline`: parent-death signal
+plus a watchdog), so ``kill -9`` of the supervisor stops them too; pids are stored with their
+start time, so a reused pid is never taken for ours; every file is created owner-only (umask 077);
+stale temporary files of atomic writes are removed at start.
 
 Run as ``python -m workbench.runtime.supervisor --home HOME``; :class:`workbench.Workbench` does this.
 """
@@ -12,25 +20,44 @@ Run as ``python -m workbench.runtime.supervisor --home HOME``; :class:`workbench
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import logging.handlers
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Literal
 
 import orjson
 
-from workbench._fs import write_atomic
+from workbench import defaults
+from workbench._fs import process_start_time, remove_stale_temp_files, write_atomic, write_pid_file
+from workbench._lifeline import home_processes, stop_processes, tags
+from workbench.config import Settings, get_settings
 
-__all__ = ["ProcessSpec", "Supervisor", "read_state", "run_dir", "write_json_atomic"]
+__all__ = [
+    "OWNER_ONLY_UMASK",
+    "ProcessSpec",
+    "RunSpec",
+    "Supervisor",
+    "read_spec",
+    "read_state",
+    "run_dir",
+    "write_json_atomic",
+]
 
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
+HEARTBEAT_S = 5.0
+BROKER_CHECK_S = 2.0
+#: Files the workbench creates are readable by their owner only.
+OWNER_ONLY_UMASK = 0o077
 
 
 def run_dir(home: Path) -> Path:
@@ -53,16 +80,79 @@ def read_state(home: Path) -> dict[str, Any] | None:
 
 @dataclass
 class ProcessSpec:
-    """One supervised process.
+    """One supervised process, typed: which launcher runs it and with which keyword options.
 
-    ``restart_argv`` (optional) replaces ``argv`` on restarts: the replay is started with
-    ``--reset`` once but must resume, not start over, after a crash.
+    ``kind`` names an entry of :data:`workbench.runtime._launch.LAUNCHERS` (``app``: the app called
+    ``name``; ``replay``). ``options`` are keyword arguments of the Python API it calls;
+    ``restart_options`` (optional) are merged over them on restarts: the replay starts with
+    ``reset=True`` once but must resume, not start over, after a crash.
     """
 
     name: str
-    argv: list[str]
-    restart_argv: list[str] | None = None
+    kind: Literal["app", "replay"]
+    options: dict[str, Any] = field(default_factory=dict)
+    restart_options: dict[str, Any] | None = None
     restart: bool = True
+
+    def options_for(self, *, restarted: bool) -> dict[str, Any]:
+        """The keyword options of a first start or of a restart."""
+        if restarted and self.restart_options:
+            return {**self.options, **self.restart_options}
+        return dict(self.options)
+
+
+@dataclass
+class RunSpec:
+    """What ``<home>/run/spec.json`` holds: the processes and how the workbench was started.
+
+    ``env`` holds the settings as environment variables without secrets; ``secret_env`` names
+    the variables (e.g. ``KAFKA_SASL_PASSWORD``) that the supervisor gets from its own environment.
+    """
+
+    processes: list[ProcessSpec]
+    env: dict[str, str]
+    secret_env: list[str] = field(default_factory=list)
+    started_kafka: bool = False
+    replay_id: str = "default"
+    apps: list[str] = field(default_factory=list)
+    grace_seconds: float = 20.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunSpec:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "processes"}
+        return cls(processes=[ProcessSpec(**p) for p in data.get("processes", [])], **known)
+
+
+def read_spec(home: Path) -> RunSpec:
+    """The spec the supervisor of ``home`` runs."""
+    return RunSpec.from_json(orjson.loads((run_dir(home) / "spec.json").read_bytes()))
+
+
+class _RotatingOutput:
+    """Copies a child's stdout/stderr pipe, line by line, into a size-rotated log file."""
+
+    def __init__(self, path: Path) -> None:
+        self.handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=defaults.LOG_MAX_BYTES, backupCount=defaults.LOG_BACKUPS, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(message)s"))
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        record = logging.LogRecord("child", logging.INFO, "", 0, text, None, None)
+        with self._lock:
+            self.handler.emit(record)
+
+    def pump(self, stream: IO[bytes]) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            for raw in iter(stream.readline, b""):
+                self.line(raw.decode("utf-8", "replace").rstrip("\n"))
+        stream.close()
+
+    def close(self) -> None:
+        self.handler.close()
 
 
 @dataclass
@@ -75,34 +165,48 @@ class _Child:
     next_start: float = 0.0
     started_at: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    output: _RotatingOutput | None = None
 
 
 class Supervisor:
     """Keeps the processes of one workbench running until told to stop."""
 
     def __init__(self, home: Path, specs: list[ProcessSpec], *, env: dict[str, str] | None = None,
-                 grace_seconds: float = 20.0) -> None:
+                 grace_seconds: float = 20.0, broker: Settings | None = None) -> None:
         self.home = home
+        self.broker = broker
         self.children = [_Child(spec) for spec in specs]
         self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self.grace_seconds = grace_seconds
         self._stopping = False
+        self._last_state: bytes | None = None
+        self._last_write = 0.0
 
     def stop(self, *_: object) -> None:
         """Ask the loop to stop (safe from a signal handler)."""
         self._stopping = True
 
+    def _log_path(self, child: _Child) -> Path:
+        return self.home / "logs" / f"{child.spec.name}.log"
+
     def _start(self, child: _Child) -> None:
-        argv = child.spec.restart_argv if child.restarts and child.spec.restart_argv else child.spec.argv
-        log_path = self.home / "logs" / f"{child.spec.name}.log"
+        argv = [sys.executable, "-m", "workbench.runtime._launch", "--home", str(self.home),
+                "--name", child.spec.name]
+        if child.restarts:
+            argv.append("--restarted")
+        log_path = self._log_path(child)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
-            log.flush()
-            child.process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
-                cwd=self.home,
-            )
+        if child.output is None:
+            child.output = _RotatingOutput(log_path)
+        child.output.line(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {child.spec.name} "
+                          f"({child.spec.kind}, options {child.spec.options_for(restarted=bool(child.restarts))})")
+        env = {**self.env, **tags(self.home, child.spec.kind, supervisor_pid=os.getpid(), direct_child=True)}
+        child.process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            cwd=self.home, umask=OWNER_ONLY_UMASK,
+        )
+        threading.Thread(target=child.output.pump, args=(child.process.stdout,), daemon=True,
+                         name=f"log-{child.spec.name}").start()
         child.state = "running"
         child.started_at = time.time()
         child.exit_code = None
@@ -129,23 +233,32 @@ class Supervisor:
         child.next_start = now + delay
         logger.warning("%s died with code %d; restart %d in %.0f s", child.spec.name, code, child.restarts, delay)
 
-    def _write_state(self, state: str) -> None:
-        write_json_atomic(run_dir(self.home) / "state.json", {
+    def _write_state(self, state: str, *, force: bool = False) -> None:
+        body = {
             "supervisor_pid": os.getpid(),
+            "supervisor_started": process_start_time(os.getpid()),
             "state": state,
-            "updated_at": time.time(),
             "processes": {
                 child.spec.name: {
                     "pid": child.process.pid if child.process is not None else None,
+                    "pid_started": (process_start_time(child.process.pid)
+                                    if child.process is not None and child.state == "running" else None),
                     "state": child.state,
                     "restarts": child.restarts,
                     "exit_code": child.exit_code,
                     "started_at": child.started_at,
-                    "log": str(self.home / "logs" / f"{child.spec.name}.log"),
+                    "log": str(self._log_path(child)),
                 }
                 for child in self.children
             },
-        })
+        }
+        encoded = orjson.dumps(body)
+        now = time.monotonic()
+        # Written on change, plus a heartbeat: not twice a second for nothing.
+        if not force and encoded == self._last_state and now - self._last_write < HEARTBEAT_S:
+            return
+        self._last_state, self._last_write = encoded, now
+        write_json_atomic(run_dir(self.home) / "state.json", {**body, "updated_at": time.time()})
 
     def _terminate_all(self) -> None:
         running = [c for c in self.children if c.process is not None and c.process.poll() is None]
@@ -163,12 +276,48 @@ class Supervisor:
             child.exit_code = child.process.returncode  # type: ignore[union-attr]
             if child.state == "running":
                 child.state = "stopped"
+        # Grandchildren (the training subprocess) and anything else of this home.
+        leftovers = home_processes(self.home)
+        if leftovers:
+            logger.info("stopping %d more process(es) of this home: %s", len(leftovers),
+                        ", ".join(str(p.pid) for p in leftovers))
+            stop_processes(leftovers, timeout=self.grace_seconds)
+        for child in self.children:
+            if child.output is not None:
+                child.output.close()
+
+    def _watch_broker(self) -> None:
+        """Restart the managed Kafka when it dies (the apps and the replay reconnect by themselves)."""
+        from workbench.broker import LocalKafka, ensure_broker
+
+        assert self.broker is not None
+        kafka = LocalKafka(self.broker)
+        if kafka.pid() is None:
+            # Not this home's broker (e.g. one shared by several homes on the same port): not ours to restart.
+            logger.info("the broker at %s was not started from this home; not watching it",
+                        self.broker.bootstrap_servers)
+            return
+        while not self._stopping:
+            time.sleep(BROKER_CHECK_S)
+            if self._stopping or kafka.pid() is not None:
+                continue
+            logger.warning("the managed Kafka is not running; restarting it")
+            try:
+                ensure_broker(self.broker, topics=False)
+            except Exception as exc:
+                logger.error("restarting Kafka failed (will retry): %s", exc)
 
     def run(self) -> int:
         """Supervise until SIGTERM/SIGINT; return 0."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        (run_dir(self.home) / "supervisor.pid").write_text(str(os.getpid()))
+        os.umask(OWNER_ONLY_UMASK)
+        removed = remove_stale_temp_files(self.home, skip=("kafka",))
+        if removed:
+            logger.info("removed %d stale temporary file(s) of interrupted writes", removed)
+        write_pid_file(run_dir(self.home) / "supervisor.pid", os.getpid())
+        if self.broker is not None and self.broker.manages_kafka:
+            threading.Thread(target=self._watch_broker, name="broker-watch", daemon=True).start()
         try:
             while not self._stopping:
                 now = time.monotonic()
@@ -176,12 +325,21 @@ class Supervisor:
                     self._check(child, now)
                 self._write_state("running")
                 time.sleep(0.5)
-            self._write_state("stopping")
+            self._write_state("stopping", force=True)
             self._terminate_all()
         finally:
-            self._write_state("stopped")
+            self._write_state("stopped", force=True)
             (run_dir(self.home) / "supervisor.pid").unlink(missing_ok=True)
         return 0
+
+
+def _configure_logging(home: Path) -> None:
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.handlers.RotatingFileHandler(logs / "supervisor.log", maxBytes=defaults.LOG_MAX_BYTES,
+                                                   backupCount=defaults.LOG_BACKUPS, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,15 +347,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Supervise the workbench's background processes.")
     parser.add_argument("--home", required=True, type=Path)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spec = orjson.loads((run_dir(args.home) / "spec.json").read_bytes())
-    specs = [ProcessSpec(**item) for item in spec["processes"]]
-    return Supervisor(args.home, specs, env=spec.get("env"), grace_seconds=spec.get("grace_seconds", 20.0)).run()
-
-
-def spec_dict(specs: list[ProcessSpec], env: dict[str, str], **extra: Any) -> dict[str, Any]:
-    """The JSON spec the supervisor reads."""
-    return {"processes": [asdict(s) for s in specs], "env": env, **extra}
+    os.umask(OWNER_ONLY_UMASK)
+    _configure_logging(args.home)
+    spec = read_spec(args.home)
+    missing = [name for name in spec.secret_env if name not in os.environ]
+    if missing:
+        logger.warning("secret(s) %s are not in the supervisor's environment; the apps will lack them", missing)
+    broker = get_settings(home=args.home) if spec.started_kafka or "KAFKA_BOOTSTRAP_SERVERS" not in spec.env else None
+    return Supervisor(args.home, spec.processes, env=spec.env, grace_seconds=spec.grace_seconds,
+                      broker=broker).run()
 
 
 if __name__ == "__main__":

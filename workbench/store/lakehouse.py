@@ -22,7 +22,8 @@ Decisions
   one writer per lakehouse (the sink); concurrent readers are fine.
 * Small batches (<= 10 rows by default) are inlined into the catalog by DuckLake instead of becoming
   tiny Parquet files; :meth:`AnomalyLakehouse.maintain` flushes them, merges adjacent small files,
-  expires snapshots older than a retention and deletes files no snapshot needs. Time travel
+  expires snapshots older than a retention, deletes files no snapshot needs, and deletes orphaned
+  files (written by a writer killed before its commit, so no snapshot ever knew them). Time travel
   (``AT (VERSION => n)``) works for every snapshot not yet expired.
 * A locked catalog or a commit conflict raises :class:`LakehouseBusyError` (retry later; the failed
   write was rolled back). Anything else propagates unchanged.
@@ -229,6 +230,7 @@ class MaintenanceResult:
     files_after: int
     snapshots_expired: int
     files_deleted: int
+    orphans_deleted: int = 0
 
 
 class AnomalyLakehouse(ConnectionStore):
@@ -405,7 +407,8 @@ class AnomalyLakehouse(ConnectionStore):
         return int(row[0]) if row else 0
 
     # --- maintenance -------------------------------------------------------------------------------
-    def maintain(self, *, keep_snapshots: timedelta = timedelta(days=7)) -> MaintenanceResult:
+    def maintain(self, *, keep_snapshots: timedelta = timedelta(days=7),
+                 orphan_age: timedelta = timedelta(minutes=10)) -> MaintenanceResult:
         """Compact and clean up: flush inlined rows, merge small files, expire old snapshots, delete files.
 
         Parameters
@@ -413,6 +416,9 @@ class AnomalyLakehouse(ConnectionStore):
         keep_snapshots : timedelta
             Snapshots younger than this stay available for time travel; older ones are expired and
             the files only they referenced are deleted. ``timedelta(0)`` keeps only the current one.
+        orphan_age : timedelta
+            Files in the data path that the catalog does not know and that are older than this are
+            deleted (leftovers of a writer killed mid-commit; the age spares a write in flight).
 
         Returns
         -------
@@ -429,13 +435,17 @@ class AnomalyLakehouse(ConnectionStore):
                 {**cat, "keep": keep_snapshots}).fetchone()
             deleted = con.execute(
                 "SELECT count(*) FROM ducklake_cleanup_old_files($c, cleanup_all => true)", cat).fetchone()
+            orphans = con.execute(
+                "SELECT count(*) FROM ducklake_delete_orphaned_files($c, older_than => now() - $age)",
+                {**cat, "age": orphan_age}).fetchone()
         except duckdb.Error as exc:
             _rollback(con)
             raise _translate(exc, "maintenance") from exc
         result = MaintenanceResult(before, self.data_files(), int(expired[0]) if expired else 0,
-                                   int(deleted[0]) if deleted else 0)
-        logger.info("lakehouse maintenance files_before=%d files_after=%d snapshots_expired=%d files_deleted=%d",
-                    result.files_before, result.files_after, result.snapshots_expired, result.files_deleted)
+                                   int(deleted[0]) if deleted else 0, int(orphans[0]) if orphans else 0)
+        logger.info("lakehouse maintenance files_before=%d files_after=%d snapshots_expired=%d files_deleted=%d "
+                    "orphans_deleted=%d", result.files_before, result.files_after, result.snapshots_expired,
+                    result.files_deleted, result.orphans_deleted)
         return result
 
 

@@ -11,7 +11,10 @@ Decisions
   emitted twice (at-least-once replay) replaces itself, so the table never holds duplicates.
 * WAL, ``synchronous=NORMAL`` and a busy timeout, so readers (notebooks, DuckDB) never block the
   writer and a short lock is waited for instead of failing.
-* ``late_events`` counts events that arrived after their window closed, per window (upsert adds).
+* Late events (arrived after their window closed) are stored per source message in
+  ``late_event_sources``, keyed by ``(topic, partition, offset)`` of the late message plus the
+  window: a message re-processed after a crash (at-least-once) replaces its own count instead of
+  adding it again. The ``late_events`` view sums them per window.
 * Retention (:meth:`WindowStatsStore.archive_older_than`) moves old windows into one Parquet file per
   UTC day, ``window_stats_<YYYY-MM-DD>.parquet``. Each file is rewritten atomically (temp file then
   ``os.replace``) as the union of what it held and the new rows, de-duplicated on the key, all inside
@@ -92,9 +95,21 @@ _CREATE: Final = (
     )
     + ",\n  PRIMARY KEY (instance_id, window_start)\n) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS window_stats_by_start ON window_stats (window_start)",
-    "CREATE TABLE IF NOT EXISTS late_events (\n  instance_id INTEGER NOT NULL,\n"
-    "  window_start INTEGER NOT NULL,\n  late_count INTEGER NOT NULL,\n  last_seen_at INTEGER NOT NULL,\n"
-    "  PRIMARY KEY (instance_id, window_start)\n) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS late_event_sources (\n  topic TEXT NOT NULL,\n  partition INTEGER NOT NULL,\n"
+    "  offset INTEGER NOT NULL,\n  instance_id INTEGER NOT NULL,\n  window_start INTEGER NOT NULL,\n"
+    "  late_count INTEGER NOT NULL,\n  last_seen_at INTEGER NOT NULL,\n"
+    "  PRIMARY KEY (topic, partition, offset, instance_id, window_start)\n) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS late_event_sources_by_window ON late_event_sources (window_start, instance_id)",
+)
+#: Databases of earlier versions held additive counters in a ``late_events`` table: move them over.
+_MIGRATE_LATE: Final = (
+    "INSERT OR IGNORE INTO late_event_sources (topic, partition, offset, instance_id, window_start, late_count, "
+    "last_seen_at) SELECT '(migrated)', -1, 0, instance_id, window_start, late_count, last_seen_at FROM late_events",
+    "DROP TABLE late_events",
+)
+_LATE_VIEW: Final = (
+    "CREATE VIEW IF NOT EXISTS late_events AS SELECT instance_id, window_start, sum(late_count) AS late_count, "
+    "max(last_seen_at) AS last_seen_at FROM late_event_sources GROUP BY instance_id, window_start"
 )
 _UPSERT: Final = (
     f"INSERT INTO window_stats ({', '.join(WINDOW_STATS_COLUMNS)}) "
@@ -103,9 +118,9 @@ _UPSERT: Final = (
     + ", ".join(f"{c} = excluded.{c}" for c in WINDOW_STATS_COLUMNS if c not in ("instance_id", "window_start"))
 )
 _LATE: Final = (
-    "INSERT INTO late_events (instance_id, window_start, late_count, last_seen_at) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (instance_id, window_start) DO UPDATE SET "
-    "late_count = late_count + excluded.late_count, last_seen_at = excluded.last_seen_at"
+    "INSERT INTO late_event_sources (topic, partition, offset, instance_id, window_start, late_count, last_seen_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (topic, partition, offset, instance_id, window_start) DO UPDATE SET "
+    "late_count = excluded.late_count, last_seen_at = excluded.last_seen_at"
 )
 _SELECT: Final = (
     f"SELECT {', '.join(WINDOW_STATS_COLUMNS)} FROM window_stats "
@@ -213,6 +228,13 @@ class WindowStatsStore(ConnectionStore):
         con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
         for statement in _CREATE:
             con.execute(statement)
+        kind = con.execute("SELECT type FROM sqlite_master WHERE name = 'late_events'").fetchone()
+        if kind and kind[0] == "table":
+            con.execute("BEGIN IMMEDIATE")
+            for statement in _MIGRATE_LATE:
+                con.execute(statement)
+            con.execute("COMMIT")
+        con.execute(_LATE_VIEW)
         self._con = con
         logger.debug("window stats store opened path=%s", self.path)
         return self
@@ -263,10 +285,19 @@ class WindowStatsStore(ConnectionStore):
             raise
         return len(params)
 
-    def record_late(self, instance_id: int, window_start: datetime | int, count: int = 1) -> None:
-        """Add ``count`` late (dropped) events to a window's ``late_events`` counter."""
+    def record_late(self, instance_id: int, window_start: datetime | int, count: int = 1, *,
+                    source: tuple[str, int, int] | None = None) -> None:
+        """Record ``count`` late (dropped) events of one window from one source message.
+
+        ``source`` is the ``(topic, partition, offset)`` of the late message: recording the same
+        message again (re-processed after a crash) replaces its count, so counts never double.
+        Without a source every call adds (each gets a key of its own).
+        """
         start = to_epoch_ms(window_start, name="window_start")
-        self._db.execute(_LATE, (int(instance_id), start, int(count), time.time_ns() // 1_000_000))
+        now_ns = time.time_ns()
+        topic, partition, offset = source if source is not None else ("(unkeyed)", -1, now_ns)
+        self._db.execute(_LATE, (str(topic), int(partition), int(offset), int(instance_id), start, int(count),
+                                 now_ns // 1_000_000))
 
     # --- reads -------------------------------------------------------------------------------------
     def read(self, start: datetime | int | None = None, end: datetime | int | None = None,
@@ -285,7 +316,8 @@ class WindowStatsStore(ConnectionStore):
 
     def late_events(self) -> pa.Table:
         """All late-event counters (``instance_id, window_start, late_count, last_seen_at``)."""
-        cur = self._db.execute("SELECT instance_id, window_start, late_count, last_seen_at FROM late_events "
+        cur = self._db.execute("SELECT instance_id, window_start, sum(late_count), max(last_seen_at) "
+                               "FROM late_event_sources GROUP BY instance_id, window_start "
                                "ORDER BY window_start, instance_id")
         cols = list(zip(*cur.fetchall(), strict=False)) or [(), (), (), ()]
         return pa.table({"instance_id": pa.array(cols[0], pa.int64()),
@@ -353,7 +385,7 @@ class WindowStatsStore(ConnectionStore):
                     part = table.filter(pc.equal(day, pa.scalar(value, _TS)))
                     files.append(_merge_into_day_file(target, value, part))
                 db.execute("DELETE FROM window_stats WHERE window_start < ?", (cutoff,))
-                db.execute("DELETE FROM late_events WHERE window_start < ?", (cutoff,))
+                db.execute("DELETE FROM late_event_sources WHERE window_start < ?", (cutoff,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -1,0 +1,315 @@
+"""Chaos harness shared by ``tests/test_chaos.py`` (short) and ``benchmarks/chaos.py`` (long).
+
+A labelled log (``workbench.data.generator``) is replayed through a whole workbench on a private,
+managed Kafka while a seeded random schedule ``kill -9``s the replay, each app, the supervisor, the
+training subprocess and the broker. Recovery is the product's own: the supervisor restarts apps
+and the replay, and restarts the managed broker; after a supervisor kill its children die with it
+and the harness starts the workbench again with ``reset=False`` (what an operator does).
+
+Afterwards every store is compared with an offline computation from the source file:
+
+* the events topic (read_committed) and the shards hold each source query exactly once;
+* ``window_stats`` plus ``late_events`` equal a DuckDB aggregation of the source into 10-minute
+  windows per instance, window by window;
+* the lakehouse holds each anomaly the shards flagged exactly once, and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+from confluent_kafka import Consumer, TopicPartition
+
+from workbench._fs import same_process
+from workbench._lifeline import home_processes
+from workbench.broker import LocalKafka
+from workbench.config import Settings
+from workbench.data import codec
+from workbench.runtime import Workbench
+from workbench.runtime.supervisor import read_state
+
+__all__ = ["KINDS", "ChaosResult", "Kill", "free_port_pair", "run_chaos"]
+
+#: Every process kind the schedule can kill.
+KINDS: tuple[str, ...] = ("replay", "scoring", "analytics", "anomaly-sink", "supervisor", "training", "broker")
+WINDOW_MS = 600_000
+
+
+@dataclass
+class Kill:
+    at: float  # seconds after the start
+    kind: str
+    pid: int | None = None  # None: nothing of that kind ran at that moment
+
+
+@dataclass
+class ChaosResult:
+    seed: int
+    kills: list[Kill]
+    drain_seconds: float
+    source_rows: int
+    lost: dict[str, int] = field(default_factory=dict)
+    duplicated: dict[str, int] = field(default_factory=dict)
+    late_events: int = 0
+    anomalies: int = 0
+
+    @property
+    def done_kills(self) -> list[Kill]:
+        return [k for k in self.kills if k.pid is not None]
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.lost.values()) and not any(self.duplicated.values())
+
+    def summary(self) -> str:
+        kinds = Counter(k.kind for k in self.done_kills)
+        return (f"chaos: {len(self.done_kills)} kills, {sum(self.lost.values())} lost, "
+                f"{sum(self.duplicated.values())} duplicated (seed {self.seed}; kills by kind {dict(kinds)}; "
+                f"lost {self.lost}; duplicated {self.duplicated}; {self.source_rows:,} events, "
+                f"{self.late_events} late, {self.anomalies} anomalies; drained in {self.drain_seconds:.1f} s)")
+
+
+def free_port_pair(start: int = 30100) -> int:
+    """A client port whose successor (the controller port) is free too."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(start, start + 1800, 2)
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port pair for the chaos broker")
+
+
+# --- killing ----------------------------------------------------------------------------------------
+def _pid_of(settings: Settings, kind: str) -> int | None:
+    if kind == "broker":
+        return LocalKafka(settings).pid()
+    if kind == "training":  # the scoring app's training state names the running pid (cheap to read)
+        for path in settings.state_dir.rglob("ml_training.json"):
+            with contextlib.suppress(OSError, ValueError):
+                for entry in json.loads(path.read_text()).get("days", {}).values():
+                    if entry.get("status") == "running" and same_process(entry.get("pid"), entry.get("pid_started")):
+                        return int(entry["pid"])
+        return None
+    state = read_state(settings.home) or {}
+    if kind == "supervisor":
+        return state.get("supervisor_pid") if state.get("state") == "running" else None
+    proc = state.get("processes", {}).get(kind, {})
+    return proc.get("pid") if proc.get("state") == "running" else None
+
+
+def _finished_and_drained(wb: Workbench) -> bool:
+    status = wb.status()
+    return (status.drained and status.replay_state == "finished" and status.rows_total > 0
+            and status.rows_sent == status.rows_total)
+
+
+def _kill(pid: int) -> bool:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _until(condition, timeout: float, what: str, poll: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"chaos: {what} not reached within {timeout:.0f} s")
+
+
+# --- the run ------------------------------------------------------------------------------------------
+def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, pack: int,
+              kinds: tuple[str, ...] = KINDS, first_kill_s: float = 8.0, min_gap_s: float = 3.0,
+              max_gap_s: float = 8.0, drain_timeout: float = 900.0, max_speed_after: bool = True,
+              log=print) -> ChaosResult:
+    """Replay ``data`` through a fresh workbench under ``home`` with ``kills`` seeded kill -9s.
+
+    ``max_speed_after`` switches the replay to max speed once the schedule is done (short tests);
+    without it the replay keeps its pace, so a run with kills and one without compare.
+    """
+    rng = random.Random(seed)
+    settings = Settings(home=home, kafka_port=free_port_pair(), kafka_heap="512m", partitions=4)
+    # Each kind once in a shuffled round, then rounds again: every kind is reached early.
+    order: list[str] = []
+    while len(order) < kills:
+        round_ = list(kinds)
+        rng.shuffle(round_)
+        order.extend(round_)
+    order = order[:kills]
+    # The training subprocess runs only now and then (after each finished day): a watcher kills it
+    # a seeded few seconds into a run, as often as the schedule says; the rest go in sequence.
+    training_quota = order.count("training")
+    order = [k for k in order if k != "training"]
+    gaps = ([first_kill_s] + [rng.uniform(min_gap_s, max_gap_s) for _ in order[1:]])[:len(order)]
+    training_delays = [rng.uniform(0.5, 3.0) for _ in range(training_quota)]
+    done: list[Kill] = []
+    started = time.monotonic()
+    stop_watch = threading.Event()
+
+    def watch_training() -> None:
+        seen: set[int] = set()
+        while training_delays and not stop_watch.is_set():
+            pid = _pid_of(settings, "training")
+            if pid is not None and pid not in seen:
+                seen.add(pid)
+                if stop_watch.wait(training_delays.pop(0)):
+                    return
+                if _kill(pid):
+                    log(f"  {time.monotonic() - started:6.1f}s  kill -9 training (pid {pid})")
+                    done.append(Kill(time.monotonic() - started, "training", pid))
+            stop_watch.wait(0.1)
+
+    def start(reset: bool) -> Workbench:
+        return Workbench.start(data=data, speedup=speedup, pack=pack, settings=settings, reset=reset)
+
+    wb = start(True)
+    watcher = threading.Thread(target=watch_training, daemon=True)
+    watcher.start()
+    try:
+        for kind, gap in zip(order, gaps, strict=True):
+            time.sleep(gap)
+            pid = _pid_of(settings, kind)
+            if pid is None or not _kill(pid):
+                log(f"  {time.monotonic() - started:6.1f}s  {kind:<12} not running: skipped")
+                done.append(Kill(time.monotonic() - started, kind))
+                continue
+            log(f"  {time.monotonic() - started:6.1f}s  kill -9 {kind} (pid {pid})")
+            done.append(Kill(time.monotonic() - started, kind, pid))
+            if kind == "supervisor":
+                # Its children die with it (parent-death signal / watchdog); then start again.
+                _until(lambda: not home_processes(settings.home), 60, "the supervisor's children exit")
+                wb = start(False)
+        if max_speed_after:
+            wb.set_speed("max")
+        # The training watcher keeps going until the end: trainings start after each finished day.
+        # Finished, not merely inactive: right after a restart the state topic still shows the status
+        # the killed run left ("stopped"), before the new run publishes its own.
+        _until(lambda: _finished_and_drained(wb), drain_timeout, "drained", poll=1.0)
+        stop_watch.set()
+        drained_at = time.monotonic() - started
+        time.sleep(3.0)  # one more checkpoint of every app
+    finally:
+        stop_watch.set()
+        wb.stop(kafka=False)
+    if training_delays:
+        done.extend(Kill(0.0, "training") for _ in training_delays)  # never reached: recorded as skipped
+    done.sort(key=lambda k: k.at)
+    result = ChaosResult(seed=seed, kills=done, drain_seconds=drained_at, source_rows=0)
+    try:
+        compare(settings, data, result)
+    finally:
+        LocalKafka(settings).stop()
+    return result
+
+
+# --- the comparison ---------------------------------------------------------------------------------
+def _source(data: Path) -> pa.Table:
+    return pq.read_table(data, columns=["instance_id", "query_id", "arrival_timestamp"])
+
+
+def _diff(expected: Counter, got: Counter) -> tuple[int, int]:
+    lost = sum((expected - got).values())
+    duplicated = sum((got - expected).values())
+    return lost, duplicated
+
+
+def _topic_keys(settings: Settings) -> Counter:
+    consumer = Consumer({**settings.kafka_client_config(), "group.id": f"chaos-{uuid.uuid4().hex[:8]}",
+                        "enable.auto.commit": False, "isolation.level": "read_committed",
+                        "auto.offset.reset": "earliest", "enable.partition.eof": True, "log_level": 3})
+    topic = settings.topic_query_events
+    try:
+        partitions = list(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        open_partitions = set(partitions)
+        keys: Counter = Counter()
+        deadline = time.monotonic() + 300
+        while open_partitions and time.monotonic() < deadline:
+            for message in consumer.consume(1000, timeout=1.0):
+                if message.error():
+                    if message.error().code() == -191:  # _PARTITION_EOF
+                        open_partitions.discard(message.partition())
+                    continue
+                encoding = codec.header(message.headers() or [], "encoding")
+                batch = codec.decode_values([message.value()], [encoding]).batch
+                keys.update(zip(batch.column("instance_id").to_pylist(), batch.column("query_id").to_pylist(),
+                                strict=True))
+        return keys
+    finally:
+        consumer.close()
+
+
+def compare(settings: Settings, data: Path, result: ChaosResult) -> None:
+    """Fill ``result.lost`` / ``result.duplicated`` per store from an offline computation of ``data``."""
+    from workbench.store.lakehouse import AnomalyLakehouse
+    from workbench.store.shards import read_shards
+    from workbench.store.window_stats import WindowStatsStore
+
+    source = _source(data)
+    result.source_rows = source.num_rows
+    expected = Counter(zip(source.column("instance_id").to_pylist(), source.column("query_id").to_pylist(),
+                           strict=True))
+
+    lost, dup = _diff(expected, _topic_keys(settings))
+    result.lost["events topic"], result.duplicated["events topic"] = lost, dup
+
+    shards = read_shards(settings.shards_dir, columns=["instance_id", "query_id", "model_version", "is_anomaly"])
+    lost, dup = _diff(expected, Counter(zip(shards.column("instance_id").to_pylist(),
+                                            shards.column("query_id").to_pylist(), strict=True)))
+    result.lost["shards"], result.duplicated["shards"] = lost, dup
+
+    # window_stats + late events == the offline 10-minute aggregation, window by window.
+    offline = duckdb.sql(
+        f"SELECT instance_id, (epoch_ms(arrival_timestamp) // {WINDOW_MS}) * {WINDOW_MS} AS w, count(*) AS n "
+        f"FROM read_parquet('{data}') GROUP BY ALL").fetchall()
+    want = Counter({(i, w): n for i, w, n in offline})
+    with WindowStatsStore(settings.sqlite_path, read_only=True) as store:
+        windows = store.read()
+        late = store.late_events()
+    got: Counter = Counter()
+    starts = windows.column("window_start").cast(pa.int64()).to_pylist()
+    for inst, start, n in zip(windows.column("instance_id").to_pylist(), starts,
+                              windows.column("total_queries").to_pylist(), strict=True):
+        got[(inst, start)] += n
+    late_starts = late.column("window_start").cast(pa.int64()).to_pylist()
+    for inst, start, n in zip(late.column("instance_id").to_pylist(), late_starts,
+                              late.column("late_count").to_pylist(), strict=True):
+        got[(inst, start)] += n
+        result.late_events += n
+    lost, dup = _diff(want, got)
+    result.lost["window_stats+late"], result.duplicated["window_stats+late"] = lost, dup
+
+    # The lakehouse holds every anomaly the shards flagged, once, under the model that flagged it.
+    flagged = Counter(
+        (i, q, v) for i, q, v, a in zip(shards.column("instance_id").to_pylist(), shards.column("query_id").to_pylist(),
+                                        shards.column("model_version").to_pylist(),
+                                        shards.column("is_anomaly").to_pylist(), strict=True) if a)
+    with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
+        rows = lake.connection.execute(
+            "SELECT instance_id, query_id, model_version FROM lake.anomalies").fetchall()
+    result.anomalies = len(rows)
+    lost, dup = _diff(flagged, Counter(rows))
+    result.lost["lakehouse"], result.duplicated["lakehouse"] = lost, dup

@@ -1,0 +1,50 @@
+"""The one home of every tunable default that more than one module uses.
+
+Functions, CLIs and the supervisor's process specs refer to these names instead of repeating the
+numbers, so a default changes in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "ANALYTICS_GRACE_MINUTES",
+    "ANALYTICS_RETENTION_DAYS",
+    "ANALYTICS_WINDOW_MINUTES",
+    "LOG_BACKUPS",
+    "LOG_MAX_BYTES",
+    "REPLAY_BATCH_SIZE",
+    "REPLAY_PACK",
+    "REPLAY_SPEEDUP",
+    "SCORING_BATCH_ROWS",
+    "SCORING_BATCH_SECONDS",
+    "TRAIN_EVERY_N_DAYS",
+    "TRAIN_MAX_ROWS",
+    "TRAIN_WINDOW_DAYS",
+]
+
+#: Training: row cap of one training set (sampled down to it).
+TRAIN_MAX_ROWS: Final = 400_000
+#: Training: days of events in one training window.
+TRAIN_WINDOW_DAYS: Final = 7
+#: Training: train every N-th finished day.
+TRAIN_EVERY_N_DAYS: Final = 1
+
+#: Scoring: rows per partition batch, and the longest time between flushes.
+SCORING_BATCH_ROWS: Final = 16_384
+SCORING_BATCH_SECONDS: Final = 1.0
+
+#: Stream analytics: window length, grace (event time) and retention (data time) of windows.
+ANALYTICS_WINDOW_MINUTES: Final = 10.0
+ANALYTICS_GRACE_MINUTES: Final = 5.0
+ANALYTICS_RETENTION_DAYS: Final = 8.0
+
+#: Replay: event seconds per wall second, queries per message, most rows per transaction.
+REPLAY_SPEEDUP: Final = 600.0
+REPLAY_PACK: Final = 1
+REPLAY_BATCH_SIZE: Final = 5000
+
+#: Logs of every process the workbench starts rotate at this size, keeping this many old files.
+LOG_MAX_BYTES: Final = 10 * 1024**2
+LOG_BACKUPS: Final = 3
