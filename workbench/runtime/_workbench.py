@@ -393,6 +393,12 @@ class Workbench:
 
         return read.window_stats(self.settings, **filters)
 
+    def window_anomalies(self, **filters: Any) -> pd.DataFrame:
+        """Collective anomalies: flagged 10-minute windows (see :func:`workbench.analysis.read.window_anomalies`)."""
+        from workbench.analysis import read
+
+        return read.window_anomalies(self.settings, **filters)
+
     def shards(self, days: Sequence[str] | None = None, columns: Sequence[str] | None = None) -> pa.Table:
         """Every scored event (Arrow shards), optionally for some days and columns."""
         from workbench.store.shards import read_shards
