@@ -29,6 +29,9 @@ _LOG = generated_log(days=1, rows_per_day=400, seed=1).select(list(COLUMNS))
 def _events(n: int = 100, offset: int = 0, partition: int = 0) -> pa.Table:
     t = _LOG.slice(offset % 100, n)
     assert t.num_rows == n
+    # one query per (partition, offset): shards keep each (instance_id, query_id) once
+    t = t.set_column(t.schema.get_field_index("query_id"), "query_id",
+                     pa.array(range(partition * 1_000_000 + offset, partition * 1_000_000 + offset + n), pa.int64()))
     t = t.append_column("kafka_partition", pa.array([partition] * n, pa.int32()))
     return t.append_column("kafka_offset", pa.array(range(offset, offset + n), pa.int64()))
 
