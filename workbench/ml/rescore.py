@@ -3,8 +3,8 @@
 ``rescore(settings, "v0002-2024-03-02", start=..., end=..., instances=[...])`` reads the shards of
 every event day in ``[start, end)`` (one day at a time, so memory stays bounded), scores them with
 the pinned version, turns the flagged rows into ``redshift.anomalies`` messages and lakehouse rows
-exactly like the stream does (:func:`workbench.pipeline.scoring.anomaly_messages` and
-:func:`workbench.pipeline.contracts.anomaly_row`), and inserts them with the lakehouse's
+exactly like the stream does (``anomaly_messages`` of the scoring app, then the contract's
+``encode_anomaly`` / ``decode_anomalies`` of :mod:`workbench.pipeline.contracts`), and inserts them with the lakehouse's
 insert-if-absent writer. The lakehouse key is ``(instance_id, query_id, model_version)``, so V's
 anomalies sit next to the other versions' and a second run inserts nothing (idempotent).
 
@@ -90,7 +90,7 @@ def rescore(settings: Settings, version: str, *, start: dt.datetime | dt.date | 
     RescoreResult
     """
     from workbench.ml.scorer import Scorer
-    from workbench.pipeline.contracts import anomaly_row
+    from workbench.pipeline.contracts import decode_anomalies, encode_anomaly
     from workbench.pipeline.scoring import anomaly_messages
     from workbench.store.lakehouse import AnomalyLakehouse
     from workbench.store.shards import list_days, read_shards
@@ -132,13 +132,15 @@ def rescore(settings: Settings, version: str, *, start: dt.datetime | dt.date | 
             if mask is not None:
                 table = table.filter(mask)
             if table.num_rows:
-                scored = pa.Table.from_batches([scorer.score(table)])
-                kafka = table.select(["kafka_partition", "kafka_offset"])
-                for name in kafka.column_names:
-                    scored = scored.append_column(name, kafka.column(name))
-                rows = [anomaly_row(m) for m in anomaly_messages(scored, lambda _v: threshold)]
-                result.anomalies += len(rows)
-                result.inserted += lake.write(rows) if rows else 0
+                scored = pa.Table.from_batches([scorer.score(table)])  # keeps the kafka_* columns
+                # the stream's path exactly: scored rows -> message bytes -> lakehouse rows
+                messages = [encode_anomaly(m) for m in anomaly_messages(scored, lambda _v: threshold)]
+                rows, errors = decode_anomalies(messages)
+                if errors:
+                    msg = f"rescoring {day} with {version} produced invalid anomaly messages: {errors[:3]}"
+                    raise RuntimeError(msg)
+                result.anomalies += rows.num_rows
+                result.inserted += lake.write(rows) if rows.num_rows else 0
                 result.rows += table.num_rows
             done.add(day.isoformat())
             state[key] = sorted(done)

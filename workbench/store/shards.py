@@ -57,6 +57,7 @@ __all__ = [
     "dedupe_latest",
     "delete_older_than",
     "list_days",
+    "maintain",
     "read_shards",
     "read_window",
     "rescore_unscored",
@@ -299,7 +300,8 @@ def read_shards(directory: Path, days: Iterable[dt.date | str] | None = None,
             raise ShardError(msg)
     schema = SHARD_SCHEMA if columns is None else pa.schema([SHARD_SCHEMA.field(c) for c in columns])
     read_cols = columns if columns is None or not dedupe else list(dict.fromkeys([*columns, *_KEY, *_ORDER]))
-    tables = [feather.read_table(p, columns=read_cols, memory_map=False) for p in shard_paths(directory, days)]
+    wanted = list_days(directory) if days is None else sorted({_day(d) for d in days})
+    tables = [t for day in wanted for t in _read_day(directory, day, read_cols)]
     if not tables:
         return schema.empty_table()
     table = pa.concat_tables(tables)
@@ -308,6 +310,17 @@ def read_shards(directory: Path, days: Iterable[dt.date | str] | None = None,
         if columns is not None:
             table = table.select(columns)
     return table.cast(schema)
+
+
+def _read_day(directory: Path, day: dt.date, columns: list[str] | None) -> list[pa.Table]:
+    """One day's live files; listed again if a concurrent compaction deleted one mid-read."""
+    for attempt in range(5):
+        try:
+            return [feather.read_table(p, columns=columns, memory_map=False) for p in shard_paths(directory, [day])]
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
+    return []
 
 
 def read_window(directory: Path, start: dt.date, end: dt.date, columns: list[str] | None = None) -> pa.Table:
@@ -414,6 +427,31 @@ def _remove_covered(folder: Path) -> None:
         if name.endswith(".tmp"):
             with contextlib.suppress(FileNotFoundError):
                 (folder / name).unlink()
+
+
+def maintain(directory: Path, watermark: dt.date, *, retention_days: int | None = None,
+             settle_days: int = 1, max_files_per_partition: int = 2) -> dict[str, list[dt.date]]:
+    """Compact the days that ended ``settle_days`` before ``watermark``; apply the retention.
+
+    ``watermark`` is the scoring app's event-time day (its newest event minus the grace). A day
+    is compacted when some partition has more than ``max_files_per_partition`` live files (so a
+    compacted day is only touched again once late events piled up). Returns what was done.
+    """
+    done: dict[str, list[dt.date]] = {"compacted": [], "deleted": []}
+    if retention_days is not None:
+        done["deleted"] = delete_older_than(directory, retention_days, today=watermark)
+    cutoff = watermark - dt.timedelta(days=settle_days)
+    for day in list_days(directory):
+        if day >= cutoff:
+            break
+        names = _live(os.listdir(_day_dir(directory, day)))
+        per_part: dict[str, int] = {}
+        for name in names:
+            per_part[name[1:name.index("-")]] = per_part.get(name[1:name.index("-")], 0) + 1
+        if any(n > max_files_per_partition for n in per_part.values()):
+            compact_day(directory, day)
+            done["compacted"].append(day)
+    return done
 
 
 def delete_older_than(directory: Path, days: int, *, today: dt.date) -> list[dt.date]:
