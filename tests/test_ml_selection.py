@@ -108,3 +108,46 @@ def test_unreadable_version_is_skipped_and_the_previous_one_scores(
     shutil.copy(models / "versions" / v2 / "model.json", meta)
     scorer = Scorer(copy, by_event_time=True)
     assert set(scorer.score(day_slice(log, D[2]).slice(0, 20)).column("model_version").to_pylist()) == {v1}
+
+
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_backpressure_never_deadlocks_and_bounds_the_backlog(every: int) -> None:
+    """Simulate a replay that outruns training: accept, train when event time passes a cadence day."""
+    from workbench.ml.selection import may_accept
+
+    cadence = Cadence(D[0], every)
+    windows: list[VersionWindow] = []
+    accepted_up_to = D[0] - dt.timedelta(days=1)
+    for _ in range(40):
+        nxt = accepted_up_to + dt.timedelta(days=1)
+        if nxt > D[0] + dt.timedelta(days=20):
+            break
+        if may_accept(nxt, windows, cadence):
+            accepted_up_to = nxt  # its events are stored (unscored if not ready)
+            waiting = [d for d in (D[0] + dt.timedelta(days=k) for k in range((nxt - D[0]).days + 1))
+                       if not is_ready(d, windows, cadence)]
+            assert len(waiting) <= every + 1  # the unscored backlog stays bounded
+            continue
+        # held: training catches up on every cadence day the event time has passed
+        for k in range((accepted_up_to - D[0]).days):
+            day = D[0] + dt.timedelta(days=k)
+            if cadence.trained(day) and day not in {w.end for w in windows}:
+                windows.append(_w(f"v{len(windows) + 1:04d}-{day}", day))
+                break
+        else:
+            pytest.fail(f"deadlock: {nxt} held and nothing can train")
+    assert accepted_up_to == D[0] + dt.timedelta(days=20)
+
+
+def test_scorer_leaves_days_without_their_final_version_unscored(
+        trained: tuple[Path, pa.Table, list[str]], tmp_path: Path) -> None:
+    import shutil
+
+    models, log, (v1, v2) = trained
+    shutil.copytree(models, tmp_path / "models")
+    shutil.rmtree(tmp_path / "models" / "versions" / v2)  # as if v2 were still training
+    scorer = Scorer(tmp_path / "models", by_event_time=True, cadence=lambda: Cadence(D[0]))
+    batch = pa.concat_tables([day_slice(log, D[1]).slice(0, 5), day_slice(log, D[2]).slice(0, 5)])
+    assert scorer.score(batch).column("model_version").to_pylist() == [v1] * 5 + [None] * 5
+    assert scorer.accepts(D[1], Cadence(D[0])) and scorer.accepts(D[2], Cadence(D[0]))
+    assert not scorer.accepts(D[3], Cadence(D[0]))  # hold: D2 waits for its version already

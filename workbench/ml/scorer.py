@@ -22,6 +22,7 @@ import json
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ from workbench.ml.features import (
 )
 from workbench.ml.models import OnnxPair
 from workbench.ml.registry import MODEL_JSON, ModelRegistry
-from workbench.ml.selection import Cadence, VersionWindow, is_ready, select_version
+from workbench.ml.selection import Cadence, VersionWindow, is_ready, may_accept, select_version
 from workbench.store.shards import SCORE_FIELDS
 
 __all__ = ["EXTRA_FIELDS", "SCORE_FIELDS", "LoadedModel", "Scorer"]
@@ -169,10 +170,15 @@ class Scorer:
         instead of following ``CURRENT``; a person's pin (``set-current``) still wins.
     max_loaded : int, default=4
         Versions kept loaded in event-time mode (least recently used evicted).
+    cadence : callable, optional
+        Event-time mode: ``() -> Cadence | None`` (the training schedule, e.g. from the
+        supervisor's state). When given, rows of days that are not :meth:`ready` stay unscored
+        (null) instead of being scored by a version that is not their final one.
     """
 
     def __init__(self, models_dir: Path, *, version: str | None = None, intra_op_threads: int = 2,
-                 background: bool = True, by_event_time: bool = False, max_loaded: int = 4) -> None:
+                 background: bool = True, by_event_time: bool = False, max_loaded: int = 4,
+                 cadence: Callable[[], Cadence | None] | None = None) -> None:
         self.models_dir = Path(models_dir)
         self.pinned_version = version
         self.intra_op_threads = intra_op_threads
@@ -190,6 +196,7 @@ class Scorer:
         self._windows: list[VersionWindow] = []
         self._windows_stamp: tuple[int, ...] | None = None
         self._pinned: str | None = None
+        self.cadence = cadence
 
     @property
     def version(self) -> str | None:
@@ -322,6 +329,11 @@ class Scorer:
         self._refresh_windows()
         return is_ready(day, self._windows, cadence, pinned=self._pinned)
 
+    def accepts(self, day: dt.date, cadence: Cadence | None) -> bool:
+        """Whether the app may store events of ``day`` now (:func:`~workbench.ml.selection.may_accept`)."""
+        self._refresh_windows()
+        return may_accept(day, self._windows, cadence, pinned=self._pinned)
+
     def _loaded(self, version: str) -> LoadedModel | None:
         """A loaded version from the LRU (loading it if needed); ``None`` if it cannot be read."""
         model = self._lru.get(version)
@@ -347,8 +359,11 @@ class Scorer:
         self._refresh_windows()
         days = table.column("arrival_timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False) // _DAY_US
         outputs: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+        cadence = self.cadence() if self.cadence is not None else None
         for d in np.unique(days):
             day = dt.date(1970, 1, 1) + dt.timedelta(days=int(d))
+            if self.cadence is not None and not is_ready(day, self._windows, cadence, pinned=self._pinned):
+                continue  # stays unscored until its final version exists
             rows = np.flatnonzero(days == d)
             while True:
                 version = select_version(day, self._windows, pinned=self._pinned)

@@ -20,6 +20,15 @@ When the version of a day is "ready"
     good, in which case the newest older version is used: a failed day must not stop the
     stream forever). The scoring app holds events of days that are not ready, so the result
     does not depend on the replay speed.
+
+Backpressure (:func:`may_accept`)
+    Events of a day that is not ready are stored unscored and scored as soon as the day is
+    ready (that keeps training fed: day ``D``'s version needs day ``D``'s events in the shards
+    and the event time past ``D``). The app accepts a day only while the day ``every_n_days``
+    before it is ready (and always the first ``every_n_days + 1`` days), so at most about
+    ``every_n_days + 1`` days wait unscored on disk; anything later is held (Quix sink
+    backpressure: the partitions pause and are re-read from the committed offset) until training
+    caught up. A replay that outruns training thus slows to what training allows.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Cadence", "VersionWindow", "expected_window_end", "is_ready", "select_version"]
+__all__ = ["Cadence", "VersionWindow", "expected_window_end", "is_ready", "may_accept", "select_version"]
 
 
 @dataclass(frozen=True, order=True)
@@ -120,3 +129,13 @@ def is_ready(day: dt.date, windows: Sequence[VersionWindow], cadence: Cadence | 
         if end < min(ends):
             return True  # nothing older was trained either: the first version scores
     return True
+
+
+def may_accept(day: dt.date, windows: Sequence[VersionWindow], cadence: Cadence | None, *,
+               pinned: str | None = None) -> bool:
+    """Whether the app may store events of ``day`` now (else it holds them: backpressure)."""
+    if pinned is not None or cadence is None:
+        return True
+    if day <= cadence.first_day + dt.timedelta(days=cadence.every_n_days):
+        return True
+    return is_ready(day - dt.timedelta(days=cadence.every_n_days), windows, cadence)
