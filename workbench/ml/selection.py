@@ -110,9 +110,11 @@ def is_ready(day: dt.date, windows: Sequence[VersionWindow], cadence: Cadence | 
              pinned: str | None = None) -> bool:
     """Whether events of ``day`` can be scored now with the version the rule gives them for good.
 
-    True when a pin is set, when a version with the expected window end exists, or when that
-    training (and every later one before ``day``) failed for good and an older version exists.
-    Without a cadence (no training scheduled: ``train=False``) any existing version is final.
+    True when a pin is set; or when the version :func:`select_version` picks now is at least as
+    new as the one the cadence promises (:func:`expected_window_end`), skipping cadence days
+    whose training failed for good; or, for the days up to the first cadence day, when a version
+    from before them exists or the first cadence version does. Without a cadence (no training
+    scheduled: ``train=False``) any existing version is final.
     """
     if pinned is not None:
         return True
@@ -120,14 +122,19 @@ def is_ready(day: dt.date, windows: Sequence[VersionWindow], cadence: Cadence | 
         return False
     if cadence is None:
         return True
+    step = dt.timedelta(days=cadence.every_n_days)
+    first_trained = cadence.first_day + step - dt.timedelta(days=1)
+    before = [w.end for w in windows if w.end < day]
+    if day <= first_trained:  # no cadence version can be trained on data before this day
+        return bool(before) or any(w.end >= first_trained for w in windows) or first_trained in cadence.failed_days
+    newest = max(before, default=None)
     end = expected_window_end(day, cadence)
-    ends = {w.end for w in windows}
-    while end not in ends:
+    while newest is None or newest < end:
         if end not in cadence.failed_days:
             return False
-        end -= dt.timedelta(days=cadence.every_n_days)  # fall back to the previous cadence day
-        if end < min(ends):
-            return True  # nothing older was trained either: the first version scores
+        end -= step  # that training failed for good: the previous cadence version is final
+        if end < first_trained:
+            return True  # nothing was trained before: the first version scores
     return True
 
 

@@ -71,7 +71,7 @@ import pyarrow.compute as pc
 from confluent_kafka import Producer
 from quixstreams import Application
 from quixstreams.models import HeadersTuples
-from quixstreams.sinks import BatchingSink, SinkBatch
+from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
 
 from workbench._fs import write_atomic
 from workbench.config import Settings
@@ -323,6 +323,7 @@ class ScoringSink(BatchingSink):
         self.first_event_us: int | None = None
         self.on_flushed: Callable[[], None] | None = None
         self.training_running: Callable[[], bool] = lambda: False
+        self.hold_day: Callable[[pa.Table], str | None] | None = None  # [repro hook 1] set by the app
         self.timings = {"decode": 0.0, "score": 0.0, "shards": 0.0, "publish": 0.0}
 
     def add(self, value: Any, key: Any, timestamp: int, headers: HeadersTuples, topic: str, partition: int,
@@ -419,31 +420,46 @@ class ScoringSink(BatchingSink):
         n = table.num_rows
         if not n:
             return
+        # [repro hook 1: hold] a day the selection rule does not accept yet is not stored: Quix
+        # pauses all partitions and re-reads them from the committed offsets (bounded memory)
+        held = self.hold_day(table) if self.hold_day is not None else None
+        if held is not None:
+            self.status.add("held_batches")
+            self.status.info["waiting_for_model"] = held
+            raise SinkBackpressureError(retry_after=1.0)
+        self.status.info["waiting_for_model"] = None
+        # [/repro hook 1]
         t1 = time.perf_counter()
         kafka = table.select(["kafka_partition", "kafka_offset"])
         scored = pa.Table.from_batches([self.scorer.score(table.drop_columns(["kafka_partition", "kafka_offset"]))])
         for name in kafka.column_names:
             scored = scored.append_column(name, kafka.column(name))
-        version = scored.column("model_version")[0].as_py()
+        # [repro hook 2: per-row versions] rows may carry different versions, or none (not ready yet)
+        versions = scored.column("model_version")
+        n_unscored = versions.null_count
+        version = None if n_unscored == n else pc.max(versions).as_py()  # newest in this batch
+        # [/repro hook 2]
         t2 = time.perf_counter()
         ts_us = scored.column("arrival_timestamp").cast(pa.int64()).to_numpy()
         day_index = ts_us // _DAY_US
         offsets = scored.column("kafka_offset").to_numpy()
         days = np.unique(day_index)
         day_names = {int(d): (dt.date(1970, 1, 1) + dt.timedelta(days=int(d))).isoformat() for d in days}
-        if version is None:
-            self.unscored.add(set(day_names.values()))  # durable before the offsets can be committed
+        if n_unscored:  # [repro hook 2] only the days of the unscored rows
+            null_days = np.unique(day_index[pc.is_null(versions).to_numpy(zero_copy_only=False)])
+            self.unscored.add({day_names[int(d)] for d in null_days})  # durable before the offsets can be committed
         for d in days:
             mask = day_index == d
             part = scored if len(days) == 1 else scored.filter(pa.array(mask))
             write_shard(self.settings.shards_dir, day_names[int(d)], batch.partition, int(offsets[mask].min()), part)
         self.status.add("shards", len(days))
         t3 = time.perf_counter()
-        published = self.publisher.publish_scored(scored) if version is not None else 0
+        published = self.publisher.publish_scored(scored) if version is not None else 0  # unscored rows: no anomaly
         t4 = time.perf_counter()
         self.status.add("events", n)
         self.status.add("batches")
-        self.status.add("scored" if version is not None else "unscored", n)
+        self.status.add("scored", n - n_unscored)  # [repro hook 2]
+        self.status.add("unscored", n_unscored)
         self.status.add("stream_anomalies", published)
         if self.training_running():
             self.status.add("events_while_training", n)
@@ -535,11 +551,14 @@ class ScoringApp(WorkbenchApp):
         self._started = 0.0
         self._last_slow_tick = 0.0
         self._force_commit: Callable[[], None] | None = None
+        self._maintained_day: dt.date | None = None  # [repro hook 5]
 
     # --- periodic work (main thread) ------------------------------------------------------------
     def _after_flush(self) -> None:
         """Hand finished event days to the supervisor (the sink just wrote every buffered row)."""
         sink = self.sink
+        if sink is not None and sink.max_event_us is not None:  # [repro hook 5]
+            self._maintain_shards(_day_of(sink.max_event_us - self.training_grace_us))
         if self.supervisor is None or sink is None or sink.max_event_us is None:
             return
         if self.supervisor.state["first_day"] is None and sink.first_event_us is not None:
@@ -548,6 +567,52 @@ class ScoringApp(WorkbenchApp):
         if scheduled:
             self.status.add("trainings_scheduled", len(scheduled))
             self._training_info()
+
+    # [repro hook 4] helpers of the event-time selection (workbench.ml.selection)
+    def _cadence(self) -> Any:
+        from workbench.ml.selection import Cadence
+
+        return None if self.supervisor is None else Cadence.from_state(self.supervisor.state)
+
+    def _hold_day(self, table: pa.Table) -> str | None:
+        """The first event day of ``table`` the app may not store yet (backpressure), or None."""
+        ts = table.column("arrival_timestamp").cast(pa.int64())
+        if self.supervisor is not None and self.supervisor.state["first_day"] is None:
+            self.supervisor.maybe_schedule(_day_of(int(pc.min(ts).as_py())))  # the cadence starts here
+        cadence = self._cadence()
+        if cadence is None:
+            return None
+        for d in range(int(pc.min(ts).as_py()) // _DAY_US, int(pc.max(ts).as_py()) // _DAY_US + 1):
+            if not self.scorer.accepts(_day_of(d * _DAY_US), cadence):
+                return _day_of(d * _DAY_US).isoformat()
+        return None
+
+    def _ready_unscored(self) -> set[str]:
+        """Days with unscored rows whose final version exists now."""
+        days = self.unscored.snapshot()
+        if not days or self.scorer is None:
+            return set()
+        cadence = self._cadence()
+        return {d for d in days if self.scorer.ready(dt.date.fromisoformat(d), cadence)}
+    # [/repro hook 4]
+
+    # [repro hook 5: compaction and retention of settled shard days]
+    def _maintain_shards(self, watermark: dt.date) -> None:
+        """Once per event-time day: compact the days before yesterday, apply shard_retention_days."""
+        if watermark == self._maintained_day:
+            return
+        from workbench.store.shards import maintain
+
+        self._maintained_day = watermark
+        keep = self.settings.shard_retention_days
+        if keep is not None and keep <= self.window_days:
+            logger.warning("shard_retention_days=%d is shorter than the training window; keeping %d days",
+                           keep, self.window_days + 1)
+            keep = self.window_days + 1
+        done = maintain(self.settings.shards_dir, watermark, retention_days=keep)
+        self.status.add("shard_days_compacted", len(done["compacted"]))
+        self.status.add("shard_days_deleted", len(done["deleted"]))
+    # [/repro hook 5]
 
     def _training_info(self) -> None:
         sup = self.supervisor
@@ -608,17 +673,15 @@ class ScoringApp(WorkbenchApp):
         if self.supervisor is not None and any(e["status"] in ("running", "pending")
                                                for e in self.supervisor.state["days"].values()):
             return False
-        return not (self.unscored.snapshot() and self.scorer.version is not None)
+        return not self._ready_unscored()  # [repro hook 3]
 
     def _maybe_rescore(self) -> None:
         if self._rescorer is not None and self._rescorer.is_alive():
             return
-        days = self.unscored.snapshot()
+        days = self._ready_unscored()  # [repro hook 3] only days whose final version exists
         if not days or self.scorer is None:
             return
-        version = self.scorer.version  # a stat of CURRENT; loads the first model synchronously
-        if version is None:
-            return
+        version = "event-time"
         self._rescorer = threading.Thread(target=self._rescore, args=(days, version), name="rescore", daemon=True)
         self._rescorer.start()
 
@@ -630,7 +693,9 @@ class ScoringApp(WorkbenchApp):
         t0 = time.perf_counter()
         publisher = AnomalyPublisher(self.settings)  # its own producer and delivery-error list
         try:
-            pinned = Scorer(self.settings.models_dir, version=version, intra_op_threads=1)
+            cadence = self._cadence()  # [repro hook 3] each row gets its day's version, like the stream
+            pinned = Scorer(self.settings.models_dir, by_event_time=True, cadence=lambda: cadence,
+                            intra_op_threads=1)
             rows = rescore_unscored(self.settings.shards_dir, _PublishingScorer(pinned, publisher, self.status),
                                     days=sorted(days))
             publisher.close()
@@ -655,7 +720,9 @@ class ScoringApp(WorkbenchApp):
                                 use_changelog_topics=False)
         self.dead_letters = DeadLetters(self.settings, APP_NAME, app.get_producer())
         self.publisher = AnomalyPublisher(self.settings)
-        self.scorer = Scorer(self.settings.models_dir, intra_op_threads=self.intra_op_threads)
+        # [repro hook 4: event-time selection] see workbench.ml.selection
+        self.scorer = Scorer(self.settings.models_dir, intra_op_threads=self.intra_op_threads, by_event_time=True,
+                             cadence=self._cadence)
         if self.train:
             self.supervisor = TrainingSupervisor(self.settings, every_n_days=self.every_n_days,
                                                  window_days=self.window_days, max_rows=self.max_train_rows,
@@ -664,6 +731,7 @@ class ScoringApp(WorkbenchApp):
         self.sink = ScoringSink(self.settings, self.scorer, self.publisher, self.dead_letters, self.status,
                                 self.unscored, batch_rows=self.batch_rows)
         self.sink.on_flushed = self._after_flush
+        self.sink.hold_day = self._hold_day  # [repro hook 1]
         for name in ("events", "scored", "unscored", "rescored", "anomalies", "stream_anomalies", "rescore_anomalies",
                      "batches", "shards", "dead_letters", "events_while_training"):
             self.status.counters.setdefault(name, 0)  # the rescoring thread never inserts keys
