@@ -320,6 +320,9 @@ class ScoringSink(BatchingSink):
         self.first_message_wall: float | None = None  # epoch s of the first message (throughput)
         self.last_batch_wall: float | None = None  # epoch s when the last batch was durable
         self.max_event_us: int | None = None
+        # [repro hook 6: watermark] per partition: newest durable event time, and when it last delivered
+        self.partition_max_us: dict[int, int] = {}
+        self.partition_seen: dict[int, float] = {}
         self.first_event_us: int | None = None
         self.on_flushed: Callable[[], None] | None = None
         self.training_running: Callable[[], bool] = lambda: False
@@ -466,6 +469,8 @@ class ScoringSink(BatchingSink):
         lo, hi = int(ts_us.min()), int(ts_us.max())
         self.first_event_us = lo if self.first_event_us is None else min(self.first_event_us, lo)
         self.max_event_us = hi if self.max_event_us is None else max(self.max_event_us, hi)
+        self.partition_max_us[batch.partition] = max(self.partition_max_us.get(batch.partition, hi), hi)  # hook 6
+        self.partition_seen[batch.partition] = time.monotonic()
         for key, seconds in zip(self.timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             self.timings[key] += seconds
         self.status.info["model_version"] = version
@@ -552,18 +557,25 @@ class ScoringApp(WorkbenchApp):
         self._last_slow_tick = 0.0
         self._force_commit: Callable[[], None] | None = None
         self._maintained_day: dt.date | None = None  # [repro hook 5]
+        self._warmup_s = max(5.0, 10 * self.batch_seconds)  # [repro hook 6]
+        # [repro hook 1] off: Quix's SinkBackpressureError pauses and rewinds *all* partitions, so
+        # holding a fast partition also stops the slow one the watermark waits for (deadlock). Days
+        # that are not ready are stored unscored on disk and scored once ready (bounded memory).
+        self.hold_days = False
 
     # --- periodic work (main thread) ------------------------------------------------------------
     def _after_flush(self) -> None:
         """Hand finished event days to the supervisor (the sink just wrote every buffered row)."""
         sink = self.sink
         if sink is not None and sink.max_event_us is not None:  # [repro hook 5]
-            self._maintain_shards(_day_of(sink.max_event_us - self.training_grace_us))
+            self._maintain_shards(_day_of(self._watermark_us() - self.training_grace_us))
         if self.supervisor is None or sink is None or sink.max_event_us is None:
             return
         if self.supervisor.state["first_day"] is None and sink.first_event_us is not None:
             self.supervisor.maybe_schedule(_day_of(sink.first_event_us))
-        scheduled = self.supervisor.maybe_schedule(_day_of(sink.max_event_us - self.training_grace_us))
+        if time.monotonic() - self._started < self._warmup_s:
+            return  # [repro hook 6] let every partition with data deliver once before trusting the watermark
+        scheduled = self.supervisor.maybe_schedule(_day_of(self._watermark_us() - self.training_grace_us))
         if scheduled:
             self.status.add("trainings_scheduled", len(scheduled))
             self._training_info()
@@ -580,7 +592,7 @@ class ScoringApp(WorkbenchApp):
         if self.supervisor is not None and self.supervisor.state["first_day"] is None:
             self.supervisor.maybe_schedule(_day_of(int(pc.min(ts).as_py())))  # the cadence starts here
         cadence = self._cadence()
-        if cadence is None:
+        if cadence is None or not self.hold_days:
             return None
         for d in range(int(pc.min(ts).as_py()) // _DAY_US, int(pc.max(ts).as_py()) // _DAY_US + 1):
             if not self.scorer.accepts(_day_of(d * _DAY_US), cadence):
@@ -595,6 +607,22 @@ class ScoringApp(WorkbenchApp):
         cadence = self._cadence()
         return {d for d in days if self.scorer.ready(dt.date.fromisoformat(d), cadence)}
     # [/repro hook 4]
+
+    # [repro hook 6: event-time watermark = the slowest partition that is still delivering]
+    def _watermark_us(self) -> int:
+        """Newest event time that every partition still delivering has durably stored.
+
+        The max over partitions (what was used before) lets a fast partition trigger the
+        training of a day whose events a slower partition has not delivered yet, so the model
+        would depend on consumption order. A partition that has not delivered for ``_warmup_s``
+        is caught up (the replay sends in event-time order) and no longer holds the watermark back.
+        """
+        sink = self.sink
+        assert sink is not None and sink.max_event_us is not None
+        now = time.monotonic()
+        active = [us for p, us in sink.partition_max_us.items() if now - sink.partition_seen[p] < self._warmup_s]
+        return min(active) if active else sink.max_event_us
+    # [/repro hook 6]
 
     # [repro hook 5: compaction and retention of settled shard days]
     def _maintain_shards(self, watermark: dt.date) -> None:
