@@ -557,7 +557,7 @@ class ScoringApp(WorkbenchApp):
         self._last_slow_tick = 0.0
         self._force_commit: Callable[[], None] | None = None
         self._maintained_day: dt.date | None = None  # [repro hook 5]
-        self._warmup_s = max(5.0, 10 * self.batch_seconds)  # [repro hook 6]
+        self._warmup_s = max(2.0, 4 * self.batch_seconds)  # [repro hook 6]
         # [repro hook 1] off: Quix's SinkBackpressureError pauses and rewinds *all* partitions, so
         # holding a fast partition also stops the slow one the watermark waits for (deadlock). Days
         # that are not ready are stored unscored on disk and scored once ready (bounded memory).
@@ -664,6 +664,7 @@ class ScoringApp(WorkbenchApp):
             return
         self._last_slow_tick = now
         if self.supervisor is not None:
+            self._after_flush()  # [repro hook 6] the watermark also moves when partitions fall idle
             self.supervisor.poll()
             self._training_info()
         self._maybe_rescore()
