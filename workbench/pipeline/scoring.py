@@ -428,9 +428,9 @@ class ScoringSink(BatchingSink):
         held = self.hold_day(table) if self.hold_day is not None else None
         if held is not None:
             self.status.add("held_batches")
-            self.status.info["waiting_for_model"] = held
+            self.status.info["holding_day"] = held
             raise SinkBackpressureError(retry_after=1.0)
-        self.status.info["waiting_for_model"] = None
+        self.status.info["holding_day"] = None
         # [/repro hook 1]
         t1 = time.perf_counter()
         kafka = table.select(["kafka_partition", "kafka_offset"])
@@ -603,9 +603,13 @@ class ScoringApp(WorkbenchApp):
         """Days with unscored rows whose final version exists now."""
         days = self.unscored.snapshot()
         if not days or self.scorer is None:
+            self.status.info["waiting_for_model"] = []
             return set()
         cadence = self._cadence()
-        return {d for d in days if self.scorer.ready(dt.date.fromisoformat(d), cadence)}
+        ready = {d for d in days if self.scorer.ready(dt.date.fromisoformat(d), cadence)}
+        # what the status/panel shows: event days stored unscored until their model version exists
+        self.status.info["waiting_for_model"] = sorted(days - ready)
+        return ready
     # [/repro hook 4]
 
     # [repro hook 6: event-time watermark = the slowest partition that is still delivering]
