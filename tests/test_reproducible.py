@@ -55,7 +55,7 @@ def _outcome(settings: Settings) -> tuple[set[tuple], set[tuple], list[str]]:
     return set(rows), anomalies, ModelRegistry(settings.models_dir).versions()
 
 
-def _unpaced_with_kill(settings: Settings, log: Path) -> None:
+def _unpaced_with_kill(settings: Settings, log: Path) -> dict:
     Replay(log, settings=settings, speedup=0, pack=1).run()
     env = {**os.environ, **settings.to_env()}
     child = subprocess.Popen([sys.executable, "-m", "workbench.cli", "app", "scoring", "--batch-rows", "1024",
@@ -74,24 +74,27 @@ def _unpaced_with_kill(settings: Settings, log: Path) -> None:
         child.kill()
         child.wait(timeout=10)
     # idle_exit > session.timeout.ms: the killed member must time out before partitions are reassigned
-    run_scoring(settings, idle_exit=9, timeout=400, batch_rows=4096, batch_seconds=0.5, training_backoff_s=1)
+    return run_scoring(settings, idle_exit=9, timeout=400, batch_rows=4096, batch_seconds=0.5,
+                       training_backoff_s=1)
 
 
-def _paced(settings: Settings, log: Path) -> None:
+def _paced(settings: Settings, log: Path) -> dict:
     replay = threading.Thread(target=lambda: Replay(log, settings=settings, speedup=20_000, pack=1).run(),
                               daemon=True)
     replay.start()
-    run_scoring(settings, idle_exit=9, timeout=400, batch_rows=2048, batch_seconds=0.5, training_backoff_s=1)
+    result = run_scoring(settings, idle_exit=9, timeout=400, batch_rows=2048, batch_seconds=0.5,
+                         training_backoff_s=1)
     replay.join(timeout=60)
+    return result
 
 
 def test_same_log_same_results_unpaced_with_a_kill_and_paced(kafka_base: Settings, tmp_path: Path,
                                                               log: Path) -> None:
-    outcomes = []
+    outcomes, results = [], []
     for name, run in (("unpaced", _unpaced_with_kill), ("paced", _paced)):
         settings = isolated_settings(kafka_base, tmp_path / name)
         ensure_topics(settings)
-        run(settings, log)
+        results.append(run(settings, log))
         run_anomaly_sink(settings, idle_exit=3, timeout=120)
         outcomes.append(_outcome(settings))
     (shards_a, lake_a, versions_a), (shards_b, lake_b, versions_b) = outcomes
@@ -102,3 +105,5 @@ def test_same_log_same_results_unpaced_with_a_kill_and_paced(kafka_base: Setting
     assert shards_a == shards_b
     assert lake_a and lake_a == lake_b
     assert {v for _, _, v, _ in lake_a} == set(versions_a)
+    # the replay outran training: partitions were paused (per partition backpressure)
+    assert sum(r["partition_pauses"] for r in results) > 0

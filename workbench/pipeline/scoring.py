@@ -562,6 +562,8 @@ class ScoringApp(WorkbenchApp):
         # holding a fast partition also stops the slow one the watermark waits for (deadlock). Days
         # that are not ready are stored unscored on disk and scored once ready (bounded memory).
         self.hold_days = False
+        self._paused: set[int] = set()  # [repro hook 7]
+        self._events_topic_name = settings.topic_query_events
 
     # --- periodic work (main thread) ------------------------------------------------------------
     def _after_flush(self) -> None:
@@ -628,6 +630,43 @@ class ScoringApp(WorkbenchApp):
         return min(active) if active else sink.max_event_us
     # [/repro hook 6]
 
+    # [repro hook 7: backpressure per partition]
+    def _pace_partitions(self) -> None:
+        """Pause a partition whose newest event day is not accepted yet; resume it once it is.
+
+        Only that partition stops fetching (Quix's own sink backpressure would pause and rewind all
+        of them, including the slow ones the watermark waits for). The rows it delivered are stored
+        (unscored until their version exists), so nothing is lost and memory stays bounded; a
+        replay that outruns training is thus slowed down to what training allows.
+        """
+        sink, consumer, cadence = self.sink, _quix_consumer(self.app), self._cadence()
+        if sink is None or consumer is None or cadence is None:
+            return
+        from confluent_kafka import TopicPartition
+
+        for partition, newest_us in sink.partition_max_us.items():
+            day = _day_of(newest_us)
+            held = not self.scorer.accepts(day, cadence)
+            if held == (partition in self._paused):
+                continue
+            tp = TopicPartition(self._events_topic_name, partition)
+            try:
+                if held:
+                    consumer.pause([tp])
+                    self._paused.add(partition)
+                    self.status.add("partition_pauses")
+                    logger.info("partition paused until training catches up partition=%d day=%s", partition, day)
+                else:
+                    consumer.resume([tp])
+                    self._paused.discard(partition)
+                    sink.last_message_at = time.monotonic()  # resumed: not idle yet
+                    logger.info("partition resumed partition=%d day=%s", partition, day)
+            except Exception as exc:  # not assigned any more (rebalance): nothing to pace
+                logger.warning("cannot pause/resume partition=%d error=%s", partition, exc)
+                self._paused.discard(partition)
+        self.status.info["paused_partitions"] = sorted(self._paused)
+    # [/repro hook 7]
+
     # [repro hook 5: compaction and retention of settled shard days]
     def _maintain_shards(self, watermark: dt.date) -> None:
         """Once per event-time day: compact the days before yesterday, apply shard_retention_days."""
@@ -669,6 +708,7 @@ class ScoringApp(WorkbenchApp):
         self._last_slow_tick = now
         if self.supervisor is not None:
             self._after_flush()  # [repro hook 6] the watermark also moves when partitions fall idle
+            self._pace_partitions()  # [repro hook 7]
             self.supervisor.poll()
             self._training_info()
         self._maybe_rescore()
@@ -702,6 +742,8 @@ class ScoringApp(WorkbenchApp):
         if time.monotonic() - last < self._idle_exit or sink.buffered_rows:
             return False
         if self._rescorer is not None and self._rescorer.is_alive():
+            return False
+        if self._paused:  # [repro hook 7] a paused partition still has events to deliver
             return False
         if self.supervisor is not None and any(e["status"] in ("running", "pending")
                                                for e in self.supervisor.state["days"].values()):
@@ -771,7 +813,9 @@ class ScoringApp(WorkbenchApp):
         if self.supervisor is not None:
             supervisor = self.supervisor
             self.sink.training_running = lambda: supervisor.running
-        sdf = app.dataframe(event_topic(app, self.settings))
+        topic = event_topic(app, self.settings)
+        self._events_topic_name = topic.name  # [repro hook 7]
+        sdf = app.dataframe(topic)
         sdf.sink(self.sink)
         if not register_periodic(app, self._tick):
             logger.warning("no periodic hook: flushes happen every batch_seconds only, idle_exit is not supported")
@@ -820,6 +864,16 @@ class ScoringApp(WorkbenchApp):
 
     def _result(self) -> AppResult:
         return AppResult(dict(self.status.counters), dict(self.status.info))
+
+
+def _quix_consumer(app: Application | None) -> Any:
+    """The app's Kafka consumer (a Quix internal: ``Application._consumer``; None if it moved).
+
+    The one place that reaches into Quix: pausing single partitions has no public API.
+    tests/test_reproducible.py fails (no ``partition_pauses``) if this stops working.
+    """
+    consumer = getattr(app, "_consumer", None)
+    return consumer if hasattr(consumer, "pause") and hasattr(consumer, "resume") else None
 
 
 def _day_of(us: int) -> dt.date:
