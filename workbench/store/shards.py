@@ -360,9 +360,7 @@ def rescore_unscored(directory: Path, scorer: _Scorer, days: Iterable[dt.date | 
             scored = pa.Table.from_batches([scorer.score(table.take(idx))])
             now_scored = pc.is_valid(scored.column("model_version")).to_numpy(zero_copy_only=False)
             if not now_scored.any():
-                if getattr(scorer, "by_event_time", False):
-                    continue  # these days' versions do not exist yet
-                return total  # no model yet: nothing to do anywhere
+                continue  # no version for these rows yet (no model, or their day's version is missing)
             mask = unscored.copy()
             mask[idx[~now_scored]] = False  # rows still without a version stay null
             columns = []
