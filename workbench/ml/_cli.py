@@ -35,7 +35,11 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     print(f"  {'version':<18} {'day':<10} {'rows':>8} {'train_s':>8}  PR-AUC")
     for version in versions:
-        meta = registry.info(version)
+        try:
+            meta = registry.info(version)
+        except (OSError, ValueError) as exc:  # a truncated model.json: say so, list the others
+            print(f"  {version:<18} unreadable model.json ({exc}); it is skipped when scoring")
+            continue
         marker = "*" if version == current else " "
         print(f"{marker} {version:<18} {meta['training_day']:<10} {meta['rows']['trained']:>8} "
               f"{meta['training_seconds']:>8.1f}  {_pr_auc(meta)}")
