@@ -48,7 +48,7 @@ def test_prune_refuses_a_bad_keep_and_the_cli_says_why(tmp_path: Path, capsys: p
 
 def _publish_window(registry: ModelRegistry, day: int, seq_hint: int = 0) -> str:
     with registry.staging() as staged:
-        (staged / "weights.bin").write_bytes(bytes([day, seq_hint]) * 16)
+        (staged / "weights.bin").write_bytes(day.to_bytes(1, "big") + seq_hint.to_bytes(4, "big"))
         return registry.publish(staged, dt.date(2024, 3, day), {"window_days": [f"2024-03-{day:02d}"]})
 
 
