@@ -79,6 +79,14 @@ def test_cli_rescore_and_errors(home: Settings, capsys: pytest.CaptureFixture[st
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_workbench_rescore_is_the_library_call(home: Settings) -> None:
+    from workbench.runtime import Workbench
+
+    result = Workbench(home).rescore("v0002-2024-03-02", start="2024-03-04", progress=False)
+    assert result.version == "v0002-2024-03-02" and result.days == ["2024-03-04"]
+    assert result.rows == read_shards(home.shards_dir, days=[D[3]]).num_rows and result.refused == 0
+
+
 def test_same_window_in_any_shard_layout_gives_the_same_model(tmp_path: Path) -> None:
     from workbench.ml._train import train_day
 

@@ -105,5 +105,25 @@ def test_same_log_same_results_unpaced_with_a_kill_and_paced(kafka_base: Setting
     assert shards_a == shards_b
     assert lake_a and lake_a == lake_b
     assert {v for _, _, v, _ in lake_a} == set(versions_a)
-    # the replay outran training: partitions were paused (per partition backpressure)
-    assert sum(r["partition_pauses"] for r in results) > 0
+    assert all(r["events"] >= 1 for r in results)
+    # whether these runs pause a partition depends on how fast training is (the killed child's
+    # training may finish on its own): the pause itself is tested below, where it must happen
+
+
+def test_partitions_ahead_of_training_pause_and_nothing_is_lost(kafka_base: Settings, tmp_path: Path,
+                                                                log: Path) -> None:
+    """The whole log is in Kafka before scoring starts: every partition reaches day 3 long before
+    day 1's version exists (training starts only after the warm-up), so it must pause, resume once
+    the version is there, and every event ends up scored by its day's version."""
+    settings = isolated_settings(kafka_base, tmp_path / "ahead")
+    ensure_topics(settings)
+    Replay(log, settings=settings, speedup=0, pack=1).run()
+    result = run_scoring(settings, idle_exit=9, timeout=400, batch_rows=4096, batch_seconds=0.5,
+                         training_backoff_s=1)
+    assert result["partition_pauses"] > 0, result.counters
+    assert result.info["paused_partitions"] == [] and result.info["waiting_for_model"] == []
+    shards = read_shards(settings.shards_dir)
+    assert shards.num_rows == result["events"] > 17_000
+    assert shards.column("model_version").null_count == 0
+    assert result["scored"] + result["rescored"] == result["events"]
+    assert ModelRegistry(settings.models_dir).versions() == [f"v0001-{D1}", f"v0002-{D1 + dt.timedelta(days=1)}"]
