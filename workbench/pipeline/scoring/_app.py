@@ -153,9 +153,9 @@ class ScoringApp(WorkbenchApp):
         if sink is None or watermark is None:
             return
         self.maintenance.run(day_of(watermark - self.training_grace_us))
-        if self.schedule is not None:
+        if self.schedule is not None:  # warm-up from the first message: joining the group can take longer
             self.schedule.after_flush(sink.first_event_us, watermark,
-                                      warming_up=time.monotonic() - self._started < self._warmup_s)
+                                      warming_up=time.time() - (sink.first_message_wall or 0.0) < self._warmup_s)
 
     def _cadence(self) -> Any:
         """The training cadence the selection rule needs (None without training or before the first event)."""
