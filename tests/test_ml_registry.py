@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from pathlib import Path
 
@@ -43,3 +44,105 @@ def test_prune_refuses_a_bad_keep_and_the_cli_says_why(tmp_path: Path, capsys: p
     assert "keep must be an integer >= 1" in capsys.readouterr().err
     assert main(["--home", str(tmp_path / "home"), "models", "prune", "--keep", "1"]) == 0
     assert "deleted 0 version(s)" in capsys.readouterr().out
+
+
+def _publish_window(registry: ModelRegistry, day: int, seq_hint: int = 0) -> str:
+    with registry.staging() as staged:
+        (staged / "weights.bin").write_bytes(day.to_bytes(1, "big") + seq_hint.to_bytes(4, "big"))
+        return registry.publish(staged, dt.date(2024, 3, day), {"window_days": [f"2024-03-{day:02d}"]})
+
+
+def test_training_moves_current_only_forward_and_never_moves_a_pin(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    d1, d3 = _publish_window(registry, 1), _publish_window(registry, 3)
+    assert registry.advance_current(d1) and registry.advance_current(d3)
+    late = _publish_window(registry, 2)  # a failed day 2, retried after day 3 trained
+    assert not registry.advance_current(late)
+    assert registry.current() == d3
+    registry.set_current(d1, actor="alice", reason="v3 is noisy")  # a person rolls back: pinned
+    d4 = _publish_window(registry, 4)
+    assert not registry.advance_current(d4)
+    assert registry.current() == d1 and registry.pinned() == d1
+    assert registry.set_current("auto", actor="alice") == d4  # unpin: the newest window
+    assert registry.pinned() is None and registry.current() == d4
+    moves = [(r["actor"], r["from"], r["to"], r["pinned"]) for r in registry.history()]
+    assert moves == [("training", None, d1, False), ("training", d1, d3, False), ("alice", d3, d1, True),
+                     ("alice", d1, d4, False)]
+    assert registry.history()[2]["reason"] == "v3 is noisy"
+
+
+def test_same_recipe_is_registered_once(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    meta = {"recipe_sha256": "ab" * 32}
+    ids = []
+    for _ in range(2):  # a retry of a training that had already registered its version
+        with registry.staging() as staged:
+            (staged / "w.bin").write_bytes(b"same")
+            ids.append(registry.publish(staged, dt.date(2024, 3, 1), meta))
+    assert ids[0] == ids[1] and len(registry.versions()) == 1
+    assert not list(registry.versions_dir.glob(".tmp-*"))
+
+
+def test_truncated_model_json_is_skipped_not_fatal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    d1, d2 = _publish_window(registry, 1), _publish_window(registry, 2)
+    (registry.versions_dir / d2 / "model.json").write_text('{"version": "v00')
+    assert [w.version for w in registry.windows()] == [d1]
+    assert "unreadable model version" in caplog.text
+
+
+def _rollback_loop(models: str, n: int) -> None:
+    from workbench.ml.exceptions import ModelNotFoundError
+
+    registry = ModelRegistry(Path(models))
+    for _ in range(n):
+        versions = registry.versions()
+        with contextlib.suppress(ModelNotFoundError):  # pruned meanwhile: a clear error, nothing else
+            registry.set_current(versions[0], actor="racer")  # the oldest: what prune wants to delete
+
+
+def test_prune_and_rollback_serialise_on_the_registry_lock(tmp_path: Path) -> None:
+    import multiprocessing as mp
+    import time
+
+    registry = ModelRegistry(tmp_path / "models")
+    versions = [_publish_window(registry, day) for day in range(1, 4)]
+    registry.advance_current(versions[-1])
+    racer = mp.get_context("spawn").Process(target=_rollback_loop, args=(str(registry.models_dir), 300))
+    racer.start()
+    deadline = time.monotonic() + 60
+    while not any(r["actor"] == "racer" for r in registry.history()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    removed: list[str] = []
+    day = 4
+    while racer.is_alive():
+        for _ in range(2):
+            _publish_window(registry, day % 28 + 1, day)
+            day += 1
+        removed += registry.prune(1)
+        current = registry.current()
+        assert current is not None and (registry.versions_dir / current / "model.json").is_file()
+    racer.join()
+    assert racer.exitcode == 0
+    assert len(removed) > 10 and sum(r["actor"] == "racer" for r in registry.history()) > 10
+    current = registry.current()  # CURRENT never names a deleted version
+    assert current in registry.versions()
+    registry.verify(current)
+
+
+def test_prune_waits_for_a_rollback_holding_the_lock(tmp_path: Path) -> None:
+    import threading
+
+    registry = ModelRegistry(tmp_path / "models")
+    versions = [_publish_window(registry, day) for day in range(1, 4)]
+    registry.advance_current(versions[-1])
+    result: list[list[str]] = []
+    with registry.locked():  # what set_current holds between its check and its write
+        pruner = threading.Thread(target=lambda: result.append(ModelRegistry(registry.models_dir).prune(1)))
+        pruner.start()
+        pruner.join(0.5)
+        assert pruner.is_alive() and not result  # blocked on the lock
+        registry.current_path.write_text(versions[0] + "\n")  # the rollback lands while prune waits
+    pruner.join()
+    assert result == [[versions[1]]]  # prune saw the new CURRENT and kept it
+    assert registry.versions() == [versions[0], versions[2]]

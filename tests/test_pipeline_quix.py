@@ -11,7 +11,7 @@ import quixstreams
 
 from workbench.config import Settings
 from workbench.pipeline._app import build_application
-from workbench.pipeline._quix import QuixInternalsError, force_checkpoint, register_periodic
+from workbench.pipeline._quix import QuixInternalsError, force_checkpoint, partition_flow, register_periodic
 
 
 def _app(tmp_path: Path) -> quixstreams.Application:
@@ -44,3 +44,16 @@ def test_a_missing_or_changed_internal_raises_instead_of_switching_a_feature_off
     changed = SimpleNamespace(_processing_context=SimpleNamespace(commit_checkpoint=lambda now: None))
     with pytest.raises(QuixInternalsError, match="changed"):
         force_checkpoint(changed)  # type: ignore[arg-type]
+
+
+def test_the_consumer_can_pause_and_resume_one_partition(tmp_path: Path) -> None:
+    """The scoring app's per-partition backpressure needs ``Application._consumer.pause/resume``."""
+    app = _app(tmp_path)
+    consumer = app._consumer  # fails loudly here if Quix renames or removes it
+    for method in ("pause", "resume"):
+        assert list(inspect.signature(getattr(consumer, method)).parameters) == ["partitions"], method
+    flow = partition_flow(app)
+    flow.pause("events", 3)  # the real consumer takes a TopicPartition list (offline: not assigned, no error)
+    flow.resume("events", 3)
+    with pytest.raises(QuixInternalsError, match="_consumer"):
+        partition_flow(SimpleNamespace())  # type: ignore[arg-type]

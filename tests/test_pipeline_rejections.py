@@ -125,24 +125,25 @@ def test_the_anomaly_sink_dead_letters_values_the_lakehouse_cannot_hold(kafka_se
     topic = settings.topic_anomalies
     families: dict[int, str] = {}
     offset = 0
-    for i, (family, message) in enumerate([*bad.items(), ("not json", b"{")]):
+    for i, (family, message) in enumerate([*bad.items(), ("not json", b"{"), ("key not UTF-8", good)]):
         value = message if isinstance(message, bytes) else orjson.dumps(message)
-        producer.produce(topic, key=b"1", value=value, headers=anomaly_headers(), partition=0)
+        key = b"\xff" if family == "key not UTF-8" else b"1"  # the contract's key is the instance id as text
+        producer.produce(topic, key=key, value=value, headers=anomaly_headers(), partition=0)
         families[offset] = family
         # a valid one after each, the last without an actual execution time (a queue alert): null-safe
-        after = dict(good, query_id=100 + i, execution_duration_ms=None if i == 3 else 90_000)
-        producer.produce(topic, key=b"\xff", value=orjson.dumps(after), headers=anomaly_headers(), partition=0)
+        after = dict(good, query_id=100 + i, execution_duration_ms=None if i == 4 else 90_000)
+        producer.produce(topic, key=b"1", value=orjson.dumps(after), headers=anomaly_headers(), partition=0)
         offset += 2
     assert producer.flush(10) == 0
     result = run_anomaly_sink(settings, idle_exit=4, timeout=90, commit_interval=0.5)
-    assert result["dead_letters"] == len(families) and result["sink_rows"] == 4, result.counters
+    assert result["dead_letters"] == len(families) and result["sink_rows"] == 5, result.counters
     dead = consume_all(settings, settings.topic_dead_letter, expected=len(families), timeout=30)
     got = {int(dict(m.headers())["source_offset"]): dict(m.headers())["reason"].decode() for m in dead}
     assert set(got) == set(families)
     assert all(reason.startswith("anomaly_contract: ") for reason in got.values())
     with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
         rows = lake.read()
-    assert rows.num_rows == 4
+    assert rows.num_rows == 5
     assert pa.compute.sum(rows["true_ms"].is_null()).as_py() == 1
 
 

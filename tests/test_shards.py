@@ -29,6 +29,9 @@ _LOG = generated_log(days=1, rows_per_day=400, seed=1).select(list(COLUMNS))
 def _events(n: int = 100, offset: int = 0, partition: int = 0) -> pa.Table:
     t = _LOG.slice(offset % 100, n)
     assert t.num_rows == n
+    # one query per (partition, offset): shards keep each (instance_id, query_id) once
+    t = t.set_column(t.schema.get_field_index("query_id"), "query_id",
+                     pa.array(range(partition * 1_000_000 + offset, partition * 1_000_000 + offset + n), pa.int64()))
     t = t.append_column("kafka_partition", pa.array([partition] * n, pa.int32()))
     return t.append_column("kafka_offset", pa.array(range(offset, offset + n), pa.int64()))
 
@@ -72,3 +75,100 @@ def test_missing_columns_are_named(tmp_path: Path) -> None:
         write_shard(tmp_path, DAY, 0, 0, _events(5).drop_columns(["kafka_offset"]))
     with pytest.raises(ShardError, match="YYYY-MM-DD"):
         write_shard(tmp_path, "yesterday", 0, 0, _events(5))
+
+
+def _day_files(root: Path, day: dt.date = DAY) -> list[str]:
+    return sorted(p.name for p in (root / f"date={day.isoformat()}").iterdir() if p.suffix == ".arrow")
+
+
+def _write_batches(root: Path, partitions: int = 3, batches: int = 5, rows: int = 20) -> None:
+    for part in range(partitions):
+        for b in range(batches):
+            write_shard(root, DAY, part, b * rows, _events(rows, b * rows, part))
+
+
+def test_compaction_leaves_one_file_per_partition_with_the_same_rows(tmp_path: Path) -> None:
+    from workbench.store.shards import compact_day
+
+    _write_batches(tmp_path)
+    before = read_shards(tmp_path).sort_by([("kafka_partition", "ascending"), ("kafka_offset", "ascending")])
+    assert len(shard_paths(tmp_path)) == 15
+    assert compact_day(tmp_path, DAY) == 3
+    assert _day_files(tmp_path) == [f"c00{p}-o000000000000-o000000000099.arrow" for p in range(3)]
+    after = read_shards(tmp_path).sort_by([("kafka_partition", "ascending"), ("kafka_offset", "ascending")])
+    assert after.equals(before)
+    assert compact_day(tmp_path, DAY) == 3  # idempotent
+
+
+def test_reprocessing_after_compaction_replaces_rows(tmp_path: Path) -> None:
+    from workbench.store.shards import compact_day
+
+    _write_batches(tmp_path, partitions=1)
+    compact_day(tmp_path, DAY)
+    # a crash before the commit: the app re-reads offsets 30..69 in other batch sizes, now scored
+    again = _events(40, 30, 0).append_column("model_version", pa.array(["v0002-2024-02-29"] * 40))
+    write_shard(tmp_path, DAY, 0, 30, again)
+    table = read_shards(tmp_path, dedupe=False)
+    assert table.num_rows == 100  # replaced, not duplicated
+    assert sorted(table.column("kafka_offset").to_pylist()) == list(range(100))
+    assert pc.count(table.column("model_version")).as_py() == 40
+    assert len(_day_files(tmp_path)) == 1
+    write_shard(tmp_path, DAY, 0, 100, _events(10, 100, 0))  # a late event after the compacted range
+    assert len(_day_files(tmp_path)) == 2 and read_shards(tmp_path).num_rows == 110
+
+
+def test_a_compaction_killed_before_deleting_leaves_no_duplicates(tmp_path: Path) -> None:
+    import shutil
+
+    from workbench.store.shards import compact_day
+
+    _write_batches(tmp_path, partitions=1)
+    keep = tmp_path / "copy"
+    shutil.copytree(tmp_path / "date=2024-03-01", keep)
+    compact_day(tmp_path, DAY)
+    for p in keep.iterdir():  # the state after the compacted file was renamed in, before the deletes
+        shutil.copy(p, tmp_path / "date=2024-03-01" / p.name)
+    assert len(shard_paths(tmp_path)) == 1
+    assert read_shards(tmp_path, dedupe=False).num_rows == 100
+    compact_day(tmp_path, DAY)
+    assert len(_day_files(tmp_path)) == 1
+
+
+def test_a_second_pass_replaces_the_first_passs_rows(tmp_path: Path) -> None:
+    first = _events(50, 0, 0)
+    write_shard(tmp_path, DAY, 0, 0, first)
+    # replay reset: the same queries arrive again at later offsets, with a newer score
+    second = first.set_column(first.schema.get_field_index("kafka_offset"), "kafka_offset",
+                              pa.array(range(500, 550), pa.int64()))
+    second = second.append_column("model_version", pa.array(["v0003-2024-02-29"] * 50))
+    write_shard(tmp_path, DAY, 0, 500, second.slice(0, 30))  # the second pass got 30 rows far
+    table = read_shards(tmp_path)
+    assert table.num_rows == 50
+    assert pc.count(table.column("model_version")).as_py() == 30
+    assert read_shards(tmp_path, dedupe=False).num_rows == 80
+
+
+def test_read_window_is_exact_and_canonical(tmp_path: Path) -> None:
+    from workbench.store.shards import read_window
+
+    write_shard(tmp_path, DAY, 1, 0, _events(30, 0, 1))
+    write_shard(tmp_path, DAY, 0, 0, _events(30, 30, 0))
+    a = read_window(tmp_path, DAY, DAY)
+    b_root = tmp_path / "b"
+    write_shard(b_root, DAY, 0, 30, _events(30, 30, 0))  # other file layout, other write order
+    write_shard(b_root, DAY, 1, 0, _events(10, 0, 1))
+    write_shard(b_root, DAY, 1, 10, _events(20, 10, 1))
+    b = read_window(b_root, DAY, DAY)
+    assert a.num_rows == 60 and a.equals(b)
+    assert read_window(tmp_path, DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=2)).num_rows == 0
+
+
+def test_retention_deletes_old_days(tmp_path: Path) -> None:
+    from workbench.store.shards import delete_older_than
+
+    for k in range(4):
+        write_shard(tmp_path, DAY + dt.timedelta(days=k), 0, k * 10, _events(5, k * 10))
+    assert delete_older_than(tmp_path, 2, today=DAY + dt.timedelta(days=3)) == [DAY]
+    assert list_days(tmp_path) == [DAY + dt.timedelta(days=k) for k in (1, 2, 3)]
+    with pytest.raises(ShardError, match="at least 1 day"):
+        delete_older_than(tmp_path, 0, today=DAY)

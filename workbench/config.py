@@ -113,6 +113,15 @@ class Settings(BaseSettings):
             "retention would delete as soon as they land."
         ),
     )
+    shard_retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        validation_alias="WORKBENCH_SHARD_RETENTION_DAYS",
+        description=(
+            "Delete shard days more than this many event-time days before the newest event "
+            "(checked when the scoring app compacts a finished day). Default: keep everything."
+        ),
+    )
 
     # --- event-time guard of the apps (workbench.pipeline._eventtime) --------------------------
     event_time_min: datetime = Field(

@@ -31,6 +31,8 @@ __all__ = [
     "TrainResult",
     "TrainingSupervisor",
     "evaluate",
+    "rescore",
+    "select_version",
     "train_day",
     "train_table",
 ]
@@ -45,6 +47,8 @@ _WHERE = {
     "TrainResult": "workbench.ml._train",
     "TrainingSupervisor": "workbench.ml.supervisor",
     "evaluate": "workbench.ml.evaluate",
+    "rescore": "workbench.ml.rescore",
+    "select_version": "workbench.ml.selection",
     "train_day": "workbench.ml._train",
     "train_table": "workbench.ml._train",
 }

@@ -36,7 +36,11 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     print(f"  {'version':<18} {'day':<10} {'rows':>8} {'train_s':>8}  PR-AUC")
     for version in versions:
-        meta = registry.info(version)
+        try:
+            meta = registry.info(version)
+        except (OSError, ValueError) as exc:  # a truncated model.json: say so, list the others
+            print(f"  {version:<18} unreadable model.json ({exc}); it is skipped when scoring")
+            continue
         marker = "*" if version == current else " "
         print(f"{marker} {version:<18} {meta['training_day']:<10} {meta['rows']['trained']:>8} "
               f"{meta['training_seconds']:>8.1f}  {_pr_auc(meta)}")
@@ -55,8 +59,30 @@ def _show(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     registry = ModelRegistry(_settings(args).models_dir)
     previous = registry.current()
-    registry.set_current(args.version)
-    print(f"current: {args.version} (was {previous})")
+    now = registry.set_current(args.version, reason=args.reason or "")
+    how = "event-time selection (no pin)" if args.version == "auto" else "pinned: scores every event from now on"
+    print(f"current: {now} (was {previous}); {how}")
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    records = ModelRegistry(_settings(args).models_dir).history()
+    if not records:
+        print("no changes of the current model recorded")
+    for r in records[-args.last:]:
+        pin = " (pinned)" if r.get("pinned") else ""
+        print(f"{r['at']}  {r['actor']:<10} {r['from'] or '-'} -> {r['to']}{pin}"
+              f"{'  ' + r['reason'] if r.get('reason') else ''}")
+    return 0
+
+
+def _rescore(args: argparse.Namespace) -> int:
+    from workbench.ml.rescore import rescore
+
+    result = rescore(_settings(args), args.version, start=args.start, end=args.end, instances=args.instances)
+    skipped = f", {len(result.skipped_days)} day(s) done earlier" if result.skipped_days else ""
+    print(f"{result.version}: {len(result.days)} day(s), {result.rows} rows scored, {result.anomalies} anomalies, "
+          f"{result.inserted} new in the lakehouse{skipped}")
     return 0
 
 
@@ -92,7 +118,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``models`` (list/show/rollback/set-current/prune), ``train`` and ``evaluate``."""
+    """Add ``models`` (list/show/rollback/set-current/history/prune), ``train``, ``rescore`` and ``evaluate``."""
     models = subparsers.add_parser("models", help="list, inspect and roll back model versions")
     sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     p = sub.add_parser("list", help="one line per version (* = current)")
@@ -102,9 +128,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--full", action="store_true", help="include the feature state")
     p.set_defaults(func=_show)
     for name in ("rollback", "set-current"):
-        p = sub.add_parser(name, help="make VERSION current (atomic pointer swap)")
-        p.add_argument("version")
+        p = sub.add_parser(name, help="pin VERSION: it scores every event from now on ('auto': event-time "
+                                      "selection again); recorded in the registry history")
+        p.add_argument("version", help="a version id, or 'auto' to remove the pin")
+        p.add_argument("--reason", help="why (kept in the history)")
         p.set_defaults(func=_rollback)
+    p = sub.add_parser("history", help="every change of the current model (time, actor, from, to)")
+    p.add_argument("--last", type=int, default=20)
+    p.set_defaults(func=_history)
     p = sub.add_parser("prune", help="delete all but the newest versions (the current one always stays)")
     p.add_argument("--keep", type=int, required=True, help="how many of the newest versions to keep")
     p.set_defaults(func=_prune)
@@ -116,6 +147,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--data", type=Path, help="train from a Parquet log instead of the shards")
     train.set_defaults(func=_train)
+
+    rs = subparsers.add_parser("rescore", help="score stored shards with one model version; its anomalies go to "
+                                               "the lakehouse next to the others (idempotent, resumable)")
+    rs.add_argument("--version", required=True, help="a version id or 'current'")
+    rs.add_argument("--start", help="event time (ISO, UTC) from which to rescore (default: first shard day)")
+    rs.add_argument("--end", help="event time (ISO, UTC, exclusive) up to which to rescore (default: all)")
+    rs.add_argument("--instances", type=int, nargs="+", help="only these instance ids")
+    rs.set_defaults(func=_rescore)
 
     ev = subparsers.add_parser("evaluate", help="score a labelled day and print detection metrics")
     ev.add_argument("--day", required=True, type=dt.date.fromisoformat)

@@ -5,18 +5,34 @@ Layout under ``models_dir``::
     versions/v0003-2024-03-05/   mean.onnx, quantile.onnx, fingerprint_stats.parquet,
                                  instance_stats.parquet, model.json, evaluations.json (optional)
     CURRENT                      one line: the current version id
+    PINNED                       present while a person pinned a version (set-current/rollback)
+    history.jsonl                append-only: every move of CURRENT (time, actor, from, to, pinned)
+    .lock                        flock-ed by every writer of CURRENT/PINNED and by prune
 
 Version ids are ``v{sequence:04d}-{training day}``: unique, sortable, and they say which day
 they were trained for. A version is built in ``versions/.tmp-*`` and renamed into place only
 once every file (and ``model.json`` with their SHA-256) is written, so a crash never leaves a
-half-written version. ``CURRENT`` is replaced with temp file + ``os.replace``; rollback is
-:meth:`ModelRegistry.set_current` with an older id.
+half-written version (every file and both directories are fsync-ed around the rename).
+``CURRENT`` is replaced with temp file + ``os.replace``.
+
+Invariants (see :mod:`workbench.ml.selection` for the rule that picks versions):
+
+* a training moves ``CURRENT`` only forward in training-window order (:meth:`advance_current`):
+  a retried older day never becomes current after newer ones; a pin is never moved by training;
+* a person moves it anywhere (:meth:`set_current` / ``rollback``; pins it), recorded in
+  ``history.jsonl``; ``set_current("auto")`` removes the pin;
+* prune, set_current and advance_current serialise on ``.lock`` (``fcntl.flock``), so prune can
+  never delete the version a concurrent rollback points at;
+* an unreadable ``model.json`` is logged and skipped by :meth:`windows` (the previous version
+  keeps scoring).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
+import getpass
 import hashlib
 import json
 import logging
@@ -31,6 +47,7 @@ from typing import Any
 
 from workbench._fs import write_atomic
 from workbench.ml.exceptions import ModelNotFoundError, RegistryError
+from workbench.ml.selection import VersionWindow
 
 __all__ = ["ModelRegistry", "sha256_file"]
 
@@ -39,6 +56,21 @@ logger = logging.getLogger(__name__)
 _VERSION_RE = re.compile(r"^v(\d{4,})-(\d{4}-\d{2}-\d{2})$")
 MODEL_JSON = "model.json"
 EVALUATIONS_JSON = "evaluations.json"
+HISTORY_FILE = "history.jsonl"
+AUTO = "auto"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as fh:
+        os.fsync(fh.fileno())
 
 
 def sha256_file(path: Path) -> str:
@@ -71,6 +103,27 @@ class ModelRegistry:
     def current_path(self) -> Path:
         """The ``CURRENT`` pointer file."""
         return self.models_dir / "CURRENT"
+
+    @property
+    def pinned_path(self) -> Path:
+        """The ``PINNED`` file (present while a person pinned a version)."""
+        return self.models_dir / "PINNED"
+
+    @property
+    def history_path(self) -> Path:
+        """Append-only record of every move of ``CURRENT``."""
+        return self.models_dir / HISTORY_FILE
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive registry lock (``fcntl.flock`` on ``.lock``; other processes and threads wait)."""
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.models_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     # --- reading ------------------------------------------------------------------------------
     def versions(self) -> list[str]:
@@ -106,6 +159,41 @@ class ModelRegistry:
         except FileNotFoundError:
             return None
         return text or None
+
+    def pinned(self) -> str | None:
+        """The version a person pinned (``None``: event-time selection applies)."""
+        try:
+            text = self.pinned_path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return text or None
+
+    def windows(self) -> list[VersionWindow]:
+        """Every readable version with its training window, in window order.
+
+        A version whose ``model.json`` cannot be read (truncated, not JSON) is skipped with a
+        logged error, so the version before it keeps scoring.
+        """
+        out = []
+        for version in self.versions():
+            try:
+                meta = json.loads((self.versions_dir / version / MODEL_JSON).read_text())
+                out.append(VersionWindow.from_meta(version, meta))
+            except (OSError, ValueError, TypeError, AttributeError) as exc:
+                logger.error("skipping unreadable model version version=%s error=%s", version, exc)
+        return sorted(out)
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every recorded move of ``CURRENT``, oldest first (a torn last line is ignored)."""
+        try:
+            lines = self.history_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        records = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
+        return records
 
     def resolve(self, version: str | None) -> str:
         """``None``/``"current"`` -> the current id; anything else is checked to exist."""
@@ -162,32 +250,112 @@ class ModelRegistry:
         """Hash the staged files, write ``model.json`` and rename the folder into place.
 
         Returns the new version id. ``meta`` gets ``version``, ``training_day``, ``files`` and
-        ``created_at`` filled in.
+        ``created_at`` filled in. Every file is fsync-ed before the rename and both folders
+        after it, so a crash leaves either no version or a complete one. When ``meta`` has a
+        ``recipe_sha256`` (inputs + parameters) and a version of the same day has the same one,
+        that version is returned and nothing new is registered (a retried training is idempotent).
         """
+        recipe = meta.get("recipe_sha256")
+        if recipe:
+            for window in self.windows():
+                if window.end == day and self._recipe(window.version) == recipe:
+                    logger.info("model version already registered version=%s recipe=%s", window.version,
+                                recipe[:12])
+                    return window.version
         files = {p.name: sha256_file(p) for p in sorted(staged.iterdir()) if p.is_file()}
+        for name in files:
+            _fsync_file(staged / name)
         for _ in range(100):
             version = self.next_version_id(day)
             meta = {**meta, "version": version, "training_day": day.isoformat(), "files": files,
                     "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-            (staged / MODEL_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True))
+            with (staged / MODEL_JSON).open("w") as fh:
+                fh.write(json.dumps(meta, indent=2, sort_keys=True))
+                fh.flush()
+                os.fsync(fh.fileno())
+            _fsync_dir(staged)
             try:
                 os.rename(staged, self.versions_dir / version)
             except OSError:
                 if (self.versions_dir / version).exists():
                     continue  # a concurrent publisher took this id
                 raise
+            _fsync_dir(self.versions_dir)
             logger.info("model version published version=%s", version)
             return version
         msg = f"Could not allocate a version id in {self.versions_dir} after 100 attempts."
         raise RegistryError(msg)
 
-    def set_current(self, version: str) -> None:
-        """Atomically point ``CURRENT`` at an existing version (also how rollback works)."""
-        self.path(version)
-        write_atomic(self.current_path, (version + "\n").encode())
-        logger.info("current model set version=%s", version)
+    def _recipe(self, version: str) -> str | None:
+        try:
+            return json.loads((self.versions_dir / version / MODEL_JSON).read_text()).get("recipe_sha256")
+        except (OSError, ValueError):
+            return None
+
+    def _record(self, actor: str, previous: str | None, version: str | None, *, pinned: bool,
+                reason: str = "") -> None:
+        record = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), "actor": actor,
+                  "from": previous, "to": version, "pinned": pinned, "reason": reason}
+        fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def set_current(self, version: str, *, actor: str | None = None, reason: str = "") -> str:
+        """A person's choice: point ``CURRENT`` at ``version`` and pin it (also how rollback works).
+
+        ``version="auto"`` removes the pin and points ``CURRENT`` at the newest version in
+        window order (event-time selection applies again). Recorded in ``history.jsonl`` with
+        the time, ``actor`` (default: the login name), from and to. Returns the new current id.
+        """
+        actor = actor or _login()
+        with self.locked():
+            previous = self.current()
+            if version == AUTO:
+                windows = self.windows()
+                if not windows:
+                    msg = f"No readable model version in {self.versions_dir}: nothing to select."
+                    raise ModelNotFoundError(msg)
+                target = windows[-1].version
+                write_atomic(self.current_path, (target + "\n").encode())
+                with contextlib.suppress(FileNotFoundError):
+                    self.pinned_path.unlink()
+                self._record(actor, previous, target, pinned=False, reason=reason or "auto")
+                logger.info("current model unpinned version=%s actor=%s", target, actor)
+                return target
+            self.verify(version)  # never point at a corrupt version
+            write_atomic(self.current_path, (version + "\n").encode())
+            write_atomic(self.pinned_path, (version + "\n").encode())
+            self._record(actor, previous, version, pinned=True, reason=reason)
+        logger.info("current model set version=%s previous=%s actor=%s (pinned)", version, previous, actor)
+        return version
 
     rollback = set_current
+
+    def advance_current(self, version: str, *, actor: str = "training") -> bool:
+        """A training's move: make ``version`` current only if it is newer in window order.
+
+        Never moves a pin, and never moves ``CURRENT`` back to an older training window (a
+        retried failed day that finishes after newer days). Returns whether ``CURRENT`` moved.
+        """
+        with self.locked():
+            previous = self.current()
+            windows = {w.version: w for w in self.windows()}
+            if version not in windows:
+                msg = f"Model version {version!r} is not a readable version of {self.versions_dir}."
+                raise ModelNotFoundError(msg)
+            if self.pinned() is not None:
+                logger.info("current model pinned: not advanced version=%s current=%s", version, previous)
+                return False
+            if previous in windows and windows[previous] >= windows[version]:
+                logger.info("current model not moved back version=%s current=%s", version, previous)
+                return False
+            write_atomic(self.current_path, (version + "\n").encode())
+            self._record(actor, previous, version, pinned=False)
+        logger.info("current model advanced version=%s previous=%s", version, previous)
+        return True
 
     def prune(self, keep: int) -> list[str]:
         """Delete all but the ``keep`` newest versions (the current one is always kept).
@@ -199,11 +367,15 @@ class ModelRegistry:
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             msg = f"keep must be an integer >= 1 (how many of the newest versions stay). Got {keep!r} instead."
             raise RegistryError(msg)
+        with self.locked():
+            return self._prune(keep)
+
+    def _prune(self, keep: int) -> list[str]:
         for leftover in self.versions_dir.glob(".deleting-*"):  # a prune killed mid-delete
             shutil.rmtree(leftover, ignore_errors=True)
         versions = self.versions()
-        current = self.current()
-        kept = set(versions[-keep:]) | ({current} if current else set())
+        current, pinned = self.current(), self.pinned()
+        kept = set(versions[-keep:]) | {v for v in (current, pinned) if v}
         removed = []
         for version in versions:
             if version in kept:
@@ -213,6 +385,8 @@ class ModelRegistry:
             shutil.rmtree(doomed)
             removed.append(version)
             logger.info("model version deleted version=%s", version)
+        if removed:
+            _fsync_dir(self.versions_dir)
         return removed
 
     def add_evaluation(self, version: str, record: dict[str, Any]) -> None:
@@ -222,3 +396,10 @@ class ModelRegistry:
         records = json.loads(path.read_text()) if path.is_file() else []
         records.append(record)
         write_atomic(path, json.dumps(records, indent=2, sort_keys=True).encode())
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

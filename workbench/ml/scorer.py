@@ -5,14 +5,24 @@
 loaded in a background thread while the old one keeps scoring, and the first call after the load
 completed uses it: a retraining never pauses the stream and no batch is scored by a half-loaded
 model. Loaded versions are cached (the last two).
+
+With ``by_event_time=True`` the scorer follows the rule of :mod:`workbench.ml.selection`
+instead: each row is scored by the version selected for its own UTC event day (several
+versions loaded at once, least recently used evicted beyond ``max_loaded``), and
+:meth:`Scorer.ready` tells the app whether a day's version exists yet, so it can hold the
+day's events instead of scoring them with whatever version happens to exist.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import itertools
 import json
 import logging
 import os
+from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +45,7 @@ from workbench.ml.features import (
 )
 from workbench.ml.models import OnnxPair
 from workbench.ml.registry import MODEL_JSON, ModelRegistry
+from workbench.ml.selection import Cadence, VersionWindow, is_ready, may_accept, select_version
 from workbench.store.shards import SCORE_FIELDS
 
 __all__ = ["EXTRA_FIELDS", "SCORE_FIELDS", "LoadedModel", "Scorer"]
@@ -55,6 +66,7 @@ EXTRA_FIELDS: tuple[pa.Field, ...] = (
 )
 _ALL_SCORE_NAMES = {f.name for f in SCORE_FIELDS + EXTRA_FIELDS}
 _BASE_REQUIRED = INPUT_COLUMNS + OBSERVED_COLUMNS
+_DAY_US = 86_400_000_000
 
 
 @dataclass
@@ -66,6 +78,7 @@ class LoadedModel:
     features: FeatureBuilder
     regressors: OnnxPair
     detector: ResidualDetector
+    threads: int = 1  # row chunks scored in parallel (each session itself is single-threaded)
 
     @classmethod
     def load(cls, registry: ModelRegistry, version: str, *, intra_op_threads: int = 2,
@@ -76,10 +89,10 @@ class LoadedModel:
             registry.verify(version)
         meta = json.loads((folder / MODEL_JSON).read_text())
         features = FeatureBuilder.load(folder, meta["features"])
-        pair = OnnxPair(folder / meta["onnx"]["mean"], folder / meta["onnx"]["quantile"],
-                        intra_op_threads=intra_op_threads)
+        pair = OnnxPair(folder / meta["onnx"]["mean"], folder / meta["onnx"]["quantile"], intra_op_threads=1)
         detector = ResidualDetector.from_dict(meta["detector"])
-        return cls(version=version, meta=meta, features=features, regressors=pair, detector=detector)
+        return cls(version=version, meta=meta, features=features, regressors=pair, detector=detector,
+                   threads=max(1, intra_op_threads))
 
     @property
     def required_columns(self) -> tuple[str, ...]:
@@ -91,7 +104,7 @@ class LoadedModel:
         table = _as_table(data)
         check_columns(table.column_names, self.required_columns)
         X, refs, source = self.features.transform_with_evidence(table)
-        mean_log, q_log = self.regressors.predict_log(X)
+        mean_log, q_log = _batch_independent(self.regressors.predict_log, X, self.threads)
         observed = {s: _log_signal(table, s) for s in SIGNALS}
         det = self.detector
         z = det.residuals(observed, mean_log, q_log, refs)
@@ -142,6 +155,28 @@ def _reference_label(signal: str, source: str) -> str:
     return history
 
 
+#: ONNX Runtime's TreeEnsemble adds up the trees in an order that depends on its thread count and
+#: on the batch size (small batches are summed tree-parallel): the same row then scores differently
+#: in the 6th digit depending on how the stream batched it and on the number of threads. Sessions
+#: therefore run single-threaded (a row's trees are summed in one fixed order) and a large batch is
+#: split into row chunks scored in parallel: a row's score is the same at any batch size, thread
+#: count and replay speed.
+_PARALLEL_MIN_ROWS = 8192
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _batch_independent(predict: Any, X: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    global _POOL
+    n = len(X)
+    if threads <= 1 or n < _PARALLEL_MIN_ROWS:
+        return predict(X)
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="onnx")
+    bounds = np.linspace(0, n, threads + 1).astype(int)
+    parts = list(_POOL.map(predict, [X[lo:hi] for lo, hi in itertools.pairwise(bounds)]))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def _append(table: pa.Table, values: dict[str, np.ndarray] | None) -> pa.RecordBatch:
     keep = [n for n in table.column_names if n not in _ALL_SCORE_NAMES]
     table = table.select(keep)
@@ -163,15 +198,26 @@ class Scorer:
     version : str, optional
         Pin one version; ``None`` follows ``CURRENT`` and hot-swaps when it changes.
     intra_op_threads : int, default=2
-        ONNX Runtime threads per session.
+        Row chunks of a large batch scored in parallel (each ONNX session runs single-threaded,
+        so that scores do not depend on batching or thread count).
     background : bool, default=True
         Load a new current version in a background thread (~0.1-0.2 s for a 400k-row model)
         and keep scoring with the old one until it is ready, so the swap costs the stream no
         pause. The very first model is always loaded synchronously.
+    by_event_time : bool, default=False
+        Score each row with the version selected for its event day (:mod:`workbench.ml.selection`)
+        instead of following ``CURRENT``; a person's pin (``set-current``) still wins.
+    max_loaded : int, default=4
+        Versions kept loaded in event-time mode (least recently used evicted).
+    cadence : callable, optional
+        Event-time mode: ``() -> Cadence | None`` (the training schedule, e.g. from the
+        supervisor's state). When given, rows of days that are not :meth:`ready` stay unscored
+        (null) instead of being scored by a version that is not their final one.
     """
 
     def __init__(self, models_dir: Path, *, version: str | None = None, intra_op_threads: int = 2,
-                 background: bool = True) -> None:
+                 background: bool = True, by_event_time: bool = False, max_loaded: int = 4,
+                 cadence: Callable[[], Cadence | None] | None = None) -> None:
         self.models_dir = Path(models_dir)
         self.pinned_version = version
         self.intra_op_threads = intra_op_threads
@@ -182,6 +228,14 @@ class Scorer:
         self._model: LoadedModel | None = None
         self._pending: tuple[str, Future[LoadedModel]] | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self.by_event_time = by_event_time and version is None
+        self.max_loaded = max(1, int(max_loaded))
+        self._lru: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._broken: dict[str, int] = {}  # version -> model.json mtime when it failed to load
+        self._windows: list[VersionWindow] = []
+        self._windows_stamp: tuple[int, ...] | None = None
+        self._pinned: str | None = None
+        self.cadence = cadence
 
     @property
     def version(self) -> str | None:
@@ -270,6 +324,108 @@ class Scorer:
                 del self._cache[old]
         return self._cache[version]
 
+    # --- event-time selection -------------------------------------------------------------------
+    def _refresh_windows(self) -> None:
+        """Re-read versions and the pin when the registry changed (two ``stat`` calls otherwise)."""
+        stamp: list[int] = []
+        for path in (self._registry.versions_dir, self._registry.pinned_path):
+            try:
+                st = os.stat(path)
+                stamp += [st.st_ino, st.st_mtime_ns, st.st_size]
+            except FileNotFoundError:
+                stamp += [0, 0, 0]
+        if tuple(stamp) == self._windows_stamp:
+            return
+        self._windows_stamp = tuple(stamp)
+        self._pinned = self._registry.pinned()
+        self._windows = [w for w in self._registry.windows() if not self._is_broken(w.version)]
+
+    def _is_broken(self, version: str) -> bool:
+        if version not in self._broken:
+            return False
+        try:
+            mtime = (self._registry.versions_dir / version / MODEL_JSON).stat().st_mtime_ns
+        except OSError:
+            return True
+        if mtime != self._broken[version]:
+            del self._broken[version]  # replaced meanwhile: try again
+            return False
+        return True
+
+    @property
+    def windows(self) -> list[VersionWindow]:
+        """The readable versions in training-window order (event-time mode)."""
+        self._refresh_windows()
+        return list(self._windows)
+
+    def version_for(self, day: dt.date) -> str | None:
+        """The version that scores events of ``day`` now (``None`` while none exists)."""
+        self._refresh_windows()
+        return select_version(day, self._windows, pinned=self._pinned)
+
+    def ready(self, day: dt.date, cadence: Cadence | None) -> bool:
+        """Whether ``day``'s final version (by the rule and the training cadence) exists now."""
+        self._refresh_windows()
+        return is_ready(day, self._windows, cadence, pinned=self._pinned)
+
+    def accepts(self, day: dt.date, cadence: Cadence | None) -> bool:
+        """Whether the app may store events of ``day`` now (:func:`~workbench.ml.selection.may_accept`)."""
+        self._refresh_windows()
+        return may_accept(day, self._windows, cadence, pinned=self._pinned)
+
+    def _loaded(self, version: str) -> LoadedModel | None:
+        """A loaded version from the LRU (loading it if needed); ``None`` if it cannot be read."""
+        model = self._lru.get(version)
+        if model is not None:
+            self._lru.move_to_end(version)
+            return model
+        try:
+            model = LoadedModel.load(self._registry, version, intra_op_threads=self.intra_op_threads)
+        except (MLError, OSError, ValueError, KeyError) as exc:
+            logger.error("skipping unreadable model version version=%s error=%s (the previous version scores)",
+                         version, exc)
+            with contextlib.suppress(OSError):
+                self._broken[version] = (self._registry.versions_dir / version / MODEL_JSON).stat().st_mtime_ns
+            self._windows = [w for w in self._windows if w.version != version]
+            return None
+        self._lru[version] = model
+        while len(self._lru) > self.max_loaded:
+            self._lru.popitem(last=False)
+        return model
+
+    def _score_by_event_time(self, table: pa.Table) -> pa.RecordBatch:
+        check_columns(table.column_names, _BASE_REQUIRED)
+        self._refresh_windows()
+        days = table.column("arrival_timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False) // _DAY_US
+        outputs: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+        cadence = self.cadence() if self.cadence is not None else None
+        for d in np.unique(days):
+            day = dt.date(1970, 1, 1) + dt.timedelta(days=int(d))
+            if self.cadence is not None and not is_ready(day, self._windows, cadence, pinned=self._pinned):
+                continue  # stays unscored until its final version exists
+            rows = np.flatnonzero(days == d)
+            while True:
+                version = select_version(day, self._windows, pinned=self._pinned)
+                model = None if version is None else self._loaded(version)
+                if model is not None or version is None:
+                    break
+                if version == self._pinned:
+                    self._pinned = None  # a pinned version that cannot be read: the rule applies
+            if model is not None:
+                part = table if len(rows) == len(days) else table.take(rows)
+                outputs.append((rows, model.predict(part)))
+        if not outputs:
+            return _append(table, None)
+        if len(outputs) == 1 and len(outputs[0][0]) == table.num_rows:
+            return _append(table, outputs[0][1])
+        merged: dict[str, np.ndarray] = {}
+        for field in SCORE_FIELDS + EXTRA_FIELDS:
+            column = np.full(table.num_rows, None, dtype=object)
+            for rows, values in outputs:
+                column[rows] = values[field.name]
+            merged[field.name] = column
+        return _append(table, merged)
+
     def score(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
         """The batch plus :data:`SCORE_FIELDS` and :data:`EXTRA_FIELDS` columns.
 
@@ -277,6 +433,8 @@ class Scorer:
         rows can be stored and scored later (:func:`workbench.store.shards.rescore_unscored`).
         """
         table = _as_table(batch)
+        if self.by_event_time:
+            return self._score_by_event_time(table)
         model = self.model
         if model is None:
             check_columns(table.column_names, _BASE_REQUIRED)

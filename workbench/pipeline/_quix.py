@@ -1,14 +1,17 @@
 """The one place that touches Quix Streams internals (pinned ``quixstreams==3.28.*``).
 
-Two things the workbench needs have no public API in Quix 3.28:
+Three things the workbench needs have no public API in Quix 3.28:
 
 * a callback on every iteration of the app's main loop, also while no message arrives (status
   files, training supervision, idle detection): ``app._dataframe_registry.register_periodic_task``,
   the hook ``join_lookup`` uses;
 * forcing a checkpoint now (the scoring app flushes as soon as a partition's batch is full rather
-  than waiting for ``commit_interval``): ``app._processing_context.commit_checkpoint(force=True)``.
+  than waiting for ``commit_interval``): ``app._processing_context.commit_checkpoint(force=True)``;
+* pausing and resuming *one* partition (the scoring app's per-partition backpressure; Quix's own
+  sink backpressure pauses and rewinds every partition): ``app._consumer.pause(partitions)`` /
+  ``app._consumer.resume(partitions)``.
 
-Both are resolved here, at build time, and a missing or changed internal raises
+All are resolved here, at build time, and a missing or changed internal raises
 :class:`QuixInternalsError` instead of silently switching a feature off. ``tests/test_pipeline_quix.py``
 asserts the attributes and their signatures on the installed version, so an upgrade fails loudly.
 """
@@ -23,7 +26,7 @@ from quixstreams import Application
 
 from workbench.pipeline.exceptions import PipelineError
 
-__all__ = ["QuixInternalsError", "force_checkpoint", "register_periodic"]
+__all__ = ["PartitionFlow", "QuixInternalsError", "force_checkpoint", "partition_flow", "register_periodic"]
 
 
 class QuixInternalsError(PipelineError):
@@ -60,3 +63,29 @@ def force_checkpoint(app: Application) -> Callable[[], None]:
     """A function that commits ``app``'s checkpoint now (sinks flush, offsets commit)."""
     commit = _internal(app, "_processing_context", "commit_checkpoint", ("force",))
     return lambda: commit(force=True)
+
+
+class PartitionFlow:
+    """Pause and resume single partitions of an app's consumer (see :func:`partition_flow`)."""
+
+    def __init__(self, pause: Callable[..., Any], resume: Callable[..., Any]) -> None:
+        self._pause = pause
+        self._resume = resume
+
+    def pause(self, topic: str, partition: int) -> None:
+        """Stop fetching ``topic[partition]`` (what was fetched is still delivered)."""
+        from confluent_kafka import TopicPartition
+
+        self._pause([TopicPartition(topic, partition)])
+
+    def resume(self, topic: str, partition: int) -> None:
+        """Fetch ``topic[partition]`` again from where it stopped."""
+        from confluent_kafka import TopicPartition
+
+        self._resume([TopicPartition(topic, partition)])
+
+
+def partition_flow(app: Application) -> PartitionFlow:
+    """Per-partition pause/resume of ``app``'s Kafka consumer (``Application._consumer``)."""
+    return PartitionFlow(_internal(app, "_consumer", "pause", ("partitions",)),
+                         _internal(app, "_consumer", "resume", ("partitions",)))

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from workbench.ml.rescore import RescoreResult
+
 __all__ = ["DEFAULT_APPS", "Workbench", "WorkbenchStateError"]
 
 logger = logging.getLogger(__name__)
@@ -411,6 +413,17 @@ class Workbench:
 
         registry = ModelRegistry(self.settings.models_dir)
         return [registry.info(version) for version in registry.versions()]
+
+    def rescore(self, version: str, *, start: datetime | str | None = None, end: datetime | str | None = None,
+                instances: Sequence[int] | None = None, progress: bool = True) -> RescoreResult:
+        """Score the stored shards of ``[start, end)`` with ``version``; its anomalies go to the lakehouse.
+
+        See :func:`workbench.ml.rescore.rescore` (idempotent, resumable, one day at a time);
+        returns its :class:`~workbench.ml.rescore.RescoreResult`.
+        """
+        from workbench.ml.rescore import rescore
+
+        return rescore(self.settings, version, start=start, end=end, instances=instances, progress=progress)
 
     def controls(self) -> Any:
         """An ipywidgets panel to steer and watch the replay (see :mod:`workbench.ui`)."""

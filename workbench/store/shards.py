@@ -8,14 +8,35 @@ instead of duplicating it, and readers never see a half-written file.
 
 Events stored before any model existed carry ``model_version = null``;
 :func:`rescore_unscored` scores those rows later and rewrites their shards under the same names.
+
+Compaction (:func:`compact_day`)
+    A finished day's shards are merged into one file per partition,
+    ``c{partition:03d}-o{first:012d}-o{last:012d}.arrow``, named by the offset range it covers.
+    The compacted file is written atomically first, then the files it covers are deleted; a
+    crash in between leaves files that the name rules mark as covered (a ``p`` file whose first
+    offset lies inside a ``c`` range of its partition, or a ``c`` file inside a wider one), and
+    readers ignore them (the next compaction deletes them). A batch reprocessed after
+    compaction that overlaps a ``c`` range is merged *into* that file (its rows replace the
+    rows with the same offsets) instead of becoming a second copy. Every writer of a day folder
+    (write, rescore, compact, retention) holds the day's lock (``fcntl.flock`` on ``.lock``).
+
+One row per query (reset, seek back, reprocessing)
+    :func:`read_shards` (and so training, rescoring and the notebooks) returns each
+    ``(instance_id, query_id)`` once: the row of the latest pass, i.e. the highest
+    ``(kafka_partition, kafka_offset)``. A replay reset or a seek backwards re-sends rows at new
+    offsets; their shards are new files, and the newer rows win.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import logging
+import os
 import re
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -32,8 +53,13 @@ __all__ = [
     "SCORE_FIELDS",
     "SHARD_SCHEMA",
     "ShardError",
+    "compact_day",
+    "dedupe_latest",
+    "delete_older_than",
     "list_days",
+    "maintain",
     "read_shards",
+    "read_window",
     "rescore_unscored",
     "shard_paths",
     "write_shard",
@@ -60,7 +86,11 @@ SHARD_SCHEMA = pa.schema(
 )
 _SCORE_NAMES = tuple(f.name for f in SCORE_FIELDS)
 _DAY_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
-_SHARD_RE = re.compile(r"^p\d{3,}-o\d{12,}\.arrow$")
+_SHARD_RE = re.compile(r"^p\d{3,}-o\d{12,}\.arrow$|^c\d{3,}-o\d{12,}-o\d{12,}\.arrow$")
+_PLAIN_RE = re.compile(r"^p(\d{3,})-o(\d{12,})\.arrow$")
+_COMPACT_RE = re.compile(r"^c(\d{3,})-o(\d{12,})-o(\d{12,})\.arrow$")
+_KEY = ("instance_id", "query_id")
+_ORDER = ("kafka_partition", "kafka_offset")
 
 
 class ShardError(WorkbenchError, ValueError):
@@ -106,9 +136,61 @@ def shard_name(partition: int, first_offset: int) -> str:
     return f"p{partition:03d}-o{first_offset:012d}.arrow"
 
 
+def compacted_name(partition: int, first_offset: int, last_offset: int) -> str:
+    """Name of a compacted file covering offsets ``[first_offset, last_offset]`` of a partition."""
+    return f"c{partition:03d}-o{first_offset:012d}-o{last_offset:012d}.arrow"
+
+
+def _day_dir(directory: Path, day: dt.date | str) -> Path:
+    return Path(directory) / f"date={_day(day).isoformat()}"
+
+
+@contextlib.contextmanager
+def day_lock(directory: Path, day: dt.date | str) -> Iterator[Path]:
+    """Exclusive lock of one day folder (every writer of the folder holds it); yields the folder."""
+    folder = _day_dir(directory, day)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield folder
+    finally:
+        os.close(fd)
+
+
 def _atomic_feather(table: pa.Table, path: Path) -> None:
     with atomic_path(path) as tmp:
         feather.write_feather(table, tmp, compression="lz4")
+
+
+def _ranges(names: Iterable[str]) -> dict[int, list[tuple[int, int, str]]]:
+    out: dict[int, list[tuple[int, int, str]]] = {}
+    for name in names:
+        m = _COMPACT_RE.match(name)
+        if m:
+            out.setdefault(int(m.group(1)), []).append((int(m.group(2)), int(m.group(3)), name))
+    return out
+
+
+def _live(names: Iterable[str]) -> list[str]:
+    """The shard names of one folder that are not covered by a compacted file (sorted)."""
+    names = [n for n in names if _SHARD_RE.match(n)]
+    ranges = _ranges(names)
+    live = []
+    for name in names:
+        m = _PLAIN_RE.match(name)
+        if m:
+            part, first = int(m.group(1)), int(m.group(2))
+            if any(lo <= first <= hi for lo, hi, _ in ranges.get(part, ())):
+                continue  # left by a compaction killed before it deleted what it covers
+        else:
+            c = _COMPACT_RE.match(name)
+            assert c is not None
+            part, lo, hi = int(c.group(1)), int(c.group(2)), int(c.group(3))
+            if any(olo <= lo and hi <= ohi and (olo, ohi) != (lo, hi) for olo, ohi, _ in ranges[part]):
+                continue  # an older compacted file inside a newer, wider one
+        live.append(name)
+    return sorted(live)
 
 
 def write_shard(directory: Path, date: dt.date | str, partition: int, first_offset: int,
@@ -125,13 +207,38 @@ def write_shard(directory: Path, date: dt.date | str, partition: int, first_offs
         Kafka partition and offset of the shard's first event (they name the file).
     table : Table or RecordBatch
         Redset columns, ``kafka_partition``, ``kafka_offset`` and optionally the score columns.
+
+    When the rows overlap a compacted file of the partition (reprocessing after compaction),
+    they are merged into it, replacing the rows with the same offsets; the compacted path is returned.
     """
     if partition < 0 or first_offset < 0:
         msg = f"partition and first_offset must be >= 0. Got {partition} and {first_offset} instead."
         raise ShardError(msg)
-    path = Path(directory) / f"date={_day(date).isoformat()}" / shard_name(partition, first_offset)
-    _atomic_feather(_conform(table), path)
+    data = _conform(table)
+    with day_lock(directory, date) as folder:
+        offsets = data.column("kafka_offset")
+        lo = int(pc.min(offsets).as_py()) if data.num_rows else first_offset
+        hi = int(pc.max(offsets).as_py()) if data.num_rows else first_offset
+        for clo, chi, name in _ranges(_live(os.listdir(folder))).get(partition, ()):
+            if lo <= chi and clo <= hi:
+                return _merge_into(folder, name, partition, data)
+        path = folder / shard_name(partition, first_offset)
+        _atomic_feather(data, path)
     logger.debug("shard written path=%s", path)
+    return path
+
+
+def _merge_into(folder: Path, name: str, partition: int, data: pa.Table) -> Path:
+    """Replace the rows of compacted file ``name`` that ``data`` re-delivers (same offsets)."""
+    old = feather.read_table(folder / name, memory_map=False)
+    fresh = pc.is_in(old.column("kafka_offset"), value_set=data.column("kafka_offset").combine_chunks())
+    merged = pa.concat_tables([old.filter(pc.invert(fresh)), data]).sort_by([("kafka_offset", "ascending")])
+    offsets = merged.column("kafka_offset")
+    path = folder / compacted_name(partition, int(pc.min(offsets).as_py()), int(pc.max(offsets).as_py()))
+    _atomic_feather(merged, path)
+    if path.name != name:
+        (folder / name).unlink()
+    logger.info("reprocessed rows merged into a compacted shard path=%s rows=%d", path, data.num_rows)
     return path
 
 
@@ -149,56 +256,215 @@ def list_days(directory: Path) -> list[dt.date]:
 
 
 def shard_paths(directory: Path, days: Iterable[dt.date | str] | None = None) -> list[Path]:
-    """Complete shard files (temp files ignored) of the given days, sorted by day then name."""
+    """Live shard files (temp files and files a compacted file covers ignored), by day then name."""
     wanted = list_days(directory) if days is None else sorted({_day(d) for d in days})
     paths: list[Path] = []
     for day in wanted:
-        folder = Path(directory) / f"date={day.isoformat()}"
+        folder = _day_dir(directory, day)
         if folder.is_dir():
-            paths += sorted(p for p in folder.iterdir() if _SHARD_RE.match(p.name))
+            paths += [folder / n for n in _live(os.listdir(folder))]
     return paths
 
 
+def dedupe_latest(table: pa.Table) -> pa.Table:
+    """One row per ``(instance_id, query_id)``: the one with the highest (partition, offset).
+
+    Order of the remaining rows is kept. Needs the key and ``kafka_*`` columns.
+    """
+    if table.num_rows < 2:
+        return table
+    inst = table.column("instance_id").to_numpy()
+    query = table.column("query_id").to_numpy()
+    part = table.column("kafka_partition").to_numpy()
+    off = table.column("kafka_offset").to_numpy()
+    order = np.lexsort((np.arange(len(off)), off, part, query, inst))  # last of each key = the latest
+    si, sq = inst[order], query[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = (si[1:] != si[:-1]) | (sq[1:] != sq[:-1])
+    if last.all():
+        return table
+    return table.take(np.sort(order[last]))
+
+
 def read_shards(directory: Path, days: Iterable[dt.date | str] | None = None,
-                columns: list[str] | None = None) -> pa.Table:
-    """All shards of ``days`` (default: every day) as one table, optionally projected."""
+                columns: list[str] | None = None, *, dedupe: bool = True) -> pa.Table:
+    """All shards of ``days`` (default: every day) as one table, optionally projected.
+
+    With ``dedupe`` (default) each ``(instance_id, query_id)`` appears once (see the module
+    docstring: the latest pass wins).
+    """
     if columns is not None:
         unknown = [c for c in columns if c not in SHARD_SCHEMA.names]
         if unknown:
             msg = f"Unknown shard columns {unknown[:5]}; valid names are SHARD_SCHEMA.names."
             raise ShardError(msg)
     schema = SHARD_SCHEMA if columns is None else pa.schema([SHARD_SCHEMA.field(c) for c in columns])
-    tables = [feather.read_table(p, columns=columns, memory_map=False) for p in shard_paths(directory, days)]
+    read_cols = columns if columns is None or not dedupe else list(dict.fromkeys([*columns, *_KEY, *_ORDER]))
+    wanted = list_days(directory) if days is None else sorted({_day(d) for d in days})
+    tables = [t for day in wanted for t in _read_day(directory, day, read_cols)]
     if not tables:
         return schema.empty_table()
-    return pa.concat_tables([t.cast(schema) for t in tables])
+    table = pa.concat_tables(tables)
+    if dedupe:
+        table = dedupe_latest(table)
+        if columns is not None:
+            table = table.select(columns)
+    return table.cast(schema)
+
+
+def _read_day(directory: Path, day: dt.date, columns: list[str] | None) -> list[pa.Table]:
+    """One day's live files; listed again if a concurrent compaction deleted one mid-read."""
+    for attempt in range(5):
+        try:
+            return [feather.read_table(p, columns=columns, memory_map=False) for p in shard_paths(directory, [day])]
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
+    return []
+
+
+def read_window(directory: Path, start: dt.date, end: dt.date, columns: list[str] | None = None) -> pa.Table:
+    """Exactly the events with ``start <= arrival day <= end``, once each, in a canonical order.
+
+    The order (arrival time, instance, query) does not depend on partitions, batch sizes or
+    file layout, so the same log gives the same table (and the same model) at any replay speed.
+    """
+    days = [start + dt.timedelta(days=k) for k in range((end - start).days + 1)]
+    table = read_shards(directory, days=days)
+    lo = pa.scalar(dt.datetime.combine(start, dt.time(), dt.UTC), pa.timestamp("us", tz="UTC"))
+    hi = pa.scalar(dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), dt.UTC), pa.timestamp("us", tz="UTC"))
+    ts = table.column("arrival_timestamp")
+    table = table.filter(pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)))
+    table = table.sort_by([("arrival_timestamp", "ascending"), ("instance_id", "ascending"),
+                           ("query_id", "ascending")])
+    return table if columns is None else table.select(columns)
 
 
 def rescore_unscored(directory: Path, scorer: _Scorer, days: Iterable[dt.date | str] | None = None) -> int:
     """Score the rows with ``model_version`` null and rewrite their shards in place.
 
     Already scored rows keep their values. Returns the number of rows scored (0 when the
-    scorer has no model yet).
+    scorer has no model yet). Each shard is read and rewritten under its day's lock, so a
+    concurrent rewrite of the same shard (reprocessing) is never overwritten with older rows.
     """
     total = 0
     for path in shard_paths(directory, days):
-        table = feather.read_table(path, memory_map=False)
-        unscored = pc.is_null(table.column("model_version")).to_numpy(zero_copy_only=False)
-        if not unscored.any():
-            continue
-        idx = np.flatnonzero(unscored)
-        scored = pa.Table.from_batches([scorer.score(table.take(idx))])
-        if pc.all(pc.is_null(scored.column("model_version"))).as_py():
-            return total  # no model yet: nothing to do anywhere
-        columns = []
-        for name in table.column_names:
-            if name in _SCORE_NAMES:
-                col = table.column(name).combine_chunks()
-                new = scored.column(name).combine_chunks().cast(col.type)
-                columns.append(pc.replace_with_mask(col, pa.array(unscored), new))
-            else:
-                columns.append(table.column(name))
-        _atomic_feather(pa.Table.from_arrays(columns, schema=table.schema), path)
-        total += len(idx)
+        with day_lock(directory, path.parent.name.removeprefix("date=")):
+            if not path.is_file():
+                continue  # compacted or merged meanwhile: the next pass finds the new file
+            table = feather.read_table(path, memory_map=False)
+            unscored = pc.is_null(table.column("model_version")).to_numpy(zero_copy_only=False)
+            if not unscored.any():
+                continue
+            idx = np.flatnonzero(unscored)
+            scored = pa.Table.from_batches([scorer.score(table.take(idx))])
+            now_scored = pc.is_valid(scored.column("model_version")).to_numpy(zero_copy_only=False)
+            if not now_scored.any():
+                continue  # no version for these rows yet (no model, or their day's version is missing)
+            mask = unscored.copy()
+            mask[idx[~now_scored]] = False  # rows still without a version stay null
+            columns = []
+            for name in table.column_names:
+                if name in _SCORE_NAMES:
+                    col = table.column(name).combine_chunks()
+                    new = scored.column(name).combine_chunks().cast(col.type).filter(pa.array(now_scored))
+                    columns.append(pc.replace_with_mask(col, pa.array(mask), new))
+                else:
+                    columns.append(table.column(name))
+            _atomic_feather(pa.Table.from_arrays(columns, schema=table.schema), path)
+            total += int(now_scored.sum())
     logger.info("rescored unscored rows=%d", total)
     return total
+
+
+def compact_day(directory: Path, day: dt.date | str) -> int:
+    """Merge a finished day's shards into one file per partition; returns the files now live.
+
+    Atomic per partition: the compacted file is written (fsync + rename) before the files it
+    covers are deleted (see the module docstring for what a crash in between leaves). Rows
+    re-delivered under two files keep the one from the later file (same offset). Run it only
+    for days that no longer receive events (the scoring app: a day older than the event-time
+    watermark minus the grace); a late event still works, it just adds one more file.
+    """
+    with day_lock(directory, day) as folder:
+        names = _live(os.listdir(folder))
+        by_part: dict[int, list[str]] = {}
+        for name in names:
+            by_part.setdefault(int(name[1:name.index("-")]), []).append(name)
+        for part, files in sorted(by_part.items()):
+            if len(files) < 2:
+                continue
+            tables = [feather.read_table(folder / n, memory_map=False) for n in files]
+            table = pa.concat_tables(tables)
+            offsets = table.column("kafka_offset").to_numpy()
+            order = np.argsort(offsets, kind="stable")
+            keep = np.ones(len(order), dtype=bool)
+            so = offsets[order]
+            keep[:-1] = so[1:] != so[:-1]  # same offset twice: keep the later file's row
+            table = table.take(order[keep])
+            lo, hi = int(so[0]), int(so[-1])
+            _atomic_feather(table, folder / compacted_name(part, lo, hi))
+            for name in files:
+                if name != compacted_name(part, lo, hi):
+                    (folder / name).unlink()
+        _remove_covered(folder)
+        live = len(_live(os.listdir(folder)))
+    logger.info("shards compacted day=%s files=%d", _day(day), live)
+    return live
+
+
+def _remove_covered(folder: Path) -> None:
+    """Delete the files a compacted file covers (left by a compaction killed mid-way) and stale temps."""
+    names = [n for n in os.listdir(folder) if _SHARD_RE.match(n)]
+    live = set(_live(names))
+    for name in names:
+        if name not in live:
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
+    for name in os.listdir(folder):
+        if name.endswith(".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
+
+
+def maintain(directory: Path, watermark: dt.date, *, retention_days: int | None = None,
+             settle_days: int = 1, max_files_per_partition: int = 2) -> dict[str, list[dt.date]]:
+    """Compact the days that ended ``settle_days`` before ``watermark``; apply the retention.
+
+    ``watermark`` is the scoring app's event-time day (its newest event minus the grace). A day
+    is compacted when some partition has more than ``max_files_per_partition`` live files (so a
+    compacted day is only touched again once late events piled up). Returns what was done.
+    """
+    done: dict[str, list[dt.date]] = {"compacted": [], "deleted": []}
+    if retention_days is not None:
+        done["deleted"] = delete_older_than(directory, retention_days, today=watermark)
+    cutoff = watermark - dt.timedelta(days=settle_days)
+    for day in list_days(directory):
+        if day >= cutoff:
+            break
+        names = _live(os.listdir(_day_dir(directory, day)))
+        per_part: dict[str, int] = {}
+        for name in names:
+            per_part[name[1:name.index("-")]] = per_part.get(name[1:name.index("-")], 0) + 1
+        if any(n > max_files_per_partition for n in per_part.values()):
+            compact_day(directory, day)
+            done["compacted"].append(day)
+    return done
+
+
+def delete_older_than(directory: Path, days: int, *, today: dt.date) -> list[dt.date]:
+    """Retention: delete the day folders more than ``days`` days before ``today``; returns them."""
+    if days < 1:
+        msg = f"Shard retention must keep at least 1 day. Got {days!r} instead."
+        raise ShardError(msg)
+    cutoff = today - dt.timedelta(days=days)
+    removed = []
+    for day in list_days(directory):
+        if day < cutoff:
+            with day_lock(directory, day) as folder:
+                doomed = folder.with_name(f".deleting-{folder.name}")
+                os.rename(folder, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            removed.append(day)
+            logger.info("shards deleted by retention day=%s", day)
+    return removed

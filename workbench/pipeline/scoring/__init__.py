@@ -2,7 +2,8 @@
 
 Modules (private, re-exported here): ``_sink`` (the batch steps), ``_publisher`` (acknowledged
 anomaly delivery), ``_days`` (durable unscored days), ``_rescore`` (rescoring thread),
-``_training`` (training schedule), ``_app`` (wiring and lifecycle).
+``_training`` (training schedule), ``_pacing`` (per-partition backpressure), ``_maintenance``
+(shard compaction/retention), ``_app`` (wiring and lifecycle).
 
 Pipeline (one Quix app in its own process: ``workbench app scoring``)::
 
@@ -30,24 +31,26 @@ Delivery guarantee (at-least-once, made effectively exactly-once by idempotence)
     published again, which is harmless because the anomaly sink is idempotent on
     ``(instance_id, query_id, model_version)``.
 
-No query goes unscored
-    Until the first model exists the Scorer returns null score columns; those rows are stored
-    with ``model_version = null`` and their event days are recorded (durably, before the commit)
-    in ``<state_dir>/scoring/unscored_days.json``. As soon as the Scorer reports a version, a
-    helper thread runs :func:`~workbench.store.shards.rescore_unscored` over those days with a
-    scorer pinned to that version, publishing each rescored shard's anomalies (acknowledged)
-    *before* the shard is rewritten as scored, so a crash in between only re-publishes. The
-    consuming thread never waits for it (rescoring shares the CPU, nothing else).
+No query goes unscored, and each is scored by its own day's version
+    The Scorer runs in event-time mode: each row gets the version :mod:`workbench.ml.selection`
+    gives its UTC event day. Rows of a day whose version does not exist yet get null score
+    columns; they are stored with ``model_version = null`` and their event days are recorded
+    (durably, before the commit) in ``<state_dir>/scoring/unscored_days.json``. As soon as a
+    day's final version exists, a helper thread runs
+    :func:`~workbench.store.shards.rescore_unscored` over the ready days with an event-time
+    scorer, publishing each rescored shard's anomalies (acknowledged) *before* the shard is
+    rewritten as scored, so a crash in between only re-publishes. The consuming thread never
+    waits for it (rescoring shares the CPU, nothing else). A partition whose events run more than
+    about ``every_n_days + 1`` days ahead of training pauses until training catches up (``_pacing``).
 
 Training
-    Event time is the maximum ``arrival_timestamp`` seen across all partitions; it only moves
-    forward, so interleaved partitions or late events cannot flip the day back. Once event time
-    is ``training_grace_s`` past midnight (default 10 minutes of event time, to let the other
-    partitions deliver the day's last events), the finished day is handed to
-    :meth:`TrainingSupervisor.maybe_schedule` - *after* the sink flushed, so the day's shards
-    are on disk. Training runs as a subprocess on the shards and never blocks scoring; the
-    Scorer hot-swaps the new version at its next batch. :meth:`TrainingSupervisor.poll` runs
-    periodically (reaps, retries failed or killed runs with backoff).
+    Event time is the watermark: the newest event time every partition still delivering has
+    stored (:meth:`ScoringSink.watermark_us`), so the model of a day does not depend on which
+    partition was consumed first. Once it is ``training_grace_s`` past midnight (default 10
+    minutes of event time), the finished day is handed to :meth:`TrainingSupervisor.maybe_schedule`
+    - *after* the sink flushed, so the day's shards are on disk. Training runs as a subprocess on
+    the shards and never blocks scoring; the Scorer loads the new version at its next batch.
+    :meth:`TrainingSupervisor.poll` runs periodically (reaps, retries failed or killed runs with backoff).
 
 Batching
     Rows are buffered per partition by Quix's ``BatchingSink`` and scored per partition batch;

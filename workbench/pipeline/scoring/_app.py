@@ -1,4 +1,11 @@
-"""The scoring app: wires the sink, the publisher, rescoring and the training schedule into Quix."""
+"""The scoring app: wires the sink, the publisher, rescoring and the training schedule into Quix.
+
+Each event is scored by the version of its own event day (:mod:`workbench.ml.selection`); days
+whose version does not exist yet are stored unscored and rescored once it does (``_rescore``);
+partitions that get too far ahead of training pause (``_pacing``); training follows the
+slowest delivering partition (``ScoringSink.watermark_us``); settled days are compacted
+(``_maintenance``).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +14,23 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+import pyarrow as pa
 from quixstreams import Application
 
 from workbench.config import Settings
 from workbench.pipeline._app import WorkbenchApp, app_state_dir, build_application
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._decode import event_topic
-from workbench.pipeline._quix import force_checkpoint, register_periodic
+from workbench.pipeline._quix import force_checkpoint, partition_flow, register_periodic
 from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline.exceptions import PipelineConfigError
 from workbench.pipeline.scoring._days import UNSCORED_FILE, UnscoredDays
+from workbench.pipeline.scoring._maintenance import ShardMaintenance
+from workbench.pipeline.scoring._pacing import PartitionPacer, held_day
 from workbench.pipeline.scoring._publisher import AnomalyPublisher
 from workbench.pipeline.scoring._rescore import Rescorer
 from workbench.pipeline.scoring._sink import ScoringSink
-from workbench.pipeline.scoring._training import TrainingSchedule, us_to_iso
+from workbench.pipeline.scoring._training import TrainingSchedule, day_of, us_to_iso
 
 __all__ = ["APP_NAME", "ScoringApp", "run_scoring"]
 
@@ -105,6 +115,13 @@ class ScoringApp(WorkbenchApp):
         self._started = 0.0
         self._last_slow_tick = 0.0
         self._force_commit: Callable[[], None] | None = None
+        self.maintenance = ShardMaintenance(settings, self.status, window_days)
+        self.pacer: PartitionPacer | None = None
+        self._warmup_s = max(2.0, 4 * self.batch_seconds)  # every partition with data delivers once
+        # Quix's sink backpressure (hold a batch whose day is not accepted) stays off: it pauses and
+        # rewinds *all* partitions, so holding a fast one also stops the slow one the watermark
+        # waits for (deadlock). Not-ready days are stored unscored instead; see _pacing.
+        self.hold_days = False
 
     def _tick(self) -> None:
         """Called after every poll: force a flush when a batch is full; cheap otherwise."""
@@ -116,8 +133,11 @@ class ScoringApp(WorkbenchApp):
             return
         self._last_slow_tick = now
         if self.schedule is not None:
+            self._after_flush()  # the watermark also moves when partitions fall idle
+            if self.pacer is not None and self.sink is not None:
+                self.pacer.pace(self.sink, self.scorer, self._cadence())
             self.schedule.poll()
-        self.rescorer.maybe_start(self.scorer)
+        self.rescorer.maybe_start(self.scorer, self._cadence())
         self.rescorer.raise_error()
         self._sum_anomalies()
         self._sink_info()
@@ -125,6 +145,24 @@ class ScoringApp(WorkbenchApp):
         if self._idle_exit is not None and self.app is not None and self._idle():
             logger.info("scoring idle for %.1fs with nothing pending: stopping", self._idle_exit)
             self.app.stop()
+
+    def _after_flush(self) -> None:
+        """Compact settled shard days, then hand finished days to training (the sink just flushed)."""
+        sink = self.sink
+        watermark = None if sink is None else sink.watermark_us(self._warmup_s)
+        if sink is None or watermark is None:
+            return
+        self.maintenance.run(day_of(watermark - self.training_grace_us))
+        if self.schedule is not None:  # warm-up from the first message: joining the group can take longer
+            self.schedule.after_flush(sink.first_event_us, watermark,
+                                      warming_up=time.time() - (sink.first_message_wall or 0.0) < self._warmup_s)
+
+    def _cadence(self) -> Any:
+        """The training cadence the selection rule needs (None without training or before the first event)."""
+        return None if self.schedule is None else self.schedule.cadence()
+
+    def _hold_day(self, table: pa.Table) -> str | None:
+        return held_day(table, self.scorer, self.schedule, hold=self.hold_days)
 
     def _sink_info(self) -> None:
         sink = self.sink
@@ -147,7 +185,9 @@ class ScoringApp(WorkbenchApp):
             return False
         if self.rescorer.running or (self.schedule is not None and self.schedule.busy):
             return False
-        return not (self.unscored.snapshot() and self.scorer.version is not None)
+        if self.pacer is not None and self.pacer.paused:  # a paused partition still has events to deliver
+            return False
+        return not self.rescorer.ready_days(self.scorer, self._cadence())
 
     # --- lifecycle --------------------------------------------------------------------------------
     def build(self) -> Application:
@@ -161,7 +201,8 @@ class ScoringApp(WorkbenchApp):
                                 use_changelog_topics=False, on_processing_error=self.on_processing_error)
         self.dead_letters = DeadLetters(self.settings, APP_NAME, app.get_producer())
         self.publisher = AnomalyPublisher(self.settings)
-        self.scorer = Scorer(self.settings.models_dir, intra_op_threads=self.intra_op_threads)
+        self.scorer = Scorer(self.settings.models_dir, intra_op_threads=self.intra_op_threads, by_event_time=True,
+                             cadence=self._cadence)  # each event day gets its version (workbench.ml.selection)
         if self.train:
             self.supervisor = TrainingSupervisor(self.settings, every_n_days=self.every_n_days,
                                                  window_days=self.window_days, max_rows=self.max_train_rows,
@@ -170,17 +211,18 @@ class ScoringApp(WorkbenchApp):
             self.schedule = TrainingSchedule(self.supervisor, self.status, self.training_grace_us)
         self.sink = ScoringSink(self.settings, self.scorer, self.publisher, self.dead_letters, self.status,
                                 self.unscored, batch_rows=self.batch_rows)
-        sink = self.sink
-        if self.schedule is not None:
-            schedule = self.schedule
-            self.sink.on_flushed = lambda: schedule.after_flush(sink.first_event_us, sink.max_event_us)
+        self.sink.on_flushed = self._after_flush
+        self.sink.hold_day = self._hold_day
         for name in ("events", "scored", "unscored", "rescored", "anomalies", "stream_anomalies", "rescore_anomalies",
                      "batches", "shards", "dead_letters", "events_while_training"):
             self.status.counters.setdefault(name, 0)  # the rescoring thread never inserts keys
         if self.supervisor is not None:
             supervisor = self.supervisor
             self.sink.training_running = lambda: supervisor.running
-        sdf = app.dataframe(event_topic(app, self.settings))
+        topic = event_topic(app, self.settings)
+        if self.schedule is not None:
+            self.pacer = PartitionPacer(partition_flow(app), topic.name, self.status)
+        sdf = app.dataframe(topic)
         sdf.sink(self.sink)
         register_periodic(app, self._tick)
         self._force_commit = force_checkpoint(app)

@@ -1,15 +1,19 @@
-"""Rescoring the stored unscored rows once a model exists, in a helper thread.
+"""Rescoring the stored unscored rows once their version exists, in a helper thread.
 
-Until the first model exists the scorer returns null scores; the sink records those rows' event
-days in :class:`~._days.UnscoredDays` before their offsets can be committed. As soon as the
-scorer reports a version, :class:`Rescorer` runs :func:`~workbench.store.shards.rescore_unscored`
-over those days with a scorer pinned to that version, publishing each rescored shard's anomalies
-(acknowledged) *before* the shard is rewritten as scored, so a crash in between only re-publishes.
-The consuming thread never waits for it; an error is raised in the main thread by :meth:`raise_error`.
+Rows of an event day whose version (by the rule of :mod:`workbench.ml.selection`) does not
+exist yet are stored with null scores; the sink records their event days in
+:class:`~._days.UnscoredDays` before their offsets can be committed. As soon as a day's final
+version exists (``scorer.ready(day, cadence)``), :class:`Rescorer` runs
+:func:`~workbench.store.shards.rescore_unscored` over the ready days with an event-time scorer,
+so each row gets its own day's version exactly as the stream would have given it, publishing
+each rescored shard's anomalies (acknowledged) *before* the shard is rewritten as scored, so a
+crash in between only re-publishes. The consuming thread never waits for it; an error is raised
+in the main thread by :meth:`raise_error`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -61,17 +65,24 @@ class Rescorer:
         """True while the thread works."""
         return self.thread is not None and self.thread.is_alive()
 
-    def maybe_start(self, scorer: Any) -> None:
-        """Start rescoring when unscored days exist and ``scorer`` has a version (main thread)."""
-        if self.running:
-            return
+    def ready_days(self, scorer: Any, cadence: Any) -> set[str]:
+        """Days with unscored rows whose final version exists now (status: the others wait for a model)."""
         days = self.unscored.snapshot()
         if not days or scorer is None:
+            self.status.info["waiting_for_model"] = []
+            return set()
+        ready = {d for d in days if scorer.ready(dt.date.fromisoformat(d), cadence)}
+        self.status.info["waiting_for_model"] = sorted(days - ready)  # stored unscored until their version exists
+        return ready
+
+    def maybe_start(self, scorer: Any, cadence: Any) -> None:
+        """Start rescoring the days :meth:`ready_days` gives, if any (main thread)."""
+        if self.running:
             return
-        version = scorer.version  # a stat of CURRENT; loads the first model synchronously
-        if version is None:
+        days = self.ready_days(scorer, cadence)
+        if not days:
             return
-        self.thread = threading.Thread(target=self._run, args=(days, version), name="rescore", daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(days, cadence), name="rescore", daemon=True)
         self.thread.start()
 
     def raise_error(self) -> None:
@@ -86,22 +97,23 @@ class Rescorer:
             self.thread.join()
         self.raise_error()
 
-    def _run(self, days: set[str], version: str) -> None:
+    def _run(self, days: set[str], cadence: Any) -> None:
         from workbench.ml.scorer import Scorer
         from workbench.store.shards import rescore_unscored
 
         t0 = time.perf_counter()
         publisher = AnomalyPublisher(self.settings)  # its own producer and delivery-error list
         try:
-            pinned = Scorer(self.settings.models_dir, version=version, intra_op_threads=1)
-            rows = rescore_unscored(self.settings.shards_dir, _PublishingScorer(pinned, publisher, self.status),
+            # each row gets its day's version, like the stream (cadence as when the days were found ready)
+            scorer = Scorer(self.settings.models_dir, by_event_time=True, cadence=lambda: cadence, intra_op_threads=1)
+            rows = rescore_unscored(self.settings.shards_dir, _PublishingScorer(scorer, publisher, self.status),
                                     days=sorted(days))
             publisher.close()
         except BaseException as exc:  # surfaced in the main thread by raise_error
-            logger.exception("rescoring failed days=%s version=%s", sorted(days), version)
+            logger.exception("rescoring failed days=%s", sorted(days))
             self.error = exc
             return
         self.unscored.remove(days)
         self.status.add("rescored", rows)  # only this thread writes this (pre-created) counter
-        logger.info("rescored unscored events rows=%d days=%s version=%s seconds=%.2f", rows, sorted(days), version,
+        logger.info("rescored unscored events rows=%d days=%s seconds=%.2f", rows, sorted(days),
                     time.perf_counter() - t0)

@@ -27,8 +27,9 @@ from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from quixstreams.models import HeadersTuples
-from quixstreams.sinks import BatchingSink, SinkBatch
+from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
 
 from workbench.config import Settings
 from workbench.data import codec
@@ -87,8 +88,14 @@ class ScoringSink(BatchingSink):
         self.last_batch_wall: float | None = None  # epoch s when the last batch was durable
         self.max_event_us: int | None = None
         self.first_event_us: int | None = None
+        # per partition: newest durable event time, and when it last delivered (the watermark)
+        self.partition_max_us: dict[int, int] = {}
+        self.partition_seen: dict[int, float] = {}
         self.on_flushed: Callable[[], None] | None = None
         self.training_running: Callable[[], bool] = lambda: False
+        #: set by the app: called with each batch's valid rows before scoring; a day returned
+        #: means "do not store this yet" (Quix sink backpressure), None means go on.
+        self.hold_day: Callable[[pa.Table], str | None] | None = None
         self.timings = {"decode": 0.0, "score": 0.0, "shards": 0.0, "publish": 0.0}
 
     def add(self, value: Any, key: Any, timestamp: int, headers: HeadersTuples, topic: str, partition: int,
@@ -191,7 +198,21 @@ class ScoringSink(BatchingSink):
             scored = scored.append_column(name, table.column(name))
         return scored, []
 
-    def _store(self, scored: pa.Table, partition: int, version: str | None) -> tuple[np.ndarray, dict[int, str]]:
+    def watermark_us(self, active_s: float) -> int | None:
+        """Newest event time every partition still delivering has durably stored.
+
+        The max over partitions would let a fast partition trigger the training of a day whose
+        events a slower partition has not delivered yet (the model would depend on consumption
+        order). A partition silent for ``active_s`` is caught up (the replay sends in event-time
+        order) and no longer holds the watermark back.
+        """
+        if self.max_event_us is None:
+            return None
+        now = time.monotonic()
+        active = [us for p, us in self.partition_max_us.items() if now - self.partition_seen[p] < active_s]
+        return min(active) if active else self.max_event_us
+
+    def _store(self, scored: pa.Table, partition: int) -> tuple[np.ndarray, dict[int, str]]:
         from workbench.store.shards import write_shard
 
         ts_us = scored.column("arrival_timestamp").cast(pa.int64()).to_numpy()
@@ -199,8 +220,9 @@ class ScoringSink(BatchingSink):
         offsets = scored.column("kafka_offset").to_numpy()
         days = np.unique(day_index)
         day_names = {int(d): (dt.date(1970, 1, 1) + dt.timedelta(days=int(d))).isoformat() for d in days}
-        if version is None:
-            self.unscored.add(set(day_names.values()))  # durable before the offsets can be committed
+        unscored = pc.is_null(scored.column("model_version")).to_numpy(zero_copy_only=False)
+        if unscored.any():  # rows whose version does not exist yet: only their days
+            self.unscored.add({day_names[int(d)] for d in np.unique(day_index[unscored])})  # durable before commit
         stored = scored.drop_columns(["_message"])
         for d in days:
             mask = day_index == d
@@ -215,6 +237,11 @@ class ScoringSink(BatchingSink):
         items = list(batch)
         table, errors = self._decode(items, batch.partition)
         table, late = self._guard(table)
+        held = self.hold_day(table) if self.hold_day is not None and table.num_rows else None
+        if held is not None:  # not stored: Quix pauses, then re-reads from the committed offsets
+            self.status.add("held_batches")
+            self.status.info["holding_day"] = held
+            raise SinkBackpressureError(retry_after=1.0)
         self.status.add("messages", batch.size)
         t1 = time.perf_counter()
         scored, failed = self._score(table) if table.num_rows else (None, [])
@@ -226,12 +253,14 @@ class ScoringSink(BatchingSink):
         if scored is None or not scored.num_rows:
             return
         n = scored.num_rows
-        version = scored.column("model_version")[0].as_py()
+        versions = scored.column("model_version")  # per row: each event day has its own version
+        n_unscored = versions.null_count
+        version = None if n_unscored == n else pc.max(versions).as_py()  # newest in this batch
         t2 = time.perf_counter()
-        ts_us, day_names = self._store(scored, batch.partition, version)
+        ts_us, day_names = self._store(scored, batch.partition)
         t3 = time.perf_counter()
         published = 0
-        if version is not None:
+        if version is not None:  # the publisher skips unscored rows (is_anomaly null)
             published = self.publisher.publish_scored(scored.drop_columns(["_message"]))
             by_offset = {item.offset: item for item in items}
             for message, reason in self.publisher.rejected:
@@ -242,13 +271,16 @@ class ScoringSink(BatchingSink):
         t4 = time.perf_counter()
         self.status.add("events", n)
         self.status.add("batches")
-        self.status.add("scored" if version is not None else "unscored", n)
+        self.status.add("scored", n - n_unscored)
+        self.status.add("unscored", n_unscored)
         self.status.add("stream_anomalies", published)
         if self.training_running():
             self.status.add("events_while_training", n)
         lo, hi = int(ts_us.min()), int(ts_us.max())
         self.first_event_us = lo if self.first_event_us is None else min(self.first_event_us, lo)
         self.max_event_us = hi if self.max_event_us is None else max(self.max_event_us, hi)
+        self.partition_max_us[batch.partition] = max(self.partition_max_us.get(batch.partition, hi), hi)
+        self.partition_seen[batch.partition] = time.monotonic()
         for key, seconds in zip(self.timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             self.timings[key] += seconds
         self.status.info["model_version"] = version

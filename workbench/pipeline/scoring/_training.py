@@ -1,12 +1,13 @@
 """When to train: finished event days handed to the training supervisor, after the shards are on disk.
 
-Event time is the maximum ``arrival_timestamp`` the sink accepted across all partitions (the
-event-time guard keeps implausible times out); it only moves forward, so interleaved partitions
-or late events cannot flip the day back. Once event time is ``training_grace_s`` past midnight
-(default 10 minutes of event time, to let the other partitions deliver the day's last events),
-the finished day is handed to :meth:`TrainingSupervisor.maybe_schedule` - *after* the sink
-flushed, so the day's shards are on disk. Training runs as a subprocess on the shards and never
-blocks scoring.
+Event time is the sink's watermark (:meth:`ScoringSink.watermark_us`): the newest event time
+that every partition still delivering has stored (the event-time guard keeps implausible times
+out), so a fast partition cannot trigger the training of a day a slower partition has not
+delivered yet, and a version is a function of its training window only. Once the watermark is
+``training_grace_s`` past midnight (default 10 minutes of event time), the finished day is handed
+to :meth:`TrainingSupervisor.maybe_schedule` - *after* the sink flushed, so the day's shards are
+on disk; not during the app's warm-up (every partition with data delivers once first). Training
+runs as a subprocess on the shards and never blocks scoring.
 """
 
 from __future__ import annotations
@@ -39,13 +40,25 @@ class TrainingSchedule:
         self.status = status
         self.grace_us = int(grace_us)
 
-    def after_flush(self, first_event_us: int | None, max_event_us: int | None) -> None:
-        """Schedule the days finished by event time ``max_event_us`` (the sink just wrote every row)."""
-        if max_event_us is None:
-            return
+    def note_first_event(self, first_event_us: int | None) -> None:
+        """Start the cadence at the day of the first event (before anything of it is scored)."""
         if self.supervisor.state["first_day"] is None and first_event_us is not None:
             self.supervisor.maybe_schedule(day_of(first_event_us))
-        scheduled = self.supervisor.maybe_schedule(day_of(max_event_us - self.grace_us))
+
+    def cadence(self) -> Any:
+        """The training cadence (:class:`~workbench.ml.selection.Cadence`) or None before the first day."""
+        from workbench.ml.selection import Cadence
+
+        return Cadence.from_state(self.supervisor.state)
+
+    def after_flush(self, first_event_us: int | None, watermark_us: int | None, *, warming_up: bool = False) -> None:
+        """Schedule the days finished by the event-time ``watermark_us`` (the sink just wrote every row)."""
+        if watermark_us is None:
+            return
+        self.note_first_event(first_event_us)
+        if warming_up:
+            return
+        scheduled = self.supervisor.maybe_schedule(day_of(watermark_us - self.grace_us))
         if scheduled:
             self.status.add("trainings_scheduled", len(scheduled))
             self.publish_info()
