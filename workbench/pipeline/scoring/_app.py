@@ -17,6 +17,7 @@ from typing import Any, Final
 import pyarrow as pa
 from quixstreams import Application
 
+from workbench import defaults
 from workbench.config import Settings
 from workbench.pipeline._app import WorkbenchApp, app_state_dir, build_application
 from workbench.pipeline._deadletter import DeadLetters
@@ -54,7 +55,7 @@ class ScoringApp(WorkbenchApp):
         Training cadence and window, passed to :class:`~workbench.ml.TrainingSupervisor`.
     train : bool, default=True
         Schedule trainings (False: score with whatever version is current).
-    max_train_rows : int, default=400_000
+    max_train_rows : int, default=defaults.TRAIN_MAX_ROWS
         Row cap of one training.
     training_backoff_s : float, default=60.0
         Delay before retrying a failed or killed training (doubles per attempt).
@@ -71,8 +72,10 @@ class ScoringApp(WorkbenchApp):
         Least seconds between two writes of the status file.
     """
 
-    def __init__(self, settings: Settings, *, batch_rows: int = 16_384, batch_seconds: float = 1.0,
-                 every_n_days: int = 1, window_days: int = 7, train: bool = True, max_train_rows: int = 400_000,
+    def __init__(self, settings: Settings, *, batch_rows: int = defaults.SCORING_BATCH_ROWS,
+                 batch_seconds: float = defaults.SCORING_BATCH_SECONDS, every_n_days: int = defaults.TRAIN_EVERY_N_DAYS,
+                 window_days: int = defaults.TRAIN_WINDOW_DAYS, train: bool = True,
+                 max_train_rows: int = defaults.TRAIN_MAX_ROWS,
                  training_backoff_s: float = 60.0, max_training_attempts: int = 3, training_grace_s: float = 600.0,
                  group: str | None = None, intra_op_threads: int = 2, status_interval: float = 1.0) -> None:
         if not 1 <= batch_rows <= 1_000_000:
@@ -264,7 +267,8 @@ class ScoringApp(WorkbenchApp):
 
 
 def run_scoring(settings: Settings, *, timeout: float | None = None, idle_exit: float | None = None,
-                batch_rows: int = 16_384, batch_seconds: float = 1.0, every_n_days: int = 1, window_days: int = 7,
+                batch_rows: int = defaults.SCORING_BATCH_ROWS, batch_seconds: float = defaults.SCORING_BATCH_SECONDS,
+                every_n_days: int = defaults.TRAIN_EVERY_N_DAYS, window_days: int = defaults.TRAIN_WINDOW_DAYS,
                 **options: Any) -> AppResult:
     """Build and run the scoring app in this (main) thread; see :class:`ScoringApp`.
 

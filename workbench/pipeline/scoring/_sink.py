@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from quixstreams.models import HeadersTuples
 from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
 
+from workbench import defaults
 from workbench.config import Settings
 from workbench.data import codec
 from workbench.pipeline._app import INFRASTRUCTURE_ERRORS
@@ -71,7 +72,7 @@ class ScoringSink(BatchingSink):
     """
 
     def __init__(self, settings: Settings, scorer: Any, publisher: AnomalyPublisher, dead_letters: DeadLetters,
-                 status: AppStatus, unscored: UnscoredDays, *, batch_rows: int = 16_384) -> None:
+                 status: AppStatus, unscored: UnscoredDays, *, batch_rows: int = defaults.SCORING_BATCH_ROWS) -> None:
         super().__init__()
         self.settings = settings
         self.scorer = scorer
