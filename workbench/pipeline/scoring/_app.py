@@ -2,9 +2,8 @@
 
 Each event is scored by the version of its own event day (:mod:`workbench.ml.selection`); days
 whose version does not exist yet are stored unscored and rescored once it does (``_rescore``);
-partitions that get too far ahead of training pause (``_pacing``); training follows the
-slowest delivering partition (``ScoringSink.watermark_us``); settled days are compacted
-(``_maintenance``).
+partitions that get too far ahead of training pause (``_pacing``); training follows the slowest
+delivering partition (``ScoringSink.watermark_us``); settled days are compacted (``_maintenance``).
 """
 
 from __future__ import annotations
