@@ -147,3 +147,19 @@ def test_page_registry_is_the_notebook_folder() -> None:
     assert [p.stem for p in sorted(root.glob("*.ipynb"))] == list(ALL) == [p.name for p in PAGES]
     assert page("02_anomaly_explorer").title == "Anomaly explorer"
     assert page("05_new_page").title == "New page"
+
+
+def test_versions_side_by_side_counts_each_version_and_the_shared_queries() -> None:
+    t = pd.Timestamp("2024-03-06T10:00", tz="UTC")
+    frame = pd.DataFrame({
+        "instance_id": [1, 1, 1, 2, 2],
+        "query_id": [10, 10, 11, 20, 21],
+        "model_version": ["v1", "v2", "v2", "v1", "v1"],
+        "arrival_timestamp": [t, t, t, t + pd.Timedelta(days=1), t + pd.Timedelta(days=1)],
+    })
+    table = summary.versions_side_by_side(frame)
+    assert table.to_dict("records") == [
+        {"day": "2024-03-06", "v1": 1, "v2": 2, "flagged by all": 1},
+        {"day": "2024-03-07", "v1": 2, "v2": 0, "flagged by all": 0},
+    ]
+    assert list(summary.versions_side_by_side(frame.iloc[0:0]).columns) == ["day"]

@@ -62,6 +62,23 @@ def by_reason_and_version(anomalies: pd.DataFrame) -> pd.DataFrame:
                            ignore_index=True)
 
 
+def versions_side_by_side(anomalies: pd.DataFrame) -> pd.DataFrame:
+    """Per UTC day, each model version's anomalies, and the queries every listed version flags.
+
+    One column per version (e.g. the stream's version and one added by ``workbench rescore``), so
+    versions that scored the same range compare directly; ``flagged by all`` counts the
+    ``(instance_id, query_id)`` that every version in the frame flags on that day.
+    """
+    if anomalies.empty:
+        return pd.DataFrame(columns=["day"])
+    frame = anomalies.assign(day=pd.to_datetime(anomalies["arrival_timestamp"], utc=True).dt.strftime("%Y-%m-%d"))
+    table = pd.crosstab(frame["day"], frame["model_version"])
+    versions = frame["model_version"].nunique()
+    per_query = frame.groupby(["day", "instance_id", "query_id"])["model_version"].nunique()
+    table["flagged by all"] = (per_query == versions).groupby(level="day").sum().reindex(table.index, fill_value=0)
+    return table.reset_index().rename_axis(columns=None)
+
+
 def top_offenders(anomalies: pd.DataFrame, n: int = 10) -> pd.DataFrame:
     """Instances with the most anomalies: count, median and worst actual/predicted ratio, excess hours."""
     out = (anomalies.groupby("instance_id")
