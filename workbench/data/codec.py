@@ -103,6 +103,7 @@ REASONS: Final = {
     "invalid_json": "the value is not JSON",
     "not_an_object": "the JSON value is not an object",
     "invalid_arrow": "the value is not a (complete) Arrow IPC stream",
+    "invalid_value": "the encoding's decoder failed on the value in a way it does not name (a hostile payload)",
     "missing_columns": "required columns are absent",
     "extra_columns": "columns that are not Redset columns are present",
     "wrong_type": "a value is not of its column's type",
@@ -441,7 +442,18 @@ def _decode_one(value: bytes | None, encoding: str, rows: int | None, check_key:
     enc = get_encoding(encoding)
     if value is None or (enc.name == ENCODING_JSON and not value):
         raise MessageDecodeError("empty_value", "empty message value")
-    batch = _conform(enc.decode(bytes(value)))
+    try:
+        decoded = enc.decode(bytes(value))
+        if enc.name != ENCODING_JSON:
+            # IPC readers trust the buffers; a flipped byte in an offsets buffer would only fail
+            # later, in whichever step touches it (a combine of the whole batch of messages).
+            decoded.validate(full=True)
+        batch = _conform(decoded)
+    except MessageDecodeError:
+        raise
+    except Exception as exc:  # e.g. pyarrow's UnicodeDecodeError on a corrupted schema: still one bad message
+        detail = f"{enc.name} decoder: {type(exc).__name__}: {str(exc)[:160]}"
+        raise MessageDecodeError("invalid_value", detail) from exc
     if enc.max_rows is not None and batch.num_rows > enc.max_rows:
         raise MessageDecodeError("rows_mismatch", f"{enc.name} carries at most {enc.max_rows} row(s) per message")
     if rows is not None and rows != batch.num_rows:
