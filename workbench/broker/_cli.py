@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from workbench.config import Settings
+
 import argparse
 
 from workbench.broker import (
@@ -16,7 +21,7 @@ from workbench.broker import (
 __all__ = ["register"]
 
 
-def _settings(args: argparse.Namespace):
+def _settings(args: argparse.Namespace) -> Settings:
     from workbench.cli import settings_from_args
 
     settings = settings_from_args(args)

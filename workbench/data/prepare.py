@@ -19,6 +19,11 @@ Rows without an instance, query id or arrival time are dropped as ``null_key:<co
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import duckdb
+
 import dataclasses
 import datetime as dt
 import glob
@@ -79,6 +84,7 @@ class PrepareSummary:
 
     @property
     def rows_rejected(self) -> int:
+        """Rows dropped over all reasons."""
         return sum(self.rejected.values())
 
     def __str__(self) -> str:
@@ -249,7 +255,7 @@ class _Group:
     columns: dict[str, tuple[str, str]]  # Redset name -> (source name, DuckDB type)
 
 
-def _describe(con, path: Path) -> list[tuple[str, str]]:
+def _describe(con: duckdb.DuckDBPyConnection, path: Path) -> list[tuple[str, str]]:
     try:
         rows = con.execute(f"DESCRIBE SELECT * FROM read_parquet({_lit(str(path))})").fetchall()
     except Exception as exc:  # duckdb raises several error classes for a broken file
@@ -446,7 +452,7 @@ def _replace(tmp: Path, out: Path) -> None:
 class _Progress:
     """A tqdm bar fed from DuckDB's query progress (polled in a thread) while the sort runs."""
 
-    def __init__(self, con, total: int, enabled: bool, desc: str) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, total: int, enabled: bool, desc: str) -> None:
         self.con = con
         self.enabled = enabled
         self._stop = threading.Event()

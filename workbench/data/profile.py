@@ -41,6 +41,7 @@ class Check:
 
     @property
     def status(self) -> str:
+        """``in``, ``OUT`` or ``n/a`` (no observation)."""
         if self.observed is None or (isinstance(self.observed, float) and math.isnan(self.observed)):
             return "n/a"
         return "in" if self.low <= self.observed <= self.high else "OUT"
@@ -54,10 +55,12 @@ class Check:
 
     @property
     def observed_text(self) -> str:
+        """The observed value as printed."""
         return "-" if self.status == "n/a" else self._fmt(float(self.observed))  # type: ignore[arg-type]
 
     @property
     def range_text(self) -> str:
+        """The published range as printed."""
         return f"{self._fmt(self.low)} .. {self._fmt(self.high)}"
 
 
@@ -74,10 +77,12 @@ class ProfileReport:
 
     @property
     def all_in_range(self) -> bool:
+        """No check is out of its published range."""
         return all(check.status != "OUT" for check in self.checks)
 
     @property
     def out_of_range(self) -> list[Check]:
+        """The checks outside their published range."""
         return [check for check in self.checks if check.status == "OUT"]
 
     def check(self, name: str) -> Check:

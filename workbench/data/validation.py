@@ -121,6 +121,7 @@ class ValidationReport:
 
     @property
     def ok(self) -> bool:
+        """No problem was found."""
         return not self.counts
 
     @property
@@ -134,6 +135,7 @@ class ValidationReport:
         return all(kind in SKIPPABLE_KINDS for kind in self.kinds)
 
     def summary(self) -> LogSummary:
+        """The file's summary (rows, row groups, time span, labels)."""
         if self.first_arrival is None or self.last_arrival is None:
             msg = f"Query log {str(self.path)!r} has no row with a usable arrival_timestamp."
             raise DataValidationError(msg, path=str(self.path), column="arrival_timestamp")

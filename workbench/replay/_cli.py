@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from workbench.config import Settings
+
 import argparse
 import signal
 import sys
@@ -13,7 +18,7 @@ from workbench.replay._replay import Replay
 __all__ = ["register"]
 
 
-def _settings(args: argparse.Namespace):
+def _settings(args: argparse.Namespace) -> Settings:
     from workbench.cli import settings_from_args
 
     return settings_from_args(args)

@@ -118,10 +118,12 @@ class RunSpec:
     grace_seconds: float = 20.0
 
     def to_json(self) -> dict[str, Any]:
+        """The spec as JSON-ready data (what ``spec.json`` holds)."""
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunSpec:
+        """A spec from ``spec.json`` data (unknown keys of newer versions are ignored)."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "processes"}
         return cls(processes=[ProcessSpec(**p) for p in data.get("processes", [])], **known)
 
