@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -91,3 +93,15 @@ def consume_all(settings: Settings, topic: str, *, expected: int | None = None, 
     finally:
         consumer.close()
     return messages
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, poll: float = 0.2, what: str = "") -> Any:
+    """Poll ``condition`` until it returns something truthy (returned), or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(poll)
+    raise AssertionError(f"{what or 'condition'} not reached in {timeout} s (last value {last!r})")

@@ -12,15 +12,15 @@ the PNG screenshots (the README's come from ``docs/images/``).
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import isolated_settings
+from tests.helpers import wait_until as _wait_until
 from tests.notebook_home import cached_home
 from workbench.config import Settings
 from workbench.runtime import Workbench
+
+# A browser round trip is slower than an API call: more time and a calmer poll than the default.
+wait_until = functools.partial(_wait_until, timeout=45.0, poll=0.3)
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
 
@@ -43,15 +47,6 @@ needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (run `make browser` or apt-get install chromium)")
 
 
-def _until(condition: Callable[[], Any], timeout: float = 45.0, poll: float = 0.3, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(poll)
-    raise AssertionError(f"{what or 'condition'} not reached in {timeout} s (last value {last!r})")
 
 
 def _free_port() -> int:
@@ -69,7 +64,7 @@ def live_home(kafka_base: Settings, tmp_path_factory: pytest.TempPathFactory) ->
     settings = isolated_settings(kafka_base, home)
     wb = Workbench.start(data=home / "data" / "log.parquet", speedup=600, settings=settings, apps=("analytics",))
     try:
-        _until(lambda: (s := wb.status()).replay and s.replay_state == "running" and s.rows_sent > 0,
+        wait_until(lambda: (s := wb.status()).replay and s.replay_state == "running" and s.rows_sent > 0,
                what="the replay running")
         yield settings, wb
     finally:
@@ -113,7 +108,7 @@ def lab(live_home: tuple[Settings, Workbench], tmp_path: Path) -> Iterator[str]:
             return False
 
     try:
-        _until(ready, timeout=90, what="JupyterLab answering")
+        wait_until(ready, timeout=90, what="JupyterLab answering")
         yield f"{base}/lab/tree/{{name}}?token={token}"
     finally:
         proc.terminate()
@@ -142,7 +137,7 @@ def _run_all(page: Any, url: str) -> None:
     """Open a notebook, wait for its kernel, run all cells and wait until none is pending."""
     page.goto(url)
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-    _until(lambda: "Idle" in page.locator("#jp-main-statusbar").inner_text(), timeout=90, what="kernel idle")
+    wait_until(lambda: "Idle" in page.locator("#jp-main-statusbar").inner_text(), timeout=90, what="kernel idle")
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_text("Run All Cells", exact=True).click()
 
@@ -151,7 +146,7 @@ def _run_all(page: Any, url: str) -> None:
         return bool(prompts) and all("[*]" not in p and any(ch.isdigit() for ch in p) for p in prompts)
 
     try:
-        _until(done, timeout=240, poll=1.0, what="all cells executed")
+        wait_until(done, timeout=240, poll=1.0, what="all cells executed")
     except AssertionError:
         page.screenshot(path=str(Path(os.environ.get("TMPDIR", "/tmp")) / "workbench-browser-failure.png"),
                         full_page=True)
@@ -214,33 +209,33 @@ def test_replay_panel_and_explorer_in_jupyterlab(live_home: tuple[Settings, Work
     panel = page.locator(".workbench-panel")
     panel.wait_for(state="visible")
     toggle = panel.locator(".widget-toggle-button")
-    _until(lambda: toggle.inner_text().strip() == "Pause", what="the play/pause button reading Pause")
-    _until(lambda: "[running]" in panel.inner_text(), what="panel says running")
+    wait_until(lambda: toggle.inner_text().strip() == "Pause", what="the play/pause button reading Pause")
+    wait_until(lambda: "[running]" in panel.inner_text(), what="panel says running")
     assert wb.status().replay_state == "running"
     assert "e+" not in panel.inner_text()  # readable numbers, never 3.60e+3
 
     toggle.click()
-    _until(lambda: wb.status().replay_state == "paused", what="status paused after the click")
-    _until(lambda: "[paused]" in panel.inner_text(), what="panel says paused")
-    _until(lambda: toggle.inner_text().strip() == "Play", what="the button reading Play")
+    wait_until(lambda: wb.status().replay_state == "paused", what="status paused after the click")
+    wait_until(lambda: "[paused]" in panel.inner_text(), what="panel says paused")
+    wait_until(lambda: toggle.inner_text().strip() == "Play", what="the button reading Play")
 
     panel.locator(".widget-button", has_text="3600x").click()
-    _until(lambda: wb.status().speedup == 3600, what="status speed 3600 after the preset")
-    _until(lambda: "3,600x" in panel.inner_text(), what="panel shows 3,600x")
+    wait_until(lambda: wb.status().speedup == 3600, what="status speed 3600 after the preset")
+    wait_until(lambda: "3,600x" in panel.inner_text(), what="panel shows 3,600x")
 
     panel.locator(".widget-text input").fill("2024-03-05 12:00")
     panel.locator(".widget-button", has_text="Seek").click()
     target = datetime(2024, 3, 5, 12, 0, tzinfo=UTC)
-    status = _until(lambda: (s := wb.status()).event_time and s.event_time >= target and s,
+    status = wait_until(lambda: (s := wb.status()).event_time and s.event_time >= target and s,
                     what="status at the seek time")
     assert (status.event_time - target).total_seconds() < 600, status.event_time
-    _until(lambda: "2024-03-05 12:0" in panel.inner_text(), what="panel clock at the seek time")
+    wait_until(lambda: "2024-03-05 12:0" in panel.inner_text(), what="panel clock at the seek time")
     assert wb.status().replay_state == "paused"  # a seek does not resume
 
     toggle.click()
-    _until(lambda: wb.status().replay_state == "running", what="status running after play")
-    _until(lambda: "[running]" in panel.inner_text(), what="panel says running again")
-    _until(lambda: panel.locator("svg").count() >= 1 or "waiting for the first window" in panel.inner_text(),
+    wait_until(lambda: wb.status().replay_state == "running", what="status running after play")
+    wait_until(lambda: "[running]" in panel.inner_text(), what="panel says running again")
+    wait_until(lambda: panel.locator("svg").count() >= 1 or "waiting for the first window" in panel.inner_text(),
            what="panel charts or their placeholders")
     _screenshot(panel, "panel.png", tmp_path)
     assert wb.running  # Run All stopped nothing

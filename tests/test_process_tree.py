@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_until
 from workbench import _lifeline
 from workbench._fs import process_start_time, read_pid_file, remove_stale_temp_files, write_pid_file
 from workbench.config import Settings
@@ -22,15 +23,6 @@ from workbench.runtime.supervisor import run_dir, write_json_atomic
 SLEEPER = "from workbench._lifeline import bind_to_supervisor; bind_to_supervisor(); import time; time.sleep(120)"
 
 
-def _until(condition, timeout: float = 30.0, poll: float = 0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(poll)
-    raise AssertionError(f"not reached in {timeout} s (last value {last!r})")
 
 
 def _gone(proc: subprocess.Popen) -> bool:
@@ -51,7 +43,7 @@ def test_a_grandchild_dies_with_the_supervisor_through_the_watchdog(tmp_path: Pa
         assert not _gone(trainer)  # alive while its supervisor is
         supervisor.kill()
         supervisor.wait()
-        _until(lambda: _gone(trainer), timeout=15)
+        wait_until(lambda: _gone(trainer), timeout=15)
     finally:
         trainer.kill()
         supervisor.kill()
@@ -73,7 +65,7 @@ def test_a_direct_child_gets_the_parent_death_signal(tmp_path: Path) -> None:
         assert process_start_time(child_pid) is not None
         parent.kill()
         parent.wait()
-        _until(lambda: process_start_time(child_pid) is None or _is_zombie(child_pid), timeout=10)
+        wait_until(lambda: process_start_time(child_pid) is None or _is_zombie(child_pid), timeout=10)
     finally:
         with _suppress():
             os.kill(child_pid, signal.SIGKILL)
@@ -99,13 +91,13 @@ def test_start_refuses_beside_orphans_and_stop_finds_them(tmp_path: Path) -> Non
     orphan = _tagged_sleeper(settings.home, "app")
     other_home = _tagged_sleeper(tmp_path / "elsewhere", "app")
     try:
-        _until(lambda: _lifeline.home_processes(settings.home), timeout=10)
+        wait_until(lambda: _lifeline.home_processes(settings.home), timeout=10)
         with pytest.raises(WorkbenchStateError, match="earlier workbench still run"):
             Workbench.start(settings=settings, apps=("analytics",))
         result = subprocess.run([sys.executable, "-m", "workbench.cli", "--home", str(settings.home), "stop"],
                                 capture_output=True, text=True, timeout=60, check=True)
         assert "stopped 1 orphaned process" in result.stdout
-        _until(lambda: _gone(orphan), timeout=10)
+        wait_until(lambda: _gone(orphan), timeout=10)
         assert not _gone(other_home)  # another home's process is not touched
     finally:
         orphan.kill()
@@ -206,13 +198,13 @@ def test_spec_names_the_sasl_password_but_never_holds_it(tmp_path: Path) -> None
 def test_killing_the_supervisor_takes_its_apps_and_files_are_private(kafka_settings: Settings) -> None:
     wb = Workbench.start(settings=kafka_settings, apps=("analytics",))
     try:
-        state = _until(lambda: (s := wb.status()).processes["analytics"]["state"] == "running" and s)
+        state = wait_until(lambda: (s := wb.status()).processes["analytics"]["state"] == "running" and s)
         app_pid = state.processes["analytics"]["pid"]
         supervisor_pid = json.loads((run_dir(kafka_settings.home) / "state.json").read_text())["supervisor_pid"]
         spec = (run_dir(kafka_settings.home) / "spec.json").read_text()
         assert "processes" in spec and "argv" not in spec  # a typed spec, not command lines
         os.kill(supervisor_pid, signal.SIGKILL)
-        _until(lambda: process_start_time(app_pid) is None or _is_zombie(app_pid), timeout=30)
+        wait_until(lambda: process_start_time(app_pid) is None or _is_zombie(app_pid), timeout=30)
         assert not wb.running
         assert _lifeline.home_processes(kafka_settings.home) == []
         for path in (kafka_settings.home / "run" / "spec.json", kafka_settings.logs_dir / "analytics.log",
@@ -220,7 +212,7 @@ def test_killing_the_supervisor_takes_its_apps_and_files_are_private(kafka_setti
             assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
         # and a new workbench starts on the same home (no orphans left)
         wb = Workbench.start(settings=kafka_settings, apps=("analytics",))
-        _until(lambda: wb.status().processes["analytics"]["state"] == "running")
+        wait_until(lambda: wb.status().processes["analytics"]["state"] == "running")
     finally:
         wb.stop()
 
@@ -263,7 +255,7 @@ def test_workbench_stop_also_stops_the_training_subprocess(kafka_settings: Setti
     wb = Workbench.start(settings=kafka_settings, apps=("analytics",))
     trainer = None
     try:
-        _until(lambda: wb.status().processes["analytics"]["state"] == "running")
+        wait_until(lambda: wb.status().processes["analytics"]["state"] == "running")
         supervisor_pid = json.loads((run_dir(kafka_settings.home) / "state.json").read_text())["supervisor_pid"]
         # What the scoring app starts: tagged with the home and the supervisor, not bound to its parent.
         trainer = _tagged_sleeper(kafka_settings.home, "training", supervisor_pid=supervisor_pid)
@@ -272,7 +264,7 @@ def test_workbench_stop_also_stops_the_training_subprocess(kafka_settings: Setti
     finally:
         wb.stop()
     assert trainer is not None
-    _until(lambda: _gone(trainer), timeout=5)
+    wait_until(lambda: _gone(trainer), timeout=5)
 
 
 def test_status_late_events_come_from_the_store_and_survive_app_restarts(tmp_path: Path) -> None:

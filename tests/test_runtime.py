@@ -9,22 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_log
+from tests.helpers import make_log, wait_until
 from workbench.config import Settings
 from workbench.runtime import Workbench, WorkbenchStateError
 
 pytestmark = pytest.mark.slow
 
 
-def _until(condition, timeout: float = 30.0, poll: float = 0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(poll)
-    raise AssertionError(f"not reached in {timeout} s (last value {last!r})")
 
 
 def test_start_steer_watch_and_stop_from_the_python_api(kafka_settings: Settings, tmp_path: Path) -> None:
@@ -37,32 +28,32 @@ def test_start_steer_watch_and_stop_from_the_python_api(kafka_settings: Settings
         other = Workbench.attach(Settings(home=kafka_settings.home))
         assert other.settings.bootstrap_servers == kafka_settings.bootstrap_servers
 
-        status = _until(lambda: (s := wb.status()).replay and s.rows_sent > 0 and s)
+        status = wait_until(lambda: (s := wb.status()).replay and s.rows_sent > 0 and s)
         assert status.speedup == 600 and status.replay_state == "running"
         assert status.processes["analytics"]["state"] == "running"
 
         other.set_speed(3600)
-        _until(lambda: wb.status().speedup == 3600)
+        wait_until(lambda: wb.status().speedup == 3600)
 
         wb.pause()
-        paused = _until(lambda: (s := wb.status()).replay_state == "paused" and s)
+        paused = wait_until(lambda: (s := wb.status()).replay_state == "paused" and s)
         time.sleep(2.0)
         assert wb.status().rows_sent == paused.rows_sent
 
         wb.seek("2024-03-04T05:00:00")  # rows are 1 s apart from midnight: row 18000
-        _until(lambda: wb.status().rows_sent == 18_000)
+        wait_until(lambda: wb.status().rows_sent == 18_000)
         assert wb.status().event_time.isoformat() == "2024-03-04T05:00:00+00:00"
 
         wb.resume()
-        _until(lambda: wb.status().rows_sent > 18_000)
+        wait_until(lambda: wb.status().rows_sent > 18_000)
 
         # a supervised app that dies is restarted
         pid = wb.status().processes["analytics"]["pid"]
         os.kill(pid, signal.SIGKILL)
-        _until(lambda: (p := wb.status().processes["analytics"])["restarts"] == 1 and p["state"] == "running")
+        wait_until(lambda: (p := wb.status().processes["analytics"])["restarts"] == 1 and p["state"] == "running")
 
         wb.set_speed("max")
-        done = _until(lambda: (s := wb.status()).drained and s, timeout=120, poll=1.0)
+        done = wait_until(lambda: (s := wb.status()).drained and s, timeout=120, poll=1.0)
         assert done.rows_sent == done.rows_total == 40_000
         assert done.lag == {"analytics": 0}
         assert done.late_events == 0 or done.late_events is None
