@@ -163,3 +163,26 @@ def test_versions_side_by_side_counts_each_version_and_the_shared_queries() -> N
         {"day": "2024-03-07", "v1": 2, "v2": 0, "flagged by all": 0},
     ]
     assert list(summary.versions_side_by_side(frame.iloc[0:0]).columns) == ["day"]
+
+
+def test_window_anomalies_or_empty_reads_the_lakehouse_strongest_first(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from workbench.analysis.collective import WINDOW_ANOMALY_SCHEMA
+    from workbench.store.lakehouse import AnomalyLakehouse
+
+    settings = Settings(home=tmp_path / "home")
+    empty = summary.window_anomalies_or_empty(settings)
+    assert empty.empty and tuple(empty.columns) == summary.WINDOW_ANOMALY_COLUMNS
+    t = datetime(2024, 3, 6, 10, 0, tzinfo=UTC)
+    rows = pa.Table.from_pylist([
+        {"instance_id": 3, "window_start": t, "signal": "queue_share", "expected": 0.02, "observed": 0.5,
+         "score": 7.5, "reason": "queue storm"},
+        {"instance_id": 4, "window_start": t, "signal": "arrivals", "expected": 40.0, "observed": 400.0,
+         "score": 12.0, "reason": "arrival surge"},
+    ], schema=WINDOW_ANOMALY_SCHEMA)
+    with AnomalyLakehouse.from_settings(settings) as lake:
+        assert lake.write_window_anomalies(rows) == 2
+    frame = summary.window_anomalies_or_empty(settings)
+    assert list(frame["instance_id"]) == [4, 3] and list(frame["signal"]) == ["arrivals", "queue_share"]
+    assert list(summary.window_anomalies_or_empty(settings, instances=[3])["instance_id"]) == [3]

@@ -55,6 +55,29 @@ def anomalies_or_empty(settings: Settings, *, start: datetime | None = None, end
     return frame.drop(columns=["inserted_at"], errors="ignore").reset_index(drop=True)
 
 
+#: The columns of a collective-anomaly frame (what an empty frame gets before the first one).
+WINDOW_ANOMALY_COLUMNS: tuple[str, ...] = (
+    "instance_id", "window_start", "signal", "expected", "observed", "score", "reason")
+
+
+def window_anomalies_or_empty(settings: Settings, *, start: datetime | None = None, end: datetime | None = None,
+                              instances: Sequence[int] | None = None) -> pd.DataFrame:
+    """Collective anomalies (flagged 10-minute windows) in the range, strongest first.
+
+    Like :func:`anomalies_or_empty`: only a lakehouse that does not exist yet counts as "none".
+    """
+    from workbench.analysis import read
+    from workbench.store.exceptions import LakehouseNotFoundError
+
+    try:
+        frame = read.window_anomalies(settings, start=start, end=end, instances=instances)
+    except LakehouseNotFoundError:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in WINDOW_ANOMALY_COLUMNS})
+    frame = frame.drop(columns=["inserted_at"], errors="ignore")
+    return frame.sort_values(["score", "window_start", "instance_id"], ascending=[False, True, True],
+                             ignore_index=True)
+
+
 def by_reason_and_version(anomalies: pd.DataFrame) -> pd.DataFrame:
     """Anomaly counts per ``reason`` and ``model_version``, most first."""
     out = anomalies.groupby(["reason", "model_version"]).size().rename("anomalies").reset_index()

@@ -222,6 +222,12 @@ class WorkbenchStatus:
                 if "events" in app.get("counters", {})}
 
     @property
+    def window_anomalies(self) -> int | None:
+        """Collective anomalies (flagged windows) the analytics app has stored since its last start."""
+        counters = (self.apps.get("analytics") or {}).get("counters")
+        return None if counters is None else int(counters.get("window_anomalies", 0))
+
+    @property
     def drained(self) -> bool:
         """The replay is done and every app has consumed everything it was sent."""
         return bool(self.replay and not self.replay.active) and all(v == 0 for v in self.lag.values())
@@ -242,6 +248,7 @@ class WorkbenchStatus:
             "model_version": self.model_version,
             "model_versions": self.model_versions,
             "anomalies": self.anomalies,
+            "window_anomalies": self.window_anomalies,
             "late_events": self.late_events,
             "dead_letters": self.dead_letters,
             "processes": {name: p.get("state") for name, p in self.processes.items()},
@@ -254,6 +261,7 @@ class WorkbenchStatus:
         lines.append(f"lag (messages): {lag or '-'}")
         lines.append(f"model: {self.model_version or 'none yet'} ({self.model_versions} versions) | "
                      f"anomalies {self.anomalies if self.anomalies is not None else '?'} | "
+                     f"flagged windows {self.window_anomalies if self.window_anomalies is not None else '?'} | "
                      f"late events {self.late_events if self.late_events is not None else '?'} | "
                      f"dead letters {self.dead_letters if self.dead_letters is not None else '?'}")
         procs = ", ".join(f"{name}: {p.get('state')}" + (f" ({p['restarts']} restarts)" if p.get("restarts") else "")
