@@ -201,3 +201,33 @@ def test_training_is_deterministic(tmp_path: Path, log: pa.Table) -> None:
     b = train_table(tmp_path / "b", log.slice(0, 3000), DAY1, window_days=1, seed=5)
     assert a.meta["files"] == b.meta["files"]  # same ONNX bytes, same lookup tables
     assert a.meta["detector"] == b.meta["detector"]
+
+
+def test_rescore_passes_again_over_a_day_compacted_under_it(tmp_path: Path, models_dir: Path, log: pa.Table,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scoring app compacts a settled day in its main thread while the rescoring thread works on
+    it: the files listed for rescoring vanish, and the compacted file still holds unscored rows."""
+    from workbench.store import shards as shard_store
+
+    shards = tmp_path / "shards"
+    day = dt.date(2024, 3, 3)
+    events = log.slice(6000, 400).select(list(COLUMNS))
+    events = events.append_column("kafka_partition", pa.array([0] * 400, pa.int32()))
+    events = events.append_column("kafka_offset", pa.array(range(400), pa.int64()))
+    unscored = Scorer(tmp_path / "no-models").score(events)
+    write_shard(shards, day, 0, 0, unscored.slice(0, 200))
+    write_shard(shards, day, 0, 200, unscored.slice(200, 200))
+    listed = shard_store.shard_paths
+    compactions = []
+
+    def list_then_compact(directory: Path, days: object = None) -> list[Path]:
+        paths = listed(directory, days)
+        if not compactions:  # the first listing goes stale at once
+            compactions.append(shard_store.compact_day(directory, day))
+        return paths
+
+    monkeypatch.setattr(shard_store, "shard_paths", list_then_compact)
+    assert rescore_unscored(shards, Scorer(models_dir)) == 400
+    assert compactions == [1]
+    table = read_shards(shards)
+    assert table.num_rows == 400 and table.column("model_version").null_count == 0

@@ -346,12 +346,37 @@ def rescore_unscored(directory: Path, scorer: _Scorer, days: Iterable[dt.date | 
     Already scored rows keep their values. Returns the number of rows scored (0 when the
     scorer has no model yet). Each shard is read and rewritten under its day's lock, so a
     concurrent rewrite of the same shard (reprocessing) is never overwritten with older rows.
+    A day whose files were compacted or merged while it was being rescored is passed over
+    again: the compacted file carries the rows still unscored, and a caller that marks the
+    day done afterwards must not leave them so.
     """
     total = 0
-    for path in shard_paths(directory, days):
+    wanted = list_days(directory) if days is None else sorted({_day(d) for d in days})
+    for day in wanted:
+        for _ in range(_RESCORE_PASSES):
+            scored, vanished = _rescore_day(directory, day, scorer)
+            total += scored
+            if not vanished:
+                break
+        else:
+            logger.warning("day %s kept changing while it was rescored; rows may stay unscored until the next pass",
+                           day)
+    logger.info("rescored unscored rows=%d", total)
+    return total
+
+
+#: Passes over one day when its files change under the rescoring (a compaction finishes the second).
+_RESCORE_PASSES = 5
+
+
+def _rescore_day(directory: Path, day: dt.date, scorer: _Scorer) -> tuple[int, bool]:
+    """Rescore one day's live shards; returns (rows scored, whether a listed file had vanished)."""
+    total, vanished = 0, False
+    for path in shard_paths(directory, [day]):
         with day_lock(directory, path.parent.name.removeprefix("date=")):
             if not path.is_file():
-                continue  # compacted or merged meanwhile: the next pass finds the new file
+                vanished = True  # compacted or merged meanwhile: the new file is seen on the next pass
+                continue
             table = feather.read_table(path, memory_map=False)
             unscored = pc.is_null(table.column("model_version")).to_numpy(zero_copy_only=False)
             if not unscored.any():
@@ -373,8 +398,7 @@ def rescore_unscored(directory: Path, scorer: _Scorer, days: Iterable[dt.date | 
                     columns.append(table.column(name))
             _atomic_feather(pa.Table.from_arrays(columns, schema=table.schema), path)
             total += int(now_scored.sum())
-    logger.info("rescored unscored rows=%d", total)
-    return total
+    return total, vanished
 
 
 def compact_day(directory: Path, day: dt.date | str) -> int:
