@@ -102,6 +102,7 @@ class Rescorer:
         from workbench.store.shards import rescore_unscored
 
         t0 = time.perf_counter()
+        marks = self.unscored.marks(days)  # before listing any shard: rows stored later keep their day
         publisher = AnomalyPublisher(self.settings)  # its own producer and delivery-error list
         try:
             # each row gets its day's version, like the stream (cadence as when the days were found ready)
@@ -113,7 +114,9 @@ class Rescorer:
             logger.exception("rescoring failed days=%s", sorted(days))
             self.error = exc
             return
-        self.unscored.remove(days)
+        kept = days - self.unscored.remove(marks)
+        if kept:
+            logger.info("rescoring: days %s got unscored rows meanwhile; they stay for the next pass", sorted(kept))
         self.status.add("rescored", rows)  # only this thread writes this (pre-created) counter
         logger.info("rescored unscored events rows=%d days=%s seconds=%.2f", rows, sorted(days),
                     time.perf_counter() - t0)

@@ -222,13 +222,14 @@ class ScoringSink(BatchingSink):
         days = np.unique(day_index)
         day_names = {int(d): (dt.date(1970, 1, 1) + dt.timedelta(days=int(d))).isoformat() for d in days}
         unscored = pc.is_null(scored.column("model_version")).to_numpy(zero_copy_only=False)
-        if unscored.any():  # rows whose version does not exist yet: only their days
-            self.unscored.add({day_names[int(d)] for d in np.unique(day_index[unscored])})  # durable before commit
+        unscored_days = {day_names[int(d)] for d in np.unique(day_index[unscored])} if unscored.any() else set()
+        self.unscored.add(unscored_days)  # rows whose version does not exist yet: durable before commit
         stored = scored.drop_columns(["_message"])
         for d in days:
             mask = day_index == d
             part = stored if len(days) == 1 else stored.filter(pa.array(mask))
             write_shard(self.settings.shards_dir, day_names[int(d)], partition, int(offsets[mask].min()), part)
+        self.unscored.add(unscored_days)  # again once written: a rescoring pass that began before keeps the day
         self.status.add("shards", len(days))
         return ts_us, day_names
 
