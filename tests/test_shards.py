@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -172,3 +173,22 @@ def test_retention_deletes_old_days(tmp_path: Path) -> None:
     assert list_days(tmp_path) == [DAY + dt.timedelta(days=k) for k in (1, 2, 3)]
     with pytest.raises(ShardError, match="at least 1 day"):
         delete_older_than(tmp_path, 0, today=DAY)
+
+
+def test_compaction_keeps_every_row_of_packed_messages(tmp_path: Path) -> None:
+    """Packed messages put many rows at one Kafka offset; a row is (offset, instance_id, query_id)."""
+    from workbench.store.shards import compact_day
+
+    for batch in range(4):  # 4 shards of 5 messages x 10 rows each
+        events = _events(50, offset=batch * 5)
+        offsets = np.repeat(np.arange(batch * 5, batch * 5 + 5), 10)
+        events = events.set_column(events.schema.get_field_index("kafka_offset"), "kafka_offset",
+                                   pa.array(offsets, pa.int64()))
+        events = events.set_column(events.schema.get_field_index("query_id"), "query_id",
+                                   pa.array(np.arange(batch * 50, batch * 50 + 50), pa.int64()))
+        write_shard(tmp_path, DAY, 0, batch * 5, events)
+    before = read_shards(tmp_path, dedupe=False).num_rows
+    assert before == 200
+    assert compact_day(tmp_path, DAY) == 1
+    after = read_shards(tmp_path, dedupe=False)
+    assert after.num_rows == 200 and len(set(after.column("query_id").to_pylist())) == 200

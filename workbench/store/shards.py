@@ -420,11 +420,15 @@ def compact_day(directory: Path, day: dt.date | str) -> int:
                 continue
             tables = [feather.read_table(folder / n, memory_map=False) for n in files]
             table = pa.concat_tables(tables)
+            # A row is (offset, instance_id, query_id): a packed message holds many rows at one
+            # offset. The same row in two files (a re-delivered message): keep the later file's.
             offsets = table.column("kafka_offset").to_numpy()
-            order = np.argsort(offsets, kind="stable")
+            inst = table.column("instance_id").to_numpy()
+            query = table.column("query_id").to_numpy()
+            order = np.lexsort((np.arange(len(offsets)), query, inst, offsets))
+            so, si, sq = offsets[order], inst[order], query[order]
             keep = np.ones(len(order), dtype=bool)
-            so = offsets[order]
-            keep[:-1] = so[1:] != so[:-1]  # same offset twice: keep the later file's row
+            keep[:-1] = (so[1:] != so[:-1]) | (si[1:] != si[:-1]) | (sq[1:] != sq[:-1])
             table = table.take(order[keep])
             lo, hi = int(so[0]), int(so[-1])
             _atomic_feather(table, folder / compacted_name(part, lo, hi))
