@@ -112,7 +112,10 @@ def test_end_to_end_trains_without_stalling_and_scores_everything(kafka_settings
     settings = kafka_settings
     ensure_topics(settings)
     expected = _rows(logs["d12"])
-    Replay(logs["d12"], settings=settings, speedup=0, pack=1).run()
+    Replay(logs["d1"], settings=settings, speedup=0, pack=1).run()
+    # Day 2 streams in while the app runs (a day in ~20 s): its first events trigger day 1's training,
+    # and the rest keeps arriving while the subprocess trains, however fast this machine drains Kafka.
+    day2 = Replay(logs["d2"], settings=settings, speedup=4320, pack=1, replay_id="day2").start()
     sampler = _Sampler(settings)
     sampler.start()
     try:
@@ -121,6 +124,7 @@ def test_end_to_end_trains_without_stalling_and_scores_everything(kafka_settings
     finally:
         sampler.done.set()
         sampler.join()
+        day2.join(60)
     # a model version was trained on day 1 by the subprocess, with ONNX/sklearn parity recorded
     registry = ModelRegistry(settings.models_dir)
     versions = registry.versions()
