@@ -21,7 +21,6 @@ import json
 import os
 import random
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -34,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from confluent_kafka import Consumer, TopicPartition
 
+from tests.helpers import free_port_pair
 from workbench._fs import same_process
 from workbench._lifeline import home_processes
 from workbench.broker import LocalKafka
@@ -42,7 +42,7 @@ from workbench.data import codec
 from workbench.runtime import Workbench
 from workbench.runtime.supervisor import read_state
 
-__all__ = ["KINDS", "ChaosResult", "Kill", "free_port_pair", "run_chaos"]
+__all__ = ["KINDS", "ChaosResult", "Kill", "run_chaos"]
 
 #: Every process kind the schedule can kill.
 KINDS: tuple[str, ...] = ("replay", "scoring", "analytics", "anomaly-sink", "supervisor", "training", "broker")
@@ -83,19 +83,6 @@ class ChaosResult:
                 f"{self.late_events} late, {self.anomalies} anomalies; drained in {self.drain_seconds:.1f} s)")
 
 
-def free_port_pair(start: int = 30100) -> int:
-    """A client port whose successor (the controller port) is free too."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(start, start + 1800, 2)
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port pair for the chaos broker")
 
 
 # --- killing ----------------------------------------------------------------------------------------

@@ -7,34 +7,15 @@ managed local broker.
 from __future__ import annotations
 
 import os
-import random
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port_pair
 from workbench.broker import LocalKafka, ensure_broker
 from workbench.config import Settings
-
-
-def _free_port_pair() -> int:
-    """A port pair below Linux's ephemeral range (32768+), so no client socket can hold it."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 32000, 2)
-        ok = True
-        for candidate in (port, port + 1):
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", candidate))
-                except OSError:
-                    ok = False
-        if ok:
-            return port
-    msg = "no free port pair found for the test broker"
-    raise RuntimeError(msg)
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +27,7 @@ def kafka_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         ensure_broker(settings, topics=False)
         yield settings
         return
-    settings = Settings(home=home, kafka_port=_free_port_pair(), kafka_heap="768m")
+    settings = Settings(home=home, kafka_port=free_port_pair(), kafka_heap="768m")
     broker = LocalKafka(settings)
     broker.start(timeout=120)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -105,3 +107,21 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, poll: float 
             return last
         time.sleep(poll)
     raise AssertionError(f"{what or 'condition'} not reached in {timeout} s (last value {last!r})")
+
+
+def free_port_pair() -> int:
+    """A port pair below Linux's ephemeral range (32768+), so no client socket can hold it."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000, 2)
+        ok = True
+        for candidate in (port, port + 1):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", candidate))
+                except OSError:
+                    ok = False
+        if ok:
+            return port
+    msg = "no free port pair found for the test broker"
+    raise RuntimeError(msg)

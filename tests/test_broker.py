@@ -79,9 +79,9 @@ def test_missing_maven_is_one_clear_paragraph(monkeypatch: pytest.MonkeyPatch, t
 
 def test_stop_and_restart_keeps_topics(tmp_path: Path, kafka_base: Settings) -> None:
     """A second, private broker: start, create topics, stop, start again, topics still there."""
-    from tests.conftest import _free_port_pair
+    from tests.helpers import free_port_pair
 
-    settings = Settings(home=tmp_path, kafka_port=_free_port_pair(), kafka_heap="512m", cache_dir=kafka_base.cache_dir)
+    settings = Settings(home=tmp_path, kafka_port=free_port_pair(), kafka_heap="512m", cache_dir=kafka_base.cache_dir)
     broker = LocalKafka(settings)
     try:
         broker.start(timeout=120)
