@@ -1,12 +1,19 @@
-"""Training: window of events -> features -> regressors -> ONNX -> parity -> calibration -> registry."""
+"""Training: window of events -> features -> regressors -> ONNX -> parity -> calibration -> registry.
+
+Also the training subprocess: ``python -m workbench.ml._train --day YYYY-MM-DD [--home H]`` trains
+one day in its own process (see :func:`main`). The public names are re-exported by ``workbench.ml``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import hashlib
 import json
 import logging
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,16 +24,18 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from workbench import defaults
-from workbench.config import Settings
+from workbench._lifeline import bind_to_supervisor
+from workbench.config import Settings, get_settings
 from workbench.data.schema import COLUMNS
+from workbench.exceptions import WorkbenchError
 from workbench.ml.detector import ResidualDetector
 from workbench.ml.exceptions import TrainingError
 from workbench.ml.features import SIGNALS, FeatureBuilder, _log_signal
 from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
 from workbench.ml.registry import ModelRegistry
 
-__all__ = ["TrainResult", "load_log_window", "split_window", "table_sha256", "train_day", "train_table",
-           "window_days_of"]
+__all__ = ["TrainResult", "load_log_window", "main", "split_window", "table_sha256", "train_day",
+           "train_table", "window_days_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -276,3 +285,41 @@ def train_day(settings: Settings, day: dt.date, *, window_days: int = defaults.T
         raise TrainingError(msg)
     return train_table(settings.models_dir, table, day, window_days=window_days, max_rows=max_rows,
                        seed=seed, **kwargs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the training subprocess."""
+    bind_to_supervisor()  # dies with the workbench's supervisor, not with the scoring app
+    parser = argparse.ArgumentParser(prog="python -m workbench.ml._train")
+    parser.add_argument("--day", required=True, type=dt.date.fromisoformat)
+    parser.add_argument("--home")
+    parser.add_argument("--window-days", type=int, default=defaults.TRAIN_WINDOW_DAYS)
+    parser.add_argument("--max-rows", type=int, default=defaults.TRAIN_MAX_ROWS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", type=Path, help="a Parquet log instead of the shards")
+    args = parser.parse_args(argv)
+    settings = get_settings(home=args.home)
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    log_path = settings.logs_dir / f"train_{args.day.isoformat()}.log"
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handlers: list[logging.Handler] = [handler]
+    if sys.stderr.isatty():  # under the supervisor stderr already goes to the same log file
+        handlers.append(logging.StreamHandler())
+    logging.basicConfig(level=logging.INFO, handlers=handlers)
+    logger.info("training started day=%s home=%s", args.day, settings.home)
+    try:
+        result = train_day(settings, args.day, window_days=args.window_days, max_rows=args.max_rows,
+                           seed=args.seed, data=args.data)
+    except WorkbenchError as exc:
+        logger.error("training failed day=%s error=%s", args.day, exc)
+        return 1
+    except Exception:
+        logger.exception("training crashed day=%s", args.day)
+        return 1
+    logger.info("SUCCESS version=%s seconds=%.1f", result.version, result.seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

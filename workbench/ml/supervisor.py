@@ -5,7 +5,7 @@ and :meth:`TrainingSupervisor.poll` regularly. When event time crosses into a ne
 that just finished is considered: day ``i`` (counted from the first day ever seen) is trained
 when ``i % every_n_days == every_n_days - 1``, so ``every_n_days=2`` trains days 1, 3, 5, ...
 
-Training runs as ``python -m workbench.ml.train --day D`` in its own process (its own session,
+Training runs as ``python -m workbench.ml._train --day D`` in its own process (its own session,
 logs in ``<logs_dir>/train_<day>.log``); the caller never waits. A failed or killed run is
 retried with exponential backoff up to ``max_attempts``; until a run succeeds the previous
 version stays current (a version only becomes current at the very end of a successful run).
@@ -226,7 +226,7 @@ class TrainingSupervisor:
 
     def command(self, day: str) -> list[str]:
         """The subprocess command line for ``day``."""
-        return [self.python, "-m", "workbench.ml.train", "--day", day, "--home", str(self.settings.home),
+        return [self.python, "-m", "workbench.ml._train", "--day", day, "--home", str(self.settings.home),
                 "--window-days", str(self.window_days), "--max-rows", str(self.max_rows)]
 
     def _start(self, day: str) -> None:
