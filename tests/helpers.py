@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -125,3 +129,29 @@ def free_port_pair() -> int:
             return port
     msg = "no free port pair found for the test broker"
     raise RuntimeError(msg)
+
+
+def kill_scoring_child(settings: Settings, *args: str, events: int, timeout: float = 120.0) -> dict[str, Any]:
+    """Run ``workbench app scoring *args`` as a child process and SIGKILL it once it stored ``events`` events.
+
+    Returns the child's last status (as read before the kill). Fails if the child exits or does not
+    get there within ``timeout`` s.
+    """
+    from workbench.pipeline import read_app_status
+
+    env = {**os.environ, **settings.to_env()}
+    child = subprocess.Popen([sys.executable, "-m", "workbench.cli", "app", "scoring", *args], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = read_app_status(settings, "scoring")
+            if status is not None and status["counters"].get("events", 0) >= events:
+                break
+            assert child.poll() is None and time.monotonic() < deadline, "scoring child never got going"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    return status

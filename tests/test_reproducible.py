@@ -1,7 +1,8 @@
 """Same log, same results at any replay speed (issue 15), on the real broker, apps and trainings.
 
 One labelled 3-day log is replayed twice into fresh homes: once unpaced with the scoring app
-killed with SIGKILL mid-stream and restarted, once paced (the replay runs while the app scores).
+killed with SIGKILL (mid-stream or after it consumed everything) and restarted, once paced (the
+replay runs while the app scores).
 Both must end with the same shard contents and the same lakehouse anomalies, down to
 ``(instance_id, query_id, model_version, round(score, 6))``, and with one model version per
 finished day (the event-time selection of :mod:`workbench.ml.selection`).
@@ -10,12 +11,8 @@ finished day (the event-time selection of :mod:`workbench.ml.selection`).
 from __future__ import annotations
 
 import datetime as dt
-import os
-import signal
-import subprocess
-import sys
+import json
 import threading
-import time
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -23,11 +20,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import isolated_settings
+from tests.helpers import kill_scoring_child
 from workbench.broker import ensure_topics
 from workbench.config import Settings
 from workbench.data.generator import generate
 from workbench.ml.registry import ModelRegistry
-from workbench.pipeline import read_app_status
 from workbench.pipeline.anomaly_sink import run_anomaly_sink
 from workbench.pipeline.scoring import run_scoring
 from workbench.replay import Replay
@@ -57,39 +54,13 @@ def _outcome(settings: Settings) -> tuple[set[tuple], set[tuple], list[str]]:
 
 
 def _unpaced_with_kill(settings: Settings, log: Path) -> dict:
-    # The first part of the log goes in before a scoring child that is killed with SIGKILL; the rest
-    # arrives while the restarted app runs (a restarted app trains only on the events it sees: see
-    # the closing notes of this release), so the kill lands mid-stream on a fast machine too.
-    table = pq.read_table(log)
-    head, tail = log.with_name("head.parquet"), log.with_name("tail.parquet")
-    pq.write_table(table.slice(0, 7_000), head)
-    pq.write_table(table.slice(7_000), tail)
-    Replay(head, settings=settings, speedup=0, pack=1, replay_id="head").run()
-    env = {**os.environ, **settings.to_env()}
-    child = subprocess.Popen([sys.executable, "-m", "workbench.cli", "app", "scoring", "--batch-rows", "1024",
-                              "--batch-seconds", "0.3", "--timeout", "300"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            status = read_app_status(settings, "scoring")
-            if status is not None and status["counters"].get("events", 0) >= 5000:
-                break
-            assert child.poll() is None and time.monotonic() < deadline, "scoring child never got going"
-            time.sleep(0.02)
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait(timeout=10)
-    rest = threading.Thread(target=lambda: Replay(tail, settings=settings, speedup=0, pack=1,
-                                                  replay_id="tail").run(), daemon=True)
-    rest.start()
-    # idle_exit well above session.timeout.ms: the killed member must time out before the partitions
-    # are reassigned
-    result = run_scoring(settings, idle_exit=25, timeout=400, batch_rows=4096, batch_seconds=0.5,
-                         training_backoff_s=1)
-    rest.join(timeout=60)
-    return result
+    # The whole log is in Kafka before the scoring child starts, so the kill can land anywhere: mid-stream,
+    # or after the child consumed everything (then the restarted app resumes training from the shards).
+    Replay(log, settings=settings, speedup=0, pack=1).run()
+    kill_scoring_child(settings, "--batch-rows", "1024", "--batch-seconds", "0.3", "--timeout", "300", events=5000)
+    # idle_exit > session.timeout.ms: the killed member must time out before partitions are reassigned
+    return run_scoring(settings, idle_exit=9, timeout=400, batch_rows=4096, batch_seconds=0.5,
+                       training_backoff_s=1)
 
 
 def _paced(settings: Settings, log: Path) -> dict:
@@ -141,3 +112,43 @@ def test_partitions_ahead_of_training_pause_and_nothing_is_lost(kafka_base: Sett
     assert shards.column("model_version").null_count == 0
     assert result["scored"] + result["rescored"] == result["events"]
     assert ModelRegistry(settings.models_dir).versions() == [f"v0001-{D1}", f"v0002-{D1 + dt.timedelta(days=1)}"]
+
+
+def test_restart_after_everything_was_consumed_trains_and_scores_without_new_input(
+        kafka_base: Settings, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The late-restart gap: a scoring app killed after it consumed (and committed) every event, but
+    before it scheduled the training those events finish, is restarted with no further input. It must
+    schedule exactly the training the uninterrupted run does (from the shards: the watermark was only
+    in memory), score every waiting row with its event-time version, and end with the same shards and
+    lakehouse as the uninterrupted run."""
+    log = tmp_path_factory.mktemp("late-log") / "log.parquet"
+    generate(log, days=2, instances=4, seed=22, rows_per_day=5_000)  # days 1-2 are stored without any model
+    total = pq.read_metadata(log).num_rows
+    outcomes = []
+    for name in ("killed", "uninterrupted"):
+        settings = isolated_settings(kafka_base, tmp_path / name)
+        ensure_topics(settings)
+        Replay(log, settings=settings, speedup=0, pack=1).run()
+        if name == "killed":
+            # --batch-seconds 15: a 60 s warm-up (4 x batch_seconds) before the first training is scheduled,
+            # far longer than consuming this log takes: the kill lands after everything was consumed and
+            # committed but before any training was scheduled
+            kill_scoring_child(settings, "--batch-rows", "1024", "--batch-seconds", "15", "--timeout", "300",
+                               events=total)
+            state = json.loads((settings.state_dir / "ml_training.json").read_text())
+            assert state["first_day"] == D1.isoformat() and state["days"] == {}, state
+            stored = read_shards(settings.shards_dir)
+            assert stored.num_rows == total and stored.column("model_version").null_count == total
+            assert ModelRegistry(settings.models_dir).versions() == []
+        result = run_scoring(settings, idle_exit=9, timeout=400, batch_rows=1024, batch_seconds=0.5,
+                             training_backoff_s=1)
+        if name == "killed":
+            assert result["events"] == 0  # nothing new arrived: it resumed from durable state only
+            assert result["rescored"] == total and result["trainings_scheduled"] == 1
+        run_anomaly_sink(settings, idle_exit=3, timeout=120)
+        outcomes.append(_outcome(settings))
+    (shards_a, lake_a, versions_a), (shards_b, lake_b, versions_b) = outcomes
+    assert versions_a == versions_b == [f"v0001-{D1}"]  # day 2 is not finished: the log ends in it
+    assert len(shards_a) == total and {v for _, _, v, _, _ in shards_a} == {f"v0001-{D1}"}
+    assert shards_a == shards_b
+    assert lake_a and lake_a == lake_b

@@ -18,7 +18,7 @@ from quixstreams import Application
 
 from workbench import defaults
 from workbench.config import Settings
-from workbench.pipeline._app import WorkbenchApp, app_state_dir, build_application
+from workbench.pipeline._app import WorkbenchApp, app_state_dir, build_application, consumer_group
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._decode import event_topic
 from workbench.pipeline._quix import force_checkpoint, partition_flow, register_periodic
@@ -29,6 +29,7 @@ from workbench.pipeline.scoring._maintenance import ShardMaintenance
 from workbench.pipeline.scoring._pacing import PartitionPacer, held_day
 from workbench.pipeline.scoring._publisher import AnomalyPublisher
 from workbench.pipeline.scoring._rescore import Rescorer
+from workbench.pipeline.scoring._resume import ResumeProbe
 from workbench.pipeline.scoring._sink import ScoringSink
 from workbench.pipeline.scoring._training import TrainingSchedule, day_of, us_to_iso
 
@@ -152,6 +153,9 @@ class ScoringApp(WorkbenchApp):
         """Compact settled shard days, then hand finished days to training (the sink just flushed)."""
         sink = self.sink
         watermark = None if sink is None else sink.watermark_us(self._warmup_s)
+        if sink is not None and self.schedule is not None:  # after a restart: the stored watermark, once
+            quiet = not sink.buffered_rows and time.monotonic() - sink.last_message_at >= self._warmup_s
+            watermark = self.schedule.resumed_watermark(watermark, quiet=quiet)
         if sink is None or watermark is None:
             return
         self.maintenance.run(day_of(watermark - self.training_grace_us))
@@ -197,6 +201,7 @@ class ScoringApp(WorkbenchApp):
         from workbench.broker import ensure_topics
         from workbench.ml.scorer import Scorer
         from workbench.ml.supervisor import TrainingSupervisor
+        from workbench.store.shards import list_days
 
         ensure_topics(self.settings)
         app = build_application(self.settings, APP_NAME, group=self.group, commit_interval=self.batch_seconds,
@@ -224,6 +229,9 @@ class ScoringApp(WorkbenchApp):
         topic = event_topic(app, self.settings)
         if self.schedule is not None:
             self.pacer = PartitionPacer(partition_flow(app), topic.name, self.status)
+            if list_days(self.settings.shards_dir):  # a restart: resume the schedule from the shards
+                self.schedule.resume_probe = ResumeProbe(self.settings, topic.name,
+                                                         self.group or consumer_group(APP_NAME))
         sdf = app.dataframe(topic)
         sdf.sink(self.sink)
         register_periodic(app, self._tick)

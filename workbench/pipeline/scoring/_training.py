@@ -8,11 +8,16 @@ delivered yet, and a version is a function of its training window only. Once the
 to :meth:`TrainingSupervisor.maybe_schedule` - *after* the sink flushed, so the day's shards are
 on disk; not during the app's warm-up (every partition with data delivers once first). Training
 runs as a subprocess on the shards and never blocks scoring.
+
+The watermark lives in memory; after a restart, :meth:`TrainingSchedule.resumed_watermark` takes it
+from durable state (the shards, once nothing is left to deliver: ``_resume``), so a restarted app
+schedules exactly the trainings the uninterrupted run would have, also with no new input.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any, Final
 
 from workbench.pipeline._status import AppStatus
@@ -39,6 +44,8 @@ class TrainingSchedule:
         self.supervisor = supervisor
         self.status = status
         self.grace_us = int(grace_us)
+        #: after a restart: returns ``(caught up, stored watermark)`` (see ``_resume.ResumeProbe``)
+        self.resume_probe: Callable[[], tuple[bool, int | None]] | None = None
 
     def note_first_event(self, first_event_us: int | None) -> None:
         """Start the cadence at the day of the first event (before anything of it is scored)."""
@@ -50,6 +57,23 @@ class TrainingSchedule:
         from workbench.ml.selection import Cadence
 
         return Cadence.from_state(self.supervisor.state)
+
+    def resumed_watermark(self, watermark_us: int | None, *, quiet: bool) -> int | None:
+        """The watermark to schedule from: the sink's, and after a restart, once, the stored one.
+
+        ``quiet``: no partition delivered lately and nothing is buffered. Only then is the probe asked
+        whether the backlog is empty; once it is, the stored watermark (every event is in the shards)
+        counts, and the probe is dropped.
+        """
+        if self.resume_probe is None or not quiet:
+            return watermark_us
+        caught_up, stored = self.resume_probe()
+        if not caught_up:
+            return watermark_us
+        self.resume_probe = None
+        if stored is None:
+            return watermark_us
+        return stored if watermark_us is None else max(stored, watermark_us)
 
     def after_flush(self, first_event_us: int | None, watermark_us: int | None, *, warming_up: bool = False) -> None:
         """Schedule the days finished by the event-time ``watermark_us`` (the sink just wrote every row)."""
@@ -70,8 +94,9 @@ class TrainingSchedule:
 
     @property
     def busy(self) -> bool:
-        """True while a training runs or waits."""
-        return any(e["status"] in ("running", "pending") for e in self.supervisor.state["days"].values())
+        """True while a training runs or waits, or a restart has not resumed the schedule yet."""
+        days = self.supervisor.state["days"].values()
+        return self.resume_probe is not None or any(e["status"] in ("running", "pending") for e in days)
 
     def publish_info(self) -> None:
         """Put the last days' training state into the status ``info``."""
