@@ -14,8 +14,6 @@ import datetime as dt
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Producer
 
-from tests.helpers import consume_all, make_log
+from tests.helpers import consume_all, kill_scoring_child, make_log
 from workbench.broker import ensure_topics
 from workbench.config import Settings
 from workbench.data import codec
@@ -216,22 +214,8 @@ def test_app_killed_mid_stream_restarts_without_duplicates(kafka_settings: Setti
     version = train_day(settings, D1, window_days=1, data=logs["full"]).version
     expected = _rows(logs["full"])  # 3 days: the child's status file (1 s period) must catch it mid-stream
     Replay(logs["full"], settings=settings, speedup=0, pack=1).run()
-    env = {**os.environ, **settings.to_env()}
-    child = subprocess.Popen([sys.executable, "-m", "workbench.cli", "app", "scoring", "--no-train", "--batch-rows",
-                              "2048", "--batch-seconds", "0.3", "--timeout", "120"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            status = read_app_status(settings, "scoring")
-            if status is not None and status["counters"].get("events", 0) >= 4000:
-                break
-            assert child.poll() is None and time.monotonic() < deadline, "scoring child never got going"
-            time.sleep(0.02)
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait(timeout=10)
+    kill_scoring_child(settings, "--no-train", "--batch-rows", "2048", "--batch-seconds", "0.3", "--timeout", "120",
+                       events=4000, timeout=60)
     before = read_shards(settings.shards_dir).num_rows
     assert 0 < before < expected, "kill the app mid-stream, not after it finished"
     # idle_exit > session.timeout.ms (6 s): the killed member must time out before partitions are reassigned

@@ -2,8 +2,9 @@
 
 Modules (private, re-exported here): ``_sink`` (the batch steps), ``_publisher`` (acknowledged
 anomaly delivery), ``_days`` (durable unscored days), ``_rescore`` (rescoring thread),
-``_training`` (training schedule), ``_pacing`` (per-partition backpressure), ``_maintenance``
-(shard compaction/retention), ``_app`` (wiring and lifecycle).
+``_training`` (training schedule), ``_resume`` (resuming it after a restart), ``_pacing``
+(per-partition backpressure), ``_maintenance`` (shard compaction/retention), ``_app`` (wiring and
+lifecycle).
 
 Pipeline (one Quix app in its own process: ``workbench app scoring``)::
 
@@ -51,6 +52,8 @@ Training
     - *after* the sink flushed, so the day's shards are on disk. Training runs as a subprocess on
     the shards and never blocks scoring; the Scorer loads the new version at its next batch.
     :meth:`TrainingSupervisor.poll` runs periodically (reaps, retries failed or killed runs with backoff).
+    A restarted app takes the watermark from the shards once nothing is left to deliver
+    (``_resume``), so it schedules the same trainings without new input.
 
 Batching
     Rows are buffered per partition by Quix's ``BatchingSink`` and scored per partition batch;
