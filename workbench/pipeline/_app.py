@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from pathlib import Path
 from typing import Any, Final
 
 from confluent_kafka import KafkaException
@@ -28,16 +27,16 @@ from quixstreams import Application
 from quixstreams.kafka.configuration import ConnectionConfig
 
 from workbench.config import Settings
+from workbench.pipeline._names import app_state_dir, consumer_group
 from workbench.pipeline._quix import register_periodic
+from workbench.pipeline._status import AppResult
 from workbench.pipeline.exceptions import PipelineConfigError
 
 __all__ = [
     "CONSUMER_DEFAULTS",
     "INFRASTRUCTURE_ERRORS",
     "WorkbenchApp",
-    "app_state_dir",
     "build_application",
-    "consumer_group",
     "register_periodic",
     "run_quix_app",
 ]
@@ -54,16 +53,6 @@ CONSUMER_DEFAULTS: Final[dict[str, Any]] = {
     "heartbeat.interval.ms": 2000,
     "fetch.wait.max.ms": 50,
 }
-
-
-def consumer_group(app_name: str) -> str:
-    """The consumer group of app ``app_name`` (``workbench-<app_name>``)."""
-    return f"workbench-{app_name}"
-
-
-def app_state_dir(settings: Settings, app_name: str) -> Path:
-    """Folder of the app's Quix state, status file and other local files."""
-    return settings.state_dir / app_name
 
 
 def build_application(
@@ -190,8 +179,6 @@ class WorkbenchApp:
         """Release what the app holds; runs after every run, failed or not."""
 
     def _result(self) -> Any:
-        from workbench.pipeline._status import AppResult
-
         return AppResult(dict(self.status.counters))
 
     def run(self, *, timeout: float | None = None, idle_exit: float | None = None,

@@ -17,7 +17,7 @@ import orjson
 
 from workbench._fs import write_atomic
 from workbench.config import Settings
-from workbench.pipeline._app import app_state_dir
+from workbench.pipeline._names import app_state_dir
 
 __all__ = ["AppResult", "AppStatus", "read_app_status", "status_path"]
 

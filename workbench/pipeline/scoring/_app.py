@@ -18,9 +18,10 @@ from quixstreams import Application
 
 from workbench import defaults
 from workbench.config import Settings
-from workbench.pipeline._app import WorkbenchApp, app_state_dir, build_application, consumer_group
+from workbench.pipeline._app import WorkbenchApp, build_application
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._decode import event_topic
+from workbench.pipeline._names import app_state_dir, consumer_group
 from workbench.pipeline._quix import force_checkpoint, partition_flow, register_periodic
 from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline.exceptions import PipelineConfigError

@@ -1,0 +1,22 @@
+"""Names and folders of a workbench app: its consumer group and its local state folder.
+
+Shared by the app lifecycle (``_app``) and the status files (``_status``), which both need them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from workbench.config import Settings
+
+__all__ = ["app_state_dir", "consumer_group"]
+
+
+def consumer_group(app_name: str) -> str:
+    """The consumer group of app ``app_name`` (``workbench-<app_name>``)."""
+    return f"workbench-{app_name}"
+
+
+def app_state_dir(settings: Settings, app_name: str) -> Path:
+    """Folder of the app's Quix state, status file and other local files."""
+    return settings.state_dir / app_name
