@@ -21,7 +21,7 @@ from workbench.config import Settings
 from workbench.data import codec
 from workbench.data.exceptions import DataValidationError
 from workbench.replay import BatchReport, Pacer, Replay, ReplayController
-from workbench.replay._control import read_state
+from workbench.replay._control import latest_state_value
 
 
 def _send_raw(settings: Settings, records: list[bytes | None], key: bytes = b"default") -> None:
@@ -80,7 +80,7 @@ def test_malformed_commands_are_logged_with_a_reason_and_never_stop_the_replay(
 def test_a_forged_position_record_cannot_move_the_resume_point(kafka_settings: Settings, tmp_path: Path) -> None:
     log = make_log(tmp_path / "log.parquet", rows=1000)
     assert Replay(log, settings=kafka_settings, speedup=0).run().next_row == 1000
-    real = orjson.loads(read_state(kafka_settings, "default/position", committed=True))
+    real = orjson.loads(latest_state_value(kafka_settings, "default/position", committed=True))
     forged_plain = {k: v for k, v in real.items() if k != "mac"} | {"next_row": 10}
     forged_mac = real | {"next_row": 10}  # the real MAC over other content
     producer = Producer(kafka_settings.kafka_client_config())  # not transactional

@@ -39,7 +39,7 @@ from workbench.config import Settings
 from workbench.replay.exceptions import ReplayError
 
 __all__ = ["COMMANDS", "MAX_SPEEDUP", "MIN_SPEEDUP", "Command", "InvalidCommand", "ReplayController",
-           "ReplayStatus", "read_state"]
+           "ReplayStatus", "latest_state_value"]
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def _latest_value(consumer: Consumer, topic: str, start: int, end: int, wanted: 
     return latest
 
 
-def read_state(settings: Settings, key: str, *, committed: bool = False, timeout: float = 30.0,
+def latest_state_value(settings: Settings, key: str, *, committed: bool = False, timeout: float = 30.0,
                accept: Callable[[bytes], bool] | None = None) -> bytes | None:
     """The latest value under ``key`` in the replay state topic, or None if it has none.
 
@@ -335,7 +335,7 @@ class ReplayController:
 
     def status(self) -> ReplayStatus | None:
         """The replay's latest published status, or None if it never ran."""
-        value = read_state(self.settings, f"{self.replay_id}/status")
+        value = latest_state_value(self.settings, f"{self.replay_id}/status")
         return ReplayStatus.from_json(value) if value else None
 
 

@@ -38,7 +38,7 @@ from workbench.replay._control import (
     ReplayStatus,
     _parse_time,
     _validate_speed,
-    read_state,
+    latest_state_value,
 )
 from workbench.replay._pacing import Clock, Pacer, SystemClock
 from workbench.replay._position import Position, PositionSigner
@@ -412,7 +412,8 @@ class _ReplayRun:
         return value if value is None or 0 <= value < _MAX_EVENT_US else None
 
     def _saved_position(self) -> Position | None:
-        value = read_state(self.settings, self.position_key.decode(), committed=True, accept=self.signer.accepts)
+        value = latest_state_value(self.settings, self.position_key.decode(), committed=True,
+                                   accept=self.signer.accepts)
         saved = self.signer.decode(value) if value is not None else None
         if saved is None:
             return None
