@@ -8,16 +8,10 @@ import json
 from pathlib import Path
 
 from workbench import defaults
-from workbench.config import Settings
+from workbench.cli import settings_from_args
 from workbench.ml.registry import ModelRegistry
 
 __all__ = ["register"]
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    from workbench.cli import settings_from_args
-
-    return settings_from_args(args)
 
 
 def _pr_auc(meta: dict) -> str:
@@ -28,7 +22,7 @@ def _pr_auc(meta: dict) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    registry = ModelRegistry(_settings(args).models_dir)
+    registry = ModelRegistry(settings_from_args(args).models_dir)
     current = registry.current()
     versions = registry.versions()
     if not versions:
@@ -48,7 +42,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    registry = ModelRegistry(_settings(args).models_dir)
+    registry = ModelRegistry(settings_from_args(args).models_dir)
     meta = registry.info(registry.resolve(args.version))
     if not args.full:
         meta.pop("features", None)
@@ -57,7 +51,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    registry = ModelRegistry(_settings(args).models_dir)
+    registry = ModelRegistry(settings_from_args(args).models_dir)
     previous = registry.current()
     now = registry.set_current(args.version, reason=args.reason or "")
     how = "event-time selection (no pin)" if args.version == "auto" else "pinned: scores every event from now on"
@@ -66,7 +60,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    records = ModelRegistry(_settings(args).models_dir).history()
+    records = ModelRegistry(settings_from_args(args).models_dir).history()
     if not records:
         print("no changes of the current model recorded")
     for r in records[-args.last:]:
@@ -79,7 +73,7 @@ def _history(args: argparse.Namespace) -> int:
 def _rescore(args: argparse.Namespace) -> int:
     from workbench.ml.rescore import rescore
 
-    result = rescore(_settings(args), args.version, start=args.start, end=args.end, instances=args.instances)
+    result = rescore(settings_from_args(args), args.version, start=args.start, end=args.end, instances=args.instances)
     skipped = f", {len(result.skipped_days)} day(s) done earlier" if result.skipped_days else ""
     print(f"{result.version}: {len(result.days)} day(s), {result.rows} rows scored, {result.anomalies} anomalies, "
           f"{result.inserted} new in the lakehouse{skipped}")
@@ -87,7 +81,7 @@ def _rescore(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    removed = ModelRegistry(_settings(args).models_dir).prune(args.keep)
+    removed = ModelRegistry(settings_from_args(args).models_dir).prune(args.keep)
     print(f"deleted {len(removed)} version(s){': ' + ', '.join(removed) if removed else ''}")
     return 0
 
@@ -95,7 +89,7 @@ def _prune(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from workbench.ml._train import train_day
 
-    result = train_day(_settings(args), args.day, window_days=args.window_days, max_rows=args.max_rows,
+    result = train_day(settings_from_args(args), args.day, window_days=args.window_days, max_rows=args.max_rows,
                        seed=args.seed, data=args.data)
     meta = result.meta
     print(f"{result.version}: {result.rows} rows in {result.seconds:.1f} s, parity max|diff| "
@@ -108,10 +102,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from workbench.ml.evaluate import evaluate, format_table
 
     if not has_labels(args.data):  # a real (unlabelled) log: alert volume, reasons and scores instead
-        print(format_alert_report(alert_report(_settings(args), args.day, args.version, data=args.data)))
+        print(format_alert_report(alert_report(settings_from_args(args), args.day, args.version, data=args.data)))
         return 0
 
-    result = evaluate(_settings(args), args.day, args.version, data=args.data, store=not args.no_store)
+    result = evaluate(settings_from_args(args), args.day, args.version, data=args.data, store=not args.no_store)
     print(f"day {result['day']}  version {result['version']}  detector {result['detector']}")
     print(format_table(result["metrics"]))
     return 0

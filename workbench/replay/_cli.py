@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from workbench.config import Settings
-
 import argparse
 import signal
 import sys
 
 from workbench import defaults
+from workbench.cli import settings_from_args
 from workbench.replay._control import ReplayController, ReplayStatus
 from workbench.replay._replay import Replay
 
 __all__ = ["register"]
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    from workbench.cli import settings_from_args
-
-    return settings_from_args(args)
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -29,7 +19,7 @@ def _replay(args: argparse.Namespace) -> int:
 
     from workbench.broker import ensure_broker
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     ensure_broker(settings)
     replay = Replay(args.file, settings=settings, speedup=args.speedup, pack=args.pack, encoding=args.encoding,
                     replay_id=args.replay_id, reset=args.reset, batch_size=args.batch_size,
@@ -58,7 +48,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace) -> int:
-    controller = ReplayController(_settings(args), args.replay_id)
+    controller = ReplayController(settings_from_args(args), args.replay_id)
     if args.action == "status":
         status = controller.status()
         print(status if status else f"replay {args.replay_id!r} has not run yet")

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from workbench.config import Settings
-
 import argparse
 import time
 
 from workbench import defaults
+from workbench.cli import settings_from_args
 
 __all__ = ["register"]
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    from workbench.cli import settings_from_args
-
-    return settings_from_args(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
     from workbench.runtime._demo import run_demo
 
-    result = run_demo(_settings(args), days=args.days, instances=args.instances, seed=args.seed, pack=args.pack,
-                      report=not args.no_report, progress=not args.quiet)
+    result = run_demo(settings_from_args(args), days=args.days, instances=args.instances, seed=args.seed,
+                      pack=args.pack, report=not args.no_report, progress=not args.quiet)
     print(result.summary())
     return 0
 
@@ -33,7 +23,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _start(args: argparse.Namespace) -> int:
     from workbench.runtime import Workbench
 
-    workbench = Workbench.start(data=args.data, speedup=args.speedup, pack=args.pack, settings=_settings(args),
+    workbench = Workbench.start(data=args.data, speedup=args.speedup, pack=args.pack, settings=settings_from_args(args),
                                 reset=not args.resume, retrain_every_days=args.every_n_days)
     print(f"started: {workbench}; logs in {workbench.settings.logs_dir}")
     print("steer it with `workbench replay-control ...`, watch it with `workbench status`, "
@@ -44,7 +34,7 @@ def _start(args: argparse.Namespace) -> int:
 def _stop(args: argparse.Namespace) -> int:
     from workbench.runtime import Workbench, WorkbenchStateError
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     try:
         workbench = Workbench.attach(settings)
     except WorkbenchStateError as exc:
@@ -64,7 +54,7 @@ def _stop(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from workbench.runtime import Workbench
 
-    workbench = Workbench.attach(_settings(args))
+    workbench = Workbench.attach(settings_from_args(args))
     while True:
         print(workbench.status())
         if not args.watch:
