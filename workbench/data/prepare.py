@@ -19,7 +19,7 @@ Rows without an instance, query id or arrival time are dropped as ``null_key:<co
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     import duckdb
@@ -176,6 +176,24 @@ def _family(duck_type: str) -> str:
     return t
 
 
+# Conversions that need only the column: (source family, target) -> (value SQL, problem); ``{c}`` is the
+# quoted column. A value is present when it is not NULL (and, for floats, not NaN).
+_PRESENT: Final = {"float": "({c} IS NOT NULL AND NOT isnan(CAST({c} AS DOUBLE)))"}
+_ZERO_ONE: Final = "CASE WHEN {c} = 1 THEN true WHEN {c} = 0 THEN false END"
+_DIRECT: Final[dict[tuple[str, str], tuple[str, str | None]]] = {
+    ("integer", "integer"): ("TRY_CAST({c} AS BIGINT)", "out_of_range"),
+    ("integer", "boolean"): (_ZERO_ONE, "not_a_boolean"),
+    ("integer", "string"): ("CAST({c} AS VARCHAR)", None),
+    ("float", "boolean"): (_ZERO_ONE, "not_a_boolean"),
+    ("boolean", "boolean"): ("{c}", None),
+    ("boolean", "integer"): ("CAST({c} AS BIGINT)", None),
+    ("boolean", "string"): ("CAST({c} AS VARCHAR)", None),
+    # the session time zone is UTC, so a naive timestamp (any unit) is taken as UTC
+    ("timestamp", "timestamp"): ("CAST(CAST({c} AS TIMESTAMP) AS TIMESTAMPTZ)", "not_a_timestamp"),
+    ("list", "string"): ("array_to_string({c}, ',')", None),
+}
+
+
 def _coerce(col: str, family: str, target: str) -> tuple[str, str, str | None] | None:
     """SQL (value, present, problem) turning source column ``col`` of ``family`` into ``target``.
 
@@ -205,41 +223,20 @@ def _coerce(col: str, family: str, target: str) -> tuple[str, str, str | None] |
             return value, present, "not_a_boolean"
         if target == "timestamp":
             return f"CASE WHEN {present} THEN TRY_CAST({s} AS TIMESTAMPTZ) END", present, "not_a_timestamp"
-    if family == "integer":
-        present = f"({c} IS NOT NULL)"
-        if target == "integer":
-            return f"TRY_CAST({c} AS BIGINT)", present, "out_of_range"
-        if target == "boolean":
-            return f"CASE WHEN {c} = 1 THEN true WHEN {c} = 0 THEN false END", present, "not_a_boolean"
-        if target == "string":
-            return f"CAST({c} AS VARCHAR)", present, None
-        if target == "timestamp":
-            # Epoch numbers: the unit follows from the magnitude (s, ms, µs or ns around the 2020s).
-            v = f"TRY_CAST({c} AS BIGINT)"
-            micros = (f"CASE WHEN abs({v}) >= 100000000000000000 THEN {v} // 1000 "
-                      f"WHEN abs({v}) >= 100000000000000 THEN {v} "
-                      f"WHEN abs({v}) >= 100000000000 THEN {v} * 1000 ELSE {v} * 1000000 END")
-            return f"CAST(make_timestamp({micros}) AS TIMESTAMPTZ)", present, "not_a_timestamp"
-    if family == "float":
-        present = f"({c} IS NOT NULL AND NOT isnan(CAST({c} AS DOUBLE)))"
-        if target == "integer":
-            value = f"CASE WHEN {present} AND {c} = trunc({c}) THEN TRY_CAST({c} AS BIGINT) END"
-            return value, present, "not_integral"
-        if target == "boolean":
-            return f"CASE WHEN {c} = 1 THEN true WHEN {c} = 0 THEN false END", present, "not_a_boolean"
-    if family == "boolean":
-        present = f"({c} IS NOT NULL)"
-        if target == "boolean":
-            return c, present, None
-        if target == "integer":
-            return f"CAST({c} AS BIGINT)", present, None
-        if target == "string":
-            return f"CAST({c} AS VARCHAR)", present, None
-    if family == "timestamp" and target == "timestamp":
-        # The session time zone is UTC, so a naive timestamp (any unit) is taken as UTC.
-        return f"CAST(CAST({c} AS TIMESTAMP) AS TIMESTAMPTZ)", f"({c} IS NOT NULL)", "not_a_timestamp"
-    if family == "list" and target == "string":
-        return f"array_to_string({c}, ',')", f"({c} IS NOT NULL)", None
+    if (family, target) in _DIRECT:
+        template, problem = _DIRECT[family, target]
+        present = _PRESENT.get(family, "({c} IS NOT NULL)")
+        return template.format(c=c), present.format(c=c), problem
+    if family == "integer" and target == "timestamp":
+        # Epoch numbers: the unit follows from the magnitude (s, ms, µs or ns around the 2020s).
+        v = f"TRY_CAST({c} AS BIGINT)"
+        micros = (f"CASE WHEN abs({v}) >= 100000000000000000 THEN {v} // 1000 "
+                  f"WHEN abs({v}) >= 100000000000000 THEN {v} "
+                  f"WHEN abs({v}) >= 100000000000 THEN {v} * 1000 ELSE {v} * 1000000 END")
+        return f"CAST(make_timestamp({micros}) AS TIMESTAMPTZ)", f"({c} IS NOT NULL)", "not_a_timestamp"
+    if family == "float" and target == "integer":
+        present = _PRESENT["float"].format(c=c)
+        return f"CASE WHEN {present} AND {c} = trunc({c}) THEN TRY_CAST({c} AS BIGINT) END", present, "not_integral"
     return None
 
 
