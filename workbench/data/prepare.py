@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 
 from workbench.data.exceptions import DataValidationError
 from workbench.data.schema import LABEL_SCHEMA, REDSET_SCHEMA
+from workbench.data.validation import cast_batch
 
 __all__ = ["DEFAULT_ROW_GROUP", "PrepareSummary", "prepare", "source_files"]
 
@@ -425,16 +426,6 @@ class _Writer:
             self._close_file()
 
 
-def _to_schema(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    arrays = []
-    for field in schema:
-        column = batch.column(field.name)
-        if pa.types.is_dictionary(column.type):
-            column = column.dictionary_decode()
-        arrays.append(column if column.type == field.type else column.cast(field.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
 def _replace(tmp: Path, out: Path) -> None:
     """Move ``tmp`` (file or folder) to ``out``, replacing what was there."""
     if out.is_dir() and not out.is_symlink():
@@ -650,7 +641,7 @@ def prepare(
             write_bar = tqdm(total=None if filtered else rows_in - sum(rejected.values()), unit="rows",
                              unit_scale=True, desc="write", dynamic_ncols=True)
         for batch in _batches(reader):
-            writer.add(_to_schema(batch, schema))
+            writer.add(cast_batch(batch, schema))
             if write_bar is not None:
                 write_bar.update(batch.num_rows)
             if on_batch is not None:

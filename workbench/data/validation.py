@@ -51,6 +51,7 @@ __all__ = [
     "BadRows",
     "Problem",
     "ValidationReport",
+    "cast_batch",
     "check",
     "conform",
     "find_bad_rows",
@@ -347,14 +348,18 @@ def find_bad_rows(batch: pa.RecordBatch | pa.Table) -> BadRows:
 
 def conform(batch: pa.RecordBatch, names: Sequence[str]) -> pa.RecordBatch:
     """``batch``'s columns ``names`` cast to the Redset types (run on rows without problems only)."""
-    known = [_FIELDS[name] for name in names]
+    return cast_batch(batch, pa.schema([_FIELDS[name] for name in names], metadata=REDSET_SCHEMA.metadata))
+
+
+def cast_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """``batch``'s columns of ``schema``, dictionary-decoded and cast to its types, in its order."""
     arrays = []
-    for spec in known:
+    for spec in schema:
         column = batch.column(spec.name)
         if pa.types.is_dictionary(column.type):
             column = column.dictionary_decode()
         arrays.append(column if column.type == spec.type else column.cast(spec.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(known, metadata=REDSET_SCHEMA.metadata))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 class _Order:
