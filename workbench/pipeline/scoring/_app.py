@@ -249,9 +249,9 @@ class ScoringApp(WorkbenchApp):
         """Run in the main thread until stopped, ``timeout`` s of wall time, or idle.
 
         Idle means: no message for ``idle_exit`` s, nothing buffered, no training running or
-        pending, and no unscored rows left that a model could score (the app checks this itself,
-        so Quix's own idle timeout is not used). Offsets are committed (after the last flush)
-        when the run ends.
+        pending (after a restart: the schedule resumed from the shards, see ``_resume``), and no
+        unscored rows left that a model could score (the app checks this itself, so Quix's own idle
+        timeout is not used). Offsets are committed (after the last flush) when the run ends.
         """
         self._idle_exit = idle_exit
         self._started = time.monotonic()
