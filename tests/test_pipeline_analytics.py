@@ -25,7 +25,7 @@ from workbench.store.window_stats import WindowStatsStore
 
 _SUMS = ("total_queries", "normal_queries", "cpu_bound_queries", "io_bound_queries", "network_bound_queries",
          "queue_wlm_bound_queries", "total_spilled_mb", "total_queue_time_ms", "total_exec_time_ms",
-         "cached_queries", "aborted_queries", "spilled_queries", "queued_queries", "max_queue_time_ms")
+         "cached_queries", "aborted_queries", "spilled_queries", "queued_queries", "slow_queries", "max_queue_time_ms")
 
 _EXPECTED_SQL = """
 WITH q AS (
@@ -59,6 +59,7 @@ SELECT instance_id, window_start, count(*) AS total_queries,
        sum(ex)::BIGINT AS total_exec_time_ms,
        count(*) FILTER (cached) AS cached_queries, count(*) FILTER (aborted) AS aborted_queries,
        count(*) FILTER (sp > 0) AS spilled_queries, count(*) FILTER (qu > 1000) AS queued_queries,
+       count(*) FILTER (ex > 1000) AS slow_queries,
        max(qu)::BIGINT AS max_queue_time_ms
 FROM k GROUP BY ALL ORDER BY instance_id, window_start
 """

@@ -64,7 +64,7 @@ def reference(rows: list[dict[str, Any]], window_ms: int = 600_000) -> dict[tupl
         o = out.setdefault(key, {"total_queries": 0, **dict.fromkeys(CLASS_COUNT_KEYS, 0),
                                  "spilled_mb": 0, "queue_ms": 0, "exec_ms": 0, "cluster_size": None,
                                  "cached_queries": 0, "aborted_queries": 0, "spilled_queries": 0,
-                                 "queued_queries": 0, "queue_max_ms": 0})
+                                 "queued_queries": 0, "slow_queries": 0, "queue_max_ms": 0})
         o["total_queries"] += 1
         o[classify_query(r) + "_queries"] += 1
         o["spilled_mb"] += r["mbytes_spilled"] or 0
@@ -74,6 +74,7 @@ def reference(rows: list[dict[str, Any]], window_ms: int = 600_000) -> dict[tupl
         o["aborted_queries"] += bool(r["was_aborted"])
         o["spilled_queries"] += (r["mbytes_spilled"] or 0) > 0
         o["queued_queries"] += (r["queue_duration_ms"] or 0) > 1000
+        o["slow_queries"] += (r["execution_duration_ms"] or 0) > 1000
         o["queue_max_ms"] = max(o["queue_max_ms"], r["queue_duration_ms"] or 0)
         if r["cluster_size"] is not None:
             o["cluster_size"] = r["cluster_size"]
@@ -103,7 +104,8 @@ def test_flag_counts_reach_the_window_row_and_old_partials_still_merge() -> None
     assert row["max_queue_time_ms"] == max(r["queue_duration_ms"] or 0 for r in rows)
     # A partial kept in window state by an earlier version lacks the new keys: it merges as zero counts.
     old = {k: v for k, v in partial_aggregates(to_batch(rows[:1]))[0].items()
-           if k not in ("cached_queries", "aborted_queries", "spilled_queries", "queued_queries", "queue_max_ms")}
+           if k not in ("cached_queries", "aborted_queries", "spilled_queries", "queued_queries", "slow_queries",
+                        "queue_max_ms")}
     new = partial_aggregates(to_batch(rows[1:2]))[0]
     merged = merge(old, new)
     assert merged["total_queries"] == 2 and merged["aborted_queries"] == new["aborted_queries"]

@@ -17,10 +17,11 @@ survives any state serializer. Keys:
 ``total_queries`` and ``normal_queries``, ``cpu_bound_queries``, ``io_bound_queries``,
 ``network_bound_queries``, ``queue_wlm_bound_queries``
     Row counts (see :mod:`workbench.analysis.classify`).
-``cached_queries``, ``aborted_queries``, ``spilled_queries``, ``queued_queries``
+``cached_queries``, ``aborted_queries``, ``spilled_queries``, ``queued_queries``, ``slow_queries``
     Row counts of result-cache hits (``was_cached``), aborted queries (``was_aborted``; nulls, or
-    a batch without the column, count as false), queries that spilled (``mbytes_spilled > 0``) and queries that waited in the queue
-    longer than :data:`~workbench.analysis.classify.QUEUE_MIN_MS` (the classifier's "waited" bar).
+    a batch without the column, count as false), queries that spilled (``mbytes_spilled > 0``),
+    queries that waited in the queue longer than :data:`~workbench.analysis.classify.QUEUE_MIN_MS`
+    and queries that ran longer than :data:`SLOW_MS` (the classifier's one-second bars).
     Shares of a window's queries, judged against the instance's history by
     :mod:`workbench.analysis.collective`. Partials of earlier versions lack them: :func:`merge`
     reads a missing count as 0.
@@ -59,11 +60,12 @@ from workbench.analysis.exceptions import AnalysisError, MissingColumnsError
 
 __all__ = [
     "CLASS_COUNT_KEYS",
-    "FLAG_COUNT_KEYS",
     "DEFAULT_WINDOW_MS",
+    "FLAG_COUNT_KEYS",
     "HIST_BINS_PER_DECADE",
     "HIST_MAX_MS",
     "INT64_MAX",
+    "SLOW_MS",
     "WindowMergeError",
     "finalize",
     "hist_bin",
@@ -86,9 +88,12 @@ _LAST_BIN: Final = round(math.log10(HIST_MAX_MS) * HIST_BINS_PER_DECADE) + 1
 CLASS_COUNT_KEYS: Final[tuple[str, ...]] = tuple(f"{c}_queries" for c in CLASSES)
 #: Per-window counts of flagged queries (cache hits, aborts, spills, waits over a second); each is
 #: a column of ``window_stats`` under the same name.
-FLAG_COUNT_KEYS: Final[tuple[str, ...]] = ("cached_queries", "aborted_queries", "spilled_queries", "queued_queries")
+FLAG_COUNT_KEYS: Final[tuple[str, ...]] = ("cached_queries", "aborted_queries", "spilled_queries", "queued_queries",
+                                           "slow_queries")
 _NEEDED: Final = ("instance_id", "arrival_timestamp", "cluster_size", *CLASSIFY_COLUMNS)
 INT64_MAX: Final = 2**63 - 1
+#: A query that ran longer than this counts as ``slow_queries`` (the classifier's CPU/IO bar, 1 s).
+SLOW_MS: Final = 1000
 INT64_MIN: Final = -(2**63)
 _SAFE: Final = 2**62  # |sum| bound under which numpy's int64 sum cannot have wrapped
 
@@ -263,11 +268,11 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
     codes = classify_codes(batch).astype(np.int64)
     spilled = _ints(batch, "mbytes_spilled")
     queue = _ints(batch, "queue_duration_ms")
-    flags = np.stack([_flags(batch, "was_cached"), _flags(batch, "was_aborted"), spilled > 0,
-                      queue > QUEUE_MIN_MS]).astype(np.int64)
     exec_col = batch.column("execution_duration_ms")
     exec_valid = _not_null(exec_col)
     exec_ms = _ints(batch, "execution_duration_ms")
+    flags = np.stack([_flags(batch, "was_cached"), _flags(batch, "was_aborted"), spilled > 0,
+                      queue > QUEUE_MIN_MS, exec_ms > SLOW_MS]).astype(np.int64)
     size_col = batch.column("cluster_size")
     size_valid = _not_null(size_col)
     size = _ints(batch, "cluster_size")

@@ -60,6 +60,7 @@ from workbench.analysis.collective import CollectiveStep
 from workbench.analysis.windows import (
     CLASS_COUNT_KEYS,
     DEFAULT_WINDOW_MS,
+    SLOW_MS,
     finalize,
     hist_bin,
     merge,
@@ -114,6 +115,7 @@ def row_partial(row: Mapping[str, Any], window_ms: int = DEFAULT_WINDOW_MS) -> d
         "aborted_queries": int(bool(row.get("was_aborted"))),
         "spilled_queries": int(spilled > 0),
         "queued_queries": int(queue > QUEUE_MIN_MS),
+        "slow_queries": int(int(exec_ms or 0) > SLOW_MS),
         "queue_max_ms": queue,
         "spilled_mb": spilled,
         "queue_ms": queue,
