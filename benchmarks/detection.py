@@ -110,8 +110,7 @@ def _window_table(scored: pd.DataFrame, labels: pd.DataFrame, explained: set, ba
     all_labels = set().union(*label_keys.values()) if label_keys else set()
     flagged_by_z = {}
     for z in Z_GRID:
-        ratio = scored["excess"] / scored["floor"]
-        s = np.minimum(scored["z"] / z, ratio)
+        s = np.minimum(scored["z"] / z, scored["ratio"])
         hit = scored[s >= 1.0]
         flagged_by_z[z] = set(zip(hit["instance_id"], hit["window_start"], strict=True))
     rows = []
@@ -194,9 +193,6 @@ def main() -> None:
             windows["window_start"] = pd.to_datetime(windows["window_start"], utc=True)
             today = windows[windows["window_start"] >= start]
             scored = score_windows(today, windows, CollectiveParams(z_threshold=1.0))
-            from workbench.analysis.collective import SIGNALS as WSIG
-
-            scored["floor"] = scored["signal"].map({k: v.floor for k, v in WSIG.items()})
             ts = pd.to_datetime(day_table.column("arrival_timestamp").to_numpy(zero_copy_only=False), utc=True)
             floor10 = ts.floor("10min")
             label_keys = set(zip(wl["instance_id"], wl["window_start"], strict=True))

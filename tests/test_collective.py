@@ -112,3 +112,58 @@ def test_step_writes_window_anomalies_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad", [None, pd.DataFrame()])
 def test_empty_input_gives_empty_output(bad: pd.DataFrame | None) -> None:
     assert score_windows(bad).empty
+
+
+def _with_counts(w: pd.DataFrame, seed: int = 1) -> pd.DataFrame:
+    """The quiet windows plus the per-window counts of cached, aborted, spilled, queued and slow queries."""
+    rng = np.random.default_rng(seed)
+    w = w.copy()
+    total = w["total_queries"].to_numpy()
+    w["cached_queries"] = rng.binomial(total, 0.3)
+    executed = total - w["cached_queries"].to_numpy()
+    w["aborted_queries"] = rng.binomial(total, 0.01)
+    w["spilled_queries"] = rng.binomial(executed, 0.03)
+    w["queued_queries"] = rng.binomial(executed, 0.02)
+    w["slow_queries"] = rng.binomial(executed, 0.2)
+    w["max_queue_time_ms"] = rng.poisson(2_000, len(w))
+    return w
+
+
+@pytest.mark.parametrize(("column", "value", "signal"), [
+    ("cached_queries", lambda n, c: 0 * c, "cache_hit_share"),  # the result cache was invalidated
+    ("aborted_queries", lambda n, c: n // 3, "abort_share"),  # an abort-and-retry loop
+    ("spilled_queries", lambda n, c: (n - c) // 2, "spill_share"),  # memory pressure: a spill wave
+    ("queued_queries", lambda n, c: n - c, "queued_share"),  # everyone waits a few seconds longer
+    ("slow_queries", lambda n, c: (n - c) * 3 // 4, "slow_share"),  # everyone runs a second longer
+])
+def test_share_signals_flag_a_collective_change_of_their_share(column, value, signal) -> None:
+    w = _with_counts(_windows())
+    quiet = flag_windows(w.iloc[290:310], w).to_pandas()
+    assert quiet.empty, quiet
+    hit = w.index[300:302]
+    w.loc[hit, column] = value(w.loc[hit, "total_queries"], w.loc[hit, "cached_queries"])
+    flagged = flag_windows(w.iloc[290:310], w).to_pandas()
+    got = flagged[flagged["signal"] == signal]
+    assert set(got["window_start"]) == {pd.Timestamp(s) for s in w.loc[hit, "window_start"]}, flagged
+    row = got.iloc[0]
+    assert abs(row["observed"] - row["expected"]) >= 0.1 and "share" in row["reason"]
+
+
+def test_share_signals_need_many_queries_and_a_significant_share() -> None:
+    w = _with_counts(_windows())
+    # Three extra aborts in a window: a 5 % share over a 1 % history, but not a collective claim.
+    w.loc[w.index[300], "aborted_queries"] += 3
+    # A quiet window (8 queries) where half abort: large share, too few queries to prove anything.
+    w.loc[w.index[303], ["total_queries", "cached_queries", "aborted_queries"]] = [8, 2, 4]
+    flagged = flag_windows(w.iloc[290:310], w).to_pandas()
+    assert not (flagged["signal"] == "abort_share").any(), flagged
+
+
+def test_windows_of_an_earlier_store_without_counts_score_without_share_signals() -> None:
+    w = _windows()  # no cached/aborted/... columns at all: the signals are simply not judged
+    scored = score_windows(w.iloc[300:302], w)
+    assert len(scored) and not scored["signal"].isin(["abort_share", "cache_hit_share", "slow_share"]).any()
+    w = _with_counts(w)
+    w.loc[w.index[:200], "aborted_queries"] = None  # NULL: windows written before the counts existed
+    scored = score_windows(w.iloc[300:302], w)
+    assert scored["signal"].eq("abort_share").sum() == 2  # judged against the windows that have counts

@@ -104,3 +104,35 @@ def test_scorer_rows_carry_their_evidence(tmp_path: Path) -> None:
     assert first["excess_value"] == pytest.approx(first["observed_value"] - first["expected_value"])
     assert first["reference"].startswith("model+")
     assert set(out.column("evidence_signal").to_pylist()) <= {"exec", "queue", "scan", "spill"}
+
+
+def _wide_holdout_detector() -> ResidualDetector:
+    """Calibrated on traffic whose never-seen queries are very unpredictable (q99 ~ 250x their prior)."""
+    obs, mean, q, refs = _holdout(seed=1)
+    rng = np.random.default_rng(2)
+    obs["exec"] = mean + np.abs(rng.standard_normal(len(mean))) * 2.2  # capped z up to ~8 on normal rows
+    det = ResidualDetector()
+    det.fit(det.residuals(obs, mean, q + 6.0, refs), det.excess(obs, det.expected(mean, refs)))
+    return det
+
+
+def _stall(det: ResidualDetector, exec_ms: float, pred_ms: float, scan_mb: float) -> bool:
+    """Whether the *runtime* evidence alone alerts (the scan may alert on its own as well)."""
+    mean = np.array([np.log1p(pred_ms)])
+    obs = {"exec": np.log1p([exec_ms]), "queue": np.zeros(1), "scan": np.log1p([scan_mb]), "spill": np.zeros(1)}
+    refs = {"queue": (np.zeros(1), np.zeros(1)), "scan": (np.log1p([100.0]), np.array([0.3])),
+            "spill": (np.zeros(1), np.zeros(1)), "exec": (mean, np.array([0.5]))}
+    z = det.residuals(obs, mean, mean + 6.0, refs)
+    per_signal = det._signal_scores(z, det.excess(obs, det.expected(mean, refs)))
+    return bool(per_signal[det.signals.index("exec"), 0] >= 1.0)
+
+
+def test_minutes_the_work_does_not_explain_alert_below_the_costly_level() -> None:
+    det = _wide_holdout_detector()
+    # Expected 2 s, sat 7 minutes reading its usual 100 MB (a stall): alerts although the group's
+    # calibration is loose and 7 minutes are below the costly level.
+    assert _stall(det, 7 * 60_000, 2_000, scan_mb=100.0)
+    # The same 7 minutes while reading 1,000x its usual MB: the work explains the time.
+    assert not _stall(det, 7 * 60_000, 2_000, scan_mb=100_000.0)
+    # A stall of 40 s is not worth an alert on this loose calibration (little at stake).
+    assert not _stall(det, 40_000, 2_000, scan_mb=100.0)

@@ -24,7 +24,8 @@ from workbench.replay import Replay
 from workbench.store.window_stats import WindowStatsStore
 
 _SUMS = ("total_queries", "normal_queries", "cpu_bound_queries", "io_bound_queries", "network_bound_queries",
-         "queue_wlm_bound_queries", "total_spilled_mb", "total_queue_time_ms", "total_exec_time_ms")
+         "queue_wlm_bound_queries", "total_spilled_mb", "total_queue_time_ms", "total_exec_time_ms",
+         "cached_queries", "aborted_queries", "spilled_queries", "queued_queries", "slow_queries", "max_queue_time_ms")
 
 _EXPECTED_SQL = """
 WITH q AS (
@@ -34,7 +35,7 @@ WITH q AS (
          coalesce(execution_duration_ms, 0)::DOUBLE AS ex, coalesce(mbytes_scanned, 0)::DOUBLE AS sc,
          coalesce(mbytes_spilled, 0) AS sp, coalesce(queue_duration_ms, 0) AS qu,
          coalesce(num_joins, 0) AS j, coalesce(num_aggregations, 0) AS a, coalesce(num_scans, 0) AS s,
-         coalesce(was_cached, false) AS cached
+         coalesce(was_cached, false) AS cached, coalesce(was_aborted, false) AS aborted
   FROM read_parquet($path)
 ), c AS (
   SELECT *, CASE WHEN sc > 0 THEN ex / (sc + 1) ELSE 0 END AS ratio FROM q
@@ -55,7 +56,11 @@ SELECT instance_id, window_start, count(*) AS total_queries,
        count(*) FILTER (cls = 'network_bound') AS network_bound_queries,
        count(*) FILTER (cls = 'queue_wlm_bound') AS queue_wlm_bound_queries,
        sum(sp)::BIGINT AS total_spilled_mb, sum(qu)::BIGINT AS total_queue_time_ms,
-       sum(ex)::BIGINT AS total_exec_time_ms
+       sum(ex)::BIGINT AS total_exec_time_ms,
+       count(*) FILTER (cached) AS cached_queries, count(*) FILTER (aborted) AS aborted_queries,
+       count(*) FILTER (sp > 0) AS spilled_queries, count(*) FILTER (qu > 1000) AS queued_queries,
+       count(*) FILTER (ex > 1000) AS slow_queries,
+       max(qu)::BIGINT AS max_queue_time_ms
 FROM k GROUP BY ALL ORDER BY instance_id, window_start
 """
 

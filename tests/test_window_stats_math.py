@@ -40,6 +40,7 @@ def make_rows(n: int, seed: int = 0, instances: int = 3) -> list[dict[str, Any]]
             "queue_duration_ms": rng.choice([None, 0, 1500, rng.randrange(10**6)]),
             "execution_duration_ms": rng.choice([None, 0, 600, 2000, rng.randrange(10**7)]),
             "was_cached": rng.choice([None, False, True]),
+            "was_aborted": rng.choice([None, False, False, True]),
             "query_type": rng.choice(["select", "copy", "unload", None]),
             "mbytes_scanned": rng.choice([None, 0, 50, 2500, rng.randrange(10**6)]),
             "mbytes_spilled": rng.choice([None, 0, rng.randrange(10**5)]),
@@ -61,12 +62,20 @@ def reference(rows: list[dict[str, Any]], window_ms: int = 600_000) -> dict[tupl
         ms = int(r["arrival_timestamp"].timestamp() * 1000)
         key = (r["instance_id"], ms // window_ms * window_ms)
         o = out.setdefault(key, {"total_queries": 0, **dict.fromkeys(CLASS_COUNT_KEYS, 0),
-                                 "spilled_mb": 0, "queue_ms": 0, "exec_ms": 0, "cluster_size": None})
+                                 "spilled_mb": 0, "queue_ms": 0, "exec_ms": 0, "cluster_size": None,
+                                 "cached_queries": 0, "aborted_queries": 0, "spilled_queries": 0,
+                                 "queued_queries": 0, "slow_queries": 0, "queue_max_ms": 0})
         o["total_queries"] += 1
         o[classify_query(r) + "_queries"] += 1
         o["spilled_mb"] += r["mbytes_spilled"] or 0
         o["queue_ms"] += r["queue_duration_ms"] or 0
         o["exec_ms"] += r["execution_duration_ms"] or 0
+        o["cached_queries"] += bool(r["was_cached"])
+        o["aborted_queries"] += bool(r["was_aborted"])
+        o["spilled_queries"] += (r["mbytes_spilled"] or 0) > 0
+        o["queued_queries"] += (r["queue_duration_ms"] or 0) > 1000
+        o["slow_queries"] += (r["execution_duration_ms"] or 0) > 1000
+        o["queue_max_ms"] = max(o["queue_max_ms"], r["queue_duration_ms"] or 0)
         if r["cluster_size"] is not None:
             o["cluster_size"] = r["cluster_size"]
     return out
@@ -83,6 +92,26 @@ def test_partials_match_reference_exactly() -> None:
             assert p[key] == value, key
         assert sum(p[k] for k in CLASS_COUNT_KEYS) == p["total_queries"]
         assert isinstance(p["exec_ms"], int)
+
+
+def test_flag_counts_reach_the_window_row_and_old_partials_still_merge() -> None:
+    rows = make_rows(80, seed=4, instances=1)  # 80 x 7 s: one window
+    (whole,) = merge_all(partial_aggregates(to_batch(rows)))
+    row = finalize(whole)
+    assert row["cached_queries"] == sum(bool(r["was_cached"]) for r in rows) > 0
+    assert row["aborted_queries"] == sum(bool(r["was_aborted"]) for r in rows) > 0
+    assert 0 < row["queued_queries"] <= row["total_queries"]
+    assert row["max_queue_time_ms"] == max(r["queue_duration_ms"] or 0 for r in rows)
+    # A partial kept in window state by an earlier version lacks the new keys: it merges as zero counts.
+    old = {k: v for k, v in partial_aggregates(to_batch(rows[:1]))[0].items()
+           if k not in ("cached_queries", "aborted_queries", "spilled_queries", "queued_queries", "slow_queries",
+                        "queue_max_ms")}
+    new = partial_aggregates(to_batch(rows[1:2]))[0]
+    merged = merge(old, new)
+    assert merged["total_queries"] == 2 and merged["aborted_queries"] == new["aborted_queries"]
+    # A batch without was_aborted (a log made elsewhere) counts no aborts rather than failing.
+    no_abort = [{k: v for k, v in r.items() if k != "was_aborted"} for r in rows[:50]]
+    assert all(p["aborted_queries"] == 0 for p in partial_aggregates(to_batch(no_abort)))
 
 
 def test_split_batches_merge_to_the_same_result() -> None:

@@ -13,7 +13,7 @@ import pytest
 from workbench.analysis.windows import finalize, merge_all, partial_aggregates
 from workbench.data.schema import REDSET_SCHEMA
 from workbench.store.exceptions import RowValidationError, StoreClosedError
-from workbench.store.window_stats import WindowStatsStore
+from workbench.store.window_stats import ADDED_COLUMNS, WINDOW_STATS_COLUMNS, WindowStatsStore
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 
@@ -136,3 +136,45 @@ def test_late_counts_are_keyed_by_source_message(tmp_path: Path) -> None:
         store.record_late(5, T0, 1, source=("events", 1, 17))  # another message, same window
         late = store.late_events().to_pylist()
     assert [(r["instance_id"], r["late_count"]) for r in late] == [(5, 3)]
+
+
+def _old_database(path: Path) -> None:
+    """A window_stats database as the first release wrote it (without ADDED_COLUMNS), with one row."""
+    import sqlite3
+
+    kept = [c for c in WINDOW_STATS_COLUMNS if c not in ADDED_COLUMNS]
+    con = sqlite3.connect(path)
+    con.execute(f"CREATE TABLE window_stats ({', '.join(kept)}, PRIMARY KEY (instance_id, window_start))")
+    values = {"instance_id": 1, "window_start": 0, "window_end": 600_000, "total_queries": 5, "normal_queries": 5,
+              "cpu_bound_queries": 0, "io_bound_queries": 0, "network_bound_queries": 0,
+              "queue_wlm_bound_queries": 0, "total_spilled_mb": 0, "total_queue_time_ms": 0,
+              "total_exec_time_ms": 10, "anomalies": 0, "updated_at": 1}
+    con.execute(f"INSERT INTO window_stats ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                tuple(values.values()))
+    con.commit()
+    con.close()
+
+
+def test_old_database_is_migrated_once_and_keeps_its_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    _old_database(path)
+    with WindowStatsStore(path, read_only=True) as store:  # unmigrated: missing columns read as nulls
+        (old,) = store.read().to_pylist()
+        assert old["total_queries"] == 5 and all(old[c] is None for c in ADDED_COLUMNS)
+    for _ in range(2):  # the second open adds nothing (idempotent)
+        with WindowStatsStore(path) as store:
+            (row,) = store.read().to_pylist()
+            assert row["total_queries"] == 5 and all(row[c] is None for c in ADDED_COLUMNS)
+    con = sqlite3.connect(path)
+    columns = [r[1] for r in con.execute("PRAGMA table_info(window_stats)")]
+    con.close()
+    assert sorted(columns) == sorted(WINDOW_STATS_COLUMNS) and len(columns) == len(set(columns))
+    rows = window_rows(days=1, per_day=1, instances=1)
+    rows[0].update(cached_queries=3, aborted_queries=1, spilled_queries=2, queued_queries=4, slow_queries=5,
+                   max_queue_time_ms=9)
+    with WindowStatsStore(path) as store:
+        store.upsert(rows)
+        new = [r for r in store.read().to_pylist() if r["instance_id"] == 2**40]
+    assert [new[0][c] for c in ADDED_COLUMNS] == [3, 1, 2, 4, 5, 9]

@@ -17,6 +17,17 @@ survives any state serializer. Keys:
 ``total_queries`` and ``normal_queries``, ``cpu_bound_queries``, ``io_bound_queries``,
 ``network_bound_queries``, ``queue_wlm_bound_queries``
     Row counts (see :mod:`workbench.analysis.classify`).
+``cached_queries``, ``aborted_queries``, ``spilled_queries``, ``queued_queries``, ``slow_queries``
+    Row counts of result-cache hits (``was_cached``), aborted queries (``was_aborted``; nulls, or
+    a batch without the column, count as false), queries that spilled (``mbytes_spilled > 0``),
+    queries that waited in the queue longer than :data:`~workbench.analysis.classify.QUEUE_MIN_MS`
+    and queries that ran longer than :data:`SLOW_MS` (the classifier's one-second bars).
+    Shares of a window's queries, judged against the instance's history by
+    :mod:`workbench.analysis.collective`. Partials of earlier versions lack them: :func:`merge`
+    reads a missing count as 0.
+``queue_max_ms``
+    The longest queue wait (nulls count as 0), so that a mean wait without the longest one can be
+    told from one query's wait.
 ``spilled_mb``, ``queue_ms``, ``exec_ms``
     Exact integer sums (nulls count as 0), saturating at the int64 bounds (:data:`INT64_MAX`):
     a sum never wraps around to a wrong value on either path (numpy for batches, Python ints
@@ -44,15 +55,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workbench.analysis.classify import CLASSES, CLASSIFY_COLUMNS, classify_codes, numeric_values
+from workbench.analysis.classify import CLASSES, CLASSIFY_COLUMNS, QUEUE_MIN_MS, classify_codes, numeric_values
 from workbench.analysis.exceptions import AnalysisError, MissingColumnsError
 
 __all__ = [
     "CLASS_COUNT_KEYS",
     "DEFAULT_WINDOW_MS",
+    "FLAG_COUNT_KEYS",
     "HIST_BINS_PER_DECADE",
     "HIST_MAX_MS",
     "INT64_MAX",
+    "SLOW_MS",
     "WindowMergeError",
     "finalize",
     "hist_bin",
@@ -73,13 +86,20 @@ HIST_MAX_MS: Final = 100_000_000
 _LAST_BIN: Final = round(math.log10(HIST_MAX_MS) * HIST_BINS_PER_DECADE) + 1
 #: ``<class>_queries`` count keys, in :data:`~workbench.analysis.classify.CLASSES` order.
 CLASS_COUNT_KEYS: Final[tuple[str, ...]] = tuple(f"{c}_queries" for c in CLASSES)
+#: Per-window counts of flagged queries (cache hits, aborts, spills, waits over a second); each is
+#: a column of ``window_stats`` under the same name.
+FLAG_COUNT_KEYS: Final[tuple[str, ...]] = ("cached_queries", "aborted_queries", "spilled_queries", "queued_queries",
+                                           "slow_queries")
 _NEEDED: Final = ("instance_id", "arrival_timestamp", "cluster_size", *CLASSIFY_COLUMNS)
 INT64_MAX: Final = 2**63 - 1
+#: A query that ran longer than this counts as ``slow_queries`` (the classifier's CPU/IO bar, 1 s).
+SLOW_MS: Final = 1000
 INT64_MIN: Final = -(2**63)
 _SAFE: Final = 2**62  # |sum| bound under which numpy's int64 sum cannot have wrapped
 
 _SUM_KEYS: Final = ("total_queries", *CLASS_COUNT_KEYS, "spilled_mb", "queue_ms", "exec_ms", "exec_count",
                     "anomalies")
+_NEW_SUM_KEYS: Final = FLAG_COUNT_KEYS  # absent from partials written by earlier versions
 
 
 class WindowMergeError(AnalysisError, ValueError):
@@ -190,6 +210,16 @@ def _ints(batch: pa.RecordBatch | pa.Table, name: str) -> np.ndarray:
     return values
 
 
+def _flags(batch: pa.RecordBatch | pa.Table, name: str) -> np.ndarray:
+    """A boolean column as numpy ``bool`` with nulls as false (all false when the batch lacks it)."""
+    if name not in batch.schema.names:
+        return np.zeros(batch.num_rows, dtype=bool)
+    col = batch.column(name)
+    if col.null_count:
+        col = pc.fill_null(col, False)
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=bool)
+
+
 def _not_null(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if not col.null_count:
         return np.ones(len(col), dtype=bool)
@@ -241,6 +271,8 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
     exec_col = batch.column("execution_duration_ms")
     exec_valid = _not_null(exec_col)
     exec_ms = _ints(batch, "execution_duration_ms")
+    flags = np.stack([_flags(batch, "was_cached"), _flags(batch, "was_aborted"), spilled > 0,
+                      queue > QUEUE_MIN_MS, exec_ms > SLOW_MS]).astype(np.int64)
     size_col = batch.column("cluster_size")
     size_valid = _not_null(size_col)
     size = _ints(batch, "cluster_size")
@@ -281,6 +313,8 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
             "cluster_size_at_ms": cluster_at,
             "total_queries": len(idx),
             **{key: int(c) for key, c in zip(CLASS_COUNT_KEYS, counts, strict=True)},
+            **dict(zip(FLAG_COUNT_KEYS, flags[:, idx].sum(axis=1).tolist(), strict=True)),
+            "queue_max_ms": int(queue[idx].max()),
             "spilled_mb": _sum(spilled[idx], exact["spilled"]),
             "queue_ms": _sum(queue[idx], exact["queue"]),
             "exec_ms": _sum(exec_ms[idx], exact["exec"]),
@@ -336,6 +370,9 @@ def merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
         out["cluster_size"], out["cluster_size_at_ms"] = a["cluster_size"], a["cluster_size_at_ms"]
     for key in _SUM_KEYS:
         out[key] = saturate(int(a[key]) + int(b[key]))
+    for key in _NEW_SUM_KEYS:
+        out[key] = int(a.get(key, 0)) + int(b.get(key, 0))
+    out["queue_max_ms"] = max(int(a.get("queue_max_ms", 0)), int(b.get("queue_max_ms", 0)))
     out["exec_min_ms"] = _opt(min, a["exec_min_ms"], b["exec_min_ms"])
     out["exec_max_ms"] = _opt(max, a["exec_max_ms"], b["exec_max_ms"])
     hist = dict(a["exec_hist"])
@@ -373,7 +410,8 @@ def finalize(agg: Mapping[str, Any]) -> dict[str, Any]:
     dict
         ``window_start``, ``window_end`` (tz-aware UTC datetimes), ``instance_id``, ``cluster_size``
         (``None`` when unknown), ``total_queries``, the five ``<class>_queries`` counts,
-        ``total_spilled_mb``, ``total_queue_time_ms``, ``total_exec_time_ms`` (exact ints),
+        the four :data:`FLAG_COUNT_KEYS` counts, ``total_spilled_mb``, ``total_queue_time_ms``,
+        ``total_exec_time_ms`` (exact ints), ``max_queue_time_ms``,
         ``p95_exec_time_ms`` (approximate, ``None`` without execution times), ``max_exec_time_ms``,
         ``anomalies``, ``first_arrival``, ``last_arrival`` (UTC datetimes).
     """
@@ -385,8 +423,10 @@ def finalize(agg: Mapping[str, Any]) -> dict[str, Any]:
         "cluster_size": agg["cluster_size"],
         "total_queries": int(agg["total_queries"]),
         **{key: int(agg[key]) for key in CLASS_COUNT_KEYS},
+        **{key: int(agg.get(key, 0)) for key in FLAG_COUNT_KEYS},
         "total_spilled_mb": int(agg["spilled_mb"]),
         "total_queue_time_ms": int(agg["queue_ms"]),
+        "max_queue_time_ms": int(agg.get("queue_max_ms", 0)),
         "total_exec_time_ms": int(agg["exec_ms"]),
         "p95_exec_time_ms": hist_quantile(agg, 0.95),
         "max_exec_time_ms": agg["exec_max_ms"],

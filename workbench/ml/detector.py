@@ -51,7 +51,13 @@ feels directly; MB scanned or spilled go the relative path only, a costly scan t
 shows in the runtime): ``min(e / costly, z / costly_z)`` with the raw (capped, not recalibrated)
 residual ``z``: an excess that is expensive on its own alerts as soon as the query is at least
 ``costly_z = 2`` capped units above its expectation, whatever the calibration of its group (for a
-never-seen fingerprint: at least ``e^2 ~ 7x`` its prior). A per-signal score is the
+never-seen fingerprint: at least ``e^2 ~ 7x`` its prior). Below the costly level, runtime that the
+work done does not explain trades stake for evidence on the same path: the runtime residual after
+crediting the extra MB scanned (``z_u = z - max(0, log scan - log reference scan) / scale``) gives
+``min(z_u / costly_z, e / costly * z_u / costly_z)``, so half the costly excess needs twice the
+evidence. A query expected in 2 s that sat for 7 minutes reading a few MB (a stall: lock, S3
+throttling, a hung COPY) alerts; a never-seen query that ran 7 minutes because it read 100 GB
+does not (its time is explained by its work). A per-signal score is the
 larger of the two paths; the query's score is the maximum over signals, the signal attaining it
 is the reason and its evidence (expected, observed, excess, reference) travels with the alert. A
 query running tens of minutes longer than expected alerts whatever its fingerprint's history;
@@ -74,7 +80,7 @@ import numpy as np
 
 from workbench.ml.exceptions import NotFittedError
 
-__all__ = ["COSTLY", "FLOORS", "REASONS", "TIME_SIGNALS", "UNITS", "ResidualDetector"]
+__all__ = ["COSTLY", "FLOORS", "REASONS", "TIME_SIGNALS", "UNEXPLAINED", "UNITS", "ResidualDetector"]
 
 #: Reason string per signal.
 REASONS: dict[str, str] = {
@@ -92,6 +98,9 @@ TIME_SIGNALS: tuple[str, ...] = ("exec", "queue")
 FLOORS: dict[str, float] = {"exec": 1_000.0, "queue": 1_000.0, "scan": 1_000.0, "spill": 1_000.0}
 #: Excess that is costly on its own: 10 min of runtime or wait, 1 TB scanned, 100 GB spilled.
 COSTLY: dict[str, float] = {"exec": 600_000.0, "queue": 600_000.0, "scan": 1_000_000.0, "spill": 100_000.0}
+#: Key of the extra residual :meth:`ResidualDetector.residuals` adds: the runtime residual after
+#: crediting the extra work done (MB scanned beyond the reference), used by the costly path.
+UNEXPLAINED = "exec_unexplained_by_work"
 _Z90 = 1.2815515655446004  # standard normal 0.9 quantile
 _IQR_TO_SIGMA = 1.349
 
@@ -159,6 +168,11 @@ class ResidualDetector:
             if s == "exec":
                 scale = np.clip((pred_q_log - pred_mean_log) / z_q, self.min_scale, self.max_scale)
                 out[s] = (observed_log[s] - pred_mean_log) / scale
+                if "scan" in observed_log and "scan" in references:
+                    # The runtime the work done does not explain: the expectation scaled up by how
+                    # much more the query scanned than its reference (a stall reads little).
+                    more_work = np.maximum(observed_log["scan"] - references["scan"][0], 0.0)
+                    out[UNEXPLAINED] = (observed_log[s] - pred_mean_log - more_work) / scale
             elif s == "scan":
                 center, iqr = references[s]
                 out[s] = (observed_log[s] - center) / np.clip(iqr / _IQR_TO_SIGMA, self.min_scale, self.max_scale)
@@ -264,8 +278,14 @@ class ResidualDetector:
         # Costly path: the excess alone is expensive and the residual is at least ``costly_z``
         # capped units above the expectation (not the upper tail of a long query's variation).
         raw = np.stack([residuals[sig] for sig in self.signals])
-        costly = np.minimum(np.stack([excess[sig] / self.costly[sig] for sig in self.signals]),
-                            raw / self.costly_z)
+        stake = np.stack([excess[sig] / self.costly[sig] for sig in self.signals])
+        costly = np.minimum(stake, raw / self.costly_z)
+        if UNEXPLAINED in residuals and "exec" in self.signals:
+            # Below the costly level, runtime the work done does not explain (a stall) trades
+            # stake for evidence: half the costly excess needs twice the evidence.
+            i = self.signals.index("exec")
+            z_u = np.maximum(residuals[UNEXPLAINED], 0.0) / self.costly_z
+            costly[i] = np.maximum(costly[i], np.minimum(z_u, stake[i] * z_u))
         on_path = np.array([sig in TIME_SIGNALS for sig in self.signals])[:, None]
         return np.where(on_path, np.maximum(relative, costly), relative)
 

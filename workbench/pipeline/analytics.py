@@ -55,11 +55,12 @@ import numpy as np
 from quixstreams import Application
 from quixstreams.sinks import BatchingSink, SinkBatch
 
-from workbench.analysis.classify import classify_query
+from workbench.analysis.classify import QUEUE_MIN_MS, classify_query
 from workbench.analysis.collective import CollectiveStep
 from workbench.analysis.windows import (
     CLASS_COUNT_KEYS,
     DEFAULT_WINDOW_MS,
+    SLOW_MS,
     finalize,
     hist_bin,
     merge,
@@ -101,6 +102,7 @@ def row_partial(row: Mapping[str, Any], window_ms: int = DEFAULT_WINDOW_MS) -> d
     size = row.get("cluster_size")
     counts = dict.fromkeys(CLASS_COUNT_KEYS, 0)
     counts[f"{cls}_queries"] = 1
+    spilled, queue = int(row.get("mbytes_spilled") or 0), int(row.get("queue_duration_ms") or 0)
     return {
         "instance_id": int(row["instance_id"]),
         "window_start_ms": arrival // window_ms * window_ms,
@@ -109,8 +111,14 @@ def row_partial(row: Mapping[str, Any], window_ms: int = DEFAULT_WINDOW_MS) -> d
         "cluster_size_at_ms": -1 if size is None else arrival,
         "total_queries": 1,
         **counts,
-        "spilled_mb": int(row.get("mbytes_spilled") or 0),
-        "queue_ms": int(row.get("queue_duration_ms") or 0),
+        "cached_queries": int(bool(row.get("was_cached"))),
+        "aborted_queries": int(bool(row.get("was_aborted"))),
+        "spilled_queries": int(spilled > 0),
+        "queued_queries": int(queue > QUEUE_MIN_MS),
+        "slow_queries": int(int(exec_ms or 0) > SLOW_MS),
+        "queue_max_ms": queue,
+        "spilled_mb": spilled,
+        "queue_ms": queue,
         "exec_ms": int(exec_ms or 0),
         "exec_count": 0 if exec_ms is None else 1,
         "exec_min_ms": None if exec_ms is None else int(exec_ms),

@@ -21,6 +21,14 @@ Decisions
   one SQLite write transaction that deletes the archived rows. A crash between the Parquet write and
   the delete therefore leaves rows that the next run merges into the same file again: nothing is
   archived twice and nothing is lost.
+* The schema is declared once, :data:`WINDOW_STATS_SCHEMA` (another backend derives its DDL from
+  it). Columns added later (:data:`ADDED_COLUMNS`: the per-window counts of cached, aborted,
+  spilled, queued and slow queries and the longest wait) are nullable: ``NULL`` means "not counted"
+  (a window written by an earlier version). :meth:`WindowStatsStore.open` migrates an existing
+  database by ``ALTER TABLE ... ADD COLUMN`` for each schema column it lacks, inside one write
+  transaction that checks again, so it is idempotent and safe with two processes opening at once.
+  A read-only store of an unmigrated database reads the missing columns as nulls, and archive
+  files of earlier versions read the same way.
 """
 
 from __future__ import annotations
@@ -47,7 +55,8 @@ from workbench.store.exceptions import RowValidationError, StoreError, StoreNotF
 if TYPE_CHECKING:
     from workbench.config import Settings
 
-__all__ = ["WINDOW_STATS_COLUMNS", "WINDOW_STATS_SCHEMA", "ArchiveResult", "WindowStatsStore", "to_epoch_ms"]
+__all__ = ["ADDED_COLUMNS", "WINDOW_STATS_COLUMNS", "WINDOW_STATS_SCHEMA", "ArchiveResult", "WindowStatsStore",
+           "migrate", "to_epoch_ms"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,23 +75,34 @@ WINDOW_STATS_SCHEMA: Final = pa.schema([
     pa.field("io_bound_queries", pa.int64(), nullable=False),
     pa.field("network_bound_queries", pa.int64(), nullable=False),
     pa.field("queue_wlm_bound_queries", pa.int64(), nullable=False),
+    pa.field("cached_queries", pa.int64()),
+    pa.field("aborted_queries", pa.int64()),
+    pa.field("spilled_queries", pa.int64()),
+    pa.field("queued_queries", pa.int64()),
+    pa.field("slow_queries", pa.int64()),
     pa.field("total_spilled_mb", pa.int64(), nullable=False),
     pa.field("total_queue_time_ms", pa.int64(), nullable=False),
     pa.field("total_exec_time_ms", pa.int64(), nullable=False),
     pa.field("p95_exec_time_ms", pa.float64()),
     pa.field("max_exec_time_ms", pa.int64()),
+    pa.field("max_queue_time_ms", pa.int64()),
     pa.field("anomalies", pa.int64(), nullable=False),
     pa.field("first_arrival", _TS),
     pa.field("last_arrival", _TS),
     pa.field("updated_at", _TS, nullable=False),
 ])
 WINDOW_STATS_COLUMNS: Final[tuple[str, ...]] = tuple(WINDOW_STATS_SCHEMA.names)
+#: Columns added after the first release (nullable: NULL = not counted); :meth:`WindowStatsStore.open`
+#: adds whichever schema column an existing table lacks, these included.
+ADDED_COLUMNS: Final[tuple[str, ...]] = ("cached_queries", "aborted_queries", "spilled_queries", "queued_queries",
+                                         "slow_queries", "max_queue_time_ms")
 _TIME_COLUMNS: Final = frozenset({"window_start", "window_end", "first_arrival", "last_arrival", "updated_at"})
 _REQUIRED: Final = ("instance_id", "window_start", "window_end", "total_queries")
 _DEFAULTS: Final[dict[str, Any]] = {
     "cluster_size": None, "normal_queries": 0, "cpu_bound_queries": 0, "io_bound_queries": 0,
     "network_bound_queries": 0, "queue_wlm_bound_queries": 0, "total_spilled_mb": 0,
     "total_queue_time_ms": 0, "total_exec_time_ms": 0, "p95_exec_time_ms": None, "max_exec_time_ms": None,
+    **dict.fromkeys(ADDED_COLUMNS),
     "anomalies": 0, "first_arrival": None, "last_arrival": None,
 }
 _INPUT_COLUMNS: Final = tuple(c for c in WINDOW_STATS_COLUMNS if c != "updated_at")
@@ -122,8 +142,46 @@ _LATE: Final = (
     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (topic, partition, offset, instance_id, window_start) DO UPDATE SET "
     "late_count = excluded.late_count, last_seen_at = excluded.last_seen_at"
 )
+def _column_sql(existing: frozenset[str]) -> str:
+    """The select list of every schema column; ``NULL`` for one an unmigrated (read-only) table lacks."""
+    return ", ".join(c if c in existing else f"NULL AS {c}" for c in WINDOW_STATS_COLUMNS)
+
+
+def _add_column_sql(field: pa.Field) -> str:
+    """``ALTER TABLE`` adding one schema column (a NOT NULL one needs a default for existing rows)."""
+    tail = "" if field.nullable else " NOT NULL DEFAULT 0"
+    return f"ALTER TABLE window_stats ADD COLUMN {field.name} {_SQL_TYPES[field.type]}{tail}"
+
+
+def _existing_columns(con: sqlite3.Connection) -> frozenset[str]:
+    return frozenset(r[1] for r in con.execute("PRAGMA table_info(window_stats)"))
+
+
+def migrate(con: sqlite3.Connection) -> tuple[str, ...]:
+    """Add the schema columns an existing ``window_stats`` table lacks; returns their names.
+
+    Idempotent: runs in one ``BEGIN IMMEDIATE`` transaction that reads the table's columns again,
+    so a second run (or a second process racing this one) adds nothing.
+    """
+    if not (set(WINDOW_STATS_COLUMNS) - _existing_columns(con)):
+        return ()
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        existing = _existing_columns(con)
+        added = tuple(f.name for f in WINDOW_STATS_SCHEMA if f.name not in existing)
+        for field in WINDOW_STATS_SCHEMA:
+            if field.name not in existing:
+                con.execute(_add_column_sql(field))
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    logger.info("window_stats migrated: added columns %s", list(added))
+    return added
+
+
 _SELECT: Final = (
-    f"SELECT {', '.join(WINDOW_STATS_COLUMNS)} FROM window_stats "
+    "SELECT {columns} FROM window_stats "
     "WHERE (? IS NULL OR window_start >= ?) AND (? IS NULL OR window_start < ?) "
     "AND (? IS NULL OR instance_id IN (SELECT value FROM json_each(?))) "
     "ORDER BY window_start, instance_id"
@@ -197,6 +255,7 @@ class WindowStatsStore(ConnectionStore):
         self.archive_dir = None if archive_dir is None else Path(archive_dir)
         self.busy_timeout_ms = busy_timeout_ms
         self._con: sqlite3.Connection | None = None
+        self._select_list = _column_sql(frozenset(WINDOW_STATS_COLUMNS))
 
     @classmethod
     def from_settings(cls, settings: Settings, *, read_only: bool = False) -> WindowStatsStore:
@@ -220,6 +279,7 @@ class WindowStatsStore(ConnectionStore):
                                   timeout=self.busy_timeout_ms / 1000, isolation_level=None)
             con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
             self._con = con
+            self._select_list = _column_sql(_existing_columns(con))
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
@@ -228,6 +288,7 @@ class WindowStatsStore(ConnectionStore):
         con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
         for statement in _CREATE:
             con.execute(statement)
+        migrate(con)
         kind = con.execute("SELECT type FROM sqlite_master WHERE name = 'late_events'").fetchone()
         if kind and kind[0] == "table":
             con.execute("BEGIN IMMEDIATE")
@@ -236,6 +297,7 @@ class WindowStatsStore(ConnectionStore):
             con.execute("COMMIT")
         con.execute(_LATE_VIEW)
         self._con = con
+        self._select_list = _column_sql(frozenset(WINDOW_STATS_COLUMNS))
         logger.debug("window stats store opened path=%s", self.path)
         return self
 
@@ -311,7 +373,7 @@ class WindowStatsStore(ConnectionStore):
         """
         lo, hi = to_epoch_ms(start, name="start"), to_epoch_ms(end, name="end")
         inst = None if instances is None else json.dumps([int(i) for i in instances])
-        cur = self._db.execute(_SELECT, (lo, lo, hi, hi, inst, inst))
+        cur = self._db.execute(_SELECT.format(columns=self._select_list), (lo, lo, hi, hi, inst, inst))
         return _to_table(cur.fetchall())
 
     def late_events(self) -> pa.Table:
@@ -375,7 +437,7 @@ class WindowStatsStore(ConnectionStore):
                 return ArchiveResult(None, 0, ())
             cutoff = int(newest - days * _DAY_MS)
             rows = db.execute(
-                f"SELECT {', '.join(WINDOW_STATS_COLUMNS)} FROM window_stats WHERE window_start < ? "
+                f"SELECT {self._select_list} FROM window_stats WHERE window_start < ? "
                 "ORDER BY window_start, instance_id", (cutoff,)).fetchall()
             files: list[Path] = []
             if rows:
