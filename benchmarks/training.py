@@ -42,7 +42,7 @@ def main() -> None:
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             m = result.meta
             timings = dict(m["timings"])
-            phases_cpu = timings.pop("cpu")
+            phases_cpu = timings.pop("cpu", {})
             print(f"train one day: {wall:.1f} s wall, {cpu:.1f} s CPU (load average {load_before:.1f} before, "
                   f"{os.getloadavg()[0]:.1f} after; rows {result.rows}, trained {m['rows']['trained']}, "
                   f"iterations {m['n_iter']}, parity {m['parity_max_abs_diff']:.1e})")
