@@ -42,9 +42,10 @@ class DurationModel:
         Early-stopping patience (on a 10 % validation split).
     mean_max_rows : int or None, default=150_000
         The mean model is fitted on a seeded sample of at most this many rows (``None``: all).
-        Its detection quality is flat beyond ~100k rows (``benchmarks/detection.py`` over five
-        seeds: the same per-kind recall and PR-AUC at 150k as at 345k rows), while its fit cost
-        grows with the rows: on a 400k-row day this cap takes the fit from ~4 to ~1 CPU seconds.
+        Detection quality does not depend on its rows beyond ~150k (``benchmarks/detection.py``
+        on the demo and the 13-kind log, five training seeds: per-kind recall, PR-AUC and false
+        alerts at 150k rows equal those at 345k within the spread between seeds), while its fit
+        cost grows with them: on a 400k-row day the cap takes it from ~4 to ~1 CPU seconds.
     quantile_max_rows : int, default=200_000
         The same for the quantile model. Its rows matter more: the detector's spread comes from
         it, and 100k rows cost ~0.015 per-kind PR-AUC (the tail of a q90 is estimated from the
@@ -100,7 +101,7 @@ class DurationModel:
         Xm, ym = self._sample(X, y_log, self.mean_max_rows)
         self.mean_ = self._hgb(loss="squared_error").fit(Xm, ym)
         t1 = time.perf_counter()
-        Xq, yq = self._sample(X, y_log, self.quantile_max_rows)  # a quantile needs fewer rows than the mean
+        Xq, yq = self._sample(X, y_log, self.quantile_max_rows)
         self.quantile_model_ = self._hgb(loss="quantile", quantile=self.quantile).fit(Xq, yq)
         t2 = time.perf_counter()
         for estimator in (self.mean_, self.quantile_model_):
