@@ -104,6 +104,30 @@ def table_sha256(table: pa.Table) -> str:
     return digest.hexdigest()
 
 
+class _PhaseClock:
+    """Wall and process CPU seconds per phase of a training (CPU: every thread of the process)."""
+
+    def __init__(self) -> None:
+        self._start = self._mark = (time.perf_counter(), time.process_time())
+        self._wall: dict[str, float] = {}
+        self._cpu: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self._wall[phase] = round(now[0] - self._mark[0], 3)
+        self._cpu[phase] = round(now[1] - self._mark[1], 3)
+        self._mark = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self._start[0]
+
+    def wall(self) -> dict[str, float]:
+        return dict(self._wall)
+
+    def cpu(self) -> dict[str, float]:
+        return {**self._cpu, "total": round(time.process_time() - self._start[1], 3)}
+
+
 def _library_versions() -> dict[str, str]:
     import onnx
     import onnxruntime
@@ -127,14 +151,16 @@ def split_window(table: pa.Table, *, max_rows: int = defaults.TRAIN_MAX_ROWS, se
     table = table.select([c for c in COLUMNS if c in table.column_names])
     keep = pc.and_(pc.is_valid(table.column("execution_duration_ms")),
                    pc.invert(pc.fill_null(table.column("was_aborted"), False)))
-    table = table.filter(keep)
-    raw_rows = table.num_rows
+    rows = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+    raw_rows = len(rows)
     if raw_rows < MIN_ROWS:
-        return table, table.slice(0, 0), raw_rows
+        usable = table.filter(keep)
+        return usable, usable.slice(0, 0), raw_rows
     rng = np.random.default_rng(seed)
-    if raw_rows > max_rows:
-        table = table.take(np.sort(rng.choice(raw_rows, max_rows, replace=False)))
-    ts = table.column("arrival_timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
+    # Row numbers of the (capped) sample; the train and holdout tables are taken from ``table`` in
+    # one step each (filtering, sampling, then splitting copied every column three times).
+    sample = rows[np.sort(rng.choice(raw_rows, max_rows, replace=False))] if raw_rows > max_rows else rows
+    ts = table.column("arrival_timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)[sample]
     # Blocked holdout: whole hours, every k-th hour of the window (k ~ 1 / holdout_fraction), so
     # it spans every hour of the day while its fingerprints that first appear in those hours are
     # as unseen as tomorrow's.
@@ -144,8 +170,7 @@ def split_window(table: pa.Table, *, max_rows: int = defaults.TRAIN_MAX_ROWS, se
         order = np.argsort(ts, kind="stable")
         hold = np.zeros(len(ts), dtype=bool)
         hold[order[len(ts) - max(int(len(ts) * holdout_fraction), 200):]] = True
-    hold_idx, train_idx = np.flatnonzero(hold), np.flatnonzero(~hold)
-    return table.take(train_idx), table.take(hold_idx), raw_rows
+    return table.take(sample[~hold]), table.take(sample[hold]), raw_rows
 
 
 def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days: int = defaults.TRAIN_WINDOW_DAYS,
@@ -175,15 +200,16 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
         ``model.json`` with ``recipe_sha256`` (inputs + parameters), which makes a retried
         training of the same window return the registered version instead of a second one.
     """
-    t_start = time.perf_counter()
+    clock = _PhaseClock()
     registry = ModelRegistry(models_dir)
     parent = parent if parent is not None else registry.current()
     table = table.select([c for c in COLUMNS if c in table.column_names])
     inputs_sha256 = inputs_sha256 or table_sha256(table)
+    model = DurationModel(random_state=seed, **(model_params or {}))
     recipe_sha256 = hashlib.sha256(json.dumps(
         {"inputs": inputs_sha256, "day": day.isoformat(), "window_days": window_days, "max_rows": max_rows,
          "seed": seed, "holdout_fraction": holdout_fraction, "alert_rate": alert_rate,
-         "model_params": model_params or {}, "libraries": _library_versions()},
+         "model_params": model.get_params(), "libraries": _library_versions()},
         sort_keys=True, default=str).encode()).hexdigest()
     train, hold, raw_rows = split_window(table, max_rows=max_rows, seed=seed,
                                          holdout_fraction=holdout_fraction)
@@ -194,26 +220,27 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
     n = train.num_rows + hold.num_rows
     n_hold = hold.num_rows
     train_idx = range(train.num_rows)
+    clock.lap("prepare")
 
-    t0 = time.perf_counter()
     builder = FeatureBuilder(seed=seed)
     X = builder.fit_transform(train)
     y = _log_signal(train, "exec")
-    t_feat = time.perf_counter() - t0
-    model = DurationModel(random_state=seed, **(model_params or {})).fit(X, y)
-    t_fit = time.perf_counter() - t0 - t_feat
+    clock.lap("features")
+    model.fit(X, y)
+    clock.lap("fit")
 
     with registry.staging() as staged:
-        t1 = time.perf_counter()
         (staged / "mean.onnx").write_bytes(export_onnx(model.mean_, X.shape[1]))
         (staged / "quantile.onnx").write_bytes(export_onnx(model.quantile_model_, X.shape[1]))
         feature_state = builder.save(staged)
-        t_export = time.perf_counter() - t1
+        clock.lap("export")
         pair = OnnxPair(staged / "mean.onnx", staged / "quantile.onnx")
         X_hold, refs, source = builder.transform_with_evidence(hold)
-        sample = X_hold[:PARITY_ROWS]
-        parity = parity_max_abs_diff(model, pair, sample, tolerance=parity_tolerance)
         mean_log, q_log = pair.predict_log(X_hold)
+        # Parity on the first holdout rows, against the ONNX predictions just made for them.
+        parity = parity_max_abs_diff(model, pair, X_hold[:PARITY_ROWS], tolerance=parity_tolerance,
+                                     onnx_log=(mean_log[:PARITY_ROWS], q_log[:PARITY_ROWS]))
+        clock.lap("parity")
         observed = {s: _log_signal(hold, s) for s in SIGNALS}
         detector = ResidualDetector(alert_rate=alert_rate, quantile=model.quantile)
         z = detector.residuals(observed, mean_log, q_log, refs)
@@ -227,7 +254,8 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
             "q90 coverage": float(np.mean(y_hold <= q_log)),
             "alert rate": float(np.mean(alert)),
         }
-        seconds = time.perf_counter() - t_start
+        clock.lap("calibrate")
+        seconds = clock.total()
         meta = {
             "parent": parent,
             "inputs_sha256": inputs_sha256,
@@ -247,9 +275,8 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
             "holdout_metrics": holdout,
             "library_versions": _library_versions(),
             "training_seconds": round(seconds, 3),
-            "timings": {"features": round(t_feat, 3), "fit": round(t_fit, 3), "export": round(t_export, 3),
-                        "fit_mean": round(model.fit_seconds_["mean"], 3),
-                        "fit_quantile": round(model.fit_seconds_["quantile"], 3)},
+            "timings": {**clock.wall(), "fit_mean": round(model.fit_seconds_["mean"], 3),
+                        "fit_quantile": round(model.fit_seconds_["quantile"], 3), "cpu": clock.cpu()},
         }
         version = registry.publish(staged, day, meta)
     meta = registry.info(version)  # with version id, file hashes and creation time

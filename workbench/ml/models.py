@@ -40,9 +40,16 @@ class DurationModel:
         Passed to both :class:`~sklearn.ensemble.HistGradientBoostingRegressor`.
     n_iter_no_change : int, default=10
         Early-stopping patience (on a 10 % validation split).
+    mean_max_rows : int or None, default=150_000
+        The mean model is fitted on a seeded sample of at most this many rows (``None``: all).
+        Detection quality does not depend on its rows beyond ~150k (``benchmarks/detection.py``
+        on the demo and the 13-kind log, five training seeds: per-kind recall, PR-AUC and false
+        alerts at 150k rows equal those at 345k within the spread between seeds), while its fit
+        cost grows with them: on a 400k-row day the cap takes it from ~4 to ~1 CPU seconds.
     quantile_max_rows : int, default=200_000
-        The quantile model is fitted on a seeded sample of at most this many rows (its loss is
-        the slower one and a q90 needs fewer rows than a mean).
+        The same for the quantile model. Its rows matter more: the detector's spread comes from
+        it, and 100k rows cost ~0.015 per-kind PR-AUC (the tail of a q90 is estimated from the
+        10 % of rows above it), so it keeps 200k.
     n_threads : int, optional
         OpenMP threads while fitting. ``None``: 1 below 50,000 rows (thread start-up and spin
         costs dominate on small data, badly so on a busy 2-core machine), else all cores.
@@ -52,8 +59,8 @@ class DurationModel:
 
     def __init__(self, *, quantile: float = 0.9, max_iter: int = 200, learning_rate: float = 0.1,
                  max_leaf_nodes: int = 31, min_samples_leaf: int = 50, l2_regularization: float = 0.1,
-                 n_iter_no_change: int = 10, quantile_max_rows: int = 200_000,
-                 n_threads: int | None = None, random_state: int = 0) -> None:
+                 n_iter_no_change: int = 10, mean_max_rows: int | None = 150_000,
+                 quantile_max_rows: int = 200_000, n_threads: int | None = None, random_state: int = 0) -> None:
         self.quantile = quantile
         self.max_iter = max_iter
         self.learning_rate = learning_rate
@@ -61,6 +68,7 @@ class DurationModel:
         self.min_samples_leaf = min_samples_leaf
         self.l2_regularization = l2_regularization
         self.n_iter_no_change = n_iter_no_change
+        self.mean_max_rows = mean_max_rows
         self.quantile_max_rows = quantile_max_rows
         self.n_threads = n_threads
         self.random_state = random_state
@@ -69,7 +77,7 @@ class DurationModel:
         """The constructor parameters (for ``model.json``)."""
         return {k: getattr(self, k) for k in ("quantile", "max_iter", "learning_rate", "max_leaf_nodes",
                                              "min_samples_leaf", "l2_regularization", "n_iter_no_change",
-                                             "quantile_max_rows", "n_threads", "random_state")}
+                                             "mean_max_rows", "quantile_max_rows", "n_threads", "random_state")}
 
     def _hgb(self, **loss: Any) -> HistGradientBoostingRegressor:
         return HistGradientBoostingRegressor(
@@ -90,14 +98,10 @@ class DurationModel:
 
     def _fit(self, X: np.ndarray, y_log: np.ndarray) -> DurationModel:
         t0 = time.perf_counter()
-        self.mean_ = self._hgb(loss="squared_error").fit(X, y_log)
+        Xm, ym = self._sample(X, y_log, self.mean_max_rows)
+        self.mean_ = self._hgb(loss="squared_error").fit(Xm, ym)
         t1 = time.perf_counter()
-        if len(y_log) > self.quantile_max_rows:  # a quantile needs fewer rows than the mean
-            rows = np.sort(np.random.default_rng(self.random_state).choice(
-                len(y_log), self.quantile_max_rows, replace=False))
-            Xq, yq = X[rows], y_log[rows]
-        else:
-            Xq, yq = X, y_log
+        Xq, yq = self._sample(X, y_log, self.quantile_max_rows)
         self.quantile_model_ = self._hgb(loss="quantile", quantile=self.quantile).fit(Xq, yq)
         t2 = time.perf_counter()
         for estimator in (self.mean_, self.quantile_model_):
@@ -107,6 +111,13 @@ class DurationModel:
         logger.info("duration models fitted rows=%d mean_s=%.1f quantile_s=%.1f iters=%s",
                     len(y_log), t1 - t0, t2 - t1, self.n_iter_)
         return self
+
+    def _sample(self, X: np.ndarray, y: np.ndarray, cap: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """A seeded uniform sample of at most ``cap`` rows (in their original order)."""
+        if cap is None or len(y) <= cap:
+            return X, y
+        rows = np.sort(np.random.default_rng(self.random_state).choice(len(y), cap, replace=False))
+        return X[rows], y[rows]
 
     def predict_log(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """sklearn predictions ``(mean, quantile)`` in log space."""
@@ -171,6 +182,13 @@ class OnnxPair:
             for m in (mean, quantile)
         ]
 
+    def _sample(self, X: np.ndarray, y: np.ndarray, cap: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """A seeded uniform sample of at most ``cap`` rows (in their original order)."""
+        if cap is None or len(y) <= cap:
+            return X, y
+        rows = np.sort(np.random.default_rng(self.random_state).choice(len(y), cap, replace=False))
+        return X[rows], y[rows]
+
     def predict_log(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ONNX predictions ``(mean, quantile)`` in log space (float64)."""
         if len(X) == 0:
@@ -182,13 +200,15 @@ class OnnxPair:
 
 
 def parity_max_abs_diff(model: DurationModel, pair: OnnxPair, X: np.ndarray, *,
-                        tolerance: float | None = None) -> float:
+                        tolerance: float | None = None,
+                        onnx_log: tuple[np.ndarray, np.ndarray] | None = None) -> float:
     """Largest ``|sklearn - ONNX|`` over both models on ``X`` (log space).
 
+    ``onnx_log``: ``pair``'s predictions on ``X`` when the caller already made them (saves a run).
     Raises :class:`ParityError` when ``tolerance`` is given and exceeded.
     """
     sk_mean, sk_q = model.predict_log(X)
-    ox_mean, ox_q = pair.predict_log(X)
+    ox_mean, ox_q = onnx_log if onnx_log is not None else pair.predict_log(X)
     diff = float(max(np.max(np.abs(sk_mean - ox_mean), initial=0.0),
                      np.max(np.abs(sk_q - ox_q), initial=0.0)))
     if tolerance is not None and not diff <= tolerance:

@@ -1,0 +1,66 @@
+"""The training's speed paths give the same numbers as the plain ones, and stay a function of the inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from workbench.ml._testing import generated_log
+from workbench.ml._train import split_window
+from workbench.ml.features import SIGNALS, _sorted_stats, _stats
+from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
+
+
+@pytest.fixture(scope="module")
+def log() -> pa.Table:
+    return generated_log(days=1, rows_per_day=4000, seed=11)
+
+
+def test_sorted_stats_of_a_fold_equal_stats_of_its_rows() -> None:
+    rng = np.random.default_rng(0)
+    n, groups = 5000, 300  # some groups empty, some with one row, ties in the values
+    codes = rng.integers(0, groups, n)
+    logs = {s: np.round(rng.exponential(2.0, n), 1) for s in SIGNALS}
+    rows = np.arange(n)
+    orders = {s: rows[np.lexsort((v, codes))] for s, v in logs.items()}
+    keep = rng.random(n) < 0.8
+    got = _sorted_stats(codes, logs, orders, groups + 5, keep=keep)
+    want = _stats(codes[keep], {s: v[keep] for s, v in logs.items()}, groups + 5)
+    assert list(got) == list(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+    full = _sorted_stats(codes, logs, orders, groups)
+    for name, values in _stats(codes, logs, groups).items():
+        np.testing.assert_array_equal(full[name], values)
+
+
+def test_split_window_caps_rows_and_keeps_only_usable_ones(log: pa.Table) -> None:
+    aborted = np.zeros(log.num_rows, dtype=bool)
+    aborted[::7] = True
+    idx = log.schema.get_field_index("was_aborted")
+    table = log.set_column(idx, log.schema.field(idx), pa.array(aborted))
+    train, hold, usable = split_window(table, max_rows=2000, seed=3)
+    assert usable == int((~aborted).sum())
+    assert train.num_rows + hold.num_rows == 2000 and hold.num_rows > 0
+    assert not any(train.column("was_aborted").to_pylist()) and not any(hold.column("was_aborted").to_pylist())
+    again = split_window(table, max_rows=2000, seed=3)
+    assert again[0].equals(train) and again[1].equals(hold)
+    other = split_window(table, max_rows=2000, seed=4)
+    assert not other[0].equals(train)  # the seed picks the sample
+
+
+def test_row_caps_sample_deterministically_and_parity_reuses_onnx_predictions() -> None:
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(6000, 5)).astype(np.float32)
+    y = X[:, 0] * 2 + rng.normal(scale=0.3, size=6000)
+    params = {"max_iter": 20, "mean_max_rows": 3000, "quantile_max_rows": 2000, "random_state": 4}
+    a, b = DurationModel(**params).fit(X, y), DurationModel(**params).fit(X, y)
+    assert a.mean_._n_features == 5
+    blobs = [export_onnx(m.mean_, 5) + export_onnx(m.quantile_model_, 5) for m in (a, b)]
+    assert blobs[0] == blobs[1]  # same inputs, same bytes
+    c = DurationModel(**{**params, "random_state": 5}).fit(X, y)
+    assert export_onnx(c.mean_, 5) != export_onnx(a.mean_, 5)
+    pair = OnnxPair(export_onnx(a.mean_, 5), export_onnx(a.quantile_model_, 5))
+    onnx_log = pair.predict_log(X[:500])
+    assert parity_max_abs_diff(a, pair, X[:500], onnx_log=onnx_log) == parity_max_abs_diff(a, pair, X[:500])
