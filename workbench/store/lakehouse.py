@@ -245,7 +245,8 @@ def connect(root: str | os.PathLike[str], *, read_only: bool = False, alias: str
     options = "READ_ONLY" if read_only else f"DATA_PATH {sql_literal(data)}"
     target = "ducklake:sqlite:" + str(sqlite_catalog) if kind == "sqlite" else "ducklake:" + catalog
     try:
-        con.execute(f"ATTACH {sql_literal(target)} AS {alias} ({options})")
+        with _attach_lock(catalog if kind == "postgres" and not read_only else None):
+            con.execute(f"ATTACH {sql_literal(target)} AS {alias} ({options})")
     except duckdb.Error as exc:
         text = str(exc)
         if read_only and "creating a new DuckLake is explicitly disabled" in text:
@@ -263,6 +264,21 @@ def connect(root: str | os.PathLike[str], *, read_only: bool = False, alias: str
             raise StoreError(msg) from exc
         raise translated from exc
     return con
+
+
+@contextlib.contextmanager
+def _attach_lock(catalog: str | None) -> Iterator[None]:
+    """Writers attaching a PostgreSQL catalog take turns: the first attach creates DuckLake's tables,
+    and two instances creating them at once collide (duplicate key in ``pg_type``)."""
+    if catalog is None:
+        yield
+        return
+    session = _postgres.connect(catalog[len(POSTGRES_PREFIX):])
+    try:
+        with _postgres.advisory_lock(session, "lakehouse.writers"):
+            yield
+    finally:
+        session.close()
 
 
 def connect_settings(settings: Settings, *, read_only: bool = False,

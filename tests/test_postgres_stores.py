@@ -1,0 +1,272 @@
+"""Stores for several machines on a real PostgreSQL (started by tests/conftest.py's fixture).
+
+(a) window_stats on PostgreSQL behaves as on SQLite: same rows from the same upserts, replays,
+    late events keyed by source message, filters, retention archive (idempotent);
+(b) the DuckLake lakehouse on a PostgreSQL catalog: insert-if-absent, window anomalies, time
+    travel, maintenance, readers through the notebooks' read API, clear errors;
+(c) two writer processes at once, through PostgreSQL, with overlapping keys: every row exactly once;
+(d) the pipeline (replay -> analytics and anomaly sink -> stores, real Kafka) on PostgreSQL gives
+    the same stores as on SQLite from the same log, and again the same after a full redelivery.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from confluent_kafka import Producer
+
+from tests.pg_server import PostgresServer
+from tests.test_window_stats_store import window_rows
+from workbench.analysis import read
+from workbench.broker import ensure_topics
+from workbench.config import Settings
+from workbench.data.generator import generate
+from workbench.pipeline import run_analytics
+from workbench.pipeline.anomaly_sink import run_anomaly_sink
+from workbench.pipeline.contracts import anomaly_headers, anomaly_key, encode_anomaly
+from workbench.replay import Replay
+from workbench.store.exceptions import LakehouseNotFoundError, StoreError, StoreNotFoundError
+from workbench.store.lakehouse import AnomalyLakehouse
+from workbench.store.window_stats import WindowStatsStore
+
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def without(table: pa.Table, *names: str) -> list[dict[str, Any]]:
+    """Rows of ``table`` without the columns that hold write times."""
+    return table.drop_columns([n for n in names if n in table.column_names]).to_pylist()
+
+
+def anomaly_rows(n: int, offset: int = 0) -> list[dict[str, Any]]:
+    return [{"instance_id": i % 4, "query_id": 5_000_000_000 + i, "model_version": "v1",
+             "arrival_timestamp": T0 + timedelta(seconds=i), "true_ms": 9000.0 + i, "pred_ms": 100.0,
+             "score": 3.5, "reason": "slow", "features": {"num_joins": i % 3}} for i in range(offset, offset + n)]
+
+
+# --- (a) window_stats ------------------------------------------------------------------------------
+def test_window_stats_postgres_matches_sqlite(postgres_server: PostgresServer, postgres_db: str,
+                                              tmp_path: Path) -> None:
+    url = postgres_server.url(postgres_db)
+    rows = window_rows(days=10)
+    stores = {"sqlite": WindowStatsStore(tmp_path / "s.sqlite", archive_dir=tmp_path / "a-sqlite"),
+              "postgres": WindowStatsStore(url, archive_dir=tmp_path / "a-pg")}
+    got: dict[str, dict[str, Any]] = {}
+    for name, store in stores.items():
+        with store:
+            store.upsert(rows)
+            store.upsert(rows[:100])  # a replay: replaces itself
+            store.upsert([{**rows[0], "total_queries": 99}])
+            store.record_late(5, T0, 2, source=("events", 0, 17))
+            store.record_late(5, T0, 2, source=("events", 0, 17))  # the same message again
+            store.record_late(5, T0, 1, source=("events", 1, 17))
+            filtered = store.read(start=T0 + timedelta(days=1), end=T0 + timedelta(days=2), instances=[2**40 + 1])
+            replaced = store.read(end=T0 + timedelta(minutes=1), instances=[rows[0]["instance_id"]])
+            late = without(store.late_events(), "last_seen_at")  # before archiving (which drops day 0's)
+            archived = store.archive_older_than(3)
+            again = store.archive_older_than(3)
+            files = sorted(p.name for p in archived.files)
+            got[name] = {
+                "rows": without(store.read(), "updated_at"), "count": store.count(),
+                "filtered": without(filtered, "updated_at"), "late": late,
+                "newest": (store.newest_window_start(), store.newest_window_end()),
+                "replaced": replaced["total_queries"].to_pylist(),
+                "archived": (archived.cutoff, archived.rows, files, again.rows),
+                "archive": without(pa.concat_tables(pq.read_table(f) for f in archived.files), "updated_at"),
+            }
+    assert got["postgres"] == got["sqlite"]
+    assert got["postgres"]["replaced"] == [99]
+    assert got["postgres"]["filtered"] and got["postgres"]["archived"][1] > 0
+    assert got["postgres"]["count"] + got["postgres"]["archived"][1] == len(rows)
+    assert [r["late_count"] for r in got["postgres"]["late"]] == [3]
+    assert stores["postgres"].url == url and "postgres" in repr(stores["postgres"])
+
+
+def test_window_stats_postgres_reader_errors(postgres_server: PostgresServer, postgres_db: str) -> None:
+    url = postgres_server.url(postgres_db)
+    with pytest.raises(StoreNotFoundError, match="No window_stats table"):
+        WindowStatsStore(url, read_only=True).open()
+    with WindowStatsStore(url) as writer:  # opening twice is harmless (schema made once)
+        writer.upsert(window_rows(1, 2, 1))
+    with WindowStatsStore(url) as writer, WindowStatsStore(url, read_only=True) as reader:
+        assert reader.count() == 2 == writer.count()
+        with pytest.raises(Exception, match="read-only"):
+            reader.upsert(window_rows(1, 1, 1))
+    wrong = f"postgresql://postgres:s3cret@127.0.0.1:{postgres_server.port}/no_such_db"
+    with pytest.raises(StoreError, match="Cannot connect") as err:
+        WindowStatsStore(wrong).open()
+    assert "s3cret" not in str(err.value) and "***" in str(err.value)
+    assert "s3cret" not in repr(WindowStatsStore(wrong))
+
+
+# --- (b) the lakehouse on a PostgreSQL catalog --------------------------------------------------------
+def test_lakehouse_postgres_catalog(postgres_server: PostgresServer, postgres_db: str, tmp_path: Path) -> None:
+    catalog = "postgres:" + postgres_server.conninfo(postgres_db)
+    data = str(tmp_path / "shared" / "lake-data") + "/"
+    settings = Settings(home=tmp_path / "home", lakehouse_catalog=catalog, lakehouse_data=data)
+    with pytest.raises(LakehouseNotFoundError, match="anomaly sink"):
+        read.anomalies(settings)
+    reference: dict[str, Any] = {}
+    for name, lake in {"sqlite": AnomalyLakehouse(tmp_path / "sqlite-lake"),
+                       "postgres": AnomalyLakehouse.from_settings(settings)}.items():
+        with lake:
+            assert lake.write(anomaly_rows(30)) == 30
+            assert lake.write(anomaly_rows(40, offset=10)) == 20  # 30 already there
+            assert lake.write(anomaly_rows(40)) == 0
+            first = lake.current_version()
+            windows = pa.table({"instance_id": pa.array([1, 1], pa.int64()),
+                                "window_start": pa.array([T0, T0], pa.timestamp("us", tz="UTC")),
+                                "signal": ["queue", "queue"], "expected": [1.0, 1.0], "observed": [9.0, 9.0],
+                                "score": [4.0, 4.0], "reason": ["queue spike", "queue spike"]})
+            assert lake.write_window_anomalies(windows) == 1
+            assert lake.write_window_anomalies(windows) == 0
+            result = lake.maintain(keep_snapshots=timedelta(0), orphan_age=timedelta(0))
+            reference[name] = {"rows": without(lake.read(), "inserted_at"), "count": lake.count(),
+                               "windows": without(lake.read_window_anomalies(), "inserted_at"),
+                               "after_maintain": result.files_after}
+            assert lake.count(version=first) == 50  # time travel to before the window anomalies
+    assert reference["postgres"] == reference["sqlite"]
+    assert reference["postgres"]["count"] == 50
+    assert list((tmp_path / "shared" / "lake-data").rglob("*.parquet"))  # the data went to the configured path
+    assert not (tmp_path / "home" / "lakehouse" / "catalog.sqlite").exists()
+    # readers: the notebooks' read API and a read-only handle
+    frame = read.anomalies(settings, instances=[1])
+    assert len(frame) == len([r for r in anomaly_rows(50) if r["instance_id"] == 1])
+    assert len(read.window_anomalies(settings)) == 1
+    with AnomalyLakehouse.from_settings(settings, read_only=True) as reader:
+        assert reader.count() == 50
+        with pytest.raises(StoreError, match="read_only"):
+            reader.write(anomaly_rows(1))
+    # a writer that names another data path than the catalog's is told which setting to fix
+    other = settings.with_overrides(lakehouse_data=str(tmp_path / "elsewhere"))
+    with pytest.raises(StoreError, match="WORKBENCH_LAKEHOUSE_DATA"):
+        AnomalyLakehouse.from_settings(other).open()
+
+
+def test_settings_validate_store_locations(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="WORKBENCH_LAKEHOUSE_CATALOG"):
+        Settings(home=tmp_path, lakehouse_catalog="mysql:db")
+    with pytest.raises(ValueError, match="WORKBENCH_WINDOW_STATS_URL"):
+        Settings(home=tmp_path, window_stats_url="sqlite:///x")
+    shared = Settings(home=tmp_path / "h", window_stats_url="postgresql://u@db/x", shards_dir_override=tmp_path / "s",
+                      models_dir_override=tmp_path / "m", archive_dir_override=tmp_path / "a")
+    assert shared.window_stats_location == "postgresql://u@db/x"
+    assert (shared.shards_dir, shared.models_dir, shared.archive_dir) == (tmp_path / "s", tmp_path / "m",
+                                                                          tmp_path / "a")
+    env = shared.to_env()
+    assert env["WORKBENCH_WINDOW_STATS_URL"] == "postgresql://u@db/x"
+    assert env["WORKBENCH_SHARDS_DIR"] == str(tmp_path / "s")
+    assert Settings.from_env(env) == shared  # a child process resolves the same stores
+    plain = Settings(home=tmp_path / "h")
+    assert plain.window_stats_location == plain.sqlite_path
+    assert plain.lakehouse_data_path == str(plain.lakehouse_dir / "data") + "/"
+
+
+# --- (c) two writers at once ------------------------------------------------------------------------
+_WRITER = textwrap.dedent("""
+    import sys
+    from datetime import UTC, datetime, timedelta
+    from workbench.config import Settings
+    from workbench.store.lakehouse import AnomalyLakehouse
+    from workbench.store.window_stats import WindowStatsStore
+
+    settings = Settings.from_env(dict(zip(sys.argv[1::2], sys.argv[2::2])))
+    t0 = datetime(2024, 3, 1, tzinfo=UTC)
+    inserted = 0
+    with AnomalyLakehouse.from_settings(settings) as lake, WindowStatsStore.from_settings(settings) as stats:
+        for batch in range(12):
+            ids = range(batch * 10, batch * 10 + 25)  # overlaps the previous batch and the other writer's
+            inserted += lake.write([{"instance_id": i % 3, "query_id": i, "model_version": "v1",
+                                     "arrival_timestamp": t0 + timedelta(seconds=i)} for i in ids])
+            stats.upsert([{"instance_id": i % 3, "window_start": t0 + timedelta(minutes=10 * i),
+                           "window_end": t0 + timedelta(minutes=10 * i + 10), "total_queries": i} for i in ids])
+    print(inserted)
+""")
+
+
+def test_two_writers_exactly_once(postgres_server: PostgresServer, postgres_db: str, tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", lakehouse_catalog="postgres:" + postgres_server.conninfo(postgres_db),
+                        lakehouse_data=str(tmp_path / "lake-data"), window_stats_url=postgres_server.url(postgres_db))
+    env = settings.to_env()
+    args = [x for kv in env.items() for x in kv]
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=300) for w in writers]
+    for w, (_out, err) in zip(writers, outputs, strict=True):
+        assert w.returncode == 0, err[-2000:]
+    keys = 11 * 10 + 25  # ids 0..134
+    assert sum(int(out) for out, _ in outputs) == keys  # together they inserted each row once
+    with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
+        table = lake.read()
+    assert table.num_rows == keys
+    assert len(set(zip(table["instance_id"].to_pylist(), table["query_id"].to_pylist(), strict=True))) == keys
+    with WindowStatsStore.from_settings(settings, read_only=True) as stats:
+        assert stats.count() == keys
+        assert stats.read()["total_queries"].to_pylist() == list(range(keys))
+
+
+# --- (d) the pipeline on PostgreSQL and on SQLite ----------------------------------------------------
+def _stores(settings: Settings) -> dict[str, Any]:
+    with WindowStatsStore.from_settings(settings, read_only=True) as stats:
+        windows = without(stats.read(), "updated_at")
+        late = without(stats.late_events(), "last_seen_at")
+    with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
+        anomalies = without(lake.read(), "inserted_at")
+        flagged = without(lake.read_window_anomalies(), "inserted_at")
+    return {"windows": windows, "late": late, "anomalies": anomalies, "window_anomalies": flagged}
+
+
+def test_pipeline_on_postgres_matches_sqlite(kafka_settings: Settings, postgres_server: PostgresServer,
+                                             postgres_db: str, tmp_path: Path) -> None:
+    ensure_topics(kafka_settings)
+    log = tmp_path / "day.parquet"
+    generate(log, days=1, instances=6, seed=11, rows_per_day=6_000)
+    Replay(log, settings=kafka_settings, speedup=0, pack=1).run()
+    producer = Producer(kafka_settings.kafka_client_config())
+    messages = [{"instance_id": i % 6, "user_id": 7, "database_id": 2, "query_id": 7_000_000_000 + i,
+                 "arrival_timestamp": (datetime(2024, 3, 4, tzinfo=UTC) + timedelta(seconds=30 * i)).isoformat(),
+                 "query_type": "select", "cluster_size": 4, "execution_duration_ms": 90_000 + i,
+                 "queue_duration_ms": 10, "compile_duration_ms": 5, "pred_mean_ms": 1000.0, "pred_q_ms": 3000.0,
+                 "score": 4.5, "threshold": 3.0, "reason": "slow", "model_version": "v1",
+                 "features": {"num_joins": i % 4}} for i in range(400)]
+    for m in [*messages, *messages[:150]]:  # the producer's retry re-sent some: at-least-once input
+        producer.produce(kafka_settings.topic_anomalies, key=anomaly_key(m), value=encode_anomaly(m),
+                         headers=anomaly_headers())
+    producer.flush(10)
+
+    on_pg = kafka_settings.with_overrides(
+        home=tmp_path / "pg-home", lakehouse_catalog="postgres:" + postgres_server.conninfo(postgres_db),
+        lakehouse_data=str(tmp_path / "shared-lake"), window_stats_url=postgres_server.url(postgres_db))
+    options = {"idle_exit": 4, "timeout": 120, "commit_interval": 1.0}
+    counts = {}
+    for name, settings in {"sqlite": kafka_settings, "postgres": on_pg}.items():
+        group = f"{name}-{uuid.uuid4().hex[:6]}"  # both runs read the same topics from the start
+        analytics = run_analytics(settings, group=f"a-{group}", **options)
+        sink = run_anomaly_sink(settings, group=f"s-{group}", **options)
+        counts[name] = (analytics["events"], sink["anomalies"], sink["sink_rows"])
+    assert counts["postgres"] == counts["sqlite"] == (6_000, 550, 400)
+    sqlite, postgres = _stores(kafka_settings), _stores(on_pg)
+    assert len(postgres["windows"]) > 100 and len(postgres["anomalies"]) == 400
+    for store in ("windows", "late", "anomalies", "window_anomalies"):
+        assert postgres[store] == sqlite[store], store
+    assert sum(r["total_queries"] for r in postgres["windows"]) == 6_000
+    assert not (on_pg.home / "stream_stats.sqlite").exists()
+
+    # a full redelivery (a fresh group re-reads everything) changes nothing
+    again = run_analytics(on_pg, group=f"again-{uuid.uuid4().hex[:6]}", **options)
+    sink = run_anomaly_sink(on_pg, group=f"again-{uuid.uuid4().hex[:6]}", **options)
+    assert again["events"] == 6_000 and sink["sink_rows"] == 0
+    assert _stores(on_pg) == postgres
+    # the notebooks' read API sees the same on both
+    end = read.data_end(on_pg)
+    assert end == read.data_end(kafka_settings) and end is not None
+    assert read.metrics(on_pg, "24h", end=end) == read.metrics(kafka_settings, "24h", end=end)
+    assert read.class_shares(on_pg).equals(read.class_shares(kafka_settings))
