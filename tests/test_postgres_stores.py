@@ -151,6 +151,17 @@ def test_lakehouse_postgres_catalog(postgres_server: PostgresServer, postgres_db
         AnomalyLakehouse.from_settings(other).open()
 
 
+def test_object_store_data_path_needs_httpfs(tmp_path: Path) -> None:
+    """An object-store data path is handed to DuckDB's httpfs, an optional package: without it, a clear error."""
+    import importlib.util
+
+    if importlib.util.find_spec("duckdb_extension_httpfs") is not None:
+        pytest.skip("duckdb-extension-httpfs is installed; the error path cannot be shown")
+    lake = AnomalyLakehouse(tmp_path / "lake", data_path="s3://bucket/lake/")
+    with pytest.raises(ImportError, match="pip install duckdb-extension-httpfs"):
+        lake.open()
+
+
 def test_settings_validate_store_locations(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="WORKBENCH_LAKEHOUSE_CATALOG"):
         Settings(home=tmp_path, lakehouse_catalog="mysql:db")
