@@ -34,7 +34,7 @@ from workbench.pipeline import run_analytics
 from workbench.pipeline.anomaly_sink import run_anomaly_sink
 from workbench.pipeline.contracts import anomaly_headers, anomaly_key, encode_anomaly
 from workbench.replay import Replay
-from workbench.store.exceptions import LakehouseNotFoundError, StoreError, StoreNotFoundError
+from workbench.store.exceptions import LakehouseBusyError, LakehouseNotFoundError, StoreError, StoreNotFoundError
 from workbench.store.lakehouse import AnomalyLakehouse
 from workbench.store.window_stats import WindowStatsStore
 
@@ -149,6 +149,32 @@ def test_lakehouse_postgres_catalog(postgres_server: PostgresServer, postgres_db
     other = settings.with_overrides(lakehouse_data=str(tmp_path / "elsewhere"))
     with pytest.raises(StoreError, match="WORKBENCH_LAKEHOUSE_DATA"):
         AnomalyLakehouse.from_settings(other).open()
+
+
+def test_stores_survive_a_postgres_restart(postgres_server: PostgresServer, tmp_path: Path) -> None:
+    """A restarted server (every session cut) costs a retry, never a row: both stores reconnect."""
+    with PostgresServer() as pg:  # a private one: the session's server is not restarted under other tests
+        db = pg.create_database()
+        settings = Settings(home=tmp_path / "home", lakehouse_catalog="postgres:" + pg.conninfo(db),
+                            lakehouse_data=str(tmp_path / "lake-data"), window_stats_url=pg.url(db))
+        with AnomalyLakehouse.from_settings(settings) as lake, WindowStatsStore.from_settings(settings) as stats:
+            assert lake.write(anomaly_rows(20)) == 20
+            stats.upsert(window_rows(1, 3, 2))
+            pg.restart()
+            busy = 0
+            for _ in range(5):  # what the sink does: a busy lakehouse pauses the partition, then retries
+                try:
+                    assert lake.write(anomaly_rows(40)) == 20
+                    break
+                except LakehouseBusyError:
+                    busy += 1
+            else:
+                pytest.fail("the lakehouse never came back after the restart")
+            assert stats.upsert(window_rows(2, 3, 2)) == 12  # a new session, the same rows
+            assert lake.count() == 40 and stats.count() == 12
+            pg.restart()
+            assert stats.read().num_rows == 12  # readers reconnect too
+        assert busy <= 1
 
 
 def test_object_store_data_path_needs_httpfs(tmp_path: Path) -> None:

@@ -123,6 +123,10 @@ ANOMALY_KEY: Final[tuple[str, ...]] = ("instance_id", "query_id", "model_version
 _REQUIRED: Final = (*ANOMALY_KEY, "arrival_timestamp")
 _INPUT_FIELDS: Final = tuple(f for f in ANOMALY_SCHEMA if f.name != "inserted_at")
 _DUCK_TYPES: Final = {pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.string(): "VARCHAR", _TSZ: "TIMESTAMPTZ"}
+#: A PostgreSQL catalog's session was lost (server restart, network): reconnect and retry later.
+_PG_LOST = re.compile(r"server closed the connection|terminating connection|connection already closed|"
+                      r"no connection to the server|could not (?:receive|send) data|Unable to connect to Postgres|"
+                      r"connection to server .* failed|SSL connection has been closed", re.I)
 _BUSY = re.compile(r"database is locked|database is busy|SQLITE_BUSY|conflict|could not commit", re.I)
 
 
@@ -350,6 +354,7 @@ class AnomalyLakehouse(ConnectionStore):
         self.data_path = data_path
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock_con: Any = None  # PostgreSQL catalog: the session holding the writers' advisory lock
+        self._lost = False  # a PostgreSQL session was lost: re-attach on the next use
 
     @classmethod
     def from_settings(cls, settings: Settings, *, read_only: bool = False) -> AnomalyLakehouse:
@@ -402,15 +407,57 @@ class AnomalyLakehouse(ConnectionStore):
         if self.catalog_kind != "postgres":
             yield
             return
-        if self._lock_con is None or self._lock_con.closed:
-            self._lock_con = _postgres.connect(self.catalog[len(POSTGRES_PREFIX):])
-        with _postgres.advisory_lock(self._lock_con, "lakehouse.writers"):
+        key = _postgres.lock_key("lakehouse.writers")
+        try:
+            if self._lock_con is None or self._lock_con.closed or self._lock_con.broken:
+                self._lock_con = _postgres.connect(self.catalog[len(POSTGRES_PREFIX):])
+            self._lock_con.execute("SELECT pg_advisory_lock(%s)", (key,))
+        except Exception as exc:  # StoreError (cannot connect) or a psycopg error (session lost)
+            with contextlib.suppress(Exception):
+                self._lock_con.close()
+            self._lock_con = None
+            msg = (f"The lakehouse catalog {describe(self.root, self.catalog)} is unreachable for the writers' "
+                   f"lock: {_postgres.redact(str(exc)).splitlines()[0][:300]}. Nothing was written; retry later.")
+            raise LakehouseBusyError(msg, retry_after=2.0) from exc
+        try:
             yield
+        finally:
+            with contextlib.suppress(Exception):  # a lost session has released the lock already
+                self._lock_con.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
-        """The open DuckDB connection (``lake`` attached)."""
+        """The open DuckDB connection (``lake`` attached); re-attached after a lost PostgreSQL catalog.
+
+        Raises
+        ------
+        LakehouseBusyError
+            When the PostgreSQL catalog is still unreachable (retry later).
+        """
+        if self._con is None and self._lost:
+            try:
+                self.open()
+            except (StoreError, duckdb.Error) as exc:
+                msg = (f"The lakehouse catalog {describe(self.root, self.catalog)} is unreachable: "
+                       f"{_postgres.redact(str(exc)).splitlines()[0][:300]}. Retry later.")
+                raise LakehouseBusyError(msg, retry_after=2.0) from exc
+            self._lost = False
         return self._open_connection()
+
+    def _failed(self, exc: duckdb.Error, action: str) -> Exception:
+        """The error to raise for a failed statement: a lost PostgreSQL session means "retry later"."""
+        if self.catalog_kind == "postgres" and _PG_LOST.search(str(exc)):
+            logger.warning("lakehouse: PostgreSQL catalog session lost during %s; will re-attach", action)
+            self._drop_sessions()
+            msg = (f"The lakehouse catalog's PostgreSQL session was lost during {action}: "
+                   f"{_postgres.redact(str(exc)).splitlines()[0][:300]}. Nothing was written; retry the batch.")
+            return LakehouseBusyError(msg, retry_after=2.0)
+        return _translate(exc, action)
+
+    def _drop_sessions(self) -> None:
+        """Forget the DuckDB connection and the lock session; the next use re-attaches."""
+        self.close()
+        self._lost = True
 
     # --- writes ------------------------------------------------------------------------------------
     def write(self, rows: pa.Table | pa.RecordBatch | Iterable[Mapping[str, Any]]) -> int:
@@ -459,7 +506,7 @@ class AnomalyLakehouse(ConnectionStore):
                 inserted = con.execute(sql, {"lo": lo.as_py(), "hi": hi.as_py()}).fetchone()
         except duckdb.Error as exc:
             _rollback(con)
-            raise _translate(exc, "write") from exc
+            raise self._failed(exc, "write") from exc
         finally:
             con.unregister("_wb_batch")
         count = int(inserted[0]) if inserted else 0
@@ -492,7 +539,7 @@ class AnomalyLakehouse(ConnectionStore):
                 inserted = con.execute(sql).fetchone()
         except duckdb.Error as exc:
             _rollback(con)
-            raise _translate(exc, "write window anomalies") from exc
+            raise self._failed(exc, "write window anomalies") from exc
         finally:
             con.unregister("_wb_windows")
         return int(inserted[0]) if inserted else 0
@@ -573,7 +620,7 @@ class AnomalyLakehouse(ConnectionStore):
                     {**cat, "age": orphan_age}).fetchone()
         except duckdb.Error as exc:
             _rollback(con)
-            raise _translate(exc, "maintenance") from exc
+            raise self._failed(exc, "maintenance") from exc
         result = MaintenanceResult(before, self.data_files(), int(expired[0]) if expired else 0,
                                    int(deleted[0]) if deleted else 0, int(orphans[0]) if orphans else 0)
         logger.info("lakehouse maintenance files_before=%d files_after=%d snapshots_expired=%d files_deleted=%d "

@@ -341,8 +341,19 @@ class WindowStatsStore(ConnectionStore):
 
     @property
     def _db(self) -> Any:
-        """The open connection (``sqlite3.Connection`` or ``psycopg.Connection``)."""
-        return self._open_connection()
+        """The open connection (``sqlite3.Connection`` or ``psycopg.Connection``).
+
+        A PostgreSQL session lost since the last call (server restart, network) is replaced by a new
+        one here, so the caller's next statement runs instead of failing again.
+        """
+        con = self._open_connection()
+        if self.url is not None and con.broken:
+            logger.warning("window stats: PostgreSQL session lost; reconnecting url=%s", _postgres.redact(self.url))
+            with contextlib.suppress(Exception):
+                con.close()
+            self._con = None
+            con = self.open()._con
+        return con
 
     @contextlib.contextmanager
     def _write_transaction(self, *, exclusive: bool = False) -> Iterator[Any]:
@@ -393,13 +404,39 @@ class WindowStatsStore(ConnectionStore):
             return 0
         # Key order: two writers of overlapping windows lock rows in the same order (no deadlock).
         params.sort(key=lambda p: (p[0], p[1]))
-        with self._write_transaction() as db:
-            cur = db.cursor()
+        for attempt in (1, 2):
             try:
-                cur.executemany(self._upsert_sql, params)
-            finally:
-                cur.close()
-        return len(params)
+                with self._write_transaction() as db:
+                    cur = db.cursor()
+                    try:
+                        cur.executemany(self._upsert_sql, params)
+                    finally:
+                        cur.close()
+                return len(params)
+            except Exception:
+                # A PostgreSQL session lost mid-transaction rolled it back: once more on a new session
+                # (an UPSERT repeated writes the same rows). Anything else, or a second loss, is raised.
+                if attempt == 2 or self.url is None or not self._db_broken():
+                    raise
+        return len(params)  # pragma: no cover - the loop returns or raises
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement outside a transaction and return its rows (none for a write).
+
+        A PostgreSQL session found lost is replaced and the statement run once more (every
+        statement run here is a read or a keyed upsert, so running it twice changes nothing).
+        """
+        for attempt in (1, 2):
+            try:
+                cur = self._db.execute(sql, params)
+                return cur.fetchall() if cur.description is not None else []
+            except Exception:
+                if attempt == 2 or self.url is None or not self._db_broken():
+                    raise
+        return []  # pragma: no cover - the loop returns or raises
+
+    def _db_broken(self) -> bool:
+        return self._con is not None and bool(getattr(self._con, "broken", False))
 
     def record_late(self, instance_id: int, window_start: datetime | int, count: int = 1, *,
                     source: tuple[str, int, int] | None = None) -> None:
@@ -412,7 +449,7 @@ class WindowStatsStore(ConnectionStore):
         start = to_epoch_ms(window_start, name="window_start")
         now_ns = time.time_ns()
         topic, partition, offset = source if source is not None else ("(unkeyed)", -1, now_ns)
-        self._db.execute(self._late_sql, (str(topic), int(partition), int(offset), int(instance_id), start, int(count),
+        self._fetch(self._late_sql, (str(topic), int(partition), int(offset), int(instance_id), start, int(count),
                                  now_ns // 1_000_000))
 
     # --- reads -------------------------------------------------------------------------------------
@@ -428,32 +465,32 @@ class WindowStatsStore(ConnectionStore):
         lo, hi = to_epoch_ms(start, name="start"), to_epoch_ms(end, name="end")
         ids = None if instances is None else [int(i) for i in instances]
         sql, params = _select(self.dialect, lo, hi, ids)
-        return _to_table(self._db.execute(sql, params).fetchall())
+        return _to_table(self._fetch(sql, params))
 
     def late_events(self) -> pa.Table:
         """All late-event counters (``instance_id, window_start, late_count, last_seen_at``)."""
         # CAST: PostgreSQL's sum of BIGINT is NUMERIC (a Decimal in Python).
-        cur = self._db.execute("SELECT instance_id, window_start, CAST(sum(late_count) AS BIGINT), max(last_seen_at) "
-                               "FROM late_event_sources GROUP BY instance_id, window_start "
-                               "ORDER BY window_start, instance_id")
-        cols = list(zip(*cur.fetchall(), strict=False)) or [(), (), (), ()]
+        rows = self._fetch("SELECT instance_id, window_start, CAST(sum(late_count) AS BIGINT), max(last_seen_at) "
+                           "FROM late_event_sources GROUP BY instance_id, window_start "
+                           "ORDER BY window_start, instance_id")
+        cols = list(zip(*rows, strict=False)) or [(), (), (), ()]
         return pa.table({"instance_id": pa.array(cols[0], pa.int64()),
                          "window_start": pa.array(cols[1], pa.int64()).cast(_TS),
                          "late_count": pa.array(cols[2], pa.int64()),
                          "last_seen_at": pa.array(cols[3], pa.int64()).cast(_TS)})
 
     def count(self) -> int:
-        """Number of windows in SQLite."""
-        return int(self._db.execute("SELECT count(*) FROM window_stats").fetchone()[0])
+        """Number of windows stored (not archived)."""
+        return int(self._fetch("SELECT count(*) FROM window_stats")[0][0])
 
     def newest_window_end(self) -> datetime | None:
         """The latest ``window_end`` stored (the data's "now"), or ``None`` when empty."""
-        value = self._db.execute("SELECT max(window_end) FROM window_stats").fetchone()[0]
+        value = self._fetch("SELECT max(window_end) FROM window_stats")[0][0]
         return None if value is None else datetime.fromtimestamp(value / 1000, tz=UTC)
 
     def newest_window_start(self) -> datetime | None:
         """The latest ``window_start`` stored (data time, not wall time), or ``None`` when empty."""
-        value = self._db.execute("SELECT max(window_start) FROM window_stats").fetchone()[0]
+        value = self._fetch("SELECT max(window_start) FROM window_stats")[0][0]
         return None if value is None else datetime.fromtimestamp(value / 1000, tz=UTC)
 
     # --- retention ---------------------------------------------------------------------------------
