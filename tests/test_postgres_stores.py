@@ -5,8 +5,9 @@
 (b) the DuckLake lakehouse on a PostgreSQL catalog: insert-if-absent, window anomalies, time
     travel, maintenance, readers through the notebooks' read API, clear errors;
 (c) two writer processes at once, through PostgreSQL, with overlapping keys: every row exactly once;
-(d) the pipeline (replay -> analytics and anomaly sink -> stores, real Kafka) on PostgreSQL gives
-    the same stores as on SQLite from the same log, and again the same after a full redelivery.
+(d) the pipeline (replay -> scoring, analytics, anomaly sink -> stores; real Kafka, real ONNX model)
+    with PostgreSQL stores and shared folders gives the same stores as on SQLite from the same log,
+    and again the same after a full redelivery.
 """
 
 from __future__ import annotations
@@ -15,27 +16,28 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from confluent_kafka import Producer
 
 from tests.pg_server import PostgresServer
 from tests.test_window_stats_store import window_rows
 from workbench.analysis import read
 from workbench.broker import ensure_topics
 from workbench.config import Settings
-from workbench.data.generator import generate
+from workbench.ml._testing import day_slice, generated_log
+from workbench.ml._train import train_table
 from workbench.pipeline import run_analytics
 from workbench.pipeline.anomaly_sink import run_anomaly_sink
-from workbench.pipeline.contracts import anomaly_headers, anomaly_key, encode_anomaly
+from workbench.pipeline.scoring import run_scoring
 from workbench.replay import Replay
 from workbench.store.exceptions import LakehouseBusyError, LakehouseNotFoundError, StoreError, StoreNotFoundError
 from workbench.store.lakehouse import AnomalyLakehouse
+from workbench.store.shards import read_shards
 from workbench.store.window_stats import WindowStatsStore
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
@@ -105,6 +107,20 @@ def test_window_stats_postgres_reader_errors(postgres_server: PostgresServer, po
         WindowStatsStore(wrong).open()
     assert "s3cret" not in str(err.value) and "***" in str(err.value)
     assert "s3cret" not in repr(WindowStatsStore(wrong))
+
+
+def test_window_stats_postgres_adds_declared_columns(postgres_server: PostgresServer, postgres_db: str) -> None:
+    """A table made before a column was declared gets it on the next open (a new column is one edit)."""
+    import psycopg
+
+    url = postgres_server.url(postgres_db)
+    with WindowStatsStore(url) as store:
+        store.upsert(window_rows(1, 2, 1))
+    with psycopg.connect(url, autocommit=True) as con:  # as an earlier version made it
+        con.execute("ALTER TABLE window_stats DROP COLUMN p95_exec_time_ms")
+    with WindowStatsStore(url) as store:
+        store.upsert(window_rows(1, 3, 1))
+        assert store.read()["p95_exec_time_ms"].to_pylist() == [12.5, 12.5, 12.5]
 
 
 # --- (b) the lakehouse on a PostgreSQL catalog --------------------------------------------------------
@@ -264,47 +280,46 @@ def _stores(settings: Settings) -> dict[str, Any]:
 def test_pipeline_on_postgres_matches_sqlite(kafka_settings: Settings, postgres_server: PostgresServer,
                                              postgres_db: str, tmp_path: Path) -> None:
     ensure_topics(kafka_settings)
-    log = tmp_path / "day.parquet"
-    generate(log, days=1, instances=6, seed=11, rows_per_day=6_000)
-    events = pq.read_metadata(log).num_rows
-    Replay(log, settings=kafka_settings, speedup=0, pack=1).run()
-    producer = Producer(kafka_settings.kafka_client_config())
-    messages = [{"instance_id": i % 6, "user_id": 7, "database_id": 2, "query_id": 7_000_000_000 + i,
-                 "arrival_timestamp": (datetime(2024, 3, 4, tzinfo=UTC) + timedelta(seconds=30 * i)).isoformat(),
-                 "query_type": "select", "cluster_size": 4, "execution_duration_ms": 90_000 + i,
-                 "queue_duration_ms": 10, "compile_duration_ms": 5, "pred_mean_ms": 1000.0, "pred_q_ms": 3000.0,
-                 "score": 4.5, "threshold": 3.0, "reason": "slow", "model_version": "v1",
-                 "features": {"num_joins": i % 4}} for i in range(400)]
-    for m in [*messages, *messages[:150]]:  # the producer's retry re-sent some: at-least-once input
-        producer.produce(kafka_settings.topic_anomalies, key=anomaly_key(m), value=encode_anomaly(m),
-                         headers=anomaly_headers())
-    producer.flush(10)
+    log = generated_log(days=2, rows_per_day=3_000, instances=4, seed=11, anomaly_rate=0.03,
+                        start=date(2024, 3, 4))
+    shared = tmp_path / "shared"  # what several machines would mount
+    train_table(shared / "models", day_slice(log, date(2024, 3, 4)), date(2024, 3, 4), window_days=1)
+    pq.write_table(log, tmp_path / "log.parquet")
+    Replay(tmp_path / "log.parquet", settings=kafka_settings, speedup=0, pack=1).run()
 
+    on_sqlite = kafka_settings.with_overrides(models_dir_override=shared / "models")
     on_pg = kafka_settings.with_overrides(
         home=tmp_path / "pg-home", lakehouse_catalog="postgres:" + postgres_server.conninfo(postgres_db),
-        lakehouse_data=str(tmp_path / "shared-lake"), window_stats_url=postgres_server.url(postgres_db))
-    options = {"idle_exit": 4, "timeout": 120, "commit_interval": 1.0}
+        lakehouse_data=str(shared / "lake-data"), window_stats_url=postgres_server.url(postgres_db),
+        shards_dir_override=shared / "shards", models_dir_override=shared / "models")
+    options = {"idle_exit": 4, "timeout": 180, "commit_interval": 1.0}
     counts = {}
-    for name, settings in {"sqlite": kafka_settings, "postgres": on_pg}.items():
+    for name, settings in {"sqlite": on_sqlite, "postgres": on_pg}.items():
         group = f"{name}-{uuid.uuid4().hex[:6]}"  # both runs read the same topics from the start
+        scoring = run_scoring(settings, group=f"m-{group}", train=False, idle_exit=4, timeout=180)
         analytics = run_analytics(settings, group=f"a-{group}", **options)
+        # the sink of the PostgreSQL run reads the anomalies of both scoring runs: every one twice
         sink = run_anomaly_sink(settings, group=f"s-{group}", **options)
-        counts[name] = (analytics["events"], sink["anomalies"], sink["sink_rows"])
-    assert counts["postgres"] == counts["sqlite"] == (events, 550, 400)
-    sqlite, postgres = _stores(kafka_settings), _stores(on_pg)
-    assert len(postgres["windows"]) > 100 and len(postgres["anomalies"]) == 400
+        counts[name] = (scoring["events"], analytics["events"], sink["sink_rows"])
+    assert counts["postgres"] == counts["sqlite"] == (log.num_rows, log.num_rows, counts["sqlite"][2])
+    sqlite, postgres = _stores(on_sqlite), _stores(on_pg)
+    assert len(postgres["windows"]) > 100 and len(postgres["anomalies"]) > 10
     for store in ("windows", "late", "anomalies", "window_anomalies"):
         assert postgres[store] == sqlite[store], store
-    assert sum(r["total_queries"] for r in postgres["windows"]) == events
-    assert not (on_pg.home / "stream_stats.sqlite").exists()
+    assert sum(r["total_queries"] for r in postgres["windows"]) == log.num_rows
+    assert not (on_pg.home / "stream_stats.sqlite").exists() and not (on_pg.home / "shards").exists()
+    order = [("kafka_partition", "ascending"), ("kafka_offset", "ascending")]
+    assert read_shards(on_pg.shards_dir).sort_by(order).equals(read_shards(on_sqlite.shards_dir).sort_by(order))
 
-    # a full redelivery (a fresh group re-reads everything) changes nothing
+    # a full redelivery (fresh groups re-read everything) changes nothing
     again = run_analytics(on_pg, group=f"again-{uuid.uuid4().hex[:6]}", **options)
     sink = run_anomaly_sink(on_pg, group=f"again-{uuid.uuid4().hex[:6]}", **options)
-    assert again["events"] == events and sink["sink_rows"] == 0
+    assert again["events"] == log.num_rows and sink["sink_rows"] == 0
     assert _stores(on_pg) == postgres
     # the notebooks' read API sees the same on both
     end = read.data_end(on_pg)
-    assert end == read.data_end(kafka_settings) and end is not None
-    assert read.metrics(on_pg, "24h", end=end) == read.metrics(kafka_settings, "24h", end=end)
-    assert read.class_shares(on_pg).equals(read.class_shares(kafka_settings))
+    assert end == read.data_end(on_sqlite) and end is not None
+    assert read.metrics(on_pg, "24h", end=end) == read.metrics(on_sqlite, "24h", end=end)
+    assert read.class_shares(on_pg).equals(read.class_shares(on_sqlite))
+    frames = [read.anomalies(s).drop(columns="inserted_at") for s in (on_pg, on_sqlite)]
+    assert frames[0].equals(frames[1])

@@ -338,6 +338,12 @@ class AnomalyLakehouse(ConnectionStore):
         Lakehouse folder (``settings.lakehouse_dir``).
     read_only : bool
         Open as a reader (never creates anything).
+    catalog : str
+        ``'sqlite'`` (``root/catalog.sqlite``) or ``'postgres:<libpq connection string>'`` (shared by
+        several machines; writers then take turns on a PostgreSQL advisory lock).
+    data_path : str, optional
+        Folder of the Parquet files (default ``root/data/``); with a PostgreSQL catalog, one that
+        every machine mounts at the same path.
 
     Examples
     --------

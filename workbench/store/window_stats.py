@@ -138,10 +138,14 @@ def _create(d: _Dialect) -> tuple[str, ...]:
     )
 
 
-def _add_missing_columns(d: _Dialect) -> tuple[str, ...]:
-    """PostgreSQL: columns declared after the table was made are added (nullable: old rows have none)."""
+def _add_columns(d: _Dialect, existing: Iterable[str]) -> tuple[str, ...]:
+    """Columns declared after the table was made, to add (nullable: the old rows have no value).
+
+    Only the missing ones: ``ALTER TABLE`` locks the table exclusively even when it changes nothing.
+    """
+    have = set(existing)
     return tuple(f"ALTER TABLE window_stats ADD COLUMN IF NOT EXISTS {f.name} {d.types[f.type]}"
-                 for f in WINDOW_STATS_SCHEMA)
+                 for f in WINDOW_STATS_SCHEMA if f.name not in have)
 
 
 #: Databases of earlier versions held additive counters in a ``late_events`` table: move them over.
@@ -331,7 +335,17 @@ class WindowStatsStore(ConnectionStore):
             # Several instances may open a fresh database at once: one creates, the others wait.
             with con.transaction():
                 con.execute("SELECT pg_advisory_xact_lock(%s)", (_postgres.lock_key("window_stats.schema"),))
-                for statement in (*_create(_POSTGRES), *_add_missing_columns(_POSTGRES), _late_view(_POSTGRES)):
+                # DDL locks tables even when it changes nothing: only what is missing (all of it, the first time)
+                made = con.execute("SELECT to_regclass('window_stats') IS NOT NULL AND "
+                                   "to_regclass('late_event_sources') IS NOT NULL AND "
+                                   "to_regclass('late_events') IS NOT NULL").fetchone()
+                if not (made and made[0]):
+                    for statement in (*_create(_POSTGRES), _late_view(_POSTGRES)):
+                        con.execute(statement)
+                existing = [r[0] for r in con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                    "AND table_name = 'window_stats'").fetchall()]
+                for statement in _add_columns(_POSTGRES, existing):
                     con.execute(statement)
         except BaseException:
             con.close()
