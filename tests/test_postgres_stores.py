@@ -35,6 +35,7 @@ from workbench.pipeline import run_analytics
 from workbench.pipeline.anomaly_sink import run_anomaly_sink
 from workbench.pipeline.scoring import run_scoring
 from workbench.replay import Replay
+from workbench.runtime._status import anomaly_count, late_event_count
 from workbench.store.exceptions import LakehouseBusyError, LakehouseNotFoundError, StoreError, StoreNotFoundError
 from workbench.store.lakehouse import AnomalyLakehouse
 from workbench.store.shards import read_shards
@@ -264,6 +265,9 @@ def test_two_writers_exactly_once(postgres_server: PostgresServer, postgres_db: 
     with WindowStatsStore.from_settings(settings, read_only=True) as stats:
         assert stats.count() == keys
         assert stats.read()["total_queries"].to_pylist() == list(range(keys))
+    # what the status panel and the notebooks read, through the same settings
+    assert anomaly_count(settings) == keys and late_event_count(settings) == 0
+    assert len(read.window_stats(settings)) == keys and len(read.anomalies(settings)) == keys
 
 
 # --- (d) the pipeline on PostgreSQL and on SQLite ----------------------------------------------------
