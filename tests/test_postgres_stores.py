@@ -270,6 +270,35 @@ def test_two_writers_exactly_once(postgres_server: PostgresServer, postgres_db: 
     assert len(read.window_stats(settings)) == keys and len(read.anomalies(settings)) == keys
 
 
+_HOLDER = textwrap.dedent("""
+    import sys, time
+    from workbench.store.lakehouse import AnomalyLakehouse
+
+    lake = AnomalyLakehouse(sys.argv[1], catalog=sys.argv[2], data_path=sys.argv[3]).open()
+    with lake._exclusive():  # a writer stuck inside its write turn
+        print("holding", flush=True)
+        time.sleep(600)
+""")
+
+
+def test_writer_killed_in_its_turn_frees_the_others(postgres_server: PostgresServer, postgres_db: str,
+                                                     tmp_path: Path) -> None:
+    """kill -9 of a writer holding the writers' lock: its session dies, the lock with it, the others go on."""
+    catalog, data = "postgres:" + postgres_server.conninfo(postgres_db), str(tmp_path / "lake-data")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path / "lake"), catalog, data],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding", holder.stderr
+        holder.kill()  # SIGKILL: no cleanup runs in the holder
+        holder.wait(timeout=30)
+        with AnomalyLakehouse(tmp_path / "lake", catalog=catalog, data_path=data) as lake:
+            assert lake.write(anomaly_rows(10)) == 10
+            assert lake.count() == 10
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
 # --- (d) the pipeline on PostgreSQL and on SQLite ----------------------------------------------------
 def _stores(settings: Settings) -> dict[str, Any]:
     with WindowStatsStore.from_settings(settings, read_only=True) as stats:
