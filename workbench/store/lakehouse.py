@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
+from urllib.parse import urlsplit
 
 import duckdb
 import orjson
@@ -238,9 +239,10 @@ def connect(root: str | os.PathLike[str], *, read_only: bool = False, alias: str
     if not data.endswith(("/", os.sep)):
         data += "/"
     if "://" in data and not data.startswith("file://"):
-        # s3://, gs://, az://, https://: DuckDB reads and writes those through httpfs (credentials by
-        # CREATE SECRET or the usual environment variables). Optional: not installed by default.
+        # s3:// (AWS or S3-compatible: MinIO, R2, ...): DuckDB reads and writes through httpfs.
         con.execute(f"LOAD {sql_literal(str(_extension_file('duckdb_extension_httpfs', 'httpfs')))}")
+        if data.startswith(("s3://", "s3a://")):
+            _s3_secret(con)
     if not read_only:
         if "://" not in data:
             Path(data).mkdir(parents=True, exist_ok=True)
@@ -268,6 +270,32 @@ def connect(root: str | os.PathLike[str], *, read_only: bool = False, alias: str
             raise StoreError(msg) from exc
         raise translated from exc
     return con
+
+
+def _s3_secret(con: duckdb.DuckDBPyConnection) -> None:
+    """S3 credentials for this connection from the standard AWS environment variables.
+
+    ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (and ``AWS_SESSION_TOKEN``, ``AWS_REGION`` or
+    ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` for an S3-compatible
+    server, path-style). Like PGPASSWORD they stay in the environment, never in the settings.
+    Without a key nothing is created and DuckDB's defaults apply.
+    """
+    env = os.environ
+    key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+    if not key or not secret:
+        return
+    parts = [f"KEY_ID {sql_literal(key)}", f"SECRET {sql_literal(secret)}"]
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if region:
+        parts.append(f"REGION {sql_literal(region)}")
+    if env.get("AWS_SESSION_TOKEN"):
+        parts.append(f"SESSION_TOKEN {sql_literal(env['AWS_SESSION_TOKEN'])}")
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        url = urlsplit(endpoint if "://" in endpoint else "https://" + endpoint)
+        parts += [f"ENDPOINT {sql_literal(url.netloc)}", "URL_STYLE 'path'",
+                  f"USE_SSL {'true' if url.scheme == 'https' else 'false'}"]
+    con.execute(f"CREATE OR REPLACE TEMPORARY SECRET workbench_s3 (TYPE s3, {', '.join(parts)})")
 
 
 @contextlib.contextmanager
