@@ -64,9 +64,11 @@ class PostgresServer:
     def __init__(self) -> None:
         self.bin_dir = find_bin_dir()
         self.port = _free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="wb-pg-"))
-        self.data_dir = self.root / "data"
         self._as_root = os.geteuid() == 0
+        # As root the server runs as `postgres`, which must reach the folder: /tmp, not a private TMPDIR.
+        parent = "/tmp" if self._as_root and os.path.isdir("/tmp") else None
+        self.root = Path(tempfile.mkdtemp(prefix="wb-pg-", dir=parent))
+        self.data_dir = self.root / "data"
         self._started = False
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
