@@ -12,7 +12,7 @@ DEMO_ARGS ?=
 # `make demo` writes its reports into this repository's reports/ folder (any absolute path works).
 export WORKBENCH_REPORTS_DIR ?= $(CURDIR)/reports
 
-.PHONY: setup demo test lint kafka-jars browser clean
+.PHONY: setup demo test lint kafka-jars browser postgresql clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11" >&2; exit 1; }
@@ -36,10 +36,19 @@ browser:
 	      || echo "warning: could not install chromium; the browser test will be skipped" >&2; \
 	  else echo "warning: chromium not installed; the browser test will be skipped" >&2; fi; }
 
+# PostgreSQL server binaries for the several-machines tests: the tests start a private cluster
+# (Debian package; the tests are skipped when not root/apt-less and it is missing).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	      || echo "warning: could not install postgresql; the PostgreSQL tests will be skipped" >&2; \
+	  else echo "warning: postgresql not installed; the PostgreSQL tests will be skipped" >&2; fi; }
+
 demo: setup
 	$(BIN)/workbench demo $(DEMO_ARGS)
 
-test: setup browser
+test: setup browser postgresql
 	$(BIN)/ruff check workbench tests benchmarks notebooks
 	$(BIN)/python -m pytest
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import free_port_pair
+from tests.pg_server import PostgresServer, PostgresUnavailable
 from workbench.broker import LocalKafka, ensure_broker
 from workbench.config import Settings
 
@@ -55,3 +56,31 @@ def isolated_settings(base: Settings, home: Path, **overrides: object) -> Settin
 def kafka_settings(kafka_base: Settings, tmp_path: Path) -> Settings:
     """Per-test settings: the session's broker, a fresh WORKBENCH_HOME and fresh topics."""
     return isolated_settings(kafka_base, tmp_path / "home")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster for the session (Debian's binaries; `make postgresql` installs them).
+
+    Skipped, with the reason, only when the server binaries are not installed; a server that is
+    installed but fails to start is an error.
+    """
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL is not installed here: {exc}")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_db(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL (its name); dropped after the test."""
+    name = postgres_server.create_database()
+    try:
+        yield name
+    finally:
+        postgres_server.drop_database(name)

@@ -150,7 +150,75 @@ class Settings(BaseSettings):
         ),
     )
 
-    @field_validator("home", "cache_dir", "reports_dir", mode="after")
+    # --- stores several machines share (all optional: the default keeps everything in `home`) --------
+    lakehouse_catalog: str = Field(
+        default="sqlite",
+        validation_alias="WORKBENCH_LAKEHOUSE_CATALOG",
+        description=(
+            "Catalog of the DuckLake lakehouse: 'sqlite' (catalog.sqlite in <home>/lakehouse, one machine) or "
+            "'postgres:<libpq connection string>', e.g. 'postgres:dbname=lake host=db port=5432 user=wb' "
+            "(every machine attaches the same catalog; a password goes into PGPASSWORD or ~/.pgpass)."
+        ),
+    )
+    lakehouse_data: str | None = Field(
+        default=None,
+        validation_alias="WORKBENCH_LAKEHOUSE_DATA",
+        description=(
+            "Folder of the lakehouse's Parquet files; default <home>/lakehouse/data. With a PostgreSQL "
+            "catalog, a path every machine mounts at the same place (NFS, SMB, ...)."
+        ),
+    )
+    window_stats_url: str | None = Field(
+        default=None,
+        validation_alias="WORKBENCH_WINDOW_STATS_URL",
+        description=(
+            "window_stats in PostgreSQL: a 'postgresql://user@host:port/dbname' URL (password in PGPASSWORD "
+            "or ~/.pgpass). Unset: SQLite at <home>/stream_stats.sqlite."
+        ),
+    )
+    shards_dir_override: Path | None = Field(
+        default=None,
+        validation_alias="WORKBENCH_SHARDS_DIR",
+        description="Arrow shards on a shared path (several machines); default <home>/shards.",
+    )
+    models_dir_override: Path | None = Field(
+        default=None,
+        validation_alias="WORKBENCH_MODELS_DIR",
+        description="Model registry on a shared path (several machines); default <home>/models.",
+    )
+    archive_dir_override: Path | None = Field(
+        default=None,
+        validation_alias="WORKBENCH_ARCHIVE_DIR",
+        description="Parquet archive of old windows on a shared path (several machines); default <home>/archive.",
+    )
+
+    @field_validator("lakehouse_catalog", mode="after")
+    @classmethod
+    def _catalog(cls, value: str) -> str:
+        if value != "sqlite" and not (value.startswith("postgres:") and len(value) > len("postgres:")):
+            msg = ("WORKBENCH_LAKEHOUSE_CATALOG must be 'sqlite' or 'postgres:<libpq connection string>' "
+                   f"(e.g. 'postgres:dbname=lake host=127.0.0.1 port=5432 user=postgres'). Got {value!r} instead.")
+            raise ValueError(msg)
+        return value
+
+    @field_validator("window_stats_url", mode="after")
+    @classmethod
+    def _window_stats_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            msg = ("WORKBENCH_WINDOW_STATS_URL must be a 'postgresql://user@host:port/dbname' URL (unset for "
+                   f"SQLite in the home). Got a value starting {value[:14]!r} instead.")
+            raise ValueError(msg)
+        return value
+
+    @field_validator("lakehouse_data", mode="after")
+    @classmethod
+    def _lakehouse_data(cls, value: str | None) -> str | None:
+        if value is None or "://" in value:
+            return value  # an object-store URL is passed to DuckLake as it is
+        return str(Path(value).expanduser().resolve())
+
+    @field_validator("home", "cache_dir", "reports_dir", "shards_dir_override", "models_dir_override",
+                     "archive_dir_override", mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         # Resolve once, here, so that a later chdir cannot move where the workbench writes.
@@ -189,13 +257,13 @@ class Settings(BaseSettings):
 
     @property
     def shards_dir(self) -> Path:
-        """Arrow shards of every scored event."""
-        return self.home / "shards"
+        """Arrow shards of every scored event (``WORKBENCH_SHARDS_DIR`` or ``<home>/shards``)."""
+        return self.shards_dir_override or self.home / "shards"
 
     @property
     def models_dir(self) -> Path:
         """Model registry (one folder per version plus the current pointer)."""
-        return self.home / "models"
+        return self.models_dir_override or self.home / "models"
 
     @property
     def sqlite_path(self) -> Path:
@@ -204,13 +272,24 @@ class Settings(BaseSettings):
 
     @property
     def archive_dir(self) -> Path:
-        """Parquet archive of windows older than the retention."""
-        return self.home / "archive"
+        """Parquet archive of windows older than the retention (``WORKBENCH_ARCHIVE_DIR`` or ``<home>/archive``)."""
+        return self.archive_dir_override or self.home / "archive"
 
     @property
     def lakehouse_dir(self) -> Path:
-        """DuckLake lakehouse (SQLite catalog plus Parquet data)."""
+        """DuckLake lakehouse folder (the SQLite catalog, and the Parquet data unless ``lakehouse_data``)."""
         return self.home / "lakehouse"
+
+    @property
+    def lakehouse_data_path(self) -> str:
+        """Where the lakehouse's Parquet files go (a folder, or an object-store URL), ending in ``/``."""
+        path = self.lakehouse_data or str(self.lakehouse_dir / "data")
+        return path if path.endswith("/") else path + "/"
+
+    @property
+    def window_stats_location(self) -> str | Path:
+        """The ``window_stats`` store: the PostgreSQL URL when configured, else the SQLite file."""
+        return self.window_stats_url or self.sqlite_path
 
     @property
     def logs_dir(self) -> Path:

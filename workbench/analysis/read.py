@@ -36,7 +36,7 @@ from workbench.analysis import classify
 from workbench.analysis.classify import CLASSES, PROBLEM_CLASSES
 from workbench.analysis.exceptions import AnalysisError, UnknownWindowError
 from workbench.store.exceptions import LakehouseNotFoundError
-from workbench.store.lakehouse import CATALOG_ALIAS, connect
+from workbench.store.lakehouse import CATALOG_ALIAS, connect_settings
 from workbench.store.window_stats import WindowStatsStore
 
 if TYPE_CHECKING:
@@ -237,9 +237,9 @@ def _summary(table: pa.Table) -> dict[str, Any]:
 
 def _anomaly_count(settings: Settings, start: datetime, end: datetime, instances: list[int] | None) -> int | None:
     try:
-        con = connect(settings.lakehouse_dir, read_only=True, connection=_duck())
+        con = connect_settings(settings, read_only=True, connection=_duck())
     except LakehouseNotFoundError:
-        logger.info("no anomaly lakehouse yet path=%s", settings.lakehouse_dir)
+        logger.info("no anomaly lakehouse yet path=%s", settings.lakehouse_dir)  # or its PostgreSQL catalog
         return None
     try:
         row = con.execute(
@@ -297,7 +297,7 @@ def anomalies(settings: Settings, start: datetime | None = None, end: datetime |
     if limit is not None and limit < 0:
         msg = f"limit must be a non-negative number of rows or None. Got {limit!r} instead."
         raise AnalysisError(msg)
-    con = connect(settings.lakehouse_dir, read_only=True, connection=_duck())
+    con = connect_settings(settings, read_only=True, connection=_duck())
     try:
         rel = con.execute(
             f"SELECT * FROM {CATALOG_ALIAS}.anomalies WHERE ($s IS NULL OR arrival_timestamp >= $s) "
@@ -327,7 +327,7 @@ def window_anomalies(settings: Settings, start: datetime | None = None, end: dat
     """
     import duckdb
 
-    con = connect(settings.lakehouse_dir, read_only=True, connection=_duck())
+    con = connect_settings(settings, read_only=True, connection=_duck())
     try:
         rel = con.execute(
             f"SELECT * FROM {CATALOG_ALIAS}.window_anomalies WHERE ($s IS NULL OR window_start >= $s) "

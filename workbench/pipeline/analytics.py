@@ -364,7 +364,7 @@ class AnalyticsApp(WorkbenchApp):
                                 on_processing_error=self.on_processing_error)
         self.dead_letters = DeadLetters(self.settings, APP_NAME, app.get_producer())
         self.guard = EventTimeGuard.from_settings(self.settings)
-        store = WindowStatsStore(self.settings.sqlite_path, archive_dir=self.settings.archive_dir)
+        store = WindowStatsStore.from_settings(self.settings)  # SQLite in the home, or PostgreSQL
         self.sink = WindowStatsSink(store, open_windows=self.open_windows, status=self.status)
         sdf = app.dataframe(event_topic(app, self.settings))
         sdf = sdf.apply(self._partials, metadata=True, expand=True)
@@ -378,7 +378,7 @@ class AnalyticsApp(WorkbenchApp):
         register_periodic(app, self._tick)
         self.status.info.update({"window_ms": self.window_ms, "grace_ms": self.grace_ms,
                                  "closing_strategy": self.closing_strategy, "topic": self.settings.topic_query_events,
-                                 "sqlite_path": str(self.settings.sqlite_path)})
+                                 "sqlite_path": str(self.settings.sqlite_path), "window_stats": repr(store)})
         self.app = app
         return app
 

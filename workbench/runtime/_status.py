@@ -114,7 +114,7 @@ def late_event_count(settings: Settings) -> int | None:
     """Late events recorded in the window-stats store (None if it cannot be read yet)."""
     from workbench.store.window_stats import WindowStatsStore
 
-    if not settings.sqlite_path.exists():
+    if settings.window_stats_url is None and not settings.sqlite_path.exists():
         return None
     try:
         with WindowStatsStore.from_settings(settings, read_only=True) as store:

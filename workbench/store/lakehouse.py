@@ -1,12 +1,16 @@
-"""DuckLake anomaly lakehouse: a SQLite catalog plus Parquet files, written offline and idempotently.
+"""DuckLake anomaly lakehouse: a SQLite or PostgreSQL catalog plus Parquet files, written offline and idempotently.
 
-Layout under ``root`` (``settings.lakehouse_dir``): ``catalog.sqlite`` and ``data/``.
+Layout under ``root`` (``settings.lakehouse_dir``): ``catalog.sqlite`` and ``data/``. For several
+machines the catalog is a PostgreSQL database (``WORKBENCH_LAKEHOUSE_CATALOG='postgres:dbname=lake
+host=... user=...'``) and the data a folder every machine mounts at the same path
+(``WORKBENCH_LAKEHOUSE_DATA``); DuckLake records the data path in the catalog when it creates it.
 
 Decisions
 ---------
-* The ``ducklake`` and ``sqlite_scanner`` extensions are LOADed from the files shipped by the PyPI
-  packages ``duckdb-extension-ducklake`` and ``duckdb-extension-sqlite-scanner``; auto-install and
-  auto-load are switched off, so nothing is ever fetched from the internet.
+* The ``ducklake`` and ``sqlite_scanner`` (or ``postgres_scanner``) extensions are LOADed from the
+  files shipped by the PyPI packages ``duckdb-extension-ducklake``, ``duckdb-extension-sqlite-scanner``
+  and ``duckdb-extension-postgres-scanner``; auto-install and auto-load are switched off, so nothing
+  is ever fetched from the internet.
 * The SQLite catalog runs in WAL mode (set once by the writer), so readers in other processes never
   block commits and vice versa.
 * Every connection runs with ``TimeZone = 'UTC'``; times are ``TIMESTAMPTZ``.
@@ -19,7 +23,9 @@ Decisions
   also filters the target on the batch's ``arrival_timestamp`` range (constants), which lets DuckLake
   skip files by their min/max statistics instead of scanning the whole table every batch. A
   re-delivered row has the same arrival time, so the filter never misses a duplicate. This assumes
-  one writer per lakehouse (the sink); concurrent readers are fine.
+  one writer at a time; concurrent readers are fine. With a PostgreSQL catalog the writers (sinks
+  on several machines) take turns on a cluster-wide advisory lock, so the check and the commit of
+  one writer never interleave with another's.
 * Small batches (<= 10 rows by default) are inlined into the catalog by DuckLake instead of becoming
   tiny Parquet files; :meth:`AnomalyLakehouse.maintain` flushes them, merges adjacent small files,
   expires snapshots older than a retention, deletes files no snapshot needs, and deletes orphaned
@@ -37,17 +43,19 @@ import logging
 import os
 import re
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
+from urllib.parse import urlsplit
 
 import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from workbench.store import _postgres
 from workbench.store._base import ConnectionStore
 from workbench.store.exceptions import (
     LakehouseBusyError,
@@ -65,7 +73,9 @@ __all__ = [
     "WINDOW_ANOMALY_KEY",
     "AnomalyLakehouse",
     "MaintenanceResult",
+    "catalog_kind",
     "connect",
+    "connect_settings",
     "extension_paths",
     "sql_literal",
 ]
@@ -74,6 +84,7 @@ logger = logging.getLogger(__name__)
 
 CATALOG_ALIAS: Final = "lake"
 CATALOG_FILE: Final = "catalog.sqlite"
+POSTGRES_PREFIX: Final = "postgres:"
 DATA_DIR: Final = "data"
 _TSZ = pa.timestamp("us", tz="UTC")
 
@@ -113,12 +124,34 @@ ANOMALY_KEY: Final[tuple[str, ...]] = ("instance_id", "query_id", "model_version
 _REQUIRED: Final = (*ANOMALY_KEY, "arrival_timestamp")
 _INPUT_FIELDS: Final = tuple(f for f in ANOMALY_SCHEMA if f.name != "inserted_at")
 _DUCK_TYPES: Final = {pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.string(): "VARCHAR", _TSZ: "TIMESTAMPTZ"}
+#: A PostgreSQL catalog's session was lost (server restart, network): reconnect and retry later.
+_PG_LOST = re.compile(r"server closed the connection|terminating connection|connection already closed|"
+                      r"no connection to the server|could not (?:receive|send) data|Unable to connect to Postgres|"
+                      r"connection to server .* failed|SSL connection has been closed", re.I)
 _BUSY = re.compile(r"database is locked|database is busy|SQLITE_BUSY|conflict|could not commit", re.I)
 
 
 def sql_literal(text: str) -> str:
     """Quote a string as a SQL literal (for the few statements that take no parameters: LOAD, ATTACH)."""
     return "'" + text.replace("'", "''") + "'"
+
+
+def _extension_file(package: str, name: str) -> Path:
+    """The ``name`` extension file shipped by the PyPI package ``package`` for this DuckDB."""
+    version = f"v{duckdb.__version__}"
+    dist = package.replace("_", "-")
+    try:
+        root = importlib.resources.files(package)
+    except ModuleNotFoundError as exc:
+        msg = (f"The DuckLake lakehouse needs the package {dist}=={duckdb.__version__}; it is not installed. "
+               f"Run: pip install {dist}=={duckdb.__version__}")
+        raise ImportError(msg) from exc
+    path = Path(str(root / "extensions" / version / f"{name}.duckdb_extension"))
+    if not path.is_file():
+        msg = (f"{path} does not exist: the installed {package} does not match duckdb {duckdb.__version__}. "
+               f"Install the matching version: pip install {dist}=={duckdb.__version__}")
+        raise ImportError(msg)
+    return path
 
 
 def extension_paths() -> tuple[Path, Path]:
@@ -129,71 +162,162 @@ def extension_paths() -> tuple[Path, Path]:
     ImportError
         If the extension packages are not installed (names the pip command).
     """
-    version = f"v{duckdb.__version__}"
-    paths = []
-    for package, name in (("duckdb_extension_sqlite_scanner", "sqlite_scanner"), ("duckdb_extension_ducklake",
-                                                                                  "ducklake")):
-        try:
-            root = importlib.resources.files(package)
-        except ModuleNotFoundError as exc:
-            dist = package.replace("_", "-")
-            msg = (f"The DuckLake lakehouse needs the package {dist}=={duckdb.__version__}; it is not installed. "
-                   f"Run: pip install {dist}=={duckdb.__version__}")
-            raise ImportError(msg) from exc
-        path = Path(str(root / "extensions" / version / f"{name}.duckdb_extension"))
-        if not path.is_file():
-            msg = (f"{path} does not exist: the installed {package} does not match duckdb {duckdb.__version__}. "
-                   f"Install the matching version: pip install {package.replace('_', '-')}=={duckdb.__version__}")
-            raise ImportError(msg)
-        paths.append(path)
-    return paths[0], paths[1]
+    return (_extension_file("duckdb_extension_sqlite_scanner", "sqlite_scanner"),
+            _extension_file("duckdb_extension_ducklake", "ducklake"))
+
+
+def catalog_kind(catalog: str) -> str:
+    """``'sqlite'`` or ``'postgres'`` for a catalog setting (``'sqlite'`` or ``'postgres:<libpq string>'``).
+
+    Raises
+    ------
+    StoreError
+        For anything else.
+    """
+    if catalog == "sqlite":
+        return "sqlite"
+    if catalog.startswith(POSTGRES_PREFIX) and len(catalog) > len(POSTGRES_PREFIX):
+        return "postgres"
+    msg = (f"The lakehouse catalog must be 'sqlite' or 'postgres:<libpq connection string>'. Got "
+           f"{_postgres.redact(catalog)!r} instead.")
+    raise StoreError(msg)
+
+
+def describe(root: str | os.PathLike[str], catalog: str = "sqlite") -> str:
+    """Where the lakehouse's catalog is, for messages (passwords redacted)."""
+    return str(Path(root) / CATALOG_FILE) if catalog == "sqlite" else _postgres.redact(catalog)
 
 
 def connect(root: str | os.PathLike[str], *, read_only: bool = False, alias: str = CATALOG_ALIAS,
-            connection: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the lakehouse at ``root`` attached as ``alias``.
+            connection: duckdb.DuckDBPyConnection | None = None, catalog: str = "sqlite",
+            data_path: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the lakehouse attached as ``alias``.
 
     Parameters
     ----------
     root : path
-        Lakehouse folder (``catalog.sqlite`` and ``data/`` inside).
+        Lakehouse folder (``catalog.sqlite`` and, by default, ``data/`` inside).
     read_only : bool
         Attach read-only (readers); the catalog must exist then.
     alias : str
         Catalog name in SQL (an identifier).
     connection : duckdb.DuckDBPyConnection, optional
         Attach into this connection instead of a new in-memory one.
+    catalog : str
+        ``'sqlite'`` (``root/catalog.sqlite``) or ``'postgres:<libpq connection string>'`` (a
+        PostgreSQL database that several machines attach; it must exist, DuckLake creates its tables).
+    data_path : str, optional
+        Folder (or object-store URL) of the Parquet files; default ``root/data/``. It is recorded in
+        the catalog when the lakehouse is created, and every writer must name the same one.
 
     Raises
     ------
     LakehouseNotFoundError
         When ``read_only`` and no catalog exists yet.
+    StoreError
+        When the data path differs from the one the catalog was created with, or PostgreSQL cannot
+        be reached (passwords are redacted).
     """
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", alias):
         msg = f"alias must be a plain SQL identifier. Got {alias!r} instead."
         raise StoreError(msg)
+    kind = catalog_kind(catalog)
     root = Path(root)
-    catalog = root / CATALOG_FILE
-    if read_only and not catalog.exists():
+    sqlite_catalog = root / CATALOG_FILE
+    if kind == "sqlite" and read_only and not sqlite_catalog.exists():
         msg = (f"No anomaly lakehouse at {root} ({CATALOG_FILE} missing). Start the anomaly sink first, "
                "or point settings.home at the workbench that has one.")
         raise LakehouseNotFoundError(msg)
     con = connection or duckdb.connect(config={"autoinstall_known_extensions": False,
                                                 "autoload_known_extensions": False})
-    sqlite_ext, ducklake_ext = extension_paths()
-    con.execute(f"LOAD {sql_literal(str(sqlite_ext))}")
-    con.execute(f"LOAD {sql_literal(str(ducklake_ext))}")
+    scanner = (extension_paths()[0] if kind == "sqlite"
+               else _extension_file("duckdb_extension_postgres_scanner", "postgres_scanner"))
+    con.execute(f"LOAD {sql_literal(str(scanner))}")
+    con.execute(f"LOAD {sql_literal(str(extension_paths()[1]))}")
     con.execute("SET TimeZone = 'UTC'")
-    data = root / DATA_DIR
+    data = data_path or str(root / DATA_DIR)
+    if not data.endswith(("/", os.sep)):
+        data += "/"
+    if "://" in data and not data.startswith("file://"):
+        # s3:// (AWS or S3-compatible: MinIO, R2, ...): DuckDB reads and writes through httpfs.
+        con.execute(f"LOAD {sql_literal(str(_extension_file('duckdb_extension_httpfs', 'httpfs')))}")
+        if data.startswith(("s3://", "s3a://")):
+            _s3_secret(con)
     if not read_only:
-        data.mkdir(parents=True, exist_ok=True)
-        _prepare_catalog(catalog)
-    options = "READ_ONLY" if read_only else f"DATA_PATH {sql_literal(str(data) + os.sep)}"
+        if "://" not in data:
+            Path(data).mkdir(parents=True, exist_ok=True)
+        if kind == "sqlite":
+            _prepare_catalog(sqlite_catalog)
+    options = "READ_ONLY" if read_only else f"DATA_PATH {sql_literal(data)}"
+    target = "ducklake:sqlite:" + str(sqlite_catalog) if kind == "sqlite" else "ducklake:" + catalog
     try:
-        con.execute(f"ATTACH {sql_literal('ducklake:sqlite:' + str(catalog))} AS {alias} ({options})")
+        with _attach_lock(catalog if kind == "postgres" and not read_only else None):
+            con.execute(f"ATTACH {sql_literal(target)} AS {alias} ({options})")
     except duckdb.Error as exc:
-        raise _translate(exc, "attach") from exc
+        text = str(exc)
+        if read_only and "creating a new DuckLake is explicitly disabled" in text:
+            msg = (f"No anomaly lakehouse in the catalog {describe(root, catalog)} yet. Start the anomaly sink "
+                   "(with the same WORKBENCH_LAKEHOUSE_CATALOG) first.")
+            raise LakehouseNotFoundError(msg) from exc
+        if "does not match existing data path" in text:
+            msg = (f"The lakehouse catalog {describe(root, catalog)} was created with another data path than "
+                   f"{data}: {text.splitlines()[0][:300]} Set WORKBENCH_LAKEHOUSE_DATA to the catalog's data path "
+                   "(the same shared folder on every machine).")
+            raise StoreError(msg) from exc
+        translated = _translate(exc, "attach")
+        if translated is exc and kind == "postgres":
+            msg = f"Cannot attach the lakehouse catalog {describe(root, catalog)}: {_postgres.redact(text)[:500]}"
+            raise StoreError(msg) from exc
+        raise translated from exc
     return con
+
+
+def _s3_secret(con: duckdb.DuckDBPyConnection) -> None:
+    """S3 credentials for this connection from the standard AWS environment variables.
+
+    ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (and ``AWS_SESSION_TOKEN``, ``AWS_REGION`` or
+    ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` for an S3-compatible
+    server, path-style). Like PGPASSWORD they stay in the environment, never in the settings.
+    Without a key nothing is created and DuckDB's defaults apply.
+    """
+    env = os.environ
+    key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+    if not key or not secret:
+        return
+    parts = [f"KEY_ID {sql_literal(key)}", f"SECRET {sql_literal(secret)}"]
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if region:
+        parts.append(f"REGION {sql_literal(region)}")
+    if env.get("AWS_SESSION_TOKEN"):
+        parts.append(f"SESSION_TOKEN {sql_literal(env['AWS_SESSION_TOKEN'])}")
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        url = urlsplit(endpoint if "://" in endpoint else "https://" + endpoint)
+        parts += [f"ENDPOINT {sql_literal(url.netloc)}", "URL_STYLE 'path'",
+                  f"USE_SSL {'true' if url.scheme == 'https' else 'false'}"]
+    con.execute(f"CREATE OR REPLACE TEMPORARY SECRET workbench_s3 (TYPE s3, {', '.join(parts)})")
+
+
+@contextlib.contextmanager
+def _attach_lock(catalog: str | None) -> Iterator[None]:
+    """Writers attaching a PostgreSQL catalog take turns: the first attach creates DuckLake's tables,
+    and two instances creating them at once collide (duplicate key in ``pg_type``)."""
+    if catalog is None:
+        yield
+        return
+    session = _postgres.connect(catalog[len(POSTGRES_PREFIX):])
+    try:
+        with _postgres.advisory_lock(session, "lakehouse.writers"):
+            yield
+    finally:
+        session.close()
+
+
+def connect_settings(settings: Settings, *, read_only: bool = False,
+                     connection: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
+    """:func:`connect` to the lakehouse ``settings`` configure (catalog, data path, folder)."""
+    return connect(settings.lakehouse_dir, read_only=read_only, connection=connection,
+                   catalog=settings.lakehouse_catalog, data_path=settings.lakehouse_data_path)
 
 
 def _prepare_catalog(catalog: Path) -> None:
@@ -242,6 +366,12 @@ class AnomalyLakehouse(ConnectionStore):
         Lakehouse folder (``settings.lakehouse_dir``).
     read_only : bool
         Open as a reader (never creates anything).
+    catalog : str
+        ``'sqlite'`` (``root/catalog.sqlite``) or ``'postgres:<libpq connection string>'`` (shared by
+        several machines; writers then take turns on a PostgreSQL advisory lock).
+    data_path : str, optional
+        Folder of the Parquet files (default ``root/data/``); with a PostgreSQL catalog, one that
+        every machine mounts at the same path.
 
     Examples
     --------
@@ -249,38 +379,119 @@ class AnomalyLakehouse(ConnectionStore):
     ...     lake.write(rows)
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, read_only: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, read_only: bool = False, catalog: str = "sqlite",
+                 data_path: str | None = None) -> None:
         self.root = Path(root)
         self.read_only = read_only
+        self.catalog = catalog
+        self.catalog_kind = catalog_kind(catalog)
+        self.data_path = data_path
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._lock_con: Any = None  # PostgreSQL catalog: the session holding the writers' advisory lock
+        self._lost = False  # a PostgreSQL session was lost: re-attach on the next use
 
     @classmethod
     def from_settings(cls, settings: Settings, *, read_only: bool = False) -> AnomalyLakehouse:
-        """The lakehouse at ``settings.lakehouse_dir``."""
-        return cls(settings.lakehouse_dir, read_only=read_only)
+        """The lakehouse ``settings`` configure (``lakehouse_catalog``, ``lakehouse_data_path``, ``lakehouse_dir``)."""
+        return cls(settings.lakehouse_dir, read_only=read_only, catalog=settings.lakehouse_catalog,
+                   data_path=settings.lakehouse_data_path)
 
     def __repr__(self) -> str:
-        return f"AnomalyLakehouse({str(self.root)!r})"
+        if self.catalog_kind == "sqlite":
+            return f"AnomalyLakehouse({str(self.root)!r})"
+        return f"AnomalyLakehouse({describe(self.root, self.catalog)!r})"
 
     def open(self) -> Self:
         """Connect, attach and (writers) create the table if needed."""
         if self._con is None:
-            con = connect(self.root, read_only=self.read_only)
+            con = connect(self.root, read_only=self.read_only, catalog=self.catalog, data_path=self.data_path)
             if not self.read_only:
                 columns = ", ".join(f"{f.name} {_DUCK_TYPES[f.type]}" for f in ANOMALY_SCHEMA)
                 try:
-                    con.execute(f"CREATE TABLE IF NOT EXISTS {CATALOG_ALIAS}.anomalies ({columns})")
-                    con.execute(f"CREATE TABLE IF NOT EXISTS {CATALOG_ALIAS}.window_anomalies ({_WINDOW_COLUMNS})")
+                    with self._exclusive():
+                        con.execute(f"CREATE TABLE IF NOT EXISTS {CATALOG_ALIAS}.anomalies ({columns})")
+                        con.execute(f"CREATE TABLE IF NOT EXISTS {CATALOG_ALIAS}.window_anomalies "
+                                    f"({_WINDOW_COLUMNS})")
                 except duckdb.Error as exc:
                     con.close()
                     raise _translate(exc, "create table") from exc
+                except BaseException:
+                    con.close()
+                    raise
             self._con = con
         return self
 
+    def close(self) -> None:
+        """Close the DuckDB connection and the lock session (idempotent)."""
+        super().close()
+        if self._lock_con is not None:
+            with contextlib.suppress(Exception):
+                self._lock_con.close()
+            self._lock_con = None
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Writers of a PostgreSQL catalog take turns (a cluster-wide advisory lock); no-op for SQLite.
+
+        DuckLake has no primary keys: the insert-if-absent of :meth:`write` is exact only when no
+        other writer commits the same key between its check and its commit. With a PostgreSQL
+        catalog the writers may be on several machines, so they serialise their write transactions
+        on one advisory lock; a writer that dies releases it with its session.
+        """
+        if self.catalog_kind != "postgres":
+            yield
+            return
+        key = _postgres.lock_key("lakehouse.writers")
+        try:
+            if self._lock_con is None or self._lock_con.closed or self._lock_con.broken:
+                self._lock_con = _postgres.connect(self.catalog[len(POSTGRES_PREFIX):])
+            self._lock_con.execute("SELECT pg_advisory_lock(%s)", (key,))
+        except Exception as exc:  # StoreError (cannot connect) or a psycopg error (session lost)
+            with contextlib.suppress(Exception):
+                self._lock_con.close()
+            self._lock_con = None
+            msg = (f"The lakehouse catalog {describe(self.root, self.catalog)} is unreachable for the writers' "
+                   f"lock: {_postgres.redact(str(exc)).splitlines()[0][:300]}. Nothing was written; retry later.")
+            raise LakehouseBusyError(msg, retry_after=2.0) from exc
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # a lost session has released the lock already
+                self._lock_con.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
-        """The open DuckDB connection (``lake`` attached)."""
+        """The open DuckDB connection (``lake`` attached); re-attached after a lost PostgreSQL catalog.
+
+        Raises
+        ------
+        LakehouseBusyError
+            When the PostgreSQL catalog is still unreachable (retry later).
+        """
+        if self._con is None and self._lost:
+            try:
+                self.open()
+            except (StoreError, duckdb.Error) as exc:
+                msg = (f"The lakehouse catalog {describe(self.root, self.catalog)} is unreachable: "
+                       f"{_postgres.redact(str(exc)).splitlines()[0][:300]}. Retry later.")
+                raise LakehouseBusyError(msg, retry_after=2.0) from exc
+            self._lost = False
         return self._open_connection()
+
+    def _failed(self, exc: duckdb.Error, action: str) -> Exception:
+        """The error to raise for a failed statement: a lost PostgreSQL session means "retry later"."""
+        if self.catalog_kind == "postgres" and _PG_LOST.search(str(exc)):
+            logger.warning("lakehouse: PostgreSQL catalog session lost during %s; will re-attach", action)
+            self._drop_sessions()
+            msg = (f"The lakehouse catalog's PostgreSQL session was lost during {action}: "
+                   f"{_postgres.redact(str(exc)).splitlines()[0][:300]}. Nothing was written; retry the batch.")
+            return LakehouseBusyError(msg, retry_after=2.0)
+        return _translate(exc, action)
+
+    def _drop_sessions(self) -> None:
+        """Forget the DuckDB connection and the lock session; the next use re-attaches."""
+        self.close()
+        self._lost = True
 
     # --- writes ------------------------------------------------------------------------------------
     def write(self, rows: pa.Table | pa.RecordBatch | Iterable[Mapping[str, Any]]) -> int:
@@ -306,7 +517,7 @@ class AnomalyLakehouse(ConnectionStore):
             The catalog is locked or a commit conflicted; retry the same batch.
         """
         if self.read_only:
-            msg = f"AnomalyLakehouse({str(self.root)!r}) was opened read_only; open it with read_only=False to write."
+            msg = f"{self!r} was opened read_only; open it with read_only=False to write."
             raise StoreError(msg)
         table = _to_arrow(rows)
         if table.num_rows == 0:
@@ -325,10 +536,11 @@ class AnomalyLakehouse(ConnectionStore):
         )
         con.register("_wb_batch", table)
         try:
-            inserted = con.execute(sql, {"lo": lo.as_py(), "hi": hi.as_py()}).fetchone()
+            with self._exclusive():
+                inserted = con.execute(sql, {"lo": lo.as_py(), "hi": hi.as_py()}).fetchone()
         except duckdb.Error as exc:
             _rollback(con)
-            raise _translate(exc, "write") from exc
+            raise self._failed(exc, "write") from exc
         finally:
             con.unregister("_wb_batch")
         count = int(inserted[0]) if inserted else 0
@@ -342,7 +554,7 @@ class AnomalyLakehouse(ConnectionStore):
         re-delivered rows are skipped, so the collective step may run over the same windows again.
         """
         if self.read_only:
-            msg = f"AnomalyLakehouse({str(self.root)!r}) was opened read_only; open it with read_only=False to write."
+            msg = f"{self!r} was opened read_only; open it with read_only=False to write."
             raise StoreError(msg)
         if rows.num_rows == 0:
             return 0
@@ -357,10 +569,11 @@ class AnomalyLakehouse(ConnectionStore):
         )
         con.register("_wb_windows", rows)
         try:
-            inserted = con.execute(sql).fetchone()
+            with self._exclusive():
+                inserted = con.execute(sql).fetchone()
         except duckdb.Error as exc:
             _rollback(con)
-            raise _translate(exc, "write window anomalies") from exc
+            raise self._failed(exc, "write window anomalies") from exc
         finally:
             con.unregister("_wb_windows")
         return int(inserted[0]) if inserted else 0
@@ -428,19 +641,20 @@ class AnomalyLakehouse(ConnectionStore):
         before = self.data_files()
         cat = {"c": CATALOG_ALIAS}
         try:
-            con.execute("SELECT * FROM ducklake_flush_inlined_data($c)", cat).fetchall()
-            con.execute("SELECT * FROM ducklake_merge_adjacent_files($c)", cat).fetchall()
-            expired = con.execute(
-                "SELECT count(*) FROM ducklake_expire_snapshots($c, older_than => now() - $keep)",
-                {**cat, "keep": keep_snapshots}).fetchone()
-            deleted = con.execute(
-                "SELECT count(*) FROM ducklake_cleanup_old_files($c, cleanup_all => true)", cat).fetchone()
-            orphans = con.execute(
-                "SELECT count(*) FROM ducklake_delete_orphaned_files($c, older_than => now() - $age)",
-                {**cat, "age": orphan_age}).fetchone()
+            with self._exclusive():
+                con.execute("SELECT * FROM ducklake_flush_inlined_data($c)", cat).fetchall()
+                con.execute("SELECT * FROM ducklake_merge_adjacent_files($c)", cat).fetchall()
+                expired = con.execute(
+                    "SELECT count(*) FROM ducklake_expire_snapshots($c, older_than => now() - $keep)",
+                    {**cat, "keep": keep_snapshots}).fetchone()
+                deleted = con.execute(
+                    "SELECT count(*) FROM ducklake_cleanup_old_files($c, cleanup_all => true)", cat).fetchone()
+                orphans = con.execute(
+                    "SELECT count(*) FROM ducklake_delete_orphaned_files($c, older_than => now() - $age)",
+                    {**cat, "age": orphan_age}).fetchone()
         except duckdb.Error as exc:
             _rollback(con)
-            raise _translate(exc, "maintenance") from exc
+            raise self._failed(exc, "maintenance") from exc
         result = MaintenanceResult(before, self.data_files(), int(expired[0]) if expired else 0,
                                    int(deleted[0]) if deleted else 0, int(orphans[0]) if orphans else 0)
         logger.info("lakehouse maintenance files_before=%d files_after=%d snapshots_expired=%d files_deleted=%d "

@@ -1,4 +1,9 @@
-"""SQLite store of the stream-analytics windows (``window_stats``), idempotent and with retention.
+"""Store of the stream-analytics windows (``window_stats``), idempotent and with retention.
+
+SQLite in the home by default (one machine); a PostgreSQL database when the location is a
+``postgresql://`` URL (``WORKBENCH_WINDOW_STATS_URL``), so instances on several machines write one
+table. Both are generated from the one declaration :data:`WINDOW_STATS_SCHEMA` (a new column is one
+edit there) and behave alike; only the SQL dialect differs (:class:`_Dialect`).
 
 Decisions
 ---------
@@ -11,6 +16,11 @@ Decisions
   emitted twice (at-least-once replay) replaces itself, so the table never holds duplicates.
 * WAL, ``synchronous=NORMAL`` and a busy timeout, so readers (notebooks, DuckDB) never block the
   writer and a short lock is waited for instead of failing.
+* PostgreSQL: the same tables with ``BIGINT`` / ``DOUBLE PRECISION``; ``upsert`` is the same ``ON
+  CONFLICT DO UPDATE`` (rows sorted by key, so concurrent writers never deadlock); archiving locks
+  the tables against other writers (``SHARE ROW EXCLUSIVE``) as SQLite's ``BEGIN IMMEDIATE`` does;
+  the tables are created under an advisory lock (instances starting together), and columns added
+  to the declaration later are added to an existing table (nullable).
 * Late events (arrived after their window closed) are stored per source message in
   ``late_event_sources``, keyed by ``(topic, partition, offset)`` of the late message plus the
   window: a message re-processed after a crash (at-least-once) replaces its own count instead of
@@ -33,12 +43,13 @@ Decisions
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,6 +60,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workbench._fs import atomic_path
+from workbench.store import _postgres
 from workbench.store._base import ConnectionStore
 from workbench.store.exceptions import RowValidationError, StoreError, StoreNotFoundError
 
@@ -107,41 +119,108 @@ _DEFAULTS: Final[dict[str, Any]] = {
 }
 _INPUT_COLUMNS: Final = tuple(c for c in WINDOW_STATS_COLUMNS if c != "updated_at")
 
-_SQL_TYPES: Final = {pa.int64(): "INTEGER", pa.float64(): "REAL", _TS: "INTEGER"}
-_CREATE: Final = (
-    "CREATE TABLE IF NOT EXISTS window_stats (\n"
-    + ",\n".join(
-        f"  {f.name} {_SQL_TYPES[f.type]}{'' if f.nullable else ' NOT NULL'}" for f in WINDOW_STATS_SCHEMA
+@dataclass(frozen=True)
+class _Dialect:
+    """What differs between the SQLite and the PostgreSQL ``window_stats`` (the schema does not)."""
+
+    name: str
+    param: str  # placeholder of a bound value
+    types: Mapping[pa.DataType, str]
+    table_options: str  # after the closing parenthesis of CREATE TABLE
+    begin_write: str  # a transaction that writes (SQLite takes the write lock up front)
+    lock_tables: str | None  # run after begin_write when the transaction must shut other writers out
+    create_view: str  # CREATE VIEW that does not fail when it exists
+
+
+_SQLITE: Final = _Dialect("sqlite", "?", {pa.int64(): "INTEGER", pa.float64(): "REAL", _TS: "INTEGER"},
+                          " WITHOUT ROWID", "BEGIN IMMEDIATE", None, "CREATE VIEW IF NOT EXISTS")
+_POSTGRES: Final = _Dialect(
+    "postgres", "%s", {pa.int64(): "BIGINT", pa.float64(): "DOUBLE PRECISION", _TS: "BIGINT"}, "", "BEGIN",
+    # SHARE ROW EXCLUSIVE: readers go on; other writers (and another archiver) wait until commit.
+    "LOCK TABLE window_stats, late_event_sources IN SHARE ROW EXCLUSIVE MODE", "CREATE OR REPLACE VIEW")
+#: The late-event source table's key columns ("partition" and "offset" are quoted: keywords in PostgreSQL).
+_LATE_KEY: Final = ('topic', '"partition"', '"offset"', 'instance_id', 'window_start')
+
+
+def _create(d: _Dialect) -> tuple[str, ...]:
+    """CREATE statements of one dialect, generated from :data:`WINDOW_STATS_SCHEMA`."""
+    integer = d.types[pa.int64()]
+    return (
+        "CREATE TABLE IF NOT EXISTS window_stats (\n"
+        + ",\n".join(f"  {f.name} {d.types[f.type]}{'' if f.nullable else ' NOT NULL'}" for f in WINDOW_STATS_SCHEMA)
+        + f",\n  PRIMARY KEY (instance_id, window_start)\n){d.table_options}",
+        "CREATE INDEX IF NOT EXISTS window_stats_by_start ON window_stats (window_start)",
+        f'CREATE TABLE IF NOT EXISTS late_event_sources (\n  topic TEXT NOT NULL,\n  "partition" {integer} NOT NULL,\n'
+        f'  "offset" {integer} NOT NULL,\n  instance_id {integer} NOT NULL,\n  window_start {integer} NOT NULL,\n'
+        f"  late_count {integer} NOT NULL,\n  last_seen_at {integer} NOT NULL,\n"
+        f"  PRIMARY KEY ({', '.join(_LATE_KEY)})\n){d.table_options}",
+        "CREATE INDEX IF NOT EXISTS late_event_sources_by_window ON late_event_sources (window_start, instance_id)",
     )
-    + ",\n  PRIMARY KEY (instance_id, window_start)\n) WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS window_stats_by_start ON window_stats (window_start)",
-    "CREATE TABLE IF NOT EXISTS late_event_sources (\n  topic TEXT NOT NULL,\n  partition INTEGER NOT NULL,\n"
-    "  offset INTEGER NOT NULL,\n  instance_id INTEGER NOT NULL,\n  window_start INTEGER NOT NULL,\n"
-    "  late_count INTEGER NOT NULL,\n  last_seen_at INTEGER NOT NULL,\n"
-    "  PRIMARY KEY (topic, partition, offset, instance_id, window_start)\n) WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS late_event_sources_by_window ON late_event_sources (window_start, instance_id)",
-)
+
+
+def _add_columns(d: _Dialect, existing: Iterable[str]) -> tuple[str, ...]:
+    """Columns declared after the table was made, to add (nullable: the old rows have no value).
+
+    Only the missing ones: ``ALTER TABLE`` locks the table exclusively even when it changes nothing.
+    """
+    have = set(existing)
+    return tuple(f"ALTER TABLE window_stats ADD COLUMN IF NOT EXISTS {f.name} {d.types[f.type]}"
+                 for f in WINDOW_STATS_SCHEMA if f.name not in have)
+
+
 #: Databases of earlier versions held additive counters in a ``late_events`` table: move them over.
 _MIGRATE_LATE: Final = (
     "INSERT OR IGNORE INTO late_event_sources (topic, partition, offset, instance_id, window_start, late_count, "
     "last_seen_at) SELECT '(migrated)', -1, 0, instance_id, window_start, late_count, last_seen_at FROM late_events",
     "DROP TABLE late_events",
 )
-_LATE_VIEW: Final = (
-    "CREATE VIEW IF NOT EXISTS late_events AS SELECT instance_id, window_start, sum(late_count) AS late_count, "
-    "max(last_seen_at) AS last_seen_at FROM late_event_sources GROUP BY instance_id, window_start"
-)
-_UPSERT: Final = (
-    f"INSERT INTO window_stats ({', '.join(WINDOW_STATS_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in WINDOW_STATS_COLUMNS)}) "
-    "ON CONFLICT (instance_id, window_start) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in WINDOW_STATS_COLUMNS if c not in ("instance_id", "window_start"))
-)
-_LATE: Final = (
-    "INSERT INTO late_event_sources (topic, partition, offset, instance_id, window_start, late_count, last_seen_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (topic, partition, offset, instance_id, window_start) DO UPDATE SET "
-    "late_count = excluded.late_count, last_seen_at = excluded.last_seen_at"
-)
+
+
+def _late_view(d: _Dialect) -> str:
+    return (f"{d.create_view} late_events AS SELECT instance_id, window_start, sum(late_count) AS late_count, "
+            "max(last_seen_at) AS last_seen_at FROM late_event_sources GROUP BY instance_id, window_start")
+
+
+def _upsert(d: _Dialect) -> str:
+    return (
+        f"INSERT INTO window_stats ({', '.join(WINDOW_STATS_COLUMNS)}) "
+        f"VALUES ({', '.join(d.param for _ in WINDOW_STATS_COLUMNS)}) "
+        "ON CONFLICT (instance_id, window_start) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in WINDOW_STATS_COLUMNS if c not in ("instance_id", "window_start"))
+    )
+
+
+def _late(d: _Dialect) -> str:
+    return (
+        f"INSERT INTO late_event_sources ({', '.join(_LATE_KEY)}, late_count, last_seen_at) "
+        f"VALUES ({', '.join(d.param for _ in range(7))}) ON CONFLICT ({', '.join(_LATE_KEY)}) DO UPDATE SET "
+        "late_count = excluded.late_count, last_seen_at = excluded.last_seen_at"
+    )
+
+
+def _select(d: _Dialect, lo: int | None, hi: int | None, instances: list[int] | None,
+            columns: str) -> tuple[str, list[Any]]:
+    """The windows query of :meth:`WindowStatsStore.read` with only the bounds given (values bound)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if lo is not None:
+        where.append(f"window_start >= {d.param}")
+        params.append(lo)
+    if hi is not None:
+        where.append(f"window_start < {d.param}")
+        params.append(hi)
+    if instances is not None:
+        if d is _POSTGRES:
+            where.append(f"instance_id = ANY({d.param})")
+            params.append(instances)
+        else:
+            where.append(f"instance_id IN (SELECT value FROM json_each({d.param}))")
+            params.append(json.dumps(instances))
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    return (f"SELECT {columns} FROM window_stats{clause} "
+            "ORDER BY window_start, instance_id"), params
+
+
 def _column_sql(existing: frozenset[str]) -> str:
     """The select list of every schema column; ``NULL`` for one an unmigrated (read-only) table lacks."""
     return ", ".join(c if c in existing else f"NULL AS {c}" for c in WINDOW_STATS_COLUMNS)
@@ -150,7 +229,7 @@ def _column_sql(existing: frozenset[str]) -> str:
 def _add_column_sql(field: pa.Field) -> str:
     """``ALTER TABLE`` adding one schema column (a NOT NULL one needs a default for existing rows)."""
     tail = "" if field.nullable else " NOT NULL DEFAULT 0"
-    return f"ALTER TABLE window_stats ADD COLUMN {field.name} {_SQL_TYPES[field.type]}{tail}"
+    return f"ALTER TABLE window_stats ADD COLUMN {field.name} {_SQLITE.types[field.type]}{tail}"
 
 
 def _existing_columns(con: sqlite3.Connection) -> frozenset[str]:
@@ -178,14 +257,6 @@ def migrate(con: sqlite3.Connection) -> tuple[str, ...]:
         raise
     logger.info("window_stats migrated: added columns %s", list(added))
     return added
-
-
-_SELECT: Final = (
-    "SELECT {columns} FROM window_stats "
-    "WHERE (? IS NULL OR window_start >= ?) AND (? IS NULL OR window_start < ?) "
-    "AND (? IS NULL OR instance_id IN (SELECT value FROM json_each(?))) "
-    "ORDER BY window_start, instance_id"
-)
 
 
 def to_epoch_ms(value: datetime | int | None, *, name: str = "value") -> int | None:
@@ -229,12 +300,14 @@ class ArchiveResult:
 
 
 class WindowStatsStore(ConnectionStore):
-    """The ``window_stats`` SQLite table: idempotent upserts, reads and Parquet archiving.
+    """The ``window_stats`` table in SQLite or PostgreSQL: idempotent upserts, reads and Parquet archiving.
 
     Parameters
     ----------
     path : str or Path
-        SQLite database file (created on :meth:`open`, with its parent folder).
+        SQLite database file (created on :meth:`open`, with its parent folder), or a
+        ``postgresql://user@host:port/dbname`` URL: a database every instance on every machine can
+        write (the tables are created on :meth:`open`; the database must exist).
     archive_dir : str or Path, optional
         Where :meth:`archive_older_than` writes Parquet files.
     busy_timeout_ms : int
@@ -250,26 +323,36 @@ class WindowStatsStore(ConnectionStore):
 
     def __init__(self, path: str | os.PathLike[str], *, archive_dir: str | os.PathLike[str] | None = None,
                  busy_timeout_ms: int = 10_000, read_only: bool = False) -> None:
-        self.path = Path(path)
+        self.url: str | None = path if _postgres.is_postgres_url(path) else None
+        self.path: Path | None = None if self.url is not None else Path(path)
+        self.dialect = _POSTGRES if self.url is not None else _SQLITE
         self.read_only = read_only
         self.archive_dir = None if archive_dir is None else Path(archive_dir)
         self.busy_timeout_ms = busy_timeout_ms
-        self._con: sqlite3.Connection | None = None
+        self._con: Any = None
         self._select_list = _column_sql(frozenset(WINDOW_STATS_COLUMNS))
+        self._upsert_sql = _upsert(self.dialect)
+        self._late_sql = _late(self.dialect)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, read_only: bool = False) -> WindowStatsStore:
-        """A store at ``settings.sqlite_path`` archiving into ``settings.archive_dir``."""
-        return cls(settings.sqlite_path, archive_dir=settings.archive_dir, read_only=read_only)
+        """The configured store (``settings.window_stats_location``: the PostgreSQL URL, else the SQLite
+        file) archiving into ``settings.archive_dir``."""
+        return cls(settings.window_stats_location, archive_dir=settings.archive_dir, read_only=read_only)
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def __repr__(self) -> str:
-        return f"WindowStatsStore({str(self.path)!r})"
+        where = _postgres.redact(self.url) if self.url is not None else str(self.path)
+        return f"WindowStatsStore({where!r})"
 
     def open(self) -> Self:
         """Connect, apply the pragmas and create the tables if needed."""
         if self._con is not None:
             return self
+        if self.url is not None:
+            self._con = self._open_postgres(self.url)
+            return self
+        assert self.path is not None
         if self.read_only:
             if not self.path.exists():
                 msg = (f"No window stats database at {self.path}. Run the stream-analytics app first, or point "
@@ -286,7 +369,7 @@ class WindowStatsStore(ConnectionStore):
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
         con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
-        for statement in _CREATE:
+        for statement in _create(_SQLITE):
             con.execute(statement)
         migrate(con)
         kind = con.execute("SELECT type FROM sqlite_master WHERE name = 'late_events'").fetchone()
@@ -295,15 +378,74 @@ class WindowStatsStore(ConnectionStore):
             for statement in _MIGRATE_LATE:
                 con.execute(statement)
             con.execute("COMMIT")
-        con.execute(_LATE_VIEW)
+        con.execute(_late_view(_SQLITE))
         self._con = con
         self._select_list = _column_sql(frozenset(WINDOW_STATS_COLUMNS))
         logger.debug("window stats store opened path=%s", self.path)
         return self
 
+    def _open_postgres(self, url: str) -> Any:
+        con = _postgres.connect(url, read_only=self.read_only)
+        try:
+            con.execute(f"SET lock_timeout = {int(self.busy_timeout_ms)}")
+            if self.read_only:
+                row = con.execute("SELECT to_regclass('window_stats') IS NOT NULL").fetchone()
+                if not (row and row[0]):
+                    msg = (f"No window_stats table in {_postgres.redact(url)}. Run the stream-analytics app "
+                           "(with the same WORKBENCH_WINDOW_STATS_URL) first.")
+                    raise StoreNotFoundError(msg)
+                return con
+            # Several instances may open a fresh database at once: one creates, the others wait.
+            with con.transaction():
+                con.execute("SELECT pg_advisory_xact_lock(%s)", (_postgres.lock_key("window_stats.schema"),))
+                # DDL locks tables even when it changes nothing: only what is missing (all of it, the first time)
+                made = con.execute("SELECT to_regclass('window_stats') IS NOT NULL AND "
+                                   "to_regclass('late_event_sources') IS NOT NULL AND "
+                                   "to_regclass('late_events') IS NOT NULL").fetchone()
+                if not (made and made[0]):
+                    for statement in (*_create(_POSTGRES), _late_view(_POSTGRES)):
+                        con.execute(statement)
+                existing = [r[0] for r in con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                    "AND table_name = 'window_stats'").fetchall()]
+                for statement in _add_columns(_POSTGRES, existing):
+                    con.execute(statement)
+        except BaseException:
+            con.close()
+            raise
+        logger.debug("window stats store opened url=%s", _postgres.redact(url))
+        return con
+
     @property
-    def _db(self) -> sqlite3.Connection:
-        return self._open_connection()
+    def _db(self) -> Any:
+        """The open connection (``sqlite3.Connection`` or ``psycopg.Connection``).
+
+        A PostgreSQL session lost since the last call (server restart, network) is replaced by a new
+        one here, so the caller's next statement runs instead of failing again.
+        """
+        con = self._open_connection()
+        if self.url is not None and con.broken:
+            logger.warning("window stats: PostgreSQL session lost; reconnecting url=%s", _postgres.redact(self.url))
+            with contextlib.suppress(Exception):
+                con.close()
+            self._con = None
+            con = self.open()._con
+        return con
+
+    @contextlib.contextmanager
+    def _write_transaction(self, *, exclusive: bool = False) -> Iterator[Any]:
+        """One write transaction; ``exclusive`` also shuts other writers out until commit (archiving)."""
+        db = self._db
+        db.execute(self.dialect.begin_write)
+        try:
+            if exclusive and self.dialect.lock_tables:
+                db.execute(self.dialect.lock_tables)
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                db.execute("ROLLBACK")
+            raise
 
     # --- writes ------------------------------------------------------------------------------------
     def _tuple(self, row: Mapping[str, Any], now_ms: int) -> tuple[Any, ...]:
@@ -337,15 +479,41 @@ class WindowStatsStore(ConnectionStore):
         params = [self._tuple(r, now_ms) for r in rows]
         if not params:
             return 0
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany(_UPSERT, params)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return len(params)
+        # Key order: two writers of overlapping windows lock rows in the same order (no deadlock).
+        params.sort(key=lambda p: (p[0], p[1]))
+        for attempt in (1, 2):
+            try:
+                with self._write_transaction() as db:
+                    cur = db.cursor()
+                    try:
+                        cur.executemany(self._upsert_sql, params)
+                    finally:
+                        cur.close()
+                return len(params)
+            except Exception:
+                # A PostgreSQL session lost mid-transaction rolled it back: once more on a new session
+                # (an UPSERT repeated writes the same rows). Anything else, or a second loss, is raised.
+                if attempt == 2 or self.url is None or not self._db_broken():
+                    raise
+        return len(params)  # pragma: no cover - the loop returns or raises
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement outside a transaction and return its rows (none for a write).
+
+        A PostgreSQL session found lost is replaced and the statement run once more (every
+        statement run here is a read or a keyed upsert, so running it twice changes nothing).
+        """
+        for attempt in (1, 2):
+            try:
+                cur = self._db.execute(sql, params)
+                return cur.fetchall() if cur.description is not None else []
+            except Exception:
+                if attempt == 2 or self.url is None or not self._db_broken():
+                    raise
+        return []  # pragma: no cover - the loop returns or raises
+
+    def _db_broken(self) -> bool:
+        return self._con is not None and bool(getattr(self._con, "broken", False))
 
     def record_late(self, instance_id: int, window_start: datetime | int, count: int = 1, *,
                     source: tuple[str, int, int] | None = None) -> None:
@@ -358,7 +526,7 @@ class WindowStatsStore(ConnectionStore):
         start = to_epoch_ms(window_start, name="window_start")
         now_ns = time.time_ns()
         topic, partition, offset = source if source is not None else ("(unkeyed)", -1, now_ns)
-        self._db.execute(_LATE, (str(topic), int(partition), int(offset), int(instance_id), start, int(count),
+        self._fetch(self._late_sql, (str(topic), int(partition), int(offset), int(instance_id), start, int(count),
                                  now_ns // 1_000_000))
 
     # --- reads -------------------------------------------------------------------------------------
@@ -372,33 +540,34 @@ class WindowStatsStore(ConnectionStore):
             With :data:`WINDOW_STATS_SCHEMA` (times as ``timestamp[ms, tz=UTC]``).
         """
         lo, hi = to_epoch_ms(start, name="start"), to_epoch_ms(end, name="end")
-        inst = None if instances is None else json.dumps([int(i) for i in instances])
-        cur = self._db.execute(_SELECT.format(columns=self._select_list), (lo, lo, hi, hi, inst, inst))
-        return _to_table(cur.fetchall())
+        ids = None if instances is None else [int(i) for i in instances]
+        sql, params = _select(self.dialect, lo, hi, ids, self._select_list)
+        return _to_table(self._fetch(sql, params))
 
     def late_events(self) -> pa.Table:
         """All late-event counters (``instance_id, window_start, late_count, last_seen_at``)."""
-        cur = self._db.execute("SELECT instance_id, window_start, sum(late_count), max(last_seen_at) "
-                               "FROM late_event_sources GROUP BY instance_id, window_start "
-                               "ORDER BY window_start, instance_id")
-        cols = list(zip(*cur.fetchall(), strict=False)) or [(), (), (), ()]
+        # CAST: PostgreSQL's sum of BIGINT is NUMERIC (a Decimal in Python).
+        rows = self._fetch("SELECT instance_id, window_start, CAST(sum(late_count) AS BIGINT), max(last_seen_at) "
+                           "FROM late_event_sources GROUP BY instance_id, window_start "
+                           "ORDER BY window_start, instance_id")
+        cols = list(zip(*rows, strict=False)) or [(), (), (), ()]
         return pa.table({"instance_id": pa.array(cols[0], pa.int64()),
                          "window_start": pa.array(cols[1], pa.int64()).cast(_TS),
                          "late_count": pa.array(cols[2], pa.int64()),
                          "last_seen_at": pa.array(cols[3], pa.int64()).cast(_TS)})
 
     def count(self) -> int:
-        """Number of windows in SQLite."""
-        return int(self._db.execute("SELECT count(*) FROM window_stats").fetchone()[0])
+        """Number of windows stored (not archived)."""
+        return int(self._fetch("SELECT count(*) FROM window_stats")[0][0])
 
     def newest_window_end(self) -> datetime | None:
         """The latest ``window_end`` stored (the data's "now"), or ``None`` when empty."""
-        value = self._db.execute("SELECT max(window_end) FROM window_stats").fetchone()[0]
+        value = self._fetch("SELECT max(window_end) FROM window_stats")[0][0]
         return None if value is None else datetime.fromtimestamp(value / 1000, tz=UTC)
 
     def newest_window_start(self) -> datetime | None:
         """The latest ``window_start`` stored (data time, not wall time), or ``None`` when empty."""
-        value = self._db.execute("SELECT max(window_start) FROM window_stats").fetchone()[0]
+        value = self._fetch("SELECT max(window_start) FROM window_stats")[0][0]
         return None if value is None else datetime.fromtimestamp(value / 1000, tz=UTC)
 
     # --- retention ---------------------------------------------------------------------------------
@@ -428,16 +597,15 @@ class WindowStatsStore(ConnectionStore):
             msg = ("archive_older_than needs an archive folder: pass archive_dir= here or to the "
                    "WindowStatsStore constructor (settings.archive_dir).")
             raise StoreError(msg)
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")  # blocks other writers until the rows are gone: nothing slips between
-        try:
+        # Blocks other writers until the rows are gone: nothing slips between the read and the delete.
+        q = self.dialect.param
+        with self._write_transaction(exclusive=True) as db:
             newest = db.execute("SELECT max(window_start) FROM window_stats").fetchone()[0]
             if newest is None:
-                db.execute("COMMIT")
                 return ArchiveResult(None, 0, ())
             cutoff = int(newest - days * _DAY_MS)
             rows = db.execute(
-                f"SELECT {self._select_list} FROM window_stats WHERE window_start < ? "
+                f"SELECT {self._select_list} FROM window_stats WHERE window_start < {q} "
                 "ORDER BY window_start, instance_id", (cutoff,)).fetchall()
             files: list[Path] = []
             if rows:
@@ -446,12 +614,8 @@ class WindowStatsStore(ConnectionStore):
                 for value in pc.unique(day).to_pylist():
                     part = table.filter(pc.equal(day, pa.scalar(value, _TS)))
                     files.append(_merge_into_day_file(target, value, part))
-                db.execute("DELETE FROM window_stats WHERE window_start < ?", (cutoff,))
-                db.execute("DELETE FROM late_event_sources WHERE window_start < ?", (cutoff,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+                db.execute(f"DELETE FROM window_stats WHERE window_start < {q}", (cutoff,))
+                db.execute(f"DELETE FROM late_event_sources WHERE window_start < {q}", (cutoff,))
         cut_dt = datetime.fromtimestamp(cutoff / 1000, tz=UTC)
         logger.info("archived windows rows=%d files=%d cutoff=%s", len(rows), len(files), cut_dt.isoformat())
         return ArchiveResult(cut_dt, len(rows), tuple(files))
