@@ -27,6 +27,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = settings_from_args(args)
     if getattr(args, "port", None):
         settings = settings.with_overrides(kafka_port=args.port)
+    if getattr(args, "listeners", None):
+        settings = settings.with_overrides(kafka_listeners=args.listeners)
     return settings
 
 
@@ -79,6 +81,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ):
         parser = actions.add_parser(name, help=help_text)
         parser.add_argument("--port", type=int, help="client port of the local broker (WORKBENCH_KAFKA_PORT)")
+        parser.add_argument(
+            "--listeners", metavar="LIST",
+            help="listeners of the local broker, e.g. plaintext,sasl_plaintext,ssl,sasl_ssl; the first is on "
+                 "--port and is the one the workbench's clients use, the others on port+2, +3, ... "
+                 "(WORKBENCH_KAFKA_LISTENERS)")
         parser.set_defaults(func=func)
     topics = subparsers.add_parser("topics", help="create or check the workbench's topics (idempotent)")
     topics.set_defaults(func=_topics)

@@ -1,0 +1,145 @@
+"""Secured Kafka on the real broker and the real apps: SASL PLAIN, SASL SCRAM-SHA-512, SSL.
+
+One managed broker runs with four listeners (SASL_SSL first, so its own start-up already goes
+through the generated SCRAM user and CA the workbench configures for itself; then PLAINTEXT,
+SASL_PLAINTEXT and SSL). For each secured way in, the KAFKA_* environment variables a user would
+set for an external cluster point the whole pipeline at one listener: a small log is replayed, and
+the stream analytics, the scoring app and the anomaly sink must fill their stores. A wrong password
+and a missing CA fail at once with an error naming the setting, instead of hanging.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import stat
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import isolated_settings
+from tests.helpers import free_port_pair
+from workbench.broker import BrokerAuthenticationError, LocalKafka, ensure_broker
+from workbench.config import Settings
+from workbench.data.generator import generate
+from workbench.ml._testing import day_slice
+from workbench.ml._train import train_day
+from workbench.pipeline.analytics import run_analytics
+from workbench.pipeline.anomaly_sink import run_anomaly_sink
+from workbench.pipeline.scoring import run_scoring
+from workbench.replay import Replay
+from workbench.store.lakehouse import AnomalyLakehouse
+from workbench.store.shards import read_shards
+from workbench.store.window_stats import WindowStatsStore
+
+pytestmark = pytest.mark.slow
+
+D1, D2 = dt.date(2024, 3, 4), dt.date(2024, 3, 5)  # the generator's first two days
+LISTENERS = "SASL_SSL,PLAINTEXT,SASL_PLAINTEXT,SSL"
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The broker with every listener, a day-2 log, and a model trained on day 1 (scored offline)."""
+    root = tmp_path_factory.mktemp("secured")
+    settings = Settings(home=root / "broker", kafka_port=free_port_pair(span=6), kafka_heap="512m",
+                        kafka_listeners=LISTENERS)
+    broker = LocalKafka(settings)
+    status = broker.start(timeout=120)
+    try:
+        full = root / "full.parquet"
+        generate(full, days=2, instances=3, seed=11, rows_per_day=2_500)
+        day2 = root / "day2.parquet"
+        pq.write_table(day_slice(pq.read_table(full), D2), day2)
+        trained = Settings(home=root / "trained")
+        train_day(trained, D1, window_days=1, data=full)
+        yield {"settings": settings, "status": status, "log": day2, "models": trained.models_dir}
+    finally:
+        broker.stop()
+
+
+def _client_env(secured: dict, way: str) -> dict[str, str]:
+    """The KAFKA_* variables a user sets to reach one listener (as for a managed cloud cluster)."""
+    settings: Settings = secured["settings"]
+    ports = settings.kafka_listener_ports
+    credentials = json.loads(settings.kafka_credentials_file.read_text())
+    sasl = {"KAFKA_SASL_USERNAME": credentials["username"], "KAFKA_SASL_PASSWORD": credentials["password"]}
+    if way == "SSL":
+        return {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{ports['SSL']}", "KAFKA_SECURITY_PROTOCOL": "SSL",
+                "KAFKA_SSL_CA_LOCATION": str(settings.kafka_ca_file)}
+    return {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{ports['SASL_PLAINTEXT']}",
+            "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": way, **sasl}
+
+
+def test_the_managed_broker_secures_its_files_and_configures_its_own_clients(secured: dict) -> None:
+    settings: Settings = secured["settings"]
+    ports = settings.kafka_listener_ports
+    assert list(ports) == LISTENERS.split(",")
+    assert ports["SASL_SSL"] == settings.kafka_port and ports["PLAINTEXT"] == settings.kafka_port + 2
+    # the workbench's own clients: SCRAM-SHA-512 over TLS with the generated user and CA, no setting needed
+    config = settings.kafka_client_config()
+    assert config["security.protocol"] == "SASL_SSL" and config["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert config["ssl.ca.location"] == str(settings.kafka_ca_file)
+    assert "SASL_SSL" in str(secured["status"]) and str(settings.kafka_ca_file) in str(secured["status"])
+    # generated secrets are owner-only and stay out of the environment handed to children
+    security = settings.kafka_security_dir
+    assert stat.S_IMODE(security.stat().st_mode) == 0o700
+    for path in security.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE((settings.kafka_dir / "server.properties").stat().st_mode) == 0o600
+    password = json.loads(settings.kafka_credentials_file.read_text())["password"]
+    assert password not in json.dumps(settings.to_env())
+    assert password not in str(secured["status"])
+
+
+@pytest.mark.parametrize("way", ["PLAIN", "SCRAM-SHA-512", "SSL"])
+def test_the_pipeline_runs_through_a_secured_listener(secured: dict, way: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in _client_env(secured, way).items():
+        monkeypatch.setenv(name, value)
+    settings = isolated_settings(Settings(home=tmp_path / "home"), tmp_path / "home")
+    assert settings.security_protocol == ("SSL" if way == "SSL" else "SASL_PLAINTEXT")
+    shutil.copytree(secured["models"], settings.models_dir)
+    ensure_broker(settings)  # checks the listener answers and creates the topics through it
+    Replay(secured["log"], settings=settings, speedup=0, pack=1).run()
+    events = pq.read_metadata(secured["log"]).num_rows
+
+    analytics = run_analytics(settings, idle_exit=3, timeout=60, commit_interval=1.0)
+    scoring = run_scoring(settings, idle_exit=3, timeout=60, train=False, batch_seconds=0.3)
+    sink = run_anomaly_sink(settings, idle_exit=3, timeout=60)
+
+    assert analytics["events"] == scoring["events"] == events
+    with WindowStatsStore(settings.sqlite_path, read_only=True) as store:
+        windows = store.read()
+    assert pc.sum(windows.column("total_queries")).as_py() == events
+    shards = read_shards(settings.shards_dir)
+    assert shards.num_rows == events and shards.column("model_version").null_count == 0
+    flagged = pc.sum(shards.column("is_anomaly").cast(pa.int64())).as_py()
+    assert flagged > 0 and scoring["anomalies"] == flagged
+    with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
+        assert lake.read().num_rows == flagged == sink["sink_rows"]
+
+
+@pytest.mark.parametrize(("way", "change", "named"), [
+    ("SCRAM-SHA-512", {"KAFKA_SASL_PASSWORD": "not-the-password"}, "KAFKA_SASL_PASSWORD"),
+    ("PLAIN", {"KAFKA_SASL_USERNAME": "nobody"}, "KAFKA_SASL_USERNAME"),
+    ("SSL", {"KAFKA_SSL_CA_LOCATION": ""}, "KAFKA_SSL_CA_LOCATION"),
+])
+def test_wrong_credentials_fail_fast_naming_the_setting(secured: dict, way: str, change: dict, named: str,
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {**_client_env(secured, way), **change}.items():
+        if value:
+            monkeypatch.setenv(name, value)
+        else:
+            monkeypatch.delenv(name, raising=False)
+    settings = Settings(home=tmp_path / "home")
+    started = time.monotonic()
+    with pytest.raises(BrokerAuthenticationError, match=named):
+        ensure_broker(settings, timeout=300)
+    # a rejected credential is final: it is reported at once, not after the 300 s of waiting for a broker
+    assert time.monotonic() - started < 150
