@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import shutil
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -24,7 +25,8 @@ import pytest
 
 from tests.conftest import isolated_settings
 from tests.helpers import free_port_pair
-from workbench.broker import BrokerAuthenticationError, LocalKafka, ensure_broker
+from workbench.broker import BrokerAuthenticationError, LocalKafka, ensure_broker, find_java
+from workbench.broker._security import ensure_credentials, ensure_key_stores
 from workbench.config import Settings
 from workbench.data.generator import generate
 from workbench.ml._testing import day_slice
@@ -143,3 +145,29 @@ def test_wrong_credentials_fail_fast_naming_the_setting(secured: dict, way: str,
         ensure_broker(settings, timeout=300)
     # a rejected credential is final: it is reported at once, not after the 300 s of waiting for a broker
     assert time.monotonic() - started < 150
+
+
+@pytest.mark.parametrize("tool", ["openssl", "keytool"])
+def test_both_certificate_makers_give_a_broker_certificate_the_ca_verifies(tool: str, tmp_path: Path) -> None:
+    """The broker above used openssl; keytool (the fallback where openssl is missing) must make the same
+    kind of key store: a broker certificate for 127.0.0.1/localhost signed by ca.pem, the CA key gone."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the check reads the key store with the openssl command, which is not installed")
+    settings = Settings(home=tmp_path / "home", kafka_listeners="SSL")
+    credentials = ensure_credentials(settings)
+    folder = ensure_key_stores(settings, find_java(), credentials, tool=tool)
+    assert sorted(p.name for p in folder.iterdir()) == ["broker.p12", "ca.pem", "credentials.json"]
+    pem = subprocess.run([openssl, "pkcs12", "-in", str(folder / "broker.p12"), "-nokeys", "-clcerts",
+                          "-passin", f"pass:{credentials.store_password}"], capture_output=True, text=True, check=True)
+    (tmp_path / "broker.pem").write_text(pem.stdout)
+    verify = subprocess.run([openssl, "verify", "-CAfile", str(folder / "ca.pem"), str(tmp_path / "broker.pem")],
+                            capture_output=True, text=True, check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    text = subprocess.run([openssl, "x509", "-in", str(tmp_path / "broker.pem"), "-noout", "-text"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "IP Address:127.0.0.1" in text and "DNS:localhost" in text
+    # made once: a second call reuses the files
+    before = (folder / "ca.pem").read_bytes()
+    ensure_key_stores(settings, find_java(), credentials, tool=tool)
+    assert (folder / "ca.pem").read_bytes() == before

@@ -3,8 +3,8 @@
 Everything lives in ``<WORKBENCH_HOME>/kafka/security`` (folder 0700, files 0600) and is made once,
 on the first start that needs it, then reused: the SASL user ``workbench`` with a random password
 (PLAIN through the broker's JAAS settings; SCRAM-SHA-256/512 stored in the cluster metadata through
-the admin API), and a private CA plus a broker key store and trust store made with ``keytool`` (it
-comes with the Java runtime the broker needs anyway). Clients trust ``ca.pem``
+the admin API), and a private CA plus a broker key store made with ``openssl`` (or, without it, the
+``keytool`` of the Java runtime the broker needs anyway). Clients trust ``ca.pem``
 (``ssl.ca.location``); :meth:`workbench.config.Settings.kafka_client_config` reads both files when
 the workbench manages the broker, so nothing secret travels through environment or spec files.
 """
@@ -34,6 +34,8 @@ SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 _SCRAM_ITERATIONS = 8192
 _CERT_DAYS = "3650"
 _SAN = "SAN=dns:localhost,ip:127.0.0.1"
+#: What the SSL listeners need, in the order they are moved into place (ca.pem last).
+STORE_FILES = ("broker.p12", "ca.pem")
 
 
 @dataclass(frozen=True)
@@ -78,61 +80,92 @@ def ensure_credentials(settings: Settings) -> ManagedCredentials:
     return credentials
 
 
-def _keytool(java: str) -> str:
+def _keytool(java: str) -> str | None:
     beside = Path(java).resolve().parent / "keytool"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("keytool")
-    if found is None:
-        msg = (f"The SSL listeners of the local Kafka need `keytool` (part of every Java runtime); none was "
-               f"found beside {java} or on PATH. Install a full Java 17+ runtime, or leave SSL out of "
-               "WORKBENCH_KAFKA_LISTENERS.")
-        raise BrokerSetupError(msg)
-    return found
+    return str(beside) if beside.exists() else shutil.which("keytool")
 
 
 def _stores_complete(directory: Path) -> bool:
-    return all((directory / name).exists() for name in ("ca.pem", "broker.p12", "truststore.p12"))
+    return all((directory / name).exists() for name in STORE_FILES)
 
 
-def ensure_key_stores(settings: Settings, java: str, credentials: ManagedCredentials) -> Path:
-    """The private CA (``ca.pem``), broker key store and trust store, made once with keytool.
+def _run(tool: str, work: Path, *args: str) -> None:
+    result = subprocess.run([tool, *args], capture_output=True, text=True, check=False, cwd=work, umask=0o077,
+                            stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        msg = (f"{Path(tool).name} {args[0]} failed making the local Kafka's certificates: "
+               f"{(result.stdout + result.stderr).strip()[-800:]}")
+        raise BrokerError(msg)
 
-    Made in a temporary folder and moved into place file by file, ``ca.pem`` last, so an
-    interrupted run is simply made again at the next start. Returns the security folder.
+
+def _with_openssl(openssl: str, work: Path, password: str) -> None:
+    """CA and broker certificate with the openssl command (about a second)."""
+    (work / "ca.cnf").write_text(
+        "[req]\ndistinguished_name=dn\nprompt=no\n[dn]\nCN=Pulse Workbench local CA\n"
+        "[v3_ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
+        "subjectKeyIdentifier=hash\n")
+    (work / "broker.cnf").write_text("[req]\ndistinguished_name=dn\nprompt=no\n[dn]\nCN=localhost\n")
+    (work / "broker.ext").write_text(
+        f"subjectAltName={_SAN.removeprefix('SAN=').replace('dns:', 'DNS:').replace('ip:', 'IP:')}\n"
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+    _run(openssl, work, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+         "-days", _CERT_DAYS, "-config", "ca.cnf", "-extensions", "v3_ca")
+    _run(openssl, work, "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr",
+         "-config", "broker.cnf")
+    _run(openssl, work, "x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+         "-out", "broker.pem", "-days", _CERT_DAYS, "-extfile", "broker.ext")
+    _run(openssl, work, "pkcs12", "-export", "-in", "broker.pem", "-inkey", "broker.key", "-certfile", "ca.pem",
+         "-name", "broker", "-out", "broker.p12", "-passout", f"pass:{password}")
+
+
+def _with_keytool(keytool: str, work: Path, password: str) -> None:
+    """CA and broker certificate with keytool (seven JVM starts: slower, but always there with Java)."""
+    store = ["-storetype", "PKCS12", "-storepass", password]
+    _run(keytool, work, "-genkeypair", "-alias", "ca", "-keyalg", "RSA", "-keysize", "2048", "-validity", _CERT_DAYS,
+         "-dname", "CN=Pulse Workbench local CA", "-ext", "bc:c", "-keystore", "ca.p12", *store)
+    _run(keytool, work, "-exportcert", "-rfc", "-alias", "ca", "-keystore", "ca.p12", "-file", "ca.pem", *store)
+    _run(keytool, work, "-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048",
+         "-validity", _CERT_DAYS, "-dname", "CN=localhost", "-ext", _SAN, "-keystore", "broker.p12", *store)
+    _run(keytool, work, "-certreq", "-alias", "broker", "-keystore", "broker.p12", "-file", "broker.csr", *store)
+    _run(keytool, work, "-gencert", "-rfc", "-alias", "ca", "-keystore", "ca.p12", "-infile", "broker.csr",
+         "-outfile", "broker.pem", "-validity", _CERT_DAYS, "-ext", _SAN, *store)
+    _run(keytool, work, "-importcert", "-noprompt", "-alias", "ca", "-file", "ca.pem", "-keystore", "broker.p12",
+         *store)
+    _run(keytool, work, "-importcert", "-alias", "broker", "-file", "broker.pem", "-keystore", "broker.p12", *store)
+
+
+def ensure_key_stores(settings: Settings, java: str, credentials: ManagedCredentials, *,
+                      tool: str | None = None) -> Path:
+    """The private CA (``ca.pem``) and the broker's key store (``broker.p12``), made once.
+
+    Made with ``openssl`` when it is on PATH, else with the Java runtime's ``keytool`` (``tool``
+    forces one: ``"openssl"`` or ``"keytool"``). The CA's private key is deleted once it signed
+    the broker's certificate, so nothing else can ever be signed by it. Made in a temporary folder
+    and moved into place, ``ca.pem`` last, so an interrupted run is made again at the next start.
+    Returns the security folder.
     """
     directory = _security_dir(settings)
     if _stores_complete(directory):
         return directory
-    keytool = _keytool(java)
-    password = credentials.store_password
+    openssl = shutil.which("openssl") if tool in (None, "openssl") else None
+    keytool = _keytool(java) if tool in (None, "keytool") and openssl is None else None
+    if openssl is None and keytool is None:
+        msg = ("The SSL listeners of the local Kafka need `openssl` or the Java runtime's `keytool` to make their "
+               f"certificates; neither was found (PATH, and beside {java}). Install openssl (Debian/Ubuntu: "
+               "`apt-get install openssl`), or leave SSL out of WORKBENCH_KAFKA_LISTENERS.")
+        raise BrokerSetupError(msg)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=directory, prefix=".keys-") as tmp:
         work = Path(tmp)
-        store = ["-storetype", "PKCS12", "-storepass", password]
-
-        def run(*args: str) -> None:
-            result = subprocess.run([keytool, *args], capture_output=True, text=True, check=False,
-                                    cwd=work, umask=0o077)
-            if result.returncode != 0:
-                msg = f"keytool {args[0]} failed making the local Kafka's certificates: {result.stdout}{result.stderr}"
-                raise BrokerError(msg.strip()[-800:])
-
-        ca, broker, trust = str(work / "ca.p12"), str(work / "broker.p12"), str(work / "truststore.p12")
-        run("-genkeypair", "-alias", "ca", "-keyalg", "RSA", "-keysize", "2048", "-validity", _CERT_DAYS,
-            "-dname", "CN=Pulse Workbench local CA", "-ext", "bc:c", "-keystore", ca, *store)
-        run("-exportcert", "-rfc", "-alias", "ca", "-keystore", ca, "-file", str(work / "ca.pem"), *store)
-        run("-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048", "-validity", _CERT_DAYS,
-            "-dname", "CN=localhost", "-ext", _SAN, "-keystore", broker, *store)
-        run("-certreq", "-alias", "broker", "-keystore", broker, "-file", str(work / "broker.csr"), *store)
-        run("-gencert", "-rfc", "-alias", "ca", "-keystore", ca, "-infile", str(work / "broker.csr"),
-            "-outfile", str(work / "broker.pem"), "-validity", _CERT_DAYS, "-ext", _SAN, *store)
-        run("-importcert", "-noprompt", "-alias", "ca", "-file", str(work / "ca.pem"), "-keystore", broker, *store)
-        run("-importcert", "-alias", "broker", "-file", str(work / "broker.pem"), "-keystore", broker, *store)
-        run("-importcert", "-noprompt", "-alias", "ca", "-file", str(work / "ca.pem"), "-keystore", trust, *store)
-        for name in ("ca.p12", "broker.p12", "truststore.p12", "ca.pem"):
+        if openssl is not None:
+            _with_openssl(openssl, work, credentials.store_password)
+        else:
+            assert keytool is not None
+            _with_keytool(keytool, work, credentials.store_password)
+        for name in STORE_FILES:  # ca.pem last: its presence marks a complete set
             os.replace(work / name, directory / name)
-    logger.info("made the local Kafka's CA and key stores in %s (%.1f s)", directory, time.monotonic() - started)
+    logger.info("made the local Kafka's CA and key store in %s with %s (%.1f s)", directory,
+                "openssl" if openssl else "keytool", time.monotonic() - started)
     return directory
 
 
@@ -174,9 +207,9 @@ def server_properties(settings: Settings, credentials: ManagedCredentials | None
             f"ssl.keystore.location={stores / 'broker.p12'}",
             f"ssl.keystore.password={password}",
             f"ssl.key.password={password}",
-            "ssl.truststore.type=PKCS12",
-            f"ssl.truststore.location={stores / 'truststore.p12'}",
-            f"ssl.truststore.password={password}",
+            # the broker trusts its own CA (for an SSL inter-broker listener): PEM, no store needed
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={stores / 'ca.pem'}",
             "ssl.client.auth=none",
         ]
     return lines
