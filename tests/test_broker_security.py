@@ -171,3 +171,30 @@ def test_both_certificate_makers_give_a_broker_certificate_the_ca_verifies(tool:
     before = (folder / "ca.pem").read_bytes()
     ensure_key_stores(settings, find_java(), credentials, tool=tool)
     assert (folder / "ca.pem").read_bytes() == before
+
+
+def test_client_settings_map_to_librdkafka_and_bad_values_are_refused(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, kafka_bootstrap_servers="broker.example:9096",
+                        kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="scram-sha-256",
+                        kafka_sasl_username="u", kafka_sasl_password="pw",
+                        kafka_ssl_ca_location=tmp_path / "ca.pem", kafka_ssl_certificate_location=tmp_path / "c.pem",
+                        kafka_ssl_key_location=tmp_path / "k.pem", kafka_ssl_key_password="kp",
+                        kafka_ssl_endpoint_identification_algorithm="none")
+    assert settings.kafka_client_config() == {
+        "bootstrap.servers": "broker.example:9096", "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-256",
+        "sasl.username": "u", "sasl.password": "pw", "ssl.ca.location": str(tmp_path / "ca.pem"),
+        "ssl.certificate.location": str(tmp_path / "c.pem"), "ssl.key.location": str(tmp_path / "k.pem"),
+        "ssl.key.password": "kp", "ssl.endpoint.identification.algorithm": "none"}
+    env = settings.to_env(include_secrets=False)
+    assert "pw" not in env.values() and "kp" not in env.values()
+    assert sorted(settings.secret_env_names()) == ["KAFKA_SASL_PASSWORD", "KAFKA_SSL_KEY_PASSWORD"]
+    assert Settings.from_env(settings.to_env()).kafka_client_config() == settings.kafka_client_config()
+    # an external cluster with nothing set stays PLAINTEXT; the managed broker's first listener decides otherwise
+    assert Settings(home=tmp_path, kafka_bootstrap_servers="b:9092").security_protocol == "PLAINTEXT"
+    assert Settings(home=tmp_path, kafka_listeners=" ssl , plaintext").kafka_listeners == "SSL,PLAINTEXT"
+    with pytest.raises(ValueError, match="WORKBENCH_KAFKA_LISTENERS"):
+        Settings(home=tmp_path, kafka_listeners="plaintext,tls")
+    with pytest.raises(ValueError, match="WORKBENCH_KAFKA_LISTENERS"):
+        Settings(home=tmp_path, kafka_listeners="ssl,SSL")
+    with pytest.raises(ValueError, match="KAFKA_SASL_MECHANISM"):
+        Settings(home=tmp_path, kafka_sasl_mechanism="SCRAM-SHA-1")
