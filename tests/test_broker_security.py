@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -97,6 +99,17 @@ def test_the_managed_broker_secures_its_files_and_configures_its_own_clients(sec
     password = json.loads(settings.kafka_credentials_file.read_text())["password"]
     assert password not in json.dumps(settings.to_env())
     assert password not in str(secured["status"])
+    # a child process with only the home, port and listeners (as the supervisor starts the apps) gets in
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "WORKBENCH_"))},
+           "WORKBENCH_HOME": str(settings.home), "WORKBENCH_KAFKA_PORT": str(settings.kafka_port),
+           "WORKBENCH_KAFKA_LISTENERS": settings.kafka_listeners}
+    topics = subprocess.run([sys.executable, "-m", "workbench.cli", "topics"], env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert topics.returncode == 0 and settings.topic_query_events in topics.stdout, topics.stderr[-2000:]
+    status = subprocess.run([sys.executable, "-m", "workbench.cli", "kafka", "status"], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert status.returncode == 0 and f"SSL 127.0.0.1:{ports['SSL']}" in status.stdout, status.stdout
+    assert password not in status.stdout + status.stderr + topics.stdout + topics.stderr
 
 
 @pytest.mark.parametrize("way", ["PLAIN", "SCRAM-SHA-512", "SSL"])
