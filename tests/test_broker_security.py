@@ -110,6 +110,13 @@ def test_the_managed_broker_secures_its_files_and_configures_its_own_clients(sec
                             text=True, timeout=60, check=False)
     assert status.returncode == 0 and f"SSL 127.0.0.1:{ports['SSL']}" in status.stdout, status.stdout
     assert password not in status.stdout + status.stderr + topics.stdout + topics.stderr
+    # `workbench kafka env` prints what another client sets for a listener (the password read from its file)
+    lines = subprocess.run([sys.executable, "-m", "workbench.cli", "kafka", "env", "--listener", "sasl_plaintext"],
+                           env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert password not in lines and f"127.0.0.1:{ports['SASL_PLAINTEXT']}" in lines
+    script = f'{lines}\nexec "{sys.executable}" -m workbench.cli --home "{settings.home}/other" topics'
+    other = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert other.returncode == 0 and settings.topic_query_events in other.stdout, other.stderr[-2000:]
 
 
 @pytest.mark.parametrize("way", ["PLAIN", "SCRAM-SHA-512", "SSL"])

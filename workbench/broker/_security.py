@@ -25,7 +25,8 @@ from pathlib import Path
 from workbench.broker.exceptions import BrokerError, BrokerSetupError
 from workbench.config import Settings
 
-__all__ = ["ManagedCredentials", "ensure_credentials", "ensure_key_stores", "register_scram", "server_properties"]
+__all__ = ["ManagedCredentials", "client_env", "ensure_credentials", "ensure_key_stores", "register_scram",
+           "server_properties"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,23 @@ def ensure_key_stores(settings: Settings, java: str, credentials: ManagedCredent
     logger.info("made the local Kafka's CA and key store in %s with %s (%.1f s)", directory,
                 "openssl" if openssl else "keytool", time.monotonic() - started)
     return directory
+
+
+def client_env(settings: Settings, listener: str) -> dict[str, str]:
+    """The KAFKA_* variables another client (or a workbench pointed at it as an external cluster) sets to
+    reach one listener of the managed broker. The password is left out: it stays in its file."""
+    listener = listener.strip().upper()
+    ports = settings.kafka_listener_ports
+    if listener not in ports:
+        msg = (f"The local Kafka has no {listener!r} listener; it has {', '.join(ports)} "
+               "(WORKBENCH_KAFKA_LISTENERS).")
+        raise BrokerError(msg)
+    env = {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{ports[listener]}", "KAFKA_SECURITY_PROTOCOL": listener}
+    if listener.startswith("SASL_"):
+        env |= {"KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": USERNAME}
+    if listener.endswith("SSL"):
+        env["KAFKA_SSL_CA_LOCATION"] = str(settings.kafka_ca_file)
+    return env
 
 
 def _jaas(module: str, credentials: ManagedCredentials, *, users: bool) -> str:
