@@ -27,7 +27,7 @@ import pytest
 
 from tests.conftest import isolated_settings
 from tests.helpers import free_port_pair
-from workbench.broker import BrokerAuthenticationError, LocalKafka, ensure_broker, find_java
+from workbench.broker import BrokerAuthenticationError, BrokerError, LocalKafka, ensure_broker, find_java
 from workbench.broker._security import ensure_credentials, ensure_key_stores
 from workbench.config import Settings
 from workbench.data.generator import generate
@@ -99,6 +99,10 @@ def test_the_managed_broker_secures_its_files_and_configures_its_own_clients(sec
     password = json.loads(settings.kafka_credentials_file.read_text())["password"]
     assert password not in json.dumps(settings.to_env())
     assert password not in str(secured["status"])
+    # the running broker keeps its listeners: asking for others says how to change them
+    with pytest.raises(BrokerError, match="workbench kafka stop"):
+        LocalKafka(settings.with_overrides(kafka_listeners="PLAINTEXT")).start(timeout=10)
+    assert LocalKafka(settings).status().running
     # a child process with only the home, port and listeners (as the supervisor starts the apps) gets in
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "WORKBENCH_"))},
            "WORKBENCH_HOME": str(settings.home), "WORKBENCH_KAFKA_PORT": str(settings.kafka_port),

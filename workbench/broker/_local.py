@@ -93,8 +93,6 @@ def _security_hint(settings: Settings, error: KafkaError) -> str | None:
         return (f"TLS connection to {settings.bootstrap_servers} failed: check KAFKA_SSL_CA_LOCATION (the CA that "
                 "signed the brokers' certificates; unset: the system's CAs), KAFKA_SSL_ENDPOINT_IDENTIFICATION_"
                 f"ALGORITHM and KAFKA_SECURITY_PROTOCOL ({protocol}). Kafka said: {text}")
-    if protocol == "PLAINTEXT" and error.code() == KafkaError._TRANSPORT and "Disconnected" in text:
-        return None  # a broker still starting closes connections too: keep waiting
     return None
 
 
@@ -204,6 +202,22 @@ class LocalKafka:
         if "SSL" in names:
             parts.append(f"CA certificate {self.settings.kafka_ca_file}")
         return ", ".join(parts)
+
+    def _check_running_listeners(self) -> None:
+        """A running broker keeps the listeners it started with: say so instead of waiting on a port
+        that nothing listens on."""
+        try:
+            lines = (self.directory / "server.properties").read_text().splitlines()
+        except OSError:
+            return
+        running = next((line.removeprefix("advertised.listeners=") for line in lines
+                        if line.startswith("advertised.listeners=")), None)
+        wanted = ",".join(f"{name}://127.0.0.1:{port}" for name, port in self.settings.kafka_listener_ports.items())
+        if running is not None and running != wanted:
+            msg = (f"The local Kafka already runs with listeners {running}, not {wanted} "
+                   "(WORKBENCH_KAFKA_LISTENERS / WORKBENCH_KAFKA_PORT). Stop it with `workbench kafka stop` "
+                   "and start it again to change them.")
+            raise BrokerError(msg)
 
     # -- security ---------------------------------------------------------------------------------
     def _security(self, java: str) -> tuple[ManagedCredentials | None, Path | None]:
@@ -335,6 +349,7 @@ class LocalKafka:
             )
             raise BrokerError(msg)
         if self.pid() is not None:
+            self._check_running_listeners()
             wait_for_broker(self.settings, timeout=timeout)
             return self.status()
         ports = self.settings.kafka_listener_ports
