@@ -222,3 +222,13 @@ def test_client_settings_map_to_librdkafka_and_bad_values_are_refused(tmp_path: 
         Settings(home=tmp_path, kafka_listeners="ssl,SSL")
     with pytest.raises(ValueError, match="KAFKA_SASL_MECHANISM"):
         Settings(home=tmp_path, kafka_sasl_mechanism="SCRAM-SHA-1")
+
+
+def test_an_app_with_a_wrong_password_exits_naming_the_setting(secured: dict, tmp_path: Path) -> None:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "WORKBENCH_"))},
+           **_client_env(secured, "SCRAM-SHA-512"), "KAFKA_SASL_PASSWORD": "not-the-password",
+           "WORKBENCH_HOME": str(tmp_path / "home")}
+    app = subprocess.run([sys.executable, "-m", "workbench.cli", "app", "analytics", "--timeout", "120"], env=env,
+                         capture_output=True, text=True, timeout=110, check=False)
+    assert app.returncode == 2 and "KAFKA_SASL_PASSWORD" in app.stderr, app.stderr[-2000:]
+    assert "not-the-password" not in app.stderr + app.stdout
