@@ -199,6 +199,13 @@ class Settings(BaseSettings):
             raise ValueError(msg)
         return ",".join(names)
 
+    @field_validator("kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
+                     "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `export KAFKA_SSL_CA_LOCATION=` means "not set", not "the current directory"
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("kafka_sasl_mechanism", mode="after")
     @classmethod
     def _mechanism(cls, value: str | None) -> str | None:
