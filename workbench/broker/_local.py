@@ -84,7 +84,7 @@ def _security_hint(settings: Settings, error: KafkaError) -> str | None:
     text = error.str()
     protocol = settings.security_protocol
     if error.code() == KafkaError._AUTHENTICATION and "SASL" in text.upper():
-        names = "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
+        names = "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SASL_MECHANISM and KAFKA_SECURITY_PROTOCOL"
         managed = (f" (the local Kafka's generated user is in {settings.kafka_credentials_file})"
                    if settings.manages_kafka else "")
         return f"SASL authentication failed at {settings.bootstrap_servers}: check {names}{managed}. Kafka said: {text}"
