@@ -216,6 +216,7 @@ def test_client_settings_map_to_librdkafka_and_bad_values_are_refused(tmp_path: 
     # an external cluster with nothing set stays PLAINTEXT; the managed broker's first listener decides otherwise
     assert Settings(home=tmp_path, kafka_bootstrap_servers="b:9092").security_protocol == "PLAINTEXT"
     assert Settings(home=tmp_path, kafka_ssl_ca_location="", kafka_sasl_mechanism="").kafka_ssl_ca_location is None
+    assert Settings(home=tmp_path, kafka_security_protocol="sasl_ssl").security_protocol == "SASL_SSL"
     assert Settings(home=tmp_path, kafka_listeners=" ssl , plaintext").kafka_listeners == "SSL,PLAINTEXT"
     with pytest.raises(ValueError, match="WORKBENCH_KAFKA_LISTENERS"):
         Settings(home=tmp_path, kafka_listeners="plaintext,tls")

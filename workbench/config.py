@@ -200,11 +200,15 @@ class Settings(BaseSettings):
         return ",".join(names)
 
     @field_validator("kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
-                     "kafka_sasl_mechanism", mode="before")
+                     "kafka_sasl_mechanism", "kafka_security_protocol", mode="before")
     @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
+    def _empty_is_unset(cls, value: Any, info: Any) -> Any:
         # `export KAFKA_SSL_CA_LOCATION=` means "not set", not "the current directory"
-        return None if isinstance(value, str) and not value.strip() else value
+        if isinstance(value, str) and not value.strip():
+            return None
+        if info.field_name == "kafka_security_protocol" and isinstance(value, str):
+            return value.strip().upper()  # librdkafka accepts sasl_ssl as well as SASL_SSL
+        return value
 
     @field_validator("kafka_sasl_mechanism", mode="after")
     @classmethod
