@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import isolated_settings
-from tests.helpers import free_port_pair
+from tests.helpers import free_port_pair, make_log, wait_until
 from workbench.broker import BrokerAuthenticationError, BrokerError, LocalKafka, ensure_broker, find_java
 from workbench.broker._security import ensure_credentials, ensure_key_stores
 from workbench.config import Settings
@@ -37,6 +37,7 @@ from workbench.pipeline.analytics import run_analytics
 from workbench.pipeline.anomaly_sink import run_anomaly_sink
 from workbench.pipeline.scoring import run_scoring
 from workbench.replay import Replay
+from workbench.runtime import Workbench
 from workbench.store.lakehouse import AnomalyLakehouse
 from workbench.store.shards import read_shards
 from workbench.store.window_stats import WindowStatsStore
@@ -234,3 +235,26 @@ def test_an_app_with_a_wrong_password_exits_naming_the_setting(secured: dict, tm
                          capture_output=True, text=True, timeout=110, check=False)
     assert app.returncode == 2 and "KAFKA_SASL_PASSWORD" in app.stderr, app.stderr[-2000:]
     assert "not-the-password" not in app.stderr + app.stdout
+
+
+def test_the_runtime_authenticates_itself_to_its_secured_broker(secured: dict, tmp_path: Path) -> None:
+    """`Workbench.start` on the managed broker whose first listener is SASL_SSL: the supervisor, the
+    replay and the app find the generated user and CA through the home alone; no secret in spec or logs."""
+    base: Settings = secured["settings"]
+    suffix = tmp_path.name[-8:]
+    settings = base.with_overrides(topic_query_events=f"q.{suffix}", topic_anomalies=f"a.{suffix}",
+                                   topic_dead_letter=f"d.{suffix}", topic_replay_control=f"c.{suffix}",
+                                   topic_replay_state=f"s.{suffix}")
+    log = make_log(tmp_path / "log.parquet", rows=3000)
+    wb = Workbench.start(data=log, speedup=0, settings=settings, apps=("analytics",))
+    try:
+        done = wait_until(lambda: (s := wb.status()).drained and s, timeout=240, poll=1.0, what="drained")
+        assert done.rows_sent == 3000 and done.lag == {"analytics": 0}
+        assert int(wb.window_stats()["total_queries"].sum()) == 3000
+    finally:
+        wb.stop(kafka=False)
+    password = json.loads(settings.kafka_credentials_file.read_text())["password"]
+    spec = (settings.home / "run" / "spec.json").read_text()
+    assert "WORKBENCH_KAFKA_LISTENERS" in spec and password not in spec
+    logs = [p for p in settings.logs_dir.rglob("*") if p.is_file()]
+    assert logs and not [p for p in logs if password in p.read_text(errors="replace")]
