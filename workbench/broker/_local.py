@@ -1,5 +1,9 @@
 """A single-node Apache Kafka (KRaft) on 127.0.0.1 that the workbench starts and stops itself.
 
+Its listeners are WORKBENCH_KAFKA_LISTENERS (PLAINTEXT by default; SASL_PLAINTEXT, SSL and SASL_SSL
+with the generated user and CA of :mod:`workbench.broker._security`), the first on
+WORKBENCH_KAFKA_PORT, the controller on the next port, the others after it.
+
 Storage, configuration, pid file and logs live under ``<WORKBENCH_HOME>/kafka`` and
 ``<WORKBENCH_HOME>/logs/kafka.log``; the jars come from the user's cache. The broker is a
 detached process, so it outlives the Python process that started it until ``stop()``.
@@ -353,6 +357,10 @@ class LocalKafka:
             wait_for_broker(self.settings, timeout=timeout)
             return self.status()
         ports = self.settings.kafka_listener_ports
+        if max(ports.values()) > 65535:
+            msg = (f"WORKBENCH_KAFKA_PORT {self.settings.kafka_port} leaves no room for the {len(ports)} listeners "
+                   f"of WORKBENCH_KAFKA_LISTENERS ({self.settings.kafka_listeners}): choose a lower port.")
+            raise BrokerError(msg)
         for needed in (*ports.values(), self.controller_port):
             if not _port_free(needed):
                 used = ", ".join(f"{p} ({name})" for name, p in ports.items())
