@@ -100,16 +100,16 @@ def _security_hint(settings: Settings, error: KafkaError) -> str | None:
     return None
 
 
-def wait_for_broker(settings: Settings, timeout: float = 60.0, *, auth_retries: bool = False) -> int:
-    """Block until the broker answers a metadata request; return the number of brokers.
+def _probe(settings: Settings, deadline: float, auth_retries: bool) -> tuple[int | None, list[str], str | None]:
+    """Metadata requests until one answers, a credential is rejected (unless ``auth_retries``) or the
+    deadline passes: (brokers or None, security error messages, last error text).
 
-    A rejected password or certificate is not retried (it will not get better): it raises
-    :class:`BrokerAuthenticationError` at once, naming the settings to check. ``auth_retries``
-    retries it until ``timeout`` instead (a user just stored in the cluster needs a moment).
+    The client lives only in this frame and errors leave it as text, so nothing that outlives the
+    call (an exception's traceback kept by a caller) keeps the client alive, reconnecting and
+    logging to stderr long after.
     """
     from confluent_kafka.admin import AdminClient
 
-    deadline = time.monotonic() + timeout
     security_errors: list[str] = []
 
     def on_error(error: KafkaError) -> None:
@@ -119,20 +119,35 @@ def wait_for_broker(settings: Settings, timeout: float = 60.0, *, auth_retries: 
     # log_level 2: the probe expects "connection refused" until the broker is up; don't print it.
     admin = AdminClient({**settings.kafka_client_config(), "socket.connection.setup.timeout.ms": 2000,
                          "log_level": 2, "error_cb": on_error})
-    last_error: Exception | None = None
+    last_error: str | None = None
     while time.monotonic() < deadline:
         try:
             metadata = admin.list_topics(timeout=min(2.0, max(0.5, deadline - time.monotonic())))
             if metadata.brokers:
-                return len(metadata.brokers)
-        except Exception as exc:
-            last_error = exc
-            if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+                return len(metadata.brokers), security_errors, None
+        except KafkaException as exc:
+            last_error = str(exc)
+            if exc.args and isinstance(exc.args[0], KafkaError):
                 on_error(exc.args[0])
+        except Exception as exc:
+            last_error = str(exc)
         admin.poll(0)  # serves error_cb
         if security_errors and not auth_retries:
-            raise BrokerAuthenticationError(security_errors[-1])
+            break
         time.sleep(0.25)
+    return None, security_errors, last_error
+
+
+def wait_for_broker(settings: Settings, timeout: float = 60.0, *, auth_retries: bool = False) -> int:
+    """Block until the broker answers a metadata request; return the number of brokers.
+
+    A rejected password or certificate is not retried (it will not get better): it raises
+    :class:`BrokerAuthenticationError` at once, naming the settings to check. ``auth_retries``
+    retries it until ``timeout`` instead (a user just stored in the cluster needs a moment).
+    """
+    brokers, security_errors, last_error = _probe(settings, time.monotonic() + timeout, auth_retries)
+    if brokers is not None:
+        return brokers
     if security_errors:
         raise BrokerAuthenticationError(security_errors[-1])
     msg = (
