@@ -11,6 +11,7 @@ and a missing CA fail at once with an error naming the setting, instead of hangi
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import os
 import shutil
@@ -65,6 +66,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> dict:
         train_day(trained, D1, window_days=1, data=full)
         yield {"settings": settings, "status": status, "log": day2, "models": trained.models_dir}
     finally:
+        # The apps' Kafka clients sit in reference cycles: free them while the broker still runs, or they
+        # reconnect to the stopped broker and print to stderr during later tests (test_kernel_logging).
+        gc.collect()
         broker.stop()
 
 
