@@ -262,3 +262,20 @@ def test_the_runtime_authenticates_itself_to_its_secured_broker(secured: dict, t
     assert "WORKBENCH_KAFKA_LISTENERS" in spec and password not in spec
     logs = [p for p in settings.logs_dir.rglob("*") if p.is_file()]
     assert logs and not [p for p in logs if password in p.read_text(errors="replace")]
+
+
+def test_a_broken_connection_during_the_handshake_is_not_taken_for_a_rejected_credential(tmp_path: Path) -> None:
+    from confluent_kafka import KafkaError
+
+    from workbench.broker._local import _security_hint
+
+    sasl = Settings(home=tmp_path, kafka_bootstrap_servers="b:9094", kafka_security_protocol="SASL_SSL")
+    transient = KafkaError(KafkaError._AUTHENTICATION, "GroupCoordinator: SASL authentication error: "
+                           "SaslAuthenticateRequest failed: Local: Broker transport failure (after 0ms in state DOWN)")
+    assert _security_hint(sasl, transient) is None
+    rejected = KafkaError(KafkaError._AUTHENTICATION, "b:9094/bootstrap: SASL authentication error: Authentication "
+                          "failed: Invalid username or password (after 301ms in state AUTH_REQ)")
+    assert "KAFKA_SASL_PASSWORD" in (_security_hint(sasl, rejected) or "")
+    untrusted = KafkaError(KafkaError._SSL, "b:9094/bootstrap: SSL handshake failed: error:0A000086:SSL routines::"
+                           "certificate verify failed: broker certificate could not be verified")
+    assert "KAFKA_SSL_CA_LOCATION" in (_security_hint(sasl, untrusted) or "")

@@ -86,14 +86,19 @@ def _security_hint(settings: Settings, error: KafkaError) -> str | None:
     from confluent_kafka import KafkaError
 
     text = error.str()
+    lower = text.lower()
     protocol = settings.security_protocol
-    if error.code() == KafkaError._AUTHENTICATION and "SASL" in text.upper():
+    # a connection that broke during the handshake (a broker restarting) is not a rejection
+    transient = any(word in lower for word in ("transport failure", "timed out", "connection refused",
+                                                "connection reset"))
+    if error.code() == KafkaError._AUTHENTICATION and "SASL" in text.upper() and not transient:
         names = "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SASL_MECHANISM and KAFKA_SECURITY_PROTOCOL"
         managed = (f" (the local Kafka's generated user is in {settings.kafka_credentials_file})"
                    if settings.manages_kafka else "")
         return f"SASL authentication failed at {settings.bootstrap_servers}: check {names}{managed}. Kafka said: {text}"
-    if error.code() in (KafkaError._SSL, KafkaError._AUTHENTICATION) or (
-            "SSL" in text and protocol.endswith("SSL") and error.code() == KafkaError._TRANSPORT):
+    tls_rejected = "certificate" in lower or "plaintext broker listener" in lower or (
+        error.code() == KafkaError._SSL and not transient and "disconnected" not in lower)
+    if protocol.endswith("SSL") and tls_rejected:
         return (f"TLS connection to {settings.bootstrap_servers} failed: check KAFKA_SSL_CA_LOCATION (the CA that "
                 "signed the brokers' certificates; unset: the system's CAs), KAFKA_SSL_ENDPOINT_IDENTIFICATION_"
                 f"ALGORITHM and KAFKA_SECURITY_PROTOCOL ({protocol}). Kafka said: {text}")
