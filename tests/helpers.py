@@ -113,13 +113,14 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, poll: float 
     raise AssertionError(f"{what or 'condition'} not reached in {timeout} s (last value {last!r})")
 
 
-def free_port_pair() -> int:
-    """A port pair below Linux's ephemeral range (32768+), so no client socket can hold it."""
+def free_port_pair(span: int = 2) -> int:
+    """A port pair (or ``span`` consecutive free ports) below Linux's ephemeral range (32768+), so no
+    client socket can hold it."""
     rng = random.Random()
     for _ in range(200):
         port = rng.randrange(20000, 32000, 2)
         ok = True
-        for candidate in (port, port + 1):
+        for candidate in range(port, port + span):
             with socket.socket() as sock:
                 try:
                     sock.bind(("127.0.0.1", candidate))

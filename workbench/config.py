@@ -8,6 +8,7 @@ from ``WORKBENCH_HOME``, an absolute path, so nothing depends on the current dir
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -16,11 +17,16 @@ import platformdirs
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["KAFKA_VERSION", "Settings", "get_settings"]
+__all__ = ["KAFKA_VERSION", "MANAGED_SASL_MECHANISM", "SASL_MECHANISMS", "SECURITY_PROTOCOLS", "Settings",
+           "get_settings"]
 
 KAFKA_VERSION = "4.1.2"
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SECURITY_PROTOCOLS: tuple[str, ...] = ("PLAINTEXT", "SASL_PLAINTEXT", "SSL", "SASL_SSL")
+SASL_MECHANISMS: tuple[str, ...] = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
+#: The SASL mechanism the workbench's own clients use on a secured listener of the managed broker.
+MANAGED_SASL_MECHANISM = "SCRAM-SHA-512"
 
 
 def _default_home() -> Path:
@@ -68,18 +74,40 @@ class Settings(BaseSettings):
         validation_alias="KAFKA_BOOTSTRAP_SERVERS",
         description="An existing cluster. Unset: the workbench runs its own local Kafka.",
     )
-    kafka_security_protocol: SecurityProtocol = Field(
-        default="PLAINTEXT",
+    kafka_security_protocol: SecurityProtocol | None = Field(
+        default=None,
         validation_alias="KAFKA_SECURITY_PROTOCOL",
+        description="librdkafka security.protocol. Unset: PLAINTEXT, or the managed broker's first listener.",
     )
     kafka_sasl_mechanism: str | None = Field(
-        default=None, validation_alias="KAFKA_SASL_MECHANISM"
+        default=None, validation_alias="KAFKA_SASL_MECHANISM",
+        description="librdkafka sasl.mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER, GSSAPI).",
     )
     kafka_sasl_username: str | None = Field(
         default=None, validation_alias="KAFKA_SASL_USERNAME"
     )
     kafka_sasl_password: SecretStr | None = Field(
         default=None, validation_alias="KAFKA_SASL_PASSWORD"
+    )
+    kafka_ssl_ca_location: Path | None = Field(
+        default=None, validation_alias="KAFKA_SSL_CA_LOCATION",
+        description="librdkafka ssl.ca.location: PEM file of the CA that signed the brokers' certificates.",
+    )
+    kafka_ssl_certificate_location: Path | None = Field(
+        default=None, validation_alias="KAFKA_SSL_CERTIFICATE_LOCATION",
+        description="librdkafka ssl.certificate.location: the client's PEM certificate (mutual TLS).",
+    )
+    kafka_ssl_key_location: Path | None = Field(
+        default=None, validation_alias="KAFKA_SSL_KEY_LOCATION",
+        description="librdkafka ssl.key.location: the client's PEM private key (mutual TLS).",
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None, validation_alias="KAFKA_SSL_KEY_PASSWORD",
+        description="librdkafka ssl.key.password: passphrase of the client's private key.",
+    )
+    kafka_ssl_endpoint_identification_algorithm: Literal["https", "none"] | None = Field(
+        default=None, validation_alias="KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM",
+        description="librdkafka ssl.endpoint.identification.algorithm (librdkafka's default: https).",
     )
 
     # --- the managed local broker ----------------------------------------------------------
@@ -92,6 +120,15 @@ class Settings(BaseSettings):
     )
     kafka_heap: str = Field(
         default="1g", validation_alias="WORKBENCH_KAFKA_HEAP"
+    )
+    kafka_listeners: str = Field(
+        default="PLAINTEXT",
+        validation_alias="WORKBENCH_KAFKA_LISTENERS",
+        description=(
+            "Comma-separated listeners of the local broker, from PLAINTEXT, SASL_PLAINTEXT, SSL, SASL_SSL. "
+            "The first is on WORKBENCH_KAFKA_PORT and is the one the workbench's own clients use; the others "
+            "follow on port + 2, + 3, ... (port + 1 is the controller)."
+        ),
     )
 
     # --- topics ------------------------------------------------------------------------------
@@ -217,8 +254,42 @@ class Settings(BaseSettings):
             return value  # an object-store URL is passed to DuckLake as it is
         return str(Path(value).expanduser().resolve())
 
+    @field_validator("kafka_listeners", mode="before")
+    @classmethod
+    def _listeners(cls, value: Any) -> str:
+        items = value if isinstance(value, list | tuple) else str(value).split(",")
+        names = [str(item).strip().upper() for item in items if str(item).strip()]
+        unknown = [name for name in names if name not in SECURITY_PROTOCOLS]
+        if not names or unknown or len(set(names)) != len(names):
+            msg = (f"WORKBENCH_KAFKA_LISTENERS must be a comma-separated list of distinct listeners from "
+                   f"{', '.join(SECURITY_PROTOCOLS)}. Got {value!r} instead.")
+            raise ValueError(msg)
+        return ",".join(names)
+
+    @field_validator("kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
+                     "kafka_sasl_mechanism", "kafka_security_protocol", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any, info: Any) -> Any:
+        # `export KAFKA_SSL_CA_LOCATION=` means "not set", not "the current directory"
+        if isinstance(value, str) and not value.strip():
+            return None
+        if info.field_name == "kafka_security_protocol" and isinstance(value, str):
+            return value.strip().upper()  # librdkafka accepts sasl_ssl as well as SASL_SSL
+        return value
+
+    @field_validator("kafka_sasl_mechanism", mode="after")
+    @classmethod
+    def _mechanism(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.upper() not in SASL_MECHANISMS:
+            msg = f"KAFKA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}. Got {value!r} instead."
+            raise ValueError(msg)
+        return value.upper()
+
     @field_validator("home", "cache_dir", "reports_dir", "shards_dir_override", "models_dir_override",
-                     "archive_dir_override", mode="after")
+                     "archive_dir_override", "kafka_ssl_ca_location", "kafka_ssl_certificate_location",
+                     "kafka_ssl_key_location", mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         # Resolve once, here, so that a later chdir cannot move where the workbench writes.
@@ -234,6 +305,35 @@ class Settings(BaseSettings):
     def bootstrap_servers(self) -> str:
         """The bootstrap address clients use."""
         return self.kafka_bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def kafka_listener_ports(self) -> dict[str, int]:
+        """Port of each listener of the managed broker, in the order of WORKBENCH_KAFKA_LISTENERS."""
+        names = self.kafka_listeners.split(",")
+        return {name: self.kafka_port + (0 if i == 0 else i + 1) for i, name in enumerate(names)}
+
+    @property
+    def kafka_security_dir(self) -> Path:
+        """The managed broker's generated credentials, CA and key stores (owner-only)."""
+        return self.kafka_dir / "security"
+
+    @property
+    def kafka_credentials_file(self) -> Path:
+        """JSON file of the managed broker's generated SASL user and key-store password."""
+        return self.kafka_security_dir / "credentials.json"
+
+    @property
+    def kafka_ca_file(self) -> Path:
+        """PEM certificate of the managed broker's private CA (what clients trust)."""
+        return self.kafka_security_dir / "ca.pem"
+
+    @property
+    def security_protocol(self) -> str:
+        """The security.protocol clients use: KAFKA_SECURITY_PROTOCOL, else the managed broker's
+        first listener, else PLAINTEXT."""
+        if self.kafka_security_protocol:
+            return self.kafka_security_protocol
+        return self.kafka_listeners.split(",")[0] if self.manages_kafka else "PLAINTEXT"
 
     @property
     def kafka_dir(self) -> Path:
@@ -302,18 +402,46 @@ class Settings(BaseSettings):
         return self.reports_dir or self.home / "reports"
 
     def kafka_client_config(self) -> dict[str, Any]:
-        """librdkafka settings shared by every producer, consumer and admin client."""
-        config: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "security.protocol": self.kafka_security_protocol,
+        """librdkafka settings shared by every producer, consumer and admin client (the only place
+        they are built).
+
+        The KAFKA_* settings map to their librdkafka names. When the workbench manages the broker
+        and its first listener is secured, what is unset comes from the broker's generated
+        credentials (SCRAM-SHA-512 user, private CA) under ``<home>/kafka/security``.
+        """
+        protocol = self.security_protocol
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": protocol}
+        mechanism, username = self.kafka_sasl_mechanism, self.kafka_sasl_username
+        password = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password is not None else None
+        ca = self.kafka_ssl_ca_location
+        if self.manages_kafka and protocol != "PLAINTEXT":
+            managed = self._managed_credentials()
+            if protocol.startswith("SASL_"):
+                mechanism = mechanism or MANAGED_SASL_MECHANISM
+                if username is None and password is None and managed:
+                    username, password = managed.get("username"), managed.get("password")
+            if protocol.endswith("SSL") and ca is None and self.kafka_ca_file.exists():
+                ca = self.kafka_ca_file
+        optional = {
+            "sasl.mechanism": mechanism,
+            "sasl.username": username,
+            "sasl.password": password,
+            "ssl.ca.location": ca,
+            "ssl.certificate.location": self.kafka_ssl_certificate_location,
+            "ssl.key.location": self.kafka_ssl_key_location,
+            "ssl.key.password": (self.kafka_ssl_key_password.get_secret_value()
+                                 if self.kafka_ssl_key_password is not None else None),
+            "ssl.endpoint.identification.algorithm": self.kafka_ssl_endpoint_identification_algorithm,
         }
-        if self.kafka_sasl_mechanism:
-            config["sasl.mechanism"] = self.kafka_sasl_mechanism
-        if self.kafka_sasl_username:
-            config["sasl.username"] = self.kafka_sasl_username
-        if self.kafka_sasl_password is not None:
-            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        config.update({key: str(value) for key, value in optional.items() if value is not None})
         return config
+
+    def _managed_credentials(self) -> dict[str, Any]:
+        # Written by the broker's first secured start (workbench.broker._security), owner-only.
+        try:
+            return json.loads(self.kafka_credentials_file.read_text())
+        except (OSError, ValueError):
+            return {}
 
     def secret_env_names(self) -> list[str]:
         """Environment variables of the secrets that are set (never written to disk)."""

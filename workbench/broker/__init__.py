@@ -7,6 +7,7 @@ from workbench.broker._local import BrokerStatus, LocalKafka, wait_for_broker
 from workbench.broker._runtime import ensure_kafka_jars, find_java
 from workbench.broker._topics import TopicSpec, ensure_topics, topic_specs
 from workbench.broker.exceptions import (
+    BrokerAuthenticationError,
     BrokerError,
     BrokerSetupError,
     BrokerUnavailableError,
@@ -18,6 +19,7 @@ from workbench.config import Settings
 __all__ = [
     "NOT_READY_YET",
     "NO_SUCH_TOPIC",
+    "BrokerAuthenticationError",
     "BrokerError",
     "BrokerSetupError",
     "BrokerStatus",

@@ -8,6 +8,7 @@ if TYPE_CHECKING:
     from workbench.config import Settings
 
 import argparse
+import shlex
 
 from workbench.broker import (
     LocalKafka,
@@ -27,6 +28,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = settings_from_args(args)
     if getattr(args, "port", None):
         settings = settings.with_overrides(kafka_port=args.port)
+    if getattr(args, "listeners", None):
+        settings = settings.with_overrides(kafka_listeners=args.listeners)
     return settings
 
 
@@ -59,6 +62,24 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _env(args: argparse.Namespace) -> int:
+    from workbench.broker._security import client_env
+
+    settings = _settings(args)
+    if not settings.manages_kafka:
+        print(f"external cluster at {settings.bootstrap_servers}: its settings are yours, nothing to print")
+        return 1
+    listener = args.listener or settings.kafka_listeners.split(",")[0]
+    for name, value in client_env(settings, listener).items():
+        print(f"export {name}={shlex.quote(value)}")
+    if listener.upper().startswith("SASL_"):
+        # the password itself is never printed: the line reads it from its owner-only file
+        reader = 'import json,sys; print(json.load(open(sys.argv[1]))["password"])'
+        print(f'export KAFKA_SASL_PASSWORD="$(python3 -c {shlex.quote(reader)} '
+              f'{shlex.quote(str(settings.kafka_credentials_file))})"')
+    return 0
+
+
 def _topics(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ensure_topics(settings)
@@ -76,9 +97,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("stop", _stop, "stop the local Kafka"),
         ("status", _status, "print whether the broker runs and its bootstrap address"),
         ("fetch", _fetch, "download the Kafka jars from Maven Central into the cache (once)"),
+        ("env", _env, "print the KAFKA_* variables another client sets to reach one listener (shell lines)"),
     ):
         parser = actions.add_parser(name, help=help_text)
         parser.add_argument("--port", type=int, help="client port of the local broker (WORKBENCH_KAFKA_PORT)")
+        parser.add_argument(
+            "--listeners", metavar="LIST",
+            help="listeners of the local broker, e.g. plaintext,sasl_plaintext,ssl,sasl_ssl; the first is on "
+                 "--port and is the one the workbench's clients use, the others on port+2, +3, ... "
+                 "(WORKBENCH_KAFKA_LISTENERS)")
+        if name == "env":
+            parser.add_argument("--listener", help="which listener (default: the first)")
         parser.set_defaults(func=func)
     topics = subparsers.add_parser("topics", help="create or check the workbench's topics (idempotent)")
     topics.set_defaults(func=_topics)

@@ -1,5 +1,9 @@
 """A single-node Apache Kafka (KRaft) on 127.0.0.1 that the workbench starts and stops itself.
 
+Its listeners are WORKBENCH_KAFKA_LISTENERS (PLAINTEXT by default; SASL_PLAINTEXT, SSL and SASL_SSL
+with the generated user and CA of :mod:`workbench.broker._security`), the first on
+WORKBENCH_KAFKA_PORT, the controller on the next port, the others after it.
+
 Storage, configuration, pid file and logs live under ``<WORKBENCH_HOME>/kafka`` and
 ``<WORKBENCH_HOME>/logs/kafka.log``; the jars come from the user's cache. The broker is a
 detached process, so it outlives the Python process that started it until ``stop()``.
@@ -17,11 +21,25 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from confluent_kafka import KafkaError, KafkaException
+
 from workbench import defaults
 from workbench._fs import pid_alive, read_pid_file, write_pid_file
 from workbench._lifeline import tags
 from workbench.broker._runtime import ensure_kafka_jars, find_java
-from workbench.broker.exceptions import BrokerError, BrokerUnavailableError, PortInUseError
+from workbench.broker._security import (
+    ManagedCredentials,
+    ensure_credentials,
+    ensure_key_stores,
+    register_scram,
+    server_properties,
+)
+from workbench.broker.exceptions import (
+    BrokerAuthenticationError,
+    BrokerError,
+    BrokerUnavailableError,
+    PortInUseError,
+)
 from workbench.config import KAFKA_VERSION, Settings
 
 __all__ = ["BrokerStatus", "LocalKafka", "wait_for_broker"]
@@ -41,13 +59,15 @@ class BrokerStatus:
     pid: int | None = None
     log_file: Path | None = None
     brokers: int | None = None
+    listeners: str | None = None  # managed broker: every listener and where its credentials are
 
     def __str__(self) -> str:
         where = "managed local Kafka" if self.managed else "external cluster"
         state = "running" if self.running else "not running"
         extra = f", pid {self.pid}" if self.pid else ""
         log = f", log {self.log_file}" if self.log_file and self.managed else ""
-        return f"{where} at {self.bootstrap_servers}: {state}{extra}{log}"
+        listeners = f"; listeners: {self.listeners}" if self.listeners and self.managed else ""
+        return f"{where} at {self.bootstrap_servers}: {state}{extra}{log}{listeners}"
 
 
 def _port_free(port: int) -> bool:
@@ -61,27 +81,85 @@ def _port_free(port: int) -> bool:
     return False
 
 
-def wait_for_broker(settings: Settings, timeout: float = 60.0) -> int:
-    """Block until the broker answers a metadata request; return the number of brokers."""
+def _security_hint(settings: Settings, error: KafkaError) -> str | None:
+    """What to fix when ``error`` is an authentication or TLS failure, naming the settings; else None."""
+    from confluent_kafka import KafkaError
+
+    text = error.str()
+    lower = text.lower()
+    protocol = settings.security_protocol
+    # a connection that broke during the handshake (a broker restarting) is not a rejection
+    transient = any(word in lower for word in ("transport failure", "timed out", "connection refused",
+                                                "connection reset"))
+    if error.code() == KafkaError._AUTHENTICATION and "SASL" in text.upper() and not transient:
+        names = "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SASL_MECHANISM and KAFKA_SECURITY_PROTOCOL"
+        managed = (f" (the local Kafka's generated user is in {settings.kafka_credentials_file})"
+                   if settings.manages_kafka else "")
+        return f"SASL authentication failed at {settings.bootstrap_servers}: check {names}{managed}. Kafka said: {text}"
+    tls_rejected = "certificate" in lower or "plaintext broker listener" in lower or (
+        error.code() == KafkaError._SSL and not transient and "disconnected" not in lower)
+    if protocol.endswith("SSL") and tls_rejected:
+        return (f"TLS connection to {settings.bootstrap_servers} failed: check KAFKA_SSL_CA_LOCATION (the CA that "
+                "signed the brokers' certificates; unset: the system's CAs), KAFKA_SSL_ENDPOINT_IDENTIFICATION_"
+                f"ALGORITHM and KAFKA_SECURITY_PROTOCOL ({protocol}). Kafka said: {text}")
+    return None
+
+
+def _probe(settings: Settings, deadline: float, auth_retries: bool) -> tuple[int | None, list[str], str | None]:
+    """Metadata requests until one answers, a credential is rejected (unless ``auth_retries``) or the
+    deadline passes: (brokers or None, security error messages, last error text).
+
+    The client lives only in this frame and errors leave it as text, so nothing that outlives the
+    call (an exception's traceback kept by a caller) keeps the client alive, reconnecting and
+    logging to stderr long after.
+    """
     from confluent_kafka.admin import AdminClient
 
-    deadline = time.monotonic() + timeout
+    security_errors: list[str] = []
+
+    def on_error(error: KafkaError) -> None:
+        if (hint := _security_hint(settings, error)) is not None:
+            security_errors.append(hint)
+
     # log_level 2: the probe expects "connection refused" until the broker is up; don't print it.
-    admin = AdminClient({**settings.kafka_client_config(), "socket.connection.setup.timeout.ms": 2000, "log_level": 2})
-    last_error: Exception | None = None
+    admin = AdminClient({**settings.kafka_client_config(), "socket.connection.setup.timeout.ms": 2000,
+                         "log_level": 2, "error_cb": on_error})
+    last_error: str | None = None
     while time.monotonic() < deadline:
         try:
-            metadata = admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            metadata = admin.list_topics(timeout=min(2.0, max(0.5, deadline - time.monotonic())))
             if metadata.brokers:
-                return len(metadata.brokers)
+                return len(metadata.brokers), security_errors, None
+        except KafkaException as exc:
+            last_error = str(exc)
+            if exc.args and isinstance(exc.args[0], KafkaError):
+                on_error(exc.args[0])
         except Exception as exc:
-            last_error = exc
+            last_error = str(exc)
+        admin.poll(0)  # serves error_cb
+        if security_errors and not auth_retries:
+            break
         time.sleep(0.25)
+    return None, security_errors, last_error
+
+
+def wait_for_broker(settings: Settings, timeout: float = 60.0, *, auth_retries: bool = False) -> int:
+    """Block until the broker answers a metadata request; return the number of brokers.
+
+    A rejected password or certificate is not retried (it will not get better): it raises
+    :class:`BrokerAuthenticationError` at once, naming the settings to check. ``auth_retries``
+    retries it until ``timeout`` instead (a user just stored in the cluster needs a moment).
+    """
+    brokers, security_errors, last_error = _probe(settings, time.monotonic() + timeout, auth_retries)
+    if brokers is not None:
+        return brokers
+    if security_errors:
+        raise BrokerAuthenticationError(security_errors[-1])
     msg = (
         f"No Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f} s"
         + (f" (last error: {last_error})" if last_error else "")
         + (". Check `workbench kafka status` and the broker log." if settings.manages_kafka else
-           ". Check KAFKA_BOOTSTRAP_SERVERS and that the cluster is reachable.")
+           ". Check KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_PROTOCOL and that the cluster is reachable.")
     )
     raise BrokerUnavailableError(msg)
 
@@ -133,17 +211,65 @@ class LocalKafka:
             return True  # no /proc (macOS): trust the pid file
         return b"kafka.Kafka" in cmdline
 
-    def status(self) -> BrokerStatus:
-        """Whether the broker runs and where."""
+    def status(self, brokers: int | None = None) -> BrokerStatus:
+        """Whether the broker runs and where (every listener, and where secured clients find their
+        credentials and CA)."""
         pid = self.pid()
-        return BrokerStatus(self.settings.bootstrap_servers, True, pid is not None, pid, self.log_file)
+        return BrokerStatus(self.settings.bootstrap_servers, True, pid is not None, pid, self.log_file, brokers,
+                            listeners=self._listener_text())
+
+    def _listener_text(self) -> str:
+        parts = [f"{name} 127.0.0.1:{port}" for name, port in self.settings.kafka_listener_ports.items()]
+        names = self.settings.kafka_listeners
+        if "SASL" in names:
+            parts.append(f"SASL user and password in {self.settings.kafka_credentials_file}")
+        if "SSL" in names:
+            parts.append(f"CA certificate {self.settings.kafka_ca_file}")
+        return ", ".join(parts)
+
+    def _check_running_listeners(self) -> None:
+        """A running broker keeps the listeners it started with: say so instead of waiting on a port
+        that nothing listens on."""
+        try:
+            lines = (self.directory / "server.properties").read_text().splitlines()
+        except OSError:
+            return
+        running = next((line.removeprefix("advertised.listeners=") for line in lines
+                        if line.startswith("advertised.listeners=")), None)
+        wanted = ",".join(f"{name}://127.0.0.1:{port}" for name, port in self.settings.kafka_listener_ports.items())
+        if running is not None and running != wanted:
+            msg = (f"The local Kafka already runs with listeners {running}, not {wanted} "
+                   "(WORKBENCH_KAFKA_LISTENERS / WORKBENCH_KAFKA_PORT). Stop it with `workbench kafka stop` "
+                   "and start it again to change them.")
+            raise BrokerError(msg)
+
+    # -- security ---------------------------------------------------------------------------------
+    def _security(self, java: str) -> tuple[ManagedCredentials | None, Path | None]:
+        """Credentials and key stores the chosen listeners need (made once, then reused)."""
+        names = self.settings.kafka_listener_ports
+        if set(names) == {"PLAINTEXT"}:
+            return None, None
+        credentials = ensure_credentials(self.settings)
+        stores = ensure_key_stores(self.settings, java, credentials) if any(n.endswith("SSL") for n in names) else None
+        return credentials, stores
+
+    def _probe_settings(self, credentials: ManagedCredentials | None) -> Settings:
+        """Settings of the readiness probe: on a SASL first listener it authenticates with PLAIN, which
+        the broker's JAAS settings accept from the first moment (SCRAM users exist only once stored)."""
+        if credentials is None or not self.settings.security_protocol.startswith("SASL_"):
+            return self.settings
+        return self.settings.with_overrides(kafka_sasl_mechanism="PLAIN", kafka_sasl_username=credentials.username,
+                                            kafka_sasl_password=credentials.password)
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def _write_config(self) -> Path:
-        port, controller = self.settings.kafka_port, self.controller_port
+    def _write_config(self, listener_lines: list[str]) -> Path:
+        controller = self.controller_port
         data_dir = self.directory / "data"
         config = self.directory / "server.properties"
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # owner-only: holds the generated SASL password and key-store password of secured listeners
+        config.touch(mode=0o600)
+        config.chmod(0o600)
         config.write_text(
             "\n".join(
                 [
@@ -151,11 +277,7 @@ class LocalKafka:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{controller}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
-                    "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    *listener_lines,
                     f"log.dirs={data_dir}",
                     "num.partitions=1",
                     "offsets.topic.replication.factor=1",
@@ -251,20 +373,27 @@ class LocalKafka:
             )
             raise BrokerError(msg)
         if self.pid() is not None:
+            self._check_running_listeners()
             wait_for_broker(self.settings, timeout=timeout)
             return self.status()
-        port = self.settings.kafka_port
-        for needed in (port, self.controller_port):
+        ports = self.settings.kafka_listener_ports
+        if max(ports.values()) > 65535:
+            msg = (f"WORKBENCH_KAFKA_PORT {self.settings.kafka_port} leaves no room for the {len(ports)} listeners "
+                   f"of WORKBENCH_KAFKA_LISTENERS ({self.settings.kafka_listeners}): choose a lower port.")
+            raise BrokerError(msg)
+        for needed in (*ports.values(), self.controller_port):
             if not _port_free(needed):
+                used = ", ".join(f"{p} ({name})" for name, p in ports.items())
                 msg = (
                     f"Port {needed} on 127.0.0.1 is already in use, so the local Kafka cannot start "
-                    f"(it needs {port} for clients and {self.controller_port} for its controller). "
+                    f"(it needs {used} for clients and {self.controller_port} for its controller). "
                     "Stop the program using it, or choose another port with WORKBENCH_KAFKA_PORT."
                 )
                 raise PortInUseError(msg)
         java = find_java()
         libs = ensure_kafka_jars(self.settings)
-        config = self._write_config()
+        credentials, stores = self._security(java)
+        config = self._write_config(server_properties(self.settings, credentials, stores))
         self._format_storage(java, libs, config)
         self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
         stdout = os.fdopen(os.open(self.settings.logs_dir / "kafka.stdout.log",
@@ -279,6 +408,14 @@ class LocalKafka:
         )
         stdout.close()
         write_pid_file(self.pid_file, process.pid)
+        try:
+            return self._await_ready(process, credentials, timeout)
+        except BaseException:
+            self.stop()  # never leave a half-started broker behind
+            raise
+
+    def _await_ready(self, process: subprocess.Popen, credentials: ManagedCredentials | None,
+                     timeout: float) -> BrokerStatus:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -287,12 +424,18 @@ class LocalKafka:
                        f"see {self.log_file} and {self.settings.logs_dir / 'kafka.stdout.log'}.")
                 raise BrokerError(msg)
             try:
-                brokers = wait_for_broker(self.settings, timeout=2.0)
+                brokers = wait_for_broker(self._probe_settings(credentials), timeout=2.0)
+            except BrokerAuthenticationError:
+                raise
             except BrokerUnavailableError:
                 continue
-            logger.info("Kafka ready at %s (pid %d)", self.settings.bootstrap_servers, process.pid)
-            return BrokerStatus(self.settings.bootstrap_servers, True, True, process.pid, self.log_file, brokers)
-        self.stop()
+            if credentials is not None and "SASL_" in self.settings.kafka_listeners:
+                register_scram(self._probe_settings(credentials), credentials,
+                               timeout=max(5.0, deadline - time.monotonic()))
+                # the SCRAM user reaches the broker's credential cache a moment after the controller took it
+                wait_for_broker(self.settings, timeout=15.0, auth_retries=True)
+            logger.info("Kafka ready at %s (pid %d)", self._listener_text(), process.pid)
+            return self.status(brokers=brokers)
         msg = f"Kafka did not become ready within {timeout:.0f} s; see {self.log_file}."
         raise BrokerError(msg)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from workbench.exceptions import WorkbenchError
 
-__all__ = ["BrokerError", "BrokerSetupError", "BrokerUnavailableError", "IncompleteReadError", "PortInUseError"]
+__all__ = ["BrokerAuthenticationError", "BrokerError", "BrokerSetupError", "BrokerUnavailableError",
+           "IncompleteReadError", "PortInUseError"]
 
 
 class BrokerError(WorkbenchError, RuntimeError):
@@ -21,6 +22,10 @@ class PortInUseError(BrokerError):
 
 class BrokerUnavailableError(BrokerError):
     """No broker answers at the configured bootstrap address."""
+
+
+class BrokerAuthenticationError(BrokerUnavailableError):
+    """The broker answers but rejects the client's credentials or certificate (a setting is wrong)."""
 
 
 class IncompleteReadError(BrokerError):

@@ -35,10 +35,24 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_run)
 
 
+def _refuse_bad_credentials(settings: Any) -> None:
+    """Stop at once, naming the setting, when the broker rejects the password or certificate (the Quix
+    clients would retry a rejected login forever); a broker that is merely down is waited for as before."""
+    from workbench.broker import BrokerAuthenticationError, BrokerUnavailableError, wait_for_broker
+
+    try:
+        wait_for_broker(settings, timeout=5.0)
+    except BrokerAuthenticationError:
+        raise
+    except BrokerUnavailableError:
+        pass
+
+
 def _run(args: argparse.Namespace) -> int:
     from workbench.cli import settings_from_args
 
     settings = settings_from_args(args)
+    _refuse_bad_credentials(settings)
     if args.name == "analytics":
         from workbench.pipeline.analytics import run_analytics
 
