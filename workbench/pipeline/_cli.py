@@ -37,6 +37,9 @@ def register(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from workbench.cli import settings_from_args
+    from workbench.pipeline._imports import skip_unused_imports
+
+    skip_unused_imports()  # before quixstreams is imported (start-up time)
 
     settings = settings_from_args(args)
     if args.name == "analytics":
