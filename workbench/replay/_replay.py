@@ -572,21 +572,25 @@ class _ReplayRun:
                 if value is not None
             ]
         # Packed: runs of up to `pack` consecutive rows of one instance, order kept per instance.
+        # One take of the whole batch in instance order; every message is then a zero-copy slice
+        # (a take per message cost more than encoding it).
         order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
+        by_instance = batch.take(pa.array(order))
+        sorted_keys, sorted_ms = keys[order], times_ms[order]
         boundaries = np.flatnonzero(np.diff(sorted_keys)) + 1
         messages = []
         span_us = int(self.replay.pack_span_s * _US)
-        for group in np.split(order, boundaries):
-            for indices in _runs(group, times_ms[group] * 1000, self.replay.pack, span_us):
-                piece = batch.take(pa.array(indices))
+        for group in np.split(np.arange(len(order)), boundaries):
+            for run in _runs(group, sorted_ms[group] * 1000, self.replay.pack, span_us):
+                first = int(run[0])
+                piece = by_instance.slice(first, len(run))
                 try:
                     value = encoding.encode(piece)
                 except _ENCODE_ERRORS as exc:
-                    self._dead_letter(piece, int(rows[indices[0]]), f"cannot encode rows: {exc}")
+                    self._dead_letter(piece, int(rows[order[first]]), f"cannot encode rows: {exc}")
                     continue
-                headers = codec.message_headers(encoding.name, len(indices))
-                messages.append((str(keys[indices[0]]).encode(), value, int(times_ms[indices[0]]), headers))
+                headers = codec.message_headers(encoding.name, len(run))
+                messages.append((str(sorted_keys[first]).encode(), value, int(sorted_ms[first]), headers))
         messages.sort(key=lambda message: message[2])
         return messages
 
