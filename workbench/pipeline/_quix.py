@@ -10,6 +10,8 @@ Three things the workbench needs have no public API in Quix 3.28:
 * pausing and resuming *one* partition (the scoring app's per-partition backpressure; Quix's own
   sink backpressure pauses and rewinds every partition): ``app._consumer.pause(partitions)`` /
   ``app._consumer.resume(partitions)``;
+* whether the open checkpoint holds anything (:func:`commit_first_checkpoint_at_once`):
+  ``app._processing_context.checkpoint.empty()``;
 * consuming a batch of messages per loop iteration instead of one (:func:`consume_in_batches`,
   the scoring app's one-query-per-message path): ``app._process_message`` (the loop step),
   ``app._consumer.consume``, ``app._processing_context.store_offset``, ``app._producer.poll``,
@@ -33,6 +35,7 @@ from workbench.pipeline.exceptions import PipelineError
 __all__ = [
     "PartitionFlow",
     "QuixInternalsError",
+    "commit_first_checkpoint_at_once",
     "consume_in_batches",
     "force_checkpoint",
     "partition_flow",
@@ -167,3 +170,31 @@ def consume_in_batches(app: Application, on_messages: Callable[[list[Any]], None
             mark()
 
     app._process_message = process  # type: ignore[method-assign]
+
+
+def commit_first_checkpoint_at_once(app: Application) -> None:
+    """Commit ``app``'s first checkpoint that holds processed messages at once, not after ``commit_interval``.
+
+    An app with a 5 s checkpoint interval would otherwise make its first commit (the sink's first
+    write, the first offset a restart resumes from) 5 s after it got going; later checkpoints keep
+    the interval. Costs one flag test per loop iteration after that.
+    """
+    commit = _internal(app, "_processing_context", "commit_checkpoint", ("force",))
+    context = app._processing_context
+    from quixstreams.checkpointing import Checkpoint
+
+    if not hasattr(type(context), "checkpoint") or not callable(getattr(Checkpoint, "empty", None)):
+        msg = (f"quixstreams {_version()} has no ProcessingContext.checkpoint / Checkpoint.empty; the workbench "
+               "needs them (workbench/pipeline/_quix.py). Pin quixstreams==3.28.* or port the adapter.")
+        raise QuixInternalsError(msg)
+    done = False
+
+    def task() -> None:
+        nonlocal done
+        if done:
+            return
+        if not context.checkpoint.empty():
+            done = True
+            commit(force=True)
+
+    register_periodic(app, task)
