@@ -70,7 +70,7 @@ def bench_app(settings: Settings, log: os.PathLike[str], pack: int, batch_rows: 
     s = s.with_overrides(home=home)
     ensure_topics(s)
     Replay(log, settings=s, speedup=0, pack=pack, replay_id=f"bench-{suffix}", reset=True).run()
-    child = run_child([*WORKBENCH, "app", "scoring", "--no-train", "--idle-exit", "5", "--timeout", "900",
+    child = run_child([*WORKBENCH, "app", "scoring", "--no-train", "--idle-exit", "15", "--timeout", "900",
                        "--batch-rows", str(batch_rows)], env=settings_env(s))
     if child.returncode != 0:
         raise RuntimeError(f"scoring app failed rc={child.returncode}: {child.stderr[-2000:]}")
