@@ -91,7 +91,7 @@ def _first_commit(settings: Settings, app: str, topic: str, partitions: int, chi
     return None
 
 
-def measure(settings: Settings, app: str, log: os.PathLike[str], limit: float) -> dict:
+def measure(settings: Settings, app: str, log: os.PathLike[str], limit: float, idle_s: float = 0.0) -> dict:
     s = _prepare(settings, app, log)
     topic = s.topic_anomalies if app == "anomaly-sink" else s.topic_query_events
     command = [*WORKBENCH, "app", app, "--timeout", str(limit + 30)]
@@ -101,10 +101,17 @@ def measure(settings: Settings, app: str, log: os.PathLike[str], limit: float) -
     child = subprocess.Popen(command, env=settings_env(s), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         seconds = _first_commit(s, app, topic, s.partitions, child, limit)
-        cpu = None
+        cpu = idle_cpu = None
         try:
-            times = psutil.Process(child.pid).cpu_times()
+            process = psutil.Process(child.pid)
+            times = process.cpu_times()
             cpu = round(times.user + times.system, 2)
+            if idle_s > 0 and seconds is not None:  # CPU of the app with nothing left to consume
+                time.sleep(2.0)
+                before = process.cpu_times()
+                time.sleep(idle_s)
+                after = process.cpu_times()
+                idle_cpu = round((after.user + after.system - before.user - before.system) / idle_s, 3)
         except psutil.Error:
             pass
         spawn_overhead = time.perf_counter() - spawned - (seconds or 0.0)
@@ -119,7 +126,7 @@ def measure(settings: Settings, app: str, log: os.PathLike[str], limit: float) -
     if seconds is None:
         tail = (stderr or b"").decode(errors="replace")[-1500:]
         return {"app": app, "first_commit_s": None, "error": f"no commit within {limit}s rc={child.returncode}: {tail}"}
-    return {"app": app, "first_commit_s": round(seconds, 2), "cpu_s_until_commit": cpu,
+    return {"app": app, "first_commit_s": round(seconds, 2), "cpu_s_until_commit": cpu, "idle_cpu_share": idle_cpu,
             "watcher_overhead_s": round(max(spawn_overhead, 0.0), 2)}
 
 
@@ -128,6 +135,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--apps", default=",".join(APPS))
     parser.add_argument("--limit", type=float, default=60.0, help="give up on an app after this many seconds")
+    parser.add_argument("--idle", type=float, default=0.0,
+                        help="then measure the app's CPU share over this many seconds with nothing to consume")
     args = parser.parse_args()
     apps = [a for a in args.apps.split(",") if a]
     log = demo_log(days=1, instances=2, rows_per_day=2_000)
@@ -135,12 +144,14 @@ def main() -> None:
         print(f"load average {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores")
         for run in range(args.repeat):
             for app in apps:
-                result = measure(settings, app, log, args.limit)
+                result = measure(settings, app, log, args.limit, args.idle)
                 if result.get("first_commit_s") is None:
                     print(f"run {run + 1} {app}: {result['error']}")
                 else:
+                    idle = result["idle_cpu_share"]
                     print(f"run {run + 1} {app}: first commit after {result['first_commit_s']:.2f} s "
-                          f"(CPU {result['cpu_s_until_commit']} s)")
+                          f"(CPU {result['cpu_s_until_commit']} s)"
+                          + (f"; idle: {idle:.1%} of a core" if idle is not None else ""))
         print(f"load average {os.getloadavg()[0]:.2f} (1 min)")
 
 
