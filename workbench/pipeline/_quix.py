@@ -129,6 +129,21 @@ def consume_in_batches(app: Application, on_messages: Callable[[list[Any]], None
     producer_poll = _internal(app, "_producer", "poll", ("timeout",))
     consumed = _internal(app, "_run_tracker", "set_message_consumed", ("consumed",))
     marks = (_internal(app, "_producer", "_broker_available", ()), _internal(app, "_consumer", "_broker_available", ()))
+    # The assignment is read again only after a rebalance callback ran (they run inside consume):
+    # asking librdkafka for it on every call cost more than the rest of the loop step.
+    owned_cache: dict[str, set[tuple[str, int]] | None] = {"owned": None}
+    for name in ("_on_assign", "_on_revoke", "_on_lost"):
+        callback = getattr(app, name, None)
+        if not callable(callback):
+            msg = (f"quixstreams {_version()} has no Application.{name}; the workbench needs it "
+                   "(workbench/pipeline/_quix.py). Pin quixstreams==3.28.* or port the adapter.")
+            raise QuixInternalsError(msg)
+
+        def on_rebalance(*args: Any, _callback: Callable[..., Any] = callback) -> Any:
+            owned_cache["owned"] = None
+            return _callback(*args)
+
+        setattr(app, name, on_rebalance)
     if not callable(getattr(app, "_process_message", None)):
         msg = (f"quixstreams {_version()} has no Application._process_message; the workbench needs it "
                "(workbench/pipeline/_quix.py). Pin quixstreams==3.28.* or port the adapter.")
@@ -144,7 +159,9 @@ def consume_in_batches(app: Application, on_messages: Callable[[list[Any]], None
         for message in messages:
             if message.error() is not None:
                 raise KafkaConsumerException(error=message.error())
-        owned = {(tp.topic, tp.partition) for tp in assignment()}
+        owned = owned_cache["owned"]
+        if owned is None:
+            owned = owned_cache["owned"] = {(tp.topic, tp.partition) for tp in assignment()}
         first: dict[tuple[str, int], int] = {}
         last: dict[tuple[str, int], int] = {}
         kept = []

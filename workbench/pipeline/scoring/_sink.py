@@ -130,17 +130,23 @@ class ScoringSink(BatchingSink):
         Per message only the four fields are taken (a tuple); the ``rows`` header of each
         partition's last message is the size hint for the whole partition's buffer.
         """
-        last: dict[tuple[str, int], Any] = {}
+        if not messages:
+            return
+        topic = messages[0].topic()  # the app reads one topic
         buffers = self._raw
-        for message in messages:
-            tp = (message.topic(), message.partition())
-            buffer = buffers.get(tp)
-            if buffer is None:
-                buffer = buffers[tp] = []
-            buffer.append((message.value(), message.key(), message.headers(), message.offset()))
-            last[tp] = message
-        for (topic, partition), message in last.items():
-            self._note_rows(topic, partition, message.headers())
+        touched: set[int] = set()
+        partition, buffer = -1, None
+        for message in messages:  # per message: the four fields only (this loop is the per-event cost)
+            p = message.partition()
+            if p != partition:
+                partition = p
+                touched.add(p)
+                buffer = buffers.get((topic, p))
+                if buffer is None:
+                    buffer = buffers[(topic, p)] = []
+            buffer.append((message.value(), message.key(), message.headers(), message.offset()))  # type: ignore[union-attr]
+        for p in touched:
+            self._note_rows(topic, p, buffers[(topic, p)][-1][2])
 
     def _buffer(self, topic: str, partition: int) -> list[tuple[Any, Any, Any, int]]:
         buffer = self._raw.get((topic, partition))
