@@ -667,8 +667,12 @@ class _ReplayRun:
             try:
                 self.producer.begin_transaction()
                 open_txn = True
-                for key, value, timestamp, headers in messages:
-                    self._produce(self.settings.topic_query_events, key, value, timestamp, headers)
+                produce, topic = self.producer.produce, self.settings.topic_query_events
+                for key, value, timestamp, headers in messages:  # per message: no extra Python call
+                    try:
+                        produce(topic, key=key, value=value, timestamp=timestamp, headers=headers)
+                    except BufferError:
+                        self._produce(topic, key, value, timestamp, headers)
                 for value, headers in dead:
                     self._produce(self.settings.topic_dead_letter, None, value, 0, headers)
                 self._produce(self.settings.topic_replay_state, self.position_key, self._position(next_row))
