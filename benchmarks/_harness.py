@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -20,8 +21,14 @@ from workbench.data.generator import generate
 CACHE = Path(os.environ.get("WORKBENCH_BENCH_CACHE", Path(tempfile.gettempdir()) / "workbench-bench"))
 
 
-def free_port_pair(start: int = 29092) -> int:
-    """A client port whose successor (the controller port) is free too."""
+def free_port_pair(start: int | None = None) -> int:
+    """A client port whose successor (the controller port) is free too.
+
+    The search starts at a random even port (unless ``start`` is given), so benchmarks started
+    at the same moment do not race for the same pair.
+    """
+    if start is None:
+        start = 29092 + 2 * random.randrange(400)
     for port in range(start, start + 400, 2):
         with socket.socket() as a, socket.socket() as b:
             try:

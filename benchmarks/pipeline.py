@@ -1,10 +1,13 @@
 """End-to-end throughput of the whole pipeline at max replay speed, with lag and peak memory.
 
-Usage: ``.venv/bin/python benchmarks/pipeline.py [--days 4] [--instances 16] [--pack 100] [--json-days 1]``
+Usage: ``.venv/bin/python benchmarks/pipeline.py [--days 4] [--instances 16] [--encoding E --pack N] [--json-days 1]``
 
-For each configuration it starts a fresh workbench (replay + scoring + analytics + anomaly sink,
-each its own process, plus the broker) on a private Kafka, replays the generated log at max speed
-with daily retraining, and samples every process once a second:
+The first configuration is the workbench's default replay encoding (``workbench.defaults``:
+packed ``arrow``) unless ``--encoding``/``--pack`` name another; the second is JSON, one query
+per message (``--json-days``). For each configuration it starts a fresh workbench (replay +
+scoring + analytics + anomaly sink, each its own process, plus the broker) on a private Kafka,
+replays the generated log at max speed with daily retraining, and samples every process once a
+second:
 
 * ``end-to-end: N events/s``: events that *every* app has processed, per second, measured while
   the slowest app goes from 10 % to 90 % of the log (sustained, start-up and tail excluded);
@@ -23,6 +26,7 @@ py-spy needs ptrace rights: root, or ``kernel.yama.ptrace_scope=0``).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import time
@@ -35,6 +39,7 @@ import pyarrow.parquet as pq
 from _harness import broker, demo_log
 
 from workbench.config import Settings
+from workbench.replay import replay_format
 from workbench.runtime import Workbench
 
 
@@ -68,6 +73,7 @@ def _sample_memory(wb: Workbench, broker_pid: int | None, m: Measurement) -> Non
     pids["supervisor"] = state.get("supervisor_pid")
     if broker_pid:
         pids["kafka broker"] = broker_pid
+    tracked = {pid for pid in pids.values() if pid}
     for name, pid in pids.items():
         if not pid:
             continue
@@ -77,7 +83,10 @@ def _sample_memory(wb: Workbench, broker_pid: int | None, m: Measurement) -> Non
                 rss = process.memory_info().rss / 1024**2
                 cpu = process.cpu_times()
                 # the training subprocesses are the scoring app's children: their CPU counts as scoring
-                for child in process.children(recursive=True):
+                # (training). The supervisor's children are the apps themselves: counted once, as apps.
+                for child in ([] if name == "supervisor" else process.children(recursive=True)):
+                    if child.pid in tracked:
+                        continue
                     child_cpu = child.cpu_times()
                     m.cpu_seconds[(f"{name} (training)", child.pid)] = child_cpu.user + child_cpu.system
         except psutil.Error:
@@ -103,7 +112,7 @@ def _start_profilers(wb: Workbench, folder: Path, label: str) -> list[subprocess
     return profilers
 
 
-def run(settings: Settings, data, pack: int, broker_pid: int | None,
+def run(settings: Settings, data, pack: int, encoding: str, broker_pid: int | None,
         profile: Path | None = None) -> tuple[Measurement, float, int]:
     rows = pq.ParquetFile(data).metadata.num_rows
     suffix = uuid.uuid4().hex[:6]
@@ -115,12 +124,12 @@ def run(settings: Settings, data, pack: int, broker_pid: int | None,
     )
     m = Measurement()
     started = time.monotonic()
-    wb = Workbench.start(data=data, speedup="max", pack=pack, settings=settings)
+    wb = Workbench.start(data=data, speedup="max", pack=pack, encoding=encoding, settings=settings)
     profilers: list[subprocess.Popen] = []
     try:
         if profile is not None:
             time.sleep(2.0)  # let the supervisor start every process
-            profilers = _start_profilers(wb, profile, f"pack{pack}")
+            profilers = _start_profilers(wb, profile, f"{encoding}-pack{pack}")
         while True:
             status = wb.status()
             processed = min(status.events_processed.values() or [0])
@@ -150,7 +159,7 @@ def sustained_rate(samples: list[Sample], rows: int) -> float:
 
 
 def report(label: str, m: Measurement, seconds: float, rows: int) -> None:
-    print(f"--- {label}: {rows:,} events")
+    print(f"--- {label}: {rows:,} events (load average {os.getloadavg()[0]:.1f} at the end)")
     print(f"end-to-end: {sustained_rate(m.samples, rows):,.0f} events/s (sustained, slowest app, 10-90 %)")
     print(f"drained after {seconds:.0f} s ({rows / seconds:,.0f} events/s including start-up and training)")
     print("max consumer lag (messages): " + ", ".join(f"{k} {v:,}" for k, v in sorted(m.max_lag.items())))
@@ -158,15 +167,18 @@ def report(label: str, m: Measurement, seconds: float, rows: int) -> None:
     cpu = m.cpu_by_process()
     per_event = {name: seconds * 1e6 / rows for name, seconds in cpu.items()}
     total = sum(per_event.values())
+    training = sum(v for k, v in per_event.items() if k.endswith("(training)"))
     print("CPU us/event: " + ", ".join(f"{k} {v:,.1f}" for k, v in sorted(per_event.items()))
-          + f"; total {total:,.1f} (2 cores cap this configuration at ~{2e6 / max(total, 1e-9):,.0f} events/s)")
+          + f"; total {total:,.1f} (2 cores cap this configuration at ~{2e6 / max(total, 1e-9):,.0f} events/s; "
+          f"{total - training:,.1f} without the daily trainings)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=4)
     parser.add_argument("--instances", type=int, default=16)
-    parser.add_argument("--pack", type=int, default=100)
+    parser.add_argument("--pack", type=int, default=None, help="queries per message (default: the default's)")
+    parser.add_argument("--encoding", default=None, help="replay encoding (default: workbench.defaults)")
     parser.add_argument("--json-days", type=int, default=1, help="days for the one-query-per-message run (0: skip)")
     parser.add_argument("--profile", type=Path, help="write a py-spy flame graph per app into this folder")
     args = parser.parse_args()
@@ -178,12 +190,15 @@ def main() -> None:
 
         if settings.manages_kafka:
             broker_pid = LocalKafka(settings).pid()
-        m, seconds, rows = run(settings, packed_log, args.pack, broker_pid, args.profile)
-        report(f"packed {args.pack} queries per message, {args.days} days", m, seconds, rows)
+        pack, encoding = replay_format(args.pack, args.encoding)
+        default = "default configuration: " if (args.pack, args.encoding) == (None, None) else ""
+        print(f"load average {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} cores")
+        m, seconds, rows = run(settings, packed_log, pack, encoding, broker_pid, args.profile)
+        report(f"{default}{encoding}, up to {pack} queries per message, {args.days} days", m, seconds, rows)
         if args.json_days:
             json_log = demo_log(args.json_days, args.instances)
-            m, seconds, rows = run(settings, json_log, 1, broker_pid, args.profile)
-            report(f"one query per message, {args.json_days} day(s)", m, seconds, rows)
+            m, seconds, rows = run(settings, json_log, 1, "json", broker_pid, args.profile)
+            report(f"json, one query per message, {args.json_days} day(s)", m, seconds, rows)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ Usage: ``.venv/bin/python benchmarks/scoring.py [--rows-per-day 100000] [--pack 
    one-per-message and as packed Arrow messages; every event is scored by the pre-trained model,
    written to shards, and its anomalies published. events/s = events / (time from the app's first
    message to its last durable batch), read from the app's status file; start-up and the idle
-   wait at the end are excluded. The child's wall time and peak RSS are printed too.
+   wait at the end are excluded. ``cpu_us_per_event`` is the app's process CPU time (all threads)
+   over the same span per event: the figure to compare on a shared, loaded machine. The child's
+   wall time and peak RSS are printed too, and the load average before and after.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def bench_app(settings: Settings, log: os.PathLike[str], pack: int, batch_rows: 
     s = s.with_overrides(home=home)
     ensure_topics(s)
     Replay(log, settings=s, speedup=0, pack=pack, replay_id=f"bench-{suffix}", reset=True).run()
-    child = run_child([*WORKBENCH, "app", "scoring", "--no-train", "--idle-exit", "5", "--timeout", "900",
+    child = run_child([*WORKBENCH, "app", "scoring", "--no-train", "--idle-exit", "15", "--timeout", "900",
                        "--batch-rows", str(batch_rows)], env=settings_env(s))
     if child.returncode != 0:
         raise RuntimeError(f"scoring app failed rc={child.returncode}: {child.stderr[-2000:]}")
@@ -76,7 +78,10 @@ def bench_app(settings: Settings, log: os.PathLike[str], pack: int, batch_rows: 
     counters, info = status.get("counters", {}), status.get("info", {})
     span = (info.get("last_batch_at") or 0) - (info.get("first_message_at") or 0)
     events = counters.get("events", 0)
-    return {"pack": pack, "events": events, "scored": counters.get("scored"), "batches": counters.get("batches"),
+    cpu = info.get("cpu_s_first_to_last_batch")
+    return {"pack": pack, "events": events,
+            "cpu_us_per_event": round(cpu * 1e6 / events, 1) if cpu is not None and events else None,
+            "scored": counters.get("scored"), "batches": counters.get("batches"),
             "anomalies": counters.get("anomalies"), "seconds": round(span, 2),
             "events_per_s": round(events / span) if span > 0 else None, "child_wall_s": round(child.seconds, 1),
             "child_peak_rss_mb": round(child.peak_rss_mb), "timings_s": info.get("timings_s")}
@@ -96,11 +101,13 @@ def main() -> None:
     with broker() as settings:
         result = train_table(settings.models_dir, day_slice(table, first), first, window_days=1)
         fresh = day_slice(table, first + dt.timedelta(days=1))
-        out: dict = {"cores": os.cpu_count(), "log_rows": table.num_rows, "model": result.version,
+        out: dict = {"cores": os.cpu_count(), "load_average_1min_before": round(os.getloadavg()[0], 2),
+                     "log_rows": table.num_rows, "model": result.version,
                      "trees": result.meta["n_iter"], "inference": bench_inference(settings.models_dir, fresh)}
         if not args.skip_app:
             out["app_json"] = bench_app(settings, log, 1, args.batch_rows)
             out["app_packed"] = bench_app(settings, log, args.pack, args.batch_rows)
+        out["load_average_1min_after"] = round(os.getloadavg()[0], 2)
         print(json.dumps(out, indent=2))
 
 

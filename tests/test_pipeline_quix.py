@@ -11,7 +11,13 @@ import quixstreams
 
 from workbench.config import Settings
 from workbench.pipeline._app import build_application
-from workbench.pipeline._quix import QuixInternalsError, force_checkpoint, partition_flow, register_periodic
+from workbench.pipeline._quix import (
+    QuixInternalsError,
+    consume_in_batches,
+    force_checkpoint,
+    partition_flow,
+    register_periodic,
+)
 
 
 def _app(tmp_path: Path) -> quixstreams.Application:
@@ -57,3 +63,18 @@ def test_the_consumer_can_pause_and_resume_one_partition(tmp_path: Path) -> None
     flow.resume("events", 3)
     with pytest.raises(QuixInternalsError, match="_consumer"):
         partition_flow(SimpleNamespace())  # type: ignore[arg-type]
+
+
+def test_the_batch_consume_step_replaces_the_per_message_step(tmp_path: Path) -> None:
+    """The scoring app's batched loop step needs these internals (see ``consume_in_batches``)."""
+    app = _app(tmp_path)
+    assert callable(app._process_message)
+    assert list(inspect.signature(app._consumer.consume).parameters) == ["num_messages", "timeout"]
+    assert list(inspect.signature(app._processing_context.store_offset).parameters) == ["topic", "partition", "offset"]
+    assert list(inspect.signature(app._run_tracker.set_message_consumed).parameters) == ["consumed"]
+    for owner in (app._producer, app._consumer):
+        assert callable(owner._broker_available)
+    consume_in_batches(app, lambda messages: None, max_messages=10)
+    assert app.__dict__["_process_message"].__name__ == "process"
+    with pytest.raises(QuixInternalsError, match="_consumer"):
+        consume_in_batches(SimpleNamespace(), lambda messages: None)  # type: ignore[arg-type]

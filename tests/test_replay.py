@@ -205,8 +205,9 @@ def test_kill_9_and_restart_yields_exactly_the_file(kafka_settings: Settings, tm
         "WORKBENCH_TOPIC_REPLAY_CONTROL": kafka_settings.topic_replay_control,
         "WORKBENCH_TOPIC_REPLAY_STATE": kafka_settings.topic_replay_state,
     }
+    # one query per message (not the packed default), so the messages count the rows
     command = [sys.executable, "-m", "workbench.cli", "replay", str(log), "--speedup", "3600",
-               "--batch-size", "300", "--quiet"]
+               "--batch-size", "300", "--encoding", "json", "--quiet"]
     controller = ReplayController(kafka_settings)
     for _ in range(2):  # killed twice mid-run
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -89,8 +89,9 @@ def test_kill_9_mid_replay_of_a_split_folder_resumes_to_exactly_the_rows(kafka_s
         "WORKBENCH_TOPIC_REPLAY_CONTROL": kafka_settings.topic_replay_control,
         "WORKBENCH_TOPIC_REPLAY_STATE": kafka_settings.topic_replay_state,
     }
+    # one query per message (not the packed default), so the messages count the rows
     command = [sys.executable, "-m", "workbench.cli", "replay", str(days), "--speedup", "30000",
-               "--batch-size", "300", "--quiet"]
+               "--batch-size", "300", "--encoding", "json", "--quiet"]
     controller = ReplayController(kafka_settings)
     # First kill inside the first file, the second past the first file boundary.
     for threshold in (sizes[0] // 2, sizes[0] + 1500):

@@ -12,12 +12,14 @@ import logging
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
-from sklearn.ensemble import HistGradientBoostingRegressor
 from threadpoolctl import threadpool_limits
+
+if TYPE_CHECKING:  # scoring needs only ONNX Runtime: sklearn (~1-2 s to import) loads for training
+    from sklearn.ensemble import HistGradientBoostingRegressor
 
 from workbench.ml.exceptions import NotFittedError, ParityError
 
@@ -80,6 +82,8 @@ class DurationModel:
                                              "mean_max_rows", "quantile_max_rows", "n_threads", "random_state")}
 
     def _hgb(self, **loss: Any) -> HistGradientBoostingRegressor:
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
         return HistGradientBoostingRegressor(
             max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
             min_samples_leaf=self.min_samples_leaf, l2_regularization=self.l2_regularization,

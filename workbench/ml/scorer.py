@@ -244,6 +244,18 @@ class Scorer:
         return self._model.version if self._model else None
 
     @property
+    def current_name(self) -> str | None:
+        """The pinned or ``CURRENT`` version's name, read without loading any model (status, start-up)."""
+        if self.pinned_version is not None:
+            return self.pinned_version
+        if self._model is not None:
+            return self._model.version
+        try:
+            return self._registry.current()
+        except (OSError, MLError):
+            return None
+
+    @property
     def model(self) -> LoadedModel | None:
         """The loaded model (``None`` while no version exists)."""
         self.refresh()

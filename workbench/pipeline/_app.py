@@ -28,7 +28,7 @@ from quixstreams.kafka.configuration import ConnectionConfig
 
 from workbench.config import Settings
 from workbench.pipeline._names import app_state_dir, consumer_group
-from workbench.pipeline._quix import register_periodic
+from workbench.pipeline._quix import commit_first_checkpoint_at_once, register_periodic
 from workbench.pipeline._status import AppResult
 from workbench.pipeline.exceptions import PipelineConfigError
 
@@ -183,8 +183,15 @@ class WorkbenchApp:
 
     def run(self, *, timeout: float | None = None, idle_exit: float | None = None,
             count: int | None = None) -> Any:
-        """Run until stopped, ``timeout`` s of wall time, ``idle_exit`` s idle or ``count`` outputs."""
+        """Run until stopped, ``timeout`` s of wall time, ``idle_exit`` s idle or ``count`` outputs.
+
+        The first checkpoint with processed messages commits at once (start-up to first commit),
+        the later ones at the app's checkpoint interval.
+        """
         app = self.app or self.build()
+        if not getattr(self, "_first_commit_hooked", False):
+            commit_first_checkpoint_at_once(app)
+            self._first_commit_hooked = True
         timer = threading.Timer(timeout, self.stop) if timeout else None
         self.status.publish("running")
         state = "stopped"

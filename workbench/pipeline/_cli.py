@@ -50,6 +50,9 @@ def _refuse_bad_credentials(settings: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from workbench.cli import settings_from_args
+    from workbench.pipeline._imports import skip_unused_imports
+
+    skip_unused_imports()  # before quixstreams is imported (start-up time)
 
     settings = settings_from_args(args)
     _refuse_bad_credentials(settings)

@@ -9,7 +9,13 @@ Three things the workbench needs have no public API in Quix 3.28:
   than waiting for ``commit_interval``): ``app._processing_context.commit_checkpoint(force=True)``;
 * pausing and resuming *one* partition (the scoring app's per-partition backpressure; Quix's own
   sink backpressure pauses and rewinds every partition): ``app._consumer.pause(partitions)`` /
-  ``app._consumer.resume(partitions)``.
+  ``app._consumer.resume(partitions)``;
+* whether the open checkpoint holds anything (:func:`commit_first_checkpoint_at_once`):
+  ``app._processing_context.checkpoint.empty()``;
+* consuming a batch of messages per loop iteration instead of one (:func:`consume_in_batches`,
+  the scoring app's one-query-per-message path): ``app._process_message`` (the loop step),
+  ``app._consumer.consume``, ``app._processing_context.store_offset``, ``app._producer.poll``,
+  ``app._run_tracker.set_message_consumed`` and the ``_broker_available`` marks.
 
 All are resolved here, at build time, and a missing or changed internal raises
 :class:`QuixInternalsError` instead of silently switching a feature off. ``tests/test_pipeline_quix.py``
@@ -26,7 +32,15 @@ from quixstreams import Application
 
 from workbench.pipeline.exceptions import PipelineError
 
-__all__ = ["PartitionFlow", "QuixInternalsError", "force_checkpoint", "partition_flow", "register_periodic"]
+__all__ = [
+    "PartitionFlow",
+    "QuixInternalsError",
+    "commit_first_checkpoint_at_once",
+    "consume_in_batches",
+    "force_checkpoint",
+    "partition_flow",
+    "register_periodic",
+]
 
 
 class QuixInternalsError(PipelineError):
@@ -89,3 +103,115 @@ def partition_flow(app: Application) -> PartitionFlow:
     """Per-partition pause/resume of ``app``'s Kafka consumer (``Application._consumer``)."""
     return PartitionFlow(_internal(app, "_consumer", "pause", ("partitions",)),
                          _internal(app, "_consumer", "resume", ("partitions",)))
+
+
+def consume_in_batches(app: Application, on_messages: Callable[[list[Any]], None], *,
+                       max_messages: int = 2000) -> None:
+    """Make each iteration of ``app``'s loop consume up to ``max_messages`` raw messages at once.
+
+    Quix runs every message through its per-message machinery (a Row, a context copy, the
+    composed dataframe, an offset store), about 15-20 us of Python per message: on
+    one-query-per-message input that costs more than decoding and scoring the event. An app
+    whose whole dataframe is one batching sink needs none of it, so this replaces the loop step:
+    ``on_messages`` gets the confluent-kafka messages of one ``consume`` call (of partitions
+    still assigned after the call, whose rebalance callbacks have run by then), and the first
+    and last offset of each partition are stored in the checkpoint (a sink backpressure rewinds
+    to the first). Checkpoints, commits, sinks, periodic tasks, rebalancing and pausing are
+    Quix's as before; the dataframe (and so ``on_processing_error``) is bypassed, so
+    ``on_messages`` must not raise for a message's fault. A consumer error raises, as Quix's
+    default consumer error callback does.
+    """
+    from quixstreams.kafka.exceptions import KafkaConsumerException
+
+    consume = _internal(app, "_consumer", "consume", ("num_messages", "timeout"))
+    assignment = _internal(app, "_consumer", "assignment", ())
+    store_offset = _internal(app, "_processing_context", "store_offset", ("topic", "partition", "offset"))
+    producer_poll = _internal(app, "_producer", "poll", ("timeout",))
+    consumed = _internal(app, "_run_tracker", "set_message_consumed", ("consumed",))
+    marks = (_internal(app, "_producer", "_broker_available", ()), _internal(app, "_consumer", "_broker_available", ()))
+    # The assignment is read again only after a rebalance callback ran (they run inside consume):
+    # asking librdkafka for it on every call cost more than the rest of the loop step.
+    owned_cache: dict[str, set[tuple[str, int]] | None] = {"owned": None}
+    for name in ("_on_assign", "_on_revoke", "_on_lost"):
+        callback = getattr(app, name, None)
+        if not callable(callback):
+            msg = (f"quixstreams {_version()} has no Application.{name}; the workbench needs it "
+                   "(workbench/pipeline/_quix.py). Pin quixstreams==3.28.* or port the adapter.")
+            raise QuixInternalsError(msg)
+
+        def on_rebalance(*args: Any, _callback: Callable[..., Any] = callback) -> Any:
+            owned_cache["owned"] = None
+            return _callback(*args)
+
+        setattr(app, name, on_rebalance)
+    if not callable(getattr(app, "_process_message", None)):
+        msg = (f"quixstreams {_version()} has no Application._process_message; the workbench needs it "
+               "(workbench/pipeline/_quix.py). Pin quixstreams==3.28.* or port the adapter.")
+        raise QuixInternalsError(msg)
+    poll_timeout = float(getattr(getattr(app, "_config", None), "consumer_poll_timeout", 0.2) or 0.2)
+
+    def process(_dataframes: Any) -> None:
+        producer_poll(0)
+        messages = consume(num_messages=max_messages, timeout=poll_timeout)
+        if not messages:
+            consumed(False)
+            return
+        for message in messages:
+            if message.error() is not None:
+                raise KafkaConsumerException(error=message.error())
+        owned = owned_cache["owned"]
+        if owned is None:
+            owned = owned_cache["owned"] = {(tp.topic, tp.partition) for tp in assignment()}
+        first: dict[tuple[str, int], int] = {}
+        last: dict[tuple[str, int], int] = {}
+        kept = []
+        for message in messages:
+            tp = (message.topic(), message.partition())
+            if tp not in owned:  # revoked while this batch was fetched: the new owner reads it
+                continue
+            offset = message.offset()
+            if tp not in first:
+                first[tp] = offset
+            last[tp] = offset
+            kept.append(message)
+        if not kept:
+            consumed(False)
+            return
+        on_messages(kept)
+        for tp, offset in first.items():
+            store_offset(tp[0], tp[1], offset)
+            if last[tp] != offset:
+                store_offset(tp[0], tp[1], last[tp])
+        consumed(True)
+        for mark in marks:
+            mark()
+
+    app._process_message = process  # type: ignore[method-assign]
+
+
+def commit_first_checkpoint_at_once(app: Application) -> None:
+    """Commit ``app``'s first checkpoint that holds processed messages at once, not after ``commit_interval``.
+
+    An app with a 5 s checkpoint interval would otherwise make its first commit (the sink's first
+    write, the first offset a restart resumes from) 5 s after it got going; later checkpoints keep
+    the interval. Costs one flag test per loop iteration after that.
+    """
+    commit = _internal(app, "_processing_context", "commit_checkpoint", ("force",))
+    context = app._processing_context
+    from quixstreams.checkpointing import Checkpoint
+
+    if not hasattr(type(context), "checkpoint") or not callable(getattr(Checkpoint, "empty", None)):
+        msg = (f"quixstreams {_version()} has no ProcessingContext.checkpoint / Checkpoint.empty; the workbench "
+               "needs them (workbench/pipeline/_quix.py). Pin quixstreams==3.28.* or port the adapter.")
+        raise QuixInternalsError(msg)
+    done = False
+
+    def task() -> None:
+        nonlocal done
+        if done:
+            return
+        if not context.checkpoint.empty():
+            done = True
+            commit(force=True)
+
+    register_periodic(app, task)

@@ -2,7 +2,7 @@
 
 from workbench.replay._control import COMMANDS, Command, InvalidCommand, ReplayController, ReplayStatus
 from workbench.replay._pacing import Clock, Pacer, SystemClock
-from workbench.replay._replay import BatchReport, Replay
+from workbench.replay._replay import BatchReport, Replay, replay_format
 from workbench.replay._source import LogFile, log_parts, validate_log
 from workbench.replay.exceptions import ReplayError
 
@@ -20,5 +20,6 @@ __all__ = [
     "ReplayStatus",
     "SystemClock",
     "log_parts",
+    "replay_format",
     "validate_log",
 ]

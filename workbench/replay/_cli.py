@@ -70,11 +70,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "of them replayed in name order (workbench prepare --split day)")
     parser.add_argument("--speedup", default=f"{defaults.REPLAY_SPEEDUP:g}",
                         help="event seconds per wall second, 0 or 'max' = unpaced")
-    parser.add_argument("--pack", type=int, default=defaults.REPLAY_PACK,
-                        help="most queries of one instance per message")
+    parser.add_argument("--pack", type=int, default=None,
+                        help=f"most queries of one instance per message (default {defaults.REPLAY_PACK}; "
+                             "1 with --encoding json)")
     parser.add_argument("--encoding", default=None,
-                        help="message encoding: json (1 query per message), arrow, arrow-zstd; "
-                             "default json for --pack 1, arrow otherwise")
+                        help=f"message encoding: {defaults.REPLAY_ENCODING} (default: packed Arrow IPC, fastest), "
+                             "arrow-zstd, json (1 query per message, for other Kafka tools); "
+                             "with only --pack: json for 1, arrow above")
     parser.add_argument("--reset", action="store_true", help="start from the first row, not the saved position")
     parser.add_argument("--replay-id", default="default", help="names the position, status and commands")
     parser.add_argument("--batch-size", type=int, default=defaults.REPLAY_BATCH_SIZE, help="most rows per transaction")

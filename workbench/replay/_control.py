@@ -137,6 +137,8 @@ class ReplayStatus:
     eta_seconds: float | None
     dead_letters: int = 0
     pack: int = 1
+    #: The message encoding (:data:`workbench.data.codec.ENCODINGS`); None from an older replay.
+    encoding: str | None = None
     error: str | None = None
     updated_at: float = field(default_factory=time.time)
     #: Whether the replay sends more slowly than its speed asks, and by how much event time.

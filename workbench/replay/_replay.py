@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from workbench import defaults
 from workbench.broker import ensure_topics, when_ready
 from workbench.config import Settings, get_settings
 from workbench.data import COLUMNS, codec
@@ -87,6 +88,24 @@ def _runs(indices: np.ndarray, times_us: np.ndarray, size: int, span_us: int) ->
     return runs
 
 
+def replay_format(pack: int | None, encoding: str | None) -> tuple[int, str]:
+    """``(pack, encoding)`` with the defaults filled in.
+
+    Neither given: the fast default (:data:`workbench.defaults.REPLAY_ENCODING`, packed
+    :data:`~workbench.defaults.REPLAY_PACK`). Only the encoding: as many rows per message as it
+    carries, at most the default pack (``json``: 1). Only the pack: ``json`` for 1, ``arrow``
+    above (:func:`workbench.data.codec.default_encoding`).
+    """
+    if encoding is None:
+        if pack is None:
+            return defaults.REPLAY_PACK, defaults.REPLAY_ENCODING
+        return pack, codec.default_encoding(pack)
+    if pack is None:
+        max_rows = codec.ENCODINGS[encoding].max_rows if encoding in codec.ENCODINGS else None
+        return min(defaults.REPLAY_PACK, max_rows or defaults.REPLAY_PACK), encoding
+    return pack, encoding
+
+
 def _us_to_datetime(value: int | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value / _US, tz=UTC)
 
@@ -103,11 +122,13 @@ class Replay:
         Broker and topics; from the environment when omitted.
     speedup : float or "max"
         Event seconds per wall second (600 = an hour of log in 6 s); 0 or "max" = unpaced.
-    pack : int
+    pack : int, optional
         Most queries per message: up to N consecutive queries of one instance go into one message.
+        None: as :func:`replay_format` (the encoding's most, else the default pack).
     encoding : str, optional
         A registered encoding of :mod:`workbench.data.codec` (``json``, ``arrow``, ``arrow-zstd``);
-        default ``json`` for ``pack=1``, ``arrow`` otherwise. ``json`` carries one row per message.
+        default ``json`` for ``pack=1``, ``arrow`` otherwise; with neither given, the workbench's
+        default (:data:`workbench.defaults.REPLAY_ENCODING`). ``json`` carries one row per message.
     replay_id : str
         Names the replay's position, status and commands; one running replay per id.
     reset : bool
@@ -148,7 +169,7 @@ class Replay:
         *,
         settings: Settings | None = None,
         speedup: float | str = 600.0,
-        pack: int = 1,
+        pack: int | None = 1,
         encoding: str | None = None,
         replay_id: str = "default",
         reset: bool = False,
@@ -167,6 +188,7 @@ class Replay:
         self.data = Path(data).expanduser().resolve()
         self.settings = settings or get_settings()
         self.speedup = _validate_speed(speedup)
+        pack, encoding = replay_format(pack, encoding)
         if not isinstance(pack, int) or pack < 1:
             msg = f"The pack parameter of Replay must be an integer >= 1. Got {pack!r} instead."
             raise ReplayError(msg)
@@ -573,21 +595,25 @@ class _ReplayRun:
                 if value is not None
             ]
         # Packed: runs of up to `pack` consecutive rows of one instance, order kept per instance.
+        # One take of the whole batch in instance order; every message is then a zero-copy slice
+        # (a take per message cost more than encoding it).
         order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
+        by_instance = batch.take(pa.array(order))
+        sorted_keys, sorted_ms = keys[order], times_ms[order]
         boundaries = np.flatnonzero(np.diff(sorted_keys)) + 1
         messages = []
         span_us = int(self.replay.pack_span_s * _US)
-        for group in np.split(order, boundaries):
-            for indices in _runs(group, times_ms[group] * 1000, self.replay.pack, span_us):
-                piece = batch.take(pa.array(indices))
+        for group in np.split(np.arange(len(order)), boundaries):
+            for run in _runs(group, sorted_ms[group] * 1000, self.replay.pack, span_us):
+                first = int(run[0])
+                piece = by_instance.slice(first, len(run))
                 try:
                     value = encoding.encode(piece)
                 except _ENCODE_ERRORS as exc:
-                    self._dead_letter(piece, int(rows[indices[0]]), f"cannot encode rows: {exc}")
+                    self._dead_letter(piece, int(rows[order[first]]), f"cannot encode rows: {exc}")
                     continue
-                headers = codec.message_headers(encoding.name, len(indices))
-                messages.append((str(keys[indices[0]]).encode(), value, int(times_ms[indices[0]]), headers))
+                headers = codec.message_headers(encoding.name, len(run))
+                messages.append((str(sorted_keys[first]).encode(), value, int(sorted_ms[first]), headers))
         messages.sort(key=lambda message: message[2])
         return messages
 
@@ -642,8 +668,12 @@ class _ReplayRun:
             try:
                 self.producer.begin_transaction()
                 open_txn = True
-                for key, value, timestamp, headers in messages:
-                    self._produce(self.settings.topic_query_events, key, value, timestamp, headers)
+                produce, topic = self.producer.produce, self.settings.topic_query_events
+                for key, value, timestamp, headers in messages:  # per message: no extra Python call
+                    try:
+                        produce(topic, key=key, value=value, timestamp=timestamp, headers=headers)
+                    except BufferError:
+                        self._produce(topic, key, value, timestamp, headers)
                 for value, headers in dead:
                     self._produce(self.settings.topic_dead_letter, None, value, 0, headers)
                 self._produce(self.settings.topic_replay_state, self.position_key, self._position(next_row))
@@ -727,7 +757,7 @@ class _ReplayRun:
             next_row=next_row, event_time=_us_to_datetime(self.current_event_us),
             first_event_time=_us_to_datetime(self.first_event_us), last_event_time=_us_to_datetime(last_us),
             rate_now=self.rate_now, rate_avg=rate_avg, eta_seconds=eta, dead_letters=self.dead_letters,
-            pack=self.replay.pack, behind=behind, behind_seconds=round(behind_s, 3),
+            pack=self.replay.pack, encoding=self.replay.encoding, behind=behind, behind_seconds=round(behind_s, 3),
             listening=self.replay.linger and self.state == "finished", notice=self.notice,
         )
 

@@ -157,11 +157,12 @@ def setup(namespace: Mapping[str, Any]) -> Settings:
 
 
 def open_workbench(mode: str, settings: Settings, *, data: str = "", speedup: float | str = 600.0,
-                   pack: int = 1) -> tuple[Any, bool]:
+                   pack: int | None = None) -> tuple[Any, bool]:
     """``(workbench or None, started_here)`` for the replay notebook's ``mode`` parameter.
 
     ``"start"`` starts one on ``data`` (default: the newest labelled log in the home's data
-    folder); ``"attach"`` connects to the running one and prints why when none runs; ``"skip"``
+    folder) with the default encoding (packed Arrow) unless ``pack`` names one (1: JSON per
+    query); ``"attach"`` connects to the running one and prints why when none runs; ``"skip"``
     does nothing.
     """
     from workbench.runtime import Workbench, WorkbenchStateError

@@ -42,6 +42,9 @@ def _run_app(settings: Settings, name: str, options: dict[str, Any]) -> int:
     if app not in APP_RUNNERS:
         msg = f"Unknown app {app!r} in the process spec; known apps: {sorted(APP_RUNNERS)}."
         raise SystemExit(msg)
+    from workbench.pipeline._imports import skip_unused_imports
+
+    skip_unused_imports()  # before quixstreams is imported (start-up time)
     _resolve(APP_RUNNERS[app])(settings, **options)
     return 0
 

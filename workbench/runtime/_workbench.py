@@ -130,7 +130,7 @@ class Workbench:
         data: str | Path | None = None,
         *,
         speedup: float | str = defaults.REPLAY_SPEEDUP,
-        pack: int = defaults.REPLAY_PACK,
+        pack: int | None = None,
         encoding: str | None = None,
         settings: Settings | None = None,
         apps: Sequence[str] = DEFAULT_APPS,
@@ -149,11 +149,13 @@ class Workbench:
             attach to a replay another process runs).
         speedup : float or "max"
             Event seconds per wall second; change it live with :meth:`set_speed`.
-        pack : int
+        pack : int, optional
             Most queries per Kafka message (N > 1 packs one instance's queries, much faster).
         encoding : str, optional
-            Message encoding (:data:`workbench.data.codec.ENCODINGS`); default ``json`` for
-            ``pack=1``, ``arrow`` otherwise.
+            Message encoding (:data:`workbench.data.codec.ENCODINGS`). Neither given: packed
+            ``arrow`` (:data:`workbench.defaults.REPLAY_ENCODING`, the fastest); ``encoding="json"``
+            or ``pack=1``: one JSON query per message (for other Kafka tools); see
+            :func:`workbench.replay.replay_format`.
         reset : bool
             Replay ``data`` from its first row (default); False resumes a saved position.
         retrain_every_days : int
@@ -182,6 +184,9 @@ class Workbench:
         ensure_broker(settings)
         started_kafka = settings.manages_kafka and not kafka_was_running
 
+        from workbench.replay import replay_format
+
+        pack, encoding = replay_format(pack, encoding)
         specs = build_specs(data, apps=apps, speedup=speedup, pack=pack, replay_id=replay_id, reset=reset,
                             retrain_every_days=retrain_every_days, idle_exit=idle_exit, encoding=encoding,
                             commands_since=time.time())

@@ -135,6 +135,15 @@ class PanelView:
     lag: str
 
 
+def encoding_text(encoding: str | None, pack: int | None) -> str:
+    """The replay's message encoding as the panel shows it, e.g. ``arrow, up to 100 queries per message``."""
+    if not encoding:
+        return "-"
+    if pack and pack > 1:
+        return f"{encoding}, up to {pack:,} queries per message"
+    return f"{encoding}, one query per message"
+
+
 def _field(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default) if obj is not None else default
 
@@ -467,6 +476,7 @@ class ControlPanel(widgets.VBox):
                 rows.append(("Rate", f"{replay.rate_now:,.0f} rows/s now, {replay.rate_avg:,.0f} avg{measured}"))
             else:
                 rows.append(("Rate", f"{replay.state}: {replay.rate_avg:,.0f} rows/s on average"))
+            rows.append(("Encoding", encoding_text(_field(replay, "encoding"), _field(replay, "pack"))))
         lag = ", ".join(f"{name} {_num(value)}" for name, value in status.lag.items()) or "-"
         rows += [
             ("Lag (messages)", lag),

@@ -23,13 +23,14 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from quixstreams.models import HeadersTuples
-from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
+from quixstreams.sinks import BatchingSink, SinkBackpressureError
 
 from workbench import defaults
 from workbench.config import Settings
@@ -48,6 +49,19 @@ logger = logging.getLogger(__name__)
 
 _DAY_US: Final = 86_400_000_000
 _KAFKA: Final = ["kafka_partition", "kafka_offset"]
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One partition's buffered messages as (value, key, headers, offset) tuples."""
+
+    topic: str
+    partition: int
+    items: list[tuple[Any, Any, Any, int]]
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
 
 
 class ScoringSink(BatchingSink):
@@ -87,6 +101,9 @@ class ScoringSink(BatchingSink):
         self.last_message_at = 0.0
         self.first_message_wall: float | None = None  # epoch s of the first message (throughput)
         self.last_batch_wall: float | None = None  # epoch s when the last batch was durable
+        # process CPU seconds at the first message and when the last batch was durable (cost per event)
+        self.first_message_cpu: float | None = None
+        self.last_batch_cpu: float | None = None
         self.max_event_us: int | None = None
         self.first_event_us: int | None = None
         # per partition: newest durable event time, and when it last delivered (the watermark)
@@ -98,22 +115,59 @@ class ScoringSink(BatchingSink):
         #: means "do not store this yet" (Quix sink backpressure), None means go on.
         self.hold_day: Callable[[pa.Table], str | None] | None = None
         self.timings = {"decode": 0.0, "score": 0.0, "shards": 0.0, "publish": 0.0}
+        #: (topic, partition) -> buffered messages as (value, key, headers, offset)
+        self._raw: dict[tuple[str, int], list[tuple[Any, Any, Any, int]]] = {}
 
     def add(self, value: Any, key: Any, timestamp: int, headers: HeadersTuples, topic: str, partition: int,
             offset: int) -> None:
-        """Buffer one message (no decoding here) and note when the partition's batch is full."""
-        super().add(value, key, timestamp, headers, topic, partition, offset)
+        """Buffer one message (Quix's per-message path; the app uses :meth:`add_messages`)."""
+        self._buffer(topic, partition).append((value, key, headers, offset))
+        self._note_rows(topic, partition, headers)
+
+    def add_messages(self, messages: list[Any]) -> None:
+        """Buffer raw confluent-kafka messages of one consume call (no decoding here).
+
+        Per message only the four fields are taken (a tuple); the ``rows`` header of each
+        partition's last message is the size hint for the whole partition's buffer.
+        """
+        if not messages:
+            return
+        topic = messages[0].topic()  # the app reads one topic
+        buffers = self._raw
+        touched: set[int] = set()
+        partition, buffer = -1, None
+        for message in messages:  # per message: the four fields only (this loop is the per-event cost)
+            p = message.partition()
+            if p != partition:
+                partition = p
+                touched.add(p)
+                buffer = buffers.get((topic, p))
+                if buffer is None:
+                    buffer = buffers[(topic, p)] = []
+            buffer.append((message.value(), message.key(), message.headers(), message.offset()))  # type: ignore[union-attr]
+        for p in touched:
+            self._note_rows(topic, p, buffers[(topic, p)][-1][2])
+
+    def _buffer(self, topic: str, partition: int) -> list[tuple[Any, Any, Any, int]]:
+        buffer = self._raw.get((topic, partition))
+        if buffer is None:
+            buffer = self._raw[(topic, partition)] = []
+        return buffer
+
+    def _note_rows(self, topic: str, partition: int, headers: Any) -> None:
+        """Estimate the partition's buffered rows (messages x the last message's ``rows`` header)."""
         rows = 1
         for name, text in headers or ():
             if name == "rows" and isinstance(text, bytes) and text.isdigit() and len(text) < 8:
-                rows = int(text)  # only a size hint: decoding checks the header properly
-        n = self.buffered.get(partition, 0) + rows
+                rows = max(1, int(text))  # only a size hint: decoding checks the header properly
+        n = len(self._raw[(topic, partition)]) * rows
         self.buffered[partition] = n
         if n >= self.batch_rows:
             self.size_due = True
         self.last_message_at = time.monotonic()
         if self.first_message_wall is None:
             self.first_message_wall = time.time()
+            self.first_message_cpu = time.process_time()
 
     @property
     def buffered_rows(self) -> int:
@@ -123,25 +177,36 @@ class ScoringSink(BatchingSink):
     def flush(self) -> None:
         """Write every partition's batch, then let the app schedule training (shards are on disk)."""
         try:
-            super().flush()
+            for (topic, partition), items in self._raw.items():
+                self.write(_Batch(topic, partition, items))
         finally:
+            self._raw.clear()
+            self._batches.clear()
             self.buffered.clear()
             self.size_due = False
         if self.on_flushed is not None:
             self.on_flushed()
 
+    def on_paused(self) -> None:
+        """Quix's sink backpressure: the buffered messages are dropped (Quix re-reads them)."""
+        self._raw.clear()
+        self.buffered.clear()
+        self.size_due = False
+        super().on_paused()
+
     # --- steps -------------------------------------------------------------------------------
-    def _dead_letter(self, item: Any, reason: str, batch: SinkBatch) -> None:
-        self.dead_letters.send(item.value, reason, key=item.key, headers=item.headers, topic=batch.topic,
-                               partition=batch.partition, offset=item.offset)
+    def _dead_letter(self, item: tuple[Any, Any, Any, int], reason: str, batch: _Batch) -> None:
+        value, key, headers, offset = item
+        self.dead_letters.send(value, reason, key=key, headers=headers, topic=batch.topic,
+                               partition=batch.partition, offset=offset)
         self.status.add("dead_letters")
 
-    def _decode(self, items: list[Any], partition: int) -> tuple[pa.Table, list[tuple[int, str]]]:
+    def _decode(self, items: list[tuple[Any, Any, Any, int]], partition: int) -> tuple[pa.Table, list[tuple[int, str]]]:
         """All valid rows of ``items`` (+ ``kafka_*`` columns), and ``(item index, reason)`` of the others."""
-        decoded = codec.decode_values([item.value for item in items], headers=[item.headers or () for item in items],
-                                      keys=[item.key for item in items])
+        values, keys, headers, offset_list = zip(*items, strict=True) if items else ((), (), (), ())
+        decoded = codec.decode_values(values, headers=[h or () for h in headers], keys=keys)
         index = np.asarray(decoded.source_index, dtype=np.int64)
-        offsets = np.fromiter((item.offset for item in items), dtype=np.int64, count=len(items))
+        offsets = np.fromiter(offset_list, dtype=np.int64, count=len(items))
         table = pa.Table.from_batches([decoded.batch])
         table = table.append_column("kafka_partition", pa.array(np.full(len(index), partition, np.int32)))
         table = table.append_column("kafka_offset", pa.array(offsets[index] if len(index) else offsets[:0]))
@@ -233,10 +298,10 @@ class ScoringSink(BatchingSink):
         self.status.add("shards", len(days))
         return ts_us, day_names
 
-    def write(self, batch: SinkBatch) -> None:
+    def write(self, batch: _Batch) -> None:  # type: ignore[override]
         """Decode, score, store and publish one partition's batch (all durable on return)."""
         t0 = time.perf_counter()
-        items = list(batch)
+        items = batch.items
         table, errors = self._decode(items, batch.partition)
         table, late = self._guard(table)
         held = self.hold_day(table) if self.hold_day is not None and table.num_rows else None
@@ -264,7 +329,7 @@ class ScoringSink(BatchingSink):
         published = 0
         if version is not None:  # the publisher skips unscored rows (is_anomaly null)
             published = self.publisher.publish_scored(scored.drop_columns(["_message"]))
-            by_offset = {item.offset: item for item in items}
+            by_offset = {item[3]: item for item in items}
             for message, reason in self.publisher.rejected:
                 item = by_offset.get((message.get("features") or {}).get("kafka_offset"))
                 if item is not None:
@@ -287,5 +352,6 @@ class ScoringSink(BatchingSink):
             self.timings[key] += seconds
         self.status.info["model_version"] = version
         self.last_batch_wall = time.time()
+        self.last_batch_cpu = time.process_time()
         logger.debug("batch partition=%d rows=%d version=%s anomalies=%d days=%s", batch.partition, n, version,
                      published, sorted(day_names.values()))
