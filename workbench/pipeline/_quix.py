@@ -7,6 +7,8 @@ Three things the workbench needs have no public API in Quix 3.28:
   the hook ``join_lookup`` uses;
 * forcing a checkpoint now (the scoring app flushes as soon as a partition's batch is full rather
   than waiting for ``commit_interval``): ``app._processing_context.commit_checkpoint(force=True)``;
+* the partitions the consumer holds now (N scoring instances report them for the shared training
+  watermark): ``app._consumer.assignment()``;
 * pausing and resuming *one* partition (the scoring app's per-partition backpressure; Quix's own
   sink backpressure pauses and rewinds every partition): ``app._consumer.pause(partitions)`` /
   ``app._consumer.resume(partitions)``.
@@ -26,7 +28,8 @@ from quixstreams import Application
 
 from workbench.pipeline.exceptions import PipelineError
 
-__all__ = ["PartitionFlow", "QuixInternalsError", "force_checkpoint", "partition_flow", "register_periodic"]
+__all__ = ["PartitionFlow", "QuixInternalsError", "assigned_partitions", "force_checkpoint", "partition_flow",
+           "register_periodic"]
 
 
 class QuixInternalsError(PipelineError):
@@ -89,3 +92,13 @@ def partition_flow(app: Application) -> PartitionFlow:
     """Per-partition pause/resume of ``app``'s Kafka consumer (``Application._consumer``)."""
     return PartitionFlow(_internal(app, "_consumer", "pause", ("partitions",)),
                          _internal(app, "_consumer", "resume", ("partitions",)))
+
+
+def assigned_partitions(app: Application, topic: str) -> Callable[[], list[int]]:
+    """A function that returns the partitions of ``topic`` that ``app``'s consumer holds now."""
+    assignment = _internal(app, "_consumer", "assignment", ())
+
+    def partitions() -> list[int]:
+        return sorted(tp.partition for tp in assignment() if tp.topic == topic)
+
+    return partitions
