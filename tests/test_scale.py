@@ -15,6 +15,9 @@ write (PostgreSQL catalog and window_stats) parametrises it to run the same comp
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -165,3 +168,69 @@ def test_two_instances_per_app_on_one_home_give_the_stores_of_one(scale_home: Ca
     # lakehouse anomalies: the same rows, none twice
     assert a["anomalies"] and len(b["anomalies"]) == len(set(b["anomalies"]))
     assert sorted(b["anomalies"]) == sorted(a["anomalies"])
+
+
+# --- the pieces, without a broker --------------------------------------------------------------------
+DAY_US = 86_400_000_000
+
+
+def test_cluster_watermark_waits_for_every_partition_that_is_not_idle_on_a_live_instance(tmp_path: Path) -> None:
+    from workbench.store.shards import cluster_watermark, record_progress, remove_heartbeat, write_heartbeat
+
+    shards = tmp_path / "shards"
+    assert cluster_watermark(shards) == (None, None)
+    now = 1_000.0
+    record_progress(shards, 0, first_us=5, max_us=3 * DAY_US)
+    record_progress(shards, 1, first_us=7, max_us=1 * DAY_US)
+    record_progress(shards, 1, first_us=9, max_us=DAY_US // 2)  # progress only widens
+    write_heartbeat(shards, 0, assigned=[0], idle=[], now=now)
+    write_heartbeat(shards, 1, assigned=[1, 2], idle=[], now=now)
+    # partition 2 is assigned and busy but has stored nothing yet: no watermark
+    assert cluster_watermark(shards, now=now) == (5, None)
+    write_heartbeat(shards, 1, assigned=[1, 2], idle=[2], now=now)
+    assert cluster_watermark(shards, now=now) == (5, DAY_US)  # the slowest partition holds it
+    write_heartbeat(shards, 1, assigned=[1, 2], idle=[1, 2], now=now)
+    assert cluster_watermark(shards, now=now) == (5, 3 * DAY_US)  # caught up: no longer holds it back
+    # the instance dies (stale heartbeat) or stops: its partitions hold the watermark at their progress
+    assert cluster_watermark(shards, now=now + 60, alive_s=15) == (5, DAY_US)
+    remove_heartbeat(shards, 1)
+    assert cluster_watermark(shards, now=now) == (5, DAY_US)
+    # a partition idle for an instance that does not hold it (revoked) does not count as caught up
+    write_heartbeat(shards, 0, assigned=[0], idle=[1], now=now)
+    assert cluster_watermark(shards, now=now) == (5, DAY_US)
+
+
+def test_one_trainer_lease_per_models_folder(tmp_path: Path) -> None:
+    from workbench.ml.registry import TrainerLease
+
+    first, second = TrainerLease(tmp_path), TrainerLease(tmp_path)
+    assert TrainerLease.holder(tmp_path) is None
+    assert first.try_acquire() and first.held
+    assert not second.try_acquire() and not second.held
+    assert TrainerLease.holder(tmp_path) == os.getpid()
+    first.release()  # the trainer stops (or dies: the kernel drops the lock): the next one takes over
+    assert second.try_acquire()
+    second.release()
+
+
+def test_each_process_claims_its_own_instance_slot(tmp_path: Path) -> None:
+    from workbench.pipeline._instance import claim_instance, instance_dirs, release_instance
+
+    code = ("import sys, time; from workbench.pipeline._instance import claim_instance; "
+            "print(claim_instance(sys.argv[1], 'scoring'), flush=True); time.sleep(30)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "0"
+        assert claim_instance(tmp_path, "scoring") == 1  # slot 0 is held by the other process
+        assert claim_instance(tmp_path, "scoring") == 1  # the same slot for the life of this process
+        assert claim_instance(tmp_path, "analytics") == 0  # slots are per app
+    finally:
+        holder.kill()
+        holder.wait()
+    release_instance(tmp_path, "scoring")
+    assert claim_instance(tmp_path, "scoring") == 0  # the killed process's slot is free again
+    release_instance(tmp_path, "scoring")
+    release_instance(tmp_path, "analytics")
+    (tmp_path / "scoring.1").mkdir()
+    (tmp_path / "scoring").mkdir()
+    assert list(instance_dirs(tmp_path, "scoring")) == [0, 1]
