@@ -113,9 +113,10 @@ def _run(settings: Settings, log: Path, instances: int) -> dict:
         time.sleep(2)  # the last checkpoint's anomalies reach the sink after the events' lag is 0
         _until(lambda: consumer_lag(settings, consumer_group("anomaly-sink"), settings.topic_anomalies) == 0,
                timeout=60, what="the anomaly sink to drain")
+        statuses = {app: read_app_statuses(settings, app) for app in APPS}  # while running: one trainer
     finally:
         wb.stop()  # a clean stop: analytics writes its open windows, every app commits
-    return {app: read_app_statuses(settings, app) for app in APPS}
+    return statuses
 
 
 def _stores(settings: Settings) -> dict:
@@ -234,3 +235,31 @@ def test_each_process_claims_its_own_instance_slot(tmp_path: Path) -> None:
     (tmp_path / "scoring.1").mkdir()
     (tmp_path / "scoring").mkdir()
     assert list(instance_dirs(tmp_path, "scoring")) == [0, 1]
+
+
+def test_a_new_scoring_instance_adopts_the_unscored_days_of_a_slot_nobody_holds(tmp_path: Path) -> None:
+    from workbench.pipeline._instance import claim_instance, release_instance
+    from workbench.pipeline.scoring import UNSCORED_FILE, UnscoredDays
+    from workbench.pipeline.scoring._maintenance import adopt_unscored_days
+
+    settings = Settings(home=tmp_path)
+    gone = UnscoredDays(settings.state_dir / "scoring.2" / UNSCORED_FILE)  # a third instance, scaled away
+    gone.add({"2024-03-05", "2024-03-06"})
+    code = ("import sys, time; from workbench.pipeline._instance import claim_instance; "
+            "print(claim_instance(sys.argv[1], 'scoring'), flush=True); time.sleep(30)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(settings.state_dir)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "0"
+        busy = UnscoredDays(settings.state_dir / "scoring" / UNSCORED_FILE)  # slot 0: a live instance's
+        busy.add({"2024-03-07"})
+        slot = claim_instance(settings.state_dir, "scoring")
+        mine = UnscoredDays(settings.state_dir / f"scoring.{slot}" / UNSCORED_FILE)
+        assert adopt_unscored_days(settings, mine) == {"2024-03-05", "2024-03-06"}
+        assert mine.snapshot() == {"2024-03-05", "2024-03-06"}
+        assert UnscoredDays(settings.state_dir / "scoring.2" / UNSCORED_FILE).snapshot() == set()
+        assert UnscoredDays(settings.state_dir / "scoring" / UNSCORED_FILE).snapshot() == {"2024-03-07"}
+    finally:
+        holder.kill()
+        holder.wait()
+        release_instance(settings.state_dir, "scoring")

@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-__all__ = ["MAX_INSTANCES", "claim_instance", "exclusive", "instance_dir", "instance_dirs", "release_instance"]
+__all__ = ["MAX_INSTANCES", "claim_instance", "exclusive", "idle_slots", "instance_dir", "instance_dirs",
+           "release_instance"]
 
 #: Slots tried before giving up (a safety bound; any real deployment runs far fewer per machine).
 MAX_INSTANCES: Final = 256
@@ -95,3 +96,31 @@ def exclusive(state_dir: Path, name: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def idle_slots(state_dir: Path, app_name: str) -> Iterator[dict[int, Path]]:
+    """The slot folders of ``app_name`` that no process holds now, locked while the block runs.
+
+    A process that starts takes over what such a slot left behind (a scale-down from 3 to 2
+    instances leaves slot 2's unscored days): the locks keep a process that starts meanwhile out.
+    """
+    mine = _CLAIMED.get((str(Path(state_dir).resolve()), app_name), (None, None))[0]
+    held: dict[int, Path] = {}
+    fds: list[int] = []
+    try:
+        for slot, folder in instance_dirs(state_dir, app_name).items():
+            if slot == mine:
+                continue
+            fd = os.open(Path(state_dir) / ".instances" / f"{app_name}.{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            fds.append(fd)
+            held[slot] = folder
+        yield held
+    finally:
+        for fd in fds:
+            os.close(fd)

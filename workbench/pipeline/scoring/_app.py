@@ -25,7 +25,7 @@ from workbench.pipeline._quix import assigned_partitions, force_checkpoint, part
 from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline.exceptions import PipelineConfigError
 from workbench.pipeline.scoring._days import UNSCORED_FILE, UnscoredDays
-from workbench.pipeline.scoring._maintenance import ShardMaintenance, TrainerElection
+from workbench.pipeline.scoring._maintenance import ShardMaintenance, TrainerElection, adopt_unscored_days
 from workbench.pipeline.scoring._pacing import PartitionPacer, held_day
 from workbench.pipeline.scoring._publisher import AnomalyPublisher
 from workbench.pipeline.scoring._rescore import Rescorer
@@ -111,6 +111,7 @@ class ScoringApp(WorkbenchApp):
         self.publisher: AnomalyPublisher | None = None
         self.dead_letters: DeadLetters | None = None
         self.unscored = UnscoredDays(app_state_dir(settings, APP_NAME, self.status.instance) / UNSCORED_FILE)
+        adopt_unscored_days(settings, self.unscored)
         self.rescorer = Rescorer(settings, self.unscored, self.status)
         self.schedule: TrainingSchedule | None = None
         self._idle_exit: float | None = None

@@ -24,7 +24,7 @@ from typing import Any
 from workbench.config import Settings
 from workbench.pipeline._status import AppStatus
 
-__all__ = ["ShardMaintenance", "TrainerElection"]
+__all__ = ["ShardMaintenance", "TrainerElection", "adopt_unscored_days"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,3 +150,28 @@ class TrainerElection:
 
         remove_heartbeat(self.settings.shards_dir, self.status.instance)
         self.lease.release()
+
+
+def adopt_unscored_days(settings: Settings, unscored: Any) -> set[str]:
+    """Take over the unscored days of scoring slots no process holds (an instance that is gone for good).
+
+    Their days join ``unscored`` (this instance rescores them) before their files are emptied, so a
+    crash in between only rescores a day twice. Returns the days adopted.
+    """
+    from workbench.pipeline._instance import idle_slots
+    from workbench.pipeline.scoring._days import UNSCORED_FILE, UnscoredDays
+
+    adopted: set[str] = set()
+    with idle_slots(settings.state_dir, "scoring") as slots:
+        for slot, folder in slots.items():
+            path = folder / UNSCORED_FILE
+            if not path.is_file():
+                continue
+            other = UnscoredDays(path)
+            days = other.snapshot()
+            if days:
+                unscored.add(days)
+                other.remove(days)
+                adopted |= days
+                logger.info("adopted unscored days of idle scoring slot %d: %s", slot, sorted(days))
+    return adopted
