@@ -266,3 +266,13 @@ def test_a_new_scoring_instance_adopts_the_unscored_days_of_a_slot_nobody_holds(
         holder.kill()
         holder.wait()
         release_instance(settings.state_dir, "scoring")
+
+
+def test_writers_that_open_a_fresh_lakehouse_at_once_all_get_it(tmp_path: Path) -> None:
+    """N sink and analytics processes start together on a new home: each creates the tables if needed."""
+    code = ("import sys; from workbench.store.lakehouse import AnomalyLakehouse; "
+            "lake = AnomalyLakehouse(sys.argv[1]).open(); print(lake.count()); lake.close()")
+    writers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "lake")], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [(w.wait(timeout=120), *w.communicate()) for w in writers]
+    assert [(rc, out.strip()) for rc, out, _ in results] == [(0, "0")] * 4, [err[-500:] for _, _, err in results]

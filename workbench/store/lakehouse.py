@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -113,6 +114,8 @@ ANOMALY_KEY: Final[tuple[str, ...]] = ("instance_id", "query_id", "model_version
 _REQUIRED: Final = (*ANOMALY_KEY, "arrival_timestamp")
 _INPUT_FIELDS: Final = tuple(f for f in ANOMALY_SCHEMA if f.name != "inserted_at")
 _DUCK_TYPES: Final = {pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.string(): "VARCHAR", _TSZ: "TIMESTAMPTZ"}
+#: Attempts to create the tables when other writers hold the catalog (about 20 s in all).
+_OPEN_ATTEMPTS = 15
 _BUSY = re.compile(r"database is locked|database is busy|SQLITE_BUSY|conflict|could not commit", re.I)
 
 
@@ -265,15 +268,23 @@ class AnomalyLakehouse(ConnectionStore):
     def open(self) -> Self:
         """Connect, attach and (writers) create the table if needed."""
         if self._con is None:
-            con = connect(self.root, read_only=self.read_only)
-            if not self.read_only:
+            # Several writers start at once on a fresh lake (N sink and analytics processes): the
+            # table creation of all but one conflicts or finds the catalog locked; retry, then it exists.
+            for attempt in range(_OPEN_ATTEMPTS):
+                con = connect(self.root, read_only=self.read_only)
+                if self.read_only:
+                    break
                 columns = ", ".join(f"{f.name} {_DUCK_TYPES[f.type]}" for f in ANOMALY_SCHEMA)
                 try:
                     con.execute(f"CREATE TABLE IF NOT EXISTS {CATALOG_ALIAS}.anomalies ({columns})")
                     con.execute(f"CREATE TABLE IF NOT EXISTS {CATALOG_ALIAS}.window_anomalies ({_WINDOW_COLUMNS})")
+                    break
                 except duckdb.Error as exc:
                     con.close()
-                    raise _translate(exc, "create table") from exc
+                    error = _translate(exc, "create table")
+                    if not isinstance(error, LakehouseBusyError) or attempt == _OPEN_ATTEMPTS - 1:
+                        raise error from exc
+                    time.sleep(min(0.2 * 1.5**attempt, 2.0))
             self._con = con
         return self
 
