@@ -107,7 +107,7 @@ def _run(settings: Settings, log: Path, instances: int) -> dict:
     try:
         # The groups settle first (N members, each holding partitions), then the log goes in at once.
         for app in APPS:
-            _until(lambda app=app: _group_settled(settings, consumer_group(app), instances), timeout=120,
+            _until(lambda app=app: _group_settled(settings, consumer_group(app), instances), timeout=240,
                    what=f"{instances} members of {app}")
         Replay(log, settings=settings, speedup=0, pack=1).run()
         _until(lambda: _settled(settings, rows), timeout=300, what="the pipeline to settle")
