@@ -115,6 +115,11 @@ def _run(settings: Settings, log: Path, instances: int) -> dict:
         _until(lambda: consumer_lag(settings, consumer_group("anomaly-sink"), settings.topic_anomalies) == 0,
                timeout=60, what="the anomaly sink to drain")
         statuses = {app: read_app_statuses(settings, app) for app in APPS}  # while running: one trainer
+        status = wb.status()
+        assert status.running_instances == dict.fromkeys(APPS, instances), status.running_instances
+        trainer = [s["pid"] for s in statuses["scoring"].values() if s["info"].get("trainer")]
+        assert status.trainer_pid is not None and [status.trainer_pid] == trainer
+        assert status.events_processed["scoring"] >= rows
     finally:
         wb.stop()  # a clean stop: analytics writes its open windows, every app commits
     return statuses

@@ -270,8 +270,16 @@ class AnomalyLakehouse(ConnectionStore):
         if self._con is None:
             # Several writers start at once on a fresh lake (N sink and analytics processes): the
             # table creation of all but one conflicts or finds the catalog locked; retry, then it exists.
+            # (The first ATTACH of a new catalog creates DuckLake's own tables: the same race.)
             for attempt in range(_OPEN_ATTEMPTS):
-                con = connect(self.root, read_only=self.read_only)
+                last = attempt == _OPEN_ATTEMPTS - 1
+                try:
+                    con = connect(self.root, read_only=self.read_only)
+                except LakehouseBusyError:
+                    if last:
+                        raise
+                    time.sleep(min(0.2 * 1.5**attempt, 2.0))
+                    continue
                 if self.read_only:
                     break
                 columns = ", ".join(f"{f.name} {_DUCK_TYPES[f.type]}" for f in ANOMALY_SCHEMA)
@@ -282,7 +290,7 @@ class AnomalyLakehouse(ConnectionStore):
                 except duckdb.Error as exc:
                     con.close()
                     error = _translate(exc, "create table")
-                    if not isinstance(error, LakehouseBusyError) or attempt == _OPEN_ATTEMPTS - 1:
+                    if not isinstance(error, LakehouseBusyError) or last:
                         raise error from exc
                     time.sleep(min(0.2 * 1.5**attempt, 2.0))
             self._con = con
