@@ -280,4 +280,6 @@ def test_writers_that_open_a_fresh_lakehouse_at_once_all_get_it(tmp_path: Path) 
     writers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "lake")], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for _ in range(4)]
     results = [(w.wait(timeout=120), *w.communicate()) for w in writers]
-    assert [(rc, out.strip()) for rc, out, _ in results] == [(0, "0")] * 4, [err[-500:] for _, _, err in results]
+    # (the last line: DuckDB may draw a progress bar before it when the machine is slow)
+    assert [(rc, out.strip().splitlines()[-1:]) for rc, out, _ in results] == [(0, ["0"])] * 4, \
+        [err[-500:] for _, _, err in results]
