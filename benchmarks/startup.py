@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from workbench.broker import ensure_topics
 from workbench.config import Settings
-from workbench.pipeline._app import consumer_group
+from workbench.pipeline._names import consumer_group
 from workbench.pipeline.contracts import anomaly_headers, anomaly_key, encode_anomaly
 from workbench.replay import Replay
 

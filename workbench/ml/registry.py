@@ -8,6 +8,7 @@ Layout under ``models_dir``::
     PINNED                       present while a person pinned a version (set-current/rollback)
     history.jsonl                append-only: every move of CURRENT (time, actor, from, to, pinned)
     .lock                        flock-ed by every writer of CURRENT/PINNED and by prune
+    .trainer.lock                flock-ed for life by the one elected trainer (:class:`TrainerLease`)
 
 Version ids are ``v{sequence:04d}-{training day}``: unique, sortable, and they say which day
 they were trained for. A version is built in ``versions/.tmp-*`` and renamed into place only
@@ -49,7 +50,7 @@ from workbench._fs import write_atomic
 from workbench.ml.exceptions import ModelNotFoundError, RegistryError
 from workbench.ml.selection import VersionWindow
 
-__all__ = ["ModelRegistry", "sha256_file"]
+__all__ = ["TRAINER_LOCK", "ModelRegistry", "TrainerLease", "sha256_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -403,3 +404,70 @@ def _login() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+TRAINER_LOCK = ".trainer.lock"
+
+
+class TrainerLease:
+    """Election of the one trainer among the scoring instances that share a models folder.
+
+    N scoring processes of one home all score with the registry's versions, but only one may
+    schedule and run trainings (and compact settled shard days). The lease is an exclusive,
+    non-blocking ``fcntl.flock`` on ``<models_dir>/.trainer.lock``, held for the life of the
+    process: the kernel drops it when the holder dies (``kill -9`` included), and the next
+    instance that calls :meth:`try_acquire` becomes the trainer. The holder's pid is written into
+    the file for ``workbench status``. Local filesystems only (``flock`` is not shared over NFS).
+    """
+
+    def __init__(self, models_dir: Path) -> None:
+        self.path = Path(models_dir) / TRAINER_LOCK
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this process is the elected trainer."""
+        return self._fd is not None
+
+    def try_acquire(self) -> bool:
+        """Become the trainer if nobody is; True when this process holds the lease (never blocks)."""
+        if self._fd is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        logger.info("elected trainer pid=%d lock=%s", os.getpid(), self.path)
+        return True
+
+    def release(self) -> None:
+        """Give the lease up (the app stops); another instance may take it."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    @staticmethod
+    def holder(models_dir: Path) -> int | None:
+        """Pid of the current trainer, or None when no process holds the lease."""
+        path = Path(models_dir) / TRAINER_LOCK
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                return int(text) if text.isdigit() else None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)

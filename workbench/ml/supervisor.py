@@ -97,6 +97,11 @@ class TrainingSupervisor:
             return state
         return {"first_day": None, "last_day": None, "every_n_days": self.every_n_days, "days": {}}
 
+    def reload(self) -> None:
+        """Read the state file again (an instance that does not train follows the elected trainer's state)."""
+        self.state = self._load()
+        self._saved = None
+
     def _save(self) -> None:
         # poll() runs several times a second: write (and fsync) only when something changed.
         data = json.dumps(self.state, indent=2, sort_keys=True).encode()

@@ -95,7 +95,10 @@ def build_application(
     if commit_interval <= 0:
         msg = f"The commit_interval of build_application must be > 0 seconds. Got {commit_interval!r} instead."
         raise PipelineConfigError(msg)
-    state_dir = app_state_dir(settings, app_name)
+    from workbench.pipeline._instance import claim_instance
+
+    # N instances of an app share the home: each has its own slot folder (Quix state must not collide).
+    state_dir = app_state_dir(settings, app_name, claim_instance(settings.state_dir, app_name))
     state_dir.mkdir(parents=True, exist_ok=True)
     connection = ConnectionConfig.from_librdkafka_dict(settings.kafka_client_config())
     return Application(
@@ -213,4 +216,5 @@ class WorkbenchApp:
                 if self.dead_letters is not None:
                     self.dead_letters.close()
                 self.status.publish(state)
+                self.status.release()
         return self._result()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from workbench.config import Settings
+from workbench.pipeline._instance import instance_dir
 
 __all__ = ["app_state_dir", "consumer_group"]
 
@@ -17,6 +18,7 @@ def consumer_group(app_name: str) -> str:
     return f"workbench-{app_name}"
 
 
-def app_state_dir(settings: Settings, app_name: str) -> Path:
-    """Folder of the app's Quix state, status file and other local files."""
-    return settings.state_dir / app_name
+def app_state_dir(settings: Settings, app_name: str, instance: int = 0) -> Path:
+    """Folder of the app's Quix state, status file and other local files (per instance slot, see
+    :mod:`workbench.pipeline._instance`; slot 0 is ``<state_dir>/<app>``)."""
+    return instance_dir(settings.state_dir, app_name, instance)

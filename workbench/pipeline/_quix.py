@@ -7,6 +7,8 @@ Three things the workbench needs have no public API in Quix 3.28:
   the hook ``join_lookup`` uses;
 * forcing a checkpoint now (the scoring app flushes as soon as a partition's batch is full rather
   than waiting for ``commit_interval``): ``app._processing_context.commit_checkpoint(force=True)``;
+* the partitions the consumer holds now (N scoring instances report them for the shared training
+  watermark): ``app._consumer.assignment()``;
 * pausing and resuming *one* partition (the scoring app's per-partition backpressure; Quix's own
   sink backpressure pauses and rewinds every partition): ``app._consumer.pause(partitions)`` /
   ``app._consumer.resume(partitions)``;
@@ -35,6 +37,7 @@ from workbench.pipeline.exceptions import PipelineError
 __all__ = [
     "PartitionFlow",
     "QuixInternalsError",
+    "assigned_partitions",
     "commit_first_checkpoint_at_once",
     "consume_in_batches",
     "force_checkpoint",
@@ -215,3 +218,13 @@ def commit_first_checkpoint_at_once(app: Application) -> None:
             commit(force=True)
 
     register_periodic(app, task)
+
+
+def assigned_partitions(app: Application, topic: str) -> Callable[[], list[int]]:
+    """A function that returns the partitions of ``topic`` that ``app``'s consumer holds now."""
+    assignment = _internal(app, "_consumer", "assignment", ())
+
+    def partitions() -> list[int]:
+        return sorted(tp.partition for tp in assignment() if tp.topic == topic)
+
+    return partitions

@@ -19,7 +19,7 @@ from workbench._fs import write_atomic
 from workbench.config import Settings
 from workbench.pipeline._names import app_state_dir
 
-__all__ = ["AppResult", "AppStatus", "read_app_status", "status_path"]
+__all__ = ["AppResult", "AppStatus", "read_app_status", "read_app_statuses", "status_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +35,9 @@ class AppResult:
         return self.counters.get(name, 0)
 
 
-def status_path(settings: Settings, app_name: str) -> os.PathLike[str]:
-    """Where app ``app_name`` publishes its status."""
-    return app_state_dir(settings, app_name) / "status.json"
+def status_path(settings: Settings, app_name: str, instance: int = 0) -> os.PathLike[str]:
+    """Where instance slot ``instance`` of app ``app_name`` publishes its status."""
+    return app_state_dir(settings, app_name, instance) / "status.json"
 
 
 class AppStatus:
@@ -59,8 +59,12 @@ class AppStatus:
     """
 
     def __init__(self, settings: Settings, app_name: str, *, interval: float = 1.0) -> None:
+        from workbench.pipeline._instance import claim_instance
+
         self.app_name = app_name
-        self.path = status_path(settings, app_name)
+        self._state_dir = settings.state_dir
+        self.instance = claim_instance(settings.state_dir, app_name)  # this process's slot (N instances, one home)
+        self.path = status_path(settings, app_name, self.instance)
         self.interval = interval
         self.counters: dict[str, int] = {}
         self.info: dict[str, Any] = {}
@@ -74,7 +78,8 @@ class AppStatus:
 
     def snapshot(self) -> dict[str, Any]:
         """The status as a JSON-safe dict."""
-        return {"app": self.app_name, "state": self.state, "pid": os.getpid(), "started_at": self.started_at,
+        return {"app": self.app_name, "instance": self.instance, "state": self.state, "pid": os.getpid(),
+                "started_at": self.started_at,
                 "updated_at": time.time(), "counters": dict(self.counters), "info": dict(self.info)}
 
     def maybe_publish(self) -> None:
@@ -82,6 +87,12 @@ class AppStatus:
         now = time.monotonic()
         if now - self._last_publish >= self.interval:
             self.publish()
+
+    def release(self) -> None:
+        """Give the instance slot back (the run ended; the status file stays for readers)."""
+        from workbench.pipeline._instance import release_instance
+
+        release_instance(self._state_dir, self.app_name)
 
     def publish(self, state: str | None = None) -> None:
         """Write the file now (optionally changing ``state``: running, stopped, failed)."""
@@ -96,16 +107,27 @@ class AppStatus:
 
 
 def read_app_status(settings: Settings, app_name: str) -> dict[str, Any] | None:
-    """The last status app ``app_name`` published, or None if it never ran under this home.
+    """The last status app ``app_name`` published (its lowest instance slot), or None if it never
+    ran under this home. :func:`read_app_statuses` gives every instance.
 
     ``updated_at`` (epoch seconds) tells whether the app is alive: a running app refreshes it
     about once a second while it processes messages or waits for them.
     """
-    try:
-        with open(status_path(settings, app_name), "rb") as fh:
-            return orjson.loads(fh.read())
-    except FileNotFoundError:
-        return None
-    except (OSError, orjson.JSONDecodeError) as exc:
-        logger.warning("cannot read status app=%r error=%r", app_name, exc)
-        return None
+    statuses = read_app_statuses(settings, app_name)
+    return next(iter(statuses.values()), None)
+
+
+def read_app_statuses(settings: Settings, app_name: str) -> dict[int, dict[str, Any]]:
+    """The last status of every instance slot of app ``app_name``, by slot (empty if it never ran)."""
+    from workbench.pipeline._instance import instance_dirs
+
+    out: dict[int, dict[str, Any]] = {}
+    for slot, folder in instance_dirs(settings.state_dir, app_name).items():
+        try:
+            with open(folder / "status.json", "rb") as fh:
+                out[slot] = orjson.loads(fh.read())
+        except FileNotFoundError:
+            continue
+        except (OSError, orjson.JSONDecodeError) as exc:
+            logger.warning("cannot read status app=%r instance=%d error=%r", app_name, slot, exc)
+    return out

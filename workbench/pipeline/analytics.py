@@ -344,8 +344,11 @@ class AnalyticsApp(WorkbenchApp):
             self.archive()
 
     def _collective_step(self) -> None:
+        from workbench.pipeline._instance import exclusive
+
         try:
-            self.status.add("window_anomalies", self.collective.run())
+            with exclusive(self.settings.state_dir, "collective"):  # N instances: one insert-if-absent at a time
+                self.status.add("window_anomalies", self.collective.run())
         except Exception:  # never stop the stream for the collective step; retried on the next tick
             logger.exception("collective window step failed; will retry")
 

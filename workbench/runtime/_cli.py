@@ -20,11 +20,23 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_app_instances(text: str) -> int | dict[str, int]:
+    """``--app-instances``: ``N`` for every app, or ``scoring=2,analytics=3`` per app."""
+    try:
+        if "=" not in text:
+            return int(text)
+        return {name.strip(): int(count) for name, count in (item.split("=", 1) for item in text.split(","))}
+    except ValueError:
+        msg = f"--app-instances takes N or APP=N,APP=N (e.g. scoring=2,analytics=2). Got {text!r} instead."
+        raise argparse.ArgumentTypeError(msg) from None
+
+
 def _start(args: argparse.Namespace) -> int:
     from workbench.runtime import Workbench
 
     workbench = Workbench.start(data=args.data, speedup=args.speedup, pack=args.pack, settings=settings_from_args(args),
-                                reset=not args.resume, retrain_every_days=args.every_n_days)
+                                reset=not args.resume, retrain_every_days=args.every_n_days,
+                                app_instances=args.app_instances)
     print(f"started: {workbench}; logs in {workbench.settings.logs_dir}")
     print("steer it with `workbench replay-control ...`, watch it with `workbench status`, "
           "end it with `workbench stop`")
@@ -81,6 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     start.add_argument("--pack", type=int, default=defaults.REPLAY_PACK)
     start.add_argument("--resume", action="store_true", help="continue the replay's saved position")
     start.add_argument("--every-n-days", type=int, default=defaults.TRAIN_EVERY_N_DAYS, help="training cadence")
+    start.add_argument("--app-instances", type=parse_app_instances, default=1, metavar="N|APP=N,...",
+                       help="processes per app on this home (Kafka spreads the partitions; one scoring "
+                            "instance trains), e.g. 2 or scoring=2,analytics=2")
     start.set_defaults(func=_start)
 
     stop = subparsers.add_parser("stop", help="stop the running workbench (and the Kafka it started)")

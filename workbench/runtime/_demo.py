@@ -201,16 +201,17 @@ def _wait_until_settled(settings: Settings, workbench: Workbench, timeout: float
 
     from workbench.ml.registry import ModelRegistry
     from workbench.ml.supervisor import TrainingSupervisor
-    from workbench.pipeline import app_state_dir
+    from workbench.pipeline._instance import instance_dirs
     from workbench.pipeline.scoring import UNSCORED_FILE
 
-    unscored_file = app_state_dir(settings, "scoring") / UNSCORED_FILE
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and workbench.running:
         # Fresh reads of what the scoring app persists; the app itself reaps, retries and rescores.
         training = any(entry["status"] in ("running", "pending")
                        for entry in TrainingSupervisor(settings).state["days"].values())
-        unscored = orjson.loads(unscored_file.read_bytes()).get("days") if unscored_file.exists() else []
+        unscored_files = [folder / UNSCORED_FILE for folder in instance_dirs(settings.state_dir, "scoring").values()]
+        unscored = [day for path in unscored_files if path.exists()
+                    for day in orjson.loads(path.read_bytes()).get("days", [])]
         waiting_for_rescore = bool(unscored) and ModelRegistry(settings.models_dir).current() is not None
         if not training and not waiting_for_rescore and workbench.status().drained:
             return

@@ -193,6 +193,10 @@ class WorkbenchStatus:
     dead_letters: int | None
     disk: dict[str, int] = field(default_factory=dict)
     taken_at: float = field(default_factory=time.time)
+    #: app -> the last status of each of its instance slots (N processes per app on one home)
+    instances: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: pid of the elected trainer (the scoring instance holding the registry's trainer lease)
+    trainer_pid: int | None = None
 
     # -- convenience views ------------------------------------------------------------------
     @property
@@ -217,9 +221,18 @@ class WorkbenchStatus:
 
     @property
     def events_processed(self) -> dict[str, int]:
-        """Events each event-consuming app has processed so far (since its last start)."""
-        return {name: int(app["counters"]["events"]) for name, app in self.apps.items()
-                if "events" in app.get("counters", {})}
+        """Events each event-consuming app has processed so far (since its last start; all its instances)."""
+        out = {}
+        for name, app in self.apps.items():
+            found = [s for s in self.instances.get(name) or [app] if "events" in s.get("counters", {})]
+            if found:
+                out[name] = sum(int(s["counters"]["events"]) for s in found)
+        return out
+
+    @property
+    def running_instances(self) -> dict[str, int]:
+        """Instances of each app whose status says running."""
+        return {name: sum(1 for s in found if s.get("state") == "running") for name, found in self.instances.items()}
 
     @property
     def window_anomalies(self) -> int | None:
@@ -252,6 +265,8 @@ class WorkbenchStatus:
             "late_events": self.late_events,
             "dead_letters": self.dead_letters,
             "processes": {name: p.get("state") for name, p in self.processes.items()},
+            "instances": self.running_instances,
+            "trainer_pid": self.trainer_pid,
             "disk": dict(self.disk),
         }
 
@@ -267,6 +282,9 @@ class WorkbenchStatus:
         procs = ", ".join(f"{name}: {p.get('state')}" + (f" ({p['restarts']} restarts)" if p.get("restarts") else "")
                           for name, p in self.processes.items())
         lines.append(f"processes: {procs or '-'}")
+        if any(len(found) > 1 for found in self.instances.values()):
+            per_app = ", ".join(f"{name} {n}" for name, n in self.running_instances.items())
+            lines.append(f"instances running: {per_app} | trainer pid {self.trainer_pid or '-'}")
         if self.disk:
             lines.append("disk: " + ", ".join(f"{name} {format_bytes(n)}" for name, n in self.disk.items()))
         return "\n".join(lines)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,18 +82,41 @@ def _supervisor_alive(state: dict[str, Any] | None) -> bool:
     return bool(state) and same_process(state.get("supervisor_pid"), state.get("supervisor_started"))
 
 
+def app_instance_counts(apps: Sequence[str], app_instances: int | Mapping[str, int] = 1) -> dict[str, int]:
+    """Processes per app: one count for every app, or a count per app name (others: 1)."""
+    if isinstance(app_instances, Mapping):
+        unknown = sorted(set(app_instances) - set(apps))
+        if unknown:
+            msg = f"app_instances names apps that are not started: {unknown}; the apps are {list(apps)}."
+            raise ValueError(msg)
+        counts = {app: int(app_instances.get(app, 1)) for app in apps}
+    else:
+        counts = dict.fromkeys(apps, int(app_instances))
+    bad = {app: n for app, n in counts.items() if not 1 <= n <= 64}
+    if bad:
+        msg = f"Each app runs 1 to 64 processes per machine. Got {bad} instead."
+        raise ValueError(msg)
+    return counts
+
+
 def build_specs(data: str | Path | None, *, apps: Sequence[str], speedup: float | str, pack: int, replay_id: str,
                 reset: bool, retrain_every_days: int, idle_exit: float | None, encoding: str | None = None,
-                commands_since: float | None = None) -> list[ProcessSpec]:
-    """The typed process specs of a workbench: one per app, plus the replay of ``data``."""
+                commands_since: float | None = None, app_instances: int | Mapping[str, int] = 1) -> list[ProcessSpec]:
+    """The typed process specs of a workbench: ``app_instances`` per app, plus the replay of ``data``.
+
+    The first process of an app is named after it (``scoring``), the others ``scoring-2``, ... They
+    share the home and the app's consumer group, so Kafka spreads the partitions over them.
+    """
     specs: list[ProcessSpec] = []
-    for app in apps:
+    for app, count in app_instance_counts(apps, app_instances).items():
         options: dict[str, Any] = {}
         if app == "scoring":
             options["every_n_days"] = retrain_every_days
         if idle_exit:
             options["idle_exit"] = float(idle_exit)
         specs.append(ProcessSpec(app, "app", options))
+        for k in range(2, count + 1):
+            specs.append(ProcessSpec(f"{app}-{k}", "app", {"app": app, **options}))
     if data is not None:
         # linger: a finished replay keeps listening (seek and reset replay again). The run token makes a
         # restart resume this run's own committed position (also when the first start failed before its
@@ -138,6 +161,7 @@ class Workbench:
         reset: bool = True,
         retrain_every_days: int = defaults.TRAIN_EVERY_N_DAYS,
         idle_exit: float | None = None,
+        app_instances: int | Mapping[str, int] = 1,
     ) -> Workbench:
         """Start Kafka (if needed), the pipeline apps and the replay of ``data``; return at once.
 
@@ -162,6 +186,11 @@ class Workbench:
             Training cadence of the scoring app.
         idle_exit : float, optional
             Apps exit after this many idle seconds (used by batch runs such as the demo).
+        app_instances : int or mapping, default=1
+            Processes per app (``{"scoring": 2}``: per app), all on this home and in the app's
+            consumer group: Kafka spreads the ``WORKBENCH_PARTITIONS`` partitions over them, one
+            scoring instance is elected trainer, and the stores take every instance's writes.
+            (Not ``instances``: that word means Redshift instances everywhere else.)
         """
         settings = settings or get_settings()
         state = read_state(settings.home)
@@ -189,7 +218,7 @@ class Workbench:
         pack, encoding = replay_format(pack, encoding)
         specs = build_specs(data, apps=apps, speedup=speedup, pack=pack, replay_id=replay_id, reset=reset,
                             retrain_every_days=retrain_every_days, idle_exit=idle_exit, encoding=encoding,
-                            commands_since=time.time())
+                            commands_since=time.time(), app_instances=app_instances)
         run = run_dir(settings.home)
         run.mkdir(parents=True, exist_ok=True, mode=0o700)
         (run / "state.json").unlink(missing_ok=True)
@@ -311,11 +340,12 @@ class Workbench:
     def status(self) -> WorkbenchStatus:
         """One snapshot: replay clock and progress, rates, lag per app, model, anomalies, late events,
         dead letters and the supervised processes."""
-        from workbench.ml.registry import ModelRegistry
-        from workbench.pipeline import consumer_group, read_app_status
+        from workbench.ml.registry import ModelRegistry, TrainerLease
+        from workbench.pipeline import consumer_group, read_app_statuses
 
         state = read_state(self.settings.home) or {}
-        apps = {name: read_app_status(self.settings, name) or {} for name in self.apps}
+        instances = {name: list(read_app_statuses(self.settings, name).values()) for name in self.apps}
+        apps = {name: next(iter(found), {}) for name, found in instances.items()}
         topics = {"scoring": self.settings.topic_query_events, "analytics": self.settings.topic_query_events,
                   "anomaly-sink": self.settings.topic_anomalies}
         default_topic = self.settings.topic_query_events
@@ -338,6 +368,8 @@ class Workbench:
             late_events=late,
             dead_letters=topic_message_count(self.settings, self.settings.topic_dead_letter),
             disk=disk_usage(self.settings),
+            instances=instances,
+            trainer_pid=TrainerLease.holder(self.settings.models_dir),
         )
 
     def _anomaly_count(self) -> int | None:

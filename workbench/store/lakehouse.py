@@ -43,6 +43,7 @@ import logging
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -128,6 +129,8 @@ _DUCK_TYPES: Final = {pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.string():
 _PG_LOST = re.compile(r"server closed the connection|terminating connection|connection already closed|"
                       r"no connection to the server|could not (?:receive|send) data|Unable to connect to Postgres|"
                       r"connection to server .* failed|SSL connection has been closed", re.I)
+#: Attempts to create the tables when other writers hold the catalog (about 20 s in all).
+_OPEN_ATTEMPTS = 15
 _BUSY = re.compile(r"database is locked|database is busy|SQLITE_BUSY|conflict|could not commit", re.I)
 
 
@@ -404,17 +407,34 @@ class AnomalyLakehouse(ConnectionStore):
     def open(self) -> Self:
         """Connect, attach and (writers) create the table if needed."""
         if self._con is None:
-            con = connect(self.root, read_only=self.read_only, catalog=self.catalog, data_path=self.data_path)
-            if not self.read_only:
+            # Several writers start at once on a fresh lake (N sink and analytics processes): the
+            # table creation of all but one conflicts or finds the catalog locked; retry, then it exists.
+            # (The first ATTACH of a new catalog creates DuckLake's own tables: the same race.)
+            for attempt in range(_OPEN_ATTEMPTS):
+                last = attempt == _OPEN_ATTEMPTS - 1
+                try:
+                    con = connect(self.root, read_only=self.read_only, catalog=self.catalog,
+                                  data_path=self.data_path)
+                except LakehouseBusyError:
+                    if last:
+                        raise
+                    time.sleep(min(0.2 * 1.5**attempt, 2.0))
+                    continue
+                if self.read_only:
+                    break
                 columns = ", ".join(f"{f.name} {_DUCK_TYPES[f.type]}" for f in ANOMALY_SCHEMA)
                 try:
                     with self._exclusive():
                         con.execute(f"CREATE TABLE IF NOT EXISTS {CATALOG_ALIAS}.anomalies ({columns})")
                         con.execute(f"CREATE TABLE IF NOT EXISTS {CATALOG_ALIAS}.window_anomalies "
                                     f"({_WINDOW_COLUMNS})")
+                    break
                 except duckdb.Error as exc:
                     con.close()
-                    raise _translate(exc, "create table") from exc
+                    error = _translate(exc, "create table")
+                    if not isinstance(error, LakehouseBusyError) or last:
+                        raise error from exc
+                    time.sleep(min(0.2 * 1.5**attempt, 2.0))
                 except BaseException:
                     con.close()
                     raise

@@ -20,6 +20,15 @@ Compaction (:func:`compact_day`)
     rows with the same offsets) instead of becoming a second copy. Every writer of a day folder
     (write, rescore, compact, retention) holds the day's lock (``fcntl.flock`` on ``.lock``).
 
+Several writers on one home (N scoring instances)
+    Files are owned by partition (a Kafka partition is consumed by one instance at a time), and
+    every writer of a day folder holds the day's lock, so two instances never write the same file
+    and compaction is safe while other partitions are written. Each instance also records, per
+    partition it stores, the event-time range it has durably written (``_progress/p{NNN}.json``,
+    after the shards) and, about once a second, a heartbeat with the partitions Kafka assigned it
+    and which of them are idle (``_progress/i{slot}.json``). :func:`cluster_watermark` turns these
+    into the event time *every* partition has passed: what the one elected trainer waits for.
+
 One row per query (reset, seek back, reprocessing)
     :func:`read_shards` (and so training, rescoring and the notebooks) returns each
     ``(instance_id, query_id)`` once: the row of the latest pass, i.e. the highest
@@ -32,20 +41,22 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import json
 import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.feather as feather
 
-from workbench._fs import atomic_path
+from workbench._fs import atomic_path, write_atomic
 from workbench.data.schema import REDSET_SCHEMA
 from workbench.exceptions import WorkbenchError
 
@@ -53,6 +64,7 @@ __all__ = [
     "SCORE_FIELDS",
     "SHARD_SCHEMA",
     "ShardError",
+    "cluster_watermark",
     "compact_day",
     "dedupe_latest",
     "delete_older_than",
@@ -60,8 +72,11 @@ __all__ = [
     "maintain",
     "read_shards",
     "read_window",
+    "record_progress",
+    "remove_heartbeat",
     "rescore_unscored",
     "shard_paths",
+    "write_heartbeat",
     "write_shard",
 ]
 
@@ -496,3 +511,95 @@ def delete_older_than(directory: Path, days: int, *, today: dt.date) -> list[dt.
             removed.append(day)
             logger.info("shards deleted by retention day=%s", day)
     return removed
+
+
+# --- progress of the writers (N instances, one home) -------------------------------------------------
+PROGRESS_DIR = "_progress"
+
+
+def _progress_dir(directory: Path) -> Path:
+    return Path(directory) / PROGRESS_DIR
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_bytes())
+    except (FileNotFoundError, ValueError):
+        return None  # gone, or replaced between listing and reading
+
+
+def record_progress(directory: Path, partition: int, *, first_us: int, max_us: int) -> None:
+    """Note that ``partition``'s events up to ``max_us`` (from ``first_us``) are durably in the shards.
+
+    Call it after the shards are written. The range only widens (a partition that moves to
+    another instance keeps its progress; a replay reset does not move it back).
+    """
+    folder = _progress_dir(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"p{partition:03d}.json"
+    old = _read_json(path) or {}
+    first = min(first_us, int(old.get("first_us", first_us)))
+    newest = max(max_us, int(old.get("max_us", max_us)))
+    if old.get("first_us") == first and old.get("max_us") == newest:
+        return
+    # No fsync: a progress record lost in a crash only makes the watermark more conservative.
+    write_atomic(path, json.dumps({"partition": partition, "first_us": first, "max_us": newest,
+                                   "at": time.time()}).encode(), fsync=False)
+
+
+def write_heartbeat(directory: Path, slot: int, *, assigned: Iterable[int], idle: Iterable[int],
+                    now: float | None = None) -> None:
+    """Instance ``slot`` is alive, holds ``assigned`` partitions, and ``idle`` of them delivered nothing lately."""
+    folder = _progress_dir(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"slot": slot, "pid": os.getpid(), "at": time.time() if now is None else now,
+            "assigned": sorted(int(p) for p in assigned), "idle": sorted(int(p) for p in idle)}
+    write_atomic(folder / f"i{slot:03d}.json", json.dumps(data).encode(), fsync=False)
+
+
+def remove_heartbeat(directory: Path, slot: int) -> None:
+    """Instance ``slot`` stopped: its partitions hold the watermark until another instance takes them."""
+    with contextlib.suppress(FileNotFoundError):
+        (_progress_dir(directory) / f"i{slot:03d}.json").unlink()
+
+
+def cluster_watermark(directory: Path, *, alive_s: float = 15.0, now: float | None = None
+                      ) -> tuple[int | None, int | None]:
+    """``(first_us, watermark_us)`` over every partition any instance has stored.
+
+    The watermark is the newest event time that every partition still delivering has durably
+    stored: the minimum of the partitions' progress, where a partition counts as caught up (and
+    no longer holds it back) only when a live instance (heartbeat younger than ``alive_s``)
+    holds it and reports it idle. A partition whose instance died, or that is between owners in
+    a rebalance, holds the watermark at its progress; a partition assigned but not delivered yet
+    (and not idle) holds it at nothing (None). With every partition idle it is the newest progress.
+    """
+    folder = _progress_dir(directory)
+    if not folder.is_dir():
+        return None, None
+    now = time.time() if now is None else now
+    progress: dict[int, dict[str, Any]] = {}
+    assigned: set[int] = set()
+    idle: set[int] = set()
+    for path in folder.iterdir():
+        data = _read_json(path) if path.suffix == ".json" else None
+        if data is None:
+            continue
+        if path.name.startswith("p"):
+            progress[int(data["partition"])] = data
+        elif path.name.startswith("i") and now - float(data.get("at", 0.0)) < alive_s:
+            assigned |= set(data.get("assigned", ()))
+            idle |= set(data.get("assigned", ())) & set(data.get("idle", ()))
+    if not progress:
+        return None, None
+    first = min(int(d["first_us"]) for d in progress.values())
+    holding = []
+    for partition in sorted(set(progress) | assigned):
+        if partition in idle:
+            continue
+        if partition not in progress:
+            return first, None  # assigned, not idle, nothing stored yet: wait for its first batch
+        holding.append(int(progress[partition]["max_us"]))
+    if holding:
+        return first, min(holding)
+    return first, max(int(d["max_us"]) for d in progress.values())

@@ -22,11 +22,17 @@ from workbench.pipeline._app import WorkbenchApp, build_application
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._decode import event_topic
 from workbench.pipeline._names import app_state_dir, consumer_group
-from workbench.pipeline._quix import consume_in_batches, force_checkpoint, partition_flow, register_periodic
+from workbench.pipeline._quix import (
+    assigned_partitions,
+    consume_in_batches,
+    force_checkpoint,
+    partition_flow,
+    register_periodic,
+)
 from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline.exceptions import PipelineConfigError
 from workbench.pipeline.scoring._days import UNSCORED_FILE, UnscoredDays
-from workbench.pipeline.scoring._maintenance import ShardMaintenance
+from workbench.pipeline.scoring._maintenance import ShardMaintenance, TrainerElection, adopt_unscored_days
 from workbench.pipeline.scoring._pacing import PartitionPacer, held_day
 from workbench.pipeline.scoring._publisher import AnomalyPublisher
 from workbench.pipeline.scoring._rescore import Rescorer
@@ -115,7 +121,8 @@ class ScoringApp(WorkbenchApp):
         self.supervisor: Any = None
         self.publisher: AnomalyPublisher | None = None
         self.dead_letters: DeadLetters | None = None
-        self.unscored = UnscoredDays(app_state_dir(settings, APP_NAME) / UNSCORED_FILE)
+        self.unscored = UnscoredDays(app_state_dir(settings, APP_NAME, self.status.instance) / UNSCORED_FILE)
+        adopt_unscored_days(settings, self.unscored)
         self.rescorer = Rescorer(settings, self.unscored, self.status)
         self.schedule: TrainingSchedule | None = None
         self._idle_exit: float | None = None
@@ -123,6 +130,7 @@ class ScoringApp(WorkbenchApp):
         self._last_slow_tick = 0.0
         self._force_commit: Callable[[], None] | None = None
         self.maintenance = ShardMaintenance(settings, self.status, window_days)
+        self.election: TrainerElection | None = None  # N instances, one home: one of them trains
         self.pacer: PartitionPacer | None = None
         self._warmup_s = max(2.0, 4 * self.batch_seconds)  # every partition with data delivers once
         # Quix's sink backpressure (hold a batch whose day is not accepted) stays off: it pauses and
@@ -139,11 +147,14 @@ class ScoringApp(WorkbenchApp):
         if now - self._last_slow_tick < 0.2:
             return
         self._last_slow_tick = now
+        if self.election is not None and self.sink is not None:
+            self.election.tick(self.sink, self.supervisor, self._warmup_s)
         if self.schedule is not None:
             self._after_flush()  # the watermark also moves when partitions fall idle
             if self.pacer is not None and self.sink is not None:
                 self.pacer.pace(self.sink, self.scorer, self._cadence())
-            self.schedule.poll()
+            if self._trains:
+                self.schedule.poll()
         self.rescorer.maybe_start(self.scorer, self._cadence())
         self.rescorer.raise_error()
         self._sum_anomalies()
@@ -153,18 +164,35 @@ class ScoringApp(WorkbenchApp):
             logger.info("scoring idle for %.1fs with nothing pending: stopping", self._idle_exit)
             self.app.stop()
 
+    @property
+    def _trains(self) -> bool:
+        """Whether this instance is the elected trainer (always, without an election)."""
+        return self.election is None or self.election.leader
+
     def _after_flush(self) -> None:
-        """Compact settled shard days, then hand finished days to training (the sink just flushed)."""
+        """Compact settled shard days, then hand finished days to training (the sink just flushed).
+
+        Every instance records its partitions' progress; only the elected trainer compacts and
+        schedules, from the watermark of *all* partitions (:func:`~workbench.store.shards.cluster_watermark`).
+        """
         sink = self.sink
-        watermark = None if sink is None else sink.watermark_us(self._warmup_s)
-        if sink is not None and self.schedule is not None:  # after a restart: the stored watermark, once
+        if sink is None:
+            return
+        if self.election is not None:
+            self.election.record(sink)
+            if not self.election.leader:
+                return
+            first_us, watermark = self.election.watermark()
+        else:
+            first_us, watermark = sink.first_event_us, sink.watermark_us(self._warmup_s)
+        if self.schedule is not None:  # after a restart: the stored watermark, once
             quiet = not sink.buffered_rows and time.monotonic() - sink.last_message_at >= self._warmup_s
             watermark = self.schedule.resumed_watermark(watermark, quiet=quiet)
-        if sink is None or watermark is None:
+        if watermark is None:
             return
         self.maintenance.run(day_of(watermark - self.training_grace_us))
         if self.schedule is not None:  # warm-up from the first message: joining the group can take longer
-            self.schedule.after_flush(sink.first_event_us, watermark,
+            self.schedule.after_flush(first_us, watermark,
                                       warming_up=time.time() - (sink.first_message_wall or 0.0) < self._warmup_s)
 
     def _cadence(self) -> Any:
@@ -172,7 +200,8 @@ class ScoringApp(WorkbenchApp):
         return None if self.schedule is None else self.schedule.cadence()
 
     def _hold_day(self, table: pa.Table) -> str | None:
-        return held_day(table, self.scorer, self.schedule, hold=self.hold_days)
+        # Only the trainer writes the training state; the others follow it (TrainerElection.tick).
+        return held_day(table, self.scorer, self.schedule if self._trains else None, hold=self.hold_days)
 
     def _sink_info(self) -> None:
         sink = self.sink
@@ -235,6 +264,8 @@ class ScoringApp(WorkbenchApp):
         topic = event_topic(app, self.settings)
         if self.schedule is not None:
             self.pacer = PartitionPacer(partition_flow(app), topic.name, self.status)
+            self.election = TrainerElection(self.settings, self.status, assigned_partitions(app, topic.name))
+            self.election.tick(self.sink, self.supervisor, self._warmup_s, force=True)
             if list_days(self.settings.shards_dir):  # a restart: resume the schedule from the shards
                 self.schedule.resume_probe = ResumeProbe(self.settings, topic.name,
                                                          self.group or consumer_group(APP_NAME))
@@ -269,8 +300,10 @@ class ScoringApp(WorkbenchApp):
         self.rescorer.join()
 
     def _cleanup(self) -> None:
-        if self.schedule is not None:
+        if self.schedule is not None and self._trains:
             self.schedule.poll()
+        if self.election is not None:
+            self.election.close()
         if self.publisher is not None:
             self.publisher.close()
         self._sink_info()

@@ -1,20 +1,30 @@
-"""Compaction and retention of settled shard days, once per event-time day.
+"""Compaction and retention of settled shard days, once per event-time day; the trainer election.
 
 Once the event-time watermark (minus the training grace) enters a new day,
 :func:`workbench.store.shards.maintain` compacts the days that are a day past their end into one
 file per partition and deletes days older than ``shard_retention_days`` (never fewer than the
 training window + 1 days, so training always finds its window).
+
+N scoring instances on one home (:class:`TrainerElection`): every instance scores, stores its
+partitions' shards and records their progress; exactly one, the holder of the registry's
+:class:`~workbench.ml.registry.TrainerLease`, schedules trainings and compacts, from the
+watermark of every partition (:func:`~workbench.store.shards.cluster_watermark`). The others
+follow the trainer's training state (the selection cadence) and hot-swap the versions it
+registers. When the trainer stops or dies, the next instance to try takes the lease over.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
+from collections.abc import Callable
+from typing import Any
 
 from workbench.config import Settings
 from workbench.pipeline._status import AppStatus
 
-__all__ = ["ShardMaintenance"]
+__all__ = ["ShardMaintenance", "TrainerElection", "adopt_unscored_days"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,3 +53,125 @@ class ShardMaintenance:
         done = maintain(self.settings.shards_dir, watermark, retention_days=keep)
         self.status.add("shard_days_compacted", len(done["compacted"]))
         self.status.add("shard_days_deleted", len(done["deleted"]))
+
+
+class TrainerElection:
+    """This scoring instance's part in the one-trainer election (see the module docstring).
+
+    Parameters
+    ----------
+    settings : Settings
+        ``models_dir`` (the lease) and ``shards_dir`` (progress and heartbeats).
+    status : AppStatus
+        Its ``instance`` slot names the heartbeat; ``info["trainer"]`` shows the role.
+    assignment : callable
+        The event-topic partitions the consumer holds now (:func:`workbench.pipeline._quix.assigned_partitions`).
+    heartbeat_s : float
+        Seconds between heartbeats (and lease attempts).
+    alive_s : float
+        A heartbeat older than this is a dead instance: its partitions hold the watermark.
+    """
+
+    def __init__(self, settings: Settings, status: AppStatus, assignment: Callable[[], list[int]], *,
+                 heartbeat_s: float = 1.0, alive_s: float = 15.0) -> None:
+        from workbench.ml.registry import TrainerLease
+
+        self.settings = settings
+        self.status = status
+        self.assignment = assignment
+        self.heartbeat_s = heartbeat_s
+        self.alive_s = alive_s
+        self.lease = TrainerLease(settings.models_dir)
+        self._assigned_since: dict[int, float] = {}
+        self._recorded: dict[int, int] = {}
+        self._last = 0.0
+
+    @property
+    def leader(self) -> bool:
+        """Whether this instance is the elected trainer."""
+        return self.lease.held
+
+    def tick(self, sink: Any, supervisor: Any, active_s: float, *, force: bool = False) -> None:
+        """About once a second: heartbeat (assigned and idle partitions), then try the lease or follow.
+
+        A partition is idle when it delivered nothing for ``active_s`` since it was assigned here
+        (the rule of :meth:`ScoringSink.watermark_us`, across instances).
+        """
+        now = time.monotonic()
+        if not force and now - self._last < self.heartbeat_s:
+            return
+        self._last = now
+        try:
+            assigned = set(self.assignment())
+        except Exception as exc:  # the consumer is between assignments: report nothing as idle
+            logger.debug("cannot read the consumer assignment: %s", exc)
+            assigned = set()
+        for partition in assigned - set(self._assigned_since):
+            self._assigned_since[partition] = now
+        for partition in set(self._assigned_since) - assigned:
+            del self._assigned_since[partition]
+        seen = getattr(sink, "partition_seen", {}) if sink is not None else {}
+        idle = {p for p, since in self._assigned_since.items() if now - max(since, seen.get(p, since)) >= active_s}
+        from workbench.store.shards import write_heartbeat
+
+        try:
+            write_heartbeat(self.settings.shards_dir, self.status.instance, assigned=assigned, idle=idle)
+        except OSError as exc:  # a missed heartbeat only makes the watermark wait
+            logger.warning("cannot write the scoring heartbeat: %s", exc)
+        if not self.lease.held and self.lease.try_acquire():
+            logger.info("this scoring instance (slot %d) is the trainer now", self.status.instance)
+            supervisor.reload()  # take over the state the previous trainer left
+        elif not self.lease.held:
+            supervisor.reload()  # follow the trainer: cadence, running and finished days
+        self.status.info["trainer"] = self.lease.held
+        self.status.info["assigned_partitions"] = sorted(assigned)
+
+    def record(self, sink: Any) -> None:
+        """Record the stored progress of this instance's partitions (the sink just flushed)."""
+        from workbench.store.shards import record_progress
+
+        first = sink.first_event_us
+        for partition, newest in list(sink.partition_max_us.items()):
+            if self._recorded.get(partition) == newest:
+                continue
+            record_progress(self.settings.shards_dir, partition, first_us=newest if first is None else first,
+                            max_us=newest)
+            self._recorded[partition] = newest
+
+    def watermark(self) -> tuple[int | None, int | None]:
+        """``(first_us, watermark_us)`` of every partition of the home (the trainer's clock)."""
+        from workbench.store.shards import cluster_watermark
+
+        return cluster_watermark(self.settings.shards_dir, alive_s=self.alive_s)
+
+    def close(self) -> None:
+        """The instance stops: drop the heartbeat and the lease (another instance takes it over)."""
+        from workbench.store.shards import remove_heartbeat
+
+        remove_heartbeat(self.settings.shards_dir, self.status.instance)
+        self.lease.release()
+
+
+def adopt_unscored_days(settings: Settings, unscored: Any) -> set[str]:
+    """Take over the unscored days of scoring slots no process holds (an instance that is gone for good).
+
+    Their days join ``unscored`` (this instance rescores them) before their files are emptied, so a
+    crash in between only rescores a day twice. Returns the days adopted.
+    """
+    from workbench.pipeline._instance import idle_slots
+    from workbench.pipeline.scoring._days import UNSCORED_FILE, UnscoredDays
+
+    adopted: set[str] = set()
+    with idle_slots(settings.state_dir, "scoring") as slots:
+        for slot, folder in slots.items():
+            path = folder / UNSCORED_FILE
+            if not path.is_file():
+                continue
+            other = UnscoredDays(path)
+            days = other.snapshot()
+            if days:
+                unscored.add(days)
+                other.remove(days)
+                adopted |= days
+                logger.info("adopted unscored days of idle scoring slot %d: %s", slot, sorted(days))
+    return adopted
