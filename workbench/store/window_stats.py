@@ -25,12 +25,13 @@ Decisions
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -222,7 +223,10 @@ class WindowStatsStore(ConnectionStore):
             self._con = con
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
+        # check_same_thread=False: Quix flushes sinks from a worker thread on a partition revoke (never
+        # at the same time as the main thread, which waits for it).
+        con = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None,
+                              check_same_thread=False)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
         con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
@@ -276,6 +280,9 @@ class WindowStatsStore(ConnectionStore):
         if not params:
             return 0
         db = self._db
+        if db.in_transaction:  # inside transaction(): part of the caller's atomic write
+            db.executemany(_UPSERT, params)
+            return len(params)
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(_UPSERT, params)
@@ -284,6 +291,20 @@ class WindowStatsStore(ConnectionStore):
             db.execute("ROLLBACK")
             raise
         return len(params)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: :meth:`upsert`, :meth:`record_late` and the statements run on the
+        yielded connection inside it commit together, or not at all (the stream-analytics app stores
+        its consumed offsets and window state with the windows this way)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def record_late(self, instance_id: int, window_start: datetime | int, count: int = 1, *,
                     source: tuple[str, int, int] | None = None) -> None:
