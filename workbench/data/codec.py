@@ -385,24 +385,22 @@ def _json_row(value: bytes, check_range: bool = True) -> dict[str, Any]:
     if type(row) is not dict:
         msg = f"expected a JSON object, got {type(row).__name__}"
         raise MessageDecodeError("not_an_object", msg)
-    if len(row) != len(COLUMNS) or row.keys() != _COLUMN_SET:
-        missing = [name for name in COLUMNS if name not in row]
-        if missing:
-            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise MessageDecodeError("missing_columns", f"missing columns {missing[:5]}{more}")
-        extra = sorted(str(k)[:40] for k in row if k not in _COLUMN_SET)
-        raise MessageDecodeError("extra_columns", f"unknown columns {extra[:5]}")
-    # The types of the 24 values are one of a few signatures (which columns are null, in which key
-    # order): each signature is judged once and remembered, so a valid row costs a tuple and a dict
-    # lookup instead of 24 checks. A row failing its signature is explained by the full check.
+    # The column names (in their order) and the types of the values are one of a few signatures
+    # (which columns are null): each signature is judged once and remembered, so a valid row costs
+    # two tuples and a dict lookup instead of 24 checks. An invalid one is explained by the full check.
     signature = (tuple(row), tuple(map(type, row.values())))
-    valid = _SIGNATURES.get(signature)
-    if valid is None:
-        valid = _signature_valid(*signature)
+    if _SIGNATURES.get(signature) is not True:
+        if len(row) != len(COLUMNS) or row.keys() != _COLUMN_SET:
+            missing = [name for name in COLUMNS if name not in row]
+            if missing:
+                more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+                raise MessageDecodeError("missing_columns", f"missing columns {missing[:5]}{more}")
+            extra = sorted(str(k)[:40] for k in row if k not in _COLUMN_SET)
+            raise MessageDecodeError("extra_columns", f"unknown columns {extra[:5]}")
+        if not _signature_valid(*signature):
+            _explain_invalid(row)
         if len(_SIGNATURES) < _SIGNATURES_MAX:
-            _SIGNATURES[signature] = valid
-    if not valid:
-        _explain_invalid(row)
+            _SIGNATURES[signature] = True
     if check_range:
         _check_int_range(row)
     text = row["arrival_timestamp"]
@@ -582,17 +580,22 @@ def decode_values(
     errors: list[tuple[int, str]] = []
     json_rows: list[dict[str, Any]] = []
     json_pos: list[int] = []
-    for position, value in enumerate(values):
-        hdrs = headers[position] if headers is not None else None
-        key = keys[position] if keys is not None else None
+    check_key = keys is not None
+    for position, (value, hdrs, key, fallback) in enumerate(zip(
+            values, headers if headers is not None else encodings, keys if keys is not None else encodings,
+            encodings, strict=True)):
+        if headers is None:
+            hdrs = None
+        if not check_key:
+            key = None
         try:
             name, rows = _meta(hdrs)
-            name = name or encodings[position] or ENCODING_JSON
+            name = name or fallback or ENCODING_JSON
             if name == ENCODING_JSON:  # one row: validated as a dict, the batch built once for all
-                json_rows.append(_decode_row(value, rows, key, keys is not None, check_range=False))
+                json_rows.append(_decode_row(value, rows, key, check_key, check_range=False))
                 json_pos.append(position)
                 continue
-            batch = _decode_one(value, name, rows, keys is not None, key)
+            batch = _decode_one(value, name, rows, check_key, key)
         except MessageDecodeError as exc:
             errors.append((position, str(exc)))
             continue

@@ -226,42 +226,89 @@ class WindowState:
         return state
 
     # --- counting -----------------------------------------------------------------------------------
-    def prepare(self, state: PartitionState, batch: pa.RecordBatch, offsets: np.ndarray) -> Prepared:
-        """What counting decoded rows of one partition would do (in message order; ``offsets[i]`` is row
-        i's message). Changes nothing: :meth:`apply` does, so a failure here leaves the state as it was.
+    def prepare(self, states: list[PartitionState], batch: pa.RecordBatch, row_state: np.ndarray,
+                offsets: np.ndarray) -> list[Prepared]:
+        """What counting decoded rows would do, per partition; changes nothing (:meth:`apply` does, so a
+        failure here leaves the state as it was).
+
+        ``batch`` holds the rows in message order; row ``i`` came from the message at ``offsets[i]`` of
+        partition ``states[row_state[i]]``.
         """
         n = batch.num_rows
         w, grace = self.window_ms, self.grace_ms
         if n == 0:
-            return Prepared(state, [], {}, dict(state.key_time), state.watermark_ms, 0)
+            return []
         arrival = np.floor_divide(_int64(batch.column("arrival_timestamp")), 1000)
         instance = _int64(batch.column("instance_id"))
         start = np.floor_divide(arrival, w) * w
-        key_time = dict(state.key_time)
-        if self.by_key:
-            late = np.zeros(n, dtype=bool)
-            for inst in np.unique(instance).tolist():
-                rows = np.flatnonzero(instance == inst)
-                prior = key_time.get(inst)
-                seq = arrival[rows]
-                running = np.maximum.accumulate(seq if prior is None else np.maximum(seq, prior))
-                late[rows] = start[rows] + w <= running - grace
-                key_time[inst] = int(running[-1])
-            top = int(arrival.max())
-            watermark = top if state.watermark_ms is None else max(state.watermark_ms, top)
-        else:
-            prior = state.watermark_ms
-            running = np.maximum.accumulate(arrival if prior is None else np.maximum(arrival, prior))
-            late = start + w <= running - grace
-            watermark = int(running[-1])
-        late_counts: dict[tuple[int, int, int], int] = {}
+        late = np.zeros(n, dtype=bool)
+        single = len(states) == 1
+        rows_of = [None] if single else [np.flatnonzero(row_state == j) for j in range(len(states))]
+        key_times: list[dict[int, int]] = []
+        watermarks: list[int | None] = []
+        for j, state in enumerate(states):
+            rows = rows_of[j]
+            arr = arrival if rows is None else arrival[rows]
+            key_time = dict(state.key_time)
+            if not len(arr):
+                key_times.append(key_time)
+                watermarks.append(state.watermark_ms)
+                continue
+            top = int(arr.max())
+            if self.by_key:
+                inst = instance if rows is None else instance[rows]
+                st = start if rows is None else start[rows]
+                part_late = np.zeros(len(arr), dtype=bool)
+                for i in np.unique(inst).tolist():
+                    sel = np.flatnonzero(inst == i)
+                    prior = key_time.get(i)
+                    seq = arr[sel]
+                    running = np.maximum.accumulate(seq if prior is None else np.maximum(seq, prior))
+                    part_late[sel] = st[sel] + w <= running - grace
+                    key_time[i] = int(running[-1])
+                watermark = top if state.watermark_ms is None else max(state.watermark_ms, top)
+            else:
+                prior = state.watermark_ms
+                running = np.maximum.accumulate(arr if prior is None else np.maximum(arr, prior))
+                part_late = (start if rows is None else start[rows]) + w <= running - grace
+                watermark = int(running[-1])
+            if rows is None:
+                late = part_late
+            else:
+                late[rows] = part_late
+            key_times.append(key_time)
+            watermarks.append(watermark)
+        late_counts: list[dict[tuple[int, int, int], int]] = [{} for _ in states]
         if late.any():
-            for key in zip(offsets[late].tolist(), instance[late].tolist(), start[late].tolist(), strict=True):
-                late_counts[key] = late_counts.get(key, 0) + 1
-            partials = partial_aggregates(batch.filter(pa.array(~late)), w)
+            where = np.flatnonzero(late)
+            for j, key in zip((row_state[where] if not single else np.zeros(len(where), np.int64)).tolist(),
+                              zip(offsets[where].tolist(), instance[where].tolist(), start[where].tolist(),
+                                  strict=True), strict=True):
+                late_counts[j][key] = late_counts[j].get(key, 0) + 1
+            counted = batch.filter(pa.array(~late))
+            kept_state = row_state[~late]
+            kept_instance = instance[~late]
         else:
-            partials = partial_aggregates(batch, w)
-        return Prepared(state, partials, late_counts, key_time, watermark, n)
+            counted, kept_state, kept_instance = batch, row_state, instance
+        partials_of: list[list[dict[str, Any]]] = [[] for _ in states]
+        if single:
+            partials_of[0] = partial_aggregates(counted, w)
+        else:
+            # Partials group by instance; an instance lives in one partition (the key is the instance id),
+            # so route them by instance, unless some instance came from two partitions in this batch.
+            pairs = np.unique(np.stack([kept_instance, kept_state]), axis=1) if len(kept_state) else np.empty((2, 0))
+            owner = dict(zip(pairs[0].tolist(), pairs[1].tolist(), strict=True))
+            if len(owner) == pairs.shape[1]:
+                for p in partial_aggregates(counted, w):
+                    partials_of[owner[int(p["instance_id"])]].append(p)
+            else:
+                for j in range(len(states)):
+                    mask = kept_state == j
+                    if mask.any():
+                        partials_of[j] = partial_aggregates(counted.filter(pa.array(mask)), w)
+        counts = np.bincount(row_state, minlength=len(states)) if not single else np.array([n])
+        return [Prepared(state, partials_of[j], late_counts[j], key_times[j], watermarks[j], int(counts[j]))
+                for j, state in enumerate(states)]
 
     def apply(self, prepared: Prepared) -> int:
         """Merge prepared partials into the open windows, record late rows, move event time, close

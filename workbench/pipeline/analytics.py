@@ -67,6 +67,7 @@ Collective anomalies
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
@@ -104,6 +105,7 @@ BATCH_BYTES: Final = 8 * 1024 * 1024
 
 # one buffered message: value, key, headers, topic, partition, offset
 _Message = tuple[Any, Any, Any, str, int, int]
+_VALUE, _KEY, _HEADERS, _TOPIC, _PARTITION, _OFFSET = (operator.itemgetter(i) for i in range(6))
 
 
 def row_partial(row: Mapping[str, Any], window_ms: int = DEFAULT_WINDOW_MS) -> dict[str, Any]:
@@ -273,13 +275,25 @@ class AnalyticsApp(WorkbenchApp):
         """Decode, guard, aggregate and count ``messages``; changes state only once all succeeded."""
         assert self.state is not None and self.guard is not None and self.dead_letters is not None
         state = self.state
-        fresh = [m for m in messages if m[5] >= state.partition(m[3], m[4]).next_offset]
-        if len(fresh) < len(messages):
-            self.status.add("skipped_counted", len(messages) - len(fresh))
+        # the partitions of the batch, and each message's index into them
+        tps = list(zip(map(_TOPIC, messages), map(_PARTITION, messages), strict=True))
+        states = [state.partition(*tp) for tp in dict.fromkeys(tps)]
+        index = {(s.topic, s.partition): j for j, s in enumerate(states)}
+        message_state = np.fromiter(map(index.__getitem__, tps), dtype=np.int64, count=len(messages))
+        message_offset = np.fromiter(map(_OFFSET, messages), dtype=np.int64, count=len(messages))
+        next_offsets = np.array([s.next_offset for s in states], dtype=np.int64)
+        fresh_mask = message_offset >= next_offsets[message_state]
+        if not fresh_mask.all():  # read again after a crash: counted before, skipped
+            self.status.add("skipped_counted", int((~fresh_mask).sum()))
+            fresh_idx = np.flatnonzero(fresh_mask)
+            fresh = [messages[i] for i in fresh_idx.tolist()]
+            fresh_state, fresh_offset = message_state[fresh_idx], message_offset[fresh_idx]
+        else:
+            fresh, fresh_state, fresh_offset = list(messages), message_state, message_offset
         if not fresh:
             return
-        decoded = codec.decode_values([m[0] for m in fresh], headers=[m[2] for m in fresh],
-                                      keys=[m[1] for m in fresh])
+        decoded = codec.decode_values(list(map(_VALUE, fresh)), headers=list(map(_HEADERS, fresh)),
+                                      keys=list(map(_KEY, fresh)))
         rejected: dict[int, str] = dict(decoded.errors)
         batch = decoded.batch
         n = batch.num_rows
@@ -288,38 +302,39 @@ class AnalyticsApp(WorkbenchApp):
         if n:
             source = np.asarray(decoded.source_index, dtype=np.int64)
             times = _int64_column(batch, "arrival_timestamp")
-            starts = np.flatnonzero(np.concatenate(([True], source[1:] != source[:-1])))
-            ends = np.append(starts[1:], n)
-            positions = source[starts]
-            lo = np.minimum.reduceat(times, starts)
-            hi = np.maximum.reduceat(times, starts)
-            keep = np.ones(n, dtype=bool)
+            if len(source) == len(fresh) and not rejected:  # one row per message (JSON): no grouping
+                starts = ends = None
+                positions = source
+                lo = hi = times
+            else:
+                starts = np.flatnonzero(np.concatenate(([True], source[1:] != source[:-1])))
+                ends = np.append(starts[1:], n)
+                positions = source[starts]
+                lo = np.minimum.reduceat(times, starts)
+                hi = np.maximum.reduceat(times, starts)
+            ok = np.ones(len(positions), dtype=bool)
             for i, why in enumerate(self.guard.check_many(lo, hi)):
                 if why is not None:
                     rejected[int(positions[i])] = why
-                    keep[starts[i]:ends[i]] = False
-            ok = np.array([int(p) not in rejected for p in positions.tolist()], dtype=bool) if rejected else None
-            if self.closing_strategy == "partition":
+                    ok[i] = False
+            if starts is None:
+                keep = ok
+                row_message = positions
+            else:
+                sizes = ends - starts
+                keep = np.repeat(ok, sizes)
+                row_message = np.repeat(positions, sizes)
+            if self.closing_strategy == "partition" and starts is not None:
                 lo_ms, hi_ms = lo // 1000, hi // 1000
                 is_wide = (hi_ms - lo_ms > self.grace_ms) & (lo_ms // self.window_ms != hi_ms // self.window_ms)
-                wide = int((is_wide & ok).sum()) if ok is not None else int(is_wide.sum())
-            accepted_messages = len(positions) if ok is None else int(ok.sum())
+                wide = int((is_wide & ok).sum())
+            accepted_messages = int(ok.sum())
             rows_counted = int(keep.sum())
-            # per partition (of the row's message), in message order
-            message_part = np.array([fresh[p][4] for p in positions.tolist()], dtype=np.int64)
-            message_topic = [fresh[p][3] for p in positions.tolist()]
-            row_part = np.repeat(message_part, ends - starts)
-            offsets = np.array([fresh[p][5] for p in positions.tolist()], dtype=np.int64)
-            row_offset = np.repeat(offsets, ends - starts)
-            for topic, part in sorted(set(zip(message_topic, message_part.tolist(), strict=True))):
-                mask = keep & (row_part == part)
-                if len(set(message_topic)) > 1:
-                    topic_rows = np.repeat(np.array([t == topic for t in message_topic]), ends - starts)
-                    mask &= topic_rows
-                if mask.any():
-                    rows = np.flatnonzero(mask)
-                    sub = batch if len(rows) == n else batch.take(rows)
-                    prepared.append(state.prepare(state.partition(topic, part), sub, row_offset[rows]))
+            if rows_counted:
+                if rows_counted < n:
+                    rows = np.flatnonzero(keep)
+                    batch, row_message = batch.take(rows), row_message[rows]
+                prepared = state.prepare(states, batch, fresh_state[row_message], fresh_offset[row_message])
         # --- everything computed: change the state, then tell ----------------------------------------
         closed = 0
         late: dict[tuple[int, int, int], int] = {}
@@ -327,8 +342,11 @@ class AnalyticsApp(WorkbenchApp):
             closed += state.apply(prep)
             for (offset, inst, start), count in prep.late.items():
                 late[(inst, start, offset)] = late.get((inst, start, offset), 0) + count
-        for _value, _key, _headers, topic, partition, offset in fresh:
-            state.advance(state.partition(topic, partition), offset)
+        last = np.full(len(states), -1, dtype=np.int64)
+        np.maximum.at(last, fresh_state, fresh_offset)
+        for j, top in enumerate(last.tolist()):
+            if top >= 0:
+                state.advance(states[j], top)
         if rows_counted:
             self.status.add("events", rows_counted)
             self.status.add("messages", accepted_messages)
