@@ -119,14 +119,15 @@ def bench_analytics(settings: Settings, log: Path, pack: int, profile: Path | No
     app = AnalyticsApp(s, closing_strategy="key" if pack > 1 else "partition")
     timed = _Timed(app.status)
     # The app counts events per batch of messages: the span starts at its first message instead.
-    on_message = app._on_message
+    on_message = getattr(app, "_on_message", None)  # (absent in earlier versions, which counted per message)
 
     def first_message(*args: object) -> bool:
         if timed.first is None:
             timed.first, timed.cpu_first = time.perf_counter(), time.process_time()
         return on_message(*args)
 
-    app._on_message = first_message  # type: ignore[method-assign]
+    if on_message is not None:
+        app._on_message = first_message  # type: ignore[method-assign]
     app.build()
     label = "json" if pack == 1 else "packed"
     profiler = _start_profiler(profile / f"analytics-{label}.txt") if profile else None
