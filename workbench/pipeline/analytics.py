@@ -224,6 +224,7 @@ class AnalyticsApp(WorkbenchApp):
         self._warned_wide = False
         self._late_total = 0
         self._stop_after: int | None = None
+        self._applying = False  # True while a processed batch changes the state (no retry past that point)
 
     # --- per-message step (main thread): buffer only ----------------------------------------------
     def _on_message(self, value: Any, key: Any, _timestamp: int, headers: Any) -> bool:
@@ -249,6 +250,8 @@ class AnalyticsApp(WorkbenchApp):
             except INFRASTRUCTURE_ERRORS:
                 raise
             except Exception:
+                if self._applying:  # the state was half changed: stop; a restart recounts from SQLite exactly
+                    raise
                 logger.warning("a batch of %d messages failed; processing them one by one", len(messages),
                                exc_info=True)
                 for message in messages:
@@ -262,6 +265,8 @@ class AnalyticsApp(WorkbenchApp):
         except INFRASTRUCTURE_ERRORS:
             raise
         except Exception as exc:  # this message's fault: dead-letter it and go on
+            if self._applying:
+                raise
             assert self.state is not None and self.dead_letters is not None
             value, key, headers, topic, partition, offset = message
             reason = f"processing_error: {type(exc).__name__}: {exc}"
@@ -336,6 +341,7 @@ class AnalyticsApp(WorkbenchApp):
                     batch, row_message = batch.take(rows), row_message[rows]
                 prepared = state.prepare(states, batch, fresh_state[row_message], fresh_offset[row_message])
         # --- everything computed: change the state, then tell ----------------------------------------
+        self._applying = True
         closed = 0
         late: dict[tuple[int, int, int], int] = {}
         for prep in prepared:
@@ -361,6 +367,7 @@ class AnalyticsApp(WorkbenchApp):
             self.dead_letters.send(value, rejected[position], key=key, headers=headers, topic=topic,
                                    partition=partition, offset=offset)
             self.status.add("dead_letters")
+        self._applying = False
 
     def _count_late(self, late: Mapping[tuple[int, int, int], int]) -> None:
         for (inst, start, offset), n in sorted(late.items()):
