@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -124,3 +125,25 @@ def test_lost_kafka_commit_does_not_count_twice(kafka_settings: Settings, tmp_pa
     assert again["events"] == 0 and again["skipped_counted"] == 800
     assert stored_windows(kafka_settings) == before
     assert sum(v[0] for v in before.values()) == 800
+
+
+def test_a_topic_created_again_is_read_from_its_start(kafka_settings: Settings, tmp_path: Path) -> None:
+    """Offsets stored for a deleted topic must not hide the messages of a new topic of the same name."""
+    from confluent_kafka.admin import NewTopic
+
+    ensure_topics(kafka_settings)
+    topic = kafka_settings.topic_query_events
+    log = make_log(tmp_path / "l.parquet", rows=300, instances=2, spacing_s=5)
+    Replay(log, settings=kafka_settings, speedup=0, pack=1).run()
+    assert run_analytics(kafka_settings, idle_exit=3, timeout=90, commit_interval=1.0)["events"] == 300
+    admin = AdminClient(kafka_settings.kafka_client_config())
+    admin.delete_topics([topic], operation_timeout=20)[topic].result(30)
+    for _ in range(60):  # deletion is asynchronous
+        try:
+            admin.create_topics([NewTopic(topic, 4, 1)])[topic].result(30)
+            break
+        except Exception:
+            time.sleep(0.5)
+    Replay(log, settings=kafka_settings, speedup=0, pack=1, reset=True).run()
+    again = run_analytics(kafka_settings, idle_exit=3, timeout=90, commit_interval=1.0)
+    assert again["events"] == 300 and again["skipped_counted"] == 0

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -61,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 _CREATE: Final = (
     "CREATE TABLE IF NOT EXISTS analytics_progress (\n  consumer_group TEXT NOT NULL,\n  topic TEXT NOT NULL,\n"
-    "  partition INTEGER NOT NULL,\n  next_offset INTEGER NOT NULL,\n  watermark_ms INTEGER,\n"
+    "  partition INTEGER NOT NULL,\n  next_offset INTEGER NOT NULL,\n  watermark_ms INTEGER,\n  topic_id TEXT,\n"
     "  PRIMARY KEY (consumer_group, topic, partition)\n) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS analytics_open_windows (\n  consumer_group TEXT NOT NULL,\n  topic TEXT NOT NULL,\n"
     "  partition INTEGER NOT NULL,\n  instance_id INTEGER NOT NULL,\n  window_start_ms INTEGER NOT NULL,\n"
@@ -72,9 +73,9 @@ _CREATE: Final = (
     "  PRIMARY KEY (consumer_group, topic, partition, instance_id)\n) WITHOUT ROWID",
 )
 _PROGRESS: Final = (
-    "INSERT INTO analytics_progress (consumer_group, topic, partition, next_offset, watermark_ms) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
-    "next_offset = excluded.next_offset, watermark_ms = excluded.watermark_ms"
+    "INSERT INTO analytics_progress (consumer_group, topic, partition, next_offset, watermark_ms, topic_id) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
+    "next_offset = excluded.next_offset, watermark_ms = excluded.watermark_ms, topic_id = excluded.topic_id"
 )
 _OPEN: Final = (
     "INSERT INTO analytics_open_windows (consumer_group, topic, partition, instance_id, window_start_ms, partial) "
@@ -106,6 +107,7 @@ class PartitionState:
     next_offset: int = 0
     stored_next: int | None = None  # next_offset as SQLite holds it (None: no row yet)
     watermark_ms: int | None = None
+    topic_id: str | None = None  # Kafka's id of the topic the offsets belong to (None: unknown)
     key_time: dict[int, int] = field(default_factory=dict)
     open: dict[WindowKey, dict[str, Any]] = field(default_factory=dict)
     # changed since the last flush:
@@ -161,8 +163,11 @@ class WindowState:
     """
 
     def __init__(self, store: WindowStatsStore, group: str, *, window_ms: int, grace_ms: int,
-                 closing_strategy: Literal["partition", "key"]) -> None:
+                 closing_strategy: Literal["partition", "key"],
+                 topic_id: Callable[[str], str | None] | None = None) -> None:
         self.store = store
+        self.topic_id = topic_id
+        self._topic_ids: dict[str, str | None] = {}
         self.group = group
         self.window_ms = int(window_ms)
         self.grace_ms = int(grace_ms)
@@ -197,16 +202,28 @@ class WindowState:
         return state
 
     def _load(self, topic: str, partition: int) -> PartitionState:
+        if topic not in self._topic_ids:  # asked once per topic and process (outside the transaction)
+            self._topic_ids[topic] = self.topic_id(topic) if self.topic_id is not None else None
         with self.store.transaction() as db:  # one consistent snapshot of the partition's rows
             return self._read(db, topic, partition)
 
     def _read(self, db: Any, topic: str, partition: int) -> PartitionState:
         args = (self.group, topic, partition)
         state = PartitionState(topic, partition)
-        row = db.execute(f"SELECT next_offset, watermark_ms FROM analytics_progress {_WHERE}", args).fetchone()
+        row = db.execute(f"SELECT next_offset, watermark_ms, topic_id FROM analytics_progress {_WHERE}",
+                         args).fetchone()
+        state.topic_id = self._topic_ids.get(topic)
         if row is not None:
             state.next_offset = state.stored_next = int(row[0])
             state.watermark_ms = None if row[1] is None else int(row[1])
+            if row[2] is not None and state.topic_id is not None and row[2] != state.topic_id:
+                # The topic was deleted and created again: its offsets start over, the stored ones
+                # belong to the old topic (skipping below them would drop the new topic's messages).
+                logger.warning("topic %s was created again (id %s, stored offsets were of %s): reading partition "
+                               "%d from its start", topic, state.topic_id, row[2], partition)
+                state.next_offset = 0
+            elif state.topic_id is None:
+                state.topic_id = row[2]
         for instance, latest in db.execute(f"SELECT instance_id, latest_ms FROM analytics_key_time {_WHERE}", args):
             state.key_time[int(instance)] = int(latest)
         dropped = 0
@@ -404,5 +421,5 @@ class WindowState:
                     store.record_late(inst, start, count, source=(p.topic, p.partition, offset))
                 lates += len(p.late)
                 db.executemany(_KEY_TIME, [(*g, inst, p.key_time[inst]) for inst in sorted(p.key_dirty)])
-                db.execute(_PROGRESS, (*g, p.next_offset, p.watermark_ms))
+                db.execute(_PROGRESS, (*g, p.next_offset, p.watermark_ms, p.topic_id))
         return FlushResult(finals, provisional, lates)

@@ -429,7 +429,8 @@ class AnalyticsApp(WorkbenchApp):
         self.guard = EventTimeGuard.from_settings(self.settings)
         store = WindowStatsStore(self.settings.sqlite_path, archive_dir=self.settings.archive_dir)
         self.state = WindowState(store, self.group or consumer_group(APP_NAME), window_ms=self.window_ms,
-                                 grace_ms=self.grace_ms, closing_strategy=self.closing_strategy)
+                                 grace_ms=self.grace_ms, closing_strategy=self.closing_strategy,
+                                 topic_id=self._topic_id)
         self.state.open()
         self.sink = WindowStatsSink(self.state, before_flush=self.process_buffer, status=self.status)
         sdf = app.dataframe(event_topic(app, self.settings))
@@ -447,6 +448,20 @@ class AnalyticsApp(WorkbenchApp):
         """Run until stopped, ``timeout`` s of wall time, ``idle_exit`` s idle or ``count`` closed windows."""
         self._stop_after = count
         return super().run(timeout=timeout, idle_exit=idle_exit)
+
+    def _topic_id(self, topic: str) -> str | None:
+        """Kafka's id of ``topic`` (tells a topic created again under the same name); None when unknown."""
+        try:
+            from confluent_kafka import TopicCollection
+            from confluent_kafka.admin import AdminClient
+
+            admin = AdminClient(self.settings.kafka_client_config())
+            description = admin.describe_topics(TopicCollection([topic]), request_timeout=10)[topic].result(10)
+            return str(description.topic_id)
+        except Exception:  # an old broker or a slow one: the state is kept as stored
+            logger.warning("cannot read the id of topic %s; a topic created again would not be noticed", topic,
+                           exc_info=True)
+            return None
 
     def _cleanup(self) -> None:
         # Quix's last checkpoint (at stop) already wrote everything counted; what is still buffered
