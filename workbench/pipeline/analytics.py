@@ -60,14 +60,15 @@ Retention
     :meth:`WindowStatsStore.archive_older_than` with ``retention_days`` (data time).
 
 Collective anomalies
-    Every 30 s (and when the app stops) :class:`~workbench.analysis.collective.CollectiveStep` scores
-    the closed windows.
+    Every 30 s (in a thread of its own, so consumption goes on) and when the app stops,
+    :class:`~workbench.analysis.collective.CollectiveStep` scores the closed windows.
 """
 
 from __future__ import annotations
 
 import logging
 import operator
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
@@ -221,6 +222,7 @@ class AnalyticsApp(WorkbenchApp):
         self._last_archive = time.monotonic()
         self._last_collective = time.monotonic()
         self.collective = CollectiveStep(settings)
+        self._collective_thread: threading.Thread | None = None
         self._warned_wide = False
         self._late_total = 0
         self._stop_after: int | None = None
@@ -400,11 +402,20 @@ class AnalyticsApp(WorkbenchApp):
         now = time.monotonic()
         if now - self._last_collective >= 30.0:  # collective anomalies of closed windows
             self._last_collective = now
-            self._collective_step()
+            self._start_collective_step()
         if (self.retention_days is not None and self.sink is not None
                 and now - self._last_archive >= self.archive_every_s):
             self._last_archive = now
             self.archive()
+
+    def _start_collective_step(self) -> None:
+        # In a thread of its own: it reads SQLite and writes the lakehouse through its own connections and
+        # takes seconds, which would stall consumption if it ran in the main loop. One at a time.
+        if self._collective_thread is not None and self._collective_thread.is_alive():
+            return
+        self._collective_thread = threading.Thread(target=self._collective_step, name="collective-step",
+                                                   daemon=True)
+        self._collective_thread.start()
 
     def _collective_step(self) -> None:
         try:
@@ -468,6 +479,8 @@ class AnalyticsApp(WorkbenchApp):
         # here was never committed and is read again by the next run.
         if self.sink is not None:
             self.sink.store.close()
+            if self._collective_thread is not None:
+                self._collective_thread.join(300)
             self._collective_step()
 
 
