@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -103,6 +104,10 @@ ClosingStrategy = Literal["partition", "key"]
 BATCH_MESSAGES: Final = 4096
 #: ... or buffered value bytes (packed Arrow messages carry many rows each).
 BATCH_BYTES: Final = 8 * 1024 * 1024
+
+#: Failures that are not a message's fault (the broker, the disk, SQLite): they stop the app, which then
+#: recounts from the last committed state; never a reason to dead-letter messages.
+_FATAL: Final = (*INFRASTRUCTURE_ERRORS, sqlite3.Error)
 
 # one buffered message: value, key, headers, topic, partition, offset
 _Message = tuple[Any, Any, Any, str, int, int]
@@ -151,7 +156,11 @@ class WindowStatsSink(BaseSink):
         """Process the buffered messages, then write the window state (one transaction)."""
         with self.state.lock:
             if self.before_flush is not None:
-                self.before_flush()
+                try:
+                    self.before_flush()
+                except BaseException:  # the checkpoint fails: nothing of it may be written later
+                    self.state.reset()
+                    raise
             result = self.state.flush()
         if self.status is not None and (result.final_rows or result.provisional_rows):
             self.status.add("windows_emitted", result.final_rows)
@@ -238,6 +247,12 @@ class AnalyticsApp(WorkbenchApp):
             self.process_buffer()
         return False  # nothing flows further: the window state is written by the sink's flush
 
+    def on_processing_error(self, exc: Exception, row: Any, _logger: Any) -> bool:
+        """Stop the app: message faults never get here (batches dead-letter their own bad messages), so
+        whatever does is fatal - going on would commit offsets of buffered messages that were not counted."""
+        logger.error("analytics stops: %s: %s", type(exc).__name__, exc)
+        return False
+
     # --- batch processing --------------------------------------------------------------------------
     def process_buffer(self) -> None:
         """Count every buffered message (a batch); dead-letter those that are not valid events."""
@@ -249,7 +264,7 @@ class AnalyticsApp(WorkbenchApp):
                 return
             try:
                 self._process(messages)
-            except INFRASTRUCTURE_ERRORS:
+            except _FATAL:
                 raise
             except Exception:
                 if self._applying:  # the state was half changed: stop; a restart recounts from SQLite exactly
@@ -264,7 +279,7 @@ class AnalyticsApp(WorkbenchApp):
     def _process_alone(self, message: _Message) -> None:
         try:
             self._process([message])
-        except INFRASTRUCTURE_ERRORS:
+        except _FATAL:
             raise
         except Exception as exc:  # this message's fault: dead-letter it and go on
             if self._applying:
