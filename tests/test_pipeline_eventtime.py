@@ -57,3 +57,33 @@ def test_batch_reference_is_a_median_one_message_cannot_move(tmp_path) -> None:
     far = np.array([T0 + 60 * DAY + i for i in range(40)])
     assert guard.batch_reference(far, MEDIAN_MIN_MESSAGES) == int(np.median(far))  # the stream moved
     assert guard.batch_reference(far[:1], 1) == T0  # one message alone cannot
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_check_many_decides_like_check_one_by_one(tmp_path, seed: int) -> None:
+    """The vectorised path and the per-message path reject the same messages and end at the same watermark."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    times = T0 + np.cumsum(rng.integers(0, 60_000_000, n))
+    poison = rng.random(n) < (0.05 if seed % 3 else 0.004)  # rare poison: most batches take the vectorised path
+    times[poison] += rng.choice([400 * DAY, -2 * 365 * DAY, 90 * 365 * DAY], int(poison.sum()))
+    if seed % 2:  # a confirmed jump: a long run ahead of the horizon
+        times[200:] += 30 * DAY
+    spans = rng.integers(0, 5_000_000, n)
+    lo, hi = times, times + spans
+    one, many = _guard(tmp_path), _guard(tmp_path)
+    if seed % 4 < 2:  # with and without a watermark at the start
+        one.check(T0, T0)
+        many.check(T0, T0)
+    expected = []
+    for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+        try:
+            one.check(a, b)
+            expected.append(None)
+        except MessageDecodeError as exc:
+            expected.append(str(exc))
+    got = []
+    for start in range(0, n, 64):  # in batches, as the analytics app calls it
+        got.extend(many.check_many(lo[start:start + 64], hi[start:start + 64]))
+    assert got == expected
+    assert many.watermark_us == one.watermark_us

@@ -110,6 +110,37 @@ class EventTimeGuard:
             return  # the stream jumped: re-anchored on this message
         self.advance(hi_us)
 
+    def check_many(self, lo_us: np.ndarray, hi_us: np.ndarray) -> list[str | None]:
+        """:meth:`check` for many messages in order: each one's rejection reason, None where accepted.
+
+        The common case (a watermark, no pending run of ahead rejections, every message plausible
+        against the watermark as it moves) is one vectorised test; anything else runs :meth:`check`
+        message by message, with the same outcome.
+        """
+        n = len(lo_us)
+        if n == 0:
+            return []
+        lo_us = np.asarray(lo_us, dtype=np.int64)
+        hi_us = np.asarray(hi_us, dtype=np.int64)
+        if self.watermark_us is not None and not self._ahead:
+            # the watermark each message is checked against: the previous one's, all accepted
+            reference = np.maximum.accumulate(np.concatenate(([self.watermark_us], hi_us[:-1])))
+            ok = (lo_us >= self.min_us) & (hi_us < self.max_us) & (hi_us <= reference + self.horizon_us)
+            if self.past_horizon_us is not None:
+                ok &= lo_us >= reference - self.past_horizon_us
+            if ok.all():
+                self.advance(int(hi_us.max()))
+                return [None] * n
+        out: list[str | None] = []
+        for lo, hi in zip(lo_us.tolist(), hi_us.tolist(), strict=True):
+            try:
+                self.check(lo, hi)
+            except MessageDecodeError as exc:
+                out.append(str(exc))
+            else:
+                out.append(None)
+        return out
+
     def ahead_only(self, lo_us: int, hi_us: int) -> bool:
         """True when the absolute bounds hold (so only the horizon rejected the times)."""
         return lo_us >= self.min_us and hi_us < self.max_us

@@ -2,212 +2,171 @@
 
 Pipeline (one Quix app in its own process: ``workbench app analytics``)::
 
-    bytes message --decode--> partial aggregates (1 per window the message touches)
-        --set_timestamp(first arrival of the partial)--> tumbling_window(window_ms, grace_ms)
-        .reduce(merge).final(closing_strategy="partition") --finalize--> WindowStatsSink (UPSERT)
+    bytes message --(buffered)--> decode a batch of messages (codec.decode_values) --> event-time guard
+        --> per partition: late rows counted, the rest aggregated (windows.partial_aggregates) and
+            merged into the open windows (windows.merge) --> windows closed by event time
+    at every checkpoint: one SQLite transaction writes closed windows (final), changed open windows
+    (provisional), late counts, the window state and the consumed offsets (WindowStatsSink.flush)
 
 Throughput
-    A message is decoded once. A packed Arrow message (N rows of one instance) becomes one or a
-    few partials with the vectorised :func:`~workbench.analysis.windows.partial_aggregates`; a
-    one-row JSON message becomes its partial with a scalar fast path (:func:`row_partial`, same
-    result, no Arrow round trip). The window state only ever holds partials; ``cluster_size``
-    travels inside them (never a process-global dict).
+    The per-message Quix step only appends the raw message to a buffer. The buffer is processed as
+    one batch when it holds :data:`BATCH_MESSAGES` messages (or :data:`BATCH_BYTES`), when the
+    consumer is idle, and at every checkpoint: one codec call decodes and validates all its messages
+    (one-row JSON and packed Arrow alike), the event-time guard checks them with one vectorised test,
+    and the aggregation is vectorised. The window state is kept in memory and touches SQLite once per
+    window per checkpoint (:mod:`workbench.pipeline._window_state`) instead of a RocksDB read and
+    write per message; there is no repartition topic and no changelog topic.
+
+Exactly once
+    The window state, the late counts and each partition's next offset are committed in the same
+    SQLite transaction as the window rows, before Quix commits the Kafka offsets; a message below
+    its partition's stored offset is skipped. A kill -9 at any point neither loses nor duplicates a
+    counted event (the argument, case by case, is in :mod:`workbench.pipeline._window_state`).
 
 Keys
     The message key is the instance id (the replay's contract); windows are keyed by it with no
     repartition topic. A message whose key differs from its rows' ``instance_id`` is dead-lettered.
 
-Open windows and the end of input (the flush mechanism)
-    The window's ``after_update`` hook keeps the latest *complete* aggregate of every open window
-    (Quix passes the merged state value, so it includes what was merged before a restart). At every
-    checkpoint (``commit_interval``, default 5 s, only when messages were processed) the sink
-    first upserts the windows that closed, then upserts the open windows that changed as
-    **provisional** rows; it does so once more when the app stops. The store UPSERTs on
-    ``(instance_id, window_start)``, so the real close later replaces a provisional row. Hence
-    every window, including each instance's last one, is in SQLite within one checkpoint of its
-    last event, with no idle timer and no read of Quix state from outside. A provisional row looks
-    exactly like a final one; ``updated_at`` tells when it was written.
+Bad input
+    A message the codec rejects, or whose event time the guard (:mod:`._eventtime`) rejects, goes
+    to the dead-letter topic with its reason; so does a message whose processing fails in a way
+    nobody foresaw (``processing_error: ...``: the batch is then processed message by message to
+    find it). The app goes on.
+
+Open windows and the end of input
+    At every checkpoint (``commit_interval``, default 5 s, only when messages were processed) the
+    sink upserts the windows that closed, then the open windows that changed as **provisional**
+    rows; the store UPSERTs on ``(instance_id, window_start)``, so the real close later replaces a
+    provisional row. Hence every window, including each instance's last one, is in SQLite within one
+    checkpoint of its last event, with no idle timer. A provisional row looks exactly like a final
+    one; ``updated_at`` tells when it was written.
 
 Late events
-    Events older than a closed window (``grace_ms`` of event time after its end, per partition)
-    cannot change it. The window's ``on_late`` hook counts them per window into the
-    ``late_events`` table (:meth:`WindowStatsStore.record_late`), in the status counters
-    (``late_events``) and logs the first and then every 1,000th; they are never silently dropped.
-    With ``closing_strategy="partition"``, grace must cover the event-time disorder inside a
-    partition: an unpaced packed replay puts up to ``batch_size`` rows of event time into one
-    message, so its later windows close other instances' earlier ones. The app counts such wide
-    messages (``wide_messages``) and warns once; raise ``grace_ms`` or use ``closing_strategy="key"``
-    (per-instance event time, safe for any packing) for such replays.
+    A window closes once event time (per partition, or per instance with ``closing_strategy="key"``)
+    reaches its end plus ``grace_ms``; events that come for it later cannot change it. They are
+    counted per window and source message into ``late_event_sources`` (:meth:`WindowStatsStore.record_late`,
+    the ``late_events`` view), in the status counters (``late_events``) and logged (the first and
+    then every 1,000th); they are never silently dropped. With ``closing_strategy="partition"``,
+    grace must cover the event-time disorder inside a partition: an unpaced packed replay puts up to
+    ``batch_size`` rows of event time into one message, so its later windows close other instances'
+    earlier ones. The app counts such wide messages (``wide_messages``) and warns once; raise
+    ``grace_ms`` or use ``closing_strategy="key"`` (per-instance event time, safe for any packing).
+
+Sums
+    Window sums saturate at the int64 bounds (:func:`~workbench.analysis.windows.merge`).
 
 Retention
     Every ``archive_every_s`` (default 1 h) the app calls
     :meth:`WindowStatsStore.archive_older_than` with ``retention_days`` (data time).
+
+Collective anomalies
+    Every 30 s (in a thread of its own, so consumption goes on) and when the app stops,
+    :class:`~workbench.analysis.collective.CollectiveStep` scores the closed windows.
 """
 
 from __future__ import annotations
 
 import logging
+import operator
+import threading
 import time
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Literal
 
 import numpy as np
 from quixstreams import Application
-from quixstreams.sinks import BatchingSink, SinkBatch
+from quixstreams.context import message_context
+from quixstreams.sinks import BaseSink
 
-from workbench.analysis.classify import QUEUE_MIN_MS, classify_query
 from workbench.analysis.collective import CollectiveStep
-from workbench.analysis.windows import (
-    CLASS_COUNT_KEYS,
-    DEFAULT_WINDOW_MS,
-    SLOW_MS,
-    finalize,
-    hist_bin,
-    merge,
-    partial_aggregates,
-)
+from workbench.analysis.windows import DEFAULT_WINDOW_MS, partial_aggregates
 from workbench.config import Settings
 from workbench.data import codec
-from workbench.data.codec import MessageDecodeError
-from workbench.pipeline._app import WorkbenchApp, build_application
+from workbench.pipeline._app import INFRASTRUCTURE_ERRORS, WorkbenchApp, build_application
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._decode import event_topic
 from workbench.pipeline._eventtime import EventTimeGuard
+from workbench.pipeline._names import consumer_group
 from workbench.pipeline._quix import register_periodic
 from workbench.pipeline._status import AppResult, AppStatus
+from workbench.pipeline._window_state import FlushResult, Prepared, WindowState
 from workbench.pipeline.exceptions import PipelineConfigError
-from workbench.store.window_stats import WindowStatsStore
+from workbench.store.window_stats import WindowStatsStore, database_errors
 
-__all__ = ["APP_NAME", "AnalyticsApp", "WindowStatsSink", "row_partial", "run_analytics"]
+__all__ = ["APP_NAME", "BATCH_BYTES", "BATCH_MESSAGES", "AnalyticsApp", "WindowStatsSink", "row_partial",
+           "run_analytics"]
 
 logger = logging.getLogger(__name__)
 
 APP_NAME = "analytics"
 ClosingStrategy = Literal["partition", "key"]
+#: Buffered messages processed as one batch (more: fewer Python calls per event, more memory and latency).
+BATCH_MESSAGES: Final = 4096
+#: ... or buffered value bytes (packed Arrow messages carry many rows each).
+BATCH_BYTES: Final = 8 * 1024 * 1024
+
+#: Failures that are not a message's fault (the broker, the disk, SQLite): they stop the app, which then
+#: recounts from the last committed state; never a reason to dead-letter messages.
+_FATAL: Final = (*INFRASTRUCTURE_ERRORS, *database_errors())
+
+# one buffered message: value, key, headers, topic, partition, offset
+_Message = tuple[Any, Any, Any, str, int, int]
+_VALUE, _KEY, _HEADERS, _TOPIC, _PARTITION, _OFFSET = (operator.itemgetter(i) for i in range(6))
 
 
 def row_partial(row: Mapping[str, Any], window_ms: int = DEFAULT_WINDOW_MS) -> dict[str, Any]:
-    """The partial aggregate of one row; equal to ``partial_aggregates`` of that row as a batch.
+    """The partial aggregate of one decoded row (:func:`~workbench.data.codec.decode_row`).
 
-    Parameters
-    ----------
-    row : Mapping
-        A decoded event (:func:`~workbench.data.codec.decode_row`, with ``arrival_us``).
-    window_ms : int
-        Window length in ms.
+    It is :func:`~workbench.analysis.windows.partial_aggregates` of that row as a one-row batch, so
+    every key the partial model defines is there.
     """
-    arrival = int(row["arrival_us"]) // 1000
-    cls = classify_query(row)
-    exec_ms = row.get("execution_duration_ms")
-    size = row.get("cluster_size")
-    counts = dict.fromkeys(CLASS_COUNT_KEYS, 0)
-    counts[f"{cls}_queries"] = 1
-    spilled, queue = int(row.get("mbytes_spilled") or 0), int(row.get("queue_duration_ms") or 0)
-    return {
-        "instance_id": int(row["instance_id"]),
-        "window_start_ms": arrival // window_ms * window_ms,
-        "window_ms": int(window_ms),
-        "cluster_size": None if size is None else int(size),
-        "cluster_size_at_ms": -1 if size is None else arrival,
-        "total_queries": 1,
-        **counts,
-        "cached_queries": int(bool(row.get("was_cached"))),
-        "aborted_queries": int(bool(row.get("was_aborted"))),
-        "spilled_queries": int(spilled > 0),
-        "queued_queries": int(queue > QUEUE_MIN_MS),
-        "slow_queries": int(int(exec_ms or 0) > SLOW_MS),
-        "queue_max_ms": queue,
-        "spilled_mb": spilled,
-        "queue_ms": queue,
-        "exec_ms": int(exec_ms or 0),
-        "exec_count": 0 if exec_ms is None else 1,
-        "exec_min_ms": None if exec_ms is None else int(exec_ms),
-        "exec_max_ms": None if exec_ms is None else int(exec_ms),
-        "exec_hist": {} if exec_ms is None else {str(int(hist_bin(np.array([exec_ms]))[0])): 1},
-        "anomalies": 0,
-        "first_arrival_ms": arrival,
-        "last_arrival_ms": arrival,
-    }
+    return partial_aggregates(codec.rows_to_batch([dict(row)]), window_ms)[0]
 
 
-class OpenWindows:
-    """The latest merged aggregate of every open window, and which changed since the last flush."""
+class WindowStatsSink(BaseSink):
+    """The checkpoint hook: Quix flushes it before committing offsets, and it writes the window state.
 
-    def __init__(self) -> None:
-        self.windows: dict[tuple[int, int], dict[str, Any]] = {}
-        self.dirty: set[tuple[int, int]] = set()
-
-    def update(self, aggregated: Mapping[str, Any]) -> None:
-        """Remember ``aggregated`` (called from the window's ``after_update`` hook)."""
-        key = (int(aggregated["instance_id"]), int(aggregated["window_start_ms"]))
-        self.windows[key] = dict(aggregated)
-        self.dirty.add(key)
-
-    def close(self, aggregated: Mapping[str, Any]) -> None:
-        """Forget a window that was emitted as final."""
-        key = (int(aggregated["instance_id"]), int(aggregated["window_start_ms"]))
-        self.windows.pop(key, None)
-        self.dirty.discard(key)
-
-    def take_dirty(self, *, everything: bool = False) -> list[dict[str, Any]]:
-        """Finalized rows of the changed (or all) open windows; clears the changed set."""
-        keys = list(self.windows) if everything else [k for k in self.dirty if k in self.windows]
-        self.dirty.clear()
-        return [finalize(self.windows[k]) for k in sorted(keys)]
-
-
-class WindowStatsSink(BatchingSink):
-    """Quix sink that UPSERTs window rows into ``window_stats`` (SQLite, WAL) at each checkpoint.
-
-    Besides the closed windows it receives, it writes the changed open windows of ``open_windows``
-    as provisional rows after them (see the module docstring).
+    No message reaches it (``add`` is never called): :meth:`flush` first processes the app's buffered
+    messages, then commits :class:`~workbench.pipeline._window_state.WindowState` in one SQLite
+    transaction.
 
     Parameters
     ----------
-    store : WindowStatsStore
-        Not yet opened; :meth:`setup` opens it.
-    open_windows : OpenWindows, optional
-        Open windows to write provisionally at each flush.
+    state : WindowState
+        The app's window state.
+    before_flush : callable, optional
+        Called first (the app processes its buffered messages).
     status : AppStatus, optional
         Receives ``windows_emitted``, ``provisional_rows`` and ``sink_rows`` counts.
     """
 
-    def __init__(self, store: WindowStatsStore, *, open_windows: OpenWindows | None = None,
-                 status: AppStatus | None = None) -> None:
+    def __init__(self, state: WindowState, *, before_flush: Any = None, status: AppStatus | None = None) -> None:
         super().__init__()
-        self.store = store
-        self.open_windows = open_windows
+        self.state = state
+        self.store = state.store
+        self.before_flush = before_flush
         self.status = status
+        self.flushed = FlushResult()
 
-    def setup(self) -> None:
-        """Open the SQLite store (creates the table)."""
-        self.store.open()
-
-    def _count(self, name: str, n: int) -> None:
-        if self.status is not None:
-            self.status.add(name, n)
-
-    def write(self, batch: SinkBatch) -> None:
-        """UPSERT the closed windows of one topic partition."""
-        rows = [item.value for item in batch]
-        written = self.store.upsert(rows)
-        self._count("windows_emitted", written)
-        self._count("sink_rows", written)
+    def add(self, value: Any, key: Any, timestamp: int, headers: Any, topic: str, partition: int,
+            offset: int) -> None:
+        """Unused: the app's pipeline ends before the sink (the state is written in :meth:`flush`)."""
 
     def flush(self) -> None:
-        """Write the closed windows, then the changed open windows (provisional rows)."""
-        super().flush()
-        self.flush_open_windows()
-
-    def flush_open_windows(self, *, everything: bool = False) -> int:
-        """UPSERT the changed (or all) open windows as provisional rows; returns rows written."""
-        if self.open_windows is None:
-            return 0
-        rows = self.open_windows.take_dirty(everything=everything)
-        written = self.store.upsert(rows) if rows else 0
-        self._count("provisional_rows", written)
-        self._count("sink_rows", written)
-        return written
+        """Process the buffered messages, then write the window state (one transaction)."""
+        with self.state.lock:
+            if self.before_flush is not None:
+                try:
+                    self.before_flush()
+                except BaseException:  # the checkpoint fails: nothing of it may be written later
+                    self.state.reset()
+                    raise
+            result = self.state.flush()
+        if self.status is not None and (result.final_rows or result.provisional_rows):
+            self.status.add("windows_emitted", result.final_rows)
+            self.status.add("provisional_rows", result.provisional_rows)
+            self.status.add("sink_rows", result.final_rows + result.provisional_rows)
+        self.flushed = result
 
 
 class AnalyticsApp(WorkbenchApp):
@@ -226,15 +185,17 @@ class AnalyticsApp(WorkbenchApp):
     retention_days : float, optional
         Archive windows older than this (data time) every ``archive_every_s``; None disables.
     group : str, optional
-        Consumer group (default ``workbench-analytics``).
+        Consumer group (default ``workbench-analytics``); the window state belongs to it.
     commit_interval : float
         Seconds between checkpoints (sink writes and offset commits).
+    batch_messages : int
+        Buffered messages processed as one batch (default :data:`BATCH_MESSAGES`).
     """
 
     def __init__(self, settings: Settings, *, window_ms: int = DEFAULT_WINDOW_MS, grace_ms: int = 300_000,
                  closing_strategy: ClosingStrategy = "partition", retention_days: float | None = 8.0,
                  archive_every_s: float = 3600.0, group: str | None = None, commit_interval: float = 5.0,
-                 status_interval: float = 1.0) -> None:
+                 status_interval: float = 1.0, batch_messages: int = BATCH_MESSAGES) -> None:
         if window_ms <= 0 or grace_ms < 0:
             msg = (f"AnalyticsApp needs window_ms > 0 and grace_ms >= 0 (milliseconds). Got window_ms={window_ms!r}, "
                    f"grace_ms={grace_ms!r} instead.")
@@ -246,6 +207,9 @@ class AnalyticsApp(WorkbenchApp):
         if retention_days is not None and not retention_days > 0:
             msg = f"retention_days must be a positive number of days or None. Got {retention_days!r} instead."
             raise PipelineConfigError(msg)
+        if int(batch_messages) < 1:
+            msg = f"batch_messages must be at least 1. Got {batch_messages!r} instead."
+            raise PipelineConfigError(msg)
         self.settings = settings
         self.window_ms = int(window_ms)
         self.grace_ms = int(grace_ms)
@@ -254,94 +218,219 @@ class AnalyticsApp(WorkbenchApp):
         self.archive_every_s = archive_every_s
         self.group = group
         self.commit_interval = commit_interval
+        self.batch_messages = int(batch_messages)
         self.status = AppStatus(settings, APP_NAME, interval=status_interval)
-        self.open_windows = OpenWindows()
         self.app: Application | None = None
         self.sink: WindowStatsSink | None = None
+        self.state: WindowState | None = None
         self.dead_letters: DeadLetters | None = None
         self.guard: EventTimeGuard | None = None
+        self._buffer: list[_Message] = []
+        self._buffered_bytes = 0
+        self._seen_at_tick = 0
         self._last_archive = time.monotonic()
         self._last_collective = time.monotonic()
         self.collective = CollectiveStep(settings)
+        self._collective_thread: threading.Thread | None = None
         self._warned_wide = False
+        self._late_total = 0
+        self._stop_after: int | None = None
+        self._applying = False  # True while a processed batch changes the state (no retry past that point)
 
-    # --- per-message steps (main thread) --------------------------------------------------------
-    def _partials(self, value: bytes | None, key: Any, _timestamp: int, headers: Any) -> list[dict[str, Any]]:
-        """Decode one message into its partial aggregates; dead-letter it when it is not a valid event.
+    # --- per-message step (main thread): buffer only ----------------------------------------------
+    def _on_message(self, value: Any, key: Any, _timestamp: int, headers: Any) -> bool:
+        ctx = message_context()
+        self._buffer.append((value, key, headers, ctx.topic, ctx.partition, ctx.offset))
+        if value:
+            self._buffered_bytes += len(value)
+        if len(self._buffer) >= self.batch_messages or self._buffered_bytes >= BATCH_BYTES:
+            self.process_buffer()
+        return False  # nothing flows further: the window state is written by the sink's flush
 
-        The codec decides validity (key included); the event-time guard then decides whether
-        the event may move event time. Anything else that fails for this one message is caught by
-        :meth:`on_processing_error` (the app's per-message boundary).
-        """
-        assert self.dead_letters is not None and self.guard is not None
+    def on_processing_error(self, exc: Exception, row: Any, _logger: Any) -> bool:
+        """Stop the app: message faults never get here (batches dead-letter their own bad messages), so
+        whatever does is fatal - going on would commit offsets of buffered messages that were not counted."""
+        logger.error("analytics stops: %s: %s", type(exc).__name__, exc)
+        return False
+
+    # --- batch processing --------------------------------------------------------------------------
+    def process_buffer(self) -> None:
+        """Count every buffered message (a batch); dead-letter those that are not valid events."""
+        assert self.state is not None
+        with self.state.lock:
+            messages, self._buffer, self._buffered_bytes = self._buffer, [], 0
+            self._seen_at_tick = 0
+            if not messages:
+                return
+            try:
+                self._process(messages)
+            except _FATAL:
+                raise
+            except Exception:
+                if self._applying:  # the state was half changed: stop; a restart recounts from SQLite exactly
+                    raise
+                logger.warning("a batch of %d messages failed; processing them one by one", len(messages),
+                               exc_info=True)
+                for message in messages:
+                    self._process_alone(message)
+            if self._stop_after and self.status.counters.get("windows_closed", 0) >= self._stop_after:
+                self.stop()
+
+    def _process_alone(self, message: _Message) -> None:
         try:
-            if (codec.header(headers, "encoding") or codec.ENCODING_JSON) == codec.ENCODING_JSON:
-                row = codec.decode_row(value, headers, key=key, check_key=True)
-                arrival_us = row["arrival_us"]
-                self.guard.check(arrival_us, arrival_us)
-                partials = [row_partial(row, self.window_ms)]
-                rows = 1
-            else:
-                decoded = codec.decode_values([value], headers=[headers], keys=[key])
-                if decoded.errors:
-                    code, _, detail = decoded.errors[0][1].partition(": ")
-                    raise MessageDecodeError(code, detail)
-                batch = decoded.batch
-                rows = batch.num_rows
-                if rows:
-                    self.guard.check(*codec.int64_bounds(batch.column("arrival_timestamp")))
-                partials = partial_aggregates(batch, self.window_ms)
-        except MessageDecodeError as exc:
-            self.dead_letters.send(value, str(exc), key=key, headers=headers)
+            self._process([message])
+        except _FATAL:
+            raise
+        except Exception as exc:  # this message's fault: dead-letter it and go on
+            if self._applying:
+                raise
+            assert self.state is not None and self.dead_letters is not None
+            value, key, headers, topic, partition, offset = message
+            reason = f"processing_error: {type(exc).__name__}: {exc}"
+            logger.warning("message failed in processing, dead-lettered: %s", reason[:300], exc_info=exc)
+            self.dead_letters.send(value, reason, key=key, headers=headers, topic=topic, partition=partition,
+                                   offset=offset)
+            self.state.advance(self.state.partition(topic, partition), offset)
             self.status.add("dead_letters")
-            return []
-        self.status.add("events", rows)
-        self.status.add("messages")
-        if len(partials) > 1:
-            span = max(p["last_arrival_ms"] for p in partials) - min(p["first_arrival_ms"] for p in partials)
-            if span > self.grace_ms and self.closing_strategy == "partition":
-                self.status.add("wide_messages")
-                if not self._warned_wide:
-                    self._warned_wide = True
-                    logger.warning(
-                        "a message spans %d ms of event time, more than grace_ms=%d: with closing_strategy="
-                        "'partition' its later windows can close other instances' windows early (their events "
-                        "then count as late). Raise grace_ms or use closing_strategy='key' for such replays.",
-                        span, self.grace_ms)
-        return partials
 
-    def _after_update(self, aggregated: Any, _value: Any, _key: Any, _ts: int, _headers: Any) -> bool:
-        self.open_windows.update(aggregated)
-        return False
+    def _process(self, messages: Sequence[_Message]) -> None:
+        """Decode, guard, aggregate and count ``messages``; changes state only once all succeeded."""
+        assert self.state is not None and self.guard is not None and self.dead_letters is not None
+        state = self.state
+        # the partitions of the batch, and each message's index into them
+        tps = list(zip(map(_TOPIC, messages), map(_PARTITION, messages), strict=True))
+        states = [state.partition(*tp) for tp in dict.fromkeys(tps)]
+        index = {(s.topic, s.partition): j for j, s in enumerate(states)}
+        message_state = np.fromiter(map(index.__getitem__, tps), dtype=np.int64, count=len(messages))
+        message_offset = np.fromiter(map(_OFFSET, messages), dtype=np.int64, count=len(messages))
+        next_offsets = np.array([s.next_offset for s in states], dtype=np.int64)
+        fresh_mask = message_offset >= next_offsets[message_state]
+        if not fresh_mask.all():  # read again after a crash: counted before, skipped
+            self.status.add("skipped_counted", int((~fresh_mask).sum()))
+            fresh_idx = np.flatnonzero(fresh_mask)
+            fresh = [messages[i] for i in fresh_idx.tolist()]
+            fresh_state, fresh_offset = message_state[fresh_idx], message_offset[fresh_idx]
+        else:
+            fresh, fresh_state, fresh_offset = list(messages), message_state, message_offset
+        if not fresh:
+            return
+        decoded = codec.decode_values(list(map(_VALUE, fresh)), headers=list(map(_HEADERS, fresh)),
+                                      keys=list(map(_KEY, fresh)))
+        rejected: dict[int, str] = dict(decoded.errors)
+        batch = decoded.batch
+        n = batch.num_rows
+        prepared: list[Prepared] = []
+        accepted_messages = rows_counted = wide = 0
+        if n:
+            source = np.asarray(decoded.source_index, dtype=np.int64)
+            times = _int64_column(batch, "arrival_timestamp")
+            if len(source) == len(fresh) and not rejected:  # one row per message (JSON): no grouping
+                starts = ends = None
+                positions = source
+                lo = hi = times
+            else:
+                starts = np.flatnonzero(np.concatenate(([True], source[1:] != source[:-1])))
+                ends = np.append(starts[1:], n)
+                positions = source[starts]
+                lo = np.minimum.reduceat(times, starts)
+                hi = np.maximum.reduceat(times, starts)
+            ok = np.ones(len(positions), dtype=bool)
+            for i, why in enumerate(self.guard.check_many(lo, hi)):
+                if why is not None:
+                    rejected[int(positions[i])] = why
+                    ok[i] = False
+            if starts is None:
+                keep = ok
+                row_message = positions
+            else:
+                sizes = ends - starts
+                keep = np.repeat(ok, sizes)
+                row_message = np.repeat(positions, sizes)
+            if self.closing_strategy == "partition" and starts is not None:
+                lo_ms, hi_ms = lo // 1000, hi // 1000
+                is_wide = (hi_ms - lo_ms > self.grace_ms) & (lo_ms // self.window_ms != hi_ms // self.window_ms)
+                wide = int((is_wide & ok).sum())
+            accepted_messages = int(ok.sum())
+            rows_counted = int(keep.sum())
+            if rows_counted:
+                if rows_counted < n:
+                    rows = np.flatnonzero(keep)
+                    batch, row_message = batch.take(rows), row_message[rows]
+                prepared = state.prepare(states, batch, fresh_state[row_message], fresh_offset[row_message])
+        # --- everything computed: change the state, then tell ----------------------------------------
+        self._applying = True
+        closed = 0
+        late: dict[tuple[int, int, int], int] = {}
+        for prep in prepared:
+            closed += state.apply(prep)
+            for (offset, inst, start), count in prep.late.items():
+                late[(inst, start, offset)] = late.get((inst, start, offset), 0) + count
+        last = np.full(len(states), -1, dtype=np.int64)
+        np.maximum.at(last, fresh_state, fresh_offset)
+        for j, top in enumerate(last.tolist()):
+            if top >= 0:
+                state.advance(states[j], top)
+        if rows_counted:
+            self.status.add("events", rows_counted)
+            self.status.add("messages", accepted_messages)
+        if closed:
+            self.status.add("windows_closed", closed)
+        if late:
+            self._count_late(late)
+        if wide:
+            self._count_wide(wide)
+        for position in sorted(rejected):
+            value, key, headers, topic, partition, offset = fresh[position]
+            self.dead_letters.send(value, rejected[position], key=key, headers=headers, topic=topic,
+                                   partition=partition, offset=offset)
+            self.status.add("dead_letters")
+        self._applying = False
 
-    def _on_late(self, value: Any, _key: Any, _ts: int, late_by_ms: int, start: int, _end: int, _name: str,
-                 topic: str, partition: int, offset: int) -> bool:
-        n = int(value.get("total_queries", 1)) if isinstance(value, Mapping) else 1
-        before = self.status.counters.get("late_events", 0)
-        self.status.add("late_events", n)
-        if self.sink is not None:
-            # Keyed by the late message: a re-processed message (after a crash) replaces its count.
-            self.sink.store.record_late(int(value["instance_id"]), int(start), n, source=(topic, partition, offset))
-        if before == 0 or before // 1000 != (before + n) // 1000:
-            logger.warning("late events dropped from closed window instance_id=%s window_start_ms=%d count=%d "
-                           "late_by_ms=%d source=%s[%s]@%s total_late=%d", value.get("instance_id"), start, n,
-                           late_by_ms, topic, partition, offset, before + n)
-        return False
+    def _count_late(self, late: Mapping[tuple[int, int, int], int]) -> None:
+        for (inst, start, offset), n in sorted(late.items()):
+            before = self._late_total
+            self._late_total += n
+            self.status.add("late_events", n)
+            if before == 0 or before // 1000 != self._late_total // 1000:
+                logger.warning("late events dropped from closed window instance_id=%s window_start_ms=%d count=%d "
+                               "source_offset=%s total_late=%d", inst, start, n, offset, self._late_total)
 
-    def _closed(self, window: Mapping[str, Any]) -> dict[str, Any]:
-        agg = window["value"]
-        self.open_windows.close(agg)
-        return finalize(agg)
+    def _count_wide(self, wide: int) -> None:
+        self.status.add("wide_messages", wide)
+        if not self._warned_wide:
+            self._warned_wide = True
+            logger.warning(
+                "a message spans more than grace_ms=%d of event time: with closing_strategy='partition' its later "
+                "windows can close other instances' windows early (their events then count as late). Raise "
+                "grace_ms or use closing_strategy='key' for such replays.", self.grace_ms)
 
     def _tick(self) -> None:
+        # Called after every poll: an idle poll (no new message since the last tick) processes the buffer,
+        # so counts and the end of a replay do not wait for a full batch or the checkpoint.
+        pending = len(self._buffer)
+        if pending:
+            if pending == self._seen_at_tick:
+                self.process_buffer()
+            else:
+                self._seen_at_tick = pending
         self.status.maybe_publish()
-        if time.monotonic() - self._last_collective >= 30.0:  # collective anomalies of closed windows
-            self._last_collective = time.monotonic()
-            self._collective_step()
+        now = time.monotonic()
+        if now - self._last_collective >= 30.0:  # collective anomalies of closed windows
+            self._last_collective = now
+            self._start_collective_step()
         if (self.retention_days is not None and self.sink is not None
-                and time.monotonic() - self._last_archive >= self.archive_every_s):
-            self._last_archive = time.monotonic()
+                and now - self._last_archive >= self.archive_every_s):
+            self._last_archive = now
             self.archive()
+
+    def _start_collective_step(self) -> None:
+        # In a thread of its own: it reads SQLite and writes the lakehouse through its own connections and
+        # takes seconds, which would stall consumption if it ran in the main loop. One at a time.
+        if self._collective_thread is not None and self._collective_thread.is_alive():
+            return
+        self._collective_thread = threading.Thread(target=self._collective_step, name="collective-step",
+                                                   daemon=True)
+        self._collective_thread.start()
 
     def _collective_step(self) -> None:
         from workbench.pipeline._instance import exclusive
@@ -364,19 +453,17 @@ class AnalyticsApp(WorkbenchApp):
     def build(self) -> Application:
         """Declare the Quix pipeline; returns the Application (not started)."""
         app = build_application(self.settings, APP_NAME, group=self.group, commit_interval=self.commit_interval,
-                                on_processing_error=self.on_processing_error)
+                                on_processing_error=self.on_processing_error, use_changelog_topics=False)
         self.dead_letters = DeadLetters(self.settings, APP_NAME, app.get_producer())
         self.guard = EventTimeGuard.from_settings(self.settings)
         store = WindowStatsStore.from_settings(self.settings)  # SQLite in the home, or PostgreSQL
-        self.sink = WindowStatsSink(store, open_windows=self.open_windows, status=self.status)
+        self.state = WindowState(store, self.group or consumer_group(APP_NAME), window_ms=self.window_ms,
+                                 grace_ms=self.grace_ms, closing_strategy=self.closing_strategy,
+                                 topic_id=self._topic_id)
+        self.state.open()
+        self.sink = WindowStatsSink(self.state, before_flush=self.process_buffer, status=self.status)
         sdf = app.dataframe(event_topic(app, self.settings))
-        sdf = sdf.apply(self._partials, metadata=True, expand=True)
-        sdf = sdf.set_timestamp(lambda value, _key, _ts, _headers: int(value["first_arrival_ms"]))
-        window = sdf.tumbling_window(duration_ms=self.window_ms, grace_ms=self.grace_ms, name="window_stats",
-                                     on_late=self._on_late, after_update=self._after_update)
-        sdf = window.reduce(reducer=merge, initializer=lambda value: value).final(
-            closing_strategy=self.closing_strategy)
-        sdf = sdf.apply(self._closed)
+        sdf = sdf.filter(self._on_message, metadata=True)
         sdf.sink(self.sink)
         register_periodic(app, self._tick)
         self.status.info.update({"window_ms": self.window_ms, "grace_ms": self.grace_ms,
@@ -385,16 +472,39 @@ class AnalyticsApp(WorkbenchApp):
         self.app = app
         return app
 
+    def run(self, *, timeout: float | None = None, idle_exit: float | None = None,
+            count: int | None = None) -> AppResult:
+        """Run until stopped, ``timeout`` s of wall time, ``idle_exit`` s idle or ``count`` closed windows."""
+        self._stop_after = count
+        return super().run(timeout=timeout, idle_exit=idle_exit)
+
+    def _topic_id(self, topic: str) -> str | None:
+        """Kafka's id of ``topic`` (tells a topic created again under the same name); None when unknown."""
+        try:
+            from confluent_kafka import TopicCollection
+            from confluent_kafka.admin import AdminClient
+
+            admin = AdminClient(self.settings.kafka_client_config())
+            description = admin.describe_topics(TopicCollection([topic]), request_timeout=10)[topic].result(10)
+            return str(description.topic_id)
+        except Exception:  # an old broker or a slow one: the state is kept as stored
+            logger.warning("cannot read the id of topic %s; a topic created again would not be noticed", topic,
+                           exc_info=True)
+            return None
+
     def _cleanup(self) -> None:
-        # Every window still open (each instance's last one included) is written before exit.
+        # Quix's last checkpoint (at stop) already wrote everything counted; what is still buffered
+        # here was never committed and is read again by the next run.
         if self.sink is not None:
-            try:
-                if self.open_windows.windows:
-                    self.sink.store.open()
-                    self.sink.flush_open_windows(everything=True)
-            finally:
-                self.sink.store.close()
+            self.sink.store.close()
+            if self._collective_thread is not None:
+                self._collective_thread.join(300)
             self._collective_step()
+
+
+def _int64_column(batch: Any, name: str) -> np.ndarray:
+    array = batch.column(name)
+    return np.frombuffer(array.buffers()[1], dtype=np.int64, count=len(array), offset=array.offset * 8)
 
 
 def run_analytics(settings: Settings, *, timeout: float | None = None, idle_exit: float | None = None,

@@ -67,7 +67,8 @@ from workbench.store.exceptions import RowValidationError, StoreError, StoreNotF
 if TYPE_CHECKING:
     from workbench.config import Settings
 
-__all__ = ["ADDED_COLUMNS", "WINDOW_STATS_COLUMNS", "WINDOW_STATS_SCHEMA", "ArchiveResult", "WindowStatsStore",
+__all__ = ["ADDED_COLUMNS", "WINDOW_STATS_COLUMNS", "WINDOW_STATS_SCHEMA", "ArchiveResult", "Transaction",
+           "WindowStatsStore", "database_errors",
            "migrate", "to_epoch_ms"]
 
 logger = logging.getLogger(__name__)
@@ -299,6 +300,44 @@ class ArchiveResult:
     files: tuple[Path, ...]
 
 
+def database_errors() -> tuple[type[BaseException], ...]:
+    """Errors of the databases a store can sit on (SQLite; PostgreSQL's psycopg when it is installed)."""
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.Error,)
+    return (sqlite3.Error, psycopg.Error)
+
+
+class Transaction:
+    """The connection of one :meth:`WindowStatsStore.transaction`, taking SQLite-dialect statements.
+
+    ``?`` placeholders, ``INTEGER`` columns and ``WITHOUT ROWID`` tables are translated for PostgreSQL,
+    so a caller keeping its own tables beside ``window_stats`` writes its SQL once.
+    """
+
+    def __init__(self, connection: Any, dialect: _Dialect) -> None:
+        self._db = connection
+        self._dialect = dialect
+
+    def _sql(self, sql: str) -> str:
+        if self._dialect is _SQLITE:
+            return sql
+        return sql.replace("?", "%s").replace(" WITHOUT ROWID", "").replace(" INTEGER", " BIGINT")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement; returns the cursor (iterable, ``fetchone``)."""
+        return self._db.execute(self._sql(sql), params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement for every row of ``rows``."""
+        cur = self._db.cursor()
+        try:
+            cur.executemany(self._sql(sql), list(rows))
+        finally:
+            cur.close()
+
+
 class WindowStatsStore(ConnectionStore):
     """The ``window_stats`` table in SQLite or PostgreSQL: idempotent upserts, reads and Parquet archiving.
 
@@ -365,7 +404,10 @@ class WindowStatsStore(ConnectionStore):
             self._select_list = _column_sql(_existing_columns(con))
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
+        # check_same_thread=False: Quix flushes sinks from a worker thread on a partition revoke (never
+        # at the same time as the main thread, which waits for it).
+        con = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None,
+                              check_same_thread=False)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
         con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
@@ -481,6 +523,9 @@ class WindowStatsStore(ConnectionStore):
             return 0
         # Key order: two writers of overlapping windows lock rows in the same order (no deadlock).
         params.sort(key=lambda p: (p[0], p[1]))
+        if self._in_transaction():  # inside transaction(): part of the caller's atomic write
+            self._transaction_view().executemany(self._upsert_sql, params)
+            return len(params)
         for attempt in (1, 2):
             try:
                 with self._write_transaction() as db:
@@ -514,6 +559,35 @@ class WindowStatsStore(ConnectionStore):
 
     def _db_broken(self) -> bool:
         return self._con is not None and bool(getattr(self._con, "broken", False))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One write transaction: :meth:`upsert`, :meth:`record_late` and the statements run on the
+        yielded :class:`Transaction` inside it commit together, or not at all (the stream-analytics app
+        stores its consumed offsets and window state with the windows this way).
+
+        Statements are written once, in SQLite's dialect (``?`` placeholders); on PostgreSQL they are
+        translated, and the transactions of all processes take turns on one advisory lock, so a
+        read-check-write inside one (e.g. a stored offset compared before it is replaced) is as
+        serial as SQLite's ``BEGIN IMMEDIATE`` makes it.
+        """
+        with self._write_transaction() as db:
+            if self.url is not None:
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (_postgres.lock_key("window_stats.transaction"),))
+            yield self._transaction_view()
+
+    def _transaction_view(self) -> Transaction:
+        return Transaction(self._db, self.dialect)
+
+    def _in_transaction(self) -> bool:
+        con = self._con
+        if con is None:
+            return False
+        if self.url is None:
+            return bool(con.in_transaction)
+        import psycopg
+
+        return con.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
     def record_late(self, instance_id: int, window_start: datetime | int, count: int = 1, *,
                     source: tuple[str, int, int] | None = None) -> None:

@@ -1,0 +1,425 @@
+"""Exactly-once tumbling windows of the stream-analytics app: state in memory, committed to SQLite
+together with the consumed offsets at every checkpoint.
+
+Why not Quix's window operator
+    ``tumbling_window().reduce()`` reads and writes the window in RocksDB, merges and calls the hooks
+    once *per message*: with the per-message set-up around it, that was about half the CPU of a
+    one-query JSON event. Here the app hands over decoded rows in batches; they are aggregated with
+    :func:`~workbench.analysis.windows.partial_aggregates` (vectorised) and merged into the open
+    windows in memory with :func:`~workbench.analysis.windows.merge`, and the state touches SQLite
+    once per window per checkpoint. Partials stay the data model of :mod:`workbench.analysis.windows`
+    (whatever keys it defines flow through unchanged).
+
+State of one (consumer group, topic, partition)
+    ``next_offset`` (messages below it are counted), ``watermark_ms`` (the partition's event time: the
+    latest arrival counted), the event time of every instance (``closing_strategy="key"``) and the
+    merged partials of the windows not yet closed. It lives in memory and is written, with the window
+    rows, in **one SQLite transaction** at every checkpoint (the Quix sink flush, which Quix runs
+    before it commits the Kafka offsets): ``window_stats`` (closed windows final, changed open windows
+    provisional), ``late_event_sources``, ``analytics_progress``, ``analytics_open_windows`` and
+    ``analytics_key_time``, all in the store's database file.
+
+Why that is exactly once (a crash at any point neither loses nor duplicates a counted event)
+    * Crash before the SQLite commit: nothing of the checkpoint is stored and Kafka's committed offset
+      is at or before its first message: the messages are read again and counted once.
+    * Crash between the SQLite commit and the Kafka commit: the messages are read again; a process
+      loads a partition's state from SQLite when it first sees the partition and skips every message
+      below the stored ``next_offset``.
+    * A partition that moved to another process and back (rebalance): the flush checks, inside its
+      transaction, that the stored ``next_offset`` is still the one this process last loaded or wrote.
+      If another process wrote in between, this state is stale: it is dropped, nothing is written, and
+      the flush raises Quix's ``SinkBackpressureError``, which seeks every partition back to the
+      checkpoint's first offsets; the messages are then read again against the reloaded state.
+    * Any failed flush drops the whole in-memory state (it is reloaded from SQLite on the next message),
+      so contributions of a checkpoint that was not committed are never written later.
+
+Windows and late events
+    A window ``[start, start + window_ms)`` closes once the event time (of the partition, or of the
+    instance with ``closing_strategy="key"``) reaches ``start + window_ms + grace_ms``. Event time moves
+    row by row in message order, so a row is late exactly when its window had closed before it came;
+    late rows are counted per (source message, window) in ``late_event_sources`` and never merged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import numpy as np
+import orjson
+import pyarrow as pa
+from quixstreams.sinks import SinkBackpressureError
+
+from workbench.analysis.windows import finalize, merge, partial_aggregates
+from workbench.store.window_stats import WindowStatsStore
+
+__all__ = ["FlushResult", "PartitionState", "Prepared", "StaleStateError", "WindowState"]
+
+logger = logging.getLogger(__name__)
+
+_CREATE: Final = (
+    "CREATE TABLE IF NOT EXISTS analytics_progress (\n  consumer_group TEXT NOT NULL,\n  topic TEXT NOT NULL,\n"
+    "  partition INTEGER NOT NULL,\n  next_offset INTEGER NOT NULL,\n  watermark_ms INTEGER,\n  topic_id TEXT,\n"
+    "  PRIMARY KEY (consumer_group, topic, partition)\n) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS analytics_open_windows (\n  consumer_group TEXT NOT NULL,\n  topic TEXT NOT NULL,\n"
+    "  partition INTEGER NOT NULL,\n  instance_id INTEGER NOT NULL,\n  window_start_ms INTEGER NOT NULL,\n"
+    "  partial TEXT NOT NULL,\n  PRIMARY KEY (consumer_group, topic, partition, instance_id, window_start_ms)\n"
+    ") WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS analytics_key_time (\n  consumer_group TEXT NOT NULL,\n  topic TEXT NOT NULL,\n"
+    "  partition INTEGER NOT NULL,\n  instance_id INTEGER NOT NULL,\n  latest_ms INTEGER NOT NULL,\n"
+    "  PRIMARY KEY (consumer_group, topic, partition, instance_id)\n) WITHOUT ROWID",
+)
+_PROGRESS: Final = (
+    "INSERT INTO analytics_progress (consumer_group, topic, partition, next_offset, watermark_ms, topic_id) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
+    "next_offset = excluded.next_offset, watermark_ms = excluded.watermark_ms, topic_id = excluded.topic_id"
+)
+_OPEN: Final = (
+    "INSERT INTO analytics_open_windows (consumer_group, topic, partition, instance_id, window_start_ms, partial) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition, instance_id, window_start_ms) "
+    "DO UPDATE SET partial = excluded.partial"
+)
+_CLOSE: Final = ("DELETE FROM analytics_open_windows WHERE consumer_group = ? AND topic = ? AND partition = ? "
+                 "AND instance_id = ? AND window_start_ms = ?")
+_KEY_TIME: Final = (
+    "INSERT INTO analytics_key_time (consumer_group, topic, partition, instance_id, latest_ms) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition, instance_id) DO UPDATE SET "
+    "latest_ms = excluded.latest_ms"
+)
+_WHERE: Final = "WHERE consumer_group = ? AND topic = ? AND partition = ?"
+
+WindowKey = tuple[int, int]  # (instance_id, window_start_ms)
+
+
+class StaleStateError(RuntimeError):
+    """Another process wrote a partition's state after this process last loaded or wrote it."""
+
+
+@dataclass
+class PartitionState:
+    """The window state of one topic partition (see the module docstring)."""
+
+    topic: str
+    partition: int
+    next_offset: int = 0
+    stored_next: int | None = None  # next_offset as SQLite holds it (None: no row yet)
+    watermark_ms: int | None = None
+    topic_id: str | None = None  # Kafka's id of the topic the offsets belong to (None: unknown)
+    key_time: dict[int, int] = field(default_factory=dict)
+    open: dict[WindowKey, dict[str, Any]] = field(default_factory=dict)
+    # changed since the last flush:
+    dirty: set[WindowKey] = field(default_factory=set)
+    closed: list[dict[str, Any]] = field(default_factory=list)
+    late: dict[tuple[int, int, int], int] = field(default_factory=dict)  # (offset, instance, start) -> rows
+    key_dirty: set[int] = field(default_factory=set)
+    changed: bool = False
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The effect of one batch of one partition's rows, computed by :meth:`WindowState.prepare`."""
+
+    state: PartitionState
+    partials: list[dict[str, Any]]
+    late: dict[tuple[int, int, int], int]  # (offset, instance, window start) -> late rows
+    key_time: dict[int, int]
+    watermark: int | None
+    rows: int
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    """Rows one :meth:`WindowState.flush` wrote."""
+
+    final_rows: int = 0
+    provisional_rows: int = 0
+    late_rows: int = 0
+
+
+def _int64(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A null-free int64 or timestamp column as a numpy int64 view (no copy for one chunk)."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    return np.frombuffer(array.buffers()[1], dtype=np.int64, count=len(array), offset=array.offset * 8)
+
+
+class WindowState:
+    """Open windows, event time and consumed offsets per partition; flushed to SQLite atomically.
+
+    Parameters
+    ----------
+    store : WindowStatsStore
+        Opened by :meth:`open`.
+    group : str
+        Consumer group: the state is the group's, like its Kafka offsets (another group re-reads
+        everything from its own, empty, state).
+    window_ms, grace_ms : int
+        Window length and the event time a window stays open after its end.
+    closing_strategy : {"partition", "key"}
+        Whose event time closes windows: the partition's or the instance's.
+    """
+
+    def __init__(self, store: WindowStatsStore, group: str, *, window_ms: int, grace_ms: int,
+                 closing_strategy: Literal["partition", "key"],
+                 topic_id: Callable[[str], str | None] | None = None) -> None:
+        self.store = store
+        self.topic_id = topic_id
+        self._topic_ids: dict[str, str | None] = {}
+        self.group = group
+        self.window_ms = int(window_ms)
+        self.grace_ms = int(grace_ms)
+        self.by_key = closing_strategy == "key"
+        self.partitions: dict[tuple[str, int], PartitionState] = {}
+        self.lock = threading.RLock()  # Quix flushes from a worker thread on a revoke
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Open the store and create the state tables."""
+        self.store.open()
+        with self.store.transaction() as db:
+            for statement in _CREATE:
+                db.execute(statement)
+
+    def reset(self) -> None:
+        """Forget everything in memory (reloaded from SQLite, partition by partition, when next seen)."""
+        with self.lock:
+            self.partitions.clear()
+
+    def open_window_count(self) -> int:
+        """Open windows held in memory (all partitions)."""
+        return sum(len(p.open) for p in self.partitions.values())
+
+    # --- reading ------------------------------------------------------------------------------------
+    def partition(self, topic: str, partition: int) -> PartitionState:
+        """The state of ``topic[partition]``, loaded from SQLite the first time it is asked for."""
+        state = self.partitions.get((topic, partition))
+        if state is None:
+            state = self._load(topic, partition)
+            self.partitions[(topic, partition)] = state
+        return state
+
+    def _load(self, topic: str, partition: int) -> PartitionState:
+        if topic not in self._topic_ids:  # asked once per topic and process (outside the transaction)
+            self._topic_ids[topic] = self.topic_id(topic) if self.topic_id is not None else None
+        with self.store.transaction() as db:  # one consistent snapshot of the partition's rows
+            return self._read(db, topic, partition)
+
+    def _read(self, db: Any, topic: str, partition: int) -> PartitionState:
+        args = (self.group, topic, partition)
+        state = PartitionState(topic, partition)
+        row = db.execute(f"SELECT next_offset, watermark_ms, topic_id FROM analytics_progress {_WHERE}",
+                         args).fetchone()
+        state.topic_id = self._topic_ids.get(topic)
+        if row is not None:
+            state.next_offset = state.stored_next = int(row[0])
+            state.watermark_ms = None if row[1] is None else int(row[1])
+            if row[2] is not None and state.topic_id is not None and row[2] != state.topic_id:
+                # The topic was deleted and created again: its offsets start over, the stored ones
+                # belong to the old topic (skipping below them would drop the new topic's messages).
+                logger.warning("topic %s was created again (id %s, stored offsets were of %s): reading partition "
+                               "%d from its start", topic, state.topic_id, row[2], partition)
+                state.next_offset = 0
+            elif state.topic_id is None:
+                state.topic_id = row[2]
+        for instance, latest in db.execute(f"SELECT instance_id, latest_ms FROM analytics_key_time {_WHERE}", args):
+            state.key_time[int(instance)] = int(latest)
+        dropped = 0
+        for instance, start, text in db.execute(
+                f"SELECT instance_id, window_start_ms, partial FROM analytics_open_windows {_WHERE}", args):
+            partial = orjson.loads(text)
+            if int(partial.get("window_ms", -1)) != self.window_ms:
+                dropped += 1  # the app was restarted with another window length: those windows cannot merge
+                continue
+            state.open[(int(instance), int(start))] = partial
+        if dropped:
+            logger.warning("dropped %d open windows of %s[%d] stored with another window_ms (now %d)",
+                           dropped, topic, partition, self.window_ms)
+        if row is not None:
+            logger.info("window state loaded topic=%s partition=%d next_offset=%d open_windows=%d",
+                        topic, partition, state.next_offset, len(state.open))
+        return state
+
+    # --- counting -----------------------------------------------------------------------------------
+    def prepare(self, states: list[PartitionState], batch: pa.RecordBatch, row_state: np.ndarray,
+                offsets: np.ndarray) -> list[Prepared]:
+        """What counting decoded rows would do, per partition; changes nothing (:meth:`apply` does, so a
+        failure here leaves the state as it was).
+
+        ``batch`` holds the rows in message order; row ``i`` came from the message at ``offsets[i]`` of
+        partition ``states[row_state[i]]``.
+        """
+        n = batch.num_rows
+        w, grace = self.window_ms, self.grace_ms
+        if n == 0:
+            return []
+        arrival = np.floor_divide(_int64(batch.column("arrival_timestamp")), 1000)
+        instance = _int64(batch.column("instance_id"))
+        start = np.floor_divide(arrival, w) * w
+        late = np.zeros(n, dtype=bool)
+        single = len(states) == 1
+        rows_of = [None] if single else [np.flatnonzero(row_state == j) for j in range(len(states))]
+        key_times: list[dict[int, int]] = []
+        watermarks: list[int | None] = []
+        for j, state in enumerate(states):
+            rows = rows_of[j]
+            arr = arrival if rows is None else arrival[rows]
+            key_time = dict(state.key_time)
+            if not len(arr):
+                key_times.append(key_time)
+                watermarks.append(state.watermark_ms)
+                continue
+            top = int(arr.max())
+            if self.by_key:
+                inst = instance if rows is None else instance[rows]
+                st = start if rows is None else start[rows]
+                part_late = np.zeros(len(arr), dtype=bool)
+                for i in np.unique(inst).tolist():
+                    sel = np.flatnonzero(inst == i)
+                    prior = key_time.get(i)
+                    seq = arr[sel]
+                    running = np.maximum.accumulate(seq if prior is None else np.maximum(seq, prior))
+                    part_late[sel] = st[sel] + w <= running - grace
+                    key_time[i] = int(running[-1])
+                watermark = top if state.watermark_ms is None else max(state.watermark_ms, top)
+            else:
+                prior = state.watermark_ms
+                running = np.maximum.accumulate(arr if prior is None else np.maximum(arr, prior))
+                part_late = (start if rows is None else start[rows]) + w <= running - grace
+                watermark = int(running[-1])
+            if rows is None:
+                late = part_late
+            else:
+                late[rows] = part_late
+            key_times.append(key_time)
+            watermarks.append(watermark)
+        late_counts: list[dict[tuple[int, int, int], int]] = [{} for _ in states]
+        if late.any():
+            where = np.flatnonzero(late)
+            for j, key in zip((row_state[where] if not single else np.zeros(len(where), np.int64)).tolist(),
+                              zip(offsets[where].tolist(), instance[where].tolist(), start[where].tolist(),
+                                  strict=True), strict=True):
+                late_counts[j][key] = late_counts[j].get(key, 0) + 1
+            counted = batch.filter(pa.array(~late))
+            kept_state = row_state[~late]
+            kept_instance = instance[~late]
+        else:
+            counted, kept_state, kept_instance = batch, row_state, instance
+        partials_of: list[list[dict[str, Any]]] = [[] for _ in states]
+        if single:
+            partials_of[0] = partial_aggregates(counted, w)
+        else:
+            # Partials group by instance; an instance lives in one partition (the key is the instance id),
+            # so route them by instance, unless some instance came from two partitions in this batch.
+            pairs = np.unique(np.stack([kept_instance, kept_state]), axis=1) if len(kept_state) else np.empty((2, 0))
+            owner = dict(zip(pairs[0].tolist(), pairs[1].tolist(), strict=True))
+            if len(owner) == pairs.shape[1]:
+                for p in partial_aggregates(counted, w):
+                    partials_of[owner[int(p["instance_id"])]].append(p)
+            else:
+                for j in range(len(states)):
+                    mask = kept_state == j
+                    if mask.any():
+                        partials_of[j] = partial_aggregates(counted.filter(pa.array(mask)), w)
+        counts = np.bincount(row_state, minlength=len(states)) if not single else np.array([n])
+        return [Prepared(state, partials_of[j], late_counts[j], key_times[j], watermarks[j], int(counts[j]))
+                for j, state in enumerate(states)]
+
+    def apply(self, prepared: Prepared) -> int:
+        """Merge prepared partials into the open windows, record late rows, move event time, close
+        the windows whose time has come; returns how many closed."""
+        state = prepared.state
+        if not prepared.rows:
+            return 0
+        for p in prepared.partials:
+            k = (int(p["instance_id"]), int(p["window_start_ms"]))
+            current = state.open.get(k)
+            state.open[k] = p if current is None else merge(current, p)
+            state.dirty.add(k)
+        for k, c in prepared.late.items():
+            state.late[k] = state.late.get(k, 0) + c
+        if self.by_key:
+            state.key_dirty.update(i for i, t in prepared.key_time.items() if state.key_time.get(i) != t)
+            state.key_time = prepared.key_time
+        state.watermark_ms = prepared.watermark
+        state.changed = True
+        return self._close(state)
+
+    @staticmethod
+    def advance(state: PartitionState, offset: int) -> None:
+        """Mark every message of ``state``'s partition up to ``offset`` as counted."""
+        if offset >= state.next_offset:
+            state.next_offset = offset + 1
+            state.changed = True
+
+    def _close(self, state: PartitionState) -> int:
+        w, grace = self.window_ms, self.grace_ms
+        if self.by_key:
+            done = [k for k in state.open if k[0] in state.key_time and k[1] + w <= state.key_time[k[0]] - grace]
+        else:
+            limit = (state.watermark_ms or 0) - grace
+            done = [k for k in state.open if k[1] + w <= limit] if state.watermark_ms is not None else []
+        for k in sorted(done):
+            state.closed.append(state.open.pop(k))
+            state.dirty.discard(k)
+        return len(done)
+
+    # --- checkpoint ---------------------------------------------------------------------------------
+    def flush(self) -> FlushResult:
+        """Write every change since the last flush in one SQLite transaction (see the module docstring).
+
+        Raises ``SinkBackpressureError`` (after dropping the in-memory state) when another process
+        wrote a partition in between; any other failure also drops the in-memory state, then raises.
+        """
+        with self.lock:
+            touched = [p for p in self.partitions.values() if p.changed]
+            if not touched:
+                return FlushResult()
+            try:
+                result = self._write(touched)
+            except StaleStateError as exc:
+                logger.warning("window state is stale (%s); dropping it and reading the checkpoint again", exc)
+                self.partitions.clear()
+                raise SinkBackpressureError(retry_after=0.0) from exc
+            except BaseException:
+                self.partitions.clear()
+                raise
+            for p in touched:
+                p.stored_next = p.next_offset
+                p.dirty.clear()
+                p.closed.clear()
+                p.late.clear()
+                p.key_dirty.clear()
+                p.changed = False
+            return result
+
+    def _write(self, touched: list[PartitionState]) -> FlushResult:
+        store = self.store
+        finals = provisional = lates = 0
+        with store.transaction() as db:
+            for p in touched:
+                row = db.execute(f"SELECT next_offset FROM analytics_progress {_WHERE}",
+                                 (self.group, p.topic, p.partition)).fetchone()
+                stored = None if row is None else int(row[0])
+                if stored != p.stored_next:
+                    msg = (f"{p.topic}[{p.partition}] next_offset is {stored} in SQLite, this process expected "
+                           f"{p.stored_next}")
+                    raise StaleStateError(msg)
+            for p in touched:
+                g = (self.group, p.topic, p.partition)
+                rows = [finalize(c) for c in p.closed]
+                dirty = sorted(p.dirty)
+                rows.extend(finalize(p.open[k]) for k in dirty)
+                store.upsert(rows)
+                finals += len(p.closed)
+                provisional += len(dirty)
+                db.executemany(_CLOSE, [(*g, int(c["instance_id"]), int(c["window_start_ms"])) for c in p.closed])
+                db.executemany(_OPEN, [(*g, k[0], k[1], orjson.dumps(p.open[k]).decode()) for k in dirty])
+                for (offset, inst, start), count in p.late.items():
+                    store.record_late(inst, start, count, source=(p.topic, p.partition, offset))
+                lates += len(p.late)
+                db.executemany(_KEY_TIME, [(*g, inst, p.key_time[inst]) for inst in sorted(p.key_dirty)])
+                db.execute(_PROGRESS, (*g, p.next_offset, p.watermark_ms, p.topic_id))
+        return FlushResult(finals, provisional, lates)
