@@ -1,5 +1,6 @@
-"""Exactly-once tumbling windows of the stream-analytics app: state in memory, committed to SQLite
-together with the consumed offsets at every checkpoint.
+"""Exactly-once tumbling windows of the stream-analytics app: state in memory, committed to the
+window_stats store (SQLite, or PostgreSQL for several machines) together with the consumed offsets at
+every checkpoint.
 
 Why not Quix's window operator
     ``tumbling_window().reduce()`` reads and writes the window in RocksDB, merges and calls the hooks
@@ -14,10 +15,12 @@ State of one (consumer group, topic, partition)
     ``next_offset`` (messages below it are counted), ``watermark_ms`` (the partition's event time: the
     latest arrival counted), the event time of every instance (``closing_strategy="key"``) and the
     merged partials of the windows not yet closed. It lives in memory and is written, with the window
-    rows, in **one SQLite transaction** at every checkpoint (the Quix sink flush, which Quix runs
-    before it commits the Kafka offsets): ``window_stats`` (closed windows final, changed open windows
-    provisional), ``late_event_sources``, ``analytics_progress``, ``analytics_open_windows`` and
-    ``analytics_key_time``, all in the store's database file.
+    rows, in **one store transaction** (:meth:`WindowStatsStore.transaction`) at every checkpoint
+    (the Quix sink flush, which Quix runs before it commits the Kafka offsets): ``window_stats``
+    (closed windows final, changed open windows provisional), ``late_event_sources``,
+    ``analytics_progress``, ``analytics_open_windows`` and ``analytics_key_time``, all in the store's
+    database. On PostgreSQL the statements are translated, and every process's transaction takes
+    turns on one advisory lock, as SQLite's write lock makes them do.
 
 Why that is exactly once (a crash at any point neither loses nor duplicates a counted event)
     * Crash before the SQLite commit: nothing of the checkpoint is stored and Kafka's committed offset
