@@ -1,10 +1,11 @@
 """The ML scoring app: ``redshift.query_events`` -> scored Arrow shards + ``redshift.anomalies``.
 
-Modules (private, re-exported here): ``_sink`` (the batch steps), ``_publisher`` (acknowledged
-anomaly delivery), ``_days`` (durable unscored days), ``_rescore`` (rescoring thread),
-``_training`` (training schedule), ``_resume`` (resuming it after a restart), ``_pacing``
-(per-partition backpressure), ``_maintenance`` (shard compaction/retention), ``_app`` (wiring and
-lifecycle).
+Modules (private, re-exported here): ``_sink`` (buffering, storing and publishing a batch),
+``_steps`` (its decode, event-time guard and score steps), ``_publisher`` (acknowledged anomaly
+delivery), ``_days`` (durable unscored days), ``_rescore`` (rescoring thread), ``_training``
+(training schedule), ``_resume`` (resuming it after a restart), ``_pacing`` (per-partition
+backpressure), ``_maintenance`` (shard compaction/retention), ``_app`` (wiring and lifecycle),
+``_loop`` (the app's per-poll and after-flush step).
 
 Pipeline (one Quix app in its own process: ``workbench app scoring``)::
 

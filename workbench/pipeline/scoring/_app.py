@@ -4,16 +4,15 @@ Each event is scored by the version of its own event day (:mod:`workbench.ml.sel
 whose version does not exist yet are stored unscored and rescored once it does (``_rescore``);
 partitions that get too far ahead of training pause (``_pacing``); training follows the slowest
 delivering partition (``ScoringSink.watermark_us``); settled days are compacted (``_maintenance``).
+The per-poll and after-flush step of the running app is the mixin in ``_loop``.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
-import pyarrow as pa
 from quixstreams import Application
 
 from workbench import defaults
@@ -32,17 +31,16 @@ from workbench.pipeline._quix import (
 from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline.exceptions import PipelineConfigError
 from workbench.pipeline.scoring._days import UNSCORED_FILE, UnscoredDays
+from workbench.pipeline.scoring._loop import ScoringLoop
 from workbench.pipeline.scoring._maintenance import ShardMaintenance, TrainerElection, adopt_unscored_days
-from workbench.pipeline.scoring._pacing import PartitionPacer, held_day
+from workbench.pipeline.scoring._pacing import PartitionPacer
 from workbench.pipeline.scoring._publisher import AnomalyPublisher
 from workbench.pipeline.scoring._rescore import Rescorer
 from workbench.pipeline.scoring._resume import ResumeProbe
 from workbench.pipeline.scoring._sink import ScoringSink
-from workbench.pipeline.scoring._training import TrainingSchedule, day_of, us_to_iso
+from workbench.pipeline.scoring._training import TrainingSchedule
 
 __all__ = ["APP_NAME", "ScoringApp", "run_scoring"]
-
-logger = logging.getLogger(__name__)
 
 APP_NAME: Final = "scoring"
 #: Messages per consume call: JSON one-per-message pays the loop once per 256 events; packed
@@ -50,7 +48,7 @@ APP_NAME: Final = "scoring"
 _CONSUME_MESSAGES: Final = 256
 
 
-class ScoringApp(WorkbenchApp):
+class ScoringApp(ScoringLoop, WorkbenchApp):
     """The scoring Quix app (see the module docstring).
 
     Parameters
@@ -137,98 +135,6 @@ class ScoringApp(WorkbenchApp):
         # rewinds *all* partitions, so holding a fast one also stops the slow one the watermark
         # waits for (deadlock). Not-ready days are stored unscored instead; see _pacing.
         self.hold_days = False
-
-    def _tick(self) -> None:
-        """Called after every poll: force a flush when a batch is full; cheap otherwise."""
-        sink = self.sink
-        if sink is not None and sink.size_due and self._force_commit is not None:
-            self._force_commit()
-        now = time.monotonic()
-        if now - self._last_slow_tick < 0.2:
-            return
-        self._last_slow_tick = now
-        if self.election is not None and self.sink is not None:
-            self.election.tick(self.sink, self.supervisor, self._warmup_s)
-        if self.schedule is not None:
-            self._after_flush()  # the watermark also moves when partitions fall idle
-            if self.pacer is not None and self.sink is not None:
-                self.pacer.pace(self.sink, self.scorer, self._cadence())
-            if self._trains:
-                self.schedule.poll()
-        self.rescorer.maybe_start(self.scorer, self._cadence())
-        self.rescorer.raise_error()
-        self._sum_anomalies()
-        self._sink_info()
-        self.status.maybe_publish()
-        if self._idle_exit is not None and self.app is not None and self._idle():
-            logger.info("scoring idle for %.1fs with nothing pending: stopping", self._idle_exit)
-            self.app.stop()
-
-    @property
-    def _trains(self) -> bool:
-        """Whether this instance is the elected trainer (always, without an election)."""
-        return self.election is None or self.election.leader
-
-    def _after_flush(self) -> None:
-        """Compact settled shard days, then hand finished days to training (the sink just flushed).
-
-        Every instance records its partitions' progress; only the elected trainer compacts and
-        schedules, from the watermark of *all* partitions (:func:`~workbench.store.shards.cluster_watermark`).
-        """
-        sink = self.sink
-        if sink is None:
-            return
-        if self.election is not None:
-            self.election.record(sink)
-            if not self.election.leader:
-                return
-            first_us, watermark = self.election.watermark()
-        else:
-            first_us, watermark = sink.first_event_us, sink.watermark_us(self._warmup_s)
-        if self.schedule is not None:  # after a restart: the stored watermark, once
-            quiet = not sink.buffered_rows and time.monotonic() - sink.last_message_at >= self._warmup_s
-            watermark = self.schedule.resumed_watermark(watermark, quiet=quiet)
-        if watermark is None:
-            return
-        self.maintenance.run(day_of(watermark - self.training_grace_us))
-        if self.schedule is not None:  # warm-up from the first message: joining the group can take longer
-            self.schedule.after_flush(first_us, watermark,
-                                      warming_up=time.time() - (sink.first_message_wall or 0.0) < self._warmup_s)
-
-    def _cadence(self) -> Any:
-        """The training cadence the selection rule needs (None without training or before the first event)."""
-        return None if self.schedule is None else self.schedule.cadence()
-
-    def _hold_day(self, table: pa.Table) -> str | None:
-        # Only the trainer writes the training state; the others follow it (TrainerElection.tick).
-        return held_day(table, self.scorer, self.schedule if self._trains else None, hold=self.hold_days)
-
-    def _sink_info(self) -> None:
-        sink = self.sink
-        if sink is None:
-            return
-        self.status.info["timings_s"] = {k: round(v, 3) for k, v in sink.timings.items()}
-        self.status.info["max_event_time"] = None if sink.max_event_us is None else us_to_iso(sink.max_event_us)
-        self.status.info["first_message_at"] = sink.first_message_wall
-        self.status.info["last_batch_at"] = sink.last_batch_wall
-        if sink.first_message_cpu is not None and sink.last_batch_cpu is not None:
-            self.status.info["cpu_s_first_to_last_batch"] = round(sink.last_batch_cpu - sink.first_message_cpu, 3)
-
-    def _sum_anomalies(self) -> None:
-        counters = self.status.counters
-        counters["anomalies"] = counters.get("stream_anomalies", 0) + counters.get("rescore_anomalies", 0)
-
-    def _idle(self) -> bool:
-        sink = self.sink
-        assert sink is not None and self._idle_exit is not None
-        last = sink.last_message_at or self._started
-        if time.monotonic() - last < self._idle_exit or sink.buffered_rows:
-            return False
-        if self.rescorer.running or (self.schedule is not None and self.schedule.busy):
-            return False
-        if self.pacer is not None and self.pacer.paused:  # a paused partition still has events to deliver
-            return False
-        return not self.rescorer.ready_days(self.scorer, self._cadence())
 
     # --- lifecycle --------------------------------------------------------------------------------
     def build(self) -> Application:

@@ -15,6 +15,7 @@ dead-letter topic while the rest of the batch goes on:
 
 Only infrastructure failures (disk for the shards, broker for the anomalies) raise, which aborts
 the checkpoint: no offset is committed and the batch is re-read after a restart.
+The decode, guard and score steps are in ``_steps``; this module buffers, stores and publishes.
 """
 
 from __future__ import annotations
@@ -34,21 +35,19 @@ from quixstreams.sinks import BatchingSink, SinkBackpressureError
 
 from workbench import defaults
 from workbench.config import Settings
-from workbench.data import codec
-from workbench.pipeline._app import INFRASTRUCTURE_ERRORS
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._eventtime import EventTimeGuard
 from workbench.pipeline._status import AppStatus
 from workbench.pipeline.exceptions import PipelineError
 from workbench.pipeline.scoring._days import UnscoredDays
 from workbench.pipeline.scoring._publisher import AnomalyPublisher
+from workbench.pipeline.scoring._steps import decode_messages, guard_event_time, score_by_message
 
 __all__ = ["ScoringSink"]
 
 logger = logging.getLogger(__name__)
 
 _DAY_US: Final = 86_400_000_000
-_KAFKA: Final = ["kafka_partition", "kafka_offset"]
 
 
 @dataclass(frozen=True)
@@ -201,69 +200,6 @@ class ScoringSink(BatchingSink):
                                partition=batch.partition, offset=offset)
         self.status.add("dead_letters")
 
-    def _decode(self, items: list[tuple[Any, Any, Any, int]], partition: int) -> tuple[pa.Table, list[tuple[int, str]]]:
-        """All valid rows of ``items`` (+ ``kafka_*`` columns), and ``(item index, reason)`` of the others."""
-        values, keys, headers, offset_list = zip(*items, strict=True) if items else ((), (), (), ())
-        decoded = codec.decode_values(values, headers=[h or () for h in headers], keys=keys)
-        index = np.asarray(decoded.source_index, dtype=np.int64)
-        offsets = np.fromiter(offset_list, dtype=np.int64, count=len(items))
-        table = pa.Table.from_batches([decoded.batch])
-        table = table.append_column("kafka_partition", pa.array(np.full(len(index), partition, np.int32)))
-        table = table.append_column("kafka_offset", pa.array(offsets[index] if len(index) else offsets[:0]))
-        return table.append_column("_message", pa.array(index)), decoded.errors
-
-    def _guard(self, table: pa.Table) -> tuple[pa.Table, list[tuple[int, str]]]:
-        """Drop the messages whose event time is implausible (vectorised per message)."""
-        if not table.num_rows:
-            return table, []
-        ts = table.column("arrival_timestamp").combine_chunks().view(pa.int64()).to_numpy()
-        msg = table.column("_message").to_numpy()
-        starts = np.flatnonzero(np.r_[True, msg[1:] != msg[:-1]])
-        lo, hi = np.minimum.reduceat(ts, starts), np.maximum.reduceat(ts, starts)
-        guard = self.guard
-        reference = guard.batch_reference(ts, len(starts))
-        absolute = (lo < guard.min_us) | (hi >= guard.max_us)
-        bad = absolute.copy()
-        if reference is not None:
-            bad |= hi > reference + guard.horizon_us
-            if guard.past_horizon_us is not None:
-                bad |= lo < reference - guard.past_horizon_us
-        rejects = []
-        for i in np.flatnonzero(bad):  # rare: only implausible messages are visited
-            if not absolute[i] and guard.note_ahead(int(hi[i])):
-                bad[i] = False  # a run of such messages re-anchored the watermark (the stream jumped)
-                continue
-            rejects.append((int(msg[starts[i]]), guard.reason(int(lo[i]), int(hi[i]), reference) or ""))
-        if rejects:
-            guard.rejected += len(rejects)
-            table = table.filter(pa.array(~np.repeat(bad, np.diff(np.r_[starts, len(msg)]))))
-        if len(hi[~bad]):
-            guard.advance(int(hi[~bad].max()))
-        return table, rejects
-
-    def _score(self, table: pa.Table) -> tuple[pa.Table | None, list[tuple[int, str]]]:
-        """Score ``table``; a failure not caused by infrastructure is narrowed down to its message."""
-        try:
-            scored = pa.Table.from_batches([self.scorer.score(table.drop_columns([*_KAFKA, "_message"]))])
-        except INFRASTRUCTURE_ERRORS:
-            raise
-        except Exception as exc:
-            messages = np.unique(table.column("_message").to_numpy())
-            if len(messages) == 1:
-                return None, [(int(messages[0]), f"processing_error: scoring failed: {type(exc).__name__}: {exc}")]
-            column = table.column("_message").to_numpy()
-            half = messages[len(messages) // 2]
-            parts, errors = [], []
-            for mask in (column < half, column >= half):
-                part, errs = self._score(table.filter(pa.array(mask)))
-                errors += errs
-                if part is not None:
-                    parts.append(part)
-            return (pa.concat_tables(parts) if parts else None), errors
-        for name in (*_KAFKA, "_message"):
-            scored = scored.append_column(name, table.column(name))
-        return scored, []
-
     def watermark_us(self, active_s: float) -> int | None:
         """Newest event time every partition still delivering has durably stored.
 
@@ -302,8 +238,8 @@ class ScoringSink(BatchingSink):
         """Decode, score, store and publish one partition's batch (all durable on return)."""
         t0 = time.perf_counter()
         items = batch.items
-        table, errors = self._decode(items, batch.partition)
-        table, late = self._guard(table)
+        table, errors = decode_messages(items, batch.partition)
+        table, late = guard_event_time(self.guard, table)
         held = self.hold_day(table) if self.hold_day is not None and table.num_rows else None
         if held is not None:  # not stored: Quix pauses, then re-reads from the committed offsets
             self.status.add("held_batches")
@@ -311,7 +247,7 @@ class ScoringSink(BatchingSink):
             raise SinkBackpressureError(retry_after=1.0)
         self.status.add("messages", batch.size)
         t1 = time.perf_counter()
-        scored, failed = self._score(table) if table.num_rows else (None, [])
+        scored, failed = score_by_message(self.scorer, table) if table.num_rows else (None, [])
         if scored is None and len(failed) > 1:  # nothing in the batch scores: the model, not a message
             msg = f"scoring failed for all {len(failed)} messages of the batch, first: {failed[0][1][:300]}"
             raise PipelineError(msg)
