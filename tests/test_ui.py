@@ -309,3 +309,17 @@ def test_metric_cards_format_and_colour() -> None:
     assert "#C62828;font-size:12px'>▼ -1.0 %" in html  # score down is bad
     assert "#2E7D32;font-size:12px'>▼ -1.0 s" in html  # queue time down is good
     assert metric_cards({"score": 1.0}).value.count("n/a") == 4
+
+
+def test_a_timeline_of_more_anomalies_than_altair_embeds_draws_the_strongest() -> None:
+    n = charts.TIMELINE_MAX_POINTS + 1_500
+    many = pd.DataFrame({"arrival_timestamp": pd.date_range(T0, periods=n, freq="1min", tz="UTC"),
+                         "instance_id": np.arange(n) % 7, "reason": "slow_execution",
+                         "under_ratio": np.arange(n, dtype=float) + 1.0, "query_id": range(n)})
+    chart = charts.anomaly_timeline(many)
+    spec = chart.to_dict(validate=True)  # over 5,000 rows this raises MaxRowsError
+    drawn = next(iter(spec["datasets"].values()))
+    assert len(drawn) == charts.TIMELINE_MAX_POINTS
+    assert min(row["under_ratio"] for row in drawn) == n - charts.TIMELINE_MAX_POINTS + 1
+    assert f"of {n:,}" in str(spec["title"])
+    assert charts.to_svg(chart).startswith("<svg")

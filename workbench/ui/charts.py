@@ -149,8 +149,16 @@ def activity_chart(stats: pd.DataFrame, anomalies: pd.DataFrame) -> alt.VConcatC
     return alt.vconcat(events_chart(stats), anomalies_chart(anomalies)).resolve_scale(x="shared")
 
 
+#: Points drawn by :func:`anomaly_timeline` at most (Altair embeds at most 5,000 rows by default).
+TIMELINE_MAX_POINTS = 4_000
+
+
 def anomaly_timeline(anomalies: pd.DataFrame, *, title: str = "Anomalies per instance over time") -> alt.Chart:
-    """One row per instance; each anomaly a point at its arrival time, coloured by reason."""
+    """One row per instance; each anomaly a point at its arrival time, coloured by reason.
+
+    More than :data:`TIMELINE_MAX_POINTS` anomalies: the strongest (by actual / predicted) are drawn
+    and the title says how many of how many.
+    """
     _require(anomalies, ["arrival_timestamp", "instance_id", "reason", "under_ratio"], "anomaly_timeline")
     if anomalies.empty:
         return empty_chart(title, "No anomalies")
@@ -158,6 +166,10 @@ def anomaly_timeline(anomalies: pd.DataFrame, *, title: str = "Anomalies per ins
     df["arrival_timestamp"] = _utc(df["arrival_timestamp"])
     df["under_ratio"] = df["under_ratio"].clip(lower=1.0)
     df["reason"] = df["reason"].fillna("unknown")
+    if len(df) > TIMELINE_MAX_POINTS:  # Altair refuses > 5,000 rows inline; the strongest ones matter most
+        total = len(df)
+        df = df.nlargest(TIMELINE_MAX_POINTS, "under_ratio", keep="first")
+        title = f"{title} (the {TIMELINE_MAX_POINTS:,} strongest of {total:,})"
     return alt.Chart(df).mark_circle(opacity=0.7).encode(
         x=_time_x("arrival_timestamp", "Arrival time (UTC)"),
         y=alt.Y("instance_id:O", title="Instance"),
