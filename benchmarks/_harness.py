@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,17 @@ def run_child(command: Sequence[str], env: dict[str, str] | None = None) -> Chil
     stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
     process.returncode = os.waitstatus_to_exitcode(status)
     return ChildRun(seconds, usage.ru_maxrss / 1024, process.returncode, stderr)
+
+
+def private_run(settings: Settings, prefix: str = "run") -> Settings:
+    """``settings`` with a home folder and every topic of its own (a fresh name per call), on the same broker."""
+    suffix = uuid.uuid4().hex[:6]
+    return settings.with_overrides(
+        home=settings.home / f"{prefix}-{suffix}", kafka_bootstrap_servers=settings.bootstrap_servers,
+        topic_query_events=f"bench.events.{suffix}", topic_anomalies=f"bench.anomalies.{suffix}",
+        topic_dead_letter=f"bench.dead.{suffix}", topic_replay_control=f"bench.control.{suffix}",
+        topic_replay_state=f"bench.state.{suffix}",
+    )
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -30,13 +30,12 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import pyarrow.parquet as pq
-from _harness import broker, demo_log
+from _harness import broker, demo_log, private_run
 
 from workbench.config import Settings
 from workbench.replay import replay_format
@@ -115,13 +114,7 @@ def _start_profilers(wb: Workbench, folder: Path, label: str) -> list[subprocess
 def run(settings: Settings, data, pack: int, encoding: str, broker_pid: int | None,
         profile: Path | None = None) -> tuple[Measurement, float, int]:
     rows = pq.ParquetFile(data).metadata.num_rows
-    suffix = uuid.uuid4().hex[:6]
-    settings = settings.with_overrides(
-        home=settings.home / f"run-{suffix}", kafka_bootstrap_servers=settings.bootstrap_servers,
-        topic_query_events=f"bench.events.{suffix}", topic_anomalies=f"bench.anomalies.{suffix}",
-        topic_dead_letter=f"bench.dead.{suffix}", topic_replay_control=f"bench.control.{suffix}",
-        topic_replay_state=f"bench.state.{suffix}",
-    )
+    settings = private_run(settings, "run")
     m = Measurement()
     started = time.monotonic()
     wb = Workbench.start(data=data, speedup="max", pack=pack, encoding=encoding, settings=settings)

@@ -26,11 +26,10 @@ import contextlib
 import os
 import re
 import time
-import uuid
 
 import psutil
 import pyarrow.parquet as pq
-from _harness import broker, demo_log
+from _harness import broker, demo_log, private_run
 
 from workbench.config import Settings
 from workbench.runtime import Workbench
@@ -61,13 +60,7 @@ def _cpu(wb: Workbench, seen: dict[tuple[str, int], float]) -> None:
 def run(base: Settings, data, pack: int, count: int, broker_pid: int | None) -> dict:
     """One workbench with ``count`` processes per app; returns its figures."""
     rows = pq.ParquetFile(data).metadata.num_rows
-    suffix = uuid.uuid4().hex[:6]
-    settings = base.with_overrides(
-        home=base.home / f"scale-{count}-{suffix}", kafka_bootstrap_servers=base.bootstrap_servers,
-        topic_query_events=f"bench.events.{suffix}", topic_anomalies=f"bench.anomalies.{suffix}",
-        topic_dead_letter=f"bench.dead.{suffix}", topic_replay_control=f"bench.control.{suffix}",
-        topic_replay_state=f"bench.state.{suffix}",
-    )
+    settings = private_run(base, f"scale-{count}")
     broker_cpu0 = psutil.Process(broker_pid).cpu_times() if broker_pid else None
     samples: list[tuple[float, int, dict[str, float]]] = []  # (time, slowest app's events, CPU s by app)
     cpu: dict[tuple[str, int], float] = {}
