@@ -13,6 +13,8 @@ from workbench.config import Settings
 from workbench.pipeline._app import build_application
 from workbench.pipeline._quix import (
     QuixInternalsError,
+    assigned_partitions,
+    commit_first_checkpoint_at_once,
     consume_in_batches,
     force_checkpoint,
     partition_flow,
@@ -78,3 +80,13 @@ def test_the_batch_consume_step_replaces_the_per_message_step(tmp_path: Path) ->
     assert app.__dict__["_process_message"].__name__ == "process"
     with pytest.raises(QuixInternalsError, match="_consumer"):
         consume_in_batches(SimpleNamespace(), lambda messages: None)  # type: ignore[arg-type]
+
+
+def test_the_first_commit_and_assignment_adapters_find_their_internals(tmp_path: Path) -> None:
+    """Start-up's early first commit and the trainer election's partition list need these internals."""
+    app = _app(tmp_path)
+    commit_first_checkpoint_at_once(app)  # raises QuixInternalsError if Quix changed them
+    assert callable(assigned_partitions(app, "events"))
+    for adapter in (commit_first_checkpoint_at_once, lambda a: assigned_partitions(a, "events")):
+        with pytest.raises(QuixInternalsError):
+            adapter(SimpleNamespace())
