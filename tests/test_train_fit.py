@@ -64,3 +64,30 @@ def test_row_caps_sample_deterministically_and_parity_reuses_onnx_predictions() 
     pair = OnnxPair(export_onnx(a.mean_, 5), export_onnx(a.quantile_model_, 5))
     onnx_log = pair.predict_log(X[:500])
     assert parity_max_abs_diff(a, pair, X[:500], onnx_log=onnx_log) == parity_max_abs_diff(a, pair, X[:500])
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_concurrent_fits_give_the_onnx_bytes_of_sequential_fits(n_threads: int) -> None:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from threadpoolctl import threadpool_limits
+
+    from workbench.ml.models import _snap_thresholds_to_float32
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(20_000, 6)).astype(np.float32)
+    y = X[:, 0] * 2 + np.abs(X[:, 1]) * rng.exponential(size=20_000)
+    params = {"max_iter": 40, "mean_max_rows": 12_000, "quantile_max_rows": 16_000, "n_threads": n_threads,
+              "random_state": 5}
+    model = DurationModel(**params).fit(X, y)
+    got = [export_onnx(model.mean_, 6), export_onnx(model.quantile_model_, 6)]
+    want = []
+    with threadpool_limits(limits=n_threads, user_api="openmp"):  # the plain sequential fits, one by one
+        for loss, cap in ((dict(loss="squared_error"), 12_000), (dict(loss="quantile", quantile=0.9), 16_000)):
+            rows = np.sort(np.random.default_rng(5).choice(len(y), cap, replace=False))
+            est = HistGradientBoostingRegressor(
+                max_iter=40, learning_rate=0.1, max_leaf_nodes=31, min_samples_leaf=50, l2_regularization=0.1,
+                early_stopping=True, validation_fraction=0.1, n_iter_no_change=10, random_state=5, **loss,
+            ).fit(X[rows], y[rows])
+            _snap_thresholds_to_float32(est)
+            want.append(export_onnx(est, 6))
+    assert got == want

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import importlib.metadata
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,15 +130,36 @@ class _PhaseClock:
         return {**self._cpu, "total": round(time.process_time() - self._start[1], 3)}
 
 
-def _library_versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import skl2onnx
-    import sklearn
+_LIBRARY_DISTRIBUTIONS = ("scikit-learn", "skl2onnx", "onnxruntime", "onnx", "numpy", "pyarrow")
 
-    return {"scikit-learn": sklearn.__version__, "skl2onnx": skl2onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
-            "numpy": np.__version__, "pyarrow": pa.__version__}
+
+def _library_versions() -> dict[str, str]:
+    """Installed versions of the libraries a model depends on (for ``model.json`` and the recipe hash).
+
+    Read from the package metadata rather than ``module.__version__``: the same strings, without
+    importing onnx/skl2onnx/sklearn (~1-3 s), which :func:`_preload_training_libraries` does in
+    the background instead.
+    """
+    return {name: importlib.metadata.version(name) for name in _LIBRARY_DISTRIBUTIONS}
+
+
+def _preload_training_libraries() -> threading.Thread:
+    """Import sklearn's HGB and skl2onnx in a background thread (started at the top of a training).
+
+    Their imports take ~1-3 s of mostly file reads and module set-up; done while the window is split
+    and its features are built, that time is hidden instead of being paid on the first ``fit``/export.
+    Python's per-module import locks make a concurrent import of the same module wait, not repeat.
+    """
+    def load() -> None:
+        try:
+            import skl2onnx  # noqa: F401
+            import sklearn.ensemble  # noqa: F401
+        except Exception:  # the real import (in fit/export) reports the error
+            logger.debug("background import of the training libraries failed", exc_info=True)
+
+    thread = threading.Thread(target=load, name="preload-training-libraries", daemon=True)
+    thread.start()
+    return thread
 
 
 def split_window(table: pa.Table, *, max_rows: int = defaults.TRAIN_MAX_ROWS, seed: int = 0,
@@ -201,6 +224,7 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
         training of the same window return the registered version instead of a second one.
     """
     clock = _PhaseClock()
+    _preload_training_libraries()
     registry = ModelRegistry(models_dir)
     parent = parent if parent is not None else registry.current()
     table = table.select([c for c in COLUMNS if c in table.column_names])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,28 +93,34 @@ class DurationModel:
         )
 
     def fit(self, X: np.ndarray, y_log: np.ndarray) -> DurationModel:
-        """Fit both models on features ``X`` and the log target ``y_log``."""
+        """Fit both models on features ``X`` and the log target ``y_log``.
+
+        The two fits run at the same time, one thread each: an HGB fit keeps ~1 of 2 cores busy
+        (its per-iteration Python work and small parallel regions leave the other idle), so
+        overlapping them cuts the wall time by about the shorter fit. Each thread sets the same
+        OpenMP thread count a sequential fit would use (OpenMP thread counts are per calling
+        thread), so the fitted trees are identical to sequential fits (tests/test_train_fit.py
+        compares the ONNX bytes).
+        """
         if not 0.5 < self.quantile < 1.0:
             msg = f"The 'quantile' parameter of DurationModel must be in (0.5, 1). Got {self.quantile}."
             raise ValueError(msg)
         threads = self.n_threads or (1 if len(y_log) < 50_000 else None)
-        with threadpool_limits(limits=threads, user_api="openmp"):
-            return self._fit(X, y_log)
-
-    def _fit(self, X: np.ndarray, y_log: np.ndarray) -> DurationModel:
-        t0 = time.perf_counter()
         Xm, ym = self._sample(X, y_log, self.mean_max_rows)
-        self.mean_ = self._hgb(loss="squared_error").fit(Xm, ym)
-        t1 = time.perf_counter()
         Xq, yq = self._sample(X, y_log, self.quantile_max_rows)
-        self.quantile_model_ = self._hgb(loss="quantile", quantile=self.quantile).fit(Xq, yq)
-        t2 = time.perf_counter()
+        jobs = {"mean": (self._hgb(loss="squared_error"), Xm, ym),
+                "quantile": (self._hgb(loss="quantile", quantile=self.quantile), Xq, yq)}
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="hgb-fit") as pool:
+            futures = {name: pool.submit(_timed_fit, est, Xs, ys, threads) for name, (est, Xs, ys) in jobs.items()}
+            seconds = {name: future.result() for name, future in futures.items()}
+        self.mean_, self.quantile_model_ = jobs["mean"][0], jobs["quantile"][0]
         for estimator in (self.mean_, self.quantile_model_):
             _snap_thresholds_to_float32(estimator)
-        self.fit_seconds_ = {"mean": t1 - t0, "quantile": t2 - t1}
+        self.fit_seconds_ = seconds
         self.n_iter_ = {"mean": int(self.mean_.n_iter_), "quantile": int(self.quantile_model_.n_iter_)}
-        logger.info("duration models fitted rows=%d mean_s=%.1f quantile_s=%.1f iters=%s",
-                    len(y_log), t1 - t0, t2 - t1, self.n_iter_)
+        logger.info("duration models fitted rows=%d wall_s=%.1f mean_s=%.1f quantile_s=%.1f iters=%s",
+                    len(y_log), time.perf_counter() - t0, seconds["mean"], seconds["quantile"], self.n_iter_)
         return self
 
     def _sample(self, X: np.ndarray, y: np.ndarray, cap: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -129,6 +136,15 @@ class DurationModel:
             msg = "This DurationModel is not fitted yet; call 'fit' before 'predict_log'."
             raise NotFittedError(msg)
         return self.mean_.predict(X), self.quantile_model_.predict(X)
+
+
+def _timed_fit(estimator: HistGradientBoostingRegressor, X: np.ndarray, y: np.ndarray,
+               threads: int | None) -> float:
+    """Fit ``estimator`` with ``threads`` OpenMP threads (``None``: all cores); its wall seconds."""
+    t0 = time.perf_counter()
+    with threadpool_limits(limits=threads, user_api="openmp"):
+        estimator.fit(X, y)
+    return time.perf_counter() - t0
 
 
 def _snap_thresholds_to_float32(estimator: HistGradientBoostingRegressor) -> None:
