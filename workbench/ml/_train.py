@@ -137,25 +137,25 @@ def _library_versions() -> dict[str, str]:
     """Installed versions of the libraries a model depends on (for ``model.json`` and the recipe hash).
 
     Read from the package metadata rather than ``module.__version__``: the same strings, without
-    importing onnx/skl2onnx/sklearn (~1-3 s), which :func:`_preload_training_libraries` does in
-    the background instead.
+    importing onnx/skl2onnx/sklearn (~2-3 s), which :func:`_preload` does in the background.
     """
     return {name: importlib.metadata.version(name) for name in _LIBRARY_DISTRIBUTIONS}
 
 
-def _preload_training_libraries() -> threading.Thread:
-    """Import sklearn's HGB and skl2onnx in a background thread (started at the top of a training).
+def _preload(*modules: str) -> threading.Thread:
+    """Import ``modules`` in a background thread (sklearn's HGB, skl2onnx: ~1 s each).
 
-    Their imports take ~1-3 s of mostly file reads and module set-up; done while the window is split
-    and its features are built, that time is hidden instead of being paid on the first ``fit``/export.
-    Python's per-module import locks make a concurrent import of the same module wait, not repeat.
+    Called so that the imports run while the main thread works in C code that releases the GIL
+    (Arrow, the HGB fits) instead of being paid on first use. Python's per-module import locks
+    make a concurrent import of the same module wait for this one, not repeat it.
     """
     def load() -> None:
-        try:
-            import skl2onnx  # noqa: F401
-            import sklearn.ensemble  # noqa: F401
-        except Exception:  # the real import (in fit/export) reports the error
-            logger.debug("background import of the training libraries failed", exc_info=True)
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # the real import (in fit/export) reports the error
+                logger.debug("background import of %s failed", name, exc_info=True)
+                return
 
     thread = threading.Thread(target=load, name="preload-training-libraries", daemon=True)
     thread.start()
@@ -224,7 +224,7 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
         training of the same window return the registered version instead of a second one.
     """
     clock = _PhaseClock()
-    _preload_training_libraries()
+    _preload("sklearn.ensemble")  # needed by the fit, after the split and the features
     registry = ModelRegistry(models_dir)
     parent = parent if parent is not None else registry.current()
     table = table.select([c for c in COLUMNS if c in table.column_names])
@@ -250,6 +250,7 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
     X = builder.fit_transform(train)
     y = _log_signal(train, "exec")
     clock.lap("features")
+    _preload("skl2onnx")  # needed by the export: imported while the fits run (mostly outside the GIL)
     model.fit(X, y)
     clock.lap("fit")
 
