@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from workbench.broker import LocalKafka, ensure_broker
 from workbench.config import Settings
@@ -99,6 +100,20 @@ def private_run(settings: Settings, prefix: str = "run") -> Settings:
         topic_dead_letter=f"bench.dead.{suffix}", topic_replay_control=f"bench.control.{suffix}",
         topic_replay_state=f"bench.state.{suffix}",
     )
+
+
+def until_drained(wb: Any, rows: int, *, limit_s: float = 3600.0, every_s: float = 1.0) -> Iterator[tuple[Any, int]]:
+    """Yield ``(status, events the slowest app processed)`` every ``every_s`` until ``rows`` are drained."""
+    started = time.monotonic()
+    while True:
+        status = wb.status()
+        processed = min(status.events_processed.values() or [0])
+        yield status, processed
+        if status.drained and processed >= rows:
+            return
+        if time.monotonic() - started > limit_s:
+            raise SystemExit("pipeline did not drain within an hour")
+        time.sleep(every_s)
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:

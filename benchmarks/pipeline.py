@@ -35,7 +35,7 @@ from pathlib import Path
 
 import psutil
 import pyarrow.parquet as pq
-from _harness import broker, demo_log, private_run
+from _harness import broker, demo_log, private_run, until_drained
 
 from workbench.config import Settings
 from workbench.replay import replay_format
@@ -123,19 +123,12 @@ def run(settings: Settings, data, pack: int, encoding: str, broker_pid: int | No
         if profile is not None:
             time.sleep(2.0)  # let the supervisor start every process
             profilers = _start_profilers(wb, profile, f"{encoding}-pack{pack}")
-        while True:
-            status = wb.status()
-            processed = min(status.events_processed.values() or [0])
+        for status, processed in until_drained(wb, rows):
             m.samples.append(Sample(time.monotonic(), processed))
             for name, lag in status.lag.items():
                 if lag is not None:
                     m.max_lag[name] = max(m.max_lag.get(name, 0), lag)
             _sample_memory(wb, broker_pid, m)
-            if status.drained and processed >= rows:
-                break
-            if time.monotonic() - started > 3600:
-                raise SystemExit("pipeline did not drain within an hour")
-            time.sleep(1.0)
     finally:
         _sample_memory(wb, broker_pid, m)  # the last CPU reading before the processes go
         wb.stop(kafka=False)

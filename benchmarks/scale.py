@@ -29,7 +29,7 @@ import time
 
 import psutil
 import pyarrow.parquet as pq
-from _harness import broker, demo_log, private_run
+from _harness import broker, demo_log, private_run, until_drained
 
 from workbench.config import Settings
 from workbench.runtime import Workbench
@@ -68,16 +68,9 @@ def run(base: Settings, data, pack: int, count: int, broker_pid: int | None) -> 
     load0 = os.getloadavg()[0]
     wb = Workbench.start(data=data, speedup="max", pack=pack, settings=settings, app_instances=count)
     try:
-        while True:
-            status = wb.status()
-            processed = min(status.events_processed.values() or [0])
+        for _status, processed in until_drained(wb, rows):
             _cpu(wb, cpu)
             samples.append((time.monotonic(), processed, _by_app(cpu, broker_pid)))
-            if status.drained and processed >= rows:
-                break
-            if time.monotonic() - started > 3600:
-                raise SystemExit("pipeline did not drain within an hour")
-            time.sleep(1.0)
     finally:
         _cpu(wb, cpu)
         wb.stop(kafka=False)
