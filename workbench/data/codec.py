@@ -29,6 +29,8 @@ What a valid event is (one rule for every consumer)
 
 Consumers call :func:`decode_values` on a batch of message values (with their headers and
 keys) and get one Arrow record batch back, plus the messages that could not be decoded and why.
+Its JSON messages are decoded together (:mod:`workbench.data._json_fast`, msgspec and Arrow
+casts); a message that path does not accept is judged on its own, so every rejection keeps its reason.
 The one-row JSON path of a per-message consumer is :func:`decode_row` (a dict instead of a
 one-row batch, ~50x cheaper), which applies the same checks through the same function.
 A rejection is a :class:`MessageDecodeError` whose text starts with a reason code
@@ -41,6 +43,7 @@ import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
 from typing import Any, Final
 
 import numpy as np
@@ -48,6 +51,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from workbench.data import _json_fast
 from workbench.data.schema import COLUMNS, REDSET_SCHEMA, SCHEMA_VERSION
 from workbench.exceptions import WorkbenchError
 
@@ -577,44 +581,129 @@ def decode_values(
         Each message's key; when given, it must be the instance id of all the message's rows.
 
     Malformed values never raise: they are reported in :attr:`DecodedBatch.errors` with the reason.
+    JSON messages are decoded together (:mod:`workbench.data._json_fast`); those that path does
+    not accept are judged one by one, so the result is the same as message by message.
     """
+    return _decode_values(values, encodings, headers=headers, keys=keys, json_fast=True)
+
+
+def _decode_values(
+    values: Sequence[bytes | None],
+    encodings: Iterable[str | None] | None,
+    *,
+    headers: Sequence[Headers] | None,
+    keys: Sequence[Any] | None,
+    json_fast: bool,
+) -> DecodedBatch:
+    """:func:`decode_values`; ``json_fast=False`` judges every JSON message on the exact path (the reference)."""
     encodings = list(encodings) if encodings is not None else [None] * len(values)
     if len(encodings) != len(values) or (headers is not None and len(headers) != len(values)) or (
             keys is not None and len(keys) != len(values)):
         msg = f"got {len(values)} values but {len(encodings)} encodings / headers / keys"
         raise ValueError(msg)
-    pieces: list[pa.RecordBatch] = []
-    source_index: list[int] = []
+    pieces: list[tuple[pa.RecordBatch, list[int]]] = []  # (rows, the position of each row's message)
     errors: list[tuple[int, str]] = []
-    json_rows: list[dict[str, Any]] = []
-    json_pos: list[int] = []
+    json_pos: list[int] = []  # positions of the one-row JSON messages, decoded together below
+    json_rows: list[int | None] = []  # their rows headers
     check_key = keys is not None
-    for position, (value, hdrs, key, fallback) in enumerate(zip(
-            values, headers if headers is not None else encodings, keys if keys is not None else encodings,
-            encodings, strict=True)):
+    messages: Iterable[tuple[int, tuple[Any, Any, Any, Any]]] = enumerate(zip(
+        values, headers if headers is not None else encodings, keys if keys is not None else encodings,
+        encodings, strict=True))
+    if headers is not None and all(map(operator.eq, repeat(_JSON_HEADERS), headers)):  # as our producers send
+        json_pos, json_rows, messages = list(range(len(values))), [1] * len(values), ()
+    for position, (value, hdrs, key, fallback) in messages:
         if headers is None:
             hdrs = None
         if not check_key:
             key = None
         try:
-            name, rows = _meta(hdrs)
+            name, rows = (ENCODING_JSON, 1) if hdrs == _JSON_HEADERS else _meta(hdrs)
             name = name or fallback or ENCODING_JSON
-            if name == ENCODING_JSON:  # one row: validated as a dict, the batch built once for all
-                json_rows.append(_decode_row(value, rows, key, check_key, check_range=False))
+            if name == ENCODING_JSON:
                 json_pos.append(position)
+                json_rows.append(rows)
                 continue
             batch = _decode_one(value, name, rows, check_key, key)
         except MessageDecodeError as exc:
             errors.append((position, str(exc)))
             continue
-        pieces.append(batch)
-        source_index.extend([position] * batch.num_rows)
-    if json_rows:
+        pieces.append((batch, [position] * batch.num_rows))
+    if json_pos:
+        pieces[:0] = _decode_json_messages(values, keys, json_pos, json_rows, errors, json_fast)
+        errors.sort()
+    return _combine(pieces, errors)
+
+
+#: The headers of a one-row JSON message as every producer of ours writes them.
+_JSON_HEADERS: Final = message_headers(ENCODING_JSON, 1)
+#: ``rows`` header values of a message the JSON fast path may take (others: the exact path names them).
+_FAST_ROWS: Final = frozenset({None, 1})
+
+
+def _instance_ids(keys: Sequence[Any]) -> tuple[list[int], list[int]]:
+    """The instance ids the keys name, and the indices of the keys that name one (the others: the exact path)."""
+    ids = list(map(_KEY_CACHE.get, keys)) if all(map(bytes.__instancecheck__, keys)) else [None]
+    if None not in ids:  # every key seen before: a dict lookup each
+        return ids, list(range(len(keys)))
+    ids, ok = [], []
+    for i, key in enumerate(keys):
         try:
-            json_batch = _json_rows_to_batch(json_rows)
+            ids.append(decode_key(key))
+        except Exception:  # whatever the key is, the exact path names the message's first fault
+            continue
+        ok.append(i)
+    return ids, ok
+
+
+def _decode_json_messages(values: Sequence[Any], keys: Sequence[Any] | None, json_pos: list[int],
+                          json_rows: list[int | None], errors: list[tuple[int, str]],
+                          fast: bool) -> list[tuple[pa.RecordBatch, list[int]]]:
+    """The rows of the one-row JSON messages at ``json_pos``; their rejections go to ``errors``.
+
+    ``fast``: first the vectorised path (:mod:`workbench.data._json_fast`), then the exact path
+    for the messages it hands back; otherwise the exact path for all (the reference).
+    """
+    pieces: list[tuple[pa.RecordBatch, list[int]]] = []
+    exact = json_pos
+    if fast:
+        candidates = json_pos
+        if not (all(map(_FAST_ROWS.__contains__, json_rows))
+                and all(type(values[p]) is bytes for p in candidates)):
+            candidates = [p for p, rows in zip(json_pos, json_rows, strict=True)
+                          if rows in _FAST_ROWS and type(values[p]) is bytes]
+        instance_ids = None
+        if keys is not None:
+            ids, keyed = _instance_ids([keys[p] for p in candidates])
+            if len(keyed) < len(candidates):
+                candidates = [candidates[i] for i in keyed]
+            instance_ids = np.array(ids, dtype=np.int64)
+        batch, accepted, rest = _json_fast.decode_json_batch(
+            [values[p] for p in candidates], instance_ids, time_min_us=TIME_MIN_US, time_max_us=TIME_MAX_US)
+        if batch is not None:
+            pieces.append((batch, [candidates[i] for i in accepted] if rest else candidates))
+        if len(candidates) < len(json_pos) or rest:
+            taken = {candidates[i] for i in accepted}
+            exact = [p for p in json_pos if p not in taken]
+        else:
+            exact = []
+    rows_header = dict(zip(json_pos, json_rows, strict=True)) if exact else {}
+    rows: list[dict[str, Any]] = []
+    positions: list[int] = []
+    for position in exact:
+        key = keys[position] if keys is not None else None
+        try:
+            rows.append(_decode_row(values[position], rows_header[position], key, keys is not None,
+                                    check_range=False))
+        except MessageDecodeError as exc:
+            errors.append((position, str(exc)))
+            continue
+        positions.append(position)
+    if rows:
+        try:
+            pieces.append((_json_rows_to_batch(rows), positions))
         except (OverflowError, pa.ArrowInvalid):  # an integer beyond int64: find which rows hold one
             kept, kept_pos = [], []
-            for row, position in zip(json_rows, json_pos, strict=True):
+            for row, position in zip(rows, positions, strict=True):
                 try:
                     _check_int_range(row)
                 except MessageDecodeError as exc:
@@ -622,24 +711,25 @@ def decode_values(
                     continue
                 kept.append(row)
                 kept_pos.append(position)
-            errors.sort()
-            json_rows, json_pos = kept, kept_pos
-            json_batch = _json_rows_to_batch(json_rows) if json_rows else None
-        if json_batch is not None:
-            pieces.insert(0, json_batch)
-            source_index[:0] = json_pos
+            if kept:
+                pieces.append((_json_rows_to_batch(kept), kept_pos))
+    return pieces
+
+
+def _combine(pieces: list[tuple[pa.RecordBatch, list[int]]], errors: list[tuple[int, str]]) -> DecodedBatch:
+    """One batch of all pieces' rows in message order (a message's rows keep their order)."""
     if not pieces:
-        return DecodedBatch(_empty_batch(), source_index, errors)
+        return DecodedBatch(_empty_batch(), [], errors)
     if len(pieces) == 1:  # one message or all JSON: nothing to combine
-        batch = pieces[0]
-    else:
-        combined = pa.Table.from_batches(pieces, schema=_SCHEMA_NO_META).combine_chunks()
-        batch = combined.to_batches()[0] if combined.num_rows else _empty_batch()
-    if json_rows and len(pieces) > 1:  # keep message order (JSON rows were put first)
-        order = sorted(range(len(source_index)), key=source_index.__getitem__)
-        if order != list(range(len(order))):
-            batch = batch.take(pa.array(order))
-            source_index = [source_index[i] for i in order]
+        batch, source_index = pieces[0]
+        return DecodedBatch(batch, source_index, errors)
+    source_index = [p for _, positions in pieces for p in positions]
+    combined = pa.Table.from_batches([b for b, _ in pieces], schema=_SCHEMA_NO_META).combine_chunks()
+    batch = combined.to_batches()[0] if combined.num_rows else _empty_batch()
+    order = np.argsort(np.asarray(source_index, dtype=np.int64), kind="stable")
+    if len(order) and (np.diff(order) != 1).any():
+        batch = batch.take(pa.array(order))
+        source_index = [source_index[i] for i in order.tolist()]
     return DecodedBatch(batch, source_index, errors)
 
 
