@@ -671,14 +671,16 @@ def _decode_json_messages(values: Sequence[Any], keys: Sequence[Any] | None, jso
                 and all(type(values[p]) is bytes for p in candidates)):
             candidates = [p for p, rows in zip(json_pos, json_rows, strict=True)
                           if rows in _FAST_ROWS and type(values[p]) is bytes]
+        every = len(candidates) == len(values)  # all messages (the usual batch): no copies
         instance_ids = None
         if keys is not None:
-            ids, keyed = _instance_ids([keys[p] for p in candidates])
+            ids, keyed = _instance_ids(keys if every else [keys[p] for p in candidates])
             if len(keyed) < len(candidates):
-                candidates = [candidates[i] for i in keyed]
+                candidates, every = [candidates[i] for i in keyed], False
             instance_ids = np.array(ids, dtype=np.int64)
         batch, accepted, rest = _json_fast.decode_json_batch(
-            [values[p] for p in candidates], instance_ids, time_min_us=TIME_MIN_US, time_max_us=TIME_MAX_US)
+            values if every else [values[p] for p in candidates], instance_ids,
+            time_min_us=TIME_MIN_US, time_max_us=TIME_MAX_US)
         if batch is not None:
             pieces.append((batch, [candidates[i] for i in accepted] if rest else candidates))
         if len(candidates) < len(json_pos) or rest:
