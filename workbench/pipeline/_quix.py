@@ -159,34 +159,35 @@ def consume_in_batches(app: Application, on_messages: Callable[[list[Any]], None
         raise QuixInternalsError(msg)
     poll_timeout = float(getattr(getattr(app, "_config", None), "consumer_poll_timeout", 0.2) or 0.2)
 
+    from confluent_kafka import Message
+
+    error_of, topic_of, partition_of, offset_of = Message.error, Message.topic, Message.partition, Message.offset
+
     def process(_dataframes: Any) -> None:
         producer_poll(0)
         messages = consume(num_messages=max_messages, timeout=poll_timeout)
         if not messages:
             consumed(False)
             return
-        for message in messages:
-            if message.error() is not None:
-                raise KafkaConsumerException(error=message.error())
+        for error in filter(None, map(error_of, messages)):
+            raise KafkaConsumerException(error=error)
         owned = owned_cache["owned"]
         if owned is None:
             owned = owned_cache["owned"] = {(tp.topic, tp.partition) for tp in assignment()}
-        first: dict[tuple[str, int], int] = {}
-        last: dict[tuple[str, int], int] = {}
-        kept = []
-        for message in messages:
-            tp = (message.topic(), message.partition())
-            if tp not in owned:  # revoked while this batch was fetched: the new owner reads it
-                continue
-            offset = message.offset()
-            if tp not in first:
-                first[tp] = offset
-            last[tp] = offset
-            kept.append(message)
-        if not kept:
-            consumed(False)
-            return
-        on_messages(kept)
+        # per message only C-level loops (map/zip/dict): this step is part of every event's cost
+        tps = list(zip(map(topic_of, messages), map(partition_of, messages), strict=True))
+        offsets = list(map(offset_of, messages))
+        if not owned.issuperset(tps):  # some revoked while this batch was fetched: the new owner reads them
+            kept_at = [i for i, tp in enumerate(tps) if tp in owned]
+            messages = [messages[i] for i in kept_at]
+            tps = [tps[i] for i in kept_at]
+            offsets = [offsets[i] for i in kept_at]
+            if not messages:
+                consumed(False)
+                return
+        last = dict(zip(tps, offsets, strict=True))  # the last offset of each partition wins
+        first = dict(zip(reversed(tps), reversed(offsets), strict=True))  # ... and of the reversed: the first
+        on_messages(messages)
         for tp, offset in first.items():
             store_offset(tp[0], tp[1], offset)
             if last[tp] != offset:
