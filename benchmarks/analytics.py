@@ -118,16 +118,17 @@ def bench_analytics(settings: Settings, log: Path, pack: int, profile: Path | No
     replay_s = time.perf_counter() - t0
     app = AnalyticsApp(s, closing_strategy="key" if pack > 1 else "partition")
     timed = _Timed(app.status)
-    # The app counts events per batch of messages: the span starts at its first message instead.
-    on_message = getattr(app, "_on_message", None)  # (absent in earlier versions, which counted per message)
+    # The app counts events per batch of messages: the span starts at its first consumed batch instead.
+    hook = "_on_messages" if hasattr(app, "_on_messages") else "_on_message"  # (per message before the batches)
+    on_consumed = getattr(app, hook, None)  # (absent in earlier versions, which counted per message)
 
-    def first_message(*args: object) -> bool:
+    def first_consumed(*args: object) -> object:
         if timed.first is None:
             timed.first, timed.cpu_first = time.perf_counter(), time.process_time()
-        return on_message(*args)
+        return on_consumed(*args)
 
-    if on_message is not None:
-        app._on_message = first_message  # type: ignore[method-assign]
+    if on_consumed is not None:
+        setattr(app, hook, first_consumed)
     app.build()
     label = "json" if pack == 1 else "packed"
     profiler = _start_profiler(profile / f"analytics-{label}.txt") if profile else None

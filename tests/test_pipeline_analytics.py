@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import time
 import uuid
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from workbench.config import Settings
 from workbench.data import codec
 from workbench.data.generator import generate
 from workbench.pipeline import read_app_status, run_analytics
-from workbench.pipeline.analytics import row_partial
+from workbench.pipeline.analytics import AnalyticsApp, row_partial
 from workbench.replay import Replay
 from workbench.store.window_stats import WindowStatsStore
 
@@ -188,3 +190,36 @@ def test_window_sums_saturate_instead_of_wrapping(tmp_path: Path) -> None:
     exact = pa.array([2**60 + 1, None, 2**60 + 3, 1], pa.int64())
     batch = batch.set_column(batch.schema.get_field_index("mbytes_spilled"), "mbytes_spilled", exact)
     assert partial_aggregates(batch)[0]["spilled_mb"] == 2**61 + 5
+
+
+def _librdkafka_threads() -> int:
+    """Threads of this process that librdkafka started (every open client has a few: rdk:main, rdk:broker...)."""
+    return sum((task / "comm").read_text().startswith("rdk:") for task in Path("/proc/self/task").iterdir())
+
+
+def test_the_app_closes_its_kafka_clients_when_run_returns(kafka_settings: Settings, tmp_path: Path) -> None:
+    """Consumer, producer, topic admin and dead-letter producer are closed by run(), not by the garbage collector."""
+    ensure_topics(kafka_settings)
+    log = make_log(tmp_path / "l.parquet", rows=50, instances=1, spacing_s=10)
+    Replay(log, settings=kafka_settings, speedup=0, pack=1).run()
+    producer = Producer(kafka_settings.kafka_client_config())
+    producer.produce(kafka_settings.topic_query_events, key=b"0", value=b"{not json",
+                     headers=codec.message_headers(codec.ENCODING_JSON, 1))
+    producer.flush(10)
+    del producer
+    gc.collect()
+    before = _librdkafka_threads()
+    gc.disable()  # a client left in a reference cycle would now stay open
+    try:
+        app = AnalyticsApp(kafka_settings, commit_interval=1.0, group=f"close-{uuid.uuid4().hex[:6]}")
+        started = time.monotonic()
+        result = app.run(idle_exit=2, timeout=60)
+        stopped_in = time.monotonic() - started
+        after = _librdkafka_threads()
+    finally:
+        gc.enable()
+    assert result["events"] == 50 and result["dead_letters"] == 1, result.counters
+    assert after == before, f"{after - before} librdkafka threads still running after run() returned"
+    assert stopped_in < 20, stopped_in
+    dead = consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=1, timeout=20)
+    assert [m.value() for m in dead] == [b"{not json"]  # flushed before the producer closed

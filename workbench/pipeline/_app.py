@@ -28,7 +28,12 @@ from quixstreams.kafka.configuration import ConnectionConfig
 
 from workbench.config import Settings
 from workbench.pipeline._names import app_state_dir, consumer_group
-from workbench.pipeline._quix import commit_first_checkpoint_at_once, register_periodic
+from workbench.pipeline._quix import (
+    close_kafka_clients,
+    close_producer,
+    commit_first_checkpoint_at_once,
+    register_periodic,
+)
 from workbench.pipeline._status import AppResult
 from workbench.pipeline.exceptions import PipelineConfigError
 
@@ -142,8 +147,11 @@ class WorkbenchApp:
 
     :meth:`run` runs the Quix app in the main thread, bounded by wall time (``timeout``), idleness
     (``idle_exit``) or output count, publishes ``running``/``stopped``/``failed`` in the status
-    file, and always releases resources. Hooks: :meth:`_after_run` (only after a clean run) and
-    :meth:`_cleanup` (always); :meth:`_result` builds the returned :class:`AppResult`.
+    file, and always releases resources, its Kafka clients included (the app's producer, consumer
+    and topic admin and the dead-letter producer are flushed and closed when :meth:`run` returns,
+    not left to the garbage collector with their threads and broker connections).
+    Hooks: :meth:`_after_run` (only after a clean run) and :meth:`_cleanup` (always); :meth:`_result`
+    builds the returned :class:`AppResult`.
     """
 
     app: Application | None = None
@@ -213,8 +221,26 @@ class WorkbenchApp:
             try:
                 self._cleanup()
             finally:
-                if self.dead_letters is not None:
-                    self.dead_letters.close()
-                self.status.publish(state)
-                self.status.release()
+                try:
+                    self._close_clients()
+                finally:
+                    self.status.publish(state)
+                    self.status.release()
         return self._result()
+
+    def _close_clients(self) -> None:
+        """Flush and close the dead-letter producer and the Quix app's own clients (see the class docstring).
+
+        Each dead letter was flushed when it was sent; the flush here only guards a send that failed
+        half-way. Messages still undelivered after the flush timeout are logged, never dropped silently.
+        """
+        left = 0
+        try:
+            if self.dead_letters is not None:
+                self.dead_letters.close()
+                left += close_producer(self.dead_letters.producer)
+        finally:
+            if self.app is not None:
+                left += close_kafka_clients(self.app)
+        if left:
+            logger.error("%d produced messages were not delivered before the Kafka clients closed", left)

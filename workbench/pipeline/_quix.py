@@ -15,9 +15,13 @@ Three things the workbench needs have no public API in Quix 3.28:
 * whether the open checkpoint holds anything (:func:`commit_first_checkpoint_at_once`):
   ``app._processing_context.checkpoint.empty()``;
 * consuming a batch of messages per loop iteration instead of one (:func:`consume_in_batches`,
-  the scoring app's one-query-per-message path): ``app._process_message`` (the loop step),
+  the scoring and stream-analytics apps' one-query-per-message path): ``app._process_message`` (the loop step),
   ``app._consumer.consume``, ``app._processing_context.store_offset``, ``app._producer.poll``,
   ``app._run_tracker.set_message_consumed`` and the ``_broker_available`` marks.
+* closing the app's Kafka clients when a run ends (:func:`close_kafka_clients`): the lazily
+  created librdkafka handles ``Producer._inner_producer``, ``BaseConsumer._inner_consumer`` and
+  ``TopicAdmin._inner_admin`` of ``app._producer._producer``, ``app._consumer`` and
+  ``app._topic_manager._admin``.
 
 All are resolved here, at build time, and a missing or changed internal raises
 :class:`QuixInternalsError` instead of silently switching a feature off. ``tests/test_pipeline_quix.py``
@@ -38,6 +42,8 @@ __all__ = [
     "PartitionFlow",
     "QuixInternalsError",
     "assigned_partitions",
+    "close_kafka_clients",
+    "close_producer",
     "commit_first_checkpoint_at_once",
     "consume_in_batches",
     "force_checkpoint",
@@ -153,34 +159,35 @@ def consume_in_batches(app: Application, on_messages: Callable[[list[Any]], None
         raise QuixInternalsError(msg)
     poll_timeout = float(getattr(getattr(app, "_config", None), "consumer_poll_timeout", 0.2) or 0.2)
 
+    from confluent_kafka import Message
+
+    error_of, topic_of, partition_of, offset_of = Message.error, Message.topic, Message.partition, Message.offset
+
     def process(_dataframes: Any) -> None:
         producer_poll(0)
         messages = consume(num_messages=max_messages, timeout=poll_timeout)
         if not messages:
             consumed(False)
             return
-        for message in messages:
-            if message.error() is not None:
-                raise KafkaConsumerException(error=message.error())
+        for error in filter(None, map(error_of, messages)):
+            raise KafkaConsumerException(error=error)
         owned = owned_cache["owned"]
         if owned is None:
             owned = owned_cache["owned"] = {(tp.topic, tp.partition) for tp in assignment()}
-        first: dict[tuple[str, int], int] = {}
-        last: dict[tuple[str, int], int] = {}
-        kept = []
-        for message in messages:
-            tp = (message.topic(), message.partition())
-            if tp not in owned:  # revoked while this batch was fetched: the new owner reads it
-                continue
-            offset = message.offset()
-            if tp not in first:
-                first[tp] = offset
-            last[tp] = offset
-            kept.append(message)
-        if not kept:
-            consumed(False)
-            return
-        on_messages(kept)
+        # per message only C-level loops (map/zip/dict): this step is part of every event's cost
+        tps = list(zip(map(topic_of, messages), map(partition_of, messages), strict=True))
+        offsets = list(map(offset_of, messages))
+        if not owned.issuperset(tps):  # some revoked while this batch was fetched: the new owner reads them
+            kept_at = [i for i, tp in enumerate(tps) if tp in owned]
+            messages = [messages[i] for i in kept_at]
+            tps = [tps[i] for i in kept_at]
+            offsets = [offsets[i] for i in kept_at]
+            if not messages:
+                consumed(False)
+                return
+        last = dict(zip(tps, offsets, strict=True))  # the last offset of each partition wins
+        first = dict(zip(reversed(tps), reversed(offsets), strict=True))  # ... and of the reversed: the first
+        on_messages(messages)
         for tp, offset in first.items():
             store_offset(tp[0], tp[1], offset)
             if last[tp] != offset:
@@ -228,3 +235,47 @@ def assigned_partitions(app: Application, topic: str) -> Callable[[], list[int]]
         return sorted(tp.partition for tp in assignment() if tp.topic == topic)
 
     return partitions
+
+
+def close_producer(producer: Any, timeout: float = 10.0) -> int:
+    """Flush a Quix ``Producer`` and free its librdkafka handle now; returns the messages not delivered.
+
+    confluent-kafka's producer has no ``close()``: its handle is destroyed when the last reference
+    goes. Quix's ``Producer`` holds it and is referenced back by the handle's callbacks (a cycle), so
+    without this the handle (its threads and broker connections) lives until the garbage collector
+    runs. A later use opens a new handle (Quix creates it on demand).
+    """
+    if not hasattr(producer, "_inner_producer"):
+        msg = (f"quixstreams {_version()} has no Producer._inner_producer; the workbench needs it "
+               "(workbench/pipeline/_quix.py). Pin quixstreams==3.28.* or port the adapter.")
+        raise QuixInternalsError(msg)
+    inner = producer._inner_producer
+    if inner is None:
+        return 0
+    left = int(inner.flush(timeout))
+    producer._inner_producer = None
+    return left
+
+
+def close_kafka_clients(app: Application, timeout: float = 10.0) -> int:
+    """Close ``app``'s own Kafka clients (producer, consumer, topic admin) now, not at garbage collection.
+
+    The producer is flushed first (``timeout`` s at most); returns the messages it could not deliver.
+    Quix closes the consumer when ``run`` ends; this also covers a run that failed before that and
+    drops the closed handle. Clients never opened stay unopened.
+    """
+    internal_producer = getattr(app, "_producer", None)
+    consumer = getattr(app, "_consumer", None)
+    admin = getattr(getattr(app, "_topic_manager", None), "_admin", None)
+    if (not hasattr(internal_producer, "_producer") or not hasattr(consumer, "_inner_consumer")
+            or not hasattr(admin, "_inner_admin")):
+        msg = (f"quixstreams {_version()} has no Application._producer._producer, _consumer._inner_consumer or "
+               "_topic_manager._admin._inner_admin; the workbench needs them (workbench/pipeline/_quix.py). "
+               "Pin quixstreams==3.28.* or port the adapter.")
+        raise QuixInternalsError(msg)
+    left = close_producer(internal_producer._producer, timeout)
+    if consumer._inner_consumer is not None:
+        consumer._inner_consumer.close()  # a no-op on a handle Quix closed already
+        consumer._inner_consumer = None
+    admin._inner_admin = None  # an AdminClient has no close(): its last reference frees it
+    return left

@@ -9,11 +9,14 @@ Pipeline (one Quix app in its own process: ``workbench app analytics``)::
     (provisional), late counts, the window state and the consumed offsets (WindowStatsSink.flush)
 
 Throughput
-    The per-message Quix step only appends the raw message to a buffer. The buffer is processed as
-    one batch when it holds :data:`BATCH_MESSAGES` messages (or :data:`BATCH_BYTES`), when the
-    consumer is idle, and at every checkpoint: one codec call decodes and validates all its messages
-    (one-row JSON and packed Arrow alike), the event-time guard checks them with one vectorised test,
-    and the aggregation is vectorised. The window state is kept in memory and touches SQLite once per
+    Quix's per-message machinery (a Row, a context copy and an offset store per message) is bypassed:
+    each loop iteration consumes a batch of raw messages
+    (:func:`~workbench.pipeline._quix.consume_in_batches`, which stores each partition's first and
+    last offset in the checkpoint) and appends them to a buffer. The buffer is processed as one batch
+    when it holds :data:`BATCH_MESSAGES` messages (or :data:`BATCH_BYTES`), when the consumer is idle,
+    and at every checkpoint: one codec call decodes and validates all its messages (one-row JSON and
+    packed Arrow alike), the event-time guard checks them with one vectorised test, and the
+    aggregation is vectorised. The window state is kept in memory and touches SQLite once per
     window per checkpoint (:mod:`workbench.pipeline._window_state`) instead of a RocksDB read and
     write per message; there is no repartition topic and no changelog topic.
 
@@ -67,15 +70,14 @@ Collective anomalies
 from __future__ import annotations
 
 import logging
-import operator
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
 import numpy as np
+from confluent_kafka import Message
 from quixstreams import Application
-from quixstreams.context import message_context
 from quixstreams.sinks import BaseSink
 
 from workbench.analysis.collective import CollectiveStep
@@ -87,7 +89,7 @@ from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._decode import event_topic
 from workbench.pipeline._eventtime import EventTimeGuard
 from workbench.pipeline._names import consumer_group
-from workbench.pipeline._quix import register_periodic
+from workbench.pipeline._quix import consume_in_batches, register_periodic
 from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline._window_state import FlushResult, Prepared, WindowState
 from workbench.pipeline.exceptions import PipelineConfigError
@@ -109,9 +111,9 @@ BATCH_BYTES: Final = 8 * 1024 * 1024
 #: recounts from the last committed state; never a reason to dead-letter messages.
 _FATAL: Final = (*INFRASTRUCTURE_ERRORS, *database_errors())
 
-# one buffered message: value, key, headers, topic, partition, offset
-_Message = tuple[Any, Any, Any, str, int, int]
-_VALUE, _KEY, _HEADERS, _TOPIC, _PARTITION, _OFFSET = (operator.itemgetter(i) for i in range(6))
+# the fields of a buffered (confluent-kafka) message, as functions for map()
+_VALUE, _KEY, _HEADERS, _TOPIC, _PARTITION, _OFFSET = (Message.value, Message.key, Message.headers, Message.topic,
+                                                       Message.partition, Message.offset)
 
 
 def row_partial(row: Mapping[str, Any], window_ms: int = DEFAULT_WINDOW_MS) -> dict[str, Any]:
@@ -225,7 +227,7 @@ class AnalyticsApp(WorkbenchApp):
         self.state: WindowState | None = None
         self.dead_letters: DeadLetters | None = None
         self.guard: EventTimeGuard | None = None
-        self._buffer: list[_Message] = []
+        self._buffer: list[Message] = []
         self._buffered_bytes = 0
         self._seen_at_tick = 0
         self._last_archive = time.monotonic()
@@ -237,21 +239,13 @@ class AnalyticsApp(WorkbenchApp):
         self._stop_after: int | None = None
         self._applying = False  # True while a processed batch changes the state (no retry past that point)
 
-    # --- per-message step (main thread): buffer only ----------------------------------------------
-    def _on_message(self, value: Any, key: Any, _timestamp: int, headers: Any) -> bool:
-        ctx = message_context()
-        self._buffer.append((value, key, headers, ctx.topic, ctx.partition, ctx.offset))
-        if value:
-            self._buffered_bytes += len(value)
+    # --- consumed batches (main thread): buffer only ------------------------------------------------
+    def _on_messages(self, messages: list[Message]) -> None:
+        """Buffer the raw messages of one consume call; process the buffer once it is full."""
+        self._buffer.extend(messages)
+        self._buffered_bytes += sum(map(len, messages))  # len() of a message: its value's size
         if len(self._buffer) >= self.batch_messages or self._buffered_bytes >= BATCH_BYTES:
             self.process_buffer()
-        return False  # nothing flows further: the window state is written by the sink's flush
-
-    def on_processing_error(self, exc: Exception, row: Any, _logger: Any) -> bool:
-        """Stop the app: message faults never get here (batches dead-letter their own bad messages), so
-        whatever does is fatal - going on would commit offsets of buffered messages that were not counted."""
-        logger.error("analytics stops: %s: %s", type(exc).__name__, exc)
-        return False
 
     # --- batch processing --------------------------------------------------------------------------
     def process_buffer(self) -> None:
@@ -276,7 +270,7 @@ class AnalyticsApp(WorkbenchApp):
             if self._stop_after and self.status.counters.get("windows_closed", 0) >= self._stop_after:
                 self.stop()
 
-    def _process_alone(self, message: _Message) -> None:
+    def _process_alone(self, message: Message) -> None:
         try:
             self._process([message])
         except _FATAL:
@@ -285,23 +279,30 @@ class AnalyticsApp(WorkbenchApp):
             if self._applying:
                 raise
             assert self.state is not None and self.dead_letters is not None
-            value, key, headers, topic, partition, offset = message
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
             reason = f"processing_error: {type(exc).__name__}: {exc}"
             logger.warning("message failed in processing, dead-lettered: %s", reason[:300], exc_info=exc)
-            self.dead_letters.send(value, reason, key=key, headers=headers, topic=topic, partition=partition,
-                                   offset=offset)
+            self.dead_letters.send(message.value(), reason, key=message.key(), headers=message.headers(), topic=topic,
+                                   partition=partition, offset=offset)
             self.state.advance(self.state.partition(topic, partition), offset)
             self.status.add("dead_letters")
 
-    def _process(self, messages: Sequence[_Message]) -> None:
+    def _process(self, messages: Sequence[Message]) -> None:
         """Decode, guard, aggregate and count ``messages``; changes state only once all succeeded."""
         assert self.state is not None and self.guard is not None and self.dead_letters is not None
         state = self.state
         # the partitions of the batch, and each message's index into them
-        tps = list(zip(map(_TOPIC, messages), map(_PARTITION, messages), strict=True))
-        states = [state.partition(*tp) for tp in dict.fromkeys(tps)]
-        index = {(s.topic, s.partition): j for j, s in enumerate(states)}
-        message_state = np.fromiter(map(index.__getitem__, tps), dtype=np.int64, count=len(messages))
+        topics = set(map(_TOPIC, messages))
+        if len(topics) == 1:  # the app reads one topic: index by partition number, vectorised
+            topic = topics.pop()
+            partitions = np.fromiter(map(_PARTITION, messages), dtype=np.int64, count=len(messages))
+            numbers, message_state = np.unique(partitions, return_inverse=True)
+            states = [state.partition(topic, p) for p in numbers.tolist()]
+        else:
+            tps = list(zip(map(_TOPIC, messages), map(_PARTITION, messages), strict=True))
+            states = [state.partition(*tp) for tp in dict.fromkeys(tps)]
+            index = {(s.topic, s.partition): j for j, s in enumerate(states)}
+            message_state = np.fromiter(map(index.__getitem__, tps), dtype=np.int64, count=len(messages))
         message_offset = np.fromiter(map(_OFFSET, messages), dtype=np.int64, count=len(messages))
         next_offsets = np.array([s.next_offset for s in states], dtype=np.int64)
         fresh_mask = message_offset >= next_offsets[message_state]
@@ -335,10 +336,12 @@ class AnalyticsApp(WorkbenchApp):
                 lo = np.minimum.reduceat(times, starts)
                 hi = np.maximum.reduceat(times, starts)
             ok = np.ones(len(positions), dtype=bool)
-            for i, why in enumerate(self.guard.check_many(lo, hi)):
-                if why is not None:
-                    rejected[int(positions[i])] = why
-                    ok[i] = False
+            reasons = self.guard.check_many(lo, hi)
+            if reasons.count(None) != len(reasons):  # some rejected (rare): find them
+                for i, why in enumerate(reasons):
+                    if why is not None:
+                        rejected[int(positions[i])] = why
+                        ok[i] = False
             if starts is None:
                 keep = ok
                 row_message = positions
@@ -380,9 +383,9 @@ class AnalyticsApp(WorkbenchApp):
         if wide:
             self._count_wide(wide)
         for position in sorted(rejected):
-            value, key, headers, topic, partition, offset = fresh[position]
-            self.dead_letters.send(value, rejected[position], key=key, headers=headers, topic=topic,
-                                   partition=partition, offset=offset)
+            message = fresh[position]
+            self.dead_letters.send(message.value(), rejected[position], key=message.key(), headers=message.headers(),
+                                   topic=message.topic(), partition=message.partition(), offset=message.offset())
             self.status.add("dead_letters")
         self._applying = False
 
@@ -452,8 +455,10 @@ class AnalyticsApp(WorkbenchApp):
     # --- lifecycle --------------------------------------------------------------------------------
     def build(self) -> Application:
         """Declare the Quix pipeline; returns the Application (not started)."""
+        # no on_processing_error: no message runs through Quix's dataframe (see consume_in_batches); a batch
+        # dead-letters its own bad messages, and whatever else raises stops the app
         app = build_application(self.settings, APP_NAME, group=self.group, commit_interval=self.commit_interval,
-                                on_processing_error=self.on_processing_error, use_changelog_topics=False)
+                                use_changelog_topics=False)
         self.dead_letters = DeadLetters(self.settings, APP_NAME, app.get_producer())
         self.guard = EventTimeGuard.from_settings(self.settings)
         store = WindowStatsStore.from_settings(self.settings)  # SQLite in the home, or PostgreSQL
@@ -463,8 +468,9 @@ class AnalyticsApp(WorkbenchApp):
         self.state.open()
         self.sink = WindowStatsSink(self.state, before_flush=self.process_buffer, status=self.status)
         sdf = app.dataframe(event_topic(app, self.settings))
-        sdf = sdf.filter(self._on_message, metadata=True)
-        sdf.sink(self.sink)
+        sdf.sink(self.sink)  # registers the sink with Quix's checkpoints (flushed before every commit)
+        # nothing else runs per message: skip Quix's per-message machinery (see consume_in_batches)
+        consume_in_batches(app, self._on_messages, max_messages=self.batch_messages)
         register_periodic(app, self._tick)
         self.status.info.update({"window_ms": self.window_ms, "grace_ms": self.grace_ms,
                                  "closing_strategy": self.closing_strategy, "topic": self.settings.topic_query_events,
