@@ -1,6 +1,7 @@
 """Throughput of the ML scoring: ONNX inference at batch sizes 1k / 8k / 64k, and the scoring app end to end.
 
-Usage: ``.venv/bin/python benchmarks/scoring.py [--rows-per-day 100000] [--pack 100]``
+Usage: ``.venv/bin/python benchmarks/scoring.py [--rows-per-day 100000] [--pack 100] [--profile DIR]
+[--skip-inference] [--inputs json,packed] [--repeat N]``
 
 1. A model is trained on day 1 of a generated 2-day log (not timed) and registered as current.
 2. Inference rows/s (same method as ``benchmarks/scoring_onnx.py``): both ONNX regressors on a
@@ -14,15 +15,26 @@ Usage: ``.venv/bin/python benchmarks/scoring.py [--rows-per-day 100000] [--pack 
    wait at the end are excluded. ``cpu_us_per_event`` is the app's process CPU time (all threads)
    over the same span per event: the figure to compare on a shared, loaded machine. The child's
    wall time and peak RSS are printed too, and the load average before and after.
+
+``--profile DIR`` runs the app under ``py-spy record`` (PyPI; non-blocking, CPU-active samples
+only): ``DIR/scoring-<json|packed>.txt`` holds the collapsed stacks (for flame graph tools) and
+the top frames by own and total samples go to stderr (``--native``: with C frames such as the
+GC, Arrow kernels and ONNX Runtime; blocking sampling, so it slows the app down). Start-up is in
+the profile too (small next to the drain). ``--repeat N`` runs the inputs N times interleaved
+(json, packed, json, ...), so before/after figures can be taken in the same conditions.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import json
 import os
+import shutil
+import sys
 import uuid
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -58,7 +70,39 @@ def bench_inference(models_dir: os.PathLike[str], fresh: pa.Table) -> list[dict]
     return out
 
 
-def bench_app(settings: Settings, log: os.PathLike[str], pack: int, batch_rows: int) -> dict:
+def _py_spy() -> str:
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(exe).exists():
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    return exe
+
+
+def summarize_profile(out: Path, top: int = 25) -> None:
+    """Print the top frames of a ``py-spy --format raw`` file by own and by total samples (stderr)."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                  if " (" in f else f for f in stack.split(";")]
+        n = int(count)
+        samples += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    print(f"--- {out.name}: {samples} samples; top frames by own samples", file=sys.stderr)
+    for frame, n in own.most_common(top):
+        print(f"{100 * n / max(samples, 1):5.1f}%  {frame}", file=sys.stderr)
+    print(f"--- {out.name}: top frames by total (inclusive) samples", file=sys.stderr)
+    for frame, n in total.most_common(top + 15):
+        print(f"{100 * n / max(samples, 1):5.1f}%  {frame}", file=sys.stderr)
+
+
+def bench_app(settings: Settings, log: os.PathLike[str], pack: int, batch_rows: int,
+              profile: Path | None = None, native: bool = False) -> dict:
     suffix = uuid.uuid4().hex[:6]
     s = settings.with_overrides(topic_query_events=f"bench.scoring.events.{suffix}",
                                 topic_anomalies=f"bench.scoring.anomalies.{suffix}",
@@ -70,8 +114,19 @@ def bench_app(settings: Settings, log: os.PathLike[str], pack: int, batch_rows: 
     s = s.with_overrides(home=home)
     ensure_topics(s)
     Replay(log, settings=s, speedup=0, pack=pack, replay_id=f"bench-{suffix}", reset=True).run()
-    child = run_child([*WORKBENCH, "app", "scoring", "--no-train", "--idle-exit", "15", "--timeout", "900",
-                       "--batch-rows", str(batch_rows)], env=settings_env(s))
+    command = [*WORKBENCH, "app", "scoring", "--no-train", "--idle-exit", "15", "--timeout", "900",
+               "--batch-rows", str(batch_rows)]
+    out = None
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+        out = profile / f"scoring-{'json' if pack == 1 else 'packed'}.txt"
+        # --native shows C frames (the GC, Arrow kernels, ONNX) but needs blocking sampling
+        sampling = ["--native"] if native else ["--nonblocking"]
+        command = [_py_spy(), "record", "--rate", "200", "--format", "raw", *sampling, "--output", str(out),
+                   "--", *command]
+    child = run_child(command, env=settings_env(s))
+    if out is not None and out.exists():
+        summarize_profile(out)
     if child.returncode != 0:
         raise RuntimeError(f"scoring app failed rc={child.returncode}: {child.stderr[-2000:]}")
     status = read_app_status(s, "scoring") or {}
@@ -94,6 +149,11 @@ def main() -> None:
     parser.add_argument("--pack", type=int, default=100)
     parser.add_argument("--batch-rows", type=int, default=16_384)
     parser.add_argument("--skip-app", action="store_true", help="inference figures only")
+    parser.add_argument("--skip-inference", action="store_true", help="app figures only")
+    parser.add_argument("--inputs", default="json,packed", help="app inputs to run: json, packed or both")
+    parser.add_argument("--repeat", type=int, default=1, help="run the app inputs this many times, interleaved")
+    parser.add_argument("--profile", type=Path, help="record the app with py-spy into this folder")
+    parser.add_argument("--native", action="store_true", help="--profile with C frames (slows the app down)")
     args = parser.parse_args()
     log = demo_log(days=2, instances=args.instances, rows_per_day=args.rows_per_day)
     table = pq.read_table(log)
@@ -103,10 +163,15 @@ def main() -> None:
         fresh = day_slice(table, first + dt.timedelta(days=1))
         out: dict = {"cores": os.cpu_count(), "load_average_1min_before": round(os.getloadavg()[0], 2),
                      "log_rows": table.num_rows, "model": result.version,
-                     "trees": result.meta["n_iter"], "inference": bench_inference(settings.models_dir, fresh)}
-        if not args.skip_app:
-            out["app_json"] = bench_app(settings, log, 1, args.batch_rows)
-            out["app_packed"] = bench_app(settings, log, args.pack, args.batch_rows)
+                     "trees": result.meta["n_iter"]}
+        if not args.skip_inference:
+            out["inference"] = bench_inference(settings.models_dir, fresh)
+        packs = {"json": 1, "packed": args.pack}
+        for run in range(args.repeat if not args.skip_app else 0):
+            for name in args.inputs.split(","):
+                figures = bench_app(settings, log, packs[name], args.batch_rows, args.profile, args.native)
+                figures["load_average_1min"] = round(os.getloadavg()[0], 2)
+                out[f"app_{name}" if args.repeat == 1 else f"app_{name}_{run + 1}"] = figures
         out["load_average_1min_after"] = round(os.getloadavg()[0], 2)
         print(json.dumps(out, indent=2))
 
