@@ -589,9 +589,13 @@ class _ReplayRun:
                         values.append(None)  # type: ignore[arg-type]
                         self._dead_letter(batch.slice(index, 1), int(rows[index]), f"cannot encode row: {exc}")
             headers = codec.message_headers(encoding.name, 1)
+            # Python ints and one key object per instance: numpy scalars and a str() per message
+            # cost more than the tuple itself.
+            key_list = keys.tolist()
+            key_bytes = {key: str(key).encode() for key in set(key_list)}
             return [
-                (str(key).encode(), value, int(ts), headers)
-                for key, value, ts in zip(keys, values, times_ms, strict=True)
+                (key_bytes[key], value, ts, headers)
+                for key, value, ts in zip(key_list, values, times_ms.tolist(), strict=True)
                 if value is not None
             ]
         # Packed: runs of up to `pack` consecutive rows of one instance, order kept per instance.
