@@ -52,7 +52,8 @@ def broker(home: Path | None = None) -> Iterator[Settings]:
         yield settings
         return
     settings = Settings(home=home, kafka_port=free_port_pair())
-    ensure_broker(settings)
+    # A loaded machine (helpers benchmarking side by side) can take minutes to start a JVM.
+    ensure_broker(settings, timeout=300.0)
     try:
         yield settings
     finally:
