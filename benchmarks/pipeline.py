@@ -15,9 +15,11 @@ second:
 * the largest consumer lag seen, in messages, per app;
 * the peak resident memory of every process;
 * a cost model: CPU time (user + system) of every process divided by the events of the log, in
-  microseconds per event, and their sum (the broker serves every configuration: only its CPU
-  during that configuration's run counts, not its start-up nor the runs before) (two cores give 2,000,000 us of CPU per second, so
-  ``2e6 / total`` is the ceiling of this machine for that configuration).
+  microseconds per event, and their sum (two cores give 2,000,000 us of CPU per second, so
+  ``2e6 / total`` is the ceiling of this machine for that configuration). The broker serves
+  every configuration: only its CPU during that configuration's run counts, not its start-up
+  nor the runs before. Progress is read from the apps' status files every second, the full
+  workbench status (consumer lag, which opens Kafka clients) every 5 s.
 
 The one-query-per-message figure uses a shorter log (``--json-days``) so the run stays short.
 ``--profile DIR`` records a py-spy flame graph (SVG) per app while it runs (``pip install py-spy``;
