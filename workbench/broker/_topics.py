@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
@@ -53,9 +54,11 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
     """Create missing topics and grow partition counts that are too small; return created names.
 
     Existing topics keep their data and configuration. Partitions are never reduced (Kafka
-    cannot), and a topic with more partitions than configured is left as it is.
+    cannot), and a topic with more partitions than configured is left as it is. Returns only once
+    the broker's metadata shows every topic with all its partitions and their leaders.
     """
     specs = specs or topic_specs(settings)
+    deadline = time.monotonic() + timeout
     admin = AdminClient(settings.kafka_client_config())
     try:
         existing = admin.list_topics(timeout=timeout).topics
@@ -92,4 +95,40 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
             except KafkaException as exc:
                 msg = f"Could not add partitions to {name!r}: {exc}"
                 raise BrokerError(msg) from exc
+    if to_create or grow:
+        _await_metadata(admin, specs, deadline, settings.bootstrap_servers)
     return created
+
+
+def _missing(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> list[str]:
+    """Topics whose metadata does not show all their partitions with a leader yet."""
+    topics = admin.list_topics(timeout=timeout).topics
+    missing = []
+    for spec in specs:
+        topic = topics.get(spec.name)
+        ready = (topic is not None and topic.error is None and len(topic.partitions) >= spec.partitions
+                 and all(p.error is None and p.leader >= 0 for p in topic.partitions.values()))
+        if not ready:
+            missing.append(spec.name)
+    return missing
+
+
+def _await_metadata(admin: AdminClient, specs: list[TopicSpec], deadline: float, where: str) -> None:
+    """Wait until the broker's metadata shows ``specs`` in full.
+
+    The controller acknowledges a new topic or partition before every broker's metadata cache
+    has it: a client asking at once can find no topic, fewer partitions, or partitions without
+    a leader.
+    """
+    missing = [spec.name for spec in specs]
+    while True:
+        try:
+            missing = _missing(admin, specs, max(0.5, min(5.0, deadline - time.monotonic())))
+        except KafkaException as exc:
+            logger.debug("metadata request failed while waiting for new topics: %s", exc)
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            msg = f"Topics {missing} were created at {where} but their metadata is still incomplete"
+            raise BrokerError(msg)
+        time.sleep(0.05)

@@ -329,6 +329,7 @@ class _ReplayRun:
         self.pacer = Pacer(replay.speedup)
         self.position_key = f"{replay.replay_id}/position".encode()
         self.status_key = f"{replay.replay_id}/status".encode()
+        self.rows_checked = False  # set by _open: every row passed the per-row rules
         self.rows_sent = 0
         self.dead_letters = 0
         self.state = "starting"
@@ -348,10 +349,13 @@ class _ReplayRun:
     # -- setup ---------------------------------------------------------------------------------
     def _open(self) -> None:
         replay = self.replay
+        # Every row passed the per-row rules at start-up: the batches need not be checked again.
+        self.rows_checked = replay.validate
         if replay.validate:
             for part in log_parts(replay.data):  # one file, or each file of a prepared folder
                 report = check(part)
                 if not report.ok:
+                    self.rows_checked = False
                     if not (replay.skip_bad_rows and report.skippable):
                         raise report.error()
                     logger.warning("replay %s: %s; the bad rows go to the dead-letter topic", replay.replay_id,
@@ -535,8 +539,8 @@ class _ReplayRun:
         for first_row, raw in self.log.batches(self.next_row, self.replay.batch_size, cast=False):
             end_row = first_row + raw.num_rows
             rows = np.arange(first_row, end_row)
-            bad = find_bad_rows(raw)
-            if bad.mask.any():
+            bad = None if self.rows_checked else find_bad_rows(raw)
+            if bad is not None and bad.mask.any():
                 for index, reason in sorted(bad.reasons().items()):
                     self._dead_letter(raw.slice(index, 1), int(rows[index]), reason)
                 keep = ~bad.mask
@@ -589,9 +593,13 @@ class _ReplayRun:
                         values.append(None)  # type: ignore[arg-type]
                         self._dead_letter(batch.slice(index, 1), int(rows[index]), f"cannot encode row: {exc}")
             headers = codec.message_headers(encoding.name, 1)
+            # Python ints and one key object per instance: numpy scalars and a str() per message
+            # cost more than the tuple itself.
+            key_list = keys.tolist()
+            key_bytes = {key: str(key).encode() for key in set(key_list)}
             return [
-                (str(key).encode(), value, int(ts), headers)
-                for key, value, ts in zip(keys, values, times_ms, strict=True)
+                (key_bytes[key], value, ts, headers)
+                for key, value, ts in zip(key_list, values, times_ms.tolist(), strict=True)
                 if value is not None
             ]
         # Packed: runs of up to `pack` consecutive rows of one instance, order kept per instance.
