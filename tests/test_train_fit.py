@@ -78,16 +78,18 @@ def test_concurrent_fits_give_the_onnx_bytes_of_sequential_fits(n_threads: int) 
     y = X[:, 0] * 2 + np.abs(X[:, 1]) * rng.exponential(size=20_000)
     params = {"max_iter": 40, "mean_max_rows": 12_000, "quantile_max_rows": 16_000, "n_threads": n_threads,
               "random_state": 5}
-    model = DurationModel(**params).fit(X, y)
+    X_val, y_val = X[:3000] + np.float32(0.1), y[:3000]  # early stopping on given rows, as training does
+    model = DurationModel(**params).fit(X, y, X_val=X_val, y_val=y_val)
     got = [export_onnx(model.mean_, 6), export_onnx(model.quantile_model_, 6)]
     want = []
     with threadpool_limits(limits=n_threads, user_api="openmp"):  # the plain sequential fits, one by one
-        for loss, cap in ((dict(loss="squared_error"), 12_000), (dict(loss="quantile", quantile=0.9), 16_000)):
+        for loss, cap in ((dict(loss="squared_error", learning_rate=0.1), 12_000),
+                          (dict(loss="quantile", quantile=0.9, learning_rate=0.2), 16_000)):
             rows = np.sort(np.random.default_rng(5).choice(len(y), cap, replace=False))
             est = HistGradientBoostingRegressor(
-                max_iter=40, learning_rate=0.1, max_leaf_nodes=31, min_samples_leaf=50, l2_regularization=0.1,
-                early_stopping=True, validation_fraction=0.1, n_iter_no_change=10, random_state=5, **loss,
-            ).fit(X[rows], y[rows])
+                max_iter=40, max_leaf_nodes=31, min_samples_leaf=50, l2_regularization=0.1,
+                early_stopping=True, n_iter_no_change=10, tol=1e-4, random_state=5, **loss,
+            ).fit(X[rows], y[rows], X_val=X_val, y_val=y_val)
             _snap_thresholds_to_float32(est)
             want.append(export_onnx(est, 6))
     assert got == want

@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -251,13 +250,13 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
     X = builder.fit_transform(train)
     y = _log_signal(train, "exec")
     clock.lap("features")
+    # The blocked holdout is the fits' early-stopping set (see DurationModel.fit), so its
+    # features come first.
+    X_hold, refs, source = builder.transform_with_evidence(hold)
+    observed = {s: _log_signal(hold, s) for s in SIGNALS}
+    clock.lap("holdout_features")
     _preload("skl2onnx")  # needed by the export: imported while the fits run (mostly outside the GIL)
-    # The holdout's features do not depend on the models: built here while the fits run in their
-    # threads (the fits leave part of the 2 cores idle); the fitted models are the same either way.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="duration-model") as pool:
-        fitting = pool.submit(model.fit, X, y)
-        X_hold, refs, source = builder.transform_with_evidence(hold)
-        fitting.result()
+    model.fit(X, y, X_val=X_hold, y_val=observed["exec"])
     clock.lap("fit")
 
     with registry.staging() as staged:
@@ -271,7 +270,6 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
         parity = parity_max_abs_diff(model, pair, X_hold[:PARITY_ROWS], tolerance=parity_tolerance,
                                      onnx_log=(mean_log[:PARITY_ROWS], q_log[:PARITY_ROWS]))
         clock.lap("parity")
-        observed = {s: _log_signal(hold, s) for s in SIGNALS}
         detector = ResidualDetector(alert_rate=alert_rate, quantile=model.quantile)
         z = detector.residuals(observed, mean_log, q_log, refs)
         excess = detector.excess(observed, detector.expected(mean_log, refs))

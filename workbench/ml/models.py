@@ -40,9 +40,23 @@ class DurationModel:
         Quantile of the second model; its distance to the mean model is the per-query spread
         the detector standardises residuals with.
     max_iter, learning_rate, max_leaf_nodes, min_samples_leaf, l2_regularization
-        Passed to both :class:`~sklearn.ensemble.HistGradientBoostingRegressor`.
+        Passed to both :class:`~sklearn.ensemble.HistGradientBoostingRegressor` (``learning_rate``:
+        the mean model's only).
+    quantile_learning_rate : float, default=0.2
+        Shrinkage of the quantile model. Its pinball loss has no curvature, so each tree fits the
+        sign of the residuals and its leaves are then set to the residuals' quantile (a line
+        search); the shrinkage only slows that descent. On a 400k-row day, 0.2 reaches the same
+        blocked-holdout pinball loss as 0.1 (0.1242 vs 0.1241) and q90 coverage (0.910 vs 0.912)
+        in 54 iterations instead of 101, at ~70 CPU ms per iteration.
     n_iter_no_change : int, default=10
-        Early-stopping patience (on a 10 % validation split).
+        Early-stopping patience: the fit stops when none of the last ``n_iter_no_change``
+        iterations lowered the validation loss by more than ``tol``.
+    tol : float, default=1e-4
+        Smallest validation-loss improvement (log units: squared error for the mean model,
+        pinball loss for the quantile model) that counts as progress. The default of
+        scikit-learn (1e-7) lets a fit go on for tens of iterations that lower the holdout loss
+        by less than 0.001 % each (400k-row day, quantile model at learning rate 0.1: 161
+        iterations instead of 101 for a pinball loss of 0.1241 either way).
     mean_max_rows : int or None, default=150_000
         The mean model is fitted on a seeded sample of at most this many rows (``None``: all).
         Detection quality does not depend on its rows beyond ~150k (``benchmarks/detection.py``
@@ -61,16 +75,19 @@ class DurationModel:
     """
 
     def __init__(self, *, quantile: float = 0.9, max_iter: int = 200, learning_rate: float = 0.1,
+                 quantile_learning_rate: float = 0.2,
                  max_leaf_nodes: int = 31, min_samples_leaf: int = 50, l2_regularization: float = 0.1,
-                 n_iter_no_change: int = 10, mean_max_rows: int | None = 150_000,
+                 n_iter_no_change: int = 10, tol: float = 1e-4, mean_max_rows: int | None = 150_000,
                  quantile_max_rows: int = 200_000, n_threads: int | None = None, random_state: int = 0) -> None:
         self.quantile = quantile
         self.max_iter = max_iter
         self.learning_rate = learning_rate
+        self.quantile_learning_rate = quantile_learning_rate
         self.max_leaf_nodes = max_leaf_nodes
         self.min_samples_leaf = min_samples_leaf
         self.l2_regularization = l2_regularization
         self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
         self.mean_max_rows = mean_max_rows
         self.quantile_max_rows = quantile_max_rows
         self.n_threads = n_threads
@@ -78,22 +95,29 @@ class DurationModel:
 
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters (for ``model.json``)."""
-        return {k: getattr(self, k) for k in ("quantile", "max_iter", "learning_rate", "max_leaf_nodes",
-                                             "min_samples_leaf", "l2_regularization", "n_iter_no_change",
+        return {k: getattr(self, k) for k in ("quantile", "max_iter", "learning_rate", "quantile_learning_rate",
+                                             "max_leaf_nodes",
+                                             "min_samples_leaf", "l2_regularization", "n_iter_no_change", "tol",
                                              "mean_max_rows", "quantile_max_rows", "n_threads", "random_state")}
 
-    def _hgb(self, **loss: Any) -> HistGradientBoostingRegressor:
+    def _hgb(self, learning_rate: float, **loss: Any) -> HistGradientBoostingRegressor:
         from sklearn.ensemble import HistGradientBoostingRegressor
 
         return HistGradientBoostingRegressor(
-            max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
+            max_iter=self.max_iter, learning_rate=learning_rate, max_leaf_nodes=self.max_leaf_nodes,
             min_samples_leaf=self.min_samples_leaf, l2_regularization=self.l2_regularization,
-            early_stopping=True, validation_fraction=0.1, n_iter_no_change=self.n_iter_no_change,
+            early_stopping=True, validation_fraction=0.1, n_iter_no_change=self.n_iter_no_change, tol=self.tol,
             random_state=self.random_state, **loss,
         )
 
-    def fit(self, X: np.ndarray, y_log: np.ndarray) -> DurationModel:
+    def fit(self, X: np.ndarray, y_log: np.ndarray, X_val: np.ndarray | None = None,
+            y_val: np.ndarray | None = None) -> DurationModel:
         """Fit both models on features ``X`` and the log target ``y_log``.
+
+        ``X_val, y_val``: the validation rows of early stopping (training passes its blocked
+        holdout: hours whose new fingerprints are as unseen as tomorrow's, so the fits stop where
+        the next day's error stops falling). Without them each fit holds out a random 10 % of
+        its rows, whose fingerprints it has seen, and keeps improving on them for longer.
 
         The two fits run at the same time, one thread each: an HGB fit keeps ~1 of 2 cores busy
         (its per-iteration Python work and small parallel regions leave the other idle), so
@@ -108,11 +132,13 @@ class DurationModel:
         threads = self.n_threads or (1 if len(y_log) < 50_000 else None)
         Xm, ym = self._sample(X, y_log, self.mean_max_rows)
         Xq, yq = self._sample(X, y_log, self.quantile_max_rows)
-        jobs = {"mean": (self._hgb(loss="squared_error"), Xm, ym),
-                "quantile": (self._hgb(loss="quantile", quantile=self.quantile), Xq, yq)}
+        jobs = {"mean": (self._hgb(self.learning_rate, loss="squared_error"), Xm, ym),
+                "quantile": (self._hgb(self.quantile_learning_rate, loss="quantile", quantile=self.quantile),
+                             Xq, yq)}
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="hgb-fit") as pool:
-            futures = {name: pool.submit(_timed_fit, est, Xs, ys, threads) for name, (est, Xs, ys) in jobs.items()}
+            futures = {name: pool.submit(_timed_fit, est, Xs, ys, threads, X_val, y_val)
+                       for name, (est, Xs, ys) in jobs.items()}
             seconds = {name: future.result() for name, future in futures.items()}
         self.mean_, self.quantile_model_ = jobs["mean"][0], jobs["quantile"][0]
         for estimator in (self.mean_, self.quantile_model_):
@@ -139,11 +165,14 @@ class DurationModel:
 
 
 def _timed_fit(estimator: HistGradientBoostingRegressor, X: np.ndarray, y: np.ndarray,
-               threads: int | None) -> float:
+               threads: int | None, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> float:
     """Fit ``estimator`` with ``threads`` OpenMP threads (``None``: all cores); its wall seconds."""
     t0 = time.perf_counter()
     with threadpool_limits(limits=threads, user_api="openmp"):
-        estimator.fit(X, y)
+        if X_val is not None and y_val is not None and len(y_val):
+            estimator.fit(X, y, X_val=X_val, y_val=y_val)
+        else:
+            estimator.fit(X, y)
     return time.perf_counter() - t0
 
 
@@ -201,13 +230,6 @@ class OnnxPair:
                                  providers=["CPUExecutionProvider"])
             for m in (mean, quantile)
         ]
-
-    def _sample(self, X: np.ndarray, y: np.ndarray, cap: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """A seeded uniform sample of at most ``cap`` rows (in their original order)."""
-        if cap is None or len(y) <= cap:
-            return X, y
-        rows = np.sort(np.random.default_rng(self.random_state).choice(len(y), cap, replace=False))
-        return X[rows], y[rows]
 
     def predict_log(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ONNX predictions ``(mean, quantile)`` in log space (float64)."""
