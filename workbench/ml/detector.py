@@ -53,7 +53,9 @@ residual ``z``: an excess that is expensive on its own alerts as soon as the que
 ``costly_z = 2`` capped units above its expectation, whatever the calibration of its group (for a
 never-seen fingerprint: at least ``e^2 ~ 7x`` its prior). Below the costly level, runtime that the
 work done does not explain trades stake for evidence on the same path: the runtime residual after
-crediting the extra MB scanned (``z_u = z - max(0, log scan - log reference scan) / scale``) gives
+crediting the extra MB scanned (``z_u = (z * scale - credit) / scale``, ``credit`` the smaller of
+``max(0, log scan - log reference scan)`` and the time the instance needs to read the extra MB at
+its observed pace, :func:`_work_credit`) gives
 ``min(z_u / costly_z, e / costly * z_u / costly_z)``, so half the costly excess needs twice the
 evidence. A query expected in 2 s that sat for 7 minutes reading a few MB (a stall: lock, S3
 throttling, a hung COPY) alerts; a never-seen query that ran 7 minutes because it read 100 GB
