@@ -109,6 +109,28 @@ def test_step_writes_window_anomalies_once(tmp_path: Path) -> None:
     assert {pd.Timestamp(s) for s in w["window_start"].iloc[300:302]} <= starts
 
 
+def test_step_scores_a_lagging_instance_s_windows_that_close_after_another_s(tmp_path: Path) -> None:
+    """One instance's windows close late (a slow partition): none of them is skipped."""
+    settings = Settings(home=tmp_path / "home")
+    fast = _windows(instance=7)
+    slow = _windows(seed=1, instance=8)
+    slow.loc[slow.index[300:302], "queue_wlm_bound_queries"] = slow["total_queries"].iloc[300:302] // 2
+    with WindowStatsStore.from_settings(settings) as store:
+        store.upsert(fast.to_dict("records"))
+        store.upsert(slow.iloc[:250].to_dict("records"))  # instance 8 lags by more than 8 hours
+    step = CollectiveStep(settings)
+    step.run()
+    with WindowStatsStore.from_settings(settings) as store:
+        store.upsert(slow.iloc[250:].to_dict("records"))  # ... and catches up
+    inserted = step.run()
+    assert inserted >= 2
+    frame = read.window_anomalies(settings, instances=[8])
+    starts = set(pd.to_datetime(frame["window_start"], utc=True))
+    assert {pd.Timestamp(s) for s in slow["window_start"].iloc[300:302]} <= starts
+    assert step.run() == 0  # idempotent: nothing new
+    assert CollectiveStep(settings).run() == 0  # a restart scores everything again, inserts nothing
+
+
 @pytest.mark.parametrize("bad", [None, pd.DataFrame()])
 def test_empty_input_gives_empty_output(bad: pd.DataFrame | None) -> None:
     assert score_windows(bad).empty

@@ -11,7 +11,7 @@ import pytest
 
 from workbench.ml._testing import generated_log
 from workbench.ml._train import train_table
-from workbench.ml.detector import ResidualDetector
+from workbench.ml.detector import THROUGHPUT, ResidualDetector
 from workbench.ml.scorer import EXTRA_FIELDS, Scorer
 
 
@@ -116,12 +116,15 @@ def _wide_holdout_detector() -> ResidualDetector:
     return det
 
 
-def _stall(det: ResidualDetector, exec_ms: float, pred_ms: float, scan_mb: float) -> bool:
+def _stall(det: ResidualDetector, exec_ms: float, pred_ms: float, scan_mb: float,
+           ms_per_mb: float | None = None, reference_mb: float = 100.0) -> bool:
     """Whether the *runtime* evidence alone alerts (the scan may alert on its own as well)."""
     mean = np.array([np.log1p(pred_ms)])
     obs = {"exec": np.log1p([exec_ms]), "queue": np.zeros(1), "scan": np.log1p([scan_mb]), "spill": np.zeros(1)}
-    refs = {"queue": (np.zeros(1), np.zeros(1)), "scan": (np.log1p([100.0]), np.array([0.3])),
+    refs = {"queue": (np.zeros(1), np.zeros(1)), "scan": (np.log1p([reference_mb]), np.array([0.3])),
             "spill": (np.zeros(1), np.zeros(1)), "exec": (mean, np.array([0.5]))}
+    if ms_per_mb is not None:
+        refs[THROUGHPUT] = (np.log([ms_per_mb]), np.zeros(1))
     z = det.residuals(obs, mean, mean + 6.0, refs)
     per_signal = det._signal_scores(z, det.excess(obs, det.expected(mean, refs)))
     return bool(per_signal[det.signals.index("exec"), 0] >= 1.0)
@@ -136,3 +139,13 @@ def test_minutes_the_work_does_not_explain_alert_below_the_costly_level() -> Non
     assert not _stall(det, 7 * 60_000, 2_000, scan_mb=100_000.0)
     # A stall of 40 s is not worth an alert on this loose calibration (little at stake).
     assert not _stall(det, 40_000, 2_000, scan_mb=100.0)
+
+
+def test_extra_mb_explain_only_the_time_the_instance_needs_to_read_them() -> None:
+    det = _wide_holdout_detector()
+    # A load expected in 2 s whose reference reads 20 MB sat 8 minutes reading 1 GB: 50x the MB
+    # would excuse 50x the runtime, but at the instance's pace (2 ms per MB) 1 GB takes 2 s.
+    assert not _stall(det, 8 * 60_000, 2_000, scan_mb=1_000.0, reference_mb=20.0)  # pace unknown
+    assert _stall(det, 8 * 60_000, 2_000, scan_mb=1_000.0, reference_mb=20.0, ms_per_mb=2.0)
+    # 300 GB more at that pace take 10 minutes: 8 minutes are explained by the work.
+    assert not _stall(det, 8 * 60_000, 2_000, scan_mb=300_000.0, reference_mb=20.0, ms_per_mb=2.0)

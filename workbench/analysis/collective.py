@@ -428,18 +428,24 @@ def windows_of(table: pa.Table) -> pd.DataFrame:
 class CollectiveStep:
     """Reads closed windows from the SQLite ``window_stats``, flags them, stores them in the lakehouse.
 
-    Incremental: each :meth:`run` scores the final windows that started after the last scored one
-    (a window is final once the store holds windows of the same instance at least ``settle_ms``
-    later: window length plus grace). The lakehouse write is insert-if-absent on
-    ``(instance_id, window_start, signal)``, so a crash and restart (cursor lost, windows scored
-    again) neither loses nor duplicates a row. A busy lakehouse leaves the cursor where it was.
+    Incremental: each :meth:`run` scores the final windows of each instance that started after the
+    last scored window *of that instance* (a window is final once the store holds windows of the
+    same instance at least ``settle_ms`` later: window length plus grace). The cursor is kept per
+    instance because instances close their windows at different paces (one partition lags, or
+    another analytics process owns it): with one cursor over all instances, a lagging instance's
+    windows that close after a faster instance's later ones would be skipped for good. The read
+    starts ``lookback`` before the slowest instance's cursor, so every known instance's unscored
+    windows and their history are read (an instance first seen later is scored from there on).
+    The lakehouse write is insert-if-absent on ``(instance_id, window_start, signal)``, so a crash
+    and restart (cursors lost, windows scored again) neither loses nor duplicates a row. A busy
+    lakehouse leaves the cursors where they were.
     """
 
     def __init__(self, settings: Any, params: CollectiveParams | None = None, *, settle_ms: int = 900_000) -> None:
         self.settings = settings
         self.params = params or CollectiveParams()
         self.settle_ms = settle_ms
-        self.cursor_ms: int | None = None
+        self.cursor_ms: dict[int, int] = {}  # instance_id -> start of its last scored window (ms)
 
     def run(self) -> int:
         """Score new final windows; returns the number of window anomalies inserted."""
@@ -447,17 +453,19 @@ class CollectiveStep:
         from workbench.store.window_stats import WindowStatsStore
 
         lookback_ms = int(self.params.lookback.total_seconds() * 1000)
-        start = None if self.cursor_ms is None else self.cursor_ms - lookback_ms
+        start = min(self.cursor_ms.values()) - lookback_ms if self.cursor_ms else None
         with WindowStatsStore.from_settings(self.settings, read_only=True) as store:
             table = store.read(start=start)
         if table.num_rows == 0:
             return 0
         frame = table.to_pandas()
         start_ms = pd.DatetimeIndex(frame["window_start"]).as_unit("ms").asi8
+        instance = frame["instance_id"].to_numpy()
         newest = frame.assign(_ms=start_ms).groupby("instance_id")["_ms"].transform("max").to_numpy()
         final = start_ms <= newest - self.settle_ms
-        if self.cursor_ms is not None:
-            final &= start_ms > self.cursor_ms
+        if self.cursor_ms:
+            scored_to = pd.Series(instance).map(self.cursor_ms).fillna(np.iinfo(np.int64).min)
+            final &= start_ms > scored_to.to_numpy(dtype=np.int64)
         if not final.any():
             return 0
         flagged = flag_windows(frame[final], frame, self.params)
@@ -465,5 +473,6 @@ class CollectiveStep:
         if flagged.num_rows:
             with AnomalyLakehouse.from_settings(self.settings) as lake:
                 inserted = lake.write_window_anomalies(flagged)
-        self.cursor_ms = int(start_ms[final].max())
+        done = pd.Series(start_ms[final]).groupby(instance[final]).max()
+        self.cursor_ms.update({int(k): int(v) for k, v in done.items()})
         return inserted

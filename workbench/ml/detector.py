@@ -53,7 +53,9 @@ residual ``z``: an excess that is expensive on its own alerts as soon as the que
 ``costly_z = 2`` capped units above its expectation, whatever the calibration of its group (for a
 never-seen fingerprint: at least ``e^2 ~ 7x`` its prior). Below the costly level, runtime that the
 work done does not explain trades stake for evidence on the same path: the runtime residual after
-crediting the extra MB scanned (``z_u = z - max(0, log scan - log reference scan) / scale``) gives
+crediting the extra MB scanned (``z_u = (z * scale - credit) / scale``, ``credit`` the smaller of
+``max(0, log scan - log reference scan)`` and the time the instance needs to read the extra MB at
+its observed pace, :func:`_work_credit`) gives
 ``min(z_u / costly_z, e / costly * z_u / costly_z)``, so half the costly excess needs twice the
 evidence. A query expected in 2 s that sat for 7 minutes reading a few MB (a stall: lock, S3
 throttling, a hung COPY) alerts; a never-seen query that ran 7 minutes because it read 100 GB
@@ -80,7 +82,7 @@ import numpy as np
 
 from workbench.ml.exceptions import NotFittedError
 
-__all__ = ["COSTLY", "FLOORS", "REASONS", "TIME_SIGNALS", "UNEXPLAINED", "UNITS", "ResidualDetector"]
+__all__ = ["COSTLY", "FLOORS", "REASONS", "THROUGHPUT", "TIME_SIGNALS", "UNEXPLAINED", "UNITS", "ResidualDetector"]
 
 #: Reason string per signal.
 REASONS: dict[str, str] = {
@@ -101,6 +103,9 @@ COSTLY: dict[str, float] = {"exec": 600_000.0, "queue": 600_000.0, "scan": 1_000
 #: Key of the extra residual :meth:`ResidualDetector.residuals` adds: the runtime residual after
 #: crediting the extra work done (MB scanned beyond the reference), used by the costly path.
 UNEXPLAINED = "exec_unexplained_by_work"
+#: Key of the optional reference with the instance's observed reading pace: ``(log ms per MB, its
+#: IQR)`` (:meth:`workbench.ml.features.FeatureBuilder.references`), which caps the work credit.
+THROUGHPUT = "ms_per_mb"
 _Z90 = 1.2815515655446004  # standard normal 0.9 quantile
 _IQR_TO_SIGMA = 1.349
 
@@ -169,9 +174,8 @@ class ResidualDetector:
                 scale = np.clip((pred_q_log - pred_mean_log) / z_q, self.min_scale, self.max_scale)
                 out[s] = (observed_log[s] - pred_mean_log) / scale
                 if "scan" in observed_log and "scan" in references:
-                    # The runtime the work done does not explain: the expectation scaled up by how
-                    # much more the query scanned than its reference (a stall reads little).
-                    more_work = np.maximum(observed_log["scan"] - references["scan"][0], 0.0)
+                    more_work = _work_credit(observed_log["scan"], references["scan"][0], pred_mean_log,
+                                             references.get(THROUGHPUT))
                     out[UNEXPLAINED] = (observed_log[s] - pred_mean_log - more_work) / scale
             elif s == "scan":
                 center, iqr = references[s]
@@ -340,6 +344,28 @@ class ResidualDetector:
         det.threshold_ = float(state.get("score_threshold", state["threshold"]))
         det.n_calibration_ = int(state["n_calibration"])
         return det
+
+
+def _work_credit(scan_log: np.ndarray, reference_scan_log: np.ndarray, pred_mean_log: np.ndarray,
+                 throughput: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """Log-runtime the extra MB scanned (beyond the reference) may explain.
+
+    Proportional: runtime scaled up by how much more the query read than its reference
+    (``log scan - log reference``). That credit is only right when the expected runtime is spent
+    reading; when the reference reads little (a COPY's few MB, an instance median for a
+    never-seen query) it would excuse minutes of runtime for a few hundred MB. So the credit is
+    also capped by the time the instance needs to read the extra MB at its observed pace
+    (``THROUGHPUT``: ms per MB of its reads of at least 1 GB in the training window): runtime
+    beyond that is not explained by the work done (a stall: lock, S3 throttling, a hung load).
+    Without a known pace the proportional credit stands.
+    """
+    extra_log = np.maximum(scan_log - reference_scan_log, 0.0)
+    if throughput is None:
+        return extra_log
+    extra_mb = np.maximum(np.expm1(scan_log) - np.expm1(reference_scan_log), 0.0)
+    expected_ms = np.expm1(np.clip(pred_mean_log, 0.0, 50.0))
+    paced = np.log1p(expected_ms + extra_mb * np.exp(throughput[0])) - np.log1p(expected_ms)
+    return np.where(np.isnan(paced), extra_log, np.minimum(extra_log, paced))
 
 
 def _tail_threshold(score: np.ndarray, alert_rate: float) -> float:

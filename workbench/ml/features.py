@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workbench.data.schema import COLUMNS, LABEL_COLUMNS
+from workbench.ml.detector import THROUGHPUT
 from workbench.ml.exceptions import ColumnMismatchError, NotFittedError
 
 __all__ = [
@@ -114,6 +115,15 @@ _CARRIED = {"kafka_partition", "kafka_offset", "pred_mean_ms", "pred_q_ms", "sco
 #: Where a row's detector references come from (see :meth:`FeatureBuilder.transform_with_evidence`).
 REFERENCE_SOURCES = np.array(["fingerprint", "instance", "global"], dtype=object)
 _MISSING = -1.0  # sentinel for unknown numeric values (every real value is >= 0)
+#: Reads of at least this many MB measure an instance's reading pace (the fixed overhead of a query
+#: is small against them; the same 1 GB is the detector's materiality floor for a scan).
+_PACE_MIN_MB = 1_000.0
+#: Reads needed before an instance's own pace is used (else the fleet's).
+_PACE_MIN_READS = 20
+#: The pace is the slow end of the instance's reads (9 in 10 went faster): crediting extra MB at
+#: it excuses a normal big read's runtime, so only time beyond any usual pace counts as a stall.
+_PACE_QUANTILE = 0.9
+_PACE = "q90_log_ms_per_mb"
 _FP_TABLE = "fingerprint_stats.parquet"
 _INSTANCE_TABLE = "instance_stats.parquet"
 
@@ -223,6 +233,18 @@ def _sorted_stats(codes: np.ndarray, logs: dict[str, np.ndarray], orders: dict[s
     return result
 
 
+def _reading_pace(codes: np.ndarray, logs: dict[str, np.ndarray], n_groups: int) -> tuple[np.ndarray, float]:
+    """Per group and fleet-wide :data:`_PACE_QUANTILE` of ``log(ms per MB)`` over reads of at least
+    :data:`_PACE_MIN_MB` (NaN for a group with fewer than :data:`_PACE_MIN_READS` such reads)."""
+    exec_ms, scan_mb = np.expm1(logs["exec"]), np.expm1(logs["scan"])
+    big = (scan_mb >= _PACE_MIN_MB) & (exec_ms > 0)
+    log_pace = np.log(exec_ms[big]) - np.log(scan_mb[big])
+    per = _group_quantiles(codes[big], log_pace, n_groups, (_PACE_QUANTILE,))[:, 0]
+    per[np.bincount(codes[big], minlength=n_groups) < _PACE_MIN_READS] = np.nan
+    fleet = float(np.quantile(log_pace, _PACE_QUANTILE)) if len(log_pace) >= _PACE_MIN_READS else float("nan")
+    return per, fleet
+
+
 @dataclass
 class _Lookup:
     """History statistics of each input row (NaN where the group is unknown)."""
@@ -285,6 +307,8 @@ class FeatureBuilder:
         orders = {s: fp_rows[np.lexsort((v[fp_rows], fp_codes[fp_rows]))] for s, v in logs.items()}
         full_fp = _sorted_stats(fp_codes, logs, orders, len(fp_dict))
         full_inst = _stats(inst_codes, logs, len(inst_ids))
+        pace, fleet_pace = _reading_pace(inst_codes, logs, len(inst_ids))
+        full_inst[_PACE] = pace
 
         # Stored lookup tables (full window).
         split = pc.split_pattern(fp_dict, "|", max_splits=1)
@@ -301,6 +325,8 @@ class FeatureBuilder:
         self.global_: dict[str, float] = {
             name: float(np.quantile(logs[s], q)) for s, q, name in _STATS
         }
+        if not np.isnan(fleet_pace):  # model.json stays strict JSON (no NaN)
+            self.global_[_PACE] = fleet_pace
         self._build_index()
         self.feature_names_: tuple[str, ...] = FEATURE_NAMES
         self.input_columns_: tuple[str, ...] = INPUT_COLUMNS
@@ -452,6 +478,10 @@ class FeatureBuilder:
             glob_iqr = self.global_[f"q75_{signal}"] - self.global_[f"q25_{signal}"]
             iqr = np.where(np.isnan(iqr), glob_iqr, iqr)
             refs[signal] = (med, iqr)
+        if _PACE in lookup.inst:  # versions trained before the pace was kept have none
+            pace = lookup.inst[_PACE]
+            pace = np.where(np.isnan(pace), self.global_.get(_PACE, np.nan), pace)
+            refs[THROUGHPUT] = (pace, np.zeros_like(pace))
         return refs
 
     def _matrix(self, table: pa.Table, lookup: _Lookup) -> np.ndarray:
