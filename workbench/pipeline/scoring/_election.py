@@ -84,6 +84,7 @@ class BrokerLease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: str | None = None
+        self.joined = False  # the first assignment (possibly empty) arrived
 
     # --- the lease interface ---------------------------------------------------------------------
     @property
@@ -149,6 +150,9 @@ class BrokerLease:
                 self._confirmed_at = float("-inf")
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        if not self.joined:
+            self.joined = True
+            logger.info("trainer election: member of group %s (topic %s)", self.group, self.topic)
         if any(p.partition == 0 for p in partitions):
             self._set_owner(True, "assigned")
 
