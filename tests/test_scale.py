@@ -6,7 +6,7 @@ on the real broker, each time into a fresh home: once with one process per app, 
 one consumer group per app, Kafka spreading the partitions). The second run must end with the same
 shards (every event once, same scores and versions), the same ``window_stats`` rows, the same
 lakehouse anomalies (no duplicate) and the same model versions (same training inputs), trained once
-per day by the one elected trainer.
+per day by the one elected trainer (elected through the broker in the two-process run).
 
 The ``scale_home`` fixture makes the settings of one run; a store backend that every machine can
 write (PostgreSQL catalog and window_stats) parametrises it to run the same comparison there.
@@ -150,7 +150,9 @@ def _stores(settings: Settings) -> dict:
 def test_two_instances_per_app_on_one_home_give_the_stores_of_one(scale_home: Callable[[str], Settings],
                                                                  log: Path) -> None:
     one = scale_home("one")
-    two = scale_home("two")
+    # the two-process run elects its trainer through the broker (what several machines use), the
+    # one-process run takes the file lock: both must train the same days once
+    two = scale_home("two").with_overrides(trainer_election="broker")
     # both runs at once (separate homes and topics): most of a run is waiting for processes to start
     with ThreadPoolExecutor(max_workers=2) as pool:
         runs = [pool.submit(_run, one, log, 1), pool.submit(_run, two, log, 2)]

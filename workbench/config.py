@@ -213,10 +213,14 @@ class Settings(BaseSettings):
             "or ~/.pgpass). Unset: SQLite at <home>/stream_stats.sqlite."
         ),
     )
-    shards_dir_override: Path | None = Field(
+    shards_dir_override: Path | str | None = Field(
         default=None,
         validation_alias="WORKBENCH_SHARDS_DIR",
-        description="Arrow shards on a shared path (several machines); default <home>/shards.",
+        description=(
+            "Arrow shards on a shared path or an object-store URL every machine reaches (several machines), "
+            "e.g. 's3://bucket/prefix' (any URL pyarrow.fs.FileSystem.from_uri opens; credentials from the "
+            "usual AWS_* variables); default <home>/shards."
+        ),
     )
     models_dir_override: Path | None = Field(
         default=None,
@@ -227,6 +231,16 @@ class Settings(BaseSettings):
         default=None,
         validation_alias="WORKBENCH_ARCHIVE_DIR",
         description="Parquet archive of old windows on a shared path (several machines); default <home>/archive.",
+    )
+    trainer_election: Literal["auto", "lock", "broker"] = Field(
+        default="auto",
+        validation_alias="WORKBENCH_TRAINER_ELECTION",
+        description=(
+            "How the scoring processes elect their one trainer: 'lock' (a file lock in the models folder: "
+            "one machine, or a shared file system with working POSIX locks), 'broker' (a one-partition Kafka "
+            "topic: any number of machines, only Kafka shared) or 'auto' (broker when WORKBENCH_MODELS_DIR or "
+            "WORKBENCH_SHARDS_DIR point outside the home, else lock)."
+        ),
     )
 
     @field_validator("lakehouse_catalog", mode="after")
@@ -246,6 +260,13 @@ class Settings(BaseSettings):
                    f"SQLite in the home). Got a value starting {value[:14]!r} instead.")
             raise ValueError(msg)
         return value
+
+    @field_validator("shards_dir_override", mode="after")
+    @classmethod
+    def _shards_dir(cls, value: Path | str | None) -> Path | str | None:
+        if value is None or (isinstance(value, str) and "://" in value):
+            return value  # an object-store URL is opened by pyarrow as it is
+        return Path(value).expanduser().resolve()
 
     @field_validator("lakehouse_data", mode="after")
     @classmethod
@@ -287,7 +308,7 @@ class Settings(BaseSettings):
             raise ValueError(msg)
         return value.upper()
 
-    @field_validator("home", "cache_dir", "reports_dir", "shards_dir_override", "models_dir_override",
+    @field_validator("home", "cache_dir", "reports_dir", "models_dir_override",
                      "archive_dir_override", "kafka_ssl_ca_location", "kafka_ssl_certificate_location",
                      "kafka_ssl_key_location", mode="after")
     @classmethod
@@ -356,9 +377,18 @@ class Settings(BaseSettings):
         return self.home / "state"
 
     @property
-    def shards_dir(self) -> Path:
-        """Arrow shards of every scored event (``WORKBENCH_SHARDS_DIR`` or ``<home>/shards``)."""
+    def shards_dir(self) -> Path | str:
+        """Arrow shards of every scored event (``WORKBENCH_SHARDS_DIR`` or ``<home>/shards``): a folder, or an
+        object-store URL string (:mod:`workbench.store.shards` takes both)."""
         return self.shards_dir_override or self.home / "shards"
+
+    @property
+    def trainer_election_mode(self) -> Literal["lock", "broker"]:
+        """The election the scoring processes use (``trainer_election`` with ``auto`` resolved)."""
+        if self.trainer_election != "auto":
+            return self.trainer_election
+        shared = self.models_dir_override is not None or self.shards_dir_override is not None
+        return "broker" if shared else "lock"
 
     @property
     def models_dir(self) -> Path:

@@ -159,7 +159,7 @@ def disk_usage(settings: Settings) -> dict[str, int]:
     stats = [settings.sqlite_path.with_name(settings.sqlite_path.name + suffix) for suffix in ("", "-wal", "-shm")]
     return {
         "kafka": _tree_bytes(settings.kafka_dir) if settings.manages_kafka else 0,
-        "shards": _tree_bytes(settings.shards_dir),
+        "shards": _tree_bytes(settings.shards_dir) if isinstance(settings.shards_dir, Path) else 0,  # a URL: not local
         "models": _tree_bytes(settings.models_dir),
         "window_stats": sum(_tree_bytes(p) for p in stats) + _tree_bytes(settings.archive_dir),
         "lakehouse": _tree_bytes(settings.lakehouse_dir),

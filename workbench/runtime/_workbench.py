@@ -340,7 +340,7 @@ class Workbench:
     def status(self) -> WorkbenchStatus:
         """One snapshot: replay clock and progress, rates, lag per app, model, anomalies, late events,
         dead letters and the supervised processes."""
-        from workbench.ml.registry import ModelRegistry, TrainerLease
+        from workbench.ml.registry import ModelRegistry
         from workbench.pipeline import consumer_group, read_app_statuses
 
         state = read_state(self.settings.home) or {}
@@ -369,8 +369,17 @@ class Workbench:
             dead_letters=topic_message_count(self.settings, self.settings.topic_dead_letter),
             disk=disk_usage(self.settings),
             instances=instances,
-            trainer_pid=TrainerLease.holder(self.settings.models_dir),
+            trainer_pid=self._trainer_pid(instances.get("scoring", [])),
         )
+
+    def _trainer_pid(self, scoring: list[dict[str, Any]]) -> int | None:
+        """The trainer's pid: the file lock's holder, or (broker election) this home's scoring instance
+        that reports itself the trainer (None when the trainer runs on another machine)."""
+        from workbench.ml.registry import TrainerLease
+
+        if self.settings.trainer_election_mode == "lock":
+            return TrainerLease.holder(self.settings.models_dir)
+        return next((s.get("pid") for s in scoring if s.get("info", {}).get("trainer")), None)
 
     def _anomaly_count(self) -> int | None:
         # Reading the lakehouse costs ~0.1 s: refresh at most every 5 s.

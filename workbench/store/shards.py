@@ -29,6 +29,17 @@ Several writers on one home (N scoring instances)
     and which of them are idle (``_progress/i{slot}.json``). :func:`cluster_watermark` turns these
     into the event time *every* partition has passed: what the one elected trainer waits for.
 
+On an object store (``WORKBENCH_SHARDS_DIR=s3://bucket/prefix``, any URL
+:func:`pyarrow.fs.FileSystem.from_uri` takes)
+    The same names and layout, through pyarrow's filesystems. An object store has atomic PUTs but
+    no rename, so a shard is serialised in memory and written under its final key in one upload:
+    readers see the whole object or none, and a rewrite after a crash replaces the object of the
+    same (deterministic) name. Compaction uploads the merged file before it deletes what it
+    covers. There is no cross-process lock on a day (the day lock serialises this process's
+    threads only); what stays exact without it: files are owned by partition (one writer each),
+    the trainer alone compacts and applies retention, covered files are ignored by readers, and
+    a rescoring that finds a file gone passes over the day again.
+
 One row per query (reset, seek back, reprocessing)
     :func:`read_shards` (and so training, rescoring and the notebooks) returns each
     ``(instance_id, query_id)`` once: the row of the latest pass, i.e. the highest
@@ -46,9 +57,11 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
+from functools import lru_cache
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, Protocol
 
 import numpy as np
@@ -156,26 +169,176 @@ def compacted_name(partition: int, first_offset: int, last_offset: int) -> str:
     return f"c{partition:03d}-o{first_offset:012d}-o{last_offset:012d}.arrow"
 
 
-def _day_dir(directory: Path, day: dt.date | str) -> Path:
-    return Path(directory) / f"date={_day(day).isoformat()}"
+# --- where the shards live: a local folder or an object-store URL ------------------------------------
+#: A shards location: a local folder, or a URL of a pyarrow filesystem (``s3://bucket/prefix``).
+Location = Path | str
+
+
+def is_url(directory: Location) -> bool:
+    """Whether ``directory`` is an object-store URL (``scheme://...``) rather than a local folder."""
+    return isinstance(directory, str) and "://" in directory
+
+
+class _Local:
+    """A local (or mounted) folder: temp file + ``os.replace`` writes, ``flock`` day locks."""
+
+    remote = False
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def names(self, folder: PurePath) -> list[str]:
+        try:
+            return os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def folders(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return [child.name for child in self.root.iterdir() if child.is_dir()]
+
+    def is_file(self, path: PurePath) -> bool:
+        return Path(path).is_file()
+
+    def read_table(self, path: PurePath, columns: list[str] | None = None) -> pa.Table:
+        return feather.read_table(path, columns=columns, memory_map=False)
+
+    def write_table(self, path: PurePath, table: pa.Table) -> None:
+        with atomic_path(Path(path)) as tmp:
+            feather.write_feather(table, tmp, compression="lz4")
+
+    def delete(self, path: PurePath) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            Path(path).unlink()
+
+    def read_bytes(self, path: PurePath) -> bytes:
+        return Path(path).read_bytes()
+
+    def write_bytes(self, path: PurePath, data: bytes) -> None:
+        # No fsync: progress and heartbeats lost in a crash only make the watermark more conservative.
+        write_atomic(Path(path), data, fsync=False)
+
+    @contextlib.contextmanager
+    def lock(self, folder: PurePath) -> Iterator[None]:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        fd = os.open(Path(folder) / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def remove_folder(self, folder: PurePath) -> None:
+        with self.lock(folder):
+            doomed = Path(folder).with_name(f".deleting-{folder.name}")
+            os.rename(folder, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+#: Day locks of this process's threads on object stores (no cross-process lock there).
+_REMOTE_LOCKS: dict[str, threading.Lock] = {}
+_REMOTE_LOCKS_GUARD = threading.Lock()
+
+
+class _Remote:
+    """An object store through a pyarrow filesystem: one upload per object, no rename, no lock."""
+
+    remote = True
+
+    def __init__(self, url: str) -> None:
+        from pyarrow import fs
+
+        self._fs_mod = fs
+        self.fs, base = _filesystem(url)
+        self.root = PurePosixPath(base.rstrip("/"))
+
+    def path(self, *parts: str) -> PurePosixPath:
+        return self.root.joinpath(*parts)
+
+    def _infos(self, folder: PurePath) -> list[Any]:
+        selector = self._fs_mod.FileSelector(str(folder), allow_not_found=True, recursive=False)
+        return self.fs.get_file_info(selector)
+
+    def names(self, folder: PurePath) -> list[str]:
+        return [info.base_name for info in self._infos(folder) if info.type == self._fs_mod.FileType.File]
+
+    def folders(self) -> list[str]:
+        return [info.base_name for info in self._infos(self.root) if info.type == self._fs_mod.FileType.Directory]
+
+    def is_file(self, path: PurePath) -> bool:
+        return self.fs.get_file_info(str(path)).type == self._fs_mod.FileType.File
+
+    def read_bytes(self, path: PurePath) -> bytes:
+        with self.fs.open_input_stream(str(path)) as stream:
+            return stream.read()
+
+    def read_table(self, path: PurePath, columns: list[str] | None = None) -> pa.Table:
+        return feather.read_table(pa.BufferReader(self.read_bytes(path)), columns=columns, memory_map=False)
+
+    def write_bytes(self, path: PurePath, data: bytes) -> None:
+        # The object appears when the upload completes: whole or not at all, under its final key.
+        with self.fs.open_output_stream(str(path)) as out:
+            out.write(data)
+
+    def write_table(self, path: PurePath, table: pa.Table) -> None:
+        sink = pa.BufferOutputStream()
+        feather.write_feather(table, sink, compression="lz4")
+        self.write_bytes(path, sink.getvalue().to_pybytes())
+
+    def delete(self, path: PurePath) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(str(path))
+
+    @contextlib.contextmanager
+    def lock(self, folder: PurePath) -> Iterator[None]:
+        with _REMOTE_LOCKS_GUARD:
+            lock = _REMOTE_LOCKS.setdefault(str(folder), threading.Lock())
+        with lock:
+            yield
+
+    def remove_folder(self, folder: PurePath) -> None:
+        with self.lock(folder), contextlib.suppress(FileNotFoundError):
+            self.fs.delete_dir(str(folder))
+
+
+@lru_cache(maxsize=16)
+def _filesystem(url: str) -> tuple[Any, str]:
+    from pyarrow import fs
+
+    try:
+        return fs.FileSystem.from_uri(url)
+    except (pa.ArrowInvalid, OSError) as exc:
+        msg = f"WORKBENCH_SHARDS_DIR is not a folder or a URL pyarrow can open ({_redact(url)}): {exc}"
+        raise ShardError(msg) from exc
+
+
+def _redact(url: str) -> str:
+    """``url`` without its query (which may carry ``secret_key=...``)."""
+    return url.split("?", 1)[0]
+
+
+def _store(directory: Location) -> _Local | _Remote:
+    return _Remote(directory) if is_url(directory) else _Local(Path(directory))
+
+
+def _day_dir(store: _Local | _Remote, day: dt.date | str) -> PurePath:
+    return store.path(f"date={_day(day).isoformat()}")
 
 
 @contextlib.contextmanager
-def day_lock(directory: Path, day: dt.date | str) -> Iterator[Path]:
-    """Exclusive lock of one day folder (every writer of the folder holds it); yields the folder."""
-    folder = _day_dir(directory, day)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+def day_lock(directory: Location, day: dt.date | str) -> Iterator[PurePath]:
+    """Exclusive lock of one day folder (every writer of the folder holds it); yields the folder.
+
+    On an object store it serialises this process's threads only (see the module docstring).
+    """
+    store = _store(directory)
+    folder = _day_dir(store, day)
+    with store.lock(folder):
         yield folder
-    finally:
-        os.close(fd)
-
-
-def _atomic_feather(table: pa.Table, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        feather.write_feather(table, tmp, compression="lz4")
 
 
 def _ranges(names: Iterable[str]) -> dict[int, list[tuple[int, int, str]]]:
@@ -208,14 +371,14 @@ def _live(names: Iterable[str]) -> list[str]:
     return sorted(live)
 
 
-def write_shard(directory: Path, date: dt.date | str, partition: int, first_offset: int,
-                table: pa.Table | pa.RecordBatch) -> Path:
+def write_shard(directory: Location, date: dt.date | str, partition: int, first_offset: int,
+                table: pa.Table | pa.RecordBatch) -> PurePath:
     """Write (or atomically replace) one shard; returns its path.
 
     Parameters
     ----------
-    directory : Path
-        ``settings.shards_dir``.
+    directory : Path or str
+        ``settings.shards_dir``: a folder, or an object-store URL (``s3://bucket/prefix``).
     date : date or str
         Event day (UTC) of the rows.
     partition, first_offset : int
@@ -224,60 +387,64 @@ def write_shard(directory: Path, date: dt.date | str, partition: int, first_offs
         Redset columns, ``kafka_partition``, ``kafka_offset`` and optionally the score columns.
 
     When the rows overlap a compacted file of the partition (reprocessing after compaction),
-    they are merged into it, replacing the rows with the same offsets; the compacted path is returned.
+    they are merged into it, replacing the rows with the same offsets; the compacted path is
+    returned. On an object store the path is the key inside the bucket (no scheme).
     """
     if partition < 0 or first_offset < 0:
         msg = f"partition and first_offset must be >= 0. Got {partition} and {first_offset} instead."
         raise ShardError(msg)
     data = _conform(table)
-    with day_lock(directory, date) as folder:
+    store = _store(directory)
+    folder = _day_dir(store, date)
+    with store.lock(folder):
         offsets = data.column("kafka_offset")
         lo = int(pc.min(offsets).as_py()) if data.num_rows else first_offset
         hi = int(pc.max(offsets).as_py()) if data.num_rows else first_offset
-        for clo, chi, name in _ranges(_live(os.listdir(folder))).get(partition, ()):
+        for clo, chi, name in _ranges(_live(store.names(folder))).get(partition, ()):
             if lo <= chi and clo <= hi:
-                return _merge_into(folder, name, partition, data)
+                return _merge_into(store, folder, name, partition, data)
         path = folder / shard_name(partition, first_offset)
-        _atomic_feather(data, path)
+        store.write_table(path, data)
     logger.debug("shard written path=%s", path)
     return path
 
 
-def _merge_into(folder: Path, name: str, partition: int, data: pa.Table) -> Path:
+def _merge_into(store: _Local | _Remote, folder: PurePath, name: str, partition: int, data: pa.Table) -> PurePath:
     """Replace the rows of compacted file ``name`` that ``data`` re-delivers (same offsets)."""
-    old = feather.read_table(folder / name, memory_map=False)
+    old = store.read_table(folder / name)
     fresh = pc.is_in(old.column("kafka_offset"), value_set=data.column("kafka_offset").combine_chunks())
     merged = pa.concat_tables([old.filter(pc.invert(fresh)), data]).sort_by([("kafka_offset", "ascending")])
     offsets = merged.column("kafka_offset")
     path = folder / compacted_name(partition, int(pc.min(offsets).as_py()), int(pc.max(offsets).as_py()))
-    _atomic_feather(merged, path)
+    store.write_table(path, merged)
     if path.name != name:
-        (folder / name).unlink()
+        store.delete(folder / name)
     logger.info("reprocessed rows merged into a compacted shard path=%s rows=%d", path, data.num_rows)
     return path
 
 
-def list_days(directory: Path) -> list[dt.date]:
+def list_days(directory: Location) -> list[dt.date]:
     """Days that have at least one shard, ascending."""
-    root = Path(directory)
-    if not root.is_dir():
-        return []
+    store = _store(directory)
     days = []
-    for child in root.iterdir():
-        m = _DAY_RE.match(child.name)
-        if m and child.is_dir() and any(_SHARD_RE.match(p.name) for p in child.iterdir()):
+    for name in store.folders():
+        m = _DAY_RE.match(name)
+        if m and any(_SHARD_RE.match(n) for n in store.names(store.path(name))):
             days.append(dt.date.fromisoformat(m.group(1)))
     return sorted(days)
 
 
-def shard_paths(directory: Path, days: Iterable[dt.date | str] | None = None) -> list[Path]:
-    """Live shard files (temp files and files a compacted file covers ignored), by day then name."""
+def shard_paths(directory: Location, days: Iterable[dt.date | str] | None = None) -> list[PurePath]:
+    """Live shard files (temp files and files a compacted file covers ignored), by day then name.
+
+    On an object store the paths are keys inside the bucket (``PurePosixPath``, no scheme).
+    """
+    store = _store(directory)
     wanted = list_days(directory) if days is None else sorted({_day(d) for d in days})
-    paths: list[Path] = []
+    paths: list[PurePath] = []
     for day in wanted:
-        folder = _day_dir(directory, day)
-        if folder.is_dir():
-            paths += [folder / n for n in _live(os.listdir(folder))]
+        folder = _day_dir(store, day)
+        paths += [folder / n for n in _live(store.names(folder))]
     return paths
 
 
@@ -301,12 +468,12 @@ def dedupe_latest(table: pa.Table) -> pa.Table:
     return table.take(np.sort(order[last]))
 
 
-def read_shards(directory: Path, days: Iterable[dt.date | str] | None = None,
+def read_shards(directory: Location, days: Iterable[dt.date | str] | None = None,
                 columns: list[str] | None = None, *, dedupe: bool = True) -> pa.Table:
     """All shards of ``days`` (default: every day) as one table, optionally projected.
 
     With ``dedupe`` (default) each ``(instance_id, query_id)`` appears once (see the module
-    docstring: the latest pass wins).
+    docstring: the latest pass wins). ``directory`` is a folder or an object-store URL.
     """
     if columns is not None:
         unknown = [c for c in columns if c not in SHARD_SCHEMA.names]
@@ -327,18 +494,19 @@ def read_shards(directory: Path, days: Iterable[dt.date | str] | None = None,
     return table.cast(schema)
 
 
-def _read_day(directory: Path, day: dt.date, columns: list[str] | None) -> list[pa.Table]:
+def _read_day(directory: Location, day: dt.date, columns: list[str] | None) -> list[pa.Table]:
     """One day's live files; listed again if a concurrent compaction deleted one mid-read."""
+    store = _store(directory)
     for attempt in range(5):
         try:
-            return [feather.read_table(p, columns=columns, memory_map=False) for p in shard_paths(directory, [day])]
+            return [store.read_table(p, columns=columns) for p in shard_paths(directory, [day])]
         except FileNotFoundError:
             if attempt == 4:
                 raise
     return []
 
 
-def read_window(directory: Path, start: dt.date, end: dt.date, columns: list[str] | None = None) -> pa.Table:
+def read_window(directory: Location, start: dt.date, end: dt.date, columns: list[str] | None = None) -> pa.Table:
     """Exactly the events with ``start <= arrival day <= end``, once each, in a canonical order.
 
     The order (arrival time, instance, query) does not depend on partitions, batch sizes or
@@ -355,7 +523,7 @@ def read_window(directory: Path, start: dt.date, end: dt.date, columns: list[str
     return table if columns is None else table.select(columns)
 
 
-def rescore_unscored(directory: Path, scorer: _Scorer, days: Iterable[dt.date | str] | None = None) -> int:
+def rescore_unscored(directory: Location, scorer: _Scorer, days: Iterable[dt.date | str] | None = None) -> int:
     """Score the rows with ``model_version`` null and rewrite their shards in place.
 
     Already scored rows keep their values. Returns the number of rows scored (0 when the
@@ -384,15 +552,17 @@ def rescore_unscored(directory: Path, scorer: _Scorer, days: Iterable[dt.date | 
 _RESCORE_PASSES = 5
 
 
-def _rescore_day(directory: Path, day: dt.date, scorer: _Scorer) -> tuple[int, bool]:
+def _rescore_day(directory: Location, day: dt.date, scorer: _Scorer) -> tuple[int, bool]:
     """Rescore one day's live shards; returns (rows scored, whether a listed file had vanished)."""
+    store = _store(directory)
     total, vanished = 0, False
     for path in shard_paths(directory, [day]):
-        with day_lock(directory, path.parent.name.removeprefix("date=")):
-            if not path.is_file():
+        with store.lock(path.parent):
+            try:
+                table = store.read_table(path)
+            except FileNotFoundError:
                 vanished = True  # compacted or merged meanwhile: the new file is seen on the next pass
                 continue
-            table = feather.read_table(path, memory_map=False)
             unscored = pc.is_null(table.column("model_version")).to_numpy(zero_copy_only=False)
             if not unscored.any():
                 continue
@@ -411,29 +581,34 @@ def _rescore_day(directory: Path, day: dt.date, scorer: _Scorer) -> tuple[int, b
                     columns.append(pc.replace_with_mask(col, pa.array(mask), new))
                 else:
                     columns.append(table.column(name))
-            _atomic_feather(pa.Table.from_arrays(columns, schema=table.schema), path)
+            if store.remote and not store.is_file(path):
+                vanished = True  # no lock across processes there: compacted meanwhile, do not resurrect
+                continue
+            store.write_table(path, pa.Table.from_arrays(columns, schema=table.schema))
             total += int(now_scored.sum())
     return total, vanished
 
 
-def compact_day(directory: Path, day: dt.date | str) -> int:
+def compact_day(directory: Location, day: dt.date | str) -> int:
     """Merge a finished day's shards into one file per partition; returns the files now live.
 
-    Atomic per partition: the compacted file is written (fsync + rename) before the files it
-    covers are deleted (see the module docstring for what a crash in between leaves). Rows
-    re-delivered under two files keep the one from the later file (same offset). Run it only
-    for days that no longer receive events (the scoring app: a day older than the event-time
-    watermark minus the grace); a late event still works, it just adds one more file.
+    Atomic per partition: the compacted file is written (fsync + rename, or one upload) before
+    the files it covers are deleted (see the module docstring for what a crash in between
+    leaves). Rows re-delivered under two files keep the one from the later file (same offset).
+    Run it only for days that no longer receive events (the scoring app: a day older than the
+    event-time watermark minus the grace); a late event still works, it just adds one more file.
     """
-    with day_lock(directory, day) as folder:
-        names = _live(os.listdir(folder))
+    store = _store(directory)
+    folder = _day_dir(store, day)
+    with store.lock(folder):
+        names = _live(store.names(folder))
         by_part: dict[int, list[str]] = {}
         for name in names:
             by_part.setdefault(int(name[1:name.index("-")]), []).append(name)
         for part, files in sorted(by_part.items()):
             if len(files) < 2:
                 continue
-            tables = [feather.read_table(folder / n, memory_map=False) for n in files]
+            tables = [store.read_table(folder / n) for n in files]
             table = pa.concat_tables(tables)
             # A row is (offset, instance_id, query_id): a packed message holds many rows at one
             # offset. The same row in two files (a re-delivered message): keep the later file's.
@@ -446,31 +621,26 @@ def compact_day(directory: Path, day: dt.date | str) -> int:
             keep[:-1] = (so[1:] != so[:-1]) | (si[1:] != si[:-1]) | (sq[1:] != sq[:-1])
             table = table.take(order[keep])
             lo, hi = int(so[0]), int(so[-1])
-            _atomic_feather(table, folder / compacted_name(part, lo, hi))
+            store.write_table(folder / compacted_name(part, lo, hi), table)
             for name in files:
                 if name != compacted_name(part, lo, hi):
-                    (folder / name).unlink()
-        _remove_covered(folder)
-        live = len(_live(os.listdir(folder)))
+                    store.delete(folder / name)
+        _remove_covered(store, folder)
+        live = len(_live(store.names(folder)))
     logger.info("shards compacted day=%s files=%d", _day(day), live)
     return live
 
 
-def _remove_covered(folder: Path) -> None:
+def _remove_covered(store: _Local | _Remote, folder: PurePath) -> None:
     """Delete the files a compacted file covers (left by a compaction killed mid-way) and stale temps."""
-    names = [n for n in os.listdir(folder) if _SHARD_RE.match(n)]
+    names = store.names(folder)
     live = set(_live(names))
     for name in names:
-        if name not in live:
-            with contextlib.suppress(FileNotFoundError):
-                (folder / name).unlink()
-    for name in os.listdir(folder):
-        if name.endswith(".tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                (folder / name).unlink()
+        if (_SHARD_RE.match(name) and name not in live) or name.endswith(".tmp"):
+            store.delete(folder / name)
 
 
-def maintain(directory: Path, watermark: dt.date, *, retention_days: int | None = None,
+def maintain(directory: Location, watermark: dt.date, *, retention_days: int | None = None,
              settle_days: int = 1, max_files_per_partition: int = 2) -> dict[str, list[dt.date]]:
     """Compact the days that ended ``settle_days`` before ``watermark``; apply the retention.
 
@@ -481,11 +651,12 @@ def maintain(directory: Path, watermark: dt.date, *, retention_days: int | None 
     done: dict[str, list[dt.date]] = {"compacted": [], "deleted": []}
     if retention_days is not None:
         done["deleted"] = delete_older_than(directory, retention_days, today=watermark)
+    store = _store(directory)
     cutoff = watermark - dt.timedelta(days=settle_days)
     for day in list_days(directory):
         if day >= cutoff:
             break
-        names = _live(os.listdir(_day_dir(directory, day)))
+        names = _live(store.names(_day_dir(store, day)))
         per_part: dict[str, int] = {}
         for name in names:
             per_part[name[1:name.index("-")]] = per_part.get(name[1:name.index("-")], 0) + 1
@@ -495,19 +666,17 @@ def maintain(directory: Path, watermark: dt.date, *, retention_days: int | None 
     return done
 
 
-def delete_older_than(directory: Path, days: int, *, today: dt.date) -> list[dt.date]:
+def delete_older_than(directory: Location, days: int, *, today: dt.date) -> list[dt.date]:
     """Retention: delete the day folders more than ``days`` days before ``today``; returns them."""
     if days < 1:
         msg = f"Shard retention must keep at least 1 day. Got {days!r} instead."
         raise ShardError(msg)
+    store = _store(directory)
     cutoff = today - dt.timedelta(days=days)
     removed = []
     for day in list_days(directory):
         if day < cutoff:
-            with day_lock(directory, day) as folder:
-                doomed = folder.with_name(f".deleting-{folder.name}")
-                os.rename(folder, doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+            store.remove_folder(_day_dir(store, day))
             removed.append(day)
             logger.info("shards deleted by retention day=%s", day)
     return removed
@@ -517,53 +686,54 @@ def delete_older_than(directory: Path, days: int, *, today: dt.date) -> list[dt.
 PROGRESS_DIR = "_progress"
 
 
-def _progress_dir(directory: Path) -> Path:
-    return Path(directory) / PROGRESS_DIR
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(store: _Local | _Remote, path: PurePath) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_bytes())
+        return json.loads(store.read_bytes(path))
     except (FileNotFoundError, ValueError):
         return None  # gone, or replaced between listing and reading
 
 
-def record_progress(directory: Path, partition: int, *, first_us: int, max_us: int) -> None:
+def record_progress(directory: Location, partition: int, *, first_us: int, max_us: int) -> None:
     """Note that ``partition``'s events up to ``max_us`` (from ``first_us``) are durably in the shards.
 
     Call it after the shards are written. The range only widens (a partition that moves to
     another instance keeps its progress; a replay reset does not move it back).
     """
-    folder = _progress_dir(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"p{partition:03d}.json"
-    old = _read_json(path) or {}
+    store = _store(directory)
+    path = store.path(PROGRESS_DIR, f"p{partition:03d}.json")
+    old = _read_json(store, path) or {}
     first = min(first_us, int(old.get("first_us", first_us)))
     newest = max(max_us, int(old.get("max_us", max_us)))
     if old.get("first_us") == first and old.get("max_us") == newest:
         return
-    # No fsync: a progress record lost in a crash only makes the watermark more conservative.
-    write_atomic(path, json.dumps({"partition": partition, "first_us": first, "max_us": newest,
-                                   "at": time.time()}).encode(), fsync=False)
+    store.write_bytes(path, json.dumps({"partition": partition, "first_us": first, "max_us": newest,
+                                        "at": time.time()}).encode())
 
 
-def write_heartbeat(directory: Path, slot: int, *, assigned: Iterable[int], idle: Iterable[int],
+def _heartbeat_name(slot: int | str) -> str:
+    return f"i{slot:03d}.json" if isinstance(slot, int) else f"i-{slot}.json"
+
+
+def write_heartbeat(directory: Location, slot: int | str, *, assigned: Iterable[int], idle: Iterable[int],
                     now: float | None = None) -> None:
-    """Instance ``slot`` is alive, holds ``assigned`` partitions, and ``idle`` of them delivered nothing lately."""
-    folder = _progress_dir(directory)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Instance ``slot`` is alive, holds ``assigned`` partitions, and ``idle`` of them delivered nothing lately.
+
+    ``slot`` is the instance slot of one home, or a string unique across machines (``host-slot``)
+    when several homes share the shards.
+    """
+    store = _store(directory)
     data = {"slot": slot, "pid": os.getpid(), "at": time.time() if now is None else now,
             "assigned": sorted(int(p) for p in assigned), "idle": sorted(int(p) for p in idle)}
-    write_atomic(folder / f"i{slot:03d}.json", json.dumps(data).encode(), fsync=False)
+    store.write_bytes(store.path(PROGRESS_DIR, _heartbeat_name(slot)), json.dumps(data).encode())
 
 
-def remove_heartbeat(directory: Path, slot: int) -> None:
+def remove_heartbeat(directory: Location, slot: int | str) -> None:
     """Instance ``slot`` stopped: its partitions hold the watermark until another instance takes them."""
-    with contextlib.suppress(FileNotFoundError):
-        (_progress_dir(directory) / f"i{slot:03d}.json").unlink()
+    store = _store(directory)
+    store.delete(store.path(PROGRESS_DIR, _heartbeat_name(slot)))
 
 
-def cluster_watermark(directory: Path, *, alive_s: float = 15.0, now: float | None = None
+def cluster_watermark(directory: Location, *, alive_s: float = 15.0, now: float | None = None
                       ) -> tuple[int | None, int | None]:
     """``(first_us, watermark_us)`` over every partition any instance has stored.
 
@@ -574,20 +744,22 @@ def cluster_watermark(directory: Path, *, alive_s: float = 15.0, now: float | No
     a rebalance, holds the watermark at its progress; a partition assigned but not delivered yet
     (and not idle) holds it at nothing (None). With every partition idle it is the newest progress.
     """
-    folder = _progress_dir(directory)
-    if not folder.is_dir():
+    store = _store(directory)
+    folder = store.path(PROGRESS_DIR)
+    names = [n for n in store.names(folder) if n.endswith(".json")]
+    if not names:
         return None, None
     now = time.time() if now is None else now
     progress: dict[int, dict[str, Any]] = {}
     assigned: set[int] = set()
     idle: set[int] = set()
-    for path in folder.iterdir():
-        data = _read_json(path) if path.suffix == ".json" else None
+    for name in names:
+        data = _read_json(store, folder / name)
         if data is None:
             continue
-        if path.name.startswith("p"):
+        if name.startswith("p"):
             progress[int(data["partition"])] = data
-        elif path.name.startswith("i") and now - float(data.get("at", 0.0)) < alive_s:
+        elif name.startswith("i") and now - float(data.get("at", 0.0)) < alive_s:
             assigned |= set(data.get("assigned", ()))
             idle |= set(data.get("assigned", ())) & set(data.get("idle", ()))
     if not progress:

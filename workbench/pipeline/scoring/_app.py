@@ -172,7 +172,8 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
         topic = event_topic(app, self.settings)
         if self.schedule is not None:
             self.pacer = PartitionPacer(partition_flow(app), topic.name, self.status)
-            self.election = TrainerElection(self.settings, self.status, assigned_partitions(app, topic.name))
+            self.election = TrainerElection(self.settings, self.status, assigned_partitions(app, topic.name),
+                                            group=self.group or consumer_group(APP_NAME))
             self.election.tick(self.sink, self.supervisor, self._warmup_s, force=True)
             if list_days(self.settings.shards_dir):  # a restart: resume the schedule from the shards
                 self.schedule.resume_probe = ResumeProbe(self.settings, topic.name,

@@ -10,13 +10,18 @@ partitions' shards and records their progress; exactly one, the holder of the re
 :class:`~workbench.ml.registry.TrainerLease`, schedules trainings and compacts, from the
 watermark of every partition (:func:`~workbench.store.shards.cluster_watermark`). The others
 follow the trainer's training state (the selection cadence) and hot-swap the versions it
-registers. When the trainer stops or dies, the next instance to try takes the lease over.
+registers. When the trainer stops or dies, the next instance to try takes the lease over. On
+several machines (``WORKBENCH_TRAINER_ELECTION=broker``, the default when the models or shards
+live outside the home) the lease is partition 0 of a one-partition Kafka topic instead of a file
+lock (:mod:`workbench.pipeline.scoring._election`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +29,7 @@ from typing import Any
 from workbench.config import Settings
 from workbench.pipeline._status import AppStatus
 
-__all__ = ["ShardMaintenance", "TrainerElection", "adopt_unscored_days"]
+__all__ = ["ShardMaintenance", "TrainerElection", "adopt_unscored_days", "trainer_lease"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,36 @@ class ShardMaintenance:
         self.status.add("shard_days_deleted", len(done["deleted"]))
 
 
+def heartbeat_id(settings: Settings, slot: int) -> int | str:
+    """The name of a scoring instance's heartbeat among every writer of the shards.
+
+    The slot when the shards are in the home (one machine); with shards shared by several homes
+    (``WORKBENCH_SHARDS_DIR``), slots repeat across machines, so the host and home join the name.
+    """
+    if settings.shards_dir_override is None:
+        return slot
+    home = hashlib.sha256(str(settings.home).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}-{home}-{slot}"
+
+
+def trainer_lease(settings: Settings, group: str | None = None) -> Any:
+    """The lease the scoring processes compete for, by ``settings.trainer_election_mode``.
+
+    ``lock``: :class:`~workbench.ml.registry.TrainerLease` (a file lock in the models folder);
+    ``broker``: :class:`~workbench.pipeline.scoring._election.BrokerLease` (partition 0 of a
+    one-partition topic, fenced by the group generation). Both have ``held``, ``try_acquire()``
+    and ``release()``.
+    """
+    if settings.trainer_election_mode == "broker":
+        from workbench.pipeline._names import consumer_group
+        from workbench.pipeline.scoring._election import BrokerLease
+
+        return BrokerLease(settings, group or consumer_group("scoring"))
+    from workbench.ml.registry import TrainerLease
+
+    return TrainerLease(settings.models_dir)
+
+
 class TrainerElection:
     """This scoring instance's part in the one-trainer election (see the module docstring).
 
@@ -70,18 +105,20 @@ class TrainerElection:
         Seconds between heartbeats (and lease attempts).
     alive_s : float
         A heartbeat older than this is a dead instance: its partitions hold the watermark.
+    group : str, optional
+        The scoring app's consumer group (default ``workbench-scoring``): the broker election's
+        group derives from it.
     """
 
     def __init__(self, settings: Settings, status: AppStatus, assignment: Callable[[], list[int]], *,
-                 heartbeat_s: float = 1.0, alive_s: float = 15.0) -> None:
-        from workbench.ml.registry import TrainerLease
-
+                 heartbeat_s: float = 1.0, alive_s: float = 15.0, group: str | None = None) -> None:
         self.settings = settings
         self.status = status
         self.assignment = assignment
         self.heartbeat_s = heartbeat_s
         self.alive_s = alive_s
-        self.lease = TrainerLease(settings.models_dir)
+        self.lease = trainer_lease(settings, group)
+        self.heartbeat_id = heartbeat_id(settings, status.instance)
         self._assigned_since: dict[int, float] = {}
         self._recorded: dict[int, int] = {}
         self._last = 0.0
@@ -115,7 +152,7 @@ class TrainerElection:
         from workbench.store.shards import write_heartbeat
 
         try:
-            write_heartbeat(self.settings.shards_dir, self.status.instance, assigned=assigned, idle=idle)
+            write_heartbeat(self.settings.shards_dir, self.heartbeat_id, assigned=assigned, idle=idle)
         except OSError as exc:  # a missed heartbeat only makes the watermark wait
             logger.warning("cannot write the scoring heartbeat: %s", exc)
         if not self.lease.held and self.lease.try_acquire():
@@ -148,7 +185,7 @@ class TrainerElection:
         """The instance stops: drop the heartbeat and the lease (another instance takes it over)."""
         from workbench.store.shards import remove_heartbeat
 
-        remove_heartbeat(self.settings.shards_dir, self.status.instance)
+        remove_heartbeat(self.settings.shards_dir, self.heartbeat_id)
         self.lease.release()
 
 
