@@ -32,12 +32,6 @@ from workbench.store.lakehouse import AnomalyLakehouse
 from workbench.store.shards import read_shards
 
 D1 = dt.date(2024, 3, 4)  # the generator's default first day
-# A run's scoring app exits after this long with nothing pending (no message, buffer, training or
-# rescoring; the scoring app's own idle check): longer only makes the test wait.
-IDLE_EXIT_S = 5
-# After a SIGKILL the dead member holds its partitions until session.timeout.ms (6 s) passes: the
-# restarted app must not take that wait for the end of the input.
-IDLE_EXIT_AFTER_KILL_S = 9
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +59,7 @@ def _unpaced_with_kill(settings: Settings, log: Path) -> dict:
     Replay(log, settings=settings, speedup=0, pack=1).run()
     kill_scoring_child(settings, "--batch-rows", "1024", "--batch-seconds", "0.3", "--timeout", "300", events=5000)
     # idle_exit > session.timeout.ms: the killed member must time out before partitions are reassigned
-    return run_scoring(settings, idle_exit=IDLE_EXIT_AFTER_KILL_S, timeout=400, batch_rows=4096, batch_seconds=0.5,
+    return run_scoring(settings, idle_exit=9, timeout=400, batch_rows=4096, batch_seconds=0.5,
                        training_backoff_s=1)
 
 
@@ -73,7 +67,7 @@ def _paced(settings: Settings, log: Path) -> dict:
     replay = threading.Thread(target=lambda: Replay(log, settings=settings, speedup=20_000, pack=1).run(),
                               daemon=True)
     replay.start()
-    result = run_scoring(settings, idle_exit=IDLE_EXIT_S, timeout=400, batch_rows=2048, batch_seconds=0.5,
+    result = run_scoring(settings, idle_exit=9, timeout=400, batch_rows=2048, batch_seconds=0.5,
                          training_backoff_s=1)
     replay.join(timeout=60)
     return result
@@ -109,7 +103,7 @@ def test_partitions_ahead_of_training_pause_and_nothing_is_lost(kafka_base: Sett
     settings = isolated_settings(kafka_base, tmp_path / "ahead")
     ensure_topics(settings)
     Replay(log, settings=settings, speedup=0, pack=1).run()
-    result = run_scoring(settings, idle_exit=IDLE_EXIT_S, timeout=400, batch_rows=4096, batch_seconds=0.5,
+    result = run_scoring(settings, idle_exit=9, timeout=400, batch_rows=4096, batch_seconds=0.5,
                          training_backoff_s=1)
     assert result["partition_pauses"] > 0, result.counters
     assert result.info["paused_partitions"] == [] and result.info["waiting_for_model"] == []
@@ -146,8 +140,7 @@ def test_restart_after_everything_was_consumed_trains_and_scores_without_new_inp
             stored = read_shards(settings.shards_dir)
             assert stored.num_rows == total and stored.column("model_version").null_count == total
             assert ModelRegistry(settings.models_dir).versions() == []
-        idle_exit = IDLE_EXIT_AFTER_KILL_S if name == "killed" else IDLE_EXIT_S
-        result = run_scoring(settings, idle_exit=idle_exit, timeout=400, batch_rows=1024, batch_seconds=0.5,
+        result = run_scoring(settings, idle_exit=9, timeout=400, batch_rows=1024, batch_seconds=0.5,
                              training_backoff_s=1)
         if name == "killed":
             assert result["events"] == 0  # nothing new arrived: it resumed from durable state only
