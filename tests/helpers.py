@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from workbench.config import Settings
 from workbench.data.schema import LABEL_SCHEMA, REDSET_SCHEMA
@@ -74,24 +74,37 @@ def make_log(path: Path, *, rows: int = 2000, instances: int = 3, start: str = "
 
 
 def consume_all(settings: Settings, topic: str, *, expected: int | None = None, timeout: float = 60.0,
-                idle: float = 3.0) -> list:
-    """Every committed message of ``topic`` (read_committed), until ``expected`` or ``idle`` s of silence."""
+                idle: float = 3.0, to_end: bool = False) -> list:
+    """Every committed message of ``topic`` (read_committed), until ``expected`` or ``idle`` s of silence.
+
+    ``to_end``: the writers are done, so read exactly up to the end of every partition (its last
+    committed message) and stop there, instead of waiting for ``idle`` s of silence.
+    """
     consumer = Consumer({
         **settings.kafka_client_config(), "group.id": f"test-{uuid.uuid4().hex[:8]}",
         "auto.offset.reset": "earliest", "enable.auto.commit": False, "isolation.level": "read_committed",
+        "enable.partition.eof": to_end,
     })
     metadata = consumer.list_topics(topic, timeout=10).topics[topic]
     consumer.assign([TopicPartition(topic, p, 0) for p in metadata.partitions])
+    open_partitions = set(metadata.partitions)
     messages: list = []
     deadline = time.monotonic() + timeout
     last = time.monotonic()
     try:
         while time.monotonic() < deadline:
             batch = consumer.consume(num_messages=10_000, timeout=0.5)
+            if to_end:
+                open_partitions -= {m.partition() for m in batch
+                                    if m.error() and m.error().code() == KafkaError._PARTITION_EOF}
             batch = [m for m in batch if not m.error()]
             if batch:
                 messages.extend(batch)
                 last = time.monotonic()
+            if to_end:
+                if not open_partitions:
+                    break
+                continue
             if expected is not None and len(messages) >= expected and time.monotonic() - last > 0.5:
                 break
             if expected is None and time.monotonic() - last > idle:

@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -56,14 +57,19 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> dict:
     settings = Settings(home=root / "broker", kafka_port=free_port_pair(span=6), kafka_heap="512m",
                         kafka_listeners=LISTENERS)
     broker = LocalKafka(settings)
-    status = broker.start(timeout=120)
-    try:
+    day2, trained = root / "day2.parquet", Settings(home=root / "trained")
+
+    def log_and_model() -> None:
         full = root / "full.parquet"
         generate(full, days=2, instances=3, seed=11, rows_per_day=2_500)
-        day2 = root / "day2.parquet"
         pq.write_table(day_slice(pq.read_table(full), D2), day2)
-        trained = Settings(home=root / "trained")
         train_day(trained, D1, window_days=1, data=full)
+
+    try:
+        with ThreadPoolExecutor(1) as pool:  # the log and the model need no broker: made while it starts
+            prepared = pool.submit(log_and_model)
+            status = broker.start(timeout=120)
+            prepared.result()
         yield {"settings": settings, "status": status, "log": day2, "models": trained.models_dir}
     finally:
         # The apps' Kafka clients sit in reference cycles: free them while the broker still runs, or they

@@ -56,25 +56,19 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def live_home(kafka_base: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Workbench]]:
-    """A copy of the notebook home with a running workbench (replay at 600x + analytics)."""
+def browser_home(kafka_base: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings on a copy of the notebook home (nothing started yet)."""
     home_src, _ = cached_home(tmp_path_factory.getbasetemp())
     home = tmp_path_factory.mktemp("browser") / "home"
     shutil.copytree(home_src, home, ignore=shutil.ignore_patterns("run", "logs"))
-    settings = isolated_settings(kafka_base, home)
-    wb = Workbench.start(data=home / "data" / "log.parquet", speedup=600, settings=settings, apps=("analytics",))
-    try:
-        wait_until(lambda: (s := wb.status()).replay and s.replay_state == "running" and s.rows_sent > 0,
-               what="the replay running")
-        yield settings, wb
-    finally:
-        wb.stop()
+    return isolated_settings(kafka_base, home)
 
 
 @pytest.fixture
-def lab(live_home: tuple[Settings, Workbench], tmp_path: Path) -> Iterator[str]:
-    """JupyterLab on a copy of the notebooks; yields the base URL with the token."""
-    settings, _ = live_home
+def lab_server(browser_home: Settings, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str, str]]:
+    """JupyterLab on a copy of the notebooks, started but not waited for: it boots while the
+    workbench starts (``lab`` waits for both). Yields the process, the base URL and the token."""
+    settings = browser_home
     root = tmp_path / "lab"
     shutil.copytree(ROOT / "notebooks", root)
     port, token = _free_port(), secrets.token_hex(16)
@@ -97,7 +91,37 @@ def lab(live_home: tuple[Settings, Workbench], tmp_path: Path) -> Iterator[str]:
         cmd.append("--allow-root")
     log = (tmp_path / "jupyterlab.log").open("wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    base = f"http://127.0.0.1:{port}"
+    try:
+        yield proc, f"http://127.0.0.1:{port}", token
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def live_home(browser_home: Settings) -> Iterator[tuple[Settings, Workbench]]:
+    """The copied notebook home with a running workbench (replay at 600x + analytics)."""
+    settings = browser_home
+    wb = Workbench.start(data=settings.home / "data" / "log.parquet", speedup=600, settings=settings,
+                         apps=("analytics",))
+    try:
+        wait_until(lambda: (s := wb.status()).replay and s.replay_state == "running" and s.rows_sent > 0,
+               what="the replay running")
+        yield settings, wb
+    finally:
+        wb.stop()
+
+
+@pytest.fixture
+def lab(lab_server: tuple[subprocess.Popen, str, str], live_home: tuple[Settings, Workbench],
+        tmp_path: Path) -> str:
+    """JupyterLab answering (``lab_server`` comes first, so it boots while ``live_home`` starts);
+    returns the notebook URL template with the token."""
+    proc, base, token = lab_server
 
     def ready() -> bool:
         assert proc.poll() is None, (tmp_path / "jupyterlab.log").read_text()[-3000:]
@@ -107,16 +131,8 @@ def lab(live_home: tuple[Settings, Workbench], tmp_path: Path) -> Iterator[str]:
         except OSError:
             return False
 
-    try:
-        wait_until(ready, timeout=90, what="JupyterLab answering")
-        yield f"{base}/lab/tree/{{name}}?token={token}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    wait_until(ready, timeout=90, what="JupyterLab answering")
+    return f"{base}/lab/tree/{{name}}?token={token}"
 
 
 @pytest.fixture
@@ -199,7 +215,7 @@ _MARKS_JS = """() => {
 
 
 @needs_chromium
-def test_replay_panel_and_explorer_in_jupyterlab(live_home: tuple[Settings, Workbench], lab: str,
+def test_replay_panel_and_explorer_in_jupyterlab(lab: str, live_home: tuple[Settings, Workbench],
                                                   browser_page: Any, tmp_path: Path) -> None:
     _, wb = live_home
     page = browser_page
