@@ -1,6 +1,7 @@
 """Seconds to train one day of 400k rows (features, both HGB models, ONNX export, parity, calibration).
 
-Usage: ``python benchmarks/training.py [--rows 400000] [--repeat 1]``. The day comes from the
+Usage: ``python benchmarks/training.py [--rows 400000] [--repeat 1] [--threads N]``
+(``--threads``: OpenMP threads of each HGB fit, default: DurationModel's choice). The day comes from the
 synthetic generator (one day, 16 instances, seed 0); the registry lives in a temp folder.
 
 Prints wall seconds and process CPU seconds (every thread) per run and per phase, with the load
@@ -32,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=400_000)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "day.parquet"
@@ -42,7 +44,7 @@ def main() -> None:
             load_before = os.getloadavg()[0]
             t0, c0 = time.perf_counter(), time.process_time()
             result = train_table(Path(tmp) / f"models{i}", table, dt.date(2024, 3, 4), window_days=1,
-                                 max_rows=args.rows)
+                                 max_rows=args.rows, model_params={"n_threads": args.threads})
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             m = result.meta
             timings = dict(m["timings"])
