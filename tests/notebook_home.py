@@ -10,6 +10,7 @@ the body of :func:`populate` (one function) with ``Workbench.start(data=..., spe
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
@@ -101,12 +102,21 @@ def build_offline_home(root: Path, *, rows_per_day: int = 6000, instances: int =
 
 
 def cached_home(base: Path) -> tuple[Path, Path]:
-    """Build the home once per test session under ``base`` (shared by several test modules)."""
+    """Build the home once per test session under ``base`` (shared by several test modules).
+
+    Under pytest-xdist every worker has its own ``base`` inside the session's folder: the home is
+    then built once in that shared parent, under a lock, and read by every worker.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
     root = base / "notebook-home"
     marker = root / "READY.json"
-    if marker.is_file():
-        info = json.loads(marker.read_text())
-        return Path(info["home"]), Path(info["data"])
-    home, data = build_offline_home(root)
-    marker.write_text(json.dumps({"home": str(home), "data": str(data), "pid": os.getpid()}))
+    root.mkdir(parents=True, exist_ok=True)
+    with (base / "notebook-home.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if marker.is_file():
+            info = json.loads(marker.read_text())
+            return Path(info["home"]), Path(info["data"])
+        home, data = build_offline_home(root)
+        marker.write_text(json.dumps({"home": str(home), "data": str(data), "pid": os.getpid()}))
     return home, data

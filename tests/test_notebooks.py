@@ -32,10 +32,21 @@ def test_nbval_runs_every_notebook(notebook_home: tuple[Path, Path], tmp_path: P
     home, _ = notebook_home
     env = {**os.environ, "WORKBENCH_HOME": str(home)}
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    # Run from an empty folder: the notebooks must find their data through WORKBENCH_HOME only.
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", "-o", "addopts=",
-         "--rootdir", str(tmp_path), *map(str, NOTEBOOKS)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert f"{len(NOTEBOOKS)} passed" in result.stdout or "passed" in result.stdout
+    # Two nbval runs side by side (a kernel each; the notebooks only read the home), each from an
+    # empty folder: the notebooks must find their data through WORKBENCH_HOME only.
+    runs = []
+    for k, group in enumerate((NOTEBOOKS[0::2], NOTEBOOKS[1::2])):
+        folder = tmp_path / f"run{k}"
+        folder.mkdir()
+        runs.append(subprocess.Popen(
+            [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", "-o", "addopts=",
+             "--rootdir", str(folder), *map(str, group)],
+            cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        outputs = [run.communicate(timeout=600) for run in runs]
+    finally:
+        for run in runs:
+            run.kill()
+    for run, (stdout, stderr) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, stdout[-4000:] + stderr[-2000:]
+        assert "passed" in stdout
