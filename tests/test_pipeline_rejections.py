@@ -54,7 +54,7 @@ def _families() -> list[tuple[str, bytes, list, bytes | None, str]]:
 
 def _produce(settings: Settings) -> tuple[dict[int, tuple[str, str]], int]:
     """Valid, bad, valid, bad, ... into partition 0; returns {offset: (family, reason)} and the valid count."""
-    producer = Producer({**settings.kafka_client_config(), "message.max.bytes": BIG})
+    producer = Producer({**settings.kafka_client_config(), "message.max.bytes": BIG, "enable.idempotence": True})
     topic = settings.topic_query_events
     json_headers = codec.message_headers("json", 1)
     sent: list[tuple[str, str] | None] = []
@@ -121,7 +121,7 @@ def test_the_anomaly_sink_dead_letters_values_the_lakehouse_cannot_hold(kafka_se
         "time overflows to UTC": dict(good, arrival_timestamp="9999-12-31T23:00:00-05:00"),
         "wrong type": dict(good, pred_mean_ms="fast"),
     }
-    producer = Producer(settings.kafka_client_config())
+    producer = Producer({**settings.kafka_client_config(), "enable.idempotence": True})
     topic = settings.topic_anomalies
     families: dict[int, str] = {}
     offset = 0
