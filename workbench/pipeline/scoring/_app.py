@@ -202,10 +202,10 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
         timeout is not used). Offsets are committed (after the last flush) when the run ends.
         """
         self._idle_exit = idle_exit
-        self._started = time.monotonic()
         if self.app is None:
             self.build()
         with _frozen_heap():
+            self._started = time.monotonic()
             return super().run(timeout=timeout, idle_exit=None, count=count)
 
     def _after_run(self) -> None:
@@ -234,10 +234,9 @@ def _frozen_heap() -> Iterator[None]:
     The stream allocates millions of short-lived containers (message tuples, headers, decoded
     rows); every full collection they trigger walked the ~200k objects the imports left behind as
     well: ~10 us per JSON message, more than decoding it. Frozen, a full collection walks only the
-    live batch. Unfrozen afterwards, so a process that runs the app repeatedly (tests) can still
-    collect what an earlier run dropped.
+    live batch. No collection first (it costs seconds in a large test process): what is garbage
+    already is only kept until the run ends, when the heap is unfrozen and can be collected again.
     """
-    gc.collect()
     gc.freeze()
     try:
         yield
