@@ -9,10 +9,8 @@ The per-poll and after-flush step of the running app is the mixin in ``_loop``.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Final
 
 from quixstreams import Application
@@ -204,9 +202,8 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
         self._idle_exit = idle_exit
         if self.app is None:
             self.build()
-        with _frozen_heap():
-            self._started = time.monotonic()
-            return super().run(timeout=timeout, idle_exit=None, count=count)
+        self._started = time.monotonic()
+        return super().run(timeout=timeout, idle_exit=None, count=count)
 
     def _after_run(self) -> None:
         self.rescorer.join()
@@ -227,21 +224,6 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
         return AppResult(dict(self.status.counters), dict(self.status.info))
 
 
-@contextlib.contextmanager
-def _frozen_heap() -> Iterator[None]:
-    """Keep the objects alive at start-up (libraries, model, app) out of the cyclic GC while running.
-
-    The stream allocates millions of short-lived containers (message tuples, headers, decoded
-    rows); every full collection they trigger walked the ~200k objects the imports left behind as
-    well: ~10 us per JSON message, more than decoding it. Frozen, a full collection walks only the
-    live batch. No collection first (it costs seconds in a large test process): what is garbage
-    already is only kept until the run ends, when the heap is unfrozen and can be collected again.
-    """
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def run_scoring(settings: Settings, *, timeout: float | None = None, idle_exit: float | None = None,
