@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import random
@@ -145,3 +146,27 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 WORKBENCH = [sys.executable, "-m", "workbench.cli"]
+
+
+def summarize_profile(out: Path, top: int = 25) -> None:
+    """Print the top frames of a ``py-spy --format raw`` file by own and by total samples (stderr)."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                  if " (" in f else f for f in stack.split(";")]
+        n = int(count)
+        samples += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    print(f"--- {out.name}: {samples} samples; top frames by own samples", file=sys.stderr)
+    for frame, n in own.most_common(top):
+        print(f"{100 * n / max(samples, 1):5.1f}%  {frame}", file=sys.stderr)
+    print(f"--- {out.name}: top frames by total (inclusive) samples", file=sys.stderr)
+    for frame, n in total.most_common(top + 15):
+        print(f"{100 * n / max(samples, 1):5.1f}%  {frame}", file=sys.stderr)

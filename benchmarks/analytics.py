@@ -16,7 +16,6 @@ frames by own and total samples on stderr.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from _harness import broker
+from _harness import broker, summarize_profile
 from confluent_kafka import Producer
 
 from workbench.broker import ensure_topics
@@ -88,26 +87,7 @@ def _start_profiler(out: Path) -> subprocess.Popen:
 def _stop_profiler(proc: subprocess.Popen, out: Path, top: int = 25) -> None:
     proc.send_signal(signal.SIGINT)
     proc.wait(60)
-    own: collections.Counter[str] = collections.Counter()
-    total: collections.Counter[str] = collections.Counter()
-    samples = 0
-    for line in out.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
-                  if " (" in f else f for f in stack.split(";")]
-        n = int(count)
-        samples += n
-        own[frames[-1]] += n
-        for frame in set(frames):
-            total[frame] += n
-    print(f"--- {out.name}: {samples} samples; top frames by own samples", file=sys.stderr)
-    for frame, n in own.most_common(top):
-        print(f"{100 * n / samples:5.1f}%  {frame}", file=sys.stderr)
-    print(f"--- {out.name}: top frames by total (inclusive) samples", file=sys.stderr)
-    for frame, n in total.most_common(top + 15):
-        print(f"{100 * n / samples:5.1f}%  {frame}", file=sys.stderr)
+    summarize_profile(out, top)
 
 
 def bench_analytics(settings: Settings, log: Path, pack: int, profile: Path | None = None) -> dict:

@@ -27,7 +27,6 @@ the profile too (small next to the drain). ``--repeat N`` runs the inputs N time
 from __future__ import annotations
 
 import argparse
-import collections
 import datetime as dt
 import json
 import os
@@ -40,7 +39,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from _harness import WORKBENCH, broker, demo_log, run_child, settings_env
+from _harness import WORKBENCH, broker, demo_log, run_child, settings_env, summarize_profile
 from scoring_onnx import _rate
 
 from workbench.broker import ensure_topics
@@ -75,30 +74,6 @@ def _py_spy() -> str:
     if not Path(exe).exists():
         raise SystemExit("--profile needs py-spy: pip install py-spy")
     return exe
-
-
-def summarize_profile(out: Path, top: int = 25) -> None:
-    """Print the top frames of a ``py-spy --format raw`` file by own and by total samples (stderr)."""
-    own: collections.Counter[str] = collections.Counter()
-    total: collections.Counter[str] = collections.Counter()
-    samples = 0
-    for line in out.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
-                  if " (" in f else f for f in stack.split(";")]
-        n = int(count)
-        samples += n
-        own[frames[-1]] += n
-        for frame in set(frames):
-            total[frame] += n
-    print(f"--- {out.name}: {samples} samples; top frames by own samples", file=sys.stderr)
-    for frame, n in own.most_common(top):
-        print(f"{100 * n / max(samples, 1):5.1f}%  {frame}", file=sys.stderr)
-    print(f"--- {out.name}: top frames by total (inclusive) samples", file=sys.stderr)
-    for frame, n in total.most_common(top + 15):
-        print(f"{100 * n / max(samples, 1):5.1f}%  {frame}", file=sys.stderr)
 
 
 def bench_app(settings: Settings, log: os.PathLike[str], pack: int, batch_rows: int,
