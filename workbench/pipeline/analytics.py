@@ -279,13 +279,17 @@ class AnalyticsApp(WorkbenchApp):
             if self._applying:
                 raise
             assert self.state is not None and self.dead_letters is not None
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
             reason = f"processing_error: {type(exc).__name__}: {exc}"
             logger.warning("message failed in processing, dead-lettered: %s", reason[:300], exc_info=exc)
-            self.dead_letters.send(message.value(), reason, key=message.key(), headers=message.headers(), topic=topic,
-                                   partition=partition, offset=offset)
-            self.state.advance(self.state.partition(topic, partition), offset)
-            self.status.add("dead_letters")
+            self._dead_letter(message, reason)
+            self.state.advance(self.state.partition(message.topic(), message.partition()), message.offset())
+
+    def _dead_letter(self, message: Message, reason: str) -> None:
+        """Send ``message`` to the dead-letter topic with ``reason`` and count it."""
+        assert self.dead_letters is not None
+        self.dead_letters.send(message.value(), reason, key=message.key(), headers=message.headers(),
+                               topic=message.topic(), partition=message.partition(), offset=message.offset())
+        self.status.add("dead_letters")
 
     def _process(self, messages: Sequence[Message]) -> None:
         """Decode, guard, aggregate and count ``messages``; changes state only once all succeeded."""
@@ -383,10 +387,7 @@ class AnalyticsApp(WorkbenchApp):
         if wide:
             self._count_wide(wide)
         for position in sorted(rejected):
-            message = fresh[position]
-            self.dead_letters.send(message.value(), rejected[position], key=message.key(), headers=message.headers(),
-                                   topic=message.topic(), partition=message.partition(), offset=message.offset())
-            self.status.add("dead_letters")
+            self._dead_letter(fresh[position], rejected[position])
         self._applying = False
 
     def _count_late(self, late: Mapping[tuple[int, int, int], int]) -> None:
