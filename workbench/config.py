@@ -239,7 +239,7 @@ class Settings(BaseSettings):
             "How the scoring processes elect their one trainer: 'lock' (a file lock in the models folder: "
             "one machine, or a shared file system with working POSIX locks), 'broker' (a one-partition Kafka "
             "topic: any number of machines, only Kafka shared) or 'auto' (broker when WORKBENCH_MODELS_DIR or "
-            "WORKBENCH_SHARDS_DIR point outside the home, else lock)."
+            "WORKBENCH_SHARDS_DIR is set, else lock)."
         ),
     )
 

@@ -11,8 +11,8 @@ partitions' shards and records their progress; exactly one, the holder of the re
 watermark of every partition (:func:`~workbench.store.shards.cluster_watermark`). The others
 follow the trainer's training state (the selection cadence) and hot-swap the versions it
 registers. When the trainer stops or dies, the next instance to try takes the lease over. On
-several machines (``WORKBENCH_TRAINER_ELECTION=broker``, the default when the models or shards
-live outside the home) the lease is partition 0 of a one-partition Kafka topic instead of a file
+several machines (``WORKBENCH_TRAINER_ELECTION=broker``, the default when ``WORKBENCH_MODELS_DIR``
+or ``WORKBENCH_SHARDS_DIR`` is set) the lease is partition 0 of a one-partition Kafka topic instead of a file
 lock (:mod:`workbench.pipeline.scoring._election`).
 """
 
