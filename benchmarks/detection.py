@@ -44,6 +44,7 @@ from workbench.data.generator import QUERY_KINDS, WINDOW_KINDS, generate, window
 from workbench.ml._train import load_log_window, split_window, train_table
 from workbench.ml.baseline import baseline_decide
 from workbench.ml.detector import COSTLY, FLOORS, ResidualDetector
+from workbench.ml.evaluate import dominating_normals
 from workbench.ml.features import SIGNALS, _log_signal
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import LoadedModel
@@ -61,6 +62,15 @@ def _inputs(model: LoadedModel, table: pa.Table) -> dict:
             "source": source}
 
 
+def _rows(value: object, keep: np.ndarray) -> object:
+    """``value`` (an array, or a dict / tuple of them, as in :func:`_inputs`) restricted to ``keep``."""
+    if isinstance(value, dict):
+        return {k: _rows(v, keep) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_rows(v, keep) for v in value)
+    return value[keep]
+
+
 def _detect(params: dict, hold: dict, day: dict) -> tuple[np.ndarray, np.ndarray]:
     det = ResidualDetector(alert_rate=params["alert_rate"], max_scale=params["max_scale"],
                            floors={k: v * params["floor_factor"] for k, v in FLOORS.items()}, costly=COSTLY)
@@ -72,6 +82,27 @@ def _detect(params: dict, hold: dict, day: dict) -> tuple[np.ndarray, np.ndarray
     det.fit(*parts(hold), hold["source"])
     score, alert, _ = det.decide(*parts(day), day["source"])
     return score, alert
+
+
+def _miss_lines(rows: list[dict], runs: dict, labels: np.ndarray, kinds: np.ndarray, day: dict) -> list[str]:
+    """Per kind with misses: the normal rows dominating each miss, and those of them not alerted."""
+    det = ResidualDetector()
+    expected = det.expected(day["mean"], day["refs"])
+    excess = det.excess(day["obs"], expected)
+    log_ratio = {s: day["obs"][s] - np.log1p(expected[s]) for s in excess}
+    own_history = day["source"] == 0
+    lines = []
+    for row in rows:
+        if row["family"] != "query" or row["kind"] not in set(kinds):
+            continue
+        alert = runs[tuple(row["chosen"].values())][1]
+        missed = np.flatnonzero((kinds == row["kind"]) & ~alert)
+        if len(missed):
+            every = dominating_normals(missed, ~labels, excess, log_ratio, own_history)
+            quiet = dominating_normals(missed, ~labels & ~alert, excess, log_ratio, own_history)
+            lines.append(f"{row['kind']}: {len(missed)} missed; normal rows dominating each "
+                         f"(not alerted): {', '.join(f'{a} ({b})' for a, b in zip(every, quiet, strict=True))}")
+    return lines
 
 
 def _query_table(labels: np.ndarray, kinds: np.ndarray, runs: dict, base_score: np.ndarray) -> list[dict]:
@@ -173,6 +204,7 @@ def main() -> None:
         inst = day_table.column("instance_id").to_numpy(zero_copy_only=False)
         b_score, b_alert, _ = baseline_decide(inst, exec_ms, pred["pred_mean_ms"], pred["pred_q_ms"])
         rows = _query_table(labels[q], kinds[q], runs, b_score[q])
+        misses = _miss_lines(rows, runs, labels[q], kinds[q], {k: _rows(v, q) for k, v in day.items()})
         default = (1.0, 1.0, 0.0005)
         d_score, d_alert = runs[default]
         k = int(d_alert.sum())
@@ -206,6 +238,8 @@ def main() -> None:
         print(f"train {train_day} (7-day window), evaluate {eval_day}; leave-one-kind-out; "
               f"{time.perf_counter() - t0:.0f} s")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print("misses and the normal rows that dominate them (excess and ratio >= on every exceeded signal):")
+        print("\n".join(misses) or "none")
 
 
 if __name__ == "__main__":

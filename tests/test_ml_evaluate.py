@@ -11,7 +11,14 @@ import pytest
 from workbench.config import Settings
 from workbench.ml._train import train_day
 from workbench.ml.baseline import baseline_decide
-from workbench.ml.evaluate import detection_metrics, evaluate, format_table, regression_metrics, top_k_f1
+from workbench.ml.evaluate import (
+    detection_metrics,
+    dominating_normals,
+    evaluate,
+    format_table,
+    regression_metrics,
+    top_k_f1,
+)
 from workbench.ml.registry import ModelRegistry
 
 
@@ -33,6 +40,25 @@ def test_detection_metrics_on_a_hand_made_case() -> None:
     assert r == {"MAE(log)": pytest.approx(0.5), "q90 coverage": pytest.approx(2 / 3)}
     text = format_table(m)
     assert "PR-AUC" in text and "recall[b]" in text
+
+
+def test_dominating_normals_counts_rows_at_least_as_extreme_on_every_exceeded_signal() -> None:
+    # Row 0: a missed never-seen select, 130 s over a 0.26 s prediction, 380 GB over a 14 MB reference,
+    # queue below its expectation. Rows 1-5 are normal.
+    excess = {"exec": np.array([130e3, 290e3, 500e3, 130e3, 140e3, 150e3]),
+              "scan": np.array([380e3, 390e3, 10e3, 400e3, 380e3, 390e3]),
+              "queue": np.array([-300.0, -500.0, 0.0, 0.0, 9e3, 0.0])}
+    log_ratio = {"exec": np.array([6.2, 6.9, 7.0, 6.5, 6.2, 5.0]),
+                 "scan": np.array([10.2, 10.3, 6.0, 10.4, 10.2, 10.5]),
+                 "queue": np.array([-5.0, -6.0, 0.0, 0.0, 9.0, 0.0])}
+    normal = np.array([False, True, True, True, True, True])
+    history = np.array([False, False, False, True, False, False])
+    # 1: more of everything exceeded (its lower queue does not matter: the miss did not queue);
+    # 2: longer but read far less; 3: more of everything, but a well-known fingerprint (other stratum);
+    # 4: equal on both exceeded signals (ties dominate); 5: more MB and seconds, smaller runtime ratio.
+    assert dominating_normals(np.array([0]), normal, excess, log_ratio, history).tolist() == [2]
+    assert dominating_normals(np.array([0]), normal, excess, log_ratio).tolist() == [3]
+    assert dominating_normals(np.array([0]), normal & (np.arange(6) != 4), excess, log_ratio, history).tolist() == [1]
 
 
 def test_baseline_rules_and_per_instance_ranks() -> None:

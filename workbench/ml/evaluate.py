@@ -16,6 +16,10 @@ Metrics (all from :mod:`sklearn.metrics` where one exists):
 ``recall@baseline volume[<kind>]``
     Per-kind recall of the detector's top-k scores, k = the baseline's alert count: the two
     detectors compared at equal alert volume.
+``dominating normals`` (:func:`dominating_normals`, printed by ``benchmarks/detection.py``)
+    For a missed anomaly, the normal rows at least as extreme on every signal where it exceeds
+    its expectation: a lower bound on the false alerts any score that grows with excess and
+    surprise must add to catch it.
 ``MAE(log)``, ``q90 coverage``
     Mean absolute error of the mean regressor and share of runtimes at or below the q90
     prediction, in ``log1p(ms)``.
@@ -51,8 +55,8 @@ from workbench.ml.exceptions import MLError
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import LoadedModel
 
-__all__ = ["detection_metrics", "evaluate", "format_table", "recall_at_volume", "regression_metrics", "top_k_f1",
-           "window_metrics"]
+__all__ = ["detection_metrics", "dominating_normals", "evaluate", "format_table", "recall_at_volume",
+           "regression_metrics", "top_k_f1", "window_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +93,33 @@ def recall_at_volume(labels: np.ndarray, score: np.ndarray, kinds: np.ndarray, k
     kinds = np.asarray(kinds, dtype=object)
     return {f"recall@baseline volume[{kind}]": float(alert[labels & (kinds == kind)].mean())
             for kind in sorted({x for x in kinds[labels] if x is not None})}
+
+
+def dominating_normals(missed: np.ndarray, normal: np.ndarray, excess: dict[str, np.ndarray],
+                       log_ratio: dict[str, np.ndarray], stratum: np.ndarray | None = None) -> np.ndarray:
+    """Number of ``normal`` rows that dominate each ``missed`` row (indices) on what the detector sees.
+
+    A normal row dominates a missed one when, on every signal where the missed row exceeds its
+    expectation (``excess > 0``), it has at least the same excess (natural units: seconds, MB)
+    *and* at least the same ``log_ratio`` (observed over expected, log), within the same
+    ``stratum`` (e.g. whether the row's references come from its own fingerprint history, so a
+    well-known query is not compared with a never-seen one). Any score that does not fall as
+    excess or surprise grows ranks every dominating row at least as high as the missed one, so
+    the count bounds from below the false alerts such a detector must add to catch the miss:
+    a miss dominated by dozens of normal rows is not catchable from these signals alone.
+    """
+    missed = np.asarray(missed, dtype=np.int64)
+    normal = np.asarray(normal, dtype=bool)
+    counts = np.zeros(len(missed), dtype=np.int64)
+    for k, i in enumerate(missed):
+        dominated = normal.copy()
+        if stratum is not None:
+            dominated &= stratum == stratum[i]
+        for signal, e in excess.items():
+            if e[i] > 0:
+                dominated &= (e >= e[i]) & (log_ratio[signal] >= log_ratio[signal][i])
+        counts[k] = int(dominated.sum())
+    return counts
 
 
 def window_metrics(data: Path, day: dt.date, history_days: int = 7) -> dict[str, float]:
