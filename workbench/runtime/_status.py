@@ -40,8 +40,8 @@ class _StatusClients:
     Every new client costs the broker ~20-50 ms of CPU (connection, authentication, metadata), and
     the notebook panel polls the status every second or so: with fresh clients per call (4-5 of
     them) that was ~70 ms of broker CPU per call; a query on an open client costs ~0-2 ms. One
-    consumer per group (it never joins the group: it only asks for the group's committed offsets,
-    the partitions and the watermarks) and a read-committed consumer (opened on first need) that
+    consumer per group (it never joins the group: it only asks for the group's committed offsets
+    and the partitions), an admin client for the watermarks and a read-committed consumer (opened on first need) that
     counts the data messages of a small remainder, whose count is remembered: a fully read range
     never changes. Calls are serialised (the panel's thread and the user's may overlap).
     """
@@ -51,6 +51,7 @@ class _StatusClients:
         self._lock = threading.Lock()
         self._consumers: dict[str, Consumer] = {}
         self._reader: Consumer | None = None
+        self._admin: Any = None
         self._counted: dict[tuple[str, int, int, int], int] = {}
 
     def _consumer(self, group: str) -> Consumer:
@@ -68,11 +69,26 @@ class _StatusClients:
             return None
         return list(metadata.partitions)
 
-    def watermarks(self, group: str, topic: str, partitions: list[int], timeout: float) -> dict[int, tuple[int, int]]:
-        """``(low, high)`` offsets of each partition (high: the high watermark, uncommitted data included)."""
-        with self._lock:
-            consumer = self._consumer(group)
-            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in partitions}
+    def watermarks(self, topic: str, partitions: list[int], timeout: float) -> dict[int, tuple[int, int]]:
+        """``(low, high)`` offsets of each partition (high: the high watermark, uncommitted data included).
+
+        Two requests for all partitions (an admin client's ``list_offsets``), not two per partition.
+        """
+        from confluent_kafka.admin import AdminClient, OffsetSpec
+
+        def fetch(remaining: float) -> dict[int, tuple[int, int]]:
+            out: dict[int, list[int]] = {p: [0, 0] for p in partitions}
+            with self._lock:
+                if self._admin is None:
+                    self._admin = AdminClient({**self._config, "log_level": 3})
+                for side, spec in enumerate((OffsetSpec.earliest(), OffsetSpec.latest())):
+                    futures = self._admin.list_offsets({TopicPartition(topic, p): spec for p in partitions},
+                                                       request_timeout=remaining)
+                    for tp, future in futures.items():
+                        out[tp.partition][side] = future.result(remaining).offset
+            return {p: (low, high) for p, (low, high) in out.items()}
+
+        return when_ready(fetch, time.monotonic() + timeout)  # a new topic's leader may not be known yet
 
     def committed(self, group: str, topic: str, partitions: list[int], timeout: float) -> dict[int, int]:
         """The offset ``group`` committed on each partition (negative: none)."""
@@ -114,7 +130,7 @@ class _StatusClients:
         """Close every client (none is a member of a group: closing leaves nothing behind)."""
         with self._lock:
             clients = [*self._consumers.values(), *([self._reader] if self._reader is not None else [])]
-            self._consumers, self._reader = {}, None
+            self._consumers, self._reader, self._admin = {}, None, None  # an AdminClient has no close()
             self._counted.clear()
         for client in clients:
             client.close()
@@ -182,7 +198,7 @@ def consumer_lag(settings: Settings, group: str, topic: str, timeout: float = 5.
             return None
         committed = clients.committed(group, topic, partitions, timeout)
         lag = 0
-        for partition, (low, high) in clients.watermarks(group, topic, partitions, timeout).items():
+        for partition, (low, high) in clients.watermarks(topic, partitions, timeout).items():
             offset = committed.get(partition, -1)
             position = offset if offset >= 0 else low
             gap = max(0, high - position)
@@ -203,7 +219,7 @@ def topic_message_count(settings: Settings, topic: str, timeout: float = 5.0) ->
         partitions = clients.partitions(_SIZE_GROUP, topic, timeout)
         if partitions is None:
             return None
-        return sum(high - low for low, high in clients.watermarks(_SIZE_GROUP, topic, partitions, timeout).values())
+        return sum(high - low for low, high in clients.watermarks(topic, partitions, timeout).values())
     except Exception as exc:
         logger.debug("size of %s unknown: %s", topic, exc)
         _discard_status_clients(settings, clients)
