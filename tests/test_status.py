@@ -1,14 +1,16 @@
-"""Consumer lag as the workbench reports it, on the real broker with transactional producers."""
+"""Consumer lag as the workbench reports it, on the real broker with transactional producers, through
+Kafka clients shared by every status call of the process."""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from workbench.broker import ensure_topics
 from workbench.config import Settings
-from workbench.runtime._status import consumer_lag
+from workbench.runtime._status import close_status_clients, consumer_lag, topic_message_count
 
 
 def _produce_in_transactions(settings: Settings, topic: str, messages: int) -> None:
@@ -37,3 +39,32 @@ def test_lag_counts_data_messages_not_transaction_markers(kafka_settings: Settin
     assert consumer_lag(kafka_settings, "halfway", topic) == 2
     _commit(kafka_settings, "all-read", topic, 5)  # consumed up to the last marker, which is never delivered
     assert consumer_lag(kafka_settings, "all-read", topic) == 0
+
+
+def _librdkafka_threads() -> int:
+    """Threads of this process that librdkafka started (every open client has a few: rdk:main, rdk:broker...)."""
+    return sum((task / "comm").read_text().startswith("rdk:") for task in Path("/proc/self/task").iterdir())
+
+
+def test_status_calls_share_their_kafka_clients_and_see_new_data(kafka_settings: Settings) -> None:
+    """Repeated lag and size queries open no new client (each cost the broker ~20-50 ms) and are never stale."""
+    ensure_topics(kafka_settings)
+    topic = kafka_settings.topic_anomalies
+    _produce_in_transactions(kafka_settings, topic, 2)  # offsets 0..3
+    _commit(kafka_settings, "done", topic, 4)
+    close_status_clients(kafka_settings)
+    before = _librdkafka_threads()
+    for call in range(6):
+        assert consumer_lag(kafka_settings, "done", topic) == 0  # reads the marker remainder (the first time)
+        assert consumer_lag(kafka_settings, "nobody-yet", topic) == 2
+        assert topic_message_count(kafka_settings, topic) == 4
+        if call == 0:  # one client per group asked, one that reads
+            opened = _librdkafka_threads()
+            assert opened > before
+    assert _librdkafka_threads() == opened  # the same clients answered every call
+    _produce_in_transactions(kafka_settings, topic, 1)  # offsets 4, 5
+    assert consumer_lag(kafka_settings, "done", topic) == 1
+    assert topic_message_count(kafka_settings, topic) == 6
+    close_status_clients(kafka_settings)
+    assert _librdkafka_threads() == before  # closed, not left to the garbage collector
+    assert consumer_lag(kafka_settings, "done", topic) == 1  # and opened again on the next call

@@ -147,3 +147,22 @@ def test_a_topic_created_again_is_read_from_its_start(kafka_settings: Settings, 
     Replay(log, settings=kafka_settings, speedup=0, pack=1, reset=True).run()
     again = run_analytics(kafka_settings, idle_exit=3, timeout=90, commit_interval=1.0)
     assert again["events"] == 300 and again["skipped_counted"] == 0
+
+
+@pytest.mark.parametrize("base", [0, 1 << 40], ids=["small ids", "large ids"])
+def test_a_batch_of_two_partitions_gives_each_its_own_instances(tmp_path: Path, template: dict, base: int) -> None:
+    state = _state(tmp_path / "s.sqlite")
+    p0, p1 = state.partition("t", 0), state.partition("t", 1)
+    t0 = 1_709_510_400_000
+
+    def per_partition(instances: list[int], partitions: list[int]) -> list[dict[int, int]]:
+        rows = [dict(template, instance_id=base + i, query_id=q, arrival_us=(t0 + q) * 1000)
+                for q, i in enumerate(instances)]
+        preps = state.prepare([p0, p1], codec.rows_to_batch(rows), np.array(partitions, np.int64),
+                              np.arange(len(rows), dtype=np.int64))
+        return [{p["instance_id"] - base: p["total_queries"] for p in prep.partials} for prep in preps]
+
+    # every instance from one partition (the key is the instance id): routed by instance
+    assert per_partition([1, 2, 3, 1, 3], [0, 0, 1, 0, 1]) == [{1: 2, 2: 1}, {3: 2}]
+    # instance 5 from both partitions (e.g. the key changed): each partition counts its own rows
+    assert per_partition([5, 5, 5, 6], [0, 1, 1, 0]) == [{5: 1, 6: 1}, {5: 2}]

@@ -142,6 +142,31 @@ class FlushResult:
     late_rows: int = 0
 
 
+#: Instance ids below this are mapped to their partition through a table (no sort); larger ones through np.unique.
+_OWNER_TABLE_MAX: Final = 1 << 20
+
+
+def _instance_owner(instance: np.ndarray, row_state: np.ndarray) -> dict[int, int] | None:
+    """Each instance's partition (index into the states) when every instance came from one; None if some from two.
+
+    Called per batch on every row: small non-negative ids (the usual) go through a lookup table in two
+    linear passes; the general case sorts (``np.unique``), several times slower per row.
+    """
+    if not len(instance):
+        return {}
+    low, high = int(instance.min()), int(instance.max())
+    if low >= 0 and high < _OWNER_TABLE_MAX:
+        table = np.full(high + 1, -1, dtype=np.int64)
+        table[instance] = row_state  # one of each instance's partitions (the last row's)
+        if not (table[instance] == row_state).all():
+            return None
+        present = np.flatnonzero(table >= 0)
+        return dict(zip(present.tolist(), table[present].tolist(), strict=True))
+    pairs = np.unique(np.stack([instance, row_state]), axis=1)
+    owner = dict(zip(pairs[0].tolist(), pairs[1].tolist(), strict=True))
+    return owner if len(owner) == pairs.shape[1] else None
+
+
 def _int64(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A null-free int64 or timestamp column as a numpy int64 view (no copy for one chunk)."""
     if isinstance(array, pa.ChunkedArray):
@@ -316,9 +341,8 @@ class WindowState:
         else:
             # Partials group by instance; an instance lives in one partition (the key is the instance id),
             # so route them by instance, unless some instance came from two partitions in this batch.
-            pairs = np.unique(np.stack([kept_instance, kept_state]), axis=1) if len(kept_state) else np.empty((2, 0))
-            owner = dict(zip(pairs[0].tolist(), pairs[1].tolist(), strict=True))
-            if len(owner) == pairs.shape[1]:
+            owner = _instance_owner(kept_instance, kept_state)
+            if owner is not None:
                 for p in partial_aggregates(counted, w):
                     partials_of[owner[int(p["instance_id"])]].append(p)
             else:

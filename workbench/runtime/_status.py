@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import html
 import logging
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from workbench.replay import ReplayStatus
 __all__ = [
     "WorkbenchStatus",
     "anomaly_count",
+    "close_status_clients",
     "consumer_lag",
     "disk_usage",
     "format_bytes",
@@ -31,34 +34,154 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _consumer(settings: Settings, group: str) -> Consumer:
-    return Consumer({**settings.kafka_client_config(), "group.id": group, "enable.auto.commit": False,
-                     "log_level": 3})
+class _StatusClients:
+    """The Kafka clients the status functions share in one process, opened once and reused.
 
-
-def _data_between(settings: Settings, topic: str, partition: int, start: int, end: int, timeout: float) -> int:
-    """Committed data messages in [start, end) of one partition; transaction markers don't count.
-
-    If the end is not reached in time, every offset counts: a pipeline is never called drained
-    too early.
+    Every new client costs the broker ~20-50 ms of CPU (connection, authentication, metadata), and
+    the notebook panel polls the status every second or so: with fresh clients per call (4-5 of
+    them) that was ~70 ms of broker CPU per call; a query on an open client costs ~0-2 ms. One
+    consumer per group (it never joins the group: it only asks for the group's committed offsets
+    and the partitions), an admin client for the watermarks and a read-committed consumer (opened on first need) that
+    counts the data messages of a small remainder, whose count is remembered: a fully read range
+    never changes. Calls are serialised (the panel's thread and the user's may overlap).
     """
-    reader = Consumer({**settings.kafka_client_config(), "group.id": f"workbench-lag-{uuid.uuid4().hex[:8]}",
-                       "enable.auto.commit": False, "isolation.level": "read_committed",
-                       "enable.partition.eof": True, "log_level": 3})
-    try:
-        return sum(1 for _ in read_range(reader, topic, partition, start, end, time.monotonic() + timeout))
-    except IncompleteReadError:
-        return end - start
-    finally:
-        reader.close()
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._config = config
+        self._lock = threading.Lock()
+        self._consumers: dict[str, Consumer] = {}
+        self._reader: Consumer | None = None
+        self._admin: Any = None
+        self._counted: dict[tuple[str, int, int, int], int] = {}
+
+    def _consumer(self, group: str) -> Consumer:
+        consumer = self._consumers.get(group)
+        if consumer is None:
+            consumer = self._consumers[group] = Consumer({**self._config, "group.id": group,
+                                                          "enable.auto.commit": False, "log_level": 3})
+        return consumer
+
+    def partitions(self, group: str, topic: str, timeout: float) -> list[int] | None:
+        """Partition ids of ``topic`` (None if it does not exist)."""
+        with self._lock:
+            metadata = self._consumer(group).list_topics(topic, timeout=timeout).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return None
+        return list(metadata.partitions)
+
+    def watermarks(self, topic: str, partitions: list[int], timeout: float) -> dict[int, tuple[int, int]]:
+        """``(low, high)`` offsets of each partition (high: the high watermark, uncommitted data included).
+
+        Two requests for all partitions (an admin client's ``list_offsets``), not two per partition.
+        """
+        from confluent_kafka.admin import AdminClient, OffsetSpec
+
+        def fetch(remaining: float) -> dict[int, tuple[int, int]]:
+            out: dict[int, list[int]] = {p: [0, 0] for p in partitions}
+            with self._lock:
+                if self._admin is None:
+                    self._admin = AdminClient({**self._config, "log_level": 3})
+                for side, spec in enumerate((OffsetSpec.earliest(), OffsetSpec.latest())):
+                    futures = self._admin.list_offsets({TopicPartition(topic, p): spec for p in partitions},
+                                                       request_timeout=remaining)
+                    for tp, future in futures.items():
+                        out[tp.partition][side] = future.result(remaining).offset
+            return {p: (low, high) for p, (low, high) in out.items()}
+
+        return when_ready(fetch, time.monotonic() + timeout)  # a new topic's leader may not be known yet
+
+    def committed(self, group: str, topic: str, partitions: list[int], timeout: float) -> dict[int, int]:
+        """The offset ``group`` committed on each partition (negative: none)."""
+        def fetch(remaining: float) -> dict[int, int]:
+            with self._lock:
+                found = self._consumer(group).committed([TopicPartition(topic, p) for p in partitions],
+                                                        timeout=remaining)
+            return {tp.partition: tp.offset for tp in found}
+
+        return when_ready(fetch, time.monotonic() + timeout)
+
+    def data_between(self, topic: str, partition: int, start: int, end: int, timeout: float) -> int:
+        """Committed data messages in [start, end) of one partition; transaction markers don't count.
+
+        If the end is not reached in time, every offset counts (not remembered): a pipeline is
+        never called drained too early.
+        """
+        key = (topic, partition, start, end)
+        with self._lock:
+            if key in self._counted:
+                return self._counted[key]
+            if self._reader is None:
+                self._reader = Consumer({**self._config, "group.id": f"workbench-lag-{uuid.uuid4().hex[:8]}",
+                                         "enable.auto.commit": False, "isolation.level": "read_committed",
+                                         "enable.partition.eof": True, "log_level": 3})
+            try:
+                count = sum(1 for _ in read_range(self._reader, topic, partition, start, end,
+                                                  time.monotonic() + timeout))
+            except IncompleteReadError:
+                return end - start
+            finally:
+                self._reader.unassign()  # no fetching in the background between calls
+            if len(self._counted) >= 4096:
+                self._counted.clear()
+            self._counted[key] = count
+            return count
+
+    def close(self) -> None:
+        """Close every client (none is a member of a group: closing leaves nothing behind)."""
+        with self._lock:
+            clients = [*self._consumers.values(), *([self._reader] if self._reader is not None else [])]
+            self._consumers, self._reader, self._admin = {}, None, None  # an AdminClient has no close()
+            self._counted.clear()
+        for client in clients:
+            client.close()
 
 
-def _partitions(consumer: Consumer, topic: str, timeout: float) -> list[int] | None:
-    """Partition ids of ``topic`` (None if it does not exist)."""
-    metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-    if metadata is None or metadata.error is not None:
-        return None
-    return list(metadata.partitions)
+#: The group id of the consumer that only reads topic sizes (it never commits).
+_SIZE_GROUP = "workbench-status"
+
+_clients: dict[tuple[int, tuple[tuple[str, str], ...]], _StatusClients] = {}
+_clients_lock = threading.Lock()
+
+
+def _status_clients(settings: Settings) -> _StatusClients:
+    """This process's shared clients for the broker (and credentials) of ``settings``."""
+    key = _status_key(settings)
+    with _clients_lock:
+        clients = _clients.get(key)
+        if clients is None:
+            clients = _clients[key] = _StatusClients(settings.kafka_client_config())
+        return clients
+
+
+def _status_key(settings: Settings) -> tuple[int, tuple[tuple[str, str], ...]]:
+    # a forked child must not use its parent's librdkafka handles: the pid is part of the key
+    return os.getpid(), tuple(sorted((name, str(value)) for name, value in settings.kafka_client_config().items()))
+
+
+def _discard_status_clients(settings: Settings, clients: _StatusClients) -> None:
+    """Close ``clients`` after a failure (a broker gone or replaced): the next call opens new ones."""
+    with _clients_lock:
+        for key, found in list(_clients.items()):
+            if found is clients:
+                del _clients[key]
+    clients.close()
+
+
+def close_status_clients(settings: Settings | None = None) -> None:
+    """Close this process's shared status clients: those of ``settings``' broker, or all of them.
+
+    Runs at exit; :meth:`Workbench.stop` calls it before stopping a broker, so no client keeps
+    reconnecting to it. The next status call opens new clients.
+    """
+    wanted = None if settings is None else _status_key(settings)
+    with _clients_lock:
+        mine = [key for key in _clients if key[0] == os.getpid() and (wanted is None or key == wanted)]
+        closing = [_clients.pop(key) for key in mine]
+    for clients in closing:
+        clients.close()
+
+
+atexit.register(close_status_clients)
 
 
 def consumer_lag(settings: Settings, group: str, topic: str, timeout: float = 5.0) -> int | None:
@@ -66,48 +189,41 @@ def consumer_lag(settings: Settings, group: str, topic: str, timeout: float = 5.
 
     Transactional producers (the replay) leave a commit marker after their last message, which
     occupies an offset but is never delivered; a small remainder is therefore checked by reading
-    it, so a fully consumed partition reports 0.
+    it, so a fully consumed partition reports 0. The Kafka clients are shared (:class:`_StatusClients`).
     """
-    consumer = _consumer(settings, group)
+    clients = _status_clients(settings)
     try:
-        partitions = _partitions(consumer, topic, timeout)
+        partitions = clients.partitions(group, topic, timeout)
         if partitions is None:
             return None
-        committed = when_ready(lambda remaining: consumer.committed(
-            [TopicPartition(topic, p) for p in partitions], timeout=remaining), time.monotonic() + timeout)
+        committed = clients.committed(group, topic, partitions, timeout)
         lag = 0
-        for tp in committed:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=timeout)
-            position = tp.offset if tp.offset >= 0 else low
+        for partition, (low, high) in clients.watermarks(topic, partitions, timeout).items():
+            offset = committed.get(partition, -1)
+            position = offset if offset >= 0 else low
             gap = max(0, high - position)
             if 0 < gap <= 16:
-                gap = _data_between(settings, topic, tp.partition, position, high, timeout)
+                gap = clients.data_between(topic, partition, position, high, timeout)
             lag += gap
         return lag
     except Exception as exc:
         logger.debug("lag of %s unknown: %s", group, exc)
+        _discard_status_clients(settings, clients)
         return None
-    finally:
-        consumer.close()
 
 
 def topic_message_count(settings: Settings, topic: str, timeout: float = 5.0) -> int | None:
     """Messages currently held by ``topic`` (sum of watermark spans; None if unknown)."""
-    consumer = _consumer(settings, f"workbench-status-{uuid.uuid4().hex[:8]}")
+    clients = _status_clients(settings)
     try:
-        partitions = _partitions(consumer, topic, timeout)
+        partitions = clients.partitions(_SIZE_GROUP, topic, timeout)
         if partitions is None:
             return None
-        total = 0
-        for partition in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
-            total += high - low
-        return total
+        return sum(high - low for low, high in clients.watermarks(topic, partitions, timeout).values())
     except Exception as exc:
         logger.debug("size of %s unknown: %s", topic, exc)
+        _discard_status_clients(settings, clients)
         return None
-    finally:
-        consumer.close()
 
 
 def late_event_count(settings: Settings) -> int | None:

@@ -32,6 +32,7 @@ from workbench.replay import ReplayController, ReplayStatus
 from workbench.runtime._status import (
     WorkbenchStatus,
     anomaly_count,
+    close_status_clients,
     consumer_lag,
     disk_usage,
     late_event_count,
@@ -305,6 +306,7 @@ class Workbench:
         self.stop_orphans(self.settings, timeout=timeout)
         stop_kafka = self.started_kafka if kafka is None else kafka
         if stop_kafka and self.settings.manages_kafka:
+            close_status_clients(self.settings)  # before the broker goes: they would keep reconnecting
             LocalKafka(self.settings).stop()
 
     def __enter__(self) -> Workbench:
