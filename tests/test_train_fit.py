@@ -117,3 +117,16 @@ def test_concurrent_fits_give_the_onnx_bytes_of_sequential_fits(n_threads: int) 
             _snap_thresholds_to_float32(est)
             want.append(export_onnx(est, 6))
     assert got == want
+
+
+def test_thread_count_does_not_change_the_models() -> None:
+    # DurationModel splits the cores between its two concurrent fits: the trees must not depend on it.
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(12_000, 6)).astype(np.float32)
+    y = X[:, 0] * 2 + np.abs(X[:, 1]) * rng.exponential(size=12_000)
+    blobs = []
+    for n_threads in (1, 2):
+        model = DurationModel(max_iter=15, n_threads=n_threads, random_state=1).fit(X, y, X_val=X[:2000],
+                                                                                   y_val=y[:2000])
+        blobs.append((export_onnx(model.mean_, 6), export_onnx(model.quantile_model_, 6)))
+    assert blobs[0] == blobs[1]
