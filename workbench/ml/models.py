@@ -12,7 +12,9 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,7 +118,8 @@ class DurationModel:
         )
 
     def fit(self, X: np.ndarray, y_log: np.ndarray, X_val: np.ndarray | None = None,
-            y_val: np.ndarray | None = None) -> DurationModel:
+            y_val: np.ndarray | None = None, *,
+            on_fitted: Callable[[str, HistGradientBoostingRegressor], object] | None = None) -> DurationModel:
         """Fit both models on features ``X`` and the log target ``y_log``.
 
         ``X_val, y_val``: the validation rows of early stopping (training passes its blocked
@@ -130,6 +133,11 @@ class DurationModel:
         OpenMP thread count a sequential fit would use (OpenMP thread counts are per calling
         thread), so the fitted trees are identical to sequential fits (tests/test_train_fit.py
         compares the ONNX bytes).
+
+        ``on_fitted(name, estimator)``: called in a fit's thread as soon as that model
+        (``"mean"`` or ``"quantile"``) is fitted, while the other may still be fitting (training
+        exports each model then, filling the core the shorter fit leaves idle). An exception in
+        it fails the fit.
         """
         if not 0.5 < self.quantile < 1.0:
             msg = f"The 'quantile' parameter of DurationModel must be in (0.5, 1). Got {self.quantile}."
@@ -142,12 +150,11 @@ class DurationModel:
                              Xq, yq)}
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="hgb-fit") as pool:
-            futures = {name: pool.submit(_timed_fit, est, Xs, ys, threads, X_val, y_val)
+            futures = {name: pool.submit(_timed_fit, est, Xs, ys, threads, X_val, y_val,
+                                         None if on_fitted is None else partial(on_fitted, name))
                        for name, (est, Xs, ys) in jobs.items()}
             seconds = {name: future.result() for name, future in futures.items()}
         self.mean_, self.quantile_model_ = jobs["mean"][0], jobs["quantile"][0]
-        for estimator in (self.mean_, self.quantile_model_):
-            _snap_thresholds_to_float32(estimator)
         self.fit_seconds_ = seconds
         self.n_iter_ = {"mean": int(self.mean_.n_iter_), "quantile": int(self.quantile_model_.n_iter_)}
         logger.info("duration models fitted rows=%d wall_s=%.1f mean_s=%.1f quantile_s=%.1f iters=%s",
@@ -178,15 +185,21 @@ def _usable_cores() -> int:
 
 
 def _timed_fit(estimator: HistGradientBoostingRegressor, X: np.ndarray, y: np.ndarray,
-               threads: int | None, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> float:
-    """Fit ``estimator`` with ``threads`` OpenMP threads (``None``: all cores); its wall seconds."""
+               threads: int | None, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
+               on_fitted: Callable[[HistGradientBoostingRegressor], object] | None = None) -> float:
+    """Fit ``estimator`` with ``threads`` OpenMP threads (``None``: all cores), snap its thresholds to
+    float32, then call ``on_fitted(estimator)``; the fit's wall seconds."""
     t0 = time.perf_counter()
     with threadpool_limits(limits=threads, user_api="openmp"):
         if X_val is not None and y_val is not None and len(y_val):
             estimator.fit(X, y, X_val=X_val, y_val=y_val)
         else:
             estimator.fit(X, y)
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    _snap_thresholds_to_float32(estimator)
+    if on_fitted is not None:
+        on_fitted(estimator)
+    return seconds
 
 
 def _snap_thresholds_to_float32(estimator: HistGradientBoostingRegressor) -> None:
