@@ -291,6 +291,25 @@ def _out_of_fold_stats(codes: np.ndarray, logs: dict[str, np.ndarray], orders: d
     return result
 
 
+def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` of int64 values by hashing instead of sorting them all."""
+    encoded = pc.dictionary_encode(pa.array(values))
+    distinct = encoded.dictionary.to_numpy()
+    order = np.argsort(distinct)
+    rank = np.empty(len(order), dtype=np.intp)
+    rank[order] = np.arange(len(order))
+    return distinct[order], rank[encoded.indices.to_numpy()]
+
+
+def _global_stats(logs: dict[str, np.ndarray]) -> dict[str, float]:
+    """Every statistic of :data:`_STATS` over all rows (``np.quantile``: one partition per signal)."""
+    values: dict[str, float] = {}
+    for signal in SIGNALS:
+        qs, names = _signal_stats(signal)
+        values.update(zip(names, (float(v) for v in np.quantile(logs[signal], qs)), strict=True))
+    return {name: values[name] for _, _, name in _STATS}
+
+
 def _reading_pace(codes: np.ndarray, logs: dict[str, np.ndarray], n_groups: int) -> tuple[np.ndarray, float]:
     """Per group and fleet-wide :data:`_PACE_QUANTILE` of ``log(ms per MB)`` over reads of at least
     :data:`_PACE_MIN_MB` (NaN for a group with fewer than :data:`_PACE_MIN_READS` such reads)."""
@@ -355,8 +374,7 @@ class FeatureBuilder:
         encoded = pc.dictionary_encode(keys)
         fp_codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
         fp_dict = encoded.dictionary
-        inst_values = _num(table, "instance_id").astype(np.int64)
-        inst_ids, inst_codes = np.unique(inst_values, return_inverse=True)
+        inst_ids, inst_codes = _sorted_codes(_num(table, "instance_id").astype(np.int64))
 
         has_fp = fp_codes >= 0
         # One value sort per signal; each grouping re-sorts it stably by group code (a radix sort),
@@ -381,9 +399,7 @@ class FeatureBuilder:
         self.instance_table_ = pa.table(
             {"instance_id": pa.array(inst_ids), **{k: pa.array(v) for k, v in full_inst.items()}}
         )
-        self.global_: dict[str, float] = {
-            name: float(np.quantile(logs[s], q)) for s, q, name in _STATS
-        }
+        self.global_: dict[str, float] = _global_stats(logs)
         if not np.isnan(fleet_pace):  # model.json stays strict JSON (no NaN)
             self.global_[_PACE] = fleet_pace
         self._build_index()
