@@ -554,8 +554,6 @@ class FeatureBuilder:
         return refs
 
     def _matrix(self, table: pa.Table, lookup: _Lookup) -> np.ndarray:
-        n = table.num_rows
-        out = np.empty((n, len(FEATURE_NAMES)), dtype=np.float32)
         qtype = pc.cast(table.column("query_type"), pa.string())
         code = pc.fill_null(pc.index_in(qtype, value_set=self._qtype_set), -1)
         cols: list[np.ndarray] = [code.to_numpy(zero_copy_only=False).astype(np.float64)]
@@ -580,6 +578,9 @@ class FeatureBuilder:
             np.isnan(cluster).astype(np.float64),
             np.isnan(compile_ms).astype(np.float64),
         ]
+        # Filled one contiguous row per feature, then transposed in one copy: writing the columns
+        # of the [N, F] matrix in place strides through all of it once per feature (~2x slower).
+        by_feature = np.empty((len(cols), table.num_rows), dtype=np.float32)
         for j, values in enumerate(cols):
-            out[:, j] = np.where(np.isnan(values), _MISSING, values)
-        return out
+            by_feature[j] = np.where(np.isnan(values), _MISSING, values)
+        return np.ascontiguousarray(by_feature.T)
