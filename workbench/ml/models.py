@@ -73,10 +73,12 @@ class DurationModel:
     n_threads : int, optional
         OpenMP threads of each fit. ``None``: 1 below 50,000 rows (thread start-up and spin
         costs dominate on small data, badly so on a busy 2-core machine), else half the cores
-        (at least 1) each, as the two fits run at the same time: on 2 cores, two fits of 2
-        threads each took ~15 % more CPU than two of 1 thread (OpenMP barriers of 4 threads on
-        2 cores). The fitted trees do not depend on the thread count (scikit-learn's HGB sums
-        each feature's histogram in one thread), so neither do the exported models.
+        (at least 1) for the mean model and all of them for the quantile model, the longer fit,
+        which so gets every core once the mean model is done. On 2 cores (the two fits alone on a
+        400k-row day, load ~3.4, 4 runs each): 1+2 threads 4.2-6.3 s wall (median ~4.45), 1+1
+        4.4-7.4 s, 2+2 4.8-7.1 s (~1 CPU s more: OpenMP barriers of 4 threads on 2 cores). The
+        fitted trees do not depend on the thread count (scikit-learn's HGB sums each feature's
+        histogram in one thread), so neither do the exported models.
     random_state : int, default=0
         Seed of both models.
     """
@@ -127,12 +129,12 @@ class DurationModel:
         the next day's error stops falling). Without them each fit holds out a random 10 % of
         its rows, whose fingerprints it has seen, and keeps improving on them for longer.
 
-        The two fits run at the same time, one thread each: an HGB fit keeps ~1 of 2 cores busy
-        (its per-iteration Python work and small parallel regions leave the other idle), so
-        overlapping them cuts the wall time by about the shorter fit. Each thread sets the same
-        OpenMP thread count a sequential fit would use (OpenMP thread counts are per calling
-        thread), so the fitted trees are identical to sequential fits (tests/test_train_fit.py
-        compares the ONNX bytes).
+        The two fits run at the same time, each in its own Python thread (OpenMP threads: see
+        ``n_threads``): an HGB fit keeps ~1 of 2 cores busy (its per-iteration Python work and
+        small parallel regions leave the other idle), so overlapping them cuts the wall time by
+        about the shorter fit. Each thread sets its own OpenMP thread count (OpenMP thread counts
+        are per calling thread), and the trees do not depend on it, so they are identical to
+        sequential fits (tests/test_train_fit.py compares the ONNX bytes).
 
         ``on_fitted(name, estimator)``: called in a fit's thread as soon as that model
         (``"mean"`` or ``"quantile"``) is fitted, while the other may still be fitting (training
@@ -142,17 +144,19 @@ class DurationModel:
         if not 0.5 < self.quantile < 1.0:
             msg = f"The 'quantile' parameter of DurationModel must be in (0.5, 1). Got {self.quantile}."
             raise ValueError(msg)
-        threads = self.n_threads or (1 if len(y_log) < 50_000 else max(1, _usable_cores() // 2))
+        small = len(y_log) < 50_000
+        mean_threads = self.n_threads or (1 if small else max(1, _usable_cores() // 2))
+        quantile_threads = self.n_threads or (1 if small else _usable_cores())
         Xm, ym = self._sample(X, y_log, self.mean_max_rows)
         Xq, yq = self._sample(X, y_log, self.quantile_max_rows)
-        jobs = {"mean": (self._hgb(self.learning_rate, loss="squared_error"), Xm, ym),
+        jobs = {"mean": (self._hgb(self.learning_rate, loss="squared_error"), Xm, ym, mean_threads),
                 "quantile": (self._hgb(self.quantile_learning_rate, loss="quantile", quantile=self.quantile),
-                             Xq, yq)}
+                             Xq, yq, quantile_threads)}
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="hgb-fit") as pool:
             futures = {name: pool.submit(_timed_fit, est, Xs, ys, threads, X_val, y_val,
                                          None if on_fitted is None else partial(on_fitted, name))
-                       for name, (est, Xs, ys) in jobs.items()}
+                       for name, (est, Xs, ys, threads) in jobs.items()}
             seconds = {name: future.result() for name, future in futures.items()}
         self.mean_, self.quantile_model_ = jobs["mean"][0], jobs["quantile"][0]
         self.fit_seconds_ = seconds
