@@ -6,10 +6,11 @@ synthetic generator (one day, 16 instances, seed 0); the registry lives in a tem
 
 Prints wall seconds and process CPU seconds (every thread) per run and per phase, with the load
 average: on a shared machine the wall figure depends on the other work, the CPU figure much less.
-Phases: ``prepare`` (input hash, split), ``features`` (training features), ``holdout_features`` (the
-blocked holdout's, the fits' early-stopping set), ``fit`` (the two HGB fits, run concurrently;
-``fit_mean``/``fit_quantile`` are each fit's own wall time), ``export`` (ONNX), ``parity`` (ONNX
-predictions, sklearn parity), ``calibrate``.
+Phases: ``prepare`` (split; the input hash and the HGB import run in a background thread),
+``features`` (training features), ``holdout_features`` (the blocked holdout's, the fits' early-stopping
+set), ``fit`` (the two HGB fits, run concurrently, each followed by its ONNX conversion in its own
+thread; ``fit_mean``/``fit_quantile`` are each fit's own wall time), ``export`` (files written),
+``parity`` (ONNX predictions, sklearn parity), ``calibrate``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import pytest
 
 from workbench.ml._testing import generated_log
 from workbench.ml._train import split_window
-from workbench.ml.features import SIGNALS, _sorted_stats, _stats
+from workbench.ml.features import SIGNALS, _group_order, _out_of_fold_stats, _sorted_stats, _stats
 from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
 
 
@@ -33,6 +33,30 @@ def test_sorted_stats_of_a_fold_equal_stats_of_its_rows() -> None:
     full = _sorted_stats(codes, logs, orders, groups)
     for name, values in _stats(codes, logs, groups).items():
         np.testing.assert_array_equal(full[name], values)
+
+
+def test_out_of_fold_stats_equal_stats_of_the_other_folds_rows() -> None:
+    rng = np.random.default_rng(1)
+    n, groups, n_folds = 6000, 400, 5  # rows without a group (-1), groups held by one fold only, ties
+    codes = np.where(rng.random(n) < 0.1, -1, rng.integers(0, groups, n))
+    logs = {s: np.round(rng.exponential(2.0, n), 1) for s in SIGNALS}
+    folds = rng.integers(0, n_folds, n)
+    grouped = np.flatnonzero(codes >= 0)
+    orders = {s: _group_order(codes, o[codes[o] >= 0], groups) for s, o in
+              ((s, np.argsort(v)) for s, v in logs.items())}
+    for s, order in orders.items():  # the radix re-sort gives the (code, value) order of a lexsort
+        want = grouped[np.lexsort((logs[s][grouped], codes[grouped]))]
+        np.testing.assert_array_equal(codes[order], codes[want])
+        np.testing.assert_array_equal(logs[s][order], logs[s][want])
+    got = _out_of_fold_stats(codes, logs, orders, groups, folds, n_folds)
+    for k in range(n_folds):
+        other = grouped[folds[grouped] != k]
+        want = _stats(codes[other], {s: v[other] for s, v in logs.items()}, groups)
+        assert list(got) == list(want)
+        rows = grouped[folds[grouped] == k]
+        for name, values in want.items():
+            np.testing.assert_array_equal(got[name][rows], values[codes[rows]])
+    assert all(np.isnan(values[codes < 0]).all() for values in got.values())
 
 
 def test_split_window_caps_rows_and_keeps_only_usable_ones(log: pa.Table) -> None:
@@ -93,3 +117,16 @@ def test_concurrent_fits_give_the_onnx_bytes_of_sequential_fits(n_threads: int) 
             _snap_thresholds_to_float32(est)
             want.append(export_onnx(est, 6))
     assert got == want
+
+
+def test_thread_count_does_not_change_the_models() -> None:
+    # DurationModel splits the cores between its two concurrent fits: the trees must not depend on it.
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(12_000, 6)).astype(np.float32)
+    y = X[:, 0] * 2 + np.abs(X[:, 1]) * rng.exponential(size=12_000)
+    blobs = []
+    for n_threads in (1, 2):
+        model = DurationModel(max_iter=15, n_threads=n_threads, random_state=1).fit(X, y, X_val=X[:2000],
+                                                                                   y_val=y[:2000])
+        blobs.append((export_onnx(model.mean_, 6), export_onnx(model.quantile_model_, 6)))
+    assert blobs[0] == blobs[1]

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,24 +143,19 @@ def _library_versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in _LIBRARY_DISTRIBUTIONS}
 
 
-def _preload(*modules: str) -> threading.Thread:
-    """Import ``modules`` in a background thread (sklearn's HGB, skl2onnx: ~1 s each).
+def _import_quietly(*modules: str) -> None:
+    """Import ``modules`` (sklearn's HGB: ~1-1.5 s) ahead of their first use, in a background thread.
 
-    Called so that the imports run while the main thread works in C code that releases the GIL
-    (Arrow, the HGB fits) instead of being paid on first use. Python's per-module import locks
-    make a concurrent import of the same module wait for this one, not repeat it.
+    So the imports run while the main thread works in C code that releases the GIL (Arrow,
+    numpy sorts) instead of being paid on first use. Python's per-module import locks make a
+    concurrent import of the same module wait for this one, not repeat it.
     """
-    def load() -> None:
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception:  # the real import (in fit/export) reports the error
-                logger.debug("background import of %s failed", name, exc_info=True)
-                return
-
-    thread = threading.Thread(target=load, name="preload-training-libraries", daemon=True)
-    thread.start()
-    return thread
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # the real import (in fit/export) reports the error
+            logger.debug("background import of %s failed", name, exc_info=True)
+            return
 
 
 def split_window(table: pa.Table, *, max_rows: int = defaults.TRAIN_MAX_ROWS, seed: int = 0,
@@ -224,17 +220,29 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
         training of the same window return the registered version instead of a second one.
     """
     clock = _PhaseClock()
-    _preload("sklearn.ensemble")  # needed by the fit, after the split and the features
     registry = ModelRegistry(models_dir)
     parent = parent if parent is not None else registry.current()
     table = table.select([c for c in COLUMNS if c in table.column_names])
-    inputs_sha256 = inputs_sha256 or table_sha256(table)
+    # Off the critical path, on the core the split and the features leave mostly idle: the HGB
+    # import (needed by the fit) and the input hash (needed by the registration).
+    background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="training-background")
+    try:
+        background.submit(_import_quietly, "sklearn.ensemble")
+        hashed = background.submit(table_sha256, table) if inputs_sha256 is None else None
+        return _train_table(clock, registry, parent, table, hashed, day, window_days=window_days,
+                            max_rows=max_rows, seed=seed, holdout_fraction=holdout_fraction,
+                            alert_rate=alert_rate, parity_tolerance=parity_tolerance,
+                            model_params=model_params, set_current=set_current, inputs_sha256=inputs_sha256)
+    finally:
+        background.shutdown(wait=False, cancel_futures=True)
+
+
+def _train_table(clock: _PhaseClock, registry: ModelRegistry, parent: str | None, table: pa.Table,
+                 hashed: Future[str] | None, day: dt.date, *, window_days: int, max_rows: int, seed: int,
+                 holdout_fraction: float, alert_rate: float, parity_tolerance: float,
+                 model_params: dict[str, Any] | None, set_current: bool, inputs_sha256: str | None) -> TrainResult:
+    """:func:`train_table` once its background work is started (``hashed``: the input hash to come)."""
     model = DurationModel(random_state=seed, **(model_params or {}))
-    recipe_sha256 = hashlib.sha256(json.dumps(
-        {"inputs": inputs_sha256, "day": day.isoformat(), "window_days": window_days, "max_rows": max_rows,
-         "seed": seed, "holdout_fraction": holdout_fraction, "alert_rate": alert_rate,
-         "model_params": model.get_params(), "libraries": _library_versions()},
-        sort_keys=True, default=str).encode()).hexdigest()
     train, hold, raw_rows = split_window(table, max_rows=max_rows, seed=seed,
                                          holdout_fraction=holdout_fraction)
     if raw_rows < MIN_ROWS:
@@ -255,13 +263,27 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
     X_hold, refs, source = builder.transform_with_evidence(hold)
     observed = {s: _log_signal(hold, s) for s in SIGNALS}
     clock.lap("holdout_features")
-    _preload("skl2onnx")  # needed by the export: imported while the fits run (mostly outside the GIL)
-    model.fit(X, y, X_val=X_hold, y_val=observed["exec"])
+    # Each model is exported (skl2onnx imported, ~1 s, by the first) in its fit's thread as soon as
+    # it is fitted, while the other fit still runs on the other core.
+    onnx: dict[str, bytes] = {}
+    export_lock = threading.Lock()  # one conversion at a time: skl2onnx is not documented thread-safe
+
+    def export(name: str, estimator: Any) -> None:
+        with export_lock:
+            onnx[name] = export_onnx(estimator, X.shape[1])
+
+    model.fit(X, y, X_val=X_hold, y_val=observed["exec"], on_fitted=export)
     clock.lap("fit")
 
+    inputs_sha256 = inputs_sha256 or (hashed.result() if hashed is not None else table_sha256(table))
+    recipe_sha256 = hashlib.sha256(json.dumps(
+        {"inputs": inputs_sha256, "day": day.isoformat(), "window_days": window_days, "max_rows": max_rows,
+         "seed": seed, "holdout_fraction": holdout_fraction, "alert_rate": alert_rate,
+         "model_params": model.get_params(), "libraries": _library_versions()},
+        sort_keys=True, default=str).encode()).hexdigest()
     with registry.staging() as staged:
-        (staged / "mean.onnx").write_bytes(export_onnx(model.mean_, X.shape[1]))
-        (staged / "quantile.onnx").write_bytes(export_onnx(model.quantile_model_, X.shape[1]))
+        (staged / "mean.onnx").write_bytes(onnx["mean"])
+        (staged / "quantile.onnx").write_bytes(onnx["quantile"])
         feature_state = builder.save(staged)
         clock.lap("export")
         pair = OnnxPair(staged / "mean.onnx", staged / "quantile.onnx")

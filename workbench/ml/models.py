@@ -9,9 +9,12 @@ one input ``X`` of shape ``[N, F]``); :class:`OnnxPair` runs them with ONNX Runt
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,8 +71,14 @@ class DurationModel:
         it, and 100k rows cost ~0.015 per-kind PR-AUC (the tail of a q90 is estimated from the
         10 % of rows above it), so it keeps 200k.
     n_threads : int, optional
-        OpenMP threads while fitting. ``None``: 1 below 50,000 rows (thread start-up and spin
-        costs dominate on small data, badly so on a busy 2-core machine), else all cores.
+        OpenMP threads of each fit. ``None``: 1 below 50,000 rows (thread start-up and spin
+        costs dominate on small data, badly so on a busy 2-core machine), else half the cores
+        (at least 1) for the mean model and all of them for the quantile model, the longer fit,
+        which so gets every core once the mean model is done. On 2 cores (the two fits alone on a
+        400k-row day, load ~3.4, 4 runs each): 1+2 threads 4.2-6.3 s wall (median ~4.45), 1+1
+        4.4-7.4 s, 2+2 4.8-7.1 s (~1 CPU s more: OpenMP barriers of 4 threads on 2 cores). The
+        fitted trees do not depend on the thread count (scikit-learn's HGB sums each feature's
+        histogram in one thread), so neither do the exported models.
     random_state : int, default=0
         Seed of both models.
     """
@@ -111,7 +120,8 @@ class DurationModel:
         )
 
     def fit(self, X: np.ndarray, y_log: np.ndarray, X_val: np.ndarray | None = None,
-            y_val: np.ndarray | None = None) -> DurationModel:
+            y_val: np.ndarray | None = None, *,
+            on_fitted: Callable[[str, HistGradientBoostingRegressor], object] | None = None) -> DurationModel:
         """Fit both models on features ``X`` and the log target ``y_log``.
 
         ``X_val, y_val``: the validation rows of early stopping (training passes its blocked
@@ -119,30 +129,36 @@ class DurationModel:
         the next day's error stops falling). Without them each fit holds out a random 10 % of
         its rows, whose fingerprints it has seen, and keeps improving on them for longer.
 
-        The two fits run at the same time, one thread each: an HGB fit keeps ~1 of 2 cores busy
-        (its per-iteration Python work and small parallel regions leave the other idle), so
-        overlapping them cuts the wall time by about the shorter fit. Each thread sets the same
-        OpenMP thread count a sequential fit would use (OpenMP thread counts are per calling
-        thread), so the fitted trees are identical to sequential fits (tests/test_train_fit.py
-        compares the ONNX bytes).
+        The two fits run at the same time, each in its own Python thread (OpenMP threads: see
+        ``n_threads``): an HGB fit keeps ~1 of 2 cores busy (its per-iteration Python work and
+        small parallel regions leave the other idle), so overlapping them cuts the wall time by
+        about the shorter fit. Each thread sets its own OpenMP thread count (OpenMP thread counts
+        are per calling thread), and the trees do not depend on it, so they are identical to
+        sequential fits (tests/test_train_fit.py compares the ONNX bytes).
+
+        ``on_fitted(name, estimator)``: called in a fit's thread as soon as that model
+        (``"mean"`` or ``"quantile"``) is fitted, while the other may still be fitting (training
+        exports each model then, filling the core the shorter fit leaves idle). An exception in
+        it fails the fit.
         """
         if not 0.5 < self.quantile < 1.0:
             msg = f"The 'quantile' parameter of DurationModel must be in (0.5, 1). Got {self.quantile}."
             raise ValueError(msg)
-        threads = self.n_threads or (1 if len(y_log) < 50_000 else None)
+        small = len(y_log) < 50_000
+        mean_threads = self.n_threads or (1 if small else max(1, _usable_cores() // 2))
+        quantile_threads = self.n_threads or (1 if small else _usable_cores())
         Xm, ym = self._sample(X, y_log, self.mean_max_rows)
         Xq, yq = self._sample(X, y_log, self.quantile_max_rows)
-        jobs = {"mean": (self._hgb(self.learning_rate, loss="squared_error"), Xm, ym),
+        jobs = {"mean": (self._hgb(self.learning_rate, loss="squared_error"), Xm, ym, mean_threads),
                 "quantile": (self._hgb(self.quantile_learning_rate, loss="quantile", quantile=self.quantile),
-                             Xq, yq)}
+                             Xq, yq, quantile_threads)}
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="hgb-fit") as pool:
-            futures = {name: pool.submit(_timed_fit, est, Xs, ys, threads, X_val, y_val)
-                       for name, (est, Xs, ys) in jobs.items()}
+            futures = {name: pool.submit(_timed_fit, est, Xs, ys, threads, X_val, y_val,
+                                         None if on_fitted is None else partial(on_fitted, name))
+                       for name, (est, Xs, ys, threads) in jobs.items()}
             seconds = {name: future.result() for name, future in futures.items()}
         self.mean_, self.quantile_model_ = jobs["mean"][0], jobs["quantile"][0]
-        for estimator in (self.mean_, self.quantile_model_):
-            _snap_thresholds_to_float32(estimator)
         self.fit_seconds_ = seconds
         self.n_iter_ = {"mean": int(self.mean_.n_iter_), "quantile": int(self.quantile_model_.n_iter_)}
         logger.info("duration models fitted rows=%d wall_s=%.1f mean_s=%.1f quantile_s=%.1f iters=%s",
@@ -164,16 +180,30 @@ class DurationModel:
         return self.mean_.predict(X), self.quantile_model_.predict(X)
 
 
+def _usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def _timed_fit(estimator: HistGradientBoostingRegressor, X: np.ndarray, y: np.ndarray,
-               threads: int | None, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> float:
-    """Fit ``estimator`` with ``threads`` OpenMP threads (``None``: all cores); its wall seconds."""
+               threads: int | None, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
+               on_fitted: Callable[[HistGradientBoostingRegressor], object] | None = None) -> float:
+    """Fit ``estimator`` with ``threads`` OpenMP threads (``None``: all cores), snap its thresholds to
+    float32, then call ``on_fitted(estimator)``; the fit's wall seconds."""
     t0 = time.perf_counter()
     with threadpool_limits(limits=threads, user_api="openmp"):
         if X_val is not None and y_val is not None and len(y_val):
             estimator.fit(X, y, X_val=X_val, y_val=y_val)
         else:
             estimator.fit(X, y)
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    _snap_thresholds_to_float32(estimator)
+    if on_fitted is not None:
+        on_fitted(estimator)
+    return seconds
 
 
 def _snap_thresholds_to_float32(estimator: HistGradientBoostingRegressor) -> None:
