@@ -30,6 +30,7 @@ from workbench.pipeline._quix import (
 )
 from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline.exceptions import PipelineConfigError
+from workbench.pipeline.scoring._collector import BatchCollector
 from workbench.pipeline.scoring._days import UNSCORED_FILE, UnscoredDays
 from workbench.pipeline.scoring._loop import ScoringLoop
 from workbench.pipeline.scoring._maintenance import ShardMaintenance, TrainerElection, adopt_unscored_days
@@ -203,7 +204,8 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
         if self.app is None:
             self.build()
         self._started = time.monotonic()
-        return super().run(timeout=timeout, idle_exit=None, count=count)
+        with BatchCollector.paced():  # the sink collects between batches (see _collector)
+            return super().run(timeout=timeout, idle_exit=None, count=count)
 
     def _after_run(self) -> None:
         self.rescorer.join()

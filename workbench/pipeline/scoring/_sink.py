@@ -21,9 +21,11 @@ The decode, guard and score steps are in ``_steps``; this module buffers, stores
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
+import operator
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -39,6 +41,7 @@ from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._eventtime import EventTimeGuard
 from workbench.pipeline._status import AppStatus
 from workbench.pipeline.exceptions import PipelineError
+from workbench.pipeline.scoring._collector import BatchCollector
 from workbench.pipeline.scoring._days import UnscoredDays
 from workbench.pipeline.scoring._publisher import AnomalyPublisher
 from workbench.pipeline.scoring._steps import decode_messages, guard_event_time, score_by_message
@@ -50,17 +53,62 @@ logger = logging.getLogger(__name__)
 _DAY_US: Final = 86_400_000_000
 
 
+class _Buffer:
+    """One partition's buffered messages as four parallel lists (value, key, headers, offset).
+
+    Parallel lists filled by C-level ``map`` calls: no Python-level step and no container per
+    message (each would be one more object for the cyclic GC to walk while the batch is buffered).
+    """
+
+    __slots__ = ("headers", "keys", "offsets", "values")
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self.keys: list[Any] = []
+        self.headers: list[Any] = []
+        self.offsets: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def append(self, value: Any, key: Any, headers: Any, offset: int) -> None:
+        """Buffer one message's fields."""
+        self.values.append(value)
+        self.keys.append(key)
+        self.headers.append(headers)
+        self.offsets.append(offset)
+
+    def extend(self, messages: Iterable[Any]) -> None:
+        """Buffer confluent-kafka messages (any objects with the ``value()``... methods)."""
+        messages = messages if isinstance(messages, list) else list(messages)
+        self.values += map(_VALUE, messages)
+        self.keys += map(_KEY, messages)
+        self.headers += map(_HEADERS, messages)
+        self.offsets += map(_OFFSET, messages)
+
+    def item(self, position: int) -> tuple[Any, Any, Any, int]:
+        """``(value, key, headers, offset)`` of one buffered message."""
+        return self.values[position], self.keys[position], self.headers[position], self.offsets[position]
+
+
+_VALUE: Final = operator.methodcaller("value")
+_KEY: Final = operator.methodcaller("key")
+_HEADERS: Final = operator.methodcaller("headers")
+_OFFSET: Final = operator.methodcaller("offset")
+_PARTITION: Final = operator.methodcaller("partition")
+
+
 @dataclass(frozen=True)
 class _Batch:
-    """One partition's buffered messages as (value, key, headers, offset) tuples."""
+    """One partition's buffered messages."""
 
     topic: str
     partition: int
-    items: list[tuple[Any, Any, Any, int]]
+    buffer: _Buffer
 
     @property
     def size(self) -> int:
-        return len(self.items)
+        return len(self.buffer)
 
 
 class ScoringSink(BatchingSink):
@@ -114,43 +162,42 @@ class ScoringSink(BatchingSink):
         #: means "do not store this yet" (Quix sink backpressure), None means go on.
         self.hold_day: Callable[[pa.Table], str | None] | None = None
         self.timings = {"decode": 0.0, "score": 0.0, "shards": 0.0, "publish": 0.0}
-        #: (topic, partition) -> buffered messages as (value, key, headers, offset)
-        self._raw: dict[tuple[str, int], list[tuple[Any, Any, Any, int]]] = {}
+        #: (topic, partition) -> buffered messages
+        self._raw: dict[tuple[str, int], _Buffer] = {}
+        self.collector = BatchCollector()
 
     def add(self, value: Any, key: Any, timestamp: int, headers: HeadersTuples, topic: str, partition: int,
             offset: int) -> None:
         """Buffer one message (Quix's per-message path; the app uses :meth:`add_messages`)."""
-        self._buffer(topic, partition).append((value, key, headers, offset))
+        self._buffer(topic, partition).append(value, key, headers, offset)
         self._note_rows(topic, partition, headers)
 
     def add_messages(self, messages: list[Any]) -> None:
         """Buffer raw confluent-kafka messages of one consume call (no decoding here).
 
-        Per message only the four fields are taken (a tuple); the ``rows`` header of each
-        partition's last message is the size hint for the whole partition's buffer.
+        Only the four fields are kept, taken by C-level ``map`` calls per partition (this is part of
+        every event's cost); the ``rows`` header of each partition's last message is the size hint
+        for the whole partition's buffer.
         """
         if not messages:
             return
         topic = messages[0].topic()  # the app reads one topic
-        buffers = self._raw
-        touched: set[int] = set()
-        partition, buffer = -1, None
-        for message in messages:  # per message: the four fields only (this loop is the per-event cost)
-            p = message.partition()
-            if p != partition:
-                partition = p
-                touched.add(p)
-                buffer = buffers.get((topic, p))
-                if buffer is None:
-                    buffer = buffers[(topic, p)] = []
-            buffer.append((message.value(), message.key(), message.headers(), message.offset()))  # type: ignore[union-attr]
-        for p in touched:
-            self._note_rows(topic, p, buffers[(topic, p)][-1][2])
+        partitions = list(map(_PARTITION, messages))
+        if partitions.count(partitions[0]) == len(partitions):  # the usual call: one partition
+            runs: Iterable[tuple[int, Iterable[Any]]] = ((partitions[0], messages),)
+        else:
+            runs = itertools.groupby(messages, key=_PARTITION)
+        touched = set()
+        for partition, run in runs:
+            self._buffer(topic, partition).extend(run)
+            touched.add(partition)
+        for partition in touched:
+            self._note_rows(topic, partition, self._raw[(topic, partition)].headers[-1])
 
-    def _buffer(self, topic: str, partition: int) -> list[tuple[Any, Any, Any, int]]:
+    def _buffer(self, topic: str, partition: int) -> _Buffer:
         buffer = self._raw.get((topic, partition))
         if buffer is None:
-            buffer = self._raw[(topic, partition)] = []
+            buffer = self._raw[(topic, partition)] = _Buffer()
         return buffer
 
     def _note_rows(self, topic: str, partition: int, headers: Any) -> None:
@@ -175,14 +222,17 @@ class ScoringSink(BatchingSink):
 
     def flush(self) -> None:
         """Write every partition's batch, then let the app schedule training (shards are on disk)."""
+        wrote = bool(self._raw)
         try:
-            for (topic, partition), items in self._raw.items():
-                self.write(_Batch(topic, partition, items))
+            for (topic, partition), buffer in self._raw.items():
+                self.write(_Batch(topic, partition, buffer))
         finally:
             self._raw.clear()
             self._batches.clear()
             self.buffered.clear()
             self.size_due = False
+        if wrote:
+            self.collector.after_batch()  # the batch's objects are gone: the young generations are small now
         if self.on_flushed is not None:
             self.on_flushed()
 
@@ -194,8 +244,8 @@ class ScoringSink(BatchingSink):
         super().on_paused()
 
     # --- steps -------------------------------------------------------------------------------
-    def _dead_letter(self, item: tuple[Any, Any, Any, int], reason: str, batch: _Batch) -> None:
-        value, key, headers, offset = item
+    def _dead_letter(self, position: int, reason: str, batch: _Batch) -> None:
+        value, key, headers, offset = batch.buffer.item(position)
         self.dead_letters.send(value, reason, key=key, headers=headers, topic=batch.topic,
                                partition=batch.partition, offset=offset)
         self.status.add("dead_letters")
@@ -237,8 +287,8 @@ class ScoringSink(BatchingSink):
     def write(self, batch: _Batch) -> None:  # type: ignore[override]
         """Decode, score, store and publish one partition's batch (all durable on return)."""
         t0 = time.perf_counter()
-        items = batch.items
-        table, errors = decode_messages(items, batch.partition)
+        buffer = batch.buffer
+        table, errors = decode_messages(buffer.values, buffer.keys, buffer.headers, buffer.offsets, batch.partition)
         table, late = guard_event_time(self.guard, table)
         held = self.hold_day(table) if self.hold_day is not None and table.num_rows else None
         if held is not None:  # not stored: Quix pauses, then re-reads from the committed offsets
@@ -252,7 +302,7 @@ class ScoringSink(BatchingSink):
             msg = f"scoring failed for all {len(failed)} messages of the batch, first: {failed[0][1][:300]}"
             raise PipelineError(msg)
         for position, reason in sorted(errors + late + failed):
-            self._dead_letter(items[position], reason, batch)
+            self._dead_letter(position, reason, batch)
         if scored is None or not scored.num_rows:
             return
         n = scored.num_rows
@@ -265,11 +315,12 @@ class ScoringSink(BatchingSink):
         published = 0
         if version is not None:  # the publisher skips unscored rows (is_anomaly null)
             published = self.publisher.publish_scored(scored.drop_columns(["_message"]))
-            by_offset = {item[3]: item for item in items}
-            for message, reason in self.publisher.rejected:
-                item = by_offset.get((message.get("features") or {}).get("kafka_offset"))
-                if item is not None:
-                    self._dead_letter(item, reason, batch)
+            if self.publisher.rejected:
+                position_of = {offset: i for i, offset in enumerate(buffer.offsets)}
+                for message, reason in self.publisher.rejected:
+                    position = position_of.get((message.get("features") or {}).get("kafka_offset"))
+                    if position is not None:
+                        self._dead_letter(position, reason, batch)
             self.publisher.rejected.clear()
         t4 = time.perf_counter()
         self.status.add("events", n)

@@ -21,12 +21,15 @@ __all__ = ["decode_messages", "guard_event_time", "score_by_message"]
 _KAFKA: Final = ["kafka_partition", "kafka_offset"]
 
 
-def decode_messages(items: list[tuple[Any, Any, Any, int]], partition: int) -> tuple[pa.Table, list[tuple[int, str]]]:
-    """All valid rows of ``items`` (+ ``kafka_*`` columns), and ``(item index, reason)`` of the others."""
-    values, keys, headers, offset_list = zip(*items, strict=True) if items else ((), (), (), ())
-    decoded = codec.decode_values(values, headers=[h or () for h in headers], keys=keys)
+def decode_messages(values: list[Any], keys: list[Any], headers: list[Any], offset_list: list[int],
+                    partition: int) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """All valid rows of the messages (+ ``kafka_*`` columns), and ``(message index, reason)`` of the others.
+
+    The messages are given as parallel lists of their values, keys, headers (None: no headers) and offsets.
+    """
+    decoded = codec.decode_values(values, headers=headers, keys=keys)
     index = np.asarray(decoded.source_index, dtype=np.int64)
-    offsets = np.fromiter(offset_list, dtype=np.int64, count=len(items))
+    offsets = np.fromiter(offset_list, dtype=np.int64, count=len(offset_list))
     table = pa.Table.from_batches([decoded.batch])
     table = table.append_column("kafka_partition", pa.array(np.full(len(index), partition, np.int32)))
     table = table.append_column("kafka_offset", pa.array(offsets[index] if len(index) else offsets[:0]))
