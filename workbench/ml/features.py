@@ -228,30 +228,25 @@ def _stats(codes: np.ndarray, logs: dict[str, np.ndarray], n_groups: int) -> dic
     """Count plus every statistic of :data:`_STATS` for each group code."""
     result: dict[str, np.ndarray] = {"n": np.bincount(codes, minlength=n_groups).astype(np.float64)}
     for signal in SIGNALS:
-        wanted = [(q, name) for s, q, name in _STATS if s == signal]
-        table = _group_quantiles(codes, logs[signal], n_groups, tuple(q for q, _ in wanted))
-        for j, (_, name) in enumerate(wanted):
+        qs, names = _signal_stats(signal)
+        table = _group_quantiles(codes, logs[signal], n_groups, qs)
+        for j, name in enumerate(names):
             result[name] = table[:, j]
     return result
 
 
 def _sorted_stats(codes: np.ndarray, logs: dict[str, np.ndarray], orders: dict[str, np.ndarray],
-                  n_groups: int, keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """:func:`_stats` of the rows in ``orders`` (row indices sorted by ``(code, value)`` per signal)
-    where ``keep`` is true.
-
-    Filtering a sorted order keeps it sorted, so the out-of-fold statistics of every fold reuse
-    the one sort per signal (the values are the same as :func:`_stats` on the kept rows).
-    """
+                  n_groups: int) -> dict[str, np.ndarray]:
+    """:func:`_stats` of the rows in ``orders`` (row indices sorted by ``(code, value)`` per signal)."""
     result: dict[str, np.ndarray] = {}
     for signal in SIGNALS:
-        order = orders[signal] if keep is None else orders[signal][keep[orders[signal]]]
+        order = orders[signal]
         sorted_codes = codes[order]
         if not result:
             result["n"] = np.bincount(sorted_codes, minlength=n_groups).astype(np.float64)
-        wanted = [(q, name) for s, q, name in _STATS if s == signal]
-        table = _sorted_group_quantiles(sorted_codes, logs[signal][order], n_groups, tuple(q for q, _ in wanted))
-        for j, (_, name) in enumerate(wanted):
+        qs, names = _signal_stats(signal)
+        table = _sorted_group_quantiles(sorted_codes, logs[signal][order], n_groups, qs)
+        for j, name in enumerate(names):
             result[name] = table[:, j]
     return result
 
