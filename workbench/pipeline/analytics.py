@@ -253,9 +253,10 @@ class AnalyticsApp(WorkbenchApp):
         sizes = list(map(len, messages))  # len() of a message: its value's size
         while messages:
             room = self.batch_messages - len(self._buffer)
-            if len(messages) < room and self._buffered_bytes + sum(sizes) < BATCH_BYTES:  # the usual case
+            total = self._buffered_bytes + sum(sizes)
+            if len(messages) < room and total < BATCH_BYTES:  # the usual case
                 self._buffer.extend(messages)
-                self._buffered_bytes += sum(sizes)
+                self._buffered_bytes = total
                 return
             # bytes buffered after each message: the batch ends at the first that reaches the limit
             ends = list(accumulate(sizes[:room], initial=self._buffered_bytes))

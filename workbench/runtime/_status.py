@@ -158,7 +158,7 @@ def _status_key(settings: Settings) -> tuple[int, tuple[tuple[str, str], ...]]:
     return os.getpid(), tuple(sorted((name, str(value)) for name, value in settings.kafka_client_config().items()))
 
 
-def _discard_status_clients(settings: Settings, clients: _StatusClients) -> None:
+def _discard_status_clients(clients: _StatusClients) -> None:
     """Close ``clients`` after a failure (a broker gone or replaced): the next call opens new ones."""
     with _clients_lock:
         for key, found in list(_clients.items()):
@@ -208,7 +208,7 @@ def consumer_lag(settings: Settings, group: str, topic: str, timeout: float = 5.
         return lag
     except Exception as exc:
         logger.debug("lag of %s unknown: %s", group, exc)
-        _discard_status_clients(settings, clients)
+        _discard_status_clients(clients)
         return None
 
 
@@ -222,7 +222,7 @@ def topic_message_count(settings: Settings, topic: str, timeout: float = 5.0) ->
         return sum(high - low for low, high in clients.watermarks(topic, partitions, timeout).values())
     except Exception as exc:
         logger.debug("size of %s unknown: %s", topic, exc)
-        _discard_status_clients(settings, clients)
+        _discard_status_clients(clients)
         return None
 
 
