@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 from threadpoolctl import threadpool_limits
 
 if TYPE_CHECKING:  # scoring needs only ONNX Runtime: sklearn (~1-2 s to import) loads for training
@@ -251,6 +250,8 @@ class OnnxPair:
         self.mean = mean
         self.quantile = quantile
         self.intra_op_threads = intra_op_threads
+        import onnxruntime as ort  # here, not at import: an app starts (and stores unscored rows) without it
+
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1

@@ -109,9 +109,15 @@ BATCH_MESSAGES: Final = 4096
 #: ... or buffered value bytes (packed Arrow messages carry many rows each).
 BATCH_BYTES: Final = 8 * 1024 * 1024
 
-#: Failures that are not a message's fault (the broker, the disk, SQLite): they stop the app, which then
-#: recounts from the last committed state; never a reason to dead-letter messages.
-_FATAL: Final = (*INFRASTRUCTURE_ERRORS, *database_errors())
+
+def _fatal() -> tuple[type[BaseException], ...]:
+    """Failures that are not a message's fault (the broker, the disk, SQLite, PostgreSQL): they stop the app,
+    which then recounts from the last committed state; never a reason to dead-letter messages.
+
+    Called in ``except`` clauses, i.e. only when a batch failed: psycopg (~0.1 s) is not imported at start.
+    """
+    return (*INFRASTRUCTURE_ERRORS, *database_errors())
+
 
 # the fields of a buffered (confluent-kafka) message, as functions for map()
 _VALUE, _KEY, _HEADERS, _TOPIC, _PARTITION, _OFFSET = (Message.value, Message.key, Message.headers, Message.topic,
@@ -277,7 +283,7 @@ class AnalyticsApp(WorkbenchApp):
                 return
             try:
                 self._process(messages)
-            except _FATAL:
+            except _fatal():
                 raise
             except Exception:
                 if self._applying:  # the state was half changed: stop; a restart recounts from SQLite exactly
@@ -292,7 +298,7 @@ class AnalyticsApp(WorkbenchApp):
     def _process_alone(self, message: Message) -> None:
         try:
             self._process([message])
-        except _FATAL:
+        except _fatal():
             raise
         except Exception as exc:  # this message's fault: dead-letter it and go on
             if self._applying:

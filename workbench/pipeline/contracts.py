@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workbench.pipeline.exceptions import AnomalyContractError
-from workbench.store.lakehouse import ANOMALY_SCHEMA
+from workbench.store.anomaly_schema import ANOMALY_SCHEMA
 
 __all__ = [
     "ANOMALY_CONTRACT_VERSION",

@@ -58,6 +58,7 @@ import pyarrow.compute as pc
 
 from workbench.store import _postgres
 from workbench.store._base import ConnectionStore
+from workbench.store.anomaly_schema import ANOMALY_KEY, ANOMALY_SCHEMA
 from workbench.store.exceptions import (
     LakehouseBusyError,
     LakehouseNotFoundError,
@@ -88,29 +89,6 @@ CATALOG_FILE: Final = "catalog.sqlite"
 POSTGRES_PREFIX: Final = "postgres:"
 DATA_DIR: Final = "data"
 _TSZ = pa.timestamp("us", tz="UTC")
-
-#: Columns of ``lake.anomalies`` (``inserted_at`` is set by the writer).
-ANOMALY_SCHEMA: Final = pa.schema([
-    pa.field("instance_id", pa.int64(), nullable=False),
-    pa.field("query_id", pa.int64(), nullable=False),
-    pa.field("model_version", pa.string(), nullable=False),
-    pa.field("arrival_timestamp", _TSZ, nullable=False),
-    pa.field("user_id", pa.int64()),
-    pa.field("database_id", pa.int64()),
-    pa.field("query_type", pa.string()),
-    pa.field("cluster_size", pa.int64()),
-    pa.field("true_ms", pa.float64()),  # actual execution_duration_ms
-    pa.field("pred_ms", pa.float64()),  # prediction used for the decision
-    pa.field("pred_mean_ms", pa.float64()),
-    pa.field("pred_q_ms", pa.float64()),
-    pa.field("excess_ms", pa.float64()),  # true - pred (positive = slower than expected)
-    pa.field("under_ratio", pa.float64()),  # true / max(pred, 1)
-    pa.field("expected_ms", pa.float64()),  # the fingerprint's (or instance's) typical runtime
-    pa.field("score", pa.float64()),
-    pa.field("reason", pa.string()),
-    pa.field("features", pa.string()),  # JSON text
-    pa.field("inserted_at", _TSZ, nullable=False),
-])
 #: Key and columns of ``lake.window_anomalies`` (collective anomalies, :mod:`workbench.analysis.collective`).
 WINDOW_ANOMALY_KEY: Final[tuple[str, ...]] = ("instance_id", "window_start", "signal")
 _WINDOW_FIELDS: Final = (
@@ -120,8 +98,6 @@ _WINDOW_FIELDS: Final = (
 )
 _WINDOW_COLUMNS: Final = ("instance_id BIGINT, window_start TIMESTAMPTZ, signal VARCHAR, expected DOUBLE, "
                           "observed DOUBLE, score DOUBLE, reason VARCHAR, inserted_at TIMESTAMPTZ")
-#: The idempotency key.
-ANOMALY_KEY: Final[tuple[str, ...]] = ("instance_id", "query_id", "model_version")
 _REQUIRED: Final = (*ANOMALY_KEY, "arrival_timestamp")
 _INPUT_FIELDS: Final = tuple(f for f in ANOMALY_SCHEMA if f.name != "inserted_at")
 _DUCK_TYPES: Final = {pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.string(): "VARCHAR", _TSZ: "TIMESTAMPTZ"}
