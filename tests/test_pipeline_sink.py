@@ -1,22 +1,26 @@
-"""Anomaly sink on the real broker: idempotent redelivery, dead letters, a concurrent reader."""
+"""Anomaly sink on the real broker: idempotent redelivery, dead letters, a concurrent reader; the lakehouse opens
+with the first rows to write."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
 from confluent_kafka import Producer
+from quixstreams.sinks import SinkBackpressureError, SinkBatch
 
 from tests.helpers import consume_all
 from workbench.broker import ensure_topics
 from workbench.config import Settings
 from workbench.pipeline import read_app_status
-from workbench.pipeline.anomaly_sink import run_anomaly_sink
+from workbench.pipeline.anomaly_sink import DuckLakeSink, run_anomaly_sink
 from workbench.pipeline.contracts import anomaly_headers, anomaly_key, anomaly_row, encode_anomaly
 from workbench.pipeline.exceptions import AnomalyContractError
+from workbench.store.exceptions import LakehouseBusyError
 from workbench.store.lakehouse import AnomalyLakehouse
 
 T0 = datetime(2024, 3, 4, tzinfo=UTC)
@@ -83,6 +87,7 @@ def test_sink_idempotent_redelivery_dead_letters(kafka_settings: Settings) -> No
 
 _READER = """
 import sys, time
+from workbench.store.exceptions import LakehouseBusyError
 from workbench.store.lakehouse import AnomalyLakehouse
 counts = []
 deadline = time.monotonic() + float(sys.argv[2])
@@ -118,3 +123,49 @@ def test_concurrent_reader_while_sink_writes(kafka_settings: Settings) -> None:
     assert seen == sorted(seen)  # a reader only ever sees committed snapshots, growing
     assert seen[-1] == 3000
     assert result["maintenance_runs"] >= 1
+
+
+def _batch(messages: list[dict]) -> SinkBatch:
+    batch = SinkBatch(topic="anomalies", partition=0)
+    for offset, message in enumerate(messages):
+        batch.append(anomaly_row(encode_anomaly(message)), anomaly_key(message), 0, [], offset)
+    return batch
+
+
+def test_the_sink_opens_the_lakehouse_with_its_first_rows_not_at_start(tmp_path: Path) -> None:
+    lake = AnomalyLakehouse(tmp_path / "lake")
+    sink = DuckLakeSink(lake, maintain_every=0, maintain_interval_s=0)
+    sink.setup()  # what Quix calls when the app starts
+    sink.write(_batch([]))
+    assert not (tmp_path / "lake" / "catalog.sqlite").exists()
+    sink.write(_batch([anomaly(1), anomaly(2)]))
+    sink.write(_batch([anomaly(2), anomaly(3)]))  # a re-delivered row is skipped, as before
+    lake.close()
+    with AnomalyLakehouse(tmp_path / "lake", read_only=True) as reader:
+        assert sorted(reader.read()["query_id"].to_pylist()) == [3_000_000_001, 3_000_000_002, 3_000_000_003]
+
+
+def test_a_busy_catalog_at_the_first_open_is_backpressure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lake = AnomalyLakehouse(tmp_path / "lake")
+
+    def busy() -> AnomalyLakehouse:
+        raise LakehouseBusyError("catalog locked", retry_after=0.5)
+
+    monkeypatch.setattr(lake, "open", busy)
+    sink = DuckLakeSink(lake)
+    with pytest.raises(SinkBackpressureError):
+        sink.write(_batch([anomaly(1)]))
+    monkeypatch.undo()
+    sink.write(_batch([anomaly(1)]))  # the retried batch opens it
+    assert lake.count() == 1
+    lake.close()
+
+
+def test_a_sink_fed_only_malformed_messages_dead_letters_them_without_opening_the_lakehouse(
+        kafka_settings: Settings) -> None:
+    ensure_topics(kafka_settings)
+    produce(kafka_settings, [b"not json", encode_anomaly(anomaly(1))[:-1]])
+    result = run_anomaly_sink(kafka_settings, idle_exit=3, timeout=60, commit_interval=1.0)
+    assert result["dead_letters"] == 2 and result["sink_rows"] == 0 and result["anomalies"] == 0
+    assert len(consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=2, timeout=20)) == 2
+    assert not (kafka_settings.lakehouse_dir / "catalog.sqlite").exists()

@@ -2,7 +2,9 @@
 
 No window (the earlier app's window only added latency): each message is checked against the
 contract (:mod:`workbench.pipeline.contracts`) and mapped to a lakehouse row; malformed ones go to
-the dead-letter topic. :class:`DuckLakeSink` writes each flushed batch (one per topic partition
+the dead-letter topic. :class:`DuckLakeSink` opens the lakehouse with the first batch that has rows
+to write (DuckDB, its extensions and the catalog attach are not part of the app's start-up) and
+writes each flushed batch (one per topic partition
 per checkpoint) with :meth:`AnomalyLakehouse.write`, which skips rows already stored under
 ``(instance_id, query_id, model_version)``, so at-least-once redelivery never duplicates. A locked
 catalog pauses the partitions (``SinkBackpressureError``) and the batch is re-read and retried.
@@ -44,7 +46,7 @@ class DuckLakeSink(BatchingSink):
     Parameters
     ----------
     lakehouse : AnomalyLakehouse
-        Not yet opened; :meth:`setup` opens it.
+        Not yet opened; the first :meth:`write` with rows opens it.
     maintain_every : int
         Compact after this many successful writes (0 disables the count trigger).
     maintain_interval_s : float
@@ -62,10 +64,10 @@ class DuckLakeSink(BatchingSink):
         self.status = status
         self._writes_since_maintain = 0
         self._last_maintain = time.monotonic()
+        self._opened = False
 
     def setup(self) -> None:
-        """Open the lakehouse (creates the table)."""
-        self.lakehouse.open()
+        """Nothing to do at start: the lakehouse opens (and creates its tables) with the first rows to write."""
 
     def _count(self, name: str, n: int = 1) -> None:
         if self.status is not None:
@@ -77,6 +79,9 @@ class DuckLakeSink(BatchingSink):
         if not rows:
             return
         try:
+            if not self._opened:  # once: a lost PostgreSQL session is re-attached by the lakehouse itself
+                self.lakehouse.open()
+                self._opened = True
             inserted = self.lakehouse.write(rows)
         except LakehouseBusyError as exc:
             self._count("backpressure")
