@@ -9,7 +9,8 @@ hundred contract-valid anomaly messages for the anomaly sink. The app is spawned
 ``python -m workbench.cli app NAME`` (what the workbench supervisor runs); the benchmark polls
 the app's consumer group for a committed offset on any partition every 20 ms, then stops the
 app (SIGTERM). Printed per app and run: seconds to the first commit, and the child's CPU
-seconds up to then. Imports are measured separately with ``python -X importtime``.
+seconds up to then (sampled just before the poll that saw the commit). Imports are measured
+separately with ``python -X importtime``.
 """
 
 from __future__ import annotations
@@ -68,23 +69,38 @@ def _prepare(settings: Settings, app: str, log: os.PathLike[str]) -> Settings:
     return s
 
 
+def _cpu_seconds(process: psutil.Process) -> float | None:
+    try:
+        times = process.cpu_times()
+    except psutil.Error:
+        return None
+    return times.user + times.system
+
+
 def _first_commit(settings: Settings, app: str, topic: str, partitions: int, child: subprocess.Popen,
-                  limit: float) -> float | None:
-    """Seconds until the app's group has a committed offset on ``topic`` (None: not within ``limit``)."""
+                  limit: float) -> tuple[float, float | None] | None:
+    """Seconds until the app's group has a committed offset on ``topic``, and the app's CPU seconds then
+    (None: no commit within ``limit``).
+
+    The CPU is sampled just before the poll that saw the commit: after it the app goes on with the
+    rest of its input, so a sample taken when the (loaded) broker answers would add that work.
+    """
     started = time.perf_counter()
     watcher = Consumer({**settings.kafka_client_config(), "group.id": consumer_group(app),
                         "enable.auto.commit": False})
     tps = [TopicPartition(topic, p) for p in range(partitions)]
+    process = psutil.Process(child.pid)
     try:
         while time.perf_counter() - started < limit:
             if child.poll() is not None:
                 return None
+            cpu = _cpu_seconds(process)
             try:
                 committed = watcher.committed(tps, timeout=5)
             except Exception:  # the group coordinator may still be loading
                 committed = []
             if any(tp.offset >= 0 for tp in committed):
-                return time.perf_counter() - started
+                return time.perf_counter() - started, cpu
             time.sleep(0.02)
     finally:
         watcher.close()
@@ -102,12 +118,12 @@ def measure(settings: Settings, app: str, log: os.PathLike[str], limit: float, i
     child = subprocess.Popen(command, env=settings_env(s), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              preexec_fn=(lambda: os.nice(nice)) if nice else None)
     try:
-        seconds = _first_commit(s, app, topic, s.partitions, child, limit)
-        cpu = idle_cpu = None
+        seen = _first_commit(s, app, topic, s.partitions, child, limit)
+        seconds, cpu = seen if seen is not None else (None, None)
+        cpu = None if cpu is None else round(cpu, 2)
+        idle_cpu = None
         try:
             process = psutil.Process(child.pid)
-            times = process.cpu_times()
-            cpu = round(times.user + times.system, 2)
             if idle_s > 0 and seconds is not None:  # CPU of the app with nothing left to consume
                 time.sleep(2.0)
                 before = process.cpu_times()
