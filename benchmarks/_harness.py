@@ -145,7 +145,9 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     return {**os.environ, **settings.to_env(), **extra}
 
 
-WORKBENCH = [sys.executable, "-m", "workbench.cli"]
+#: ``-P``: ``-m`` would otherwise put the current directory first on ``sys.path``, so a benchmark started
+#: inside another checkout (or worktree) would run that checkout's apps instead of ``PYTHONPATH``'s.
+WORKBENCH = [sys.executable, "-P", "-m", "workbench.cli"]
 
 
 def summarize_profile(out: Path, top: int = 25) -> None:
