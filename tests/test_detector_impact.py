@@ -149,3 +149,36 @@ def test_extra_mb_explain_only_the_time_the_instance_needs_to_read_them() -> Non
     assert _stall(det, 8 * 60_000, 2_000, scan_mb=1_000.0, reference_mb=20.0, ms_per_mb=2.0)
     # 300 GB more at that pace take 10 minutes: 8 minutes are explained by the work.
     assert not _stall(det, 8 * 60_000, 2_000, scan_mb=300_000.0, reference_mb=20.0, ms_per_mb=2.0)
+
+
+def _two_group_detector() -> tuple[ResidualDetector, dict]:
+    """Group 0 (own history) tight residuals, group 1 (instance prior) three times as wide."""
+    rng = np.random.default_rng(3)
+    z = {"exec": np.concatenate([rng.standard_normal(4_000), 3.0 * rng.standard_normal(4_000)])}
+    groups = np.repeat([0, 1], 4_000)
+    det = ResidualDetector(signals=("exec",)).fit(z, groups=groups)
+    return det, z
+
+
+def test_a_group_without_calibration_rows_borrows_the_pooled_calibration() -> None:
+    det, z = _two_group_detector()
+    probe = {"exec": np.full(3, 6.0)}
+    score, _, _ = det.decide(probe, groups=np.array([0, 1, 2]))  # 2: an instance never seen in training
+    pooled_u = (6.0 - np.median(z["exec"])) / (np.quantile(z["exec"], 0.99) - np.median(z["exec"]))
+    assert score[2] == pytest.approx(pooled_u / det.threshold_)
+    # Neither of the fitted groups' calibrations: tighter than the wide group, wider than the tight one.
+    assert score[1] < score[2] < score[0]
+    # Persisted and reloaded, the unseen group still gets the pooled calibration.
+    again = ResidualDetector.from_dict(det.to_dict())
+    assert again.decide(probe, groups=np.array([0, 1, 2]))[0] == pytest.approx(score)
+
+
+def test_a_model_saved_before_the_pooled_entry_scores_as_it_did() -> None:
+    det, _ = _two_group_detector()
+    state = det.to_dict()
+    state["center"] = {k: v[:-1] for k, v in state["center"].items()}  # the old layout: fitted groups only
+    state["spread"] = {k: v[:-1] for k, v in state["spread"].items()}
+    old = ResidualDetector.from_dict(state)
+    probe = {"exec": np.full(2, 6.0)}
+    score, _, _ = old.decide(probe, groups=np.array([1, 2]))
+    assert score[1] == pytest.approx(score[0])  # unseen groups used the last fitted group then

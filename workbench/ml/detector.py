@@ -208,7 +208,10 @@ class ResidualDetector:
     # --- calibration ------------------------------------------------------------------------
     def _u(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None) -> np.ndarray:
         g = np.zeros(len(residuals[self.signals[0]]), dtype=np.int64) if groups is None else np.asarray(groups)
-        g = np.clip(g, 0, self.n_groups - 1)
+        # A group the holdout did not contain (e.g. rows of an instance first seen after training)
+        # has no calibration of its own: it borrows the pooled one, stored after the fitted groups,
+        # rather than the calibration of whichever fitted group happens to have the nearest index.
+        g = np.where((g >= 0) & (g < self.n_groups), g, self.n_groups)
         return np.stack([(residuals[s] - np.asarray(self.center_[s])[g]) / np.asarray(self.spread_[s])[g]
                          for s in self.signals])
 
@@ -230,7 +233,8 @@ class ResidualDetector:
         instance prior, global) calibrate each signal's scale per group (Mondrian calibration):
         a residual of a well-known fingerprint is judged against well-known fingerprints, not
         against the wider spread of never-seen ones. Groups with fewer than
-        ``min_group_rows`` holdout rows use the pooled scale.
+        ``min_group_rows`` holdout rows use the pooled scale, and so does a group the holdout
+        does not contain at all (at decision time: rows whose instance was never seen in training).
         """
         self._check_signals()
         if not 0.0 < self.alert_rate < 0.05:
@@ -253,8 +257,9 @@ class ResidualDetector:
                 # A group may be tighter than the pool, but not degenerate (e.g. never-seen
                 # fingerprints that mostly neither scan nor spill): at least half the pooled spread.
                 spreads.append(max(q - c, 0.5 * pooled_spread))
-            self.center_[s] = centers
-            self.spread_[s] = spreads
+            # Last entry: the pooled calibration, for groups unseen in the holdout.
+            self.center_[s] = [*centers, pooled[0]]
+            self.spread_[s] = [*spreads, pooled_spread]
         u = self._u(residuals, g)
         t0 = _tail_threshold(u.max(axis=0), self.alert_rate)
         self.relative_threshold_ = t0
@@ -339,6 +344,9 @@ class ResidualDetector:
         det.n_groups = int(state.get("n_groups", 1))
         det.center_ = {k: [float(x) for x in np.atleast_1d(v)] for k, v in state["center"].items()}
         det.spread_ = {k: [float(x) for x in np.atleast_1d(v)] for k, v in state["spread"].items()}
+        for per_signal in (*det.center_.values(), *det.spread_.values()):
+            if len(per_signal) == det.n_groups:  # saved before the pooled entry existed: keep its old
+                per_signal.append(per_signal[-1])  # behaviour (unseen groups used the last fitted group)
         det.gamma_ = {k: float(v) for k, v in state.get("gamma", {s: 0.0 for s in det.signals}).items()}
         det.relative_threshold_ = float(state.get("relative_threshold", state["threshold"]))
         det.threshold_ = float(state.get("score_threshold", state["threshold"]))
