@@ -83,9 +83,9 @@ _HISTORY_SIGNALS: tuple[str, ...] = ("exec", "queue", "scan", "spill")
 #: the compiled runs: a fingerprint that compiles one run in five has a median compile time of ~0,
 #: which would make every ordinary compilation of it look like a blow-up.
 COMPILED_MS = 10.0
-#: Statistics of the compiled runs kept per group (see :func:`_compiled_stats`).
-_COMPILE_STATS: tuple[tuple[float, str], ...] = ((0.25, "q25_compile"), (0.5, "med_compile"), (0.75, "q75_compile"))
-_N_COMPILED = "n_compiled"
+#: Statistics of the compiled runs kept per group (see :func:`_compiled_stats`): their median and IQR
+#: of log compile time, NaN for a group with fewer compiled runs than the builder's ``min_history``.
+_MED_COMPILE, _IQR_COMPILE = "med_compile", "iqr_compile"
 #: Instance column: the typical IQR of a fingerprint's log compile time (see ``_add_compile_spread``).
 _COMPILE_SPREAD = "fp_iqr_compile"
 
@@ -321,23 +321,23 @@ def _global_stats(logs: dict[str, np.ndarray]) -> dict[str, float]:
     out = {name: values[name] for _, _, name in _STATS}
     compiled = logs["compile"][logs["compile"] >= np.log1p(COMPILED_MS)]
     if len(compiled):  # model.json stays strict JSON (no NaN)
-        qs = np.quantile(compiled, [q for q, _ in _COMPILE_STATS])
-        out.update({name: float(v) for (_, name), v in zip(_COMPILE_STATS, qs, strict=True)})
+        out[_MED_COMPILE] = float(np.median(compiled))
     return out
 
 
-def _compiled_stats(codes: np.ndarray, log_compile: np.ndarray, value_order: np.ndarray,
-                    n_groups: int) -> dict[str, np.ndarray]:
-    """Per group: the number of compiled runs (:data:`COMPILED_MS`) and their log compile quartiles.
+def _compiled_stats(codes: np.ndarray, log_compile: np.ndarray, value_order: np.ndarray, n_groups: int,
+                    min_runs: int) -> dict[str, np.ndarray]:
+    """Per group: median and IQR of log compile time over its compiled runs (:data:`COMPILED_MS`),
+    NaN for a group with fewer than ``min_runs`` of them.
 
     ``value_order``: all rows sorted by ``log_compile``; rows without a group (``code < 0``) are left out.
     """
     keep = (log_compile[value_order] >= np.log1p(COMPILED_MS)) & (codes[value_order] >= 0)
     order = _group_order(codes, value_order[keep], n_groups)
     counts = np.bincount(codes[order], minlength=n_groups)
-    table = _counted_group_quantiles(counts, log_compile[order], tuple(q for q, _ in _COMPILE_STATS))
-    return {_N_COMPILED: counts.astype(np.float64),
-            **{name: table[:, j] for j, (_, name) in enumerate(_COMPILE_STATS)}}
+    q25, med, q75 = _counted_group_quantiles(counts, log_compile[order], (0.25, 0.5, 0.75)).T
+    thin = counts < min_runs
+    return {_MED_COMPILE: np.where(thin, np.nan, med), _IQR_COMPILE: np.where(thin, np.nan, q75 - q25)}
 
 
 def _reading_pace(codes: np.ndarray, logs: dict[str, np.ndarray], n_groups: int) -> tuple[np.ndarray, float]:
@@ -415,8 +415,9 @@ class FeatureBuilder:
         inst_orders = {s: _group_order(inst_codes, o, len(inst_ids)) for s, o in history.items()}
         full_fp = _sorted_stats(fp_codes, logs, orders, len(fp_dict))
         full_inst = _sorted_stats(inst_codes, logs, inst_orders, len(inst_ids))
-        full_fp.update(_compiled_stats(fp_codes, logs["compile"], value_orders["compile"], len(fp_dict)))
-        full_inst.update(_compiled_stats(inst_codes, logs["compile"], value_orders["compile"], len(inst_ids)))
+        for stats, codes, n_groups in ((full_fp, fp_codes, len(fp_dict)), (full_inst, inst_codes, len(inst_ids))):
+            stats.update(_compiled_stats(codes, logs["compile"], value_orders["compile"], n_groups, self.min_history))
+        del full_inst[_IQR_COMPILE]  # an instance's compiled runs are only a prior level (no verdict)
         pace, fleet_pace = _reading_pace(inst_codes, logs, len(inst_ids))
         full_inst[_PACE] = pace
 
@@ -585,7 +586,7 @@ class FeatureBuilder:
             pace = lookup.inst[_PACE]
             pace = np.where(np.isnan(pace), self.global_.get(_PACE, np.nan), pace)
             refs[THROUGHPUT] = (pace, np.zeros_like(pace))
-        if "med_compile" in lookup.inst:  # versions trained before the compile signal have none
+        if _MED_COMPILE in lookup.inst:  # versions trained before the compile signal have none
             refs["compile"] = self._compile_reference(lookup)
         return refs
 
@@ -598,9 +599,8 @@ class FeatureBuilder:
         its spread is therefore never taken below the typical one (:meth:`_compile_reference`).
         """
         fp = self.fp_table_
-        n = fp.column(_N_COMPILED).to_numpy()
-        iqr = fp.column("q75_compile").to_numpy() - fp.column("q25_compile").to_numpy()
-        keep = n >= self.min_history
+        iqr = fp.column(_IQR_COMPILE).to_numpy()
+        keep = ~np.isnan(iqr)  # fingerprints with at least min_history compiled runs
         inst = fp.column("instance_id").to_numpy()[keep]
         codes = np.searchsorted(self.instance_table_.column("instance_id").to_numpy(), inst)
         typical = _group_quantiles(codes, iqr[keep], self.instance_table_.num_rows, (0.5,))[:, 0]
@@ -612,13 +612,10 @@ class FeatureBuilder:
         """``(median, IQR)`` of log compile time over the compiled runs of the fingerprint (at least
         ``min_history`` of them; the IQR at least the instance's typical one). Otherwise the median
         of the instance's compiled runs (else the training window's) and a NaN IQR: no verdict."""
-        use_fp = np.nan_to_num(lookup.fp[_N_COMPILED], nan=0.0) >= self.min_history
-        use_inst = np.nan_to_num(lookup.inst[_N_COMPILED], nan=0.0) >= self.min_history
-        q25, med, q75 = (np.where(use_fp, lookup.fp[name], np.where(use_inst, lookup.inst[name], np.nan))
-                         for _, name in _COMPILE_STATS)
-        med = np.where(np.isnan(med), self.global_.get("med_compile", 0.0), med)
-        glob_iqr = self.global_.get("q75_compile", 0.0) - self.global_.get("q25_compile", 0.0)
-        iqr = np.where(np.isnan(q75 - q25), glob_iqr, q75 - q25)
+        use_fp = ~np.isnan(lookup.fp[_MED_COMPILE])
+        prior = lookup.inst[_MED_COMPILE]
+        med = np.where(use_fp, lookup.fp[_MED_COMPILE], np.where(np.isnan(prior), self.global_.get(_MED_COMPILE, 0.0),
+                                                                 prior))
         typical = lookup.inst.get(_COMPILE_SPREAD, np.full(len(med), np.nan))
         typical = np.where(np.isnan(typical), self.global_.get(_COMPILE_SPREAD, 0.0), typical)
         # Without its own compiled history a statement gets no spread (no compile verdict; the prior
@@ -626,7 +623,7 @@ class FeatureBuilder:
         # sigma and nothing known before the run predicts it, so judged against the instance prior
         # normal never-seen statements compiling for many minutes alerted (33 per 384k normal rows
         # of the stress log) and their tail raised every signal's calibrated bar.
-        return med, np.where(use_fp, np.maximum(iqr, typical), np.nan)
+        return med, np.where(use_fp, np.maximum(lookup.fp[_IQR_COMPILE], typical), np.nan)
 
     def _matrix(self, table: pa.Table, lookup: _Lookup) -> np.ndarray:
         qtype = pc.cast(table.column("query_type"), pa.string())
