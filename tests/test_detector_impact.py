@@ -21,9 +21,10 @@ def _holdout(n: int = 20_000, seed: int = 0) -> tuple[dict, np.ndarray, np.ndarr
     mean = np.log1p(rng.lognormal(np.log(200), 1.0, n))
     q = mean + 1.2816 * 0.35
     obs = {"exec": mean + 0.35 * rng.standard_normal(n), "queue": np.zeros(n),
-           "scan": np.log1p(rng.lognormal(np.log(100), 0.2, n)), "spill": np.zeros(n)}
+           "scan": np.log1p(rng.lognormal(np.log(100), 0.2, n)), "spill": np.zeros(n), "compile": np.zeros(n)}
     refs = {"queue": (np.zeros(n), np.zeros(n)), "scan": (np.log1p(np.full(n, 100.0)), np.full(n, 0.3)),
-            "spill": (np.zeros(n), np.zeros(n)), "exec": (mean, np.full(n, 0.5))}
+            "spill": (np.zeros(n), np.zeros(n)), "exec": (mean, np.full(n, 0.5)),
+            "compile": (np.zeros(n), np.full(n, np.nan))}
     return obs, mean, q, refs
 
 
@@ -36,9 +37,11 @@ def _fitted(**kwargs: float) -> ResidualDetector:
 
 def _one(det: ResidualDetector, exec_ms: float, pred_ms: float, spread_log: float) -> tuple[float, bool, str | None]:
     mean = np.array([np.log1p(pred_ms)])
-    obs = {"exec": np.log1p([exec_ms]), "queue": np.zeros(1), "scan": np.log1p([100.0]), "spill": np.zeros(1)}
+    obs = {"exec": np.log1p([exec_ms]), "queue": np.zeros(1), "scan": np.log1p([100.0]), "spill": np.zeros(1),
+           "compile": np.zeros(1)}
     refs = {"queue": (np.zeros(1), np.zeros(1)), "scan": (np.log1p([100.0]), np.array([0.3])),
-            "spill": (np.zeros(1), np.zeros(1)), "exec": (mean, np.array([0.5]))}
+            "spill": (np.zeros(1), np.zeros(1)), "exec": (mean, np.array([0.5])),
+            "compile": (np.zeros(1), np.full(1, np.nan))}
     z = det.residuals(obs, mean, mean + 1.2816 * spread_log, refs)
     score, alert, reason = det.decide(z, det.excess(obs, det.expected(mean, refs)))
     return float(score[0]), bool(alert[0]), reason[0]
@@ -103,7 +106,7 @@ def test_scorer_rows_carry_their_evidence(tmp_path: Path) -> None:
     assert first["observed_value"] == pytest.approx(40 * 60_000, rel=1e-6)
     assert first["excess_value"] == pytest.approx(first["observed_value"] - first["expected_value"])
     assert first["reference"].startswith("model+")
-    assert set(out.column("evidence_signal").to_pylist()) <= {"exec", "queue", "scan", "spill"}
+    assert set(out.column("evidence_signal").to_pylist()) <= {"exec", "queue", "scan", "spill", "compile"}
 
 
 def _wide_holdout_detector() -> ResidualDetector:
@@ -120,9 +123,11 @@ def _stall(det: ResidualDetector, exec_ms: float, pred_ms: float, scan_mb: float
            ms_per_mb: float | None = None, reference_mb: float = 100.0) -> bool:
     """Whether the *runtime* evidence alone alerts (the scan may alert on its own as well)."""
     mean = np.array([np.log1p(pred_ms)])
-    obs = {"exec": np.log1p([exec_ms]), "queue": np.zeros(1), "scan": np.log1p([scan_mb]), "spill": np.zeros(1)}
+    obs = {"exec": np.log1p([exec_ms]), "queue": np.zeros(1), "scan": np.log1p([scan_mb]), "spill": np.zeros(1),
+           "compile": np.zeros(1)}
     refs = {"queue": (np.zeros(1), np.zeros(1)), "scan": (np.log1p([reference_mb]), np.array([0.3])),
-            "spill": (np.zeros(1), np.zeros(1)), "exec": (mean, np.array([0.5]))}
+            "spill": (np.zeros(1), np.zeros(1)), "exec": (mean, np.array([0.5])),
+            "compile": (np.zeros(1), np.full(1, np.nan))}
     if ms_per_mb is not None:
         refs[THROUGHPUT] = (np.log([ms_per_mb]), np.zeros(1))
     z = det.residuals(obs, mean, mean + 6.0, refs)
