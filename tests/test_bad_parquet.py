@@ -199,7 +199,15 @@ FILE_CASES: dict[str, tuple[Callable[[pa.Table, Path], object], str | tuple[str,
     "wrong_type_that_cannot_be_converted": (
         lambda good, path: pq.write_table(_replace(good, "execution_duration_ms", ["fast"] * ROWS, pa.string()), path),
         "Column 'execution_duration_ms' of query log {path!r} must be integer (int64). Got string "
-        "instead. Convert it, e.g. with CAST(execution_duration_ms AS BIGINT) in DuckDB."),
+        "instead. Convert it, e.g. with CAST(execution_duration_ms AS BIGINT) in DuckDB, or "
+        "`workbench prepare {path} --out NEW` (it converts what converts without loss and sets aside, "
+        "with reasons, the rows it cannot)."),
+    "column_names_in_another_letter_case": (
+        lambda good, path: pq.write_table(good.rename_columns([c.upper() for c in good.column_names]), path),
+        "Query log {path!r} lacks 24 of the 24 required Redset column(s): instance_id, cluster_size, "
+        "user_id, database_id, query_id and 19 more. The file has 24 of them under other letter cases "
+        "(e.g. 'INSTANCE_ID'): `workbench prepare {path} --out NEW` matches names case-insensitively "
+        "and writes a replayable copy."),
     "duplicate_column_names": (
         lambda good, path: pq.write_table(good.append_column("query_id", good.column("query_id")), path),
         "Query log {path!r} has 2 columns named 'query_id'; the workbench cannot tell which one holds "

@@ -21,9 +21,10 @@ def _holdout(n: int = 20_000, seed: int = 0) -> tuple[dict, np.ndarray, np.ndarr
     mean = np.log1p(rng.lognormal(np.log(200), 1.0, n))
     q = mean + 1.2816 * 0.35
     obs = {"exec": mean + 0.35 * rng.standard_normal(n), "queue": np.zeros(n),
-           "scan": np.log1p(rng.lognormal(np.log(100), 0.2, n)), "spill": np.zeros(n)}
+           "scan": np.log1p(rng.lognormal(np.log(100), 0.2, n)), "spill": np.zeros(n), "compile": np.zeros(n)}
     refs = {"queue": (np.zeros(n), np.zeros(n)), "scan": (np.log1p(np.full(n, 100.0)), np.full(n, 0.3)),
-            "spill": (np.zeros(n), np.zeros(n)), "exec": (mean, np.full(n, 0.5))}
+            "spill": (np.zeros(n), np.zeros(n)), "exec": (mean, np.full(n, 0.5)),
+            "compile": (np.zeros(n), np.full(n, np.nan))}
     return obs, mean, q, refs
 
 
@@ -36,9 +37,11 @@ def _fitted(**kwargs: float) -> ResidualDetector:
 
 def _one(det: ResidualDetector, exec_ms: float, pred_ms: float, spread_log: float) -> tuple[float, bool, str | None]:
     mean = np.array([np.log1p(pred_ms)])
-    obs = {"exec": np.log1p([exec_ms]), "queue": np.zeros(1), "scan": np.log1p([100.0]), "spill": np.zeros(1)}
+    obs = {"exec": np.log1p([exec_ms]), "queue": np.zeros(1), "scan": np.log1p([100.0]), "spill": np.zeros(1),
+           "compile": np.zeros(1)}
     refs = {"queue": (np.zeros(1), np.zeros(1)), "scan": (np.log1p([100.0]), np.array([0.3])),
-            "spill": (np.zeros(1), np.zeros(1)), "exec": (mean, np.array([0.5]))}
+            "spill": (np.zeros(1), np.zeros(1)), "exec": (mean, np.array([0.5])),
+            "compile": (np.zeros(1), np.full(1, np.nan))}
     z = det.residuals(obs, mean, mean + 1.2816 * spread_log, refs)
     score, alert, reason = det.decide(z, det.excess(obs, det.expected(mean, refs)))
     return float(score[0]), bool(alert[0]), reason[0]
@@ -103,7 +106,7 @@ def test_scorer_rows_carry_their_evidence(tmp_path: Path) -> None:
     assert first["observed_value"] == pytest.approx(40 * 60_000, rel=1e-6)
     assert first["excess_value"] == pytest.approx(first["observed_value"] - first["expected_value"])
     assert first["reference"].startswith("model+")
-    assert set(out.column("evidence_signal").to_pylist()) <= {"exec", "queue", "scan", "spill"}
+    assert set(out.column("evidence_signal").to_pylist()) <= {"exec", "queue", "scan", "spill", "compile"}
 
 
 def _wide_holdout_detector() -> ResidualDetector:
@@ -120,9 +123,11 @@ def _stall(det: ResidualDetector, exec_ms: float, pred_ms: float, scan_mb: float
            ms_per_mb: float | None = None, reference_mb: float = 100.0) -> bool:
     """Whether the *runtime* evidence alone alerts (the scan may alert on its own as well)."""
     mean = np.array([np.log1p(pred_ms)])
-    obs = {"exec": np.log1p([exec_ms]), "queue": np.zeros(1), "scan": np.log1p([scan_mb]), "spill": np.zeros(1)}
+    obs = {"exec": np.log1p([exec_ms]), "queue": np.zeros(1), "scan": np.log1p([scan_mb]), "spill": np.zeros(1),
+           "compile": np.zeros(1)}
     refs = {"queue": (np.zeros(1), np.zeros(1)), "scan": (np.log1p([reference_mb]), np.array([0.3])),
-            "spill": (np.zeros(1), np.zeros(1)), "exec": (mean, np.array([0.5]))}
+            "spill": (np.zeros(1), np.zeros(1)), "exec": (mean, np.array([0.5])),
+            "compile": (np.zeros(1), np.full(1, np.nan))}
     if ms_per_mb is not None:
         refs[THROUGHPUT] = (np.log([ms_per_mb]), np.zeros(1))
     z = det.residuals(obs, mean, mean + 6.0, refs)
@@ -149,3 +154,36 @@ def test_extra_mb_explain_only_the_time_the_instance_needs_to_read_them() -> Non
     assert _stall(det, 8 * 60_000, 2_000, scan_mb=1_000.0, reference_mb=20.0, ms_per_mb=2.0)
     # 300 GB more at that pace take 10 minutes: 8 minutes are explained by the work.
     assert not _stall(det, 8 * 60_000, 2_000, scan_mb=300_000.0, reference_mb=20.0, ms_per_mb=2.0)
+
+
+def _two_group_detector() -> tuple[ResidualDetector, dict]:
+    """Group 0 (own history) tight residuals, group 1 (instance prior) three times as wide."""
+    rng = np.random.default_rng(3)
+    z = {"exec": np.concatenate([rng.standard_normal(4_000), 3.0 * rng.standard_normal(4_000)])}
+    groups = np.repeat([0, 1], 4_000)
+    det = ResidualDetector(signals=("exec",)).fit(z, groups=groups)
+    return det, z
+
+
+def test_a_group_without_calibration_rows_borrows_the_pooled_calibration() -> None:
+    det, z = _two_group_detector()
+    probe = {"exec": np.full(3, 6.0)}
+    score, _, _ = det.decide(probe, groups=np.array([0, 1, 2]))  # 2: an instance never seen in training
+    pooled_u = (6.0 - np.median(z["exec"])) / (np.quantile(z["exec"], 0.99) - np.median(z["exec"]))
+    assert score[2] == pytest.approx(pooled_u / det.threshold_)
+    # Neither of the fitted groups' calibrations: tighter than the wide group, wider than the tight one.
+    assert score[1] < score[2] < score[0]
+    # Persisted and reloaded, the unseen group still gets the pooled calibration.
+    again = ResidualDetector.from_dict(det.to_dict())
+    assert again.decide(probe, groups=np.array([0, 1, 2]))[0] == pytest.approx(score)
+
+
+def test_a_model_saved_before_the_pooled_entry_scores_as_it_did() -> None:
+    det, _ = _two_group_detector()
+    state = det.to_dict()
+    state["center"] = {k: v[:-1] for k, v in state["center"].items()}  # the old layout: fitted groups only
+    state["spread"] = {k: v[:-1] for k, v in state["spread"].items()}
+    old = ResidualDetector.from_dict(state)
+    probe = {"exec": np.full(2, 6.0)}
+    score, _, _ = old.decide(probe, groups=np.array([1, 2]))
+    assert score[1] == pytest.approx(score[0])  # unseen groups used the last fitted group then

@@ -102,3 +102,22 @@ def test_exhausted_attempts_mark_failed_and_keep_current(settings: Settings) -> 
     assert sup.status(dt.date(2024, 1, 1)) == "failed"
     assert sup.state["days"]["2024-01-01"]["attempts"] == 2
     assert ModelRegistry(settings.models_dir).current() is None
+
+
+def test_the_training_child_uses_settings_given_as_arguments_not_only_the_environment(
+        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # shards and models outside the home, given to the app as arguments (not in os.environ)
+    monkeypatch.delenv("WORKBENCH_SHARDS_DIR", raising=False)
+    monkeypatch.delenv("WORKBENCH_MODELS_DIR", raising=False)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.rename(settings.shards_dir, shared / "shards")
+    moved = settings.with_overrides(shards_dir_override=shared / "shards", models_dir_override=shared / "models")
+    sup = TrainingSupervisor(moved, every_n_days=1, backoff_seconds=0)
+    scheduled = []
+    for k in range(3):  # event time moves through days 0..2
+        scheduled += sup.maybe_schedule(_day(k))
+        sup.wait(timeout=120)
+    assert scheduled == [_day(0), _day(1)]
+    assert _trained_days(moved) == [_day(0).isoformat(), _day(1).isoformat()]
+    assert not settings.models_dir.exists()  # nothing published in the home's default folder

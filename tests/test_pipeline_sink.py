@@ -91,7 +91,8 @@ from workbench.store.exceptions import LakehouseBusyError
 from workbench.store.lakehouse import AnomalyLakehouse
 counts = []
 deadline = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < deadline:
+# reads until it sees the final count (or the deadline), so a slow machine only makes it read longer
+while time.monotonic() < deadline and (not counts or counts[-1] != int(sys.argv[3])):
     try:
         with AnomalyLakehouse(sys.argv[1], read_only=True) as lake:
             counts.append(lake.count())
@@ -107,11 +108,11 @@ def test_concurrent_reader_while_sink_writes(kafka_settings: Settings) -> None:
     with AnomalyLakehouse.from_settings(kafka_settings):  # create the catalog first
         pass
     produce(kafka_settings, [anomaly(i) for i in range(3000)])  # type: ignore[arg-type]
-    reader = subprocess.Popen([sys.executable, "-c", _READER, str(kafka_settings.lakehouse_dir), "14"],
+    reader = subprocess.Popen([sys.executable, "-c", _READER, str(kafka_settings.lakehouse_dir), "90", "3000"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         result = run_anomaly_sink(kafka_settings, idle_exit=3, timeout=60, commit_interval=0.2, maintain_every=5)
-        out, err = reader.communicate(timeout=60)
+        out, err = reader.communicate(timeout=120)
     finally:
         if reader.poll() is None:
             reader.kill()

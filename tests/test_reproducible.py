@@ -90,7 +90,9 @@ def test_same_log_same_results_unpaced_with_a_kill_and_paced(kafka_base: Setting
     assert shards_a == shards_b
     assert lake_a and lake_a == lake_b
     assert {v for _, _, v, _ in lake_a} == set(versions_a)
-    assert all(r["events"] >= 1 for r in results)
+    # the restarted unpaced app may find everything already scored by the killed child (then it only
+    # resumes training); the paced run must score what the replay sends while it runs
+    assert results[1]["events"] >= 1
     # whether these runs pause a partition depends on how fast training is (the killed child's
     # training may finish on its own): the pause itself is tested below, where it must happen
 

@@ -19,8 +19,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from tests.conftest import isolated_settings
+from tests.test_reproducible import _outcome, _unpaced_with_kill
 from tests.test_shards import _events
+from workbench.broker import ensure_topics
 from workbench.config import Settings
+from workbench.data.generator import generate
+from workbench.pipeline.anomaly_sink import run_anomaly_sink
+from workbench.pipeline.scoring import run_scoring
+from workbench.replay import Replay
 from workbench.store.shards import (
     cluster_watermark,
     compact_day,
@@ -164,6 +171,37 @@ def test_settings_keep_a_shards_url_and_the_workbench_reads_it(s3: tuple[str, An
     table = Workbench(settings).shards(columns=["query_id"])
     assert table.num_rows == 30
     assert not (tmp_path / "home" / "shards").exists()
+
+
+def test_scoring_killed_and_restarted_with_shards_at_a_url_matches_a_local_home(
+        s3: tuple[str, Any], kafka_base: Settings, tmp_path: Path) -> None:
+    """The whole pipeline on an object store: the scoring app (its trainings read the bucket in a
+    subprocess) is killed with SIGKILL and restarted, and ends with exactly the shards, versions and
+    anomalies of an uninterrupted run on a local home."""
+    url, keys = s3
+    log = tmp_path / "log.parquet"
+    generate(log, days=3, instances=4, seed=5, rows_per_day=3_000)
+
+    local = isolated_settings(kafka_base, tmp_path / "local")
+    ensure_topics(local)
+    Replay(log, settings=local, speedup=0, pack=1).run()
+    run_scoring(local, idle_exit=9, timeout=400, batch_rows=4096, batch_seconds=0.5, training_backoff_s=1)
+    run_anomaly_sink(local, idle_exit=3, timeout=120)
+
+    remote = isolated_settings(kafka_base, tmp_path / "remote", shards_dir_override=url)
+    ensure_topics(remote)
+    _unpaced_with_kill(remote, log)
+    run_anomaly_sink(remote, idle_exit=3, timeout=120)
+
+    (shards_local, lake_local, versions_local), (shards_remote, lake_remote, versions_remote) = (
+        _outcome(local), _outcome(remote))
+    assert len(versions_local) == 2 and versions_remote == versions_local
+    assert len(shards_remote) == len(shards_local) > 8_000
+    assert shards_remote == shards_local
+    assert lake_local and lake_remote == lake_local
+    assert not (tmp_path / "remote" / "shards").exists()
+    days = {k.split("/")[0] for k in keys() if k.endswith(".arrow")}
+    assert days == {"date=2024-03-04", "date=2024-03-05", "date=2024-03-06"}
 
 
 def _feather(table: pa.Table) -> bytes:

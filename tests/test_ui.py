@@ -36,6 +36,7 @@ class FakeWorkbench:
         self.processes: dict[str, dict[str, Any]] = {"scoring": {"state": "running"}}
         self.replay_extra: dict[str, Any] = {}
         self.no_replay = False
+        self.apps: dict[str, dict[str, Any]] = {}
 
     def status(self) -> WorkbenchStatus:
         replay = ReplayStatus(replay_id="default", file="log.parquet", state=self.state, speedup=self.speedup,
@@ -46,7 +47,7 @@ class FakeWorkbench:
         for key, value in self.replay_extra.items():
             object.__setattr__(replay, key, value)
         return WorkbenchStatus(replay=None if self.no_replay else replay, processes=self.processes,
-                               apps={}, lag={"scoring": self.lag, "analytics": 0, "anomaly-sink": None},
+                               apps=self.apps, lag={"scoring": self.lag, "analytics": 0, "anomaly-sink": None},
                                model_version="v0002-2024-03-05", model_versions=2, anomalies=self.anomaly_count,
                                late_events=4, dead_letters=1)
 
@@ -100,6 +101,22 @@ def test_buttons_call_the_workbench(panel_and_fake: tuple[Any, FakeWorkbench]) -
                           ("reset", None), ("set_speed", 5000.0),
                           ("seek", datetime(2024, 3, 4, 12, 30, tzinfo=UTC))]
     assert panel.play.description == "Pause"
+
+
+def test_a_training_that_failed_on_every_attempt_is_shown(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    panel, fake = panel_and_fake
+    days = {"2024-03-04": {"status": "done", "attempts": 1, "last_rc": 0},
+            "2024-03-05": {"status": "failed", "attempts": 3, "last_rc": 1},
+            "2024-03-06": {"status": "pending", "attempts": 1, "last_rc": 1}}
+    fake.apps = {"scoring": {"state": "running", "info": {"training": {"days": days}}}}
+    status = fake.status()
+    assert status.failed_trainings == ["2024-03-05"]
+    assert "training failed on every attempt: 2024-03-05" in str(status)
+    assert status.as_dict()["failed_trainings"] == ["2024-03-05"]
+    panel.refresh()
+    assert "training failed on every attempt for 2024-03-05" in panel.counters.value
+    fake.apps = {}
+    assert fake.status().failed_trainings == [] and "training failed" not in str(fake.status())
 
 
 def test_invalid_seek_is_reported_not_sent(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:

@@ -166,10 +166,14 @@ def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = CO
     missing = [name for name in required if name not in names]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        msg = (
-            f"Query log {str(path)!r} lacks {len(missing)} of the {len(required)} required Redset "
-            f"column(s): {shown}. Add them (NULL is fine for nullable columns) or regenerate the file."
-        )
+        folded = {name.lower(): name for name in schema.names}
+        other_case = [folded[name] for name in missing if name in folded]
+        hint = (f" The file has {len(other_case)} of them under other letter cases (e.g. {other_case[0]!r}): "
+                f"`workbench prepare {path} --out NEW` matches names case-insensitively and writes a "
+                "replayable copy." if other_case else
+                " Add them (NULL is fine for nullable columns) or regenerate the file.")
+        msg = (f"Query log {str(path)!r} lacks {len(missing)} of the {len(required)} required Redset "
+               f"column(s): {shown}.{hint}")
         raise DataValidationError(msg, path=str(path), column=missing[0])
     has_labels = all(name in names for name in LABEL_COLUMNS)
     for name in [*required, *(LABEL_COLUMNS if has_labels else ())]:
@@ -181,7 +185,9 @@ def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = CO
             sql_type = _SQL_TYPES.get(_type_family(want), str(want))
             msg = (
                 f"Column {name!r} of query log {str(path)!r} must be {_type_family(want)} ({want}). "
-                f"Got {got} instead. Convert it, e.g. with CAST({name} AS {sql_type}) in DuckDB."
+                f"Got {got} instead. Convert it, e.g. with CAST({name} AS {sql_type}) in DuckDB, or "
+                f"`workbench prepare {path} --out NEW` (it converts what converts without loss and "
+                "sets aside, with reasons, the rows it cannot)."
             )
             raise DataValidationError(msg, path=str(path), column=name)
     return has_labels

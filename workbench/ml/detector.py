@@ -15,24 +15,35 @@ For each query and signal the detector computes a z-like residual in log space:
   same way;
 * ``spill``: ``log1p(MB spilled) - log1p(MB scanned)`` (spill normally stays well below the scan);
 * ``queue``: ``log1p(queue) - max(usual log queue, predicted log exec)``: waiting longer than the
-  fingerprint usually waits *and* longer than the query is expected to run.
+  fingerprint usually waits *and* longer than the query is expected to run;
+* ``compile``: ``max(0, (log1p(compile ms) - median) /
+  (IQR / 1.349))`` against the fingerprint's compiled runs in the training window (a query
+  compiles only when its segments are not cached, so the reference is its compile-when-compiled
+  level, not a median of cache hits; the IQR at least the instance's typical one), spread clipped
+  the same way; 0 (no verdict) without at least ``min_history`` compiled runs. A cold segment cache
+  (after a patch or a restart) turns seconds of compilation into minutes; the runtime model only
+  sees compile time as a feature, so without this signal it is invisible.
 
 Each residual is put on a common scale with the training holdout: ``u = (z - median_h) /
-(q99_h - median_h)``, so ``u = 1`` is a 1-in-100 surprise of that signal on normal traffic.
+(q99_h - median_h)``, so ``u = 1`` is a 1-in-100 surprise of that signal on normal traffic (for the
+one-sided compile residual: among the holdout runs above their reference; most runs compile
+nothing and sit at 0, and a quantile over them would make ``u = 1`` an everyday compilation whose
+tail raised the calibrated bar of every signal).
 
 Absolute impact
 ---------------
 Next to each residual the detector computes what is at stake in natural units, the *excess*
 ``e = observed - expected``: seconds of runtime (expected = the mean model), seconds of queueing
-(expected = the larger of the usual wait and the expected runtime), MB scanned (expected = the
-history's median) and MB spilled (expected = the history's median spill). Two per-signal constants
+(expected = the larger of the usual wait and the expected runtime), seconds of compilation
+(expected = the usual compile-when-compiled time), MB scanned (expected = the history's median)
+and MB spilled (expected = the history's median spill). Two per-signal constants
 frame it, both chosen from what an operator would call material, never from injected kinds:
 
-* ``floors``: the smallest excess worth a human's attention (1 s of runtime or queueing, 1 GB
-  scanned or spilled). Below it a query never alerts, however large the *relative* deviation:
+* ``floors``: the smallest excess worth a human's attention (1 s of runtime, queueing or
+  compilation, 1 GB scanned or spilled). Below it a query never alerts, however large the *relative* deviation:
   a 5 ms query that took 400 ms is noise, not an incident;
-* ``costly``: an excess that is expensive on its own (10 minutes of runtime or queueing, 1 TB
-  scanned, 100 GB spilled).
+* ``costly``: an excess that is expensive on its own (10 minutes of runtime, queueing or
+  compilation, 1 TB scanned, 100 GB spilled).
 
 Combination (a two-sided test with a stake-dependent evidence bar)
 ------------------------------------------------------------------
@@ -46,8 +57,8 @@ only ``u = 1`` (a 1-in-100 surprise), and less still beyond::
 extrapolation, below), and the relative path's score is ``min(s / T, e / floor)``: above 1 exactly
 when the relative evidence clears the stake-adjusted bar *and* the excess clears the floor.
 
-The costly path stands next to it for the time signals (runtime, queue wait: the cost a user
-feels directly; MB scanned or spilled go the relative path only, a costly scan that costs time
+The costly path stands next to it for the time signals (runtime, queue wait, compilation: the
+cost a user feels directly; MB scanned or spilled go the relative path only, a costly scan that costs time
 shows in the runtime): ``min(e / costly, z / costly_z)`` with the raw (capped, not recalibrated)
 residual ``z``: an excess that is expensive on its own alerts as soon as the query is at least
 ``costly_z = 2`` capped units above its expectation, whatever the calibration of its group (for a
@@ -82,7 +93,8 @@ import numpy as np
 
 from workbench.ml.exceptions import NotFittedError
 
-__all__ = ["COSTLY", "FLOORS", "REASONS", "THROUGHPUT", "TIME_SIGNALS", "UNEXPLAINED", "UNITS", "ResidualDetector"]
+__all__ = ["COSTLY", "FLOORS", "HISTORY_SIGNALS", "ONE_SIDED", "REASONS", "THROUGHPUT",
+           "TIME_SIGNALS", "UNEXPLAINED", "UNITS", "ResidualDetector"]
 
 #: Reason string per signal.
 REASONS: dict[str, str] = {
@@ -90,16 +102,29 @@ REASONS: dict[str, str] = {
     "queue": "queue_longer_than_run",
     "scan": "scan_explosion",
     "spill": "spill_exceeds_scan",
+    "compile": "slow_compile",
 }
 #: Unit of each signal's expected / observed / excess values.
-UNITS: dict[str, str] = {"exec": "ms", "queue": "ms", "scan": "MB", "spill": "MB"}
+UNITS: dict[str, str] = {"exec": "ms", "queue": "ms", "scan": "MB", "spill": "MB", "compile": "ms"}
 #: Signals measured in time, the cost a user feels directly: only they have the costly path (a big
 #: scan or spill that costs time shows up in the runtime; on its own it goes the relative path).
-TIME_SIGNALS: tuple[str, ...] = ("exec", "queue")
-#: Smallest excess that may alert (natural units): 1 s of runtime or wait, 1 GB scanned or spilled.
-FLOORS: dict[str, float] = {"exec": 1_000.0, "queue": 1_000.0, "scan": 1_000.0, "spill": 1_000.0}
-#: Excess that is costly on its own: 10 min of runtime or wait, 1 TB scanned, 100 GB spilled.
-COSTLY: dict[str, float] = {"exec": 600_000.0, "queue": 600_000.0, "scan": 1_000_000.0, "spill": 100_000.0}
+TIME_SIGNALS: tuple[str, ...] = ("exec", "queue", "compile")
+#: Smallest excess that may alert (natural units): 1 s of runtime, wait or compilation, 1 GB scanned
+#: or spilled.
+FLOORS: dict[str, float] = {"exec": 1_000.0, "queue": 1_000.0, "scan": 1_000.0, "spill": 1_000.0,
+                            "compile": 1_000.0}
+#: Excess that is costly on its own: 10 min of runtime, wait or compilation, 1 TB scanned, 100 GB
+#: spilled.
+COSTLY: dict[str, float] = {"exec": 600_000.0, "queue": 600_000.0, "scan": 1_000_000.0, "spill": 100_000.0,
+                            "compile": 600_000.0}
+#: Signals judged against their own history's median and IQR (the reference of
+#: :meth:`workbench.ml.features.FeatureBuilder.references`), not against the runtime model.
+HISTORY_SIGNALS: tuple[str, ...] = ("scan", "compile")
+#: Signals whose residual counts only upwards (0 at or below the reference). Most queries do not
+#: compile at all (cached segments: 0 ms), so the raw compile residual of most holdout rows is a
+#: cache hit's, far below the compiled level: the holdout median, which centres the calibration,
+#: would be a cache hit and the 1-in-100 spread would span cache hit to compilation.
+ONE_SIDED: tuple[str, ...] = ("compile",)
 #: Key of the extra residual :meth:`ResidualDetector.residuals` adds: the runtime residual after
 #: crediting the extra work done (MB scanned beyond the reference), used by the costly path.
 UNEXPLAINED = "exec_unexplained_by_work"
@@ -119,7 +144,7 @@ class ResidualDetector:
         Target share of *normal* queries that alert (false alerts); true anomalies come on top.
         Half the product's budget of 10 per 10k: on a new day the realised rate runs up to
         about 1.2-2x the holdout's (traffic shifts, fingerprints never seen).
-    signals : tuple of str, default=("exec", "queue", "scan", "spill")
+    signals : tuple of str, default=("exec", "queue", "scan", "spill", "compile")
         Observed signals to score (subset of :data:`REASONS`).
     min_scale, max_scale : float, default=0.25, 1.0
         Bounds of every spread in log units: a fingerprint that always runs in 100 ms still
@@ -177,9 +202,11 @@ class ResidualDetector:
                     more_work = _work_credit(observed_log["scan"], references["scan"][0], pred_mean_log,
                                              references.get(THROUGHPUT))
                     out[UNEXPLAINED] = (observed_log[s] - pred_mean_log - more_work) / scale
-            elif s == "scan":
+            elif s in HISTORY_SIGNALS:
                 center, iqr = references[s]
                 out[s] = (observed_log[s] - center) / np.clip(iqr / _IQR_TO_SIGMA, self.min_scale, self.max_scale)
+                if s in ONE_SIDED:  # fmax: a row without a spread (NaN, no history) gets 0, no verdict
+                    out[s] = np.fmax(out[s], 0.0)
             elif s == "spill":
                 out[s] = observed_log["spill"] - observed_log["scan"]
             else:  # queue
@@ -208,7 +235,10 @@ class ResidualDetector:
     # --- calibration ------------------------------------------------------------------------
     def _u(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None) -> np.ndarray:
         g = np.zeros(len(residuals[self.signals[0]]), dtype=np.int64) if groups is None else np.asarray(groups)
-        g = np.clip(g, 0, self.n_groups - 1)
+        # A group the holdout did not contain (e.g. rows of an instance first seen after training)
+        # has no calibration of its own: it borrows the pooled one, stored after the fitted groups,
+        # rather than the calibration of whichever fitted group happens to have the nearest index.
+        g = np.where((g >= 0) & (g < self.n_groups), g, self.n_groups)
         return np.stack([(residuals[s] - np.asarray(self.center_[s])[g]) / np.asarray(self.spread_[s])[g]
                          for s in self.signals])
 
@@ -230,7 +260,8 @@ class ResidualDetector:
         instance prior, global) calibrate each signal's scale per group (Mondrian calibration):
         a residual of a well-known fingerprint is judged against well-known fingerprints, not
         against the wider spread of never-seen ones. Groups with fewer than
-        ``min_group_rows`` holdout rows use the pooled scale.
+        ``min_group_rows`` holdout rows use the pooled scale, and so does a group the holdout
+        does not contain at all (at decision time: rows whose instance was never seen in training).
         """
         self._check_signals()
         if not 0.0 < self.alert_rate < 0.05:
@@ -242,19 +273,19 @@ class ResidualDetector:
         self.spread_: dict[str, list[float]] = {}
         for s in self.signals:
             z = residuals[s]
-            pooled = (float(np.median(z)), float(np.quantile(z, self.reference_quantile)))
+            pooled = self._calibration_point(s, z)
             centers, spreads = [], []
             pooled_spread = max(pooled[1] - pooled[0], 1e-3)
             for k in range(self.n_groups):
                 zk = z[g == k]
-                c, q = (float(np.median(zk)), float(np.quantile(zk, self.reference_quantile))) \
-                    if len(zk) >= self.min_group_rows else pooled
+                c, q = self._calibration_point(s, zk) if len(zk) >= self.min_group_rows else pooled
                 centers.append(c)
                 # A group may be tighter than the pool, but not degenerate (e.g. never-seen
                 # fingerprints that mostly neither scan nor spill): at least half the pooled spread.
                 spreads.append(max(q - c, 0.5 * pooled_spread))
-            self.center_[s] = centers
-            self.spread_[s] = spreads
+            # Last entry: the pooled calibration, for groups unseen in the holdout.
+            self.center_[s] = [*centers, pooled[0]]
+            self.spread_[s] = [*spreads, pooled_spread]
         u = self._u(residuals, g)
         t0 = _tail_threshold(u.max(axis=0), self.alert_rate)
         self.relative_threshold_ = t0
@@ -269,6 +300,17 @@ class ResidualDetector:
             self.threshold_ = t0
         self.n_calibration_ = int(u.shape[1])
         return self
+
+    def _calibration_point(self, signal: str, z: np.ndarray) -> tuple[float, float]:
+        """Median and ``reference_quantile`` of a signal's holdout residuals ``z``.
+
+        A one-sided signal's quantile is taken among its residuals above 0 (the rest sit at 0 and
+        carry no surprise): ``u = 1`` is then a 1-in-100 surprise among the runs it judges, however
+        rarely it is active (a statement that compiles one run in five, a cache that mostly hits).
+        """
+        above = z[z > 0] if signal in ONE_SIDED else z
+        tail = above if len(above) else z
+        return float(np.median(z)), float(np.quantile(tail, self.reference_quantile))
 
     # --- decision -----------------------------------------------------------------------------
     def _signal_scores(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None,
@@ -339,6 +381,9 @@ class ResidualDetector:
         det.n_groups = int(state.get("n_groups", 1))
         det.center_ = {k: [float(x) for x in np.atleast_1d(v)] for k, v in state["center"].items()}
         det.spread_ = {k: [float(x) for x in np.atleast_1d(v)] for k, v in state["spread"].items()}
+        for per_signal in (*det.center_.values(), *det.spread_.values()):
+            if len(per_signal) == det.n_groups:  # saved before the pooled entry existed: keep its old
+                per_signal.append(per_signal[-1])  # behaviour (unseen groups used the last fitted group)
         det.gamma_ = {k: float(v) for k, v in state.get("gamma", {s: 0.0 for s in det.signals}).items()}
         det.relative_threshold_ = float(state.get("relative_threshold", state["threshold"]))
         det.threshold_ = float(state.get("score_threshold", state["threshold"]))

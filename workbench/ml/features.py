@@ -15,7 +15,8 @@ training rows get *out-of-fold* history (statistics from the other folds), so a 
 fingerprint's own runtime never leaks into its features.
 
 The same lookup supplies the detector's references for the observed signals (queue time,
-scanned and spilled MB) via :meth:`FeatureBuilder.references`.
+scanned and spilled MB, compile time) via :meth:`FeatureBuilder.references`. Compile time is also a
+feature; as a signal its history counts only the runs that compiled (:data:`COMPILED_MS`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from workbench.ml.detector import THROUGHPUT
 from workbench.ml.exceptions import ColumnMismatchError, NotFittedError
 
 __all__ = [
+    "COMPILED_MS",
     "FEATURE_NAMES",
     "INPUT_COLUMNS",
     "OBSERVED_COLUMNS",
@@ -64,14 +66,28 @@ INPUT_COLUMNS: tuple[str, ...] = (
     "num_aggregations",
 )
 
-#: Observed signals (known after execution): the target and the detector's other residuals.
+#: Observed signals: the target and the detector's other residuals (compile time is an input too).
 SIGNALS: dict[str, str] = {
     "exec": "execution_duration_ms",
     "queue": "queue_duration_ms",
     "scan": "mbytes_scanned",
     "spill": "mbytes_spilled",
+    "compile": "compile_duration_ms",
 }
-OBSERVED_COLUMNS: tuple[str, ...] = tuple(SIGNALS.values())
+#: Columns known only after execution.
+OBSERVED_COLUMNS: tuple[str, ...] = tuple(c for c in SIGNALS.values() if c not in INPUT_COLUMNS)
+#: Signals whose history statistics (:data:`_STATS`) are taken over all of a group's rows.
+_HISTORY_SIGNALS: tuple[str, ...] = ("exec", "queue", "scan", "spill")
+#: A run compiled when its compile time reached this many ms: a query whose segments are cached
+#: compiles nothing (Redshift reports 0 ms, a few ms at most). The compile signal's history is that of
+#: the compiled runs: a fingerprint that compiles one run in five has a median compile time of ~0,
+#: which would make every ordinary compilation of it look like a blow-up.
+COMPILED_MS = 10.0
+#: Statistics of the compiled runs kept per group (see :func:`_compiled_stats`): their median and IQR
+#: of log compile time, NaN for a group with fewer compiled runs than the builder's ``min_history``.
+_MED_COMPILE, _IQR_COMPILE = "med_compile", "iqr_compile"
+#: Instance column: the typical IQR of a fingerprint's log compile time (see ``_add_compile_spread``).
+_COMPILE_SPREAD = "fp_iqr_compile"
 
 _COUNT_COLUMNS = (
     "num_permanent_tables_accessed",
@@ -106,7 +122,7 @@ FEATURE_NAMES: tuple[str, ...] = (
 
 #: Statistics kept per group: (signal, quantile, name).
 _STATS: tuple[tuple[str, float, str], ...] = (
-    *[(s, q, f"{tag}_{s}") for s in SIGNALS for q, tag in ((0.25, "q25"), (0.5, "med"), (0.75, "q75"))],
+    *[(s, q, f"{tag}_{s}") for s in _HISTORY_SIGNALS for q, tag in ((0.25, "q25"), (0.5, "med"), (0.75, "q75"))],
     ("exec", 0.9, "p90_exec"),
 )
 _CARRIED = {"kafka_partition", "kafka_offset", "pred_mean_ms", "pred_q_ms", "score", "is_anomaly", "reason",
@@ -227,7 +243,7 @@ def _signal_stats(signal: str) -> tuple[tuple[float, ...], list[str]]:
 def _stats(codes: np.ndarray, logs: dict[str, np.ndarray], n_groups: int) -> dict[str, np.ndarray]:
     """Count plus every statistic of :data:`_STATS` for each group code."""
     result: dict[str, np.ndarray] = {"n": np.bincount(codes, minlength=n_groups).astype(np.float64)}
-    for signal in SIGNALS:
+    for signal in _HISTORY_SIGNALS:
         qs, names = _signal_stats(signal)
         table = _group_quantiles(codes, logs[signal], n_groups, qs)
         for j, name in enumerate(names):
@@ -239,7 +255,7 @@ def _sorted_stats(codes: np.ndarray, logs: dict[str, np.ndarray], orders: dict[s
                   n_groups: int) -> dict[str, np.ndarray]:
     """:func:`_stats` of the rows in ``orders`` (row indices sorted by ``(code, value)`` per signal)."""
     result: dict[str, np.ndarray] = {}
-    for signal in SIGNALS:
+    for signal in _HISTORY_SIGNALS:
         order = orders[signal]
         sorted_codes = codes[order]
         if not result:
@@ -267,9 +283,9 @@ def _out_of_fold_stats(codes: np.ndarray, logs: dict[str, np.ndarray], orders: d
     per_fold = np.bincount(folds[grouped] * n_groups + codes[grouped],
                            minlength=n_folds * n_groups).reshape(n_folds, n_groups)
     total = per_fold.sum(axis=0)
-    laid_out = {s: (folds[order], logs[s][order]) for s, order in orders.items()}
+    laid_out = {s: (folds[orders[s]], logs[s][orders[s]]) for s in _HISTORY_SIGNALS}
     result = {"n": np.full(n, np.nan)}
-    for signal in SIGNALS:
+    for signal in _HISTORY_SIGNALS:
         result.update({name: np.full(n, np.nan) for name in _signal_stats(signal)[1]})
     grouped_folds = folds[grouped]
     for k in range(n_folds):
@@ -277,7 +293,7 @@ def _out_of_fold_stats(codes: np.ndarray, logs: dict[str, np.ndarray], orders: d
         rows = grouped[grouped_folds == k]
         row_codes = codes[rows]
         result["n"][rows] = counts[row_codes]
-        for signal in SIGNALS:
+        for signal in _HISTORY_SIGNALS:
             qs, names = _signal_stats(signal)
             fold_of, values = laid_out[signal]
             table = _counted_group_quantiles(counts, values[fold_of != k], qs)
@@ -299,10 +315,29 @@ def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _global_stats(logs: dict[str, np.ndarray]) -> dict[str, float]:
     """Every statistic of :data:`_STATS` over all rows (``np.quantile``: one partition per signal)."""
     values: dict[str, float] = {}
-    for signal in SIGNALS:
+    for signal in _HISTORY_SIGNALS:
         qs, names = _signal_stats(signal)
         values.update(zip(names, (float(v) for v in np.quantile(logs[signal], qs)), strict=True))
-    return {name: values[name] for _, _, name in _STATS}
+    out = {name: values[name] for _, _, name in _STATS}
+    compiled = logs["compile"][logs["compile"] >= np.log1p(COMPILED_MS)]
+    if len(compiled):  # model.json stays strict JSON (no NaN)
+        out[_MED_COMPILE] = float(np.median(compiled))
+    return out
+
+
+def _compiled_stats(codes: np.ndarray, log_compile: np.ndarray, value_order: np.ndarray, n_groups: int,
+                    min_runs: int) -> dict[str, np.ndarray]:
+    """Per group: median and IQR of log compile time over its compiled runs (:data:`COMPILED_MS`),
+    NaN for a group with fewer than ``min_runs`` of them.
+
+    ``value_order``: all rows sorted by ``log_compile``; rows without a group (``code < 0``) are left out.
+    """
+    keep = (log_compile[value_order] >= np.log1p(COMPILED_MS)) & (codes[value_order] >= 0)
+    order = _group_order(codes, value_order[keep], n_groups)
+    counts = np.bincount(codes[order], minlength=n_groups)
+    q25, med, q75 = _counted_group_quantiles(counts, log_compile[order], (0.25, 0.5, 0.75)).T
+    thin = counts < min_runs
+    return {_MED_COMPILE: np.where(thin, np.nan, med), _IQR_COMPILE: np.where(thin, np.nan, q75 - q25)}
 
 
 def _reading_pace(codes: np.ndarray, logs: dict[str, np.ndarray], n_groups: int) -> tuple[np.ndarray, float]:
@@ -375,10 +410,14 @@ class FeatureBuilder:
         # One value sort per signal; each grouping re-sorts it stably by group code (a radix sort),
         # and the full-window and every fold's statistics are read off these orders.
         value_orders = {s: np.argsort(v) for s, v in logs.items()}
-        orders = {s: _group_order(fp_codes, o[has_fp[o]], len(fp_dict)) for s, o in value_orders.items()}
-        inst_orders = {s: _group_order(inst_codes, o, len(inst_ids)) for s, o in value_orders.items()}
+        history = {s: value_orders[s] for s in _HISTORY_SIGNALS}
+        orders = {s: _group_order(fp_codes, o[has_fp[o]], len(fp_dict)) for s, o in history.items()}
+        inst_orders = {s: _group_order(inst_codes, o, len(inst_ids)) for s, o in history.items()}
         full_fp = _sorted_stats(fp_codes, logs, orders, len(fp_dict))
         full_inst = _sorted_stats(inst_codes, logs, inst_orders, len(inst_ids))
+        for stats, codes, n_groups in ((full_fp, fp_codes, len(fp_dict)), (full_inst, inst_codes, len(inst_ids))):
+            stats.update(_compiled_stats(codes, logs["compile"], value_orders["compile"], n_groups, self.min_history))
+        del full_inst[_IQR_COMPILE]  # an instance's compiled runs are only a prior level (no verdict)
         pace, fleet_pace = _reading_pace(inst_codes, logs, len(inst_ids))
         full_inst[_PACE] = pace
 
@@ -395,6 +434,7 @@ class FeatureBuilder:
             {"instance_id": pa.array(inst_ids), **{k: pa.array(v) for k, v in full_inst.items()}}
         )
         self.global_: dict[str, float] = _global_stats(logs)
+        self._add_compile_spread()
         if not np.isnan(fleet_pace):  # model.json stays strict JSON (no NaN)
             self.global_[_PACE] = fleet_pace
         self._build_index()
@@ -534,7 +574,7 @@ class FeatureBuilder:
     def _references(self, lookup: _Lookup) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         use_fp = np.nan_to_num(lookup.fp["n"], nan=0.0) >= self.min_history
         refs = {}
-        for signal in SIGNALS:
+        for signal in _HISTORY_SIGNALS:
             med = np.where(use_fp, lookup.fp[f"med_{signal}"], lookup.inst[f"med_{signal}"])
             iqr = np.where(use_fp, lookup.fp[f"q75_{signal}"] - lookup.fp[f"q25_{signal}"],
                            lookup.inst[f"q75_{signal}"] - lookup.inst[f"q25_{signal}"])
@@ -546,7 +586,44 @@ class FeatureBuilder:
             pace = lookup.inst[_PACE]
             pace = np.where(np.isnan(pace), self.global_.get(_PACE, np.nan), pace)
             refs[THROUGHPUT] = (pace, np.zeros_like(pace))
+        if _MED_COMPILE in lookup.inst:  # versions trained before the compile signal have none
+            refs["compile"] = self._compile_reference(lookup)
         return refs
+
+    def _add_compile_spread(self) -> None:
+        """Keep each instance's (and the fleet's) typical run-to-run spread of a fingerprint's compile
+        time: the median IQR over fingerprints with at least ``min_history`` compiled runs.
+
+        A fingerprint's own IQR from a handful of compiled runs is often far too narrow (three runs
+        can land within a few percent), which would make its next ordinary compilation a surprise;
+        its spread is therefore never taken below the typical one (:meth:`_compile_reference`).
+        """
+        fp = self.fp_table_
+        iqr = fp.column(_IQR_COMPILE).to_numpy()
+        keep = ~np.isnan(iqr)  # fingerprints with at least min_history compiled runs
+        inst = fp.column("instance_id").to_numpy()[keep]
+        codes = np.searchsorted(self.instance_table_.column("instance_id").to_numpy(), inst)
+        typical = _group_quantiles(codes, iqr[keep], self.instance_table_.num_rows, (0.5,))[:, 0]
+        self.instance_table_ = self.instance_table_.append_column(_COMPILE_SPREAD, pa.array(typical))
+        if keep.any():
+            self.global_[_COMPILE_SPREAD] = float(np.median(iqr[keep]))
+
+    def _compile_reference(self, lookup: _Lookup) -> tuple[np.ndarray, np.ndarray]:
+        """``(median, IQR)`` of log compile time over the compiled runs of the fingerprint (at least
+        ``min_history`` of them; the IQR at least the instance's typical one). Otherwise the median
+        of the instance's compiled runs (else the training window's) and a NaN IQR: no verdict."""
+        use_fp = ~np.isnan(lookup.fp[_MED_COMPILE])
+        prior = lookup.inst[_MED_COMPILE]
+        med = np.where(use_fp, lookup.fp[_MED_COMPILE], np.where(np.isnan(prior), self.global_.get(_MED_COMPILE, 0.0),
+                                                                 prior))
+        typical = lookup.inst.get(_COMPILE_SPREAD, np.full(len(med), np.nan))
+        typical = np.where(np.isnan(typical), self.global_.get(_COMPILE_SPREAD, 0.0), typical)
+        # Without its own compiled history a statement gets no spread (no compile verdict; the prior
+        # is still its expected value): compile cost varies between statements by a factor of ~5 per
+        # sigma and nothing known before the run predicts it, so judged against the instance prior
+        # normal never-seen statements compiling for many minutes alerted (33 per 384k normal rows
+        # of the stress log) and their tail raised every signal's calibrated bar.
+        return med, np.where(use_fp, np.maximum(lookup.fp[_IQR_COMPILE], typical), np.nan)
 
     def _matrix(self, table: pa.Table, lookup: _Lookup) -> np.ndarray:
         qtype = pc.cast(table.column("query_type"), pa.string())

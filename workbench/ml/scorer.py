@@ -57,7 +57,7 @@ EXTRA_FIELDS: tuple[pa.Field, ...] = (
     pa.field("expected_ms", pa.float64()),  # the fingerprint's (or instance's) median runtime
     pa.field("exec_ratio", pa.float64()),  # actual / predicted mean runtime
     # Evidence of the deciding signal (the one with the highest score), for every row:
-    pa.field("evidence_signal", pa.string()),  # exec | queue | scan | spill
+    pa.field("evidence_signal", pa.string()),  # exec | queue | scan | spill | compile
     pa.field("evidence_unit", pa.string()),  # ms | MB
     pa.field("expected_value", pa.float64()),  # what the version expected for this query
     pa.field("observed_value", pa.float64()),
@@ -152,6 +152,8 @@ def _reference_label(signal: str, source: str) -> str:
         return f"max(usual wait: {history}, expected runtime)"
     if signal == "spill":
         return f"{history} spill; relative to this query's scan"
+    if signal == "compile":
+        return f"{history} compile time when compiled"
     return history
 
 

@@ -240,7 +240,10 @@ class TrainingSupervisor:
         log_path: Path = self.settings.logs_dir / f"train_{day}.log"
         # Same home and supervisor tags as the app: it dies with the supervisor (watchdog), but not
         # with the app, so a restarted app finds it still running instead of training twice.
-        env = {**untag_parent(dict(os.environ), "training"), "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+        # The app's own settings on top: ones given as arguments (a shards URL, a models folder) are
+        # not in this process's environment, and the child must read and publish where the app does.
+        env = {**untag_parent(dict(os.environ), "training"), **self.settings.to_env(), "PYTHONUNBUFFERED": "1",
+               "OMP_WAIT_POLICY": "PASSIVE"}
         with open(log_path, "ab") as log:
             self._proc = subprocess.Popen(self.command(day), stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, env=env, start_new_session=True)

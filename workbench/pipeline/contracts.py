@@ -9,7 +9,7 @@ One JSON object per message, key = the instance id as text, header ``schema`` =
 ``queue_duration_ms`` number?, ``compile_duration_ms``
 number?, ``pred_mean_ms`` number, ``pred_q_ms`` number?, ``expected_ms`` number?, ``score`` number?,
 ``threshold`` number?, ``reason`` str?, ``features`` object?, and the alert's evidence:
-``evidence_signal`` str? (exec, queue, scan, spill), ``evidence_unit`` str? (ms, MB),
+``evidence_signal`` str? (exec, queue, scan, spill, compile), ``evidence_unit`` str? (ms, MB),
 ``expected_value``, ``observed_value``, ``excess_value`` number?, ``reference`` str? (what the
 expectation was built from).
 

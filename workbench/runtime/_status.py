@@ -357,6 +357,19 @@ class WorkbenchStatus:
         return None if counters is None else int(counters.get("window_anomalies", 0))
 
     @property
+    def failed_trainings(self) -> list[str]:
+        """Days whose training failed on every attempt (their log: ``<home>/logs/train_<day>.log``).
+
+        The previous model stays current; without one, the events those days' models would score
+        wait in Kafka until a training succeeds.
+        """
+        days: set[str] = set()
+        for found in self.instances.get("scoring") or [self.apps.get("scoring") or {}]:
+            training = (found.get("info") or {}).get("training") or {}
+            days.update(d for d, e in (training.get("days") or {}).items() if e.get("status") == "failed")
+        return sorted(days)
+
+    @property
     def drained(self) -> bool:
         """The replay is done and every app has consumed everything it was sent."""
         return bool(self.replay and not self.replay.active) and all(v == 0 for v in self.lag.values())
@@ -383,6 +396,7 @@ class WorkbenchStatus:
             "processes": {name: p.get("state") for name, p in self.processes.items()},
             "instances": self.running_instances,
             "trainer_pid": self.trainer_pid,
+            "failed_trainings": self.failed_trainings,
             "disk": dict(self.disk),
         }
 
@@ -395,6 +409,9 @@ class WorkbenchStatus:
                      f"flagged windows {self.window_anomalies if self.window_anomalies is not None else '?'} | "
                      f"late events {self.late_events if self.late_events is not None else '?'} | "
                      f"dead letters {self.dead_letters if self.dead_letters is not None else '?'}")
+        if self.failed_trainings:
+            lines.append(f"training failed on every attempt: {', '.join(self.failed_trainings)} "
+                         "(see logs/train_<day>.log in the home)")
         procs = ", ".join(f"{name}: {p.get('state')}" + (f" ({p['restarts']} restarts)" if p.get("restarts") else "")
                           for name, p in self.processes.items())
         lines.append(f"processes: {procs or '-'}")

@@ -148,6 +148,11 @@ def _field(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default) if obj is not None else default
 
 
+def _failed_trainings_text(status: Any) -> str:
+    failed = _field(status, "failed_trainings") or []
+    return f"; training failed on every attempt for {', '.join(failed)} (logs/train_<day>.log)" if failed else ""
+
+
 def _stale(status: Any) -> bool:
     """Whether the replay status predates the replay process now running (a previous run's)."""
     replay = status.replay
@@ -482,7 +487,8 @@ class ControlPanel(widgets.VBox):
             ("Lag (messages)", lag),
             ("Pipeline behind", view.lag),
             ("Anomalies", _num(status.anomalies)),
-            ("Model", f"{status.model_version or 'none yet'} ({status.model_versions} versions)"),
+            ("Model", f"{status.model_version or 'none yet'} ({status.model_versions} versions)"
+                      + _failed_trainings_text(status)),
             ("Late events", _num(status.late_events)),
             ("Dead letters", _num(status.dead_letters)),
         ]

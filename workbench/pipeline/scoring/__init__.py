@@ -10,28 +10,30 @@ backpressure), ``_maintenance`` (shard compaction/retention), ``_app`` (wiring a
 Pipeline (one Quix app in its own process: ``workbench app scoring``)::
 
     bytes message --(no per-message work)--> ScoringSink.add (buffer per partition)
-    checkpoint (every batch_seconds, or as soon as a partition buffers batch_rows rows):
+    checkpoint (every batch_seconds, as soon as a partition buffers batch_rows rows, or after a
+    poll that came back empty):
         ScoringSink.write(partition batch):
             decode all buffered messages at once with workbench.data.codec.decode_values
             -> event-time guard -> malformed or implausible messages to the dead-letter topic
             -> Scorer.score(batch) (one vectorised ONNX call per partition batch; a failure
                is narrowed down to its message by bisection)
+            -> produce the anomalies (the broker acknowledges them meanwhile)
             -> write_shard per event day (name = partition + first offset of those rows)
-            -> publish the anomalies, wait for the broker's acknowledgement
+        once every partition is written: wait for every anomaly's acknowledgement,
         then Quix commits the offsets of the checkpoint.
 
 Delivery guarantee (at-least-once, made effectively exactly-once by idempotence)
     Quix commits a checkpoint's offsets only after every sink's ``flush()`` returned (and its own
-    producer flushed). :class:`ScoringSink` does all durable work inside ``write()``: the shard
-    file is fsync-ed and atomically renamed, and the anomaly producer is flushed with every
-    delivery acknowledged (a failed delivery raises, which aborts the checkpoint: no offset is
-    committed). So an offset is committed only after its event is in a shard and its anomaly
-    is on the broker. A crash before the commit makes the app re-read from the last committed
-    offset: the shards are rewritten under the same deterministic names (same partition, same
-    first offset of the day's rows in the batch, see :mod:`workbench.store.shards`), so they
-    REPLACE the earlier files and every event is stored exactly once; the anomalies are
-    published again, which is harmless because the anomaly sink is idempotent on
-    ``(instance_id, query_id, model_version)``.
+    producer flushed). :class:`ScoringSink` does all durable work inside ``flush()``: each shard
+    file is fsync-ed and atomically renamed by ``write()``, and before ``flush()`` returns the
+    anomaly producer is flushed with every delivery acknowledged (a failed delivery raises, which
+    aborts the checkpoint: no offset is committed). So an offset is committed only after its
+    event is in a shard and its anomaly is on the broker. A crash before the commit makes the
+    app re-read from the last committed offset: the shards are rewritten under the same
+    deterministic names (same partition, same first offset of the day's rows in the batch, see
+    :mod:`workbench.store.shards`), so they REPLACE the earlier files and every event is stored
+    exactly once; the anomalies are published again, which is harmless because the anomaly sink
+    is idempotent on ``(instance_id, query_id, model_version)``.
 
 No query goes unscored, and each is scored by its own day's version
     The Scorer runs in event-time mode: each row gets the version :mod:`workbench.ml.selection`
@@ -58,8 +60,10 @@ Training
 
 Batching
     Rows are buffered per partition by Quix's ``BatchingSink`` and scored per partition batch;
-    a flush happens every ``batch_seconds`` (the checkpoint interval) or as soon as one
-    partition holds ``batch_rows`` rows (a forced checkpoint), never one row per inference call.
+    a flush happens every ``batch_seconds`` (the checkpoint interval), as soon as one
+    partition holds ``batch_rows`` rows, or after a poll that came back empty (the stream paused:
+    the partial batch is not held until the checkpoint; at most four such flushes per
+    ``batch_seconds``) - the last two are forced checkpoints - never one row per inference call.
     Each flush writes one shard per (partition, event day): at very low event rates many small
     shards result; raise ``batch_seconds`` there (it is also the anomaly latency).
 """

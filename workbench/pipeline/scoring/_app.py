@@ -150,6 +150,7 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
                                 use_changelog_topics=False, on_processing_error=self.on_processing_error)
         self.dead_letters = DeadLetters(self.settings, APP_NAME, app.get_producer())
         self.publisher = AnomalyPublisher(self.settings)
+        self.publisher.connect()  # while the consumer joins its group, not on the first batch
         self.scorer = Scorer(self.settings.models_dir, intra_op_threads=self.intra_op_threads, by_event_time=True,
                              cadence=self._cadence)  # each event day gets its version (workbench.ml.selection)
         if self.train:

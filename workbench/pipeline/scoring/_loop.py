@@ -1,9 +1,9 @@
 """The scoring app's periodic step: what runs after every poll and after every flush.
 
 Split out of ``_app`` (the wiring and lifecycle) so each module has one job: this mixin holds
-the running app's per-poll work (forced flushes, trainer election, training hand-off, pacing,
-rescoring, idle exit) and the status figures it publishes. :class:`ScoringApp` sets every
-attribute it uses (``__init__``/``build``).
+the running app's per-poll work (flushes forced by a full batch or an empty poll, trainer
+election, training hand-off, pacing, rescoring, idle exit) and the status figures it publishes.
+:class:`ScoringApp` sets every attribute it uses (``__init__``/``build``).
 """
 
 from __future__ import annotations
@@ -49,13 +49,27 @@ class ScoringLoop:
     _last_slow_tick: float
     _force_commit: Callable[[], None] | None
     _warmup_s: float
+    batch_seconds: float
+
+    @property
+    def _idle_flush_gap(self) -> float:
+        """Least seconds between two flushes forced by an empty poll.
+
+        A poll that comes back empty (nothing for ``consumer_poll_timeout``) means the stream
+        paused: holding its partial batch until the checkpoint only delays its anomalies and its
+        commit (at the end of a drain, up to ``batch_seconds``). The gap keeps the flushes, and so
+        the small shards, of a trickling stream within four per ``batch_seconds``.
+        """
+        return self.batch_seconds / 4
 
     def _tick(self) -> None:
-        """Called after every poll: force a flush when a batch is full; cheap otherwise."""
+        """Called after every poll: force a flush when a batch is full or the poll came back empty; cheap otherwise."""
         sink = self.sink
-        if sink is not None and sink.size_due and self._force_commit is not None:
-            self._force_commit()
         now = time.monotonic()
+        if sink is not None and self._force_commit is not None:
+            idle_poll = not sink.take_delivered()
+            if sink.size_due or (idle_poll and sink.buffered_rows and now - sink.last_flush_at >= self._idle_flush_gap):
+                self._force_commit()
         if now - self._last_slow_tick < 0.2:
             return
         self._last_slow_tick = now

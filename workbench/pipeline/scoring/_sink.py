@@ -161,7 +161,10 @@ class ScoringSink(BatchingSink):
         #: set by the app: called with each batch's valid rows before scoring; a day returned
         #: means "do not store this yet" (Quix sink backpressure), None means go on.
         self.hold_day: Callable[[pa.Table], str | None] | None = None
-        self.timings = {"decode": 0.0, "score": 0.0, "shards": 0.0, "publish": 0.0}
+        self.timings = {"decode": 0.0, "score": 0.0, "shards": 0.0, "publish": 0.0, "acks": 0.0}
+        #: whether a message arrived since the app last looked (:meth:`take_delivered`)
+        self.delivered = False
+        self.last_flush_at = 0.0  # monotonic s of the last flush that wrote
         #: (topic, partition) -> buffered messages
         self._raw: dict[tuple[str, int], _Buffer] = {}
         self.collector = BatchCollector()
@@ -211,9 +214,15 @@ class ScoringSink(BatchingSink):
         if n >= self.batch_rows:
             self.size_due = True
         self.last_message_at = time.monotonic()
+        self.delivered = True
         if self.first_message_wall is None:
             self.first_message_wall = time.time()
             self.first_message_cpu = time.process_time()
+
+    def take_delivered(self) -> bool:
+        """Whether a message arrived since the last call (after a poll: False means the poll came back empty)."""
+        delivered, self.delivered = self.delivered, False
+        return delivered
 
     @property
     def buffered_rows(self) -> int:
@@ -221,11 +230,23 @@ class ScoringSink(BatchingSink):
         return sum(self.buffered.values())
 
     def flush(self) -> None:
-        """Write every partition's batch, then let the app schedule training (shards are on disk)."""
+        """Write every partition's batch, then let the app schedule training (shards are on disk).
+
+        Each partition's anomalies are produced before its shards are written and acknowledged
+        once, after the last partition: the broker's acknowledgements arrive while the shards are
+        written and the next partitions scored. Quix commits the offsets only after this returned.
+        """
         wrote = bool(self._raw)
         try:
             for (topic, partition), buffer in self._raw.items():
                 self.write(_Batch(topic, partition, buffer))
+            if wrote:
+                t0 = time.perf_counter()
+                self.publisher.confirm()  # raises if one was not acknowledged: no commit
+                self.timings["acks"] += time.perf_counter() - t0
+                self.last_flush_at = time.monotonic()
+                self.last_batch_wall = time.time()
+                self.last_batch_cpu = time.process_time()
         finally:
             self._raw.clear()
             self._batches.clear()
@@ -285,7 +306,11 @@ class ScoringSink(BatchingSink):
         return ts_us, day_names
 
     def write(self, batch: _Batch) -> None:  # type: ignore[override]
-        """Decode, score, store and publish one partition's batch (all durable on return)."""
+        """Decode, score, publish and store one partition's batch.
+
+        The shards are durable on return; the anomalies are produced, and acknowledged by
+        :meth:`flush` (which calls this) before it returns.
+        """
         t0 = time.perf_counter()
         buffer = batch.buffer
         table, errors = decode_messages(buffer.values, buffer.keys, buffer.headers, buffer.offsets, batch.partition)
@@ -310,11 +335,10 @@ class ScoringSink(BatchingSink):
         n_unscored = versions.null_count
         version = None if n_unscored == n else pc.max(versions).as_py()  # newest in this batch
         t2 = time.perf_counter()
-        ts_us, day_names = self._store(scored, batch.partition)
-        t3 = time.perf_counter()
         published = 0
         if version is not None:  # the publisher skips unscored rows (is_anomaly null)
-            published = self.publisher.publish_scored(scored.drop_columns(["_message"]))
+            # produced first, acknowledged in flush(): the broker answers while the shards are written
+            published = self.publisher.send_scored(scored.drop_columns(["_message"]))
             if self.publisher.rejected:
                 position_of = {offset: i for i, offset in enumerate(buffer.offsets)}
                 for message, reason in self.publisher.rejected:
@@ -322,6 +346,8 @@ class ScoringSink(BatchingSink):
                     if position is not None:
                         self._dead_letter(position, reason, batch)
             self.publisher.rejected.clear()
+        t3 = time.perf_counter()
+        ts_us, day_names = self._store(scored, batch.partition)
         t4 = time.perf_counter()
         self.status.add("events", n)
         self.status.add("batches")
@@ -335,10 +361,8 @@ class ScoringSink(BatchingSink):
         self.max_event_us = hi if self.max_event_us is None else max(self.max_event_us, hi)
         self.partition_max_us[batch.partition] = max(self.partition_max_us.get(batch.partition, hi), hi)
         self.partition_seen[batch.partition] = time.monotonic()
-        for key, seconds in zip(self.timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+        for key, seconds in (("decode", t1 - t0), ("score", t2 - t1), ("publish", t3 - t2), ("shards", t4 - t3)):
             self.timings[key] += seconds
         self.status.info["model_version"] = version
-        self.last_batch_wall = time.time()
-        self.last_batch_cpu = time.process_time()
         logger.debug("batch partition=%d rows=%d version=%s anomalies=%d days=%s", batch.partition, n, version,
                      published, sorted(day_names.values()))
