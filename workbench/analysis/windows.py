@@ -305,9 +305,14 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
     boundary[1:] = (inst_s[1:] != inst_s[:-1]) | (start_s[1:] != start_s[:-1])
     group_starts = np.flatnonzero(boundary)
     group_ends = np.append(group_starts[1:], len(order))
+    # Compile time per group in one call each (not two numpy calls per window); exact sums as below
+    # when the batch could overflow int64.
+    compile_sorted = compile_ms[order]
+    compile_max = np.maximum.reduceat(compile_sorted, group_starts).tolist()
+    compile_sum = None if exact["compile"] else np.add.reduceat(compile_sorted, group_starts).tolist()
 
     out: list[dict] = []
-    for g0, g1 in zip(group_starts, group_ends, strict=True):
+    for k, (g0, g1) in enumerate(zip(group_starts, group_ends, strict=True)):
         idx = order[g0:g1]
         counts = np.bincount(codes[idx], minlength=len(CLASSES))
         arr = arrival[idx]
@@ -336,8 +341,8 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
             "queue_max_ms": int(queue[idx].max()),
             "spilled_mb": _sum(spilled[idx], exact["spilled"]),
             "queue_ms": _sum(queue[idx], exact["queue"]),
-            "compile_max_ms": int(compile_ms[idx].max()),
-            "compile_ms": _sum(compile_ms[idx], exact["compile"]),
+            "compile_max_ms": compile_max[k],
+            "compile_ms": compile_sum[k] if compile_sum is not None else _sum(compile_ms[idx], True),
             "exec_ms": _sum(exec_ms[idx], exact["exec"]),
             "exec_count": len(ex),
             "exec_min_ms": int(ex.min()) if len(ex) else None,
