@@ -189,3 +189,47 @@ def test_windows_of_an_earlier_store_without_counts_score_without_share_signals(
     w.loc[w.index[:200], "aborted_queries"] = None  # NULL: windows written before the counts existed
     scored = score_windows(w.iloc[300:302], w)
     assert scored["signal"].eq("abort_share").sum() == 2  # judged against the windows that have counts
+
+
+
+def _with_compile(w: pd.DataFrame, seed: int = 2) -> pd.DataFrame:
+    """The windows with counts plus compile time: ~3 % of the executed queries compile for over 10 s."""
+    rng = np.random.default_rng(seed)
+    w = _with_counts(w)
+    executed = (w["total_queries"] - w["cached_queries"]).to_numpy()
+    w["long_compile_queries"] = rng.binomial(executed, 0.03)
+    w["max_compile_time_ms"] = rng.poisson(30_000, len(w))
+    w["total_compile_time_ms"] = rng.poisson(executed * 800) + w["max_compile_time_ms"]
+    return w
+
+
+def test_a_compilation_storm_is_flagged_and_normal_variation_is_not() -> None:
+    w = _with_compile(_windows())
+    hit = w.index[300:306]  # an hour of a cold compile cache: a third of the executed queries compile > 10 s
+    executed = w.loc[hit, "total_queries"] - w.loc[hit, "cached_queries"]
+    normal = w.copy()
+    normal.loc[hit, "long_compile_queries"] *= 2  # twice the usual: a few queries more
+    normal.loc[w.index[308], "long_compile_queries"] += 3  # three new statements compile for minutes
+    quiet = flag_windows(normal.iloc[290:320], normal).to_pandas()
+    assert not quiet["signal"].eq("long_compile_share").any(), quiet
+    storm = w.copy()
+    storm.loc[hit, "long_compile_queries"] = executed // 3
+    flagged = flag_windows(storm.iloc[290:320], storm).to_pandas()
+    got = flagged[flagged["signal"] == "long_compile_share"]
+    assert set(got["window_start"]) == {pd.Timestamp(s) for s in storm.loc[hit, "window_start"]}, flagged
+    row = got.iloc[0]
+    assert row["observed"] > row["expected"] + 0.25 and "compile" in row["reason"]
+
+
+def test_windows_stored_before_compile_counts_existed_are_not_judged_on_them() -> None:
+    w = _with_compile(_windows())
+    hit = w.index[300:302]
+    w.loc[hit, "long_compile_queries"] = (w.loc[hit, "total_queries"] - w.loc[hit, "cached_queries"]) // 2
+    assert flag_windows(w.iloc[300:302], w).to_pandas()["signal"].eq("long_compile_share").sum() == 2
+    old = w.copy()  # the same storm, but its history was written by an earlier version (NULL counts)
+    old.loc[old.index[:296], ["long_compile_queries", "total_compile_time_ms", "max_compile_time_ms"]] = None
+    scored = score_windows(old.iloc[290:310], old)
+    assert len(scored) and not scored["signal"].eq("long_compile_share").any()  # too little history
+    old.loc[hit, "long_compile_queries"] = None  # a NULL observation is not judged either
+    scored = score_windows(old.iloc[290:310], w.assign(long_compile_queries=None))
+    assert len(scored) and not scored["signal"].eq("long_compile_share").any()

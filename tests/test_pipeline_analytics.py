@@ -27,7 +27,8 @@ from workbench.store.window_stats import WindowStatsStore
 
 _SUMS = ("total_queries", "normal_queries", "cpu_bound_queries", "io_bound_queries", "network_bound_queries",
          "queue_wlm_bound_queries", "total_spilled_mb", "total_queue_time_ms", "total_exec_time_ms",
-         "cached_queries", "aborted_queries", "spilled_queries", "queued_queries", "slow_queries", "max_queue_time_ms")
+         "cached_queries", "aborted_queries", "spilled_queries", "queued_queries", "slow_queries", "max_queue_time_ms",
+         "total_compile_time_ms", "max_compile_time_ms", "long_compile_queries")
 
 _EXPECTED_SQL = """
 WITH q AS (
@@ -36,6 +37,7 @@ WITH q AS (
          lower(coalesce(query_type, '')) AS qt,
          coalesce(execution_duration_ms, 0)::DOUBLE AS ex, coalesce(mbytes_scanned, 0)::DOUBLE AS sc,
          coalesce(mbytes_spilled, 0) AS sp, coalesce(queue_duration_ms, 0) AS qu,
+         coalesce(compile_duration_ms, 0) AS co,
          coalesce(num_joins, 0) AS j, coalesce(num_aggregations, 0) AS a, coalesce(num_scans, 0) AS s,
          coalesce(was_cached, false) AS cached, coalesce(was_aborted, false) AS aborted
   FROM read_parquet($path)
@@ -62,7 +64,9 @@ SELECT instance_id, window_start, count(*) AS total_queries,
        count(*) FILTER (cached) AS cached_queries, count(*) FILTER (aborted) AS aborted_queries,
        count(*) FILTER (sp > 0) AS spilled_queries, count(*) FILTER (qu > 1000) AS queued_queries,
        count(*) FILTER (ex > 1000) AS slow_queries,
-       max(qu)::BIGINT AS max_queue_time_ms
+       max(qu)::BIGINT AS max_queue_time_ms,
+       sum(co)::BIGINT AS total_compile_time_ms, max(co)::BIGINT AS max_compile_time_ms,
+       count(*) FILTER (co > 10000) AS long_compile_queries
 FROM k GROUP BY ALL ORDER BY instance_id, window_start
 """
 

@@ -38,6 +38,7 @@ def make_rows(n: int, seed: int = 0, instances: int = 3) -> list[dict[str, Any]]
             "user_id": 1, "database_id": 1, "query_id": i,
             "arrival_timestamp": T0 + timedelta(seconds=i * 7 + rng.randrange(5)),
             "queue_duration_ms": rng.choice([None, 0, 1500, rng.randrange(10**6)]),
+            "compile_duration_ms": rng.choice([None, 0, 0, 40, 10_000, rng.randrange(10**6)]),
             "execution_duration_ms": rng.choice([None, 0, 600, 2000, rng.randrange(10**7)]),
             "was_cached": rng.choice([None, False, True]),
             "was_aborted": rng.choice([None, False, False, True]),
@@ -64,7 +65,8 @@ def reference(rows: list[dict[str, Any]], window_ms: int = 600_000) -> dict[tupl
         o = out.setdefault(key, {"total_queries": 0, **dict.fromkeys(CLASS_COUNT_KEYS, 0),
                                  "spilled_mb": 0, "queue_ms": 0, "exec_ms": 0, "cluster_size": None,
                                  "cached_queries": 0, "aborted_queries": 0, "spilled_queries": 0,
-                                 "queued_queries": 0, "slow_queries": 0, "queue_max_ms": 0})
+                                 "queued_queries": 0, "slow_queries": 0, "queue_max_ms": 0,
+                                 "compile_ms": 0, "compile_max_ms": 0, "long_compile_queries": 0})
         o["total_queries"] += 1
         o[classify_query(r) + "_queries"] += 1
         o["spilled_mb"] += r["mbytes_spilled"] or 0
@@ -76,6 +78,9 @@ def reference(rows: list[dict[str, Any]], window_ms: int = 600_000) -> dict[tupl
         o["queued_queries"] += (r["queue_duration_ms"] or 0) > 1000
         o["slow_queries"] += (r["execution_duration_ms"] or 0) > 1000
         o["queue_max_ms"] = max(o["queue_max_ms"], r["queue_duration_ms"] or 0)
+        o["compile_ms"] += r["compile_duration_ms"] or 0
+        o["long_compile_queries"] += (r["compile_duration_ms"] or 0) > 10_000
+        o["compile_max_ms"] = max(o["compile_max_ms"], r["compile_duration_ms"] or 0)
         if r["cluster_size"] is not None:
             o["cluster_size"] = r["cluster_size"]
     return out
@@ -102,16 +107,24 @@ def test_flag_counts_reach_the_window_row_and_old_partials_still_merge() -> None
     assert row["aborted_queries"] == sum(bool(r["was_aborted"]) for r in rows) > 0
     assert 0 < row["queued_queries"] <= row["total_queries"]
     assert row["max_queue_time_ms"] == max(r["queue_duration_ms"] or 0 for r in rows)
+    assert row["total_compile_time_ms"] == sum(r["compile_duration_ms"] or 0 for r in rows) > 0
+    assert row["max_compile_time_ms"] == max(r["compile_duration_ms"] or 0 for r in rows) > 0
+    assert row["long_compile_queries"] == sum((r["compile_duration_ms"] or 0) > 10_000 for r in rows) > 0
     # A partial kept in window state by an earlier version lacks the new keys: it merges as zero counts.
     old = {k: v for k, v in partial_aggregates(to_batch(rows[:1]))[0].items()
            if k not in ("cached_queries", "aborted_queries", "spilled_queries", "queued_queries", "slow_queries",
-                        "queue_max_ms")}
+                        "queue_max_ms", "compile_ms", "compile_max_ms", "long_compile_queries")}
     new = partial_aggregates(to_batch(rows[1:2]))[0]
     merged = merge(old, new)
     assert merged["total_queries"] == 2 and merged["aborted_queries"] == new["aborted_queries"]
+    assert merged["compile_ms"] == new["compile_ms"] and merged["compile_max_ms"] == new["compile_max_ms"]
+    assert merged["long_compile_queries"] == new["long_compile_queries"]
     # A batch without was_aborted (a log made elsewhere) counts no aborts rather than failing.
     no_abort = [{k: v for k, v in r.items() if k != "was_aborted"} for r in rows[:50]]
     assert all(p["aborted_queries"] == 0 for p in partial_aggregates(to_batch(no_abort)))
+    no_compile = [{k: v for k, v in r.items() if k != "compile_duration_ms"} for r in rows[:50]]
+    assert all(p["compile_ms"] == p["compile_max_ms"] == p["long_compile_queries"] == 0
+               for p in partial_aggregates(to_batch(no_compile)))
 
 
 def test_split_batches_merge_to_the_same_result() -> None:

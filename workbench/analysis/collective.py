@@ -11,10 +11,15 @@ query can move on its own):
 * levels: arrivals (queries per window), mean runtime and mean queue wait per query without the
   window's largest one, p95 runtime, the cluster size (a resize, two-sided);
 * shares of the window's queries: queue/WLM-bound, waited over a second, ran over a second,
-  spilled (these three out of the queries that did work, i.e. not result-cache hits), aborted,
+  compiled over ten seconds, spilled (these four out of the queries that did work, i.e. not
+  result-cache hits), aborted,
   and result-cache hits (a *drop* is the anomaly: a cache invalidated, hits become executions).
 
 Sums (total queue time, MB spilled) are left out: one big query moves them as much as a storm does.
+So is the mean compile time (even without the longest compile): a never-seen statement compiles for
+minutes, and two of them in a window moved it as far as a cold compile cache (six false windows a
+day on the stress log); the share compiling over ten seconds needs five such queries.
+Windows stored before a count existed read NULL: they are neither judged nor part of a history.
 
 Expected value (robust, shrunk): for the window's hour of the week, the median of the instance's
 windows at the same hour of the week in earlier weeks, shrunk toward the median at the same hour of
@@ -30,7 +35,8 @@ Decision: the same two-sided principle as the per-query detector
 ``z_threshold`` *and* the absolute excess (observed - expected, natural units) clears the signal's
 floor, i.e. ``score = min(z / z_threshold, excess / floor) >= 1``. The floors are set by what an
 operator would call material for a whole window (one second per query, five seconds of p95, 30
-extra queries, one node; 5 points of queue-bound share, 10 points for the other shares).
+extra queries, one node; 5 points of queue-bound share, 20 of the long-compile share, 10 points for
+the other shares).
 
 * Levels: ``z`` is the robust z against the shrunk median/MAD above.
 * Shares: ``z`` is the normal quantile of an exact binomial tail, over-dispersed
@@ -172,6 +178,11 @@ SIGNALS: dict[str, Signal] = {
     "cache_hit_share": Signal(_share("cached_queries", _col("total_queries")), 0.10, "share",
                               "fewer result-cache hits (cache invalidated: hits become executions)", log=False,
                               base=_col("total_queries"), tail="down", needs_many=False),
+    # Floor 20 points, not 10: a burst of never-seen statements (each compiles for minutes) moves
+    # this share by 10-17 points on an ordinary day; a cold compile cache moves it by 20-30.
+    "long_compile_share": Signal(_share("long_compile_queries", _executed), 0.20, "share",
+                                 "more queries compile for over 10 s (compile cache cold?)", log=False,
+                                 base=_executed, needs_many=False),
     "slow_share": Signal(_share("slow_queries", _executed), 0.10, "share",
                          "more queries run longer than a second", log=False, base=_executed, needs_many=False),
     "p95_exec_ms": Signal(_col("p95_exec_time_ms"), 5_000.0, "ms", "p95 runtime up"),

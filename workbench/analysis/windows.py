@@ -17,23 +17,27 @@ survives any state serializer. Keys:
 ``total_queries`` and ``normal_queries``, ``cpu_bound_queries``, ``io_bound_queries``,
 ``network_bound_queries``, ``queue_wlm_bound_queries``
     Row counts (see :mod:`workbench.analysis.classify`).
-``cached_queries``, ``aborted_queries``, ``spilled_queries``, ``queued_queries``, ``slow_queries``
+``cached_queries``, ``aborted_queries``, ``spilled_queries``, ``queued_queries``, ``slow_queries``,
+``long_compile_queries``
     Row counts of result-cache hits (``was_cached``), aborted queries (``was_aborted``; nulls, or
     a batch without the column, count as false), queries that spilled (``mbytes_spilled > 0``),
-    queries that waited in the queue longer than :data:`~workbench.analysis.classify.QUEUE_MIN_MS`
-    and queries that ran longer than :data:`SLOW_MS` (the classifier's one-second bars).
+    queries that waited in the queue longer than :data:`~workbench.analysis.classify.QUEUE_MIN_MS`,
+    queries that ran longer than :data:`SLOW_MS` (the classifier's one-second bars) and queries
+    that compiled longer than :data:`LONG_COMPILE_MS`.
     Shares of a window's queries, judged against the instance's history by
     :mod:`workbench.analysis.collective`. Partials of earlier versions lack them: :func:`merge`
     reads a missing count as 0.
-``queue_max_ms``
-    The longest queue wait (nulls count as 0), so that a mean wait without the longest one can be
-    told from one query's wait.
-``spilled_mb``, ``queue_ms``, ``exec_ms``
-    Exact integer sums (nulls count as 0), saturating at the int64 bounds (:data:`INT64_MAX`):
+``queue_max_ms``, ``compile_max_ms``
+    The longest queue wait and the longest compilation (nulls count as 0), so that a mean without
+    the longest one can be told from one query's wait or compilation.
+``spilled_mb``, ``queue_ms``, ``compile_ms``, ``exec_ms``
+    Exact integer sums (nulls, and a batch without ``compile_duration_ms``, count as 0), saturating
+    at the int64 bounds (:data:`INT64_MAX`):
     a sum never wraps around to a wrong value on either path (numpy for batches, Python ints
     for single rows and merges), and SQLite never sees an integer it cannot store. A saturated
     sum reads "at least INT64_MAX". A single value that does not fit int64 never gets here: the
-    codec rejects its message (``int_out_of_range``).
+    codec rejects its message (``int_out_of_range``). Partials of earlier versions lack the
+    compile keys: :func:`merge` reads them as 0.
 ``exec_count``, ``exec_min_ms``, ``exec_max_ms``, ``exec_hist``
     Non-null execution times: count, exact min/max, and a histogram with
     :data:`HIST_BINS_PER_DECADE` log-spaced bins per decade (keys are bin numbers as strings).
@@ -65,6 +69,7 @@ __all__ = [
     "HIST_BINS_PER_DECADE",
     "HIST_MAX_MS",
     "INT64_MAX",
+    "LONG_COMPILE_MS",
     "SLOW_MS",
     "WindowMergeError",
     "finalize",
@@ -86,14 +91,19 @@ HIST_MAX_MS: Final = 100_000_000
 _LAST_BIN: Final = round(math.log10(HIST_MAX_MS) * HIST_BINS_PER_DECADE) + 1
 #: ``<class>_queries`` count keys, in :data:`~workbench.analysis.classify.CLASSES` order.
 CLASS_COUNT_KEYS: Final[tuple[str, ...]] = tuple(f"{c}_queries" for c in CLASSES)
-#: Per-window counts of flagged queries (cache hits, aborts, spills, waits over a second); each is
+#: Per-window counts of flagged queries (cache hits, aborts, spills, waits and runs over a second,
+#: compilations over ten seconds); each is
 #: a column of ``window_stats`` under the same name.
 FLAG_COUNT_KEYS: Final[tuple[str, ...]] = ("cached_queries", "aborted_queries", "spilled_queries", "queued_queries",
-                                           "slow_queries")
+                                           "slow_queries", "long_compile_queries")
 _NEEDED: Final = ("instance_id", "arrival_timestamp", "cluster_size", *CLASSIFY_COLUMNS)
 INT64_MAX: Final = 2**63 - 1
 #: A query that ran longer than this counts as ``slow_queries`` (the classifier's CPU/IO bar, 1 s).
 SLOW_MS: Final = 1000
+#: A query that compiled longer than this counts as ``long_compile_queries``. Ten seconds, not one:
+#: ordinary compilations of a busy instance pass one second often (a fifth of its queries in the
+#: stress log), so a cold compile cache would move a one-second share by a few points only.
+LONG_COMPILE_MS: Final = 10_000
 INT64_MIN: Final = -(2**63)
 _SAFE: Final = 2**62  # |sum| bound under which numpy's int64 sum cannot have wrapped
 
@@ -210,6 +220,13 @@ def _ints(batch: pa.RecordBatch | pa.Table, name: str) -> np.ndarray:
     return values
 
 
+def _ints_or_zeros(batch: pa.RecordBatch | pa.Table, name: str) -> np.ndarray:
+    """:func:`_ints`, or all zeros when the batch lacks the column (an optional input)."""
+    if name not in batch.schema.names:
+        return np.zeros(batch.num_rows, dtype=np.int64)
+    return _ints(batch, name)
+
+
 def _flags(batch: pa.RecordBatch | pa.Table, name: str) -> np.ndarray:
     """A boolean column as numpy ``bool`` with nulls as false (all false when the batch lacks it)."""
     if name not in batch.schema.names:
@@ -268,16 +285,18 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
     codes = classify_codes(batch).astype(np.int64)
     spilled = _ints(batch, "mbytes_spilled")
     queue = _ints(batch, "queue_duration_ms")
+    compile_ms = _ints_or_zeros(batch, "compile_duration_ms")
     exec_col = batch.column("execution_duration_ms")
     exec_valid = _not_null(exec_col)
     exec_ms = _ints(batch, "execution_duration_ms")
     flags = np.stack([_flags(batch, "was_cached"), _flags(batch, "was_aborted"), spilled > 0,
-                      queue > QUEUE_MIN_MS, exec_ms > SLOW_MS]).astype(np.int64)
+                      queue > QUEUE_MIN_MS, exec_ms > SLOW_MS, compile_ms > LONG_COMPILE_MS]).astype(np.int64)
     size_col = batch.column("cluster_size")
     size_valid = _not_null(size_col)
     size = _ints(batch, "cluster_size")
     bins = hist_bin(exec_ms)
-    exact = {"spilled": _may_overflow(spilled), "queue": _may_overflow(queue), "exec": _may_overflow(exec_ms)}
+    exact = {"spilled": _may_overflow(spilled), "queue": _may_overflow(queue), "exec": _may_overflow(exec_ms),
+             "compile": _may_overflow(compile_ms)}
 
     # Stable sort by (instance, window): keeps arrival order inside each group.
     order = np.lexsort((start, instance))
@@ -286,9 +305,14 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
     boundary[1:] = (inst_s[1:] != inst_s[:-1]) | (start_s[1:] != start_s[:-1])
     group_starts = np.flatnonzero(boundary)
     group_ends = np.append(group_starts[1:], len(order))
+    # Compile time per group in one call each (not two numpy calls per window); exact sums as below
+    # when the batch could overflow int64.
+    compile_sorted = compile_ms[order]
+    compile_max = np.maximum.reduceat(compile_sorted, group_starts).tolist()
+    compile_sum = None if exact["compile"] else np.add.reduceat(compile_sorted, group_starts).tolist()
 
     out: list[dict] = []
-    for g0, g1 in zip(group_starts, group_ends, strict=True):
+    for k, (g0, g1) in enumerate(zip(group_starts, group_ends, strict=True)):
         idx = order[g0:g1]
         counts = np.bincount(codes[idx], minlength=len(CLASSES))
         arr = arrival[idx]
@@ -317,6 +341,8 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
             "queue_max_ms": int(queue[idx].max()),
             "spilled_mb": _sum(spilled[idx], exact["spilled"]),
             "queue_ms": _sum(queue[idx], exact["queue"]),
+            "compile_max_ms": compile_max[k],
+            "compile_ms": compile_sum[k] if compile_sum is not None else _sum(compile_ms[idx], True),
             "exec_ms": _sum(exec_ms[idx], exact["exec"]),
             "exec_count": len(ex),
             "exec_min_ms": int(ex.min()) if len(ex) else None,
@@ -373,6 +399,8 @@ def merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     for key in _NEW_SUM_KEYS:
         out[key] = int(a.get(key, 0)) + int(b.get(key, 0))
     out["queue_max_ms"] = max(int(a.get("queue_max_ms", 0)), int(b.get("queue_max_ms", 0)))
+    out["compile_ms"] = saturate(int(a.get("compile_ms", 0)) + int(b.get("compile_ms", 0)))
+    out["compile_max_ms"] = max(int(a.get("compile_max_ms", 0)), int(b.get("compile_max_ms", 0)))
     out["exec_min_ms"] = _opt(min, a["exec_min_ms"], b["exec_min_ms"])
     out["exec_max_ms"] = _opt(max, a["exec_max_ms"], b["exec_max_ms"])
     hist = dict(a["exec_hist"])
@@ -410,8 +438,9 @@ def finalize(agg: Mapping[str, Any]) -> dict[str, Any]:
     dict
         ``window_start``, ``window_end`` (tz-aware UTC datetimes), ``instance_id``, ``cluster_size``
         (``None`` when unknown), ``total_queries``, the five ``<class>_queries`` counts,
-        the four :data:`FLAG_COUNT_KEYS` counts, ``total_spilled_mb``, ``total_queue_time_ms``,
-        ``total_exec_time_ms`` (exact ints), ``max_queue_time_ms``,
+        the :data:`FLAG_COUNT_KEYS` counts, ``total_spilled_mb``, ``total_queue_time_ms``,
+        ``total_exec_time_ms``, ``total_compile_time_ms`` (exact ints), ``max_queue_time_ms``,
+        ``max_compile_time_ms``,
         ``p95_exec_time_ms`` (approximate, ``None`` without execution times), ``max_exec_time_ms``,
         ``anomalies``, ``first_arrival``, ``last_arrival`` (UTC datetimes).
     """
@@ -427,6 +456,8 @@ def finalize(agg: Mapping[str, Any]) -> dict[str, Any]:
         "total_spilled_mb": int(agg["spilled_mb"]),
         "total_queue_time_ms": int(agg["queue_ms"]),
         "max_queue_time_ms": int(agg.get("queue_max_ms", 0)),
+        "total_compile_time_ms": int(agg.get("compile_ms", 0)),
+        "max_compile_time_ms": int(agg.get("compile_max_ms", 0)),
         "total_exec_time_ms": int(agg["exec_ms"]),
         "p95_exec_time_ms": hist_quantile(agg, 0.95),
         "max_exec_time_ms": agg["exec_max_ms"],

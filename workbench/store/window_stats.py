@@ -33,10 +33,11 @@ Decisions
   archived twice and nothing is lost.
 * The schema is declared once, :data:`WINDOW_STATS_SCHEMA` (another backend derives its DDL from
   it). Columns added later (:data:`ADDED_COLUMNS`: the per-window counts of cached, aborted,
-  spilled, queued and slow queries and the longest wait) are nullable: ``NULL`` means "not counted"
-  (a window written by an earlier version). :meth:`WindowStatsStore.open` migrates an existing
-  database by ``ALTER TABLE ... ADD COLUMN`` for each schema column it lacks, inside one write
-  transaction that checks again, so it is idempotent and safe with two processes opening at once.
+  spilled, queued, slow and long-compiling queries, the longest wait, the total and longest compilation) are
+  nullable: ``NULL`` means "not counted" (a window written by an earlier version).
+  :meth:`WindowStatsStore.open` migrates an existing database by ``ALTER TABLE ... ADD COLUMN`` for
+  each schema column it lacks, inside one write transaction that checks again, so it is idempotent
+  and safe with two processes opening at once.
   A read-only store of an unmigrated database reads the missing columns as nulls, and archive
   files of earlier versions read the same way.
 """
@@ -93,12 +94,15 @@ WINDOW_STATS_SCHEMA: Final = pa.schema([
     pa.field("spilled_queries", pa.int64()),
     pa.field("queued_queries", pa.int64()),
     pa.field("slow_queries", pa.int64()),
+    pa.field("long_compile_queries", pa.int64()),
     pa.field("total_spilled_mb", pa.int64(), nullable=False),
     pa.field("total_queue_time_ms", pa.int64(), nullable=False),
     pa.field("total_exec_time_ms", pa.int64(), nullable=False),
     pa.field("p95_exec_time_ms", pa.float64()),
     pa.field("max_exec_time_ms", pa.int64()),
     pa.field("max_queue_time_ms", pa.int64()),
+    pa.field("total_compile_time_ms", pa.int64()),
+    pa.field("max_compile_time_ms", pa.int64()),
     pa.field("anomalies", pa.int64(), nullable=False),
     pa.field("first_arrival", _TS),
     pa.field("last_arrival", _TS),
@@ -108,7 +112,8 @@ WINDOW_STATS_COLUMNS: Final[tuple[str, ...]] = tuple(WINDOW_STATS_SCHEMA.names)
 #: Columns added after the first release (nullable: NULL = not counted); :meth:`WindowStatsStore.open`
 #: adds whichever schema column an existing table lacks, these included.
 ADDED_COLUMNS: Final[tuple[str, ...]] = ("cached_queries", "aborted_queries", "spilled_queries", "queued_queries",
-                                         "slow_queries", "max_queue_time_ms")
+                                         "slow_queries", "max_queue_time_ms", "total_compile_time_ms",
+                                         "max_compile_time_ms", "long_compile_queries")
 _TIME_COLUMNS: Final = frozenset({"window_start", "window_end", "first_arrival", "last_arrival", "updated_at"})
 _REQUIRED: Final = ("instance_id", "window_start", "window_end", "total_queries")
 _DEFAULTS: Final[dict[str, Any]] = {
