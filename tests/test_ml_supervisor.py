@@ -46,12 +46,18 @@ def _trained_days(settings: Settings) -> list[str]:
     return [reg.info(v)["training_day"] for v in reg.versions()]
 
 
-def test_every_two_days_really_trains_every_two_days(settings: Settings) -> None:
-    sup = TrainingSupervisor(settings, every_n_days=2, backoff_seconds=0)
+def _schedule_through(sup: TrainingSupervisor, days: int) -> list[dt.date]:
+    """Move event time through days ``0 .. days - 1``, letting each scheduled training finish; what was scheduled."""
     scheduled = []
-    for k in range(5):  # event time moves through days 0..4
+    for k in range(days):
         scheduled += sup.maybe_schedule(_day(k))
         sup.wait(timeout=120)
+    return scheduled
+
+
+def test_every_two_days_really_trains_every_two_days(settings: Settings) -> None:
+    sup = TrainingSupervisor(settings, every_n_days=2, backoff_seconds=0)
+    scheduled = _schedule_through(sup, 5)
     assert scheduled == [_day(1), _day(3)]
     assert _trained_days(settings) == [_day(1).isoformat(), _day(3).isoformat()]
     assert ModelRegistry(settings.models_dir).info(ModelRegistry(settings.models_dir).current())[
@@ -114,10 +120,6 @@ def test_the_training_child_uses_settings_given_as_arguments_not_only_the_enviro
     os.rename(settings.shards_dir, shared / "shards")
     moved = settings.with_overrides(shards_dir_override=shared / "shards", models_dir_override=shared / "models")
     sup = TrainingSupervisor(moved, every_n_days=1, backoff_seconds=0)
-    scheduled = []
-    for k in range(3):  # event time moves through days 0..2
-        scheduled += sup.maybe_schedule(_day(k))
-        sup.wait(timeout=120)
-    assert scheduled == [_day(0), _day(1)]
+    assert _schedule_through(sup, 3) == [_day(0), _day(1)]
     assert _trained_days(moved) == [_day(0).isoformat(), _day(1).isoformat()]
     assert not settings.models_dir.exists()  # nothing published in the home's default folder
