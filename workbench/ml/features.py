@@ -77,7 +77,7 @@ SIGNALS: dict[str, str] = {
 #: Columns known only after execution.
 OBSERVED_COLUMNS: tuple[str, ...] = tuple(c for c in SIGNALS.values() if c not in INPUT_COLUMNS)
 #: Signals whose history statistics (:data:`_STATS`) are taken over all of a group's rows.
-_HISTORY_SIGNALS: tuple[str, ...] = ("exec", "queue", "scan", "spill")
+_ALL_RUNS_SIGNALS: tuple[str, ...] = ("exec", "queue", "scan", "spill")
 #: A run compiled when its compile time reached this many ms: a query whose segments are cached
 #: compiles nothing (Redshift reports 0 ms, a few ms at most). The compile signal's history is that of
 #: the compiled runs: a fingerprint that compiles one run in five has a median compile time of ~0,
@@ -122,7 +122,7 @@ FEATURE_NAMES: tuple[str, ...] = (
 
 #: Statistics kept per group: (signal, quantile, name).
 _STATS: tuple[tuple[str, float, str], ...] = (
-    *[(s, q, f"{tag}_{s}") for s in _HISTORY_SIGNALS for q, tag in ((0.25, "q25"), (0.5, "med"), (0.75, "q75"))],
+    *[(s, q, f"{tag}_{s}") for s in _ALL_RUNS_SIGNALS for q, tag in ((0.25, "q25"), (0.5, "med"), (0.75, "q75"))],
     ("exec", 0.9, "p90_exec"),
 )
 _CARRIED = {"kafka_partition", "kafka_offset", "pred_mean_ms", "pred_q_ms", "score", "is_anomaly", "reason",
@@ -243,7 +243,7 @@ def _signal_stats(signal: str) -> tuple[tuple[float, ...], list[str]]:
 def _stats(codes: np.ndarray, logs: dict[str, np.ndarray], n_groups: int) -> dict[str, np.ndarray]:
     """Count plus every statistic of :data:`_STATS` for each group code."""
     result: dict[str, np.ndarray] = {"n": np.bincount(codes, minlength=n_groups).astype(np.float64)}
-    for signal in _HISTORY_SIGNALS:
+    for signal in _ALL_RUNS_SIGNALS:
         qs, names = _signal_stats(signal)
         table = _group_quantiles(codes, logs[signal], n_groups, qs)
         for j, name in enumerate(names):
@@ -255,7 +255,7 @@ def _sorted_stats(codes: np.ndarray, logs: dict[str, np.ndarray], orders: dict[s
                   n_groups: int) -> dict[str, np.ndarray]:
     """:func:`_stats` of the rows in ``orders`` (row indices sorted by ``(code, value)`` per signal)."""
     result: dict[str, np.ndarray] = {}
-    for signal in _HISTORY_SIGNALS:
+    for signal in _ALL_RUNS_SIGNALS:
         order = orders[signal]
         sorted_codes = codes[order]
         if not result:
@@ -283,9 +283,9 @@ def _out_of_fold_stats(codes: np.ndarray, logs: dict[str, np.ndarray], orders: d
     per_fold = np.bincount(folds[grouped] * n_groups + codes[grouped],
                            minlength=n_folds * n_groups).reshape(n_folds, n_groups)
     total = per_fold.sum(axis=0)
-    laid_out = {s: (folds[orders[s]], logs[s][orders[s]]) for s in _HISTORY_SIGNALS}
+    laid_out = {s: (folds[orders[s]], logs[s][orders[s]]) for s in _ALL_RUNS_SIGNALS}
     result = {"n": np.full(n, np.nan)}
-    for signal in _HISTORY_SIGNALS:
+    for signal in _ALL_RUNS_SIGNALS:
         result.update({name: np.full(n, np.nan) for name in _signal_stats(signal)[1]})
     grouped_folds = folds[grouped]
     for k in range(n_folds):
@@ -293,7 +293,7 @@ def _out_of_fold_stats(codes: np.ndarray, logs: dict[str, np.ndarray], orders: d
         rows = grouped[grouped_folds == k]
         row_codes = codes[rows]
         result["n"][rows] = counts[row_codes]
-        for signal in _HISTORY_SIGNALS:
+        for signal in _ALL_RUNS_SIGNALS:
             qs, names = _signal_stats(signal)
             fold_of, values = laid_out[signal]
             table = _counted_group_quantiles(counts, values[fold_of != k], qs)
@@ -315,7 +315,7 @@ def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _global_stats(logs: dict[str, np.ndarray]) -> dict[str, float]:
     """Every statistic of :data:`_STATS` over all rows (``np.quantile``: one partition per signal)."""
     values: dict[str, float] = {}
-    for signal in _HISTORY_SIGNALS:
+    for signal in _ALL_RUNS_SIGNALS:
         qs, names = _signal_stats(signal)
         values.update(zip(names, (float(v) for v in np.quantile(logs[signal], qs)), strict=True))
     out = {name: values[name] for _, _, name in _STATS}
@@ -410,7 +410,7 @@ class FeatureBuilder:
         # One value sort per signal; each grouping re-sorts it stably by group code (a radix sort),
         # and the full-window and every fold's statistics are read off these orders.
         value_orders = {s: np.argsort(v) for s, v in logs.items()}
-        history = {s: value_orders[s] for s in _HISTORY_SIGNALS}
+        history = {s: value_orders[s] for s in _ALL_RUNS_SIGNALS}
         orders = {s: _group_order(fp_codes, o[has_fp[o]], len(fp_dict)) for s, o in history.items()}
         inst_orders = {s: _group_order(inst_codes, o, len(inst_ids)) for s, o in history.items()}
         full_fp = _sorted_stats(fp_codes, logs, orders, len(fp_dict))
@@ -574,7 +574,7 @@ class FeatureBuilder:
     def _references(self, lookup: _Lookup) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         use_fp = np.nan_to_num(lookup.fp["n"], nan=0.0) >= self.min_history
         refs = {}
-        for signal in _HISTORY_SIGNALS:
+        for signal in _ALL_RUNS_SIGNALS:
             med = np.where(use_fp, lookup.fp[f"med_{signal}"], lookup.inst[f"med_{signal}"])
             iqr = np.where(use_fp, lookup.fp[f"q75_{signal}"] - lookup.fp[f"q25_{signal}"],
                            lookup.inst[f"q75_{signal}"] - lookup.inst[f"q25_{signal}"])
