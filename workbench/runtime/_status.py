@@ -409,8 +409,9 @@ class WorkbenchStatus:
                      f"flagged windows {self.window_anomalies if self.window_anomalies is not None else '?'} | "
                      f"late events {self.late_events if self.late_events is not None else '?'} | "
                      f"dead letters {self.dead_letters if self.dead_letters is not None else '?'}")
-        if self.failed_trainings:
-            lines.append(f"training failed on every attempt: {', '.join(self.failed_trainings)} "
+        failed = self.failed_trainings
+        if failed:
+            lines.append(f"training failed on every attempt: {', '.join(failed)} "
                          "(see logs/train_<day>.log in the home)")
         procs = ", ".join(f"{name}: {p.get('state')}" + (f" ({p['restarts']} restarts)" if p.get("restarts") else "")
                           for name, p in self.processes.items())
