@@ -58,6 +58,9 @@ def broker(home: Path | None = None) -> Iterator[Settings]:
     try:
         yield settings
     finally:
+        from workbench.runtime._status import close_status_clients
+
+        close_status_clients()  # the status clients would keep reconnecting (and logging) once it is gone
         LocalKafka(settings).stop()
 
 

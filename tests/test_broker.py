@@ -94,3 +94,19 @@ def test_stop_and_restart_keeps_topics(tmp_path: Path, kafka_base: Settings) -> 
         assert settings.topic_query_events in topics
     finally:
         broker.stop()
+
+
+def test_unreachable_broker_is_named_and_the_wait_shows_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    from workbench.broker import BrokerUnavailableError, _local, wait_for_broker
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings = Settings(home=tmp_path, kafka_bootstrap_servers=f"127.0.0.1:{port}")
+    monkeypatch.setattr(_local, "_WAIT_NOTICE_S", 1.0)
+    with caplog.at_level("WARNING", logger="workbench.broker._local"), \
+            pytest.raises(BrokerUnavailableError, match=f"127.0.0.1:{port} within 3 s.*KAFKA_BOOTSTRAP_SERVERS"):
+        wait_for_broker(settings, timeout=3.0)
+    waiting = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
+    assert len(waiting) >= 1 and all(f"127.0.0.1:{port}" in line for line in waiting), waiting

@@ -105,6 +105,10 @@ def _security_hint(settings: Settings, error: KafkaError) -> str | None:
     return None
 
 
+#: Seconds between the "still waiting" lines of a broker probe.
+_WAIT_NOTICE_S = 10.0
+
+
 def _probe(settings: Settings, deadline: float, auth_retries: bool) -> tuple[int | None, list[str], str | None]:
     """Metadata requests until one answers, a credential is rejected (unless ``auth_retries``) or the
     deadline passes: (brokers or None, security error messages, last error text).
@@ -125,7 +129,14 @@ def _probe(settings: Settings, deadline: float, auth_retries: bool) -> tuple[int
     admin = AdminClient({**settings.kafka_client_config(), "socket.connection.setup.timeout.ms": 2000,
                          "log_level": 2, "error_cb": on_error})
     last_error: str | None = None
+    started = time.monotonic()
+    next_notice = started + _WAIT_NOTICE_S
     while time.monotonic() < deadline:
+        if (now := time.monotonic()) >= next_notice:  # a silent minute looks like a hang
+            logger.warning("still waiting for a Kafka broker at %s (%.0f s of %.0f s)%s",
+                           settings.bootstrap_servers, now - started, deadline - started,
+                           f"; last error: {last_error}" if last_error else "")
+            next_notice = now + _WAIT_NOTICE_S
         try:
             metadata = admin.list_topics(timeout=min(2.0, max(0.5, deadline - time.monotonic())))
             if metadata.brokers:
