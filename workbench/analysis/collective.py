@@ -353,7 +353,7 @@ def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
     base_cols = [_base_name(names[i]) for i in share_idx]
     mean_idx = np.flatnonzero([SIGNALS[n].carriers is not None for n in names])
     carrier_cols = [_carriers_name(names[i]) for i in mean_idx]
-    above = np.array([SIGNALS[n].above or np.inf for n in names])
+    above = np.array([SIGNALS[n].above or 0.0 for n in names])  # 0: not a quantile
 
     def transform(v: np.ndarray) -> np.ndarray:
         return np.where(logged, np.log1p(np.clip(v, 0, None)), v)
@@ -374,7 +374,8 @@ def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
         t_many = targets["arrivals"].to_numpy(float) >= params.min_queries
         t_carriers = targets[carrier_cols].to_numpy(float)
         # A quantile is moved by the queries above it: judged only when they are enough for a claim.
-        t_quantile_ok = above[None, :] * targets["arrivals"].to_numpy(float)[:, None] >= params.min_excess_queries
+        t_n = targets["arrivals"].to_numpy(float)[:, None]
+        t_quantile_ok = (above == 0) | (above * t_n >= params.min_excess_queries)
         for j, (t, t_how, t_hod) in enumerate(zip(targets["start_ms"].to_numpy(), targets["how"].to_numpy(),
                                                   targets["hod"].to_numpy(), strict=True)):
             lo = np.searchsorted(times, t - lookback, side="left")
@@ -434,7 +435,7 @@ def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
             ratio = np.minimum(ratio, params.max_history_share / np.maximum(as_extreme, 1e-12))
             score = np.minimum(z / params.z_threshold, ratio)
             ok = (n >= params.min_history) & ~np.isnan(observed) & ~np.isnan(score) & (t_many[j] | ~needs_many)
-            ok &= t_quantile_ok[j] | np.isinf(above)
+            ok &= t_quantile_ok[j]
             if not ok.any():
                 continue
             out.append(pd.DataFrame({
