@@ -233,3 +233,36 @@ def test_windows_stored_before_compile_counts_existed_are_not_judged_on_them() -
     old.loc[hit, "long_compile_queries"] = None  # a NULL observation is not judged either
     scored = score_windows(old.iloc[290:310], w.assign(long_compile_queries=None))
     assert len(scored) and not scored["signal"].eq("long_compile_share").any()
+
+
+def test_a_few_huge_queries_are_not_a_slow_window_but_every_query_slower_is() -> None:
+    w = _with_counts(_windows())
+    few = w.copy()
+    # Three never-seen statements of 20 minutes in one window: the mean without the longest still
+    # rises by ~40 s a query, but two queries hold all of it (the per-query detector's story).
+    few.loc[few.index[303], "total_exec_time_ms"] += 3 * 1_200_000
+    few.loc[few.index[303], "max_exec_time_ms"] = 1_200_000
+    few.loc[few.index[303], "max_queue_time_ms"] = 600_000  # the same for two waits of 10 minutes
+    few.loc[few.index[303], "total_queue_time_ms"] += 2 * 600_000
+    scored = score_windows(few.iloc[303:304], few)
+    means = scored[scored["signal"].isin(["exec_per_query_ms", "queue_per_query_ms"])].set_index("signal")
+    assert len(means) == 2 and (means["z"] > 5).all() and (means["excess"] > 1_000).all()  # unusual, material
+    assert (means["score"] < 1).all(), means
+    slow = w.copy()
+    hit = slow.index[300:302]  # twenty minutes in which every query runs 3 s longer
+    slow.loc[hit, "total_exec_time_ms"] += slow.loc[hit, "total_queries"] * 3_000
+    slow.loc[hit, "max_exec_time_ms"] += 3_000
+    flagged = flag_windows(slow.iloc[290:310], slow).to_pandas()
+    got = flagged[flagged["signal"] == "exec_per_query_ms"]
+    assert set(got["window_start"]) == {pd.Timestamp(s) for s in slow.loc[hit, "window_start"]}, flagged
+
+
+def test_p95_is_judged_only_where_the_queries_above_it_make_a_claim() -> None:
+    w = _windows()
+    busy = w.index[(w["total_queries"] >= 100) & (w.index >= 300)][0]
+    quiet = w.index[(w["total_queries"] < 100) & (w.index >= 300)][0]
+    w.loc[[busy, quiet], "p95_exec_time_ms"] = 600_000.0  # 5 % of 60 queries: three of them
+    scored = score_windows(w.loc[[busy, quiet]], w)
+    p95 = scored[scored["signal"] == "p95_exec_ms"]
+    assert list(p95["window_start"]) == [pd.Timestamp(w.loc[busy, "window_start"])]
+    assert p95["score"].iloc[0] >= 1

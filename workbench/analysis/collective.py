@@ -44,6 +44,12 @@ the other shares).
   with the between-window variance that the history shows beyond the binomial one as a design
   effect (so a busy window's small wobble is not significant, and a quiet window's few queries
   prove little). A share must also exceed its expectation by ``min_excess_queries`` (5) queries.
+* Means and the p95 must be carried by as many queries: a trimmed mean's excess (times the
+  queries it is over) must be at least ``min_excess_queries`` times the window's largest value
+  (two or three never-seen statements of twenty minutes in one window move the mean without the
+  longest by tens of seconds a query: false windows on stress seeds 1 and 2), and the p95 is only judged
+  where 5 % of the window's queries are that many (100 queries; in a smaller window two or three
+  queries are its top 5 %).
 * Both: an empirical check on the assumed shape: a window is not unusual when more than
   ``max_history_share`` (1 %) of the instance's reference windows were as extreme.
 
@@ -113,6 +119,12 @@ class Signal:
     base: Callable[[pd.DataFrame], np.ndarray] | None = None
     #: ``"up"`` (more than usual is bad) or ``"down"`` (fewer than usual is bad), for shares.
     tail: str = "up"
+    #: For a mean over queries: per window, the fewest queries that can carry one unit of excess
+    #: (``n - 1`` over the largest value). The excess must take ``min_excess_queries`` of them.
+    carriers: Callable[[pd.DataFrame], np.ndarray] | None = None
+    #: For a quantile: the share of the window's queries above it (0.05 for a p95). Judged only
+    #: when that many queries are at least ``min_excess_queries``.
+    above: float | None = None
 
 
 def _values(w: pd.DataFrame, column: str) -> np.ndarray:
@@ -148,6 +160,19 @@ def _trimmed_mean(total_column: str, max_column: str) -> Callable[[pd.DataFrame]
     return observe
 
 
+def _per_unit_past(max_column: str) -> Callable[[pd.DataFrame], np.ndarray]:
+    """Queries per unit of a trimmed mean's excess when none adds more than the window's largest value.
+
+    The mean without the largest value still moves when the next largest are huge (two or three
+    never-seen statements, one user's burst of a heavy one): its excess times the ``n - 1``
+    queries, over the largest value, is the fewest queries that can hold it.
+    """
+    def carriers(w: pd.DataFrame) -> np.ndarray:
+        n = _values(w, "total_queries")
+        return np.maximum(n - 1, 1.0) / np.maximum(np.nan_to_num(_values(w, max_column)), 1.0)
+    return carriers
+
+
 def _trimmed_mean_exec(w: pd.DataFrame) -> np.ndarray:
     """Mean runtime per query without the window's longest query (NaN-safe: no max counts as 0)."""
     n = _values(w, "total_queries")
@@ -167,9 +192,11 @@ SIGNALS: dict[str, Signal] = {
                            "more queries wait in the queue for over a second", log=False, base=_executed,
                            needs_many=False),
     "queue_per_query_ms": Signal(_trimmed_mean("total_queue_time_ms", "max_queue_time_ms"), 1_000.0, "ms",
-                                 "queries wait longer (mean wait without the longest wait)"),
+                                 "queries wait longer (mean wait without the longest wait)",
+                                 carriers=_per_unit_past("max_queue_time_ms")),
     "exec_per_query_ms": Signal(_trimmed_mean_exec, 1_000.0, "ms",
-                                "queries run slower (mean without the longest query)"),
+                                "queries run slower (mean without the longest query)",
+                                carriers=_per_unit_past("max_exec_time_ms")),
     "spill_share": Signal(_share("spilled_queries", _executed), 0.10, "share",
                           "more queries spill to disk (memory pressure)", log=False, base=_executed, needs_many=False),
     "abort_share": Signal(_share("aborted_queries", _col("total_queries")), 0.10, "share",
@@ -185,7 +212,7 @@ SIGNALS: dict[str, Signal] = {
                                  base=_executed, needs_many=False),
     "slow_share": Signal(_share("slow_queries", _executed), 0.10, "share",
                          "more queries run longer than a second", log=False, base=_executed, needs_many=False),
-    "p95_exec_ms": Signal(_col("p95_exec_time_ms"), 5_000.0, "ms", "p95 runtime up"),
+    "p95_exec_ms": Signal(_col("p95_exec_time_ms"), 5_000.0, "ms", "p95 runtime up", above=0.05),
     "cluster_size": Signal(_col("cluster_size"), 1.0, "nodes", "cluster size changed (resize)",
                            two_sided=True, needs_many=False),
 }
@@ -224,11 +251,17 @@ def window_signals(windows: pd.DataFrame) -> pd.DataFrame:
         out[name] = sig.observe(windows)
         if sig.base is not None:
             out[_base_name(name)] = sig.base(windows)
+        if sig.carriers is not None:
+            out[_carriers_name(name)] = sig.carriers(windows)
     return out
 
 
 def _base_name(signal: str) -> str:
     return f"{signal}:base"
+
+
+def _carriers_name(signal: str) -> str:
+    return f"{signal}:carriers"
 
 
 def share_tail_z(share: np.ndarray, n: np.ndarray, p0: np.ndarray, spread: np.ndarray, n_typical: np.ndarray,
@@ -318,6 +351,9 @@ def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
     up = np.array([SIGNALS[n].tail == "up" for n in names])
     share_idx = np.flatnonzero(is_share)
     base_cols = [_base_name(names[i]) for i in share_idx]
+    mean_idx = np.flatnonzero([SIGNALS[n].carriers is not None for n in names])
+    carrier_cols = [_carriers_name(names[i]) for i in mean_idx]
+    above = np.array([SIGNALS[n].above or 0.0 for n in names])  # 0: not a quantile
 
     def transform(v: np.ndarray) -> np.ndarray:
         return np.where(logged, np.log1p(np.clip(v, 0, None)), v)
@@ -336,6 +372,10 @@ def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
         h_base = hist[base_cols].to_numpy(float)
         t_base = targets[base_cols].to_numpy(float)
         t_many = targets["arrivals"].to_numpy(float) >= params.min_queries
+        t_carriers = targets[carrier_cols].to_numpy(float)
+        # A quantile is moved by the queries above it: judged only when they are enough for a claim.
+        t_n = targets["arrivals"].to_numpy(float)[:, None]
+        t_quantile_ok = (above == 0) | (above * t_n >= params.min_excess_queries)
         for j, (t, t_how, t_hod) in enumerate(zip(targets["start_ms"].to_numpy(), targets["how"].to_numpy(),
                                                   targets["hod"].to_numpy(), strict=True)):
             lo = np.searchsorted(times, t - lookback, side="left")
@@ -381,6 +421,10 @@ def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
                 excess[share_idx] = share_excess
                 ratio[share_idx] = np.minimum(share_excess / floors[share_idx],
                                               share_excess * n_now / params.min_excess_queries)
+            # Means: the excess must take at least min_excess_queries queries as long as the
+            # window's longest (else two or three huge queries are the story, not the window).
+            ratio[mean_idx] = np.minimum(ratio[mean_idx],
+                                         excess[mean_idx] * t_carriers[j] / params.min_excess_queries)
             # Empirical tail: the z above assumes a shape (log-normal spread, binomial); a value that
             # the instance's own reference reached in more than max_history_share of its windows is
             # ordinary for it whatever the z says (a median that flips between two modes).
@@ -391,6 +435,7 @@ def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
             ratio = np.minimum(ratio, params.max_history_share / np.maximum(as_extreme, 1e-12))
             score = np.minimum(z / params.z_threshold, ratio)
             ok = (n >= params.min_history) & ~np.isnan(observed) & ~np.isnan(score) & (t_many[j] | ~needs_many)
+            ok &= t_quantile_ok[j]
             if not ok.any():
                 continue
             out.append(pd.DataFrame({
