@@ -576,7 +576,12 @@ def _score_in_chunks(table: pa.Table, rows: np.ndarray, scorer: _Scorer, chunk_r
     got: list[np.ndarray] = []
     parts: dict[str, list[pa.Array]] = {name: [] for name in _SCORE_NAMES}
     for lo in range(0, len(rows), chunk_rows):
-        scored = scorer.score(table.take(rows[lo:lo + chunk_rows]))
+        chunk = rows[lo:lo + chunk_rows]
+        first, span = int(chunk[0]), int(chunk[-1] - chunk[0]) + 1
+        part = table.slice(first, span)  # rows ascend: the chunk lies within this slice (zero-copy)
+        if span != len(chunk):  # scattered unscored rows: take from the slice, not from the whole file
+            part = part.take(chunk - first)
+        scored = scorer.score(part)
         ok = pc.is_valid(scored.column("model_version")).to_numpy(zero_copy_only=False)
         got.append(ok)
         keep = pa.array(ok)
@@ -585,7 +590,7 @@ def _score_in_chunks(table: pa.Table, rows: np.ndarray, scorer: _Scorer, chunk_r
             if isinstance(column, pa.ChunkedArray):
                 column = column.combine_chunks()
             parts[name].append(column.cast(SHARD_SCHEMA.field(name).type).filter(keep))
-        del scored  # the chunk's inputs and extra outputs go now, not with the next chunk
+        del scored, part  # the chunk's inputs and extra outputs go now, not with the next chunk
     return np.concatenate(got), {name: pa.concat_arrays(arrays) for name, arrays in parts.items()}
 
 
