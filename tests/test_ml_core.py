@@ -21,7 +21,7 @@ from workbench.ml.features import FEATURE_NAMES, FeatureBuilder
 from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import Scorer
-from workbench.store.shards import read_shards, rescore_unscored, write_shard
+from workbench.store.shards import SCORE_FIELDS, SHARD_SCHEMA, ShardError, read_shards, rescore_unscored, write_shard
 
 DAY1, DAY2 = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
 
@@ -178,6 +178,48 @@ def test_rescore_unscored_shards(tmp_path: Path, models_dir: Path, log: pa.Table
     table = read_shards(shards)
     assert table.num_rows == 400 and table.column("model_version").null_count == 0
     assert rescore_unscored(shards, Scorer(models_dir)) == 0
+
+
+def test_rescore_scores_in_bounded_chunks_with_the_same_results(tmp_path: Path, models_dir: Path,
+                                                                log: pa.Table) -> None:
+    """A compacted file holds a partition's whole day: rescoring scores it ``chunk_rows`` at a time
+    (the peak memory of the scoring app), and every row gets exactly the score the whole batch gives."""
+    events = log.slice(6000, 1000).select(list(COLUMNS))
+    events = events.append_column("kafka_partition", pa.array([0] * 1000, pa.int32()))
+    events = events.append_column("kafka_offset", pa.array(range(1000), pa.int64()))
+    whole = pa.Table.from_batches([Scorer(models_dir).score(events)]).select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA)
+    assert pc.sum(whole.column("is_anomaly")).as_py() > 0  # anomalies are part of what must not change
+    unscored_rows = pa.array(np.random.default_rng(3).random(1000) < 0.7)  # scattered, as after a restart
+    stored = whole
+    for field in SCORE_FIELDS:
+        i = stored.schema.get_field_index(field.name)
+        stored = stored.set_column(i, field, pc.if_else(unscored_rows, pa.nulls(1000, field.type), stored.column(i)))
+
+    class Recording:
+        def __init__(self) -> None:
+            self.scorer, self.sizes, self.anomalies = Scorer(models_dir), [], []
+
+        def score(self, batch: pa.Table) -> pa.RecordBatch:
+            self.sizes.append(batch.num_rows)
+            scored = self.scorer.score(batch)
+            flagged = scored.filter(pc.fill_null(scored.column("is_anomaly"), False))
+            self.anomalies += flagged.column("kafka_offset").to_pylist()
+            return scored
+
+    results = {}
+    for chunk_rows in (64, 100_000):
+        shards = tmp_path / f"chunks-{chunk_rows}"
+        write_shard(shards, dt.date(2024, 3, 3), 0, 0, stored)
+        recording = Recording()
+        assert rescore_unscored(shards, recording, chunk_rows=chunk_rows) == pc.sum(unscored_rows).as_py()
+        results[chunk_rows] = (read_shards(shards), recording)
+    chunked, one_call = results[64], results[100_000]
+    assert max(chunked[1].sizes) == 64 and len(chunked[1].sizes) == -(-sum(chunked[1].sizes) // 64)
+    assert one_call[1].sizes == [sum(chunked[1].sizes)]
+    assert chunked[0].equals(one_call[0]) and chunked[0].equals(whole)  # already scored rows kept as they were
+    assert chunked[1].anomalies == one_call[1].anomalies and chunked[1].anomalies
+    with pytest.raises(ShardError, match="chunk_rows"):
+        rescore_unscored(tmp_path / "chunks-64", recording, chunk_rows=0)
 
 
 def test_cli_models_list_show_rollback(models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
