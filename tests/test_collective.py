@@ -266,3 +266,65 @@ def test_p95_is_judged_only_where_the_queries_above_it_make_a_claim() -> None:
     p95 = scored[scored["signal"] == "p95_exec_ms"]
     assert list(p95["window_start"]) == [pd.Timestamp(w.loc[busy, "window_start"])]
     assert p95["score"].iloc[0] >= 1
+
+
+def _log(seed: int = 3, slow: range = range(0), factor: float = 1.0, big: range = range(0)) -> pd.DataFrame:
+    """``window_stats`` (via :func:`windows_of`) of three days of one instance's queries, ~100 per window.
+
+    Execution time is about 2 ms per MB scanned times a per-query spread (plus a fixed 50 ms); a
+    fifth of the queries are large (100x the MB). Windows in ``slow`` run every query ``factor``
+    times slower; in ``big`` windows, three in five queries are large (a mix change).
+    """
+    import pyarrow as pa
+
+    from workbench.analysis.collective import windows_of
+
+    rng = np.random.default_rng(seed)
+    n_windows = 3 * 144
+    per = rng.poisson(100, n_windows)
+    window = np.repeat(np.arange(n_windows), per)
+    n = len(window)
+    large = rng.random(n) < np.where(np.isin(window, list(big)), 0.6, 0.2)
+    mb = np.rint(rng.lognormal(np.log(300), 1.0, n) * np.where(large, 100, 1)).astype(np.int64)
+    exec_ms = 50 + mb * 2.0 * rng.lognormal(0, 1.0, n)
+    exec_ms = np.rint(exec_ms * np.where(np.isin(window, list(slow)), factor, 1.0)).astype(np.int64)
+    t0_us = int(T0.timestamp() * 1e6)
+    arrival = t0_us + window * 600_000_000 + rng.integers(0, 600_000_000, n)
+    order = np.argsort(arrival, kind="stable")
+    zeros = np.zeros(n, np.int64)
+    table = pa.table({
+        "instance_id": np.full(n, 7, np.int64),
+        "arrival_timestamp": pa.array(arrival[order], pa.timestamp("us", "UTC")),
+        "cluster_size": np.full(n, 4, np.int64), "was_cached": np.zeros(n, bool), "query_type": ["select"] * n,
+        "execution_duration_ms": exec_ms[order], "mbytes_scanned": mb[order], "mbytes_spilled": zeros,
+        "queue_duration_ms": zeros, "num_joins": zeros, "num_aggregations": zeros, "num_scans": zeros + 1,
+    })
+    return windows_of(table)
+
+
+def test_an_instance_running_slower_is_flagged_and_a_mix_change_is_not() -> None:
+    slow, big = range(300, 305), range(310, 316)
+    normal = _log(big=big)
+    before = _log()
+    # The mix change is material in raw runtime (the mean per query more than doubles) ...
+    assert (normal["total_exec_time_ms"].iloc[310:316].sum() > 2 * before["total_exec_time_ms"].iloc[310:316].sum())
+    quiet = flag_windows(normal.iloc[290:320], normal).to_pandas()
+    assert not quiet["signal"].eq("exec_pace").any(), quiet  # ... but not in the time per MB
+    slower = _log(slow=slow, factor=1.75, big=big)
+    flagged = flag_windows(slower.iloc[290:320], slower).to_pandas()
+    got = flagged[flagged["signal"] == "exec_pace"]
+    assert set(got["window_start"]) == {pd.Timestamp(s) for s in slower["window_start"].iloc[300:305]}, flagged
+    row = got.iloc[0]
+    assert 0.4 < row["observed"] - row["expected"] < 0.75 and "per MB" in row["reason"]  # ln 1.75 = 0.56
+
+
+def test_windows_stored_before_the_pace_existed_are_not_judged_on_it() -> None:
+    w = _log(slow=range(300, 302), factor=2.0)
+    assert flag_windows(w.iloc[300:302], w).to_pandas()["signal"].eq("exec_pace").sum() == 2
+    old = w.copy()  # the same slowdown over a history written by an earlier version (NULL pace)
+    old.loc[old.index[:296], ["pace_queries", "pace_log_sum"]] = None
+    scored = score_windows(old.iloc[290:310], old)
+    assert len(scored) and not scored["signal"].eq("exec_pace").any()  # too little history
+    few = w.copy()  # a window with fewer than 50 paced queries is not judged on its pace
+    few.loc[few.index[300], "pace_queries"] = 49
+    assert not score_windows(few.iloc[300:301], few)["signal"].eq("exec_pace").any()

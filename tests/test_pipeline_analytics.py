@@ -28,7 +28,7 @@ from workbench.store.window_stats import WindowStatsStore
 _SUMS = ("total_queries", "normal_queries", "cpu_bound_queries", "io_bound_queries", "network_bound_queries",
          "queue_wlm_bound_queries", "total_spilled_mb", "total_queue_time_ms", "total_exec_time_ms",
          "cached_queries", "aborted_queries", "spilled_queries", "queued_queries", "slow_queries", "max_queue_time_ms",
-         "total_compile_time_ms", "max_compile_time_ms", "long_compile_queries")
+         "total_compile_time_ms", "max_compile_time_ms", "long_compile_queries", "pace_queries", "pace_log_sum")
 
 _EXPECTED_SQL = """
 WITH q AS (
@@ -39,7 +39,8 @@ WITH q AS (
          coalesce(mbytes_spilled, 0) AS sp, coalesce(queue_duration_ms, 0) AS qu,
          coalesce(compile_duration_ms, 0) AS co,
          coalesce(num_joins, 0) AS j, coalesce(num_aggregations, 0) AS a, coalesce(num_scans, 0) AS s,
-         coalesce(was_cached, false) AS cached, coalesce(was_aborted, false) AS aborted
+         coalesce(was_cached, false) AS cached, coalesce(was_aborted, false) AS aborted,
+         execution_duration_ms IS NOT NULL AS ran
   FROM read_parquet($path)
 ), c AS (
   SELECT *, CASE WHEN sc > 0 THEN ex / (sc + 1) ELSE 0 END AS ratio FROM q
@@ -66,7 +67,10 @@ SELECT instance_id, window_start, count(*) AS total_queries,
        count(*) FILTER (ex > 1000) AS slow_queries,
        max(qu)::BIGINT AS max_queue_time_ms,
        sum(co)::BIGINT AS total_compile_time_ms, max(co)::BIGINT AS max_compile_time_ms,
-       count(*) FILTER (co > 10000) AS long_compile_queries
+       count(*) FILTER (co > 10000) AS long_compile_queries,
+       count(*) FILTER (ran AND sc >= 100 AND NOT cached AND NOT aborted) AS pace_queries,
+       coalesce(sum(round(1000 * ln(greatest(ex, 1) / sc)))
+                FILTER (ran AND sc >= 100 AND NOT cached AND NOT aborted), 0)::BIGINT AS pace_log_sum
 FROM k GROUP BY ALL ORDER BY instance_id, window_start
 """
 

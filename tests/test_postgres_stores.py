@@ -120,9 +120,16 @@ def test_window_stats_postgres_adds_declared_columns(postgres_server: PostgresSe
         store.upsert(window_rows(1, 2, 1))
     with psycopg.connect(url, autocommit=True) as con:  # as an earlier version made it
         con.execute("ALTER TABLE window_stats DROP COLUMN p95_exec_time_ms")
+        con.execute("ALTER TABLE window_stats DROP COLUMN pace_queries, DROP COLUMN pace_log_sum")
     with WindowStatsStore(url) as store:
-        store.upsert(window_rows(1, 3, 1))
-        assert store.read()["p95_exec_time_ms"].to_pylist() == [12.5, 12.5, 12.5]
+        rows = window_rows(1, 3, 1)
+        rows[-1].update(pace_queries=60, pace_log_sum=-4_200)
+        store.upsert(rows)
+        table = store.read()
+        assert table["p95_exec_time_ms"].to_pylist() == [12.5, 12.5, 12.5]
+        # the added columns are back: rows without a pace read NULL (not judged), the other its values
+        assert table["pace_queries"].to_pylist()[-1] == 60 and table["pace_log_sum"].to_pylist()[-1] == -4_200
+        assert table["pace_queries"].null_count == 2
 
 
 # --- (b) the lakehouse on a PostgreSQL catalog --------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -66,7 +67,8 @@ def reference(rows: list[dict[str, Any]], window_ms: int = 600_000) -> dict[tupl
                                  "spilled_mb": 0, "queue_ms": 0, "exec_ms": 0, "cluster_size": None,
                                  "cached_queries": 0, "aborted_queries": 0, "spilled_queries": 0,
                                  "queued_queries": 0, "slow_queries": 0, "queue_max_ms": 0,
-                                 "compile_ms": 0, "compile_max_ms": 0, "long_compile_queries": 0})
+                                 "compile_ms": 0, "compile_max_ms": 0, "long_compile_queries": 0,
+                                 "pace_queries": 0, "pace_log_sum": 0})
         o["total_queries"] += 1
         o[classify_query(r) + "_queries"] += 1
         o["spilled_mb"] += r["mbytes_spilled"] or 0
@@ -81,6 +83,10 @@ def reference(rows: list[dict[str, Any]], window_ms: int = 600_000) -> dict[tupl
         o["compile_ms"] += r["compile_duration_ms"] or 0
         o["long_compile_queries"] += (r["compile_duration_ms"] or 0) > 10_000
         o["compile_max_ms"] = max(o["compile_max_ms"], r["compile_duration_ms"] or 0)
+        scanned, ran = r["mbytes_scanned"] or 0, r["execution_duration_ms"]
+        if ran is not None and scanned >= 100 and not r["was_cached"] and not r.get("was_aborted"):
+            o["pace_queries"] += 1
+            o["pace_log_sum"] += round(1000 * math.log(max(ran, 1) / scanned))
         if r["cluster_size"] is not None:
             o["cluster_size"] = r["cluster_size"]
     return out
@@ -110,15 +116,23 @@ def test_flag_counts_reach_the_window_row_and_old_partials_still_merge() -> None
     assert row["total_compile_time_ms"] == sum(r["compile_duration_ms"] or 0 for r in rows) > 0
     assert row["max_compile_time_ms"] == max(r["compile_duration_ms"] or 0 for r in rows) > 0
     assert row["long_compile_queries"] == sum((r["compile_duration_ms"] or 0) > 10_000 for r in rows) > 0
+    paced = [r for r in rows if r["execution_duration_ms"] is not None and (r["mbytes_scanned"] or 0) >= 100
+             and not r["was_cached"] and not r["was_aborted"]]
+    assert row["pace_queries"] == len(paced) > 5
+    assert row["pace_log_sum"] == sum(round(1000 * math.log(max(r["execution_duration_ms"], 1) / r["mbytes_scanned"]))
+                                      for r in paced)
     # A partial kept in window state by an earlier version lacks the new keys: it merges as zero counts.
     old = {k: v for k, v in partial_aggregates(to_batch(rows[:1]))[0].items()
            if k not in ("cached_queries", "aborted_queries", "spilled_queries", "queued_queries", "slow_queries",
-                        "queue_max_ms", "compile_ms", "compile_max_ms", "long_compile_queries")}
+                        "queue_max_ms", "compile_ms", "compile_max_ms", "long_compile_queries", "pace_queries",
+                        "pace_log_sum")}
     new = partial_aggregates(to_batch(rows[1:2]))[0]
     merged = merge(old, new)
     assert merged["total_queries"] == 2 and merged["aborted_queries"] == new["aborted_queries"]
     assert merged["compile_ms"] == new["compile_ms"] and merged["compile_max_ms"] == new["compile_max_ms"]
     assert merged["long_compile_queries"] == new["long_compile_queries"]
+    assert (merged["pace_queries"], merged["pace_log_sum"]) == (new["pace_queries"], new["pace_log_sum"])
+    assert finalize(old)["pace_queries"] == 0  # an old partial finalises with no paced queries
     # A batch without was_aborted (a log made elsewhere) counts no aborts rather than failing.
     no_abort = [{k: v for k, v in r.items() if k != "was_aborted"} for r in rows[:50]]
     assert all(p["aborted_queries"] == 0 for p in partial_aggregates(to_batch(no_abort)))

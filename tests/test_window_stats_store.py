@@ -174,8 +174,8 @@ def test_old_database_is_migrated_once_and_keeps_its_rows(tmp_path: Path) -> Non
     rows = window_rows(days=1, per_day=1, instances=1)
     rows[0].update(cached_queries=3, aborted_queries=1, spilled_queries=2, queued_queries=4, slow_queries=5,
                    max_queue_time_ms=9, total_compile_time_ms=700, max_compile_time_ms=300,
-                   long_compile_queries=6)
+                   long_compile_queries=6, pace_queries=7, pace_log_sum=-1234)
     with WindowStatsStore(path) as store:
         store.upsert(rows)
         new = [r for r in store.read().to_pylist() if r["instance_id"] == 2**40]
-    assert [new[0][c] for c in ADDED_COLUMNS] == [3, 1, 2, 4, 5, 9, 700, 300, 6]
+    assert [new[0][c] for c in ADDED_COLUMNS] == [3, 1, 2, 4, 5, 9, 700, 300, 6, 7, -1234]

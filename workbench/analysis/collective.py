@@ -13,7 +13,14 @@ query can move on its own):
 * shares of the window's queries: queue/WLM-bound, waited over a second, ran over a second,
   compiled over ten seconds, spilled (these four out of the queries that did work, i.e. not
   result-cache hits), aborted,
-  and result-cache hits (a *drop* is the anomaly: a cache invalidated, hits become executions).
+  and result-cache hits (a *drop* is the anomaly: a cache invalidated, hits become executions);
+* the execution pace: the geometric mean of execution time per MB scanned over the window's queries
+  that scanned a material amount (``pace_queries``, ``pace_log_sum`` of
+  :mod:`workbench.analysis.windows`), compared as its natural log, judged only over at least
+  ``_PACE_MIN_QUERIES`` (50) such queries. Every query of an instance running slower (fewer
+  nodes, a noisy neighbour, a degraded node, I/O throttling) moves it; a change in the mix of
+  small and large queries moves it less than it moves raw runtimes. Floor ``ln 1.5``: the whole
+  window's work 50 % slower per MB.
 
 Sums (total queue time, MB spilled) are left out: one big query moves them as much as a storm does.
 So is the mean compile time (even without the longest compile): a never-seen statement compiles for
@@ -180,6 +187,19 @@ def _trimmed_mean_exec(w: pd.DataFrame) -> np.ndarray:
     return (_values(w, "total_exec_time_ms") - longest) / np.maximum(n - 1, 1.0)
 
 
+#: The execution pace is judged over at least this many queries: per-query paces spread over about
+#: 1.3 nepers, so the mean of 50 is known to about 0.2 (half the ``ln 1.5`` floor); fewer are one
+#: or two queries' story.
+_PACE_MIN_QUERIES = 50
+
+
+def _log_pace(w: pd.DataFrame) -> np.ndarray:
+    """Log of the geometric-mean execution ms per MB scanned (NaN below ``_PACE_MIN_QUERIES`` or not stored)."""
+    n = _values(w, "pace_queries")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n >= _PACE_MIN_QUERIES, _values(w, "pace_log_sum") / 1000.0 / np.where(n > 0, n, 1.0), np.nan)
+
+
 #: Collective signals are counts, shares or statistics that one query cannot move on its own:
 #: sums like the window's total queue time or MB spilled are one big query's story as often as
 #: not (per-query scoring tells that one), so they are not signals here.
@@ -215,6 +235,10 @@ SIGNALS: dict[str, Signal] = {
     "p95_exec_ms": Signal(_col("p95_exec_time_ms"), 5_000.0, "ms", "p95 runtime up", above=0.05),
     "cluster_size": Signal(_col("cluster_size"), 1.0, "nodes", "cluster size changed (resize)",
                            two_sided=True, needs_many=False),
+    # Already a log (a ratio of paces is what matters), so compared as it is; its own query minimum.
+    "exec_pace": Signal(_log_pace, float(np.log(1.5)), "ln ms per MB scanned",
+                        "queries run slower per MB scanned (the whole instance slower?)", log=False,
+                        needs_many=False),
 }
 
 

@@ -38,6 +38,15 @@ survives any state serializer. Keys:
     sum reads "at least INT64_MAX". A single value that does not fit int64 never gets here: the
     codec rejects its message (``int_out_of_range``). Partials of earlier versions lack the
     compile keys: :func:`merge` reads them as 0.
+``pace_queries``, ``pace_log_sum``
+    The execution pace of the window's queries that did material scanning work (executed, not a
+    result-cache hit, not aborted, at least :data:`PACE_MIN_MB` MB scanned): their count and the
+    sum of ``round(1000 * ln(execution ms per MB scanned))`` (milli-nepers; execution times under
+    1 ms count as 1 ms). Integers, so that merging stays exact; ``pace_log_sum / pace_queries``
+    is the log of the geometric-mean pace. Time per MB is what a whole instance running slower
+    (fewer nodes, a noisy neighbour, a degraded disk, I/O throttling) moves, and it moves less than
+    raw runtime when the mix of small and large queries changes. Partials of earlier versions lack
+    them: :func:`merge` reads them as 0.
 ``exec_count``, ``exec_min_ms``, ``exec_max_ms``, ``exec_hist``
     Non-null execution times: count, exact min/max, and a histogram with
     :data:`HIST_BINS_PER_DECADE` log-spaced bins per decade (keys are bin numbers as strings).
@@ -70,6 +79,7 @@ __all__ = [
     "HIST_MAX_MS",
     "INT64_MAX",
     "LONG_COMPILE_MS",
+    "PACE_MIN_MB",
     "SLOW_MS",
     "WindowMergeError",
     "finalize",
@@ -104,12 +114,17 @@ SLOW_MS: Final = 1000
 #: ordinary compilations of a busy instance pass one second often (a fifth of its queries in the
 #: stress log), so a cold compile cache would move a one-second share by a few points only.
 LONG_COMPILE_MS: Final = 10_000
+#: A query counts towards the execution pace when it scanned at least this many MB: below it,
+#: fixed per-query costs (dispatch, commit, result transfer) rather than scanning set the time,
+#: and time per MB of a 10 MB query says little about the instance's speed.
+PACE_MIN_MB: Final = 100
 INT64_MIN: Final = -(2**63)
 _SAFE: Final = 2**62  # |sum| bound under which numpy's int64 sum cannot have wrapped
 
 _SUM_KEYS: Final = ("total_queries", *CLASS_COUNT_KEYS, "spilled_mb", "queue_ms", "exec_ms", "exec_count",
                     "anomalies")
-_NEW_SUM_KEYS: Final = FLAG_COUNT_KEYS  # absent from partials written by earlier versions
+_PACE_KEYS: Final = ("pace_queries", "pace_log_sum")
+_NEW_SUM_KEYS: Final = (*FLAG_COUNT_KEYS, *_PACE_KEYS)  # absent from partials written by earlier versions
 
 
 class WindowMergeError(AnalysisError, ValueError):
@@ -243,6 +258,20 @@ def _not_null(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return ~np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
 
 
+def _pace(batch: pa.RecordBatch | pa.Table, exec_ms: np.ndarray, counted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: counts towards the pace (0/1), and its log pace in milli-nepers (0 where it does not).
+
+    ``counted`` marks the rows that may count: an execution time, not a cache hit, not aborted.
+    """
+    scanned = _ints(batch, "mbytes_scanned")
+    paced = counted & (scanned >= PACE_MIN_MB)
+    mnp = np.zeros(len(paced), dtype=np.int64)
+    if paced.any():  # the log only where it counts (a third to a half of the rows)
+        ratio = np.maximum(exec_ms[paced], 1).astype(np.float64) / scanned[paced]
+        mnp[paced] = np.rint(1000.0 * np.log(ratio))
+    return paced.astype(np.int64), mnp
+
+
 def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAULT_WINDOW_MS) -> list[dict]:
     """Per ``(instance_id, window_start)`` partial aggregates of one batch of rows.
 
@@ -289,12 +318,14 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
     exec_col = batch.column("execution_duration_ms")
     exec_valid = _not_null(exec_col)
     exec_ms = _ints(batch, "execution_duration_ms")
-    flags = np.stack([_flags(batch, "was_cached"), _flags(batch, "was_aborted"), spilled > 0,
+    cached, aborted = _flags(batch, "was_cached"), _flags(batch, "was_aborted")
+    flags = np.stack([cached, aborted, spilled > 0,
                       queue > QUEUE_MIN_MS, exec_ms > SLOW_MS, compile_ms > LONG_COMPILE_MS]).astype(np.int64)
     size_col = batch.column("cluster_size")
     size_valid = _not_null(size_col)
     size = _ints(batch, "cluster_size")
     bins = hist_bin(exec_ms)
+    paced, pace_mnp = _pace(batch, exec_ms, exec_valid & ~cached & ~aborted)
     exact = {"spilled": _may_overflow(spilled), "queue": _may_overflow(queue), "exec": _may_overflow(exec_ms),
              "compile": _may_overflow(compile_ms)}
 
@@ -310,6 +341,8 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
     compile_sorted = compile_ms[order]
     compile_max = np.maximum.reduceat(compile_sorted, group_starts).tolist()
     compile_sum = None if exact["compile"] else np.add.reduceat(compile_sorted, group_starts).tolist()
+    pace_count = np.add.reduceat(paced[order], group_starts).tolist()
+    pace_sum = np.add.reduceat(pace_mnp[order], group_starts).tolist()
 
     out: list[dict] = []
     for k, (g0, g1) in enumerate(zip(group_starts, group_ends, strict=True)):
@@ -344,6 +377,8 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
             "compile_max_ms": compile_max[k],
             "compile_ms": compile_sum[k] if compile_sum is not None else _sum(compile_ms[idx], True),
             "exec_ms": _sum(exec_ms[idx], exact["exec"]),
+            "pace_queries": pace_count[k],
+            "pace_log_sum": pace_sum[k],
             "exec_count": len(ex),
             "exec_min_ms": int(ex.min()) if len(ex) else None,
             "exec_max_ms": int(ex.max()) if len(ex) else None,
@@ -440,7 +475,7 @@ def finalize(agg: Mapping[str, Any]) -> dict[str, Any]:
         (``None`` when unknown), ``total_queries``, the five ``<class>_queries`` counts,
         the :data:`FLAG_COUNT_KEYS` counts, ``total_spilled_mb``, ``total_queue_time_ms``,
         ``total_exec_time_ms``, ``total_compile_time_ms`` (exact ints), ``max_queue_time_ms``,
-        ``max_compile_time_ms``,
+        ``max_compile_time_ms``, ``pace_queries``, ``pace_log_sum``,
         ``p95_exec_time_ms`` (approximate, ``None`` without execution times), ``max_exec_time_ms``,
         ``anomalies``, ``first_arrival``, ``last_arrival`` (UTC datetimes).
     """
@@ -459,6 +494,8 @@ def finalize(agg: Mapping[str, Any]) -> dict[str, Any]:
         "total_compile_time_ms": int(agg.get("compile_ms", 0)),
         "max_compile_time_ms": int(agg.get("compile_max_ms", 0)),
         "total_exec_time_ms": int(agg["exec_ms"]),
+        "pace_queries": int(agg.get("pace_queries", 0)),
+        "pace_log_sum": int(agg.get("pace_log_sum", 0)),
         "p95_exec_time_ms": hist_quantile(agg, 0.95),
         "max_exec_time_ms": agg["exec_max_ms"],
         "anomalies": int(agg["anomalies"]),

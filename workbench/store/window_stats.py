@@ -33,8 +33,9 @@ Decisions
   archived twice and nothing is lost.
 * The schema is declared once, :data:`WINDOW_STATS_SCHEMA` (another backend derives its DDL from
   it). Columns added later (:data:`ADDED_COLUMNS`: the per-window counts of cached, aborted,
-  spilled, queued, slow and long-compiling queries, the longest wait, the total and longest compilation) are
-  nullable: ``NULL`` means "not counted" (a window written by an earlier version).
+  spilled, queued, slow and long-compiling queries, the longest wait, the total and longest compilation,
+  the execution pace's count and log sum) are nullable: ``NULL`` means "not counted" (a window
+  written by an earlier version).
   :meth:`WindowStatsStore.open` migrates an existing database by ``ALTER TABLE ... ADD COLUMN`` for
   each schema column it lacks, inside one write transaction that checks again, so it is idempotent
   and safe with two processes opening at once.
@@ -103,6 +104,8 @@ WINDOW_STATS_SCHEMA: Final = pa.schema([
     pa.field("max_queue_time_ms", pa.int64()),
     pa.field("total_compile_time_ms", pa.int64()),
     pa.field("max_compile_time_ms", pa.int64()),
+    pa.field("pace_queries", pa.int64()),
+    pa.field("pace_log_sum", pa.int64()),
     pa.field("anomalies", pa.int64(), nullable=False),
     pa.field("first_arrival", _TS),
     pa.field("last_arrival", _TS),
@@ -113,7 +116,8 @@ WINDOW_STATS_COLUMNS: Final[tuple[str, ...]] = tuple(WINDOW_STATS_SCHEMA.names)
 #: adds whichever schema column an existing table lacks, these included.
 ADDED_COLUMNS: Final[tuple[str, ...]] = ("cached_queries", "aborted_queries", "spilled_queries", "queued_queries",
                                          "slow_queries", "max_queue_time_ms", "total_compile_time_ms",
-                                         "max_compile_time_ms", "long_compile_queries")
+                                         "max_compile_time_ms", "long_compile_queries", "pace_queries",
+                                         "pace_log_sum")
 _TIME_COLUMNS: Final = frozenset({"window_start", "window_end", "first_arrival", "last_arrival", "updated_at"})
 _REQUIRED: Final = ("instance_id", "window_start", "window_end", "total_queries")
 _DEFAULTS: Final[dict[str, Any]] = {
