@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
+from workbench.data.schema import COLUMNS
 from workbench.ml._testing import generated_log
-from workbench.ml._train import split_window
+from workbench.ml._train import _split_rows, split_window, train_table
 from workbench.ml.features import SIGNALS, _group_order, _out_of_fold_stats, _sorted_stats, _stats
 from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
+from workbench.ml.registry import ModelRegistry
+from workbench.ml.scorer import LoadedModel
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +137,34 @@ def test_thread_count_does_not_change_the_models() -> None:
                                                                                    y_val=y[:2000])
         blobs.append((export_onnx(model.mean_, 6), export_onnx(model.quantile_model_, 6)))
     assert blobs[0] == blobs[1]
+
+
+def test_history_counts_every_run_outside_the_holdout_hours_not_only_the_sample(log: pa.Table) -> None:
+    table = log.select([c for c in log.column_names if c in COLUMNS])
+    train, hold, history, usable = _split_rows(table, max_rows=1500, seed=3, holdout_fraction=0.15)
+    assert len(train) + len(hold) == 1500 < usable
+    assert np.isin(train, history).all() and not np.isin(hold, history).any()
+    hours = table.column("arrival_timestamp").cast(pa.int64()).to_numpy() // 3_600_000_000
+    assert set(hours[hold]).isdisjoint(hours[history])  # no run of a holdout hour leaks into the history
+    ran = table.column("execution_duration_ms").is_valid().to_numpy(zero_copy_only=False) & \
+        ~table.column("was_aborted").fill_null(False).to_numpy(zero_copy_only=False)
+    in_hold_hours = np.isin(hours, list(set(hours[hold])))
+    np.testing.assert_array_equal(history, np.flatnonzero(ran & ~in_hold_hours))  # the unsampled rows too
+    full = _split_rows(table, max_rows=10**9, seed=3, holdout_fraction=0.15)
+    np.testing.assert_array_equal(full[2], full[0])  # without a cap the history is the training rows
+
+
+def test_a_fingerprint_thinned_by_the_sample_keeps_its_own_history(log: pa.Table, tmp_path: Path) -> None:
+    table = log.select([c for c in log.column_names if c in COLUMNS])
+    _, _, history, _ = _split_rows(table, max_rows=1500, seed=0, holdout_fraction=0.15)
+    result = train_table(tmp_path / "models", table, dt.date(2024, 3, 1), window_days=1, max_rows=1500)
+    assert result.meta["rows"]["history"] == len(history) > result.meta["rows"]["trained"]
+    model = LoadedModel.load(ModelRegistry(tmp_path / "models"), result.version)
+    stored = model.features.fp_table_.to_pandas().set_index(["instance_id", "feature_fingerprint"])["n"]
+    runs = table.take(history).to_pandas().groupby(["instance_id", "feature_fingerprint"]).size()
+    assert (stored.reindex(runs.index) == runs).all()  # every run counted, not the ~40 % sampled
+    # A fingerprint seen min_history times in the window is judged against its own history.
+    known = runs[runs >= 3].index[0]
+    row = table.filter(pc.and_(pc.equal(table.column("instance_id"), known[0]),
+                               pc.equal(table.column("feature_fingerprint"), known[1]))).slice(0, 1)
+    assert model.features.transform_with_evidence(row)[2][0] == 0  # source: its fingerprint

@@ -168,28 +168,45 @@ def split_window(table: pa.Table, *, max_rows: int = defaults.TRAIN_MAX_ROWS, se
     would calibrate on the quiet evening hours only).
     """
     table = table.select([c for c in COLUMNS if c in table.column_names])
+    train, hold, _, raw_rows = _split_rows(table, max_rows=max_rows, seed=seed, holdout_fraction=holdout_fraction)
+    return table.take(train), table.take(hold), raw_rows
+
+
+def _split_rows(table: pa.Table, *, max_rows: int, seed: int, holdout_fraction: float
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Row numbers ``(train, holdout, history, usable rows)`` of :func:`split_window`'s split.
+
+    ``history`` is every usable row outside the holdout's hours, sampled or not (``train`` is a
+    subset of it): the fingerprint statistics are counted over all of a window's runs, while the
+    ``max_rows`` cap only bounds the regressors' training rows. Counted over the sample, a
+    fingerprint that ran 5 times in a week of 1.5M rows keeps about one run and falls back to the
+    instance's prior.
+    """
     keep = pc.and_(pc.is_valid(table.column("execution_duration_ms")),
                    pc.invert(pc.fill_null(table.column("was_aborted"), False)))
     rows = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
     raw_rows = len(rows)
     if raw_rows < MIN_ROWS:
-        usable = table.filter(keep)
-        return usable, usable.slice(0, 0), raw_rows
+        return rows, rows[:0], rows, raw_rows
     rng = np.random.default_rng(seed)
     # Row numbers of the (capped) sample; the train and holdout tables are taken from ``table`` in
     # one step each (filtering, sampling, then splitting copied every column three times).
-    sample = rows[np.sort(rng.choice(raw_rows, max_rows, replace=False))] if raw_rows > max_rows else rows
-    ts = table.column("arrival_timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)[sample]
+    sample = np.sort(rng.choice(raw_rows, max_rows, replace=False)) if raw_rows > max_rows else np.arange(raw_rows)
+    ts_all = table.column("arrival_timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)[rows]
+    ts = ts_all[sample]
     # Blocked holdout: whole hours, every k-th hour of the window (k ~ 1 / holdout_fraction), so
     # it spans every hour of the day while its fingerprints that first appear in those hours are
     # as unseen as tomorrow's.
     every = max(round(1 / holdout_fraction), 2)
-    hold = (ts // 3_600_000_000) % every == every // 2
+    hold_all = (ts_all // 3_600_000_000) % every == every // 2
+    hold = hold_all[sample]
     if hold.sum() < 200 or (~hold).sum() < 200:  # a window of a few hours: fall back to the tail
         order = np.argsort(ts, kind="stable")
         hold = np.zeros(len(ts), dtype=bool)
         hold[order[len(ts) - max(int(len(ts) * holdout_fraction), 200):]] = True
-    return table.take(sample[~hold]), table.take(sample[hold]), raw_rows
+        hold_all = ts_all >= ts[hold].min()
+        hold_all[sample[~hold]] = False  # the sample's training rows, whatever their tie with the tail
+    return rows[sample[~hold]], rows[sample[hold]], rows[~hold_all], raw_rows
 
 
 def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days: int = defaults.TRAIN_WINDOW_DAYS,
@@ -243,19 +260,21 @@ def _train_table(clock: _PhaseClock, registry: ModelRegistry, parent: str | None
                  model_params: dict[str, Any] | None, set_current: bool, inputs_sha256: str | None) -> TrainResult:
     """:func:`train_table` once its background work is started (``hashed``: the input hash to come)."""
     model = DurationModel(random_state=seed, **(model_params or {}))
-    train, hold, raw_rows = split_window(table, max_rows=max_rows, seed=seed,
-                                         holdout_fraction=holdout_fraction)
+    train_rows, hold_rows, history_rows, raw_rows = _split_rows(table, max_rows=max_rows, seed=seed,
+                                                                holdout_fraction=holdout_fraction)
     if raw_rows < MIN_ROWS:
         msg = (f"Training for {day} needs at least {MIN_ROWS} non-aborted rows in the {window_days}-day "
                f"window; got {raw_rows}. Wait for more events or widen window_days.")
         raise TrainingError(msg)
+    train, hold = table.take(train_rows), table.take(hold_rows)
     n = train.num_rows + hold.num_rows
     n_hold = hold.num_rows
     train_idx = range(train.num_rows)
     clock.lap("prepare")
 
     builder = FeatureBuilder(seed=seed)
-    X = builder.fit_transform(train)
+    # History over every run outside the holdout hours; the regressors train on the sample's rows.
+    X = builder.fit_transform(table.take(history_rows))[np.searchsorted(history_rows, train_rows)]
     y = _log_signal(train, "exec")
     clock.lap("features")
     # The blocked holdout is the fits' early-stopping set (see DurationModel.fit), so its
@@ -311,7 +330,8 @@ def _train_table(clock: _PhaseClock, registry: ModelRegistry, parent: str | None
             "inputs_sha256": inputs_sha256,
             "recipe_sha256": recipe_sha256,
             "window_days": [d.isoformat() for d in window_days_of(day, window_days)],
-            "rows": {"window": int(raw_rows), "trained": len(train_idx), "holdout": int(n_hold)},
+            "rows": {"window": int(raw_rows), "trained": len(train_idx), "holdout": int(n_hold),
+                     "history": len(history_rows)},
             "seed": seed,
             "features": feature_state,
             "feature_list": list(builder.feature_names_),
