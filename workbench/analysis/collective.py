@@ -395,11 +395,11 @@ def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
         t_obs = targets[names].to_numpy(float)
         h_base = hist[base_cols].to_numpy(float)
         t_base = targets[base_cols].to_numpy(float)
-        t_many = targets["arrivals"].to_numpy(float) >= params.min_queries
+        t_arrivals = targets["arrivals"].to_numpy(float)
+        t_many = t_arrivals >= params.min_queries
         t_carriers = targets[carrier_cols].to_numpy(float)
         # A quantile is moved by the queries above it: judged only when they are enough for a claim.
-        t_n = targets["arrivals"].to_numpy(float)[:, None]
-        t_quantile_ok = (above == 0) | (above * t_n >= params.min_excess_queries)
+        t_quantile_ok = (above == 0) | (above * t_arrivals[:, None] >= params.min_excess_queries)
         for j, (t, t_how, t_hod) in enumerate(zip(targets["start_ms"].to_numpy(), targets["how"].to_numpy(),
                                                   targets["hod"].to_numpy(), strict=True)):
             lo = np.searchsorted(times, t - lookback, side="left")

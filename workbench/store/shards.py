@@ -69,6 +69,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.feather as feather
 
+from workbench import defaults
 from workbench._fs import atomic_path, write_atomic
 from workbench.data.schema import REDSET_SCHEMA
 from workbench.exceptions import WorkbenchError
@@ -523,12 +524,12 @@ def read_window(directory: Location, start: dt.date, end: dt.date, columns: list
     return table if columns is None else table.select(columns)
 
 
-#: Rows :func:`rescore_unscored` scores at once. A compacted file holds a partition's whole day
-#: (360 k rows in the 4-day, 16-instance benchmark): scored in one call, the scorer's per-row
-#: intermediates for all of them raised the scoring app's peak memory by ~430 MB. A row's score
-#: does not depend on the rows scored with it (:mod:`workbench.ml.scorer`), so chunks change nothing
-#: else; this is the stream's batch size (``defaults.SCORING_BATCH_ROWS``).
-RESCORE_CHUNK_ROWS = 16_384
+#: Rows :func:`rescore_unscored` scores at once: the stream's batch size. A compacted file holds a
+#: partition's whole day (360 k rows in the 4-day, 16-instance benchmark): scored in one call, the
+#: scorer's per-row intermediates for all of them raised the scoring app's peak memory by ~430 MB.
+#: A row's score does not depend on the rows scored with it (:mod:`workbench.ml.scorer`), so chunks
+#: change nothing else.
+RESCORE_CHUNK_ROWS = defaults.SCORING_BATCH_ROWS
 
 
 def rescore_unscored(directory: Location, scorer: _Scorer, days: Iterable[dt.date | str] | None = None, *,
