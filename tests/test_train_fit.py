@@ -12,8 +12,16 @@ import pytest
 
 from workbench.data.schema import COLUMNS
 from workbench.ml._testing import generated_log
-from workbench.ml._train import _split_rows, split_window, train_table
-from workbench.ml.features import SIGNALS, _group_order, _out_of_fold_stats, _sorted_stats, _stats
+from workbench.ml._train import _split_rows, split_window, table_sha256, train_table
+from workbench.ml.features import (
+    FEATURE_NAMES,
+    SIGNALS,
+    FeatureBuilder,
+    _group_order,
+    _out_of_fold_stats,
+    _sorted_stats,
+    _stats,
+)
 from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import LoadedModel
@@ -55,7 +63,7 @@ def test_out_of_fold_stats_equal_stats_of_the_other_folds_rows() -> None:
         want = grouped[np.lexsort((logs[s][grouped], codes[grouped]))]
         np.testing.assert_array_equal(codes[order], codes[want])
         np.testing.assert_array_equal(logs[s][order], logs[s][want])
-    got = _out_of_fold_stats(codes, logs, orders, groups, folds, n_folds)
+    got = _out_of_fold_stats(codes, logs, orders, groups, folds, n_folds, np.arange(n))
     for k in range(n_folds):
         other = grouped[folds[grouped] != k]
         want = _stats(codes[other], {s: v[other] for s, v in logs.items()}, groups)
@@ -64,6 +72,35 @@ def test_out_of_fold_stats_equal_stats_of_the_other_folds_rows() -> None:
         for name, values in want.items():
             np.testing.assert_array_equal(got[name][rows], values[codes[rows]])
     assert all(np.isnan(values[codes < 0]).all() for values in got.values())
+    # Statistics of some rows only (any order, repeats): the same values, every row still counted.
+    targets = rng.choice(n, 900)
+    some = _out_of_fold_stats(codes, logs, orders, groups, folds, n_folds, targets)
+    for name, values in got.items():
+        np.testing.assert_array_equal(some[name], values[targets])
+
+
+def test_transforming_the_sample_only_equals_the_sample_of_the_full_matrix(log: pa.Table) -> None:
+    table = log.select([c for c in log.column_names if c in COLUMNS])
+    # Some rows without a fingerprint and some fingerprints run once (unseen out of fold).
+    fp = np.asarray(table.column("feature_fingerprint").to_pylist(), dtype=object)
+    fp[::97] = None
+    fp[5::89] = [f"once-{i}" for i in range(len(fp[5::89]))]
+    table = table.set_column(table.schema.get_field_index("feature_fingerprint"), "feature_fingerprint",
+                             pa.array(fp.tolist(), pa.string()))
+    train, _, history, _ = _split_rows(table, max_rows=1500, seed=3, holdout_fraction=0.15)
+    fitted = table.take(history)
+    rows = np.searchsorted(history, train)
+    full, sampled = FeatureBuilder(seed=3), FeatureBuilder(seed=3)
+    want = full.fit_transform(fitted)[rows]  # the plain path: every history row transformed
+    got = sampled.fit_transform(fitted, rows)
+    assert got.dtype == want.dtype and got.shape == (len(train), len(FEATURE_NAMES))
+    assert got.tobytes() == want.tobytes()  # bit-identical, not only close
+    assert got[:, FEATURE_NAMES.index("fp_is_missing")].any() and got[:, FEATURE_NAMES.index("fp_is_unseen")].any()
+    for stored in ("fp_table_", "instance_table_"):  # hashed: Table.equals says NaN != NaN
+        assert table_sha256(getattr(full, stored)) == table_sha256(getattr(sampled, stored))
+    assert full.global_ == sampled.global_ and full.categories_ == sampled.categories_
+    np.testing.assert_array_equal(sampled.fit_transform(fitted, np.arange(fitted.num_rows)),
+                                  full.fit_transform(fitted))  # all rows asked for = the default
 
 
 def test_split_window_caps_rows_and_keeps_only_usable_ones(log: pa.Table) -> None:

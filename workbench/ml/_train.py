@@ -33,7 +33,7 @@ from workbench.data.schema import COLUMNS
 from workbench.exceptions import WorkbenchError
 from workbench.ml.detector import ResidualDetector
 from workbench.ml.exceptions import TrainingError
-from workbench.ml.features import SIGNALS, FeatureBuilder, _log_signal
+from workbench.ml.features import INPUT_COLUMNS, OBSERVED_COLUMNS, SIGNALS, FeatureBuilder, _log_signal
 from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
 from workbench.ml.registry import ModelRegistry
 
@@ -273,8 +273,10 @@ def _train_table(clock: _PhaseClock, registry: ModelRegistry, parent: str | None
     clock.lap("prepare")
 
     builder = FeatureBuilder(seed=seed)
-    # History over every run outside the holdout hours; the regressors train on the sample's rows.
-    X = builder.fit_transform(table.take(history_rows))[np.searchsorted(history_rows, train_rows)]
+    # History over every run outside the holdout hours (only the columns the builder reads); the
+    # regressors train on the sample's rows, the only ones transformed.
+    history = table.select(list(INPUT_COLUMNS + OBSERVED_COLUMNS)).take(history_rows)
+    X = builder.fit_transform(history, np.searchsorted(history_rows, train_rows))
     y = _log_signal(train, "exec")
     clock.lap("features")
     # The blocked holdout is the fits' early-stopping set (see DurationModel.fit), so its

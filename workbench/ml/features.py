@@ -268,9 +268,10 @@ def _sorted_stats(codes: np.ndarray, logs: dict[str, np.ndarray], orders: dict[s
 
 
 def _out_of_fold_stats(codes: np.ndarray, logs: dict[str, np.ndarray], orders: dict[str, np.ndarray],
-                       n_groups: int, folds: np.ndarray, n_folds: int) -> dict[str, np.ndarray]:
-    """Per row, :func:`_stats` of its group over the rows of the other folds (NaN for rows without
-    a group, ``code < 0``; the statistics are NaN too where the other folds hold none of the group).
+                       n_groups: int, folds: np.ndarray, n_folds: int, targets: np.ndarray) -> dict[str, np.ndarray]:
+    """Per row of ``targets`` (row numbers), :func:`_stats` of its group over the rows of the other
+    folds (NaN for rows without a group, ``code < 0``; the statistics are NaN too where the other
+    folds hold none of the group). Every row counts in the statistics, targeted or not.
 
     ``orders``: per signal, the rows with a group sorted by ``(code, value)``. Leaving out one
     fold keeps that order sorted, so each signal's values and fold labels are laid out in it once
@@ -278,20 +279,20 @@ def _out_of_fold_stats(codes: np.ndarray, logs: dict[str, np.ndarray], orders: d
     signal were most of the training features' time); the values equal :func:`_stats` of the
     other folds' rows.
     """
-    n = len(codes)
     grouped = np.flatnonzero(codes >= 0)
     per_fold = np.bincount(folds[grouped] * n_groups + codes[grouped],
                            minlength=n_folds * n_groups).reshape(n_folds, n_groups)
     total = per_fold.sum(axis=0)
     laid_out = {s: (folds[orders[s]], logs[s][orders[s]]) for s in _ALL_RUNS_SIGNALS}
+    n = len(targets)
     result = {"n": np.full(n, np.nan)}
     for signal in _ALL_RUNS_SIGNALS:
         result.update({name: np.full(n, np.nan) for name in _signal_stats(signal)[1]})
-    grouped_folds = folds[grouped]
+    target_codes, target_folds = codes[targets], folds[targets]
     for k in range(n_folds):
         counts = total - per_fold[k]
-        rows = grouped[grouped_folds == k]
-        row_codes = codes[rows]
+        rows = np.flatnonzero((target_folds == k) & (target_codes >= 0))  # positions in ``targets``
+        row_codes = target_codes[rows]
         result["n"][rows] = counts[row_codes]
         for signal in _ALL_RUNS_SIGNALS:
             qs, names = _signal_stats(signal)
@@ -387,14 +388,20 @@ class FeatureBuilder:
         self.fit_transform(data)
         return self
 
-    def fit_transform(self, data: pa.Table | pa.RecordBatch) -> np.ndarray:
-        """Fit, then return the training matrix with out-of-fold history features."""
+    def fit_transform(self, data: pa.Table | pa.RecordBatch, rows: np.ndarray | None = None) -> np.ndarray:
+        """Fit, then return the training matrix with out-of-fold history features.
+
+        ``rows``: row numbers of ``data`` to transform (default: every row), in that order. The
+        history statistics count every row of ``data``; a window whose history is larger than its
+        training sample transforms only the sample (the same values as subsetting the full matrix).
+        """
         table = _as_table(data)
         check_columns(table.column_names, INPUT_COLUMNS + OBSERVED_COLUMNS, what="feature builder")
         if self.n_folds < 2:
             msg = f"The 'n_folds' parameter of FeatureBuilder must be >= 2. Got {self.n_folds} instead."
             raise ValueError(msg)
         n = table.num_rows
+        targets = np.arange(n) if rows is None else np.asarray(rows, dtype=np.intp)
         qtypes = pc.unique(pc.drop_null(pc.cast(table.column("query_type"), pa.string())))
         self.categories_: list[str] = sorted(qtypes.to_pylist())
         logs = {s: _log_signal(table, s) for s in SIGNALS}
@@ -441,23 +448,25 @@ class FeatureBuilder:
         self.feature_names_: tuple[str, ...] = FEATURE_NAMES
         self.input_columns_: tuple[str, ...] = INPUT_COLUMNS
 
-        # Out-of-fold history for the training rows.
+        # Out-of-fold history for the training rows. Every row of ``data`` gets its fold (a row's
+        # fold and its statistics do not depend on which rows are transformed).
         rng = np.random.default_rng(self.seed)
         folds = rng.integers(0, self.n_folds, n)
-        fp_oof = _out_of_fold_stats(fp_codes, logs, orders, len(fp_dict), folds, self.n_folds)
+        fp_oof = _out_of_fold_stats(fp_codes, logs, orders, len(fp_dict), folds, self.n_folds, targets)
         scale = self.n_folds / (self.n_folds - 1)
         fp_oof["n"] = fp_oof["n"] * scale
         seen = fp_oof["n"] > 0
         for name in fp_oof:
             if name != "n":
                 fp_oof[name][~seen] = np.nan
+        target_inst, target_has_fp = inst_codes[targets], has_fp[targets]
         lookup = _Lookup(
             fp=fp_oof,
-            inst={k: v[inst_codes] for k, v in full_inst.items()},
-            fp_missing=~has_fp,
-            fp_unseen=has_fp & ~seen,
+            inst={k: v[target_inst] for k, v in full_inst.items()},
+            fp_missing=~target_has_fp,
+            fp_unseen=target_has_fp & ~seen,
         )
-        return self._matrix(table, lookup)
+        return self._matrix(table if rows is None else table.take(targets), lookup)
 
     # --- persistence ----------------------------------------------------------------------
     def save(self, directory: Path) -> dict[str, Any]:
