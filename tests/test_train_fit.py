@@ -32,6 +32,16 @@ def log() -> pa.Table:
     return generated_log(days=1, rows_per_day=4000, seed=11)
 
 
+@pytest.mark.parametrize("groups", [300, 1 << 16, (1 << 16) + 1, 200_000, (1 << 32) + 7])
+def test_group_order_is_the_stable_sort_by_code_of_the_value_order(groups: int) -> None:
+    rng = np.random.default_rng(groups)
+    n = 50_000  # with 200k groups most codes share their low 16 bits with another group's
+    codes = np.concatenate([rng.integers(0, groups, n - 4), [0, 1, groups - 1, (groups - 1) & 0xFFFF]])
+    value_order = np.argsort(np.round(rng.exponential(2.0, n), 1))  # ties in the values
+    want = value_order[np.argsort(codes[value_order].astype(np.int64), kind="stable")]
+    np.testing.assert_array_equal(_group_order(codes, value_order, groups), want)
+
+
 def test_sorted_stats_of_a_fold_equal_stats_of_its_rows() -> None:
     rng = np.random.default_rng(0)
     n, groups = 5000, 300  # some groups empty, some with one row, ties in the values

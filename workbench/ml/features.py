@@ -227,10 +227,16 @@ def _group_order(codes: np.ndarray, value_order: np.ndarray, n_groups: int) -> n
     A stable sort by code of rows already in value order: with at most 65,536 groups the codes
     sort as ``uint16``, which numpy sorts stably with a radix sort (~5x faster than the
     ``lexsort`` of ``(value, code)`` it replaces; one value sort per signal serves every grouping).
+    Up to 2**32 groups (a week's fingerprints: ~200k) they sort in two such passes, low then high
+    16 bits (a stable sort's result is unique, so the same order as one int64 sort, ~3x faster).
     """
     group = codes[value_order]
     if n_groups <= 1 << 16:
-        group = group.astype(np.uint16)
+        return value_order[np.argsort(group.astype(np.uint16), kind="stable")]
+    if n_groups <= 1 << 32:
+        by_low = np.argsort((group & 0xFFFF).astype(np.uint16), kind="stable")
+        by_high = np.argsort((group[by_low] >> 16).astype(np.uint16), kind="stable")
+        return value_order[by_low[by_high]]
     return value_order[np.argsort(group, kind="stable")]
 
 
