@@ -285,3 +285,45 @@ def test_writers_that_open_a_fresh_lakehouse_at_once_all_get_it(tmp_path: Path) 
     # (the last line: DuckDB may draw a progress bar before it when the machine is slow)
     assert [(rc, out.strip().splitlines()[-1:]) for rc, out, _ in results] == [(0, ["0"])] * 4, \
         [err[-500:] for _, _, err in results]
+
+
+def test_a_home_lease_has_one_holder_and_passes_on_when_it_is_released_or_its_holder_dies(tmp_path: Path) -> None:
+    from workbench.pipeline._instance import HomeLease
+
+    first, second = HomeLease(tmp_path, "collective"), HomeLease(tmp_path, "collective")
+    assert first.try_acquire() and first.try_acquire()  # held: asking again keeps it
+    assert not second.try_acquire() and not second.held
+    first.release()
+    assert second.try_acquire() and not first.try_acquire()
+    second.release()
+    # a holder killed with -9 never releases: the kernel drops its lock
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from workbench.pipeline._instance import HomeLease; "
+        f"assert HomeLease(Path({str(tmp_path)!r}), 'collective').try_acquire(); print('held', flush=True); "
+        "time.sleep(60)")], stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+        assert not first.try_acquire()
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert first.try_acquire()
+    first.release()
+
+
+def test_one_analytics_process_of_a_home_runs_the_collective_step(tmp_path: Path) -> None:
+    from workbench.pipeline.analytics import AnalyticsApp
+
+    settings = Settings(home=tmp_path)
+    apps = [AnalyticsApp(settings), AnalyticsApp(settings)]
+    passes: list[int] = []
+    for k, app in enumerate(apps):  # every instance's step reads the same store: one pass covers all
+        app.collective.run = lambda k=k: passes.append(k) or 0  # type: ignore[method-assign]
+    for _ in range(3):
+        for app in apps:
+            app._collective_step()
+    assert passes == [0, 0, 0]
+    apps[0]._cleanup()  # the runner stops (never built: no last pass): the role is free
+    apps[1]._collective_step()
+    assert passes == [0, 0, 0, 1]
+    apps[1]._cleanup()
