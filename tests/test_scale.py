@@ -5,7 +5,7 @@ on the real broker, each time into a fresh home: once with one process per app, 
 (``Workbench.start(app_instances=2)``: two scoring, two analytics, two anomaly-sink processes in
 one consumer group per app, Kafka spreading the partitions). The second run must end with the same
 shards (every event once, same scores and versions), the same ``window_stats`` rows, the same
-lakehouse anomalies (no duplicate) and the same model versions (same training inputs), trained once
+lakehouse anomalies and flagged windows (no duplicate) and the same model versions (same training inputs), trained once
 per day by the one elected trainer (elected through the broker in the two-process run).
 
 The ``scale_home`` fixture makes the settings of one run; a store backend that every machine can
@@ -135,6 +135,7 @@ def _stores(settings: Settings) -> dict:
         windows = store.read().drop_columns(["updated_at"]).to_pylist()
     with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
         lake_rows = lake.read().select(["instance_id", "query_id", "model_version", "score"]).to_pylist()
+        flagged_windows = lake.read_window_anomalies().select(["instance_id", "window_start", "signal"]).to_pylist()
     registry = ModelRegistry(settings.models_dir)
     versions = {v: registry.info(v).get("inputs_sha256") for v in registry.versions()}
     training = json.loads((settings.state_dir / STATE_FILE).read_text())["days"]
@@ -142,6 +143,7 @@ def _stores(settings: Settings) -> dict:
         "shard_rows": rows,
         "windows": sorted((tuple(sorted(w.items())) for w in windows), key=repr),
         "anomalies": [(r["instance_id"], r["query_id"], r["model_version"], round(r["score"], 6)) for r in lake_rows],
+        "window_anomalies": [(r["instance_id"], r["window_start"], r["signal"]) for r in flagged_windows],
         "versions": versions,
         "training_attempts": {day: entry["attempts"] for day, entry in training.items()},
     }
@@ -179,6 +181,9 @@ def test_two_instances_per_app_on_one_home_give_the_stores_of_one(scale_home: Ca
     # lakehouse anomalies: the same rows, none twice
     assert a["anomalies"] and len(b["anomalies"]) == len(set(b["anomalies"]))
     assert sorted(b["anomalies"]) == sorted(a["anomalies"])
+    # collective window anomalies (one analytics process runs the step over every instance's windows)
+    assert len(b["window_anomalies"]) == len(set(b["window_anomalies"]))
+    assert sorted(b["window_anomalies"]) == sorted(a["window_anomalies"])
 
 
 # --- the pieces, without a broker --------------------------------------------------------------------
