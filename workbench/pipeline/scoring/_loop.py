@@ -100,9 +100,9 @@ class ScoringLoop:
 
         Every instance records its partitions' progress; only the elected trainer compacts and
         schedules, from the watermark of *all* partitions (:func:`~workbench.store.shards.cluster_watermark`).
-        Training first: a compaction blocks this loop for seconds, and the next day's training (the
-        drain's critical path: partitions wait paused for its model) must not wait for it; readers of
-        the shards see a concurrent compaction as before or after (:mod:`workbench.store.shards`).
+        Training first: the next day's training is the drain's critical path (partitions wait paused
+        for its model), so a training that ended is reaped and the next one started before anything
+        else here; the compaction runs in a thread of its own (:class:`ShardMaintenance`).
         """
         sink = self.sink
         if sink is None:
