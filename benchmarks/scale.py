@@ -9,7 +9,8 @@ generated log at max speed and samples every process once a second. It prints pe
 
 * ``end-to-end``: events that *every* app has processed (summed over its instances) per second,
   while the slowest app goes from 10 % to 90 % of the log;
-* the time until everything drained (start-up and the daily trainings included);
+* the time until everything drained (start-up and the daily trainings included; not the stop
+  afterwards, printed apart with the time from which each app's lag stayed 0);
 * CPU microseconds per event of each app (all its instances and their training subprocesses),
   of the broker and the replay, and their sum: while the slowest app goes from 10 % to 90 % of the
   log (no start-up: every extra process pays its imports once), and over the whole run (also by process).
@@ -67,14 +68,21 @@ def run(base: Settings, data, pack: int, count: int, broker_pid: int | None) -> 
     started = time.monotonic()
     load0 = os.getloadavg()[0]
     wb = Workbench.start(data=data, speedup="max", pack=pack, settings=settings, app_instances=count)
+    lags: list[tuple[float, dict[str, int | None]]] = []  # (seconds, lag by app) of every fresh status
+    last_status = None
     try:
-        for _status, processed in until_drained(wb, rows):
+        for status, processed in until_drained(wb, rows):
             _cpu(wb, cpu)
             samples.append((time.monotonic(), processed, _by_app(cpu, broker_pid)))
+            if status is not last_status:
+                lags.append((time.monotonic() - started, dict(status.lag)))
+                last_status = status
+        seconds = time.monotonic() - started  # drained: the stop below (apps' final steps, grace) is not in it
     finally:
         _cpu(wb, cpu)
+        stop_started = time.monotonic()
         wb.stop(kafka=False)
-    seconds = time.monotonic() - started
+    stop_seconds = time.monotonic() - stop_started
     per_app = _by_app(cpu, broker_pid)
     if broker_cpu0 is not None:
         per_app["kafka broker"] -= broker_cpu0.user + broker_cpu0.system
@@ -83,7 +91,10 @@ def run(base: Settings, data, pack: int, count: int, broker_pid: int | None) -> 
     events = max(high[1] - low[1], 1)
     # sustained CPU: what each app spent while the slowest app went from 10 % to 90 % (no start-up)
     sustained_cpu = {k: (high[2].get(k, 0.0) - low[2].get(k, 0.0)) * 1e6 / events for k in sorted(high[2])}
-    return {"count": count, "rows": rows, "seconds": seconds,
+    # per app: the first fresh status from which on its lag stayed 0 (what the drain waited for last)
+    caught_up = {app: next((t for k, (t, _) in enumerate(lags) if all(lag.get(app) == 0 for _, lag in lags[k:])),
+                           None) for app in wb.apps}
+    return {"count": count, "rows": rows, "seconds": seconds, "stop_seconds": stop_seconds, "caught_up": caught_up,
             "sustained": events / max(high[0] - low[0], 1e-9),
             "us_per_event": {k: v * 1e6 / rows for k, v in sorted(per_app.items())},
             "sustained_us_per_event": sustained_cpu,
@@ -130,6 +141,9 @@ def main() -> None:
         by = ", ".join(f"{k} {v:,.1f}" for k, v in r["sustained_us_per_event"].items())
         print(f"{r['count']:>8} {r['sustained']:>16,.0f} {r['seconds']:>12.0f} {sustained:>21,.1f} {total:>10,.1f}  "
               f"{by}  ({r['load'][0]:.1f}/{r['load'][1]:.1f})")
+    for r in results:  # which app the drain waited for last (lag sampled every few seconds), and the stop
+        apps = ", ".join(f"{app} {t:.0f} s" if t is not None else f"{app} -" for app, t in r["caught_up"].items())
+        print(f"{r['count']:>8} per app, lag 0 from (s after start): {apps}; stop took {r['stop_seconds']:.0f} s")
     for r in results:  # start-up, the last trainings and the end of the drain fall outside the 10-90 % window
         whole = ", ".join(f"{k} {v:,.1f}" for k, v in r["us_per_event"].items())
         print(f"{r['count']:>8} per app, CPU us/event over the whole run by process: {whole}")

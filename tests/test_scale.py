@@ -5,7 +5,7 @@ on the real broker, each time into a fresh home: once with one process per app, 
 (``Workbench.start(app_instances=2)``: two scoring, two analytics, two anomaly-sink processes in
 one consumer group per app, Kafka spreading the partitions). The second run must end with the same
 shards (every event once, same scores and versions), the same ``window_stats`` rows, the same
-lakehouse anomalies (no duplicate) and the same model versions (same training inputs), trained once
+lakehouse anomalies and flagged windows (no duplicate) and the same model versions (same training inputs), trained once
 per day by the one elected trainer (elected through the broker in the two-process run).
 
 The ``scale_home`` fixture makes the settings of one run; a store backend that every machine can
@@ -135,6 +135,7 @@ def _stores(settings: Settings) -> dict:
         windows = store.read().drop_columns(["updated_at"]).to_pylist()
     with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
         lake_rows = lake.read().select(["instance_id", "query_id", "model_version", "score"]).to_pylist()
+        flagged_windows = lake.read_window_anomalies().select(["instance_id", "window_start", "signal"]).to_pylist()
     registry = ModelRegistry(settings.models_dir)
     versions = {v: registry.info(v).get("inputs_sha256") for v in registry.versions()}
     training = json.loads((settings.state_dir / STATE_FILE).read_text())["days"]
@@ -142,6 +143,7 @@ def _stores(settings: Settings) -> dict:
         "shard_rows": rows,
         "windows": sorted((tuple(sorted(w.items())) for w in windows), key=repr),
         "anomalies": [(r["instance_id"], r["query_id"], r["model_version"], round(r["score"], 6)) for r in lake_rows],
+        "window_anomalies": [(r["instance_id"], r["window_start"], r["signal"]) for r in flagged_windows],
         "versions": versions,
         "training_attempts": {day: entry["attempts"] for day, entry in training.items()},
     }
@@ -179,6 +181,9 @@ def test_two_instances_per_app_on_one_home_give_the_stores_of_one(scale_home: Ca
     # lakehouse anomalies: the same rows, none twice
     assert a["anomalies"] and len(b["anomalies"]) == len(set(b["anomalies"]))
     assert sorted(b["anomalies"]) == sorted(a["anomalies"])
+    # collective window anomalies (one analytics process runs the step over every instance's windows)
+    assert len(b["window_anomalies"]) == len(set(b["window_anomalies"]))
+    assert sorted(b["window_anomalies"]) == sorted(a["window_anomalies"])
 
 
 # --- the pieces, without a broker --------------------------------------------------------------------
@@ -285,3 +290,45 @@ def test_writers_that_open_a_fresh_lakehouse_at_once_all_get_it(tmp_path: Path) 
     # (the last line: DuckDB may draw a progress bar before it when the machine is slow)
     assert [(rc, out.strip().splitlines()[-1:]) for rc, out, _ in results] == [(0, ["0"])] * 4, \
         [err[-500:] for _, _, err in results]
+
+
+def test_a_home_lease_has_one_holder_and_passes_on_when_it_is_released_or_its_holder_dies(tmp_path: Path) -> None:
+    from workbench.pipeline._instance import HomeLease
+
+    first, second = HomeLease(tmp_path, "collective"), HomeLease(tmp_path, "collective")
+    assert first.try_acquire() and first.try_acquire()  # held: asking again keeps it
+    assert not second.try_acquire() and not second.held
+    first.release()
+    assert second.try_acquire() and not first.try_acquire()
+    second.release()
+    # a holder killed with -9 never releases: the kernel drops its lock
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from workbench.pipeline._instance import HomeLease; "
+        f"assert HomeLease(Path({str(tmp_path)!r}), 'collective').try_acquire(); print('held', flush=True); "
+        "time.sleep(60)")], stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+        assert not first.try_acquire()
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert first.try_acquire()
+    first.release()
+
+
+def test_one_analytics_process_of_a_home_runs_the_collective_step(tmp_path: Path) -> None:
+    from workbench.pipeline.analytics import AnalyticsApp
+
+    settings = Settings(home=tmp_path)
+    apps = [AnalyticsApp(settings), AnalyticsApp(settings)]
+    passes: list[int] = []
+    for k, app in enumerate(apps):  # every instance's step reads the same store: one pass covers all
+        app.collective.run = lambda k=k: passes.append(k) or 0  # type: ignore[method-assign]
+    for _ in range(3):
+        for app in apps:
+            app._collective_step()
+    assert passes == [0, 0, 0]
+    apps[0]._cleanup()  # the runner stops (never built: no last pass): the role is free
+    apps[1]._collective_step()
+    assert passes == [0, 0, 0, 1]
+    apps[1]._cleanup()

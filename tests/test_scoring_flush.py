@@ -5,10 +5,13 @@
   anomalies before writing its shards and confirms once per flush, before Quix commits.
 * The app's per-poll step forces a flush after a poll that came back empty while rows are
   buffered (not after one that delivered, not twice within a quarter of ``batch_seconds``).
+* After a flush, a training that ended is reaped and the next due one started *before* the
+  shard compaction runs (it blocks the loop for seconds; the next model is the drain's critical path).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from pathlib import Path
 from typing import Any
@@ -16,10 +19,12 @@ from typing import Any
 import pytest
 
 from workbench.config import Settings
+from workbench.ml.supervisor import TrainingSupervisor
 from workbench.pipeline.exceptions import AnomalyContractError, PipelineError
 from workbench.pipeline.scoring import _publisher
 from workbench.pipeline.scoring._loop import ScoringLoop
 from workbench.pipeline.scoring._publisher import AnomalyPublisher
+from workbench.pipeline.scoring._training import TrainingSchedule
 
 
 class FakeProducer:
@@ -136,3 +141,68 @@ def test_a_full_batch_flushes_even_when_the_poll_delivered() -> None:
     sink.delivered, sink.buffered_rows, sink.size_due = True, 20_000, True
     loop._tick()
     assert loop.flushes == 1
+
+
+class FakeStatus:
+    def __init__(self) -> None:
+        self.info: dict[str, Any] = {}
+        self.counters: dict[str, int] = {}
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+
+class WatermarkSink:
+    """Everything stored up to noon of ``day``; quiet and warmed up."""
+
+    def __init__(self, day: dt.date) -> None:
+        noon = dt.datetime.combine(day, dt.time(12), dt.UTC)
+        self.first_event_us = self.max_us = int(noon.timestamp() * 1_000_000)
+        self.buffered_rows = 0
+        self.last_message_at = 0.0
+        self.first_message_wall = 0.0
+
+    def watermark_us(self, warmup_s: float) -> int:
+        return self.max_us
+
+
+class RecordingMaintenance:
+    """Records the training state at the moment the compaction starts."""
+
+    def __init__(self, supervisor: TrainingSupervisor) -> None:
+        self.supervisor = supervisor
+        self.seen: list[dict[str, str | None]] = []
+
+    def run(self, watermark: dt.date) -> None:
+        self.seen.append({d: self.supervisor.status(d) for d in ("2024-03-04", "2024-03-05")})
+
+
+class AfterFlushLoop(ScoringLoop):
+    def __init__(self, supervisor: TrainingSupervisor, sink: WatermarkSink) -> None:
+        self.sink = sink  # type: ignore[assignment]
+        self.election = None
+        self.supervisor = supervisor
+        self.schedule = TrainingSchedule(supervisor, FakeStatus(), 0)  # type: ignore[arg-type]
+        self.maintenance = RecordingMaintenance(supervisor)  # type: ignore[assignment]
+        self.training_grace_us = 0
+        self._warmup_s = 0.0
+
+
+def test_the_next_training_starts_before_the_compaction_after_a_flush(tmp_path: Path) -> None:
+    # A stand-in for the training interpreter: each "training" is a process that ends after 0.2 s.
+    fake_python = tmp_path / "fake-python"
+    fake_python.write_text("#!/bin/sh\nsleep 0.2\n")
+    fake_python.chmod(0o755)
+    supervisor = TrainingSupervisor(Settings(home=tmp_path), every_n_days=1, python=str(fake_python))
+    for day in (4, 5, 6):  # day 4 is trained (running), day 5 waits for it (pending)
+        supervisor.maybe_schedule(dt.date(2024, 3, day))
+    assert (supervisor.status("2024-03-04"), supervisor.status("2024-03-05")) == ("running", "pending")
+    supervisor._proc.wait(10)  # type: ignore[union-attr]  # day 4's training ended; nobody reaped it yet
+    loop = AfterFlushLoop(supervisor, WatermarkSink(dt.date(2024, 3, 6)))
+    try:
+        loop._after_flush()
+        # the compaction ran with day 4 reaped and day 5 already training, not before
+        assert loop.maintenance.seen == [{"2024-03-04": "done", "2024-03-05": "running"}]  # type: ignore[attr-defined]
+    finally:
+        supervisor.wait(timeout=10)
+    assert supervisor.status("2024-03-05") == "done"

@@ -192,3 +192,41 @@ def test_compaction_keeps_every_row_of_packed_messages(tmp_path: Path) -> None:
     assert compact_day(tmp_path, DAY) == 1
     after = read_shards(tmp_path, dedupe=False)
     assert after.num_rows == 200 and len(set(after.column("query_id").to_pylist())) == 200
+
+
+def test_the_scoring_apps_compaction_runs_beside_the_loop_not_in_it(tmp_path: Path) -> None:
+    """A day busy under its lock (a rescoring thread on it) does not hold the caller of the maintenance."""
+    import fcntl
+    import os
+    import threading
+
+    from workbench.config import Settings
+    from workbench.pipeline.scoring._maintenance import ShardMaintenance
+
+    class Status:
+        def __init__(self) -> None:
+            self.counters: dict[str, int] = {}
+
+        def add(self, name: str, n: int = 1) -> None:
+            self.counters[name] += n
+
+    settings = Settings(home=tmp_path)
+    for k in range(3):  # three files of partition 0: more than the two a settled day keeps
+        write_shard(settings.shards_dir, DAY, 0, 100 * k, _events(10, 100 * k, 0))
+    maintenance = ShardMaintenance(settings, Status(), window_days=7)  # type: ignore[arg-type]
+    day_lock = os.open(settings.shards_dir / "date=2024-03-01" / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(day_lock, fcntl.LOCK_EX)  # someone else works on the day
+    caller = threading.Thread(target=maintenance.run, args=(DAY + dt.timedelta(days=2),))  # the scoring loop
+    try:
+        caller.start()
+        caller.join(2.0)
+        assert not caller.is_alive() and maintenance.running  # the loop went on at once
+        assert len(shard_paths(settings.shards_dir, [DAY])) == 3  # the compaction waits for the day
+    finally:
+        os.close(day_lock)
+        caller.join(30)
+    maintenance.join(30)
+    assert not maintenance.running
+    assert [p.name[0] for p in shard_paths(settings.shards_dir, [DAY])] == ["c"]
+    assert maintenance.status.counters == {"shard_days_compacted": 1, "shard_days_deleted": 0}
+    assert read_shards(settings.shards_dir).num_rows == 30

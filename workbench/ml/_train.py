@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -421,4 +422,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # The version is published (or the failure logged): skip the interpreter's teardown. Freeing the
+    # training data and module state took 0.5-1.7 s on 2 busy cores, and the scoring app starts the
+    # next day's training (the drain's critical path) only once this process is gone.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -8,6 +8,7 @@ back and two live processes never hold the same one, however they were started (
 ``<state_dir>/<app>``; slot k uses ``<state_dir>/<app>.<k>`` (Quix state, status file, unscored days).
 
 Readers (status, notebooks) never claim a slot: they list the slot folders (:func:`instance_dirs`).
+A :class:`HomeLease` is a role one process of the home holds (the same kind of lock, one name).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-__all__ = ["MAX_INSTANCES", "claim_instance", "exclusive", "idle_slots", "instance_dir", "instance_dirs",
+__all__ = ["MAX_INSTANCES", "HomeLease", "claim_instance", "idle_slots", "instance_dir", "instance_dirs",
            "release_instance"]
 
 #: Slots tried before giving up (a safety bound; any real deployment runs far fewer per machine).
@@ -81,21 +82,44 @@ def release_instance(state_dir: Path, app_name: str) -> None:
             os.close(claimed[1])
 
 
-@contextlib.contextmanager
-def exclusive(state_dir: Path, name: str) -> Iterator[None]:
-    """Run a block in one process of the home at a time (blocking ``flock`` on ``.instances/<name>.lock``).
+class HomeLease:
+    """A role that one process of the home holds at a time, for as long as it runs (or :meth:`release`).
 
-    For steps every instance runs over shared data (the collective window step's insert-if-absent
-    into the lakehouse): two concurrent transactions would both see a key absent and both add it.
+    A non-blocking ``flock`` on ``<state_dir>/.instances/<name>.lease``, kept while held: the kernel
+    drops it when the holder dies (``kill -9`` included), so another process takes the role over at
+    its next :meth:`try_acquire`. For work every instance would otherwise repeat over shared data
+    (the collective window step reads every instance's windows from the one store).
     """
-    locks = Path(state_dir) / ".instances"
-    locks.mkdir(parents=True, exist_ok=True)
-    fd = os.open(locks / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+
+    def __init__(self, state_dir: Path, name: str) -> None:
+        self.path = Path(state_dir) / ".instances" / f"{name}.lease"
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the role."""
+        return self._fd is not None
+
+    def try_acquire(self) -> bool:
+        """Hold the role if no other process does (never blocks); True while this object holds it."""
+        if self._fd is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Give the role back (another process takes it at its next try)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 @contextlib.contextmanager

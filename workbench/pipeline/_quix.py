@@ -31,12 +31,16 @@ asserts the attributes and their signatures on the installed version, so an upgr
 from __future__ import annotations
 
 import inspect
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from quixstreams import Application
 
 from workbench.pipeline.exceptions import PipelineError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "PartitionFlow",
@@ -148,9 +152,16 @@ def consume_in_batches(app: Application, on_messages: Callable[[list[Any]], None
                    "(workbench/pipeline/_quix.py). Pin quixstreams==3.28.* or port the adapter.")
             raise QuixInternalsError(msg)
 
-        def on_rebalance(*args: Any, _callback: Callable[..., Any] = callback) -> Any:
+        def on_rebalance(*args: Any, _callback: Callable[..., Any] = callback, _name: str = name) -> Any:
             owned_cache["owned"] = None
-            return _callback(*args)
+            started = time.perf_counter()
+            result = _callback(*args)
+            partitions = args[1] if len(args) > 1 else []
+            if partitions:  # with N instances every join or leave pauses the group: the logs show when, how long
+                logger.info("rebalance %s topic=%s partitions=%s seconds=%.3f", _name.removeprefix("_on_"),
+                            partitions[0].topic, sorted(tp.partition for tp in partitions),
+                            time.perf_counter() - started)
+            return result
 
         setattr(app, name, on_rebalance)
     if not callable(getattr(app, "_process_message", None)):

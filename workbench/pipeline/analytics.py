@@ -64,7 +64,9 @@ Retention
 
 Collective anomalies
     Every 30 s (in a thread of its own, so consumption goes on) and when the app stops,
-    :class:`~workbench.analysis.collective.CollectiveStep` scores the closed windows.
+    :class:`~workbench.analysis.collective.CollectiveStep` scores the closed windows. It reads every
+    instance's windows from the store, so of N analytics processes on one home only the holder of a
+    :class:`~workbench.pipeline._instance.HomeLease` runs it (another takes over when it stops or dies).
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ from workbench.pipeline._app import INFRASTRUCTURE_ERRORS, WorkbenchApp, build_a
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._decode import event_topic
 from workbench.pipeline._eventtime import EventTimeGuard
+from workbench.pipeline._instance import HomeLease
 from workbench.pipeline._names import consumer_group
 from workbench.pipeline._quix import consume_in_batches, register_periodic
 from workbench.pipeline._status import AppResult, AppStatus
@@ -241,6 +244,7 @@ class AnalyticsApp(WorkbenchApp):
         self._last_archive = time.monotonic()
         self._last_collective = time.monotonic()
         self.collective = CollectiveStep(settings)
+        self._collective_lease = HomeLease(settings.state_dir, "collective")  # one runner per home
         self._collective_thread: threading.Thread | None = None
         self._warned_wide = False
         self._late_total = 0
@@ -462,11 +466,13 @@ class AnalyticsApp(WorkbenchApp):
         self._collective_thread.start()
 
     def _collective_step(self) -> None:
-        from workbench.pipeline._instance import exclusive
-
+        # N instances on one home: the step reads *every* instance's windows from the shared store, so
+        # one process (the lease holder) runs it; the others would repeat the same pass (CPU the training
+        # needs, and at stop each waited its turn for a whole pass past the supervisor's grace).
+        if not self._collective_lease.try_acquire():
+            return
         try:
-            with exclusive(self.settings.state_dir, "collective"):  # N instances: one insert-if-absent at a time
-                self.status.add("window_anomalies", self.collective.run())
+            self.status.add("window_anomalies", self.collective.run())
         except Exception:  # never stop the stream for the collective step; retried on the next tick
             logger.exception("collective window step failed; will retry")
 
@@ -527,11 +533,14 @@ class AnalyticsApp(WorkbenchApp):
     def _cleanup(self) -> None:
         # Quix's last checkpoint (at stop) already wrote everything counted; what is still buffered
         # here was never committed and is read again by the next run.
-        if self.sink is not None:
-            self.sink.store.close()
-            if self._collective_thread is not None:
-                self._collective_thread.join(300)
-            self._collective_step()
+        try:
+            if self.sink is not None:
+                self.sink.store.close()
+                if self._collective_thread is not None:
+                    self._collective_thread.join(300)
+                self._collective_step()
+        finally:
+            self._collective_lease.release()
 
 
 def _int64_column(batch: Any, name: str) -> np.ndarray:

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--restarted", action="store_true", help="use the spec's restart options")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    # milliseconds: the logs of N processes (and their trainings) are merged into one timeline to trace waits
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     for noisy in ("quixstreams", "kafka", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

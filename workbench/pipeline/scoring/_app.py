@@ -214,6 +214,7 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
     def _cleanup(self) -> None:
         if self.schedule is not None and self._trains:
             self.schedule.poll()
+        self.maintenance.join(60)  # before the lease goes: the next trainer compacts what is left
         if self.election is not None:
             self.election.close()
         if self.publisher is not None:

@@ -96,10 +96,13 @@ class ScoringLoop:
         return self.election is None or self.election.leader
 
     def _after_flush(self) -> None:
-        """Compact settled shard days, then hand finished days to training (the sink just flushed).
+        """Hand finished days to training, then compact settled shard days (the sink just flushed).
 
         Every instance records its partitions' progress; only the elected trainer compacts and
         schedules, from the watermark of *all* partitions (:func:`~workbench.store.shards.cluster_watermark`).
+        Training first: the next day's training is the drain's critical path (partitions wait paused
+        for its model), so a training that ended is reaped and the next one started before anything
+        else here; the compaction runs in a thread of its own (:class:`ShardMaintenance`).
         """
         sink = self.sink
         if sink is None:
@@ -116,10 +119,11 @@ class ScoringLoop:
             watermark = self.schedule.resumed_watermark(watermark, quiet=quiet)
         if watermark is None:
             return
-        self.maintenance.run(day_of(watermark - self.training_grace_us))
         if self.schedule is not None:  # warm-up from the first message: joining the group can take longer
             self.schedule.after_flush(first_us, watermark,
                                       warming_up=time.time() - (sink.first_message_wall or 0.0) < self._warmup_s)
+            self.schedule.poll()  # a training that ended is reaped and the next due one starts now
+        self.maintenance.run(day_of(watermark - self.training_grace_us))
 
     def _cadence(self) -> Any:
         """The training cadence the selection rule needs (None without training or before the first event)."""
