@@ -37,7 +37,14 @@ the probe's rows against the normal rows, the baseline's recall at the detector'
 (its top-k scores); for collective probes the labelled windows and the share flagged by
 :mod:`workbench.analysis.collective` (default constants) with their top signal. Last, the false
 alerts per 10k normal queries and the flagged windows that no probe touched and no labelled
-query explains (and how many of those the unprobed day flags too).
+query explains (and how many of those the unprobed day flags too). Misses of per-query probes come
+with the median number of normal rows that dominate them (:func:`~workbench.ml.evaluate.dominating_normals`:
+at least as much excess and ratio on every exceeded signal), a lower bound on the false alerts any
+monotone score must add to catch them.
+
+Column ``residual prototype``: the windows a mix-adjusted signal the product does not have would
+flag (:func:`_residual_windows`: the median runtime residual of the window's queries against the
+model's expectation), to size what such a signal could add.
 """
 
 from __future__ import annotations
@@ -67,7 +74,7 @@ from workbench.ml.evaluate import dominating_normals
 
 #: Day-row counts that size an instance: (class, lowest, highest).
 SIZES: tuple[tuple[str, int, int], ...] = (("busy", 20_000, 10**12), ("mid", 3_000, 20_000), ("small", 500, 3_000))
-POINT_ROWS = 12  # rows per point / contextual probe
+POINT_ROWS = 24  # rows per point / contextual probe (recall in steps of ~0.04)
 EPISODES = 3  # episodes per collective probe
 MIN_WINDOW_ROWS = 10  # affected queries that make a window a labelled collective anomaly (as the generator)
 DEFAULTS = {"max_scale": 1.0, "floor_factor": 1.0, "alert_rate": 0.0005}
@@ -492,7 +499,7 @@ def _query_rows(day: pa.Table, label: np.ndarray, inputs: dict, score: np.ndarra
 
 
 def _window_rows(original: pa.Table, day: pa.Table, label: np.ndarray, labelled: pd.DataFrame,
-                 history: pa.Table) -> tuple[dict[str, dict], str]:
+                 history: pa.Table, inputs: dict) -> tuple[dict[str, dict], str]:
     """Per collective probe: labelled windows flagged (and the signals that flagged them); and a
     line on the flagged windows no probe explains."""
     history_windows = windows_of(history)
@@ -507,19 +514,55 @@ def _window_rows(original: pa.Table, day: pa.Table, label: np.ndarray, labelled:
     # windows holding a labelled per-query anomaly (the log's, or a point / contextual probe's)
     per_query = ~in_episode & (day.column("label_anomaly").to_numpy(zero_copy_only=False) | ~pd.isna(label))
     explained = set(zip(inst[per_query], ts[per_query], strict=True))
+    residual = _residual_windows(day, inputs)
     out = {}
     for name, group in labelled.groupby("probe"):
         keys = _window_keys(group)
         found = hit[[k in keys for k in _window_keys_list(hit)]]
         out[str(name)] = {"windows": f"{len(found)}/{len(keys)}",
-                          "top signals": ",".join(sorted(set(found["signal"]))) or "-"}
+                          "top signals": ",".join(sorted(set(found["signal"]))) or "-",
+                          "residual prototype": f"{len(keys & residual)}/{len(keys)}"}
     hit_keys = _window_keys(hit)
     unlabelled = hit_keys - _window_keys(labelled) - touched - explained
     line = (f"flagged windows no probe touched and no labelled query explains: {len(unlabelled)} "
             f"({len(unlabelled & before)} of them flagged on the unprobed day too; unprobed day: "
             f"{len(before - explained)}); flagged windows with fewer than {MIN_WINDOW_ROWS} queries of an "
-            f"episode: {len((hit_keys & touched) - _window_keys(labelled))}")
+            f"episode: {len((hit_keys & touched) - _window_keys(labelled))}. Residual prototype: "
+            f"{len(residual - _window_keys(labelled) - touched - explained)} such windows")
     return out, line
+
+
+#: Prototype of a mix-adjusted window signal (not the product's): the median over a window's executed
+#: queries of their runtime residual (log runtime - the model's expected log runtime), against the
+#: instance's other windows of the day at least an hour away (robust z, MAD floored at 0.05).
+RESIDUAL_Z, RESIDUAL_SHIFT, RESIDUAL_MIN_QUERIES, RESIDUAL_MIN_REFERENCE = 4.0, float(np.log(1.4)), 20, 36
+
+
+def _residual_windows(day: pa.Table, inputs: dict) -> set:
+    """Windows the prototype signal flags (see :data:`RESIDUAL_Z`): every query of the window slower
+    than the model expects, by a shift the instance's other windows do not show."""
+    frame = pd.DataFrame({
+        "instance_id": day.column("instance_id").to_numpy(zero_copy_only=False),
+        "window_start": pd.to_datetime(day.column("arrival_timestamp").to_numpy(zero_copy_only=False),
+                                       utc=True).floor("10min"),
+        "residual": inputs["obs"]["exec"] - inputs["mean"]})
+    executed = ~pc.fill_null(day.column("was_cached"), False).to_numpy(zero_copy_only=False)
+    executed &= ~pc.fill_null(day.column("was_aborted"), False).to_numpy(zero_copy_only=False)
+    executed &= pc.fill_null(day.column("execution_duration_ms"), 0).to_numpy(zero_copy_only=False) > 0
+    per = frame[executed].groupby(["instance_id", "window_start"])["residual"].agg(["size", "median"])
+    per = per[per["size"] >= RESIDUAL_MIN_QUERIES]
+    flagged = set()
+    for inst, group in per.groupby(level=0):
+        starts = group.index.get_level_values(1)
+        for start, median in zip(starts, group["median"], strict=True):
+            ref = group["median"][np.abs((starts - start).total_seconds()) > 3_600].to_numpy()
+            if len(ref) < RESIDUAL_MIN_REFERENCE:
+                continue
+            center = np.median(ref)
+            spread = max(1.4826 * np.median(np.abs(ref - center)), 0.05)
+            if median - center >= RESIDUAL_SHIFT and (median - center) / spread >= RESIDUAL_Z:
+                flagged.add((int(inst), start))
+    return flagged
 
 
 def main() -> None:
@@ -538,7 +581,7 @@ def main() -> None:
         hold, inputs = _inputs(model, hold_table), _inputs(model, day)
         score, alert = _detect(DEFAULTS, hold, inputs)
     rows = _query_rows(day, label, inputs, score, alert, sizes)
-    windows, line = _window_rows(original, day, label, labelled, history)
+    windows, line = _window_rows(original, day, label, labelled, history, inputs)
     table = pd.DataFrame([r | windows.get(r["probe"], {}) for r in rows])
     pd.set_option("display.width", 250)
     print(f"train {train_day} (7-day window), probe and evaluate {eval_day}; seed {args.seed}; "
