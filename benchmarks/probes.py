@@ -32,12 +32,13 @@ collective
     (hits become executions of their source statement); ``slow_40min`` every query 1.5-2x slower
     for 40 minutes.
 
-Reported per probe: rows, instances, the detector's recall at its default constants, PR-AUC of
-the probe's rows against the normal rows, the baseline's recall at the detector's alert volume
-(its top-k scores); for collective probes the labelled windows and the share flagged by
-:mod:`workbench.analysis.collective` (default constants) with their top signal. Last, the false
-alerts per 10k normal queries and the flagged windows that no probe touched and no labelled
-query explains (and how many of those the unprobed day flags too). Misses of per-query probes come
+Reported per probe: rows, instances (with their size initial), the detector's recall at its
+default constants and the probe rows' median score (1 = the alert bar), the baseline's recall at
+the detector's alert volume (its top-k scores); for collective probes the labelled windows flagged
+by :mod:`workbench.analysis.collective` (default constants) and the signals that flagged them. Last,
+the false alerts per 10k normal queries, the PR-AUC of every per-query label (the log's and the
+point / contextual probes') against the normal rows, and the flagged windows that no probe touched
+and no labelled query explains (and how many of those the unprobed day flags too). Misses of per-query probes come
 with the median number of normal rows that dominate them (:func:`~workbench.ml.evaluate.dominating_normals`:
 at least as much excess and ratio on every exceeded signal), a lower bound on the false alerts any
 monotone score must add to catch them.
