@@ -1,4 +1,4 @@
-"""The held-out probe benchmark (``benchmarks/probes.py``) changes exactly the rows it labels."""
+"""The held-out probes (``benchmarks/_probes.py``) change exactly the rows they label."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.probes import MIN_WINDOW_ROWS, PROBES, apply_probes
+from benchmarks._probes import MIN_WINDOW_ROWS, PROBES, apply_probes
 from workbench.data.generator import generate
 from workbench.ml._train import load_log_window
 
