@@ -26,6 +26,7 @@ many normal rows near the bar are dominated by no other normal row (see ``_miss_
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import itertools
 import os
 import tempfile
@@ -55,6 +56,20 @@ GRID = {"max_scale": (0.75, 1.0, 1.5), "floor_factor": (0.5, 1.0, 2.0), "alert_r
 Z_GRID = (3.0, 4.0, 5.0)
 MAX_FALSE_PER_10K = 10.0
 MIN_WINDOW_PRECISION = 0.8
+
+
+def train_all_but_last(data: Path, days: int, models_dir: Path) -> tuple[LoadedModel, pa.Table, dt.date, dt.date]:
+    """``(model, holdout table, train day, evaluation day)``: one version trained on every day of
+    ``data`` but the last (7-day window). A registry in ``models_dir`` that already has a current
+    version is reused (train once, probe many times: the version depends only on the log)."""
+    first = pc.min(pq.read_table(data, columns=["arrival_timestamp"]).column("arrival_timestamp")).as_py()
+    dates = sorted({d.date() for d in pd.date_range(first.date(), periods=days, freq="D")})
+    train_day, eval_day = dates[-2], dates[-1]
+    window = load_log_window(data, train_day, 7)
+    registry = ModelRegistry(models_dir)
+    version = registry.current() or train_table(models_dir, window, train_day, window_days=7).version
+    _, hold_table, _ = split_window(window)
+    return LoadedModel.load(registry, version), hold_table, train_day, eval_day
 
 
 def _inputs(model: LoadedModel, table: pa.Table) -> dict:
@@ -196,13 +211,7 @@ def main() -> None:
         if data is None:
             data = Path(tmp) / "log.parquet"
             print(generate(data, days=args.days, instances=args.instances, seed=args.seed, kinds=args.kinds))
-        first = pc.min(pq.read_table(data, columns=["arrival_timestamp"]).column("arrival_timestamp")).as_py()
-        days = sorted({d.date() for d in pd.date_range(first.date(), periods=args.days, freq="D")})
-        train_day, eval_day = days[-2], days[-1]
-        window = load_log_window(data, train_day, 7)
-        result = train_table(Path(tmp) / "models", window, train_day, window_days=7)
-        model = LoadedModel.load(ModelRegistry(Path(tmp) / "models"), result.version)
-        _, hold_table, _ = split_window(window)
+        model, hold_table, train_day, eval_day = train_all_but_last(data, args.days, Path(tmp) / "models")
         day_table = load_log_window(data, eval_day, 1)
         hold, day = _inputs(model, hold_table), _inputs(model, day_table)
         labels = day_table.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool)
