@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ __all__ = [
     "read_pid_file",
     "remove_stale_temp_files",
     "same_process",
+    "try_flock",
     "write_atomic",
     "write_pid_file",
 ]
@@ -130,3 +132,19 @@ def remove_stale_temp_files(root: Path, *, skip: tuple[str, ...] = ()) -> int:
                     (here / name).unlink()
                     removed += 1
     return removed
+
+
+def try_flock(path: Path) -> int | None:
+    """Open ``path`` (created if absent) and take an exclusive ``flock`` without blocking.
+
+    Returns the open descriptor, which holds the lock until it is closed (the kernel also drops it
+    when the process dies, ``kill -9`` included), or None when another process holds it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd

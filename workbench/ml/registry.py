@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from workbench._fs import write_atomic
+from workbench._fs import try_flock, write_atomic
 from workbench.ml.exceptions import ModelNotFoundError, RegistryError
 from workbench.ml.selection import VersionWindow
 
@@ -433,12 +433,8 @@ class TrainerLease:
         """Become the trainer if nobody is; True when this process holds the lease (never blocks)."""
         if self._fd is not None:
             return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = try_flock(self.path)
+        if fd is None:
             return False
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+from workbench._fs import try_flock
+
 __all__ = ["MAX_INSTANCES", "HomeLease", "claim_instance", "idle_slots", "instance_dir", "instance_dirs",
            "release_instance"]
 
@@ -104,15 +106,8 @@ class HomeLease:
         """Hold the role if no other process does (never blocks); True while this object holds it."""
         if self._fd is not None:
             return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
+        self._fd = try_flock(self.path)
+        return self._fd is not None
 
     def release(self) -> None:
         """Give the role back (another process takes it at its next try)."""
