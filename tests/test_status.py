@@ -3,13 +3,16 @@ Kafka clients shared by every status call of the process."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from workbench.broker import ensure_topics
 from workbench.config import Settings
+from workbench.runtime import _status
 from workbench.runtime._status import close_status_clients, consumer_lag, topic_message_count
 
 
@@ -46,7 +49,37 @@ def _librdkafka_threads() -> int:
     return sum((task / "comm").read_text().startswith("rdk:") for task in Path("/proc/self/task").iterdir())
 
 
-def test_status_calls_share_their_kafka_clients_and_see_new_data(kafka_settings: Settings) -> None:
+def _threads_back_to(count: int, timeout: float = 10.0) -> int:
+    """librdkafka threads once they are down to ``count`` (or the last figure seen when ``timeout`` ran out)."""
+    deadline = time.monotonic() + timeout
+    while (now := _librdkafka_threads()) != count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return now
+
+
+def _count_clients(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every Kafka client the status module opens; the clients themselves stay real."""
+    import confluent_kafka.admin
+
+    opened: list[str] = []
+    real_consumer, real_admin_init = Consumer, confluent_kafka.admin.AdminClient.__init__
+
+    def counted_consumer(config: dict) -> Consumer:
+        opened.append(f"consumer {config.get('group.id')}")
+        return real_consumer(config)
+
+    def counted_admin_init(admin: confluent_kafka.admin.AdminClient, config: dict) -> None:
+        opened.append("admin")
+        real_admin_init(admin, config)
+
+    monkeypatch.setattr(_status, "Consumer", counted_consumer)
+    # the class itself stays: its __init__ finds its own name for super()
+    monkeypatch.setattr(confluent_kafka.admin.AdminClient, "__init__", counted_admin_init)
+    return opened
+
+
+def test_status_calls_share_their_kafka_clients_and_see_new_data(kafka_settings: Settings,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Repeated lag and size queries open no new client (each cost the broker ~20-50 ms) and are never stale."""
     ensure_topics(kafka_settings)
     topic = kafka_settings.topic_anomalies
@@ -54,17 +87,20 @@ def test_status_calls_share_their_kafka_clients_and_see_new_data(kafka_settings:
     _commit(kafka_settings, "done", topic, 4)
     close_status_clients(kafka_settings)
     before = _librdkafka_threads()
+    opened = _count_clients(monkeypatch)
     for call in range(6):
         assert consumer_lag(kafka_settings, "done", topic) == 0  # reads the marker remainder (the first time)
         assert consumer_lag(kafka_settings, "nobody-yet", topic) == 2
         assert topic_message_count(kafka_settings, topic) == 4
         if call == 0:  # one client per group asked, one that reads
-            opened = _librdkafka_threads()
-            assert opened > before
-    assert _librdkafka_threads() == opened  # the same clients answered every call
+            first = list(opened)
+            assert len(first) >= 3 and _librdkafka_threads() > before
+    assert opened == first  # the same clients answered every call
     _produce_in_transactions(kafka_settings, topic, 1)  # offsets 4, 5
     assert consumer_lag(kafka_settings, "done", topic) == 1
     assert topic_message_count(kafka_settings, topic) == 6
+    assert opened == first
     close_status_clients(kafka_settings)
-    assert _librdkafka_threads() == before  # closed, not left to the garbage collector
+    assert _threads_back_to(before) == before  # closed, not left running
     assert consumer_lag(kafka_settings, "done", topic) == 1  # and opened again on the next call
+    assert len(opened) > len(first)
