@@ -14,7 +14,6 @@ A :class:`HomeLease` is a role one process of the home holds (the same kind of l
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import threading
@@ -52,23 +51,22 @@ def instance_dirs(state_dir: Path, app_name: str) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def _slot_lock(state_dir: Path, app_name: str, slot: int) -> Path:
+    """The lock file whose ``flock`` is the claim on ``slot`` of ``app_name``."""
+    return Path(state_dir) / ".instances" / f"{app_name}.{slot}.lock"
+
+
 def claim_instance(state_dir: Path, app_name: str) -> int:
     """The slot this process holds for ``app_name`` (claimed on the first call; the same afterwards)."""
     key = (str(Path(state_dir).resolve()), app_name)
     with _LOCK:
         if key in _CLAIMED:
             return _CLAIMED[key][0]
-        locks = Path(state_dir) / ".instances"
-        locks.mkdir(parents=True, exist_ok=True)
         for slot in range(MAX_INSTANCES):
-            fd = os.open(locks / f"{app_name}.{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            _CLAIMED[key] = (slot, fd)
-            return slot
+            fd = try_flock(_slot_lock(state_dir, app_name, slot))
+            if fd is not None:
+                _CLAIMED[key] = (slot, fd)
+                return slot
     msg = (f"All {MAX_INSTANCES} instance slots of app {app_name!r} under {state_dir} are taken by running "
            "processes; stop some before starting another.")
     raise RuntimeError(msg)
@@ -131,11 +129,8 @@ def idle_slots(state_dir: Path, app_name: str) -> Iterator[dict[int, Path]]:
         for slot, folder in instance_dirs(state_dir, app_name).items():
             if slot == mine:
                 continue
-            fd = os.open(Path(state_dir) / ".instances" / f"{app_name}.{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
+            fd = try_flock(_slot_lock(state_dir, app_name, slot))
+            if fd is None:
                 continue
             fds.append(fd)
             held[slot] = folder
