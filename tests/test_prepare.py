@@ -156,6 +156,25 @@ def test_unrepairable_rows_are_dropped_counted_and_sampled(canonical: pa.Table, 
     assert not (tmp_path / "again.parquet.rejected.jsonl").exists()
 
 
+def test_overlapping_sources_keep_the_first_copy_of_each_query(canonical: pa.Table, tmp_path: Path) -> None:
+    """Two exports that overlap, one typed differently: each query once, the repeats counted and sampled."""
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pq.write_table(canonical.slice(0, 2000), first)
+    pq.write_table(_doubles(canonical.slice(1500)), second)  # rows 1500..1999 in both
+    out = tmp_path / "out.parquet"
+    summary = prepare([first, second], out, temp_dir=tmp_path / "tmp")
+    assert summary.rows_in == ROWS + 500 and summary.rows_out == ROWS
+    assert summary.rejected == {"duplicate:query_id": 500} and summary.rows_filtered == 0
+    assert pq.read_table(out).equals(canonical)
+    validate(out)
+    lines = [json.loads(line) for line in summary.rejected_sample.read_text().splitlines()]
+    assert len(lines) == 20 and {line["reason"] for line in lines} == {"duplicate:query_id"}
+    assert {line["file"] for line in lines} == {str(second)}  # the first file's copy is the one kept
+    assert [line["row"] for line in lines] == list(range(20))  # rows of b.parquet: 1500.. of the log
+    assert lines[0]["values"]["query_id"] == canonical.column("query_id")[1500].as_py()
+    assert "duplicate:query_id: 500" in str(summary)
+
+
 def test_bad_strings_and_booleans_are_refused_per_column(canonical: pa.Table, tmp_path: Path) -> None:
     table = _string_ids(canonical.slice(0, 6))
     rows = table.to_pylist()

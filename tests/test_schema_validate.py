@@ -120,6 +120,29 @@ def test_equal_times_ordered_by_query_id(tmp_path: Path) -> None:
     assert "query_id 7" in str(info.value) and "query_id 9" in str(info.value)
 
 
+@pytest.mark.parametrize("copied", [0, 499, 500, 1_234])
+def test_a_second_copy_of_a_query_is_named_with_the_row_it_repeats(log_table: pa.Table, tmp_path: Path,
+                                                                   copied: int) -> None:
+    """Overlapping exports merged: a copy sorts next to its original, also across a batch boundary."""
+    order = list(range(log_table.num_rows))
+    order.insert(copied + 1, copied)
+    path = _write(log_table.take(order), tmp_path / "copied.parquet", row_group_size=700)
+    with pytest.raises(DataValidationError) as info:
+        validate(path, batch_size=500)
+    row = log_table.slice(copied, 1).to_pylist()[0]
+    assert info.value.row == copied + 1 and info.value.column == "query_id"
+    message = str(info.value)
+    assert f"repeats row {copied} (instance_id {row['instance_id']}, query_id {row['query_id']}" in message
+    assert "1 problem(s)" in message and f"workbench prepare {path} --out NEW" in message
+    # The same query id on another instance, at the same time, is another query.
+    other = log_table.slice(copied, 1)
+    other = other.set_column(0, "instance_id", pa.array([row["instance_id"] + 1000], pa.int64()))
+    twin = pa.concat_tables([log_table.slice(0, copied + 1), other.cast(log_table.schema),
+                             log_table.slice(copied + 1)])
+    assert validate(_write(twin, tmp_path / "twin.parquet", row_group_size=700), batch_size=500).rows == \
+        log_table.num_rows + 1
+
+
 def test_empty_file(log_table: pa.Table, tmp_path: Path) -> None:
     path = _write(log_table.slice(0, 0), tmp_path / "empty.parquet")
     with pytest.raises(DataValidationError, match=r"empty\.parquet' has no rows"):

@@ -19,7 +19,7 @@ Rows without an instance, query id or arrival time are dropped as ``null_key:<co
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     import duckdb
@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -99,7 +100,7 @@ class PrepareSummary:
         if self.rows_filtered:
             lines.append(f"  filtered out (--instances/--start/--end/--sample-instances): {self.rows_filtered:,}")
         if self.rejected:
-            lines.append(f"  rejected {self.rows_rejected:,} row(s) that cannot be repaired "
+            lines.append(f"  rejected {self.rows_rejected:,} row(s) that cannot be repaired or repeat a query "
                          f"(sample: {self.rejected_sample}):")
             lines += [f"    {reason}: {count:,}" for reason, count in sorted(self.rejected.items())]
         if self.coercions:
@@ -623,8 +624,9 @@ def prepare(
         # A total order: the stream key first, then every column, so ties sort the same every run.
         order = ", ".join(_q(n) for n in ["arrival_timestamp", "query_id", "instance_id",
                                           *[n for n in schema.names if n not in KEY_COLUMNS]])
-        query = (f"SELECT {', '.join(_q(n) for n in schema.names)} FROM prepared_input "
-                 f"WHERE {' AND '.join(conditions)} ORDER BY {order}")
+        # _file/_row last: they only decide which of two identical rows is reported as the repeat.
+        query = (f"SELECT {', '.join(_q(n) for n in schema.names)}, _file, _row FROM prepared_input "
+                 f"WHERE {' AND '.join(conditions)} ORDER BY {order}, _file, _row")
         tmp_out.mkdir()
         writer = _Writer(schema, tmp_out, split_day=split == "day", single_name="log.parquet",
                          row_group=row_group_size)
@@ -640,7 +642,9 @@ def prepare(
             filtered = instances is not None or start_ts or end_ts or sample_instances is not None
             write_bar = tqdm(total=None if filtered else rows_in - sum(rejected.values()), unit="rows",
                              unit_scale=True, desc="write", dynamic_ncols=True)
+        repeats = _Repeats()
         for batch in _batches(reader):
+            batch = repeats.drop(batch)
             writer.add(cast_batch(batch, schema))
             if write_bar is not None:
                 write_bar.update(batch.num_rows)
@@ -670,7 +674,9 @@ def prepare(
         os.replace(tmp_out / "log.parquet", out)
         tmp_out.rmdir()
         outputs = (out,)
-    sample_path = _write_sample(out, sample_cols, sample_rows)
+    if repeats.count:
+        rejected[_REPEAT_REASON] = repeats.count
+    sample_path = _write_sample(out, sample_cols, sample_rows, repeats.samples(schema.names))
     rows_out = writer.rows
     summary = PrepareSummary(
         sources=tuple(files), outputs=outputs, rows_in=rows_in, rows_out=rows_out,
@@ -681,6 +687,52 @@ def prepare(
     )
     logger.info("prepared %d of %d rows into %s", rows_out, rows_in, out)
     return summary
+
+
+#: The reason counted for a second copy of a query (same instance, query id and arrival).
+_REPEAT_REASON = "duplicate:query_id"
+
+
+class _Repeats:
+    """Drops the second and later copies of a query from the sorted stream, and remembers a few.
+
+    Redset's ``query_id`` is unique per instance. Overlapping exports merged into one log repeat
+    rows; the total sort order puts copies (same arrival, query id and instance) next to each
+    other, so they are found in one pass over the sorted stream, in bounded memory. The first
+    copy in that order is kept (of identical rows, the one from the first file and row).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._prev: tuple[int, int, int] | None = None
+        self._kept: list[dict[str, Any]] = []
+
+    def drop(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """``batch`` (with ``_file``/``_row``) without repeats, and without those two columns."""
+        names = [n for n in batch.schema.names if n not in ("_file", "_row")]
+        if batch.num_rows == 0:
+            return batch.select(names)
+        ts = pc.cast(batch.column("arrival_timestamp"), pa.int64()).to_numpy(zero_copy_only=False)
+        qid = batch.column("query_id").to_numpy(zero_copy_only=False)
+        instance = batch.column("instance_id").to_numpy(zero_copy_only=False)
+        same = np.zeros(batch.num_rows, bool)
+        same[1:] = (ts[1:] == ts[:-1]) & (qid[1:] == qid[:-1]) & (instance[1:] == instance[:-1])
+        if self._prev is not None:
+            same[0] = self._prev == (int(ts[0]), int(qid[0]), int(instance[0]))
+        self._prev = (int(ts[-1]), int(qid[-1]), int(instance[-1]))
+        repeated = np.flatnonzero(same)
+        if len(repeated) == 0:
+            return batch.select(names)
+        self.count += len(repeated)
+        for index in repeated[: max(0, SAMPLE_PER_REASON - len(self._kept))]:
+            self._kept.append(batch.slice(int(index), 1).to_pylist()[0])
+        return batch.filter(pa.array(~same)).select(names)
+
+    def samples(self, names: Sequence[str]) -> list[dict[str, Any]]:
+        """The first repeats as lines of ``<out>.rejected.jsonl``."""
+        return [{"reason": _REPEAT_REASON, "file": row["_file"], "row": row["_row"],
+                 "rows_with_this_reason": self.count, "values": {n: row[n] for n in names}}
+                for row in self._kept]
 
 
 def _refuse_dir(out: Path, tmp_out: Path) -> None:
@@ -701,10 +753,13 @@ def _stamp(us: int | None) -> dt.datetime | None:
     return None if us is None else dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
 
 
-def _write_sample(out: Path, columns: list[str], rows: list[tuple]) -> Path | None:
-    """``<out>.rejected.jsonl``: the first rejected rows of each reason with file, row and raw values."""
+def _write_sample(out: Path, columns: list[str], rows: list[tuple], more: Sequence[dict] = ()) -> Path | None:
+    """``<out>.rejected.jsonl``: the first rejected rows of each reason with file, row and raw values.
+
+    ``more`` are lines already in the file's format (the repeated queries, found while writing).
+    """
     path = out.with_name(out.name + ".rejected.jsonl")
-    if not rows:
+    if not rows and not more:
         path.unlink(missing_ok=True)
         return None
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -713,6 +768,8 @@ def _write_sample(out: Path, columns: list[str], rows: list[tuple]) -> Path | No
             record = dict(zip(columns, row, strict=True))
             line = {"reason": record.pop("_reason"), "file": record.pop("_file"), "row": record.pop("_row"),
                     "rows_with_this_reason": record.pop("n"), "values": record}
+            fh.write(json.dumps(line, sort_keys=False, default=str) + "\n")
+        for line in more:
             fh.write(json.dumps(line, sort_keys=False, default=str) + "\n")
     os.replace(tmp, path)
     return path

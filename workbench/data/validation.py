@@ -6,7 +6,7 @@ Two kinds of trouble are told apart:
   file unusable as a whole; :func:`check` raises :class:`DataValidationError` for the first one.
 * **Row problems** (a NULL where every query needs a value, a negative duration, an id beyond
   int64, NaN in a float column, a time no consumer can decode, a string that is not UTF-8, a row
-  out of order, a page that cannot be decoded) are all collected: :class:`ValidationReport`
+  out of order, a second copy of a query, a page that cannot be decoded) are all collected: :class:`ValidationReport`
   counts every one and keeps the first :data:`LINES_PER_COLUMN` of each column for display.
 
 :func:`find_bad_rows` applies the same per-row rules to one batch, so the replay can send the
@@ -88,8 +88,8 @@ _MIN_US = 0
 _MAX_US = (MAX_EVENT_TIME - _EPOCH) // dt.timedelta(microseconds=1)
 _UNIT_PER_US = {"s": (1, 1_000_000), "ms": (1, 1000), "us": (1, 1), "ns": (1000, 1)}  # (multiply, divide)
 _FIELDS = {f.name: f for f in list(REDSET_SCHEMA) + list(LABEL_SCHEMA)}
-_SORT_HINT = ("Sort it, e.g. in DuckDB: COPY (SELECT * FROM 'in.parquet' ORDER BY arrival_timestamp, query_id) "
-              "TO 'out.parquet'.")
+_SORT_HINT = ("Sort it with `workbench prepare {path} --out NEW`, or e.g. in DuckDB: COPY (SELECT * FROM "
+              "'in.parquet' ORDER BY arrival_timestamp, query_id) TO 'out.parquet'.")
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,10 @@ class ValidationReport:
         """The error :func:`validate` and the replay raise for a file with row problems."""
         first = self.problems[0]
         if first.kind == "unsorted":
-            hint = _SORT_HINT
+            hint = _SORT_HINT.format(path=self.path)
+        elif first.kind == "duplicate":
+            hint = (f"`workbench prepare {self.path} --out NEW` writes the log with the first copy of each "
+                    "repeated query only.")
         elif first.kind == "unreadable":
             hint = "The file is damaged: write it again from its source."
         elif self.skippable:
@@ -363,10 +366,16 @@ def cast_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
 
 
 class _Order:
-    """Checks the stream order across batches, over the rows whose sort keys are usable."""
+    """Checks the stream order across batches, over the rows whose sort keys are usable.
+
+    Also finds a query that appears twice: Redset's ``query_id`` is unique per instance, and two
+    copies of a row (overlapping exports merged) have the same arrival, so in a sorted log they
+    are next to each other. A repeat at another arrival time is not looked for: that would need
+    every id of the log in memory.
+    """
 
     def __init__(self) -> None:
-        self.prev: tuple[int, int, int] | None = None  # (row, arrival µs, query_id)
+        self.prev: tuple[int, int, int, int | None] | None = None  # (row, arrival µs, query_id, instance_id)
         self.first_us: int | None = None
         self.last_us: int | None = None
 
@@ -374,19 +383,21 @@ class _Order:
         rows = np.flatnonzero(usable)
         if len(rows) == 0:
             return []
-        ts_array = batch.column("arrival_timestamp").take(pa.array(rows))
-        if pa.types.is_dictionary(ts_array.type):
-            ts_array = ts_array.dictionary_decode()
-        ts = ts_array.cast(pa.timestamp("us", tz=ts_array.type.tz)).cast(pa.int64()).to_numpy(zero_copy_only=False)
-        qid_array = batch.column("query_id").take(pa.array(rows))
-        if pa.types.is_dictionary(qid_array.type):
-            qid_array = qid_array.dictionary_decode()
-        qid = qid_array.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        ts = _int64_values(batch.column("arrival_timestamp").take(pa.array(rows)), time=True)
+        qid = _int64_values(batch.column("query_id").take(pa.array(rows)))
+        instance_array = batch.column("instance_id").take(pa.array(rows))
+        if pa.types.is_dictionary(instance_array.type):
+            instance_array = instance_array.dictionary_decode()
+        # A NULL instance id is reported by the row rules and never repeats another row here.
+        known = instance_array.is_valid().to_numpy(zero_copy_only=False)
+        instance = pc.fill_null(pc.cast(instance_array, pa.int64(), safe=False), 0).to_numpy(zero_copy_only=False)
         index = rows + offset
         if self.prev is not None:
             index = np.concatenate([[self.prev[0]], index])
             ts = np.concatenate([[self.prev[1]], ts])
             qid = np.concatenate([[self.prev[2]], qid])
+            known = np.concatenate([[self.prev[3] is not None], known])
+            instance = np.concatenate([[self.prev[3] or 0], instance])
         if self.first_us is None:
             self.first_us = int(ts[0])
         problems = []
@@ -398,9 +409,24 @@ class _Order:
                 f"query_id {int(qid[i])})"
             )
             problems.append(Problem(int(index[i + 1]), "arrival_timestamp", "unsorted", detail))
-        self.prev = (int(index[-1]), int(ts[-1]), int(qid[-1]))
+        repeated = ((ts[1:] == ts[:-1]) & (qid[1:] == qid[:-1]) & (instance[1:] == instance[:-1])
+                    & known[1:] & known[:-1])
+        for i in np.flatnonzero(repeated):
+            detail = (f"repeats row {int(index[i])} (instance_id {int(instance[i])}, query_id {int(qid[i])}, "
+                      f"arrival {_stamp(int(ts[i]))}): a query_id is unique per instance")
+            problems.append(Problem(int(index[i + 1]), "query_id", "duplicate", detail))
+        self.prev = (int(index[-1]), int(ts[-1]), int(qid[-1]), int(instance[-1]) if known[-1] else None)
         self.last_us = max(self.last_us or int(ts[-1]), int(ts[-1]))
         return problems
+
+
+def _int64_values(array: pa.Array, *, time: bool = False) -> np.ndarray:
+    """A usable sort-key column as int64 (timestamps as µs since the epoch)."""
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if time:
+        array = array.cast(pa.timestamp("us", tz=array.type.tz))
+    return array.cast(pa.int64()).to_numpy(zero_copy_only=False)
 
 
 def _stamp(us: int) -> str:
