@@ -112,3 +112,38 @@ def test_the_same_rows_in_any_order_give_the_same_windows_and_flags() -> None:
     pd.testing.assert_frame_equal(residual_windows(rows), residual_windows(shuffled))
     a, b = residual_windows(rows), residual_windows(shuffled)
     assert judge_residual_windows(a.iloc[3 * 144:], a).equals(judge_residual_windows(b.iloc[3 * 144:], b))
+
+
+def test_the_status_line_counts_the_scoring_app_s_flagged_windows_with_the_analytics_app_s() -> None:
+    from workbench.runtime._status import WorkbenchStatus
+
+    def status(apps: dict, instances: dict) -> WorkbenchStatus:
+        return WorkbenchStatus(replay=None, processes={}, apps=apps, lag={}, model_version=None, model_versions=0,
+                               anomalies=None, late_events=None, dead_letters=None, instances=instances)
+
+    scoring = [{"counters": {"window_anomalies": 2}}, {"counters": {"window_anomalies": 1}}]  # two scoring slots
+    both = status({"analytics": {"counters": {"window_anomalies": 4}}, "scoring": scoring[0]}, {"scoring": scoring})
+    assert both.window_anomalies == 7 and "flagged windows 7" in str(both)
+    assert status({}, {}).window_anomalies is None
+
+
+def test_statements_the_model_has_no_history_of_are_not_judged() -> None:
+    rows = _rows()
+    w = residual_windows(rows)
+    target = 3 * 144 + 60  # one window: its first 60 % of queries are never-seen statements, 30x their prior
+    start = pd.Timestamp(T0) + pd.Timedelta(minutes=10 * target)
+    arrival = pd.DatetimeIndex(rows.column("arrival_timestamp").to_numpy(zero_copy_only=False)).tz_localize("UTC")
+    inside = np.flatnonzero((arrival >= start) & (arrival < start + pd.Timedelta(minutes=10)))
+    unknown = np.zeros(rows.num_rows, dtype=bool)
+    unknown[inside[: int(0.6 * len(inside))]] = True
+    runtime = rows.column("execution_duration_ms").to_numpy().copy()
+    runtime[unknown] *= 30
+    burst = rows.set_column(rows.schema.get_field_index("execution_duration_ms"), "execution_duration_ms",
+                            pa.array(runtime))
+    assert _flagged_windows(burst) == {target}  # every statement judged: the burst moves the median
+    judged = residual_windows(burst, known=~unknown)
+    row = judged[judged["window_start"] == start].iloc[0]
+    executed = runtime > 0  # not a result-cache hit
+    assert row["residual_queries"] == int((executed & ~unknown)[inside].sum()) > 20
+    assert w[w["window_start"] == start]["residual_queries"].iloc[0] == int(executed[inside].sum())
+    assert judge_residual_windows(judged.iloc[3 * 144:], judged).num_rows == 0

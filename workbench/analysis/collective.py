@@ -21,6 +21,14 @@ query can move on its own):
   nodes, a noisy neighbour, a degraded node, I/O throttling) moves it; a change in the mix of
   small and large queries moves it less than it moves raw runtimes. Floor ``ln 1.5``: the whole
   window's work 50 % slower per MB.
+* the runtime residual (``runtime_residual``): the median over the window's executed, scored
+  queries of ``ln(runtime / the model's expectation for that query)``
+  (:mod:`workbench.analysis.residual_windows`), judged over at least ``min_queries`` such
+  queries. Mix-adjusted by the model itself: it moves when every query runs slower than expected
+  (a mid-size or serverless instance whose scans are too few for the pace), not when the mix of
+  statements changes. Only the scoring app has the scores: its trainer stores these windows in
+  ``window_residuals`` and judges them (``window_stats`` rows read NaN here: not judged). Floor
+  ``ln 1.5``, as the pace's.
 
 Sums (total queue time, MB spilled) are left out: one big query moves them as much as a storm does.
 So is the mean compile time (even without the longest compile): a never-seen statement compiles for

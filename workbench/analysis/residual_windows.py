@@ -9,11 +9,20 @@ when every query of the window runs slower than its own expectation, and hardly 
 :func:`residual_windows` computes, per ``(instance_id, window_start)`` (windows aligned as
 :mod:`workbench.analysis.windows` aligns them: ``floor(arrival_ms / window_ms) * window_ms``, UTC),
 over the window's *judged* queries (executed: not a result-cache hit, not aborted, a positive
-execution time; and scored), their count ``residual_queries`` and the median of
+execution time; scored; and, when the caller says which, with an expectation that rests on the
+statement's own history: see ``known``), their count ``residual_queries`` and the median of
 ``log1p(execution ms) - log1p(pred_mean_ms)`` (``median_log_residual``). ``pred_mean_ms`` is the
 scorer's ``expm1`` of the model's mean log runtime, so this is the detector's own log residual of
 runtime. It also counts the executed rows still unscored (``unscored_queries``): a window with any
 is not final (the rows are rescored later) and is left for then.
+
+Why ``known``: a statement the model has no history of gets a prior (its instance's typical
+runtime), so its residual says what the model does not know, not how fast the instance is. One
+user's burst of new heavy statements is an ordinary event (stress log seed 0: 18 of a window's 38
+queries, never seen, ran 30-86 s against expectations of ~0.1 s) and moved the window's median to
+``ln 1.55`` while the 20 known statements sat at their expectation. The detector's evidence source
+(:meth:`workbench.ml.features.FeatureBuilder.transform_with_evidence`, ``fingerprint``) says which
+expectations rest on history.
 
 :func:`judge_residual_windows` judges windows against the instance's earlier residual windows with
 the collective machinery (:mod:`workbench.analysis.collective`, signal ``runtime_residual``: shrunk
@@ -52,7 +61,8 @@ def _numbers(table: pa.Table, name: str) -> np.ndarray:
     return pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(float)
 
 
-def residual_windows(rows: pa.Table, window_ms: int = DEFAULT_WINDOW_MS) -> pd.DataFrame:
+def residual_windows(rows: pa.Table, known: np.ndarray | None = None, window_ms: int = DEFAULT_WINDOW_MS
+                     ) -> pd.DataFrame:
     """Per ``(instance_id, window_start)``: judged queries, their median log runtime residual, unscored rows.
 
     Parameters
@@ -61,6 +71,9 @@ def residual_windows(rows: pa.Table, window_ms: int = DEFAULT_WINDOW_MS) -> pd.D
         Scored query rows (the shard schema, one row per query): ``instance_id``,
         ``arrival_timestamp``, ``execution_duration_ms``, ``was_cached``, ``was_aborted``,
         ``pred_mean_ms`` and ``model_version`` (null while unscored).
+    known : ndarray of bool, optional
+        Per row of ``rows``: the model's expectation rests on the statement's own history (the
+        detector's evidence source ``fingerprint``). Other rows are not judged. None: every row.
     window_ms : int
         Window length (10 minutes).
 
@@ -75,6 +88,8 @@ def residual_windows(rows: pa.Table, window_ms: int = DEFAULT_WINDOW_MS) -> pd.D
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
             RESIDUAL_COLUMNS, ("int64", "datetime64[ms, UTC]", "int64", "float64", "int64"), strict=True)})
     keep = pc.and_(pc.is_valid(rows.column("instance_id")), pc.is_valid(rows.column("arrival_timestamp")))
+    known = np.ones(rows.num_rows, dtype=bool) if known is None else np.asarray(known, dtype=bool)
+    known = known[keep.to_numpy(zero_copy_only=False)]
     rows = rows.filter(keep)
     exec_ms = np.nan_to_num(_numbers(rows, "execution_duration_ms"), nan=0.0)
     executed = ~_flag(rows, "was_cached") & ~_flag(rows, "was_aborted") & (exec_ms > 0)
@@ -83,10 +98,10 @@ def residual_windows(rows: pa.Table, window_ms: int = DEFAULT_WINDOW_MS) -> pd.D
     frame = pd.DataFrame({
         "instance_id": pc.cast(rows.column("instance_id"), pa.int64()).to_numpy(zero_copy_only=False),
         "start_ms": np.floor_divide(arrival_ms(rows), window_ms) * window_ms,
-        "judged": executed & scored,
+        "judged": executed & scored & known,
         "unscored": executed & ~scored,
-        "residual": np.where(executed & scored, np.log1p(exec_ms) - np.log1p(np.clip(np.nan_to_num(pred), 0, None)),
-                             np.nan),
+        "residual": np.where(executed & scored & known,
+                             np.log1p(exec_ms) - np.log1p(np.clip(np.nan_to_num(pred), 0, None)), np.nan),
     })[executed]
     per = frame.groupby(["instance_id", "start_ms"], sort=True).agg(
         residual_queries=("judged", "sum"), median_log_residual=("residual", "median"),
