@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.pg_server import PostgresServer
-from tests.test_window_stats_store import window_rows
+from tests.test_window_stats_store import check_residuals_insert_if_absent, window_rows
 from workbench.analysis import read
 from workbench.broker import ensure_topics
 from workbench.config import Settings
@@ -130,6 +130,20 @@ def test_window_stats_postgres_adds_declared_columns(postgres_server: PostgresSe
         # the added columns are back: rows without a pace read NULL (not judged), the other its values
         assert table["pace_queries"].to_pylist()[-1] == 60 and table["pace_log_sum"].to_pylist()[-1] == -4_200
         assert table["pace_queries"].null_count == 2
+
+
+def test_window_residuals_postgres_insert_if_absent(postgres_server: PostgresServer, postgres_db: str) -> None:
+    """The scoring app's residual windows: the same insert-if-absent as on SQLite, also in a database
+    whose window_stats an earlier version made (the table is added on open)."""
+    import psycopg
+
+    url = postgres_server.url(postgres_db)
+    with WindowStatsStore(url) as store:
+        store.upsert(window_rows(1, 2, 1))
+    with psycopg.connect(url, autocommit=True) as con:  # as an earlier version made it
+        con.execute("DROP TABLE window_residuals")
+    with WindowStatsStore(url) as store:
+        check_residuals_insert_if_absent(store)
 
 
 # --- (b) the lakehouse on a PostgreSQL catalog --------------------------------------------------------

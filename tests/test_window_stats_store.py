@@ -179,3 +179,44 @@ def test_old_database_is_migrated_once_and_keeps_its_rows(tmp_path: Path) -> Non
         store.upsert(rows)
         new = [r for r in store.read().to_pylist() if r["instance_id"] == 2**40]
     assert [new[0][c] for c in ADDED_COLUMNS] == [3, 1, 2, 4, 5, 9, 700, 300, 6, 7, -1234]
+
+
+def residual_frame(n: int = 6, median: float = 0.1):
+    """Residual windows of two instances (the frame the scoring app stores)."""
+    import pandas as pd
+
+    return pd.DataFrame({"instance_id": [i % 2 for i in range(n)],
+                         "window_start": [T0 + timedelta(minutes=10 * (i // 2)) for i in range(n)],
+                         "residual_queries": [20 + i for i in range(n)],
+                         "median_log_residual": [median + i / 100 for i in range(n - 1)] + [None]})
+
+
+def check_residuals_insert_if_absent(store: WindowStatsStore) -> None:
+    """Shared by the SQLite and PostgreSQL tests: a window written again keeps its first row."""
+    assert store.read_residuals().num_rows == 0 and store.newest_residual_window() is None
+    assert store.insert_residuals(residual_frame()) == 6
+    first = store.read_residuals().drop_columns(["written_at"]).to_pylist()
+    again = residual_frame(median=5.0)  # the same keys, other values (never happens: shows who wins)
+    more = residual_frame(8).iloc[6:]
+    import pandas as pd
+
+    assert store.insert_residuals(pd.concat([again, more])) == 2
+    rows = store.read_residuals().drop_columns(["written_at"]).to_pylist()
+    assert len(rows) == 8 and [r for r in rows if r["median_log_residual"] != 5.0] == rows
+    assert [r for r in rows if (r["instance_id"], r["window_start"]) in
+            {(f["instance_id"], f["window_start"]) for f in first}] == first
+    assert rows[5]["median_log_residual"] is None or rows[5]["residual_queries"] == 25
+    assert store.newest_residual_window() == T0 + timedelta(minutes=30)
+    assert store.read_residuals(start=T0 + timedelta(minutes=10), instances=[1]).column(
+        "instance_id").to_pylist() == [1, 1, 1]
+
+
+def test_residual_windows_are_insert_if_absent(tmp_path: Path) -> None:
+    with WindowStatsStore(tmp_path / "s.sqlite", archive_dir=tmp_path / "a") as store:
+        check_residuals_insert_if_absent(store)
+        store.upsert(window_rows(days=10))
+        store.insert_residuals(residual_frame().assign(window_start=T0 + timedelta(days=9, minutes=50)))
+        store.archive_older_than(3)  # the residuals of archived windows go with them
+        assert store.read_residuals().column("window_start").to_pylist() == [T0 + timedelta(days=9, minutes=50)] * 2
+    with WindowStatsStore(tmp_path / "s.sqlite", read_only=True) as reader:
+        assert reader.read_residuals().num_rows == 2

@@ -21,6 +21,14 @@ query can move on its own):
   nodes, a noisy neighbour, a degraded node, I/O throttling) moves it; a change in the mix of
   small and large queries moves it less than it moves raw runtimes. Floor ``ln 1.5``: the whole
   window's work 50 % slower per MB.
+* the runtime residual (``runtime_residual``): the median over the window's executed, scored
+  queries of ``ln(runtime / the model's expectation for that query)``
+  (:mod:`workbench.analysis.residual_windows`), judged over at least ``min_queries`` such
+  queries. Mix-adjusted by the model itself: it moves when every query runs slower than expected
+  (a mid-size or serverless instance whose scans are too few for the pace), not when the mix of
+  statements changes. Only the scoring app has the scores: its trainer stores these windows in
+  ``window_residuals`` and judges them (``window_stats`` rows read NaN here: not judged). Floor
+  ``ln 1.5``, as the pace's.
 
 Sums (total queue time, MB spilled) are left out: one big query moves them as much as a storm does.
 So is the mean compile time (even without the longest compile): a never-seen statement compiles for
@@ -132,6 +140,12 @@ class Signal:
     #: For a quantile: the share of the window's queries above it (0.05 for a p95). Judged only
     #: when that many queries are at least ``min_excess_queries``.
     above: float | None = None
+    #: The queries the signal is computed over, per window, when they are not all of the window's
+    #: (``needs_many`` then counts these against ``min_queries``). None: the window's queries.
+    count: Callable[[pd.DataFrame], np.ndarray] | None = None
+    #: The reason text of a flagged window, from ``(observed, expected, queries)``. None: the
+    #: generic "observed vs expected (unit; reference)".
+    describe: Callable[[float, float, float], str] | None = None
 
 
 def _values(w: pd.DataFrame, column: str) -> np.ndarray:
@@ -200,6 +214,14 @@ def _log_pace(w: pd.DataFrame) -> np.ndarray:
         return np.where(n >= _PACE_MIN_QUERIES, _values(w, "pace_log_sum") / 1000.0 / np.where(n > 0, n, 1.0), np.nan)
 
 
+def _describe_residual(observed: float, expected: float, queries: float) -> str:
+    """The runtime residual's reason: ratios to the model's expectation read better than nepers."""
+    return (f"every query runs slower than the model expects for it (the whole instance slower?): the median "
+            f"query ran {np.exp(observed):.2f}x its expected runtime over {queries:.0f} queries, vs "
+            f"{np.exp(expected):.2f}x usually (the instance's earlier windows for this hour of the week, shrunk "
+            f"toward its hour of day and overall)")
+
+
 #: Collective signals are counts, shares or statistics that one query cannot move on its own:
 #: sums like the window's total queue time or MB spilled are one big query's story as often as
 #: not (per-query scoring tells that one), so they are not signals here.
@@ -239,6 +261,14 @@ SIGNALS: dict[str, Signal] = {
     "exec_pace": Signal(_log_pace, float(np.log(1.5)), "ln ms per MB scanned",
                         "queries run slower per MB scanned (the whole instance slower?)", log=False,
                         needs_many=False),
+    # The scorer's runtime residual (workbench.analysis.residual_windows): the median over the
+    # window's executed, scored queries of ln(runtime / the model's expectation for that query),
+    # so a change of the mix that the model explains does not move it. Already a log; floor ln 1.5
+    # as the pace's: the window's typical query 50 % slower than its own expectation. Only the
+    # scoring app's ``window_residuals`` carry it (NaN in ``window_stats``: not judged there).
+    "runtime_residual": Signal(_col("median_log_residual"), float(np.log(1.5)), "ln(runtime / expected)",
+                               "every query runs slower than the model expects for it", log=False,
+                               count=_col("residual_queries"), describe=_describe_residual),
 }
 
 
@@ -277,6 +307,8 @@ def window_signals(windows: pd.DataFrame) -> pd.DataFrame:
             out[_base_name(name)] = sig.base(windows)
         if sig.carriers is not None:
             out[_carriers_name(name)] = sig.carriers(windows)
+        if sig.count is not None:
+            out[_count_name(name)] = sig.count(windows)
     return out
 
 
@@ -286,6 +318,10 @@ def _base_name(signal: str) -> str:
 
 def _carriers_name(signal: str) -> str:
     return f"{signal}:carriers"
+
+
+def _count_name(signal: str) -> str:
+    return f"{signal}:count"
 
 
 def share_tail_z(share: np.ndarray, n: np.ndarray, p0: np.ndarray, spread: np.ndarray, n_typical: np.ndarray,
@@ -358,7 +394,7 @@ def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
     """
     params = params or CollectiveParams()
     columns = ["instance_id", "window_start", "signal", "expected", "observed", "excess", "z", "ratio", "score",
-               "reason"]
+               "queries", "reason"]
     if windows is None or not len(windows):
         return pd.DataFrame(columns=columns)
     allw = windows if history is None or not len(history) else pd.concat([history, windows], ignore_index=True)
@@ -378,6 +414,8 @@ def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
     mean_idx = np.flatnonzero([SIGNALS[n].carriers is not None for n in names])
     carrier_cols = [_carriers_name(names[i]) for i in mean_idx]
     above = np.array([SIGNALS[n].above or 0.0 for n in names])  # 0: not a quantile
+    count_idx = np.flatnonzero([SIGNALS[n].count is not None for n in names])
+    count_cols = [_count_name(names[i]) for i in count_idx]
 
     def transform(v: np.ndarray) -> np.ndarray:
         return np.where(logged, np.log1p(np.clip(v, 0, None)), v)
@@ -396,7 +434,11 @@ def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
         h_base = hist[base_cols].to_numpy(float)
         t_base = targets[base_cols].to_numpy(float)
         t_arrivals = targets["arrivals"].to_numpy(float)
-        t_many = t_arrivals >= params.min_queries
+        # The queries each signal is over: the window's, or the signal's own count (NaN: none).
+        t_counts = np.repeat(t_arrivals[:, None], len(names), axis=1)
+        t_counts[:, count_idx] = targets[count_cols].to_numpy(float)
+        with np.errstate(invalid="ignore"):
+            t_many = t_counts >= params.min_queries
         t_carriers = targets[carrier_cols].to_numpy(float)
         # A quantile is moved by the queries above it: judged only when they are enough for a claim.
         t_quantile_ok = (above == 0) | (above * t_arrivals[:, None] >= params.min_excess_queries)
@@ -465,7 +507,8 @@ def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
             out.append(pd.DataFrame({
                 "instance_id": int(inst), "window_start": pd.Timestamp(int(t), unit="ms", tz="UTC"),
                 "signal": np.array(names, dtype=object)[ok], "expected": expected[ok], "observed": observed[ok],
-                "excess": excess[ok], "z": z[ok], "ratio": ratio[ok], "score": score[ok], "reason": reasons[ok]}))
+                "excess": excess[ok], "z": z[ok], "ratio": ratio[ok], "score": score[ok], "queries": t_counts[j][ok],
+                "reason": reasons[ok]}))
     if not out:
         return pd.DataFrame(columns=columns)
     return pd.concat(out, ignore_index=True)[columns]
@@ -476,10 +519,11 @@ def flag_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
     """Flagged (window, signal) rows as a :data:`WINDOW_ANOMALY_SCHEMA` table (``score >= 1``)."""
     scored = score_windows(windows, history, params)
     flagged = scored[scored["score"] >= 1.0]
-    reason = [f"{r}: observed {o:,.4g} vs expected {e:,.4g} ({SIGNALS[s].unit}; instance's own history "
+    reason = [SIGNALS[s].describe(o, e, q) if SIGNALS[s].describe is not None else
+              f"{r}: observed {o:,.4g} vs expected {e:,.4g} ({SIGNALS[s].unit}; instance's own history "
               f"for this hour of the week, shrunk toward its hour of day and overall)"
-              for r, o, e, s in zip(flagged["reason"], flagged["observed"], flagged["expected"],
-                                    flagged["signal"], strict=True)]
+              for r, o, e, q, s in zip(flagged["reason"], flagged["observed"], flagged["expected"],
+                                       flagged["queries"], flagged["signal"], strict=True)]
     return pa.table({
         "instance_id": pa.array(flagged["instance_id"].to_numpy(), pa.int64()),
         "window_start": pa.array(flagged["window_start"].to_list(), _TS),

@@ -82,6 +82,7 @@ __all__ = [
     "PACE_MIN_MB",
     "SLOW_MS",
     "WindowMergeError",
+    "arrival_ms",
     "finalize",
     "hist_bin",
     "hist_quantile",
@@ -188,7 +189,8 @@ def hist_quantile(agg: Mapping[str, Any], q: float = 0.95) -> float | None:
     return float(agg["exec_max_ms"])  # unreachable when the histogram and count agree
 
 
-def _arrival_ms(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+def arrival_ms(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+    """``arrival_timestamp`` as epoch ms (floored), the time every window is aligned on (no nulls)."""
     col = batch.column("arrival_timestamp")
     typ = col.type
     if pa.types.is_timestamp(typ):  # nulls are filtered out before this
@@ -309,7 +311,7 @@ def partial_aggregates(batch: pa.RecordBatch | pa.Table, window_ms: int = DEFAUL
             return []
 
     instance = _ints(batch, "instance_id")
-    arrival = _arrival_ms(batch)
+    arrival = arrival_ms(batch)
     start = np.floor_divide(arrival, window_ms) * window_ms
     codes = classify_codes(batch).astype(np.int64)
     spilled = _ints(batch, "mbytes_spilled")

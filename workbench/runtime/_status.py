@@ -352,9 +352,12 @@ class WorkbenchStatus:
 
     @property
     def window_anomalies(self) -> int | None:
-        """Collective anomalies (flagged windows) the analytics app has stored since its last start."""
-        counters = (self.apps.get("analytics") or {}).get("counters")
-        return None if counters is None else int(counters.get("window_anomalies", 0))
+        """Collective anomalies (flagged windows) stored since the apps' last start: the analytics app's
+        (window statistics) and the scoring instances' (the runtime residual, judged by the trainer)."""
+        found = [(self.apps.get("analytics") or {}).get("counters"),
+                 *((s or {}).get("counters") for s in self.instances.get("scoring") or [self.apps.get("scoring")])]
+        counters = [c for c in found if c is not None]
+        return sum(int(c.get("window_anomalies", 0)) for c in counters) if counters else None
 
     @property
     def failed_trainings(self) -> list[str]:

@@ -41,6 +41,11 @@ Decisions
   and safe with two processes opening at once.
   A read-only store of an unmigrated database reads the missing columns as nulls, and archive
   files of earlier versions read the same way.
+* ``window_residuals`` (the scoring app's runtime residual per window,
+  :mod:`workbench.analysis.residual_windows`) sits beside ``window_stats`` with the same key. Its
+  writes are insert-if-absent (``ON CONFLICT DO NOTHING``): a window's residual depends only on its
+  scored rows, so a window written again (a replay, a restart) is the same value and the first row
+  stays. Retention deletes its rows with the windows they belong to (derived data: not archived).
 """
 
 from __future__ import annotations
@@ -69,7 +74,8 @@ from workbench.store.exceptions import RowValidationError, StoreError, StoreNotF
 if TYPE_CHECKING:
     from workbench.config import Settings
 
-__all__ = ["ADDED_COLUMNS", "WINDOW_STATS_COLUMNS", "WINDOW_STATS_SCHEMA", "ArchiveResult", "Transaction",
+__all__ = ["ADDED_COLUMNS", "WINDOW_RESIDUALS_SCHEMA", "WINDOW_STATS_COLUMNS", "WINDOW_STATS_SCHEMA", "ArchiveResult",
+           "Transaction",
            "WindowStatsStore", "database_errors",
            "migrate", "to_epoch_ms"]
 
@@ -152,10 +158,26 @@ _POSTGRES: Final = _Dialect(
 _LATE_KEY: Final = ('topic', '"partition"', '"offset"', 'instance_id', 'window_start')
 
 
+#: Arrow schema of ``window_residuals`` as :meth:`WindowStatsStore.read_residuals` returns it.
+WINDOW_RESIDUALS_SCHEMA: Final = pa.schema([
+    pa.field("instance_id", pa.int64(), nullable=False),
+    pa.field("window_start", _TS, nullable=False),
+    pa.field("residual_queries", pa.int64(), nullable=False),
+    pa.field("median_log_residual", pa.float64()),
+    pa.field("written_at", _TS, nullable=False),
+])
+_RESIDUAL_COLUMNS: Final = tuple(WINDOW_RESIDUALS_SCHEMA.names)
+
+
 def _create(d: _Dialect) -> tuple[str, ...]:
     """CREATE statements of one dialect, generated from :data:`WINDOW_STATS_SCHEMA`."""
     integer = d.types[pa.int64()]
     return (
+        "CREATE TABLE IF NOT EXISTS window_residuals (\n"
+        + ",\n".join(f"  {f.name} {d.types[f.type]}{'' if f.nullable else ' NOT NULL'}"
+                     for f in WINDOW_RESIDUALS_SCHEMA)
+        + f",\n  PRIMARY KEY (instance_id, window_start)\n){d.table_options}",
+        "CREATE INDEX IF NOT EXISTS window_residuals_by_start ON window_residuals (window_start)",
         "CREATE TABLE IF NOT EXISTS window_stats (\n"
         + ",\n".join(f"  {f.name} {d.types[f.type]}{'' if f.nullable else ' NOT NULL'}" for f in WINDOW_STATS_SCHEMA)
         + f",\n  PRIMARY KEY (instance_id, window_start)\n){d.table_options}",
@@ -452,6 +474,7 @@ class WindowStatsStore(ConnectionStore):
                 # DDL locks tables even when it changes nothing: only what is missing (all of it, the first time)
                 made = con.execute("SELECT to_regclass('window_stats') IS NOT NULL AND "
                                    "to_regclass('late_event_sources') IS NOT NULL AND "
+                                   "to_regclass('window_residuals') IS NOT NULL AND "
                                    "to_regclass('late_events') IS NOT NULL").fetchone()
                 if not (made and made[0]):
                     for statement in (*_create(_POSTGRES), _late_view(_POSTGRES)):
@@ -653,6 +676,72 @@ class WindowStatsStore(ConnectionStore):
         value = self._fetch("SELECT max(window_start) FROM window_stats")[0][0]
         return None if value is None else datetime.fromtimestamp(value / 1000, tz=UTC)
 
+    # --- runtime residuals per window (the scoring app) ---------------------------------------------
+    def insert_residuals(self, windows: Any) -> int:
+        """Store residual windows that are not stored yet (insert-if-absent on ``(instance_id, window_start)``).
+
+        Parameters
+        ----------
+        windows : DataFrame
+            ``instance_id``, ``window_start`` (tz-aware), ``residual_queries``, ``median_log_residual``
+            (:func:`workbench.analysis.residual_windows.residual_windows`).
+
+        Returns
+        -------
+        int
+            Rows inserted (windows already stored are left as they are).
+        """
+        import pandas as pd
+
+        if windows is None or not len(windows):
+            return 0
+        now_ms = time.time_ns() // 1_000_000
+        starts = pd.DatetimeIndex(pd.to_datetime(windows["window_start"], utc=True)).as_unit("ms").asi8
+        medians = pd.to_numeric(windows["median_log_residual"], errors="coerce")
+        params = sorted((int(i), int(t), int(n), None if pd.isna(m) else float(m), now_ms) for i, t, n, m in zip(
+            windows["instance_id"], starts, windows["residual_queries"], medians, strict=True))
+        q = self.dialect.param
+        sql = (f"INSERT INTO window_residuals ({', '.join(_RESIDUAL_COLUMNS)}) VALUES "
+               f"({', '.join(q for _ in _RESIDUAL_COLUMNS)}) ON CONFLICT (instance_id, window_start) DO NOTHING")
+        for attempt in (1, 2):
+            try:
+                with self._write_transaction() as db:
+                    cur = db.cursor()
+                    try:
+                        inserted = 0
+                        for row in params:  # one by one: rowcount of an executemany is not portable
+                            cur.execute(sql, row)
+                            inserted += max(cur.rowcount, 0)
+                    finally:
+                        cur.close()
+                return inserted
+            except Exception:
+                # a PostgreSQL session lost mid-transaction rolled it back: once more (keyed, so idempotent)
+                if attempt == 2 or self.url is None or not self._db_broken():
+                    raise
+        return 0  # pragma: no cover - the loop returns or raises
+
+    def read_residuals(self, start: datetime | int | None = None, end: datetime | int | None = None,
+                       instances: Sequence[int] | None = None) -> pa.Table:
+        """Residual windows with ``start <= window_start < end`` (:data:`WINDOW_RESIDUALS_SCHEMA`;
+        empty for a read-only database written before the table existed)."""
+        if self.url is None and self.read_only and not self._fetch(
+                "SELECT 1 FROM sqlite_master WHERE name = 'window_residuals'"):
+            return WINDOW_RESIDUALS_SCHEMA.empty_table()
+        lo, hi = to_epoch_ms(start, name="start"), to_epoch_ms(end, name="end")
+        ids = None if instances is None else [int(i) for i in instances]
+        sql, params = _select(self.dialect, lo, hi, ids, ", ".join(_RESIDUAL_COLUMNS))
+        rows = self._fetch(sql.replace("FROM window_stats", "FROM window_residuals"), params)
+        columns = list(zip(*rows, strict=False)) if rows else [() for _ in _RESIDUAL_COLUMNS]
+        return pa.Table.from_arrays(
+            [pa.array(v, pa.int64()).cast(_TS) if f.type == _TS else pa.array(v, f.type)
+             for f, v in zip(WINDOW_RESIDUALS_SCHEMA, columns, strict=True)], schema=WINDOW_RESIDUALS_SCHEMA)
+
+    def newest_residual_window(self) -> datetime | None:
+        """The latest ``window_start`` in ``window_residuals``, or ``None`` when empty."""
+        value = self._fetch("SELECT max(window_start) FROM window_residuals")[0][0]
+        return None if value is None else datetime.fromtimestamp(value / 1000, tz=UTC)
+
     # --- retention ---------------------------------------------------------------------------------
     def archive_older_than(self, days: float, archive_dir: str | os.PathLike[str] | None = None) -> ArchiveResult:
         """Move windows older than ``newest window_start - days`` into daily Parquet files.
@@ -699,6 +788,7 @@ class WindowStatsStore(ConnectionStore):
                     files.append(_merge_into_day_file(target, value, part))
                 db.execute(f"DELETE FROM window_stats WHERE window_start < {q}", (cutoff,))
                 db.execute(f"DELETE FROM late_event_sources WHERE window_start < {q}", (cutoff,))
+                db.execute(f"DELETE FROM window_residuals WHERE window_start < {q}", (cutoff,))
         cut_dt = datetime.fromtimestamp(cutoff / 1000, tz=UTC)
         logger.info("archived windows rows=%d files=%d cutoff=%s", len(rows), len(files), cut_dt.isoformat())
         return ArchiveResult(cut_dt, len(rows), tuple(files))

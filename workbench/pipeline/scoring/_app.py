@@ -127,6 +127,7 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
         self._idle_exit: float | None = None
         self._started = 0.0
         self._last_slow_tick = 0.0
+        self._rescore_seen_at = 0.0
         self._force_commit: Callable[[], None] | None = None
         self.maintenance = ShardMaintenance(settings, self.status, window_days)
         self.election: TrainerElection | None = None  # N instances, one home: one of them trains

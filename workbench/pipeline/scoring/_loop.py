@@ -47,6 +47,7 @@ class ScoringLoop:
     _idle_exit: float | None
     _started: float
     _last_slow_tick: float
+    _rescore_seen_at: float
     _force_commit: Callable[[], None] | None
     _warmup_s: float
     batch_seconds: float
@@ -75,13 +76,15 @@ class ScoringLoop:
         self._last_slow_tick = now
         if self.election is not None and self.sink is not None:
             self.election.tick(self.sink, self.supervisor, self._warmup_s)
+        self._after_flush()  # the watermark also moves when partitions fall idle (maintenance, training)
         if self.schedule is not None:
-            self._after_flush()  # the watermark also moves when partitions fall idle
             if self.pacer is not None and self.sink is not None:
                 self.pacer.pace(self.sink, self.scorer, self._cadence())
             if self._trains:
                 self.schedule.poll()
         self.rescorer.maybe_start(self.scorer, self._cadence())
+        if self.rescorer.running:
+            self._rescore_seen_at = now
         self.rescorer.raise_error()
         self._sum_anomalies()
         self._sink_info()
@@ -157,5 +160,9 @@ class ScoringLoop:
         if self.rescorer.running or (self.schedule is not None and self.schedule.busy):
             return False
         if self.pacer is not None and self.pacer.paused:  # a paused partition still has events to deliver
+            return False
+        # a settled day whose rows waited for rescoring gets one more residual pass after the rescoring
+        residuals = self.maintenance.residuals
+        if self.maintenance.running or (residuals.pending is not None and residuals.last_try <= self._rescore_seen_at):
             return False
         return not self.rescorer.ready_days(self.scorer, self._cadence())

@@ -1,5 +1,8 @@
 """Compaction and retention of settled shard days, once per event-time day; the trainer election.
 
+The same thread then stores and judges the settled days' runtime-residual windows
+(:mod:`._residuals`: ``window_residuals`` and the lakehouse's ``window_anomalies``).
+
 Once the event-time watermark (minus the training grace) enters a new day,
 :func:`workbench.store.shards.maintain` compacts the days that are a day past their end into one
 file per partition and deletes days older than ``shard_retention_days`` (never fewer than the
@@ -36,20 +39,25 @@ logger = logging.getLogger(__name__)
 
 
 class ShardMaintenance:
-    """Runs :func:`~workbench.store.shards.maintain` in a thread of its own when the watermark day moves.
+    """Runs :func:`~workbench.store.shards.maintain` in a thread of its own when the watermark day moves,
+    then the settled days' runtime-residual windows (:class:`._residuals.ResidualWindowsStep`).
 
     Not in the scoring loop: a compaction reads and rewrites whole days and waits for each day's
     lock, which the rescoring threads of every instance take file by file; in the loop it held
     consumption, and the start of the next training, for 2-19 s at every day in the scale benchmark.
-    Shard writers and readers already run beside it (day locks; readers skip covered files).
+    Shard writers and readers already run beside it (day locks; readers skip covered files). A
+    settled day whose rows still wait for rescoring is tried again (every ``retry_s``) until stored.
     """
 
     def __init__(self, settings: Settings, status: AppStatus, window_days: int) -> None:
+        from workbench.pipeline.scoring._residuals import ResidualWindowsStep
+
         self.settings = settings
         self.status = status
         self.window_days = window_days
         self.done_for: dt.date | None = None
         self.thread: threading.Thread | None = None
+        self.residuals = ResidualWindowsStep(settings, status)
         for name in ("shard_days_compacted", "shard_days_deleted"):
             status.counters.setdefault(name, 0)  # the thread never inserts keys
 
@@ -61,7 +69,7 @@ class ShardMaintenance:
     def run(self, watermark: dt.date) -> None:
         """Start compacting and applying retention for ``watermark`` (a no-op when done for that day or
         while a pass runs: the next call after it catches up)."""
-        if watermark == self.done_for or self.running:
+        if self.running or (watermark == self.done_for and not self.residuals.due()):
             return
         self.done_for = watermark
         self.thread = threading.Thread(target=self._maintain, args=(watermark,), name="shard-maintenance",
@@ -86,9 +94,13 @@ class ShardMaintenance:
         except Exception:  # a full disk, a busy object store: the next watermark day tries again
             logger.exception("shard maintenance failed watermark=%s; retried when the watermark moves", watermark)
             self.done_for = None
-            return
-        self.status.add("shard_days_compacted", len(done["compacted"]))
-        self.status.add("shard_days_deleted", len(done["deleted"]))
+        else:
+            self.status.add("shard_days_compacted", len(done["compacted"]))
+            self.status.add("shard_days_deleted", len(done["deleted"]))
+        try:
+            self.residuals.run(watermark)
+        except Exception:  # a busy lakehouse or store: the day stays pending and is tried again
+            logger.exception("residual windows failed watermark=%s; retried", watermark)
 
 
 def heartbeat_id(settings: Settings, slot: int) -> int | str:

@@ -1,0 +1,149 @@
+"""The runtime-residual window signal: per-window medians from scored rows, judged against the instance's history."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from workbench.analysis.collective import WINDOW_ANOMALY_SCHEMA
+from workbench.analysis.residual_windows import RESIDUAL_SIGNAL, judge_residual_windows, residual_windows
+
+T0 = datetime(2024, 3, 4, tzinfo=UTC)
+DAY_MS = 86_400_000
+WINDOW_MS = 600_000
+
+
+def _rows(days: int = 4, per_window: int = 60, seed: int = 0, slow: tuple[int, int] | None = None,
+          factor: float = 1.0, big_share: dict[int, float] | None = None, instance: int = 7) -> pa.Table:
+    """Scored rows of one instance: small (~100 ms) and large (~5 s) queries, runtime ~ expectation x lognormal.
+
+    ``slow``: windows [a, b) run ``factor`` x slower than the model expects; ``big_share``: per
+    window, the share of large queries (default 0.2): a mix change the model explains.
+    """
+    rng = np.random.default_rng(seed)
+    n_win = days * 144
+    counts = rng.poisson(per_window, n_win)
+    win = np.repeat(np.arange(n_win), counts)
+    n = len(win)
+    share = np.full(n_win, 0.2)
+    for w, s in (big_share or {}).items():
+        share[w] = s
+    big = rng.random(n) < share[win]
+    pred = np.where(big, 5_000.0, 100.0) * rng.lognormal(0.0, 0.3, n)
+    runtime = pred * rng.lognormal(0.0, 0.5, n)
+    if slow is not None:
+        runtime = np.where((win >= slow[0]) & (win < slow[1]), runtime * factor, runtime)
+    arrival_ms = int(T0.timestamp() * 1000) + win * WINDOW_MS + rng.integers(0, WINDOW_MS, n)
+    cached = rng.random(n) < 0.1
+    return pa.table({
+        "instance_id": pa.array(np.full(n, instance), pa.int64()),
+        "arrival_timestamp": pa.array(arrival_ms * 1000, pa.int64()).cast(pa.timestamp("us", "UTC")),
+        "execution_duration_ms": pa.array(np.where(cached, 0, np.round(runtime)).astype(np.int64)),
+        "was_cached": pa.array(cached), "was_aborted": pa.array(np.zeros(n, bool)),
+        "pred_mean_ms": pa.array(pred), "model_version": pa.array(["v1-2024-03-03"] * n),
+    })
+
+
+def _flagged_windows(rows: pa.Table, first_judged: int = 3 * 144) -> set[int]:
+    w = residual_windows(rows)
+    judged = w[w["window_start"] >= pd.Timestamp(T0) + pd.Timedelta(minutes=10 * first_judged)]
+    flagged = judge_residual_windows(judged, w).to_pandas()
+    assert set(flagged["signal"]) <= {RESIDUAL_SIGNAL}
+    return {int((t - pd.Timestamp(T0)) / pd.Timedelta(minutes=10)) for t in flagged["window_start"]}
+
+
+def test_windows_align_with_the_stream_windows_and_count_only_executed_scored_queries() -> None:
+    rows = _rows(days=1)
+    w = residual_windows(rows)
+    cached = rows.column("was_cached").to_numpy(zero_copy_only=False)
+    assert int(w["residual_queries"].sum()) == int((~cached).sum())
+    assert (pd.DatetimeIndex(w["window_start"]).as_unit("ms").asi8 % WINDOW_MS == 0).all()
+    assert w["median_log_residual"].abs().median() < 0.1  # runtimes follow the expectation
+
+
+def test_an_instance_running_slower_than_the_model_expects_is_flagged() -> None:
+    slow = (3 * 144 + 60, 3 * 144 + 64)  # 40 minutes of day 4, every query 2x slower
+    assert _flagged_windows(_rows(slow=slow, factor=2.0)) == set(range(*slow))
+    table = judge_residual_windows(residual_windows(_rows(slow=slow, factor=2.0)).iloc[3 * 144 + 60:3 * 144 + 61],
+                                   residual_windows(_rows(slow=slow, factor=2.0)))
+    assert table.schema == WINDOW_ANOMALY_SCHEMA
+    row = table.to_pylist()[0]
+    assert 0.5 < row["observed"] - row["expected"] < 0.9  # ln 2 = 0.69
+    assert "x its expected runtime" in row["reason"] and "queries" in row["reason"]
+
+
+def test_an_unshifted_instance_and_a_mix_change_the_model_explains_are_not_flagged() -> None:
+    mix = {w: 0.9 for w in range(3 * 144 + 60, 3 * 144 + 70)}  # most queries large: raw runtime up ~4x
+    rows = _rows(big_share=mix)
+    runtime = residual_windows(rows)
+    assert len(runtime) == 4 * 144
+    assert _flagged_windows(_rows()) == set()
+    assert _flagged_windows(rows) == set()
+
+
+def test_a_slowdown_that_is_also_below_the_floor_is_not_flagged() -> None:
+    slow = (3 * 144 + 60, 3 * 144 + 64)  # 1.25x: significant over 40 queries, but under ln 1.5
+    assert _flagged_windows(_rows(slow=slow, factor=1.25)) == set()
+
+
+def test_windows_with_too_few_judged_queries_are_not_judged() -> None:
+    slow = (3 * 144 + 60, 3 * 144 + 64)
+    assert _flagged_windows(_rows(slow=slow, factor=2.0, per_window=12)) == set()
+
+
+def test_windows_with_unscored_rows_are_left_for_later() -> None:
+    slow = (3 * 144 + 60, 3 * 144 + 64)
+    rows = _rows(slow=slow, factor=2.0)
+    arrival = pd.DatetimeIndex(rows.column("arrival_timestamp").to_numpy(zero_copy_only=False))
+    window = ((arrival - pd.Timestamp(T0).tz_localize(None)) // pd.Timedelta(minutes=10)).to_numpy()
+    versions = np.where(window == slow[0], None, "v1-2024-03-03")  # one slow window partly stored unscored
+    rows = rows.set_column(rows.schema.get_field_index("model_version"), "model_version", pa.array(versions))
+    w = residual_windows(rows)
+    assert int(w.loc[w["unscored_queries"] > 0, "window_start"].size) == 1
+    assert _flagged_windows(rows) == set(range(slow[0] + 1, slow[1]))
+
+
+def test_the_same_rows_in_any_order_give_the_same_windows_and_flags() -> None:
+    rows = _rows(slow=(3 * 144 + 60, 3 * 144 + 64), factor=2.0)
+    shuffled = rows.take(np.random.default_rng(1).permutation(rows.num_rows))
+    pd.testing.assert_frame_equal(residual_windows(rows), residual_windows(shuffled))
+    a, b = residual_windows(rows), residual_windows(shuffled)
+    assert judge_residual_windows(a.iloc[3 * 144:], a).equals(judge_residual_windows(b.iloc[3 * 144:], b))
+
+
+def test_the_status_line_counts_the_scoring_app_s_flagged_windows_with_the_analytics_app_s() -> None:
+    from workbench.runtime._status import WorkbenchStatus
+
+    def status(apps: dict, instances: dict) -> WorkbenchStatus:
+        return WorkbenchStatus(replay=None, processes={}, apps=apps, lag={}, model_version=None, model_versions=0,
+                               anomalies=None, late_events=None, dead_letters=None, instances=instances)
+
+    scoring = [{"counters": {"window_anomalies": 2}}, {"counters": {"window_anomalies": 1}}]  # two scoring slots
+    both = status({"analytics": {"counters": {"window_anomalies": 4}}, "scoring": scoring[0]}, {"scoring": scoring})
+    assert both.window_anomalies == 7 and "flagged windows 7" in str(both)
+    assert status({}, {}).window_anomalies is None
+
+
+def test_statements_the_model_has_no_history_of_are_not_judged() -> None:
+    rows = _rows()
+    w = residual_windows(rows)
+    target = 3 * 144 + 60  # one window: its first 60 % of queries are never-seen statements, 30x their prior
+    start = pd.Timestamp(T0) + pd.Timedelta(minutes=10 * target)
+    arrival = pd.DatetimeIndex(rows.column("arrival_timestamp").to_numpy(zero_copy_only=False)).tz_localize("UTC")
+    inside = np.flatnonzero((arrival >= start) & (arrival < start + pd.Timedelta(minutes=10)))
+    unknown = np.zeros(rows.num_rows, dtype=bool)
+    unknown[inside[: int(0.6 * len(inside))]] = True
+    runtime = rows.column("execution_duration_ms").to_numpy().copy()
+    runtime[unknown] *= 30
+    burst = rows.set_column(rows.schema.get_field_index("execution_duration_ms"), "execution_duration_ms",
+                            pa.array(runtime))
+    assert _flagged_windows(burst) == {target}  # every statement judged: the burst moves the median
+    judged = residual_windows(burst, known=~unknown)
+    row = judged[judged["window_start"] == start].iloc[0]
+    executed = runtime > 0  # not a result-cache hit
+    assert row["residual_queries"] == int((executed & ~unknown)[inside].sum()) > 20
+    assert w[w["window_start"] == start]["residual_queries"].iloc[0] == int(executed[inside].sum())
+    assert judge_residual_windows(judged.iloc[3 * 144:], judged).num_rows == 0

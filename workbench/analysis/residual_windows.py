@@ -1,0 +1,129 @@
+"""The scorer's runtime residual per 10-minute window of an instance: a mix-adjusted collective signal.
+
+Raw window levels (mean runtime, slow share) move with the mix of queries: a busier hour of large
+statements looks like a slow instance, and a whole instance running 1.5-2x slower hides in the mix
+of a mid-size or serverless instance. The model already expects a runtime for every query, from its
+fingerprint, shape and instance; the median over a window of ``ln(runtime / expectation)`` moves
+when every query of the window runs slower than its own expectation, and hardly when the mix changes.
+
+:func:`residual_windows` computes, per ``(instance_id, window_start)`` (windows aligned as
+:mod:`workbench.analysis.windows` aligns them: ``floor(arrival_ms / window_ms) * window_ms``, UTC),
+over the window's *judged* queries (executed: not a result-cache hit, not aborted, a positive
+execution time; scored; and, when the caller says which, with an expectation that rests on the
+statement's own history: see ``known``), their count ``residual_queries`` and the median of
+``log1p(execution ms) - log1p(pred_mean_ms)`` (``median_log_residual``). ``pred_mean_ms`` is the
+scorer's ``expm1`` of the model's mean log runtime, so this is the detector's own log residual of
+runtime. It also counts the executed rows still unscored (``unscored_queries``): a window with any
+is not final (the rows are rescored later) and is left for then.
+
+Why ``known``: a statement the model has no history of gets a prior (its instance's typical
+runtime), so its residual says what the model does not know, not how fast the instance is. One
+user's burst of new heavy statements is an ordinary event (stress log seed 0: 18 of a window's 38
+queries, never seen, ran 30-86 s against expectations of ~0.1 s) and moved the window's median to
+``ln 1.55`` while the 20 known statements sat at their expectation. The detector's evidence source
+(:meth:`workbench.ml.features.FeatureBuilder.transform_with_evidence`, ``fingerprint``) says which
+expectations rest on history.
+
+:func:`judge_residual_windows` judges windows against the instance's earlier residual windows with
+the collective machinery (:mod:`workbench.analysis.collective`, signal ``runtime_residual``: shrunk
+hour-of-week reference, MAD spread, ``min(z / z_threshold, excess / ln 1.5) >= 1``, the empirical
+check and at least ``min_queries`` judged queries). Pure functions: the same rows give the same
+windows and flags.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from workbench.analysis.collective import CollectiveParams, flag_windows
+from workbench.analysis.windows import DEFAULT_WINDOW_MS, arrival_ms
+
+__all__ = ["RESIDUAL_COLUMNS", "RESIDUAL_SIGNAL", "judge_residual_windows", "residual_windows"]
+
+#: The collective signal (:data:`workbench.analysis.collective.SIGNALS`) these windows feed.
+RESIDUAL_SIGNAL = "runtime_residual"
+#: Columns of :func:`residual_windows` (and of the ``window_residuals`` table, without ``unscored_queries``).
+RESIDUAL_COLUMNS = ("instance_id", "window_start", "residual_queries", "median_log_residual", "unscored_queries")
+
+
+def _flag(table: pa.Table, name: str) -> np.ndarray:
+    """A boolean column as a numpy array (nulls, or a missing column, count as False)."""
+    if name not in table.column_names:
+        return np.zeros(table.num_rows, dtype=bool)
+    return pc.fill_null(table.column(name), False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _numbers(table: pa.Table, name: str) -> np.ndarray:
+    """A numeric column as float (NaN where null)."""
+    return pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(float)
+
+
+def residual_windows(rows: pa.Table, known: np.ndarray | None = None, window_ms: int = DEFAULT_WINDOW_MS
+                     ) -> pd.DataFrame:
+    """Per ``(instance_id, window_start)``: judged queries, their median log runtime residual, unscored rows.
+
+    Parameters
+    ----------
+    rows : pyarrow.Table
+        Scored query rows (the shard schema, one row per query): ``instance_id``,
+        ``arrival_timestamp``, ``execution_duration_ms``, ``was_cached``, ``was_aborted``,
+        ``pred_mean_ms`` and ``model_version`` (null while unscored).
+    known : ndarray of bool, optional
+        Per row of ``rows``: the model's expectation rests on the statement's own history (the
+        detector's evidence source ``fingerprint``). Other rows are not judged. None: every row.
+    window_ms : int
+        Window length (10 minutes).
+
+    Returns
+    -------
+    DataFrame
+        :data:`RESIDUAL_COLUMNS`, one row per window with at least one executed query, sorted by
+        instance and window; ``window_start`` tz-aware UTC; ``median_log_residual`` NaN when no
+        query is judged yet.
+    """
+    if rows.num_rows == 0:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
+            RESIDUAL_COLUMNS, ("int64", "datetime64[ms, UTC]", "int64", "float64", "int64"), strict=True)})
+    keep = pc.and_(pc.is_valid(rows.column("instance_id")), pc.is_valid(rows.column("arrival_timestamp")))
+    known = np.ones(rows.num_rows, dtype=bool) if known is None else np.asarray(known, dtype=bool)
+    known = known[keep.to_numpy(zero_copy_only=False)]
+    rows = rows.filter(keep)
+    exec_ms = np.nan_to_num(_numbers(rows, "execution_duration_ms"), nan=0.0)
+    executed = ~_flag(rows, "was_cached") & ~_flag(rows, "was_aborted") & (exec_ms > 0)
+    pred = _numbers(rows, "pred_mean_ms")
+    scored = pc.is_valid(rows.column("model_version")).to_numpy(zero_copy_only=False) & ~np.isnan(pred)
+    frame = pd.DataFrame({
+        "instance_id": pc.cast(rows.column("instance_id"), pa.int64()).to_numpy(zero_copy_only=False),
+        "start_ms": np.floor_divide(arrival_ms(rows), window_ms) * window_ms,
+        "judged": executed & scored & known,
+        "unscored": executed & ~scored,
+        "residual": np.where(executed & scored & known,
+                             np.log1p(exec_ms) - np.log1p(np.clip(np.nan_to_num(pred), 0, None)), np.nan),
+    })[executed]
+    per = frame.groupby(["instance_id", "start_ms"], sort=True).agg(
+        residual_queries=("judged", "sum"), median_log_residual=("residual", "median"),
+        unscored_queries=("unscored", "sum")).reset_index()
+    per["window_start"] = pd.to_datetime(per["start_ms"], unit="ms", utc=True).astype("datetime64[ms, UTC]")
+    return per[list(RESIDUAL_COLUMNS)].astype({"instance_id": "int64", "residual_queries": "int64",
+                                               "unscored_queries": "int64"})
+
+
+def judge_residual_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
+                           params: CollectiveParams | None = None) -> pa.Table:
+    """Flagged residual windows as ``window_anomalies`` rows (signal :data:`RESIDUAL_SIGNAL`).
+
+    ``windows`` and ``history`` are :func:`residual_windows` frames (or stored ``window_residuals``
+    rows); each window is judged against the same instance's windows strictly before it (within
+    ``params.lookback``, the last ``recent_guard`` left out) that ``history`` and ``windows`` hold.
+    Windows with unscored rows are not judged (they are not final).
+    """
+    def final(frame: pd.DataFrame | None) -> pd.DataFrame | None:
+        if frame is None or "unscored_queries" not in frame:
+            return frame
+        return frame[frame["unscored_queries"].fillna(0) == 0]
+
+    flagged = flag_windows(final(windows), final(history), params)
+    return flagged.filter(pc.equal(flagged.column("signal"), RESIDUAL_SIGNAL))

@@ -1,0 +1,140 @@
+"""The runtime-residual windows of each settled day: stored, judged, flagged (the elected trainer's maintenance).
+
+Where closed windows meet the scores: the scoring app's shards hold every query with the model's
+expectation (``pred_mean_ms``), so the trainer's maintenance thread (:class:`._maintenance.ShardMaintenance`)
+turns each settled event day (before the watermark day, like compaction and training) into its
+residual windows (:func:`workbench.analysis.residual_windows.residual_windows`), judges them against
+the instance's earlier stored windows and writes the flagged ones into the lakehouse's
+``window_anomalies`` (signal ``runtime_residual``) *before* it stores the day's windows in
+``window_residuals``. So a stored day is a judged day, and a crash in between only judges the day
+again (both writes are insert-if-absent: no duplicates).
+
+Deterministic at any replay speed and after any restart:
+
+* Days are processed in order, and a day only once *every* executed row of it is scored: a day
+  with rows stored before their version existed waits (with every later day) until
+  :class:`._rescore.Rescorer` scored them. Each row's score is its event day's version's (the
+  selection rule), so a day's windows depend only on the log.
+* A window's reference is the instance's stored windows of earlier days plus the day's own earlier
+  windows, which the ordering makes the same whenever the day is judged.
+* After a restart the next day is the one after the newest stored window (held in the store, not
+  in memory); a day with no window is simply computed again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from workbench.pipeline._status import AppStatus
+
+__all__ = ["ResidualWindowsStep"]
+
+logger = logging.getLogger(__name__)
+
+class ResidualWindowsStep:
+    """Writes, judges and flags the residual windows of settled days (see the module docstring).
+
+    Parameters
+    ----------
+    settings : Settings
+        ``shards_dir`` (the scored rows), the window-stats store (``window_residuals``) and the lakehouse.
+    status : AppStatus
+        Counters ``residual_windows`` (windows stored) and ``window_anomalies`` (flagged windows inserted).
+    retry_s : float
+        Least seconds between two attempts while a day waits for its rows to be scored.
+    """
+
+    def __init__(self, settings: Any, status: AppStatus, *, params: Any = None, retry_s: float = 2.0) -> None:
+        from workbench.analysis.collective import CollectiveParams
+
+        self.settings = settings
+        self.status = status
+        self.params = params or CollectiveParams()
+        self.retry_s = retry_s
+        self.done_through: dt.date | None = None  # the last day stored (None: read it from the store)
+        self.pending: dt.date | None = None  # a settled day waiting for its rows to be scored
+        self.last_try = 0.0  # monotonic start of the last pass
+        self._models: dict[str, Any] = {}  # version -> LoadedModel (a day's rows share one or two)
+        for name in ("residual_windows", "window_anomalies"):
+            status.counters.setdefault(name, 0)  # the maintenance thread never inserts keys
+
+    def due(self) -> bool:
+        """Whether a waiting day should be tried again now (rate-limited)."""
+        return self.pending is not None and time.monotonic() - self.last_try >= self.retry_s
+
+    def run(self, watermark: dt.date) -> int:
+        """Process every settled day (before ``watermark``) not stored yet, in order; returns the days stored."""
+        from workbench.store.shards import list_days
+        from workbench.store.window_stats import WindowStatsStore
+
+        self.last_try = time.monotonic()
+        stored = 0
+        with WindowStatsStore.from_settings(self.settings) as store:
+            if self.done_through is None:
+                newest = store.newest_residual_window()  # a day is stored in one transaction: whole or not at all
+                self.done_through = None if newest is None else newest.date()
+            days = [d for d in list_days(self.settings.shards_dir)
+                    if d < watermark and (self.done_through is None or d > self.done_through)]
+            self.pending = None
+            for day in days:
+                self.pending = day  # until it is stored (an error leaves it to retry)
+                if not self._day(store, day):
+                    break
+                self.done_through = day
+                self.pending = None
+                stored += 1
+        return stored
+
+    def _day(self, store: Any, day: dt.date) -> bool:
+        """Judge and store one day; False when some of its executed rows are not scored yet."""
+        from workbench.analysis.residual_windows import judge_residual_windows, residual_windows
+        from workbench.store.lakehouse import AnomalyLakehouse
+        from workbench.store.shards import read_window
+
+        rows = read_window(self.settings.shards_dir, day, day)
+        windows = residual_windows(rows, known=self._known(rows))
+        if (windows["unscored_queries"] > 0).any():
+            logger.info("residual windows of %s wait for %d unscored rows", day, int(windows["unscored_queries"].sum()))
+            return False
+        windows = windows.drop(columns="unscored_queries")
+        start = pd.Timestamp(day, tz="UTC")
+        history = store.read_residuals(start=(start - pd.Timedelta(self.params.lookback)).to_pydatetime(),
+                                       end=start.to_pydatetime()).to_pandas()
+        flagged = judge_residual_windows(windows, pd.concat([history, windows], ignore_index=True), self.params)
+        if flagged.num_rows:
+            with AnomalyLakehouse.from_settings(self.settings) as lake:
+                self.status.add("window_anomalies", lake.write_window_anomalies(flagged))
+        self.status.add("residual_windows", store.insert_residuals(windows))
+        logger.info("residual windows of %s: %d stored, %d flagged", day, len(windows), flagged.num_rows)
+        return True
+
+    def _known(self, rows: pa.Table) -> np.ndarray:
+        """Per row: the version that scored it expected its runtime from the statement's own history.
+
+        The detector's evidence source (``fingerprint``), from the row's own version (the shards
+        keep which one): a never-seen statement's residual tells what the model does not know.
+        Unscored rows read False (their windows wait anyway).
+        """
+        from workbench.ml.registry import ModelRegistry
+        from workbench.ml.scorer import LoadedModel
+
+        known = np.zeros(rows.num_rows, dtype=bool)
+        versions = rows.column("model_version")
+        day_versions = pc.unique(versions.drop_null()).to_pylist()
+        self._models = {v: m for v, m in self._models.items() if v in day_versions}  # the next day shares some
+        for version in day_versions:
+            mask = pc.fill_null(pc.equal(versions, version), False)
+            model = self._models.get(version)
+            if model is None:
+                model = self._models[version] = LoadedModel.load(ModelRegistry(self.settings.models_dir), version)
+            _, _, source = model.features.transform_with_evidence(rows.filter(mask))
+            known[mask.to_numpy(zero_copy_only=False)] = source == 0
+        return known
