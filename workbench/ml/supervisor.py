@@ -160,7 +160,8 @@ class TrainingSupervisor:
     @property
     def running(self) -> bool:
         """True while a training subprocess runs."""
-        return any(e["status"] == "running" for e in self.state["days"].values())
+        with self._lock:
+            return any(e["status"] == "running" for e in self.state["days"].values())
 
     # --- scheduling ---------------------------------------------------------------------------
     def should_train(self, day: dt.date) -> bool:
@@ -242,10 +243,11 @@ class TrainingSupervisor:
     @property
     def pid(self) -> int | None:
         """Pid of the running training process."""
-        for entry in self.state["days"].values():
-            if entry["status"] == "running":
-                return int(entry["pid"])
-        return None
+        with self._lock:
+            for entry in self.state["days"].values():
+                if entry["status"] == "running":
+                    return int(entry["pid"])
+            return None
 
     # --- internals --------------------------------------------------------------------------
     def _reap(self, proc: subprocess.Popen[bytes]) -> None:
@@ -274,8 +276,13 @@ class TrainingSupervisor:
                        for v in ModelRegistry(self.settings.models_dir).versions())
             rc = 0 if done else -1
         entry["last_rc"] = rc
-        entry.pop("pid", None)
-        entry.pop("pid_started", None)
+        try:
+            self._settle(day, entry, rc)
+        finally:  # after the status: a reader without the lock never sees "running" without a pid
+            entry.pop("pid", None)
+            entry.pop("pid_started", None)
+
+    def _settle(self, day: str, entry: dict[str, Any], rc: int) -> None:
         if rc == 0:
             entry["status"] = "done"
             logger.info("training finished day=%s attempts=%d", day, entry["attempts"])
@@ -320,9 +327,9 @@ class TrainingSupervisor:
                                         stdin=subprocess.DEVNULL, env=self._child_env(), start_new_session=True)
         self._proc = proc
         entry["attempts"] += 1
-        entry["status"] = "running"
-        entry["pid"] = proc.pid
+        entry["pid"] = proc.pid  # before the status (see _record_result)
         entry["pid_started"] = process_start_time(proc.pid)
+        entry["status"] = "running"
         self._save()
         logger.info("training started day=%s attempt=%d pid=%d warm=%s", day, entry["attempts"], proc.pid, warm)
         if self.reap_in_thread:
