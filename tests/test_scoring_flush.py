@@ -193,7 +193,9 @@ def test_the_next_training_starts_before_the_compaction_after_a_flush(tmp_path: 
     fake_python = tmp_path / "fake-python"
     fake_python.write_text("#!/bin/sh\nsleep 0.2\n")
     fake_python.chmod(0o755)
-    supervisor = TrainingSupervisor(Settings(home=tmp_path), every_n_days=1, python=str(fake_python))
+    # The main loop's own path: no reaper thread (it would reap day 4 before the flush does), no standby.
+    supervisor = TrainingSupervisor(Settings(home=tmp_path), every_n_days=1, python=str(fake_python),
+                                    standby=False, reap_in_thread=False)
     for day in (4, 5, 6):  # day 4 is trained (running), day 5 waits for it (pending)
         supervisor.maybe_schedule(dt.date(2024, 3, day))
     assert (supervisor.status("2024-03-04"), supervisor.status("2024-03-05")) == ("running", "pending")

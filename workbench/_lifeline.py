@@ -55,6 +55,7 @@ PARENT_PID_ENV = "WORKBENCH_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
 WATCHDOG_INTERVAL_S = 1.0
 WATCHDOG_GRACE_S = 20.0
+_WATCHDOG_THREAD = "workbench-watchdog"
 
 
 def tags(home: Path, role: str, *, supervisor_pid: int | None = None, direct_child: bool = False) -> dict[str, str]:
@@ -97,10 +98,10 @@ def bind_to_supervisor() -> None:
         if os.getppid() != int(parent):  # the parent died before the signal was armed
             os._exit(75)
     pid, started = os.environ.get(SUPERVISOR_PID_ENV), os.environ.get(SUPERVISOR_STARTED_ENV)
-    if not pid:
-        return
+    if not pid or any(t.name == _WATCHDOG_THREAD for t in threading.enumerate()):
+        return  # untagged, or already bound (a warm standby trainer binds before its job, then trains)
     start_time = None if started in (None, "", "None") else float(started)
-    thread = threading.Thread(target=_watch, args=(int(pid), start_time), name="workbench-watchdog", daemon=True)
+    thread = threading.Thread(target=_watch, args=(int(pid), start_time), name=_WATCHDOG_THREAD, daemon=True)
     thread.start()
 
 

@@ -387,8 +387,54 @@ def train_day(settings: Settings, day: dt.date, *, window_days: int = defaults.T
                        seed=seed, **kwargs)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the training subprocess."""
+#: Modules a training imports on first use; a warm standby imports them before it has a job.
+_TRAINING_MODULES = ("workbench.store.shards", "sklearn.ensemble", "skl2onnx", "skl2onnx.common.data_types",
+                     "onnxruntime", "scipy.special")
+
+
+def standby() -> int:
+    """A warm standby trainer: import everything a training needs, then wait for one job.
+
+    The supervisor (:class:`~workbench.ml.supervisor.TrainingSupervisor`) starts this process ahead
+    of time, so that the imports (1-5 s) are not paid between two trainings. The job is one JSON
+    line on stdin: ``{"argv": [...], "log": path}``, the command-line arguments of :func:`main` and
+    the day's log file. End of file instead (the supervisor closed the pipe, exited, or was killed)
+    ends the standby without training. Once it has its job, the standby's output goes to the day's
+    log and it no longer depends on the pipe: like a training started from the command line, it
+    outlives a restart of the scoring app.
+    """
+    bind_to_supervisor()
+    standby_since = time.time()
+    for name in _TRAINING_MODULES:
+        _import_quietly(name)
+    imports_s = time.time() - standby_since
+    print(f"training standby ready pid={os.getpid()} imports_s={imports_s:.2f}", flush=True)  # its own log
+    line = sys.stdin.buffer.readline()
+    if not line.strip():
+        return 0  # no job: the supervisor is gone or let this standby go
+    job = json.loads(line)
+    _redirect_output(Path(job["log"]))
+    return main(job["argv"], warm=(standby_since, imports_s))
+
+
+def _redirect_output(log_path: Path) -> None:
+    """Point stdout and stderr at ``log_path`` (append) and stdin at /dev/null: the day's log, no pipe."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.dup2(null, 0)
+    finally:
+        os.close(fd)
+        os.close(null)
+
+
+def main(argv: Sequence[str] | None = None, *, warm: tuple[float, float] | None = None) -> int:
+    """Entry point of the training subprocess (``warm``: a standby's start time and import seconds)."""
     bind_to_supervisor()  # dies with the workbench's supervisor, not with the scoring app
     parser = argparse.ArgumentParser(prog="python -m workbench.ml._train")
     parser.add_argument("--day", required=True, type=dt.date.fromisoformat)
@@ -407,6 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sys.stderr.isatty():  # under the supervisor stderr already goes to the same log file
         handlers.append(logging.StreamHandler())
     logging.basicConfig(level=logging.INFO, handlers=handlers)
+    if warm is not None:
+        logger.info("warm standby took the job pid=%d standby_since=%s imports_s=%.2f", os.getpid(),
+                    dt.datetime.fromtimestamp(warm[0], dt.UTC).isoformat(), warm[1])
     logger.info("training started day=%s home=%s", args.day, settings.home)
     try:
         result = train_day(settings, args.day, window_days=args.window_days, max_rows=args.max_rows,
@@ -422,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
+    code = standby() if sys.argv[1:] == ["--standby"] else main()
     # The version is published (or the failure logged): skip the interpreter's teardown. Freeing the
     # training data and module state took 0.5-1.7 s on 2 busy cores, and the scoring app starts the
     # next day's training (the drain's critical path) only once this process is gone.

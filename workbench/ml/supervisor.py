@@ -10,6 +10,12 @@ logs in ``<logs_dir>/train_<day>.log``); the caller never waits. A failed or kil
 retried with exponential backoff up to ``max_attempts``; until a run succeeds the previous
 version stays current (a version only becomes current at the very end of a successful run).
 
+Two waits are kept off the pipeline's critical path (score a day, train it, score the next day):
+the run's start-up and imports, by a warm standby trainer (:mod:`workbench.ml._standby`) that the
+supervisor keeps once it trains (from its first ``poll``), and the wait for the caller's next
+``poll``, by a reaper thread per run that records the outcome and starts the next due day as soon
+as the run exits. A lock guards the state for that thread.
+
 State (first day, last day seen, every day's status, attempts, next retry time, the running
 pid) is persisted atomically in ``<state_dir>/ml_training.json``, so a restart neither
 retrains finished days nor forgets failed ones. A run left "running" by a previous process is
@@ -25,6 +31,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +41,7 @@ from workbench import defaults
 from workbench._fs import process_start_time, same_process, write_atomic
 from workbench._lifeline import untag_parent
 from workbench.config import Settings
+from workbench.ml._standby import WarmStandby
 from workbench.ml.registry import ModelRegistry
 
 __all__ = ["TrainingSupervisor"]
@@ -64,12 +72,24 @@ class TrainingSupervisor:
         Interpreter for the subprocess (default: the running one).
     clock : callable, optional
         Wall-clock seconds (``time.time``), injectable for tests.
+    standby : bool, default=True
+        Keep a warm standby trainer (see the module docstring) once :meth:`poll` is called.
+    reap_in_thread : bool, default=True
+        Reap each run and start the next due day from a thread, as soon as the run exits.
+
+    Attributes
+    ----------
+    is_trainer : callable
+        Whether this process may start trainings now; the scoring app points it at the trainer
+        election, so the reaper thread (which does not wait for the app's loop) never starts a run
+        after the lease moved to another instance.
     """
 
     def __init__(self, settings: Settings, *, every_n_days: int = defaults.TRAIN_EVERY_N_DAYS,
                  window_days: int = defaults.TRAIN_WINDOW_DAYS, max_rows: int = defaults.TRAIN_MAX_ROWS,
                  max_attempts: int = 3, backoff_seconds: float = 60.0,
-                 python: str | None = None, clock: Callable[[], float] | None = None) -> None:
+                 python: str | None = None, clock: Callable[[], float] | None = None,
+                 standby: bool = True, reap_in_thread: bool = True) -> None:
         if every_n_days < 1:
             msg = f"The 'every_n_days' parameter of TrainingSupervisor must be >= 1. Got {every_n_days}."
             raise ValueError(msg)
@@ -85,6 +105,12 @@ class TrainingSupervisor:
         self._proc: subprocess.Popen[bytes] | None = None
         self._saved: bytes | None = None
         self.state: dict[str, Any] = self._load()
+        self.is_trainer: Callable[[], bool] = lambda: True
+        self.reap_in_thread = reap_in_thread
+        self._lock = threading.RLock()  # the caller's thread and the reaper threads
+        self._closed = False
+        self._standby = (WarmStandby([self.python, "-m", "workbench.ml._train", "--standby"], self._child_env,
+                                     settings.logs_dir / "train_standby.log") if standby else None)
 
     # --- state ------------------------------------------------------------------------------
     def _load(self) -> dict[str, Any]:
@@ -98,9 +124,23 @@ class TrainingSupervisor:
         return {"first_day": None, "last_day": None, "every_n_days": self.every_n_days, "days": {}}
 
     def reload(self) -> None:
-        """Read the state file again (an instance that does not train follows the elected trainer's state)."""
-        self.state = self._load()
-        self._saved = None
+        """Read the state file again (an instance that does not train follows the elected trainer's state).
+
+        Also lets a warm standby go: an instance that follows does not train.
+        """
+        with self._lock:
+            self.state = self._load()
+            self._saved = None
+            if self._standby is not None:
+                self._standby.close()
+
+    def close(self) -> None:
+        """The caller stops: let the warm standby go; no more runs start from the reaper (a running one
+        keeps running, and a restarted caller finds it by its pid)."""
+        with self._lock:
+            self._closed = True
+            if self._standby is not None:
+                self._standby.close()
 
     def _save(self) -> None:
         # poll() runs several times a second: write (and fsync) only when something changed.
@@ -120,7 +160,8 @@ class TrainingSupervisor:
     @property
     def running(self) -> bool:
         """True while a training subprocess runs."""
-        return any(e["status"] == "running" for e in self.state["days"].values())
+        with self._lock:
+            return any(e["status"] == "running" for e in self.state["days"].values())
 
     # --- scheduling ---------------------------------------------------------------------------
     def should_train(self, day: dt.date) -> bool:
@@ -136,6 +177,10 @@ class TrainingSupervisor:
 
         Returns the days newly scheduled. Also starts a due job when nothing is running.
         """
+        with self._lock:
+            return self._maybe_schedule(event_day)
+
+    def _maybe_schedule(self, event_day: dt.date) -> list[dt.date]:
         scheduled: list[dt.date] = []
         last = self.state["last_day"]
         if self.state["first_day"] is None:
@@ -161,7 +206,17 @@ class TrainingSupervisor:
         return scheduled
 
     def poll(self) -> str | None:
-        """Reap a finished run, start the next due one; returns the day now running (if any)."""
+        """Reap a finished run, start the next due one; returns the day now running (if any).
+
+        Also keeps the warm standby trainer (the caller trains).
+        """
+        with self._lock:
+            day = self._poll()
+            if self._standby is not None and not self._closed:
+                self._standby.ensure()
+            return day
+
+    def _poll(self) -> str | None:
         running = [(d, e) for d, e in self.state["days"].items() if e["status"] == "running"]
         for day, entry in running:
             rc = self._finished_rc(entry)
@@ -188,12 +243,21 @@ class TrainingSupervisor:
     @property
     def pid(self) -> int | None:
         """Pid of the running training process."""
-        for entry in self.state["days"].values():
-            if entry["status"] == "running":
-                return int(entry["pid"])
-        return None
+        with self._lock:
+            for entry in self.state["days"].values():
+                if entry["status"] == "running":
+                    return int(entry["pid"])
+            return None
 
     # --- internals --------------------------------------------------------------------------
+    def _reap(self, proc: subprocess.Popen[bytes]) -> None:
+        """Reaper thread of one run: once it exits, record the outcome and start the next due day."""
+        proc.wait()
+        with self._lock:
+            if self._closed or not self.is_trainer():
+                return  # the caller's next poll (if it still trains) reaps it
+            self._poll()
+
     def _finished_rc(self, entry: dict[str, Any]) -> int | None:
         if self._proc is not None and self._proc.pid == entry["pid"]:
             rc = self._proc.poll()
@@ -212,8 +276,13 @@ class TrainingSupervisor:
                        for v in ModelRegistry(self.settings.models_dir).versions())
             rc = 0 if done else -1
         entry["last_rc"] = rc
-        entry.pop("pid", None)
-        entry.pop("pid_started", None)
+        try:
+            self._settle(day, entry, rc)
+        finally:  # after the status: a reader without the lock never sees "running" without a pid
+            entry.pop("pid", None)
+            entry.pop("pid_started", None)
+
+    def _settle(self, day: str, entry: dict[str, Any], rc: int) -> None:
         if rc == 0:
             entry["status"] = "done"
             logger.info("training finished day=%s attempts=%d", day, entry["attempts"])
@@ -231,25 +300,39 @@ class TrainingSupervisor:
 
     def command(self, day: str) -> list[str]:
         """The subprocess command line for ``day``."""
-        return [self.python, "-m", "workbench.ml._train", "--day", day, "--home", str(self.settings.home),
-                "--window-days", str(self.window_days), "--max-rows", str(self.max_rows)]
+        return [self.python, "-m", "workbench.ml._train", *self.arguments(day)]
+
+    def arguments(self, day: str) -> list[str]:
+        """The arguments of ``python -m workbench.ml._train`` for ``day`` (a warm standby gets them as its job)."""
+        return ["--day", day, "--home", str(self.settings.home), "--window-days", str(self.window_days),
+                "--max-rows", str(self.max_rows)]
+
+    def _child_env(self) -> dict[str, str]:
+        # Same home and supervisor tags as the app: it dies with the supervisor (watchdog), but not
+        # with the app, so a restarted app finds it still running instead of training twice.
+        # The app's own settings on top: ones given as arguments (a shards URL, a models folder) are
+        # not in this process's environment, and the child must read and publish where the app does.
+        return {**untag_parent(dict(os.environ), "training"), **self.settings.to_env(), "PYTHONUNBUFFERED": "1",
+                "OMP_WAIT_POLICY": "PASSIVE"}
 
     def _start(self, day: str) -> None:
         entry = self.state["days"][day]
         self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
         log_path: Path = self.settings.logs_dir / f"train_{day}.log"
-        # Same home and supervisor tags as the app: it dies with the supervisor (watchdog), but not
-        # with the app, so a restarted app finds it still running instead of training twice.
-        # The app's own settings on top: ones given as arguments (a shards URL, a models folder) are
-        # not in this process's environment, and the child must read and publish where the app does.
-        env = {**untag_parent(dict(os.environ), "training"), **self.settings.to_env(), "PYTHONUNBUFFERED": "1",
-               "OMP_WAIT_POLICY": "PASSIVE"}
-        with open(log_path, "ab") as log:
-            self._proc = subprocess.Popen(self.command(day), stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        proc = self._standby.hand(self.arguments(day), log_path) if self._standby is not None else None
+        warm = proc is not None
+        if proc is None:  # no standby (or it died): start one as the command line does
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(self.command(day), stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, env=self._child_env(), start_new_session=True)
+        self._proc = proc
         entry["attempts"] += 1
+        entry["pid"] = proc.pid  # before the status (see _record_result)
+        entry["pid_started"] = process_start_time(proc.pid)
         entry["status"] = "running"
-        entry["pid"] = self._proc.pid
-        entry["pid_started"] = process_start_time(self._proc.pid)
         self._save()
-        logger.info("training started day=%s attempt=%d pid=%d", day, entry["attempts"], self._proc.pid)
+        logger.info("training started day=%s attempt=%d pid=%d warm=%s", day, entry["attempts"], proc.pid, warm)
+        if self.reap_in_thread:
+            threading.Thread(target=self._reap, args=(proc,), name=f"training-reaper-{day}", daemon=True).start()
+        if self._standby is not None and not self._closed:
+            self._standby.ensure()  # the next standby's imports overlap this run

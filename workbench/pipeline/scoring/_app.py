@@ -175,6 +175,7 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
             self.pacer = PartitionPacer(partition_flow(app), topic.name, self.status)
             self.election = TrainerElection(self.settings, self.status, assigned_partitions(app, topic.name),
                                             group=self.group or consumer_group(APP_NAME))
+            self.supervisor.is_trainer = lambda: self._trains  # its reaper thread starts runs only while elected
             self.election.tick(self.sink, self.supervisor, self._warmup_s, force=True)
             if list_days(self.settings.shards_dir):  # a restart: resume the schedule from the shards
                 self.schedule.resume_probe = ResumeProbe(self.settings, topic.name,
@@ -215,6 +216,8 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
     def _cleanup(self) -> None:
         if self.schedule is not None and self._trains:
             self.schedule.poll()
+        if self.supervisor is not None:
+            self.supervisor.close()  # the warm standby trainer goes; a running training keeps running
         self.maintenance.join(60)  # before the lease goes: the next trainer compacts what is left
         if self.election is not None:
             self.election.close()
