@@ -99,6 +99,8 @@ class ResidualWindowsStep:
         from workbench.store.lakehouse import AnomalyLakehouse
         from workbench.store.shards import read_window
 
+        if self._unscored(day):  # checked on five columns first: a waiting day is retried every few seconds
+            return False
         rows = read_window(self.settings.shards_dir, day, day)
         windows = residual_windows(rows, known=self._known(rows))
         if (windows["unscored_queries"] > 0).any():
@@ -115,6 +117,20 @@ class ResidualWindowsStep:
         self.status.add("residual_windows", store.insert_residuals(windows))
         logger.info("residual windows of %s: %d stored, %d flagged", day, len(windows), flagged.num_rows)
         return True
+
+    def _unscored(self, day: dt.date) -> int:
+        """Executed rows of ``day`` (as :func:`residual_windows` counts them) that no version scored yet."""
+        from workbench.store.shards import read_shards
+
+        rows = read_shards(self.settings.shards_dir, [day], columns=[
+            "was_cached", "was_aborted", "execution_duration_ms", "model_version"])
+        executed = pc.and_(pc.invert(pc.fill_null(rows.column("was_cached"), False)),
+                           pc.invert(pc.fill_null(rows.column("was_aborted"), False)))
+        executed = pc.and_(executed, pc.greater(pc.fill_null(rows.column("execution_duration_ms"), 0), 0))
+        unscored = int(pc.sum(pc.and_(executed, pc.is_null(rows.column("model_version")))).as_py() or 0)
+        if unscored:
+            logger.info("residual windows of %s wait for %d unscored rows", day, unscored)
+        return unscored
 
     def _known(self, rows: pa.Table) -> np.ndarray:
         """Per row: the version that scored it expected its runtime from the statement's own history.
