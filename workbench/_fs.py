@@ -148,3 +148,42 @@ def try_flock(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+class FlockLease:
+    """A role one process holds at a time, for as long as it runs: a held, non-blocking ``flock`` on ``path``.
+
+    The kernel drops the lock when the holder dies (``kill -9`` included), so another process takes
+    the role over at its next :meth:`try_acquire`. Subclasses record what a new holder should
+    (:meth:`_acquired`). Local filesystems only (``flock`` is not shared over NFS).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the role."""
+        return self._fd is not None
+
+    def try_acquire(self) -> bool:
+        """Hold the role if no other process does (never blocks); True while this object holds it."""
+        if self._fd is not None:
+            return True
+        fd = try_flock(self.path)
+        if fd is None:
+            return False
+        self._acquired(fd)
+        self._fd = fd
+        return True
+
+    def _acquired(self, fd: int) -> None:
+        """Called once with the lock's descriptor when this object becomes the holder."""
+
+    def release(self) -> None:
+        """Give the role back (another process takes it at its next try)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from workbench._fs import try_flock, write_atomic
+from workbench._fs import FlockLease, write_atomic
 from workbench.ml.exceptions import ModelNotFoundError, RegistryError
 from workbench.ml.selection import VersionWindow
 
@@ -409,7 +409,7 @@ def _login() -> str:
 TRAINER_LOCK = ".trainer.lock"
 
 
-class TrainerLease:
+class TrainerLease(FlockLease):
     """Election of the one trainer among the scoring instances that share a models folder.
 
     N scoring processes of one home all score with the registry's versions, but only one may
@@ -421,33 +421,12 @@ class TrainerLease:
     """
 
     def __init__(self, models_dir: Path) -> None:
-        self.path = Path(models_dir) / TRAINER_LOCK
-        self._fd: int | None = None
+        super().__init__(Path(models_dir) / TRAINER_LOCK)
 
-    @property
-    def held(self) -> bool:
-        """Whether this process is the elected trainer."""
-        return self._fd is not None
-
-    def try_acquire(self) -> bool:
-        """Become the trainer if nobody is; True when this process holds the lease (never blocks)."""
-        if self._fd is not None:
-            return True
-        fd = try_flock(self.path)
-        if fd is None:
-            return False
+    def _acquired(self, fd: int) -> None:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
         logger.info("elected trainer pid=%d lock=%s", os.getpid(), self.path)
-        return True
-
-    def release(self) -> None:
-        """Give the lease up (the app stops); another instance may take it."""
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
 
     @staticmethod
     def holder(models_dir: Path) -> int | None:

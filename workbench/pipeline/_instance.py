@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from workbench._fs import try_flock
+from workbench._fs import FlockLease, try_flock
 
 __all__ = ["MAX_INSTANCES", "HomeLease", "claim_instance", "idle_slots", "instance_dir", "instance_dirs",
            "release_instance"]
@@ -82,7 +82,7 @@ def release_instance(state_dir: Path, app_name: str) -> None:
             os.close(claimed[1])
 
 
-class HomeLease:
+class HomeLease(FlockLease):
     """A role that one process of the home holds at a time, for as long as it runs (or :meth:`release`).
 
     A non-blocking ``flock`` on ``<state_dir>/.instances/<name>.lease``, kept while held: the kernel
@@ -92,27 +92,7 @@ class HomeLease:
     """
 
     def __init__(self, state_dir: Path, name: str) -> None:
-        self.path = Path(state_dir) / ".instances" / f"{name}.lease"
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        """Whether this object holds the role."""
-        return self._fd is not None
-
-    def try_acquire(self) -> bool:
-        """Hold the role if no other process does (never blocks); True while this object holds it."""
-        if self._fd is not None:
-            return True
-        self._fd = try_flock(self.path)
-        return self._fd is not None
-
-    def release(self) -> None:
-        """Give the role back (another process takes it at its next try)."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        super().__init__(Path(state_dir) / ".instances" / f"{name}.lease")
 
 
 @contextlib.contextmanager
