@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +169,24 @@ def kill_scoring_child(settings: Settings, *args: str, events: int, timeout: flo
         child.kill()
         child.wait(timeout=10)
     return status
+
+
+def store_generated_days(settings: Settings, *, days: int, start: Any, seed: int = 3,
+                         rows_per_day: int = 1500) -> Settings:
+    """A generated log's days stored as the scoring app would: one unscored shard per day, partition 0,
+    consecutive offsets. Returns ``settings``."""
+    from workbench.data.schema import COLUMNS
+    from workbench.ml._testing import day_slice, generated_log
+    from workbench.store.shards import write_shard
+
+    log = generated_log(days=days, rows_per_day=rows_per_day, seed=seed, start=start).select(list(COLUMNS))
+    offset = 0
+    for k in range(days):
+        day = start + timedelta(days=k)
+        part = day_slice(log, day)
+        n = part.num_rows
+        part = part.append_column("kafka_partition", pa.array([0] * n, pa.int32()))
+        part = part.append_column("kafka_offset", pa.array(range(offset, offset + n), pa.int64()))
+        write_shard(settings.shards_dir, day, 0, offset, part)
+        offset += n
+    return settings

@@ -11,18 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import store_generated_days, wait_until
 from workbench._fs import process_start_time
 from workbench.config import Settings
-from workbench.data.schema import COLUMNS
-from workbench.ml._testing import day_slice, generated_log
 from workbench.ml._train import train_day
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.supervisor import TrainingSupervisor
-from workbench.store.shards import write_shard
 
 D0 = dt.date(2024, 3, 1)
 
@@ -32,17 +28,7 @@ def _day(k: int) -> dt.date:
 
 
 def _settings(home: Path) -> Settings:
-    s = Settings(home=home)
-    log = generated_log(days=2, rows_per_day=1500, seed=3, start=D0).select(list(COLUMNS))
-    offset = 0
-    for k in range(2):
-        part = day_slice(log, _day(k))
-        n = part.num_rows
-        part = part.append_column("kafka_partition", pa.array([0] * n, pa.int32()))
-        part = part.append_column("kafka_offset", pa.array(range(offset, offset + n), pa.int64()))
-        write_shard(s.shards_dir, _day(k), 0, offset, part)
-        offset += n
-    return s
+    return store_generated_days(Settings(home=home), days=2, start=D0)
 
 
 @pytest.fixture

@@ -8,16 +8,13 @@ import signal
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
+from tests.helpers import store_generated_days
 from workbench.config import Settings
-from workbench.data.schema import COLUMNS
-from workbench.ml._testing import day_slice, generated_log
 from workbench.ml._train import train_day
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.supervisor import TrainingSupervisor
-from workbench.store.shards import write_shard
 
 D0 = dt.date(2024, 3, 1)
 
@@ -28,17 +25,7 @@ def _day(k: int) -> dt.date:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    s = Settings(home=tmp_path / "home")
-    log = generated_log(days=4, rows_per_day=1500, seed=3, start=D0).select(list(COLUMNS))
-    offset = 0
-    for k in range(4):
-        part = day_slice(log, _day(k))
-        n = part.num_rows
-        part = part.append_column("kafka_partition", pa.array([0] * n, pa.int32()))
-        part = part.append_column("kafka_offset", pa.array(range(offset, offset + n), pa.int64()))
-        write_shard(s.shards_dir, _day(k), 0, offset, part)
-        offset += n
-    return s
+    return store_generated_days(Settings(home=tmp_path / "home"), days=4, start=D0)
 
 
 def _trained_days(settings: Settings) -> list[str]:
