@@ -119,15 +119,14 @@ class ResidualWindowsStep:
         return True
 
     def _unscored(self, day: dt.date) -> int:
-        """Executed rows of ``day`` (as :func:`residual_windows` counts them) that no version scored yet."""
+        """Executed rows of ``day`` that no version scored yet (read on the columns :func:`residual_windows` needs)."""
+        from workbench.analysis.residual_windows import residual_windows
         from workbench.store.shards import read_shards
 
         rows = read_shards(self.settings.shards_dir, [day], columns=[
-            "was_cached", "was_aborted", "execution_duration_ms", "model_version"])
-        executed = pc.and_(pc.invert(pc.fill_null(rows.column("was_cached"), False)),
-                           pc.invert(pc.fill_null(rows.column("was_aborted"), False)))
-        executed = pc.and_(executed, pc.greater(pc.fill_null(rows.column("execution_duration_ms"), 0), 0))
-        unscored = int(pc.sum(pc.and_(executed, pc.is_null(rows.column("model_version")))).as_py() or 0)
+            "instance_id", "arrival_timestamp", "execution_duration_ms", "was_cached", "was_aborted",
+            "pred_mean_ms", "model_version"])
+        unscored = int(residual_windows(rows)["unscored_queries"].sum())
         if unscored:
             logger.info("residual windows of %s wait for %d unscored rows", day, unscored)
         return unscored
