@@ -64,6 +64,22 @@ def test_table_counts_and_missing_indicators(log: pa.Table) -> None:
     assert X[0, FEATURE_NAMES.index("cluster_size")] == -1.0
 
 
+def test_reference_source_alone_matches_the_full_transform(log: pa.Table) -> None:
+    fb = FeatureBuilder().fit(log.slice(0, 6600))
+    rows = log.slice(6600, 500)
+    fp = rows.schema.get_field_index("feature_fingerprint")
+    inst = rows.schema.get_field_index("instance_id")
+    unseen_fp = rows.slice(0, 5).set_column(fp, rows.schema.field(fp), pa.array(["f" * 64] * 5))
+    unseen_inst = rows.slice(5, 5).set_column(inst, rows.schema.field(inst), pa.array([10**9] * 5, pa.int64()))
+    rows = pa.concat_tables([rows, unseen_fp, unseen_inst])
+    _, _, expected = fb.transform_with_evidence(rows)
+    source = fb.reference_source(rows.select(["instance_id", "feature_fingerprint"]))
+    np.testing.assert_array_equal(source, expected)
+    assert set(np.unique(source)) == {0, 1, 2}  # every source occurs: the comparison covers each branch
+    with pytest.raises(ColumnMismatchError, match="feature_fingerprint"):
+        fb.reference_source(rows.select(["instance_id"]))
+
+
 def test_column_mismatch_lists_missing_and_unseen(log: pa.Table) -> None:
     fb = FeatureBuilder().fit(log)
     renamed = log.rename_columns([c.upper() if c.startswith("num_") else c for c in log.column_names])

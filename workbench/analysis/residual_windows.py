@@ -21,8 +21,8 @@ runtime), so its residual says what the model does not know, not how fast the in
 user's burst of new heavy statements is an ordinary event (stress log seed 0: 18 of a window's 38
 queries, never seen, ran 30-86 s against expectations of ~0.1 s) and moved the window's median to
 ``ln 1.55`` while the 20 known statements sat at their expectation. The detector's evidence source
-(:meth:`workbench.ml.features.FeatureBuilder.transform_with_evidence`, ``fingerprint``) says which
-expectations rest on history.
+(:meth:`workbench.ml.features.FeatureBuilder.reference_source`, ``fingerprint``: the same rule as
+``transform_with_evidence``, from two columns) says which expectations rest on history.
 
 :func:`judge_residual_windows` judges windows against the instance's earlier residual windows with
 the collective machinery (:mod:`workbench.analysis.collective`, signal ``runtime_residual``: shrunk

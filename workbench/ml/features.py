@@ -186,6 +186,12 @@ def _id_count(table: pa.Table, name: str) -> np.ndarray:
     return pc.fill_null(count, 0).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
+#: The columns :meth:`FeatureBuilder.reference_source` reads (those of :func:`_fp_keys`).
+_SOURCE_COLUMNS = ("instance_id", "feature_fingerprint")
+#: The history statistics :meth:`FeatureBuilder._source` reads.
+_SOURCE_STATISTICS = ("n", "med_exec")
+
+
 def _fp_keys(table: pa.Table) -> pa.ChunkedArray:
     """``"<instance_id>|<fingerprint>"``; null when the fingerprint is null."""
     inst = pc.cast(table.column("instance_id"), pa.string())
@@ -528,10 +534,18 @@ class FeatureBuilder:
         table = _as_table(data)
         check_columns(table.column_names, self.input_columns_)
         lookup = self._lookup(table)
-        use_fp = np.nan_to_num(lookup.fp["n"], nan=0.0) >= self.min_history
-        known_inst = ~np.isnan(lookup.inst["med_exec"])
-        source = np.where(use_fp, 0, np.where(known_inst, 1, 2)).astype(np.int8)
-        return self._matrix(table, lookup), self._references(lookup), source
+        return self._matrix(table, lookup), self._references(lookup), self._source(lookup)
+
+    def reference_source(self, data: pa.Table | pa.RecordBatch) -> np.ndarray:
+        """Only the third value of :meth:`transform_with_evidence`, from ``instance_id`` and ``feature_fingerprint``.
+
+        The same rule without the model matrix and references: a day of scored rows can be told
+        which expectations rest on their statement's history at a small part of the cost.
+        """
+        self._check_fitted("reference_source")
+        table = _as_table(data)
+        check_columns(table.column_names, _SOURCE_COLUMNS)
+        return self._source(self._lookup(table, only=_SOURCE_STATISTICS))
 
     def references(self, data: pa.Table | pa.RecordBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Expected ``log1p`` level and spread of each observed signal, per row.
@@ -564,7 +578,8 @@ class FeatureBuilder:
                            for name in self.instance_table_.column_names[1:]}
         self._qtype_set = pa.array(self.categories_, pa.string())
 
-    def _lookup(self, table: pa.Table) -> _Lookup:
+    def _lookup(self, table: pa.Table, only: tuple[str, ...] | None = None) -> _Lookup:
+        """History statistics of each row; ``only``: just these statistic names (the rest are absent)."""
         n = table.num_rows
         keys = _fp_keys(table)
         idx = pc.index_in(keys, value_set=self._fp_keys)
@@ -572,6 +587,8 @@ class FeatureBuilder:
         found = idx_np >= 0
         fp = {}
         for name, col in self._fp_cols.items():
+            if only is not None and name not in only:
+                continue
             values = np.full(n, np.nan)
             values[found] = col[idx_np[found]]
             fp[name] = values
@@ -580,11 +597,19 @@ class FeatureBuilder:
         inst_found = self._inst_ids[pos] == inst if len(self._inst_ids) else np.zeros(n, bool)
         inst_stats = {}
         for name, col in self._inst_cols.items():
+            if only is not None and name not in only:
+                continue
             values = np.full(n, np.nan)
             values[inst_found] = col[pos[inst_found]]
             inst_stats[name] = values
         fp_missing = pc.is_null(keys).to_numpy(zero_copy_only=False)
         return _Lookup(fp=fp, inst=inst_stats, fp_missing=fp_missing, fp_unseen=~fp_missing & ~found)
+
+    def _source(self, lookup: _Lookup) -> np.ndarray:
+        """Per row, the index into :data:`REFERENCE_SOURCES` (see :meth:`transform_with_evidence`)."""
+        use_fp = np.nan_to_num(lookup.fp["n"], nan=0.0) >= self.min_history
+        known_inst = ~np.isnan(lookup.inst["med_exec"])
+        return np.where(use_fp, 0, np.where(known_inst, 1, 2)).astype(np.int8)
 
     def _references(self, lookup: _Lookup) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         use_fp = np.nan_to_num(lookup.fp["n"], nan=0.0) >= self.min_history

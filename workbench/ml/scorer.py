@@ -48,7 +48,7 @@ from workbench.ml.registry import MODEL_JSON, ModelRegistry
 from workbench.ml.selection import Cadence, VersionWindow, is_ready, may_accept, select_version
 from workbench.store.shards import SCORE_FIELDS
 
-__all__ = ["EXTRA_FIELDS", "SCORE_FIELDS", "LoadedModel", "Scorer"]
+__all__ = ["EXTRA_FIELDS", "SCORE_FIELDS", "LoadedModel", "Scorer", "load_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,19 @@ _BASE_REQUIRED = INPUT_COLUMNS + OBSERVED_COLUMNS
 _DAY_US = 86_400_000_000
 
 
+def load_features(registry: ModelRegistry, version: str, *, verify: bool = True
+                  ) -> tuple[dict[str, Any], FeatureBuilder]:
+    """A version's metadata and fitted :class:`FeatureBuilder`, without its ONNX sessions.
+
+    The files are SHA-256 checked when ``verify``.
+    """
+    if verify:
+        registry.verify(version)
+    folder = registry.path(version)
+    meta = json.loads((folder / MODEL_JSON).read_text())
+    return meta, FeatureBuilder.load(folder, meta["features"])
+
+
 @dataclass
 class LoadedModel:
     """One registered version, ready to score."""
@@ -85,10 +98,7 @@ class LoadedModel:
              verify: bool = True) -> LoadedModel:
         """Load a version's files (SHA-256 checked when ``verify``)."""
         folder = registry.path(version)
-        if verify:
-            registry.verify(version)
-        meta = json.loads((folder / MODEL_JSON).read_text())
-        features = FeatureBuilder.load(folder, meta["features"])
+        meta, features = load_features(registry, version, verify=verify)
         pair = OnnxPair(folder / meta["onnx"]["mean"], folder / meta["onnx"]["quantile"], intra_op_threads=1)
         detector = ResidualDetector.from_dict(meta["detector"])
         return cls(version=version, meta=meta, features=features, regressors=pair, detector=detector,

@@ -39,6 +39,12 @@ __all__ = ["ResidualWindowsStep"]
 
 logger = logging.getLogger(__name__)
 
+#: Shard columns a day's pass reads: :func:`~workbench.analysis.residual_windows.residual_windows`'s and the
+#: evidence source's (:meth:`~workbench.ml.features.FeatureBuilder.reference_source`).
+_COLUMNS = ("instance_id", "arrival_timestamp", "execution_duration_ms", "was_cached", "was_aborted",
+            "pred_mean_ms", "model_version", "feature_fingerprint")
+
+
 class ResidualWindowsStep:
     """Writes, judges and flags the residual windows of settled days (see the module docstring).
 
@@ -62,7 +68,7 @@ class ResidualWindowsStep:
         self.done_through: dt.date | None = None  # the last day stored (None: read it from the store)
         self.pending: dt.date | None = None  # a settled day waiting for its rows to be scored
         self.last_try = 0.0  # monotonic start of the last pass
-        self._models: dict[str, Any] = {}  # version -> LoadedModel (a day's rows share one or two)
+        self._features: dict[str, Any] = {}  # version -> FeatureBuilder (a day's rows share one or two)
         for name in ("residual_windows", "window_anomalies"):
             status.counters.setdefault(name, 0)  # the maintenance thread never inserts keys
 
@@ -97,16 +103,16 @@ class ResidualWindowsStep:
         """Judge and store one day; False when some of its executed rows are not scored yet."""
         from workbench.analysis.residual_windows import judge_residual_windows, residual_windows
         from workbench.store.lakehouse import AnomalyLakehouse
-        from workbench.store.shards import read_window
+        from workbench.store.shards import read_shards
 
-        if self._unscored(day):  # checked on five columns first: a waiting day is retried every few seconds
+        # Only the columns the windows and the evidence source need: a waiting day is read again
+        # every few seconds, and a whole day with every column cost the scoring process ~0.5 GB.
+        rows = read_shards(self.settings.shards_dir, [day], columns=list(_COLUMNS))
+        unscored = int(residual_windows(rows)["unscored_queries"].sum())
+        if unscored:
+            logger.info("residual windows of %s wait for %d unscored rows", day, unscored)
             return False
-        rows = read_window(self.settings.shards_dir, day, day)
-        windows = residual_windows(rows, known=self._known(rows))
-        if (windows["unscored_queries"] > 0).any():
-            logger.info("residual windows of %s wait for %d unscored rows", day, int(windows["unscored_queries"].sum()))
-            return False
-        windows = windows.drop(columns="unscored_queries")
+        windows = residual_windows(rows, known=self._known(rows)).drop(columns="unscored_queries")
         start = pd.Timestamp(day, tz="UTC")
         history = store.read_residuals(start=(start - pd.Timedelta(self.params.lookback)).to_pydatetime(),
                                        end=start.to_pydatetime()).to_pandas()
@@ -118,38 +124,25 @@ class ResidualWindowsStep:
         logger.info("residual windows of %s: %d stored, %d flagged", day, len(windows), flagged.num_rows)
         return True
 
-    def _unscored(self, day: dt.date) -> int:
-        """Executed rows of ``day`` that no version scored yet (read on the columns :func:`residual_windows` needs)."""
-        from workbench.analysis.residual_windows import residual_windows
-        from workbench.store.shards import read_shards
-
-        rows = read_shards(self.settings.shards_dir, [day], columns=[
-            "instance_id", "arrival_timestamp", "execution_duration_ms", "was_cached", "was_aborted",
-            "pred_mean_ms", "model_version"])
-        unscored = int(residual_windows(rows)["unscored_queries"].sum())
-        if unscored:
-            logger.info("residual windows of %s wait for %d unscored rows", day, unscored)
-        return unscored
-
     def _known(self, rows: pa.Table) -> np.ndarray:
         """Per row: the version that scored it expected its runtime from the statement's own history.
 
         The detector's evidence source (``fingerprint``), from the row's own version (the shards
         keep which one): a never-seen statement's residual tells what the model does not know.
-        Unscored rows read False (their windows wait anyway).
+        Only the version's feature tables are loaded (no ONNX sessions). Unscored rows read False.
         """
         from workbench.ml.registry import ModelRegistry
-        from workbench.ml.scorer import LoadedModel
+        from workbench.ml.scorer import load_features
 
         known = np.zeros(rows.num_rows, dtype=bool)
         versions = rows.column("model_version")
         day_versions = pc.unique(versions.drop_null()).to_pylist()
-        self._models = {v: m for v, m in self._models.items() if v in day_versions}  # the next day shares some
+        self._features = {v: f for v, f in self._features.items() if v in day_versions}  # the next day shares some
         for version in day_versions:
             mask = pc.fill_null(pc.equal(versions, version), False)
-            model = self._models.get(version)
-            if model is None:
-                model = self._models[version] = LoadedModel.load(ModelRegistry(self.settings.models_dir), version)
-            _, _, source = model.features.transform_with_evidence(rows.filter(mask))
-            known[mask.to_numpy(zero_copy_only=False)] = source == 0
+            features = self._features.get(version)
+            if features is None:
+                features = self._features[version] = load_features(ModelRegistry(self.settings.models_dir),
+                                                                   version)[1]
+            known[mask.to_numpy(zero_copy_only=False)] = features.reference_source(rows.filter(mask)) == 0
         return known
