@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from tests.helpers import store_generated_days
 from workbench.analysis.collective import WINDOW_ANOMALY_SCHEMA
 from workbench.analysis.residual_windows import RESIDUAL_SIGNAL, judge_residual_windows, residual_windows
+from workbench.config import Settings
+from workbench.ml._train import train_table
+from workbench.ml.scorer import Scorer
+from workbench.pipeline._status import AppStatus
+from workbench.pipeline.scoring._residuals import ResidualWindowsStep
+from workbench.store.shards import read_window, rescore_unscored
+from workbench.store.window_stats import WindowStatsStore
 
 T0 = datetime(2024, 3, 4, tzinfo=UTC)
 DAY_MS = 86_400_000
@@ -147,3 +157,27 @@ def test_statements_the_model_has_no_history_of_are_not_judged() -> None:
     assert row["residual_queries"] == int((executed & ~unknown)[inside].sum()) > 20
     assert w[w["window_start"] == start]["residual_queries"].iloc[0] == int(executed[inside].sum())
     assert judge_residual_windows(judged.iloc[3 * 144:], judged).num_rows == 0
+
+
+def test_the_step_stores_a_scored_day_and_leaves_one_this_instance_still_rescores(tmp_path: Path) -> None:
+    """A settled, wholly scored day is stored; listed in this instance's unscored days, it waits unread."""
+    d1 = dt.date(2024, 3, 4)
+    d2 = d1 + dt.timedelta(days=1)
+    settings = store_generated_days(Settings(home=tmp_path / "home"), days=2, start=d1, rows_per_day=3000)
+    train_table(settings.models_dir, read_window(settings.shards_dir, d1, d1), d1, window_days=1)
+    assert rescore_unscored(settings.shards_dir, Scorer(settings.models_dir, background=False), [d2]) > 0
+
+    waiting = {d2.isoformat()}
+    step = ResidualWindowsStep(settings, AppStatus(settings, "scoring"), waiting_days=lambda: set(waiting))
+    assert step.run(watermark=d2 + dt.timedelta(days=1)) == 0  # day 1 has no scores (no version before it)
+    assert step.pending == d1
+
+    rescore_unscored(settings.shards_dir, Scorer(settings.models_dir, background=False), [d1])
+    assert step.run(watermark=d2 + dt.timedelta(days=1)) == 1  # day 1 now; day 2 is still listed as waiting
+    assert step.pending == d2
+    waiting.clear()
+    assert step.run(watermark=d2 + dt.timedelta(days=1)) == 1
+    with WindowStatsStore.from_settings(settings) as store:
+        stored = store.read_residuals().to_pandas()
+    assert sorted({ts.date() for ts in stored["window_start"]}) == [d1, d2]
+    assert (stored["residual_queries"] > 0).any()

@@ -129,7 +129,7 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
         self._last_slow_tick = 0.0
         self._rescore_seen_at = 0.0
         self._force_commit: Callable[[], None] | None = None
-        self.maintenance = ShardMaintenance(settings, self.status, window_days)
+        self.maintenance = ShardMaintenance(settings, self.status, window_days, self.unscored.snapshot)
         self.election: TrainerElection | None = None  # N instances, one home: one of them trains
         self.pacer: PartitionPacer | None = None
         self._warmup_s = max(2.0, 4 * self.batch_seconds)  # every partition with data delivers once

@@ -49,7 +49,8 @@ class ShardMaintenance:
     settled day whose rows still wait for rescoring is tried again (every ``retry_s``) until stored.
     """
 
-    def __init__(self, settings: Settings, status: AppStatus, window_days: int) -> None:
+    def __init__(self, settings: Settings, status: AppStatus, window_days: int,
+                 waiting_days: Callable[[], set[str]] | None = None) -> None:
         from workbench.pipeline.scoring._residuals import ResidualWindowsStep
 
         self.settings = settings
@@ -57,7 +58,7 @@ class ShardMaintenance:
         self.window_days = window_days
         self.done_for: dt.date | None = None
         self.thread: threading.Thread | None = None
-        self.residuals = ResidualWindowsStep(settings, status)
+        self.residuals = ResidualWindowsStep(settings, status, waiting_days=waiting_days)
         for name in ("shard_days_compacted", "shard_days_deleted"):
             status.counters.setdefault(name, 0)  # the thread never inserts keys
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,12 +57,17 @@ class ResidualWindowsStep:
         Counters ``residual_windows`` (windows stored) and ``window_anomalies`` (flagged windows inserted).
     retry_s : float
         Least seconds between two attempts while a day waits for its rows to be scored.
+    waiting_days : callable, optional
+        This instance's days with unscored rows (ISO dates; its :class:`._days.UnscoredDays`): such a
+        day waits without reading its shards. Other instances' unscored rows are found in the shards.
     """
 
-    def __init__(self, settings: Any, status: AppStatus, *, params: Any = None, retry_s: float = 2.0) -> None:
+    def __init__(self, settings: Any, status: AppStatus, *, params: Any = None, retry_s: float = 2.0,
+                 waiting_days: Callable[[], set[str]] | None = None) -> None:
         from workbench.analysis.collective import CollectiveParams
 
         self.settings = settings
+        self.waiting_days = waiting_days
         self.status = status
         self.params = params or CollectiveParams()
         self.retry_s = retry_s
@@ -105,6 +111,9 @@ class ResidualWindowsStep:
         from workbench.store.lakehouse import AnomalyLakehouse
         from workbench.store.shards import read_shards
 
+        if self.waiting_days is not None and day.isoformat() in self.waiting_days():
+            logger.debug("residual windows of %s wait for this instance's rescoring", day)
+            return False
         # Only the columns the windows and the evidence source need: a waiting day is read again
         # every few seconds, and a whole day with every column cost the scoring process ~0.5 GB.
         rows = read_shards(self.settings.shards_dir, [day], columns=list(_COLUMNS))
