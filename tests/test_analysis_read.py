@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from workbench.analysis import classify
+from workbench.analysis.anomaly_summary import metrics_for_versions
 from workbench.analysis.exceptions import AnalysisError, UnknownWindowError
 from workbench.analysis.read import (
     anomalies,
@@ -93,6 +94,11 @@ def test_metrics_and_anomalies(settings: Settings) -> None:
     assert df["query_id"].tolist() == [0]  # newest first
     assert str(df["arrival_timestamp"].dt.tz) == "UTC"
     assert len(anomalies(settings, reason="other")) == 0
+    week = metrics(settings, "1week", [1])  # the week before holds no window: no data, not zero anomalies
+    assert week["anomalies"] == 4 and week["anomalies_delta"] is None and week["score_delta"] is None
+    versions = metrics_for_versions(settings, "1week", [1], ["v1"])
+    assert versions["anomalies"] == 4 and versions["anomalies_delta"] is None
+    assert metrics_for_versions(settings, "24h", [1], ["v1"])["anomalies_delta"] == 1
 
 
 def test_missing_stores_are_explained(tmp_path: Path) -> None:

@@ -170,7 +170,9 @@ def metrics_for_versions(settings: Settings, window: str, instances: Sequence[in
     if versions and m.get("anomalies") is not None:
         p = m["period"]
         cur = anomalies_or_empty(settings, start=p.start, end=p.end, instances=instances, versions=versions)
-        prev = anomalies_or_empty(settings, start=p.previous_start, end=p.start, instances=instances,
-                                  versions=versions)
-        m["anomalies"], m["anomalies_delta"] = len(cur), len(cur) - len(prev)
+        m["anomalies"] = len(cur)
+        if m.get("anomalies_delta") is not None:  # None: the previous period has no data
+            prev = anomalies_or_empty(settings, start=p.previous_start, end=p.start, instances=instances,
+                                      versions=versions)
+            m["anomalies_delta"] = len(cur) - len(prev)
     return m

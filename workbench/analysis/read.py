@@ -270,8 +270,10 @@ def metrics(settings: Settings, window: str = "24h", instances: Sequence[int] | 
     cur_mask = pc.greater_equal(table["window_start"], pa.scalar(p.start, table["window_start"].type))
     current = _summary(table.filter(cur_mask))
     previous = _summary(table.filter(pc.invert(cur_mask)))
-    current["anomalies"] = _anomaly_count(settings, p.start, p.end, ids)
-    previous["anomalies"] = _anomaly_count(settings, p.previous_start, p.start, ids)
+    # A period without any window has no anomaly count either: "no previous data", not "+67".
+    current["anomalies"] = _anomaly_count(settings, p.start, p.end, ids) if current["total_queries"] else None
+    previous["anomalies"] = (_anomaly_count(settings, p.previous_start, p.start, ids)
+                             if previous["total_queries"] else None)
     out: dict[str, Any] = {"period": p}
     for key, value in current.items():
         out[key] = value
