@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from workbench.data.exceptions import DataValidationError
 from workbench.data.schema import LABEL_SCHEMA, REDSET_SCHEMA
-from workbench.data.validation import cast_batch
+from workbench.data.validation import adjacent_repeats, cast_batch
 
 __all__ = ["DEFAULT_ROW_GROUP", "PrepareSummary", "prepare", "source_files"]
 
@@ -716,7 +716,7 @@ class _Repeats:
         qid = batch.column("query_id").to_numpy(zero_copy_only=False)
         instance = batch.column("instance_id").to_numpy(zero_copy_only=False)
         same = np.zeros(batch.num_rows, bool)
-        same[1:] = (ts[1:] == ts[:-1]) & (qid[1:] == qid[:-1]) & (instance[1:] == instance[:-1])
+        same[1:] = adjacent_repeats(ts, qid, instance)
         if self._prev is not None:
             same[0] = self._prev == (int(ts[0]), int(qid[0]), int(instance[0]))
         self._prev = (int(ts[-1]), int(qid[-1]), int(instance[-1]))

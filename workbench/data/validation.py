@@ -51,6 +51,7 @@ __all__ = [
     "BadRows",
     "Problem",
     "ValidationReport",
+    "adjacent_repeats",
     "cast_batch",
     "check",
     "conform",
@@ -409,15 +410,27 @@ class _Order:
                 f"query_id {int(qid[i])})"
             )
             problems.append(Problem(int(index[i + 1]), "arrival_timestamp", "unsorted", detail))
-        repeated = ((ts[1:] == ts[:-1]) & (qid[1:] == qid[:-1]) & (instance[1:] == instance[:-1])
-                    & known[1:] & known[:-1])
-        for i in np.flatnonzero(repeated):
+        for i in np.flatnonzero(adjacent_repeats(ts, qid, instance, known)):
             detail = (f"repeats row {int(index[i])} (instance_id {int(instance[i])}, query_id {int(qid[i])}, "
                       f"arrival {_stamp(int(ts[i]))}): a query_id is unique per instance")
             problems.append(Problem(int(index[i + 1]), "query_id", "duplicate", detail))
         self.prev = (int(index[-1]), int(ts[-1]), int(qid[-1]), int(instance[-1]) if known[-1] else None)
         self.last_us = max(self.last_us or int(ts[-1]), int(ts[-1]))
         return problems
+
+
+def adjacent_repeats(arrival_us: np.ndarray, query_id: np.ndarray, instance_id: np.ndarray,
+                     known: np.ndarray | None = None) -> np.ndarray:
+    """Per row after the first: whether it repeats the row before it (one query twice).
+
+    Redset's ``query_id`` is unique per instance, and the copies of a query that overlapping
+    exports leave have the same arrival, so a log sorted by arrival and query id has them next to
+    each other. ``known``: rows whose instance id is usable (an unknown one never repeats).
+    Returns ``len - 1`` booleans: element ``i`` compares rows ``i + 1`` and ``i``.
+    """
+    same = ((arrival_us[1:] == arrival_us[:-1]) & (query_id[1:] == query_id[:-1])
+            & (instance_id[1:] == instance_id[:-1]))
+    return same if known is None else same & known[1:] & known[:-1]
 
 
 def _int64_values(array: pa.Array, *, time: bool = False) -> np.ndarray:
