@@ -82,7 +82,7 @@ the same store gives the same rows (the lakehouse write is insert-if-absent on
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any
 
@@ -440,6 +440,30 @@ _SCORE_COLUMNS = ["instance_id", "window_start", "signal", "expected", "observed
                   "queries", "reason"]
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """:func:`window_signals` rows as arrays (pandas indexing per instance and pass cost more than the scoring)."""
+
+    start_ms: np.ndarray
+    how: np.ndarray
+    hod: np.ndarray
+    observed: np.ndarray  # per signal
+    base: np.ndarray  # per share signal: the queries it is out of
+    carriers: np.ndarray  # per mean signal
+    counts: np.ndarray  # per signal with a count of its own
+    arrivals: np.ndarray
+
+    @classmethod
+    def of(cls, signals: pd.DataFrame, table: _SignalTable) -> _Rows:
+        return cls(signals["start_ms"].to_numpy(), signals["how"].to_numpy(), signals["hod"].to_numpy(),
+                   signals[table.names].to_numpy(float), signals[table.base_cols].to_numpy(float),
+                   signals[table.carrier_cols].to_numpy(float), signals[table.count_cols].to_numpy(float),
+                   signals["arrivals"].to_numpy(float))
+
+    def take(self, rows: np.ndarray | slice) -> _Rows:
+        return _Rows(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+
 def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
                   params: CollectiveParams | None = None) -> pd.DataFrame:
     """Score each window of ``windows`` on every signal against the instance's earlier windows.
@@ -463,12 +487,19 @@ def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
     if windows is None or not len(windows):
         return pd.DataFrame(columns=_SCORE_COLUMNS)
     allw = windows if history is None or not len(history) else pd.concat([history, windows], ignore_index=True)
-    obs_all = window_signals(allw).drop_duplicates(["instance_id", "start_ms"], keep="last")
+    # every instance's history in time order (one start per instance and window: no ties)
+    obs_all = (window_signals(allw).drop_duplicates(["instance_id", "start_ms"], keep="last")
+               .sort_values(["instance_id", "start_ms"]))
     wanted = window_signals(windows)
     table = _SignalTable.of(SIGNALS)
-    out = [_score_instance(int(inst), targets, obs_all[obs_all["instance_id"] == inst], table, params)
-           for inst, targets in wanted.groupby("instance_id", sort=True)]
-    out = [frame for frame in out if len(frame)]
+    hist_rows, targets = _Rows.of(obs_all, table), _Rows.of(wanted, table)
+    hist_instance = obs_all["instance_id"].to_numpy()
+    out = []
+    for inst, rows in wanted.groupby("instance_id", sort=True).indices.items():
+        lo, hi = np.searchsorted(hist_instance, inst, side="left"), np.searchsorted(hist_instance, inst, side="right")
+        scored = _score_instance(int(inst), targets.take(rows), hist_rows.take(slice(lo, hi)), table, params)
+        if len(scored):
+            out.append(scored)
     if not out:
         return pd.DataFrame(columns=_SCORE_COLUMNS)
     return pd.concat(out, ignore_index=True)[_SCORE_COLUMNS]
@@ -486,63 +517,60 @@ class _References:
     base_median: np.ndarray
 
 
-def _references(hist: pd.DataFrame, targets: pd.DataFrame, x: np.ndarray, judged: np.ndarray, bounds: np.ndarray,
-                table: _SignalTable, params: CollectiveParams) -> _References:
-    """The shrunk median/MAD reference of each judged target window (see the module docstring).
+def _references(hist: _Rows, targets: _Rows, x: np.ndarray, bounds: np.ndarray, table: _SignalTable,
+                params: CollectiveParams) -> _References:
+    """The shrunk median/MAD reference of each target window (see the module docstring).
 
     ``bounds`` holds per target the history rows ``[lo, hi)`` of its reference, then the ends of
     its same-hour-of-day and same-hour-of-week candidates.
     """
-    values = table.transform(hist[table.names].to_numpy(float))
-    h_base = hist[table.base_cols].to_numpy(float)
-    how, hod = hist["how"].to_numpy(), hist["hod"].to_numpy()
-    t_how, t_hod = targets["how"].to_numpy(), targets["hod"].to_numpy()
-    shape = (len(judged), len(table.names))
-    refs = _References(np.empty(shape), np.empty(shape), np.empty(shape, np.int64), np.empty(shape),
-                       np.empty((len(judged), len(table.share_idx))), np.empty((len(judged), len(table.share_idx))))
-    for r, j in enumerate(judged):
-        lo, hi, day_hi, week_hi = bounds[:, j]
-        tr = values[lo:hi]
-        med, mad, n = _robust(tr)
-        # Same hour of the day on *earlier days*, same hour of the week in *earlier weeks*.
-        parent = _blend(_robust(values[lo:day_hi][hod[lo:day_hi] == t_hod[j]]), (med, mad), params.shrink)
-        center, spread = _blend(_robust(values[lo:week_hi][how[lo:week_hi] == t_how[j]]), parent, params.shrink)
-        refs.center[r], refs.spread[r], refs.count[r] = center, spread, n
-        with np.errstate(invalid="ignore"):
-            extreme = table.deviation(tr - center) >= table.deviation(x[j] - center)
-        refs.as_extreme[r] = np.count_nonzero(extreme, axis=0) / np.maximum(n, 1)
+    values = table.transform(hist.observed)
+    shape = (len(targets.start_ms), len(table.names))
+    overall, day, week = ((np.empty(shape), np.empty(shape), np.empty(shape, np.int64)) for _ in range(3))
+    shares = (len(targets.start_ms), len(table.share_idx))
+    base_sum, base_median = np.empty(shares), np.empty(shares)
+    for j, (lo, hi, day_hi, week_hi) in enumerate(bounds.T):
+        for stats, robust in ((overall, _robust(values[lo:hi])),
+                              # same hour of the day on *earlier days*, same hour of the week in *earlier weeks*
+                              (day, _robust(values[lo:day_hi][hist.hod[lo:day_hi] == targets.hod[j]])),
+                              (week, _robust(values[lo:week_hi][hist.how[lo:week_hi] == targets.how[j]]))):
+            for into, value in zip(stats, robust, strict=True):
+                into[j] = value
         if len(table.share_idx):
-            refs.base_sum[r] = np.nansum(h_base[lo:hi], axis=0)
-            refs.base_median[r] = _nanmedian0(h_base[lo:hi])
-    return refs
+            base_sum[j] = np.nansum(hist.base[lo:hi], axis=0)
+            base_median[j] = _nanmedian0(hist.base[lo:hi])
+    # shrunk: the hour of the week toward the hour of the day, toward the whole reference
+    center, spread = _blend(week, _blend(day, overall[:2], params.shrink), params.shrink)
+    as_extreme = np.empty(shape)
+    with np.errstate(invalid="ignore"):
+        now = table.deviation(x - center)
+        for j, (lo, hi) in enumerate(bounds[:2].T):
+            as_extreme[j] = np.count_nonzero(table.deviation(values[lo:hi] - center[j]) >= now[j], axis=0)
+    return _References(center, spread, overall[2], as_extreme / np.maximum(overall[2], 1), base_sum, base_median)
 
 
-def _score_instance(inst: int, targets: pd.DataFrame, hist: pd.DataFrame, table: _SignalTable,
+def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
                     params: CollectiveParams) -> pd.DataFrame:
-    """:func:`score_windows` for one instance: ``targets`` against its ``hist`` (both from :func:`window_signals`)."""
-    hist = hist.sort_values("start_ms")
-    times = hist["start_ms"].to_numpy()
-    t_start = targets["start_ms"].to_numpy()
+    """:func:`score_windows` for one instance's ``targets`` against its ``hist`` (in time order)."""
     lookback = int(params.lookback.total_seconds() * 1000)
     guard = int(params.recent_guard.total_seconds() * 1000)
-    bounds = np.searchsorted(times, np.stack([t_start - lookback, t_start - guard, t_start - 20 * 3_600_000,
-                                              t_start - 6 * 86_400_000]), side="left")
+    t = targets.start_ms
+    bounds = np.searchsorted(hist.start_ms, np.stack([t - lookback, t - guard, t - 20 * 3_600_000,
+                                                      t - 6 * 86_400_000]), side="left")
     judged = np.flatnonzero(bounds[1] - bounds[0] >= params.min_history)
     if not len(judged):
         return pd.DataFrame(columns=_SCORE_COLUMNS)
-    observed = targets[table.names].to_numpy(float)
+    targets, bounds = targets.take(judged), bounds[:, judged]
+    observed = targets.observed
     x = table.transform(observed)
-    refs = _references(hist, targets, x, judged, bounds, table, params)
-    observed, x = observed[judged], x[judged]
-    t_arrivals = targets["arrivals"].to_numpy(float)[judged]
+    refs = _references(hist, targets, x, bounds, table, params)
     # The queries each signal is over: the window's, or the signal's own count (NaN: none).
-    t_counts = np.repeat(t_arrivals[:, None], len(table.names), axis=1)
-    t_counts[:, table.count_idx] = targets[table.count_cols].to_numpy(float)[judged]
+    t_counts = np.repeat(targets.arrivals[:, None], len(table.names), axis=1)
+    t_counts[:, table.count_idx] = targets.counts
     with np.errstate(invalid="ignore"):
         t_many = t_counts >= params.min_queries
-    t_carriers = targets[table.carrier_cols].to_numpy(float)[judged]
     # A quantile is moved by the queries above it: judged only when they are enough for a claim.
-    t_quantile_ok = (table.above == 0) | (table.above * t_arrivals[:, None] >= params.min_excess_queries)
+    t_quantile_ok = (table.above == 0) | (table.above * targets.arrivals[:, None] >= params.min_excess_queries)
 
     center = refs.center
     share_idx, mean_idx = table.share_idx, table.mean_idx
@@ -561,7 +589,7 @@ def _score_instance(inst: int, targets: pd.DataFrame, hist: pd.DataFrame, table:
             # also be at least min_excess_queries queries (a collective claim).
             eps = 0.5 / np.maximum(refs.base_sum, 1.0)
             p0 = np.clip(center[:, share_idx], eps, 1.0 - eps)
-            n_now = targets[table.base_cols].to_numpy(float)[judged]
+            n_now = targets.base
             up = table.up[share_idx]
             share_z = share_tail_z(observed[:, share_idx], n_now, p0, share_spread, refs.base_median, up)
             share_excess = np.where(up, 1.0, -1.0) * (observed[:, share_idx] - p0)
@@ -573,7 +601,7 @@ def _score_instance(inst: int, targets: pd.DataFrame, hist: pd.DataFrame, table:
         # Means: the excess must take at least min_excess_queries queries as long as the
         # window's longest (else two or three huge queries are the story, not the window).
         ratio[:, mean_idx] = np.minimum(ratio[:, mean_idx],
-                                        excess[:, mean_idx] * t_carriers / params.min_excess_queries)
+                                        excess[:, mean_idx] * targets.carriers / params.min_excess_queries)
         # Empirical tail: the z above assumes a shape (log-normal spread, binomial); a value that
         # the instance's own reference reached in more than max_history_share of its windows is
         # ordinary for it whatever the z says (a median that flips between two modes).
@@ -584,7 +612,7 @@ def _score_instance(inst: int, targets: pd.DataFrame, hist: pd.DataFrame, table:
     rows, cols = np.nonzero(ok)
     return pd.DataFrame({
         "instance_id": np.full(len(rows), inst, np.int64),
-        "window_start": pd.to_datetime(t_start[judged][rows], unit="ms", utc=True),
+        "window_start": pd.to_datetime(t[judged][rows], unit="ms", utc=True),
         "signal": np.array(table.names, dtype=object)[cols], "expected": expected[ok], "observed": observed[ok],
         "excess": excess[ok], "z": z[ok], "ratio": ratio[ok], "score": score[ok], "queries": t_counts[ok],
         "reason": table.reasons[cols]})
