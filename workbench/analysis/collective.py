@@ -612,7 +612,7 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
     rows, cols = np.nonzero(ok)
     return pd.DataFrame({
         "instance_id": np.full(len(rows), inst, np.int64),
-        "window_start": pd.to_datetime(t[judged][rows], unit="ms", utc=True),
+        "window_start": pd.to_datetime(targets.start_ms[rows], unit="ms", utc=True),
         "signal": np.array(table.names, dtype=object)[cols], "expected": expected[ok], "observed": observed[ok],
         "excess": excess[ok], "z": z[ok], "ratio": ratio[ok], "score": score[ok], "queries": t_counts[ok],
         "reason": table.reasons[cols]})
