@@ -47,7 +47,7 @@ def _blend(child: tuple[np.ndarray, np.ndarray, np.ndarray], parent: tuple[np.nd
 
 
 def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
-                  params: CollectiveParams | None = None) -> pd.DataFrame:
+                            params: CollectiveParams | None = None) -> pd.DataFrame:
     """Score each window of ``windows`` on every signal against the instance's earlier windows.
 
     Parameters
