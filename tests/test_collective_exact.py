@@ -48,6 +48,24 @@ def test_scores_and_flags_are_the_reference_computation_s(windows: pd.DataFrame,
     assert flagged.num_rows and flagged.equals(flag_windows(targets, windows, params))  # the reason text too
 
 
+def test_runtime_residual_windows_score_and_read_as_the_reference_s(windows: pd.DataFrame,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scoring app's residual windows: a signal over its own query count, with its own reason text."""
+    rng = np.random.default_rng(1)
+    w = windows.assign(median_log_residual=rng.normal(0.0, 0.1, len(windows)),
+                       residual_queries=rng.integers(0, 80, len(windows)).astype(float))
+    w.loc[w.sample(frac=0.05, random_state=1).index, "median_log_residual"] = np.nan  # windows not scored yet
+    slow = _between(w, "2024-03-11T09:00", "2024-03-11T10:00").index
+    w.loc[slow, "median_log_residual"] += 1.0
+    w.loc[slow, "residual_queries"] = 60.0
+    targets = _between(w, "2024-03-10T12:00", "2024-03-11T12:00")
+    pd.testing.assert_frame_equal(score_windows(targets, w), reference_score_windows(targets, w), check_exact=True)
+    flagged = flag_windows(targets, w)
+    assert "runtime_residual" in flagged["signal"].to_pylist()
+    monkeypatch.setattr(collective, "score_windows", reference_score_windows)
+    assert flagged.equals(flag_windows(targets, w))
+
+
 def test_a_window_scored_with_its_neighbours_or_alone_scores_the_same(windows: pd.DataFrame) -> None:
     targets = _between(windows, "2024-03-11T08:00", "2024-03-11T10:00")
     together = score_windows(targets, windows)
