@@ -81,9 +81,8 @@ the same store gives the same rows (the lakehouse write is insert-if-absent on
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any
 
@@ -351,16 +350,33 @@ def share_tail_z(share: np.ndarray, n: np.ndarray, p0: np.ndarray, spread: np.nd
     return np.clip(z, -50.0, 50.0)
 
 
+def _nanmedian0(a: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(a, axis=0)`` of a non-empty 2-D array, bit for bit, by one sort (NaN for an all-NaN column).
+
+    ``np.nanmedian`` of a reference group went through masked arrays (``np.ma.median``): about 2 ms
+    a call, several calls per window and tens of thousands of windows in a replay.
+    """
+    s = np.sort(a, axis=0)  # NaN sorts last
+    return _middle(s, np.count_nonzero(~np.isnan(s), axis=0))
+
+
+def _middle(s: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Per column of ``s`` (sorted, NaN last), the median of its first ``n`` values: the mean of the two middle ones."""
+    cols = np.arange(s.shape[1])
+    # n == 0: row 0 of an all-NaN column, so NaN; for odd n both rows are the middle one, (a + a) / 2 == a
+    return (s[np.maximum(n - 1, 0) // 2, cols] + s[n // 2, cols]) / 2
+
+
 def _robust(tr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per column: median, MAD x 1.4826 and count of non-NaN values (NaN medians for empty columns)."""
-    n = (~np.isnan(tr)).sum(axis=0)
+    n = np.count_nonzero(~np.isnan(tr), axis=0)
     if not len(tr):
         nan = np.full(tr.shape[1], np.nan)
         return nan, nan, n
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (serverless cluster size)
-        med = np.nanmedian(tr, axis=0)
-        mad = np.nanmedian(np.abs(tr - med), axis=0) * 1.4826
+    with np.errstate(all="ignore"):
+        s = np.sort(tr, axis=0)
+        med = _middle(s, n)
+        mad = _nanmedian0(np.abs(s - med)) * 1.4826  # its own NaN count: inf - inf is NaN
     return med, mad, n
 
 
@@ -371,6 +387,81 @@ def _blend(child: tuple[np.ndarray, np.ndarray, np.ndarray], parent: tuple[np.nd
     has = n > 0
     return (np.where(has, w * np.nan_to_num(med) + (1 - w) * parent[0], parent[0]),
             np.where(has, w * np.nan_to_num(mad) + (1 - w) * parent[1], parent[1]))
+
+
+@dataclass(frozen=True)
+class _SignalTable:
+    """:data:`SIGNALS` as per-signal arrays (one column per signal, in :data:`SIGNALS` order)."""
+
+    names: list[str]
+    logged: np.ndarray
+    two_sided: np.ndarray
+    floors: np.ndarray
+    reasons: np.ndarray
+    needs_many: np.ndarray
+    up: np.ndarray
+    above: np.ndarray  # 0: not a quantile
+    share_idx: np.ndarray
+    base_cols: list[str]
+    mean_idx: np.ndarray
+    carrier_cols: list[str]
+    count_idx: np.ndarray
+    count_cols: list[str]
+
+    @classmethod
+    def of(cls, signals: dict[str, Signal]) -> _SignalTable:
+        names = list(signals)
+        share_idx = np.flatnonzero([signals[n].base is not None for n in names])
+        mean_idx = np.flatnonzero([signals[n].carriers is not None for n in names])
+        count_idx = np.flatnonzero([signals[n].count is not None for n in names])
+        return cls(names=names, logged=np.array([signals[n].log for n in names]),
+                   two_sided=np.array([signals[n].two_sided for n in names]),
+                   floors=np.array([signals[n].floor for n in names]),
+                   reasons=np.array([signals[n].reason for n in names], dtype=object),
+                   needs_many=np.array([signals[n].needs_many for n in names]),
+                   up=np.array([signals[n].tail == "up" for n in names]),
+                   above=np.array([signals[n].above or 0.0 for n in names]),
+                   share_idx=share_idx, base_cols=[_base_name(names[i]) for i in share_idx],
+                   mean_idx=mean_idx, carrier_cols=[_carriers_name(names[i]) for i in mean_idx],
+                   count_idx=count_idx, count_cols=[_count_name(names[i]) for i in count_idx])
+
+    def transform(self, v: np.ndarray) -> np.ndarray:
+        """Counts, times and MB in ``log1p`` space, shares and logs as they are."""
+        with np.errstate(invalid="ignore"):
+            return np.where(self.logged, np.log1p(np.clip(v, 0, None)), v)
+
+    def deviation(self, d: np.ndarray) -> np.ndarray:
+        """How far ``d`` (a value minus its expectation) is toward the unusual side of each signal."""
+        dev = np.where(self.up, d, -d)  # -(x - c) is exactly c - x
+        return np.where(self.two_sided, np.abs(d), dev)
+
+
+_SCORE_COLUMNS = ["instance_id", "window_start", "signal", "expected", "observed", "excess", "z", "ratio", "score",
+                  "queries", "reason"]
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """:func:`window_signals` rows as arrays (pandas indexing per instance and pass cost more than the scoring)."""
+
+    start_ms: np.ndarray
+    how: np.ndarray
+    hod: np.ndarray
+    observed: np.ndarray  # per signal
+    base: np.ndarray  # per share signal: the queries it is out of
+    carriers: np.ndarray  # per mean signal
+    counts: np.ndarray  # per signal with a count of its own
+    arrivals: np.ndarray
+
+    @classmethod
+    def of(cls, signals: pd.DataFrame, table: _SignalTable) -> _Rows:
+        return cls(signals["start_ms"].to_numpy(), signals["how"].to_numpy(), signals["hod"].to_numpy(),
+                   signals[table.names].to_numpy(float), signals[table.base_cols].to_numpy(float),
+                   signals[table.carrier_cols].to_numpy(float), signals[table.count_cols].to_numpy(float),
+                   signals["arrivals"].to_numpy(float))
+
+    def take(self, rows: np.ndarray | slice) -> _Rows:
+        return _Rows(*(getattr(self, f.name)[rows] for f in fields(self)))
 
 
 def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
@@ -393,125 +484,138 @@ def score_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
         ``signal``, ``expected``, ``observed``, ``excess``, ``z``, ``score``, ``reason``.
     """
     params = params or CollectiveParams()
-    columns = ["instance_id", "window_start", "signal", "expected", "observed", "excess", "z", "ratio", "score",
-               "queries", "reason"]
     if windows is None or not len(windows):
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=_SCORE_COLUMNS)
     allw = windows if history is None or not len(history) else pd.concat([history, windows], ignore_index=True)
-    obs_all = window_signals(allw).drop_duplicates(["instance_id", "start_ms"], keep="last")
+    # every instance's history in time order (one start per instance and window: no ties)
+    obs_all = (window_signals(allw).drop_duplicates(["instance_id", "start_ms"], keep="last")
+               .sort_values(["instance_id", "start_ms"]))
     wanted = window_signals(windows)
-    names = list(SIGNALS)
-    logged = np.array([SIGNALS[n].log for n in names])
-    two_sided = np.array([SIGNALS[n].two_sided for n in names])
-    floors = np.array([SIGNALS[n].floor for n in names])
-    min_spread = np.where(logged, params.min_spread, params.min_share_spread)
-    reasons = np.array([SIGNALS[n].reason for n in names], dtype=object)
-    needs_many = np.array([SIGNALS[n].needs_many for n in names])
-    is_share = np.array([SIGNALS[n].base is not None for n in names])
-    up = np.array([SIGNALS[n].tail == "up" for n in names])
-    share_idx = np.flatnonzero(is_share)
-    base_cols = [_base_name(names[i]) for i in share_idx]
-    mean_idx = np.flatnonzero([SIGNALS[n].carriers is not None for n in names])
-    carrier_cols = [_carriers_name(names[i]) for i in mean_idx]
-    above = np.array([SIGNALS[n].above or 0.0 for n in names])  # 0: not a quantile
-    count_idx = np.flatnonzero([SIGNALS[n].count is not None for n in names])
-    count_cols = [_count_name(names[i]) for i in count_idx]
+    table = _SignalTable.of(SIGNALS)
+    hist_rows, targets = _Rows.of(obs_all, table), _Rows.of(wanted, table)
+    hist_instance = obs_all["instance_id"].to_numpy()
+    out = []
+    for inst, rows in wanted.groupby("instance_id", sort=True).indices.items():
+        lo, hi = np.searchsorted(hist_instance, inst, side="left"), np.searchsorted(hist_instance, inst, side="right")
+        scored = _score_instance(int(inst), targets.take(rows), hist_rows.take(slice(lo, hi)), table, params)
+        if len(scored):
+            out.append(scored)
+    if not out:
+        return pd.DataFrame(columns=_SCORE_COLUMNS)
+    return pd.concat(out, ignore_index=True)[_SCORE_COLUMNS]
 
-    def transform(v: np.ndarray) -> np.ndarray:
-        return np.where(logged, np.log1p(np.clip(v, 0, None)), v)
 
-    out: list[pd.DataFrame] = []
+@dataclass
+class _References:
+    """Per judged window (rows) and signal (columns): its reference statistics from earlier windows."""
+
+    center: np.ndarray
+    spread: np.ndarray
+    count: np.ndarray  # reference windows with a value
+    as_extreme: np.ndarray  # share of them at least as unusual as the window
+    base_sum: np.ndarray  # shares only: the reference's queries in all, and per window (median)
+    base_median: np.ndarray
+
+
+def _references(hist: _Rows, targets: _Rows, x: np.ndarray, bounds: np.ndarray, table: _SignalTable,
+                params: CollectiveParams) -> _References:
+    """The shrunk median/MAD reference of each target window (see the module docstring).
+
+    ``bounds`` holds per target the history rows ``[lo, hi)`` of its reference, then the ends of
+    its same-hour-of-day and same-hour-of-week candidates.
+    """
+    values = table.transform(hist.observed)
+    shape = (len(targets.start_ms), len(table.names))
+    overall, day, week = ((np.empty(shape), np.empty(shape), np.empty(shape, np.int64)) for _ in range(3))
+    shares = (len(targets.start_ms), len(table.share_idx))
+    base_sum, base_median = np.empty(shares), np.empty(shares)
+    for j, (lo, hi, day_hi, week_hi) in enumerate(bounds.T):
+        for stats, robust in ((overall, _robust(values[lo:hi])),
+                              # same hour of the day on *earlier days*, same hour of the week in *earlier weeks*
+                              (day, _robust(values[lo:day_hi][hist.hod[lo:day_hi] == targets.hod[j]])),
+                              (week, _robust(values[lo:week_hi][hist.how[lo:week_hi] == targets.how[j]]))):
+            for into, value in zip(stats, robust, strict=True):
+                into[j] = value
+        if len(table.share_idx):
+            base_sum[j] = np.nansum(hist.base[lo:hi], axis=0)
+            base_median[j] = _nanmedian0(hist.base[lo:hi])
+    # shrunk: the hour of the week toward the hour of the day, toward the whole reference
+    center, spread = _blend(week, _blend(day, overall[:2], params.shrink), params.shrink)
+    as_extreme = np.empty(shape)
+    with np.errstate(invalid="ignore"):
+        now = table.deviation(x - center)
+        for j, (lo, hi) in enumerate(bounds[:2].T):
+            as_extreme[j] = np.count_nonzero(table.deviation(values[lo:hi] - center[j]) >= now[j], axis=0)
+    return _References(center, spread, overall[2], as_extreme / np.maximum(overall[2], 1), base_sum, base_median)
+
+
+def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
+                    params: CollectiveParams) -> pd.DataFrame:
+    """:func:`score_windows` for one instance's ``targets`` against its ``hist`` (in time order)."""
     lookback = int(params.lookback.total_seconds() * 1000)
     guard = int(params.recent_guard.total_seconds() * 1000)
-    for inst, targets in wanted.groupby("instance_id", sort=True):
-        hist = obs_all[obs_all["instance_id"] == inst].sort_values("start_ms")
-        times = hist["start_ms"].to_numpy()
-        how = hist["how"].to_numpy()
-        hod = hist["hod"].to_numpy()
-        with np.errstate(invalid="ignore"):
-            values = transform(hist[names].to_numpy(float))
-        t_obs = targets[names].to_numpy(float)
-        h_base = hist[base_cols].to_numpy(float)
-        t_base = targets[base_cols].to_numpy(float)
-        t_arrivals = targets["arrivals"].to_numpy(float)
-        # The queries each signal is over: the window's, or the signal's own count (NaN: none).
-        t_counts = np.repeat(t_arrivals[:, None], len(names), axis=1)
-        t_counts[:, count_idx] = targets[count_cols].to_numpy(float)
-        with np.errstate(invalid="ignore"):
-            t_many = t_counts >= params.min_queries
-        t_carriers = targets[carrier_cols].to_numpy(float)
-        # A quantile is moved by the queries above it: judged only when they are enough for a claim.
-        t_quantile_ok = (above == 0) | (above * t_arrivals[:, None] >= params.min_excess_queries)
-        for j, (t, t_how, t_hod) in enumerate(zip(targets["start_ms"].to_numpy(), targets["how"].to_numpy(),
-                                                  targets["hod"].to_numpy(), strict=True)):
-            lo = np.searchsorted(times, t - lookback, side="left")
-            hi = np.searchsorted(times, t - guard, side="left")
-            if hi - lo < params.min_history:
-                continue
-            tr = values[lo:hi]
-            med, mad, n = _robust(tr)
-            # Same hour of the day on *earlier days*, same hour of the week in *earlier weeks*.
-            day_hi = np.searchsorted(times, t - 20 * 3_600_000, side="left")
-            week_hi = np.searchsorted(times, t - 6 * 86_400_000, side="left")
-            day_sel = hod[lo:day_hi] == t_hod
-            week_sel = how[lo:week_hi] == t_how
-            parent = _blend(_robust(values[lo:day_hi][day_sel]), (med, mad), params.shrink)
-            center, spread = _blend(_robust(values[lo:week_hi][week_sel]), parent, params.shrink)
-            share_spread = spread[share_idx]
-            spread = np.maximum(spread, min_spread)
-            observed = t_obs[j]
-            with np.errstate(invalid="ignore"):
-                x = transform(observed)
-            z = (x - center) / spread
-            expected = np.where(logged, np.expm1(center), center)
-            excess = observed - expected
-            z = np.where(two_sided, np.abs(z), z)
-            excess = np.where(two_sided, np.abs(excess), excess)
-            ratio = excess / floors
-            if len(share_idx):
-                # Shares: the over-dispersed binomial tail, p0 kept off 0 and 1 by half a query
-                # of the reference (a share never seen is not impossible), and the excess must
-                # also be at least min_excess_queries queries (a collective claim).
-                with warnings.catch_warnings(), np.errstate(all="ignore"):
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    n_ref = np.nansum(h_base[lo:hi], axis=0)
-                    n_typ = np.nanmedian(h_base[lo:hi], axis=0)
-                eps = 0.5 / np.maximum(n_ref, 1.0)
-                p0 = np.clip(center[share_idx], eps, 1.0 - eps)
-                n_now = t_base[j]
-                share_z = share_tail_z(observed[share_idx], n_now, p0, share_spread, n_typ, up[share_idx])
-                sign = np.where(up[share_idx], 1.0, -1.0)
-                share_excess = sign * (observed[share_idx] - p0)
-                z[share_idx] = share_z
-                expected[share_idx] = p0
-                excess[share_idx] = share_excess
-                ratio[share_idx] = np.minimum(share_excess / floors[share_idx],
-                                              share_excess * n_now / params.min_excess_queries)
-            # Means: the excess must take at least min_excess_queries queries as long as the
-            # window's longest (else two or three huge queries are the story, not the window).
-            ratio[mean_idx] = np.minimum(ratio[mean_idx],
-                                         excess[mean_idx] * t_carriers[j] / params.min_excess_queries)
-            # Empirical tail: the z above assumes a shape (log-normal spread, binomial); a value that
-            # the instance's own reference reached in more than max_history_share of its windows is
-            # ordinary for it whatever the z says (a median that flips between two modes).
-            with np.errstate(invalid="ignore"):
-                dev_now = np.where(two_sided, np.abs(x - center), np.where(up, x - center, center - x))
-                dev_hist = np.where(two_sided, np.abs(tr - center), np.where(up, tr - center, center - tr))
-                as_extreme = np.nansum(dev_hist >= dev_now, axis=0) / np.maximum(n, 1)
-            ratio = np.minimum(ratio, params.max_history_share / np.maximum(as_extreme, 1e-12))
-            score = np.minimum(z / params.z_threshold, ratio)
-            ok = (n >= params.min_history) & ~np.isnan(observed) & ~np.isnan(score) & (t_many[j] | ~needs_many)
-            ok &= t_quantile_ok[j]
-            if not ok.any():
-                continue
-            out.append(pd.DataFrame({
-                "instance_id": int(inst), "window_start": pd.Timestamp(int(t), unit="ms", tz="UTC"),
-                "signal": np.array(names, dtype=object)[ok], "expected": expected[ok], "observed": observed[ok],
-                "excess": excess[ok], "z": z[ok], "ratio": ratio[ok], "score": score[ok], "queries": t_counts[j][ok],
-                "reason": reasons[ok]}))
-    if not out:
-        return pd.DataFrame(columns=columns)
-    return pd.concat(out, ignore_index=True)[columns]
+    t = targets.start_ms
+    bounds = np.searchsorted(hist.start_ms, np.stack([t - lookback, t - guard, t - 20 * 3_600_000,
+                                                      t - 6 * 86_400_000]), side="left")
+    judged = np.flatnonzero(bounds[1] - bounds[0] >= params.min_history)
+    if not len(judged):
+        return pd.DataFrame(columns=_SCORE_COLUMNS)
+    targets, bounds = targets.take(judged), bounds[:, judged]
+    observed = targets.observed
+    x = table.transform(observed)
+    refs = _references(hist, targets, x, bounds, table, params)
+    # The queries each signal is over: the window's, or the signal's own count (NaN: none).
+    t_counts = np.repeat(targets.arrivals[:, None], len(table.names), axis=1)
+    t_counts[:, table.count_idx] = targets.counts
+    with np.errstate(invalid="ignore"):
+        t_many = t_counts >= params.min_queries
+    # A quantile is moved by the queries above it: judged only when they are enough for a claim.
+    t_quantile_ok = (table.above == 0) | (table.above * targets.arrivals[:, None] >= params.min_excess_queries)
+
+    center = refs.center
+    share_idx, mean_idx = table.share_idx, table.mean_idx
+    share_spread = refs.spread[:, share_idx]
+    spread = np.maximum(refs.spread, np.where(table.logged, params.min_spread, params.min_share_spread))
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = (x - center) / spread
+        expected = np.where(table.logged, np.expm1(center), center)
+        excess = observed - expected
+        z = np.where(table.two_sided, np.abs(z), z)
+        excess = np.where(table.two_sided, np.abs(excess), excess)
+        ratio = excess / table.floors
+        if len(share_idx):
+            # Shares: the over-dispersed binomial tail, p0 kept off 0 and 1 by half a query
+            # of the reference (a share never seen is not impossible), and the excess must
+            # also be at least min_excess_queries queries (a collective claim).
+            eps = 0.5 / np.maximum(refs.base_sum, 1.0)
+            p0 = np.clip(center[:, share_idx], eps, 1.0 - eps)
+            n_now = targets.base
+            up = table.up[share_idx]
+            share_z = share_tail_z(observed[:, share_idx], n_now, p0, share_spread, refs.base_median, up)
+            share_excess = np.where(up, 1.0, -1.0) * (observed[:, share_idx] - p0)
+            z[:, share_idx] = share_z
+            expected[:, share_idx] = p0
+            excess[:, share_idx] = share_excess
+            ratio[:, share_idx] = np.minimum(share_excess / table.floors[share_idx],
+                                             share_excess * n_now / params.min_excess_queries)
+        # Means: the excess must take at least min_excess_queries queries as long as the
+        # window's longest (else two or three huge queries are the story, not the window).
+        ratio[:, mean_idx] = np.minimum(ratio[:, mean_idx],
+                                        excess[:, mean_idx] * targets.carriers / params.min_excess_queries)
+        # Empirical tail: the z above assumes a shape (log-normal spread, binomial); a value that
+        # the instance's own reference reached in more than max_history_share of its windows is
+        # ordinary for it whatever the z says (a median that flips between two modes).
+        ratio = np.minimum(ratio, params.max_history_share / np.maximum(refs.as_extreme, 1e-12))
+        score = np.minimum(z / params.z_threshold, ratio)
+    ok = (refs.count >= params.min_history) & ~np.isnan(observed) & ~np.isnan(score)
+    ok &= (t_many | ~table.needs_many) & t_quantile_ok
+    rows, cols = np.nonzero(ok)
+    return pd.DataFrame({
+        "instance_id": np.full(len(rows), inst, np.int64),
+        "window_start": pd.to_datetime(targets.start_ms[rows], unit="ms", utc=True),
+        "signal": np.array(table.names, dtype=object)[cols], "expected": expected[ok], "observed": observed[ok],
+        "excess": excess[ok], "z": z[ok], "ratio": ratio[ok], "score": score[ok], "queries": t_counts[ok],
+        "reason": table.reasons[cols]})
 
 
 def flag_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
