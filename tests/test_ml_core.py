@@ -289,3 +289,29 @@ def test_rescore_passes_again_over_a_day_compacted_under_it(tmp_path: Path, mode
     assert compactions == [1]
     table = read_shards(shards)
     assert table.num_rows == 400 and table.column("model_version").null_count == 0
+
+
+def test_fingerprint_lookup_finds_what_index_in_finds(log: pa.Table) -> None:
+    fb = FeatureBuilder().fit(log)
+    table = fb.fp_table_
+    # the table as fitted, plus a duplicated key (the first row wins) and a null fingerprint
+    fb.fp_table_ = pa.concat_tables([table, table.slice(3, 2),
+                                     table.slice(0, 1).set_column(1, table.schema.field(1), pa.nulls(1, pa.string()))])
+    fb._build_index()
+    rng = np.random.default_rng(11)
+    batch = log.take(rng.integers(0, log.num_rows, 5_000))
+    fps = batch.column("feature_fingerprint").to_pylist()
+    for i in rng.choice(len(fps), 400, replace=False):  # unseen fingerprints and nulls among known ones
+        fps[i] = None if i % 2 else f"unseen{i}"
+    batch = batch.set_column(batch.schema.get_field_index("feature_fingerprint"), "feature_fingerprint",
+                             pa.array(fps, pa.string()))
+    keys = pc.binary_join_element_wise(pc.cast(batch.column("instance_id"), pa.string()),
+                                       batch.column("feature_fingerprint"), "|")
+    expected = pc.fill_null(pc.index_in(keys, value_set=fb._fp_keys), -1).to_numpy(zero_copy_only=False)
+    found = fb._fp_index(keys)
+    np.testing.assert_array_equal(found, expected)
+    null_row = table.num_rows + 2  # the row with the null fingerprint: null keys find it, as in index_in
+    assert (found == -1).sum() >= 150 and (found == null_row).sum() >= 150 and (found >= 0).sum() >= 4_000
+    null_key = pa.chunked_array([pa.nulls(2, pa.string())])  # a null key matches the table's null, as index_in
+    np.testing.assert_array_equal(fb._fp_index(null_key),
+                                  pc.fill_null(pc.index_in(null_key, value_set=fb._fp_keys), -1).to_numpy())

@@ -44,14 +44,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import repeat
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workbench.data import _json_fast
+from workbench.data import _arrow_fast, _json_fast
 from workbench.data.schema import COLUMNS, REDSET_SCHEMA, SCHEMA_VERSION
 from workbench.exceptions import WorkbenchError
 
@@ -594,8 +594,10 @@ def _decode_values(
     headers: Sequence[Headers] | None,
     keys: Sequence[Any] | None,
     json_fast: bool,
+    arrow_fast: bool = True,
 ) -> DecodedBatch:
-    """:func:`decode_values`; ``json_fast=False`` judges every JSON message on the exact path (the reference)."""
+    """:func:`decode_values`; ``json_fast=False`` / ``arrow_fast=False`` judge every JSON / Arrow message
+    on the exact per-message path (the reference)."""
     encodings = list(encodings) if encodings is not None else [None] * len(values)
     if len(encodings) != len(values) or (headers is not None and len(headers) != len(values)) or (
             keys is not None and len(keys) != len(values)):
@@ -605,6 +607,7 @@ def _decode_values(
     errors: list[tuple[int, str]] = []
     json_pos: list[int] = []  # positions of the one-row JSON messages, decoded together below
     json_rows: list[int | None] = []  # their rows headers
+    canonical: list[_Canonical] = []  # Arrow messages read by _arrow_fast: checked together below
     check_key = keys is not None
     messages: Iterable[tuple[int, tuple[Any, Any, Any, Any]]] = enumerate(zip(
         values, headers if headers is not None else encodings, keys if keys is not None else encodings,
@@ -623,15 +626,80 @@ def _decode_values(
                 json_pos.append(position)
                 json_rows.append(rows)
                 continue
+            if arrow_fast and get_encoding(name).decode is _read_ipc:
+                batch = _arrow_fast.read_canonical(value)
+                if batch is not None and (rows is None or rows == batch.num_rows) and _fully_valid(batch):
+                    canonical.append(_Canonical(position, batch, value, name, rows, key))
+                    continue
             batch = _decode_one(value, name, rows, check_key, key)
         except MessageDecodeError as exc:
             errors.append((position, str(exc)))
             continue
         pieces.append((batch, [position] * batch.num_rows))
+    if canonical:
+        pieces.extend(_canonical_pieces(canonical, check_key, errors))
     if json_pos:
         pieces[:0] = _decode_json_messages(values, keys, json_pos, json_rows, errors, json_fast)
-        errors.sort()
+    errors.sort()  # the exact path's order: by message
     return _combine(pieces, errors)
+
+
+def _fully_valid(batch: pa.RecordBatch) -> bool:
+    """Whether ``batch`` passes Arrow's full validation (the per-message path names a failure)."""
+    try:
+        batch.validate(full=True)
+    except Exception:  # any failure: the per-message path judges the message
+        return False
+    return True
+
+
+class _Canonical(NamedTuple):
+    """One Arrow message :mod:`workbench.data._arrow_fast` read, with what the per-message path needs."""
+
+    position: int
+    batch: pa.RecordBatch
+    value: Any
+    encoding: str
+    rows: int | None
+    key: Any
+
+
+def _canonical_pieces(canonical: list[_Canonical], check_key: bool,
+                      errors: list[tuple[int, str]]) -> list[tuple[pa.RecordBatch, list[int]]]:
+    """The rows of the Arrow messages :mod:`workbench.data._arrow_fast` read, as one piece.
+
+    Their batches have the event schema and passed full validation; what the per-message path
+    checks on the values (no null in a required column, times in range, the key every row's
+    instance id) is checked here on all rows at once. If anything fails, every one of these
+    messages is judged on the per-message path, which names the fault (rejections go to ``errors``).
+    """
+    batch = pa.concat_batches([m.batch for m in canonical])
+    counts = np.fromiter((m.batch.num_rows for m in canonical), dtype=np.int64, count=len(canonical))
+    ok = not any(batch.column(name).null_count for name in _REQUIRED)
+    if ok and batch.num_rows:
+        lo, hi = int64_bounds(batch.column("arrival_timestamp"))
+        ok = lo >= TIME_MIN_US and hi <= TIME_MAX_US
+    if ok and check_key:  # every key is decoded, as on the per-message path (a 0-row message's too)
+        try:
+            expected = np.fromiter(map(decode_key, (m.key for m in canonical)), dtype=np.int64, count=len(canonical))
+        except MessageDecodeError:
+            ok = False
+        else:
+            ids = np.frombuffer(batch.column("instance_id").buffers()[1], dtype=np.int64, count=batch.num_rows,
+                                offset=batch.column("instance_id").offset * 8)
+            ok = bool((ids == np.repeat(expected, counts)).all())
+    if ok:
+        positions = np.fromiter((m.position for m in canonical), dtype=np.int64, count=len(canonical))
+        return [(batch, np.repeat(positions, counts).tolist())]
+    pieces = []
+    for m in canonical:
+        try:
+            exact = _decode_one(m.value, m.encoding, m.rows, check_key, m.key)
+        except MessageDecodeError as exc:
+            errors.append((m.position, str(exc)))
+            continue
+        pieces.append((exact, [m.position] * exact.num_rows))
+    return pieces
 
 
 #: The headers of a one-row JSON message as every producer of ours writes them.
