@@ -16,7 +16,7 @@ import io
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pyarrow as pa
@@ -50,6 +50,24 @@ class Malformed:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     #: a text the dead letter's ``reason`` header must contain (lower case), or None for any reason
     reason: str | None = None
+
+
+_VALID_T0 = datetime(2024, 3, 5, tzinfo=UTC)
+
+
+def valid_row(i: int, instance: int = 3) -> dict:
+    """The ``i``-th of a run of valid events of one instance (nulls where the schema allows them), as a dict."""
+    return {
+        "instance_id": instance, "cluster_size": 4 if i % 5 else None, "user_id": 7 + i % 3, "database_id": 1,
+        "query_id": 1_000 + i,
+        "arrival_timestamp": _VALID_T0 + timedelta(seconds=i, microseconds=(i * 7919) % 3 * 250_000),
+        "compile_duration_ms": 3, "queue_duration_ms": 0, "execution_duration_ms": 120 + i,
+        "feature_fingerprint": f"fp{i % 4}" if i % 6 else None, "was_aborted": i % 7 == 0,
+        "was_cached": None if i % 11 == 0 else i % 2 == 0, "cache_source_query_id": None,
+        "query_type": "select", "num_permanent_tables_accessed": 2, "num_external_tables_accessed": 0,
+        "num_system_tables_accessed": 0, "read_table_ids": "1,2", "write_table_ids": None,
+        "mbytes_scanned": 10 * i, "mbytes_spilled": 0, "num_joins": 1, "num_scans": 2, "num_aggregations": 0,
+    }
 
 
 def event_headers(encoding: str | bytes, rows: int | bytes) -> list[tuple[str, bytes]]:

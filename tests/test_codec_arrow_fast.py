@@ -11,36 +11,24 @@ both must return the same batch, the same source positions and the same errors (
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
 
-from tests.fuzz_corpus import arrow_value, event_headers, json_value
+from tests.fuzz_corpus import arrow_value, event_headers, json_value, valid_row
 from workbench.data import codec
 from workbench.data.schema import REDSET_SCHEMA
 
 SEED = 20251203
-_T0 = datetime(2024, 3, 5, tzinfo=UTC)
 _SCHEMA = REDSET_SCHEMA.remove_metadata()
 
 
-def _row(i: int, instance: int = 3) -> dict:
-    return {
-        "instance_id": instance, "cluster_size": 4 if i % 5 else None, "user_id": 7 + i % 3, "database_id": 1,
-        "query_id": 1_000 + i, "arrival_timestamp": _T0 + timedelta(seconds=i, microseconds=(i * 7919) % 3 * 250_000),
-        "compile_duration_ms": 3, "queue_duration_ms": 0, "execution_duration_ms": 120 + i,
-        "feature_fingerprint": f"fp{i % 4}" if i % 6 else None, "was_aborted": i % 7 == 0,
-        "was_cached": None if i % 11 == 0 else i % 2 == 0, "cache_source_query_id": None,
-        "query_type": "select", "num_permanent_tables_accessed": 2, "num_external_tables_accessed": 0,
-        "num_system_tables_accessed": 0, "read_table_ids": "1,2", "write_table_ids": None,
-        "mbytes_scanned": 10 * i, "mbytes_spilled": 0, "num_joins": 1, "num_scans": 2, "num_aggregations": 0,
-    }
 
 
 def _packed(first: int, rows: int, instance: int = 3, encoding: str = "arrow") -> tuple[bytes, list, bytes]:
     """A message as the replay writes it (``codec`` encoder, event schema without metadata)."""
-    batch = pa.RecordBatch.from_pylist([_row(first + j, instance) for j in range(rows)], schema=_SCHEMA)
+    batch = pa.RecordBatch.from_pylist([valid_row(first + j, instance) for j in range(rows)], schema=_SCHEMA)
     value = codec.get_encoding(encoding).encode(batch)
     return value, event_headers(encoding, rows), str(instance).encode()
 
@@ -66,7 +54,7 @@ def _assert_same(values: list, headers: list | None, keys: list | None) -> codec
 
 def test_valid_packed_messages_take_the_batched_path_only(monkeypatch: pytest.MonkeyPatch) -> None:
     messages = [_packed(100 * i, 1 + i % 7, instance=1 + i % 3) for i in range(60)]
-    expected = [row for i in range(60) for row in (_row(100 * i + j, 1 + i % 3) for j in range(1 + i % 7))]
+    expected = [row for i in range(60) for row in (valid_row(100 * i + j, 1 + i % 3) for j in range(1 + i % 7))]
 
     def per_message(*args: object, **kwargs: object) -> None:
         raise AssertionError("a valid packed message took the per-message path")
@@ -81,8 +69,8 @@ def test_valid_packed_messages_take_the_batched_path_only(monkeypatch: pytest.Mo
 
 def _hostile() -> list[tuple[bytes, list, bytes]]:
     """Messages in the replay's layout that the per-message path rejects (or accepts) for their values."""
-    rows = [_row(500 + j) for j in range(3)]
-    far = {**_row(600), "arrival_timestamp": datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)}
+    rows = [valid_row(500 + j) for j in range(3)]
+    far = {**valid_row(600), "arrival_timestamp": datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)}
     return [
         (_unchecked(rows, query_ids=[1, None, 3]), event_headers("arrow", 3), b"3"),  # null in a required column
         (_unchecked(rows, instance_ids=[3, None, 3]), event_headers("arrow", 3), b"3"),
@@ -91,13 +79,13 @@ def _hostile() -> list[tuple[bytes, list, bytes]]:
         (_packed(710, 3)[0], event_headers("arrow", 3), b"4"),  # key does not match
         (_packed(720, 3)[0], event_headers("arrow", 3), b"\xff"),  # key not text
         (_packed(730, 0)[0], event_headers("arrow", 0), b"x"),  # no rows, a bad key: rejected all the same
-        (_unchecked([_row(740, 3), _row(741, 4)]), event_headers("arrow", 2), b"3"),  # two instances
-        (arrow_value([_row(750)]), event_headers("arrow", 1), b"3"),  # another schema layout (metadata)
+        (_unchecked([valid_row(740, 3), valid_row(741, 4)]), event_headers("arrow", 2), b"3"),  # two instances
+        (arrow_value([valid_row(750)]), event_headers("arrow", 1), b"3"),  # another schema layout (metadata)
         (_packed(760, 4, encoding="arrow-zstd")[0], event_headers("arrow-zstd", 4), b"3"),
         (_packed(770, 2)[0] + b"\0" * 8, event_headers("arrow", 2), b"3"),  # bytes after the end marker
         (_packed(780, 2)[0][:-8], event_headers("arrow", 2), b"3"),  # no end marker
         (_packed(790, 2)[0], [("encoding", b"arrow")], b"3"),  # no rows header
-        (json_value(_row(800)), event_headers("json", 1), b"3"),
+        (json_value(valid_row(800)), event_headers("json", 1), b"3"),
     ]
 
 

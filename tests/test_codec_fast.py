@@ -18,29 +18,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz_corpus import EVENT_FAMILIES, arrow_value, event_headers, json_value
+from tests.fuzz_corpus import EVENT_FAMILIES, arrow_value, event_headers, json_value, valid_row
 from workbench.data import codec
 from workbench.data.schema import COLUMNS, REDSET_SCHEMA
 
 SEED = 20240305
-_T0 = datetime(2024, 3, 5, tzinfo=UTC)
 
 
-def _row(i: int, instance: int = 3) -> dict:
-    return {
-        "instance_id": instance, "cluster_size": 4 if i % 5 else None, "user_id": 7 + i % 3, "database_id": 1,
-        "query_id": 1_000 + i, "arrival_timestamp": _T0 + timedelta(seconds=i, microseconds=(i * 7919) % 3 * 250_000),
-        "compile_duration_ms": 3, "queue_duration_ms": 0, "execution_duration_ms": 120 + i,
-        "feature_fingerprint": f"fp{i % 4}" if i % 6 else None, "was_aborted": i % 7 == 0,
-        "was_cached": None if i % 11 == 0 else i % 2 == 0, "cache_source_query_id": None,
-        "query_type": "select", "num_permanent_tables_accessed": 2, "num_external_tables_accessed": 0,
-        "num_system_tables_accessed": 0, "read_table_ids": "1,2", "write_table_ids": None,
-        "mbytes_scanned": 10 * i, "mbytes_spilled": 0, "num_joins": 1, "num_scans": 2, "num_aggregations": 0,
-    }
 
 
 def _valid_json(i: int, instance: int = 3) -> tuple[bytes, list, bytes]:
-    return json_value(_row(i, instance)), event_headers("json", 1), str(instance).encode()
+    return json_value(valid_row(i, instance)), event_headers("json", 1), str(instance).encode()
 
 
 def _assert_same(values: list, headers: list | None = None, keys: list | None = None,
@@ -63,19 +51,19 @@ def test_valid_canonical_events_take_the_fast_path_only(monkeypatch: pytest.Monk
     decoded = codec.decode_values([m[0] for m in messages], headers=[m[1] for m in messages],
                                   keys=[m[2] for m in messages])
     assert decoded.errors == [] and decoded.source_index == list(range(300))
-    expected = [{**_row(i, 1 + i % 3)} for i in range(300)]
+    expected = [{**valid_row(i, 1 + i % 3)} for i in range(300)]
     assert decoded.batch.to_pylist() == expected
 
 
 def test_fast_and_exact_paths_agree_on_the_fuzz_corpus() -> None:
     rng = random.Random(SEED)
-    template = _row(0)
+    template = valid_row(0)
     bad = [build(rng, template) for build, count in EVENT_FAMILIES.values() for _ in range(count)]
     assert len(bad) >= 1_000
     stream: list[tuple[bytes | None, list, bytes | None]] = []
     for i in range(2_000):
         if i % 9 == 4:
-            rows = [_row(i * 10 + j, instance=2) for j in range(rng.randrange(1, 4))]
+            rows = [valid_row(i * 10 + j, instance=2) for j in range(rng.randrange(1, 4))]
             stream.append((arrow_value(rows), event_headers("arrow", len(rows)), b"2"))
         else:
             stream.append(_valid_json(i, instance=1 + i % 3))
@@ -91,13 +79,13 @@ def test_fast_and_exact_paths_agree_on_the_fuzz_corpus() -> None:
 
 
 def _variant(i: int, **changes: object) -> bytes:
-    data = orjson.loads(json_value(_row(i)))
+    data = orjson.loads(json_value(valid_row(i)))
     data.update(changes)
     return orjson.dumps(data)
 
 
 def _raw(i: int, old: bytes, new: bytes) -> bytes:
-    value = json_value(_row(i))
+    value = json_value(valid_row(i))
     assert old in value
     return value.replace(old, new, 1)
 
@@ -195,7 +183,7 @@ _ints = st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(-(2**70), 2**70)
 
 @st.composite
 def _drawn_value(draw: st.DrawFn) -> bytes:
-    row = {k: _json_text(v) for k, v in _row(draw(st.integers(0, 50))).items()}
+    row = {k: _json_text(v) for k, v in valid_row(draw(st.integers(0, 50))).items()}
     for name in draw(st.lists(st.sampled_from(COLUMNS), max_size=3, unique=True)):
         kind = REDSET_SCHEMA.field(name).type
         if name == "arrival_timestamp":
