@@ -24,8 +24,6 @@ SEED = 20251203
 _SCHEMA = REDSET_SCHEMA.remove_metadata()
 
 
-
-
 def _packed(first: int, rows: int, instance: int = 3, encoding: str = "arrow") -> tuple[bytes, list, bytes]:
     """A message as the replay writes it (``codec`` encoder, event schema without metadata)."""
     batch = pa.RecordBatch.from_pylist([valid_row(first + j, instance) for j in range(rows)], schema=_SCHEMA)

@@ -25,8 +25,6 @@ from workbench.data.schema import COLUMNS, REDSET_SCHEMA
 SEED = 20240305
 
 
-
-
 def _valid_json(i: int, instance: int = 3) -> tuple[bytes, list, bytes]:
     return json_value(valid_row(i, instance)), event_headers("json", 1), str(instance).encode()
 
