@@ -568,14 +568,11 @@ class FeatureBuilder:
 
     def _build_index(self) -> None:
         t = self.fp_table_
-        self._fp_keys = pc.binary_join_element_wise(
-            pc.cast(t.column("instance_id"), pa.string()), t.column("feature_fingerprint"), "|"
-        ).combine_chunks()
         # Each key's first row, as pc.index_in finds it. index_in hashes its whole value set on
         # every call (~25 ms for a day's ~100 k fingerprints: ~1.5 us a row of a 16 k-row scoring
         # batch); this table is hashed once per model instead.
         self._fp_rows: dict[str | None, int] = {}
-        for row, key in enumerate(self._fp_keys.to_pylist()):
+        for row, key in enumerate(_fp_keys(t).to_pylist()):
             self._fp_rows.setdefault(key, row)
         self._fp_cols = {name: t.column(name).to_numpy() for name in t.column_names[2:]}
         self._inst_ids = self.instance_table_.column("instance_id").to_numpy()
@@ -611,9 +608,13 @@ class FeatureBuilder:
         fp_missing = pc.is_null(keys).to_numpy(zero_copy_only=False)
         return _Lookup(fp=fp, inst=inst_stats, fp_missing=fp_missing, fp_unseen=~fp_missing & ~found)
 
+    def _uses_fingerprint(self, lookup: _Lookup) -> np.ndarray:
+        """Per row: its references come from its fingerprint's history (at least ``min_history`` runs)."""
+        return np.nan_to_num(lookup.fp["n"], nan=0.0) >= self.min_history
+
     def _source(self, lookup: _Lookup) -> np.ndarray:
         """Per row, the index into :data:`REFERENCE_SOURCES` (see :meth:`transform_with_evidence`)."""
-        use_fp = np.nan_to_num(lookup.fp["n"], nan=0.0) >= self.min_history
+        use_fp = self._uses_fingerprint(lookup)
         known_inst = ~np.isnan(lookup.inst["med_exec"])
         return np.where(use_fp, 0, np.where(known_inst, 1, 2)).astype(np.int8)
 
@@ -630,7 +631,7 @@ class FeatureBuilder:
         return rows[codes]
 
     def _references(self, lookup: _Lookup) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        use_fp = np.nan_to_num(lookup.fp["n"], nan=0.0) >= self.min_history
+        use_fp = self._uses_fingerprint(lookup)
         refs = {}
         for signal in _ALL_RUNS_SIGNALS:
             med = np.where(use_fp, lookup.fp[f"med_{signal}"], lookup.inst[f"med_{signal}"])
