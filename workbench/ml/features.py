@@ -42,6 +42,7 @@ __all__ = [
     "INPUT_COLUMNS",
     "OBSERVED_COLUMNS",
     "REFERENCE_SOURCES",
+    "REFERENCE_SOURCE_COLUMNS",
     "SIGNALS",
     "FeatureBuilder",
     "check_columns",
@@ -188,7 +189,7 @@ def _id_count(table: pa.Table, name: str) -> np.ndarray:
 
 
 #: The columns :meth:`FeatureBuilder.reference_source` reads (those of :func:`_fp_keys`).
-_SOURCE_COLUMNS = ("instance_id", "feature_fingerprint")
+REFERENCE_SOURCE_COLUMNS = ("instance_id", "feature_fingerprint")
 #: The history statistics :meth:`FeatureBuilder._source` reads.
 _SOURCE_STATISTICS = ("n", "med_exec")
 
@@ -545,7 +546,7 @@ class FeatureBuilder:
         """
         self._check_fitted("reference_source")
         table = _as_table(data)
-        check_columns(table.column_names, _SOURCE_COLUMNS)
+        check_columns(table.column_names, REFERENCE_SOURCE_COLUMNS)
         return self._source(self._lookup(table, only=_SOURCE_STATISTICS))
 
     def references(self, data: pa.Table | pa.RecordBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -40,10 +40,10 @@ __all__ = ["ResidualWindowsStep"]
 
 logger = logging.getLogger(__name__)
 
-#: Shard columns a day's pass reads: :func:`~workbench.analysis.residual_windows.residual_windows`'s and the
-#: evidence source's (:meth:`~workbench.ml.features.FeatureBuilder.reference_source`).
-_COLUMNS = ("instance_id", "arrival_timestamp", "execution_duration_ms", "was_cached", "was_aborted",
-            "pred_mean_ms", "model_version", "feature_fingerprint")
+#: Shard columns :func:`~workbench.analysis.residual_windows.residual_windows` reads; a day's pass adds
+#: those of the evidence source (:data:`~workbench.ml.features.REFERENCE_SOURCE_COLUMNS`).
+_WINDOW_COLUMNS = ("instance_id", "arrival_timestamp", "execution_duration_ms", "was_cached", "was_aborted",
+                   "pred_mean_ms", "model_version")
 
 
 class ResidualWindowsStep:
@@ -108,6 +108,7 @@ class ResidualWindowsStep:
     def _day(self, store: Any, day: dt.date) -> bool:
         """Judge and store one day; False when some of its executed rows are not scored yet."""
         from workbench.analysis.residual_windows import judge_residual_windows, residual_windows
+        from workbench.ml.features import REFERENCE_SOURCE_COLUMNS
         from workbench.store.lakehouse import AnomalyLakehouse
         from workbench.store.shards import read_shards
 
@@ -116,7 +117,8 @@ class ResidualWindowsStep:
             return False
         # Only the columns the windows and the evidence source need: a waiting day is read again
         # every few seconds, and a whole day with every column cost the scoring process ~0.5 GB.
-        rows = read_shards(self.settings.shards_dir, [day], columns=list(_COLUMNS))
+        columns = list(dict.fromkeys(_WINDOW_COLUMNS + REFERENCE_SOURCE_COLUMNS))
+        rows = read_shards(self.settings.shards_dir, [day], columns=columns)
         unscored = int(residual_windows(rows)["unscored_queries"].sum())
         if unscored:
             logger.info("residual windows of %s wait for %d unscored rows", day, unscored)
