@@ -483,6 +483,12 @@ def _conform(batch: pa.RecordBatch) -> pa.RecordBatch:
                     raise _cast_error(field.name, exc) from exc
             arrays.append(column)
         batch = pa.RecordBatch.from_arrays(arrays, schema=_SCHEMA_NO_META)
+    _check_values(batch)
+    return batch
+
+
+def _check_values(batch: pa.RecordBatch) -> None:
+    """What a batch of the event schema must hold: no null in a required column, times in range."""
     for name in _REQUIRED:
         if batch.column(name).null_count:
             raise MessageDecodeError("null_in_required", f"column {name!r} must not be null")
@@ -491,7 +497,6 @@ def _conform(batch: pa.RecordBatch) -> pa.RecordBatch:
         if lo < TIME_MIN_US or hi > TIME_MAX_US:
             _check_us(lo, "arrival_timestamp", lo)
             _check_us(hi, "arrival_timestamp", hi)
-    return batch
 
 
 register_encoding(Encoding(ENCODING_JSON, _encode_json_one, _decode_json, max_rows=1, encode_each=encode_json))
@@ -675,10 +680,11 @@ def _canonical_pieces(canonical: list[_Canonical], check_key: bool,
     """
     batch = pa.concat_batches([m.batch for m in canonical])
     counts = np.fromiter((m.batch.num_rows for m in canonical), dtype=np.int64, count=len(canonical))
-    ok = not any(batch.column(name).null_count for name in _REQUIRED)
-    if ok and batch.num_rows:
-        lo, hi = int64_bounds(batch.column("arrival_timestamp"))
-        ok = lo >= TIME_MIN_US and hi <= TIME_MAX_US
+    try:
+        _check_values(batch)
+        ok = True
+    except MessageDecodeError:
+        ok = False
     if ok and check_key:  # every key is decoded, as on the per-message path (a 0-row message's too)
         try:
             expected = np.fromiter(map(decode_key, (m.key for m in canonical)), dtype=np.int64, count=len(canonical))
