@@ -8,6 +8,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from tests.fuzz_corpus import valid_row
 from workbench.data import codec
 from workbench.data.schema import COLUMNS, REDSET_SCHEMA
 
@@ -32,6 +33,32 @@ def test_json_round_trip_keeps_values_nulls_and_microseconds() -> None:
     decoded = codec.decode_values(values)
     assert decoded.errors == [] and decoded.source_index == [0, 1, 2, 3, 4]
     assert decoded.batch.to_pylist() == batch.cast(REDSET_SCHEMA.remove_metadata()).to_pylist()
+
+
+def _plain_json(batch: pa.RecordBatch) -> list[bytes]:
+    """The encoding's definition: orjson of each row's Python values."""
+    return [orjson.dumps(row) for row in batch.select(list(COLUMNS)).to_pylist()]
+
+
+@pytest.mark.parametrize("times", [
+    [datetime(2024, 3, 4, 12, 0, 0, 123456, tzinfo=UTC), datetime(2024, 3, 4, 12, 0, 1, tzinfo=UTC)],
+    [datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)],
+    [datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=UTC), datetime(999, 5, 5, 1, 2, 3, 4, tzinfo=UTC)],
+    [datetime(2024, 3, 4, tzinfo=UTC), None],
+])
+def test_json_encoding_writes_times_exactly_as_orjson_writes_their_datetimes(times: list) -> None:
+    rows = [dict(valid_row(i), arrival_timestamp=t) for i, t in enumerate(times)]
+    batch = pa.RecordBatch.from_pylist(rows, schema=REDSET_SCHEMA.remove_metadata())
+    assert codec.encode_json(batch) == _plain_json(batch)
+    # a time column of another type (here naive) is written as its Python values, as before
+    naive = batch.set_column(5, "arrival_timestamp", batch.column(5).cast(pa.timestamp("us")))
+    assert codec.encode_json(naive) == _plain_json(naive)
+
+
+def test_json_encoding_equals_the_plain_encoding_on_many_rows() -> None:
+    rows = [valid_row(i, instance=i % 5) for i in range(5000)]
+    batch = pa.RecordBatch.from_pylist(rows, schema=REDSET_SCHEMA.remove_metadata())
+    assert codec.encode_json(batch) == _plain_json(batch)
 
 
 def test_arrow_round_trip_and_label_columns_are_dropped() -> None:

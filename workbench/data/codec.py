@@ -84,6 +84,7 @@ ENCODING_ARROW: Final = "arrow"
 ENCODING_ARROW_ZSTD: Final = "arrow-zstd"
 _SCHEMA_NO_META: Final = REDSET_SCHEMA.remove_metadata()
 _COLUMN_SET: Final = frozenset(COLUMNS)
+_UTC_US: Final = pa.timestamp("us", tz="UTC")
 _REQUIRED: Final = tuple(f.name for f in REDSET_SCHEMA if not f.nullable)
 _INT_FIELDS: Final = tuple(f.name for f in REDSET_SCHEMA if pa.types.is_integer(f.type))
 _BOOL_FIELDS: Final = tuple(f.name for f in REDSET_SCHEMA if pa.types.is_boolean(f.type))
@@ -279,12 +280,33 @@ def _project(batch: pa.RecordBatch) -> pa.RecordBatch:
 def encode_json(batch: pa.RecordBatch) -> list[bytes]:
     """One JSON value per row of ``batch`` (extra columns such as labels are dropped)."""
     projected = _project(batch)
+    names = projected.schema.names
     values: list[bytes] = []
     # Convert a couple of thousand rows at a time: materialising a large batch as Python dicts
     # at once costs hundreds of MB of short-lived objects.
     for start in range(0, projected.num_rows, 2048):
-        values.extend(orjson.dumps(row) for row in projected.slice(start, 2048).to_pylist())
+        columns = [_json_column(column) for column in projected.slice(start, 2048).columns]
+        values.extend(orjson.dumps(dict(zip(names, row, strict=True))) for row in zip(*columns, strict=True))
     return values
+
+
+def _json_column(column: pa.Array) -> list[Any]:
+    """The column's values as ``orjson`` writes them from ``to_pylist()``, timestamps as that text.
+
+    A UTC microsecond time becomes the text orjson writes for its ``datetime``
+    (``YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00``) without making the ``datetime``: that object was
+    9 of the ~17 µs per row this encoding cost. Any other column, or a time column with nulls or
+    outside the years 1-9999 (which a ``datetime`` cannot hold), takes ``to_pylist()`` as before.
+    """
+    if column.type != _UTC_US or column.null_count or not len(column):
+        return column.to_pylist()
+    micros = column.cast(pa.int64()).to_numpy()
+    if micros.min() < TIME_MIN_US or micros.max() > TIME_MAX_US:
+        return column.to_pylist()
+    texts = np.datetime_as_string(micros.astype("datetime64[us]"), unit="us").tolist()
+    for index in np.flatnonzero(micros % 1_000_000 == 0).tolist():  # whole seconds: no fraction
+        texts[index] = texts[index][:-7]
+    return [text + "+00:00" for text in texts]
 
 
 def _encode_json_one(batch: pa.RecordBatch) -> bytes:
