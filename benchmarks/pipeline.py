@@ -32,6 +32,7 @@ import argparse
 import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,7 +104,9 @@ def _start_profilers(wb: Workbench, folder: Path, label: str) -> list[subprocess
     """One ``py-spy record`` per app process, writing ``<folder>/<label>-<app>.svg`` when the app stops."""
     from workbench.runtime.supervisor import read_state
 
-    if shutil.which("py-spy") is None:
+    # The environment's own py-spy first: `.venv/bin/python benchmarks/pipeline.py` runs without the venv on PATH.
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if py_spy is None:
         raise SystemExit("--profile needs py-spy: pip install py-spy")
     folder.mkdir(parents=True, exist_ok=True)
     profilers = []
@@ -111,7 +114,7 @@ def _start_profilers(wb: Workbench, folder: Path, label: str) -> list[subprocess
         if info.get("pid"):
             out = folder / f"{label}-{name}.svg"
             profilers.append(subprocess.Popen(
-                ["py-spy", "record", "--pid", str(info["pid"]), "--rate", "50", "--output", str(out), "--nonblocking"],
+                [py_spy, "record", "--pid", str(info["pid"]), "--rate", "50", "--output", str(out), "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return profilers
 
