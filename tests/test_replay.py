@@ -276,3 +276,35 @@ def test_a_row_that_cannot_be_encoded_goes_to_dead_letters_and_the_rest_flows(
     assert codec.header(dead[0].headers(), "row") == "100"
     assert "is outside 1970-01-01 .. 2262-04-10" in codec.header(dead[0].headers(), "reason")
     assert str(table.column("query_id")[100].as_py()) in dead[0].value().decode()
+
+
+@pytest.mark.parametrize("pack", [1, 100])
+def test_a_row_too_large_for_one_message_is_dead_lettered_and_large_packs_are_split(
+        kafka_settings: Settings, tmp_path: Path, pack: int) -> None:
+    import orjson
+    import pyarrow as pa
+
+    from workbench.replay._replay import MAX_VALUE_BYTES
+
+    log = make_log(tmp_path / "log.parquet", rows=400, instances=2)
+    table = pq.read_table(log)
+    # 40 kB of table ids per query (100 of them are 4 MB: a pack must be split), one query of 1.3 MB
+    ids = [",".join(["12345"] * 6_700)] * table.num_rows
+    ids[150] = ",".join(str(i) for i in range(200_000))
+    table = table.set_column(table.schema.get_field_index("read_table_ids"), "read_table_ids", pa.array(ids))
+    pq.write_table(table, tmp_path / "big.parquet", row_group_size=100)
+    status = Replay(tmp_path / "big.parquet", settings=kafka_settings, speedup=0, pack=pack).run()
+    assert status.state == "finished" and status.dead_letters == 1
+    messages = consume_all(kafka_settings, kafka_settings.topic_query_events, idle=2)
+    expected = _file_ids(tmp_path / "big.parquet")
+    del expected[(table.column("instance_id")[150].as_py(), table.column("query_id")[150].as_py())]
+    assert _ids(messages) == expected  # every other row, once
+    assert max(len(m.value()) for m in messages) <= MAX_VALUE_BYTES
+    if pack > 1:
+        assert all(int(codec.header(m.headers(), "rows")) < 30 for m in messages)
+    dead = consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=1)
+    assert len(dead) == 1 and codec.header(dead[0].headers(), "row") == "150"
+    assert codec.header(dead[0].headers(), "reason").startswith("row too large for one Kafka message: ")
+    letter = orjson.loads(dead[0].value())
+    assert letter["columns"]["query_id"] == [str(table.column("query_id")[150].as_py())]
+    assert letter["truncated_columns"] == {"read_table_ids": f"first 16,384 of {len(ids[150]):,} characters"}

@@ -56,6 +56,16 @@ _MAX_EVENT_US = (MAX_EVENT_TIME - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta
 
 #: What encoding a row can raise (e.g. a timestamp beyond year 9999 has no Python datetime).
 _ENCODE_ERRORS = (TypeError, ValueError, OverflowError, pa.ArrowException)
+#: The replay producer's ``message.max.bytes``: librdkafka's default, which a cluster's default topic
+#: limit (1 MB) also takes. A larger value would fail the produce and stop the replay.
+_MESSAGE_MAX_BYTES = 1_000_000
+#: The share of a message its key, headers and record framing may need (headers are ~60 bytes).
+_MESSAGE_OVERHEAD = 4_096
+#: Largest encoded value sent: a packed run above it is split, a single row above it is dead-lettered.
+MAX_VALUE_BYTES = _MESSAGE_MAX_BYTES - _MESSAGE_OVERHEAD
+#: A dead letter keeps at most this many characters of each value (the row is still in its file):
+#: 24 columns of it stay far below one message.
+_DEAD_LETTER_TEXT = 16_384
 
 
 @dataclass(frozen=True)
@@ -374,6 +384,7 @@ class _ReplayRun:
                 "acks": "all",
                 "linger.ms": 20,
                 "batch.size": 1_000_000,
+                "message.max.bytes": _MESSAGE_MAX_BYTES,
                 "compression.type": "lz4",
                 "partitioner": "murmur2_random",  # the Java clients' partitioner: same key, same partition
                 "queue.buffering.max.messages": 1_000_000,
@@ -592,6 +603,11 @@ class _ReplayRun:
                     except _ENCODE_ERRORS as exc:
                         values.append(None)  # type: ignore[arg-type]
                         self._dead_letter(batch.slice(index, 1), int(rows[index]), f"cannot encode row: {exc}")
+            if max(map(len, filter(None, values)), default=0) > MAX_VALUE_BYTES:
+                for index, value in enumerate(values):
+                    if value is not None and len(value) > MAX_VALUE_BYTES:
+                        values[index] = None  # type: ignore[call-overload]
+                        self._dead_letter(batch.slice(index, 1), int(rows[index]), _too_large(len(value)))
             headers = codec.message_headers(encoding.name, 1)
             # Python ints and one key object per instance: numpy scalars and a str() per message
             # cost more than the tuple itself.
@@ -613,17 +629,36 @@ class _ReplayRun:
         span_us = int(self.replay.pack_span_s * _US)
         for group in np.split(np.arange(len(order)), boundaries):
             for run in _runs(group, sorted_ms[group] * 1000, self.replay.pack, span_us):
-                first = int(run[0])
-                piece = by_instance.slice(first, len(run))
-                try:
-                    value = encoding.encode(piece)
-                except _ENCODE_ERRORS as exc:
-                    self._dead_letter(piece, int(rows[order[first]]), f"cannot encode rows: {exc}")
-                    continue
-                headers = codec.message_headers(encoding.name, len(run))
-                messages.append((str(sorted_keys[first]).encode(), value, int(sorted_ms[first]), headers))
+                for first, count, value in self._fitting(by_instance, int(run[0]), len(run), encoding.encode,
+                                                         lambda i: int(rows[order[i]])):
+                    headers = codec.message_headers(encoding.name, count)
+                    messages.append((str(sorted_keys[first]).encode(), value, int(sorted_ms[first]), headers))
         messages.sort(key=lambda message: message[2])
         return messages
+
+    def _fitting(self, batch: pa.RecordBatch, first: int, count: int, encode: Callable[[pa.RecordBatch], bytes],
+                 file_row: Callable[[int], int]) -> Iterator[tuple[int, int, bytes]]:
+        """``(first, count, value)`` messages of ``batch``'s rows ``first..first+count-1``, in order.
+
+        A run that does not encode or exceeds :data:`MAX_VALUE_BYTES` is split in halves, so only the
+        rows at fault go to dead letters, each naming its own file row, and the others flow.
+        """
+        piece = batch.slice(first, count)
+        try:
+            value = encode(piece)
+        except _ENCODE_ERRORS as exc:
+            if count == 1:
+                self._dead_letter(piece, file_row(first), f"cannot encode rows: {exc}")
+                return
+            value = None
+        if value is not None and len(value) <= MAX_VALUE_BYTES:
+            yield first, count, value
+        elif count == 1:
+            self._dead_letter(piece, file_row(first), _too_large(len(value)))
+        else:
+            half = count // 2
+            yield from self._fitting(batch, first, half, encode, file_row)
+            yield from self._fitting(batch, first + half, count - half, encode, file_row)
 
     def _dead_letter(self, rows: pa.RecordBatch, row: int, reason: str) -> None:
         """Queue rows that cannot be sent for the dead-letter topic (sent with the position passing them)."""
@@ -638,7 +673,17 @@ class _ReplayRun:
             except (pa.ArrowException, UnicodeDecodeError):
                 as_text[name] = [repr(value) for value in column.cast(pa.binary(), safe=False).to_pylist()] \
                     if _is_text(column.type) else [str(column[i]) for i in range(len(column))]
-        value = orjson.dumps({"source": str(self.replay.data), "row": row, "reason": reason, "columns": as_text})
+        cut = {name: [len(text) for text in texts if text is not None and len(text) > _DEAD_LETTER_TEXT]
+               for name, texts in as_text.items()}
+        cut = {name: lengths for name, lengths in cut.items() if lengths}
+        if cut:  # the dead letter must fit one message; the whole value is still in the file
+            as_text = {name: [text[:_DEAD_LETTER_TEXT] if text is not None else None for text in texts]
+                       if name in cut else texts for name, texts in as_text.items()}
+        letter = {"source": str(self.replay.data), "row": row, "reason": reason, "columns": as_text}
+        if cut:
+            letter["truncated_columns"] = {name: f"first {_DEAD_LETTER_TEXT:,} of {max(lengths):,} characters"
+                                           for name, lengths in cut.items()}
+        value = orjson.dumps(letter)
         # The apps' header names (reason, app) plus where the row is: file and row instead of topic/offset.
         headers = [("reason", reason[:2000].encode()), ("app", b"replay"), ("source", b"replay"),
                    ("file", str(self.replay.data).encode()), ("row", str(row).encode()),
@@ -891,6 +936,11 @@ class _ReplayRun:
         snapshot = self._snapshot()
         self.on_status(snapshot)
         return snapshot
+
+
+def _too_large(size: int) -> str:
+    return (f"row too large for one Kafka message: {size:,} bytes encoded, the replay sends at most "
+            f"{MAX_VALUE_BYTES:,} (producer message.max.bytes {_MESSAGE_MAX_BYTES:,})")
 
 
 def _is_text(type_: pa.DataType) -> bool:
