@@ -57,6 +57,34 @@ def test_contract_roundtrip_and_errors() -> None:
         anomaly_row(b"{")
 
 
+def test_an_anomaly_of_an_event_with_megabytes_of_text_is_published_with_its_texts_cut(
+        kafka_settings: Settings) -> None:
+    import pyarrow as pa
+
+    from workbench.pipeline.contracts import MAX_TEXT_CHARS, anomaly_messages
+    from workbench.pipeline.scoring._publisher import AnomalyPublisher
+
+    # a valid event as another producer may write it: the events topic takes 16 MB, a client message 1 MB
+    tables, query_type = ",".join(["12345"] * 400_000), "select" + " " * 100_000
+    scored = pa.table({
+        "instance_id": pa.array([1, 2], pa.int64()), "query_id": pa.array([1, 2], pa.int64()),
+        "arrival_timestamp": pa.array([T0, T0], pa.timestamp("us", "UTC")),
+        "execution_duration_ms": pa.array([9_000_000, 9_000_000], pa.int64()), "query_type": [query_type, "select"],
+        "read_table_ids": [tables, "1,2"], "pred_mean_ms": [10.0, 10.0], "score": [9.0, 9.0],
+        "is_anomaly": [True, True], "model_version": ["v1", "v1"],
+    })
+    messages = anomaly_messages(scored)
+    assert messages[0]["features"]["truncated"] == {"query_type": len(query_type), "read_table_ids": len(tables)}
+    assert messages[0]["features"]["read_table_ids"] == tables[:MAX_TEXT_CHARS]
+    assert "truncated" not in messages[1]["features"] and messages[1]["features"]["read_table_ids"] == "1,2"
+    ensure_topics(kafka_settings)
+    assert AnomalyPublisher(kafka_settings).publish(messages) == 2  # before: MSG_SIZE_TOO_LARGE stopped the app
+    received = consume_all(kafka_settings, kafka_settings.topic_anomalies, expected=2)
+    rows = sorted((anomaly_row(m.value()) for m in received), key=lambda row: row["query_id"])
+    assert [row["query_id"] for row in rows] == [1, 2]
+    assert orjson.loads(rows[0]["features"])["truncated"]["read_table_ids"] == len(tables)
+
+
 def test_sink_idempotent_redelivery_dead_letters(kafka_settings: Settings) -> None:
     ensure_topics(kafka_settings)
     good = [anomaly(i) for i in range(500)]

@@ -11,7 +11,8 @@ number?, ``pred_mean_ms`` number, ``pred_q_ms`` number?, ``expected_ms`` number?
 ``threshold`` number?, ``reason`` str?, ``features`` object?, and the alert's evidence:
 ``evidence_signal`` str? (exec, queue, scan, spill, compile), ``evidence_unit`` str? (ms, MB),
 ``expected_value``, ``observed_value``, ``excess_value`` number?, ``reference`` str? (what the
-expectation was built from).
+expectation was built from). Text longer than :data:`MAX_TEXT_CHARS` is cut (``features["truncated"]``
+names each such field and its full length), so a message always fits one Kafka message.
 
 This module is the one mapping of the anomaly contract, used by the scoring app, the anomaly
 sink, the lakehouse tests and the notebook fixtures:
@@ -48,6 +49,7 @@ __all__ = [
     "ANOMALY_CONTRACT_VERSION",
     "ANOMALY_FIELDS",
     "FEATURE_COLUMNS",
+    "MAX_TEXT_CHARS",
     "anomaly_headers",
     "anomaly_key",
     "anomaly_messages",
@@ -78,6 +80,10 @@ FEATURE_COLUMNS: Final = (
     "write_table_ids", "was_cached", "mbytes_scanned", "mbytes_spilled", "exec_ratio",
     "kafka_partition", "kafka_offset",
 )
+#: Longest text an anomaly message carries per field: a notice must fit one Kafka message (1 MB by
+#: default) whatever an event held (the events topic takes 16 MB); the whole row stays in the shards.
+#: A cut field is listed in ``features["truncated"]`` with its full length in characters.
+MAX_TEXT_CHARS: Final = 16_384
 #: Scored columns that become top-level message fields (the rest of ANOMALY_FIELDS is computed).
 _FROM_SCORED: Final = tuple(n for n in ANOMALY_FIELDS if n not in ("threshold", "features"))
 _EVIDENCE: Final = ("evidence_signal", "evidence_unit", "expected_value", "observed_value", "excess_value", "reference")
@@ -192,10 +198,23 @@ def anomaly_messages(scored: pa.Table | pa.RecordBatch, thresholds: Callable[[st
     for row in rows.select(top + feats).to_pylist():
         message = {c: row[c] for c in top}
         message["features"] = {c: row[c] for c in feats}
+        _cut_long_texts(message)
         if thresholds is not None:
             message["threshold"] = thresholds(message["model_version"])
         out.append(message)
     return out
+
+
+def _cut_long_texts(message: dict[str, Any]) -> None:
+    """Cut text values longer than :data:`MAX_TEXT_CHARS`, noting each in ``features["truncated"]``."""
+    cut = {}
+    for fields in (message, message["features"]):
+        for name, value in fields.items():
+            if type(value) is str and len(value) > MAX_TEXT_CHARS:
+                cut[name] = len(value)
+                fields[name] = value[:MAX_TEXT_CHARS]
+    if cut:
+        message["features"]["truncated"] = cut
 
 
 def anomaly_rows(scored: pa.Table | pa.RecordBatch, thresholds: Callable[[str], float | None] | None = None,
