@@ -124,6 +124,25 @@ def test_pid_files_carry_the_start_time(tmp_path: Path) -> None:
     assert read_pid_file(path) is None
 
 
+def test_a_step_of_the_wall_clock_does_not_make_a_live_process_look_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import psutil
+
+    path = tmp_path / "x.pid"
+    write_pid_file(path, os.getpid())
+    before = psutil.Process().create_time()
+    # The wall clock is stepped by a second (NTP, a VM's time sync): the boot time psutil adds to a
+    # process's start moves with it, in every process that reads it from then on.
+    wall_clock_start = psutil.Process.create_time
+    monkeypatch.setattr(psutil.Process, "create_time", lambda self: wall_clock_start(self) + 1.0)
+    assert read_pid_file(path) == os.getpid()  # before: the live broker's pid file was taken as stale
+    # a pid file an earlier version wrote (wall-clock start) still names the live process
+    path.write_text(f"{os.getpid()} {before!r}\n")
+    assert read_pid_file(path) == os.getpid()
+    path.write_text(f"{os.getpid()} {before - 60.0!r}\n")  # a minute off: another process
+    assert read_pid_file(path) is None
+
+
 def test_stale_temp_files_are_removed_but_nothing_else(tmp_path: Path) -> None:
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / ".ml_training.json.abc123.tmp").write_text("{")

@@ -69,12 +69,20 @@ def pid_alive(pid: int | None) -> bool:
 
 
 def process_start_time(pid: int | None) -> float | None:
-    """When process ``pid`` started (seconds since the epoch), or None when it does not exist.
+    """When process ``pid`` started, or None when it does not exist.
 
     Stored next to a pid, it tells our process from an unrelated one that got the same pid later.
+    On Linux it is seconds since boot, from ``/proc/<pid>/stat``: psutil's wall-clock start adds
+    the boot time, which moves whenever the wall clock is stepped (NTP, a VM's time sync), so a
+    value stored by one process could differ from another's reading of the same process by the
+    step (seen: a whole second, and the running broker's pid file taken as stale). Elsewhere
+    psutil's ``create_time()``.
     """
     if not pid:
         return None
+    ticks = _boot_ticks(pid)
+    if ticks is not None:
+        return ticks / _CLOCK_TICKS
     import psutil
 
     try:
@@ -85,16 +93,41 @@ def process_start_time(pid: int | None) -> float | None:
         return None
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+#: A start time above this is wall-clock (epoch) seconds, as versions before boot-relative times stored.
+_EPOCH_LIKE = 1e9
+
+
+def _boot_ticks(pid: int) -> int | None:
+    """Field 22 of ``/proc/<pid>/stat`` (start time in clock ticks after boot); None without it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    try:  # the command name (field 2) may hold spaces and parentheses: count from its closing one
+        return int(stat[stat.rindex(b")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
 def same_process(pid: int | None, started: float | None) -> bool:
     """Whether ``pid`` is alive and is the process that started at ``started`` (±10 ms).
 
-    ``started=None`` (a pid file of an older version) falls back to :func:`pid_alive`.
+    ``started=None`` (a pid file of an older version) falls back to :func:`pid_alive`; a
+    wall-clock start an older version stored is compared with psutil's, within the second a step
+    of the clock can move it.
     """
     if not pid_alive(pid):
         return False
     if started is None:
         return True
     now = process_start_time(pid)
+    if now is not None and now < _EPOCH_LIKE <= float(started):
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            return abs(psutil.Process(pid).create_time() - float(started)) < 1.5
+        return False
     return now is not None and abs(now - float(started)) < 0.01
 
 
