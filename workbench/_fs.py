@@ -72,11 +72,11 @@ def process_start_time(pid: int | None) -> float | None:
     """When process ``pid`` started, or None when it does not exist.
 
     Stored next to a pid, it tells our process from an unrelated one that got the same pid later.
-    On Linux it is seconds since boot, from ``/proc/<pid>/stat``: psutil's wall-clock start adds
-    the boot time, which moves whenever the wall clock is stepped (NTP, a VM's time sync), so a
-    value stored by one process could differ from another's reading of the same process by the
-    step (seen: a whole second, and the running broker's pid file taken as stale). Elsewhere
-    psutil's ``create_time()``.
+    On Linux it is seconds since boot, from ``/proc/<pid>/stat``. psutil's ``create_time()`` adds
+    the boot time, and (as its documentation says) moves with adjustments of the system clock
+    (NTP, a VM's time sync): a value stored by one process could then differ from another
+    process's reading of the same process, and a live process would look gone. psutil keeps
+    its own boot-relative value private, hence the file. Elsewhere ``create_time()``.
     """
     if not pid:
         return None
