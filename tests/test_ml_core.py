@@ -92,6 +92,21 @@ def test_column_mismatch_lists_missing_and_unseen(log: pa.Table) -> None:
     assert text.count("'num_") == 5  # at most five names shown per list
 
 
+def test_a_training_log_that_is_missing_or_not_parquet_is_named_in_a_clear_error(tmp_path: Path) -> None:
+    from workbench.data.exceptions import DataValidationError
+    from workbench.ml._train import load_log_window
+
+    day = dt.date(2024, 3, 4)
+    with pytest.raises(DataValidationError, match=r"'.*missing\.parquet' does not exist"):
+        load_log_window(tmp_path / "missing.parquet", day, 1)
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "garbage.parquet").write_bytes(b"not parquet at all")
+    for path in (tmp_path / "parts" / "garbage.parquet", tmp_path / "parts"):
+        with pytest.raises(DataValidationError, match="cannot be read as a Parquet log") as caught:
+            load_log_window(path, day, 1)
+        assert caught.value.path == str(path) and "garbage.parquet" in str(caught.value)
+
+
 def test_not_fitted_errors_name_the_method() -> None:
     with pytest.raises(NotFittedError, match="call 'fit'"):
         FeatureBuilder().transform(pa.table({"a": [1]}))

@@ -13,6 +13,7 @@ import pytest
 
 from tests.notebook_home import cached_home
 from workbench.config import Settings
+from workbench.exceptions import ConfigurationError
 from workbench.reports import ALL, PAGES, ReportError, export_html, run_report
 
 pytestmark = pytest.mark.slow
@@ -98,6 +99,10 @@ def test_bad_arguments_are_explained(report: tuple[Settings, Path, Path]) -> Non
         run_report(settings, notebooks=["99_nope"], progress=False)
     with pytest.raises(ReportError, match="run_id must be"):
         run_report(settings, run_id="../x", notebooks=["04_stream_analytics"], progress=False)
+    # a labelled log that is not there is refused before any notebook runs (and any folder is made)
+    with pytest.raises(ConfigurationError, match="missing.parquet', which does not exist"):
+        run_report(settings, run_id="never", data=settings.home / "missing.parquet", progress=False)
+    assert not (settings.resolved_reports_dir / "never").exists()
 
 
 @pytest.mark.skipif(CHROMIUM is None,

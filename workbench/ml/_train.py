@@ -30,6 +30,7 @@ import pyarrow.dataset as ds
 from workbench import defaults
 from workbench._lifeline import bind_to_supervisor
 from workbench.config import Settings, get_settings
+from workbench.data.exceptions import DataValidationError
 from workbench.data.schema import COLUMNS
 from workbench.exceptions import WorkbenchError
 from workbench.ml.detector import ResidualDetector
@@ -67,15 +68,29 @@ def window_days_of(day: dt.date, window_days: int) -> list[dt.date]:
 
 
 def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
-    """Rows of a Parquet query log whose UTC arrival day is in the window ending at ``day``."""
+    """Rows of a Parquet query log (a file or a folder of them) whose UTC arrival day is in the
+    window ending at ``day``.
+
+    Raises
+    ------
+    DataValidationError
+        The path does not exist or does not read as Parquet with an ``arrival_timestamp`` column.
+    """
     days = window_days_of(day, window_days)
     start = dt.datetime.combine(days[0], dt.time(), dt.UTC)
     end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC)
-    dataset = ds.dataset(str(path), format="parquet")
+    if not Path(path).exists():
+        msg = f"Query log {str(path)!r} does not exist. Check the path, or create one with `workbench generate`."
+        raise DataValidationError(msg, path=str(path))
     ts = ds.field("arrival_timestamp")
     start_s = pa.scalar(start, pa.timestamp("us", tz="UTC"))
     end_s = pa.scalar(end, pa.timestamp("us", tz="UTC"))
-    return dataset.to_table(filter=(ts >= start_s) & (ts < end_s))
+    try:
+        return ds.dataset(str(path), format="parquet").to_table(filter=(ts >= start_s) & (ts < end_s))
+    except (pa.ArrowException, OSError) as exc:
+        msg = (f"Query log {str(path)!r} cannot be read as a Parquet log with an arrival_timestamp column "
+               f"({exc}). `workbench validate FILE` names what is wrong; `workbench prepare` converts other layouts.")
+        raise DataValidationError(msg, path=str(path)) from exc
 
 
 def table_sha256(table: pa.Table) -> str:

@@ -189,6 +189,10 @@ def run_report(
         params["versions"] = ",".join(params["versions"])
     if data is not None:
         params.setdefault("labels_path", str(Path(data).expanduser().resolve()))
+    if params.get("labels_path"):  # before any notebook runs, not in the second one's 17th cell
+        from workbench.reports.notebook import find_labelled_log
+
+        find_labelled_log(settings, str(params["labels_path"]))
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     if not _RUN_ID.match(run_id):
         msg = f"run_id must be letters, digits, '.', '_' or '-' (a folder name). Got {run_id!r} instead."
