@@ -66,3 +66,8 @@ def test_cli_profile_prints_the_table_and_strict_fails_out_of_range(tmp_path: Pa
     assert cli.main(["profile", str(flat)]) == 0
     assert cli.main(["profile", str(flat), "--strict"]) == 1
     assert cli.main(["profile", str(tmp_path / "missing.parquet")]) == 2
+    (tmp_path / "garbage.parquet").write_bytes(b"not parquet")
+    capsys.readouterr()
+    assert cli.main(["profile", str(tmp_path / "garbage.parquet")]) == 2
+    error = capsys.readouterr().err
+    assert "garbage.parquet" in error and "Parquet" in error and "CREATE VIEW" not in error  # no SQL, no caret

@@ -250,7 +250,9 @@ def profile(path: str | os.PathLike[str], *, tier: str = "auto", memory_limit: s
                            count(*) AS n FROM log GROUP BY d)""").fetchone()[0]
             weekly = week
     except duckdb.Error as exc:
-        msg = f"Could not profile {str(path)!r}: {exc}"
+        # DuckDB's text goes on with the failing SQL and a caret: the user needs its first line
+        reason = str(exc).strip().splitlines()[0]
+        msg = f"Could not profile {str(path)!r}: {reason}. `workbench validate FILE` names what is wrong."
         raise DataValidationError(msg, path=str(path)) from exc
     finally:
         con.close()
