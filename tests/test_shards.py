@@ -164,6 +164,30 @@ def test_read_window_is_exact_and_canonical(tmp_path: Path) -> None:
     assert read_window(tmp_path, DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=2)).num_rows == 0
 
 
+def test_read_window_of_some_columns_is_the_whole_window_projected(tmp_path: Path) -> None:
+    from workbench.store.shards import read_window
+
+    events = _events(60, 0, 0)
+    # Five events in this day's folder arrived the next day, outside the window: the filter drops them.
+    ts = events.column("arrival_timestamp").cast(pa.int64()).to_numpy().copy()
+    ts[:5] += 86_400_000_000
+    events = events.set_column(events.schema.get_field_index("arrival_timestamp"), "arrival_timestamp",
+                               pa.array(ts, pa.int64()).cast(events.schema.field("arrival_timestamp").type))
+    write_shard(tmp_path, DAY, 0, 0, events)
+    again = _events(5, 20, 0).drop_columns(["kafka_partition", "kafka_offset"])
+    again = again.append_column("kafka_partition", pa.array([1] * 5, pa.int32()))
+    again = again.append_column("kafka_offset", pa.array(range(5), pa.int64()))
+    write_shard(tmp_path, DAY, 1, 0, again)  # the same five queries again, later: they count once
+    whole = read_window(tmp_path, DAY, DAY)
+    assert whole.num_rows == 55
+    for columns in (list(COLUMNS), ["query_id"], ["execution_duration_ms", "instance_id"]):
+        projected = read_window(tmp_path, DAY, DAY, columns=columns)
+        assert projected.column_names == columns
+        assert projected.equals(whole.select(columns))
+    inside = read_window(tmp_path, DAY, DAY, columns=["arrival_timestamp"]).column(0).cast(pa.int64()).to_numpy()
+    assert np.all(np.diff(inside) >= 0) and inside.max() < ts[:5].min()
+
+
 def test_retention_deletes_old_days(tmp_path: Path) -> None:
     from workbench.store.shards import delete_older_than
 

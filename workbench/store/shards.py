@@ -120,6 +120,8 @@ _PLAIN_RE = re.compile(r"^p(\d{3,})-o(\d{12,})\.arrow$")
 _COMPACT_RE = re.compile(r"^c(\d{3,})-o(\d{12,})-o(\d{12,})\.arrow$")
 _KEY = ("instance_id", "query_id")
 _ORDER = ("kafka_partition", "kafka_offset")
+#: The canonical row order of :func:`read_window`.
+_WINDOW_ORDER = ("arrival_timestamp", "instance_id", "query_id")
 
 
 class ShardError(WorkbenchError, ValueError):
@@ -514,13 +516,17 @@ def read_window(directory: Location, start: dt.date, end: dt.date, columns: list
     file layout, so the same log gives the same table (and the same model) at any replay speed.
     """
     days = [start + dt.timedelta(days=k) for k in range((end - start).days + 1)]
-    table = read_shards(directory, days=days)
+    # Only the wanted columns and the order's keys are read, filtered and sorted (a training reads
+    # the Redset columns, not the scores stored beside them).
+    read_cols = None if columns is None else list(dict.fromkeys([*columns, *_WINDOW_ORDER]))
+    table = read_shards(directory, days=days, columns=read_cols)
     lo = pa.scalar(dt.datetime.combine(start, dt.time(), dt.UTC), pa.timestamp("us", tz="UTC"))
     hi = pa.scalar(dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), dt.UTC), pa.timestamp("us", tz="UTC"))
     ts = table.column("arrival_timestamp")
-    table = table.filter(pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)))
-    table = table.sort_by([("arrival_timestamp", "ascending"), ("instance_id", "ascending"),
-                           ("query_id", "ascending")])
+    inside = pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi))
+    if not pc.all(inside).as_py():  # a day's files hold that day's events: the filter is usually a copy
+        table = table.filter(inside)
+    table = table.sort_by([(name, "ascending") for name in _WINDOW_ORDER])
     return table if columns is None else table.select(columns)
 
 
