@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import hashlib
 import importlib.metadata
 import json
@@ -407,6 +408,26 @@ _TRAINING_MODULES = ("workbench.store.shards", "sklearn.ensemble", "skl2onnx", "
                      "onnxruntime", "scipy.special")
 
 
+def _import_training_modules() -> None:
+    """Import :data:`_TRAINING_MODULES` with the cyclic garbage collector paused, then freeze their objects.
+
+    The imports create ~330k objects (scipy.stats, sklearn, skl2onnx's operator classes); with the
+    collector on, its passes over that growing heap took 0.2-0.7 of the imports' 2-3.5 CPU seconds
+    (more on a busy machine). What they keep lives as long as the process, so after one collection it
+    is left out of the training's own collections too (:func:`gc.freeze`).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for name in _TRAINING_MODULES:
+            _import_quietly(name)
+        gc.collect()
+        gc.freeze()
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def standby() -> int:
     """A warm standby trainer: import everything a training needs, then wait for one job.
 
@@ -420,8 +441,7 @@ def standby() -> int:
     """
     bind_to_supervisor()
     standby_since = time.time()
-    for name in _TRAINING_MODULES:
-        _import_quietly(name)
+    _import_training_modules()
     imports_s = time.time() - standby_since
     print(f"training standby ready pid={os.getpid()} imports_s={imports_s:.2f}", flush=True)  # its own log
     line = sys.stdin.buffer.readline()
