@@ -16,6 +16,7 @@ the reason. ``tests/test_codec_fast.py`` checks both paths agree on the fuzz cor
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Final
@@ -52,7 +53,9 @@ def _wire_type(field: pa.Field) -> object:
 _Event = msgspec.defstruct("_Event", [(f.name, _wire_type(f)) for f in _SCHEMA],
                            forbid_unknown_fields=True, gc=False)
 _DECODE: Final = msgspec.json.Decoder(_Event).decode
-_ASTUPLE: Final = msgspec.structs.astuple
+#: One getter per column, in schema order: a column is read straight off the structs (a tuple per
+#: struct and a transpose cost twice as much).
+_GETTERS: Final = [operator.attrgetter(f.name) for f in _SCHEMA]
 _WIRE_TYPES: Final = [pa.string() if i == _TIME_COLUMN else f.type for i, f in enumerate(_SCHEMA)]
 #: The time form the fast path converts (RE2 syntax; ``\z``: the end of the text, not of a line).
 _CANONICAL_TIME: Final = r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{6})?\+00:00\z"
@@ -118,8 +121,7 @@ def decode_json_batch(values: Sequence[bytes], instance_ids: np.ndarray | None, 
     structs, accepted, rest = _decode_each(values)
     if not structs:
         return None, [], rest
-    columns = zip(*map(_ASTUPLE, structs), strict=True)
-    arrays = [pa.array(column, type=typ) for column, typ in zip(columns, _WIRE_TYPES, strict=True)]
+    arrays = [pa.array(list(map(get, structs)), type=typ) for get, typ in zip(_GETTERS, _WIRE_TYPES, strict=True)]
     arrays[_TIME_COLUMN], ok = _times(arrays[_TIME_COLUMN], time_min_us, time_max_us)
     if instance_ids is not None:
         ok &= arrays[_INSTANCE_COLUMN].to_numpy() == instance_ids[accepted]
