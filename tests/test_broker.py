@@ -27,6 +27,18 @@ def test_status_reports_running_broker_and_address(kafka_base: Settings) -> None
     assert kafka_base.bootstrap_servers in str(status)
 
 
+def test_the_broker_runs_the_serial_collector(kafka_base: Settings) -> None:
+    """A small heap on a small machine: the serial collector, without G1's collector threads (measured:
+    less broker CPU per event)."""
+    pid = LocalKafka(kafka_base).pid()
+    tasks = Path(f"/proc/{pid}/task")
+    if pid is None or not tasks.is_dir():
+        pytest.skip("needs the managed broker and /proc")
+    threads = {(task / "comm").read_text().strip() for task in tasks.iterdir()}
+    assert "VM Thread" in threads  # the listing shows the JVM's own threads
+    assert not [name for name in threads if name.startswith(("G1 ", "GC Thread"))], sorted(threads)
+
+
 def test_topics_are_created_with_partitions_and_retention_idempotently(kafka_settings: Settings) -> None:
     settings = kafka_settings.with_overrides(partitions=3)
     created = ensure_topics(settings)

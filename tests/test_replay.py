@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import consume_all, make_log
+from workbench import defaults
 from workbench.config import Settings
 from workbench.data import codec
 from workbench.replay import BatchReport, Pacer, Replay, ReplayController, ReplayError
@@ -159,6 +160,17 @@ def _wait(condition, timeout: float = 20.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not reached in time")
+
+
+def test_an_unpaced_replay_sends_few_large_transactions(kafka_settings: Settings, tmp_path: Path) -> None:
+    """At max speed a transaction carries up to REPLAY_BATCH_SIZE rows (each one costs the broker a
+    produce request per partition and the coordinator's round trips)."""
+    rows = defaults.REPLAY_BATCH_SIZE + 500
+    log = make_log(tmp_path / "log.parquet", rows=rows, spacing_s=0.5, row_group_size=rows)
+    reports: list[BatchReport] = []
+    status = Replay(log, settings=kafka_settings, speedup="max", pack=100, observer=reports.append).run()
+    assert status.next_row == rows
+    assert [report.rows for report in reports] == [defaults.REPLAY_BATCH_SIZE, 500]
 
 
 def test_seek_and_reset_land_on_the_right_row(kafka_settings: Settings, tmp_path: Path) -> None:

@@ -343,7 +343,9 @@ class LocalKafka:
             java,
             "-Xms256m",
             f"-Xmx{self.settings.kafka_heap}",
-            "-XX:+UseG1GC",
+            # One small heap on a machine of a few cores: the serial collector's short young pauses cost
+            # less CPU than G1's concurrent and refinement threads and write barriers (measured).
+            "-XX:+UseSerialGC",
             "-XX:TieredStopAtLevel=1",  # faster start-up; the broker is not CPU-bound here
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.directory / 'log4j2.properties'}",

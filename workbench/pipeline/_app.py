@@ -8,7 +8,10 @@ behaviour:
 * ``isolation.level=read_committed``: the replay writes inside Kafka transactions;
 * ``session.timeout.ms=6000`` / ``heartbeat.interval.ms=2000``, so a restarted app gets its
   partitions back in seconds instead of 45 s;
-* ``fetch.wait.max.ms=50`` (produce-to-process latency ~tens of ms instead of ~280 ms);
+* ``fetch.wait.max.ms=500`` (librdkafka's default): how long the broker holds a fetch that finds
+  nothing new. It does not delay data: a held fetch is answered as soon as a transaction commits
+  (~10 ms from commit to consume either way, measured), while an idle consumer asks 2 times a second
+  instead of 20 (each fetch costs the broker CPU);
 * at-least-once processing: every downstream store is idempotent (UPSERT / anti-join).
 
 Run an app in the main thread of its own process (Quix installs SIGINT/SIGTERM handlers), or
@@ -59,7 +62,7 @@ CONSUMER_DEFAULTS: Final[dict[str, Any]] = {
     "isolation.level": "read_committed",
     "session.timeout.ms": 6000,
     "heartbeat.interval.ms": 2000,
-    "fetch.wait.max.ms": 50,
+    "fetch.wait.max.ms": 500,
 }
 
 

@@ -183,7 +183,7 @@ class Replay:
         encoding: str | None = None,
         replay_id: str = "default",
         reset: bool = False,
-        batch_size: int = 5000,
+        batch_size: int = defaults.REPLAY_BATCH_SIZE,
         clock: Clock | None = None,
         observer: Callable[[BatchReport], None] | None = None,
         tick: float = 0.1,
