@@ -191,6 +191,20 @@ def test_refresh_thread_runs_and_stops_with_the_workbench() -> None:
     assert not panel2.refreshing
 
 
+def test_a_new_panel_of_the_same_workbench_stops_the_previous_ones_refresh() -> None:
+    fake = FakeWorkbench()
+    first = control_panel(fake, counter_interval=0.05, chart_interval=60, charts=False)
+    second = control_panel(fake, counter_interval=0.05, chart_interval=60, charts=False)  # the cell re-run
+    other = control_panel(FakeWorkbench(), counter_interval=0.05, chart_interval=60, charts=False)
+    try:
+        first._thread.join(5)
+        assert not first.refreshing and "replaced" in first.message.value
+        assert second.refreshing and other.refreshing  # another workbench's panel is not touched
+    finally:
+        for panel in (first, second, other):
+            panel.close()
+
+
 def test_parse_seek_time() -> None:
     assert parse_seek_time("2024-03-05T01:02:03+01:00") == datetime(2024, 3, 5, 0, 2, 3, tzinfo=UTC)
     with pytest.raises(ConfigurationError, match="Got '31/12' instead"):

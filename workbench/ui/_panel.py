@@ -595,6 +595,17 @@ class ControlPanel(widgets.VBox):
         super().close()
 
 
+#: The refreshing panel of each workbench home in this process (see :func:`control_panel`).
+_LIVE_PANELS: dict[object, ControlPanel] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def _target_key(wb: PanelTarget) -> object:
+    """One key per workbench: its home (a re-run attaches a new object to the same one)."""
+    home = getattr(getattr(wb, "settings", None), "home", None)
+    return ("home", str(home)) if home is not None else ("object", id(wb))
+
+
 def control_panel(wb: PanelTarget, *, counter_interval: float = 1.0, chart_interval: float = 8.0,
                   auto_refresh: bool = True, charts: bool = True) -> ControlPanel:
     """An ipywidgets panel to steer and watch ``wb``'s replay.
@@ -603,11 +614,21 @@ def control_panel(wb: PanelTarget, *, counter_interval: float = 1.0, chart_inter
     progress bar with the event-time clock and ETA, live counters (rates, lag per app, anomalies,
     model version, late events, dead letters) and events/anomalies per 10 minutes. Counters refresh
     every ``counter_interval`` s and charts every ``chart_interval`` s in a daemon thread that stops
-    when the panel is closed or the workbench stops.
+    when the panel is closed or the workbench stops. A new panel of the same workbench stops the
+    previous one's refresh: re-running the panel's cell clears its output but not its thread,
+    and every forgotten panel would go on reading the status and drawing charts.
     """
     if counter_interval <= 0 or chart_interval <= 0:
         msg = ("counter_interval and chart_interval must be positive seconds. "
                f"Got {counter_interval!r} and {chart_interval!r} instead.")
         raise ConfigurationError(msg)
-    return ControlPanel(wb, counter_interval=counter_interval, chart_interval=chart_interval,
-                        auto_refresh=auto_refresh, charts=charts)
+    panel = ControlPanel(wb, counter_interval=counter_interval, chart_interval=chart_interval,
+                         auto_refresh=auto_refresh, charts=charts)
+    with _LIVE_LOCK:
+        previous = _LIVE_PANELS.get(_target_key(wb))
+        _LIVE_PANELS[_target_key(wb)] = panel
+    if previous is not None and previous is not panel:
+        previous.stop()
+        previous._say("a newer panel of this workbench replaced this one; this one no longer refreshes",
+                      error=True)
+    return panel
