@@ -142,6 +142,20 @@ def test_setup_warns_about_undeclared_parameters(tmp_path: Path, monkeypatch: py
         assert check_parameters({"__annotations__": {"start": str}, "start": "x", "json": json}) == []
 
 
+def test_a_rerun_in_the_same_kernel_does_not_take_the_notebooks_own_variables_for_parameters(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    namespace: dict = {"__annotations__": {"mode": str}, "mode": "attach"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        setup(namespace)
+        namespace.update(started=False, ids=None, results={})  # what the notebook's cells assign
+        setup(namespace)  # Run All again: the same globals
+    # A misspelling papermill injected into a fresh kernel is still reported.
+    with pytest.warns(UnknownParameterWarning, match=r"\['speed'\]"):
+        setup({"__annotations__": {"mode": str}, "mode": "attach", "speed": 60.0})
+
+
 def test_page_registry_is_the_notebook_folder() -> None:
     root = Path(__file__).resolve().parents[1] / "notebooks"
     assert [p.stem for p in sorted(root.glob("*.ipynb"))] == list(ALL) == [p.name for p in PAGES]

@@ -5,6 +5,7 @@ while behind schedule, and files with bad rows."""
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,23 @@ def test_a_finished_replay_listens_for_seek_and_reset_and_rejects_the_rest(
     messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=2100, idle=3)
     counts = _ids(messages)
     assert sum(counts.values()) == 2100 and max(counts.values()) == 3
+
+
+def test_a_seek_past_the_end_shows_the_last_rows_time_not_the_old_position(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    log = make_log(tmp_path / "log.parquet", rows=200, spacing_s=2.0)  # 00:00:00 to 00:06:38
+    replay = Replay(log, settings=kafka_settings, speedup=1, linger=True).start()
+    try:
+        _wait(lambda: (replay.status() or _none).state == "running")
+        replay.pause()
+        _wait(lambda: replay.status().state == "paused")
+        replay.seek("2030-01-01T00:00:00")
+        _wait(lambda: replay.status().next_row == 200)
+        status = replay.status()
+        assert status.event_time == datetime(2024, 3, 4, 0, 6, 38, tzinfo=UTC), status
+    finally:
+        replay.stop()
+        replay.join(10)
 
 
 def test_pacer_reanchors_at_the_next_unsent_row_when_behind() -> None:

@@ -103,6 +103,29 @@ def test_buttons_call_the_workbench(panel_and_fake: tuple[Any, FakeWorkbench]) -
     assert panel.play.description == "Pause"
 
 
+def test_a_status_from_before_a_click_does_not_flip_the_play_button_back(
+        panel_and_fake: tuple[Any, FakeWorkbench], monkeypatch: pytest.MonkeyPatch) -> None:
+    panel, fake = panel_and_fake
+    panel.play.value = False  # the user pauses; the replay has not applied it yet
+    panel.refresh()  # status still says running
+    assert panel.play.value is False and panel.play.description == "Play"
+    panel.play.value = True  # a second click resumes (not a second pause)
+    assert fake.calls == [("pause", None), ("resume", None)]
+    fake.state = "paused"  # the pause lands, the resume not yet
+    panel.refresh()
+    assert panel.play.value is True
+    fake.state = "running"
+    panel.refresh()
+    fake.state = "paused"  # paused from elsewhere (code, another panel): the status drives the button again
+    panel.refresh()
+    assert panel.play.value is False and panel.play.description == "Play"
+    monkeypatch.setattr("workbench.ui._panel._COMMAND_GRACE", 0.0)
+    panel.play.value = True  # a command that never lands: after the grace the status wins
+    time.sleep(0.01)
+    panel.refresh()
+    assert panel.play.value is False
+
+
 def test_a_training_that_failed_on_every_attempt_is_shown(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
     panel, fake = panel_and_fake
     days = {"2024-03-04": {"status": "done", "attempts": 1, "last_rc": 0},
@@ -166,6 +189,20 @@ def test_refresh_thread_runs_and_stops_with_the_workbench() -> None:
     panel2 = control_panel(fake, counter_interval=0.05, charts=False)
     panel2.close()
     assert not panel2.refreshing
+
+
+def test_a_new_panel_of_the_same_workbench_stops_the_previous_ones_refresh() -> None:
+    fake = FakeWorkbench()
+    first = control_panel(fake, counter_interval=0.05, chart_interval=60, charts=False)
+    second = control_panel(fake, counter_interval=0.05, chart_interval=60, charts=False)  # the cell re-run
+    other = control_panel(FakeWorkbench(), counter_interval=0.05, chart_interval=60, charts=False)
+    try:
+        first._thread.join(5)
+        assert not first.refreshing and "replaced" in first.message.value
+        assert second.refreshing and other.refreshing  # another workbench's panel is not touched
+    finally:
+        for panel in (first, second, other):
+            panel.close()
 
 
 def test_parse_seek_time() -> None:

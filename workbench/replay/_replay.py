@@ -538,6 +538,10 @@ class _ReplayRun:
             self.pacer.anchor(event_us, now)
             self.current_event_us = event_us
             self.next_event_us = event_us
+        elif row >= self.log.num_rows and self.log.num_rows:
+            # Past the end every row counts as passed: the clock shows the last row's time, not
+            # the position before the seek (a paused replay would show 100% at an old time).
+            self.current_event_us = self._event_time(self.log.num_rows - 1) or self.current_event_us
         if row < self.log.num_rows:
             self.state = "paused" if self.pacer.paused else "running"
         # The new position is committed at once, so a restart continues from here.

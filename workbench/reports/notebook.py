@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ class UnknownParameterWarning(UserWarning):
 
 _PARAMETER_TYPES = (str, int, float, bool, list, dict, type(None))
 _SHELL_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
+#: Set in the notebook's namespace by :func:`setup` once its parameters were checked.
+_CHECKED_MARK = "_workbench_parameters_checked"
 
 
 def check_parameters(namespace: Mapping[str, Any], before: Iterable[str] = ()) -> list[str]:
@@ -140,6 +142,9 @@ def setup(namespace: Mapping[str, Any]) -> Settings:
 
     Warns about undeclared (misspelled) parameters, renders Altair charts as offline SVG, sets
     pandas' display width, and returns the settings (``WORKBENCH_HOME`` from the environment).
+    Parameters are checked on the first call in a kernel only: papermill injects them before
+    that call, and on a re-run the namespace also holds the notebook's own variables
+    (``started``, ``ids``, ...), which are no misspelled parameters.
 
     >>> settings = setup(globals())  # doctest: +SKIP
     """
@@ -147,9 +152,12 @@ def setup(namespace: Mapping[str, Any]) -> Settings:
 
     from workbench.config import get_settings
 
-    unknown = check_parameters(namespace)
-    if unknown:
-        logger.warning("unknown notebook parameters ignored: %s", unknown)
+    if not namespace.get(_CHECKED_MARK):
+        unknown = check_parameters(namespace)
+        if unknown:
+            logger.warning("unknown notebook parameters ignored: %s", unknown)
+        if isinstance(namespace, MutableMapping):
+            namespace[_CHECKED_MARK] = True
     setup_charts()
     pd.set_option("display.width", 160)
     pd.set_option("display.max_columns", 30)

@@ -112,6 +112,8 @@ _TREND_TOLERANCE = 0.05
 _TREND_SPAN = 10.0
 #: Seconds behind schedule from which the ETA comes from the measured rate.
 _BEHIND_AFTER = 2.0
+#: Seconds a play/pause click holds the button against statuses that predate the command.
+_COMMAND_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -322,6 +324,8 @@ class ControlPanel(widgets.VBox):
                                             layout=widgets.Layout(width="380px"))
         self.speed_label = widgets.Label("-")
         self._running_history: list[tuple[float, int]] = []
+        # The user's last play/pause (value, monotonic time) until a status shows it applied.
+        self._pending_play: tuple[bool, float] | None = None
         self._lag_history: list[tuple[float, int]] = []
         self.presets = [widgets.Button(description=name, layout=widgets.Layout(width="64px"),
                                        tooltip=f"Replay at {name}") for name, _ in PRESETS]
@@ -409,6 +413,7 @@ class ControlPanel(widgets.VBox):
         playing = bool(change["new"])
         self.play.description, self.play.icon = ("Pause", "pause") if playing else ("Play", "play")
         if not getattr(self._local, "syncing", False):
+            self._pending_play = (playing, time.monotonic())
             self._command("resume" if playing else "pause")
 
     def _on_seek(self) -> None:
@@ -453,7 +458,7 @@ class ControlPanel(widgets.VBox):
             if view.speed is not None:
                 self.speed.value = float(min(max(view.speed, 1.0), 100_000.0))
             self.speed_label.value = view.speed_text
-            if view.playing is not None:
+            if view.playing is not None and not self._play_pending(view.playing):
                 self.play.value = view.playing
             self.play.disabled = not view.can_play
             self.speed.disabled = not view.can_speed
@@ -468,6 +473,18 @@ class ControlPanel(widgets.VBox):
         finally:
             self._local.syncing = False
         self.counters.value = self._counters_html(status, view)
+
+    def _play_pending(self, status_playing: bool) -> bool:
+        """Whether a play/pause click is still on its way: a status read before the replay applied
+        it must not flip the button back (a click meanwhile would send the opposite command)."""
+        pending = self._pending_play
+        if pending is None:
+            return False
+        wanted, clicked_at = pending
+        if status_playing == wanted or time.monotonic() - clicked_at > _COMMAND_GRACE:
+            self._pending_play = None
+            return False
+        return True
 
     @staticmethod
     def _counters_html(status: Any, view: PanelView) -> str:
@@ -578,6 +595,17 @@ class ControlPanel(widgets.VBox):
         super().close()
 
 
+#: The refreshing panel of each workbench home in this process (see :func:`control_panel`).
+_LIVE_PANELS: dict[object, ControlPanel] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def _target_key(wb: PanelTarget) -> object:
+    """One key per workbench: its home (a re-run attaches a new object to the same one)."""
+    home = getattr(getattr(wb, "settings", None), "home", None)
+    return ("home", str(home)) if home is not None else ("object", id(wb))
+
+
 def control_panel(wb: PanelTarget, *, counter_interval: float = 1.0, chart_interval: float = 8.0,
                   auto_refresh: bool = True, charts: bool = True) -> ControlPanel:
     """An ipywidgets panel to steer and watch ``wb``'s replay.
@@ -586,11 +614,21 @@ def control_panel(wb: PanelTarget, *, counter_interval: float = 1.0, chart_inter
     progress bar with the event-time clock and ETA, live counters (rates, lag per app, anomalies,
     model version, late events, dead letters) and events/anomalies per 10 minutes. Counters refresh
     every ``counter_interval`` s and charts every ``chart_interval`` s in a daemon thread that stops
-    when the panel is closed or the workbench stops.
+    when the panel is closed or the workbench stops. A new panel of the same workbench stops the
+    previous one's refresh: re-running the panel's cell clears its output but not its thread,
+    and every forgotten panel would go on reading the status and drawing charts.
     """
     if counter_interval <= 0 or chart_interval <= 0:
         msg = ("counter_interval and chart_interval must be positive seconds. "
                f"Got {counter_interval!r} and {chart_interval!r} instead.")
         raise ConfigurationError(msg)
-    return ControlPanel(wb, counter_interval=counter_interval, chart_interval=chart_interval,
-                        auto_refresh=auto_refresh, charts=charts)
+    panel = ControlPanel(wb, counter_interval=counter_interval, chart_interval=chart_interval,
+                         auto_refresh=auto_refresh, charts=charts)
+    with _LIVE_LOCK:
+        previous = _LIVE_PANELS.get(_target_key(wb))
+        _LIVE_PANELS[_target_key(wb)] = panel
+    if previous is not None and previous is not panel:
+        previous.stop()
+        previous._say("a newer panel of this workbench replaced this one; this one no longer refreshes",
+                      error=True)
+    return panel
