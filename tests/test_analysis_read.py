@@ -121,3 +121,19 @@ def test_remediation_quotes_code_thresholds() -> None:
     assert not re.search(r"5,000|1,000 ms/MB|10 ms/MB", remediation("cpu_bound") + remediation("io_bound"))
     with pytest.raises(AnalysisError, match="problem must be"):
         remediation("disk")
+
+
+def test_an_empty_selection_says_what_the_store_holds(settings: Settings, tmp_path: Path) -> None:
+    from workbench.analysis.anomaly_summary import describe_windows
+
+    line = describe_windows(settings, window_stats(settings, T0, T0 + timedelta(hours=1), [1]))
+    assert line == "6 windows, 1 instances, 2024-03-01 00:00 to 2024-03-01 01:00 UTC"
+    line = describe_windows(settings, window_stats(settings, instances=[7, 8]), instances=[7, 8])
+    assert line == ("no windows match the filters (instances 7, 8): the store holds 576 windows of instances 1, 2, "
+                    "2024-03-01 00:00 to 2024-03-03 00:00 UTC")
+    later = datetime(2030, 1, 1, tzinfo=UTC)
+    assert "(start 2030-01-01 00:00)" in describe_windows(settings, window_stats(settings, later), start=later)
+    fresh = Settings(home=tmp_path / "fresh")
+    with WindowStatsStore.from_settings(fresh) as store:
+        store.upsert([])
+    assert describe_windows(fresh, window_stats(fresh)) == "window_stats is empty: replay some data first"

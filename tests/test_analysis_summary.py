@@ -156,6 +156,21 @@ def test_a_rerun_in_the_same_kernel_does_not_take_the_notebooks_own_variables_fo
         setup({"__annotations__": {"mode": str}, "mode": "attach", "speed": 60.0})
 
 
+def test_a_reversed_time_range_is_refused_with_both_ends_named() -> None:
+    from datetime import UTC, datetime
+
+    from workbench.exceptions import ConfigurationError
+    from workbench.reports.notebook import parse_range
+
+    assert parse_range("2024-03-04", "2024-03-05T12:00") == (datetime(2024, 3, 4, tzinfo=UTC),
+                                                            datetime(2024, 3, 5, 12, tzinfo=UTC))
+    assert parse_range("", "2024-03-05") == (None, datetime(2024, 3, 5, tzinfo=UTC))
+    with pytest.raises(ConfigurationError, match=r"\(2024-03-06 00:00 UTC\) must be before `end` \(2024-03-05 00:00"):
+        parse_range("2024-03-06", "2024-03-05")
+    with pytest.raises(ConfigurationError, match="must be before"):
+        parse_range("2024-03-05", "2024-03-05")
+
+
 def test_page_registry_is_the_notebook_folder() -> None:
     root = Path(__file__).resolve().parents[1] / "notebooks"
     assert [p.stem for p in sorted(root.glob("*.ipynb"))] == list(ALL) == [p.name for p in PAGES]

@@ -161,6 +161,30 @@ def analysed_span(settings: Settings, start: datetime | None, end: datetime | No
     return start or span["window_start"].min(), end or span["window_end"].max()
 
 
+def describe_windows(settings: Settings, stats: pd.DataFrame, *, start: datetime | None = None,
+                     end: datetime | None = None, instances: Sequence[int] | None = None) -> str:
+    """One line on the ``window_stats`` rows a notebook selected (``stats``), or on why there are none.
+
+    An empty selection of a store that holds windows names the filters and what the store holds
+    (e.g. instance ids that do not occur), instead of saying that nothing was replayed.
+    """
+    if len(stats):
+        return (f"{len(stats):,} windows, {stats['instance_id'].nunique()} instances, "
+                f"{stats['window_start'].min():%Y-%m-%d %H:%M} to {stats['window_end'].max():%Y-%m-%d %H:%M} UTC")
+    from workbench.analysis import read
+
+    every = read.window_stats(settings)
+    if every.empty:
+        return "window_stats is empty: replay some data first"
+    held = sorted(int(i) for i in every["instance_id"].unique())
+    shown = ", ".join(map(str, held[:12])) + (f" and {len(held) - 12} more" if len(held) > 12 else "")
+    asked = [f"start {start:%Y-%m-%d %H:%M}" if start else "", f"end {end:%Y-%m-%d %H:%M}" if end else "",
+             f"instances {', '.join(map(str, instances))}" if instances else ""]
+    return (f"no windows match the filters ({'; '.join(a for a in asked if a) or 'none'}): the store holds "
+            f"{len(every):,} windows of instances {shown}, {every['window_start'].min():%Y-%m-%d %H:%M} to "
+            f"{every['window_end'].max():%Y-%m-%d %H:%M} UTC")
+
+
 def metrics_for_versions(settings: Settings, window: str, instances: Sequence[int] | None,
                          versions: Sequence[str], *, end: datetime | None = None) -> dict[str, Any]:
     """:func:`workbench.analysis.read.metrics`, with anomalies counted for ``versions`` only (all when empty)."""

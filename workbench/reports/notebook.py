@@ -25,6 +25,7 @@ __all__ = [
     "open_workbench",
     "parse_instances",
     "parse_list",
+    "parse_range",
     "parse_time",
     "setup",
     "setup_charts",
@@ -79,6 +80,19 @@ def parse_time(value: str | datetime | None, name: str) -> datetime | None:
             msg = f"The `{name}` parameter must be an ISO-8601 time such as 2024-03-05T12:00. Got {value!r} instead."
             raise ConfigurationError(msg) from exc
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def parse_range(start: str | datetime | None, end: str | datetime | None) -> tuple[datetime | None, datetime | None]:
+    """The ``start`` and ``end`` parameters as :func:`parse_time` reads them; ``start`` must be before ``end``.
+
+    A reversed range would give every table and chart of a notebook empty without a word.
+    """
+    t0, t1 = parse_time(start, "start"), parse_time(end, "end")
+    if t0 is not None and t1 is not None and t0 >= t1:
+        msg = (f"The `start` parameter ({t0:%Y-%m-%d %H:%M} UTC) must be before `end` ({t1:%Y-%m-%d %H:%M} UTC): "
+               "the range is empty. Swap them, or leave one empty for all data on that side.")
+        raise ConfigurationError(msg)
+    return t0, t1
 
 
 def parse_list(value: str | Iterable[Any] | None) -> list[str]:
