@@ -171,6 +171,10 @@ def test_an_unpaced_replay_sends_few_large_transactions(kafka_settings: Settings
     status = Replay(log, settings=kafka_settings, speedup="max", pack=100, observer=reports.append).run()
     assert status.next_row == rows
     assert [report.rows for report in reports] == [defaults.REPLAY_BATCH_SIZE, 500]
+    # one query per message: the replay's memory grows per message, so a transaction holds fewer rows
+    json_replay = Replay(log, settings=kafka_settings, speedup="max", pack=1, replay_id="json")
+    assert json_replay.batch_size == defaults.REPLAY_BATCH_MESSAGES < defaults.REPLAY_BATCH_SIZE
+    assert Replay(log, settings=kafka_settings, pack=1, batch_size=123).batch_size == 123
 
 
 def test_seek_and_reset_land_on_the_right_row(kafka_settings: Settings, tmp_path: Path) -> None:

@@ -79,7 +79,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "with only --pack: json for 1, arrow above")
     parser.add_argument("--reset", action="store_true", help="start from the first row, not the saved position")
     parser.add_argument("--replay-id", default="default", help="names the position, status and commands")
-    parser.add_argument("--batch-size", type=int, default=defaults.REPLAY_BATCH_SIZE, help="most rows per transaction")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"most rows per transaction (default {defaults.REPLAY_BATCH_SIZE:,}, at most "
+                             f"{defaults.REPLAY_BATCH_MESSAGES:,} messages)")
     parser.add_argument("--timeout", type=float, help="stop after this many seconds")
     parser.add_argument("--skip-bad-rows", action="store_true",
                         help="replay a file with row problems: bad rows go to the dead-letter topic with their reason")

@@ -143,8 +143,10 @@ class Replay:
         Names the replay's position, status and commands; one running replay per id.
     reset : bool
         Ignore the saved position and start from the first row.
-    batch_size : int
-        Most rows per transaction; also the largest catch-up burst.
+    batch_size : int, optional
+        Most rows per transaction; also the largest catch-up burst. Default:
+        :data:`~workbench.defaults.REPLAY_BATCH_SIZE` rows, at most
+        :data:`~workbench.defaults.REPLAY_BATCH_MESSAGES` messages of ``pack`` rows.
     pack_span_s : float
         A packed message never spans more than this much event time. Keep it below the stream
         analytics' grace period (5 min): then no packed message can reach into a window that
@@ -183,7 +185,7 @@ class Replay:
         encoding: str | None = None,
         replay_id: str = "default",
         reset: bool = False,
-        batch_size: int = defaults.REPLAY_BATCH_SIZE,
+        batch_size: int | None = None,
         clock: Clock | None = None,
         observer: Callable[[BatchReport], None] | None = None,
         tick: float = 0.1,
@@ -202,6 +204,8 @@ class Replay:
         if not isinstance(pack, int) or pack < 1:
             msg = f"The pack parameter of Replay must be an integer >= 1. Got {pack!r} instead."
             raise ReplayError(msg)
+        if batch_size is None:
+            batch_size = min(defaults.REPLAY_BATCH_SIZE, defaults.REPLAY_BATCH_MESSAGES * pack)
         if batch_size < 1:
             msg = f"The batch_size parameter of Replay must be >= 1. Got {batch_size!r} instead."
             raise ReplayError(msg)
