@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workbench.data.exceptions import DataValidationError
+from workbench.data.schema import require_log
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -183,10 +184,7 @@ def profile(path: str | os.PathLike[str], *, tier: str = "auto", memory_limit: s
     if tier not in ("auto", "provisioned", "serverless"):
         msg = f"tier must be 'auto', 'provisioned' or 'serverless'. Got {tier!r}."
         raise DataValidationError(msg)
-    path = Path(path).expanduser()
-    if not path.exists():
-        msg = f"Query log {str(path)!r} does not exist."
-        raise DataValidationError(msg, path=str(path))
+    path = require_log(Path(path).expanduser())
     files = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in log_parts(path)) + "]"
     con = duckdb.connect(config={"memory_limit": memory_limit})
     try:

@@ -32,6 +32,7 @@ __all__ = [
     "LogSummary",
     "batches_by_row_group",
     "read_batches",
+    "require_log",
     "validate",
 ]
 
@@ -131,10 +132,17 @@ def _type_family(type_: pa.DataType) -> str:
     return str(type_)
 
 
-def _open(path: Path) -> pq.ParquetFile:
+def require_log(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path; DataValidationError naming it when no query log (file or folder) is there."""
+    path = Path(path)
     if not path.exists():
         msg = f"Query log {str(path)!r} does not exist. Check the path, or create one with `workbench generate`."
         raise DataValidationError(msg, path=str(path))
+    return path
+
+
+def _open(path: Path) -> pq.ParquetFile:
+    require_log(path)
     try:
         return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:

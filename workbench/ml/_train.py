@@ -32,7 +32,7 @@ from workbench import defaults
 from workbench._lifeline import bind_to_supervisor
 from workbench.config import Settings, get_settings
 from workbench.data.exceptions import DataValidationError
-from workbench.data.schema import COLUMNS
+from workbench.data.schema import COLUMNS, require_log
 from workbench.exceptions import WorkbenchError
 from workbench.ml.detector import ResidualDetector
 from workbench.ml.exceptions import TrainingError
@@ -80,9 +80,7 @@ def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
     days = window_days_of(day, window_days)
     start = dt.datetime.combine(days[0], dt.time(), dt.UTC)
     end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC)
-    if not Path(path).exists():
-        msg = f"Query log {str(path)!r} does not exist. Check the path, or create one with `workbench generate`."
-        raise DataValidationError(msg, path=str(path))
+    require_log(path)
     ts = ds.field("arrival_timestamp")
     start_s = pa.scalar(start, pa.timestamp("us", tz="UTC"))
     end_s = pa.scalar(end, pa.timestamp("us", tz="UTC"))
