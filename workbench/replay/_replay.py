@@ -681,16 +681,15 @@ class _ReplayRun:
             except (pa.ArrowException, UnicodeDecodeError):
                 as_text[name] = [repr(value) for value in column.cast(pa.binary(), safe=False).to_pylist()] \
                     if _is_text(column.type) else [str(column[i]) for i in range(len(column))]
-        cut = {name: [len(text) for text in texts if text is not None and len(text) > _DEAD_LETTER_TEXT]
-               for name, texts in as_text.items()}
-        cut = {name: lengths for name, lengths in cut.items() if lengths}
-        if cut:  # the dead letter must fit one message; the whole value is still in the file
-            as_text = {name: [text[:_DEAD_LETTER_TEXT] if text is not None else None for text in texts]
-                       if name in cut else texts for name, texts in as_text.items()}
+        truncated = {}  # the dead letter must fit one message; the whole value is still in the file
+        for name, texts in as_text.items():
+            longest = max((len(text) for text in texts if text is not None), default=0)
+            if longest > _DEAD_LETTER_TEXT:
+                truncated[name] = f"first {_DEAD_LETTER_TEXT:,} of {longest:,} characters"
+                as_text[name] = [text if text is None else text[:_DEAD_LETTER_TEXT] for text in texts]
         letter = {"source": str(self.replay.data), "row": row, "reason": reason, "columns": as_text}
-        if cut:
-            letter["truncated_columns"] = {name: f"first {_DEAD_LETTER_TEXT:,} of {max(lengths):,} characters"
-                                           for name, lengths in cut.items()}
+        if truncated:
+            letter["truncated_columns"] = truncated
         value = orjson.dumps(letter)
         # The apps' header names (reason, app) plus where the row is: file and row instead of topic/offset.
         headers = [("reason", reason[:2000].encode()), ("app", b"replay"), ("source", b"replay"),
