@@ -625,9 +625,9 @@ def control_panel(wb: PanelTarget, *, counter_interval: float = 1.0, chart_inter
     panel = ControlPanel(wb, counter_interval=counter_interval, chart_interval=chart_interval,
                          auto_refresh=auto_refresh, charts=charts)
     with _LIVE_LOCK:
-        previous = _LIVE_PANELS.get(_target_key(wb))
-        _LIVE_PANELS[_target_key(wb)] = panel
-    if previous is not None and previous is not panel:
+        previous = _LIVE_PANELS.get(key := _target_key(wb))
+        _LIVE_PANELS[key] = panel
+    if previous is not None:
         previous.stop()
         previous._say("a newer panel of this workbench replaced this one; this one no longer refreshes",
                       error=True)
