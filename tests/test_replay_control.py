@@ -5,6 +5,7 @@ while behind schedule, and files with bad rows."""
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -141,7 +142,7 @@ def test_commands_sent_before_the_replay_listens_are_applied(kafka_settings: Set
         replay.join(10)
 
 
-def test_a_finished_replay_listens_for_seek_and_reset_and_rejects_the_rest(
+def test_a_finished_replay_listens_for_seek_and_reset_and_rejects_pause(
         kafka_settings: Settings, tmp_path: Path) -> None:
     log = make_log(tmp_path / "log.parquet", rows=1000, spacing_s=2.0)
     replay = Replay(log, settings=kafka_settings, speedup=0, linger=True).start()
@@ -149,15 +150,14 @@ def test_a_finished_replay_listens_for_seek_and_reset_and_rejects_the_rest(
     try:
         _wait(lambda: (replay.status() or _none).state == "finished")
         status = replay.status()
-        assert status.listening and status.next_row == 1000 and status.controls == ("seek", "reset", "stop")
+        assert status.listening and status.next_row == 1000
+        assert status.controls == ("set_speed", "seek", "reset", "stop")
         _wait(lambda: (controller.status() or _none).state == "finished")  # other processes see it too
         replay.pause()
         _wait(lambda: "pause ignored" in (replay.status().notice or ""))
         assert replay.status().notice == ("pause ignored: replay 'default' finished at row 1,000 of 1,000; "
                                           "seek or reset to replay again")
-        replay.set_speed(60)
-        _wait(lambda: "set_speed ignored" in (replay.status().notice or ""))
-        assert replay.status().speedup == 0
+        replay.set_speed(0)  # taken for the next course (still max here, so the test stays fast)
         controller.seek("2024-03-04T00:30:00")  # row 900 (rows 2 s apart)
         _wait(lambda: replay.status().state == "finished" and replay.status().rows_sent == 1100)
         replay.reset_position()
@@ -169,6 +169,26 @@ def test_a_finished_replay_listens_for_seek_and_reset_and_rejects_the_rest(
     messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=2100, idle=3)
     counts = _ids(messages)
     assert sum(counts.values()) == 2100 and max(counts.values()) == 3
+
+
+def test_a_speed_set_on_a_finished_replay_paces_the_next_course(kafka_settings: Settings, tmp_path: Path) -> None:
+    # A replay that finished at max is not stuck there: the speed set after the end paces the reset.
+    log = make_log(tmp_path / "log.parquet", rows=1000, spacing_s=2.0)  # 2,000 s of event time
+    replay = Replay(log, settings=kafka_settings, speedup=0, linger=True).start()
+    try:
+        _wait(lambda: (replay.status() or _none).state == "finished")
+        replay.set_speed(60)
+        _wait(lambda: replay.status().speedup == 60)
+        assert replay.status().state == "finished" and not replay.status().notice
+        replay.reset_position()
+        _wait(lambda: replay.status().state == "running" and replay.status().next_row < 1000)
+        time.sleep(2.0)
+        status = replay.status()
+        # At 60x, 2 s of wall time is ~120 s of event time: ~60 rows, far from the 1,000 at max.
+        assert status.state == "running" and status.speedup == 60 and status.next_row < 300
+    finally:
+        replay.stop()
+        replay.join(10)
 
 
 def test_a_seek_past_the_end_shows_the_last_rows_time_not_the_old_position(

@@ -16,7 +16,7 @@ from workbench.replay import ReplayStatus
 from workbench.runtime import WorkbenchStatus
 from workbench.store.exceptions import StoreNotFoundError
 from workbench.ui import charts, control_panel, metric_cards, parse_seek_time
-from workbench.ui._panel import format_speed, lag_trend, panel_view
+from workbench.ui._panel import PRESETS, format_speed, lag_trend, panel_view
 
 T0 = datetime(2024, 3, 4, tzinfo=UTC)
 
@@ -227,8 +227,10 @@ def test_controls_that_cannot_act_are_disabled_and_say_why() -> None:
         fake.replay_extra = {"finished": True}  # a replay that keeps listening after the end
         panel.refresh()
         assert not panel.reset_button.disabled and not panel.seek_button.disabled and panel.play.disabled
+        assert not panel.speed.disabled and not any(b.disabled for b in panel.presets)  # the next course's pace
+        panel.presets[0].click()
         panel.reset_button.click()
-        assert fake.calls == [("reset", None)]
+        assert fake.calls == [("set_speed", PRESETS[0][1]), ("reset", None)]
         fake.state, fake.replay_extra = "stopped", {}
         panel.refresh()
         assert panel.reset_button.disabled and "stopped" in panel.note.value

@@ -169,7 +169,7 @@ class ReplayStatus:
         if self.state == "paused":
             return ("set_speed", "resume", "seek", "reset", "stop")
         if self.state == "finished" and self.listening:
-            return ("seek", "reset", "stop")
+            return ("set_speed", "seek", "reset", "stop")  # the speed is kept for the next course
         return ()
 
     @classmethod

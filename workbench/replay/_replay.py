@@ -954,8 +954,10 @@ def _is_text(type_: pa.DataType) -> bool:
     return pa.types.is_string(type_) or pa.types.is_large_string(type_)
 
 
-#: Commands that act on a running replay only; a finished one rejects them with a notice.
-_LIVE_ONLY = frozenset({"set_speed", "pause", "resume"})
+#: Commands that act on a running replay only; a finished one rejects them with a notice. A speed
+#: change is taken: it sets the pace of the next course (seek or reset), so a replay that finished at
+#: "max" can be brought back to a watchable speed before it replays again.
+_LIVE_ONLY = frozenset({"pause", "resume"})
 
 #: One handler per command (value -> whether the batches restart); extend together with COMMANDS.
 _HANDLERS: dict[str, Callable[[_ReplayRun, object], bool]] = {

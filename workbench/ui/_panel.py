@@ -194,8 +194,9 @@ def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple
 
     Controls that cannot act are disabled with the reason in ``why_disabled``: no replay yet, a
     previous run's status, a finished, stopped or failed replay, a workbench that does not run.
-    On a finished replay, seek and reset stay enabled when the replay reports ``finished`` (it
-    keeps listening and restarts on them); otherwise they are disabled too.
+    On a finished replay, seek, reset and the speed stay enabled when the replay reports ``finished``
+    (it keeps listening, restarts on seek and reset, and keeps a new speed for that next course);
+    otherwise they are disabled too.
     """
     replay = status.replay
     stale = _stale(status)
@@ -214,8 +215,10 @@ def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple
         can = dict.fromkeys(can, True)
     elif state == "finished":
         if finished_listens:
-            can["seek"] = can["reset"] = True
-            why = "The replay has finished: Seek or Reset replays again; pause and speed act on a running replay."
+            # The speed is kept for the next course, so a run that finished at max can replay slower.
+            can["seek"] = can["reset"] = can["speed"] = True
+            why = ("The replay has finished: Seek or Reset replays again, at the speed set here; "
+                   "pause acts on a running replay.")
         else:
             why = "The replay has finished and no longer takes commands; start a new one to replay again."
     else:  # stopped, failed, or a state this panel does not know
