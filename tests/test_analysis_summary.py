@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import warnings
 from pathlib import Path
@@ -98,6 +99,24 @@ def test_label_agreement_counts_each_query_once(tmp_path: Path) -> None:
     narrow = ds.label_agreement(_anomalies(), labels, instances=[3])
     assert narrow.recall == 0.5  # 30 found, 31 missed; other instances' labels are not counted
     assert ds.last_log_day(labels).isoformat() == "2024-03-04"
+
+
+def test_an_evaluation_day_outside_the_log_is_skipped_with_the_logs_days(tmp_path: Path) -> None:
+    labels = _labels(tmp_path / "log.parquet")  # 2024-03-04 only
+    assert ds.evaluation_day(labels, "") == (dt.date(2024, 3, 4), "evaluation day: 2024-03-04 (the log's last day)")
+    assert ds.evaluation_day(labels, " 2024-03-04 ")[0] == dt.date(2024, 3, 4)
+    day, why = ds.evaluation_day(labels, "2030-01-01")
+    assert day is None and "2030-01-01 has no rows" in why and "covers 2024-03-04" in why and str(labels) in why
+    day, why = ds.evaluation_day(labels, "31/12")
+    assert day is None and "'31/12' is not a date" in why
+
+
+def test_log_days_counts_a_zoned_log_by_its_utc_day(tmp_path: Path) -> None:
+    utc = pa.array([pd.Timestamp("2024-03-04 23:30", tz="UTC"), pd.Timestamp("2024-03-06 01:00", tz="UTC")],
+                   pa.timestamp("us", tz="UTC"))
+    pq.write_table(pa.table({"arrival_timestamp": utc.cast(pa.timestamp("us", tz="Asia/Tokyo"))}),
+                   tmp_path / "zoned.parquet")
+    assert ds.log_days(tmp_path / "zoned.parquet") == [dt.date(2024, 3, 4), dt.date(2024, 3, 6)]
 
 
 def test_evaluation_table_orders_rows_and_adds_recall_per_kind() -> None:

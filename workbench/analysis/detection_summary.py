@@ -26,9 +26,11 @@ __all__ = [
     "ScoredDay",
     "choose_versions",
     "disagreements",
+    "evaluation_day",
     "evaluation_table",
     "label_agreement",
     "last_log_day",
+    "log_days",
     "model_metadata",
     "score_day",
 ]
@@ -92,11 +94,43 @@ def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: dateti
 
 def last_log_day(labels_file: Path) -> dt.date:
     """The UTC day of the newest arrival in a Parquet log."""
+    return log_days(labels_file)[-1]
+
+
+def log_days(labels_file: Path) -> list[dt.date]:
+    """The UTC days that hold at least one arrival of a Parquet log, in order."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    newest = pc.max(pq.read_table(labels_file, columns=["arrival_timestamp"]).column("arrival_timestamp"))
-    return pd.Timestamp(newest.as_py()).tz_convert("UTC").date()
+    arrivals = pq.read_table(labels_file, columns=["arrival_timestamp"]).column("arrival_timestamp")
+    if pa.types.is_timestamp(arrivals.type) and arrivals.type.tz is not None:
+        # Dropping the zone keeps the UTC wall time; a zoned cast to date32 would take the local day.
+        arrivals = arrivals.cast(pa.timestamp(arrivals.type.unit))
+    return sorted(pc.unique(pc.cast(arrivals, pa.date32())).drop_null().to_pylist())
+
+
+def evaluation_day(labels_file: Path, day: str = "") -> tuple[dt.date | None, str]:
+    """The day to evaluate on and a line saying so, or None and why not (a notebook prints the line).
+
+    ``day`` empty means the log's last day. A day that is not a date, or on which the log has no
+    rows, is not an error to stop a report for: the evaluation is skipped and the line names the
+    log's days, so the user can pick one.
+    """
+    days = log_days(labels_file)
+    if not days:
+        return None, f"{labels_file} has no rows: evaluation skipped"
+    span = f"{days[0]} to {days[-1]}" if len(days) > 1 else f"{days[0]}"
+    if not day.strip():
+        return days[-1], f"evaluation day: {days[-1]} (the log's last day)"
+    try:
+        wanted = dt.date.fromisoformat(day.strip())
+    except ValueError:
+        return None, f"day {day!r} is not a date (YYYY-MM-DD): evaluation skipped; the log {labels_file} covers {span}"
+    if wanted not in days:
+        return None, (f"day {wanted} has no rows in the log {labels_file} (it covers {span}): evaluation skipped; "
+                      "set day to one of its days")
+    return wanted, f"evaluation day: {wanted}"
 
 
 def choose_versions(settings: Settings, wanted: Sequence[str] = ()) -> list[str]:
