@@ -158,6 +158,8 @@ def test_refresh_updates_labels_without_sending_commands(panel_and_fake: tuple[A
     assert panel.note.value == "" and not panel.reset_button.disabled
     for text in ("scoring 7", "anomaly-sink ?", "v0002-2024-03-05", "1,234 rows/s"):
         assert text in panel.counters.value
+    # 4 late events: the count says why they are late and that closed windows are not counted twice.
+    assert "<td>4 (older than windows already closed, e.g. re-sent after a seek or reset" in panel.counters.value
     fake.state, fake.speedup, fake.next_row, fake.anomaly_count = "paused", 3600.0, 900, 42
     panel.refresh()
     assert panel.progress.value == pytest.approx(0.9)

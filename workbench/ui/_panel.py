@@ -189,6 +189,12 @@ def lag_trend(history: Sequence[tuple[float, int]], *, span: float = _TREND_SPAN
     return "growing" if change > 0 else "shrinking"
 
 
+#: Shown next to a non-zero late count: after a seek or reset back in time every re-sent event is
+#: late, and a user should know that this is expected and that closed windows are not counted twice.
+_LATE_HINT = (" (older than windows already closed, e.g. re-sent after a seek or reset back in time; "
+              "those windows keep their counts)")
+
+
 def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple[float, int]] = ()) -> PanelView:
     """The panel's controls and texts for one ``Workbench.status()`` snapshot.
 
@@ -509,7 +515,7 @@ class ControlPanel(widgets.VBox):
             ("Anomalies", _num(status.anomalies)),
             ("Model", f"{status.model_version or 'none yet'} ({status.model_versions} versions)"
                       + _failed_trainings_text(status)),
-            ("Late events", _num(status.late_events)),
+            ("Late events", _num(status.late_events) + (_LATE_HINT if status.late_events else "")),
             ("Dead letters", _num(status.dead_letters)),
         ]
         procs = ", ".join(f"{n}: {p.get('state')}" for n, p in status.processes.items())
