@@ -263,10 +263,17 @@ def test_eta_comes_from_the_measured_rate_when_behind() -> None:
     fake = FakeWorkbench()
     fake.speedup = 3600.0  # 1000 rows over a day: 41.7 rows/s needed, 1,000 rows/s sent: on schedule
     assert panel_view(fake.status()).behind == ""
-    fake.replay_extra = {"rate": 5.0}  # measured 5 rows/s: far behind
+    fake.replay_extra = {"rate": 5.0, "behind": True, "behind_seconds": 600.0}  # measured 5 rows/s: far behind
     view = panel_view(fake.status())
     assert view.behind.startswith("behind schedule") and view.eta == "ETA 2m 30s"  # 750 rows left / 5
-    fake.replay_extra = {"rate": 5.0, "behind_s": 0.5, "eta_s": 20.0}  # the replay's own figures win
+    # Just after a seek or resume the recent rate still holds the pause, but the replay re-anchored
+    # its schedule and says it is on time: no "behind schedule, 5 rows/s" for those seconds.
+    fake.replay_extra = {"rate": 5.0, "behind": False}
+    view = panel_view(fake.status())
+    assert view.behind == "" and view.eta == "ETA 1m 15s"
+    fake.replay_extra = {"rate": 5.0, "behind": None}  # a status without the verdict: estimated from the rate
+    assert panel_view(fake.status()).behind.startswith("behind schedule")
+    fake.replay_extra = {"rate": 5.0, "behind": None, "behind_s": 0.5, "eta_s": 20.0}  # its own figures win
     assert panel_view(fake.status()).eta == "ETA 20s"
 
 

@@ -242,15 +242,18 @@ def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple
     eta_text, behind_text = "ETA -", ""
     if replay is not None and not stale and state in ("running", "paused", "starting"):
         eta = _field(replay, "eta_s", _field(replay, "eta_seconds"))
-        behind_s = _field(replay, "behind_seconds") if _field(replay, "behind") else _field(replay, "behind_s")
         # The replay's measured rate when it reports one; else the recent rate (the average
         # includes pauses and the start).
         rate = _field(replay, "rate") or _field(replay, "rate_now") or _field(replay, "rate_avg")
-        eps = _events_per_second(replay)
-        if behind_s is None and eta is not None and rate and speed and eps:
-            # Rows the schedule wants per wall second against the rows actually sent per second.
-            needed = eps * speed
-            if rate < needed * 0.9:
+        if _field(replay, "behind") is not None:
+            # The replay knows its schedule: its own verdict. Guessing from the recent rate said
+            # "behind schedule, 2 rows/s" for seconds after every seek or resume (the rate still
+            # held the pause), although the schedule had just been re-anchored.
+            behind_s = _field(replay, "behind_seconds") if _field(replay, "behind") else None
+        else:  # a status without the verdict: rows the schedule wants per second against rows sent
+            behind_s = _field(replay, "behind_s")
+            eps = _events_per_second(replay)
+            if behind_s is None and eta is not None and rate and speed and eps and rate < eps * speed * 0.9:
                 behind_s = max(0.0, (total - sent) / rate - (eta or 0.0))
         if behind_s is not None and behind_s > _BEHIND_AFTER and rate:
             eta = max(eta or 0.0, (total - sent) / rate)
