@@ -218,6 +218,29 @@ def _plan_flip(day: ProbeDay, name: str) -> None:
     day.set(idx, name, execution_duration_ms=exec_ms * day.rng.uniform(3, 5, len(idx)))
 
 
+def _plan_stays_slow(day: ProbeDay, name: str) -> None:
+    # A plan that regresses stays regressed: from one run on, every later run of the day of a known
+    # statement (>= 1 s) is 2-3x slower. Statements with 6-40 free runs that day, at most 12 changed each.
+    f = day.frame
+    cand = day.free() & day.on("busy", "mid") & _known(day) & (day.hist["med_exec"].fillna(0).to_numpy() >= 1_000)
+    keys = f["instance_id"].astype("int64").astype(str) + "/" + f["feature_fingerprint"].astype(str)
+    runs = pd.Series(np.flatnonzero(cand)).groupby(keys.to_numpy()[cand]).agg(list)
+    runs = runs[runs.map(len).between(6, 40)]
+    if runs.empty:
+        return
+    exec_all = _nums(f, "execution_duration_ms")
+    changed = 0
+    for key in day.rng.permutation(runs.index.to_numpy()):
+        if changed >= POINT_ROWS:
+            break
+        rows = np.asarray(sorted(runs[key], key=lambda i: f["arrival_timestamp"].iat[i]), dtype=np.int64)
+        first = int(day.rng.integers(1, len(rows) - 4))
+        idx = rows[first:first + 12]
+        factor = day.rng.uniform(2, 3) * np.exp(day.rng.normal(0, 0.1, len(idx)))
+        day.set(idx, name, execution_duration_ms=exec_all[idx] * factor)
+        changed += len(idx)
+
+
 def _new_runaway(day: ProbeDay, name: str) -> None:
     f = day.frame
     work = f["query_type"].isin(["select", "insert", "ctas", "update", "delete"]).to_numpy()
@@ -392,6 +415,7 @@ PROBES: tuple[Probe, ...] = (
     Probe("spill_20gb", "point", _spill_20gb),
     Probe("heavy_at_peak", "contextual", _heavy_at_peak),
     Probe("small_as_big", "contextual", _small_as_big),
+    Probe("plan_stays_slow", "point", _plan_stays_slow),
 )
 
 
