@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -51,12 +52,19 @@ def test_report_has_executed_notebooks_html_and_index(report: tuple[Settings, Pa
     assert any("image/svg+xml" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
 
 
-def test_pages_show_results_not_code_unless_asked(report: tuple[Settings, Path, Path], tmp_path: Path) -> None:
+def test_pages_show_results_not_code_unless_asked(report: tuple[Settings, Path, Path], tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     _, _, out = report
     page = (out / "02_anomaly_explorer.html").read_text()
     assert "hl-ipython3" not in page and "anomaly_summary" not in page  # no code cell
     assert "Anomaly explorer" in page and "<svg" in page  # narrative and results stay
-    with_code = export_html(out / "02_anomaly_explorer.ipynb", tmp_path / "with_code.html", show_code=True)
+    # Every inline chart is named for a screen reader by its own title, and nbconvert has no image
+    # without alternative text to warn about.
+    labels = re.findall(r'<svg role="img" aria-label="([^"]*)"', page)
+    assert labels and len(labels) == page.count("<svg") and all(labels)
+    with caplog.at_level(logging.WARNING):
+        with_code = export_html(out / "02_anomaly_explorer.ipynb", tmp_path / "with_code.html", show_code=True)
+    assert "Alternative text" not in caplog.text
     text = with_code.read_text()
     assert "hl-ipython3" in text and "anomaly_summary" in text
 

@@ -54,7 +54,14 @@ _OFFLINE_TEMPLATE: Final = """{%- extends 'lab/index.html.j2' -%}
 {%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{% block data_svg scoped -%}
+<div class="jp-RenderedSVG jp-OutputArea-output {{ extra_class }}" data-mime-type="image/svg+xml">
+<img src="data:image/svg+xml;base64,{{ output.data['image/svg+xml'] | text_base64 | escape_html }}" alt="chart">
+</div>
+{%- endblock data_svg %}
 """
+#: The title a Vega chart draws (its ``role-title`` group's text), for the inline chart's label.
+_CHART_TITLE = re.compile(r'role-title.*?<text\b[^>]*>(.*?)</text>', re.S)
 
 
 @contextlib.contextmanager
@@ -108,13 +115,27 @@ def export_html(notebook: Path, target: Path | None = None, *, show_code: bool =
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
     # Inline the charts' SVG (nbconvert base64-encodes it into <img>): crisp, searchable, and the
     # marks are part of the page's DOM.
-    body = _SVG_IMG.sub(lambda m: base64.b64decode(m.group(1)).decode("utf-8"), body)
+    body = _SVG_IMG.sub(lambda m: _labelled_svg(base64.b64decode(m.group(1)).decode("utf-8")), body)
     body, removed = _EXTERNAL_SCRIPT.subn("", body)
     if removed:
         logger.warning("removed external scripts from the HTML notebook=%s count=%d", notebook.name, removed)
     target = target or notebook.with_suffix(".html")
     target.write_text(body, encoding="utf-8")
     return target
+
+
+def _labelled_svg(svg: str) -> str:
+    """An inline chart a screen reader can name: ``role="img"`` and its title as ``aria-label``.
+
+    nbconvert wraps each SVG output in an ``<img>`` and warns when it has no alternative text (our
+    template gives it a placeholder); the page inlines the SVG instead, so the label goes on it.
+    """
+    if not svg.lstrip().startswith("<svg") or "aria-label=" in svg.split(">", 1)[0]:
+        return svg
+    found = _CHART_TITLE.search(svg)
+    title = found.group(1).strip() if found else ""
+    label = (title or "chart").replace('"', "&quot;")
+    return svg.replace("<svg", f'<svg role="img" aria-label="{label}"', 1)
 
 
 def _declared(notebook: Path) -> set[str]:
