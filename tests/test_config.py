@@ -1,0 +1,121 @@
+"""Settings: a bad value is a ConfigurationError naming the setting and the value, never a pydantic
+traceback; empty variables mean "unset"; addresses, topic names, heap sizes and folders are checked
+when the settings are read."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workbench.config import Settings, _default_home
+from workbench.exceptions import ConfigurationError
+
+#: Every variable with a type or range, and a value it rejects.
+BAD_VALUES = [
+    ("WORKBENCH_KAFKA_PORT", "abc"),
+    ("WORKBENCH_KAFKA_PORT", "0"),
+    ("WORKBENCH_KAFKA_PORT", "70000"),
+    ("WORKBENCH_PARTITIONS", "four"),
+    ("WORKBENCH_PARTITIONS", "0"),
+    ("WORKBENCH_RETENTION_BYTES", "1k"),
+    ("WORKBENCH_SHARD_RETENTION_DAYS", "x"),
+    ("WORKBENCH_EVENT_TIME_MIN", "yesterday"),
+    ("WORKBENCH_EVENT_TIME_MAX", "2100-13-01"),
+    ("WORKBENCH_EVENT_TIME_HORIZON_S", "-1"),
+    ("WORKBENCH_EVENT_TIME_PAST_HORIZON_S", "a year"),
+    ("WORKBENCH_TRAINER_ELECTION", "zookeeper"),
+    ("KAFKA_SECURITY_PROTOCOL", "TLS"),
+    ("KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM", "strict"),
+    ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-1"),
+    ("WORKBENCH_KAFKA_LISTENERS", "PLAINTEXT,TLS"),
+    ("WORKBENCH_KAFKA_HEAP", "lots"),
+    ("WORKBENCH_TOPIC_ANOMALIES", "anomalies and more"),
+    ("WORKBENCH_TOPIC_QUERY_EVENTS", ""),
+    ("KAFKA_BOOTSTRAP_SERVERS", "::::"),
+    ("KAFKA_BOOTSTRAP_SERVERS", "broker:notaport"),
+    ("KAFKA_BOOTSTRAP_SERVERS", "broker:9092,broker:99999"),
+    ("WORKBENCH_LAKEHOUSE_CATALOG", "mysql:lake"),
+    ("WORKBENCH_WINDOW_STATS_URL", "db.internal/stats"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value"), BAD_VALUES)
+def test_a_bad_variable_is_a_configuration_error_naming_it_and_its_value(
+        variable: str, value: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(home=tmp_path)
+    message = str(caught.value)
+    assert variable in message
+    assert value[:14] in message  # (a URL is cut short: it may hold a password)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__  # no pydantic chain
+
+
+def test_arguments_are_explained_with_their_variable_and_every_problem_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(home=tmp_path, kafka_port="x", partitions=-3, colour="blue")
+    message = str(caught.value)
+    assert message.startswith("3 settings have values the workbench cannot use")
+    assert "WORKBENCH_KAFKA_PORT (Settings argument kafka_port)" in message and "Got 'x'" in message
+    assert "WORKBENCH_PARTITIONS (Settings argument partitions)" in message and "Got -3" in message
+    assert "no setting 'colour'" in message
+    with pytest.raises(ConfigurationError, match=r"WORKBENCH_PARTITIONS .*Got 0 instead"):
+        Settings(home=tmp_path).with_overrides(partitions=0)
+
+
+def test_a_secret_is_never_echoed(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(home=tmp_path, kafka_sasl_password=12345)
+    assert "KAFKA_SASL_PASSWORD" in str(caught.value)
+    assert "12345" not in str(caught.value)
+
+
+def test_empty_variables_mean_unset_not_the_current_directory(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for variable in ("WORKBENCH_HOME", "WORKBENCH_REPORTS_DIR", "WORKBENCH_MODELS_DIR", "WORKBENCH_ARCHIVE_DIR",
+                     "WORKBENCH_SHARDS_DIR", "WORKBENCH_LAKEHOUSE_DATA", "WORKBENCH_WINDOW_STATS_URL",
+                     "WORKBENCH_SHARD_RETENTION_DAYS", "KAFKA_BOOTSTRAP_SERVERS",
+                     "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM"):
+        monkeypatch.setenv(variable, "")
+    settings = Settings()
+    assert settings.home == _default_home().resolve()
+    assert settings.resolved_reports_dir == settings.home / "reports"
+    assert settings.models_dir == settings.home / "models"
+    assert settings.shards_dir == settings.home / "shards"
+    assert settings.lakehouse_data_path == f"{settings.home / 'lakehouse' / 'data'}/"
+    assert settings.manages_kafka and settings.shard_retention_days is None
+
+
+def test_bootstrap_servers_in_every_form_librdkafka_takes(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, kafka_bootstrap_servers=" b-1.example.com:9092, [::1]:9093,SASL_SSL://b2:9094,b3")
+    assert settings.bootstrap_servers == "b-1.example.com:9092,[::1]:9093,SASL_SSL://b2:9094,b3"
+    assert Settings(home=tmp_path, kafka_ssl_endpoint_identification_algorithm="NONE") \
+        .kafka_client_config()["ssl.endpoint.identification.algorithm"] == "none"
+
+
+def test_a_file_where_a_folder_goes_names_the_setting(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    with pytest.raises(ConfigurationError, match=f"WORKBENCH_HOME must be a folder, but {a_file} is a file"):
+        Settings(home=a_file)
+    with pytest.raises(ConfigurationError, match=f"WORKBENCH_MODELS_DIR must be a folder, .* under {a_file}, which"):
+        Settings(home=tmp_path, models_dir_override=a_file / "models")
+    spaced = tmp_path / "a home with spaces/ünïcode"
+    assert Settings(home=spaced).home == spaced  # any folder name works, created or not
+
+
+def test_the_cli_prints_one_line_naming_the_setting_and_exits_2(tmp_path: Path) -> None:
+    env = {**os.environ, "WORKBENCH_HOME": str(tmp_path), "WORKBENCH_PARTITIONS": "four",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "workbench.cli", "status"], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "workbench: error: WORKBENCH_PARTITIONS (Settings argument partitions): Input should be a valid integer, "
+        "unable to parse string as an integer. Got 'four' instead."]
