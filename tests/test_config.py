@@ -119,3 +119,40 @@ def test_the_cli_prints_one_line_naming_the_setting_and_exits_2(tmp_path: Path) 
     assert done.stderr.strip().splitlines() == [
         "workbench: error: WORKBENCH_PARTITIONS (Settings argument partitions): Input should be a valid integer, "
         "unable to parse string as an integer. Got 'four' instead."]
+
+
+def test_client_settings_librdkafka_would_refuse_name_the_setting(tmp_path: Path) -> None:
+    external = {"home": tmp_path, "kafka_bootstrap_servers": "broker.example:9096"}
+    cases = [
+        ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "PLAIN", "kafka_sasl_username": "u"},
+         "KAFKA_SASL_MECHANISM=PLAIN needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD, but KAFKA_SASL_PASSWORD is"),
+        ({"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_sasl_mechanism": "SCRAM-SHA-512"},
+         "but KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are not set"),
+        ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_username": "u", "kafka_sasl_password": "p"},
+         "KAFKA_SECURITY_PROTOCOL=SASL_SSL needs KAFKA_SASL_MECHANISM"),
+        ({"kafka_security_protocol": "SSL", "kafka_ssl_ca_location": tmp_path / "missing-ca.pem"},
+         f"KAFKA_SSL_CA_LOCATION is {tmp_path / 'missing-ca.pem'}, which does not exist"),
+        ({"kafka_security_protocol": "SSL", "kafka_ssl_key_location": tmp_path / "k.pem"}, "KAFKA_SSL_KEY_LOCATION"),
+    ]
+    for values, message in cases:
+        settings = Settings(**external, **values)
+        with pytest.raises(ConfigurationError, match=message):
+            settings.kafka_client_config()
+    # the managed broker's own secured listener needs none of them (its generated user and CA)
+    assert Settings(home=tmp_path, kafka_security_protocol="SASL_SSL").kafka_client_config()["sasl.mechanism"] \
+        == "SCRAM-SHA-512"
+    # a CA folder is what librdkafka takes too
+    assert Settings(**external, kafka_security_protocol="SSL", kafka_ssl_ca_location=tmp_path) \
+        .kafka_client_config()["ssl.ca.location"] == str(tmp_path)
+
+
+def test_an_app_with_a_missing_password_exits_at_once_naming_it(tmp_path: Path) -> None:
+    env = {**os.environ, "WORKBENCH_HOME": str(tmp_path), "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+           "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "u",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("KAFKA_SASL_PASSWORD", None)
+    done = subprocess.run([sys.executable, "-m", "workbench.cli", "app", "analytics"], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "but KAFKA_SASL_PASSWORD is not set" in done.stderr

@@ -533,7 +533,33 @@ class Settings(BaseSettings):
             "ssl.endpoint.identification.algorithm": self.kafka_ssl_endpoint_identification_algorithm,
         }
         config.update({key: str(value) for key, value in optional.items() if value is not None})
+        self._check_client_config(config)
         return config
+
+    def _check_client_config(self, config: dict[str, Any]) -> None:
+        """Refuse, naming the settings, what librdkafka would refuse when a client is created (a
+        KafkaException traceback from whichever module creates the first client)."""
+        protocol = config["security.protocol"]
+        mechanism = config.get("sasl.mechanism")
+        if protocol.startswith("SASL_") and mechanism is None:
+            msg = (f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_MECHANISM, one of "
+                   f"{', '.join(SASL_MECHANISMS)} (unset, librdkafka would try GSSAPI/Kerberos).")
+            raise ConfigurationError(msg)
+        needs_password = mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+        if protocol.startswith("SASL_") and needs_password and not self.manages_kafka:
+            missing = [name for name, key in (("KAFKA_SASL_USERNAME", "sasl.username"),
+                                              ("KAFKA_SASL_PASSWORD", "sasl.password")) if key not in config]
+            if missing:
+                msg = (f"KAFKA_SASL_MECHANISM={mechanism} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD, "
+                       f"but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set.")
+                raise ConfigurationError(msg)
+        if protocol.endswith("SSL"):
+            for key, variable in (("ssl.ca.location", "KAFKA_SSL_CA_LOCATION"),
+                                  ("ssl.certificate.location", "KAFKA_SSL_CERTIFICATE_LOCATION"),
+                                  ("ssl.key.location", "KAFKA_SSL_KEY_LOCATION")):
+                if key in config and not Path(config[key]).exists():
+                    msg = f"{variable} is {config[key]}, which does not exist (KAFKA_SECURITY_PROTOCOL={protocol})."
+                    raise ConfigurationError(msg)
 
     def _managed_credentials(self) -> dict[str, Any]:
         # Written by the broker's first secured start (workbench.broker._security), owner-only.
