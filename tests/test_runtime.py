@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import make_log, wait_until
+from workbench._lifeline import home_processes
 from workbench.config import Settings
 from workbench.runtime import Workbench, WorkbenchStateError
 
@@ -66,3 +69,23 @@ def test_start_steer_watch_and_stop_from_the_python_api(kafka_settings: Settings
     assert all(p["state"] in ("stopped", "finished") for p in state.values()), state
     with pytest.raises(WorkbenchStateError, match="No workbench runs"):
         Workbench.attach(kafka_settings)
+
+
+def test_two_starts_at_the_same_moment_run_one_workbench(kafka_settings: Settings) -> None:
+    """Both would pass the "one already runs" checks before either supervisor is up: the second is
+    refused (start lock), so one home never has two supervisors, two sets of apps and two replays."""
+    env = {**os.environ, **kafka_settings.to_env()}
+    starts = [subprocess.Popen([sys.executable, "-m", "workbench.cli", "start", "--app-instances", "1"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(start.wait(timeout=180), start.stderr.read()) for start in starts]
+    try:
+        assert sorted(code for code, _ in results) == [0, 2], results
+        refused = next(err for code, err in results if code == 2)
+        assert "in progress" in refused or "already runs" in refused, refused
+        assert "Traceback" not in refused
+        assert len(home_processes(kafka_settings.home, roles=("supervisor",))) == 1
+    finally:
+        for start in starts:
+            start.stdout.close()
+            start.stderr.close()
+        Workbench.stop_orphans(kafka_settings)
