@@ -156,3 +156,37 @@ def test_an_app_with_a_missing_password_exits_at_once_naming_it(tmp_path: Path) 
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert "but KAFKA_SASL_PASSWORD is not set" in done.stderr
+
+
+@pytest.fixture
+def unwritable_home(tmp_path: Path) -> Path:
+    """A home the workbench cannot create: under a read-only folder, or (root ignores permission bits)
+    under /sys, where mkdir is refused to everyone."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if not os.access(locked, os.W_OK):
+        return locked / "home"
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("needs a folder this user cannot write")
+    return Path("/sys/kernel/workbench-test-home")
+
+
+def test_an_unwritable_home_is_one_line_from_every_command(unwritable_home: Path) -> None:
+    from tests.helpers import free_port_pair
+
+    env = {**os.environ, "WORKBENCH_HOME": str(unwritable_home), "WORKBENCH_KAFKA_PORT": str(free_port_pair()),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    for command in (["start"], ["kafka", "start"]):  # the API's own check; the broker's first mkdir
+        done = subprocess.run([sys.executable, "-m", "workbench.cli", *command], env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert str(unwritable_home) in done.stderr and "WORKBENCH_HOME" in done.stderr, done.stderr
+
+
+def test_starting_in_an_unwritable_home_names_it(unwritable_home: Path) -> None:
+    from workbench.runtime import Workbench
+
+    with pytest.raises(ConfigurationError, match=f"WORKBENCH_HOME {unwritable_home} cannot be created or written"):
+        Workbench.start(settings=Settings(home=unwritable_home, kafka_bootstrap_servers="127.0.0.1:1"))
