@@ -89,3 +89,20 @@ def test_two_starts_at_the_same_moment_run_one_workbench(kafka_settings: Setting
             start.stdout.close()
             start.stderr.close()
         Workbench.stop_orphans(kafka_settings)
+
+
+def test_the_status_shows_why_a_supervised_process_keeps_exiting(kafka_settings: Settings) -> None:
+    """An app that exits with an explained error (here: a PostgreSQL catalog that does not answer) is
+    restarted with backoff as before; the status says why, not only "backoff (N restarts)"."""
+    from tests.helpers import free_port_pair
+
+    settings = kafka_settings.with_overrides(
+        lakehouse_catalog=f"postgres:host=127.0.0.1 port={free_port_pair()} dbname=lake")
+    wb = Workbench.start(settings=settings, apps=("anomaly-sink",))
+    try:
+        failing = wait_until(lambda: (p := wb.status().processes["anomaly-sink"]).get("error") and p, timeout=90)
+        assert failing["state"] in ("backoff", "failed")
+        assert failing["error"].startswith("The lakehouse catalog (WORKBENCH_LAKEHOUSE_CATALOG) does not answer")
+        assert "anomaly-sink exited: The lakehouse catalog" in str(wb.status())
+    finally:
+        wb.stop()
