@@ -9,6 +9,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from workbench.broker import (
+    BrokerError,
     BrokerSetupError,
     LocalKafka,
     PortInUseError,
@@ -138,3 +139,11 @@ def test_the_wait_says_why_a_broker_does_not_answer(tmp_path: Path) -> None:
         settings = Settings(home=tmp_path, kafka_bootstrap_servers=f"127.0.0.1:{silent.getsockname()[1]}")
         with pytest.raises(BrokerUnavailableError, match="does not answer as a Kafka broker"):
             wait_for_broker(settings, timeout=5.0)
+
+
+def test_a_port_without_room_for_the_controller_is_named(tmp_path: Path) -> None:
+    broker = LocalKafka(Settings(home=tmp_path, kafka_port=65535))  # the controller would be on 65536
+    with pytest.raises(BrokerError, match="WORKBENCH_KAFKA_PORT 65535 leaves no room for the controller"):
+        broker.start()
+    with pytest.raises(BrokerError, match="WORKBENCH_KAFKA_PORT 65534 leaves no room"):
+        LocalKafka(Settings(home=tmp_path, kafka_port=65534, kafka_listeners="plaintext,ssl")).start()

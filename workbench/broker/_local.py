@@ -414,9 +414,10 @@ class LocalKafka:
             wait_for_broker(self.settings, timeout=timeout)
             return self.status()
         ports = self.settings.kafka_listener_ports
-        if max(ports.values()) > 65535:
-            msg = (f"WORKBENCH_KAFKA_PORT {self.settings.kafka_port} leaves no room for the {len(ports)} listeners "
-                   f"of WORKBENCH_KAFKA_LISTENERS ({self.settings.kafka_listeners}): choose a lower port.")
+        if max(*ports.values(), self.controller_port) > 65535:
+            msg = (f"WORKBENCH_KAFKA_PORT {self.settings.kafka_port} leaves no room for the controller (the next "
+                   f"port) and the {len(ports)} listener(s) of WORKBENCH_KAFKA_LISTENERS "
+                   f"({self.settings.kafka_listeners}): choose a lower port.")
             raise BrokerError(msg)
         for needed in (*ports.values(), self.controller_port):
             if not _port_free(needed):
