@@ -147,3 +147,13 @@ def test_a_port_without_room_for_the_controller_is_named(tmp_path: Path) -> None
         broker.start()
     with pytest.raises(BrokerError, match="WORKBENCH_KAFKA_PORT 65534 leaves no room"):
         LocalKafka(Settings(home=tmp_path, kafka_port=65534, kafka_listeners="plaintext,ssl")).start()
+
+
+def test_topics_without_a_broker_say_what_to_check(tmp_path: Path) -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(BrokerError, match=r"within 2 s: .*Check KAFKA_BOOTSTRAP_SERVERS"):
+        ensure_topics(Settings(home=tmp_path, kafka_bootstrap_servers=f"127.0.0.1:{port}"), timeout=2.0)
+    with pytest.raises(BrokerError, match=r"Is the local Kafka running \(`workbench kafka start`\)"):
+        ensure_topics(Settings(home=tmp_path, kafka_port=port), timeout=2.0)
