@@ -106,3 +106,21 @@ def test_the_status_shows_why_a_supervised_process_keeps_exiting(kafka_settings:
         assert "anomaly-sink exited: The lakehouse catalog" in str(wb.status())
     finally:
         wb.stop()
+
+
+def test_bad_start_options_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    """The replay and the apps would refuse them too, but only after "started", restarted in a loop."""
+    from workbench.exceptions import WorkbenchError
+
+    log = make_log(tmp_path / "log.parquet", rows=100)
+    settings = Settings(home=tmp_path / "home", kafka_bootstrap_servers="127.0.0.1:1")  # never reached
+    began = time.monotonic()
+    for options, message in (({"speedup": "fast"}, "speedup must be a number or 'max'. Got 'fast'"),
+                             ({"pack": 0}, r"pack \(queries per Kafka message\) must be an integer >= 1"),
+                             ({"retrain_every_days": 0}, r"retrain_every_days \(--every-n-days\) must be >= 1"),
+                             ({"app_instances": 0}, "1 to 64 processes"),
+                             ({"app_instances": {"scorer": 2}}, "names apps that are not started: \\['scorer'\\]")):
+        with pytest.raises(WorkbenchError, match=message):
+            Workbench.start(data=log, settings=settings, **options)
+    assert time.monotonic() - began < 30  # no broker wait (it would take 90 s)
+    assert home_processes(settings.home) == []

@@ -113,14 +113,14 @@ def app_instance_counts(apps: Sequence[str], app_instances: int | Mapping[str, i
         unknown = sorted(set(app_instances) - set(apps))
         if unknown:
             msg = f"app_instances names apps that are not started: {unknown}; the apps are {list(apps)}."
-            raise ValueError(msg)
+            raise ConfigurationError(msg)
         counts = {app: int(app_instances.get(app, 1)) for app in apps}
     else:
         counts = dict.fromkeys(apps, int(app_instances))
     bad = {app: n for app, n in counts.items() if not 1 <= n <= 64}
     if bad:
         msg = f"Each app runs 1 to 64 processes per machine. Got {bad} instead."
-        raise ValueError(msg)
+        raise ConfigurationError(msg)
     return counts
 
 
@@ -231,17 +231,20 @@ class Workbench:
                        f"{', '.join(str(p.pid) for p in orphans)}); a second set would work on the same state "
                        "files. Stop them with `workbench stop` (or Workbench.stop_orphans()) first.")
                 raise WorkbenchStateError(msg)
-            if data is not None:
-                from workbench.replay import validate_log
+            # Checked here, not by the processes, which would refuse them in a restart loop after "started".
+            if retrain_every_days < 1:
+                msg = f"retrain_every_days (--every-n-days) must be >= 1. Got {retrain_every_days!r} instead."
+                raise ConfigurationError(msg)
+            app_instance_counts(apps, app_instances)
+            from workbench.replay import replay_format, validate_log, validate_speed
 
+            pack, encoding = replay_format(pack, encoding)
+            if data is not None:
                 validate_log(data)
+                validate_speed(speedup)
             kafka_was_running = settings.manages_kafka and broker_status(settings).running
             ensure_broker(settings)
             started_kafka = settings.manages_kafka and not kafka_was_running
-
-            from workbench.replay import replay_format
-
-            pack, encoding = replay_format(pack, encoding)
             specs = build_specs(data, apps=apps, speedup=speedup, pack=pack, replay_id=replay_id, reset=reset,
                                 retrain_every_days=retrain_every_days, idle_exit=idle_exit, encoding=encoding,
                                 commands_since=time.time(), app_instances=app_instances)
