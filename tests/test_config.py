@@ -33,6 +33,7 @@ BAD_VALUES = [
     ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-1"),
     ("WORKBENCH_KAFKA_LISTENERS", "PLAINTEXT,TLS"),
     ("WORKBENCH_KAFKA_HEAP", "lots"),
+    ("WORKBENCH_KAFKA_HEAP", "64m"),  # below the broker's -Xms256m: the JVM would not start
     ("WORKBENCH_TOPIC_ANOMALIES", "anomalies and more"),
     ("WORKBENCH_TOPIC_QUERY_EVENTS", ""),
     ("KAFKA_BOOTSTRAP_SERVERS", "::::"),

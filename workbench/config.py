@@ -348,8 +348,11 @@ class Settings(BaseSettings):
     @field_validator("kafka_heap", mode="after")
     @classmethod
     def _heap(cls, value: str) -> str:
-        if not re.fullmatch(r"[1-9]\d*[kKmMgG]?", value.strip()):
-            msg = f"WORKBENCH_KAFKA_HEAP must be a Java heap size such as 768m or 2g. Got {value!r} instead."
+        match = re.fullmatch(r"([1-9]\d*)([kKmMgG]?)", value.strip())
+        size = int(match[1]) * 1024 ** " kmg".index(match[2].lower() or " ") if match else 0
+        if size < _MIN_HEAP_BYTES:  # the broker starts with -Xms256m; the JVM refuses a smaller maximum
+            msg = (f"WORKBENCH_KAFKA_HEAP must be a Java heap size of at least 256m, such as 768m or 2g. "
+                   f"Got {value!r} instead.")
             raise ValueError(msg)
         return value.strip()
 
@@ -610,6 +613,9 @@ class Settings(BaseSettings):
         data.update(changes)
         return type(self)(**data)
 
+
+#: The managed broker's initial heap (``-Xms256m``), so the least WORKBENCH_KAFKA_HEAP can be.
+_MIN_HEAP_BYTES = 256 * 1024**2
 
 #: A legal Kafka topic name (Kafka's own rule).
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
