@@ -9,6 +9,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from workbench.broker import (
+    BrokerError,
     BrokerSetupError,
     LocalKafka,
     PortInUseError,
@@ -122,3 +123,37 @@ def test_unreachable_broker_is_named_and_the_wait_shows_progress(tmp_path: Path,
         wait_for_broker(settings, timeout=3.0)
     waiting = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
     assert len(waiting) >= 1 and all(f"127.0.0.1:{port}" in line for line in waiting), waiting
+
+
+def test_the_wait_says_why_a_broker_does_not_answer(tmp_path: Path) -> None:
+    """librdkafka's exception only says "broker transport failure"; the error names the cause: a host
+    that does not resolve, or something that accepts connections but does not speak Kafka."""
+    from workbench.broker import BrokerUnavailableError, wait_for_broker
+
+    unresolvable = Settings(home=tmp_path, kafka_bootstrap_servers="no-such-host.invalid:9092")
+    with pytest.raises(BrokerUnavailableError, match="Failed to resolve 'no-such-host.invalid:9092'"):
+        wait_for_broker(unresolvable, timeout=3.0)
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        settings = Settings(home=tmp_path, kafka_bootstrap_servers=f"127.0.0.1:{silent.getsockname()[1]}")
+        with pytest.raises(BrokerUnavailableError, match="does not answer as a Kafka broker"):
+            wait_for_broker(settings, timeout=5.0)
+
+
+def test_a_port_without_room_for_the_controller_is_named(tmp_path: Path) -> None:
+    broker = LocalKafka(Settings(home=tmp_path, kafka_port=65535))  # the controller would be on 65536
+    with pytest.raises(BrokerError, match="WORKBENCH_KAFKA_PORT 65535 leaves no room for the controller"):
+        broker.start()
+    with pytest.raises(BrokerError, match="WORKBENCH_KAFKA_PORT 65534 leaves no room"):
+        LocalKafka(Settings(home=tmp_path, kafka_port=65534, kafka_listeners="plaintext,ssl")).start()
+
+
+def test_topics_without_a_broker_say_what_to_check(tmp_path: Path) -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(BrokerError, match=r"within 2 s: .*Check KAFKA_BOOTSTRAP_SERVERS"):
+        ensure_topics(Settings(home=tmp_path, kafka_bootstrap_servers=f"127.0.0.1:{port}"), timeout=2.0)
+    with pytest.raises(BrokerError, match=r"Is the local Kafka running \(`workbench kafka start`\)"):
+        ensure_topics(Settings(home=tmp_path, kafka_port=port), timeout=2.0)

@@ -198,3 +198,17 @@ def test_a_sink_fed_only_malformed_messages_dead_letters_them_without_opening_th
     assert result["dead_letters"] == 2 and result["sink_rows"] == 0 and result["anomalies"] == 0
     assert len(consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=2, timeout=20)) == 2
     assert not (kafka_settings.lakehouse_dir / "catalog.sqlite").exists()
+
+
+def test_an_unreachable_postgres_catalog_stops_the_sink_process_at_start(kafka_settings: Settings) -> None:
+    """The lakehouse opens lazily, with the first anomaly (maybe days into a replay): a PostgreSQL catalog
+    that does not answer is found when the process starts, named, and exits it (no traceback)."""
+    from tests.helpers import free_port_pair
+
+    env = {**kafka_settings.to_env(), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "WORKBENCH_LAKEHOUSE_CATALOG": f"postgres:host=127.0.0.1 port={free_port_pair()} dbname=lake"}
+    done = subprocess.run([sys.executable, "-m", "workbench.cli", "app", "anomaly-sink"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "WORKBENCH_LAKEHOUSE_CATALOG" in done.stderr and "Connection refused" in done.stderr, done.stderr

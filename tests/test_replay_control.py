@@ -399,3 +399,26 @@ def test_without_validation_a_row_that_cannot_be_converted_is_dead_lettered_not_
     assert [codec.header(m.headers(), "row") for m in dead] == ["7"]
     assert codec.header(dead[0].headers(), "reason").startswith("cannot convert row: ")
     assert codec.header(dead[0].headers(), "app") == "replay"
+
+
+def test_a_command_no_broker_takes_says_why_and_is_not_delivered_later(kafka_settings: Settings) -> None:
+    import socket
+
+    from workbench.replay import ReplayError
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    nowhere = kafka_settings.with_overrides(kafka_bootstrap_servers=f"127.0.0.1:{port}")
+    with pytest.raises(ReplayError, match=rf"'pause' command .*: not delivered in 10 s: no Kafka broker answered "
+                                          rf"at 127.0.0.1:{port}, or .*Is the workbench running"):
+        ReplayController(nowhere, "default").pause()
+    # the broker answers but has no control topic: the same error; and once the topic exists, the
+    # failed command does not arrive after all (the user was told it failed)
+    missing = kafka_settings.with_overrides(topic_replay_control=f"{kafka_settings.topic_replay_control}.late")
+    controller = ReplayController(missing, "default")
+    with pytest.raises(ReplayError, match="'resume' command .* or it lacks the topic"):
+        controller.resume()
+    ensure_topics(missing)
+    assert controller._producer is not None and controller._producer.flush(10) == 0
+    assert consume_all(missing, missing.topic_replay_control, timeout=10) == []

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import make_log, wait_until
+from workbench._lifeline import home_processes
 from workbench.config import Settings
 from workbench.runtime import Workbench, WorkbenchStateError
 
@@ -66,3 +69,58 @@ def test_start_steer_watch_and_stop_from_the_python_api(kafka_settings: Settings
     assert all(p["state"] in ("stopped", "finished") for p in state.values()), state
     with pytest.raises(WorkbenchStateError, match="No workbench runs"):
         Workbench.attach(kafka_settings)
+
+
+def test_two_starts_at_the_same_moment_run_one_workbench(kafka_settings: Settings) -> None:
+    """Both would pass the "one already runs" checks before either supervisor is up: the second is
+    refused (start lock), so one home never has two supervisors, two sets of apps and two replays."""
+    env = {**os.environ, **kafka_settings.to_env()}
+    starts = [subprocess.Popen([sys.executable, "-m", "workbench.cli", "start", "--app-instances", "1"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(start.wait(timeout=180), start.stderr.read()) for start in starts]
+    try:
+        assert sorted(code for code, _ in results) == [0, 2], results
+        refused = next(err for code, err in results if code == 2)
+        assert "in progress" in refused or "already runs" in refused, refused
+        assert "Traceback" not in refused
+        assert len(home_processes(kafka_settings.home, roles=("supervisor",))) == 1
+    finally:
+        for start in starts:
+            start.stdout.close()
+            start.stderr.close()
+        Workbench.stop_orphans(kafka_settings)
+
+
+def test_the_status_shows_why_a_supervised_process_keeps_exiting(kafka_settings: Settings) -> None:
+    """An app that exits with an explained error (here: a PostgreSQL catalog that does not answer) is
+    restarted with backoff as before; the status says why, not only "backoff (N restarts)"."""
+    from tests.helpers import free_port_pair
+
+    settings = kafka_settings.with_overrides(
+        lakehouse_catalog=f"postgres:host=127.0.0.1 port={free_port_pair()} dbname=lake")
+    wb = Workbench.start(settings=settings, apps=("anomaly-sink",))
+    try:
+        failing = wait_until(lambda: (p := wb.status().processes["anomaly-sink"]).get("error") and p, timeout=90)
+        assert failing["state"] in ("backoff", "failed")
+        assert failing["error"].startswith("The lakehouse catalog (WORKBENCH_LAKEHOUSE_CATALOG) does not answer")
+        assert "anomaly-sink exited: The lakehouse catalog" in str(wb.status())
+    finally:
+        wb.stop()
+
+
+def test_bad_start_options_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    """The replay and the apps would refuse them too, but only after "started", restarted in a loop."""
+    from workbench.exceptions import WorkbenchError
+
+    log = make_log(tmp_path / "log.parquet", rows=100)
+    settings = Settings(home=tmp_path / "home", kafka_bootstrap_servers="127.0.0.1:1")  # never reached
+    began = time.monotonic()
+    for options, message in (({"speedup": "fast"}, "speedup must be a number or 'max'. Got 'fast'"),
+                             ({"pack": 0}, r"pack \(queries per Kafka message\) must be an integer >= 1"),
+                             ({"retrain_every_days": 0}, r"retrain_every_days \(--every-n-days\) must be >= 1"),
+                             ({"app_instances": 0}, "1 to 64 processes"),
+                             ({"app_instances": {"scorer": 2}}, "names apps that are not started: \\['scorer'\\]")):
+        with pytest.raises(WorkbenchError, match=message):
+            Workbench.start(data=log, settings=settings, **options)
+    assert time.monotonic() - began < 30  # no broker wait (it would take 90 s)
+    assert home_processes(settings.home) == []

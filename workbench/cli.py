@@ -8,6 +8,7 @@ one-paragraph message and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -39,6 +40,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment with the global CLI options on top."""
     return get_settings(home=args.home, kafka_bootstrap_servers=args.bootstrap_servers)
 
+
+#: Errors of a folder the workbench cannot write.
+_UNWRITABLE: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
 
 #: Commands parsed with their own module only: ``workbench app NAME`` starts an app process, whose
 #: start-up (to its first commit) would otherwise import every command's module (replay, data
@@ -99,6 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("workbench: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in _UNWRITABLE:
+            raise
+        # a home on a read-only mount, a folder of another user, a full disk: the user's to fix, not a crash
+        print(f"workbench: error: {exc.strerror}: {exc.filename} (WORKBENCH_HOME and the other folder "
+              "settings say where the workbench writes)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -9,13 +9,18 @@ from ``WORKBENCH_HOME``, an absolute path, so nothing depends on the current dir
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workbench.exceptions import ConfigurationError
 
 __all__ = ["KAFKA_VERSION", "MANAGED_SASL_MECHANISM", "SASL_MECHANISMS", "SECURITY_PROTOCOLS", "Settings",
            "get_settings"]
@@ -243,6 +248,10 @@ class Settings(BaseSettings):
         ),
     )
 
+    def __init__(self, **values: Any) -> None:
+        with _explained():
+            super().__init__(**values)
+
     @field_validator("lakehouse_catalog", mode="after")
     @classmethod
     def _catalog(cls, value: str) -> str:
@@ -288,7 +297,10 @@ class Settings(BaseSettings):
         return ",".join(names)
 
     @field_validator("kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
-                     "kafka_sasl_mechanism", "kafka_security_protocol", mode="before")
+                     "kafka_sasl_mechanism", "kafka_security_protocol", "kafka_bootstrap_servers",
+                     "kafka_ssl_endpoint_identification_algorithm", "reports_dir", "lakehouse_data",
+                     "window_stats_url", "shards_dir_override", "models_dir_override", "archive_dir_override",
+                     "shard_retention_days", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any, info: Any) -> Any:
         # `export KAFKA_SSL_CA_LOCATION=` means "not set", not "the current directory"
@@ -296,7 +308,53 @@ class Settings(BaseSettings):
             return None
         if info.field_name == "kafka_security_protocol" and isinstance(value, str):
             return value.strip().upper()  # librdkafka accepts sasl_ssl as well as SASL_SSL
+        if info.field_name == "kafka_ssl_endpoint_identification_algorithm" and isinstance(value, str):
+            return value.strip().lower()
         return value
+
+    @field_validator("home", "cache_dir", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any, info: Any) -> Any:
+        # `export WORKBENCH_HOME=` means the default, not the current directory
+        if isinstance(value, str) and not value.strip():
+            return _default_home() if info.field_name == "home" else _default_cache()
+        return value
+
+    @field_validator("kafka_bootstrap_servers", mode="after")
+    @classmethod
+    def _bootstrap(cls, value: str | None) -> str | None:
+        # Checked here: librdkafka takes any text and retries it until a timeout, as if the cluster were down.
+        if value is None:
+            return None
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        bad = [item for item in items if not _valid_address(item)]
+        if bad:
+            msg = ("KAFKA_BOOTSTRAP_SERVERS must be a comma-separated list of host:port (IPv6: [address]:port), "
+                   f"e.g. 'broker-1.example.com:9092,broker-2.example.com:9092'. Got {value!r}, in which "
+                   f"{bad[0]!r} is not one.")
+            raise ValueError(msg)
+        return ",".join(items)
+
+    @field_validator("topic_query_events", "topic_anomalies", "topic_dead_letter", "topic_replay_control",
+                     "topic_replay_state", mode="after")
+    @classmethod
+    def _topic(cls, value: str, info: Any) -> str:
+        if not _TOPIC_NAME.fullmatch(value) or value in (".", ".."):
+            msg = (f"WORKBENCH_{info.field_name.upper()} must be a Kafka topic name: 1 to 249 of the characters "
+                   f"a-z, A-Z, 0-9, '.', '_' and '-'. Got {value!r} instead.")
+            raise ValueError(msg)
+        return value
+
+    @field_validator("kafka_heap", mode="after")
+    @classmethod
+    def _heap(cls, value: str) -> str:
+        match = re.fullmatch(r"([1-9]\d*)([kKmMgG]?)", value.strip())
+        size = int(match[1]) * 1024 ** " kmg".index(match[2].lower() or " ") if match else 0
+        if size < _MIN_HEAP_BYTES:  # the broker starts with -Xms256m; the JVM refuses a smaller maximum
+            msg = (f"WORKBENCH_KAFKA_HEAP must be a Java heap size of at least 256m, such as 768m or 2g. "
+                   f"Got {value!r} instead.")
+            raise ValueError(msg)
+        return value.strip()
 
     @field_validator("kafka_sasl_mechanism", mode="after")
     @classmethod
@@ -315,6 +373,20 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path | None) -> Path | None:
         # Resolve once, here, so that a later chdir cannot move where the workbench writes.
         return None if value is None else value.expanduser().resolve()
+
+    @field_validator("home", "cache_dir", "reports_dir", "models_dir_override", "archive_dir_override",
+                     mode="after")
+    @classmethod
+    def _folder(cls, value: Path | None, info: Any) -> Path | None:
+        # A file where a folder of the workbench goes is found here, naming the setting, rather than
+        # as a NotADirectoryError deep inside some command.
+        existing = next((path for path in (value, *value.parents) if path.exists()), None) if value else None
+        if existing is not None and not existing.is_dir():
+            alias = cls.model_fields[info.field_name].validation_alias
+            where = "is a file" if existing == value else f"lies under {existing}, which is a file"
+            msg = f"{alias} must be a folder, but {value} {where}."
+            raise ValueError(msg)
+        return value
 
     # --- derived -----------------------------------------------------------------------------
     @property
@@ -464,7 +536,33 @@ class Settings(BaseSettings):
             "ssl.endpoint.identification.algorithm": self.kafka_ssl_endpoint_identification_algorithm,
         }
         config.update({key: str(value) for key, value in optional.items() if value is not None})
+        self._check_client_config(config)
         return config
+
+    def _check_client_config(self, config: dict[str, Any]) -> None:
+        """Refuse, naming the settings, what librdkafka would refuse when a client is created (a
+        KafkaException traceback from whichever module creates the first client)."""
+        protocol = config["security.protocol"]
+        mechanism = config.get("sasl.mechanism")
+        if protocol.startswith("SASL_") and mechanism is None:
+            msg = (f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_MECHANISM, one of "
+                   f"{', '.join(SASL_MECHANISMS)} (unset, librdkafka would try GSSAPI/Kerberos).")
+            raise ConfigurationError(msg)
+        needs_password = mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+        if protocol.startswith("SASL_") and needs_password and not self.manages_kafka:
+            missing = [name for name, key in (("KAFKA_SASL_USERNAME", "sasl.username"),
+                                              ("KAFKA_SASL_PASSWORD", "sasl.password")) if key not in config]
+            if missing:
+                msg = (f"KAFKA_SASL_MECHANISM={mechanism} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD, "
+                       f"but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set.")
+                raise ConfigurationError(msg)
+        if protocol.endswith("SSL"):
+            for key, variable in (("ssl.ca.location", "KAFKA_SSL_CA_LOCATION"),
+                                  ("ssl.certificate.location", "KAFKA_SSL_CERTIFICATE_LOCATION"),
+                                  ("ssl.key.location", "KAFKA_SSL_KEY_LOCATION")):
+                if key in config and not Path(config[key]).exists():
+                    msg = f"{variable} is {config[key]}, which does not exist (KAFKA_SECURITY_PROTOCOL={protocol})."
+                    raise ConfigurationError(msg)
 
     def _managed_credentials(self) -> dict[str, Any]:
         # Written by the broker's first secured start (workbench.broker._security), owner-only.
@@ -513,7 +611,48 @@ class Settings(BaseSettings):
             return self
         data = self.model_dump()
         data.update(changes)
-        return type(self).model_validate(data)
+        return type(self)(**data)
+
+
+#: The managed broker's initial heap (``-Xms256m``), so the least WORKBENCH_KAFKA_HEAP can be.
+_MIN_HEAP_BYTES = 256 * 1024**2
+
+#: A legal Kafka topic name (Kafka's own rule).
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def _valid_address(item: str) -> bool:
+    """``host[:port]`` or ``[ipv6][:port]``, optionally after a ``PROTOCOL://`` prefix (librdkafka accepts both)."""
+    address = item.split("://", 1)[1] if "://" in item else item
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?", address)
+    return match is not None and (match[2] is None or 1 <= int(match[2]) <= 65535)
+
+
+@contextmanager
+def _explained() -> Iterator[None]:
+    """Turn pydantic's ValidationError into a ConfigurationError that names each bad setting by its
+    environment variable and argument, with the value: a user mistake, not a traceback."""
+    try:
+        yield
+    except ValidationError as exc:
+        lines = [_explain_error(error) for error in exc.errors()]
+        head = "" if len(lines) == 1 else f"{len(lines)} settings have values the workbench cannot use:\n  "
+        raise ConfigurationError(head + "\n  ".join(lines)) from None
+
+
+def _explain_error(error: Any) -> str:
+    key = str(error["loc"][0]) if error["loc"] else ""
+    fields = Settings.model_fields
+    name = next((field_name for field_name, field in fields.items() if field.validation_alias == key), key)
+    if name not in fields:
+        return f"Settings has no setting {key!r} (see workbench.config.Settings for the ones it has)."
+    if error["type"] == "value_error":
+        return str(error["ctx"]["error"])  # the validators below name the setting and the value themselves
+    alias = fields[name].validation_alias
+    variable = alias if isinstance(alias, str) else f"WORKBENCH_{name.upper()}"
+    secret = fields[name].annotation in (SecretStr, SecretStr | None)
+    value = "" if secret else f" Got {error['input']!r} instead."
+    return f"{variable} (Settings argument {name}): {error['msg']}.{value}"
 
 
 def get_settings(**overrides: Any) -> Settings:

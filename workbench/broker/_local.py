@@ -109,6 +109,21 @@ def _security_hint(settings: Settings, error: KafkaError) -> str | None:
 _WAIT_NOTICE_S = 10.0
 
 
+class _LastReason(logging.Handler):
+    """Keeps librdkafka's latest connection failure as text: it says *why* (no such host, connection
+    refused, not a Kafka broker), where the client's exception only says "broker transport failure"."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.text: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage().rsplit("]: ", 1)[-1]
+        if "APIVERSION_QUERY" in text and "timed out" in text:
+            text += " (something accepts connections there but does not answer as a Kafka broker)"
+        self.text = text
+
+
 def _probe(settings: Settings, deadline: float, auth_retries: bool) -> tuple[int | None, list[str], str | None]:
     """Metadata requests until one answers, a credential is rejected (unless ``auth_retries``) or the
     deadline passes: (brokers or None, security error messages, last error text).
@@ -125,9 +140,13 @@ def _probe(settings: Settings, deadline: float, auth_retries: bool) -> tuple[int
         if (hint := _security_hint(settings, error)) is not None:
             security_errors.append(hint)
 
-    # log_level 2: the probe expects "connection refused" until the broker is up; don't print it.
+    # The probe expects "connection refused" until the broker is up: librdkafka's lines go to a private
+    # logger (never printed) that keeps the last one for the waiting notices and the error.
+    reason = _LastReason()
+    client_log = logging.Logger("workbench.broker.probe")
+    client_log.addHandler(reason)
     admin = AdminClient({**settings.kafka_client_config(), "socket.connection.setup.timeout.ms": 2000,
-                         "log_level": 2, "error_cb": on_error})
+                         "logger": client_log, "error_cb": on_error})
     last_error: str | None = None
     started = time.monotonic()
     next_notice = started + _WAIT_NOTICE_S
@@ -147,7 +166,8 @@ def _probe(settings: Settings, deadline: float, auth_retries: bool) -> tuple[int
                 on_error(exc.args[0])
         except Exception as exc:
             last_error = str(exc)
-        admin.poll(0)  # serves error_cb
+        admin.poll(0)  # serves error_cb and the logger
+        last_error = reason.text or last_error
         if security_errors and not auth_retries:
             break
         time.sleep(0.25)
@@ -394,9 +414,10 @@ class LocalKafka:
             wait_for_broker(self.settings, timeout=timeout)
             return self.status()
         ports = self.settings.kafka_listener_ports
-        if max(ports.values()) > 65535:
-            msg = (f"WORKBENCH_KAFKA_PORT {self.settings.kafka_port} leaves no room for the {len(ports)} listeners "
-                   f"of WORKBENCH_KAFKA_LISTENERS ({self.settings.kafka_listeners}): choose a lower port.")
+        if max(*ports.values(), self.controller_port) > 65535:
+            msg = (f"WORKBENCH_KAFKA_PORT {self.settings.kafka_port} leaves no room for the controller (the next "
+                   f"port) and the {len(ports)} listener(s) of WORKBENCH_KAFKA_LISTENERS "
+                   f"({self.settings.kafka_listeners}): choose a lower port.")
             raise BrokerError(msg)
         for needed in (*ports.values(), self.controller_port):
             if not _port_free(needed):

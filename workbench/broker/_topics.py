@@ -63,7 +63,9 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
     try:
         existing = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
-        msg = f"Cannot list topics at {settings.bootstrap_servers}: {exc}"
+        msg = f"Cannot list topics at {settings.bootstrap_servers} within {timeout:.0f} s: {exc}. " + (
+            "Is the local Kafka running (`workbench kafka start`)?" if settings.manages_kafka else
+            "Check KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_PROTOCOL and that the cluster is reachable.")
         raise BrokerError(msg) from exc
     to_create = [
         NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=-1, config=spec.config)

@@ -167,7 +167,9 @@ class AnomalySinkApp(WorkbenchApp):
         app = build_application(self.settings, APP_NAME, group=self.group, commit_interval=self.commit_interval,
                                 use_changelog_topics=False, on_processing_error=self.on_processing_error)
         self.dead_letters = DeadLetters(self.settings, APP_NAME, app.get_producer())
-        self.sink = DuckLakeSink(AnomalyLakehouse.from_settings(self.settings), maintain_every=self.maintain_every,
+        lakehouse = AnomalyLakehouse.from_settings(self.settings)
+        lakehouse.check_reachable()
+        self.sink = DuckLakeSink(lakehouse, maintain_every=self.maintain_every,
                                  maintain_interval_s=self.maintain_interval_s, status=self.status)
         topic = app.topic(self.settings.topic_anomalies, value_deserializer="bytes", key_deserializer="bytes")
         sdf = app.dataframe(topic)

@@ -1,6 +1,7 @@
 """Replay a Parquet query log into Kafka at an adjustable speed, steerable from any process."""
 
 from workbench.replay._control import COMMANDS, Command, InvalidCommand, ReplayController, ReplayStatus
+from workbench.replay._control import _validate_speed as validate_speed
 from workbench.replay._pacing import Clock, Pacer, SystemClock
 from workbench.replay._replay import BatchReport, Replay, replay_format
 from workbench.replay._source import LogFile, log_parts, validate_log
@@ -22,4 +23,5 @@ __all__ = [
     "log_parts",
     "replay_format",
     "validate_log",
+    "validate_speed",
 ]

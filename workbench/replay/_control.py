@@ -309,9 +309,17 @@ class ReplayController:
         if self._producer is None:
             self._producer = Producer({**self.settings.kafka_client_config(), "linger.ms": 0, "log_level": 3})
         cmd = Command(self.replay_id, command, value)
-        self._producer.produce(self.settings.topic_replay_control, key=self.replay_id.encode(), value=cmd.encode())
-        if self._producer.flush(10) != 0:
-            msg = f"Could not deliver the {command!r} command to {self.settings.topic_replay_control}"
+        failed: list[str] = []
+        self._producer.produce(self.settings.topic_replay_control, key=self.replay_id.encode(), value=cmd.encode(),
+                               on_delivery=lambda error, _message: error is None or failed.append(error.str()))
+        if self._producer.flush(10) != 0 or failed:
+            self._producer.purge()  # a command the user was told failed must not arrive later
+            why = failed[0] if failed else (f"not delivered in 10 s: no Kafka broker answered at "
+                                            f"{self.settings.bootstrap_servers}, or it lacks the topic "
+                                            "(`workbench topics` creates it)")
+            msg = (f"Could not deliver the {command!r} command to {self.settings.topic_replay_control}: {why}. "
+                   "Is the workbench running (`workbench status`)? KAFKA_BOOTSTRAP_SERVERS or WORKBENCH_KAFKA_PORT "
+                   "say where its broker is.")
             raise ReplayError(msg)
 
     def set_speed(self, speedup: float) -> None:

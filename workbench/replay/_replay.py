@@ -106,6 +106,9 @@ def replay_format(pack: int | None, encoding: str | None) -> tuple[int, str]:
     carries, at most the default pack (``json``: 1). Only the pack: ``json`` for 1, ``arrow``
     above (:func:`workbench.data.codec.default_encoding`).
     """
+    if pack is not None and (isinstance(pack, bool) or not isinstance(pack, int) or pack < 1):
+        msg = f"The pack (queries per Kafka message) must be an integer >= 1. Got {pack!r} instead."
+        raise ReplayError(msg)
     if encoding is None:
         if pack is None:
             return defaults.REPLAY_PACK, defaults.REPLAY_ENCODING

@@ -19,6 +19,7 @@ from typing import Any
 
 from workbench._lifeline import bind_to_supervisor
 from workbench.config import Settings, get_settings
+from workbench.exceptions import WorkbenchError
 
 __all__ = ["APP_RUNNERS", "LAUNCHERS", "main"]
 
@@ -93,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         msg = f"No process {args.name!r} in {args.home / 'run' / 'spec.json'} (it has {sorted(specs)})."
         raise SystemExit(msg)
     spec = specs[args.name]
-    settings = get_settings(home=args.home)
-    return LAUNCHERS[spec.kind](settings, spec.name, spec.options_for(restarted=args.restarted))
+    try:
+        settings = get_settings(home=args.home)
+        return LAUNCHERS[spec.kind](settings, spec.name, spec.options_for(restarted=args.restarted))
+    except WorkbenchError as exc:
+        # as the `workbench` command says it: the supervisor shows this line in the status
+        print(f"workbench: error: {exc}", flush=True)
+        return 2
 
 
 if __name__ == "__main__":

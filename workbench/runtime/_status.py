@@ -419,6 +419,7 @@ class WorkbenchStatus:
         procs = ", ".join(f"{name}: {p.get('state')}" + (f" ({p['restarts']} restarts)" if p.get("restarts") else "")
                           for name, p in self.processes.items())
         lines.append(f"processes: {procs or '-'}")
+        lines.extend(f"{name} exited: {p['error']}" for name, p in self.processes.items() if p.get("error"))
         if any(len(found) > 1 for found in self.instances.values()):
             per_app = ", ".join(f"{name} {n}" for name, n in self.running_instances.items())
             lines.append(f"instances running: {per_app} | trainer pid {self.trainer_pid or '-'}")

@@ -10,6 +10,7 @@ topic, status comes from the state topic, the apps' status files, the broker and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -17,17 +18,17 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench import defaults
-from workbench._fs import same_process
+from workbench._fs import same_process, try_flock
 from workbench._lifeline import home_processes, stop_processes, tags
 from workbench.broker import LocalKafka, broker_status, ensure_broker
 from workbench.config import Settings, get_settings
-from workbench.exceptions import WorkbenchError
+from workbench.exceptions import ConfigurationError, WorkbenchError
 from workbench.replay import ReplayController, ReplayStatus
 from workbench.runtime._status import (
     WorkbenchStatus,
@@ -66,6 +67,29 @@ class WorkbenchStateError(WorkbenchError, RuntimeError):
     """The workbench is not in the state the call needs (e.g. attach with nothing running)."""
 
 
+@contextlib.contextmanager
+def _start_lock(home: Path) -> Iterator[None]:
+    """Creates the home and holds ``<home>/run/start.lock`` around a start: two starts at the same moment
+    would both pass the "one already runs" checks and run two supervisors on one home."""
+    run = run_dir(home)
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)  # before Kafka creates anything in it
+        run.mkdir(exist_ok=True, mode=0o700)
+    except OSError as exc:
+        msg = (f"WORKBENCH_HOME {home} cannot be created or written ({exc.strerror}): choose a folder the "
+               "workbench can write, e.g. with WORKBENCH_HOME or --home.")
+        raise ConfigurationError(msg) from None
+    lock = try_flock(run / "start.lock")
+    if lock is None:
+        msg = (f"Another start of a workbench under {home} is in progress. Once it has started, connect to it "
+               "with Workbench.attach() (`workbench status`) or stop it (`workbench stop`).")
+        raise WorkbenchStateError(msg)
+    try:
+        yield
+    finally:
+        os.close(lock)
+
+
 class _InProcessSettings(Settings):
     """Settings whose Kafka clients log through Python logging (``workbench.kafka``), not stderr.
 
@@ -89,14 +113,14 @@ def app_instance_counts(apps: Sequence[str], app_instances: int | Mapping[str, i
         unknown = sorted(set(app_instances) - set(apps))
         if unknown:
             msg = f"app_instances names apps that are not started: {unknown}; the apps are {list(apps)}."
-            raise ValueError(msg)
+            raise ConfigurationError(msg)
         counts = {app: int(app_instances.get(app, 1)) for app in apps}
     else:
         counts = dict.fromkeys(apps, int(app_instances))
     bad = {app: n for app, n in counts.items() if not 1 <= n <= 64}
     if bad:
         msg = f"Each app runs 1 to 64 processes per machine. Got {bad} instead."
-        raise ValueError(msg)
+        raise ConfigurationError(msg)
     return counts
 
 
@@ -194,62 +218,67 @@ class Workbench:
             (Not ``instances``: that word means Redshift instances everywhere else.)
         """
         settings = settings or get_settings()
-        state = read_state(settings.home)
-        if state and state.get("state") in ("running", "stopping") and _supervisor_alive(state):
-            msg = (f"A workbench already runs under {settings.home} (supervisor pid {state['supervisor_pid']}). "
-                   "Use Workbench.attach() to connect to it, or stop() it first.")
-            raise WorkbenchStateError(msg)
-        orphans = home_processes(settings.home)
-        if orphans:
-            msg = (f"Processes of an earlier workbench still run under {settings.home} (pids "
-                   f"{', '.join(str(p.pid) for p in orphans)}); a second set would work on the same state "
-                   "files. Stop them with `workbench stop` (or Workbench.stop_orphans()) first.")
-            raise WorkbenchStateError(msg)
-        if data is not None:
-            from workbench.replay import validate_log
-
-            validate_log(data)
-        settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)  # before Kafka creates anything in it
-        kafka_was_running = settings.manages_kafka and broker_status(settings).running
-        ensure_broker(settings)
-        started_kafka = settings.manages_kafka and not kafka_was_running
-
-        from workbench.replay import replay_format
-
-        pack, encoding = replay_format(pack, encoding)
-        specs = build_specs(data, apps=apps, speedup=speedup, pack=pack, replay_id=replay_id, reset=reset,
-                            retrain_every_days=retrain_every_days, idle_exit=idle_exit, encoding=encoding,
-                            commands_since=time.time(), app_instances=app_instances)
-        run = run_dir(settings.home)
-        run.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (run / "state.json").unlink(missing_ok=True)
-        # The spec names the secrets; their values travel only in the supervisor's environment.
-        spec = RunSpec(processes=specs, env=settings.to_env(include_secrets=False),
-                       secret_env=settings.secret_env_names(), started_kafka=started_kafka, replay_id=replay_id,
-                       apps=list(apps))
-        write_json_atomic(run / "spec.json", spec.to_json())
-        settings.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # The supervisor logs through a rotating handler; its raw output only holds a crash.
-        raw_log = os.open(settings.logs_dir / "supervisor.stdout.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(raw_log, "ab") as log:
-            subprocess.Popen(
-                [sys.executable, "-m", "workbench.runtime.supervisor", "--home", str(settings.home)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                env={**os.environ, **settings.to_env(), **tags(settings.home, "supervisor")}, cwd=settings.home,
-                umask=OWNER_ONLY_UMASK,
-            )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        with _start_lock(settings.home):  # held until the supervisor runs
             state = read_state(settings.home)
-            if state and state.get("processes"):
-                break
-            time.sleep(0.1)
-        else:
-            msg = (f"The supervisor did not start within 20 s; see {settings.logs_dir / 'supervisor.log'} and "
-                   f"{settings.logs_dir / 'supervisor.stdout.log'}.")
-            raise WorkbenchStateError(msg)
-        logger.info("workbench started under %s: %s", settings.home, ", ".join(s.name for s in specs))
-        return cls(settings, replay_id=replay_id, apps=apps, started_kafka=started_kafka)
+            if state and state.get("state") in ("running", "stopping") and _supervisor_alive(state):
+                msg = (f"A workbench already runs under {settings.home} (supervisor pid {state['supervisor_pid']}). "
+                       "Use Workbench.attach() (`workbench status`) to connect to it, or stop it first "
+                       "(`workbench stop`).")
+                raise WorkbenchStateError(msg)
+            orphans = home_processes(settings.home)
+            if orphans:
+                msg = (f"Processes of an earlier workbench still run under {settings.home} (pids "
+                       f"{', '.join(str(p.pid) for p in orphans)}); a second set would work on the same state "
+                       "files. Stop them with `workbench stop` (or Workbench.stop_orphans()) first.")
+                raise WorkbenchStateError(msg)
+            # Checked here, not by the processes, which would refuse them in a restart loop after "started".
+            if retrain_every_days < 1:
+                msg = f"retrain_every_days (--every-n-days) must be >= 1. Got {retrain_every_days!r} instead."
+                raise ConfigurationError(msg)
+            app_instance_counts(apps, app_instances)
+            from workbench.replay import replay_format, validate_log, validate_speed
+
+            pack, encoding = replay_format(pack, encoding)
+            if data is not None:
+                validate_log(data)
+                validate_speed(speedup)
+            kafka_was_running = settings.manages_kafka and broker_status(settings).running
+            ensure_broker(settings)
+            started_kafka = settings.manages_kafka and not kafka_was_running
+            specs = build_specs(data, apps=apps, speedup=speedup, pack=pack, replay_id=replay_id, reset=reset,
+                                retrain_every_days=retrain_every_days, idle_exit=idle_exit, encoding=encoding,
+                                commands_since=time.time(), app_instances=app_instances)
+            run = run_dir(settings.home)
+            run.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (run / "state.json").unlink(missing_ok=True)
+            # The spec names the secrets; their values travel only in the supervisor's environment.
+            spec = RunSpec(processes=specs, env=settings.to_env(include_secrets=False),
+                           secret_env=settings.secret_env_names(), started_kafka=started_kafka, replay_id=replay_id,
+                           apps=list(apps))
+            write_json_atomic(run / "spec.json", spec.to_json())
+            settings.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # The supervisor logs through a rotating handler; its raw output only holds a crash.
+            raw_log = os.open(settings.logs_dir / "supervisor.stdout.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                              0o600)
+            with os.fdopen(raw_log, "ab") as log:
+                subprocess.Popen(
+                    [sys.executable, "-m", "workbench.runtime.supervisor", "--home", str(settings.home)],
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                    env={**os.environ, **settings.to_env(), **tags(settings.home, "supervisor")}, cwd=settings.home,
+                    umask=OWNER_ONLY_UMASK,
+                )
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                state = read_state(settings.home)
+                if state and state.get("processes"):
+                    break
+                time.sleep(0.1)
+            else:
+                msg = (f"The supervisor did not start within 20 s; see {settings.logs_dir / 'supervisor.log'} and "
+                       f"{settings.logs_dir / 'supervisor.stdout.log'}.")
+                raise WorkbenchStateError(msg)
+            logger.info("workbench started under %s: %s", settings.home, ", ".join(s.name for s in specs))
+            return cls(settings, replay_id=replay_id, apps=apps, started_kafka=started_kafka)
 
     @classmethod
     def attach(cls, settings: Settings | None = None, *, replay_id: str | None = None) -> Workbench:

@@ -133,6 +133,10 @@ def read_spec(home: Path) -> RunSpec:
     return RunSpec.from_json(orjson.loads((run_dir(home) / "spec.json").read_bytes()))
 
 
+#: How the ``workbench`` command prints a WorkbenchError before it exits (workbench.cli.main).
+_ERROR_PREFIX = "workbench: error: "
+
+
 class _RotatingOutput:
     """Copies a child's stdout/stderr pipe, line by line, into a size-rotated log file."""
 
@@ -141,6 +145,8 @@ class _RotatingOutput:
             path, maxBytes=defaults.LOG_MAX_BYTES, backupCount=defaults.LOG_BACKUPS, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(message)s"))
         self._lock = threading.Lock()
+        #: The child's last "workbench: error: ..." line (a mistake it explained before exiting), for the status.
+        self.last_error: str | None = None
 
     def line(self, text: str) -> None:
         record = logging.LogRecord("child", logging.INFO, "", 0, text, None, None)
@@ -150,7 +156,10 @@ class _RotatingOutput:
     def pump(self, stream: IO[bytes]) -> None:
         with contextlib.suppress(ValueError, OSError):
             for raw in iter(stream.readline, b""):
-                self.line(raw.decode("utf-8", "replace").rstrip("\n"))
+                text = raw.decode("utf-8", "replace").rstrip("\n")
+                if text.startswith(_ERROR_PREFIX):
+                    self.last_error = text[len(_ERROR_PREFIX):][:500]
+                self.line(text)
         stream.close()
 
     def close(self) -> None:
@@ -200,6 +209,7 @@ class Supervisor:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if child.output is None:
             child.output = _RotatingOutput(log_path)
+        child.output.last_error = None
         child.output.line(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {child.spec.name} "
                           f"({child.spec.kind}, options {child.spec.options_for(restarted=bool(child.restarts))})")
         env = {**self.env, **tags(self.home, child.spec.kind, supervisor_pid=os.getpid(), direct_child=True)}
@@ -250,6 +260,8 @@ class Supervisor:
                     "exit_code": child.exit_code,
                     "started_at": child.started_at,
                     "log": str(self._log_path(child)),
+                    "error": (child.output.last_error if child.output is not None
+                              and child.state in ("backoff", "failed") else None),
                 }
                 for child in self.children
             },

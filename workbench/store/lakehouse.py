@@ -390,6 +390,16 @@ class AnomalyLakehouse(ConnectionStore):
             return f"AnomalyLakehouse({str(self.root)!r})"
         return f"AnomalyLakehouse({describe(self.root, self.catalog)!r})"
 
+    def check_reachable(self) -> None:
+        """A PostgreSQL catalog: one connection now, so a wrong or unreachable catalog stops a writer at its
+        start with a StoreError naming it, not at its first anomaly (the lakehouse opens lazily)."""
+        if self.catalog_kind == "postgres":
+            try:
+                _postgres.connect(self.catalog[len(POSTGRES_PREFIX):]).close()
+            except StoreError as exc:
+                msg = f"The lakehouse catalog (WORKBENCH_LAKEHOUSE_CATALOG) does not answer. {exc}"
+                raise StoreError(msg) from None
+
     def open(self) -> Self:
         """Connect, attach and (writers) create the table if needed."""
         if self._con is None:
