@@ -99,7 +99,7 @@ def bind_to_supervisor() -> None:
             os._exit(75)
     pid, started = os.environ.get(SUPERVISOR_PID_ENV), os.environ.get(SUPERVISOR_STARTED_ENV)
     if not pid or any(t.name == _WATCHDOG_THREAD for t in threading.enumerate()):
-        return  # untagged, or already bound (a warm standby trainer binds before its job, then trains)
+        return  # untagged, or already bound (a forked training starts its own: the fork keeps no other thread)
     start_time = None if started in (None, "", "None") else float(started)
     thread = threading.Thread(target=_watch, args=(int(pid), start_time), name=_WATCHDOG_THREAD, daemon=True)
     thread.start()
