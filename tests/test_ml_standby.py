@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import store_generated_days, wait_until
 from workbench._fs import process_start_time
-from workbench._lifeline import SUPERVISOR_PID_ENV, SUPERVISOR_STARTED_ENV
+from workbench._lifeline import HOME_ENV, SUPERVISOR_PID_ENV, SUPERVISOR_STARTED_ENV, home_processes
 from workbench.config import Settings
 from workbench.ml._train import train_day
 from workbench.ml.registry import ModelRegistry
@@ -199,6 +199,7 @@ def test_a_forked_training_dies_with_the_workbench_supervisor(settings: Settings
     # A stand-in workbench supervisor: the training is bound to it by pid and start time (its watchdog,
     # which the fork does not carry: the child starts its own).
     supervisor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    monkeypatch.setenv(HOME_ENV, str(settings.home))
     monkeypatch.setenv(SUPERVISOR_PID_ENV, str(supervisor.pid))
     monkeypatch.setenv(SUPERVISOR_STARTED_ENV, repr(process_start_time(supervisor.pid)))
     sup = TrainingSupervisor(settings, every_n_days=1, backoff_seconds=0, window_days=1, max_attempts=1)
@@ -210,6 +211,8 @@ def test_a_forked_training_dies_with_the_workbench_supervisor(settings: Settings
         assert run is not None and _forked_run(settings, _day(0)) == (run, trainer)
         wait_until(lambda: "training started" in _log(settings, _day(0)), timeout=60)
         assert "workbench-watchdog" not in _threads(trainer)
+        # `workbench stop` finds both by their tags (the fork inherits the warm trainer's environment).
+        assert {run, trainer} <= {p.pid for p in home_processes(settings.home, roles=["training"])}
         supervisor.kill()
         supervisor.wait()
         wait_until(lambda: _gone(run), timeout=15, what="the training gone with the supervisor")

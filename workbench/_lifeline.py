@@ -8,7 +8,9 @@ start time of its supervisor. Three mechanisms use them:
   at start, for SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``), so ``kill -9`` of the
   supervisor stops the apps and the replay at once (they commit and exit as on ``workbench stop``).
 * **Watchdog** (every platform, every tagged process including the training subprocess, which
-  must outlive restarts of the scoring app but not the supervisor): a daemon thread checks once a
+  must outlive restarts of the scoring app but not the supervisor; not the warm trainer that forks
+  the trainings, which must have no thread at a fork and ends with the scoring app through its job
+  pipe): a daemon thread checks once a
   second that the supervisor, identified by pid *and* start time, still runs; if not, the process
   sends itself SIGTERM, and exits hard after a grace period.
 * **Discovery**: :func:`home_processes` finds live processes of a home by their tag, so
