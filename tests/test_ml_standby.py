@@ -1,8 +1,10 @@
-"""The warm standby trainer and the reaper thread: trainings start without import time and without a poll."""
+"""The warm trainer (a fork server with the imports done): each training is a fresh forked process, the
+imports are paid once, the next day starts without a poll, and every process dying at any moment is handled."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import re
 import signal
@@ -11,16 +13,19 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.helpers import store_generated_days, wait_until
 from workbench._fs import process_start_time
+from workbench._lifeline import HOME_ENV, SUPERVISOR_PID_ENV, SUPERVISOR_STARTED_ENV, home_processes
 from workbench.config import Settings
 from workbench.ml._train import train_day
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.supervisor import TrainingSupervisor
 
 D0 = dt.date(2024, 3, 1)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _day(k: int) -> dt.date:
@@ -36,59 +41,92 @@ def settings(tmp_path: Path) -> Settings:
     return _settings(tmp_path / "home")
 
 
-def _ready_standby(settings: Settings, sup: TrainingSupervisor) -> int:
-    """The pid of the supervisor's standby once it has done its imports (it says so in its own log)."""
+def _ready_standby(sup: TrainingSupervisor) -> int:
+    """The pid of the supervisor's warm trainer once it has done its imports."""
     sup.poll()
-    pid = wait_until(lambda: sup._standby.pid, timeout=10, what="a standby")  # type: ignore[union-attr]
-    log = settings.logs_dir / "train_standby.log"
-    wait_until(lambda: log.is_file() and f"ready pid={pid} " in log.read_text(), timeout=60, what="standby ready")
-    return int(pid)
+    assert sup._standby is not None
+    wait_until(lambda: sup._standby.ready, timeout=60, what="warm trainer ready")  # type: ignore[union-attr]
+    return int(sup._standby.pid)  # type: ignore[arg-type]
 
 
 def _gone(pid: int) -> bool:
-    import psutil
-
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
 
 
-def test_a_ready_standby_trains_and_the_reaper_starts_the_next_day_without_a_poll(settings: Settings) -> None:
+def _log(settings: Settings, day: dt.date) -> str:
+    path = settings.logs_dir / f"train_{day.isoformat()}.log"
+    return path.read_text() if path.is_file() else ""
+
+
+def _forked_by(settings: Settings, day: dt.date) -> tuple[int, int] | None:
+    """``(run pid, warm trainer pid)`` from the day's log, or None when the run started cold."""
+    found = re.search(r"warm trainer forked the job pid=(\d+) trainer_pid=(\d+) ", _log(settings, day))
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def _forked_run(settings: Settings, day: dt.date) -> tuple[int, int]:
+    """:func:`_forked_by` once the forked run has said so in its log."""
+    return wait_until(lambda: _forked_by(settings, day), timeout=30, poll=0.05, what="the forked run's first line")
+
+
+def _kill_once_loading(settings: Settings, day: dt.date, pid: int) -> None:
+    wait_until(lambda: "training window loaded" in _log(settings, day), timeout=60, poll=0.05, what="training started")
+    os.kill(pid, signal.SIGKILL)
+
+
+def _threads(pid: int) -> list[str]:
+    task = Path(f"/proc/{pid}/task")
+    return sorted((task / t / "comm").read_text().strip() for t in os.listdir(task))
+
+
+def test_the_warm_trainer_forks_each_day_and_the_reaper_starts_the_next_day_without_a_poll(settings: Settings) -> None:
     sup = TrainingSupervisor(settings, every_n_days=1, backoff_seconds=0, window_days=1)
     try:
         sup.maybe_schedule(_day(0))
-        standby = _ready_standby(settings, sup)
+        trainer = _ready_standby(sup)
+        # What the fork inherits: no ONNX Runtime (its import starts a thread), no thread but the main one
+        # and jemalloc's (OpenBLAS's pools stop at a fork: checked again after the first one below).
+        assert "onnxruntime_pybind11_state" not in Path(f"/proc/{trainer}/maps").read_text()
         handed_at = time.time()
         assert sup.maybe_schedule(_day(2)) == [_day(0), _day(1)]  # the last call into the supervisor
-        assert sup.pid == standby and sup.state["days"][_day(0).isoformat()]["pid"] == standby
-        # Nobody polls from here: the reaper thread records day 0 and starts day 1.
+        first = sup.pid
+        assert first is not None and first != trainer
+        assert sup.state["days"][_day(0).isoformat()]["pid"] == first
+        assert psutil.Process(first).ppid() == trainer and os.getsid(first) == first  # forked, own session
+        assert set(_threads(trainer)) <= {"python", "jemalloc_bg_thd"} and _threads(trainer).count("python") == 1
+        # Nobody polls from here: the reaper thread records day 0 and has the same warm trainer fork day 1.
         wait_until(lambda: sup.status(_day(1)) == "done", timeout=120, what="day 1 trained without a poll")
         assert sup.status(_day(0)) == "done"
-        log = (settings.logs_dir / f"train_{_day(0).isoformat()}.log").read_text()
-        took = re.search(r"warm standby took the job pid=(\d+) standby_since=(\S+) ", log)
-        assert took is not None, log
-        assert int(took.group(1)) == standby
-        assert dt.datetime.fromisoformat(took.group(2)).timestamp() < handed_at  # imports paid before the job
-        assert log.index("warm standby took the job") < log.index("training started") < log.index("SUCCESS")
-        assert "SUCCESS" in (settings.logs_dir / f"train_{_day(1).isoformat()}.log").read_text()
+        assert [sup.state["days"][d.isoformat()]["last_rc"] for d in (_day(0), _day(1))] == [0, 0]
+        runs = [_forked_by(settings, d) for d in (_day(0), _day(1))]
+        assert runs[0] == (first, trainer) and runs[1] is not None and runs[1][1] == trainer
+        assert runs[1][0] not in (first, trainer)  # a fresh process per day
+        assert sup._standby.pid == trainer  # type: ignore[union-attr]  # imports paid once
+        log = _log(settings, _day(0))
+        since = re.search(r"trainer_since=(\S+) ", log)
+        assert since is not None and dt.datetime.fromisoformat(since.group(1)).timestamp() < handed_at
+        assert log.index("warm trainer forked the job") < log.index("training started") < log.index("SUCCESS")
+        assert "SUCCESS" in _log(settings, _day(1))
     finally:
         sup.close()
+    assert _gone(trainer)
     # The same window trained in this process gives the same model, byte for byte.
     registry = ModelRegistry(settings.models_dir)
     warm = registry.path(registry.versions()[0])
     cold_settings = _settings(settings.home.parent / "cold")
     cold = ModelRegistry(cold_settings.models_dir).path(train_day(cold_settings, _day(0), window_days=1).version)
-    for name in ("mean.onnx", "quantile.onnx"):
+    for name in ("mean.onnx", "quantile.onnx", "fingerprint_stats.parquet", "instance_stats.parquet"):
         assert (warm / name).read_bytes() == (cold / name).read_bytes()
 
 
-def test_a_standby_killed_while_idle_falls_back_to_a_fresh_process(settings: Settings) -> None:
+def test_a_warm_trainer_killed_while_idle_falls_back_to_a_fresh_process(settings: Settings) -> None:
     sup = TrainingSupervisor(settings, every_n_days=1, backoff_seconds=0, window_days=1)
     try:
         sup.maybe_schedule(_day(0))
-        sup.poll()
-        standby = wait_until(lambda: sup._standby.pid, timeout=10)  # type: ignore[union-attr]
+        standby = _ready_standby(sup)
         os.kill(standby, signal.SIGKILL)
         wait_until(lambda: _gone(standby), timeout=10)
         assert sup.maybe_schedule(_day(1)) == [_day(0)]
@@ -96,29 +134,171 @@ def test_a_standby_killed_while_idle_falls_back_to_a_fresh_process(settings: Set
         sup.wait(timeout=120)
         assert sup.status(_day(0)) == "done"
         assert sup.state["days"][_day(0).isoformat()]["attempts"] == 1
-        log = (settings.logs_dir / f"train_{_day(0).isoformat()}.log").read_text()
-        assert "warm standby took the job" not in log and "SUCCESS" in log
+        assert _forked_by(settings, _day(0)) is None and "SUCCESS" in _log(settings, _day(0))
+        assert sup._standby.pid not in (None, standby)  # type: ignore[union-attr]  # replaced at once
     finally:
         sup.close()
 
 
-def test_a_standby_never_outlives_its_parent_killed_with_sigkill(tmp_path: Path) -> None:
-    code = ("import sys\nfrom workbench.config import Settings\n"
-            "from workbench.ml.supervisor import TrainingSupervisor\n"
-            "sup = TrainingSupervisor(Settings(home=sys.argv[1]))\nsup.poll()\n"
-            "print(sup._standby.pid, flush=True)\nimport time\ntime.sleep(120)\n")
-    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "home")], stdout=subprocess.PIPE, text=True)
-    standby = None
+def test_a_warm_trainer_killed_during_a_training_leaves_it_running_and_recorded(settings: Settings) -> None:
+    sup = TrainingSupervisor(settings, every_n_days=1, backoff_seconds=0, window_days=1)
     try:
-        standby = int(parent.stdout.readline())  # type: ignore[union-attr]
+        sup.maybe_schedule(_day(0))
+        trainer = _ready_standby(sup)
+        sup.maybe_schedule(_day(1))
+        run = sup.pid
+        assert run is not None and _forked_run(settings, _day(0)) == (run, trainer)
+        _kill_once_loading(settings, _day(0), trainer)
+        wait_until(lambda: _gone(trainer), timeout=10)
+        assert not _gone(run)  # the training runs on without its warm trainer
+        sup.wait(timeout=120)  # its exit code is nobody's now: the registry says it published
+        entry = sup.state["days"][_day(0).isoformat()]
+        assert (entry["status"], entry["attempts"]) == ("done", 1)
+        assert ModelRegistry(settings.models_dir).info(ModelRegistry(settings.models_dir).current())[
+            "training_day"] == _day(0).isoformat()
+        # A new warm trainer comes up at once for the next day, and forks it.
+        new = _ready_standby(sup)
+        assert new != trainer
+        sup.maybe_schedule(_day(2))
+        sup.wait(timeout=120)
+        assert sup.status(_day(1)) == "done"
+        forked = _forked_by(settings, _day(1))
+        assert forked is not None and forked[1] == new
+    finally:
+        sup.close()
+
+
+def test_a_training_killed_under_the_warm_trainer_is_a_failed_attempt_retried_with_backoff(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    sup = TrainingSupervisor(settings, every_n_days=1, backoff_seconds=1.0, window_days=1)
+    try:
+        sup.maybe_schedule(_day(0))
+        trainer = _ready_standby(sup)
+        with caplog.at_level(logging.WARNING, logger="workbench.ml.supervisor"):
+            sup.maybe_schedule(_day(1))
+            run = sup.pid
+            assert run is not None
+            _kill_once_loading(settings, _day(0), run)
+            entry = sup.state["days"][_day(0).isoformat()]
+            wait_until(lambda: entry["status"] == "pending", timeout=10, what="the failure recorded by the reaper")
+        assert (entry["attempts"], entry["last_rc"]) == (1, -signal.SIGKILL)  # its own exit code
+        assert entry["next_attempt_at"] > time.time()  # the backoff
+        assert any("training failed day=2024-03-01 attempt=1 rc=-9 retry_in_s=1" in r.message for r in caplog.records)
+        wait_until(lambda: sup.poll() is None and entry["status"] == "done", timeout=120, what="the retry done")
+        assert (entry["status"], entry["attempts"], entry["last_rc"]) == ("done", 2, 0)
+        retried = _forked_by(settings, _day(0))  # the day's log holds both attempts: the last one counts
+        log = _log(settings, _day(0))
+        assert log.count("warm trainer forked the job") == 2 and log.count("SUCCESS") == 1
+        assert retried is not None and retried[1] == trainer and sup._standby.pid == trainer  # type: ignore[union-attr]
+    finally:
+        sup.close()
+
+
+def test_a_forked_training_dies_with_the_workbench_supervisor(settings: Settings, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    # A stand-in workbench supervisor: the training is bound to it by pid and start time (its watchdog,
+    # which the fork does not carry: the child starts its own).
+    supervisor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    monkeypatch.setenv(HOME_ENV, str(settings.home))
+    monkeypatch.setenv(SUPERVISOR_PID_ENV, str(supervisor.pid))
+    monkeypatch.setenv(SUPERVISOR_STARTED_ENV, repr(process_start_time(supervisor.pid)))
+    sup = TrainingSupervisor(settings, every_n_days=1, backoff_seconds=0, window_days=1, max_attempts=1)
+    try:
+        sup.maybe_schedule(_day(0))
+        trainer = _ready_standby(sup)
+        sup.maybe_schedule(_day(1))
+        run = sup.pid
+        assert run is not None and _forked_run(settings, _day(0)) == (run, trainer)
+        wait_until(lambda: "training started" in _log(settings, _day(0)), timeout=60)
+        assert "workbench-watchdog" not in _threads(trainer)
+        # `workbench stop` finds both by their tags (the fork inherits the warm trainer's environment).
+        assert {run, trainer} <= {p.pid for p in home_processes(settings.home, roles=["training"])}
+        supervisor.kill()
+        supervisor.wait()
+        wait_until(lambda: _gone(run), timeout=15, what="the training gone with the supervisor")
+        sup.wait(timeout=30)
+        assert sup.status(_day(0)) == "failed" and sup.state["days"][_day(0).isoformat()]["last_rc"] == -signal.SIGTERM
+    finally:
+        supervisor.kill()
+        sup.close()
+
+
+_APP = """
+import sys, time
+from workbench.config import Settings
+from workbench.ml.supervisor import TrainingSupervisor
+import datetime as dt
+sup = TrainingSupervisor(Settings(home=sys.argv[1]), every_n_days=1, backoff_seconds=0, window_days=1)
+sup.maybe_schedule(dt.date(2024, 3, 1))
+sup.poll()
+while not sup._standby.ready:
+    time.sleep(0.05)
+if sys.argv[2] == "train":
+    sup.maybe_schedule(dt.date(2024, 3, 2))
+print(sup._standby.pid, sup.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _app(home: Path, mode: str) -> tuple[subprocess.Popen[str], int, int | None]:
+    """A stand-in scoring app in its own process: its warm trainer's pid and its running training's."""
+    app = subprocess.Popen([sys.executable, "-c", _APP, str(home), mode], stdout=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+    words = app.stdout.readline().split()  # type: ignore[union-attr]
+    return app, int(words[0]), None if words[1] == "None" else int(words[1])
+
+
+def test_a_standby_never_outlives_its_parent_killed_with_sigkill(tmp_path: Path) -> None:
+    app, standby, _ = _app(tmp_path / "home", "idle")
+    try:
         assert process_start_time(standby) is not None
-        parent.kill()
-        parent.wait()
+        app.kill()
+        app.wait()
         wait_until(lambda: _gone(standby), timeout=30, what="the standby gone with its parent")
     finally:
-        parent.kill()
-        if standby is not None and not _gone(standby):
+        app.kill()
+        if not _gone(standby):
             os.kill(standby, signal.SIGKILL)
+
+
+def test_a_training_outlives_its_app_killed_with_sigkill_and_the_restarted_app_adopts_it(settings: Settings) -> None:
+    app, trainer, run = _app(settings.home, "train")
+    try:
+        assert run is not None and run != trainer
+        wait_until(lambda: "training window loaded" in _log(settings, _day(0)), timeout=60)
+        app.kill()
+        app.wait()
+        wait_until(lambda: _gone(trainer), timeout=30, what="the warm trainer gone with its app")
+        assert not _gone(run)
+        restarted = TrainingSupervisor(settings, every_n_days=1, backoff_seconds=0, window_days=1, standby=False)
+        assert restarted.poll() == _day(0).isoformat() and restarted.pid == run  # adopted: not started twice
+        restarted.wait(timeout=120)
+        assert restarted.status(_day(0)) == "done"
+        assert restarted.state["days"][_day(0).isoformat()]["attempts"] == 1
+        assert _log(settings, _day(0)).count("SUCCESS") == 1
+    finally:
+        app.kill()
+        if run is not None and not _gone(run):
+            os.kill(run, signal.SIGKILL)
+
+
+def test_a_warm_trainer_that_cannot_import_leaves_the_trainings_to_fresh_processes(settings: Settings) -> None:
+    sup = TrainingSupervisor(settings, every_n_days=1, backoff_seconds=0, window_days=1)
+    assert sup._standby is not None
+    sup._standby.command = [sys.executable, "-c", "raise ImportError('sklearn is broken here')"]
+    try:
+        sup.maybe_schedule(_day(0))
+        sup.poll()
+        crashed = wait_until(lambda: sup._standby.pid, timeout=10)  # type: ignore[union-attr]
+        wait_until(lambda: _gone(crashed), timeout=30)
+        assert sup.maybe_schedule(_day(1)) == [_day(0)]
+        sup.wait(timeout=120)
+        assert sup.status(_day(0)) == "done" and _forked_by(settings, _day(0)) is None
+        assert "SUCCESS" in _log(settings, _day(0))
+        assert "sklearn is broken here" in (settings.logs_dir / "train_standby.log").read_text()
+        assert sup._standby.pid is None  # not started again on every poll (respawn delay)
+    finally:
+        sup.close()
 
 
 def test_no_standby_without_a_poll_or_after_close(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ start time of its supervisor. Three mechanisms use them:
   at start, for SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``), so ``kill -9`` of the
   supervisor stops the apps and the replay at once (they commit and exit as on ``workbench stop``).
 * **Watchdog** (every platform, every tagged process including the training subprocess, which
-  must outlive restarts of the scoring app but not the supervisor): a daemon thread checks once a
+  must outlive restarts of the scoring app but not the supervisor; not the warm trainer that forks
+  the trainings, which must have no thread at a fork and ends with the scoring app through its job
+  pipe): a daemon thread checks once a
   second that the supervisor, identified by pid *and* start time, still runs; if not, the process
   sends itself SIGTERM, and exits hard after a grace period.
 * **Discovery**: :func:`home_processes` finds live processes of a home by their tag, so
@@ -99,7 +101,7 @@ def bind_to_supervisor() -> None:
             os._exit(75)
     pid, started = os.environ.get(SUPERVISOR_PID_ENV), os.environ.get(SUPERVISOR_STARTED_ENV)
     if not pid or any(t.name == _WATCHDOG_THREAD for t in threading.enumerate()):
-        return  # untagged, or already bound (a warm standby trainer binds before its job, then trains)
+        return  # untagged, or already bound (a forked training starts its own: the fork keeps no other thread)
     start_time = None if started in (None, "", "None") else float(started)
     thread = threading.Thread(target=_watch, args=(int(pid), start_time), name=_WATCHDOG_THREAD, daemon=True)
     thread.start()

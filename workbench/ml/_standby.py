@@ -1,18 +1,22 @@
-"""One warm standby trainer: a training process started ahead of time, its imports done, waiting for a job.
+"""The warm trainer: one pre-imported process per scoring app that forks a fresh process per training.
 
-A training started on demand (``python -m workbench.ml._train --day D``) pays 1-5 s of interpreter
-start-up and imports (numpy, pyarrow, sklearn, skl2onnx, onnxruntime) before it reads a row, and in
+A training started on demand (``python -m workbench.ml._train --day D``) pays 2-4 s of CPU for the
+interpreter's start-up and imports (numpy, pyarrow, sklearn, skl2onnx) before it reads a row, and in
 the pipeline every training is on the critical path (the next day's partitions wait for its model).
-:class:`WarmStandby` keeps one process (``python -m workbench.ml._train --standby``, see
-:func:`workbench.ml._train.standby`) that does the imports in advance and then blocks reading its job
-from a pipe. :meth:`WarmStandby.hand` gives it the job: the standby becomes the training run, with
-the output in the day's log, and the supervisor tracks it exactly like a run it spawned.
+:class:`WarmStandby` keeps one process (``python -m workbench.ml._train --standby FD``, see
+:func:`workbench.ml._train.standby`) that does the imports once and then serves jobs from a pipe: for
+each job it forks a child (:mod:`workbench.ml._forkserver`). :meth:`WarmStandby.hand` gives it a job
+and returns the child as a :class:`ForkedRun`, which the supervisor tracks like a run it spawned: its
+own pid and start time, its own exit code (the warm trainer reaps it and reports the code), its own
+session, the output in the day's log. The warm trainer stays for the next day.
 
-The standby never outlives its parent: the parent holds the only write end of the job pipe, so when
-the parent exits or is killed (even with SIGKILL) the standby reads end of file and exits. It runs in
-a session of its own and carries the same environment tags as a training run (role ``training``), so
-``workbench stop`` finds it, and a standby that took a job outlives a restart of the scoring app like
-any training run.
+The warm trainer never outlives its parent: the parent holds the only write end of the job pipe, so
+when the parent exits or is killed (even with SIGKILL) the warm trainer reads end of file and exits.
+It carries the same environment tags as a training run (role ``training``), and so do its children,
+so ``workbench stop`` finds them; a forked training outlives a restart of the scoring app like any
+training run. If the warm trainer dies while a training runs, the training runs on: its exit code is
+then unknown and the supervisor decides the outcome from the registry, as for a run an earlier app
+started.
 """
 
 from __future__ import annotations
@@ -20,104 +24,234 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import queue
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["WarmStandby"]
+from workbench._fs import process_start_time, same_process
+
+__all__ = ["UNKNOWN_RC", "ForkedRun", "WarmStandby"]
 
 logger = logging.getLogger(__name__)
 
+#: A run's exit code when nobody could reap it (decided from the registry by the supervisor).
+UNKNOWN_RC = -999
+
 
 class WarmStandby:
-    """Keeps at most one pre-started training process.
+    """Keeps at most one warm trainer (a fork server with the training imports done).
 
     Parameters
     ----------
     command : list of str
-        The standby's command line (``[python, "-m", "workbench.ml._train", "--standby"]``).
+        The warm trainer's command line without the reply descriptor
+        (``[python, "-m", "workbench.ml._train", "--standby"]``).
     env : callable
-        The environment of a new standby (that of a training run).
+        The environment of a new warm trainer (that of a training run; its children inherit it).
     log_path : Path
-        Where a standby's output goes before it has a job (import errors, warnings).
+        Where the warm trainer's own output goes (import errors, warnings).
     respawn_delay_s : float, default=30.0
-        After a standby ended without a job (it crashed or was killed), wait this long before the next
-        one, so a broken environment does not start a process on every call.
+        After a warm trainer ended before it was ready (it failed to import, crashed or was killed
+        while importing), wait this long before the next one, so a broken environment does not start
+        a process on every call. One that ended after it was ready is replaced at once.
+    fork_timeout_s : float, default=30.0
+        How long :meth:`hand` waits for the warm trainer to say it forked the job.
     """
 
     def __init__(self, command: Sequence[str], env: Callable[[], dict[str, str]], log_path: Path, *,
-                 respawn_delay_s: float = 30.0) -> None:
+                 respawn_delay_s: float = 30.0, fork_timeout_s: float = 30.0) -> None:
         self.command = list(command)
         self.env = env
         self.log_path = log_path
         self.respawn_delay_s = respawn_delay_s
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.fork_timeout_s = fork_timeout_s
+        self._server: _Server | None = None
         self._not_before = 0.0
 
     @property
     def pid(self) -> int | None:
-        """Pid of the waiting standby, if one is alive."""
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+        """Pid of the warm trainer, if one is alive."""
+        server = self._server
+        return server.proc.pid if server is not None and server.proc.poll() is None else None
+
+    @property
+    def ready(self) -> bool:
+        """Whether a warm trainer is alive with its imports done."""
+        server = self._server
+        return server is not None and server.proc.poll() is None and server.ready.is_set()
 
     def ensure(self) -> None:
-        """Start a standby unless one is alive (or one died lately: see ``respawn_delay_s``)."""
-        if self._proc is not None:
-            if self._proc.poll() is None:
+        """Start a warm trainer unless one is alive (or one died before it was ready lately: ``respawn_delay_s``)."""
+        server = self._server
+        if server is not None:
+            if server.proc.poll() is None:
                 return
-            logger.warning("training standby pid=%d ended without a job rc=%s", self._proc.pid, self._proc.returncode)
+            logger.warning("training standby pid=%d ended rc=%s ready=%s", server.proc.pid, server.proc.returncode,
+                           server.ready.is_set())
+            if not server.ready.is_set():
+                self._not_before = time.monotonic() + self.respawn_delay_s
             self._drop()
-            self._not_before = time.monotonic() + self.respawn_delay_s
         if time.monotonic() < self._not_before:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                                          env=self.env(), start_new_session=True)
-        logger.debug("training standby started pid=%d", self._proc.pid)
+        self._server = _Server.start(self.command, self.env(), self.log_path)
+        logger.debug("training standby started pid=%d", self._server.proc.pid)
 
-    def hand(self, argv: Sequence[str], log_path: Path) -> subprocess.Popen[bytes] | None:
-        """Give the standby a training job; returns it as the running process, or None when none is alive.
+    def hand(self, argv: Sequence[str], log_path: Path) -> ForkedRun | None:
+        """Have the warm trainer fork a training; the run, or None when no warm trainer is ready.
 
-        ``argv``: the arguments of ``python -m workbench.ml._train`` for the job; ``log_path``: the day's log.
+        ``argv``: the arguments of ``python -m workbench.ml._train`` for the job; ``log_path``: the day's
+        log. A warm trainer still importing is not waited for (the caller starts a fresh process).
         """
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            if proc is not None:
-                self._close_pipe(proc)
+        server = self._server
+        if server is None or not self.ready:
             return None
         job = json.dumps({"argv": list(argv), "log": str(log_path)}).encode() + b"\n"
         try:
-            assert proc.stdin is not None
-            proc.stdin.write(job)
-            proc.stdin.flush()
-        except OSError:  # it died since the check: the caller starts a fresh process
-            self._close_pipe(proc)
+            assert server.proc.stdin is not None
+            server.proc.stdin.write(job)
+            server.proc.stdin.flush()
+            pid = server.started.get(timeout=self.fork_timeout_s)
+        except (OSError, queue.Empty):
+            # Dead, or no answer: replace it. (A child it forked without answering would train the same
+            # window; the registry returns the version already published for a retried recipe.)
+            logger.warning("training standby pid=%d did not fork the job; a fresh process trains", server.proc.pid)
+            self._kill(server)
+            self._drop()
             return None
-        self._close_pipe(proc)
-        return proc
+        if pid is None:  # its end of file: it died before forking
+            self._drop()
+            return None
+        return server.run(pid)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Let the waiting standby go (it exits on end of file) and make sure it is gone."""
-        proc = self._proc
-        if proc is None:
+        """Let the warm trainer go and make sure it is gone (a training it forked keeps running)."""
+        server = self._server
+        if server is None:
             return
         self._drop()
         with contextlib.suppress(ProcessLookupError):
-            proc.terminate()  # it has no job: nothing to lose, and it may still be importing
+            server.proc.terminate()  # its children are in sessions of their own: they do not get it
         try:
-            proc.wait(timeout)
+            server.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def _drop(self) -> None:
-        if self._proc is not None:
-            self._close_pipe(self._proc)
-        self._proc = None
+            self._kill(server)
 
     @staticmethod
-    def _close_pipe(proc: subprocess.Popen[bytes]) -> None:
-        if proc.stdin is not None:
+    def _kill(server: _Server) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            server.proc.kill()
+        server.proc.wait()
+
+    def _drop(self) -> None:
+        if self._server is not None:
+            self._server.close_pipe()
+        self._server = None
+
+
+class _Server:
+    """One warm trainer process and the thread that reads its replies."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], replies: int) -> None:
+        self.proc = proc
+        self.ready = threading.Event()
+        self.gone = threading.Event()  # its reply pipe reached end of file
+        self.started: queue.Queue[int | None] = queue.Queue()
+        self._runs: dict[int, ForkedRun] = {}
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, args=(replies,), name=f"training-standby-{proc.pid}",
+                                        daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def start(cls, command: list[str], env: dict[str, str], log_path: Path) -> _Server:
+        read_end, write_end = os.pipe()
+        try:
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen([*command, str(write_end)], stdin=subprocess.PIPE, stdout=log,
+                                        stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                        pass_fds=(write_end,))
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)  # only the warm trainer writes: its death is our end of file
+        return cls(proc, read_end)
+
+    def run(self, pid: int) -> ForkedRun:
+        """The handle of the child ``pid`` this server just reported as started."""
+        with self._lock:
+            run = self._runs.setdefault(pid, ForkedRun(pid, self.gone))
+            return run
+
+    def close_pipe(self) -> None:
+        if self.proc.stdin is not None:
             with contextlib.suppress(OSError):
-                proc.stdin.close()
+                self.proc.stdin.close()
+
+    def _read(self, fd: int) -> None:
+        with open(fd, "rb") as replies:
+            for raw in replies:
+                words = raw.decode().split()
+                if words == ["ready"]:
+                    self.ready.set()
+                elif len(words) == 2 and words[0] == "started":
+                    self.started.put(int(words[1]))
+                elif len(words) == 3 and words[0] == "exited":
+                    self.run(int(words[1])).exited(int(words[2]))
+        self.gone.set()
+        self.started.put(None)  # a hand() waiting for an answer gets none
+
+
+class ForkedRun:
+    """A training forked by the warm trainer, tracked like a :class:`subprocess.Popen` (``pid``, ``poll``, ``wait``).
+
+    Its exit code comes from the warm trainer, which reaps it. If the warm trainer is gone first, the
+    run is watched by pid and start time, and once it has ended its code is :data:`UNKNOWN_RC`.
+    """
+
+    def __init__(self, pid: int, server_gone: threading.Event) -> None:
+        self.pid = pid
+        self.started = process_start_time(pid)
+        self.returncode: int | None = None
+        self._server_gone = server_gone
+        self._exited = threading.Event()
+
+    def exited(self, rc: int) -> None:
+        """The warm trainer reaped it with exit code ``rc``."""
+        self.returncode = rc
+        self._exited.set()
+
+    def poll(self) -> int | None:
+        """Its exit code, or None while it runs."""
+        if self._exited.is_set():
+            return self.returncode
+        if not self._server_gone.is_set() or self._alive():
+            return None
+        if self._exited.is_set():  # reported just before the server's end of file
+            return self.returncode
+        self.returncode = UNKNOWN_RC
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait until it ended; its exit code (:data:`UNKNOWN_RC` when nobody could reap it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (rc := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            self._exited.wait(0.2)
+        return rc
+
+    def _alive(self) -> bool:
+        # Not our child: once it ended it stays a zombie until its new parent reaps it.
+        if not same_process(self.pid, self.started):
+            return False
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as stat:
+                return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+        except OSError:
+            return same_process(self.pid, self.started)

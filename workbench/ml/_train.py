@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import resource
 import sys
 import threading
 import time
@@ -34,6 +35,7 @@ from workbench.config import Settings, get_settings
 from workbench.data.exceptions import DataValidationError
 from workbench.data.schema import COLUMNS, require_log
 from workbench.exceptions import WorkbenchError
+from workbench.ml._forkserver import serve
 from workbench.ml.detector import ResidualDetector
 from workbench.ml.exceptions import TrainingError
 from workbench.ml.features import INPUT_COLUMNS, OBSERVED_COLUMNS, SIGNALS, FeatureBuilder, _log_signal
@@ -401,9 +403,11 @@ def train_day(settings: Settings, day: dt.date, *, window_days: int = defaults.T
                        seed=seed, **kwargs)
 
 
-#: Modules a training imports on first use; a warm standby imports them before it has a job.
+#: Modules a training imports on first use; the warm trainer imports them before it has a job. Not
+#: ONNX Runtime: its import starts a native thread, which a forked child would not have (see
+#: :func:`workbench.ml._forkserver.fork_job`); each training imports it itself (~0.05 s).
 _TRAINING_MODULES = ("workbench.store.shards", "sklearn.ensemble", "skl2onnx", "skl2onnx.common.data_types",
-                     "onnxruntime", "scipy.special")
+                     "scipy.special")
 
 
 def _import_training_modules() -> None:
@@ -412,7 +416,8 @@ def _import_training_modules() -> None:
     The imports create ~330k objects (scipy.stats, sklearn, skl2onnx's operator classes); with the
     collector on, its passes over that growing heap took 0.2-0.7 of the imports' 2-3.5 CPU seconds
     (more on a busy machine). What they keep lives as long as the process, so after one collection it
-    is left out of the training's own collections too (:func:`gc.freeze`).
+    is left out of the training's own collections too (:func:`gc.freeze`), which also keeps a forked
+    training from copying the pages the collector would otherwise touch.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -426,28 +431,37 @@ def _import_training_modules() -> None:
             gc.enable()
 
 
-def standby() -> int:
-    """A warm standby trainer: import everything a training needs, then wait for one job.
+def standby(replies_fd: int) -> int:
+    """The warm trainer: import everything a training needs once, then fork a training per job.
 
-    The supervisor (:class:`~workbench.ml.supervisor.TrainingSupervisor`) starts this process ahead
-    of time, so that the imports (1-5 s) are not paid between two trainings. The job is one JSON
-    line on stdin: ``{"argv": [...], "log": path}``, the command-line arguments of :func:`main` and
-    the day's log file. End of file instead (the supervisor closed the pipe, exited, or was killed)
-    ends the standby without training. Once it has its job, the standby's output goes to the day's
-    log and it no longer depends on the pipe: like a training started from the command line, it
-    outlives a restart of the scoring app.
+    The supervisor (:class:`~workbench.ml.supervisor.TrainingSupervisor`, through
+    :class:`~workbench.ml._standby.WarmStandby`) starts this process ahead of time and keeps it, so
+    that the imports (2-4 s CPU) are paid once per scoring app instead of once per training. A job is
+    one JSON line on stdin: ``{"argv": [...], "log": path}``, the command-line arguments of
+    :func:`main` and the day's log file; the forked child writes to that log, binds to the
+    workbench's supervisor (:func:`main`) and exits with :func:`main`'s code. Replies go to
+    ``replies_fd`` (see :func:`workbench.ml._forkserver.serve`). End of file on stdin (the supervisor
+    closed the pipe, exited or was killed) ends the warm trainer; a training it forked runs on and,
+    like one started from the command line, outlives a restart of the scoring app.
+
+    The warm trainer itself does not bind to the supervisor: its watchdog would be a thread at every
+    fork. It ends with its parent instead (the pipe), and the parent with the supervisor.
     """
-    bind_to_supervisor()
     standby_since = time.time()
     _import_training_modules()
     imports_s = time.time() - standby_since
     print(f"training standby ready pid={os.getpid()} imports_s={imports_s:.2f}", flush=True)  # its own log
-    line = sys.stdin.buffer.readline()
-    if not line.strip():
-        return 0  # no job: the supervisor is gone or let this standby go
-    job = json.loads(line)
+    warm = (os.getpid(), standby_since, imports_s)
+    return serve(lambda job: _forked_training(job, warm), jobs_fd=sys.stdin.fileno(), replies_fd=replies_fd)
+
+
+def _forked_training(job: dict[str, Any], warm: tuple[int, float, float]) -> int:
+    """A training forked by the warm trainer: the day's log as output, then :func:`main`."""
     _redirect_output(Path(job["log"]))
-    return main(job["argv"], warm=(standby_since, imports_s))
+    try:
+        return main(job["argv"], warm=warm)
+    finally:
+        logging.shutdown()
 
 
 def _redirect_output(log_path: Path) -> None:
@@ -466,8 +480,8 @@ def _redirect_output(log_path: Path) -> None:
         os.close(null)
 
 
-def main(argv: Sequence[str] | None = None, *, warm: tuple[float, float] | None = None) -> int:
-    """Entry point of the training subprocess (``warm``: a standby's start time and import seconds)."""
+def main(argv: Sequence[str] | None = None, *, warm: tuple[int, float, float] | None = None) -> int:
+    """Entry point of the training subprocess (``warm``: the warm trainer's pid, start time and import seconds)."""
     bind_to_supervisor()  # dies with the workbench's supervisor, not with the scoring app
     parser = argparse.ArgumentParser(prog="python -m workbench.ml._train")
     parser.add_argument("--day", required=True, type=dt.date.fromisoformat)
@@ -487,8 +501,8 @@ def main(argv: Sequence[str] | None = None, *, warm: tuple[float, float] | None 
         handlers.append(logging.StreamHandler())
     logging.basicConfig(level=logging.INFO, handlers=handlers)
     if warm is not None:
-        logger.info("warm standby took the job pid=%d standby_since=%s imports_s=%.2f", os.getpid(),
-                    dt.datetime.fromtimestamp(warm[0], dt.UTC).isoformat(), warm[1])
+        logger.info("warm trainer forked the job pid=%d trainer_pid=%d trainer_since=%s imports_s=%.2f",
+                    os.getpid(), warm[0], dt.datetime.fromtimestamp(warm[1], dt.UTC).isoformat(), warm[2])
     logger.info("training started day=%s home=%s", args.day, settings.home)
     try:
         result = train_day(settings, args.day, window_days=args.window_days, max_rows=args.max_rows,
@@ -500,11 +514,13 @@ def main(argv: Sequence[str] | None = None, *, warm: tuple[float, float] | None 
         logger.exception("training crashed day=%s", args.day)
         return 1
     logger.info("SUCCESS version=%s seconds=%.1f", result.version, result.seconds)
+    logger.info("training process cpu_s=%.2f peak_rss_mb=%.0f", time.process_time(),
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return 0
 
 
 if __name__ == "__main__":
-    code = standby() if sys.argv[1:] == ["--standby"] else main()
+    code = standby(int(sys.argv[2])) if sys.argv[1:2] == ["--standby"] else main()
     # The version is published (or the failure logged): skip the interpreter's teardown. Freeing the
     # training data and module state took 0.5-1.7 s on 2 busy cores, and the scoring app starts the
     # next day's training (the drain's critical path) only once this process is gone.

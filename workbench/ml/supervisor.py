@@ -5,22 +5,25 @@ and :meth:`TrainingSupervisor.poll` regularly. When event time crosses into a ne
 that just finished is considered: day ``i`` (counted from the first day ever seen) is trained
 when ``i % every_n_days == every_n_days - 1``, so ``every_n_days=2`` trains days 1, 3, 5, ...
 
-Training runs as ``python -m workbench.ml._train --day D`` in its own process (its own session,
-logs in ``<logs_dir>/train_<day>.log``); the caller never waits. A failed or killed run is
+Training runs as a process of its own (its own pid and exit code, its own session, logs in
+``<logs_dir>/train_<day>.log``): forked by the warm trainer, or started as
+``python -m workbench.ml._train --day D`` when none is ready; the caller never waits. A failed or killed run is
 retried with exponential backoff up to ``max_attempts``; until a run succeeds the previous
 version stays current (a version only becomes current at the very end of a successful run).
 
 Two waits are kept off the pipeline's critical path (score a day, train it, score the next day):
-the run's start-up and imports, by a warm standby trainer (:mod:`workbench.ml._standby`) that the
-supervisor keeps once it trains (from its first ``poll``), and the wait for the caller's next
-``poll``, by a reaper thread per run that records the outcome and starts the next due day as soon
-as the run exits. A lock guards the state for that thread.
+the run's start-up and imports, by a warm trainer (:mod:`workbench.ml._standby`: one process with
+the imports done, which forks each run) that the supervisor keeps once it trains (from its first
+``poll``), so the imports are paid once per app instead of once per run; and the wait for the
+caller's next ``poll``, by a reaper thread per run that records the outcome and starts the next due
+day as soon as the run exits. A lock guards the state for that thread.
 
 State (first day, last day seen, every day's status, attempts, next retry time, the running
 pid) is persisted atomically in ``<state_dir>/ml_training.json``, so a restart neither
 retrains finished days nor forgets failed ones. A run left "running" by a previous process is
 checked by pid and, once gone, counted as done if the registry has a version for its day and
-as a failed attempt otherwise.
+as a failed attempt otherwise; so is a forked run whose warm trainer died before it (nobody could
+reap it for its exit code).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from workbench import defaults
 from workbench._fs import process_start_time, same_process, write_atomic
 from workbench._lifeline import untag_parent
 from workbench.config import Settings
-from workbench.ml._standby import WarmStandby
+from workbench.ml._standby import UNKNOWN_RC, ForkedRun, WarmStandby
 from workbench.ml.registry import ModelRegistry
 
 __all__ = ["TrainingSupervisor"]
@@ -73,7 +76,7 @@ class TrainingSupervisor:
     clock : callable, optional
         Wall-clock seconds (``time.time``), injectable for tests.
     standby : bool, default=True
-        Keep a warm standby trainer (see the module docstring) once :meth:`poll` is called.
+        Keep a warm trainer (see the module docstring) once :meth:`poll` is called.
     reap_in_thread : bool, default=True
         Reap each run and start the next due day from a thread, as soon as the run exits.
 
@@ -102,7 +105,7 @@ class TrainingSupervisor:
         self.python = python or sys.executable
         self.clock = clock or time.time
         self.state_path = settings.state_dir / STATE_FILE
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: subprocess.Popen[bytes] | ForkedRun | None = None
         self._saved: bytes | None = None
         self.state: dict[str, Any] = self._load()
         self.is_trainer: Callable[[], bool] = lambda: True
@@ -126,7 +129,7 @@ class TrainingSupervisor:
     def reload(self) -> None:
         """Read the state file again (an instance that does not train follows the elected trainer's state).
 
-        Also lets a warm standby go: an instance that follows does not train.
+        Also lets the warm trainer go: an instance that follows does not train.
         """
         with self._lock:
             self.state = self._load()
@@ -135,7 +138,7 @@ class TrainingSupervisor:
                 self._standby.close()
 
     def close(self) -> None:
-        """The caller stops: let the warm standby go; no more runs start from the reaper (a running one
+        """The caller stops: let the warm trainer go; no more runs start from the reaper (a running one
         keeps running, and a restarted caller finds it by its pid)."""
         with self._lock:
             self._closed = True
@@ -208,7 +211,7 @@ class TrainingSupervisor:
     def poll(self) -> str | None:
         """Reap a finished run, start the next due one; returns the day now running (if any).
 
-        Also keeps the warm standby trainer (the caller trains).
+        Also keeps the warm trainer (the caller trains).
         """
         with self._lock:
             day = self._poll()
@@ -250,7 +253,7 @@ class TrainingSupervisor:
             return None
 
     # --- internals --------------------------------------------------------------------------
-    def _reap(self, proc: subprocess.Popen[bytes]) -> None:
+    def _reap(self, proc: subprocess.Popen[bytes] | ForkedRun) -> None:
         """Reaper thread of one run: once it exits, record the outcome and start the next due day."""
         proc.wait()
         with self._lock:
@@ -268,10 +271,10 @@ class TrainingSupervisor:
         # start time, so that an unrelated process that got the pid later is not taken for it).
         if same_process(int(entry["pid"]), entry.get("pid_started")):
             return None
-        return -999  # unknown: decided from the registry
+        return UNKNOWN_RC  # decided from the registry
 
     def _record_result(self, day: str, entry: dict[str, Any], rc: int) -> None:
-        if rc == -999:
+        if rc == UNKNOWN_RC:
             done = any(ModelRegistry(self.settings.models_dir).info(v).get("training_day") == day
                        for v in ModelRegistry(self.settings.models_dir).versions())
             rc = 0 if done else -1
@@ -303,7 +306,7 @@ class TrainingSupervisor:
         return [self.python, "-m", "workbench.ml._train", *self.arguments(day)]
 
     def arguments(self, day: str) -> list[str]:
-        """The arguments of ``python -m workbench.ml._train`` for ``day`` (a warm standby gets them as its job)."""
+        """The arguments of ``python -m workbench.ml._train`` for ``day`` (the warm trainer gets them as a job)."""
         return ["--day", day, "--home", str(self.settings.home), "--window-days", str(self.window_days),
                 "--max-rows", str(self.max_rows)]
 
@@ -321,7 +324,7 @@ class TrainingSupervisor:
         log_path: Path = self.settings.logs_dir / f"train_{day}.log"
         proc = self._standby.hand(self.arguments(day), log_path) if self._standby is not None else None
         warm = proc is not None
-        if proc is None:  # no standby (or it died): start one as the command line does
+        if proc is None:  # no warm trainer ready (or it died): start one as the command line does
             with open(log_path, "ab") as log:
                 proc = subprocess.Popen(self.command(day), stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, env=self._child_env(), start_new_session=True)
@@ -335,4 +338,4 @@ class TrainingSupervisor:
         if self.reap_in_thread:
             threading.Thread(target=self._reap, args=(proc,), name=f"training-reaper-{day}", daemon=True).start()
         if self._standby is not None and not self._closed:
-            self._standby.ensure()  # the next standby's imports overlap this run
+            self._standby.ensure()  # a warm trainer that died is replaced for the next run
