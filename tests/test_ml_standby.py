@@ -140,14 +140,20 @@ def test_a_warm_trainer_killed_while_idle_falls_back_to_a_fresh_process(settings
         sup.close()
 
 
+def _first_day_forked(settings: Settings, sup: TrainingSupervisor) -> tuple[int, int]:
+    """Day 0 trained by a fork of a ready warm trainer: (the training's pid, the warm trainer's pid)."""
+    sup.maybe_schedule(_day(0))
+    trainer = _ready_standby(sup)
+    sup.maybe_schedule(_day(1))
+    run = sup.pid
+    assert run is not None and _forked_run(settings, _day(0)) == (run, trainer)
+    return run, trainer
+
+
 def test_a_warm_trainer_killed_during_a_training_leaves_it_running_and_recorded(settings: Settings) -> None:
     sup = TrainingSupervisor(settings, every_n_days=1, backoff_seconds=0, window_days=1)
     try:
-        sup.maybe_schedule(_day(0))
-        trainer = _ready_standby(sup)
-        sup.maybe_schedule(_day(1))
-        run = sup.pid
-        assert run is not None and _forked_run(settings, _day(0)) == (run, trainer)
+        run, trainer = _first_day_forked(settings, sup)
         _kill_once_loading(settings, _day(0), trainer)
         wait_until(lambda: _gone(trainer), timeout=10)
         assert not _gone(run)  # the training runs on without its warm trainer
@@ -204,11 +210,7 @@ def test_a_forked_training_dies_with_the_workbench_supervisor(settings: Settings
     monkeypatch.setenv(SUPERVISOR_STARTED_ENV, repr(process_start_time(supervisor.pid)))
     sup = TrainingSupervisor(settings, every_n_days=1, backoff_seconds=0, window_days=1, max_attempts=1)
     try:
-        sup.maybe_schedule(_day(0))
-        trainer = _ready_standby(sup)
-        sup.maybe_schedule(_day(1))
-        run = sup.pid
-        assert run is not None and _forked_run(settings, _day(0)) == (run, trainer)
+        run, trainer = _first_day_forked(settings, sup)
         wait_until(lambda: "training started" in _log(settings, _day(0)), timeout=60)
         assert "workbench-watchdog" not in _threads(trainer)
         # `workbench stop` finds both by their tags (the fork inherits the warm trainer's environment).
