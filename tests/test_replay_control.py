@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from workbench.broker import ensure_topics
 from workbench.config import Settings
 from workbench.data import codec
 from workbench.data.exceptions import DataValidationError
-from workbench.replay import BatchReport, Pacer, Replay, ReplayController
+from workbench.replay import BatchReport, Pacer, Replay, ReplayController, ReplayStatus
 from workbench.replay._control import latest_state_value
 
 
@@ -422,3 +423,16 @@ def test_a_command_no_broker_takes_says_why_and_is_not_delivered_later(kafka_set
     ensure_topics(missing)
     assert controller._producer is not None and controller._producer.flush(10) == 0
     assert consume_all(missing, missing.topic_replay_control, timeout=10) == []
+
+
+def test_a_status_its_replay_stopped_publishing_says_so() -> None:
+    # After a kill -9 of the whole workbench the state topic still holds "running": its age tells.
+    running = ReplayStatus(replay_id="default", file="log.parquet", state="running", speedup=60.0, rows_sent=10,
+                           rows_total=100, next_row=10, event_time=None, first_event_time=None,
+                           last_event_time=None, rate_now=5.0, rate_avg=5.0, eta_seconds=18.0, updated_at=1000.0)
+    assert running.silence(now=1005.0) is None  # published a moment ago
+    assert running.silence(now=1100.0) == 100.0
+    listening = replace(running, state="finished", listening=True)
+    assert listening.silence(now=1100.0) == 100.0  # a listening replay reports every second too
+    for done in (replace(running, state="finished"), replace(running, state="stopped")):
+        assert done.silence(now=1100.0) is None  # nothing more was to come

@@ -52,6 +52,10 @@ def _control(args: argparse.Namespace) -> int:
     if args.action == "status":
         status = controller.status()
         print(status if status else f"replay {args.replay_id!r} has not run yet")
+        silent = status.silence() if status else None
+        if silent is not None:
+            print(f"(this status is {silent:,.0f} s old, and an active replay reports every second: "
+                  "it has stopped, or it cannot reach Kafka)")
         return 0 if status else 1
     if args.action == "speed":
         controller.set_speed(args.value)

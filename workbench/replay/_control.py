@@ -118,6 +118,10 @@ class Command:
         return cls(replay_id, name, value_, float(issued_at))
 
 
+#: An active replay publishes its status about every second; a status this much older is silent.
+SILENT_AFTER_S = 30.0
+
+
 @dataclass(frozen=True)
 class ReplayStatus:
     """A snapshot of a replay's progress, for people and notebooks."""
@@ -160,6 +164,16 @@ class ReplayStatus:
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
+
+    def silence(self, now: float | None = None) -> float | None:
+        """Seconds since this status was published, when the replay should have published again since
+        (an active or listening replay reports every second: see :data:`SILENT_AFTER_S`); else None.
+
+        The status record outlives its replay: after a kill -9 of the whole workbench the last one
+        still says "running" until a new replay publishes.
+        """
+        age = (time.time() if now is None else now) - self.updated_at
+        return age if (self.active or self.listening) and age > SILENT_AFTER_S else None
 
     @property
     def controls(self) -> tuple[str, ...]:
