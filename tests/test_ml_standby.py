@@ -154,9 +154,11 @@ def test_a_warm_trainer_killed_during_a_training_leaves_it_running_and_recorded(
     sup = TrainingSupervisor(settings, every_n_days=1, backoff_seconds=0, window_days=1)
     try:
         run, trainer = _first_day_forked(settings, sup)
-        _kill_once_loading(settings, _day(0), trainer)
+        os.kill(run, signal.SIGSTOP)  # held, so a fast fit is still running when its warm trainer dies
+        os.kill(trainer, signal.SIGKILL)
         wait_until(lambda: _gone(trainer), timeout=10)
         assert not _gone(run)  # the training runs on without its warm trainer
+        os.kill(run, signal.SIGCONT)
         sup.wait(timeout=120)  # its exit code is nobody's now: the registry says it published
         entry = sup.state["days"][_day(0).isoformat()]
         assert (entry["status"], entry["attempts"]) == ("done", 1)
