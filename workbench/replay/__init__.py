@@ -1,7 +1,13 @@
 """Replay a Parquet query log into Kafka at an adjustable speed, steerable from any process."""
 
-from workbench.replay._control import COMMANDS, Command, InvalidCommand, ReplayController, ReplayStatus
-from workbench.replay._control import _validate_speed as validate_speed
+from workbench.replay._control import (
+    COMMANDS,
+    Command,
+    InvalidCommand,
+    ReplayController,
+    ReplayStatus,
+    validate_speed,
+)
 from workbench.replay._pacing import Clock, Pacer, SystemClock
 from workbench.replay._replay import BatchReport, Replay, replay_format
 from workbench.replay._source import LogFile, log_parts, validate_log

@@ -105,7 +105,7 @@ class Command:
         value_ = data.get("value")
         try:
             if name == "set_speed":
-                value_ = _validate_speed(value_)
+                value_ = validate_speed(value_)
             elif name == "seek":
                 if not isinstance(value_, str):
                     msg = f"seek needs an ISO-8601 date-time string, got {value_!r}"
@@ -338,7 +338,7 @@ class ReplayController:
 
     def set_speed(self, speedup: float) -> None:
         """Event seconds per wall second; 0 (or ``"max"``) sends as fast as the broker takes."""
-        self._send("set_speed", _validate_speed(speedup))
+        self._send("set_speed", validate_speed(speedup))
 
     def pause(self) -> None:
         self._send("pause")
@@ -363,7 +363,7 @@ class ReplayController:
         return ReplayStatus.from_json(value) if value else None
 
 
-def _validate_speed(speedup: float | str) -> float:
+def validate_speed(speedup: float | str) -> float:
     """A checked speed: 0 for unpaced ("max", "0"), else a finite number in [MIN_SPEEDUP, MAX_SPEEDUP]."""
     given = speedup
     if isinstance(speedup, str):

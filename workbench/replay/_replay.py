@@ -38,8 +38,8 @@ from workbench.replay._control import (
     InvalidCommand,
     ReplayStatus,
     _parse_time,
-    _validate_speed,
     latest_state_value,
+    validate_speed,
 )
 from workbench.replay._pacing import Clock, Pacer, SystemClock
 from workbench.replay._position import Position, PositionSigner
@@ -202,7 +202,7 @@ class Replay:
     ) -> None:
         self.data = Path(data).expanduser().resolve()
         self.settings = settings or get_settings()
-        self.speedup = _validate_speed(speedup)
+        self.speedup = validate_speed(speedup)
         pack, encoding = replay_format(pack, encoding)
         if not isinstance(pack, int) or pack < 1:
             msg = f"The pack parameter of Replay must be an integer >= 1. Got {pack!r} instead."
@@ -250,7 +250,7 @@ class Replay:
 
     def set_speed(self, speedup: float | str) -> None:
         """Change the speed; takes effect within one tick without a jump in event time."""
-        self._command("set_speed", _validate_speed(speedup))
+        self._command("set_speed", validate_speed(speedup))
 
     def pause(self) -> None:
         self._command("pause")
@@ -509,7 +509,7 @@ class _ReplayRun:
             return False
 
     def _on_speed(self, value: object) -> bool:
-        speed = _validate_speed(value)  # type: ignore[arg-type]
+        speed = validate_speed(value)  # type: ignore[arg-type]
         self.pacer.set_speed(speed, self.clock.monotonic(), self.next_event_us)
         self.replay.speedup = self.pacer.speedup
         return False
