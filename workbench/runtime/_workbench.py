@@ -248,8 +248,7 @@ class Workbench:
             specs = build_specs(data, apps=apps, speedup=speedup, pack=pack, replay_id=replay_id, reset=reset,
                                 retrain_every_days=retrain_every_days, idle_exit=idle_exit, encoding=encoding,
                                 commands_since=time.time(), app_instances=app_instances)
-            run = run_dir(settings.home)
-            run.mkdir(parents=True, exist_ok=True, mode=0o700)
+            run = run_dir(settings.home)  # made by the start lock
             (run / "state.json").unlink(missing_ok=True)
             # The spec names the secrets; their values travel only in the supervisor's environment.
             spec = RunSpec(processes=specs, env=settings.to_env(include_secrets=False),
