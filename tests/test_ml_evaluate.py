@@ -6,6 +6,9 @@ import datetime as dt
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from workbench.config import Settings
@@ -110,3 +113,57 @@ def test_cli_evaluate_prints_the_labelled_lines(demo: tuple[Settings, Path],
     for label in ("PR-AUC", "F1", "precision", "recall", "alerts per 10k", "recall[slow_fingerprint]",
                   "MAE(log)", "q90 coverage"):
         assert f"\n{label} " in out, label
+
+
+def _foreign_collective_log(data: Path, out: Path, kind: str) -> tuple[int, set[tuple[int, pd.Timestamp]]]:
+    """A copy of ``data`` where every query of the busiest instance waits 5 s longer for 30 minutes of
+    2024-03-06, labelled ``kind`` (a collective kind the generator does not know); its rows and windows."""
+    table = pq.read_table(data)
+    ts = pd.to_datetime(table.column("arrival_timestamp").to_numpy(zero_copy_only=False), utc=True)
+    inst = table.column("instance_id").to_numpy(zero_copy_only=False)
+    day = ts >= pd.Timestamp("2024-03-06", tz="UTC")
+    busiest = pd.Series(inst[day]).value_counts().index[0]
+    start = pd.Timestamp("2024-03-06 14:00", tz="UTC")
+    hit = day & (inst == busiest) & (ts >= start) & (ts < start + pd.Timedelta(minutes=30))
+    hit &= ~table.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool)
+    queue = table.column("queue_duration_ms").to_pandas().fillna(0).to_numpy() + np.where(hit, 5_000, 0)
+    kinds = np.asarray(table.column("label_kind").to_pylist(), dtype=object)
+    kinds[hit] = kind
+    labels = table.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool) | hit
+    for name, values in (("queue_duration_ms", pa.array(queue, table.schema.field("queue_duration_ms").type)),
+                         ("label_kind", pa.array(kinds, pa.string())), ("label_anomaly", pa.array(labels))):
+        table = table.set_column(table.schema.get_field_index(name), name, values)
+    pq.write_table(table, out)
+    windows = {(int(busiest), w) for w, n in pd.Series(ts[hit].floor("10min")).value_counts().items() if n >= 10}
+    return int(hit.sum()), windows
+
+
+def test_a_collective_kind_of_another_tool_is_judged_per_window(demo: tuple[Settings, Path], tmp_path: Path) -> None:
+    from workbench.data.generator import window_labels_path
+    from workbench.ml.evaluate import labelled_windows
+
+    settings, data = demo
+    day = dt.date(2024, 3, 6)
+    foreign = tmp_path / "foreign.parquet"
+    rows, windows = _foreign_collective_log(data, foreign, "queue_wave")
+    assert rows > 100 and len(windows) == 3
+    # Unknown to the evaluation: the wave's rows are per-query positives, and no window is judged.
+    plain = evaluate(settings, day, data=foreign, store=False)["metrics"]
+    assert "recall[queue_wave]" in plain and "window recall[queue_wave]" not in plain
+    # Named a window kind: its rows leave the per-query metrics, its windows are derived and judged.
+    named = evaluate(settings, day, data=foreign, store=False, window_kinds=["queue_wave"])["metrics"]
+    assert named["anomalies"] == plain["anomalies"] - rows
+    assert "recall[queue_wave]" not in named and "recall[queue_wave] (per query)" in named
+    assert named["window recall[queue_wave]"] == 1.0  # every query waits 5 s longer: flagged
+    assert named["window precision"] > 0.5
+    derived = labelled_windows(foreign, pq.read_table(foreign), day, {"queue_wave"})
+    assert set(zip(derived["instance_id"], derived["window_start"], strict=True)) == windows
+    # A sidecar naming the kind does the same without the argument.
+    side = pd.DataFrame({"instance_id": [w[0] for w in sorted(windows)], "kind": "queue_wave",
+                         "window_start": [w[1] for w in sorted(windows)]})
+    pq.write_table(pa.Table.from_pandas(side, preserve_index=False)
+                   .cast(pa.schema([pa.field("instance_id", pa.int64()), pa.field("kind", pa.string()),
+                                    pa.field("window_start", pa.timestamp("ms", tz="UTC"))])),
+                   window_labels_path(foreign))
+    by_sidecar = evaluate(settings, day, data=foreign, store=False)["metrics"]
+    assert by_sidecar["window recall[queue_wave]"] == 1.0 and by_sidecar["anomalies"] == named["anomalies"]

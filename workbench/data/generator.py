@@ -81,6 +81,7 @@ __all__ = [
     "ANOMALY_KINDS",
     "EXTRA_KINDS",
     "KIND_FAMILY",
+    "MIN_WINDOW_ROWS",
     "QUERY_KINDS",
     "QUERY_TYPES",
     "WINDOW_KINDS",
@@ -575,7 +576,8 @@ def _inject_anomalies(rng: np.random.Generator, rows: dict[str, np.ndarray], rat
 
 # --- the stress pack ------------------------------------------------------------------------------
 _MIN = 60_000_000  # µs
-_MIN_WINDOW_ROWS = 10  # affected queries that make a window a labelled collective anomaly
+#: Affected queries that make an instance's 10-minute window a labelled collective anomaly.
+MIN_WINDOW_ROWS = 10
 
 
 def _runaway_new_query(rng: np.random.Generator, rows: dict[str, np.ndarray], idx: np.ndarray) -> None:
@@ -718,9 +720,9 @@ def _inject_extra(rng: np.random.Generator, rows: dict[str, np.ndarray], kind: n
                 hit = _collective(rng, rows, name, inst, start, end, kind)
             if len(hit):
                 kind[hit] = ALL_KINDS.index(name)
-                # A window is labelled when it holds at least _MIN_WINDOW_ROWS affected queries.
+                # A window is labelled when it holds at least MIN_WINDOW_ROWS affected queries.
                 starts, counts_w = np.unique(rows["ts"][hit] // (10 * _MIN), return_counts=True)
-                for ws in starts[counts_w >= _MIN_WINDOW_ROWS].tolist():
+                for ws in starts[counts_w >= MIN_WINDOW_ROWS].tolist():
                     episodes.append((inst, day_start_us + ws * 10 * _MIN, name))
     return episodes
 

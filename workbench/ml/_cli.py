@@ -105,7 +105,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(format_alert_report(alert_report(settings_from_args(args), args.day, args.version, data=args.data)))
         return 0
 
-    result = evaluate(settings_from_args(args), args.day, args.version, data=args.data, store=not args.no_store)
+    window_kinds = [k.strip() for k in (args.window_kinds or "").split(",") if k.strip()]
+    result = evaluate(settings_from_args(args), args.day, args.version, data=args.data, store=not args.no_store,
+                      window_kinds=window_kinds)
     print(f"day {result['day']}  version {result['version']}  detector {result['detector']}")
     print(format_table(result["metrics"]))
     return 0
@@ -156,4 +158,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--data", required=True, type=Path,
                     help="Parquet log (file or prepared folder); without labels: alerts, reasons, scores per instance")
     ev.add_argument("--no-store", action="store_true", help="do not record the result with the version")
+    ev.add_argument("--window-kinds", metavar="KIND,...",
+                    help="labelled kinds that are anomalous only together (judged per 10-minute window: a window "
+                         "holding at least 10 of its rows; the generator's collective kinds and those of a "
+                         "LOG.windows.parquet sidecar always are)")
     ev.set_defaults(func=_evaluate)

@@ -24,14 +24,22 @@ Metrics (all from :mod:`sklearn.metrics` where one exists):
     Mean absolute error of the mean regressor and share of runtimes at or below the q90
     prediction, in ``log1p(ms)``.
 
-Logs with collective kinds (``workbench generate --kinds all``): rows of window kinds
-(:data:`workbench.data.generator.WINDOW_KINDS`, anomalous only together) are left out of the
-per-query metrics (neither positives nor negatives; their per-query recall is still reported),
-and the windows are evaluated on their own (:func:`window_metrics`): the day's 10-minute windows
-are computed from the log, flagged by :mod:`workbench.analysis.collective` against the earlier
-days, and compared with the log's window labels: ``window recall[<kind>]`` and ``window
-precision`` (flagged labelled windows over flagged windows; a flagged window holding labelled
-per-query anomalies is explained by them and counts on neither side).
+Logs with collective kinds (``workbench generate --kinds all``, or any labelled log): rows of
+window kinds (anomalous only together) are left out of the per-query metrics (neither positives nor
+negatives; their per-query recall is still reported), and the windows are evaluated on their own
+(:func:`window_metrics`): the day's 10-minute windows are computed from the log, flagged by
+:mod:`workbench.analysis.collective` against the earlier days, and compared with the log's window
+labels: ``window recall[<kind>]`` and ``window precision`` (flagged labelled windows over flagged
+windows; a flagged window holding labelled per-query anomalies is explained by them and counts on
+neither side).
+
+A log made by another tool says which of its kinds are collective, and where, in either of two
+ways (:func:`window_kinds_of`, :func:`labelled_windows`): a window-label sidecar
+(``LOG.windows.parquet``: ``instance_id``, ``window_start``, ``kind``; every kind it names is a
+window kind), or the ``window_kinds`` argument (``--window-kinds``) naming kinds whose windows are
+then those holding at least :data:`~workbench.data.generator.MIN_WINDOW_ROWS` of their labelled rows
+(the generator's own rule). The generator's :data:`~workbench.data.generator.WINDOW_KINDS` are
+always window kinds. A labelled row without a kind counts as kind ``unnamed``.
 """
 
 from __future__ import annotations
@@ -55,8 +63,8 @@ from workbench.ml.exceptions import MLError
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import LoadedModel
 
-__all__ = ["detection_metrics", "dominating_normals", "evaluate", "format_table", "recall_at_volume",
-           "regression_metrics", "top_k_f1", "window_metrics"]
+__all__ = ["detection_metrics", "dominating_normals", "evaluate", "format_table", "labelled_windows",
+           "recall_at_volume", "regression_metrics", "top_k_f1", "window_kinds_of", "window_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +130,44 @@ def dominating_normals(missed: np.ndarray, normal: np.ndarray, excess: dict[str,
     return counts
 
 
-def window_metrics(data: Path, day: dt.date, history_days: int = 7) -> dict[str, float]:
+def window_kinds_of(data: Path, named: Sequence[str] = ()) -> set[str]:
+    """The kinds of ``data`` judged at window level: the generator's, the sidecar's and ``named`` (see above)."""
+    from workbench.data.generator import WINDOW_KINDS, window_labels
+
+    sidecar = window_labels(data).column("kind").to_pylist()
+    return set(WINDOW_KINDS) | {k for k in sidecar if k is not None} | set(named)
+
+
+def labelled_windows(data: Path, day_rows: pa.Table, day: dt.date, kinds: set[str]) -> pd.DataFrame:
+    """``instance_id``, ``window_start`` (UTC), ``kind`` of the labelled collective windows of ``day``.
+
+    The sidecar's windows; a window kind with none there on ``day`` gets the windows where at least
+    :data:`~workbench.data.generator.MIN_WINDOW_ROWS` of ``day_rows`` carry its label.
+    """
+    from workbench.data.generator import MIN_WINDOW_ROWS, window_labels
+
+    start = pd.Timestamp(day, tz="UTC")
+    labels = window_labels(data).to_pandas()
+    labels["window_start"] = pd.to_datetime(labels["window_start"], utc=True)
+    labels = labels[(labels["window_start"] >= start) & (labels["window_start"] < start + pd.Timedelta(days=1))]
+    missing = kinds - set(labels["kind"])
+    if missing and "label_kind" in day_rows.column_names:
+        rows = pd.DataFrame({"instance_id": day_rows.column("instance_id").to_numpy(zero_copy_only=False),
+                             "window_start": pd.to_datetime(day_rows.column("arrival_timestamp")
+                                                            .to_numpy(zero_copy_only=False), utc=True).floor("10min"),
+                             "kind": day_rows.column("label_kind").to_pylist()})
+        rows = rows[rows["kind"].isin(missing)]
+        counts = rows.groupby(["instance_id", "window_start", "kind"]).size().reset_index(name="rows")
+        derived = counts.loc[counts["rows"] >= MIN_WINDOW_ROWS, ["instance_id", "window_start", "kind"]]
+        labels = pd.concat([labels, derived], ignore_index=True)
+    return labels.reset_index(drop=True)
+
+
+def window_metrics(data: Path, day: dt.date, history_days: int = 7,
+                   window_kinds: Sequence[str] = ()) -> dict[str, float]:
     """Window-level precision and per-kind recall of the collective detector on one day (see above)."""
     from workbench.analysis.collective import flag_windows, windows_of
-    from workbench.data.generator import window_labels
 
-    labels = window_labels(data).to_pandas()
     table = load_log_window(Path(data), day, history_days + 1)
     windows = windows_of(table)
     if windows.empty:
@@ -137,11 +177,10 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7) -> dict[str,
     today = windows[windows["window_start"] >= start]
     flagged = flag_windows(today, windows).to_pandas()
     flagged_keys = set(zip(flagged["instance_id"], pd.to_datetime(flagged["window_start"], utc=True), strict=True))
-    labels["window_start"] = pd.to_datetime(labels["window_start"], utc=True)
-    labels = labels[(labels["window_start"] >= start) & (labels["window_start"] < start + pd.Timedelta(days=1))]
-    label_keys = set(zip(labels["instance_id"], labels["window_start"], strict=True))
     day_rows = table.filter(pc.greater_equal(table.column("arrival_timestamp"),
                                              pa.scalar(start.to_pydatetime(), pa.timestamp("us", tz="UTC"))))
+    labels = labelled_windows(Path(data), day_rows, day, window_kinds_of(Path(data), window_kinds))
+    label_keys = set(zip(labels["instance_id"], labels["window_start"], strict=True))
     lab = day_rows.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool)
     ts = pd.to_datetime(day_rows.column("arrival_timestamp").to_numpy(zero_copy_only=False)[lab], utc=True)
     inst = day_rows.column("instance_id").to_numpy(zero_copy_only=False)[lab]
@@ -190,7 +229,7 @@ def window_labels_exist(data: Path) -> bool:
 
 
 def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data: Path,
-             store: bool = True) -> dict[str, Any]:
+             store: bool = True, window_kinds: Sequence[str] = ()) -> dict[str, Any]:
     """Score one labelled day of ``data`` and return the metrics (also stored with the version).
 
     Parameters
@@ -206,6 +245,9 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
         Parquet query log with the label columns.
     store : bool
         Append the result to the version's ``evaluations.json``.
+    window_kinds : sequence of str
+        Kinds of ``data`` that are anomalous only together, judged at window level (besides the
+        generator's and those the window-label sidecar names; see the module docstring).
     """
     registry = ModelRegistry(settings.models_dir)
     use_baseline = version == "baseline"
@@ -217,11 +259,11 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
         raise MLError(msg)
     model = LoadedModel.load(registry, resolved)
     out = model.predict(table)
-    from workbench.data.generator import WINDOW_KINDS
-
     labels = table.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool)
     kinds = np.asarray(table.column("label_kind").to_pylist(), dtype=object)
-    collective = np.isin(kinds, WINDOW_KINDS)
+    kinds[labels & pd.isna(kinds)] = "unnamed"
+    window_kinds = window_kinds_of(Path(data), window_kinds)
+    collective = labels & np.isin(kinds, list(window_kinds))
     inst = table.column("instance_id").to_numpy(zero_copy_only=False)
     exec_ms = pa.compute.fill_null(table.column("execution_duration_ms"), 0).to_numpy(zero_copy_only=False)
     b_score, b_alert, _ = baseline_decide(inst, exec_ms, out["pred_mean_ms"], out["pred_q_ms"])
@@ -237,7 +279,7 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
         metrics["baseline alerts"] = float(k_base)
         metrics.update(recall_at_volume(labels[q], out["score"][q], kinds[q], k_base))
         if collective.any() or window_labels_exist(data):
-            metrics.update(window_metrics(Path(data), day))
+            metrics.update(window_metrics(Path(data), day, window_kinds=sorted(window_kinds)))
     y_log = np.log1p(np.clip(exec_ms.astype(np.float64), 0, None))
     metrics.update(regression_metrics(y_log, out["mean_log"], out["q_log"]))
     result = {"day": day.isoformat(), "detector": "baseline" if use_baseline else "residual",
