@@ -101,6 +101,17 @@ def test_label_agreement_counts_each_query_once(tmp_path: Path) -> None:
     assert ds.last_log_day(labels).isoformat() == "2024-03-04"
 
 
+def test_label_agreement_takes_labels_of_another_tool_without_kinds_or_as_text(tmp_path: Path) -> None:
+    table = pq.read_table(_labels(tmp_path / "log.parquet"))
+    flags = table.column("label_anomaly").to_pylist()
+    other = table.drop_columns(["label_kind"]).set_column(
+        3, "label_anomaly", pa.array(["yes" if f else "no" for f in flags]))
+    pq.write_table(other, tmp_path / "other.parquet")
+    result = ds.label_agreement(_anomalies(), tmp_path / "other.parquet")
+    assert result.precision == 0.75 and result.recall == 0.75
+    assert result.per_kind.loc["unnamed", "labelled"] == 4 and result.per_kind.loc["unnamed", "alerted"] == 3
+
+
 def test_an_evaluation_day_outside_the_log_is_skipped_with_the_logs_days(tmp_path: Path) -> None:
     labels = _labels(tmp_path / "log.parquet")  # 2024-03-04 only
     assert ds.evaluation_day(labels, "") == (dt.date(2024, 3, 4), "evaluation day: 2024-03-04 (the log's last day)")

@@ -167,3 +167,37 @@ def test_a_collective_kind_of_another_tool_is_judged_per_window(demo: tuple[Sett
                    window_labels_path(foreign))
     by_sidecar = evaluate(settings, day, data=foreign, store=False)["metrics"]
     assert by_sidecar["window recall[queue_wave]"] == 1.0 and by_sidecar["anomalies"] == named["anomalies"]
+
+
+def test_labels_of_another_tool_without_kinds_or_as_text_are_evaluated(demo: tuple[Settings, Path],
+                                                                      tmp_path: Path) -> None:
+    from workbench.ml.exceptions import MLError
+
+    settings, data = demo
+    day = dt.date(2024, 3, 6)
+    table = pq.read_table(data)
+    reference = evaluate(settings, day, data=data, store=False)["metrics"]
+    flags = table.column("label_anomaly").to_numpy(zero_copy_only=False)
+    only_flags = tmp_path / "flags.parquet"
+    pq.write_table(table.drop_columns(["label_kind"]), only_flags)
+    metrics = evaluate(settings, day, data=only_flags, store=False)["metrics"]
+    for name in ("anomalies", "alerts", "PR-AUC", "recall", "false alerts per 10k normal"):
+        assert metrics[name] == reference[name], name
+    assert metrics["recall[unnamed]"] == reference["recall"]
+    from workbench.analysis import detection_summary as ds
+
+    version = ModelRegistry(settings.models_dir).current()
+    scored = ds.score_day(settings, only_flags, day, [version])  # notebook 03's path
+    assert scored.labels.sum() == reference["anomalies"]
+    day_start = pa.scalar(dt.datetime(2024, 3, 6, tzinfo=dt.UTC), pa.timestamp("us", tz="UTC"))
+    day_rows = table.filter(pa.compute.greater_equal(table.column("arrival_timestamp"), day_start)).num_rows
+    assert len(ds.disagreements(scored, version, version)) == day_rows
+    as_text = tmp_path / "text.parquet"
+    words = pa.array(np.where(flags, " True", "f"))
+    pq.write_table(table.set_column(table.schema.get_field_index("label_anomaly"), "label_anomaly", words), as_text)
+    assert evaluate(settings, day, data=as_text, store=False)["metrics"]["PR-AUC"] == reference["PR-AUC"]
+    odd = tmp_path / "odd.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("label_anomaly"), "label_anomaly",
+                                    pa.array(np.where(flags, "anomaly", "ok"))), odd)
+    with pytest.raises(MLError, match="'anomaly', 'ok'"):
+        evaluate(settings, day, data=odd, store=False)

@@ -67,7 +67,15 @@ def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: dateti
     """
     import pyarrow.parquet as pq
 
-    log = pq.read_table(labels_file, columns=_LABEL_COLUMNS).to_pandas()
+    from workbench.ml.evaluate import anomaly_labels
+
+    present = [c for c in _LABEL_COLUMNS if c in pq.read_schema(labels_file).names]
+    table = pq.read_table(labels_file, columns=present)
+    log = table.to_pandas()
+    log["label_anomaly"] = anomaly_labels(table, Path(labels_file))
+    if "label_kind" not in log:  # labels from a tool that does not name kinds
+        log["label_kind"] = None
+    log.loc[log["label_anomaly"] & log["label_kind"].isna(), "label_kind"] = "unnamed"
     if start is not None:
         log = log[log["arrival_timestamp"] >= start]
     if end is not None:
@@ -204,7 +212,13 @@ def score_day(settings: Settings, labels_file: Path, day: dt.date, versions: Seq
 
     registry = ModelRegistry(settings.models_dir)
     table = load_log_window(Path(labels_file), day, 1)
-    labels = table.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool)
+    import pyarrow as pa
+
+    from workbench.ml.evaluate import anomaly_labels
+
+    labels = anomaly_labels(table, Path(labels_file))
+    if "label_kind" not in table.column_names:  # labels from a tool that does not name kinds
+        table = table.append_column("label_kind", pa.nulls(table.num_rows, pa.string()))
     scored = ScoredDay(day=day, table=table, labels=labels)
     for v in versions:
         scored.outputs[v] = LoadedModel.load(registry, v).predict(table)

@@ -63,7 +63,7 @@ from workbench.ml.exceptions import MLError
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import LoadedModel
 
-__all__ = ["detection_metrics", "dominating_normals", "evaluate", "format_table", "labelled_windows",
+__all__ = ["anomaly_labels", "detection_metrics", "dominating_normals", "evaluate", "format_table", "labelled_windows",
            "recall_at_volume", "regression_metrics", "top_k_f1", "window_kinds_of", "window_metrics"]
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,30 @@ def dominating_normals(missed: np.ndarray, normal: np.ndarray, excess: dict[str,
     return counts
 
 
+_TRUE_WORDS = {"true", "t", "1", "yes", "y"}
+_FALSE_WORDS = {"false", "f", "0", "no", "n", ""}
+
+
+def anomaly_labels(table: pa.Table, data: Path) -> np.ndarray:
+    """``label_anomaly`` as booleans (NULL is normal): a bool, integer (non-zero) or true/false text column."""
+    column = table.column("label_anomaly")
+    if pa.types.is_boolean(column.type):
+        return column.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
+    if pa.types.is_integer(column.type):
+        return pc.not_equal(column.fill_null(0), 0).to_numpy(zero_copy_only=False).astype(bool)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        words = pc.utf8_lower(pc.utf8_trim_whitespace(column.fill_null(""))).to_numpy(zero_copy_only=False)
+        odd = sorted({w for w in words if w not in _TRUE_WORDS | _FALSE_WORDS})
+        if odd:
+            msg = (f"Column 'label_anomaly' of {str(data)!r} holds text that is neither true nor false: "
+                   f"{', '.join(map(repr, odd[:5]))}. Use true/false, t/f, yes/no or 1/0.")
+            raise MLError(msg)
+        return np.isin(words, list(_TRUE_WORDS))
+    msg = (f"Column 'label_anomaly' of {str(data)!r} must be boolean (or 0/1, or true/false text). "
+           f"Got {column.type} instead.")
+    raise MLError(msg)
+
+
 def window_kinds_of(data: Path, named: Sequence[str] = ()) -> set[str]:
     """The kinds of ``data`` judged at window level: the generator's, the sidecar's and ``named`` (see above)."""
     from workbench.data.generator import WINDOW_KINDS, window_labels
@@ -156,7 +180,7 @@ def labelled_windows(data: Path, day_rows: pa.Table, day: dt.date, kinds: set[st
                              "window_start": pd.to_datetime(day_rows.column("arrival_timestamp")
                                                             .to_numpy(zero_copy_only=False), utc=True).floor("10min"),
                              "kind": day_rows.column("label_kind").to_pylist()})
-        rows = rows[rows["kind"].isin(missing)]
+        rows = rows[rows["kind"].isin(missing) & anomaly_labels(day_rows, data)]
         counts = rows.groupby(["instance_id", "window_start", "kind"]).size().reset_index(name="rows")
         derived = counts.loc[counts["rows"] >= MIN_WINDOW_ROWS, ["instance_id", "window_start", "kind"]]
         labels = pd.concat([labels, derived], ignore_index=True)
@@ -181,7 +205,7 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7,
                                              pa.scalar(start.to_pydatetime(), pa.timestamp("us", tz="UTC"))))
     labels = labelled_windows(Path(data), day_rows, day, window_kinds_of(Path(data), window_kinds))
     label_keys = set(zip(labels["instance_id"], labels["window_start"], strict=True))
-    lab = day_rows.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool)
+    lab = anomaly_labels(day_rows, Path(data))
     ts = pd.to_datetime(day_rows.column("arrival_timestamp").to_numpy(zero_copy_only=False)[lab], utc=True)
     inst = day_rows.column("instance_id").to_numpy(zero_copy_only=False)[lab]
     explained = set(zip(inst, ts.floor("10min"), strict=True)) - label_keys
@@ -259,8 +283,9 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
         raise MLError(msg)
     model = LoadedModel.load(registry, resolved)
     out = model.predict(table)
-    labels = table.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool)
-    kinds = np.asarray(table.column("label_kind").to_pylist(), dtype=object)
+    labels = anomaly_labels(table, data)
+    kinds = (np.asarray(table.column("label_kind").to_pylist(), dtype=object) if "label_kind" in table.column_names
+             else np.full(table.num_rows, None, dtype=object))
     kinds[labels & pd.isna(kinds)] = "unnamed"
     window_kinds = window_kinds_of(Path(data), window_kinds)
     collective = labels & np.isin(kinds, list(window_kinds))
