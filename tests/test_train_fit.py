@@ -128,6 +128,17 @@ def test_split_window_caps_rows_and_keeps_only_usable_ones(log: pa.Table) -> Non
     assert not other[0].equals(train)  # the seed picks the sample
 
 
+def test_a_window_without_usable_rows_is_refused_saying_what_usable_means(log: pa.Table, tmp_path: Path) -> None:
+    from workbench.ml.exceptions import TrainingError
+
+    idx = log.schema.get_field_index("execution_duration_ms")
+    no_runtime = log.set_column(idx, log.schema.field(idx), pa.nulls(log.num_rows, pa.int64()))
+    with pytest.raises(TrainingError, match=rf"500 usable rows \(not aborted, with an execution_duration_ms\) "
+                                            rf"in the 1-day window of {log.num_rows} rows; got 0"):
+        train_table(tmp_path / "models", no_runtime, dt.date(2024, 3, 4), window_days=1)
+    assert not any((tmp_path / "models").glob("v*"))  # nothing registered
+
+
 def test_row_caps_sample_deterministically_and_parity_reuses_onnx_predictions() -> None:
     rng = np.random.default_rng(1)
     X = rng.normal(size=(6000, 5)).astype(np.float32)

@@ -280,8 +280,9 @@ def _train_table(clock: _PhaseClock, registry: ModelRegistry, parent: str | None
     train_rows, hold_rows, history_rows, raw_rows = _split_rows(table, max_rows=max_rows, seed=seed,
                                                                 holdout_fraction=holdout_fraction)
     if raw_rows < MIN_ROWS:
-        msg = (f"Training for {day} needs at least {MIN_ROWS} non-aborted rows in the {window_days}-day "
-               f"window; got {raw_rows}. Wait for more events or widen window_days.")
+        msg = (f"Training for {day} needs at least {MIN_ROWS} usable rows (not aborted, with an "
+               f"execution_duration_ms) in the {window_days}-day window of {table.num_rows} rows; got {raw_rows}. "
+               "Wait for more events or widen window_days.")
         raise TrainingError(msg)
     train, hold = table.take(train_rows), table.take(hold_rows)
     n = train.num_rows + hold.num_rows
