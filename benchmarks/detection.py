@@ -13,6 +13,12 @@ largest worst-kind recall with at most 10 false alerts per 10k normal queries, t
 windows: the largest worst-kind window recall with window precision >= 0.8) and reports K under
 those constants. So no number in the table was tuned on the kind it describes.
 
+A labelled log from another tool works the same way (``--data THEIRS``): every labelled kind gets
+its row, the generator's first and then the others; a kind named in the log's window-label sidecar
+(``LOG.windows.parquet``) or in ``--window-kinds KIND,...`` is judged per window (without a sidecar,
+its windows are those holding at least 10 of its labelled rows), and labels may come without kinds
+(``unnamed``) or as true/false text (:func:`workbench.ml.evaluate.anomaly_labels`).
+
 Columns: recall of K (queries; for window kinds: windows), PR-AUC of K against normal rows,
 false alerts per 10k normal queries (window kinds: window precision), the baseline's recall at the
 detector's alert volume (its top-k scores; window kinds: windows holding a baseline alert), and
@@ -44,11 +50,11 @@ from sklearn.metrics import average_precision_score
 
 from workbench.analysis.collective import CollectiveParams, score_windows, windows_of
 from workbench.analysis.residual_windows import RESIDUAL_SIGNAL, residual_windows
-from workbench.data.generator import QUERY_KINDS, WINDOW_KINDS, generate, window_labels
+from workbench.data.generator import QUERY_KINDS, WINDOW_KINDS, generate
 from workbench.ml._train import load_log_window, split_window, train_table
 from workbench.ml.baseline import baseline_decide
 from workbench.ml.detector import COSTLY, FLOORS, ResidualDetector
-from workbench.ml.evaluate import dominating_normals
+from workbench.ml.evaluate import anomaly_labels, dominating_normals, labelled_windows, window_kinds_of
 from workbench.ml.features import SIGNALS, _log_signal
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import LoadedModel
@@ -170,8 +176,14 @@ def _miss_lines(rows: list[dict], runs: dict, labels: np.ndarray, kinds: np.ndar
     return lines
 
 
+def _in_order(kinds: np.ndarray, known: tuple[str, ...]) -> list[str]:
+    """The distinct ``kinds``: the generator's ``known`` ones in their order, then any other (another tool's) sorted."""
+    seen = {k for k in kinds if k is not None}
+    return [k for k in known if k in seen] + sorted(seen - set(known))
+
+
 def _query_table(labels: np.ndarray, kinds: np.ndarray, runs: dict, base_score: np.ndarray) -> list[dict]:
-    present = [k for k in QUERY_KINDS if (kinds == k).any()]
+    present = _in_order(kinds[labels], QUERY_KINDS)
     normal = ~labels
     stats = {}
     for key, (score, alert) in runs.items():
@@ -225,7 +237,7 @@ def _window_table(scored: pd.DataFrame, labels: pd.DataFrame, explained: set, ba
         hit = scored[s >= 1.0]
         flagged_by_z[z] = set(zip(hit["instance_id"], hit["window_start"], strict=True))
     rows = []
-    for kind in [k for k in WINDOW_KINDS if k in label_keys]:
+    for kind in _in_order(np.asarray(list(label_keys), dtype=object), WINDOW_KINDS):
         others = [k for k in label_keys if k != kind]
         best_z, best = None, None
         for z, flagged in flagged_by_z.items():
@@ -256,6 +268,9 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kinds", default="all")
+    parser.add_argument("--window-kinds", default="", metavar="KIND,...",
+                        help="labelled kinds of --data that are anomalous only together (judged per window; "
+                             "the generator's and those of a LOG.windows.parquet sidecar always are)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -266,9 +281,12 @@ def main() -> None:
         model, hold_table, train_day, eval_day = train_all_but_last(data, args.days, Path(tmp) / "models")
         day_table = load_log_window(data, eval_day, 1)
         hold, day = _inputs(model, hold_table), _inputs(model, day_table)
-        labels = day_table.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool)
-        kinds = np.asarray(day_table.column("label_kind").to_pylist(), dtype=object)
-        q = ~np.isin(kinds, WINDOW_KINDS)
+        labels = anomaly_labels(day_table, data)
+        kinds = (np.asarray(day_table.column("label_kind").to_pylist(), dtype=object)
+                 if "label_kind" in day_table.column_names else np.full(len(labels), None, dtype=object))
+        kinds[labels & pd.isna(kinds)] = "unnamed"
+        window_kinds = window_kinds_of(data, [k.strip() for k in args.window_kinds.split(",") if k.strip()])
+        q = ~(labels & np.isin(kinds, list(window_kinds)))
         runs = {}
         for combo in itertools.product(*GRID.values()):
             score, alert = _detect(dict(zip(GRID, combo, strict=True)), hold, day)
@@ -290,12 +308,10 @@ def main() -> None:
                      "false/10k | win prec": float(d_alert[~labels[q]].mean() * 1e4),
                      "baseline recall": float(top[labels[q]].mean()), "chosen": dict(zip(GRID, default, strict=True))})
 
-        wl = window_labels(data).to_pandas()
+        wl = labelled_windows(data, day_table, eval_day, window_kinds)
         residual_line = ""
         if len(wl):
             start = pd.Timestamp(eval_day, tz="UTC")
-            wl["window_start"] = pd.to_datetime(wl["window_start"], utc=True)
-            wl = wl[(wl["window_start"] >= start) & (wl["window_start"] < start + pd.Timedelta(days=1))]
             log = load_log_window(data, eval_day, 8)
             # the evaluation day by the evaluated version, the days before as the scoring app scored them
             first = eval_day - dt.timedelta(days=args.days - 1)
