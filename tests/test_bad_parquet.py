@@ -90,6 +90,12 @@ def _non_utf8(good: pa.Table) -> pa.Table:
     return _replace(good, "query_type", array)
 
 
+def _non_utf8_string_view(good: pa.Table) -> pa.Table:
+    # Arrow's newer text layout, as Polars and DuckDB write it: the file stores its Arrow schema
+    bad = _non_utf8(good).column("query_type").cast(pa.binary()).cast(pa.binary_view())
+    return _replace(good, "query_type", bad.cast(pa.string_view(), safe=False))
+
+
 def _unsorted(good: pa.Table) -> pa.Table:
     order = list(range(ROWS))
     order[10], order[11] = 11, 10
@@ -124,6 +130,9 @@ ROW_CASES: dict[str, tuple[Callable[[pa.Table], pa.Table], list[str], tuple[int,
     "non_utf8_strings": (_non_utf8, [
         "row 1, query_type: b'sel\\xffect' is not valid UTF-8 text",
     ], (1, 1, "query_type 1")),
+    "non_utf8_string_view": (_non_utf8_string_view, [
+        "row 1, query_type: b'sel\\xffect' is not valid UTF-8 text",
+    ], (1, 1, "query_type 1")),
     "unsorted_rows": (_unsorted, [
         "row 11, arrival_timestamp: is not sorted by (arrival_timestamp, query_id): arrival "
         "2024-03-04 00:00:10.000000, query_id 1000000000070 comes after row 10 "
@@ -155,6 +164,17 @@ def test_whole_floats_as_pandas_writes_nullable_integers_are_accepted(good: pa.T
     assert validate(path).rows == ROWS
     back = pa.Table.from_batches(list(read_batches(path)))
     assert back.column("cluster_size").equals(good.column("cluster_size"))
+
+
+@pytest.mark.parametrize("text_type", [pa.string_view(), pa.large_string(), pa.dictionary(pa.int8(), pa.string())])
+def test_every_arrow_text_type_is_accepted_and_read_as_string(good: pa.Table, tmp_path: Path,
+                                                              text_type: pa.DataType) -> None:
+    path = tmp_path / "text.parquet"
+    pq.write_table(_replace(good, "query_type", good.column("query_type").cast(text_type)), path)
+    assert check(path).verdict().startswith(f"OK {path}: {ROWS} queries")
+    back = pa.Table.from_batches(list(read_batches(path)))
+    assert back.column("query_type").type == pa.string()
+    assert back.column("query_type").equals(good.column("query_type"))
 
 
 def test_problems_are_capped_per_column_but_all_counted(good: pa.Table, tmp_path: Path) -> None:

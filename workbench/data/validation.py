@@ -252,15 +252,20 @@ def _valid(array: pa.Array) -> np.ndarray:
     return array.is_valid().to_numpy(zero_copy_only=False)
 
 
+#: The bytes type of each text type: the values of a text array that are not UTF-8 are read as bytes.
+_TEXT_AS_BYTES = {pa.string(): pa.binary(), pa.large_string(): pa.large_binary(), pa.string_view(): pa.binary_view()}
+
+
 def _utf8_bad(array: pa.Array) -> np.ndarray:
     """Rows of a string/binary array that are not valid UTF-8 (fast path: the whole array is fine)."""
-    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+    as_bytes = _TEXT_AS_BYTES.get(array.type)
+    if as_bytes is not None:
         try:
             array.validate(full=True)
             return np.zeros(len(array), bool)
         except pa.ArrowInvalid:
             pass
-        raw = array.cast(pa.large_binary() if pa.types.is_large_string(array.type) else pa.binary(), safe=False)
+        raw = array.cast(as_bytes, safe=False)
     else:
         raw = array
     bad = np.zeros(len(array), bool)
