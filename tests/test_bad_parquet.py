@@ -18,6 +18,8 @@ from tests.helpers import make_log
 from workbench import cli
 from workbench.data import DataValidationError, read_batches, validate
 from workbench.data.validation import LINES_PER_COLUMN, check
+from workbench.ml._train import load_log_window
+from workbench.replay import LogFile
 
 ROWS = 40
 
@@ -282,3 +284,42 @@ def test_cli_prints_every_line_and_exits_1(good: pa.Table, tmp_path: Path, monke
         "row 0, queue_duration_ms: -1 is negative (durations, sizes and counts are >= 0)",
         _failed(path, 1, 1, "queue_duration_ms 1"),
     ]
+
+
+def _variants(good: pa.Table) -> pa.Table:
+    """Every column type validate accepts in place of the Redset one, as the real Redset and its exports hold them."""
+    table = _replace(good, "arrival_timestamp", good.column("arrival_timestamp").cast(pa.timestamp("ms")))  # Redset
+    table = _replace(table, "query_type", good.column("query_type").cast(pa.string_view()))
+    table = _replace(table, "instance_id", good.column("instance_id").dictionary_encode())
+    table = _replace(table, "user_id", good.column("user_id").cast(pa.uint32()))
+    return _replace(table, "write_table_ids", pa.nulls(ROWS))  # all NULL: Parquet's null type
+
+
+def test_the_offline_reader_of_train_and_evaluate_reads_what_validate_accepts(good: pa.Table, tmp_path: Path) -> None:
+    """`train/evaluate --data` read the log typed as the replay reads it (before: naive times, string_view and
+    null-typed columns stopped them, the last with a traceback)."""
+    path = tmp_path / "variants.parquet"
+    pq.write_table(_variants(good), path)
+    assert validate(path).rows == ROWS
+    day = good.column("arrival_timestamp")[0].as_py().date()
+    assert load_log_window(path, day, 1).equals(good)
+
+
+def test_the_offline_reader_reads_a_folder_as_the_replay_does(good: pa.Table, tmp_path: Path) -> None:
+    """The files of a folder are the replay's; one that validate refuses is named (before: a README beside the
+    files stopped training, a nested folder was read, and a file of another schema lost rows silently)."""
+    day = good.column("arrival_timestamp")[0].as_py().date()
+    folder = tmp_path / "log"
+    (folder / "nested").mkdir(parents=True)
+    pq.write_table(good.slice(0, 20), folder / "2024-03-04a.parquet")
+    pq.write_table(good.slice(20), folder / "2024-03-04b.parquet")
+    pq.write_table(good, folder / "nested" / "copy.parquet")
+    (folder / "README.txt").write_text("exported from Redshift\n")
+    assert LogFile(folder).num_rows == ROWS
+    assert load_log_window(folder, day, 1).equals(good)
+    bad = folder / "2024-03-04c.parquet"
+    pq.write_table(_replace(good, "query_id", good.column("query_id").cast(pa.string())), bad)
+    with pytest.raises(DataValidationError) as info:
+        load_log_window(folder, day, 1)
+    assert str(info.value).startswith(f"Column 'query_id' of query log {str(bad)!r} must be integer (int64). "
+                                      "Got string instead.")
