@@ -323,3 +323,27 @@ def test_the_offline_reader_reads_a_folder_as_the_replay_does(good: pa.Table, tm
         load_log_window(folder, day, 1)
     assert str(info.value).startswith(f"Column 'query_id' of query log {str(bad)!r} must be integer (int64). "
                                       "Got string instead.")
+
+
+def test_cli_validates_a_folder_file_by_file_and_across_files(good: pa.Table, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`workbench validate DIR` checks what `workbench replay DIR` reads (before: 'not a readable Parquet file')."""
+    monkeypatch.setattr(cli, "_COMMAND_MODULES", ("workbench.data._cli",))
+    folder = tmp_path / "prepared"
+    folder.mkdir()
+    first, second = folder / "2024-03-04a.parquet", folder / "2024-03-04b.parquet"
+    pq.write_table(good.slice(0, 25), first)
+    pq.write_table(_edit(good.slice(25), "num_scans", {2: -4}), second)
+    assert cli.main(["validate", str(folder)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"OK {first}: 25 queries in 1 row groups, 2024-03-04 00:00:00 .. 2024-03-04 00:00:24 UTC, with anomaly labels",
+        "2024-03-04b.parquet: row 2, num_scans: -4 is negative (durations, sizes and counts are >= 0)",
+        f"FAILED {second}: 1 problem(s) in 1 of 15 rows (num_scans 1)",
+    ]
+    pq.write_table(good.slice(25), second)
+    assert cli.main(["validate", str(folder)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"OK {folder}: 2 files, {ROWS} queries, in order across files"
+    pq.write_table(good.slice(20), second)  # overlaps the first file
+    assert cli.main(["validate", str(folder)]) == 2
+    assert f"'{folder}' is not sorted across files: the first row of 2024-03-04b.parquet" in capsys.readouterr().err
