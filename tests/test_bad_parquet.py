@@ -76,6 +76,15 @@ def _floats(good: pa.Table) -> pa.Table:
     return _replace(good, "mbytes_scanned", values, pa.float64())
 
 
+def _rounded_by_floats(good: pa.Table) -> pa.Table:
+    # ids through floats: float32 holds every whole number up to 2**24 only, float64 up to 2**53
+    users = _replace(good, "user_id", [float(v) for v in good.column("user_id").to_pylist()], pa.float32())
+    users = _edit(users, "user_id", {3: 16_777_218.0})
+    ids = [float(v) for v in good.column("query_id").to_pylist()]
+    ids[-1] = 2.0**53 + 2
+    return _replace(users, "query_id", ids, pa.float64())
+
+
 def _year9999(good: pa.Table) -> pa.Table:
     stamps = good.column("arrival_timestamp").cast(pa.int64()).to_pylist()
     stamps[-2] = 253_402_214_400_000_000  # 9999-12-31
@@ -123,6 +132,12 @@ ROW_CASES: dict[str, tuple[Callable[[pa.Table], pa.Table], list[str], tuple[int,
         "row 6, mbytes_scanned: inf is not a finite number",
         "row 7, mbytes_scanned: 1.5 is not a whole number",
     ], (3, 3, "mbytes_scanned 3")),
+    "ids_rounded_by_floats": (_rounded_by_floats, [
+        "row 3, user_id: 16777218.0 is beyond 16,777,216, where a float column cannot hold every whole number: "
+        "it may be a rounded value; store the column as integers",
+        f"row {ROWS - 1}, query_id: 9007199254740994.0 is beyond 9,007,199,254,740,992, where a double column "
+        "cannot hold every whole number: it may be a rounded value; store the column as integers",
+    ], (2, 2, "user_id 1, query_id 1")),
     "timestamps_no_consumer_can_decode": (_year9999, [
         f"row {ROWS - 2}, arrival_timestamp: 9999-12-31 00:00:00 is outside 1970-01-01 .. 2262-04-10, "
         "the range every consumer can decode",

@@ -120,8 +120,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validate",
         help="check every row and column of a Parquet query log before replaying it",
         description="Check a Parquet query log: readable, non-empty, Redset columns and types, every value "
-        "(NULLs in required columns, negative durations/sizes/counts, ids beyond int64, NaN, times no consumer "
-        "can decode, non-UTF-8 text, undecodable pages) and the order by (arrival_timestamp, query_id). "
+        "(NULLs in required columns, negative durations/sizes/counts, ids beyond int64, NaN, floats too large "
+        "to be exact, times no consumer can decode, non-UTF-8 text, undecodable pages) and the order by "
+        "(arrival_timestamp, query_id). "
         "Prints one line per problem (the first 10 per column; all are counted) and exits 1 if any.",
     )
     val.add_argument("file", help="the Parquet query log, or a folder of them (as `prepare --split day` writes)")

@@ -74,6 +74,8 @@ _INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT",
               "UBIGINT", "UHUGEINT")
 _SAFE_INTS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER")
 _FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
+#: The largest whole number up to which each float type holds every whole number.
+_FLOAT_EXACT = {"FLOAT": 2**24, "REAL": 2**24, "DOUBLE": 2**53}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,6 +335,10 @@ def _group_sql(group: _Group, labels: bool, raw: bool) -> tuple[str, list[str]]:
         if problem is not None:
             reasons.append(f"WHEN {present} AND ({value}) IS NULL THEN {_lit(problem + ':' + name)}")
         reasons += _range_reasons(name, value)
+        if target == "integer" and duck_type.upper() in _FLOAT_EXACT:
+            # beyond this a float does not hold every whole number: the value may be a rounded id
+            limit = _FLOAT_EXACT[duck_type.upper()]
+            reasons.append(f"WHEN {present} AND abs({_q(source)}) > {limit} THEN {_lit('inexact:' + name)}")
     reason = "CASE " + " ".join(reasons) + " END AS _reason" if reasons else "NULL AS _reason"
     sql = (f"SELECT {', '.join(values)}, {reason}, _wb_file AS _file, file_row_number AS _row "
            f"FROM read_parquet({files}, union_by_name=true, filename='_wb_file', file_row_number=true)")

@@ -5,8 +5,9 @@ Two kinds of trouble are told apart:
 * **File problems** (unreadable file, no rows, missing, duplicated or mistyped columns) make the
   file unusable as a whole; :func:`check` raises :class:`DataValidationError` for the first one.
 * **Row problems** (a NULL where every query needs a value, a negative duration, an id beyond
-  int64, NaN in a float column, a time no consumer can decode, a string that is not UTF-8, a row
-  out of order, a second copy of a query, a page that cannot be decoded) are all collected: :class:`ValidationReport`
+  int64, NaN in a float column, a float too large for floats to hold it exactly, a time no
+  consumer can decode, a string that is not UTF-8, a row out of order, a second copy of a query, a
+  page that cannot be decoded) are all collected: :class:`ValidationReport`
   counts every one and keeps the first :data:`LINES_PER_COLUMN` of each column for display.
 
 :func:`find_bad_rows` applies the same per-row rules to one batch, so the replay can send the
@@ -80,8 +81,8 @@ MAX_EVENT_TIME = dt.datetime(2262, 4, 10, tzinfo=dt.UTC)
 #: Row problems the replay can skip (dead-letter) with ``--skip-bad-rows``. Rows out of order and
 #: pages that cannot be decoded are not among them: the first breaks pacing and resume, the
 #: second leaves nothing to send.
-SKIPPABLE_KINDS = frozenset({"null", "not_int64", "negative", "not_a_number", "not_whole", "time_range",
-                             "not_utf8"})
+SKIPPABLE_KINDS = frozenset({"null", "not_int64", "negative", "not_a_number", "not_whole", "inexact",
+                             "time_range", "not_utf8"})
 
 _INT64_MAX = 2**63 - 1
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -236,6 +237,8 @@ _DESCRIBE: dict[str, Callable[[str, pa.Array, int], str]] = {
     "negative": lambda c, a, i: f"{_value(a, i)} is negative (durations, sizes and counts are >= 0)",
     "not_a_number": lambda c, a, i: f"{_value(a, i)} is not a finite number",
     "not_whole": lambda c, a, i: f"{_value(a, i)} is not a whole number",
+    "inexact": lambda c, a, i: (f"{_value(a, i)} is beyond {_exact_limit(a.type):,}, where a {a.type} column cannot "
+                                "hold every whole number: it may be a rounded value; store the column as integers"),
     "time_range": lambda c, a, i: (f"{_time_text(a, i)} is outside {MIN_EVENT_TIME:%Y-%m-%d} .. "
                                    f"{MAX_EVENT_TIME:%Y-%m-%d}, the range every consumer can decode"),
     "not_utf8": lambda c, a, i: f"{_utf8_text(a, i)} is not valid UTF-8 text",
@@ -295,6 +298,11 @@ def _check_integers(name: str, array: pa.Array, valid: np.ndarray) -> list[_Find
     return findings
 
 
+def _exact_limit(type_: pa.DataType) -> int:
+    """The largest whole number up to which a float type holds every whole number (2**53 for float64)."""
+    return 2 ** (np.finfo(type_.to_pandas_dtype()).nmant + 1)
+
+
 def _check_floats(name: str, array: pa.Array, valid: np.ndarray) -> list[_Finding]:
     values = array.to_numpy(zero_copy_only=False).astype(np.float64)
     finite = np.isfinite(values) & valid
@@ -303,6 +311,8 @@ def _check_floats(name: str, array: pa.Array, valid: np.ndarray) -> list[_Findin
         "not_a_number": valid & ~np.isfinite(values),
         "not_int64": finite & (np.abs(values) >= 2.0**63),
     }
+    # An id written through floats beyond this was rounded: distinct queries would share one id.
+    masks["inexact"] = finite & ~masks["not_int64"] & (np.abs(values) > _exact_limit(array.type))
     with np.errstate(invalid="ignore"):
         masks["not_whole"] = finite & ~masks["not_int64"] & (values != np.floor(values))
         if name in NON_NEGATIVE_COLUMNS:
