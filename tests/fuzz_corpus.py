@@ -257,6 +257,61 @@ def _oversized(rng: random.Random, t: dict) -> Malformed:
                      event_headers("json", 1))
 
 
+def _schema_unknown(rng: random.Random, t: dict) -> Malformed:
+    """Another version of the event schema must not be read as this one, whatever its body holds."""
+    row = _row(t)
+    other = rng.choice([b"redset/2", b"redset/0", b"anomaly-v1", b"", b"REDSET/1", b"redset/1 "])
+    headers = [("schema", other), *event_headers("json", 1)[1:]]
+    return Malformed("schema_unknown", json_value(row), _key(row), headers, "unknown_schema")
+
+
+def _header_twice(rng: random.Random, t: dict) -> Malformed:
+    rows = [_row(t) for _ in range(2)]
+    name, values = rng.choice([("encoding", (b"json", b"arrow")), ("encoding", (b"arrow", b"arrow")),
+                               ("rows", (b"2", b"1")), ("schema", (SCHEMA_VERSION.encode(),) * 2)])
+    once = dict(event_headers("arrow", 2)) | {name: values[0]}
+    headers = [*once.items(), (name, values[1])]
+    return Malformed("header_twice", arrow_value(rows), _key(t), headers, "bad_header")
+
+
+def _extra_columns(rng: random.Random, t: dict) -> Malformed:
+    """A column beyond the 24: the generator's labels, an unknown field, a column twice."""
+    row = _row(t)
+    extra = rng.choice([{"label_anomaly": True, "label_kind": "slow_fingerprint"}, {"note": "x"}, {"Query_ID": 1}])
+    if rng.random() < 0.5:
+        data = {name: _iso(row.get(name)) for name in REDSET_SCHEMA.names} | extra
+        return _json("extra_columns", row, "extra_columns", raw=orjson.dumps(data))
+    batch = pa.RecordBatch.from_pylist([row], schema=REDSET_SCHEMA)
+    for name, value in extra.items():
+        batch = batch.append_column(name, pa.array([value]))
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return Malformed("extra_columns", sink.getvalue(), _key(row), event_headers("arrow", 1), "extra_columns")
+
+
+def _key_mismatch(rng: random.Random, t: dict) -> Malformed:
+    """The key must be the instance id of every row: another id, none, or rows of two instances."""
+    row = _row(t)
+    choice = rng.randrange(3)
+    if choice == 0:
+        return Malformed("key_mismatch", json_value(row), str(row["instance_id"] + 1000).encode(),
+                         event_headers("json", 1), "bad_key")
+    if choice == 1:
+        return Malformed("key_mismatch", json_value(row), None, event_headers("json", 1), "bad_key")
+    rows = [row, _row(t, instance_id=t["instance_id"] + 1000)]
+    return Malformed("key_mismatch", arrow_value(rows), _key(row), event_headers("arrow", 2), "bad_key")
+
+
+def _encoding_mismatch(rng: random.Random, t: dict) -> Malformed:
+    """A header that names one encoding over a body of another."""
+    row = _row(t)
+    if rng.random() < 0.5:
+        return Malformed("encoding_mismatch", arrow_value([row]), _key(row), event_headers("json", 1), "invalid_json")
+    headers = event_headers(rng.choice(["arrow", "arrow-zstd"]), 1)
+    return Malformed("encoding_mismatch", json_value(row), _key(row), headers, "invalid_arrow")
+
+
 #: family name -> (builder, messages per corpus)
 EVENT_FAMILIES: dict[str, tuple[Callable[[random.Random, dict], Malformed], int]] = {
     "key_not_utf8": (_key_not_utf8, 60),
@@ -278,6 +333,11 @@ EVENT_FAMILIES: dict[str, tuple[Callable[[random.Random, dict], Malformed], int]
     "arrow_int_out_of_range": (_arrow_int_out_of_range, 40),
     "empty_value": (_empty_value, 30),
     "oversized": (_oversized, 3),
+    "schema_unknown": (_schema_unknown, 30),
+    "header_twice": (_header_twice, 30),
+    "extra_columns": (_extra_columns, 40),
+    "key_mismatch": (_key_mismatch, 40),
+    "encoding_mismatch": (_encoding_mismatch, 30),
 }
 
 

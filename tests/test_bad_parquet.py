@@ -18,6 +18,8 @@ from tests.helpers import make_log
 from workbench import cli
 from workbench.data import DataValidationError, read_batches, validate
 from workbench.data.validation import LINES_PER_COLUMN, check
+from workbench.ml._train import load_log_window
+from workbench.replay import LogFile
 
 ROWS = 40
 
@@ -74,6 +76,15 @@ def _floats(good: pa.Table) -> pa.Table:
     return _replace(good, "mbytes_scanned", values, pa.float64())
 
 
+def _rounded_by_floats(good: pa.Table) -> pa.Table:
+    # ids through floats: float32 holds every whole number up to 2**24 only, float64 up to 2**53
+    users = _replace(good, "user_id", [float(v) for v in good.column("user_id").to_pylist()], pa.float32())
+    users = _edit(users, "user_id", {3: 16_777_218.0})
+    ids = [float(v) for v in good.column("query_id").to_pylist()]
+    ids[-1] = 2.0**53 + 2
+    return _replace(users, "query_id", ids, pa.float64())
+
+
 def _year9999(good: pa.Table) -> pa.Table:
     stamps = good.column("arrival_timestamp").cast(pa.int64()).to_pylist()
     stamps[-2] = 253_402_214_400_000_000  # 9999-12-31
@@ -88,6 +99,12 @@ def _non_utf8(good: pa.Table) -> pa.Table:
     array = pa.Array.from_buffers(pa.string(), ROWS, [None, pa.py_buffer(offsets.tobytes()),
                                                       pa.py_buffer(b"".join(values))])
     return _replace(good, "query_type", array)
+
+
+def _non_utf8_string_view(good: pa.Table) -> pa.Table:
+    # Arrow's newer text layout, as Polars and DuckDB write it: the file stores its Arrow schema
+    bad = _non_utf8(good).column("query_type").cast(pa.binary()).cast(pa.binary_view())
+    return _replace(good, "query_type", bad.cast(pa.string_view(), safe=False))
 
 
 def _unsorted(good: pa.Table) -> pa.Table:
@@ -115,6 +132,12 @@ ROW_CASES: dict[str, tuple[Callable[[pa.Table], pa.Table], list[str], tuple[int,
         "row 6, mbytes_scanned: inf is not a finite number",
         "row 7, mbytes_scanned: 1.5 is not a whole number",
     ], (3, 3, "mbytes_scanned 3")),
+    "ids_rounded_by_floats": (_rounded_by_floats, [
+        "row 3, user_id: 16777218.0 is beyond 16,777,216, where a float column cannot hold every whole number: "
+        "it may be a rounded value; store the column as integers",
+        f"row {ROWS - 1}, query_id: 9007199254740994.0 is beyond 9,007,199,254,740,992, where a double column "
+        "cannot hold every whole number: it may be a rounded value; store the column as integers",
+    ], (2, 2, "user_id 1, query_id 1")),
     "timestamps_no_consumer_can_decode": (_year9999, [
         f"row {ROWS - 2}, arrival_timestamp: 9999-12-31 00:00:00 is outside 1970-01-01 .. 2262-04-10, "
         "the range every consumer can decode",
@@ -122,6 +145,9 @@ ROW_CASES: dict[str, tuple[Callable[[pa.Table], pa.Table], list[str], tuple[int,
         "the range every consumer can decode",
     ], (2, 2, "arrival_timestamp 2")),
     "non_utf8_strings": (_non_utf8, [
+        "row 1, query_type: b'sel\\xffect' is not valid UTF-8 text",
+    ], (1, 1, "query_type 1")),
+    "non_utf8_string_view": (_non_utf8_string_view, [
         "row 1, query_type: b'sel\\xffect' is not valid UTF-8 text",
     ], (1, 1, "query_type 1")),
     "unsorted_rows": (_unsorted, [
@@ -155,6 +181,17 @@ def test_whole_floats_as_pandas_writes_nullable_integers_are_accepted(good: pa.T
     assert validate(path).rows == ROWS
     back = pa.Table.from_batches(list(read_batches(path)))
     assert back.column("cluster_size").equals(good.column("cluster_size"))
+
+
+@pytest.mark.parametrize("text_type", [pa.string_view(), pa.large_string(), pa.dictionary(pa.int8(), pa.string())])
+def test_every_arrow_text_type_is_accepted_and_read_as_string(good: pa.Table, tmp_path: Path,
+                                                              text_type: pa.DataType) -> None:
+    path = tmp_path / "text.parquet"
+    pq.write_table(_replace(good, "query_type", good.column("query_type").cast(text_type)), path)
+    assert check(path).verdict().startswith(f"OK {path}: {ROWS} queries")
+    back = pa.Table.from_batches(list(read_batches(path)))
+    assert back.column("query_type").type == pa.string()
+    assert back.column("query_type").equals(good.column("query_type"))
 
 
 def test_problems_are_capped_per_column_but_all_counted(good: pa.Table, tmp_path: Path) -> None:
@@ -262,3 +299,92 @@ def test_cli_prints_every_line_and_exits_1(good: pa.Table, tmp_path: Path, monke
         "row 0, queue_duration_ms: -1 is negative (durations, sizes and counts are >= 0)",
         _failed(path, 1, 1, "queue_duration_ms 1"),
     ]
+
+
+def _variants(good: pa.Table) -> pa.Table:
+    """Every column type validate accepts in place of the Redset one, as the real Redset and its exports hold them."""
+    table = _replace(good, "arrival_timestamp", good.column("arrival_timestamp").cast(pa.timestamp("ms")))  # Redset
+    table = _replace(table, "query_type", good.column("query_type").cast(pa.string_view()))
+    table = _replace(table, "instance_id", good.column("instance_id").dictionary_encode())
+    table = _replace(table, "user_id", good.column("user_id").cast(pa.uint32()))
+    return _replace(table, "write_table_ids", pa.nulls(ROWS))  # all NULL: Parquet's null type
+
+
+def test_the_offline_reader_of_train_and_evaluate_reads_what_validate_accepts(good: pa.Table, tmp_path: Path) -> None:
+    """`train/evaluate --data` read the log typed as the replay reads it (before: naive times, string_view and
+    null-typed columns stopped them, the last with a traceback)."""
+    path = tmp_path / "variants.parquet"
+    pq.write_table(_variants(good), path)
+    assert validate(path).rows == ROWS
+    day = good.column("arrival_timestamp")[0].as_py().date()
+    assert load_log_window(path, day, 1).equals(good)
+
+
+def test_the_offline_reader_reads_a_folder_as_the_replay_does(good: pa.Table, tmp_path: Path) -> None:
+    """The files of a folder are the replay's; one that validate refuses is named (before: a README beside the
+    files stopped training, a nested folder was read, and a file of another schema lost rows silently)."""
+    day = good.column("arrival_timestamp")[0].as_py().date()
+    folder = tmp_path / "log"
+    (folder / "nested").mkdir(parents=True)
+    pq.write_table(good.slice(0, 20), folder / "2024-03-04a.parquet")
+    pq.write_table(good.slice(20), folder / "2024-03-04b.parquet")
+    pq.write_table(good, folder / "nested" / "copy.parquet")
+    (folder / "README.txt").write_text("exported from Redshift\n")
+    assert LogFile(folder).num_rows == ROWS
+    assert load_log_window(folder, day, 1).equals(good)
+    bad = folder / "2024-03-04c.parquet"
+    pq.write_table(_replace(good, "query_id", good.column("query_id").cast(pa.string())), bad)
+    with pytest.raises(DataValidationError) as info:
+        load_log_window(folder, day, 1)
+    assert str(info.value).startswith(f"Column 'query_id' of query log {str(bad)!r} must be integer (int64). "
+                                      "Got string instead.")
+
+
+def test_cli_validates_a_folder_file_by_file_and_across_files(good: pa.Table, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`workbench validate DIR` checks what `workbench replay DIR` reads (before: 'not a readable Parquet file')."""
+    monkeypatch.setattr(cli, "_COMMAND_MODULES", ("workbench.data._cli",))
+    folder = tmp_path / "prepared"
+    folder.mkdir()
+    first, second = folder / "2024-03-04a.parquet", folder / "2024-03-04b.parquet"
+    pq.write_table(good.slice(0, 25), first)
+    pq.write_table(_edit(good.slice(25), "num_scans", {2: -4}), second)
+    assert cli.main(["validate", str(folder)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"OK {first}: 25 queries in 1 row groups, 2024-03-04 00:00:00 .. 2024-03-04 00:00:24 UTC, with anomaly labels",
+        "2024-03-04b.parquet: row 2, num_scans: -4 is negative (durations, sizes and counts are >= 0)",
+        f"FAILED {second}: 1 problem(s) in 1 of 15 rows (num_scans 1)",
+    ]
+    pq.write_table(good.slice(25), second)
+    assert cli.main(["validate", str(folder)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"OK {folder}: 2 files, {ROWS} queries, in order across files"
+    pq.write_table(good.slice(20), second)  # overlaps the first file
+    assert cli.main(["validate", str(folder)]) == 2
+    assert f"'{folder}' is not sorted across files: the first row of 2024-03-04b.parquet" in capsys.readouterr().err
+
+
+def test_tiny_row_groups_give_the_same_lines_and_a_damaged_one_is_named(good: pa.Table, tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """One row per row group, read together (validate read each alone: ~3 ms a group, 45 min for a million)."""
+    table = _edit(_unsorted(good), "num_joins", {7: -1})
+    whole, tiny = tmp_path / "whole.parquet", tmp_path / "tiny.parquet"
+    pq.write_table(table, whole)
+    pq.write_table(table, tiny, row_group_size=1, compression="zstd")
+    assert check(tiny).lines() == check(whole).lines() and len(check(tiny).lines()) == 2
+    assert check(tiny).verdict() == check(whole).verdict().replace(str(whole), str(tiny))
+    chunk = pq.ParquetFile(tiny).metadata.row_group(5).column(table.schema.get_field_index("num_scans"))
+    data = bytearray(tiny.read_bytes())
+    data[chunk.data_page_offset:chunk.data_page_offset + 16] = b"\xff" * 16
+    tiny.write_bytes(bytes(data))
+    lines = check(tiny).lines()
+    assert [line.split(":")[0] for line in lines] == ["row 5, num_scans", "row 7, num_joins",
+                                                      "row 11, arrival_timestamp"]
+    assert lines[0].startswith("row 5, num_scans: rows 5..5 (row group 5) cannot be decoded: ")
+    # the replay would send one row per transaction: a file of very many tiny groups is pointed at prepare
+    many = tmp_path / "many.parquet"
+    pq.write_table(pa.concat_tables([good] * 26), many, row_group_size=1)
+    with caplog.at_level("WARNING", logger="workbench.data.validation"):
+        check(many)
+    assert f"{many} holds 1040 row groups of 1 rows on average" in caplog.text
+    assert f"`workbench prepare {many} --out NEW`" in caplog.text

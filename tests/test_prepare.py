@@ -156,6 +156,42 @@ def test_unrepairable_rows_are_dropped_counted_and_sampled(canonical: pa.Table, 
     assert not (tmp_path / "again.parquet.rejected.jsonl").exists()
 
 
+def test_rows_validation_refuses_are_refused_so_the_output_replays(canonical: pa.Table, tmp_path: Path) -> None:
+    """Negative durations and times no consumer can decode were written out; year 10000 crashed the summary."""
+    table = canonical.slice(0, 40)
+    stamps = pc.cast(table.column("arrival_timestamp"), pa.int64()).to_pylist()
+    stamps[0] = -62_135_596_800_000_000  # 0001-01-01
+    stamps[-1] = 253_402_300_800_000_000  # 10000-01-01
+    table = table.set_column(5, "arrival_timestamp", pa.array(stamps, pa.int64()).cast(table.schema.field(5).type))
+    durations = table.column("execution_duration_ms").to_pylist()
+    durations[7] = -12
+    table = table.set_column(8, "execution_duration_ms", pa.array(durations, pa.int64()))
+    pq.write_table(table, tmp_path / "in.parquet")
+    summary = prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.rejected == {"time_range:arrival_timestamp": 2, "negative:execution_duration_ms": 1}
+    assert summary.rows_out == 37
+    assert validate(tmp_path / "out.parquet").rows == 37
+    lines = [json.loads(line) for line in summary.rejected_sample.read_text().splitlines()]
+    assert sorted((line["reason"], line["row"]) for line in lines) == [
+        ("negative:execution_duration_ms", 7), ("time_range:arrival_timestamp", 0),
+        ("time_range:arrival_timestamp", 39)]
+
+
+def test_ids_rounded_by_floats_are_refused(canonical: pa.Table, tmp_path: Path) -> None:
+    """Beyond 2**24 (float32) or 2**53 (float64) a float holds not every whole number: distinct ids merge."""
+    table = _doubles(canonical.slice(0, 30))
+    users = table.column("user_id").to_pylist()
+    users[4] = 16_777_218.0
+    table = table.set_column(table.schema.get_field_index("user_id"), "user_id", pa.array(users, pa.float32()))
+    ids = table.column("query_id").to_pylist()
+    ids[9] = 2.0**53 + 2
+    table = table.set_column(table.schema.get_field_index("query_id"), "query_id", pa.array(ids, pa.float64()))
+    pq.write_table(table, tmp_path / "in.parquet")
+    summary = prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.rejected == {"inexact:user_id": 1, "inexact:query_id": 1}
+    assert summary.rows_out == 28 and validate(tmp_path / "out.parquet").rows == 28
+
+
 def test_overlapping_sources_keep_the_first_copy_of_each_query(canonical: pa.Table, tmp_path: Path) -> None:
     """Two exports that overlap, one typed differently: each query once, the repeats counted and sampled."""
     first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from workbench.data.generator import generate
 
@@ -32,14 +33,31 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    """Print one line per row problem (at most LINES_PER_COLUMN per column) and a verdict; 1 if any."""
+    """Print one line per row problem (at most LINES_PER_COLUMN per column) and a verdict; 1 if any.
+
+    A folder is checked as the replay reads it: each of its files, then the order across them.
+    """
     from workbench.data.validation import check
 
-    report = check(args.file)
-    for line in report.lines():
-        print(line)
-    print(report.verdict())
-    return 0 if report.ok else 1
+    path = Path(args.file).expanduser()
+    if not path.is_dir():
+        report = check(path)
+        for line in report.lines():
+            print(line)
+        print(report.verdict())
+        return 0 if report.ok else 1
+    from workbench.replay._source import check_order_across_files, log_parts
+
+    reports = [check(part) for part in log_parts(path)]
+    for report in reports:
+        for line in report.lines():
+            print(f"{report.path.name}: {line}")
+        print(report.verdict())
+    if not all(report.ok for report in reports):
+        return 1
+    check_order_across_files(path)
+    print(f"OK {path}: {len(reports)} files, {sum(r.rows for r in reports):,} queries, in order across files")
+    return 0
 
 
 def _instance_list(text: str) -> list[int]:
@@ -102,11 +120,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validate",
         help="check every row and column of a Parquet query log before replaying it",
         description="Check a Parquet query log: readable, non-empty, Redset columns and types, every value "
-        "(NULLs in required columns, negative durations/sizes/counts, ids beyond int64, NaN, times no consumer "
-        "can decode, non-UTF-8 text, undecodable pages) and the order by (arrival_timestamp, query_id). "
+        "(NULLs in required columns, negative durations/sizes/counts, ids beyond int64, NaN, floats too large "
+        "to be exact, times no consumer can decode, non-UTF-8 text, undecodable pages) and the order by "
+        "(arrival_timestamp, query_id). "
         "Prints one line per problem (the first 10 per column; all are counted) and exits 1 if any.",
     )
-    val.add_argument("file", help="the Parquet query log")
+    val.add_argument("file", help="the Parquet query log, or a folder of them (as `prepare --split day` writes)")
     val.set_defaults(func=_validate)
 
     prep = subparsers.add_parser(

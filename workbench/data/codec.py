@@ -103,7 +103,8 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 REASONS: Final = {
     "empty_value": "the message has no value",
     "unknown_encoding": "the encoding header names no registered encoding",
-    "bad_header": "a header is not UTF-8 text or not a number where one is needed",
+    "bad_header": "a header is not UTF-8 text, not a number where one is needed, or given twice",
+    "unknown_schema": "the schema header names another version of the event schema",
     "bad_key": "the key is not the decimal instance_id of the message's rows",
     "rows_mismatch": "the rows header disagrees with the rows decoded (e.g. a truncated stream)",
     "invalid_json": "the value is not JSON",
@@ -204,14 +205,32 @@ _KNOWN_ENCODINGS: Final = {ENCODING_JSON.encode(): ENCODING_JSON, ENCODING_ARROW
 _ONE_ROW: Final = b"1"
 
 
+_SCHEMA_HEADER: Final = SCHEMA_VERSION.encode()
+_CONTRACT_HEADERS: Final = frozenset({"schema", "encoding", "rows"})
+
+
 def _meta(headers: Headers) -> tuple[str | None, int | None]:
-    """The ``encoding`` and ``rows`` headers of one message, read in one pass and checked."""
+    """The ``encoding`` and ``rows`` headers of one message, read in one pass and checked.
+
+    A ``schema`` header, when present, must name this event schema: a message of another version
+    is refused rather than read as this one. Each of the three headers may appear once (which of
+    two ``encoding`` headers would be meant is a guess).
+    """
     encoding = rows = None
+    seen: set[str] = set()
     for key, value in headers or ():
+        if key in _CONTRACT_HEADERS:
+            if key in seen:
+                raise MessageDecodeError("bad_header", f"header {key!r} appears more than once")
+            seen.add(key)
         if key == "encoding" and type(value) is bytes and value in _KNOWN_ENCODINGS:
             encoding = _KNOWN_ENCODINGS[value]
         elif key == "rows" and value == _ONE_ROW and type(value) is bytes:
             rows = 1
+        elif key == "schema":
+            if value != _SCHEMA_HEADER and (text := header(((key, value),), key)) != SCHEMA_VERSION:
+                msg = f"header 'schema' says {text!r:.60}; this workbench reads {SCHEMA_VERSION!r} events"
+                raise MessageDecodeError("unknown_schema", msg)
         elif key == "encoding" or key == "rows":
             text = header(((key, value),), key)
             if key == "encoding":

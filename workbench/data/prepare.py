@@ -14,7 +14,10 @@ A value counts as *refused* when the source has it (not NULL, not NaN, not an em
 it cannot become the Redset type: a non-integral float, a non-numeric id, a boolean written as
 ``2``... The whole row is then dropped, counted under ``<problem>:<column>`` and, for the first
 rows of each reason, written with its file, row number and raw values to ``<out>.rejected.jsonl``.
-Rows without an instance, query id or arrival time are dropped as ``null_key:<column>``.
+Rows without an instance, query id or arrival time are dropped as ``null_key:<column>``, and rows
+that validation would refuse (a negative duration, size or count: ``negative:<column>``; an arrival
+outside the range every consumer can decode: ``time_range:arrival_timestamp``) likewise, so the
+output always replays.
 """
 
 from __future__ import annotations
@@ -45,7 +48,13 @@ import pyarrow.parquet as pq
 
 from workbench.data.exceptions import DataValidationError
 from workbench.data.schema import LABEL_SCHEMA, REDSET_SCHEMA
-from workbench.data.validation import adjacent_repeats, cast_batch
+from workbench.data.validation import (
+    MAX_EVENT_TIME,
+    MIN_EVENT_TIME,
+    NON_NEGATIVE_COLUMNS,
+    adjacent_repeats,
+    cast_batch,
+)
 
 __all__ = ["DEFAULT_ROW_GROUP", "PrepareSummary", "prepare", "source_files"]
 
@@ -65,6 +74,8 @@ _INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT",
               "UBIGINT", "UHUGEINT")
 _SAFE_INTS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER")
 _FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
+#: The largest whole number up to which each float type holds every whole number.
+_FLOAT_EXACT = {"FLOAT": 2**24, "REAL": 2**24, "DOUBLE": 2**53}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,10 +334,29 @@ def _group_sql(group: _Group, labels: bool, raw: bool) -> tuple[str, list[str]]:
             reasons.append(f"WHEN NOT {present} THEN {_lit('null_label:' + name)}")
         if problem is not None:
             reasons.append(f"WHEN {present} AND ({value}) IS NULL THEN {_lit(problem + ':' + name)}")
+        reasons += _range_reasons(name, value)
+        if target == "integer" and duck_type.upper() in _FLOAT_EXACT:
+            # beyond this a float does not hold every whole number: the value may be a rounded id
+            limit = _FLOAT_EXACT[duck_type.upper()]
+            reasons.append(f"WHEN {present} AND abs({_q(source)}) > {limit} THEN {_lit('inexact:' + name)}")
     reason = "CASE " + " ".join(reasons) + " END AS _reason" if reasons else "NULL AS _reason"
     sql = (f"SELECT {', '.join(values)}, {reason}, _wb_file AS _file, file_row_number AS _row "
            f"FROM read_parquet({files}, union_by_name=true, filename='_wb_file', file_row_number=true)")
     return sql, coercions
+
+
+def _range_reasons(name: str, value: str) -> list[str]:
+    """CASE branches refusing a converted value that validation refuses (so the output replays).
+
+    The rules are validation's: durations, sizes and counts are >= 0, and arrival times lie in the
+    range every consumer can decode.
+    """
+    if name in NON_NEGATIVE_COLUMNS:
+        return [f"WHEN ({value}) < 0 THEN {_lit('negative:' + name)}"]
+    if name == "arrival_timestamp":
+        low, high = (f"TIMESTAMPTZ {_lit(t.isoformat())}" for t in (MIN_EVENT_TIME, MAX_EVENT_TIME))
+        return [f"WHEN ({value}) < {low} OR ({value}) >= {high} THEN {_lit('time_range:' + name)}"]
+    return []
 
 
 def _parse_time(value: str | dt.datetime | None, what: str) -> dt.datetime | None:

@@ -5,8 +5,9 @@ Two kinds of trouble are told apart:
 * **File problems** (unreadable file, no rows, missing, duplicated or mistyped columns) make the
   file unusable as a whole; :func:`check` raises :class:`DataValidationError` for the first one.
 * **Row problems** (a NULL where every query needs a value, a negative duration, an id beyond
-  int64, NaN in a float column, a time no consumer can decode, a string that is not UTF-8, a row
-  out of order, a second copy of a query, a page that cannot be decoded) are all collected: :class:`ValidationReport`
+  int64, NaN in a float column, a float too large for floats to hold it exactly, a time no
+  consumer can decode, a string that is not UTF-8, a row out of order, a second copy of a query, a
+  page that cannot be decoded) are all collected: :class:`ValidationReport`
   counts every one and keeps the first :data:`LINES_PER_COLUMN` of each column for display.
 
 :func:`find_bad_rows` applies the same per-row rules to one batch, so the replay can send the
@@ -80,8 +81,8 @@ MAX_EVENT_TIME = dt.datetime(2262, 4, 10, tzinfo=dt.UTC)
 #: Row problems the replay can skip (dead-letter) with ``--skip-bad-rows``. Rows out of order and
 #: pages that cannot be decoded are not among them: the first breaks pacing and resume, the
 #: second leaves nothing to send.
-SKIPPABLE_KINDS = frozenset({"null", "not_int64", "negative", "not_a_number", "not_whole", "time_range",
-                             "not_utf8"})
+SKIPPABLE_KINDS = frozenset({"null", "not_int64", "negative", "not_a_number", "not_whole", "inexact",
+                             "time_range", "not_utf8"})
 
 _INT64_MAX = 2**63 - 1
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -236,6 +237,8 @@ _DESCRIBE: dict[str, Callable[[str, pa.Array, int], str]] = {
     "negative": lambda c, a, i: f"{_value(a, i)} is negative (durations, sizes and counts are >= 0)",
     "not_a_number": lambda c, a, i: f"{_value(a, i)} is not a finite number",
     "not_whole": lambda c, a, i: f"{_value(a, i)} is not a whole number",
+    "inexact": lambda c, a, i: (f"{_value(a, i)} is beyond {_exact_limit(a.type):,}, where a {a.type} column cannot "
+                                "hold every whole number: it may be a rounded value; store the column as integers"),
     "time_range": lambda c, a, i: (f"{_time_text(a, i)} is outside {MIN_EVENT_TIME:%Y-%m-%d} .. "
                                    f"{MAX_EVENT_TIME:%Y-%m-%d}, the range every consumer can decode"),
     "not_utf8": lambda c, a, i: f"{_utf8_text(a, i)} is not valid UTF-8 text",
@@ -252,15 +255,20 @@ def _valid(array: pa.Array) -> np.ndarray:
     return array.is_valid().to_numpy(zero_copy_only=False)
 
 
+#: The bytes type of each text type: the values of a text array that are not UTF-8 are read as bytes.
+_TEXT_AS_BYTES = {pa.string(): pa.binary(), pa.large_string(): pa.large_binary(), pa.string_view(): pa.binary_view()}
+
+
 def _utf8_bad(array: pa.Array) -> np.ndarray:
     """Rows of a string/binary array that are not valid UTF-8 (fast path: the whole array is fine)."""
-    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+    as_bytes = _TEXT_AS_BYTES.get(array.type)
+    if as_bytes is not None:
         try:
             array.validate(full=True)
             return np.zeros(len(array), bool)
         except pa.ArrowInvalid:
             pass
-        raw = array.cast(pa.large_binary() if pa.types.is_large_string(array.type) else pa.binary(), safe=False)
+        raw = array.cast(as_bytes, safe=False)
     else:
         raw = array
     bad = np.zeros(len(array), bool)
@@ -290,6 +298,11 @@ def _check_integers(name: str, array: pa.Array, valid: np.ndarray) -> list[_Find
     return findings
 
 
+def _exact_limit(type_: pa.DataType) -> int:
+    """The largest whole number up to which a float type holds every whole number (2**53 for float64)."""
+    return 2 ** (np.finfo(type_.to_pandas_dtype()).nmant + 1)
+
+
 def _check_floats(name: str, array: pa.Array, valid: np.ndarray) -> list[_Finding]:
     values = array.to_numpy(zero_copy_only=False).astype(np.float64)
     finite = np.isfinite(values) & valid
@@ -298,6 +311,8 @@ def _check_floats(name: str, array: pa.Array, valid: np.ndarray) -> list[_Findin
         "not_a_number": valid & ~np.isfinite(values),
         "not_int64": finite & (np.abs(values) >= 2.0**63),
     }
+    # An id written through floats beyond this was rounded: distinct queries would share one id.
+    masks["inexact"] = finite & ~masks["not_int64"] & (np.abs(values) > _exact_limit(array.type))
     with np.errstate(invalid="ignore"):
         masks["not_whole"] = finite & ~masks["not_int64"] & (values != np.floor(values))
         if name in NON_NEGATIVE_COLUMNS:
@@ -458,6 +473,27 @@ def _unreadable_columns(pf: pq.ParquetFile, group: int, names: Sequence[str]) ->
     return broken or [(names[0], "the row group cannot be read")]
 
 
+#: A file of more row groups than this, averaging fewer rows than _SMALL_GROUP, gets a warning.
+_MANY_GROUPS = 1_000
+_SMALL_GROUP = 1_000
+
+
+def _group_runs(metadata: pq.FileMetaData, batch_size: int) -> list[list[int]]:
+    """The row groups in file order, in runs read together: consecutive groups of at most
+    ``batch_size`` rows in all (a larger group is a run of its own)."""
+    runs: list[list[int]] = []
+    rows = 0
+    for group in range(metadata.num_row_groups):
+        size = metadata.row_group(group).num_rows
+        if runs and rows + size <= batch_size:
+            runs[-1].append(group)
+            rows += size
+        else:
+            runs.append([group])
+            rows = size
+    return runs
+
+
 def check(path: str | os.PathLike[str], *, batch_size: int = 65_536,
           progress: Callable[[int, int], None] | None = None) -> ValidationReport:
     """Check every column of every row of a Parquet query log, one row group at a time.
@@ -492,6 +528,10 @@ def check(path: str | os.PathLike[str], *, batch_size: int = 65_536,
     if report.rows == 0:
         msg = f"Query log {str(path)!r} has no rows. Regenerate it or point at a log with queries."
         raise DataValidationError(msg, path=str(path))
+    if report.row_groups > _MANY_GROUPS and report.rows < report.row_groups * _SMALL_GROUP:
+        logger.warning("%s holds %d row groups of %.0f rows on average: the replay reads and sends one row group "
+                       "at a time, so it will be slow. `workbench prepare %s --out NEW` rewrites it in row groups "
+                       "of 131,072 rows.", path, report.row_groups, report.rows / report.row_groups, path)
     names = [*COLUMNS, *(LABEL_COLUMNS if has_labels else ())]
     order = _Order()
     shown: Counter[str] = Counter()
@@ -503,41 +543,55 @@ def check(path: str | os.PathLike[str], *, batch_size: int = 65_536,
             shown[problem.column] += 1
             report.problems.append(problem)
 
+    def feed(batch: pa.RecordBatch, row: int) -> None:
+        bad = find_bad_rows(batch)
+        for finding in bad.findings:
+            report.counts[finding.column] += len(finding.rows)
+            report.kinds[finding.kind] += len(finding.rows)
+            for index in finding.rows[: max(0, LINES_PER_COLUMN - shown[finding.column])]:
+                shown[finding.column] += 1
+                report.problems.append(Problem(row + int(index), finding.column, finding.kind,
+                                               finding.detail(int(index))))
+        usable = np.ones(batch.num_rows, bool)
+        for finding in bad.findings:
+            if finding.column in SORT_KEY:
+                usable[finding.rows] = False
+        unsorted = order.feed(batch, row, usable)
+        for problem in unsorted:
+            note(problem)
+        bad.mask[[p.row - row for p in unsorted]] = True
+        report.bad_rows += int(bad.mask.sum())
+        if progress is not None:
+            progress(row + batch.num_rows, report.rows)
+
     offset = 0
-    for group in range(metadata.num_row_groups):
-        group_rows = metadata.row_group(group).num_rows
-        group_end = offset + group_rows
-        row = offset
-        try:
-            for batch in pf.iter_batches(batch_size=batch_size, row_groups=[group], columns=names,
-                                         use_threads=False):
-                bad = find_bad_rows(batch)
-                for finding in bad.findings:
-                    report.counts[finding.column] += len(finding.rows)
-                    report.kinds[finding.kind] += len(finding.rows)
-                    for index in finding.rows[: max(0, LINES_PER_COLUMN - shown[finding.column])]:
-                        shown[finding.column] += 1
-                        report.problems.append(Problem(row + int(index), finding.column, finding.kind,
-                                                       finding.detail(int(index))))
-                usable = np.ones(batch.num_rows, bool)
-                for finding in bad.findings:
-                    if finding.column in SORT_KEY:
-                        usable[finding.rows] = False
-                unsorted = order.feed(batch, row, usable)
-                for problem in unsorted:
-                    note(problem)
-                bad.mask[[p.row - row for p in unsorted]] = True
-                report.bad_rows += int(bad.mask.sum())
-                row += batch.num_rows
-                if progress is not None:
-                    progress(row, report.rows)
-        except (pa.ArrowException, OSError) as exc:
-            logger.debug("row group %d of %s cannot be read: %s", group, path, exc)
-            for column, error in _unreadable_columns(pf, group, names):
-                note(Problem(row, column, "unreadable",
-                             f"rows {row}..{group_end - 1} (row group {group}) cannot be decoded: {error}"))
-            report.bad_rows += group_end - row
-        offset = group_end
+    for groups in _group_runs(metadata, batch_size):
+        if len(groups) > 1:  # small row groups, read together: one reader per group costs ~3 ms
+            try:
+                batches = list(pf.iter_batches(batch_size=batch_size, row_groups=groups, columns=names,
+                                               use_threads=False))
+            except (pa.ArrowException, OSError):
+                batches = []  # one of them is damaged: read them one by one below, to name it
+            for batch in batches:
+                feed(batch, offset)
+                offset += batch.num_rows
+            if batches:
+                continue
+        for group in groups:
+            group_end = offset + metadata.row_group(group).num_rows
+            row = offset
+            try:
+                for batch in pf.iter_batches(batch_size=batch_size, row_groups=[group], columns=names,
+                                             use_threads=False):
+                    feed(batch, row)
+                    row += batch.num_rows
+            except (pa.ArrowException, OSError) as exc:
+                logger.debug("row group %d of %s cannot be read: %s", group, path, exc)
+                for column, error in _unreadable_columns(pf, group, names):
+                    note(Problem(row, column, "unreadable",
+                                 f"rows {row}..{group_end - 1} (row group {group}) cannot be decoded: {error}"))
+                report.bad_rows += group_end - row
+            offset = group_end
     if order.first_us is not None and order.last_us is not None:
         report.first_arrival = _EPOCH + dt.timedelta(microseconds=order.first_us)
         report.last_arrival = _EPOCH + dt.timedelta(microseconds=order.last_us)

@@ -28,12 +28,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from workbench import defaults
 from workbench._lifeline import bind_to_supervisor
 from workbench.config import Settings, get_settings
 from workbench.data.exceptions import DataValidationError
-from workbench.data.schema import COLUMNS, require_log
+from workbench.data.schema import COLUMNS, LABEL_COLUMNS, LABEL_SCHEMA, REDSET_SCHEMA, _check_schema, require_log
 from workbench.exceptions import WorkbenchError
 from workbench.ml._forkserver import serve
 from workbench.ml.detector import ResidualDetector
@@ -48,6 +49,7 @@ __all__ = ["TrainResult", "load_log_window", "main", "split_window", "table_sha2
 logger = logging.getLogger(__name__)
 
 MIN_ROWS = 500
+_FIELDS = {f.name: f for f in [*REDSET_SCHEMA, *LABEL_SCHEMA]}
 PARITY_TOLERANCE = 1e-3
 PARITY_ROWS = 5000
 
@@ -72,26 +74,68 @@ def window_days_of(day: dt.date, window_days: int) -> list[dt.date]:
 
 def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
     """Rows of a Parquet query log (a file or a folder of them) whose UTC arrival day is in the
-    window ending at ``day``.
+    window ending at ``day``, typed as the Redset schema (and the label columns when every file has them).
+
+    The files are those the replay reads (:func:`workbench.replay.log_parts`), each checked for the
+    Redset columns and types ``workbench validate`` accepts; naive times are UTC.
 
     Raises
     ------
     DataValidationError
-        The path does not exist or does not read as Parquet with an ``arrival_timestamp`` column.
+        Naming the file (and column): it does not exist, does not read as Parquet, lacks a Redset
+        column or holds one of a type that does not convert.
     """
+    from workbench.replay._source import log_parts
+
     days = window_days_of(day, window_days)
     start = dt.datetime.combine(days[0], dt.time(), dt.UTC)
     end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC)
     require_log(path)
-    ts = ds.field("arrival_timestamp")
-    start_s = pa.scalar(start, pa.timestamp("us", tz="UTC"))
-    end_s = pa.scalar(end, pa.timestamp("us", tz="UTC"))
+    parts = log_parts(path)
+    schemas = [_read_schema(part) for part in parts]
+    labelled = [_check_schema(schema, part) for schema, part in zip(schemas, parts, strict=True)]
+    names = [*COLUMNS, *(LABEL_COLUMNS if all(labelled) else ())]
+    target = pa.schema([_FIELDS[name] for name in names])
+    tables = []
+    for part, schema in zip(parts, schemas, strict=True):
+        try:
+            # string_view read as string: pyarrow's filter has no kernel for string_view
+            schema = pa.schema([f.with_type(pa.string()) if pa.types.is_string_view(f.type) else f for f in schema],
+                               metadata=schema.metadata)
+            dataset = ds.dataset(str(part), format="parquet", schema=schema)
+            ts_type = dataset.schema.field("arrival_timestamp").type
+            # compared in the column's own type: a naive column holds UTC wall times
+            bounds = [pa.scalar(t if ts_type.tz else t.replace(tzinfo=None), pa.timestamp("us", tz=ts_type.tz))
+                      for t in (start, end)]
+            ts = ds.field("arrival_timestamp")
+            table = dataset.to_table(columns=names, filter=(ts >= bounds[0]) & (ts < bounds[1]))
+            tables.append(table if table.schema.equals(target) else _conform_table(table, target))
+        except (pa.ArrowException, OSError) as exc:
+            msg = (f"Query log {str(part)!r} cannot be read as a Parquet log ({exc}). "
+                   f"`workbench validate {part}` names what is wrong; `workbench prepare` converts other layouts.")
+            raise DataValidationError(msg, path=str(part)) from exc
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def _read_schema(part: Path) -> pa.Schema:
     try:
-        return ds.dataset(str(path), format="parquet").to_table(filter=(ts >= start_s) & (ts < end_s))
+        return pq.read_schema(part)
     except (pa.ArrowException, OSError) as exc:
-        msg = (f"Query log {str(path)!r} cannot be read as a Parquet log with an arrival_timestamp column "
-               f"({exc}). `workbench validate FILE` names what is wrong; `workbench prepare` converts other layouts.")
-        raise DataValidationError(msg, path=str(path)) from exc
+        msg = (f"Query log {str(part)!r} is not a readable Parquet file ({exc}). "
+               "Pass a Parquet file with the Redset columns, e.g. one written by `workbench generate`.")
+        raise DataValidationError(msg, path=str(part)) from exc
+
+
+def _conform_table(table: pa.Table, target: pa.Schema) -> pa.Table:
+    """``table``'s columns cast to ``target``'s types (dictionaries decoded): what ``read_batches`` does."""
+    columns = []
+    for field in target:
+        column = table.column(field.name)
+        if pa.types.is_dictionary(column.type):
+            column = pa.chunked_array([chunk.dictionary_decode() for chunk in column.chunks],
+                                      column.type.value_type)
+        columns.append(column if column.type == field.type else column.cast(field.type))
+    return pa.Table.from_arrays(columns, schema=target)
 
 
 def table_sha256(table: pa.Table) -> str:
