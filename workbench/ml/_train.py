@@ -93,9 +93,12 @@ def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
     require_log(path)
     parts = log_parts(path)
     schemas = [_read_schema(part) for part in parts]
-    labelled = [_check_schema(schema, part) for schema, part in zip(schemas, parts, strict=True)]
-    names = [*COLUMNS, *(LABEL_COLUMNS if all(labelled) else ())]
-    target = pa.schema([_FIELDS[name] for name in names])
+    for schema, part in zip(schemas, parts, strict=True):
+        # labels are checked by their readers (evaluate.anomaly_labels), which take other tools' forms too
+        _check_schema(pa.schema([f for f in schema if f.name not in LABEL_COLUMNS]), part)
+    labels = [name for name in LABEL_COLUMNS if all(name in schema.names for schema in schemas)]
+    names = [*COLUMNS, *labels]
+    target = pa.schema([_FIELDS[name] for name in COLUMNS])
     tables = []
     for part, schema in zip(parts, schemas, strict=True):
         try:
@@ -109,11 +112,14 @@ def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
                       for t in (start, end)]
             ts = ds.field("arrival_timestamp")
             table = dataset.to_table(columns=names, filter=(ts >= bounds[0]) & (ts < bounds[1]))
-            tables.append(table if table.schema.equals(target) else _conform_table(table, target))
+            tables.append(_conform_table(table, target, labels))
         except (pa.ArrowException, OSError) as exc:
             msg = (f"Query log {str(part)!r} cannot be read as a Parquet log ({exc}). "
                    f"`workbench validate {part}` names what is wrong; `workbench prepare` converts other layouts.")
             raise DataValidationError(msg, path=str(part)) from exc
+    if len(tables) > 1 and len({table.schema for table in tables}) > 1:  # labels typed differently per file
+        tables = [table.cast(pa.schema([f if f.name in COLUMNS else f.with_type(pa.string()) for f in table.schema]))
+                  for table in tables]
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
@@ -126,16 +132,24 @@ def _read_schema(part: Path) -> pa.Schema:
         raise DataValidationError(msg, path=str(part)) from exc
 
 
-def _conform_table(table: pa.Table, target: pa.Schema) -> pa.Table:
-    """``table``'s columns cast to ``target``'s types (dictionaries decoded): what ``read_batches`` does."""
-    columns = []
+def _conform_table(table: pa.Table, target: pa.Schema, labels: list[str]) -> pa.Table:
+    """``table``'s columns cast to ``target``'s types (dictionaries decoded): what ``read_batches`` does;
+    the label columns as they are (a bool ``label_anomaly`` and string ``label_kind`` when the file has
+    the generator's types)."""
+    columns, fields = [], list(target)
     for field in target:
         column = table.column(field.name)
         if pa.types.is_dictionary(column.type):
             column = pa.chunked_array([chunk.dictionary_decode() for chunk in column.chunks],
                                       column.type.value_type)
         columns.append(column if column.type == field.type else column.cast(field.type))
-    return pa.Table.from_arrays(columns, schema=target)
+    for name in labels:
+        column = table.column(name)
+        if pa.types.is_dictionary(column.type):
+            column = pa.chunked_array([chunk.dictionary_decode() for chunk in column.chunks], column.type.value_type)
+        columns.append(column)
+        fields.append(_FIELDS[name] if column.type == _FIELDS[name].type else table.schema.field(name))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
 def table_sha256(table: pa.Table) -> str:
