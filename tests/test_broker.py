@@ -149,7 +149,7 @@ def test_a_port_without_room_for_the_controller_is_named(tmp_path: Path) -> None
         LocalKafka(Settings(home=tmp_path, kafka_port=65534, kafka_listeners="plaintext,ssl")).start()
 
 
-def test_topics_without_a_broker_say_what_to_check(tmp_path: Path) -> None:
+def test_topics_without_a_broker_say_what_to_check(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
@@ -157,3 +157,5 @@ def test_topics_without_a_broker_say_what_to_check(tmp_path: Path) -> None:
         ensure_topics(Settings(home=tmp_path, kafka_bootstrap_servers=f"127.0.0.1:{port}"), timeout=2.0)
     with pytest.raises(BrokerError, match=r"Is the local Kafka running \(`workbench kafka start`\)"):
         ensure_topics(Settings(home=tmp_path, kafka_port=port), timeout=2.0)
+    # one clear error, not librdkafka's raw "%3|...|FAIL|" lines on stderr (they go to a debug logger)
+    assert "|FAIL|" not in capfd.readouterr().err

@@ -402,11 +402,14 @@ def test_without_validation_a_row_that_cannot_be_converted_is_dead_lettered_not_
     assert codec.header(dead[0].headers(), "app") == "replay"
 
 
-def test_a_command_no_broker_takes_says_why_and_is_not_delivered_later(kafka_settings: Settings) -> None:
+def test_a_command_no_broker_takes_says_why_and_is_not_delivered_later(kafka_settings: Settings,
+                                                                      capfd: pytest.CaptureFixture[str],
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
     import socket
 
     from workbench.replay import ReplayError
 
+    caplog.set_level(logging.DEBUG, logger="workbench.kafka.client")
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
@@ -414,6 +417,11 @@ def test_a_command_no_broker_takes_says_why_and_is_not_delivered_later(kafka_set
     with pytest.raises(ReplayError, match=rf"'pause' command .*: not delivered in 10 s: no Kafka broker answered "
                                           rf"at 127.0.0.1:{port}, or .*Is the workbench running"):
         ReplayController(nowhere, "default").pause()
+    with pytest.raises(ReplayError, match=rf"Could not read the replay state topic .* at 127.0.0.1:{port}"):
+        latest_state_value(nowhere, "status/default", timeout=2.0)
+    # the errors say it once; librdkafka's raw "%3|...|FAIL|" lines stay off stderr, at debug level in a logger
+    assert "|FAIL|" not in capfd.readouterr().err
+    assert any("Connection refused" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
     # the broker answers but has no control topic: the same error; and once the topic exists, the
     # failed command does not arrive after all (the user was told it failed)
     missing = kafka_settings.with_overrides(topic_replay_control=f"{kafka_settings.topic_replay_control}.late")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workbench.broker._client import NO_SUCH_TOPIC, NOT_READY_YET, read_range, when_ready
+from workbench.broker._client import NO_SUCH_TOPIC, NOT_READY_YET, quiet_logs, read_range, when_ready
 from workbench.broker._local import BrokerStatus, LocalKafka, wait_for_broker
 from workbench.broker._runtime import ensure_kafka_jars, find_java
 from workbench.broker._topics import TopicSpec, ensure_topics, topic_specs
@@ -33,6 +33,7 @@ __all__ = [
     "ensure_kafka_jars",
     "ensure_topics",
     "find_java",
+    "quiet_logs",
     "read_range",
     "topic_specs",
     "wait_for_broker",
