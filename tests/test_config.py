@@ -191,3 +191,18 @@ def test_starting_in_an_unwritable_home_names_it(unwritable_home: Path) -> None:
 
     with pytest.raises(ConfigurationError, match=f"WORKBENCH_HOME {unwritable_home} cannot be created or written"):
         Workbench.start(settings=Settings(home=unwritable_home, kafka_bootstrap_servers="127.0.0.1:1"))
+
+
+def test_training_into_an_unwritable_registry_fails_before_it_reads_or_fits(unwritable_home: Path,
+                                                                              tmp_path: Path) -> None:
+    from tests.helpers import make_log
+
+    log = make_log(tmp_path / "log.parquet", rows=3000, spacing_s=60.0)  # two days: enough to fit
+    env = {**os.environ, "WORKBENCH_HOME": str(unwritable_home), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "workbench.cli", "train", "--day", "2024-03-05", "--data", str(log)],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"The model registry {unwritable_home / 'models'} cannot be created or written" in done.stderr
+    assert "WORKBENCH_MODELS_DIR" in done.stderr
+    assert "training window loaded" not in done.stderr  # refused before the window was read, let alone fitted
