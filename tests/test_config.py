@@ -124,6 +124,8 @@ def test_the_cli_prints_one_line_naming_the_setting_and_exits_2(tmp_path: Path) 
 
 def test_client_settings_librdkafka_would_refuse_name_the_setting(tmp_path: Path) -> None:
     external = {"home": tmp_path, "kafka_bootstrap_servers": "broker.example:9096"}
+    not_pem = tmp_path / "ca.der"
+    not_pem.write_bytes(b"0\x82\x01\x0a not a PEM file")
     cases = [
         ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "PLAIN", "kafka_sasl_username": "u"},
          "KAFKA_SASL_MECHANISM=PLAIN needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD, but KAFKA_SASL_PASSWORD is"),
@@ -134,6 +136,12 @@ def test_client_settings_librdkafka_would_refuse_name_the_setting(tmp_path: Path
         ({"kafka_security_protocol": "SSL", "kafka_ssl_ca_location": tmp_path / "missing-ca.pem"},
          f"KAFKA_SSL_CA_LOCATION is {tmp_path / 'missing-ca.pem'}, which does not exist"),
         ({"kafka_security_protocol": "SSL", "kafka_ssl_key_location": tmp_path / "k.pem"}, "KAFKA_SSL_KEY_LOCATION"),
+        ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "GSSAPI"},
+         r"KAFKA_SASL_MECHANISM=GSSAPI is not available in this librdkafka build \(No provider for SASL mechanism "
+         r"GSSAPI.*\)\. Use one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER\."),
+        ({"kafka_security_protocol": "SSL", "kafka_ssl_ca_location": not_pem},
+         rf"KAFKA_SSL_CA_LOCATION is {not_pem}, which librdkafka cannot load as PEM CA certificates "
+         r"\(ssl.ca.location "),
     ]
     for values, message in cases:
         settings = Settings(**external, **values)
@@ -145,6 +153,25 @@ def test_client_settings_librdkafka_would_refuse_name_the_setting(tmp_path: Path
     # a CA folder is what librdkafka takes too
     assert Settings(**external, kafka_security_protocol="SSL", kafka_ssl_ca_location=tmp_path) \
         .kafka_client_config()["ssl.ca.location"] == str(tmp_path)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "GSSAPI"},
+     "workbench: error: KAFKA_SASL_MECHANISM=GSSAPI is not available in this librdkafka build"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CA_LOCATION": "{not_pem}"},
+     "workbench: error: KAFKA_SSL_CA_LOCATION is {not_pem}, which librdkafka cannot load as PEM CA certificates"),
+])
+def test_a_client_setting_librdkafka_refuses_is_one_line(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("a CA file that is not PEM\n")
+    env = {**os.environ, "WORKBENCH_HOME": str(tmp_path), "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           **{name: value.format(not_pem=not_pem) for name, value in env.items()}}
+    done = subprocess.run([sys.executable, "-m", "workbench.cli", "topics"], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message.format(not_pem=not_pem)), done.stderr
 
 
 def test_an_app_with_a_missing_password_exits_at_once_naming_it(tmp_path: Path) -> None:
