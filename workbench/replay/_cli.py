@@ -6,11 +6,13 @@ import argparse
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from workbench import defaults
 from workbench.cli import settings_from_args
-from workbench.replay._control import ReplayController, ReplayStatus
-from workbench.replay._replay import Replay
+
+if TYPE_CHECKING:
+    from workbench.replay._control import ReplayStatus
 
 __all__ = ["register"]
 
@@ -19,6 +21,7 @@ def _replay(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from workbench.broker import ensure_broker
+    from workbench.replay._replay import Replay
 
     settings = settings_from_args(args)
     ensure_broker(settings)
@@ -49,6 +52,8 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace) -> int:
+    from workbench.replay._control import ReplayController
+
     settings = settings_from_args(args)
     controller = ReplayController(settings, args.replay_id)
     if args.action == "status":
