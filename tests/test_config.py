@@ -95,6 +95,10 @@ def test_empty_variables_mean_unset_not_the_current_directory(monkeypatch: pytes
 def test_bootstrap_servers_in_every_form_librdkafka_takes(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, kafka_bootstrap_servers=" b-1.example.com:9092, [::1]:9093,SASL_SSL://b2:9094,b3")
     assert settings.bootstrap_servers == "b-1.example.com:9092,[::1]:9093,SASL_SSL://b2:9094,b3"
+    assert Settings(home=tmp_path, kafka_bootstrap_servers="b1:9092, ").bootstrap_servers == "b1:9092"  # a stray comma
+    # only commas would have joined to "", which means the local Kafka: a cluster the user named silently ignored
+    with pytest.raises(ConfigurationError, match=r"KAFKA_BOOTSTRAP_SERVERS names no broker \(got ' , '\)"):
+        Settings(home=tmp_path, kafka_bootstrap_servers=" , ")
     assert Settings(home=tmp_path, kafka_ssl_endpoint_identification_algorithm="NONE") \
         .kafka_client_config()["ssl.endpoint.identification.algorithm"] == "none"
 

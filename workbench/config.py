@@ -329,6 +329,10 @@ class Settings(BaseSettings):
             return None
         items = [item.strip() for item in value.split(",") if item.strip()]
         bad = [item for item in items if not _valid_address(item)]
+        if not items:  # only commas: joined, "" would silently mean "no cluster: start the local Kafka"
+            msg = (f"KAFKA_BOOTSTRAP_SERVERS names no broker (got {value!r}): give host:port of the cluster, or "
+                   "unset it (or set it empty) to use the workbench's local Kafka.")
+            raise ValueError(msg)
         if bad:
             msg = ("KAFKA_BOOTSTRAP_SERVERS must be a comma-separated list of host:port (IPv6: [address]:port), "
                    f"e.g. 'broker-1.example.com:9092,broker-2.example.com:9092'. Got {value!r}, in which "
