@@ -71,6 +71,20 @@ def test_port_in_use_gives_a_clear_error(tmp_path: Path) -> None:
             broker.start()
 
 
+def test_a_port_taken_by_the_local_kafka_of_another_home_names_that_home(kafka_base: Settings, tmp_path: Path) -> None:
+    if not kafka_base.manages_kafka:
+        pytest.skip("needs the session's managed broker")
+    pid = LocalKafka(kafka_base).pid()
+    other = LocalKafka(Settings(home=tmp_path / "second", kafka_port=kafka_base.kafka_port))
+    with pytest.raises(PortInUseError) as err:
+        other.start()
+    assert (f"Port {kafka_base.kafka_port} on 127.0.0.1 is already in use, so the local Kafka cannot start"
+            in str(err.value))
+    assert (f"It is the local Kafka (pid {pid}) of the workbench under {kafka_base.home}: stop that one "
+            f"(`workbench --home {kafka_base.home} stop --kafka`), or choose another port for this home with "
+            "WORKBENCH_KAFKA_PORT.") in str(err.value)
+
+
 def test_local_kafka_refuses_to_start_when_an_external_cluster_is_configured(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, kafka_bootstrap_servers="broker.example:9092")
     with pytest.raises(Exception, match="never starts its own"):
@@ -149,7 +163,7 @@ def test_a_port_without_room_for_the_controller_is_named(tmp_path: Path) -> None
         LocalKafka(Settings(home=tmp_path, kafka_port=65534, kafka_listeners="plaintext,ssl")).start()
 
 
-def test_topics_without_a_broker_say_what_to_check(tmp_path: Path) -> None:
+def test_topics_without_a_broker_say_what_to_check(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
@@ -157,3 +171,5 @@ def test_topics_without_a_broker_say_what_to_check(tmp_path: Path) -> None:
         ensure_topics(Settings(home=tmp_path, kafka_bootstrap_servers=f"127.0.0.1:{port}"), timeout=2.0)
     with pytest.raises(BrokerError, match=r"Is the local Kafka running \(`workbench kafka start`\)"):
         ensure_topics(Settings(home=tmp_path, kafka_port=port), timeout=2.0)
+    # one clear error, not librdkafka's raw "%3|...|FAIL|" lines on stderr (they go to a debug logger)
+    assert "|FAIL|" not in capfd.readouterr().err

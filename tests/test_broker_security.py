@@ -22,6 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import certifi
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -209,8 +210,9 @@ def test_both_certificate_makers_give_a_broker_certificate_the_ca_verifies(tool:
 
 
 def test_client_settings_map_to_librdkafka_and_bad_values_are_refused(tmp_path: Path) -> None:
-    for name in ("ca.pem", "c.pem", "k.pem"):
+    for name in ("c.pem", "k.pem"):
         (tmp_path / name).write_text("")  # named files must exist (tests/test_config.py)
+    shutil.copy(certifi.where(), tmp_path / "ca.pem")  # and librdkafka must load the CA file (PEM)
     settings = Settings(home=tmp_path, kafka_bootstrap_servers="broker.example:9096",
                         kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="scram-sha-256",
                         kafka_sasl_username="u", kafka_sasl_password="pw",

@@ -95,6 +95,10 @@ def test_empty_variables_mean_unset_not_the_current_directory(monkeypatch: pytes
 def test_bootstrap_servers_in_every_form_librdkafka_takes(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, kafka_bootstrap_servers=" b-1.example.com:9092, [::1]:9093,SASL_SSL://b2:9094,b3")
     assert settings.bootstrap_servers == "b-1.example.com:9092,[::1]:9093,SASL_SSL://b2:9094,b3"
+    assert Settings(home=tmp_path, kafka_bootstrap_servers="b1:9092, ").bootstrap_servers == "b1:9092"  # a stray comma
+    # only commas would have joined to "", which means the local Kafka: a cluster the user named silently ignored
+    with pytest.raises(ConfigurationError, match=r"KAFKA_BOOTSTRAP_SERVERS names no broker \(got ' , '\)"):
+        Settings(home=tmp_path, kafka_bootstrap_servers=" , ")
     assert Settings(home=tmp_path, kafka_ssl_endpoint_identification_algorithm="NONE") \
         .kafka_client_config()["ssl.endpoint.identification.algorithm"] == "none"
 
@@ -124,6 +128,8 @@ def test_the_cli_prints_one_line_naming_the_setting_and_exits_2(tmp_path: Path) 
 
 def test_client_settings_librdkafka_would_refuse_name_the_setting(tmp_path: Path) -> None:
     external = {"home": tmp_path, "kafka_bootstrap_servers": "broker.example:9096"}
+    not_pem = tmp_path / "ca.der"
+    not_pem.write_bytes(b"0\x82\x01\x0a not a PEM file")
     cases = [
         ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "PLAIN", "kafka_sasl_username": "u"},
          "KAFKA_SASL_MECHANISM=PLAIN needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD, but KAFKA_SASL_PASSWORD is"),
@@ -134,6 +140,12 @@ def test_client_settings_librdkafka_would_refuse_name_the_setting(tmp_path: Path
         ({"kafka_security_protocol": "SSL", "kafka_ssl_ca_location": tmp_path / "missing-ca.pem"},
          f"KAFKA_SSL_CA_LOCATION is {tmp_path / 'missing-ca.pem'}, which does not exist"),
         ({"kafka_security_protocol": "SSL", "kafka_ssl_key_location": tmp_path / "k.pem"}, "KAFKA_SSL_KEY_LOCATION"),
+        ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "GSSAPI"},
+         r"KAFKA_SASL_MECHANISM=GSSAPI is not available in this librdkafka build \(No provider for SASL mechanism "
+         r"GSSAPI.*\)\. Use one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER\."),
+        ({"kafka_security_protocol": "SSL", "kafka_ssl_ca_location": not_pem},
+         rf"KAFKA_SSL_CA_LOCATION is {not_pem}, which librdkafka cannot load as PEM CA certificates "
+         r"\(ssl.ca.location "),
     ]
     for values, message in cases:
         settings = Settings(**external, **values)
@@ -145,6 +157,25 @@ def test_client_settings_librdkafka_would_refuse_name_the_setting(tmp_path: Path
     # a CA folder is what librdkafka takes too
     assert Settings(**external, kafka_security_protocol="SSL", kafka_ssl_ca_location=tmp_path) \
         .kafka_client_config()["ssl.ca.location"] == str(tmp_path)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "GSSAPI"},
+     "workbench: error: KAFKA_SASL_MECHANISM=GSSAPI is not available in this librdkafka build"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CA_LOCATION": "{not_pem}"},
+     "workbench: error: KAFKA_SSL_CA_LOCATION is {not_pem}, which librdkafka cannot load as PEM CA certificates"),
+])
+def test_a_client_setting_librdkafka_refuses_is_one_line(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("a CA file that is not PEM\n")
+    env = {**os.environ, "WORKBENCH_HOME": str(tmp_path), "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           **{name: value.format(not_pem=not_pem) for name, value in env.items()}}
+    done = subprocess.run([sys.executable, "-m", "workbench.cli", "topics"], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message.format(not_pem=not_pem)), done.stderr
 
 
 def test_an_app_with_a_missing_password_exits_at_once_naming_it(tmp_path: Path) -> None:
@@ -191,3 +222,18 @@ def test_starting_in_an_unwritable_home_names_it(unwritable_home: Path) -> None:
 
     with pytest.raises(ConfigurationError, match=f"WORKBENCH_HOME {unwritable_home} cannot be created or written"):
         Workbench.start(settings=Settings(home=unwritable_home, kafka_bootstrap_servers="127.0.0.1:1"))
+
+
+def test_training_into_an_unwritable_registry_fails_before_it_reads_or_fits(unwritable_home: Path,
+                                                                              tmp_path: Path) -> None:
+    from tests.helpers import make_log
+
+    log = make_log(tmp_path / "log.parquet", rows=3000, spacing_s=60.0)  # two days: enough to fit
+    env = {**os.environ, "WORKBENCH_HOME": str(unwritable_home), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "workbench.cli", "train", "--day", "2024-03-05", "--data", str(log)],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"The model registry {unwritable_home / 'models'} cannot be created or written" in done.stderr
+    assert "WORKBENCH_MODELS_DIR" in done.stderr
+    assert "training window loaded" not in done.stderr  # refused before the window was read, let alone fitted

@@ -5,6 +5,7 @@ while behind schedule, and files with bad rows."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -402,11 +403,14 @@ def test_without_validation_a_row_that_cannot_be_converted_is_dead_lettered_not_
     assert codec.header(dead[0].headers(), "app") == "replay"
 
 
-def test_a_command_no_broker_takes_says_why_and_is_not_delivered_later(kafka_settings: Settings) -> None:
+def test_a_command_no_broker_takes_says_why_and_is_not_delivered_later(kafka_settings: Settings,
+                                                                      capfd: pytest.CaptureFixture[str],
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
     import socket
 
     from workbench.replay import ReplayError
 
+    caplog.set_level(logging.DEBUG, logger="workbench.kafka.client")
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
@@ -414,6 +418,11 @@ def test_a_command_no_broker_takes_says_why_and_is_not_delivered_later(kafka_set
     with pytest.raises(ReplayError, match=rf"'pause' command .*: not delivered in 10 s: no Kafka broker answered "
                                           rf"at 127.0.0.1:{port}, or .*Is the workbench running"):
         ReplayController(nowhere, "default").pause()
+    with pytest.raises(ReplayError, match=rf"Could not read the replay state topic .* at 127.0.0.1:{port}"):
+        latest_state_value(nowhere, "status/default", timeout=2.0)
+    # the errors say it once; librdkafka's raw "%3|...|FAIL|" lines stay off stderr, at debug level in a logger
+    assert "|FAIL|" not in capfd.readouterr().err
+    assert any("Connection refused" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
     # the broker answers but has no control topic: the same error; and once the topic exists, the
     # failed command does not arrive after all (the user was told it failed)
     missing = kafka_settings.with_overrides(topic_replay_control=f"{kafka_settings.topic_replay_control}.late")
@@ -436,3 +445,43 @@ def test_a_status_its_replay_stopped_publishing_says_so() -> None:
     assert listening.silence(now=1100.0) == 100.0  # a listening replay reports every second too
     for done in (replace(running, state="finished"), replace(running, state="stopped")):
         assert done.silence(now=1100.0) is None  # nothing more was to come
+
+
+def test_status_of_a_fresh_start_is_not_the_dead_runs(kafka_settings: Settings) -> None:
+    """After a kill -9 of everything and a fresh start, the state topic still holds the dead run's
+    "running" until the new replay reports: `replay-control status` must not show it as the new run's."""
+    import os
+    import subprocess
+    import sys
+
+    from workbench._fs import process_start_time
+    from workbench.runtime.supervisor import RunSpec, run_dir, write_json_atomic
+
+    ensure_topics(kafka_settings)
+    now = time.time()
+    dead = ReplayStatus(replay_id="default", file="old.parquet", state="running", speedup=600.0, rows_sent=15_825,
+                        rows_total=100_000, next_row=15_825, event_time=None, first_event_time=None,
+                        last_event_time=None, rate_now=5.0, rate_avg=5.0, eta_seconds=18.0, updated_at=now - 100)
+    producer = Producer(kafka_settings.kafka_client_config())
+    producer.produce(kafka_settings.topic_replay_state, key=b"default/status", value=dead.to_json())
+    assert producer.flush(10) == 0
+    del producer  # no reconnecting client left once the session broker stops
+    run = run_dir(kafka_settings.home)
+    run.mkdir(parents=True)
+    write_json_atomic(run / "spec.json", RunSpec(processes=[], env={}, replay_id="default").to_json())
+    env = {**os.environ, **kafka_settings.to_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def status_with_replay_started(at: float) -> str:
+        # a live supervisor (this process stands in for it) whose replay process started at `at`
+        write_json_atomic(run / "state.json", {
+            "supervisor_pid": os.getpid(), "supervisor_started": process_start_time(os.getpid()), "state": "running",
+            "processes": {"replay": {"state": "running", "started_at": at}}})
+        done = subprocess.run([sys.executable, "-m", "workbench.cli", "replay-control", "status"], env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    fresh = status_with_replay_started(now - 5)
+    assert re.fullmatch(r"replay 'default': starting \(its process started \d+ s ago and has not reported yet\)\. "
+                        rf"The last status, from before it started: {re.escape(str(dead))}\n", fresh), fresh
+    assert status_with_replay_started(now - 200).startswith(str(dead))  # its own replay's status: shown as it is

@@ -119,8 +119,10 @@ def test_bad_start_options_are_refused_before_anything_starts(tmp_path: Path) ->
                              ({"pack": 0}, r"pack \(queries per Kafka message\) must be an integer >= 1"),
                              ({"retrain_every_days": 0}, r"retrain_every_days \(--every-n-days\) must be >= 1"),
                              ({"app_instances": 0}, "1 to 64 processes"),
-                             ({"app_instances": {"scorer": 2}}, "names apps that are not started: \\['scorer'\\]")):
+                             ({"app_instances": {"scorer": 2}}, "names apps that are not started: \\['scorer'\\]"),
+                             ({"data": tmp_path / "missing.parquet"}, "missing.parquet")):
         with pytest.raises(WorkbenchError, match=message):
-            Workbench.start(data=log, settings=settings, **options)
+            Workbench.start(**{"data": log, **options}, settings=settings)
     assert time.monotonic() - began < 30  # no broker wait (it would take 90 s)
     assert home_processes(settings.home) == []
+    assert not settings.home.exists()  # a refused start leaves no (empty) home behind

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,38 @@ print(args.command, args.name, args.timeout, *(m in sys.modules for m in ("workb
 def test_an_app_command_imports_only_its_own_module() -> None:
     out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.split() == ["app", "anomaly-sink", "1.0", "False", "False"]
+
+
+_HELP_PROBE = """
+import sys
+from workbench.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+heavy = sys.stdin.read().split()
+print("exit", code, *sorted(name for name in sys.modules if name.split(".")[0] in heavy))
+"""
+
+#: Modules the command's help and simple commands must not import: each costs 0.05-1 s of start-up.
+_HEAVY = ("pyarrow", "pandas", "numpy", "quixstreams", "duckdb", "sklearn", "onnxruntime", "scipy", "psycopg",
+          "confluent_kafka", "papermill")
+
+
+@pytest.mark.parametrize(("argv", "heavy"), [
+    (["--help"], (*_HEAVY, "pydantic", "pydantic_settings")),
+    (["replay-control", "--help"], (*_HEAVY, "pydantic", "pydantic_settings")),
+    (["models", "list"], _HEAVY),  # reads settings (pydantic) and the registry folder, nothing else
+])
+def test_help_and_simple_commands_import_no_heavy_module(argv: list[str], heavy: tuple[str, ...],
+                                                         tmp_path: Path) -> None:
+    """``workbench --help`` took 3-4 s: every command module imported pyarrow, pandas, Kafka and pydantic."""
+    out = subprocess.run([sys.executable, "-c", _HELP_PROBE, "--home", str(tmp_path / "home"), *argv],
+                         input=" ".join(heavy), capture_output=True, text=True, check=True, timeout=120)
+    last = out.stdout.strip().splitlines()[-1].split()
+    assert last[:2] == ["exit", "0"], out.stdout + out.stderr
+    assert last[2:] == [], f"`workbench {' '.join(argv)}` imported {last[2:]}"
+    assert out.stdout.lower().startswith("no model versions" if argv[0] == "models" else "usage: workbench"), out.stdout
 
 
 def test_other_commands_and_help_get_the_full_parser() -> None:

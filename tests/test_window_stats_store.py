@@ -12,7 +12,7 @@ import pytest
 
 from workbench.analysis.windows import finalize, merge_all, partial_aggregates
 from workbench.data.schema import REDSET_SCHEMA
-from workbench.store.exceptions import RowValidationError, StoreClosedError
+from workbench.store.exceptions import RowValidationError, StoreClosedError, StoreError
 from workbench.store.window_stats import ADDED_COLUMNS, WINDOW_STATS_COLUMNS, WindowStatsStore
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
@@ -82,6 +82,21 @@ def test_naive_datetime_rejected(tmp_path: Path) -> None:
 def test_closed_store_explains() -> None:
     with pytest.raises(StoreClosedError, match="open"):
         WindowStatsStore("/nonexistent/x.sqlite").count()
+
+
+def test_an_unreachable_postgres_names_its_setting() -> None:
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    url = f"postgresql://stats:s3cret@127.0.0.1:{port}/stats"
+    with pytest.raises(StoreError) as err:
+        WindowStatsStore(url).open()
+    message = str(err.value)
+    assert message.startswith("The window stats database (WORKBENCH_WINDOW_STATS_URL) does not answer. "
+                              f"Cannot connect to PostgreSQL at postgresql://stats:***@127.0.0.1:{port}/stats"), message
+    assert "s3cret" not in message
 
 
 def test_pragmas_and_late_events(tmp_path: Path) -> None:

@@ -14,11 +14,13 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from workbench._memory import prefer_jemalloc_for_arrow
-from workbench.config import Settings, get_settings
 from workbench.exceptions import WorkbenchError
+
+if TYPE_CHECKING:
+    from workbench.config import Settings
 
 __all__ = ["main", "settings_from_args"]
 
@@ -38,6 +40,8 @@ _COMMAND_MODULES = (
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment with the global CLI options on top."""
+    from workbench.config import get_settings  # pydantic: not for --help
+
     return get_settings(home=args.home, kafka_bootstrap_servers=args.bootstrap_servers)
 
 

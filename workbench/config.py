@@ -8,6 +8,7 @@ from ``WORKBENCH_HOME``, an absolute path, so nothing depends on the current dir
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -328,6 +329,10 @@ class Settings(BaseSettings):
             return None
         items = [item.strip() for item in value.split(",") if item.strip()]
         bad = [item for item in items if not _valid_address(item)]
+        if not items:  # only commas: joined, "" would silently mean "no cluster: start the local Kafka"
+            msg = (f"KAFKA_BOOTSTRAP_SERVERS names no broker (got {value!r}): give host:port of the cluster, or "
+                   "unset it (or set it empty) to use the workbench's local Kafka.")
+            raise ValueError(msg)
         if bad:
             msg = ("KAFKA_BOOTSTRAP_SERVERS must be a comma-separated list of host:port (IPv6: [address]:port), "
                    f"e.g. 'broker-1.example.com:9092,broker-2.example.com:9092'. Got {value!r}, in which "
@@ -563,6 +568,15 @@ class Settings(BaseSettings):
                 if key in config and not Path(config[key]).exists():
                     msg = f"{variable} is {config[key]}, which does not exist (KAFKA_SECURITY_PROTOCOL={protocol})."
                     raise ConfigurationError(msg)
+            if "ssl.ca.location" in config and (refused := _refused_ca(config["ssl.ca.location"])):
+                msg = (f"KAFKA_SSL_CA_LOCATION is {config['ssl.ca.location']}, which librdkafka cannot load as PEM "
+                       f"CA certificates ({refused}).")
+                raise ConfigurationError(msg)
+        if protocol.startswith("SASL_") and mechanism is not None and (refused := _refused_mechanism(mechanism)):
+            supported = [name for name in SASL_MECHANISMS if not _refused_mechanism(name)]
+            msg = (f"KAFKA_SASL_MECHANISM={mechanism} is not available in this librdkafka build ({refused}). "
+                   f"Use one of {', '.join(supported)}.")
+            raise ConfigurationError(msg)
 
     def _managed_credentials(self) -> dict[str, Any]:
         # Written by the broker's first secured start (workbench.broker._security), owner-only.
@@ -626,6 +640,40 @@ def _valid_address(item: str) -> bool:
     address = item.split("://", 1)[1] if "://" in item else item
     match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?", address)
     return match is not None and (match[2] is None or 1 <= int(match[2]) <= 65535)
+
+
+def _client_refuses(config: dict[str, str]) -> str | None:
+    """librdkafka's reason for refusing to create a client with ``config`` (no broker is contacted), or None.
+
+    Asked of librdkafka itself, so the answer is this build's (its SASL providers) and this
+    OpenSSL's (what it parses as a certificate), not a list kept here.
+    """
+    from confluent_kafka import KafkaException, Producer
+
+    try:
+        Producer({**config, "log_level": 0})
+    except KafkaException as exc:
+        return str(exc.args[0].str() if exc.args else exc).removeprefix("Failed to create producer: ")
+    return None
+
+
+@functools.cache
+def _refused_mechanism(mechanism: str) -> str | None:
+    """Why this librdkafka build has no ``mechanism`` (GSSAPI needs libsasl2), or None."""
+    # a user and password, which PLAIN needs to create a client at all
+    return _client_refuses({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": mechanism,
+                            "sasl.username": "probe", "sasl.password": "probe"})
+
+
+def _refused_ca(location: str) -> str | None:
+    """Why librdkafka cannot load the CA file or folder ``location`` (not PEM), or None."""
+    stat = Path(location).stat()
+    return _refused_ca_version(location, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _refused_ca_version(location: str, _mtime_ns: int, _size: int) -> str | None:  # a changed file is asked again
+    return _client_refuses({"security.protocol": "SSL", "ssl.ca.location": location})
 
 
 @contextmanager

@@ -1,20 +1,13 @@
-"""The Kafka broker: a managed local Apache Kafka, or any cluster named by KAFKA_BOOTSTRAP_SERVERS."""
+"""The Kafka broker: a managed local Apache Kafka, or any cluster named by KAFKA_BOOTSTRAP_SERVERS.
+
+Names are imported on first use (as in :mod:`workbench.ml`): the ``workbench`` command imports
+this package for its sub-commands, and ``--help`` must not pay for confluent-kafka and pydantic.
+"""
 
 from __future__ import annotations
 
-from workbench.broker._client import NO_SUCH_TOPIC, NOT_READY_YET, read_range, when_ready
-from workbench.broker._local import BrokerStatus, LocalKafka, wait_for_broker
-from workbench.broker._runtime import ensure_kafka_jars, find_java
-from workbench.broker._topics import TopicSpec, ensure_topics, topic_specs
-from workbench.broker.exceptions import (
-    BrokerAuthenticationError,
-    BrokerError,
-    BrokerSetupError,
-    BrokerUnavailableError,
-    IncompleteReadError,
-    PortInUseError,
-)
-from workbench.config import Settings
+import importlib
+from typing import Any
 
 __all__ = [
     "NOT_READY_YET",
@@ -33,32 +26,40 @@ __all__ = [
     "ensure_kafka_jars",
     "ensure_topics",
     "find_java",
+    "quiet_logs",
     "read_range",
     "topic_specs",
     "wait_for_broker",
     "when_ready",
 ]
 
+_WHERE = {
+    "NO_SUCH_TOPIC": "workbench.broker._client",
+    "NOT_READY_YET": "workbench.broker._client",
+    "quiet_logs": "workbench.broker._client",
+    "read_range": "workbench.broker._client",
+    "when_ready": "workbench.broker._client",
+    "BrokerStatus": "workbench.broker._local",
+    "LocalKafka": "workbench.broker._local",
+    "wait_for_broker": "workbench.broker._local",
+    "ensure_kafka_jars": "workbench.broker._runtime",
+    "find_java": "workbench.broker._runtime",
+    "TopicSpec": "workbench.broker._topics",
+    "ensure_topics": "workbench.broker._topics",
+    "topic_specs": "workbench.broker._topics",
+    "BrokerAuthenticationError": "workbench.broker.exceptions",
+    "BrokerError": "workbench.broker.exceptions",
+    "BrokerSetupError": "workbench.broker.exceptions",
+    "BrokerUnavailableError": "workbench.broker.exceptions",
+    "IncompleteReadError": "workbench.broker.exceptions",
+    "PortInUseError": "workbench.broker.exceptions",
+    "broker_status": "workbench.broker._ensure",
+    "ensure_broker": "workbench.broker._ensure",
+}
 
-def ensure_broker(settings: Settings, *, topics: bool = True, timeout: float = 90.0) -> BrokerStatus:
-    """Make a broker available: start the local Kafka when none is configured, else check the
-    configured cluster answers; then provision the workbench's topics (idempotent)."""
-    if settings.manages_kafka:
-        status = LocalKafka(settings).start(timeout=timeout)
-    else:
-        brokers = wait_for_broker(settings, timeout=timeout)
-        status = BrokerStatus(settings.bootstrap_servers, False, True, brokers=brokers)
-    if topics:
-        ensure_topics(settings)
-    return status
 
-
-def broker_status(settings: Settings) -> BrokerStatus:
-    """Where the broker is and whether it answers."""
-    if settings.manages_kafka:
-        return LocalKafka(settings).status()
-    try:
-        brokers = wait_for_broker(settings, timeout=5.0)
-    except BrokerUnavailableError:
-        return BrokerStatus(settings.bootstrap_servers, False, False)
-    return BrokerStatus(settings.bootstrap_servers, False, True, brokers=brokers)
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    msg = f"module 'workbench.broker' has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -10,15 +10,6 @@ if TYPE_CHECKING:
 import argparse
 import shlex
 
-from workbench.broker import (
-    LocalKafka,
-    broker_status,
-    ensure_broker,
-    ensure_kafka_jars,
-    ensure_topics,
-    topic_specs,
-)
-
 __all__ = ["register"]
 
 
@@ -34,12 +25,16 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _start(args: argparse.Namespace) -> int:
+    from workbench.broker import ensure_broker
+
     status = ensure_broker(_settings(args))
     print(status)
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
+    from workbench.broker import LocalKafka
+
     settings = _settings(args)
     if not settings.manages_kafka:
         print(f"external cluster at {settings.bootstrap_servers}: not managed, nothing to stop")
@@ -50,6 +45,8 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from workbench.broker import broker_status
+
     status = broker_status(_settings(args))
     print(status)
     print(f"bootstrap servers: {status.bootstrap_servers}")
@@ -57,6 +54,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
+    from workbench.broker import ensure_kafka_jars
+
     libs = ensure_kafka_jars(_settings(args))
     print(f"Kafka jars ready in {libs}")
     return 0
@@ -81,6 +80,8 @@ def _env(args: argparse.Namespace) -> int:
 
 
 def _topics(args: argparse.Namespace) -> int:
+    from workbench.broker import ensure_topics, topic_specs
+
     settings = _settings(args)
     ensure_topics(settings)
     for spec in topic_specs(settings):

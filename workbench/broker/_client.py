@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from workbench.broker.exceptions import IncompleteReadError
 
-__all__ = ["NOT_READY_YET", "NO_SUCH_TOPIC", "read_range", "when_ready"]
+__all__ = ["CLIENT_LOG", "NOT_READY_YET", "NO_SUCH_TOPIC", "quiet_logs", "read_range", "when_ready"]
 
 T = TypeVar("T")
 
@@ -22,6 +23,31 @@ NOT_READY_YET = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAI
                  KafkaError.REQUEST_TIMED_OUT, KafkaError._TRANSPORT, KafkaError.NOT_COORDINATOR,
                  KafkaError._WAIT_COORD, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
                  KafkaError.COORDINATOR_NOT_AVAILABLE)
+
+
+#: Where librdkafka's own lines go (debug level: ``workbench -v`` shows them) from :func:`quiet_logs` clients.
+CLIENT_LOG = logging.getLogger("workbench.kafka.client")
+
+
+class _AtDebug(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Logs every line at DEBUG, whatever librdkafka's level (confluent-kafka calls ``log(level, ...)``)."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.logger.debug(msg, *args, **kwargs)
+
+
+_AT_DEBUG = _AtDebug(CLIENT_LOG)
+
+
+def quiet_logs(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with librdkafka's log lines sent to :data:`CLIENT_LOG` at debug level.
+
+    Without a ``logger`` librdkafka prints raw ``%3|...|FAIL|`` lines on stderr for every failed
+    connection: a CLI command without a broker printed them above its own error, which already says
+    what failed and what to check. A ``logger`` the caller set (a notebook's) is kept. The lines are
+    forwarded when the client is polled (``poll``, ``flush``, ``consume``); unpolled ones are dropped.
+    """
+    return {"logger": _AT_DEBUG, **config}
 
 
 def when_ready(call: Callable[[float], T], deadline: float) -> T:

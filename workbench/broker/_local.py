@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -25,7 +26,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from workbench import defaults
 from workbench._fs import pid_alive, read_pid_file, write_pid_file
-from workbench._lifeline import tags
+from workbench._lifeline import HOME_ENV, ROLE_ENV, tags
 from workbench.broker._runtime import ensure_kafka_jars, find_java
 from workbench.broker._security import (
     ManagedCredentials,
@@ -79,6 +80,27 @@ def _port_free(port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def _workbench_kafka_on(port: int) -> tuple[str, int] | None:
+    """(home, pid) of a workbench-managed Kafka listening on ``port`` (its process tags say its home), or None.
+
+    Two homes with the same WORKBENCH_KAFKA_PORT: the second cannot start its broker, and "stop the
+    program using it" does not tell the user that the program is their own other workbench.
+    """
+    import psutil
+
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            env = proc.environ()
+            if env.get(ROLE_ENV) != "kafka" or not env.get(HOME_ENV):
+                continue
+            if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for c in proc.net_connections(kind="tcp")):
+                return env[HOME_ENV], proc.pid
+        except (psutil.Error, OSError):
+            continue
+    return None
 
 
 def _security_hint(settings: Settings, error: KafkaError) -> str | None:
@@ -422,10 +444,14 @@ class LocalKafka:
         for needed in (*ports.values(), self.controller_port):
             if not _port_free(needed):
                 used = ", ".join(f"{p} ({name})" for name, p in ports.items())
+                owner = _workbench_kafka_on(needed)
+                program = ("Stop the program using it" if owner is None else
+                           f"It is the local Kafka (pid {owner[1]}) of the workbench under {owner[0]}: stop that one "
+                           f"(`workbench --home {shlex.quote(owner[0])} stop --kafka`)")
                 msg = (
                     f"Port {needed} on 127.0.0.1 is already in use, so the local Kafka cannot start "
                     f"(it needs {used} for clients and {self.controller_port} for its controller). "
-                    "Stop the program using it, or choose another port with WORKBENCH_KAFKA_PORT."
+                    f"{program}, or choose another port for this home with WORKBENCH_KAFKA_PORT."
                 )
                 raise PortInUseError(msg)
         java = find_java()

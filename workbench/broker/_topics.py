@@ -8,6 +8,7 @@ import time
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
+from workbench.broker._client import quiet_logs
 from workbench.broker.exceptions import BrokerError
 from workbench.config import Settings
 
@@ -59,7 +60,7 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
     """
     specs = specs or topic_specs(settings)
     deadline = time.monotonic() + timeout
-    admin = AdminClient(settings.kafka_client_config())
+    admin = AdminClient(quiet_logs(settings.kafka_client_config()))
     try:
         existing = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:

@@ -6,13 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from workbench.data.generator import generate
-
 __all__ = ["register"]
 
 
 def _generate(args: argparse.Namespace) -> int:
     from workbench.cli import settings_from_args
+    from workbench.data.generator import generate
 
     out = args.out
     if out is None:

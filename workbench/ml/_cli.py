@@ -6,12 +6,21 @@ import argparse
 import datetime as dt
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workbench import defaults
 from workbench.cli import settings_from_args
-from workbench.ml.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from workbench.ml.registry import ModelRegistry
 
 __all__ = ["register"]
+
+
+def _registry(args: argparse.Namespace) -> ModelRegistry:
+    from workbench.ml.registry import ModelRegistry
+
+    return ModelRegistry(settings_from_args(args).models_dir)
 
 
 def _pr_auc(meta: dict) -> str:
@@ -22,7 +31,7 @@ def _pr_auc(meta: dict) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    registry = ModelRegistry(settings_from_args(args).models_dir)
+    registry = _registry(args)
     current = registry.current()
     versions = registry.versions()
     if not versions:
@@ -42,7 +51,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    registry = ModelRegistry(settings_from_args(args).models_dir)
+    registry = _registry(args)
     meta = registry.info(registry.resolve(args.version))
     if not args.full:
         meta.pop("features", None)
@@ -51,7 +60,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    registry = ModelRegistry(settings_from_args(args).models_dir)
+    registry = _registry(args)
     previous = registry.current()
     now = registry.set_current(args.version, reason=args.reason or "")
     how = "event-time selection (no pin)" if args.version == "auto" else "pinned: scores every event from now on"
@@ -60,7 +69,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    records = ModelRegistry(settings_from_args(args).models_dir).history()
+    records = _registry(args).history()
     if not records:
         print("no changes of the current model recorded")
     for r in records[-args.last:]:
@@ -81,7 +90,7 @@ def _rescore(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    removed = ModelRegistry(settings_from_args(args).models_dir).prune(args.keep)
+    removed = _registry(args).prune(args.keep)
     print(f"deleted {len(removed)} version(s){': ' + ', '.join(removed) if removed else ''}")
     return 0
 

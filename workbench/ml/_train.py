@@ -313,6 +313,7 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
     """
     clock = _PhaseClock()
     registry = ModelRegistry(models_dir)
+    registry.check_writable()  # before the fit, not after it
     parent = parent if parent is not None else registry.current()
     table = table.select([c for c in COLUMNS if c in table.column_names])
     # Off the critical path, on the core the split and the features leave mostly idle: the HGB
@@ -445,6 +446,7 @@ def train_day(settings: Settings, day: dt.date, *, window_days: int = defaults.T
     """
     from workbench.store.shards import read_window
 
+    ModelRegistry(settings.models_dir).check_writable()  # before the window is read
     if data is not None:
         table = load_log_window(Path(data), day, window_days)
         source = str(data)

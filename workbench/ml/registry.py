@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench._fs import FlockLease, write_atomic
+from workbench.exceptions import ConfigurationError
 from workbench.ml.exceptions import ModelNotFoundError, RegistryError
 from workbench.ml.selection import VersionWindow
 
@@ -114,6 +115,21 @@ class ModelRegistry:
     def history_path(self) -> Path:
         """Append-only record of every move of ``CURRENT``."""
         return self.models_dir / HISTORY_FILE
+
+    def check_writable(self) -> None:
+        """Create the registry folder and write a file there, or raise :class:`ConfigurationError`.
+
+        A training calls it first: on a read-only or foreign home it would otherwise fit for
+        seconds to minutes before its first write fails.
+        """
+        try:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.models_dir):
+                pass
+        except OSError as exc:
+            msg = (f"The model registry {self.models_dir} cannot be created or written ({exc.strerror}): "
+                   "WORKBENCH_MODELS_DIR (default: models under WORKBENCH_HOME) says where models go.")
+            raise ConfigurationError(msg) from None
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

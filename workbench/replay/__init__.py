@@ -1,17 +1,13 @@
-"""Replay a Parquet query log into Kafka at an adjustable speed, steerable from any process."""
+"""Replay a Parquet query log into Kafka at an adjustable speed, steerable from any process.
 
-from workbench.replay._control import (
-    COMMANDS,
-    Command,
-    InvalidCommand,
-    ReplayController,
-    ReplayStatus,
-    validate_speed,
-)
-from workbench.replay._pacing import Clock, Pacer, SystemClock
-from workbench.replay._replay import BatchReport, Replay, replay_format
-from workbench.replay._source import LogFile, log_parts, validate_log
-from workbench.replay.exceptions import ReplayError
+Names are imported on first use (as in :mod:`workbench.ml`): the ``workbench`` command imports
+this package for its sub-commands, and ``--help`` must not pay for pyarrow and pandas.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "COMMANDS",
@@ -31,3 +27,29 @@ __all__ = [
     "validate_log",
     "validate_speed",
 ]
+
+_WHERE = {
+    "COMMANDS": "workbench.replay._control",
+    "Command": "workbench.replay._control",
+    "InvalidCommand": "workbench.replay._control",
+    "ReplayController": "workbench.replay._control",
+    "ReplayStatus": "workbench.replay._control",
+    "validate_speed": "workbench.replay._control",
+    "Clock": "workbench.replay._pacing",
+    "Pacer": "workbench.replay._pacing",
+    "SystemClock": "workbench.replay._pacing",
+    "BatchReport": "workbench.replay._replay",
+    "Replay": "workbench.replay._replay",
+    "replay_format": "workbench.replay._replay",
+    "LogFile": "workbench.replay._source",
+    "log_parts": "workbench.replay._source",
+    "validate_log": "workbench.replay._source",
+    "ReplayError": "workbench.replay.exceptions",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    msg = f"module 'workbench.replay' has no attribute {name!r}"
+    raise AttributeError(msg)

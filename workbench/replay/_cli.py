@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
+from typing import TYPE_CHECKING
 
 from workbench import defaults
 from workbench.cli import settings_from_args
-from workbench.replay._control import ReplayController, ReplayStatus
-from workbench.replay._replay import Replay
+
+if TYPE_CHECKING:
+    from workbench.replay._control import ReplayStatus
 
 __all__ = ["register"]
 
@@ -18,6 +21,7 @@ def _replay(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from workbench.broker import ensure_broker
+    from workbench.replay._replay import Replay
 
     settings = settings_from_args(args)
     ensure_broker(settings)
@@ -48,9 +52,20 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace) -> int:
-    controller = ReplayController(settings_from_args(args), args.replay_id)
+    from workbench.replay._control import ReplayController
+
+    settings = settings_from_args(args)
+    controller = ReplayController(settings, args.replay_id)
     if args.action == "status":
+        from workbench.runtime.supervisor import replay_started_at
+
         status = controller.status()
+        started = replay_started_at(settings.home, args.replay_id)
+        if status is not None and started is not None and status.updated_at < started:
+            # after a crash and a fresh start the record is the dead run's until the new replay reports
+            print(f"replay {args.replay_id!r}: starting (its process started {time.time() - started:,.0f} s ago "
+                  f"and has not reported yet). The last status, from before it started: {status}")
+            return 0
         print(status if status else f"replay {args.replay_id!r} has not run yet")
         silent = status.silence() if status else None
         if silent is not None:

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from workbench.broker import NO_SUCH_TOPIC, IncompleteReadError, read_range, when_ready
+from workbench.broker import NO_SUCH_TOPIC, IncompleteReadError, quiet_logs, read_range, when_ready
 from workbench.config import Settings
 from workbench.replay.exceptions import ReplayError
 
@@ -262,7 +262,7 @@ def latest_state_value(settings: Settings, key: str, *, committed: bool = False,
         If the topic cannot be read to its end within ``timeout`` seconds: an unknown answer
         must never pass for "no saved position".
     """
-    consumer = Consumer(
+    consumer = Consumer(quiet_logs(
         {
             **settings.kafka_client_config(),
             "group.id": f"workbench-state-reader-{uuid.uuid4().hex[:8]}",
@@ -272,7 +272,7 @@ def latest_state_value(settings: Settings, key: str, *, committed: bool = False,
             "enable.partition.eof": True,
             "log_level": 3,
         }
-    )
+    ))
     wanted = key.encode()
     topic = settings.topic_replay_state
     deadline = time.monotonic() + timeout
@@ -321,7 +321,8 @@ class ReplayController:
 
     def _send(self, command: str, value: Any = None) -> None:
         if self._producer is None:
-            self._producer = Producer({**self.settings.kafka_client_config(), "linger.ms": 0, "log_level": 3})
+            self._producer = Producer(quiet_logs({**self.settings.kafka_client_config(), "linger.ms": 0,
+                                                   "log_level": 3}))
         cmd = Command(self.replay_id, command, value)
         failed: list[str] = []
         self._producer.produce(self.settings.topic_replay_control, key=self.replay_id.encode(), value=cmd.encode(),

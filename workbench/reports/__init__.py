@@ -3,11 +3,33 @@
 >>> from workbench.reports import run_report  # doctest: +SKIP
 >>> run_report(settings, params={"instances": "1,2"})  # doctest: +SKIP
 PosixPath('.../reports/20240305T120000Z')
+
+Names are imported on first use (as in :mod:`workbench.ml`): the ``workbench`` command imports
+this package for its sub-commands, and ``--help`` must not pay for pydantic.
 """
 
-from workbench.reports._run import DEFAULT_NOTEBOOKS_DIR, PARAMETER_NAMES, export_html, run_report
-from workbench.reports.exceptions import ReportError
-from workbench.reports.pages import ALL, PAGES, ReportPage
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = ["ALL", "DEFAULT_NOTEBOOKS_DIR", "PAGES", "PARAMETER_NAMES", "ReportError", "ReportPage", "export_html",
            "run_report"]
+
+_WHERE = {
+    "DEFAULT_NOTEBOOKS_DIR": "workbench.reports._run",
+    "PARAMETER_NAMES": "workbench.reports._run",
+    "export_html": "workbench.reports._run",
+    "run_report": "workbench.reports._run",
+    "ReportError": "workbench.reports.exceptions",
+    "ALL": "workbench.reports.pages",
+    "PAGES": "workbench.reports.pages",
+    "ReportPage": "workbench.reports.pages",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    msg = f"module 'workbench.reports' has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from workbench.broker import IncompleteReadError, read_range, when_ready
+from workbench.broker import IncompleteReadError, quiet_logs, read_range, when_ready
 from workbench.config import Settings
 from workbench.replay import ReplayStatus
 
@@ -149,7 +149,7 @@ def _status_clients(settings: Settings) -> _StatusClients:
     with _clients_lock:
         clients = _clients.get(key)
         if clients is None:
-            clients = _clients[key] = _StatusClients(settings.kafka_client_config())
+            clients = _clients[key] = _StatusClients(quiet_logs(settings.kafka_client_config()))
         return clients
 
 

@@ -218,6 +218,18 @@ class Workbench:
             (Not ``instances``: that word means Redshift instances everywhere else.)
         """
         settings = settings or get_settings()
+        # Checked here, not by the processes, which would refuse them in a restart loop after "started";
+        # and before the start lock creates the home, which a refused start must not leave behind.
+        if retrain_every_days < 1:
+            msg = f"retrain_every_days (--every-n-days) must be >= 1. Got {retrain_every_days!r} instead."
+            raise ConfigurationError(msg)
+        app_instance_counts(apps, app_instances)
+        from workbench.replay import replay_format, validate_log, validate_speed
+
+        pack, encoding = replay_format(pack, encoding)
+        if data is not None:
+            validate_log(data)
+            validate_speed(speedup)
         with _start_lock(settings.home):  # held until the supervisor runs
             state = read_state(settings.home)
             if state and state.get("state") in ("running", "stopping") and _supervisor_alive(state):
@@ -231,17 +243,6 @@ class Workbench:
                        f"{', '.join(str(p.pid) for p in orphans)}); a second set would work on the same state "
                        "files. Stop them with `workbench stop` (or Workbench.stop_orphans()) first.")
                 raise WorkbenchStateError(msg)
-            # Checked here, not by the processes, which would refuse them in a restart loop after "started".
-            if retrain_every_days < 1:
-                msg = f"retrain_every_days (--every-n-days) must be >= 1. Got {retrain_every_days!r} instead."
-                raise ConfigurationError(msg)
-            app_instance_counts(apps, app_instances)
-            from workbench.replay import replay_format, validate_log, validate_speed
-
-            pack, encoding = replay_format(pack, encoding)
-            if data is not None:
-                validate_log(data)
-                validate_speed(speedup)
             kafka_was_running = settings.manages_kafka and broker_status(settings).running
             ensure_broker(settings)
             started_kafka = settings.manages_kafka and not kafka_was_running

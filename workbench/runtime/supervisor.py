@@ -36,7 +36,7 @@ from typing import IO, Any, Literal
 import orjson
 
 from workbench import defaults
-from workbench._fs import process_start_time, remove_stale_temp_files, write_atomic, write_pid_file
+from workbench._fs import process_start_time, remove_stale_temp_files, same_process, write_atomic, write_pid_file
 from workbench._lifeline import home_processes, stop_processes, tags
 from workbench.config import Settings, get_settings
 
@@ -47,6 +47,7 @@ __all__ = [
     "Supervisor",
     "read_spec",
     "read_state",
+    "replay_started_at",
     "run_dir",
     "write_json_atomic",
 ]
@@ -131,6 +132,26 @@ class RunSpec:
 def read_spec(home: Path) -> RunSpec:
     """The spec the supervisor of ``home`` runs."""
     return RunSpec.from_json(orjson.loads((run_dir(home) / "spec.json").read_bytes()))
+
+
+def replay_started_at(home: Path, replay_id: str) -> float | None:
+    """When (Unix time) the live workbench under ``home`` last started its replay process for ``replay_id``;
+    None when no live supervisor there runs one.
+
+    The replay status in Kafka outlives its replay: a status published before this moment is a
+    previous run's (or a crashed process's), not the replay now starting.
+    """
+    state = read_state(home)
+    if not state or state.get("state") != "running" or not same_process(state.get("supervisor_pid"),
+                                                                          state.get("supervisor_started")):
+        return None
+    try:
+        if read_spec(home).replay_id != replay_id:
+            return None
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    replay = (state.get("processes") or {}).get("replay") or {}
+    return replay.get("started_at") if replay.get("state") in ("running", "starting") else None
 
 
 #: How the ``workbench`` command prints a WorkbenchError before it exits (workbench.cli.main).

@@ -458,7 +458,11 @@ class WindowStatsStore(ConnectionStore):
         return self
 
     def _open_postgres(self, url: str) -> Any:
-        con = _postgres.connect(url, read_only=self.read_only)
+        try:
+            con = _postgres.connect(url, read_only=self.read_only)
+        except StoreError as exc:  # the message says which setting to fix, as the lakehouse catalog's does
+            msg = f"The window stats database (WORKBENCH_WINDOW_STATS_URL) does not answer. {exc}"
+            raise StoreError(msg) from None
         try:
             con.execute(f"SET lock_timeout = {int(self.busy_timeout_ms)}")
             if self.read_only:
