@@ -126,6 +126,23 @@ def test_a_status_from_before_a_click_does_not_flip_the_play_button_back(
     assert panel.play.value is False
 
 
+def test_at_max_the_slider_sits_at_its_fast_end_without_a_number_that_contradicts_the_label(
+        panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    panel, fake = panel_and_fake
+    panel.speed.value = 60.0  # the slider somewhere slow, then max
+    panel.presets[3].click()
+    assert (panel.speed.value, panel.speed.readout) == (pytest.approx(100_000.0), False)
+    fake.speedup = 0.0  # the replay reports max as 0
+    panel.refresh()
+    assert panel.speed_label.value == "max"
+    assert (panel.speed.value, panel.speed.readout) == (pytest.approx(100_000.0), False)
+    panel.presets[1].click()  # back to a number: the slider shows it again
+    fake.speedup = 600.0
+    panel.refresh()
+    assert (panel.speed.value, panel.speed.readout) == (pytest.approx(600.0), True)
+    assert fake.calls == [("set_speed", 60.0), ("set_speed", "max"), ("set_speed", 600.0)]
+
+
 def test_a_training_that_failed_on_every_attempt_is_shown(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
     panel, fake = panel_and_fake
     days = {"2024-03-04": {"status": "done", "attempts": 1, "last_rc": 0},

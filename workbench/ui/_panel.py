@@ -394,12 +394,11 @@ class ControlPanel(widgets.VBox):
             if what == "speed":
                 self._wb.set_speed(value)
                 self._say(f"speed {format_speed(value)} sent")
-                if not isinstance(value, str):
-                    self._local.syncing = True
-                    try:
-                        self.speed.value = float(value)
-                    finally:
-                        self._local.syncing = False
+                self._local.syncing = True
+                try:
+                    self._show_speed(None if isinstance(value, str) else float(value))
+                finally:
+                    self._local.syncing = False
             elif what == "pause":
                 self._wb.pause()
                 self._say("pause sent")
@@ -467,8 +466,8 @@ class ControlPanel(widgets.VBox):
             self.progress.description = view.progress_text
             self.clock.value = f"<b>{html.escape(view.clock)}</b> &nbsp; [{html.escape(view.state)}]"
             self.eta.value = view.eta + (f" · {view.behind}" if view.behind else "")
-            if view.speed is not None:
-                self.speed.value = float(min(max(view.speed, 1.0), 100_000.0))
+            if view.speed is not None or view.speed_text == "max":
+                self._show_speed(view.speed)
             self.speed_label.value = view.speed_text
             if view.playing is not None and not self._play_pending(view.playing):
                 self.play.value = view.playing
@@ -485,6 +484,13 @@ class ControlPanel(widgets.VBox):
         finally:
             self._local.syncing = False
         self.counters.value = self._counters_html(status, view)
+
+    def _show_speed(self, speed: float | None) -> None:
+        """Put the slider at ``speed``, or at its fast end for max (``None``) without its number:
+        a readout of 100,000 next to the label's "max" contradicted it."""
+        self.speed.readout = speed is not None
+        fastest = self.speed.base ** self.speed.max
+        self.speed.value = fastest if speed is None else float(min(max(speed, 1.0), fastest))
 
     def _play_pending(self, status_playing: bool) -> bool:
         """Whether a play/pause click is still on its way: a status read before the replay applied
