@@ -159,6 +159,15 @@ def test_a_training_that_failed_on_every_attempt_is_shown(panel_and_fake: tuple[
     assert fake.status().failed_trainings == [] and "training failed" not in str(fake.status())
 
 
+def test_enter_in_the_seek_field_seeks(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    """Keyboard use: typing a time and pressing Enter seeks (it did nothing; only the button did)."""
+    panel, fake = panel_and_fake
+    panel.seek_text.value = "2024-03-04 12:30"
+    # What the front end sends on Enter (ipywidgets' text view; Widget._handle_custom_msg receives comm messages).
+    panel.seek_text._handle_custom_msg({"event": "submit"}, [])
+    assert fake.calls == [("seek", datetime(2024, 3, 4, 12, 30, tzinfo=UTC))]
+
+
 def test_invalid_seek_is_reported_not_sent(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
     panel, fake = panel_and_fake
     panel.seek_text.value = "yesterday noon"

@@ -364,6 +364,7 @@ class ControlPanel(widgets.VBox):
         self.play.observe(self._on_play, names="value")
         self.reset_button.on_click(lambda _b: self._command("reset"))
         self.seek_button.on_click(lambda _b: self._on_seek())
+        self.seek_text.on_msg(self._on_seek_text_message)  # Enter in the field seeks too
 
         rows: list[widgets.Widget] = [
             widgets.HBox([self.play, self.reset_button, self.speed, self.speed_label]),
@@ -434,6 +435,12 @@ class ControlPanel(widgets.VBox):
             self._say(str(exc), error=True)
             return
         self._command("seek", when)
+
+    def _on_seek_text_message(self, _widget: widgets.Widget, content: Any, _buffers: Any) -> None:
+        # The text view sends {"event": "submit"} on Enter (``Text.on_submit`` is deprecated; observing
+        # the value with continuous_update=False would also seek whenever the field loses focus).
+        if isinstance(content, dict) and content.get("event") == "submit":
+            self._on_seek()
 
     def _say(self, text: str, *, error: bool = False) -> None:
         colour = "#C62828" if error else "#2E7D32"
