@@ -197,6 +197,21 @@ def test_refresh_updates_labels_without_sending_commands(panel_and_fake: tuple[A
     assert fake.calls == []  # syncing widgets from the status is not a user action
 
 
+def test_the_panel_fits_a_narrow_window_and_reads_in_a_dark_theme(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    """At 800 px the slider, clock, ETA and charts were cut off; in the dark theme the counter names
+    were #555 on black."""
+    import ipywidgets as widgets
+
+    panel, _ = panel_and_fake
+    rows = [child for child in panel.children if isinstance(child, widgets.HBox)]
+    assert len(rows) == 4 and all(row.layout.flex_flow == "row wrap" for row in rows)
+    assert all(w.layout.max_width == "100%" for w in (panel.speed, panel.progress, panel.seek_text))
+    panel.refresh()
+    for plot in (panel.events_plot, panel.anomalies_plot):
+        assert plot.value.startswith("<svg style='max-width:100%;height:auto' ") and "viewBox" in plot.value
+    assert "color:#555" not in panel.counters.value and "color:var(--jp-ui-font-color2, #555)" in panel.counters.value
+
+
 def test_refresh_thread_runs_and_stops_with_the_workbench() -> None:
     fake = FakeWorkbench()
     panel = control_panel(fake, counter_interval=0.05, chart_interval=60, charts=False)

@@ -287,11 +287,22 @@ def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple
     )
 
 
+#: Muted text that stays readable in JupyterLab's dark theme (a fixed #555 was grey on black there).
+_MUTED = "var(--jp-ui-font-color2, #555)"
+
+
 def _placeholder(title: str, message: str) -> str:
     """A chart-sized box saying why there is no chart yet (no SVG rendering needed)."""
-    return ("<div class='workbench-placeholder' style='width:640px;height:80px;border:1px dashed #bbb;"
-            "border-radius:4px;display:flex;flex-direction:column;justify-content:center;align-items:center;"
-            f"color:#666'><b>{html.escape(title)}</b><i>{html.escape(message)}&hellip;</i></div>")
+    return ("<div class='workbench-placeholder' style='width:640px;max-width:100%;height:80px;"
+            "border:1px dashed var(--jp-border-color1, #bbb);border-radius:4px;display:flex;flex-direction:column;"
+            f"justify-content:center;align-items:center;color:{_MUTED}'><b>{html.escape(title)}</b>"
+            f"<i>{html.escape(message)}&hellip;</i></div>")
+
+
+def _fitted(svg: str) -> str:
+    """An SVG chart that shrinks to a narrow output area (its viewBox keeps the proportions) instead
+    of being cut off at the right."""
+    return svg.replace("<svg ", "<svg style='max-width:100%;height:auto' ", 1)
 
 
 def metric_cards(metrics: dict[str, Any], caption: str = "") -> widgets.HTML:
@@ -333,7 +344,7 @@ class ControlPanel(widgets.VBox):
         # The slider's own readout uses d3-format: ",.0f" gives "3,600", never "3.60e+3".
         self.speed = widgets.FloatLogSlider(value=1.0, base=10, min=0, max=5, step=0.05, description="Speed",
                                             readout_format=",.0f", continuous_update=False,
-                                            layout=widgets.Layout(width="380px"))
+                                            layout=widgets.Layout(width="380px", max_width="100%"))
         self.speed_label = widgets.Label("-")
         self._running_history: list[tuple[float, int]] = []
         # The user's last play/pause (value, monotonic time) until a status shows it applied.
@@ -346,10 +357,10 @@ class ControlPanel(widgets.VBox):
         self.reset_button = widgets.Button(description="Reset", icon="undo", button_style="warning",
                                            tooltip="Replay from the first row again")
         self.seek_text = widgets.Text(placeholder="2024-03-05 12:00 (UTC)", description="Seek to",
-                                      layout=widgets.Layout(width="300px"))
+                                      layout=widgets.Layout(width="300px", max_width="100%"))
         self.seek_button = widgets.Button(description="Seek", icon="forward")
         self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="Replay",
-                                              layout=widgets.Layout(width="380px"))
+                                              layout=widgets.Layout(width="380px", max_width="100%"))
         self.clock = widgets.HTML("<b>-</b>")
         self.eta = widgets.Label("ETA -")
         self.note = widgets.HTML("")  # why controls are disabled
@@ -366,11 +377,13 @@ class ControlPanel(widgets.VBox):
         self.seek_button.on_click(lambda _b: self._on_seek())
         self.seek_text.on_msg(self._on_seek_text_message)  # Enter in the field seeks too
 
+        # Rows wrap in a narrow window (the slider, clock and ETA were cut off at the right).
+        wrap = widgets.Layout(flex_flow="row wrap")
         rows: list[widgets.Widget] = [
-            widgets.HBox([self.play, self.reset_button, self.speed, self.speed_label]),
-            widgets.HBox([widgets.Label("Presets:"), *self.presets]),
-            widgets.HBox([self.seek_text, self.seek_button]),
-            widgets.HBox([self.progress, self.clock, self.eta]),
+            widgets.HBox([self.play, self.reset_button, self.speed, self.speed_label], layout=wrap),
+            widgets.HBox([widgets.Label("Presets:"), *self.presets], layout=wrap),
+            widgets.HBox([self.seek_text, self.seek_button], layout=wrap),
+            widgets.HBox([self.progress, self.clock, self.eta], layout=wrap),
             self.note,
             self.counters,
             self.message,
@@ -537,7 +550,7 @@ class ControlPanel(widgets.VBox):
         procs = ", ".join(f"{n}: {p.get('state')}" for n, p in status.processes.items())
         if procs:
             rows.append(("Processes", procs))
-        cells = "".join(f"<tr><td style='padding-right:12px;color:#555'>{html.escape(k)}</td>"
+        cells = "".join(f"<tr><td style='padding-right:12px;color:{_MUTED}'>{html.escape(k)}</td>"
                         f"<td>{html.escape(v)}</td></tr>" for k, v in rows)
         return f"<table style='font-size:13px'>{cells}</table>"
 
@@ -558,7 +571,7 @@ class ControlPanel(widgets.VBox):
             if stats.empty:
                 self.events_plot.value = _placeholder("Events per 10 minutes", "waiting for the first window")
             else:
-                self.events_plot.value = charts.to_svg(charts.events_chart(stats))
+                self.events_plot.value = _fitted(charts.to_svg(charts.events_chart(stats)))
         except StoreNotFoundError:  # the analytics app creates it with its first window
             self.events_plot.value = _placeholder("Events per 10 minutes", "waiting for the first window")
         except Exception as exc:
@@ -575,7 +588,7 @@ class ControlPanel(widgets.VBox):
             if anomalies is None or anomalies.empty:
                 self.anomalies_plot.value = _placeholder("Anomalies per 10 minutes", "no anomalies yet")
             else:
-                self.anomalies_plot.value = charts.to_svg(charts.anomalies_chart(anomalies))
+                self.anomalies_plot.value = _fitted(charts.to_svg(charts.anomalies_chart(anomalies)))
         except Exception as exc:
             self.anomalies_plot.value = f"<i>anomalies chart unavailable: {html.escape(str(exc))}</i>"
 
