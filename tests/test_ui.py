@@ -168,6 +168,30 @@ def test_enter_in_the_seek_field_seeks(panel_and_fake: tuple[Any, FakeWorkbench]
     assert fake.calls == [("seek", datetime(2024, 3, 4, 12, 30, tzinfo=UTC))]
 
 
+def test_a_status_that_cannot_be_read_disables_the_controls_until_it_can(
+        panel_and_fake: tuple[Any, FakeWorkbench], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Broker killed: the panel kept '[running]' with every control enabled, and a click blocked the
+    kernel for the 10 s a command waits for delivery."""
+    panel, fake = panel_and_fake
+    readable = fake.status
+
+    def unreadable() -> WorkbenchStatus:
+        raise RuntimeError("All broker connections are down")
+
+    monkeypatch.setattr(fake, "status", unreadable)
+    panel.refresh()
+    assert "[status unavailable]" in panel.clock.value and "[running]" not in panel.clock.value
+    assert "All broker connections are down" in panel.note.value
+    controls = (panel.play, panel.speed, panel.seek_text, panel.seek_button, panel.reset_button, *panel.presets)
+    assert all(w.disabled for w in controls)
+    panel.presets[1].click()
+    assert fake.calls == [] and "speed not sent" in panel.message.value
+    monkeypatch.setattr(fake, "status", readable)  # the broker is back
+    panel.refresh()
+    assert "[running]" in panel.clock.value and panel.note.value == ""
+    assert not any(w.disabled for w in controls)
+
+
 def test_invalid_seek_is_reported_not_sent(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
     panel, fake = panel_and_fake
     panel.seek_text.value = "yesterday noon"

@@ -22,8 +22,9 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import ipywidgets as widgets
@@ -291,6 +292,10 @@ def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple
 _MUTED = "var(--jp-ui-font-color2, #555)"
 
 
+#: A status with nothing in it (the panel's view before it could read any).
+_NO_STATUS = SimpleNamespace(replay=None, lag={}, processes={})
+
+
 def _placeholder(title: str, message: str) -> str:
     """A chart-sized box saying why there is no chart yet (no SVG rendering needed)."""
     return ("<div class='workbench-placeholder' style='width:640px;max-width:100%;height:80px;"
@@ -466,7 +471,7 @@ class ControlPanel(widgets.VBox):
             status = self._wb.status()
         except Exception as exc:
             logger.debug("status unavailable: %s", exc)
-            self.counters.value = f"<span style='color:#C62828'>status unavailable: {html.escape(str(exc))}</span>"
+            self._show_unavailable(exc)
             return
         self._show_status(status)
         if charts and self._charts_enabled:
@@ -479,6 +484,20 @@ class ControlPanel(widgets.VBox):
             self._lag_history.append((now, max(total_lag)))
             self._lag_history = [(t, v) for t, v in self._lag_history if now - t <= 6 * _TREND_SPAN]
         view = panel_view(status, running=self._wb.running, lag_history=self._lag_history)
+        self._apply(view)
+        self.counters.value = self._counters_html(status, view)
+
+    def _show_unavailable(self, exc: Exception) -> None:
+        """No status (e.g. the broker is down): the last one's state no longer holds, and a command
+        could not be delivered either (it would hold the kernel for its delivery timeout)."""
+        why = f"The status cannot be read ({exc}); the controls work again once it can."
+        last = getattr(self, "view", None) or panel_view(_NO_STATUS, running=False)
+        self._apply(replace(last, can_play=False, can_speed=False, can_seek=False, can_reset=False,
+                            why_disabled=why, playing=None, state="status unavailable"))
+        self.counters.value = f"<span style='color:#C62828'>status unavailable: {html.escape(str(exc))}</span>"
+
+    def _apply(self, view: PanelView) -> None:
+        """Show ``view`` in the widgets (not a user action)."""
         self.view = view
         self._local.syncing = True
         try:
@@ -503,7 +522,6 @@ class ControlPanel(widgets.VBox):
                 widget.tooltip = view.why_disabled or None
         finally:
             self._local.syncing = False
-        self.counters.value = self._counters_html(status, view)
 
     def _show_speed(self, speed: float | None) -> None:
         """Put the slider at ``speed``, or at its fast end for max (``None``) without its number:
