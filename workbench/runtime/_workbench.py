@@ -176,7 +176,7 @@ class Workbench:
         self.replay_id = replay_id
         self.apps = tuple(apps)
         self.started_kafka = started_kafka
-        self._controller = ReplayController(settings, replay_id)
+        self._controller = ReplayController(self.settings, replay_id)  # its clients log like the others
         self._anomaly_cache: tuple[float, int | None] = (0.0, None)
 
     # -- lifecycle ---------------------------------------------------------------------------
