@@ -137,3 +137,20 @@ def test_an_empty_selection_says_what_the_store_holds(settings: Settings, tmp_pa
     with WindowStatsStore.from_settings(fresh) as store:
         store.upsert([])
     assert describe_windows(fresh, window_stats(fresh)) == "window_stats is empty: replay some data first"
+
+
+def test_a_home_without_a_window_stats_store_reads_as_no_windows_yet(tmp_path: Path) -> None:
+    """Notebook 04 on a fresh home (nothing replayed yet) says so instead of a StoreNotFoundError traceback."""
+    from workbench.analysis.anomaly_summary import class_shares_or_empty, classification_table, describe_windows
+    from workbench.analysis.anomaly_summary import window_stats_or_empty as stats_or_empty
+    from workbench.ui.charts import class_shares_chart, to_svg
+
+    fresh = Settings(home=tmp_path / "fresh")
+    with pytest.raises(StoreNotFoundError):
+        window_stats(fresh)
+    stats = stats_or_empty(fresh, start=T0, instances=[1])
+    assert stats.empty and "total_queries" in stats.columns
+    assert describe_windows(fresh, stats, start=T0) == "window_stats is empty: replay some data first"
+    assert len(classification_table(stats, 0)) > 0
+    shares = class_shares_or_empty(fresh)
+    assert shares.empty and "<svg" in to_svg(class_shares_chart(shares))

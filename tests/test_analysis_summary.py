@@ -186,6 +186,30 @@ def test_a_rerun_in_the_same_kernel_does_not_take_the_notebooks_own_variables_fo
         setup({"__annotations__": {"mode": str}, "mode": "attach", "speed": 60.0})
 
 
+def test_in_a_notebook_a_parameter_error_shows_its_message_without_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A reversed range (any ConfigurationError) is the user's to fix: one line, not a stack of package frames."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from workbench.exceptions import ConfigurationError
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    shell = InteractiveShell.instance()
+    try:
+        capsys.readouterr()
+        result = shell.run_cell("from workbench.reports.notebook import parse_range, setup\n"
+                                "settings = setup(globals())\nparse_range('2024-03-06', '2024-03-05')")
+        assert result.error_in_exec is not None
+        out = capsys.readouterr().out
+        assert isinstance(result.error_in_exec, ConfigurationError)
+        assert "ConfigurationError: The `start` parameter (2024-03-06 00:00 UTC) must be before `end`" in out
+        assert "Traceback" not in out and "notebook.py" not in out
+        result = shell.run_cell("1 / 0")  # any other error keeps its traceback
+        assert isinstance(result.error_in_exec, ZeroDivisionError) and "Traceback" in capsys.readouterr().out
+    finally:
+        InteractiveShell.clear_instance()
+
+
 def test_a_reversed_time_range_is_refused_with_both_ends_named() -> None:
     from datetime import UTC, datetime
 

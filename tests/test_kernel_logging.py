@@ -28,3 +28,25 @@ def test_in_process_clients_log_to_python_logging(tmp_path: Path, capfd: pytest.
     err = capfd.readouterr().err
     assert "127.0.0.1:9" not in err and "Connection refused" not in err, err
     assert any(r.name == "workbench.kafka" and "127.0.0.1:9" in r.getMessage() for r in caplog.records)
+
+
+def test_a_kernel_without_logging_set_up_shows_no_librdkafka_lines(tmp_path: Path) -> None:
+    """A notebook kernel configures no logging: Python's last-resort handler printed every librdkafka
+    "Connection refused" line (WARNING and up) into the cell output once the broker was gone, and the
+    replay controller's clients (a panel's commands and status reads) wrote theirs raw to stderr."""
+    import subprocess
+    import sys
+
+    code = (
+        "from workbench.config import Settings\n"
+        "from workbench.replay import ReplayError\n"
+        "from workbench.runtime import Workbench\n"
+        f"wb = Workbench(Settings(home={str(tmp_path / 'home')!r}, kafka_bootstrap_servers='127.0.0.1:9'))\n"
+        "try:\n"
+        "    wb.pause()  # a panel click with the broker gone: not delivered within 10 s\n"
+        "except ReplayError:\n"
+        "    print('refused')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90)
+    assert run.returncode == 0 and "refused" in run.stdout, run.stderr
+    assert "127.0.0.1:9" not in run.stderr and "Connection refused" not in run.stderr, run.stderr

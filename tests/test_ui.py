@@ -126,6 +126,23 @@ def test_a_status_from_before_a_click_does_not_flip_the_play_button_back(
     assert panel.play.value is False
 
 
+def test_at_max_the_slider_sits_at_its_fast_end_without_a_number_that_contradicts_the_label(
+        panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    panel, fake = panel_and_fake
+    panel.speed.value = 60.0  # the slider somewhere slow, then max
+    panel.presets[3].click()
+    assert (panel.speed.value, panel.speed.readout) == (pytest.approx(100_000.0), False)
+    fake.speedup = 0.0  # the replay reports max as 0
+    panel.refresh()
+    assert panel.speed_label.value == "max"
+    assert (panel.speed.value, panel.speed.readout) == (pytest.approx(100_000.0), False)
+    panel.presets[1].click()  # back to a number: the slider shows it again
+    fake.speedup = 600.0
+    panel.refresh()
+    assert (panel.speed.value, panel.speed.readout) == (pytest.approx(600.0), True)
+    assert fake.calls == [("set_speed", 60.0), ("set_speed", "max"), ("set_speed", 600.0)]
+
+
 def test_a_training_that_failed_on_every_attempt_is_shown(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
     panel, fake = panel_and_fake
     days = {"2024-03-04": {"status": "done", "attempts": 1, "last_rc": 0},
@@ -140,6 +157,39 @@ def test_a_training_that_failed_on_every_attempt_is_shown(panel_and_fake: tuple[
     assert "training failed on every attempt for 2024-03-05" in panel.counters.value
     fake.apps = {}
     assert fake.status().failed_trainings == [] and "training failed" not in str(fake.status())
+
+
+def test_enter_in_the_seek_field_seeks(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    """Keyboard use: typing a time and pressing Enter seeks (it did nothing; only the button did)."""
+    panel, fake = panel_and_fake
+    panel.seek_text.value = "2024-03-04 12:30"
+    # What the front end sends on Enter (ipywidgets' text view; Widget._handle_custom_msg receives comm messages).
+    panel.seek_text._handle_custom_msg({"event": "submit"}, [])
+    assert fake.calls == [("seek", datetime(2024, 3, 4, 12, 30, tzinfo=UTC))]
+
+
+def test_a_status_that_cannot_be_read_disables_the_controls_until_it_can(
+        panel_and_fake: tuple[Any, FakeWorkbench], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Broker killed: the panel kept '[running]' with every control enabled, and a click blocked the
+    kernel for the 10 s a command waits for delivery."""
+    panel, fake = panel_and_fake
+    readable = fake.status
+
+    def unreadable() -> WorkbenchStatus:
+        raise RuntimeError("All broker connections are down")
+
+    monkeypatch.setattr(fake, "status", unreadable)
+    panel.refresh()
+    assert "[status unavailable]" in panel.clock.value and "[running]" not in panel.clock.value
+    assert "All broker connections are down" in panel.note.value
+    controls = (panel.play, panel.speed, panel.seek_text, panel.seek_button, panel.reset_button, *panel.presets)
+    assert all(w.disabled for w in controls)
+    panel.presets[1].click()
+    assert fake.calls == [] and "speed not sent" in panel.message.value
+    monkeypatch.setattr(fake, "status", readable)  # the broker is back
+    panel.refresh()
+    assert "[running]" in panel.clock.value and panel.note.value == ""
+    assert not any(w.disabled for w in controls)
 
 
 def test_invalid_seek_is_reported_not_sent(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
@@ -169,6 +219,21 @@ def test_refresh_updates_labels_without_sending_commands(panel_and_fake: tuple[A
     assert "<td>42</td>" in panel.counters.value
     assert "<svg" in panel.events_plot.value and "<svg" in panel.anomalies_plot.value
     assert fake.calls == []  # syncing widgets from the status is not a user action
+
+
+def test_the_panel_fits_a_narrow_window_and_reads_in_a_dark_theme(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    """At 800 px the slider, clock, ETA and charts were cut off; in the dark theme the counter names
+    were #555 on black."""
+    import ipywidgets as widgets
+
+    panel, _ = panel_and_fake
+    rows = [child for child in panel.children if isinstance(child, widgets.HBox)]
+    assert len(rows) == 4 and all(row.layout.flex_flow == "row wrap" for row in rows)
+    assert all(w.layout.max_width == "100%" for w in (panel.speed, panel.progress, panel.seek_text))
+    panel.refresh()
+    for plot in (panel.events_plot, panel.anomalies_plot):
+        assert plot.value.startswith("<svg style='max-width:100%;height:auto' ") and "viewBox" in plot.value
+    assert "color:#555" not in panel.counters.value and "color:var(--jp-ui-font-color2, #555)" in panel.counters.value
 
 
 def test_refresh_thread_runs_and_stops_with_the_workbench() -> None:

@@ -11,3 +11,8 @@ class WorkbenchError(Exception):
 
 class ConfigurationError(WorkbenchError, ValueError):
     """A setting or parameter has a value the workbench cannot use."""
+
+    def _render_traceback_(self) -> list[str]:
+        """What IPython (a notebook) shows: the message alone, which names the setting and what to
+        change; a traceback of the package's frames only hid it (IPython's own protocol)."""
+        return [f"{type(self).__name__}: {self}"]

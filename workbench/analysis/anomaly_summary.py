@@ -20,11 +20,15 @@ __all__ = [
     "analysed_span",
     "anomalies_or_empty",
     "by_reason_and_version",
+    "class_shares_or_empty",
     "classification_table",
+    "describe_windows",
     "metrics_for_versions",
     "pick_query",
     "query_features",
     "top_offenders",
+    "window_anomalies_or_empty",
+    "window_stats_or_empty",
     "worst_queries",
 ]
 
@@ -161,6 +165,39 @@ def analysed_span(settings: Settings, start: datetime | None, end: datetime | No
     return start or span["window_start"].min(), end or span["window_end"].max()
 
 
+def window_stats_or_empty(settings: Settings, *, start: datetime | None = None, end: datetime | None = None,
+                          instances: Sequence[int] | None = None) -> pd.DataFrame:
+    """``window_stats`` rows in the range, or none (with the store's columns) before the analytics app
+    created its store: a fresh home is "no data yet", not an error.
+
+    Only a store that does not exist yet counts as empty; any other error is raised.
+    """
+    from workbench.analysis import read
+    from workbench.store.exceptions import StoreNotFoundError
+    from workbench.store.window_stats import WINDOW_STATS_SCHEMA
+
+    try:
+        return read.window_stats(settings, start=start, end=end, instances=instances)
+    except StoreNotFoundError:
+        return WINDOW_STATS_SCHEMA.empty_table().to_pandas()
+
+
+def class_shares_or_empty(settings: Settings, *, start: datetime | None = None, end: datetime | None = None,
+                          instances: Sequence[int] | None = None) -> pd.DataFrame:
+    """:func:`workbench.analysis.read.class_shares`, or none (with its columns) before the store exists."""
+    from workbench.analysis import read
+    from workbench.analysis.classify import CLASSES
+    from workbench.store.exceptions import StoreNotFoundError
+
+    try:
+        return read.class_shares(settings, start=start, end=end, instances=instances)
+    except StoreNotFoundError:
+        columns = ["window_start", "total_queries", *(f"{c}_queries" for c in CLASSES),
+                   *(f"{c}_share" for c in CLASSES)]
+        return pd.DataFrame({c: pd.Series(dtype="datetime64[ns, UTC]" if c == "window_start" else "float64")
+                             for c in columns})
+
+
 def describe_windows(settings: Settings, stats: pd.DataFrame, *, start: datetime | None = None,
                      end: datetime | None = None, instances: Sequence[int] | None = None) -> str:
     """One line on the ``window_stats`` rows a notebook selected (``stats``), or on why there are none.
@@ -171,9 +208,7 @@ def describe_windows(settings: Settings, stats: pd.DataFrame, *, start: datetime
     if len(stats):
         return (f"{len(stats):,} windows, {stats['instance_id'].nunique()} instances, "
                 f"{stats['window_start'].min():%Y-%m-%d %H:%M} to {stats['window_end'].max():%Y-%m-%d %H:%M} UTC")
-    from workbench.analysis import read
-
-    every = read.window_stats(settings)
+    every = window_stats_or_empty(settings)
     if every.empty:
         return "window_stats is empty: replay some data first"
     held = sorted(int(i) for i in every["instance_id"].unique())

@@ -90,6 +90,14 @@ def _start_lock(home: Path) -> Iterator[None]:
         os.close(lock)
 
 
+#: librdkafka's lines of the in-process clients. Its own handler (which drops them) keeps Python's
+#: last-resort handler, which prints WARNING and up to stderr when nothing set up logging (a notebook
+#: kernel), from putting every "Connection refused" into the cell output while the broker is down;
+#: handlers a user configures still get them (the records propagate).
+_KAFKA_LOGGER = logging.getLogger("workbench.kafka")
+_KAFKA_LOGGER.addHandler(logging.NullHandler())
+
+
 class _InProcessSettings(Settings):
     """Settings whose Kafka clients log through Python logging (``workbench.kafka``), not stderr.
 
@@ -99,7 +107,7 @@ class _InProcessSettings(Settings):
     """
 
     def kafka_client_config(self) -> dict[str, Any]:
-        return {**super().kafka_client_config(), "logger": logging.getLogger("workbench.kafka")}
+        return {**super().kafka_client_config(), "logger": _KAFKA_LOGGER}
 
 
 def _supervisor_alive(state: dict[str, Any] | None) -> bool:
@@ -168,7 +176,7 @@ class Workbench:
         self.replay_id = replay_id
         self.apps = tuple(apps)
         self.started_kafka = started_kafka
-        self._controller = ReplayController(settings, replay_id)
+        self._controller = ReplayController(self.settings, replay_id)  # its clients log like the others
         self._anomaly_cache: tuple[float, int | None] = (0.0, None)
 
     # -- lifecycle ---------------------------------------------------------------------------

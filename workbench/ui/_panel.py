@@ -22,8 +22,9 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import ipywidgets as widgets
@@ -287,11 +288,26 @@ def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple
     )
 
 
+#: Muted text that stays readable in JupyterLab's dark theme (a fixed #555 was grey on black there).
+_MUTED = "var(--jp-ui-font-color2, #555)"
+
+
+#: A status with nothing in it (the panel's view before it could read any).
+_NO_STATUS = SimpleNamespace(replay=None, lag={}, processes={})
+
+
 def _placeholder(title: str, message: str) -> str:
     """A chart-sized box saying why there is no chart yet (no SVG rendering needed)."""
-    return ("<div class='workbench-placeholder' style='width:640px;height:80px;border:1px dashed #bbb;"
-            "border-radius:4px;display:flex;flex-direction:column;justify-content:center;align-items:center;"
-            f"color:#666'><b>{html.escape(title)}</b><i>{html.escape(message)}&hellip;</i></div>")
+    return ("<div class='workbench-placeholder' style='width:640px;max-width:100%;height:80px;"
+            "border:1px dashed var(--jp-border-color1, #bbb);border-radius:4px;display:flex;flex-direction:column;"
+            f"justify-content:center;align-items:center;color:{_MUTED}'><b>{html.escape(title)}</b>"
+            f"<i>{html.escape(message)}&hellip;</i></div>")
+
+
+def _fitted(svg: str) -> str:
+    """An SVG chart that shrinks to a narrow output area (its viewBox keeps the proportions) instead
+    of being cut off at the right."""
+    return svg.replace("<svg ", "<svg style='max-width:100%;height:auto' ", 1)
 
 
 def metric_cards(metrics: dict[str, Any], caption: str = "") -> widgets.HTML:
@@ -333,7 +349,7 @@ class ControlPanel(widgets.VBox):
         # The slider's own readout uses d3-format: ",.0f" gives "3,600", never "3.60e+3".
         self.speed = widgets.FloatLogSlider(value=1.0, base=10, min=0, max=5, step=0.05, description="Speed",
                                             readout_format=",.0f", continuous_update=False,
-                                            layout=widgets.Layout(width="380px"))
+                                            layout=widgets.Layout(width="380px", max_width="100%"))
         self.speed_label = widgets.Label("-")
         self._running_history: list[tuple[float, int]] = []
         # The user's last play/pause (value, monotonic time) until a status shows it applied.
@@ -346,10 +362,10 @@ class ControlPanel(widgets.VBox):
         self.reset_button = widgets.Button(description="Reset", icon="undo", button_style="warning",
                                            tooltip="Replay from the first row again")
         self.seek_text = widgets.Text(placeholder="2024-03-05 12:00 (UTC)", description="Seek to",
-                                      layout=widgets.Layout(width="300px"))
+                                      layout=widgets.Layout(width="300px", max_width="100%"))
         self.seek_button = widgets.Button(description="Seek", icon="forward")
         self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="Replay",
-                                              layout=widgets.Layout(width="380px"))
+                                              layout=widgets.Layout(width="380px", max_width="100%"))
         self.clock = widgets.HTML("<b>-</b>")
         self.eta = widgets.Label("ETA -")
         self.note = widgets.HTML("")  # why controls are disabled
@@ -364,12 +380,15 @@ class ControlPanel(widgets.VBox):
         self.play.observe(self._on_play, names="value")
         self.reset_button.on_click(lambda _b: self._command("reset"))
         self.seek_button.on_click(lambda _b: self._on_seek())
+        self.seek_text.on_msg(self._on_seek_text_message)  # Enter in the field seeks too
 
+        # Rows wrap in a narrow window (the slider, clock and ETA were cut off at the right).
+        wrap = widgets.Layout(flex_flow="row wrap")
         rows: list[widgets.Widget] = [
-            widgets.HBox([self.play, self.reset_button, self.speed, self.speed_label]),
-            widgets.HBox([widgets.Label("Presets:"), *self.presets]),
-            widgets.HBox([self.seek_text, self.seek_button]),
-            widgets.HBox([self.progress, self.clock, self.eta]),
+            widgets.HBox([self.play, self.reset_button, self.speed, self.speed_label], layout=wrap),
+            widgets.HBox([widgets.Label("Presets:"), *self.presets], layout=wrap),
+            widgets.HBox([self.seek_text, self.seek_button], layout=wrap),
+            widgets.HBox([self.progress, self.clock, self.eta], layout=wrap),
             self.note,
             self.counters,
             self.message,
@@ -394,12 +413,11 @@ class ControlPanel(widgets.VBox):
             if what == "speed":
                 self._wb.set_speed(value)
                 self._say(f"speed {format_speed(value)} sent")
-                if not isinstance(value, str):
-                    self._local.syncing = True
-                    try:
-                        self.speed.value = float(value)
-                    finally:
-                        self._local.syncing = False
+                self._local.syncing = True
+                try:
+                    self._show_speed(None if isinstance(value, str) else float(value))
+                finally:
+                    self._local.syncing = False
             elif what == "pause":
                 self._wb.pause()
                 self._say("pause sent")
@@ -436,6 +454,12 @@ class ControlPanel(widgets.VBox):
             return
         self._command("seek", when)
 
+    def _on_seek_text_message(self, _widget: widgets.Widget, content: Any, _buffers: Any) -> None:
+        # The text view sends {"event": "submit"} on Enter (``Text.on_submit`` is deprecated; observing
+        # the value with continuous_update=False would also seek whenever the field loses focus).
+        if isinstance(content, dict) and content.get("event") == "submit":
+            self._on_seek()
+
     def _say(self, text: str, *, error: bool = False) -> None:
         colour = "#C62828" if error else "#2E7D32"
         self.message.value = f"<span style='color:{colour}'>{html.escape(text)}</span>"
@@ -447,7 +471,7 @@ class ControlPanel(widgets.VBox):
             status = self._wb.status()
         except Exception as exc:
             logger.debug("status unavailable: %s", exc)
-            self.counters.value = f"<span style='color:#C62828'>status unavailable: {html.escape(str(exc))}</span>"
+            self._show_unavailable(exc)
             return
         self._show_status(status)
         if charts and self._charts_enabled:
@@ -460,6 +484,20 @@ class ControlPanel(widgets.VBox):
             self._lag_history.append((now, max(total_lag)))
             self._lag_history = [(t, v) for t, v in self._lag_history if now - t <= 6 * _TREND_SPAN]
         view = panel_view(status, running=self._wb.running, lag_history=self._lag_history)
+        self._apply(view)
+        self.counters.value = self._counters_html(status, view)
+
+    def _show_unavailable(self, exc: Exception) -> None:
+        """No status (e.g. the broker is down): the last one's state no longer holds, and a command
+        could not be delivered either (it would hold the kernel for its delivery timeout)."""
+        why = f"The status cannot be read ({exc}); the controls work again once it can."
+        last = getattr(self, "view", None) or panel_view(_NO_STATUS, running=False)
+        self._apply(replace(last, can_play=False, can_speed=False, can_seek=False, can_reset=False,
+                            why_disabled=why, playing=None, state="status unavailable"))
+        self.counters.value = f"<span style='color:#C62828'>status unavailable: {html.escape(str(exc))}</span>"
+
+    def _apply(self, view: PanelView) -> None:
+        """Show ``view`` in the widgets (not a user action)."""
         self.view = view
         self._local.syncing = True
         try:
@@ -467,8 +505,8 @@ class ControlPanel(widgets.VBox):
             self.progress.description = view.progress_text
             self.clock.value = f"<b>{html.escape(view.clock)}</b> &nbsp; [{html.escape(view.state)}]"
             self.eta.value = view.eta + (f" · {view.behind}" if view.behind else "")
-            if view.speed is not None:
-                self.speed.value = float(min(max(view.speed, 1.0), 100_000.0))
+            if view.speed is not None or view.speed_text == "max":
+                self._show_speed(view.speed)
             self.speed_label.value = view.speed_text
             if view.playing is not None and not self._play_pending(view.playing):
                 self.play.value = view.playing
@@ -484,7 +522,13 @@ class ControlPanel(widgets.VBox):
                 widget.tooltip = view.why_disabled or None
         finally:
             self._local.syncing = False
-        self.counters.value = self._counters_html(status, view)
+
+    def _show_speed(self, speed: float | None) -> None:
+        """Put the slider at ``speed``, or at its fast end for max (``None``) without its number:
+        a readout of 100,000 next to the label's "max" contradicted it."""
+        self.speed.readout = speed is not None
+        fastest = self.speed.base ** self.speed.max
+        self.speed.value = fastest if speed is None else float(min(max(speed, 1.0), fastest))
 
     def _play_pending(self, status_playing: bool) -> bool:
         """Whether a play/pause click is still on its way: a status read before the replay applied
@@ -524,7 +568,7 @@ class ControlPanel(widgets.VBox):
         procs = ", ".join(f"{n}: {p.get('state')}" for n, p in status.processes.items())
         if procs:
             rows.append(("Processes", procs))
-        cells = "".join(f"<tr><td style='padding-right:12px;color:#555'>{html.escape(k)}</td>"
+        cells = "".join(f"<tr><td style='padding-right:12px;color:{_MUTED}'>{html.escape(k)}</td>"
                         f"<td>{html.escape(v)}</td></tr>" for k, v in rows)
         return f"<table style='font-size:13px'>{cells}</table>"
 
@@ -545,7 +589,7 @@ class ControlPanel(widgets.VBox):
             if stats.empty:
                 self.events_plot.value = _placeholder("Events per 10 minutes", "waiting for the first window")
             else:
-                self.events_plot.value = charts.to_svg(charts.events_chart(stats))
+                self.events_plot.value = _fitted(charts.to_svg(charts.events_chart(stats)))
         except StoreNotFoundError:  # the analytics app creates it with its first window
             self.events_plot.value = _placeholder("Events per 10 minutes", "waiting for the first window")
         except Exception as exc:
@@ -562,7 +606,7 @@ class ControlPanel(widgets.VBox):
             if anomalies is None or anomalies.empty:
                 self.anomalies_plot.value = _placeholder("Anomalies per 10 minutes", "no anomalies yet")
             else:
-                self.anomalies_plot.value = charts.to_svg(charts.anomalies_chart(anomalies))
+                self.anomalies_plot.value = _fitted(charts.to_svg(charts.anomalies_chart(anomalies)))
         except Exception as exc:
             self.anomalies_plot.value = f"<i>anomalies chart unavailable: {html.escape(str(exc))}</i>"
 
