@@ -104,3 +104,20 @@ def test_status_calls_share_their_kafka_clients_and_see_new_data(kafka_settings:
     assert _threads_back_to(before) == before  # closed, not left running
     assert consumer_lag(kafka_settings, "done", topic) == 1  # and opened again on the next call
     assert len(opened) > len(first)
+
+
+def test_with_no_broker_the_status_fails_after_the_replay_read_without_waiting_for_every_lag_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workbench.replay import ReplayError
+    from workbench.runtime import _workbench
+    from workbench.runtime._workbench import Workbench
+
+    lag_reads: list[str] = []
+    monkeypatch.setattr(_workbench, "consumer_lag", lambda *args, **kwargs: lag_reads.append(args[1]))
+    monkeypatch.setattr(_workbench, "STATUS_READ_TIMEOUT_S", 2.0)
+    wb = Workbench(Settings(home=tmp_path / "home", kafka_bootstrap_servers="127.0.0.1:9"))  # nothing listens
+    started = time.monotonic()
+    with pytest.raises(ReplayError, match="127.0.0.1:9"):
+        wb.status()
+    assert time.monotonic() - started < 20  # the reader's own default is 30 s
+    assert lag_reads == []  # the panel learns the broker is gone before any lag read waits its timeout

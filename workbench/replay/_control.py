@@ -358,9 +358,12 @@ class ReplayController:
     def stop(self) -> None:
         self._send("stop")
 
-    def status(self) -> ReplayStatus | None:
-        """The replay's latest published status, or None if it never ran."""
-        value = latest_state_value(self.settings, f"{self.replay_id}/status")
+    def status(self, timeout: float = 30.0) -> ReplayStatus | None:
+        """The replay's latest published status, or None if it never ran.
+
+        Raises :class:`ReplayError` when the state topic cannot be read within ``timeout`` seconds.
+        """
+        value = latest_state_value(self.settings, f"{self.replay_id}/status", timeout=timeout)
         return ReplayStatus.from_json(value) if value else None
 
 

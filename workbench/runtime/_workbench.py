@@ -61,6 +61,9 @@ logger = logging.getLogger(__name__)
 
 #: The pipeline apps and the topic each consumes (for lag).
 DEFAULT_APPS: tuple[str, ...] = ("scoring", "analytics", "anomaly-sink")
+#: Seconds :meth:`Workbench.status` waits for the replay's status (a healthy broker answers in well
+#: under a second; the CLI's ``replay-control status`` keeps the reader's 30 s).
+STATUS_READ_TIMEOUT_S = 8.0
 
 
 class WorkbenchStateError(WorkbenchError, RuntimeError):
@@ -382,6 +385,9 @@ class Workbench:
         from workbench.ml.registry import ModelRegistry
         from workbench.pipeline import consumer_group, read_app_statuses
 
+        # First, and with a short deadline: with the broker down this raises before the lag reads each
+        # wait their own timeout (a panel showed a stale "[running]" for 30-40 s).
+        replay = self._controller.status(timeout=STATUS_READ_TIMEOUT_S)
         state = read_state(self.settings.home) or {}
         instances = {name: list(read_app_statuses(self.settings, name).values()) for name in self.apps}
         apps = {name: next(iter(found), {}) for name, found in instances.items()}
@@ -397,7 +403,7 @@ class Workbench:
         if late is None and "counters" in analytics:
             late = analytics["counters"].get("late_events", 0)
         return WorkbenchStatus(
-            replay=self._controller.status(),
+            replay=replay,
             processes=state.get("processes", {}),
             apps=apps,
             lag=lag,
