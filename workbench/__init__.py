@@ -5,8 +5,7 @@
 >>> wb.controls()  # doctest: +SKIP
 """
 
-import importlib
-
+from workbench._lazy import lazy_attributes
 from workbench.exceptions import WorkbenchError
 
 __all__ = ["Settings", "Workbench", "WorkbenchError", "get_settings"]
@@ -15,9 +14,5 @@ __version__ = "0.1.0"
 _WHERE = {"Settings": "workbench.config", "get_settings": "workbench.config", "Workbench": "workbench.runtime"}
 
 
-def __getattr__(name: str) -> object:
-    # Lazy: `import workbench` stays cheap for the CLI (its --help imports no pydantic) and for subprocesses.
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    msg = f"module 'workbench' has no attribute {name!r}"
-    raise AttributeError(msg)
+# Lazy: `import workbench` stays cheap for the CLI (its --help imports no pydantic) and for subprocesses.
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -6,10 +6,11 @@ this package for its sub-commands, and ``--help`` must not pay for pyarrow and p
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import Any
+
+from workbench._lazy import lazy_attributes
 
 __all__ = [
     "ANOMALY_KINDS",
@@ -65,8 +66,4 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    msg = f"module 'workbench.data' has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -13,9 +13,9 @@ Names are imported lazily so that ``import workbench.ml`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
 import os
-from typing import Any
+
+from workbench._lazy import lazy_attributes
 
 # Before sklearn loads libgomp: spinning OpenMP threads are pathological when other processes
 # (the streaming app, tests) share the machine's two cores; HGB fits got 5-10x slower.
@@ -54,8 +54,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    msg = f"module 'workbench.ml' has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_attributes(__name__, _WHERE)

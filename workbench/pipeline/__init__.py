@@ -14,9 +14,9 @@ Shared parts for every app (the ML scoring app reuses them):
 
 from __future__ import annotations
 
-import importlib
 import warnings
-from typing import Any
+
+from workbench._lazy import lazy_attributes
 
 try:
     from authlib.deprecate import AuthlibDeprecationWarning
@@ -85,8 +85,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    msg = f"module 'workbench.pipeline' has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_attributes(__name__, _EXPORTS)

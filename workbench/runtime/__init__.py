@@ -6,8 +6,7 @@ this package for its sub-commands, and ``--help`` must not pay for pyarrow and p
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from workbench._lazy import lazy_attributes
 
 __all__ = [
     "DEFAULT_APPS",
@@ -28,8 +27,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    msg = f"module 'workbench.runtime' has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_attributes(__name__, _WHERE)
