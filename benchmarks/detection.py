@@ -54,7 +54,7 @@ from workbench.data.generator import QUERY_KINDS, WINDOW_KINDS, generate
 from workbench.ml._train import load_log_window, split_window, train_table
 from workbench.ml.baseline import baseline_decide
 from workbench.ml.detector import COSTLY, FLOORS, ResidualDetector
-from workbench.ml.evaluate import anomaly_labels, dominating_normals, labelled_windows, window_kinds_of
+from workbench.ml.evaluate import anomaly_kinds, anomaly_labels, dominating_normals, labelled_windows, window_kinds_of
 from workbench.ml.features import SIGNALS, _log_signal
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import LoadedModel
@@ -282,9 +282,7 @@ def main() -> None:
         day_table = load_log_window(data, eval_day, 1)
         hold, day = _inputs(model, hold_table), _inputs(model, day_table)
         labels = anomaly_labels(day_table, data)
-        kinds = (np.asarray(day_table.column("label_kind").to_pylist(), dtype=object)
-                 if "label_kind" in day_table.column_names else np.full(len(labels), None, dtype=object))
-        kinds[labels & pd.isna(kinds)] = "unnamed"
+        kinds = anomaly_kinds(day_table, labels)
         window_kinds = window_kinds_of(data, [k.strip() for k in args.window_kinds.split(",") if k.strip()])
         q = ~(labels & np.isin(kinds, list(window_kinds)))
         runs = {}

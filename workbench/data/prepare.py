@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workbench.data.exceptions import DataValidationError
-from workbench.data.schema import LABEL_SCHEMA, REDSET_SCHEMA
+from workbench.data.schema import FALSE_WORDS, LABEL_SCHEMA, REDSET_SCHEMA, TRUE_WORDS
 from workbench.data.validation import (
     MAX_EVENT_TIME,
     MIN_EVENT_TIME,
@@ -68,8 +68,6 @@ KEY_COLUMNS = ("instance_id", "query_id", "arrival_timestamp")
 #: Other spellings of the label columns (exports of labelled logs from other tools).
 LABEL_ALIASES = {"is_anomaly": "label_anomaly", "anomaly_kind": "label_kind"}
 _NULL_WORDS = ("", "null", "none", "nan", "na", "n/a", "\\n")
-_TRUE_WORDS = ("t", "true", "1", "y", "yes")
-_FALSE_WORDS = ("f", "false", "0", "n", "no")
 _INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
               "UBIGINT", "UHUGEINT")
 _SAFE_INTS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER")
@@ -230,8 +228,8 @@ def _coerce(col: str, family: str, target: str) -> tuple[str, str, str | None] |
                      f"ELSE TRY_CAST({s} AS BIGINT) END")
             return value, present, "not_an_integer"
         if target == "boolean":
-            trues = ", ".join(_lit(w) for w in _TRUE_WORDS)
-            falses = ", ".join(_lit(w) for w in _FALSE_WORDS)
+            trues = ", ".join(_lit(w) for w in TRUE_WORDS)
+            falses = ", ".join(_lit(w) for w in FALSE_WORDS)
             value = f"CASE WHEN lower({s}) IN ({trues}) THEN true WHEN lower({s}) IN ({falses}) THEN false END"
             return value, present, "not_a_boolean"
         if target == "timestamp":

@@ -25,10 +25,12 @@ from workbench.data.exceptions import DataValidationError
 
 __all__ = [
     "COLUMNS",
+    "FALSE_WORDS",
     "LABEL_COLUMNS",
     "LABEL_SCHEMA",
     "REDSET_SCHEMA",
     "SCHEMA_VERSION",
+    "TRUE_WORDS",
     "LogSummary",
     "batches_by_row_group",
     "read_batches",
@@ -83,6 +85,11 @@ LABEL_SCHEMA = pa.schema(
 )
 
 LABEL_COLUMNS: tuple[str, ...] = tuple(LABEL_SCHEMA.names)
+
+#: Text that other tools write for booleans (compared trimmed and lower-cased): what ``prepare``
+#: converts, and what the evaluation accepts as labels.
+TRUE_WORDS: tuple[str, ...] = ("t", "true", "1", "y", "yes")
+FALSE_WORDS: tuple[str, ...] = ("f", "false", "0", "n", "no")
 
 
 #: Columns that define the stream order of a query log.

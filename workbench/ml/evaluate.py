@@ -63,8 +63,9 @@ from workbench.ml.exceptions import MLError
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import LoadedModel
 
-__all__ = ["anomaly_labels", "detection_metrics", "dominating_normals", "evaluate", "format_table", "labelled_windows",
-           "recall_at_volume", "regression_metrics", "top_k_f1", "window_kinds_of", "window_metrics"]
+__all__ = ["anomaly_kinds", "anomaly_labels", "detection_metrics", "dominating_normals", "evaluate", "format_table",
+           "labelled_windows", "recall_at_volume", "regression_metrics", "top_k_f1", "window_kinds_of",
+           "window_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +131,6 @@ def dominating_normals(missed: np.ndarray, normal: np.ndarray, excess: dict[str,
     return counts
 
 
-_TRUE_WORDS = {"true", "t", "1", "yes", "y"}
-_FALSE_WORDS = {"false", "f", "0", "no", "n", ""}
-
-
 def anomaly_labels(table: pa.Table, data: Path) -> np.ndarray:
     """``label_anomaly`` as booleans (NULL is normal): a bool, integer (non-zero) or true/false text column."""
     column = table.column("label_anomaly")
@@ -142,16 +139,27 @@ def anomaly_labels(table: pa.Table, data: Path) -> np.ndarray:
     if pa.types.is_integer(column.type):
         return pc.not_equal(column.fill_null(0), 0).to_numpy(zero_copy_only=False).astype(bool)
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        from workbench.data.schema import FALSE_WORDS, TRUE_WORDS
+
         words = pc.utf8_lower(pc.utf8_trim_whitespace(column.fill_null(""))).to_numpy(zero_copy_only=False)
-        odd = sorted({w for w in words if w not in _TRUE_WORDS | _FALSE_WORDS})
+        odd = sorted({w for w in words if w and w not in TRUE_WORDS + FALSE_WORDS})  # "": NULL, normal
         if odd:
             msg = (f"Column 'label_anomaly' of {str(data)!r} holds text that is neither true nor false: "
                    f"{', '.join(map(repr, odd[:5]))}. Use true/false, t/f, yes/no or 1/0.")
             raise MLError(msg)
-        return np.isin(words, list(_TRUE_WORDS))
+        return np.isin(words, TRUE_WORDS)
     msg = (f"Column 'label_anomaly' of {str(data)!r} must be boolean (or 0/1, or true/false text). "
            f"Got {column.type} instead.")
     raise MLError(msg)
+
+
+def anomaly_kinds(table: pa.Table, labels: np.ndarray) -> np.ndarray:
+    """``label_kind`` per row (None for normal rows); a labelled row without one, or without the column, is
+    ``unnamed``."""
+    kinds = (np.asarray(table.column("label_kind").to_pylist(), dtype=object) if "label_kind" in table.column_names
+             else np.full(table.num_rows, None, dtype=object))
+    kinds[labels & pd.isna(kinds)] = "unnamed"
+    return kinds
 
 
 def window_kinds_of(data: Path, named: Sequence[str] = ()) -> set[str]:
@@ -284,9 +292,7 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
     model = LoadedModel.load(registry, resolved)
     out = model.predict(table)
     labels = anomaly_labels(table, data)
-    kinds = (np.asarray(table.column("label_kind").to_pylist(), dtype=object) if "label_kind" in table.column_names
-             else np.full(table.num_rows, None, dtype=object))
-    kinds[labels & pd.isna(kinds)] = "unnamed"
+    kinds = anomaly_kinds(table, labels)
     window_kinds = window_kinds_of(Path(data), window_kinds)
     collective = labels & np.isin(kinds, list(window_kinds))
     inst = table.column("instance_id").to_numpy(zero_copy_only=False)
