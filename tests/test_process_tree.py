@@ -15,7 +15,14 @@ import pytest
 
 from tests.helpers import wait_until
 from workbench import _lifeline
-from workbench._fs import process_start_time, read_pid_file, remove_stale_temp_files, write_pid_file
+from workbench._fs import (
+    pid_alive,
+    process_start_time,
+    read_pid_file,
+    remove_stale_temp_files,
+    same_process,
+    write_pid_file,
+)
 from workbench.config import Settings
 from workbench.runtime import Workbench, WorkbenchStateError
 from workbench.runtime.supervisor import run_dir, write_json_atomic
@@ -32,6 +39,24 @@ def _gone(proc: subprocess.Popen) -> bool:
 def _tagged_sleeper(home: Path, role: str, **tag_args) -> subprocess.Popen:
     env = {**os.environ, **_lifeline.tags(home, role, **tag_args)}
     return subprocess.Popen([sys.executable, "-c", SLEEPER], env=env)
+
+
+def test_a_zombie_that_is_not_our_child_counts_as_gone() -> None:
+    # A killed daemon stays a zombie until its parent (pid 1 in a container) reaps it: it has ended.
+    parent_code = ("import os, subprocess, sys, time\n"
+                   "child = subprocess.Popen([sys.executable, '-c', 'pass'])\n"
+                   "print(child.pid, flush=True)\n"
+                   "time.sleep(120)\n")  # never reaps its child
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
+    try:
+        zombie = int(parent.stdout.readline())  # type: ignore[union-attr]
+        started = process_start_time(zombie)
+        wait_until(lambda: _is_zombie(zombie), timeout=15)
+        assert not pid_alive(zombie) and not same_process(zombie, started)
+        assert pid_alive(parent.pid) and same_process(parent.pid, process_start_time(parent.pid))
+    finally:
+        parent.kill()
+        parent.wait()
 
 
 def test_a_grandchild_dies_with_the_supervisor_through_the_watchdog(tmp_path: Path) -> None:

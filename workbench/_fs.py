@@ -52,7 +52,11 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
 
 
 def pid_alive(pid: int | None) -> bool:
-    """Whether process ``pid`` exists (a zombie child of this process is reaped and counts as gone)."""
+    """Whether process ``pid`` runs; a zombie counts as gone (one of our own children is reaped).
+
+    A zombie that is not our child (a daemon whose parent, often pid 1 in a container, has not
+    reaped it yet) still answers ``kill(0)``, but it has ended: its pid files and locks are stale.
+    """
     if not pid:
         return False
     try:
@@ -60,12 +64,27 @@ def pid_alive(pid: int | None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return not _is_zombie(pid)
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        return True  # not our child: kill(0) said it exists
+        return not _is_zombie(pid)
     return done == 0
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has ended and waits for its parent to reap it (False when unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        pass
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def process_start_time(pid: int | None) -> float | None:
