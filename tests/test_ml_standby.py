@@ -96,6 +96,9 @@ def test_the_warm_trainer_forks_each_day_and_the_reaper_starts_the_next_day_with
         assert first is not None and first != trainer
         assert sup.state["days"][_day(0).isoformat()]["pid"] == first
         assert psutil.Process(first).ppid() == trainer and os.getsid(first) == first  # forked, own session
+        wait_until(lambda: f"--day {_day(0).isoformat()}" in " ".join(psutil.Process(first).cmdline()), timeout=10,
+                   what="the forked training's own command line")
+        assert psutil.Process(first).environ() == psutil.Process(trainer).environ()  # where home_processes reads tags
         assert set(_threads(trainer)) <= {"python", "jemalloc_bg_thd"} and _threads(trainer).count("python") == 1
         # Nobody polls from here: the reaper thread records day 0 and has the same warm trainer fork day 1.
         wait_until(lambda: sup.status(_day(1)) == "done", timeout=120, what="day 1 trained without a poll")

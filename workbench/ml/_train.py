@@ -519,10 +519,26 @@ def standby(replies_fd: int) -> int:
 def _forked_training(job: dict[str, Any], warm: tuple[int, float, float]) -> int:
     """A training forked by the warm trainer: the day's log as output, then :func:`main`."""
     _redirect_output(Path(job["log"]))
+    _retitle(f"python -m workbench.ml._train {' '.join(job['argv'])} (forked by warm trainer {warm[0]})")
     try:
         return main(job["argv"], warm=warm)
     finally:
         logging.shutdown()
+
+
+def _retitle(title: str) -> None:
+    """Show ``title`` as this process's command line (``ps``, ``top``): a fork keeps the warm trainer's.
+
+    Within the length of the original command line only (``SPT_NOENV``): a longer title would overwrite
+    the environment block, where :func:`workbench._lifeline.home_processes` reads the process's tags.
+    """
+    os.environ["SPT_NOENV"] = "1"
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(title)
+    except Exception:  # cosmetic: a training never fails for its title
+        logging.getLogger(__name__).debug("could not set the process title", exc_info=True)
 
 
 def _redirect_output(log_path: Path) -> None:
