@@ -324,3 +324,24 @@ def test_a_row_too_large_for_one_message_is_dead_lettered_and_large_packs_are_sp
     letter = orjson.loads(dead[0].value())
     assert letter["columns"]["query_id"] == [str(table.column("query_id")[150].as_py())]
     assert letter["truncated_columns"] == {"read_table_ids": f"first 16,384 of {len(ids[150]):,} characters"}
+
+
+def test_a_log_written_a_row_per_row_group_is_read_in_full_batches(tmp_path: Path) -> None:
+    """A streaming writer's file (a few rows per row group) gives the same rows in batches, from any row."""
+    import pyarrow as pa
+
+    from workbench.replay._source import LogFile
+
+    table = pq.read_table(make_log(tmp_path / "log.parquet", rows=3000, row_group_size=3000))
+    tiny = tmp_path / "tiny.parquet"
+    with pq.ParquetWriter(tiny, table.schema) as writer:  # 1000 rows in one group, then a row per group
+        writer.write_table(table.slice(0, 1000))
+        writer.write_table(table.slice(1000), row_group_size=1)
+    log = LogFile(tiny)
+    for start in (0, 999, 1000, 2345):
+        batches = list(log.batches(start, batch_size=512))
+        assert [first for first, _ in batches] == [start + sum(b.num_rows for _, b in batches[:i])
+                                                   for i in range(len(batches))]
+        assert pa.Table.from_batches([b for _, b in batches]).equals(table.slice(start).select(
+            batches[0][1].schema.names))
+        assert len(batches) <= -(-(1000 - min(start, 1000)) // 512) + -(-(3000 - max(start, 1000)) // 512) + 1

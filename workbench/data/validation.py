@@ -41,6 +41,7 @@ from workbench.data.schema import (
     _check_schema,
     _open,
     _type_family,
+    group_runs,
 )
 
 __all__ = [
@@ -478,22 +479,6 @@ _MANY_GROUPS = 1_000
 _SMALL_GROUP = 1_000
 
 
-def _group_runs(metadata: pq.FileMetaData, batch_size: int) -> list[list[int]]:
-    """The row groups in file order, in runs read together: consecutive groups of at most
-    ``batch_size`` rows in all (a larger group is a run of its own)."""
-    runs: list[list[int]] = []
-    rows = 0
-    for group in range(metadata.num_row_groups):
-        size = metadata.row_group(group).num_rows
-        if runs and rows + size <= batch_size:
-            runs[-1].append(group)
-            rows += size
-        else:
-            runs.append([group])
-            rows = size
-    return runs
-
-
 def check(path: str | os.PathLike[str], *, batch_size: int = 65_536,
           progress: Callable[[int, int], None] | None = None) -> ValidationReport:
     """Check every column of every row of a Parquet query log, one row group at a time.
@@ -565,7 +550,7 @@ def check(path: str | os.PathLike[str], *, batch_size: int = 65_536,
             progress(row + batch.num_rows, report.rows)
 
     offset = 0
-    for groups in _group_runs(metadata, batch_size):
+    for groups in group_runs(metadata, batch_size):
         if len(groups) > 1:  # small row groups, read together: one reader per group costs ~3 ms
             try:
                 batches = list(pf.iter_batches(batch_size=batch_size, row_groups=groups, columns=names,
