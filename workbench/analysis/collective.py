@@ -684,11 +684,10 @@ def score_window_runs(windows: pd.DataFrame, history: pd.DataFrame | None = None
     sources = [scored]
     if len(before):
         rows = windows if history is None or not len(history) else pd.concat([history, windows], ignore_index=True)
-        picked = set(zip(before["instance_id"], before["start_ms"], strict=True))
+        picked = pd.MultiIndex.from_frame(before[keys])
         found = _starts(rows)
-        every = rows
-        rows = rows[[k in picked for k in zip(found["instance_id"], found["start_ms"], strict=True)]]
-        sources.append(score_windows(rows, every, params))
+        wanted_rows = pd.MultiIndex.from_arrays([found["instance_id"], found["start_ms"]]).isin(picked)
+        sources.append(score_windows(rows[wanted_rows], rows, params))
     prior = pd.concat(sources, ignore_index=True)
     length = targets.drop_duplicates(keys, keep="last").set_index(keys)["length_ms"]
     start_ms = _ms(scored["window_start"])
