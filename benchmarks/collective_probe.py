@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workbench.analysis.collective import score_windows, windows_of
+from workbench.analysis.collective import score_window_runs, windows_of
 from workbench.ml._train import load_log_window
 
 
@@ -75,7 +75,7 @@ def main() -> None:
         windows = windows_of(changed.filter(pa.array(inst_all == inst)))
         windows["window_start"] = pd.to_datetime(windows["window_start"], utc=True)
         target = windows[(windows["window_start"] >= start) & (windows["window_start"] < end)]
-        scored = score_windows(target, windows)
+        scored = score_window_runs(target, windows)
         hit = scored.loc[scored["score"] >= 1, "window_start"].nunique()
         top = scored.sort_values("score", ascending=False).groupby("window_start").head(1)
         kind = name.split(" +")[0] if "+" in name else name

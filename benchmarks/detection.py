@@ -48,7 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sklearn.metrics import average_precision_score
 
-from workbench.analysis.collective import CollectiveParams, score_windows, windows_of
+from workbench.analysis.collective import CollectiveParams, score_window_runs, window_score, windows_of
 from workbench.analysis.residual_windows import RESIDUAL_SIGNAL, residual_windows
 from workbench.data.generator import QUERY_KINDS, WINDOW_KINDS, generate
 from workbench.ml._train import load_log_window, split_window, train_table
@@ -217,7 +217,7 @@ def _residual_line(scored: pd.DataFrame, labels: pd.DataFrame, explained: set, z
     """What the runtime-residual signal flags at ``z``: per kind, and the windows no label explains."""
     keys = {k: set(zip(g["instance_id"], g["window_start"], strict=True)) for k, g in labels.groupby("kind")}
     every = set().union(*keys.values()) if keys else set()
-    score = np.minimum(scored["z"] / z, scored["ratio"])
+    score = window_score(scored, z)
     hit = scored[(score >= 1.0) & (scored["signal"] == RESIDUAL_SIGNAL)]
     others = scored[(score >= 1.0) & (scored["signal"] != RESIDUAL_SIGNAL)]
     flagged = set(zip(hit["instance_id"], hit["window_start"], strict=True))
@@ -233,7 +233,7 @@ def _window_table(scored: pd.DataFrame, labels: pd.DataFrame, explained: set, ba
     all_labels = set().union(*label_keys.values()) if label_keys else set()
     flagged_by_z = {}
     for z in Z_GRID:
-        s = np.minimum(scored["z"] / z, scored["ratio"])
+        s = window_score(scored, z)
         hit = scored[s >= 1.0]
         flagged_by_z[z] = set(zip(hit["instance_id"], hit["window_start"], strict=True))
     rows = []
@@ -317,7 +317,7 @@ def main() -> None:
                                    residuals_of(model, day_table)], ignore_index=True)
             windows = with_residuals(windows_of(log), residuals)
             today = windows[windows["window_start"] >= start]
-            scored = score_windows(today, windows, CollectiveParams(z_threshold=1.0))
+            scored = score_window_runs(today, windows, CollectiveParams(z_threshold=1.0))
             ts = pd.to_datetime(day_table.column("arrival_timestamp").to_numpy(zero_copy_only=False), utc=True)
             floor10 = ts.floor("10min")
             label_keys = set(zip(wl["instance_id"], wl["window_start"], strict=True))

@@ -60,7 +60,7 @@ from benchmarks.detection import (
     train_all_but_last,
     with_residuals,
 )
-from workbench.analysis.collective import score_windows, windows_of
+from workbench.analysis.collective import score_window_runs, windows_of
 from workbench.analysis.residual_windows import RESIDUAL_SIGNAL
 from workbench.ml._train import load_log_window
 from workbench.ml.baseline import baseline_decide
@@ -78,7 +78,7 @@ def _window_keys(frame: pd.DataFrame) -> set:
 def _scored_windows(day: pa.Table, residuals: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     """Every (window, signal) of ``day`` against ``history`` and the day's earlier windows (default constants)."""
     today = with_residuals(windows_of(day), residuals)
-    return score_windows(today, pd.concat([history, today], ignore_index=True))
+    return score_window_runs(today, pd.concat([history, today], ignore_index=True))
 
 
 def _best(scored: pd.DataFrame) -> pd.DataFrame:

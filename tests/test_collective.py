@@ -15,6 +15,8 @@ from workbench.analysis.collective import (
     CollectiveParams,
     CollectiveStep,
     flag_windows,
+    pair_threshold,
+    score_window_runs,
     score_windows,
 )
 from workbench.config import Settings
@@ -328,3 +330,42 @@ def test_windows_stored_before_the_pace_existed_are_not_judged_on_it() -> None:
     few = w.copy()  # a window with fewer than 50 paced queries is not judged on its pace
     few.loc[few.index[300], "pace_queries"] = 49
     assert not score_windows(few.iloc[300:301], few)["signal"].eq("exec_pace").any()
+
+
+def test_a_lasting_change_just_under_the_bar_is_flagged_with_the_window_before_it() -> None:
+    """Two consecutive windows at z 4.4 each (under 5): their Stouffer z 6.2 clears the pair bar (5.13)."""
+    w = _windows()
+    w.loc[w.index[300:302], "total_queries"] = 185  # ~2.5x the usual arrivals for 20 minutes
+    flagged = flag_windows(w.iloc[290:310], w).to_pandas()
+    assert list(zip(flagged["window_start"], flagged["signal"], strict=True)) == [
+        (pd.Timestamp(w["window_start"].iloc[301]), "arrivals")]
+    assert "window before it" in flagged["reason"].iloc[0]
+    scored = score_window_runs(w.iloc[300:302], w)
+    row = scored[scored["signal"] == "arrivals"]
+    assert (row["z"] < 5.0).all() and row["pair_z"].iloc[1] > pair_threshold(5.0) > 5.0
+    once = _windows()  # the same departure in one window only is not flagged
+    once.loc[once.index[300], "total_queries"] = 185
+    assert flag_windows(once.iloc[290:310], once).num_rows == 0
+
+
+def test_step_judges_a_window_with_the_one_before_it_scored_in_an_earlier_run(tmp_path: Path) -> None:
+    """The pair evidence depends only on the store: a window whose predecessor was scored in an
+    earlier run (or before a restart) gets the flags the offline function gives."""
+    settings = Settings(home=tmp_path / "home")
+    w = _windows()
+    w.loc[w.index[300:302], "total_queries"] = 185
+    with WindowStatsStore.from_settings(settings) as store:
+        store.upsert(w.iloc[:303].to_dict("records"))  # window 300 is final, 301 not yet
+    step = CollectiveStep(settings)
+    step.run()
+    with WindowStatsStore.from_settings(settings) as store:
+        store.upsert(w.iloc[303:].to_dict("records"))
+    step.run()
+    assert CollectiveStep(settings).run() == 0  # a restart inserts nothing new
+    got = read.window_anomalies(settings, instances=[7])
+    final = w.iloc[:-2]  # the last windows are not final yet (settle time)
+    want = flag_windows(final, w).to_pandas()
+    assert set(zip(pd.to_datetime(got["window_start"], utc=True), got["signal"], strict=True)) == set(
+        zip(pd.to_datetime(want["window_start"], utc=True), want["signal"], strict=True))
+    assert (pd.Timestamp(w["window_start"].iloc[301]), "arrivals") in set(
+        zip(pd.to_datetime(got["window_start"], utc=True), got["signal"], strict=True))
