@@ -286,7 +286,7 @@ def _wait_for(condition: Any, timeout: float = 5.0) -> bool:
 
 
 def test_a_panel_no_front_end_shows_stops_refreshing_and_resumes_when_displayed_again() -> None:
-    """Its output cleared or its notebook tab closed (the kernel alive), a panel went on reading the
+    """Its output cleared or its cell re-run (the kernel alive), a panel went on reading the
     status every second and drawing charts; shown again, it must refresh again."""
     fake = FakeWorkbench()
     panel = control_panel(fake, counter_interval=0.05, chart_interval=60, charts=False)

@@ -4,10 +4,12 @@ Buttons and sliders call the workbench's methods (``set_speed``, ``pause``, ``re
 ``reset``), which send a command over the control topic at once. A daemon thread refreshes the
 counters about every second and the charts every few seconds; it never blocks the kernel, and it
 ends when the panel is closed (``close()``, or its comm closed by the front end) or the workbench
-stops running. It pauses while the panel has no view in any front end (its output cleared, its
-notebook closed: ipywidgets' view count, ``_view_count``, which the front end keeps once the kernel
-sets it to a number) and resumes when the panel is displayed again. Widget updates from a thread are
-sent to the front end by ipywidgets directly.
+stops running. It pauses while the panel has no view in any front end (its output cleared or its
+cell re-run: ipywidgets' view count, ``_view_count``, which the front end keeps once the kernel sets
+it to a number) and resumes when the panel is displayed again. A notebook or browser tab closed with
+the kernel left running sends nothing (JupyterLab 4 keeps the count and the comm), so such a panel
+refreshes on until closed, replaced or its workbench stops. Widget updates from a thread are sent
+to the front end by ipywidgets directly.
 
 What the panel shows is computed by :func:`panel_view` from one status snapshot (plus the lag
 history the panel keeps), so the rules are unit-tested without widgets: which controls can act
@@ -703,7 +705,7 @@ def control_panel(wb: PanelTarget, *, counter_interval: float = 1.0, chart_inter
     model version, late events, dead letters) and events/anomalies per 10 minutes. Counters refresh
     every ``counter_interval`` s and charts every ``chart_interval`` s in a daemon thread that stops
     when the panel is closed or the workbench stops, and pauses while no front end shows the panel
-    (its output cleared, its notebook tab closed) until it is displayed again. A new panel of the
+    (its output cleared, its cell re-run) until it is displayed again. A new panel of the
     same workbench stops the previous one's refresh: re-running the panel's cell clears its output
     but not its thread, and every forgotten panel would go on reading the status and drawing charts.
     """
