@@ -312,6 +312,33 @@ def _encoding_mismatch(rng: random.Random, t: dict) -> Malformed:
     return Malformed("encoding_mismatch", json_value(row), _key(row), headers, "invalid_arrow")
 
 
+def _json_name_twice(rng: random.Random, t: dict) -> Malformed:
+    """A name given twice: JSON readers keep the last copy, so the first would pass unseen."""
+    row = _row(t)
+    column = rng.choice(["execution_duration_ms", "query_id", "instance_id", "was_aborted", "arrival_timestamp"])
+    second = rng.choice([json_value(row)[1:-1].split(b",", 1)[0], orjson.dumps({column: _iso(row[column])})[1:-1]])
+    raw = json_value(row)[:-1] + b"," + second + b"}"
+    return _json("json_name_twice", row, "appears twice", raw=raw)
+
+
+def _negative_value(rng: random.Random, t: dict) -> Malformed:
+    """A negative duration, size or count (what the log validator refuses too)."""
+    column = rng.choice(["execution_duration_ms", "queue_duration_ms", "compile_duration_ms", "mbytes_scanned",
+                         "num_joins", "cluster_size"])
+    row = _row(t, **{column: -rng.randrange(1, 10**6)})
+    if rng.random() < 0.5:
+        return _json("negative_value", row, f"negative_value: column '{column}'")
+    return Malformed("negative_value", arrow_value([_row(t), row]), _key(row), event_headers("arrow", 2),
+                     f"negative_value: column '{column}'")
+
+
+def _key_not_canonical(rng: random.Random, t: dict) -> Malformed:
+    """The instance id spelled otherwise than the producer writes it: another partition's key."""
+    row = _row(t)
+    key = rng.choice(["00{}", "0{}", " {}", "{} ", "+{}"]).format(row["instance_id"]).encode()
+    return Malformed("key_not_canonical", json_value(row), key, event_headers("json", 1), "bad_key")
+
+
 #: family name -> (builder, messages per corpus)
 EVENT_FAMILIES: dict[str, tuple[Callable[[random.Random, dict], Malformed], int]] = {
     "key_not_utf8": (_key_not_utf8, 60),
@@ -338,6 +365,9 @@ EVENT_FAMILIES: dict[str, tuple[Callable[[random.Random, dict], Malformed], int]
     "extra_columns": (_extra_columns, 40),
     "key_mismatch": (_key_mismatch, 40),
     "encoding_mismatch": (_encoding_mismatch, 30),
+    "json_name_twice": (_json_name_twice, 30),
+    "negative_value": (_negative_value, 30),
+    "key_not_canonical": (_key_not_canonical, 30),
 }
 
 

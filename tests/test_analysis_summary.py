@@ -112,6 +112,31 @@ def test_label_agreement_takes_labels_of_another_tool_without_kinds_or_as_text(t
     assert result.per_kind.loc["unnamed", "labelled"] == 4 and result.per_kind.loc["unnamed", "alerted"] == 3
 
 
+def test_label_agreement_takes_each_rows_kind_from_the_evaluations_rule(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """One owner of "a labelled row without a kind is unnamed": workbench.ml.evaluate.anomaly_kinds."""
+    from workbench.ml import evaluate
+
+    table = pq.read_table(_labels(tmp_path / "log.parquet"))
+    kinds = table.column("label_kind").to_pylist()
+    kinds[kinds.index(None)] = "stray"  # a kind on a normal row stays out of the per-kind table
+    labelled = [i for i, f in enumerate(table.column("label_anomaly").to_pylist()) if f]
+    kinds[labelled[0]] = None  # a labelled row without a kind: unnamed
+    pq.write_table(table.set_column(4, "label_kind", pa.array(kinds, pa.string())), tmp_path / "mixed.parquet")
+    result = ds.label_agreement(_anomalies(), tmp_path / "mixed.parquet")
+    assert result.per_kind.loc["unnamed", "labelled"] == 1 and "stray" not in result.per_kind.index
+    assert result.per_kind["labelled"].sum() == len(labelled)
+    calls: list[int] = []
+
+    def owner(table: pa.Table, labels: np.ndarray) -> np.ndarray:
+        calls.append(table.num_rows)
+        return np.where(labels, "kind from the owner", None).astype(object)
+
+    monkeypatch.setattr(evaluate, "anomaly_kinds", owner)
+    result = ds.label_agreement(_anomalies(), tmp_path / "mixed.parquet")
+    assert calls == [table.num_rows] and list(result.per_kind.index) == ["kind from the owner"]
+
+
 def test_an_evaluation_day_outside_the_log_is_skipped_with_the_logs_days(tmp_path: Path) -> None:
     labels = _labels(tmp_path / "log.parquet")  # 2024-03-04 only
     assert ds.evaluation_day(labels, "") == (dt.date(2024, 3, 4), "evaluation day: 2024-03-04 (the log's last day)")

@@ -34,6 +34,7 @@ from workbench.broker import BrokerAuthenticationError, BrokerError, LocalKafka,
 from workbench.broker._security import ensure_credentials, ensure_key_stores
 from workbench.config import Settings
 from workbench.data.generator import generate
+from workbench.exceptions import ConfigurationError
 from workbench.ml._testing import day_slice
 from workbench.ml._train import train_day
 from workbench.pipeline.analytics import run_analytics
@@ -209,10 +210,18 @@ def test_both_certificate_makers_give_a_broker_certificate_the_ca_verifies(tool:
     assert (folder / "ca.pem").read_bytes() == before
 
 
+def _client_identity(folder: Path, password: str) -> None:
+    """A client certificate ``c.pem`` and its key ``k.pem`` (encrypted with ``password``), as PEM."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the client certificate is made with the openssl command, which is not installed")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-keyout", "k.pem", "-out", "c.pem", "-days", "2",
+                    "-subj", "/CN=client", "-passout", f"pass:{password}"], cwd=folder, check=True, capture_output=True)
+
+
 def test_client_settings_map_to_librdkafka_and_bad_values_are_refused(tmp_path: Path) -> None:
-    for name in ("c.pem", "k.pem"):
-        (tmp_path / name).write_text("")  # named files must exist (tests/test_config.py)
-    shutil.copy(certifi.where(), tmp_path / "ca.pem")  # and librdkafka must load the CA file (PEM)
+    _client_identity(tmp_path, "kp")  # librdkafka must load the certificate and key (PEM) ...
+    shutil.copy(certifi.where(), tmp_path / "ca.pem")  # ... and the CA file
     settings = Settings(home=tmp_path, kafka_bootstrap_servers="broker.example:9096",
                         kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="scram-sha-256",
                         kafka_sasl_username="u", kafka_sasl_password="pw",
@@ -239,6 +248,48 @@ def test_client_settings_map_to_librdkafka_and_bad_values_are_refused(tmp_path: 
         Settings(home=tmp_path, kafka_listeners="ssl,SSL")
     with pytest.raises(ValueError, match="KAFKA_SASL_MECHANISM"):
         Settings(home=tmp_path, kafka_sasl_mechanism="SCRAM-SHA-1")
+
+
+def test_a_client_certificate_or_key_that_is_not_pem_is_refused_in_one_line_naming_it(tmp_path: Path) -> None:
+    """As a CA file that is not PEM already was: before, the first client's KafkaException was a traceback."""
+    _client_identity(tmp_path, "kp")
+    (tmp_path / "not-pem.txt").write_text("not a certificate\n")
+    shutil.copy(certifi.where(), tmp_path / "ca.pem")
+    good = {"kafka_ssl_certificate_location": tmp_path / "c.pem", "kafka_ssl_key_location": tmp_path / "k.pem",
+            "kafka_ssl_key_password": "kp"}
+    cases = {
+        "a certificate that is not PEM": ({**good, "kafka_ssl_certificate_location": tmp_path / "not-pem.txt"},
+                                          f"KAFKA_SSL_CERTIFICATE_LOCATION is {tmp_path / 'not-pem.txt'}, which "
+                                          "librdkafka cannot load as a PEM certificate ("),
+        "a key that is not PEM": ({**good, "kafka_ssl_key_location": tmp_path / "not-pem.txt"},
+                                  f"KAFKA_SSL_KEY_LOCATION is {tmp_path / 'not-pem.txt'}, which librdkafka cannot "
+                                  "load as a PEM private key with KAFKA_SSL_KEY_PASSWORD ("),
+        "the key alone": ({"kafka_ssl_key_location": tmp_path / "not-pem.txt"},
+                          f"KAFKA_SSL_KEY_LOCATION is {tmp_path / 'not-pem.txt'}, which librdkafka cannot load as a "
+                          "PEM private key ("),
+        "the key's password wrong": ({**good, "kafka_ssl_key_password": "nope"},
+                                     f"KAFKA_SSL_KEY_LOCATION is {tmp_path / 'k.pem'}, which librdkafka cannot load "
+                                     "as a PEM private key with KAFKA_SSL_KEY_PASSWORD ("),
+    }
+    for case, (files, message) in cases.items():
+        settings = Settings(home=tmp_path, kafka_bootstrap_servers="broker.example:9093", kafka_security_protocol="SSL",
+                            kafka_ssl_ca_location=tmp_path / "ca.pem", **files)
+        with pytest.raises(ConfigurationError) as info:
+            settings.kafka_client_config()
+        text = str(info.value)
+        assert text.startswith(message) and text.endswith(").") and "\n" not in text, (case, text)
+    settings = Settings(home=tmp_path, kafka_bootstrap_servers="broker.example:9093", kafka_security_protocol="SSL",
+                        kafka_ssl_ca_location=tmp_path / "ca.pem", **good)
+    assert settings.kafka_client_config()["ssl.certificate.location"] == str(tmp_path / "c.pem")
+    # the CLI: one line on stderr, no traceback
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "WORKBENCH_"))},
+           **settings.to_env(), "KAFKA_SSL_CERTIFICATE_LOCATION": str(tmp_path / "not-pem.txt"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "workbench.cli", "topics"], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("workbench: error: KAFKA_SSL_CERTIFICATE_LOCATION is "), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
 
 
 def test_an_app_with_a_wrong_password_exits_naming_the_setting(secured: dict, tmp_path: Path) -> None:

@@ -173,6 +173,22 @@ def _run_all(page: Any, url: str) -> None:
     assert tracebacks == 0, page.locator(".jp-OutputArea").all_inner_texts()
 
 
+def _run_new_cell(page: Any, code: str) -> str:
+    """Add a cell below the last one, run ``code`` in it and return its text output."""
+    cells = page.locator(".jp-Notebook .jp-CodeCell")
+    before = cells.count()
+    cells.last.locator(".jp-InputPrompt").click()  # select the cell (command mode), not its editor
+    page.keyboard.press("Escape")
+    page.keyboard.press("b")
+    wait_until(lambda: cells.count() == before + 1, what="a new cell")
+    page.keyboard.press("Enter")
+    page.keyboard.type(code)
+    page.keyboard.press("Shift+Enter")
+    cell = cells.nth(before)
+    wait_until(lambda: any(ch.isdigit() for ch in cell.locator(".jp-InputPrompt").inner_text()), what=f"{code!r} ran")
+    return cell.locator(".jp-OutputArea").inner_text().strip()
+
+
 def _screenshot(element: Any, name: str, tmp_path: Path) -> None:
     target = tmp_path / name
     element.screenshot(path=str(target))
@@ -255,6 +271,16 @@ def test_replay_panel_and_explorer_in_jupyterlab(lab: str, live_home: tuple[Sett
            what="panel charts or their placeholders")
     _screenshot(panel, "panel.png", tmp_path)
     assert wb.running  # Run All stopped nothing
+
+    # No view left (outputs cleared; the kernel alive): the panel stops refreshing; shown again, it refreshes.
+    page.get_by_role("menuitem", name="Edit", exact=True).click()
+    page.get_by_text("Clear Outputs of All Cells", exact=True).click()
+    wait_until(lambda: page.locator(".workbench-panel").count() == 0, what="the panel's output cleared")
+    assert _run_new_cell(page, "print('refreshing', panel.refreshing)") == "refreshing False"
+    _run_new_cell(page, "display(panel)")
+    panel = page.locator(".workbench-panel").last
+    wait_until(lambda: "[running]" in panel.inner_text(), what="the panel shown again says running")
+    assert _run_new_cell(page, "print('refreshing', panel.refreshing)") == "refreshing True"
 
     explorer = page.context.new_page()  # a second tab: leaving the first would ask about unsaved changes
     _run_all(explorer, lab.format(name="02_anomaly_explorer.ipynb"))

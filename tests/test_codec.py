@@ -11,6 +11,7 @@ import pytest
 from tests.fuzz_corpus import valid_row
 from workbench.data import codec
 from workbench.data.schema import COLUMNS, REDSET_SCHEMA
+from workbench.data.validation import NON_NEGATIVE_COLUMNS
 
 
 def _batch(rows: int = 5) -> pa.RecordBatch:
@@ -185,7 +186,53 @@ REJECTED = {
                            b"7", "extra_columns"),
     "arrow missing column": (_ipc(pa.Table.from_batches([_batch(3)]).drop_columns(["user_id"])),
                              codec.message_headers("arrow", 3), b"7", "missing_columns"),
+    # A JSON reader keeps the last copy of a name: the first one would pass unseen.
+    "a name twice": (_json(execution_duration_ms=5)[:-1] + b',"execution_duration_ms":-5}',
+                     codec.message_headers("json", 1), b"7", "extra_columns"),
+    "a name twice, same value": (_json()[:-1] + b',"instance_id":7}', codec.message_headers("json", 1), b"7",
+                                 "extra_columns"),
+    "a name twice, spaced": (_json()[:-1] + b', "query_id" :\t5}', codec.message_headers("json", 1), b"7",
+                             "extra_columns"),
+    "negative execution time": (_json(execution_duration_ms=-120), codec.message_headers("json", 1), b"7",
+                                "negative_value"),
+    "negative queue time": (_json(queue_duration_ms=-1), codec.message_headers("json", 1), b"7", "negative_value"),
+    "arrow negative compile time": (_arrow_with(compile_duration_ms=pa.array([1, -2, 3], pa.int64())),
+                                    codec.message_headers("arrow", 3), b"7", "negative_value"),
+    "key with leading zeros": (_json(), codec.message_headers("json", 1), b"007", "bad_key"),
+    "key with a space": (_json(), codec.message_headers("json", 1), b" 7", "bad_key"),
 }
+
+#: What the reason of a rejection names (the field and, where it helps, the value).
+NAMED = {
+    "a name twice": "column 'execution_duration_ms' appears twice",
+    "a name twice, same value": "column 'instance_id' appears twice",
+    "a name twice, spaced": "column 'query_id' appears twice",
+    "negative execution time": "column 'execution_duration_ms' must not be negative",
+    "negative queue time": "column 'queue_duration_ms' must not be negative",
+    "arrow negative compile time": "column 'compile_duration_ms' must not be negative",
+    "key with leading zeros": "Got '007'",
+    "key with a space": "Got ' 7'",
+}
+
+
+@pytest.mark.parametrize("family", sorted(NAMED))
+def test_a_name_twice_a_negative_duration_and_a_key_with_leading_zeros_are_named(family: str) -> None:
+    value, headers, key, _ = REJECTED[family]
+    for fast in (True, False):
+        decoded = codec._decode_values([value], None, headers=[headers], keys=[key], json_fast=fast)
+        assert decoded.batch.num_rows == 0 and NAMED[family] in decoded.errors[0][1], (fast, decoded.errors)
+
+
+def test_every_column_the_log_validator_keeps_non_negative_is_refused_negative_in_a_message() -> None:
+    for name in NON_NEGATIVE_COLUMNS:  # one list: the validator's rule is the contract's
+        for value in (_json(**{name: -1}), codec.encode_arrow(_batch(1).set_column(
+                COLUMNS.index(name), name, pa.array([-1], pa.int64())))):
+            enc = "json" if value.startswith(b"{") else "arrow"
+            decoded = codec.decode_values([value], headers=[codec.message_headers(enc, 1)], keys=[b"7"])
+            assert decoded.errors == [(0, f"negative_value: column {name!r} must not be negative (durations, "
+                                          f"sizes and counts are >= 0). Got -1")], (name, enc)
+        zero = codec.decode_values([_json(**{name: 0})], headers=[codec.message_headers("json", 1)], keys=[b"7"])
+        assert zero.errors == [] and zero.batch.column(name).to_pylist() == [0]
 
 
 @pytest.mark.parametrize("family", sorted(REJECTED))

@@ -201,3 +201,28 @@ def test_labels_of_another_tool_without_kinds_or_as_text_are_evaluated(demo: tup
                                     pa.array(np.where(flags, "anomaly", "ok"))), odd)
     with pytest.raises(MLError, match="'anomaly', 'ok'"):
         evaluate(settings, day, data=odd, store=False)
+
+
+def test_the_window_label_sidecar_is_read_once_per_evaluation(demo: tuple[Settings, Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate read LOG.windows.parquet for the window kinds, then window_metrics read it twice more."""
+    from workbench.data import generator
+    from workbench.ml.evaluate import window_metrics
+
+    settings, data = demo
+    day = dt.date(2024, 3, 6)
+    foreign = tmp_path / "foreign.parquet"
+    _, windows = _foreign_collective_log(data, foreign, "queue_wave")
+    side = pa.table({"instance_id": pa.array([w[0] for w in sorted(windows)], pa.int64()),
+                     "kind": pa.array(["queue_wave"] * len(windows)),
+                     "window_start": pa.array([w[1] for w in sorted(windows)], pa.timestamp("ms", tz="UTC"))})
+    pq.write_table(side, generator.window_labels_path(foreign))
+    read = generator.window_labels
+    reads: list[Path] = []
+    monkeypatch.setattr(generator, "window_labels", lambda path: reads.append(Path(path)) or read(path))
+    metrics = evaluate(settings, day, data=foreign, store=False)["metrics"]
+    assert reads == [foreign] and metrics["window recall[queue_wave]"] == 1.0
+    # the same metrics whether the caller passes the sidecar it read or window_metrics reads it
+    passed = window_metrics(foreign, day, window_kinds=["queue_wave"], sidecar=read(foreign))
+    assert passed == window_metrics(foreign, day, window_kinds=["queue_wave"])
+    assert passed == {k: v for k, v in metrics.items() if k.startswith(("window", "false windows"))}

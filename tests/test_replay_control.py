@@ -485,3 +485,36 @@ def test_status_of_a_fresh_start_is_not_the_dead_runs(kafka_settings: Settings) 
     assert re.fullmatch(r"replay 'default': starting \(its process started \d+ s ago and has not reported yet\)\. "
                         rf"The last status, from before it started: {re.escape(str(dead))}\n", fresh), fresh
     assert status_with_replay_started(now - 200).startswith(str(dead))  # its own replay's status: shown as it is
+
+
+def test_a_status_asked_for_with_no_broker_answers_in_one_line_within_the_status_deadline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`replay-control status` and `Workbench.replay_status()` waited the position reader's 30 s with the
+    broker down; a status read waits STATUS_READ_TIMEOUT_S and says the broker did not answer."""
+    import socket
+
+    from workbench.cli import main
+    from workbench.replay import STATUS_READ_TIMEOUT_S, ReplayError
+    from workbench.runtime import Workbench
+
+    assert STATUS_READ_TIMEOUT_S <= 10  # "a few seconds", not the 30 s of a position read
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{port}")
+    no_answer = (rf"Could not read the replay state topic 'workbench\.replay_state' at 127\.0\.0\.1:{port}: no Kafka "
+                 rf"broker answered within {STATUS_READ_TIMEOUT_S:g} s \(down or unreachable\)\. Is the workbench "
+                 r"running \(`workbench status`\)\? KAFKA_BOOTSTRAP_SERVERS or WORKBENCH_KAFKA_PORT say where its "
+                 r"broker is\.")
+    started = time.monotonic()
+    assert main(["replay-control", "status"]) == 2
+    assert time.monotonic() - started < 20  # generous for a busy machine; was 30 s
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert re.fullmatch(rf"workbench: error: {no_answer}\n", err), err
+    wb = Workbench(Settings(home=tmp_path / "home", kafka_bootstrap_servers=f"127.0.0.1:{port}"))
+    started = time.monotonic()
+    with pytest.raises(ReplayError, match=no_answer):
+        wb.replay_status()
+    assert time.monotonic() - started < 20

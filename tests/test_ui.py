@@ -272,6 +272,50 @@ def test_a_new_panel_of_the_same_workbench_stops_the_previous_ones_refresh() -> 
             panel.close()
 
 
+def _from_the_front_end(panel: Any, **state: Any) -> None:
+    """A state update as JupyterLab's widget manager sends it (e.g. a view created or removed)."""
+    panel._handle_msg({"content": {"data": {"method": "update", "state": state, "buffer_paths": []}},
+                       "buffers": []})
+
+
+def _wait_for(condition: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(condition())
+
+
+def test_a_panel_no_front_end_shows_stops_refreshing_and_resumes_when_displayed_again() -> None:
+    """Its output cleared or its cell re-run (the kernel alive), a panel went on reading the
+    status every second and drawing charts; shown again, it must refresh again."""
+    fake = FakeWorkbench()
+    panel = control_panel(fake, counter_interval=0.05, chart_interval=60, charts=False)
+    try:
+        assert panel.get_state()["_view_count"] == 0  # the front end is asked to count the views
+        _from_the_front_end(panel, _view_count=1)  # displayed
+        assert panel.refreshing
+        _from_the_front_end(panel, _view_count=0)  # its last view removed
+        assert not panel.refreshing
+        assert _wait_for(lambda: not panel._thread.is_alive())
+        fake.anomaly_count = 41
+        time.sleep(0.3)  # six refresh intervals: nothing reads the status any more
+        assert "<td>41</td>" not in panel.counters.value
+        _from_the_front_end(panel, _view_count=1)  # display(panel) again, or the notebook reopened
+        assert panel.refreshing
+        assert _wait_for(lambda: "<td>41</td>" in panel.counters.value)
+        _from_the_front_end(panel, _view_count=2)  # a second view changes nothing
+        assert panel.refreshing
+        panel.stop()  # stopped on purpose (or replaced by a newer panel): a new view does not resume it
+        _from_the_front_end(panel, _view_count=1)
+        assert not panel.refreshing
+        panel.start()
+        assert panel.refreshing
+        panel.comm.handle_close({"content": {"data": {}}})  # the front end closed the widget
+        assert not panel.refreshing and panel.comm is None
+    finally:
+        panel.close()
+
+
 def test_parse_seek_time() -> None:
     assert parse_seek_time("2024-03-05T01:02:03+01:00") == datetime(2024, 3, 5, 0, 2, 3, tzinfo=UTC)
     with pytest.raises(ConfigurationError, match="Got '31/12' instead"):

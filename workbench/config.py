@@ -572,6 +572,8 @@ class Settings(BaseSettings):
                 msg = (f"KAFKA_SSL_CA_LOCATION is {config['ssl.ca.location']}, which librdkafka cannot load as PEM "
                        f"CA certificates ({refused}).")
                 raise ConfigurationError(msg)
+            if "ssl.certificate.location" in config or "ssl.key.location" in config:
+                _check_client_identity(config)
         if protocol.startswith("SASL_") and mechanism is not None and (refused := _refused_mechanism(mechanism)):
             supported = [name for name in SASL_MECHANISMS if not _refused_mechanism(name)]
             msg = (f"KAFKA_SASL_MECHANISM={mechanism} is not available in this librdkafka build ({refused}). "
@@ -674,6 +676,37 @@ def _refused_ca(location: str) -> str | None:
 @functools.lru_cache(maxsize=16)
 def _refused_ca_version(location: str, _mtime_ns: int, _size: int) -> str | None:  # a changed file is asked again
     return _client_refuses({"security.protocol": "SSL", "ssl.ca.location": location})
+
+
+def _check_client_identity(config: dict[str, Any]) -> None:
+    """Refuse a client certificate or key (mutual TLS) librdkafka cannot load, naming the variable and file."""
+    cert, key = config.get("ssl.certificate.location"), config.get("ssl.key.location")
+    versions = tuple((location, *_file_version(location)) if location else None for location in (cert, key))
+    refused = _refused_identity(*versions, config.get("ssl.key.password"))
+    if refused is None:
+        return
+    if "ssl.certificate.location" in refused:
+        what = f"KAFKA_SSL_CERTIFICATE_LOCATION is {cert}, which librdkafka cannot load as a PEM certificate"
+    elif "ssl.key.location" in refused:
+        password = " with KAFKA_SSL_KEY_PASSWORD" if "ssl.key.password" in config else ""
+        what = f"KAFKA_SSL_KEY_LOCATION is {key}, which librdkafka cannot load as a PEM private key{password}"
+    else:
+        what = (f"KAFKA_SSL_CERTIFICATE_LOCATION ({cert}) and KAFKA_SSL_KEY_LOCATION ({key}) are not a "
+                "certificate and private key librdkafka can use")
+    raise ConfigurationError(f"{what} ({refused}).")
+
+
+def _file_version(location: str) -> tuple[int, int]:
+    stat = Path(location).stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=16)
+def _refused_identity(cert: tuple[str, int, int] | None, key: tuple[str, int, int] | None,
+                      password: str | None) -> str | None:  # a changed file is asked again
+    probe = {"security.protocol": "SSL", "ssl.certificate.location": cert and cert[0],
+             "ssl.key.location": key and key[0], "ssl.key.password": password}
+    return _client_refuses({name: value for name, value in probe.items() if value is not None})
 
 
 @contextmanager

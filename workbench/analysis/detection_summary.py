@@ -67,15 +67,13 @@ def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: dateti
     """
     import pyarrow.parquet as pq
 
-    from workbench.ml.evaluate import anomaly_labels
+    from workbench.ml.evaluate import anomaly_kinds, anomaly_labels
 
     present = [c for c in _LABEL_COLUMNS if c in pq.read_schema(labels_file).names]
     table = pq.read_table(labels_file, columns=present)
     log = table.to_pandas()
-    log["label_anomaly"] = anomaly_labels(table, Path(labels_file))
-    if "label_kind" not in log:  # labels from a tool that does not name kinds
-        log["label_kind"] = None
-    log.loc[log["label_anomaly"] & log["label_kind"].isna(), "label_kind"] = "unnamed"
+    log["label_anomaly"] = labels = anomaly_labels(table, Path(labels_file))
+    log["label_kind"] = anomaly_kinds(table, labels)  # "unnamed" where a tool labels without kinds
     if start is not None:
         log = log[log["arrival_timestamp"] >= start]
     if end is not None:

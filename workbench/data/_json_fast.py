@@ -7,6 +7,11 @@ A batch of JSON messages costs a few µs per message on the exact per-message pa
 24 names, each value of its column's JSON type, no null in a required column, integers within
 int64); the batch is then built column by column, and ``arrival_timestamp`` is converted by one
 Arrow cast when it has the form every producer of ours writes (``YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00``).
+What msgspec does not check is checked on the columns or the raw bytes: no negative duration,
+size or count (one minimum per column), and no name twice (msgspec, like any JSON reader, keeps
+the last copy): without a backslash, a message whose time has that form holds at least 24 + 3
+colons, and exactly that many only if no name repeats, which one count over the batch's bytes
+tells.
 
 The path accepts a subset of what the per-message path accepts, with the same values: any message
 it does not accept (invalid JSON, a wrong type, a time in another ISO form, a key that does not
@@ -19,6 +24,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from datetime import datetime
+from itertools import repeat
 from typing import Annotated, Final
 
 import msgspec
@@ -26,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workbench.data.schema import REDSET_SCHEMA
+from workbench.data.schema import NON_NEGATIVE_COLUMNS, REDSET_SCHEMA
 
 __all__ = ["decode_json_batch"]
 
@@ -60,6 +66,10 @@ _WIRE_TYPES: Final = [pa.string() if i == _TIME_COLUMN else f.type for i, f in e
 #: The time form the fast path converts (RE2 syntax; ``\z``: the end of the text, not of a line).
 _CANONICAL_TIME: Final = r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{6})?\+00:00\z"
 _PLACEHOLDER_TIME: Final = pa.scalar("1970-01-01T00:00:00+00:00")
+#: Colons in a message of the 24 names, each once, whose time has the canonical form (its 3) and
+#: whose other strings hold none.
+_COLONS: Final = len(_SCHEMA) + 3
+_NON_NEGATIVE: Final = [_SCHEMA.get_field_index(name) for name in NON_NEGATIVE_COLUMNS]
 
 
 def _decode_each(values: Sequence[bytes]) -> tuple[list[object], list[int], list[int]]:
@@ -79,8 +89,9 @@ def _decode_each(values: Sequence[bytes]) -> tuple[list[object], list[int], list
     return structs, ok, rest
 
 
-def _times(text: pa.Array, time_min_us: int, time_max_us: int) -> tuple[pa.Array, np.ndarray]:
-    """``arrival_timestamp`` strings as timestamps, and which of them the fast path may accept."""
+def _times(text: pa.Array, time_min_us: int, time_max_us: int) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """``arrival_timestamp`` strings as timestamps, which of them the fast path may accept, and which
+    have the canonical form."""
     canonical = pc.match_substring_regex(text, _CANONICAL_TIME)
     try:
         times = pc.cast(pc.if_else(canonical, text, _PLACEHOLDER_TIME), _SCHEMA.field(_TIME_COLUMN).type)
@@ -95,8 +106,33 @@ def _times(text: pa.Array, time_min_us: int, time_max_us: int) -> tuple[pa.Array
         times = pc.cast(pc.if_else(pa.array(mask), text, _PLACEHOLDER_TIME), _SCHEMA.field(_TIME_COLUMN).type)
         canonical = pa.array(mask)
     us = np.frombuffer(times.buffers()[1], dtype=np.int64, count=len(times), offset=times.offset * 8)
-    ok = canonical.to_numpy(zero_copy_only=False) & (us >= time_min_us) & (us <= time_max_us)
-    return times, ok
+    form = canonical.to_numpy(zero_copy_only=False)
+    return times, form & (us >= time_min_us) & (us <= time_max_us), form
+
+
+def _names_once(values: Sequence[bytes], time_ok: np.ndarray) -> np.ndarray | None:
+    """Which values certainly hold no name twice (the others: the exact path), or None for all.
+
+    ``time_ok`` marks the values whose time has the canonical form (3 colons unless escaped).
+    """
+    joined = b"".join(values)
+    if joined.count(b":") == _COLONS * len(values) and b"\\" not in joined and time_ok.all():
+        return None  # each holds at least _COLONS: so each exactly that many
+    colons = np.fromiter(map(bytes.count, values, repeat(b":")), dtype=np.int64, count=len(values))
+    plain = np.fromiter(map(operator.not_, map(operator.contains, values, repeat(b"\\"))), dtype=bool,
+                        count=len(values))
+    return (colons == _COLONS) & plain
+
+
+def _non_negative(arrays: list[pa.Array]) -> np.ndarray | None:
+    """Which rows hold no negative duration, size or count, or None for all."""
+    ok = None
+    for i in _NON_NEGATIVE:
+        lowest = pc.min(arrays[i]).as_py()
+        if lowest is not None and lowest < 0:
+            row_ok = ~pc.fill_null(pc.less(arrays[i], 0), False).to_numpy(zero_copy_only=False)
+            ok = row_ok if ok is None else ok & row_ok
+    return ok
 
 
 def decode_json_batch(values: Sequence[bytes], instance_ids: np.ndarray | None, *, time_min_us: int,
@@ -122,7 +158,13 @@ def decode_json_batch(values: Sequence[bytes], instance_ids: np.ndarray | None, 
     if not structs:
         return None, [], rest
     arrays = [pa.array(list(map(get, structs)), type=typ) for get, typ in zip(_GETTERS, _WIRE_TYPES, strict=True)]
-    arrays[_TIME_COLUMN], ok = _times(arrays[_TIME_COLUMN], time_min_us, time_max_us)
+    arrays[_TIME_COLUMN], ok, canonical = _times(arrays[_TIME_COLUMN], time_min_us, time_max_us)
+    once = _names_once(values if not rest else [values[i] for i in accepted], canonical)
+    if once is not None:
+        ok &= once
+    non_negative = _non_negative(arrays)
+    if non_negative is not None:
+        ok &= non_negative
     if instance_ids is not None:
         ok &= arrays[_INSTANCE_COLUMN].to_numpy() == instance_ids[accepted]
     batch = pa.RecordBatch.from_arrays(arrays, schema=_SCHEMA)

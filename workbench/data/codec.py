@@ -19,11 +19,16 @@ from a record batch to one value, a ``decode`` from one value to a record batch)
 the validation below applies to every encoding.
 
 What a valid event is (one rule for every consumer)
-    Exactly the 24 columns (none missing, none extra); every value of its column's type (an int
-    column takes JSON integers, not floats or booleans, within int64); the non-nullable columns
-    (``instance_id``, ``query_id``, ``arrival_timestamp``) not null; ``arrival_timestamp`` a time
-    with a zone (JSON) that a Python ``datetime`` can hold (years 1-9999 in UTC); the message key,
-    when the consumer passes it, the decimal ``instance_id`` of every row; the ``rows`` header,
+    Exactly the 24 columns (none missing, none extra, none twice: a JSON object whose names repeat
+    is refused, not read as its last copy); every value of its column's type (an int column takes
+    JSON integers, not floats or booleans, within int64); durations, sizes and counts
+    (:data:`~workbench.data.schema.NON_NEGATIVE_COLUMNS`) not negative, as the log validator
+    requires; the non-nullable columns (``instance_id``, ``query_id``, ``arrival_timestamp``) not
+    null; ``arrival_timestamp`` a time with a zone (JSON) that a Python ``datetime`` can hold (years
+    1-9999 in UTC); the message key, when the consumer passes it, the ``instance_id`` of every row
+    written as Python and our producers write it (decimal digits, no leading zeros, no sign but
+    ``-``, no spaces: Kafka partitions by the key's bytes, so ``003`` would put an instance's
+    events on another partition than ``3``); the ``rows`` header,
     when present, the number of rows decoded. Whether an event time is *plausible* for the
     stream is the apps' event-time guard (:mod:`workbench.pipeline._eventtime`).
 
@@ -39,6 +44,7 @@ A rejection is a :class:`MessageDecodeError` whose text starts with a reason cod
 
 from __future__ import annotations
 
+import json
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -52,7 +58,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workbench.data import _arrow_fast, _json_fast
-from workbench.data.schema import COLUMNS, REDSET_SCHEMA, SCHEMA_VERSION
+from workbench.data.schema import COLUMNS, NON_NEGATIVE_COLUMNS, REDSET_SCHEMA, SCHEMA_VERSION
 from workbench.exceptions import WorkbenchError
 
 __all__ = [
@@ -112,9 +118,10 @@ REASONS: Final = {
     "invalid_arrow": "the value is not a (complete) Arrow IPC stream",
     "invalid_value": "the encoding's decoder failed on the value in a way it does not name (a hostile payload)",
     "missing_columns": "required columns are absent",
-    "extra_columns": "columns that are not Redset columns are present",
+    "extra_columns": "columns that are not Redset columns are present, or a column appears twice",
     "wrong_type": "a value is not of its column's type",
     "int_out_of_range": "an integer does not fit int64",
+    "negative_value": "a duration, size or count is negative",
     "null_in_required": "a non-nullable column holds a null",
     "timestamp_out_of_range": "a time no consumer can represent",
 }
@@ -269,13 +276,16 @@ def _decode_key(key: bytes | str | None) -> int:
         except UnicodeDecodeError:
             msg = f"the key is not UTF-8 text: {bytes(key)[:40]!r}"
             raise MessageDecodeError("bad_key", msg) from None
-    text = key.strip()
+    text = key
     if not text.lstrip("-").isdigit() or not text.isascii() or len(text) > 20:
         msg = f"the key must be the decimal instance_id. Got {key[:40]!r}"
         raise MessageDecodeError("bad_key", msg)
     value = int(text)
     if not _INT64_MIN <= value <= _INT64_MAX:
         msg = f"the key {text[:40]!r} does not fit int64"
+        raise MessageDecodeError("bad_key", msg)
+    if text != str(value):  # Kafka partitions by the key's bytes: "003" is not on the partition of "3"
+        msg = f"the key must be the decimal instance_id as written by str(): no leading zeros. Got {key[:40]!r}"
         raise MessageDecodeError("bad_key", msg)
     return value
 
@@ -424,6 +434,54 @@ def _explain_invalid(row: dict[str, Any]) -> None:
     raise MessageDecodeError("wrong_type", msg)
 
 
+def _first_repeated_name(value: bytes) -> str | None:
+    """The first top-level name that ``value`` (a JSON object) holds twice, or None."""
+    seen: set[str] = set()
+    try:
+        pairs = json.loads(value, object_pairs_hook=lambda pairs: pairs)
+    except (ValueError, RecursionError):  # orjson read it: the checks after this one name what is wrong
+        return None
+    for name, _ in pairs:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
+def _check_unique_names(value: bytes, row: dict[str, Any]) -> None:
+    """Raise if ``value``'s object repeats a name (``row``, its dict, kept only the last copy).
+
+    Without a backslash every raw ``:`` is a name's separator or a character of a name or string,
+    so a message holds at least as many colons as names plus those of its time; exactly that many
+    (24 + 3 in a valid message of our producers) only if no name repeats. Only the others are
+    parsed again.
+    """
+    if b"\\" not in value:
+        text = row.get("arrival_timestamp")
+        if value.count(b":") == len(row) + (text.count(":") if type(text) is str else 0):
+            return
+    name = _first_repeated_name(value)
+    if name is not None:
+        msg = f"column {name[:40]!r} appears twice (a JSON object's names must be unique)"
+        raise MessageDecodeError("extra_columns", msg)
+
+
+_NON_NEGATIVE_VALUES: Final = operator.itemgetter(*NON_NEGATIVE_COLUMNS)
+
+
+def _check_non_negative(row: dict[str, Any]) -> None:
+    # The types hold (ints or None): the min of the non-zero, non-null values tells in C.
+    if min(filter(None, _NON_NEGATIVE_VALUES(row)), default=0) < 0:
+        for name in NON_NEGATIVE_COLUMNS:
+            v = row[name]
+            if v is not None and v < 0:
+                raise MessageDecodeError("negative_value", _negative_detail(name, v))
+
+
+def _negative_detail(name: str, value: Any) -> str:
+    return f"column {name!r} must not be negative (durations, sizes and counts are >= 0). Got {value}"
+
+
 def _json_row(value: bytes, check_range: bool = True) -> dict[str, Any]:
     """One JSON value validated against the contract; adds ``arrival_us`` (epoch microseconds).
 
@@ -438,6 +496,7 @@ def _json_row(value: bytes, check_range: bool = True) -> dict[str, Any]:
     if type(row) is not dict:
         msg = f"expected a JSON object, got {type(row).__name__}"
         raise MessageDecodeError("not_an_object", msg)
+    _check_unique_names(value, row)
     # The column names (in their order) and the types of the values are one of a few signatures
     # (which columns are null): each signature is judged once and remembered, so a valid row costs
     # two tuples and a dict lookup instead of 24 checks. An invalid one is explained by the full check.
@@ -454,6 +513,7 @@ def _json_row(value: bytes, check_range: bool = True) -> dict[str, Any]:
             _explain_invalid(row)
         if len(_SIGNATURES) < _SIGNATURES_MAX:
             _SIGNATURES[signature] = True
+    _check_non_negative(row)
     if check_range:
         _check_int_range(row)
     text = row["arrival_timestamp"]
@@ -505,7 +565,8 @@ def _conform(batch: pa.RecordBatch) -> pa.RecordBatch:
     if not schema.equals(_SCHEMA_NO_META):
         names = schema.names
         if len(names) != len(set(names)):
-            raise MessageDecodeError("extra_columns", "a column name appears twice")
+            twice = next(n for i, n in enumerate(names) if n in names[:i])
+            raise MessageDecodeError("extra_columns", f"column {str(twice)[:40]!r} appears twice")
         missing = [n for n in COLUMNS if n not in names]
         if missing:
             raise MessageDecodeError("missing_columns", f"missing columns {missing[:5]}")
@@ -538,6 +599,10 @@ def _check_values(batch: pa.RecordBatch) -> None:
         if lo < TIME_MIN_US or hi > TIME_MAX_US:
             _check_us(lo, "arrival_timestamp", lo)
             _check_us(hi, "arrival_timestamp", hi)
+        for name in NON_NEGATIVE_COLUMNS:
+            lowest = pc.min(batch.column(name)).as_py()
+            if lowest is not None and lowest < 0:
+                raise MessageDecodeError("negative_value", _negative_detail(name, lowest))
 
 
 register_encoding(Encoding(ENCODING_JSON, _encode_json_one, _decode_json, max_rows=1, encode_each=encode_json))

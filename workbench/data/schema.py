@@ -28,6 +28,7 @@ __all__ = [
     "FALSE_WORDS",
     "LABEL_COLUMNS",
     "LABEL_SCHEMA",
+    "NON_NEGATIVE_COLUMNS",
     "REDSET_SCHEMA",
     "SCHEMA_VERSION",
     "TRUE_WORDS",
@@ -91,6 +92,13 @@ LABEL_COLUMNS: tuple[str, ...] = tuple(LABEL_SCHEMA.names)
 TRUE_WORDS: tuple[str, ...] = ("t", "true", "1", "y", "yes")
 FALSE_WORDS: tuple[str, ...] = ("f", "false", "0", "n", "no")
 
+#: Durations, sizes and counts: a negative value is a broken row, not a measurement (the log
+#: validator reports it, the event contract dead-letters it).
+NON_NEGATIVE_COLUMNS: tuple[str, ...] = (
+    "cluster_size", "compile_duration_ms", "queue_duration_ms", "execution_duration_ms",
+    "num_permanent_tables_accessed", "num_external_tables_accessed", "num_system_tables_accessed",
+    "mbytes_scanned", "mbytes_spilled", "num_joins", "num_scans", "num_aggregations",
+)
 
 #: Columns that define the stream order of a query log.
 SORT_KEY: tuple[str, str] = ("arrival_timestamp", "query_id")

@@ -35,6 +35,7 @@ from workbench.data.schema import (
     COLUMNS,
     LABEL_COLUMNS,
     LABEL_SCHEMA,
+    NON_NEGATIVE_COLUMNS,
     REDSET_SCHEMA,
     SORT_KEY,
     LogSummary,
@@ -65,13 +66,6 @@ logger = logging.getLogger(__name__)
 
 #: Problem lines kept per column for display; every problem is counted regardless.
 LINES_PER_COLUMN = 10
-
-#: Durations, sizes and counts: a negative value is a broken row, not a measurement.
-NON_NEGATIVE_COLUMNS: tuple[str, ...] = (
-    "cluster_size", "compile_duration_ms", "queue_duration_ms", "execution_duration_ms",
-    "num_permanent_tables_accessed", "num_external_tables_accessed", "num_system_tables_accessed",
-    "mbytes_scanned", "mbytes_spilled", "num_joins", "num_scans", "num_aggregations",
-)
 
 #: The event times every consumer can decode: Kafka message timestamps are non-negative
 #: milliseconds, pandas holds nanoseconds in int64 (up to 2262-04-11), Python datetimes and

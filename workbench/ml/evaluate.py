@@ -162,24 +162,29 @@ def anomaly_kinds(table: pa.Table, labels: np.ndarray) -> np.ndarray:
     return kinds
 
 
-def window_kinds_of(data: Path, named: Sequence[str] = ()) -> set[str]:
-    """The kinds of ``data`` judged at window level: the generator's, the sidecar's and ``named`` (see above)."""
+def window_kinds_of(data: Path, named: Sequence[str] = (), *, sidecar: pa.Table | None = None) -> set[str]:
+    """The kinds of ``data`` judged at window level: the generator's, the sidecar's and ``named`` (see above).
+
+    ``sidecar``: the log's window labels when the caller has read them (read here otherwise).
+    """
     from workbench.data.generator import WINDOW_KINDS, window_labels
 
-    sidecar = window_labels(data).column("kind").to_pylist()
-    return set(WINDOW_KINDS) | {k for k in sidecar if k is not None} | set(named)
+    named_there = (window_labels(data) if sidecar is None else sidecar).column("kind").to_pylist()
+    return set(WINDOW_KINDS) | {k for k in named_there if k is not None} | set(named)
 
 
-def labelled_windows(data: Path, day_rows: pa.Table, day: dt.date, kinds: set[str]) -> pd.DataFrame:
+def labelled_windows(data: Path, day_rows: pa.Table, day: dt.date, kinds: set[str], *,
+                     sidecar: pa.Table | None = None) -> pd.DataFrame:
     """``instance_id``, ``window_start`` (UTC), ``kind`` of the labelled collective windows of ``day``.
 
-    The sidecar's windows; a window kind with none there on ``day`` gets the windows where at least
+    The sidecar's windows (``sidecar``: as the caller read them; read here otherwise); a window kind
+    with none there on ``day`` gets the windows where at least
     :data:`~workbench.data.generator.MIN_WINDOW_ROWS` of ``day_rows`` carry its label.
     """
     from workbench.data.generator import MIN_WINDOW_ROWS, window_labels
 
     start = pd.Timestamp(day, tz="UTC")
-    labels = window_labels(data).to_pandas()
+    labels = (window_labels(data) if sidecar is None else sidecar).to_pandas()
     labels["window_start"] = pd.to_datetime(labels["window_start"], utc=True)
     labels = labels[(labels["window_start"] >= start) & (labels["window_start"] < start + pd.Timedelta(days=1))]
     missing = kinds - set(labels["kind"])
@@ -195,10 +200,17 @@ def labelled_windows(data: Path, day_rows: pa.Table, day: dt.date, kinds: set[st
     return labels.reset_index(drop=True)
 
 
-def window_metrics(data: Path, day: dt.date, history_days: int = 7,
-                   window_kinds: Sequence[str] = ()) -> dict[str, float]:
-    """Window-level precision and per-kind recall of the collective detector on one day (see above)."""
+def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds: Sequence[str] = (), *,
+                   sidecar: pa.Table | None = None) -> dict[str, float]:
+    """Window-level precision and per-kind recall of the collective detector on one day (see above).
+
+    ``sidecar``: the log's window labels (``LOG.windows.parquet``) when the caller has read them.
+    """
     from workbench.analysis.collective import flag_windows, windows_of
+    from workbench.data.generator import window_labels
+
+    if sidecar is None:
+        sidecar = window_labels(data)
 
     table = load_log_window(Path(data), day, history_days + 1)
     windows = windows_of(table)
@@ -211,7 +223,8 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7,
     flagged_keys = set(zip(flagged["instance_id"], pd.to_datetime(flagged["window_start"], utc=True), strict=True))
     day_rows = table.filter(pc.greater_equal(table.column("arrival_timestamp"),
                                              pa.scalar(start.to_pydatetime(), pa.timestamp("us", tz="UTC"))))
-    labels = labelled_windows(Path(data), day_rows, day, window_kinds_of(Path(data), window_kinds))
+    labels = labelled_windows(Path(data), day_rows, day, window_kinds_of(Path(data), window_kinds, sidecar=sidecar),
+                              sidecar=sidecar)
     label_keys = set(zip(labels["instance_id"], labels["window_start"], strict=True))
     lab = anomaly_labels(day_rows, Path(data))
     ts = pd.to_datetime(day_rows.column("arrival_timestamp").to_numpy(zero_copy_only=False)[lab], utc=True)
@@ -281,6 +294,8 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
         Kinds of ``data`` that are anomalous only together, judged at window level (besides the
         generator's and those the window-label sidecar names; see the module docstring).
     """
+    from workbench.data.generator import window_labels
+
     registry = ModelRegistry(settings.models_dir)
     use_baseline = version == "baseline"
     resolved = registry.resolve(None if use_baseline else version)
@@ -293,7 +308,8 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
     out = model.predict(table)
     labels = anomaly_labels(table, data)
     kinds = anomaly_kinds(table, labels)
-    window_kinds = window_kinds_of(Path(data), window_kinds)
+    sidecar = window_labels(Path(data))  # read once: the window kinds and the window metrics use it
+    window_kinds = window_kinds_of(Path(data), window_kinds, sidecar=sidecar)
     collective = labels & np.isin(kinds, list(window_kinds))
     inst = table.column("instance_id").to_numpy(zero_copy_only=False)
     exec_ms = pa.compute.fill_null(table.column("execution_duration_ms"), 0).to_numpy(zero_copy_only=False)
@@ -310,7 +326,7 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
         metrics["baseline alerts"] = float(k_base)
         metrics.update(recall_at_volume(labels[q], out["score"][q], kinds[q], k_base))
         if collective.any() or window_labels_exist(data):
-            metrics.update(window_metrics(Path(data), day, window_kinds=sorted(window_kinds)))
+            metrics.update(window_metrics(Path(data), day, window_kinds=sorted(window_kinds), sidecar=sidecar))
     y_log = np.log1p(np.clip(exec_ms.astype(np.float64), 0, None))
     metrics.update(regression_metrics(y_log, out["mean_log"], out["q_log"]))
     result = {"day": day.isoformat(), "detector": "baseline" if use_baseline else "residual",

@@ -10,6 +10,7 @@ from workbench._lazy import lazy_attributes
 
 __all__ = [
     "COMMANDS",
+    "STATUS_READ_TIMEOUT_S",
     "BatchReport",
     "Clock",
     "Command",
@@ -29,6 +30,7 @@ __all__ = [
 
 _WHERE = {
     "COMMANDS": "workbench.replay._control",
+    "STATUS_READ_TIMEOUT_S": "workbench.replay._control",
     "Command": "workbench.replay._control",
     "InvalidCommand": "workbench.replay._control",
     "ReplayController": "workbench.replay._control",

@@ -32,14 +32,14 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from workbench.broker import NO_SUCH_TOPIC, IncompleteReadError, quiet_logs, read_range, when_ready
 from workbench.config import Settings
 from workbench.replay.exceptions import ReplayError
 
-__all__ = ["COMMANDS", "MAX_SPEEDUP", "MIN_SPEEDUP", "Command", "InvalidCommand", "ReplayController",
-           "ReplayStatus", "latest_state_value"]
+__all__ = ["COMMANDS", "MAX_SPEEDUP", "MIN_SPEEDUP", "STATUS_READ_TIMEOUT_S", "Command", "InvalidCommand",
+           "ReplayController", "ReplayStatus", "latest_state_value"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,16 @@ MAX_SPEEDUP = 1_000_000.0
 #: Event times a seek accepts: what every consumer can decode (see workbench.data.validation).
 _SEEK_MIN = datetime(1970, 1, 1, tzinfo=UTC)
 _SEEK_MAX = datetime(2262, 4, 10, tzinfo=UTC)
+
+#: Seconds a status read (:meth:`ReplayController.status`: the CLI's ``replay-control status``,
+#: ``Workbench.replay_status()``, ``Workbench.status()`` and the panel) waits for the state topic. A
+#: healthy broker answers in well under a second, a busy one at max speed within a few; beyond this
+#: the broker is down or unreachable, and the user is told so instead of waiting. Reads that decide
+#: where a replay resumes (its saved position) keep :func:`latest_state_value`'s longer default.
+STATUS_READ_TIMEOUT_S = 8.0
+#: Errors of a read that no broker answered (refused, unreachable, or silent until the deadline).
+_NO_ANSWER = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
+              KafkaError.REQUEST_TIMED_OUT)
 
 
 class InvalidCommand(ReplayError, ValueError):
@@ -282,8 +292,14 @@ def latest_state_value(settings: Settings, key: str, *, committed: bool = False,
                 lambda remaining: consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=remaining),
                 deadline)
         except KafkaException as exc:
-            if exc.args and exc.args[0].code() in NO_SUCH_TOPIC:
+            code = exc.args[0].code() if exc.args else None
+            if code in NO_SUCH_TOPIC:
                 return None
+            if code in _NO_ANSWER:
+                msg = (f"Could not read the replay state topic {topic!r} at {settings.bootstrap_servers}: no Kafka "
+                       f"broker answered within {timeout:g} s (down or unreachable). Is the workbench running "
+                       "(`workbench status`)? KAFKA_BOOTSTRAP_SERVERS or WORKBENCH_KAFKA_PORT say where its broker is.")
+                raise ReplayError(msg) from None
             msg = f"Could not read the replay state topic {topic!r} at {settings.bootstrap_servers}: {exc}"
             raise ReplayError(msg) from exc
         if high <= low:
@@ -297,7 +313,7 @@ def latest_state_value(settings: Settings, key: str, *, committed: bool = False,
                 latest = _latest_value(consumer, topic, low, high, wanted, deadline, accept)
         except IncompleteReadError:
             msg = (f"Could not read {key!r} from the replay state topic {topic!r} at "
-                   f"{settings.bootstrap_servers} within {timeout:.0f} s (offsets {low}..{high}); is the broker "
+                   f"{settings.bootstrap_servers} within {timeout:g} s (offsets {low}..{high}); is the broker "
                    "overloaded or unreachable?")
             raise ReplayError(msg) from None
         return latest
@@ -358,10 +374,11 @@ class ReplayController:
     def stop(self) -> None:
         self._send("stop")
 
-    def status(self, timeout: float = 30.0) -> ReplayStatus | None:
+    def status(self, timeout: float = STATUS_READ_TIMEOUT_S) -> ReplayStatus | None:
         """The replay's latest published status, or None if it never ran.
 
-        Raises :class:`ReplayError` when the state topic cannot be read within ``timeout`` seconds.
+        Raises :class:`ReplayError` when the state topic cannot be read within ``timeout`` seconds
+        (the broker is down or unreachable): an answer within seconds, not a wait.
         """
         value = latest_state_value(self.settings, f"{self.replay_id}/status", timeout=timeout)
         return ReplayStatus.from_json(value) if value else None

@@ -29,7 +29,7 @@ from workbench._lifeline import home_processes, stop_processes, tags
 from workbench.broker import LocalKafka, broker_status, ensure_broker
 from workbench.config import Settings, get_settings
 from workbench.exceptions import ConfigurationError, WorkbenchError
-from workbench.replay import ReplayController, ReplayStatus
+from workbench.replay import STATUS_READ_TIMEOUT_S, ReplayController, ReplayStatus
 from workbench.runtime._status import (
     WorkbenchStatus,
     anomaly_count,
@@ -61,9 +61,6 @@ logger = logging.getLogger(__name__)
 
 #: The pipeline apps and the topic each consumes (for lag).
 DEFAULT_APPS: tuple[str, ...] = ("scoring", "analytics", "anomaly-sink")
-#: Seconds :meth:`Workbench.status` waits for the replay's status (a healthy broker answers in well
-#: under a second; the CLI's ``replay-control status`` keeps the reader's 30 s).
-STATUS_READ_TIMEOUT_S = 8.0
 
 
 class WorkbenchStateError(WorkbenchError, RuntimeError):
@@ -376,7 +373,8 @@ class Workbench:
 
     # -- status --------------------------------------------------------------------------------
     def replay_status(self) -> ReplayStatus | None:
-        """The replay's latest status (from the state topic)."""
+        """The replay's latest status (from the state topic); raises ReplayError within
+        ``STATUS_READ_TIMEOUT_S`` seconds when the broker is down or unreachable."""
         return self._controller.status()
 
     def status(self) -> WorkbenchStatus:

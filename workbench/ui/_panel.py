@@ -3,8 +3,13 @@
 Buttons and sliders call the workbench's methods (``set_speed``, ``pause``, ``resume``, ``seek``,
 ``reset``), which send a command over the control topic at once. A daemon thread refreshes the
 counters about every second and the charts every few seconds; it never blocks the kernel, and it
-ends when the panel is closed or the workbench stops running. Widget updates from a thread are
-sent to the front end by ipywidgets directly.
+ends when the panel is closed (``close()``, or its comm closed by the front end) or the workbench
+stops running. It pauses while the panel has no view in any front end (its output cleared or its
+cell re-run: ipywidgets' view count, ``_view_count``, which the front end keeps once the kernel sets
+it to a number) and resumes when the panel is displayed again. A notebook or browser tab closed with
+the kernel left running sends nothing (JupyterLab 4 keeps the count and the comm), so such a panel
+refreshes on until closed, replaced or its workbench stops. Widget updates from a thread are sent
+to the front end by ipywidgets directly.
 
 What the panel shows is computed by :func:`panel_view` from one status snapshot (plus the lag
 history the panel keeps), so the rules are unit-tested without widgets: which controls can act
@@ -337,9 +342,13 @@ class ControlPanel(widgets.VBox):
         self._wb = wb
         self._counter_interval = counter_interval
         self._chart_interval = chart_interval
+        # One stop event per refresh thread: a thread told to stop finishes its current refresh
+        # on its own while a re-displayed panel may already run the next one.
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        # Refresh paused because no front end shows the panel; a new view resumes it.
+        self._paused_unseen = False
         # Per thread: set while the panel itself writes widget values, so those writes are not taken
         # for user actions (a user's change arriving meanwhile in the kernel thread still counts).
         self._local = threading.local()
@@ -395,8 +404,12 @@ class ControlPanel(widgets.VBox):
         ]
         if charts:
             rows.append(widgets.VBox([self.events_plot, self.anomalies_plot]))
-        super().__init__(rows)
+        # _view_count=0 asks the front end to count this panel's views (None, the default, counts none).
+        super().__init__(rows, _view_count=0)
         self.add_class("workbench-panel")  # a stable hook for styling and browser tests
+        self.observe(self._on_view_count, names="_view_count")
+        if self.comm is not None:
+            self.comm.on_close(self._on_comm_closed)
         self.refresh(charts=False)
         if auto_refresh:
             self.start()
@@ -613,19 +626,38 @@ class ControlPanel(widgets.VBox):
     # -- thread --------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the background refresh (no-op when it already runs)."""
-        if self._thread is not None and self._thread.is_alive():
+        if self.refreshing:
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="workbench-panel", daemon=True)
+        self._paused_unseen = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(self._stop,), name="workbench-panel", daemon=True)
         self._thread.start()
 
     @property
     def refreshing(self) -> bool:
-        """Whether the refresh thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+        """Whether the refresh thread runs (and has not been told to stop)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
+    def _on_view_count(self, change: dict[str, Any]) -> None:
+        """The front end's view count changed: pause with none left, resume on a new one."""
+        views = change["new"]
+        if views == 0 and self.refreshing:
+            # Not joined: this runs in the kernel's thread, and a refresh may wait for a status read.
+            self._stop.set()
+            self._wake.set()
+            self._paused_unseen = True
+            logger.debug("panel not shown in any front end: refresh paused")
+        elif isinstance(views, int) and views > 0 and self._paused_unseen:
+            logger.debug("panel shown again: refresh resumed")
+            self.start()
+
+    def _on_comm_closed(self, _msg: Any) -> None:
+        """The front end closed the panel's comm: the panel is gone for good."""
+        self.stop(timeout=0)  # not joined: this runs in the kernel's thread
+        super().close()
+
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
                 if not self._wb.running:
                     self.refresh(charts=self._charts_enabled)
@@ -639,7 +671,9 @@ class ControlPanel(widgets.VBox):
             self._wake.clear()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the refresh thread (the widget stays on screen)."""
+        """Stop the refresh thread for good (the widget stays on screen; showing it again does not
+        resume it: :meth:`start` does)."""
+        self._paused_unseen = False
         self._stop.set()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -670,9 +704,10 @@ def control_panel(wb: PanelTarget, *, counter_interval: float = 1.0, chart_inter
     progress bar with the event-time clock and ETA, live counters (rates, lag per app, anomalies,
     model version, late events, dead letters) and events/anomalies per 10 minutes. Counters refresh
     every ``counter_interval`` s and charts every ``chart_interval`` s in a daemon thread that stops
-    when the panel is closed or the workbench stops. A new panel of the same workbench stops the
-    previous one's refresh: re-running the panel's cell clears its output but not its thread,
-    and every forgotten panel would go on reading the status and drawing charts.
+    when the panel is closed or the workbench stops, and pauses while no front end shows the panel
+    (its output cleared, its cell re-run) until it is displayed again. A new panel of the
+    same workbench stops the previous one's refresh: re-running the panel's cell clears its output
+    but not its thread, and every forgotten panel would go on reading the status and drawing charts.
     """
     if counter_interval <= 0 or chart_interval <= 0:
         msg = ("counter_interval and chart_interval must be positive seconds. "
