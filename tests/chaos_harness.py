@@ -13,7 +13,8 @@ Afterwards every store is compared with an offline computation from the source f
   windows per instance, window by window;
 * the lakehouse holds each anomaly the shards flagged exactly once, and nothing else;
 * the lakehouse's ``window_anomalies`` hold each collective anomaly that the final stores call for
-  exactly once, and nothing else (:func:`expected_window_anomalies`).
+  exactly once, and nothing else (:func:`expected_window_anomalies`), and ``window_residuals`` each
+  settled day's runtime-residual window with the values the final shards give.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -260,7 +263,7 @@ def _residuals_done(settings: Settings, data: Path) -> bool:
     return newest is not None and newest.date() >= days[-1]
 
 
-def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table, int]:
+def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table, pd.DataFrame, int]:
     """The ``window_anomalies`` rows a finished, drained run must hold, from its final stores.
 
     * The analytics app's collective step: :func:`~workbench.analysis.collective.flag_windows` over
@@ -272,12 +275,11 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
       with the scoring version's evidence source) judged against the earlier days' windows and its
       own, as :class:`~workbench.pipeline.scoring._residuals.ResidualWindowsStep` does.
 
-    Also returns the executed rows of settled days still unscored (such a day, and every later one,
-    is never judged: the product waits for its rescoring).
+    Also returns the settled days' residual windows (what ``window_residuals`` must hold) and the
+    executed rows of settled days still unscored (such a day, and every later one, is never judged:
+    the product waits for its rescoring).
     """
     from types import SimpleNamespace
-
-    import pandas as pd
 
     from workbench.analysis.collective import CollectiveParams, flag_windows
     from workbench.analysis.residual_windows import judge_residual_windows, residual_windows
@@ -312,9 +314,20 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
         parts.append(judge_residual_windows(windows, pd.concat([history, windows], ignore_index=True), params))
         earlier.append(windows)
     keep = ["instance_id", "window_start", "signal"]
-    return pa.concat_tables([t.select(keep) for t in parts]) if parts else pa.table(
+    flagged = pa.concat_tables([t.select(keep) for t in parts]) if parts else pa.table(
         {"instance_id": pa.array([], pa.int64()), "window_start": pa.array([], pa.timestamp("ms", tz="UTC")),
-         "signal": pa.array([], pa.string())}), unscored
+         "signal": pa.array([], pa.string())})
+    residuals = pd.concat(earlier, ignore_index=True) if earlier else pd.DataFrame(
+        columns=["instance_id", "window_start", "residual_queries", "median_log_residual"])
+    return flagged, residuals, unscored
+
+
+def _residual_keys(frame: pd.DataFrame) -> Counter:
+    """``(instance, window ms, judged queries, median)`` per residual window (a value differing: lost + extra)."""
+    starts = pd.DatetimeIndex(pd.to_datetime(frame["window_start"], utc=True)).as_unit("ms").asi8
+    medians = [None if m is None or np.isnan(m) else round(float(m), 12) for m in frame["median_log_residual"]]
+    return Counter(zip(frame["instance_id"].astype("int64").tolist(), starts.tolist(),
+                       frame["residual_queries"].astype("int64").tolist(), medians, strict=True))
 
 
 def _window_keys(table: pa.Table) -> Counter:
@@ -411,7 +424,7 @@ def compare(settings: Settings, data: Path, result: ChaosResult) -> None:
     result.lost["lakehouse"], result.duplicated["lakehouse"] = lost, dup
 
     # window_anomalies: each (instance, window, signal) the final stores call for, once, nothing else.
-    want_windows, unscored = expected_window_anomalies(settings, data)
+    want_windows, want_residuals, unscored = expected_window_anomalies(settings, data)
     want = _window_keys(want_windows)
     with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
         got = _window_keys(lake.read_window_anomalies())
@@ -420,3 +433,9 @@ def compare(settings: Settings, data: Path, result: ChaosResult) -> None:
     result.duplicated["window_anomalies"] = sum(n - 1 for n in got.values() if n > 1)
     result.extra["window_anomalies"] = len(got.keys() - want.keys())
     result.lost["scores of settled days"] = unscored  # their residual windows can never be judged
+    # window_residuals: the settled days' residual windows, each once, with the offline values.
+    with WindowStatsStore.from_settings(settings, read_only=True) as store:
+        stored = store.read_residuals().to_pandas()
+    want, got = _residual_keys(want_residuals), _residual_keys(stored)
+    result.lost["window_residuals"] = sum((want - got).values())
+    result.extra["window_residuals"] = sum((got - want).values())
