@@ -64,13 +64,16 @@ def broker(home: Path | None = None) -> Iterator[Settings]:
         LocalKafka(settings).stop()
 
 
-def demo_log(days: int = 4, instances: int = 16, seed: int = 0, rows_per_day: int | None = None) -> Path:
-    """A generated log, cached across benchmark runs (same arguments, same bytes)."""
+def demo_log(days: int = 4, instances: int = 16, seed: int = 0, rows_per_day: int | None = None,
+             kinds: str | None = None) -> Path:
+    """A generated log, cached across benchmark runs (same arguments, same bytes); ``kinds`` as
+    ``workbench generate --kinds`` (None: the default, classic)."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"redset_{days}d_{instances}i_s{seed}_{rows_per_day or 'default'}.parquet"
+    tag = "" if kinds is None else f"_{kinds.replace(',', '-')}"
+    path = CACHE / f"redset_{days}d_{instances}i_s{seed}_{rows_per_day or 'default'}{tag}.parquet"
     if not path.exists():
         tmp = path.with_suffix(".tmp")
-        generate(tmp, days=days, instances=instances, seed=seed, rows_per_day=rows_per_day)
+        generate(tmp, days=days, instances=instances, seed=seed, rows_per_day=rows_per_day, kinds=kinds)
         tmp.replace(path)
     return path
 

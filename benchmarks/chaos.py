@@ -1,14 +1,16 @@
 """Chaos benchmark: >= 20 seeded kill -9s across every process kind during a paced replay.
 
 Usage: ``.venv/bin/python benchmarks/chaos.py [--kills 20] [--seed 11] [--days 4] [--instances 8]
-[--rows-per-day 6000] [--speedup 1500] [--pack 20]``
+[--rows-per-day 6000] [--speedup 1500] [--pack 20] [--kinds all]``
 
 Runs the same labelled log twice on a fresh workbench with a private managed Kafka: once without
 kills, once while a seeded schedule kills the replay, the three apps, the broker, the supervisor
 and the training subprocess (``tests/chaos_harness.py``). After each run the events topic,
-shards, window_stats + late events and the lakehouse are compared with an offline computation of
-the log. Prints ``chaos: N kills, L lost, D duplicated``, the time until drained with and without
-kills, and the seed (rerun a failure with ``--seed``). Exit code 1 if anything was lost or duplicated.
+shards, window_stats + late events, the lakehouse's anomalies and window anomalies and the runtime
+residual windows are compared with an offline computation of the log and the final stores. Prints
+``chaos: N kills, L lost, D duplicated, E extra``, the time until drained with and without kills,
+and the seed (rerun a failure with ``--seed``). ``--kinds all`` replays the stress log (collective
+episodes: more window anomalies to check). Exit code 1 if anything was lost, duplicated or extra.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ def main() -> int:
     parser.add_argument("--rows-per-day", type=int, default=6000)
     parser.add_argument("--speedup", type=float, default=1500)
     parser.add_argument("--pack", type=int, default=20)
+    parser.add_argument("--kinds", default=None, help="the generator's kinds (e.g. all); default classic")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run without kills")
     args = parser.parse_args()
-    data = demo_log(days=args.days, instances=args.instances, seed=args.seed, rows_per_day=args.rows_per_day)
+    data = demo_log(days=args.days, instances=args.instances, seed=args.seed, rows_per_day=args.rows_per_day,
+                    kinds=args.kinds)
     root = Path(tempfile.mkdtemp(prefix="workbench-chaos-"))
     common = {"speedup": args.speedup, "pack": args.pack, "max_speed_after": False, "first_kill_s": 10.0,
               "min_gap_s": 5.0, "max_gap_s": 10.0}
@@ -53,7 +57,7 @@ def main() -> int:
     print(f"  ({time.monotonic() - started:.0f} s with start-up and checks)")
     print(result.summary())
     print(f"chaos: {len(result.done_kills)} kills, {sum(result.lost.values())} lost, "
-          f"{sum(result.duplicated.values())} duplicated")
+          f"{sum(result.duplicated.values())} duplicated, {sum(result.extra.values())} extra")
     if baseline is not None:
         print(f"time to drain: {result.drain_seconds:.1f} s with kills vs {baseline.drain_seconds:.1f} s without "
               f"(+{result.drain_seconds - baseline.drain_seconds:.1f} s)")

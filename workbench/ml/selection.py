@@ -126,7 +126,10 @@ def is_ready(day: dt.date, windows: Sequence[VersionWindow], cadence: Cadence | 
     first_trained = cadence.first_day + step - dt.timedelta(days=1)
     before = [w.end for w in windows if w.end < day]
     if day <= first_trained:  # no cadence version can be trained on data before this day
-        return bool(before) or any(w.end >= first_trained for w in windows) or first_trained in cadence.failed_days
+        # Not any version: a later cadence version can be registered first (the first day's
+        # training killed and retried after a backoff), and the rule gives these days the first
+        # cadence version once it exists, so scoring them with the later one would not be final.
+        return bool(before) or any(w.end <= first_trained for w in windows) or first_trained in cadence.failed_days
     newest = max(before, default=None)
     end = expected_window_end(day, cadence)
     while newest is None or newest < end:
