@@ -110,6 +110,11 @@ def test_a_file_where_a_folder_goes_names_the_setting(tmp_path: Path) -> None:
         Settings(home=a_file)
     with pytest.raises(ConfigurationError, match=f"WORKBENCH_MODELS_DIR must be a folder, .* under {a_file}, which"):
         Settings(home=tmp_path, models_dir_override=a_file / "models")
+    for variable, argument in (("WORKBENCH_SHARDS_DIR", "shards_dir_override"),
+                               ("WORKBENCH_LAKEHOUSE_DATA", "lakehouse_data")):
+        with pytest.raises(ConfigurationError, match=f"{variable} must be a folder, but {a_file} is a file"):
+            Settings(home=tmp_path, **{argument: str(a_file)})
+        assert Settings(home=tmp_path, **{argument: "s3://bucket/prefix/"})  # a URL is not a local folder
     spaced = tmp_path / "a home with spaces/ünïcode"
     assert Settings(home=spaced).home == spaced  # any folder name works, created or not
 
