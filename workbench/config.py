@@ -299,6 +299,7 @@ class Settings(BaseSettings):
 
     @field_validator("kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
                      "kafka_sasl_mechanism", "kafka_security_protocol", "kafka_bootstrap_servers",
+                     "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_key_password",
                      "kafka_ssl_endpoint_identification_algorithm", "reports_dir", "lakehouse_data",
                      "window_stats_url", "shards_dir_override", "models_dir_override", "archive_dir_override",
                      "shard_retention_days", mode="before")
