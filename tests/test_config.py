@@ -92,6 +92,19 @@ def test_empty_variables_mean_unset_not_the_current_directory(monkeypatch: pytes
     assert settings.manages_kafka and settings.shard_retention_days is None
 
 
+def test_an_empty_sasl_user_or_password_is_unset_and_named_not_a_librdkafka_traceback(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for variable, value in (("KAFKA_BOOTSTRAP_SERVERS", "broker.example:9096"), ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+                            ("KAFKA_SASL_MECHANISM", "PLAIN"), ("KAFKA_SASL_USERNAME", ""),
+                            ("KAFKA_SASL_PASSWORD", ""), ("KAFKA_SSL_KEY_PASSWORD", "")):
+        monkeypatch.setenv(variable, value)
+    settings = Settings(home=tmp_path)
+    assert settings.kafka_sasl_username is None and settings.kafka_sasl_password is None
+    assert settings.kafka_ssl_key_password is None
+    with pytest.raises(ConfigurationError, match="but KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are not set"):
+        settings.kafka_client_config()
+
+
 def test_bootstrap_servers_in_every_form_librdkafka_takes(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, kafka_bootstrap_servers=" b-1.example.com:9092, [::1]:9093,SASL_SSL://b2:9094,b3")
     assert settings.bootstrap_servers == "b-1.example.com:9092,[::1]:9093,SASL_SSL://b2:9094,b3"
@@ -110,6 +123,11 @@ def test_a_file_where_a_folder_goes_names_the_setting(tmp_path: Path) -> None:
         Settings(home=a_file)
     with pytest.raises(ConfigurationError, match=f"WORKBENCH_MODELS_DIR must be a folder, .* under {a_file}, which"):
         Settings(home=tmp_path, models_dir_override=a_file / "models")
+    for variable, argument in (("WORKBENCH_SHARDS_DIR", "shards_dir_override"),
+                               ("WORKBENCH_LAKEHOUSE_DATA", "lakehouse_data")):
+        with pytest.raises(ConfigurationError, match=f"{variable} must be a folder, but {a_file} is a file"):
+            Settings(home=tmp_path, **{argument: str(a_file)})
+        assert Settings(home=tmp_path, **{argument: "s3://bucket/prefix/"})  # a URL is not a local folder
     spaced = tmp_path / "a home with spaces/ünïcode"
     assert Settings(home=spaced).home == spaced  # any folder name works, created or not
 

@@ -121,3 +121,22 @@ def test_with_no_broker_the_status_fails_after_the_replay_read_without_waiting_f
         wb.status()
     assert time.monotonic() - started < 20  # the reader's own default is 30 s
     assert lag_reads == []  # the panel learns the broker is gone before any lag read waits its timeout
+
+
+def test_the_status_line_says_which_days_wait_for_a_model_and_which_partitions_are_paused() -> None:
+    """The README points at `workbench status` for `waiting_for_model` and `paused_partitions`."""
+    from workbench.runtime._status import WorkbenchStatus
+
+    def status(apps: dict, instances: dict) -> WorkbenchStatus:
+        return WorkbenchStatus(replay=None, processes={}, apps=apps, lag={}, model_version=None, model_versions=0,
+                               anomalies=None, late_events=None, dead_letters=None, instances=instances)
+
+    slots = [{"info": {"waiting_for_model": ["2024-03-06"], "paused_partitions": [3]}},
+             {"info": {"waiting_for_model": ["2024-03-05", "2024-03-06"], "paused_partitions": [0]}}]
+    waiting = status({"scoring": slots[0]}, {"scoring": slots})
+    assert waiting.waiting_for_model == ["2024-03-05", "2024-03-06"] and waiting.paused_partitions == [0, 3]
+    assert "scoring waits for a model: days 2024-03-05, 2024-03-06 (waiting_for_model); " \
+           "paused partitions 0, 3 (paused_partitions)" in str(waiting)
+    assert waiting.as_dict()["waiting_for_model"] == ["2024-03-05", "2024-03-06"]
+    idle = status({"scoring": {"info": {"waiting_for_model": [], "paused_partitions": []}}}, {})
+    assert idle.waiting_for_model == [] and "waits for a model" not in str(idle)

@@ -299,6 +299,7 @@ class Settings(BaseSettings):
 
     @field_validator("kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
                      "kafka_sasl_mechanism", "kafka_security_protocol", "kafka_bootstrap_servers",
+                     "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_key_password",
                      "kafka_ssl_endpoint_identification_algorithm", "reports_dir", "lakehouse_data",
                      "window_stats_url", "shards_dir_override", "models_dir_override", "archive_dir_override",
                      "shard_retention_days", mode="before")
@@ -380,16 +381,19 @@ class Settings(BaseSettings):
         return None if value is None else value.expanduser().resolve()
 
     @field_validator("home", "cache_dir", "reports_dir", "models_dir_override", "archive_dir_override",
-                     mode="after")
+                     "shards_dir_override", "lakehouse_data", mode="after")
     @classmethod
-    def _folder(cls, value: Path | None, info: Any) -> Path | None:
+    def _folder(cls, value: Path | str | None, info: Any) -> Path | str | None:
         # A file where a folder of the workbench goes is found here, naming the setting, rather than
-        # as a NotADirectoryError deep inside some command.
-        existing = next((path for path in (value, *value.parents) if path.exists()), None) if value else None
+        # as a NotADirectoryError deep inside some command. (An object-store URL is no local folder.)
+        if value is None or (isinstance(value, str) and "://" in value):
+            return value
+        folder = Path(value)
+        existing = next((path for path in (folder, *folder.parents) if path.exists()), None)
         if existing is not None and not existing.is_dir():
             alias = cls.model_fields[info.field_name].validation_alias
-            where = "is a file" if existing == value else f"lies under {existing}, which is a file"
-            msg = f"{alias} must be a folder, but {value} {where}."
+            where = "is a file" if existing == folder else f"lies under {existing}, which is a file"
+            msg = f"{alias} must be a folder, but {folder} {where}."
             raise ValueError(msg)
         return value
 

@@ -372,6 +372,22 @@ class WorkbenchStatus:
             days.update(d for d, e in (training.get("days") or {}).items() if e.get("status") == "failed")
         return sorted(days)
 
+    def _scoring_info(self, key: str) -> list[Any]:
+        found: set[Any] = set()
+        for slot in self.instances.get("scoring") or [self.apps.get("scoring") or {}]:
+            found.update((slot.get("info") or {}).get(key) or [])
+        return sorted(found)
+
+    @property
+    def waiting_for_model(self) -> list[str]:
+        """Event days stored unscored because their version is not trained yet (all scoring instances)."""
+        return self._scoring_info("waiting_for_model")
+
+    @property
+    def paused_partitions(self) -> list[int]:
+        """Event-topic partitions the scoring app paused until training catches up (all its instances)."""
+        return self._scoring_info("paused_partitions")
+
     @property
     def drained(self) -> bool:
         """The replay is done and every app has consumed everything it was sent."""
@@ -400,6 +416,8 @@ class WorkbenchStatus:
             "instances": self.running_instances,
             "trainer_pid": self.trainer_pid,
             "failed_trainings": self.failed_trainings,
+            "waiting_for_model": self.waiting_for_model,
+            "paused_partitions": self.paused_partitions,
             "disk": dict(self.disk),
         }
 
@@ -416,6 +434,10 @@ class WorkbenchStatus:
         if failed:
             lines.append(f"training failed on every attempt: {', '.join(failed)} "
                          "(see logs/train_<day>.log in the home)")
+        waiting, paused = self.waiting_for_model, self.paused_partitions
+        if waiting or paused:
+            lines.append(f"scoring waits for a model: days {', '.join(waiting) or '-'} (waiting_for_model); "
+                         f"paused partitions {', '.join(map(str, paused)) or '-'} (paused_partitions)")
         procs = ", ".join(f"{name}: {p.get('state')}" + (f" ({p['restarts']} restarts)" if p.get("restarts") else "")
                           for name, p in self.processes.items())
         lines.append(f"processes: {procs or '-'}")
