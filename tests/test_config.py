@@ -255,3 +255,17 @@ def test_training_into_an_unwritable_registry_fails_before_it_reads_or_fits(unwr
     assert f"The model registry {unwritable_home / 'models'} cannot be created or written" in done.stderr
     assert "WORKBENCH_MODELS_DIR" in done.stderr
     assert "training window loaded" not in done.stderr  # refused before the window was read, let alone fitted
+
+
+def test_a_reader_that_went_away_stops_the_cli_quietly(tmp_path: Path) -> None:
+    """`workbench models list | head -0`: no traceback, the shell's code for a closed pipe."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line: the write fails at once
+    try:
+        done = subprocess.run([sys.executable, "-m", "workbench.cli", "models", "list"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60,
+                              env={**os.environ, "WORKBENCH_HOME": str(tmp_path / "home")})
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+    assert done.returncode == 141
