@@ -173,3 +173,31 @@ def test_topics_without_a_broker_say_what_to_check(tmp_path: Path, capfd: pytest
         ensure_topics(Settings(home=tmp_path, kafka_port=port), timeout=2.0)
     # one clear error, not librdkafka's raw "%3|...|FAIL|" lines on stderr (they go to a debug logger)
     assert "|FAIL|" not in capfd.readouterr().err
+
+
+def test_status_and_env_follow_the_listeners_the_broker_runs_with(kafka_base: Settings,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings that name other listeners than the running broker's (`kafka start --listeners` for one command)."""
+    if not kafka_base.manages_kafka:
+        pytest.skip("needs the session's managed broker")
+    from workbench.cli import main
+
+    port = kafka_base.kafka_port
+    other = kafka_base.with_overrides(kafka_listeners="sasl_plaintext,plaintext")
+    status = LocalKafka(other).status()
+    assert status.running
+    assert status.listeners.startswith(f"PLAINTEXT 127.0.0.1:{port} (as started; these settings say "
+                                       f"SASL_PLAINTEXT://127.0.0.1:{port},PLAINTEXT://127.0.0.1:{port + 2}")
+    assert "SASL user" not in status.listeners.split("(")[0]
+    assert LocalKafka(kafka_base).status().listeners == f"PLAINTEXT 127.0.0.1:{port}"
+    LocalKafka(kafka_base).check_running_listeners()  # the same listeners: nothing to say
+    with pytest.raises(BrokerError, match=r"already runs with listeners PLAINTEXT://127\.0\.0\.1:\d+, not SASL"):
+        LocalKafka(other).check_running_listeners()
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("WORKBENCH_KAFKA_PORT", str(port))
+    assert main(["--home", str(kafka_base.home), "kafka", "env"]) == 0
+    assert f"export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{port}" in capsys.readouterr().out
+    monkeypatch.setenv("WORKBENCH_KAFKA_LISTENERS", "sasl_plaintext,plaintext")
+    code = main(["--home", str(kafka_base.home), "kafka", "env", "--listener", "sasl_plaintext"])
+    assert code == 2 and "already runs with listeners PLAINTEXT:" in capsys.readouterr().err

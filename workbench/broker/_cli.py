@@ -68,6 +68,9 @@ def _env(args: argparse.Namespace) -> int:
     if not settings.manages_kafka:
         print(f"external cluster at {settings.bootstrap_servers}: its settings are yours, nothing to print")
         return 1
+    from workbench.broker._local import LocalKafka
+
+    LocalKafka(settings).check_running_listeners()  # a running broker's listeners, not the settings', count
     listener = args.listener or settings.kafka_listeners.split(",")[0]
     for name, value in client_env(settings, listener).items():
         print(f"export {name}={shlex.quote(value)}")

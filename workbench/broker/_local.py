@@ -268,28 +268,49 @@ class LocalKafka:
         """Whether the broker runs and where (every listener, and where secured clients find their
         credentials and CA)."""
         pid = self.pid()
+        running = self.running_listeners() if pid is not None else None
+        text = self._listener_text(running)
+        if running is not None and running != self._wanted_listeners():
+            # What runs, not what these settings would start: every other command of this home
+            # looks for the settings' listeners and would wait on a port that speaks another protocol.
+            text += (f" (as started; these settings say {self._wanted_listeners()}: export the "
+                     "WORKBENCH_KAFKA_LISTENERS / WORKBENCH_KAFKA_PORT it was started with)")
         return BrokerStatus(self.settings.bootstrap_servers, True, pid is not None, pid, self.log_file, brokers,
-                            listeners=self._listener_text())
+                            listeners=text)
 
-    def _listener_text(self) -> str:
-        parts = [f"{name} 127.0.0.1:{port}" for name, port in self.settings.kafka_listener_ports.items()]
-        names = self.settings.kafka_listeners
+    def _listener_text(self, running: str | None = None) -> str:
+        if running is None:
+            ports = self.settings.kafka_listener_ports.items()
+        else:
+            ports = [(name, int(address.rsplit(":", 1)[1])) for name, _, address in
+                     (item.partition("://") for item in running.split(",") if item)]
+        parts = [f"{name} 127.0.0.1:{port}" for name, port in ports]
+        names = ",".join(name for name, _ in ports)
         if "SASL" in names:
             parts.append(f"SASL user and password in {self.settings.kafka_credentials_file}")
         if "SSL" in names:
             parts.append(f"CA certificate {self.settings.kafka_ca_file}")
         return ", ".join(parts)
 
-    def _check_running_listeners(self) -> None:
-        """A running broker keeps the listeners it started with: say so instead of waiting on a port
-        that nothing listens on."""
+    def _wanted_listeners(self) -> str:
+        return ",".join(f"{name}://127.0.0.1:{port}" for name, port in self.settings.kafka_listener_ports.items())
+
+    def running_listeners(self) -> str | None:
+        """``advertised.listeners`` of the broker this home started last (None before its first start)."""
         try:
             lines = (self.directory / "server.properties").read_text().splitlines()
         except OSError:
+            return None
+        return next((line.removeprefix("advertised.listeners=") for line in lines
+                     if line.startswith("advertised.listeners=")), None)
+
+    def check_running_listeners(self) -> None:
+        """A running broker keeps the listeners it started with: say so instead of waiting on a port
+        that nothing listens on (or that speaks another protocol)."""
+        if self.pid() is None:
             return
-        running = next((line.removeprefix("advertised.listeners=") for line in lines
-                        if line.startswith("advertised.listeners=")), None)
-        wanted = ",".join(f"{name}://127.0.0.1:{port}" for name, port in self.settings.kafka_listener_ports.items())
+        running = self.running_listeners()
+        wanted = self._wanted_listeners()
         if running is not None and running != wanted:
             msg = (f"The local Kafka already runs with listeners {running}, not {wanted} "
                    "(WORKBENCH_KAFKA_LISTENERS / WORKBENCH_KAFKA_PORT). Stop it with `workbench kafka stop` "
@@ -432,7 +453,7 @@ class LocalKafka:
             )
             raise BrokerError(msg)
         if self.pid() is not None:
-            self._check_running_listeners()
+            self.check_running_listeners()
             wait_for_broker(self.settings, timeout=timeout)
             return self.status()
         ports = self.settings.kafka_listener_ports
