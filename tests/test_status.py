@@ -140,3 +140,27 @@ def test_the_status_line_says_which_days_wait_for_a_model_and_which_partitions_a
     assert waiting.as_dict()["waiting_for_model"] == ["2024-03-05", "2024-03-06"]
     idle = status({"scoring": {"info": {"waiting_for_model": [], "paused_partitions": []}}}, {})
     assert idle.waiting_for_model == [] and "waits for a model" not in str(idle)
+
+
+def test_a_previous_runs_replay_status_is_not_the_new_runs() -> None:
+    """Until a new replay publishes, the state topic holds the last run's "finished": not drained, not shown."""
+    from workbench.replay import ReplayStatus
+    from workbench.runtime._status import WorkbenchStatus
+
+    now = time.time()
+    finished = ReplayStatus(replay_id="default", file="log.parquet", state="finished", speedup=0.0, rows_sent=100,
+                            rows_total=100, next_row=100, event_time=None, first_event_time=None,
+                            last_event_time=None, rate_now=0.0, rate_avg=0.0, eta_seconds=None,
+                            updated_at=now - 60)
+
+    def status(replay_process: dict) -> WorkbenchStatus:
+        return WorkbenchStatus(replay=finished, processes={"replay": replay_process}, apps={},
+                               lag={"scoring": 0, "analytics": 0}, model_version=None, model_versions=0,
+                               anomalies=None, late_events=None, dead_letters=None)
+
+    new_run = status({"state": "running", "started_at": now - 1})
+    assert new_run.replay_is_stale and not new_run.drained  # Workbench.wait() returned at once before
+    assert str(new_run).splitlines()[0] == "replay: starting (its first status is not in yet)"
+    same_run = status({"state": "running", "started_at": now - 120})
+    assert not same_run.replay_is_stale and same_run.drained
+    assert str(same_run).splitlines()[0] == str(finished)

@@ -218,12 +218,13 @@ def wait_for_replay(wb: Any, *, timeout: float = 60.0, poll: float = 0.5) -> Any
     """
     import time
 
+    from workbench.runtime._status import replay_predates_process
+
     deadline = time.monotonic() + timeout
     status = None
     while time.monotonic() < deadline:
         status = wb.replay_status()
-        proc = (wb.status().processes or {}).get("replay") or {}
-        fresh = status is not None and not (proc.get("started_at") and status.updated_at < proc["started_at"])
+        fresh = status is not None and not replay_predates_process(status, wb.status().processes)
         if fresh and status.state in ("running", "paused"):
             return status
         if fresh and status.state in ("finished", "stopped", "failed"):

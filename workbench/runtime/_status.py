@@ -28,6 +28,7 @@ __all__ = [
     "disk_usage",
     "format_bytes",
     "late_event_count",
+    "replay_predates_process",
     "topic_message_count",
 ]
 
@@ -294,6 +295,19 @@ def format_bytes(n: int) -> str:
     return f"{size:.1f} TB"  # pragma: no cover
 
 
+def replay_predates_process(replay: Any, processes: dict[str, dict[str, Any]] | None) -> bool:
+    """Whether ``replay`` (a replay status) was published before the replay process now running started.
+
+    The one rule for a previous run's status still on the state topic; ``replay`` may be any object
+    with ``updated_at`` (or a mapping with it), ``processes`` the supervisor's process table.
+    """
+    proc = (processes or {}).get("replay") or {}
+    started = proc.get("started_at")
+    updated = replay.get("updated_at") if isinstance(replay, dict) else getattr(replay, "updated_at", None)
+    return bool(replay is not None and started and updated and proc.get("state") in ("running", "starting")
+                and updated < started)
+
+
 @dataclass(frozen=True)
 class WorkbenchStatus:
     """Everything ``Workbench.status()`` reports, at one moment."""
@@ -389,9 +403,19 @@ class WorkbenchStatus:
         return self._scoring_info("paused_partitions")
 
     @property
+    def replay_is_stale(self) -> bool:
+        """Whether the replay status is a previous run's: it predates the replay process now running.
+
+        The state topic keeps the last status of a replay id until the new process publishes its
+        first (a second or two after its start), so a new run on a home would read as "finished".
+        """
+        return replay_predates_process(self.replay, self.processes)
+
+    @property
     def drained(self) -> bool:
         """The replay is done and every app has consumed everything it was sent."""
-        return bool(self.replay and not self.replay.active) and all(v == 0 for v in self.lag.values())
+        return (bool(self.replay and not self.replay.active) and not self.replay_is_stale
+                and all(v == 0 for v in self.lag.values()))
 
     def as_dict(self) -> dict[str, Any]:
         """A flat, JSON-friendly view (for tables and logs)."""
@@ -422,7 +446,10 @@ class WorkbenchStatus:
         }
 
     def __str__(self) -> str:
-        lines = [str(self.replay) if self.replay else "replay: not started"]
+        if self.replay_is_stale:
+            lines = ["replay: starting (its first status is not in yet)"]
+        else:
+            lines = [str(self.replay) if self.replay else "replay: not started"]
         lag = ", ".join(f"{name} {value if value is not None else '?'}" for name, value in self.lag.items())
         lines.append(f"lag (messages): {lag or '-'}")
         lines.append(f"model: {self.model_version or 'none yet'} ({self.model_versions} versions) | "

@@ -163,12 +163,9 @@ def _failed_trainings_text(status: Any) -> str:
 
 def _stale(status: Any) -> bool:
     """Whether the replay status predates the replay process now running (a previous run's)."""
-    replay = status.replay
-    proc = (status.processes or {}).get("replay") or {}
-    started = proc.get("started_at")
-    updated = _field(replay, "updated_at")
-    return bool(replay is not None and started and updated and proc.get("state") in ("running", "starting")
-                and updated < started)
+    from workbench.runtime._status import replay_predates_process
+
+    return replay_predates_process(status.replay, status.processes)
 
 
 def _events_per_second(replay: Any) -> float | None:
