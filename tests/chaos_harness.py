@@ -307,10 +307,8 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
         if unscored:
             break
         windows = residual_windows(rows, known=step._known(rows)).drop(columns="unscored_queries")
-        start = pd.Timestamp(day, tz="UTC")
+        # Every earlier day: the judge keeps each window's own lookback, so this is the whole-store answer.
         history = pd.concat(earlier, ignore_index=True) if earlier else windows.iloc[:0]
-        history = history[(history["window_start"] >= start - pd.Timedelta(params.lookback))
-                          & (history["window_start"] < start)]
         parts.append(judge_residual_windows(windows, pd.concat([history, windows], ignore_index=True), params))
         earlier.append(windows)
     keep = ["instance_id", "window_start", "signal"]

@@ -181,3 +181,28 @@ def test_the_step_stores_a_scored_day_and_leaves_one_this_instance_still_rescore
         stored = store.read_residuals().to_pandas()
     assert sorted({ts.date() for ts in stored["window_start"]}) == [d1, d2]
     assert (stored["residual_queries"] > 0).any()
+
+
+def test_a_day_s_first_window_is_judged_with_the_whole_reference_of_the_window_before_it(tmp_path: Path) -> None:
+    """The pair test scores the previous day's last window too: the step reads its reference whole.
+
+    With a 7-hour lookback the window before the day has exactly ``min_history`` (36) reference windows;
+    a history read from ``day - lookback`` left it 35, unjudged, so the slowdown over the two windows
+    (each under the bar alone) went unflagged on the streaming path while the offline answer flags it.
+    """
+    from workbench.analysis.collective import CollectiveParams
+
+    params = CollectiveParams(lookback=dt.timedelta(hours=7))
+    windows = residual_windows(_rows(days=2, per_window=30, slow=(143, 145), factor=1.7)).drop(
+        columns="unscored_queries")
+    day = dt.date(2024, 3, 5)
+    first = windows["window_start"] >= pd.Timestamp(day, tz="UTC")
+    settings = Settings(home=tmp_path / "home")
+    with WindowStatsStore.from_settings(settings) as store:
+        store.insert_residuals(windows[~first])
+        step = ResidualWindowsStep(settings, AppStatus(settings, "scoring"), params=params)
+        streamed = step.judge_day(store, day, windows[first]).to_pandas()
+    offline = judge_residual_windows(windows[first], windows, params).to_pandas()
+    assert list(offline["window_start"]) == [pd.Timestamp(day, tz="UTC")]  # flagged only with the window before
+    assert "so is the window before it" in offline["reason"].iloc[0]
+    pd.testing.assert_frame_equal(streamed, offline)

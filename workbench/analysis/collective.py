@@ -108,6 +108,7 @@ __all__ = [
     "Signal",
     "flag_windows",
     "pair_threshold",
+    "reference_start",
     "score_window_runs",
     "score_windows",
     "window_score",
@@ -629,6 +630,18 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
         "signal": np.array(table.names, dtype=object)[cols], "expected": expected[ok], "observed": observed[ok],
         "excess": excess[ok], "z": z[ok], "ratio": ratio[ok], "score": score[ok], "queries": t_counts[ok],
         "reason": table.reasons[cols]})
+
+
+def reference_start(first_start: pd.Timestamp, params: CollectiveParams | None = None,
+                    window: timedelta = timedelta(minutes=10)) -> pd.Timestamp:
+    """The earliest window start that judging windows from ``first_start`` on reads.
+
+    :func:`score_window_runs` also scores the window before the first one (``window`` earlier)
+    against *its* reference, ``params.lookback`` before it: a history read from
+    ``first_start - lookback`` would leave that window's reference one window short.
+    """
+    params = params or CollectiveParams()
+    return first_start - pd.Timedelta(window) - pd.Timedelta(params.lookback)
 
 
 def pair_threshold(z_threshold: float) -> float:

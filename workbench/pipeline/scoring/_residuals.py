@@ -107,7 +107,7 @@ class ResidualWindowsStep:
 
     def _day(self, store: Any, day: dt.date) -> bool:
         """Judge and store one day; False when some of its executed rows are not scored yet."""
-        from workbench.analysis.residual_windows import judge_residual_windows, residual_windows
+        from workbench.analysis.residual_windows import residual_windows
         from workbench.ml.features import REFERENCE_SOURCE_COLUMNS
         from workbench.store.lakehouse import AnomalyLakehouse
         from workbench.store.shards import read_shards
@@ -124,16 +124,27 @@ class ResidualWindowsStep:
             logger.info("residual windows of %s wait for %d unscored rows", day, unscored)
             return False
         windows = residual_windows(rows, known=self._known(rows)).drop(columns="unscored_queries")
-        start = pd.Timestamp(day, tz="UTC")
-        history = store.read_residuals(start=(start - pd.Timedelta(self.params.lookback)).to_pydatetime(),
-                                       end=start.to_pydatetime()).to_pandas()
-        flagged = judge_residual_windows(windows, pd.concat([history, windows], ignore_index=True), self.params)
+        flagged = self.judge_day(store, day, windows)
         if flagged.num_rows:
             with AnomalyLakehouse.from_settings(self.settings) as lake:
                 self.status.add("window_anomalies", lake.write_window_anomalies(flagged))
         self.status.add("residual_windows", store.insert_residuals(windows))
         logger.info("residual windows of %s: %d stored, %d flagged", day, len(windows), flagged.num_rows)
         return True
+
+    def judge_day(self, store: Any, day: dt.date, windows: pd.DataFrame) -> pa.Table:
+        """The flagged residual windows of ``day`` (its ``windows``), judged against the stored earlier days.
+
+        The history is read from :func:`~workbench.analysis.collective.reference_start`, so the
+        window before the day's first one is scored against the whole reference it had on its own day.
+        """
+        from workbench.analysis.collective import reference_start
+        from workbench.analysis.residual_windows import judge_residual_windows
+
+        start = pd.Timestamp(day, tz="UTC")
+        history = store.read_residuals(start=reference_start(start, self.params).to_pydatetime(),
+                                       end=start.to_pydatetime()).to_pandas()
+        return judge_residual_windows(windows, pd.concat([history, windows], ignore_index=True), self.params)
 
     def _known(self, rows: pa.Table) -> np.ndarray:
         """Per row: the version that scored it expected its runtime from the statement's own history.
