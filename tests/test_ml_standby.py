@@ -95,7 +95,9 @@ def test_the_warm_trainer_forks_each_day_and_the_reaper_starts_the_next_day_with
         first = sup.pid
         assert first is not None and first != trainer
         assert sup.state["days"][_day(0).isoformat()]["pid"] == first
-        assert psutil.Process(first).ppid() == trainer and os.getsid(first) == first  # forked, own session
+        assert psutil.Process(first).ppid() == trainer  # forked
+        # Its own session: the child calls setsid() right after the fork the warm trainer already reported.
+        wait_until(lambda: os.getsid(first) == first, timeout=10, what="the forked training's own session")
         wait_until(lambda: f"--day {_day(0).isoformat()}" in " ".join(psutil.Process(first).cmdline()), timeout=10,
                    what="the forked training's own command line")
         assert psutil.Process(first).environ() == psutil.Process(trainer).environ()  # where home_processes reads tags
