@@ -688,17 +688,16 @@ def score_window_runs(windows: pd.DataFrame, history: pd.DataFrame | None = None
     if not len(scored):
         return scored.assign(pair_z=pd.Series(dtype=float), pair_ratio=pd.Series(dtype=float))
     keys = ["instance_id", "start_ms"]
+    rows = windows if history is None or not len(history) else pd.concat([history, windows], ignore_index=True)
+    found = _starts(rows)
     targets = _starts(windows)
-    known = targets if history is None or not len(history) else pd.concat([_starts(history), targets])
-    known = known.drop_duplicates(keys, keep="last")
     wanted = targets.assign(start_ms=targets["start_ms"] - targets["length_ms"])[keys]
-    before = known.merge(wanted, on=keys).merge(targets[keys], on=keys, how="left", indicator=True)
+    before = (found.drop_duplicates(keys, keep="last").merge(wanted, on=keys)
+              .merge(targets[keys], on=keys, how="left", indicator=True))
     before = before[before["_merge"] == "left_only"]  # windows before a target that are not targets
     sources = [scored]
     if len(before):
-        rows = windows if history is None or not len(history) else pd.concat([history, windows], ignore_index=True)
         picked = pd.MultiIndex.from_frame(before[keys])
-        found = _starts(rows)
         wanted_rows = pd.MultiIndex.from_arrays([found["instance_id"], found["start_ms"]]).isin(picked)
         sources.append(score_windows(rows[wanted_rows], rows, params))
     prior = pd.concat(sources, ignore_index=True)

@@ -218,13 +218,12 @@ def wait_for_replay(wb: Any, *, timeout: float = 60.0, poll: float = 0.5) -> Any
     """
     import time
 
-    from workbench.runtime._status import replay_predates_process
-
     deadline = time.monotonic() + timeout
     status = None
     while time.monotonic() < deadline:
-        status = wb.replay_status()
-        fresh = status is not None and not replay_predates_process(status, wb.status().processes)
+        snapshot = wb.status()  # one read: the replay's status and the process it must not predate
+        status = snapshot.replay
+        fresh = status is not None and not snapshot.replay_is_stale
         if fresh and status.state in ("running", "paused"):
             return status
         if fresh and status.state in ("finished", "stopped", "failed"):

@@ -299,11 +299,11 @@ def replay_predates_process(replay: Any, processes: dict[str, dict[str, Any]] | 
     """Whether ``replay`` (a replay status) was published before the replay process now running started.
 
     The one rule for a previous run's status still on the state topic; ``replay`` may be any object
-    with ``updated_at`` (or a mapping with it), ``processes`` the supervisor's process table.
+    with ``updated_at``, ``processes`` the supervisor's process table.
     """
     proc = (processes or {}).get("replay") or {}
     started = proc.get("started_at")
-    updated = replay.get("updated_at") if isinstance(replay, dict) else getattr(replay, "updated_at", None)
+    updated = getattr(replay, "updated_at", None)
     return bool(replay is not None and started and updated and proc.get("state") in ("running", "starting")
                 and updated < started)
 
