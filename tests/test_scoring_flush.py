@@ -189,9 +189,13 @@ class AfterFlushLoop(ScoringLoop):
 
 
 def test_the_next_training_starts_before_the_compaction_after_a_flush(tmp_path: Path) -> None:
-    # A stand-in for the training interpreter: each "training" is a process that ends after 0.2 s.
+    # A stand-in for the training interpreter. The first "training" (day 4) ends at once; later ones
+    # run until the test releases them, so day 5 is still training when the compaction looks, on a
+    # machine of any speed.
+    first, release = tmp_path / "first-ran", tmp_path / "release"
     fake_python = tmp_path / "fake-python"
-    fake_python.write_text("#!/bin/sh\nsleep 0.2\n")
+    fake_python.write_text(f"#!/bin/sh\nif [ -e {first} ]; then\n"
+                           f"  while [ ! -e {release} ]; do sleep 0.05; done\nelse\n  touch {first}\nfi\n")
     fake_python.chmod(0o755)
     # The main loop's own path: no reaper thread (it would reap day 4 before the flush does), no standby.
     supervisor = TrainingSupervisor(Settings(home=tmp_path), every_n_days=1, python=str(fake_python),
@@ -206,5 +210,6 @@ def test_the_next_training_starts_before_the_compaction_after_a_flush(tmp_path: 
         # the compaction ran with day 4 reaped and day 5 already training, not before
         assert loop.maintenance.seen == [{"2024-03-04": "done", "2024-03-05": "running"}]  # type: ignore[attr-defined]
     finally:
+        release.touch()
         supervisor.wait(timeout=10)
     assert supervisor.status("2024-03-05") == "done"
