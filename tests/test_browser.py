@@ -120,7 +120,12 @@ def live_home(browser_home: Settings) -> Iterator[tuple[Settings, Workbench]]:
 def lab(lab_server: tuple[subprocess.Popen, str, str], live_home: tuple[Settings, Workbench],
         tmp_path: Path) -> str:
     """JupyterLab answering (``lab_server`` comes first, so it boots while ``live_home`` starts);
-    returns the notebook URL template with the token."""
+    returns the notebook URL template with the token.
+
+    Each notebook opens in a workspace of its own name, reset. With the default workspace a second
+    tab asks the first, through a 200-500 ms localStorage beacon, whether the name is taken; when
+    the busy first tab answers late, the second tab shares its layout and reopens its notebook too.
+    """
     proc, base, token = lab_server
 
     def ready() -> bool:
@@ -132,7 +137,7 @@ def lab(lab_server: tuple[subprocess.Popen, str, str], live_home: tuple[Settings
             return False
 
     wait_until(ready, timeout=90, what="JupyterLab answering")
-    return f"{base}/lab/tree/{{name}}?token={token}"
+    return f"{base}/lab/workspaces/{{workspace}}/tree/{{name}}?reset&token={token}"
 
 
 @pytest.fixture
@@ -149,28 +154,49 @@ def browser_page() -> Iterator[Any]:
             browser.close()
 
 
-def _run_all(page: Any, url: str) -> None:
-    """Open a notebook, wait for its kernel, run all cells and wait until none is pending."""
+def _run_all(page: Any, url: str, lab_log: Path | None = None) -> None:
+    """Open a notebook, wait for its kernel, run all cells and wait until none is pending.
+
+    On a timeout the failure names the cells still pending (prompt and first source line), the
+    kernel status and the tail of ``lab_log``, and a full-page screenshot goes to ``$TMPDIR``.
+    """
     page.goto(url)
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    # one notebook in the tab: the prompts checked below are its own, and Run All runs it
+    assert page.locator(".jp-NotebookPanel").count() == 1, page.locator(".lm-TabBar-tabLabel").all_inner_texts()
     wait_until(lambda: "Idle" in page.locator("#jp-main-statusbar").inner_text(), timeout=90, what="kernel idle")
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_text("Run All Cells", exact=True).click()
 
     def done() -> bool:
-        prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+        prompts = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt").all_inner_texts()
         return bool(prompts) and all("[*]" not in p and any(ch.isdigit() for ch in p) for p in prompts)
 
     try:
         wait_until(done, timeout=240, poll=1.0, what="all cells executed")
-    except AssertionError:
+    except AssertionError as exc:
         page.screenshot(path=str(Path(os.environ.get("TMPDIR", "/tmp")) / "workbench-browser-failure.png"),
                         full_page=True)
-        raise
+        raise AssertionError(f"{exc}\n{_pending_cells(page, lab_log)}") from None
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
     assert not [e for e in errors if "Traceback" in e or "Error" in e], errors
     tracebacks = page.locator(".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']").count()
     assert tracebacks == 0, page.locator(".jp-OutputArea").all_inner_texts()
+
+
+def _pending_cells(page: Any, lab_log: Path | None) -> str:
+    """What a stuck Run All looks like: each unfinished cell, the status bar and the server log's tail."""
+    lines = [f"page {page.url}; status bar: {page.locator('#jp-main-statusbar').inner_text()!r}"]
+    cells = page.locator(".jp-Notebook .jp-CodeCell")
+    for i in range(cells.count()):
+        prompt = cells.nth(i).locator(".jp-InputPrompt").inner_text().strip()
+        if "[*]" in prompt or not any(ch.isdigit() for ch in prompt):
+            source = cells.nth(i).locator(".jp-InputArea-editor").inner_text().strip().splitlines()
+            output = cells.nth(i).locator(".jp-OutputArea").inner_text().strip()[-300:]
+            lines.append(f"cell {i} {prompt!r}: {source[0] if source else ''!r}; output {output!r}")
+    if lab_log is not None and lab_log.exists():
+        lines.append("JupyterLab log tail:\n" + lab_log.read_text(errors="replace")[-3000:])
+    return "\n".join(lines)
 
 
 def _run_new_cell(page: Any, code: str) -> str:
@@ -235,7 +261,7 @@ def test_replay_panel_and_explorer_in_jupyterlab(lab: str, live_home: tuple[Sett
                                                   browser_page: Any, tmp_path: Path) -> None:
     _, wb = live_home
     page = browser_page
-    _run_all(page, lab.format(name="01_replay_control.ipynb"))
+    _run_all(page, lab.format(workspace="panel", name="01_replay_control.ipynb"), tmp_path / "jupyterlab.log")
 
     # Run All leaves a working panel: the replay runs, the panel shows it.
     panel = page.locator(".workbench-panel")
@@ -282,8 +308,14 @@ def test_replay_panel_and_explorer_in_jupyterlab(lab: str, live_home: tuple[Sett
     wait_until(lambda: "[running]" in panel.inner_text(), what="the panel shown again says running")
     assert _run_new_cell(page, "print('refreshing', panel.refreshing)") == "refreshing True"
 
-    explorer = page.context.new_page()  # a second tab: leaving the first would ask about unsaved changes
-    _run_all(explorer, lab.format(name="02_anomaly_explorer.ipynb"))
+    # A second tab (leaving the first would ask about unsaved changes), opened while the first is slow:
+    # a busy tab answers JupyterLab's workspace beacon late, which once made the second tab reopen the
+    # first's notebook when both used the default workspace (see ``lab``).
+    slow_first_tab = page.context.new_cdp_session(page)
+    slow_first_tab.send("Emulation.setCPUThrottlingRate", {"rate": 100})
+    explorer = page.context.new_page()
+    _run_all(explorer, lab.format(workspace="explorer", name="02_anomaly_explorer.ipynb"), tmp_path / "jupyterlab.log")
+    slow_first_tab.send("Emulation.setCPUThrottlingRate", {"rate": 1})
     charts = explorer.evaluate(_MARKS_JS)
     assert len(charts) >= 3, charts  # anomalies per 10 min, timeline, drill-down
     for chart in charts:
