@@ -58,11 +58,32 @@ def scale_home(kafka_base: Settings, tmp_path: Path) -> Callable[[str], Settings
     return lambda name: isolated_settings(kafka_base, tmp_path / name, partitions=4)
 
 
-def _until(check: Callable[[], bool], *, timeout: float, what: str) -> None:
+def _until(check: Callable[[], bool], *, timeout: float, what: str,
+           explain: Callable[[], str] = lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{explain()}"
         time.sleep(0.5)
+
+
+def _explain(settings: Settings, wb: Workbench) -> str:
+    """A stuck run's state for the failure: the status, each group's members and every log's tail."""
+    from confluent_kafka.admin import AdminClient
+
+    parts = [str(wb.status())]
+    admin = AdminClient(settings.kafka_client_config())
+    for app in APPS:
+        group = consumer_group(app)
+        try:
+            desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+            members = [(m.client_id, [tp.partition for tp in (m.assignment.topic_partitions if m.assignment else [])])
+                       for m in desc.members]
+            parts.append(f"{group}: {desc.state} {members}")
+        except Exception as exc:  # a diagnostic: say what failed and go on
+            parts.append(f"{group}: describe failed: {exc}")
+    for path in sorted(settings.logs_dir.glob("**/*.log")):
+        parts.append(f"--- {path.relative_to(settings.home)}\n{path.read_text(errors='replace')[-2500:]}")
+    return "\n".join(parts)
 
 
 def _group_settled(settings: Settings, group: str, members: int) -> bool:
@@ -108,9 +129,10 @@ def _run(settings: Settings, log: Path, instances: int) -> dict:
         # The groups settle first (N members, each holding partitions), then the log goes in at once.
         for app in APPS:
             _until(lambda app=app: _group_settled(settings, consumer_group(app), instances), timeout=240,
-                   what=f"{instances} members of {app}")
+                   what=f"{instances} members of {app}", explain=lambda: _explain(settings, wb))
         Replay(log, settings=settings, speedup=0, pack=1).run()
-        _until(lambda: _settled(settings, rows), timeout=300, what="the pipeline to settle")
+        _until(lambda: _settled(settings, rows), timeout=300, what="the pipeline to settle",
+               explain=lambda: _explain(settings, wb))
         time.sleep(2)  # the last checkpoint's anomalies reach the sink after the events' lag is 0
         _until(lambda: consumer_lag(settings, consumer_group("anomaly-sink"), settings.topic_anomalies) == 0,
                timeout=60, what="the anomaly sink to drain")
