@@ -35,7 +35,7 @@ BAD_VALUES = [
     ("WORKBENCH_KAFKA_HEAP", "lots"),
     ("WORKBENCH_KAFKA_HEAP", "64m"),  # below the broker's -Xms256m: the JVM would not start
     ("WORKBENCH_TOPIC_ANOMALIES", "anomalies and more"),
-    ("WORKBENCH_TOPIC_QUERY_EVENTS", ""),
+    ("WORKBENCH_TOPIC_QUERY_EVENTS", "events/2024"),
     ("KAFKA_BOOTSTRAP_SERVERS", "::::"),
     ("KAFKA_BOOTSTRAP_SERVERS", "broker:notaport"),
     ("KAFKA_BOOTSTRAP_SERVERS", "broker:9092,broker:99999"),
@@ -90,6 +90,19 @@ def test_empty_variables_mean_unset_not_the_current_directory(monkeypatch: pytes
     assert settings.shards_dir == settings.home / "shards"
     assert settings.lakehouse_data_path == f"{settings.home / 'lakehouse' / 'data'}/"
     assert settings.manages_kafka and settings.shard_retention_days is None
+
+
+def test_every_variable_set_empty_gives_the_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    names = [f.validation_alias if isinstance(f.validation_alias, str) else f"WORKBENCH_{n.upper()}"
+             for n, f in Settings.model_fields.items()]
+    for variable in names:
+        monkeypatch.delenv(variable, raising=False)
+    defaults = Settings().model_dump()
+    for variable in names:  # ports, topics, sizes, paths, Kafka names: blank is "not set", never an error
+        monkeypatch.setenv(variable, "")
+    assert Settings().model_dump() == defaults
+    assert len(names) > 30 and "WORKBENCH_KAFKA_PORT" in names and "KAFKA_BOOTSTRAP_SERVERS" in names
 
 
 def test_an_empty_sasl_user_or_password_is_unset_and_named_not_a_librdkafka_traceback(

@@ -54,7 +54,8 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        frozen=True, extra="forbid", populate_by_name=True, env_prefix="WORKBENCH_"
+        # `export WORKBENCH_KAFKA_PORT=` (a template's blank line) means "not set", for every variable
+        frozen=True, extra="forbid", populate_by_name=True, env_prefix="WORKBENCH_", env_ignore_empty=True
     )
 
     # --- paths -------------------------------------------------------------------------------
