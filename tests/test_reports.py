@@ -159,3 +159,19 @@ def test_summary_page_opens_from_disk_with_visible_thumbnails(report: tuple[Sett
                 shutil.copy(shot, Path(keep) / "report-summary.png")
         finally:
             browser.close()
+
+
+def test_the_cli_report_on_a_fresh_home_prints_its_path_and_no_kernel_chatter(tmp_path: Path) -> None:
+    """`workbench report` before any data: the page says so, and the terminal shows progress and the
+    path, not ipykernel's paragraph about unencrypted local sockets (once per notebook before)."""
+    import sys
+
+    env = {**os.environ, "WORKBENCH_HOME": str(tmp_path / "home")}
+    result = subprocess.run([sys.executable, "-m", "workbench.cli", "report", "--notebooks", "04_stream_analytics",
+                             "--run-id", "fresh", "--no-progress"], env=env, capture_output=True, timeout=300)
+    out, err = result.stdout.decode(), result.stderr.decode()
+    assert result.returncode == 0, err[-2000:]
+    assert out.strip().endswith(str(tmp_path / "home" / "reports" / "fresh" / "index.html")), out
+    assert "IPKernelApp" not in err and "without encryption" not in err, err[-2000:]
+    page = (tmp_path / "home" / "reports" / "fresh" / "04_stream_analytics.html").read_text()
+    assert "window_stats is empty: replay some data first" in page

@@ -46,6 +46,10 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _EXTERNAL_SCRIPT = re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']?(?:https?:)?//[^>]*>\s*</script>", re.I)
 _SVG_IMG = re.compile(r'<img\b[^>]*?\bsrc="data:image/svg\+xml;base64,([A-Za-z0-9+/=\s]+)"[^>]*>')
 _ENV_LOCK = threading.Lock()
+#: The report kernel's own log at ERROR: at WARNING ipykernel tells every run that its local TCP
+#: sockets are unencrypted (papermill's kernel is a child on 127.0.0.1 with an HMAC-signed protocol),
+#: a paragraph per notebook in the terminal. The notebooks' own warnings are unaffected.
+_KERNEL_ARGUMENTS: Final = ["--IPKernelApp.log_level=ERROR"]
 
 # The lab template minus everything it would fetch from a CDN (require.js, MathJax, mermaid,
 # widget manager): the charts are SVG already, so the page needs no script at all.
@@ -238,7 +242,8 @@ def run_report(
         try:
             with _environment(env):
                 papermill.execute_notebook(str(notebook), str(executed), parameters=given, kernel_name="python3",
-                                           progress_bar=progress, cwd=str(out), execution_timeout=timeout)
+                                           progress_bar=progress, cwd=str(out), execution_timeout=timeout,
+                                           extra_arguments=_KERNEL_ARGUMENTS)
             state = "ok"
         except papermill.PapermillExecutionError as exc:
             state = f"failed in cell {exc.cell_index}: {exc.ename}: {exc.evalue}"
