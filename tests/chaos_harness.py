@@ -81,6 +81,7 @@ class ChaosResult:
     late_events: int = 0
     anomalies: int = 0
     window_anomalies: int = 0
+    diagnostics: str = ""  # a failed run's training state and log lines (see :func:`_diagnostics`)
 
     @property
     def done_kills(self) -> list[Kill]:
@@ -170,7 +171,7 @@ def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, 
     gaps = ([first_kill_s] + [rng.uniform(min_gap_s, max_gap_s) for _ in order[1:]])[:len(order)]
     training_delays = [rng.uniform(0.5, 3.0) for _ in range(training_quota)]
     done: list[Kill] = []
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     stop_watch = threading.Event()
 
     def watch_training() -> None:
@@ -230,7 +231,28 @@ def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, 
         compare(settings, data, result)
     finally:
         LocalKafka(settings).stop()
+    if not result.ok:
+        result.diagnostics = _diagnostics(settings, started_wall)
     return result
+
+
+def _diagnostics(settings: Settings, started_wall: float) -> str:
+    """What a failed run leaves to go on, in a CI log: the training state, the apps' warnings and
+    training lines, and the training logs' tails (the home is gone after the run)."""
+    lines = [f"run started {dt.datetime.fromtimestamp(started_wall, dt.UTC):%H:%M:%S} UTC (kill times are after it)"]
+    for path in sorted(settings.state_dir.rglob("ml_training.json")):
+        lines.append(f"--- {path.relative_to(settings.home)}: {path.read_text(errors='replace')}")
+    for path in sorted(settings.logs_dir.glob("*.log")):
+        if path.name.startswith("kafka"):
+            continue
+        text = path.read_text(errors="replace").splitlines()
+        if path.name.startswith("train"):
+            picked = text[-15:]
+        else:
+            picked = [t for t in text if ("WARNING" in t or "ERROR" in t or "training" in t or "===" in t)
+                      and "[quixstreams]" not in t][-40:]  # not the clients' broker-down chatter
+        lines.append(f"--- {path.name}\n" + "\n".join(picked))
+    return "\n".join(lines)
 
 
 # --- the comparison ---------------------------------------------------------------------------------

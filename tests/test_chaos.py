@@ -31,5 +31,5 @@ def test_every_process_kind_killed_once_loses_and_duplicates_nothing(tmp_path: P
     killed = {k.kind for k in result.done_kills}
     # Every kind that ran when its turn came was killed (training only runs after a finished day).
     assert killed >= set(KINDS) - {"training"}, f"seed {seed}: only killed {sorted(killed)}"
-    assert result.ok, f"seed {seed} (rerun with WORKBENCH_CHAOS_SEED={seed}): {result.summary()}"
+    assert result.ok, f"seed {seed} (rerun with WORKBENCH_CHAOS_SEED={seed}): {result.summary()}\n{result.diagnostics}"
     assert result.source_rows == 6362
