@@ -159,7 +159,9 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
                                                  window_days=self.window_days, max_rows=self.max_train_rows,
                                                  max_attempts=self.max_training_attempts,
                                                  backoff_seconds=self.training_backoff_s)
-            self.schedule = TrainingSchedule(self.supervisor, self.status, self.training_grace_us)
+            shards_dir = self.settings.shards_dir
+            self.schedule = TrainingSchedule(self.supervisor, self.status, self.training_grace_us,
+                                             stored_days=lambda: list_days(shards_dir))
         self.sink = ScoringSink(self.settings, self.scorer, self.publisher, self.dead_letters, self.status,
                                 self.unscored, batch_rows=self.batch_rows)
         self.sink.on_flushed = self._after_flush

@@ -40,17 +40,32 @@ def us_to_iso(us: int) -> str:
 class TrainingSchedule:
     """Hands finished days to ``supervisor`` (a :class:`~workbench.ml.TrainingSupervisor`) and reports it."""
 
-    def __init__(self, supervisor: Any, status: AppStatus, grace_us: int) -> None:
+    def __init__(self, supervisor: Any, status: AppStatus, grace_us: int,
+                 stored_days: Callable[[], list[dt.date]] | None = None) -> None:
         self.supervisor = supervisor
         self.status = status
         self.grace_us = int(grace_us)
+        #: the event days the shards hold, ascending (``shards.list_days``): the cadence's durable start
+        self.stored_days = stored_days
         #: after a restart: returns ``(caught up, stored watermark)`` (see ``_resume.ResumeProbe``)
         self.resume_probe: Callable[[], tuple[bool, int | None]] | None = None
 
     def note_first_event(self, first_event_us: int | None) -> None:
-        """Start the cadence at the day of the first event (before anything of it is scored)."""
-        if self.supervisor.state["first_day"] is None and first_event_us is not None:
-            self.supervisor.maybe_schedule(day_of(first_event_us))
+        """Start the cadence at the day of the first event: the earlier of ``first_event_us`` and the
+        first day the shards hold.
+
+        The shards count because this process may not have seen the first events: an instance killed
+        before it first scheduled leaves its days stored and its offsets committed, and its successor
+        sees only later events, or none (its watermark then comes from the shards). Starting the
+        cadence at the successor's first day would never train the days before it.
+        """
+        if self.supervisor.state["first_day"] is not None:
+            return
+        days = [day_of(first_event_us)] if first_event_us is not None else []
+        if self.stored_days is not None:
+            days.extend(self.stored_days()[:1])
+        if days:
+            self.supervisor.maybe_schedule(min(days))
 
     def cadence(self) -> Any:
         """The training cadence (:class:`~workbench.ml.selection.Cadence`) or None before the first day."""
