@@ -126,6 +126,31 @@ def test_a_status_from_before_a_click_does_not_flip_the_play_button_back(
     assert panel.play.value is False
 
 
+def test_a_status_from_before_a_speed_click_does_not_move_the_slider_back(
+        panel_and_fake: tuple[Any, FakeWorkbench], monkeypatch: pytest.MonkeyPatch) -> None:
+    panel, fake = panel_and_fake
+    panel.refresh()
+    panel.presets[0].click()  # 60x; the replay has not applied it yet (a status read takes ~0.5 s)
+    assert (panel.speed.value, panel.speed_label.value) == (pytest.approx(60.0), "60x")
+    panel.refresh()  # the status still says 600x: the click must not look ignored
+    assert (panel.speed.value, panel.speed_label.value) == (pytest.approx(60.0), "60x")
+    panel.presets[3].click()  # max, still before the replay applied anything
+    fake.speedup = 60.0
+    panel.refresh()
+    assert (panel.speed.readout, panel.speed_label.value) == (False, "max")
+    fake.speedup = 0.0  # max lands
+    panel.refresh()
+    fake.speedup = 3600.0  # changed from elsewhere (code, another panel): the status drives the slider again
+    panel.refresh()
+    assert (panel.speed.value, panel.speed_label.value) == (pytest.approx(3600.0), "3,600x")
+    monkeypatch.setattr("workbench.ui._panel._COMMAND_GRACE", 0.0)
+    panel.presets[1].click()  # a command that never lands: after the grace the status wins
+    time.sleep(0.01)
+    panel.refresh()
+    assert (panel.speed.value, panel.speed_label.value) == (pytest.approx(3600.0), "3,600x")
+    assert fake.calls == [("set_speed", 60.0), ("set_speed", "max"), ("set_speed", 600.0)]
+
+
 def test_at_max_the_slider_sits_at_its_fast_end_without_a_number_that_contradicts_the_label(
         panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
     panel, fake = panel_and_fake

@@ -360,6 +360,8 @@ class ControlPanel(widgets.VBox):
         self._running_history: list[tuple[float, int]] = []
         # The user's last play/pause (value, monotonic time) until a status shows it applied.
         self._pending_play: tuple[bool, float] | None = None
+        # The user's last speed (None for max, monotonic time) until a status shows it applied.
+        self._pending_speed: tuple[float | None, float] | None = None
         self._lag_history: list[tuple[float, int]] = []
         self.presets = [widgets.Button(description=name, layout=widgets.Layout(width="64px"),
                                        tooltip=f"Replay at {name}") for name, _ in PRESETS]
@@ -423,9 +425,12 @@ class ControlPanel(widgets.VBox):
             if what == "speed":
                 self._wb.set_speed(value)
                 self._say(f"speed {format_speed(value)} sent")
+                wanted = None if isinstance(value, str) else float(value)
+                self._pending_speed = (wanted, time.monotonic())
                 self._local.syncing = True
                 try:
-                    self._show_speed(None if isinstance(value, str) else float(value))
+                    self._show_speed(wanted)
+                    self.speed_label.value = format_speed(value if wanted is None else wanted)
                 finally:
                     self._local.syncing = False
             elif what == "pause":
@@ -515,9 +520,11 @@ class ControlPanel(widgets.VBox):
             self.progress.description = view.progress_text
             self.clock.value = f"<b>{html.escape(view.clock)}</b> &nbsp; [{html.escape(view.state)}]"
             self.eta.value = view.eta + (f" · {view.behind}" if view.behind else "")
-            if view.speed is not None or view.speed_text == "max":
+            if (view.speed is not None or view.speed_text == "max") and not self._speed_pending(view):
                 self._show_speed(view.speed)
-            self.speed_label.value = view.speed_text
+                self.speed_label.value = view.speed_text
+            elif view.speed_text == "-":
+                self.speed_label.value = view.speed_text
             if view.playing is not None and not self._play_pending(view.playing):
                 self.play.value = view.playing
             self.play.disabled = not view.can_play
@@ -539,6 +546,21 @@ class ControlPanel(widgets.VBox):
         self.speed.readout = speed is not None
         fastest = self.speed.base ** self.speed.max
         self.speed.value = fastest if speed is None else float(min(max(speed, 1.0), fastest))
+
+    def _speed_pending(self, view: PanelView) -> bool:
+        """Whether a speed click is still on its way: a status read before the replay applied it
+        must not move the slider and label back to the old speed (the click looked ignored, and
+        moving the slider again from there sent a speed the user never chose)."""
+        pending = self._pending_speed
+        if pending is None:
+            return False
+        wanted, clicked_at = pending
+        shown = None if view.speed_text == "max" else view.speed
+        landed = shown == wanted if wanted is None or shown is None else abs(shown - wanted) <= 1e-6 * wanted
+        if landed or time.monotonic() - clicked_at > _COMMAND_GRACE:
+            self._pending_speed = None
+            return False
+        return True
 
     def _play_pending(self, status_playing: bool) -> bool:
         """Whether a play/pause click is still on its way: a status read before the replay applied
