@@ -446,6 +446,41 @@ def test_charts_wait_for_stores_the_workbench_is_creating() -> None:
         panel.close()
 
 
+def _svg_texts(svg: str, role: str) -> list[str]:
+    """The tick labels of an SVG chart's ``role`` ("x" or "y") axis, as a reader sees them."""
+    import re
+
+    for part in re.split(r'(?=aria-label="[XY]-axis)', svg):
+        if part.startswith(f'aria-label="{role.upper()}-axis'):
+            labels = part[part.find("role-axis-label"):]
+            labels = labels[:min(i for i in (labels.find("role-axis-title"), labels.find("role-axis-domain"),
+                                             len(labels)) if i >= 0)]
+            return re.findall(r"<text[^>]*>([^<]*)</text>", labels)
+    return []
+
+
+def test_the_panels_anomalies_chart_shares_the_events_charts_time_axis() -> None:
+    fake = FakeWorkbench()  # events in 00:00-00:50, anomalies only in 00:00-00:14
+    panel = control_panel(fake, auto_refresh=False)
+    try:
+        panel.refresh()
+        events_x = _svg_texts(panel.events_plot.value, "x")
+        assert events_x and _svg_texts(panel.anomalies_plot.value, "x") == events_x
+    finally:
+        panel.close()
+
+
+@pytest.mark.parametrize("top", [1, 2, 3, 4, 7, 40])
+def test_count_axes_never_repeat_a_tick_label(top: int) -> None:
+    starts = ["2024-03-04T01:10:00Z", "2024-03-04T01:20:00Z"]
+    events = pd.DataFrame({"window_start": pd.to_datetime(starts), "total_queries": [1, top]})
+    anomalies = pd.DataFrame({"arrival_timestamp": pd.to_datetime([starts[0]] + [starts[1]] * top)})
+    for chart in (charts.events_chart(events), charts.anomalies_chart(anomalies)):
+        ticks = _svg_texts(charts.to_svg(chart), "y")
+        assert ticks and len(ticks) == len(set(ticks)), ticks  # "0, 1, 1" read as a broken axis
+        assert str(top) in ticks or top > 4
+
+
 # -- charts -------------------------------------------------------------------------------------
 def _shares() -> pd.DataFrame:
     starts = pd.date_range(T0, periods=4, freq="10min", tz="UTC")

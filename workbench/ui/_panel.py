@@ -606,6 +606,8 @@ class ControlPanel(widgets.VBox):
 
     def refresh_charts(self, status: Any | None = None) -> None:
         """Redraw the events and anomalies per 10 minutes over the last :data:`CHART_SPAN` of event time."""
+        import pandas as pd
+
         from workbench.ui import charts
 
         self._last_chart = time.monotonic()
@@ -616,12 +618,16 @@ class ControlPanel(widgets.VBox):
         upto = end + timedelta(minutes=10) if end is not None else None
         from workbench.store.exceptions import StoreNotFoundError
 
+        domain = None  # the anomalies chart shares the events chart's time axis, bar under bar
         try:
             stats = self._wb.window_stats(start=start, end=upto)
+            if not stats.empty:
+                first = pd.to_datetime(stats["window_start"], utc=True)
+                domain = (first.min(), first.max() + pd.Timedelta(minutes=10))
             if stats.empty:
                 self.events_plot.value = _placeholder("Events per 10 minutes", "waiting for the first window")
             else:
-                self.events_plot.value = _fitted(charts.to_svg(charts.events_chart(stats)))
+                self.events_plot.value = _fitted(charts.to_svg(charts.events_chart(stats, time_domain=domain)))
         except StoreNotFoundError:  # the analytics app creates it with its first window
             self.events_plot.value = _placeholder("Events per 10 minutes", "waiting for the first window")
         except Exception as exc:
@@ -638,7 +644,8 @@ class ControlPanel(widgets.VBox):
             if anomalies is None or anomalies.empty:
                 self.anomalies_plot.value = _placeholder("Anomalies per 10 minutes", "no anomalies yet")
             else:
-                self.anomalies_plot.value = _fitted(charts.to_svg(charts.anomalies_chart(anomalies)))
+                chart = charts.anomalies_chart(anomalies, time_domain=domain)
+                self.anomalies_plot.value = _fitted(charts.to_svg(chart))
         except Exception as exc:
             self.anomalies_plot.value = f"<i>anomalies chart unavailable: {html.escape(str(exc))}</i>"
 
