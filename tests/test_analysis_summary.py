@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -294,3 +295,62 @@ def test_window_anomalies_or_empty_reads_the_lakehouse_strongest_first(tmp_path:
     frame = summary.window_anomalies_or_empty(settings)
     assert list(frame["instance_id"]) == [4, 3] and list(frame["signal"]) == ["arrivals", "queue_share"]
     assert list(summary.window_anomalies_or_empty(settings, instances=[3])["instance_id"]) == [3]
+
+
+@pytest.mark.parametrize(("declared", "value", "wanted"), [
+    (int, "ten", "a whole number"), (int, 2.5, "a whole number"), (int, True, "a whole number"),
+    (float, "fast", "a number"), (bool, "yes", "True or False"), (int | None, "1", "a whole number such as 10 or None"),
+])
+def test_a_number_or_flag_parameter_of_the_wrong_type_is_refused_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, declared: type, value: object, wanted: str) -> None:
+    """top_n = "ten" in notebook 02 failed inside pandas ("cannot do positional indexing ... [ten]")."""
+    from workbench.exceptions import ConfigurationError
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    expected = rf"The `top_n` parameter must be {wanted}.*\. Got {re.escape(repr(value))} instead"
+    with pytest.raises(ConfigurationError, match=expected):
+        setup({"__annotations__": {"top_n": declared, "start": str}, "top_n": value, "start": ""})
+
+
+def test_parameters_of_their_declared_types_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    setup({"__annotations__": {"top_n": int, "speedup": float, "steer": bool, "pack": int | None, "instances": str},
+           "top_n": 3, "speedup": 600, "steer": False, "pack": None, "instances": [1, 2]})
+
+
+def test_labels_path_to_a_file_that_is_no_labelled_parquet_log_is_refused_naming_it(tmp_path: Path) -> None:
+    """labels_path="/etc/passwd" ended in pyarrow's ArrowInvalid after a 10-frame traceback."""
+    from workbench.exceptions import ConfigurationError
+    from workbench.reports.notebook import find_labelled_log
+
+    settings = Settings(home=tmp_path / "home")
+    text = tmp_path / "notes.txt"
+    text.write_text("not parquet")
+    with pytest.raises(ConfigurationError,
+                       match=r"`labels_path` parameter must name a Parquet log\. Got '.*notes\.txt', which is not one"):
+        find_labelled_log(settings, str(text))
+    unlabelled = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"query_id": [1]}), unlabelled)
+    with pytest.raises(ConfigurationError, match=r"must name a labelled log .* Got '.*plain\.parquet', which has none"):
+        find_labelled_log(settings, str(unlabelled))
+    labelled = tmp_path / "labelled.parquet"
+    pq.write_table(pa.table({"query_id": [1], "label_anomaly": [False]}), labelled)
+    assert find_labelled_log(settings, str(labelled)) == labelled
+
+
+def test_start_mode_with_a_missing_data_file_is_refused_naming_the_parameter(tmp_path: Path) -> None:
+    from workbench.exceptions import ConfigurationError
+    from workbench.reports.notebook import open_workbench
+
+    settings = Settings(home=tmp_path / "home")
+    with pytest.raises(ConfigurationError,
+                       match=r"The `data` parameter must name a Parquet log .* Got '/nope\.parquet'"):
+        open_workbench("start", settings, data="/nope.parquet")
+
+
+def test_an_unknown_critical_mode_is_a_parameter_error_naming_critical_mode(tmp_path: Path) -> None:
+    from workbench.analysis import read
+    from workbench.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"`critical_mode` .* must be 'all' or 'any'\. Got 'some'"):
+        read.critical_instances(Settings(home=tmp_path / "home"), "24h", mode="some")
