@@ -283,6 +283,31 @@ def test_refresh_thread_runs_and_stops_with_the_workbench() -> None:
     assert not panel2.refreshing
 
 
+def test_a_workbench_stopped_from_a_terminal_is_shown_as_stopped_not_as_a_kafka_problem() -> None:
+    """`workbench stop` with the panel open: its broker goes too, and the panel showed "[status
+    unavailable] ... no Kafka broker answered within 8 s ... Is the workbench running?" for good."""
+    fake = FakeWorkbench()
+    panel = control_panel(fake, counter_interval=0.05, chart_interval=60, charts=False)
+    try:
+        fake.running = False
+
+        def broker_gone() -> WorkbenchStatus:
+            raise ConnectionError("no Kafka broker answered within 8 s (down or unreachable)")
+
+        fake.status = broker_gone  # type: ignore[method-assign]
+        deadline = time.monotonic() + 5
+        while panel.refreshing and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not panel.refreshing
+        assert "[workbench stopped]" in panel.clock.value
+        assert "not running" in panel.note.value and "workbench stop" in panel.note.value
+        shown = panel.clock.value + panel.note.value + panel.counters.value + panel.eta.value
+        assert "Kafka" not in shown and "unavailable" not in shown and "ETA" not in shown
+        assert all(w.disabled for w in (panel.play, panel.speed, panel.seek_button, panel.reset_button))
+    finally:
+        panel.close()
+
+
 def test_a_new_panel_of_the_same_workbench_stops_the_previous_ones_refresh() -> None:
     fake = FakeWorkbench()
     first = control_panel(fake, counter_interval=0.05, chart_interval=60, charts=False)

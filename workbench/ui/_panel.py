@@ -511,6 +511,17 @@ class ControlPanel(widgets.VBox):
                             why_disabled=why, playing=None, state="status unavailable"))
         self.counters.value = f"<span style='color:#C62828'>status unavailable: {html.escape(str(exc))}</span>"
 
+    def _show_stopped(self) -> None:
+        """The workbench stopped (``workbench stop`` in a terminal, ``wb.stop()``): say so. Its broker
+        is usually gone with it, so a status read would only wait 8 s and blame Kafka."""
+        last = getattr(self, "view", None) or panel_view(_NO_STATUS, running=False)
+        why = ("The workbench is not running (stopped with `workbench stop` or wb.stop()): start it again "
+               "and re-run this cell to steer a replay.")
+        self._apply(replace(last, can_play=False, can_speed=False, can_seek=False, can_reset=False,
+                            why_disabled=why, playing=None, state="workbench stopped", eta="", behind=""))
+        self.counters.value = ""
+        self._say("the workbench is not running; refresh stopped", error=True)
+
     def _apply(self, view: PanelView) -> None:
         """Show ``view`` in the widgets (not a user action)."""
         self.view = view
@@ -686,8 +697,7 @@ class ControlPanel(widgets.VBox):
         while not stop.is_set():
             try:
                 if not self._wb.running:
-                    self.refresh(charts=self._charts_enabled)
-                    self._say("the workbench is not running; refresh stopped", error=True)
+                    self._show_stopped()
                     break
                 due = time.monotonic() - self._last_chart >= self._chart_interval
                 self.refresh(charts=due)
