@@ -354,3 +354,22 @@ def test_an_unknown_critical_mode_is_a_parameter_error_naming_critical_mode(tmp_
 
     with pytest.raises(ConfigurationError, match=r"`critical_mode` .* must be 'all' or 'any'\. Got 'some'"):
         read.critical_instances(Settings(home=tmp_path / "home"), "24h", mode="some")
+
+
+def test_an_empty_anomaly_selection_names_the_filters_and_what_the_lakehouse_holds(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Notebook 02 with a version that never scored or a misspelt reason printed "0 anomalies,
+    0 instances, 0 model versions", as if nothing had been detected."""
+    from tests.notebook_home import cached_home
+
+    home, _ = cached_home(tmp_path_factory.getbasetemp())
+    settings = Settings(home=home)
+    every = summary.anomalies_or_empty(settings)
+    line = summary.describe_anomalies(settings, every)
+    assert line.startswith(f"{len(every):,} anomalies, ") and " 1 model version" in line  # not "1 model versions"
+    wanted = summary.anomalies_or_empty(settings, reason="slow", versions=["v0009"])
+    line = summary.describe_anomalies(settings, wanted, reason="slow", versions=["v0009"])
+    assert line.startswith("no anomalies match the filters (reason 'slow'; versions v0009): the lakehouse holds "
+                           f"{len(every):,} anomalies")
+    assert "slow_execution" in line and "v0002-2024-03-05" in line and "2024-03-0" in line
+    assert summary.describe_anomalies(Settings(home=tmp_path / "empty"), every.iloc[:0]).startswith("no anomalies yet")
