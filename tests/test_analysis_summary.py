@@ -162,6 +162,7 @@ def test_evaluation_table_orders_rows_and_adds_recall_per_kind() -> None:
     assert list(table.index) == ["v1", "baseline"]
     assert list(table.columns)[:3] == ["rows", "anomalies", "alerts"] and table.columns[-1] == "recall[slow]"
     assert table.loc["v1", "F1"] == 0.5123 and np.isnan(table.loc["baseline", "recall[slow]"])
+    assert str(table["rows"].dtype) == "Int64" and "100.0" not in table.to_string()  # counts read 100, not 100.0
 
 
 def test_runtime_chart_has_nonzero_bars_and_readable_log_ticks() -> None:
