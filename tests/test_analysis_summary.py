@@ -374,3 +374,22 @@ def test_an_empty_anomaly_selection_names_the_filters_and_what_the_lakehouse_hol
                            f"{len(every):,} anomalies")
     assert "slow_execution" in line and "v0002-2024-03-05" in line and "2024-03-0" in line
     assert summary.describe_anomalies(Settings(home=tmp_path / "empty"), every.iloc[:0]).startswith("no anomalies yet")
+
+
+def test_versions_that_are_all_unknown_are_a_parameter_error(tmp_path: Path,
+                                                             tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Notebook 03 with versions="v0009" warned, then said "no labelled log or no model: evaluation skipped"."""
+    from tests.notebook_home import cached_home
+    from workbench.exceptions import ConfigurationError
+
+    home, _ = cached_home(tmp_path_factory.getbasetemp())
+    settings = Settings(home=home)
+    expected = (r"`versions` parameter names no registered model version: \['v0009'\]\. "
+                r"Registered: \['v0001-2024-03-04', 'v0002-2024-03-05'\]")
+    with pytest.raises(ConfigurationError, match=expected):
+        ds.choose_versions(settings, ["v0009"])
+    with pytest.warns(UserWarning, match=r"\['v0009'\] ignored"):
+        assert ds.choose_versions(settings, ["v0009", "v0002-2024-03-05"]) == ["v0002-2024-03-05"]
+    assert ds.choose_versions(settings) == ["v0001-2024-03-04", "v0002-2024-03-05"]
+    with pytest.raises(ConfigurationError, match="Registered: none yet"):
+        ds.choose_versions(Settings(home=tmp_path / "empty"), ["v0001"])

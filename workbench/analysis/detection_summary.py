@@ -141,13 +141,25 @@ def evaluation_day(labels_file: Path, day: str = "") -> tuple[dt.date | None, st
 
 
 def choose_versions(settings: Settings, wanted: Sequence[str] = ()) -> list[str]:
-    """The registered versions among ``wanted`` (all registered when empty); unknown ones are warned about."""
+    """The registered versions among ``wanted`` (all registered when empty); unknown ones are warned about.
+
+    Raises
+    ------
+    ConfigurationError
+        When ``wanted`` names versions and none is registered: the notebook would otherwise go on
+        with no version and say "no labelled log or no model: evaluation skipped".
+    """
     import warnings
 
+    from workbench.exceptions import ConfigurationError
     from workbench.ml import ModelRegistry
 
     known = ModelRegistry(settings.models_dir).versions()
     missing = [v for v in wanted if v not in known]
+    if missing and len(missing) == len(list(wanted)):
+        msg = (f"The `versions` parameter names no registered model version: {missing}. "
+               f"Registered: {list(known) or 'none yet'}.")
+        raise ConfigurationError(msg)
     if missing:
         warnings.warn(f"Unknown model versions {missing} ignored; registered: {known}", stacklevel=2)
     return [v for v in wanted if v in known] if wanted else list(known)
