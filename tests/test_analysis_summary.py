@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -161,6 +162,7 @@ def test_evaluation_table_orders_rows_and_adds_recall_per_kind() -> None:
     assert list(table.index) == ["v1", "baseline"]
     assert list(table.columns)[:3] == ["rows", "anomalies", "alerts"] and table.columns[-1] == "recall[slow]"
     assert table.loc["v1", "F1"] == 0.5123 and np.isnan(table.loc["baseline", "recall[slow]"])
+    assert str(table["rows"].dtype) == "Int64" and "100.0" not in table.to_string()  # counts read 100, not 100.0
 
 
 def test_runtime_chart_has_nonzero_bars_and_readable_log_ticks() -> None:
@@ -294,3 +296,100 @@ def test_window_anomalies_or_empty_reads_the_lakehouse_strongest_first(tmp_path:
     frame = summary.window_anomalies_or_empty(settings)
     assert list(frame["instance_id"]) == [4, 3] and list(frame["signal"]) == ["arrivals", "queue_share"]
     assert list(summary.window_anomalies_or_empty(settings, instances=[3])["instance_id"]) == [3]
+
+
+@pytest.mark.parametrize(("declared", "value", "wanted"), [
+    (int, "ten", "a whole number"), (int, 2.5, "a whole number"), (int, True, "a whole number"),
+    (float, "fast", "a number"), (bool, "yes", "True or False"), (int | None, "1", "a whole number such as 10 or None"),
+])
+def test_a_number_or_flag_parameter_of_the_wrong_type_is_refused_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, declared: type, value: object, wanted: str) -> None:
+    """top_n = "ten" in notebook 02 failed inside pandas ("cannot do positional indexing ... [ten]")."""
+    from workbench.exceptions import ConfigurationError
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    expected = rf"The `top_n` parameter must be {wanted}.*\. Got {re.escape(repr(value))} instead"
+    with pytest.raises(ConfigurationError, match=expected):
+        setup({"__annotations__": {"top_n": declared, "start": str}, "top_n": value, "start": ""})
+
+
+def test_parameters_of_their_declared_types_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    setup({"__annotations__": {"top_n": int, "speedup": float, "steer": bool, "pack": int | None, "instances": str},
+           "top_n": 3, "speedup": 600, "steer": False, "pack": None, "instances": [1, 2]})
+
+
+def test_labels_path_to_a_file_that_is_no_labelled_parquet_log_is_refused_naming_it(tmp_path: Path) -> None:
+    """labels_path="/etc/passwd" ended in pyarrow's ArrowInvalid after a 10-frame traceback."""
+    from workbench.exceptions import ConfigurationError
+    from workbench.reports.notebook import find_labelled_log
+
+    settings = Settings(home=tmp_path / "home")
+    text = tmp_path / "notes.txt"
+    text.write_text("not parquet")
+    with pytest.raises(ConfigurationError,
+                       match=r"`labels_path` parameter must name a Parquet log\. Got '.*notes\.txt', which is not one"):
+        find_labelled_log(settings, str(text))
+    unlabelled = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"query_id": [1]}), unlabelled)
+    with pytest.raises(ConfigurationError, match=r"must name a labelled log .* Got '.*plain\.parquet', which has none"):
+        find_labelled_log(settings, str(unlabelled))
+    labelled = tmp_path / "labelled.parquet"
+    pq.write_table(pa.table({"query_id": [1], "label_anomaly": [False]}), labelled)
+    assert find_labelled_log(settings, str(labelled)) == labelled
+
+
+def test_start_mode_with_a_missing_data_file_is_refused_naming_the_parameter(tmp_path: Path) -> None:
+    from workbench.exceptions import ConfigurationError
+    from workbench.reports.notebook import open_workbench
+
+    settings = Settings(home=tmp_path / "home")
+    with pytest.raises(ConfigurationError,
+                       match=r"The `data` parameter must name a Parquet log .* Got '/nope\.parquet'"):
+        open_workbench("start", settings, data="/nope.parquet")
+
+
+def test_an_unknown_critical_mode_is_a_parameter_error_naming_critical_mode(tmp_path: Path) -> None:
+    from workbench.analysis import read
+    from workbench.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"`critical_mode` .* must be 'all' or 'any'\. Got 'some'"):
+        read.critical_instances(Settings(home=tmp_path / "home"), "24h", mode="some")
+
+
+def test_an_empty_anomaly_selection_names_the_filters_and_what_the_lakehouse_holds(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Notebook 02 with a version that never scored or a misspelt reason printed "0 anomalies,
+    0 instances, 0 model versions", as if nothing had been detected."""
+    from tests.notebook_home import cached_home
+
+    home, _ = cached_home(tmp_path_factory.getbasetemp())
+    settings = Settings(home=home)
+    every = summary.anomalies_or_empty(settings)
+    line = summary.describe_anomalies(settings, every)
+    assert line.startswith(f"{len(every):,} anomalies, ") and " 1 model version" in line  # not "1 model versions"
+    wanted = summary.anomalies_or_empty(settings, reason="slow", versions=["v0009"])
+    line = summary.describe_anomalies(settings, wanted, reason="slow", versions=["v0009"])
+    assert line.startswith("no anomalies match the filters (reason 'slow'; versions v0009): the lakehouse holds "
+                           f"{len(every):,} anomalies")
+    assert "slow_execution" in line and "v0002-2024-03-05" in line and "2024-03-0" in line
+    assert summary.describe_anomalies(Settings(home=tmp_path / "empty"), every.iloc[:0]).startswith("no anomalies yet")
+
+
+def test_versions_that_are_all_unknown_are_a_parameter_error(tmp_path: Path,
+                                                             tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Notebook 03 with versions="v0009" warned, then said "no labelled log or no model: evaluation skipped"."""
+    from tests.notebook_home import cached_home
+    from workbench.exceptions import ConfigurationError
+
+    home, _ = cached_home(tmp_path_factory.getbasetemp())
+    settings = Settings(home=home)
+    expected = (r"`versions` parameter names no registered model version: \['v0009'\]\. "
+                r"Registered: \['v0001-2024-03-04', 'v0002-2024-03-05'\]")
+    with pytest.raises(ConfigurationError, match=expected):
+        ds.choose_versions(settings, ["v0009"])
+    with pytest.warns(UserWarning, match=r"\['v0009'\] ignored"):
+        assert ds.choose_versions(settings, ["v0009", "v0002-2024-03-05"]) == ["v0002-2024-03-05"]
+    assert ds.choose_versions(settings) == ["v0001-2024-03-04", "v0002-2024-03-05"]
+    with pytest.raises(ConfigurationError, match="Registered: none yet"):
+        ds.choose_versions(Settings(home=tmp_path / "empty"), ["v0001"])

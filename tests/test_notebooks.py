@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,3 +51,14 @@ def test_nbval_runs_every_notebook(notebook_home: tuple[Path, Path], tmp_path: P
     for run, (stdout, stderr) in zip(runs, outputs, strict=True):
         assert run.returncode == 0, stdout[-4000:] + stderr[-2000:]
         assert "passed" in stdout
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_a_notebook_with_start_and_end_refuses_a_reversed_range(path: Path) -> None:
+    """03 parsed start and end one by one: start after end gave "0 of 0 queries flagged" without a word."""
+    cells = json.loads(path.read_text())["cells"]
+    parameters = next("".join(c["source"]) for c in cells if "parameters" in c["metadata"].get("tags", []))
+    declared = {line.split(":")[0].strip() for line in parameters.splitlines() if ":" in line}
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    if {"start", "end"} <= declared:
+        assert "parse_range(start, end)" in code and "parse_time(" not in code

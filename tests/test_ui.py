@@ -126,6 +126,31 @@ def test_a_status_from_before_a_click_does_not_flip_the_play_button_back(
     assert panel.play.value is False
 
 
+def test_a_status_from_before_a_speed_click_does_not_move_the_slider_back(
+        panel_and_fake: tuple[Any, FakeWorkbench], monkeypatch: pytest.MonkeyPatch) -> None:
+    panel, fake = panel_and_fake
+    panel.refresh()
+    panel.presets[0].click()  # 60x; the replay has not applied it yet (a status read takes ~0.5 s)
+    assert (panel.speed.value, panel.speed_label.value) == (pytest.approx(60.0), "60x")
+    panel.refresh()  # the status still says 600x: the click must not look ignored
+    assert (panel.speed.value, panel.speed_label.value) == (pytest.approx(60.0), "60x")
+    panel.presets[3].click()  # max, still before the replay applied anything
+    fake.speedup = 60.0
+    panel.refresh()
+    assert (panel.speed.readout, panel.speed_label.value) == (False, "max")
+    fake.speedup = 0.0  # max lands
+    panel.refresh()
+    fake.speedup = 3600.0  # changed from elsewhere (code, another panel): the status drives the slider again
+    panel.refresh()
+    assert (panel.speed.value, panel.speed_label.value) == (pytest.approx(3600.0), "3,600x")
+    monkeypatch.setattr("workbench.ui._panel._COMMAND_GRACE", 0.0)
+    panel.presets[1].click()  # a command that never lands: after the grace the status wins
+    time.sleep(0.01)
+    panel.refresh()
+    assert (panel.speed.value, panel.speed_label.value) == (pytest.approx(3600.0), "3,600x")
+    assert fake.calls == [("set_speed", 60.0), ("set_speed", "max"), ("set_speed", 600.0)]
+
+
 def test_at_max_the_slider_sits_at_its_fast_end_without_a_number_that_contradicts_the_label(
         panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
     panel, fake = panel_and_fake
@@ -256,6 +281,31 @@ def test_refresh_thread_runs_and_stops_with_the_workbench() -> None:
     panel2 = control_panel(fake, counter_interval=0.05, charts=False)
     panel2.close()
     assert not panel2.refreshing
+
+
+def test_a_workbench_stopped_from_a_terminal_is_shown_as_stopped_not_as_a_kafka_problem() -> None:
+    """`workbench stop` with the panel open: its broker goes too, and the panel showed "[status
+    unavailable] ... no Kafka broker answered within 8 s ... Is the workbench running?" for good."""
+    fake = FakeWorkbench()
+    panel = control_panel(fake, counter_interval=0.05, chart_interval=60, charts=False)
+    try:
+        fake.running = False
+
+        def broker_gone() -> WorkbenchStatus:
+            raise ConnectionError("no Kafka broker answered within 8 s (down or unreachable)")
+
+        fake.status = broker_gone  # type: ignore[method-assign]
+        deadline = time.monotonic() + 5
+        while panel.refreshing and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not panel.refreshing
+        assert "[workbench stopped]" in panel.clock.value
+        assert "not running" in panel.note.value and "workbench stop" in panel.note.value
+        shown = panel.clock.value + panel.note.value + panel.counters.value + panel.eta.value
+        assert "Kafka" not in shown and "unavailable" not in shown and "ETA" not in shown
+        assert all(w.disabled for w in (panel.play, panel.speed, panel.seek_button, panel.reset_button))
+    finally:
+        panel.close()
 
 
 def test_a_new_panel_of_the_same_workbench_stops_the_previous_ones_refresh() -> None:
@@ -421,6 +471,41 @@ def test_charts_wait_for_stores_the_workbench_is_creating() -> None:
         panel.close()
 
 
+def _svg_texts(svg: str, role: str) -> list[str]:
+    """The tick labels of an SVG chart's ``role`` ("x" or "y") axis, as a reader sees them."""
+    import re
+
+    for part in re.split(r'(?=aria-label="[XY]-axis)', svg):
+        if part.startswith(f'aria-label="{role.upper()}-axis'):
+            labels = part[part.find("role-axis-label"):]
+            labels = labels[:min(i for i in (labels.find("role-axis-title"), labels.find("role-axis-domain"),
+                                             len(labels)) if i >= 0)]
+            return re.findall(r"<text[^>]*>([^<]*)</text>", labels)
+    return []
+
+
+def test_the_panels_anomalies_chart_shares_the_events_charts_time_axis() -> None:
+    fake = FakeWorkbench()  # events in 00:00-00:50, anomalies only in 00:00-00:14
+    panel = control_panel(fake, auto_refresh=False)
+    try:
+        panel.refresh()
+        events_x = _svg_texts(panel.events_plot.value, "x")
+        assert events_x and _svg_texts(panel.anomalies_plot.value, "x") == events_x
+    finally:
+        panel.close()
+
+
+@pytest.mark.parametrize("top", [1, 2, 3, 4, 7, 40])
+def test_count_axes_never_repeat_a_tick_label(top: int) -> None:
+    starts = ["2024-03-04T01:10:00Z", "2024-03-04T01:20:00Z"]
+    events = pd.DataFrame({"window_start": pd.to_datetime(starts), "total_queries": [1, top]})
+    anomalies = pd.DataFrame({"arrival_timestamp": pd.to_datetime([starts[0]] + [starts[1]] * top)})
+    for chart in (charts.events_chart(events), charts.anomalies_chart(anomalies)):
+        ticks = _svg_texts(charts.to_svg(chart), "y")
+        assert ticks and len(ticks) == len(set(ticks)), ticks  # "0, 1, 1" read as a broken axis
+        assert str(top) in ticks or top > 4
+
+
 # -- charts -------------------------------------------------------------------------------------
 def _shares() -> pd.DataFrame:
     starts = pd.date_range(T0, periods=4, freq="10min", tz="UTC")
@@ -497,3 +582,17 @@ def test_a_timeline_of_more_anomalies_than_altair_embeds_draws_the_strongest() -
     assert min(row["under_ratio"] for row in drawn) == n - charts.TIMELINE_MAX_POINTS + 1
     assert f"of {n:,}" in str(spec["title"])
     assert charts.to_svg(chart).startswith("<svg")
+
+
+def test_a_status_in_a_notebook_cell_reads_as_numbers_not_raw_floats_and_bytes() -> None:
+    """Notebook 01's status cell showed rate_now 37.17738630666017, eta_seconds 396.3184604483333
+    and disk as a dict of bytes."""
+    fake = FakeWorkbench()
+    fake.replay_extra = {"rate_now": 37.17738630666017, "eta_seconds": 396.3184604483333}
+    status = fake.status()
+    object.__setattr__(status, "disk", {"kafka": 2_166_784, "shards": 1_589_248})
+    table = status._repr_html_()
+    assert "37.2" in table and "37.177" not in table and "396 s" in table and "396.318" not in table
+    assert "kafka 2.1 MB" in table and "2166784" not in table
+    assert "2024-03-04 02:00:00 UTC" in table and "600x" in table and "1,000" in table  # event time, speed, rows total
+    assert "scoring 7" in table

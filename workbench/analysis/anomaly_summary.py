@@ -22,6 +22,7 @@ __all__ = [
     "by_reason_and_version",
     "class_shares_or_empty",
     "classification_table",
+    "describe_anomalies",
     "describe_windows",
     "metrics_for_versions",
     "pick_query",
@@ -196,6 +197,41 @@ def class_shares_or_empty(settings: Settings, *, start: datetime | None = None, 
                    *(f"{c}_share" for c in CLASSES)]
         return pd.DataFrame({c: pd.Series(dtype="datetime64[ns, UTC]" if c == "window_start" else "float64")
                              for c in columns})
+
+
+def _plural(n: int, word: str, words: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
+def describe_anomalies(settings: Settings, anomalies: pd.DataFrame, *, start: datetime | None = None,
+                       end: datetime | None = None, instances: Sequence[int] | None = None,
+                       reason: str | None = None, versions: Sequence[str] = ()) -> str:
+    """One line on the anomalies a notebook selected, or on why there are none.
+
+    An empty selection of a lakehouse that holds anomalies names the filters and what it holds
+    (instances, reasons, model versions), so a misspelt reason or a version that never scored
+    reads as such, not as "0 anomalies".
+    """
+    if len(anomalies):
+        return (f"{_plural(len(anomalies), 'anomaly', 'anomalies')}, "
+                f"{_plural(anomalies['instance_id'].nunique(), 'instance')}, "
+                f"{_plural(anomalies['model_version'].nunique(), 'model version')}")
+    every = anomalies_or_empty(settings)
+    if every.empty:
+        return "no anomalies yet: the lakehouse is empty (replay some data, or wait for the scoring app)"
+    asked = [f"start {start:%Y-%m-%d %H:%M}" if start else "", f"end {end:%Y-%m-%d %H:%M}" if end else "",
+             f"instances {', '.join(map(str, instances))}" if instances else "",
+             f"reason {reason!r}" if reason else "", f"versions {', '.join(versions)}" if versions else ""]
+
+    def listed(column: str) -> str:
+        held = sorted({str(v) for v in every[column].dropna()}, key=lambda v: (len(v), v))
+        return ", ".join(held[:12]) + (f" and {len(held) - 12} more" if len(held) > 12 else "")
+
+    times = pd.to_datetime(every["arrival_timestamp"], utc=True)
+    return (f"no anomalies match the filters ({'; '.join(a for a in asked if a) or 'none'}): the lakehouse holds "
+            f"{len(every):,} anomalies of instances {listed('instance_id')}, reasons {listed('reason')}, "
+            f"model versions {listed('model_version')}, "
+            f"{times.min():%Y-%m-%d %H:%M} to {times.max():%Y-%m-%d %H:%M} UTC")
 
 
 def describe_windows(settings: Settings, stats: pd.DataFrame, *, start: datetime | None = None,

@@ -38,6 +38,7 @@ __all__ = [
 #: Rows of the evaluation table, in order (``recall[<kind>]`` rows follow).
 EVALUATION_KEYS: tuple[str, ...] = ("rows", "anomalies", "alerts", "PR-AUC", "F1", "precision", "recall",
                                     "alerts per 10k", "MAE(log)", "q90 coverage")
+_COUNT_KEYS: tuple[str, ...] = ("rows", "anomalies", "alerts")
 _LABEL_COLUMNS = ["instance_id", "query_id", "arrival_timestamp", "label_anomaly", "label_kind"]
 
 
@@ -140,13 +141,25 @@ def evaluation_day(labels_file: Path, day: str = "") -> tuple[dt.date | None, st
 
 
 def choose_versions(settings: Settings, wanted: Sequence[str] = ()) -> list[str]:
-    """The registered versions among ``wanted`` (all registered when empty); unknown ones are warned about."""
+    """The registered versions among ``wanted`` (all registered when empty); unknown ones are warned about.
+
+    Raises
+    ------
+    ConfigurationError
+        When ``wanted`` names versions and none is registered: the notebook would otherwise go on
+        with no version and say "no labelled log or no model: evaluation skipped".
+    """
     import warnings
 
+    from workbench.exceptions import ConfigurationError
     from workbench.ml import ModelRegistry
 
     known = ModelRegistry(settings.models_dir).versions()
     missing = [v for v in wanted if v not in known]
+    if missing and len(missing) == len(list(wanted)):
+        msg = (f"The `versions` parameter names no registered model version: {missing}. "
+               f"Registered: {list(known) or 'none yet'}.")
+        raise ConfigurationError(msg)
     if missing:
         warnings.warn(f"Unknown model versions {missing} ignored; registered: {known}", stacklevel=2)
     return [v for v in wanted if v in known] if wanted else list(known)
@@ -171,10 +184,14 @@ def model_metadata(settings: Settings, versions: Sequence[str]) -> pd.DataFrame:
 
 
 def evaluation_table(results: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """Detector x metric table from ``{name: evaluate(...)["metrics"]}``, rounded to 4 digits."""
+    """Detector x metric table from ``{name: evaluate(...)["metrics"]}``, rounded to 4 digits; the
+    counts (rows, anomalies, alerts) as whole numbers (they read "5457.0" beside the rates)."""
     keys = [*EVALUATION_KEYS, *sorted({k for m in results.values() for k in m if k.startswith("recall[")})]
     frame = pd.DataFrame({v: {k: m.get(k) for k in keys} for v, m in results.items()}).T
-    return frame.astype(float).round(4)
+    frame = frame.astype(float).round(4)
+    for column in _COUNT_KEYS:
+        frame[column] = frame[column].round().astype("Int64")
+    return frame
 
 
 @dataclass

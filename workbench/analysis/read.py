@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from workbench.analysis import classify
 from workbench.analysis.classify import CLASSES, PROBLEM_CLASSES
 from workbench.analysis.exceptions import AnalysisError, UnknownWindowError
+from workbench.exceptions import ConfigurationError
 from workbench.store.exceptions import LakehouseNotFoundError
 from workbench.store.lakehouse import CATALOG_ALIAS, connect_settings
 from workbench.store.window_stats import WindowStatsStore
@@ -180,8 +181,8 @@ def critical_instances(settings: Settings, window: str = "24h", *, min_count: in
         and share, and ``critical_types`` (list of classes in severity order). Sorted by instance.
     """
     if mode not in ("all", "any"):
-        msg = f"mode must be 'all' or 'any'. Got {mode!r} instead."
-        raise AnalysisError(msg)
+        msg = f"The critical mode (`critical_mode` in the notebooks) must be 'all' or 'any'. Got {mode!r} instead."
+        raise ConfigurationError(msg)  # shown in one line in a notebook, like every parameter error
     p = period(settings, window, end=end)
     return _critical(_stats_table(settings, p.start, p.end, None), min_count, min_share, mode)
 

@@ -218,6 +218,15 @@ def run_report(
         from workbench.reports.notebook import find_labelled_log
 
         find_labelled_log(settings, str(params["labels_path"]))
+    if params.get("versions"):  # likewise: notebook 03 stops on versions none of which is registered
+        import warnings
+
+        from workbench.analysis.detection_summary import choose_versions
+        from workbench.reports.notebook import parse_list
+
+        with warnings.catch_warnings():  # some unknown: the notebooks say which
+            warnings.simplefilter("ignore")
+            choose_versions(settings, parse_list(params["versions"]))
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     if not _RUN_ID.match(run_id):
         msg = f"run_id must be letters, digits, '.', '_' or '-' (a folder name). Got {run_id!r} instead."

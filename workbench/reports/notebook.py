@@ -20,6 +20,7 @@ from workbench.exceptions import ConfigurationError
 
 __all__ = [
     "UnknownParameterWarning",
+    "check_parameter_types",
     "check_parameters",
     "find_labelled_log",
     "open_workbench",
@@ -65,6 +66,47 @@ def check_parameters(namespace: Mapping[str, Any], before: Iterable[str] = ()) -
                f"This notebook accepts {sorted(declared)}; check the spelling.")
         warnings.warn(msg, UnknownParameterWarning, stacklevel=2)
     return unknown
+
+
+_TYPE_NAMES = {int: "a whole number such as 10", float: "a number such as 600.0", bool: "True or False",
+               type(None): "None"}
+
+
+def check_parameter_types(namespace: Mapping[str, Any]) -> None:
+    """Refuse a number or flag parameter whose value is not of its declared type, naming it.
+
+    Only ``int``, ``float`` and ``bool`` declarations (optionally ``| None``) are checked: text
+    parameters have parsers of their own, which accept lists too. Without this, ``top_n = "ten"``
+    failed deep inside pandas ("cannot do positional indexing on Index with these indexers [ten]").
+
+    Raises
+    ------
+    ConfigurationError
+        Naming the parameter, what it must be and the value it has.
+    """
+    import types
+    import typing
+
+    for name, declared in namespace.get("__annotations__", {}).items():
+        if name not in namespace:
+            continue
+        union = isinstance(declared, types.UnionType) or typing.get_origin(declared) is typing.Union
+        allowed = typing.get_args(declared) if union else (declared,)
+        if not allowed or not all(t in _TYPE_NAMES for t in allowed):
+            continue
+        value = namespace[name]
+        if isinstance(value, bool):
+            fits = bool in allowed
+        elif isinstance(value, int):
+            fits = int in allowed or float in allowed
+        elif isinstance(value, float):
+            fits = float in allowed
+        else:
+            fits = value is None and type(None) in allowed
+        if not fits:
+            wanted = " or ".join(_TYPE_NAMES[t] for t in allowed)
+            msg = f"The `{name}` parameter must be {wanted}. Got {value!r} instead."
+            raise ConfigurationError(msg)
 
 
 def parse_time(value: str | datetime | None, name: str) -> datetime | None:
@@ -129,6 +171,17 @@ def find_labelled_log(settings: Settings, labels_path: str = "") -> Path | None:
         if not path.is_file():
             msg = f"The `labels_path` parameter must name a Parquet log. Got {labels_path!r}, which does not exist."
             raise ConfigurationError(msg)
+        import pyarrow.parquet as pq
+
+        try:
+            names = pq.read_schema(path).names
+        except Exception as exc:  # not Parquet, truncated, unreadable
+            msg = f"The `labels_path` parameter must name a Parquet log. Got {labels_path!r}, which is not one ({exc})."
+            raise ConfigurationError(msg) from exc
+        if "label_anomaly" not in names:
+            msg = (f"The `labels_path` parameter must name a labelled log (with the generator's `label_anomaly` "
+                   f"column). Got {labels_path!r}, which has none; use \"none\" to skip the comparison.")
+            raise ConfigurationError(msg)
         return path
     import pyarrow.parquet as pq
 
@@ -172,6 +225,7 @@ def setup(namespace: Mapping[str, Any]) -> Settings:
             logger.warning("unknown notebook parameters ignored: %s", unknown)
         if isinstance(namespace, MutableMapping):
             namespace[_CHECKED_MARK] = True
+    check_parameter_types(namespace)  # on every call: a parameter edited in the browser and re-run
     setup_charts()
     pd.set_option("display.width", 160)
     pd.set_option("display.max_columns", 30)
@@ -196,6 +250,10 @@ def open_workbench(mode: str, settings: Settings, *, data: str = "", speedup: fl
         log = data or find_labelled_log(settings)
         if not log:
             msg = f"mode='start' needs `data` (a Parquet log); none given and none in {settings.data_dir}."
+            raise ConfigurationError(msg)
+        if not Path(log).expanduser().exists():
+            msg = (f"The `data` parameter must name a Parquet log or a folder of them. Got {data!r}, which does "
+                   "not exist (`workbench generate` makes one).")
             raise ConfigurationError(msg)
         return Workbench.start(data=log, speedup=speedup, pack=pack, settings=settings), True
     if mode == "attach":

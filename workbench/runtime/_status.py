@@ -477,6 +477,37 @@ class WorkbenchStatus:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
+        """The fields of :meth:`as_dict`, readable: rates and ETA rounded, counts with separators,
+        disk use in KB/MB/GB, the event time to the second (raw, a notebook's status cell showed
+        ``rate_now 37.17738630666017``, ``eta_seconds 396.3184604483333`` and bytes)."""
         rows = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td style='text-align:left'>"
-                       f"{html.escape(str(v))}</td></tr>" for k, v in self.as_dict().items())
+                       f"{html.escape(_readable(k, v))}</td></tr>" for k, v in self.as_dict().items())
         return f"<table>{rows}</table>"
+
+
+def _readable(key: str, value: Any) -> str:
+    """One :meth:`WorkbenchStatus.as_dict` value as a person reads it."""
+    if value is None:
+        return "-"
+    if key == "disk" and isinstance(value, dict):
+        return ", ".join(f"{name} {format_bytes(n)}" for name, n in value.items()) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{name} {_readable(name, v)}" for name, v in value.items()) or "-"
+    if isinstance(value, list):
+        return ", ".join(_readable(key, v) for v in value) or "-"
+    if key == "event_time" and isinstance(value, str):
+        try:
+            return f"{datetime.fromisoformat(value):%Y-%m-%d %H:%M:%S} UTC"
+        except ValueError:
+            return value
+    if key == "speedup" and isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:,.0f}x" if value > 0 else "max"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if key == "eta_seconds":
+            return f"{value:,.0f} s"
+        return f"{value:,.1f}"
+    return str(value)

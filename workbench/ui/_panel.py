@@ -360,6 +360,8 @@ class ControlPanel(widgets.VBox):
         self._running_history: list[tuple[float, int]] = []
         # The user's last play/pause (value, monotonic time) until a status shows it applied.
         self._pending_play: tuple[bool, float] | None = None
+        # The user's last speed (None for max, monotonic time) until a status shows it applied.
+        self._pending_speed: tuple[float | None, float] | None = None
         self._lag_history: list[tuple[float, int]] = []
         self.presets = [widgets.Button(description=name, layout=widgets.Layout(width="64px"),
                                        tooltip=f"Replay at {name}") for name, _ in PRESETS]
@@ -423,9 +425,12 @@ class ControlPanel(widgets.VBox):
             if what == "speed":
                 self._wb.set_speed(value)
                 self._say(f"speed {format_speed(value)} sent")
+                wanted = None if isinstance(value, str) else float(value)
+                self._pending_speed = (wanted, time.monotonic())
                 self._local.syncing = True
                 try:
-                    self._show_speed(None if isinstance(value, str) else float(value))
+                    self._show_speed(wanted)
+                    self.speed_label.value = format_speed(value if wanted is None else wanted)
                 finally:
                     self._local.syncing = False
             elif what == "pause":
@@ -506,6 +511,17 @@ class ControlPanel(widgets.VBox):
                             why_disabled=why, playing=None, state="status unavailable"))
         self.counters.value = f"<span style='color:#C62828'>status unavailable: {html.escape(str(exc))}</span>"
 
+    def _show_stopped(self) -> None:
+        """The workbench stopped (``workbench stop`` in a terminal, ``wb.stop()``): say so. Its broker
+        is usually gone with it, so a status read would only wait 8 s and blame Kafka."""
+        last = getattr(self, "view", None) or panel_view(_NO_STATUS, running=False)
+        why = ("The workbench is not running (stopped with `workbench stop` or wb.stop()): start it again "
+               "and re-run this cell to steer a replay.")
+        self._apply(replace(last, can_play=False, can_speed=False, can_seek=False, can_reset=False,
+                            why_disabled=why, playing=None, state="workbench stopped", eta="", behind=""))
+        self.counters.value = ""
+        self._say("the workbench is not running; refresh stopped", error=True)
+
     def _apply(self, view: PanelView) -> None:
         """Show ``view`` in the widgets (not a user action)."""
         self.view = view
@@ -515,9 +531,11 @@ class ControlPanel(widgets.VBox):
             self.progress.description = view.progress_text
             self.clock.value = f"<b>{html.escape(view.clock)}</b> &nbsp; [{html.escape(view.state)}]"
             self.eta.value = view.eta + (f" · {view.behind}" if view.behind else "")
-            if view.speed is not None or view.speed_text == "max":
+            if (view.speed is not None or view.speed_text == "max") and not self._speed_pending(view):
                 self._show_speed(view.speed)
-            self.speed_label.value = view.speed_text
+                self.speed_label.value = view.speed_text
+            elif view.speed_text == "-":
+                self.speed_label.value = view.speed_text
             if view.playing is not None and not self._play_pending(view.playing):
                 self.play.value = view.playing
             self.play.disabled = not view.can_play
@@ -539,6 +557,21 @@ class ControlPanel(widgets.VBox):
         self.speed.readout = speed is not None
         fastest = self.speed.base ** self.speed.max
         self.speed.value = fastest if speed is None else float(min(max(speed, 1.0), fastest))
+
+    def _speed_pending(self, view: PanelView) -> bool:
+        """Whether a speed click is still on its way: a status read before the replay applied it
+        must not move the slider and label back to the old speed (the click looked ignored, and
+        moving the slider again from there sent a speed the user never chose)."""
+        pending = self._pending_speed
+        if pending is None:
+            return False
+        wanted, clicked_at = pending
+        shown = None if view.speed_text == "max" else view.speed
+        landed = shown == wanted if wanted is None or shown is None else abs(shown - wanted) <= 1e-6 * wanted
+        if landed or time.monotonic() - clicked_at > _COMMAND_GRACE:
+            self._pending_speed = None
+            return False
+        return True
 
     def _play_pending(self, status_playing: bool) -> bool:
         """Whether a play/pause click is still on its way: a status read before the replay applied
@@ -584,6 +617,8 @@ class ControlPanel(widgets.VBox):
 
     def refresh_charts(self, status: Any | None = None) -> None:
         """Redraw the events and anomalies per 10 minutes over the last :data:`CHART_SPAN` of event time."""
+        import pandas as pd
+
         from workbench.ui import charts
 
         self._last_chart = time.monotonic()
@@ -594,12 +629,16 @@ class ControlPanel(widgets.VBox):
         upto = end + timedelta(minutes=10) if end is not None else None
         from workbench.store.exceptions import StoreNotFoundError
 
+        domain = None  # the anomalies chart shares the events chart's time axis, bar under bar
         try:
             stats = self._wb.window_stats(start=start, end=upto)
+            if not stats.empty:
+                first = pd.to_datetime(stats["window_start"], utc=True)
+                domain = (first.min(), first.max() + pd.Timedelta(minutes=10))
             if stats.empty:
                 self.events_plot.value = _placeholder("Events per 10 minutes", "waiting for the first window")
             else:
-                self.events_plot.value = _fitted(charts.to_svg(charts.events_chart(stats)))
+                self.events_plot.value = _fitted(charts.to_svg(charts.events_chart(stats, time_domain=domain)))
         except StoreNotFoundError:  # the analytics app creates it with its first window
             self.events_plot.value = _placeholder("Events per 10 minutes", "waiting for the first window")
         except Exception as exc:
@@ -616,7 +655,8 @@ class ControlPanel(widgets.VBox):
             if anomalies is None or anomalies.empty:
                 self.anomalies_plot.value = _placeholder("Anomalies per 10 minutes", "no anomalies yet")
             else:
-                self.anomalies_plot.value = _fitted(charts.to_svg(charts.anomalies_chart(anomalies)))
+                chart = charts.anomalies_chart(anomalies, time_domain=domain)
+                self.anomalies_plot.value = _fitted(charts.to_svg(chart))
         except Exception as exc:
             self.anomalies_plot.value = f"<i>anomalies chart unavailable: {html.escape(str(exc))}</i>"
 
@@ -657,8 +697,7 @@ class ControlPanel(widgets.VBox):
         while not stop.is_set():
             try:
                 if not self._wb.running:
-                    self.refresh(charts=self._charts_enabled)
-                    self._say("the workbench is not running; refresh stopped", error=True)
+                    self._show_stopped()
                     break
                 due = time.monotonic() - self._last_chart >= self._chart_interval
                 self.refresh(charts=due)

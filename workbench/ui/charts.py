@@ -54,9 +54,20 @@ _TIME_FORMAT: Final = "%b %d %H:%M"
 _WINDOW: Final = "10min"
 
 
-def _time_x(field: str = "window_start", title: str = "Time (UTC)") -> alt.X:
-    return alt.X(f"{field}:T", title=title, scale=alt.Scale(type="utc"),
+def _time_x(field: str = "window_start", title: str = "Time (UTC)",
+            domain: tuple[Any, Any] | None = None) -> alt.X:
+    scale = (alt.Scale(type="utc") if domain is None
+             else alt.Scale(type="utc", domain=_utc(pd.Series(list(domain))).tolist()))
+    return alt.X(f"{field}:T", title=title, scale=scale,
                  axis=alt.Axis(format=_TIME_FORMAT, labelAngle=-30, labelOverlap=True))
+
+
+def _count_y(field: str, title: str, values: pd.Series) -> alt.Y:
+    """A y axis of whole counts. Under 5 the default ticks fall on halves, which ",d" printed as
+    "0, 1, 1, 2, 2" (vl-convert ignores ``tickMinStep``), so small maxima get one tick per count."""
+    top = int(values.max()) if len(values) else 0
+    axis = alt.Axis(format=",d", tickCount=max(top, 1)) if top < 5 else alt.Axis(format=",d")
+    return alt.Y(f"{field}:Q", title=title, axis=axis)
 
 
 def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -107,15 +118,17 @@ def class_shares_chart(shares: pd.DataFrame, *, title: str = "Query classes per 
     ).properties(title=title, width=_WIDTH, height=240)
 
 
-def events_chart(stats: pd.DataFrame, *, title: str = "Events per 10 minutes") -> alt.Chart:
-    """Bars of queries per window, summed over instances (``window_stats`` rows)."""
+def events_chart(stats: pd.DataFrame, *, title: str = "Events per 10 minutes",
+                 time_domain: tuple[Any, Any] | None = None) -> alt.Chart:
+    """Bars of queries per window, summed over instances (``window_stats`` rows); ``time_domain``
+    as for :func:`anomalies_chart`."""
     _require(stats, ["window_start", "total_queries"], "events_chart")
     if stats.empty:
         return empty_chart(title)
     per = stats.groupby("window_start", as_index=False)["total_queries"].sum()
     per["window_start"] = _utc(per["window_start"])
     return alt.Chart(per).mark_bar(color="#1565C0").encode(
-        x=_time_x(), y=alt.Y("total_queries:Q", title="Queries per 10 min", axis=alt.Axis(format=",d")),
+        x=_time_x(domain=time_domain), y=_count_y("total_queries", "Queries per 10 min", per["total_queries"]),
         tooltip=[alt.Tooltip("window_start:T", format=_TIME_FORMAT),
                  alt.Tooltip("total_queries:Q", format=",d")],
     ).properties(title=title, width=_WIDTH, height=140)
@@ -132,14 +145,19 @@ def anomalies_per_window(anomalies: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def anomalies_chart(anomalies: pd.DataFrame, *, title: str = "Anomalies per 10 minutes") -> alt.Chart:
-    """Bars of anomalies per window (from lakehouse anomaly rows)."""
+def anomalies_chart(anomalies: pd.DataFrame, *, title: str = "Anomalies per 10 minutes",
+                    time_domain: tuple[Any, Any] | None = None) -> alt.Chart:
+    """Bars of anomalies per window (from lakehouse anomaly rows).
+
+    ``time_domain`` (first, last time) fixes the time axis, e.g. to the events chart's above it;
+    without it the axis spans the anomalies alone.
+    """
     per = anomalies_per_window(anomalies)
     if per.empty:
         return empty_chart(title, "No anomalies yet")
     per["window_start"] = _utc(per["window_start"])
     return alt.Chart(per).mark_bar(color="#C62828").encode(
-        x=_time_x(), y=alt.Y("anomalies:Q", title="Anomalies per 10 min", axis=alt.Axis(format=",d", tickMinStep=1)),
+        x=_time_x(domain=time_domain), y=_count_y("anomalies", "Anomalies per 10 min", per["anomalies"]),
         tooltip=[alt.Tooltip("window_start:T", format=_TIME_FORMAT), alt.Tooltip("anomalies:Q", format=",d")],
     ).properties(title=title, width=_WIDTH, height=120)
 
