@@ -156,7 +156,8 @@ def anomalies_chart(anomalies: pd.DataFrame, *, title: str = "Anomalies per 10 m
     if per.empty:
         return empty_chart(title, "No anomalies yet")
     per["window_start"] = _utc(per["window_start"])
-    return alt.Chart(per).mark_bar(color="#C62828").encode(
+    # clip: with the events chart's time axis, a bar outside it is cut at the edge, not drawn beside the plot
+    return alt.Chart(per).mark_bar(color="#C62828", clip=True).encode(
         x=_time_x(domain=time_domain), y=_count_y("anomalies", "Anomalies per 10 min", per["anomalies"]),
         tooltip=[alt.Tooltip("window_start:T", format=_TIME_FORMAT), alt.Tooltip("anomalies:Q", format=",d")],
     ).properties(title=title, width=_WIDTH, height=120)
