@@ -216,26 +216,47 @@ def test_the_next_training_starts_before_the_compaction_after_a_flush(tmp_path: 
     assert supervisor.status("2024-03-05") == "done"
 
 
-@pytest.mark.parametrize("first_seen", ["2024-03-05", None])
-def test_the_cadence_starts_at_the_first_stored_day_when_this_process_saw_only_later_events(
-        tmp_path: Path, first_seen: str | None) -> None:
-    # A predecessor stored day 4 and was killed before it first scheduled (found by the chaos test:
-    # day 4 was never trained). This process sees day 5 only, or nothing (its watermark then comes
-    # from the shards): day 4 must still be handed to training once day 5 is finished.
+def _us(day: str, hour: int) -> int:
+    return int(dt.datetime.combine(dt.date.fromisoformat(day), dt.time(hour), dt.UTC).timestamp() * 1_000_000)
+
+
+def _quick_supervisor(tmp_path: Path) -> TrainingSupervisor:
     fake_python = tmp_path / "fake-python"
     fake_python.write_text("#!/bin/sh\nexit 0\n")
     fake_python.chmod(0o755)
-    supervisor = TrainingSupervisor(Settings(home=tmp_path), every_n_days=1, python=str(fake_python),
-                                    standby=False, reap_in_thread=False)
+    return TrainingSupervisor(Settings(home=tmp_path), every_n_days=1, python=str(fake_python),
+                              standby=False, reap_in_thread=False)
+
+
+@pytest.mark.parametrize("first_seen", ["2024-03-05", None])
+def test_the_cadence_starts_at_the_first_stored_day_when_this_process_saw_only_later_events(
+        tmp_path: Path, first_seen: str | None) -> None:
+    # A predecessor stored day 4 and was killed before it first scheduled. This process sees day 5
+    # only, or nothing (its watermark then comes from the shards): day 4 must still be handed to
+    # training once day 5 is finished.
+    supervisor = _quick_supervisor(tmp_path)
     stored = [dt.date(2024, 3, 4), dt.date(2024, 3, 5)]
     schedule = TrainingSchedule(supervisor, FakeStatus(), 0, stored_days=lambda: stored)  # type: ignore[arg-type]
-
-    def us(day: str, hour: int) -> int:
-        return int(dt.datetime.combine(dt.date.fromisoformat(day), dt.time(hour), dt.UTC).timestamp() * 1_000_000)
-
-    first_us = None if first_seen is None else us(first_seen, 1)
-    schedule.after_flush(first_us, us("2024-03-05", 12))
+    first_us = None if first_seen is None else _us(first_seen, 1)
+    schedule.after_flush(first_us, _us("2024-03-05", 12))
     assert supervisor.state["first_day"] == "2024-03-04"
     assert supervisor.status("2024-03-04") in ("pending", "running")
     supervisor.wait(timeout=10)
     assert supervisor.status("2024-03-04") == "done"
+
+
+def test_a_flush_whose_first_partition_starts_later_still_trains_the_first_day(tmp_path: Path) -> None:
+    # Found by the chaos test: a restarted app read a backlog; its first flush scored partition 3
+    # (whose instances start on day 5) before partition 0 (day 4), and the cadence started on day 5,
+    # so day 4 was never trained. Each batch notes its first event before it is scored.
+    supervisor = _quick_supervisor(tmp_path)
+    schedule = TrainingSchedule(supervisor, FakeStatus(), 0, stored_days=lambda: [])  # type: ignore[arg-type]
+    schedule.note_first_event(_us("2024-03-05", 1))  # partition 3's batch
+    schedule.note_first_event(_us("2024-03-04", 0))  # partition 0's batch, same flush
+    assert (supervisor.state["first_day"], supervisor.state["last_day"]) == ("2024-03-04", "2024-03-04")
+    schedule.after_flush(_us("2024-03-04", 0), _us("2024-03-05", 12))
+    assert supervisor.status("2024-03-04") in ("pending", "running")
+    supervisor.wait(timeout=10)
+    # once a day is scheduled the cadence is fixed: an earlier (late) event does not move it
+    schedule.note_first_event(_us("2024-03-01", 0))
+    assert supervisor.state["first_day"] == "2024-03-04"

@@ -175,6 +175,26 @@ class TrainingSupervisor:
         index = (day - dt.date.fromisoformat(first)).days
         return index >= 0 and index % self.every_n_days == self.every_n_days - 1
 
+    def note_first_day(self, day: dt.date) -> None:
+        """Start the cadence at ``day``, or move its start back to ``day`` while no day was scheduled.
+
+        The first batch a process scores need not hold the log's first event: a flush writes its
+        partitions one after the other, and a partition whose instances start later can come first.
+        Until a day is finished (scheduled) nothing depends on the start but which days will train,
+        so an earlier first event moves it; afterwards an earlier event is a late one.
+        """
+        with self._lock:
+            first = self.state["first_day"]
+            if first is None:
+                self._maybe_schedule(day)
+            elif not self.state["days"] and day < dt.date.fromisoformat(first):
+                logger.info("training cadence starts earlier day=%s (was %s)", day, first)
+                self.state["first_day"] = day.isoformat()
+                last = self.state["last_day"]
+                if last is None or day < dt.date.fromisoformat(last):
+                    self.state["last_day"] = day.isoformat()
+                self._save()
+
     def maybe_schedule(self, event_day: dt.date) -> list[dt.date]:
         """Note the event day; schedule finished days on the cadence. Never blocks.
 

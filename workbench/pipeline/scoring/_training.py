@@ -51,21 +51,23 @@ class TrainingSchedule:
         self.resume_probe: Callable[[], tuple[bool, int | None]] | None = None
 
     def note_first_event(self, first_event_us: int | None) -> None:
-        """Start the cadence at the day of the first event: the earlier of ``first_event_us`` and the
-        first day the shards hold.
+        """Start the cadence at the day of the first event: the earliest of ``first_event_us`` (called
+        before each batch is scored, and after each flush) and, once, the first day the shards hold.
 
-        The shards count because this process may not have seen the first events: an instance killed
-        before it first scheduled leaves its days stored and its offsets committed, and its successor
-        sees only later events, or none (its watermark then comes from the shards). Starting the
-        cadence at the successor's first day would never train the days before it.
+        An earlier event moves the start back while no day is scheduled yet
+        (:meth:`TrainingSupervisor.note_first_day`): a flush's first partition may start later than
+        the next (found by the chaos test: day 4 was never trained). The shards count because this
+        process may not have seen the first events: an instance killed before it first scheduled
+        leaves its days stored and its offsets committed, and its successor sees later events only.
         """
-        if self.supervisor.state["first_day"] is not None:
-            return
+        state = self.supervisor.state
+        if state["days"]:
+            return  # a day is scheduled: the cadence is fixed
         days = [day_of(first_event_us)] if first_event_us is not None else []
-        if self.stored_days is not None:
+        if state["first_day"] is None and self.stored_days is not None:
             days.extend(self.stored_days()[:1])
         if days:
-            self.supervisor.maybe_schedule(min(days))
+            self.supervisor.note_first_day(min(days))
 
     def cadence(self) -> Any:
         """The training cadence (:class:`~workbench.ml.selection.Cadence`) or None before the first day."""
