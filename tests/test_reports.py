@@ -170,7 +170,9 @@ def test_the_cli_report_on_a_fresh_home_prints_its_path_and_no_kernel_chatter(tm
     path, not ipykernel's paragraph about unencrypted local sockets (once per notebook before)."""
     import sys
 
-    env = {**os.environ, "WORKBENCH_HOME": str(tmp_path / "home")}
+    # only this home: `make test` exports WORKBENCH_REPORTS_DIR (the repository's reports/ for `make demo`)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
+    env["WORKBENCH_HOME"] = str(tmp_path / "home")
     result = subprocess.run([sys.executable, "-m", "workbench.cli", "report", "--notebooks", "04_stream_analytics",
                              "--run-id", "fresh", "--no-progress"], env=env, capture_output=True, timeout=300)
     out, err = result.stdout.decode(), result.stderr.decode()
