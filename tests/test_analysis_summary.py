@@ -393,3 +393,19 @@ def test_versions_that_are_all_unknown_are_a_parameter_error(tmp_path: Path,
     assert ds.choose_versions(settings) == ["v0001-2024-03-04", "v0002-2024-03-05"]
     with pytest.raises(ConfigurationError, match="Registered: none yet"):
         ds.choose_versions(Settings(home=tmp_path / "empty"), ["v0001"])
+
+
+def test_versions_that_never_scored_are_named_not_counted_as_zero_silently(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Notebook 04 with versions="v0009" counted 0 anomalies without a word."""
+    from tests.notebook_home import cached_home
+
+    home, _ = cached_home(tmp_path_factory.getbasetemp())
+    settings = Settings(home=home)
+    scored = sorted(set(summary.anomalies_or_empty(settings)["model_version"]))
+    assert summary.describe_versions(settings, []) == ""
+    assert summary.describe_versions(settings, scored) == ""
+    line = summary.describe_versions(settings, [scored[0], "v0009"])
+    assert line.startswith("versions v0009 never scored an anomaly here, so they count 0: the lakehouse holds "
+                           "anomalies of model versions ") and line.endswith(", ".join(scored))
+    assert "none yet" in summary.describe_versions(Settings(home=tmp_path / "empty"), ["v0009"])

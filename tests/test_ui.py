@@ -116,14 +116,51 @@ def test_a_status_from_before_a_click_does_not_flip_the_play_button_back(
     assert panel.play.value is True
     fake.state = "running"
     panel.refresh()
+    monkeypatch.setattr("workbench.ui._panel._COMMAND_GRACE", 0.0)
+    time.sleep(0.01)
     fake.state = "paused"  # paused from elsewhere (code, another panel): the status drives the button again
     panel.refresh()
     assert panel.play.value is False and panel.play.description == "Play"
-    monkeypatch.setattr("workbench.ui._panel._COMMAND_GRACE", 0.0)
     panel.play.value = True  # a command that never lands: after the grace the status wins
     time.sleep(0.01)
     panel.refresh()
     assert panel.play.value is False
+
+
+def test_a_burst_of_play_pause_clicks_is_not_undone_by_statuses_from_its_middle(
+        panel_and_fake: tuple[Any, FakeWorkbench], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seven fast clicks from playing once ended running: the replay logged pause, resume, resume, ...
+    A status showing the first pause matched the third click and ended its guard; the next one,
+    showing the second click's resume, put the button back on Pause mid-burst."""
+    now = [100.0]
+    monkeypatch.setattr("workbench.ui._panel._clock", lambda: now[0], raising=False)
+    panel, fake = panel_and_fake
+    for value in (False, True, False):  # three clicks 0.1 s apart
+        panel.play.value = value
+        now[0] += 0.1
+    fake.state = "paused"  # the first pause landed
+    panel.refresh()
+    fake.state = "running"  # the second click's resume landed, the third's pause not yet
+    panel.refresh()
+    assert panel.play.value is False and panel.play.description == "Play"
+    panel.play.value = True  # the fourth click resumes, as its "Play" label says
+    assert [name for name, _ in fake.calls] == ["pause", "resume", "pause", "resume"]
+    now[0] += 6  # past the grace the status drives the button again
+    fake.state = "paused"
+    panel.refresh()
+    assert panel.play.value is False
+
+
+def test_a_status_does_not_undo_a_click_whose_handler_has_not_run_yet(
+        panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    """ipywidgets sets a clicked value with notifications held and runs the handler afterwards; a
+    refresh in between saw no pending click and wrote the status's value over the user's."""
+    panel, fake = panel_and_fake
+    with panel.play.hold_trait_notifications():
+        panel.play.value = False  # the user's pause, its handler not run yet
+        panel.refresh()  # the refresh thread: the status still says running
+    assert fake.calls == [("pause", None)]
+    assert panel.play.value is False and panel.play.description == "Play"
 
 
 def test_a_status_from_before_a_speed_click_does_not_move_the_slider_back(

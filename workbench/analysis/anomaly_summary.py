@@ -234,6 +234,20 @@ def describe_anomalies(settings: Settings, anomalies: pd.DataFrame, *, start: da
             f"{times.min():%Y-%m-%d %H:%M} to {times.max():%Y-%m-%d %H:%M} UTC")
 
 
+def describe_versions(settings: Settings, versions: Sequence[str]) -> str:
+    """One line naming the ``versions`` that never scored an anomaly in the lakehouse ("" when all did,
+    or when ``versions`` is empty): such a version silently counted 0 anomalies in notebook 04."""
+    if not versions:
+        return ""
+    every = anomalies_or_empty(settings)
+    held = sorted({str(v) for v in every["model_version"].dropna()}, key=lambda v: (len(v), v)) if len(every) else []
+    never = [v for v in versions if v not in held]
+    if not never:
+        return ""
+    return (f"versions {', '.join(never)} never scored an anomaly here, so they count 0: the lakehouse holds "
+            f"anomalies of model versions {', '.join(held) or 'none yet'}")
+
+
 def describe_windows(settings: Settings, stats: pd.DataFrame, *, start: datetime | None = None,
                      end: datetime | None = None, instances: Sequence[int] | None = None) -> str:
     """One line on the ``window_stats`` rows a notebook selected (``stats``), or on why there are none.

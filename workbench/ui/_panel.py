@@ -120,6 +120,7 @@ _TREND_SPAN = 10.0
 _BEHIND_AFTER = 2.0
 #: Seconds a play/pause click holds the button against statuses that predate the command.
 _COMMAND_GRACE = 5.0
+_clock = time.monotonic  # the play/pause grace's clock (tests pass a fake one)
 
 
 @dataclass(frozen=True)
@@ -360,6 +361,9 @@ class ControlPanel(widgets.VBox):
         self._running_history: list[tuple[float, int]] = []
         # The user's last play/pause (value, monotonic time) until a status shows it applied.
         self._pending_play: tuple[bool, float] | None = None
+        # The play value the panel last showed (from a status or a processed click): a button value
+        # that differs from it is a click whose handler has not run yet, which a status must not undo.
+        self._play_shown = True
         # The user's last speed (None for max, monotonic time) until a status shows it applied.
         self._pending_speed: tuple[float | None, float] | None = None
         self._lag_history: list[tuple[float, int]] = []
@@ -458,7 +462,8 @@ class ControlPanel(widgets.VBox):
         playing = bool(change["new"])
         self.play.description, self.play.icon = ("Pause", "pause") if playing else ("Play", "play")
         if not getattr(self._local, "syncing", False):
-            self._pending_play = (playing, time.monotonic())
+            self._pending_play = (playing, _clock())
+            self._play_shown = playing
             self._command("resume" if playing else "pause")
 
     def _on_seek(self) -> None:
@@ -536,8 +541,9 @@ class ControlPanel(widgets.VBox):
                 self.speed_label.value = view.speed_text
             elif view.speed_text == "-":
                 self.speed_label.value = view.speed_text
-            if view.playing is not None and not self._play_pending(view.playing):
-                self.play.value = view.playing
+            # The kernel thread may have taken a click's value without running its handler yet.
+            if view.playing is not None and not self._play_pending() and self.play.value == self._play_shown:
+                self.play.value = self._play_shown = view.playing
             self.play.disabled = not view.can_play
             self.speed.disabled = not view.can_speed
             for button in self.presets:
@@ -573,14 +579,16 @@ class ControlPanel(widgets.VBox):
             return False
         return True
 
-    def _play_pending(self, status_playing: bool) -> bool:
-        """Whether a play/pause click is still on its way: a status read before the replay applied
-        it must not flip the button back (a click meanwhile would send the opposite command)."""
+    def _play_pending(self) -> bool:
+        """Whether a play/pause click is younger than ``_COMMAND_GRACE``: statuses then do not move the
+        button. A status matching the last click is no proof that it landed: in a burst, the status
+        after the first pause also matches the third, and the one after the second click's resume
+        then flipped the button mid-burst, so the next click sent the opposite of what was meant
+        (seven clicks from playing ended running)."""
         pending = self._pending_play
         if pending is None:
             return False
-        wanted, clicked_at = pending
-        if status_playing == wanted or time.monotonic() - clicked_at > _COMMAND_GRACE:
+        if _clock() - pending[1] > _COMMAND_GRACE:
             self._pending_play = None
             return False
         return True
