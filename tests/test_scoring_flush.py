@@ -194,8 +194,9 @@ def test_the_next_training_starts_before_the_compaction_after_a_flush(tmp_path: 
     # machine of any speed.
     first, release_first, release = tmp_path / "first-ran", tmp_path / "release-first", tmp_path / "release"
     fake_python = tmp_path / "fake-python"
-    fake_python.write_text(f"#!/bin/sh\nif [ -e {first} ]; then\n  while [ ! -e {release} ]; do sleep 0.05; done\n"
-                           f"else\n  touch {first}\n  while [ ! -e {release_first} ]; do sleep 0.05; done\nfi\n")
+    wait = "i=0; while [ ! -e {} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done"  # 60 s at most
+    fake_python.write_text(f"#!/bin/sh\nif [ -e {first} ]; then\n  {wait.format(release)}\n"
+                           f"else\n  touch {first}\n  {wait.format(release_first)}\nfi\n")
     fake_python.chmod(0o755)
     # The main loop's own path: no reaper thread (it would reap day 4 before the flush does), no standby.
     supervisor = TrainingSupervisor(Settings(home=tmp_path), every_n_days=1, python=str(fake_python),
