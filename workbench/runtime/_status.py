@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 from workbench.broker import IncompleteReadError, quiet_logs, read_range, when_ready
 from workbench.config import Settings
 from workbench.replay import ReplayStatus
+from workbench.runtime._format import format_bytes, format_speed
 
 __all__ = [
     "WorkbenchStatus",
@@ -285,16 +286,6 @@ def disk_usage(settings: Settings) -> dict[str, int]:
     }
 
 
-def format_bytes(n: int) -> str:
-    """``1.2 GB``-style size."""
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"  # pragma: no cover
-
-
 def replay_predates_process(replay: Any, processes: dict[str, dict[str, Any]] | None) -> bool:
     """Whether ``replay`` (a replay status) was published before the replay process now running started.
 
@@ -501,7 +492,7 @@ def _readable(key: str, value: Any) -> str:
         except ValueError:
             return value
     if key == "speedup" and isinstance(value, int | float) and not isinstance(value, bool):
-        return f"{value:,.0f}x" if value > 0 else "max"
+        return format_speed(value)
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, int):

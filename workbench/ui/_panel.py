@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import ipywidgets as widgets
 
 from workbench.exceptions import ConfigurationError
+from workbench.runtime._format import format_speed
 
 __all__ = ["ControlPanel", "PanelTarget", "PanelView", "control_panel", "format_speed", "lag_trend", "metric_cards",
            "panel_view"]
@@ -103,15 +104,6 @@ def _num(value: Any) -> str:
     return str(value)
 
 
-def format_speed(speedup: float | str | None) -> str:
-    """``"3,600x"``, ``"0.5x"`` or ``"max"`` (never scientific notation)."""
-    if speedup is None:
-        return "-"
-    if isinstance(speedup, str) or speedup <= 0:
-        return "max"
-    return f"{speedup:,.0f}x" if speedup >= 10 else f"{speedup:,.3g}x"
-
-
 #: Lag changes smaller than this share (or 100 messages) between two looks are "steady".
 _TREND_TOLERANCE = 0.05
 #: Seconds of lag history compared for the trend.
@@ -120,7 +112,7 @@ _TREND_SPAN = 10.0
 _BEHIND_AFTER = 2.0
 #: Seconds a play/pause click holds the button against statuses that predate the command.
 _COMMAND_GRACE = 5.0
-_clock = time.monotonic  # the play/pause grace's clock (tests pass a fake one)
+_clock = time.monotonic  # the clock of the play/pause and speed graces (tests pass a fake one)
 
 
 @dataclass(frozen=True)
@@ -430,7 +422,7 @@ class ControlPanel(widgets.VBox):
                 self._wb.set_speed(value)
                 self._say(f"speed {format_speed(value)} sent")
                 wanted = None if isinstance(value, str) else float(value)
-                self._pending_speed = (wanted, time.monotonic())
+                self._pending_speed = (wanted, _clock())
                 self._local.syncing = True
                 try:
                     self._show_speed(wanted)
@@ -574,7 +566,7 @@ class ControlPanel(widgets.VBox):
         wanted, clicked_at = pending
         shown = None if view.speed_text == "max" else view.speed
         landed = shown == wanted if wanted is None or shown is None else abs(shown - wanted) <= 1e-6 * wanted
-        if landed or time.monotonic() - clicked_at > _COMMAND_GRACE:
+        if landed or _clock() - clicked_at > _COMMAND_GRACE:
             self._pending_speed = None
             return False
         return True
@@ -640,12 +632,11 @@ class ControlPanel(widgets.VBox):
         domain = None  # the anomalies chart shares the events chart's time axis, bar under bar
         try:
             stats = self._wb.window_stats(start=start, end=upto)
-            if not stats.empty:
-                first = pd.to_datetime(stats["window_start"], utc=True)
-                domain = (first.min(), first.max() + pd.Timedelta(minutes=10))
             if stats.empty:
                 self.events_plot.value = _placeholder("Events per 10 minutes", "waiting for the first window")
             else:
+                first = pd.to_datetime(stats["window_start"], utc=True)
+                domain = (first.min(), first.max() + pd.Timedelta(minutes=10))
                 self.events_plot.value = _fitted(charts.to_svg(charts.events_chart(stats, time_domain=domain)))
         except StoreNotFoundError:  # the analytics app creates it with its first window
             self.events_plot.value = _placeholder("Events per 10 minutes", "waiting for the first window")

@@ -1,0 +1,27 @@
+"""How status values read: sizes and replay speeds, shared by the status text and the notebook panel.
+
+Kept free of Kafka and widget imports, so the panel and the status module can both use it cheaply.
+"""
+
+from __future__ import annotations
+
+__all__ = ["format_bytes", "format_speed"]
+
+
+def format_bytes(n: int) -> str:
+    """``1.2 GB``-style size."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"  # pragma: no cover
+
+
+def format_speed(speedup: float | str | None) -> str:
+    """``"3,600x"``, ``"0.5x"`` or ``"max"`` (never scientific notation)."""
+    if speedup is None:
+        return "-"
+    if isinstance(speedup, str) or speedup <= 0:
+        return "max"
+    return f"{speedup:,.0f}x" if speedup >= 10 else f"{speedup:,.3g}x"
