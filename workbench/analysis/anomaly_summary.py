@@ -203,6 +203,11 @@ def _plural(n: int, word: str, words: str | None = None) -> str:
     return f"{n:,} {word if n == 1 else (words or word + 's')}"
 
 
+def _held(frame: pd.DataFrame, column: str) -> list[str]:
+    """The distinct values of ``column``, as text, shortest first (v2 before v10)."""
+    return sorted({str(v) for v in frame[column].dropna()}, key=lambda v: (len(v), v))
+
+
 def describe_anomalies(settings: Settings, anomalies: pd.DataFrame, *, start: datetime | None = None,
                        end: datetime | None = None, instances: Sequence[int] | None = None,
                        reason: str | None = None, versions: Sequence[str] = ()) -> str:
@@ -224,7 +229,7 @@ def describe_anomalies(settings: Settings, anomalies: pd.DataFrame, *, start: da
              f"reason {reason!r}" if reason else "", f"versions {', '.join(versions)}" if versions else ""]
 
     def listed(column: str) -> str:
-        held = sorted({str(v) for v in every[column].dropna()}, key=lambda v: (len(v), v))
+        held = _held(every, column)
         return ", ".join(held[:12]) + (f" and {len(held) - 12} more" if len(held) > 12 else "")
 
     times = pd.to_datetime(every["arrival_timestamp"], utc=True)
@@ -240,7 +245,7 @@ def describe_versions(settings: Settings, versions: Sequence[str]) -> str:
     if not versions:
         return ""
     every = anomalies_or_empty(settings)
-    held = sorted({str(v) for v in every["model_version"].dropna()}, key=lambda v: (len(v), v)) if len(every) else []
+    held = _held(every, "model_version")
     never = [v for v in versions if v not in held]
     if not never:
         return ""

@@ -164,6 +164,8 @@ def find_labelled_log(settings: Settings, labels_path: str = "") -> Path | None:
     ``labels_path`` given: that file (must exist). ``"none"``: no labels. Empty: the newest
     ``*.parquet`` in ``settings.data_dir`` that has the generator's ``label_anomaly`` column.
     """
+    import pyarrow.parquet as pq
+
     if labels_path and labels_path.lower() == "none":
         return None
     if labels_path:
@@ -171,8 +173,6 @@ def find_labelled_log(settings: Settings, labels_path: str = "") -> Path | None:
         if not path.is_file():
             msg = f"The `labels_path` parameter must name a Parquet log. Got {labels_path!r}, which does not exist."
             raise ConfigurationError(msg)
-        import pyarrow.parquet as pq
-
         try:
             names = pq.read_schema(path).names
         except Exception as exc:  # not Parquet, truncated, unreadable
@@ -183,8 +183,6 @@ def find_labelled_log(settings: Settings, labels_path: str = "") -> Path | None:
                    f"column). Got {labels_path!r}, which has none; use \"none\" to skip the comparison.")
             raise ConfigurationError(msg)
         return path
-    import pyarrow.parquet as pq
-
     candidates = sorted(settings.data_dir.glob("*.parquet"), key=lambda p: (p.stat().st_mtime, p.name),
                         reverse=True) if settings.data_dir.is_dir() else []
     for path in candidates:
