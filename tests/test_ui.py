@@ -633,3 +633,10 @@ def test_a_status_in_a_notebook_cell_reads_as_numbers_not_raw_floats_and_bytes()
     assert "kafka 2.1 MB" in table and "2166784" not in table
     assert "2024-03-04 02:00:00 UTC" in table and "600x" in table and "1,000" in table  # event time, speed, rows total
     assert "scoring 7" in table
+
+
+def test_a_slow_replay_speed_in_the_status_table_reads_as_the_panel_shows_it() -> None:
+    fake = FakeWorkbench()
+    fake.speedup = 0.5  # the status table had its own rule, which printed "0x"
+    table = fake.status()._repr_html_()
+    assert f"<td style='text-align:left'>{format_speed(0.5)}</td>" in table and format_speed(0.5) == "0.5x"
