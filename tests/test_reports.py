@@ -117,6 +117,14 @@ def test_bad_arguments_are_explained(report: tuple[Settings, Path, Path]) -> Non
     assert not (settings.resolved_reports_dir / "never").exists()
 
 
+def test_a_parameter_out_of_its_range_is_refused_before_any_notebook_runs(tmp_path: Path) -> None:
+    """top_n=-3 ran notebook 01 and then cut the last 3 rows off notebook 02's and 03's tables."""
+    settings = Settings(home=tmp_path / "home")
+    with pytest.raises(ConfigurationError, match=r"The `top_n` parameter must be at least 1 .*\. Got -3 instead"):
+        run_report(settings, run_id="never", params={"top_n": -3}, progress=False)
+    assert not (settings.resolved_reports_dir / "never").exists()
+
+
 @pytest.mark.skipif(CHROMIUM is None,
                     reason="chromium is not installed (run `make browser` or apt-get install chromium)")
 def test_report_renders_its_charts_in_headless_chromium(report: tuple[Settings, Path, Path], tmp_path: Path) -> None:

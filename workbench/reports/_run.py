@@ -214,9 +214,10 @@ def run_report(
         params["versions"] = ",".join(params["versions"])
     if data is not None:
         params.setdefault("labels_path", str(Path(data).expanduser().resolve()))
-    if params.get("labels_path"):  # before any notebook runs, not in the second one's 17th cell
-        from workbench.reports.notebook import find_labelled_log
+    from workbench.reports.notebook import check_parameter_ranges, find_labelled_log
 
+    check_parameter_ranges(params)  # before any notebook runs, not after the first one ran
+    if params.get("labels_path"):  # likewise, not in the second one's 17th cell
         find_labelled_log(settings, str(params["labels_path"]))
     if params.get("versions"):  # likewise: notebook 03 stops on versions none of which is registered
         import warnings
@@ -264,7 +265,6 @@ def run_report(
         done.append((name, state))
     bar.close()
     from workbench.reports._summary import write_summary
-    from workbench.reports.notebook import find_labelled_log
 
     try:
         labels_file = find_labelled_log(settings, str(params.get("labels_path", "")))
