@@ -175,7 +175,8 @@ def test_summary_page_opens_from_disk_with_visible_thumbnails(report: tuple[Sett
 
 def test_the_cli_report_on_a_fresh_home_prints_its_path_and_no_kernel_chatter(tmp_path: Path) -> None:
     """`workbench report` before any data: the page says so, and the terminal shows progress and the
-    path, not ipykernel's paragraph about unencrypted local sockets (once per notebook before)."""
+    path, not ipykernel's paragraph about unencrypted local sockets (once per notebook before), and
+    names the notebook once."""
     import sys
 
     # only this home: `make test` exports WORKBENCH_REPORTS_DIR (the repository's reports/ for `make demo`)
@@ -187,5 +188,7 @@ def test_the_cli_report_on_a_fresh_home_prints_its_path_and_no_kernel_chatter(tm
     assert result.returncode == 0, err[-2000:]
     assert out.strip().endswith(str(tmp_path / "home" / "reports" / "fresh" / "index.html")), out
     assert "IPKernelApp" not in err and "without encryption" not in err, err[-2000:]
+    # papermill announced each notebook twice: once when asked for its parameters, once to run it
+    assert err.count("Input Notebook:") == 1, err[-2000:]
     page = (tmp_path / "home" / "reports" / "fresh" / "04_stream_analytics.html").read_text()
     assert "window_stats is empty: replay some data first" in page

@@ -142,10 +142,32 @@ def _labelled_svg(svg: str) -> str:
     return svg.replace("<svg", f'<svg role="img" aria-label="{label}"', 1)
 
 
+class _InfoOfThisThread(logging.Filter):
+    """Drops the INFO (and DEBUG) records the thread that made it logs; warnings and other threads pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread or record.levelno >= logging.WARNING
+
+
 def _declared(notebook: Path) -> set[str]:
+    """The parameters ``notebook`` declares, by papermill's own reading of its parameters cell.
+
+    papermill logs "Input Notebook: <path>" on inspection and again on execution, which the report
+    does next: the first line is dropped, so the terminal names each notebook once.
+    """
     import papermill
 
-    return set(papermill.inspect_notebook(str(notebook)))
+    quiet = _InfoOfThisThread()
+    papermill_log = logging.getLogger("papermill")
+    papermill_log.addFilter(quiet)
+    try:
+        return set(papermill.inspect_notebook(str(notebook)))
+    finally:
+        papermill_log.removeFilter(quiet)
 
 
 def run_report(
