@@ -319,6 +319,28 @@ def test_parameters_of_their_declared_types_pass(tmp_path: Path, monkeypatch: py
            "top_n": 3, "speedup": 600, "steer": False, "pack": None, "instances": [1, 2]})
 
 
+@pytest.mark.parametrize("value", [-3, 0])
+def test_a_top_n_that_shows_no_rows_is_refused_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         value: int) -> None:
+    """top_n = -3 passed the type check and head(-3) silently dropped the last 3 rows; 0 showed none."""
+    from workbench.exceptions import ConfigurationError
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    namespace = {"__annotations__": {"top_n": int}, "top_n": value}
+    expected = rf"^The `top_n` parameter must be at least 1 .*\. Got {value} instead\.$"
+    with pytest.raises(ConfigurationError, match=expected):
+        setup(namespace)
+    with pytest.raises(ConfigurationError, match="`top_n`"):
+        setup(namespace)  # edited in the browser and re-run: checked again
+    assert setup({"__annotations__": {"top_n": int}, "top_n": 1}) is not None
+
+
+def test_a_range_is_checked_on_declared_parameters_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # on a re-run, a notebook's own variable of that name (no parameter there) is none of setup's business
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    setup({"__annotations__": {"start": str}, "start": "", "top_n": -1, "_workbench_parameters_checked": True})
+
+
 def test_labels_path_to_a_file_that_is_no_labelled_parquet_log_is_refused_naming_it(tmp_path: Path) -> None:
     """labels_path="/etc/passwd" ended in pyarrow's ArrowInvalid after a 10-frame traceback."""
     from workbench.exceptions import ConfigurationError

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -312,6 +313,57 @@ def test_a_warm_trainer_that_cannot_import_leaves_the_trainings_to_fresh_process
         assert sup._standby.pid is None  # not started again on every poll (respawn delay)
     finally:
         sup.close()
+
+
+#: A warm trainer that says it is ready, takes each job (noted in the file argv[-2]) and never says it forked one.
+_SILENT_TRAINER = """
+import os, sys
+os.write(int(sys.argv[-1]), b"ready\\n")
+with open(sys.argv[-2], "ab", buffering=0) as jobs:
+    for line in sys.stdin.buffer:
+        jobs.write(line)
+"""
+
+
+def test_a_warm_trainer_that_never_answers_holds_up_no_other_supervisor_call(tmp_path: Path) -> None:
+    """The start of a run waited up to fork_timeout_s (30 s) for the warm trainer's "started PID" while
+    holding the supervisor's lock: a reaper thread starting the next day held up the app's every batch
+    (`running`), note_first_day, maybe_schedule and poll that long."""
+    settings = Settings(home=tmp_path / "home")
+    sup = TrainingSupervisor(settings, every_n_days=1, backoff_seconds=0)
+    jobs = tmp_path / "jobs.txt"
+    assert sup._standby is not None
+    sup._standby.command = [sys.executable, "-c", _SILENT_TRAINER, str(jobs)]
+    sup._standby.fork_timeout_s = 600.0  # the handing thread waits until this test lets it go
+    sup.python = "/bin/true"  # the fresh process it falls back to once the warm trainer is gone: exits 0
+    sup.maybe_schedule(_day(0))  # the cadence starts; no day finished yet
+    trainer = _ready_standby(sup)
+    handing = threading.Thread(target=sup.maybe_schedule, args=(_day(1),), daemon=True)  # day 0 due: handed
+    handing.start()
+    answers: dict[str, object] = {}
+
+    def other_calls() -> None:
+        answers["running"], answers["pid"] = sup.running, sup.pid
+        sup.note_first_day(_day(0))
+        answers["scheduled"] = sup.maybe_schedule(_day(1))
+        answers["poll"] = sup.poll()
+
+    try:
+        wait_until(lambda: jobs.is_file() and b"--day" in jobs.read_bytes(), timeout=30, what="the job handed")
+        caller = threading.Thread(target=other_calls, daemon=True)
+        caller.start()
+        caller.join(timeout=60)  # (600 s while the wait held the lock)
+        assert not caller.is_alive(), "a supervisor call waited for the silent warm trainer"
+        # A start in flight counts as running (no pid yet), and nothing else starts meanwhile.
+        assert answers == {"running": True, "pid": None, "scheduled": [], "poll": _day(0).isoformat()}
+        assert handing.is_alive() and sup.status(_day(0)) == "pending" and jobs.read_bytes().count(b"\n") == 1
+    finally:
+        os.kill(trainer, signal.SIGKILL)  # its end of file: the handing thread gives up on it
+        handing.join(timeout=60)
+        sup.close()
+    assert not handing.is_alive()
+    entry = sup.state["days"][_day(0).isoformat()]
+    assert entry["status"] in ("running", "done") and entry["attempts"] == 1  # started fresh, once
 
 
 def test_no_standby_without_a_poll_or_after_close(tmp_path: Path) -> None:

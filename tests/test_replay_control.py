@@ -453,6 +453,16 @@ def test_a_status_its_replay_stopped_publishing_says_so() -> None:
         assert done.silence(now=1100.0) is None  # nothing more was to come
 
 
+def test_the_status_line_reads_speeds_as_the_panel_does() -> None:
+    # `replay-control status` printed a 1,000,000x replay as "1e+06x"; it now uses format_speed.
+    status = ReplayStatus(replay_id="default", file="log.parquet", state="running", speedup=600.0, rows_sent=10,
+                          rows_total=100, next_row=10, event_time=None, first_event_time=None,
+                          last_event_time=None, rate_now=5.0, rate_avg=5.0, eta_seconds=None)
+    speeds = {MAX_SPEEDUP: "1,000,000x", 12345.6: "12,346x", 3600.0: "3,600x", 0.5: "0.5x", 0.0: "max"}
+    for speedup, text in speeds.items():
+        assert str(replace(status, speedup=speedup)).endswith(f" avg | {text}"), speedup
+
+
 def test_status_of_a_fresh_start_is_not_the_dead_runs(kafka_settings: Settings) -> None:
     """After a kill -9 of everything and a fresh start, the state topic still holds the dead run's
     "running" until the new replay reports: `replay-control status` must not show it as the new run's."""

@@ -117,6 +117,14 @@ def test_bad_arguments_are_explained(report: tuple[Settings, Path, Path]) -> Non
     assert not (settings.resolved_reports_dir / "never").exists()
 
 
+def test_a_parameter_out_of_its_range_is_refused_before_any_notebook_runs(tmp_path: Path) -> None:
+    """top_n=-3 ran notebook 01 and then cut the last 3 rows off notebook 02's and 03's tables."""
+    settings = Settings(home=tmp_path / "home")
+    with pytest.raises(ConfigurationError, match=r"The `top_n` parameter must be at least 1 .*\. Got -3 instead"):
+        run_report(settings, run_id="never", params={"top_n": -3}, progress=False)
+    assert not (settings.resolved_reports_dir / "never").exists()
+
+
 @pytest.mark.skipif(CHROMIUM is None,
                     reason="chromium is not installed (run `make browser` or apt-get install chromium)")
 def test_report_renders_its_charts_in_headless_chromium(report: tuple[Settings, Path, Path], tmp_path: Path) -> None:
@@ -167,7 +175,8 @@ def test_summary_page_opens_from_disk_with_visible_thumbnails(report: tuple[Sett
 
 def test_the_cli_report_on_a_fresh_home_prints_its_path_and_no_kernel_chatter(tmp_path: Path) -> None:
     """`workbench report` before any data: the page says so, and the terminal shows progress and the
-    path, not ipykernel's paragraph about unencrypted local sockets (once per notebook before)."""
+    path, not ipykernel's paragraph about unencrypted local sockets (once per notebook before), and
+    names the notebook once."""
     import sys
 
     # only this home: `make test` exports WORKBENCH_REPORTS_DIR (the repository's reports/ for `make demo`)
@@ -179,5 +188,7 @@ def test_the_cli_report_on_a_fresh_home_prints_its_path_and_no_kernel_chatter(tm
     assert result.returncode == 0, err[-2000:]
     assert out.strip().endswith(str(tmp_path / "home" / "reports" / "fresh" / "index.html")), out
     assert "IPKernelApp" not in err and "without encryption" not in err, err[-2000:]
+    # papermill announced each notebook twice: once when asked for its parameters, once to run it
+    assert err.count("Input Notebook:") == 1, err[-2000:]
     page = (tmp_path / "home" / "reports" / "fresh" / "04_stream_analytics.html").read_text()
     assert "window_stats is empty: replay some data first" in page

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from workbench._fs import process_start_time, same_process
 
-__all__ = ["UNKNOWN_RC", "ForkedRun", "WarmStandby"]
+__all__ = ["UNKNOWN_RC", "ForkedRun", "SentJob", "WarmStandby"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class WarmStandby:
         while importing), wait this long before the next one, so a broken environment does not start
         a process on every call. One that ended after it was ready is replaced at once.
     fork_timeout_s : float, default=30.0
-        How long :meth:`hand` waits for the warm trainer to say it forked the job.
+        How long :meth:`hand` (or a caller of :meth:`send`) waits for the warm trainer to say it forked the job.
     """
 
     def __init__(self, command: Sequence[str], env: Callable[[], dict[str, str]], log_path: Path, *,
@@ -106,6 +106,20 @@ class WarmStandby:
 
         ``argv``: the arguments of ``python -m workbench.ml._train`` for the job; ``log_path``: the day's
         log. A warm trainer still importing is not waited for (the caller starts a fresh process).
+        One call for :meth:`send`, :meth:`SentJob.wait` and :meth:`receive`.
+        """
+        sent = self.send(argv, log_path)
+        if sent is None:
+            return None
+        sent.wait(self.fork_timeout_s)
+        return self.receive(sent)
+
+    def send(self, argv: Sequence[str], log_path: Path) -> SentJob | None:
+        """Give a ready warm trainer a job (as :meth:`hand`) without waiting for its answer.
+
+        None when no warm trainer is ready, or when it could not take the job (it is replaced). The
+        caller waits with :meth:`SentJob.wait`, which touches nothing of this object (so a caller that
+        serialises the other methods with a lock need not hold it meanwhile), then calls :meth:`receive`.
         """
         server = self._server
         if server is None or not self.ready:
@@ -115,18 +129,31 @@ class WarmStandby:
             assert server.proc.stdin is not None
             server.proc.stdin.write(job)
             server.proc.stdin.flush()
-            pid = server.started.get(timeout=self.fork_timeout_s)
-        except (OSError, queue.Empty):
-            # Dead, or no answer: replace it. (A child it forked without answering would train the same
-            # window; the registry returns the version already published for a retried recipe.)
-            logger.warning("training standby pid=%d did not fork the job; a fresh process trains", server.proc.pid)
-            self._kill(server)
-            self._drop()
+        except OSError:  # dead
+            self._give_up(server)
             return None
-        if pid is None:  # its end of file: it died before forking
-            self._drop()
+        return SentJob(server)
+
+    def receive(self, sent: SentJob) -> ForkedRun | None:
+        """The run the warm trainer forked for ``sent``; None when it died first or did not answer in time.
+
+        A warm trainer that did not answer is replaced. (A child it forked without answering would train
+        the same window; the registry returns the version already published for a retried recipe.)
+        """
+        if sent.pid is not None:
+            return sent.server.run(sent.pid)
+        if sent.answered:  # its end of file: it died before forking
+            if self._server is sent.server:
+                self._drop()
             return None
-        return server.run(pid)
+        self._give_up(sent.server)
+        return None
+
+    def _give_up(self, server: _Server) -> None:
+        logger.warning("training standby pid=%d did not fork the job; a fresh process trains", server.proc.pid)
+        self._kill(server)
+        if self._server is server:  # not a newer one started meanwhile
+            self._drop()
 
     def close(self, timeout: float = 5.0) -> None:
         """Let the warm trainer go and make sure it is gone (a training it forked keeps running)."""
@@ -151,6 +178,21 @@ class WarmStandby:
         if self._server is not None:
             self._server.close_pipe()
         self._server = None
+
+
+class SentJob:
+    """A job a warm trainer took (:meth:`WarmStandby.send`) whose fork it has not confirmed yet."""
+
+    def __init__(self, server: _Server) -> None:
+        self.server = server
+        self.pid: int | None = None  #: the forked run's pid, once the warm trainer said it started
+        self.answered = False  #: it said so, or its end of file came first (pid None)
+
+    def wait(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the warm trainer's answer (a pid, or its end)."""
+        with contextlib.suppress(queue.Empty):
+            self.pid = self.server.started.get(timeout=timeout)
+            self.answered = True
 
 
 class _Server:

@@ -16,7 +16,9 @@ the run's start-up and imports, by a warm trainer (:mod:`workbench.ml._standby`:
 the imports done, which forks each run) that the supervisor keeps once it trains (from its first
 ``poll``), so the imports are paid once per app instead of once per run; and the wait for the
 caller's next ``poll``, by a reaper thread per run that records the outcome and starts the next due
-day as soon as the run exits. A lock guards the state for that thread.
+day as soon as the run exits. A lock guards the state for that thread; the wait for the warm trainer to
+say it forked a run (up to its ``fork_timeout_s`` when it stays silent) is outside the lock, so a
+thread starting a run holds up no other call (see ``_finish_handing``).
 
 State (first day, last day seen, every day's status, attempts, next retry time, the running
 pid) is persisted atomically in ``<state_dir>/ml_training.json``, so a restart neither
@@ -28,6 +30,7 @@ reap it for its exit code).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -36,7 +39,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +48,7 @@ from workbench import defaults
 from workbench._fs import process_start_time, same_process, write_atomic
 from workbench._lifeline import untag_parent
 from workbench.config import Settings
-from workbench.ml._standby import UNKNOWN_RC, ForkedRun, WarmStandby
+from workbench.ml._standby import UNKNOWN_RC, ForkedRun, SentJob, WarmStandby
 from workbench.ml.registry import ModelRegistry
 
 __all__ = ["TrainingSupervisor"]
@@ -52,6 +56,15 @@ __all__ = ["TrainingSupervisor"]
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "ml_training.json"
+
+
+@dataclass(frozen=True)
+class _Handing:
+    """A day's run handed to the warm trainer, its fork not confirmed yet; ``owner`` (a thread) waits for it."""
+
+    day: str
+    sent: SentJob
+    owner: int
 
 
 class TrainingSupervisor:
@@ -111,6 +124,8 @@ class TrainingSupervisor:
         self.is_trainer: Callable[[], bool] = lambda: True
         self.reap_in_thread = reap_in_thread
         self._lock = threading.RLock()  # the caller's thread and the reaper threads
+        self._handing: _Handing | None = None
+        self._handed = threading.Condition(self._lock)  # notified when a handing ends
         self._closed = False
         self._standby = (WarmStandby([self.python, "-m", "workbench.ml._train", "--standby"], self._child_env,
                                      settings.logs_dir / "train_standby.log") if standby else None)
@@ -132,6 +147,7 @@ class TrainingSupervisor:
         Also lets the warm trainer go: an instance that follows does not train.
         """
         with self._lock:
+            self._wait_for_handing()
             self.state = self._load()
             self._saved = None
             if self._standby is not None:
@@ -141,9 +157,25 @@ class TrainingSupervisor:
         """The caller stops: let the warm trainer go; no more runs start from the reaper (a running one
         keeps running, and a restarted caller finds it by its pid)."""
         with self._lock:
+            self._wait_for_handing()
             self._closed = True
             if self._standby is not None:
                 self._standby.close()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The lock around a call that may start a run; after it, the wait for a fork (:meth:`_finish_handing`)."""
+        try:
+            with self._lock:
+                yield
+        finally:
+            self._finish_handing()
+
+    def _wait_for_handing(self) -> None:
+        # Before the state is replaced (reload) or the warm trainer let go (close): the handing
+        # thread records its run in this state, as it did when it held the lock throughout.
+        me = threading.get_ident()
+        self._handed.wait_for(lambda: self._handing is None or self._handing.owner == me)
 
     def _save(self) -> None:
         # poll() runs several times a second: write (and fsync) only when something changed.
@@ -162,9 +194,9 @@ class TrainingSupervisor:
 
     @property
     def running(self) -> bool:
-        """True while a training subprocess runs."""
+        """True while a training subprocess runs (or is being started)."""
         with self._lock:
-            return any(e["status"] == "running" for e in self.state["days"].values())
+            return self._handing is not None or any(e["status"] == "running" for e in self.state["days"].values())
 
     # --- scheduling ---------------------------------------------------------------------------
     def should_train(self, day: dt.date) -> bool:
@@ -183,7 +215,7 @@ class TrainingSupervisor:
         Until a day is finished (scheduled) nothing depends on the start but which days will train,
         so an earlier first event moves it; afterwards an earlier event is a late one.
         """
-        with self._lock:
+        with self._locked():
             first = self.state["first_day"]
             if first is None:
                 self._maybe_schedule(day)
@@ -200,7 +232,7 @@ class TrainingSupervisor:
 
         Returns the days newly scheduled. Also starts a due job when nothing is running.
         """
-        with self._lock:
+        with self._locked():
             return self._maybe_schedule(event_day)
 
     def _maybe_schedule(self, event_day: dt.date) -> list[dt.date]:
@@ -225,7 +257,8 @@ class TrainingSupervisor:
             day += dt.timedelta(days=1)
         self.state["last_day"] = event_day.isoformat()
         self._save()
-        self.poll()
+        self._poll()
+        self._keep_standby()
         return scheduled
 
     def poll(self) -> str | None:
@@ -233,13 +266,18 @@ class TrainingSupervisor:
 
         Also keeps the warm trainer (the caller trains).
         """
-        with self._lock:
+        with self._locked():
             day = self._poll()
-            if self._standby is not None and not self._closed:
-                self._standby.ensure()
-            return day
+            self._keep_standby()
+        return day
+
+    def _keep_standby(self) -> None:
+        if self._standby is not None and not self._closed:
+            self._standby.ensure()
 
     def _poll(self) -> str | None:
+        if self._handing is not None:
+            return self._handing.day  # being started: nothing else starts meanwhile
         running = [(d, e) for d, e in self.state["days"].items() if e["status"] == "running"]
         for day, entry in running:
             rc = self._finished_rc(entry)
@@ -276,7 +314,7 @@ class TrainingSupervisor:
     def _reap(self, proc: subprocess.Popen[bytes] | ForkedRun) -> None:
         """Reaper thread of one run: once it exits, record the outcome and start the next due day."""
         proc.wait()
-        with self._lock:
+        with self._locked():
             if self._closed or not self.is_trainer():
                 return  # the caller's next poll (if it still trains) reaps it
             self._poll()
@@ -339,13 +377,44 @@ class TrainingSupervisor:
                 "OMP_WAIT_POLICY": "PASSIVE"}
 
     def _start(self, day: str) -> None:
-        entry = self.state["days"][day]
         self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
-        log_path: Path = self.settings.logs_dir / f"train_{day}.log"
-        proc = self._standby.hand(self.arguments(day), log_path) if self._standby is not None else None
+        log_path = self._log_path(day)
+        sent = self._standby.send(self.arguments(day), log_path) if self._standby is not None else None
+        if sent is not None:  # its fork is waited for after the lock (_finish_handing)
+            self._handing = _Handing(day, sent, threading.get_ident())
+            return
+        self._launch(day, None)
+
+    def _log_path(self, day: str) -> Path:
+        return self.settings.logs_dir / f"train_{day}.log"
+
+    def _finish_handing(self) -> None:
+        """Wait for the fork of the run this thread handed the warm trainer, then record it (or start it fresh).
+
+        The wait is outside the lock: a warm trainer that stays silent holds up this thread for its
+        ``fork_timeout_s``, not every other call (the app's batches read :attr:`running`). Meanwhile
+        :meth:`_poll` counts the day as being started, so no other run starts and the day's entry stays
+        as it was; :meth:`reload` and :meth:`close` wait for the handing to end before they replace
+        the state or let the warm trainer go.
+        """
+        handing = self._handing
+        if handing is None or handing.owner != threading.get_ident():
+            return
+        assert self._standby is not None
+        handing.sent.wait(self._standby.fork_timeout_s)
+        with self._lock:
+            try:
+                self._launch(handing.day, self._standby.receive(handing.sent))
+            finally:
+                self._handing = None
+                self._handed.notify_all()
+
+    def _launch(self, day: str, proc: ForkedRun | None) -> None:
+        """Record ``proc`` (forked by the warm trainer) as ``day``'s run; without one, start a fresh process."""
+        entry = self.state["days"][day]
         warm = proc is not None
         if proc is None:  # no warm trainer ready (or it died): start one as the command line does
-            with open(log_path, "ab") as log:
+            with open(self._log_path(day), "ab") as log:
                 proc = subprocess.Popen(self.command(day), stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, env=self._child_env(), start_new_session=True)
         self._proc = proc
@@ -357,5 +426,4 @@ class TrainingSupervisor:
         logger.info("training started day=%s attempt=%d pid=%d warm=%s", day, entry["attempts"], proc.pid, warm)
         if self.reap_in_thread:
             threading.Thread(target=self._reap, args=(proc,), name=f"training-reaper-{day}", daemon=True).start()
-        if self._standby is not None and not self._closed:
-            self._standby.ensure()  # a warm trainer that died is replaced for the next run
+        self._keep_standby()  # a warm trainer that died is replaced for the next run

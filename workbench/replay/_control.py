@@ -37,6 +37,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from workbench.broker import NO_SUCH_TOPIC, IncompleteReadError, quiet_logs, read_range, when_ready
 from workbench.config import Settings
 from workbench.replay.exceptions import ReplayError
+from workbench.runtime._format import format_speed  # no Kafka or widget imports: cheap from here
 
 __all__ = ["COMMANDS", "MAX_SPEEDUP", "MIN_SPEEDUP", "STATUS_READ_TIMEOUT_S", "Command", "InvalidCommand",
            "ReplayController", "ReplayStatus", "latest_state_value"]
@@ -208,7 +209,7 @@ class ReplayStatus:
 
     def __str__(self) -> str:
         clock = self.event_time.strftime("%Y-%m-%d %H:%M:%S") if self.event_time else "-"
-        speed = "max" if self.speedup <= 0 else f"{self.speedup:g}x"
+        speed = format_speed(self.speedup)
         eta = f", ETA {self.eta_seconds:.0f} s" if self.eta_seconds is not None else ""
         if self.behind:
             eta += f", {self.behind_seconds:,.0f} s of event time behind"

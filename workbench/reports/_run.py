@@ -142,10 +142,32 @@ def _labelled_svg(svg: str) -> str:
     return svg.replace("<svg", f'<svg role="img" aria-label="{label}"', 1)
 
 
+class _InfoOfThisThread(logging.Filter):
+    """Drops the INFO (and DEBUG) records the thread that made it logs; warnings and other threads pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread or record.levelno >= logging.WARNING
+
+
 def _declared(notebook: Path) -> set[str]:
+    """The parameters ``notebook`` declares, by papermill's own reading of its parameters cell.
+
+    papermill logs "Input Notebook: <path>" on inspection and again on execution, which the report
+    does next: the first line is dropped, so the terminal names each notebook once.
+    """
     import papermill
 
-    return set(papermill.inspect_notebook(str(notebook)))
+    quiet = _InfoOfThisThread()
+    papermill_log = logging.getLogger("papermill")
+    papermill_log.addFilter(quiet)
+    try:
+        return set(papermill.inspect_notebook(str(notebook)))
+    finally:
+        papermill_log.removeFilter(quiet)
 
 
 def run_report(
@@ -214,9 +236,10 @@ def run_report(
         params["versions"] = ",".join(params["versions"])
     if data is not None:
         params.setdefault("labels_path", str(Path(data).expanduser().resolve()))
-    if params.get("labels_path"):  # before any notebook runs, not in the second one's 17th cell
-        from workbench.reports.notebook import find_labelled_log
+    from workbench.reports.notebook import check_parameter_ranges, find_labelled_log
 
+    check_parameter_ranges(params)  # before any notebook runs, not after the first one ran
+    if params.get("labels_path"):  # likewise, not in the second one's 17th cell
         find_labelled_log(settings, str(params["labels_path"]))
     if params.get("versions"):  # likewise: notebook 03 stops on versions none of which is registered
         import warnings
@@ -264,7 +287,6 @@ def run_report(
         done.append((name, state))
     bar.close()
     from workbench.reports._summary import write_summary
-    from workbench.reports.notebook import find_labelled_log
 
     try:
         labels_file = find_labelled_log(settings, str(params.get("labels_path", "")))

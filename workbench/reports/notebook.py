@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from workbench.config import Settings
 from workbench.exceptions import ConfigurationError
 
 __all__ = [
+    "PARAMETER_RANGES",
     "UnknownParameterWarning",
+    "check_parameter_ranges",
     "check_parameter_types",
     "check_parameters",
     "find_labelled_log",
@@ -105,6 +107,35 @@ def check_parameter_types(namespace: Mapping[str, Any]) -> None:
             fits = value is None and type(None) in allowed
         if not fits:
             wanted = " or ".join(_TYPE_NAMES[t] for t in allowed)
+            msg = f"The `{name}` parameter must be {wanted}. Got {value!r} instead."
+            raise ConfigurationError(msg)
+
+
+#: What an annotation cannot say about a number parameter: its range, as a test and the words for
+#: the error. One entry per parameter, whichever notebooks declare it; :func:`setup` checks them in
+#: the notebook and ``run_report`` before any notebook runs.
+PARAMETER_RANGES: Final[Mapping[str, tuple[Callable[[float], bool], str]]] = {
+    # head(-3) silently drops the last 3 rows and head(0) shows none
+    "top_n": (lambda n: n >= 1, "at least 1 (the number of rows the tables show)"),
+}
+
+
+def check_parameter_ranges(values: Mapping[str, Any]) -> None:
+    """Refuse a number parameter outside its :data:`PARAMETER_RANGES` entry, naming it and the value.
+
+    Values that are not numbers are left to :func:`check_parameter_types` (a notebook) or to the
+    notebook that receives them (``run_report``).
+
+    Raises
+    ------
+    ConfigurationError
+        Naming the parameter, its range and the value it has.
+    """
+    for name, (fits, wanted) in PARAMETER_RANGES.items():
+        value = values.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if not fits(value):
             msg = f"The `{name}` parameter must be {wanted}. Got {value!r} instead."
             raise ConfigurationError(msg)
 
@@ -205,7 +236,8 @@ def setup_charts() -> None:
 def setup(namespace: Mapping[str, Any]) -> Settings:
     """Everything a report notebook does first; call it right after the ``parameters`` cell.
 
-    Warns about undeclared (misspelled) parameters, renders Altair charts as offline SVG, sets
+    Warns about undeclared (misspelled) parameters, refuses a number or flag parameter of the
+    wrong type or outside its range (naming it), renders Altair charts as offline SVG, sets
     pandas' display width, and returns the settings (``WORKBENCH_HOME`` from the environment).
     Parameters are checked on the first call in a kernel only: papermill injects them before
     that call, and on a re-run the namespace also holds the notebook's own variables
@@ -224,6 +256,8 @@ def setup(namespace: Mapping[str, Any]) -> Settings:
         if isinstance(namespace, MutableMapping):
             namespace[_CHECKED_MARK] = True
     check_parameter_types(namespace)  # on every call: a parameter edited in the browser and re-run
+    check_parameter_ranges({name: namespace[name] for name in namespace.get("__annotations__", {})
+                            if name in namespace})
     setup_charts()
     pd.set_option("display.width", 160)
     pd.set_option("display.max_columns", 30)
