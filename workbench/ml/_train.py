@@ -35,6 +35,7 @@ from workbench._lifeline import bind_to_supervisor
 from workbench.config import Settings, get_settings
 from workbench.data.exceptions import DataValidationError
 from workbench.data.schema import COLUMNS, LABEL_COLUMNS, LABEL_SCHEMA, REDSET_SCHEMA, _check_schema, require_log
+from workbench.data.validation import refuse_bad_rows
 from workbench.exceptions import WorkbenchError
 from workbench.ml._forkserver import serve
 from workbench.ml.detector import ResidualDetector
@@ -83,7 +84,8 @@ def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
     ------
     DataValidationError
         Naming the file (and column): it does not exist, does not read as Parquet, lacks a Redset
-        column or holds one of a type that does not convert.
+        column or holds one of a type that does not convert; or (naming the row too) rows of the
+        window, or rows without an arrival time, break the per-row rules the replay applies.
     """
     from workbench.replay._source import log_parts
 
@@ -112,6 +114,9 @@ def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
                       for t in (start, end)]
             ts = ds.field("arrival_timestamp")
             table = dataset.to_table(columns=names, filter=(ts >= bounds[0]) & (ts < bounds[1]))
+            # the replay's per-row rules: a negative duration or a NULL id must not be trained on
+            refuse_bad_rows(table.select(list(COLUMNS)), part, f"the days {days[0]} .. {day}",
+                            null_arrivals=dataset.count_rows(filter=ts.is_null()))
             tables.append(_conform_table(table, target, labels))
         except (pa.ArrowException, OSError) as exc:
             msg = (f"Query log {str(part)!r} cannot be read as a Parquet log ({exc}). "
