@@ -334,3 +334,18 @@ def test_label_columns_are_kept_under_either_spelling(canonical: pa.Table, tmp_p
     pq.write_table(canonical.drop_columns(["label_anomaly", "label_kind"]).slice(0, 10), tmp_path / "b.parquet")
     prepare([tmp_path / "in.parquet", tmp_path / "b.parquet"], tmp_path / "mixed.parquet", temp_dir=tmp_path)
     assert pq.read_schema(tmp_path / "mixed.parquet").names == list(REDSET_SCHEMA.names)
+
+
+@pytest.mark.parametrize("second", ["QUERY_ID", "Query_Id ", "query_id"])
+def test_two_columns_for_one_redset_column_are_refused(canonical: pa.Table, tmp_path: Path, second: str) -> None:
+    """Names that differ only by case (or repeat exactly) hold two candidates: the file is refused, naming both
+    (before: DuckDB read the second as 'QUERY_ID_1' and prepare dropped it without a word)."""
+    table = canonical.append_column(second, pc.add(canonical.column("query_id"), 1))
+    pq.write_table(table, tmp_path / "in.parquet")
+    with pytest.raises(DataValidationError) as info:
+        prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert str(info.value) == (f"Source {str(tmp_path / 'in.parquet')!r} has two columns that both map to 'query_id' "
+                               f"('query_id' and {second!r}); column names are matched case-insensitively. "
+                               "Drop one of them.")
+    assert info.value.column == second
+    assert not (tmp_path / "out.parquet").exists()
