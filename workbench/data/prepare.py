@@ -176,6 +176,8 @@ def _family(duck_type: str) -> str:
         return "float"
     if t == "VARCHAR" or t.startswith("ENUM"):
         return "string"
+    if t == "BLOB":  # a byte array without the UTF-8 annotation (older Hive/Spark writers): text validate accepts
+        return "binary"
     if t == "BOOLEAN":
         return "boolean"
     if t.startswith("TIMESTAMP") or t == "DATE":
@@ -202,6 +204,7 @@ _DIRECT: Final[dict[tuple[str, str], tuple[str, str | None]]] = {
     # the session time zone is UTC, so a naive timestamp (any unit) is taken as UTC
     ("timestamp", "timestamp"): ("CAST(CAST({c} AS TIMESTAMP) AS TIMESTAMPTZ)", "not_a_timestamp"),
     ("list", "string"): ("array_to_string({c}, ',')", None),
+    ("binary", "string"): ("TRY(decode({c}))", "not_utf8"),
 }
 
 
