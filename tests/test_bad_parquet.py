@@ -159,6 +159,14 @@ ROW_CASES: dict[str, tuple[Callable[[pa.Table], pa.Table], list[str], tuple[int,
         "row 8, arrival_timestamp: 2024-03-04 00:00:08.000000999 is finer than the microseconds every event "
         "time is kept in; `workbench prepare` truncates such times",
     ], (2, 2, "arrival_timestamp 2")),
+    "times_finer_than_a_microsecond_beside_a_null": (lambda good: _edit(_nanoseconds(good), "arrival_timestamp",
+                                                                        {20: None}), [
+        "row 3, arrival_timestamp: 2024-03-04 00:00:03.000000123 is finer than the microseconds every event "
+        "time is kept in; `workbench prepare` truncates such times",
+        "row 8, arrival_timestamp: 2024-03-04 00:00:08.000000999 is finer than the microseconds every event "
+        "time is kept in; `workbench prepare` truncates such times",
+        "row 20, arrival_timestamp: NULL, but every query needs a value here",
+    ], (3, 3, "arrival_timestamp 3")),
     "non_utf8_strings": (_non_utf8, [
         "row 1, query_type: b'sel\\xffect' is not valid UTF-8 text",
     ], (1, 1, "query_type 1")),

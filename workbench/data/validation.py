@@ -332,7 +332,8 @@ def _check_times(name: str, array: pa.Array, valid: np.ndarray) -> list[_Finding
     # Compare in the column's own unit: converting year 300000 in seconds to µs would overflow.
     multiply, divide = _UNIT_PER_US[array.type.unit]
     low, high = _MIN_US * multiply // divide, _MAX_US * multiply // divide
-    raw = array.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    # NULLs filled first: with them to_numpy gives float64, which drops a nanosecond from times of today
+    raw = pc.fill_null(array.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
     mask = valid & ((raw < low) | (raw >= high))
     findings = [_Finding(name, "time_range", _rows(mask), array)] if mask.any() else []
     if multiply > 1:  # nanoseconds: a time between two microseconds has no exact event time
