@@ -16,10 +16,10 @@ import pytest
 
 from tests.helpers import make_log
 from workbench import cli
-from workbench.data import DataValidationError, read_batches, validate
+from workbench.data import DataValidationError, prepare, read_batches, validate
 from workbench.data.validation import LINES_PER_COLUMN, check
 from workbench.ml._train import load_log_window
-from workbench.replay import LogFile
+from workbench.replay import LogFile, validate_log
 
 ROWS = 40
 
@@ -435,3 +435,22 @@ def test_the_offline_reader_refuses_rows_validate_refuses(good: pa.Table, tmp_pa
         f"(the file's first: {first}). Run `workbench validate {path}` to list them; `workbench prepare {path} "
         "--out NEW` writes a copy it can use (what converts repaired, the rest set aside with reasons).")
     assert (info.value.path, info.value.column) == (str(path), first.split(", ")[1].split(":")[0])
+
+
+def test_a_partitioned_dataset_is_pointed_at_prepare_which_reads_it(good: pa.Table, tmp_path: Path) -> None:
+    """A hive-partitioned folder (files only in sub-folders, the partition column only in their names): the
+    refusal says so and names `prepare`, which reads it into a log that validates (before: 'holds no .parquet
+    files' only)."""
+    folder = tmp_path / "hive"
+    pq.write_to_dataset(good, folder, partition_cols=["instance_id"])
+    nested = sorted(folder.rglob("*.parquet"))
+    with pytest.raises(DataValidationError) as info:
+        validate_log(folder)
+    message = str(info.value)
+    assert message.startswith(f"Folder {str(folder)!r} holds no .parquet files at its top level (there are some "
+                              "below it, e.g. ")
+    assert str(nested[0].relative_to(folder)) in message or str(nested[-1].relative_to(folder)) in message
+    assert f"`workbench prepare {folder} --out NEW` reads every file below a folder" in message
+    summary = prepare(folder, tmp_path / "log.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.rows_out == ROWS
+    assert validate(tmp_path / "log.parquet").rows == ROWS
