@@ -442,9 +442,17 @@ def _anomaly_key_not_utf8(rng: random.Random, t: dict) -> Malformed:
     return _anomaly_message("anomaly_key_not_utf8", orjson.dumps(_anomaly(t)), bytes([0xFF]) + rng.randbytes(3))
 
 
+def _anomaly_nul_model_version(rng: random.Random, t: dict) -> Malformed:
+    """A NUL in the text the lakehouse keys rows by (before: it broke DuckLake's SQL and stopped the sink)."""
+    version = rng.choice(["v1\x00", "\x00", "v0001-2024-03-04\x00x"])
+    return _anomaly_message("anomaly_nul_model_version", orjson.dumps(_anomaly(t, model_version=version)),
+                            str(t["instance_id"]).encode())
+
+
 ANOMALY_FAMILIES: dict[str, tuple[Callable[[random.Random, dict], Malformed], int]] = {
     "anomaly_int_overflow": (_anomaly_int_overflow, 50),
     "anomaly_time_overflow": (_anomaly_time_overflow, 50),
     "anomaly_invalid": (_anomaly_invalid, 60),
     "anomaly_key_not_utf8": (_anomaly_key_not_utf8, 40),
+    "anomaly_nul_model_version": (_anomaly_nul_model_version, 10),
 }
