@@ -17,7 +17,6 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-import numpy as np
 import pyarrow as pa
 
 __all__ = ["compressed_bytes", "declared_bytes"]
@@ -72,22 +71,23 @@ def _batch_table(message: pa.ipc.Message) -> _Table | None:
 
 
 def _batch_bytes(batch: _Table, body: pa.Buffer) -> int:
-    """Decoded bytes of one RecordBatch table whose body is ``body``."""
-    buffers = np.array(batch.pairs(2), dtype=np.int64).reshape(-1, 2)  # RecordBatch.buffers: (offset, length)
-    offsets, lengths = buffers[:, 0], np.maximum(buffers[:, 1], 0)
-    nodes = np.array(batch.pairs(1), dtype=np.int64).reshape(-1, 2)[:, 0]  # RecordBatch.nodes: (length, nulls)
-    values = int(np.maximum(nodes, 0).sum(dtype=np.float64)) * _VALUE_BYTES  # float: no int64 wrap-around
+    """Decoded bytes of one RecordBatch table whose body is ``body`` (Python ints: no wrap-around)."""
+    buffers = batch.pairs(2)  # RecordBatch.buffers: offset, length, offset, length, ...
+    values = sum(n for n in batch.pairs(1)[::2] if n > 0) * _VALUE_BYTES  # RecordBatch.nodes: length, nulls, ...
     if batch.table(3) is None:  # no RecordBatch.compression: the buffers are slices of the body (a length
-        return min(int(lengths.sum(dtype=np.float64)), body.size) + values  # Arrow ignores may claim any size)
+        return min(sum(n for n in buffers[1::2] if n > 0), body.size) + values  # Arrow ignores may claim any size)
     # compressed: each buffer of 8 bytes or more starts with its decoded size (-1: stored as it is)
-    raw = np.frombuffer(body, dtype=np.uint8)
-    prefixed = lengths >= _LONG.size
-    starts = offsets[prefixed]
-    if len(starts) and (starts.min() < 0 or starts.max() + _LONG.size > len(raw)):
-        raise ValueError("a buffer lies outside the body")
-    declared = raw[starts[:, None] + np.arange(_LONG.size)].copy().view("<i8").ravel()
-    decoded = np.where(declared < 0, lengths[prefixed] - _LONG.size, declared)
-    return int(decoded.sum(dtype=np.float64) + lengths[~prefixed].sum(dtype=np.float64)) + values
+    total, size = values, body.size
+    for offset, length in zip(buffers[::2], buffers[1::2], strict=True):
+        if length >= _LONG.size:
+            if not 0 <= offset <= size - _LONG.size:
+                msg = "a buffer lies outside the body"
+                raise ValueError(msg)
+            declared = _LONG.unpack_from(body, offset)[0]
+            total += length - _LONG.size if declared < 0 else declared
+        elif length > 0:
+            total += length
+    return total
 
 
 _U32: Final = struct.Struct("<I")
