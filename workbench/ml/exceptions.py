@@ -8,6 +8,7 @@ from workbench.exceptions import WorkbenchError
 
 __all__ = [
     "ColumnMismatchError",
+    "EmptyTrainingWindow",
     "MLError",
     "ModelNotFoundError",
     "NotFittedError",
@@ -65,3 +66,7 @@ class ModelNotFoundError(RegistryError, LookupError):
 
 class TrainingError(MLError):
     """Training could not produce a model (too few rows, no shards in the window, ...)."""
+
+
+class EmptyTrainingWindow(TrainingError):
+    """The training window holds no event at all: a run later would find none either (not retried)."""

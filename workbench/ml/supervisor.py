@@ -10,6 +10,10 @@ Training runs as a process of its own (its own pid and exit code, its own sessio
 ``python -m workbench.ml._train --day D`` when none is ready; the caller never waits. A failed or killed run is
 retried with exponential backoff up to ``max_attempts``; until a run succeeds the previous
 version stays current (a version only becomes current at the very end of a successful run).
+A run whose window holds no event at all (exit code ``EMPTY_WINDOW_RC``: a gap in the log, or one
+event dated months before the rest) fails for good at once: every day is scheduled, days without
+events included, so a gap of N days would otherwise cost 3N runs and the retries' backoff, while
+the partitions wait for training.
 
 Two waits are kept off the pipeline's critical path (score a day, train it, score the next day):
 the run's start-up and imports, by a warm trainer (:mod:`workbench.ml._standby`: one process with
@@ -44,7 +48,7 @@ from workbench import defaults
 from workbench._fs import process_start_time, same_process, write_atomic
 from workbench._lifeline import untag_parent
 from workbench.config import Settings
-from workbench.ml._standby import UNKNOWN_RC, ForkedRun, WarmStandby
+from workbench.ml._standby import EMPTY_WINDOW_RC, UNKNOWN_RC, ForkedRun, WarmStandby
 from workbench.ml.registry import ModelRegistry
 
 __all__ = ["TrainingSupervisor"]
@@ -309,6 +313,10 @@ class TrainingSupervisor:
         if rc == 0:
             entry["status"] = "done"
             logger.info("training finished day=%s attempts=%d", day, entry["attempts"])
+            return
+        if rc == EMPTY_WINDOW_RC:  # the window's events are durable before a day is scheduled: none will come
+            entry["status"] = "failed"
+            logger.warning("training failed for good day=%s: no events in its window (not retried)", day)
             return
         if entry["attempts"] >= self.max_attempts:
             entry["status"] = "failed"
