@@ -38,9 +38,9 @@ from workbench.data.schema import COLUMNS, LABEL_COLUMNS, LABEL_SCHEMA, REDSET_S
 from workbench.data.validation import refuse_bad_rows
 from workbench.exceptions import WorkbenchError
 from workbench.ml._forkserver import serve
-from workbench.ml._standby import EMPTY_WINDOW_RC
+from workbench.ml._standby import UNTRAINABLE_RC
 from workbench.ml.detector import ResidualDetector
-from workbench.ml.exceptions import EmptyTrainingWindow, TrainingError
+from workbench.ml.exceptions import UntrainableWindow
 from workbench.ml.features import INPUT_COLUMNS, OBSERVED_COLUMNS, SIGNALS, FeatureBuilder, _log_signal
 from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
 from workbench.ml.registry import ModelRegistry
@@ -348,7 +348,7 @@ def _train_table(clock: _PhaseClock, registry: ModelRegistry, parent: str | None
         msg = (f"Training for {day} needs at least {MIN_ROWS} usable rows (not aborted, with an "
                f"execution_duration_ms) in the {window_days}-day window of {table.num_rows} rows; got {raw_rows}. "
                "Wait for more events or widen window_days.")
-        raise TrainingError(msg)
+        raise UntrainableWindow(msg)
     train, hold = table.take(train_rows), table.take(hold_rows)
     n = train.num_rows + hold.num_rows
     n_hold = hold.num_rows
@@ -465,7 +465,7 @@ def train_day(settings: Settings, day: dt.date, *, window_days: int = defaults.T
     if table.num_rows == 0:
         msg = (f"No events for the training window ending {day} ({window_days} days) in {source}. "
                "Check the day, or that the pipeline has written shards.")
-        raise EmptyTrainingWindow(msg)
+        raise UntrainableWindow(msg)
     return train_table(settings.models_dir, table, day, window_days=window_days, max_rows=max_rows,
                        seed=seed, **kwargs)
 
@@ -590,9 +590,9 @@ def main(argv: Sequence[str] | None = None, *, warm: tuple[int, float, float] | 
     try:
         result = train_day(settings, args.day, window_days=args.window_days, max_rows=args.max_rows,
                            seed=args.seed, data=args.data)
-    except EmptyTrainingWindow as exc:
+    except UntrainableWindow as exc:
         logger.error("training failed day=%s error=%s", args.day, exc)
-        return EMPTY_WINDOW_RC
+        return UNTRAINABLE_RC
     except WorkbenchError as exc:
         logger.error("training failed day=%s error=%s", args.day, exc)
         return 1

@@ -8,13 +8,13 @@ from workbench.exceptions import WorkbenchError
 
 __all__ = [
     "ColumnMismatchError",
-    "EmptyTrainingWindow",
     "MLError",
     "ModelNotFoundError",
     "NotFittedError",
     "ParityError",
     "RegistryError",
     "TrainingError",
+    "UntrainableWindow",
 ]
 
 
@@ -68,5 +68,8 @@ class TrainingError(MLError):
     """Training could not produce a model (too few rows, no shards in the window, ...)."""
 
 
-class EmptyTrainingWindow(TrainingError):
-    """The training window holds no event at all: a run later would find none either (not retried)."""
+class UntrainableWindow(TrainingError):
+    """The training window's events cannot make a model (none, or fewer than the usable minimum).
+
+    A due window's events are all stored, so a run later would read the same: not retried.
+    """
