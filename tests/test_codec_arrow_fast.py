@@ -172,3 +172,19 @@ def test_a_message_that_declares_more_than_it_may_decode_to_is_refused_before_de
     [(position, reason)] = decoded.errors
     assert position == 1 and reason.startswith("too_large: the Arrow stream would decode to 7,045,016 bytes (more "
                                                "than 1,000,000) from ")
+
+
+def test_bytes_after_the_stream_are_refused_not_dropped() -> None:
+    """A message is one IPC stream: a second stream after the first (its rows were dropped without a word when
+    no rows header counted them) or trailing bytes are refused, on both paths."""
+    value, headers, key = _packed(0, 3)
+    bare = [("schema", headers[0][1]), ("encoding", b"arrow")]  # no rows header: nothing counts the rows
+    for extra, tail in ((value, f"{len(value):,} bytes follow"), (b"xyz", "3 bytes follow")):
+        decoded = _assert_same([value + extra, value], [bare, headers], [key, key])
+        assert decoded.batch.num_rows == 3 and decoded.source_index == [1, 1, 1]
+        [(position, reason)] = decoded.errors
+        assert position == 0
+        assert reason == (f"invalid_arrow: {tail} the end of the Arrow IPC stream at byte {len(value):,} "
+                          "(a message holds one stream)")
+    no_end = value[:-8]  # the end-of-stream marker is optional, and zero padding after it holds nothing
+    assert _assert_same([no_end, value + bytes(8)], [bare, bare], [key, key]).batch.num_rows == 6

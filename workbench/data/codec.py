@@ -378,11 +378,17 @@ def _read_ipc(value: bytes) -> pa.RecordBatch:
         msg = (f"the Arrow stream would decode to {declared:,} bytes (more than {MAX_DECODED_BYTES:,}) from "
                f"{len(value):,}; not decoded")
         raise MessageDecodeError("too_large", msg)
+    source = pa.BufferReader(value)
     try:
-        table = pa.ipc.open_stream(value).read_all()
+        table = pa.ipc.open_stream(source).read_all()
     except (pa.ArrowException, OSError, ValueError) as exc:
         msg = f"not a complete Arrow IPC stream: {str(exc)[:200]}"
         raise MessageDecodeError("invalid_arrow", msg) from exc
+    end = source.tell()
+    if end != len(value) and value[end:].strip(b"\0"):  # e.g. a second stream: its rows would be dropped
+        msg = (f"{len(value) - end:,} bytes follow the end of the Arrow IPC stream at byte {end:,} (a message "
+               "holds one stream)")
+        raise MessageDecodeError("invalid_arrow", msg)
     if table.num_rows == 0:
         return pa.RecordBatch.from_pylist([], schema=table.schema)
     return table.combine_chunks().to_batches()[0]
