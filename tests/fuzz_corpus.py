@@ -339,6 +339,34 @@ def _key_not_canonical(rng: random.Random, t: dict) -> Malformed:
     return Malformed("key_not_canonical", json_value(row), key, event_headers("json", 1), "bad_key")
 
 
+_BOMBS: list[bytes] = []
+
+
+def _bombs() -> list[bytes]:
+    """Two Arrow values of a few KB that declare hundreds of MB decoded (built once: the zeros take a second)."""
+    if not _BOMBS:
+        schema = REDSET_SCHEMA.remove_metadata()
+        rows = 1_000_000  # zstd of zeros: ~9 KB for 350 MB declared
+        empty_text = [None, pa.py_buffer(bytes(4 * (rows + 1))), pa.py_buffer(b"")]
+        arrays = [pa.Array.from_buffers(pa.string(), rows, empty_text) if pa.types.is_string(f.type)
+                  else pa.nulls(rows, pa.int64()).fill_null(0).cast(f.type) for f in schema]
+        zeros = pa.RecordBatch.from_arrays(arrays, schema=schema)
+        nulls = pa.RecordBatch.from_arrays([pa.nulls(10 * rows)] * len(schema), names=schema.names)
+        for batch, compression in ((zeros, "zstd"), (nulls, None)):
+            sink = io.BytesIO()
+            with pa.ipc.new_stream(sink, batch.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
+                w.write_batch(batch)
+            _BOMBS.append(sink.getvalue())
+    return _BOMBS
+
+
+def _arrow_bomb(rng: random.Random, t: dict) -> Malformed:
+    """Compressed zeros, or NULL-typed columns with a length and no buffer: tiny messages that would decode to
+    hundreds of MB (before, the apps decoded them: 1.8 KB of NULL columns took 4 GB and seconds)."""
+    value = rng.choice(_bombs())
+    return Malformed("arrow_bomb", value, _key(t), event_headers(rng.choice(["arrow", "arrow-zstd"]), 1), "too_large")
+
+
 #: family name -> (builder, messages per corpus)
 EVENT_FAMILIES: dict[str, tuple[Callable[[random.Random, dict], Malformed], int]] = {
     "key_not_utf8": (_key_not_utf8, 60),
@@ -368,6 +396,7 @@ EVENT_FAMILIES: dict[str, tuple[Callable[[random.Random, dict], Malformed], int]
     "json_name_twice": (_json_name_twice, 30),
     "negative_value": (_negative_value, 30),
     "key_not_canonical": (_key_not_canonical, 30),
+    "arrow_bomb": (_arrow_bomb, 6),
 }
 
 
@@ -413,9 +442,17 @@ def _anomaly_key_not_utf8(rng: random.Random, t: dict) -> Malformed:
     return _anomaly_message("anomaly_key_not_utf8", orjson.dumps(_anomaly(t)), bytes([0xFF]) + rng.randbytes(3))
 
 
+def _anomaly_nul_model_version(rng: random.Random, t: dict) -> Malformed:
+    """A NUL in the text the lakehouse keys rows by (before: it broke DuckLake's SQL and stopped the sink)."""
+    version = rng.choice(["v1\x00", "\x00", "v0001-2024-03-04\x00x"])
+    return _anomaly_message("anomaly_nul_model_version", orjson.dumps(_anomaly(t, model_version=version)),
+                            str(t["instance_id"]).encode())
+
+
 ANOMALY_FAMILIES: dict[str, tuple[Callable[[random.Random, dict], Malformed], int]] = {
     "anomaly_int_overflow": (_anomaly_int_overflow, 50),
     "anomaly_time_overflow": (_anomaly_time_overflow, 50),
     "anomaly_invalid": (_anomaly_invalid, 60),
     "anomaly_key_not_utf8": (_anomaly_key_not_utf8, 40),
+    "anomaly_nul_model_version": (_anomaly_nul_model_version, 10),
 }

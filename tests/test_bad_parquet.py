@@ -16,10 +16,10 @@ import pytest
 
 from tests.helpers import make_log
 from workbench import cli
-from workbench.data import DataValidationError, read_batches, validate
+from workbench.data import DataValidationError, prepare, read_batches, validate
 from workbench.data.validation import LINES_PER_COLUMN, check
 from workbench.ml._train import load_log_window
-from workbench.replay import LogFile
+from workbench.replay import LogFile, validate_log
 
 ROWS = 40
 
@@ -92,6 +92,15 @@ def _year9999(good: pa.Table) -> pa.Table:
     return _replace(good, "arrival_timestamp", pa.array(stamps, pa.int64()).cast(pa.timestamp("us", tz="UTC")))
 
 
+def _nanoseconds(good: pa.Table) -> pa.Table:
+    # as pandas writes times (ns) that carry more than microseconds: before, validate named the wrong column
+    # ('instance_id: the row group cannot be read') and the offline reader stopped on a cast
+    nanos = good.column("arrival_timestamp").cast(pa.int64()).to_numpy() * 1000
+    nanos[3] += 123
+    nanos[8] += 999
+    return _replace(good, "arrival_timestamp", pa.array(nanos).cast(pa.timestamp("ns", tz="UTC")))
+
+
 def _non_utf8(good: pa.Table) -> pa.Table:
     values = [v.encode() for v in good.column("query_type").to_pylist()]
     values[1] = b"sel\xffect"
@@ -144,6 +153,20 @@ ROW_CASES: dict[str, tuple[Callable[[pa.Table], pa.Table], list[str], tuple[int,
         f"row {ROWS - 1}, arrival_timestamp: 253402300800000000 us since 1970 is outside 1970-01-01 .. 2262-04-10, "
         "the range every consumer can decode",
     ], (2, 2, "arrival_timestamp 2")),
+    "times_finer_than_a_microsecond": (_nanoseconds, [
+        "row 3, arrival_timestamp: 2024-03-04 00:00:03.000000123 is finer than the microseconds every event "
+        "time is kept in; `workbench prepare` truncates such times",
+        "row 8, arrival_timestamp: 2024-03-04 00:00:08.000000999 is finer than the microseconds every event "
+        "time is kept in; `workbench prepare` truncates such times",
+    ], (2, 2, "arrival_timestamp 2")),
+    "times_finer_than_a_microsecond_beside_a_null": (lambda good: _edit(_nanoseconds(good), "arrival_timestamp",
+                                                                        {20: None}), [
+        "row 3, arrival_timestamp: 2024-03-04 00:00:03.000000123 is finer than the microseconds every event "
+        "time is kept in; `workbench prepare` truncates such times",
+        "row 8, arrival_timestamp: 2024-03-04 00:00:08.000000999 is finer than the microseconds every event "
+        "time is kept in; `workbench prepare` truncates such times",
+        "row 20, arrival_timestamp: NULL, but every query needs a value here",
+    ], (3, 3, "arrival_timestamp 3")),
     "non_utf8_strings": (_non_utf8, [
         "row 1, query_type: b'sel\\xffect' is not valid UTF-8 text",
     ], (1, 1, "query_type 1")),
@@ -388,3 +411,46 @@ def test_tiny_row_groups_give_the_same_lines_and_a_damaged_one_is_named(good: pa
         check(many)
     assert f"{many} holds 1040 row groups of 1 rows on average" in caplog.text
     assert f"`workbench prepare {many} --out NEW`" in caplog.text
+
+
+@pytest.mark.parametrize("case", ["negative_durations_and_sizes", "times_finer_than_a_microsecond",
+                                  "uint64_beyond_int64", "null_arrival"])
+def test_the_offline_reader_refuses_rows_validate_refuses(good: pa.Table, tmp_path: Path, case: str) -> None:
+    """`train/evaluate --data` and the notebooks' data refuse what the replay refuses, naming the row (before: a
+    negative duration or a NULL id was trained on, and a model of it registered; ns times stopped on a cast)."""
+    if case == "null_arrival":  # outside every window: a reader filtering by time never sees the row
+        table = _edit(good, "arrival_timestamp", {0: None}).cast(
+            good.schema.set(5, pa.field("arrival_timestamp", pa.timestamp("us", tz="UTC"))))
+        first, count = "row 0, arrival_timestamp: NULL, but every query needs a value here", 1
+    else:
+        make_bad, lines, (_, count, _) = ROW_CASES[case]
+        table, first = make_bad(good), lines[0]
+    path = tmp_path / f"{case}.parquet"
+    pq.write_table(table, path)
+    day = good.column("arrival_timestamp")[1].as_py().date()
+    with pytest.raises(DataValidationError) as info:
+        load_log_window(path, day, 1)
+    assert str(info.value) == (
+        f"Query log {str(path)!r} holds {count} row(s) for the days {day} .. {day} that `workbench validate` refuses "
+        f"(the file's first: {first}). Run `workbench validate {path}` to list them; `workbench prepare {path} "
+        "--out NEW` writes a copy it can use (what converts repaired, the rest set aside with reasons).")
+    assert (info.value.path, info.value.column) == (str(path), first.split(", ")[1].split(":")[0])
+
+
+def test_a_partitioned_dataset_is_pointed_at_prepare_which_reads_it(good: pa.Table, tmp_path: Path) -> None:
+    """A hive-partitioned folder (files only in sub-folders, the partition column only in their names): the
+    refusal says so and names `prepare`, which reads it into a log that validates (before: 'holds no .parquet
+    files' only)."""
+    folder = tmp_path / "hive"
+    pq.write_to_dataset(good, folder, partition_cols=["instance_id"])
+    nested = sorted(folder.rglob("*.parquet"))
+    with pytest.raises(DataValidationError) as info:
+        validate_log(folder)
+    message = str(info.value)
+    assert message.startswith(f"Folder {str(folder)!r} holds no .parquet files at its top level (there are some "
+                              "below it, e.g. ")
+    assert str(nested[0].relative_to(folder)) in message or str(nested[-1].relative_to(folder)) in message
+    assert f"`workbench prepare {folder} --out NEW` reads every file below a folder" in message
+    summary = prepare(folder, tmp_path / "log.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.rows_out == ROWS
+    assert validate(tmp_path / "log.parquet").rows == ROWS

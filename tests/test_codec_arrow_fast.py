@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -124,3 +125,66 @@ def test_both_paths_agree_on_hostile_mutated_and_mixed_messages() -> None:
         _assert_same([message[0]], [message[1]], [message[2]])
         _assert_same([valid[0][0], message[0], valid[1][0]], [valid[0][1], message[1], valid[1][1]],
                      [valid[0][2], message[2], valid[1][2]])
+
+
+def _zero_rows(rows: int) -> pa.RecordBatch:
+    """``rows`` events of zeros and empty strings: what zstd shrinks ~27,000 times (a compression bomb)."""
+    arrays = []
+    for field in _SCHEMA:
+        if pa.types.is_string(field.type):
+            offsets = pa.py_buffer(bytes(4 * (rows + 1)))
+            arrays.append(pa.Array.from_buffers(pa.string(), rows, [None, offsets, pa.py_buffer(b"")]))
+        else:
+            arrays.append(pa.array(np.zeros(rows, np.int64)).cast(field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=_SCHEMA)
+
+
+def _null_columns(rows: int) -> bytes:
+    """Every column of Arrow's null type, ``rows`` long: no buffer at all, so ~2 KB whatever ``rows`` is."""
+    batch = pa.RecordBatch.from_arrays([pa.nulls(rows)] * len(_SCHEMA), names=_SCHEMA.names)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
+
+
+def test_a_message_that_declares_more_than_it_may_decode_to_is_refused_before_decoding(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few KB of Arrow can declare gigabytes: zstd of zeros (~27,000:1), or NULL-typed columns with a length and
+    no buffer, which the conversion to the event schema allocates (1,840 bytes declared 10^8 rows of 24 columns:
+    9 s and 4 GB, more without a memory limit). Refused from the metadata, on both paths, before any allocation."""
+    nulls = _null_columns(10_000_000)  # 1.9 GB once converted: before, it was converted (~2 GB, seconds)
+    assert len(nulls) < 4096
+    decoded = _assert_same([nulls], [event_headers("arrow", 10_000_000)], [b"0"])
+    assert decoded.batch.num_rows == 0
+    assert decoded.errors == [(0, f"too_large: the Arrow stream would decode to 1,920,000,000 bytes (more than "
+                                  f"{codec.MAX_DECODED_BYTES:,}) from {len(nulls):,}; not decoded")]
+    # a compressed one in the replay's exact layout (the batched path), under a lower limit to keep the test small
+    bomb = codec.get_encoding("arrow-zstd").encode(_zero_rows(20_000))
+    assert len(bomb) < 4096
+    valid = _packed(0, 5, instance=0, encoding="arrow-zstd")
+    values, headers, keys = [valid[0], bomb, valid[0]], [valid[1], event_headers("arrow-zstd", 20_000), valid[1]], \
+        [b"0"] * 3
+    assert codec.decode_values(values, headers=headers, keys=keys).batch.num_rows == 20_010  # within the limit
+    monkeypatch.setattr(codec, "MAX_DECODED_BYTES", 1_000_000)
+    decoded = _assert_same(values, headers, keys)
+    assert decoded.batch.num_rows == 10 and decoded.source_index == [0] * 5 + [2] * 5
+    [(position, reason)] = decoded.errors
+    assert position == 1 and reason.startswith("too_large: the Arrow stream would decode to 7,045,016 bytes (more "
+                                               "than 1,000,000) from ")
+
+
+def test_bytes_after_the_stream_are_refused_not_dropped() -> None:
+    """A message is one IPC stream: a second stream after the first (its rows were dropped without a word when
+    no rows header counted them) or trailing bytes are refused, on both paths."""
+    value, headers, key = _packed(0, 3)
+    bare = [("schema", headers[0][1]), ("encoding", b"arrow")]  # no rows header: nothing counts the rows
+    for extra, tail in ((value, f"{len(value):,} bytes follow"), (b"xyz", "3 bytes follow")):
+        decoded = _assert_same([value + extra, value], [bare, headers], [key, key])
+        assert decoded.batch.num_rows == 3 and decoded.source_index == [1, 1, 1]
+        [(position, reason)] = decoded.errors
+        assert position == 0
+        assert reason == (f"invalid_arrow: {tail} the end of the Arrow IPC stream at byte {len(value):,} "
+                          "(a message holds one stream)")
+    no_end = value[:-8]  # the end-of-stream marker is optional, and zero padding after it holds nothing
+    assert _assert_same([no_end, value + bytes(8)], [bare, bare], [key, key]).batch.num_rows == 6

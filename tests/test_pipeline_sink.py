@@ -212,3 +212,25 @@ def test_an_unreachable_postgres_catalog_stops_the_sink_process_at_start(kafka_s
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert "WORKBENCH_LAKEHOUSE_CATALOG" in done.stderr and "Connection refused" in done.stderr, done.stderr
+
+
+def test_a_nul_in_the_model_version_is_dead_lettered_and_the_batch_around_it_is_stored(
+        kafka_settings: Settings) -> None:
+    """DuckLake inlines the key's text into the SQL that lists the files to check: a NUL broke that SQL, so one
+    such message failed the sink's whole batch at every redelivery (the app stopped, the anomalies beside it
+    were never stored). The contract refuses it; NULs in other texts are stored as they are."""
+    ensure_topics(kafka_settings)
+    other_texts = dict(anomaly(2), reason="sl\x00ow", query_type="sel\x00ect", features={"fp\x00": "x\x00"})
+    nul = orjson.dumps(dict(anomaly(1), query_id=3_000_000_003, model_version="v1\x00"))  # the encoder refuses it
+    produce(kafka_settings, [anomaly(1), nul, other_texts, anomaly(4)])  # type: ignore[list-item]
+    stats = run_anomaly_sink(kafka_settings, idle_exit=3, timeout=60, commit_interval=1.0)
+    assert stats["sink_rows"] == 3 and stats["dead_letters"] == 1
+    with AnomalyLakehouse.from_settings(kafka_settings, read_only=True) as lake:
+        stored = lake.read()
+    assert sorted(stored["query_id"].to_pylist()) == [3_000_000_001, 3_000_000_002, 3_000_000_004]
+    assert "sl\x00ow" in stored["reason"].to_pylist()
+    [dead] = consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=1, timeout=20)
+    headers = dict(dead.headers())
+    assert headers["reason"].decode() == ("anomaly_contract: anomaly field 'model_version' must not contain a NUL "
+                                          "character. Got 'v1\\x00'.")
+    assert (headers["source_topic"].decode(), headers["source_offset"]) == (kafka_settings.topic_anomalies, b"1")

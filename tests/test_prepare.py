@@ -334,3 +334,36 @@ def test_label_columns_are_kept_under_either_spelling(canonical: pa.Table, tmp_p
     pq.write_table(canonical.drop_columns(["label_anomaly", "label_kind"]).slice(0, 10), tmp_path / "b.parquet")
     prepare([tmp_path / "in.parquet", tmp_path / "b.parquet"], tmp_path / "mixed.parquet", temp_dir=tmp_path)
     assert pq.read_schema(tmp_path / "mixed.parquet").names == list(REDSET_SCHEMA.names)
+
+
+@pytest.mark.parametrize("second", ["QUERY_ID", "Query_Id ", "query_id"])
+def test_two_columns_for_one_redset_column_are_refused(canonical: pa.Table, tmp_path: Path, second: str) -> None:
+    """Names that differ only by case (or repeat exactly) hold two candidates: the file is refused, naming both
+    (before: DuckDB read the second as 'QUERY_ID_1' and prepare dropped it without a word)."""
+    table = canonical.append_column(second, pc.add(canonical.column("query_id"), 1))
+    pq.write_table(table, tmp_path / "in.parquet")
+    with pytest.raises(DataValidationError) as info:
+        prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert str(info.value) == (f"Source {str(tmp_path / 'in.parquet')!r} has two columns that both map to 'query_id' "
+                               f"('query_id' and {second!r}); column names are matched case-insensitively. "
+                               "Drop one of them.")
+    assert info.value.column == second
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_text_stored_as_bytes_is_read_as_text_and_bytes_that_are_not_utf8_are_refused(canonical: pa.Table,
+                                                                                      tmp_path: Path) -> None:
+    """Byte arrays without the UTF-8 annotation, which validate and the replay read as text (before: prepare
+    refused the file: 'query_type is BLOB, which cannot become the Redset column')."""
+    table = canonical.slice(0, 6)
+    values = [v.encode() for v in table.column("query_type").to_pylist()]
+    values[2] = b"sel\xffect"
+    binary = table.set_column(table.schema.get_field_index("query_type"), pa.field("query_type", pa.binary()),
+                              pa.array(values, pa.binary()))
+    pq.write_table(binary, tmp_path / "in.parquet")
+    summary = prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.rejected == {"not_utf8:query_type": 1}
+    expected = table.take([0, 1, 3, 4, 5])
+    assert pq.read_table(tmp_path / "out.parquet").equals(expected.cast(pq.read_schema(tmp_path / "out.parquet")))
+    sample = json.loads(summary.rejected_sample.read_text().splitlines()[0])
+    assert (sample["reason"], sample["row"]) == ("not_utf8:query_type", 2)

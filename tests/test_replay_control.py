@@ -26,6 +26,7 @@ from workbench.data import codec
 from workbench.data.exceptions import DataValidationError
 from workbench.replay import BatchReport, Pacer, Replay, ReplayController, ReplayStatus
 from workbench.replay._control import MAX_SPEEDUP, latest_state_value
+from workbench.replay.exceptions import ReplayError
 
 
 def _send_raw(settings: Settings, records: list[bytes | None], key: bytes = b"default") -> None:
@@ -534,3 +535,37 @@ def test_a_status_asked_for_with_no_broker_answers_in_one_line_within_the_status
     with pytest.raises(ReplayError, match=no_answer):
         wb.replay_status()
     assert time.monotonic() - started < 20
+
+
+def test_a_status_record_that_is_not_a_status_is_passed_over(kafka_settings: Settings,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Any client can write the state topic: a record under ``<id>/status`` that is not a status (before:
+    `workbench status`, `replay-control status` and the panel's refresh stopped with a traceback, or took
+    text for numbers) is skipped for the status before it, with a warning."""
+    ensure_topics(kafka_settings)
+    controller = ReplayController(kafka_settings)
+    hostile = [b"garbage", b"[1]", b'{"state": 5}', b"",
+               replace(_status(), next_row=3).to_json().replace(b'"next_row":3', b'"next_row":"3"'),
+               replace(_status(), rows_sent=1).to_json().replace(b'"rows_sent":1', b'"rows_sent":true'),
+               _status().to_json().replace(b'"event_time":null', b'"event_time":"yesterday"')]
+    producer = Producer(kafka_settings.kafka_client_config())
+    for value in hostile:
+        producer.produce(kafka_settings.topic_replay_state, key=b"default/status", value=value)
+    assert producer.flush(10) == 0
+    assert controller.status() is None  # none of them is a status: as if the replay never ran
+    good = replace(_status(), state="finished", next_row=7, rows_total=7)
+    for value in [good.to_json(), *hostile]:
+        producer.produce(kafka_settings.topic_replay_state, key=b"default/status", value=value)
+    assert producer.flush(10) == 0
+    with caplog.at_level(logging.WARNING, logger="workbench.replay"):
+        assert controller.status() == good
+    assert "ignoring the record under 'default/status'" in caplog.text
+    for value in hostile:
+        with pytest.raises(ReplayError, match="a replay status record|field '"):
+            ReplayStatus.from_json(value)
+
+
+def _status() -> ReplayStatus:
+    return ReplayStatus(replay_id="default", file="log.parquet", state="running", speedup=600.0, rows_sent=0,
+                        rows_total=10, next_row=0, event_time=None, first_event_time=None, last_event_time=None,
+                        rate_now=0.0, rate_avg=0.0, eta_seconds=None, updated_at=1.0)

@@ -21,6 +21,7 @@ from typing import Final
 
 import pyarrow as pa
 
+from workbench.data._ipc_size import compressed_bytes
 from workbench.data.schema import REDSET_SCHEMA
 
 __all__ = ["read_canonical"]
@@ -40,10 +41,11 @@ def _stream_parts(schema: pa.Schema) -> tuple[bytes, bytes]:
 _PREFIX, _END = _stream_parts(_SCHEMA)
 
 
-def read_canonical(value: object) -> pa.RecordBatch | None:
+def read_canonical(value: object, max_decoded_bytes: int) -> pa.RecordBatch | None:
     """The one record batch of a value in the replay's exact Arrow layout, else None (not validated).
 
-    None also for a value that layout does not read: the per-message path judges it.
+    None also for a value that layout does not read, or whose compressed buffers would decode to more
+    than ``max_decoded_bytes``: the per-message path judges it.
     """
     if type(value) is not bytes or not value.startswith(_PREFIX) or not value.endswith(_END):
         return None
@@ -52,6 +54,8 @@ def read_canonical(value: object) -> pa.RecordBatch | None:
         reader.seek(len(_PREFIX))
         message = pa.ipc.read_message(reader)
         if message.type != "record batch" or reader.tell() != len(value) - len(_END):
+            return None
+        if compressed_bytes(message) > max_decoded_bytes:  # decompressing would allocate it: the exact path refuses
             return None
         return pa.ipc.read_record_batch(message, _SCHEMA)
     except Exception:  # whatever fails here, the per-message path names it

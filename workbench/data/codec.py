@@ -29,7 +29,9 @@ What a valid event is (one rule for every consumer)
     written as Python and our producers write it (decimal digits, no leading zeros, no sign but
     ``-``, no spaces: Kafka partitions by the key's bytes, so ``003`` would put an instance's
     events on another partition than ``3``); the ``rows`` header,
-    when present, the number of rows decoded. Whether an event time is *plausible* for the
+    when present, the number of rows decoded; an Arrow value may decode to at most
+    :data:`MAX_DECODED_BYTES`, judged from its metadata before anything is decompressed or
+    allocated. Whether an event time is *plausible* for the
     stream is the apps' event-time guard (:mod:`workbench.pipeline._eventtime`).
 
 Consumers call :func:`decode_values` on a batch of message values (with their headers and
@@ -57,7 +59,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workbench.data import _arrow_fast, _json_fast
+from workbench.data import _arrow_fast, _ipc_size, _json_fast
 from workbench.data.schema import COLUMNS, NON_NEGATIVE_COLUMNS, REDSET_SCHEMA, SCHEMA_VERSION
 from workbench.exceptions import WorkbenchError
 
@@ -66,6 +68,7 @@ __all__ = [
     "ENCODING_ARROW",
     "ENCODING_ARROW_ZSTD",
     "ENCODING_JSON",
+    "MAX_DECODED_BYTES",
     "REASONS",
     "DecodedBatch",
     "Encoding",
@@ -104,6 +107,11 @@ _US: Final = timedelta(microseconds=1)
 TIME_MIN_US: Final = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // _US
 TIME_MAX_US: Final = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) // _US
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: The most one Arrow value may decode to (:func:`workbench.data._ipc_size.declared_bytes`: its buffers
+#: decompressed, plus 8 bytes per value of every column). Checked before anything is decoded: a few KB
+#: of zstd or of NULL-typed columns can declare gigabytes. Ample for any honest message: the topics take
+#: 16 MB, which holds ~100,000 events uncompressed (~40 MB here) and about 5x that compressed.
+MAX_DECODED_BYTES: Final = 256 * 1024 * 1024
 
 #: Reason codes a rejection starts with (the dead-letter ``reason`` header carries code and detail).
 REASONS: Final = {
@@ -116,6 +124,7 @@ REASONS: Final = {
     "invalid_json": "the value is not JSON",
     "not_an_object": "the JSON value is not an object",
     "invalid_arrow": "the value is not a (complete) Arrow IPC stream",
+    "too_large": "the Arrow value declares more decoded bytes than MAX_DECODED_BYTES (compressed or NULL-typed)",
     "invalid_value": "the encoding's decoder failed on the value in a way it does not name (a hostile payload)",
     "missing_columns": "required columns are absent",
     "extra_columns": "columns that are not Redset columns are present, or a column appears twice",
@@ -364,11 +373,22 @@ def encode_arrow(batch: pa.RecordBatch) -> bytes:
 
 # --- decoders (to a batch of whatever the value holds; validated afterwards) -----------------
 def _read_ipc(value: bytes) -> pa.RecordBatch:
+    declared = _ipc_size.declared_bytes(value)
+    if declared is not None and declared > MAX_DECODED_BYTES:
+        msg = (f"the Arrow stream would decode to {declared:,} bytes (more than {MAX_DECODED_BYTES:,}) from "
+               f"{len(value):,}; not decoded")
+        raise MessageDecodeError("too_large", msg)
+    source = pa.BufferReader(value)
     try:
-        table = pa.ipc.open_stream(value).read_all()
+        table = pa.ipc.open_stream(source).read_all()
     except (pa.ArrowException, OSError, ValueError) as exc:
         msg = f"not a complete Arrow IPC stream: {str(exc)[:200]}"
         raise MessageDecodeError("invalid_arrow", msg) from exc
+    end = source.tell()
+    if end != len(value) and value[end:].strip(b"\0"):  # e.g. a second stream: its rows would be dropped
+        msg = (f"{len(value) - end:,} bytes follow the end of the Arrow IPC stream at byte {end:,} (a message "
+               "holds one stream)")
+        raise MessageDecodeError("invalid_arrow", msg)
     if table.num_rows == 0:
         return pa.RecordBatch.from_pylist([], schema=table.schema)
     return table.combine_chunks().to_batches()[0]
@@ -738,7 +758,7 @@ def _decode_values(
                 json_rows.append(rows)
                 continue
             if arrow_fast and get_encoding(name).decode is _read_ipc:
-                batch = _arrow_fast.read_canonical(value)
+                batch = _arrow_fast.read_canonical(value, MAX_DECODED_BYTES)
                 if batch is not None and (rows is None or rows == batch.num_rows) and _fully_valid(batch):
                     canonical.append(_Canonical(position, batch, value, name, rows, key))
                     continue

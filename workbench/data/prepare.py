@@ -176,6 +176,8 @@ def _family(duck_type: str) -> str:
         return "float"
     if t == "VARCHAR" or t.startswith("ENUM"):
         return "string"
+    if t == "BLOB":  # a byte array without the UTF-8 annotation (older Hive/Spark writers): text validate accepts
+        return "binary"
     if t == "BOOLEAN":
         return "boolean"
     if t.startswith("TIMESTAMP") or t == "DATE":
@@ -202,6 +204,7 @@ _DIRECT: Final[dict[tuple[str, str], tuple[str, str | None]]] = {
     # the session time zone is UTC, so a naive timestamp (any unit) is taken as UTC
     ("timestamp", "timestamp"): ("CAST(CAST({c} AS TIMESTAMP) AS TIMESTAMPTZ)", "not_a_timestamp"),
     ("list", "string"): ("array_to_string({c}, ',')", None),
+    ("binary", "string"): ("TRY(decode({c}))", "not_utf8"),
 }
 
 
@@ -272,18 +275,38 @@ def _describe(con: duckdb.DuckDBPyConnection, path: Path) -> list[tuple[str, str
     return [(row[0], row[1]) for row in rows]
 
 
-def _map_columns(path: Path, described: list[tuple[str, str]]) -> dict[str, tuple[str, str]]:
+def _redset_name(name: str) -> str:
+    key = name.strip().lower()
+    return LABEL_ALIASES.get(key, key)
+
+
+def _refuse_two_columns(path: Path, key: str, first: str, second: str) -> None:
+    msg = (f"Source {str(path)!r} has two columns that both map to {key!r} ({first!r} and {second!r}); "
+           "column names are matched case-insensitively. Drop one of them.")
+    raise DataValidationError(msg, path=str(path), column=second)
+
+
+def _map_columns(path: Path, described: list[tuple[str, str]], stored: list[str]) -> dict[str, tuple[str, str]]:
+    """Redset name -> (source name, DuckDB type); ``stored`` are the file's own column names.
+
+    DuckDB renames a column whose name repeats another's up to letter case (``QUERY_ID`` beside
+    ``query_id`` reads as ``QUERY_ID_1``), so two candidates for one column are looked for in the
+    names the file stores: one of them would otherwise be dropped without a word.
+    """
     wanted = set(_TARGETS)
+    seen: dict[str, str] = {}
+    for name in stored:
+        key = _redset_name(name)
+        if key in wanted and key in seen:
+            _refuse_two_columns(path, key, seen[key], name)
+        seen[key] = name
     mapped: dict[str, tuple[str, str]] = {}
     for name, duck_type in described:
-        key = name.strip().lower()
-        key = LABEL_ALIASES.get(key, key)
+        key = _redset_name(name)
         if key not in wanted:
             continue
         if key in mapped:
-            msg = (f"Source {str(path)!r} has two columns that both map to {key!r} ({mapped[key][0]!r} and "
-                   f"{name!r}); column names are matched case-insensitively. Drop one of them.")
-            raise DataValidationError(msg, path=str(path), column=name)
+            _refuse_two_columns(path, key, mapped[key][0], name)
         mapped[key] = (name, duck_type)
     missing_keys = [k for k in KEY_COLUMNS if k not in mapped]
     if missing_keys:
@@ -594,12 +617,14 @@ def prepare(
         rows_in = 0
         for path in files:
             try:
-                rows_in += pq.ParquetFile(path).metadata.num_rows
+                source = pq.ParquetFile(path)
+                stored = source.schema_arrow.names
             except (pa.ArrowException, OSError) as exc:
                 msg = f"Source {str(path)!r} is not a readable Parquet file ({exc})."
                 raise DataValidationError(msg, path=str(path)) from exc
+            rows_in += source.metadata.num_rows
             described = _describe(con, path)
-            mapped = _map_columns(path, described)
+            mapped = _map_columns(path, described, stored)
             key = tuple(sorted(mapped.items()))
             groups.setdefault(key, _Group([], mapped)).files.append(path)
         labels = all("label_anomaly" in g.columns for g in groups.values())

@@ -6,8 +6,8 @@ Two kinds of trouble are told apart:
   file unusable as a whole; :func:`check` raises :class:`DataValidationError` for the first one.
 * **Row problems** (a NULL where every query needs a value, a negative duration, an id beyond
   int64, NaN in a float column, a float too large for floats to hold it exactly, a time no
-  consumer can decode, a string that is not UTF-8, a row out of order, a second copy of a query, a
-  page that cannot be decoded) are all collected: :class:`ValidationReport`
+  consumer can decode, a time finer than a microsecond, a string that is not UTF-8, a row out of
+  order, a second copy of a query, a page that cannot be decoded) are all collected: :class:`ValidationReport`
   counts every one and keeps the first :data:`LINES_PER_COLUMN` of each column for display.
 
 :func:`find_bad_rows` applies the same per-row rules to one batch, so the replay can send the
@@ -59,6 +59,7 @@ __all__ = [
     "check",
     "conform",
     "find_bad_rows",
+    "refuse_bad_rows",
     "validate",
 ]
 
@@ -77,7 +78,7 @@ MAX_EVENT_TIME = dt.datetime(2262, 4, 10, tzinfo=dt.UTC)
 #: pages that cannot be decoded are not among them: the first breaks pacing and resume, the
 #: second leaves nothing to send.
 SKIPPABLE_KINDS = frozenset({"null", "not_int64", "negative", "not_a_number", "not_whole", "inexact",
-                             "time_range", "not_utf8"})
+                             "time_range", "sub_microsecond", "not_utf8"})
 
 _INT64_MAX = 2**63 - 1
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -220,6 +221,13 @@ def _time_text(array: pa.Array, index: int) -> str:
         return f"{raw} {unit} since 1970"
 
 
+def _nanos_text(array: pa.Array, index: int) -> str:
+    """A nanosecond time as text with all nine digits (Python's datetime stops at microseconds)."""
+    raw = array.cast(pa.int64())[index].as_py()
+    seconds, nanos = divmod(raw, 1_000_000_000)
+    return f"{_EPOCH + dt.timedelta(seconds=seconds):%Y-%m-%d %H:%M:%S}.{nanos:09d}"
+
+
 def _utf8_text(array: pa.Array, index: int) -> str:
     raw = array.cast(pa.binary(), safe=False)[index].as_py() if not pa.types.is_binary(array.type) \
         else array[index].as_py()
@@ -236,6 +244,8 @@ _DESCRIBE: dict[str, Callable[[str, pa.Array, int], str]] = {
                                 "hold every whole number: it may be a rounded value; store the column as integers"),
     "time_range": lambda c, a, i: (f"{_time_text(a, i)} is outside {MIN_EVENT_TIME:%Y-%m-%d} .. "
                                    f"{MAX_EVENT_TIME:%Y-%m-%d}, the range every consumer can decode"),
+    "sub_microsecond": lambda c, a, i: (f"{_nanos_text(a, i)} is finer than the microseconds every event "
+                                        "time is kept in; `workbench prepare` truncates such times"),
     "not_utf8": lambda c, a, i: f"{_utf8_text(a, i)} is not valid UTF-8 text",
 }
 
@@ -322,9 +332,15 @@ def _check_times(name: str, array: pa.Array, valid: np.ndarray) -> list[_Finding
     # Compare in the column's own unit: converting year 300000 in seconds to µs would overflow.
     multiply, divide = _UNIT_PER_US[array.type.unit]
     low, high = _MIN_US * multiply // divide, _MAX_US * multiply // divide
-    raw = array.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    # NULLs filled first: with them to_numpy gives float64, which drops a nanosecond from times of today
+    raw = pc.fill_null(array.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
     mask = valid & ((raw < low) | (raw >= high))
-    return [_Finding(name, "time_range", _rows(mask), array)] if mask.any() else []
+    findings = [_Finding(name, "time_range", _rows(mask), array)] if mask.any() else []
+    if multiply > 1:  # nanoseconds: a time between two microseconds has no exact event time
+        finer = valid & ~mask & (raw % multiply != 0)
+        if finer.any():
+            findings.append(_Finding(name, "sub_microsecond", _rows(finer), array))
+    return findings
 
 
 def find_bad_rows(batch: pa.RecordBatch | pa.Table) -> BadRows:
@@ -358,6 +374,27 @@ def find_bad_rows(batch: pa.RecordBatch | pa.Table) -> BadRows:
     for finding in findings:
         mask[finding.rows] = True
     return BadRows(mask, findings)
+
+
+def refuse_bad_rows(rows: pa.Table, path: Path, what: str, *, null_arrivals: int = 0) -> None:
+    """Raise DataValidationError when ``rows`` (read from ``path`` for ``what``) break the per-row rules.
+
+    For a reader that takes a part of a log without the replay's validation (training, evaluation,
+    the notebooks' ``data``): a negative duration or a NULL id would otherwise be used as if valid.
+    ``null_arrivals`` counts rows without an arrival time, which a reader filtering by time never sees.
+    The file is then checked whole (only on this failure path) to name the first problem's row.
+    """
+    bad = find_bad_rows(rows)
+    count = int(bad.mask.sum()) + null_arrivals
+    if not count:
+        return
+    report = check(path)
+    first = f"the file's first: {report.problems[0]}" if report.problems else bad.reasons()[min(bad.reasons())]
+    msg = (f"Query log {str(path)!r} holds {count:,} row(s) for {what} that `workbench validate` refuses "
+           f"({first}). Run `workbench validate {path}` to list them; `workbench prepare {path} --out NEW` "
+           "writes a copy it can use (what converts repaired, the rest set aside with reasons).")
+    column, row = (report.problems[0].column, report.problems[0].row) if report.problems else (None, None)
+    raise DataValidationError(msg, path=str(path), column=column, row=row)
 
 
 def conform(batch: pa.RecordBatch, names: Sequence[str]) -> pa.RecordBatch:

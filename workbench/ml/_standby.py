@@ -34,12 +34,14 @@ from pathlib import Path
 
 from workbench._fs import process_start_time, same_process
 
-__all__ = ["UNKNOWN_RC", "ForkedRun", "SentJob", "WarmStandby"]
+__all__ = ["UNKNOWN_RC", "UNTRAINABLE_RC", "ForkedRun", "SentJob", "WarmStandby"]
 
 logger = logging.getLogger(__name__)
 
 #: A run's exit code when nobody could reap it (decided from the registry by the supervisor).
 UNKNOWN_RC = -999
+#: A run's exit code when its window's events cannot make a model (none, or too few): not retried.
+UNTRAINABLE_RC = 3
 
 
 class WarmStandby:

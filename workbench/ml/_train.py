@@ -35,10 +35,12 @@ from workbench._lifeline import bind_to_supervisor
 from workbench.config import Settings, get_settings
 from workbench.data.exceptions import DataValidationError
 from workbench.data.schema import COLUMNS, LABEL_COLUMNS, LABEL_SCHEMA, REDSET_SCHEMA, _check_schema, require_log
+from workbench.data.validation import refuse_bad_rows
 from workbench.exceptions import WorkbenchError
 from workbench.ml._forkserver import serve
+from workbench.ml._standby import UNTRAINABLE_RC
 from workbench.ml.detector import ResidualDetector
-from workbench.ml.exceptions import TrainingError
+from workbench.ml.exceptions import UntrainableWindow
 from workbench.ml.features import INPUT_COLUMNS, OBSERVED_COLUMNS, SIGNALS, FeatureBuilder, _log_signal
 from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
 from workbench.ml.registry import ModelRegistry
@@ -83,7 +85,8 @@ def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
     ------
     DataValidationError
         Naming the file (and column): it does not exist, does not read as Parquet, lacks a Redset
-        column or holds one of a type that does not convert.
+        column or holds one of a type that does not convert; or (naming the row too) rows of the
+        window, or rows without an arrival time, break the per-row rules the replay applies.
     """
     from workbench.replay._source import log_parts
 
@@ -112,6 +115,9 @@ def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
                       for t in (start, end)]
             ts = ds.field("arrival_timestamp")
             table = dataset.to_table(columns=names, filter=(ts >= bounds[0]) & (ts < bounds[1]))
+            # the replay's per-row rules: a negative duration or a NULL id must not be trained on
+            refuse_bad_rows(table.select(list(COLUMNS)), part, f"the days {days[0]} .. {day}",
+                            null_arrivals=dataset.count_rows(filter=ts.is_null()))
             tables.append(_conform_table(table, target, labels))
         except (pa.ArrowException, OSError) as exc:
             msg = (f"Query log {str(part)!r} cannot be read as a Parquet log ({exc}). "
@@ -342,7 +348,7 @@ def _train_table(clock: _PhaseClock, registry: ModelRegistry, parent: str | None
         msg = (f"Training for {day} needs at least {MIN_ROWS} usable rows (not aborted, with an "
                f"execution_duration_ms) in the {window_days}-day window of {table.num_rows} rows; got {raw_rows}. "
                "Wait for more events or widen window_days.")
-        raise TrainingError(msg)
+        raise UntrainableWindow(msg)
     train, hold = table.take(train_rows), table.take(hold_rows)
     n = train.num_rows + hold.num_rows
     n_hold = hold.num_rows
@@ -459,7 +465,7 @@ def train_day(settings: Settings, day: dt.date, *, window_days: int = defaults.T
     if table.num_rows == 0:
         msg = (f"No events for the training window ending {day} ({window_days} days) in {source}. "
                "Check the day, or that the pipeline has written shards.")
-        raise TrainingError(msg)
+        raise UntrainableWindow(msg)
     return train_table(settings.models_dir, table, day, window_days=window_days, max_rows=max_rows,
                        seed=seed, **kwargs)
 
@@ -584,6 +590,9 @@ def main(argv: Sequence[str] | None = None, *, warm: tuple[int, float, float] | 
     try:
         result = train_day(settings, args.day, window_days=args.window_days, max_rows=args.max_rows,
                            seed=args.seed, data=args.data)
+    except UntrainableWindow as exc:
+        logger.error("training failed day=%s error=%s", args.day, exc)
+        return UNTRAINABLE_RC
     except WorkbenchError as exc:
         logger.error("training failed day=%s error=%s", args.day, exc)
         return 1

@@ -14,6 +14,7 @@ __all__ = [
     "ParityError",
     "RegistryError",
     "TrainingError",
+    "UntrainableWindow",
 ]
 
 
@@ -65,3 +66,10 @@ class ModelNotFoundError(RegistryError, LookupError):
 
 class TrainingError(MLError):
     """Training could not produce a model (too few rows, no shards in the window, ...)."""
+
+
+class UntrainableWindow(TrainingError):
+    """The training window's events cannot make a model (none, or fewer than the usable minimum).
+
+    A due window's events are all stored, so a run later would read the same: not retried.
+    """

@@ -10,6 +10,11 @@ Training runs as a process of its own (its own pid and exit code, its own sessio
 ``python -m workbench.ml._train --day D`` when none is ready; the caller never waits. A failed or killed run is
 retried with exponential backoff up to ``max_attempts``; until a run succeeds the previous
 version stays current (a version only becomes current at the very end of a successful run).
+A day whose window's events cannot make a model fails for good at once: no shard day in the
+window (decided without a run), or a run that exits with ``UNTRAINABLE_RC`` (no event, or fewer
+than the usable minimum). A due window's events are all stored, so a retry would read the same;
+and every day is scheduled, days without events included, so a gap in the log, or one event dated
+months before the rest, cost three runs and the retries' backoff per day while the partitions waited.
 
 Two waits are kept off the pipeline's critical path (score a day, train it, score the next day):
 the run's start-up and imports, by a warm trainer (:mod:`workbench.ml._standby`: one process with
@@ -48,7 +53,7 @@ from workbench import defaults
 from workbench._fs import process_start_time, same_process, write_atomic
 from workbench._lifeline import untag_parent
 from workbench.config import Settings
-from workbench.ml._standby import UNKNOWN_RC, ForkedRun, SentJob, WarmStandby
+from workbench.ml._standby import UNKNOWN_RC, UNTRAINABLE_RC, ForkedRun, SentJob, WarmStandby
 from workbench.ml.registry import ModelRegistry
 
 __all__ = ["TrainingSupervisor"]
@@ -288,10 +293,33 @@ class TrainingSupervisor:
         now = self.clock()
         due = sorted(d for d, e in self.state["days"].items()
                      if e["status"] == "pending" and e["next_attempt_at"] <= now)
-        if not due:
+        stored = self._stored_days() if due else None
+        for day in due:
+            if stored is not None and not any(d in stored for d in self._window(day)):
+                entry = self.state["days"][day]
+                entry["last_rc"] = UNTRAINABLE_RC
+                self._settle(day, entry, UNTRAINABLE_RC)  # without a run: it would read no event
+                self._save()
+                continue
+            self._start(day)
+            return day
+        return None
+
+    def _window(self, day: str) -> list[str]:
+        """The days of ``day``'s training window (as the training reads them), ISO text."""
+        end = dt.date.fromisoformat(day)
+        return [(end - dt.timedelta(days=k)).isoformat() for k in range(self.window_days)]
+
+    def _stored_days(self) -> set[str] | None:
+        """The event days the shards hold, or None when they cannot be listed (a run then finds out)."""
+        from workbench.store.shards import list_days
+
+        try:
+            return {d.isoformat() for d in list_days(self.settings.shards_dir)}
+        except Exception:  # a listing that fails (an object store away) must not stop the schedule
+            logger.warning("cannot list the shard days of %s: the next training runs to find out",
+                           self.settings.shards_dir, exc_info=True)
             return None
-        self._start(due[0])
-        return due[0]
 
     def wait(self, timeout: float = 600.0, interval: float = 0.2) -> None:
         """Poll until nothing runs or is due (for tests and shutdown)."""
@@ -347,6 +375,11 @@ class TrainingSupervisor:
         if rc == 0:
             entry["status"] = "done"
             logger.info("training finished day=%s attempts=%d", day, entry["attempts"])
+            return
+        if rc == UNTRAINABLE_RC:  # a due window's events are all stored: a retry would read the same
+            entry["status"] = "failed"
+            logger.warning("training failed for good day=%s: its window's events cannot make a model (none, or "
+                           "too few); not retried", day)
             return
         if entry["attempts"] >= self.max_attempts:
             entry["status"] = "failed"

@@ -109,6 +109,11 @@ def _check(message: Mapping[str, Any]) -> None:
         if v is not None and not _CHECK[kind](v):
             msg = f"anomaly field {name!r} must be of type {kind} (integers within int64). Got {v!r:.80} instead."
             raise AnomalyContractError(msg)
+    if "\x00" in message["model_version"]:
+        # DuckLake inlines the key's text into the SQL that finds the files to check for the row: a NUL
+        # ends that text, the SQL breaks and the whole batch of the sink fails, at every redelivery
+        msg = f"anomaly field 'model_version' must not contain a NUL character. Got {message['model_version']!r:.80}."
+        raise AnomalyContractError(msg)
 
 
 def _parse_time(text: str) -> datetime:

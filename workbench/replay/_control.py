@@ -27,9 +27,9 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -199,13 +199,48 @@ class ReplayStatus:
 
     @classmethod
     def from_json(cls, value: bytes) -> ReplayStatus:
-        data = orjson.loads(value)
-        known = {f.name for f in fields(cls)}
+        """A status as :meth:`to_json` wrote it; ReplayError (naming the field) for any other record.
+
+        The state topic is writable by any client: a record that is not a status must not stop
+        whatever reads it (``workbench status``, the panel), nor pass for one with values of other types.
+        """
+        try:
+            data = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            msg = f"a replay status record is not JSON ({exc})"
+            raise ReplayError(msg) from None
+        if not isinstance(data, dict):
+            msg = f"a replay status record is a JSON object, not {type(data).__name__}"
+            raise ReplayError(msg)
+        known = {f.name: f for f in fields(cls)}
         data = {key: item for key, item in data.items() if key in known}  # a newer writer's extra fields
+        missing = [f.name for f in known.values() if f.name not in data and f.default is MISSING
+                   and f.default_factory is MISSING]
+        if missing:
+            msg = f"a replay status record lacks {missing[:5]}"
+            raise ReplayError(msg)
+        for key, item in data.items():
+            kinds = _STATUS_TYPES.get(key, (object,))
+            if kinds != (object,) and type(item) not in kinds:
+                msg = f"field {key!r} of a replay status record must be {kinds[0].__name__}. Got {item!r:.60}"
+                raise ReplayError(msg)
         for key in ("event_time", "first_event_time", "last_event_time"):
             if data.get(key):
-                data[key] = datetime.fromisoformat(data[key])
+                try:
+                    data[key] = datetime.fromisoformat(data[key])
+                except ValueError:
+                    msg = f"field {key!r} of a replay status record is not an ISO-8601 time. Got {data[key]!r:.60}"
+                    raise ReplayError(msg) from None
         return cls(**data)
+
+    @classmethod
+    def parses(cls, value: bytes) -> bool:
+        """Whether ``value`` is a status record (see :meth:`from_json`)."""
+        try:
+            cls.from_json(value)
+        except ReplayError:
+            return False
+        return True
 
     def __str__(self) -> str:
         clock = self.event_time.strftime("%Y-%m-%d %H:%M:%S") if self.event_time else "-"
@@ -217,6 +252,18 @@ class ReplayStatus:
             f"replay {self.replay_id} [{self.state}] {clock} UTC | {self.next_row:,}/{self.rows_total:,} rows "
             f"({self.fraction:.1%}) | {self.rate_now:,.0f} rows/s now, {self.rate_avg:,.0f} avg | {speed}{eta}"
         )
+
+
+_NUMBER: Final = (float, int)
+#: The JSON types of each status field, as :meth:`ReplayStatus.to_json` writes them (the first names it).
+_STATUS_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "replay_id": (str,), "file": (str,), "state": (str,), "speedup": _NUMBER, "rows_sent": (int,),
+    "rows_total": (int,), "next_row": (int,), "event_time": (str, type(None)), "first_event_time": (str, type(None)),
+    "last_event_time": (str, type(None)), "rate_now": _NUMBER, "rate_avg": _NUMBER,
+    "eta_seconds": (*_NUMBER, type(None)), "dead_letters": (int,), "pack": (int,), "encoding": (str, type(None)),
+    "error": (str, type(None)), "updated_at": _NUMBER, "behind": (bool,), "behind_seconds": _NUMBER,
+    "listening": (bool,), "notice": (str, type(None)),
+}
 
 
 def _parse_time(value: datetime | str) -> datetime:
@@ -381,7 +428,9 @@ class ReplayController:
         Raises :class:`ReplayError` when the state topic cannot be read within ``timeout`` seconds
         (the broker is down or unreachable): an answer within seconds, not a wait.
         """
-        value = latest_state_value(self.settings, f"{self.replay_id}/status", timeout=timeout)
+        # a record that is not a status (any client can write the topic) is passed over for the one before
+        value = latest_state_value(self.settings, f"{self.replay_id}/status", timeout=timeout,
+                                   accept=ReplayStatus.parses)
         return ReplayStatus.from_json(value) if value else None
 
 

@@ -143,7 +143,11 @@ def log_parts(path: str | os.PathLike[str]) -> list[Path]:
     parts = sorted(p for p in path.iterdir()
                    if p.is_file() and p.suffix == ".parquet" and not p.name.startswith((".", "_")))
     if not parts:
-        msg = (f"Folder {str(path)!r} holds no .parquet files. Pass a query log file, or a folder written by "
+        nested = next((p for p in path.rglob("*.parquet") if p.is_file()), None)
+        where = (f" at its top level (there are some below it, e.g. {str(nested.relative_to(path))!r}: a "
+                 f"partitioned dataset is not read as a log; `workbench prepare {path} --out NEW` reads every file "
+                 "below a folder and writes a replayable log)") if nested else ""
+        msg = (f"Folder {str(path)!r} holds no .parquet files{where}. Pass a query log file, or a folder written by "
                "`workbench prepare ... --split day`.")
         raise DataValidationError(msg, path=str(path))
     return parts
