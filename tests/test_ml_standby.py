@@ -336,6 +336,7 @@ def test_a_warm_trainer_that_never_answers_holds_up_no_other_supervisor_call(tmp
     sup._standby.command = [sys.executable, "-c", _SILENT_TRAINER, str(jobs)]
     sup._standby.fork_timeout_s = 600.0  # the handing thread waits until this test lets it go
     sup.python = "/bin/true"  # the fresh process it falls back to once the warm trainer is gone: exits 0
+    sup._stored_days = lambda: None  # type: ignore[method-assign]  # no shards here: a run finds out (not settled at once)
     sup.maybe_schedule(_day(0))  # the cadence starts; no day finished yet
     trainer = _ready_standby(sup)
     handing = threading.Thread(target=sup.maybe_schedule, args=(_day(1),), daemon=True)  # day 0 due: handed
