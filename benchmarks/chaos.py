@@ -1,7 +1,7 @@
 """Chaos benchmark: >= 20 seeded kill -9s across every process kind during a paced replay.
 
 Usage: ``.venv/bin/python benchmarks/chaos.py [--kills 20] [--seed 11] [--days 4] [--instances 8]
-[--rows-per-day 6000] [--speedup 1500] [--pack 20] [--kinds all]``
+[--rows-per-day 6000] [--speedup 1500] [--pack 20] [--encoding arrow_zstd] [--partitions 4] [--kinds all]``
 
 Runs the same labelled log twice on a fresh workbench with a private managed Kafka: once without
 kills, once while a seeded schedule kills the replay, the three apps, the broker, the supervisor
@@ -37,13 +37,16 @@ def main() -> int:
     parser.add_argument("--rows-per-day", type=int, default=6000)
     parser.add_argument("--speedup", type=float, default=1500)
     parser.add_argument("--pack", type=int, default=20)
+    parser.add_argument("--encoding", default=None, help="the replay's message encoding (default: the product's)")
+    parser.add_argument("--partitions", type=int, default=4, help="partitions of the events topic")
     parser.add_argument("--kinds", default=None, help="the generator's kinds (e.g. all); default classic")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run without kills")
     args = parser.parse_args()
     data = demo_log(days=args.days, instances=args.instances, seed=args.seed, rows_per_day=args.rows_per_day,
                     kinds=args.kinds)
     root = Path(tempfile.mkdtemp(prefix="workbench-chaos-"))
-    common = {"speedup": args.speedup, "pack": args.pack, "max_speed_after": False, "first_kill_s": 10.0,
+    common = {"speedup": args.speedup, "pack": args.pack, "encoding": args.encoding,
+              "partitions": args.partitions, "max_speed_after": False, "first_kill_s": 10.0,
               "min_gap_s": 5.0, "max_gap_s": 10.0}
     baseline = None
     if not args.no_baseline:

@@ -146,7 +146,8 @@ def _until(condition, timeout: float, what: str, poll: float = 0.5):
 
 # --- the run ------------------------------------------------------------------------------------------
 def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, pack: int,
-              kinds: tuple[str, ...] = KINDS, first_kill_s: float = 8.0, min_gap_s: float = 3.0,
+              encoding: str | None = None, partitions: int = 4, kinds: tuple[str, ...] = KINDS,
+              first_kill_s: float = 8.0, min_gap_s: float = 3.0,
               max_gap_s: float = 8.0, drain_timeout: float = 900.0, settle_timeout: float = 300.0,
               max_speed_after: bool = True,
               log=print) -> ChaosResult:
@@ -156,7 +157,7 @@ def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, 
     without it the replay keeps its pace, so a run with kills and one without compare.
     """
     rng = random.Random(seed)
-    settings = Settings(home=home, kafka_port=free_port_pair(), kafka_heap="512m", partitions=4)
+    settings = Settings(home=home, kafka_port=free_port_pair(), kafka_heap="512m", partitions=partitions)
     # Each kind once in a shuffled round, then rounds again: every kind is reached early.
     order: list[str] = []
     while len(order) < kills:
@@ -188,7 +189,8 @@ def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, 
             stop_watch.wait(0.1)
 
     def start(reset: bool) -> Workbench:
-        return Workbench.start(data=data, speedup=speedup, pack=pack, settings=settings, reset=reset)
+        return Workbench.start(data=data, speedup=speedup, pack=pack, encoding=encoding, settings=settings,
+                               reset=reset)
 
     wb = start(True)
     watcher = threading.Thread(target=watch_training, daemon=True)
