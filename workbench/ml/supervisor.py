@@ -9,7 +9,9 @@ Training runs as a process of its own (its own pid and exit code, its own sessio
 ``<logs_dir>/train_<day>.log``): forked by the warm trainer, or started as
 ``python -m workbench.ml._train --day D`` when none is ready; the caller never waits. A failed or killed run is
 retried with exponential backoff up to ``max_attempts``; until a run succeeds the previous
-version stays current (a version only becomes current at the very end of a successful run).
+version stays current (a version only becomes current at the very end of a successful run). Days
+train one at a time in day order, and a day waiting for its retry holds up the later ones: version
+ids (``v{sequence}-{day}``) are then the same as in a run without failures, unless a day fails for good.
 
 Two waits are kept off the pipeline's critical path (score a day, train it, score the next day):
 the run's start-up and imports, by a warm trainer (:mod:`workbench.ml._standby`: one process with
@@ -285,13 +287,13 @@ class TrainingSupervisor:
                 return day  # still running
             self._record_result(day, entry, rc)
         self._save()
-        now = self.clock()
-        due = sorted(d for d, e in self.state["days"].items()
-                     if e["status"] == "pending" and e["next_attempt_at"] <= now)
-        if not due:
+        # Days train in day order: one waiting for its retry holds up the later ones, so versions
+        # register (and take their sequence numbers) in training-window order, as in a run without failures.
+        pending = sorted(d for d, e in self.state["days"].items() if e["status"] == "pending")
+        if not pending or self.state["days"][pending[0]]["next_attempt_at"] > self.clock():
             return None
-        self._start(due[0])
-        return due[0]
+        self._start(pending[0])
+        return pending[0]
 
     def wait(self, timeout: float = 600.0, interval: float = 0.2) -> None:
         """Poll until nothing runs or is due (for tests and shutdown)."""
