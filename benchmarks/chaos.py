@@ -10,7 +10,10 @@ shards, window_stats + late events, the lakehouse's anomalies and window anomali
 residual windows are compared with an offline computation of the log and the final stores. Prints
 ``chaos: N kills, L lost, D duplicated, E extra``, the time until drained with and without kills,
 and the seed (rerun a failure with ``--seed``). ``--kinds all`` replays the stress log (collective
-episodes: more window anomalies to check). Exit code 1 if anything was lost, duplicated or extra.
+episodes: more window anomalies to check). With the run without kills, the two runs' stores are
+compared too (shard rows with version and score, anomalies, window anomalies, residual windows, model
+versions): the same log must give the same results. Exit code 1 if anything was lost, duplicated or
+extra, or the two runs differ.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared harne
 
 from _harness import demo_log
 
-from tests.chaos_harness import run_chaos
+from tests.chaos_harness import differences, outcome, run_chaos
 
 
 def main() -> int:
@@ -40,14 +43,17 @@ def main() -> int:
     parser.add_argument("--encoding", default=None, help="the replay's message encoding (default: the product's)")
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the events topic")
     parser.add_argument("--kinds", default=None, help="the generator's kinds (e.g. all); default classic")
+    parser.add_argument("--min-gap", type=float, default=5.0, help="least seconds between two kills")
+    parser.add_argument("--max-gap", type=float, default=10.0, help="most seconds between two kills")
+    parser.add_argument("--root", type=Path, default=None, help="folder for the runs' homes (default: a temp folder)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run without kills")
     args = parser.parse_args()
     data = demo_log(days=args.days, instances=args.instances, seed=args.seed, rows_per_day=args.rows_per_day,
                     kinds=args.kinds)
-    root = Path(tempfile.mkdtemp(prefix="workbench-chaos-"))
+    root = Path(tempfile.mkdtemp(prefix="workbench-chaos-", dir=args.root))
     common = {"speedup": args.speedup, "pack": args.pack, "encoding": args.encoding,
               "partitions": args.partitions, "max_speed_after": False, "first_kill_s": 10.0,
-              "min_gap_s": 5.0, "max_gap_s": 10.0}
+              "min_gap_s": args.min_gap, "max_gap_s": args.max_gap}
     baseline = None
     if not args.no_baseline:
         print(f"baseline: {data.name} without kills")
@@ -64,7 +70,15 @@ def main() -> int:
     if baseline is not None:
         print(f"time to drain: {result.drain_seconds:.1f} s with kills vs {baseline.drain_seconds:.1f} s without "
               f"(+{result.drain_seconds - baseline.drain_seconds:.1f} s)")
-    if not result.ok:
+    same = True
+    if baseline is not None:
+        # Same log, same results: the stores must not depend on the kills (nor on the machine's speed).
+        diff = differences(outcome(root / "baseline"), outcome(root / "chaos"))
+        same = not any(a or b for a, b in diff.values())
+        print("against the run without kills (rows only there / only here): "
+              + ", ".join(f"{name} {a}/{b}" for name, (a, b) in diff.items()))
+    print(f"homes: {root}")
+    if not result.ok or not same:
         print(f"FAILED with seed {args.seed}: rerun with --seed {args.seed}")
         return 1
     return 0

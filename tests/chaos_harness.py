@@ -49,11 +49,13 @@ from workbench.data import codec
 from workbench.runtime import Workbench
 from workbench.runtime.supervisor import read_state
 
-__all__ = ["KINDS", "ChaosResult", "Kill", "run_chaos"]
+__all__ = ["KINDS", "ChaosResult", "Kill", "differences", "outcome", "run_chaos"]
 
 #: Every process kind the schedule can kill.
 KINDS: tuple[str, ...] = ("replay", "scoring", "analytics", "anomaly-sink", "supervisor", "training", "broker")
 WINDOW_MS = 600_000
+#: The training supervisor's default ``max_attempts``: the watcher leaves a day's last attempt alone.
+TRAINING_MAX_ATTEMPTS = 3
 #: The analytics app's collective step judges a window once its instance has one this much later
 #: (``CollectiveStep(settings)``'s default ``settle_ms``).
 COLLECTIVE_SETTLE_MS = 900_000
@@ -106,18 +108,24 @@ class ChaosResult:
 def _pid_of(settings: Settings, kind: str) -> int | None:
     if kind == "broker":
         return LocalKafka(settings).pid()
-    if kind == "training":  # the scoring app's training state names the running pid (cheap to read)
-        for path in settings.state_dir.rglob("ml_training.json"):
-            with contextlib.suppress(OSError, ValueError):
-                for entry in json.loads(path.read_text()).get("days", {}).values():
-                    if entry.get("status") == "running" and same_process(entry.get("pid"), entry.get("pid_started")):
-                        return int(entry["pid"])
-        return None
+    if kind == "training":
+        run = _running_training(settings)
+        return run[0] if run else None
     state = read_state(settings.home) or {}
     if kind == "supervisor":
         return state.get("supervisor_pid") if state.get("state") == "running" else None
     proc = state.get("processes", {}).get(kind, {})
     return proc.get("pid") if proc.get("state") == "running" else None
+
+
+def _running_training(settings: Settings) -> tuple[int, int] | None:
+    """``(pid, attempt)`` of the running training: the scoring app's training state names it (cheap to read)."""
+    for path in settings.state_dir.rglob("ml_training.json"):
+        with contextlib.suppress(OSError, ValueError):
+            for entry in json.loads(path.read_text()).get("days", {}).values():
+                if entry.get("status") == "running" and same_process(entry.get("pid"), entry.get("pid_started")):
+                    return int(entry["pid"]), int(entry.get("attempts", 1))
+    return None
 
 
 def _finished_and_drained(wb: Workbench) -> bool:
@@ -178,8 +186,11 @@ def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, 
     def watch_training() -> None:
         seen: set[int] = set()
         while training_delays and not stop_watch.is_set():
-            pid = _pid_of(settings, "training")
-            if pid is not None and pid not in seen:
+            run = _running_training(settings)
+            pid = run[0] if run else None
+            # Not a day's last attempt: killing that one fails the day for good (no model), which no
+            # run without kills does, and the comparison with one would show it, not a fault.
+            if run is not None and pid not in seen and run[1] < TRAINING_MAX_ATTEMPTS:
                 seen.add(pid)
                 if stop_watch.wait(training_delays.pop(0)):
                     return
@@ -461,3 +472,41 @@ def compare(settings: Settings, data: Path, result: ChaosResult) -> None:
     want, got = _residual_keys(want_residuals), _residual_keys(stored)
     result.lost["window_residuals"] = sum((want - got).values())
     result.extra["window_residuals"] = sum((got - want).values())
+
+
+# --- against another run ----------------------------------------------------------------------------
+def outcome(home: Path) -> dict[str, Counter]:
+    """What a run's stores hold that must not depend on kills or speed, per store (for :func:`differences`).
+
+    Shards: ``(instance, query, model_version, round(score, 6), is_anomaly)``; lakehouse anomalies:
+    ``(instance, query, model_version, round(score, 6))``; window anomalies ``(instance, window, signal)``;
+    residual windows with their values; model versions ``(id, training day, inputs_sha256)``.
+    """
+    from workbench.ml.registry import ModelRegistry
+    from workbench.store.lakehouse import AnomalyLakehouse
+    from workbench.store.shards import read_shards
+    from workbench.store.window_stats import WindowStatsStore
+
+    settings = Settings(home=home)
+    shards = read_shards(settings.shards_dir,
+                         columns=["instance_id", "query_id", "model_version", "score", "is_anomaly"])
+    rows = Counter(zip(shards.column("instance_id").to_pylist(), shards.column("query_id").to_pylist(),
+                       shards.column("model_version").to_pylist(),
+                       pc.round(shards.column("score"), 6).to_pylist(), shards.column("is_anomaly").to_pylist(),
+                       strict=True))
+    with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
+        lake_rows = lake.connection.execute(
+            "SELECT instance_id, query_id, model_version, score FROM lake.anomalies").fetchall()
+        windows = _window_keys(lake.read_window_anomalies())
+    with WindowStatsStore.from_settings(settings, read_only=True) as store:
+        residuals = _residual_keys(store.read_residuals().to_pandas())
+    registry = ModelRegistry(settings.models_dir)
+    versions = Counter((v, registry.info(v)["training_day"], registry.info(v)["inputs_sha256"])
+                       for v in registry.versions())
+    return {"shards": rows, "lakehouse": Counter((i, q, v, round(s, 6)) for i, q, v, s in lake_rows),
+            "window_anomalies": windows, "window_residuals": residuals, "model versions": versions}
+
+
+def differences(a: dict[str, Counter], b: dict[str, Counter]) -> dict[str, tuple[int, int]]:
+    """Per store, ``(rows only in a, rows only in b)`` of two :func:`outcome` s."""
+    return {name: (sum((a[name] - b[name]).values()), sum((b[name] - a[name]).values())) for name in a}
