@@ -480,7 +480,8 @@ def outcome(home: Path) -> dict[str, Counter]:
 
     Shards: ``(instance, query, model_version, round(score, 6), is_anomaly)``; lakehouse anomalies:
     ``(instance, query, model_version, round(score, 6))``; window anomalies ``(instance, window, signal)``;
-    residual windows with their values; model versions ``(id, training day, inputs_sha256)``.
+    residual windows with their values; ``window_stats`` rows (all but ``updated_at``) and late-event
+    counts; model versions ``(id, training day, inputs_sha256)``.
     """
     from workbench.ml.registry import ModelRegistry
     from workbench.store.lakehouse import AnomalyLakehouse
@@ -500,11 +501,14 @@ def outcome(home: Path) -> dict[str, Counter]:
         windows = _window_keys(lake.read_window_anomalies())
     with WindowStatsStore.from_settings(settings, read_only=True) as store:
         residuals = _residual_keys(store.read_residuals().to_pandas())
+        stats = Counter(tuple(sorted(w.items())) for w in store.read().drop_columns(["updated_at"]).to_pylist())
+        late = Counter(tuple(sorted(r.items())) for r in store.late_events().to_pylist())
     registry = ModelRegistry(settings.models_dir)
     versions = Counter((v, registry.info(v)["training_day"], registry.info(v)["inputs_sha256"])
                        for v in registry.versions())
     return {"shards": rows, "lakehouse": Counter((i, q, v, round(s, 6)) for i, q, v, s in lake_rows),
-            "window_anomalies": windows, "window_residuals": residuals, "model versions": versions}
+            "window_anomalies": windows, "window_residuals": residuals, "window_stats": stats, "late events": late,
+            "model versions": versions}
 
 
 def differences(a: dict[str, Counter], b: dict[str, Counter]) -> dict[str, tuple[int, int]]:
