@@ -46,6 +46,7 @@ from workbench._lifeline import home_processes
 from workbench.broker import LocalKafka
 from workbench.config import Settings
 from workbench.data import codec
+from workbench.replay import ReplayError
 from workbench.runtime import Workbench
 from workbench.runtime.supervisor import read_state
 
@@ -129,7 +130,10 @@ def _running_training(settings: Settings) -> tuple[int, int] | None:
 
 
 def _finished_and_drained(wb: Workbench) -> bool:
-    status = wb.status()
+    try:
+        status = wb.status()
+    except ReplayError:  # the broker is down (a kill just before): the supervisor brings it back
+        return False
     return (status.drained and status.replay_state == "finished" and status.rows_total > 0
             and status.rows_sent == status.rows_total)
 
