@@ -45,6 +45,8 @@ def main() -> int:
     parser.add_argument("--kinds", default=None, help="the generator's kinds (e.g. all); default classic")
     parser.add_argument("--min-gap", type=float, default=5.0, help="least seconds between two kills")
     parser.add_argument("--max-gap", type=float, default=10.0, help="most seconds between two kills")
+    parser.add_argument("--training-delay", type=float, nargs=2, default=(0.5, 3.0), metavar=("MIN", "MAX"),
+                        help="seconds a training runs before it is killed (a small log's takes 1-2 s)")
     parser.add_argument("--root", type=Path, default=None, help="folder for the runs' homes (default: a temp folder)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run without kills")
     args = parser.parse_args()
@@ -53,7 +55,8 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="workbench-chaos-", dir=args.root))
     common = {"speedup": args.speedup, "pack": args.pack, "encoding": args.encoding,
               "partitions": args.partitions, "max_speed_after": False, "first_kill_s": 10.0,
-              "min_gap_s": args.min_gap, "max_gap_s": args.max_gap}
+              "min_gap_s": args.min_gap, "max_gap_s": args.max_gap,
+              "training_delay_s": tuple(args.training_delay)}
     baseline = None
     if not args.no_baseline:
         print(f"baseline: {data.name} without kills")

@@ -161,12 +161,14 @@ def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, 
               encoding: str | None = None, partitions: int = 4, kinds: tuple[str, ...] = KINDS,
               first_kill_s: float = 8.0, min_gap_s: float = 3.0,
               max_gap_s: float = 8.0, drain_timeout: float = 900.0, settle_timeout: float = 300.0,
-              max_speed_after: bool = True,
+              max_speed_after: bool = True, training_delay_s: tuple[float, float] = (0.5, 3.0),
               log=print) -> ChaosResult:
     """Replay ``data`` through a fresh workbench under ``home`` with ``kills`` seeded kill -9s.
 
     ``max_speed_after`` switches the replay to max speed once the schedule is done (short tests);
     without it the replay keeps its pace, so a run with kills and one without compare.
+    ``training_delay_s``: the range of seconds a training runs before the watcher kills it (a
+    training of a small log takes a second or two: a short range makes the kills land).
     """
     rng = random.Random(seed)
     settings = Settings(home=home, kafka_port=free_port_pair(), kafka_heap="512m", partitions=partitions)
@@ -182,7 +184,7 @@ def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, 
     training_quota = order.count("training")
     order = [k for k in order if k != "training"]
     gaps = ([first_kill_s] + [rng.uniform(min_gap_s, max_gap_s) for _ in order[1:]])[:len(order)]
-    training_delays = [rng.uniform(0.5, 3.0) for _ in range(training_quota)]
+    training_delays = [rng.uniform(*training_delay_s) for _ in range(training_quota)]
     done: list[Kill] = []
     started, started_wall = time.monotonic(), time.time()
     stop_watch = threading.Event()
