@@ -46,14 +46,17 @@ from workbench._lifeline import home_processes
 from workbench.broker import LocalKafka
 from workbench.config import Settings
 from workbench.data import codec
+from workbench.replay import ReplayError
 from workbench.runtime import Workbench
 from workbench.runtime.supervisor import read_state
 
-__all__ = ["KINDS", "ChaosResult", "Kill", "run_chaos"]
+__all__ = ["KINDS", "ChaosResult", "Kill", "differences", "outcome", "run_chaos"]
 
 #: Every process kind the schedule can kill.
 KINDS: tuple[str, ...] = ("replay", "scoring", "analytics", "anomaly-sink", "supervisor", "training", "broker")
 WINDOW_MS = 600_000
+#: The training supervisor's default ``max_attempts``: the watcher leaves a day's last attempt alone.
+TRAINING_MAX_ATTEMPTS = 3
 #: The analytics app's collective step judges a window once its instance has one this much later
 #: (``CollectiveStep(settings)``'s default ``settle_ms``).
 COLLECTIVE_SETTLE_MS = 900_000
@@ -106,13 +109,9 @@ class ChaosResult:
 def _pid_of(settings: Settings, kind: str) -> int | None:
     if kind == "broker":
         return LocalKafka(settings).pid()
-    if kind == "training":  # the scoring app's training state names the running pid (cheap to read)
-        for path in settings.state_dir.rglob("ml_training.json"):
-            with contextlib.suppress(OSError, ValueError):
-                for entry in json.loads(path.read_text()).get("days", {}).values():
-                    if entry.get("status") == "running" and same_process(entry.get("pid"), entry.get("pid_started")):
-                        return int(entry["pid"])
-        return None
+    if kind == "training":
+        run = _running_training(settings)
+        return run[0] if run else None
     state = read_state(settings.home) or {}
     if kind == "supervisor":
         return state.get("supervisor_pid") if state.get("state") == "running" else None
@@ -120,8 +119,21 @@ def _pid_of(settings: Settings, kind: str) -> int | None:
     return proc.get("pid") if proc.get("state") == "running" else None
 
 
+def _running_training(settings: Settings) -> tuple[int, int] | None:
+    """``(pid, attempt)`` of the running training: the scoring app's training state names it (cheap to read)."""
+    for path in settings.state_dir.rglob("ml_training.json"):
+        with contextlib.suppress(OSError, ValueError):
+            for entry in json.loads(path.read_text()).get("days", {}).values():
+                if entry.get("status") == "running" and same_process(entry.get("pid"), entry.get("pid_started")):
+                    return int(entry["pid"]), int(entry.get("attempts", 1))
+    return None
+
+
 def _finished_and_drained(wb: Workbench) -> bool:
-    status = wb.status()
+    try:
+        status = wb.status()
+    except ReplayError:  # the broker is down (a kill just before): the supervisor brings it back
+        return False
     return (status.drained and status.replay_state == "finished" and status.rows_total > 0
             and status.rows_sent == status.rows_total)
 
@@ -146,17 +158,20 @@ def _until(condition, timeout: float, what: str, poll: float = 0.5):
 
 # --- the run ------------------------------------------------------------------------------------------
 def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, pack: int,
-              kinds: tuple[str, ...] = KINDS, first_kill_s: float = 8.0, min_gap_s: float = 3.0,
+              encoding: str | None = None, partitions: int = 4, kinds: tuple[str, ...] = KINDS,
+              first_kill_s: float = 8.0, min_gap_s: float = 3.0,
               max_gap_s: float = 8.0, drain_timeout: float = 900.0, settle_timeout: float = 300.0,
-              max_speed_after: bool = True,
+              max_speed_after: bool = True, training_delay_s: tuple[float, float] = (0.5, 3.0),
               log=print) -> ChaosResult:
     """Replay ``data`` through a fresh workbench under ``home`` with ``kills`` seeded kill -9s.
 
     ``max_speed_after`` switches the replay to max speed once the schedule is done (short tests);
     without it the replay keeps its pace, so a run with kills and one without compare.
+    ``training_delay_s``: the range of seconds a training runs before the watcher kills it (a
+    training of a small log takes a second or two: a short range makes the kills land).
     """
     rng = random.Random(seed)
-    settings = Settings(home=home, kafka_port=free_port_pair(), kafka_heap="512m", partitions=4)
+    settings = Settings(home=home, kafka_port=free_port_pair(), kafka_heap="512m", partitions=partitions)
     # Each kind once in a shuffled round, then rounds again: every kind is reached early.
     order: list[str] = []
     while len(order) < kills:
@@ -169,7 +184,7 @@ def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, 
     training_quota = order.count("training")
     order = [k for k in order if k != "training"]
     gaps = ([first_kill_s] + [rng.uniform(min_gap_s, max_gap_s) for _ in order[1:]])[:len(order)]
-    training_delays = [rng.uniform(0.5, 3.0) for _ in range(training_quota)]
+    training_delays = [rng.uniform(*training_delay_s) for _ in range(training_quota)]
     done: list[Kill] = []
     started, started_wall = time.monotonic(), time.time()
     stop_watch = threading.Event()
@@ -177,8 +192,11 @@ def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, 
     def watch_training() -> None:
         seen: set[int] = set()
         while training_delays and not stop_watch.is_set():
-            pid = _pid_of(settings, "training")
-            if pid is not None and pid not in seen:
+            run = _running_training(settings)
+            pid = run[0] if run else None
+            # Not a day's last attempt: killing that one fails the day for good (no model), which no
+            # run without kills does, and the comparison with one would show it, not a fault.
+            if run is not None and pid not in seen and run[1] < TRAINING_MAX_ATTEMPTS:
                 seen.add(pid)
                 if stop_watch.wait(training_delays.pop(0)):
                     return
@@ -188,7 +206,8 @@ def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, 
             stop_watch.wait(0.1)
 
     def start(reset: bool) -> Workbench:
-        return Workbench.start(data=data, speedup=speedup, pack=pack, settings=settings, reset=reset)
+        return Workbench.start(data=data, speedup=speedup, pack=pack, encoding=encoding, settings=settings,
+                               reset=reset)
 
     wb = start(True)
     watcher = threading.Thread(target=watch_training, daemon=True)
@@ -459,3 +478,45 @@ def compare(settings: Settings, data: Path, result: ChaosResult) -> None:
     want, got = _residual_keys(want_residuals), _residual_keys(stored)
     result.lost["window_residuals"] = sum((want - got).values())
     result.extra["window_residuals"] = sum((got - want).values())
+
+
+# --- against another run ----------------------------------------------------------------------------
+def outcome(home: Path) -> dict[str, Counter]:
+    """What a run's stores hold that must not depend on kills or speed, per store (for :func:`differences`).
+
+    Shards: ``(instance, query, model_version, round(score, 6), is_anomaly)``; lakehouse anomalies:
+    ``(instance, query, model_version, round(score, 6))``; window anomalies ``(instance, window, signal)``;
+    residual windows with their values; ``window_stats`` rows (all but ``updated_at``) and late-event
+    counts; model versions ``(id, training day, inputs_sha256)``.
+    """
+    from workbench.ml.registry import ModelRegistry
+    from workbench.store.lakehouse import AnomalyLakehouse
+    from workbench.store.shards import read_shards
+    from workbench.store.window_stats import WindowStatsStore
+
+    settings = Settings(home=home)
+    shards = read_shards(settings.shards_dir,
+                         columns=["instance_id", "query_id", "model_version", "score", "is_anomaly"])
+    rows = Counter(zip(shards.column("instance_id").to_pylist(), shards.column("query_id").to_pylist(),
+                       shards.column("model_version").to_pylist(),
+                       pc.round(shards.column("score"), 6).to_pylist(), shards.column("is_anomaly").to_pylist(),
+                       strict=True))
+    with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
+        lake_rows = lake.connection.execute(
+            "SELECT instance_id, query_id, model_version, score FROM lake.anomalies").fetchall()
+        windows = _window_keys(lake.read_window_anomalies())
+    with WindowStatsStore.from_settings(settings, read_only=True) as store:
+        residuals = _residual_keys(store.read_residuals().to_pandas())
+        stats = Counter(tuple(sorted(w.items())) for w in store.read().drop_columns(["updated_at"]).to_pylist())
+        late = Counter(tuple(sorted(r.items())) for r in store.late_events().to_pylist())
+    registry = ModelRegistry(settings.models_dir)
+    versions = Counter((v, registry.info(v)["training_day"], registry.info(v)["inputs_sha256"])
+                       for v in registry.versions())
+    return {"shards": rows, "lakehouse": Counter((i, q, v, round(s, 6)) for i, q, v, s in lake_rows),
+            "window_anomalies": windows, "window_residuals": residuals, "window_stats": stats, "late events": late,
+            "model versions": versions}
+
+
+def differences(a: dict[str, Counter], b: dict[str, Counter]) -> dict[str, tuple[int, int]]:
+    """Per store, ``(rows only in a, rows only in b)`` of two :func:`outcome` s."""
+    return {name: (sum((a[name] - b[name]).values()), sum((b[name] - a[name]).values())) for name in a}

@@ -117,6 +117,8 @@ def test_bad_start_options_are_refused_before_anything_starts(tmp_path: Path) ->
     began = time.monotonic()
     for options, message in (({"speedup": "fast"}, "speedup must be a number or 'max'. Got 'fast'"),
                              ({"pack": 0}, r"pack \(queries per Kafka message\) must be an integer >= 1"),
+                             ({"encoding": "arrow_zstd"},
+                              r"encoding must be one of \['arrow', 'arrow-zstd', 'json'\]. Got 'arrow_zstd'"),
                              ({"retrain_every_days": 0}, r"retrain_every_days \(--every-n-days\) must be >= 1"),
                              ({"app_instances": 0}, "1 to 64 processes"),
                              ({"app_instances": {"scorer": 2}}, "names apps that are not started: \\['scorer'\\]"),

@@ -9,7 +9,9 @@ Training runs as a process of its own (its own pid and exit code, its own sessio
 ``<logs_dir>/train_<day>.log``): forked by the warm trainer, or started as
 ``python -m workbench.ml._train --day D`` when none is ready; the caller never waits. A failed or killed run is
 retried with exponential backoff up to ``max_attempts``; until a run succeeds the previous
-version stays current (a version only becomes current at the very end of a successful run).
+version stays current (a version only becomes current at the very end of a successful run). Days
+train one at a time in day order, and a day waiting for its retry holds up the later ones: version
+ids (``v{sequence}-{day}``) are then the same as in a run without failures, unless a day fails for good.
 A day whose window's events cannot make a model fails for good at once: no shard day in the
 window (decided without a run), or a run that exits with ``UNTRAINABLE_RC`` (no event, or fewer
 than the usable minimum). A due window's events are all stored, so a retry would read the same;
@@ -290,11 +292,13 @@ class TrainingSupervisor:
                 return day  # still running
             self._record_result(day, entry, rc)
         self._save()
-        now = self.clock()
-        due = sorted(d for d, e in self.state["days"].items()
-                     if e["status"] == "pending" and e["next_attempt_at"] <= now)
-        stored = self._stored_days() if due else None
-        for day in due:
+        # Days train in day order: one waiting for its retry holds up the later ones, so versions
+        # register (and take their sequence numbers) in training-window order, as in a run without failures.
+        pending = sorted(d for d, e in self.state["days"].items() if e["status"] == "pending")
+        stored = self._stored_days() if pending else None
+        for day in pending:
+            if self.state["days"][day]["next_attempt_at"] > self.clock():
+                return None
             if stored is not None and not any(d in stored for d in self._window(day)):
                 entry = self.state["days"][day]
                 entry["last_rc"] = UNTRAINABLE_RC

@@ -109,12 +109,15 @@ def replay_format(pack: int | None, encoding: str | None) -> tuple[int, str]:
     if pack is not None and (isinstance(pack, bool) or not isinstance(pack, int) or pack < 1):
         msg = f"The pack (queries per Kafka message) must be an integer >= 1. Got {pack!r} instead."
         raise ReplayError(msg)
+    if encoding is not None and encoding not in codec.ENCODINGS:  # Workbench.start's replay would crash-loop on it
+        msg = f"The encoding must be one of {sorted(codec.ENCODINGS)}. Got {encoding!r} instead."
+        raise ReplayError(msg)
     if encoding is None:
         if pack is None:
             return defaults.REPLAY_PACK, defaults.REPLAY_ENCODING
         return pack, codec.default_encoding(pack)
     if pack is None:
-        max_rows = codec.ENCODINGS[encoding].max_rows if encoding in codec.ENCODINGS else None
+        max_rows = codec.ENCODINGS[encoding].max_rows
         return min(defaults.REPLAY_PACK, max_rows or defaults.REPLAY_PACK), encoding
     return pack, encoding
 
@@ -213,10 +216,7 @@ class Replay:
             msg = f"The batch_size parameter of Replay must be >= 1. Got {batch_size!r} instead."
             raise ReplayError(msg)
         self.pack = pack
-        self.encoding = codec.default_encoding(pack) if encoding is None else encoding
-        if self.encoding not in codec.ENCODINGS:
-            msg = f"The encoding of Replay must be one of {sorted(codec.ENCODINGS)}. Got {encoding!r} instead."
-            raise ReplayError(msg)
+        self.encoding = encoding  # a known one (replay_format)
         max_rows = codec.ENCODINGS[self.encoding].max_rows
         if max_rows is not None and pack > max_rows:
             msg = (f"The {self.encoding!r} encoding carries at most {max_rows} row(s) per message; got pack={pack}. "

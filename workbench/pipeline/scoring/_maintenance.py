@@ -176,7 +176,7 @@ class TrainerElection:
         """About once a second: heartbeat (assigned and idle partitions), then try the lease or follow.
 
         A partition is idle when it delivered nothing for ``active_s`` since it was assigned here
-        (the rule of :meth:`ScoringSink.watermark_us`, across instances).
+        and the pacer has not paused it (the rule of :meth:`ScoringSink.watermark_us`, across instances).
         """
         now = time.monotonic()
         if not force and now - self._last < self.heartbeat_s:
@@ -192,7 +192,9 @@ class TrainerElection:
         for partition in set(self._assigned_since) - assigned:
             del self._assigned_since[partition]
         seen = getattr(sink, "partition_seen", {}) if sink is not None else {}
-        idle = {p for p, since in self._assigned_since.items() if now - max(since, seen.get(p, since)) >= active_s}
+        held = getattr(sink, "held_partitions", set()) if sink is not None else set()  # paused: not caught up
+        idle = {p for p, since in self._assigned_since.items()
+                if p not in held and now - max(since, seen.get(p, since)) >= active_s}
         from workbench.store.shards import write_heartbeat
 
         try:

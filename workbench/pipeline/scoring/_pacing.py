@@ -8,6 +8,8 @@ once the training it waits for is done. Only that partition stops: Quix's own si
 would pause and rewind every partition, including the slow ones the training watermark waits
 for (a deadlock). The rows it delivered are stored, so nothing is lost and memory stays bounded;
 the backlog waits in Kafka, and a replay that outruns training is scored as fast as training allows.
+A paused partition is silent but not caught up, so it keeps holding the training watermark back
+(:meth:`ScoringSink.watermark_us`), also for a while after it resumes, until it delivers again.
 """
 
 from __future__ import annotations
@@ -74,14 +76,18 @@ class PartitionPacer:
                 if held:
                     self.flow.pause(self.topic, partition)
                     self.paused.add(partition)
+                    sink.held_partitions.add(partition)  # silent, not caught up: it holds the watermark
                     self.status.add("partition_pauses")
                     logger.info("partition paused until training catches up partition=%d day=%s", partition, day)
                 else:
                     self.flow.resume(self.topic, partition)
                     self.paused.discard(partition)
-                    sink.last_message_at = time.monotonic()  # resumed: not idle yet
+                    sink.held_partitions.discard(partition)
+                    # resumed: not idle yet, nor silent (its backlog still holds the watermark)
+                    sink.last_message_at = sink.partition_seen[partition] = time.monotonic()
                     logger.info("partition resumed partition=%d day=%s", partition, day)
             except Exception as exc:  # not assigned any more (rebalance): nothing to pace
                 logger.warning("cannot pause/resume partition=%d error=%s", partition, exc)
                 self.paused.discard(partition)
+                sink.held_partitions.discard(partition)
         self.status.info["paused_partitions"] = sorted(self.paused)

@@ -156,6 +156,8 @@ class ScoringSink(BatchingSink):
         # per partition: newest durable event time, and when it last delivered (the watermark)
         self.partition_max_us: dict[int, int] = {}
         self.partition_seen: dict[int, float] = {}
+        #: partitions the pacer paused (``_pacing``): silent, but their backlog waits in Kafka
+        self.held_partitions: set[int] = set()
         self.on_flushed: Callable[[], None] | None = None
         self.training_running: Callable[[], bool] = lambda: False
         #: set by the app: called with each batch's valid rows before scoring; a day returned
@@ -277,12 +279,15 @@ class ScoringSink(BatchingSink):
         The max over partitions would let a fast partition trigger the training of a day whose
         events a slower partition has not delivered yet (the model would depend on consumption
         order). A partition silent for ``active_s`` is caught up (the replay sends in event-time
-        order) and no longer holds the watermark back.
+        order) and no longer holds the watermark back; unless it is silent because the pacer paused
+        it (:attr:`held_partitions`): its backlog waits in Kafka, and a day trained without it would
+        miss its events (its newest day is later than any training it waits for, so no deadlock).
         """
         if self.max_event_us is None:
             return None
         now = time.monotonic()
-        active = [us for p, us in self.partition_max_us.items() if now - self.partition_seen[p] < active_s]
+        active = [us for p, us in self.partition_max_us.items()
+                  if p in self.held_partitions or now - self.partition_seen[p] < active_s]
         return min(active) if active else self.max_event_us
 
     def _store(self, scored: pa.Table, partition: int) -> tuple[np.ndarray, dict[int, str]]:
