@@ -295,7 +295,9 @@ class TrainingSupervisor:
         # Days train in day order: one waiting for its retry holds up the later ones, so versions
         # register (and take their sequence numbers) in training-window order, as in a run without failures.
         pending = sorted(d for d, e in self.state["days"].items() if e["status"] == "pending")
-        stored = self._stored_days() if pending else None
+        if not pending or self.state["days"][pending[0]]["next_attempt_at"] > self.clock():
+            return None  # nothing due: no shard listing on the polls of a backoff (several a second)
+        stored = self._stored_days()
         for day in pending:
             if self.state["days"][day]["next_attempt_at"] > self.clock():
                 return None
