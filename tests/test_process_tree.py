@@ -249,7 +249,9 @@ def test_killing_the_supervisor_takes_its_apps_and_files_are_private(kafka_setti
         assert "processes" in spec and "argv" not in spec  # a typed spec, not command lines
         os.kill(supervisor_pid, signal.SIGKILL)
         wait_until(lambda: process_start_time(app_pid) is None or _is_zombie(app_pid), timeout=30)
-        assert not wb.running
+        # The kernel signals the apps (PR_SET_PDEATHSIG) while the supervisor is still exiting, before it
+        # turns into a zombie: an app can be gone a moment before its supervisor's pid stops answering.
+        wait_until(lambda: not wb.running, timeout=10)
         assert _lifeline.home_processes(kafka_settings.home) == []
         for path in (kafka_settings.home / "run" / "spec.json", kafka_settings.logs_dir / "analytics.log",
                      kafka_settings.logs_dir / "supervisor.log"):
