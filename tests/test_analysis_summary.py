@@ -359,6 +359,16 @@ def test_labels_path_to_a_file_that_is_no_labelled_parquet_log_is_refused_naming
     labelled = tmp_path / "labelled.parquet"
     pq.write_table(pa.table({"query_id": [1], "label_anomaly": [False]}), labelled)
     assert find_labelled_log(settings, str(labelled)) == labelled
+    blank = tmp_path / "blank.parquet"
+    pq.write_table(pa.table({"query_id": [1, 2], "label_anomaly": pa.nulls(2, pa.bool_())}), blank)
+    with pytest.raises(ConfigurationError, match=r"Got '.*blank\.parquet', whose `label_anomaly` is NULL on every row"):
+        find_labelled_log(settings, str(blank))
+    # found by itself: a log nobody labelled is passed over for a labelled one
+    settings.data_dir.mkdir(parents=True)
+    pq.write_table(pa.table({"query_id": [1], "label_anomaly": [True]}), settings.data_dir / "a.parquet")
+    nobody = pa.table({"query_id": [1], "label_anomaly": pa.nulls(1, pa.bool_())})
+    pq.write_table(nobody, settings.data_dir / "b.parquet")
+    assert find_labelled_log(settings) == settings.data_dir / "a.parquet"
 
 
 def test_start_mode_with_a_missing_data_file_is_refused_naming_the_parameter(tmp_path: Path) -> None:

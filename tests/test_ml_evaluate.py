@@ -201,6 +201,18 @@ def test_labels_of_another_tool_without_kinds_or_as_text_are_evaluated(demo: tup
                                     pa.array(np.where(flags, "anomaly", "ok"))), odd)
     with pytest.raises(MLError, match="'anomaly', 'ok'"):
         evaluate(settings, day, data=odd, store=False)
+    # NULL is normal, but NULL on every row is a log nobody labelled, not one without anomalies
+    sparse = tmp_path / "true_or_null.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("label_anomaly"), "label_anomaly",
+                                    pa.array(np.where(flags, True, None), pa.bool_())), sparse)
+    assert evaluate(settings, day, data=sparse, store=False)["metrics"]["PR-AUC"] == reference["PR-AUC"]
+    blank = tmp_path / "blank.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("label_anomaly"), "label_anomaly",
+                                    pa.nulls(table.num_rows, pa.bool_())), blank)
+    with pytest.raises(MLError, match=r"'label_anomaly' of '.*blank\.parquet' is NULL on all [\d,]+ rows"):
+        evaluate(settings, day, data=blank, store=False)
+    with pytest.raises(MLError, match="carries no labels"):
+        ds.score_day(settings, blank, day, [version])
 
 
 def test_the_window_label_sidecar_is_read_once_per_evaluation(demo: tuple[Settings, Path], tmp_path: Path,

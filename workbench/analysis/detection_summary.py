@@ -68,8 +68,9 @@ def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: dateti
     """
     import pyarrow.parquet as pq
 
-    from workbench.ml.evaluate import anomaly_kinds, anomaly_labels
+    from workbench.ml.evaluate import anomaly_kinds, anomaly_labels, require_labels
 
+    require_labels(Path(labels_file))
     present = [c for c in _LABEL_COLUMNS if c in pq.read_schema(labels_file).names]
     table = pq.read_table(labels_file, columns=present)
     log = table.to_pandas()
@@ -229,8 +230,9 @@ def score_day(settings: Settings, labels_file: Path, day: dt.date, versions: Seq
     table = load_log_window(Path(labels_file), day, 1)
     import pyarrow as pa
 
-    from workbench.ml.evaluate import anomaly_labels
+    from workbench.ml.evaluate import anomaly_labels, require_labels
 
+    require_labels(Path(labels_file))
     labels = anomaly_labels(table, Path(labels_file))
     if "label_kind" not in table.column_names:  # labels from a tool that does not name kinds
         table = table.append_column("label_kind", pa.nulls(table.num_rows, pa.string()))

@@ -64,8 +64,8 @@ from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import LoadedModel
 
 __all__ = ["anomaly_kinds", "anomaly_labels", "detection_metrics", "dominating_normals", "evaluate", "format_table",
-           "labelled_windows", "recall_at_volume", "regression_metrics", "top_k_f1", "window_kinds_of",
-           "window_metrics"]
+           "labelled_windows", "recall_at_volume", "regression_metrics", "require_labels", "top_k_f1",
+           "window_kinds_of", "window_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,30 @@ def anomaly_labels(table: pa.Table, data: Path) -> np.ndarray:
     msg = (f"Column 'label_anomaly' of {str(data)!r} must be boolean (or 0/1, or true/false text). "
            f"Got {column.type} instead.")
     raise MLError(msg)
+
+
+def require_labels(data: Path) -> None:
+    """Raise :class:`MLError` when ``label_anomaly`` of the log ``data`` (a file or a folder) is NULL on
+    every row: the column is there but nothing was labelled, and NULL-is-normal would evaluate that as a
+    log without a single anomaly (a PR-AUC of nothing, every alert false) instead of saying so."""
+    import pyarrow.parquet as pq
+
+    from workbench.replay._source import log_parts
+
+    rows = nulls = 0
+    for part in log_parts(Path(data)):
+        file = pq.ParquetFile(part)
+        if "label_anomaly" not in file.schema_arrow.names:
+            return  # an unlabelled part: the callers say which columns are missing
+        rows += file.metadata.num_rows
+        nulls += file.read(columns=["label_anomaly"]).column(0).null_count
+        if nulls < rows:
+            return
+    if rows:
+        msg = (f"Column 'label_anomaly' of {str(data)!r} is NULL on all {rows:,} rows: the log carries no labels. "
+               "Label anomalies true (normal rows false or NULL); a log without labels is scored by "
+               "replaying it (the notebooks and `workbench report` show its alerts).")
+        raise MLError(msg)
 
 
 def anomaly_kinds(table: pa.Table, labels: np.ndarray) -> np.ndarray:
@@ -304,6 +328,7 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
         msg = (f"{data} has no labelled rows on {day} (rows={table.num_rows}, columns with labels: "
                f"{'label_anomaly' in table.column_names}). Pick a day inside the log of a generated file.")
         raise MLError(msg)
+    require_labels(Path(data))
     model = LoadedModel.load(registry, resolved)
     out = model.predict(table)
     labels = anomaly_labels(table, data)

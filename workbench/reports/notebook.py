@@ -213,16 +213,32 @@ def find_labelled_log(settings: Settings, labels_path: str = "") -> Path | None:
             msg = (f"The `labels_path` parameter must name a labelled log (with the generator's `label_anomaly` "
                    f"column). Got {labels_path!r}, which has none; use \"none\" to skip the comparison.")
             raise ConfigurationError(msg)
+        if not _carries_labels(path):
+            msg = (f"The `labels_path` parameter must name a labelled log. Got {labels_path!r}, whose "
+                   "`label_anomaly` is NULL on every row; use \"none\" to skip the comparison.")
+            raise ConfigurationError(msg)
         return path
     candidates = sorted(settings.data_dir.glob("*.parquet"), key=lambda p: (p.stat().st_mtime, p.name),
                         reverse=True) if settings.data_dir.is_dir() else []
     for path in candidates:
         try:
-            if "label_anomaly" in pq.read_schema(path).names:
+            if "label_anomaly" in pq.read_schema(path).names and _carries_labels(path):
                 return path
         except Exception as exc:  # an unreadable file is not a labelled log
             logger.debug("skipping %s: %s", path, exc)
     return None
+
+
+def _carries_labels(path: Path) -> bool:
+    """Whether ``label_anomaly`` of ``path`` holds a value on at least one row."""
+    from workbench.ml.evaluate import require_labels
+    from workbench.ml.exceptions import MLError
+
+    try:
+        require_labels(path)
+    except MLError:
+        return False
+    return True
 
 
 def setup_charts() -> None:
