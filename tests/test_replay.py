@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -345,3 +346,18 @@ def test_a_log_written_a_row_per_row_group_is_read_in_full_batches(tmp_path: Pat
         assert pa.Table.from_batches([b for _, b in batches]).equals(table.slice(start).select(
             batches[0][1].schema.names))
         assert len(batches) <= -(-(1000 - min(start, 1000)) // 512) + -(-(3000 - max(start, 1000)) // 512) + 1
+
+
+def test_replay_command_names_a_bad_file_before_waiting_for_the_broker(tmp_path: Path) -> None:
+    """With no broker up, `workbench replay BAD` waited out the 90 s start-up deadline, then spoke of Kafka."""
+    not_parquet = tmp_path / "notes.parquet"
+    not_parquet.write_text("not parquet")
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"query_id": [1]}), plain)
+    env = {**os.environ, "WORKBENCH_HOME": str(tmp_path / "home"), "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    for log, said in ((tmp_path / "absent.parquet", "does not exist"), (not_parquet, "not a readable Parquet"),
+                      (plain, "lacks 23 of the 24 required Redset")):
+        done = subprocess.run([sys.executable, "-m", "workbench.cli", "replay", str(log)], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and said in done.stderr and str(log.name) in done.stderr, done.stderr
+        assert "Kafka" not in done.stderr, done.stderr

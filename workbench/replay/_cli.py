@@ -22,13 +22,16 @@ def _replay(args: argparse.Namespace) -> int:
 
     from workbench.broker import ensure_broker
     from workbench.replay._replay import Replay
+    from workbench.replay._source import check_log_columns
 
     settings = settings_from_args(args)
-    ensure_broker(settings)
+    # The arguments and the file first: a typo should not wait out the broker's start-up deadline.
     replay = Replay(args.file, settings=settings, speedup=args.speedup, pack=args.pack, encoding=args.encoding,
                     replay_id=args.replay_id, reset=args.reset, batch_size=args.batch_size,
                     skip_bad_rows=args.skip_bad_rows, linger=args.linger, run_token=args.run_token,
                     commands_since=args.commands_since)
+    check_log_columns(replay.data)
+    ensure_broker(settings)
     bar = tqdm(total=0, unit="rows", unit_scale=True, dynamic_ncols=True, disable=args.quiet, file=sys.stderr)
 
     def progress(status: ReplayStatus) -> None:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from workbench.data.exceptions import DataValidationError
 from workbench.data.schema import COLUMNS, REDSET_SCHEMA, LogSummary, batches_by_row_group, validate
 
-__all__ = ["LogFile", "check_order_across_files", "log_parts", "validate_log"]
+__all__ = ["LogFile", "check_log_columns", "check_order_across_files", "log_parts", "validate_log"]
 
 _SCHEMA = REDSET_SCHEMA.remove_metadata()
 
@@ -151,6 +151,16 @@ def log_parts(path: str | os.PathLike[str]) -> list[Path]:
                "`workbench prepare ... --split day`.")
         raise DataValidationError(msg, path=str(path))
     return parts
+
+
+def check_log_columns(path: str | os.PathLike[str]) -> None:
+    """Raise DataValidationError naming the file when a part of the log is missing, is no Parquet or lacks
+    a Redset column: the checks that read no row, for a caller about to wait on something slow (a broker)
+    before its own full validation."""
+    from workbench.data.schema import _check_schema, _open
+
+    for part in log_parts(path):
+        _check_schema(_open(part).schema_arrow, part)
 
 
 def validate_log(path: str | os.PathLike[str]) -> LogSummary:
