@@ -128,3 +128,25 @@ def test_bad_start_options_are_refused_before_anything_starts(tmp_path: Path) ->
     assert time.monotonic() - began < 30  # no broker wait (it would take 90 s)
     assert home_processes(settings.home) == []
     assert not settings.home.exists()  # a refused start leaves no (empty) home behind
+
+
+def test_a_log_of_less_than_a_day_is_scored_once_its_waiting_day_is_trained(kafka_settings: Settings,
+                                                                           tmp_path: Path) -> None:
+    """A day trains when the stream passes its end: a log of a few hours left every event unscored,
+    silently, for good (the demo with --days 1 reported 0 scored events and no model)."""
+    log = make_log(tmp_path / "hours.parquet", rows=3000, spacing_s=5.0)  # 04:10 of one day
+    wb = Workbench.start(data=log, speedup="max", settings=kafka_settings)
+    try:
+        status = wb.wait(timeout=240, progress=False)
+        status = wait_until(lambda: (s := wb.status()).drained and s.waiting_for_model and s, timeout=60)
+        assert status.waiting_for_model == ["2024-03-04"] and status.model_version is None
+        assert "`workbench train --day 2024-03-04` or Workbench.train_waiting_days()" in str(status), str(status)
+        versions = wb.train_waiting_days()
+        assert len(versions) == 1 and versions[0].endswith("-2024-03-04")
+        settled = wait_until(lambda: not (s := wb.status()).waiting_for_model and s.drained and s, timeout=120)
+        scored = wb.shards(columns=["query_id", "model_version"])
+        assert scored.num_rows == 3000 and set(scored.column("model_version").to_pylist()) == set(versions)
+        assert "train --day" not in str(settled)
+        assert wb.train_waiting_days() == []  # nothing waits: nothing more to train
+    finally:
+        wb.stop()

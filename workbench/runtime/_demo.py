@@ -102,6 +102,8 @@ def run_demo(settings: Settings, *, days: int = 4, instances: int = 16, seed: in
         status = workbench.wait(timeout=timeout, progress=progress)
         if not status.drained:
             logger.warning("the pipeline had not drained after %.0f s: %s", timeout, status)
+        elif status.waiting_for_model:  # a log of one day: no later day finishes it
+            workbench.train_waiting_days()
         _wait_until_settled(demo, workbench, timeout=300)
         timings["pipeline"] = time.monotonic() - mark
         scored = _scored_events(demo)

@@ -456,6 +456,11 @@ class WorkbenchStatus:
         if waiting or paused:
             lines.append(f"scoring waits for a model: days {', '.join(waiting) or '-'} (waiting_for_model); "
                          f"paused partitions {', '.join(map(str, paused)) or '-'} (paused_partitions)")
+        if waiting and self.drained:
+            # the replay is over, so no later day will come to finish these: say how to score them
+            lines.append(f"the stream ended before passing the end of {', '.join(waiting)}, so no training is due: "
+                         f"`workbench train --day {waiting[-1]}` or Workbench.train_waiting_days() trains from the "
+                         "stored events now, and the scoring app scores them")
         procs = ", ".join(f"{name}: {p.get('state')}" + (f" ({p['restarts']} restarts)" if p.get("restarts") else "")
                           for name, p in self.processes.items())
         lines.append(f"processes: {procs or '-'}")

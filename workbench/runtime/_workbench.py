@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -513,6 +513,34 @@ class Workbench:
         from workbench.ml.rescore import rescore
 
         return rescore(self.settings, version, start=start, end=end, instances=instances, progress=progress)
+
+    def train_waiting_days(self) -> list[str]:
+        """Train now, from the stored shards, the event days the scoring app waits for a model for and
+        that no training is scheduled for; return the versions made (the scoring app then scores the
+        days' stored events and sends their anomalies on).
+
+        A day trains once the stream has passed its end, so a replay that ends on a day the models
+        need (a log of a day or less: nothing scores it) leaves its events stored unscored until a
+        later day's events arrive. Call it when the replay has finished (:meth:`wait`); the version is
+        the one a later scheduled training of the same, complete day would make.
+        """
+        from workbench.ml._train import train_day
+        from workbench.ml.selection import Cadence, expected_window_end
+        from workbench.ml.supervisor import TrainingSupervisor
+
+        state = TrainingSupervisor(self.settings).state
+        cadence = Cadence.from_state(state)
+        due: set[date] = set()
+        for waiting in map(date.fromisoformat, self.status().waiting_for_model):
+            needed = expected_window_end(waiting, cadence) if cadence else waiting
+            # a version whose window ends before the waiting day comes from a training the stream did finish
+            if needed >= waiting and needed.isoformat() not in state["days"]:
+                due.add(needed)
+        versions = []
+        for day in sorted(due):
+            logger.info("training %s now: the stream ended before passing its end, and events wait for it", day)
+            versions.append(train_day(self.settings, day).version)
+        return versions
 
     def controls(self) -> Any:
         """An ipywidgets panel to steer and watch the replay (see :mod:`workbench.ui`)."""
