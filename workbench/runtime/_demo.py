@@ -49,7 +49,10 @@ class DemoResult:
             f"model versions  {', '.join(self.model_versions) or 'none'}",
         ]
         if self.detector:
-            lines.append(f"detection on {self.evaluation_day} (labels from the generator):")
+            # a one-day log is scored by the model of that same day: say so next to its figures
+            sample = (" - in-sample: the model was trained on this day" if self.model_versions
+                      and self.model_versions[-1].endswith(f"-{self.evaluation_day}") else "")
+            lines.append(f"detection on {self.evaluation_day} (labels from the generator{sample}):")
             keys = ["PR-AUC", "F1", "F1 @ baseline volume", "precision", "recall", "alerts per 10k"]
             lines.append(f"  {'metric':<28}{'detector':>10}{'baseline':>10}")
             keys += sorted(k for k in self.detector if k.startswith("recall["))
