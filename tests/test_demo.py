@@ -64,3 +64,14 @@ def test_demo_cli_refuses_a_bad_size_with_a_clear_message(kafka_settings: Settin
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "`days`" in done.stderr and "Got 0" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_summary_says_when_the_evaluated_day_is_the_models_own_training_day() -> None:
+    from workbench.runtime._demo import DemoResult
+
+    result = DemoResult(data=Path("log.parquet"), home=Path("home"), events=10, days=["2024-03-04"], scored_events=10,
+                        anomalies=1, model_versions=["v0001-2024-03-04"], evaluation_day="2024-03-04",
+                        detector={"PR-AUC": 0.9}, baseline={"PR-AUC": 0.1}, seconds={"total": 1.0})
+    assert "in-sample: the model was trained on this day" in result.summary()
+    result.model_versions, result.evaluation_day = ["v0001-2024-03-04", "v0002-2024-03-05"], "2024-03-06"
+    assert "in-sample" not in result.summary() and "detection on 2024-03-06" in result.summary()
