@@ -309,7 +309,8 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
 
     * The analytics app's collective step: :func:`~workbench.analysis.collective.flag_windows` over
       the final ``window_stats`` windows that are settled (their instance has a window at least
-      :data:`COLLECTIVE_SETTLE_MS` later; the last ones of each instance are never judged), each
+      :data:`COLLECTIVE_SETTLE_MS` later, and the analytics app holds neither it nor an earlier window of
+      its instance open; the last ones of each instance are never judged), each
       against the instance's earlier windows, as :class:`~workbench.analysis.collective.CollectiveStep` does.
     * The scoring app's runtime residual: each settled day (:func:`residual_days`) in order, its
       windows from the final shards (:func:`~workbench.analysis.residual_windows.residual_windows`
@@ -331,12 +332,15 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
 
     params = CollectiveParams()
     with WindowStatsStore.from_settings(settings, read_only=True) as store:
+        still_open = store.earliest_open_windows()
         frame = store.read().to_pandas()
     parts: list[pa.Table] = []
     if len(frame):
         start_ms = pd.DatetimeIndex(frame["window_start"]).as_unit("ms").asi8
         newest = pd.Series(start_ms).groupby(frame["instance_id"].to_numpy()).transform("max").to_numpy()
         settled = start_ms <= newest - COLLECTIVE_SETTLE_MS
+        first_open = pd.Series(frame["instance_id"].to_numpy()).map(still_open).fillna(np.iinfo(np.int64).max)
+        settled &= start_ms < first_open.to_numpy(dtype=np.int64)  # nor held open by the analytics app
         parts.append(flag_windows(frame[settled], frame, params))
     step = ResidualWindowsStep(settings, SimpleNamespace(counters={}), params=params)
     columns = list(dict.fromkeys(_WINDOW_COLUMNS + REFERENCE_SOURCE_COLUMNS))

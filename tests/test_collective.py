@@ -369,3 +369,36 @@ def test_step_judges_a_window_with_the_one_before_it_scored_in_an_earlier_run(tm
         zip(pd.to_datetime(want["window_start"], utc=True), want["signal"], strict=True))
     assert (pd.Timestamp(w["window_start"].iloc[301]), "arrivals") in set(
         zip(pd.to_datetime(got["window_start"], utc=True), got["signal"], strict=True))
+
+
+def test_step_leaves_windows_the_analytics_app_holds_open_for_a_later_run(tmp_path: Path) -> None:
+    """A message hours ahead writes a provisional window far ahead; the windows before it that are still
+    filling looked final by the newest-window rule, were judged on part of their queries and never again."""
+    import sqlite3
+
+    from workbench.pipeline._window_state import WindowState
+
+    settings = Settings(home=tmp_path / "home")
+    w = _windows()
+    storm = w.copy()
+    storm.loc[storm.index[300:302], "queue_wlm_bound_queries"] = storm["total_queries"].iloc[300:302] // 2
+    outlier = w.iloc[[420]]  # hours ahead of the stream, open like every window after 298
+    with WindowStatsStore.from_settings(settings) as store:
+        store.upsert(w.iloc[:303].to_dict("records"))  # 300-302 still filling: their queue storm not in yet
+        store.upsert(outlier.to_dict("records"))
+        WindowState(store, "analytics", window_ms=600_000, grace_ms=300_000, closing_strategy="partition").open()
+    opened = (*w["window_start"].iloc[298:303], *outlier["window_start"])
+    held = [int(pd.Timestamp(s).timestamp() * 1000) for s in opened]
+    with sqlite3.connect(settings.sqlite_path) as db:
+        db.executemany("INSERT INTO analytics_open_windows VALUES ('analytics', 'events', 0, 7, ?, '{}')",
+                       [(start,) for start in held])
+    step = CollectiveStep(settings)
+    step.run()
+    assert step.cursor_ms[7] < held[0]  # judged up to the first window still open, not up to the outlier's
+    with WindowStatsStore.from_settings(settings) as store:  # the stream reaches them: complete, closed
+        store.upsert(storm.iloc[298:310].to_dict("records"))
+    with sqlite3.connect(settings.sqlite_path) as db:
+        db.execute("DELETE FROM analytics_open_windows WHERE window_start_ms < ?", (held[-1],))
+    step.run()
+    starts = set(pd.to_datetime(read.window_anomalies(settings, instances=[7])["window_start"], utc=True))
+    assert {pd.Timestamp(s) for s in storm["window_start"].iloc[300:302]} <= starts

@@ -775,7 +775,9 @@ class CollectiveStep:
 
     Incremental: each :meth:`run` scores the final windows of each instance that started after the
     last scored window *of that instance* (a window is final once the store holds windows of the
-    same instance at least ``settle_ms`` later: window length plus grace). The cursor is kept per
+    same instance at least ``settle_ms`` later: window length plus grace, and the analytics app no
+    longer holds it or an earlier window of the instance open: a message dated hours ahead writes a
+    provisional window far ahead while the windows before it are still filling). The cursor is kept per
     instance because instances close their windows at different paces (one partition lags, or
     another analytics process owns it): with one cursor over all instances, a lagging instance's
     windows that close after a faster instance's later ones would be skipped for good. The read
@@ -800,6 +802,8 @@ class CollectiveStep:
         lookback_ms = int(self.params.lookback.total_seconds() * 1000)
         start = min(self.cursor_ms.values()) - lookback_ms if self.cursor_ms else None
         with WindowStatsStore.from_settings(self.settings, read_only=True) as store:
+            # open windows first: one that closes between the two reads is only left for the next run
+            still_open = store.earliest_open_windows()
             table = store.read(start=start)
         if table.num_rows == 0:
             return 0
@@ -808,6 +812,9 @@ class CollectiveStep:
         instance = frame["instance_id"].to_numpy()
         newest = frame.assign(_ms=start_ms).groupby("instance_id")["_ms"].transform("max").to_numpy()
         final = start_ms <= newest - self.settle_ms
+        if still_open:
+            first_open = pd.Series(instance).map(still_open).fillna(np.iinfo(np.int64).max)
+            final &= start_ms < first_open.to_numpy(dtype=np.int64)
         if self.cursor_ms:
             scored_to = pd.Series(instance).map(self.cursor_ms).fillna(np.iinfo(np.int64).min)
             final &= start_ms > scored_to.to_numpy(dtype=np.int64)

@@ -680,6 +680,22 @@ class WindowStatsStore(ConnectionStore):
         value = self._fetch("SELECT max(window_start) FROM window_stats")[0][0]
         return None if value is None else datetime.fromtimestamp(value / 1000, tz=UTC)
 
+    def earliest_open_windows(self) -> dict[int, int]:
+        """Per instance, the start (epoch ms) of its earliest window the analytics app holds open (its
+        state table ``analytics_open_windows``, every group and partition); empty before the app ran.
+
+        An instance's windows before that one are closed for good (its window clock only moves forward),
+        so a reader can tell final windows from provisional ones without guessing from the newest row.
+        """
+        if self.url is None:
+            exists = self._fetch("SELECT 1 FROM sqlite_master WHERE name = 'analytics_open_windows'")
+        else:
+            exists = self._fetch("SELECT 1 WHERE to_regclass('analytics_open_windows') IS NOT NULL")
+        if not exists:
+            return {}
+        rows = self._fetch("SELECT instance_id, min(window_start_ms) FROM analytics_open_windows GROUP BY instance_id")
+        return {int(instance): int(start) for instance, start in rows}
+
     # --- runtime residuals per window (the scoring app) ---------------------------------------------
     def insert_residuals(self, windows: Any) -> int:
         """Store residual windows that are not stored yet (insert-if-absent on ``(instance_id, window_start)``).
