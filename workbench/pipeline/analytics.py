@@ -496,7 +496,7 @@ class AnalyticsApp(WorkbenchApp):
         store = WindowStatsStore.from_settings(self.settings)  # SQLite in the home, or PostgreSQL
         self.state = WindowState(store, self.group or consumer_group(APP_NAME), window_ms=self.window_ms,
                                  grace_ms=self.grace_ms, closing_strategy=self.closing_strategy,
-                                 topic_id=self._topic_id)
+                                 topic_id=self._topic_id, clock_messages=self.settings.window_clock_messages)
         self.state.open()
         self.sink = WindowStatsSink(self.state, before_flush=self.process_buffer, status=self.status)
         sdf = app.dataframe(event_topic(app, self.settings))
