@@ -12,15 +12,16 @@ Why not Quix's window operator
     (whatever keys it defines flow through unchanged).
 
 State of one (consumer group, topic, partition)
-    ``next_offset`` (messages below it are counted), ``watermark_ms`` (the partition's event time: the
-    latest arrival counted), the event time of every instance (``closing_strategy="key"``) and the
-    merged partials of the windows not yet closed. It lives in memory and is written, with the window
-    rows, in **one store transaction** (:meth:`WindowStatsStore.transaction`) at every checkpoint
-    (the Quix sink flush, which Quix runs before it commits the Kafka offsets): ``window_stats``
-    (closed windows final, changed open windows provisional), ``late_event_sources``,
-    ``analytics_progress``, ``analytics_open_windows`` and ``analytics_key_time``, all in the store's
-    database. On PostgreSQL the statements are translated, and every process's transaction takes
-    turns on one advisory lock, as SQLite's write lock makes them do.
+    ``next_offset`` (messages below it are counted), ``watermark_ms`` (the partition's window clock,
+    below) with ``recent_ms`` (the floors of its last ``k - 1`` messages), the clock and recent floors
+    of every instance (``closing_strategy="key"``) and the merged partials of the windows not yet
+    closed. It lives in memory and is written, with the window rows, in **one store transaction**
+    (:meth:`WindowStatsStore.transaction`) at every checkpoint (the Quix sink flush, which Quix runs
+    before it commits the Kafka offsets): ``window_stats`` (closed windows final, changed open
+    windows provisional), ``late_event_sources``, ``analytics_progress``, ``analytics_open_windows``
+    and ``analytics_key_time``, all in the store's database. On PostgreSQL the statements are
+    translated, and every process's transaction takes turns on one advisory lock, as SQLite's write
+    lock makes them do.
 
 Why that is exactly once (a crash at any point neither loses nor duplicates a counted event)
     * Crash before the SQLite commit: nothing of the checkpoint is stored and Kafka's committed offset
@@ -37,10 +38,42 @@ Why that is exactly once (a crash at any point neither loses nor duplicates a co
       so contributions of a checkpoint that was not committed are never written later.
 
 Windows and late events
-    A window ``[start, start + window_ms)`` closes once the event time (of the partition, or of the
-    instance with ``closing_strategy="key"``) reaches ``start + window_ms + grace_ms``. Event time moves
-    row by row in message order, so a row is late exactly when its window had closed before it came;
-    late rows are counted per (source message, window) in ``late_event_sources`` and never merged.
+    A window ``[start, start + window_ms)`` closes once the window clock (of the partition, or of the
+    instance with ``closing_strategy="key"``) reaches ``start + window_ms + grace_ms``. A row is late
+    exactly when its window had closed before its message came; late rows are counted per (source
+    message, window) in ``late_event_sources`` and never merged.
+
+The window clock: k consecutive messages must agree
+    A message's *floor* is the earliest event time among its rows (of the instance, by key). The clock
+    after a message is the larger of the clock before it and the smallest floor of the last ``k``
+    messages (``Settings.window_clock_messages``, default 16): the latest time ``k`` consecutive
+    messages have all reached. Why:
+
+    * The running maximum of event time (the clock before, = ``k = 1`` on one-row messages) let one
+      valid message dated hours or days ahead (within the event-time guard's horizon) close every
+      window up to it: each on-time event after it was late. Now fewer than ``k`` adjacent messages
+      ahead move nothing; their windows stay open, are written as provisional rows at every
+      checkpoint, and close normally when the stream reaches them (counted in their own windows).
+    * The unit is the message, not the row, because a message is what one producer writes at once: a
+      packed Arrow message of any number of rows ahead is one vote, and the rows of one message never
+      close each other's windows (a wide packed message no longer closes other instances' windows
+      unless ``k`` messages in a row do).
+    * A real jump of the stream (all messages after a gap are ahead) moves the clock after ``k``
+      messages. The rule is a function of the partition's message order only, and the state it needs
+      (the clock and ``k - 1`` floors) is committed with the offsets: the same at any replay speed,
+      any batch boundaries, and across kill -9 and restarts.
+
+    What it does not do: ``k`` or more adjacent messages ahead still move the clock (as a real jump
+    does: in message order the two look alike). Windows close up to ``k`` messages later than with the
+    running maximum (a provisional row stands in until then; on a sparse partition that can be hours
+    of wall time). Windows an outlier leaves open are held (memory, ``analytics_open_windows``) until
+    the clock passes them, i.e. until the stream reaches their time: at most the event-time guard's
+    horizon (7 days) after the stream's latest accepted event, and no more windows than the distinct
+    (instance, window) pairs the outliers' rows fall into (one window row each in any case). The
+    guard's watermark follows accepted outliers, so a stream that keeps sending them, each up to a
+    horizon ahead of the last, holds one open window per such pair: bounded by the outliers' rows.
+    A state stored before the clock kept its floors starts with none: its clock moves again after
+    ``k`` new messages.
 """
 
 from __future__ import annotations
