@@ -509,7 +509,9 @@ class AnalyticsApp(WorkbenchApp):
         consume_in_batches(app, self._on_messages, max_messages=self.batch_messages)
         register_periodic(app, self._tick)
         self.status.info.update({"window_ms": self.window_ms, "grace_ms": self.grace_ms,
-                                 "closing_strategy": self.closing_strategy, "topic": self.settings.topic_query_events,
+                                 "closing_strategy": self.closing_strategy,
+                                 "window_clock_messages": self.settings.window_clock_messages,
+                                 "topic": self.settings.topic_query_events,
                                  "sqlite_path": str(self.settings.sqlite_path), "window_stats": repr(store)})
         self.app = app
         return app
