@@ -233,3 +233,45 @@ def test_the_app_closes_its_kafka_clients_when_run_returns(kafka_settings: Setti
     assert stopped_in < 20, stopped_in
     dead = consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=1, timeout=20)
     assert [m.value() for m in dead] == [b"{not json"]  # flushed before the producer closed
+
+
+def test_messages_hours_ahead_do_not_make_a_partitions_on_time_events_late(kafka_settings: Settings,
+                                                                           tmp_path: Path) -> None:
+    """A reviewer's valid messages dated hours ahead (one row, and a packed Arrow message of 50 rows) in the
+    middle of a partition: every event lands in its own window and none is late (before the window clock,
+    the on-time events after them all were)."""
+    from datetime import timedelta
+
+    import pyarrow.compute as pc
+
+    ensure_topics(kafka_settings)
+    log = pq.read_table(make_log(tmp_path / "l.parquet", rows=600, instances=1, spacing_s=10))
+
+    def ahead(rows: pa.Table, hours: int, first_id: int) -> pa.Table:
+        shifted = pc.add(rows["arrival_timestamp"], pa.scalar(timedelta(hours=hours)))
+        rows = rows.set_column(rows.schema.get_field_index("arrival_timestamp"), "arrival_timestamp", shifted)
+        ids = pa.array(range(first_id, first_id + rows.num_rows), rows.schema.field("query_id").type)
+        return rows.set_column(rows.schema.get_field_index("query_id"), "query_id", ids).cast(log.schema)
+
+    one, packed = ahead(log.slice(0, 1), 5, 10_000), ahead(log.slice(0, 50), 6, 20_000)
+    producer = Producer(kafka_settings.kafka_client_config())
+    topic = kafka_settings.topic_query_events
+    json_headers = codec.message_headers(codec.ENCODING_JSON, 1)
+
+    def send_json(rows: pa.Table) -> None:
+        for value in codec.encode_json(rows.combine_chunks().to_batches()[0]):
+            producer.produce(topic, key=b"1", value=value, headers=json_headers, partition=0)
+
+    send_json(log.slice(0, 300))
+    send_json(one)
+    producer.produce(topic, key=b"1", value=codec.encode_arrow(packed.combine_chunks().to_batches()[0]),
+                     headers=codec.message_headers(codec.ENCODING_ARROW, 50), partition=0)
+    send_json(log.slice(300))
+    producer.flush(20)
+
+    result = run_analytics(kafka_settings, idle_exit=4, timeout=90, commit_interval=1.0)
+    assert result["late_events"] == 0 and result["dead_letters"] == 0, result.counters
+    assert result["events"] == 651
+    everything = tmp_path / "all.parquet"
+    pq.write_table(pa.concat_tables([log, one, packed]), everything)
+    assert stored_windows(kafka_settings) == expected_windows(everything)

@@ -26,6 +26,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.pg_server import PostgresServer
+from tests.test_window_state import _run as run_clock
+from tests.test_window_state import _scenario as clock_scenario
+from tests.test_window_state import row_template
 from tests.test_window_stats_store import check_residuals_insert_if_absent, window_rows
 from workbench.analysis import read
 from workbench.broker import ensure_topics
@@ -33,6 +36,7 @@ from workbench.config import Settings
 from workbench.ml._testing import day_slice, generated_log
 from workbench.ml._train import train_table
 from workbench.pipeline import run_analytics
+from workbench.pipeline._window_state import WindowState
 from workbench.pipeline.anomaly_sink import run_anomaly_sink
 from workbench.pipeline.scoring import run_scoring
 from workbench.replay import Replay
@@ -130,6 +134,29 @@ def test_window_stats_postgres_adds_declared_columns(postgres_server: PostgresSe
         # the added columns are back: rows without a pace read NULL (not judged), the other its values
         assert table["pace_queries"].to_pylist()[-1] == 60 and table["pace_log_sum"].to_pylist()[-1] == -4_200
         assert table["pace_queries"].null_count == 2
+
+
+def test_window_clock_state_on_postgres_matches_sqlite(postgres_server: PostgresServer, postgres_db: str,
+                                                      tmp_path: Path) -> None:
+    """The analytics window clock (outliers, a gap, stragglers) in random batches with crashes: the same
+    windows and late events on PostgreSQL as on SQLite, and an old state table gets the clock's column."""
+    import numpy as np
+    import psycopg
+
+    url = postgres_server.url(postgres_db)
+    template = row_template(tmp_path)
+    messages, instances = clock_scenario(np.random.default_rng(7))
+    on_sqlite = run_clock(tmp_path / "s.sqlite", template, "partition", messages, instances, None)
+    assert run_clock(url, template, "partition", messages, instances, np.random.default_rng(1)) == on_sqlite
+    with psycopg.connect(url, autocommit=True) as con:  # as the release before the clock made it
+        con.execute("ALTER TABLE analytics_progress DROP COLUMN recent_ms")
+        con.execute("ALTER TABLE analytics_key_time DROP COLUMN recent_ms")
+    state = WindowState(WindowStatsStore(url), "g", window_ms=600_000, grace_ms=60_000, closing_strategy="partition",
+                        clock_messages=4)
+    state.open()
+    p = state.partition("t", 0)
+    assert p.next_offset == len(messages) and p.recent == []  # what it stored before is kept
+    state.store.close()
 
 
 def test_window_residuals_postgres_insert_if_absent(postgres_server: PostgresServer, postgres_db: str) -> None:

@@ -27,11 +27,16 @@ from workbench.store.window_stats import WindowStatsStore
 W = 600_000
 
 
+def row_template(folder: Path) -> dict:
+    """One valid decoded row to copy (its log is written in ``folder``)."""
+    log_batch = pq.read_table(make_log(folder / "l.parquet", rows=5)).to_batches()[0]
+    return codec.decode_row(codec.encode_json(log_batch.slice(0, 1))[0])
+
+
 @pytest.fixture
 def template(tmp_path: Path) -> dict:
     """One valid decoded row to copy."""
-    log_batch = pq.read_table(make_log(tmp_path / "l.parquet", rows=5)).to_batches()[0]
-    return codec.decode_row(codec.encode_json(log_batch.slice(0, 1))[0])
+    return row_template(tmp_path)
 
 
 def _rows(template: dict, times_ms: list[int], instance: int = 1) -> pa.RecordBatch:
@@ -39,9 +44,9 @@ def _rows(template: dict, times_ms: list[int], instance: int = 1) -> pa.RecordBa
     return codec.rows_to_batch(rows)
 
 
-def _state(path: Path, strategy: str = "partition", group: str = "g") -> WindowState:
+def _state(path: Path | str, strategy: str = "partition", group: str = "g", k: int = 16) -> WindowState:
     state = WindowState(WindowStatsStore(path), group, window_ms=W, grace_ms=60_000,
-                        closing_strategy=strategy)  # type: ignore[arg-type]
+                        closing_strategy=strategy, clock_messages=k)  # type: ignore[arg-type]
     state.open()
     return state
 
@@ -56,7 +61,7 @@ def _count(state: WindowState, template: dict, times: list[int], instance: int =
 
 
 def test_rows_after_their_window_closed_are_late_and_counted_per_message(tmp_path: Path, template: dict) -> None:
-    state = _state(tmp_path / "s.sqlite")
+    state = _state(tmp_path / "s.sqlite", k=1)  # k = 1: each one-row message moves the clock
     t0 = 1_709_510_400_000  # a window start
     # window 0 gets 2 rows; a row at t0 + W + grace closes it; then a row of window 0 is late
     closed = _count(state, template, [t0 + 1, t0 + 2, t0 + W + 60_000, t0 + 3])
@@ -72,7 +77,7 @@ def test_rows_after_their_window_closed_are_late_and_counted_per_message(tmp_pat
 
 
 def test_key_strategy_closes_by_the_instance_time_only(tmp_path: Path, template: dict) -> None:
-    state = _state(tmp_path / "s.sqlite", "key")
+    state = _state(tmp_path / "s.sqlite", "key", k=1)
     t0 = 1_709_510_400_000
     _count(state, template, [t0 + 1], instance=1)
     assert _count(state, template, [t0 + 2 * W], instance=2, first_offset=1) == 0  # instance 1's window stays open
@@ -166,3 +171,225 @@ def test_a_batch_of_two_partitions_gives_each_its_own_instances(tmp_path: Path, 
     assert per_partition([1, 2, 3, 1, 3], [0, 0, 1, 0, 1]) == [{1: 2, 2: 1}, {3: 2}]
     # instance 5 from both partitions (e.g. the key changed): each partition counts its own rows
     assert per_partition([5, 5, 5, 6], [0, 1, 1, 0]) == [{5: 1, 6: 1}, {5: 2}]
+
+
+# --- the window clock: a few messages far ahead cannot move it ---------------------------------------
+T0 = 1_709_510_400_000  # a window start
+HOUR = 3_600_000
+
+
+def _feed(state: WindowState, template: dict, messages: list[list[int]], first_offset: int = 0,
+          instances: list[int] | None = None) -> int:
+    """Count ``messages`` (each a list of row times, ms) of partition t[0] in one batch; returns windows closed."""
+    p = state.partition("t", 0)
+    times = [t for m in messages for t in m]
+    offsets = np.repeat(np.arange(first_offset, first_offset + len(messages), dtype=np.int64),
+                        [len(m) for m in messages])
+    rows = [dict(template, instance_id=(instances[o - first_offset] if instances else 1), query_id=i,
+                 arrival_us=t * 1000) for i, (t, o) in enumerate(zip(times, offsets.tolist(), strict=True))]
+    (prep,) = state.prepare([p], codec.rows_to_batch(rows), np.zeros(len(times), np.int64), offsets)
+    closed = state.apply(prep)
+    state.advance(p, int(offsets[-1]))
+    return closed
+
+
+def _stored(path: Path) -> tuple[dict[tuple[int, int], int], int]:
+    """Window counts by (instance, window start ms), and the late events recorded."""
+    with WindowStatsStore(path, read_only=True) as store:
+        rows = {(r["instance_id"], int(r["window_start"].timestamp() * 1000)): r["total_queries"]
+                for r in store.read().to_pylist()}
+        late = sum(r["late_count"] for r in store.late_events().to_pylist())
+    return rows, late
+
+
+def _on_time(first: int, count: int, step: int = 60_000) -> list[list[int]]:
+    """One-row messages, one a minute from ``T0 + first`` minutes."""
+    return [[T0 + (first + i) * step] for i in range(count)]
+
+
+def test_one_event_hours_ahead_leaves_the_partition_clock_where_it_is(tmp_path: Path, template: dict) -> None:
+    """The known limit of the running-maximum clock: one valid event five hours ahead closed every window
+    up to it, and each on-time event after it was late. Now it is counted in its own window, the on-time
+    events in theirs, and the windows close as the stream reaches them."""
+    path = tmp_path / "s.sqlite"
+    state = _state(path)
+    _feed(state, template, _on_time(0, 30))  # minutes 0-29
+    _feed(state, template, [[T0 + 5 * HOUR + 7]], first_offset=30)  # the outlier
+    _feed(state, template, _on_time(30, 60), first_offset=31)  # minutes 30-89: on time
+    p = state.partition("t", 0)
+    assert p.late == {}
+    state.flush()
+    rows, late = _stored(path)
+    assert late == 0
+    assert rows == {**{(1, T0 + n * W): 10 for n in range(9)}, (1, T0 + 30 * W): 1}
+    assert (1, T0 + 30 * W) in p.open  # the outlier's window waits for the stream
+    assert (1, T0) not in p.open  # the stream's own windows closed behind it
+
+
+def test_outliers_in_one_packed_message_and_k_minus_1_adjacent_messages_do_not_move_the_clock(
+        tmp_path: Path, template: dict) -> None:
+    path = tmp_path / "s.sqlite"
+    state = _state(path, k=4)
+    _feed(state, template, _on_time(0, 20))
+    # one packed message of 40 rows hours ahead (more rows than k): one message, one vote
+    _feed(state, template, [[T0 + 3 * HOUR + i for i in range(40)]], first_offset=20)
+    _feed(state, template, _on_time(20, 10), first_offset=21)
+    # k - 1 = 3 adjacent messages ahead, of several rows each, then the stream goes on
+    ahead = [[T0 + 6 * HOUR + 1000 * m + i for i in range(5)] for m in range(3)]
+    _feed(state, template, ahead, first_offset=31)
+    _feed(state, template, _on_time(30, 25), first_offset=34)
+    p = state.partition("t", 0)
+    assert p.late == {}
+    assert p.watermark_ms == T0 + 54 * 60_000 - 3 * 60_000  # the 4th latest on-time message
+    state.flush()
+    rows, late = _stored(path)
+    assert late == 0
+    assert rows == {**{(1, T0 + n * W): 10 for n in range(5)}, (1, T0 + 5 * W): 5,
+                    (1, T0 + 18 * W): 40, (1, T0 + 36 * W): 15}
+
+
+def test_a_real_gap_moves_the_clock_after_k_messages(tmp_path: Path, template: dict) -> None:
+    """All events after a gap are ahead: k messages of them close the windows before the gap, and a
+    straggler from before the gap is late, as with any clock."""
+    path = tmp_path / "s.sqlite"
+    state = _state(path, k=4)
+    _feed(state, template, _on_time(0, 20))  # windows 0 and 1
+    after_gap = _on_time(0, 4, step=1000)
+    after_gap = [[t + 2 * HOUR for t in m] for m in after_gap]
+    p = state.partition("t", 0)
+    _feed(state, template, after_gap[:3], first_offset=20)  # k - 1 messages: the clock stays before the gap
+    assert p.watermark_ms == T0 + 19 * 60_000 and (1, T0 + W) in p.open
+    assert _feed(state, template, after_gap[3:], first_offset=23) == 1  # the k-th moves it: window 1 closes
+    assert p.watermark_ms == T0 + 2 * HOUR
+    _feed(state, template, [[T0 + 19 * 60_000 + 5]], first_offset=24)  # a straggler of window 1
+    assert p.late == {(24, 1, T0 + W): 1}
+    state.flush()
+    rows, late = _stored(path)
+    assert late == 1 and rows == {(1, T0): 10, (1, T0 + W): 10, (1, T0 + 12 * W): 4}
+
+
+def test_key_strategy_one_message_ahead_leaves_its_instance_clock(tmp_path: Path, template: dict) -> None:
+    path = tmp_path / "s.sqlite"
+    state = _state(path, "key", k=4)
+    msgs = [*_on_time(0, 15), [T0 + 4 * HOUR], *_on_time(15, 15)]
+    instances = [1 if i % 3 else 2 for i in range(len(msgs))]
+    instances[15] = 1  # the outlier is instance 1's
+    _feed(state, template, msgs, instances=instances)
+    p = state.partition("t", 0)
+    assert p.late == {}
+    assert p.key_time[1] < T0 + HOUR and (1, T0 + 24 * W) in p.open
+    state.flush()
+    reloaded = _state(path, "key", k=4).partition("t", 0)
+    assert reloaded.key_time == p.key_time and reloaded.key_recent == p.key_recent
+    assert all(len(r) == 3 for r in reloaded.key_recent.values())
+
+
+def _brute_clock(floors: list[int], k: int) -> list[int]:
+    """The rule as written: after message j, the latest time k consecutive messages up to j all reached."""
+    from workbench.pipeline._window_state import NO_CLOCK
+
+    out, clock = [], NO_CLOCK
+    for j in range(len(floors)):
+        if j + 1 >= k:
+            clock = max(clock, min(floors[j + 1 - k:j + 1]))
+        out.append(clock)
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 16])
+def test_message_clock_is_the_rule_whatever_the_chunks(k: int) -> None:
+    from workbench.pipeline._window_state import NO_CLOCK, message_clock
+
+    rng = np.random.default_rng(k)
+    floors = (np.arange(300) * 1000 + rng.integers(0, 5000, 300)).astype(np.int64)
+    floors[rng.choice(300, 30, replace=False)] += 10_000_000  # outliers, some adjacent
+    want = _brute_clock(floors.tolist(), k)
+    for _ in range(5):
+        cuts = sorted(rng.choice(np.arange(1, 300), 12, replace=False).tolist())
+        clock, recent, got = NO_CLOCK, [], []
+        for a, b in zip([0, *cuts], [*cuts, 300], strict=True):
+            clocks, recent = message_clock(clock, recent, floors[a:b], k)
+            clock = int(clocks[-1])
+            got.extend(clocks.tolist())
+            assert len(recent) == min(k - 1, b)
+        assert got == want
+
+
+def _scenario(rng: np.random.Generator) -> tuple[list[list[int]], list[int]]:
+    """Messages of one partition (row times) with outliers alone, packed and adjacent, a gap and stragglers."""
+    messages, instances, minute = [], [], 0
+    for i in range(400):
+        roll = rng.random()
+        if roll < 0.04:
+            msg = [T0 + minute * 60_000 + int(rng.integers(1, 6)) * HOUR + j for j in range(int(rng.integers(1, 30)))]
+        elif roll < 0.06:
+            msg = [T0 + max(0, minute - 30) * 60_000 + j for j in range(3)]  # stragglers: some late
+        else:
+            msg = [T0 + minute * 60_000 + j * 1000 for j in range(int(rng.integers(1, 4)))]
+        if i == 250:
+            minute += 180  # a real gap
+        minute += 1
+        messages.append(msg)
+        instances.append(int(rng.integers(1, 4)))
+    return messages, instances
+
+
+def _run(path: Path, template: dict, strategy: str, messages: list[list[int]], instances: list[int],
+         rng: np.random.Generator | None) -> tuple[dict, int, list]:
+    """Count every message; with ``rng``, in random batches with flushes and crashes (state dropped unflushed,
+    the messages after the stored offset read again)."""
+    state = _state(path, strategy, k=4)
+    if rng is None:
+        _feed(state, template, messages, instances=instances)
+    else:
+        while (offset := state.partition("t", 0).next_offset) < len(messages):
+            end = min(len(messages), offset + int(rng.integers(1, 40)))
+            _feed(state, template, messages[offset:end], first_offset=offset, instances=instances[offset:end])
+            action = rng.random()
+            if action < 0.5:
+                state.flush()
+            elif action < 0.7:  # kill -9: what was not flushed is gone
+                state = _state(path, strategy, k=4)
+    state.flush()
+    rows, late = _stored(path)
+    with WindowStatsStore(path, read_only=True) as store:
+        sources = sorted((r["instance_id"], r["late_count"]) for r in store.late_events().to_pylist())
+    return rows, late, sources
+
+
+@pytest.mark.parametrize("strategy", ["partition", "key"])
+def test_the_clock_is_the_same_at_any_batch_boundaries_and_after_crashes(tmp_path: Path, template: dict,
+                                                                          strategy: str) -> None:
+    messages, instances = _scenario(np.random.default_rng(7))
+    whole = _run(tmp_path / "whole.sqlite", template, strategy, messages, instances, None)
+    assert sum(whole[0].values()) + whole[1] == sum(map(len, messages))  # every row counted once
+    assert 0 < whole[1] < 60  # the stragglers are late, the outliers' followers are not
+    for seed in range(3):
+        again = _run(tmp_path / f"run{seed}.sqlite", template, strategy, messages, instances,
+                     np.random.default_rng(seed))
+        assert again == whole
+
+
+def test_a_state_stored_before_the_clock_kept_its_messages_is_upgraded(tmp_path: Path, template: dict) -> None:
+    import sqlite3
+
+    path = tmp_path / "s.sqlite"
+    con = sqlite3.connect(path)  # the tables as the first release made them
+    con.executescript(
+        "CREATE TABLE analytics_progress (consumer_group TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER "
+        "NOT NULL, next_offset INTEGER NOT NULL, watermark_ms INTEGER, PRIMARY KEY (consumer_group, topic, "
+        "partition)) WITHOUT ROWID;"
+        "CREATE TABLE analytics_key_time (consumer_group TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER "
+        "NOT NULL, instance_id INTEGER NOT NULL, latest_ms INTEGER NOT NULL, PRIMARY KEY (consumer_group, topic, "
+        f"partition, instance_id)) WITHOUT ROWID; INSERT INTO analytics_progress VALUES ('g', 't', 0, 5, {T0 + W});"
+        f"INSERT INTO analytics_key_time VALUES ('g', 't', 0, 1, {T0 + W});")
+    con.commit()
+    con.close()
+    state = _state(path, k=4)
+    p = state.partition("t", 0)
+    assert (p.next_offset, p.watermark_ms, p.recent) == (5, T0 + W, [])
+    _feed(state, template, [[T0 + W + 1]], first_offset=5)
+    state.flush()
+    assert _state(path, k=4).partition("t", 0).recent == [T0 + W + 1]
+    key = _state(path, "key", k=4).partition("t", 0)
+    assert key.key_time == {1: T0 + W} and key.key_recent == {1: []}

@@ -193,6 +193,17 @@ class Settings(BaseSettings):
             "forward horizon: a replay reset or backward seek goes back at most the log's span (Redset: 3 months)."
         ),
     )
+    window_clock_messages: int = Field(
+        default=16,
+        ge=1,
+        le=4096,
+        validation_alias="WORKBENCH_WINDOW_CLOCK_MESSAGES",
+        description=(
+            "Analytics windows close by the latest event time this many consecutive messages of a partition "
+            "(of an instance, closing_strategy='key') have all reached: fewer messages far ahead leave the "
+            "window clock where it is (workbench.pipeline._window_state). 1: the running maximum."
+        ),
+    )
 
     # --- stores several machines share (all optional: the default keeps everything in `home`) --------
     lakehouse_catalog: str = Field(

@@ -12,15 +12,16 @@ Why not Quix's window operator
     (whatever keys it defines flow through unchanged).
 
 State of one (consumer group, topic, partition)
-    ``next_offset`` (messages below it are counted), ``watermark_ms`` (the partition's event time: the
-    latest arrival counted), the event time of every instance (``closing_strategy="key"``) and the
-    merged partials of the windows not yet closed. It lives in memory and is written, with the window
-    rows, in **one store transaction** (:meth:`WindowStatsStore.transaction`) at every checkpoint
-    (the Quix sink flush, which Quix runs before it commits the Kafka offsets): ``window_stats``
-    (closed windows final, changed open windows provisional), ``late_event_sources``,
-    ``analytics_progress``, ``analytics_open_windows`` and ``analytics_key_time``, all in the store's
-    database. On PostgreSQL the statements are translated, and every process's transaction takes
-    turns on one advisory lock, as SQLite's write lock makes them do.
+    ``next_offset`` (messages below it are counted), ``watermark_ms`` (the partition's window clock,
+    below) with ``recent_ms`` (the floors of its last ``k - 1`` messages), the clock and recent floors
+    of every instance (``closing_strategy="key"``) and the merged partials of the windows not yet
+    closed. It lives in memory and is written, with the window rows, in **one store transaction**
+    (:meth:`WindowStatsStore.transaction`) at every checkpoint (the Quix sink flush, which Quix runs
+    before it commits the Kafka offsets): ``window_stats`` (closed windows final, changed open
+    windows provisional), ``late_event_sources``, ``analytics_progress``, ``analytics_open_windows``
+    and ``analytics_key_time``, all in the store's database. On PostgreSQL the statements are
+    translated, and every process's transaction takes turns on one advisory lock, as SQLite's write
+    lock makes them do.
 
 Why that is exactly once (a crash at any point neither loses nor duplicates a counted event)
     * Crash before the SQLite commit: nothing of the checkpoint is stored and Kafka's committed offset
@@ -37,10 +38,42 @@ Why that is exactly once (a crash at any point neither loses nor duplicates a co
       so contributions of a checkpoint that was not committed are never written later.
 
 Windows and late events
-    A window ``[start, start + window_ms)`` closes once the event time (of the partition, or of the
-    instance with ``closing_strategy="key"``) reaches ``start + window_ms + grace_ms``. Event time moves
-    row by row in message order, so a row is late exactly when its window had closed before it came;
-    late rows are counted per (source message, window) in ``late_event_sources`` and never merged.
+    A window ``[start, start + window_ms)`` closes once the window clock (of the partition, or of the
+    instance with ``closing_strategy="key"``) reaches ``start + window_ms + grace_ms``. A row is late
+    exactly when its window had closed before its message came; late rows are counted per (source
+    message, window) in ``late_event_sources`` and never merged.
+
+The window clock: k consecutive messages must agree
+    A message's *floor* is the earliest event time among its rows (of the instance, by key). The clock
+    after a message is the larger of the clock before it and the smallest floor of the last ``k``
+    messages (``Settings.window_clock_messages``, default 16): the latest time ``k`` consecutive
+    messages have all reached. Why:
+
+    * The running maximum of event time (the clock before, = ``k = 1`` on one-row messages) let one
+      valid message dated hours or days ahead (within the event-time guard's horizon) close every
+      window up to it: each on-time event after it was late. Now fewer than ``k`` adjacent messages
+      ahead move nothing; their windows stay open, are written as provisional rows at every
+      checkpoint, and close normally when the stream reaches them (counted in their own windows).
+    * The unit is the message, not the row, because a message is what one producer writes at once: a
+      packed Arrow message of any number of rows ahead is one vote, and the rows of one message never
+      close each other's windows (a wide packed message no longer closes other instances' windows
+      unless ``k`` messages in a row do).
+    * A real jump of the stream (all messages after a gap are ahead) moves the clock after ``k``
+      messages. The rule is a function of the partition's message order only, and the state it needs
+      (the clock and ``k - 1`` floors) is committed with the offsets: the same at any replay speed,
+      any batch boundaries, and across kill -9 and restarts.
+
+    What it does not do: ``k`` or more adjacent messages ahead still move the clock (as a real jump
+    does: in message order the two look alike). Windows close up to ``k`` messages later than with the
+    running maximum (a provisional row stands in until then; on a sparse partition that can be hours
+    of wall time). Windows an outlier leaves open are held (memory, ``analytics_open_windows``) until
+    the clock passes them, i.e. until the stream reaches their time: at most the event-time guard's
+    horizon (7 days) after the stream's latest accepted event, and no more windows than the distinct
+    (instance, window) pairs the outliers' rows fall into (one window row each in any case). The
+    guard's watermark follows accepted outliers, so a stream that keeps sending them, each up to a
+    horizon ahead of the last, holds one open window per such pair: bounded by the outliers' rows.
+    A state stored before the clock kept its floors starts with none: its clock moves again after
+    ``k`` new messages.
 """
 
 from __future__ import annotations
@@ -66,19 +99,23 @@ logger = logging.getLogger(__name__)
 _CREATE: Final = (
     "CREATE TABLE IF NOT EXISTS analytics_progress (\n  consumer_group TEXT NOT NULL,\n  topic TEXT NOT NULL,\n"
     "  partition INTEGER NOT NULL,\n  next_offset INTEGER NOT NULL,\n  watermark_ms INTEGER,\n  topic_id TEXT,\n"
-    "  PRIMARY KEY (consumer_group, topic, partition)\n) WITHOUT ROWID",
+    "  recent_ms TEXT,\n  PRIMARY KEY (consumer_group, topic, partition)\n) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS analytics_open_windows (\n  consumer_group TEXT NOT NULL,\n  topic TEXT NOT NULL,\n"
     "  partition INTEGER NOT NULL,\n  instance_id INTEGER NOT NULL,\n  window_start_ms INTEGER NOT NULL,\n"
     "  partial TEXT NOT NULL,\n  PRIMARY KEY (consumer_group, topic, partition, instance_id, window_start_ms)\n"
     ") WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS analytics_key_time (\n  consumer_group TEXT NOT NULL,\n  topic TEXT NOT NULL,\n"
     "  partition INTEGER NOT NULL,\n  instance_id INTEGER NOT NULL,\n  latest_ms INTEGER NOT NULL,\n"
-    "  PRIMARY KEY (consumer_group, topic, partition, instance_id)\n) WITHOUT ROWID",
+    "  recent_ms TEXT,\n  PRIMARY KEY (consumer_group, topic, partition, instance_id)\n) WITHOUT ROWID",
 )
+#: Columns added after the tables were first released: ``open`` adds them to a state stored before.
+_ADDED: Final = {"analytics_progress": (("topic_id", "TEXT"), ("recent_ms", "TEXT")),
+                 "analytics_key_time": (("recent_ms", "TEXT"),)}
 _PROGRESS: Final = (
-    "INSERT INTO analytics_progress (consumer_group, topic, partition, next_offset, watermark_ms, topic_id) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
-    "next_offset = excluded.next_offset, watermark_ms = excluded.watermark_ms, topic_id = excluded.topic_id"
+    "INSERT INTO analytics_progress (consumer_group, topic, partition, next_offset, watermark_ms, topic_id, "
+    "recent_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
+    "next_offset = excluded.next_offset, watermark_ms = excluded.watermark_ms, topic_id = excluded.topic_id, "
+    "recent_ms = excluded.recent_ms"
 )
 _OPEN: Final = (
     "INSERT INTO analytics_open_windows (consumer_group, topic, partition, instance_id, window_start_ms, partial) "
@@ -88,13 +125,70 @@ _OPEN: Final = (
 _CLOSE: Final = ("DELETE FROM analytics_open_windows WHERE consumer_group = ? AND topic = ? AND partition = ? "
                  "AND instance_id = ? AND window_start_ms = ?")
 _KEY_TIME: Final = (
-    "INSERT INTO analytics_key_time (consumer_group, topic, partition, instance_id, latest_ms) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition, instance_id) DO UPDATE SET "
-    "latest_ms = excluded.latest_ms"
+    "INSERT INTO analytics_key_time (consumer_group, topic, partition, instance_id, latest_ms, recent_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition, instance_id) DO UPDATE SET "
+    "latest_ms = excluded.latest_ms, recent_ms = excluded.recent_ms"
 )
 _WHERE: Final = "WHERE consumer_group = ? AND topic = ? AND partition = ?"
 
 WindowKey = tuple[int, int]  # (instance_id, window_start_ms)
+
+#: The clock before k messages have reached any time: no window closes by it. Far from the int64 bounds,
+#: so ``NO_CLOCK - grace`` cannot wrap around.
+NO_CLOCK: Final = -(1 << 62)
+#: Messages that must all have reached a time before the window clock moves to it (see the module docstring).
+DEFAULT_CLOCK_MESSAGES: Final = 16
+
+
+def message_clock(clock: int, recent: list[int], floors: np.ndarray, k: int) -> tuple[np.ndarray, list[int]]:
+    """The window clock after each message, and the floors the next call needs.
+
+    ``floors`` are the earliest event times (ms) of consecutive messages, in their order; ``recent`` the
+    floors of the (at most ``k - 1``) messages before them, ``clock`` the clock after those
+    (:data:`NO_CLOCK` if none). After message ``j`` the clock is the larger of the clock before it and
+    the smallest floor of the last ``k`` messages up to ``j``: the latest time ``k`` consecutive
+    messages have all reached. Returns the clocks (one per floor) and the last ``k - 1`` floors.
+    """
+    seq = np.concatenate((np.asarray(recent, dtype=np.int64), floors.astype(np.int64, copy=False)))
+    candidate = np.full(len(floors), NO_CLOCK, dtype=np.int64)
+    if len(seq) >= k:
+        mins = _sliding_min(seq, k)
+        first = k - 1 - len(recent)  # the first message with k floors up to it (may be < 0)
+        lo = max(first, 0)
+        candidate[lo:] = mins[lo - first:]
+    clocks = np.maximum.accumulate(np.maximum(candidate, clock))
+    return clocks, (seq[-(k - 1):].tolist() if k > 1 else [])
+
+
+def _sliding_min(values: np.ndarray, k: int) -> np.ndarray:
+    """``out[i] = min(values[i:i + k])`` for every full window, in O(n log k) contiguous passes (a strided
+    ``sliding_window_view(...).min(axis=1)`` was several times slower on one-row messages)."""
+    spans, width = values, 1  # spans[i] = min(values[i:i + width])
+    while width * 2 <= k:
+        spans = np.minimum(spans[:-width], spans[width:])
+        width *= 2
+    n = len(values) - k + 1  # two overlapping spans of the largest power of two <= k cover a window
+    return np.minimum(spans[:n], spans[k - width:k - width + n])
+
+
+def _message_floors(times: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each message's earliest event time, and each row's message index (rows of a message are adjacent)."""
+    boundary = np.empty(len(offsets), dtype=bool)
+    boundary[0] = True
+    np.not_equal(offsets[1:], offsets[:-1], out=boundary[1:])
+    starts = np.flatnonzero(boundary)
+    return np.minimum.reduceat(times, starts), np.cumsum(boundary) - 1
+
+
+def _recent_json(recent: list[int]) -> str:
+    return orjson.dumps(recent).decode()
+
+
+def _recent_of(text: str | None, k: int) -> list[int]:
+    """Stored floors (None: a state written before the clock kept them), the last ``k - 1``."""
+    if text is None or k <= 1:
+        return []
+    return [int(t) for t in orjson.loads(text)][-(k - 1):]
 
 
 class StaleStateError(RuntimeError):
@@ -109,9 +203,11 @@ class PartitionState:
     partition: int
     next_offset: int = 0
     stored_next: int | None = None  # next_offset as SQLite holds it (None: no row yet)
-    watermark_ms: int | None = None
+    watermark_ms: int | None = None  # the window clock (None: no k messages yet)
+    recent: list[int] = field(default_factory=list)  # floors of the last k - 1 messages
     topic_id: str | None = None  # Kafka's id of the topic the offsets belong to (None: unknown)
     key_time: dict[int, int] = field(default_factory=dict)
+    key_recent: dict[int, list[int]] = field(default_factory=dict)
     open: dict[WindowKey, dict[str, Any]] = field(default_factory=dict)
     # changed since the last flush:
     dirty: set[WindowKey] = field(default_factory=set)
@@ -129,7 +225,9 @@ class Prepared:
     partials: list[dict[str, Any]]
     late: dict[tuple[int, int, int], int]  # (offset, instance, window start) -> late rows
     key_time: dict[int, int]
+    key_recent: dict[int, list[int]]
     watermark: int | None
+    recent: list[int]
     rows: int
 
 
@@ -188,11 +286,21 @@ class WindowState:
         Window length and the event time a window stays open after its end.
     closing_strategy : {"partition", "key"}
         Whose event time closes windows: the partition's or the instance's.
+    topic_id : callable, optional
+        Kafka's id of a topic (tells a topic created again under the same name).
+    clock_messages : int
+        ``k`` of the window clock: the consecutive messages that must all have reached a time before
+        windows close by it (``Settings.window_clock_messages``).
     """
 
     def __init__(self, store: WindowStatsStore, group: str, *, window_ms: int, grace_ms: int,
                  closing_strategy: Literal["partition", "key"],
-                 topic_id: Callable[[str], str | None] | None = None) -> None:
+                 topic_id: Callable[[str], str | None] | None = None,
+                 clock_messages: int = DEFAULT_CLOCK_MESSAGES) -> None:
+        if isinstance(clock_messages, bool) or not isinstance(clock_messages, int) or clock_messages < 1:
+            msg = f"clock_messages must be an integer >= 1. Got {clock_messages!r} instead."
+            raise ValueError(msg)
+        self.k = clock_messages
         self.store = store
         self.topic_id = topic_id
         self._topic_ids: dict[str, str | None] = {}
@@ -205,11 +313,24 @@ class WindowState:
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def open(self) -> None:
-        """Open the store and create the state tables."""
+        """Open the store, create the state tables and add the columns a state stored before lacks."""
         self.store.open()
         with self.store.transaction() as db:
             for statement in _CREATE:
                 db.execute(statement)
+            for table, columns in _ADDED.items():
+                present = self._columns(db, table)
+                for name, kind in columns:
+                    if name not in present:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                        logger.info("window state migrated: added %s.%s", table, name)
+
+    def _columns(self, db: Any, table: str) -> set[str]:
+        if self.store.url is None:
+            return {str(r[1]) for r in db.execute(f"PRAGMA table_info({table})")}
+        return {str(r[0]) for r in db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = ?", (table,))}
 
     def reset(self) -> None:
         """Forget everything in memory (reloaded from SQLite, partition by partition, when next seen)."""
@@ -238,12 +359,13 @@ class WindowState:
     def _read(self, db: Any, topic: str, partition: int) -> PartitionState:
         args = (self.group, topic, partition)
         state = PartitionState(topic, partition)
-        row = db.execute(f"SELECT next_offset, watermark_ms, topic_id FROM analytics_progress {_WHERE}",
+        row = db.execute(f"SELECT next_offset, watermark_ms, topic_id, recent_ms FROM analytics_progress {_WHERE}",
                          args).fetchone()
         state.topic_id = self._topic_ids.get(topic)
         if row is not None:
             state.next_offset = state.stored_next = int(row[0])
             state.watermark_ms = None if row[1] is None else int(row[1])
+            state.recent = _recent_of(row[3], self.k)
             if row[2] is not None and state.topic_id is not None and row[2] != state.topic_id:
                 # The topic was deleted and created again: its offsets start over, the stored ones
                 # belong to the old topic (skipping below them would drop the new topic's messages).
@@ -252,8 +374,10 @@ class WindowState:
                 state.next_offset = 0
             elif state.topic_id is None:
                 state.topic_id = row[2]
-        for instance, latest in db.execute(f"SELECT instance_id, latest_ms FROM analytics_key_time {_WHERE}", args):
+        for instance, latest, recent in db.execute(
+                f"SELECT instance_id, latest_ms, recent_ms FROM analytics_key_time {_WHERE}", args):
             state.key_time[int(instance)] = int(latest)
+            state.key_recent[int(instance)] = _recent_of(recent, self.k)
         dropped = 0
         for instance, start, text in db.execute(
                 f"SELECT instance_id, window_start_ms, partial FROM analytics_open_windows {_WHERE}", args):
@@ -290,39 +414,47 @@ class WindowState:
         single = len(states) == 1
         rows_of = [None] if single else [np.flatnonzero(row_state == j) for j in range(len(states))]
         key_times: list[dict[int, int]] = []
+        key_recents: list[dict[int, list[int]]] = []
         watermarks: list[int | None] = []
+        recents: list[list[int]] = []
         for j, state in enumerate(states):
             rows = rows_of[j]
             arr = arrival if rows is None else arrival[rows]
-            key_time = dict(state.key_time)
+            key_time, key_recent = dict(state.key_time), dict(state.key_recent)
+            key_times.append(key_time)
+            key_recents.append(key_recent)
             if not len(arr):
-                key_times.append(key_time)
                 watermarks.append(state.watermark_ms)
+                recents.append(state.recent)
                 continue
-            top = int(arr.max())
+            offs = offsets if rows is None else offsets[rows]
+            st = start if rows is None else start[rows]
+            # A row is late when the clock after its message had closed its window; the clock is at most
+            # the message's earliest row, so only the clock before the message can have closed it.
             if self.by_key:
                 inst = instance if rows is None else instance[rows]
-                st = start if rows is None else start[rows]
                 part_late = np.zeros(len(arr), dtype=bool)
                 for i in np.unique(inst).tolist():
                     sel = np.flatnonzero(inst == i)
-                    prior = key_time.get(i)
-                    seq = arr[sel]
-                    running = np.maximum.accumulate(seq if prior is None else np.maximum(seq, prior))
-                    part_late[sel] = st[sel] + w <= running - grace
-                    key_time[i] = int(running[-1])
-                watermark = top if state.watermark_ms is None else max(state.watermark_ms, top)
+                    floors, message_of = _message_floors(arr[sel], offs[sel])
+                    clocks, key_recent[i] = message_clock(key_time.get(i, NO_CLOCK), key_recent.get(i, []),
+                                                          floors, self.k)
+                    part_late[sel] = st[sel] + w <= clocks[message_of] - grace
+                    key_time[i] = int(clocks[-1])
+                top = int(arr.max())  # the partition's latest event time: kept, closes nothing
+                watermarks.append(top if state.watermark_ms is None else max(state.watermark_ms, top))
+                recents.append(state.recent)
             else:
-                prior = state.watermark_ms
-                running = np.maximum.accumulate(arr if prior is None else np.maximum(arr, prior))
-                part_late = (start if rows is None else start[rows]) + w <= running - grace
-                watermark = int(running[-1])
+                floors, message_of = _message_floors(arr, offs)
+                prior = NO_CLOCK if state.watermark_ms is None else state.watermark_ms
+                clocks, recent = message_clock(prior, state.recent, floors, self.k)
+                part_late = st + w <= clocks[message_of] - grace
+                watermarks.append(None if clocks[-1] == NO_CLOCK else int(clocks[-1]))
+                recents.append(recent)
             if rows is None:
                 late = part_late
             else:
                 late[rows] = part_late
-            key_times.append(key_time)
-            watermarks.append(watermark)
         late_counts: list[dict[tuple[int, int, int], int]] = [{} for _ in states]
         if late.any():
             where = np.flatnonzero(late)
@@ -351,7 +483,8 @@ class WindowState:
                     if mask.any():
                         partials_of[j] = partial_aggregates(counted.filter(pa.array(mask)), w)
         counts = np.bincount(row_state, minlength=len(states)) if not single else np.array([n])
-        return [Prepared(state, partials_of[j], late_counts[j], key_times[j], watermarks[j], int(counts[j]))
+        return [Prepared(state, partials_of[j], late_counts[j], key_times[j], key_recents[j], watermarks[j],
+                         recents[j], int(counts[j]))
                 for j, state in enumerate(states)]
 
     def apply(self, prepared: Prepared) -> int:
@@ -368,9 +501,13 @@ class WindowState:
         for k, c in prepared.late.items():
             state.late[k] = state.late.get(k, 0) + c
         if self.by_key:
-            state.key_dirty.update(i for i, t in prepared.key_time.items() if state.key_time.get(i) != t)
+            recent = prepared.key_recent
+            state.key_dirty.update(i for i, t in prepared.key_time.items()
+                                   if state.key_time.get(i) != t or state.key_recent.get(i) != recent.get(i))
             state.key_time = prepared.key_time
+            state.key_recent = prepared.key_recent
         state.watermark_ms = prepared.watermark
+        state.recent = prepared.recent
         state.changed = True
         return self._close(state)
 
@@ -447,6 +584,7 @@ class WindowState:
                 for (offset, inst, start), count in p.late.items():
                     store.record_late(inst, start, count, source=(p.topic, p.partition, offset))
                 lates += len(p.late)
-                db.executemany(_KEY_TIME, [(*g, inst, p.key_time[inst]) for inst in sorted(p.key_dirty)])
-                db.execute(_PROGRESS, (*g, p.next_offset, p.watermark_ms, p.topic_id))
+                db.executemany(_KEY_TIME, [(*g, inst, p.key_time[inst], _recent_json(p.key_recent.get(inst, [])))
+                                           for inst in sorted(p.key_dirty)])
+                db.execute(_PROGRESS, (*g, p.next_offset, p.watermark_ms, p.topic_id, _recent_json(p.recent)))
         return FlushResult(finals, provisional, lates)

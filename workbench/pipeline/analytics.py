@@ -45,15 +45,19 @@ Open windows and the end of input
     one; ``updated_at`` tells when it was written.
 
 Late events
-    A window closes once event time (per partition, or per instance with ``closing_strategy="key"``)
-    reaches its end plus ``grace_ms``; events that come for it later cannot change it. They are
-    counted per window and source message into ``late_event_sources`` (:meth:`WindowStatsStore.record_late`,
-    the ``late_events`` view), in the status counters (``late_events``) and logged (the first and
-    then every 1,000th); they are never silently dropped. With ``closing_strategy="partition"``,
-    grace must cover the event-time disorder inside a partition: an unpaced packed replay puts up to
-    ``batch_size`` rows of event time into one message, so its later windows close other instances'
-    earlier ones. The app counts such wide messages (``wide_messages``) and warns once; raise
-    ``grace_ms`` or use ``closing_strategy="key"`` (per-instance event time, safe for any packing).
+    A window closes once the window clock (per partition, or per instance with
+    ``closing_strategy="key"``) reaches its end plus ``grace_ms``; events that come for it later
+    cannot change it. The clock is the latest time ``Settings.window_clock_messages`` (k, default 16)
+    consecutive messages have all reached, each message by its earliest row
+    (:mod:`workbench.pipeline._window_state`): fewer than k messages far ahead move nothing. Late
+    events are counted per window and source message into ``late_event_sources``
+    (:meth:`WindowStatsStore.record_late`, the ``late_events`` view), in the status counters
+    (``late_events``) and logged (the first and then every 1,000th); they are never silently dropped.
+    With ``closing_strategy="partition"``, grace must cover the event-time disorder between a
+    partition's messages: an unpaced packed replay puts up to ``batch_size`` rows of event time into
+    one message; its later rows close nothing (the clock takes its earliest), but k such messages in a
+    row close other instances' windows behind them. The app counts wide messages (``wide_messages``)
+    and warns once; raise ``grace_ms`` or use ``closing_strategy="key"`` (per-instance event time).
 
 Sums
     Window sums saturate at the int64 bounds (:func:`~workbench.analysis.windows.merge`).
@@ -433,8 +437,8 @@ class AnalyticsApp(WorkbenchApp):
         if not self._warned_wide:
             self._warned_wide = True
             logger.warning(
-                "a message spans more than grace_ms=%d of event time: with closing_strategy='partition' its later "
-                "windows can close other instances' windows early (their events then count as late). Raise "
+                "a message spans more than grace_ms=%d of event time: with closing_strategy='partition' a run of "
+                "such messages can close other instances' windows early (their events then count as late). Raise "
                 "grace_ms or use closing_strategy='key' for such replays.", self.grace_ms)
 
     def _tick(self) -> None:
@@ -496,7 +500,7 @@ class AnalyticsApp(WorkbenchApp):
         store = WindowStatsStore.from_settings(self.settings)  # SQLite in the home, or PostgreSQL
         self.state = WindowState(store, self.group or consumer_group(APP_NAME), window_ms=self.window_ms,
                                  grace_ms=self.grace_ms, closing_strategy=self.closing_strategy,
-                                 topic_id=self._topic_id)
+                                 topic_id=self._topic_id, clock_messages=self.settings.window_clock_messages)
         self.state.open()
         self.sink = WindowStatsSink(self.state, before_flush=self.process_buffer, status=self.status)
         sdf = app.dataframe(event_topic(app, self.settings))
@@ -505,7 +509,9 @@ class AnalyticsApp(WorkbenchApp):
         consume_in_batches(app, self._on_messages, max_messages=self.batch_messages)
         register_periodic(app, self._tick)
         self.status.info.update({"window_ms": self.window_ms, "grace_ms": self.grace_ms,
-                                 "closing_strategy": self.closing_strategy, "topic": self.settings.topic_query_events,
+                                 "closing_strategy": self.closing_strategy,
+                                 "window_clock_messages": self.settings.window_clock_messages,
+                                 "topic": self.settings.topic_query_events,
                                  "sqlite_path": str(self.settings.sqlite_path), "window_stats": repr(store)})
         self.app = app
         return app
