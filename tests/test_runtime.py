@@ -144,8 +144,13 @@ def test_a_log_of_less_than_a_day_is_scored_once_its_waiting_day_is_trained(kafk
         versions = wb.train_waiting_days()
         assert len(versions) == 1 and versions[0].endswith("-2024-03-04")
         settled = wait_until(lambda: not (s := wb.status()).waiting_for_model and s.drained and s, timeout=120)
-        scored = wb.shards(columns=["query_id", "model_version"])
-        assert scored.num_rows == 3000 and set(scored.column("model_version").to_pylist()) == set(versions)
+
+        def stored() -> tuple[int, set[str | None]]:
+            shards = wb.shards(columns=["query_id", "model_version"])
+            return shards.num_rows, set(shards.column("model_version").to_pylist())
+
+        # the stored events are scored in the background once their version exists: each once, by it
+        wait_until(lambda: stored() == (3000, set(versions)), timeout=120, what="every stored event scored once")
         assert "train --day" not in str(settled)
         assert wb.train_waiting_days() == []  # nothing waits: nothing more to train
     finally:
