@@ -431,3 +431,14 @@ def test_versions_that_never_scored_are_named_not_counted_as_zero_silently(
     assert line.startswith("versions v0009 never scored an anomaly here, so they count 0: the lakehouse holds "
                            "anomalies of model versions ") and line.endswith(", ".join(scored))
     assert "none yet" in summary.describe_versions(Settings(home=tmp_path / "empty"), ["v0009"])
+
+
+def test_the_analysed_span_of_a_home_that_streamed_nothing_keeps_the_given_ends(tmp_path: Path) -> None:
+    """Notebook 02 on a fresh home with a generated (labelled) log and nothing replayed: its label
+    comparison asked the window stats for the streamed span and raised StoreNotFoundError."""
+    fresh = Settings(home=tmp_path / "fresh")
+    assert summary.analysed_span(fresh, None, None) == (None, None)
+    assert summary.analysed_span(fresh, T, None, [1]) == (T, None)
+    labels = _labels(tmp_path / "log.parquet")
+    result = ds.label_agreement(summary.anomalies_or_empty(fresh), labels, start=T, end=None)
+    assert result.summary.loc["alerts", "value"] == 0 and result.precision is None
