@@ -262,6 +262,25 @@ def test_invalid_seek_is_reported_not_sent(panel_and_fake: tuple[Any, FakeWorkbe
     assert "yesterday noon" in panel.message.value and "2024-03-05 12:00" in panel.message.value
 
 
+def test_a_seek_after_the_logs_last_event_is_refused_naming_the_logs_span(
+        panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    """A mistyped year (2030) said "seek ... sent" and then skipped the rest of a running replay, or did
+    nothing to a finished one; a time before the first event restarts from the first row and says so."""
+    panel, fake = panel_and_fake
+    panel.seek_text.value = "2030-01-01"
+    panel.seek_button.click()
+    assert fake.calls == []
+    assert "not sent" in panel.message.value and "after the log&#x27;s last event" in panel.message.value
+    assert "2024-03-05 00:00:00 UTC" in panel.message.value  # the fake log's last event
+    panel.seek_text.value = "1999-01-01"
+    panel.seek_button.click()
+    assert fake.calls == [("seek", datetime(1999, 1, 1, tzinfo=UTC))]
+    assert "before the log&#x27;s first event" in panel.message.value and "first row" in panel.message.value
+    panel.seek_text.value = "2024-03-05 00:00"  # the last event itself is in the log
+    panel.seek_button.click()
+    assert fake.calls[-1] == ("seek", T0 + timedelta(days=1)) and "not sent" not in panel.message.value
+
+
 def test_refresh_updates_labels_without_sending_commands(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
     panel, fake = panel_and_fake
     assert panel.progress.value == pytest.approx(0.25)

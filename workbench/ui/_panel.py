@@ -359,6 +359,8 @@ class ControlPanel(widgets.VBox):
         # The user's last speed (None for max, monotonic time) until a status shows it applied.
         self._pending_speed: tuple[float | None, float] | None = None
         self._lag_history: list[tuple[float, int]] = []
+        # The log's first and last event time from the last status (a seek outside is explained).
+        self._log_span: tuple[datetime | None, datetime | None] = (None, None)
         self.presets = [widgets.Button(description=name, layout=widgets.Layout(width="64px"),
                                        tooltip=f"Replay at {name}") for name, _ in PRESETS]
         self.play = widgets.ToggleButton(value=True, description="Pause", icon="pause",
@@ -464,7 +466,18 @@ class ControlPanel(widgets.VBox):
         except ConfigurationError as exc:
             self._say(str(exc), error=True)
             return
+        first, last = self._log_span
+        if last is not None and when > last:
+            # The replay would jump to its end: a running replay skipped the rest of the log and a
+            # finished one did nothing, both after "seek ... sent" (a mistyped year looked ignored).
+            self._say(f"seek not sent: {when:%Y-%m-%d %H:%M:%S} UTC is after the log's last event "
+                      f"({last:%Y-%m-%d %H:%M:%S} UTC); pick a time from {first:%Y-%m-%d %H:%M} to "
+                      f"{last:%Y-%m-%d %H:%M} UTC", error=True)
+            return
         self._command("seek", when)
+        if first is not None and when < first and "sent" in self.message.value:
+            self._say(f"seek to {when:%Y-%m-%d %H:%M:%S} UTC sent: before the log's first event "
+                      f"({first:%Y-%m-%d %H:%M:%S} UTC), so the replay restarts from its first row")
 
     def _on_seek_text_message(self, _widget: widgets.Widget, content: Any, _buffers: Any) -> None:
         # The text view sends {"event": "submit"} on Enter (``Text.on_submit`` is deprecated; observing
@@ -496,6 +509,9 @@ class ControlPanel(widgets.VBox):
             self._lag_history.append((now, max(total_lag)))
             self._lag_history = [(t, v) for t, v in self._lag_history if now - t <= 6 * _TREND_SPAN]
         view = panel_view(status, running=self._wb.running, lag_history=self._lag_history)
+        replay = None if _stale(status) else status.replay
+        if _field(replay, "last_event_time") is not None:
+            self._log_span = (_field(replay, "first_event_time"), _field(replay, "last_event_time"))
         self._apply(view)
         self.counters.value = self._counters_html(status, view)
 
