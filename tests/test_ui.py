@@ -281,6 +281,20 @@ def test_a_seek_after_the_logs_last_event_is_refused_naming_the_logs_span(
     assert fake.calls[-1] == ("seek", T0 + timedelta(days=1)) and "not sent" not in panel.message.value
 
 
+def test_controls_that_can_act_keep_a_tooltip_of_their_own(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    """A refresh set every enabled control's tooltip to None: the play button then showed "null" on
+    hover in JupyterLab (its view writes the tooltip as the title), the others lost theirs."""
+    panel, fake = panel_and_fake
+    fake.no_replay = True
+    panel.refresh()
+    assert panel.play.tooltip.startswith("No replay yet")
+    fake.no_replay = False
+    panel.refresh()
+    controls = (panel.play, panel.speed, panel.seek_button, panel.reset_button, *panel.presets)
+    assert all(isinstance(w.tooltip, str) and w.tooltip for w in controls), [w.tooltip for w in controls]
+    assert panel.play.tooltip == "Pause or resume the replay" and panel.presets[2].tooltip == "Replay at 3600x"
+
+
 def test_refresh_updates_labels_without_sending_commands(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
     panel, fake = panel_and_fake
     assert panel.progress.value == pytest.approx(0.25)

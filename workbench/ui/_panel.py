@@ -369,7 +369,8 @@ class ControlPanel(widgets.VBox):
                                            tooltip="Replay from the first row again")
         self.seek_text = widgets.Text(placeholder="2024-03-05 12:00 (UTC)", description="Seek to",
                                       layout=widgets.Layout(width="300px", max_width="100%"))
-        self.seek_button = widgets.Button(description="Seek", icon="forward")
+        self.seek_button = widgets.Button(description="Seek", icon="forward",
+                                          tooltip="Continue the replay from this time (UTC)")
         self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="Replay",
                                               layout=widgets.Layout(width="380px", max_width="100%"))
         self.clock = widgets.HTML("<b>-</b>")
@@ -380,6 +381,9 @@ class ControlPanel(widgets.VBox):
         self.events_plot = widgets.HTML(_placeholder("Events per 10 minutes", "waiting for the first window"))
         self.anomalies_plot = widgets.HTML(_placeholder("Anomalies per 10 minutes", "waiting for the first window"))
 
+        self.speed.tooltip = "Replay speed: event seconds per wall second"
+        self._tooltips = {w.model_id: w.tooltip for w in (self.play, self.speed, self.seek_button, self.reset_button,
+                                                          *self.presets)}
         self.speed.observe(self._on_speed, names="value")
         for button, (_, value) in zip(self.presets, PRESETS, strict=True):
             button.on_click(lambda _b, v=value: self._command("speed", v))
@@ -561,7 +565,8 @@ class ControlPanel(widgets.VBox):
             reason = html.escape(view.why_disabled)
             self.note.value = f"<span style='color:#8D6E00'>{reason}</span>" if reason else ""
             for widget in (self.play, self.speed, self.seek_button, self.reset_button, *self.presets):
-                widget.tooltip = view.why_disabled or None
+                # Its own tooltip back once it can act: None showed "null" on the play button.
+                widget.tooltip = view.why_disabled or self._tooltips[widget.model_id]
         finally:
             self._local.syncing = False
 
