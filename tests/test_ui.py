@@ -387,6 +387,14 @@ def test_a_new_panel_of_the_same_workbench_stops_the_previous_ones_refresh() -> 
         first._thread.join(5)
         assert not first.refreshing and "replaced" in first.message.value
         assert second.refreshing and other.refreshing  # another workbench's panel is not touched
+        # Its frozen view no longer steers: a click was sent and said "sent" under a stale "[running]".
+        controls = (first.play, first.speed, first.seek_text, first.seek_button, first.reset_button, *first.presets)
+        assert all(w.disabled for w in controls) and "[replaced]" in first.clock.value
+        assert "newer panel" in first.note.value and "newer panel" in first.play.tooltip
+        first.reset_button.click()
+        assert ("reset", None) not in fake.calls and "not sent" in first.message.value
+        first.start()  # asked to refresh again, it acts again
+        assert _wait_for(lambda: not first.reset_button.disabled)
     finally:
         for panel in (first, second, other):
             panel.close()

@@ -539,6 +539,18 @@ class ControlPanel(widgets.VBox):
         self.counters.value = ""
         self._say("the workbench is not running; refresh stopped", error=True)
 
+    def _show_replaced(self) -> None:
+        """A newer panel of the same workbench took over: this one no longer refreshes, so its
+        controls are disabled too. Still enabled, a click was sent and answered with "sent" while
+        the panel kept showing the state from before (a frozen "[running]" clock) and the notice
+        that it had been replaced was overwritten by the click's message."""
+        why = ("A newer panel of this workbench replaced this one (wb.controls() again); steer the replay "
+               "there. panel.start() makes this one refresh and act again.")
+        last = getattr(self, "view", None) or panel_view(_NO_STATUS, running=False)
+        self._apply(replace(last, can_play=False, can_speed=False, can_seek=False, can_reset=False,
+                            why_disabled=why, playing=None, state="replaced", eta="", behind=""))
+        self._say("a newer panel of this workbench replaced this one; this one no longer refreshes", error=True)
+
     def _apply(self, view: PanelView) -> None:
         """Show ``view`` in the widgets (not a user action)."""
         self.view = view
@@ -776,6 +788,5 @@ def control_panel(wb: PanelTarget, *, counter_interval: float = 1.0, chart_inter
         _LIVE_PANELS[key] = panel
     if previous is not None:
         previous.stop()
-        previous._say("a newer panel of this workbench replaced this one; this one no longer refreshes",
-                      error=True)
+        previous._show_replaced()
     return panel
