@@ -128,3 +128,25 @@ def test_bad_start_options_are_refused_before_anything_starts(tmp_path: Path) ->
     assert time.monotonic() - began < 30  # no broker wait (it would take 90 s)
     assert home_processes(settings.home) == []
     assert not settings.home.exists()  # a refused start leaves no (empty) home behind
+
+
+def test_the_replay_notebooks_start_mode_run_again_connects_to_the_running_workbench(
+        kafka_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run All of 01_replay_control with mode="start" a second time raised WorkbenchStateError ("already
+    runs") as a traceback in the first cell; it connects instead, and the workbench the kernel started
+    stays the notebook's to stop."""
+    from workbench.reports.notebook import open_workbench
+    from workbench.runtime.supervisor import read_state
+
+    log = make_log(tmp_path / "log.parquet", rows=2_000, spacing_s=1.0)
+    wb, started = open_workbench("start", kafka_settings, data=str(log), speedup=600)
+    try:
+        assert started and wb.running
+        supervisor = read_state(kafka_settings.home)["supervisor_pid"]
+        again, started_again = open_workbench("start", kafka_settings, data=str(log), speedup=600)
+        assert again is not None and again.running and started_again
+        assert "already runs under" in capsys.readouterr().out
+        assert read_state(kafka_settings.home)["supervisor_pid"] == supervisor  # nothing second started
+    finally:
+        wb.stop()
+
