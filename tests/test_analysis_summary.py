@@ -231,6 +231,12 @@ def test_in_a_notebook_a_parameter_error_shows_its_message_without_a_traceback(
         assert isinstance(result.error_in_exec, ConfigurationError)
         assert "ConfigurationError: The `start` parameter (2024-03-06 00:00 UTC) must be before `end`" in out
         assert "Traceback" not in out and "notebook.py" not in out
+        # Any error the workbench explains itself: attach with nothing running (or wb.status() with
+        # the broker down, a ReplayError) showed a stack of package frames above its one line.
+        result = shell.run_cell("from workbench.runtime import Workbench\nWorkbench.attach(settings)")
+        out = capsys.readouterr().out
+        assert type(result.error_in_exec).__name__ == "WorkbenchStateError"
+        assert "WorkbenchStateError: No workbench runs under" in out and "Traceback" not in out, out
         result = shell.run_cell("1 / 0")  # any other error keeps its traceback
         assert isinstance(result.error_in_exec, ZeroDivisionError) and "Traceback" in capsys.readouterr().out
     finally:
@@ -441,3 +447,14 @@ def test_versions_that_never_scored_are_named_not_counted_as_zero_silently(
     assert line.startswith("versions v0009 never scored an anomaly here, so they count 0: the lakehouse holds "
                            "anomalies of model versions ") and line.endswith(", ".join(scored))
     assert "none yet" in summary.describe_versions(Settings(home=tmp_path / "empty"), ["v0009"])
+
+
+def test_the_analysed_span_of_a_home_that_streamed_nothing_keeps_the_given_ends(tmp_path: Path) -> None:
+    """Notebook 02 on a fresh home with a generated (labelled) log and nothing replayed: its label
+    comparison asked the window stats for the streamed span and raised StoreNotFoundError."""
+    fresh = Settings(home=tmp_path / "fresh")
+    assert summary.analysed_span(fresh, None, None) == (None, None)
+    assert summary.analysed_span(fresh, T, None, [1]) == (T, None)
+    labels = _labels(tmp_path / "log.parquet")
+    result = ds.label_agreement(summary.anomalies_or_empty(fresh), labels, start=T, end=None)
+    assert result.summary.loc["alerts", "value"] == 0 and result.precision is None

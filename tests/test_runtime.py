@@ -155,3 +155,25 @@ def test_a_log_of_less_than_a_day_is_scored_once_its_waiting_day_is_trained(kafk
         assert wb.train_waiting_days() == []  # nothing waits: nothing more to train
     finally:
         wb.stop()
+
+
+def test_the_replay_notebooks_start_mode_run_again_connects_to_the_running_workbench(
+        kafka_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run All of 01_replay_control with mode="start" a second time raised WorkbenchStateError ("already
+    runs") as a traceback in the first cell; it connects instead, and the workbench the kernel started
+    stays the notebook's to stop."""
+    from workbench.reports.notebook import open_workbench
+    from workbench.runtime.supervisor import read_state
+
+    log = make_log(tmp_path / "log.parquet", rows=2_000, spacing_s=1.0)
+    wb, started = open_workbench("start", kafka_settings, data=str(log), speedup=600)
+    try:
+        assert started and wb.running
+        supervisor = read_state(kafka_settings.home)["supervisor_pid"]
+        again, started_again = open_workbench("start", kafka_settings, data=str(log), speedup=600)
+        assert again is not None and again.running and started_again
+        assert "already runs under" in capsys.readouterr().out
+        assert read_state(kafka_settings.home)["supervisor_pid"] == supervisor  # nothing second started
+    finally:
+        wb.stop()
+

@@ -262,6 +262,39 @@ def test_invalid_seek_is_reported_not_sent(panel_and_fake: tuple[Any, FakeWorkbe
     assert "yesterday noon" in panel.message.value and "2024-03-05 12:00" in panel.message.value
 
 
+def test_a_seek_after_the_logs_last_event_is_refused_naming_the_logs_span(
+        panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    """A mistyped year (2030) said "seek ... sent" and then skipped the rest of a running replay, or did
+    nothing to a finished one; a time before the first event restarts from the first row and says so."""
+    panel, fake = panel_and_fake
+    panel.seek_text.value = "2030-01-01"
+    panel.seek_button.click()
+    assert fake.calls == []
+    assert "not sent" in panel.message.value and "after the log&#x27;s last event" in panel.message.value
+    assert "2024-03-05 00:00:00 UTC" in panel.message.value  # the fake log's last event
+    panel.seek_text.value = "1999-01-01"
+    panel.seek_button.click()
+    assert fake.calls == [("seek", datetime(1999, 1, 1, tzinfo=UTC))]
+    assert "before the log&#x27;s first event" in panel.message.value and "first row" in panel.message.value
+    panel.seek_text.value = "2024-03-05 00:00"  # the last event itself is in the log
+    panel.seek_button.click()
+    assert fake.calls[-1] == ("seek", T0 + timedelta(days=1)) and "not sent" not in panel.message.value
+
+
+def test_controls_that_can_act_keep_a_tooltip_of_their_own(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    """A refresh set every enabled control's tooltip to None: the play button then showed "null" on
+    hover in JupyterLab (its view writes the tooltip as the title), the others lost theirs."""
+    panel, fake = panel_and_fake
+    fake.no_replay = True
+    panel.refresh()
+    assert panel.play.tooltip.startswith("No replay yet")
+    fake.no_replay = False
+    panel.refresh()
+    controls = (panel.play, panel.speed, panel.seek_button, panel.reset_button, *panel.presets)
+    assert all(isinstance(w.tooltip, str) and w.tooltip for w in controls), [w.tooltip for w in controls]
+    assert panel.play.tooltip == "Pause or resume the replay" and panel.presets[2].tooltip == "Replay at 3600x"
+
+
 def test_refresh_updates_labels_without_sending_commands(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
     panel, fake = panel_and_fake
     assert panel.progress.value == pytest.approx(0.25)
@@ -354,6 +387,14 @@ def test_a_new_panel_of_the_same_workbench_stops_the_previous_ones_refresh() -> 
         first._thread.join(5)
         assert not first.refreshing and "replaced" in first.message.value
         assert second.refreshing and other.refreshing  # another workbench's panel is not touched
+        # Its frozen view no longer steers: a click was sent and said "sent" under a stale "[running]".
+        controls = (first.play, first.speed, first.seek_text, first.seek_button, first.reset_button, *first.presets)
+        assert all(w.disabled for w in controls) and "[replaced]" in first.clock.value
+        assert "newer panel" in first.note.value and "newer panel" in first.play.tooltip
+        first.reset_button.click()
+        assert ("reset", None) not in fake.calls and "not sent" in first.message.value
+        first.start()  # asked to refresh again, it acts again
+        assert _wait_for(lambda: not first.reset_button.disabled)
     finally:
         for panel in (first, second, other):
             panel.close()

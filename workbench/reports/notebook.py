@@ -280,14 +280,19 @@ def setup(namespace: Mapping[str, Any]) -> Settings:
     return get_settings()
 
 
+#: Homes this process (the notebook's kernel) started a workbench on with ``open_workbench``.
+_STARTED_HOMES: set[str] = set()
+
+
 def open_workbench(mode: str, settings: Settings, *, data: str = "", speedup: float | str = 600.0,
                    pack: int | None = None) -> tuple[Any, bool]:
     """``(workbench or None, started_here)`` for the replay notebook's ``mode`` parameter.
 
     ``"start"`` starts one on ``data`` (default: the newest labelled log in the home's data
     folder) with the default encoding (packed Arrow) unless ``pack`` names one (1: JSON per
-    query); ``"attach"`` connects to the running one and prints why when none runs; ``"skip"``
-    does nothing.
+    query), or connects to the one already running there (a second Run All) and says so;
+    ``started_here`` stays True for a workbench this kernel started. ``"attach"`` connects to
+    the running one and prints why when none runs; ``"skip"`` does nothing.
     """
     from workbench.runtime import Workbench, WorkbenchStateError
 
@@ -303,7 +308,21 @@ def open_workbench(mode: str, settings: Settings, *, data: str = "", speedup: fl
             msg = (f"The `data` parameter must name a Parquet log or a folder of them. Got {data!r}, which does "
                    "not exist (`workbench generate` makes one).")
             raise ConfigurationError(msg)
-        return Workbench.start(data=log, speedup=speedup, pack=pack, settings=settings), True
+        try:
+            running = Workbench.attach(settings)
+        except WorkbenchStateError:
+            running = None
+        if running is not None:
+            # Run All again after a start (or a workbench started elsewhere) raised "already runs" as a
+            # traceback. The one this kernel started stays this notebook's to stop (`stop = True`).
+            started_here = str(settings.home) in _STARTED_HOMES
+            print(f"A workbench already runs under {settings.home}: connected to it instead of starting a second "
+                  "one (its replay goes on as it is). To replay `data` afresh, stop it first"
+                  + (" (stop = True in the last cell, or wb.stop())." if started_here else " (wb.stop())."))
+            return running, started_here
+        wb = Workbench.start(data=log, speedup=speedup, pack=pack, settings=settings)
+        _STARTED_HOMES.add(str(settings.home))
+        return wb, True
     if mode == "attach":
         try:
             return Workbench.attach(settings), False

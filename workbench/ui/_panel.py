@@ -359,6 +359,8 @@ class ControlPanel(widgets.VBox):
         # The user's last speed (None for max, monotonic time) until a status shows it applied.
         self._pending_speed: tuple[float | None, float] | None = None
         self._lag_history: list[tuple[float, int]] = []
+        # The log's first and last event time from the last status (a seek outside is explained).
+        self._log_span: tuple[datetime | None, datetime | None] = (None, None)
         self.presets = [widgets.Button(description=name, layout=widgets.Layout(width="64px"),
                                        tooltip=f"Replay at {name}") for name, _ in PRESETS]
         self.play = widgets.ToggleButton(value=True, description="Pause", icon="pause",
@@ -367,7 +369,8 @@ class ControlPanel(widgets.VBox):
                                            tooltip="Replay from the first row again")
         self.seek_text = widgets.Text(placeholder="2024-03-05 12:00 (UTC)", description="Seek to",
                                       layout=widgets.Layout(width="300px", max_width="100%"))
-        self.seek_button = widgets.Button(description="Seek", icon="forward")
+        self.seek_button = widgets.Button(description="Seek", icon="forward",
+                                          tooltip="Continue the replay from this time (UTC)")
         self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="Replay",
                                               layout=widgets.Layout(width="380px", max_width="100%"))
         self.clock = widgets.HTML("<b>-</b>")
@@ -378,6 +381,9 @@ class ControlPanel(widgets.VBox):
         self.events_plot = widgets.HTML(_placeholder("Events per 10 minutes", "waiting for the first window"))
         self.anomalies_plot = widgets.HTML(_placeholder("Anomalies per 10 minutes", "waiting for the first window"))
 
+        self.speed.tooltip = "Replay speed: event seconds per wall second"
+        self._tooltips = {w.model_id: w.tooltip for w in (self.play, self.speed, self.seek_button, self.reset_button,
+                                                          *self.presets)}
         self.speed.observe(self._on_speed, names="value")
         for button, (_, value) in zip(self.presets, PRESETS, strict=True):
             button.on_click(lambda _b, v=value: self._command("speed", v))
@@ -464,7 +470,18 @@ class ControlPanel(widgets.VBox):
         except ConfigurationError as exc:
             self._say(str(exc), error=True)
             return
+        first, last = self._log_span
+        if last is not None and when > last:
+            # The replay would jump to its end: a running replay skipped the rest of the log and a
+            # finished one did nothing, both after "seek ... sent" (a mistyped year looked ignored).
+            self._say(f"seek not sent: {when:%Y-%m-%d %H:%M:%S} UTC is after the log's last event "
+                      f"({last:%Y-%m-%d %H:%M:%S} UTC); pick a time from {first:%Y-%m-%d %H:%M} to "
+                      f"{last:%Y-%m-%d %H:%M} UTC", error=True)
+            return
         self._command("seek", when)
+        if first is not None and when < first and "sent" in self.message.value:
+            self._say(f"seek to {when:%Y-%m-%d %H:%M:%S} UTC sent: before the log's first event "
+                      f"({first:%Y-%m-%d %H:%M:%S} UTC), so the replay restarts from its first row")
 
     def _on_seek_text_message(self, _widget: widgets.Widget, content: Any, _buffers: Any) -> None:
         # The text view sends {"event": "submit"} on Enter (``Text.on_submit`` is deprecated; observing
@@ -496,6 +513,9 @@ class ControlPanel(widgets.VBox):
             self._lag_history.append((now, max(total_lag)))
             self._lag_history = [(t, v) for t, v in self._lag_history if now - t <= 6 * _TREND_SPAN]
         view = panel_view(status, running=self._wb.running, lag_history=self._lag_history)
+        replay = None if _stale(status) else status.replay
+        if _field(replay, "last_event_time") is not None:
+            self._log_span = (_field(replay, "first_event_time"), _field(replay, "last_event_time"))
         self._apply(view)
         self.counters.value = self._counters_html(status, view)
 
@@ -518,6 +538,18 @@ class ControlPanel(widgets.VBox):
                             why_disabled=why, playing=None, state="workbench stopped", eta="", behind=""))
         self.counters.value = ""
         self._say("the workbench is not running; refresh stopped", error=True)
+
+    def _show_replaced(self) -> None:
+        """A newer panel of the same workbench took over: this one no longer refreshes, so its
+        controls are disabled too. Still enabled, a click was sent and answered with "sent" while
+        the panel kept showing the state from before (a frozen "[running]" clock) and the notice
+        that it had been replaced was overwritten by the click's message."""
+        why = ("A newer panel of this workbench replaced this one (wb.controls() again); steer the replay "
+               "there. panel.start() makes this one refresh and act again.")
+        last = getattr(self, "view", None) or panel_view(_NO_STATUS, running=False)
+        self._apply(replace(last, can_play=False, can_speed=False, can_seek=False, can_reset=False,
+                            why_disabled=why, playing=None, state="replaced", eta="", behind=""))
+        self._say("a newer panel of this workbench replaced this one; this one no longer refreshes", error=True)
 
     def _apply(self, view: PanelView) -> None:
         """Show ``view`` in the widgets (not a user action)."""
@@ -545,7 +577,8 @@ class ControlPanel(widgets.VBox):
             reason = html.escape(view.why_disabled)
             self.note.value = f"<span style='color:#8D6E00'>{reason}</span>" if reason else ""
             for widget in (self.play, self.speed, self.seek_button, self.reset_button, *self.presets):
-                widget.tooltip = view.why_disabled or None
+                # Its own tooltip back once it can act: None showed "null" on the play button.
+                widget.tooltip = view.why_disabled or self._tooltips[widget.model_id]
         finally:
             self._local.syncing = False
 
@@ -755,6 +788,5 @@ def control_panel(wb: PanelTarget, *, counter_interval: float = 1.0, chart_inter
         _LIVE_PANELS[key] = panel
     if previous is not None:
         previous.stop()
-        previous._say("a newer panel of this workbench replaced this one; this one no longer refreshes",
-                      error=True)
+        previous._show_replaced()
     return panel
