@@ -458,3 +458,27 @@ def test_the_analysed_span_of_a_home_that_streamed_nothing_keeps_the_given_ends(
     labels = _labels(tmp_path / "log.parquet")
     result = ds.label_agreement(summary.anomalies_or_empty(fresh), labels, start=T, end=None)
     assert result.summary.loc["alerts", "value"] == 0 and result.precision is None
+
+
+def test_a_skipped_model_comparison_names_what_is_missing(tmp_path: Path) -> None:
+    """Notebook 03 said "no labelled log or no model" with a labelled log right there and no model yet."""
+    from workbench.analysis.detection_summary import evaluation_skipped
+
+    log = tmp_path / "labelled.parquet"
+    assert evaluation_skipped(log, ["v0001-2024-03-04"]) is None
+    assert evaluation_skipped(log, []).startswith("no model version yet")
+    assert evaluation_skipped(None, ["v0001-2024-03-04"]).startswith("no labelled log:")
+    assert evaluation_skipped(None, []).startswith("no labelled log and no model version yet")
+
+
+def test_the_label_comparison_says_when_a_filter_narrows_the_alerts_it_counts() -> None:
+    """Notebook 02 with a reason that matched no alert showed recall 0.0 for every kind, like a detector
+    that missed everything."""
+    from workbench.analysis.anomaly_summary import agreement_scope
+
+    some = pd.DataFrame({"query_id": [1, 2]})
+    assert agreement_scope(some) is None
+    assert "only the alerts of reason 'spill_exceeds_scan'" in agreement_scope(some, reason="spill_exceeds_scan")
+    assert "versions v0002-2024-03-05" in agreement_scope(some, versions=["v0002-2024-03-05"])
+    none = agreement_scope(some.iloc[:0], reason="nope")
+    assert none.startswith("no alert in this selection (reason 'nope')") and "counts as missed" in none

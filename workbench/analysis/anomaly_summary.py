@@ -241,6 +241,24 @@ def describe_anomalies(settings: Settings, anomalies: pd.DataFrame, *, start: da
             f"{times.min():%Y-%m-%d %H:%M} to {times.max():%Y-%m-%d %H:%M} UTC")
 
 
+def agreement_scope(anomalies: pd.DataFrame, *, reason: str = "", versions: Sequence[str] = ()) -> str | None:
+    """What the label comparison counts when the alerts are narrowed beyond time and instances (a reason,
+    model versions), or that nothing was alerted there; None when every alert of the span counts.
+
+    Recall is over every labelled anomaly of the span, so with a filter it reads as misses what the
+    filter left out."""
+    narrowed = [f"reason {reason!r}"] if reason else []
+    if versions:
+        narrowed.append(f"versions {', '.join(versions)}")
+    if len(anomalies) == 0:
+        return ("no alert in this selection" + (f" ({'; '.join(narrowed)})" if narrowed else "")
+                + ": every labelled anomaly of the span counts as missed")
+    if narrowed:
+        return (f"only the alerts of {'; '.join(narrowed)} count: recall is theirs over every labelled "
+                "anomaly of the span, not the detector's")
+    return None
+
+
 def describe_versions(settings: Settings, versions: Sequence[str]) -> str:
     """One line naming the ``versions`` that never scored an anomaly in the lakehouse ("" when all did,
     or when ``versions`` is empty): such a version silently counted 0 anomalies in notebook 04."""

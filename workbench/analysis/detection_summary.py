@@ -141,6 +141,20 @@ def evaluation_day(labels_file: Path, day: str = "") -> tuple[dt.date | None, st
     return wanted, f"evaluation day: {wanted}"
 
 
+def evaluation_skipped(labels_file: Path | None, versions: Sequence[str]) -> str | None:
+    """Why a model comparison cannot evaluate (naming what is missing and how to get it), or None."""
+    if labels_file is None and not versions:
+        return ("no labelled log and no model version yet: evaluation skipped (a labelled log comes from "
+                "`workbench generate`; a version from the scoring app once the stream passes a day's end)")
+    if labels_file is None:
+        return ("no labelled log: evaluation skipped (set labels_path, or put a log with label_anomaly in "
+                "WORKBENCH_HOME/data; `workbench generate` writes one)")
+    if not versions:
+        return ("no model version yet: evaluation skipped (the scoring app trains one once the stream passes a "
+                "day's end; a log that ends on its first day: `workbench train --day D`)")
+    return None
+
+
 def choose_versions(settings: Settings, wanted: Sequence[str] = ()) -> list[str]:
     """The registered versions among ``wanted`` (all registered when empty); unknown ones are warned about.
 
@@ -148,7 +162,7 @@ def choose_versions(settings: Settings, wanted: Sequence[str] = ()) -> list[str]
     ------
     ConfigurationError
         When ``wanted`` names versions and none is registered: the notebook would otherwise go on
-        with no version and say "no labelled log or no model: evaluation skipped".
+        with no version and say that no model version exists.
     """
     import warnings
 
