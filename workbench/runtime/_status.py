@@ -9,6 +9,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -186,6 +187,12 @@ def close_status_clients(settings: Settings | None = None) -> None:
 atexit.register(close_status_clients)
 
 
+def _budget(seconds: float) -> Callable[[], float]:
+    """Seconds left of ``seconds`` from now, for request after request (at least 50 ms: a last try)."""
+    deadline = time.monotonic() + seconds
+    return lambda: max(0.05, deadline - time.monotonic())
+
+
 def consumer_lag(settings: Settings, group: str, topic: str, timeout: float = 5.0) -> int | None:
     """Messages of ``topic`` that consumer group ``group`` has not committed yet (None if unknown).
 
@@ -194,18 +201,19 @@ def consumer_lag(settings: Settings, group: str, topic: str, timeout: float = 5.
     it, so a fully consumed partition reports 0. The Kafka clients are shared (:class:`_StatusClients`).
     """
     clients = _status_clients(settings)
+    left = _budget(timeout)  # for the whole read: with the broker gone, each request would wait it again
     try:
-        partitions = clients.partitions(group, topic, timeout)
+        partitions = clients.partitions(group, topic, left())
         if partitions is None:
             return None
-        committed = clients.committed(group, topic, partitions, timeout)
+        committed = clients.committed(group, topic, partitions, left())
         lag = 0
-        for partition, (low, high) in clients.watermarks(topic, partitions, timeout).items():
+        for partition, (low, high) in clients.watermarks(topic, partitions, left()).items():
             offset = committed.get(partition, -1)
             position = offset if offset >= 0 else low
             gap = max(0, high - position)
             if 0 < gap <= 16:
-                gap = clients.data_between(topic, partition, position, high, timeout)
+                gap = clients.data_between(topic, partition, position, high, left())
             lag += gap
         return lag
     except Exception as exc:
@@ -217,11 +225,12 @@ def consumer_lag(settings: Settings, group: str, topic: str, timeout: float = 5.
 def topic_message_count(settings: Settings, topic: str, timeout: float = 5.0) -> int | None:
     """Messages currently held by ``topic`` (sum of watermark spans; None if unknown)."""
     clients = _status_clients(settings)
+    left = _budget(timeout)
     try:
-        partitions = clients.partitions(_SIZE_GROUP, topic, timeout)
+        partitions = clients.partitions(_SIZE_GROUP, topic, left())
         if partitions is None:
             return None
-        return sum(high - low for low, high in clients.watermarks(topic, partitions, timeout).values())
+        return sum(high - low for low, high in clients.watermarks(topic, partitions, left()).values())
     except Exception as exc:
         logger.debug("size of %s unknown: %s", topic, exc)
         _discard_status_clients(clients)

@@ -110,6 +110,10 @@ class _InProcessSettings(Settings):
         return {**super().kafka_client_config(), "logger": _KAFKA_LOGGER}
 
 
+#: Seconds one lag or topic-size read of :meth:`Workbench.status` may take (all its requests together).
+LAG_READ_S = 5.0
+
+
 def _supervisor_alive(state: dict[str, Any] | None) -> bool:
     """The supervisor recorded in ``state`` still runs (same pid *and* start time)."""
     return bool(state) and same_process(state.get("supervisor_pid"), state.get("supervisor_started"))
@@ -392,8 +396,16 @@ class Workbench:
         topics = {"scoring": self.settings.topic_query_events, "analytics": self.settings.topic_query_events,
                   "anomaly-sink": self.settings.topic_anomalies}
         default_topic = self.settings.topic_query_events
-        lag = {name: consumer_lag(self.settings, consumer_group(name), topics.get(name, default_topic))
-               for name in self.apps}
+        lag: dict[str, int | None] = {}
+        unreachable = False
+        for name in self.apps:
+            # A read that failed only after waiting out its timeout met a broker that went away
+            # mid-snapshot: the others would each wait theirs too (a panel showed a stale "[running]"
+            # for 16 s), so they are unknown at once and the next snapshot says the broker is gone.
+            began = time.monotonic()
+            lag[name] = None if unreachable else consumer_lag(self.settings, consumer_group(name),
+                                                              topics.get(name, default_topic), timeout=LAG_READ_S)
+            unreachable = unreachable or (lag[name] is None and time.monotonic() - began >= 0.9 * LAG_READ_S)
         registry = ModelRegistry(self.settings.models_dir)
         analytics = apps.get("analytics") or {}
         # The store's keyed counts survive app restarts; the app's counter only covers its current run.
@@ -409,7 +421,8 @@ class Workbench:
             model_versions=len(registry.versions()),
             anomalies=self._anomaly_count(),
             late_events=late,
-            dead_letters=topic_message_count(self.settings, self.settings.topic_dead_letter),
+            dead_letters=None if unreachable else topic_message_count(self.settings, self.settings.topic_dead_letter,
+                                                                      timeout=LAG_READ_S),
             disk=disk_usage(self.settings),
             instances=instances,
             trainer_pid=self._trainer_pid(instances.get("scoring", [])),
