@@ -73,9 +73,12 @@ def _forked_run(settings: Settings, day: dt.date) -> tuple[int, int]:
     return wait_until(lambda: _forked_by(settings, day), timeout=30, poll=0.05, what="the forked run's first line")
 
 
-def _kill_once_loading(settings: Settings, day: dt.date, pid: int) -> None:
+def _kill_once_loading(settings: Settings, day: dt.date, pid: int) -> float:
+    """SIGKILL the run once it has loaded its window; the wall time just before the kill."""
     wait_until(lambda: "training window loaded" in _log(settings, day), timeout=60, poll=0.05, what="training started")
+    killed_at = time.time()
     os.kill(pid, signal.SIGKILL)
+    return killed_at
 
 
 def _threads(pid: int) -> list[str]:
@@ -192,11 +195,12 @@ def test_a_training_killed_under_the_warm_trainer_is_a_failed_attempt_retried_wi
             sup.maybe_schedule(_day(1))
             run = sup.pid
             assert run is not None
-            _kill_once_loading(settings, _day(0), run)
+            killed_at = _kill_once_loading(settings, _day(0), run)  # the failure is recorded after it
             entry = sup.state["days"][_day(0).isoformat()]
             wait_until(lambda: entry["status"] == "pending", timeout=10, what="the failure recorded by the reaper")
         assert (entry["attempts"], entry["last_rc"]) == (1, -signal.SIGKILL)  # its own exit code
-        assert entry["next_attempt_at"] > time.time()  # the backoff
+        # The backoff (not compared with the time now: a test thread held up for 1 s would see it passed)
+        assert entry["next_attempt_at"] >= killed_at + 1.0
         assert any("training failed day=2024-03-01 attempt=1 rc=-9 retry_in_s=1" in r.message for r in caplog.records)
         wait_until(lambda: sup.poll() is None and entry["status"] == "done", timeout=120, what="the retry done")
         assert (entry["status"], entry["attempts"], entry["last_rc"]) == ("done", 2, 0)
