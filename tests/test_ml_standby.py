@@ -284,12 +284,16 @@ def test_a_training_outlives_its_app_killed_with_sigkill_and_the_restarted_app_a
     try:
         assert run is not None and run != trainer
         wait_until(lambda: "training window loaded" in _log(settings, _day(0)), timeout=60)
+        # Held still until it is adopted: a small window's fit takes a few seconds, which a test thread
+        # held up on a loaded machine can miss (then there is nothing running left to adopt).
+        os.kill(run, signal.SIGSTOP)
         app.kill()
         app.wait()
         wait_until(lambda: _gone(trainer), timeout=30, what="the warm trainer gone with its app")
         assert not _gone(run)
         restarted = TrainingSupervisor(settings, every_n_days=1, backoff_seconds=0, window_days=1, standby=False)
         assert restarted.poll() == _day(0).isoformat() and restarted.pid == run  # adopted: not started twice
+        os.kill(run, signal.SIGCONT)
         restarted.wait(timeout=120)
         assert restarted.status(_day(0)) == "done"
         assert restarted.state["days"][_day(0).isoformat()]["attempts"] == 1
