@@ -203,8 +203,9 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
             count: int | None = None) -> AppResult:
         """Run in the main thread until stopped, ``timeout`` s of wall time, or idle.
 
-        Idle means: no message for ``idle_exit`` s, nothing buffered, no training running or
-        pending (after a restart: the schedule resumed from the shards, see ``_resume``), and no
+        Idle means: no message for ``idle_exit`` s (counted from the last message or the consumer's
+        last assignment, whichever came later, as Quix's own idle timeout), nothing buffered, no
+        training running or pending (after a restart: the schedule resumed from the shards, see ``_resume``), and no
         unscored rows left that a model could score (the app checks this itself, so Quix's own idle
         timeout is not used). Offsets are committed (after the last flush) when the run ends.
         """
