@@ -74,7 +74,9 @@ def test_one_trainer_through_the_broker_fenced_across_freeze_and_kill(kafka_sett
         time.sleep(2.0)
         assert not [op for op in _ops(out) if op[0] == second.pid], "a joining process took the role"
         joined = time.monotonic()
-        assert _wait_for_op(out, first.pid, joined - 0.5, 5)  # ... and the first keeps it
+        # ... and the first keeps it (a rebalance can hold its confirmations a few seconds on a loaded machine)
+        assert _wait_for_op(out, first.pid, joined - 0.5, 30)
+        assert not [op for op in _ops(out) if op[0] == second.pid], "a joining process took the role"
 
         os.kill(first.pid, signal.SIGSTOP)  # frozen: it still thinks it owns partition 0
         frozen = time.monotonic()
@@ -83,7 +85,7 @@ def test_one_trainer_through_the_broker_fenced_across_freeze_and_kill(kafka_sett
         time.sleep(2.0)
         late = [op for op in _ops(out) if op[0] == first.pid and op[2] > frozen]
         assert not late, f"the thawed process acted as trainer while the other held the role: {late[:3]}"
-        assert _wait_for_op(out, second.pid, time.monotonic() - 0.5, 5)
+        assert _wait_for_op(out, second.pid, time.monotonic() - 0.5, 30)  # the thawed one's rejoin: a rebalance
 
         second.send_signal(signal.SIGKILL)
         second.wait(10)

@@ -112,16 +112,19 @@ def test_locked_catalog_is_busy_error(tmp_path: Path) -> None:
 
 READER = textwrap.dedent("""
     import json, sys, time
+    from pathlib import Path
     from workbench.store.lakehouse import AnomalyLakehouse
     counts, errors = [], []
-    deadline = time.monotonic() + float(sys.argv[2])
+    stop, reads = Path(sys.argv[2]), Path(sys.argv[3])
+    deadline = time.monotonic() + 300
     with AnomalyLakehouse(sys.argv[1], read_only=True) as lake:
         print("ready", flush=True)
-        while time.monotonic() < deadline:
+        while not stop.exists() and time.monotonic() < deadline:  # until the writer is done
             try:
                 counts.append(lake.count())
             except Exception as exc:
                 errors.append(repr(exc))
+            reads.write_text(str(len(counts) + len(errors)))
             time.sleep(0.02)
     print(json.dumps({"counts": counts, "errors": errors}), flush=True)
 """)
@@ -131,14 +134,22 @@ def test_concurrent_reader_process(tmp_path: Path) -> None:
     root = tmp_path / "lake"
     with AnomalyLakehouse(root) as lake:
         lake.write(batch(0, 1000))
-        reader = subprocess.Popen([sys.executable, "-c", READER, str(root), "4"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+        stop, reads = tmp_path / "stop", tmp_path / "reads"
+        reader = subprocess.Popen([sys.executable, "-c", READER, str(root), str(stop), str(reads)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert reader.stdout is not None and reader.stdout.readline().strip() == "ready"
-        k, deadline = 1, time.monotonic() + 3
-        while time.monotonic() < deadline:
+
+        def reads_done() -> int:
+            return int(reads.read_text() or 0) if reads.exists() else 0
+
+        # Writes for 3 s and until the reader has read more than 10 times meanwhile (a loaded machine's
+        # reads take longer: a fixed 3 s of writing saw 9 of them).
+        k, least, deadline = 1, time.monotonic() + 3, time.monotonic() + 120
+        while time.monotonic() < deadline and (time.monotonic() < least or reads_done() <= 10):
             lake.write(batch(k * 1000, (k + 1) * 1000))
             k += 1
             time.sleep(0.05)
+        stop.touch()
         out, err = reader.communicate(timeout=60)
     assert reader.returncode == 0, err
     result = json.loads(out.strip().splitlines()[-1])

@@ -73,9 +73,12 @@ def _forked_run(settings: Settings, day: dt.date) -> tuple[int, int]:
     return wait_until(lambda: _forked_by(settings, day), timeout=30, poll=0.05, what="the forked run's first line")
 
 
-def _kill_once_loading(settings: Settings, day: dt.date, pid: int) -> None:
+def _kill_once_loading(settings: Settings, day: dt.date, pid: int) -> float:
+    """SIGKILL the run once it has loaded its window; the wall time just before the kill."""
     wait_until(lambda: "training window loaded" in _log(settings, day), timeout=60, poll=0.05, what="training started")
+    killed_at = time.time()
     os.kill(pid, signal.SIGKILL)
+    return killed_at
 
 
 def _threads(pid: int) -> list[str]:
@@ -192,11 +195,12 @@ def test_a_training_killed_under_the_warm_trainer_is_a_failed_attempt_retried_wi
             sup.maybe_schedule(_day(1))
             run = sup.pid
             assert run is not None
-            _kill_once_loading(settings, _day(0), run)
+            killed_at = _kill_once_loading(settings, _day(0), run)  # the failure is recorded after it
             entry = sup.state["days"][_day(0).isoformat()]
             wait_until(lambda: entry["status"] == "pending", timeout=10, what="the failure recorded by the reaper")
         assert (entry["attempts"], entry["last_rc"]) == (1, -signal.SIGKILL)  # its own exit code
-        assert entry["next_attempt_at"] > time.time()  # the backoff
+        # The backoff (not compared with the time now: a test thread held up for 1 s would see it passed)
+        assert entry["next_attempt_at"] >= killed_at + 1.0
         assert any("training failed day=2024-03-01 attempt=1 rc=-9 retry_in_s=1" in r.message for r in caplog.records)
         wait_until(lambda: sup.poll() is None and entry["status"] == "done", timeout=120, what="the retry done")
         assert (entry["status"], entry["attempts"], entry["last_rc"]) == ("done", 2, 0)
@@ -280,12 +284,16 @@ def test_a_training_outlives_its_app_killed_with_sigkill_and_the_restarted_app_a
     try:
         assert run is not None and run != trainer
         wait_until(lambda: "training window loaded" in _log(settings, _day(0)), timeout=60)
+        # Held still until it is adopted: a small window's fit takes a few seconds, which a test thread
+        # held up on a loaded machine can miss (then there is nothing running left to adopt).
+        os.kill(run, signal.SIGSTOP)
         app.kill()
         app.wait()
         wait_until(lambda: _gone(trainer), timeout=30, what="the warm trainer gone with its app")
         assert not _gone(run)
         restarted = TrainingSupervisor(settings, every_n_days=1, backoff_seconds=0, window_days=1, standby=False)
         assert restarted.poll() == _day(0).isoformat() and restarted.pid == run  # adopted: not started twice
+        os.kill(run, signal.SIGCONT)
         restarted.wait(timeout=120)
         assert restarted.status(_day(0)) == "done"
         assert restarted.state["days"][_day(0).isoformat()]["attempts"] == 1

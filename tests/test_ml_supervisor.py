@@ -72,7 +72,10 @@ def test_sigkill_mid_run_is_retried_and_previous_version_stays_current(settings:
         assert time.monotonic() < deadline, "training never started"
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)  # mid-run
-    while sup.pid == pid:
+    deadline = time.monotonic() + 60
+    # None: the reaper thread handed the retry to the warm trainer and waits for its fork (no pid yet)
+    while sup.pid in (pid, None):
+        assert time.monotonic() < deadline, "the killed run was never retried"
         sup.poll()
         time.sleep(0.05)
     assert registry.current() == previous

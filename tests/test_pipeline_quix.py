@@ -17,6 +17,7 @@ from workbench.pipeline._quix import (
     commit_first_checkpoint_at_once,
     consume_in_batches,
     force_checkpoint,
+    on_assignment,
     partition_flow,
     register_periodic,
 )
@@ -90,3 +91,16 @@ def test_the_first_commit_and_assignment_adapters_find_their_internals(tmp_path:
     for adapter in (commit_first_checkpoint_at_once, lambda a: assigned_partitions(a, "events")):
         with pytest.raises(QuixInternalsError):
             adapter(SimpleNamespace())
+
+
+def test_the_assignment_callback_runs_after_quixs_own(tmp_path: Path) -> None:
+    """The scoring app's idle clock starts at each assignment (``on_assignment``), where Quix restarts its own."""
+    app = _app(tmp_path)
+    assert len(inspect.signature(app._on_assign).parameters) == 2  # (consumer, partitions), as librdkafka calls it
+    calls: list[object] = []
+    app._on_assign = lambda *args: calls.append(("quix", args))  # type: ignore[method-assign]
+    on_assignment(app, lambda: calls.append("callback"))
+    app._on_assign(None, [])
+    assert calls == [("quix", (None, [])), "callback"]
+    with pytest.raises(QuixInternalsError, match="_on_assign"):
+        on_assignment(SimpleNamespace(), lambda: None)  # type: ignore[arg-type]

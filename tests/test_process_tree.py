@@ -68,7 +68,7 @@ def test_a_grandchild_dies_with_the_supervisor_through_the_watchdog(tmp_path: Pa
         assert not _gone(trainer)  # alive while its supervisor is
         supervisor.kill()
         supervisor.wait()
-        wait_until(lambda: _gone(trainer), timeout=15)
+        wait_until(lambda: _gone(trainer), timeout=30)
     finally:
         trainer.kill()
         supervisor.kill()
@@ -90,7 +90,7 @@ def test_a_direct_child_gets_the_parent_death_signal(tmp_path: Path) -> None:
         assert process_start_time(child_pid) is not None
         parent.kill()
         parent.wait()
-        wait_until(lambda: process_start_time(child_pid) is None or _is_zombie(child_pid), timeout=10)
+        wait_until(lambda: process_start_time(child_pid) is None or _is_zombie(child_pid), timeout=30)
     finally:
         with _suppress():
             os.kill(child_pid, signal.SIGKILL)
@@ -242,7 +242,7 @@ def test_spec_names_the_sasl_password_but_never_holds_it(tmp_path: Path) -> None
 def test_killing_the_supervisor_takes_its_apps_and_files_are_private(kafka_settings: Settings) -> None:
     wb = Workbench.start(settings=kafka_settings, apps=("analytics",))
     try:
-        state = wait_until(lambda: (s := wb.status()).processes["analytics"]["state"] == "running" and s)
+        state = wait_until(lambda: (s := wb.status()).processes["analytics"]["state"] == "running" and s, timeout=60)
         app_pid = state.processes["analytics"]["pid"]
         supervisor_pid = json.loads((run_dir(kafka_settings.home) / "state.json").read_text())["supervisor_pid"]
         spec = (run_dir(kafka_settings.home) / "spec.json").read_text()
@@ -251,14 +251,14 @@ def test_killing_the_supervisor_takes_its_apps_and_files_are_private(kafka_setti
         wait_until(lambda: process_start_time(app_pid) is None or _is_zombie(app_pid), timeout=30)
         # The kernel signals the apps (PR_SET_PDEATHSIG) while the supervisor is still exiting, before it
         # turns into a zombie: an app can be gone a moment before its supervisor's pid stops answering.
-        wait_until(lambda: not wb.running, timeout=10)
+        wait_until(lambda: not wb.running, timeout=30)
         assert _lifeline.home_processes(kafka_settings.home) == []
         for path in (kafka_settings.home / "run" / "spec.json", kafka_settings.logs_dir / "analytics.log",
                      kafka_settings.logs_dir / "supervisor.log"):
             assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
         # and a new workbench starts on the same home (no orphans left)
         wb = Workbench.start(settings=kafka_settings, apps=("analytics",))
-        wait_until(lambda: wb.status().processes["analytics"]["state"] == "running")
+        wait_until(lambda: wb.status().processes["analytics"]["state"] == "running", timeout=60)
     finally:
         wb.stop()
 
@@ -301,7 +301,7 @@ def test_workbench_stop_also_stops_the_training_subprocess(kafka_settings: Setti
     wb = Workbench.start(settings=kafka_settings, apps=("analytics",))
     trainer = None
     try:
-        wait_until(lambda: wb.status().processes["analytics"]["state"] == "running")
+        wait_until(lambda: wb.status().processes["analytics"]["state"] == "running", timeout=60)
         supervisor_pid = json.loads((run_dir(kafka_settings.home) / "state.json").read_text())["supervisor_pid"]
         # What the scoring app starts: tagged with the home and the supervisor, not bound to its parent.
         trainer = _tagged_sleeper(kafka_settings.home, "training", supervisor_pid=supervisor_pid)
@@ -310,7 +310,7 @@ def test_workbench_stop_also_stops_the_training_subprocess(kafka_settings: Setti
     finally:
         wb.stop()
     assert trainer is not None
-    wait_until(lambda: _gone(trainer), timeout=5)
+    wait_until(lambda: _gone(trainer), timeout=30)
 
 
 def test_status_late_events_come_from_the_store_and_survive_app_restarts(tmp_path: Path) -> None:

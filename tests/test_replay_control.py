@@ -139,7 +139,7 @@ def test_commands_sent_before_the_replay_listens_are_applied(kafka_settings: Set
     try:
         _wait(lambda: (replay.status() or _none).state == "paused")
         assert replay.status().speedup == 60
-        assert replay.status().rows_sent <= 60  # at most what fell due before the pause arrived
+        assert replay.status().rows_sent == 0  # read before the first row (not once the first fetch came back)
     finally:
         replay.stop()
         replay.join(10)
@@ -297,12 +297,14 @@ def test_paused_while_behind_and_resumed_slower_holds_the_new_speed_real_clock(
         end = time.monotonic() + 4.0
         while time.monotonic() < end:
             status = replay.status()
-            samples.append((time.monotonic(), status.event_time.timestamp()))
+            # The snapshot's own wall time, not when this thread got to read it (a loaded machine
+            # holds this thread back by more than the 10 % the slope may be off).
+            samples.append((status.updated_at, status.event_time.timestamp()))
             time.sleep(0.1)
     finally:
         replay.stop()
         replay.join(10)
-    assert _slope(samples) == pytest.approx(3000, rel=0.1)
+    assert _slope(sorted(set(samples))) == pytest.approx(3000, rel=0.1)
 
 
 def _bad_log(tmp_path: Path) -> Path:

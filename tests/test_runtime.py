@@ -31,32 +31,34 @@ def test_start_steer_watch_and_stop_from_the_python_api(kafka_settings: Settings
         other = Workbench.attach(Settings(home=kafka_settings.home))
         assert other.settings.bootstrap_servers == kafka_settings.bootstrap_servers
 
-        status = wait_until(lambda: (s := wb.status()).replay and s.rows_sent > 0 and s)
+        # the replay process's start-up: interpreter, imports, the file's validation, Kafka transactions
+        status = wait_until(lambda: (s := wb.status()).replay and s.rows_sent > 0 and s, timeout=180)
         assert status.speedup == 600 and status.replay_state == "running"
         assert status.processes["analytics"]["state"] == "running"
 
         other.set_speed(3600)
-        wait_until(lambda: wb.status().speedup == 3600)
+        wait_until(lambda: wb.status().speedup == 3600, timeout=60)
 
         wb.pause()
-        paused = wait_until(lambda: (s := wb.status()).replay_state == "paused" and s)
+        paused = wait_until(lambda: (s := wb.status()).replay_state == "paused" and s, timeout=60)
         time.sleep(2.0)
         assert wb.status().rows_sent == paused.rows_sent
 
         wb.seek("2024-03-04T05:00:00")  # rows are 1 s apart from midnight: row 18000
-        wait_until(lambda: wb.status().rows_sent == 18_000)
+        wait_until(lambda: wb.status().rows_sent == 18_000, timeout=60)
         assert wb.status().event_time.isoformat() == "2024-03-04T05:00:00+00:00"
 
         wb.resume()
-        wait_until(lambda: wb.status().rows_sent > 18_000)
+        wait_until(lambda: wb.status().rows_sent > 18_000, timeout=60)
 
         # a supervised app that dies is restarted
         pid = wb.status().processes["analytics"]["pid"]
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: (p := wb.status().processes["analytics"])["restarts"] == 1 and p["state"] == "running")
+        wait_until(lambda: (p := wb.status().processes["analytics"])["restarts"] == 1 and p["state"] == "running",
+                   timeout=60)
 
         wb.set_speed("max")
-        done = wait_until(lambda: (s := wb.status()).drained and s, timeout=120, poll=1.0)
+        done = wait_until(lambda: (s := wb.status()).drained and s, timeout=300, poll=1.0)
         assert done.rows_sent == done.rows_total == 40_000
         assert done.lag == {"analytics": 0}
         assert done.late_events == 0 or done.late_events is None
@@ -100,7 +102,7 @@ def test_the_status_shows_why_a_supervised_process_keeps_exiting(kafka_settings:
         lakehouse_catalog=f"postgres:host=127.0.0.1 port={free_port_pair()} dbname=lake")
     wb = Workbench.start(settings=settings, apps=("anomaly-sink",))
     try:
-        failing = wait_until(lambda: (p := wb.status().processes["anomaly-sink"]).get("error") and p, timeout=90)
+        failing = wait_until(lambda: (p := wb.status().processes["anomaly-sink"]).get("error") and p, timeout=180)
         assert failing["state"] in ("backoff", "failed")
         assert failing["error"].startswith("The lakehouse catalog (WORKBENCH_LAKEHOUSE_CATALOG) does not answer")
         assert "anomaly-sink exited: The lakehouse catalog" in str(wb.status())

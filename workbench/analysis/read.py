@@ -103,6 +103,7 @@ def _stats_table(settings: Settings, start: datetime | None, end: datetime | Non
 def _duck() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")  # no bar in a cell's output for a query past 2 s
     return con
 
 

@@ -22,6 +22,8 @@ Three things the workbench needs have no public API in Quix 3.28:
   created librdkafka handles ``Producer._inner_producer``, ``BaseConsumer._inner_consumer`` and
   ``TopicAdmin._inner_admin`` of ``app._producer._producer``, ``app._consumer`` and
   ``app._topic_manager._admin``.
+* a callback after each rebalance that gave the consumer its (possibly empty) assignment
+  (:func:`on_assignment`; Quix restarts its own idle timeout there): ``app._on_assign``.
 
 All are resolved here, at build time, and a missing or changed internal raises
 :class:`QuixInternalsError` instead of silently switching a feature off. ``tests/test_pipeline_quix.py``
@@ -51,6 +53,7 @@ __all__ = [
     "commit_first_checkpoint_at_once",
     "consume_in_batches",
     "force_checkpoint",
+    "on_assignment",
     "partition_flow",
     "register_periodic",
 ]
@@ -236,6 +239,26 @@ def commit_first_checkpoint_at_once(app: Application) -> None:
             commit(force=True)
 
     register_periodic(app, task)
+
+
+def on_assignment(app: Application, callback: Callable[[], None]) -> None:
+    """Call ``callback()`` each time a rebalance has given ``app``'s consumer its assignment (possibly empty).
+
+    Quix's own idle timeout (``app.run(timeout=...)``) starts over there; an app that judges idleness
+    itself needs the same moment (before it, no message can have come).
+    """
+    original = getattr(app, "_on_assign", None)
+    if not callable(original):
+        msg = (f"quixstreams {_version()} has no Application._on_assign; the workbench needs it "
+               "(workbench/pipeline/_quix.py). Pin quixstreams==3.28.* or port the adapter.")
+        raise QuixInternalsError(msg)
+
+    def on_assign(*args: Any) -> Any:
+        result = original(*args)
+        callback()
+        return result
+
+    app._on_assign = on_assign  # type: ignore[method-assign]
 
 
 def assigned_partitions(app: Application, topic: str) -> Callable[[], list[int]]:

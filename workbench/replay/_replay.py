@@ -12,6 +12,7 @@ position past it: it is dead-lettered exactly once and can never stop the replay
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -29,7 +30,7 @@ import pyarrow.compute as pc
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from workbench import defaults
-from workbench.broker import ensure_topics, when_ready
+from workbench.broker import IncompleteReadError, ensure_topics, read_range, when_ready
 from workbench.config import Settings, get_settings
 from workbench.data import COLUMNS, codec
 from workbench.data.validation import MAX_EVENT_TIME, check, conform, find_bad_rows
@@ -358,6 +359,7 @@ class _ReplayRun:
         self.next_event_us: int | None = None  # event time of the next row to send, when known
         self.notice: str | None = None
         self.control_offset: int | None = None
+        self._waiting_control: list = []  # control records read before the first row, not applied yet
         self._resume_paused = False
         self._last_commit = -1e9
         # (row, value, headers): sent in the transaction whose position passes the row.
@@ -426,21 +428,33 @@ class _ReplayRun:
                 "group.id": f"workbench-replay-control-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "latest",
+                "enable.partition.eof": True,  # read_range below: the end of what was sent before
                 "log_level": 3,
             }
         )
         topic = self.settings.topic_replay_control
+        deadline = time.monotonic() + 30
         if self.control_offset is None:
             # Commands sent since the replay was created apply, even those sent before it listened.
             since = TopicPartition(topic, 0, int(replay.commands_since * 1000))
-            deadline = time.monotonic() + 30
             found = when_ready(lambda remaining: self.control.offsets_for_times([since], timeout=remaining),
                                deadline)[0].offset
             if found < 0:  # nothing that recent: start at the end
                 found = when_ready(lambda remaining: self.control.get_watermark_offsets(
                     TopicPartition(topic, 0), timeout=remaining), deadline)[1]
             self.control_offset = found
-        self.control.assign([TopicPartition(topic, 0, self.control_offset)])
+        # The commands already there (sent before this replay listened, or while it was down) are read
+        # now and applied before the first row. Left to the loop's polls, they applied once the first
+        # fetch came back, after the rows that fell due meanwhile had gone out at the old speed (a pause
+        # sent before the start let rows through on a loaded machine).
+        end = when_ready(lambda remaining: self.control.get_watermark_offsets(
+            TopicPartition(topic, 0), timeout=remaining), deadline)[1]
+        if end > self.control_offset:
+            with contextlib.suppress(IncompleteReadError):  # the rest comes with the loop's polls
+                for message in read_range(self.control, topic, 0, self.control_offset, end, deadline):
+                    self._waiting_control.append(message)
+        else:
+            self.control.assign([TopicPartition(topic, 0, self.control_offset)])
         # Committed before any row is sent: a restart after any failure resumes from here (with
         # the same run token), never from an older position of an earlier run.
         self._commit_batch([], self.next_row, force_status=True)
@@ -473,7 +487,8 @@ class _ReplayRun:
     # -- commands --------------------------------------------------------------------------------
     def _drain_commands(self) -> list[Command]:
         commands = self.inbox()
-        for message in self.control.consume(num_messages=100, timeout=0):
+        waiting, self._waiting_control = self._waiting_control, []
+        for message in [*waiting, *self.control.consume(num_messages=100, timeout=0)]:
             if message.error():
                 continue
             self.control_offset = message.offset() + 1

@@ -222,6 +222,9 @@ def connect(root: str | os.PathLike[str], *, read_only: bool = False, alias: str
     con.execute(f"LOAD {sql_literal(str(scanner))}")
     con.execute(f"LOAD {sql_literal(str(extension_paths()[1]))}")
     con.execute("SET TimeZone = 'UTC'")
+    # DuckDB draws a progress bar on stdout for a query past 2 s (a count on a loaded machine): in a cell's
+    # output, an app's log, or the stdout a reader process answers on (it broke a test's parsing).
+    con.execute("SET enable_progress_bar = false")
     data = data_path or str(root / DATA_DIR)
     if not data.endswith(("/", os.sep)):
         data += "/"

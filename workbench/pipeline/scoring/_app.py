@@ -25,6 +25,7 @@ from workbench.pipeline._quix import (
     assigned_partitions,
     consume_in_batches,
     force_checkpoint,
+    on_assignment,
     partition_flow,
     register_periodic,
 )
@@ -126,6 +127,7 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
         self.schedule: TrainingSchedule | None = None
         self._idle_exit: float | None = None
         self._started = 0.0
+        self._assigned_at: float | None = None  # the last rebalance that gave the consumer its partitions
         self._last_slow_tick = 0.0
         self._rescore_seen_at = 0.0
         self._force_commit: Callable[[], None] | None = None
@@ -186,6 +188,7 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
         sdf.sink(self.sink)  # registers the sink with Quix's checkpoints (flush before commit)
         # the whole dataframe is this sink: skip Quix's per-message machinery (see consume_in_batches)
         consume_in_batches(app, self.sink.add_messages, max_messages=_CONSUME_MESSAGES)
+        on_assignment(app, self._note_assignment)  # the idle clock (idle_exit) starts there
         register_periodic(app, self._tick)
         self._force_commit = force_checkpoint(app)
         self.status.info.update({"topic": self.settings.topic_query_events, "anomalies": self.settings.topic_anomalies,
@@ -200,8 +203,9 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
             count: int | None = None) -> AppResult:
         """Run in the main thread until stopped, ``timeout`` s of wall time, or idle.
 
-        Idle means: no message for ``idle_exit`` s, nothing buffered, no training running or
-        pending (after a restart: the schedule resumed from the shards, see ``_resume``), and no
+        Idle means: no message for ``idle_exit`` s (counted from the last message or the consumer's
+        last assignment, whichever came later, as Quix's own idle timeout), nothing buffered, no
+        training running or pending (after a restart: the schedule resumed from the shards, see ``_resume``), and no
         unscored rows left that a model could score (the app checks this itself, so Quix's own idle
         timeout is not used). Offsets are committed (after the last flush) when the run ends.
         """
@@ -209,6 +213,7 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
         if self.app is None:
             self.build()
         self._started = time.monotonic()
+        self._assigned_at = None  # a run joins the group again
         with BatchCollector.paced():  # the sink collects between batches (see _collector)
             return super().run(timeout=timeout, idle_exit=None, count=count)
 

@@ -27,6 +27,10 @@ __all__ = ["ScoringLoop"]
 
 logger = logging.getLogger(__name__)
 
+#: Seconds an app with ``idle_exit`` waits for its first assignment before its idle clock runs anyway
+#: (Quix's own idle timeout waits as long), so one that never joins its group still ends.
+FIRST_ASSIGNMENT_WAIT_S = 60.0
+
 
 class ScoringLoop:
     """The per-poll and after-flush methods of :class:`~workbench.pipeline.scoring.ScoringApp`."""
@@ -46,6 +50,7 @@ class ScoringLoop:
     hold_days: bool
     _idle_exit: float | None
     _started: float
+    _assigned_at: float | None
     _last_slow_tick: float
     _rescore_seen_at: float
     _force_commit: Callable[[], None] | None
@@ -151,10 +156,20 @@ class ScoringLoop:
         counters = self.status.counters
         counters["anomalies"] = counters.get("stream_anomalies", 0) + counters.get("rescore_anomalies", 0)
 
+    def _note_assignment(self) -> None:
+        """A rebalance gave the consumer its partitions (possibly none): the idle clock starts over."""
+        self._assigned_at = time.monotonic()
+
     def _idle(self) -> bool:
         sink = self.sink
         assert sink is not None and self._idle_exit is not None
-        last = sink.last_message_at or self._started
+        # Idle since the last message or the last assignment, whichever came later: no message can come
+        # before the consumer holds its partitions, and a restarted app waits for the group to drop its
+        # killed predecessor (the session timeout) first; counted from the run's start, it stopped
+        # before its first message. Without any assignment yet it waits as long as Quix's own idle
+        # timeout does.
+        assigned = self._assigned_at if self._assigned_at is not None else self._started + FIRST_ASSIGNMENT_WAIT_S
+        last = max(sink.last_message_at, assigned)
         if time.monotonic() - last < self._idle_exit or sink.buffered_rows:
             return False
         if self.rescorer.running or (self.schedule is not None and self.schedule.busy):
