@@ -125,7 +125,8 @@ def test_packed_messages_carry_every_row_in_order_per_instance(kafka_settings: S
         assert times == sorted(times)
 
 
-def test_pause_via_another_process_stops_production_within_a_second(kafka_settings: Settings, tmp_path: Path) -> None:
+def test_pause_via_another_process_stops_production_and_resume_restarts_it(kafka_settings: Settings,
+                                                                         tmp_path: Path) -> None:
     log = make_log(tmp_path / "log.parquet", rows=20_000, spacing_s=1.0)
     replay = Replay(log, settings=kafka_settings, speedup=600).start()
     controller = ReplayController(kafka_settings)  # the cross-process path: commands over the topic
