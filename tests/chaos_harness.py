@@ -119,6 +119,14 @@ def _pid_of(settings: Settings, kind: str) -> int | None:
     return proc.get("pid") if proc.get("state") == "running" else None
 
 
+def _wait_for_pid(settings: Settings, kind: str, timeout: float) -> int | None:
+    """The pid of ``kind`` once it runs (polled), or None after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while (pid := _pid_of(settings, kind)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return pid
+
+
 def _running_training(settings: Settings) -> tuple[int, int] | None:
     """``(pid, attempt)`` of the running training: the scoring app's training state names it (cheap to read)."""
     for path in settings.state_dir.rglob("ml_training.json"):
@@ -215,7 +223,9 @@ def run_chaos(data: Path, home: Path, *, seed: int, kills: int, speedup: float, 
     try:
         for kind, gap in zip(order, gaps, strict=True):
             time.sleep(gap)
-            pid = _pid_of(settings, kind)
+            # A process restarting after an earlier kill (or the broker's) is waited for, not skipped:
+            # a skipped kind fails the run's "every kind killed" check for a reason that is no fault.
+            pid = _wait_for_pid(settings, kind, timeout=30.0)
             if pid is None or not _kill(pid):
                 log(f"  {time.monotonic() - started:6.1f}s  {kind:<12} not running: skipped")
                 done.append(Kill(time.monotonic() - started, kind))
