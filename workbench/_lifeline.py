@@ -29,9 +29,8 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
-from workbench._fs import process_start_time, same_process
+from workbench._fs import _is_zombie, process_start_time, same_process
 
 __all__ = [
     "HOME_ENV",
@@ -181,16 +180,8 @@ def _wait_ended(processes: list, timeout: float) -> list:
     while alive:
         # reaps the ones that are our children; returns at once for those already gone
         _, alive = psutil.wait_procs(alive, timeout=max(0.0, min(0.2, deadline - time.monotonic())))
-        alive = [proc for proc in alive if not _is_zombie(proc)]
+        alive = [proc for proc in alive if not _is_zombie(proc.pid)]
         if time.monotonic() >= deadline:
             break
     return alive
 
-
-def _is_zombie(proc: Any) -> bool:
-    import psutil
-
-    try:
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
