@@ -220,6 +220,8 @@ def run_report(
     import papermill
     from tqdm.auto import tqdm
 
+    from workbench.reports._kernel import ReportKernelManager
+
     source = Path(notebooks_dir or DEFAULT_NOTEBOOKS_DIR)
     unknown = [n for n in notebooks if not (source / f"{n}.ipynb").is_file()]
     if unknown:
@@ -275,7 +277,8 @@ def run_report(
             with _environment(env):
                 papermill.execute_notebook(str(notebook), str(executed), parameters=given, kernel_name="python3",
                                            progress_bar=progress, cwd=str(out), execution_timeout=timeout,
-                                           extra_arguments=_KERNEL_ARGUMENTS)
+                                           extra_arguments=_KERNEL_ARGUMENTS,
+                                           kernel_manager_class=ReportKernelManager)
             state = "ok"
         except papermill.PapermillExecutionError as exc:
             state = f"failed in cell {exc.cell_index}: {exc.ename}: {exc.evalue}"
