@@ -86,7 +86,7 @@ def _first_commit(settings: Settings, app: str, topic: str, partitions: int, chi
     rest of its input, so a sample taken when the (loaded) broker answers would add that work.
     """
     started = time.perf_counter()
-    watcher = Consumer({**settings.kafka_client_config(), "group.id": consumer_group(app),
+    watcher = Consumer({**settings.kafka_client_config(), "group.id": consumer_group(settings, app),
                         "enable.auto.commit": False})
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     process = psutil.Process(child.pid)

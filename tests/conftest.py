@@ -38,7 +38,7 @@ def kafka_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 
 
 def isolated_settings(base: Settings, home: Path, **overrides: object) -> Settings:
-    """Settings on the session broker with a private home and private topic names."""
+    """Settings on the session broker with a private home, private topic names and consumer groups."""
     suffix = uuid.uuid4().hex[:8]
     return base.with_overrides(
         home=home,
@@ -48,6 +48,8 @@ def isolated_settings(base: Settings, home: Path, **overrides: object) -> Settin
         topic_dead_letter=f"redshift.dead_letter.{suffix}",
         topic_replay_control=f"workbench.replay_control.{suffix}",
         topic_replay_state=f"workbench.replay_state.{suffix}",
+        # a group shared with another test's apps (still closing, or on other topics) joins its rebalances
+        consumer_group_prefix=f"workbench-{suffix}",
         **overrides,
     )
 

@@ -38,6 +38,7 @@ BAD_VALUES = [
     ("WORKBENCH_KAFKA_HEAP", "64m"),  # below the broker's -Xms256m: the JVM would not start
     ("WORKBENCH_TOPIC_ANOMALIES", "anomalies and more"),
     ("WORKBENCH_TOPIC_QUERY_EVENTS", "events/2024"),
+    ("WORKBENCH_CONSUMER_GROUP_PREFIX", "team a"),
     ("KAFKA_BOOTSTRAP_SERVERS", "::::"),
     ("KAFKA_BOOTSTRAP_SERVERS", "broker:notaport"),
     ("KAFKA_BOOTSTRAP_SERVERS", "broker:9092,broker:99999"),
@@ -284,3 +285,14 @@ def test_a_reader_that_went_away_stops_the_cli_quietly(tmp_path: Path) -> None:
         os.close(write_end)
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
     assert done.returncode == 141
+
+
+def test_the_consumer_group_prefix_names_every_apps_group_and_reaches_child_processes(tmp_path: Path) -> None:
+    from workbench.pipeline._names import consumer_group
+
+    assert consumer_group(Settings(home=tmp_path), "scoring") == "workbench-scoring"  # the default is unchanged
+    settings = Settings(home=tmp_path, consumer_group_prefix="team-b")
+    assert [consumer_group(settings, app) for app in ("scoring", "analytics", "anomaly-sink")] == [
+        "team-b-scoring", "team-b-analytics", "team-b-anomaly-sink"]
+    child = Settings.from_env(settings.to_env())
+    assert consumer_group(child, "analytics") == "team-b-analytics"

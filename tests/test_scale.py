@@ -73,7 +73,7 @@ def _explain(settings: Settings, wb: Workbench) -> str:
     parts = [str(wb.status())]
     admin = AdminClient(settings.kafka_client_config())
     for app in APPS:
-        group = consumer_group(app)
+        group = consumer_group(settings, app)
         try:
             desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
             members = [(m.client_id, [tp.partition for tp in (m.assignment.topic_partitions if m.assignment else [])])
@@ -107,7 +107,7 @@ def _settled(settings: Settings, rows: int) -> bool:
 
     topics = {"scoring": settings.topic_query_events, "analytics": settings.topic_query_events,
               "anomaly-sink": settings.topic_anomalies}
-    if any(consumer_lag(settings, consumer_group(app), topic) != 0 for app, topic in topics.items()):
+    if any(consumer_lag(settings, consumer_group(settings, app), topic) != 0 for app, topic in topics.items()):
         return False
     state_file = settings.state_dir / STATE_FILE
     days = json.loads(state_file.read_text())["days"] if state_file.exists() else {}
@@ -128,13 +128,13 @@ def _run(settings: Settings, log: Path, instances: int) -> dict:
     try:
         # The groups settle first (N members, each holding partitions), then the log goes in at once.
         for app in APPS:
-            _until(lambda app=app: _group_settled(settings, consumer_group(app), instances), timeout=240,
+            _until(lambda app=app: _group_settled(settings, consumer_group(settings, app), instances), timeout=240,
                    what=f"{instances} members of {app}", explain=lambda: _explain(settings, wb))
         Replay(log, settings=settings, speedup=0, pack=1).run()
         _until(lambda: _settled(settings, rows), timeout=300, what="the pipeline to settle",
                explain=lambda: _explain(settings, wb))
         time.sleep(2)  # the last checkpoint's anomalies reach the sink after the events' lag is 0
-        _until(lambda: consumer_lag(settings, consumer_group("anomaly-sink"), settings.topic_anomalies) == 0,
+        _until(lambda: consumer_lag(settings, consumer_group(settings, "anomaly-sink"), settings.topic_anomalies) == 0,
                timeout=60, what="the anomaly sink to drain")
         statuses = {app: read_app_statuses(settings, app) for app in APPS}  # while running: one trainer
         status = wb.status()

@@ -144,6 +144,15 @@ class Settings(BaseSettings):
     topic_dead_letter: str = "redshift.dead_letter"
     topic_replay_control: str = "workbench.replay_control"
     topic_replay_state: str = "workbench.replay_state"
+    consumer_group_prefix: str = Field(
+        default="workbench",
+        validation_alias="WORKBENCH_CONSUMER_GROUP_PREFIX",
+        description=(
+            "The apps' consumer groups are <prefix>-scoring, <prefix>-analytics and <prefix>-anomaly-sink "
+            "(the trainer election and the analytics window state follow them). Processes with one prefix "
+            "share the work; give a second deployment on the same cluster its own prefix."
+        ),
+    )
     partitions: int = Field(
         default=4, ge=1, le=1024, validation_alias="WORKBENCH_PARTITIONS"
     )
@@ -360,6 +369,15 @@ class Settings(BaseSettings):
         if not _TOPIC_NAME.fullmatch(value) or value in (".", ".."):
             msg = (f"WORKBENCH_{info.field_name.upper()} must be a Kafka topic name: 1 to 249 of the characters "
                    f"a-z, A-Z, 0-9, '.', '_' and '-'. Got {value!r} instead.")
+            raise ValueError(msg)
+        return value
+
+    @field_validator("consumer_group_prefix", mode="after")
+    @classmethod
+    def _group_prefix(cls, value: str) -> str:
+        if not _TOPIC_NAME.fullmatch(value) or len(value) > 200:
+            msg = ("WORKBENCH_CONSUMER_GROUP_PREFIX must be 1 to 200 of the characters a-z, A-Z, 0-9, '.', '_' "
+                   f"and '-' (it names consumer groups such as <prefix>-scoring). Got {value!r} instead.")
             raise ValueError(msg)
         return value
 

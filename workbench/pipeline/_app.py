@@ -114,7 +114,7 @@ def build_application(
     connection = ConnectionConfig.from_librdkafka_dict(settings.kafka_client_config())
     return Application(
         broker_address=connection,
-        consumer_group=group or consumer_group(app_name),
+        consumer_group=group or consumer_group(settings, app_name),
         state_dir=str(state_dir / "quix"),
         auto_offset_reset="earliest",
         commit_interval=commit_interval,

@@ -13,9 +13,9 @@ from workbench.pipeline._instance import instance_dir
 __all__ = ["app_state_dir", "consumer_group"]
 
 
-def consumer_group(app_name: str) -> str:
-    """The consumer group of app ``app_name`` (``workbench-<app_name>``)."""
-    return f"workbench-{app_name}"
+def consumer_group(settings: Settings, app_name: str) -> str:
+    """The consumer group of app ``app_name``: ``<settings.consumer_group_prefix>-<app_name>``."""
+    return f"{settings.consumer_group_prefix}-{app_name}"
 
 
 def app_state_dir(settings: Settings, app_name: str, instance: int = 0) -> Path:

@@ -202,7 +202,7 @@ class AnalyticsApp(WorkbenchApp):
     retention_days : float, optional
         Archive windows older than this (data time) every ``archive_every_s``; None disables.
     group : str, optional
-        Consumer group (default ``workbench-analytics``); the window state belongs to it.
+        Consumer group (default ``<consumer_group_prefix>-analytics``); the window state belongs to it.
     commit_interval : float
         Seconds between checkpoints (sink writes and offset commits).
     batch_messages : int
@@ -498,7 +498,7 @@ class AnalyticsApp(WorkbenchApp):
         self.dead_letters = DeadLetters(self.settings, APP_NAME, app.get_producer())
         self.guard = EventTimeGuard.from_settings(self.settings)
         store = WindowStatsStore.from_settings(self.settings)  # SQLite in the home, or PostgreSQL
-        self.state = WindowState(store, self.group or consumer_group(APP_NAME), window_ms=self.window_ms,
+        self.state = WindowState(store, self.group or consumer_group(self.settings, APP_NAME), window_ms=self.window_ms,
                                  grace_ms=self.grace_ms, closing_strategy=self.closing_strategy,
                                  topic_id=self._topic_id, clock_messages=self.settings.window_clock_messages)
         self.state.open()

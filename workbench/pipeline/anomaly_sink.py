@@ -122,7 +122,7 @@ class AnomalySinkApp(WorkbenchApp):
     settings : Settings
         Broker, topics, lakehouse path.
     group : str, optional
-        Consumer group (default ``workbench-anomaly-sink``).
+        Consumer group (default ``<consumer_group_prefix>-anomaly-sink``).
     commit_interval : float
         Seconds between checkpoints, i.e. between lakehouse writes (one snapshot per partition each).
     maintain_every, maintain_interval_s

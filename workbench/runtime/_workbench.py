@@ -403,7 +403,7 @@ class Workbench:
             # mid-snapshot: the others would each wait theirs too (a panel showed a stale "[running]"
             # for 16 s), so they are unknown at once and the next snapshot says the broker is gone.
             began = time.monotonic()
-            lag[name] = None if unreachable else consumer_lag(self.settings, consumer_group(name),
+            lag[name] = None if unreachable else consumer_lag(self.settings, consumer_group(self.settings, name),
                                                               topics.get(name, default_topic), timeout=LAG_READ_S)
             unreachable = unreachable or (lag[name] is None and time.monotonic() - began >= 0.9 * LAG_READ_S)
         registry = ModelRegistry(self.settings.models_dir)

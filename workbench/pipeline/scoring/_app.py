@@ -75,7 +75,7 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
         Event-time seconds past midnight before the finished day is trained (lets the other
         partitions deliver that day's last events).
     group : str, optional
-        Consumer group (default ``workbench-scoring``).
+        Consumer group (default ``<consumer_group_prefix>-scoring``).
     intra_op_threads : int, default=2
         ONNX Runtime threads per session.
     status_interval : float, default=1.0
@@ -178,12 +178,12 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
         if self.schedule is not None:
             self.pacer = PartitionPacer(partition_flow(app), topic.name, self.status)
             self.election = TrainerElection(self.settings, self.status, assigned_partitions(app, topic.name),
-                                            group=self.group or consumer_group(APP_NAME))
+                                            group=self.group or consumer_group(self.settings, APP_NAME))
             self.supervisor.is_trainer = lambda: self._trains  # its reaper thread starts runs only while elected
             self.election.tick(self.sink, self.supervisor, self._warmup_s, force=True)
             if list_days(self.settings.shards_dir):  # a restart: resume the schedule from the shards
                 self.schedule.resume_probe = ResumeProbe(self.settings, topic.name,
-                                                         self.group or consumer_group(APP_NAME))
+                                                         self.group or consumer_group(self.settings, APP_NAME))
         sdf = app.dataframe(topic)
         sdf.sink(self.sink)  # registers the sink with Quix's checkpoints (flush before commit)
         # the whole dataframe is this sink: skip Quix's per-message machinery (see consume_in_batches)

@@ -128,7 +128,7 @@ def trainer_lease(settings: Settings, group: str | None = None) -> Any:
         from workbench.pipeline._names import consumer_group
         from workbench.pipeline.scoring._election import BrokerLease
 
-        return BrokerLease(settings, group or consumer_group("scoring"))
+        return BrokerLease(settings, group or consumer_group(settings, "scoring"))
     from workbench.ml.registry import TrainerLease
 
     return TrainerLease(settings.models_dir)
@@ -150,7 +150,7 @@ class TrainerElection:
     alive_s : float
         A heartbeat older than this is a dead instance: its partitions hold the watermark.
     group : str, optional
-        The scoring app's consumer group (default ``workbench-scoring``): the broker election's
+        The scoring app's consumer group (default ``<consumer_group_prefix>-scoring``): the broker election's
         group derives from it.
     """
 
