@@ -36,6 +36,7 @@ __all__ = [
     "batches_by_row_group",
     "read_batches",
     "require_log",
+    "type_fits",
     "validate",
 ]
 
@@ -173,6 +174,30 @@ def _open(path: Path) -> pq.ParquetFile:
 _COERCIBLE = {"integer": {"float"}, "string": {"binary"}}
 
 
+_FIELDS: dict[str, pa.Field] = {f.name: f for f in list(REDSET_SCHEMA) + list(LABEL_SCHEMA)}
+
+
+def type_fits(name: str, got: pa.DataType, *, stored: bool = True) -> bool:
+    """Whether values of type ``got`` can stand for the Redset or label column ``name`` (the one rule).
+
+    Its own type family always fits: any integer width, signed or not, for an integer column;
+    string, large string, string view or a dictionary of them for text; a timestamp of any unit and
+    zone for a time; bool for bool. A stored file (``stored``) may also hold what other writers leave:
+    floats for integers (pandas' nullable ints), bytes for text, a NULL-typed nullable column. A
+    message (``stored=False``) may not: as in JSON, 1.0 or ``true`` is not an integer, ``"true"`` or 2
+    not a boolean, an integer not a time (in which unit?). The values are checked after (row rules,
+    safe casts): a fitting type is no promise that every value converts.
+    """
+    want = _type_family(_FIELDS[name].type)
+    family = _type_family(got)
+    if family == want:
+        return True
+    if not stored:
+        return False
+    all_null_ok = family == "null" and name in REDSET_SCHEMA.names and REDSET_SCHEMA.field(name).nullable
+    return all_null_ok or family in _COERCIBLE.get(want, ())
+
+
 def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = COLUMNS) -> bool:
     """Raise on missing, duplicated or mistyped columns; return whether the label columns are present."""
     expected = {f.name: f.type for f in list(REDSET_SCHEMA) + list(LABEL_SCHEMA)}
@@ -201,10 +226,7 @@ def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = CO
     has_labels = all(name in names for name in LABEL_COLUMNS)
     for name in [*required, *(LABEL_COLUMNS if has_labels else ())]:
         want, got = expected[name], schema.field(name).type
-        family = _type_family(got)
-        all_null_ok = family == "null" and name in REDSET_SCHEMA.names and REDSET_SCHEMA.field(name).nullable
-        coercible = family in _COERCIBLE.get(_type_family(want), ())
-        if family != _type_family(want) and not all_null_ok and not coercible:
+        if not type_fits(name, got):
             sql_type = _SQL_TYPES.get(_type_family(want), str(want))
             msg = (
                 f"Column {name!r} of query log {str(path)!r} must be {_type_family(want)} ({want}). "
