@@ -272,6 +272,17 @@ FILE_CASES: dict[str, tuple[Callable[[pa.Table, Path], object], str | tuple[str,
         lambda good, path: pq.write_table(good.append_column("query_id", good.column("query_id")), path),
         "Query log {path!r} has 2 columns named 'query_id'; the workbench cannot tell which one holds "
         "the data. Keep one of them."),
+    # `workbench prepare` refuses two columns for one; validate read the exact name and passed the other over
+    "one_column_under_two_letter_cases": (
+        lambda good, path: pq.write_table(good.append_column("Query_ID", good.column("query_id")), path),
+        "Query log {path!r} has columns 'query_id' and 'Query_ID', one Redset column under two spellings; the "
+        "workbench cannot tell which one holds the data. Keep or rename one of them."),
+    "column_name_with_a_space": (
+        lambda good, path: pq.write_table(good.rename_columns(
+            [f"{c} " if c == "query_id" else c for c in good.column_names]), path),
+        "Query log {path!r} lacks 1 of the 24 required Redset column(s): query_id. The file has 1 of them under "
+        "other letter cases or with spaces around them (e.g. 'query_id '): `workbench prepare {path} --out NEW` "
+        "matches names case-insensitively and writes a replayable copy."),
     "truncated_file": (_truncated, (
         _UNREADABLE,
         "). Pass a Parquet file with the Redset columns, e.g. one written by `workbench generate`.")),
@@ -338,6 +349,19 @@ def test_the_offline_reader_of_train_and_evaluate_reads_what_validate_accepts(go
     null-typed columns stopped them, the last with a traceback)."""
     path = tmp_path / "variants.parquet"
     pq.write_table(_variants(good), path)
+    assert validate(path).rows == ROWS
+    day = good.column("arrival_timestamp")[0].as_py().date()
+    assert load_log_window(path, day, 1).equals(good)
+
+
+def test_the_offline_reader_passes_over_other_columns_even_when_they_repeat_a_name(good: pa.Table,
+                                                                                   tmp_path: Path) -> None:
+    """Validate and the replay read only the Redset columns of a file whose other columns repeat a name (two
+    'note' columns of another tool, a pandas index); `train/evaluate --data` stopped on it with pyarrow's
+    'Multiple matches for FieldRef.Name(note)' and the whole schema."""
+    path = tmp_path / "notes.parquet"
+    extra = good.append_column("note", pa.array(["a"] * ROWS)).append_column("note", pa.array([1] * ROWS))
+    pq.write_table(extra.append_column("__index_level_0__", pa.array(range(ROWS))), path)
     assert validate(path).rows == ROWS
     day = good.column("arrival_timestamp")[0].as_py().date()
     assert load_log_window(path, day, 1).equals(good)

@@ -211,12 +211,23 @@ def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = CO
                "which one holds the data. Keep one of them.")
         raise DataValidationError(msg, path=str(path), column=name)
     names = set(schema.names)
+    # Names as `workbench prepare` matches them (letter case and spaces around ignored): 'query_id' beside
+    # 'Query_ID' is two columns for one, which prepare refuses; reading the first as if the other were
+    # not there would be a guess.
+    folded = {name.strip().lower(): name for name in schema.names if name not in expected}
+    twins = [(name, folded[name]) for name in expected if name in names and name in folded]
+    if twins:
+        name, twin = twins[0]
+        msg = (f"Query log {str(path)!r} has columns {name!r} and {twin!r}, one Redset column under two "
+               "spellings; the workbench cannot tell which one holds the data. Keep or rename one of them.")
+        raise DataValidationError(msg, path=str(path), column=name)
     missing = [name for name in required if name not in names]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        folded = {name.lower(): name for name in schema.names}
         other_case = [folded[name] for name in missing if name in folded]
-        hint = (f" The file has {len(other_case)} of them under other letter cases (e.g. {other_case[0]!r}): "
+        spaced = any(name != name.strip() for name in other_case)
+        hint = (f" The file has {len(other_case)} of them under other letter cases"
+                f"{' or with spaces around them' if spaced else ''} (e.g. {other_case[0]!r}): "
                 f"`workbench prepare {path} --out NEW` matches names case-insensitively and writes a "
                 "replayable copy." if other_case else
                 " Add them (NULL is fine for nullable columns) or regenerate the file.")

@@ -105,9 +105,10 @@ def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
     tables = []
     for part, schema in zip(parts, schemas, strict=True):
         try:
-            # string_view read as string: pyarrow's filter has no kernel for string_view
-            schema = pa.schema([f.with_type(pa.string()) if pa.types.is_string_view(f.type) else f for f in schema],
-                               metadata=schema.metadata)
+            # string_view read as string: pyarrow's filter has no kernel for string_view. Only the columns
+            # read: another tool's columns may repeat a name, which a dataset's schema cannot hold
+            schema = pa.schema([f.with_type(pa.string()) if pa.types.is_string_view(f.type) else f
+                                for f in schema if f.name in names], metadata=schema.metadata)
             dataset = ds.dataset(str(part), format="parquet", schema=schema)
             ts_type = dataset.schema.field("arrival_timestamp").type
             # compared in the column's own type: a naive column holds UTC wall times
