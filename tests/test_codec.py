@@ -167,6 +167,8 @@ REJECTED = {
     "encoding header twice": (_json(), [*codec.message_headers("json", 1), ("encoding", b"arrow")], b"7",
                               "bad_header"),
     "empty value": (b"", codec.message_headers("json", 1), b"7", "empty_value"),
+    "empty arrow value": (b"", codec.message_headers("arrow", 3), b"7", "empty_value"),  # was invalid_arrow
+    "arrow tombstone": (None, codec.message_headers("arrow-zstd", 3), b"7", "empty_value"),
     "truncated arrow": (codec.encode_arrow(_batch(3))[:-200], codec.message_headers("arrow", 3), b"7",
                         "invalid_arrow"),
     "arrow cut at a batch boundary": (codec.encode_arrow(_batch(0)), codec.message_headers("arrow", 3), b"7",

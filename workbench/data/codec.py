@@ -691,7 +691,7 @@ def _check_key(batch: pa.RecordBatch, key: Any) -> None:
 
 def _decode_one(value: bytes | None, encoding: str, rows: int | None, check_key: bool, key: Any) -> pa.RecordBatch:
     enc = get_encoding(encoding)
-    if value is None or (enc.name == ENCODING_JSON and not value):
+    if not value:  # None (a tombstone) or no bytes: no rows in any encoding, whatever the headers say
         raise MessageDecodeError("empty_value", "empty message value")
     try:
         decoded = enc.decode(bytes(value))
