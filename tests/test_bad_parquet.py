@@ -367,6 +367,20 @@ def test_the_offline_reader_passes_over_other_columns_even_when_they_repeat_a_na
     assert load_log_window(path, day, 1).equals(good)
 
 
+@pytest.mark.parametrize("labels", [pa.array([0, 1] * (ROWS // 2), pa.int8()),
+                                    pa.array(["false", "true"] * (ROWS // 2))], ids=["0/1", "text"])
+def test_labels_in_the_forms_the_evaluation_reads_do_not_stop_validate_or_the_replay(
+        good: pa.Table, tmp_path: Path, labels: pa.Array) -> None:
+    """The replay never sends labels and `evaluate` reads label_anomaly as 0/1 or true/false text (another
+    tool's export), but validate refused such a file whole: "must be boolean (bool). Got int8"."""
+    path = tmp_path / "labelled.parquet"
+    pq.write_table(_replace(good, "label_anomaly", labels), path)
+    summary = validate_log(path)
+    assert summary.rows == ROWS and summary.has_labels
+    day = good.column("arrival_timestamp")[0].as_py().date()
+    assert load_log_window(path, day, 1).column("label_anomaly").to_pylist() == labels.to_pylist()
+
+
 def test_the_offline_reader_reads_a_folder_as_the_replay_does(good: pa.Table, tmp_path: Path) -> None:
     """The files of a folder are the replay's; one that validate refuses is named (before: a README beside the
     files stopped training, a nested folder was read, and a file of another schema lost rows silently)."""

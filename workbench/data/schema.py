@@ -195,7 +195,12 @@ def type_fits(name: str, got: pa.DataType, *, stored: bool = True) -> bool:
     if not stored:
         return False
     all_null_ok = family == "null" and name in REDSET_SCHEMA.names and REDSET_SCHEMA.field(name).nullable
-    return all_null_ok or family in _COERCIBLE.get(want, ())
+    return all_null_ok or family in _COERCIBLE.get(want, ()) or family in _LABEL_FORMS.get(name, ())
+
+
+#: Other tools' forms of a label that the evaluation reads (``evaluate.anomaly_labels``: 0/1, true/false
+#: text). The replay never sends labels, so a log must not be refused for holding them so.
+_LABEL_FORMS: dict[str, frozenset[str]] = {"label_anomaly": frozenset({"integer", "string"})}
 
 
 def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = COLUMNS) -> bool:
