@@ -318,8 +318,8 @@ def test_validate_raises_with_the_first_problem_and_the_count(good: pa.Table, tm
     assert str(info.value) == (
         f"Query log {str(path)!r} fails validation: 2 problem(s) in 2 row(s), the first at row 2, num_joins: -1 "
         f"is negative (durations, sizes and counts are >= 0). Run `workbench validate {path}` to list them. "
-        "Fix or drop those rows, or replay with --skip-bad-rows to send them to the dead-letter topic and replay "
-        "the rest.")
+        "Fix or drop those rows, or replay with --skip-bad-rows (`workbench replay` and `workbench start`; "
+        "skip_bad_rows=True in Python) to send them to the dead-letter topic and replay the rest.")
     assert (info.value.row, info.value.column) == (2, "num_joins")
 
 

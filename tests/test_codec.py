@@ -168,6 +168,8 @@ REJECTED = {
                               "bad_header"),
     "empty value": (b"", codec.message_headers("json", 1), b"7", "empty_value"),
     "empty arrow value": (b"", codec.message_headers("arrow", 3), b"7", "empty_value"),  # was invalid_arrow
+    # no header names the encoding: read as json (the default for other tools), and told what it looks like
+    "arrow without an encoding header": (codec.encode_arrow(_batch(3)), [], b"7", "invalid_json"),
     "arrow tombstone": (None, codec.message_headers("arrow-zstd", 3), b"7", "empty_value"),
     "truncated arrow": (codec.encode_arrow(_batch(3))[:-200], codec.message_headers("arrow", 3), b"7",
                         "invalid_arrow"),
@@ -241,6 +243,7 @@ NAMED = {
     "arrow int for time": "column 'arrival_timestamp' must be a timestamp with a zone (any unit). Got int64",
     "arrow text for int": "column 'num_joins' must be of an integer type",
     "json time in nanoseconds": "finer than the microseconds",
+    "arrow without an encoding header": "looks like an Arrow IPC stream: name its encoding in the 'encoding' header",
 }
 
 

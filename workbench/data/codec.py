@@ -515,6 +515,10 @@ def _negative_detail(name: str, value: Any) -> str:
     return f"column {name!r} must not be negative (durations, sizes and counts are >= 0). Got {value}"
 
 
+#: How an Arrow IPC stream (so an ``arrow`` or ``arrow-zstd`` value) begins.
+_IPC_CONTINUATION: Final = b"\xff\xff\xff\xff"
+
+
 def _json_row(value: bytes, check_range: bool = True) -> dict[str, Any]:
     """One JSON value validated against the contract; adds ``arrival_us`` (epoch microseconds).
 
@@ -525,6 +529,8 @@ def _json_row(value: bytes, check_range: bool = True) -> dict[str, Any]:
         row = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         msg = f"invalid JSON: {exc}"
+        if value.startswith(_IPC_CONTINUATION):  # an Arrow message without (or with a wrong) encoding header
+            msg += "; the value looks like an Arrow IPC stream: name its encoding in the 'encoding' header (arrow)"
         raise MessageDecodeError("invalid_json", msg) from exc
     if type(row) is not dict:
         msg = f"expected a JSON object, got {type(row).__name__}"

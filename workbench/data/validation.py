@@ -170,8 +170,8 @@ class ValidationReport:
         elif first.kind == "unreadable":
             hint = "The file is damaged: write it again from its source."
         elif self.skippable:
-            hint = ("Fix or drop those rows, or replay with --skip-bad-rows to send them to the dead-letter "
-                    "topic and replay the rest.")
+            hint = ("Fix or drop those rows, or replay with --skip-bad-rows (`workbench replay` and `workbench "
+                    "start`; skip_bad_rows=True in Python) to send them to the dead-letter topic and replay the rest.")
         else:
             hint = "Fix the file first."
         msg = (f"Query log {str(self.path)!r} fails validation: {self.total:,} problem(s) in {self.bad_rows:,} "

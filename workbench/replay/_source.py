@@ -163,21 +163,34 @@ def check_log_columns(path: str | os.PathLike[str]) -> None:
         _check_schema(_open(part).schema_arrow, part)
 
 
-def validate_log(path: str | os.PathLike[str]) -> LogSummary:
+def validate_log(path: str | os.PathLike[str], *, skip_bad_rows: bool = False) -> LogSummary:
     """:func:`~workbench.data.schema.validate` for a file or a folder of files.
 
     For a folder each file is validated, and the order must hold across file boundaries too:
     the first row of a file may not sort before the last row of the file before it.
+    ``skip_bad_rows``: row problems the replay can dead-letter row by row
+    (:data:`~workbench.data.validation.SKIPPABLE_KINDS`) pass, as the replay's ``--skip-bad-rows`` takes them.
     """
     parts = log_parts(path)
     if len(parts) == 1 and not Path(path).expanduser().is_dir():
-        return validate(parts[0])
-    summaries = [validate(part) for part in parts]
+        return _validated(parts[0], skip_bad_rows)
+    summaries = [_validated(part, skip_bad_rows) for part in parts]
     check_order_across_files(path)
     labels = {s.has_labels for s in summaries}
     return LogSummary(path=Path(path).expanduser().resolve(), rows=sum(s.rows for s in summaries),
                       row_groups=sum(s.row_groups for s in summaries), first_arrival=summaries[0].first_arrival,
                       last_arrival=summaries[-1].last_arrival, has_labels=labels == {True})
+
+
+def _validated(part: Path, skip_bad_rows: bool) -> LogSummary:
+    if not skip_bad_rows:
+        return validate(part)
+    from workbench.data.validation import check
+
+    report = check(part)
+    if not (report.ok or report.skippable):
+        raise report.error()
+    return report.summary()
 
 
 def check_order_across_files(path: str | os.PathLike[str]) -> None:
