@@ -381,6 +381,24 @@ def test_labels_in_the_forms_the_evaluation_reads_do_not_stop_validate_or_the_re
     assert load_log_window(path, day, 1).column("label_anomaly").to_pylist() == labels.to_pylist()
 
 
+def test_int96_times_of_any_year_are_read_as_they_are(good: pa.Table, tmp_path: Path) -> None:
+    """Spark's and Impala's INT96 times: read in pyarrow's default nanoseconds, year 1500 wrapped to
+    2084-07-20 23:34:33.709551616 and validate blamed its nanoseconds (and pointed at prepare to cut them)."""
+    path = tmp_path / "int96.parquet"
+    times = good.column("arrival_timestamp").to_pylist()
+    far = [times[0].replace(year=1500), *times[1:-1], times[-1].replace(year=2500)]
+    pq.write_table(_replace(good, "arrival_timestamp", far), path, use_deprecated_int96_timestamps=True)
+    assert [str(p) for p in check(path).problems] == [
+        f"row {row}, arrival_timestamp: {year}{times[row]:-%m-%d %H:%M:%S} is outside 1970-01-01 .. 2262-04-10, "
+        "the range every consumer can decode" for row, year in ((0, 1500), (ROWS - 1, 2500))]
+    pq.write_table(good, path, use_deprecated_int96_timestamps=True)  # in range: the same rows as the original
+    assert validate(path).rows == ROWS
+    replayed = pa.Table.from_batches([batch for _, batch in LogFile(path).batches()])
+    assert replayed.to_pylist() == good.select(replayed.column_names).to_pylist()
+    day = good.column("arrival_timestamp")[0].as_py().date()
+    assert load_log_window(path, day, 1).equals(good)
+
+
 def test_the_offline_reader_reads_a_folder_as_the_replay_does(good: pa.Table, tmp_path: Path) -> None:
     """The files of a folder are the replay's; one that validate refuses is named (before: a README beside the
     files stopped training, a nested folder was read, and a file of another schema lost rows silently)."""

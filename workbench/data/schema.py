@@ -29,11 +29,13 @@ __all__ = [
     "LABEL_COLUMNS",
     "LABEL_SCHEMA",
     "NON_NEGATIVE_COLUMNS",
+    "READ_OPTIONS",
     "REDSET_SCHEMA",
     "SCHEMA_VERSION",
     "TRUE_WORDS",
     "LogSummary",
     "batches_by_row_group",
+    "open_parquet",
     "read_batches",
     "require_log",
     "type_fits",
@@ -157,10 +159,21 @@ def require_log(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+#: How every reader of a query log opens it. INT96 times (Spark's and Impala's legacy type) are read in
+#: microseconds, the unit of every event time: read in nanoseconds (pyarrow's default) a time outside
+#: 1677..2262 wraps around silently, and year 1500 read as 2084-07-20 23:34:33.709551616.
+READ_OPTIONS: dict[str, str] = {"coerce_int96_timestamp_unit": "us"}
+
+
+def open_parquet(path: str | os.PathLike[str], **options: object) -> pq.ParquetFile:
+    """``pq.ParquetFile(path, **options)`` with :data:`READ_OPTIONS` (errors as pyarrow raises them)."""
+    return pq.ParquetFile(path, **READ_OPTIONS, **options)
+
+
 def _open(path: Path) -> pq.ParquetFile:
     require_log(path)
     try:
-        return pq.ParquetFile(path)
+        return open_parquet(path)
     except (pa.ArrowException, OSError) as exc:
         msg = (
             f"Query log {str(path)!r} is not a readable Parquet file ({exc}). "

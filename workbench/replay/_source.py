@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from workbench.data.exceptions import DataValidationError
-from workbench.data.schema import COLUMNS, REDSET_SCHEMA, LogSummary, batches_by_row_group, validate
+from workbench.data.schema import COLUMNS, REDSET_SCHEMA, LogSummary, batches_by_row_group, open_parquet, validate
 
 __all__ = ["LogFile", "check_log_columns", "check_order_across_files", "log_parts", "validate_log"]
 
@@ -44,7 +43,7 @@ class _LogPart:
         self.path = Path(path).expanduser().resolve()
         # Stream column chunks through a small buffer instead of pre-buffering whole row groups:
         # memory then depends on the batch size, not on the file's row-group size.
-        self._file = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20)
+        self._file = open_parquet(self.path, pre_buffer=False, buffer_size=1 << 20)
         metadata = self._file.metadata
         self.num_rows = metadata.num_rows
         self._group_starts: list[int] = []
