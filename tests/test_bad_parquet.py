@@ -272,6 +272,17 @@ FILE_CASES: dict[str, tuple[Callable[[pa.Table, Path], object], str | tuple[str,
         lambda good, path: pq.write_table(good.append_column("query_id", good.column("query_id")), path),
         "Query log {path!r} has 2 columns named 'query_id'; the workbench cannot tell which one holds "
         "the data. Keep one of them."),
+    # `workbench prepare` refuses two columns for one; validate read the exact name and passed the other over
+    "one_column_under_two_letter_cases": (
+        lambda good, path: pq.write_table(good.append_column("Query_ID", good.column("query_id")), path),
+        "Query log {path!r} has columns 'query_id' and 'Query_ID', one Redset column under two spellings; the "
+        "workbench cannot tell which one holds the data. Keep or rename one of them."),
+    "column_name_with_a_space": (
+        lambda good, path: pq.write_table(good.rename_columns(
+            [f"{c} " if c == "query_id" else c for c in good.column_names]), path),
+        "Query log {path!r} lacks 1 of the 24 required Redset column(s): query_id. The file has 1 of them under "
+        "other letter cases or with spaces around them (e.g. 'query_id '): `workbench prepare {path} --out NEW` "
+        "matches names case-insensitively and writes a replayable copy."),
     "truncated_file": (_truncated, (
         _UNREADABLE,
         "). Pass a Parquet file with the Redset columns, e.g. one written by `workbench generate`.")),
@@ -307,8 +318,8 @@ def test_validate_raises_with_the_first_problem_and_the_count(good: pa.Table, tm
     assert str(info.value) == (
         f"Query log {str(path)!r} fails validation: 2 problem(s) in 2 row(s), the first at row 2, num_joins: -1 "
         f"is negative (durations, sizes and counts are >= 0). Run `workbench validate {path}` to list them. "
-        "Fix or drop those rows, or replay with --skip-bad-rows to send them to the dead-letter topic and replay "
-        "the rest.")
+        "Fix or drop those rows, or replay with --skip-bad-rows (`workbench replay` and `workbench start`; "
+        "skip_bad_rows=True in Python) to send them to the dead-letter topic and replay the rest.")
     assert (info.value.row, info.value.column) == (2, "num_joins")
 
 
@@ -339,6 +350,51 @@ def test_the_offline_reader_of_train_and_evaluate_reads_what_validate_accepts(go
     path = tmp_path / "variants.parquet"
     pq.write_table(_variants(good), path)
     assert validate(path).rows == ROWS
+    day = good.column("arrival_timestamp")[0].as_py().date()
+    assert load_log_window(path, day, 1).equals(good)
+
+
+def test_the_offline_reader_passes_over_other_columns_even_when_they_repeat_a_name(good: pa.Table,
+                                                                                   tmp_path: Path) -> None:
+    """Validate and the replay read only the Redset columns of a file whose other columns repeat a name (two
+    'note' columns of another tool, a pandas index); `train/evaluate --data` stopped on it with pyarrow's
+    'Multiple matches for FieldRef.Name(note)' and the whole schema."""
+    path = tmp_path / "notes.parquet"
+    extra = good.append_column("note", pa.array(["a"] * ROWS)).append_column("note", pa.array([1] * ROWS))
+    pq.write_table(extra.append_column("__index_level_0__", pa.array(range(ROWS))), path)
+    assert validate(path).rows == ROWS
+    day = good.column("arrival_timestamp")[0].as_py().date()
+    assert load_log_window(path, day, 1).equals(good)
+
+
+@pytest.mark.parametrize("labels", [pa.array([0, 1] * (ROWS // 2), pa.int8()),
+                                    pa.array(["false", "true"] * (ROWS // 2))], ids=["0/1", "text"])
+def test_labels_in_the_forms_the_evaluation_reads_do_not_stop_validate_or_the_replay(
+        good: pa.Table, tmp_path: Path, labels: pa.Array) -> None:
+    """The replay never sends labels and `evaluate` reads label_anomaly as 0/1 or true/false text (another
+    tool's export), but validate refused such a file whole: "must be boolean (bool). Got int8"."""
+    path = tmp_path / "labelled.parquet"
+    pq.write_table(_replace(good, "label_anomaly", labels), path)
+    summary = validate_log(path)
+    assert summary.rows == ROWS and summary.has_labels
+    day = good.column("arrival_timestamp")[0].as_py().date()
+    assert load_log_window(path, day, 1).column("label_anomaly").to_pylist() == labels.to_pylist()
+
+
+def test_int96_times_of_any_year_are_read_as_they_are(good: pa.Table, tmp_path: Path) -> None:
+    """Spark's and Impala's INT96 times: read in pyarrow's default nanoseconds, year 1500 wrapped to
+    2084-07-20 23:34:33.709551616 and validate blamed its nanoseconds (and pointed at prepare to cut them)."""
+    path = tmp_path / "int96.parquet"
+    times = good.column("arrival_timestamp").to_pylist()
+    far = [times[0].replace(year=1500), *times[1:-1], times[-1].replace(year=2500)]
+    pq.write_table(_replace(good, "arrival_timestamp", far), path, use_deprecated_int96_timestamps=True)
+    assert [str(p) for p in check(path).problems] == [
+        f"row {row}, arrival_timestamp: {year}{times[row]:-%m-%d %H:%M:%S} is outside 1970-01-01 .. 2262-04-10, "
+        "the range every consumer can decode" for row, year in ((0, 1500), (ROWS - 1, 2500))]
+    pq.write_table(good, path, use_deprecated_int96_timestamps=True)  # in range: the same rows as the original
+    assert validate(path).rows == ROWS
+    replayed = pa.Table.from_batches([batch for _, batch in LogFile(path).batches()])
+    assert replayed.to_pylist() == good.select(replayed.column_names).to_pylist()
     day = good.column("arrival_timestamp")[0].as_py().date()
     assert load_log_window(path, day, 1).equals(good)
 

@@ -167,6 +167,10 @@ REJECTED = {
     "encoding header twice": (_json(), [*codec.message_headers("json", 1), ("encoding", b"arrow")], b"7",
                               "bad_header"),
     "empty value": (b"", codec.message_headers("json", 1), b"7", "empty_value"),
+    "empty arrow value": (b"", codec.message_headers("arrow", 3), b"7", "empty_value"),  # was invalid_arrow
+    # no header names the encoding: read as json (the default for other tools), and told what it looks like
+    "arrow without an encoding header": (codec.encode_arrow(_batch(3)), [], b"7", "invalid_json"),
+    "arrow tombstone": (None, codec.message_headers("arrow-zstd", 3), b"7", "empty_value"),
     "truncated arrow": (codec.encode_arrow(_batch(3))[:-200], codec.message_headers("arrow", 3), b"7",
                         "invalid_arrow"),
     "arrow cut at a batch boundary": (codec.encode_arrow(_batch(0)), codec.message_headers("arrow", 3), b"7",
@@ -200,6 +204,29 @@ REJECTED = {
                                     codec.message_headers("arrow", 3), b"7", "negative_value"),
     "key with leading zeros": (_json(), codec.message_headers("json", 1), b"007", "bad_key"),
     "key with a space": (_json(), codec.message_headers("json", 1), b" 7", "bad_key"),
+    # Another Arrow writer's types: a cast would take 2 as true, "12" as 12, 1.0 as 1 and an int as a time
+    # (in which unit?), all of which JSON refuses; only the column's own type family is read.
+    "arrow int for bool": (_arrow_with(was_cached=pa.array([2, 0, 1], pa.int64())), codec.message_headers("arrow", 3),
+                           b"7", "wrong_type"),
+    "arrow text for bool": (_arrow_with(was_cached=pa.array(["true", "false", "1"])),
+                            codec.message_headers("arrow", 3), b"7", "wrong_type"),
+    "arrow text for int": (_arrow_with(num_joins=pa.array(["1", "2", "3"])), codec.message_headers("arrow", 3), b"7",
+                           "wrong_type"),
+    "arrow bool for int": (_arrow_with(num_joins=pa.array([True, False, True])), codec.message_headers("arrow", 3),
+                           b"7", "wrong_type"),
+    "arrow float for int": (_arrow_with(num_joins=pa.array([1.0, 2.0, 3.0])), codec.message_headers("arrow", 3),
+                            b"7", "wrong_type"),
+    "arrow int for text": (_arrow_with(query_type=pa.array([1, 2, 3])), codec.message_headers("arrow", 3), b"7",
+                           "wrong_type"),
+    "arrow int for time": (_arrow_with(arrival_timestamp=pa.array([1709553600000] * 3, pa.int64())),
+                           codec.message_headers("arrow", 3), b"7", "wrong_type"),
+    "arrow date for time": (_arrow_with(arrival_timestamp=pa.array([datetime(2024, 3, 4).date()] * 3)),
+                            codec.message_headers("arrow", 3), b"7", "wrong_type"),
+    "arrow duration for int": (_arrow_with(compile_duration_ms=pa.array([1, 2, 3], pa.duration("s"))),
+                               codec.message_headers("arrow", 3), b"7", "wrong_type"),
+    # datetime.fromisoformat reads nine digits and keeps six: the time would be changed, not refused
+    "json time in nanoseconds": (_json(arrival_timestamp="2024-03-04T12:00:00.123456789+00:00"),
+                                 codec.message_headers("json", 1), b"7", "wrong_type"),
 }
 
 #: What the reason of a rejection names (the field and, where it helps, the value).
@@ -212,6 +239,11 @@ NAMED = {
     "arrow negative compile time": "column 'compile_duration_ms' must not be negative",
     "key with leading zeros": "Got '007'",
     "key with a space": "Got ' 7'",
+    "arrow int for bool": "column 'was_cached' must be of type bool. Got int64",
+    "arrow int for time": "column 'arrival_timestamp' must be a timestamp with a zone (any unit). Got int64",
+    "arrow text for int": "column 'num_joins' must be of an integer type",
+    "json time in nanoseconds": "finer than the microseconds",
+    "arrow without an encoding header": "looks like an Arrow IPC stream: name its encoding in the 'encoding' header",
 }
 
 
@@ -273,3 +305,24 @@ def test_json_row_and_batch_paths_agree_on_valid_rows() -> None:
         assert {k: v for k, v in row.items() if k not in ("arrival_timestamp", "arrival_us")} == {
             k: v for k, v in batch.to_pylist()[0].items() if k != "arrival_timestamp"}
         assert row["arrival_us"] == batch.column("arrival_timestamp").cast(pa.int64())[0].as_py()
+
+
+def test_arrow_columns_of_the_types_family_from_other_writers_decode_to_the_same_rows() -> None:
+    """Narrower or unsigned ints, dictionary / large / view strings, times in another unit or zone and a
+    NULL-typed nullable column hold the same values: read as the event schema, not refused."""
+    expected = codec.decode_value(codec.encode_arrow(_batch(3)), codec.ENCODING_ARROW).to_pylist()
+    times = _batch(3).column("arrival_timestamp")
+    variants = {
+        "int32": {"num_joins": pa.array([0, 1, 2], pa.int32())},
+        "uint16": {"num_joins": pa.array([0, 1, 2], pa.uint16())},
+        "dictionary": {"query_type": pa.array(["select"] * 3).dictionary_encode()},
+        "large_string": {"read_table_ids": pa.array(["1,2"] * 3, pa.large_string())},
+        "string_view": {"read_table_ids": pa.array(["1,2"] * 3, pa.string_view())},
+        "ns in New York": {"arrival_timestamp": times.cast(pa.timestamp("ns", "UTC")).cast(
+            pa.timestamp("ns", "America/New_York"))},
+        "null type": {"user_id": pa.nulls(3)},
+    }
+    for name, columns in variants.items():
+        decoded = codec.decode_values([_arrow_with(**columns)], headers=[codec.message_headers("arrow", 3)],
+                                      keys=[b"7"])
+        assert decoded.errors == [] and decoded.batch.to_pylist() == expected, name

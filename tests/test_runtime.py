@@ -179,3 +179,35 @@ def test_the_replay_notebooks_start_mode_run_again_connects_to_the_running_workb
     finally:
         wb.stop()
 
+
+
+def test_start_refuses_a_log_with_a_bad_row_unless_asked_to_dead_letter_it(kafka_settings: Settings,
+                                                                           tmp_path: Path) -> None:
+    """`Workbench.start` / `workbench start` had no way to do what the refusal told to do (--skip-bad-rows,
+    a `workbench replay` option): one negative duration in a file of another tool kept the workbench from
+    starting at all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.helpers import consume_all
+    from workbench.data import DataValidationError
+
+    log = make_log(tmp_path / "log.parquet", rows=300)
+    table = pq.read_table(log)
+    durations = table.column("execution_duration_ms").to_pylist()
+    durations[5] = -5
+    table = table.set_column(table.schema.get_field_index("execution_duration_ms"), "execution_duration_ms",
+                             pa.array(durations, pa.int64()))
+    pq.write_table(table, log)
+    with pytest.raises(DataValidationError, match=r"row 5, execution_duration_ms: -5 is negative.*skip_bad_rows=True"):
+        Workbench.start(data=log, speedup="max", settings=kafka_settings, apps=("analytics",))
+    wb = Workbench.start(data=log, speedup="max", settings=kafka_settings, apps=("analytics",), skip_bad_rows=True)
+    try:
+        done = wait_until(lambda: (s := wb.status()).drained and s, timeout=240, poll=1.0, what="drained")
+        assert done.rows_sent == 300 and done.replay.dead_letters == 1  # every row passed: one as a dead letter
+        assert int(wb.window_stats()["total_queries"].sum()) == 299
+    finally:
+        wb.stop(kafka=False)
+    dead = consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=1, timeout=60)
+    assert [dict(m.headers())["reason"].decode() for m in dead] == [
+        "execution_duration_ms: -5 is negative (durations, sizes and counts are >= 0)"]

@@ -21,10 +21,13 @@ the validation below applies to every encoding.
 What a valid event is (one rule for every consumer)
     Exactly the 24 columns (none missing, none extra, none twice: a JSON object whose names repeat
     is refused, not read as its last copy); every value of its column's type (an int column takes
-    JSON integers, not floats or booleans, within int64); durations, sizes and counts
+    JSON integers, not floats or booleans, within int64; an Arrow column of any type of its column's
+    family, :func:`~workbench.data.schema.type_fits`, but no other type a cast would convert);
+    durations, sizes and counts
     (:data:`~workbench.data.schema.NON_NEGATIVE_COLUMNS`) not negative, as the log validator
     requires; the non-nullable columns (``instance_id``, ``query_id``, ``arrival_timestamp``) not
-    null; ``arrival_timestamp`` a time with a zone (JSON) that a Python ``datetime`` can hold (years
+    null; ``arrival_timestamp`` a time with a zone (JSON: no finer than a microsecond) that a
+    Python ``datetime`` can hold (years
     1-9999 in UTC); the message key, when the consumer passes it, the ``instance_id`` of every row
     written as Python and our producers write it (decimal digits, no leading zeros, no sign but
     ``-``, no spaces: Kafka partitions by the key's bytes, so ``003`` would put an instance's
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import json
 import operator
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -60,7 +64,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workbench.data import _arrow_fast, _ipc_size, _json_fast
-from workbench.data.schema import COLUMNS, NON_NEGATIVE_COLUMNS, REDSET_SCHEMA, SCHEMA_VERSION
+from workbench.data.schema import COLUMNS, NON_NEGATIVE_COLUMNS, REDSET_SCHEMA, SCHEMA_VERSION, type_fits
 from workbench.exceptions import WorkbenchError
 
 __all__ = [
@@ -394,6 +398,10 @@ def _read_ipc(value: bytes) -> pa.RecordBatch:
     return table.combine_chunks().to_batches()[0]
 
 
+#: A fraction of a second of more than 6 digits (Python's ``fromisoformat`` reads them and keeps 6).
+_LONG_FRACTION: Final = re.compile(r"[.,]([0-9]{7,})")
+
+
 def _timestamp_us(text: Any, name: str) -> int:
     if type(text) is not str:
         msg = f"column {name!r} must be an ISO-8601 time string. Got {text!r:.60}"
@@ -405,6 +413,11 @@ def _timestamp_us(text: Any, name: str) -> int:
         raise MessageDecodeError("wrong_type", msg) from exc
     if ts.tzinfo is None:
         msg = f"column {name!r} must carry a zone (e.g. +00:00). Got {text[:60]!r}"
+        raise MessageDecodeError("wrong_type", msg)
+    fraction = _LONG_FRACTION.search(text)
+    if fraction is not None and fraction.group(1)[6:].strip("0"):  # fromisoformat drops these digits
+        msg = (f"column {name!r} is finer than the microseconds every event time is kept in: {text[:60]!r} "
+               "(an Arrow value or a log with such a time is refused too)")
         raise MessageDecodeError("wrong_type", msg)
     try:
         return (ts - _EPOCH) // _US
@@ -502,6 +515,10 @@ def _negative_detail(name: str, value: Any) -> str:
     return f"column {name!r} must not be negative (durations, sizes and counts are >= 0). Got {value}"
 
 
+#: How an Arrow IPC stream (so an ``arrow`` or ``arrow-zstd`` value) begins.
+_IPC_CONTINUATION: Final = b"\xff\xff\xff\xff"
+
+
 def _json_row(value: bytes, check_range: bool = True) -> dict[str, Any]:
     """One JSON value validated against the contract; adds ``arrival_us`` (epoch microseconds).
 
@@ -512,6 +529,8 @@ def _json_row(value: bytes, check_range: bool = True) -> dict[str, Any]:
         row = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         msg = f"invalid JSON: {exc}"
+        if value.startswith(_IPC_CONTINUATION):  # an Arrow message without (or with a wrong) encoding header
+            msg += "; the value looks like an Arrow IPC stream: name its encoding in the 'encoding' header (arrow)"
         raise MessageDecodeError("invalid_json", msg) from exc
     if type(row) is not dict:
         msg = f"expected a JSON object, got {type(row).__name__}"
@@ -579,6 +598,12 @@ def _cast_error(name: str, exc: Exception) -> MessageDecodeError:
     return MessageDecodeError("wrong_type", f"column {name!r}: {text[:200]}")
 
 
+#: What an Arrow column of each event type may be (:func:`~workbench.data.schema.type_fits`), for reasons.
+_FAMILY_TEXT: Final = {"int64": "of an integer type (int64 or narrower, or unsigned)",
+                       "string": "of a string type (string, large_string, string_view or a dictionary of them)",
+                       "bool": "of type bool", "timestamp[us, tz=UTC]": "a timestamp with a zone (any unit)"}
+
+
 def _conform(batch: pa.RecordBatch) -> pa.RecordBatch:
     """A decoded batch with exactly the event schema, or MessageDecodeError (any encoding)."""
     schema = batch.schema
@@ -597,6 +622,11 @@ def _conform(batch: pa.RecordBatch) -> pa.RecordBatch:
         for field in _SCHEMA_NO_META:
             column = batch.column(field.name)
             if column.type != field.type:
+                if not (pa.types.is_null(column.type) or type_fits(field.name, column.type, stored=False)):
+                    # a cast would convert too much: 2 or "yes" to true, 1.5 to "1.5", an int to a time
+                    msg = (f"column {field.name!r} must be {_FAMILY_TEXT.get(str(field.type), field.type)}. "
+                           f"Got {column.type}")
+                    raise MessageDecodeError("wrong_type", msg)
                 if pa.types.is_timestamp(field.type) and pa.types.is_timestamp(column.type) and column.type.tz is None:
                     raise MessageDecodeError("wrong_type", "column 'arrival_timestamp' must carry a zone (UTC)")
                 try:
@@ -667,7 +697,7 @@ def _check_key(batch: pa.RecordBatch, key: Any) -> None:
 
 def _decode_one(value: bytes | None, encoding: str, rows: int | None, check_key: bool, key: Any) -> pa.RecordBatch:
     enc = get_encoding(encoding)
-    if value is None or (enc.name == ENCODING_JSON and not value):
+    if not value:  # None (a tombstone) or no bytes: no rows in any encoding, whatever the headers say
         raise MessageDecodeError("empty_value", "empty message value")
     try:
         decoded = enc.decode(bytes(value))

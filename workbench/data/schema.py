@@ -29,13 +29,16 @@ __all__ = [
     "LABEL_COLUMNS",
     "LABEL_SCHEMA",
     "NON_NEGATIVE_COLUMNS",
+    "READ_OPTIONS",
     "REDSET_SCHEMA",
     "SCHEMA_VERSION",
     "TRUE_WORDS",
     "LogSummary",
     "batches_by_row_group",
+    "open_parquet",
     "read_batches",
     "require_log",
+    "type_fits",
     "validate",
 ]
 
@@ -156,10 +159,21 @@ def require_log(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+#: How every reader of a query log opens it. INT96 times (Spark's and Impala's legacy type) are read in
+#: microseconds, the unit of every event time: read in nanoseconds (pyarrow's default) a time outside
+#: 1677..2262 wraps around silently, and year 1500 read as 2084-07-20 23:34:33.709551616.
+READ_OPTIONS: dict[str, str] = {"coerce_int96_timestamp_unit": "us"}
+
+
+def open_parquet(path: str | os.PathLike[str], **options: object) -> pq.ParquetFile:
+    """``pq.ParquetFile(path, **options)`` with :data:`READ_OPTIONS` (errors as pyarrow raises them)."""
+    return pq.ParquetFile(path, **READ_OPTIONS, **options)
+
+
 def _open(path: Path) -> pq.ParquetFile:
     require_log(path)
     try:
-        return pq.ParquetFile(path)
+        return open_parquet(path)
     except (pa.ArrowException, OSError) as exc:
         msg = (
             f"Query log {str(path)!r} is not a readable Parquet file ({exc}). "
@@ -171,6 +185,35 @@ def _open(path: Path) -> pq.ParquetFile:
 #: Stored types the workbench converts on reading: floats holding whole numbers (as pandas writes
 #: integer columns with NULLs) and UTF-8 bytes. Row validation rejects the values that do not convert.
 _COERCIBLE = {"integer": {"float"}, "string": {"binary"}}
+
+
+_FIELDS: dict[str, pa.Field] = {f.name: f for f in list(REDSET_SCHEMA) + list(LABEL_SCHEMA)}
+
+
+def type_fits(name: str, got: pa.DataType, *, stored: bool = True) -> bool:
+    """Whether values of type ``got`` can stand for the Redset or label column ``name`` (the one rule).
+
+    Its own type family always fits: any integer width, signed or not, for an integer column;
+    string, large string, string view or a dictionary of them for text; a timestamp of any unit and
+    zone for a time; bool for bool. A stored file (``stored``) may also hold what other writers leave:
+    floats for integers (pandas' nullable ints), bytes for text, a NULL-typed nullable column. A
+    message (``stored=False``) may not: as in JSON, 1.0 or ``true`` is not an integer, ``"true"`` or 2
+    not a boolean, an integer not a time (in which unit?). The values are checked after (row rules,
+    safe casts): a fitting type is no promise that every value converts.
+    """
+    want = _type_family(_FIELDS[name].type)
+    family = _type_family(got)
+    if family == want:
+        return True
+    if not stored:
+        return False
+    all_null_ok = family == "null" and name in REDSET_SCHEMA.names and REDSET_SCHEMA.field(name).nullable
+    return all_null_ok or family in _COERCIBLE.get(want, ()) or family in _LABEL_FORMS.get(name, ())
+
+
+#: Other tools' forms of a label that the evaluation reads (``evaluate.anomaly_labels``: 0/1, true/false
+#: text). The replay never sends labels, so a log must not be refused for holding them so.
+_LABEL_FORMS: dict[str, frozenset[str]] = {"label_anomaly": frozenset({"integer", "string"})}
 
 
 def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = COLUMNS) -> bool:
@@ -186,12 +229,23 @@ def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = CO
                "which one holds the data. Keep one of them.")
         raise DataValidationError(msg, path=str(path), column=name)
     names = set(schema.names)
+    # Names as `workbench prepare` matches them (letter case and spaces around ignored): 'query_id' beside
+    # 'Query_ID' is two columns for one, which prepare refuses; reading the first as if the other were
+    # not there would be a guess.
+    folded = {name.strip().lower(): name for name in schema.names if name not in expected}
+    twins = [(name, folded[name]) for name in expected if name in names and name in folded]
+    if twins:
+        name, twin = twins[0]
+        msg = (f"Query log {str(path)!r} has columns {name!r} and {twin!r}, one Redset column under two "
+               "spellings; the workbench cannot tell which one holds the data. Keep or rename one of them.")
+        raise DataValidationError(msg, path=str(path), column=name)
     missing = [name for name in required if name not in names]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        folded = {name.lower(): name for name in schema.names}
         other_case = [folded[name] for name in missing if name in folded]
-        hint = (f" The file has {len(other_case)} of them under other letter cases (e.g. {other_case[0]!r}): "
+        spaced = any(name != name.strip() for name in other_case)
+        hint = (f" The file has {len(other_case)} of them under other letter cases"
+                f"{' or with spaces around them' if spaced else ''} (e.g. {other_case[0]!r}): "
                 f"`workbench prepare {path} --out NEW` matches names case-insensitively and writes a "
                 "replayable copy." if other_case else
                 " Add them (NULL is fine for nullable columns) or regenerate the file.")
@@ -201,10 +255,7 @@ def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = CO
     has_labels = all(name in names for name in LABEL_COLUMNS)
     for name in [*required, *(LABEL_COLUMNS if has_labels else ())]:
         want, got = expected[name], schema.field(name).type
-        family = _type_family(got)
-        all_null_ok = family == "null" and name in REDSET_SCHEMA.names and REDSET_SCHEMA.field(name).nullable
-        coercible = family in _COERCIBLE.get(_type_family(want), ())
-        if family != _type_family(want) and not all_null_ok and not coercible:
+        if not type_fits(name, got):
             sql_type = _SQL_TYPES.get(_type_family(want), str(want))
             msg = (
                 f"Column {name!r} of query log {str(path)!r} must be {_type_family(want)} ({want}). "

@@ -43,6 +43,7 @@ from workbench.data.schema import (
     _open,
     _type_family,
     group_runs,
+    open_parquet,
 )
 
 __all__ = [
@@ -170,8 +171,8 @@ class ValidationReport:
         elif first.kind == "unreadable":
             hint = "The file is damaged: write it again from its source."
         elif self.skippable:
-            hint = ("Fix or drop those rows, or replay with --skip-bad-rows to send them to the dead-letter "
-                    "topic and replay the rest.")
+            hint = ("Fix or drop those rows, or replay with --skip-bad-rows (`workbench replay` and `workbench "
+                    "start`; skip_bad_rows=True in Python) to send them to the dead-letter topic and replay the rest.")
         else:
             hint = "Fix the file first."
         msg = (f"Query log {str(self.path)!r} fails validation: {self.total:,} problem(s) in {self.bad_rows:,} "
@@ -536,7 +537,7 @@ def check(path: str | os.PathLike[str], *, batch_size: int = 65_536,
     path = Path(path)
     _open(path)  # the clear error for an absent or unreadable file
     # Stream column chunks through a small buffer: memory depends on the batch, not the row group.
-    pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+    pf = open_parquet(path, pre_buffer=False, buffer_size=1 << 20)
     has_labels = _check_schema(pf.schema_arrow, path)
     metadata = pf.metadata
     report = ValidationReport(path=path, rows=metadata.num_rows, row_groups=metadata.num_row_groups,

@@ -28,13 +28,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from workbench import defaults
 from workbench._lifeline import bind_to_supervisor
 from workbench.config import Settings, get_settings
 from workbench.data.exceptions import DataValidationError
-from workbench.data.schema import COLUMNS, LABEL_COLUMNS, LABEL_SCHEMA, REDSET_SCHEMA, _check_schema, require_log
+from workbench.data.schema import (
+    COLUMNS,
+    LABEL_COLUMNS,
+    LABEL_SCHEMA,
+    READ_OPTIONS,
+    REDSET_SCHEMA,
+    _check_schema,
+    open_parquet,
+    require_log,
+)
 from workbench.data.validation import refuse_bad_rows
 from workbench.exceptions import WorkbenchError
 from workbench.ml._forkserver import serve
@@ -105,10 +113,11 @@ def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
     tables = []
     for part, schema in zip(parts, schemas, strict=True):
         try:
-            # string_view read as string: pyarrow's filter has no kernel for string_view
-            schema = pa.schema([f.with_type(pa.string()) if pa.types.is_string_view(f.type) else f for f in schema],
-                               metadata=schema.metadata)
-            dataset = ds.dataset(str(part), format="parquet", schema=schema)
+            # string_view read as string: pyarrow's filter has no kernel for string_view. Only the columns
+            # read: another tool's columns may repeat a name, which a dataset's schema cannot hold
+            schema = pa.schema([f.with_type(pa.string()) if pa.types.is_string_view(f.type) else f
+                                for f in schema if f.name in names], metadata=schema.metadata)
+            dataset = ds.dataset(str(part), format=_PARQUET, schema=schema)
             ts_type = dataset.schema.field("arrival_timestamp").type
             # compared in the column's own type: a naive column holds UTC wall times
             bounds = [pa.scalar(t if ts_type.tz else t.replace(tzinfo=None), pa.timestamp("us", tz=ts_type.tz))
@@ -129,9 +138,13 @@ def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
+#: The Parquet format as every reader of a log reads it (:data:`workbench.data.schema.READ_OPTIONS`).
+_PARQUET = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(**READ_OPTIONS))
+
+
 def _read_schema(part: Path) -> pa.Schema:
     try:
-        return pq.read_schema(part)
+        return open_parquet(part).schema_arrow
     except (pa.ArrowException, OSError) as exc:
         msg = (f"Query log {str(part)!r} is not a readable Parquet file ({exc}). "
                "Pass a Parquet file with the Redset columns, e.g. one written by `workbench generate`.")

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from workbench.data.exceptions import DataValidationError
-from workbench.data.schema import COLUMNS, REDSET_SCHEMA, LogSummary, batches_by_row_group, validate
+from workbench.data.schema import COLUMNS, REDSET_SCHEMA, LogSummary, batches_by_row_group, open_parquet, validate
 
 __all__ = ["LogFile", "check_log_columns", "check_order_across_files", "log_parts", "validate_log"]
 
@@ -44,7 +43,7 @@ class _LogPart:
         self.path = Path(path).expanduser().resolve()
         # Stream column chunks through a small buffer instead of pre-buffering whole row groups:
         # memory then depends on the batch size, not on the file's row-group size.
-        self._file = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20)
+        self._file = open_parquet(self.path, pre_buffer=False, buffer_size=1 << 20)
         metadata = self._file.metadata
         self.num_rows = metadata.num_rows
         self._group_starts: list[int] = []
@@ -163,21 +162,34 @@ def check_log_columns(path: str | os.PathLike[str]) -> None:
         _check_schema(_open(part).schema_arrow, part)
 
 
-def validate_log(path: str | os.PathLike[str]) -> LogSummary:
+def validate_log(path: str | os.PathLike[str], *, skip_bad_rows: bool = False) -> LogSummary:
     """:func:`~workbench.data.schema.validate` for a file or a folder of files.
 
     For a folder each file is validated, and the order must hold across file boundaries too:
     the first row of a file may not sort before the last row of the file before it.
+    ``skip_bad_rows``: row problems the replay can dead-letter row by row
+    (:data:`~workbench.data.validation.SKIPPABLE_KINDS`) pass, as the replay's ``--skip-bad-rows`` takes them.
     """
     parts = log_parts(path)
     if len(parts) == 1 and not Path(path).expanduser().is_dir():
-        return validate(parts[0])
-    summaries = [validate(part) for part in parts]
+        return _validated(parts[0], skip_bad_rows)
+    summaries = [_validated(part, skip_bad_rows) for part in parts]
     check_order_across_files(path)
     labels = {s.has_labels for s in summaries}
     return LogSummary(path=Path(path).expanduser().resolve(), rows=sum(s.rows for s in summaries),
                       row_groups=sum(s.row_groups for s in summaries), first_arrival=summaries[0].first_arrival,
                       last_arrival=summaries[-1].last_arrival, has_labels=labels == {True})
+
+
+def _validated(part: Path, skip_bad_rows: bool) -> LogSummary:
+    if not skip_bad_rows:
+        return validate(part)
+    from workbench.data.validation import check
+
+    report = check(part)
+    if not (report.ok or report.skippable):
+        raise report.error()
+    return report.summary()
 
 
 def check_order_across_files(path: str | os.PathLike[str]) -> None:

@@ -36,7 +36,7 @@ def _start(args: argparse.Namespace) -> int:
 
     workbench = Workbench.start(data=args.data, speedup=args.speedup, pack=args.pack, settings=settings_from_args(args),
                                 reset=not args.resume, retrain_every_days=args.every_n_days,
-                                app_instances=args.app_instances)
+                                app_instances=args.app_instances, skip_bad_rows=args.skip_bad_rows)
     print(f"started: {workbench}; logs in {workbench.settings.logs_dir}")
     print("steer it with `workbench replay-control ...`, watch it with `workbench status`, "
           "end it with `workbench stop`")
@@ -96,6 +96,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     start.add_argument("--app-instances", type=parse_app_instances, default=1, metavar="N|APP=N,...",
                        help="processes per app on this home (Kafka spreads the partitions; one scoring "
                             "instance trains), e.g. 2 or scoring=2,analytics=2")
+    start.add_argument("--skip-bad-rows", action="store_true",
+                       help="replay a log with row problems: bad rows go to the dead-letter topic with their reason")
     start.set_defaults(func=_start)
 
     stop = subparsers.add_parser("stop", help="stop the running workbench (and the Kafka it started)")

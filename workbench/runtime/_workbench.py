@@ -138,7 +138,8 @@ def app_instance_counts(apps: Sequence[str], app_instances: int | Mapping[str, i
 
 def build_specs(data: str | Path | None, *, apps: Sequence[str], speedup: float | str, pack: int, replay_id: str,
                 reset: bool, retrain_every_days: int, idle_exit: float | None, encoding: str | None = None,
-                commands_since: float | None = None, app_instances: int | Mapping[str, int] = 1) -> list[ProcessSpec]:
+                commands_since: float | None = None, app_instances: int | Mapping[str, int] = 1,
+                skip_bad_rows: bool = False) -> list[ProcessSpec]:
     """The typed process specs of a workbench: ``app_instances`` per app, plus the replay of ``data``.
 
     The first process of an app is named after it (``scoring``), the others ``scoring-2``, ... They
@@ -162,6 +163,8 @@ def build_specs(data: str | Path | None, *, apps: Sequence[str], speedup: float 
         replay = {"data": str(Path(data).expanduser().resolve()), "speedup": speedup, "pack": pack,
                   "encoding": encoding, "replay_id": replay_id, "reset": reset, "linger": True,
                   "run_token": uuid.uuid4().hex, "commands_since": commands_since or time.time()}
+        if skip_bad_rows:
+            replay["skip_bad_rows"] = True
         specs.append(ProcessSpec("replay", "replay", replay))
     return specs
 
@@ -199,6 +202,7 @@ class Workbench:
         retrain_every_days: int = defaults.TRAIN_EVERY_N_DAYS,
         idle_exit: float | None = None,
         app_instances: int | Mapping[str, int] = 1,
+        skip_bad_rows: bool = False,
     ) -> Workbench:
         """Start Kafka (if needed), the pipeline apps and the replay of ``data``; return at once.
 
@@ -228,6 +232,10 @@ class Workbench:
             consumer group: Kafka spreads the ``WORKBENCH_PARTITIONS`` partitions over them, one
             scoring instance is elected trainer, and the stores take every instance's writes.
             (Not ``instances``: that word means Redshift instances everywhere else.)
+        skip_bad_rows : bool
+            Replay a log with row problems (a NULL id, a negative duration, ...): the bad rows go to the
+            dead-letter topic with their reason, as ``workbench replay --skip-bad-rows``. Without it such
+            a log is refused here, naming its first bad row. Rows out of order are refused either way.
         """
         settings = settings or get_settings()
         # Checked here, not by the processes, which would refuse them in a restart loop after "started";
@@ -240,7 +248,7 @@ class Workbench:
 
         pack, encoding = replay_format(pack, encoding)
         if data is not None:
-            validate_log(data)
+            validate_log(data, skip_bad_rows=skip_bad_rows)
             validate_speed(speedup)
         with _start_lock(settings.home):  # held until the supervisor runs
             state = read_state(settings.home)
@@ -260,7 +268,8 @@ class Workbench:
             started_kafka = settings.manages_kafka and not kafka_was_running
             specs = build_specs(data, apps=apps, speedup=speedup, pack=pack, replay_id=replay_id, reset=reset,
                                 retrain_every_days=retrain_every_days, idle_exit=idle_exit, encoding=encoding,
-                                commands_since=time.time(), app_instances=app_instances)
+                                commands_since=time.time(), app_instances=app_instances,
+                                skip_bad_rows=skip_bad_rows)
             run = run_dir(settings.home)  # made by the start lock
             (run / "state.json").unlink(missing_ok=True)
             # The spec names the secrets; their values travel only in the supervisor's environment.
