@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -186,6 +187,62 @@ def test_a_status_from_before_a_speed_click_does_not_move_the_slider_back(
     panel.refresh()
     assert (panel.speed.value, panel.speed_label.value) == (pytest.approx(3600.0), "3,600x")
     assert fake.calls == [("set_speed", 60.0), ("set_speed", "max"), ("set_speed", 600.0)]
+
+
+def _click_in_the_kernel_thread(panel: Any, button: Any) -> threading.Thread:
+    """Click ``button`` from another thread, as the kernel thread does while the refresh thread runs,
+    and return once the click has finished or waits for the panel's lock, which the caller holds."""
+    settled = threading.Event()
+    lock = getattr(panel, "_pending_lock", None)
+
+    class Watched:  # the panel's lock, telling when the click thread wants it
+        def __enter__(self) -> Any:
+            if threading.current_thread() is clicker:
+                settled.set()
+            return lock.__enter__()
+
+        def __exit__(self, *exc: Any) -> Any:
+            return lock.__exit__(*exc)
+
+    def click() -> None:
+        try:
+            button.click()
+        finally:
+            settled.set()
+
+    if lock is not None:
+        panel._pending_lock = Watched()
+    clicker = threading.Thread(target=click)
+    clicker.start()
+    assert settled.wait(30)
+    return clicker
+
+
+def test_a_speed_click_while_a_refresh_settles_the_previous_one_is_neither_dropped_nor_drawn_over(
+        panel_and_fake: tuple[Any, FakeWorkbench], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refresh thread read the pending speed, found it expired and cleared it; a preset clicked
+    in the kernel thread between that read and that write lost its pending speed, and the refresh
+    then drew the status's old speed over the click (seen as 3,600x shown after a burst ending at 600x)."""
+    now, clicker = [100.0], []
+    panel, fake = panel_and_fake
+
+    def clock() -> float:
+        if hook_armed.is_set() and threading.current_thread() is threading.main_thread() and not clicker:
+            clicker.append(_click_in_the_kernel_thread(panel, panel.presets[2]))  # 3600x, right here
+        return now[0]
+
+    hook_armed = threading.Event()
+    monkeypatch.setattr("workbench.ui._panel._clock", clock, raising=False)
+    panel.refresh()
+    panel.presets[0].click()  # 60x, which the replay never applies (e.g. it was restarting)
+    now[0] += 10  # past the grace
+    hook_armed.set()
+    panel.refresh()  # the status still says 600x; the 3600x click comes while it settles the 60x one
+    clicker[0].join(30)
+    assert (panel.speed.value, panel.speed_label.value) == (pytest.approx(3600.0), "3,600x")
+    panel.refresh()  # the 3600x has not landed yet: it stays shown
+    assert (panel.speed.value, panel.speed_label.value) == (pytest.approx(3600.0), "3,600x")
+    assert fake.calls == [("set_speed", 60.0), ("set_speed", 3600.0)]
 
 
 def test_at_max_the_slider_sits_at_its_fast_end_without_a_number_that_contradicts_the_label(

@@ -358,6 +358,11 @@ class ControlPanel(widgets.VBox):
         self._play_shown = True
         # The user's last speed (None for max, monotonic time) until a status shows it applied.
         self._pending_speed: tuple[float | None, float] | None = None
+        # Held while a click records its pending command and shows it (kernel thread) and while a
+        # status decides whether a pending command landed and shows its own values (refresh thread).
+        # Without it the refresh could read a pending speed, let a new click record and show another,
+        # then clear that one and draw the status's older speed over it: the click looked ignored.
+        self._pending_lock = threading.RLock()
         self._lag_history: list[tuple[float, int]] = []
         # The log's first and last event time from the last status (a seek outside is explained).
         self._log_span: tuple[datetime | None, datetime | None] = (None, None)
@@ -428,13 +433,14 @@ class ControlPanel(widgets.VBox):
                 self._wb.set_speed(value)
                 self._say(f"speed {format_speed(value)} sent")
                 wanted = None if isinstance(value, str) else float(value)
-                self._pending_speed = (wanted, _clock())
-                self._local.syncing = True
-                try:
-                    self._show_speed(wanted)
-                    self.speed_label.value = format_speed(value if wanted is None else wanted)
-                finally:
-                    self._local.syncing = False
+                with self._pending_lock:
+                    self._pending_speed = (wanted, _clock())
+                    self._local.syncing = True
+                    try:
+                        self._show_speed(wanted)
+                        self.speed_label.value = format_speed(value if wanted is None else wanted)
+                    finally:
+                        self._local.syncing = False
             elif what == "pause":
                 self._wb.pause()
                 self._say("pause sent")
@@ -460,8 +466,9 @@ class ControlPanel(widgets.VBox):
         playing = bool(change["new"])
         self.play.description, self.play.icon = ("Pause", "pause") if playing else ("Play", "play")
         if not getattr(self._local, "syncing", False):
-            self._pending_play = (playing, _clock())
-            self._play_shown = playing
+            with self._pending_lock:
+                self._pending_play = (playing, _clock())
+                self._play_shown = playing
             self._command("resume" if playing else "pause")
 
     def _on_seek(self) -> None:
@@ -560,14 +567,15 @@ class ControlPanel(widgets.VBox):
             self.progress.description = view.progress_text
             self.clock.value = f"<b>{html.escape(view.clock)}</b> &nbsp; [{html.escape(view.state)}]"
             self.eta.value = view.eta + (f" · {view.behind}" if view.behind else "")
-            if (view.speed is not None or view.speed_text == "max") and not self._speed_pending(view):
-                self._show_speed(view.speed)
-                self.speed_label.value = view.speed_text
-            elif view.speed_text == "-":
-                self.speed_label.value = view.speed_text
-            # The kernel thread may have taken a click's value without running its handler yet.
-            if view.playing is not None and not self._play_pending() and self.play.value == self._play_shown:
-                self.play.value = self._play_shown = view.playing
+            with self._pending_lock:  # a click's pending command is settled and shown, or kept, as one step
+                if (view.speed is not None or view.speed_text == "max") and not self._speed_pending(view):
+                    self._show_speed(view.speed)
+                    self.speed_label.value = view.speed_text
+                elif view.speed_text == "-":
+                    self.speed_label.value = view.speed_text
+                # The kernel thread may have taken a click's value without running its handler yet.
+                if view.playing is not None and not self._play_pending() and self.play.value == self._play_shown:
+                    self.play.value = self._play_shown = view.playing
             self.play.disabled = not view.can_play
             self.speed.disabled = not view.can_speed
             for button in self.presets:
