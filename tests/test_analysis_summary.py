@@ -57,7 +57,9 @@ def test_anomaly_tables_are_sorted_and_complete() -> None:
     assert summary.pick_query(a, 20)["instance_id"] == 2
     assert summary.pick_query(a, 99) is None and summary.pick_query(a.iloc[:0]) is None
     assert summary.query_features(a.iloc[0]).to_dict() == {"feature": {"bytes_scanned": 12}}
-    assert summary.query_features(a.iloc[1]).empty and summary.query_features(a.iloc[2]).empty
+    # No features stored (null, "", "{}"): one row that says so, not a lone "feature" header.
+    for row in (a.iloc[1], a.iloc[2], a.iloc[3]):
+        assert summary.query_features(row).to_dict() == {"feature": {"evidence": summary.NO_EVIDENCE}}
 
 
 def test_no_lakehouse_means_no_anomalies_but_other_errors_surface(tmp_path: Path) -> None:
@@ -429,6 +431,12 @@ def test_versions_that_are_all_unknown_are_a_parameter_error(tmp_path: Path,
     with pytest.warns(UserWarning, match=r"\['v0009'\] ignored"):
         assert ds.choose_versions(settings, ["v0009", "v0002-2024-03-05"]) == ["v0002-2024-03-05"]
     assert ds.choose_versions(settings) == ["v0001-2024-03-04", "v0002-2024-03-05"]
+    # A version named twice is compared once (it was listed twice in 03's metadata table).
+    from workbench.reports.notebook import parse_instances, parse_list
+
+    twice = parse_list("v0002-2024-03-05, v0001-2024-03-04,v0002-2024-03-05")
+    assert ds.choose_versions(settings, twice) == ["v0002-2024-03-05", "v0001-2024-03-04"]
+    assert parse_instances("3, 1,3") == [3, 1] and parse_list(["a", " a", "b"]) == ["a", "b"]
     with pytest.raises(ConfigurationError, match="Registered: none yet"):
         ds.choose_versions(Settings(home=tmp_path / "empty"), ["v0001"])
 

@@ -169,11 +169,15 @@ def parse_range(start: str | datetime | None, end: str | datetime | None) -> tup
 
 
 def parse_list(value: str | Iterable[Any] | None) -> list[str]:
-    """Items of a comma-separated string or a list (empty -> ``[]``)."""
+    """Items of a comma-separated string or a list (empty -> ``[]``), each once, in the order given.
+
+    A repeated item means nothing more: notebook 03 with ``versions="v1, v1"`` listed v1 twice in
+    its metadata table and compared it with itself.
+    """
     if value is None:
         return []
     items = value.split(",") if isinstance(value, str) else list(value)
-    return [str(v).strip() for v in items if str(v).strip()]
+    return list(dict.fromkeys(str(v).strip() for v in items if str(v).strip()))
 
 
 def parse_instances(value: str | int | Iterable[Any] | None) -> list[int] | None:
