@@ -490,3 +490,13 @@ def test_the_label_comparison_says_when_a_filter_narrows_the_alerts_it_counts() 
     assert "versions v0002-2024-03-05" in agreement_scope(some, versions=["v0002-2024-03-05"])
     none = agreement_scope(some.iloc[:0], reason="nope")
     assert none.startswith("no alert in this selection (reason 'nope')") and "counts as missed" in none
+
+
+def test_no_comparison_names_its_cause() -> None:
+    """03 said "fewer than two versions with labelled data" also with two versions and the evaluation
+    skipped (a day outside the log), and with one version named in `versions`."""
+    two = ["v0001-2024-03-04", "v0002-2024-03-05"]
+    assert ds.comparison_skipped(two, None) == "no evaluation (see above): nothing to compare"
+    one = ds.comparison_skipped(["v0002-2024-03-05"], None)
+    assert one.startswith("fewer than two model versions to compare (only v0002-2024-03-05)")
+    assert "(none)" in ds.comparison_skipped([], None)
