@@ -343,6 +343,17 @@ def test_a_top_n_that_shows_no_rows_is_refused_naming_it(tmp_path: Path, monkeyp
     assert setup({"__annotations__": {"top_n": int}, "top_n": 1}) is not None
 
 
+def test_an_unknown_critical_mode_is_refused_in_the_first_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """04 with critical_mode="bogus" drew its charts and stopped halfway down, where the mode was read."""
+    from workbench.exceptions import ConfigurationError
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    declared = {"critical_mode": str}
+    with pytest.raises(ConfigurationError, match=r"The `critical_mode` parameter must be 'all' or 'any'\. Got 'bogus'"):
+        setup({"__annotations__": declared, "critical_mode": "bogus"})
+    setup({"__annotations__": declared, "critical_mode": "any"})
+
+
 def test_a_range_is_checked_on_declared_parameters_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # on a re-run, a notebook's own variable of that name (no parameter there) is none of setup's business
     monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))

@@ -19,6 +19,7 @@ from workbench.config import Settings
 from workbench.exceptions import ConfigurationError
 
 __all__ = [
+    "PARAMETER_CHOICES",
     "PARAMETER_RANGES",
     "UnknownParameterWarning",
     "check_parameter_ranges",
@@ -120,8 +121,14 @@ PARAMETER_RANGES: Final[Mapping[str, tuple[Callable[[float], bool], str]]] = {
 }
 
 
+#: Text parameters with a fixed set of values, refused in the first cell: 04 with critical_mode="bogus"
+#: drew its charts and tables and stopped halfway down, at the first cell that read the mode.
+PARAMETER_CHOICES: Final[Mapping[str, tuple[str, ...]]] = {"critical_mode": ("all", "any")}
+
+
 def check_parameter_ranges(values: Mapping[str, Any]) -> None:
-    """Refuse a number parameter outside its :data:`PARAMETER_RANGES` entry, naming it and the value.
+    """Refuse a number parameter outside its :data:`PARAMETER_RANGES` entry, or a text parameter not
+    among its :data:`PARAMETER_CHOICES`, naming it and the value.
 
     Values that are not numbers are left to :func:`check_parameter_types` (a notebook) or to the
     notebook that receives them (``run_report``).
@@ -137,6 +144,11 @@ def check_parameter_ranges(values: Mapping[str, Any]) -> None:
             continue
         if not fits(value):
             msg = f"The `{name}` parameter must be {wanted}. Got {value!r} instead."
+            raise ConfigurationError(msg)
+    for name, choices in PARAMETER_CHOICES.items():
+        value = values.get(name)
+        if isinstance(value, str) and value not in choices:
+            msg = f"The `{name}` parameter must be {' or '.join(map(repr, choices))}. Got {value!r} instead."
             raise ConfigurationError(msg)
 
 
