@@ -511,3 +511,24 @@ def test_no_comparison_names_its_cause() -> None:
     one = ds.comparison_skipped(["v0002-2024-03-05"], None)
     assert one.startswith("fewer than two model versions to compare (only v0002-2024-03-05)")
     assert "(none)" in ds.comparison_skipped([], None)
+
+
+def test_the_replay_notebooks_last_cell_stops_only_what_it_started_and_says_so_truthfully() -> None:
+    """With stop=True on an attached workbench the cell said "still running (set stop=True ...)"."""
+    from workbench.reports.notebook import stop_if_asked
+
+    class Stoppable:  # records stop() (the workbench and the panel); a real stop is test_runtime's
+        def __init__(self) -> None:
+            self.stopped = False
+
+        def stop(self) -> None:
+            self.stopped = True
+
+    wb, panel = Stoppable(), Stoppable()
+    said = stop_if_asked(wb, started=False, stop=True, panel=panel)
+    assert said.startswith("not stopped: this notebook attached to a workbench it did not start")
+    assert "set stop=True" not in said and not wb.stopped and not panel.stopped
+    assert "started elsewhere" in stop_if_asked(wb, started=False, stop=False, panel=panel)
+    assert "set stop=True" in stop_if_asked(wb, started=True, stop=False, panel=panel) and not wb.stopped
+    assert stop_if_asked(None, started=False, stop=True) == "no workbench: nothing to stop"
+    assert stop_if_asked(wb, started=True, stop=True, panel=panel) == "stopped" and wb.stopped and panel.stopped

@@ -33,6 +33,7 @@ __all__ = [
     "parse_time",
     "setup",
     "setup_charts",
+    "stop_if_asked",
     "wait_for_replay",
 ]
 
@@ -345,6 +346,28 @@ def open_workbench(mode: str, settings: Settings, *, data: str = "", speedup: fl
         except WorkbenchStateError as exc:
             print(f"Nothing to attach to: {exc}")
     return None, False
+
+
+def stop_if_asked(wb: Any, *, started: bool, stop: bool, panel: Any = None) -> str:
+    """The replay notebook's last cell: stop the workbench this notebook started when ``stop`` asks
+    for it, and say what happened (a workbench attached to is never stopped from here).
+
+    With ``stop=True`` on an attached workbench the cell said "still running (set stop=True ...)",
+    asking for the very setting the user had just made.
+    """
+    if not wb:
+        return "no workbench: nothing to stop"
+    if stop and started:
+        if panel is not None:
+            panel.stop()
+        wb.stop()
+        return "stopped"
+    if stop:
+        return ("not stopped: this notebook attached to a workbench it did not start; stop it where it was "
+                "started (`workbench stop` in a terminal, or wb.stop() in the notebook that started it)")
+    if started:
+        return "still running (set stop=True and run this cell to stop what this notebook started)"
+    return "still running (started elsewhere: `workbench stop` in a terminal stops it)"
 
 
 def wait_for_replay(wb: Any, *, timeout: float = 60.0, poll: float = 0.5) -> Any:
