@@ -376,8 +376,9 @@ class ControlPanel(widgets.VBox):
         self.speed = widgets.FloatLogSlider(value=1.0, base=10, min=0, max=5, step=0.05, description="Speed",
                                             readout=False, continuous_update=False,
                                             layout=widgets.Layout(width="300px", max_width="100%"))
-        self.speed_entry = widgets.Text(placeholder="e.g. 1200, 0.5 or max", description="Type",
-                                        layout=widgets.Layout(width="200px", max_width="100%"))
+        self.speed_entry = widgets.Text(placeholder="e.g. 1200, 0.5 or max", description="or type a speed",
+                                        style={"description_width": "initial"},
+                                        layout=widgets.Layout(width="280px", max_width="100%"))
         self.speed_button = widgets.Button(description="Set", layout=widgets.Layout(width="64px"),
                                            tooltip="Set the typed speed (max or 0: as fast as it goes)")
         self.speed_label = widgets.Label("-")
