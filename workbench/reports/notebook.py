@@ -363,8 +363,8 @@ def stop_if_asked(wb: Any, *, started: bool, stop: bool, panel: Any = None) -> s
         wb.stop()
         return "stopped"
     if stop:
-        return ("not stopped: this notebook attached to a workbench it did not start; stop it where it was "
-                "started (`workbench stop` in a terminal, or wb.stop() in the notebook that started it)")
+        return ("not stopped: this notebook attached to a workbench it did not start, which others may be using; "
+                "to stop it anyway: wb.stop() in a cell, or `workbench stop` in a terminal")
     if started:
         return "still running (set stop=True and run this cell to stop what this notebook started)"
     return "still running (started elsewhere: `workbench stop` in a terminal stops it)"
