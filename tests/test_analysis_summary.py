@@ -532,3 +532,19 @@ def test_the_replay_notebooks_last_cell_stops_only_what_it_started_and_says_so_t
     assert "set stop=True" in stop_if_asked(wb, started=True, stop=False, panel=panel) and not wb.stopped
     assert stop_if_asked(None, started=False, stop=True) == "no workbench: nothing to stop"
     assert stop_if_asked(wb, started=True, stop=True, panel=panel) == "stopped" and wb.stopped and panel.stopped
+
+
+def test_instance_ids_beyond_64_bits_and_a_folder_as_labels_path_are_parameter_errors(tmp_path: Path) -> None:
+    """instances="99999999999999999999" ended in a DuckDB ConversionException traceback in 02's first
+    cell; labels_path naming a folder was said not to exist."""
+    from workbench.exceptions import ConfigurationError
+    from workbench.reports.notebook import find_labelled_log, parse_instances
+
+    for value in ("99999999999999999999", [2**63], "1, -9223372036854775809"):
+        with pytest.raises(ConfigurationError, match=r"`instances` parameter .* each a 64-bit integer"):
+            parse_instances(value)
+    assert parse_instances(str(2**63 - 1)) == [2**63 - 1] and parse_instances(7) == [7]
+    settings = Settings(home=tmp_path / "home")
+    with pytest.raises(ConfigurationError, match=r"Got '.*', which is a folder; name one of its files"):
+        find_labelled_log(settings, str(tmp_path))
+    assert find_labelled_log(settings, " None ") is None

@@ -194,15 +194,21 @@ def parse_list(value: str | Iterable[Any] | None) -> list[str]:
 
 
 def parse_instances(value: str | int | Iterable[Any] | None) -> list[int] | None:
-    """Instance ids from ``"1,2"``, ``[1, 2]`` or ``3``; ``None`` (all instances) when empty."""
-    if isinstance(value, int):
-        return [value]
-    items = parse_list(value)
+    """Instance ids from ``"1,2"``, ``[1, 2]`` or ``3``; ``None`` (all instances) when empty.
+
+    Ids are 64-bit integers in every store: a longer one (a pasted query id, a typo) ended in a
+    DuckDB conversion error's traceback in 02's first cell instead of a parameter error.
+    """
+    items = [value] if isinstance(value, int) and not isinstance(value, bool) else parse_list(value)
     try:
         ids = [int(v) for v in items]
     except ValueError as exc:
         msg = f"The `instances` parameter must be integer ids like '1,2' or [1, 2]. Got {value!r} instead."
         raise ConfigurationError(msg) from exc
+    if any(not -(2**63) <= i < 2**63 for i in ids):
+        msg = (f"The `instances` parameter must be integer ids like '1,2' or [1, 2], each a 64-bit integer. "
+               f"Got {value!r} instead.")
+        raise ConfigurationError(msg)
     return ids or None
 
 
@@ -214,10 +220,15 @@ def find_labelled_log(settings: Settings, labels_path: str = "") -> Path | None:
     """
     import pyarrow.parquet as pq
 
-    if labels_path and labels_path.lower() == "none":
+    if labels_path and labels_path.strip().lower() == "none":
         return None
     if labels_path:
         path = Path(labels_path).expanduser()
+        if path.is_dir():  # it said "which does not exist" of a folder that does
+            msg = (f"The `labels_path` parameter must name a Parquet log file. Got {labels_path!r}, which is a "
+                   "folder; name one of its files, or leave it empty for the newest labelled log in "
+                   "WORKBENCH_HOME/data.")
+            raise ConfigurationError(msg)
         if not path.is_file():
             msg = f"The `labels_path` parameter must name a Parquet log. Got {labels_path!r}, which does not exist."
             raise ConfigurationError(msg)
