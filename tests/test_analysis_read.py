@@ -96,6 +96,10 @@ def test_metrics_and_anomalies(settings: Settings) -> None:
     assert len(anomalies(settings, reason="other")) == 0
     week = metrics(settings, "1week", [1])  # the week before holds no window: no data, not zero anomalies
     assert week["anomalies"] == 4 and week["anomalies_delta"] is None and week["score_delta"] is None
+    # Every delta, the instance count's too: 04's metrics table showed instances_delta 1 (1 - 0) in a row
+    # whose every other delta, and every card, said "no previous data".
+    assert week["instances"] == 1
+    assert all(week[key] is None for key in week if key.endswith("_delta")), week
     versions = metrics_for_versions(settings, "1week", [1], ["v1"])
     assert versions["anomalies"] == 4 and versions["anomalies_delta"] is None
     assert metrics_for_versions(settings, "24h", [1], ["v1"])["anomalies_delta"] == 1

@@ -57,7 +57,9 @@ def test_anomaly_tables_are_sorted_and_complete() -> None:
     assert summary.pick_query(a, 20)["instance_id"] == 2
     assert summary.pick_query(a, 99) is None and summary.pick_query(a.iloc[:0]) is None
     assert summary.query_features(a.iloc[0]).to_dict() == {"feature": {"bytes_scanned": 12}}
-    assert summary.query_features(a.iloc[1]).empty and summary.query_features(a.iloc[2]).empty
+    # No features stored (null, "", "{}"): one row that says so, not a lone "feature" header.
+    for row in (a.iloc[1], a.iloc[2], a.iloc[3]):
+        assert summary.query_features(row).to_dict() == {"feature": {"evidence": summary.NO_EVIDENCE}}
 
 
 def test_no_lakehouse_means_no_anomalies_but_other_errors_surface(tmp_path: Path) -> None:
@@ -341,6 +343,17 @@ def test_a_top_n_that_shows_no_rows_is_refused_naming_it(tmp_path: Path, monkeyp
     assert setup({"__annotations__": {"top_n": int}, "top_n": 1}) is not None
 
 
+def test_an_unknown_critical_mode_is_refused_in_the_first_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """04 with critical_mode="bogus" drew its charts and stopped halfway down, where the mode was read."""
+    from workbench.exceptions import ConfigurationError
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    declared = {"critical_mode": str}
+    with pytest.raises(ConfigurationError, match=r"The `critical_mode` parameter must be 'all' or 'any'\. Got 'bogus'"):
+        setup({"__annotations__": declared, "critical_mode": "bogus"})
+    setup({"__annotations__": declared, "critical_mode": "any"})
+
+
 def test_a_range_is_checked_on_declared_parameters_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # on a re-run, a notebook's own variable of that name (no parameter there) is none of setup's business
     monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
@@ -429,6 +442,12 @@ def test_versions_that_are_all_unknown_are_a_parameter_error(tmp_path: Path,
     with pytest.warns(UserWarning, match=r"\['v0009'\] ignored"):
         assert ds.choose_versions(settings, ["v0009", "v0002-2024-03-05"]) == ["v0002-2024-03-05"]
     assert ds.choose_versions(settings) == ["v0001-2024-03-04", "v0002-2024-03-05"]
+    # A version named twice is compared once (it was listed twice in 03's metadata table).
+    from workbench.reports.notebook import parse_instances, parse_list
+
+    twice = parse_list("v0002-2024-03-05, v0001-2024-03-04,v0002-2024-03-05")
+    assert ds.choose_versions(settings, twice) == ["v0002-2024-03-05", "v0001-2024-03-04"]
+    assert parse_instances("3, 1,3") == [3, 1] and parse_list(["a", " a", "b"]) == ["a", "b"]
     with pytest.raises(ConfigurationError, match="Registered: none yet"):
         ds.choose_versions(Settings(home=tmp_path / "empty"), ["v0001"])
 
@@ -482,3 +501,50 @@ def test_the_label_comparison_says_when_a_filter_narrows_the_alerts_it_counts() 
     assert "versions v0002-2024-03-05" in agreement_scope(some, versions=["v0002-2024-03-05"])
     none = agreement_scope(some.iloc[:0], reason="nope")
     assert none.startswith("no alert in this selection (reason 'nope')") and "counts as missed" in none
+
+
+def test_no_comparison_names_its_cause() -> None:
+    """03 said "fewer than two versions with labelled data" also with two versions and the evaluation
+    skipped (a day outside the log), and with one version named in `versions`."""
+    two = ["v0001-2024-03-04", "v0002-2024-03-05"]
+    assert ds.comparison_skipped(two, None) == "no evaluation (see above): nothing to compare"
+    one = ds.comparison_skipped(["v0002-2024-03-05"], None)
+    assert one.startswith("fewer than two model versions to compare (only v0002-2024-03-05)")
+    assert "(none)" in ds.comparison_skipped([], None)
+
+
+def test_the_replay_notebooks_last_cell_stops_only_what_it_started_and_says_so_truthfully() -> None:
+    """With stop=True on an attached workbench the cell said "still running (set stop=True ...)"."""
+    from workbench.reports.notebook import stop_if_asked
+
+    class Stoppable:  # records stop() (the workbench and the panel); a real stop is test_runtime's
+        def __init__(self) -> None:
+            self.stopped = False
+
+        def stop(self) -> None:
+            self.stopped = True
+
+    wb, panel = Stoppable(), Stoppable()
+    said = stop_if_asked(wb, started=False, stop=True, panel=panel)
+    assert said.startswith("not stopped: this notebook attached to a workbench it did not start")
+    assert "set stop=True" not in said and not wb.stopped and not panel.stopped
+    assert "started elsewhere" in stop_if_asked(wb, started=False, stop=False, panel=panel)
+    assert "set stop=True" in stop_if_asked(wb, started=True, stop=False, panel=panel) and not wb.stopped
+    assert stop_if_asked(None, started=False, stop=True) == "no workbench: nothing to stop"
+    assert stop_if_asked(wb, started=True, stop=True, panel=panel) == "stopped" and wb.stopped and panel.stopped
+
+
+def test_instance_ids_beyond_64_bits_and_a_folder_as_labels_path_are_parameter_errors(tmp_path: Path) -> None:
+    """instances="99999999999999999999" ended in a DuckDB ConversionException traceback in 02's first
+    cell; labels_path naming a folder was said not to exist."""
+    from workbench.exceptions import ConfigurationError
+    from workbench.reports.notebook import find_labelled_log, parse_instances
+
+    for value in ("99999999999999999999", [2**63], "1, -9223372036854775809"):
+        with pytest.raises(ConfigurationError, match=r"`instances` parameter .* each a 64-bit integer"):
+            parse_instances(value)
+    assert parse_instances(str(2**63 - 1)) == [2**63 - 1] and parse_instances(7) == [7]
+    settings = Settings(home=tmp_path / "home")
+    with pytest.raises(ConfigurationError, match=r"Got '.*', which is a folder; name one of its files"):
+        find_labelled_log(settings, str(tmp_path))
+    assert find_labelled_log(settings, " None ") is None

@@ -281,7 +281,17 @@ def test_replay_panel_and_explorer_in_jupyterlab(lab: str, live_home: tuple[Sett
     wait_until(lambda: wb.status().speedup == 3600, what="status speed 3600 after the preset")
     wait_until(lambda: "3,600x" in panel.inner_text(), what="panel shows 3,600x")
 
-    panel.locator(".widget-text input").fill("2024-03-05 12:00")
+    # A typed 0 is max, as everywhere else (the slider's readout clamped it to 1x in the front end).
+    speed_field = panel.locator("input[placeholder^='e.g.']")
+    speed_field.fill("0")
+    speed_field.press("Enter")
+    wait_until(lambda: wb.status().speedup == 0, what="status speed max after typing 0")
+    wait_until(lambda: panel.locator(".widget-label", has_text="max").count() >= 1, what="panel shows max")
+    speed_field.fill("3,600x")
+    speed_field.press("Enter")
+    wait_until(lambda: wb.status().speedup == 3600, what="status speed 3600 after typing it")
+
+    panel.locator("input[placeholder^='2024']").fill("2024-03-05 12:00")
     panel.locator(".widget-button", has_text="Seek").click()
     target = datetime(2024, 3, 5, 12, 0, tzinfo=UTC)
     status = wait_until(lambda: (s := wb.status()).event_time and s.event_time >= target and s,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +18,7 @@ from workbench.replay import ReplayStatus
 from workbench.runtime import WorkbenchStatus
 from workbench.store.exceptions import StoreNotFoundError
 from workbench.ui import charts, control_panel, metric_cards, parse_seek_time
-from workbench.ui._panel import PRESETS, format_speed, lag_trend, panel_view
+from workbench.ui._panel import PRESETS, format_speed, lag_trend, panel_view, parse_speed
 
 T0 = datetime(2024, 3, 4, tzinfo=UTC)
 
@@ -188,21 +190,111 @@ def test_a_status_from_before_a_speed_click_does_not_move_the_slider_back(
     assert fake.calls == [("set_speed", 60.0), ("set_speed", "max"), ("set_speed", 600.0)]
 
 
+def _click_in_the_kernel_thread(panel: Any, button: Any) -> threading.Thread:
+    """Click ``button`` from another thread, as the kernel thread does while the refresh thread runs,
+    and return once the click has finished or waits for the panel's lock, which the caller holds."""
+    settled = threading.Event()
+    lock = getattr(panel, "_pending_lock", None)
+
+    class Watched:  # the panel's lock, telling when the click thread wants it
+        def __enter__(self) -> Any:
+            if threading.current_thread() is clicker:
+                settled.set()
+            return lock.__enter__()
+
+        def __exit__(self, *exc: Any) -> Any:
+            return lock.__exit__(*exc)
+
+    def click() -> None:
+        try:
+            button.click()
+        finally:
+            settled.set()
+
+    if lock is not None:
+        panel._pending_lock = Watched()
+    clicker = threading.Thread(target=click)
+    clicker.start()
+    assert settled.wait(30)
+    return clicker
+
+
+def test_a_speed_click_while_a_refresh_settles_the_previous_one_is_neither_dropped_nor_drawn_over(
+        panel_and_fake: tuple[Any, FakeWorkbench], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refresh thread read the pending speed, found it expired and cleared it; a preset clicked
+    in the kernel thread between that read and that write lost its pending speed, and the refresh
+    then drew the status's old speed over the click (seen as 3,600x shown after a burst ending at 600x)."""
+    now, clicker = [100.0], []
+    panel, fake = panel_and_fake
+
+    def clock() -> float:
+        if hook_armed.is_set() and threading.current_thread() is threading.main_thread() and not clicker:
+            clicker.append(_click_in_the_kernel_thread(panel, panel.presets[2]))  # 3600x, right here
+        return now[0]
+
+    hook_armed = threading.Event()
+    monkeypatch.setattr("workbench.ui._panel._clock", clock, raising=False)
+    panel.refresh()
+    panel.presets[0].click()  # 60x, which the replay never applies (e.g. it was restarting)
+    now[0] += 10  # past the grace
+    hook_armed.set()
+    panel.refresh()  # the status still says 600x; the 3600x click comes while it settles the 60x one
+    clicker[0].join(30)
+    assert (panel.speed.value, panel.speed_label.value) == (pytest.approx(3600.0), "3,600x")
+    panel.refresh()  # the 3600x has not landed yet: it stays shown
+    assert (panel.speed.value, panel.speed_label.value) == (pytest.approx(3600.0), "3,600x")
+    assert fake.calls == [("set_speed", 60.0), ("set_speed", 3600.0)]
+
+
 def test_at_max_the_slider_sits_at_its_fast_end_without_a_number_that_contradicts_the_label(
         panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
     panel, fake = panel_and_fake
+    assert panel.speed.readout is False  # the label gives the number (or "max"), never a slider readout
     panel.speed.value = 60.0  # the slider somewhere slow, then max
     panel.presets[3].click()
-    assert (panel.speed.value, panel.speed.readout) == (pytest.approx(100_000.0), False)
+    assert (panel.speed.value, panel.speed_label.value) == (pytest.approx(100_000.0), "max")
     fake.speedup = 0.0  # the replay reports max as 0
     panel.refresh()
-    assert panel.speed_label.value == "max"
-    assert (panel.speed.value, panel.speed.readout) == (pytest.approx(100_000.0), False)
+    assert (panel.speed.value, panel.speed_label.value) == (pytest.approx(100_000.0), "max")
     panel.presets[1].click()  # back to a number: the slider shows it again
     fake.speedup = 600.0
     panel.refresh()
-    assert (panel.speed.value, panel.speed.readout) == (pytest.approx(600.0), True)
+    assert (panel.speed.value, panel.speed_label.value) == (pytest.approx(600.0), "600x")
     assert fake.calls == [("set_speed", 60.0), ("set_speed", "max"), ("set_speed", 600.0)]
+
+
+def test_a_typed_speed_of_0_is_max_as_everywhere_else_and_a_bad_one_is_refused(
+        panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    """Typed into the slider's readout, 0 gave 1x (the slowest speed, not max), -5 gave 1x and 1e9
+    gave 100,000x: the front end clamped them before the kernel saw them. The speed field takes
+    what the replay takes and says what it refuses."""
+    panel, fake = panel_and_fake
+    assert panel.speed.readout is False  # no editable readout that clamps
+    for typed in ("0", " MAX ", "2,500x", "0.5"):
+        panel.speed_entry.value = typed
+        panel.speed_button.click()
+    panel.speed_entry.value = "1200"
+    panel.speed_entry._handle_custom_msg({"event": "submit"}, [])  # Enter in the field
+    assert fake.calls == [("set_speed", "max"), ("set_speed", "max"), ("set_speed", 2500.0), ("set_speed", 0.5),
+                          ("set_speed", 1200.0)]
+    assert panel.speed_label.value == "1,200x"
+    for typed in ("-5", "abc", "", "1e9", "nan"):
+        panel.speed_entry.value = typed
+        panel.speed_button.click()
+        assert "not sent" in panel.message.value or "Speed must be" in panel.message.value, typed
+        assert f"Got {html.escape(repr(typed))} instead" in panel.message.value
+    assert len(fake.calls) == 5 and panel.speed_label.value == "1,200x"
+    fake.state = "failed"  # a replay that takes no speed: the field is disabled with the others
+    panel.refresh()
+    assert panel.speed_entry.disabled and panel.speed_button.disabled
+
+
+def test_parse_speed() -> None:
+    assert parse_speed("0") == parse_speed("max") == parse_speed("Max") == "max"
+    assert parse_speed("3,600x") == 3600.0 and parse_speed("0.01") == 0.01 and parse_speed("1e6") == 1e6
+    for bad in ("-1", "0.001", "2e6", "inf", "x", "fast"):
+        with pytest.raises(ConfigurationError, match="from 0.01 to 1,000,000, or max"):
+            parse_speed(bad)
 
 
 def test_a_training_that_failed_on_every_attempt_is_shown(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
@@ -310,7 +402,7 @@ def test_refresh_updates_labels_without_sending_commands(panel_and_fake: tuple[A
     assert panel.progress.value == pytest.approx(0.9)
     assert panel.play.value is False and panel.play.description == "Play"
     assert panel.speed.value == pytest.approx(3600.0) and panel.speed_label.value == "3,600x"
-    assert panel.speed.readout_format == ",.0f"
+    assert panel.speed.readout is False  # the label gives the speed; no clamping readout field
     assert "<td>42</td>" in panel.counters.value
     assert "<svg" in panel.events_plot.value and "<svg" in panel.anomalies_plot.value
     assert fake.calls == []  # syncing widgets from the status is not a user action

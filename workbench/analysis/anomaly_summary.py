@@ -17,6 +17,7 @@ from workbench.config import Settings
 
 __all__ = [
     "ANOMALY_COLUMNS",
+    "NO_EVIDENCE",
     "analysed_span",
     "anomalies_or_empty",
     "by_reason_and_version",
@@ -148,10 +149,20 @@ def classification_table(stats: pd.DataFrame, anomalies: int) -> pd.DataFrame:
     return pd.DataFrame({"queries": counts, "share %": {k: round(100 * v / total, 2) for k, v in counts.items()}})
 
 
+#: What the drill-down's evidence table says for an anomaly stored without any (``features`` is optional).
+NO_EVIDENCE = "none stored with this anomaly (its message carried no features)"
+
+
 def query_features(row: pd.Series) -> pd.DataFrame:
-    """The feature values stored with one anomaly (its ``features`` JSON) as a one-column frame."""
+    """The feature values stored with one anomaly (its ``features`` JSON) as a one-column frame.
+
+    An anomaly stored without features gets one row saying so (:data:`NO_EVIDENCE`): the empty
+    frame showed as a lone "feature" header under the drill-down chart.
+    """
     raw = row.get("features")
     values = json.loads(raw) if isinstance(raw, str) and raw else raw if isinstance(raw, dict) else {}
+    if not values:
+        values = {"evidence": NO_EVIDENCE}
     return pd.Series(values, name="feature", dtype=object).to_frame()
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "LabelAgreement",
     "ScoredDay",
     "choose_versions",
+    "comparison_skipped",
     "disagreements",
     "evaluation_day",
     "evaluation_table",
@@ -153,6 +154,21 @@ def evaluation_skipped(labels_file: Path | None, versions: Sequence[str]) -> str
         return ("no model version yet: evaluation skipped (the scoring app trains one once the stream passes a "
                 "day's end; a log that ends on its first day: `workbench train --day D`)")
     return None
+
+
+def comparison_skipped(versions: Sequence[str], scored: ScoredDay | None) -> str:
+    """Why notebook 03 shows no disagreement table, naming the cause the user can change.
+
+    It said "fewer than two versions with labelled data" for every cause, also with two versions
+    chosen and only the evaluation skipped (a day outside the log, no labelled log).
+    """
+    if len(versions) < 2:
+        chosen = f"only {versions[0]}" if versions else "none"
+        return (f"fewer than two model versions to compare ({chosen}): nothing to compare; "
+                "leave `versions` empty for all registered ones, or name two")
+    if scored is None:
+        return "no evaluation (see above): nothing to compare"
+    return "fewer than two versions with labelled data: nothing to compare"
 
 
 def choose_versions(settings: Settings, wanted: Sequence[str] = ()) -> list[str]:

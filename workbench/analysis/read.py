@@ -272,6 +272,8 @@ def metrics(settings: Settings, window: str = "24h", instances: Sequence[int] | 
     cur_mask = pc.greater_equal(table["window_start"], pa.scalar(p.start, table["window_start"].type))
     current = _summary(table.filter(cur_mask))
     previous = _summary(table.filter(pc.invert(cur_mask)))
+    if not previous["total_queries"]:  # no window before: every delta is "no previous data", the instance
+        previous = dict.fromkeys(previous)  # count's too (it read +3 against a count of 0)
     # A period without any window has no anomaly count either: "no previous data", not "+67".
     current["anomalies"] = _anomaly_count(settings, p.start, p.end, ids) if current["total_queries"] else None
     previous["anomalies"] = (_anomaly_count(settings, p.previous_start, p.start, ids)

@@ -19,6 +19,7 @@ from workbench.config import Settings
 from workbench.exceptions import ConfigurationError
 
 __all__ = [
+    "PARAMETER_CHOICES",
     "PARAMETER_RANGES",
     "UnknownParameterWarning",
     "check_parameter_ranges",
@@ -32,6 +33,7 @@ __all__ = [
     "parse_time",
     "setup",
     "setup_charts",
+    "stop_if_asked",
     "wait_for_replay",
 ]
 
@@ -120,8 +122,14 @@ PARAMETER_RANGES: Final[Mapping[str, tuple[Callable[[float], bool], str]]] = {
 }
 
 
+#: Text parameters with a fixed set of values, refused in the first cell: 04 with critical_mode="bogus"
+#: drew its charts and tables and stopped halfway down, at the first cell that read the mode.
+PARAMETER_CHOICES: Final[Mapping[str, tuple[str, ...]]] = {"critical_mode": ("all", "any")}
+
+
 def check_parameter_ranges(values: Mapping[str, Any]) -> None:
-    """Refuse a number parameter outside its :data:`PARAMETER_RANGES` entry, naming it and the value.
+    """Refuse a number parameter outside its :data:`PARAMETER_RANGES` entry, or a text parameter not
+    among its :data:`PARAMETER_CHOICES`, naming it and the value.
 
     Values that are not numbers are left to :func:`check_parameter_types` (a notebook) or to the
     notebook that receives them (``run_report``).
@@ -137,6 +145,11 @@ def check_parameter_ranges(values: Mapping[str, Any]) -> None:
             continue
         if not fits(value):
             msg = f"The `{name}` parameter must be {wanted}. Got {value!r} instead."
+            raise ConfigurationError(msg)
+    for name, choices in PARAMETER_CHOICES.items():
+        value = values.get(name)
+        if isinstance(value, str) and value not in choices:
+            msg = f"The `{name}` parameter must be {' or '.join(map(repr, choices))}. Got {value!r} instead."
             raise ConfigurationError(msg)
 
 
@@ -169,23 +182,33 @@ def parse_range(start: str | datetime | None, end: str | datetime | None) -> tup
 
 
 def parse_list(value: str | Iterable[Any] | None) -> list[str]:
-    """Items of a comma-separated string or a list (empty -> ``[]``)."""
+    """Items of a comma-separated string or a list (empty -> ``[]``), each once, in the order given.
+
+    A repeated item means nothing more: notebook 03 with ``versions="v1, v1"`` listed v1 twice in
+    its metadata table and compared it with itself.
+    """
     if value is None:
         return []
     items = value.split(",") if isinstance(value, str) else list(value)
-    return [str(v).strip() for v in items if str(v).strip()]
+    return list(dict.fromkeys(str(v).strip() for v in items if str(v).strip()))
 
 
 def parse_instances(value: str | int | Iterable[Any] | None) -> list[int] | None:
-    """Instance ids from ``"1,2"``, ``[1, 2]`` or ``3``; ``None`` (all instances) when empty."""
-    if isinstance(value, int):
-        return [value]
-    items = parse_list(value)
+    """Instance ids from ``"1,2"``, ``[1, 2]`` or ``3``; ``None`` (all instances) when empty.
+
+    Ids are 64-bit integers in every store: a longer one (a pasted query id, a typo) ended in a
+    DuckDB conversion error's traceback in 02's first cell instead of a parameter error.
+    """
+    items = [value] if isinstance(value, int) and not isinstance(value, bool) else parse_list(value)
     try:
         ids = [int(v) for v in items]
     except ValueError as exc:
         msg = f"The `instances` parameter must be integer ids like '1,2' or [1, 2]. Got {value!r} instead."
         raise ConfigurationError(msg) from exc
+    if any(not -(2**63) <= i < 2**63 for i in ids):
+        msg = (f"The `instances` parameter must be integer ids like '1,2' or [1, 2], each a 64-bit integer. "
+               f"Got {value!r} instead.")
+        raise ConfigurationError(msg)
     return ids or None
 
 
@@ -197,10 +220,15 @@ def find_labelled_log(settings: Settings, labels_path: str = "") -> Path | None:
     """
     import pyarrow.parquet as pq
 
-    if labels_path and labels_path.lower() == "none":
+    if labels_path and labels_path.strip().lower() == "none":
         return None
     if labels_path:
         path = Path(labels_path).expanduser()
+        if path.is_dir():  # it said "which does not exist" of a folder that does
+            msg = (f"The `labels_path` parameter must name a Parquet log file. Got {labels_path!r}, which is a "
+                   "folder; name one of its files, or leave it empty for the newest labelled log in "
+                   "WORKBENCH_HOME/data.")
+            raise ConfigurationError(msg)
         if not path.is_file():
             msg = f"The `labels_path` parameter must name a Parquet log. Got {labels_path!r}, which does not exist."
             raise ConfigurationError(msg)
@@ -329,6 +357,28 @@ def open_workbench(mode: str, settings: Settings, *, data: str = "", speedup: fl
         except WorkbenchStateError as exc:
             print(f"Nothing to attach to: {exc}")
     return None, False
+
+
+def stop_if_asked(wb: Any, *, started: bool, stop: bool, panel: Any = None) -> str:
+    """The replay notebook's last cell: stop the workbench this notebook started when ``stop`` asks
+    for it, and say what happened (a workbench attached to is never stopped from here).
+
+    With ``stop=True`` on an attached workbench the cell said "still running (set stop=True ...)",
+    asking for the very setting the user had just made.
+    """
+    if not wb:
+        return "no workbench: nothing to stop"
+    if stop and started:
+        if panel is not None:
+            panel.stop()
+        wb.stop()
+        return "stopped"
+    if stop:
+        return ("not stopped: this notebook attached to a workbench it did not start, which others may be using; "
+                "to stop it anyway: wb.stop() in a cell, or `workbench stop` in a terminal")
+    if started:
+        return "still running (set stop=True and run this cell to stop what this notebook started)"
+    return "still running (started elsewhere: `workbench stop` in a terminal stops it)"
 
 
 def wait_for_replay(wb: Any, *, timeout: float = 60.0, poll: float = 0.5) -> Any:

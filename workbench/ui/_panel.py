@@ -38,7 +38,7 @@ from workbench.exceptions import ConfigurationError
 from workbench.runtime._format import format_speed
 
 __all__ = ["ControlPanel", "PanelTarget", "PanelView", "control_panel", "format_speed", "lag_trend", "metric_cards",
-           "panel_view"]
+           "panel_view", "parse_speed"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,31 @@ def parse_seek_time(text: str) -> datetime:
         msg = f"Seek time must look like 2024-03-05 12:00 (UTC) or ISO-8601. Got {text!r} instead."
         raise ConfigurationError(msg) from exc
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def parse_speed(text: str) -> float | str:
+    """A speed typed into the panel: ``"max"`` for ``max`` or ``0`` (as fast as it goes, as everywhere
+    else), else event seconds per wall second; a trailing ``x`` and thousands separators are allowed
+    (``3,600x``).
+
+    Raises
+    ------
+    ConfigurationError
+        For anything else (text, a negative speed, one outside the replay's range), naming the range.
+    """
+    from workbench.exceptions import WorkbenchError
+    from workbench.replay import validate_speed
+
+    value = text.strip().lower().replace(",", "").replace("_", "")
+    try:
+        speed = validate_speed(value[:-1].strip() if value.endswith("x") and value != "max" else value)
+    except WorkbenchError as exc:
+        from workbench.replay._control import MAX_SPEEDUP, MIN_SPEEDUP
+
+        msg = (f"Speed must be a number of event seconds per wall second from {MIN_SPEEDUP:g} to "
+               f"{MAX_SPEEDUP:,.0f}, or max (0: as fast as it goes). Got {text!r} instead.")
+        raise ConfigurationError(msg) from exc
+    return "max" if speed == 0 else speed
 
 
 def _duration(seconds: float | None) -> str:
@@ -345,10 +370,17 @@ class ControlPanel(widgets.VBox):
         self._charts_enabled = charts
         self._last_chart = 0.0
 
-        # The slider's own readout uses d3-format: ",.0f" gives "3,600", never "3.60e+3".
+        # No readout: the slider's readout is an editable field that the front end clamps to the slider's
+        # range before the kernel sees it, so a typed 0 (max everywhere else) became 1x, the slowest
+        # speed. The label shows the speed; ``speed_entry`` takes typed ones, "max" and 0 included.
         self.speed = widgets.FloatLogSlider(value=1.0, base=10, min=0, max=5, step=0.05, description="Speed",
-                                            readout_format=",.0f", continuous_update=False,
-                                            layout=widgets.Layout(width="380px", max_width="100%"))
+                                            readout=False, continuous_update=False,
+                                            layout=widgets.Layout(width="300px", max_width="100%"))
+        self.speed_entry = widgets.Text(placeholder="e.g. 1200, 0.5 or max", description="or type a speed",
+                                        style={"description_width": "initial"},
+                                        layout=widgets.Layout(width="280px", max_width="100%"))
+        self.speed_button = widgets.Button(description="Set", layout=widgets.Layout(width="64px"),
+                                           tooltip="Set the typed speed (max or 0: as fast as it goes)")
         self.speed_label = widgets.Label("-")
         self._running_history: list[tuple[float, int]] = []
         # The user's last play/pause (value, monotonic time) until a status shows it applied.
@@ -358,6 +390,11 @@ class ControlPanel(widgets.VBox):
         self._play_shown = True
         # The user's last speed (None for max, monotonic time) until a status shows it applied.
         self._pending_speed: tuple[float | None, float] | None = None
+        # Held while a click records its pending command and shows it (kernel thread) and while a
+        # status decides whether a pending command landed and shows its own values (refresh thread).
+        # Without it the refresh could read a pending speed, let a new click record and show another,
+        # then clear that one and draw the status's older speed over it: the click looked ignored.
+        self._pending_lock = threading.RLock()
         self._lag_history: list[tuple[float, int]] = []
         # The log's first and last event time from the last status (a seek outside is explained).
         self._log_span: tuple[datetime | None, datetime | None] = (None, None)
@@ -383,7 +420,7 @@ class ControlPanel(widgets.VBox):
 
         self.speed.tooltip = "Replay speed: event seconds per wall second"
         self._tooltips = {w.model_id: w.tooltip for w in (self.play, self.speed, self.seek_button, self.reset_button,
-                                                          *self.presets)}
+                                                          self.speed_button, *self.presets)}
         self.speed.observe(self._on_speed, names="value")
         for button, (_, value) in zip(self.presets, PRESETS, strict=True):
             button.on_click(lambda _b, v=value: self._command("speed", v))
@@ -391,12 +428,14 @@ class ControlPanel(widgets.VBox):
         self.reset_button.on_click(lambda _b: self._command("reset"))
         self.seek_button.on_click(lambda _b: self._on_seek())
         self.seek_text.on_msg(self._on_seek_text_message)  # Enter in the field seeks too
+        self.speed_button.on_click(lambda _b: self._on_speed_entry())
+        self.speed_entry.on_msg(self._on_speed_entry_message)  # Enter in the field sets it too
 
         # Rows wrap in a narrow window (the slider, clock and ETA were cut off at the right).
         wrap = widgets.Layout(flex_flow="row wrap")
         rows: list[widgets.Widget] = [
             widgets.HBox([self.play, self.reset_button, self.speed, self.speed_label], layout=wrap),
-            widgets.HBox([widgets.Label("Presets:"), *self.presets], layout=wrap),
+            widgets.HBox([widgets.Label("Presets:"), *self.presets, self.speed_entry, self.speed_button], layout=wrap),
             widgets.HBox([self.seek_text, self.seek_button], layout=wrap),
             widgets.HBox([self.progress, self.clock, self.eta], layout=wrap),
             self.note,
@@ -428,13 +467,14 @@ class ControlPanel(widgets.VBox):
                 self._wb.set_speed(value)
                 self._say(f"speed {format_speed(value)} sent")
                 wanted = None if isinstance(value, str) else float(value)
-                self._pending_speed = (wanted, _clock())
-                self._local.syncing = True
-                try:
-                    self._show_speed(wanted)
-                    self.speed_label.value = format_speed(value if wanted is None else wanted)
-                finally:
-                    self._local.syncing = False
+                with self._pending_lock:
+                    self._pending_speed = (wanted, _clock())
+                    self._local.syncing = True
+                    try:
+                        self._show_speed(wanted)
+                        self.speed_label.value = format_speed(value if wanted is None else wanted)
+                    finally:
+                        self._local.syncing = False
             elif what == "pause":
                 self._wb.pause()
                 self._say("pause sent")
@@ -456,12 +496,25 @@ class ControlPanel(widgets.VBox):
         if not getattr(self._local, "syncing", False):
             self._command("speed", float(change["new"]))
 
+    def _on_speed_entry(self) -> None:
+        try:
+            speed = parse_speed(self.speed_entry.value)
+        except ConfigurationError as exc:
+            self._say(str(exc), error=True)
+            return
+        self._command("speed", speed)
+
+    def _on_speed_entry_message(self, _widget: widgets.Widget, content: Any, _buffers: Any) -> None:
+        if isinstance(content, dict) and content.get("event") == "submit":
+            self._on_speed_entry()
+
     def _on_play(self, change: dict[str, Any]) -> None:
         playing = bool(change["new"])
         self.play.description, self.play.icon = ("Pause", "pause") if playing else ("Play", "play")
         if not getattr(self._local, "syncing", False):
-            self._pending_play = (playing, _clock())
-            self._play_shown = playing
+            with self._pending_lock:
+                self._pending_play = (playing, _clock())
+                self._play_shown = playing
             self._command("resume" if playing else "pause")
 
     def _on_seek(self) -> None:
@@ -560,32 +613,33 @@ class ControlPanel(widgets.VBox):
             self.progress.description = view.progress_text
             self.clock.value = f"<b>{html.escape(view.clock)}</b> &nbsp; [{html.escape(view.state)}]"
             self.eta.value = view.eta + (f" · {view.behind}" if view.behind else "")
-            if (view.speed is not None or view.speed_text == "max") and not self._speed_pending(view):
-                self._show_speed(view.speed)
-                self.speed_label.value = view.speed_text
-            elif view.speed_text == "-":
-                self.speed_label.value = view.speed_text
-            # The kernel thread may have taken a click's value without running its handler yet.
-            if view.playing is not None and not self._play_pending() and self.play.value == self._play_shown:
-                self.play.value = self._play_shown = view.playing
+            with self._pending_lock:  # a click's pending command is settled and shown, or kept, as one step
+                if (view.speed is not None or view.speed_text == "max") and not self._speed_pending(view):
+                    self._show_speed(view.speed)
+                    self.speed_label.value = view.speed_text
+                elif view.speed_text == "-":
+                    self.speed_label.value = view.speed_text
+                # The kernel thread may have taken a click's value without running its handler yet.
+                if view.playing is not None and not self._play_pending() and self.play.value == self._play_shown:
+                    self.play.value = self._play_shown = view.playing
             self.play.disabled = not view.can_play
             self.speed.disabled = not view.can_speed
-            for button in self.presets:
+            for button in (*self.presets, self.speed_entry, self.speed_button):
                 button.disabled = not view.can_speed
             self.seek_text.disabled = self.seek_button.disabled = not view.can_seek
             self.reset_button.disabled = not view.can_reset
             reason = html.escape(view.why_disabled)
             self.note.value = f"<span style='color:#8D6E00'>{reason}</span>" if reason else ""
-            for widget in (self.play, self.speed, self.seek_button, self.reset_button, *self.presets):
+            for widget in (self.play, self.speed, self.seek_button, self.reset_button, self.speed_button,
+                           *self.presets):
                 # Its own tooltip back once it can act: None showed "null" on the play button.
                 widget.tooltip = view.why_disabled or self._tooltips[widget.model_id]
         finally:
             self._local.syncing = False
 
     def _show_speed(self, speed: float | None) -> None:
-        """Put the slider at ``speed``, or at its fast end for max (``None``) without its number:
-        a readout of 100,000 next to the label's "max" contradicted it."""
-        self.speed.readout = speed is not None
+        """Put the slider at ``speed`` (within its range), or at its fast end for max (``None``); the
+        label next to it gives the number, or "max"."""
         fastest = self.speed.base ** self.speed.max
         self.speed.value = fastest if speed is None else float(min(max(speed, 1.0), fastest))
 
@@ -768,7 +822,8 @@ def control_panel(wb: PanelTarget, *, counter_interval: float = 1.0, chart_inter
                   auto_refresh: bool = True, charts: bool = True) -> ControlPanel:
     """An ipywidgets panel to steer and watch ``wb``'s replay.
 
-    Speed (log slider 1x..100,000x and presets), play/pause, seek (UTC date and time), reset, a
+    Speed (log slider 1x..100,000x, presets, and a field for a typed speed: 0.01..1,000,000 or
+    ``max``/``0``), play/pause, seek (UTC date and time), reset, a
     progress bar with the event-time clock and ETA, live counters (rates, lag per app, anomalies,
     model version, late events, dead letters) and events/anomalies per 10 minutes. Counters refresh
     every ``counter_interval`` s and charts every ``chart_interval`` s in a daemon thread that stops
