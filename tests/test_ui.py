@@ -773,3 +773,25 @@ def test_a_slow_replay_speed_in_the_status_table_reads_as_the_panel_shows_it() -
     fake.speedup = 0.5  # the status table had its own rule, which printed "0x"
     table = fake.status()._repr_html_()
     assert f"<td style='text-align:left'>{format_speed(0.5)}</td>" in table and format_speed(0.5) == "0.5x"
+
+
+def test_a_seek_or_reset_redraws_the_charts_at_once_not_at_the_next_scheduled_redraw() -> None:
+    """The charts follow the replay clock every 8 s; a jump out of their span (back, or more than the
+    span ahead) redraws them at the next status read, so a seek never leaves another part of the log
+    on screen under the new clock."""
+    fake = FakeWorkbench()
+    panel = control_panel(fake, auto_refresh=False)
+    try:
+        panel.refresh(charts=True)
+        assert fake.chart_filters["end"] == T0 + timedelta(hours=2, minutes=10)
+        fake.replay_extra = {"event_time": T0 + timedelta(hours=3)}  # the clock going on: no redraw
+        panel.refresh(charts=False)
+        assert fake.chart_filters["end"] == T0 + timedelta(hours=2, minutes=10)
+        fake.replay_extra = {"event_time": T0 + timedelta(minutes=30)}  # seek back, or reset
+        panel.refresh(charts=False)
+        assert fake.chart_filters["end"] == T0 + timedelta(minutes=40)
+        fake.replay_extra = {"event_time": T0 + timedelta(hours=20)}  # seek far ahead
+        panel.refresh(charts=False)
+        assert fake.chart_filters["end"] == T0 + timedelta(hours=20, minutes=10)
+    finally:
+        panel.close()

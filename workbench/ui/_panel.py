@@ -369,6 +369,7 @@ class ControlPanel(widgets.VBox):
         self._local = threading.local()
         self._charts_enabled = charts
         self._last_chart = 0.0
+        self._chart_end: datetime | None = None  # the replay clock the charts were last drawn at
 
         # No readout: the slider's readout is an editable field that the front end clamps to the slider's
         # range before the kernel sees it, so a typed 0 (max everywhere else) became 1x, the slowest
@@ -556,8 +557,17 @@ class ControlPanel(widgets.VBox):
             self._show_unavailable(exc)
             return
         self._show_status(status)
-        if charts and self._charts_enabled:
+        if (charts or self._charts_stale(status)) and self._charts_enabled:
             self.refresh_charts(status)
+
+    def _charts_stale(self, status: Any) -> bool:
+        """Whether the replay clock left the charts' span since they were drawn: a seek or a reset
+        (back, or more than :data:`CHART_SPAN` ahead) should not leave another part of the log on
+        screen until the next scheduled redraw."""
+        now, drawn = getattr(status, "event_time", None), self._chart_end
+        if now is None or drawn is None:
+            return False
+        return now < drawn or now - drawn > CHART_SPAN
 
     def _show_status(self, status: Any) -> None:
         total_lag = [v for v in (status.lag or {}).values() if isinstance(v, int)]
@@ -710,6 +720,7 @@ class ControlPanel(widgets.VBox):
 
         self._last_chart = time.monotonic()
         end = getattr(status, "event_time", None) if status is not None else None
+        self._chart_end = end
         start = end - CHART_SPAN if end is not None else None
         # Up to the replay clock (plus the window in progress): a store filled by an earlier run
         # must not show "future" windows.
