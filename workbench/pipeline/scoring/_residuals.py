@@ -157,19 +157,21 @@ class ResidualWindowsStep:
         only when there are any) become alerts through the anomaly contract, with their evidence.
         """
         from workbench.analysis.persistence import persistent_runs
-        from workbench.pipeline.contracts import anomaly_rows
-        from workbench.store.shards import read_shards
+        from workbench.pipeline.contracts import ANOMALY_FIELDS, FEATURE_COLUMNS, anomaly_rows
+        from workbench.store.shards import SHARD_SCHEMA, read_shards
 
         found = persistent_runs(rows, known, self.persistence, self._scales)
         if found.empty:
             return anomaly_rows(pa.table({"is_anomaly": pa.array([], pa.bool_())}))
-        full = read_shards(self.settings.shards_dir, [day])
+        evidence = evidence_columns(found, self.persistence)
+        # Only the columns the contract copies (not every shard column: a whole day of them costs ~0.5 GB);
+        # once per settled day, after every row is scored.
+        wanted = [c for c in dict.fromkeys((*ANOMALY_FIELDS, *FEATURE_COLUMNS))
+                  if c in SHARD_SCHEMA.names and c not in evidence]
+        shard_rows = read_shards(self.settings.shards_dir, [day], columns=wanted)
         keys = pa.table({"instance_id": pa.array(found["instance_id"], pa.int64()),
-                         "query_id": pa.array(found["query_id"], pa.int64()),
-                         **evidence_columns(found, self.persistence)})
-        full = full.drop_columns([c for c in keys.column_names if c in full.column_names and c not in (
-            "instance_id", "query_id")])
-        flagged = full.join(keys, ["instance_id", "query_id"], join_type="inner")
+                         "query_id": pa.array(found["query_id"], pa.int64()), **evidence})
+        flagged = shard_rows.join(keys, ["instance_id", "query_id"], join_type="inner")
         return anomaly_rows(flagged.sort_by([("arrival_timestamp", "ascending"), ("instance_id", "ascending"),
                                              ("query_id", "ascending")]), thresholds=lambda _version: 1.0)
 
