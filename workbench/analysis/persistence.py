@@ -106,7 +106,7 @@ def persistent_runs(rows: pa.Table, known: np.ndarray | None = None, params: Per
     known : ndarray of bool, optional
         Per row: the version's expectation rests on the statement's own history. None: every row.
     params : PersistenceParams, optional
-        The constants (defaults: 4 runs, 1.35 spreads, 1 s).
+        The constants (defaults: 4 runs, 1.38 spreads (from a nominal false rate of 5e-5), 1 s).
     scales : mapping, optional
         ``model_version -> (min_scale, max_scale)`` of each version's detector; other versions use
         ``params``' clip.
