@@ -13,8 +13,10 @@ name, collective probes also label every 10-minute window holding at least 10 af
 
 The probes themselves, and how each picks its rows, are in ``benchmarks/_probes.py``.
 
-Reported per probe: rows, instances (with their size initial), the detector's recall at its
-default constants and the probe rows' median score (1 = the alert bar), the baseline's recall at
+Reported per probe: rows, instances (with their size initial), the product's per-query recall at
+the default constants (the detector's alerts and the runs the persistence step of the scoring app
+adds, :mod:`workbench.analysis.persistence`; column ``of it persistence``: the share only
+persistence flags) and the probe rows' median score (1 = the alert bar), the baseline's recall at
 the detector's alert volume (its top-k scores); for collective probes the labelled windows flagged
 by :mod:`workbench.analysis.collective` (default constants) and the signals that flagged them. Last,
 the false alerts per 10k normal queries, the PR-AUC of every per-query label (the log's and the
@@ -55,6 +57,7 @@ from benchmarks._probes import MIN_WINDOW_ROWS, PROBES, apply_probes
 from benchmarks.detection import (
     _detect,
     _inputs,
+    persistence_flags,
     reference_residuals,
     residuals_of,
     train_all_but_last,
@@ -87,9 +90,10 @@ def _best(scored: pd.DataFrame) -> pd.DataFrame:
 
 
 def _query_rows(day: pa.Table, label: np.ndarray, inputs: dict, score: np.ndarray, alert: np.ndarray,
-                sizes: dict[str, list[int]]) -> list[dict]:
+                sizes: dict[str, list[int]], persistent: np.ndarray) -> list[dict]:
     """Per probe: rows, instances (size class initial), recall, median score, the baseline's recall
-    at the detector's alert volume, and per miss the normal rows that dominate it (median)."""
+    at the detector's alert volume, and per miss the normal rows that dominate it (median).
+    ``alert`` is the detector's; ``persistent`` the runs the persistence step adds (recall counts both)."""
     logged = day.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool)
     normal = ~logged & pd.isna(label)
     exec_ms = pc.fill_null(day.column("execution_duration_ms"), 0).to_numpy(zero_copy_only=False)
@@ -112,12 +116,15 @@ def _query_rows(day: pa.Table, label: np.ndarray, inputs: dict, score: np.ndarra
             dominated = dominating_normals(missed, normal, excess, log_ratio, inputs["source"] == 0) if (
                 probe.family != "collective" and len(missed)) else np.array([])
             row |= {"instances": ",".join(f"{i}{size_of.get(i, '?')}" for i in sorted(set(inst[sel].tolist()))),
-                    "recall": float(alert[sel].mean()), "median score": float(np.median(score[sel])),
+                    "recall": float((alert | persistent)[sel].mean()),
+                    "of it persistence": float((persistent & ~alert)[sel].mean()),
+                    "median score": float(np.median(score[sel])),
                     "baseline recall": float(base_top[sel].mean()),
                     "misses dominated by": f"{np.median(dominated):.0f}" if len(dominated) else ""}
         rows.append(row)
     rows.append({"probe": "false alerts / 10k normal", "family": "",
-                 "rows": int(normal.sum()), "recall": float(alert[normal].mean() * 1e4)})
+                 "rows": int(normal.sum()), "recall": float((alert | persistent)[normal].mean() * 1e4),
+                 "of it persistence": float((persistent & ~alert)[normal].mean() * 1e4)})
     point = np.isin(label, [p.name for p in PROBES if p.family != "collective"]) | logged
     keep = point | normal
     rows.append({"probe": "PR-AUC point+contextual+log", "family": "", "rows": int(point.sum()),
@@ -179,15 +186,17 @@ def main() -> None:
         day, label, labelled, sizes = apply_probes(original, history, args.seed)
         hold, inputs = _inputs(model, hold_table), _inputs(model, day)
         score, alert = _detect(DEFAULTS, hold, inputs)
+        persistent = persistence_flags(day, inputs, alert, model.version)
         first = eval_day - dt.timedelta(days=args.days - 1)
         residuals = {"history": reference_residuals(args.data, first, train_day, by_day),
                      **{name: residuals_of(model, table) for name, table in (("day", day), ("original", original))}}
-    rows = _query_rows(day, label, inputs, score, alert, sizes)
+    rows = _query_rows(day, label, inputs, score, alert, sizes, persistent)
     windows, line = _window_rows(original, day, label, labelled, history, residuals)
     table = pd.DataFrame([r | windows.get(r["probe"], {}) for r in rows])
     pd.set_option("display.width", 250)
     print(f"train {train_day} (7-day window), probe and evaluate {eval_day}; seed {args.seed}; "
-          f"{time.perf_counter() - t0:.0f} s; detector alerts {int(alert.sum())}")
+          f"{time.perf_counter() - t0:.0f} s; detector alerts {int(alert.sum())}, persistence adds "
+          f"{int((persistent & ~alert).sum())}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
     print(line)
 

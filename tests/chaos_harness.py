@@ -11,7 +11,8 @@ Afterwards every store is compared with an offline computation from the source f
 * the events topic (read_committed) and the shards hold each source query exactly once;
 * ``window_stats`` plus ``late_events`` equal a DuckDB aggregation of the source into 10-minute
   windows per instance, window by window;
-* the lakehouse holds each anomaly the shards flagged exactly once, and nothing else;
+* the lakehouse holds each anomaly the shards flagged exactly once, and the runs of persistently slower
+  statements that the settled days call for (:func:`expected_window_anomalies`), and nothing else;
 * the lakehouse's ``window_anomalies`` hold each collective anomaly that the final stores call for
   exactly once, and nothing else (:func:`expected_window_anomalies`), and ``window_residuals`` each
   settled day's runtime-residual window with the values the final shards give.
@@ -314,7 +315,7 @@ def _residuals_done(settings: Settings, data: Path) -> bool:
     return newest is not None and newest.date() >= days[-1]
 
 
-def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table, pd.DataFrame, int]:
+def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table, pd.DataFrame, int, Counter]:
     """The ``window_anomalies`` rows a finished, drained run must hold, from its final stores.
 
     * The analytics app's collective step: :func:`~workbench.analysis.collective.flag_windows` over
@@ -327,13 +328,16 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
       with the scoring version's evidence source) judged against the earlier days' windows and its
       own, as :class:`~workbench.pipeline.scoring._residuals.ResidualWindowsStep` does.
 
-    Also returns the settled days' residual windows (what ``window_residuals`` must hold) and the
+    Also returns the settled days' residual windows (what ``window_residuals`` must hold), the
     executed rows of settled days still unscored (such a day, and every later one, is never judged:
-    the product waits for its rescoring).
+    the product waits for its rescoring) and the ``anomalies`` keys ``(instance, query, version)`` the
+    same step adds for those days' runs of persistently slower statements
+    (:func:`~workbench.analysis.persistence.persistent_runs` with the step's own constants and spreads).
     """
     from types import SimpleNamespace
 
     from workbench.analysis.collective import CollectiveParams, flag_windows
+    from workbench.analysis.persistence import PERSISTENCE_COLUMNS, persistent_runs
     from workbench.analysis.residual_windows import judge_residual_windows, residual_windows
     from workbench.ml.features import REFERENCE_SOURCE_COLUMNS
     from workbench.pipeline.scoring._residuals import _WINDOW_COLUMNS, ResidualWindowsStep
@@ -353,15 +357,20 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
         settled &= start_ms < first_open.to_numpy(dtype=np.int64)  # nor held open by the analytics app
         parts.append(flag_windows(frame[settled], frame, params))
     step = ResidualWindowsStep(settings, SimpleNamespace(counters={}), params=params)
-    columns = list(dict.fromkeys(_WINDOW_COLUMNS + REFERENCE_SOURCE_COLUMNS))
+    columns = list(dict.fromkeys(_WINDOW_COLUMNS + REFERENCE_SOURCE_COLUMNS + PERSISTENCE_COLUMNS))
     earlier: list[pd.DataFrame] = []
+    persistent: Counter = Counter()
     unscored = 0
     for day in residual_days(settings, data):
         rows = read_shards(settings.shards_dir, [day], columns=columns)
         unscored = int(residual_windows(rows)["unscored_queries"].sum())
         if unscored:
             break
-        windows = residual_windows(rows, known=step._known(rows)).drop(columns="unscored_queries")
+        known = step._known(rows)
+        windows = residual_windows(rows, known=known).drop(columns="unscored_queries")
+        found = persistent_runs(rows, known, step.persistence, step._scales)
+        persistent.update(zip(found["instance_id"].tolist(), found["query_id"].tolist(),
+                              found["model_version"].tolist(), strict=True))
         # Every earlier day: the judge keeps each window's own lookback, so this is the whole-store answer.
         history = pd.concat(earlier, ignore_index=True) if earlier else windows.iloc[:0]
         parts.append(judge_residual_windows(windows, pd.concat([history, windows], ignore_index=True), params))
@@ -372,7 +381,7 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
          "signal": pa.array([], pa.string())})
     residuals = pd.concat(earlier, ignore_index=True) if earlier else pd.DataFrame(
         columns=["instance_id", "window_start", "residual_queries", "median_log_residual"])
-    return flagged, residuals, unscored
+    return flagged, residuals, unscored, persistent
 
 
 def _residual_keys(frame: pd.DataFrame) -> Counter:
@@ -464,7 +473,9 @@ def compare(settings: Settings, data: Path, result: ChaosResult) -> None:
     lost, dup = _diff(want, got)
     result.lost["window_stats+late"], result.duplicated["window_stats+late"] = lost, dup
 
-    # The lakehouse holds every anomaly the shards flagged, once, under the model that flagged it.
+    # The lakehouse holds every anomaly the shards flagged, once, under the model that flagged it, and
+    # the runs of persistently slower statements the settled days call for (never a flagged one).
+    want_windows, want_residuals, unscored, persistent = expected_window_anomalies(settings, data)
     flagged = Counter(
         (i, q, v) for i, q, v, a in zip(shards.column("instance_id").to_pylist(), shards.column("query_id").to_pylist(),
                                         shards.column("model_version").to_pylist(),
@@ -473,11 +484,10 @@ def compare(settings: Settings, data: Path, result: ChaosResult) -> None:
         rows = lake.connection.execute(
             "SELECT instance_id, query_id, model_version FROM lake.anomalies").fetchall()
     result.anomalies = len(rows)
-    lost, dup = _diff(flagged, Counter(rows))
+    lost, dup = _diff(flagged + persistent, Counter(rows))
     result.lost["lakehouse"], result.duplicated["lakehouse"] = lost, dup
 
     # window_anomalies: each (instance, window, signal) the final stores call for, once, nothing else.
-    want_windows, want_residuals, unscored = expected_window_anomalies(settings, data)
     want = _window_keys(want_windows)
     with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
         got = _window_keys(lake.read_window_anomalies())

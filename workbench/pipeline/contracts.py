@@ -9,7 +9,8 @@ One JSON object per message, key = the instance id as text, header ``schema`` =
 ``queue_duration_ms`` number?, ``compile_duration_ms``
 number?, ``pred_mean_ms`` number, ``pred_q_ms`` number?, ``expected_ms`` number?, ``score`` number?,
 ``threshold`` number?, ``reason`` str?, ``features`` object?, and the alert's evidence:
-``evidence_signal`` str? (exec, queue, scan, spill, compile), ``evidence_unit`` str? (ms, MB),
+``evidence_signal`` str? (exec, queue, scan, spill, compile; ``exec_persistent`` for a run the
+scoring app's persistence step flags, :mod:`workbench.analysis.persistence`), ``evidence_unit`` str? (ms, MB),
 ``expected_value``, ``observed_value``, ``excess_value`` number?, ``reference`` str? (what the
 expectation was built from). Text longer than :data:`MAX_TEXT_CHARS` is cut (``features["truncated"]``
 names each such field and its full length), so a message always fits one Kafka message.
@@ -25,7 +26,8 @@ message -> lakehouse row: :func:`anomaly_row` (a row of
     ``pred_mean_ms``, ``excess_ms`` = true - pred, ``under_ratio`` = true / max(pred, 1), both
     null without an actual; queue, compile, threshold and the evidence fields go into
     ``features``);
-scored table -> lakehouse rows: :func:`anomaly_rows` (the composition, what production stores).
+scored table -> lakehouse rows: :func:`anomaly_rows` (the composition, what production stores;
+    the scoring app's persistence step writes its flagged runs through it too).
 
 Integers must fit int64 and ``arrival_timestamp`` must be an ISO-8601 time that converts to UTC
 inside years 1-9999; anything else raises :class:`AnomalyContractError` (the sink dead-letters it).

@@ -107,7 +107,8 @@ def run_demo(settings: Settings, *, days: int = 4, instances: int = 16, seed: in
             logger.warning("the pipeline had not drained after %.0f s: %s", timeout, status)
         elif status.waiting_for_model:  # a log of one day: no later day finishes it
             workbench.train_waiting_days()
-        _wait_until_settled(demo, workbench, timeout=300)
+        _wait_until_settled(demo, workbench, timeout=300,
+                            settled_through=last_day - dt.timedelta(days=1) if last_day > first_day else None)
         timings["pipeline"] = time.monotonic() - mark
         scored = _scored_events(demo)
     finally:
@@ -199,9 +200,27 @@ def _scored_events(settings: Settings) -> int | None:
     return table.num_rows - table.column("model_version").null_count
 
 
-def _wait_until_settled(settings: Settings, workbench: Workbench, timeout: float) -> None:
+def _judged_through(settings: Settings, day: dt.date | None) -> bool:
+    """Whether the scoring app stored the residual windows of ``day`` (its deferred step is done with it)."""
+    if day is None:
+        return True
+    from workbench.store.window_stats import WindowStatsStore
+
+    try:
+        with WindowStatsStore.from_settings(settings, read_only=True) as store:
+            newest = store.newest_residual_window()
+    except Exception as exc:  # not created yet: not done
+        logger.debug("residual windows unavailable: %s", exc)
+        return False
+    return newest is not None and newest.date() >= day
+
+
+def _wait_until_settled(settings: Settings, workbench: Workbench, timeout: float,
+                        settled_through: dt.date | None = None) -> None:
     """Wait until the trainings the scoring app scheduled are done, every event is scored (those
-    that came before a model retroactively) and every anomaly has reached the lakehouse."""
+    that came before a model retroactively), every anomaly has reached the lakehouse and the
+    scoring app's deferred step has judged every settled day through ``settled_through`` (its
+    persistent runs are anomalies too: stopping before it would make the count depend on timing)."""
     import orjson
 
     from workbench.ml.registry import ModelRegistry
@@ -218,7 +237,8 @@ def _wait_until_settled(settings: Settings, workbench: Workbench, timeout: float
         unscored = [day for path in unscored_files if path.exists()
                     for day in orjson.loads(path.read_bytes()).get("days", [])]
         waiting_for_rescore = bool(unscored) and ModelRegistry(settings.models_dir).current() is not None
-        if not training and not waiting_for_rescore and workbench.status().drained:
+        if (not training and not waiting_for_rescore and _judged_through(settings, settled_through)
+                and workbench.status().drained):
             return
         time.sleep(1.0)
     logger.warning("the pipeline had not settled after %.0f s; stopping anyway", timeout)

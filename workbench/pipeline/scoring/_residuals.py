@@ -9,6 +9,14 @@ the instance's earlier stored windows and writes the flagged ones into the lakeh
 ``window_residuals``. So a stored day is a judged day, and a crash in between only judges the day
 again (both writes are insert-if-absent: no duplicates).
 
+The same pass flags the day's runs that complete a streak of elevated runs of their statement (a
+plan that stays slow for the rest of the day: :mod:`workbench.analysis.persistence`) and writes them,
+through the anomaly contract (:func:`workbench.pipeline.contracts.anomaly_rows`), into the
+lakehouse's ``anomalies`` with the per-query alerts (key ``(instance_id, query_id, model_version)``,
+insert-if-absent), also before the day is stored. Persistence needs a statement's earlier runs; here
+they are the settled day's shards, so the scoring loop keeps no per-statement state and nothing has
+to be rebuilt after a restart or a rebalance.
+
 Deterministic at any replay speed and after any restart:
 
 * Days are processed in order, and a day only once *every* executed row of it is scored: a day
@@ -54,7 +62,8 @@ class ResidualWindowsStep:
     settings : Settings
         ``shards_dir`` (the scored rows), the window-stats store (``window_residuals``) and the lakehouse.
     status : AppStatus
-        Counters ``residual_windows`` (windows stored) and ``window_anomalies`` (flagged windows inserted).
+        Counters ``residual_windows`` (windows stored), ``window_anomalies`` (flagged windows inserted)
+        and ``persistent_anomalies`` (flagged runs inserted).
     retry_s : float
         Least seconds between two attempts while a day waits for its rows to be scored.
     waiting_days : callable, optional
@@ -63,19 +72,22 @@ class ResidualWindowsStep:
     """
 
     def __init__(self, settings: Any, status: AppStatus, *, params: Any = None, retry_s: float = 2.0,
-                 waiting_days: Callable[[], set[str]] | None = None) -> None:
+                 waiting_days: Callable[[], set[str]] | None = None, persistence: Any = None) -> None:
         from workbench.analysis.collective import CollectiveParams
+        from workbench.analysis.persistence import PersistenceParams
 
         self.settings = settings
         self.waiting_days = waiting_days
         self.status = status
         self.params = params or CollectiveParams()
+        self.persistence = persistence or PersistenceParams()
         self.retry_s = retry_s
         self.done_through: dt.date | None = None  # the last day stored (None: read it from the store)
         self.pending: dt.date | None = None  # a settled day waiting for its rows to be scored
         self.last_try = 0.0  # monotonic start of the last pass
         self._features: dict[str, Any] = {}  # version -> FeatureBuilder (a day's rows share one or two)
-        for name in ("residual_windows", "window_anomalies"):
+        self._scales: dict[str, tuple[float, float]] = {}  # version -> its detector's runtime spread clip
+        for name in ("residual_windows", "window_anomalies", "persistent_anomalies"):
             status.counters.setdefault(name, 0)  # the maintenance thread never inserts keys
 
     def due(self) -> bool:
@@ -107,6 +119,7 @@ class ResidualWindowsStep:
 
     def _day(self, store: Any, day: dt.date) -> bool:
         """Judge and store one day; False when some of its executed rows are not scored yet."""
+        from workbench.analysis.persistence import PERSISTENCE_COLUMNS
         from workbench.analysis.residual_windows import residual_windows
         from workbench.ml.features import REFERENCE_SOURCE_COLUMNS
         from workbench.store.lakehouse import AnomalyLakehouse
@@ -117,20 +130,50 @@ class ResidualWindowsStep:
             return False
         # Only the columns the windows and the evidence source need: a waiting day is read again
         # every few seconds, and a whole day with every column cost the scoring process ~0.5 GB.
-        columns = list(dict.fromkeys(_WINDOW_COLUMNS + REFERENCE_SOURCE_COLUMNS))
+        columns = list(dict.fromkeys(_WINDOW_COLUMNS + REFERENCE_SOURCE_COLUMNS + PERSISTENCE_COLUMNS))
         rows = read_shards(self.settings.shards_dir, [day], columns=columns)
         unscored = int(residual_windows(rows)["unscored_queries"].sum())
         if unscored:
             logger.info("residual windows of %s wait for %d unscored rows", day, unscored)
             return False
-        windows = residual_windows(rows, known=self._known(rows)).drop(columns="unscored_queries")
+        known = self._known(rows)
+        windows = residual_windows(rows, known=known).drop(columns="unscored_queries")
         flagged = self.judge_day(store, day, windows)
-        if flagged.num_rows:
+        persistent = self.persistent_day(day, rows, known)
+        if flagged.num_rows or persistent.num_rows:
             with AnomalyLakehouse.from_settings(self.settings) as lake:
                 self.status.add("window_anomalies", lake.write_window_anomalies(flagged))
+                self.status.add("persistent_anomalies", lake.write(persistent))
         self.status.add("residual_windows", store.insert_residuals(windows))
-        logger.info("residual windows of %s: %d stored, %d flagged", day, len(windows), flagged.num_rows)
+        logger.info("residual windows of %s: %d stored, %d flagged; %d runs of persistently slower statements",
+                    day, len(windows), flagged.num_rows, persistent.num_rows)
         return True
+
+    def persistent_day(self, day: dt.date, rows: pa.Table, known: np.ndarray) -> pa.Table:
+        """The lakehouse ``anomalies`` rows of ``day``'s runs that complete a streak of slower runs.
+
+        :func:`~workbench.analysis.persistence.persistent_runs` over the whole scored day, each row's
+        spread clipped as its version's detector clips it; the flagged runs' shard rows (read again,
+        only when there are any) become alerts through the anomaly contract, with their evidence.
+        """
+        from workbench.analysis.persistence import persistent_runs
+        from workbench.pipeline.contracts import ANOMALY_FIELDS, FEATURE_COLUMNS, anomaly_rows
+        from workbench.store.shards import SHARD_SCHEMA, read_shards
+
+        found = persistent_runs(rows, known, self.persistence, self._scales)
+        if found.empty:
+            return anomaly_rows(pa.table({"is_anomaly": pa.array([], pa.bool_())}))
+        evidence = evidence_columns(found, self.persistence)
+        # Only the columns the contract copies (not every shard column: a whole day of them costs ~0.5 GB);
+        # once per settled day, after every row is scored.
+        wanted = [c for c in dict.fromkeys((*ANOMALY_FIELDS, *FEATURE_COLUMNS))
+                  if c in SHARD_SCHEMA.names and c not in evidence]
+        shard_rows = read_shards(self.settings.shards_dir, [day], columns=wanted)
+        keys = pa.table({"instance_id": pa.array(found["instance_id"], pa.int64()),
+                         "query_id": pa.array(found["query_id"], pa.int64()), **evidence})
+        flagged = shard_rows.join(keys, ["instance_id", "query_id"], join_type="inner")
+        return anomaly_rows(flagged.sort_by([("arrival_timestamp", "ascending"), ("instance_id", "ascending"),
+                                             ("query_id", "ascending")]), thresholds=lambda _version: 1.0)
 
     def judge_day(self, store: Any, day: dt.date, windows: pd.DataFrame) -> pa.Table:
         """The flagged residual windows of ``day`` (its ``windows``), judged against the stored earlier days.
@@ -164,7 +207,38 @@ class ResidualWindowsStep:
             mask = pc.fill_null(pc.equal(versions, version), False)
             features = self._features.get(version)
             if features is None:
-                features = self._features[version] = load_features(ModelRegistry(self.settings.models_dir),
-                                                                   version)[1]
+                meta, features = load_features(ModelRegistry(self.settings.models_dir), version)
+                self._features[version] = features
+                clip = meta["detector"]["params"]  # the spread clip of the version's runtime residual
+                self._scales[version] = (float(clip["min_scale"]), float(clip["max_scale"]))
             known[mask.to_numpy(zero_copy_only=False)] = features.reference_source(rows.filter(mask)) == 0
         return known
+
+
+def evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Array]:
+    """The scored columns the anomaly contract reads, for the runs that
+    :func:`~workbench.analysis.persistence.persistent_runs` flagged.
+
+    The evidence is the run's own runtime against its version's expectation; the reference says
+    what makes it an alert: the streak of the statement's runs that day.
+    """
+    from workbench.analysis.persistence import PERSISTENCE_REASON, PERSISTENCE_SIGNAL
+
+    n = len(found)
+    starts = pd.to_datetime(found["streak_start"], utc=True).dt.strftime("%H:%M:%S UTC")
+    reference = [f"model+fingerprint history; run {s} of a streak of this statement's runs today each at least "
+                 f"{params.bar:.2f} spreads and {params.floor_ms / 1000:g} s slower than expected (since {t}); the "
+                 f"least of the last {params.runs}: {least:.2f} spreads"
+                 for s, t, least in zip(found["streak"], starts, found["least_spreads"], strict=True)]
+    return {
+        "is_anomaly": pa.array(np.ones(n, dtype=bool)),
+        "score": pa.array(found["least_spreads"].to_numpy() / params.bar, pa.float64()),
+        "reason": pa.array([PERSISTENCE_REASON] * n, pa.string()),
+        "exec_ratio": pa.array(found["observed_ms"].to_numpy() / np.maximum(found["expected_ms"].to_numpy(), 1.0)),
+        "evidence_signal": pa.array([PERSISTENCE_SIGNAL] * n, pa.string()),
+        "evidence_unit": pa.array(["ms"] * n, pa.string()),
+        "expected_value": pa.array(found["expected_ms"].to_numpy(), pa.float64()),
+        "observed_value": pa.array(found["observed_ms"].to_numpy(), pa.float64()),
+        "excess_value": pa.array(found["excess_ms"].to_numpy(), pa.float64()),
+        "reference": pa.array(reference, pa.string()),
+    }

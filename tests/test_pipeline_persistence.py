@@ -1,0 +1,102 @@
+"""The scoring app flags the runs of a statement whose plan stays slow for the rest of a day, once.
+
+Real components: a generated log in which one known statement runs 4x its usual time from noon of
+its second day on, a model trained on the first day, the replay into a real broker, the scoring app
+(its maintenance thread judges each settled day's shards and writes the flagged runs into the
+lakehouse's ``anomalies`` through the anomaly contract), then the same events consumed again after
+the day's stored residual windows were lost (a crash before the day was marked done).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from workbench.analysis.persistence import PERSISTENCE_REASON, PERSISTENCE_SIGNAL
+from workbench.broker import ensure_topics
+from workbench.config import Settings
+from workbench.data.generator import generate
+from workbench.ml._train import train_day
+from workbench.pipeline.scoring import run_scoring
+from workbench.replay import Replay
+from workbench.store.lakehouse import AnomalyLakehouse
+from workbench.store.shards import read_shards
+
+D1, D2 = dt.date(2024, 3, 4), dt.date(2024, 3, 5)  # the generator's default first days
+SLOW_FROM = dt.datetime(2024, 3, 5, 12, tzinfo=dt.UTC)
+
+
+def _regressed_log(path: Path) -> tuple[str, list[int]]:
+    """Three days of two instances; one known statement (>= 1 s, >= 20 runs on day 1, 20-60 on day 2)
+    runs 4x its day-1 median from noon of day 2 to the day's end. Returns its fingerprint and its
+    slowed runs' query ids in arrival order."""
+    generate(path, days=3, instances=2, seed=5, rows_per_day=15_000)
+    table = pq.read_table(path)
+    frame = table.select(["instance_id", "feature_fingerprint", "arrival_timestamp", "query_id",
+                          "execution_duration_ms"]).to_pandas()
+    frame["day"] = frame["arrival_timestamp"].dt.date
+    runs = frame.groupby(["instance_id", "feature_fingerprint", "day"])["execution_duration_ms"].agg(["size", "median"])
+    first, second = runs.xs(D1, level="day"), runs.xs(D2, level="day")
+    both = first.add_suffix("_1").join(second.add_suffix("_2"), how="inner")
+    both = both[(both["size_1"] >= 20) & both["size_2"].between(20, 60) & (both["median_1"] >= 1_000)]
+    instance, fingerprint = both.sort_values(["size_1", "size_2"], ascending=False).index[0]
+    slowed = ((frame["instance_id"] == instance) & (frame["feature_fingerprint"] == fingerprint)
+              & (frame["arrival_timestamp"] >= pd.Timestamp(SLOW_FROM)) & (frame["day"] == D2)).to_numpy()
+    runtime = frame["execution_duration_ms"].to_numpy().copy()
+    runtime[slowed] = int(4 * both.loc[(instance, fingerprint), "median_1"])
+    at = table.schema.get_field_index("execution_duration_ms")
+    table = table.set_column(at, table.schema.field(at), pa.array(runtime, table.schema.field(at).type))
+    pq.write_table(table, path)
+    return fingerprint, frame[slowed].sort_values(["arrival_timestamp", "query_id"])["query_id"].astype(int).tolist()
+
+
+def _persistent(settings: Settings) -> list[dict]:
+    with AnomalyLakehouse.from_settings(settings) as lake:
+        rows = lake.read().to_pylist()
+    return sorted((r for r in rows if r["reason"] == PERSISTENCE_REASON), key=lambda r: (r["arrival_timestamp"],
+                                                                                          r["query_id"]))
+
+
+def test_a_statement_whose_plan_stays_slow_is_flagged_on_its_later_runs_once(kafka_settings: Settings,
+                                                                               tmp_path: Path) -> None:
+    settings = kafka_settings
+    ensure_topics(settings)
+    log = tmp_path / "regressed.parquet"
+    fingerprint, slowed = _regressed_log(log)
+    train_day(settings, D1, window_days=1, data=log)  # the regression is on day 2: the model never saw it
+    Replay(log, settings=settings, speedup=0, pack=100).run()
+    first = run_scoring(settings, idle_exit=3, timeout=120, train=False, batch_rows=8192, batch_seconds=0.5)
+    shards = read_shards(settings.shards_dir, [D2], columns=["query_id", "is_anomaly"])
+    alerted = set(np.asarray(shards["query_id"])[np.asarray(shards["is_anomaly"].fill_null(False))].tolist())
+    every = _persistent(settings)
+    flagged = [r for r in every if orjson.loads(r["features"])["feature_fingerprint"] == fingerprint]
+    # the statement's 4th slowed run on, but those the per-query detector already alerted on (their own row)
+    expected = [q for q in slowed[3:] if q not in alerted]
+    assert len(expected) >= 10
+    assert [r["query_id"] for r in flagged] == expected
+    # ordinary traffic: other statements' streaks are rare (3 runs of the two days' 30k at the bar of 1.35
+    # spreads when this test was written; the bar is a tenth of the detector's alert rate, nominally)
+    assert len(every) - len(flagged) <= 3
+    assert first["persistent_anomalies"] == len(every)
+    evidence = orjson.loads(flagged[0]["features"])
+    assert evidence["evidence_signal"] == PERSISTENCE_SIGNAL and evidence["evidence_unit"] == "ms"
+    assert evidence["observed_value"] == flagged[0]["true_ms"] and evidence["expected_value"] == flagged[0]["pred_ms"]
+    assert re.search(r"run \d+ of a streak .* \(since 1\d:\d\d:\d\d UTC\)", evidence["reference"])
+    assert flagged[0]["true_ms"] > 2 * flagged[0]["pred_ms"]
+    # A crash after day 2's flags were written but before its windows were stored; every event comes again.
+    with sqlite3.connect(settings.sqlite_path) as con:
+        con.execute("DELETE FROM window_residuals WHERE window_start >= ?",
+                    (int(dt.datetime(2024, 3, 5, tzinfo=dt.UTC).timestamp() * 1000),))
+    again = run_scoring(settings, idle_exit=3, timeout=120, train=False, batch_rows=8192, batch_seconds=0.5,
+                        group="scoring-again")
+    assert again["persistent_anomalies"] == 0  # judged again, nothing new inserted
+    assert [(r["query_id"], r["model_version"], r["features"]) for r in _persistent(settings)] == [
+        (r["query_id"], r["model_version"], r["features"]) for r in every]

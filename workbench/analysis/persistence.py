@@ -1,0 +1,185 @@
+"""A statement that stays slower: runs that complete a streak of elevated runs of one statement in a day.
+
+A plan that regresses and stays regressed makes every later run of a known statement 2-3x slower
+for the rest of the day. One such run is within the statement's run-to-run spread (on the probe day
+1 % of normal runs with their own history are 2.4 or more spreads above their expectation), so no
+per-run score catches it without alerting on ordinary spread. What sets it apart is persistence:
+ordinary spread does not repeat run after run.
+
+:func:`persistent_runs` reads a day of scored rows (the shard schema) and, per statement
+(``instance_id``, ``feature_fingerprint``) in arrival order, counts the consecutive *elevated* runs:
+
+* judged runs only: executed (not a result-cache hit, not aborted, a positive execution time),
+  scored, and with an expectation that rests on the statement's own history (``known``, the
+  detector's evidence source ``fingerprint``: a never-seen statement's expectation is a prior, and
+  its residual says what the model does not know). Other runs of the statement are skipped: a
+  cache hit or an abort says nothing about the plan, and neither breaks nor extends a streak;
+* elevated: the detector's own runtime residual ``z = (log1p(exec) - log1p(pred_mean)) / s``
+  (``s`` the version's spread, ``(log q90 - log mean) / 1.2816`` clipped to its
+  ``[min_scale, max_scale]``, as :meth:`workbench.ml.detector.ResidualDetector.residuals`) is at
+  least ``bar`` *and* the run's excess over its expectation is at least the detector's runtime
+  floor (1 s: below it a query never alerts, however large the relative deviation).
+
+A run is flagged when it completes a streak of at least ``runs`` elevated runs: the first
+``runs - 1`` runs after a change cannot be told from spread yet; every later run of the streak is
+flagged. Streaks end at the day's end (the step judges one settled day). Rows the per-query
+detector already alerted on are not flagged again (they have their alert and its evidence).
+
+The constants (:class:`PersistenceParams`; ``benchmarks/detection.py`` and ``benchmarks/probes.py``
+measure them, see docs/detector-notes.md): the bar follows from a nominal false rate (a tenth of the
+detector's ``alert_rate``: ``runs`` independent runs of ordinary spread all clear it once in 20,000),
+1.38 spreads for ``runs = 4``. Nothing here
+knows about any generator or probe kind: it is a function of the rows and the version's spread only,
+so the same day gives the same flags at any replay speed and after any restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["PERSISTENCE_COLUMNS", "PERSISTENCE_REASON", "PERSISTENCE_SIGNAL", "PersistenceParams",
+           "persistent_runs"]
+
+#: The evidence signal of a flagged run (the per-query detector's are exec, queue, scan, spill, compile).
+PERSISTENCE_SIGNAL = "exec_persistent"
+#: The alert's reason.
+PERSISTENCE_REASON = "persistent_slowdown"
+#: Shard columns :func:`persistent_runs` reads.
+PERSISTENCE_COLUMNS = ("instance_id", "query_id", "feature_fingerprint", "arrival_timestamp",
+                       "execution_duration_ms", "was_cached", "was_aborted", "pred_mean_ms", "pred_q_ms",
+                       "model_version", "is_anomaly")
+_Z90 = 1.2815515655446004  # the standard normal 0.9 quantile: the upper regressor's quantile
+
+
+@dataclass(frozen=True)
+class PersistenceParams:
+    """Constants of :func:`persistent_runs`.
+
+    ``runs``: consecutive elevated runs a flag needs. ``false_rate``: the chance, were a statement's
+    runs independent draws of its expected spread (the residual standard normal), that ``runs``
+    runs in a row are all at least :attr:`bar` spreads slow; the bar follows from it. Default a tenth
+    of the detector's ``alert_rate`` (5 per 10k; its realised rate on a new day runs up to twice
+    that, close to the product's budget of 10 per 10k, so persistence gets what is left: 0.5).
+    ``floor_ms``: the least excess of each run over its expectation (the detector's runtime floor).
+    ``min_scale`` / ``max_scale``: the spread's clip for rows whose version does not say (the
+    detector's defaults).
+    """
+
+    runs: int = 4
+    false_rate: float = 0.00005
+    floor_ms: float = 1_000.0
+    min_scale: float = 0.25
+    max_scale: float = 1.0
+
+    @property
+    def bar(self) -> float:
+        """The least residual of each run, in spreads: ``P(Z >= bar) ** runs = false_rate`` (1.38 for 4 runs)."""
+        return NormalDist().inv_cdf(1.0 - self.false_rate ** (1.0 / self.runs))
+
+
+def _flag(table: pa.Table, name: str) -> np.ndarray:
+    if name not in table.column_names:
+        return np.zeros(table.num_rows, dtype=bool)
+    return pc.fill_null(table.column(name), False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _numbers(table: pa.Table, name: str) -> np.ndarray:
+    return pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(float)
+
+
+def persistent_runs(rows: pa.Table, known: np.ndarray | None = None, params: PersistenceParams | None = None,
+                    scales: Mapping[str, tuple[float, float]] | None = None) -> pd.DataFrame:
+    """The runs of ``rows`` that complete a streak of ``params.runs`` elevated runs of their statement.
+
+    Parameters
+    ----------
+    rows : pyarrow.Table
+        One day of scored query rows (the shard schema; :data:`PERSISTENCE_COLUMNS`, ``is_anomaly``
+        optional).
+    known : ndarray of bool, optional
+        Per row: the version's expectation rests on the statement's own history. None: every row.
+    params : PersistenceParams, optional
+        The constants (defaults: 4 runs, 1.38 spreads (from a nominal false rate of 5e-5), 1 s).
+    scales : mapping, optional
+        ``model_version -> (min_scale, max_scale)`` of each version's detector; other versions use
+        ``params``' clip.
+
+    Returns
+    -------
+    DataFrame
+        One row per flagged run, in arrival order: ``row`` (position in ``rows``), ``instance_id``,
+        ``query_id``, ``model_version``, ``expected_ms`` (the version's mean expectation),
+        ``observed_ms``, ``excess_ms``, ``spreads`` (the run's residual in spreads), ``streak``
+        (elevated runs so far, this one included), ``least_spreads`` (the smallest residual of the
+        last ``runs`` of them) and ``streak_start`` (the arrival time of the streak's first run).
+    """
+    params = params or PersistenceParams()
+    columns = {"row": "int64", "instance_id": "int64", "query_id": "int64", "model_version": "object",
+               "expected_ms": "float64", "observed_ms": "float64", "excess_ms": "float64", "spreads": "float64",
+               "streak": "int64", "least_spreads": "float64", "streak_start": "datetime64[ms, UTC]"}
+    empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()})
+    if rows.num_rows == 0:
+        return empty
+    known = np.ones(rows.num_rows, dtype=bool) if known is None else np.asarray(known, dtype=bool)
+    exec_ms = np.nan_to_num(_numbers(rows, "execution_duration_ms"), nan=0.0)
+    pred = _numbers(rows, "pred_mean_ms")
+    pred_q = _numbers(rows, "pred_q_ms")
+    versions = rows.column("model_version").to_numpy(zero_copy_only=False)
+    scored = pc.is_valid(rows.column("model_version")).to_numpy(zero_copy_only=False) & ~np.isnan(pred)
+    judged = (~_flag(rows, "was_cached") & ~_flag(rows, "was_aborted") & (exec_ms > 0) & scored & known
+              & pc.is_valid(rows.column("feature_fingerprint")).to_numpy(zero_copy_only=False)
+              & pc.is_valid(rows.column("instance_id")).to_numpy(zero_copy_only=False)
+              & pc.is_valid(rows.column("arrival_timestamp")).to_numpy(zero_copy_only=False))
+    if not judged.any():
+        return empty
+    idx = np.flatnonzero(judged)
+    lo = np.full(len(idx), params.min_scale)
+    hi = np.full(len(idx), params.max_scale)
+    for version, (v_lo, v_hi) in (scales or {}).items():
+        mine = versions[idx] == version
+        lo[mine], hi[mine] = v_lo, v_hi
+    mean_log = np.log1p(np.clip(pred[idx], 0.0, None))
+    q_log = np.log1p(np.clip(np.nan_to_num(pred_q[idx], nan=0.0), 0.0, None))
+    spread = np.clip((q_log - mean_log) / _Z90, lo, hi)
+    z = (np.log1p(exec_ms[idx]) - mean_log) / spread
+    excess = exec_ms[idx] - pred[idx]
+    # microseconds (the log's resolution; finer is cut, never rounded into another run's place)
+    arrival = pc.cast(rows.column("arrival_timestamp"), pa.timestamp("us", tz="UTC"), safe=False).cast(pa.int64())
+    frame = pd.DataFrame({
+        "row": idx,
+        "instance_id": pc.cast(rows.column("instance_id"), pa.int64()).to_numpy(zero_copy_only=False)[idx],
+        "fingerprint": rows.column("feature_fingerprint").to_numpy(zero_copy_only=False)[idx],
+        "arrival_us": arrival.to_numpy(zero_copy_only=False)[idx],
+        "query_id": pc.cast(rows.column("query_id"), pa.int64()).to_numpy(zero_copy_only=False)[idx],
+        "model_version": versions[idx], "expected_ms": pred[idx], "observed_ms": exec_ms[idx],
+        "excess_ms": excess, "spreads": z,
+        "elevated": (z >= params.bar) & (excess >= params.floor_ms),
+        "alerted": _flag(rows, "is_anomaly")[idx],
+    })
+    # arrival order within each statement; the query id breaks ties, so the order is the log's, not the shards'
+    frame = frame.sort_values(["instance_id", "fingerprint", "arrival_us", "query_id"], kind="stable",
+                              ignore_index=True)
+    statement = frame.groupby(["instance_id", "fingerprint"], sort=False).ngroup().to_numpy()
+    elevated = frame["elevated"].to_numpy()
+    # A streak restarts at every run that is not elevated and at every new statement; an elevated
+    # run's streak is its distance from the block's start (plus one when the block starts elevated).
+    restart = ~elevated | np.r_[True, statement[1:] != statement[:-1]]
+    start = np.maximum.accumulate(np.where(restart, np.arange(len(frame)), 0))
+    streak = np.where(elevated, np.arange(len(frame)) - start + elevated[start].astype(np.int64), 0)
+    frame["streak"] = streak.astype(np.int64)
+    spreads = frame["spreads"].to_numpy()
+    # where streak >= runs, the last ``runs`` positions are all this streak's (no wrap-around)
+    frame["least_spreads"] = np.minimum.reduce([np.roll(spreads, j) for j in range(params.runs)])
+    arrival_us = frame["arrival_us"].to_numpy()
+    frame["streak_start"] = pd.to_datetime(arrival_us[np.arange(len(frame)) - np.maximum(streak - 1, 0)],
+                                           unit="us", utc=True)
+    out = frame[(frame["streak"] >= params.runs) & ~frame["alerted"]]
+    out = out.sort_values(["arrival_us", "instance_id", "query_id"], kind="stable", ignore_index=True)
+    return out[list(columns)].astype({"streak_start": "datetime64[ms, UTC]"})
