@@ -238,3 +238,51 @@ def test_the_window_label_sidecar_is_read_once_per_evaluation(demo: tuple[Settin
     passed = window_metrics(foreign, day, window_kinds=["queue_wave"], sidecar=read(foreign))
     assert passed == window_metrics(foreign, day, window_kinds=["queue_wave"])
     assert passed == {k: v for k, v in metrics.items() if k.startswith(("window", "false windows"))}
+
+
+def test_evaluate_counts_the_runs_the_persistence_step_flags(demo: tuple[Settings, Path], tmp_path: Path) -> None:
+    """`workbench evaluate` counts the alerts the pipeline raises: a statement the model knows, 4x slower
+    from noon on the evaluation day, is flagged by the persistence step from its 4th slowed run on, and
+    those runs are alerts of the evaluation too (before, they were misses there while the lakehouse
+    held them)."""
+    from workbench.ml.evaluate import persistent_alerts
+    from workbench.ml.scorer import LoadedModel
+
+    settings, data = demo
+    day = dt.date(2024, 3, 6)
+    registry = ModelRegistry(settings.models_dir)
+    model = LoadedModel.load(registry, registry.current())
+    table = pq.read_table(data)
+    ts = pd.to_datetime(table.column("arrival_timestamp").to_numpy(zero_copy_only=False), utc=True)
+    inst = table.column("instance_id").to_numpy(zero_copy_only=False)
+    fp = np.asarray(table.column("feature_fingerprint").to_pylist(), dtype=object)
+    exec_ms = table.column("execution_duration_ms").to_pandas().fillna(0).to_numpy()
+    normal = ~table.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool)
+    executed = normal & ~table.column("was_cached").to_numpy(zero_copy_only=False).astype(bool) & (exec_ms >= 1_000)
+    known = model.features.reference_source(table) == 0
+    later = (ts >= pd.Timestamp("2024-03-06 12:00", tz="UTC")) & (ts < pd.Timestamp("2024-03-07", tz="UTC"))
+    pick = later & executed & known
+    runs = pd.Series(inst[pick]).groupby([inst[pick], fp[pick]]).size()
+    statement = runs[runs >= 8].sort_values(kind="stable").index[0]  # a known statement with a handful of runs
+    slowed = pick & (inst == statement[0]) & (fp == statement[1])
+    kinds = np.asarray(table.column("label_kind").to_pylist(), dtype=object)
+    kinds[slowed] = "stays_slow"
+    for name, values in (("execution_duration_ms", pa.array(np.where(slowed, exec_ms * 4, exec_ms).astype(np.int64))),
+                         ("label_kind", pa.array(kinds, pa.string())),
+                         ("label_anomaly", pa.array(~normal | slowed))):
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, name, values.cast(table.schema.field(name).type))
+    slow_log = tmp_path / "slow.parquet"
+    pq.write_table(table, slow_log)
+
+    metrics = evaluate(settings, day, data=slow_log, store=False)["metrics"]
+    day_rows = table.filter(pa.compute.greater_equal(table.column("arrival_timestamp"), pa.scalar(
+        dt.datetime(2024, 3, 6, tzinfo=dt.UTC), pa.timestamp("us", tz="UTC"))))
+    out = model.predict(day_rows)
+    flags = persistent_alerts(day_rows, out, model)
+    mine = np.asarray(day_rows.column("label_kind").to_pylist(), dtype=object) == "stays_slow"
+    assert flags[mine].sum() >= 1  # the streak is seen...
+    assert metrics["persistent runs"] == flags.sum()
+    # ...and counted: the kind's recall is the detector's alerts together with the flagged runs
+    assert metrics["recall[stays_slow]"] == pytest.approx((out["is_anomaly"] | flags)[mine].mean())
+    assert metrics["recall[stays_slow]"] > out["is_anomaly"][mine].mean()

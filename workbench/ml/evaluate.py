@@ -5,7 +5,9 @@ Metrics (all from :mod:`sklearn.metrics` where one exists):
 ``PR-AUC``
     Average precision of the anomaly score against ``label_anomaly``.
 ``F1``, ``precision``, ``recall``, ``alerts per 10k``
-    Of the detector's own decision (``is_anomaly``).
+    Of the alerts the pipeline raises: the detector's own decision (``is_anomaly``) and the runs
+    the scoring app's persistence step flags a settled day later (:func:`persistent_alerts`;
+    ``persistent runs`` counts them). PR-AUC and the equal-volume figures rank the per-query score.
 ``recall[<kind>]``
     Share of each injected kind that alerts.
 ``F1 @ baseline volume``
@@ -297,6 +299,26 @@ def window_labels_exist(data: Path) -> bool:
     return window_labels_path(data).exists()
 
 
+def persistent_alerts(table: pa.Table, out: dict[str, np.ndarray], model: LoadedModel) -> np.ndarray:
+    """Per row of one scored day: a run the scoring app's persistence step flags
+    (:func:`~workbench.analysis.persistence.persistent_runs`, with the version's spread clip), so
+    the evaluation counts the alerts the pipeline raises, not only the per-query detector's."""
+    from workbench.analysis.persistence import persistent_runs
+
+    scored = table.select([c for c in ("instance_id", "query_id", "feature_fingerprint", "arrival_timestamp",
+                                       "execution_duration_ms", "was_cached", "was_aborted")
+                           if c in table.column_names])
+    scored = (scored.append_column("pred_mean_ms", pa.array(out["pred_mean_ms"], pa.float64()))
+              .append_column("pred_q_ms", pa.array(out["pred_q_ms"], pa.float64()))
+              .append_column("model_version", pa.array([model.version] * table.num_rows, pa.string()))
+              .append_column("is_anomaly", pa.array(np.asarray(out["is_anomaly"], dtype=bool))))
+    known = model.features.reference_source(table) == 0
+    scales = {model.version: (model.detector.min_scale, model.detector.max_scale)}
+    flags = np.zeros(table.num_rows, dtype=bool)
+    flags[persistent_runs(scored, known, scales=scales)["row"].to_numpy()] = True
+    return flags
+
+
 def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data: Path,
              store: bool = True, window_kinds: Sequence[str] = ()) -> dict[str, Any]:
     """Score one labelled day of ``data`` and return the metrics (also stored with the version).
@@ -341,10 +363,13 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
     b_score, b_alert, _ = baseline_decide(inst, exec_ms, out["pred_mean_ms"], out["pred_q_ms"])
     q = ~collective  # per-query metrics: rows of window kinds are neither positives nor negatives
     score, alert = (b_score, b_alert) if use_baseline else (out["score"], out["is_anomaly"])
+    persistent = np.zeros(table.num_rows, dtype=bool) if use_baseline else persistent_alerts(table, out, model)
+    alert = alert | persistent
     metrics = detection_metrics(labels[q], score[q], alert[q], kinds[q])
     for kind in sorted(set(kinds[collective])):
         metrics[f"recall[{kind}] (per query)"] = float(alert[kinds == kind].mean())
     if not use_baseline:
+        metrics["persistent runs"] = float(persistent[q].sum())
         k_base = int(b_alert[q].sum())
         metrics["F1 @ baseline volume"] = top_k_f1(labels[q], out["score"][q], k_base)
         metrics["baseline F1"] = float(f1_score(labels[q], b_alert[q], zero_division=0.0))
