@@ -293,7 +293,9 @@ def test_a_row_that_cannot_be_encoded_goes_to_dead_letters_and_the_rest_flows(
     dead = consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=1)
     assert len(dead) == 1
     assert codec.header(dead[0].headers(), "row") == "100"
-    assert "is outside 1970-01-01 .. 2262-04-10" in codec.header(dead[0].headers(), "reason")
+    reason = codec.header(dead[0].headers(), "reason")
+    assert reason.startswith("timestamp_out_of_range: arrival_timestamp: ")
+    assert "is outside 1970-01-01 .. 2262-04-10" in reason
     assert str(table.column("query_id")[100].as_py()) in dead[0].value().decode()
 
 
@@ -323,7 +325,7 @@ def test_a_row_too_large_for_one_message_is_dead_lettered_and_large_packs_are_sp
         assert all(int(codec.header(m.headers(), "rows")) < 30 for m in messages)
     dead = consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=1)
     assert len(dead) == 1 and codec.header(dead[0].headers(), "row") == "150"
-    assert codec.header(dead[0].headers(), "reason").startswith("row too large for one Kafka message: ")
+    assert codec.header(dead[0].headers(), "reason").startswith("too_large: row too large for one Kafka message: ")
     letter = orjson.loads(dead[0].value())
     assert letter["columns"]["query_id"] == [str(table.column("query_id")[150].as_py())]
     assert letter["truncated_columns"] == {"read_table_ids": f"first 16,384 of {len(ids[150]):,} characters"}

@@ -343,9 +343,10 @@ def test_a_file_with_bad_rows_is_refused_or_replayed_with_the_bad_rows_dead_lett
     dead = consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=3, idle=3)
     reasons = {codec.header(m.headers(), "row"): codec.header(m.headers(), "reason") for m in dead}
     assert reasons == {
-        "10": "instance_id: NULL, but every query needs a value here",
-        "250": "execution_duration_ms: -7 is negative (durations, sizes and counts are >= 0)",
-        "499": "user_id: 18446744073709551615 does not fit a signed 64-bit integer (largest 9223372036854775807)",
+        "10": "null_in_required: instance_id: NULL, but every query needs a value here",
+        "250": "negative_value: execution_duration_ms: -7 is negative (durations, sizes and counts are >= 0)",
+        "499": "int_out_of_range: user_id: 18446744073709551615 does not fit a signed 64-bit integer "
+               "(largest 9223372036854775807)",
     }
     assert all(codec.header(m.headers(), "source") == "replay" for m in dead)
 
@@ -408,7 +409,7 @@ def test_without_validation_a_row_that_cannot_be_converted_is_dead_lettered_not_
     assert len(consume_all(kafka_settings, kafka_settings.topic_query_events, expected=299, idle=2)) == 299
     dead = consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=1, idle=2)
     assert [codec.header(m.headers(), "row") for m in dead] == ["7"]
-    assert codec.header(dead[0].headers(), "reason").startswith("cannot convert row: ")
+    assert codec.header(dead[0].headers(), "reason").startswith("processing_error: cannot convert row: ")
     assert codec.header(dead[0].headers(), "app") == "replay"
 
 

@@ -210,4 +210,4 @@ def test_start_refuses_a_log_with_a_bad_row_unless_asked_to_dead_letter_it(kafka
         wb.stop(kafka=False)
     dead = consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=1, timeout=60)
     assert [dict(m.headers())["reason"].decode() for m in dead] == [
-        "execution_duration_ms: -5 is negative (durations, sizes and counts are >= 0)"]
+        "negative_value: execution_duration_ms: -5 is negative (durations, sizes and counts are >= 0)"]

@@ -194,6 +194,23 @@ class BadRows(NamedTuple):
                 out.setdefault(int(index), f"{finding.column}: {finding.detail(int(index))}")
         return out
 
+    def coded_reasons(self) -> dict[int, str]:
+        """Batch index -> the first problem of that row as a dead letter's ``<code>: column: detail``,
+        the code the apps give the same problem in a message (:class:`~workbench.data.codec.MessageDecodeError`)."""
+        out: dict[int, str] = {}
+        for finding in self.findings:
+            code = _DEAD_LETTER_CODES.get(finding.kind, "invalid_value")
+            for index in finding.rows:
+                out.setdefault(int(index), f"{code}: {finding.column}: {finding.detail(int(index))}")
+        return out
+
+
+#: A row finding's kind -> the dead-letter reason code of the same problem in a message.
+_DEAD_LETTER_CODES = {"not_int64": "int_out_of_range", "negative": "negative_value", "null": "null_in_required",
+                      "time_range": "timestamp_out_of_range", "sub_microsecond": "wrong_type",
+                      "not_whole": "wrong_type", "not_a_number": "invalid_value", "inexact": "invalid_value",
+                      "not_utf8": "invalid_value"}
+
 
 class _Finding(NamedTuple):
     column: str

@@ -578,7 +578,7 @@ class _ReplayRun:
             rows = np.arange(first_row, end_row)
             bad = None if self.rows_checked else find_bad_rows(raw)
             if bad is not None and bad.mask.any():
-                for index, reason in sorted(bad.reasons().items()):
+                for index, reason in sorted(bad.coded_reasons().items()):
                     self._dead_letter(raw.slice(index, 1), int(rows[index]), reason)
                 keep = ~bad.mask
                 rows = rows[keep]
@@ -607,7 +607,7 @@ class _ReplayRun:
                 conform(raw.slice(index, 1), COLUMNS)
             except _ENCODE_ERRORS as exc:
                 keep[index] = False
-                self._dead_letter(raw.slice(index, 1), int(rows[index]), f"cannot convert row: {exc}")
+                self._dead_letter(raw.slice(index, 1), int(rows[index]), f"processing_error: cannot convert row: {exc}")
         return rows[keep], conform(raw.filter(pa.array(keep)), COLUMNS).replace_schema_metadata(None)
 
     # -- sending ---------------------------------------------------------------------------------
@@ -628,12 +628,14 @@ class _ReplayRun:
                         values.extend(encode_each(batch.slice(index, 1)))
                     except _ENCODE_ERRORS as exc:
                         values.append(None)  # type: ignore[arg-type]
-                        self._dead_letter(batch.slice(index, 1), int(rows[index]), f"cannot encode row: {exc}")
+                        self._dead_letter(batch.slice(index, 1), int(rows[index]),
+                                          f"processing_error: cannot encode row: {exc}")
             if max(map(len, filter(None, values)), default=0) > MAX_VALUE_BYTES:
                 for index, value in enumerate(values):
                     if value is not None and len(value) > MAX_VALUE_BYTES:
                         values[index] = None  # type: ignore[call-overload]
-                        self._dead_letter(batch.slice(index, 1), int(rows[index]), _too_large(len(value)))
+                        self._dead_letter(batch.slice(index, 1), int(rows[index]),
+                                          f"too_large: {_too_large(len(value))}")
             headers = codec.message_headers(encoding.name, 1)
             # Python ints and one key object per instance: numpy scalars and a str() per message
             # cost more than the tuple itself.
@@ -674,13 +676,13 @@ class _ReplayRun:
             value = encode(piece)
         except _ENCODE_ERRORS as exc:
             if count == 1:
-                self._dead_letter(piece, file_row(first), f"cannot encode rows: {exc}")
+                self._dead_letter(piece, file_row(first), f"processing_error: cannot encode rows: {exc}")
                 return
             value = None
         if value is not None and len(value) <= MAX_VALUE_BYTES:
             yield first, count, value
         elif count == 1:
-            self._dead_letter(piece, file_row(first), _too_large(len(value)))
+            self._dead_letter(piece, file_row(first), f"too_large: {_too_large(len(value))}")
         else:
             half = count // 2
             yield from self._fitting(batch, first, half, encode, file_row)
