@@ -460,6 +460,17 @@ def test_tiny_row_groups_give_the_same_lines_and_a_damaged_one_is_named(good: pa
     assert [line.split(":")[0] for line in lines] == ["row 5, num_scans", "row 7, num_joins",
                                                       "row 11, arrival_timestamp"]
     assert lines[0].startswith("row 5, num_scans: rows 5..5 (row group 5) cannot be decoded: ")
+    # the reader's own message ends its sentence; ours went on after it ("Corrupt snappy compressed data..")
+    damaged = tmp_path / "damaged.parquet"
+    pq.write_table(good.slice(0, 40), damaged, compression="snappy", use_dictionary=False)
+    chunk = pq.ParquetFile(damaged).metadata.row_group(0).column(good.schema.get_field_index("num_scans"))
+    data = bytearray(damaged.read_bytes())
+    end = chunk.data_page_offset + chunk.total_compressed_size
+    data[end - 16:end - 12] = b"\xff" * 4
+    damaged.write_bytes(bytes(data))
+    report = check(damaged)
+    assert "cannot be decoded: Corrupt snappy compressed data" in report.lines()[0]
+    assert "data.." not in str(report.error()) and "data. Run `workbench validate" in str(report.error())
     # the replay would send one row per transaction: a file of very many tiny groups is pointed at prepare
     many = tmp_path / "many.parquet"
     pq.write_table(pa.concat_tables([good] * 26), many, row_group_size=1)

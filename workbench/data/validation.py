@@ -519,7 +519,9 @@ def _unreadable_columns(pf: pq.ParquetFile, group: int, names: Sequence[str]) ->
             for _ in pf.iter_batches(batch_size=65_536, row_groups=[group], columns=[name], use_threads=False):
                 pass
         except (pa.ArrowException, OSError) as exc:
-            broken.append((name, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__))
+            # without its closing period: the message that quotes it ends the sentence ("data.." before)
+            broken.append((name, str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip()
+                           else type(exc).__name__))
     return broken or [(names[0], "the row group cannot be read")]
 
 
