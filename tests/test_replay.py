@@ -365,3 +365,23 @@ def test_replay_command_names_a_bad_file_before_waiting_for_the_broker(tmp_path:
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and said in done.stderr and str(log.name) in done.stderr, done.stderr
         assert "Kafka" not in done.stderr, done.stderr
+
+
+def test_a_refused_log_shows_no_progress_bar_before_its_error(kafka_settings: Settings, tmp_path: Path) -> None:
+    """`workbench replay` drew an empty "0.00rows" bar, then refused the file (its rows are checked once
+    the broker answers): the bar now appears with the replay's first progress, and a good log shows it."""
+    log = make_log(tmp_path / "log.parquet", rows=300)
+    table = pq.read_table(log)
+    bad = tmp_path / "bad.parquet"
+    durations = table.column("execution_duration_ms").to_pylist()
+    durations[7] = -1
+    pq.write_table(table.set_column(table.schema.get_field_index("execution_duration_ms"), "execution_duration_ms",
+                                    pa.array(durations, table.schema.field("execution_duration_ms").type)), bad)
+    env = {**os.environ, **kafka_settings.to_env()}
+    refused = subprocess.run([sys.executable, "-m", "workbench.cli", "replay", str(bad), "--speedup", "0"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "row 7, execution_duration_ms" in refused.stderr, refused.stderr
+    assert "rows [" not in refused.stderr and "rows/s" not in refused.stderr, refused.stderr
+    done = subprocess.run([sys.executable, "-m", "workbench.cli", "replay", str(log), "--speedup", "0"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "300/300" in done.stderr, done.stderr

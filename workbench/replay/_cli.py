@@ -32,9 +32,13 @@ def _replay(args: argparse.Namespace) -> int:
                     commands_since=args.commands_since)
     check_log_columns(replay.data)
     ensure_broker(settings)
-    bar = tqdm(total=0, unit="rows", unit_scale=True, dynamic_ncols=True, disable=args.quiet, file=sys.stderr)
+    bars: list[tqdm] = []  # made at the first progress: a log the replay refuses shows no empty bar first
 
     def progress(status: ReplayStatus) -> None:
+        if not bars:
+            bars.append(tqdm(total=0, unit="rows", unit_scale=True, dynamic_ncols=True, disable=args.quiet,
+                             file=sys.stderr))
+        bar = bars[0]
         if bar.total != status.rows_total:
             bar.total = status.rows_total
         bar.n = status.next_row
@@ -48,8 +52,11 @@ def _replay(args: argparse.Namespace) -> int:
     # SIGTERM/SIGINT ask for a clean stop: the current batch commits, the position is saved.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: replay.stop())
-    status = replay.run(timeout=args.timeout, progress=progress)
-    bar.close()
+    try:
+        status = replay.run(timeout=args.timeout, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
     print(status)
     return 0 if status.state in ("finished", "stopped") else 1
 
