@@ -161,3 +161,29 @@ def test_a_folder_out_of_order_across_files_is_refused(kafka_settings: Settings,
     (folder / "b.parquet").unlink()
     with pytest.raises(DataValidationError, match="holds no .parquet files"):
         validate_log(folder)
+
+
+def test_a_folder_with_an_empty_day_file_is_read_without_it_and_says_so(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A per-day export with a day of no queries (a zero-row file) was refused whole ("has no rows");
+    the empty file is now skipped with a warning naming it, everywhere a folder is read. A folder of
+    only empty files is still refused, naming the file."""
+    from workbench.cli import main
+
+    log = pq.read_table(make_log(tmp_path / "log.parquet", rows=600))
+    days = tmp_path / "days"
+    days.mkdir()
+    pq.write_table(log.slice(0, 300), days / "2024-03-04.parquet")
+    pq.write_table(log.slice(0, 0), days / "2024-03-05.parquet")  # a day without queries
+    pq.write_table(log.slice(300), days / "2024-03-06.parquet")
+    with caplog.at_level("WARNING", logger="workbench.replay._source"):
+        summary = validate_log(days)
+    assert summary.rows == 600
+    assert "1 file(s) without rows skipped: 2024-03-05.parquet" in caplog.text
+    assert LogFile(days).num_rows == 600
+    assert main(["--home", str(tmp_path / "home"), "validate", str(days)]) == 0
+    only_empty = tmp_path / "empty"
+    only_empty.mkdir()
+    pq.write_table(log.slice(0, 0), only_empty / "2024-03-05.parquet")
+    with pytest.raises(DataValidationError, match="2024-03-05.parquet' has no rows"):
+        validate_log(only_empty)

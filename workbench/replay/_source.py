@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+import logging
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,8 @@ import pyarrow.compute as pc
 
 from workbench.data.exceptions import DataValidationError
 from workbench.data.schema import COLUMNS, REDSET_SCHEMA, LogSummary, batches_by_row_group, open_parquet, validate
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LogFile", "check_log_columns", "check_order_across_files", "log_parts", "validate_log"]
 
@@ -134,13 +137,19 @@ class _LogPart:
 def log_parts(path: str | os.PathLike[str]) -> list[Path]:
     """The Parquet files of a log: the file itself, or a folder's ``*.parquet`` in name order.
 
-    Names starting with ``.`` or ``_`` (temp and side files) are skipped.
+    Names starting with ``.`` or ``_`` (temp and side files) are skipped, and so are a folder's files
+    of no rows (a day without queries in a per-day export), with a warning naming them; a file
+    alone of no rows is refused by the validation, naming it.
     """
     path = Path(path).expanduser().resolve()
     if not path.is_dir():
         return [path]
     parts = sorted(p for p in path.iterdir()
                    if p.is_file() and p.suffix == ".parquet" and not p.name.startswith((".", "_")))
+    empty = [p for p in parts if _row_count(p) == 0]
+    if empty and len(empty) < len(parts):
+        logger.warning("%s: %d file(s) without rows skipped: %s", path, len(empty), ", ".join(p.name for p in empty))
+        parts = [p for p in parts if p not in empty]
     if not parts:
         nested = next((p for p in path.rglob("*.parquet") if p.is_file()), None)
         where = (f" at its top level (there are some below it, e.g. {str(nested.relative_to(path))!r}: a "
@@ -150,6 +159,14 @@ def log_parts(path: str | os.PathLike[str]) -> list[Path]:
                "`workbench prepare ... --split day`.")
         raise DataValidationError(msg, path=str(path))
     return parts
+
+
+def _row_count(part: Path) -> int | None:
+    """Rows of a Parquet file by its footer; None when it has none to read (the validation names why)."""
+    try:
+        return open_parquet(part).metadata.num_rows
+    except (OSError, pa.ArrowException):
+        return None
 
 
 def check_log_columns(path: str | os.PathLike[str]) -> None:
