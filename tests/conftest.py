@@ -86,3 +86,47 @@ def postgres_db(postgres_server: PostgresServer) -> Iterator[str]:
         yield name
     finally:
         postgres_server.drop_database(name)
+
+
+def _processes_of(home_root: Path) -> list:
+    """Live processes (not this one) whose WORKBENCH_HOME lies under ``home_root``."""
+    import psutil
+
+    root = str(home_root)
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            home = proc.environ().get("WORKBENCH_HOME", "")
+        except (psutil.Error, OSError):
+            continue
+        if home == root or home.startswith(root + os.sep):
+            found.append(proc)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A process a test started under its own ``tmp_path`` and left running is killed, with a warning
+    naming it: it would take CPU from, and join the consumer groups of, the tests after it (a member
+    alive for minutes after its test once made test_scale count three members of a group of two)."""
+    home_root = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if home_root is None:
+        return
+    import warnings
+
+    import psutil
+
+    left = _processes_of(home_root)
+    if not left:
+        return
+    _, alive = psutil.wait_procs(left, timeout=3)  # one that is on its way out is not a leak
+    for proc in alive:
+        try:
+            command = " ".join(proc.cmdline())[:160]
+            proc.kill()
+        except psutil.Error:
+            continue
+        warnings.warn(f"{request.node.nodeid} left pid {proc.pid} running ({command}); killed", stacklevel=1)
