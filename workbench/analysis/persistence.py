@@ -44,6 +44,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from workbench.analysis._columns import flags, numbers
+
 __all__ = ["PERSISTENCE_COLUMNS", "PERSISTENCE_REASON", "PERSISTENCE_SIGNAL", "PersistenceParams",
            "persistent_runs"]
 
@@ -84,14 +86,6 @@ class PersistenceParams:
         return NormalDist().inv_cdf(1.0 - self.false_rate ** (1.0 / self.runs))
 
 
-def _flag(table: pa.Table, name: str) -> np.ndarray:
-    if name not in table.column_names:
-        return np.zeros(table.num_rows, dtype=bool)
-    return pc.fill_null(table.column(name), False).to_numpy(zero_copy_only=False).astype(bool)
-
-
-def _numbers(table: pa.Table, name: str) -> np.ndarray:
-    return pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(float)
 
 
 def persistent_runs(rows: pa.Table, known: np.ndarray | None = None, params: PersistenceParams | None = None,
@@ -128,12 +122,12 @@ def persistent_runs(rows: pa.Table, known: np.ndarray | None = None, params: Per
     if rows.num_rows == 0:
         return empty
     known = np.ones(rows.num_rows, dtype=bool) if known is None else np.asarray(known, dtype=bool)
-    exec_ms = np.nan_to_num(_numbers(rows, "execution_duration_ms"), nan=0.0)
-    pred = _numbers(rows, "pred_mean_ms")
-    pred_q = _numbers(rows, "pred_q_ms")
+    exec_ms = np.nan_to_num(numbers(rows, "execution_duration_ms"), nan=0.0)
+    pred = numbers(rows, "pred_mean_ms")
+    pred_q = numbers(rows, "pred_q_ms")
     versions = rows.column("model_version").to_numpy(zero_copy_only=False)
     scored = pc.is_valid(rows.column("model_version")).to_numpy(zero_copy_only=False) & ~np.isnan(pred)
-    judged = (~_flag(rows, "was_cached") & ~_flag(rows, "was_aborted") & (exec_ms > 0) & scored & known
+    judged = (~flags(rows, "was_cached") & ~flags(rows, "was_aborted") & (exec_ms > 0) & scored & known
               & pc.is_valid(rows.column("feature_fingerprint")).to_numpy(zero_copy_only=False)
               & pc.is_valid(rows.column("instance_id")).to_numpy(zero_copy_only=False)
               & pc.is_valid(rows.column("arrival_timestamp")).to_numpy(zero_copy_only=False))
@@ -161,7 +155,7 @@ def persistent_runs(rows: pa.Table, known: np.ndarray | None = None, params: Per
         "model_version": versions[idx], "expected_ms": pred[idx], "observed_ms": exec_ms[idx],
         "excess_ms": excess, "spreads": z,
         "elevated": (z >= params.bar) & (excess >= params.floor_ms),
-        "alerted": _flag(rows, "is_anomaly")[idx],
+        "alerted": flags(rows, "is_anomaly")[idx],
     })
     # arrival order within each statement; the query id breaks ties, so the order is the log's, not the shards'
     frame = frame.sort_values(["instance_id", "fingerprint", "arrival_us", "query_id"], kind="stable",

@@ -38,6 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from workbench.analysis._columns import flags, numbers
 from workbench.analysis.collective import CollectiveParams, flag_windows
 from workbench.analysis.windows import DEFAULT_WINDOW_MS, arrival_ms
 
@@ -49,16 +50,6 @@ RESIDUAL_SIGNAL = "runtime_residual"
 RESIDUAL_COLUMNS = ("instance_id", "window_start", "residual_queries", "median_log_residual", "unscored_queries")
 
 
-def _flag(table: pa.Table, name: str) -> np.ndarray:
-    """A boolean column as a numpy array (nulls, or a missing column, count as False)."""
-    if name not in table.column_names:
-        return np.zeros(table.num_rows, dtype=bool)
-    return pc.fill_null(table.column(name), False).to_numpy(zero_copy_only=False).astype(bool)
-
-
-def _numbers(table: pa.Table, name: str) -> np.ndarray:
-    """A numeric column as float (NaN where null)."""
-    return pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(float)
 
 
 def residual_windows(rows: pa.Table, known: np.ndarray | None = None, window_ms: int = DEFAULT_WINDOW_MS
@@ -91,9 +82,9 @@ def residual_windows(rows: pa.Table, known: np.ndarray | None = None, window_ms:
     known = np.ones(rows.num_rows, dtype=bool) if known is None else np.asarray(known, dtype=bool)
     known = known[keep.to_numpy(zero_copy_only=False)]
     rows = rows.filter(keep)
-    exec_ms = np.nan_to_num(_numbers(rows, "execution_duration_ms"), nan=0.0)
-    executed = ~_flag(rows, "was_cached") & ~_flag(rows, "was_aborted") & (exec_ms > 0)
-    pred = _numbers(rows, "pred_mean_ms")
+    exec_ms = np.nan_to_num(numbers(rows, "execution_duration_ms"), nan=0.0)
+    executed = ~flags(rows, "was_cached") & ~flags(rows, "was_aborted") & (exec_ms > 0)
+    pred = numbers(rows, "pred_mean_ms")
     scored = pc.is_valid(rows.column("model_version")).to_numpy(zero_copy_only=False) & ~np.isnan(pred)
     frame = pd.DataFrame({
         "instance_id": pc.cast(rows.column("instance_id"), pa.int64()).to_numpy(zero_copy_only=False),

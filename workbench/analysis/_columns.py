@@ -1,0 +1,21 @@
+"""Shard columns as numpy arrays, for the passes over a settled day of scored rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["flags", "numbers"]
+
+
+def flags(table: pa.Table, name: str) -> np.ndarray:
+    """A boolean column as a numpy array (nulls, or a missing column, count as False)."""
+    if name not in table.column_names:
+        return np.zeros(table.num_rows, dtype=bool)
+    return pc.fill_null(table.column(name), False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def numbers(table: pa.Table, name: str) -> np.ndarray:
+    """A numeric column as float (NaN where null)."""
+    return pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(float)
