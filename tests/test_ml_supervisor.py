@@ -15,7 +15,28 @@ from workbench.config import Settings
 from workbench.ml._standby import UNTRAINABLE_RC
 from workbench.ml._train import train_day
 from workbench.ml.registry import ModelRegistry
-from workbench.ml.supervisor import TrainingSupervisor
+from workbench.ml.supervisor import TrainingSupervisor as _TrainingSupervisor
+
+_OPENED: list[_TrainingSupervisor] = []
+
+
+class TrainingSupervisor(_TrainingSupervisor):
+    """The supervisor under test, closed after its test (see ``_close_supervisors``)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        _OPENED.append(self)
+
+
+@pytest.fixture(autouse=True)
+def _close_supervisors() -> None:
+    """A test's supervisors let their trainings finish and their warm trainer go, as the scoring app
+    does when it stops; left open, they outlived the test (a warm trainer per supervisor)."""
+    yield
+    while _OPENED:
+        sup = _OPENED.pop()
+        sup.wait(timeout=120)
+        sup.close()
 
 D0 = dt.date(2024, 3, 1)
 

@@ -186,13 +186,16 @@ def test_training_state_is_written_only_on_change(tmp_path: Path) -> None:
     trainer = TrainingSupervisor(settings)
     import datetime as dt
 
-    trainer.maybe_schedule(dt.date(2024, 3, 1))
-    path = settings.state_dir / "ml_training.json"
-    before = path.stat().st_mtime_ns
-    time.sleep(0.05)
-    for _ in range(20):
-        trainer.poll()
-    assert path.stat().st_mtime_ns == before
+    try:
+        trainer.maybe_schedule(dt.date(2024, 3, 1))
+        path = settings.state_dir / "ml_training.json"
+        before = path.stat().st_mtime_ns
+        time.sleep(0.05)
+        for _ in range(20):
+            trainer.poll()
+        assert path.stat().st_mtime_ns == before
+    finally:
+        trainer.close()  # its warm trainer goes, as when the scoring app stops
 
 
 def test_supervised_output_rotates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
