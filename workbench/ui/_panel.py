@@ -26,7 +26,7 @@ import html
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -337,6 +337,18 @@ def metric_cards(metrics: dict[str, Any], caption: str = "") -> widgets.HTML:
     return widgets.HTML(metric_cards_html(metrics, caption=caption))
 
 
+def _on_enter(action: Callable[[], None]) -> Callable[[widgets.Widget, Any, Any], None]:
+    """A text field's message handler that runs ``action`` on Enter: the text view sends
+    ``{"event": "submit"}`` (``Text.on_submit`` is deprecated; observing the value with
+    ``continuous_update=False`` would also act whenever the field loses focus)."""
+
+    def handle(_widget: widgets.Widget, content: Any, _buffers: Any) -> None:
+        if isinstance(content, dict) and content.get("event") == "submit":
+            action()
+
+    return handle
+
+
 class ControlPanel(widgets.VBox):
     """The panel widget. Use :func:`control_panel` (or ``wb.controls()``) to make one.
 
@@ -428,9 +440,9 @@ class ControlPanel(widgets.VBox):
         self.play.observe(self._on_play, names="value")
         self.reset_button.on_click(lambda _b: self._command("reset"))
         self.seek_button.on_click(lambda _b: self._on_seek())
-        self.seek_text.on_msg(self._on_seek_text_message)  # Enter in the field seeks too
+        self.seek_text.on_msg(_on_enter(self._on_seek))  # Enter in the field seeks too
         self.speed_button.on_click(lambda _b: self._on_speed_entry())
-        self.speed_entry.on_msg(self._on_speed_entry_message)  # Enter in the field sets it too
+        self.speed_entry.on_msg(_on_enter(self._on_speed_entry))  # Enter in the field sets it too
 
         # Rows wrap in a narrow window (the slider, clock and ETA were cut off at the right).
         wrap = widgets.Layout(flex_flow="row wrap")
@@ -505,10 +517,6 @@ class ControlPanel(widgets.VBox):
             return
         self._command("speed", speed)
 
-    def _on_speed_entry_message(self, _widget: widgets.Widget, content: Any, _buffers: Any) -> None:
-        if isinstance(content, dict) and content.get("event") == "submit":
-            self._on_speed_entry()
-
     def _on_play(self, change: dict[str, Any]) -> None:
         playing = bool(change["new"])
         self.play.description, self.play.icon = ("Pause", "pause") if playing else ("Play", "play")
@@ -537,11 +545,6 @@ class ControlPanel(widgets.VBox):
             self._say(f"seek to {when:%Y-%m-%d %H:%M:%S} UTC sent: before the log's first event "
                       f"({first:%Y-%m-%d %H:%M:%S} UTC), so the replay restarts from its first row")
 
-    def _on_seek_text_message(self, _widget: widgets.Widget, content: Any, _buffers: Any) -> None:
-        # The text view sends {"event": "submit"} on Enter (``Text.on_submit`` is deprecated; observing
-        # the value with continuous_update=False would also seek whenever the field loses focus).
-        if isinstance(content, dict) and content.get("event") == "submit":
-            self._on_seek()
 
     def _say(self, text: str, *, error: bool = False) -> None:
         colour = "#C62828" if error else "#2E7D32"
