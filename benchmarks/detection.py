@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 from sklearn.metrics import average_precision_score
 
 from workbench.analysis.collective import CollectiveParams, score_window_runs, window_score, windows_of
-from workbench.analysis.persistence import PERSISTENCE_COLUMNS, PersistenceParams, persistent_runs
+from workbench.analysis.persistence import PersistenceParams, persistent_flags
 from workbench.analysis.residual_windows import RESIDUAL_SIGNAL, residual_windows
 from workbench.data.generator import QUERY_KINDS, WINDOW_KINDS, generate
 from workbench.ml._train import load_log_window, split_window, train_table
@@ -155,16 +155,8 @@ def persistence_flags(table: pa.Table, day: dict, alert: np.ndarray, version: st
     """Per row of ``table`` (one day): flagged by :func:`~workbench.analysis.persistence.persistent_runs`
     over the model's scores (``day``: :func:`_inputs`) as the scoring app's step flags it (rows the
     detector alerted on, ``alert``, are not flagged again)."""
-    columns = [c for c in PERSISTENCE_COLUMNS if c in table.column_names and c not in (
-        "pred_mean_ms", "pred_q_ms", "model_version", "is_anomaly")]
-    scored = table.select(columns).append_column(
-        "pred_mean_ms", pa.array(np.expm1(np.clip(day["mean"], 0.0, 50.0)))).append_column(
-        "pred_q_ms", pa.array(np.expm1(np.clip(day["q"], 0.0, 50.0)))).append_column(
-        "model_version", pa.array([version] * table.num_rows, pa.string())).append_column(
-        "is_anomaly", pa.array(np.asarray(alert, dtype=bool)))
-    flags = np.zeros(table.num_rows, dtype=bool)
-    flags[persistent_runs(scored, day["source"] == 0, params)["row"].to_numpy()] = True
-    return flags
+    return persistent_flags(table, np.expm1(np.clip(day["mean"], 0.0, 50.0)), np.expm1(np.clip(day["q"], 0.0, 50.0)),
+                            alert, day["source"] == 0, version, params)
 
 
 def _miss_lines(rows: list[dict], runs: dict, labels: np.ndarray, kinds: np.ndarray, day: dict,

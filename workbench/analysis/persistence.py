@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 from workbench.analysis._columns import flags, numbers
 
 __all__ = ["PERSISTENCE_COLUMNS", "PERSISTENCE_REASON", "PERSISTENCE_SIGNAL", "PersistenceParams",
-           "persistent_runs"]
+           "persistent_flags", "persistent_runs"]
 
 #: The evidence signal of a flagged run (the per-query detector's are exec, queue, scan, spill, compile).
 PERSISTENCE_SIGNAL = "exec_persistent"
@@ -177,3 +177,21 @@ def persistent_runs(rows: pa.Table, known: np.ndarray | None = None, params: Per
     out = frame[(frame["streak"] >= params.runs) & ~frame["alerted"]]
     out = out.sort_values(["arrival_us", "instance_id", "query_id"], kind="stable", ignore_index=True)
     return out[list(columns)].astype({"streak_start": "datetime64[ms, UTC]"})
+
+
+def persistent_flags(table: pa.Table, pred_mean_ms: np.ndarray, pred_q_ms: np.ndarray, alerted: np.ndarray,
+                     known: np.ndarray, version: str, params: PersistenceParams | None = None,
+                     scales: Mapping[str, tuple[float, float]] | None = None) -> np.ndarray:
+    """Per row of one day of a log scored offline by one ``version`` (its ``pred_mean_ms``, ``pred_q_ms``
+    and per-query decision ``alerted``): flagged by :func:`persistent_runs` as the scoring app's step
+    would flag it. For the evaluations (``workbench evaluate``, ``benchmarks/detection.py``), which
+    score a log's rows rather than read shards."""
+    given = ("pred_mean_ms", "pred_q_ms", "model_version", "is_anomaly")
+    scored = table.select([c for c in PERSISTENCE_COLUMNS if c in table.column_names and c not in given])
+    scored = (scored.append_column("pred_mean_ms", pa.array(np.asarray(pred_mean_ms, dtype=float)))
+              .append_column("pred_q_ms", pa.array(np.asarray(pred_q_ms, dtype=float)))
+              .append_column("model_version", pa.array([version] * table.num_rows, pa.string()))
+              .append_column("is_anomaly", pa.array(np.asarray(alerted, dtype=bool))))
+    flags = np.zeros(table.num_rows, dtype=bool)
+    flags[persistent_runs(scored, known, params, scales)["row"].to_numpy()] = True
+    return flags

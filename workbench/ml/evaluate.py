@@ -301,22 +301,13 @@ def window_labels_exist(data: Path) -> bool:
 
 def persistent_alerts(table: pa.Table, out: dict[str, np.ndarray], model: LoadedModel) -> np.ndarray:
     """Per row of one scored day: a run the scoring app's persistence step flags
-    (:func:`~workbench.analysis.persistence.persistent_runs`, with the version's spread clip), so
+    (:func:`~workbench.analysis.persistence.persistent_flags`, with the version's spread clip), so
     the evaluation counts the alerts the pipeline raises, not only the per-query detector's."""
-    from workbench.analysis.persistence import persistent_runs
+    from workbench.analysis.persistence import persistent_flags
 
-    scored = table.select([c for c in ("instance_id", "query_id", "feature_fingerprint", "arrival_timestamp",
-                                       "execution_duration_ms", "was_cached", "was_aborted")
-                           if c in table.column_names])
-    scored = (scored.append_column("pred_mean_ms", pa.array(out["pred_mean_ms"], pa.float64()))
-              .append_column("pred_q_ms", pa.array(out["pred_q_ms"], pa.float64()))
-              .append_column("model_version", pa.array([model.version] * table.num_rows, pa.string()))
-              .append_column("is_anomaly", pa.array(np.asarray(out["is_anomaly"], dtype=bool))))
-    known = model.features.reference_source(table) == 0
-    scales = {model.version: (model.detector.min_scale, model.detector.max_scale)}
-    flags = np.zeros(table.num_rows, dtype=bool)
-    flags[persistent_runs(scored, known, scales=scales)["row"].to_numpy()] = True
-    return flags
+    return persistent_flags(table, out["pred_mean_ms"], out["pred_q_ms"], out["is_anomaly"],
+                            model.features.reference_source(table) == 0, model.version,
+                            scales={model.version: (model.detector.min_scale, model.detector.max_scale)})
 
 
 def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data: Path,
