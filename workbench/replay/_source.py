@@ -148,7 +148,7 @@ def log_parts(path: str | os.PathLike[str]) -> list[Path]:
                    if p.is_file() and p.suffix == ".parquet" and not p.name.startswith((".", "_")))
     empty = [p for p in parts if _row_count(p) == 0]
     if empty and len(empty) < len(parts):
-        logger.warning("%s: %d file(s) without rows skipped: %s", path, len(empty), ", ".join(p.name for p in empty))
+        _warn_skipped(path, tuple(p.name for p in empty))
         parts = [p for p in parts if p not in empty]
     if not parts:
         nested = next((p for p in path.rglob("*.parquet") if p.is_file()), None)
@@ -159,6 +159,12 @@ def log_parts(path: str | os.PathLike[str]) -> list[Path]:
                "`workbench prepare ... --split day`.")
         raise DataValidationError(msg, path=str(path))
     return parts
+
+
+@functools.cache
+def _warn_skipped(folder: Path, names: tuple[str, ...]) -> None:
+    """Warn once per process: one command lists a folder's files several times (columns, rows, order, replay)."""
+    logger.warning("%s: %d file(s) without rows skipped: %s", folder, len(names), ", ".join(names))
 
 
 def _row_count(part: Path) -> int | None:
