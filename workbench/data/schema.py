@@ -26,6 +26,7 @@ from workbench.data.exceptions import DataValidationError
 __all__ = [
     "COLUMNS",
     "FALSE_WORDS",
+    "FIELDS",
     "LABEL_COLUMNS",
     "LABEL_SCHEMA",
     "NON_NEGATIVE_COLUMNS",
@@ -187,7 +188,8 @@ def _open(path: Path) -> pq.ParquetFile:
 _COERCIBLE = {"integer": {"float"}, "string": {"binary"}}
 
 
-_FIELDS: dict[str, pa.Field] = {f.name: f for f in list(REDSET_SCHEMA) + list(LABEL_SCHEMA)}
+#: Every Redset and label column by name: its type and nullability (the one map; readers and checks use it).
+FIELDS: dict[str, pa.Field] = {f.name: f for f in list(REDSET_SCHEMA) + list(LABEL_SCHEMA)}
 
 
 def type_fits(name: str, got: pa.DataType, *, stored: bool = True) -> bool:
@@ -201,7 +203,7 @@ def type_fits(name: str, got: pa.DataType, *, stored: bool = True) -> bool:
     not a boolean, an integer not a time (in which unit?). The values are checked after (row rules,
     safe casts): a fitting type is no promise that every value converts.
     """
-    want = _type_family(_FIELDS[name].type)
+    want = _type_family(FIELDS[name].type)
     family = _type_family(got)
     if family == want:
         return True
@@ -218,7 +220,7 @@ _LABEL_FORMS: dict[str, frozenset[str]] = {"label_anomaly": frozenset({"integer"
 
 def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = COLUMNS) -> bool:
     """Raise on missing, duplicated or mistyped columns; return whether the label columns are present."""
-    expected = {f.name: f.type for f in list(REDSET_SCHEMA) + list(LABEL_SCHEMA)}
+    expected = {name: field.type for name, field in FIELDS.items()}
     seen: dict[str, int] = {}
     for name in schema.names:
         seen[name] = seen.get(name, 0) + 1

@@ -33,8 +33,8 @@ import pyarrow.parquet as pq
 from workbench.data.exceptions import DataValidationError
 from workbench.data.schema import (
     COLUMNS,
+    FIELDS,
     LABEL_COLUMNS,
-    LABEL_SCHEMA,
     NON_NEGATIVE_COLUMNS,
     REDSET_SCHEMA,
     SORT_KEY,
@@ -86,7 +86,6 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MIN_US = 0
 _MAX_US = (MAX_EVENT_TIME - _EPOCH) // dt.timedelta(microseconds=1)
 _UNIT_PER_US = {"s": (1, 1_000_000), "ms": (1, 1000), "us": (1, 1), "ns": (1000, 1)}  # (multiply, divide)
-_FIELDS = {f.name: f for f in list(REDSET_SCHEMA) + list(LABEL_SCHEMA)}
 _SORT_HINT = ("Sort it with `workbench prepare {path} --out NEW`, or e.g. in DuckDB: COPY (SELECT * FROM "
               "'in.parquet' ORDER BY arrival_timestamp, query_id) TO 'out.parquet'.")
 
@@ -366,7 +365,7 @@ def find_bad_rows(batch: pa.RecordBatch | pa.Table) -> BadRows:
     findings: list[_Finding] = []
     n = batch.num_rows
     for name in batch.schema.names:
-        spec = _FIELDS.get(name)
+        spec = FIELDS.get(name)
         if spec is None:
             continue
         array = batch.column(name)
@@ -417,7 +416,7 @@ def refuse_bad_rows(rows: pa.Table, path: Path, what: str, *, null_arrivals: int
 
 def conform(batch: pa.RecordBatch, names: Sequence[str]) -> pa.RecordBatch:
     """``batch``'s columns ``names`` cast to the Redset types (run on rows without problems only)."""
-    return cast_batch(batch, pa.schema([_FIELDS[name] for name in names], metadata=REDSET_SCHEMA.metadata))
+    return cast_batch(batch, pa.schema([FIELDS[name] for name in names], metadata=REDSET_SCHEMA.metadata))
 
 
 def cast_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:

@@ -35,10 +35,9 @@ from workbench.config import Settings, get_settings
 from workbench.data.exceptions import DataValidationError
 from workbench.data.schema import (
     COLUMNS,
+    FIELDS,
     LABEL_COLUMNS,
-    LABEL_SCHEMA,
     READ_OPTIONS,
-    REDSET_SCHEMA,
     _check_schema,
     open_parquet,
     require_log,
@@ -59,7 +58,6 @@ __all__ = ["TrainResult", "load_log_window", "main", "split_window", "table_sha2
 logger = logging.getLogger(__name__)
 
 MIN_ROWS = 500
-_FIELDS = {f.name: f for f in [*REDSET_SCHEMA, *LABEL_SCHEMA]}
 PARITY_TOLERANCE = 1e-3
 PARITY_ROWS = 5000
 
@@ -109,7 +107,7 @@ def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
         _check_schema(pa.schema([f for f in schema if f.name not in LABEL_COLUMNS]), part)
     labels = [name for name in LABEL_COLUMNS if all(name in schema.names for schema in schemas)]
     names = [*COLUMNS, *labels]
-    target = pa.schema([_FIELDS[name] for name in COLUMNS])
+    target = pa.schema([FIELDS[name] for name in COLUMNS])
     tables = []
     for part, schema in zip(parts, schemas, strict=True):
         try:
@@ -167,7 +165,7 @@ def _conform_table(table: pa.Table, target: pa.Schema, labels: list[str]) -> pa.
         if pa.types.is_dictionary(column.type):
             column = pa.chunked_array([chunk.dictionary_decode() for chunk in column.chunks], column.type.value_type)
         columns.append(column)
-        fields.append(_FIELDS[name] if column.type == _FIELDS[name].type else table.schema.field(name))
+        fields.append(FIELDS[name] if column.type == FIELDS[name].type else table.schema.field(name))
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
