@@ -115,6 +115,26 @@ def test_label_agreement_takes_labels_of_another_tool_without_kinds_or_as_text(t
     assert result.per_kind.loc["unnamed", "labelled"] == 4 and result.per_kind.loc["unnamed", "alerted"] == 3
 
 
+def test_label_agreement_reads_int96_and_naive_times_as_every_reader_of_a_log_does(tmp_path: Path) -> None:
+    """The labels file was read with pq.read_table: INT96 times in nanoseconds, so a year beyond 2262 wrapped
+    around (2500 read as 1915) and fell out of the span; a naive time (Redset's files) stopped the span filter
+    with "Invalid comparison between dtype=datetime64[us] and datetime"."""
+    table = pq.read_table(_labels(tmp_path / "log.parquet"))
+    times = [t.replace(year=2500) for t in table.column("arrival_timestamp").to_pylist()]
+    far = table.set_column(2, "arrival_timestamp", pa.array(times, pa.timestamp("us", tz="UTC")))
+    pq.write_table(far, tmp_path / "int96.parquet", use_deprecated_int96_timestamps=True)
+    start = T.to_pydatetime().replace(year=2500)
+    result = ds.label_agreement(_anomalies(), tmp_path / "int96.parquet", start=start,
+                                end=start + dt.timedelta(hours=1))
+    assert result.summary.loc["queries in span", "value"] == 6 and result.recall == 0.75
+    assert ds.log_days(tmp_path / "int96.parquet") == [dt.date(2500, 3, 4)]
+    naive = table.set_column(2, "arrival_timestamp", table.column("arrival_timestamp").cast(pa.timestamp("us")))
+    pq.write_table(naive, tmp_path / "naive.parquet")
+    result = ds.label_agreement(_anomalies(), tmp_path / "naive.parquet", start=T.to_pydatetime(),
+                                end=T.to_pydatetime() + dt.timedelta(minutes=10))
+    assert result.summary.loc["queries in span", "value"] == 4 and result.recall == 1.0
+
+
 def test_label_agreement_takes_each_rows_kind_from_the_evaluations_rule(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """One owner of "a labelled row without a kind is unnamed": workbench.ml.evaluate.anomaly_kinds."""

@@ -381,6 +381,58 @@ def test_labels_in_the_forms_the_evaluation_reads_do_not_stop_validate_or_the_re
     assert load_log_window(path, day, 1).column("label_anomaly").to_pylist() == labels.to_pylist()
 
 
+_CODES = [None, 3, None, 12] * (ROWS // 4)
+
+
+@pytest.mark.parametrize("kinds", [pa.array(_CODES, pa.int32()), pa.array(_CODES, pa.uint64()),
+                                   pa.array([None if c is None else float(c) for c in _CODES], pa.float64()),
+                                   pa.array([None if c is None else str(c) for c in _CODES]).dictionary_encode(),
+                                   pa.nulls(ROWS)],
+                         ids=["int32", "uint64", "pandas_float", "dictionary", "all_null"])
+def test_label_kind_codes_are_kinds_to_validate_the_replay_and_the_offline_reader(
+        good: pa.Table, tmp_path: Path, kinds: pa.Array) -> None:
+    """Another tool's kinds as integer codes (pandas writes them beside NULLs as floats), or a kind column of
+    NULLs only: `evaluate` read them, but validate refused the file whole ("must be string (string). Got
+    int32") and so did the replay. Every reader now reads kind 3 or 3.0 as "3"."""
+    path = tmp_path / "codes.parquet"
+    pq.write_table(_replace(good, "label_kind", kinds), path)
+    summary = validate_log(path)
+    assert summary.rows == ROWS and summary.has_labels
+    day = good.column("arrival_timestamp")[0].as_py().date()
+    read = load_log_window(path, day, 1).column("label_kind")
+    expected = [None] * ROWS if pa.types.is_null(kinds.type) else [None if c is None else str(c) for c in _CODES]
+    assert read.type == pa.string() and read.to_pylist() == expected
+
+
+def test_labels_their_readers_cannot_read_are_row_problems_naming_row_column_and_value(
+        good: pa.Table, tmp_path: Path) -> None:
+    """validate passed label_anomaly 'maybe' (only evaluate named it, without a row) and refused a kind code
+    stored as a float whole, even where every code was whole."""
+    path = tmp_path / "labels.parquet"
+    words = ["false", " TRUE", "f", "yes", "0", ""] * (ROWS // 6) + ["no"] * (ROWS % 6)
+    words[7], words[31] = "maybe", "anomaly"
+    codes = [None, 3.0] * (ROWS // 2)
+    codes[9] = 2.5
+    table = _replace(_replace(good, "label_anomaly", pa.array(words)), "label_kind", pa.array(codes, pa.float64()))
+    assert _lines(table, path) == [
+        "row 7, label_anomaly: 'maybe' is neither true nor false (the labels read true/false, t/f, yes/no or 1/0, "
+        "in any letter case)",
+        "row 9, label_kind: 2.5 is not a whole number",
+        "row 31, label_anomaly: 'anomaly' is neither true nor false (the labels read true/false, t/f, yes/no or "
+        "1/0, in any letter case)",
+        _failed(path, 3, 3, "label_anomaly 2, label_kind 1")]
+    with pytest.raises(DataValidationError) as info:
+        validate_log(path)
+    assert (info.value.row, info.value.column) == (7, "label_anomaly")
+    assert str(info.value).endswith("The replay never sends labels (they matter to `workbench evaluate`): fix them, "
+                                    "or replay with --skip-bad-rows, which replays these rows whole.")
+    assert validate_log(path, skip_bad_rows=True).rows == ROWS  # as the replay takes them with --skip-bad-rows
+    day = good.column("arrival_timestamp")[0].as_py().date()
+    with pytest.raises(DataValidationError, match=r"Column 'label_kind' of '.*labels\.parquet' holds 2\.5, which "
+                                                  "names no kind"):
+        load_log_window(path, day, 1)
+
+
 def test_int96_times_of_any_year_are_read_as_they_are(good: pa.Table, tmp_path: Path) -> None:
     """Spark's and Impala's INT96 times: read in pyarrow's default nanoseconds, year 1500 wrapped to
     2084-07-20 23:34:33.709551616 and validate blamed its nanoseconds (and pointed at prepare to cut them)."""

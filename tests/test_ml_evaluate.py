@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from workbench.config import Settings
+from workbench.data import validate
 from workbench.ml._train import train_day
 from workbench.ml.baseline import baseline_decide
 from workbench.ml.evaluate import (
@@ -213,6 +214,46 @@ def test_labels_of_another_tool_without_kinds_or_as_text_are_evaluated(demo: tup
         evaluate(settings, day, data=blank, store=False)
     with pytest.raises(MLError, match="carries no labels"):
         ds.score_day(settings, blank, day, [version])
+
+
+def test_kinds_stored_as_integer_codes_are_the_same_kinds_as_their_text(demo: tuple[Settings, Path],
+                                                                         tmp_path: Path) -> None:
+    """Kinds as integer codes (pandas writes them beside NULLs as floats) were read as the numbers: evaluate
+    printed recall[3.0] for a float column and recall[3] for an integer one, and --window-kinds 9 (text)
+    matched neither, so the collective kind was scored per query; validate refused both files."""
+    from workbench.analysis import detection_summary as ds
+    from workbench.data.generator import window_labels_path
+
+    settings, data = demo
+    day = dt.date(2024, 3, 6)
+    foreign = tmp_path / "foreign.parquet"
+    _foreign_collective_log(data, foreign, "queue_wave")
+    named = evaluate(settings, day, data=foreign, store=False, window_kinds=["queue_wave"])["metrics"]
+    table = pq.read_table(foreign)
+    names = sorted({k for k in table.column("label_kind").to_pylist() if k is not None})
+    codes = {name: 9 if name == "queue_wave" else number for number, name in enumerate(names, 1)}
+    as_codes = [None if k is None else codes[k] for k in table.column("label_kind").to_pylist()]
+    index = table.schema.get_field_index("label_kind")
+    for type_ in (pa.int16(), pa.float64()):
+        coded = tmp_path / f"coded_{type_}.parquet"
+        pq.write_table(table.set_column(index, "label_kind", pa.array(as_codes, type_)), coded)
+        assert validate(coded).has_labels
+        metrics = evaluate(settings, day, data=coded, store=False, window_kinds=["9"])["metrics"]
+        renamed = {}
+        for key, value in named.items():
+            for name, code in codes.items():
+                key = key.replace(f"[{name}]", f"[{code}]")
+            renamed[key] = value
+        assert metrics == pytest.approx(renamed, nan_ok=True), type_
+        assert metrics["window recall[9]"] == 1.0
+        alerts = pd.DataFrame({"instance_id": [1], "query_id": [1], "reason": ["x"]})
+        per_kind = ds.label_agreement(alerts, coded).per_kind
+        assert sorted(per_kind.index) == sorted(str(code) for code in codes.values())
+    pq.write_table(pa.table({"instance_id": pa.array([1], pa.int64()), "kind": pa.array([9.0]),
+                             "window_start": pa.array([dt.datetime(2024, 3, 6, tzinfo=dt.UTC)],
+                                                      pa.timestamp("ms", tz="UTC"))}), window_labels_path(coded))
+    by_sidecar = evaluate(settings, day, data=coded, store=False)["metrics"]
+    assert "window recall[9]" in by_sidecar and "recall[9]" not in by_sidecar
 
 
 def test_the_window_label_sidecar_is_read_once_per_evaluation(demo: tuple[Settings, Path], tmp_path: Path,

@@ -351,6 +351,26 @@ def test_a_file_with_bad_rows_is_refused_or_replayed_with_the_bad_rows_dead_lett
     assert all(codec.header(m.headers(), "source") == "replay" for m in dead)
 
 
+def test_a_file_whose_only_bad_values_are_labels_is_refused_or_replayed_whole(kafka_settings: Settings,
+                                                                             tmp_path: Path) -> None:
+    """label_anomaly 'maybe' is a row problem of validate, so the replay refuses the file as it refuses any; with
+    --skip-bad-rows it loses no row to it (labels are never sent) and its kind codes stop nothing."""
+    table = pq.read_table(make_log(tmp_path / "good.parquet", rows=300, row_group_size=100))
+    words = ["false"] * 300
+    words[42] = "maybe"
+    table = table.set_column(table.schema.get_field_index("label_anomaly"), "label_anomaly", pa.array(words))
+    table = table.set_column(table.schema.get_field_index("label_kind"), "label_kind", pa.array([7] * 300))
+    path = tmp_path / "labels.parquet"
+    pq.write_table(table, path, row_group_size=100)
+    with pytest.raises(DataValidationError, match=r"the first at row 42, label_anomaly: 'maybe' is neither true nor "
+                                                  r"false .* The replay never sends labels"):
+        Replay(path, settings=kafka_settings, speedup=0).run()
+    status = Replay(path, settings=kafka_settings, speedup=0, skip_bad_rows=True, batch_size=64).run()
+    assert status.state == "finished" and status.rows_sent == 300 and status.dead_letters == 0
+    messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=300, idle=3)
+    assert _ids(messages) == _file_ids(path)
+
+
 def test_kill_9_of_a_paused_run_restarted_with_the_same_arguments_stays_paused_and_loses_nothing(
         kafka_settings: Settings, tmp_path: Path) -> None:
     import os

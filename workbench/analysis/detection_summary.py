@@ -67,13 +67,10 @@ def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: dateti
     start, end, instances : optional
         The span the alerts were read for: labels outside it are not counted as missed.
     """
-    import pyarrow.parquet as pq
-
     from workbench.ml.evaluate import anomaly_kinds, anomaly_labels, require_labels
 
     require_labels(Path(labels_file))
-    present = [c for c in _LABEL_COLUMNS if c in pq.read_schema(labels_file).names]
-    table = pq.read_table(labels_file, columns=present)
+    table = _read_labels(Path(labels_file))
     log = table.to_pandas()
     log["label_anomaly"] = labels = anomaly_labels(table, Path(labels_file))
     log["label_kind"] = anomaly_kinds(table, labels)  # "unnamed" where a tool labels without kinds
@@ -101,6 +98,29 @@ def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: dateti
     return LabelAgreement(summary=summary, per_kind=per_kind, precision=precision, recall=recall)
 
 
+def _read_labels(labels_file: Path) -> Any:
+    """The key, time and label columns of a labelled log as every reader of a log reads them
+    (``schema.open_parquet``: INT96 times in microseconds, so a year outside 1677..2262 is not wrapped
+    around), ``arrival_timestamp`` in UTC (a naive one holds UTC wall times, as Redset's files do),
+    ``label_kind`` as text (``schema.kind_names``: a code 3 or 3.0 is kind "3")."""
+    import pyarrow as pa
+
+    from workbench.data.schema import kind_names, open_parquet
+
+    file = open_parquet(labels_file)
+    present = [c for c in _LABEL_COLUMNS if c in file.schema_arrow.names]
+    table = file.read(columns=present)
+    if "arrival_timestamp" in present:
+        arrivals = table.column("arrival_timestamp")
+        if pa.types.is_timestamp(arrivals.type) and arrivals.type.tz is None:
+            arrivals = arrivals.cast(pa.timestamp(arrivals.type.unit, tz="UTC"))
+        table = table.set_column(present.index("arrival_timestamp"), "arrival_timestamp", arrivals)
+    if "label_kind" in present:
+        table = table.set_column(present.index("label_kind"), "label_kind",
+                                 kind_names(table.column("label_kind"), labels_file))
+    return table
+
+
 def last_log_day(labels_file: Path) -> dt.date:
     """The UTC day of the newest arrival in a Parquet log."""
     return log_days(labels_file)[-1]
@@ -110,9 +130,10 @@ def log_days(labels_file: Path) -> list[dt.date]:
     """The UTC days that hold at least one arrival of a Parquet log, in order."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    arrivals = pq.read_table(labels_file, columns=["arrival_timestamp"]).column("arrival_timestamp")
+    from workbench.data.schema import open_parquet
+
+    arrivals = open_parquet(labels_file).read(columns=["arrival_timestamp"]).column("arrival_timestamp")
     if pa.types.is_timestamp(arrivals.type) and arrivals.type.tz is not None:
         # Dropping the zone keeps the UTC wall time; a zoned cast to date32 would take the local day.
         arrivals = arrivals.cast(pa.timestamp(arrivals.type.unit))

@@ -73,7 +73,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workbench.data.schema import LABEL_SCHEMA, REDSET_SCHEMA
+from workbench.data.schema import LABEL_SCHEMA, REDSET_SCHEMA, kind_names
 from workbench.exceptions import ConfigurationError
 
 __all__ = [
@@ -772,7 +772,11 @@ def window_labels(path: str | Path) -> pa.Table:
     side = window_labels_path(path)
     if not side.exists():
         return _WINDOW_LABEL_SCHEMA.empty_table()
-    return pq.read_table(side)
+    table = pq.read_table(side)
+    if "kind" in table.column_names:  # kinds as the log's label_kind reads them (a code 3 or 3.0 is "3")
+        kinds = kind_names(table.column("kind"), side, "kind")
+        table = table.set_column(table.schema.get_field_index("kind"), "kind", kinds)
+    return table
 
 
 def _to_table(rows: dict[str, np.ndarray], day_start_us: int, kind: np.ndarray) -> pa.Table:

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -36,6 +37,7 @@ __all__ = [
     "TRUE_WORDS",
     "LogSummary",
     "batches_by_row_group",
+    "kind_names",
     "open_parquet",
     "read_batches",
     "require_log",
@@ -209,13 +211,62 @@ def type_fits(name: str, got: pa.DataType, *, stored: bool = True) -> bool:
         return True
     if not stored:
         return False
-    all_null_ok = family == "null" and name in REDSET_SCHEMA.names and REDSET_SCHEMA.field(name).nullable
+    all_null_ok = family == "null" and FIELDS[name].nullable
     return all_null_ok or family in _COERCIBLE.get(want, ()) or family in _LABEL_FORMS.get(name, ())
 
 
-#: Other tools' forms of a label that the evaluation reads (``evaluate.anomaly_labels``: 0/1, true/false
-#: text). The replay never sends labels, so a log must not be refused for holding them so.
-_LABEL_FORMS: dict[str, frozenset[str]] = {"label_anomaly": frozenset({"integer", "string"})}
+#: Other tools' forms of a label that every reader of labels takes: ``label_anomaly`` as 0/1 or
+#: true/false text (``evaluate.anomaly_labels``), ``label_kind`` as integer codes, also stored as floats
+#: (:func:`kind_names`). The replay never sends labels, so a log must not be refused for holding them so.
+_LABEL_FORMS: dict[str, frozenset[str]] = {"label_anomaly": frozenset({"integer", "string"}),
+                                           "label_kind": frozenset({"integer", "float"})}
+
+
+def kind_names(column: pa.Array | pa.ChunkedArray, path: str | os.PathLike[str],
+               name: str = "label_kind") -> pa.ChunkedArray:
+    """Anomaly kinds (``label_kind``, a window sidecar's ``kind``) as text: the one reading every reader uses.
+
+    Text is taken as it is (any string type, a dictionary of it, UTF-8 bytes); an integer code as its
+    decimal text (kind ``3`` is ``"3"``); a float that holds a whole number as the same text (pandas
+    stores integer codes beside NULLs as floats: ``3.0`` is ``"3"`` too, so both files name one kind);
+    a NULL-typed column as all NULL. So ``recall[3]`` and ``--window-kinds 3`` name the kind whatever
+    the file stored.
+
+    Raises
+    ------
+    DataValidationError
+        Naming ``path``, the column and the first value that names no kind: a float that is not a whole
+        number (or NaN, or beyond 2**53, where floats round), bytes that are not UTF-8, or a column of
+        another type (bool, time, ...). ``workbench validate`` reports the same values row by row.
+    """
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    out = []
+    for chunk in chunks:
+        if pa.types.is_dictionary(chunk.type):
+            chunk = chunk.dictionary_decode()
+        family = _type_family(chunk.type)
+        if family == "float":
+            values = chunk.to_numpy(zero_copy_only=False).astype("float64")
+            valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+            with np.errstate(invalid="ignore"):
+                bad = valid & ~(np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) <= 2.0**53))
+            if bad.any():
+                msg = (f"Column {name!r} of {str(path)!r} holds {float(values[bad][0])!r}, which names no kind: "
+                       "kinds are text or whole-number codes. Store the column as text or integers.")
+                raise DataValidationError(msg, path=str(path), column=name)
+            chunk = chunk.cast(pa.int64())
+        elif family == "null":
+            chunk = pa.nulls(len(chunk), pa.string())
+        elif family not in ("string", "binary", "integer"):
+            msg = (f"Column {name!r} of {str(path)!r} must hold kind names: text, or whole-number codes. "
+                   f"Got {chunk.type} instead.")
+            raise DataValidationError(msg, path=str(path), column=name)
+        try:
+            out.append(chunk if chunk.type == pa.string() else chunk.cast(pa.string()))
+        except pa.ArrowInvalid as exc:  # bytes that are not UTF-8
+            msg = f"Column {name!r} of {str(path)!r} holds bytes that are not UTF-8 text ({exc})."
+            raise DataValidationError(msg, path=str(path), column=name) from exc
+    return pa.chunked_array(out, pa.string())
 
 
 def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = COLUMNS) -> bool:

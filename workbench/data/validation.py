@@ -7,7 +7,9 @@ Two kinds of trouble are told apart:
 * **Row problems** (a NULL where every query needs a value, a negative duration, an id beyond
   int64, NaN in a float column, a float too large for floats to hold it exactly, a time no
   consumer can decode, a time finer than a microsecond, a string that is not UTF-8, a row out of
-  order, a second copy of a query, a page that cannot be decoded) are all collected: :class:`ValidationReport`
+  order, a second copy of a query, a page that cannot be decoded, a label its readers cannot read: a
+  ``label_anomaly`` text that is neither true nor false, a ``label_kind`` float that is no whole number)
+  are all collected: :class:`ValidationReport`
   counts every one and keeps the first :data:`LINES_PER_COLUMN` of each column for display.
 
 :func:`find_bad_rows` applies the same per-row rules to one batch, so the replay can send the
@@ -33,11 +35,13 @@ import pyarrow.parquet as pq
 from workbench.data.exceptions import DataValidationError
 from workbench.data.schema import (
     COLUMNS,
+    FALSE_WORDS,
     FIELDS,
     LABEL_COLUMNS,
     NON_NEGATIVE_COLUMNS,
     REDSET_SCHEMA,
     SORT_KEY,
+    TRUE_WORDS,
     LogSummary,
     _check_schema,
     _open,
@@ -79,7 +83,7 @@ MAX_EVENT_TIME = dt.datetime(2262, 4, 10, tzinfo=dt.UTC)
 #: pages that cannot be decoded are not among them: the first breaks pacing and resume, the
 #: second leaves nothing to send.
 SKIPPABLE_KINDS = frozenset({"null", "not_int64", "negative", "not_a_number", "not_whole", "inexact",
-                             "time_range", "sub_microsecond", "not_utf8"})
+                             "time_range", "sub_microsecond", "not_utf8", "not_a_label"})
 
 _INT64_MAX = 2**63 - 1
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -133,6 +137,11 @@ class ValidationReport:
         """Whether every problem is one the replay can dead-letter row by row."""
         return all(kind in SKIPPABLE_KINDS for kind in self.kinds)
 
+    @property
+    def labels_only(self) -> bool:
+        """Whether every problem is in a label column: the replay, which never sends labels, loses no row to them."""
+        return not self.ok and all(column in LABEL_COLUMNS for column in self.counts)
+
     def summary(self) -> LogSummary:
         """The file's summary (rows, row groups, time span, labels)."""
         if self.first_arrival is None or self.last_arrival is None:
@@ -169,6 +178,9 @@ class ValidationReport:
                     "repeated query only.")
         elif first.kind == "unreadable":
             hint = "The file is damaged: write it again from its source."
+        elif self.labels_only:
+            hint = ("The replay never sends labels (they matter to `workbench evaluate`): fix them, or replay with "
+                    "--skip-bad-rows, which replays these rows whole.")
         elif self.skippable:
             hint = ("Fix or drop those rows, or replay with --skip-bad-rows (`workbench replay` and `workbench "
                     "start`; skip_bad_rows=True in Python) to send them to the dead-letter topic and replay the rest.")
@@ -264,6 +276,8 @@ _DESCRIBE: dict[str, Callable[[str, pa.Array, int], str]] = {
     "sub_microsecond": lambda c, a, i: (f"{_nanos_text(a, i)} is finer than the microseconds every event "
                                         "time is kept in; `workbench prepare` truncates such times"),
     "not_utf8": lambda c, a, i: f"{_utf8_text(a, i)} is not valid UTF-8 text",
+    "not_a_label": lambda c, a, i: (f"{_value(a, i)!r} is neither true nor false (the labels read true/false, t/f, "
+                                    "yes/no or 1/0, in any letter case)"),
 }
 
 
@@ -360,6 +374,25 @@ def _check_times(name: str, array: pa.Array, valid: np.ndarray) -> list[_Finding
     return findings
 
 
+def _check_label(name: str, array: pa.Array, valid: np.ndarray) -> list[_Finding]:
+    """The values of a label column that its readers cannot read (they take other tools' forms:
+    ``label_anomaly`` as 0/1 or true/false text, ``label_kind`` as integer codes, also as floats)."""
+    family = _type_family(array.type)
+    if family in ("string", "binary"):
+        mask = _utf8_bad(array)
+        if mask.any():
+            return [_Finding(name, "not_utf8", _rows(mask), array)]
+        if name == "label_anomaly":
+            # as evaluate.anomaly_labels reads the text: trimmed, any letter case; "" is NULL
+            words = pc.utf8_lower(pc.utf8_trim_whitespace(array.fill_null(""))).to_numpy(zero_copy_only=False)
+            mask = ~np.isin(words, ("", *TRUE_WORDS, *FALSE_WORDS))
+            if mask.any():
+                return [_Finding(name, "not_a_label", _rows(mask), array)]
+    elif family == "float" and name == "label_kind":
+        return _check_floats(name, array, valid)  # a code stored as a float must be a whole number
+    return []
+
+
 def find_bad_rows(batch: pa.RecordBatch | pa.Table) -> BadRows:
     """Apply the per-row rules to every known column of ``batch`` (raw, as read from the file)."""
     findings: list[_Finding] = []
@@ -377,7 +410,9 @@ def find_bad_rows(batch: pa.RecordBatch | pa.Table) -> BadRows:
         if not spec.nullable and not valid.all():
             findings.append(_Finding(name, "null", _rows(~valid), array))
         family = _type_family(array.type)
-        if family == "integer":
+        if name in LABEL_COLUMNS:
+            findings += _check_label(name, array, valid)
+        elif family == "integer":
             findings += _check_integers(name, array, valid)
         elif family == "float":
             findings += _check_floats(name, array, valid)

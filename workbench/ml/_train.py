@@ -39,6 +39,7 @@ from workbench.data.schema import (
     LABEL_COLUMNS,
     READ_OPTIONS,
     _check_schema,
+    kind_names,
     open_parquet,
     require_log,
 )
@@ -125,7 +126,7 @@ def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
             # the replay's per-row rules: a negative duration or a NULL id must not be trained on
             refuse_bad_rows(table.select(list(COLUMNS)), part, f"the days {days[0]} .. {day}",
                             null_arrivals=dataset.count_rows(filter=ts.is_null()))
-            tables.append(_conform_table(table, target, labels))
+            tables.append(_conform_table(table, target, labels, part))
         except (pa.ArrowException, OSError) as exc:
             msg = (f"Query log {str(part)!r} cannot be read as a Parquet log ({exc}). "
                    f"`workbench validate {part}` names what is wrong; `workbench prepare` converts other layouts.")
@@ -149,10 +150,10 @@ def _read_schema(part: Path) -> pa.Schema:
         raise DataValidationError(msg, path=str(part)) from exc
 
 
-def _conform_table(table: pa.Table, target: pa.Schema, labels: list[str]) -> pa.Table:
+def _conform_table(table: pa.Table, target: pa.Schema, labels: list[str], part: Path) -> pa.Table:
     """``table``'s columns cast to ``target``'s types (dictionaries decoded): what ``read_batches`` does;
-    the label columns as they are (a bool ``label_anomaly`` and string ``label_kind`` when the file has
-    the generator's types)."""
+    ``label_kind`` as text (:func:`~workbench.data.schema.kind_names`: a code 3 or 3.0 is kind "3"),
+    ``label_anomaly`` as it is (``evaluate.anomaly_labels`` reads its forms)."""
     columns, fields = [], list(target)
     for field in target:
         column = table.column(field.name)
@@ -162,7 +163,9 @@ def _conform_table(table: pa.Table, target: pa.Schema, labels: list[str]) -> pa.
         columns.append(column if column.type == field.type else column.cast(field.type))
     for name in labels:
         column = table.column(name)
-        if pa.types.is_dictionary(column.type):
+        if name == "label_kind":
+            column = kind_names(column, part)
+        elif pa.types.is_dictionary(column.type):
             column = pa.chunked_array([chunk.dictionary_decode() for chunk in column.chunks], column.type.value_type)
         columns.append(column)
         fields.append(FIELDS[name] if column.type == FIELDS[name].type else table.schema.field(name))

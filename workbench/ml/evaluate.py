@@ -179,10 +179,14 @@ def require_labels(data: Path) -> None:
         raise MLError(msg)
 
 
-def anomaly_kinds(table: pa.Table, labels: np.ndarray) -> np.ndarray:
-    """``label_kind`` per row (None for normal rows); a labelled row without one, or without the column, is
-    ``unnamed``."""
-    kinds = (np.asarray(table.column("label_kind").to_pylist(), dtype=object) if "label_kind" in table.column_names
+def anomaly_kinds(table: pa.Table, labels: np.ndarray, data: Path | None = None) -> np.ndarray:
+    """``label_kind`` per row as text (None for normal rows); a labelled row without one, or without the column,
+    is ``unnamed``. Codes are read as :func:`~workbench.data.schema.kind_names` reads them (3 or 3.0: ``"3"``);
+    ``data`` names the log in its errors."""
+    from workbench.data.schema import kind_names
+
+    kinds = (np.asarray(kind_names(table.column("label_kind"), data or "the labelled table").to_pylist(),
+                        dtype=object) if "label_kind" in table.column_names
              else np.full(table.num_rows, None, dtype=object))
     kinds[labels & pd.isna(kinds)] = "unnamed"
     return kinds
@@ -345,7 +349,7 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
     model = LoadedModel.load(registry, resolved)
     out = model.predict(table)
     labels = anomaly_labels(table, data)
-    kinds = anomaly_kinds(table, labels)
+    kinds = anomaly_kinds(table, labels, Path(data))
     sidecar = window_labels(Path(data))  # read once: the window kinds and the window metrics use it
     window_kinds = window_kinds_of(Path(data), window_kinds, sidecar=sidecar)
     collective = labels & np.isin(kinds, list(window_kinds))

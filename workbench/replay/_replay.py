@@ -377,8 +377,9 @@ class _ReplayRun:
                     self.rows_checked = False
                     if not (replay.skip_bad_rows and report.skippable):
                         raise report.error()
-                    logger.warning("replay %s: %s; the bad rows go to the dead-letter topic", replay.replay_id,
-                                   report.verdict())
+                    logger.warning("replay %s: %s; %s", replay.replay_id, report.verdict(),
+                                   "only labels are bad, which the replay never sends: every row is replayed"
+                                   if report.labels_only else "the bad rows go to the dead-letter topic")
             check_order_across_files(replay.data)
         self.log = LogFile(replay.data)
         self.first_event_us = self._event_time(0)
