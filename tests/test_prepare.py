@@ -177,6 +177,36 @@ def test_rows_validation_refuses_are_refused_so_the_output_replays(canonical: pa
         ("time_range:arrival_timestamp", 39)]
 
 
+def test_durations_of_any_unit_become_milliseconds_and_are_listed_in_the_summary(canonical: pa.Table,
+                                                                                 tmp_path: Path) -> None:
+    """DuckDB reads an Arrow duration as the bare count of its unit: duration[us] was written as milliseconds,
+    1000 times too long, and duration[ms] was converted without a line in the summary."""
+    table = canonical.slice(0, 40)
+    ms = table.column("execution_duration_ms").to_pylist()
+    ms[3] = -1  # -0.5 ms below: still a negative duration, not 0
+    stored = {"execution_duration_ms": pa.array([v * 1000 + 999 for v in ms[:3]] + [-500] + [v * 1000 for v in ms[4:]],
+                                                pa.int64()).cast(pa.duration("us")),
+              "queue_duration_ms": table.column("queue_duration_ms").cast(pa.duration("ms")),
+              "compile_duration_ms": pa.array([v // 1000 for v in table.column("compile_duration_ms").to_pylist()],
+                                              pa.int64()).cast(pa.duration("s"))}
+    for name, values in stored.items():
+        table = table.set_column(table.schema.get_field_index(name), name, values)
+    pq.write_table(table, tmp_path / "in.parquet")
+    summary = prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.rejected == {"negative:execution_duration_ms": 1}
+    lines = str(summary).splitlines()
+    assert "  duration[ms] -> BIGINT: queue_duration_ms" in lines
+    assert "  duration[us] (as milliseconds, finer parts cut) -> BIGINT: execution_duration_ms" in lines
+    assert "  duration[s] (as milliseconds) -> BIGINT: compile_duration_ms" in lines
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out.column("execution_duration_ms").to_pylist() == ms[:3] + ms[4:]
+    keep = [row for row in range(40) if row != 3]
+    assert out.column("queue_duration_ms").to_pylist() == canonical.column("queue_duration_ms").take(keep).to_pylist()
+    assert out.column("compile_duration_ms").to_pylist() == [
+        v // 1000 * 1000 for v in canonical.column("compile_duration_ms").take(keep).to_pylist()]
+    assert validate(tmp_path / "out.parquet").rows == 39
+
+
 def test_ids_rounded_by_floats_are_refused(canonical: pa.Table, tmp_path: Path) -> None:
     """Beyond 2**24 (float32) or 2**53 (float64) a float holds not every whole number: distinct ids merge."""
     table = _doubles(canonical.slice(0, 30))

@@ -186,7 +186,18 @@ def _family(duck_type: str) -> str:
         return "list"
     if t == '"NULL"' or t == "NULL":
         return "null"
+    if t.startswith("DURATION["):  # an Arrow duration (see _arrow_type): its unit decides the conversion
+        return "duration_" + t[len("DURATION["):-1].lower()
     return t
+
+
+def _arrow_type(arrow: pa.DataType | None, duck_type: str) -> str:
+    """The type a column is converted from: DuckDB's, but an Arrow duration by its own name (``duration[us]``).
+
+    DuckDB reads a Parquet duration as the bare BIGINT count of its unit: microseconds or seconds would be
+    taken as milliseconds, 1000 times off, without a word.
+    """
+    return str(arrow) if arrow is not None and pa.types.is_duration(arrow) else duck_type
 
 
 # Conversions that need only the column: (source family, target) -> (value SQL, problem); ``{c}`` is the
@@ -248,6 +259,16 @@ def _coerce(col: str, family: str, target: str) -> tuple[str, str, str | None] |
                   f"WHEN abs({v}) >= 100000000000000 THEN {v} "
                   f"WHEN abs({v}) >= 100000000000 THEN {v} * 1000 ELSE {v} * 1000000 END")
         return f"CAST(make_timestamp({micros}) AS TIMESTAMPTZ)", f"({c} IS NOT NULL)", "not_a_timestamp"
+    if family.startswith("duration_") and target == "integer":
+        # to whole milliseconds; finer units floored (as times are truncated), so -0.5 ms stays negative
+        per_ms = {"duration_us": 1000, "duration_ns": 1_000_000}.get(family)
+        if per_ms is not None:
+            value = f"({c} // {per_ms} - CASE WHEN {c} % {per_ms} < 0 THEN 1 ELSE 0 END)"
+            return value, f"({c} IS NOT NULL)", None
+        scale = {"duration_s": 1000, "duration_ms": 1}.get(family)
+        if scale is None:
+            return None
+        return f"TRY_CAST(CAST({c} AS HUGEINT) * {scale} AS BIGINT)", f"({c} IS NOT NULL)", "out_of_range"
     if family == "float" and target == "integer":
         present = _PRESENT["float"].format(c=c)
         return f"CASE WHEN {present} AND {c} = trunc({c}) THEN TRY_CAST({c} AS BIGINT) END", present, "not_integral"
@@ -332,7 +353,8 @@ def _group_sql(group: _Group, labels: bool, raw: bool) -> tuple[str, list[str]]:
             continue
         source, duck_type = group.columns[name]
         family = _family(duck_type)
-        plan = _coerce(source, family, target)
+        # a duration is a count of milliseconds only for the Redset durations (*_ms), not a count or a size
+        plan = None if family.startswith("duration_") and not name.endswith("_ms") else _coerce(source, family, target)
         if plan is None:
             msg = (f"Column {source!r} of {str(group.files[0])!r} is {duck_type}, which cannot become the "
                    f"Redset column {name!r} ({target}). Convert it before preparing, e.g. with DuckDB.")
@@ -341,7 +363,9 @@ def _group_sql(group: _Group, labels: bool, raw: bool) -> tuple[str, list[str]]:
         if family == "integer" and target == "integer" and duck_type.upper() in _SAFE_INTS:
             problem = None  # fits in int64: nothing to refuse
         if family != target or (family == "timestamp" and "TIME ZONE" not in duck_type.upper()):
-            naive = " (naive, taken as UTC)" if family == "timestamp" else ""
+            naive = (" (naive, taken as UTC)" if family == "timestamp" else
+                     " (as milliseconds, finer parts cut)" if family in ("duration_us", "duration_ns") else
+                     " (as milliseconds)" if family == "duration_s" else "")
             coercions.append(f"{duck_type}{naive} -> {_sql_type(target)}: {name}")
         if source != name:
             coercions.append(f"renamed: {source} -> {name}")
@@ -623,7 +647,9 @@ def prepare(
                 msg = f"Source {str(path)!r} is not a readable Parquet file ({exc})."
                 raise DataValidationError(msg, path=str(path)) from exc
             rows_in += source.metadata.num_rows
-            described = _describe(con, path)
+            arrow_types = {field.name: field.type for field in source.schema_arrow}
+            described = [(name, _arrow_type(arrow_types.get(name), duck_type))
+                         for name, duck_type in _describe(con, path)]
             mapped = _map_columns(path, described, stored)
             key = tuple(sorted(mapped.items()))
             groups.setdefault(key, _Group([], mapped)).files.append(path)
