@@ -433,6 +433,29 @@ def test_labels_their_readers_cannot_read_are_row_problems_naming_row_column_and
         load_log_window(path, day, 1)
 
 
+@pytest.mark.parametrize("drop", ["label_kind", "label_anomaly"])
+def test_a_label_column_without_the_other_is_checked_too(good: pa.Table, tmp_path: Path, drop: str) -> None:
+    """A label column was checked only beside the other one: a log labelled without kinds (which evaluate reads)
+    passed validate holding label_anomaly 'maybe', and a bool label_kind passed without label_anomaly."""
+    words = ["false"] * ROWS
+    words[5] = "maybe"
+    table = _replace(_replace(good, "label_anomaly", pa.array(words)), "label_kind", pa.array([True] * ROWS))
+    path = tmp_path / "one_label.parquet"
+    pq.write_table(table.drop_columns([drop]), path)
+    if drop == "label_kind":
+        report = check(path)
+        assert [str(p) for p in report.problems] == [
+            "row 5, label_anomaly: 'maybe' is neither true nor false (the labels read true/false, t/f, yes/no or "
+            "1/0, in any letter case)"]
+        assert report.has_labels
+        return
+    with pytest.raises(DataValidationError) as info:
+        check(path)
+    assert str(info.value) == (
+        f"Column 'label_kind' of query log {str(path)!r} must hold kind names: text, or whole-number codes. Got bool "
+        "instead. Convert it, or drop the column (the replay never sends labels; `workbench evaluate` reads them).")
+
+
 def test_int96_times_of_any_year_are_read_as_they_are(good: pa.Table, tmp_path: Path) -> None:
     """Spark's and Impala's INT96 times: read in pyarrow's default nanoseconds, year 1500 wrapped to
     2084-07-20 23:34:33.709551616 and validate blamed its nanoseconds (and pointed at prepare to cut them)."""

@@ -222,6 +222,11 @@ _LABEL_FORMS: dict[str, frozenset[str]] = {"label_anomaly": frozenset({"integer"
                                            "label_kind": frozenset({"integer", "float"})}
 
 
+#: What each label column may hold, as its type errors say it.
+_LABEL_TEXT = {"label_anomaly": "booleans (or 0/1, or true/false text)",
+               "label_kind": "kind names: text, or whole-number codes"}
+
+
 def kind_names(column: pa.Array | pa.ChunkedArray, path: str | os.PathLike[str],
                name: str = "label_kind") -> pa.ChunkedArray:
     """Anomaly kinds (``label_kind``, a window sidecar's ``kind``) as text: the one reading every reader uses.
@@ -270,7 +275,8 @@ def kind_names(column: pa.Array | pa.ChunkedArray, path: str | os.PathLike[str],
 
 
 def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = COLUMNS) -> bool:
-    """Raise on missing, duplicated or mistyped columns; return whether the label columns are present."""
+    """Raise on missing, duplicated or mistyped columns (a label column present is checked too); return
+    whether the file is labelled (has ``label_anomaly``; ``label_kind`` is optional, as for evaluate)."""
     expected = {name: field.type for name, field in FIELDS.items()}
     seen: dict[str, int] = {}
     for name in schema.names:
@@ -305,10 +311,16 @@ def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = CO
         msg = (f"Query log {str(path)!r} lacks {len(missing)} of the {len(required)} required Redset "
                f"column(s): {shown}.{hint}")
         raise DataValidationError(msg, path=str(path), column=missing[0])
-    has_labels = all(name in names for name in LABEL_COLUMNS)
-    for name in [*required, *(LABEL_COLUMNS if has_labels else ())]:
+    # Each label column is checked on its own: evaluate reads label_anomaly without label_kind (kinds
+    # "unnamed"), so a file holding only it is labelled, and its values must be readable.
+    for name in [*required, *(name for name in LABEL_COLUMNS if name in names and name not in required)]:
         want, got = expected[name], schema.field(name).type
         if not type_fits(name, got):
+            if name in _LABEL_FORMS:
+                msg = (f"Column {name!r} of query log {str(path)!r} must hold {_LABEL_TEXT[name]}. Got {got} instead. "
+                       "Convert it, or drop the column (the replay never sends labels; `workbench evaluate` "
+                       "reads them).")
+                raise DataValidationError(msg, path=str(path), column=name)
             sql_type = _SQL_TYPES.get(_type_family(want), str(want))
             msg = (
                 f"Column {name!r} of query log {str(path)!r} must be {_type_family(want)} ({want}). "
@@ -317,7 +329,7 @@ def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = CO
                 "sets aside, with reasons, the rows it cannot)."
             )
             raise DataValidationError(msg, path=str(path), column=name)
-    return has_labels
+    return "label_anomaly" in names
 
 
 def batches_by_row_group(pf: pq.ParquetFile, *, columns: Sequence[str], batch_size: int,

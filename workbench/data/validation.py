@@ -603,7 +603,7 @@ def check(path: str | os.PathLike[str], *, batch_size: int = 65_536,
                        "read of the file (validation, replay, seek) takes seconds longer. `workbench prepare %s "
                        "--out NEW` rewrites it in row groups of 131,072 rows.", path, report.row_groups,
                        report.rows / report.row_groups, path)
-    names = [*COLUMNS, *(LABEL_COLUMNS if has_labels else ())]
+    names = [*COLUMNS, *(name for name in LABEL_COLUMNS if name in pf.schema_arrow.names)]
     order = _Order()
     shown: Counter[str] = Counter()
 
