@@ -494,6 +494,30 @@ def test_the_offline_reader_reads_a_folder_as_the_replay_does(good: pa.Table, tm
                                       "Got string instead.")
 
 
+def test_a_folder_whose_files_store_the_labels_differently_is_read_as_one_log(good: pa.Table, tmp_path: Path) -> None:
+    """Per-day files of two exports: the generator's bool labels and text kinds in one, 0/1 text labels and
+    integer kind codes in the other. train/evaluate stopped with pyarrow's 'Schema at index 1 was different'
+    and a traceback (the bool label is 'not null' in the generator's schema, the text one is not)."""
+    from workbench.ml.evaluate import anomaly_kinds, anomaly_labels
+
+    day = good.column("arrival_timestamp")[0].as_py().date()
+    flags = [row % 4 == 0 for row in range(ROWS)]
+    table = _replace(_replace(good, "label_anomaly", flags), "label_kind",
+                     pa.array(["3" if flag else None for flag in flags]))
+    folder = tmp_path / "log"
+    folder.mkdir()
+    pq.write_table(table.slice(0, 20), folder / "2024-03-04a.parquet")
+    second = table.slice(20)
+    second = _replace(second, "label_anomaly", pa.array(["1" if f else "0" for f in flags[20:]]))
+    pq.write_table(_replace(second, "label_kind", pa.array([3 if f else None for f in flags[20:]], pa.int8())),
+                   folder / "2024-03-04b.parquet")
+    assert validate_log(folder).has_labels
+    read = load_log_window(folder, day, 1)
+    labels = anomaly_labels(read, folder)
+    assert labels.tolist() == flags
+    assert anomaly_kinds(read, labels, folder).tolist() == ["3" if flag else None for flag in flags]
+
+
 def test_cli_validates_a_folder_file_by_file_and_across_files(good: pa.Table, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture[str]) -> None:

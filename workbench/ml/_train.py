@@ -132,8 +132,10 @@ def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
                    f"`workbench validate {part}` names what is wrong; `workbench prepare` converts other layouts.")
             raise DataValidationError(msg, path=str(part)) from exc
     if len(tables) > 1 and len({table.schema for table in tables}) > 1:  # labels typed differently per file
-        tables = [table.cast(pa.schema([f if f.name in COLUMNS else f.with_type(pa.string()) for f in table.schema]))
-                  for table in tables]
+        # as text (anomaly_labels reads "true" and "1" alike), nullable: a bool label is "not null" in the
+        # generator's schema, a text one is not, and concat_tables refuses the two
+        tables = [table.cast(pa.schema([f if f.name in COLUMNS else pa.field(f.name, pa.string())
+                                        for f in table.schema])) for table in tables]
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
