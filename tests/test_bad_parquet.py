@@ -283,6 +283,34 @@ FILE_CASES: dict[str, tuple[Callable[[pa.Table, Path], object], str | tuple[str,
         "Query log {path!r} lacks 1 of the 24 required Redset column(s): query_id. The file has 1 of them under "
         "other letter cases or with spaces around them (e.g. 'query_id '): `workbench prepare {path} --out NEW` "
         "matches names case-insensitively and writes a replayable copy."),
+    # the hint's DuckDB expression converts: CAST(BIGINT AS TIMESTAMP) does not exist, CAST of a list writes
+    # '[1, 2]', CAST of a decimal rounds, and a duration is the count of its unit
+    "epoch_milliseconds_as_arrival": (
+        lambda good, path: pq.write_table(_replace(good, "arrival_timestamp", pa.compute.divide(
+            good.column("arrival_timestamp").cast(pa.int64()), 1000)), path),
+        "Column 'arrival_timestamp' of query log {path!r} must be timestamp (timestamp[us, tz=UTC]). Got int64 "
+        "instead. Convert it, e.g. with epoch_ms(arrival_timestamp) (milliseconds since 1970; epoch_us for "
+        "microseconds, to_timestamp for seconds) in DuckDB, or `workbench prepare {path} --out NEW` (it converts "
+        "what converts without loss and sets aside, with reasons, the rows it cannot)."),
+    "table_ids_as_a_list": (
+        lambda good, path: pq.write_table(_replace(good, "read_table_ids", [[1, 2]] * ROWS,
+                                                   pa.list_(pa.int64())), path),
+        "Column 'read_table_ids' of query log {path!r} must be string (string). Got list<element: int64> instead. "
+        "Convert it, e.g. with array_to_string(read_table_ids, ',') in DuckDB, or `workbench prepare {path} --out "
+        "NEW` (it converts what converts without loss and sets aside, with reasons, the rows it cannot)."),
+    "decimal_durations": (
+        lambda good, path: pq.write_table(_replace(good, "execution_duration_ms", good.column(
+            "execution_duration_ms").cast(pa.decimal128(22, 3))), path),
+        "Column 'execution_duration_ms' of query log {path!r} must be integer (int64). Got decimal128(22, 3) "
+        "instead. Convert it, e.g. with CAST(execution_duration_ms AS BIGINT) where every value is whole (CAST "
+        "rounds 12.5 to 13) in DuckDB, or `workbench prepare {path} --out NEW` (it converts what converts without "
+        "loss and sets aside, with reasons, the rows it cannot)."),
+    "microsecond_durations": (
+        lambda good, path: pq.write_table(_replace(good, "queue_duration_ms", good.column(
+            "queue_duration_ms").cast(pa.duration("us"))), path),
+        "Column 'queue_duration_ms' of query log {path!r} must be integer (int64). Got duration[us] instead. "
+        "Convert it, e.g. with queue_duration_ms // 1000 in DuckDB, or `workbench prepare {path} --out NEW` (it "
+        "converts what converts without loss and sets aside, with reasons, the rows it cannot)."),
     "truncated_file": (_truncated, (
         _UNREADABLE,
         "). Pass a Parquet file with the Redset columns, e.g. one written by `workbench generate`.")),

@@ -274,6 +274,27 @@ def kind_names(column: pa.Array | pa.ChunkedArray, path: str | os.PathLike[str],
     return pa.chunked_array(out, pa.string())
 
 
+def _conversion(name: str, want: pa.DataType, got: pa.DataType) -> str:
+    """The DuckDB expression that converts a column of type ``got`` to ``want`` (for a type error's hint).
+
+    A plain CAST where it converts: not from integers to a time (DuckDB has no such cast: the number
+    needs its unit), from a list to text (CAST writes '[1, 2]', not the comma-separated '1,2'), from a
+    duration in another unit than milliseconds, or from a decimal to an integer (CAST rounds 12.5 to 13
+    without a word).
+    """
+    family, want_family = _type_family(got), _type_family(want)
+    if want_family == "timestamp" and family in ("integer", "float"):
+        return f"epoch_ms({name}) (milliseconds since 1970; epoch_us for microseconds, to_timestamp for seconds)"
+    if want_family == "string" and (pa.types.is_list(got) or pa.types.is_large_list(got)):
+        return f"array_to_string({name}, ',')"
+    if want_family == "integer" and pa.types.is_duration(got) and got.unit != "ms":
+        # DuckDB reads a Parquet duration as the bare count of its unit
+        return {"s": f"{name} * 1000", "us": f"{name} // 1000", "ns": f"{name} // 1000000"}[got.unit]
+    if want_family == "integer" and pa.types.is_decimal(got):
+        return f"CAST({name} AS BIGINT) where every value is whole (CAST rounds 12.5 to 13)"
+    return f"CAST({name} AS {_SQL_TYPES.get(want_family, str(want))})"
+
+
 def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = COLUMNS) -> bool:
     """Raise on missing, duplicated or mistyped columns (a label column present is checked too); return
     whether the file is labelled (has ``label_anomaly``; ``label_kind`` is optional, as for evaluate)."""
@@ -321,10 +342,9 @@ def _check_schema(schema: pa.Schema, path: Path, *, required: Sequence[str] = CO
                        "Convert it, or drop the column (the replay never sends labels; `workbench evaluate` "
                        "reads them).")
                 raise DataValidationError(msg, path=str(path), column=name)
-            sql_type = _SQL_TYPES.get(_type_family(want), str(want))
             msg = (
                 f"Column {name!r} of query log {str(path)!r} must be {_type_family(want)} ({want}). "
-                f"Got {got} instead. Convert it, e.g. with CAST({name} AS {sql_type}) in DuckDB, or "
+                f"Got {got} instead. Convert it, e.g. with {_conversion(name, want, got)} in DuckDB, or "
                 f"`workbench prepare {path} --out NEW` (it converts what converts without loss and "
                 "sets aside, with reasons, the rows it cannot)."
             )
