@@ -71,3 +71,22 @@ def test_cli_profile_prints_the_table_and_strict_fails_out_of_range(tmp_path: Pa
     assert cli.main(["profile", str(tmp_path / "garbage.parquet")]) == 2
     error = capsys.readouterr().err
     assert "garbage.parquet" in error and "Parquet" in error and "CREATE VIEW" not in error  # no SQL, no caret
+
+
+def test_a_log_of_types_validate_refuses_or_without_arrivals_gets_a_message_naming_the_column(tmp_path: Path) -> None:
+    """profile read duration[us] runtimes as milliseconds (1000 times too slow, and said so as a finding) and
+    stopped with a TypeError traceback on a log whose arrival_timestamp is NULL on every row."""
+    from workbench.data import DataValidationError
+
+    table = pq.read_table(make_log(tmp_path / "log.parquet", rows=500))
+    micros = table.set_column(8, "execution_duration_ms", table.column(8).cast(pa.int64()).cast(pa.duration("us")))
+    pq.write_table(micros, tmp_path / "micros.parquet")
+    with pytest.raises(DataValidationError, match=r"^Column 'execution_duration_ms' of query log .*micros\.parquet' "
+                                                  r"must be integer \(int64\)\. Got duration\[us\] instead\."):
+        profile(tmp_path / "micros.parquet")
+    no_times = table.set_column(5, "arrival_timestamp", pa.nulls(500, table.schema.field(5).type))
+    pq.write_table(no_times, tmp_path / "no_times.parquet")
+    with pytest.raises(DataValidationError, match=r"no row with an arrival_timestamp to profile: it is NULL on all "
+                                                  r"500 rows") as info:
+        profile(tmp_path / "no_times.parquet")
+    assert info.value.column == "arrival_timestamp"

@@ -179,12 +179,15 @@ def profile(path: str | os.PathLike[str], *, tier: str = "auto", memory_limit: s
     """
     import duckdb
 
-    from workbench.replay._source import log_parts
+    from workbench.replay._source import check_log_columns, log_parts
 
     if tier not in ("auto", "provisioned", "serverless"):
         msg = f"tier must be 'auto', 'provisioned' or 'serverless'. Got {tier!r}."
         raise DataValidationError(msg)
     path = require_log(Path(path).expanduser())
+    # validate's column checks first: DuckDB would read a duration[us] as milliseconds and profile it
+    # 1000 times too slow, or stop on text in a boolean column with its own words
+    check_log_columns(path)
     files = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in log_parts(path)) + "]"
     con = duckdb.connect(config={"memory_limit": memory_limit})
     try:
@@ -208,6 +211,10 @@ def profile(path: str | os.PathLike[str], *, tier: str = "auto", memory_limit: s
         if not rows:
             msg = f"Query log {str(path)!r} has no rows to profile."
             raise DataValidationError(msg, path=str(path))
+        if days is None:  # every arrival NULL (the span and the hours need them): it stopped with a TypeError
+            msg = (f"Query log {str(path)!r} has no row with an arrival_timestamp to profile: it is NULL on all "
+                   f"{rows:,} rows. `workbench validate {path}` lists them.")
+            raise DataValidationError(msg, path=str(path), column="arrival_timestamp")
         scan = con.execute("""
             SELECT avg((mbytes_scanned < 1000)::INT), avg((mbytes_scanned >= 1000 AND mbytes_scanned < 10000)::INT),
                    avg((mbytes_scanned >= 10000)::INT)
