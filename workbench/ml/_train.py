@@ -170,7 +170,8 @@ def _conform_table(table: pa.Table, target: pa.Schema, labels: list[str], part: 
         elif pa.types.is_dictionary(column.type):
             column = pa.chunked_array([chunk.dictionary_decode() for chunk in column.chunks], column.type.value_type)
         columns.append(column)
-        fields.append(FIELDS[name] if column.type == FIELDS[name].type else table.schema.field(name))
+        # the decoded type: the file's field would turn a decoded dictionary back into one
+        fields.append(FIELDS[name] if column.type == FIELDS[name].type else pa.field(name, column.type))
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 

@@ -136,11 +136,15 @@ def dominating_normals(missed: np.ndarray, normal: np.ndarray, excess: dict[str,
 def anomaly_labels(table: pa.Table, data: Path) -> np.ndarray:
     """``label_anomaly`` as booleans (NULL is normal): a bool, integer (non-zero) or true/false text column."""
     column = table.column("label_anomaly")
+    if pa.types.is_dictionary(column.type):  # as the readers of a log decode them (a pandas category, Spark's)
+        column = column.cast(column.type.value_type)
+    if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
+        column = column.cast(pa.string())  # the text kernels below have no string_view kernel
     if pa.types.is_boolean(column.type):
         return column.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
     if pa.types.is_integer(column.type):
         return pc.not_equal(column.fill_null(0), 0).to_numpy(zero_copy_only=False).astype(bool)
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+    if pa.types.is_string(column.type):
         from workbench.data.schema import FALSE_WORDS, TRUE_WORDS
 
         words = pc.utf8_lower(pc.utf8_trim_whitespace(column.fill_null(""))).to_numpy(zero_copy_only=False)
