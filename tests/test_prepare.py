@@ -207,6 +207,24 @@ def test_durations_of_any_unit_become_milliseconds_and_are_listed_in_the_summary
     assert validate(tmp_path / "out.parquet").rows == 39
 
 
+def test_null_labels_are_normal_rows_kept_as_null(canonical: pa.Table, tmp_path: Path) -> None:
+    """A labelled export whose normal rows have a NULL label_anomaly (as evaluate reads them, and tells users to
+    write them) lost every normal query: prepare set them aside as null_label, validate refused them."""
+    table = canonical.slice(0, 60)
+    flags = table.column("label_anomaly").to_pylist()
+    flags[0] = True
+    sparse = [True if flag else None for flag in flags]
+    index = table.schema.get_field_index("label_anomaly")
+    pq.write_table(table.set_column(index, "label_anomaly", pa.array(sparse, pa.bool_())), tmp_path / "in.parquet")
+    assert validate(tmp_path / "in.parquet").rows == 60
+    summary = prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.rejected == {} and summary.rows_out == 60
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out.column("label_anomaly").to_pylist() == sparse  # NULL stays NULL: all NULL is a log nobody labelled
+    assert out.schema.field("label_anomaly").nullable
+    assert validate(tmp_path / "out.parquet").rows == 60
+
+
 def test_ids_rounded_by_floats_are_refused(canonical: pa.Table, tmp_path: Path) -> None:
     """Beyond 2**24 (float32) or 2**53 (float64) a float holds not every whole number: distinct ids merge."""
     table = _doubles(canonical.slice(0, 30))

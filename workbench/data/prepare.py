@@ -375,8 +375,7 @@ def _group_sql(group: _Group, labels: bool, raw: bool) -> tuple[str, list[str]]:
             values.append(f"{value} AS {_q(name)}")
         if name in KEY_COLUMNS:
             reasons.append(f"WHEN NOT {present} THEN {_lit('null_key:' + name)}")
-        elif name == "label_anomaly":
-            reasons.append(f"WHEN NOT {present} THEN {_lit('null_label:' + name)}")
+        # A NULL label_anomaly is a normal row (evaluate's rule): kept as NULL, not set aside with its query
         if problem is not None:
             reasons.append(f"WHEN {present} AND ({value}) IS NULL THEN {_lit(problem + ':' + name)}")
         reasons += _range_reasons(name, value)
@@ -698,8 +697,13 @@ def prepare(
             chosen = sorted(random.Random(seed).sample(present, min(sample_instances, len(present))))
             conditions.append(f"instance_id IN ({', '.join(map(str, chosen)) or 'NULL'})")
 
-        schema = pa.schema(list(REDSET_SCHEMA) + (list(LABEL_SCHEMA) if labels else []),
-                           metadata=REDSET_SCHEMA.metadata)
+        # A source whose label_anomaly holds NULLs (normal rows, evaluate's rule) keeps them: written as
+        # false, a log nobody labelled (NULL on every row, evaluate.require_labels) would read as one
+        # without anomalies. Only then is the column nullable; other outputs keep the generator's schema.
+        null_labels = labels and con.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM prepared_input WHERE label_anomaly IS NULL LIMIT 1)").fetchone()[0]
+        label_fields = [f.with_nullable(True) if null_labels else f for f in LABEL_SCHEMA] if labels else []
+        schema = pa.schema(list(REDSET_SCHEMA) + label_fields, metadata=REDSET_SCHEMA.metadata)
         # A total order: the stream key first, then every column, so ties sort the same every run.
         order = ", ".join(_q(n) for n in ["arrival_timestamp", "query_id", "instance_id",
                                           *[n for n in schema.names if n not in KEY_COLUMNS]])

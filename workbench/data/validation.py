@@ -409,7 +409,8 @@ def find_bad_rows(batch: pa.RecordBatch | pa.Table) -> BadRows:
         if pa.types.is_dictionary(array.type):
             array = array.dictionary_decode()
         valid = _valid(array)
-        if not spec.nullable and not valid.all():
+        # a NULL label is a normal row (evaluate.anomaly_labels), which every query may be
+        if not spec.nullable and name not in LABEL_COLUMNS and not valid.all():
             findings.append(_Finding(name, "null", _rows(~valid), array))
         family = _type_family(array.type)
         if name in LABEL_COLUMNS:
