@@ -225,6 +225,23 @@ def test_null_labels_are_normal_rows_kept_as_null(canonical: pa.Table, tmp_path:
     assert validate(tmp_path / "out.parquet").rows == 60
 
 
+def test_kind_codes_stored_as_floats_become_the_kinds_validate_reads(canonical: pa.Table, tmp_path: Path) -> None:
+    """Kind codes as pandas writes them beside NULLs (floats; NaN where Spark leaves a gap): validate and evaluate
+    read 3.0 as kind "3", but prepare refused the whole source ('DOUBLE, which cannot become ... label_kind')."""
+    table = canonical.slice(0, 30)
+    codes = [3.0 if row % 3 == 0 else float("nan") if row % 3 == 1 else None for row in range(30)]
+    codes[9] = 2.5  # names no kind: set aside, as validate refuses it
+    index = table.schema.get_field_index("label_kind")
+    pq.write_table(table.set_column(index, "label_kind", pa.array(codes, pa.float64(), from_pandas=False)),
+                   tmp_path / "in.parquet")
+    summary = prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.rejected == {"not_integral:label_kind": 1}
+    assert "  DOUBLE -> VARCHAR: label_kind" in str(summary).splitlines()
+    assert pq.read_table(tmp_path / "out.parquet").column("label_kind").to_pylist() == [
+        "3" if row % 3 == 0 else None for row in range(30) if row != 9]
+    assert validate(tmp_path / "out.parquet").rows == 29
+
+
 def test_ids_rounded_by_floats_are_refused(canonical: pa.Table, tmp_path: Path) -> None:
     """Beyond 2**24 (float32) or 2**53 (float64) a float holds not every whole number: distinct ids merge."""
     table = _doubles(canonical.slice(0, 30))
