@@ -430,6 +430,7 @@ def test_label_kind_codes_are_kinds_to_validate_the_replay_and_the_offline_reade
     read = load_log_window(path, day, 1).column("label_kind")
     expected = [None] * ROWS if pa.types.is_null(kinds.type) else [None if c is None else str(c) for c in _CODES]
     assert read.type == pa.string() and read.to_pylist() == expected
+    assert pa.Table.from_batches(list(read_batches(path, labels=True))).column("label_kind").to_pylist() == expected
 
 
 def test_labels_their_readers_cannot_read_are_row_problems_naming_row_column_and_value(
