@@ -226,3 +226,11 @@ def test_a_model_saved_before_the_known_statement_path_keeps_its_decisions() -> 
     old = ResidualDetector.from_dict(state)
     assert not _exec_alerts(old, 13 * 60_000, 5 * 60_000, 6 * 60_000, group=0)
     assert _exec_alerts(ResidualDetector.from_dict(det.to_dict()), 13 * 60_000, 5 * 60_000, 6 * 60_000, group=0)
+
+
+def test_a_q90_below_the_mean_does_not_widen_the_known_statement_path() -> None:
+    det = _wide_holdout_detector()
+    # The quantile regressor crossed below the mean (1.5 min against 2.5): the tolerance is still the mean,
+    # so a run of 4.4 minutes (2.3 capped spreads above it) is 1.9 minutes beyond it, not 2.9.
+    assert not _exec_alerts(det, 4.4 * 60_000, 2.5 * 60_000, 1.5 * 60_000, group=0)
+    assert _exec_alerts(det, 4.4 * 60_000, 2.3 * 60_000, 2.3 * 60_000, group=0)  # 2.1 minutes beyond

@@ -76,15 +76,15 @@ is the reason and its evidence (expected, observed, excess, reference) travels w
 query running tens of minutes longer than expected alerts whatever its fingerprint's history;
 sub-second noise never does (floor).
 
-A run of a statement with its own history on the instance (group 0 of the reference sources:
-the expectation is the statement's own, not a prior) has a third way onto the costly path: its
-runtime beyond the model's *upper* expectation (the q90 regressor, the tolerance the model itself
-gives the statement) against ``known_costly`` (2 minutes), ``min(beyond / known_costly, z /
-costly_z)``. A 5-minute statement that takes 15 is minutes longer than its own history allows,
-however much its group's relative residuals spread (a heavy statement's run-to-run spread in log
-units is no narrower than a light one's, so its relative evidence stays ordinary while its stake
-is large). Never-seen statements keep the 10-minute level: their expectation is a prior, and runs
-minutes longer than a prior are everyday traffic.
+A run of a statement with its own history on the instance (group 0 of the reference sources: the
+expectation is the statement's own, not a prior) has a third way onto the costly path: its runtime
+beyond the model's *upper* expectation (the q90 regressor, the tolerance the model itself gives the
+statement; the mean where the two regressors cross) against ``known_costly`` (2 minutes),
+``min(beyond / known_costly, z / costly_z)``. A 5-minute statement that takes 15 is minutes longer
+than its own history allows, however much its group's relative residuals spread (a heavy statement's
+run-to-run spread in log units is no narrower than a light one's, so its relative evidence stays
+ordinary while its stake is large). Never-seen statements keep the 10-minute level: their
+expectation is a prior, and runs minutes longer than a prior are everyday traffic.
 
 Calibration: the threshold targets ``alert_rate`` false alerts on normal traffic. The holdout
 comes from the training window and may itself contain anomalies, so its raw ``1 - alert_rate``
@@ -144,7 +144,8 @@ ONE_SIDED: tuple[str, ...] = ("compile",)
 #: crediting the extra work done (MB scanned beyond the reference), used by the costly path.
 UNEXPLAINED = "exec_unexplained_by_work"
 #: Key of the extra quantity :meth:`ResidualDetector.residuals` adds: the runtime beyond the model's upper
-#: (q90) expectation, in ms (negative below it), used by the costly path of statements with history.
+#: expectation (the larger of q90 and mean), in ms (negative below it), used by the costly path of
+#: statements with history.
 BEYOND_TOLERANCE = "exec_beyond_tolerance_ms"
 #: Key of the optional reference with the instance's observed reading pace: ``(log ms per MB, its
 #: IQR)`` (:meth:`workbench.ml.features.FeatureBuilder.references`), which caps the work credit.
@@ -224,7 +225,8 @@ class ResidualDetector:
                     more_work = _work_credit(observed_log["scan"], references["scan"][0], pred_mean_log,
                                              references.get(THROUGHPUT))
                     out[UNEXPLAINED] = (observed_log[s] - pred_mean_log - more_work) / scale
-                out[BEYOND_TOLERANCE] = np.expm1(observed_log[s]) - np.expm1(np.clip(pred_q_log, 0.0, 50.0))
+                upper = np.maximum(pred_q_log, pred_mean_log)  # the two regressors may cross
+                out[BEYOND_TOLERANCE] = np.expm1(observed_log[s]) - np.expm1(np.clip(upper, 0.0, 50.0))
             elif s in HISTORY_SIGNALS:
                 center, iqr = references[s]
                 out[s] = (observed_log[s] - center) / np.clip(iqr / _IQR_TO_SIGMA, self.min_scale, self.max_scale)
