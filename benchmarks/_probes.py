@@ -14,7 +14,9 @@ point
     never-seen statement running 5-40 minutes; ``scan_30x`` a known statement (>= 100 MB) scanning
     30x its usual MB at the instance's usual per-MB pace; ``queue_10min`` one query waits 10
     minutes; ``compile_3min`` a known statement with a compile history compiles for 3 minutes;
-    ``spill_20gb`` a statement that never spilled spills 15-25 GB (and runs 1.5-2.5x longer).
+    ``spill_20gb`` a statement that never spilled spills 15-25 GB (and runs 1.5-2.5x longer);
+    ``plan_stays_slow`` from one run on, every later run of the day of a known statement 2-3x
+    slower; ``heavy_slower`` a known heavy statement (>= 1 min) 2-4x slower once.
 contextual
     ``heavy_at_peak`` a heavy statement (>= 1 min) that normally runs at night on one instance
     runs at the busy hours on a smaller one; ``small_as_big`` queries of a small instance take what
@@ -241,6 +243,16 @@ def _plan_stays_slow(day: ProbeDay, name: str) -> None:
         changed += len(idx)
 
 
+def _heavy_slower(day: ProbeDay, name: str) -> None:
+    # A heavy statement (>= 1 min) that the instance runs often takes 2-4x its time once: minutes lost,
+    # though a heavy statement's run-to-run spread makes the ratio ordinary.
+    cand = day.free() & day.on("busy", "mid", "small") & _known(day) & (
+        day.hist["med_exec"].fillna(0).to_numpy() >= 60_000)
+    idx = day.pick(cand, POINT_ROWS)
+    exec_ms = _nums(day.frame, "execution_duration_ms")[idx]
+    day.set(idx, name, execution_duration_ms=exec_ms * day.rng.uniform(2, 4, len(idx)))
+
+
 def _new_runaway(day: ProbeDay, name: str) -> None:
     f = day.frame
     work = f["query_type"].isin(["select", "insert", "ctas", "update", "delete"]).to_numpy()
@@ -416,6 +428,8 @@ PROBES: tuple[Probe, ...] = (
     Probe("heavy_at_peak", "contextual", _heavy_at_peak),
     Probe("small_as_big", "contextual", _small_as_big),
     Probe("plan_stays_slow", "point", _plan_stays_slow),
+    # last: a probe added later consumes the generator's draws after the others', which stay as they were
+    Probe("heavy_slower", "point", _heavy_slower),
 )
 
 

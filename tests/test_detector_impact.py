@@ -187,3 +187,50 @@ def test_a_model_saved_before_the_pooled_entry_scores_as_it_did() -> None:
     probe = {"exec": np.full(2, 6.0)}
     score, _, _ = old.decide(probe, groups=np.array([1, 2]))
     assert score[1] == pytest.approx(score[0])  # unseen groups used the last fitted group then
+
+
+def _exec_alerts(det: ResidualDetector, exec_ms: float, pred_ms: float, q90_ms: float, group: int) -> bool:
+    """Whether the runtime signal alone alerts for one run (``group`` 0: its statement has its own history).
+    The run read 1,000x its reference MB (pace unknown), so the stall path (runtime the work does not
+    explain) stays out of it."""
+    mean = np.array([np.log1p(pred_ms)])
+    obs = {"exec": np.log1p([exec_ms]), "queue": np.zeros(1), "scan": np.log1p([100_000.0]), "spill": np.zeros(1),
+           "compile": np.zeros(1)}
+    refs = {"queue": (np.zeros(1), np.zeros(1)), "scan": (np.log1p([100.0]), np.array([0.3])),
+            "spill": (np.zeros(1), np.zeros(1)), "exec": (mean, np.array([0.5])),
+            "compile": (np.zeros(1), np.full(1, np.nan))}
+    z = det.residuals(obs, mean, np.log1p([q90_ms]), refs)
+    per_signal = det._signal_scores(z, det.excess(obs, det.expected(mean, refs)), np.array([group]))
+    return bool(per_signal[det.signals.index("exec"), 0] >= 1.0)
+
+
+def test_minutes_beyond_a_known_statements_own_tolerance_alert_below_the_costly_level() -> None:
+    det = _wide_holdout_detector()  # a loose calibration: 2.6x is an ordinary relative residual here
+    # A 5-minute statement with its own history (q90 6 minutes) took 13: 7 minutes beyond its tolerance,
+    # under the 10 minutes that are costly whatever the reference.
+    assert _exec_alerts(det, 13 * 60_000, 5 * 60_000, 6 * 60_000, group=0)
+    # The same run of a statement never seen on the instance: its expectation is a prior, 10 minutes rule.
+    assert not _exec_alerts(det, 13 * 60_000, 5 * 60_000, 6 * 60_000, group=1)
+    # Within 2 minutes of the tolerance, or within the tolerance itself, nothing is at stake on this path.
+    assert not _exec_alerts(det, 7.5 * 60_000, 5 * 60_000, 6 * 60_000, group=0)
+    assert not _exec_alerts(det, 13 * 60_000, 5 * 60_000, 14 * 60_000, group=0)
+    # Minutes beyond a tight tolerance but under costly_z (2) spreads above the expectation: ln 1.6 / 0.25.
+    assert not _exec_alerts(det, 8 * 60_000, 5 * 60_000, 5.2 * 60_000, group=0)
+
+
+def test_a_model_saved_before_the_known_statement_path_keeps_its_decisions() -> None:
+    det = _wide_holdout_detector()
+    state = det.to_dict()
+    assert state["params"]["known_costly"] == 120_000.0
+    del state["params"]["known_costly"]
+    old = ResidualDetector.from_dict(state)
+    assert not _exec_alerts(old, 13 * 60_000, 5 * 60_000, 6 * 60_000, group=0)
+    assert _exec_alerts(ResidualDetector.from_dict(det.to_dict()), 13 * 60_000, 5 * 60_000, 6 * 60_000, group=0)
+
+
+def test_a_q90_below_the_mean_does_not_widen_the_known_statement_path() -> None:
+    det = _wide_holdout_detector()
+    # The quantile regressor crossed below the mean (1.5 min against 2.5): the tolerance is still the mean,
+    # so a run of 4.4 minutes (2.3 capped spreads above it) is 1.9 minutes beyond it, not 2.9.
+    assert not _exec_alerts(det, 4.4 * 60_000, 2.5 * 60_000, 1.5 * 60_000, group=0)
+    assert _exec_alerts(det, 4.4 * 60_000, 2.3 * 60_000, 2.3 * 60_000, group=0)  # 2.1 minutes beyond

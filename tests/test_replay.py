@@ -353,14 +353,21 @@ def test_a_log_written_a_row_per_row_group_is_read_in_full_batches(tmp_path: Pat
 
 
 def test_replay_command_names_a_bad_file_before_waiting_for_the_broker(tmp_path: Path) -> None:
-    """With no broker up, `workbench replay BAD` waited out the 90 s start-up deadline, then spoke of Kafka."""
+    """With no broker up, `workbench replay BAD` waited out the 90 s start-up deadline, then spoke of Kafka
+    (for a bad row, until the rows were checked before the broker too)."""
     not_parquet = tmp_path / "notes.parquet"
     not_parquet.write_text("not parquet")
     plain = tmp_path / "plain.parquet"
     pq.write_table(pa.table({"query_id": [1]}), plain)
+    table = pq.read_table(make_log(tmp_path / "log.parquet", rows=300))
+    durations = table.column("execution_duration_ms").to_pylist()
+    durations[7] = -1
+    bad_row = tmp_path / "bad_row.parquet"  # its columns are fine: only the check of every row finds it
+    pq.write_table(table.set_column(table.schema.get_field_index("execution_duration_ms"), "execution_duration_ms",
+                                    pa.array(durations, table.schema.field("execution_duration_ms").type)), bad_row)
     env = {**os.environ, "WORKBENCH_HOME": str(tmp_path / "home"), "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
     for log, said in ((tmp_path / "absent.parquet", "does not exist"), (not_parquet, "not a readable Parquet"),
-                      (plain, "lacks 23 of the 24 required Redset")):
+                      (plain, "lacks 23 of the 24 required Redset"), (bad_row, "row 7, execution_duration_ms")):
         done = subprocess.run([sys.executable, "-m", "workbench.cli", "replay", str(log)], env=env,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and said in done.stderr and str(log.name) in done.stderr, done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -663,6 +664,17 @@ def test_the_panels_anomalies_chart_shares_the_events_charts_time_axis() -> None
         assert events_x and _svg_texts(panel.anomalies_plot.value, "x") == events_x
     finally:
         panel.close()
+
+
+def test_stacked_count_charts_start_their_plots_at_the_same_x_whatever_their_label_widths() -> None:
+    """The panel's anomalies chart sits under its events chart on the same time axis; labels "12,345"
+    beside "1" moved the anomalies plot 6 px left of the events plot, so one time sat at two places."""
+    starts = pd.date_range(T0, periods=60, freq="10min", tz="UTC")
+    domain = (starts[0], starts[-1])
+    events = charts.events_chart(pd.DataFrame({"window_start": starts, "total_queries": 12_345}), time_domain=domain)
+    anomalies = charts.anomalies_chart(pd.DataFrame({"arrival_timestamp": starts[:3]}), time_domain=domain)
+    lefts = [float(re.search(r"translate\(([\d.]+),", charts.to_svg(chart))[1]) for chart in (events, anomalies)]
+    assert lefts[0] == lefts[1], lefts
 
 
 @pytest.mark.parametrize("top", [1, 2, 3, 4, 7, 40])

@@ -37,7 +37,7 @@ from workbench.analysis.classify import CLASSES, PROBLEM_CLASSES
 from workbench.analysis.exceptions import AnalysisError, UnknownWindowError
 from workbench.exceptions import ConfigurationError
 from workbench.store.exceptions import LakehouseNotFoundError
-from workbench.store.lakehouse import CATALOG_ALIAS, connect_settings
+from workbench.store.lakehouse import CATALOG_ALIAS, connect_settings, duckdb_connection
 from workbench.store.window_stats import WindowStatsStore
 
 if TYPE_CHECKING:
@@ -100,13 +100,6 @@ def _stats_table(settings: Settings, start: datetime | None, end: datetime | Non
         return store.read(_aware(start, "start"), _aware(end, "end"), _ids(instances))
 
 
-def _duck() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")  # no bar in a cell's output for a query past 2 s
-    return con
-
-
 def _frame(result: duckdb.DuckDBPyConnection | duckdb.DuckDBPyRelation) -> pd.DataFrame:
     return result.to_arrow_table().to_pandas()
 
@@ -151,7 +144,7 @@ def class_shares(settings: Settings, start: datetime | None = None, end: datetim
     Columns: ``window_start, total_queries, <class>_queries..., <class>_share...`` ordered by time.
     """
     table = _stats_table(settings, start, end, instances)
-    con = _duck()
+    con = duckdb_connection()
     con.register("ws", table)
     sums = ", ".join(f"sum({c})::BIGINT AS {c}" for c in ("total_queries", *_COUNT_COLS))
     shares = ", ".join(f"{c}_queries / nullif(total_queries, 0) AS {c}_share" for c in CLASSES)
@@ -189,7 +182,7 @@ def critical_instances(settings: Settings, window: str = "24h", *, min_count: in
 
 
 def _critical(table: pa.Table, min_count: int, min_share: float, mode: CriticalMode) -> pd.DataFrame:
-    con = _duck()
+    con = duckdb_connection()
     con.register("ws", table)
     sums = ", ".join(f"sum({c}_queries)::BIGINT AS {c}" for c in PROBLEM_CLASSES)
     per = con.execute(f"SELECT instance_id, sum(total_queries)::BIGINT AS total_queries, {sums} FROM ws "
@@ -219,7 +212,7 @@ def critical_types(settings: Settings, window: str = "24h", instances: Sequence[
 
 
 def _summary(table: pa.Table) -> dict[str, Any]:
-    con = _duck()
+    con = duckdb_connection()
     con.register("ws", table)
     row = con.execute(
         "SELECT count(DISTINCT instance_id), sum(total_queries)::BIGINT, sum(normal_queries)::BIGINT, "
@@ -239,7 +232,7 @@ def _summary(table: pa.Table) -> dict[str, Any]:
 
 def _anomaly_count(settings: Settings, start: datetime, end: datetime, instances: list[int] | None) -> int | None:
     try:
-        con = connect_settings(settings, read_only=True, connection=_duck())
+        con = connect_settings(settings, read_only=True, connection=duckdb_connection())
     except LakehouseNotFoundError:
         logger.info("no anomaly lakehouse yet path=%s", settings.lakehouse_dir)  # or its PostgreSQL catalog
         return None
@@ -303,7 +296,7 @@ def anomalies(settings: Settings, start: datetime | None = None, end: datetime |
     if limit is not None and limit < 0:
         msg = f"limit must be a non-negative number of rows or None. Got {limit!r} instead."
         raise AnalysisError(msg)
-    con = connect_settings(settings, read_only=True, connection=_duck())
+    con = connect_settings(settings, read_only=True, connection=duckdb_connection())
     try:
         rel = con.execute(
             f"SELECT * FROM {CATALOG_ALIAS}.anomalies WHERE ($s IS NULL OR arrival_timestamp >= $s) "
@@ -333,7 +326,7 @@ def window_anomalies(settings: Settings, start: datetime | None = None, end: dat
     """
     import duckdb
 
-    con = connect_settings(settings, read_only=True, connection=_duck())
+    con = connect_settings(settings, read_only=True, connection=duckdb_connection())
     try:
         rel = con.execute(
             f"SELECT * FROM {CATALOG_ALIAS}.window_anomalies WHERE ($s IS NULL OR window_start >= $s) "

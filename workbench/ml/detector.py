@@ -76,6 +76,16 @@ is the reason and its evidence (expected, observed, excess, reference) travels w
 query running tens of minutes longer than expected alerts whatever its fingerprint's history;
 sub-second noise never does (floor).
 
+A run of a statement with its own history on the instance (group 0 of the reference sources: the
+expectation is the statement's own, not a prior) has a third way onto the costly path: its runtime
+beyond the model's *upper* expectation (the q90 regressor, the tolerance the model itself gives the
+statement; the mean where the two regressors cross) against ``known_costly`` (2 minutes),
+``min(beyond / known_costly, z / costly_z)``. A 5-minute statement that takes 15 is minutes longer
+than its own history allows, however much its group's relative residuals spread (a heavy statement's
+run-to-run spread in log units is no narrower than a light one's, so its relative evidence stays
+ordinary while its stake is large). Never-seen statements keep the 10-minute level: their
+expectation is a prior, and runs minutes longer than a prior are everyday traffic.
+
 Calibration: the threshold targets ``alert_rate`` false alerts on normal traffic. The holdout
 comes from the training window and may itself contain anomalies, so its raw ``1 - alert_rate``
 quantile would land inside them. Instead the tail is extrapolated from the holdout's 95th and
@@ -93,8 +103,8 @@ import numpy as np
 
 from workbench.ml.exceptions import NotFittedError
 
-__all__ = ["COSTLY", "FLOORS", "HISTORY_SIGNALS", "ONE_SIDED", "REASONS", "THROUGHPUT",
-           "TIME_SIGNALS", "UNEXPLAINED", "UNITS", "ResidualDetector"]
+__all__ = ["BEYOND_TOLERANCE", "COSTLY", "FLOORS", "HISTORY_SIGNALS", "KNOWN_COSTLY", "ONE_SIDED", "REASONS",
+           "THROUGHPUT", "TIME_SIGNALS", "UNEXPLAINED", "UNITS", "ResidualDetector"]
 
 #: Reason string per signal.
 REASONS: dict[str, str] = {
@@ -117,6 +127,11 @@ FLOORS: dict[str, float] = {"exec": 1_000.0, "queue": 1_000.0, "scan": 1_000.0, 
 #: spilled.
 COSTLY: dict[str, float] = {"exec": 600_000.0, "queue": 600_000.0, "scan": 1_000_000.0, "spill": 100_000.0,
                             "compile": 600_000.0}
+#: Runtime beyond the model's upper (q90) expectation that is costly on its own for a run of a statement
+#: with its own history on the instance (ms): 2 minutes, the overrun the earlier implementation's users
+#: acted on (its ``delta`` rule) and "minutes longer than expected". A prior's expectation keeps
+#: :data:`COSTLY` (10 minutes): never-seen statements run minutes beyond a prior every day.
+KNOWN_COSTLY: float = 120_000.0
 #: Signals judged against their own history's median and IQR (the reference of
 #: :meth:`workbench.ml.features.FeatureBuilder.references`), not against the runtime model.
 HISTORY_SIGNALS: tuple[str, ...] = ("scan", "compile")
@@ -128,6 +143,10 @@ ONE_SIDED: tuple[str, ...] = ("compile",)
 #: Key of the extra residual :meth:`ResidualDetector.residuals` adds: the runtime residual after
 #: crediting the extra work done (MB scanned beyond the reference), used by the costly path.
 UNEXPLAINED = "exec_unexplained_by_work"
+#: Key of the extra quantity :meth:`ResidualDetector.residuals` adds: the runtime beyond the model's upper
+#: expectation (the larger of q90 and mean), in ms (negative below it), used by the costly path of
+#: statements with history.
+BEYOND_TOLERANCE = "exec_beyond_tolerance_ms"
 #: Key of the optional reference with the instance's observed reading pace: ``(log ms per MB, its
 #: IQR)`` (:meth:`workbench.ml.features.FeatureBuilder.references`), which caps the work credit.
 THROUGHPUT = "ms_per_mb"
@@ -146,6 +165,9 @@ class ResidualDetector:
         about 1.2-2x the holdout's (traffic shifts, fingerprints never seen).
     signals : tuple of str, default=("exec", "queue", "scan", "spill", "compile")
         Observed signals to score (subset of :data:`REASONS`).
+    known_costly : float, default=120_000.0
+        Runtime (ms) beyond the upper expectation that is costly on its own for a run of a statement
+        with its own history (group 0); see :data:`KNOWN_COSTLY`.
     min_scale, max_scale : float, default=0.25, 1.0
         Bounds of every spread in log units: a fingerprint that always runs in 100 ms still
         tolerates ~28 % per unit of z, and no history, however thin, tolerates more than a
@@ -162,7 +184,7 @@ class ResidualDetector:
                  min_scale: float = 0.25, max_scale: float = 1.0, reference_quantile: float = 0.99,
                  quantile: float = 0.9, floors: dict[str, float] | None = None,
                  costly: dict[str, float] | None = None, min_group_rows: int = 500,
-                 costly_z: float = 2.0) -> None:
+                 costly_z: float = 2.0, known_costly: float = KNOWN_COSTLY) -> None:
         self.alert_rate = alert_rate
         self.signals = signals
         self.min_scale = min_scale
@@ -173,6 +195,7 @@ class ResidualDetector:
         self.costly = dict(COSTLY if costly is None else costly)
         self.min_group_rows = min_group_rows
         self.costly_z = costly_z
+        self.known_costly = known_costly
         self.n_groups = 1
 
     # --- per-row quantities -----------------------------------------------------------------
@@ -202,6 +225,8 @@ class ResidualDetector:
                     more_work = _work_credit(observed_log["scan"], references["scan"][0], pred_mean_log,
                                              references.get(THROUGHPUT))
                     out[UNEXPLAINED] = (observed_log[s] - pred_mean_log - more_work) / scale
+                upper = np.maximum(pred_q_log, pred_mean_log)  # the two regressors may cross
+                out[BEYOND_TOLERANCE] = np.expm1(observed_log[s]) - np.expm1(np.clip(upper, 0.0, 50.0))
             elif s in HISTORY_SIGNALS:
                 center, iqr = references[s]
                 out[s] = (observed_log[s] - center) / np.clip(iqr / _IQR_TO_SIGMA, self.min_scale, self.max_scale)
@@ -262,6 +287,8 @@ class ResidualDetector:
         against the wider spread of never-seen ones. Groups with fewer than
         ``min_group_rows`` holdout rows use the pooled scale, and so does a group the holdout
         does not contain at all (at decision time: rows whose instance was never seen in training).
+        At decision time group 0 also means "the expectation rests on the statement's own history"
+        (:data:`~workbench.ml.features.REFERENCE_SOURCES`), which opens the ``known_costly`` path.
         """
         self._check_signals()
         if not 0.0 < self.alert_rate < 0.05:
@@ -332,6 +359,12 @@ class ResidualDetector:
             i = self.signals.index("exec")
             z_u = np.maximum(residuals[UNEXPLAINED], 0.0) / self.costly_z
             costly[i] = np.maximum(costly[i], np.minimum(z_u, stake[i] * z_u))
+        if BEYOND_TOLERANCE in residuals and "exec" in self.signals and groups is not None:
+            # A statement with its own history: minutes beyond the model's own tolerance for it are costly.
+            i = self.signals.index("exec")
+            own = np.asarray(groups) == 0
+            beyond = np.where(own, residuals[BEYOND_TOLERANCE], 0.0) / self.known_costly
+            costly[i] = np.maximum(costly[i], np.minimum(beyond, raw[i] / self.costly_z))
         on_path = np.array([sig in TIME_SIGNALS for sig in self.signals])[:, None]
         return np.where(on_path, np.maximum(relative, costly), relative)
 
@@ -366,7 +399,7 @@ class ResidualDetector:
                        "min_scale": self.min_scale, "max_scale": self.max_scale,
                        "reference_quantile": self.reference_quantile, "quantile": self.quantile,
                        "floors": self.floors, "costly": self.costly, "min_group_rows": self.min_group_rows,
-                       "costly_z": self.costly_z},
+                       "costly_z": self.costly_z, "known_costly": self.known_costly},
             "center": self.center_, "spread": self.spread_, "gamma": self.gamma_,
             "relative_threshold": self.relative_threshold_, "score_threshold": self.threshold_,
             "threshold": 1.0, "n_calibration": self.n_calibration_, "n_groups": self.n_groups,
@@ -377,6 +410,7 @@ class ResidualDetector:
         """Rebuild a calibrated detector from :meth:`to_dict`."""
         params = dict(state["params"])
         params["signals"] = tuple(params["signals"])
+        params.setdefault("known_costly", float("inf"))  # saved before the path existed: keep its decisions
         det = cls(**params)
         det.n_groups = int(state.get("n_groups", 1))
         det.center_ = {k: [float(x) for x in np.atleast_1d(v)] for k, v in state["center"].items()}

@@ -31,6 +31,7 @@ def _replay(args: argparse.Namespace) -> int:
                     skip_bad_rows=args.skip_bad_rows, linger=args.linger, run_token=args.run_token,
                     commands_since=args.commands_since)
     check_log_columns(replay.data)
+    replay.check_rows()  # every row before the broker: a bad row should not wait for a broker to start
     ensure_broker(settings)
     bars: list[tqdm] = []  # made at the first progress: a log the replay refuses shows no empty bar first
 

@@ -244,6 +244,32 @@ class Replay:
         self._status_lock = threading.Lock()
         self._status: ReplayStatus | None = None
         self._error: BaseException | None = None
+        self._rows_checked: bool | None = None
+
+    def check_rows(self) -> bool:
+        """Check every row as ``workbench validate`` does (once; later calls return the first answer).
+
+        Returns whether every row passed (then the batches need not be checked again). A file with
+        bad rows raises its report's error, unless ``skip_bad_rows`` and every problem is a row's own:
+        then it returns ``False`` and the bad rows go to the dead-letter topic as they come.
+        """
+        if self._rows_checked is None:
+            self._rows_checked = self._check_every_row() if self.validate else False
+        return self._rows_checked
+
+    def _check_every_row(self) -> bool:
+        passed = True
+        for part in log_parts(self.data):  # one file, or each file of a prepared folder
+            report = check(part)
+            if not report.ok:
+                passed = False
+                if not (self.skip_bad_rows and report.skippable):
+                    raise report.error()
+                logger.warning("replay %s: %s; %s", self.replay_id, report.verdict(),
+                               "only labels are bad, which the replay never sends: every row is replayed"
+                               if report.labels_only else "the bad rows go to the dead-letter topic")
+        check_order_across_files(self.data)
+        return passed
 
     # -- control (thread-safe; the same commands arrive from other processes via the topic) ----
     def _command(self, name: str, value: object = None) -> None:
@@ -369,18 +395,7 @@ class _ReplayRun:
     def _open(self) -> None:
         replay = self.replay
         # Every row passed the per-row rules at start-up: the batches need not be checked again.
-        self.rows_checked = replay.validate
-        if replay.validate:
-            for part in log_parts(replay.data):  # one file, or each file of a prepared folder
-                report = check(part)
-                if not report.ok:
-                    self.rows_checked = False
-                    if not (replay.skip_bad_rows and report.skippable):
-                        raise report.error()
-                    logger.warning("replay %s: %s; %s", replay.replay_id, report.verdict(),
-                                   "only labels are bad, which the replay never sends: every row is replayed"
-                                   if report.labels_only else "the bad rows go to the dead-letter topic")
-            check_order_across_files(replay.data)
+        self.rows_checked = replay.check_rows()
         self.log = LogFile(replay.data)
         self.first_event_us = self._event_time(0)
         self.last_event_us = self._event_time(self.log.num_rows - 1)

@@ -10,13 +10,15 @@ Decisions
 * The ``ducklake`` and ``sqlite_scanner`` (or ``postgres_scanner``) extensions are LOADed from the
   files shipped by the PyPI packages ``duckdb-extension-ducklake``, ``duckdb-extension-sqlite-scanner``
   and ``duckdb-extension-postgres-scanner``; auto-install and auto-load are switched off, so nothing
-  is ever fetched from the internet. A connection :func:`connect` makes skips DuckDB's signature
-  check of those files (``allow_unsigned_extensions``): it hashes 70 MB per connection (~0.4 s of
-  CPU, the largest part of the anomaly sink's start-up) and adds nothing to the trust in files that
-  pip installed next to duckdb itself. A connection passed in keeps its own settings.
+  is ever fetched from the internet. A connection :func:`duckdb_connection` makes (every connection of
+  the workbench's: the stores' and the notebooks' readers) skips DuckDB's signature check of those
+  files (``allow_unsigned_extensions``): it hashes 70 MB per connection (~0.4 s of CPU, the largest
+  part of the anomaly sink's start-up and of every notebook read of the lakehouse) and adds nothing to
+  the trust in files that pip installed next to duckdb itself. A connection passed in keeps its own
+  settings but for the two below.
 * The SQLite catalog runs in WAL mode (set once by the writer), so readers in other processes never
   block commits and vice versa.
-* Every connection runs with ``TimeZone = 'UTC'``; times are ``TIMESTAMPTZ``.
+* Every connection runs with ``TimeZone = 'UTC'`` and no progress bar; times are ``TIMESTAMPTZ``.
 * Ids are ``BIGINT`` (Redset ids can exceed int32). ``features`` is JSON **text** (``VARCHAR``): the
   feature set changes with the model version, and a struct column would force a schema change per
   model. Query it with ``features::JSON`` or ``json_extract``.
@@ -81,6 +83,7 @@ __all__ = [
     "catalog_kind",
     "connect",
     "connect_settings",
+    "duckdb_connection",
     "extension_paths",
     "sql_literal",
 ]
@@ -170,6 +173,28 @@ def describe(root: str | os.PathLike[str], catalog: str = "sqlite") -> str:
     return str(Path(root) / CATALOG_FILE) if catalog == "sqlite" else _postgres.redact(catalog)
 
 
+def duckdb_connection() -> duckdb.DuckDBPyConnection:
+    """A new in-memory DuckDB connection set up as every workbench reader and writer uses one.
+
+    Nothing is downloaded or loaded behind our back (extensions are LOADed by path, :func:`connect`),
+    times read in UTC, and no progress bar is drawn.
+    """
+    # DuckDB verifies an extension file's signature at every LOAD: ~0.2 s of CPU per 35 MB file, 0.4 s
+    # per connection (the anomaly sink's first commit, every reader). The only files LOADed are those
+    # the PyPI packages installed beside duckdb for its version (nothing is downloaded), as trusted as
+    # duckdb's own files, so these connections skip the check (see :func:`connect`).
+    return _session(duckdb.connect(config={"autoinstall_known_extensions": False,
+                                           "autoload_known_extensions": False, "allow_unsigned_extensions": True}))
+
+
+def _session(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    con.execute("SET TimeZone = 'UTC'")
+    # DuckDB draws a progress bar on stdout for a query past 2 s (a count on a loaded machine): in a cell's
+    # output, an app's log, or the stdout a reader process answers on (it broke a test's parsing).
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
 def connect(root: str | os.PathLike[str], *, read_only: bool = False, alias: str = CATALOG_ALIAS,
             connection: duckdb.DuckDBPyConnection | None = None, catalog: str = "sqlite",
             data_path: str | None = None) -> duckdb.DuckDBPyConnection:
@@ -210,21 +235,11 @@ def connect(root: str | os.PathLike[str], *, read_only: bool = False, alias: str
         msg = (f"No anomaly lakehouse at {root} ({CATALOG_FILE} missing). Start the anomaly sink first, "
                "or point settings.home at the workbench that has one.")
         raise LakehouseNotFoundError(msg)
-    # DuckDB verifies an extension file's signature at every LOAD: ~0.2 s of CPU per 35 MB file, 0.4 s
-    # per connection (the anomaly sink's first commit, every reader). The only files LOADed here are
-    # those the PyPI packages installed beside duckdb for its version (nothing is downloaded), as
-    # trusted as duckdb's own files, so a connection made here skips the check (see the docstring).
-    con = connection or duckdb.connect(config={"autoinstall_known_extensions": False,
-                                                "autoload_known_extensions": False,
-                                                "allow_unsigned_extensions": True})
+    con = duckdb_connection() if connection is None else _session(connection)
     scanner = (extension_paths()[0] if kind == "sqlite"
                else _extension_file("duckdb_extension_postgres_scanner", "postgres_scanner"))
     con.execute(f"LOAD {sql_literal(str(scanner))}")
     con.execute(f"LOAD {sql_literal(str(extension_paths()[1]))}")
-    con.execute("SET TimeZone = 'UTC'")
-    # DuckDB draws a progress bar on stdout for a query past 2 s (a count on a loaded machine): in a cell's
-    # output, an app's log, or the stdout a reader process answers on (it broke a test's parsing).
-    con.execute("SET enable_progress_bar = false")
     data = data_path or str(root / DATA_DIR)
     if not data.endswith(("/", os.sep)):
         data += "/"

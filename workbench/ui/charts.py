@@ -52,6 +52,7 @@ CLASS_COLORS: Final[dict[str, str]] = {
 _WIDTH: Final = 640
 _TIME_FORMAT: Final = "%b %d %H:%M"
 _WINDOW: Final = "10min"
+_Y_LABEL_ROOM: Final = 40  # px: "100,000" at the default label size
 
 
 def _time_x(field: str = "window_start", title: str = "Time (UTC)",
@@ -66,7 +67,10 @@ def _count_y(field: str, title: str, values: pd.Series) -> alt.Y:
     """A y axis of whole counts. Under 5 the default ticks fall on halves, which ",d" printed as
     "0, 1, 1, 2, 2" (vl-convert ignores ``tickMinStep``), so small maxima get one tick per count."""
     top = int(values.max()) if len(values) else 0
-    axis = alt.Axis(format=",d", tickCount=max(top, 1)) if top < 5 else alt.Axis(format=",d")
+    # minExtent: the same room for the labels whatever their width, so that stacked charts (the panel's
+    # events above its anomalies) start their plots at the same x and their time axes line up
+    axis = (alt.Axis(format=",d", tickCount=max(top, 1), minExtent=_Y_LABEL_ROOM) if top < 5
+            else alt.Axis(format=",d", minExtent=_Y_LABEL_ROOM))
     return alt.Y(f"{field}:Q", title=title, axis=axis)
 
 
