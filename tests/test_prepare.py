@@ -242,6 +242,20 @@ def test_kind_codes_stored_as_floats_become_the_kinds_validate_reads(canonical: 
     assert validate(tmp_path / "out.parquet").rows == 29
 
 
+def test_a_boolean_kind_column_is_refused_as_validate_and_evaluate_refuse_it(canonical: pa.Table,
+                                                                             tmp_path: Path) -> None:
+    """prepare wrote kinds "true" and "false" from a boolean label_kind (a flag in the kind's place), which name
+    no kind and which validate and evaluate refuse in the source."""
+    table = canonical.slice(0, 10)
+    index = table.schema.get_field_index("label_kind")
+    pq.write_table(table.set_column(index, "label_kind", pa.array([True, False] * 5, pa.bool_())),
+                   tmp_path / "in.parquet")
+    with pytest.raises(DataValidationError, match="label_kind") as caught:
+        prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert "in.parquet" in str(caught.value) and "BOOLEAN" in str(caught.value)
+    assert not (tmp_path / "out.parquet").exists()
+
+
 def test_ids_rounded_by_floats_are_refused(canonical: pa.Table, tmp_path: Path) -> None:
     """Beyond 2**24 (float32) or 2**53 (float64) a float holds not every whole number: distinct ids merge."""
     table = _doubles(canonical.slice(0, 30))

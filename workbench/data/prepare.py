@@ -355,6 +355,8 @@ def _group_sql(group: _Group, labels: bool, raw: bool) -> tuple[str, list[str]]:
         family = _family(duck_type)
         # a duration is a count of milliseconds only for the Redset durations (*_ms), not a count or a size
         plan = None if family.startswith("duration_") and not name.endswith("_ms") else _coerce(source, family, target)
+        if name == "label_kind" and family == "boolean":
+            plan = None  # kinds "true" and "false" name nothing: validate and evaluate refuse it too
         if name == "label_kind" and family == "float":
             # kind codes as pandas writes them beside NULLs: 3.0 is kind "3" (schema.kind_names); NaN is NULL
             whole = f"{_PRESENT['float'].format(c=_q(source))} AND {_q(source)} = trunc({_q(source)})"
