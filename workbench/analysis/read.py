@@ -232,7 +232,7 @@ def _summary(table: pa.Table) -> dict[str, Any]:
 
 def _anomaly_count(settings: Settings, start: datetime, end: datetime, instances: list[int] | None) -> int | None:
     try:
-        con = connect_settings(settings, read_only=True, connection=duckdb_connection())
+        con = connect_settings(settings, read_only=True)
     except LakehouseNotFoundError:
         logger.info("no anomaly lakehouse yet path=%s", settings.lakehouse_dir)  # or its PostgreSQL catalog
         return None
@@ -296,7 +296,7 @@ def anomalies(settings: Settings, start: datetime | None = None, end: datetime |
     if limit is not None and limit < 0:
         msg = f"limit must be a non-negative number of rows or None. Got {limit!r} instead."
         raise AnalysisError(msg)
-    con = connect_settings(settings, read_only=True, connection=duckdb_connection())
+    con = connect_settings(settings, read_only=True)
     try:
         rel = con.execute(
             f"SELECT * FROM {CATALOG_ALIAS}.anomalies WHERE ($s IS NULL OR arrival_timestamp >= $s) "
@@ -326,7 +326,7 @@ def window_anomalies(settings: Settings, start: datetime | None = None, end: dat
     """
     import duckdb
 
-    con = connect_settings(settings, read_only=True, connection=duckdb_connection())
+    con = connect_settings(settings, read_only=True)
     try:
         rel = con.execute(
             f"SELECT * FROM {CATALOG_ALIAS}.window_anomalies WHERE ($s IS NULL OR window_start >= $s) "

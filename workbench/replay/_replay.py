@@ -651,7 +651,7 @@ class _ReplayRun:
                     if value is not None and len(value) > MAX_VALUE_BYTES:
                         values[index] = None  # type: ignore[call-overload]
                         self._dead_letter(batch.slice(index, 1), int(rows[index]),
-                                          f"too_large: {_too_large(len(value))}")
+                                          _too_large(len(value)))
             headers = codec.message_headers(encoding.name, 1)
             # Python ints and one key object per instance: numpy scalars and a str() per message
             # cost more than the tuple itself.
@@ -698,7 +698,7 @@ class _ReplayRun:
         if value is not None and len(value) <= MAX_VALUE_BYTES:
             yield first, count, value
         elif count == 1:
-            self._dead_letter(piece, file_row(first), f"too_large: {_too_large(len(value))}")
+            self._dead_letter(piece, file_row(first), _too_large(len(value)))
         else:
             half = count // 2
             yield from self._fitting(batch, first, half, encode, file_row)
@@ -982,7 +982,7 @@ class _ReplayRun:
 
 
 def _too_large(size: int) -> str:
-    return (f"row too large for one Kafka message: {size:,} bytes encoded, the replay sends at most "
+    return (f"too_large: row too large for one Kafka message: {size:,} bytes encoded, the replay sends at most "
             f"{MAX_VALUE_BYTES:,} (producer message.max.bytes {_MESSAGE_MAX_BYTES:,})")
 
 

@@ -545,7 +545,6 @@ class ControlPanel(widgets.VBox):
             self._say(f"seek to {when:%Y-%m-%d %H:%M:%S} UTC sent: before the log's first event "
                       f"({first:%Y-%m-%d %H:%M:%S} UTC), so the replay restarts from its first row")
 
-
     def _say(self, text: str, *, error: bool = False) -> None:
         colour = "#C62828" if error else "#2E7D32"
         self.message.value = f"<span style='color:{colour}'>{html.escape(text)}</span>"

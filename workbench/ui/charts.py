@@ -69,9 +69,8 @@ def _count_y(field: str, title: str, values: pd.Series) -> alt.Y:
     top = int(values.max()) if len(values) else 0
     # minExtent: the same room for the labels whatever their width, so that stacked charts (the panel's
     # events above its anomalies) start their plots at the same x and their time axes line up
-    axis = (alt.Axis(format=",d", tickCount=max(top, 1), minExtent=_Y_LABEL_ROOM) if top < 5
-            else alt.Axis(format=",d", minExtent=_Y_LABEL_ROOM))
-    return alt.Y(f"{field}:Q", title=title, axis=axis)
+    ticks = {"tickCount": max(top, 1)} if top < 5 else {}
+    return alt.Y(f"{field}:Q", title=title, axis=alt.Axis(format=",d", minExtent=_Y_LABEL_ROOM, **ticks))
 
 
 def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
