@@ -35,13 +35,21 @@ def _fitted(**kwargs: float) -> ResidualDetector:
     return det
 
 
-def _one(det: ResidualDetector, exec_ms: float, pred_ms: float, spread_log: float) -> tuple[float, bool, str | None]:
+def _run(exec_ms: float, pred_ms: float, scan_mb: float = 100.0, reference_mb: float = 100.0
+         ) -> tuple[np.ndarray, dict, dict]:
+    """``(predicted log mean, observed signals, references)`` of one run that waited, spilled and compiled
+    nothing and read ``scan_mb`` against a reference of ``reference_mb``."""
     mean = np.array([np.log1p(pred_ms)])
-    obs = {"exec": np.log1p([exec_ms]), "queue": np.zeros(1), "scan": np.log1p([100.0]), "spill": np.zeros(1),
+    obs = {"exec": np.log1p([exec_ms]), "queue": np.zeros(1), "scan": np.log1p([scan_mb]), "spill": np.zeros(1),
            "compile": np.zeros(1)}
-    refs = {"queue": (np.zeros(1), np.zeros(1)), "scan": (np.log1p([100.0]), np.array([0.3])),
+    refs = {"queue": (np.zeros(1), np.zeros(1)), "scan": (np.log1p([reference_mb]), np.array([0.3])),
             "spill": (np.zeros(1), np.zeros(1)), "exec": (mean, np.array([0.5])),
             "compile": (np.zeros(1), np.full(1, np.nan))}
+    return mean, obs, refs
+
+
+def _one(det: ResidualDetector, exec_ms: float, pred_ms: float, spread_log: float) -> tuple[float, bool, str | None]:
+    mean, obs, refs = _run(exec_ms, pred_ms)
     z = det.residuals(obs, mean, mean + 1.2816 * spread_log, refs)
     score, alert, reason = det.decide(z, det.excess(obs, det.expected(mean, refs)))
     return float(score[0]), bool(alert[0]), reason[0]
@@ -122,12 +130,7 @@ def _wide_holdout_detector() -> ResidualDetector:
 def _stall(det: ResidualDetector, exec_ms: float, pred_ms: float, scan_mb: float,
            ms_per_mb: float | None = None, reference_mb: float = 100.0) -> bool:
     """Whether the *runtime* evidence alone alerts (the scan may alert on its own as well)."""
-    mean = np.array([np.log1p(pred_ms)])
-    obs = {"exec": np.log1p([exec_ms]), "queue": np.zeros(1), "scan": np.log1p([scan_mb]), "spill": np.zeros(1),
-           "compile": np.zeros(1)}
-    refs = {"queue": (np.zeros(1), np.zeros(1)), "scan": (np.log1p([reference_mb]), np.array([0.3])),
-            "spill": (np.zeros(1), np.zeros(1)), "exec": (mean, np.array([0.5])),
-            "compile": (np.zeros(1), np.full(1, np.nan))}
+    mean, obs, refs = _run(exec_ms, pred_ms, scan_mb, reference_mb)
     if ms_per_mb is not None:
         refs[THROUGHPUT] = (np.log([ms_per_mb]), np.zeros(1))
     z = det.residuals(obs, mean, mean + 6.0, refs)
@@ -193,12 +196,7 @@ def _exec_alerts(det: ResidualDetector, exec_ms: float, pred_ms: float, q90_ms: 
     """Whether the runtime signal alone alerts for one run (``group`` 0: its statement has its own history).
     The run read 1,000x its reference MB (pace unknown), so the stall path (runtime the work does not
     explain) stays out of it."""
-    mean = np.array([np.log1p(pred_ms)])
-    obs = {"exec": np.log1p([exec_ms]), "queue": np.zeros(1), "scan": np.log1p([100_000.0]), "spill": np.zeros(1),
-           "compile": np.zeros(1)}
-    refs = {"queue": (np.zeros(1), np.zeros(1)), "scan": (np.log1p([100.0]), np.array([0.3])),
-            "spill": (np.zeros(1), np.zeros(1)), "exec": (mean, np.array([0.5])),
-            "compile": (np.zeros(1), np.full(1, np.nan))}
+    mean, obs, refs = _run(exec_ms, pred_ms, scan_mb=100_000.0)
     z = det.residuals(obs, mean, np.log1p([q90_ms]), refs)
     per_signal = det._signal_scores(z, det.excess(obs, det.expected(mean, refs)), np.array([group]))
     return bool(per_signal[det.signals.index("exec"), 0] >= 1.0)
