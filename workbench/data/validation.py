@@ -197,23 +197,23 @@ class BadRows(NamedTuple):
     mask: np.ndarray  # bool per row of the batch
     findings: list[_Finding]
 
-    def reasons(self) -> dict[int, str]:
-        """Batch index -> the first problem of that row, as ``column: detail``."""
-        out: dict[int, str] = {}
+    def _first_findings(self) -> dict[int, _Finding]:
+        """Batch index -> the first finding of that row."""
+        out: dict[int, _Finding] = {}
         for finding in self.findings:
             for index in finding.rows:
-                out.setdefault(int(index), f"{finding.column}: {finding.detail(int(index))}")
+                out.setdefault(int(index), finding)
         return out
+
+    def reasons(self) -> dict[int, str]:
+        """Batch index -> the first problem of that row, as ``column: detail``."""
+        return {index: finding.reason(index) for index, finding in self._first_findings().items()}
 
     def coded_reasons(self) -> dict[int, str]:
         """Batch index -> the first problem of that row as a dead letter's ``<code>: column: detail``,
         the code the apps give the same problem in a message (:class:`~workbench.data.codec.MessageDecodeError`)."""
-        out: dict[int, str] = {}
-        for finding in self.findings:
-            code = _DEAD_LETTER_CODES.get(finding.kind, "invalid_value")
-            for index in finding.rows:
-                out.setdefault(int(index), f"{code}: {finding.column}: {finding.detail(int(index))}")
-        return out
+        return {index: f"{_DEAD_LETTER_CODES.get(finding.kind, 'invalid_value')}: {finding.reason(index)}"
+                for index, finding in self._first_findings().items()}
 
 
 #: A row finding's kind -> the dead-letter reason code of the same problem in a message.
@@ -231,6 +231,10 @@ class _Finding(NamedTuple):
 
     def detail(self, index: int) -> str:
         return _DESCRIBE[self.kind](self.column, self.array, index)
+
+    def reason(self, index: int) -> str:
+        """``column: detail`` of the batch row ``index``."""
+        return f"{self.column}: {self.detail(index)}"
 
 
 def _value(array: pa.Array, index: int) -> object:
@@ -444,7 +448,8 @@ def refuse_bad_rows(rows: pa.Table, path: Path, what: str, *, null_arrivals: int
     if not count:
         return
     report = check(path)
-    first = f"the file's first: {report.problems[0]}" if report.problems else bad.reasons()[min(bad.reasons())]
+    first = (f"the file's first: {report.problems[0]}" if report.problems
+             else min(bad.reasons().items())[1])
     msg = (f"Query log {str(path)!r} holds {count:,} row(s) for {what} that `workbench validate` refuses "
            f"({first}). Run `workbench validate {path}` to list them; `workbench prepare {path} --out NEW` "
            "writes a copy it can use (what converts repaired, the rest set aside with reasons).")
