@@ -33,7 +33,7 @@ from workbench import defaults
 from workbench.broker import IncompleteReadError, ensure_topics, read_range, when_ready
 from workbench.config import Settings, get_settings
 from workbench.data import COLUMNS, codec
-from workbench.data.validation import MAX_EVENT_TIME, check, conform, find_bad_rows
+from workbench.data.validation import MAX_EVENT_TIME, conform, find_bad_rows
 from workbench.replay._control import (
     Command,
     InvalidCommand,
@@ -44,7 +44,7 @@ from workbench.replay._control import (
 )
 from workbench.replay._pacing import Clock, Pacer, SystemClock
 from workbench.replay._position import Position, PositionSigner
-from workbench.replay._source import LogFile, check_order_across_files, log_parts
+from workbench.replay._source import LogFile, check_order_across_files, checked_part, log_parts
 from workbench.replay.exceptions import ReplayError
 
 __all__ = ["BatchReport", "Replay"]
@@ -260,11 +260,9 @@ class Replay:
     def _check_every_row(self) -> bool:
         passed = True
         for part in log_parts(self.data):  # one file, or each file of a prepared folder
-            report = check(part)
+            report = checked_part(part, skip_bad_rows=self.skip_bad_rows)
             if not report.ok:
                 passed = False
-                if not (self.skip_bad_rows and report.skippable):
-                    raise report.error()
                 logger.warning("replay %s: %s; %s", self.replay_id, report.verdict(),
                                "only labels are bad, which the replay never sends: every row is replayed"
                                if report.labels_only else "the bad rows go to the dead-letter topic")

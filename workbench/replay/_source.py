@@ -15,16 +15,20 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from workbench.data.exceptions import DataValidationError
-from workbench.data.schema import COLUMNS, REDSET_SCHEMA, LogSummary, batches_by_row_group, open_parquet, validate
+from workbench.data.schema import COLUMNS, REDSET_SCHEMA, LogSummary, batches_by_row_group, open_parquet
+
+if TYPE_CHECKING:
+    from workbench.data.validation import ValidationReport
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LogFile", "check_log_columns", "check_order_across_files", "log_parts", "validate_log"]
+__all__ = ["LogFile", "check_log_columns", "check_order_across_files", "checked_part", "log_parts", "validate_log"]
 
 _SCHEMA = REDSET_SCHEMA.remove_metadata()
 
@@ -195,8 +199,8 @@ def validate_log(path: str | os.PathLike[str], *, skip_bad_rows: bool = False) -
     """
     parts = log_parts(path)
     if len(parts) == 1 and not Path(path).expanduser().is_dir():
-        return _validated(parts[0], skip_bad_rows)
-    summaries = [_validated(part, skip_bad_rows) for part in parts]
+        return checked_part(parts[0], skip_bad_rows=skip_bad_rows).summary()
+    summaries = [checked_part(part, skip_bad_rows=skip_bad_rows).summary() for part in parts]
     check_order_across_files(path)
     labels = {s.has_labels for s in summaries}
     return LogSummary(path=Path(path).expanduser().resolve(), rows=sum(s.rows for s in summaries),
@@ -204,15 +208,15 @@ def validate_log(path: str | os.PathLike[str], *, skip_bad_rows: bool = False) -
                       last_arrival=summaries[-1].last_arrival, has_labels=labels == {True})
 
 
-def _validated(part: Path, skip_bad_rows: bool) -> LogSummary:
-    if not skip_bad_rows:
-        return validate(part)
+def checked_part(part: Path, *, skip_bad_rows: bool) -> ValidationReport:
+    """:func:`~workbench.data.validation.check` of one file of a log, raising its error unless every row
+    passed or, with ``skip_bad_rows``, every problem is one the replay dead-letters row by row."""
     from workbench.data.validation import check
 
     report = check(part)
-    if not (report.ok or report.skippable):
+    if not (report.ok or (skip_bad_rows and report.skippable)):
         raise report.error()
-    return report.summary()
+    return report
 
 
 def check_order_across_files(path: str | os.PathLike[str]) -> None:
