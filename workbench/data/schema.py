@@ -38,6 +38,7 @@ __all__ = [
     "LogSummary",
     "batches_by_row_group",
     "kind_names",
+    "label_words",
     "open_parquet",
     "read_batches",
     "require_log",
@@ -97,6 +98,16 @@ LABEL_COLUMNS: tuple[str, ...] = tuple(LABEL_SCHEMA.names)
 #: converts, and what the evaluation accepts as labels.
 TRUE_WORDS: tuple[str, ...] = ("t", "true", "1", "y", "yes")
 FALSE_WORDS: tuple[str, ...] = ("f", "false", "0", "n", "no")
+
+
+def label_words(text: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Label text as every reader of labels compares it with :data:`TRUE_WORDS` and :data:`FALSE_WORDS`:
+    trimmed, lower-cased, NULL as "" (a normal row). Any string type (cast to ``string``: the text
+    kernels have no string_view kernel)."""
+    import pyarrow.compute as pc
+
+    text = text.cast(pa.string())
+    return pc.utf8_lower(pc.utf8_trim_whitespace(text.fill_null(""))).to_numpy(zero_copy_only=False)
 
 #: Durations, sizes and counts: a negative value is a broken row, not a measurement (the log
 #: validator reports it, the event contract dead-letters it).

@@ -47,6 +47,7 @@ from workbench.data.schema import (
     _open,
     _type_family,
     group_runs,
+    label_words,
     open_parquet,
 )
 
@@ -387,11 +388,8 @@ def _check_label(name: str, array: pa.Array, valid: np.ndarray) -> list[_Finding
         if mask.any():
             return [_Finding(name, "not_utf8", _rows(mask), array)]
         if name == "label_anomaly":
-            # as evaluate.anomaly_labels reads the text: trimmed, any letter case; "" is NULL (as string: the
-            # text kernels have no string_view kernel, and their error read as a row group that cannot be read)
-            text = array.cast(pa.string())
-            words = pc.utf8_lower(pc.utf8_trim_whitespace(text.fill_null(""))).to_numpy(zero_copy_only=False)
-            mask = ~np.isin(words, ("", *TRUE_WORDS, *FALSE_WORDS))
+            # as evaluate.anomaly_labels reads the text ("" is NULL, a normal row)
+            mask = ~np.isin(label_words(array), ("", *TRUE_WORDS, *FALSE_WORDS))
             if mask.any():
                 return [_Finding(name, "not_a_label", _rows(mask), array)]
     elif family == "float" and name == "label_kind":

@@ -138,16 +138,14 @@ def anomaly_labels(table: pa.Table, data: Path) -> np.ndarray:
     column = table.column("label_anomaly")
     if pa.types.is_dictionary(column.type):  # as the readers of a log decode them (a pandas category, Spark's)
         column = column.cast(column.type.value_type)
-    if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
-        column = column.cast(pa.string())  # the text kernels below have no string_view kernel
     if pa.types.is_boolean(column.type):
         return column.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
     if pa.types.is_integer(column.type):
         return pc.not_equal(column.fill_null(0), 0).to_numpy(zero_copy_only=False).astype(bool)
-    if pa.types.is_string(column.type):
-        from workbench.data.schema import FALSE_WORDS, TRUE_WORDS
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
+        from workbench.data.schema import FALSE_WORDS, TRUE_WORDS, label_words
 
-        words = pc.utf8_lower(pc.utf8_trim_whitespace(column.fill_null(""))).to_numpy(zero_copy_only=False)
+        words = label_words(column)
         odd = sorted({w for w in words if w and w not in TRUE_WORDS + FALSE_WORDS})  # "": NULL, normal
         if odd:
             msg = (f"Column 'label_anomaly' of {str(data)!r} holds text that is neither true nor false: "
