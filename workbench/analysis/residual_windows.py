@@ -50,8 +50,6 @@ RESIDUAL_SIGNAL = "runtime_residual"
 RESIDUAL_COLUMNS = ("instance_id", "window_start", "residual_queries", "median_log_residual", "unscored_queries")
 
 
-
-
 def residual_windows(rows: pa.Table, known: np.ndarray | None = None, window_ms: int = DEFAULT_WINDOW_MS
                      ) -> pd.DataFrame:
     """Per ``(instance_id, window_start)``: judged queries, their median log runtime residual, unscored rows.
