@@ -11,7 +11,7 @@ import pytest
 
 from workbench.ml._testing import generated_log
 from workbench.ml._train import train_table
-from workbench.ml.detector import THROUGHPUT, ResidualDetector
+from workbench.ml.detector import FIRST_SPILL_REASON, FIRST_SPILL_RUNS, SPILL_HISTORY, THROUGHPUT, ResidualDetector
 from workbench.ml.scorer import EXTRA_FIELDS, Scorer
 
 
@@ -232,3 +232,51 @@ def test_a_q90_below_the_mean_does_not_widen_the_known_statement_path() -> None:
     # so a run of 4.4 minutes (2.3 capped spreads above it) is 1.9 minutes beyond it, not 2.9.
     assert not _exec_alerts(det, 4.4 * 60_000, 2.5 * 60_000, 1.5 * 60_000, group=0)
     assert _exec_alerts(det, 4.4 * 60_000, 2.3 * 60_000, 2.3 * 60_000, group=0)  # 2.1 minutes beyond
+
+
+def _first_spill(det: ResidualDetector, *, spill_mb: float, exec_ms: float, largest_spill_mb: float = 0.0,
+                 runs: float = 8.0, group: int = 0) -> tuple[bool, str | None]:
+    """``(alerts, reason)`` of one run of a statement (predicted 20 s, q90 30 s, 10 GB read) that spilled
+    ``spill_mb``, when its history holds ``runs`` runs whose largest spill was ``largest_spill_mb``."""
+    mean, obs, refs = _run(exec_ms, 20_000.0, scan_mb=10_000.0, reference_mb=10_000.0)
+    obs["spill"] = np.log1p([spill_mb])
+    refs[SPILL_HISTORY] = (np.log1p([largest_spill_mb]), np.array([runs]))
+    z = det.residuals(obs, mean, np.log1p([30_000.0]), refs)
+    _, alert, reason = det.decide(z, det.excess(obs, det.expected(mean, refs)), np.array([group]))
+    return bool(alert[0]), reason[0]
+
+
+def _spilling_fitted() -> ResidualDetector:
+    """Calibrated on traffic where one run in 20 spills, around a fifth of its scan (log-sd 1.5)."""
+    obs, mean, q, refs = _holdout()
+    rng = np.random.default_rng(1)
+    spills = rng.random(len(mean)) < 0.05
+    obs["spill"] = np.where(spills, obs["scan"] + np.log(0.2) + 1.5 * rng.standard_normal(len(mean)), 0.0)
+    det = ResidualDetector()
+    det.fit(det.residuals(obs, mean, q, refs), det.excess(obs, det.expected(mean, refs)))
+    return det
+
+
+def test_a_first_spill_alerts_when_the_runtime_overruns_its_tolerance_too() -> None:
+    det = _spilling_fitted()
+    # Never spilled in 8 runs, now 2 GB spilled (a fifth of the scan: ordinary against the scan) and 5 s
+    # beyond the q90 of 30 s: two material signals confirming each other.
+    assert _first_spill(det, spill_mb=2_000.0, exec_ms=35_000.0) == (True, FIRST_SPILL_REASON)
+    # Each alone is not enough: the same spill within the runtime tolerance, the overrun without the spill.
+    assert _first_spill(det, spill_mb=2_000.0, exec_ms=29_000.0) == (False, None)
+    assert _first_spill(det, spill_mb=0.0, exec_ms=35_000.0) == (False, None)
+    # Under the spill floor (1 GB), or a statement that spilled before, or too short a history, or a
+    # statement never seen on the instance (its references are a prior's): no first spill.
+    assert _first_spill(det, spill_mb=900.0, exec_ms=35_000.0) == (False, None)
+    assert _first_spill(det, spill_mb=2_000.0, exec_ms=35_000.0, largest_spill_mb=50.0) == (False, None)
+    assert _first_spill(det, spill_mb=2_000.0, exec_ms=35_000.0, runs=4.0) == (False, None)
+    assert _first_spill(det, spill_mb=2_000.0, exec_ms=35_000.0, group=1) == (False, None)
+
+
+def test_a_model_saved_before_the_first_spill_path_keeps_its_decisions() -> None:
+    det = _spilling_fitted()
+    state = det.to_dict()
+    assert state["params"]["first_spill_runs"] == FIRST_SPILL_RUNS
+    del state["params"]["first_spill_runs"]
+    assert _first_spill(ResidualDetector.from_dict(state), spill_mb=2_000.0, exec_ms=35_000.0) == (False, None)
+    assert _first_spill(ResidualDetector.from_dict(det.to_dict()), spill_mb=2_000.0, exec_ms=35_000.0)[0]

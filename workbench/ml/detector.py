@@ -15,7 +15,10 @@ For each query and signal the detector computes a z-like residual in log space:
   same way;
 * ``spill``: ``log1p(MB spilled) - log1p(MB scanned)`` (spill normally stays well below the scan);
 * ``queue``: ``log1p(queue) - max(usual log queue, predicted log exec)``: waiting longer than the
-  fingerprint usually waits *and* longer than the query is expected to run;
+  fingerprint usually waits *and* longer than the query is expected to run; the usual wait is at least
+  an ordinary wait on the instance (the median of its runs that waited at all). How long a query
+  waits is the state of its instance, not of its statement: most statements never wait, so their own
+  usual wait is 0 ms and an ordinary wait of a minute on a busy instance would otherwise be a surprise;
 * ``compile``: ``max(0, (log1p(compile ms) - median) /
   (IQR / 1.349))`` against the fingerprint's compiled runs in the training window (a query
   compiles only when its segments are not cached, so the reference is its compile-when-compiled
@@ -86,6 +89,15 @@ run-to-run spread in log units is no narrower than a light one's, so its relativ
 ordinary while its stake is large). Never-seen statements keep the 10-minute level: their
 expectation is a prior, and runs minutes longer than a prior are everyday traffic.
 
+A first spill is the spill signal's own second path, for the same group 0: a statement that spilled
+in none of its ``first_spill_runs`` (5) runs of the window spills at least the spill floor (1 GB) and
+runs at least the runtime floor (1 s) beyond the model's upper expectation; the score is
+``min(MB spilled / spill floor, runtime beyond the upper expectation / runtime floor)`` and the reason
+``first_spill``. Two material signals confirm each other, as persistence confirms a slow run with the
+next ones, so neither needs to be rare on its own: the spill signal proper (spill against the run's
+own scan) is calibrated on statements that spill rarely but massively, and a first spill as large as
+the scan that doubled the runtime cleared it 1 time in 100.
+
 Calibration: the threshold targets ``alert_rate`` false alerts on normal traffic. The holdout
 comes from the training window and may itself contain anomalies, so its raw ``1 - alert_rate``
 quantile would land inside them. Instead the tail is extrapolated from the holdout's 95th and
@@ -103,8 +115,9 @@ import numpy as np
 
 from workbench.ml.exceptions import NotFittedError
 
-__all__ = ["BEYOND_TOLERANCE", "COSTLY", "FLOORS", "HISTORY_SIGNALS", "KNOWN_COSTLY", "ONE_SIDED", "REASONS",
-           "THROUGHPUT", "TIME_SIGNALS", "UNEXPLAINED", "UNITS", "ResidualDetector"]
+__all__ = ["BEYOND_TOLERANCE", "COSTLY", "FIRST_SPILL", "FIRST_SPILL_REASON", "FIRST_SPILL_RUNS", "FLOORS",
+           "HISTORY_SIGNALS", "KNOWN_COSTLY", "ONE_SIDED", "REASONS", "SPILL_HISTORY", "THROUGHPUT", "TIME_SIGNALS",
+           "UNEXPLAINED", "UNITS", "ResidualDetector"]
 
 #: Reason string per signal.
 REASONS: dict[str, str] = {
@@ -147,6 +160,18 @@ UNEXPLAINED = "exec_unexplained_by_work"
 #: expectation (the larger of q90 and mean), in ms (negative below it), used by the costly path of
 #: statements with history.
 BEYOND_TOLERANCE = "exec_beyond_tolerance_ms"
+#: Key of the optional reference with a statement's own spill history: ``(largest log1p MB spilled, runs)``
+#: in the training window (NaN for a row whose references are not its statement's own).
+SPILL_HISTORY = "spill_history"
+#: Key of the extra quantity :meth:`ResidualDetector.residuals` adds: the MB spilled by a run of a
+#: statement that never spilled in at least ``first_spill_runs`` runs (0 for every other run).
+FIRST_SPILL = "spill_first_mb"
+#: Reason of an alert the first-spill path decided (the spill signal's own reason says "beyond the scan").
+FIRST_SPILL_REASON = "first_spill"
+#: Runs of a statement's history without a spill after which its first spill is news: a statement that
+#: spills one run in two shows 5 clean runs 3 % of the time (one in four: 24 %), and 5 is more than the
+#: 3 runs after which its history is its own reference at all.
+FIRST_SPILL_RUNS = 5
 #: Key of the optional reference with the instance's observed reading pace: ``(log ms per MB, its
 #: IQR)`` (:meth:`workbench.ml.features.FeatureBuilder.references`), which caps the work credit.
 THROUGHPUT = "ms_per_mb"
@@ -168,6 +193,9 @@ class ResidualDetector:
     known_costly : float, default=120_000.0
         Runtime (ms) beyond the upper expectation that is costly on its own for a run of a statement
         with its own history (group 0); see :data:`KNOWN_COSTLY`.
+    first_spill_runs : float, default=5
+        Runs without a spill in a statement's history before its first spill may alert on its own
+        (with runtime beyond the upper expectation); see :data:`FIRST_SPILL_RUNS`.
     min_scale, max_scale : float, default=0.25, 1.0
         Bounds of every spread in log units: a fingerprint that always runs in 100 ms still
         tolerates ~28 % per unit of z, and no history, however thin, tolerates more than a
@@ -184,7 +212,8 @@ class ResidualDetector:
                  min_scale: float = 0.25, max_scale: float = 1.0, reference_quantile: float = 0.99,
                  quantile: float = 0.9, floors: dict[str, float] | None = None,
                  costly: dict[str, float] | None = None, min_group_rows: int = 500,
-                 costly_z: float = 2.0, known_costly: float = KNOWN_COSTLY) -> None:
+                 costly_z: float = 2.0, known_costly: float = KNOWN_COSTLY,
+                 first_spill_runs: float = FIRST_SPILL_RUNS) -> None:
         self.alert_rate = alert_rate
         self.signals = signals
         self.min_scale = min_scale
@@ -196,6 +225,7 @@ class ResidualDetector:
         self.min_group_rows = min_group_rows
         self.costly_z = costly_z
         self.known_costly = known_costly
+        self.first_spill_runs = first_spill_runs
         self.n_groups = 1
 
     # --- per-row quantities -----------------------------------------------------------------
@@ -234,6 +264,10 @@ class ResidualDetector:
                     out[s] = np.fmax(out[s], 0.0)
             elif s == "spill":
                 out[s] = observed_log["spill"] - observed_log["scan"]
+                if SPILL_HISTORY in references:
+                    largest, runs = references[SPILL_HISTORY]
+                    never = (largest == 0.0) & (runs >= self.first_spill_runs)  # NaN (no own history): False
+                    out[FIRST_SPILL] = np.where(never, np.expm1(observed_log["spill"]), 0.0)
             else:  # queue
                 out[s] = observed_log["queue"] - np.maximum(references["queue"][0], pred_mean_log)
         return out
@@ -341,7 +375,7 @@ class ResidualDetector:
 
     # --- decision -----------------------------------------------------------------------------
     def _signal_scores(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None,
-                       groups: np.ndarray | None = None) -> np.ndarray:
+                       groups: np.ndarray | None = None, *, first_spill: bool = True) -> np.ndarray:
         u = self._u(residuals, groups)
         if excess is None:  # relative only (no impact information): the old behaviour
             return u / self.threshold_
@@ -366,15 +400,47 @@ class ResidualDetector:
             beyond = np.where(own, residuals[BEYOND_TOLERANCE], 0.0) / self.known_costly
             costly[i] = np.maximum(costly[i], np.minimum(beyond, raw[i] / self.costly_z))
         on_path = np.array([sig in TIME_SIGNALS for sig in self.signals])[:, None]
-        return np.where(on_path, np.maximum(relative, costly), relative)
+        scores = np.where(on_path, np.maximum(relative, costly), relative)
+        first = self._first_spill(residuals, groups) if first_spill else None
+        if first is not None:
+            i = self.signals.index("spill")
+            scores[i] = np.maximum(scores[i], first)
+        return scores
+
+    def _first_spill(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None) -> np.ndarray | None:
+        """Score of the first-spill path per row, or None without its inputs.
+
+        A statement that never spilled in ``first_spill_runs`` runs of its own history spills at
+        least the spill floor *and* runs at least the runtime floor beyond its upper expectation: two
+        material signals confirming each other, so neither needs to be rare on its own. Without it a
+        first spill as large as the scan that doubles the runtime was caught 1 time in 100: the spill
+        signal's calibration is set by statements that spill rarely but massively.
+        """
+        if FIRST_SPILL not in residuals or BEYOND_TOLERANCE not in residuals or groups is None:
+            return None
+        own = np.asarray(groups) == 0
+        both = np.minimum(residuals[FIRST_SPILL] / self.floors["spill"],
+                          residuals[BEYOND_TOLERANCE] / self.floors["exec"])
+        return np.where(own, both, 0.0)
+
+    def reasons(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None,
+                groups: np.ndarray | None, which: np.ndarray, alert: np.ndarray) -> np.ndarray:
+        """The reason of each alert (None for other rows), from :meth:`decide_with_signal`'s ``which``:
+        the deciding signal's :data:`REASONS` entry, or :data:`FIRST_SPILL_REASON` where the
+        first-spill path decided."""
+        names = np.array([REASONS[s] for s in self.signals], dtype=object)[which]
+        first = self._first_spill(residuals, groups) if excess is not None else None
+        if first is not None and (alert & (which == self.signals.index("spill")) & (first > 0)).any():
+            i = self.signals.index("spill")
+            spill_elsewise = self._signal_scores(residuals, excess, groups, first_spill=False)[i]
+            names = np.where((which == i) & (first > spill_elsewise), FIRST_SPILL_REASON, names)
+        return np.where(alert, names, None)
 
     def decide(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None,
                groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(score, is_anomaly, reason)``; alert when ``score >= 1``; reason ``None`` otherwise."""
         score, alert, which = self.decide_with_signal(residuals, excess, groups)
-        names = np.array([REASONS[s] for s in self.signals], dtype=object)
-        reason = np.where(alert, names[which], None)
-        return score, alert, reason
+        return score, alert, self.reasons(residuals, excess, groups, which, alert)
 
     def decide_with_signal(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None,
                            groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -399,7 +465,8 @@ class ResidualDetector:
                        "min_scale": self.min_scale, "max_scale": self.max_scale,
                        "reference_quantile": self.reference_quantile, "quantile": self.quantile,
                        "floors": self.floors, "costly": self.costly, "min_group_rows": self.min_group_rows,
-                       "costly_z": self.costly_z, "known_costly": self.known_costly},
+                       "costly_z": self.costly_z, "known_costly": self.known_costly,
+                       "first_spill_runs": self.first_spill_runs},
             "center": self.center_, "spread": self.spread_, "gamma": self.gamma_,
             "relative_threshold": self.relative_threshold_, "score_threshold": self.threshold_,
             "threshold": 1.0, "n_calibration": self.n_calibration_, "n_groups": self.n_groups,
@@ -411,6 +478,7 @@ class ResidualDetector:
         params = dict(state["params"])
         params["signals"] = tuple(params["signals"])
         params.setdefault("known_costly", float("inf"))  # saved before the path existed: keep its decisions
+        params.setdefault("first_spill_runs", float("inf"))  # likewise
         det = cls(**params)
         det.n_groups = int(state.get("n_groups", 1))
         det.center_ = {k: [float(x) for x in np.atleast_1d(v)] for k, v in state["center"].items()}

@@ -16,7 +16,9 @@ fingerprint's own runtime never leaks into its features.
 
 The same lookup supplies the detector's references for the observed signals (queue time,
 scanned and spilled MB, compile time) via :meth:`FeatureBuilder.references`. Compile time is also a
-feature; as a signal its history counts only the runs that compiled (:data:`COMPILED_MS`).
+feature; as a signal its history counts only the runs that compiled (:data:`COMPILED_MS`). Two
+statistics serve the detector only: each instance's ordinary wait (the median of its runs that waited,
+:data:`WAITED_MS`) and each statement's largest spill (for its first-spill path).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workbench.data.schema import COLUMNS, LABEL_COLUMNS
-from workbench.ml.detector import THROUGHPUT
+from workbench.ml.detector import SPILL_HISTORY, THROUGHPUT
 from workbench.ml.exceptions import ColumnMismatchError, NotFittedError
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "REFERENCE_SOURCES",
     "REFERENCE_SOURCE_COLUMNS",
     "SIGNALS",
+    "WAITED_MS",
     "FeatureBuilder",
     "check_columns",
 ]
@@ -90,6 +93,15 @@ COMPILED_MS = 10.0
 _MED_COMPILE, _IQR_COMPILE = "med_compile", "iqr_compile"
 #: Instance column: the typical IQR of a fingerprint's log compile time (see ``_add_compile_spread``).
 _COMPILE_SPREAD = "fp_iqr_compile"
+#: A run waited in the WLM queue when its queue time reached this many ms (an admitted query reports
+#: 0 ms, a few ms at most).
+WAITED_MS = 10.0
+#: Instance column (and global value): the median log queue time of the runs that waited
+#: (:data:`WAITED_MS`), the length of an ordinary wait on the instance (see :meth:`FeatureBuilder.references`).
+_MED_WAITED = "med_waited_queue"
+#: Fingerprint column: the largest log MB spilled of the statement's runs in the window (0: it never
+#: spilled), for the detector's first-spill path (:data:`~workbench.ml.detector.SPILL_HISTORY`).
+_MAX_SPILL = "max_spill"
 
 _COUNT_COLUMNS = (
     "num_permanent_tables_accessed",
@@ -126,6 +138,7 @@ FEATURE_NAMES: tuple[str, ...] = (
 _STATS: tuple[tuple[str, float, str], ...] = (
     *[(s, q, f"{tag}_{s}") for s in _ALL_RUNS_SIGNALS for q, tag in ((0.25, "q25"), (0.5, "med"), (0.75, "q75"))],
     ("exec", 0.9, "p90_exec"),
+    ("spill", 1.0, _MAX_SPILL),
 )
 _CARRIED = {"kafka_partition", "kafka_offset", "pred_mean_ms", "pred_q_ms", "score", "is_anomaly", "reason",
             "model_version", "expected_ms", "exec_ratio", "evidence_signal", "evidence_unit",
@@ -334,9 +347,10 @@ def _global_stats(logs: dict[str, np.ndarray]) -> dict[str, float]:
         qs, names = _signal_stats(signal)
         values.update(zip(names, (float(v) for v in np.quantile(logs[signal], qs)), strict=True))
     out = {name: values[name] for _, _, name in _STATS}
-    compiled = logs["compile"][logs["compile"] >= np.log1p(COMPILED_MS)]
-    if len(compiled):  # model.json stays strict JSON (no NaN)
-        out[_MED_COMPILE] = float(np.median(compiled))
+    for name, signal, at_least in ((_MED_COMPILE, "compile", COMPILED_MS), (_MED_WAITED, "queue", WAITED_MS)):
+        above = logs[signal][logs[signal] >= np.log1p(at_least)]
+        if len(above):  # model.json stays strict JSON (no NaN)
+            out[name] = float(np.median(above))
     return out
 
 
@@ -347,12 +361,20 @@ def _compiled_stats(codes: np.ndarray, log_compile: np.ndarray, value_order: np.
 
     ``value_order``: all rows sorted by ``log_compile``; rows without a group (``code < 0``) are left out.
     """
-    keep = (log_compile[value_order] >= np.log1p(COMPILED_MS)) & (codes[value_order] >= 0)
+    med, iqr = _stats_above(codes, log_compile, value_order, n_groups, min_runs, COMPILED_MS)
+    return {_MED_COMPILE: med, _IQR_COMPILE: iqr}
+
+
+def _stats_above(codes: np.ndarray, log_values: np.ndarray, value_order: np.ndarray, n_groups: int,
+                 min_runs: int, at_least: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: ``(median, IQR)`` of ``log_values`` over its runs of at least ``at_least`` (natural
+    units), NaN for a group with fewer than ``min_runs`` of them; ``value_order`` sorts ``log_values``."""
+    keep = (log_values[value_order] >= np.log1p(at_least)) & (codes[value_order] >= 0)
     order = _group_order(codes, value_order[keep], n_groups)
     counts = np.bincount(codes[order], minlength=n_groups)
-    q25, med, q75 = _counted_group_quantiles(counts, log_compile[order], (0.25, 0.5, 0.75)).T
+    q25, med, q75 = _counted_group_quantiles(counts, log_values[order], (0.25, 0.5, 0.75)).T
     thin = counts < min_runs
-    return {_MED_COMPILE: np.where(thin, np.nan, med), _IQR_COMPILE: np.where(thin, np.nan, q75 - q25)}
+    return np.where(thin, np.nan, med), np.where(thin, np.nan, q75 - q25)
 
 
 def _reading_pace(codes: np.ndarray, logs: dict[str, np.ndarray], n_groups: int) -> tuple[np.ndarray, float]:
@@ -439,6 +461,8 @@ class FeatureBuilder:
         for stats, codes, n_groups in ((full_fp, fp_codes, len(fp_dict)), (full_inst, inst_codes, len(inst_ids))):
             stats.update(_compiled_stats(codes, logs["compile"], value_orders["compile"], n_groups, self.min_history))
         del full_inst[_IQR_COMPILE]  # an instance's compiled runs are only a prior level (no verdict)
+        full_inst[_MED_WAITED] = _stats_above(inst_codes, logs["queue"], value_orders["queue"], len(inst_ids),
+                                              self.min_history, WAITED_MS)[0]
         pace, fleet_pace = _reading_pace(inst_codes, logs, len(inst_ids))
         full_inst[_PACE] = pace
 
@@ -553,7 +577,11 @@ class FeatureBuilder:
         """Expected ``log1p`` level and spread of each observed signal, per row.
 
         Returns ``{signal: (median, iqr)}`` from the fingerprint's history when it ran at least
-        ``min_history`` times in the window, else from the instance's, else global.
+        ``min_history`` times in the window, else from the instance's, else global. The queue's
+        level is at least the instance's ordinary wait (the median of its runs that waited). Extra
+        keys: :data:`~workbench.ml.detector.THROUGHPUT` (the instance's reading pace) and
+        :data:`~workbench.ml.detector.SPILL_HISTORY` (the statement's largest log spill and its
+        number of runs; NaN without its own history).
         """
         self._check_fitted("references")
         table = _as_table(data)
@@ -642,6 +670,15 @@ class FeatureBuilder:
             glob_iqr = self.global_[f"q75_{signal}"] - self.global_[f"q25_{signal}"]
             iqr = np.where(np.isnan(iqr), glob_iqr, iqr)
             refs[signal] = (med, iqr)
+        if _MED_WAITED in lookup.inst:  # versions trained before the waited level was kept have none
+            # A wait no longer than an ordinary wait on the instance is no evidence, whatever the
+            # statement's usual (mostly zero) wait: how long a query waits is the instance's state.
+            waited = lookup.inst[_MED_WAITED]
+            waited = np.where(np.isnan(waited), self.global_.get(_MED_WAITED, 0.0), waited)
+            refs["queue"] = (np.maximum(refs["queue"][0], waited), refs["queue"][1])
+        if _MAX_SPILL in lookup.fp:  # versions trained before the largest spill was kept have none
+            refs[SPILL_HISTORY] = (np.where(use_fp, lookup.fp[_MAX_SPILL], np.nan),
+                                   np.where(use_fp, lookup.fp["n"], np.nan))
         if _PACE in lookup.inst:  # versions trained before the pace was kept have none
             pace = lookup.inst[_PACE]
             pace = np.where(np.isnan(pace), self.global_.get(_PACE, np.nan), pace)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from workbench.ml.detector import REASONS, UNITS, ResidualDetector
+from workbench.ml.detector import FIRST_SPILL_REASON, UNITS, ResidualDetector
 from workbench.ml.exceptions import MLError
 from workbench.ml.features import (
     INPUT_COLUMNS,
@@ -122,7 +122,7 @@ class LoadedModel:
         excess = det.excess(observed, expected)
         score, alert, which = det.decide_with_signal(z, excess, source)
         signals = np.array(det.signals, dtype=object)
-        reason = np.where(alert, np.array([_REASON[s] for s in det.signals], dtype=object)[which], None)
+        reason = det.reasons(z, excess, source, which, alert)
         pick = which[None, :]
         exp_v = np.take_along_axis(np.stack([expected[s] for s in det.signals]), pick, axis=0)[0]
         exc_v = np.take_along_axis(np.stack([excess[s] for s in det.signals]), pick, axis=0)[0]
@@ -144,13 +144,13 @@ class LoadedModel:
             "expected_value": exp_v,
             "observed_value": exp_v + exc_v,
             "excess_value": exc_v,
-            "reference": labels[which, source],
+            "reference": np.where(reason == FIRST_SPILL_REASON, _FIRST_SPILL_LABEL, labels[which, source]),
             "mean_log": mean_log,
             "q_log": q_log,
         }
 
 
-_REASON = REASONS
+_FIRST_SPILL_LABEL = "fingerprint history: no spill in its runs; runtime beyond the model's upper expectation"
 
 
 def _reference_label(signal: str, source: str) -> str:
@@ -159,7 +159,7 @@ def _reference_label(signal: str, source: str) -> str:
     if signal == "exec":
         return "model+" + ("fingerprint history" if source == "fingerprint" else "plan/instance prior")
     if signal == "queue":
-        return f"max(usual wait: {history}, expected runtime)"
+        return f"max(usual wait: {history}, ordinary wait on the instance, expected runtime)"
     if signal == "spill":
         return f"{history} spill; relative to this query's scan"
     if signal == "compile":

@@ -1,0 +1,99 @@
+"""References from the training window that are not a statement's own runtime: the instance's ordinary
+wait, and a statement's spill history (the first-spill path)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from workbench.ml._testing import generated_log
+from workbench.ml._train import train_table
+from workbench.ml.detector import FIRST_SPILL_REASON, SPILL_HISTORY
+from workbench.ml.features import WAITED_MS, FeatureBuilder
+from workbench.ml.scorer import Scorer
+
+
+def _with(table: pa.Table, column: str, values: np.ndarray) -> pa.Table:
+    idx = table.schema.get_field_index(column)
+    return table.set_column(idx, table.schema.field(idx), pa.array(np.rint(values).astype(np.int64)))
+
+
+def _keys(table: pa.Table) -> np.ndarray:
+    inst = table.column("instance_id").to_numpy().astype(str)
+    return np.char.add(np.char.add(inst, "|"), np.asarray(table.column("feature_fingerprint").to_pylist(), dtype=str))
+
+
+def test_the_queue_reference_is_at_least_an_ordinary_wait_on_the_instance() -> None:
+    log = generated_log(days=1, rows_per_day=4000, seed=3)
+    inst = log.column("instance_id").to_numpy()
+    queue = log.column("queue_duration_ms").to_numpy().astype(float)
+    # Instance A: one run in ten waits 20 s (and a few report 1-5 ms of admission, not a wait); instance B
+    # never waits.
+    a, b = np.unique(inst)[:2]
+    rng = np.random.default_rng(0)
+    queue[inst == a] = np.where(rng.random((inst == a).sum()) < 0.1, 20_000.0, rng.integers(0, 6, (inst == a).sum()))
+    queue[inst == b] = 0.0
+    table = _with(log, "queue_duration_ms", queue)
+    builder = FeatureBuilder().fit(table)
+    level, _ = builder.references(table)["queue"]
+    assert np.expm1(level[inst == a]) == pytest.approx(20_000.0)  # not the statements' usual 0 ms
+    waited = queue[queue >= WAITED_MS]
+    # An instance that never waited gets the fleet's ordinary wait (the median of every run that waited).
+    assert np.expm1(level[inst == b]) == pytest.approx(np.expm1(np.median(np.log1p(waited))))
+
+
+def test_spill_history_is_the_largest_spill_and_the_runs_of_the_statement_own_history_only() -> None:
+    log = generated_log(days=1, rows_per_day=4000, seed=3)
+    keys = _keys(log)
+    distinct, counts = np.unique(keys, return_counts=True)
+    busiest = keys == distinct[np.argmax(counts)]
+    spill = log.column("mbytes_spilled").to_numpy().astype(float)
+    spill[busiest] = 0.0
+    spill[np.flatnonzero(busiest)[0]] = 1_234.0
+    table = _with(log, "mbytes_spilled", spill)
+    builder = FeatureBuilder().fit(table)
+    largest, runs = builder.references(table)[SPILL_HISTORY]
+    assert np.expm1(largest[busiest]) == pytest.approx(1_234.0)
+    assert (runs[busiest] == busiest.sum()).all()
+    rare = np.isin(keys, distinct[counts < builder.min_history])  # a prior's reference: no history of its own
+    assert rare.any() and np.isnan(largest[rare]).all() and np.isnan(runs[rare]).all()
+
+
+def test_scorer_names_a_first_spill_with_its_evidence(tmp_path: Path) -> None:
+    log = generated_log(days=2, rows_per_day=3000, seed=5)
+    train, batch = log.slice(0, 3000), log.slice(3000, 500)
+    keys = _keys(train)
+    # Statements of the training day with at least 5 runs: they never spilled there.
+    distinct, counts = np.unique(keys, return_counts=True)
+    frequent = np.isin(keys, distinct[counts >= 5])
+    spill = train.column("mbytes_spilled").to_numpy().astype(float)
+    spill[frequent] = 0.0
+    train_table(tmp_path / "models", _with(train, "mbytes_spilled", spill), dt.date(2024, 3, 1), window_days=1)
+    version = next((tmp_path / "models" / "versions").iterdir())
+    builder = FeatureBuilder.load(version, json.loads((version / "model.json").read_text())["features"])
+    largest, runs = builder.references(batch)[SPILL_HISTORY]
+    candidates = np.flatnonzero((largest == 0.0) & (runs >= 5))
+    assert len(candidates), "the batch must hold a run of a statement that never spilled in 5 runs"
+    i = int(candidates[0])
+    scorer = Scorer(tmp_path / "models", background=False)
+    exec_ms = batch.column("execution_duration_ms").to_numpy().astype(float)
+    spilled = batch.column("mbytes_spilled").to_numpy().astype(float)
+    pred_q = scorer.score(batch).column("pred_q_ms").to_numpy(zero_copy_only=False)
+    # 3 GB spilled and 5 s beyond the model's upper expectation: both at least their floor.
+    exec_ms[i] = max(pred_q[i], exec_ms[i]) + 5_000.0
+    spilled[i] = 3_000.0
+    out = scorer.score(_with(_with(batch, "execution_duration_ms", exec_ms), "mbytes_spilled", spilled))
+    row = {n: out.column(n)[i].as_py() for n in out.schema.names}
+    assert row["is_anomaly"] and row["reason"] == FIRST_SPILL_REASON and row["evidence_signal"] == "spill"
+    assert row["evidence_unit"] == "MB" and row["observed_value"] == pytest.approx(3_000.0, rel=1e-6)
+    assert row["expected_value"] == pytest.approx(0.0, abs=1e-6)
+    assert row["reference"].startswith("fingerprint history: no spill")
+    # The same spill within the runtime tolerance is no first-spill alert.
+    exec_ms[i] = 0.5 * pred_q[i]
+    out = scorer.score(_with(_with(batch, "execution_duration_ms", exec_ms), "mbytes_spilled", spilled))
+    assert out.column("reason")[i].as_py() != FIRST_SPILL_REASON
