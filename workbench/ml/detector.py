@@ -375,7 +375,7 @@ class ResidualDetector:
 
     # --- decision -----------------------------------------------------------------------------
     def _signal_scores(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None,
-                       groups: np.ndarray | None = None, *, first_spill: bool = True) -> np.ndarray:
+                       groups: np.ndarray | None = None) -> np.ndarray:
         u = self._u(residuals, groups)
         if excess is None:  # relative only (no impact information): the old behaviour
             return u / self.threshold_
@@ -401,7 +401,7 @@ class ResidualDetector:
             costly[i] = np.maximum(costly[i], np.minimum(beyond, raw[i] / self.costly_z))
         on_path = np.array([sig in TIME_SIGNALS for sig in self.signals])[:, None]
         scores = np.where(on_path, np.maximum(relative, costly), relative)
-        first = self._first_spill(residuals, groups) if first_spill else None
+        first = self._first_spill(residuals, groups)
         if first is not None:
             i = self.signals.index("spill")
             scores[i] = np.maximum(scores[i], first)
@@ -423,24 +423,23 @@ class ResidualDetector:
                           residuals[BEYOND_TOLERANCE] / self.floors["exec"])
         return np.where(own, both, 0.0)
 
-    def reasons(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None,
-                groups: np.ndarray | None, which: np.ndarray, alert: np.ndarray) -> np.ndarray:
-        """The reason of each alert (None for other rows), from :meth:`decide_with_signal`'s ``which``:
-        the deciding signal's :data:`REASONS` entry, or :data:`FIRST_SPILL_REASON` where the
-        first-spill path decided."""
+    def reasons(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None, score: np.ndarray,
+                which: np.ndarray, alert: np.ndarray) -> np.ndarray:
+        """The reason of each alert (None for other rows), from :meth:`decide_with_signal`'s values: the
+        deciding signal's :data:`REASONS` entry, or :data:`FIRST_SPILL_REASON` where the first-spill
+        path gave the score (``groups`` None: no first-spill path, as in :meth:`decide_with_signal`)."""
         names = np.array([REASONS[s] for s in self.signals], dtype=object)[which]
-        first = self._first_spill(residuals, groups) if excess is not None else None
-        if first is not None and (alert & (which == self.signals.index("spill")) & (first > 0)).any():
-            i = self.signals.index("spill")
-            spill_elsewise = self._signal_scores(residuals, excess, groups, first_spill=False)[i]
-            names = np.where((which == i) & (first > spill_elsewise), FIRST_SPILL_REASON, names)
+        first = self._first_spill(residuals, groups)
+        if first is not None:
+            names = np.where((which == self.signals.index("spill")) & (first > 0) & (first >= score),
+                             FIRST_SPILL_REASON, names)
         return np.where(alert, names, None)
 
     def decide(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None,
                groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(score, is_anomaly, reason)``; alert when ``score >= 1``; reason ``None`` otherwise."""
         score, alert, which = self.decide_with_signal(residuals, excess, groups)
-        return score, alert, self.reasons(residuals, excess, groups, which, alert)
+        return score, alert, self.reasons(residuals, groups if excess is not None else None, score, which, alert)
 
     def decide_with_signal(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None,
                            groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -122,7 +122,7 @@ class LoadedModel:
         excess = det.excess(observed, expected)
         score, alert, which = det.decide_with_signal(z, excess, source)
         signals = np.array(det.signals, dtype=object)
-        reason = det.reasons(z, excess, source, which, alert)
+        reason = det.reasons(z, source, score, which, alert)
         pick = which[None, :]
         exp_v = np.take_along_axis(np.stack([expected[s] for s in det.signals]), pick, axis=0)[0]
         exc_v = np.take_along_axis(np.stack([excess[s] for s in det.signals]), pick, axis=0)[0]
