@@ -16,7 +16,8 @@ point
     minutes; ``compile_3min`` a known statement with a compile history compiles for 3 minutes;
     ``spill_20gb`` a statement that never spilled spills 15-25 GB (and runs 1.5-2.5x longer);
     ``plan_stays_slow`` from one run on, every later run of the day of a known statement 2-3x
-    slower; ``heavy_slower`` a known heavy statement (>= 1 min) 2-4x slower once.
+    slower; ``heavy_slower`` a known heavy statement (>= 1 min) 2-4x slower once; ``first_spill`` a
+    statement that never spilled (>= 1 GB read) spills 1-3x its scan once and runs 2-4x longer.
 contextual
     ``heavy_at_peak`` a heavy statement (>= 1 min) that normally runs at night on one instance
     runs at the busy hours on a smaller one; ``small_as_big`` queries of a small instance take what
@@ -253,6 +254,18 @@ def _heavy_slower(day: ProbeDay, name: str) -> None:
     day.set(idx, name, execution_duration_ms=exec_ms * day.rng.uniform(2, 4, len(idx)))
 
 
+def _first_spill(day: ProbeDay, name: str) -> None:
+    # A statement that never spilled (5 runs or more) and reads at least 1 GB runs out of memory once
+    # (a larger input, a smaller WLM slot): it spills 1-3x its scan to disk and takes 2-4x its time.
+    never = _known(day) & (day.hist["max_spill"].fillna(1).to_numpy() == 0)
+    cand = day.free() & day.on("busy", "mid", "small") & never & (_nums(day.frame, "mbytes_scanned") >= 1_000)
+    idx = day.pick(cand, POINT_ROWS)
+    scan = _nums(day.frame, "mbytes_scanned")[idx]
+    exec_ms = _nums(day.frame, "execution_duration_ms")[idx]
+    day.set(idx, name, mbytes_spilled=scan * day.rng.uniform(1, 3, len(idx)),
+            execution_duration_ms=exec_ms * day.rng.uniform(2, 4, len(idx)))
+
+
 def _new_runaway(day: ProbeDay, name: str) -> None:
     f = day.frame
     work = f["query_type"].isin(["select", "insert", "ctas", "update", "delete"]).to_numpy()
@@ -430,6 +443,7 @@ PROBES: tuple[Probe, ...] = (
     Probe("plan_stays_slow", "point", _plan_stays_slow),
     # last: a probe added later consumes the generator's draws after the others', which stay as they were
     Probe("heavy_slower", "point", _heavy_slower),
+    Probe("first_spill", "point", _first_spill),
 )
 
 
