@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from workbench.ml.detector import BEYOND_TOLERANCE, FIRST_SPILL_REASON, SPILL_HISTORY, UNITS, ResidualDetector
+from workbench.ml.detector import FIRST_SPILL_REASON, SPILL_HISTORY, UNITS, ResidualDetector
 from workbench.ml.exceptions import MLError
 from workbench.ml.features import (
     INPUT_COLUMNS,
@@ -144,24 +144,22 @@ class LoadedModel:
             "expected_value": exp_v,
             "observed_value": exp_v + exc_v,
             "excess_value": exc_v,
-            "reference": _with_first_spill_labels(labels[which, source], reason, z, refs),
+            "reference": _with_first_spill_labels(labels[which, source], reason, refs),
             "mean_log": mean_log,
             "q_log": q_log,
         }
 
 
-def _with_first_spill_labels(labels: np.ndarray, reason: np.ndarray, residuals: dict[str, np.ndarray],
-                             refs: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """``labels`` with the first-spill alerts' reference: the clean runs and the runtime overrun that
-    confirmed the spill (the evidence values are the spill's)."""
+def _with_first_spill_labels(labels: np.ndarray, reason: np.ndarray, refs: dict[str, tuple[np.ndarray, np.ndarray]]
+                             ) -> np.ndarray:
+    """``labels`` with the first-spill alerts' reference: how many runs of the statement spilled nothing."""
     rows = np.flatnonzero(reason == FIRST_SPILL_REASON)
     if not len(rows):
         return labels
     labels = labels.copy()
-    runs, beyond = refs[SPILL_HISTORY][1], residuals[BEYOND_TOLERANCE]
+    runs = refs[SPILL_HISTORY][1]
     for i in rows:
-        labels[i] = (f"fingerprint history: no spill in {runs[i]:.0f} runs; runtime {beyond[i] / 1000:,.1f} s "
-                     "beyond the model's upper expectation")
+        labels[i] = f"fingerprint history: no spill in {runs[i]:.0f} runs"
     return labels
 
 
