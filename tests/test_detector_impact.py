@@ -234,11 +234,11 @@ def test_a_q90_below_the_mean_does_not_widen_the_known_statement_path() -> None:
     assert _exec_alerts(det, 4.4 * 60_000, 2.3 * 60_000, 2.3 * 60_000, group=0)  # 2.1 minutes beyond
 
 
-def _first_spill(det: ResidualDetector, *, spill_mb: float, exec_ms: float, largest_spill_mb: float = 0.0,
+def _first_spill(det: ResidualDetector, *, spill_mb: float, largest_spill_mb: float = 0.0,
                  runs: float = 8.0, group: int = 0) -> tuple[bool, str | None]:
-    """``(alerts, reason)`` of one run of a statement (predicted 20 s, q90 30 s, 10 GB read) that spilled
-    ``spill_mb``, when its history holds ``runs`` runs whose largest spill was ``largest_spill_mb``."""
-    mean, obs, refs = _run(exec_ms, 20_000.0, scan_mb=10_000.0, reference_mb=10_000.0)
+    """``(alerts, reason)`` of one run of a statement (predicted and run in 20 s, q90 30 s, 10 GB read) that
+    spilled ``spill_mb``, when its history holds ``runs`` runs whose largest spill was ``largest_spill_mb``."""
+    mean, obs, refs = _run(20_000.0, 20_000.0, scan_mb=10_000.0, reference_mb=10_000.0)
     obs["spill"] = np.log1p([spill_mb])
     refs[SPILL_HISTORY] = (np.log1p([largest_spill_mb]), np.array([runs]))
     z = det.residuals(obs, mean, np.log1p([30_000.0]), refs)
@@ -261,13 +261,13 @@ def test_a_first_spill_of_a_statement_that_never_spilled_alerts() -> None:
     det = _spilling_fitted()
     # Never spilled in 8 runs, now 2 GB (a fifth of the scan: an ordinary spill among spills), at its
     # usual runtime: new for the statement, and material.
-    assert _first_spill(det, spill_mb=2_000.0, exec_ms=20_000.0) == (True, FIRST_SPILL_REASON)
+    assert _first_spill(det, spill_mb=2_000.0) == (True, FIRST_SPILL_REASON)
     # Under the spill floor (1 GB), or a statement that spilled before, or too short a history, or a
     # statement never seen on the instance (its references are a prior's): no first spill.
-    assert _first_spill(det, spill_mb=900.0, exec_ms=20_000.0) == (False, None)
-    assert _first_spill(det, spill_mb=2_000.0, exec_ms=20_000.0, largest_spill_mb=50.0) == (False, None)
-    assert _first_spill(det, spill_mb=2_000.0, exec_ms=20_000.0, runs=4.0) == (False, None)
-    assert _first_spill(det, spill_mb=2_000.0, exec_ms=20_000.0, group=1) == (False, None)
+    assert _first_spill(det, spill_mb=900.0) == (False, None)
+    assert _first_spill(det, spill_mb=2_000.0, largest_spill_mb=50.0) == (False, None)
+    assert _first_spill(det, spill_mb=2_000.0, runs=4.0) == (False, None)
+    assert _first_spill(det, spill_mb=2_000.0, group=1) == (False, None)
 
 
 def test_the_scale_of_a_sparse_signal_is_not_set_by_a_few_anomalies_of_the_holdout() -> None:
@@ -294,8 +294,8 @@ def test_a_model_saved_before_the_first_spill_path_keeps_its_decisions() -> None
     state = det.to_dict()
     assert state["params"]["first_spill_runs"] == FIRST_SPILL_RUNS
     del state["params"]["first_spill_runs"]
-    assert _first_spill(ResidualDetector.from_dict(state), spill_mb=2_000.0, exec_ms=20_000.0) == (False, None)
-    assert _first_spill(ResidualDetector.from_dict(det.to_dict()), spill_mb=2_000.0, exec_ms=20_000.0)[0]
+    assert _first_spill(ResidualDetector.from_dict(state), spill_mb=2_000.0) == (False, None)
+    assert _first_spill(ResidualDetector.from_dict(det.to_dict()), spill_mb=2_000.0)[0]
 
 
 def test_a_model_saved_before_the_queue_and_spill_were_one_sided_keeps_its_residuals() -> None:
