@@ -234,16 +234,21 @@ def test_a_q90_below_the_mean_does_not_widen_the_known_statement_path() -> None:
     assert _exec_alerts(det, 4.4 * 60_000, 2.3 * 60_000, 2.3 * 60_000, group=0)  # 2.1 minutes beyond
 
 
-def _first_spill(det: ResidualDetector, *, spill_mb: float, largest_spill_mb: float = 0.0,
-                 runs: float = 8.0, group: int = 0) -> tuple[bool, str | None]:
-    """``(alerts, reason)`` of one run of a statement (predicted and run in 20 s, q90 30 s, 10 GB read) that
-    spilled ``spill_mb``, when its history holds ``runs`` runs whose largest spill was ``largest_spill_mb``."""
+def _first_spill_decision(det: ResidualDetector, *, spill_mb: float, largest_spill_mb: float = 0.0,
+                          runs: float = 8.0, group: int = 0) -> tuple[float, bool, str | None]:
+    """``(score, alerts, reason)`` of one run of a statement (predicted and run in 20 s, q90 30 s, 10 GB read)
+    that spilled ``spill_mb``, when its history holds ``runs`` runs whose largest spill was ``largest_spill_mb``."""
     mean, obs, refs = _run(20_000.0, 20_000.0, scan_mb=10_000.0, reference_mb=10_000.0)
     obs["spill"] = np.log1p([spill_mb])
     refs[SPILL_HISTORY] = (np.log1p([largest_spill_mb]), np.array([runs]))
     z = det.residuals(obs, mean, np.log1p([30_000.0]), refs)
-    _, alert, reason = det.decide(z, det.excess(obs, det.expected(mean, refs)), np.array([group]))
-    return bool(alert[0]), reason[0]
+    score, alert, reason = det.decide(z, det.excess(obs, det.expected(mean, refs)), np.array([group]))
+    return float(score[0]), bool(alert[0]), reason[0]
+
+
+def _first_spill(det: ResidualDetector, **run: float) -> tuple[bool, str | None]:
+    """``(alerts, reason)`` of :func:`_first_spill_decision`."""
+    return _first_spill_decision(det, **run)[1:]
 
 
 def _spilling_fitted() -> ResidualDetector:
@@ -268,6 +273,20 @@ def test_a_first_spill_of_a_statement_that_never_spilled_alerts() -> None:
     assert _first_spill(det, spill_mb=2_000.0, largest_spill_mb=50.0) == (False, None)
     assert _first_spill(det, spill_mb=2_000.0, runs=4.0) == (False, None)
     assert _first_spill(det, spill_mb=2_000.0, group=1) == (False, None)
+
+
+def test_a_first_spill_ranks_by_the_weaker_of_its_stake_and_its_evidence() -> None:
+    det = _spilling_fitted()
+    # 9 GB of its 10 GB read after 6 clean runs (a big statement's occasional spill) against 5 GB after 60
+    # clean runs: both alert, and the long clean history ranks first; each scores the weaker of its two terms.
+    short_history, short_alert, _ = _first_spill_decision(det, spill_mb=9_000.0, runs=6.0)
+    long_history, long_alert, reason = _first_spill_decision(det, spill_mb=5_000.0, runs=60.0)
+    assert short_alert and long_alert and reason == FIRST_SPILL_REASON
+    assert short_history == pytest.approx(6.0 / FIRST_SPILL_RUNS)
+    assert long_history == pytest.approx(5.0)
+    # At the bar on either side: the floor's 1 GB after a long history, 9 GB after the shortest history.
+    assert _first_spill_decision(det, spill_mb=1_000.0, runs=60.0)[0] == pytest.approx(1.0)
+    assert _first_spill_decision(det, spill_mb=9_000.0, runs=FIRST_SPILL_RUNS)[0] == pytest.approx(1.0)
 
 
 def test_the_scale_of_a_sparse_signal_is_not_set_by_a_few_anomalies_of_the_holdout() -> None:

@@ -94,10 +94,14 @@ expectation is a prior, and runs minutes longer than a prior are everyday traffi
 
 A first spill is the spill signal's own second path, for the same group 0: a statement that spilled
 in none of its ``first_spill_runs`` (5) runs of the window spills at least the spill floor (1 GB); the
-score is ``MB spilled / spill floor`` and the reason ``first_spill``. The statement's clean history is
-the relative evidence and the floor the stake: the spill signal proper (spill against the run's own
-scan) judges a spill among spills, which are heavy-tailed, so a first massive spill is no rarer there
-than any other (a first spill as large as the scan that doubled the runtime cleared it 1 time in 100).
+reason is ``first_spill``. The statement's clean history is the relative evidence and the floor the
+stake, and the score is the smaller of the two as on every other path:
+``min(MB spilled / spill floor, clean runs / first_spill_runs)``. The spill signal proper (spill against
+the run's own scan) judges a spill among spills, which are heavy-tailed, so a first massive spill is no
+rarer there than any other (a first spill as large as the scan that doubled the runtime cleared it 1
+time in 100). The evidence bounds the score because the stake alone does not rank: a statement with 6
+clean runs that spills 300 GB of its 400 GB read is ordinary traffic of a big statement now and then,
+and scored by its gigabytes alone it outranked every other alert of the day.
 
 Calibration: the threshold targets ``alert_rate`` false alerts on normal traffic. The holdout
 comes from the training window and may itself contain anomalies, so its raw ``1 - alert_rate``
@@ -116,9 +120,9 @@ import numpy as np
 
 from workbench.ml.exceptions import NotFittedError
 
-__all__ = ["BEYOND_TOLERANCE", "COSTLY", "FIRST_SPILL", "FIRST_SPILL_REASON", "FIRST_SPILL_RUNS", "FLOORS",
-           "HISTORY_SIGNALS", "KNOWN_COSTLY", "ONE_SIDED", "REASONS", "SPILL_HISTORY", "THROUGHPUT", "TIME_SIGNALS",
-           "UNEXPLAINED", "UNITS", "ResidualDetector"]
+__all__ = ["BEYOND_TOLERANCE", "CLEAN_RUNS", "COSTLY", "FIRST_SPILL", "FIRST_SPILL_REASON", "FIRST_SPILL_RUNS",
+           "FLOORS", "HISTORY_SIGNALS", "KNOWN_COSTLY", "ONE_SIDED", "REASONS", "SPILL_HISTORY", "THROUGHPUT",
+           "TIME_SIGNALS", "UNEXPLAINED", "UNITS", "ResidualDetector"]
 
 #: Reason string per signal.
 REASONS: dict[str, str] = {
@@ -172,6 +176,9 @@ SPILL_HISTORY = "spill_history"
 #: Key of the extra quantity :meth:`ResidualDetector.residuals` adds: the MB spilled by a run of a
 #: statement that never spilled in at least ``first_spill_runs`` runs (0 for every other run).
 FIRST_SPILL = "spill_first_mb"
+#: Key of the extra quantity :meth:`ResidualDetector.residuals` adds next to :data:`FIRST_SPILL`: the
+#: clean runs of that statement's history (0 for every other run), the first-spill path's evidence.
+CLEAN_RUNS = "spill_clean_runs"
 #: Reason of an alert the first-spill path decided (the spill signal's own reason says "beyond the scan").
 FIRST_SPILL_REASON = "first_spill"
 #: Runs of a statement's history without a spill after which its first spill is news: a statement that
@@ -276,6 +283,7 @@ class ResidualDetector:
                     largest, runs = references[SPILL_HISTORY]
                     never = (largest == 0.0) & (runs >= self.first_spill_runs)  # NaN (no own history): False
                     out[FIRST_SPILL] = np.where(never, np.expm1(observed_log["spill"]), 0.0)
+                    out[CLEAN_RUNS] = np.where(never, runs, 0.0)
             else:  # queue
                 out[s] = observed_log["queue"] - np.maximum(references["queue"][0], pred_mean_log)
             if s in self.one_sided:  # fmax: a row without a spread (NaN, no history) gets 0, no verdict
@@ -427,17 +435,21 @@ class ResidualDetector:
         return scores
 
     def _first_spill(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None) -> np.ndarray | None:
-        """Score of the first-spill path per row (MB spilled over the spill floor), or None without its inputs.
+        """Score of the first-spill path per row, or None without its inputs: the smaller of the stake (MB
+        spilled over the spill floor) and the evidence (clean runs over ``first_spill_runs``).
 
         A statement that spilled in none of ``first_spill_runs`` runs of its own history spills at
         least the spill floor: the history is the relative evidence (the event is new for the
         statement), the floor the stake. Without it a first spill as large as the scan was caught 1
         time in 100: among runs that spill, the generator's and Redshift's spills are heavy-tailed, so
-        a first massive spill is no rarer than any other spill.
+        a first massive spill is no rarer than any other spill. Both terms are at least 1 exactly when
+        the path alerts; the smaller one ranks (a long clean history is stronger evidence than a short one).
         """
         if FIRST_SPILL not in residuals or groups is None:
             return None
-        return np.where(np.asarray(groups) == 0, residuals[FIRST_SPILL] / self.floors["spill"], 0.0)
+        stake = residuals[FIRST_SPILL] / self.floors["spill"]
+        evidence = residuals[CLEAN_RUNS] / self.first_spill_runs
+        return np.where(np.asarray(groups) == 0, np.minimum(stake, evidence), 0.0)
 
     def reasons(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None, score: np.ndarray,
                 which: np.ndarray, alert: np.ndarray) -> np.ndarray:
