@@ -60,7 +60,7 @@ from workbench.ml._train import load_log_window, split_window, train_table
 from workbench.ml.baseline import baseline_decide
 from workbench.ml.detector import COSTLY, FLOORS, ResidualDetector
 from workbench.ml.evaluate import anomaly_kinds, anomaly_labels, dominating_normals, labelled_windows, window_kinds_of
-from workbench.ml.features import SIGNALS, _log_signal
+from workbench.ml.features import SIGNALS, _log_signal, as_never_seen_instance
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import LoadedModel
 
@@ -90,6 +90,12 @@ def _inputs(model: LoadedModel, table: pa.Table) -> dict:
     mean_log, q_log = model.regressors.predict_log(X)
     return {"obs": {s: _log_signal(table, s) for s in SIGNALS}, "mean": mean_log, "q": q_log, "refs": refs,
             "source": source}
+
+
+def holdout_inputs(model: LoadedModel, hold_table: pa.Table) -> dict:
+    """:func:`_inputs` of the holdout, with key ``unseen``: those of the holdout re-read as a never-seen
+    instance, which calibrate the global prior's group as training does."""
+    return {**_inputs(model, hold_table), "unseen": _inputs(model, as_never_seen_instance(hold_table))}
 
 
 def residuals_of(model: LoadedModel, table: pa.Table) -> pd.DataFrame:
@@ -145,7 +151,8 @@ def _detect(params: dict, hold: dict, day: dict) -> tuple[np.ndarray, np.ndarray
         z = det.residuals(x["obs"], x["mean"], x["q"], x["refs"])
         return z, det.excess(x["obs"], det.expected(x["mean"], x["refs"]))
 
-    det.fit(*parts(hold), hold["source"])
+    unseen = hold.get("unseen")
+    det.fit(*parts(hold), hold["source"], group_only=None if unseen is None else (*parts(unseen), unseen["source"]))
     score, alert, _ = det.decide(*parts(day), day["source"])
     return score, alert
 
@@ -300,7 +307,7 @@ def main() -> None:
             print(generate(data, days=args.days, instances=args.instances, seed=args.seed, kinds=args.kinds))
         model, hold_table, train_day, eval_day = train_all_but_last(data, args.days, Path(tmp) / "models")
         day_table = load_log_window(data, eval_day, 1)
-        hold, day = _inputs(model, hold_table), _inputs(model, day_table)
+        hold, day = holdout_inputs(model, hold_table), _inputs(model, day_table)
         labels = anomaly_labels(day_table, data)
         kinds = anomaly_kinds(day_table, labels)
         window_kinds = window_kinds_of(data, [k.strip() for k in args.window_kinds.split(",") if k.strip()])

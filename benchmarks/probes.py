@@ -57,6 +57,7 @@ from benchmarks._probes import MIN_WINDOW_ROWS, PROBES, apply_probes
 from benchmarks.detection import (
     _detect,
     _inputs,
+    holdout_inputs,
     persistence_flags,
     reference_residuals,
     residuals_of,
@@ -184,7 +185,7 @@ def main() -> None:
         history = load_log_window(args.data, train_day, 7)
         original = load_log_window(args.data, eval_day, 1)
         day, label, labelled, sizes = apply_probes(original, history, args.seed)
-        hold, inputs = _inputs(model, hold_table), _inputs(model, day)
+        hold, inputs = holdout_inputs(model, hold_table), _inputs(model, day)
         score, alert = _detect(DEFAULTS, hold, inputs)
         persistent = persistence_flags(day, inputs, alert, model.version)
         first = eval_day - dt.timedelta(days=args.days - 1)

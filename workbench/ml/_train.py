@@ -49,7 +49,14 @@ from workbench.ml._forkserver import serve
 from workbench.ml._standby import UNTRAINABLE_RC
 from workbench.ml.detector import ResidualDetector
 from workbench.ml.exceptions import UntrainableWindow
-from workbench.ml.features import INPUT_COLUMNS, OBSERVED_COLUMNS, SIGNALS, FeatureBuilder, _log_signal
+from workbench.ml.features import (
+    INPUT_COLUMNS,
+    OBSERVED_COLUMNS,
+    SIGNALS,
+    FeatureBuilder,
+    _log_signal,
+    as_never_seen_instance,
+)
 from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
 from workbench.ml.registry import ModelRegistry
 
@@ -416,7 +423,13 @@ def _train_table(clock: _PhaseClock, registry: ModelRegistry, parent: str | None
         detector = ResidualDetector(alert_rate=alert_rate, quantile=model.quantile)
         z = detector.residuals(observed, mean_log, q_log, refs)
         excess = detector.excess(observed, detector.expected(mean_log, refs))
-        detector.fit(z, excess, source)
+        # The holdout's instances are all known: read as a never-seen instance, its rows calibrate
+        # the global prior's group, which they never reach otherwise.
+        X_unseen, refs_unseen, source_unseen = builder.transform_with_evidence(as_never_seen_instance(hold))
+        mean_unseen, q_unseen = pair.predict_log(X_unseen)
+        unseen = (detector.residuals(observed, mean_unseen, q_unseen, refs_unseen),
+                  detector.excess(observed, detector.expected(mean_unseen, refs_unseen)), source_unseen)
+        detector.fit(z, excess, source, group_only=unseen)
         _, alert, _ = detector.decide(z, excess, source)
         y_hold = observed["exec"]
         holdout = {

@@ -107,7 +107,12 @@ Calibration: the threshold targets ``alert_rate`` false alerts on normal traffic
 comes from the training window and may itself contain anomalies, so its raw ``1 - alert_rate``
 quantile would land inside them. Instead the tail is extrapolated from the holdout's 95th and
 99th percentiles, assuming an exponential tail: ``T = q95 + (q99 - q95) / ln 5 * ln(0.05 /
-alert_rate)`` (split-conformal calibration with a peaks-over-threshold tail). The floor gate only
+alert_rate)`` (split-conformal calibration with a peaks-over-threshold tail), per reference source
+(Mondrian: a statement's own history, a prior of its instance, the global prior each get their own
+``T`` from their own holdout rows, so each alerts on about ``alert_rate`` of its normal queries; one
+pooled bar let never-seen statements alert five times as often as known ones, and the queries of an
+instance first seen after training 20 to 35 times as often). The global prior's rows are the holdout
+re-read as a never-seen instance: the holdout's instances are all known. The floor gate only
 removes alerts, so the realised false-alert rate is at most the target. Every number is a
 function of the row and the model version only, so decisions do not depend on batching.
 """
@@ -199,8 +204,9 @@ class ResidualDetector:
     ----------
     alert_rate : float, default=0.0005
         Target share of *normal* queries that alert (false alerts); true anomalies come on top.
-        Half the product's budget of 10 per 10k: on a new day the realised rate runs up to
-        about 1.2-2x the holdout's (traffic shifts, fingerprints never seen).
+        Half the product's budget of 10 per 10k: on a new day the realised rate runs above the
+        holdout's (traffic shifts, statements and instances never seen): 1.15-1.3x on demo logs of
+        three seeds with the per-group thresholds (1.7-3x with one pooled bar).
     signals : tuple of str, default=("exec", "queue", "scan", "spill", "compile")
         Observed signals to score (subset of :data:`REASONS`).
     known_costly : float, default=120_000.0
@@ -310,12 +316,16 @@ class ResidualDetector:
         return {s: np.expm1(observed_log[s]) - expected[s] for s in self.signals}
 
     # --- calibration ------------------------------------------------------------------------
+    def _group_index(self, groups: np.ndarray | None, n: int) -> np.ndarray:
+        """Each row's index into the per-group calibrations (group 0 for every row without ``groups``)."""
+        g = np.zeros(n, dtype=np.int64) if groups is None else np.asarray(groups)
+        # A group the holdout did not contain has no calibration of its own: it borrows the pooled
+        # one, stored after the fitted groups, rather than the calibration of whichever fitted group
+        # happens to have the nearest index.
+        return np.where((g >= 0) & (g < self.n_groups), g, self.n_groups)
+
     def _u(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None) -> np.ndarray:
-        g = np.zeros(len(residuals[self.signals[0]]), dtype=np.int64) if groups is None else np.asarray(groups)
-        # A group the holdout did not contain (e.g. rows of an instance first seen after training)
-        # has no calibration of its own: it borrows the pooled one, stored after the fitted groups,
-        # rather than the calibration of whichever fitted group happens to have the nearest index.
-        g = np.where((g >= 0) & (g < self.n_groups), g, self.n_groups)
+        g = self._group_index(groups, len(residuals[self.signals[0]]))
         return np.stack([(residuals[s] - np.asarray(self.center_[s])[g]) / np.asarray(self.spread_[s])[g]
                          for s in self.signals])
 
@@ -328,7 +338,9 @@ class ResidualDetector:
         return np.stack(rows)
 
     def fit(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None,
-            groups: np.ndarray | None = None) -> ResidualDetector:
+            groups: np.ndarray | None = None, *,
+            group_only: tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, np.ndarray] | None = None
+            ) -> ResidualDetector:
         """Calibrate per-signal scales, the stake exponents and the threshold on holdout rows.
 
         ``excess`` (from :meth:`excess`) is needed for the impact weighting; without it the
@@ -341,23 +353,42 @@ class ResidualDetector:
         does not contain at all (at decision time: rows whose instance was never seen in training).
         At decision time group 0 also means "the expectation rests on the statement's own history"
         (:data:`~workbench.ml.features.REFERENCE_SOURCES`), which opens the ``known_costly`` path.
+
+        The threshold is calibrated per group as well: each group with ``min_group_rows`` rows gets the
+        ``1 - alert_rate`` tail of its own stake-weighted scores, so every group alerts on about
+        ``alert_rate`` of its normal rows (a never-seen statement's prior is looser than a statement's
+        own history, and one pooled bar let it alert five times as often). ``group_only``
+        ``(residuals, excess, groups)`` are rows that calibrate only the groups they belong to (their
+        scales and thresholds), never the pooled calibration: training passes the holdout re-read as a
+        never-seen instance (:func:`~workbench.ml.features.as_never_seen_instance`), the only rows that
+        can calibrate the ``global`` group, which a holdout of known instances never holds.
         """
         self._check_signals()
         if not 0.0 < self.alert_rate < 0.05:
             msg = f"The 'alert_rate' parameter of ResidualDetector must be in (0, 0.05). Got {self.alert_rate}."
             raise ValueError(msg)
         g = np.zeros(len(residuals[self.signals[0]]), dtype=np.int64) if groups is None else np.asarray(groups)
-        self.n_groups = int(g.max()) + 1 if len(g) else 1
+        every_z, every_e, every_g = residuals, excess, g
+        if group_only is not None:
+            only_z, only_e, only_g = group_only
+            every_z = {s: np.concatenate([residuals[s], only_z[s]]) for s in self.signals}
+            every_g = np.concatenate([g, np.asarray(only_g)])
+            if excess is not None:
+                if only_e is None:
+                    msg = "ResidualDetector.fit: 'group_only' needs its excess when 'excess' is given."
+                    raise ValueError(msg)
+                every_e = {s: np.concatenate([excess[s], only_e[s]]) for s in self.signals}
+        self.n_groups = int(every_g.max()) + 1 if len(every_g) else 1
+        sizes = np.bincount(every_g, minlength=self.n_groups) if len(every_g) else np.zeros(1, np.int64)
+        own = sizes >= self.min_group_rows
         self.center_: dict[str, list[float]] = {}
         self.spread_: dict[str, list[float]] = {}
         for s in self.signals:
-            z = residuals[s]
-            pooled = self._calibration_point(s, z)
+            pooled = self._calibration_point(s, residuals[s])
             centers, spreads = [], []
             pooled_spread = max(pooled[1] - pooled[0], 1e-3)
             for k in range(self.n_groups):
-                zk = z[g == k]
-                c, q = self._calibration_point(s, zk) if len(zk) >= self.min_group_rows else pooled
+                c, q = self._calibration_point(s, every_z[s][every_g == k]) if own[k] else pooled
                 centers.append(c)
                 # A group may be tighter than the pool, but not degenerate (e.g. never-seen
                 # fingerprints that mostly neither scan nor spill): at least half the pooled spread.
@@ -373,10 +404,13 @@ class ResidualDetector:
             span = np.log(max(self.costly[s] / self.floors[s], 1.0 + 1e-9))
             self.gamma_[s] = float(np.log(max(t0, 1.0)) / span) if excess is not None else 0.0
         if excess is not None:
-            s_all = u * self._stake(excess)
-            self.threshold_ = _tail_threshold(s_all.max(axis=0), self.alert_rate)
+            self.threshold_ = _tail_threshold((u * self._stake(excess)).max(axis=0), self.alert_rate)
+            every = (self._u(every_z, every_g) * self._stake(every_e)).max(axis=0)
+            self.group_threshold_ = [_tail_threshold(every[every_g == k], self.alert_rate) if own[k]
+                                     else self.threshold_ for k in range(self.n_groups)] + [self.threshold_]
         else:
             self.threshold_ = t0
+            self.group_threshold_ = [t0] * (self.n_groups + 1)
         self.n_calibration_ = int(u.shape[1])
         return self
 
@@ -406,7 +440,8 @@ class ResidualDetector:
         u = self._u(residuals, groups)
         if excess is None:  # relative only (no impact information): the old behaviour
             return u / self.threshold_
-        s = u * self._stake(excess) / self.threshold_
+        threshold = np.asarray(self.group_threshold_)[self._group_index(groups, u.shape[1])]
+        s = u * self._stake(excess) / threshold
         gate = np.stack([excess[sig] / self.floors[sig] for sig in self.signals])
         relative = np.minimum(s, gate)
         # Costly path: the excess alone is expensive and the residual is at least ``costly_z``
@@ -496,6 +531,7 @@ class ResidualDetector:
                        "first_spill_runs": self.first_spill_runs, "one_sided": list(self.one_sided)},
             "center": self.center_, "spread": self.spread_, "gamma": self.gamma_,
             "relative_threshold": self.relative_threshold_, "score_threshold": self.threshold_,
+            "group_threshold": self.group_threshold_,
             "threshold": 1.0, "n_calibration": self.n_calibration_, "n_groups": self.n_groups,
         }
 
@@ -517,6 +553,9 @@ class ResidualDetector:
         det.gamma_ = {k: float(v) for k, v in state.get("gamma", {s: 0.0 for s in det.signals}).items()}
         det.relative_threshold_ = float(state.get("relative_threshold", state["threshold"]))
         det.threshold_ = float(state.get("score_threshold", state["threshold"]))
+        # saved before per-group thresholds: the pooled one for every group (its old decisions)
+        det.group_threshold_ = [float(t) for t in state.get("group_threshold",
+                                                            [det.threshold_] * (det.n_groups + 1))]
         det.n_calibration_ = int(state["n_calibration"])
         return det
 

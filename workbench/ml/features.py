@@ -48,6 +48,7 @@ __all__ = [
     "SIGNALS",
     "WAITED_MS",
     "FeatureBuilder",
+    "as_never_seen_instance",
     "check_columns",
 ]
 
@@ -173,6 +174,18 @@ def check_columns(columns: list[str] | tuple[str, ...], required: tuple[str, ...
         known = set(required) | set(OBSERVED_COLUMNS) | set(COLUMNS) | set(LABEL_COLUMNS) | _CARRIED
         unseen = [c for c in columns if c not in known]
         raise ColumnMismatchError(missing=missing, unseen=unseen, what=what)
+
+
+def as_never_seen_instance(table: pa.Table) -> pa.Table:
+    """``table`` with every row moved to one instance id that none of its rows has: its queries as a
+    :class:`FeatureBuilder` fitted on their window reads those of an instance first seen after training
+    (reference source ``global``), the calibration rows of that source (see
+    :meth:`~workbench.ml.detector.ResidualDetector.fit`). The instance id is no feature of its own."""
+    column = table.column("instance_id")
+    largest = pc.max(column).as_py()
+    unseen = pa.array(np.full(table.num_rows, (largest if largest is not None else 0) + 1), column.type)
+    index = table.schema.get_field_index("instance_id")
+    return table.set_column(index, table.schema.field(index), unseen)
 
 
 def _as_table(data: pa.Table | pa.RecordBatch) -> pa.Table:
