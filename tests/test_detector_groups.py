@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -75,6 +76,11 @@ def test_as_never_seen_instance_reads_every_row_with_the_global_prior() -> None:
     assert moved.drop_columns(["instance_id"]).equals(log.drop_columns(["instance_id"]))
     assert set(REFERENCE_SOURCES[builder.reference_source(log)]) != {"global"}
     assert set(REFERENCE_SOURCES[builder.reference_source(moved)]) == {"global"}
+    # Ids from another tool may reach the end of the type: the unused id is then one below the smallest.
+    top = np.iinfo(np.int64).max
+    edge = log.set_column(log.schema.get_field_index("instance_id"), "instance_id",
+                          pa.array(np.where(np.arange(log.num_rows) % 2, top, 7), pa.int64()))
+    assert pc.unique(as_never_seen_instance(edge).column("instance_id")).to_pylist() == [6]
 
 
 def test_training_calibrates_the_global_prior_on_the_holdout_as_a_never_seen_instance(tmp_path: Path) -> None:

@@ -182,10 +182,23 @@ def as_never_seen_instance(table: pa.Table) -> pa.Table:
     (reference source ``global``), the calibration rows of that source (see
     :meth:`~workbench.ml.detector.ResidualDetector.fit`). The instance id is no feature of its own."""
     column = table.column("instance_id")
-    largest = pc.max(column).as_py()
-    unseen = pa.array(np.full(table.num_rows, (largest if largest is not None else 0) + 1), column.type)
+    unseen = pa.array(np.full(table.num_rows, _unused_id(column)), column.type)
     index = table.schema.get_field_index("instance_id")
     return table.set_column(index, table.schema.field(index), unseen)
+
+
+def _unused_id(column: pa.ChunkedArray) -> int:
+    """An integer of ``column``'s type that none of its values is: one past the largest, else one before
+    the smallest, else the first gap (ids from another tool may reach either end of the type)."""
+    ids = np.unique(pc.drop_null(column).to_numpy(zero_copy_only=False).astype(np.int64))
+    if not len(ids):
+        return 0
+    info = np.iinfo(column.type.to_pandas_dtype())
+    if ids[-1] < info.max:
+        return int(ids[-1]) + 1
+    if ids[0] > info.min:
+        return int(ids[0]) - 1
+    return int(ids[np.flatnonzero(np.diff(ids) > 1)[0]]) + 1
 
 
 def _as_table(data: pa.Table | pa.RecordBatch) -> pa.Table:
