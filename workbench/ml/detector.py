@@ -379,7 +379,7 @@ class ResidualDetector:
                     raise ValueError(msg)
                 every_e = {s: np.concatenate([excess[s], only_e[s]]) for s in self.signals}
         self.n_groups = int(every_g.max()) + 1 if len(every_g) else 1
-        sizes = np.bincount(every_g, minlength=self.n_groups) if len(every_g) else np.zeros(1, np.int64)
+        sizes = np.bincount(every_g[every_g >= 0], minlength=self.n_groups)  # a negative group: no calibration
         own = sizes >= self.min_group_rows
         self.center_: dict[str, list[float]] = {}
         self.spread_: dict[str, list[float]] = {}
