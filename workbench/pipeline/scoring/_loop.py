@@ -176,8 +176,11 @@ class ScoringLoop:
             return False
         if self.pacer is not None and self.pacer.paused:  # a paused partition still has events to deliver
             return False
-        # a settled day whose rows waited for rescoring gets one more residual pass after the rescoring
+        # a settled day whose rows waited for rescoring gets one more residual pass after the rescoring:
+        # one that started after the rescoring thread took its days out of the unscored set (a pass started
+        # in the tick that last saw the thread running can still have found the day waiting)
         residuals = self.maintenance.residuals
-        if self.maintenance.running or (residuals.pending is not None and residuals.last_try <= self._rescore_seen_at):
+        rescored_at = max(self._rescore_seen_at, self.rescorer.finished_at)
+        if self.maintenance.running or (residuals.pending is not None and residuals.last_try <= rescored_at):
             return False
         return not self.rescorer.ready_days(self.scorer, self._cadence())

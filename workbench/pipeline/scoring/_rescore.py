@@ -59,6 +59,7 @@ class Rescorer:
         self.status = status
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self.finished_at = 0.0  # monotonic end of the last pass, once its days left the unscored set
 
     @property
     def running(self) -> bool:
@@ -115,6 +116,7 @@ class Rescorer:
             self.error = exc
             return
         kept = days - self.unscored.remove(marks)
+        self.finished_at = time.monotonic()  # a residual pass that started before this saw the days waiting
         if kept:
             logger.info("rescoring: days %s got unscored rows meanwhile; they stay for the next pass", sorted(kept))
         self.status.add("rescored", rows)  # only this thread writes this (pre-created) counter
