@@ -95,7 +95,8 @@ def _inputs(model: LoadedModel, table: pa.Table) -> dict:
 def holdout_inputs(model: LoadedModel, hold_table: pa.Table) -> dict:
     """:func:`_inputs` of the holdout, with key ``unseen``: those of the holdout re-read as a never-seen
     instance, which calibrate the global prior's group as training does."""
-    return {**_inputs(model, hold_table), "unseen": _inputs(model, as_never_seen_instance(hold_table))}
+    known = model.features.instance_table_.column("instance_id")
+    return {**_inputs(model, hold_table), "unseen": _inputs(model, as_never_seen_instance(hold_table, known))}
 
 
 def residuals_of(model: LoadedModel, table: pa.Table) -> pd.DataFrame:

@@ -76,6 +76,16 @@ def test_as_never_seen_instance_reads_every_row_with_the_global_prior() -> None:
     assert moved.drop_columns(["instance_id"]).equals(log.drop_columns(["instance_id"]))
     assert set(REFERENCE_SOURCES[builder.reference_source(log)]) != {"global"}
     assert set(REFERENCE_SOURCES[builder.reference_source(moved)]) == {"global"}
+    # The rows of a holdout may lack an instance its builder knows (ids 1..4, the holdout without 4): the id
+    # is unused by the builder's instances too, not the holdout's largest plus one.
+    dense = np.unique(log.column("instance_id").to_numpy(), return_inverse=True)[1] + 1
+    renumbered = log.set_column(log.schema.get_field_index("instance_id"), "instance_id", pa.array(dense, pa.int64()))
+    fitted = FeatureBuilder().fit(renumbered)
+    without = renumbered.filter(pa.array(dense < dense.max()))
+    assert set(REFERENCE_SOURCES[fitted.reference_source(as_never_seen_instance(without))]) != {"global"}
+    moved = as_never_seen_instance(without, known=fitted.instance_table_.column("instance_id"))
+    assert pc.unique(moved.column("instance_id")).to_pylist() == [int(dense.max()) + 1]
+    assert set(REFERENCE_SOURCES[fitted.reference_source(moved)]) == {"global"}
     # Ids from another tool may reach the end of the type: the unused id is then one below the smallest.
     top = np.iinfo(np.int64).max
     edge = log.set_column(log.schema.get_field_index("instance_id"), "instance_id",

@@ -176,13 +176,16 @@ def check_columns(columns: list[str] | tuple[str, ...], required: tuple[str, ...
         raise ColumnMismatchError(missing=missing, unseen=unseen, what=what)
 
 
-def as_never_seen_instance(table: pa.Table) -> pa.Table:
-    """``table`` with every row moved to one instance id that none of its rows has: its queries as a
-    :class:`FeatureBuilder` fitted on their window reads those of an instance first seen after training
-    (reference source ``global``), the calibration rows of that source (see
-    :meth:`~workbench.ml.detector.ResidualDetector.fit`). The instance id is no feature of its own."""
+def as_never_seen_instance(table: pa.Table, known: pa.ChunkedArray | pa.Array | None = None) -> pa.Table:
+    """``table`` with every row moved to one instance id that neither its rows nor ``known`` (the instance
+    ids a :class:`FeatureBuilder` was fitted on, when they are not all in ``table``) have: its queries as
+    that builder reads those of an instance first seen after training (reference source ``global``), the
+    calibration rows of that source (see :meth:`~workbench.ml.detector.ResidualDetector.fit`). The
+    instance id is no feature of its own."""
     column = table.column("instance_id")
-    unseen = pa.array(np.full(table.num_rows, _unused_id(column)), column.type)
+    extra = [] if known is None else known.chunks if isinstance(known, pa.ChunkedArray) else [known]
+    ids = pa.chunked_array([*column.chunks, *(chunk.cast(column.type) for chunk in extra)], column.type)
+    unseen = pa.array(np.full(table.num_rows, _unused_id(ids)), column.type)
     index = table.schema.get_field_index("instance_id")
     return table.set_column(index, table.schema.field(index), unseen)
 
