@@ -60,7 +60,7 @@ from workbench.ml._train import load_log_window, split_window, train_table
 from workbench.ml.baseline import baseline_decide
 from workbench.ml.detector import COSTLY, FLOORS, ResidualDetector
 from workbench.ml.evaluate import anomaly_kinds, anomaly_labels, dominating_normals, labelled_windows, window_kinds_of
-from workbench.ml.features import SIGNALS, _log_signal, as_never_seen_instance
+from workbench.ml.features import SIGNALS, _log_signal
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import LoadedModel
 
@@ -95,8 +95,7 @@ def _inputs(model: LoadedModel, table: pa.Table) -> dict:
 def holdout_inputs(model: LoadedModel, hold_table: pa.Table) -> dict:
     """:func:`_inputs` of the holdout, with key ``unseen``: those of the holdout re-read as a never-seen
     instance, which calibrate the global prior's group as training does."""
-    known = model.features.instance_table_.column("instance_id")
-    return {**_inputs(model, hold_table), "unseen": _inputs(model, as_never_seen_instance(hold_table, known))}
+    return {**_inputs(model, hold_table), "unseen": _inputs(model, model.features.as_never_seen_instance(hold_table))}
 
 
 def residuals_of(model: LoadedModel, table: pa.Table) -> pd.DataFrame:

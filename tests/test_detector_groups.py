@@ -83,7 +83,7 @@ def test_as_never_seen_instance_reads_every_row_with_the_global_prior() -> None:
     fitted = FeatureBuilder().fit(renumbered)
     without = renumbered.filter(pa.array(dense < dense.max()))
     assert set(REFERENCE_SOURCES[fitted.reference_source(as_never_seen_instance(without))]) != {"global"}
-    moved = as_never_seen_instance(without, known=fitted.instance_table_.column("instance_id"))
+    moved = fitted.as_never_seen_instance(without)
     assert pc.unique(moved.column("instance_id")).to_pylist() == [int(dense.max()) + 1]
     assert set(REFERENCE_SOURCES[fitted.reference_source(moved)]) == {"global"}
     # Ids from another tool may reach the end of the type: the unused id is then one below the smallest.

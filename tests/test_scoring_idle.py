@@ -33,7 +33,6 @@ def _idle_loop(tmp_path: Path) -> ScoringLoop:
     loop.rescorer = Rescorer(settings, UnscoredDays(tmp_path / "unscored.json"), status)
     loop.maintenance = ShardMaintenance(settings, status, window_days=1)
     loop.schedule, loop.pacer, loop.scorer = None, None, None
-    loop._rescore_seen_at = now - 2.0  # the last tick that saw the rescoring thread alive
     return loop
 
 
@@ -42,8 +41,7 @@ def test_no_idle_exit_before_a_residual_pass_after_the_rescoring(tmp_path: Path)
     now = time.monotonic()
     residuals = loop.maintenance.residuals
     residuals.pending = dt.date(2024, 3, 4)
-    # The pass started after the last tick saw the thread, but before the thread finished: it saw the
-    # day still waiting for its rescoring.
+    # The pass started while the rescoring thread was still finishing: it saw the day still waiting.
     residuals.last_try = now - 1.5
     loop.rescorer.finished_at = now - 1.0
     assert not loop._idle()

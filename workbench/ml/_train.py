@@ -55,7 +55,6 @@ from workbench.ml.features import (
     SIGNALS,
     FeatureBuilder,
     _log_signal,
-    as_never_seen_instance,
 )
 from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
 from workbench.ml.registry import ModelRegistry
@@ -425,8 +424,7 @@ def _train_table(clock: _PhaseClock, registry: ModelRegistry, parent: str | None
         excess = detector.excess(observed, detector.expected(mean_log, refs))
         # The holdout's instances are all known: read as a never-seen instance, its rows calibrate
         # the global prior's group, which they never reach otherwise.
-        never_seen = as_never_seen_instance(hold, known=history.column("instance_id"))
-        X_unseen, refs_unseen, source_unseen = builder.transform_with_evidence(never_seen)
+        X_unseen, refs_unseen, source_unseen = builder.transform_with_evidence(builder.as_never_seen_instance(hold))
         mean_unseen, q_unseen = pair.predict_log(X_unseen)
         unseen = (detector.residuals(observed, mean_unseen, q_unseen, refs_unseen),
                   detector.excess(observed, detector.expected(mean_unseen, refs_unseen)), source_unseen)

@@ -591,6 +591,11 @@ class FeatureBuilder:
         lookup = self._lookup(table)
         return self._matrix(table, lookup), self._references(lookup), self._source(lookup)
 
+    def as_never_seen_instance(self, table: pa.Table) -> pa.Table:
+        """:func:`as_never_seen_instance` of ``table`` with an id none of this builder's instances has either."""
+        self._check_fitted("as_never_seen_instance")
+        return as_never_seen_instance(table, known=self.instance_table_.column("instance_id"))
+
     def reference_source(self, data: pa.Table | pa.RecordBatch) -> np.ndarray:
         """Only the third value of :meth:`transform_with_evidence`, from ``instance_id`` and ``feature_fingerprint``.
 

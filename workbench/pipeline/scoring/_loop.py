@@ -52,7 +52,6 @@ class ScoringLoop:
     _started: float
     _assigned_at: float | None
     _last_slow_tick: float
-    _rescore_seen_at: float
     _force_commit: Callable[[], None] | None
     _warmup_s: float
     batch_seconds: float
@@ -88,8 +87,6 @@ class ScoringLoop:
             if self._trains:
                 self.schedule.poll()
         self.rescorer.maybe_start(self.scorer, self._cadence())
-        if self.rescorer.running:
-            self._rescore_seen_at = now
         self.rescorer.raise_error()
         self._sum_anomalies()
         self._sink_info()
@@ -176,11 +173,11 @@ class ScoringLoop:
             return False
         if self.pacer is not None and self.pacer.paused:  # a paused partition still has events to deliver
             return False
-        # a settled day whose rows waited for rescoring gets one more residual pass after the rescoring:
-        # one that started after the rescoring thread took its days out of the unscored set (a pass started
-        # in the tick that last saw the thread running can still have found the day waiting)
+        # a settled day whose rows waited for rescoring gets one more residual pass after the rescoring: one
+        # that started after the rescoring thread took its days out of the unscored set (a pass that overlapped
+        # the thread's end can still have found the day waiting)
         residuals = self.maintenance.residuals
-        rescored_at = max(self._rescore_seen_at, self.rescorer.finished_at)
-        if self.maintenance.running or (residuals.pending is not None and residuals.last_try <= rescored_at):
+        if self.maintenance.running or (residuals.pending is not None
+                                        and residuals.last_try <= self.rescorer.finished_at):
             return False
         return not self.rescorer.ready_days(self.scorer, self._cadence())
