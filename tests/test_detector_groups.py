@@ -16,6 +16,7 @@ from workbench.ml._testing import generated_log
 from workbench.ml._train import train_table
 from workbench.ml.detector import ResidualDetector
 from workbench.ml.features import REFERENCE_SOURCES, FeatureBuilder, as_never_seen_instance
+from workbench.ml.scorer import Scorer
 
 RATE = 0.001
 
@@ -103,3 +104,20 @@ def test_training_calibrates_the_global_prior_on_the_holdout_as_a_never_seen_ins
     assert len(state["group_threshold"]) == det.n_groups + 1
     # The global prior's misses are wider than the pool's: its runtime spread is its own, not the pool's.
     assert det.spread_["exec"][glob] != det.spread_["exec"][-1]
+
+
+def test_instance_ids_at_the_ends_of_int64_are_kept_apart(tmp_path: Path) -> None:
+    """Another tool's instance ids may be 64-bit hashes: read through float64 they rounded together (two
+    instances became one, and training failed on the merged table); they are only keys, so the same log
+    under such ids scores exactly as under small ones."""
+    log = generated_log(days=2, rows_per_day=3000, instances=4, seed=9)
+    ids = log.column("instance_id").to_numpy()
+    top, bottom = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    scores = []
+    for name, values in (("small", [1, 2, 3, 4]), ("wide", [top, bottom, top - 1, bottom + 1])):
+        mapped = np.asarray(values, dtype=np.int64)[np.unique(ids, return_inverse=True)[1]]
+        table = log.set_column(log.schema.get_field_index("instance_id"), "instance_id", pa.array(mapped))
+        train_table(tmp_path / name, table.slice(0, 3000), dt.date(2024, 3, 1), window_days=1)
+        scored = Scorer(tmp_path / name, background=False).score(table.slice(3000))
+        scores.append(scored.column("score").to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(scores[0], scores[1])

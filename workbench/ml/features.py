@@ -201,7 +201,7 @@ def _unused_id(column: pa.ChunkedArray) -> int:
         return int(ids[-1]) + 1
     if ids[0] > info.min:
         return int(ids[0]) - 1
-    return int(ids[np.flatnonzero(np.diff(ids) > 1)[0]]) + 1
+    return int(ids[np.flatnonzero(ids[1:] > ids[:-1] + 1)[0]]) + 1  # np.diff of int64 ends would wrap
 
 
 def _as_table(data: pa.Table | pa.RecordBatch) -> pa.Table:
@@ -213,6 +213,13 @@ def _num(table: pa.Table, name: str) -> np.ndarray:
     col = table.column(name)
     return col.to_numpy(zero_copy_only=False).astype(np.float64, copy=False) if col.null_count == 0 \
         else pc.fill_null(pc.cast(col, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+
+
+def _instance_ids(table: pa.Table) -> np.ndarray:
+    """``instance_id`` as exact int64 (a null is one unknown instance, the int64 minimum). Not through
+    float64 (:func:`_num`): ids of another tool may be 64-bit hashes, which a double rounds together."""
+    column = pc.cast(table.column("instance_id"), pa.int64())
+    return pc.fill_null(column, np.iinfo(np.int64).min).to_numpy(zero_copy_only=False)
 
 
 def _log_signal(table: pa.Table, signal: str) -> np.ndarray:
@@ -476,7 +483,7 @@ class FeatureBuilder:
         encoded = pc.dictionary_encode(keys)
         fp_codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
         fp_dict = encoded.dictionary
-        inst_ids, inst_codes = _sorted_codes(_num(table, "instance_id").astype(np.int64))
+        inst_ids, inst_codes = _sorted_codes(_instance_ids(table))
 
         has_fp = fp_codes >= 0
         # One value sort per signal; each grouping re-sorts it stably by group code (a radix sort),
@@ -658,7 +665,7 @@ class FeatureBuilder:
             values = np.full(n, np.nan)
             values[found] = col[idx_np[found]]
             fp[name] = values
-        inst = _num(table, "instance_id").astype(np.int64)
+        inst = _instance_ids(table)
         pos = np.clip(np.searchsorted(self._inst_ids, inst), 0, max(len(self._inst_ids) - 1, 0))
         inst_found = self._inst_ids[pos] == inst if len(self._inst_ids) else np.zeros(n, bool)
         inst_stats = {}
