@@ -1,16 +1,20 @@
-"""The scoring app's idle exit waits for a residual pass that started after the last rescoring ended.
+"""The scoring app's idle exit waits until the maintenance has judged every day the stream settled.
 
-A settled day whose rows waited for rescoring is judged (runtime-residual windows, persistent runs) by
-the maintenance thread once they are scored. A pass that started while the rescoring thread was still
-taking the day out of the unscored set finds the day waiting; the app must not stop idle before the
-next pass, or the run's lakehouse lacks that day's persistent runs (a race seen once on CI between two
-runs that should have stored the same rows). The loop's state is built by hand here; the clock is real.
+A settled day is judged (runtime-residual windows, persistent runs) by the maintenance thread once the
+watermark passes it and its rows are scored. The app must not stop idle before that, or the run's
+lakehouse lacks the day's persistent runs (test_pipeline_on_postgres_matches_sqlite failed on CI so):
+not during the warm-up after the first message (a partition never heard from holds nothing back, so a
+day the watermark passes then may be partial: a run judged its first day from one partition's rows),
+not while a partition that stored its last batch less than the warm-up ago still holds the watermark
+below the newest event, and not before a residual pass that started after the last rescoring ended.
+The loop's state is built by hand here; the clock is real.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
+import types
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +24,7 @@ from workbench.pipeline.scoring._days import UnscoredDays
 from workbench.pipeline.scoring._loop import ScoringLoop
 from workbench.pipeline.scoring._maintenance import ShardMaintenance
 from workbench.pipeline.scoring._rescore import Rescorer
+from workbench.pipeline.scoring._sink import ScoringSink
 
 
 def _idle_loop(tmp_path: Path) -> ScoringLoop:
@@ -28,11 +33,12 @@ def _idle_loop(tmp_path: Path) -> ScoringLoop:
     status = AppStatus(settings, "scoring")
     loop = ScoringLoop.__new__(ScoringLoop)
     now = time.monotonic()
-    loop.sink = SimpleNamespace(last_message_at=now - 10.0, buffered_rows=0)
+    loop.sink = SimpleNamespace(last_message_at=now - 10.0, buffered_rows=0, first_message_wall=time.time() - 30.0)
     loop._idle_exit, loop._assigned_at, loop._started = 4.0, now - 20.0, now - 30.0
     loop.rescorer = Rescorer(settings, UnscoredDays(tmp_path / "unscored.json"), status)
     loop.maintenance = ShardMaintenance(settings, status, window_days=1)
-    loop.schedule, loop.pacer, loop.scorer = None, None, None
+    loop.schedule, loop.pacer, loop.scorer, loop.election = None, None, None, None
+    loop._watermark_held, loop._warmup_s, loop.training_grace_us = False, 4.0, 600_000_000
     return loop
 
 
@@ -50,3 +56,44 @@ def test_no_idle_exit_before_a_residual_pass_after_the_rescoring(tmp_path: Path)
     assert loop._idle()
     residuals.pending = None
     assert loop._idle()
+
+
+def test_no_idle_exit_while_a_partition_still_holds_the_watermark(tmp_path: Path) -> None:
+    loop = _idle_loop(tmp_path)
+    now = time.monotonic()
+    day_us = 86_400_000_000
+    start = int(dt.datetime(2024, 3, 5, tzinfo=dt.UTC).timestamp() * 1e6)
+    sink = loop.sink
+    # Partition 0 received its last message 10 s ago but stored that batch only 3.9 s ago (a slow last
+    # flush); partition 1 went quiet long ago, with the day's newest event.
+    sink.partition_max_us = {0: start + 600_000_000, 1: start + day_us - 60_000_000}
+    sink.partition_seen = {0: now - 3.9, 1: now - 30.0}
+    sink.held_partitions, sink.first_event_us = set(), start - day_us
+    sink.max_event_us = max(sink.partition_max_us.values())
+    sink.watermark_us = types.MethodType(ScoringSink.watermark_us, sink)
+    loop._after_flush()
+    loop.maintenance.join()
+    assert loop._watermark_held and not loop._idle()  # idle for 10 s, but the last event has not been seen
+    sink.partition_seen[0] = now - 4.1
+    loop._after_flush()
+    loop.maintenance.join()
+    assert not loop._watermark_held and loop._idle()
+
+
+def test_no_day_is_judged_and_no_idle_exit_during_the_warm_up(tmp_path: Path) -> None:
+    loop = _idle_loop(tmp_path)
+    now = time.monotonic()
+    start = int(dt.datetime(2024, 3, 5, tzinfo=dt.UTC).timestamp() * 1e6)
+    sink = loop.sink
+    # One partition delivered both days at once; the others have not been heard from yet.
+    sink.partition_max_us, sink.partition_seen = {0: start + 80_000_000_000}, {0: now - 10.0}
+    sink.held_partitions, sink.first_event_us = set(), start - 86_400_000_000
+    sink.max_event_us = start + 80_000_000_000
+    sink.watermark_us = types.MethodType(ScoringSink.watermark_us, sink)
+    sink.first_message_wall = time.time() - 1.0
+    loop._after_flush()
+    assert loop.maintenance.done_for is None and not loop._idle()  # 2024-03-04 not judged from one partition
+    sink.first_message_wall = time.time() - 5.0
+    loop._after_flush()
+    loop.maintenance.join()
+    assert loop.maintenance.done_for == dt.date(2024, 3, 5) and loop._idle()

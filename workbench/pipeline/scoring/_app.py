@@ -129,6 +129,7 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
         self._started = 0.0
         self._assigned_at: float | None = None  # the last rebalance that gave the consumer its partitions
         self._last_slow_tick = 0.0
+        self._watermark_held = False
         self._force_commit: Callable[[], None] | None = None
         self.maintenance = ShardMaintenance(settings, self.status, window_days, self.unscored.snapshot)
         self.election: TrainerElection | None = None  # N instances, one home: one of them trains

@@ -52,6 +52,7 @@ class ScoringLoop:
     _started: float
     _assigned_at: float | None
     _last_slow_tick: float
+    _watermark_held: bool
     _force_commit: Callable[[], None] | None
     _warmup_s: float
     batch_seconds: float
@@ -119,16 +120,26 @@ class ScoringLoop:
             first_us, watermark = self.election.watermark()
         else:
             first_us, watermark = sink.first_event_us, sink.watermark_us(self._warmup_s)
+            # a partition that stored its last batch less than warm-up ago still holds the watermark below
+            # the newest event: the day that event settles has not reached the maintenance yet
+            self._watermark_held = watermark is not None and watermark != sink.max_event_us
         if self.schedule is not None:  # after a restart: the stored watermark, once
             quiet = not sink.buffered_rows and time.monotonic() - sink.last_message_at >= self._warmup_s
             watermark = self.schedule.resumed_watermark(watermark, quiet=quiet)
         if watermark is None:
             return
         if self.schedule is not None:  # warm-up from the first message: joining the group can take longer
-            self.schedule.after_flush(first_us, watermark,
-                                      warming_up=time.time() - (sink.first_message_wall or 0.0) < self._warmup_s)
+            self.schedule.after_flush(first_us, watermark, warming_up=self._warming_up)
             self.schedule.poll()  # a training that ended is reaped and the next due one starts now
-        self.maintenance.run(day_of(watermark - self.training_grace_us))
+        if not self._warming_up:  # as for training: a partition not heard from yet holds nothing back
+            self.maintenance.run(day_of(watermark - self.training_grace_us))
+
+    @property
+    def _warming_up(self) -> bool:
+        """Less than the warm-up since the first message: a partition with data may not have delivered yet,
+        and a partition never heard from does not hold the watermark back (a day it passes may be partial)."""
+        sink = self.sink
+        return sink is not None and time.time() - (sink.first_message_wall or 0.0) < self._warmup_s
 
     def _cadence(self) -> Any:
         """The training cadence the selection rule needs (None without training or before the first event)."""
@@ -172,6 +183,12 @@ class ScoringLoop:
         if self.rescorer.running or (self.schedule is not None and self.schedule.busy):
             return False
         if self.pacer is not None and self.pacer.paused:  # a paused partition still has events to deliver
+            return False
+        # The days the stream settled reach the maintenance only after the warm-up, and the newest event
+        # only once its partition's last stored batch is a warm-up old; the idle clock starts at the last
+        # message's receipt, which can be earlier: with idle_exit no longer than the warm-up the app could
+        # stop first, and a run missed a settled day's residual windows and persistent runs.
+        if self._watermark_held or self._warming_up:
             return False
         # a settled day whose rows waited for rescoring gets one more residual pass after the rescoring: one
         # that started after the rescoring thread took its days out of the unscored set (a pass that overlapped
