@@ -157,7 +157,7 @@ class WatermarkSink:
 
     def __init__(self, day: dt.date) -> None:
         noon = dt.datetime.combine(day, dt.time(12), dt.UTC)
-        self.first_event_us = self.max_us = int(noon.timestamp() * 1_000_000)
+        self.first_event_us = self.max_us = self.max_event_us = int(noon.timestamp() * 1_000_000)
         self.buffered_rows = 0
         self.last_message_at = 0.0
         self.first_message_wall = 0.0
