@@ -7,12 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from workbench.ml._testing import generated_log
 from workbench.ml._train import train_table
-from workbench.ml.detector import FIRST_SPILL_REASON, FIRST_SPILL_RUNS, SPILL_HISTORY, THROUGHPUT, ResidualDetector
-from workbench.ml.scorer import EXTRA_FIELDS, Scorer
+from workbench.ml.detector import (
+    FIRST_SPILL_REASON,
+    FIRST_SPILL_RUNS,
+    RUNTIME_SCALE,
+    SPILL_HISTORY,
+    THROUGHPUT,
+    ResidualDetector,
+)
+from workbench.ml.registry import ModelRegistry
+from workbench.ml.scorer import EXTRA_FIELDS, LoadedModel, Scorer
 
 
 def _holdout(n: int = 20_000, seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray, dict]:
@@ -327,3 +336,66 @@ def test_a_model_saved_before_the_queue_and_spill_were_one_sided_keeps_its_resid
     obs["spill"] = np.log1p([10.0])  # 10 MB spilled of 100 read: below the scan, a negative residual
     assert old.residuals(obs, mean, mean + 0.45, refs)["spill"][0] < 0
     assert ResidualDetector.from_dict(det.to_dict()).residuals(obs, mean, mean + 0.45, refs)["spill"][0] == 0
+
+
+def _scaled_run(det: ResidualDetector, exec_ms: float, pred_ms: float, q90_ms: float, group: int,
+                p99_ms: float | None) -> bool:
+    """:func:`_exec_alerts` on an instance whose 1-in-100 query takes ``p99_ms`` (None: no runtime scale)."""
+    mean, obs, refs = _run(exec_ms, pred_ms, scan_mb=100_000.0)
+    if p99_ms is not None:
+        refs[RUNTIME_SCALE] = (np.log1p([p99_ms]), np.zeros(1))
+    z = det.residuals(obs, mean, np.log1p([q90_ms]), refs)
+    per_signal = det._signal_scores(z, det.excess(obs, det.expected(mean, refs)), np.array([group]))
+    return bool(per_signal[det.signals.index("exec"), 0] >= 1.0)
+
+
+def test_runtime_stakes_grow_with_the_heavy_work_of_the_instance() -> None:
+    det = _wide_holdout_detector()
+    minute = 60_000
+    # 7 minutes beyond a known statement's tolerance: costly where the 1-in-100 query takes a minute
+    # (5 of them are 5 minutes, under the 10-minute anchor: the fixed stakes), not where it takes 10.
+    for p99, alerts in ((None, True), (1 * minute, True), (float("nan"), True), (10 * minute, False)):
+        assert _scaled_run(det, 13 * minute, 5 * minute, 6 * minute, 0, p99) is alerts, p99
+    # A never-seen statement 39 minutes beyond its prior (a loose one: 4.4 capped spreads, an ordinary relative
+    # residual here): costly on an instance whose 1-in-100 query takes 5 minutes (25 minutes are costly
+    # there), not on one whose 1-in-100 query takes an hour.
+    assert _scaled_run(det, 40 * minute, 30_000, 200_000, 1, 5 * minute)
+    assert not _scaled_run(det, 40 * minute, 30_000, 200_000, 1, 60 * minute)
+    # runtime_scale_factor 0 (and a model saved before the scaling) keeps the fixed stakes.
+    state = det.to_dict()
+    assert state["params"]["runtime_scale_factor"] == 5.0
+    fixed = ResidualDetector.from_dict({**state, "params": {**state["params"], "runtime_scale_factor": 0.0}})
+    assert _scaled_run(fixed, 40 * minute, 30_000, 200_000, 1, 60 * minute)
+    del state["params"]["runtime_scale_factor"]
+    assert _scaled_run(ResidualDetector.from_dict(state), 40 * minute, 30_000, 200_000, 1, 60 * minute)
+
+
+def _slower(table: pa.Table, factor: float) -> pa.Table:
+    """``table`` as a warehouse where every query runs ``factor`` times as long."""
+    i = table.schema.get_field_index("execution_duration_ms")
+    scaled = pc.cast(pc.round(pc.multiply(pc.cast(table.column(i), pa.float64()), factor)), pa.int64())
+    return table.set_column(i, "execution_duration_ms", scaled)
+
+
+def test_a_uniformly_slower_warehouse_alerts_on_the_same_queries(tmp_path: Path) -> None:
+    # Past the point where 10 minutes stop being extraordinary for its instances, a warehouse 3x slower than
+    # another (every query, normal or not) is the same log in other units: the alerts must not change.
+    log = generated_log(days=3, rows_per_day=6_000, instances=4, seed=4)
+    split = pa.scalar(dt.datetime(2024, 3, 3, tzinfo=dt.UTC), log.schema.field("arrival_timestamp").type)
+    alerts, fixed = {}, {}
+    for factor in (20, 60):
+        table = _slower(log, factor)
+        window = table.filter(pc.less(table.column("arrival_timestamp"), split))
+        day = table.filter(pc.greater_equal(table.column("arrival_timestamp"), split))
+        result = train_table(tmp_path / f"x{factor}", window, dt.date(2024, 3, 2), window_days=2)
+        model = LoadedModel.load(ModelRegistry(tmp_path / f"x{factor}"), result.version)
+        alerts[factor] = model.predict(day)["is_anomaly"]
+        model.detector.runtime_scale_factor = 0.0  # the fixed stakes, for contrast
+        fixed[factor] = model.predict(day)["is_anomaly"]
+    # Not bit for bit: the 1 s floor and the relative path's stake weighting are absolute by design, and
+    # the two versions are trained on different numbers (measured: 35 and 36 alerts, 32 of them shared).
+    same = (alerts[20] & alerts[60]).sum() / (alerts[20] | alerts[60]).sum()
+    assert same >= 0.75 and alerts[20].sum() >= 10
+    assert abs(int(alerts[60].sum()) - int(alerts[20].sum())) <= 0.15 * alerts[20].sum()
+    # With fixed stakes the 3x slower copy alerts on many more of its (identical) queries (measured: 54, 98).
+    assert fixed[60].sum() > 1.5 * fixed[20].sum()

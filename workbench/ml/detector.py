@@ -92,6 +92,14 @@ run-to-run spread in log units is no narrower than a light one's, so its relativ
 ordinary while its stake is large). Never-seen statements keep the 10-minute level: their
 expectation is a prior, and runs minutes longer than a prior are everyday traffic.
 
+The runtime stakes of these paths (``costly["exec"]`` and ``known_costly``) are absolute, but not
+below the instance's own heavy work: with the instance's 1-in-100 runtime of the training window as
+its :data:`RUNTIME_SCALE`, a row's stakes are multiplied by ``max(1, runtime_scale_factor * p99 /
+costly["exec"])`` (:data:`STAKE_SCALE`). Ten minutes are costly on an instance whose 1-in-100 query
+takes seconds; on one where it takes half an hour, ten minutes more are the run-to-run variation of
+its heavy statements, and with fixed stakes a copy of a log with every query 10x / 30x as long alerted
+6x / 15x as often (``benchmarks/warehouse_speed.py``).
+
 A first spill is the spill signal's own second path, for the same group 0: a statement that spilled
 in none of its ``first_spill_runs`` (5) runs of the window spills at least the spill floor (1 GB); the
 reason is ``first_spill``. The statement's clean history is the relative evidence and the floor the
@@ -127,8 +135,8 @@ import numpy as np
 from workbench.ml.exceptions import NotFittedError
 
 __all__ = ["BEYOND_TOLERANCE", "CLEAN_RUNS", "COSTLY", "FIRST_SPILL", "FIRST_SPILL_REASON", "FIRST_SPILL_RUNS",
-           "FLOORS", "HISTORY_SIGNALS", "KNOWN_COSTLY", "ONE_SIDED", "REASONS", "SPILL_HISTORY", "THROUGHPUT",
-           "TIME_SIGNALS", "UNEXPLAINED", "UNITS", "ResidualDetector"]
+           "FLOORS", "HISTORY_SIGNALS", "KNOWN_COSTLY", "ONE_SIDED", "REASONS", "RUNTIME_SCALE", "RUNTIME_SCALE_FACTOR",
+           "SPILL_HISTORY", "STAKE_SCALE", "THROUGHPUT", "TIME_SIGNALS", "UNEXPLAINED", "UNITS", "ResidualDetector"]
 
 #: Reason string per signal.
 REASONS: dict[str, str] = {
@@ -194,6 +202,19 @@ FIRST_SPILL_RUNS = 5
 #: Key of the optional reference with the instance's observed reading pace: ``(log ms per MB, its
 #: IQR)`` (:meth:`workbench.ml.features.FeatureBuilder.references`), which caps the work credit.
 THROUGHPUT = "ms_per_mb"
+#: Key of the optional reference with the scale of the instance's heavy work: ``(log1p ms of its 1-in-100
+#: query in the training window, 0)`` (NaN for an instance without one), which scales the runtime stakes.
+RUNTIME_SCALE = "exec_p99"
+#: Key of the extra quantity :meth:`ResidualDetector.residuals` adds: each row's multiplier (at least 1) of
+#: the runtime stakes, :data:`COSTLY` and :data:`KNOWN_COSTLY`, from its instance's :data:`RUNTIME_SCALE`.
+STAKE_SCALE = "exec_stake_scale"
+#: Runtime stakes grow with the instance's heavy work beyond this many times its 1-in-100 query: 10 minutes
+#: stay costly while they are at least 5 such queries (every instance of the demo and stress logs: their
+#: 1-in-100 queries take 13-105 s), and an instance whose 1-in-100 query takes 30 minutes needs 2.5 hours. On a
+#: warehouse where every query runs 10x or 30x as long the fixed 10 minutes alerted 6x / 15x as often as on
+#: the same log at its own speed (docs/detector-notes.md, twenty-first session); 5x the 1-in-100 query is
+#: about the instance's 1-in-1000 query (2-3x its p99 on the demo log), which its incidents would set itself.
+RUNTIME_SCALE_FACTOR = 5.0
 _Z90 = 1.2815515655446004  # standard normal 0.9 quantile
 _IQR_TO_SIGMA = 1.349
 
@@ -216,6 +237,11 @@ class ResidualDetector:
     first_spill_runs : float, default=5
         Runs without a spill in a statement's history before a first spill of at least the spill floor
         alerts on its own; see :data:`FIRST_SPILL_RUNS`.
+    runtime_scale_factor : float, default=5.0
+        The runtime stakes (``costly["exec"]`` and ``known_costly``) of a row are multiplied by
+        ``max(1, runtime_scale_factor * p99 / costly["exec"])``, ``p99`` its instance's 1-in-100 runtime
+        (:data:`RUNTIME_SCALE`; no multiplier without it): minutes are costly on an instance whose heavy
+        queries take seconds, not on one whose heavy queries take hours. 0 turns the scaling off.
     one_sided : tuple of str, default=("queue", "spill", "compile")
         Sparse signals, counted only upwards and scaled among the runs above their reference; see
         :data:`ONE_SIDED`.
@@ -236,7 +262,8 @@ class ResidualDetector:
                  quantile: float = 0.9, floors: dict[str, float] | None = None,
                  costly: dict[str, float] | None = None, min_group_rows: int = 500,
                  costly_z: float = 2.0, known_costly: float = KNOWN_COSTLY,
-                 first_spill_runs: float = FIRST_SPILL_RUNS, one_sided: tuple[str, ...] = ONE_SIDED) -> None:
+                 first_spill_runs: float = FIRST_SPILL_RUNS, one_sided: tuple[str, ...] = ONE_SIDED,
+                 runtime_scale_factor: float = RUNTIME_SCALE_FACTOR) -> None:
         self.alert_rate = alert_rate
         self.signals = signals
         self.min_scale = min_scale
@@ -250,6 +277,7 @@ class ResidualDetector:
         self.known_costly = known_costly
         self.first_spill_runs = first_spill_runs
         self.one_sided = tuple(one_sided)
+        self.runtime_scale_factor = runtime_scale_factor
         self.n_groups = 1
 
     # --- per-row quantities -----------------------------------------------------------------
@@ -281,6 +309,9 @@ class ResidualDetector:
                     out[UNEXPLAINED] = (observed_log[s] - pred_mean_log - more_work) / scale
                 upper = np.maximum(pred_q_log, pred_mean_log)  # the two regressors may cross
                 out[BEYOND_TOLERANCE] = np.expm1(observed_log[s]) - np.expm1(np.clip(upper, 0.0, 50.0))
+                if RUNTIME_SCALE in references and self.runtime_scale_factor > 0:
+                    heavy = self.runtime_scale_factor * np.expm1(np.clip(references[RUNTIME_SCALE][0], 0.0, 50.0))
+                    out[STAKE_SCALE] = np.fmax(heavy / self.costly["exec"], 1.0)  # fmax: NaN (no scale) -> 1
             elif s in HISTORY_SIGNALS:
                 center, iqr = references[s]
                 out[s] = (observed_log[s] - center) / np.clip(iqr / _IQR_TO_SIGMA, self.min_scale, self.max_scale)
@@ -449,6 +480,8 @@ class ResidualDetector:
         # capped units above the expectation (not the upper tail of a long query's variation).
         raw = np.stack([residuals[sig] for sig in self.signals])
         stake = np.stack([excess[sig] / self.costly[sig] for sig in self.signals])
+        if STAKE_SCALE in residuals and "exec" in self.signals:  # the instance's heavy work scales its stakes
+            stake[self.signals.index("exec")] /= residuals[STAKE_SCALE]
         costly = np.minimum(stake, raw / self.costly_z)
         if UNEXPLAINED in residuals and "exec" in self.signals:
             # Below the costly level, runtime the work done does not explain (a stall) trades
@@ -461,6 +494,8 @@ class ResidualDetector:
             i = self.signals.index("exec")
             own = np.asarray(groups) == 0
             beyond = np.where(own, residuals[BEYOND_TOLERANCE], 0.0) / self.known_costly
+            if STAKE_SCALE in residuals:
+                beyond = beyond / residuals[STAKE_SCALE]
             costly[i] = np.maximum(costly[i], np.minimum(beyond, raw[i] / self.costly_z))
         on_path = np.array([sig in TIME_SIGNALS for sig in self.signals])[:, None]
         scores = np.where(on_path, np.maximum(relative, costly), relative)
@@ -529,7 +564,8 @@ class ResidualDetector:
                        "reference_quantile": self.reference_quantile, "quantile": self.quantile,
                        "floors": self.floors, "costly": self.costly, "min_group_rows": self.min_group_rows,
                        "costly_z": self.costly_z, "known_costly": self.known_costly,
-                       "first_spill_runs": self.first_spill_runs, "one_sided": list(self.one_sided)},
+                       "first_spill_runs": self.first_spill_runs, "one_sided": list(self.one_sided),
+                       "runtime_scale_factor": self.runtime_scale_factor},
             "center": self.center_, "spread": self.spread_, "gamma": self.gamma_,
             "relative_threshold": self.relative_threshold_, "score_threshold": self.threshold_,
             "group_threshold": self.group_threshold_,
@@ -543,6 +579,7 @@ class ResidualDetector:
         params["signals"] = tuple(params["signals"])
         params.setdefault("known_costly", float("inf"))  # saved before the path existed: keep its decisions
         params.setdefault("first_spill_runs", float("inf"))  # likewise
+        params.setdefault("runtime_scale_factor", 0.0)  # likewise (fixed stakes)
         params["one_sided"] = tuple(params.get("one_sided", _ONE_SIDED_BEFORE))
         det = cls(**params)
         det.n_groups = int(state.get("n_groups", 1))

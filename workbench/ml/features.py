@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workbench.data.schema import COLUMNS, LABEL_COLUMNS
-from workbench.ml.detector import SPILL_HISTORY, THROUGHPUT
+from workbench.ml.detector import RUNTIME_SCALE, SPILL_HISTORY, THROUGHPUT
 from workbench.ml.exceptions import ColumnMismatchError, NotFittedError
 
 __all__ = [
@@ -103,6 +103,11 @@ _MED_WAITED = "med_waited_queue"
 #: Fingerprint column: the largest log MB spilled of the statement's runs in the window (0: it never
 #: spilled), for the detector's first-spill path (:data:`~workbench.ml.detector.SPILL_HISTORY`).
 _MAX_SPILL = "max_spill"
+#: Instance column: the log runtime (ms) of the instance's 1-in-100 query in the window (NaN with fewer
+#: than :data:`_P99_MIN_RUNS` runs), the scale of its heavy work (:data:`~workbench.ml.detector.RUNTIME_SCALE`).
+_P99_EXEC = "p99_exec"
+#: Runs before an instance's 99th percentile is its own (a 1-in-100 level needs a few hundred runs).
+_P99_MIN_RUNS = 200
 
 _COUNT_COLUMNS = (
     "num_permanent_tables_accessed",
@@ -501,6 +506,9 @@ class FeatureBuilder:
                                               self.min_history, WAITED_MS)[0]
         pace, fleet_pace = _reading_pace(inst_codes, logs, len(inst_ids))
         full_inst[_PACE] = pace
+        by_runtime = inst_orders["exec"]  # rows sorted by (instance, log runtime)
+        p99 = _sorted_group_quantiles(inst_codes[by_runtime], logs["exec"][by_runtime], len(inst_ids), (0.99,))[:, 0]
+        full_inst[_P99_EXEC] = np.where(full_inst["n"] < _P99_MIN_RUNS, np.nan, p99)
 
         # Stored lookup tables (full window).
         split = pc.split_pattern(fp_dict, "|", max_splits=1)
@@ -622,7 +630,8 @@ class FeatureBuilder:
         level is at least the instance's ordinary wait (the median of its runs that waited). Extra
         keys: :data:`~workbench.ml.detector.THROUGHPUT` (the instance's reading pace) and
         :data:`~workbench.ml.detector.SPILL_HISTORY` (the statement's largest log spill and its
-        number of runs; NaN without its own history).
+        number of runs; NaN without its own history) and :data:`~workbench.ml.detector.RUNTIME_SCALE`
+        (the log runtime of the instance's 1-in-100 query; NaN for an instance seen fewer than 200 times).
         """
         self._check_fitted("references")
         table = _as_table(data)
@@ -726,6 +735,9 @@ class FeatureBuilder:
             refs[THROUGHPUT] = (pace, np.zeros_like(pace))
         if _MED_COMPILE in lookup.inst:  # versions trained before the compile signal have none
             refs["compile"] = self._compile_reference(lookup)
+        if _P99_EXEC in lookup.inst:  # versions trained before the runtime scale was kept have none
+            # NaN for an instance never seen (or seen too little): no scale, the detector's fixed stakes
+            refs[RUNTIME_SCALE] = (lookup.inst[_P99_EXEC], np.zeros(len(lookup.inst[_P99_EXEC])))
         return refs
 
     def _add_compile_spread(self) -> None:
