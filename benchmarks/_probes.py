@@ -17,7 +17,9 @@ point
     ``spill_20gb`` a statement that never spilled spills 15-25 GB (and runs 1.5-2.5x longer);
     ``plan_stays_slow`` from one run on, every later run of the day of a known statement 2-3x
     slower; ``heavy_slower`` a known heavy statement (>= 1 min) 2-4x slower once; ``first_spill`` a
-    statement that never spilled (>= 1 GB read) spills 1-3x its scan once and runs 2-4x longer.
+    statement that never spilled (>= 1 GB read) spills 1-3x its scan once and runs 2-4x longer;
+    ``spill_beyond_largest`` a statement that spilled before spills 10-30x its largest spill (at least
+    1 GB) once and runs 1.5-3x longer.
 contextual
     ``heavy_at_peak`` a heavy statement (>= 1 min) that normally runs at night on one instance
     runs at the busy hours on a smaller one; ``small_as_big`` queries of a small instance take what
@@ -266,6 +268,17 @@ def _first_spill(day: ProbeDay, name: str) -> None:
             execution_duration_ms=exec_ms * day.rng.uniform(2, 4, len(idx)))
 
 
+def _spill_beyond_largest(day: ProbeDay, name: str) -> None:
+    # A statement that spills now and then (5 runs or more, some spilled) spills 10-30x the largest spill of
+    # its history (at least 1 GB) and takes 1.5-3x its time: a hash join on the wrong side, a skewed key.
+    largest = day.hist["max_spill"].fillna(0).to_numpy()
+    cand = day.free() & day.on("busy", "mid", "small") & _known(day) & (largest > 0)
+    idx = day.pick(cand, POINT_ROWS)
+    exec_ms = _nums(day.frame, "execution_duration_ms")[idx]
+    day.set(idx, name, mbytes_spilled=np.maximum(largest[idx] * day.rng.uniform(10, 30, len(idx)), 1_000),
+            execution_duration_ms=exec_ms * day.rng.uniform(1.5, 3, len(idx)))
+
+
 def _new_runaway(day: ProbeDay, name: str) -> None:
     f = day.frame
     work = f["query_type"].isin(["select", "insert", "ctas", "update", "delete"]).to_numpy()
@@ -444,6 +457,7 @@ PROBES: tuple[Probe, ...] = (
     # last: a probe added later consumes the generator's draws after the others', which stay as they were
     Probe("heavy_slower", "point", _heavy_slower),
     Probe("first_spill", "point", _first_spill),
+    Probe("spill_beyond_largest", "point", _spill_beyond_largest),
 )
 
 

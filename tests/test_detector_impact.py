@@ -15,6 +15,8 @@ from workbench.ml._train import train_table
 from workbench.ml.detector import (
     FIRST_SPILL_REASON,
     FIRST_SPILL_RUNS,
+    RECORD_SPILL_FACTOR,
+    RECORD_SPILL_REASON,
     RUNTIME_SCALE,
     SPILL_HISTORY,
     THROUGHPUT,
@@ -277,9 +279,10 @@ def test_a_first_spill_of_a_statement_that_never_spilled_alerts() -> None:
     # usual runtime: new for the statement, and material.
     assert _first_spill(det, spill_mb=2_000.0) == (True, FIRST_SPILL_REASON)
     # Under the spill floor (1 GB), or a statement that spilled before, or too short a history, or a
-    # statement never seen on the instance (its references are a prior's): no first spill.
+    # statement never seen on the instance (its references are a prior's): no first spill (a statement that
+    # spilled 500 MB before spills 4x its largest: no record either).
     assert _first_spill(det, spill_mb=900.0) == (False, None)
-    assert _first_spill(det, spill_mb=2_000.0, largest_spill_mb=50.0) == (False, None)
+    assert _first_spill(det, spill_mb=2_000.0, largest_spill_mb=500.0) == (False, None)
     assert _first_spill(det, spill_mb=2_000.0, runs=4.0) == (False, None)
     assert _first_spill(det, spill_mb=2_000.0, group=1) == (False, None)
 
@@ -399,3 +402,23 @@ def test_a_uniformly_slower_warehouse_alerts_on_the_same_queries(tmp_path: Path)
     assert abs(int(alerts[60].sum()) - int(alerts[20].sum())) <= 0.15 * alerts[20].sum()
     # With fixed stakes the 3x slower copy alerts on many more of its (identical) queries (measured: 54, 98).
     assert fixed[60].sum() > 1.5 * fixed[20].sum()
+
+
+def test_a_spill_far_beyond_the_largest_of_the_statement_alerts() -> None:
+    det = _spilling_fitted()
+    # Spilled at most 300 MB in its 8 runs, now 6 GB of its 10 GB read (an ordinary spill among spills,
+    # at its usual runtime): 20x its largest spill and 5.7 GB beyond it.
+    assert _first_spill(det, spill_mb=6_000.0, largest_spill_mb=300.0) == (True, RECORD_SPILL_REASON)
+    # It ranks by the weaker of its stake (GB beyond the largest) and its evidence (the record's factor
+    # against RECORD_SPILL_FACTOR, in log units).
+    score = _first_spill_decision(det, spill_mb=6_000.0, largest_spill_mb=300.0)[0]
+    assert score == pytest.approx(np.log(6_001.0 / 301.0) / np.log(RECORD_SPILL_FACTOR))
+    # 4x the largest; 6.7x but 850 MB beyond it; too short a history; a statement never seen on the instance.
+    assert _first_spill(det, spill_mb=1_200.0, largest_spill_mb=300.0) == (False, None)
+    assert _first_spill(det, spill_mb=1_000.0, largest_spill_mb=150.0) == (False, None)
+    assert _first_spill(det, spill_mb=6_000.0, largest_spill_mb=300.0, runs=4.0) == (False, None)
+    assert _first_spill(det, spill_mb=6_000.0, largest_spill_mb=300.0, group=1) == (False, None)
+    # A model saved before the path keeps its decisions.
+    state = det.to_dict()
+    del state["params"]["record_spill_factor"]
+    assert _first_spill(ResidualDetector.from_dict(state), spill_mb=6_000.0, largest_spill_mb=300.0) == (False, None)

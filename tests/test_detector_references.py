@@ -13,7 +13,7 @@ import pytest
 
 from workbench.ml._testing import generated_log
 from workbench.ml._train import train_table
-from workbench.ml.detector import FIRST_SPILL_REASON, SPILL_HISTORY
+from workbench.ml.detector import FIRST_SPILL_REASON, RECORD_SPILL_REASON, SPILL_HISTORY
 from workbench.ml.features import WAITED_MS, FeatureBuilder
 from workbench.ml.scorer import Scorer
 
@@ -94,3 +94,37 @@ def test_scorer_names_a_first_spill_with_its_evidence(tmp_path: Path) -> None:
     spilled[i] = 900.0
     out = scorer.score(_with(batch, "mbytes_spilled", spilled))
     assert out.column("reason")[i].as_py() != FIRST_SPILL_REASON
+
+
+def test_scorer_names_a_spill_beyond_the_largest_with_its_evidence(tmp_path: Path) -> None:
+    log = generated_log(days=2, rows_per_day=3000, seed=5)
+    train, batch = log.slice(0, 3000), log.slice(3000, 500)
+    keys = _keys(train)
+    # Statements of the training day with at least 5 runs spilled at most 200 MB there (one run each).
+    distinct, counts = np.unique(keys, return_counts=True)
+    frequent = np.isin(keys, distinct[counts >= 5])
+    first_run = np.zeros(len(keys), bool)
+    first_run[np.unique(keys, return_index=True)[1]] = True
+    spill = np.where(frequent, np.where(first_run, 200.0, 0.0), train.column("mbytes_spilled").to_numpy().astype(float))
+    train_table(tmp_path / "models", _with(train, "mbytes_spilled", spill), dt.date(2024, 3, 1), window_days=1)
+    version = next((tmp_path / "models" / "versions").iterdir())
+    builder = FeatureBuilder.load(version, json.loads((version / "model.json").read_text())["features"])
+    largest, runs = builder.references(batch)[SPILL_HISTORY]
+    scanned = batch.column("mbytes_scanned").to_numpy().astype(float)
+    candidates = np.flatnonzero((np.round(np.expm1(largest)) == 200.0) & (runs >= 5) & (scanned >= 2_000.0))
+    assert len(candidates), "the batch must hold a 2 GB read of a statement whose largest spill was 200 MB"
+    i = int(candidates[0])
+    scorer = Scorer(tmp_path / "models", background=False)
+    spilled = batch.column("mbytes_spilled").to_numpy().astype(float)
+    # 4 GB spilled (20x its largest), at most twice what the run read: no rare spill against its scan.
+    spilled[i] = 4_000.0
+    out = scorer.score(_with(batch, "mbytes_spilled", spilled))
+    row = {n: out.column(n)[i].as_py() for n in out.schema.names}
+    assert row["is_anomaly"] and row["reason"] == RECORD_SPILL_REASON and row["evidence_signal"] == "spill"
+    assert row["expected_value"] == pytest.approx(200.0, rel=1e-6)
+    assert row["excess_value"] == pytest.approx(3_800.0, rel=1e-6)
+    assert row["reference"] == f"fingerprint history: largest spill 200 MB in {runs[i]:.0f} runs"
+    # 4x its largest is no record worth an alert.
+    spilled[i] = 800.0
+    out = scorer.score(_with(batch, "mbytes_spilled", spilled))
+    assert out.column("reason")[i].as_py() != RECORD_SPILL_REASON

@@ -111,6 +111,15 @@ time in 100). The evidence bounds the score because the stake alone does not ran
 clean runs that spills 300 GB of its 400 GB read is ordinary traffic of a big statement now and then,
 and scored by its gigabytes alone it outranked every other alert of the day.
 
+A statement that did spill in its ``first_spill_runs`` or more runs has the same path against its
+largest spill ``L``: a run that spills ``S``, at least the spill floor beyond ``L``, scores
+``min((S - L) / spill floor, ln((1 + S) / (1 + L)) / ln(record_spill_factor))``, reason
+``spill_beyond_record``: the record is the evidence once it is ``record_spill_factor`` (5) times the
+statement's largest. The spill signal proper misses it whenever the spill stays below the run's scan
+(a statement that spills a few hundred MB of its 10 GB read now spills 5 GB of it), and so did this
+path's first-spill half (the statement had spilled); on the demo day 13 normal runs of 242,616 with such
+a history spill 10x their largest and 1 GB beyond it, 27 five times.
+
 Calibration: the threshold targets ``alert_rate`` false alerts on normal traffic. The holdout
 comes from the training window and may itself contain anomalies, so its raw ``1 - alert_rate``
 quantile would land inside them. Instead the tail is extrapolated from the holdout's 95th and
@@ -135,8 +144,9 @@ import numpy as np
 from workbench.ml.exceptions import NotFittedError
 
 __all__ = ["BEYOND_TOLERANCE", "CLEAN_RUNS", "COSTLY", "FIRST_SPILL", "FIRST_SPILL_REASON", "FIRST_SPILL_RUNS",
-           "FLOORS", "HISTORY_SIGNALS", "KNOWN_COSTLY", "ONE_SIDED", "REASONS", "RUNTIME_SCALE", "RUNTIME_SCALE_FACTOR",
-           "SPILL_HISTORY", "STAKE_SCALE", "THROUGHPUT", "TIME_SIGNALS", "UNEXPLAINED", "UNITS", "ResidualDetector"]
+           "FLOORS", "HISTORY_SIGNALS", "KNOWN_COSTLY", "ONE_SIDED", "REASONS", "RECORD_RATIO", "RECORD_SPILL",
+           "RECORD_SPILL_FACTOR", "RECORD_SPILL_REASON", "RUNTIME_SCALE", "RUNTIME_SCALE_FACTOR", "SPILL_HISTORY",
+           "STAKE_SCALE", "THROUGHPUT", "TIME_SIGNALS", "UNEXPLAINED", "UNITS", "ResidualDetector"]
 
 #: Reason string per signal.
 REASONS: dict[str, str] = {
@@ -195,6 +205,15 @@ FIRST_SPILL = "spill_first_mb"
 CLEAN_RUNS = "spill_clean_runs"
 #: Reason of an alert the first-spill path decided (the spill signal's own reason says "beyond the scan").
 FIRST_SPILL_REASON = "first_spill"
+#: Key of the extra quantity :meth:`ResidualDetector.residuals` adds: MB spilled beyond the largest spill
+#: of the statement's history, for a statement that spilled in it (0 for every other run).
+RECORD_SPILL = "spill_beyond_record_mb"
+#: Key of the extra quantity next to :data:`RECORD_SPILL`: ``log1p(MB spilled) - log1p(largest spill)``.
+RECORD_RATIO = "spill_record_log_ratio"
+#: Reason of an alert the record-spill path decided.
+RECORD_SPILL_REASON = "spill_beyond_record"
+#: How many times its largest spill a statement must spill for the record itself to be the evidence.
+RECORD_SPILL_FACTOR = 5.0
 #: Runs of a statement's history without a spill after which its first spill is news: a statement that
 #: spills one run in two shows 5 clean runs 3 % of the time (one in four: 24 %), and 5 is more than the
 #: 3 runs after which its history is its own reference at all.
@@ -236,7 +255,11 @@ class ResidualDetector:
         with its own history (group 0); see :data:`KNOWN_COSTLY`.
     first_spill_runs : float, default=5
         Runs without a spill in a statement's history before a first spill of at least the spill floor
-        alerts on its own; see :data:`FIRST_SPILL_RUNS`.
+        alerts on its own; see :data:`FIRST_SPILL_RUNS`. The same history length opens the record-spill path.
+    record_spill_factor : float, default=5.0
+        How many times its largest spill (of at least ``first_spill_runs`` runs) a statement must spill,
+        at least the spill floor beyond it, for the record alone to alert; see :data:`RECORD_SPILL_FACTOR`.
+        1 or less turns the path off.
     runtime_scale_factor : float, default=5.0
         The runtime stakes (``costly["exec"]`` and ``known_costly``) of a row are multiplied by
         ``max(1, runtime_scale_factor * p99 / costly["exec"])``, ``p99`` its instance's 1-in-100 runtime
@@ -263,7 +286,8 @@ class ResidualDetector:
                  costly: dict[str, float] | None = None, min_group_rows: int = 500,
                  costly_z: float = 2.0, known_costly: float = KNOWN_COSTLY,
                  first_spill_runs: float = FIRST_SPILL_RUNS, one_sided: tuple[str, ...] = ONE_SIDED,
-                 runtime_scale_factor: float = RUNTIME_SCALE_FACTOR) -> None:
+                 runtime_scale_factor: float = RUNTIME_SCALE_FACTOR,
+                 record_spill_factor: float = RECORD_SPILL_FACTOR) -> None:
         self.alert_rate = alert_rate
         self.signals = signals
         self.min_scale = min_scale
@@ -278,6 +302,7 @@ class ResidualDetector:
         self.first_spill_runs = first_spill_runs
         self.one_sided = tuple(one_sided)
         self.runtime_scale_factor = runtime_scale_factor
+        self.record_spill_factor = record_spill_factor
         self.n_groups = 1
 
     # --- per-row quantities -----------------------------------------------------------------
@@ -322,6 +347,9 @@ class ResidualDetector:
                     never = (largest == 0.0) & (runs >= self.first_spill_runs)  # NaN (no own history): False
                     out[FIRST_SPILL] = np.where(never, np.expm1(observed_log["spill"]), 0.0)
                     out[CLEAN_RUNS] = np.where(never, runs, 0.0)
+                    record = (largest > 0.0) & (runs >= self.first_spill_runs)
+                    out[RECORD_SPILL] = np.where(record, np.expm1(observed_log["spill"]) - np.expm1(largest), 0.0)
+                    out[RECORD_RATIO] = np.where(record, observed_log["spill"] - largest, 0.0)
             else:  # queue
                 out[s] = observed_log["queue"] - np.maximum(references["queue"][0], pred_mean_log)
             if s in self.one_sided:  # fmax: a row without a spread (NaN, no history) gets 0, no verdict
@@ -520,7 +548,12 @@ class ResidualDetector:
             return None
         stake = residuals[FIRST_SPILL] / self.floors["spill"]
         evidence = residuals[CLEAN_RUNS] / self.first_spill_runs
-        return np.where(np.asarray(groups) == 0, np.minimum(stake, evidence), 0.0)
+        score = np.minimum(stake, evidence)
+        if RECORD_SPILL in residuals and self.record_spill_factor > 1.0:
+            record = np.minimum(residuals[RECORD_SPILL] / self.floors["spill"],
+                                residuals[RECORD_RATIO] / np.log(self.record_spill_factor))
+            score = np.maximum(score, record)
+        return np.where(np.asarray(groups) == 0, score, 0.0)
 
     def reasons(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None, score: np.ndarray,
                 which: np.ndarray, alert: np.ndarray) -> np.ndarray:
@@ -530,8 +563,8 @@ class ResidualDetector:
         names = np.array([REASONS[s] for s in self.signals], dtype=object)[which]
         first = self._first_spill(residuals, groups)
         if first is not None:
-            names = np.where((which == self.signals.index("spill")) & (first > 0) & (first >= score),
-                             FIRST_SPILL_REASON, names)
+            path = (which == self.signals.index("spill")) & (first > 0) & (first >= score)
+            names = np.where(path, np.where(residuals[CLEAN_RUNS] > 0, FIRST_SPILL_REASON, RECORD_SPILL_REASON), names)
         return np.where(alert, names, None)
 
     def decide(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None,
@@ -565,7 +598,8 @@ class ResidualDetector:
                        "floors": self.floors, "costly": self.costly, "min_group_rows": self.min_group_rows,
                        "costly_z": self.costly_z, "known_costly": self.known_costly,
                        "first_spill_runs": self.first_spill_runs, "one_sided": list(self.one_sided),
-                       "runtime_scale_factor": self.runtime_scale_factor},
+                       "runtime_scale_factor": self.runtime_scale_factor,
+                       "record_spill_factor": self.record_spill_factor},
             "center": self.center_, "spread": self.spread_, "gamma": self.gamma_,
             "relative_threshold": self.relative_threshold_, "score_threshold": self.threshold_,
             "group_threshold": self.group_threshold_,
@@ -580,6 +614,7 @@ class ResidualDetector:
         params.setdefault("known_costly", float("inf"))  # saved before the path existed: keep its decisions
         params.setdefault("first_spill_runs", float("inf"))  # likewise
         params.setdefault("runtime_scale_factor", 0.0)  # likewise (fixed stakes)
+        params.setdefault("record_spill_factor", 1.0)  # likewise (no record-spill path)
         params["one_sided"] = tuple(params.get("one_sided", _ONE_SIDED_BEFORE))
         det = cls(**params)
         det.n_groups = int(state.get("n_groups", 1))

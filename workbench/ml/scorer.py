@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from workbench.ml.detector import FIRST_SPILL_REASON, SPILL_HISTORY, UNITS, ResidualDetector
+from workbench.ml.detector import FIRST_SPILL_REASON, RECORD_SPILL_REASON, SPILL_HISTORY, UNITS, ResidualDetector
 from workbench.ml.exceptions import MLError
 from workbench.ml.features import (
     INPUT_COLUMNS,
@@ -126,6 +126,11 @@ class LoadedModel:
         pick = which[None, :]
         exp_v = np.take_along_axis(np.stack([expected[s] for s in det.signals]), pick, axis=0)[0]
         exc_v = np.take_along_axis(np.stack([excess[s] for s in det.signals]), pick, axis=0)[0]
+        record = reason == RECORD_SPILL_REASON
+        if record.any():  # a spill beyond the statement's largest is compared with that largest spill
+            observed_v = exp_v + exc_v
+            exp_v = np.where(record, np.expm1(np.nan_to_num(refs[SPILL_HISTORY][0])), exp_v)
+            exc_v = observed_v - exp_v
         labels = np.array([[_reference_label(s, src) for src in REFERENCE_SOURCES] for s in det.signals],
                           dtype=object)
         pred_mean = np.expm1(np.clip(mean_log, 0.0, 50.0))
@@ -152,14 +157,16 @@ class LoadedModel:
 
 def _with_first_spill_labels(labels: np.ndarray, reason: np.ndarray, refs: dict[str, tuple[np.ndarray, np.ndarray]]
                              ) -> np.ndarray:
-    """``labels`` with the first-spill alerts' reference: how many runs of the statement spilled nothing."""
-    rows = np.flatnonzero(reason == FIRST_SPILL_REASON)
+    """``labels`` with the spill paths' reference: how many runs of the statement spilled nothing (a first
+    spill), or the largest spill of its runs (a spill beyond it)."""
+    rows = np.flatnonzero((reason == FIRST_SPILL_REASON) | (reason == RECORD_SPILL_REASON))
     if not len(rows):
         return labels
     labels = labels.copy()
-    runs = refs[SPILL_HISTORY][1]
+    largest, runs = refs[SPILL_HISTORY]
     for i in rows:
-        labels[i] = f"fingerprint history: no spill in {runs[i]:.0f} runs"
+        labels[i] = (f"fingerprint history: no spill in {runs[i]:.0f} runs" if reason[i] == FIRST_SPILL_REASON
+                     else f"fingerprint history: largest spill {np.expm1(largest[i]):,.0f} MB in {runs[i]:.0f} runs")
     return labels
 
 
