@@ -143,10 +143,33 @@ import numpy as np
 
 from workbench.ml.exceptions import NotFittedError
 
-__all__ = ["BEYOND_TOLERANCE", "CLEAN_RUNS", "COSTLY", "FIRST_SPILL", "FIRST_SPILL_REASON", "FIRST_SPILL_RUNS",
-           "FLOORS", "HISTORY_SIGNALS", "KNOWN_COSTLY", "ONE_SIDED", "REASONS", "RECORD_RATIO", "RECORD_SPILL",
-           "RECORD_SPILL_FACTOR", "RECORD_SPILL_REASON", "RUNTIME_SCALE", "RUNTIME_SCALE_FACTOR", "SPILL_HISTORY",
-           "STAKE_SCALE", "THROUGHPUT", "TIME_SIGNALS", "UNEXPLAINED", "UNITS", "ResidualDetector"]
+__all__ = [
+    "ALERT_REASONS",
+    "BEYOND_TOLERANCE",
+    "CLEAN_RUNS",
+    "COSTLY",
+    "FIRST_SPILL",
+    "FIRST_SPILL_REASON",
+    "FIRST_SPILL_RUNS",
+    "FLOORS",
+    "HISTORY_SIGNALS",
+    "KNOWN_COSTLY",
+    "ONE_SIDED",
+    "REASONS",
+    "RECORD_RATIO",
+    "RECORD_SPILL",
+    "RECORD_SPILL_FACTOR",
+    "RECORD_SPILL_REASON",
+    "RUNTIME_SCALE",
+    "RUNTIME_SCALE_FACTOR",
+    "SPILL_HISTORY",
+    "STAKE_SCALE",
+    "THROUGHPUT",
+    "TIME_SIGNALS",
+    "UNEXPLAINED",
+    "UNITS",
+    "ResidualDetector",
+]
 
 #: Reason string per signal.
 REASONS: dict[str, str] = {
@@ -214,6 +237,8 @@ RECORD_RATIO = "spill_record_log_ratio"
 RECORD_SPILL_REASON = "spill_beyond_record"
 #: How many times its largest spill a statement must spill for the record itself to be the evidence.
 RECORD_SPILL_FACTOR = 5.0
+#: Every reason an alert can carry: a signal's, or one of the spill paths'.
+ALERT_REASONS: tuple[str, ...] = (*REASONS.values(), FIRST_SPILL_REASON, RECORD_SPILL_REASON)
 #: Runs of a statement's history without a spill after which its first spill is news: a statement that
 #: spills one run in two shows 5 clean runs 3 % of the time (one in four: 24 %), and 5 is more than the
 #: 3 runs after which its history is its own reference at all.
