@@ -64,67 +64,62 @@ def test_spill_history_is_the_largest_spill_and_the_runs_of_the_statement_own_hi
     assert rare.any() and np.isnan(largest[rare]).all() and np.isnan(runs[rare]).all()
 
 
-def test_scorer_names_a_first_spill_with_its_evidence(tmp_path: Path) -> None:
+def _spill_history_model(tmp_path: Path, first_run_mb: float) -> tuple[pa.Table, np.ndarray, np.ndarray, Scorer]:
+    """``(batch, largest log spill, runs, scorer)``: a version trained on the first 3000 rows of a small log
+    in which every statement with at least 5 runs spilled ``first_run_mb`` in its first run and nothing in
+    the others, the statement references of the 500 rows after them, and a scorer of that version."""
     log = generated_log(days=2, rows_per_day=3000, seed=5)
     train, batch = log.slice(0, 3000), log.slice(3000, 500)
     keys = _keys(train)
-    # Statements of the training day with at least 5 runs: they never spilled there.
     distinct, counts = np.unique(keys, return_counts=True)
     frequent = np.isin(keys, distinct[counts >= 5])
-    spill = train.column("mbytes_spilled").to_numpy().astype(float)
-    spill[frequent] = 0.0
+    first_run = np.zeros(len(keys), bool)
+    first_run[np.unique(keys, return_index=True)[1]] = True
+    spill = np.where(frequent, np.where(first_run, first_run_mb, 0.0),
+                     train.column("mbytes_spilled").to_numpy().astype(float))
     train_table(tmp_path / "models", _with(train, "mbytes_spilled", spill), dt.date(2024, 3, 1), window_days=1)
     version = next((tmp_path / "models" / "versions").iterdir())
     builder = FeatureBuilder.load(version, json.loads((version / "model.json").read_text())["features"])
     largest, runs = builder.references(batch)[SPILL_HISTORY]
+    return batch, largest, runs, Scorer(tmp_path / "models", background=False)
+
+
+def _scored_with_spill(scorer: Scorer, batch: pa.Table, i: int, spill_mb: float) -> dict:
+    """The scored row ``i`` of ``batch`` when that run spilled ``spill_mb``."""
+    spilled = batch.column("mbytes_spilled").to_numpy().astype(float)
+    spilled[i] = spill_mb
+    out = scorer.score(_with(batch, "mbytes_spilled", spilled))
+    return {n: out.column(n)[i].as_py() for n in out.schema.names}
+
+
+def test_scorer_names_a_first_spill_with_its_evidence(tmp_path: Path) -> None:
+    # Statements of the training day with at least 5 runs: they never spilled there.
+    batch, largest, runs, scorer = _spill_history_model(tmp_path, first_run_mb=0.0)
     candidates = np.flatnonzero((largest == 0.0) & (runs >= 5))
     assert len(candidates), "the batch must hold a run of a statement that never spilled in 5 runs"
     i = int(candidates[0])
-    scorer = Scorer(tmp_path / "models", background=False)
-    spilled = batch.column("mbytes_spilled").to_numpy().astype(float)
     # 3 GB spilled, at the run's usual runtime: new for the statement, and at least the 1 GB floor.
-    spilled[i] = 3_000.0
-    out = scorer.score(_with(batch, "mbytes_spilled", spilled))
-    row = {n: out.column(n)[i].as_py() for n in out.schema.names}
+    row = _scored_with_spill(scorer, batch, i, 3_000.0)
     assert row["is_anomaly"] and row["reason"] == FIRST_SPILL_REASON and row["evidence_signal"] == "spill"
     assert row["evidence_unit"] == "MB" and row["observed_value"] == pytest.approx(3_000.0, rel=1e-6)
     assert row["expected_value"] == pytest.approx(0.0, abs=1e-6)
     assert row["reference"] == f"fingerprint history: no spill in {runs[i]:.0f} runs"
     # Under the floor it is no alert.
-    spilled[i] = 900.0
-    out = scorer.score(_with(batch, "mbytes_spilled", spilled))
-    assert out.column("reason")[i].as_py() != FIRST_SPILL_REASON
+    assert _scored_with_spill(scorer, batch, i, 900.0)["reason"] != FIRST_SPILL_REASON
 
 
 def test_scorer_names_a_spill_beyond_the_largest_with_its_evidence(tmp_path: Path) -> None:
-    log = generated_log(days=2, rows_per_day=3000, seed=5)
-    train, batch = log.slice(0, 3000), log.slice(3000, 500)
-    keys = _keys(train)
     # Statements of the training day with at least 5 runs spilled at most 200 MB there (one run each).
-    distinct, counts = np.unique(keys, return_counts=True)
-    frequent = np.isin(keys, distinct[counts >= 5])
-    first_run = np.zeros(len(keys), bool)
-    first_run[np.unique(keys, return_index=True)[1]] = True
-    spill = np.where(frequent, np.where(first_run, 200.0, 0.0), train.column("mbytes_spilled").to_numpy().astype(float))
-    train_table(tmp_path / "models", _with(train, "mbytes_spilled", spill), dt.date(2024, 3, 1), window_days=1)
-    version = next((tmp_path / "models" / "versions").iterdir())
-    builder = FeatureBuilder.load(version, json.loads((version / "model.json").read_text())["features"])
-    largest, runs = builder.references(batch)[SPILL_HISTORY]
+    batch, largest, runs, scorer = _spill_history_model(tmp_path, first_run_mb=200.0)
     scanned = batch.column("mbytes_scanned").to_numpy().astype(float)
     candidates = np.flatnonzero((np.round(np.expm1(largest)) == 200.0) & (runs >= 5) & (scanned >= 2_000.0))
     assert len(candidates), "the batch must hold a 2 GB read of a statement whose largest spill was 200 MB"
     i = int(candidates[0])
-    scorer = Scorer(tmp_path / "models", background=False)
-    spilled = batch.column("mbytes_spilled").to_numpy().astype(float)
     # 4 GB spilled (20x its largest), at most twice what the run read: no rare spill against its scan.
-    spilled[i] = 4_000.0
-    out = scorer.score(_with(batch, "mbytes_spilled", spilled))
-    row = {n: out.column(n)[i].as_py() for n in out.schema.names}
+    row = _scored_with_spill(scorer, batch, i, 4_000.0)
     assert row["is_anomaly"] and row["reason"] == RECORD_SPILL_REASON and row["evidence_signal"] == "spill"
     assert row["expected_value"] == pytest.approx(200.0, rel=1e-6)
     assert row["excess_value"] == pytest.approx(3_800.0, rel=1e-6)
     assert row["reference"] == f"fingerprint history: largest spill 200 MB in {runs[i]:.0f} runs"
     # 4x its largest is no record worth an alert.
-    spilled[i] = 800.0
-    out = scorer.score(_with(batch, "mbytes_spilled", spilled))
-    assert out.column("reason")[i].as_py() != RECORD_SPILL_REASON
+    assert _scored_with_spill(scorer, batch, i, 800.0)["reason"] != RECORD_SPILL_REASON
