@@ -31,27 +31,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sklearn.metrics import average_precision_score
 
 from workbench.data.generator import generate
+from workbench.ml._testing import slower
 from workbench.ml._train import load_log_window, train_table
 from workbench.ml.evaluate import anomaly_labels
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import LoadedModel
 
 
-def slower(table: pa.Table, factor: float) -> pa.Table:
-    """``table`` with every execution time multiplied by ``factor`` (whole milliseconds)."""
-    i = table.schema.get_field_index("execution_duration_ms")
-    column = table.column(i)
-    scaled = pc.cast(pc.round(pc.multiply(pc.cast(column, pa.float64()), factor)), column.type)
-    return table.set_column(i, "execution_duration_ms", scaled)
-
-
-def _row(factor: float, rule: str, out: dict, labels: np.ndarray, data: Path) -> dict:
+def _row(factor: float, rule: str, out: dict, labels: np.ndarray) -> dict:
     alert, score = out["is_anomaly"], out["score"]
     reasons = pd.Series(out["reason"][alert & ~labels]).value_counts()
     return {"factor": factor, "stakes": rule, "false / 10k": alert[~labels].mean() * 1e4,
@@ -88,9 +80,9 @@ def main() -> None:
             model = LoadedModel.load(ModelRegistry(Path(tmp) / f"models{factor:g}"), result.version)
             day = load_log_window(copy, last, 1)
             labels = anomaly_labels(day, copy)
-            rows.append(_row(factor, "scaled", model.predict(day), labels, copy))
+            rows.append(_row(factor, "scaled", model.predict(day), labels))
             model.detector.runtime_scale_factor = 0.0
-            rows.append(_row(factor, "fixed", model.predict(day), labels, copy))
+            rows.append(_row(factor, "fixed", model.predict(day), labels))
             print(f"x{factor:g}: trained on {train_day} ({window_days}-day window), scored {last}", flush=True)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_colwidth", 120)

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from workbench.ml._testing import generated_log
+from workbench.ml._testing import generated_log, slower
 from workbench.ml._train import train_table
 from workbench.ml.detector import (
     FIRST_SPILL_REASON,
@@ -373,13 +373,6 @@ def test_runtime_stakes_grow_with_the_heavy_work_of_the_instance() -> None:
     assert _scaled_run(ResidualDetector.from_dict(state), 40 * minute, 30_000, 200_000, 1, 60 * minute)
 
 
-def _slower(table: pa.Table, factor: float) -> pa.Table:
-    """``table`` as a warehouse where every query runs ``factor`` times as long."""
-    i = table.schema.get_field_index("execution_duration_ms")
-    scaled = pc.cast(pc.round(pc.multiply(pc.cast(table.column(i), pa.float64()), factor)), pa.int64())
-    return table.set_column(i, "execution_duration_ms", scaled)
-
-
 def test_a_uniformly_slower_warehouse_alerts_on_the_same_queries(tmp_path: Path) -> None:
     # Past the point where 10 minutes stop being extraordinary for its instances, a warehouse 3x slower than
     # another (every query, normal or not) is the same log in other units: the alerts must not change.
@@ -387,7 +380,7 @@ def test_a_uniformly_slower_warehouse_alerts_on_the_same_queries(tmp_path: Path)
     split = pa.scalar(dt.datetime(2024, 3, 3, tzinfo=dt.UTC), log.schema.field("arrival_timestamp").type)
     alerts, fixed = {}, {}
     for factor in (20, 60):
-        table = _slower(log, factor)
+        table = slower(log, factor)
         window = table.filter(pc.less(table.column("arrival_timestamp"), split))
         day = table.filter(pc.greater_equal(table.column("arrival_timestamp"), split))
         result = train_table(tmp_path / f"x{factor}", window, dt.date(2024, 3, 2), window_days=2)

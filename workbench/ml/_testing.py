@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-__all__ = ["day_slice", "generated_log"]
+__all__ = ["day_slice", "generated_log", "slower"]
 
 
 def generated_log(*, days: int = 2, rows_per_day: int = 4000, instances: int = 4, seed: int = 0,
@@ -32,3 +32,12 @@ def day_slice(table: pa.Table, day: dt.date) -> pa.Table:
                     pa.timestamp("us", tz="UTC"))
     ts = table.column("arrival_timestamp")
     return table.filter(pc.and_(pc.greater_equal(ts, start), pc.less(ts, end)))
+
+
+def slower(table: pa.Table, factor: float) -> pa.Table:
+    """``table`` with every execution time multiplied by ``factor`` (whole milliseconds): the same log on a
+    warehouse that much slower, or with a workload that much heavier."""
+    i = table.schema.get_field_index("execution_duration_ms")
+    column = table.column(i)
+    scaled = pc.cast(pc.round(pc.multiply(pc.cast(column, pa.float64()), factor)), column.type)
+    return table.set_column(i, "execution_duration_ms", scaled)
