@@ -12,13 +12,13 @@ DEMO_ARGS ?=
 # `make demo` writes its reports into this repository's reports/ folder (any absolute path works).
 export WORKBENCH_REPORTS_DIR ?= $(CURDIR)/reports
 
-.PHONY: setup demo test lint kafka-jars browser postgresql clean
+.PHONY: setup demo test lint kafka-jars browser postgresql clean constraints
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -54,6 +54,16 @@ test: setup browser postgresql
 
 lint: $(STAMP)
 	$(BIN)/ruff check workbench tests benchmarks notebooks
+
+# Re-resolves pyproject.toml's ranges in a scratch venv and pins the result (after changing a dependency).
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/pip install --quiet --upgrade pip
+	.venv-constraints/bin/pip install --quiet -e '.[test]'
+	{ sed -n 1,2p constraints.txt; .venv-constraints/bin/pip freeze --exclude-editable | sort -f; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .venv-constraints
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
