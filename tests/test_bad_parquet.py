@@ -677,3 +677,88 @@ def test_a_partitioned_dataset_is_pointed_at_prepare_which_reads_it(good: pa.Tab
     summary = prepare(folder, tmp_path / "log.parquet", temp_dir=tmp_path / "tmp")
     assert summary.rows_out == ROWS
     assert validate(tmp_path / "log.parquet").rows == ROWS
+
+
+def test_a_folder_reads_parquet_files_of_any_suffix_case_and_names_files_in_sub_folders(
+        good: pa.Table, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An export of per-day files named ``.PARQUET`` lost that day without a word, and files one folder down
+    (a partitioned layout) were left out without a word; the first is read, the second named."""
+    folder = tmp_path / "log"
+    (folder / "day=2024-03-05").mkdir(parents=True)
+    pq.write_table(good.slice(0, 20), folder / "a.parquet")
+    pq.write_table(good.slice(20), folder / "b.PARQUET")
+    pq.write_table(good, folder / "day=2024-03-05" / "part-0.parquet")
+    with caplog.at_level("WARNING", logger="workbench"):
+        assert validate_log(folder).rows == ROWS
+    assert ("1 .parquet file(s) in sub-folders (e.g. 'day=2024-03-05/part-0.parquet') are not part of the log"
+            in caplog.text)
+    assert validate(folder).rows == ROWS  # the package's validate takes a folder as the CLI does
+
+
+def test_read_batches_refuses_rows_the_replay_refuses_naming_the_row(good: pa.Table, tmp_path: Path) -> None:
+    """read_batches (public) yielded a NULL instance_id and a negative duration, and a NaN stopped it with
+    pyarrow's 'Float value nan was truncated' naming no file, row or column."""
+    cases = {"null": (_null_instance(good), 3, "instance_id", "NULL, but every query needs a value here"),
+             "negative": (_negative(good), 5, "execution_duration_ms", "-12 is negative"),
+             "nan": (_floats(good), 2, "mbytes_scanned", "nan is not a finite number")}
+    for name, (table, row, column, detail) in cases.items():
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(table, path)
+        with pytest.raises(DataValidationError) as info:
+            list(read_batches(path, batch_size=16))
+        assert (info.value.row, info.value.column) == (row, column), name
+        assert str(info.value).startswith(f"Query log {str(path)!r}: row {row} cannot be read as a Redset row "
+                                          f"({column}: {detail}"), str(info.value)
+
+
+def test_read_batches_names_the_file_of_a_damaged_page(good: pa.Table, tmp_path: Path) -> None:
+    path = tmp_path / "damaged.parquet"
+    pq.write_table(good, path, compression="snappy")
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(good.schema.get_field_index("feature_fingerprint"))
+    data = bytearray(path.read_bytes())
+    start = chunk.data_page_offset + chunk.total_compressed_size // 2  # inside a page; the footer stays whole
+    data[start:start + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataValidationError) as info:
+        list(read_batches(path))
+    assert str(info.value).startswith(f"Query log {str(path)!r} cannot be read after row 0 (")
+    assert info.value.path == str(path)
+
+
+def test_labels_of_some_files_of_a_folder_are_read_with_nulls_for_the_others(good: pa.Table, tmp_path: Path) -> None:
+    """A labelled day beside unlabelled ones: evaluate dropped every label ('no labelled rows')."""
+    day = good.column("arrival_timestamp")[0].as_py().date()
+    folder = tmp_path / "log"
+    folder.mkdir()
+    pq.write_table(good.slice(0, 20), folder / "a.parquet")
+    pq.write_table(good.slice(20).drop_columns(["label_anomaly", "label_kind"]), folder / "b.parquet")
+    window = load_log_window(folder, day, 1)
+    labels = window.column("label_anomaly")
+    assert window.num_rows == ROWS and labels.null_count == ROWS - 20
+    assert labels.slice(0, 20).to_pylist() == [str(v).lower() for v in good.column("label_anomaly")[:20].to_pylist()]
+
+
+def test_a_log_dated_outside_the_apps_event_time_range_is_refused_before_it_is_replayed(
+        good: pa.Table, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A log of 1999 validated OK, then every event went to the dead-letter topic (the apps take 2000-2100)."""
+    import datetime as dt
+
+    from workbench.config import Settings
+    from workbench.pipeline._eventtime import log_span_outside
+    from workbench.runtime import Workbench
+
+    times = [t.replace(year=1999) for t in good.column("arrival_timestamp").to_pylist()]
+    path = tmp_path / "y1999.parquet"
+    pq.write_table(_replace(good, "arrival_timestamp", times), path)
+    assert cli.main(["--home", str(tmp_path / "home"), "validate", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "has every event outside the apps' event-time range [2000-01-01 00:00:00, 2100-01-01 00:00:00) UTC" in err
+    assert "WORKBENCH_EVENT_TIME_MIN=1999-" in err
+    settings = Settings(home=tmp_path / "home")
+    with pytest.raises(DataValidationError, match="has every event outside the apps' event-time range"):
+        Workbench.start(data=path, settings=settings)
+    assert not (tmp_path / "home").exists()  # refused before anything was created
+    wider = settings.with_overrides(event_time_min=dt.datetime(1990, 1, 1, tzinfo=dt.UTC))
+    assert log_span_outside(wider, times[0], times[-1], path) is None
+    partly = log_span_outside(settings, times[0], times[-1].replace(year=2000), path)
+    assert partly is not None and partly[0] is False and "has some events outside" in partly[1]

@@ -409,10 +409,29 @@ def test_label_columns_are_kept_under_either_spelling(canonical: pa.Table, tmp_p
     summary = prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
     assert summary.rows_out == ROWS and validate(tmp_path / "out.parquet").has_labels
     assert pq.read_table(tmp_path / "out.parquet").equals(canonical)
-    # Without labels in every source, the output has none (and is still a valid log).
-    pq.write_table(canonical.drop_columns(["label_anomaly", "label_kind"]).slice(0, 10), tmp_path / "b.parquet")
-    prepare([tmp_path / "in.parquet", tmp_path / "b.parquet"], tmp_path / "mixed.parquet", temp_dir=tmp_path)
-    assert pq.read_schema(tmp_path / "mixed.parquet").names == list(REDSET_SCHEMA.names)
+    # Labels of some sources only are kept: the other sources' rows are not labelled (NULL), and the summary
+    # says so (before, the labels of every source were dropped without a word).
+    unlabelled = canonical.drop_columns(["label_anomaly", "label_kind"]).slice(0, 10)
+    ids = pa.array(range(10**9, 10**9 + 10), pa.int64())  # other queries than the labelled source's
+    unlabelled = unlabelled.set_column(unlabelled.schema.get_field_index("query_id"), "query_id", ids)
+    pq.write_table(unlabelled, tmp_path / "b.parquet")
+    mixed = prepare([tmp_path / "in.parquet", tmp_path / "b.parquet"], tmp_path / "mixed.parquet", temp_dir=tmp_path)
+    assert "absent in the source, written as NULL: label_anomaly, label_kind" in str(mixed)
+    out = pq.read_table(tmp_path / "mixed.parquet")
+    assert out.num_rows == ROWS + 10 and out.column("label_anomaly").null_count == 10
+    assert out.column("label_anomaly").drop_null().to_pylist() == canonical.column("label_anomaly").to_pylist()
+    assert validate(tmp_path / "mixed.parquet").rows == ROWS + 10
+
+
+def test_text_ids_must_be_decimal_numbers(canonical: pa.Table, tmp_path: Path) -> None:
+    """DuckDB's casts read '0x10' as 16, '0b11' as 3 and '1_000' as 1000; a log's text ids mean none of them."""
+    texts = ["0x10", "0b11", "1_000", "0o17", " 42 ", "7.0", "-0", "1e3"]
+    table = canonical.slice(0, len(texts))
+    table = table.set_column(table.schema.get_field_index("user_id"), "user_id", pa.array(texts))
+    pq.write_table(table, tmp_path / "in.parquet")
+    summary = prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.rejected == {"not_an_integer:user_id": 4}
+    assert pq.read_table(tmp_path / "out.parquet").column("user_id").to_pylist() == [42, 7, 0, 1000]
 
 
 @pytest.mark.parametrize("second", ["QUERY_ID", "Query_Id ", "query_id"])

@@ -44,6 +44,7 @@ def _validate(args: argparse.Namespace) -> int:
         for line in report.lines():
             print(line)
         print(report.verdict())
+        _note_event_time_range(args, path, [report])
         return 0 if report.ok else 1
     from workbench.replay._source import check_order_across_files, log_parts
 
@@ -56,7 +57,19 @@ def _validate(args: argparse.Namespace) -> int:
         return 1
     check_order_across_files(path)
     print(f"OK {path}: {len(reports)} files, {sum(r.rows for r in reports):,} queries, in order across files")
+    _note_event_time_range(args, path, reports)
     return 0
+
+
+def _note_event_time_range(args: argparse.Namespace, path: Path, reports: list) -> None:
+    """A valid log the apps would still dead-letter (dated outside their event-time range) gets a warning."""
+    from workbench.cli import settings_from_args
+    from workbench.pipeline._eventtime import log_span_outside
+
+    times = [t for r in reports for t in (r.first_arrival, r.last_arrival) if t is not None]
+    outside = log_span_outside(settings_from_args(args), min(times), max(times), path) if times else None
+    if outside:
+        print(f"warning: {outside[1]}", file=sys.stderr)
 
 
 def _instance_list(text: str) -> list[int]:

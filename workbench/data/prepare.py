@@ -238,8 +238,10 @@ def _coerce(col: str, family: str, target: str) -> tuple[str, str, str | None] |
             return f"CAST({c} AS VARCHAR)", f"({c} IS NOT NULL)", None
         if target == "integer":
             as_double = f"TRY_CAST({s} AS DOUBLE)"
-            value = (f"CASE WHEN NOT {present} THEN NULL WHEN {as_double} <> trunc({as_double}) THEN NULL "
-                     f"ELSE TRY_CAST({s} AS BIGINT) END")
+            # decimal text only: DuckDB's casts also read 0x10, 0b11 and 1_000, which no log means as numbers
+            decimal = f"regexp_full_match({s}, '[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?')"
+            value = (f"CASE WHEN NOT {present} THEN NULL WHEN NOT {decimal} THEN NULL "
+                     f"WHEN {as_double} <> trunc({as_double}) THEN NULL ELSE TRY_CAST({s} AS BIGINT) END")
             return value, present, "not_an_integer"
         if target == "boolean":
             trues = ", ".join(_lit(w) for w in TRUE_WORDS)
@@ -659,7 +661,8 @@ def prepare(
             mapped = _map_columns(path, described, stored)
             key = tuple(sorted(mapped.items()))
             groups.setdefault(key, _Group([], mapped)).files.append(path)
-        labels = all("label_anomaly" in g.columns for g in groups.values())
+        # labels from some sources only are kept: the others' rows get NULL labels (not labelled), said below
+        labels = any("label_anomaly" in g.columns for g in groups.values())
         coercions: dict[str, None] = {}
         parts, raw_parts = [], []
         for group in groups.values():
@@ -668,6 +671,8 @@ def prepare(
             coercions.update(dict.fromkeys(notes))
             raw_parts.append(_group_sql(group, labels, raw=True)[0])
         missing = sorted({name for g in groups.values() for name in REDSET_SCHEMA.names if name not in g.columns})
+        missing += sorted({name for g in groups.values() for name in (LABEL_SCHEMA.names if labels else [])
+                           if name not in g.columns})
         con.execute("CREATE TEMP VIEW prepared_input AS " + " UNION ALL ".join(parts))
         con.execute("CREATE TEMP VIEW raw_input AS " + " UNION ALL ".join(raw_parts))
 

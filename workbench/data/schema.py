@@ -404,9 +404,14 @@ def validate(path: str | os.PathLike[str], *, batch_size: int = 65_536) -> LogSu
 
     See :func:`workbench.data.validation.validate`, which this forwards to; raises
     :class:`DataValidationError` naming file, first problem (column, row, value) and the count.
+    A folder is validated as the replay reads it: each file, and the order across files.
     """
     from workbench.data.validation import validate as validate_all
 
+    if Path(path).expanduser().is_dir():
+        from workbench.replay._source import validate_log  # the folder layout is the replay's contract
+
+        return validate_log(path)
     return validate_all(path, batch_size=batch_size)
 
 
@@ -422,7 +427,8 @@ def read_batches(
     Parameters
     ----------
     path : str or PathLike
-        The Parquet file (see :func:`validate`; the row order is not re-checked here).
+        The Parquet file. A row :func:`validate` refuses (a NULL id, NaN, a negative duration, a time
+        out of range) raises :class:`DataValidationError` naming its row; the order is not re-checked.
     columns : sequence of str, optional
         Columns to read, in this order (default: all 24 Redset columns).
     batch_size : int
@@ -451,10 +457,32 @@ def read_batches(
 
 def _iter_batches(path: Path, wanted: list[str], batch_size: int,
                   known: dict[str, pa.Field]) -> Iterator[pa.RecordBatch]:
+    from workbench.data.validation import find_bad_rows
+
     pf = _open(path)
     _check_schema(pf.schema_arrow, path, required=wanted)
     target = pa.schema([known[name] for name in wanted], metadata=REDSET_SCHEMA.metadata)
-    for batch in batches_by_row_group(pf, columns=wanted, batch_size=batch_size):
+    offset = 0
+    batches = batches_by_row_group(pf, columns=wanted, batch_size=batch_size)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (OSError, pa.ArrowException) as exc:  # a damaged page: name the file, not a codec
+            msg = (f"Query log {str(path)!r} cannot be read after row {offset:,} ({exc}). The file is damaged: "
+                   "write it again from its source.")
+            raise DataValidationError(msg, path=str(path), row=offset) from exc
+        if batch is None:
+            return
+        # a row the replay would refuse (NULL id, NaN, negative, out of range) is refused here too, by row
+        bad = find_bad_rows(batch)
+        if bad.mask.any():
+            index = int(np.flatnonzero(bad.mask)[0])
+            reason = bad.reasons()[index]
+            msg = (f"Query log {str(path)!r}: row {offset + index:,} cannot be read as a Redset row ({reason}; "
+                   f"{int(bad.mask.sum()):,} such row(s) in rows {offset:,}-{offset + batch.num_rows - 1:,}). "
+                   f"Run `workbench validate {path}` to list them; `workbench prepare {path} --out NEW` writes a "
+                   "copy without them.")
+            raise DataValidationError(msg, path=str(path), column=reason.split(":", 1)[0], row=offset + index)
         arrays = []
         for name, field in zip(wanted, target, strict=True):
             column = batch.column(name)
@@ -463,4 +491,5 @@ def _iter_batches(path: Path, wanted: list[str], batch_size: int,
             elif pa.types.is_dictionary(column.type):
                 column = column.dictionary_decode()
             arrays.append(column if column.type == field.type else column.cast(field.type))
+        offset += batch.num_rows
         yield pa.RecordBatch.from_arrays(arrays, schema=target)

@@ -89,7 +89,7 @@ def window_days_of(day: dt.date, window_days: int) -> list[dt.date]:
 
 def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
     """Rows of a Parquet query log (a file or a folder of them) whose UTC arrival day is in the
-    window ending at ``day``, typed as the Redset schema (and the label columns when every file has them).
+    window ending at ``day``, typed as the Redset schema (and the label columns any file has: NULL in the others).
 
     The files are those the replay reads (:func:`workbench.replay.log_parts`), each checked for the
     Redset columns and types ``workbench validate`` accepts; naive times are UTC.
@@ -112,7 +112,8 @@ def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
     for schema, part in zip(schemas, parts, strict=True):
         # labels are checked by their readers (evaluate.anomaly_labels), which take other tools' forms too
         _check_schema(pa.schema([f for f in schema if f.name not in LABEL_COLUMNS]), part)
-    labels = [name for name in LABEL_COLUMNS if all(name in schema.names for schema in schemas)]
+    # a label column of some files only is kept: the other files' rows read as NULL (not labelled)
+    labels = [name for name in LABEL_COLUMNS if any(name in schema.names for schema in schemas)]
     names = [*COLUMNS, *labels]
     target = pa.schema([FIELDS[name] for name in COLUMNS])
     tables = []
@@ -128,7 +129,8 @@ def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
             bounds = [pa.scalar(t if ts_type.tz else t.replace(tzinfo=None), pa.timestamp("us", tz=ts_type.tz))
                       for t in (start, end)]
             ts = ds.field("arrival_timestamp")
-            table = dataset.to_table(columns=names, filter=(ts >= bounds[0]) & (ts < bounds[1]))
+            table = dataset.to_table(columns=[name for name in names if name in schema.names],
+                                     filter=(ts >= bounds[0]) & (ts < bounds[1]))
             # the replay's per-row rules: a negative duration or a NULL id must not be trained on
             refuse_bad_rows(table.select(list(COLUMNS)), part, f"the days {days[0]} .. {day}",
                             null_arrivals=dataset.count_rows(filter=ts.is_null()))
@@ -170,6 +172,10 @@ def _conform_table(table: pa.Table, target: pa.Schema, labels: list[str], part: 
                                       column.type.value_type)
         columns.append(column if column.type == field.type else column.cast(field.type))
     for name in labels:
+        if name not in table.column_names:  # this file is not labelled
+            columns.append(pa.nulls(table.num_rows, FIELDS[name].type))
+            fields.append(pa.field(name, FIELDS[name].type))
+            continue
         column = table.column(name)
         if name == "label_kind":
             column = kind_names(column, part)

@@ -44,7 +44,7 @@ import numpy as np
 from workbench.config import Settings
 from workbench.data.codec import MessageDecodeError
 
-__all__ = ["MEDIAN_MIN_MESSAGES", "REANCHOR_AFTER", "REASON", "EventTimeGuard"]
+__all__ = ["MEDIAN_MIN_MESSAGES", "REANCHOR_AFTER", "REASON", "EventTimeGuard", "log_span_outside"]
 
 REASON: Final = "event_time_out_of_range"
 #: Consecutive ahead-only rejections (within one horizon of each other) that re-anchor the watermark.
@@ -64,6 +64,27 @@ def _iso(us: int) -> str:
         return (_EPOCH + timedelta(microseconds=int(us))).isoformat()
     except OverflowError:
         return f"{us} us since epoch"
+
+
+def log_span_outside(settings: Settings, first: datetime, last: datetime, log: object) -> tuple[bool, str] | None:
+    """``(every event, message)`` when a log whose arrivals span ``[first, last]`` holds events the apps
+    would dead-letter as out of the absolute range (``Settings.event_time_min/max``); None when it holds none.
+
+    Asked before a replay starts: a log dated 1999 is valid Parquet, but every one of its events would
+    land in the dead-letter topic, which a user should hear before the replay, not find after it.
+    """
+    lo, hi, first, last = (t if t.tzinfo else t.replace(tzinfo=UTC)
+                           for t in (settings.event_time_min, settings.event_time_max, first, last))
+    if lo <= first and last < hi:
+        return None
+    every = last < lo or first >= hi
+    span = f"{first:%Y-%m-%d %H:%M:%S} .. {last:%Y-%m-%d %H:%M:%S} UTC"
+    share = "every event" if every else "some events"
+    msg = (f"Query log {str(log)!r} ({span}) has {share} outside the apps' event-time range "
+           f"[{lo:%Y-%m-%d %H:%M:%S}, {hi:%Y-%m-%d %H:%M:%S}) UTC, which the apps send to the dead-letter topic "
+           f"({REASON}). Widen the range with WORKBENCH_EVENT_TIME_MIN / WORKBENCH_EVENT_TIME_MAX (e.g. "
+           f"WORKBENCH_EVENT_TIME_MIN={first:%Y-%m-%d}) if these dates are real.")
+    return every, msg
 
 
 class EventTimeGuard:

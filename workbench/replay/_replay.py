@@ -33,6 +33,7 @@ from workbench import defaults
 from workbench.broker import IncompleteReadError, ensure_topics, read_range, when_ready
 from workbench.config import Settings, get_settings
 from workbench.data import COLUMNS, codec
+from workbench.data.exceptions import DataValidationError
 from workbench.data.validation import MAX_EVENT_TIME, conform, find_bad_rows
 from workbench.replay._control import (
     Command,
@@ -258,15 +259,25 @@ class Replay:
         return self._rows_checked
 
     def _check_every_row(self) -> bool:
+        from workbench.pipeline._eventtime import log_span_outside
+
         passed = True
+        reports = []
         for part in log_parts(self.data):  # one file, or each file of a prepared folder
             report = checked_part(part, skip_bad_rows=self.skip_bad_rows)
+            reports.append(report)
             if not report.ok:
                 passed = False
                 logger.warning("replay %s: %s; %s", self.replay_id, report.verdict(),
                                "only labels are bad, which the replay never sends: every row is replayed"
                                if report.labels_only else "the bad rows go to the dead-letter topic")
         check_order_across_files(self.data)
+        times = [t for r in reports for t in (r.first_arrival, r.last_arrival) if t is not None]
+        outside = log_span_outside(self.settings, min(times), max(times), self.data) if times else None
+        if outside and outside[0]:
+            raise DataValidationError(outside[1], path=str(self.data), column="arrival_timestamp")
+        if outside:
+            logger.warning("replay %s: %s", self.replay_id, outside[1])
         return passed
 
     # -- control (thread-safe; the same commands arrive from other processes via the topic) ----

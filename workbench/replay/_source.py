@@ -139,23 +139,28 @@ class _LogPart:
 
 
 def log_parts(path: str | os.PathLike[str]) -> list[Path]:
-    """The Parquet files of a log: the file itself, or a folder's ``*.parquet`` in name order.
+    """The Parquet files of a log: the file itself, or a folder's ``*.parquet`` (any case) in name order.
 
     Names starting with ``.`` or ``_`` (temp and side files) are skipped, and so are a folder's files
     of no rows (a day without queries in a per-day export), with a warning naming them; a file
-    alone of no rows is refused by the validation, naming it.
+    alone of no rows is refused by the validation, naming it. Parquet files in sub-folders are not
+    part of the log (a copy or an archive beside the days); a warning names them, so that a partitioned
+    layout is not read in part without a word.
     """
     path = Path(path).expanduser().resolve()
     if not path.is_dir():
         return [path]
-    parts = sorted(p for p in path.iterdir()
-                   if p.is_file() and p.suffix == ".parquet" and not p.name.startswith((".", "_")))
+    parts = sorted(p for p in path.iterdir() if _is_part(p))
+    nested = sorted(p for p in path.rglob("*") if p.parent != path and _is_part(p)
+                    and not any(name.startswith((".", "_")) for name in p.relative_to(path).parts))
+    if parts and nested:
+        _warn_nested(path, len(nested), str(nested[0].relative_to(path)))
     empty = [p for p in parts if _row_count(p) == 0]
     if empty and len(empty) < len(parts):
         _warn_skipped(path, tuple(p.name for p in empty))
         parts = [p for p in parts if p not in empty]
     if not parts:
-        nested = next((p for p in path.rglob("*.parquet") if p.is_file()), None)
+        nested = next(iter(nested), None)
         where = (f" at its top level (there are some below it, e.g. {str(nested.relative_to(path))!r}: a "
                  f"partitioned dataset is not read as a log; `workbench prepare {path} --out NEW` reads every file "
                  "below a folder and writes a replayable log)") if nested else ""
@@ -163,6 +168,17 @@ def log_parts(path: str | os.PathLike[str]) -> list[Path]:
                "`workbench prepare ... --split day`.")
         raise DataValidationError(msg, path=str(path))
     return parts
+
+
+def _is_part(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() == ".parquet" and not path.name.startswith((".", "_"))
+
+
+@functools.cache
+def _warn_nested(folder: Path, count: int, example: str) -> None:
+    logger.warning("%s: %d .parquet file(s) in sub-folders (e.g. %r) are not part of the log, which is the folder's "
+                   "top-level files; `workbench prepare %s --out NEW --split day` writes one log of every file below "
+                   "it", folder, count, example, folder)
 
 
 @functools.cache
