@@ -275,3 +275,20 @@ def test_messages_hours_ahead_do_not_make_a_partitions_on_time_events_late(kafka
     everything = tmp_path / "all.parquet"
     pq.write_table(pa.concat_tables([log, one, packed]), everything)
     assert stored_windows(kafka_settings) == expected_windows(everything)
+
+
+def test_a_log_replayed_again_counts_no_query_twice_even_in_windows_still_open(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    """A reset after the end re-sent the last windows' queries while those windows were still open (nothing
+    later had closed them): they were counted twice (a browser session saw 155,249 queries in a log of 154,002)."""
+    ensure_topics(kafka_settings)
+    log = make_log(tmp_path / "l.parquet", rows=3_000, instances=3, spacing_s=1.0)
+    Replay(log, settings=kafka_settings, speedup=0).run()
+    first = run_analytics(kafka_settings, idle_exit=4, timeout=60, commit_interval=1.0)
+    assert first["events"] == 3_000 and not first["late_events"]
+    windows = stored_windows(kafka_settings)
+    assert sum(v[0] for v in windows.values()) == 3_000
+    Replay(log, settings=kafka_settings, speedup=0, reset=True).run()  # every row again, marked re-sent
+    again = run_analytics(kafka_settings, idle_exit=4, timeout=60, commit_interval=1.0)
+    assert again["events"] == 3_000 and again["late_events"] == 3_000, again.counters
+    assert stored_windows(kafka_settings) == windows

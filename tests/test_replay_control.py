@@ -592,3 +592,29 @@ def _status() -> ReplayStatus:
     return ReplayStatus(replay_id="default", file="log.parquet", state="running", speedup=600.0, rows_sent=0,
                         rows_total=10, next_row=0, event_time=None, first_event_time=None, last_event_time=None,
                         rate_now=0.0, rate_avg=0.0, eta_seconds=None, updated_at=1.0)
+
+
+def test_every_row_is_sent_unmarked_once_and_marked_resent_after_seeks_and_resets(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    """Rows sent again (a seek or reset back) carry the ``resent`` header; rows a forward seek skipped were
+    never sent, so they go out unmarked when a later seek back reaches them."""
+    log = make_log(tmp_path / "log.parquet", rows=1000, spacing_s=2.0)
+    replay = Replay(log, settings=kafka_settings, speedup=1, linger=True).start()
+    controller = ReplayController(kafka_settings)
+    try:
+        _wait(lambda: replay.status() is not None and replay.status().rows_sent >= 1)
+        controller.seek("2024-03-04T00:30:00")  # row 900: rows 1..899 are skipped, not sent
+        replay.set_speed(0)
+        _wait(lambda: (replay.status() or _none).state == "finished")
+        skipped_once = replay.status().rows_sent
+        assert skipped_once < 200
+        replay.reset_position()
+        _wait(lambda: replay.status().state == "finished" and replay.status().rows_sent == skipped_once + 1000)
+    finally:
+        replay.stop()
+        replay.join(10)
+    messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=skipped_once + 1000, idle=3)
+    fresh = [m for m in messages if not codec.is_resent(m.headers())]
+    resent = [m for m in messages if codec.is_resent(m.headers())]
+    assert sorted(_ids(fresh)) == sorted(_ids(messages)) and set(_ids(fresh).values()) == {1}
+    assert sum(_ids(fresh).values()) == 1000 and sum(_ids(resent).values()) == skipped_once

@@ -74,6 +74,7 @@ __all__ = [
     "ENCODING_JSON",
     "MAX_DECODED_BYTES",
     "REASONS",
+    "RESENT_HEADER",
     "DecodedBatch",
     "Encoding",
     "MessageDecodeError",
@@ -87,6 +88,7 @@ __all__ = [
     "get_encoding",
     "header",
     "int64_bounds",
+    "is_resent",
     "message_headers",
     "register_encoding",
     "rows_to_batch",
@@ -193,13 +195,30 @@ def default_encoding(pack: int) -> str:
     return ENCODING_JSON if pack == 1 else ENCODING_ARROW
 
 
-def message_headers(encoding: str, rows: int) -> list[tuple[str, bytes]]:
-    """Headers every query message carries."""
-    return [
+#: Optional header of a message whose rows the replay has sent before (a seek or reset back in time):
+#: value ``1``. Stream aggregates that counted them once must not count them again.
+RESENT_HEADER: Final = "resent"
+_RESENT_VALUE: Final = b"1"
+
+
+def message_headers(encoding: str, rows: int, *, resent: bool = False) -> list[tuple[str, bytes]]:
+    """Headers every query message carries (and :data:`RESENT_HEADER` on rows sent before)."""
+    headers = [
         ("schema", SCHEMA_VERSION.encode()),
         ("encoding", encoding.encode()),
         ("rows", str(rows).encode()),
     ]
+    if resent:
+        headers.append((RESENT_HEADER, _RESENT_VALUE))
+    return headers
+
+
+def is_resent(headers: Headers) -> bool:
+    """Whether a message carries :data:`RESENT_HEADER` ``1``: its rows were sent before, by the same replay."""
+    for key, value in headers or ():
+        if key == RESENT_HEADER:
+            return value == _RESENT_VALUE or (isinstance(value, str) and value == "1")
+    return False
 
 
 def header(headers: Headers, name: str) -> str | None:

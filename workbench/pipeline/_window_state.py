@@ -40,8 +40,10 @@ Why that is exactly once (a crash at any point neither loses nor duplicates a co
 Windows and late events
     A window ``[start, start + window_ms)`` closes once the window clock (of the partition, or of the
     instance with ``closing_strategy="key"``) reaches ``start + window_ms + grace_ms``. A row is late
-    exactly when its window had closed before its message came; late rows are counted per (source
-    message, window) in ``late_event_sources`` and never merged.
+    when its window had closed before its message came, or when its message is marked re-sent
+    (:data:`~workbench.data.codec.RESENT_HEADER`: the replay sent it before a seek or reset back in time,
+    and it was counted then, or was late then, even if its window is still open); late rows are counted
+    per (source message, window) in ``late_event_sources`` and never merged.
 
 The window clock: k consecutive messages must agree
     A message's *floor* is the earliest event time among its rows (of the instance, by key). The clock
@@ -396,12 +398,13 @@ class WindowState:
 
     # --- counting -----------------------------------------------------------------------------------
     def prepare(self, states: list[PartitionState], batch: pa.RecordBatch, row_state: np.ndarray,
-                offsets: np.ndarray) -> list[Prepared]:
+                offsets: np.ndarray, *, resent: np.ndarray | None = None) -> list[Prepared]:
         """What counting decoded rows would do, per partition; changes nothing (:meth:`apply` does, so a
         failure here leaves the state as it was).
 
         ``batch`` holds the rows in message order; row ``i`` came from the message at ``offsets[i]`` of
-        partition ``states[row_state[i]]``.
+        partition ``states[row_state[i]]``. ``resent`` marks rows sent before (counted then, or late
+        then): they are late whether or not their window is still open.
         """
         n = batch.num_rows
         w, grace = self.window_ms, self.grace_ms
@@ -455,6 +458,8 @@ class WindowState:
                 late = part_late
             else:
                 late[rows] = part_late
+        if resent is not None:
+            late |= resent
         late_counts: list[dict[tuple[int, int, int], int]] = [{} for _ in states]
         if late.any():
             where = np.flatnonzero(late)

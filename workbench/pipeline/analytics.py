@@ -396,7 +396,10 @@ class AnalyticsApp(WorkbenchApp):
                 if rows_counted < n:
                     rows = np.flatnonzero(keep)
                     batch, row_message = batch.take(rows), row_message[rows]
-                prepared = state.prepare(states, batch, fresh_state[row_message], fresh_offset[row_message])
+                # rows the replay sent before (a seek or reset back) were counted then: late, whatever their window
+                resent = np.fromiter(map(codec.is_resent, map(_HEADERS, fresh)), dtype=bool, count=len(fresh))
+                prepared = state.prepare(states, batch, fresh_state[row_message], fresh_offset[row_message],
+                                         resent=resent[row_message] if resent.any() else None)
         # --- everything computed: change the state, then tell ----------------------------------------
         self._applying = True
         closed = 0

@@ -23,11 +23,12 @@ import secrets
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 from workbench.config import Settings
 
-__all__ = ["KEY_FILE", "Position", "PositionSigner"]
+__all__ = ["KEY_FILE", "Position", "PositionSigner", "add_sent", "sent_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,33 @@ class Position:
     control_offset: int | None = None
     speedup: float | None = None
     paused: bool = False
+    #: The row ranges ``[start, end)`` sent at least once (any run of this log under this home), merged:
+    #: sent again after a seek or reset back in time, those rows are marked re-sent, so that stream
+    #: aggregates count them once. Ranges, not a high-water mark: rows a forward seek skipped were never sent.
+    sent_rows: tuple[tuple[int, int], ...] = ()
+
+
+def add_sent(ranges: tuple[tuple[int, int], ...], start: int, end: int) -> tuple[tuple[int, int], ...]:
+    """``ranges`` with ``[start, end)`` added, sorted and merged (touching ranges become one)."""
+    if end <= start:
+        return ranges
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted([*map(tuple, ranges), (start, end)]):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return tuple(merged)
+
+
+def sent_mask(ranges: tuple[tuple[int, int], ...], rows: np.ndarray) -> np.ndarray:
+    """Per row index of ``rows``: whether it lies in one of the merged ``ranges``."""
+    if not ranges:
+        return np.zeros(len(rows), dtype=bool)
+    starts = np.array([a for a, _ in ranges], dtype=np.int64)
+    ends = np.array([b for _, b in ranges], dtype=np.int64)
+    at = np.searchsorted(starts, rows, side="right") - 1
+    return (at >= 0) & (rows < ends[np.maximum(at, 0)])
 
 
 def _load_key(path: Path) -> bytes:
@@ -97,11 +125,14 @@ class PositionSigner:
             return None
         mac = data.pop("mac")
         names = {f.name for f in fields(Position)}
-        if set(data) != names or not hmac.compare_digest(mac, self._mac(data)):
+        # a position written before ``sent_rows`` existed verifies as it was written
+        if set(data) not in (names, names - {"sent_rows"}) or not hmac.compare_digest(mac, self._mac(data)):
             return None
         try:
+            if "sent_rows" in data:
+                data["sent_rows"] = tuple((int(a), int(b)) for a, b in data["sent_rows"])
             return Position(**data)
-        except TypeError:
+        except (TypeError, ValueError):
             return None
 
     def accepts(self, value: bytes) -> bool:

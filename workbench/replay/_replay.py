@@ -13,6 +13,7 @@ position past it: it is dead-lettered exactly once and can never stop the replay
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import queue
 import threading
@@ -44,7 +45,7 @@ from workbench.replay._control import (
     validate_speed,
 )
 from workbench.replay._pacing import Clock, Pacer, SystemClock
-from workbench.replay._position import Position, PositionSigner
+from workbench.replay._position import Position, PositionSigner, add_sent, sent_mask
 from workbench.replay._source import LogFile, check_order_across_files, checked_part, log_parts
 from workbench.replay.exceptions import ReplayError
 
@@ -434,6 +435,9 @@ class _ReplayRun:
         # Only now: init_transactions has fenced (and so aborted) any open transaction of a killed
         # predecessor, so the committed position below is final.
         saved = self._saved_position()
+        # rows this log already sent under this home, even in an earlier run or before a reset (a position
+        # written before the ranges were kept: every row before it)
+        self.sent_rows = (saved.sent_rows or add_sent((), 0, saved.next_row)) if saved is not None else ()
         same_run = saved is not None and replay.run_token is not None and saved.run_token == replay.run_token
         if saved is not None and (same_run or not replay.reset):
             self.next_row = saved.next_row
@@ -636,8 +640,24 @@ class _ReplayRun:
         return rows[keep], conform(raw.filter(pa.array(keep)), COLUMNS).replace_schema_metadata(None)
 
     # -- sending ---------------------------------------------------------------------------------
-    def _encode(self, batch: pa.RecordBatch, rows: np.ndarray) -> list[tuple[bytes, bytes, int, list]]:
-        """(key, value, timestamp_ms, headers) per message, in order; bad rows go to dead letters."""
+    def _encode_marked(self, batch: pa.RecordBatch, rows: np.ndarray) -> list[tuple[bytes, bytes, int, list]]:
+        """:meth:`_encode` of ``batch``, rows sent before (a seek or reset back) in messages of their own
+        marked re-sent; runs in row order, so the messages stay in time order."""
+        again = sent_mask(self.sent_rows, rows)
+        if not again.any():
+            return self._encode(batch, rows)
+        if again.all():
+            return self._encode(batch, rows, resent=True)
+        cuts = [0, *(np.flatnonzero(np.diff(again.astype(np.int8))) + 1).tolist(), len(rows)]
+        messages = []
+        for a, b in itertools.pairwise(cuts):
+            messages += self._encode(batch.slice(a, b - a), rows[a:b], resent=bool(again[a]))
+        return messages
+
+    def _encode(self, batch: pa.RecordBatch, rows: np.ndarray, *,
+                resent: bool = False) -> list[tuple[bytes, bytes, int, list]]:
+        """(key, value, timestamp_ms, headers) per message, in order; bad rows go to dead letters.
+        ``resent``: the rows were sent before (:data:`~workbench.data.codec.RESENT_HEADER`)."""
         keys = batch.column("instance_id").to_numpy()
         times_ms = pc.cast(batch.column("arrival_timestamp"), pa.int64()).to_numpy() // 1000
         encoding = codec.get_encoding(self.replay.encoding)
@@ -661,7 +681,7 @@ class _ReplayRun:
                         values[index] = None  # type: ignore[call-overload]
                         self._dead_letter(batch.slice(index, 1), int(rows[index]),
                                           _too_large(len(value)))
-            headers = codec.message_headers(encoding.name, 1)
+            headers = codec.message_headers(encoding.name, 1, resent=resent)
             # Python ints and one key object per instance: numpy scalars and a str() per message
             # cost more than the tuple itself.
             key_list = keys.tolist()
@@ -684,7 +704,7 @@ class _ReplayRun:
             for run in _runs(group, sorted_ms[group] * 1000, self.replay.pack, span_us):
                 for first, count, value in self._fitting(by_instance, int(run[0]), len(run), encoding.encode,
                                                          lambda i: int(rows[order[i]])):
-                    headers = codec.message_headers(encoding.name, count)
+                    headers = codec.message_headers(encoding.name, count, resent=resent)
                     messages.append((str(sorted_keys[first]).encode(), value, int(sorted_ms[first]), headers))
         messages.sort(key=lambda message: message[2])
         return messages
@@ -756,7 +776,7 @@ class _ReplayRun:
             replay_id=self.replay.replay_id, file=str(self.replay.data), fingerprint=self.log.fingerprint,
             next_row=next_row, rows_total=self.log.num_rows, run_token=self.replay.run_token,
             control_offset=self.control_offset,
-            speedup=self.pacer.speedup, paused=self.pacer.paused,
+            speedup=self.pacer.speedup, paused=self.pacer.paused, sent_rows=self.sent_rows,
         ))
 
     def _commit_batch(self, messages: list, next_row: int, *, force_status: bool = False) -> None:
@@ -965,9 +985,14 @@ class _ReplayRun:
                 self.clock.sleep(min(replay.tick, max(wait, 0.001)))
                 continue
             chunk = pending.slice(0, count)
-            messages = self._encode(chunk, pending_rows[:count])
             next_row = int(pending_rows[count - 1]) + 1
-            self._commit_batch(messages, next_row)
+            messages = self._encode_marked(chunk, pending_rows[:count])
+            sent_before, self.sent_rows = self.sent_rows, add_sent(self.sent_rows, int(pending_rows[0]), next_row)
+            try:
+                self._commit_batch(messages, next_row)
+            except BaseException:
+                self.sent_rows = sent_before
+                raise
             self._last_commit = now
             self.rows_sent += count
             self.next_row = next_row
