@@ -471,6 +471,25 @@ def test_a_workbench_stopped_from_a_terminal_is_shown_as_stopped_not_as_a_kafka_
         panel.close()
 
 
+def test_a_panel_stopped_with_its_workbench_shows_it_stopped_not_its_last_status() -> None:
+    """`stop = True` in 01's last cell stopped the panel, then the workbench: the panel stayed on
+    "[finished]", every process "running" and Reset enabled, and a click did nothing."""
+    from workbench.reports.notebook import stop_if_asked
+
+    fake = FakeWorkbench()
+    fake.stop = lambda: setattr(fake, "running", False)  # type: ignore[method-assign]
+    panel = control_panel(fake, counter_interval=60, chart_interval=60, charts=False)
+    try:
+        panel.refresh(charts=False)
+        assert panel.refreshing and not panel.reset_button.disabled
+        assert stop_if_asked(fake, started=True, stop=True, panel=panel) == "stopped"
+        assert not panel.refreshing
+        assert "[workbench stopped]" in panel.clock.value and "not running" in panel.note.value
+        assert all(w.disabled for w in (panel.play, panel.speed, panel.seek_button, panel.reset_button))
+    finally:
+        panel.close()
+
+
 def test_a_new_panel_of_the_same_workbench_stops_the_previous_ones_refresh() -> None:
     fake = FakeWorkbench()
     first = control_panel(fake, counter_interval=0.05, chart_interval=60, charts=False)

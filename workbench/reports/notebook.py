@@ -369,9 +369,9 @@ def stop_if_asked(wb: Any, *, started: bool, stop: bool, panel: Any = None) -> s
     if not wb:
         return "no workbench: nothing to stop"
     if stop and started:
-        if panel is not None:
-            panel.stop()
         wb.stop()
+        if panel is not None:
+            panel.stop()  # after the workbench: the panel then shows it stopped, its controls greyed out
         return "stopped"
     if stop:
         return ("not stopped: this notebook attached to a workbench it did not start, which others may be using; "

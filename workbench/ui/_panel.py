@@ -807,12 +807,18 @@ class ControlPanel(widgets.VBox):
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the refresh thread for good (the widget stays on screen; showing it again does not
-        resume it: :meth:`start` does)."""
+        resume it: :meth:`start` does). A panel whose workbench no longer runs says so and greys its
+        controls out: left on its last status, it showed a live replay with every control enabled."""
         self._paused_unseen = False
         self._stop.set()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        try:
+            if not self._wb.running:
+                self._show_stopped()
+        except Exception as exc:  # a panel that cannot tell keeps its last state
+            logger.debug("panel stop: cannot tell whether the workbench runs: %s", exc)
 
     def close(self) -> None:
         """Stop refreshing and close the widget."""
