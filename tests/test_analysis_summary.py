@@ -104,6 +104,42 @@ def test_label_agreement_counts_each_query_once(tmp_path: Path) -> None:
     assert ds.last_log_day(labels).isoformat() == "2024-03-04"
 
 
+def test_label_agreement_leaves_out_queries_no_model_scored_yet(tmp_path: Path) -> None:
+    """02 early in a replay: "no alert in this selection: every labelled anomaly counts as missed", recall 0.0,
+    for a span whose events were stored unscored (no model for their day yet)."""
+    labels = _labels(tmp_path / "log.parquet")
+    scored = pd.DataFrame({"instance_id": [1, 1, 3], "query_id": [10, 11, 30]})
+    result = ds.label_agreement(_anomalies(), labels, scored=scored)
+    assert result.recall == 1.0  # 10 and 30 alerted; 20 and 31 were never scored, so not missed
+    assert result.summary.loc["queries in span", "value"] == 6
+    assert result.summary.loc["queries scored", "value"] == 3
+    assert result.summary.loc["labelled anomalies not scored yet", "value"] == 2
+    assert result.note.startswith("3 of the span's 6 queries are not scored yet")
+    nothing = ds.label_agreement(_anomalies().iloc[:0], labels, scored=scored.iloc[:0])
+    assert nothing.recall is None and nothing.summary.loc["labelled anomalies", "value"] == 0
+    assert ds.label_agreement(_anomalies(), labels).note == ""  # no scored set: every query counts, as before
+
+
+def test_scored_queries_are_the_shard_rows_a_model_version_scored(tmp_path: Path) -> None:
+    from tests.helpers import store_generated_days
+    from workbench.store.shards import read_shards, write_shard
+
+    settings = Settings(home=tmp_path / "home")
+    assert summary.scored_queries(settings).empty  # no shards yet
+    store_generated_days(settings, days=2, start=dt.date(2024, 3, 4), rows_per_day=300)
+    assert summary.scored_queries(settings).empty  # stored unscored
+    day = read_shards(settings.shards_dir, ["2024-03-05"])
+    day = day.set_column(day.schema.get_field_index("model_version"), "model_version",
+                         pa.array(["v0001-2024-03-04"] * day.num_rows, pa.string()))
+    write_shard(settings.shards_dir, "2024-03-05", 0, int(day.column("kafka_offset")[0].as_py()), day)
+    scored = summary.scored_queries(settings)
+    assert sorted(map(tuple, scored.to_numpy().tolist())) == sorted(
+        zip(day.column("instance_id").to_pylist(), day.column("query_id").to_pylist(), strict=True))
+    noon = dt.datetime(2024, 3, 5, 12, tzinfo=dt.UTC)
+    assert len(summary.scored_queries(settings, start=noon)) < len(scored)
+    assert summary.scored_queries(settings, end=dt.datetime(2024, 3, 5, tzinfo=dt.UTC)).empty
+
+
 def test_label_agreement_takes_labels_of_another_tool_without_kinds_or_as_text(tmp_path: Path) -> None:
     table = pq.read_table(_labels(tmp_path / "log.parquet"))
     flags = table.column("label_anomaly").to_pylist()

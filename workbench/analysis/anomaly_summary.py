@@ -28,6 +28,7 @@ __all__ = [
     "metrics_for_versions",
     "pick_query",
     "query_features",
+    "scored_queries",
     "top_offenders",
     "window_anomalies_or_empty",
     "window_stats_or_empty",
@@ -179,6 +180,47 @@ def analysed_span(settings: Settings, start: datetime | None, end: datetime | No
     return start or span["window_start"].min(), end or span["window_end"].max()
 
 
+def scored_queries(settings: Settings, start: datetime | None = None, end: datetime | None = None,
+                   instances: Sequence[int] | None = None) -> pd.DataFrame:
+    """``(instance_id, query_id)`` of the queries in the span that a model version scored (the shards).
+
+    Events of a day no model covers yet (the first day, or scoring behind the replay) are stored
+    unscored: a comparison with labels must leave them out, not count their anomalies as missed.
+    No shards yet: none.
+    """
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from workbench.store.shards import list_days, read_shards
+
+    empty = pd.DataFrame({"instance_id": pd.Series(dtype="int64"), "query_id": pd.Series(dtype="int64")})
+    try:
+        days = list_days(settings.shards_dir)
+    except FileNotFoundError:
+        return empty
+    # a shard day is the UTC arrival day; a day before `start` can hold nothing of the span
+    days = [d for d in days if (start is None or d >= _utc(start).date() - dt.timedelta(days=1))
+            and (end is None or d <= _utc(end).date())]
+    if not days:
+        return empty
+    table = read_shards(settings.shards_dir, days, ["instance_id", "query_id", "arrival_timestamp", "model_version"])
+    keep = pc.is_valid(table.column("model_version"))
+    if start is not None:
+        keep = pc.and_(keep, pc.greater_equal(table.column("arrival_timestamp"), _utc(start)))
+    if end is not None:
+        keep = pc.and_(keep, pc.less(table.column("arrival_timestamp"), _utc(end)))
+    if instances:
+        keep = pc.and_(keep, pc.is_in(table.column("instance_id"), pa.array([int(i) for i in instances], pa.int64())))
+    return table.filter(keep).select(["instance_id", "query_id"]).to_pandas()
+
+
+def _utc(value: datetime) -> pd.Timestamp:
+    stamp = pd.Timestamp(value)
+    return stamp.tz_convert("UTC") if stamp.tzinfo else stamp.tz_localize("UTC")
+
+
 def window_stats_or_empty(settings: Settings, *, start: datetime | None = None, end: datetime | None = None,
                           instances: Sequence[int] | None = None) -> pd.DataFrame:
     """``window_stats`` rows in the range, or none (with the store's columns) before the analytics app
@@ -263,7 +305,7 @@ def agreement_scope(anomalies: pd.DataFrame, *, reason: str = "", versions: Sequ
         narrowed.append(f"versions {', '.join(versions)}")
     if len(anomalies) == 0:
         return ("no alert in this selection" + (f" ({'; '.join(narrowed)})" if narrowed else "")
-                + ": every labelled anomaly of the span counts as missed")
+                + ": every labelled anomaly a model scored in the span counts as missed")
     if narrowed:
         return (f"only the alerts of {'; '.join(narrowed)} count: recall is theirs over every labelled "
                 "anomaly of the span, not the detector's")

@@ -51,10 +51,13 @@ class LabelAgreement:
     per_kind: pd.DataFrame  # index label_kind: labelled, alerted, recall
     precision: float | None
     recall: float | None
+    #: Why some labels of the span were not counted (not scored yet), or "".
+    note: str = ""
 
 
 def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: datetime | None = None,
-                    end: datetime | None = None, instances: Sequence[int] | None = None) -> LabelAgreement:
+                    end: datetime | None = None, instances: Sequence[int] | None = None,
+                    scored: pd.DataFrame | None = None) -> LabelAgreement:
     """Precision (alerts that are labelled anomalies) and recall (labelled anomalies that alerted).
 
     Parameters
@@ -66,6 +69,10 @@ def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: dateti
         A generated Parquet log with ``label_anomaly`` and ``label_kind``.
     start, end, instances : optional
         The span the alerts were read for: labels outside it are not counted as missed.
+    scored : DataFrame, optional
+        ``(instance_id, query_id)`` of the queries a model scored
+        (:func:`~workbench.analysis.anomaly_summary.scored_queries`): the others are left out, as no
+        detector has seen them yet (the first day, or scoring behind the replay); None: every query counts.
     """
     from workbench.ml.evaluate import anomaly_kinds, anomaly_labels, require_labels
 
@@ -80,6 +87,16 @@ def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: dateti
         log = log[log["arrival_timestamp"] < end]
     if instances:
         log = log[log["instance_id"].isin(list(instances))]
+    in_span, unscored_labels, note = len(log), 0, ""
+    if scored is not None:
+        keys = scored[["instance_id", "query_id"]].drop_duplicates().astype("int64")
+        seen = log.merge(keys, on=["instance_id", "query_id"], how="left", indicator=True)["_merge"].eq("both")
+        unscored_labels = int(log["label_anomaly"].astype(bool)[~seen.to_numpy()].sum())
+        log = log[seen.to_numpy()]
+        if len(log) < in_span:
+            note = (f"{in_span - len(log):,} of the span's {in_span:,} queries are not scored yet (no model covers "
+                    f"their day yet, or scoring is behind the replay); their {unscored_labels:,} labelled anomalies "
+                    "are left out, not counted as missed")
     labelled = log[log["label_anomaly"].astype(bool)]
     alerts = anomalies.drop_duplicates(["instance_id", "query_id"])[["instance_id", "query_id", "reason"]]
     alerts = alerts.astype({"instance_id": "int64", "query_id": "int64"})
@@ -88,14 +105,17 @@ def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: dateti
     hits = int(joined["label_anomaly"].astype("boolean").fillna(False).sum())
     precision = round(hits / len(alerts), 3) if len(alerts) else None
     recall = round(hits / len(labelled), 3) if len(labelled) else None
+    counts = {"labelled log": labels_file.name, "queries in span": in_span}
+    if scored is not None:
+        counts |= {"queries scored": len(log), "labelled anomalies not scored yet": unscored_labels}
     summary = pd.DataFrame({"value": {
-        "labelled log": labels_file.name, "queries in span": len(log), "labelled anomalies": len(labelled),
+        **counts, "labelled anomalies": len(labelled),
         "alerts": len(alerts), "alerts that are labelled": hits, "precision": precision, "recall": recall}})
     found = labelled.merge(alerts, on=["instance_id", "query_id"], how="left", indicator=True)
     per_kind = (found.assign(alerted=found["_merge"] == "both").groupby("label_kind")["alerted"]
                 .agg(["size", "sum", "mean"])
                 .rename(columns={"size": "labelled", "sum": "alerted", "mean": "recall"}).round(3))
-    return LabelAgreement(summary=summary, per_kind=per_kind, precision=precision, recall=recall)
+    return LabelAgreement(summary=summary, per_kind=per_kind, precision=precision, recall=recall, note=note)
 
 
 def _read_labels(labels_file: Path) -> Any:

@@ -113,9 +113,10 @@ def key_figures(settings: Settings, *, start: Any = None, end: Any = None,
     out["model_versions"] = registry.versions()
     out["current_model"] = registry.current()
     if labels_file is not None and anomalies is not None:
+        lo, hi = out.get("first_window", start), out.get("last_window", end)
         agreement, out["agreement_why"] = _attempt("label agreement", lambda: label_agreement(
-            anomalies, labels_file, start=out.get("first_window", start), end=out.get("last_window", end),
-            instances=instances))
+            anomalies, labels_file, start=lo, end=hi, instances=instances,
+            scored=anomaly_summary.scored_queries(settings, lo, hi, instances)))
         out["agreement"] = agreement
     return out
 
@@ -217,6 +218,8 @@ def write_summary(out: Path, run_id: str, settings: Settings, params: Mapping[st
 
     if agreement is not None:
         parts.append("<h2>Detection against the generator's labels</h2><div id='detection'>")
+        if agreement.note:
+            parts.append(f"<p class='muted'>{html.escape(agreement.note)}</p>")
         parts.append(_table(agreement.summary))
         parts.append("<h3>Recall per labelled kind</h3>" + _table(agreement.per_kind))
         parts.append("</div>")
