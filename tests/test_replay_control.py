@@ -618,3 +618,17 @@ def test_every_row_is_sent_unmarked_once_and_marked_resent_after_seeks_and_reset
     resent = [m for m in messages if codec.is_resent(m.headers())]
     assert sorted(_ids(fresh)) == sorted(_ids(messages)) and set(_ids(fresh).values()) == {1}
     assert sum(_ids(fresh).values()) == 1000 and sum(_ids(resent).values()) == skipped_once
+
+
+def test_a_finished_replays_average_rate_stays_what_it_was(kafka_settings: Settings, tmp_path: Path) -> None:
+    """The panel's "finished: N rows/s on average" fell minute after minute while nothing ran."""
+    log = make_log(tmp_path / "log.parquet", rows=2000, spacing_s=1.0)
+    replay = Replay(log, settings=kafka_settings, speedup=0, linger=True).start()
+    try:
+        _wait(lambda: (replay.status() or _none).state == "finished")
+        finished = replay.status().rate_avg
+        time.sleep(2.5)
+        assert finished > 0 and replay.status().rate_avg == finished
+    finally:
+        replay.stop()
+        replay.join(10)

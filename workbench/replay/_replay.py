@@ -388,6 +388,8 @@ class _ReplayRun:
         self.dead_letters = 0
         self.state = "starting"
         self.started = self.clock.monotonic()
+        self._active_s = 0.0  # wall seconds spent running (rate_avg), counted once per loop turn
+        self._active_mark: float | None = None
         self.rate_now = 0.0
         self._rate_mark = (self.started, 0)
         self._last_status_publish = -1e9
@@ -849,6 +851,13 @@ class _ReplayRun:
                     raise ReplayError(msg) from exc
 
     # -- status ---------------------------------------------------------------------------------
+    def _count_active_time(self) -> None:
+        """Add the wall time since the last call to the time spent running (not paused, not finished)."""
+        now = self.clock.monotonic()
+        if self._active_mark is not None and self.state == "running" and not self.pacer.paused:
+            self._active_s += now - self._active_mark
+        self._active_mark = now
+
     def _snapshot(self, next_row: int | None = None) -> ReplayStatus:
         now = self.clock.monotonic()
         next_row = self.next_row if next_row is None else next_row
@@ -857,8 +866,8 @@ class _ReplayRun:
             instant = (self.rows_sent - mark_rows) / (now - mark_time)
             self.rate_now = instant if self.rate_now == 0 else 0.5 * self.rate_now + 0.5 * instant
             self._rate_mark = (now, self.rows_sent)
-        elapsed = max(now - self.started, 1e-9)
-        rate_avg = self.rows_sent / elapsed
+        # over the time spent sending: a finished or paused replay's average stays what it was
+        rate_avg = self.rows_sent / max(self._active_s, 1e-9) if self.rows_sent else 0.0
         last_us = self.last_event_us
         remaining_rows = self.log.num_rows - next_row
         behind_s = self.pacer.behind_us(now, self.next_event_us) / _US if self.state == "running" else 0.0
@@ -932,6 +941,7 @@ class _ReplayRun:
                     self.log.num_rows, "max speed" if self.pacer.unpaced else f"{self.pacer.speedup:g}x")
         self._publish_status(force=True)
         while True:
+            self._count_active_time()
             # Load the next rows before applying commands: a pause or speed change re-anchors at
             # the next row actually due (next_event_us), which only the loaded batch knows.
             if pending is None and not exhausted and self.state != "finished":
