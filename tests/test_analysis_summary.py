@@ -559,6 +559,19 @@ def test_the_label_comparison_says_when_a_filter_narrows_the_alerts_it_counts() 
     assert none.startswith("no alert in this selection (reason 'nope')") and "counts as missed" in none
 
 
+def test_an_empty_table_is_shown_as_the_reason_it_is_empty() -> None:
+    """02 and 03 early in a replay showed tables of headers only, and 03's metadata a bare dash."""
+    from IPython.display import Markdown
+
+    from workbench.reports.notebook import table_or_note
+
+    frame = pd.DataFrame({"a": [1]})
+    assert table_or_note(frame, "why") is frame
+    note = table_or_note(frame.iloc[:0], "no model version yet")
+    assert isinstance(note, Markdown) and note.data == "*no model version yet*"
+    assert isinstance(table_or_note(pd.DataFrame(), "x"), Markdown)
+
+
 def test_no_comparison_names_its_cause() -> None:
     """03 said "fewer than two versions with labelled data" also with two versions and the evaluation
     skipped (a day outside the log), and with one version named in `versions`."""

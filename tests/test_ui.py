@@ -490,6 +490,18 @@ def test_a_panel_stopped_with_its_workbench_shows_it_stopped_not_its_last_status
         panel.close()
 
 
+def test_a_lakehouse_not_created_yet_reads_none_yet_not_a_question_mark() -> None:
+    fake = FakeWorkbench()
+    fake.anomaly_count = None  # type: ignore[assignment]
+    panel = control_panel(fake, counter_interval=60, chart_interval=60, charts=False)
+    try:
+        panel.refresh(charts=False)
+        assert ">Anomalies</td><td>none yet</td>" in panel.counters.value and "<td>?</td>" not in panel.counters.value
+        assert "(2 versions)" in panel.counters.value
+    finally:
+        panel.close()
+
+
 def test_a_new_panel_of_the_same_workbench_stops_the_previous_ones_refresh() -> None:
     fake = FakeWorkbench()
     first = control_panel(fake, counter_interval=0.05, chart_interval=60, charts=False)

@@ -34,6 +34,7 @@ __all__ = [
     "setup",
     "setup_charts",
     "stop_if_asked",
+    "table_or_note",
     "wait_for_replay",
 ]
 
@@ -407,3 +408,13 @@ def wait_for_replay(wb: Any, *, timeout: float = 60.0, poll: float = 0.5) -> Any
     state = status.state if status is not None else "not started"
     msg = f"The replay does not take commands (state: {state} after up to {timeout:.0f} s); nothing was sent."
     raise ConfigurationError(msg)
+
+
+def table_or_note(frame: Any, empty: str) -> Any:
+    """``frame`` for a cell to display, or, when it has no rows, ``empty`` (why) as an italic line: an
+    empty table shows its headers only, which reads as broken rather than as "nothing yet"."""
+    if frame is not None and len(frame):
+        return frame
+    from IPython.display import Markdown
+
+    return Markdown(f"*{empty}*")

@@ -701,8 +701,10 @@ class ControlPanel(widgets.VBox):
         rows += [
             ("Lag (messages)", lag),
             ("Pipeline behind", view.lag),
-            ("Anomalies", _num(status.anomalies)),
-            ("Model", f"{status.model_version or 'none yet'} ({status.model_versions} versions)"
+            # None: the lakehouse was never readable, i.e. the sink has not created it with a first anomaly
+            ("Anomalies", "none yet" if status.anomalies is None else _num(status.anomalies)),
+            ("Model", f"{status.model_version or 'none yet'} ({status.model_versions} "
+                      f"version{'' if status.model_versions == 1 else 's'})"
                       + _failed_trainings_text(status)),
             ("Late events", _num(status.late_events) + (_LATE_HINT if status.late_events else "")),
             ("Dead letters", _num(status.dead_letters)),
