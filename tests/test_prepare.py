@@ -423,6 +423,19 @@ def test_label_columns_are_kept_under_either_spelling(canonical: pa.Table, tmp_p
     assert validate(tmp_path / "mixed.parquet").rows == ROWS + 10
 
 
+def test_columns_that_match_no_redset_column_are_named_with_a_close_name(canonical: pa.Table, tmp_path: Path) -> None:
+    """A misspelt `write_table_id` became NULL `write_table_ids`, listed only as absent in the source."""
+    names = ["write_table_id" if n == "write_table_ids" else n for n in canonical.column_names]
+    table = canonical.rename_columns(names)
+    table = table.append_column("export_batch", pa.array([1] * table.num_rows, pa.int64()))
+    pq.write_table(table, tmp_path / "in.parquet")
+    summary = prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.ignored_columns == (("write_table_id", "write_table_ids"), ("export_batch", ""))
+    text = str(summary)
+    assert "absent in the source, written as NULL: write_table_ids" in text
+    assert "not Redset columns, left out: write_table_id (did you mean write_table_ids?), export_batch" in text
+
+
 def test_text_ids_must_be_decimal_numbers(canonical: pa.Table, tmp_path: Path) -> None:
     """DuckDB's casts read '0x10' as 16, '0b11' as 3 and '1_000' as 1000; a log's text ids mean none of them."""
     texts = ["0x10", "0b11", "1_000", "0o17", " 42 ", "7.0", "-0", "1e3"]

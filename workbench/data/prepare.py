@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 import dataclasses
 import datetime as dt
+import difflib
 import glob
 import json
 import logging
@@ -92,6 +93,8 @@ class PrepareSummary:
     first_arrival: dt.datetime | None
     last_arrival: dt.datetime | None
     seconds: float
+    #: Source columns that match no Redset or label column (left out), each with a close Redset name or "".
+    ignored_columns: tuple[tuple[str, str], ...] = ()
 
     @property
     def rows_rejected(self) -> int:
@@ -120,6 +123,9 @@ class PrepareSummary:
             lines += [f"  {kind}: {', '.join(names)}" for kind, names in merged.items()]
         if self.missing_columns:
             lines.append("  absent in the source, written as NULL: " + ", ".join(self.missing_columns))
+        if self.ignored_columns:
+            lines.append("  not Redset columns, left out: " + ", ".join(
+                f"{name} (did you mean {close}?)" if close else name for name, close in self.ignored_columns))
         return "\n".join(lines)
 
 
@@ -646,6 +652,7 @@ def prepare(
         con.execute("SET enable_progress_bar = true")
         con.execute("SET enable_progress_bar_print = false")
         groups: dict[tuple, _Group] = {}
+        ignored: dict[str, str] = {}
         rows_in = 0
         for path in files:
             try:
@@ -659,6 +666,10 @@ def prepare(
             described = [(name, _arrow_type(arrow_types.get(name), duck_type))
                          for name, duck_type in _describe(con, path)]
             mapped = _map_columns(path, described, stored)
+            for name, _ in described:
+                if _redset_name(name) not in _TARGETS:  # a misspelt column would otherwise vanish without a word
+                    close = difflib.get_close_matches(_redset_name(name), list(_TARGETS), n=1, cutoff=0.8)
+                    ignored.setdefault(name, close[0] if close else "")
             key = tuple(sorted(mapped.items()))
             groups.setdefault(key, _Group([], mapped)).files.append(path)
         # labels from some sources only are kept: the others' rows get NULL labels (not labelled), said below
@@ -777,6 +788,7 @@ def prepare(
         sources=tuple(files), outputs=outputs, rows_in=rows_in, rows_out=rows_out,
         rows_filtered=rows_in - rows_out - sum(rejected.values()), rejected=rejected,
         rejected_sample=sample_path, coercions=tuple(coercions), missing_columns=tuple(missing),
+        ignored_columns=tuple(ignored.items()),
         first_arrival=_stamp(writer.first_us), last_arrival=_stamp(writer.last_us),
         seconds=time.monotonic() - started,
     )
