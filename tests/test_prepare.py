@@ -382,6 +382,12 @@ def test_clear_errors_name_the_file_and_column(canonical: pa.Table, tmp_path: Pa
     pq.write_table(odd, tmp_path / "odd.parquet")
     with pytest.raises(DataValidationError, match="'cluster_size' of .*odd.parquet.* cannot become"):
         prepare(tmp_path / "odd.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    # a DATE has no time of day: as midnight, each day's queries would all arrive at once
+    dates = pa.array([t.date() for t in canonical.column("arrival_timestamp").to_pylist()], pa.date32())
+    pq.write_table(canonical.set_column(canonical.schema.get_field_index("arrival_timestamp"), "arrival_timestamp",
+                                        dates), tmp_path / "dates.parquet")
+    with pytest.raises(DataValidationError, match="'arrival_timestamp' of .*dates.parquet.* is DATE, which cannot"):
+        prepare(tmp_path / "dates.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
     with pytest.raises(DataValidationError, match="junk.parquet.*not a readable Parquet"):
         prepare(tmp_path / "junk.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")

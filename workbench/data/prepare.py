@@ -186,8 +186,10 @@ def _family(duck_type: str) -> str:
         return "binary"
     if t == "BOOLEAN":
         return "boolean"
-    if t.startswith("TIMESTAMP") or t == "DATE":
+    if t.startswith("TIMESTAMP"):
         return "timestamp"
+    if t == "DATE":  # no time of day: taken as midnight, a day's queries would all arrive at once
+        return "date"
     if t.endswith("[]"):
         return "list"
     if t == '"NULL"' or t == "NULL":
