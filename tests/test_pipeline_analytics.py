@@ -292,3 +292,28 @@ def test_a_log_replayed_again_counts_no_query_twice_even_in_windows_still_open(
     again = run_analytics(kafka_settings, idle_exit=4, timeout=60, commit_interval=1.0)
     assert again["events"] == 3_000 and again["late_events"] == 3_000, again.counters
     assert stored_windows(kafka_settings) == windows
+
+
+def test_a_dead_lettered_message_counts_none_of_its_rows_whatever_else_is_in_its_batch(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    """A message of no rows beside one of two made the batch look like one row per message: the guard then
+    judged the two rows one by one, dead-lettered the message and still counted its on-time row."""
+    ensure_topics(kafka_settings)
+    log = make_log(tmp_path / "l.parquet", rows=600, instances=1, spacing_s=10)
+    Replay(log, settings=kafka_settings, speedup=0, pack=1).run()
+    part = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=600)[0].partition()
+    table = pq.read_table(log)
+    rows = table.slice(598, 2).to_pylist()  # the last window: still open, so a counted row would show
+    rows[0] |= {"query_id": 9_100_000_001}
+    rows[1] |= {"query_id": 9_100_000_002, "arrival_timestamp": rows[1]["arrival_timestamp"].replace(year=2035)}
+    two = pa.Table.from_pylist(rows, schema=table.schema).to_batches()[0]
+    producer = Producer(kafka_settings.kafka_client_config())
+    topic = kafka_settings.topic_query_events
+    producer.produce(topic, key=b"1", value=codec.encode_arrow(two.slice(0, 0)),
+                     headers=codec.message_headers(codec.ENCODING_ARROW, 0), partition=part)
+    producer.produce(topic, key=b"1", value=codec.encode_arrow(two),
+                     headers=codec.message_headers(codec.ENCODING_ARROW, 2), partition=part)
+    producer.flush(10)
+    result = run_analytics(kafka_settings, idle_exit=4, timeout=60, commit_interval=1.0)
+    assert result["dead_letters"] == 1, result.counters
+    assert sum(v[0] for v in stored_windows(kafka_settings).values()) == 600

@@ -362,7 +362,9 @@ class AnalyticsApp(WorkbenchApp):
         if n:
             source = np.asarray(decoded.source_index, dtype=np.int64)
             times = _int64_column(batch, "arrival_timestamp")
-            if len(source) == len(fresh) and not rejected:  # one row per message (JSON): no grouping
+            # one row per message (JSON): no grouping. As many rows as messages is not enough: a message of
+            # no rows beside one of two is too, and the guard would then judge the two rows one by one
+            if len(source) == len(fresh) and not rejected and np.array_equal(source, np.arange(len(fresh))):
                 starts = ends = None
                 positions = source
                 lo = hi = times
