@@ -317,3 +317,28 @@ def test_a_dead_lettered_message_counts_none_of_its_rows_whatever_else_is_in_its
     result = run_analytics(kafka_settings, idle_exit=4, timeout=60, commit_interval=1.0)
     assert result["dead_letters"] == 1, result.counters
     assert sum(v[0] for v in stored_windows(kafka_settings).values()) == 600
+
+
+def test_a_valid_event_on_another_partition_is_dead_lettered_not_counted_over_its_windows(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    """A producer with another partitioner (librdkafka's default) put a valid event of an instance on another
+    partition than the replay's: that partition's window row replaced the instance's (64 queries became 1)."""
+    ensure_topics(kafka_settings)
+    assert kafka_settings.partitions >= 2
+    log = make_log(tmp_path / "l.parquet", rows=600, instances=1, spacing_s=10)
+    Replay(log, settings=kafka_settings, speedup=0, pack=1).run()
+    home = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=600)[0].partition()
+    last = pq.read_table(log).slice(599, 1).to_pylist()[0] | {"query_id": 9_300_000_001}
+    producer = Producer(kafka_settings.kafka_client_config())
+    other = (home + 1) % kafka_settings.partitions
+    value = codec.encode_json(pa.Table.from_pylist([last], schema=pq.read_schema(log)).to_batches()[0])[0]
+    producer.produce(kafka_settings.topic_query_events, key=b"1", partition=other, value=value,
+                     headers=codec.message_headers(codec.ENCODING_JSON, 1))
+    producer.flush(10)
+    result = run_analytics(kafka_settings, idle_exit=4, timeout=60, commit_interval=1.0)
+    assert result["dead_letters"] == 1 and result["events"] == 600, result.counters
+    assert sum(v[0] for v in stored_windows(kafka_settings).values()) == 600
+    dead = consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=1, timeout=20)
+    reason = dict(dead[0].headers())["reason"].decode()
+    assert reason.startswith(f"wrong_partition: instance 1's windows are counted from partition {home} of "), reason
+    assert f"this event came on partition {other}" in reason

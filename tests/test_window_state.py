@@ -173,6 +173,31 @@ def test_a_batch_of_two_partitions_gives_each_its_own_instances(tmp_path: Path, 
     assert per_partition([5, 5, 5, 6], [0, 1, 1, 0]) == [{5: 1, 6: 1}, {5: 2}]
 
 
+def test_each_instance_is_counted_from_one_partition_and_a_second_claim_is_stale(tmp_path: Path,
+                                                                                template: dict) -> None:
+    """Two partitions' open windows of one instance replaced each other's row; now the first partition an
+    instance comes on counts it, and a message of it on another partition is named (the app dead-letters it)."""
+    path = tmp_path / "s.sqlite"
+    t0 = 1_709_510_400_000
+    a, b = _state(path), _state(path)  # two processes
+    a0, a1 = a.partition("t", 0), a.partition("t", 1)
+    b1 = b.partition("t", 1)  # b loads its partition (and the owners stored so far: none) before a claims
+    # in one batch: instance 7 on partition 0 first, then on partition 1; instance 8 only on partition 1
+    assert a.foreign_partition([a0, a1], np.array([7, 7, 8, 7]), np.array([0, 1, 1, 0])) == {1: 0}
+    _count(a, template, [t0 + 1], instance=7)
+    a.flush()  # stores the claim of 7 by partition 0 (8's partition counted nothing yet: not written)
+    assert b.foreign_partition([b1], np.array([7]), np.array([0])) == {}  # b claims 7 too, in memory
+    (prep,) = b.prepare([b1], _rows(template, [t0 + 2], 7), np.zeros(1, np.int64), np.zeros(1, np.int64))
+    b.apply(prep)
+    b.advance(b1, 0)
+    with pytest.raises(SinkBackpressureError):
+        b.flush()  # the claim conflicts with a's: nothing of b's is written, its state is read again
+    b1 = b.partition("t", 1)
+    assert b.foreign_partition([b1], np.array([7]), np.array([0])) == {0: 0}
+    with WindowStatsStore(path, read_only=True) as store:
+        assert [(r["instance_id"], r["total_queries"]) for r in store.read().to_pylist()] == [(7, 1)]
+
+
 # --- the window clock: a few messages far ahead cannot move it ---------------------------------------
 T0 = 1_709_510_400_000  # a window start
 HOUR = 3_600_000

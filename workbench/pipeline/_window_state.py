@@ -94,7 +94,7 @@ from quixstreams.sinks import SinkBackpressureError
 from workbench.analysis.windows import finalize, merge, partial_aggregates
 from workbench.store.window_stats import WindowStatsStore
 
-__all__ = ["FlushResult", "PartitionState", "Prepared", "StaleStateError", "WindowState"]
+__all__ = ["WRONG_PARTITION", "FlushResult", "PartitionState", "Prepared", "StaleStateError", "WindowState"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,9 @@ _CREATE: Final = (
     "CREATE TABLE IF NOT EXISTS analytics_key_time (\n  consumer_group TEXT NOT NULL,\n  topic TEXT NOT NULL,\n"
     "  partition INTEGER NOT NULL,\n  instance_id INTEGER NOT NULL,\n  latest_ms INTEGER NOT NULL,\n"
     "  recent_ms TEXT,\n  PRIMARY KEY (consumer_group, topic, partition, instance_id)\n) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS analytics_instance_owner (\n  consumer_group TEXT NOT NULL,\n  topic TEXT NOT NULL,\n"
+    "  instance_id INTEGER NOT NULL,\n  partition INTEGER NOT NULL,\n"
+    "  PRIMARY KEY (consumer_group, topic, instance_id)\n) WITHOUT ROWID",
 )
 #: Columns added after the tables were first released: ``open`` adds them to a state stored before.
 _ADDED: Final = {"analytics_progress": (("topic_id", "TEXT"), ("recent_ms", "TEXT")),
@@ -132,6 +135,12 @@ _KEY_TIME: Final = (
     "latest_ms = excluded.latest_ms, recent_ms = excluded.recent_ms"
 )
 _WHERE: Final = "WHERE consumer_group = ? AND topic = ? AND partition = ?"
+_CLAIM: Final = ("INSERT INTO analytics_instance_owner (consumer_group, topic, instance_id, partition) "
+                 "VALUES (?, ?, ?, ?) ON CONFLICT (consumer_group, topic, instance_id) DO NOTHING")
+_OWNER: Final = ("SELECT partition FROM analytics_instance_owner "
+                 "WHERE consumer_group = ? AND topic = ? AND instance_id = ?")
+#: Dead-letter reason of an event on another partition than the one its instance's windows are counted from.
+WRONG_PARTITION: Final = "wrong_partition"
 
 WindowKey = tuple[int, int]  # (instance_id, window_start_ms)
 
@@ -216,6 +225,7 @@ class PartitionState:
     closed: list[dict[str, Any]] = field(default_factory=list)
     late: dict[tuple[int, int, int], int] = field(default_factory=dict)  # (offset, instance, start) -> rows
     key_dirty: set[int] = field(default_factory=set)
+    claims: set[int] = field(default_factory=set)  # instances this partition counts from now, not yet stored
     changed: bool = False
 
 
@@ -311,6 +321,8 @@ class WindowState:
         self.grace_ms = int(grace_ms)
         self.by_key = closing_strategy == "key"
         self.partitions: dict[tuple[str, int], PartitionState] = {}
+        #: topic -> instance_id -> the partition its windows are counted from (stored, or claimed in memory)
+        self.owners: dict[str, dict[int, int]] = {}
         self.lock = threading.RLock()  # Quix flushes from a worker thread on a revoke
 
     # --- lifecycle ----------------------------------------------------------------------------------
@@ -338,6 +350,7 @@ class WindowState:
         """Forget everything in memory (reloaded from SQLite, partition by partition, when next seen)."""
         with self.lock:
             self.partitions.clear()
+            self.owners.clear()
 
     def open_window_count(self) -> int:
         """Open windows held in memory (all partitions)."""
@@ -376,6 +389,10 @@ class WindowState:
                 state.next_offset = 0
             elif state.topic_id is None:
                 state.topic_id = row[2]
+        owners = self.owners.setdefault(topic, {})
+        for instance, owner in db.execute("SELECT instance_id, partition FROM analytics_instance_owner "
+                                          "WHERE consumer_group = ? AND topic = ?", (self.group, topic)):
+            owners.setdefault(int(instance), int(owner))  # a claim in memory that conflicts fails at the flush
         for instance, latest, recent in db.execute(
                 f"SELECT instance_id, latest_ms, recent_ms FROM analytics_key_time {_WHERE}", args):
             state.key_time[int(instance)] = int(latest)
@@ -397,6 +414,36 @@ class WindowState:
         return state
 
     # --- counting -----------------------------------------------------------------------------------
+    def foreign_partition(self, states: list[PartitionState], instances: np.ndarray,
+                          state_of: np.ndarray) -> dict[int, int]:
+        """``{message index: owning partition}`` of the messages whose instance is counted from another
+        partition; an instance seen for the first time is claimed by the partition of its first message.
+
+        One partition counts each instance: the window rows are per (instance, window), so the counts of
+        two partitions' open windows of one instance replaced each other (a valid event a producer with
+        another partitioner sent elsewhere wiped a window's count). ``instances`` and ``state_of`` are per
+        message (a message's rows share its key's instance). Claims are stored at the next flush, which
+        fails as stale when another process claimed the instance first.
+        """
+        if not len(instances):
+            return {}
+        _, first = np.unique(np.stack([instances, state_of]), axis=1, return_index=True)
+        foreign: dict[tuple[int, int], int] = {}
+        for index in sorted(first.tolist()):  # in message order: the first message's partition claims
+            instance, j = int(instances[index]), int(state_of[index])
+            state = states[j]
+            owners = self.owners.setdefault(state.topic, {})
+            owner = owners.get(instance)
+            if owner is None:
+                owners[instance] = state.partition
+                state.claims.add(instance)
+            elif owner != state.partition:
+                foreign[(instance, j)] = owner
+        if not foreign:
+            return {}
+        return {i: foreign[(inst, j)] for i, (inst, j) in enumerate(zip(instances.tolist(), state_of.tolist(),
+                                                                          strict=True)) if (inst, j) in foreign}
+
     def prepare(self, states: list[PartitionState], batch: pa.RecordBatch, row_state: np.ndarray,
                 offsets: np.ndarray, *, resent: np.ndarray | None = None) -> list[Prepared]:
         """What counting decoded rows would do, per partition; changes nothing (:meth:`apply` does, so a
@@ -551,11 +598,14 @@ class WindowState:
             except StaleStateError as exc:
                 logger.warning("window state is stale (%s); dropping it and reading the checkpoint again", exc)
                 self.partitions.clear()
+                self.owners.clear()
                 raise SinkBackpressureError(retry_after=0.0) from exc
             except BaseException:
                 self.partitions.clear()
+                self.owners.clear()
                 raise
             for p in touched:
+                p.claims.clear()
                 p.stored_next = p.next_offset
                 p.dirty.clear()
                 p.closed.clear()
@@ -576,6 +626,13 @@ class WindowState:
                     msg = (f"{p.topic}[{p.partition}] next_offset is {stored} in SQLite, this process expected "
                            f"{p.stored_next}")
                     raise StaleStateError(msg)
+            for p in touched:
+                for instance in sorted(p.claims):
+                    db.execute(_CLAIM, (self.group, p.topic, instance, p.partition))
+                    owner = int(db.execute(_OWNER, (self.group, p.topic, instance)).fetchone()[0])
+                    if owner != p.partition:
+                        msg = f"instance {instance} of {p.topic} is counted from partition {owner}, not {p.partition}"
+                        raise StaleStateError(msg)
             for p in touched:
                 g = (self.group, p.topic, p.partition)
                 rows = [finalize(c) for c in p.closed]

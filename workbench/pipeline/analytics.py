@@ -100,7 +100,7 @@ from workbench.pipeline._instance import HomeLease
 from workbench.pipeline._names import consumer_group
 from workbench.pipeline._quix import consume_in_batches, register_periodic
 from workbench.pipeline._status import AppResult, AppStatus
-from workbench.pipeline._window_state import FlushResult, Prepared, WindowState
+from workbench.pipeline._window_state import WRONG_PARTITION, FlushResult, Prepared, WindowState
 from workbench.pipeline.exceptions import PipelineConfigError
 from workbench.store.window_stats import WindowStatsStore, database_errors
 
@@ -381,6 +381,19 @@ class AnalyticsApp(WorkbenchApp):
                     if why is not None:
                         rejected[int(positions[i])] = why
                         ok[i] = False
+            # each instance is counted from one partition (its first): an event elsewhere would replace counts
+            instances = _int64_column(batch, "instance_id")  # per row = per message when starts is None
+            instances = instances if starts is None else instances[starts]
+            checked = np.flatnonzero(ok)
+            foreign = state.foreign_partition(states, instances[checked], fresh_state[positions[checked]])
+            for i, owner in foreign.items():
+                message = fresh[int(positions[checked[i]])]
+                rejected[int(positions[checked[i]])] = (
+                    f"{WRONG_PARTITION}: instance {int(instances[checked[i]])}'s windows are counted from partition "
+                    f"{owner} of {message.topic()}, and this event came on partition {message.partition()}: produce "
+                    "with the key's partitioner (murmur2, as Kafka's Java clients and the replay do) so that every "
+                    "event of an instance reaches one partition")
+                ok[checked[i]] = False
             if starts is None:
                 keep = ok
                 row_message = positions
