@@ -632,3 +632,21 @@ def test_a_finished_replays_average_rate_stays_what_it_was(kafka_settings: Setti
     finally:
         replay.stop()
         replay.join(10)
+
+
+def test_a_seek_after_the_logs_last_event_is_refused_by_the_controller_naming_the_span(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    """`workbench replay-control seek 2099-01-01` said "sent" and the replay skipped the rest of its log."""
+    log = make_log(tmp_path / "log.parquet", rows=200, spacing_s=2.0)  # 00:00:00 to 00:06:38
+    replay = Replay(log, settings=kafka_settings, speedup=1, linger=True).start()
+    controller = ReplayController(kafka_settings)
+    try:
+        _wait(lambda: (controller.status() or _none).state == "running")
+        with pytest.raises(ReplayError, match=r"seek not sent: 2099-01-01 00:00:00 UTC is after the last event of "
+                                              r"replay 'default''s log \(2024-03-04 00:06:38 UTC\)"):
+            controller.seek("2099-01-01")
+        controller.seek("2024-03-04T00:06:00")  # inside the span: sent
+        _wait(lambda: replay.status().next_row >= 180)
+    finally:
+        replay.stop()
+        replay.join(10)

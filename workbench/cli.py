@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -116,11 +117,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141  # 128 + SIGPIPE, what a shell reports for a command a closed pipe stopped
     except OSError as exc:
         if exc.errno not in _UNWRITABLE:
-            raise
+            return _unexpected(exc, args.verbose)
         # a home on a read-only mount, a folder of another user, a full disk: the user's to fix, not a crash
         print(f"workbench: error: {exc.strerror}: {exc.filename} (WORKBENCH_HOME and the other folder "
               "settings say where the workbench writes)", file=sys.stderr)
         return 2
+    except Exception as exc:
+        return _unexpected(exc, args.verbose)
+
+
+def _unexpected(exc: BaseException, verbose: bool) -> int:
+    """One line for an error no check named (an argument a library refused, a path it could not use);
+    the traceback with ``--verbose``, for a report."""
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    print(f"workbench: error: {type(exc).__name__}: {text or '(no message)'} (run again with --verbose for the "
+          "traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

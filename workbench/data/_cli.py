@@ -93,7 +93,10 @@ def _prepare(args: argparse.Namespace) -> int:
     )
     print(summary)
     if summary.rows_out == 0:
-        print("no rows left to write: check the filters and the rejected-rows sample", file=sys.stderr)
+        for output in summary.outputs:  # a log of no rows, which validate and the replay refuse
+            output.unlink(missing_ok=True)
+        print("no rows left to write, so nothing was written: check the filters and the rejected-rows sample",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -823,7 +823,7 @@ _OUTPUT_SCHEMA = pa.schema(list(REDSET_SCHEMA) + list(LABEL_SCHEMA), metadata=RE
 
 
 def _check(name: str, value: float, low: float, high: float | None, what: str) -> None:
-    if value < low or (high is not None and value > high):
+    if not value >= low or (high is not None and not value <= high):  # NaN fails too
         bound = f">= {low}" if high is None else f"between {low} and {high}"
         msg = f"The `{name}` parameter of generate() must be {what} {bound}. Got {value!r} instead."
         raise ConfigurationError(msg)
@@ -882,6 +882,7 @@ def generate(
     _check("rows_per_day", rows_per_day, 1, None, "an integer")
     _check("anomaly_rate", anomaly_rate, 0.0, 0.2, "a float")
     _check("episodes_per_kind", episodes_per_kind, 0, 100, "an integer")
+    _check("seed", seed, 0, None, "an integer")
     chosen = resolve_kinds(kinds)
     classic = tuple(k for k in chosen if k in ANOMALY_KINDS)
     stress = chosen != ANOMALY_KINDS

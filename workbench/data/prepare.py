@@ -298,8 +298,14 @@ class _Group:
 
 
 def _describe(con: duckdb.DuckDBPyConnection, path: Path) -> list[tuple[str, str]]:
+    import duckdb
+
     try:
         rows = con.execute(f"DESCRIBE SELECT * FROM read_parquet({_lit(str(path))})").fetchall()
+    except duckdb.OutOfMemoryException as exc:  # the limit's fault, not the file's
+        msg = (f"DuckDB ran out of memory reading {str(path)!r} under its memory limit (--memory-limit): raise it "
+               f"({str(exc).splitlines()[0]}).")
+        raise DataValidationError(msg, path=str(path)) from exc
     except Exception as exc:  # duckdb raises several error classes for a broken file
         msg = f"Source {str(path)!r} is not a readable Parquet file ({exc})."
         raise DataValidationError(msg, path=str(path)) from exc
@@ -646,8 +652,14 @@ def prepare(
     spill.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(spill),
-                                 "preserve_insertion_order": True, **({"threads": threads} if threads else {})})
+    try:
+        con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(spill),
+                                     "preserve_insertion_order": True, **({"threads": threads} if threads else {})})
+    except duckdb.Error as exc:  # a memory limit or thread count DuckDB cannot read
+        shutil.rmtree(spill, ignore_errors=True)
+        msg = (f"prepare cannot start DuckDB with memory_limit={memory_limit!r} (--memory-limit, e.g. 1GB or 512MB)"
+               f"{f' and threads={threads!r}' if threads else ''}: {str(exc).splitlines()[0]}")
+        raise DataValidationError(msg) from exc
     try:
         con.execute("SET TimeZone = 'UTC'")
         # Progress is polled into tqdm (query_progress needs the bar enabled), never printed by DuckDB.

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from workbench import defaults
 from workbench.cli import settings_from_args
@@ -98,12 +99,57 @@ def _prune(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from workbench.ml._train import train_day
 
-    result = train_day(settings_from_args(args), args.day, window_days=args.window_days, max_rows=args.max_rows,
+    settings = settings_from_args(args)
+    last = _last_day(settings, args.data)
+    if last is not None and args.day > last:
+        # the window would hold only earlier days: a version named after a day it never saw, made current
+        print(f"workbench: error: --day {args.day} is after the last day with events ({last}) in "
+              f"{args.data or settings.shards_dir}; train a day from the log (the version scores the day after it)",
+              file=sys.stderr)
+        return 2
+    result = train_day(settings, args.day, window_days=args.window_days, max_rows=args.max_rows,
                        seed=args.seed, data=args.data)
     meta = result.meta
     print(f"{result.version}: {result.rows} rows in {result.seconds:.1f} s, parity max|diff| "
           f"{meta['parity_max_abs_diff']:.2g}, holdout {json.dumps(meta['holdout_metrics'])}")
     return 0
+
+
+#: The smallest row cap a training takes: below it the holdout that calibrates the detector is a handful of rows.
+_MIN_TRAIN_ROWS = 1_000
+
+
+def _at_least(low: int) -> Any:
+    """An argparse type: an integer >= ``low`` (argparse prints the usage and this line otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low:,}, got {value:,}")
+        return value
+    return parse
+
+
+def _last_day(settings: Any, data: Any) -> dt.date | None:
+    """The UTC day of the last event of the log ``data`` (or of the shards), None when unknown."""
+    if data is not None:
+        from workbench.replay._source import LogFile
+
+        try:
+            log = LogFile(data)
+            last_us = log.event_time_us(log.num_rows - 1) if log.num_rows else None
+        except Exception:  # train_day names what is wrong with the log
+            return None
+        return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=last_us)).date() if last_us else None
+    from workbench.store.shards import list_days
+
+    try:
+        days = list_days(settings.shards_dir)
+    except OSError:
+        return None
+    return days[-1] if days else None
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -147,8 +193,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     train = subparsers.add_parser("train", help="train, check and register a model for one day")
     train.add_argument("--day", required=True, type=dt.date.fromisoformat, help="last day of the window")
-    train.add_argument("--window-days", type=int, default=defaults.TRAIN_WINDOW_DAYS, help="days in the window")
-    train.add_argument("--max-rows", type=int, default=defaults.TRAIN_MAX_ROWS, help="row cap")
+    train.add_argument("--window-days", type=_at_least(1), default=defaults.TRAIN_WINDOW_DAYS,
+                       help="days in the window")
+    train.add_argument("--max-rows", type=_at_least(_MIN_TRAIN_ROWS), default=defaults.TRAIN_MAX_ROWS,
+                       help=f"row cap (at least {_MIN_TRAIN_ROWS:,}: the fit and its holdout need rows)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--data", type=Path, help="train from a Parquet log instead of the shards")
     train.set_defaults(func=_train)

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from workbench._fs import write_atomic
 from workbench.config import Settings
+from workbench.ml.exceptions import MLError
 from workbench.ml.registry import ModelRegistry
 
 __all__ = ["RescoreResult", "rescore"]
@@ -57,7 +58,11 @@ def _utc(value: dt.datetime | dt.date | str | None) -> dt.datetime | None:
     if value is None:
         return None
     if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            msg = f"rescore needs ISO-8601 times such as 2024-03-05 or 2024-03-05T12:00. Got {value!r} instead."
+            raise MLError(msg) from None
     if not isinstance(value, dt.datetime):
         value = dt.datetime.combine(value, dt.time())
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
@@ -96,12 +101,12 @@ def rescore(settings: Settings, version: str, *, start: dt.datetime | dt.date | 
     from workbench.store.lakehouse import AnomalyLakehouse
     from workbench.store.shards import list_days, read_shards
 
-    registry = ModelRegistry(settings.models_dir)
-    version = registry.resolve(version)
-    lo, hi = _utc(start), _utc(end)
+    lo, hi = _utc(start), _utc(end)  # the arguments first: a typo is named before the registry is asked
     if lo is not None and hi is not None and hi <= lo:
         msg = f"rescore needs start < end. Got start={lo.isoformat()} and end={hi.isoformat()}."
-        raise ValueError(msg)
+        raise MLError(msg)
+    registry = ModelRegistry(settings.models_dir)
+    version = registry.resolve(version)
     days = [d for d in list_days(settings.shards_dir)
             if (lo is None or d >= lo.date()) and (hi is None or dt.datetime.combine(d, dt.time(), dt.UTC) < hi)]
     state_path = settings.state_dir / "rescore" / f"{version}.json"

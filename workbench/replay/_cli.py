@@ -66,6 +66,16 @@ def _control(args: argparse.Namespace) -> int:
     from workbench.replay._control import ReplayController
 
     settings = settings_from_args(args)
+    if settings.manages_kafka:
+        from workbench.broker import LocalKafka
+
+        if LocalKafka(settings).pid() is None:
+            # the default port may answer anyway, with another home's broker and replay: never steer that one
+            print(f"workbench: error: the local Kafka of {settings.home} is not running, so no replay of this home "
+                  f"can be controlled (another home's broker may answer on {settings.bootstrap_servers}). Start one "
+                  "with `workbench start --data LOG` or `workbench replay LOG`, or set WORKBENCH_HOME to its home.",
+                  file=sys.stderr)
+            return 2
     controller = ReplayController(settings, args.replay_id)
     if args.action == "status":
         from workbench.runtime.supervisor import replay_started_at

@@ -412,8 +412,21 @@ class ReplayController:
         self._send("resume")
 
     def seek(self, event_time: datetime | str) -> None:
-        """Continue from the first row at or after ``event_time`` (UTC if no zone is given)."""
-        self._send("seek", _parse_time(event_time).isoformat())
+        """Continue from the first row at or after ``event_time`` (UTC if no zone is given).
+
+        Raises :class:`ReplayError` for a time after the log's last event (from the replay's status): the
+        replay would jump to its end, skipping the rest of the log after "sent" (a mistyped year).
+        """
+        when = _parse_time(event_time)
+        status = self.status()
+        last = status.last_event_time if status is not None else None
+        if last is not None and when > last:
+            first = status.first_event_time or last  # type: ignore[union-attr]
+            msg = (f"seek not sent: {when:%Y-%m-%d %H:%M:%S} UTC is after the last event of replay "
+                   f"{self.replay_id!r}'s log ({last:%Y-%m-%d %H:%M:%S} UTC); pick a time from "
+                   f"{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC")
+            raise ReplayError(msg)
+        self._send("seek", when.isoformat())
 
     def reset(self) -> None:
         """Start over from the first row."""

@@ -20,7 +20,7 @@ import re
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -238,9 +238,17 @@ def run_report(
         params["versions"] = ",".join(params["versions"])
     if data is not None:
         params.setdefault("labels_path", str(Path(data).expanduser().resolve()))
-    from workbench.reports.notebook import check_parameter_ranges, find_labelled_log
+    from workbench.reports.notebook import check_parameter_ranges, find_labelled_log, parse_instances, parse_range
 
     check_parameter_ranges(params)  # before any notebook runs, not after the first one ran
+    parse_range(params.get("start"), params.get("end"))  # likewise: a bad time ran every notebook first
+    parse_instances(params.get("instances"))
+    if isinstance(params.get("day"), str) and params["day"].strip():
+        try:
+            date.fromisoformat(params["day"].strip())
+        except ValueError:  # 03 would skip its evaluation with a note inside the page, and the run "succeed"
+            msg = f"The `day` parameter must be a UTC day such as 2024-03-07. Got {params['day']!r} instead."
+            raise ReportError(msg) from None
     if params.get("labels_path"):  # likewise, not in the second one's 17th cell
         find_labelled_log(settings, str(params["labels_path"]))
     if params.get("versions"):  # likewise: notebook 03 stops on versions none of which is registered
@@ -257,6 +265,9 @@ def run_report(
         msg = f"run_id must be letters, digits, '.', '_' or '-' (a folder name). Got {run_id!r} instead."
         raise ReportError(msg)
     out = settings.resolved_reports_dir / run_id
+    if out.exists() and not out.is_dir():
+        msg = f"The report folder {out} exists and is a file: choose another run_id (--run-id), or move that file."
+        raise ReportError(msg)
     out.mkdir(parents=True, exist_ok=True)
     (out / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True, default=str), encoding="utf-8")
     logger.info("report run_id=%s out=%s notebooks=%s", run_id, out, ",".join(notebooks))

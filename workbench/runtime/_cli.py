@@ -75,6 +75,17 @@ def _status(args: argparse.Namespace) -> int:
         print()
 
 
+def _positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the runtime commands."""
     demo = subparsers.add_parser("demo", help="everything end to end on generated data, then stop")
@@ -105,5 +116,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stop.set_defaults(func=_stop)
 
     status = subparsers.add_parser("status", help="one status snapshot of the running workbench")
-    status.add_argument("--watch", type=float, metavar="SECONDS", help="repeat every SECONDS")
+    status.add_argument("--watch", type=_positive_seconds, metavar="SECONDS", help="repeat every SECONDS")
     status.set_defaults(func=_status)

@@ -1,0 +1,103 @@
+"""A careless user's commands: each mistake is one line naming it (rc != 0), never a traceback, and
+nothing is left half-written. Found by a session that tried them (the cases named in each test)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_log
+from workbench import cli
+from workbench.config import Settings
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    return code, captured.err
+
+
+def test_a_training_day_after_the_logs_last_day_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --day 2024-03-10` on a log of 03-04 trained a version named after a day it never saw, made current."""
+    log = make_log(tmp_path / "log.parquet", rows=2000, spacing_s=60.0)  # 2024-03-04 .. 03-05 09:19
+    code, err = _run(capsys, "--home", str(tmp_path / "home"), "train", "--day", "2024-03-10", "--data", str(log))
+    assert code == 2 and "--day 2024-03-10 is after the last day with events (2024-03-05)" in err
+    assert not (tmp_path / "home" / "models").exists() or not any((tmp_path / "home" / "models").iterdir())
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--home", str(tmp_path / "home"), "train", "--day", "2024-03-05", "--data", str(log),
+                  "--max-rows", "5"])
+    assert info.value.code == 2 and "--max-rows: must be >= 1,000, got 5" in capsys.readouterr().err
+
+
+def test_an_error_no_check_names_is_one_line_and_the_traceback_is_for_verbose(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`generate --out <a folder>` ended in IsADirectoryError's traceback."""
+    (tmp_path / "out").mkdir()
+    argv = ["--home", str(tmp_path / "home"), "generate", "--days", "1", "--instances", "1", "--rows-per-day",
+            "500", "--out", str(tmp_path / "out")]
+    code, err = _run(capsys, *argv)
+    assert code == 1 and err.strip().count("\n") == 0
+    assert err.startswith("workbench: error: IsADirectoryError: ") and "run again with --verbose" in err
+    assert cli.main(["--verbose", *argv]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_generate_names_a_bad_seed_and_a_nan_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--home", str(tmp_path / "home"), "generate", "--days", "1", "--instances", "1", "--rows-per-day", "500",
+            "--out", str(tmp_path / "g.parquet")]
+    code, err = _run(capsys, *base, "--seed", "-1")
+    assert code == 2 and "The `seed` parameter of generate() must be an integer >= 0. Got -1 instead." in err
+    code, err = _run(capsys, *base, "--anomaly-rate", "nan")  # generated a log of 0 labelled anomalies
+    assert code == 2 and "The `anomaly_rate` parameter of generate() must be a float between 0.0 and 0.2" in err
+    assert not (tmp_path / "g.parquet").exists()
+
+
+def test_prepare_names_a_bad_memory_limit_and_leaves_no_empty_log(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    log = make_log(tmp_path / "log.parquet", rows=500)
+    home = tmp_path / "home"
+    code, err = _run(capsys, "--home", str(home), "prepare", str(log), "--out", str(tmp_path / "p.parquet"),
+                     "--memory-limit", "lots")
+    assert code == 2 and "prepare cannot start DuckDB with memory_limit='lots'" in err
+    assert not (home / "tmp").exists() or not any((home / "tmp").iterdir())  # its spill folder went too
+    code, err = _run(capsys, "--home", str(home), "prepare", str(log), "--out", str(tmp_path / "p.parquet"),
+                     "--start", "2030-01-01", "--no-progress")
+    assert code == 1 and "nothing was written" in err and not (tmp_path / "p.parquet").exists()
+
+
+def test_replay_control_of_a_home_whose_kafka_is_not_running_steers_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an idle home it read (and would have steered) another home's replay on the default port."""
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    code, err = _run(capsys, "--home", str(tmp_path / "home"), "replay-control", "seek", "2024-03-05")
+    assert code == 2 and f"the local Kafka of {tmp_path / 'home'} is not running" in err
+
+
+def test_rescore_and_status_name_bad_times_and_intervals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(capsys, "--home", str(tmp_path / "home"), "rescore", "--version", "current", "--start",
+                     "notadate")
+    assert code == 2 and "Got 'notadate' instead" in err
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--home", str(tmp_path / "home"), "status", "--watch", "-1"])
+    assert info.value.code == 2 and "must be a number of seconds > 0" in capsys.readouterr().err
+
+
+def test_report_parameters_are_checked_before_any_notebook_runs(tmp_path: Path) -> None:
+    """`report --day 2024-13-01` ran every notebook and succeeded; a bad start ran them all, then failed."""
+    from workbench.reports import ReportError, run_report
+
+    settings = Settings(home=tmp_path / "home", reports_dir=tmp_path / "reports")
+    started = time.monotonic()
+    for params, words in (({"day": "2024-13-01"}, "The `day` parameter must be a UTC day"),
+                          ({"start": "notadate"}, "The `start` parameter must be an ISO-8601 time"),
+                          ({"instances": "abc"}, "The `instances` parameter must be integer ids")):
+        with pytest.raises(Exception, match=words):
+            run_report(settings, run_id="r", params=params, progress=False)
+    assert time.monotonic() - started < 10 and not (tmp_path / "reports" / "r").exists()
+    (tmp_path / "reports").mkdir(exist_ok=True)
+    (tmp_path / "reports" / "taken").write_text("a file")
+    with pytest.raises(ReportError, match="exists and is a file"):
+        run_report(settings, run_id="taken", progress=False)
