@@ -120,31 +120,36 @@ def test_the_anomaly_sink_dead_letters_values_the_lakehouse_cannot_hold(kafka_se
         "int above 2**63": dict(good, query_id=2**63 + 5),
         "time overflows to UTC": dict(good, arrival_timestamp="9999-12-31T23:00:00-05:00"),
         "wrong type": dict(good, pred_mean_ms="fast"),
+        "excess beyond the float range": dict(good, execution_duration_ms=1.7e308, pred_mean_ms=-1.7e308),
     }
     producer = Producer({**settings.kafka_client_config(), "enable.idempotence": True})
     topic = settings.topic_anomalies
     families: dict[int, str] = {}
     offset = 0
-    for i, (family, message) in enumerate([*bad.items(), ("not json", b"{"), ("key not UTF-8", good)]):
+    envelopes = [("not json", b"{"), ("key not UTF-8", good), ("no key", good), ("another schema", good)]
+    for i, (family, message) in enumerate([*bad.items(), *envelopes]):
         value = message if isinstance(message, bytes) else orjson.dumps(message)
-        key = b"\xff" if family == "key not UTF-8" else b"1"  # the contract's key is the instance id as text
-        producer.produce(topic, key=key, value=value, headers=anomaly_headers(), partition=0)
+        # the contract's key is the instance id as text
+        key = {"key not UTF-8": b"\xff", "no key": None}.get(family, b"1")
+        headers = [("schema", b"anomaly-v9")] if family == "another schema" else anomaly_headers()
+        producer.produce(topic, key=key, value=value, headers=headers, partition=0)
         families[offset] = family
         # a valid one after each, the last without an actual execution time (a queue alert): null-safe
-        after = dict(good, query_id=100 + i, execution_duration_ms=None if i == 4 else 90_000)
+        after = dict(good, query_id=100 + i, execution_duration_ms=None if i == 5 else 90_000)
         producer.produce(topic, key=b"1", value=orjson.dumps(after), headers=anomaly_headers(), partition=0)
         offset += 2
     assert producer.flush(10) == 0
     result = run_anomaly_sink(settings, idle_exit=4, timeout=90, commit_interval=0.5)
-    assert result["dead_letters"] == len(families) and result["sink_rows"] == 5, result.counters
+    assert result["dead_letters"] == len(families) and result["sink_rows"] == len(families), result.counters
     dead = consume_all(settings, settings.topic_dead_letter, expected=len(families), timeout=30)
     got = {int(dict(m.headers())["source_offset"]): dict(m.headers())["reason"].decode() for m in dead}
     assert set(got) == set(families)
     assert all(reason.startswith("anomaly_contract: ") for reason in got.values())
     with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
         rows = lake.read()
-    assert rows.num_rows == 5
+    assert rows.num_rows == len(families)
     assert pa.compute.sum(rows["true_ms"].is_null()).as_py() == 1
+    assert "no key" in got[2 * 6] and "'anomaly-v9'" in got[2 * 7]
 
 
 def test_replay_sends_the_named_encoding(kafka_settings: Settings, tmp_path: Path) -> None:

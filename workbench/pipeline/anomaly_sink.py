@@ -28,7 +28,7 @@ from workbench.pipeline._app import WorkbenchApp, build_application
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._quix import register_periodic
 from workbench.pipeline._status import AppResult, AppStatus
-from workbench.pipeline.contracts import anomaly_row
+from workbench.pipeline.contracts import ANOMALY_CONTRACT_VERSION, anomaly_row
 from workbench.pipeline.exceptions import AnomalyContractError, PipelineConfigError
 from workbench.store.exceptions import LakehouseBusyError
 from workbench.store.lakehouse import AnomalyLakehouse
@@ -149,10 +149,15 @@ class AnomalySinkApp(WorkbenchApp):
         """The message's lakehouse row, or None when it is dead-lettered (``anomaly_contract``)."""
         assert self.dead_letters is not None
         try:
+            schema = next((v for k, v in headers or () if k == "schema"), None)
+            if schema is not None and bytes(schema) != ANOMALY_CONTRACT_VERSION.encode():
+                shown = bytes(schema)[:40].decode("utf-8", errors="backslashreplace")
+                msg = f"header 'schema' says {shown!r}; this sink reads {ANOMALY_CONTRACT_VERSION!r} anomalies"
+                raise AnomalyContractError(msg)
             row = anomaly_row(value)
-            if key is not None and bytes(key) != str(row["instance_id"]).encode():
+            if key is None or bytes(key) != str(row["instance_id"]).encode():
                 # the contract's key is the instance id as text: Kafka's per-instance order depends on it
-                shown = bytes(key)[:40].decode("utf-8", errors="backslashreplace")
+                shown = "no key" if key is None else bytes(key)[:40].decode("utf-8", errors="backslashreplace")
                 msg = f"the message key must be the instance id {row['instance_id']} as text. Got {shown!r} instead."
                 raise AnomalyContractError(msg)
         except AnomalyContractError as exc:

@@ -163,6 +163,9 @@ def anomaly_row(value: bytes | Mapping[str, Any] | None) -> dict[str, Any]:
     _check(message)
     true = None if message.get("execution_duration_ms") is None else float(message["execution_duration_ms"])
     pred = float(message["pred_mean_ms"])
+    if true is not None and not math.isfinite(true - pred):  # two finite numbers near the float limit
+        msg = f"anomaly fields execution_duration_ms ({true:g}) minus pred_mean_ms ({pred:g}) is not a finite number"
+        raise AnomalyContractError(msg)
     features = dict(message.get("features") or {})
     for extra in ("queue_duration_ms", "compile_duration_ms", "threshold", *_EVIDENCE):
         if message.get(extra) is not None:
