@@ -777,6 +777,11 @@ def prepare(
         shutil.rmtree(tmp_out, ignore_errors=True)
         msg = f"prepare failed in DuckDB: {exc}"
         raise DataValidationError(msg) from exc
+    except RuntimeError as exc:
+        shutil.rmtree(tmp_out, ignore_errors=True)
+        if "interrupted" in str(exc).lower():  # Ctrl-C inside a DuckDB query comes out as this, not as itself
+            raise KeyboardInterrupt from exc
+        raise
     except BaseException:
         shutil.rmtree(tmp_out, ignore_errors=True)
         raise

@@ -10,13 +10,17 @@ says (a crash, a fatal error) still reaches the terminal.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from typing import IO, Any, Final
 
 from jupyter_client.manager import AsyncKernelManager
 
-__all__ = ["ReportKernelManager", "relay_kernel_log"]
+__all__ = ["ReportKernelManager", "quiet_kernels_on_interrupt", "relay_kernel_log"]
 
 #: What ipykernel logs when the shutdown's interrupt lands in a message handler.
 _SHUTDOWN_INTERRUPT_ECHO: Final = "KeyboardInterrupt caught in kernel"
@@ -28,6 +32,33 @@ def relay_kernel_log(log: bytes, out: IO[str]) -> None:
         if _SHUTDOWN_INTERRUPT_ECHO not in line and line.strip():
             out.write(line)
     out.flush()
+
+
+#: Set while the user's Ctrl-C is being handled: the kernels shut down then say nothing worth reading
+#: (the interrupted handler's ZMQ errors), and ``workbench: interrupted`` is the whole answer.
+_INTERRUPTED = threading.Event()
+
+
+@contextlib.contextmanager
+def quiet_kernels_on_interrupt() -> Iterator[None]:
+    """Within the block, a SIGINT (Ctrl-C) also silences the relay of the kernels' logs at their shutdown.
+
+    A no-op outside the main thread (only it can install a signal handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def interrupted(signum: int, frame: Any) -> None:
+        _INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _INTERRUPTED.clear()
 
 
 class ReportKernelManager(AsyncKernelManager):
@@ -48,7 +79,9 @@ class ReportKernelManager(AsyncKernelManager):
             await super().shutdown_kernel(now=now, restart=restart)
         finally:
             log, self._kernel_log = self._kernel_log, None
-            if log is not None:
+            if log is not None and _INTERRUPTED.is_set():
+                log.close()
+            elif log is not None:
                 with log:
                     log.seek(0)
                     relay_kernel_log(log.read(), sys.stderr)

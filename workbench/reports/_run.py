@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -215,12 +216,9 @@ def run_report(
     ------
     ReportError
         For an unknown notebook or parameter or a bad run id, or when a notebook fails (its
-        partial output and HTML are still written).
+        partial output and HTML are still written). Interrupted (Ctrl-C), a report it started leaves no folder.
     """
-    import papermill
-    from tqdm.auto import tqdm
-
-    from workbench.reports._kernel import ReportKernelManager
+    from workbench.reports._kernel import quiet_kernels_on_interrupt
 
     source = Path(notebooks_dir or DEFAULT_NOTEBOOKS_DIR)
     unknown = [n for n in notebooks if not (source / f"{n}.ipynb").is_file()]
@@ -268,6 +266,26 @@ def run_report(
     if out.exists() and not out.is_dir():
         msg = f"The report folder {out} exists and is a file: choose another run_id (--run-id), or move that file."
         raise ReportError(msg)
+    created = not out.exists()
+    try:
+        with quiet_kernels_on_interrupt():
+            return _run_notebooks(settings, out, run_id, params, notebooks, source, data, progress, timeout,
+                                  show_code)
+    except KeyboardInterrupt:
+        if created:  # a report cut short is no report: no folder of half its pages beside the finished ones
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run_notebooks(settings: Settings, out: Path, run_id: str, params: dict[str, Any], notebooks: Sequence[str],
+                   source: Path, data: str | Path | None, progress: bool, timeout: float, show_code: bool) -> Path:
+    """Execute ``notebooks`` into ``out`` and write its pages and index (see :func:`run_report`)."""
+    import papermill
+    from tqdm.auto import tqdm
+
+    from workbench.reports._kernel import ReportKernelManager
+    from workbench.reports.notebook import find_labelled_log
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True, default=str), encoding="utf-8")
     logger.info("report run_id=%s out=%s notebooks=%s", run_id, out, ",".join(notebooks))
