@@ -139,7 +139,8 @@ def _foreign_collective_log(data: Path, out: Path, kind: str) -> tuple[int, set[
     return int(hit.sum()), windows
 
 
-def test_a_collective_kind_of_another_tool_is_judged_per_window(demo: tuple[Settings, Path], tmp_path: Path) -> None:
+def test_a_collective_kind_of_another_tool_is_judged_per_window(demo: tuple[Settings, Path], tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
     from workbench.data.generator import window_labels_path
     from workbench.ml.evaluate import labelled_windows
 
@@ -152,7 +153,11 @@ def test_a_collective_kind_of_another_tool_is_judged_per_window(demo: tuple[Sett
     plain = evaluate(settings, day, data=foreign, store=False)["metrics"]
     assert "recall[queue_wave]" in plain and "window recall[queue_wave]" not in plain
     # Named a window kind: its rows leave the per-query metrics, its windows are derived and judged.
-    named = evaluate(settings, day, data=foreign, store=False, window_kinds=["queue_wave"])["metrics"]
+    with caplog.at_level("WARNING", logger="workbench.ml.evaluate"):
+        named = evaluate(settings, day, data=foreign, store=False, window_kinds=["queue_wave"])["metrics"]
+        assert "--window-kinds names" not in caplog.text
+        evaluate(settings, day, data=foreign, store=False, window_kinds=["queue_wav"])  # a typo is named
+    assert "--window-kinds names 'queue_wav', which no labelled row of 2024-03-06 has" in caplog.text
     assert named["anomalies"] == plain["anomalies"] - rows
     assert "recall[queue_wave]" not in named and "recall[queue_wave] (per query)" in named
     assert named["window recall[queue_wave]"] == 1.0  # every query waits 5 s longer: flagged

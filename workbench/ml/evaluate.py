@@ -353,6 +353,11 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
     labels = anomaly_labels(table, data)
     kinds = anomaly_kinds(table, labels, Path(data))
     sidecar = window_labels(Path(data))  # read once: the window kinds and the window metrics use it
+    present = {str(k) for k in kinds[labels] if k is not None}
+    absent = [k for k in window_kinds if k not in present]
+    if absent:  # a typo, or a kind with no episode that day: either way the user should know
+        logger.warning("--window-kinds names %s, which no labelled row of %s has (its kinds: %s)",
+                       ", ".join(map(repr, absent)), day, ", ".join(sorted(present)) or "none")
     window_kinds = window_kinds_of(Path(data), window_kinds, sidecar=sidecar)
     collective = labels & np.isin(kinds, list(window_kinds))
     inst = table.column("instance_id").to_numpy(zero_copy_only=False)
