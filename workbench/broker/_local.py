@@ -203,6 +203,8 @@ def wait_for_broker(settings: Settings, timeout: float = 60.0, *, auth_retries: 
     :class:`BrokerAuthenticationError` at once, naming the settings to check. ``auth_retries``
     retries it until ``timeout`` instead (a user just stored in the cluster needs a moment).
     """
+    if not settings.manages_kafka:
+        _refuse_unresolvable(settings.bootstrap_servers)
     brokers, security_errors, last_error = _probe(settings, time.monotonic() + timeout, auth_retries)
     if brokers is not None:
         return brokers
@@ -215,6 +217,23 @@ def wait_for_broker(settings: Settings, timeout: float = 60.0, *, auth_retries: 
            ". Check KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_PROTOCOL and that the cluster is reachable.")
     )
     raise BrokerUnavailableError(msg)
+
+
+def _refuse_unresolvable(servers: str) -> None:
+    """Raise :class:`BrokerUnavailableError` at once when no host of ``servers`` resolves: a typo in
+    KAFKA_BOOTSTRAP_SERVERS would otherwise be waited on for the whole deadline, warning all along."""
+    hosts = [item.strip().rsplit(":", 1)[0].strip("[]") for item in servers.split(",") if item.strip()]
+    failures = []
+    for host in hosts:
+        try:
+            socket.getaddrinfo(host, None)
+            return
+        except (socket.gaierror, UnicodeError) as exc:
+            failures.append(f"{host!r}: {exc}")
+    if failures:
+        msg = (f"No host of KAFKA_BOOTSTRAP_SERVERS={servers!r} resolves ({'; '.join(failures)}). Check the "
+               "host names (host:port, comma-separated).")
+        raise BrokerUnavailableError(msg)
 
 
 class LocalKafka:
