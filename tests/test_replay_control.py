@@ -194,12 +194,21 @@ def test_a_speed_set_on_a_finished_replay_paces_the_next_course(kafka_settings: 
         replay.join(10)
 
 
-def test_a_seek_past_the_end_shows_the_last_rows_time_not_the_old_position(
+def test_a_seek_past_the_end_is_refused_by_the_controller_and_shows_the_last_rows_time_in_the_replay(
         kafka_settings: Settings, tmp_path: Path) -> None:
+    """`workbench replay-control seek 2099-01-01` said "sent" and the replay skipped the rest of its log: the
+    controller (CLI, ``wb.seek``, the panel) refuses it naming the span; the replay itself still takes one."""
     log = make_log(tmp_path / "log.parquet", rows=200, spacing_s=2.0)  # 00:00:00 to 00:06:38
     replay = Replay(log, settings=kafka_settings, speedup=1, linger=True).start()
+    controller = ReplayController(kafka_settings)
     try:
-        _wait(lambda: (replay.status() or _none).state == "running")
+        _wait(lambda: (controller.status() or _none).state == "running")
+        with pytest.raises(ReplayError, match=r"seek not sent: 2099-01-01 00:00:00 UTC is after the log's last "
+                                              r"event \(2024-03-04 00:06:38 UTC\); pick a time from 2024-03-04 00:00 "
+                                              r"to 2024-03-04 00:06 UTC"):
+            controller.seek("2099-01-01")
+        controller.seek("2024-03-04T00:06:00")  # inside the span: sent
+        _wait(lambda: replay.status().next_row >= 180)
         replay.pause()
         _wait(lambda: replay.status().state == "paused")
         replay.seek("2030-01-01T00:00:00")
@@ -633,20 +642,3 @@ def test_a_finished_replays_average_rate_stays_what_it_was(kafka_settings: Setti
         replay.stop()
         replay.join(10)
 
-
-def test_a_seek_after_the_logs_last_event_is_refused_by_the_controller_naming_the_span(
-        kafka_settings: Settings, tmp_path: Path) -> None:
-    """`workbench replay-control seek 2099-01-01` said "sent" and the replay skipped the rest of its log."""
-    log = make_log(tmp_path / "log.parquet", rows=200, spacing_s=2.0)  # 00:00:00 to 00:06:38
-    replay = Replay(log, settings=kafka_settings, speedup=1, linger=True).start()
-    controller = ReplayController(kafka_settings)
-    try:
-        _wait(lambda: (controller.status() or _none).state == "running")
-        with pytest.raises(ReplayError, match=r"seek not sent: 2099-01-01 00:00:00 UTC is after the last event of "
-                                              r"replay 'default''s log \(2024-03-04 00:06:38 UTC\)"):
-            controller.seek("2099-01-01")
-        controller.seek("2024-03-04T00:06:00")  # inside the span: sent
-        _wait(lambda: replay.status().next_row >= 180)
-    finally:
-        replay.stop()
-        replay.join(10)

@@ -138,11 +138,10 @@ def _last_day(settings: Any, data: Any) -> dt.date | None:
         from workbench.replay._source import LogFile
 
         try:
-            log = LogFile(data)
-            last_us = log.event_time_us(log.num_rows - 1) if log.num_rows else None
+            last_us = LogFile(data).last_time_us()
         except Exception:  # train_day names what is wrong with the log
             return None
-        return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=last_us)).date() if last_us else None
+        return None if last_us is None else dt.datetime.fromtimestamp(last_us / 1e6, tz=dt.UTC).date()
     from workbench.store.shards import list_days
 
     try:

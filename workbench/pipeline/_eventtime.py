@@ -44,7 +44,8 @@ import numpy as np
 from workbench.config import Settings
 from workbench.data.codec import MessageDecodeError
 
-__all__ = ["MEDIAN_MIN_MESSAGES", "REANCHOR_AFTER", "REASON", "EventTimeGuard", "log_span_outside"]
+__all__ = ["MEDIAN_MIN_MESSAGES", "REANCHOR_AFTER", "REASON", "EventTimeGuard", "log_span_outside",
+           "refuse_log_outside"]
 
 REASON: Final = "event_time_out_of_range"
 #: Consecutive ahead-only rejections (within one horizon of each other) that re-anchor the watermark.
@@ -85,6 +86,17 @@ def log_span_outside(settings: Settings, first: datetime, last: datetime, log: o
            f"({REASON}). Widen the range with WORKBENCH_EVENT_TIME_MIN / WORKBENCH_EVENT_TIME_MAX (e.g. "
            f"WORKBENCH_EVENT_TIME_MIN={first:%Y-%m-%d}) if these dates are real.")
     return every, msg
+
+
+def refuse_log_outside(settings: Settings, first: datetime, last: datetime, log: object) -> str | None:
+    """:func:`log_span_outside` for a replay about to start: raise DataValidationError when every event is
+    outside the range; the warning to give when some are; None when none is."""
+    from workbench.data.exceptions import DataValidationError
+
+    outside = log_span_outside(settings, first, last, log)
+    if outside and outside[0]:
+        raise DataValidationError(outside[1], path=str(log), column="arrival_timestamp")
+    return outside[1] if outside else None
 
 
 class EventTimeGuard:

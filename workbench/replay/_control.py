@@ -40,7 +40,7 @@ from workbench.replay.exceptions import ReplayError
 from workbench.runtime._format import format_speed  # no Kafka or widget imports: cheap from here
 
 __all__ = ["COMMANDS", "MAX_SPEEDUP", "MIN_SPEEDUP", "STATUS_READ_TIMEOUT_S", "Command", "InvalidCommand",
-           "ReplayController", "ReplayStatus", "latest_state_value"]
+           "ReplayController", "ReplayStatus", "latest_state_value", "seek_past_end"]
 
 logger = logging.getLogger(__name__)
 
@@ -266,6 +266,16 @@ _STATUS_TYPES: Final[dict[str, tuple[type, ...]]] = {
 }
 
 
+def seek_past_end(when: datetime, first: datetime | None, last: datetime | None) -> str | None:
+    """Why a seek to ``when`` is not sent, for a log of events ``first`` .. ``last``: it lies after the last
+    one (a mistyped year; the replay would jump to its end). None when it may be sent."""
+    if last is None or when <= last:
+        return None
+    first = first or last
+    return (f"seek not sent: {when:%Y-%m-%d %H:%M:%S} UTC is after the log's last event "
+            f"({last:%Y-%m-%d %H:%M:%S} UTC); pick a time from {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC")
+
+
 def _parse_time(value: datetime | str) -> datetime:
     if isinstance(value, str):
         try:
@@ -419,13 +429,9 @@ class ReplayController:
         """
         when = _parse_time(event_time)
         status = self.status()
-        last = status.last_event_time if status is not None else None
-        if last is not None and when > last:
-            first = status.first_event_time or last  # type: ignore[union-attr]
-            msg = (f"seek not sent: {when:%Y-%m-%d %H:%M:%S} UTC is after the last event of replay "
-                   f"{self.replay_id!r}'s log ({last:%Y-%m-%d %H:%M:%S} UTC); pick a time from "
-                   f"{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC")
-            raise ReplayError(msg)
+        refused = seek_past_end(when, status.first_event_time, status.last_event_time) if status else None
+        if refused:
+            raise ReplayError(refused)
         self._send("seek", when.isoformat())
 
     def reset(self) -> None:

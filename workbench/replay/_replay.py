@@ -34,7 +34,6 @@ from workbench import defaults
 from workbench.broker import IncompleteReadError, ensure_topics, read_range, when_ready
 from workbench.config import Settings, get_settings
 from workbench.data import COLUMNS, codec
-from workbench.data.exceptions import DataValidationError
 from workbench.data.validation import MAX_EVENT_TIME, conform, find_bad_rows
 from workbench.replay._control import (
     Command,
@@ -260,7 +259,7 @@ class Replay:
         return self._rows_checked
 
     def _check_every_row(self) -> bool:
-        from workbench.pipeline._eventtime import log_span_outside
+        from workbench.pipeline._eventtime import refuse_log_outside
 
         passed = True
         reports = []
@@ -274,11 +273,9 @@ class Replay:
                                if report.labels_only else "the bad rows go to the dead-letter topic")
         check_order_across_files(self.data)
         times = [t for r in reports for t in (r.first_arrival, r.last_arrival) if t is not None]
-        outside = log_span_outside(self.settings, min(times), max(times), self.data) if times else None
-        if outside and outside[0]:
-            raise DataValidationError(outside[1], path=str(self.data), column="arrival_timestamp")
-        if outside:
-            logger.warning("replay %s: %s", self.replay_id, outside[1])
+        warning = refuse_log_outside(self.settings, min(times), max(times), self.data) if times else None
+        if warning:
+            logger.warning("replay %s: %s", self.replay_id, warning)
         return passed
 
     # -- control (thread-safe; the same commands arrive from other processes via the topic) ----
@@ -997,6 +994,8 @@ class _ReplayRun:
             chunk = pending.slice(0, count)
             next_row = int(pending_rows[count - 1]) + 1
             messages = self._encode_marked(chunk, pending_rows[:count])
+            # before the commit: the position it writes says these rows were sent. Undone when it fails, as the
+            # final status publish commits a position too, which must not claim rows that never went out.
             sent_before, self.sent_rows = self.sent_rows, add_sent(self.sent_rows, int(pending_rows[0]), next_row)
             try:
                 self._commit_batch(messages, next_row)

@@ -250,14 +250,11 @@ class Workbench:
         if data is not None:
             summary = validate_log(data, skip_bad_rows=skip_bad_rows)
             validate_speed(speedup)
-            from workbench.data.exceptions import DataValidationError
-            from workbench.pipeline._eventtime import log_span_outside
+            from workbench.pipeline._eventtime import refuse_log_outside
 
-            outside = log_span_outside(settings, summary.first_arrival, summary.last_arrival, data)
-            if outside and outside[0]:
-                raise DataValidationError(outside[1], path=str(data), column="arrival_timestamp")
-            if outside:
-                logger.warning("%s", outside[1])
+            warning = refuse_log_outside(settings, summary.first_arrival, summary.last_arrival, data)
+            if warning:
+                logger.warning("%s", warning)
         with _start_lock(settings.home):  # held until the supervisor runs
             state = read_state(settings.home)
             if state and state.get("state") in ("running", "stopping") and _supervisor_alive(state):

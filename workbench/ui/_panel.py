@@ -532,13 +532,15 @@ class ControlPanel(widgets.VBox):
         except ConfigurationError as exc:
             self._say(str(exc), error=True)
             return
+        from workbench.replay._control import seek_past_end
+
         first, last = self._log_span
-        if last is not None and when > last:
-            # The replay would jump to its end: a running replay skipped the rest of the log and a
-            # finished one did nothing, both after "seek ... sent" (a mistyped year looked ignored).
-            self._say(f"seek not sent: {when:%Y-%m-%d %H:%M:%S} UTC is after the log's last event "
-                      f"({last:%Y-%m-%d %H:%M:%S} UTC); pick a time from {first:%Y-%m-%d %H:%M} to "
-                      f"{last:%Y-%m-%d %H:%M} UTC", error=True)
+        # Checked here too (the controller checks again): the panel knows the span without a status read.
+        # The replay would jump to its end: a running replay skipped the rest of the log and a
+        # finished one did nothing, both after "seek ... sent" (a mistyped year looked ignored).
+        refused = seek_past_end(when, first, last)
+        if refused:
+            self._say(refused, error=True)
             return
         self._command("seek", when)
         if first is not None and when < first and "sent" in self.message.value:
