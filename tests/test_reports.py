@@ -213,3 +213,54 @@ def test_the_kernels_own_errors_reach_the_terminal_but_not_the_shutdown_interrup
     err = capfd.readouterr().err
     assert "workbench-test: a kernel error the user must see" in err
     assert "KeyboardInterrupt caught" not in err
+
+
+def _write_notebooks(folder: Path, sources: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, code in sources.items():
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(code)]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, folder / f"{name}.ipynb")
+    return folder
+
+
+def test_a_rerun_into_the_same_run_id_replaces_the_report_and_one_cut_short_keeps_the_earlier(
+        tmp_path: Path) -> None:
+    """A second report into an existing run id kept the first one's pages beside its own; one
+    interrupted (Ctrl-C) after its first page left that page mixed into the earlier report."""
+    import signal
+    import sys
+    import time
+
+    source = _write_notebooks(tmp_path / "notebooks", {
+        "one": "print('page one, run', 1)", "two": "print('page two')",
+        "slow": "import time\nprint('slow started', flush=True)\ntime.sleep(120)"})
+    settings = Settings(home=tmp_path / "home", reports_dir=tmp_path / "reports")
+    out = run_report(settings, run_id="r", notebooks=["one", "two"], notebooks_dir=source, progress=False)
+    assert {p.name for p in out.iterdir()} >= {"one.ipynb", "one.html", "two.ipynb", "two.html", "index.html"}
+
+    again = run_report(settings, run_id="r", notebooks=["one"], notebooks_dir=source, progress=False)
+    assert again == out
+    assert not (out / "two.ipynb").exists() and not (out / "two.html").exists()
+    assert "two.html" not in (out / "index.html").read_text()
+    assert [p.name for p in settings.resolved_reports_dir.iterdir()] == ["r"]  # nothing staged is left over
+
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    reports = str(tmp_path / "reports")
+    script = ("from pathlib import Path\nfrom workbench.config import Settings\n"
+              "from workbench.reports import run_report\n"
+              f"run_report(Settings(home=Path({str(settings.home)!r}), reports_dir=Path({reports!r})),"
+              f" run_id='r', notebooks=['two', 'slow'], notebooks_dir=Path({str(source)!r}), progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    staged = settings.resolved_reports_dir / ".r.partial" / "slow.ipynb"
+    deadline = time.monotonic() + 120
+    while not (staged.is_file() and "slow started" in staged.read_text()) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+        time.sleep(0.2)
+    assert staged.is_file(), "the slow notebook never started"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and b"KeyboardInterrupt" in err, err.decode()[-2000:]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier report, untouched
+    assert [p.name for p in settings.resolved_reports_dir.iterdir()] == ["r"]

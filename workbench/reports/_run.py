@@ -216,7 +216,8 @@ def run_report(
     ------
     ReportError
         For an unknown notebook or parameter or a bad run id, or when a notebook fails (its
-        partial output and HTML are still written). Interrupted (Ctrl-C), a report it started leaves no folder.
+        partial output and HTML are still written). The pages replace, not join, those of an earlier
+        report of the same ``run_id``; interrupted (Ctrl-C), the earlier report stays as it was.
     """
     from workbench.reports._kernel import quiet_kernels_on_interrupt
 
@@ -266,20 +267,52 @@ def run_report(
     if out.exists() and not out.is_dir():
         msg = f"The report folder {out} exists and is a file: choose another run_id (--run-id), or move that file."
         raise ReportError(msg)
-    created = not out.exists()
+    # The pages are written beside the report and swapped in whole: a rerun into the same run id
+    # keeps none of the earlier run's pages, and one cut short leaves the earlier report as it was.
+    staging, previous = _staging_folders(out)
+    _recover_swap(out, staging, previous)
     try:
         with quiet_kernels_on_interrupt():
-            return _run_notebooks(settings, out, run_id, params, notebooks, source, data, progress, timeout,
-                                  show_code)
-    except KeyboardInterrupt:
-        if created:  # a report cut short is no report: no folder of half its pages beside the finished ones
-            shutil.rmtree(out, ignore_errors=True)
+            _run_notebooks(settings, staging, out, run_id, params, notebooks, source, data, progress, timeout,
+                           show_code)
+    except KeyboardInterrupt:  # a report cut short is no report
+        shutil.rmtree(staging, ignore_errors=True)
         raise
+    except ReportError:  # a notebook failed: its partial page is the report, as documented
+        _swap_in(out, staging, previous)
+        raise
+    _swap_in(out, staging, previous)
+    return out
 
 
-def _run_notebooks(settings: Settings, out: Path, run_id: str, params: dict[str, Any], notebooks: Sequence[str],
-                   source: Path, data: str | Path | None, progress: bool, timeout: float, show_code: bool) -> Path:
-    """Execute ``notebooks`` into ``out`` and write its pages and index (see :func:`run_report`)."""
+def _staging_folders(out: Path) -> tuple[Path, Path]:
+    """Where a report into ``out`` is written, and where the earlier report waits while it is replaced."""
+    return out.with_name(f".{out.name}.partial"), out.with_name(f".{out.name}.previous")
+
+
+def _recover_swap(out: Path, staging: Path, previous: Path) -> None:
+    """Undo what a run killed mid-way left: its half-written pages, or an earlier report set aside."""
+    shutil.rmtree(staging, ignore_errors=True)
+    if previous.is_dir():
+        if out.exists():  # killed after the new report was in place: the earlier one is done with
+            shutil.rmtree(previous, ignore_errors=True)
+        else:  # killed between the two renames: the earlier report goes back
+            previous.rename(out)
+
+
+def _swap_in(out: Path, staging: Path, previous: Path) -> None:
+    """Put the finished ``staging`` folder at ``out``, replacing (not merging into) an earlier report."""
+    if out.exists():
+        out.rename(previous)
+    staging.rename(out)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _run_notebooks(settings: Settings, out: Path, final: Path, run_id: str, params: dict[str, Any],
+                   notebooks: Sequence[str], source: Path, data: str | Path | None, progress: bool, timeout: float,
+                   show_code: bool) -> None:
+    """Execute ``notebooks`` into ``out`` and write its pages and index (see :func:`run_report`); messages
+    name ``final``, where ``out`` will be once it is complete."""
     import papermill
     from tqdm.auto import tqdm
 
@@ -288,7 +321,7 @@ def _run_notebooks(settings: Settings, out: Path, run_id: str, params: dict[str,
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    logger.info("report run_id=%s out=%s notebooks=%s", run_id, out, ",".join(notebooks))
+    logger.info("report run_id=%s out=%s notebooks=%s", run_id, final, ",".join(notebooks))
 
     env = settings.to_env()
     done: list[tuple[str, str]] = []
@@ -312,7 +345,8 @@ def _run_notebooks(settings: Settings, out: Path, run_id: str, params: dict[str,
         except papermill.PapermillExecutionError as exc:
             state = f"failed in cell {exc.cell_index}: {exc.ename}: {exc.evalue}"
             failure = failure or ReportError(f"Report notebook {name} failed in cell {exc.cell_index} "
-                                             f"({exc.ename}: {exc.evalue}). See {executed}.", notebook=name)
+                                             f"({exc.ename}: {exc.evalue}). See {final / executed.name}.",
+                                             notebook=name)
             logger.error("report notebook failed name=%s cell=%s error=%s", name, exc.cell_index, exc.evalue)
         if executed.is_file():
             export_html(executed, show_code=show_code)
@@ -328,4 +362,3 @@ def _run_notebooks(settings: Settings, out: Path, run_id: str, params: dict[str,
     write_summary(out, run_id, settings, params, done, labels_file=labels_file)
     if failure is not None:
         raise failure
-    return out
