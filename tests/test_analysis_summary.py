@@ -223,6 +223,25 @@ def test_evaluation_table_orders_rows_and_adds_recall_per_kind() -> None:
     assert str(table["rows"].dtype) == "Int64" and "100.0" not in table.to_string()  # counts read 100, not 100.0
 
 
+def test_the_evaluation_says_when_the_lakehouse_lacks_the_days_persistent_runs(tmp_path: Path) -> None:
+    """Notebook 03 counted 114 alerts on a log's last day where the lakehouse held 113: the day's
+    persistent run is stored only once the day is settled, which a log's last day never is."""
+    from workbench.store.window_stats import WindowStatsStore
+
+    settings = Settings(home=tmp_path)
+    day = dt.date(2024, 3, 7)
+    results = {"v2": {"alerts": 114.0, "persistent runs": 1.0}, "baseline": {"alerts": 90.0}}
+    note = ds.deferred_alerts_note(settings, day, results)
+    assert "2024-03-07's persistent runs (v2 1)" in note and "lakehouse holds fewer" in note
+    assert ds.deferred_alerts_note(settings, day, {"v2": {"alerts": 113.0, "persistent runs": 0.0}}) == ""
+    assert ds.deferred_alerts_note(settings, None, results) == ""
+    with WindowStatsStore.from_settings(settings) as store:  # the scoring app judged the day
+        store.insert_residuals(pd.DataFrame({"instance_id": [1], "window_start": [pd.Timestamp("2024-03-07T23:50Z")],
+                                             "residual_queries": [20], "median_log_residual": [0.1]}))
+    assert ds.deferred_alerts_note(settings, day, results) == ""
+    assert ds.deferred_alerts_note(settings, day + dt.timedelta(days=1), results) != ""
+
+
 def test_runtime_chart_has_nonzero_bars_and_readable_log_ticks() -> None:
     chart = charts.runtime_comparison_chart({"actual": 5000.0, "predicted mean": 100.0, "predicted q90": 0.2,
                                              "typical for fingerprint": None})

@@ -26,6 +26,7 @@ __all__ = [
     "ScoredDay",
     "choose_versions",
     "comparison_skipped",
+    "deferred_alerts_note",
     "disagreements",
     "evaluation_day",
     "evaluation_table",
@@ -264,6 +265,24 @@ def evaluation_table(results: dict[str, dict[str, Any]]) -> pd.DataFrame:
     for column in _COUNT_KEYS:
         frame[column] = frame[column].round().astype("Int64")
     return frame
+
+
+def deferred_alerts_note(settings: Settings, day: dt.date | None, results: dict[str, dict[str, Any]]) -> str:
+    """Why the lakehouse holds fewer of ``day``'s alerts than the evaluation counts, or "".
+
+    The evaluation's ``alerts`` include the day's persistent runs, which the stream stores only once
+    the day is settled, when events of a later day arrive: never for the last day of a replayed log.
+    """
+    from workbench.analysis.read import judged_through
+
+    runs = {name: int(m.get("persistent runs") or 0) for name, m in results.items()}
+    runs = {name: n for name, n in runs.items() if n}
+    if day is None or not runs or judged_through(settings, day):
+        return ""
+    counts = ", ".join(f"{name} {n:,}" for name, n in runs.items())
+    return (f"The alerts above include {day}'s persistent runs ({counts}). The stream stores those once {day} is "
+            f"settled, when events of a later day arrive (never for a log's last day), so the lakehouse holds "
+            f"fewer of {day}'s alerts for now.")
 
 
 @dataclass

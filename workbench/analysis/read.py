@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -55,6 +55,7 @@ __all__ = [
     "critical_instances",
     "critical_types",
     "data_end",
+    "judged_through",
     "metrics",
     "period",
     "remediation",
@@ -108,6 +109,23 @@ def data_end(settings: Settings) -> datetime | None:
     """The data's "now": the latest ``window_end`` in ``window_stats`` (``None`` when empty)."""
     with WindowStatsStore.from_settings(settings, read_only=True) as store:
         return store.newest_window_end()
+
+
+def judged_through(settings: Settings, day: date | None) -> bool:
+    """Whether the scoring app's deferred step has judged ``day`` (its runtime-residual windows are stored).
+
+    That step (persistent runs, runtime-residual windows) takes a day once it is settled: once events of
+    a later day arrived. Until then the lakehouse lacks that day's persistent runs.
+    """
+    if day is None:
+        return True
+    try:
+        with WindowStatsStore.from_settings(settings, read_only=True) as store:
+            newest = store.newest_residual_window()
+    except Exception as exc:  # not created yet: nothing judged
+        logger.debug("residual windows unavailable: %s", exc)
+        return False
+    return newest is not None and newest.date() >= day
 
 
 def period(settings: Settings, window: str = "24h", *, end: datetime | None = None) -> Period:

@@ -200,21 +200,6 @@ def _scored_events(settings: Settings) -> int | None:
     return table.num_rows - table.column("model_version").null_count
 
 
-def _judged_through(settings: Settings, day: dt.date | None) -> bool:
-    """Whether the scoring app stored the residual windows of ``day`` (its deferred step is done with it)."""
-    if day is None:
-        return True
-    from workbench.store.window_stats import WindowStatsStore
-
-    try:
-        with WindowStatsStore.from_settings(settings, read_only=True) as store:
-            newest = store.newest_residual_window()
-    except Exception as exc:  # not created yet: not done
-        logger.debug("residual windows unavailable: %s", exc)
-        return False
-    return newest is not None and newest.date() >= day
-
-
 def _wait_until_settled(settings: Settings, workbench: Workbench, timeout: float,
                         settled_through: dt.date | None = None) -> None:
     """Wait until the trainings the scoring app scheduled are done, every event is scored (those
@@ -223,6 +208,7 @@ def _wait_until_settled(settings: Settings, workbench: Workbench, timeout: float
     persistent runs are anomalies too: stopping before it would make the count depend on timing)."""
     import orjson
 
+    from workbench.analysis.read import judged_through
     from workbench.ml.registry import ModelRegistry
     from workbench.ml.supervisor import TrainingSupervisor
     from workbench.pipeline._instance import instance_dirs
@@ -237,7 +223,7 @@ def _wait_until_settled(settings: Settings, workbench: Workbench, timeout: float
         unscored = [day for path in unscored_files if path.exists()
                     for day in orjson.loads(path.read_bytes()).get("days", [])]
         waiting_for_rescore = bool(unscored) and ModelRegistry(settings.models_dir).current() is not None
-        if (not training and not waiting_for_rescore and _judged_through(settings, settled_through)
+        if (not training and not waiting_for_rescore and judged_through(settings, settled_through)
                 and workbench.status().drained):
             return
         time.sleep(1.0)
