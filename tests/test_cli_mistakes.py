@@ -66,6 +66,13 @@ def test_prepare_names_a_bad_memory_limit_and_leaves_no_empty_log(tmp_path: Path
     code, err = _run(capsys, "--home", str(home), "prepare", str(log), "--out", str(tmp_path / "p.parquet"),
                      "--start", "2030-01-01", "--no-progress")
     assert code == 1 and "nothing was written" in err and not (tmp_path / "p.parquet").exists()
+    for typo in ("24,,31", "24,31,"):  # a list of two ids (24 and 31) before
+        with pytest.raises(SystemExit) as info:
+            cli.main(["--home", str(home), "prepare", str(log), "--out", str(tmp_path / "p.parquet"),
+                      "--instances", typo])
+        expected = f"--instances takes comma-separated instance ids such as 3,17,42. Got {typo!r}"
+        assert info.value.code == 2 and expected in capsys.readouterr().err
+    assert not (tmp_path / "p.parquet").exists()
 
 
 def test_replay_control_of_a_home_whose_kafka_is_not_running_steers_nothing(

@@ -133,14 +133,17 @@ def test_unrepairable_rows_are_dropped_counted_and_sampled(canonical: pa.Table, 
     bad[4]["mbytes_scanned"] = 3.25
     bad[5]["cluster_size"] = float("nan")         # NaN is a NULL, not a refusal
     bad[5]["query_id"] = 1.0
+    bad[6]["execution_duration_ms"] = float("inf")  # filed as not_integral before
+    bad[7]["mbytes_scanned"] = 1e30                   # a whole number, past int64: likewise
     good = _doubles(canonical)
     source = tmp_path / "in.parquet"
-    pq.write_table(pa.concat_tables([good, pa.Table.from_pylist(bad[:6], schema=good.schema)]), source)
+    pq.write_table(pa.concat_tables([good, pa.Table.from_pylist(bad[:8], schema=good.schema)]), source)
     out = tmp_path / "out.parquet"
     summary = prepare(source, out, temp_dir=tmp_path / "tmp")
     assert summary.rejected == {"null_key:query_id": 1, "null_key:instance_id": 1, "null_key:arrival_timestamp": 1,
-                                "not_integral:execution_duration_ms": 1, "not_integral:mbytes_scanned": 1}
-    assert summary.rows_out == ROWS + 1 and summary.rows_in == ROWS + 6
+                                "not_integral:execution_duration_ms": 1, "not_integral:mbytes_scanned": 1,
+                                "not_finite:execution_duration_ms": 1, "inexact:mbytes_scanned": 1}
+    assert summary.rows_out == ROWS + 1 and summary.rows_in == ROWS + 8
     validate(out)
     kept = pq.read_table(out).filter(pc.equal(pq.read_table(out).column("query_id"), 1))
     assert kept.num_rows == 1 and kept.column("cluster_size").null_count == 1

@@ -73,8 +73,9 @@ def _note_event_time_range(args: argparse.Namespace, path: Path, reports: list) 
 
 
 def _instance_list(text: str) -> list[int]:
+    # "24,,31" is a typo, not a list of two: an empty id or a stray comma is refused like any bad id
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return [int(part) for part in text.split(",")]
     except ValueError as exc:
         msg = f"--instances takes comma-separated instance ids such as 3,17,42. Got {text!r}."
         raise argparse.ArgumentTypeError(msg) from exc

@@ -11,8 +11,9 @@ groups of a fixed size, to a temp name that is renamed into place: the same inpu
 give byte-identical output, and a killed run leaves the previous output untouched.
 
 A value counts as *refused* when the source has it (not NULL, not NaN, not an empty string) but
-it cannot become the Redset type: a non-integral float, a non-numeric id, a boolean written as
-``2``... The whole row is then dropped, counted under ``<problem>:<column>`` and, for the first
+it cannot become the Redset type: a non-integral float (``not_integral``), an infinite one
+(``not_finite``), one past the range where floats hold every whole number (``inexact``), a
+non-numeric id, a boolean written as ``2``... The whole row is then dropped, counted under ``<problem>:<column>`` and, for the first
 rows of each reason, written with its file, row number and raw values to ``<out>.rejected.jsonl``.
 Rows without an instance, query id or arrival time are dropped as ``null_key:<column>``, and rows
 that validation would refuse (a negative duration, size or count: ``negative:<column>``; an arrival
@@ -398,14 +399,16 @@ def _group_sql(group: _Group, labels: bool, raw: bool) -> tuple[str, list[str]]:
             values.append(f"{value} AS {_q(name)}")
         if name in KEY_COLUMNS:
             reasons.append(f"WHEN NOT {present} THEN {_lit('null_key:' + name)}")
+        if target == "integer" and duck_type.upper() in _FLOAT_EXACT:
+            # before "not_integral", which a float's infinity and a whole number past int64 also fail
+            reasons.append(f"WHEN {present} AND isinf(CAST({_q(source)} AS DOUBLE)) THEN {_lit('not_finite:' + name)}")
+            # beyond this a float does not hold every whole number: the value may be a rounded id
+            limit = _FLOAT_EXACT[duck_type.upper()]
+            reasons.append(f"WHEN {present} AND abs({_q(source)}) > {limit} THEN {_lit('inexact:' + name)}")
         # A NULL label_anomaly is a normal row (evaluate's rule): kept as NULL, not set aside with its query
         if problem is not None:
             reasons.append(f"WHEN {present} AND ({value}) IS NULL THEN {_lit(problem + ':' + name)}")
         reasons += _range_reasons(name, value)
-        if target == "integer" and duck_type.upper() in _FLOAT_EXACT:
-            # beyond this a float does not hold every whole number: the value may be a rounded id
-            limit = _FLOAT_EXACT[duck_type.upper()]
-            reasons.append(f"WHEN {present} AND abs({_q(source)}) > {limit} THEN {_lit('inexact:' + name)}")
     reason = "CASE " + " ".join(reasons) + " END AS _reason" if reasons else "NULL AS _reason"
     sql = (f"SELECT {', '.join(values)}, {reason}, _wb_file AS _file, file_row_number AS _row "
            f"FROM read_parquet({files}, union_by_name=true, filename='_wb_file', file_row_number=true)")
