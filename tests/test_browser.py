@@ -256,6 +256,20 @@ _MARKS_JS = """() => {
 }"""
 
 
+# What of the panel reaches past its output area's right edge (the area's width, and the elements).
+_OVERFLOW_JS = """(panel) => {
+  const area = panel.closest('.jp-OutputArea-output') || panel.parentElement;
+  const limit = area.getBoundingClientRect().right;
+  const out = [];
+  for (const el of [panel, ...panel.querySelectorAll('*')]) {
+    const b = el.getBoundingClientRect();
+    const name = el.className.baseVal ?? el.className;
+    if (b.width > 0 && b.right > limit + 1) out.push(name + ' +' + Math.round(b.right - limit));
+  }
+  return {area: Math.round(area.getBoundingClientRect().width), overflow: out.slice(0, 12)};
+}"""
+
+
 @needs_chromium
 def test_replay_panel_and_explorer_in_jupyterlab(lab: str, live_home: tuple[Settings, Workbench],
                                                   browser_page: Any, tmp_path: Path) -> None:
@@ -307,6 +321,14 @@ def test_replay_panel_and_explorer_in_jupyterlab(lab: str, live_home: tuple[Sett
            what="panel charts or their placeholders")
     _screenshot(panel, "panel.png", tmp_path)
     assert wb.running  # Run All stopped nothing
+    # A narrow window (a laptop with JupyterLab's file browser open): the rows wrap and nothing is cut
+    # off at the right (the text fields' edge was, in an output area of about 270 px).
+    page.set_viewport_size({"width": 610, "height": 1500})
+    wait_until(lambda: 150 < panel.evaluate(_OVERFLOW_JS)["area"] < 300, what="a narrow output area")
+    page.wait_for_timeout(500)  # the widgets' own layout follows the area's
+    narrow = panel.evaluate(_OVERFLOW_JS)
+    assert not narrow["overflow"], narrow
+    page.set_viewport_size({"width": 1400, "height": 1500})
 
     # No view left (outputs cleared; the kernel alive): the panel stops refreshing; shown again, it refreshes.
     page.get_by_role("menuitem", name="Edit", exact=True).click()

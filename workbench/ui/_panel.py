@@ -316,6 +316,11 @@ _MUTED = "var(--jp-ui-font-color2, #555)"
 _NO_STATUS = SimpleNamespace(replay=None, lag={}, processes={})
 
 
+#: A widget's widest: its output area less the 2 px margin ipywidgets puts on either side (with 100%
+#: the text fields' right edge was cut off in a narrow window).
+_FIT = "calc(100% - 4px)"
+
+
 def _placeholder(title: str, message: str) -> str:
     """A chart-sized box saying why there is no chart yet (no SVG rendering needed)."""
     return ("<div class='workbench-placeholder' style='width:640px;max-width:100%;height:80px;"
@@ -388,10 +393,10 @@ class ControlPanel(widgets.VBox):
         # speed. The label shows the speed; ``speed_entry`` takes typed ones, "max" and 0 included.
         self.speed = widgets.FloatLogSlider(value=1.0, base=10, min=0, max=5, step=0.05, description="Speed",
                                             readout=False, continuous_update=False,
-                                            layout=widgets.Layout(width="300px", max_width="100%"))
+                                            layout=widgets.Layout(width="300px", max_width=_FIT))
         self.speed_entry = widgets.Text(placeholder="e.g. 1200, 0.5 or max", description="or type a speed",
                                         style={"description_width": "initial"},
-                                        layout=widgets.Layout(width="280px", max_width="100%"))
+                                        layout=widgets.Layout(width="280px", max_width=_FIT))
         self.speed_button = widgets.Button(description="Set", layout=widgets.Layout(width="64px"),
                                            tooltip="Set the typed speed (max or 0: as fast as it goes)")
         self.speed_label = widgets.Label("-")
@@ -418,11 +423,11 @@ class ControlPanel(widgets.VBox):
         self.reset_button = widgets.Button(description="Reset", icon="undo", button_style="warning",
                                            tooltip="Replay from the first row again")
         self.seek_text = widgets.Text(placeholder="2024-03-05 12:00 (UTC)", description="Seek to",
-                                      layout=widgets.Layout(width="300px", max_width="100%"))
+                                      layout=widgets.Layout(width="300px", max_width=_FIT))
         self.seek_button = widgets.Button(description="Seek", icon="forward",
                                           tooltip="Continue the replay from this time (UTC)")
         self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="Replay",
-                                              layout=widgets.Layout(width="380px", max_width="100%"))
+                                              layout=widgets.Layout(width="380px", max_width=_FIT))
         self.clock = widgets.HTML("<b>-</b>")
         self.eta = widgets.Label("ETA -")
         self.note = widgets.HTML("")  # why controls are disabled
