@@ -13,8 +13,9 @@ give byte-identical output, and a killed run leaves the previous output untouche
 A value counts as *refused* when the source has it (not NULL, not NaN, not an empty string) but
 it cannot become the Redset type: a non-integral float (``not_integral``), an infinite one
 (``not_finite``), one past the range where floats hold every whole number (``inexact``), a
-non-numeric id, a boolean written as ``2``... The whole row is then dropped, counted under ``<problem>:<column>`` and, for the first
-rows of each reason, written with its file, row number and raw values to ``<out>.rejected.jsonl``.
+non-numeric id, a boolean written as ``2``... The whole row is then dropped, counted under
+``<problem>:<column>`` and, for the first rows of each reason, written with its file, row number
+and raw values to ``<out>.rejected.jsonl``.
 Rows without an instance, query id or arrival time are dropped as ``null_key:<column>``, and rows
 that validation would refuse (a negative duration, size or count: ``negative:<column>``; an arrival
 outside the range every consumer can decode: ``time_range:arrival_timestamp``) likewise, so the
