@@ -61,9 +61,6 @@ TRAINING_MAX_ATTEMPTS = 3
 #: The analytics app's collective step judges a window once its instance has one this much later
 #: (``CollectiveStep(settings)``'s default ``settle_ms``).
 COLLECTIVE_SETTLE_MS = 900_000
-#: The scoring app's training grace (``ScoringApp``'s default ``training_grace_s``): residual windows
-#: are judged for the days before the day of ``watermark - grace``.
-TRAINING_GRACE_MS = 600_000
 
 
 @dataclass
@@ -294,14 +291,14 @@ def _ms(values: pa.ChunkedArray) -> list[int]:
 def residual_days(settings: Settings, data: Path) -> list[dt.date]:
     """The event days whose residual windows a finished, drained run must have judged.
 
-    The scoring app's maintenance judges the shard days before the day of ``watermark - grace``; once
-    the replay is done and every partition idle, the watermark is the log's newest event.
+    The scoring app's maintenance judges the shard days before the day of ``watermark - grace``, and
+    every day once each partition delivered the replay's end-of-log marker: a finished run, all of them.
     """
     from workbench.store.shards import list_days
 
     newest = duckdb.sql(f"SELECT max(epoch_ms(arrival_timestamp)) FROM read_parquet('{data}')").fetchone()[0]
-    settled = dt.datetime.fromtimestamp((newest - TRAINING_GRACE_MS) / 1000, dt.UTC).date()
-    return [d for d in list_days(settings.shards_dir) if d < settled]
+    last = dt.datetime.fromtimestamp(newest / 1000, dt.UTC).date()
+    return [d for d in list_days(settings.shards_dir) if d <= last]
 
 
 def _residuals_done(settings: Settings, data: Path) -> bool:

@@ -74,11 +74,12 @@ def make_log(path: Path, *, rows: int = 2000, instances: int = 3, start: str = "
 
 
 def consume_all(settings: Settings, topic: str, *, expected: int | None = None, timeout: float = 60.0,
-                idle: float = 3.0, to_end: bool = False) -> list:
+                idle: float = 3.0, to_end: bool = False, markers: bool = False) -> list:
     """Every committed message of ``topic`` (read_committed), until ``expected`` or ``idle`` s of silence.
 
     ``to_end``: the writers are done, so read exactly up to the end of every partition (its last
-    committed message) and stop there, instead of waiting for ``idle`` s of silence.
+    committed message) and stop there, instead of waiting for ``idle`` s of silence. ``markers``: keep
+    the replay's end-of-log markers (:func:`workbench.data.codec.end_of_log_message`), which are not events.
     """
     consumer = Consumer({
         **settings.kafka_client_config(), "group.id": f"test-{uuid.uuid4().hex[:8]}",
@@ -97,7 +98,7 @@ def consume_all(settings: Settings, topic: str, *, expected: int | None = None, 
             if to_end:
                 open_partitions -= {m.partition() for m in batch
                                     if m.error() and m.error().code() == KafkaError._PARTITION_EOF}
-            batch = [m for m in batch if not m.error()]
+            batch = [m for m in batch if not m.error() and (markers or not _is_marker(m))]
             if batch:
                 messages.extend(batch)
                 last = time.monotonic()
@@ -112,6 +113,12 @@ def consume_all(settings: Settings, topic: str, *, expected: int | None = None, 
     finally:
         consumer.close()
     return messages
+
+
+def _is_marker(message: Any) -> bool:
+    from workbench.data.codec import END_OF_LOG_HEADER
+
+    return any(key == END_OF_LOG_HEADER for key, _ in message.headers() or ())
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 30.0, poll: float = 0.2, what: str = "") -> Any:

@@ -225,7 +225,7 @@ def test_evaluation_table_orders_rows_and_adds_recall_per_kind() -> None:
 
 def test_the_evaluation_says_when_the_lakehouse_lacks_the_days_persistent_runs(tmp_path: Path) -> None:
     """Notebook 03 counted 114 alerts on a log's last day where the lakehouse held 113: the day's
-    persistent run is stored only once the day is settled, which a log's last day never is."""
+    persistent run is stored only once the day is settled (now also when the replay finished the log)."""
     from workbench.store.window_stats import WindowStatsStore
 
     settings = Settings(home=tmp_path)

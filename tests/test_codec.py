@@ -290,6 +290,24 @@ def test_every_registered_encoding_round_trips(name: str) -> None:
     assert decoded.batch.to_pylist() == batch.to_pylist()
 
 
+def test_an_end_of_log_marker_is_reported_never_a_row_nor_an_error() -> None:
+    end = int(datetime(2024, 3, 7, 23, 59, 59, 123456, tzinfo=UTC).timestamp() * 1_000_000)
+    value, headers = codec.end_of_log_message(end)
+    rows = codec.encode_arrow(_batch(3))
+    decoded = codec.decode_values([rows, value, value], headers=[codec.message_headers("arrow", 3), headers, headers],
+                                  keys=[b"7", None, None])
+    assert decoded.errors == [] and decoded.source_index == [0, 0, 0] and decoded.end_of_log_us == end
+    assert codec.decode_values([rows], headers=[codec.message_headers("arrow", 3)], keys=[b"7"]).end_of_log_us is None
+    # any reader of the arrow encoding reads the marker as no rows
+    assert codec.decode_value(value, "arrow").num_rows == 0
+    for bad in (b"soon", b"-", b"99999999999999999999", b"1e9"):
+        marked = [*headers[:-1], (codec.END_OF_LOG_HEADER, bad)]
+        errors = codec.decode_values([value], headers=[marked], keys=[None]).errors
+        assert errors and errors[0][1].startswith("bad_header: header 'end_of_log' must be an event time"), bad
+    with pytest.raises(ValueError, match="outside the event times"):
+        codec.end_of_log_message(2**62)
+
+
 def test_mixed_encodings_keep_message_order() -> None:
     arrow = codec.encode_arrow(_batch(2))
     js = codec.encode_json(_batch(1))[0]

@@ -111,6 +111,25 @@ def test_messages_are_keyed_timestamped_headed_and_never_carry_labels(kafka_sett
     assert value["arrival_timestamp"].endswith("+00:00")
 
 
+def test_a_finished_replay_ends_every_partition_with_an_end_of_log_marker(kafka_settings: Settings,
+                                                                          tmp_path: Path) -> None:
+    """The apps learn from it that the log's last day is complete (no later event will settle it)."""
+    log = make_log(tmp_path / "log.parquet", rows=600, instances=5)
+    Replay(log, settings=kafka_settings, speedup=0, pack=20).run()
+    messages = consume_all(kafka_settings, kafka_settings.topic_query_events, to_end=True, markers=True)
+    last_us = int(pq.read_table(log).column("arrival_timestamp").to_pylist()[-1].timestamp() * 1_000_000)
+    by_partition: dict[int, list] = {}
+    for message in messages:
+        by_partition.setdefault(message.partition(), []).append(message)
+    assert len(by_partition) == kafka_settings.partitions  # a marker on every partition, with rows or not
+    for partition, ordered in by_partition.items():
+        decoded = codec.decode_values([m.value() for m in ordered], headers=[m.headers() for m in ordered],
+                                      keys=[m.key() for m in ordered])
+        assert decoded.errors == [] and decoded.end_of_log_us == last_us, partition
+        assert codec.header(ordered[-1].headers(), codec.END_OF_LOG_HEADER) == str(last_us)  # after every row
+    assert _ids([m for m in messages if m.key() is not None]) == _file_ids(log)
+
+
 def test_packed_messages_carry_every_row_in_order_per_instance(kafka_settings: Settings, tmp_path: Path) -> None:
     log = make_log(tmp_path / "log.parquet", rows=3000, instances=4)
     Replay(log, settings=kafka_settings, speedup=0, pack=50).run()

@@ -238,6 +238,29 @@ def test_cluster_watermark_waits_for_every_partition_that_is_not_idle_on_a_live_
     assert cluster_watermark(shards, now=now) == (5, DAY_US)
 
 
+def test_the_log_ended_once_every_partition_with_events_delivered_its_end_of_log_marker(tmp_path: Path) -> None:
+    """The last day of a log is complete when each partition's marker came after its last event; no
+    later event settles it. A partition with no event holds nothing back; a newer event undoes it."""
+    from workbench.store.shards import cluster_clock, record_progress
+
+    shards = tmp_path / "shards"
+    last = 3 * DAY_US - 1
+    assert cluster_clock(shards).ended_us is None
+    record_progress(shards, 0, first_us=5, max_us=last)
+    record_progress(shards, 1, first_us=7, max_us=last - 60_000_000)
+    record_progress(shards, 2, end_us=last)  # no event stored from partition 2: not noted
+    assert cluster_clock(shards).ended_us is None
+    record_progress(shards, 0, end_us=last)
+    assert cluster_clock(shards).ended_us is None  # partition 1 has not said so yet
+    record_progress(shards, 1, end_us=last)
+    clock = cluster_clock(shards)
+    assert clock.ended_us == last and clock.first_us == 5
+    record_progress(shards, 1, first_us=7, max_us=last - 1)  # a resent older row: still ended
+    assert cluster_clock(shards).ended_us == last
+    record_progress(shards, 1, first_us=7, max_us=last + DAY_US)  # a later log begins: not ended
+    assert cluster_clock(shards).ended_us is None
+
+
 def test_one_trainer_lease_per_models_folder(tmp_path: Path) -> None:
     from workbench.ml.registry import TrainerLease
 

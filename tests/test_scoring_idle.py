@@ -33,7 +33,9 @@ def _idle_loop(tmp_path: Path) -> ScoringLoop:
     status = AppStatus(settings, "scoring")
     loop = ScoringLoop.__new__(ScoringLoop)
     now = time.monotonic()
-    loop.sink = SimpleNamespace(last_message_at=now - 10.0, buffered_rows=0, first_message_wall=time.time() - 30.0)
+    loop.sink = SimpleNamespace(last_message_at=now - 10.0, buffered_rows=0, first_message_wall=time.time() - 30.0,
+                                partition_max_us={}, partition_end_us={})
+    loop.sink.log_ended_us = types.MethodType(ScoringSink.log_ended_us, loop.sink)
     loop._idle_exit, loop._assigned_at, loop._started = 4.0, now - 20.0, now - 30.0
     loop.rescorer = Rescorer(settings, UnscoredDays(tmp_path / "unscored.json"), status)
     loop.maintenance = ShardMaintenance(settings, status, window_days=1)
@@ -96,4 +98,4 @@ def test_no_day_is_judged_and_no_idle_exit_during_the_warm_up(tmp_path: Path) ->
     sink.first_message_wall = time.time() - 5.0
     loop._after_flush()
     loop.maintenance.join()
-    assert loop.maintenance.done_for == dt.date(2024, 3, 5) and loop._idle()
+    assert loop.maintenance.done_for == (dt.date(2024, 3, 5), dt.date(2024, 3, 5)) and loop._idle()

@@ -271,7 +271,7 @@ def deferred_alerts_note(settings: Settings, day: dt.date | None, results: dict[
     """Why the lakehouse holds fewer of ``day``'s alerts than the evaluation counts, or "".
 
     The evaluation's ``alerts`` include the day's persistent runs, which the stream stores only once
-    the day is settled, when events of a later day arrive: never for the last day of a replayed log.
+    the day is settled: when events of a later day arrive, or the replay has sent the log's last row.
     """
     from workbench.analysis.read import judged_through
 
@@ -281,8 +281,8 @@ def deferred_alerts_note(settings: Settings, day: dt.date | None, results: dict[
         return ""
     counts = ", ".join(f"{name} {n:,}" for name, n in runs.items())
     return (f"The alerts above include {day}'s persistent runs ({counts}). The stream stores those once {day} is "
-            f"settled, when events of a later day arrive (never for a log's last day), so the lakehouse holds "
-            f"fewer of {day}'s alerts for now.")
+            f"settled (events of a later day arrived, or the replay sent the log's last row), so the lakehouse "
+            f"holds fewer of {day}'s alerts for now.")
 
 
 @dataclass

@@ -37,6 +37,16 @@ What a valid event is (one rule for every consumer)
     allocated. Whether an event time is *plausible* for the
     stream is the apps' event-time guard (:mod:`workbench.pipeline._eventtime`).
 
+End of a log
+    When a replay has sent every row of its log it writes, in its last transaction, one
+    *end-of-log marker* to every partition: a zero-row ``arrow`` message (it decodes to no rows
+    for any reader of the encoding) with the header :data:`END_OF_LOG_HEADER`, the log's last
+    event time in epoch microseconds (:func:`end_of_log_message`). As a partition is ordered, the
+    marker says that partition will bring no event newer than that time from this log, so a day
+    the log ends in is complete even though no event of a later day arrives to settle it.
+    :func:`decode_values` reports the newest marker of a batch in
+    :attr:`DecodedBatch.end_of_log_us`; the marker never counts as a row nor as an error.
+
 Consumers call :func:`decode_values` on a batch of message values (with their headers and
 keys) and get one Arrow record batch back, plus the messages that could not be decoded and why.
 Its JSON messages are decoded together (:mod:`workbench.data._json_fast`, msgspec and Arrow
@@ -49,6 +59,7 @@ A rejection is a :class:`MessageDecodeError` whose text starts with a reason cod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import operator
 import re
@@ -72,6 +83,7 @@ __all__ = [
     "ENCODING_ARROW",
     "ENCODING_ARROW_ZSTD",
     "ENCODING_JSON",
+    "END_OF_LOG_HEADER",
     "MAX_DECODED_BYTES",
     "REASONS",
     "RESENT_HEADER",
@@ -85,6 +97,7 @@ __all__ = [
     "default_encoding",
     "encode_arrow",
     "encode_json",
+    "end_of_log_message",
     "get_encoding",
     "header",
     "int64_bounds",
@@ -199,6 +212,31 @@ def default_encoding(pack: int) -> str:
 #: value ``1``. Stream aggregates that counted them once must not count them again.
 RESENT_HEADER: Final = "resent"
 _RESENT_VALUE: Final = b"1"
+
+
+#: Header of an end-of-log marker (see the module docstring): the log's last event time, epoch microseconds.
+END_OF_LOG_HEADER: Final = "end_of_log"
+
+
+def end_of_log_message(last_event_us: int) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The ``(value, headers)`` of an end-of-log marker for a log whose last event is at ``last_event_us``."""
+    if not TIME_MIN_US <= int(last_event_us) <= TIME_MAX_US:
+        msg = f"end-of-log time {last_event_us} is outside the event times consumers can decode"
+        raise ValueError(msg)
+    headers = [*message_headers(ENCODING_ARROW, 0), (END_OF_LOG_HEADER, str(int(last_event_us)).encode())]
+    return encode_arrow(_empty_batch()), headers
+
+
+def _end_of_log(headers: Headers) -> int | None:
+    """The end-of-log time a zero-row message's headers carry, or None; MessageDecodeError if malformed."""
+    text = header(headers, END_OF_LOG_HEADER)
+    if text is None:
+        return None
+    body = text[1:] if text.startswith("-") else text
+    if not (body.isascii() and body.isdigit()) or len(body) > 19 or not TIME_MIN_US <= int(text) <= TIME_MAX_US:
+        msg = f"header {END_OF_LOG_HEADER!r} must be an event time in epoch microseconds. Got {text[:40]!r}"
+        raise MessageDecodeError("bad_header", msg)
+    return int(text)
 
 
 def message_headers(encoding: str, rows: int, *, resent: bool = False) -> list[tuple[str, bytes]]:
@@ -692,6 +730,8 @@ class DecodedBatch:
     batch: pa.RecordBatch
     source_index: list[int]
     errors: list[tuple[int, str]]
+    #: The newest end-of-log marker among the messages (:func:`end_of_log_message`), or None.
+    end_of_log_us: int | None = None
 
 
 def _empty_batch() -> pa.RecordBatch:
@@ -789,6 +829,7 @@ def _decode_values(
     json_rows: list[int | None] = []  # their rows headers
     canonical: list[_Canonical] = []  # Arrow messages read by _arrow_fast: checked together below
     check_key = keys is not None
+    markers: list[int] = []
     messages: Iterable[tuple[int, tuple[Any, Any, Any, Any]]] = enumerate(zip(
         values, headers if headers is not None else encodings, keys if keys is not None else encodings,
         encodings, strict=True))
@@ -801,6 +842,9 @@ def _decode_values(
             key = None
         try:
             name, rows = (ENCODING_JSON, 1) if hdrs == _JSON_HEADERS else _meta(hdrs)
+            if rows == 0 and (end := _end_of_log(hdrs)) is not None:  # a marker, not a row
+                markers.append(end)
+                continue
             name = name or fallback or ENCODING_JSON
             if name == ENCODING_JSON:
                 json_pos.append(position)
@@ -821,7 +865,8 @@ def _decode_values(
     if json_pos:
         pieces[:0] = _decode_json_messages(values, keys, json_pos, json_rows, errors, json_fast)
     errors.sort()  # the exact path's order: by message
-    return _combine(pieces, errors)
+    decoded = _combine(pieces, errors)
+    return dataclasses.replace(decoded, end_of_log_us=max(markers)) if markers else decoded
 
 
 def _fully_valid(batch: pa.RecordBatch) -> bool:

@@ -770,6 +770,14 @@ class _ReplayRun:
             except BufferError:
                 self.producer.poll(0.05)
 
+    def _produce_to(self, topic: str, partition: int, value: bytes, headers: list) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, partition=partition, headers=headers)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
     def _position(self, next_row: int) -> bytes:
         return self.signer.encode(Position(
             replay_id=self.replay.replay_id, file=str(self.replay.data), fingerprint=self.log.fingerprint,
@@ -778,15 +786,29 @@ class _ReplayRun:
             speedup=self.pacer.speedup, paused=self.pacer.paused, sent_rows=self.sent_rows,
         ))
 
-    def _commit_batch(self, messages: list, next_row: int, *, force_status: bool = False) -> None:
+    def _end_of_log_markers(self) -> list[tuple[int, bytes, list]]:
+        """``(partition, value, headers)`` of the end-of-log marker for every partition of the events
+        topic (:func:`~workbench.data.codec.end_of_log_message`); none for an empty log."""
+        last = self.log.last_time_us()
+        if last is None:
+            return []
+        topic = self.settings.topic_query_events
+        metadata = self.producer.list_topics(topic, timeout=30)
+        partitions = sorted(metadata.topics[topic].partitions)
+        value, headers = codec.end_of_log_message(last)
+        return [(partition, value, headers) for partition in partitions]
+
+    def _commit_batch(self, messages: list, next_row: int, *, force_status: bool = False,
+                      end_of_log: bool = False) -> None:
         """Produce ``messages``, the dead letters of rows before ``next_row`` and the new position in
-        one transaction.
+        one transaction; with ``end_of_log``, also the end-of-log marker on every partition.
 
         An abortable error aborts and retries the whole batch; a commit that times out is resumed
         (``commit_transaction`` again: it may have reached the broker), and if that fails too the
         transaction is aborted and the batch retried. A transaction is never begun while one is open.
         """
         dead = [(value, headers) for row, value, headers in self._pending_dead_letters if row < next_row]
+        markers = self._end_of_log_markers() if end_of_log else []
         for attempt in range(1, 6):
             open_txn = False
             try:
@@ -798,6 +820,8 @@ class _ReplayRun:
                         produce(topic, key=key, value=value, timestamp=timestamp, headers=headers)
                     except BufferError:
                         self._produce(topic, key, value, timestamp, headers)
+                for partition, value, headers in markers:  # after the log's last rows, in each partition
+                    self._produce_to(topic, partition, value, headers)
                 for value, headers in dead:
                     self._produce(self.settings.topic_dead_letter, None, value, 0, headers)
                 self._produce(self.settings.topic_replay_state, self.position_key, self._position(next_row))
@@ -892,14 +916,14 @@ class _ReplayRun:
             listening=self.replay.linger and self.state == "finished", notice=self.notice,
         )
 
-    def _publish_status(self, force: bool = False) -> None:
+    def _publish_status(self, force: bool = False, *, end_of_log: bool = False) -> None:
         snapshot = self._snapshot()
         self.on_status(snapshot)
         if self.progress is not None:
             self.progress(snapshot)
         now = self.clock.monotonic()
-        if force or now - self._last_status_publish >= 1.0:
-            self._commit_batch([], self.next_row, force_status=True)
+        if force or end_of_log or now - self._last_status_publish >= 1.0:
+            self._commit_batch([], self.next_row, force_status=True, end_of_log=end_of_log)
 
     # -- the loop ------------------------------------------------------------------------------
     def execute(self) -> ReplayStatus:
@@ -972,7 +996,8 @@ class _ReplayRun:
                 self.state = "finished"
                 self.next_row = self.log.num_rows
                 self.next_event_us = None
-                self._publish_status(force=True)
+                # The apps learn that the log's last day is complete (nothing later will settle it).
+                self._publish_status(force=True, end_of_log=True)
                 if replay.linger:
                     logger.info("replay %s finished; listening for seek or reset", replay.replay_id)
                     continue

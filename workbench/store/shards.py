@@ -62,7 +62,7 @@ import time
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path, PurePath, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -77,7 +77,9 @@ from workbench.exceptions import WorkbenchError
 __all__ = [
     "SCORE_FIELDS",
     "SHARD_SCHEMA",
+    "ShardClock",
     "ShardError",
+    "cluster_clock",
     "cluster_watermark",
     "compact_day",
     "dedupe_latest",
@@ -740,21 +742,30 @@ def _read_json(store: _Local | _Remote, path: PurePath) -> dict[str, Any] | None
         return None  # gone, or replaced between listing and reading
 
 
-def record_progress(directory: Location, partition: int, *, first_us: int, max_us: int) -> None:
-    """Note that ``partition``'s events up to ``max_us`` (from ``first_us``) are durably in the shards.
+def record_progress(directory: Location, partition: int, *, first_us: int | None = None,
+                    max_us: int | None = None, end_us: int | None = None) -> None:
+    """Note that ``partition``'s events up to ``max_us`` (from ``first_us``) are durably in the shards,
+    and (``end_us``) that it delivered an end-of-log marker of that time after them.
 
     Call it after the shards are written. The range only widens (a partition that moves to
-    another instance keeps its progress; a replay reset does not move it back).
+    another instance keeps its progress; a replay reset does not move it back). A marker of a
+    partition that stored no event is not noted: it holds nothing back anyway.
     """
     store = _store(directory)
     path = store.path(PROGRESS_DIR, f"p{partition:03d}.json")
     old = _read_json(store, path) or {}
-    first = min(first_us, int(old.get("first_us", first_us)))
-    newest = max(max_us, int(old.get("max_us", max_us)))
-    if old.get("first_us") == first and old.get("max_us") == newest:
+    if max_us is None and "max_us" not in old:
         return
-    store.write_bytes(path, json.dumps({"partition": partition, "first_us": first, "max_us": newest,
-                                        "at": time.time()}).encode())
+    first = min(int(v) for v in (first_us, old.get("first_us"), max_us) if v is not None)
+    newest = max(int(v) for v in (max_us, old.get("max_us")) if v is not None)
+    ends = [int(v) for v in (end_us, old.get("end_us")) if v is not None]
+    end = max(ends) if ends else None
+    if old.get("first_us") == first and old.get("max_us") == newest and old.get("end_us") == end:
+        return
+    data: dict[str, Any] = {"partition": partition, "first_us": first, "max_us": newest, "at": time.time()}
+    if end is not None:
+        data["end_us"] = end
+    store.write_bytes(path, json.dumps(data).encode())
 
 
 def _heartbeat_name(slot: int | str) -> str:
@@ -780,6 +791,25 @@ def remove_heartbeat(directory: Location, slot: int | str) -> None:
     store.delete(store.path(PROGRESS_DIR, _heartbeat_name(slot)))
 
 
+class ShardClock(NamedTuple):
+    """Event-time progress over every partition of the shards (:func:`cluster_clock`)."""
+
+    first_us: int | None
+    watermark_us: int | None
+    #: The newest stored event time once every partition that stored events has delivered an
+    #: end-of-log marker at or after its newest one (the log's last day is complete), else None.
+    ended_us: int | None = None
+
+
+def cluster_clock(directory: Location, *, alive_s: float = 15.0, now: float | None = None) -> ShardClock:
+    """:func:`cluster_watermark`, and whether the log ended (:attr:`ShardClock.ended_us`), from one read."""
+    first, watermark, progress = _cluster_watermark(directory, alive_s=alive_s, now=now)
+    ended = None
+    if progress and all(int(d.get("end_us", -1)) >= int(d["max_us"]) for d in progress.values()):
+        ended = max(int(d["max_us"]) for d in progress.values())
+    return ShardClock(first, watermark, ended)
+
+
 def cluster_watermark(directory: Location, *, alive_s: float = 15.0, now: float | None = None
                       ) -> tuple[int | None, int | None]:
     """``(first_us, watermark_us)`` over every partition any instance has stored.
@@ -791,11 +821,17 @@ def cluster_watermark(directory: Location, *, alive_s: float = 15.0, now: float 
     a rebalance, holds the watermark at its progress; a partition assigned but not delivered yet
     (and not idle) holds it at nothing (None). With every partition idle it is the newest progress.
     """
+    first, watermark, _ = _cluster_watermark(directory, alive_s=alive_s, now=now)
+    return first, watermark
+
+
+def _cluster_watermark(directory: Location, *, alive_s: float, now: float | None
+                       ) -> tuple[int | None, int | None, dict[int, dict[str, Any]]]:
     store = _store(directory)
     folder = store.path(PROGRESS_DIR)
     names = [n for n in store.names(folder) if n.endswith(".json")]
     if not names:
-        return None, None
+        return None, None, {}
     now = time.time() if now is None else now
     progress: dict[int, dict[str, Any]] = {}
     assigned: set[int] = set()
@@ -810,15 +846,15 @@ def cluster_watermark(directory: Location, *, alive_s: float = 15.0, now: float 
             assigned |= set(data.get("assigned", ()))
             idle |= set(data.get("assigned", ())) & set(data.get("idle", ()))
     if not progress:
-        return None, None
+        return None, None, {}
     first = min(int(d["first_us"]) for d in progress.values())
     holding = []
     for partition in sorted(set(progress) | assigned):
         if partition in idle:
             continue
         if partition not in progress:
-            return first, None  # assigned, not idle, nothing stored yet: wait for its first batch
+            return first, None, progress  # assigned, not idle, nothing stored yet: wait for its first batch
         holding.append(int(progress[partition]["max_us"]))
     if holding:
-        return first, min(holding)
-    return first, max(int(d["max_us"]) for d in progress.values())
+        return first, min(holding), progress
+    return first, max(int(d["max_us"]) for d in progress.values()), progress

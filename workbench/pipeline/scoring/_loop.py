@@ -8,6 +8,7 @@ election, training hand-off, pacing, rescoring, idle exit) and the status figure
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -117,9 +118,10 @@ class ScoringLoop:
             self.election.record(sink)
             if not self.election.leader:
                 return
-            first_us, watermark = self.election.watermark()
+            first_us, watermark, ended_us = self.election.clock()
         else:
             first_us, watermark = sink.first_event_us, sink.watermark_us(self._warmup_s)
+            ended_us = sink.log_ended_us()
             # a partition that stored its last batch less than warm-up ago still holds the watermark below
             # the newest event: the day that event settles has not reached the maintenance yet
             self._watermark_held = watermark is not None and watermark != sink.max_event_us
@@ -132,7 +134,10 @@ class ScoringLoop:
             self.schedule.after_flush(first_us, watermark, warming_up=self._warming_up)
             self.schedule.poll()  # a training that ended is reaped and the next due one starts now
         if not self._warming_up:  # as for training: a partition not heard from yet holds nothing back
-            self.maintenance.run(day_of(watermark - self.training_grace_us))
+            # a log that ended: its last day is complete, so it is judged too (it is never trained on:
+            # training waits for a later day's events, as live)
+            judge_before = None if ended_us is None else day_of(ended_us) + dt.timedelta(days=1)
+            self.maintenance.run(day_of(watermark - self.training_grace_us), judge_before=judge_before)
 
     @property
     def _warming_up(self) -> bool:

@@ -56,7 +56,7 @@ class ShardMaintenance:
         self.settings = settings
         self.status = status
         self.window_days = window_days
-        self.done_for: dt.date | None = None
+        self.done_for: tuple[dt.date, dt.date] | None = None  # (watermark, judge_before) of the last pass
         self.thread: threading.Thread | None = None
         self.residuals = ResidualWindowsStep(settings, status, waiting_days=waiting_days)
         for name in ("shard_days_compacted", "shard_days_deleted"):
@@ -67,13 +67,19 @@ class ShardMaintenance:
         """True while a maintenance pass works."""
         return self.thread is not None and self.thread.is_alive()
 
-    def run(self, watermark: dt.date) -> None:
+    def run(self, watermark: dt.date, *, judge_before: dt.date | None = None) -> None:
         """Start compacting and applying retention for ``watermark`` (a no-op when done for that day or
-        while a pass runs: the next call after it catches up)."""
-        if self.running or (watermark == self.done_for and not self.residuals.due()):
+        while a pass runs: the next call after it catches up).
+
+        The residual step judges the days before ``watermark``, or before ``judge_before`` when that is
+        later: the day after a log's last one, once every partition said the log ended (its last day
+        is complete though no later event settles it). Compaction and retention keep to ``watermark``.
+        """
+        judge = watermark if judge_before is None else max(watermark, judge_before)
+        if self.running or ((watermark, judge) == self.done_for and not self.residuals.due()):
             return
-        self.done_for = watermark
-        self.thread = threading.Thread(target=self._maintain, args=(watermark,), name="shard-maintenance",
+        self.done_for = (watermark, judge)
+        self.thread = threading.Thread(target=self._maintain, args=(watermark, judge), name="shard-maintenance",
                                        daemon=True)
         self.thread.start()
 
@@ -82,7 +88,7 @@ class ShardMaintenance:
         if self.thread is not None:
             self.thread.join(timeout)
 
-    def _maintain(self, watermark: dt.date) -> None:
+    def _maintain(self, watermark: dt.date, judge: dt.date | None = None) -> None:
         from workbench.store.shards import maintain
 
         keep = self.settings.shard_retention_days
@@ -99,7 +105,7 @@ class ShardMaintenance:
             self.status.add("shard_days_compacted", len(done["compacted"]))
             self.status.add("shard_days_deleted", len(done["deleted"]))
         try:
-            self.residuals.run(watermark)
+            self.residuals.run(watermark if judge is None else judge)
         except Exception:  # a busy lakehouse or store: the day stays pending and is tried again
             logger.exception("residual windows failed watermark=%s; retried", watermark)
 
@@ -164,7 +170,7 @@ class TrainerElection:
         self.lease = trainer_lease(settings, group)
         self.heartbeat_id = heartbeat_id(settings, status.instance)
         self._assigned_since: dict[int, float] = {}
-        self._recorded: dict[int, int] = {}
+        self._recorded: dict[int, tuple[int | None, int | None]] = {}
         self._last = 0.0
 
     @property
@@ -214,18 +220,25 @@ class TrainerElection:
         from workbench.store.shards import record_progress
 
         first = sink.first_event_us
-        for partition, newest in list(sink.partition_max_us.items()):
-            if self._recorded.get(partition) == newest:
+        ends = getattr(sink, "partition_end_us", {})
+        for partition in sorted(set(sink.partition_max_us) | set(ends)):
+            newest, end = sink.partition_max_us.get(partition), ends.get(partition)
+            if self._recorded.get(partition) == (newest, end):
                 continue
-            record_progress(self.settings.shards_dir, partition, first_us=newest if first is None else first,
-                            max_us=newest)
-            self._recorded[partition] = newest
+            record_progress(self.settings.shards_dir, partition,
+                            first_us=newest if first is None or newest is None else first, max_us=newest,
+                            end_us=end)
+            self._recorded[partition] = (newest, end)
 
     def watermark(self) -> tuple[int | None, int | None]:
         """``(first_us, watermark_us)`` of every partition of the home (the trainer's clock)."""
-        from workbench.store.shards import cluster_watermark
+        return self.clock()[:2]
 
-        return cluster_watermark(self.settings.shards_dir, alive_s=self.alive_s)
+    def clock(self) -> Any:
+        """The trainer's clock over every partition of the home (:class:`~workbench.store.shards.ShardClock`)."""
+        from workbench.store.shards import cluster_clock
+
+        return cluster_clock(self.settings.shards_dir, alive_s=self.alive_s)
 
     def close(self) -> None:
         """The instance stops: drop the heartbeat and the lease (another instance takes it over)."""

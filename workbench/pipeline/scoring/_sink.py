@@ -156,6 +156,8 @@ class ScoringSink(BatchingSink):
         # per partition: newest durable event time, and when it last delivered (the watermark)
         self.partition_max_us: dict[int, int] = {}
         self.partition_seen: dict[int, float] = {}
+        #: per partition: the newest end-of-log marker (the replay sent the log's last row before it)
+        self.partition_end_us: dict[int, int] = {}
         #: partitions the pacer paused (``_pacing``): silent, but their backlog waits in Kafka
         self.held_partitions: set[int] = set()
         self.on_flushed: Callable[[], None] | None = None
@@ -290,6 +292,15 @@ class ScoringSink(BatchingSink):
                   if p in self.held_partitions or now - self.partition_seen[p] < active_s]
         return min(active) if active else self.max_event_us
 
+    def log_ended_us(self) -> int | None:
+        """The newest stored event time when every partition that stored events has since delivered an
+        end-of-log marker at or after its newest event (the log's last day is complete), else None."""
+        if not self.partition_max_us:
+            return None
+        if any(self.partition_end_us.get(p, -1) < us for p, us in self.partition_max_us.items()):
+            return None
+        return max(self.partition_max_us.values())
+
     def _store(self, scored: pa.Table, partition: int) -> tuple[np.ndarray, dict[int, str]]:
         from workbench.store.shards import write_shard
 
@@ -318,13 +329,18 @@ class ScoringSink(BatchingSink):
         """
         t0 = time.perf_counter()
         buffer = batch.buffer
-        table, errors = decode_messages(buffer.values, buffer.keys, buffer.headers, buffer.offsets, batch.partition)
+        table, errors, end_of_log_us = decode_messages(buffer.values, buffer.keys, buffer.headers, buffer.offsets,
+                                                       batch.partition)
         table, late = guard_event_time(self.guard, table)
         held = self.hold_day(table) if self.hold_day is not None and table.num_rows else None
         if held is not None:  # not stored: Quix pauses, then re-reads from the committed offsets
             self.status.add("held_batches")
             self.status.info["holding_day"] = held
             raise SinkBackpressureError(retry_after=1.0)
+        if end_of_log_us is not None:  # the log ended: this partition brings nothing newer from it
+            # (noted once the batch is not held back: its rows are stored before anything reads the note)
+            self.partition_end_us[batch.partition] = max(end_of_log_us,
+                                                         self.partition_end_us.get(batch.partition, end_of_log_us))
         self.status.add("messages", batch.size)
         t1 = time.perf_counter()
         scored, failed = score_by_message(self.scorer, table) if table.num_rows else (None, [])

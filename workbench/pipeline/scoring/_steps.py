@@ -22,8 +22,9 @@ _KAFKA: Final = ["kafka_partition", "kafka_offset"]
 
 
 def decode_messages(values: list[Any], keys: list[Any], headers: list[Any], offset_list: list[int],
-                    partition: int) -> tuple[pa.Table, list[tuple[int, str]]]:
-    """All valid rows of the messages (+ ``kafka_*`` columns), and ``(message index, reason)`` of the others.
+                    partition: int) -> tuple[pa.Table, list[tuple[int, str]], int | None]:
+    """All valid rows of the messages (+ ``kafka_*`` columns), ``(message index, reason)`` of the others,
+    and the newest end-of-log marker among them (:func:`~workbench.data.codec.end_of_log_message`) or None.
 
     The messages are given as parallel lists of their values, keys, headers (None: no headers) and offsets.
     """
@@ -33,7 +34,7 @@ def decode_messages(values: list[Any], keys: list[Any], headers: list[Any], offs
     table = pa.Table.from_batches([decoded.batch])
     table = table.append_column("kafka_partition", pa.array(np.full(len(index), partition, np.int32)))
     table = table.append_column("kafka_offset", pa.array(offsets[index] if len(index) else offsets[:0]))
-    return table.append_column("_message", pa.array(index)), decoded.errors
+    return table.append_column("_message", pa.array(index)), decoded.errors, decoded.end_of_log_us
 
 
 def guard_event_time(guard: EventTimeGuard, table: pa.Table) -> tuple[pa.Table, list[tuple[int, str]]]:
