@@ -226,3 +226,29 @@ def test_a_fingerprint_thinned_by_the_sample_keeps_its_own_history(log: pa.Table
     row = table.filter(pc.and_(pc.equal(table.column("instance_id"), known[0]),
                                pc.equal(table.column("feature_fingerprint"), known[1]))).slice(0, 1)
     assert model.features.transform_with_evidence(row)[2][0] == 0  # source: its fingerprint
+
+
+def test_a_log_that_repeats_queries_is_read_with_each_query_once_and_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """train, evaluate and profile took a log that repeats queries (validate refuses it) as given: the
+    repeats weighed twice in the fit and counted twice in the metrics, unlike the stream's shards."""
+    import logging
+
+    import pyarrow.parquet as pq
+
+    from tests.helpers import make_log
+    from workbench.ml._train import load_log_window
+
+    log = make_log(tmp_path / "log.parquet", rows=400)
+    table = pq.read_table(log)
+    doubled = pa.concat_tables([table, table.slice(10, 3)])  # three queries again, later in the file
+    pq.write_table(doubled, tmp_path / "repeats.parquet")
+    day = table.column("arrival_timestamp")[0].as_py().date()
+    with caplog.at_level(logging.WARNING, logger="workbench.ml._train"):
+        read = load_log_window(tmp_path / "repeats.parquet", day, 1)
+    assert read.num_rows == 400 and read.column("query_id").equals(table.column("query_id"))
+    assert "repeats 3 queries" in caplog.text and f"query_id {table.column('query_id')[10].as_py()}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="workbench.ml._train"):
+        assert load_log_window(log, day, 1).num_rows == 400
+    assert "repeats" not in caplog.text

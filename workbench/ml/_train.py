@@ -144,7 +144,29 @@ def load_log_window(path: Path, day: dt.date, window_days: int) -> pa.Table:
         # generator's schema, a text one is not, and concat_tables refuses the two
         tables = [table.cast(pa.schema([f if f.name in COLUMNS else pa.field(f.name, pa.string())
                                         for f in table.schema])) for table in tables]
-    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    return one_row_per_query(tables[0] if len(tables) == 1 else pa.concat_tables(tables), path)
+
+
+def one_row_per_query(table: pa.Table, path: Path) -> pa.Table:
+    """``table`` with each ``(instance_id, query_id)`` once (its first row, in log order), with a warning
+    naming how many repeats were dropped and the first: the stream's shards keep one row per query, so
+    a log that repeats queries (which ``validate`` refuses) is trained and evaluated as the stream sees it,
+    not with the repeats weighted twice and counted twice in the metrics."""
+    keys = ["instance_id", "query_id"]
+    if table.num_rows < 2 or table.select(keys).group_by(keys, use_threads=False).aggregate([]).num_rows \
+            == table.num_rows:
+        return table
+    instance = table.column("instance_id").to_numpy(zero_copy_only=False)
+    query = table.column("query_id").to_numpy(zero_copy_only=False)
+    order = np.lexsort((np.arange(len(query)), query, instance))  # by key, then log order
+    repeat = np.zeros(len(query), dtype=bool)
+    repeat[order[1:]] = (instance[order[1:]] == instance[order[:-1]]) & (query[order[1:]] == query[order[:-1]])
+    first = int(np.flatnonzero(repeat)[0])
+    logger.warning("%s repeats %d queries (same instance_id and query_id) in the rows read, first instance_id %d "
+                   "query_id %d: each is kept once, its first row, as the stream's shards keep it "
+                   "(`workbench validate` names every repeat)", path, int(repeat.sum()), int(instance[first]),
+                   int(query[first]))
+    return table.filter(pa.array(~repeat))
 
 
 #: The Parquet format as every reader of a log reads it (:data:`workbench.data.schema.READ_OPTIONS`).
