@@ -130,6 +130,15 @@ def test_a_finished_replay_ends_every_partition_with_an_end_of_log_marker(kafka_
     assert _ids([m for m in messages if m.key() is not None]) == _file_ids(log)
 
 
+def test_without_end_of_log_markers_a_json_replay_sends_rows_only(kafka_settings: Settings, tmp_path: Path) -> None:
+    """For a tool that reads the topic too and takes every message for a JSON row."""
+    settings = kafka_settings.with_overrides(end_of_log_markers=False)
+    log = make_log(tmp_path / "log.parquet", rows=200)
+    Replay(log, settings=settings, speedup=0).run()
+    messages = consume_all(settings, settings.topic_query_events, to_end=True, markers=True)
+    assert len(messages) == 200 and all(codec.header(m.headers(), "encoding") == "json" for m in messages)
+
+
 def test_packed_messages_carry_every_row_in_order_per_instance(kafka_settings: Settings, tmp_path: Path) -> None:
     log = make_log(tmp_path / "log.parquet", rows=3000, instances=4)
     Replay(log, settings=kafka_settings, speedup=0, pack=50).run()

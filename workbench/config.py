@@ -156,6 +156,16 @@ class Settings(BaseSettings):
     partitions: int = Field(
         default=4, ge=1, le=1024, validation_alias="WORKBENCH_PARTITIONS"
     )
+    end_of_log_markers: bool = Field(
+        default=True,
+        validation_alias="WORKBENCH_END_OF_LOG_MARKERS",
+        description=(
+            "A finished replay ends every partition of the events topic with an end-of-log marker "
+            "(a zero-row arrow message with the header end_of_log), from which the scoring app "
+            "judges the log's last day. Turn it off when a tool that takes every message for a JSON "
+            "row reads the topic too; the last day is then judged only once a later day's events arrive."
+        ),
+    )
     retention_bytes: int = Field(
         default=4 * 1024**3,
         ge=1024**2,

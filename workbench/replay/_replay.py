@@ -997,7 +997,7 @@ class _ReplayRun:
                 self.next_row = self.log.num_rows
                 self.next_event_us = None
                 # The apps learn that the log's last day is complete (nothing later will settle it).
-                self._publish_status(force=True, end_of_log=True)
+                self._publish_status(force=True, end_of_log=self.settings.end_of_log_markers)
                 if replay.linger:
                     logger.info("replay %s finished; listening for seek or reset", replay.replay_id)
                     continue
