@@ -165,6 +165,9 @@ class WatermarkSink:
     def watermark_us(self, warmup_s: float) -> int:
         return self.max_us
 
+    def log_ended_us(self) -> None:
+        return None  # no end-of-log marker: the log goes on
+
 
 class RecordingMaintenance:
     """Records the training state at the moment the compaction starts."""
@@ -173,7 +176,7 @@ class RecordingMaintenance:
         self.supervisor = supervisor
         self.seen: list[dict[str, str | None]] = []
 
-    def run(self, watermark: dt.date) -> None:
+    def run(self, watermark: dt.date, *, judge_before: dt.date | None = None) -> None:
         self.seen.append({d: self.supervisor.status(d) for d in ("2024-03-04", "2024-03-05")})
 
 
