@@ -84,3 +84,42 @@ def test_an_instance_slowed_for_an_hour_is_flagged_on_its_runtime_residual_once(
     assert again["window_anomalies"] == 0 and _flagged(settings) == slowed  # judged again: no duplicate
     with WindowStatsStore.from_settings(settings, read_only=True) as store:
         assert store.read_residuals().drop_columns(["written_at"]).equals(stored)  # the same values
+
+
+def test_a_log_cut_in_the_middle_of_a_day_has_that_day_judged_again_whole_when_the_rest_arrives(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    """The end-of-log marker judges a log's last day; a log cut at noon of day 2 had its day 2 judged on
+    its morning for good, and the afternoon's windows (replayed next, as the following log) never were."""
+    from workbench.store.shards import provisional_day
+
+    settings = kafka_settings
+    ensure_topics(settings)
+    log = tmp_path / "slowed.parquet"
+    _slowed_log(log)
+    table = pq.read_table(log)
+    cut = dt.datetime(2024, 3, 5, 12, tzinfo=dt.UTC)
+    ts = table.column("arrival_timestamp")
+    morning = table.filter(pc.less(ts, pa.scalar(cut, ts.type)))
+    pq.write_table(morning, tmp_path / "a.parquet")
+    pq.write_table(table.filter(pc.greater_equal(ts, pa.scalar(cut, ts.type))), tmp_path / "b.parquet")
+    train_day(settings, D1, window_days=1, data=log)
+
+    def day_windows(day: dt.date) -> list[dt.datetime]:
+        with WindowStatsStore.from_settings(settings, read_only=True) as store:
+            rows = store.read_residuals().to_pylist()
+        return sorted({r["window_start"] for r in rows if r["window_start"].date() == day})
+
+    Replay(tmp_path / "a.parquet", settings=settings, speedup=0, pack=100, replay_id="a").run()
+    run_scoring(settings, idle_exit=3, timeout=120, train=False, batch_rows=8192, batch_seconds=0.5)
+    d2 = dt.date(2024, 3, 5)
+    assert day_windows(d2) and max(day_windows(d2)) < cut  # judged at the log's end: its morning
+    assert provisional_day(settings.shards_dir) == (d2, int(morning.column("arrival_timestamp")[-1].value))
+    Replay(tmp_path / "b.parquet", settings=settings, speedup=0, pack=100, replay_id="b").run()
+    run_scoring(settings, idle_exit=3, timeout=120, train=False, batch_rows=8192, batch_seconds=0.5)
+    afternoon = [w for w in day_windows(d2) if w >= cut]
+    assert len(afternoon) == 12 * 6  # every 10-minute window of the afternoon (busy instances: never empty)
+    assert day_windows(dt.date(2024, 3, 6))  # the new log's last day, judged at its end
+    assert provisional_day(settings.shards_dir)[0] == dt.date(2024, 3, 6)
+    with WindowStatsStore.from_settings(settings, read_only=True) as store:
+        keys = [(r["instance_id"], r["window_start"]) for r in store.read_residuals().to_pylist()]
+    assert len(keys) == len(set(keys))

@@ -235,6 +235,7 @@ def test_restart_resumes_at_saved_position_and_refuses_another_file(kafka_settin
     assert status.next_row == 1000
     again = Replay(log, settings=kafka_settings, speedup=0).run()
     assert again.rows_sent == 0 and again.state == "finished"
+    assert again.event_time == status.event_time == again.last_event_time  # not "-": the last row's time
     other = make_log(tmp_path / "other.parquet", rows=500, seed=1)
     with pytest.raises(ReplayError, match="saved position in another file.*--reset"):
         Replay(other, settings=kafka_settings, speedup=0).run()

@@ -176,7 +176,7 @@ class RecordingMaintenance:
         self.supervisor = supervisor
         self.seen: list[dict[str, str | None]] = []
 
-    def run(self, watermark: dt.date, *, judge_before: dt.date | None = None) -> None:
+    def run(self, watermark: dt.date, *, ended_us: int | None = None) -> None:
         self.seen.append({d: self.supervisor.status(d) for d in ("2024-03-04", "2024-03-05")})
 
 

@@ -115,7 +115,8 @@ def judged_through(settings: Settings, day: date | None) -> bool:
     """Whether the scoring app's deferred step has judged ``day`` (its runtime-residual windows are stored).
 
     That step (persistent runs, runtime-residual windows) takes a day once it is settled: once events of
-    a later day arrived. Until then the lakehouse lacks that day's persistent runs.
+    a later day arrived, or the replay's end-of-log marker came on every partition (the log's last day).
+    Until then the lakehouse lacks that day's persistent runs.
     """
     if day is None:
         return True

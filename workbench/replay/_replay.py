@@ -954,6 +954,8 @@ class _ReplayRun:
             self.pacer.anchor(first_event, self.clock.monotonic())
             self.current_event_us = first_event
             self.next_event_us = first_event
+        elif self.next_row > 0:  # resumed at the end of the log: its clock reads the last row's time
+            self.current_event_us = self._event_time(self.next_row - 1)
         self.state = "running"
         if self._resume_paused:
             self.pacer.pause(self.clock.monotonic(), self.next_event_us)

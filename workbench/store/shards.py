@@ -86,11 +86,13 @@ __all__ = [
     "delete_older_than",
     "list_days",
     "maintain",
+    "provisional_day",
     "read_shards",
     "read_window",
     "record_progress",
     "remove_heartbeat",
     "rescore_unscored",
+    "set_provisional_day",
     "shard_paths",
     "write_heartbeat",
     "write_shard",
@@ -766,6 +768,31 @@ def record_progress(directory: Location, partition: int, *, first_us: int | None
     if end is not None:
         data["end_us"] = end
     store.write_bytes(path, json.dumps(data).encode())
+
+
+#: The day judged only because the log ended there (:func:`set_provisional_day`); not a progress
+#: or heartbeat file (those names start with "p" and "i").
+_PROVISIONAL_NAME = "judged_at_end_of_log.json"
+
+
+def provisional_day(directory: Location) -> tuple[dt.date, int] | None:
+    """``(day, end_us)``: the day the scoring app judged only because a log ended in it at ``end_us``, or None.
+
+    Such a day may be judged on part of its events (a log cut in the middle of a day): when more of it
+    arrives (a later day settles it, or a later log ends further on), it is judged again, whole.
+    """
+    store = _store(directory)
+    data = _read_json(store, store.path(PROGRESS_DIR, _PROVISIONAL_NAME))
+    if not data or data.get("day") is None:
+        return None
+    return dt.date.fromisoformat(data["day"]), int(data["end_us"])
+
+
+def set_provisional_day(directory: Location, day: dt.date | None, end_us: int | None = None) -> None:
+    """Note (or, with ``day=None``, clear) the day judged only because a log ended in it."""
+    store = _store(directory)
+    data = {"day": None if day is None else day.isoformat(), "end_us": end_us, "at": time.time()}
+    store.write_bytes(store.path(PROGRESS_DIR, _PROVISIONAL_NAME), json.dumps(data).encode())
 
 
 def _heartbeat_name(slot: int | str) -> str:

@@ -8,7 +8,6 @@ election, training hand-off, pacing, rescoring, idle exit) and the status figure
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -134,10 +133,9 @@ class ScoringLoop:
             self.schedule.after_flush(first_us, watermark, warming_up=self._warming_up)
             self.schedule.poll()  # a training that ended is reaped and the next due one starts now
         if not self._warming_up:  # as for training: a partition not heard from yet holds nothing back
-            # a log that ended: its last day is complete, so it is judged too (it is never trained on:
-            # training waits for a later day's events, as live)
-            judge_before = None if ended_us is None else day_of(ended_us) + dt.timedelta(days=1)
-            self.maintenance.run(day_of(watermark - self.training_grace_us), judge_before=judge_before)
+            # a log that ended: its last day is judged too (never trained on: training waits for a later
+            # day's events, as live)
+            self.maintenance.run(day_of(watermark - self.training_grace_us), ended_us=ended_us)
 
     @property
     def _warming_up(self) -> bool:

@@ -56,7 +56,7 @@ class ShardMaintenance:
         self.settings = settings
         self.status = status
         self.window_days = window_days
-        self.done_for: tuple[dt.date, dt.date] | None = None  # (watermark, judge_before) of the last pass
+        self.done_for: tuple[dt.date, int | None] | None = None  # (watermark, ended_us) of the last pass
         self.thread: threading.Thread | None = None
         self.residuals = ResidualWindowsStep(settings, status, waiting_days=waiting_days)
         for name in ("shard_days_compacted", "shard_days_deleted"):
@@ -67,19 +67,18 @@ class ShardMaintenance:
         """True while a maintenance pass works."""
         return self.thread is not None and self.thread.is_alive()
 
-    def run(self, watermark: dt.date, *, judge_before: dt.date | None = None) -> None:
+    def run(self, watermark: dt.date, *, ended_us: int | None = None) -> None:
         """Start compacting and applying retention for ``watermark`` (a no-op when done for that day or
         while a pass runs: the next call after it catches up).
 
-        The residual step judges the days before ``watermark``, or before ``judge_before`` when that is
-        later: the day after a log's last one, once every partition said the log ended (its last day
-        is complete though no later event settles it). Compaction and retention keep to ``watermark``.
+        The residual step judges the days before ``watermark`` and, once every partition said the log
+        ended (``ended_us``, its last event), the log's last day too, though no later event settles
+        it (:meth:`._residuals.ResidualWindowsStep.run`). Compaction and retention keep to ``watermark``.
         """
-        judge = watermark if judge_before is None else max(watermark, judge_before)
-        if self.running or ((watermark, judge) == self.done_for and not self.residuals.due()):
+        if self.running or ((watermark, ended_us) == self.done_for and not self.residuals.due()):
             return
-        self.done_for = (watermark, judge)
-        self.thread = threading.Thread(target=self._maintain, args=(watermark, judge), name="shard-maintenance",
+        self.done_for = (watermark, ended_us)
+        self.thread = threading.Thread(target=self._maintain, args=(watermark, ended_us), name="shard-maintenance",
                                        daemon=True)
         self.thread.start()
 
@@ -88,7 +87,7 @@ class ShardMaintenance:
         if self.thread is not None:
             self.thread.join(timeout)
 
-    def _maintain(self, watermark: dt.date, judge: dt.date | None = None) -> None:
+    def _maintain(self, watermark: dt.date, ended_us: int | None = None) -> None:
         from workbench.store.shards import maintain
 
         keep = self.settings.shard_retention_days
@@ -105,7 +104,7 @@ class ShardMaintenance:
             self.status.add("shard_days_compacted", len(done["compacted"]))
             self.status.add("shard_days_deleted", len(done["deleted"]))
         try:
-            self.residuals.run(watermark if judge is None else judge)
+            self.residuals.run(watermark, ended_us=ended_us)
         except Exception:  # a busy lakehouse or store: the day stays pending and is tried again
             logger.exception("residual windows failed watermark=%s; retried", watermark)
 

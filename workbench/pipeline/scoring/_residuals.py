@@ -94,25 +94,49 @@ class ResidualWindowsStep:
         """Whether a waiting day should be tried again now (rate-limited)."""
         return self.pending is not None and time.monotonic() - self.last_try >= self.retry_s
 
-    def run(self, watermark: dt.date) -> int:
-        """Process every settled day (before ``watermark``) not stored yet, in order; returns the days stored."""
-        from workbench.store.shards import list_days
+    def run(self, watermark: dt.date, *, ended_us: int | None = None) -> int:
+        """Process every settled day (before ``watermark``) not stored yet, in order; returns the days stored.
+
+        With ``ended_us`` (every partition delivered the replay's end-of-log marker after its events,
+        the last at ``ended_us``), the log's last day is processed too, though no later event settles
+        it. A log may end in the middle of a day, so that day is noted as provisional
+        (:func:`~workbench.store.shards.set_provisional_day`): when more of it arrives (a later day
+        settles it, or a later log ends further on) it is judged again, whole. Every write is
+        insert-if-absent and each window and run is judged on what comes before it, so judging it
+        again adds what the rest of the day brings and repeats nothing.
+        """
+        from workbench.store.shards import list_days, provisional_day, set_provisional_day
         from workbench.store.window_stats import WindowStatsStore
 
         self.last_try = time.monotonic()
         stored = 0
+        bound = watermark
+        if ended_us is not None:
+            bound = max(watermark, dt.date(1970, 1, 1) + dt.timedelta(microseconds=ended_us) + dt.timedelta(days=1))
+        provisional = provisional_day(self.settings.shards_dir)
+        again = None
+        if provisional is not None:
+            day, end = provisional
+            if day < watermark or (ended_us is not None and ended_us > end):
+                again = day  # settled since, or a later log reached further into it
         with WindowStatsStore.from_settings(self.settings) as store:
             if self.done_through is None:
                 newest = store.newest_residual_window()  # a day is stored in one transaction: whole or not at all
                 self.done_through = None if newest is None else newest.date()
             days = [d for d in list_days(self.settings.shards_dir)
-                    if d < watermark and (self.done_through is None or d > self.done_through)]
+                    if d < bound and (self.done_through is None or d > self.done_through)]
+            if again is not None and again not in days:
+                days = sorted([again, *days])
             self.pending = None
             for day in days:
                 self.pending = day  # until it is stored (an error leaves it to retry)
                 if not self._day(store, day):
                     break
-                self.done_through = day
+                if day >= watermark:  # judged only because the log ended in it
+                    set_provisional_day(self.settings.shards_dir, day, ended_us)
+                elif provisional is not None and day == provisional[0]:
+                    set_provisional_day(self.settings.shards_dir, None)
+                self.done_through = max(day, self.done_through or day)
                 self.pending = None
                 stored += 1
         return stored
