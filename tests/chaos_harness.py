@@ -302,14 +302,10 @@ def residual_days(settings: Settings, data: Path) -> list[dt.date]:
 
 
 def _residuals_done(settings: Settings, data: Path) -> bool:
-    from workbench.store.window_stats import WindowStatsStore
+    from workbench.analysis.read import judged_through
 
     days = residual_days(settings, data)
-    if not days:
-        return True
-    with WindowStatsStore.from_settings(settings, read_only=True) as store:
-        newest = store.newest_residual_window()
-    return newest is not None and newest.date() >= days[-1]
+    return not days or judged_through(settings, days[-1])
 
 
 def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table, pd.DataFrame, int, Counter]:

@@ -762,18 +762,12 @@ class _ReplayRun:
         self._pending_dead_letters.append((row, value, headers))
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, timestamp: int = 0,
-                 headers: list | None = None) -> None:
+                 headers: list | None = None, *, partition: int | None = None) -> None:
+        """Produce one message (to ``partition``, else the key's), waiting while the local queue is full."""
+        where = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self.producer.produce(topic, key=key, value=value, timestamp=timestamp, headers=headers)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
-
-    def _produce_to(self, topic: str, partition: int, value: bytes, headers: list) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value=value, partition=partition, headers=headers)
+                self.producer.produce(topic, key=key, value=value, timestamp=timestamp, headers=headers, **where)
                 return
             except BufferError:
                 self.producer.poll(0.05)
@@ -821,7 +815,7 @@ class _ReplayRun:
                     except BufferError:
                         self._produce(topic, key, value, timestamp, headers)
                 for partition, value, headers in markers:  # after the log's last rows, in each partition
-                    self._produce_to(topic, partition, value, headers)
+                    self._produce(topic, None, value, 0, headers, partition=partition)
                 for value, headers in dead:
                     self._produce(self.settings.topic_dead_letter, None, value, 0, headers)
                 self._produce(self.settings.topic_replay_state, self.position_key, self._position(next_row))

@@ -59,7 +59,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, NamedTuple, Protocol
@@ -85,6 +85,7 @@ __all__ = [
     "dedupe_latest",
     "delete_older_than",
     "list_days",
+    "log_ended_us",
     "maintain",
     "provisional_day",
     "read_shards",
@@ -828,12 +829,19 @@ class ShardClock(NamedTuple):
     ended_us: int | None = None
 
 
+def log_ended_us(newest: Mapping[int, int], ends: Mapping[int, int]) -> int | None:
+    """The newest event time of ``newest`` (per partition) when every one of those partitions has an
+    end-of-log marker at or after it in ``ends`` (the log's last day is complete), else None."""
+    if not newest or any(ends.get(p, -1) < us for p, us in newest.items()):
+        return None
+    return max(newest.values())
+
+
 def cluster_clock(directory: Location, *, alive_s: float = 15.0, now: float | None = None) -> ShardClock:
     """:func:`cluster_watermark`, and whether the log ended (:attr:`ShardClock.ended_us`), from one read."""
     first, watermark, progress = _cluster_watermark(directory, alive_s=alive_s, now=now)
-    ended = None
-    if progress and all(int(d.get("end_us", -1)) >= int(d["max_us"]) for d in progress.values()):
-        ended = max(int(d["max_us"]) for d in progress.values())
+    ended = log_ended_us({p: int(d["max_us"]) for p, d in progress.items()},
+                         {p: int(d["end_us"]) for p, d in progress.items() if "end_us" in d})
     return ShardClock(first, watermark, ended)
 
 

@@ -28,10 +28,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.config import Settings
 from workbench.pipeline._status import AppStatus
+
+if TYPE_CHECKING:
+    from workbench.store.shards import ShardClock
 
 __all__ = ["ShardMaintenance", "TrainerElection", "adopt_unscored_days", "trainer_lease"]
 
@@ -219,7 +222,7 @@ class TrainerElection:
         from workbench.store.shards import record_progress
 
         first = sink.first_event_us
-        ends = getattr(sink, "partition_end_us", {})
+        ends = sink.partition_end_us
         for partition in sorted(set(sink.partition_max_us) | set(ends)):
             newest, end = sink.partition_max_us.get(partition), ends.get(partition)
             if self._recorded.get(partition) == (newest, end):
@@ -229,11 +232,7 @@ class TrainerElection:
                             end_us=end)
             self._recorded[partition] = (newest, end)
 
-    def watermark(self) -> tuple[int | None, int | None]:
-        """``(first_us, watermark_us)`` of every partition of the home (the trainer's clock)."""
-        return self.clock()[:2]
-
-    def clock(self) -> Any:
+    def clock(self) -> ShardClock:
         """The trainer's clock over every partition of the home (:class:`~workbench.store.shards.ShardClock`)."""
         from workbench.store.shards import cluster_clock
 

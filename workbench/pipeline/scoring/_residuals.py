@@ -110,9 +110,9 @@ class ResidualWindowsStep:
 
         self.last_try = time.monotonic()
         stored = 0
-        bound = watermark
-        if ended_us is not None:
-            bound = max(watermark, dt.date(1970, 1, 1) + dt.timedelta(microseconds=ended_us) + dt.timedelta(days=1))
+        from workbench.pipeline.scoring._training import day_of
+
+        bound = watermark if ended_us is None else max(watermark, day_of(ended_us) + dt.timedelta(days=1))
         provisional = provisional_day(self.settings.shards_dir)
         again = None
         if provisional is not None:

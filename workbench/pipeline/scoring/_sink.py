@@ -295,11 +295,9 @@ class ScoringSink(BatchingSink):
     def log_ended_us(self) -> int | None:
         """The newest stored event time when every partition that stored events has since delivered an
         end-of-log marker at or after its newest event (the log's last day is complete), else None."""
-        if not self.partition_max_us:
-            return None
-        if any(self.partition_end_us.get(p, -1) < us for p, us in self.partition_max_us.items()):
-            return None
-        return max(self.partition_max_us.values())
+        from workbench.store.shards import log_ended_us
+
+        return log_ended_us(self.partition_max_us, self.partition_end_us)
 
     def _store(self, scored: pa.Table, partition: int) -> tuple[np.ndarray, dict[int, str]]:
         from workbench.store.shards import write_shard
