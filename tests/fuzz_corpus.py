@@ -335,7 +335,7 @@ def _negative_value(rng: random.Random, t: dict) -> Malformed:
 def _key_not_canonical(rng: random.Random, t: dict) -> Malformed:
     """The instance id spelled otherwise than the producer writes it: another partition's key."""
     row = _row(t)
-    key = rng.choice(["00{}", "0{}", " {}", "{} ", "+{}"]).format(row["instance_id"]).encode()
+    key = rng.choice(["00{}", "0{}", " {}", "{} ", "+{}", "--{}", "-0{}"]).format(row["instance_id"]).encode()
     return Malformed("key_not_canonical", json_value(row), key, event_headers("json", 1), "bad_key")
 
 

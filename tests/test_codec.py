@@ -308,6 +308,46 @@ def test_an_end_of_log_marker_is_reported_never_a_row_nor_an_error() -> None:
         codec.end_of_log_message(2**62)
 
 
+def test_a_marker_that_holds_rows_or_a_row_message_with_a_marker_header_is_refused_not_dropped() -> None:
+    end = int(datetime(2024, 3, 7, tzinfo=UTC).timestamp() * 1_000_000)
+    _, marker = codec.end_of_log_message(end)
+    rows = codec.encode_arrow(_batch(2))
+    row_headers = [*codec.message_headers("json", 1), (codec.END_OF_LOG_HEADER, str(end).encode())]
+    unsized = [h for h in marker if h[0] != "rows"]
+    decoded = codec.decode_values([rows, codec.encode_json(_batch(1))[0], rows],
+                                  headers=[marker, row_headers, unsized], keys=[b"7", b"7", b"7"])
+    assert decoded.batch.num_rows == 0 and decoded.end_of_log_us is None
+    assert [(i, r.split(":")[0]) for i, r in decoded.errors] == [(0, "rows_mismatch"), (1, "bad_header"),
+                                                                 (2, "rows_mismatch")]
+    assert "marks a message without rows" in decoded.errors[0][1]
+    # a malformed end_of_log header on a row message is refused as well
+    bad = [*codec.message_headers("json", 1), (codec.END_OF_LOG_HEADER, b"abc")]
+    assert codec.decode_values([codec.encode_json(_batch(1))[0]], headers=[bad], keys=[b"7"]).errors[0][1].startswith(
+        "bad_header")
+
+
+@pytest.mark.parametrize("key", [b"--7", b"-", b"", b"+7", b"7-", b"-0", "--7", "\u0667"])
+def test_keys_that_are_no_decimal_integer_are_refused_on_every_path(key: bytes | str) -> None:
+    with pytest.raises(codec.MessageDecodeError, match="bad_key"):
+        codec.decode_key(key)
+    for value, headers in ((codec.encode_json(_batch(1))[0], codec.message_headers("json", 1)),
+                           (codec.encode_arrow(_batch(2)), codec.message_headers("arrow", 2))):
+        decoded = codec.decode_values([value], headers=[headers], keys=[key])
+        assert decoded.batch.num_rows == 0 and decoded.errors[0][1].startswith("bad_key"), key
+
+
+def test_a_fault_in_the_batch_path_falls_back_to_one_message_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No message may stop a consumer: a fault of the fast path costs speed, never rows."""
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("a bug of the fast path")
+
+    monkeypatch.setattr(codec._json_fast, "decode_json_batch", broken)
+    values = [*codec.encode_json(_batch(3)), b"{not json"]
+    decoded = codec.decode_values(values, headers=[codec.message_headers("json", 1)] * 4, keys=[b"7"] * 4)
+    assert decoded.batch.num_rows == 3 and decoded.source_index == [0, 1, 2]
+    assert [(i, r.split(":")[0]) for i, r in decoded.errors] == [(3, "invalid_json")]
+
+
 def test_mixed_encodings_keep_message_order() -> None:
     arrow = codec.encode_arrow(_batch(2))
     js = codec.encode_json(_batch(1))[0]

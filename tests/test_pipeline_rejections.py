@@ -48,6 +48,11 @@ def _families() -> list[tuple[str, bytes, list, bytes | None, str]]:
         ("8 days ahead", _event(903, T0 + timedelta(days=8)), json_headers, b"7", "event_time_out_of_range"),
         ("2 MB of random bytes", os.urandom(2 * 1024 * 1024), json_headers, b"7", "invalid_json"),
         ("no key", _event(904), json_headers, None, "bad_key"),
+        ("two minus signs in the key", _event(905), json_headers, b"--7", "bad_key"),
+        ("an end-of-log marker that holds rows", _event(906),
+         [*codec.message_headers("json", 0), (codec.END_OF_LOG_HEADER, b"1709769600000000")], None, "rows_mismatch"),
+        ("an end-of-log header on a row", _event(907),
+         [*json_headers, (codec.END_OF_LOG_HEADER, b"1709769600000000")], b"7", "bad_header"),
     ]
     return out
 

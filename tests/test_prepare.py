@@ -456,6 +456,35 @@ def test_text_ids_must_be_decimal_numbers(canonical: pa.Table, tmp_path: Path) -
     assert pq.read_table(tmp_path / "out.parquet").column("user_id").to_pylist() == [42, 7, 0, 1000]
 
 
+def test_text_ids_past_what_a_double_holds_are_read_exactly_or_refused(canonical: pa.Table, tmp_path: Path) -> None:
+    """Through a double, "12345678901234567.5" became 12345678901234568: an id that is not in the log."""
+    texts = ["12345678901234567.5", "4611686018427387904.5", "12345678901234567", "12345678901234567.000",
+             "9007199254740993", "1e15", "2e16"]
+    table = canonical.slice(0, len(texts))
+    table = table.set_column(table.schema.get_field_index("user_id"), "user_id", pa.array(texts))
+    pq.write_table(table, tmp_path / "in.parquet")
+    summary = prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.rejected == {"not_an_integer:user_id": 3}
+    assert pq.read_table(tmp_path / "out.parquet").column("user_id").to_pylist() == [
+        12345678901234567, 12345678901234567, 9007199254740993, 10**15]
+
+
+def test_time_text_must_be_an_unambiguous_date_and_time(canonical: pa.Table, tmp_path: Path) -> None:
+    """DuckDB reads "BST" as Bangladesh time, a date alone as midnight and "epoch" as 1970: all refused."""
+    accepted = {"2024-03-04 10:00:00": "2024-03-04T10:00:00", "2024-03-04T10:00:00Z": "2024-03-04T10:00:00",
+                "2024-03-04 11:00:00+01:00": "2024-03-04T10:00:00", "2024-03-04T05:00:00 America/New_York":
+                "2024-03-04T10:00:00", "2024-03-04 10:00:00.5 UTC": "2024-03-04T10:00:00.500000"}
+    refused = ["2024-03-04 10:00:00 BST", "2024-03-04 10:00:00 CEST", "2024-03-04", "epoch", "now"]
+    texts = [*accepted, *refused]
+    table = canonical.slice(0, len(texts))
+    table = table.set_column(table.schema.get_field_index("arrival_timestamp"), "arrival_timestamp", pa.array(texts))
+    pq.write_table(table, tmp_path / "in.parquet")
+    summary = prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.rejected == {"not_a_timestamp:arrival_timestamp": len(refused)}
+    times = pq.read_table(tmp_path / "out.parquet").column("arrival_timestamp").to_pylist()
+    assert sorted(t.isoformat() for t in times) == sorted(f"{v}+00:00" for v in accepted.values())
+
+
 @pytest.mark.parametrize("second", ["QUERY_ID", "Query_Id ", "query_id"])
 def test_two_columns_for_one_redset_column_are_refused(canonical: pa.Table, tmp_path: Path, second: str) -> None:
     """Names that differ only by case (or repeat exactly) hold two candidates: the file is refused, naming both
@@ -487,3 +516,20 @@ def test_text_stored_as_bytes_is_read_as_text_and_bytes_that_are_not_utf8_are_re
     assert pq.read_table(tmp_path / "out.parquet").equals(expected.cast(pq.read_schema(tmp_path / "out.parquet")))
     sample = json.loads(summary.rejected_sample.read_text().splitlines()[0])
     assert (sample["reason"], sample["row"]) == ("not_utf8:query_type", 2)
+
+
+def test_a_damaged_page_of_a_file_with_page_checksums_is_named_not_decoded(canonical: pa.Table, tmp_path: Path) -> None:
+    """Flipped bytes decoded into times decades away, which were then refused as out of range (or kept)."""
+    good = tmp_path / "good.parquet"
+    pq.write_table(canonical, good, write_page_checksum=True, compression="zstd")
+    data = bytearray(good.read_bytes())
+    middle = len(data) // 3
+    data[middle:middle + 200] = bytes(b ^ 0xFF for b in data[middle:middle + 200])
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(bytes(data))
+    assert prepare(good, tmp_path / "out.parquet", temp_dir=tmp_path / "tmp").rows_out == canonical.num_rows
+    with pytest.raises(DataValidationError, match=r"bad\.parquet' is damaged: row group 0 of 1 .*checksum"):
+        prepare(bad, tmp_path / "out2.parquet", temp_dir=tmp_path / "tmp")
+    assert not (tmp_path / "out2.parquet").exists()
+    with pytest.raises(DataValidationError, match="checksum"):
+        validate(bad)

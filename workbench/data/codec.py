@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import operator
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -77,6 +78,8 @@ import pyarrow.compute as pc
 from workbench.data import _arrow_fast, _ipc_size, _json_fast
 from workbench.data.schema import COLUMNS, NON_NEGATIVE_COLUMNS, REDSET_SCHEMA, SCHEMA_VERSION, type_fits
 from workbench.exceptions import WorkbenchError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ENCODINGS",
@@ -239,6 +242,17 @@ def _end_of_log(headers: Headers) -> int | None:
     return int(text)
 
 
+def _check_marker(value: Any, encoding: str | None, rows: int | None) -> None:
+    """An end-of-log marker holds no rows (MessageDecodeError otherwise: none of them may vanish)."""
+    if rows not in (0, None):
+        msg = f"header {END_OF_LOG_HEADER!r} marks a message without rows, but header 'rows' says {rows}"
+        raise MessageDecodeError("bad_header", msg)
+    held = _decode_one(value, encoding or ENCODING_ARROW, None, False, None).num_rows
+    if held:
+        msg = f"header {END_OF_LOG_HEADER!r} marks a message without rows, but the value holds {held}"
+        raise MessageDecodeError("rows_mismatch", msg)
+
+
 def message_headers(encoding: str, rows: int, *, resent: bool = False) -> list[tuple[str, bytes]]:
     """Headers every query message carries (and :data:`RESENT_HEADER` on rows sent before)."""
     headers = [
@@ -347,7 +361,8 @@ def _decode_key(key: bytes | str | None) -> int:
             msg = f"the key is not UTF-8 text: {bytes(key)[:40]!r}"
             raise MessageDecodeError("bad_key", msg) from None
     text = key
-    if not text.lstrip("-").isdigit() or not text.isascii() or len(text) > 20:
+    body = text[1:] if text.startswith("-") else text  # one sign at most: "--5" is no number
+    if not (body.isascii() and body.isdigit()) or len(body) > 19:
         msg = f"the key must be the decimal instance_id. Got {key[:40]!r}"
         raise MessageDecodeError("bad_key", msg)
     value = int(text)
@@ -804,7 +819,39 @@ def decode_values(
     JSON messages are decoded together (:mod:`workbench.data._json_fast`); those that path does
     not accept are judged one by one, so the result is the same as message by message.
     """
-    return _decode_values(values, encodings, headers=headers, keys=keys, json_fast=True)
+    encodings = list(encodings) if encodings is not None else None  # read twice if the fast path fails
+    try:
+        return _decode_values(values, encodings, headers=headers, keys=keys, json_fast=True)
+    except MessageDecodeError:
+        raise
+    except Exception:  # a fault of ours that a message trips: it must not stop the app (nor lose the others)
+        logger.exception("decoding %d messages failed unexpectedly; decoding them one by one", len(values))
+        return _decode_one_by_one(values, encodings, headers, keys)
+
+
+def _decode_one_by_one(values: Sequence[bytes | None], encodings: Iterable[str | None] | None,
+                       headers: Sequence[Headers] | None, keys: Sequence[Any] | None) -> DecodedBatch:
+    """:func:`decode_values` message by message; a message the decoder fails on unexpectedly is refused."""
+    encodings = list(encodings) if encodings is not None else [None] * len(values)
+    pieces: list[tuple[pa.RecordBatch, list[int]]] = []
+    errors: list[tuple[int, str]] = []
+    markers: list[int] = []
+    for position, value in enumerate(values):
+        try:
+            one = _decode_values([value], [encodings[position]],
+                                 headers=None if headers is None else [headers[position]],
+                                 keys=None if keys is None else [keys[position]], json_fast=False, arrow_fast=False)
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {str(exc)[:160]}"
+            errors.append((position, f"invalid_value: the decoder failed on it: {detail}"))
+            continue
+        errors.extend((position, reason) for _, reason in one.errors)
+        if one.batch.num_rows:
+            pieces.append((one.batch, [position] * one.batch.num_rows))
+        if one.end_of_log_us is not None:
+            markers.append(one.end_of_log_us)
+    decoded = _combine(pieces, errors)
+    return dataclasses.replace(decoded, end_of_log_us=max(markers)) if markers else decoded
 
 
 def _decode_values(
@@ -842,7 +889,8 @@ def _decode_values(
             key = None
         try:
             name, rows = (ENCODING_JSON, 1) if hdrs == _JSON_HEADERS else _meta(hdrs)
-            if rows == 0 and (end := _end_of_log(hdrs)) is not None:  # a marker, not a row
+            if hdrs is not None and hdrs is not _JSON_HEADERS and (end := _end_of_log(hdrs)) is not None:
+                _check_marker(value, name, rows)  # a marker, not a row: it must hold none
                 markers.append(end)
                 continue
             name = name or fallback or ENCODING_JSON

@@ -50,7 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workbench.data.exceptions import DataValidationError
-from workbench.data.schema import FALSE_WORDS, LABEL_SCHEMA, REDSET_SCHEMA, TRUE_WORDS
+from workbench.data.schema import FALSE_WORDS, LABEL_SCHEMA, REDSET_SCHEMA, TRUE_WORDS, open_parquet
 from workbench.data.validation import (
     MAX_EVENT_TIME,
     MIN_EVENT_TIME,
@@ -210,6 +210,13 @@ def _arrow_type(arrow: pa.DataType | None, duck_type: str) -> str:
     return str(arrow) if arrow is not None and pa.types.is_duration(arrow) else duck_type
 
 
+#: Time text read as a time: an ISO-8601 date and time of day (a date alone would put a day's queries
+#: at midnight, as a DATE column would), with no zone (UTC), ``Z``/``UTC``/``GMT``, a numeric offset or
+#: an IANA zone name. Abbreviations are refused: DuckDB reads ``BST`` as Bangladesh time, not British
+#: summer time, and knows no ``CEST``; words (``epoch``, ``now``) are no times of a log.
+_ISO_TEXT: Final = (r"(?i)[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}[T ][0-9]{1,2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?"
+                    r" ?(Z|UTC|GMT|[+-][0-9]{2}(:?[0-9]{2})?|[A-Z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)+)?")
+
 # Conversions that need only the column: (source family, target) -> (value SQL, problem); ``{c}`` is the
 # quoted column. A value is present when it is not NULL (and, for floats, not NaN).
 _PRESENT: Final = {"float": "({c} IS NOT NULL AND NOT isnan(CAST({c} AS DOUBLE)))"}
@@ -250,8 +257,14 @@ def _coerce(col: str, family: str, target: str) -> tuple[str, str, str | None] |
             as_double = f"TRY_CAST({s} AS DOUBLE)"
             # decimal text only: DuckDB's casts also read 0x10, 0b11 and 1_000, which no log means as numbers
             decimal = f"regexp_full_match({s}, '[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?')"
+            # Digits (and a fraction of zeros) are read exactly; other forms (1.5e3) through a double, so
+            # only where a double holds every whole number: "12345678901234567.5" is no integer, and
+            # through a double it would become one.
+            whole = f"regexp_extract({s}, '^([+-]?[0-9]+)[.]?0*$', 1)"
             value = (f"CASE WHEN NOT {present} THEN NULL WHEN NOT {decimal} THEN NULL "
-                     f"WHEN {as_double} <> trunc({as_double}) THEN NULL ELSE TRY_CAST({s} AS BIGINT) END")
+                     f"WHEN {whole} <> '' THEN TRY_CAST({whole} AS BIGINT) "
+                     f"WHEN abs({as_double}) > {2**53} OR {as_double} <> trunc({as_double}) THEN NULL "
+                     f"ELSE TRY_CAST({as_double} AS BIGINT) END")
             return value, present, "not_an_integer"
         if target == "boolean":
             trues = ", ".join(_lit(w) for w in TRUE_WORDS)
@@ -259,7 +272,8 @@ def _coerce(col: str, family: str, target: str) -> tuple[str, str, str | None] |
             value = f"CASE WHEN lower({s}) IN ({trues}) THEN true WHEN lower({s}) IN ({falses}) THEN false END"
             return value, present, "not_a_boolean"
         if target == "timestamp":
-            return f"CASE WHEN {present} THEN TRY_CAST({s} AS TIMESTAMPTZ) END", present, "not_a_timestamp"
+            iso = f"regexp_full_match({s}, {_lit(_ISO_TEXT)})"
+            return f"CASE WHEN {present} AND {iso} THEN TRY_CAST({s} AS TIMESTAMPTZ) END", present, "not_a_timestamp"
     if (family, target) in _DIRECT:
         template, problem = _DIRECT[family, target]
         present = _PRESENT.get(family, "({c} IS NOT NULL)")
@@ -285,6 +299,34 @@ def _coerce(col: str, family: str, target: str) -> tuple[str, str, str | None] |
         present = _PRESENT["float"].format(c=c)
         return f"CASE WHEN {present} AND {c} = trunc({c}) THEN TRY_CAST({c} AS BIGINT) END", present, "not_integral"
     return None
+
+
+def verify_pages(path: Path, *, progress: bool = False) -> None:
+    """Read every page of ``path`` once with its checksum checked (where the writer stored one).
+
+    DuckDB's reader does not check page checksums: a damaged page of a file that has them would
+    decode into other values (times decades away, other ids) that the rules then refuse or, worse,
+    keep. Pages without a checksum cannot be checked (pyarrow writes none unless asked).
+
+    Raises
+    ------
+    DataValidationError
+        Naming the file and row group that fails.
+    """
+    file = open_parquet(path, pre_buffer=False, buffer_size=1 << 20)
+    groups = range(file.num_row_groups)
+    if progress and file.num_row_groups > 1:
+        from tqdm.auto import tqdm
+
+        groups = tqdm(groups, unit="row groups", desc=f"checking {path.name}", dynamic_ncols=True, leave=False)
+    for group in groups:
+        try:
+            for _ in file.iter_batches(batch_size=65_536, row_groups=[group], use_threads=False):
+                pass  # decoding is the check; a batch at a time keeps memory flat
+        except (pa.ArrowException, OSError) as exc:
+            msg = (f"Source {str(path)!r} is damaged: row group {group} of {file.num_row_groups} cannot be read "
+                   f"({str(exc).splitlines()[0][:200]}). Copy the file again from its origin.")
+            raise DataValidationError(msg, path=str(path)) from exc
 
 
 def _sql_type(target: str) -> str:
@@ -679,6 +721,7 @@ def prepare(
             except (pa.ArrowException, OSError) as exc:
                 msg = f"Source {str(path)!r} is not a readable Parquet file ({exc})."
                 raise DataValidationError(msg, path=str(path)) from exc
+            verify_pages(path, progress=progress)
             rows_in += source.metadata.num_rows
             arrow_types = {field.name: field.type for field in source.schema_arrow}
             described = [(name, _arrow_type(arrow_types.get(name), duck_type))

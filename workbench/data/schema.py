@@ -35,6 +35,7 @@ __all__ = [
     "REDSET_SCHEMA",
     "SCHEMA_VERSION",
     "TRUE_WORDS",
+    "VERIFY_PAGES",
     "LogSummary",
     "batches_by_row_group",
     "kind_names",
@@ -179,9 +180,15 @@ def require_log(path: str | os.PathLike[str]) -> Path:
 READ_OPTIONS: dict[str, str] = {"coerce_int96_timestamp_unit": "us"}
 
 
+#: Pages written with a checksum (Spark's writer adds them; pyarrow's on request) are checked when read:
+#: a flipped byte in a page otherwise decodes into other values (times decades away, wrong ids).
+VERIFY_PAGES: dict[str, bool] = {"page_checksum_verification": True}
+
+
 def open_parquet(path: str | os.PathLike[str], **options: object) -> pq.ParquetFile:
-    """``pq.ParquetFile(path, **options)`` with :data:`READ_OPTIONS` (errors as pyarrow raises them)."""
-    return pq.ParquetFile(path, **READ_OPTIONS, **options)
+    """``pq.ParquetFile(path, **options)`` with :data:`READ_OPTIONS` and :data:`VERIFY_PAGES` (errors as
+    pyarrow raises them)."""
+    return pq.ParquetFile(path, **READ_OPTIONS, **VERIFY_PAGES, **options)
 
 
 def _open(path: Path) -> pq.ParquetFile:

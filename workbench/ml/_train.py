@@ -38,6 +38,7 @@ from workbench.data.schema import (
     FIELDS,
     LABEL_COLUMNS,
     READ_OPTIONS,
+    VERIFY_PAGES,
     _check_schema,
     kind_names,
     open_parquet,
@@ -170,7 +171,8 @@ def one_row_per_query(table: pa.Table, path: Path) -> pa.Table:
 
 
 #: The Parquet format as every reader of a log reads it (:data:`workbench.data.schema.READ_OPTIONS`).
-_PARQUET = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(**READ_OPTIONS))
+_PARQUET = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(**READ_OPTIONS),
+                                default_fragment_scan_options=ds.ParquetFragmentScanOptions(**VERIFY_PAGES))
 
 
 def _read_schema(part: Path) -> pa.Schema:
