@@ -533,3 +533,11 @@ def test_a_damaged_page_of_a_file_with_page_checksums_is_named_not_decoded(canon
     assert not (tmp_path / "out2.parquet").exists()
     with pytest.raises(DataValidationError, match="checksum"):
         validate(bad)
+
+
+def test_a_column_without_a_name_is_reported_as_such(canonical: pa.Table, tmp_path: Path) -> None:
+    """DuckDB reads it as C<position>, a name the file does not have."""
+    table = canonical.slice(0, 10).append_column("", pa.array(range(10)))
+    pq.write_table(table, tmp_path / "in.parquet")
+    summary = prepare(tmp_path / "in.parquet", tmp_path / "out.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.ignored_columns == (("(a column without a name)", ""),)

@@ -727,10 +727,13 @@ def prepare(
             described = [(name, _arrow_type(arrow_types.get(name), duck_type))
                          for name, duck_type in _describe(con, path)]
             mapped = _map_columns(path, described, stored)
-            for name, _ in described:
+            # DuckDB names a column without a name C<position>: the summary says what the file holds
+            own = stored if len(stored) == len(described) else [name for name, _ in described]
+            for (name, _), as_stored in zip(described, own, strict=True):
                 if _redset_name(name) not in _TARGETS:  # a misspelt column would otherwise vanish without a word
                     close = difflib.get_close_matches(_redset_name(name), list(_TARGETS), n=1, cutoff=0.8)
-                    ignored.setdefault(name, close[0] if close else "")
+                    ignored.setdefault(as_stored if as_stored.strip() else "(a column without a name)",
+                                       close[0] if close else "")
             key = tuple(sorted(mapped.items()))
             groups.setdefault(key, _Group([], mapped)).files.append(path)
         # labels from some sources only are kept: the others' rows get NULL labels (not labelled), said below
