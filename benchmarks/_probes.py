@@ -30,6 +30,16 @@ collective
     times in 10 minutes, 80 % aborted; ``cache_off`` the result cache disabled for 30 minutes
     (hits become executions of their source statement); ``slow_40min`` every query 1.5-2x slower
     for 40 minutes.
+
+A second set (:data:`MORE_PROBES`, ``benchmarks/probes.py --set more``), measured on its own copy of the day
+because the main set takes the free episode slots: collective failure modes of other mechanisms and the
+main set's collective probes on busy instances (the issue's held-out kind 2 names no instance size).
+``wait_busy`` / ``slow_busy`` as ``wait_mid`` / ``slow_40min`` on busy instances; ``cold_compile`` the
+compile cache lost (a restart, a patch): every query compiles again for 2-15 s, 30 minutes;
+``stale_stats`` statistics stale after a large load: queries reading >= 10 MB scan 3-5x and run 2-3x
+longer, 30 minutes; ``wlm_abort`` a query monitoring rule set too tight aborts every query past half a
+second, 20 minutes; ``write_contention`` writes (insert, update, delete, copy, ctas) 2-4x slower behind
+a vacuum or a deep copy, 40 minutes; ``reads_slower`` selects only 2-3x slower, 40 minutes.
 """
 
 from __future__ import annotations
@@ -428,6 +438,46 @@ def _slow(day: ProbeDay, name: str, inst: int, start: pd.Timestamp, end: pd.Time
     return day.frame["arrival_timestamp"].iloc[idx]
 
 
+def _cold_compile(day: ProbeDay, name: str, inst: int, start: pd.Timestamp, end: pd.Timestamp) -> pd.Series:
+    # The compile cache lost (a maintenance restart, a patch): every query compiles again, 2-15 s,
+    # and the compile is part of its runtime.
+    idx = _executed_in(day, inst, start, end)
+    extra = day.rng.uniform(2_000, 15_000, len(idx))
+    day.set(idx, name, compile_duration_ms=_nums(day.frame, "compile_duration_ms")[idx] + extra,
+            execution_duration_ms=_nums(day.frame, "execution_duration_ms")[idx] + extra)
+    return day.frame["arrival_timestamp"].iloc[idx]
+
+
+def _stale_stats(day: ProbeDay, name: str, inst: int, start: pd.Timestamp, end: pd.Timestamp) -> pd.Series:
+    # Statistics gone stale after a large load: the planner misjudges every table, queries that read
+    # (>= 10 MB) scan 3-5x their MB and run 2-3x longer.
+    idx = _executed_in(day, inst, start, end)
+    idx = idx[_nums(day.frame, "mbytes_scanned")[idx] >= 10]
+    day.set(idx, name, mbytes_scanned=_nums(day.frame, "mbytes_scanned")[idx] * day.rng.uniform(3, 5, len(idx)),
+            execution_duration_ms=_nums(day.frame, "execution_duration_ms")[idx] * day.rng.uniform(2, 3, len(idx)))
+    return day.frame["arrival_timestamp"].iloc[idx]
+
+
+def _wlm_abort(day: ProbeDay, name: str, inst: int, start: pd.Timestamp, end: pd.Timestamp) -> pd.Series:
+    # A query monitoring rule set too tight: every query past half a second is aborted there.
+    idx = _executed_in(day, inst, start, end)
+    idx = idx[_nums(day.frame, "execution_duration_ms")[idx] > 500]
+    day.set(idx, name, was_aborted=True, execution_duration_ms=np.full(len(idx), 500.0))
+    return day.frame["arrival_timestamp"].iloc[idx]
+
+
+def _of_types(types: tuple[str, ...], factor: tuple[float, float]
+              ) -> Callable[[ProbeDay, str, int, pd.Timestamp, pd.Timestamp], pd.Series]:
+    """Queries of ``types`` only run ``factor`` slower (one factor per episode, some noise per query)."""
+    def change(day: ProbeDay, name: str, inst: int, start: pd.Timestamp, end: pd.Timestamp) -> pd.Series:
+        idx = _executed_in(day, inst, start, end)
+        idx = idx[day.frame["query_type"].iloc[idx].isin(types).to_numpy()]
+        slower = day.rng.uniform(*factor) * np.exp(0.1 * day.rng.standard_normal(len(idx)))
+        day.set(idx, name, execution_duration_ms=_nums(day.frame, "execution_duration_ms")[idx] * slower)
+        return day.frame["arrival_timestamp"].iloc[idx]
+    return change
+
+
 @dataclass(frozen=True)
 class Probe:
     """One held-out failure mode: its family and how it changes a :class:`ProbeDay`."""
@@ -459,6 +509,22 @@ PROBES: tuple[Probe, ...] = (
     Probe("first_spill", "point", _first_spill),
     Probe("spill_beyond_largest", "point", _spill_beyond_largest),
 )
+
+#: A second set, measured on its own copy of the day (the main set takes the free episode slots):
+#: the main set's collective probes on busy instances, and collective failure modes of other mechanisms.
+MORE_PROBES: tuple[Probe, ...] = (
+    Probe("wait_busy", "collective", _collective(("busy",), 20, _wait)),
+    Probe("slow_busy", "collective", _collective(("busy",), 40, _slow)),
+    Probe("cold_compile", "collective", _collective(("mid",), 30, _cold_compile)),
+    Probe("stale_stats", "collective", _collective(("mid", "busy"), 30, _stale_stats)),
+    Probe("wlm_abort", "collective", _collective(("busy", "mid"), 20, _wlm_abort)),
+    Probe("write_contention", "collective", _collective(("busy", "mid"), 40, _of_types(
+        ("insert", "update", "delete", "copy", "ctas"), (2.0, 4.0)))),
+    Probe("reads_slower", "collective", _collective(("busy", "mid"), 40, _of_types(("select",), (2.0, 3.0)))),
+)
+
+#: The probe sets of ``benchmarks/probes.py --set``.
+PROBE_SETS: dict[str, tuple[Probe, ...]] = {"main": PROBES, "more": MORE_PROBES}
 
 
 def apply_probes(day: pa.Table, history: pa.Table, seed: int, probes: tuple[Probe, ...] = PROBES,

@@ -103,6 +103,7 @@ def residuals_of(model: LoadedModel, table: pa.Table) -> pd.DataFrame:
     what the scoring app stores in ``window_residuals``) from ``model``'s own scores of it."""
     pred = model.predict(table)
     scored = table.append_column("pred_mean_ms", pa.array(pred["pred_mean_ms"], pa.float64())).append_column(
+        "pred_q_ms", pa.array(pred["pred_q_ms"], pa.float64())).append_column(
         "model_version", pa.array(pred["model_version"], pa.string()))
     _, _, source = model.features.transform_with_evidence(table)
     return residual_windows(scored, known=source == 0).drop(columns="unscored_queries")

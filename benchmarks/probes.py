@@ -2,13 +2,14 @@
 
 Usage::
 
-    python benchmarks/probes.py --data FILE [--days 4] [--seed 0] [--models DIR]
+    python -m benchmarks.probes --data FILE [--days 4] [--seed 0] [--models DIR] [--set main|more]
 
 ``FILE`` is a log without stress kinds (the classic demo log: ``workbench generate --days 4
 --instances 16 --seed 0``). The benchmark trains one version on every day but the last, as
 ``benchmarks/detection.py`` does (``--models DIR`` keeps it for the next run), applies every probe
-of ``benchmarks._probes.PROBES`` to the last day (each on its own rows, instances and times; nothing else of the
-day changes) and scores that day with the default detector. Probe rows are labelled with the probe's
+of ``benchmarks._probes.PROBES`` (``--set more``: ``MORE_PROBES``, on a copy of its own) to the last
+day (each on its own rows, instances and times; nothing else of the day changes) and scores that day
+with the default detector. Probe rows are labelled with the probe's
 name, collective probes also label every 10-minute window holding at least 10 affected queries.
 
 The probes themselves, and how each picks its rows, are in ``benchmarks/_probes.py``.
@@ -53,7 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sklearn.metrics import average_precision_score
 
-from benchmarks._probes import MIN_WINDOW_ROWS, PROBES, apply_probes
+from benchmarks._probes import MIN_WINDOW_ROWS, PROBE_SETS, Probe, apply_probes
 from benchmarks.detection import (
     _detect,
     _inputs,
@@ -90,8 +91,8 @@ def _best(scored: pd.DataFrame) -> pd.DataFrame:
     return scored.sort_values("score", ascending=False).drop_duplicates(["instance_id", "window_start"])
 
 
-def _query_rows(day: pa.Table, label: np.ndarray, inputs: dict, score: np.ndarray, alert: np.ndarray,
-                sizes: dict[str, list[int]], persistent: np.ndarray) -> list[dict]:
+def _query_rows(probes: tuple[Probe, ...], day: pa.Table, label: np.ndarray, inputs: dict, score: np.ndarray,
+                alert: np.ndarray, sizes: dict[str, list[int]], persistent: np.ndarray) -> list[dict]:
     """Per probe: rows, instances (size class initial), recall, median score, the baseline's recall
     at the detector's alert volume, and per miss the normal rows that dominate it (median).
     ``alert`` is the detector's; ``persistent`` the runs the persistence step adds (recall counts both)."""
@@ -109,7 +110,7 @@ def _query_rows(day: pa.Table, label: np.ndarray, inputs: dict, score: np.ndarra
     log_ratio = {s: inputs["obs"][s] - np.log1p(expected[s]) for s in excess}
     size_of = {i: name[0] for name, members in sizes.items() for i in members}
     rows = []
-    for probe in PROBES:
+    for probe in probes:
         sel = label == probe.name
         row: dict = {"probe": probe.name, "family": probe.family, "rows": int(sel.sum())}
         if sel.any():
@@ -126,14 +127,15 @@ def _query_rows(day: pa.Table, label: np.ndarray, inputs: dict, score: np.ndarra
     rows.append({"probe": "false alerts / 10k normal", "family": "",
                  "rows": int(normal.sum()), "recall": float((alert | persistent)[normal].mean() * 1e4),
                  "of it persistence": float((persistent & ~alert)[normal].mean() * 1e4)})
-    point = np.isin(label, [p.name for p in PROBES if p.family != "collective"]) | logged
+    point = np.isin(label, [p.name for p in probes if p.family != "collective"]) | logged
     keep = point | normal
     rows.append({"probe": "PR-AUC point+contextual+log", "family": "", "rows": int(point.sum()),
                  "recall": float(average_precision_score(point[keep], score[keep]))})
     return rows
 
 
-def _window_rows(original: pa.Table, day: pa.Table, label: np.ndarray, labelled: pd.DataFrame,
+def _window_rows(probes: tuple[Probe, ...], original: pa.Table, day: pa.Table, label: np.ndarray,
+                 labelled: pd.DataFrame,
                  history: pa.Table, residuals: dict[str, pd.DataFrame]) -> tuple[dict[str, dict], str]:
     """Per collective probe: labelled windows flagged (and the signals that flagged them); and a
     line on the flagged windows no probe explains. ``residuals``: the residual windows of the
@@ -145,7 +147,7 @@ def _window_rows(original: pa.Table, day: pa.Table, label: np.ndarray, labelled:
         "score >= 1.0"))
     inst = day.column("instance_id").to_numpy(zero_copy_only=False)
     ts = pd.to_datetime(day.column("arrival_timestamp").to_numpy(zero_copy_only=False), utc=True).floor("10min")
-    family = {p.name: p.family for p in PROBES}
+    family = {p.name: p.family for p in probes}
     in_episode = np.array([family.get(x) == "collective" for x in label])
     touched = set(zip(inst[in_episode], ts[in_episode], strict=True))
     # windows holding a labelled per-query anomaly (the log's, or a point / contextual probe's)
@@ -177,25 +179,28 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", type=Path, help="registry to reuse (trained there on the first run)")
+    parser.add_argument("--set", choices=sorted(PROBE_SETS), default="main",
+                        help="the probes: the main set, or the second set on its own copy of the day")
     args = parser.parse_args()
+    probes = PROBE_SETS[args.set]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         model, hold_table, train_day, eval_day = train_all_but_last(args.data, args.days, args.models or Path(tmp))
         by_day = Path(f"{args.models}.by-day") if args.models else Path(tmp) / "by-day"  # the app's versions
         history = load_log_window(args.data, train_day, 7)
         original = load_log_window(args.data, eval_day, 1)
-        day, label, labelled, sizes = apply_probes(original, history, args.seed)
+        day, label, labelled, sizes = apply_probes(original, history, args.seed, probes)
         hold, inputs = holdout_inputs(model, hold_table), _inputs(model, day)
         score, alert = _detect(DEFAULTS, hold, inputs)
         persistent = persistence_flags(day, inputs, alert, model.version)
         first = eval_day - dt.timedelta(days=args.days - 1)
         residuals = {"history": reference_residuals(args.data, first, train_day, by_day),
                      **{name: residuals_of(model, table) for name, table in (("day", day), ("original", original))}}
-    rows = _query_rows(day, label, inputs, score, alert, sizes, persistent)
-    windows, line = _window_rows(original, day, label, labelled, history, residuals)
+    rows = _query_rows(probes, day, label, inputs, score, alert, sizes, persistent)
+    windows, line = _window_rows(probes, original, day, label, labelled, history, residuals)
     table = pd.DataFrame([r | windows.get(r["probe"], {}) for r in rows])
     pd.set_option("display.width", 250)
-    print(f"train {train_day} (7-day window), probe and evaluate {eval_day}; seed {args.seed}; "
+    print(f"train {train_day} (7-day window), probe ({args.set} set) and evaluate {eval_day}; seed {args.seed}; "
           f"{time.perf_counter() - t0:.0f} s; detector alerts {int(alert.sum())}, persistence adds "
           f"{int((persistent & ~alert).sum())}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))

@@ -29,7 +29,7 @@ from tests.pg_server import PostgresServer
 from tests.test_window_state import _run as run_clock
 from tests.test_window_state import _scenario as clock_scenario
 from tests.test_window_state import row_template
-from tests.test_window_stats_store import check_residuals_insert_if_absent, window_rows
+from tests.test_window_stats_store import check_residuals_insert_if_absent, residual_frame, window_rows
 from workbench.analysis import read
 from workbench.broker import ensure_topics
 from workbench.config import Settings
@@ -171,6 +171,12 @@ def test_window_residuals_postgres_insert_if_absent(postgres_server: PostgresSer
         con.execute("DROP TABLE window_residuals")
     with WindowStatsStore(url) as store:
         check_residuals_insert_if_absent(store)
+    with psycopg.connect(url, autocommit=True) as con:  # as the version before the tolerance count made it
+        con.execute("ALTER TABLE window_residuals DROP COLUMN beyond_tolerance_queries")
+    with WindowStatsStore(url) as store:
+        assert store.read_residuals().column("beyond_tolerance_queries").null_count == 8
+        store.insert_residuals(residual_frame(10).iloc[8:])
+        assert store.read_residuals().column("beyond_tolerance_queries").to_pylist()[-2:] == [8, 9]
 
 
 # --- (b) the lakehouse on a PostgreSQL catalog --------------------------------------------------------

@@ -12,7 +12,13 @@ import pyarrow as pa
 
 from tests.helpers import store_generated_days
 from workbench.analysis.collective import WINDOW_ANOMALY_SCHEMA
-from workbench.analysis.residual_windows import RESIDUAL_SIGNAL, judge_residual_windows, residual_windows
+from workbench.analysis.residual_windows import (
+    RESIDUAL_SIGNAL,
+    RESIDUAL_SIGNALS,
+    TOLERANCE_SIGNAL,
+    judge_residual_windows,
+    residual_windows,
+)
 from workbench.config import Settings
 from workbench.ml._train import train_table
 from workbench.ml.scorer import Scorer
@@ -27,11 +33,14 @@ WINDOW_MS = 600_000
 
 
 def _rows(days: int = 4, per_window: int = 60, seed: int = 0, slow: tuple[int, int] | None = None,
-          factor: float = 1.0, big_share: dict[int, float] | None = None, instance: int = 7) -> pa.Table:
+          factor: float = 1.0, big_share: dict[int, float] | None = None, instance: int = 7,
+          slow_part: float = 1.0) -> pa.Table:
     """Scored rows of one instance: small (~100 ms) and large (~5 s) queries, runtime ~ expectation x lognormal.
 
-    ``slow``: windows [a, b) run ``factor`` x slower than the model expects; ``big_share``: per
-    window, the share of large queries (default 0.2): a mix change the model explains.
+    ``slow``: windows [a, b) run ``factor`` x slower than the model expects (``slow_part`` of their
+    queries, at random; all by default); ``big_share``: per window, the share of large queries
+    (default 0.2): a mix change the model explains. The model's tolerance (``pred_q_ms``) is the
+    runtime noise's 90th percentile.
     """
     rng = np.random.default_rng(seed)
     n_win = days * 144
@@ -45,7 +54,8 @@ def _rows(days: int = 4, per_window: int = 60, seed: int = 0, slow: tuple[int, i
     pred = np.where(big, 5_000.0, 100.0) * rng.lognormal(0.0, 0.3, n)
     runtime = pred * rng.lognormal(0.0, 0.5, n)
     if slow is not None:
-        runtime = np.where((win >= slow[0]) & (win < slow[1]), runtime * factor, runtime)
+        part = rng.random(n) < slow_part if slow_part < 1.0 else np.ones(n, dtype=bool)  # the same draws as before
+        runtime = np.where((win >= slow[0]) & (win < slow[1]) & part, runtime * factor, runtime)
     arrival_ms = int(T0.timestamp() * 1000) + win * WINDOW_MS + rng.integers(0, WINDOW_MS, n)
     cached = rng.random(n) < 0.1
     return pa.table({
@@ -53,15 +63,18 @@ def _rows(days: int = 4, per_window: int = 60, seed: int = 0, slow: tuple[int, i
         "arrival_timestamp": pa.array(arrival_ms * 1000, pa.int64()).cast(pa.timestamp("us", "UTC")),
         "execution_duration_ms": pa.array(np.where(cached, 0, np.round(runtime)).astype(np.int64)),
         "was_cached": pa.array(cached), "was_aborted": pa.array(np.zeros(n, bool)),
-        "pred_mean_ms": pa.array(pred), "model_version": pa.array(["v1-2024-03-03"] * n),
+        "pred_mean_ms": pa.array(pred), "pred_q_ms": pa.array(pred * np.exp(1.2816 * 0.5)),
+        "model_version": pa.array(["v1-2024-03-03"] * n),
     })
 
 
-def _flagged_windows(rows: pa.Table, first_judged: int = 3 * 144) -> set[int]:
+def _flagged_windows(rows: pa.Table, first_judged: int = 3 * 144, signals: tuple[str, ...] = RESIDUAL_SIGNALS
+                     ) -> set[int]:
     w = residual_windows(rows)
     judged = w[w["window_start"] >= pd.Timestamp(T0) + pd.Timedelta(minutes=10 * first_judged)]
     flagged = judge_residual_windows(judged, w).to_pandas()
-    assert set(flagged["signal"]) <= {RESIDUAL_SIGNAL}
+    assert set(flagged["signal"]) <= set(RESIDUAL_SIGNALS)
+    flagged = flagged[flagged["signal"].isin(signals)]
     return {int((t - pd.Timestamp(T0)) / pd.Timedelta(minutes=10)) for t in flagged["window_start"]}
 
 
@@ -80,7 +93,7 @@ def test_an_instance_running_slower_than_the_model_expects_is_flagged() -> None:
     table = judge_residual_windows(residual_windows(_rows(slow=slow, factor=2.0)).iloc[3 * 144 + 60:3 * 144 + 61],
                                    residual_windows(_rows(slow=slow, factor=2.0)))
     assert table.schema == WINDOW_ANOMALY_SCHEMA
-    row = table.to_pylist()[0]
+    row = next(r for r in table.to_pylist() if r["signal"] == RESIDUAL_SIGNAL)
     assert 0.5 < row["observed"] - row["expected"] < 0.9  # ln 2 = 0.69
     assert "x its expected runtime" in row["reason"] and "queries" in row["reason"]
 
@@ -94,6 +107,22 @@ def test_an_unshifted_instance_and_a_mix_change_the_model_explains_are_not_flagg
     assert _flagged_windows(rows) == set()
 
 
+def test_a_part_of_the_workload_running_slower_is_flagged_by_the_share_past_the_tolerance() -> None:
+    """40 % of the queries 4x slower for 40 minutes: the median stays under its bar, the share past q90 does not."""
+    slow = (3 * 144 + 60, 3 * 144 + 64)
+    rows = _rows(slow=slow, factor=4.0, slow_part=0.4)
+    assert _flagged_windows(rows, signals=(RESIDUAL_SIGNAL,)) == set()
+    assert _flagged_windows(rows, signals=(TOLERANCE_SIGNAL,)) == set(range(*slow))
+    w = residual_windows(rows)
+    inside = w.iloc[slow[0]:slow[1]]
+    share = inside["beyond_tolerance_queries"] / inside["residual_queries"]
+    assert (share > 0.25).all() and (w["beyond_tolerance_queries"] / w["residual_queries"]).median() < 0.15
+    row = next(r for r in judge_residual_windows(w.iloc[slow[0]:slow[0] + 1], w).to_pylist()
+               if r["signal"] == TOLERANCE_SIGNAL)
+    assert row["observed"] > 0.25 and 0.05 < row["expected"] < 0.15
+    assert "past the model's tolerance" in row["reason"] and "queries" in row["reason"]
+
+
 def test_a_slowdown_that_is_also_below_the_floor_is_not_flagged() -> None:
     slow = (3 * 144 + 60, 3 * 144 + 64)  # 1.25x: significant over 40 queries, but under ln 1.5
     assert _flagged_windows(_rows(slow=slow, factor=1.25)) == set()
@@ -102,6 +131,18 @@ def test_a_slowdown_that_is_also_below_the_floor_is_not_flagged() -> None:
 def test_windows_with_too_few_judged_queries_are_not_judged() -> None:
     slow = (3 * 144 + 60, 3 * 144 + 64)
     assert _flagged_windows(_rows(slow=slow, factor=2.0, per_window=12)) == set()
+    assert _flagged_windows(_rows(slow=slow, factor=2.0, per_window=30)) == set(range(*slow))
+
+
+def test_the_tolerance_share_of_small_windows_is_no_reference() -> None:
+    """At five judged queries a window and one in ten past the tolerance, most windows hold none: their
+    median share, 0, made an ordinary window of 14 queries with 10 past the tolerance look like a storm."""
+    w = residual_windows(_rows(per_window=5))
+    target = w.iloc[[3 * 144 + 60]].assign(residual_queries=14, beyond_tolerance_queries=10)
+    assert judge_residual_windows(target, w).num_rows == 0  # neither judged (14 < 20) nor against that median
+    busy = residual_windows(_rows(per_window=60))
+    judged = busy.iloc[[3 * 144 + 60]].assign(residual_queries=30, beyond_tolerance_queries=20)
+    assert judge_residual_windows(judged, busy).column("signal").to_pylist() == [TOLERANCE_SIGNAL]
 
 
 def test_windows_with_unscored_rows_are_left_for_later() -> None:
@@ -203,6 +244,7 @@ def test_a_day_s_first_window_is_judged_with_the_whole_reference_of_the_window_b
         step = ResidualWindowsStep(settings, AppStatus(settings, "scoring"), params=params)
         streamed = step.judge_day(store, day, windows[first]).to_pandas()
     offline = judge_residual_windows(windows[first], windows, params).to_pandas()
-    assert list(offline["window_start"]) == [pd.Timestamp(day, tz="UTC")]  # flagged only with the window before
-    assert "so is the window before it" in offline["reason"].iloc[0]
+    median = offline[offline["signal"] == RESIDUAL_SIGNAL]
+    assert list(median["window_start"]) == [pd.Timestamp(day, tz="UTC")]  # flagged only with the window before
+    assert "so is the window before it" in median["reason"].iloc[0]
     pd.testing.assert_frame_equal(streamed, offline)

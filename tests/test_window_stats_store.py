@@ -203,7 +203,8 @@ def residual_frame(n: int = 6, median: float = 0.1):
     return pd.DataFrame({"instance_id": [i % 2 for i in range(n)],
                          "window_start": [T0 + timedelta(minutes=10 * (i // 2)) for i in range(n)],
                          "residual_queries": [20 + i for i in range(n)],
-                         "median_log_residual": [median + i / 100 for i in range(n - 1)] + [None]})
+                         "median_log_residual": [median + i / 100 for i in range(n - 1)] + [None],
+                         "beyond_tolerance_queries": [i for i in range(n)]})
 
 
 def check_residuals_insert_if_absent(store: WindowStatsStore) -> None:
@@ -221,9 +222,29 @@ def check_residuals_insert_if_absent(store: WindowStatsStore) -> None:
     assert [r for r in rows if (r["instance_id"], r["window_start"]) in
             {(f["instance_id"], f["window_start"]) for f in first}] == first
     assert rows[5]["median_log_residual"] is None or rows[5]["residual_queries"] == 25
+    assert sorted(r["beyond_tolerance_queries"] for r in rows) == list(range(8))
     assert store.newest_residual_window() == T0 + timedelta(minutes=30)
     assert store.read_residuals(start=T0 + timedelta(minutes=10), instances=[1]).column(
         "instance_id").to_pylist() == [1, 1, 1]
+
+
+def test_an_earlier_residual_table_gains_the_tolerance_count_and_keeps_its_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with WindowStatsStore(path) as store:
+        store.insert_residuals(residual_frame(2).drop(columns="beyond_tolerance_queries"))  # stored as NULL
+    con = sqlite3.connect(path)
+    con.execute("ALTER TABLE window_residuals DROP COLUMN beyond_tolerance_queries")  # as an earlier version made it
+    con.close()
+    with WindowStatsStore(path, read_only=True) as reader:  # unmigrated: the missing column reads as null
+        assert reader.read_residuals().column("beyond_tolerance_queries").to_pylist() == [None, None]
+    for _ in range(2):  # the second open adds nothing
+        with WindowStatsStore(path) as store:
+            assert store.read_residuals().column("residual_queries").to_pylist() == [20, 21]
+    with WindowStatsStore(path) as store:
+        store.insert_residuals(residual_frame(4))
+        assert store.read_residuals().column("beyond_tolerance_queries").to_pylist() == [None, None, 2, 3]
 
 
 def test_residual_windows_are_insert_if_absent(tmp_path: Path) -> None:

@@ -235,6 +235,28 @@ def _describe_residual(observed: float, expected: float, queries: float) -> str:
             f"toward its hour of day and overall)")
 
 
+#: The tolerance share is read only from windows with at least this many judged queries, as a window
+#: and as a reference: expected at one query in ten, a window of five mostly holds none, so the median
+#: of small windows' shares is 0 and an ordinary window of fourteen with a few past the tolerance
+#: looked like a storm against it (a two-instance test log, instance of five judged queries a window).
+_TOLERANCE_MIN_QUERIES = 20
+
+
+def _beyond_tolerance(w: pd.DataFrame) -> np.ndarray:
+    """Share of the judged queries past the model's tolerance (NaN below ``_TOLERANCE_MIN_QUERIES`` of them)."""
+    n = _values(w, "residual_queries")
+    return np.where(n >= _TOLERANCE_MIN_QUERIES, _share("beyond_tolerance_queries", _col("residual_queries"))(w),
+                    np.nan)
+
+
+def _describe_beyond_tolerance(observed: float, expected: float, queries: float) -> str:
+    """The tolerance share's reason, in the queries' own terms."""
+    return (f"part of the workload runs slower than the model expects for it: {observed:.0%} of {queries:.0f} "
+            f"queries ran past the model's tolerance for them (its upper quantile for each), vs {expected:.0%} "
+            "usually (the instance's earlier windows for this hour of the week, shrunk toward its hour of day "
+            "and overall)")
+
+
 #: Collective signals are counts, shares or statistics that one query cannot move on its own:
 #: sums like the window's total queue time or MB spilled are one big query's story as often as
 #: not (per-query scoring tells that one), so they are not signals here.
@@ -282,6 +304,15 @@ SIGNALS: dict[str, Signal] = {
     "runtime_residual": Signal(_col("median_log_residual"), float(np.log(1.5)), "ln(runtime / expected)",
                                "every query runs slower than the model expects for it", log=False,
                                count=_col("residual_queries"), describe=_describe_residual),
+    # The residual's share form: the share of the same queries that ran past the model's tolerance
+    # for them (its upper quantile per query). The median moves when most queries run slower; this
+    # moves when a part of the workload does (one query type, one user's queries, one table's).
+    # Floor 10 points, as the other shares; the binomial test and its excess of 5 queries as theirs;
+    # only over windows of at least 20 judged queries (_TOLERANCE_MIN_QUERIES).
+    "beyond_tolerance_share": Signal(_beyond_tolerance, 0.10, "share",
+                                     "more queries run past the model's tolerance for them", log=False,
+                                     base=_col("residual_queries"), needs_many=False,
+                                     count=_col("residual_queries"), describe=_describe_beyond_tolerance),
 }
 
 

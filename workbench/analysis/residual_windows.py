@@ -13,8 +13,12 @@ execution time; scored; and, when the caller says which, with an expectation tha
 statement's own history: see ``known``), their count ``residual_queries`` and the median of
 ``log1p(execution ms) - log1p(pred_mean_ms)`` (``median_log_residual``). ``pred_mean_ms`` is the
 scorer's ``expm1`` of the model's mean log runtime, so this is the detector's own log residual of
-runtime. It also counts the executed rows still unscored (``unscored_queries``): a window with any
-is not final (the rows are rescored later) and is left for then.
+runtime. Next to the median, how many of those queries ran past the model's tolerance for them
+(``beyond_tolerance_queries``: longer than the larger of ``pred_mean_ms`` and ``pred_q_ms``, the
+model's upper quantile): the median moves when most of the window runs slower, this share when a
+part of it does (writes behind a vacuum, one user's queries, the reads of one table). It also
+counts the executed rows still unscored (``unscored_queries``): a window with any is not final
+(the rows are rescored later) and is left for then.
 
 Why ``known``: a statement the model has no history of gets a prior (its instance's typical
 runtime), so its residual says what the model does not know, not how fast the instance is. One
@@ -27,8 +31,9 @@ queries, never seen, ran 30-86 s against expectations of ~0.1 s) and moved the w
 :func:`judge_residual_windows` judges windows against the instance's earlier residual windows with
 the collective machinery (:mod:`workbench.analysis.collective`, signal ``runtime_residual``: shrunk
 hour-of-week reference, MAD spread, ``min(z / z_threshold, excess / ln 1.5) >= 1``, the empirical
-check and at least ``min_queries`` judged queries). Pure functions: the same rows give the same
-windows and flags.
+check and at least ``min_queries`` judged queries; signal ``beyond_tolerance_share``: the shares'
+over-dispersed binomial test, floor 10 points and at least 5 queries beyond the expected share).
+Pure functions: the same rows give the same windows and flags.
 """
 
 from __future__ import annotations
@@ -42,12 +47,18 @@ from workbench.analysis._columns import flags, numbers
 from workbench.analysis.collective import CollectiveParams, flag_windows
 from workbench.analysis.windows import DEFAULT_WINDOW_MS, arrival_ms
 
-__all__ = ["RESIDUAL_COLUMNS", "RESIDUAL_SIGNAL", "judge_residual_windows", "residual_windows"]
+__all__ = ["RESIDUAL_COLUMNS", "RESIDUAL_SIGNAL", "RESIDUAL_SIGNALS", "TOLERANCE_SIGNAL", "judge_residual_windows",
+           "residual_windows"]
 
-#: The collective signal (:data:`workbench.analysis.collective.SIGNALS`) these windows feed.
+#: The collective signal (:data:`workbench.analysis.collective.SIGNALS`) of the windows' median residual.
 RESIDUAL_SIGNAL = "runtime_residual"
+#: The collective signal of the share of their queries past the model's tolerance.
+TOLERANCE_SIGNAL = "beyond_tolerance_share"
+#: Every signal these windows feed (judged by the scoring app, never by the analytics app).
+RESIDUAL_SIGNALS = (RESIDUAL_SIGNAL, TOLERANCE_SIGNAL)
 #: Columns of :func:`residual_windows` (and of the ``window_residuals`` table, without ``unscored_queries``).
-RESIDUAL_COLUMNS = ("instance_id", "window_start", "residual_queries", "median_log_residual", "unscored_queries")
+RESIDUAL_COLUMNS = ("instance_id", "window_start", "residual_queries", "median_log_residual",
+                    "beyond_tolerance_queries", "unscored_queries")
 
 
 def residual_windows(rows: pa.Table, known: np.ndarray | None = None, window_ms: int = DEFAULT_WINDOW_MS
@@ -83,26 +94,29 @@ def residual_windows(rows: pa.Table, known: np.ndarray | None = None, window_ms:
     exec_ms = np.nan_to_num(numbers(rows, "execution_duration_ms"), nan=0.0)
     executed = ~flags(rows, "was_cached") & ~flags(rows, "was_aborted") & (exec_ms > 0)
     pred = numbers(rows, "pred_mean_ms")
+    # the model's own tolerance for the query: its upper quantile (the two regressors may cross)
+    tolerance = np.fmax(pred, numbers(rows, "pred_q_ms")) if "pred_q_ms" in rows.column_names else pred
     scored = pc.is_valid(rows.column("model_version")).to_numpy(zero_copy_only=False) & ~np.isnan(pred)
     frame = pd.DataFrame({
         "instance_id": pc.cast(rows.column("instance_id"), pa.int64()).to_numpy(zero_copy_only=False),
         "start_ms": np.floor_divide(arrival_ms(rows), window_ms) * window_ms,
         "judged": executed & scored & known,
         "unscored": executed & ~scored,
+        "beyond": executed & scored & known & (exec_ms > np.nan_to_num(tolerance, nan=np.inf)),
         "residual": np.where(executed & scored & known,
                              np.log1p(exec_ms) - np.log1p(np.clip(np.nan_to_num(pred), 0, None)), np.nan),
     })[executed]
     per = frame.groupby(["instance_id", "start_ms"], sort=True).agg(
         residual_queries=("judged", "sum"), median_log_residual=("residual", "median"),
-        unscored_queries=("unscored", "sum")).reset_index()
+        beyond_tolerance_queries=("beyond", "sum"), unscored_queries=("unscored", "sum")).reset_index()
     per["window_start"] = pd.to_datetime(per["start_ms"], unit="ms", utc=True).astype("datetime64[ms, UTC]")
     return per[list(RESIDUAL_COLUMNS)].astype({"instance_id": "int64", "residual_queries": "int64",
-                                               "unscored_queries": "int64"})
+                                               "beyond_tolerance_queries": "int64", "unscored_queries": "int64"})
 
 
 def judge_residual_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
                            params: CollectiveParams | None = None) -> pa.Table:
-    """Flagged residual windows as ``window_anomalies`` rows (signal :data:`RESIDUAL_SIGNAL`).
+    """Flagged residual windows as ``window_anomalies`` rows (the signals of :data:`RESIDUAL_SIGNALS`).
 
     ``windows`` and ``history`` are :func:`residual_windows` frames (or stored ``window_residuals``
     rows); each window is judged against the same instance's windows strictly before it (within
@@ -115,4 +129,4 @@ def judge_residual_windows(windows: pd.DataFrame, history: pd.DataFrame | None =
         return frame[frame["unscored_queries"].fillna(0) == 0]
 
     flagged = flag_windows(final(windows), final(history), params)
-    return flagged.filter(pc.equal(flagged.column("signal"), RESIDUAL_SIGNAL))
+    return flagged.filter(pc.is_in(flagged.column("signal"), pa.array(RESIDUAL_SIGNALS)))

@@ -165,6 +165,8 @@ WINDOW_RESIDUALS_SCHEMA: Final = pa.schema([
     pa.field("residual_queries", pa.int64(), nullable=False),
     pa.field("median_log_residual", pa.float64()),
     pa.field("written_at", _TS, nullable=False),
+    # added later: windows stored before read NULL (not judged on the share, nor part of its history)
+    pa.field("beyond_tolerance_queries", pa.int64()),
 ])
 _RESIDUAL_COLUMNS: Final = tuple(WINDOW_RESIDUALS_SCHEMA.names)
 
@@ -190,14 +192,18 @@ def _create(d: _Dialect) -> tuple[str, ...]:
     )
 
 
-def _add_columns(d: _Dialect, existing: Iterable[str]) -> tuple[str, ...]:
-    """Columns declared after the table was made, to add (nullable: the old rows have no value).
+#: The tables whose schema grew after release, and their schemas (columns added by migration).
+_GROWN: Final = {"window_stats": WINDOW_STATS_SCHEMA, "window_residuals": WINDOW_RESIDUALS_SCHEMA}
+
+
+def _add_columns(d: _Dialect, table: str, existing: Iterable[str]) -> tuple[str, ...]:
+    """Columns of ``table`` declared after it was made, to add (nullable: the old rows have no value).
 
     Only the missing ones: ``ALTER TABLE`` locks the table exclusively even when it changes nothing.
     """
     have = set(existing)
-    return tuple(f"ALTER TABLE window_stats ADD COLUMN IF NOT EXISTS {f.name} {d.types[f.type]}"
-                 for f in WINDOW_STATS_SCHEMA if f.name not in have)
+    return tuple(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {f.name} {d.types[f.type]}"
+                 for f in _GROWN[table] if f.name not in have)
 
 
 #: Databases of earlier versions held additive counters in a ``late_events`` table: move them over.
@@ -253,42 +259,45 @@ def _select(d: _Dialect, lo: int | None, hi: int | None, instances: list[int] | 
             "ORDER BY window_start, instance_id"), params
 
 
-def _column_sql(existing: frozenset[str]) -> str:
-    """The select list of every schema column; ``NULL`` for one an unmigrated (read-only) table lacks."""
-    return ", ".join(c if c in existing else f"NULL AS {c}" for c in WINDOW_STATS_COLUMNS)
+def _column_sql(existing: frozenset[str], columns: Sequence[str] = WINDOW_STATS_COLUMNS) -> str:
+    """The select list of ``columns``; ``NULL`` for one an unmigrated (read-only) table lacks."""
+    return ", ".join(c if c in existing else f"NULL AS {c}" for c in columns)
 
 
-def _add_column_sql(field: pa.Field) -> str:
+def _add_column_sql(table: str, field: pa.Field) -> str:
     """``ALTER TABLE`` adding one schema column (a NOT NULL one needs a default for existing rows)."""
     tail = "" if field.nullable else " NOT NULL DEFAULT 0"
-    return f"ALTER TABLE window_stats ADD COLUMN {field.name} {_SQLITE.types[field.type]}{tail}"
+    return f"ALTER TABLE {table} ADD COLUMN {field.name} {_SQLITE.types[field.type]}{tail}"
 
 
-def _existing_columns(con: sqlite3.Connection) -> frozenset[str]:
-    return frozenset(r[1] for r in con.execute("PRAGMA table_info(window_stats)"))
+def _existing_columns(con: sqlite3.Connection, table: str = "window_stats") -> frozenset[str]:
+    return frozenset(r[1] for r in con.execute(f"PRAGMA table_info({table})"))
 
 
 def migrate(con: sqlite3.Connection) -> tuple[str, ...]:
-    """Add the schema columns an existing ``window_stats`` table lacks; returns their names.
+    """Add the schema columns existing tables (``window_stats``, ``window_residuals``) lack; returns
+    their names (``table.column``).
 
-    Idempotent: runs in one ``BEGIN IMMEDIATE`` transaction that reads the table's columns again,
+    Idempotent: runs in one ``BEGIN IMMEDIATE`` transaction that reads the tables' columns again,
     so a second run (or a second process racing this one) adds nothing.
     """
-    if not (set(WINDOW_STATS_COLUMNS) - _existing_columns(con)):
+    if not any(set(schema.names) - _existing_columns(con, table) for table, schema in _GROWN.items()):
         return ()
     con.execute("BEGIN IMMEDIATE")
     try:
-        existing = _existing_columns(con)
-        added = tuple(f.name for f in WINDOW_STATS_SCHEMA if f.name not in existing)
-        for field in WINDOW_STATS_SCHEMA:
-            if field.name not in existing:
-                con.execute(_add_column_sql(field))
+        added: list[str] = []
+        for table, schema in _GROWN.items():
+            existing = _existing_columns(con, table)
+            for field in schema:
+                if field.name not in existing:
+                    con.execute(_add_column_sql(table, field))
+                    added.append(f"{table}.{field.name}")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    logger.info("window_stats migrated: added columns %s", list(added))
-    return added
+    logger.info("window stats store migrated: added columns %s", added)
+    return tuple(added)
 
 
 def to_epoch_ms(value: datetime | int | None, *, name: str = "value") -> int | None:
@@ -401,6 +410,7 @@ class WindowStatsStore(ConnectionStore):
         self.busy_timeout_ms = busy_timeout_ms
         self._con: Any = None
         self._select_list = _column_sql(frozenset(WINDOW_STATS_COLUMNS))
+        self._residual_list = ", ".join(_RESIDUAL_COLUMNS)
         self._upsert_sql = _upsert(self.dialect)
         self._late_sql = _late(self.dialect)
 
@@ -433,6 +443,7 @@ class WindowStatsStore(ConnectionStore):
             con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
             self._con = con
             self._select_list = _column_sql(_existing_columns(con))
+            self._residual_list = _column_sql(_existing_columns(con, "window_residuals"), _RESIDUAL_COLUMNS)
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # check_same_thread=False: Quix flushes sinks from a worker thread on a partition revoke (never
@@ -483,11 +494,12 @@ class WindowStatsStore(ConnectionStore):
                 if not (made and made[0]):
                     for statement in (*_create(_POSTGRES), _late_view(_POSTGRES)):
                         con.execute(statement)
-                existing = [r[0] for r in con.execute(
-                    "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-                    "AND table_name = 'window_stats'").fetchall()]
-                for statement in _add_columns(_POSTGRES, existing):
-                    con.execute(statement)
+                for table in _GROWN:
+                    existing = [r[0] for r in con.execute(
+                        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                        "AND table_name = %s", (table,)).fetchall()]
+                    for statement in _add_columns(_POSTGRES, table, existing):
+                        con.execute(statement)
         except BaseException:
             con.close()
             raise
@@ -704,7 +716,8 @@ class WindowStatsStore(ConnectionStore):
         ----------
         windows : DataFrame
             ``instance_id``, ``window_start`` (tz-aware), ``residual_queries``, ``median_log_residual``
-            (:func:`workbench.analysis.residual_windows.residual_windows`).
+            and ``beyond_tolerance_queries`` (:func:`workbench.analysis.residual_windows.residual_windows`;
+            without the last, stored as NULL).
 
         Returns
         -------
@@ -718,8 +731,12 @@ class WindowStatsStore(ConnectionStore):
         now_ms = time.time_ns() // 1_000_000
         starts = pd.DatetimeIndex(pd.to_datetime(windows["window_start"], utc=True)).as_unit("ms").asi8
         medians = pd.to_numeric(windows["median_log_residual"], errors="coerce")
-        params = sorted((int(i), int(t), int(n), None if pd.isna(m) else float(m), now_ms) for i, t, n, m in zip(
-            windows["instance_id"], starts, windows["residual_queries"], medians, strict=True))
+        beyond = (pd.to_numeric(windows["beyond_tolerance_queries"], errors="coerce")
+                  if "beyond_tolerance_queries" in windows else pd.Series(float("nan"), index=windows.index))
+        params = sorted((int(i), int(t), int(n), None if pd.isna(m) else float(m), now_ms,
+                         None if pd.isna(b) else int(b))
+                        for i, t, n, m, b in zip(windows["instance_id"], starts, windows["residual_queries"], medians,
+                                                 beyond, strict=True))
         q = self.dialect.param
         sql = (f"INSERT INTO window_residuals ({', '.join(_RESIDUAL_COLUMNS)}) VALUES "
                f"({', '.join(q for _ in _RESIDUAL_COLUMNS)}) ON CONFLICT (instance_id, window_start) DO NOTHING")
@@ -750,7 +767,7 @@ class WindowStatsStore(ConnectionStore):
             return WINDOW_RESIDUALS_SCHEMA.empty_table()
         lo, hi = to_epoch_ms(start, name="start"), to_epoch_ms(end, name="end")
         ids = None if instances is None else [int(i) for i in instances]
-        sql, params = _select(self.dialect, lo, hi, ids, ", ".join(_RESIDUAL_COLUMNS))
+        sql, params = _select(self.dialect, lo, hi, ids, self._residual_list)
         rows = self._fetch(sql.replace("FROM window_stats", "FROM window_residuals"), params)
         columns = list(zip(*rows, strict=False)) if rows else [() for _ in _RESIDUAL_COLUMNS]
         return pa.Table.from_arrays(

@@ -5,9 +5,9 @@ expectation (``pred_mean_ms``), so the trainer's maintenance thread (:class:`._m
 turns each settled event day (before the watermark day, like compaction and training) into its
 residual windows (:func:`workbench.analysis.residual_windows.residual_windows`), judges them against
 the instance's earlier stored windows and writes the flagged ones into the lakehouse's
-``window_anomalies`` (signal ``runtime_residual``) *before* it stores the day's windows in
-``window_residuals``. So a stored day is a judged day, and a crash in between only judges the day
-again (both writes are insert-if-absent: no duplicates).
+``window_anomalies`` (signals ``runtime_residual`` and ``beyond_tolerance_share``) *before* it
+stores the day's windows in ``window_residuals``. So a stored day is a judged day, and a crash in
+between only judges the day again (both writes are insert-if-absent: no duplicates).
 
 The same pass flags the day's runs that complete a streak of elevated runs of their statement (a
 plan that stays slow for the rest of the day: :mod:`workbench.analysis.persistence`) and writes them,
