@@ -373,16 +373,18 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
         {"instance_id": pa.array([], pa.int64()), "window_start": pa.array([], pa.timestamp("ms", tz="UTC")),
          "signal": pa.array([], pa.string())})
     residuals = pd.concat(earlier, ignore_index=True) if earlier else pd.DataFrame(
-        columns=["instance_id", "window_start", "residual_queries", "median_log_residual"])
+        columns=["instance_id", "window_start", "residual_queries", "median_log_residual", "beyond_tolerance_queries"])
     return flagged, residuals, unscored, persistent
 
 
 def _residual_keys(frame: pd.DataFrame) -> Counter:
-    """``(instance, window ms, judged queries, median)`` per residual window (a value differing: lost + extra)."""
+    """``(instance, window ms, judged queries, median, queries past the tolerance)`` per residual window (a value
+    differing: lost + extra)."""
     starts = pd.DatetimeIndex(pd.to_datetime(frame["window_start"], utc=True)).as_unit("ms").asi8
     medians = [None if m is None or np.isnan(m) else round(float(m), 12) for m in frame["median_log_residual"]]
     return Counter(zip(frame["instance_id"].astype("int64").tolist(), starts.tolist(),
-                       frame["residual_queries"].astype("int64").tolist(), medians, strict=True))
+                       frame["residual_queries"].astype("int64").tolist(), medians,
+                       frame["beyond_tolerance_queries"].astype("int64").tolist(), strict=True))
 
 
 def _window_keys(table: pa.Table) -> Counter:
