@@ -174,6 +174,7 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
             ratio = np.minimum(ratio, params.max_history_share / np.maximum(as_extreme, 1e-12))
             score = np.minimum(z / params.z_threshold, ratio)
             ok = (n >= params.min_history) & ~np.isnan(observed) & ~np.isnan(score) & (t_many[j] | ~needs_many)
+            ok &= is_share | (day_hi > lo)  # a level needs an earlier day in its reference (its daily cycle)
             ok &= t_quantile_ok[j]
             if not ok.any():
                 continue

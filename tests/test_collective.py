@@ -73,6 +73,21 @@ def test_small_absolute_changes_never_flag_however_surprising() -> None:
     assert flagged.empty, flagged
 
 
+def test_a_level_is_judged_only_once_the_reference_holds_an_earlier_day() -> None:
+    """On an instance's first day its daily cycle is unknown: the busy afternoon is no surge against the
+    quiet morning. A share is judged from the first hours (its test knows the window's size)."""
+    w = _windows()
+    hour, later = 15 * 6, 144 + 9 * 6  # 15:00 of the first day; 09:00 of the second
+    for at in (hour, later):
+        w.loc[w.index[at:at + 2], "total_queries"] *= 3
+        w.loc[w.index[at:at + 2], "queue_wlm_bound_queries"] = (w["total_queries"].iloc[at:at + 2] * 0.6).astype(int)
+    first = score_windows(w.iloc[hour:hour + 2], w)
+    assert len(first) and not (first["signal"] == "arrivals").any()  # not judged on its level
+    assert set(flag_windows(w.iloc[hour:hour + 2], w)["signal"].to_pylist()) == {"queue_bound_share"}
+    second = set(flag_windows(w.iloc[later:later + 2], w)["signal"].to_pylist())
+    assert {"arrivals", "queue_bound_share"} <= second
+
+
 def test_needs_history_and_uses_only_earlier_windows() -> None:
     w = _windows()
     assert score_windows(w.iloc[:10], w).empty  # first windows: not enough history

@@ -227,16 +227,18 @@ def test_the_step_stores_a_scored_day_and_leaves_one_this_instance_still_rescore
 def test_a_day_s_first_window_is_judged_with_the_whole_reference_of_the_window_before_it(tmp_path: Path) -> None:
     """The pair test scores the previous day's last window too: the step reads its reference whole.
 
-    With a 7-hour lookback the window before the day has exactly ``min_history`` (36) reference windows;
-    a history read from ``day - lookback`` left it 35, unjudged, so the slowdown over the two windows
-    (each under the bar alone) went unflagged on the streaming path while the offline answer flags it.
+    With a 27-hour lookback and ``min_history`` 156 the window before the day has exactly that many
+    reference windows (26 hours: the last hour is left out); a history read from ``day - lookback`` left
+    it 155, unjudged, so the slowdown over the two windows (each under the bar alone) went unflagged on
+    the streaming path while the offline answer flags it. (The lookback spans more than a day: a level
+    is judged only against a reference that holds an earlier day.)
     """
     from workbench.analysis.collective import CollectiveParams
 
-    params = CollectiveParams(lookback=dt.timedelta(hours=7))
-    windows = residual_windows(_rows(days=2, per_window=30, slow=(143, 145), factor=1.7)).drop(
+    params = CollectiveParams(lookback=dt.timedelta(hours=27), min_history=156)
+    windows = residual_windows(_rows(days=3, per_window=30, slow=(287, 289), factor=1.55)).drop(
         columns="unscored_queries")
-    day = dt.date(2024, 3, 5)
+    day = dt.date(2024, 3, 6)
     first = windows["window_start"] >= pd.Timestamp(day, tz="UTC")
     settings = Settings(home=tmp_path / "home")
     with WindowStatsStore.from_settings(settings) as store:

@@ -43,7 +43,10 @@ the window excluded, so that an ongoing episode does not become its own referenc
 (n_g + k)`` with ``k = shrink`` windows (an hour's worth), so a group with little history leans on
 its parent and a long history speaks for itself. The spread is the MAD (x 1.4826) shrunk the same
 way, floored at ``min_spread``. Counts, times and MB are compared in ``log1p`` space, shares as
-they are.
+they are. A level (a count, time, size or pace) is judged only once its reference holds an earlier
+day of the instance (a window more than 20 hours before): until then its daily cycle is unknown, and
+an instance's first busy afternoon was judged against its quiet morning. Shares are judged from the
+first hours.
 
 Decision: the same two-sided principle as the per-query detector
 (:mod:`workbench.ml.detector`): a window is flagged on a signal when its evidence ``z`` clears
@@ -448,6 +451,7 @@ class _SignalTable:
     above: np.ndarray  # 0: not a quantile
     share_idx: np.ndarray
     base_cols: list[str]
+    is_share: np.ndarray
     mean_idx: np.ndarray
     carrier_cols: list[str]
     count_idx: np.ndarray
@@ -467,6 +471,7 @@ class _SignalTable:
                    up=np.array([signals[n].tail == "up" for n in names]),
                    above=np.array([signals[n].above or 0.0 for n in names]),
                    share_idx=share_idx, base_cols=[_base_name(names[i]) for i in share_idx],
+                   is_share=np.array([signals[n].base is not None for n in names]),
                    mean_idx=mean_idx, carrier_cols=[_carriers_name(names[i]) for i in mean_idx],
                    count_idx=count_idx, count_cols=[_count_name(names[i]) for i in count_idx])
 
@@ -654,6 +659,11 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
         score = np.minimum(z / params.z_threshold, ratio)
     ok = (refs.count >= params.min_history) & ~np.isnan(observed) & ~np.isnan(score)
     ok &= (t_many | ~table.needs_many) & t_quantile_ok
+    # A level (arrivals, runtimes, p95, pace, size) follows the instance's daily cycle, which is unknown
+    # until the reference holds an earlier day: on its first day a busy afternoon was judged against its
+    # quiet morning (the demo's first afternoon: 14 "arrival surges"). A share is a proportion, judged
+    # from the first hours (its test accounts for the window's size).
+    ok &= (bounds[2] > bounds[0])[:, None] | table.is_share[None, :]
     rows, cols = np.nonzero(ok)
     return pd.DataFrame({
         "instance_id": np.full(len(rows), inst, np.int64),
