@@ -435,6 +435,30 @@ def test_a_range_is_checked_on_declared_parameters_only(tmp_path: Path, monkeypa
     setup({"__annotations__": {"start": str}, "start": "", "top_n": -1, "_workbench_parameters_checked": True})
 
 
+def test_a_re_run_with_a_refused_selection_leaves_no_result_of_the_last_run(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Notebook 02 re-run with start after end: the cells below showed the previous selection's figures."""
+    from workbench.exceptions import ConfigurationError
+    from workbench.reports.notebook import parse_range
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    ns: dict = {"__annotations__": {"start": str, "end": str}, "start": "", "end": "", "In": [], "pd": object()}
+    ns["settings"] = setup(ns, clear=True)
+    ns["t0"], ns["anomalies"], ns["_"] = parse_range(ns["start"], ns["end"]), "the first run's anomalies", 1
+    ns.update(start="2024-03-06", end="2024-03-05")  # the parameters cell edited
+    ns["settings"] = setup(ns, clear=True)
+    assert "anomalies" not in ns and "t0" not in ns  # a refused range below cannot show the last run's
+    assert {"start", "end", "pd", "In", "_", "settings"} <= set(ns)  # parameters, imports, IPython's own stay
+    import pandas as pd
+
+    assert pd.get_option("display.max_colwidth") == 500  # a window's reason is read whole
+    with pytest.raises(ConfigurationError, match="start"):
+        parse_range(ns["start"], ns["end"])
+    ns["later"] = 1
+    setup(ns)  # without clear (the replay notebook keeps its workbench handle): nothing removed
+    assert "later" in ns
+
+
 def test_labels_path_to_a_file_that_is_no_labelled_parquet_log_is_refused_naming_it(tmp_path: Path) -> None:
     """labels_path="/etc/passwd" ended in pyarrow's ArrowInvalid after a 10-frame traceback."""
     from workbench.exceptions import ConfigurationError

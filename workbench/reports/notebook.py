@@ -278,12 +278,32 @@ def setup_charts() -> None:
     alt.data_transformers.disable_max_rows()
 
 
-def setup(namespace: Mapping[str, Any]) -> Settings:
+#: Names the notebook had when its results were last cleared (:func:`setup` with ``clear=True``).
+_BEFORE_RESULTS_MARK = "_workbench_names_before_results"
+#: IPython's own names: never a notebook's result.
+_IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
+
+
+def _clear_results(namespace: MutableMapping[str, Any]) -> None:
+    """Remove what the notebook's cells defined after the last :func:`setup` (a result of the last run)."""
+    before = namespace.get(_BEFORE_RESULTS_MARK)
+    if before is not None:
+        for name in [n for n in namespace if n not in before and not n.startswith("_") and n not in _IPYTHON_NAMES]:
+            del namespace[name]
+
+
+def setup(namespace: Mapping[str, Any], *, clear: bool = False) -> Settings:
     """Everything a report notebook does first; call it right after the ``parameters`` cell.
+
+    ``clear``: first remove every name the notebook's cells defined after the previous call (its
+    results: ``anomalies``, ``t0``, ...), so that a selection refused on a re-run (a start after its
+    end) leaves no result of the previous run for the cells below to show as if it were the new one:
+    they fail on a name that is not defined instead. Imports and parameters stay.
 
     Warns about undeclared (misspelled) parameters, refuses a number or flag parameter of the
     wrong type or outside its range (naming it), renders Altair charts as offline SVG, sets
-    pandas' display width, and returns the settings (``WORKBENCH_HOME`` from the environment).
+    pandas' display width (and cell width: reasons are read whole), and returns the settings
+    (``WORKBENCH_HOME`` from the environment).
     Parameters are checked on the first call in a kernel only: papermill injects them before
     that call, and on a re-run the namespace also holds the notebook's own variables
     (``started``, ``ids``, ...), which are no misspelled parameters.
@@ -294,6 +314,8 @@ def setup(namespace: Mapping[str, Any]) -> Settings:
 
     from workbench.config import get_settings
 
+    if clear and isinstance(namespace, MutableMapping):
+        _clear_results(namespace)
     if not namespace.get(_CHECKED_MARK):
         unknown = check_parameters(namespace)
         if unknown:
@@ -306,7 +328,11 @@ def setup(namespace: Mapping[str, Any]) -> Settings:
     setup_charts()
     pd.set_option("display.width", 160)
     pd.set_option("display.max_columns", 30)
-    return get_settings()
+    pd.set_option("display.max_colwidth", 500)  # a window's reason is its evidence: not cut at 50 characters
+    settings = get_settings()
+    if clear and isinstance(namespace, MutableMapping):
+        namespace[_BEFORE_RESULTS_MARK] = frozenset(namespace) | {_BEFORE_RESULTS_MARK}
+    return settings
 
 
 #: Homes this process (the notebook's kernel) started a workbench on with ``open_workbench``.

@@ -433,8 +433,11 @@ class ControlPanel(widgets.VBox):
         self.note = widgets.HTML("")  # why controls are disabled
         self.counters = widgets.HTML("")
         self.message = widgets.HTML("")
-        self.events_plot = widgets.HTML(_placeholder("Events per 10 minutes", "waiting for the first window"))
-        self.anomalies_plot = widgets.HTML(_placeholder("Anomalies per 10 minutes", "waiting for the first window"))
+        # held to the output area: the placeholder box's max-width is then the area's, not its own 640 px
+        self.events_plot = widgets.HTML(_placeholder("Events per 10 minutes", "waiting for the first window"),
+                                        layout=widgets.Layout(max_width=_FIT))
+        self.anomalies_plot = widgets.HTML(_placeholder("Anomalies per 10 minutes", "waiting for the first window"),
+                                           layout=widgets.Layout(max_width=_FIT))
 
         self.speed.tooltip = "Replay speed: event seconds per wall second"
         self._tooltips = {w.model_id: w.tooltip for w in (self.play, self.speed, self.seek_button, self.reset_button,
