@@ -131,7 +131,7 @@ def test_an_empty_selection_says_what_the_store_holds(settings: Settings, tmp_pa
     from workbench.analysis.anomaly_summary import describe_windows
 
     line = describe_windows(settings, window_stats(settings, T0, T0 + timedelta(hours=1), [1]))
-    assert line == "6 windows, 1 instances, 2024-03-01 00:00 to 2024-03-01 01:00 UTC"
+    assert line == "6 windows, 1 instance, 2024-03-01 00:00 to 2024-03-01 01:00 UTC"
     line = describe_windows(settings, window_stats(settings, instances=[7, 8]), instances=[7, 8])
     assert line == ("no windows match the filters (instances 7, 8): the store holds 576 windows of instances 1, 2, "
                     "2024-03-01 00:00 to 2024-03-03 00:00 UTC")

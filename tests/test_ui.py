@@ -664,7 +664,7 @@ def test_charts_wait_for_stores_the_workbench_is_creating() -> None:
     try:
         panel.refresh()
         assert "waiting for the first window" in panel.events_plot.value
-        assert "no anomalies yet" in panel.anomalies_plot.value
+        assert "no anomalies up to the replay clock" in panel.anomalies_plot.value
         assert "unavailable" not in panel.events_plot.value + panel.anomalies_plot.value
         fake.stores_missing = False
         panel.refresh()

@@ -334,7 +334,8 @@ def describe_windows(settings: Settings, stats: pd.DataFrame, *, start: datetime
     (e.g. instance ids that do not occur), instead of saying that nothing was replayed.
     """
     if len(stats):
-        return (f"{len(stats):,} windows, {stats['instance_id'].nunique()} instances, "
+        n = stats["instance_id"].nunique()
+        return (f"{len(stats):,} windows, {n} instance{'' if n == 1 else 's'}, "
                 f"{stats['window_start'].min():%Y-%m-%d %H:%M} to {stats['window_end'].max():%Y-%m-%d %H:%M} UTC")
     every = window_stats_or_empty(settings)
     if every.empty:

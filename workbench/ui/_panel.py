@@ -764,7 +764,9 @@ class ControlPanel(widgets.VBox):
             anomalies = None
         try:
             if anomalies is None or anomalies.empty:
-                self.anomalies_plot.value = _placeholder("Anomalies per 10 minutes", "no anomalies yet")
+                # the chart ends at the replay clock: after a reset, the counter still holds the earlier ones
+                self.anomalies_plot.value = _placeholder("Anomalies per 10 minutes",
+                                                         "no anomalies up to the replay clock")
             else:
                 chart = charts.anomalies_chart(anomalies, time_domain=domain)
                 self.anomalies_plot.value = _fitted(charts.to_svg(chart))
