@@ -460,7 +460,8 @@ class _SignalTable:
     @classmethod
     def of(cls, signals: dict[str, Signal]) -> _SignalTable:
         names = list(signals)
-        share_idx = np.flatnonzero([signals[n].base is not None for n in names])
+        is_share = np.array([signals[n].base is not None for n in names])
+        share_idx = np.flatnonzero(is_share)
         mean_idx = np.flatnonzero([signals[n].carriers is not None for n in names])
         count_idx = np.flatnonzero([signals[n].count is not None for n in names])
         return cls(names=names, logged=np.array([signals[n].log for n in names]),
@@ -471,7 +472,7 @@ class _SignalTable:
                    up=np.array([signals[n].tail == "up" for n in names]),
                    above=np.array([signals[n].above or 0.0 for n in names]),
                    share_idx=share_idx, base_cols=[_base_name(names[i]) for i in share_idx],
-                   is_share=np.array([signals[n].base is not None for n in names]),
+                   is_share=is_share,
                    mean_idx=mean_idx, carrier_cols=[_carriers_name(names[i]) for i in mean_idx],
                    count_idx=count_idx, count_cols=[_count_name(names[i]) for i in count_idx])
 

@@ -889,7 +889,7 @@ def _decode_values(
             key = None
         try:
             name, rows = (ENCODING_JSON, 1) if hdrs == _JSON_HEADERS else _meta(hdrs)
-            if hdrs is not None and hdrs is not _JSON_HEADERS and (end := _end_of_log(hdrs)) is not None:
+            if (end := _end_of_log(hdrs)) is not None:
                 _check_marker(value, name, rows)  # a marker, not a row: it must hold none
                 markers.append(end)
                 continue
