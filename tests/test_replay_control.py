@@ -280,6 +280,32 @@ def test_paused_while_behind_and_resumed_slower_holds_the_new_speed_fake_clock(
     assert first_after.first_event_us - resumed <= 1_000_000 * 600
 
 
+def test_a_command_is_in_the_published_status_one_tick_after_it_applies(kafka_settings: Settings,
+                                                                        tmp_path: Path) -> None:
+    # Statuses are published at most once a second; a command's effect skips that wait. Without it
+    # a pause showed in the panel up to a second late (before the status read itself).
+    log = make_log(tmp_path / "log.parquet", rows=2_000, spacing_s=1.0)
+    clock = FakeClock()
+    seen: dict[str, object] = {}
+    replay: Replay
+
+    def progress(status: ReplayStatus) -> None:
+        if "paused_at" not in seen and status.state == "running" and status.rows_sent == 0:
+            seen["paused_at"] = clock.now  # right at the loop's first (forced) publish
+            replay.pause()
+        elif ("paused_at" in seen and status.state == "paused" and "published" not in seen
+              and clock.now > seen["paused_at"]):  # the publish after the one that carried the pause
+            seen["published"] = ReplayStatus.from_json(latest_state_value(kafka_settings, "default/status"))
+            seen["elapsed"] = clock.now - seen["paused_at"]
+            replay.stop()
+
+    replay = Replay(log, settings=kafka_settings, speedup=60, clock=clock)
+    replay.run(progress=progress)
+    assert seen["elapsed"] < 1.0, seen
+    published = seen["published"]
+    assert published.state == "paused" and published.rows_sent == 0, published
+
+
 def test_paused_while_behind_and_resumed_slower_holds_the_new_speed_real_clock(
         kafka_settings: Settings, tmp_path: Path) -> None:
     log = make_log(tmp_path / "log.parquet", rows=600_000, spacing_s=1.0, row_group_size=20_000)

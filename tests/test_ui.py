@@ -840,3 +840,29 @@ def test_a_seek_or_reset_redraws_the_charts_at_once_not_at_the_next_scheduled_re
         assert fake.chart_filters["end"] == T0 + timedelta(hours=20, minutes=10)
     finally:
         panel.close()
+
+
+def test_a_command_is_shown_by_quick_follow_up_refreshes_not_the_next_interval() -> None:
+    """The refresh a click wakes reads the status from before the replay applied the command; the
+    next one came a counter interval later (a second), and a pause showed late."""
+    fake = FakeWorkbench()
+    applied_after = {"reads": None}
+    status = fake.status
+
+    def later_status() -> WorkbenchStatus:
+        if applied_after["reads"] is not None:
+            applied_after["reads"] -= 1
+            if applied_after["reads"] == 0:
+                fake.state = "paused"  # the replay applies the pause between two reads
+        return status()
+
+    fake.status = later_status  # type: ignore[method-assign]
+    panel = control_panel(fake, counter_interval=60, chart_interval=60, charts=False)
+    try:
+        assert _wait_for(lambda: "[running]" in panel.clock.value)
+        applied_after["reads"] = 2
+        panel.play.value = False
+        assert _wait_for(lambda: "[paused]" in panel.clock.value, timeout=10.0), panel.clock.value
+        assert fake.calls == [("pause", None)]
+    finally:
+        panel.close()

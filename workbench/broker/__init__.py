@@ -11,6 +11,7 @@ from workbench._lazy import lazy_attributes
 __all__ = [
     "NOT_READY_YET",
     "NO_SUCH_TOPIC",
+    "RANGE_READER",
     "BrokerAuthenticationError",
     "BrokerError",
     "BrokerSetupError",
@@ -35,6 +36,7 @@ __all__ = [
 _WHERE = {
     "NO_SUCH_TOPIC": "workbench.broker._client",
     "NOT_READY_YET": "workbench.broker._client",
+    "RANGE_READER": "workbench.broker._client",
     "quiet_logs": "workbench.broker._client",
     "read_range": "workbench.broker._client",
     "when_ready": "workbench.broker._client",

@@ -34,7 +34,7 @@ from typing import Any, Final, Literal
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from workbench.broker import NO_SUCH_TOPIC, IncompleteReadError, quiet_logs, read_range, when_ready
+from workbench.broker import NO_SUCH_TOPIC, RANGE_READER, IncompleteReadError, quiet_logs, read_range, when_ready
 from workbench.config import Settings
 from workbench.replay.exceptions import ReplayError
 from workbench.runtime._format import format_speed  # no Kafka or widget imports: cheap from here
@@ -337,7 +337,7 @@ def latest_state_value(settings: Settings, key: str, *, committed: bool = False,
             "enable.auto.commit": False,
             "isolation.level": "read_committed" if committed else "read_uncommitted",
             "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
+            **RANGE_READER,
             "log_level": 3,
         }
     ))

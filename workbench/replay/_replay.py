@@ -545,6 +545,9 @@ class _ReplayRun:
             self._reject(f"{command.command} ignored: replay {self.replay.replay_id!r} finished at row "
                          f"{self.next_row:,} of {self.log.num_rows:,}; seek or reset to replay again")
             return False
+        # Published with the next status, not up to a second later: the panel shows a click's effect
+        # from the first status that follows it.
+        self._last_status_publish = -1e9
         try:
             return _HANDLERS[command.command](self, command.value)
         except ReplayError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from workbench.broker import IncompleteReadError, quiet_logs, read_range, when_ready
+from workbench.broker import RANGE_READER, IncompleteReadError, quiet_logs, read_range, when_ready
 from workbench.config import Settings
 from workbench.replay import ReplayStatus
 from workbench.runtime._format import format_bytes, format_speed
@@ -116,7 +116,7 @@ class _StatusClients:
             if self._reader is None:
                 self._reader = Consumer({**self._config, "group.id": f"workbench-lag-{uuid.uuid4().hex[:8]}",
                                          "enable.auto.commit": False, "isolation.level": "read_committed",
-                                         "enable.partition.eof": True, "log_level": 3})
+                                         **RANGE_READER, "log_level": 3})
             try:
                 count = sum(1 for _ in read_range(self._reader, topic, partition, start, end,
                                                   time.monotonic() + timeout))

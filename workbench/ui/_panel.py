@@ -137,6 +137,10 @@ _TREND_SPAN = 10.0
 _BEHIND_AFTER = 2.0
 #: Seconds a play/pause click holds the button against statuses that predate the command.
 _COMMAND_GRACE = 5.0
+#: After a command, this many refreshes come this often instead of every ``counter_interval``: the
+#: refresh a click wakes usually reads the status from before the replay applied it (within 0.1 s).
+_FOLLOW_UPS = 3
+_FOLLOW_UP_S = 0.25
 _clock = time.monotonic  # the clock of the play/pause and speed graces (tests pass a fake one)
 
 
@@ -378,6 +382,7 @@ class ControlPanel(widgets.VBox):
         # on its own while a re-displayed panel may already run the next one.
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._follow_ups = 0
         self._thread: threading.Thread | None = None
         # Refresh paused because no front end shows the panel; a new view resumes it.
         self._paused_unseen = False
@@ -511,6 +516,7 @@ class ControlPanel(widgets.VBox):
         except Exception as exc:
             logger.warning("panel command failed what=%s error=%s", what, exc)
             self._say(str(exc), error=True)
+        self._follow_ups = _FOLLOW_UPS
         self._wake.set()  # show the effect at once
 
     def _on_speed(self, change: dict[str, Any]) -> None:
@@ -816,7 +822,11 @@ class ControlPanel(widgets.VBox):
                 self.refresh(charts=due)
             except Exception as exc:  # never let the thread die silently
                 logger.warning("panel refresh failed: %s", exc)
-            self._wake.wait(self._counter_interval)
+            interval = self._counter_interval
+            if self._follow_ups > 0:
+                self._follow_ups -= 1
+                interval = min(interval, _FOLLOW_UP_S)
+            self._wake.wait(interval)
             self._wake.clear()
 
     def stop(self, timeout: float = 5.0) -> None:
