@@ -15,6 +15,7 @@ from workbench.analysis.collective import (
     CollectiveParams,
     CollectiveStep,
     flag_windows,
+    format_signal_value,
     pair_threshold,
     score_window_runs,
     score_windows,
@@ -185,7 +186,11 @@ def test_share_signals_flag_a_collective_change_of_their_share(column, value, si
     got = flagged[flagged["signal"] == signal]
     assert set(got["window_start"]) == {pd.Timestamp(s) for s in w.loc[hit, "window_start"]}, flagged
     row = got.iloc[0]
-    assert abs(row["observed"] - row["expected"]) >= 0.1 and "share" in row["reason"]
+    assert abs(row["observed"] - row["expected"]) >= 0.1
+    # the reason reads in percent, as the notebooks' table does (it read "observed 0.1778 vs expected 3.187e-05")
+    observed, expected = (format_signal_value(signal, row[c]) for c in ("observed", "expected"))
+    shown = f"observed {observed} vs expected {expected}"
+    assert shown in row["reason"] and "%" in shown and "e-0" not in row["reason"], row["reason"]
 
 
 def test_share_signals_need_many_queries_and_a_significant_share() -> None:
@@ -417,3 +422,28 @@ def test_step_leaves_windows_the_analytics_app_holds_open_for_a_later_run(tmp_pa
     step.run()
     starts = set(pd.to_datetime(read.window_anomalies(settings, instances=[7])["window_start"], utc=True))
     assert {pd.Timestamp(s) for s in storm["window_start"].iloc[300:302]} <= starts
+
+
+def test_every_signal_reads_in_its_own_unit_in_reasons_and_tables() -> None:
+    """The window table showed raw floats in mixed units (ms, shares, logs) and reasons 1.884e+05."""
+    from workbench.analysis.anomaly_summary import window_anomalies_table
+    from workbench.analysis.collective import _SHOWN, SIGNALS
+
+    assert {signal.unit for signal in SIGNALS.values()} <= set(_SHOWN)  # a new unit needs its reading
+    cases = {
+        ("p95_exec_ms", 188_364.9): "3.1 min", ("p95_exec_ms", 9_041.7): "9.0 s",
+        ("queued_share", 0.1778): "18 %", ("queued_share", 3.187e-05): "<0.1 %", ("slow_share", 0.098): "9.8 %",
+        ("arrivals", 811.6): "812 queries", ("arrivals", 1_326.0): "1,326 queries", ("cluster_size", 4.0): "4 nodes",
+        ("exec_pace", float(np.log(1.61))): "1.61 ms per MB scanned",
+        ("runtime_residual", float(np.log(1.6))): "1.60x the expected runtime",
+        ("a_signal_of_a_later_version", 3.14159): "3.142", ("arrivals", float("nan")): "n/a",
+    }
+    for (signal, value), text in cases.items():
+        assert format_signal_value(signal, value) == text, (signal, value)
+    frame = pd.DataFrame({"instance_id": [7, 7], "window_start": pd.to_datetime(["2024-03-05 16:20"] * 2, utc=True),
+                          "signal": ["p95_exec_ms", "queued_share"], "expected": [9_041.7, 3.187e-05],
+                          "observed": [188_364.9, 0.1778], "score": [2.587806, 1.599713], "reason": ["a", "b"]})
+    table = window_anomalies_table(frame)
+    assert table[["observed", "expected"]].to_numpy().tolist() == [["3.1 min", "9.0 s"], ["18 %", "<0.1 %"]]
+    assert table["score"].tolist() == [2.59, 1.6]
+    assert window_anomalies_table(frame.iloc[:0]).empty

@@ -780,7 +780,9 @@ def test_metric_cards_format_and_colour() -> None:
                                      "queue_time_ms": 90_000, "queue_time_ms_delta": -1000, "queue_ratio": 0.4,
                                      "queue_ratio_delta": 0.0, "anomalies": 12, "anomalies_delta": 2})
     assert "95.0 %" in html and "2.0 GB" in html and "1.5 min" in html and "no previous data" in html
-    assert "#C62828;font-size:12px'>▼ -1.0 %" in html  # score down is bad
+    # score down is bad; a change of a share is in points (a relative "-1.0 %" would say 95 -> 94.05)
+    assert "#C62828;font-size:12px'>▼ -1.0 pts vs previous" in html
+    assert "■ 0.0 pts vs previous" in html  # the queue ratio did not move
     assert "#2E7D32;font-size:12px'>▼ -1.0 s" in html  # queue time down is good
     assert metric_cards({"score": 1.0}).value.count("n/a") == 4
 

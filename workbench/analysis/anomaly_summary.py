@@ -31,6 +31,7 @@ __all__ = [
     "scored_queries",
     "top_offenders",
     "window_anomalies_or_empty",
+    "window_anomalies_table",
     "window_stats_or_empty",
     "worst_queries",
 ]
@@ -83,6 +84,23 @@ def window_anomalies_or_empty(settings: Settings, *, start: datetime | None = No
     frame = frame.drop(columns=["inserted_at"], errors="ignore")
     return frame.sort_values(["score", "window_start", "instance_id"], ascending=[False, True, True],
                              ignore_index=True)
+
+
+def window_anomalies_table(windows: pd.DataFrame) -> pd.DataFrame:
+    """Flagged windows as a notebook shows them: observed and expected in each signal's own unit
+    ("18 %", "3.1 min", "1,326 queries"), the score to two decimals, the reason last.
+
+    ``windows`` is :func:`window_anomalies_or_empty` output; its raw figures (mixed units: shares,
+    milliseconds, counts, logs) stay there for anything that computes with them.
+    """
+    from workbench.analysis.collective import format_signal_value
+
+    out = windows.reindex(columns=list(WINDOW_ANOMALY_COLUMNS)).copy()
+    for column in ("observed", "expected"):
+        out[column] = [format_signal_value(signal, value) for signal, value in
+                       zip(windows["signal"], pd.to_numeric(windows[column], errors="coerce"), strict=True)]
+    out["score"] = pd.to_numeric(out["score"], errors="coerce").round(2)
+    return out[["instance_id", "window_start", "signal", "observed", "expected", "score", "reason"]]
 
 
 def by_reason_and_version(anomalies: pd.DataFrame) -> pd.DataFrame:

@@ -103,6 +103,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from workbench._units import human_ms, percent
+
 __all__ = [
     "SIGNALS",
     "WINDOW_ANOMALY_SCHEMA",
@@ -110,6 +112,7 @@ __all__ = [
     "CollectiveStep",
     "Signal",
     "flag_windows",
+    "format_signal_value",
     "pair_threshold",
     "reference_start",
     "score_window_runs",
@@ -758,6 +761,32 @@ def score_window_runs(windows: pd.DataFrame, history: pd.DataFrame | None = None
     return out
 
 
+def _queries(value: float) -> str:
+    return f"{value:,.0f} queries" if abs(value) >= 10 else f"{value:.1f} queries"
+
+
+#: How a value reads in each signal unit (a flagged window's observed and expected, in its reason
+#: and in the notebooks' tables): the stored values stay the raw figures the test compared.
+_SHOWN: dict[str, Callable[[float], str]] = {
+    "queries": _queries,
+    "share": percent,
+    "ms": human_ms,
+    "nodes": lambda value: f"{value:g} nodes",
+    "ln ms per MB scanned": lambda value: f"{np.exp(value):.3g} ms per MB scanned",
+    "ln(runtime / expected)": lambda value: f"{np.exp(value):.2f}x the expected runtime",
+}
+
+
+def format_signal_value(signal: str, value: float | None) -> str:
+    """How an observed or expected value of ``signal`` reads, in the signal's unit ("18 %", "3.1 min",
+    "1,326 queries", "1.61x the expected runtime"); a signal this version does not know: 4 digits."""
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    known = SIGNALS.get(signal)
+    show = _SHOWN.get(known.unit) if known is not None else None
+    return show(float(value)) if show is not None else f"{value:,.4g}"
+
+
 def _ms(starts: pd.Series) -> np.ndarray:
     return pd.DatetimeIndex(pd.to_datetime(starts, utc=True)).as_unit("ms").asi8
 
@@ -781,8 +810,8 @@ def flag_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
     flagged = scored[scored["score"] >= 1.0]
     alone = np.minimum(flagged["z"] / params.z_threshold, flagged["ratio"]) >= 1.0
     reason = [(SIGNALS[s].describe(o, e, q) if SIGNALS[s].describe is not None else
-               f"{r}: observed {o:,.4g} vs expected {e:,.4g} ({SIGNALS[s].unit}; instance's own history "
-               f"for this hour of the week, shrunk toward its hour of day and overall)")
+               f"{r}: observed {format_signal_value(s, o)} vs expected {format_signal_value(s, e)} (the "
+               "instance's own history for this hour of the week, shrunk toward its hour of day and overall)")
               + ("" if a else f"; so is the window before it (together z {pz:.1f})")
               for r, o, e, q, s, a, pz in zip(flagged["reason"], flagged["observed"], flagged["expected"],
                                               flagged["queries"], flagged["signal"], alone, flagged["pair_z"],

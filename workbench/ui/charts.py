@@ -17,6 +17,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from workbench._units import human_mb, human_ms, points
 from workbench.exceptions import ConfigurationError
 
 __all__ = [
@@ -296,17 +297,6 @@ def to_svg(chart: alt.TopLevelMixin) -> str:
 
 
 # -- metric cards ------------------------------------------------------------------------------
-_HUMAN_MB: Final = (("TB", 1024 * 1024), ("GB", 1024), ("MB", 1))
-_HUMAN_MS: Final = (("h", 3_600_000), ("min", 60_000), ("s", 1000), ("ms", 1))
-
-
-def _scaled(value: float, units: tuple[tuple[str, int], ...]) -> str:
-    for unit, size in units:
-        if abs(value) >= size:
-            return f"{value / size:,.1f} {unit}"
-    return f"{value:,.0f} {units[-1][0]}"
-
-
 def format_metric(kind: str, value: Any) -> str:
     """Human text for a metric value: ``kind`` is ``pct``, ``mb``, ``ms``, ``count`` or ``text``."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -314,9 +304,9 @@ def format_metric(kind: str, value: Any) -> str:
     if kind == "pct":
         return f"{value * 100:.1f} %"
     if kind == "mb":
-        return _scaled(float(value), _HUMAN_MB)
+        return human_mb(value)
     if kind == "ms":
-        return _scaled(float(value), _HUMAN_MS)
+        return human_ms(value)
     if kind == "count":
         return f"{int(value):,}"
     return str(value)
@@ -350,7 +340,9 @@ def metric_cards_html(metrics: Mapping[str, Any], *, cards: Sequence[tuple[str, 
             good = (delta > 0) == higher_better
             colour = "#666" if delta == 0 else "#2E7D32" if good else "#C62828"
             sign = "+" if delta > 0 else ""
-            delta_text = f"{sign}{format_metric(kind, delta)} vs previous"
+            # a share's change is a difference of shares: points, not a relative "+3.7 %"
+            change = points(delta) if kind == "pct" else f"{sign}{format_metric(kind, delta)}"
+            delta_text = f"{change} vs previous"
         parts.append(
             "<div style='border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:140px'>"
             f"<div style='color:#555;font-size:12px'>{html.escape(label)}</div>"
