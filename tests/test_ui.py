@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import itertools
 import re
 import threading
 import time
@@ -764,9 +765,28 @@ def test_class_shares_uses_the_earlier_colours_in_order_and_utc() -> None:
     enc = spec["encoding"]
     assert enc["color"]["scale"] == {"domain": ["CPU", "IO", "Network", "Queue/WLM", "Normal"],
                                      "range": ["#C62828", "#EF5350", "#F9A825", "#FDD835", "#2E7D32"]}
-    assert enc["y"]["stack"] == "normalize" and enc["x"]["scale"]["type"] == "utc"
+    assert enc["x"]["scale"]["type"] == "utc" and enc["x2"]["field"] == "window_end"
     values = next(iter(spec["datasets"].values()))
     assert values[0]["window_start"].endswith("Z")
+    # each window's bands stack to 100 %, bottom to top in the earlier dashboard's order
+    for start in {v["window_start"] for v in values}:
+        bands = sorted((v for v in values if v["window_start"] == start), key=lambda v: v["bottom"])
+        assert [b["class"] for b in bands] == list(charts.CLASS_COLORS)
+        assert bands[0]["bottom"] == 0 and bands[-1]["top"] == pytest.approx(1.0)
+        assert all(a["top"] == pytest.approx(b["bottom"]) for a, b in itertools.pairwise(bands))
+
+
+def test_class_shares_leave_hours_without_windows_empty() -> None:
+    """Notebook 04's step area held the last window's shares over a 10-hour gap: a flat block over
+    time in which no query was seen."""
+    shares = _shares()
+    shares["window_start"] = [T0 + timedelta(minutes=m) for m in (0, 10, 600, 610)]
+    values = next(iter(charts.class_shares_chart(shares).to_dict()["datasets"].values()))
+    drawn = sorted({(v["window_start"], v["window_end"]) for v in values})
+    # the second window has no queries: nothing to share out, so nothing drawn there either
+    assert drawn == [("2024-03-04T00:00:00Z", "2024-03-04T00:10:00Z"), ("2024-03-04T10:00:00Z", "2024-03-04T10:10:00Z"),
+                     ("2024-03-04T10:10:00Z", "2024-03-04T10:20:00Z")]
+    assert "<svg" in charts.to_svg(charts.class_shares_chart(shares))
 
 
 def test_anomalies_per_window_bins_by_ten_minutes() -> None:

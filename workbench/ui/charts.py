@@ -95,7 +95,7 @@ def empty_chart(title: str, message: str = "No data yet") -> alt.Chart:
 
 
 def class_shares_chart(shares: pd.DataFrame, *, title: str = "Query classes per 10-minute window") -> alt.Chart:
-    """Stacked area (0-100 %) of each class's share per window.
+    """Stacked bars (0-100 %) of each class's share per window, summed over the frame's instances.
 
     Parameters
     ----------
@@ -105,18 +105,28 @@ def class_shares_chart(shares: pd.DataFrame, *, title: str = "Query classes per 
     _require(shares, ["window_start", *(f"{c}_queries" for c in CLASS_LABELS)], "class_shares_chart")
     if shares.empty:
         return empty_chart(title)
-    long = shares.melt(id_vars=["window_start"], value_vars=[f"{c}_queries" for c in CLASS_LABELS],
-                       var_name="cls", value_name="queries")
-    long["class"] = long["cls"].str.removesuffix("_queries").map(CLASS_LABELS)
-    long["order"] = long["class"].map({label: i for i, label in enumerate(CLASS_COLORS)})
-    long["window_start"] = _utc(long["window_start"])
-    long = long.drop(columns="cls")
-    return alt.Chart(long).mark_area(interpolate="step-after").encode(
+    columns = [f"{c}_queries" for c in CLASS_LABELS]
+    per = shares.groupby("window_start", as_index=False)[columns].sum()
+    counts = per[columns].to_numpy(float)
+    total = counts.sum(axis=1, keepdims=True)
+    per, counts, total = per[total[:, 0] > 0], counts[total[:, 0] > 0], total[total[:, 0] > 0]
+    top = np.cumsum(counts / total, axis=1)  # each class's band, stacked in CLASS_LABELS order
+    bottom = np.hstack([np.zeros((len(top), 1)), top[:, :-1]])
+    start = _utc(per["window_start"]).to_numpy()
+    end = _utc(pd.to_datetime(per["window_start"], utc=True) + pd.Timedelta(_WINDOW)).to_numpy()
+    long = pd.concat([pd.DataFrame({"window_start": start, "window_end": end, "class": label,
+                                    "queries": counts[:, i].astype(int), "bottom": bottom[:, i], "top": top[:, i]})
+                      for i, label in enumerate(CLASS_LABELS.values())], ignore_index=True)
+    # One rectangle per window and class, 10 minutes wide and stacked here: hours without windows
+    # stay empty (a step area held the last window's shares across them, a flat block over time
+    # in which nothing was seen)
+    return alt.Chart(long).mark_rect().encode(
         x=_time_x(),
-        y=alt.Y("queries:Q", stack="normalize", title="Share of queries (%)", axis=alt.Axis(format="%")),
+        x2="window_end:T",
+        y=alt.Y("bottom:Q", title="Share of queries (%)", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
+        y2="top:Q",
         color=alt.Color("class:N", title="Class", sort=list(CLASS_COLORS),
                         scale=alt.Scale(domain=list(CLASS_COLORS), range=list(CLASS_COLORS.values()))),
-        order=alt.Order("order:Q"),
         tooltip=[alt.Tooltip("window_start:T", format=_TIME_FORMAT), "class:N",
                  alt.Tooltip("queries:Q", format=",d")],
     ).properties(title=title, width=_WIDTH, height=240)
