@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workbench.analysis.exceptions import MissingColumnsError
+from workbench.data.schema import query_type_key
 
 __all__ = [
     "CLASSES",
@@ -116,7 +117,7 @@ def classify_query(row: Mapping[str, Any]) -> str:
     """
     if row.get("was_cached"):
         return "normal"
-    q = str(row.get("query_type") or "").lower()
+    q = str(row.get("query_type") or "").strip().lower()  # as schema.query_type_key
     exec_ms = _num(row, "execution_duration_ms")
     scanned = _num(row, "mbytes_scanned")
     spilled = _num(row, "mbytes_spilled")
@@ -189,10 +190,8 @@ def classify_codes(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
     if cached_col.type != pa.bool_() or cached_col.null_count:
         cached_col = pc.fill_null(pc.cast(cached_col, pa.bool_()), False)
     cached = np.asarray(cached_col.to_numpy(zero_copy_only=False), dtype=bool)
-    q = _column(batch, "query_type")
-    if q.type != pa.string():
-        q = pc.cast(q, pa.string())
-    transfer_col = pc.is_in(pc.utf8_lower(q), value_set=_NETWORK_TYPES_ARRAY)  # null -> False
+    query_type = query_type_key(_column(batch, "query_type"))
+    transfer_col = pc.is_in(query_type, value_set=_NETWORK_TYPES_ARRAY)  # null -> False
     transfer = np.asarray(transfer_col.to_numpy(zero_copy_only=False), dtype=bool)
     exec_ms = numeric_values(batch, "execution_duration_ms")
     scanned = numeric_values(batch, "mbytes_scanned")

@@ -193,7 +193,9 @@ def profile(path: str | os.PathLike[str], *, tier: str = "auto", memory_limit: s
     try:
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET enable_progress_bar_print = false")
-        con.execute(f"CREATE VIEW log AS SELECT * FROM read_parquet({files}, union_by_name=true)")
+        # query_type as schema.query_type_key reads it ('SELECT ' is a select)
+        con.execute(f"CREATE VIEW log AS SELECT * REPLACE (lower(trim(CAST(query_type AS VARCHAR))) AS query_type) "
+                    f"FROM read_parquet({files}, union_by_name=true)")
         base = con.execute("""
             SELECT count(*), count(DISTINCT instance_id),
                    epoch(max(arrival_timestamp) - min(arrival_timestamp)) / 86400.0,

@@ -41,6 +41,7 @@ __all__ = [
     "kind_names",
     "label_words",
     "open_parquet",
+    "query_type_key",
     "read_batches",
     "require_log",
     "type_fits",
@@ -99,6 +100,18 @@ LABEL_COLUMNS: tuple[str, ...] = tuple(LABEL_SCHEMA.names)
 #: converts, and what the evaluation accepts as labels.
 TRUE_WORDS: tuple[str, ...] = ("t", "true", "1", "y", "yes")
 FALSE_WORDS: tuple[str, ...] = ("f", "false", "0", "n", "no")
+
+
+def query_type_key(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """``query_type`` as every reader compares it: trimmed and lower-cased (NULL stays NULL).
+
+    Redset writes ``select``, ``copy``, ...; a log exported by another tool may write ``SELECT`` or
+    pad it (``'select '``). The stored value is kept as the log has it; the model's categories, the
+    query classes and the profile read this key, so such a log is not a log of unknown query types.
+    """
+    import pyarrow.compute as pc
+
+    return pc.utf8_lower(pc.utf8_trim_whitespace(column.cast(pa.string())))
 
 
 def label_words(text: pa.Array | pa.ChunkedArray) -> np.ndarray:

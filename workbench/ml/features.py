@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from workbench.data.schema import COLUMNS, LABEL_COLUMNS
+from workbench.data.schema import COLUMNS, LABEL_COLUMNS, query_type_key
 from workbench.ml.detector import RUNTIME_SCALE, SPILL_HISTORY, THROUGHPUT
 from workbench.ml.exceptions import ColumnMismatchError, NotFittedError
 
@@ -479,7 +479,7 @@ class FeatureBuilder:
             raise ValueError(msg)
         n = table.num_rows
         targets = np.arange(n) if rows is None else np.asarray(rows, dtype=np.intp)
-        qtypes = pc.unique(pc.drop_null(pc.cast(table.column("query_type"), pa.string())))
+        qtypes = pc.unique(pc.drop_null(query_type_key(table.column("query_type"))))
         self.categories_: list[str] = sorted(qtypes.to_pylist())
         logs = {s: _log_signal(table, s) for s in SIGNALS}
 
@@ -776,8 +776,7 @@ class FeatureBuilder:
         return med, np.where(use_fp, np.maximum(lookup.fp[_IQR_COMPILE], typical), np.nan)
 
     def _matrix(self, table: pa.Table, lookup: _Lookup) -> np.ndarray:
-        qtype = pc.cast(table.column("query_type"), pa.string())
-        code = pc.fill_null(pc.index_in(qtype, value_set=self._qtype_set), -1)
+        code = pc.fill_null(pc.index_in(query_type_key(table.column("query_type")), value_set=self._qtype_set), -1)
         cols: list[np.ndarray] = [code.to_numpy(zero_copy_only=False).astype(np.float64)]
         cols += [_num(table, c) for c in _COUNT_COLUMNS]
         compile_ms = _num(table, "compile_duration_ms")
