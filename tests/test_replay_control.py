@@ -306,6 +306,37 @@ def test_a_command_is_in_the_published_status_one_tick_after_it_applies(kafka_se
     assert published.state == "paused" and published.rows_sent == 0, published
 
 
+def test_a_long_pause_at_max_speed_does_not_turn_the_eta_into_years(kafka_settings: Settings,
+                                                                    tmp_path: Path) -> None:
+    # The recent rate decayed toward 0 over a pause, and at max speed the ETA is the rows left over
+    # it: after Pause, a minute, Play, the panel read an ETA of years for the first seconds.
+    log = make_log(tmp_path / "log.parquet", rows=40_000, spacing_s=1.0)
+    clock = FakeClock()
+    seen: dict[str, object] = {"batches": 0, "paused": 0}
+    replay: Replay
+
+    def observe(report: BatchReport) -> None:
+        clock.now += 0.1  # 500 rows a tenth of a second: 5,000 rows/s
+        seen["batches"] += 1
+        if seen["batches"] == 30:
+            replay.pause()
+
+    def progress(status: ReplayStatus) -> None:
+        if status.state == "paused":
+            clock.now += 5.0
+            seen["paused"] += 1
+            if seen["paused"] == 30:  # 150 s paused
+                replay.resume()
+                seen["resumed_at"] = status.next_row
+        elif "resumed_at" in seen and status.state == "running" and "eta" not in seen:
+            seen["eta"], seen["rows_left"] = status.eta_seconds, status.rows_total - status.next_row
+            replay.stop()
+
+    replay = Replay(log, settings=kafka_settings, speedup="max", clock=clock, observer=observe, batch_size=500)
+    replay.run(progress=progress)
+    assert seen["eta"] is not None and seen["eta"] <= 2 * seen["rows_left"] / 5_000, seen
+
+
 def test_paused_while_behind_and_resumed_slower_holds_the_new_speed_real_clock(
         kafka_settings: Settings, tmp_path: Path) -> None:
     log = make_log(tmp_path / "log.parquet", rows=600_000, spacing_s=1.0, row_group_size=20_000)

@@ -880,7 +880,13 @@ class _ReplayRun:
         now = self.clock.monotonic()
         next_row = self.next_row if next_row is None else next_row
         mark_time, mark_rows = self._rate_mark
-        if now - mark_time >= 1.0:
+        if self.state != "running" or self.pacer.paused:
+            # Not sending is not a slow rate: measured again from the resume. The rate decayed toward
+            # 0 over a pause instead, and the ETA from it (max speed: the rows left over the rate) read
+            # years for the first seconds after Play.
+            self.rate_now = 0.0
+            self._rate_mark = (now, self.rows_sent)
+        elif now - mark_time >= 1.0:
             instant = (self.rows_sent - mark_rows) / (now - mark_time)
             self.rate_now = instant if self.rate_now == 0 else 0.5 * self.rate_now + 0.5 * instant
             self._rate_mark = (now, self.rows_sent)
