@@ -47,7 +47,7 @@ def test_report_has_executed_notebooks_html_and_index(report: tuple[Settings, Pa
         assert "cdn" not in page.lower() or "<script" not in page.lower()
     assert "class='bad'" not in index
     page = (out / "04_stream_analytics.html").read_text()
-    assert page.count("<svg") >= 1 and "mark-area" in page
+    assert page.count("<svg") >= 1 and "mark-rect" in page  # the class shares: a bar per window
     nb = nbformat.read(out / "02_anomaly_explorer.ipynb", as_version=4)
     assert any("image/svg+xml" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
 
@@ -138,7 +138,7 @@ def test_report_renders_its_charts_in_headless_chromium(report: tuple[Settings, 
     dom = result.stdout.decode("utf-8", "replace")
     assert result.returncode == 0, result.stderr.decode("utf-8", "replace")[-2000:]
     assert dom.count("<svg") >= 1
-    assert dom.count('class="mark-area') >= 1  # the class-share areas were drawn
+    assert dom.count('class="mark-rect') >= 1  # the class-share bars were drawn
     assert "Query classes per 10-minute window" in dom
 
 
