@@ -102,14 +102,14 @@ def run_demo(settings: Settings, *, days: int = 4, instances: int = 16, seed: in
     demo = _fresh_demo_home(settings)
     workbench = Workbench.start(data=data, speedup="max", pack=pack, settings=demo, reset=True)
     try:
-        status = workbench.wait(timeout=timeout, progress=progress)
+        status = workbench.wait(timeout=timeout, progress=progress, settled=False)
         if not status.drained:
             logger.warning("the pipeline had not drained after %.0f s: %s", timeout, status)
         elif status.waiting_for_model:  # a log of one day: no later day finishes it
             workbench.train_waiting_days()
-        # through the last day: the replay's end-of-log marker completes it (a log of one day has no model
-        # for it until train_waiting_days, and its rows are scored later: not waited for)
-        _wait_until_settled(demo, workbench, timeout=300, settled_through=last_day if last_day > first_day else None)
+        # every result landed: trainings done, stored events rescored, the last day judged (its persistent
+        # runs are anomalies too: stopping before it would make the count depend on timing)
+        workbench.wait(timeout=300, progress=False, settle_timeout=300)
         timings["pipeline"] = time.monotonic() - mark
         scored = _scored_events(demo)
     finally:
@@ -201,31 +201,3 @@ def _scored_events(settings: Settings) -> int | None:
     return table.num_rows - table.column("model_version").null_count
 
 
-def _wait_until_settled(settings: Settings, workbench: Workbench, timeout: float,
-                        settled_through: dt.date | None = None) -> None:
-    """Wait until the trainings the scoring app scheduled are done, every event is scored (those
-    that came before a model retroactively), every anomaly has reached the lakehouse and the
-    scoring app's deferred step has judged every settled day through ``settled_through`` (its
-    persistent runs are anomalies too: stopping before it would make the count depend on timing)."""
-    import orjson
-
-    from workbench.analysis.read import judged_through
-    from workbench.ml.registry import ModelRegistry
-    from workbench.ml.supervisor import TrainingSupervisor
-    from workbench.pipeline._instance import instance_dirs
-    from workbench.pipeline.scoring import UNSCORED_FILE
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and workbench.running:
-        # Fresh reads of what the scoring app persists; the app itself reaps, retries and rescores.
-        training = any(entry["status"] in ("running", "pending")
-                       for entry in TrainingSupervisor(settings).state["days"].values())
-        unscored_files = [folder / UNSCORED_FILE for folder in instance_dirs(settings.state_dir, "scoring").values()]
-        unscored = [day for path in unscored_files if path.exists()
-                    for day in orjson.loads(path.read_bytes()).get("days", [])]
-        waiting_for_rescore = bool(unscored) and ModelRegistry(settings.models_dir).current() is not None
-        if (not training and not waiting_for_rescore and judged_through(settings, settled_through)
-                and workbench.status().drained):
-            return
-        time.sleep(1.0)
-    logger.warning("the pipeline had not settled after %.0f s; stopping anyway", timeout)

@@ -462,9 +462,17 @@ class Workbench:
         self._anomaly_cache = (time.monotonic(), value)
         return value
 
-    def wait(self, *, timeout: float | None = None, progress: bool = True, poll: float = 1.0) -> WorkbenchStatus:
-        """Block until the replay has finished and every app has consumed all it was sent.
+    def wait(self, *, timeout: float | None = None, progress: bool = True, poll: float = 1.0,
+             settled: bool = True, settle_timeout: float = 300.0) -> WorkbenchStatus:
+        """Block until the replay has finished and every app has consumed all it was sent, then (with
+        ``settled``) until every result of it has landed (:meth:`settled`).
 
+        Drained alone is not the end: the scoring app then still trains the last days it waited for,
+        scores the events stored before their model existed, and judges the log's last day (its
+        persistent runs and runtime-residual windows). The anomalies a notebook read right after a
+        drained ``wait()`` were a few seconds short of the final figures. The settle phase waits at most
+        ``settle_timeout`` seconds more (a result that cannot come, e.g. a model for a log of one day
+        that nothing trains: :meth:`train_waiting_days`), then returns with a warning.
         Shows a progress bar (terminal or notebook) unless ``progress=False``.
         """
         from tqdm.auto import tqdm
@@ -487,7 +495,7 @@ class Workbench:
                     )
                     bar.refresh()
                 if status.drained:
-                    return status
+                    break
                 failed = [n for n, p in status.processes.items() if p.get("state") == "failed"]
                 if failed:
                     msg = f"Workbench process(es) failed: {failed}; see {self.settings.logs_dir}."
@@ -495,8 +503,59 @@ class Workbench:
                 if deadline is not None and time.monotonic() > deadline:
                     return status
                 time.sleep(poll)
+            if not settled:
+                return status
+            settle_by = time.monotonic() + settle_timeout
+            if deadline is not None:
+                settle_by = min(settle_by, deadline)
+            while not self.settled(status):
+                if time.monotonic() > settle_by or not self.running:
+                    logger.warning("drained, but not every result had landed after %.0f s: %s", settle_timeout,
+                                   self._unsettled(status))
+                    return status
+                bar.set_postfix_str(f"drained; waiting for {self._unsettled(status)}", refresh=True)
+                time.sleep(poll)
+                status = self.status()
+            return status
         finally:
             bar.close()
+
+    def settled(self, status: WorkbenchStatus | None = None) -> bool:
+        """Whether every result of the replay has landed: the pipeline is drained, no training runs or
+        waits, no stored events wait for a model that exists, and the scoring app's deferred step has
+        judged the log's last day (the replay's end-of-log marker settles it; a log of one day is not
+        waited for: its rows wait for a model until :meth:`train_waiting_days`)."""
+        return not self._unsettled(status or self.status())
+
+    def _unsettled(self, status: WorkbenchStatus) -> str:
+        """What keeps ``status`` from settled, in a few words ("" when nothing does)."""
+        from workbench.analysis.read import judged_through
+        from workbench.ml.registry import ModelRegistry
+        from workbench.ml.supervisor import TrainingSupervisor
+        from workbench.pipeline.scoring import unscored_days
+
+        if not status.drained:
+            return "the pipeline to drain"
+        training = sorted(day for day, entry in TrainingSupervisor(self.settings).state["days"].items()
+                          if entry["status"] in ("running", "pending"))
+        if training:
+            return f"the training of {', '.join(training)}"
+        unscored = unscored_days(self.settings)
+        if unscored and ModelRegistry(self.settings.models_dir).current() is not None:
+            return f"the stored events of {', '.join(unscored)} to be scored"
+        last = self._last_day(status)
+        if not judged_through(self.settings, last):
+            return f"the judging of {last} (persistent runs, runtime-residual windows)"
+        return ""
+
+    def _last_day(self, status: WorkbenchStatus) -> date | None:
+        """The log's last day when the deferred step will judge it (None: nothing to wait for)."""
+        replay = status.replay
+        if (replay is None or not self.settings.end_of_log_markers or replay.first_event_time is None
+                or replay.last_event_time is None):
+            return None
+        first, last = replay.first_event_time.date(), replay.last_event_time.date()
+        return last if last > first else None
 
     # -- data ----------------------------------------------------------------------------------
     def anomalies(self, **filters: Any) -> pd.DataFrame:

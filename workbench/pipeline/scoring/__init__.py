@@ -72,7 +72,7 @@ from __future__ import annotations
 
 from workbench.pipeline.contracts import FEATURE_COLUMNS, anomaly_messages
 from workbench.pipeline.scoring._app import APP_NAME, ScoringApp, run_scoring
-from workbench.pipeline.scoring._days import UNSCORED_FILE, UnscoredDays
+from workbench.pipeline.scoring._days import UNSCORED_FILE, UnscoredDays, unscored_days
 from workbench.pipeline.scoring._publisher import AnomalyPublisher
 from workbench.pipeline.scoring._rescore import Rescorer
 from workbench.pipeline.scoring._sink import ScoringSink
@@ -90,4 +90,5 @@ __all__ = [
     "UnscoredDays",
     "anomaly_messages",
     "run_scoring",
+    "unscored_days",
 ]

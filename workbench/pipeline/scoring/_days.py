@@ -7,11 +7,11 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from workbench._fs import write_atomic
 
-__all__ = ["UNSCORED_FILE", "UnscoredDays"]
+__all__ = ["UNSCORED_FILE", "UnscoredDays", "unscored_days"]
 
 UNSCORED_FILE: Final = "unscored_days.json"
 
@@ -66,3 +66,14 @@ class UnscoredDays:
 
     def _save(self) -> None:
         write_atomic(Path(self.path), json.dumps({"days": sorted(self.days)}).encode())
+
+
+def unscored_days(settings: Any) -> list[str]:
+    """Event days any scoring instance of this home holds unscored rows of (read fresh from each
+    instance's :data:`UNSCORED_FILE`; sorted)."""
+    from workbench.pipeline._instance import instance_dirs
+
+    days: set[str] = set()
+    for folder in instance_dirs(settings.state_dir, "scoring").values():
+        days |= UnscoredDays(folder / UNSCORED_FILE).snapshot()
+    return sorted(days)
