@@ -308,6 +308,7 @@ def test_in_a_notebook_a_parameter_error_shows_its_message_without_a_traceback(
         assert isinstance(result.error_in_exec, ConfigurationError)
         assert "ConfigurationError: The `start` parameter (2024-03-06 00:00 UTC) must be before `end`" in out
         assert "Traceback" not in out and "notebook.py" not in out
+        assert shell.run_cell("settings = setup(globals())").success  # the setup cell again: cells run again
         # Any error the workbench explains itself: attach with nothing running (or wb.status() with
         # the broker down, a ReplayError) showed a stack of package frames above its one line.
         result = shell.run_cell("from workbench.runtime import Workbench\nWorkbench.attach(settings)")

@@ -228,12 +228,13 @@ def _screenshot(element: Any, name: str, tmp_path: Path) -> None:
 _MARKS_JS = """() => {
   const out = [];
   const svgs = [];
+  const holders = [];  // removed again below: over the page they would take its clicks
   document.querySelectorAll('.jp-OutputArea-output svg.marks, .jp-OutputArea-output > svg').forEach(s => svgs.push(s));
   document.querySelectorAll('.jp-OutputArea-output img[src^="data:image/svg+xml"]').forEach(img => {
     const text = decodeURIComponent(img.src.split(',').slice(1).join(','));
     const holder = document.createElement('div');
     holder.style.position = 'absolute'; holder.style.left = '0'; holder.style.top = '0';
-    holder.innerHTML = text; document.body.appendChild(holder);
+    holder.innerHTML = text; document.body.appendChild(holder); holders.push(holder);
     svgs.push(holder.querySelector('svg'));
   });
   for (const svg of svgs) {
@@ -252,6 +253,7 @@ _MARKS_JS = """() => {
     });
     out.push({title, marks});
   }
+  holders.forEach(h => h.remove());
   return out;
 }"""
 
@@ -357,3 +359,21 @@ def test_replay_panel_and_explorer_in_jupyterlab(lab: str, live_home: tuple[Sett
         if rects:
             assert rects["visible"] == rects["count"], f"zero-size bars in {chart['title']!r}: {rects}"
     assert any("actual vs predicted runtime" in c["title"] for c in charts), [c["title"] for c in charts]
+
+    # A refused selection, Run All again: the one-line refusal, and below it nothing that ran as if the
+    # selection were fine, and no NameError traceback (ipykernel aborts only the cells already queued
+    # when one fails; on a loaded machine later ones ran: workbench.reports._run_guard).
+    explorer.locator(".jp-Notebook .jp-CodeCell").first.locator(".cm-content").click()
+    explorer.keyboard.press("Control+End")
+    explorer.keyboard.type('\nstart = "2024-03-07"\nend = "2024-03-06"')
+    explorer.keyboard.press("Escape")
+    explorer.get_by_role("menuitem", name="Run", exact=True).click()
+    explorer.get_by_text("Run All Cells", exact=True).click()
+    prompts = explorer.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt")
+    wait_until(lambda: "must be before `end`" in explorer.locator(".jp-Notebook").inner_text()
+               and not any("[*]" in p for p in prompts.all_inner_texts()), what="Run All refused and done")
+    outputs = explorer.locator(".jp-Notebook .jp-CodeCell .jp-OutputArea").all_inner_texts()
+    refused = next(i for i, text in enumerate(outputs) if "must be before `end`" in text)
+    below = [text.strip() for text in outputs[refused + 1:] if text.strip()]
+    assert all(text.startswith("CellNotRun: not run: the setup cell above failed") for text in below), below
+    assert "Traceback" not in "".join(outputs) and "NameError" not in "".join(outputs)

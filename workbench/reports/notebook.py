@@ -304,7 +304,9 @@ def setup(namespace: Mapping[str, Any], *, clear: bool = False) -> Settings:
     wrong type or outside its range (naming it), renders Altair charts as offline SVG, sets
     pandas' display width (and cell width: reasons are read whole), and returns the settings
     (``WORKBENCH_HOME`` from the environment).
-    Parameters are checked on the first call in a kernel only: papermill injects them before
+    In a notebook, a failure of the cell that calls it makes every later cell say "not run" in one line
+    until it runs again (:mod:`workbench.reports._run_guard`: Run All's cells can outrun the kernel's
+    abort of the rest). Parameters are checked on the first call in a kernel only: papermill injects them before
     that call, and on a re-run the namespace also holds the notebook's own variables
     (``started``, ``ids``, ...), which are no misspelled parameters.
 
@@ -313,7 +315,10 @@ def setup(namespace: Mapping[str, Any], *, clear: bool = False) -> Settings:
     import pandas as pd
 
     from workbench.config import get_settings
+    from workbench.reports import _run_guard
 
+    # Run All then stops below this cell when it fails, however late the kernel gets the cells below
+    _run_guard.install()
     if clear and isinstance(namespace, MutableMapping):
         _clear_results(namespace)
     if not namespace.get(_CHECKED_MARK):
