@@ -498,6 +498,9 @@ def test_start_mode_with_a_missing_data_file_is_refused_naming_the_parameter(tmp
     with pytest.raises(ConfigurationError,
                        match=r"The `data` parameter must name a Parquet log .* Got '/nope\.parquet'"):
         open_workbench("start", settings, data="/nope.parquet")
+    # a first start with no log at all says how to get one (it named the folder only)
+    with pytest.raises(ConfigurationError, match=r"none given and none in .*`workbench generate` .* writes a labelled"):
+        open_workbench("start", settings)
 
 
 def test_an_unknown_critical_mode_is_a_parameter_error_naming_critical_mode(tmp_path: Path) -> None:
@@ -661,3 +664,42 @@ def test_instance_ids_beyond_64_bits_and_a_folder_as_labels_path_are_parameter_e
     with pytest.raises(ConfigurationError, match=r"Got '.*', which is a folder; name one of its files"):
         find_labelled_log(settings, str(tmp_path))
     assert find_labelled_log(settings, " None ") is None
+
+
+def test_an_evaluation_day_inside_a_versions_training_window_is_called_in_sample(tmp_path: Path) -> None:
+    """Notebook 03 with day=2024-03-04 compared v0003 (trained on 03-04..03-06: recall 1.0) with v0001 as if
+    both had met the day fresh."""
+    import json
+
+    settings = Settings(home=tmp_path)
+    for version, days in (("v0001-2024-03-04", ["2024-03-04"]),
+                          ("v0003-2024-03-06", ["2024-03-04", "2024-03-05", "2024-03-06"])):
+        folder = settings.models_dir / "versions" / version
+        folder.mkdir(parents=True)
+        (folder / "model.json").write_text(json.dumps({"window_days": days}))
+    versions = ["v0001-2024-03-04", "v0003-2024-03-06"]
+    both = ds.in_sample_note(settings, dt.date(2024, 3, 4), versions)
+    assert "v0001-2024-03-04, v0003-2024-03-06 were trained on" in both and "their figures there are in-sample" in both
+    one = ds.in_sample_note(settings, dt.date(2024, 3, 5), versions)
+    assert "v0003-2024-03-06 was trained on" in one and "v0001" not in one and "its figures" in one
+    assert ds.in_sample_note(settings, dt.date(2024, 3, 7), versions) == ""  # an unseen day: nothing to say
+    assert ds.in_sample_note(settings, None, versions) == ""
+
+
+def test_a_disagreement_selection_of_unknown_instances_names_what_the_day_holds() -> None:
+    """Notebook 03 with instances=99999 showed an empty crosstab and "0 of 0 queries flagged", as if the
+    versions agreed on everything; unlabelled rows read NaN in the kind column."""
+    import pyarrow as pa
+
+    table = pa.table({"arrival_timestamp": pa.array(pd.to_datetime(["2024-03-07 00:05", "2024-03-07 23:50"], utc=True)),
+                      "instance_id": [47, 69], "query_id": [1, 2], "label_kind": [None, "spill_storm"]})
+    out = {"is_anomaly": np.array([False, True]), "score": np.array([0.1, 3.0])}
+    scored = ds.ScoredDay(day=dt.date(2024, 3, 7), table=table, labels=np.array([False, True]),
+                          outputs={"a": out, "b": out})
+    frame = ds.disagreements(scored, "a", "b", instances=[99999])
+    assert frame.empty
+    note = ds.empty_selection_note(scored, frame, instances=[99999])
+    assert note == ("no query matches the filters (instances 99999): the day holds 2 queries of instances 47, 69, "
+                    "2024-03-07 00:05 to 2024-03-07 23:50 UTC")
+    every = ds.disagreements(scored, "a", "b")
+    assert ds.empty_selection_note(scored, every) == "" and every["kind"].tolist() == ["", "spill_storm"]

@@ -888,3 +888,19 @@ def test_a_command_is_shown_by_quick_follow_up_refreshes_not_the_next_interval()
         assert fake.calls == [("pause", None)]
     finally:
         panel.close()
+
+
+def test_the_metrics_table_reads_like_the_cards_not_raw_floats() -> None:
+    """Notebook 04's table under the cards read `24h 7.0 -1.0 45965.0 -7315.0 ... 0.936169 -0.006305 9463831.0`."""
+    day = {"instances": 13, "instances_delta": -1, "total_queries": 390_311, "total_queries_delta": -109_257,
+           "cluster_size": 4, "cluster_size_delta": 0, "score": 0.9303, "score_delta": -0.0007,
+           "spilled_mb": 2048, "spilled_mb_delta": None, "queue_time_ms": 90_000, "queue_time_ms_delta": 12_000,
+           "queue_ratio": 0.159, "queue_ratio_delta": -0.022, "anomalies": 1023, "anomalies_delta": -390}
+    table = charts.metrics_table({"24h": day, "1week": {"instances": 16, "score": None}})
+    row = table.loc["24h"]
+    assert row["Queries"] == "390,311 (-109,257)" and row["Cluster size (nodes)"] == "4 (no change)"
+    assert row["Score (% normal)"] == "93.0 % (-0.1 pts)" and row["Queue ratio"] == "15.9 % (-2.2 pts)"
+    assert row["Spillage"] == "2.0 GB" and row["Queue time"] == "1.5 min (+12.0 s)"
+    assert row["Anomaly queries"] == "1,023 (-390)"
+    assert table.loc["1week", "Instances"] == "16" and table.loc["1week", "Score (% normal)"] == "n/a"
+    assert not any("e+" in v or "e-" in v for v in table.to_numpy().ravel())

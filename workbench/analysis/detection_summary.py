@@ -28,8 +28,10 @@ __all__ = [
     "comparison_skipped",
     "deferred_alerts_note",
     "disagreements",
+    "empty_selection_note",
     "evaluation_day",
     "evaluation_table",
+    "in_sample_note",
     "label_agreement",
     "last_log_day",
     "log_days",
@@ -182,6 +184,26 @@ def evaluation_day(labels_file: Path, day: str = "") -> tuple[dt.date | None, st
         return None, (f"day {wanted} has no rows in the log {labels_file} (it covers {span}): evaluation skipped; "
                       "set day to one of its days")
     return wanted, f"evaluation day: {wanted}"
+
+
+def in_sample_note(settings: Settings, day: dt.date | None, versions: Sequence[str]) -> str:
+    """A warning when ``day`` lies inside a compared version's training window ("" when none does).
+
+    Such a version has seen that day's queries (and its anomalies) while fitting: its figures there are
+    in-sample, better than it would do on a day it has not seen, and not comparable with the others'.
+    """
+    from workbench.ml import ModelRegistry
+
+    if day is None:
+        return ""
+    registry = ModelRegistry(settings.models_dir)
+    inside = [v for v in versions if day.isoformat() in registry.info(v).get("window_days", [])]
+    if not inside:
+        return ""
+    one = len(inside) == 1
+    return (f"note: {day} is one of the days {', '.join(inside)} {'was' if one else 'were'} trained on, so "
+            f"{'its' if one else 'their'} figures there are in-sample (better than on an unseen day) and not "
+            "comparable with a version that has not seen it; pick a later day (`day`) to compare them fairly")
 
 
 def evaluation_skipped(labels_file: Path | None, versions: Sequence[str]) -> str | None:
@@ -345,7 +367,7 @@ def disagreements(scored: ScoredDay, a: str, b: str, *, start: datetime | None =
         "arrival_timestamp": t.column("arrival_timestamp").to_pandas(),
         "instance_id": t.column("instance_id").to_numpy(zero_copy_only=False),
         "query_id": t.column("query_id").to_numpy(zero_copy_only=False),
-        "label": scored.labels, "kind": t.column("label_kind").to_pandas(),
+        "label": scored.labels, "kind": t.column("label_kind").to_pandas().fillna(""),  # "": not labelled
         f"alert {a}": scored.outputs[a]["is_anomaly"], f"alert {b}": scored.outputs[b]["is_anomaly"],
         f"score {a}": np.round(scored.outputs[a]["score"], 3), f"score {b}": np.round(scored.outputs[b]["score"], 3)})
     if start is not None:
@@ -355,3 +377,20 @@ def disagreements(scored: ScoredDay, a: str, b: str, *, start: datetime | None =
     if instances:
         frame = frame[frame["instance_id"].isin(list(instances))]
     return frame.reset_index(drop=True)
+
+
+def empty_selection_note(scored: ScoredDay, frame: pd.DataFrame, *, start: datetime | None = None,
+                         end: datetime | None = None, instances: Sequence[int] | None = None) -> str:
+    """Why the disagreement table of a day is empty: the filters against what the day holds ("" when
+    ``frame`` has rows). An instance id that is not in the log read as "0 of 0 queries" before."""
+    if len(frame):
+        return ""
+    t = scored.table
+    held = sorted(set(t.column("instance_id").to_pylist()))
+    times = pd.to_datetime(t.column("arrival_timestamp").to_pandas(), utc=True)
+    asked = [f"start {start:%Y-%m-%d %H:%M}" if start else "", f"end {end:%Y-%m-%d %H:%M}" if end else "",
+             f"instances {', '.join(map(str, instances))}" if instances else ""]
+    shown = ", ".join(map(str, held[:12])) + (f" and {len(held) - 12} more" if len(held) > 12 else "")
+    span = f"{times.min():%Y-%m-%d %H:%M} to {times.max():%Y-%m-%d %H:%M} UTC" if len(times) else "no time"
+    return (f"no query matches the filters ({'; '.join(a for a in asked if a) or 'none'}): the day holds "
+            f"{t.num_rows:,} queries of instances {shown or 'none'}, {span}")

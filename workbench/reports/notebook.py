@@ -362,7 +362,9 @@ def open_workbench(mode: str, settings: Settings, *, data: str = "", speedup: fl
     if mode == "start":
         log = data or find_labelled_log(settings)
         if not log:
-            msg = f"mode='start' needs `data` (a Parquet log); none given and none in {settings.data_dir}."
+            msg = (f"mode='start' needs `data` (a Parquet log); none given and none in {settings.data_dir}. "
+                   "`workbench generate` (same WORKBENCH_HOME) writes a labelled demo log there; `workbench "
+                   "prepare` turns a real Redset export into one; or set `data` to a log's path.")
             raise ConfigurationError(msg)
         if not Path(log).expanduser().exists():
             msg = (f"The `data` parameter must name a Parquet log or a folder of them. Got {data!r}, which does "

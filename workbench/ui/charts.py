@@ -34,6 +34,7 @@ __all__ = [
     "events_chart",
     "format_metric",
     "metric_cards_html",
+    "metrics_table",
     "pr_curve_chart",
     "problem_badges_html",
     "runtime_comparison_chart",
@@ -360,3 +361,30 @@ def metric_cards_html(metrics: Mapping[str, Any], *, cards: Sequence[tuple[str, 
             f"<div style='color:{colour};font-size:12px'>{arrow} {html.escape(delta_text)}</div></div>")
     head = f"<div style='font-weight:600;margin:4px 0'>{html.escape(caption)}</div>" if caption else ""
     return f"{head}<div style='display:flex;flex-wrap:wrap;gap:8px'>{''.join(parts)}</div>"
+
+
+#: The rows of :func:`metrics_table`: the cards' metrics after the period's size.
+_TABLE_METRICS: Final = (("instances", "Instances", "count", None), ("total_queries", "Queries", "count", None),
+                         ("cluster_size", "Cluster size (nodes)", "count", None),
+                         *((key, label, kind, better) for key, label, kind, better in CARDS))
+
+
+def metrics_table(periods: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Metrics of several periods (``{"24h": metrics, "1week": metrics}``, :func:`workbench.analysis.read.metrics`
+    output each) as a readable table: one row per period, one column per metric, each cell the value and
+    its change against the previous period ("93.0 % (-0.1 pts)", "390,311 (-109,257)", "3.7 min (+12 s)");
+    "n/a" where the period has no data. The cards show the same figures; the raw frame read
+    ``0.936169 -0.006305 9463831.0`` under them."""
+    rows = {}
+    for period, metrics in periods.items():
+        row = {}
+        for key, label, kind, _ in _TABLE_METRICS:
+            value, delta = metrics.get(key), metrics.get(f"{key}_delta")
+            text = format_metric(kind, value)
+            if text != "n/a" and delta is not None and not (isinstance(delta, float) and np.isnan(delta)):
+                change = ("no change" if delta == 0 else points(delta) if kind == "pct"
+                          else f"{'+' if delta > 0 else ''}{format_metric(kind, delta)}")
+                text = f"{text} ({change})"
+            row[label] = text
+        rows[period] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
