@@ -904,3 +904,28 @@ def test_the_metrics_table_reads_like_the_cards_not_raw_floats() -> None:
     assert row["Anomaly queries"] == "1,023 (-390)"
     assert table.loc["1week", "Instances"] == "16" and table.loc["1week", "Score (% normal)"] == "n/a"
     assert not any("e+" in v or "e-" in v for v in table.to_numpy().ravel())
+
+
+def test_readable_tables_show_units_separators_and_whole_versions() -> None:
+    """02's worst queries read `true_ms 438296.0`, 04's classification `229519`, timestamps with
+    microseconds and +00:00 wrapped onto two lines and versions broke as `v0001-2024-03-` / `04`."""
+    from workbench.analysis import anomaly_summary as summary
+    from workbench.reports.notebook import table_or_note
+    from workbench.ui import tables
+
+    anomalies = pd.DataFrame({
+        "arrival_timestamp": pd.to_datetime(["2024-03-05 10:49:15.437784", "2024-03-05 11:00:00.000000"], utc=True),
+        "instance_id": [1047, 3], "query_id": [1_000_000_000_007, 12], "reason": ["slow_execution", "long_queue"],
+        "true_ms": [438_296.0, 2_500.0], "pred_ms": [5_020.4, 900.0], "under_ratio": [87.3, 2.8],
+        "model_version": ["v0001-2024-03-04", "v0002-2024-03-05"]})
+    html = tables.readable(summary.worst_queries(anomalies, 2)).to_html()
+    for text in ("2024-03-05 10:49:15<", "7.3 min", "5.0 s", "87.3x", ">1047<", ">1000000000007<",
+                 "white-space: nowrap"):
+        assert text in html, text
+    assert "438296" not in html and "+00:00" not in html and ".437784" not in html
+    counts = tables.readable(pd.DataFrame({"queries": [229_519, 12]}, index=["total", "Anomalies"])).to_html()
+    assert "229,519" in counts
+    empty = summary.worst_queries(anomalies.iloc[:0], 2)
+    assert tables.readable(empty) is empty  # nothing to style: the note shows instead
+    assert "nothing" in str(table_or_note(tables.readable(empty), "nothing here").data)
+    assert table_or_note(tables.readable(summary.worst_queries(anomalies, 2)), "nothing here").data is not None

@@ -446,7 +446,8 @@ def wait_for_replay(wb: Any, *, timeout: float = 60.0, poll: float = 0.5) -> Any
 def table_or_note(frame: Any, empty: str) -> Any:
     """``frame`` for a cell to display, or, when it has no rows, ``empty`` (why) as an italic line: an
     empty table shows its headers only, which reads as broken rather than as "nothing yet"."""
-    if frame is not None and len(frame):
+    data = getattr(frame, "data", frame)  # a pandas Styler (workbench.ui.tables.readable) holds its frame
+    if data is not None and len(data):
         return frame
     from IPython.display import Markdown
 
