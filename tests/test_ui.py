@@ -575,6 +575,8 @@ def test_parse_seek_time() -> None:
     assert parse_seek_time("2024-03-05T01:02:03+01:00") == datetime(2024, 3, 5, 0, 2, 3, tzinfo=UTC)
     with pytest.raises(ConfigurationError, match="Got '31/12' instead"):
         parse_seek_time("31/12")
+    with pytest.raises(ConfigurationError, match="Type a time to seek to first"):  # it said "Got '' instead"
+        parse_seek_time("  ")
     with pytest.raises(ConfigurationError, match="positive"):
         control_panel(FakeWorkbench(), counter_interval=0)
 
@@ -587,12 +589,14 @@ def test_controls_that_cannot_act_are_disabled_and_say_why() -> None:
         panel.refresh()
         assert panel.play.disabled and panel.speed.disabled and all(b.disabled for b in panel.presets)
         assert panel.reset_button.disabled and panel.seek_button.disabled  # today's replay stops listening
+        assert panel.reset_button.button_style == ""  # not orange: it cannot act
         assert "finished" in panel.note.value and panel.eta.value == "done"
         panel.presets[0].click()  # a click that raced the refresh is refused, not sent
         assert fake.calls == [] and "not sent" in panel.message.value
         fake.replay_extra = {"finished": True}  # a replay that keeps listening after the end
         panel.refresh()
         assert not panel.reset_button.disabled and not panel.seek_button.disabled and panel.play.disabled
+        assert panel.reset_button.button_style == "warning"
         assert not panel.speed.disabled and not any(b.disabled for b in panel.presets)  # the next course's pace
         panel.presets[0].click()
         panel.reset_button.click()

@@ -72,6 +72,9 @@ def parse_seek_time(text: str) -> datetime:
         For anything else, naming the accepted form.
     """
     value = text.strip().replace(" ", "T", 1)
+    if not value:
+        msg = "Type a time to seek to first, e.g. 2024-03-05 12:00 (UTC) or ISO-8601."
+        raise ConfigurationError(msg)
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError as exc:
@@ -656,6 +659,8 @@ class ControlPanel(widgets.VBox):
                 button.disabled = not view.can_speed
             self.seek_text.disabled = self.seek_button.disabled = not view.can_seek
             self.reset_button.disabled = not view.can_reset
+            # Orange only while it can act: a disabled warning button stayed orange and looked clickable.
+            self.reset_button.button_style = "warning" if view.can_reset else ""
             reason = html.escape(view.why_disabled)
             self.note.value = f"<span style='color:#8D6E00'>{reason}</span>" if reason else ""
             for widget in (self.play, self.speed, self.seek_button, self.reset_button, self.speed_button,

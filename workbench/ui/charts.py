@@ -95,17 +95,20 @@ def empty_chart(title: str, message: str = "No data yet") -> alt.Chart:
         text="text:N").properties(title=title, width=_WIDTH, height=80)
 
 
-def class_shares_chart(shares: pd.DataFrame, *, title: str = "Query classes per 10-minute window") -> alt.Chart:
+def class_shares_chart(shares: pd.DataFrame, *, title: str = "Query classes per 10-minute window",
+                       empty: str = "No data yet") -> alt.Chart:
     """Stacked bars (0-100 %) of each class's share per window, summed over the frame's instances.
 
     Parameters
     ----------
     shares : DataFrame
         :func:`workbench.analysis.read.class_shares` output (``window_start`` and ``<class>_queries``).
+    empty : str
+        What the chart says without rows (a notebook's selection that matches nothing is not "yet").
     """
     _require(shares, ["window_start", *(f"{c}_queries" for c in CLASS_LABELS)], "class_shares_chart")
     if shares.empty:
-        return empty_chart(title)
+        return empty_chart(title, empty)
     columns = [f"{c}_queries" for c in CLASS_LABELS]
     per = shares.groupby("window_start", as_index=False)[columns].sum()
     counts = per[columns].to_numpy(float)
