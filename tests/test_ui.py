@@ -933,3 +933,33 @@ def test_readable_tables_show_units_separators_and_whole_versions() -> None:
     assert tables.readable(empty) is empty  # nothing to style: the note shows instead
     assert "nothing" in str(table_or_note(tables.readable(empty), "nothing here").data)
     assert table_or_note(tables.readable(summary.worst_queries(anomalies, 2)), "nothing here").data is not None
+
+
+def test_a_commands_confirmation_goes_once_the_replay_ends_and_late_events_read_none_yet() -> None:
+    """'resume sent' stayed under a finished replay; 'Late events ?' showed before the first window."""
+    fake = FakeWorkbench()
+    panel = control_panel(fake, auto_refresh=False, charts=False)
+    try:
+        panel.refresh()
+        panel.play.value = False
+        assert "pause sent" in panel.message.value
+        panel.refresh()
+        assert "pause sent" in panel.message.value  # still the state it was sent in
+        fake.state, fake.replay_extra = "finished", {"finished": True}
+        panel.refresh()
+        assert panel.message.value == ""
+        panel.presets[0].click()  # a speed for the next course, sent to the finished replay
+        panel.refresh()
+        assert "sent" in panel.message.value  # said in this state: it stays
+        original = fake.status
+
+        def no_store_yet() -> WorkbenchStatus:
+            status = original()
+            object.__setattr__(status, "late_events", None)
+            return status
+
+        fake.status = no_store_yet  # type: ignore[method-assign]
+        panel.refresh()
+        assert ">Late events</td><td>none yet</td>" in panel.counters.value
+    finally:
+        panel.close()

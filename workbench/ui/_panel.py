@@ -138,6 +138,8 @@ _TREND_TOLERANCE = 0.05
 _TREND_SPAN = 10.0
 #: Seconds behind schedule from which the ETA comes from the measured rate.
 _BEHIND_AFTER = 2.0
+#: Replay states after which a command's confirmation under the panel is cleared.
+_ENDED = frozenset({"finished", "stopped", "failed"})
 #: Seconds a play/pause click holds the button against statuses that predate the command.
 _COMMAND_GRACE = 5.0
 #: After a command, this many refreshes come this often instead of every ``counter_interval``: the
@@ -567,6 +569,10 @@ class ControlPanel(widgets.VBox):
     def _say(self, text: str, *, error: bool = False) -> None:
         colour = "#C62828" if error else "#2E7D32"
         self.message.value = f"<span style='color:{colour}'>{html.escape(text)}</span>"
+        # A confirmation ("pause sent") holds while the replay is in the state it was sent in; once the
+        # replay ends, it is old news ("resume sent" stayed under a finished replay).
+        view = getattr(self, "view", None)
+        self._confirmed_in = None if error else getattr(view, "state", None)
 
     # -- refresh -------------------------------------------------------------------------------
     def refresh(self, *, charts: bool = True) -> None:
@@ -601,6 +607,9 @@ class ControlPanel(widgets.VBox):
         if _field(replay, "last_event_time") is not None:
             self._log_span = (_field(replay, "first_event_time"), _field(replay, "last_event_time"))
         self._apply(view)
+        confirmed_in = getattr(self, "_confirmed_in", None)
+        if confirmed_in is not None and view.state != confirmed_in and view.state in _ENDED:
+            self.message.value, self._confirmed_in = "", None
         self.counters.value = self._counters_html(status, view)
 
     def _show_unavailable(self, exc: Exception) -> None:
@@ -727,7 +736,9 @@ class ControlPanel(widgets.VBox):
             ("Model", f"{status.model_version or 'none yet'} ({status.model_versions} "
                       f"version{'' if status.model_versions == 1 else 's'})"
                       + _failed_trainings_text(status)),
-            ("Late events", _num(status.late_events) + (_LATE_HINT if status.late_events else "")),
+            # None: no window store yet (the first status), not an unknown count
+            ("Late events", ("none yet" if status.late_events is None else _num(status.late_events))
+             + (_LATE_HINT if status.late_events else "")),
             ("Dead letters", _num(status.dead_letters)),
         ]
         procs = ", ".join(f"{n}: {p.get('state')}" for n, p in status.processes.items())
