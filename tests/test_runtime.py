@@ -184,9 +184,14 @@ def test_wait_returns_once_every_result_has_landed_not_at_drained(kafka_settings
         days = pc.strftime(shards.column("arrival_timestamp"), "%Y-%m-%d")
         later = pc.not_equal(days, str(status.replay.first_event_time.date()))
         assert shards.filter(later).column("model_version").null_count == 0  # the second day: all scored
-        final = anomaly_count(kafka_settings)
-        time.sleep(5)
+        # the analytics app's collective step has read every window written (it ran every 30 s, so the
+        # last flagged windows landed up to 30 s after wait(): a browser tester saw 9 land 11 s later)
+        info = wb.status().instances["analytics"][0]["info"]
+        assert info["collective_checked_at"] >= info["windows_written_at"], info
+        final, windows = anomaly_count(kafka_settings), len(wb.window_anomalies())
+        time.sleep(31)  # past the collective step's regular pass
         assert anomaly_count(kafka_settings) == final and wb.status().lag["anomaly-sink"] == 0
+        assert len(wb.window_anomalies()) == windows
     finally:
         wb.stop()
 

@@ -180,10 +180,17 @@ class WindowStatsSink(BaseSink):
                     raise
             result = self.state.flush()
         if self.status is not None and (result.final_rows or result.provisional_rows):
+            # what the collective step must have read before a caller calls the windows judged
+            self.status.info["windows_written_at"] = time.time()
             self.status.add("windows_emitted", result.final_rows)
             self.status.add("provisional_rows", result.provisional_rows)
             self.status.add("sink_rows", result.final_rows + result.provisional_rows)
         self.flushed = result
+
+
+#: Seconds without a message after which windows written since the last collective pass are judged
+#: at once (not at the next 30 s tick).
+_COLLECTIVE_IDLE_S: Final = 2.0
 
 
 class AnalyticsApp(WorkbenchApp):
@@ -247,6 +254,8 @@ class AnalyticsApp(WorkbenchApp):
         self._seen_at_tick = 0
         self._last_archive = time.monotonic()
         self._last_collective = time.monotonic()
+        self._last_message_at = time.monotonic()
+        self._collective_failed = False
         self.collective = CollectiveStep(settings)
         self._collective_lease = HomeLease(settings.state_dir, "collective")  # one runner per home
         self._collective_thread: threading.Thread | None = None
@@ -257,6 +266,7 @@ class AnalyticsApp(WorkbenchApp):
 
     # --- consumed batches (main thread): buffer only ------------------------------------------------
     def _on_messages(self, messages: list[Message]) -> None:
+        self._last_message_at = time.monotonic()
         """Buffer the raw messages of one consume call; process the buffer each time it is full.
 
         One consume call can return far more than a batch (librdkafka prefetches up to 64 MB: a
@@ -470,7 +480,13 @@ class AnalyticsApp(WorkbenchApp):
                 self._seen_at_tick = pending
         self.status.maybe_publish()
         now = time.monotonic()
-        if now - self._last_collective >= 30.0:  # collective anomalies of closed windows
+        # Collective anomalies of closed windows: every 30 s, and soon once the stream is idle with windows
+        # written since the last pass (a drained replay's last windows were judged up to 30 s after
+        # Workbench.wait() had returned).
+        info = self.status.info
+        unjudged = info.get("windows_written_at", 0.0) > info.get("collective_checked_at", 0.0)
+        idle = now - max(self._last_message_at, self._last_collective) >= _COLLECTIVE_IDLE_S
+        if now - self._last_collective >= 30.0 or (unjudged and idle and not self._collective_failed):
             self._last_collective = now
             self._start_collective_step()
         if (self.retention_days is not None and self.sink is not None
@@ -493,9 +509,14 @@ class AnalyticsApp(WorkbenchApp):
         # needs, and at stop each waited its turn for a whole pass past the supervisor's grace).
         if not self._collective_lease.try_acquire():
             return
+        started = time.time()
         try:
             self.status.add("window_anomalies", self.collective.run())
+            # every window written before this pass started has been read (and judged once final)
+            self.status.info["collective_checked_at"] = started
+            self._collective_failed = False
         except Exception:  # never stop the stream for the collective step; retried on the next tick
+            self._collective_failed = True  # retried at the 30 s pace, not at every idle tick
             logger.exception("collective window step failed; will retry")
 
     def archive(self) -> None:

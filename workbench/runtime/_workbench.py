@@ -522,7 +522,9 @@ class Workbench:
 
     def settled(self, status: WorkbenchStatus | None = None) -> bool:
         """Whether every result of the replay has landed: the pipeline is drained, no training runs or
-        waits, no stored events wait for a model that exists, and the scoring app's deferred step has
+        waits, no stored events wait for a model that exists, the analytics app's collective step has
+        read every window written (the last windows of each instance stay open until the app stops,
+        as ever), and the scoring app's deferred step has
         judged the log's last day (the replay's end-of-log marker settles it; a log of one day is not
         waited for: its rows wait for a model until :meth:`train_waiting_days`)."""
         return not self._unsettled(status or self.status())
@@ -543,6 +545,10 @@ class Workbench:
         unscored = unscored_days(self.settings)
         if unscored and ModelRegistry(self.settings.models_dir).current() is not None:
             return f"the stored events of {', '.join(unscored)} to be scored"
+        analytics = [(entry.get("info") or {}) for entry in (status.instances or {}).get("analytics", [])]
+        written = max((info.get("windows_written_at") or 0.0 for info in analytics), default=0.0)
+        if written > max((info.get("collective_checked_at") or 0.0 for info in analytics), default=0.0):
+            return "the collective step over the windows written last (flagged windows)"
         last = self._last_day(status)
         if not judged_through(self.settings, last):
             return f"the judging of {last} (persistent runs, runtime-residual windows)"
