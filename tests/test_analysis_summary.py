@@ -274,6 +274,9 @@ def test_setup_warns_about_undeclared_parameters(tmp_path: Path, monkeypatch: py
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert check_parameters({"__annotations__": {"start": str}, "start": "x", "json": json}) == []
+        # a parameters cell written without types declares nothing: its names are not "unknown" (a browser
+        # tester's `start = "yesterday"` read "Unknown notebook parameter(s) [...]. This notebook accepts []")
+        assert check_parameters({"start": "yesterday", "top_n": 5}) == []
 
 
 def test_a_rerun_in_the_same_kernel_does_not_take_the_notebooks_own_variables_for_parameters(

@@ -963,3 +963,14 @@ def test_a_commands_confirmation_goes_once_the_replay_ends_and_late_events_read_
         assert ">Late events</td><td>none yet</td>" in panel.counters.value
     finally:
         panel.close()
+
+
+def test_readable_tables_round_other_numbers_and_separate_thousands_in_mixed_columns() -> None:
+    """Scores read 1.400000, shares 93.730000 and 02's agreement 'queries in span 229519'."""
+    from workbench.ui import tables
+
+    html = tables.readable(pd.DataFrame({"score": [1.4, 0.7791], "share %": [93.73, 6.27]})).to_html()
+    assert "1.400<" in html and "0.779<" in html and "93.730<" in html and "000000" not in html
+    mixed = pd.DataFrame({"value": {"labelled log": "log.parquet", "queries in span": 229_519, "recall": 0.957}})
+    html = tables.readable(mixed).to_html()
+    assert "229,519" in html and "0.957" in html and "log.parquet" in html

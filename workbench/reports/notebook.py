@@ -63,6 +63,10 @@ def check_parameters(namespace: Mapping[str, Any], before: Iterable[str] = ()) -
         global holding a plain value, as papermill injects them, counts).
     """
     declared = set(namespace.get("__annotations__", {}))
+    if not declared:
+        # A parameters cell written without types (`start = "..."`) declares nothing to check against:
+        # every one of its names read as unknown ("This notebook accepts []") although each was used.
+        return []
     unknown = sorted(n for n in set(namespace) - set(before) - declared
                      if not n.startswith("_") and n not in _SHELL_NAMES
                      and isinstance(namespace[n], _PARAMETER_TYPES))

@@ -450,13 +450,14 @@ class WorkbenchStatus:
             lines = ["replay: starting (its first status is not in yet)"]
         else:
             lines = [str(self.replay) if self.replay else "replay: not started"]
-        lag = ", ".join(f"{name} {value if value is not None else '?'}" for name, value in self.lag.items())
+        def count(value: int | None) -> str:  # "1,082,798": the status line read late events 1082798
+            return "?" if value is None else f"{value:,}"
+
+        lag = ", ".join(f"{name} {count(value)}" for name, value in self.lag.items())
         lines.append(f"lag (messages): {lag or '-'}")
         lines.append(f"model: {self.model_version or 'none yet'} ({self.model_versions} versions) | "
-                     f"anomalies {self.anomalies if self.anomalies is not None else '?'} | "
-                     f"flagged windows {self.window_anomalies if self.window_anomalies is not None else '?'} | "
-                     f"late events {self.late_events if self.late_events is not None else '?'} | "
-                     f"dead letters {self.dead_letters if self.dead_letters is not None else '?'}")
+                     f"anomalies {count(self.anomalies)} | flagged windows {count(self.window_anomalies)} | "
+                     f"late events {count(self.late_events)} | dead letters {count(self.dead_letters)}")
         failed = self.failed_trainings
         if failed:
             lines.append(f"training failed on every attempt: {', '.join(failed)} "

@@ -32,6 +32,10 @@ def _count(value: Any) -> str:
     return "" if _missing(value) else f"{int(value):,}"
 
 
+def _name(value: Any) -> str:
+    return "" if _missing(value) else str(value)
+
+
 def _hours(value: Any) -> str:
     return "" if _missing(value) else f"{float(value):,.2f} h"
 
@@ -48,7 +52,7 @@ def _missing(value: Any) -> bool:
 _FORMATS: dict[str, Callable[[Any], str]] = {
     **dict.fromkeys(("true_ms", "pred_ms", "pred_q_ms", "excess_ms"), _ms),
     **dict.fromkeys(("under_ratio", "median_ratio", "worst_ratio"), _ratio),
-    **dict.fromkeys(("anomalies", "queries", "rows", "alerts"), _count),
+    **dict.fromkeys(("anomalies", "queries", "rows", "alerts", "trained rows", "queries in span"), _count),
     "excess_hours": _hours,
 }
 #: Columns whose text may wrap (everything else stays on one line).
@@ -65,9 +69,12 @@ def readable(frame: pd.DataFrame) -> Any:
             formats[column] = _FORMATS[column]
         elif pd.api.types.is_datetime64_any_dtype(frame[column]):
             formats[column] = _time
-        elif pd.api.types.is_integer_dtype(frame[column]) and not str(column).endswith("_id"):
-            formats[column] = _count  # an id is a name, not a quantity: no separators
-    styler = frame.style.format(formats, na_rep="")
+        elif str(column).endswith("_id"):
+            formats[column] = _name  # an id is a name, not a quantity: no separators
+        elif pd.api.types.is_integer_dtype(frame[column]):
+            formats[column] = _count
+    # other numbers: three decimals (recall 0.995 stays) and separators (pandas showed 93.730000, 1.400000)
+    styler = frame.style.format(formats, na_rep="", precision=3, thousands=",")
     one_line = [c for c in frame.columns if c not in _WRAPPING]
     if one_line:
         styler = styler.set_properties(subset=one_line, **{"white-space": "nowrap"})
