@@ -252,11 +252,12 @@ def choose_versions(settings: Settings, wanted: Sequence[str] = ()) -> list[str]
     known = ModelRegistry(settings.models_dir).versions()
     missing = [v for v in wanted if v not in known]
     if missing and len(missing) == len(list(wanted)):
-        msg = (f"The `versions` parameter names no registered model version: {missing}. "
-               f"Registered: {list(known) or 'none yet'}.")
+        msg = (f"The `versions` parameter names no registered model version: {', '.join(missing)}. "
+               f"Registered: {', '.join(known) or 'none yet'}.")
         raise ConfigurationError(msg)
     if missing:
-        warnings.warn(f"Unknown model versions {missing} ignored; registered: {known}", stacklevel=2)
+        warnings.warn(f"Unknown model versions {', '.join(missing)} ignored; registered: {', '.join(known)}",
+                      stacklevel=2)
     return [v for v in wanted if v in known] if wanted else list(known)
 
 
