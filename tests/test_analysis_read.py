@@ -158,3 +158,21 @@ def test_a_home_without_a_window_stats_store_reads_as_no_windows_yet(tmp_path: P
     assert len(classification_table(stats, 0)) > 0
     shares = class_shares_or_empty(fresh)
     assert shares.empty and "<svg" in to_svg(class_shares_chart(shares))
+
+
+def test_a_previous_period_with_less_data_is_said_to_be_unequal(settings: Settings, tmp_path: Path) -> None:
+    """04 during a replay: 'Queries 63,946 (+47,566)' against a previous 24 h that held 7 h 40 min of log."""
+    from workbench.analysis.read import coverage_note
+
+    full = metrics(settings, "24h", [1])
+    assert (full["covered_h"], full["previous_covered_h"]) == (24.0, 24.0) and coverage_note(full) == ""
+    late = Settings(home=tmp_path / "late")  # a replay that began at 16:20 on the first day
+    with WindowStatsStore.from_settings(late) as store:
+        store.upsert([{"instance_id": 1, "window_start": start, "window_end": start + timedelta(minutes=10),
+                       "total_queries": 100, "normal_queries": 100}
+                      for start in (T0 + timedelta(minutes=10 * w) for w in range(98, 2 * 144))])
+    short = metrics(late, "24h", [1])
+    assert (short["covered_h"], short["previous_covered_h"]) == (24.0, 7.67)
+    assert coverage_note(short) == ("the previous period holds windows for 7.67 h, this one for 24 h: its changes "
+                                    "compare unequal spans of data")
+    assert coverage_note(metrics(settings, "1week", [1])) == ""  # no previous data at all: the cards say so

@@ -22,6 +22,7 @@ needs both volume and a meaningful share. ``mode='any'`` restores the old OR rul
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from importlib import resources
@@ -52,6 +53,7 @@ __all__ = [
     "Period",
     "anomalies",
     "class_shares",
+    "coverage_note",
     "critical_instances",
     "critical_types",
     "data_end",
@@ -295,7 +297,29 @@ def metrics(settings: Settings, window: str = "24h", instances: Sequence[int] | 
         out[key] = value
         before = previous[key]
         out[f"{key}_delta"] = None if value is None or before is None else value - before
+    out["covered_h"], out["previous_covered_h"] = (_covered_hours(table.filter(mask))
+                                                   for mask in (cur_mask, pc.invert(cur_mask)))
     return out
+
+
+def _covered_hours(table: pa.Table) -> float:
+    """Hours of a period that hold windows (distinct window starts x the window length): a period of
+    a replay that began within it holds less data than its length, and its sums are not comparable."""
+    from workbench.analysis.windows import DEFAULT_WINDOW_MS
+
+    starts = pc.count_distinct(table["window_start"]).as_py() if table.num_rows else 0
+    return round(starts * DEFAULT_WINDOW_MS / 3_600_000, 2)
+
+
+def coverage_note(metrics: Mapping[str, Any]) -> str:
+    """A warning when the previous period of :func:`metrics` holds markedly less data than the current
+    one ("" otherwise): its changes are then not like for like (queries +47,566 against a previous 24 h
+    that held 7 h 40 min of log)."""
+    now, before = metrics.get("covered_h") or 0.0, metrics.get("previous_covered_h") or 0.0
+    if not before or before >= 0.9 * now:
+        return ""
+    return (f"the previous period holds windows for {before:g} h, this one for {now:g} h: its changes compare "
+            "unequal spans of data")
 
 
 def anomalies(settings: Settings, start: datetime | None = None, end: datetime | None = None,
