@@ -284,8 +284,8 @@ def metrics(settings: Settings, window: str = "24h", instances: Sequence[int] | 
     ids = _ids(instances)
     table = _stats_table(settings, p.previous_start, p.end, ids)
     cur_mask = pc.greater_equal(table["window_start"], pa.scalar(p.start, table["window_start"].type))
-    current = _summary(table.filter(cur_mask))
-    previous = _summary(table.filter(pc.invert(cur_mask)))
+    current_rows, previous_rows = table.filter(cur_mask), table.filter(pc.invert(cur_mask))
+    current, previous = _summary(current_rows), _summary(previous_rows)
     if not previous["total_queries"]:  # no window before: every delta is "no previous data", the instance
         previous = dict.fromkeys(previous)  # count's too (it read +3 against a count of 0)
     # A period without any window has no anomaly count either: "no previous data", not "+67".
@@ -297,8 +297,7 @@ def metrics(settings: Settings, window: str = "24h", instances: Sequence[int] | 
         out[key] = value
         before = previous[key]
         out[f"{key}_delta"] = None if value is None or before is None else value - before
-    out["covered_h"], out["previous_covered_h"] = (_covered_hours(table.filter(mask))
-                                                   for mask in (cur_mask, pc.invert(cur_mask)))
+    out["covered_h"], out["previous_covered_h"] = _covered_hours(current_rows), _covered_hours(previous_rows)
     return out
 
 

@@ -508,12 +508,12 @@ class Workbench:
             settle_by = time.monotonic() + settle_timeout
             if deadline is not None:
                 settle_by = min(settle_by, deadline)
-            while not self.settled(status):
+            while pending := self._unsettled(status):
                 if time.monotonic() > settle_by or not self.running:
                     logger.warning("drained, but not every result had landed after %.0f s: %s", settle_timeout,
-                                   self._unsettled(status))
+                                   pending)
                     return status
-                bar.set_postfix_str(f"drained; waiting for {self._unsettled(status)}", refresh=True)
+                bar.set_postfix_str(f"drained; waiting for {pending}", refresh=True)
                 time.sleep(poll)
                 status = self.status()
             return status
@@ -524,9 +524,9 @@ class Workbench:
         """Whether every result of the replay has landed: the pipeline is drained, no training runs or
         waits, no stored events wait for a model that exists, the analytics app's collective step has
         read every window written (the last windows of each instance stay open until the app stops,
-        as ever), and the scoring app's deferred step has
-        judged the log's last day (the replay's end-of-log marker settles it; a log of one day is not
-        waited for: its rows wait for a model until :meth:`train_waiting_days`)."""
+        as ever), and the scoring app's deferred step has judged the log's last day (the replay's
+        end-of-log marker settles it; a log of one day is not waited for: its rows wait for a model
+        until :meth:`train_waiting_days`)."""
         return not self._unsettled(status or self.status())
 
     def _unsettled(self, status: WorkbenchStatus) -> str:
