@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from workbench.analysis._selection import asked, first_of
 from workbench.config import Settings
 
 __all__ = [
@@ -297,18 +298,12 @@ def describe_anomalies(settings: Settings, anomalies: pd.DataFrame, *, start: da
     every = anomalies_or_empty(settings)
     if every.empty:
         return "no anomalies yet: the lakehouse is empty (replay some data, or wait for the scoring app)"
-    asked = [f"start {start:%Y-%m-%d %H:%M}" if start else "", f"end {end:%Y-%m-%d %H:%M}" if end else "",
-             f"instances {', '.join(map(str, instances))}" if instances else "",
-             f"reason {reason!r}" if reason else "", f"versions {', '.join(versions)}" if versions else ""]
-
-    def listed(column: str) -> str:
-        held = _held(every, column)
-        return ", ".join(held[:12]) + (f" and {len(held) - 12} more" if len(held) > 12 else "")
-
+    filters = asked(start, end, instances, reason=f"reason {reason!r}" if reason else "",
+                    versions=f"versions {', '.join(versions)}" if versions else "")
     times = pd.to_datetime(every["arrival_timestamp"], utc=True)
-    return (f"no anomalies match the filters ({'; '.join(a for a in asked if a) or 'none'}): the lakehouse holds "
-            f"{len(every):,} anomalies of instances {listed('instance_id')}, reasons {listed('reason')}, "
-            f"model versions {listed('model_version')}, "
+    return (f"no anomalies match the filters ({filters}): the lakehouse holds {len(every):,} anomalies of instances "
+            f"{first_of(_held(every, 'instance_id'))}, reasons {first_of(_held(every, 'reason'))}, "
+            f"model versions {first_of(_held(every, 'model_version'))}, "
             f"{times.min():%Y-%m-%d %H:%M} to {times.max():%Y-%m-%d %H:%M} UTC")
 
 
@@ -359,11 +354,8 @@ def describe_windows(settings: Settings, stats: pd.DataFrame, *, start: datetime
     if every.empty:
         return "window_stats is empty: replay some data first"
     held = sorted(int(i) for i in every["instance_id"].unique())
-    shown = ", ".join(map(str, held[:12])) + (f" and {len(held) - 12} more" if len(held) > 12 else "")
-    asked = [f"start {start:%Y-%m-%d %H:%M}" if start else "", f"end {end:%Y-%m-%d %H:%M}" if end else "",
-             f"instances {', '.join(map(str, instances))}" if instances else ""]
-    return (f"no windows match the filters ({'; '.join(a for a in asked if a) or 'none'}): the store holds "
-            f"{len(every):,} windows of instances {shown}, {every['window_start'].min():%Y-%m-%d %H:%M} to "
+    return (f"no windows match the filters ({asked(start, end, instances)}): the store holds "
+            f"{len(every):,} windows of instances {first_of(held)}, {every['window_start'].min():%Y-%m-%d %H:%M} to "
             f"{every['window_end'].max():%Y-%m-%d %H:%M} UTC")
 
 

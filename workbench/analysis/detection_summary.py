@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from workbench.analysis._selection import asked, first_of
 from workbench.config import Settings
 
 __all__ = [
@@ -387,11 +388,7 @@ def empty_selection_note(scored: ScoredDay, frame: pd.DataFrame, *, start: datet
     if len(frame):
         return ""
     t = scored.table
-    held = sorted(set(t.column("instance_id").to_pylist()))
     times = pd.to_datetime(t.column("arrival_timestamp").to_pandas(), utc=True)
-    asked = [f"start {start:%Y-%m-%d %H:%M}" if start else "", f"end {end:%Y-%m-%d %H:%M}" if end else "",
-             f"instances {', '.join(map(str, instances))}" if instances else ""]
-    shown = ", ".join(map(str, held[:12])) + (f" and {len(held) - 12} more" if len(held) > 12 else "")
     span = f"{times.min():%Y-%m-%d %H:%M} to {times.max():%Y-%m-%d %H:%M} UTC" if len(times) else "no time"
-    return (f"no query matches the filters ({'; '.join(a for a in asked if a) or 'none'}): the day holds "
-            f"{t.num_rows:,} queries of instances {shown or 'none'}, {span}")
+    return (f"no query matches the filters ({asked(start, end, instances)}): the day holds {t.num_rows:,} queries "
+            f"of instances {first_of(sorted(set(t.column('instance_id').to_pylist()))) or 'none'}, {span}")

@@ -388,6 +388,8 @@ class ControlPanel(widgets.VBox):
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._follow_ups = 0
+        # The replay state a confirmation under the panel was said in (None: no confirmation shown).
+        self._confirmed_in: str | None = None
         self._thread: threading.Thread | None = None
         # Refresh paused because no front end shows the panel; a new view resumes it.
         self._paused_unseen = False
@@ -607,8 +609,7 @@ class ControlPanel(widgets.VBox):
         if _field(replay, "last_event_time") is not None:
             self._log_span = (_field(replay, "first_event_time"), _field(replay, "last_event_time"))
         self._apply(view)
-        confirmed_in = getattr(self, "_confirmed_in", None)
-        if confirmed_in is not None and view.state != confirmed_in and view.state in _ENDED:
+        if self._confirmed_in is not None and view.state != self._confirmed_in and view.state in _ENDED:
             self.message.value, self._confirmed_in = "", None
         self.counters.value = self._counters_html(status, view)
 

@@ -336,6 +336,12 @@ CARDS: Final = (
 )
 
 
+def _change(kind: str, delta: float) -> str:
+    """A metric's change with its sign; a share's change is a difference of shares: points, not a
+    relative "+3.7 %"."""
+    return points(delta) if kind == "pct" else f"{'+' if delta > 0 else ''}{format_metric(kind, delta)}"
+
+
 def metric_cards_html(metrics: Mapping[str, Any], *, cards: Sequence[tuple[str, str, str, bool]] = CARDS,
                       caption: str = "") -> str:
     """Metric cards (value, trend arrow, delta vs the previous period) as a self-contained HTML block.
@@ -353,10 +359,7 @@ def metric_cards_html(metrics: Mapping[str, Any], *, cards: Sequence[tuple[str, 
             arrow = "▲" if delta > 0 else "▼" if delta < 0 else "■"
             good = (delta > 0) == higher_better
             colour = "#666" if delta == 0 else "#2E7D32" if good else "#C62828"
-            sign = "+" if delta > 0 else ""
-            # a share's change is a difference of shares: points, not a relative "+3.7 %"
-            change = points(delta) if kind == "pct" else f"{sign}{format_metric(kind, delta)}"
-            delta_text = f"{change} vs previous"
+            delta_text = f"{_change(kind, delta)} vs previous"
         parts.append(
             "<div style='border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:140px'>"
             f"<div style='color:#555;font-size:12px'>{html.escape(label)}</div>"
@@ -368,8 +371,7 @@ def metric_cards_html(metrics: Mapping[str, Any], *, cards: Sequence[tuple[str, 
 
 #: The rows of :func:`metrics_table`: the cards' metrics after the period's size.
 _TABLE_METRICS: Final = (("instances", "Instances", "count", None), ("total_queries", "Queries", "count", None),
-                         ("cluster_size", "Cluster size (nodes)", "count", None),
-                         *((key, label, kind, better) for key, label, kind, better in CARDS))
+                         ("cluster_size", "Cluster size (nodes)", "count", None), *CARDS)
 
 
 def metrics_table(periods: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -385,9 +387,7 @@ def metrics_table(periods: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
             value, delta = metrics.get(key), metrics.get(f"{key}_delta")
             text = format_metric(kind, value)
             if text != "n/a" and delta is not None and not (isinstance(delta, float) and np.isnan(delta)):
-                change = ("no change" if delta == 0 else points(delta) if kind == "pct"
-                          else f"{'+' if delta > 0 else ''}{format_metric(kind, delta)}")
-                text = f"{text} ({change})"
+                text = f"{text} ({'no change' if delta == 0 else _change(kind, delta)})"
             row[label] = text
         rows[period] = row
     return pd.DataFrame.from_dict(rows, orient="index")

@@ -52,7 +52,7 @@ def _missing(value: Any) -> bool:
 _FORMATS: dict[str, Callable[[Any], str]] = {
     **dict.fromkeys(("true_ms", "pred_ms", "pred_q_ms", "excess_ms"), _ms),
     **dict.fromkeys(("under_ratio", "median_ratio", "worst_ratio"), _ratio),
-    **dict.fromkeys(("anomalies", "queries", "rows", "alerts", "trained rows", "queries in span"), _count),
+    **dict.fromkeys(("anomalies", "queries", "rows", "alerts", "trained rows"), _count),
     "excess_hours": _hours,
 }
 #: Columns whose text may wrap (everything else stays on one line).
