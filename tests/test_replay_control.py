@@ -337,6 +337,37 @@ def test_a_long_pause_at_max_speed_does_not_turn_the_eta_into_years(kafka_settin
     assert seen["eta"] is not None and seen["eta"] <= 2 * seen["rows_left"] / 5_000, seen
 
 
+def test_after_a_speed_change_or_a_reset_the_rates_are_the_new_courses(kafka_settings: Settings,
+                                                                       tmp_path: Path) -> None:
+    # The panel's "rows/s now" blended the old speed's rate into the new one's for seconds, and its
+    # average spanned every earlier pass at every earlier speed after a seek or a reset.
+    log = make_log(tmp_path / "log.parquet", rows=40_000, spacing_s=1.0)
+    clock = FakeClock()  # moves only while the pacer sleeps: exactly the scheduled rate
+    seen: dict[str, object] = {"batches": 0}
+    replay: Replay
+
+    def observe(report: BatchReport) -> None:
+        seen["batches"] += 1
+        if seen["batches"] == 20:  # 10 s at 1,000 rows/s
+            replay.set_speed(4000)
+            seen["changed"] = True
+
+    def progress(status: ReplayStatus) -> None:
+        applied = seen.get("changed") and status.speedup == 4000
+        if applied and "first_rate" not in seen and status.rate_now > 0:
+            seen["first_rate"] = status.rate_now
+            replay.reset_position()
+            seen["reset_at"] = clock.now
+        elif "reset_at" in seen and clock.now - seen["reset_at"] >= 3.0 and status.state == "running":
+            seen["avg"] = status.rate_avg
+            replay.stop()
+
+    replay = Replay(log, settings=kafka_settings, speedup=1000, clock=clock, observer=observe, batch_size=500)
+    replay.run(progress=progress)
+    assert abs(seen["first_rate"] - 4000) <= 600, seen  # 2,500 blended with the old speed's
+    assert abs(seen["avg"] - 4000) <= 600, seen  # about 2,000 over both courses
+
+
 def test_paused_while_behind_and_resumed_slower_holds_the_new_speed_real_clock(
         kafka_settings: Settings, tmp_path: Path) -> None:
     log = make_log(tmp_path / "log.parquet", rows=600_000, spacing_s=1.0, row_group_size=20_000)

@@ -674,8 +674,9 @@ def test_charts_wait_for_stores_the_workbench_is_creating() -> None:
         fake.stores_missing = False
         panel.refresh()
         assert "<svg" in panel.events_plot.value
-        # the last 12 h of event time up to the replay clock (02:00) and its window in progress
-        assert fake.chart_filters == {"start": T0 - timedelta(hours=10), "end": T0 + timedelta(hours=2, minutes=10)}
+        # the last 12 h of event time up to the replay clock (02:00), its own window included
+        assert fake.chart_filters == {"start": T0 - timedelta(hours=10),
+                                      "end": T0 + timedelta(hours=2, microseconds=1)}
     finally:
         panel.close()
 
@@ -853,17 +854,18 @@ def test_a_seek_or_reset_redraws_the_charts_at_once_not_at_the_next_scheduled_re
     fake = FakeWorkbench()
     panel = control_panel(fake, auto_refresh=False)
     try:
+        tick = timedelta(microseconds=1)  # up to the clock's own window: the reads take window_start < end
         panel.refresh(charts=True)
-        assert fake.chart_filters["end"] == T0 + timedelta(hours=2, minutes=10)
+        assert fake.chart_filters["end"] == T0 + timedelta(hours=2) + tick
         fake.replay_extra = {"event_time": T0 + timedelta(hours=3)}  # the clock going on: no redraw
         panel.refresh(charts=False)
-        assert fake.chart_filters["end"] == T0 + timedelta(hours=2, minutes=10)
+        assert fake.chart_filters["end"] == T0 + timedelta(hours=2) + tick
         fake.replay_extra = {"event_time": T0 + timedelta(minutes=30)}  # seek back, or reset
         panel.refresh(charts=False)
-        assert fake.chart_filters["end"] == T0 + timedelta(minutes=40)
+        assert fake.chart_filters["end"] == T0 + timedelta(minutes=30) + tick
         fake.replay_extra = {"event_time": T0 + timedelta(hours=20)}  # seek far ahead
         panel.refresh(charts=False)
-        assert fake.chart_filters["end"] == T0 + timedelta(hours=20, minutes=10)
+        assert fake.chart_filters["end"] == T0 + timedelta(hours=20) + tick
     finally:
         panel.close()
 
@@ -961,6 +963,75 @@ def test_a_commands_confirmation_goes_once_the_replay_ends_and_late_events_read_
         fake.status = no_store_yet  # type: ignore[method-assign]
         panel.refresh()
         assert ">Late events</td><td>none yet</td>" in panel.counters.value
+    finally:
+        panel.close()
+
+
+def test_after_a_seek_back_the_events_chart_shows_no_window_past_the_clock() -> None:
+    """After a seek back the events chart showed the next window, full from the earlier pass, beside the
+    clock's own: the read went to the clock plus ten minutes."""
+    from workbench.analysis import read
+
+    fake = FakeWorkbench()
+    frames: list[pd.DataFrame] = []
+    starts = pd.date_range(T0, periods=24, freq="10min", tz="UTC")  # 4 h stored by an earlier pass
+    stored = pd.DataFrame({"window_start": starts, "instance_id": 1, "total_queries": 10})
+
+    def window_stats(**filters: Any) -> pd.DataFrame:
+        keep = (stored["window_start"] >= filters["start"]) & (stored["window_start"] < filters["end"])
+        frames.append(stored[keep])
+        return stored[keep]
+
+    fake.window_stats = window_stats  # type: ignore[method-assign]
+    fake.replay_extra = {"event_time": T0 + timedelta(hours=1, minutes=3)}  # seeked back to 01:03
+    panel = control_panel(fake, auto_refresh=False)
+    try:
+        panel.refresh(charts=True)
+        assert frames[-1]["window_start"].max() == T0 + timedelta(hours=1)
+        assert read.window_stats.__doc__ and "window_start < end" in read.window_stats.__doc__
+    finally:
+        panel.close()
+
+
+def test_a_confirmation_goes_after_a_while_a_refusal_stays_and_the_play_button_is_coloured_when_it_acts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """'reset sent' stayed under a replay running for minutes after it; the play toggle's grey looked the
+    same enabled and disabled."""
+    now = [100.0]
+    monkeypatch.setattr("workbench.ui._panel._clock", lambda: now[0])
+    fake = FakeWorkbench()
+    panel = control_panel(fake, auto_refresh=False, charts=False)
+    try:
+        panel.refresh()
+        assert panel.play.button_style == "info" and not panel.play.disabled
+        panel.reset_button.click()
+        now[0] += 5
+        panel.refresh()
+        assert "reset sent" in panel.message.value
+        now[0] += 6
+        panel.refresh()
+        assert panel.message.value == ""
+        panel.seek_text.value = "yesterday-ish"
+        panel.seek_button.click()
+        now[0] += 60
+        panel.refresh()
+        assert "yesterday-ish" in panel.message.value  # a refusal stays until the next action
+        fake.running = False
+        fake.state = "stopped"
+        panel.refresh()
+        assert panel.play.disabled and panel.play.button_style == ""
+    finally:
+        panel.close()
+
+
+def test_right_after_a_command_the_rate_reads_as_being_measured_not_zero() -> None:
+    fake = FakeWorkbench()
+    fake.replay_extra = {"rate_now": 0.0}
+    panel = control_panel(fake, auto_refresh=False, charts=False)
+    try:
+        panel.refresh()
+        assert "measuring the rate, 1,000 avg" in panel.counters.value
+        assert "0 rows/s now" not in panel.counters.value
     finally:
         panel.close()
 

@@ -147,8 +147,8 @@ class ReplayStatus:
     event_time: datetime | None
     first_event_time: datetime | None
     last_event_time: datetime | None
-    rate_now: float
-    rate_avg: float
+    rate_now: float  # rows/s over the last seconds (0 right after a command, until measured again)
+    rate_avg: float  # rows/s over the time spent sending since the start, the last seek or reset
     eta_seconds: float | None
     dead_letters: int = 0
     pack: int = 1

@@ -385,8 +385,9 @@ class _ReplayRun:
         self.dead_letters = 0
         self.state = "starting"
         self.started = self.clock.monotonic()
-        self._active_s = 0.0  # wall seconds spent running (rate_avg), counted once per loop turn
+        self._active_s = 0.0  # wall seconds spent running this course (rate_avg), counted once per loop turn
         self._active_mark: float | None = None
+        self._course_rows = 0  # rows_sent when this course (start, seek or reset) began
         self.rate_now = 0.0
         self._rate_mark = (self.started, 0)
         self._last_status_publish = -1e9
@@ -558,6 +559,7 @@ class _ReplayRun:
         speed = validate_speed(value)  # type: ignore[arg-type]
         self.pacer.set_speed(speed, self.clock.monotonic(), self.next_event_us)
         self.replay.speedup = self.pacer.speedup
+        self._restart_rate()  # the old speed's rate held for seconds after the change
         return False
 
     def _on_pause(self, value: object) -> bool:
@@ -581,8 +583,16 @@ class _ReplayRun:
         self.state = "stopped"
         return False
 
+    def _restart_rate(self) -> None:
+        """Measure the recent rate again from now (0 until a second has passed)."""
+        self.rate_now = 0.0
+        self._rate_mark = (self.clock.monotonic(), self.rows_sent)
+
     def _move_to(self, row: int) -> bool:
         self.next_row = row
+        # A new course: its average and recent rate start afresh.
+        self._course_rows, self._active_s = self.rows_sent, 0.0
+        self._restart_rate()
         # Dead letters of rows not yet passed belong to the old course; the rows are checked again.
         self._pending_dead_letters.clear()
         event_us = self._event_time(row)
@@ -890,8 +900,10 @@ class _ReplayRun:
             instant = (self.rows_sent - mark_rows) / (now - mark_time)
             self.rate_now = instant if self.rate_now == 0 else 0.5 * self.rate_now + 0.5 * instant
             self._rate_mark = (now, self.rows_sent)
-        # over the time spent sending: a finished or paused replay's average stays what it was
-        rate_avg = self.rows_sent / max(self._active_s, 1e-9) if self.rows_sent else 0.0
+        # Over the time spent sending since the last seek or reset: a finished or paused replay's
+        # average stays what it was, and an earlier pass at another speed does not blur it.
+        course_rows = self.rows_sent - self._course_rows
+        rate_avg = course_rows / max(self._active_s, 1e-9) if course_rows else 0.0
         last_us = self.last_event_us
         remaining_rows = self.log.num_rows - next_row
         behind_s = self.pacer.behind_us(now, self.next_event_us) / _US if self.state == "running" else 0.0

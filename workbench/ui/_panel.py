@@ -140,6 +140,8 @@ _TREND_SPAN = 10.0
 _BEHIND_AFTER = 2.0
 #: Replay states after which a command's confirmation under the panel is cleared.
 _ENDED = frozenset({"finished", "stopped", "failed"})
+#: Seconds a command's confirmation ("reset sent") stays under the panel; refusals stay until the next action.
+_CONFIRMATION_S = 10.0
 #: Seconds a play/pause click holds the button against statuses that predate the command.
 _COMMAND_GRACE = 5.0
 #: After a command, this many refreshes come this often instead of every ``counter_interval``: the
@@ -388,8 +390,9 @@ class ControlPanel(widgets.VBox):
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._follow_ups = 0
-        # The replay state a confirmation under the panel was said in (None: no confirmation shown).
+        # The replay state a confirmation under the panel was said in, and when (None: none shown).
         self._confirmed_in: str | None = None
+        self._confirmed_at = 0.0
         self._thread: threading.Thread | None = None
         # Refresh paused because no front end shows the panel; a new view resumes it.
         self._paused_unseen = False
@@ -575,6 +578,7 @@ class ControlPanel(widgets.VBox):
         # replay ends, it is old news ("resume sent" stayed under a finished replay).
         view = getattr(self, "view", None)
         self._confirmed_in = None if error else getattr(view, "state", None)
+        self._confirmed_at = _clock()
 
     # -- refresh -------------------------------------------------------------------------------
     def refresh(self, *, charts: bool = True) -> None:
@@ -609,7 +613,10 @@ class ControlPanel(widgets.VBox):
         if _field(replay, "last_event_time") is not None:
             self._log_span = (_field(replay, "first_event_time"), _field(replay, "last_event_time"))
         self._apply(view)
-        if self._confirmed_in is not None and view.state != self._confirmed_in and view.state in _ENDED:
+        if self._confirmed_in is not None and (
+                (view.state != self._confirmed_in and view.state in _ENDED)
+                or _clock() - self._confirmed_at > _CONFIRMATION_S):
+            # "reset sent" read as news for as long as the replay ran after it
             self.message.value, self._confirmed_in = "", None
         self.counters.value = self._counters_html(status, view)
 
@@ -664,6 +671,8 @@ class ControlPanel(widgets.VBox):
                 if view.playing is not None and not self._play_pending() and self.play.value == self._play_shown:
                     self.play.value = self._play_shown = view.playing
             self.play.disabled = not view.can_play
+            # Coloured only while it can act: the toggle's grey looked the same enabled and disabled.
+            self.play.button_style = "info" if view.can_play else ""
             self.speed.disabled = not view.can_speed
             for button in (*self.presets, self.speed_entry, self.speed_button):
                 button.disabled = not view.can_speed
@@ -724,7 +733,9 @@ class ControlPanel(widgets.VBox):
             if replay.state == "running":
                 rate = _field(replay, "rate")
                 measured = f", {rate:,.0f} measured" if rate else ""
-                rows.append(("Rate", f"{replay.rate_now:,.0f} rows/s now, {replay.rate_avg:,.0f} avg{measured}"))
+                # 0 right after a command: the replay measures the new course's rate from then on
+                now = f"{replay.rate_now:,.0f} rows/s now" if replay.rate_now else "measuring the rate"
+                rows.append(("Rate", f"{now}, {replay.rate_avg:,.0f} avg{measured}"))
             else:
                 rows.append(("Rate", f"{replay.state}: {replay.rate_avg:,.0f} rows/s on average"))
             rows.append(("Encoding", encoding_text(_field(replay, "encoding"), _field(replay, "pack"))))
@@ -759,9 +770,9 @@ class ControlPanel(widgets.VBox):
         end = getattr(status, "event_time", None) if status is not None else None
         self._chart_end = end
         start = end - CHART_SPAN if end is not None else None
-        # Up to the replay clock (plus the window in progress): a store filled by an earlier run
-        # must not show "future" windows.
-        upto = end + timedelta(minutes=10) if end is not None else None
+        # Up to the replay clock's own window: a store filled by an earlier pass (a seek back, a
+        # reset, an earlier run) must not show later windows. The reads take window_start < end.
+        upto = end + timedelta(microseconds=1) if end is not None else None
         from workbench.store.exceptions import StoreNotFoundError
 
         domain = None  # the anomalies chart shares the events chart's time axis, bar under bar
