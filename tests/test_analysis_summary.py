@@ -706,3 +706,31 @@ def test_a_disagreement_selection_of_unknown_instances_names_what_the_day_holds(
                     "2024-03-07 00:05 to 2024-03-07 23:50 UTC")
     every = ds.disagreements(scored, "a", "b")
     assert ds.empty_selection_note(scored, every) == "" and every["kind"].tolist() == ["", "spill_storm"]
+
+
+def test_a_reason_or_version_that_names_nothing_is_refused_with_the_closest_known_ones(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Notebook 02 with reason="slow_exec" filtered every anomaly out and its agreement table read
+    recall 0 for every kind, as if the detector had missed them all."""
+    from tests.notebook_home import cached_home
+    from workbench.exceptions import ConfigurationError
+    from workbench.reports.notebook import parse_reason, parse_versions
+
+    home, _ = cached_home(tmp_path_factory.getbasetemp())
+    settings = Settings(home=home)
+    with pytest.raises(ConfigurationError, match=r"no anomaly reason: 'slow_exec'\. Did you mean 'slow_execution'"):
+        parse_reason(settings, "slow_exec")
+    assert parse_reason(settings, " slow_execution ") == "slow_execution" and parse_reason(settings, "") is None
+    stored = set(summary.anomalies_or_empty(settings)["reason"])
+    assert stored and all(parse_reason(settings, r) == r for r in stored)
+    with pytest.raises(ConfigurationError, match=r"names no model version: 'v0009'\. Known: v0001-2024-03-04, v0002"):
+        parse_versions(settings, "v0009")
+    with pytest.raises(ConfigurationError, match=r"'v0002'\. Did you mean 'v0002-2024-03-05'\?"):
+        parse_versions(settings, "v0002")
+    with pytest.warns(UserWarning, match=r"versions v0009 ignored"):
+        assert parse_versions(settings, "v0009, v0002-2024-03-05") == ["v0002-2024-03-05"]
+    assert parse_versions(settings, "") == []
+    empty = Settings(home=tmp_path / "empty")  # nothing written yet: the detector's reasons still count
+    assert parse_reason(empty, "queue_longer_than_run") == "queue_longer_than_run"
+    with pytest.raises(ConfigurationError, match=r"Known: none yet: no model version was written"):
+        parse_versions(empty, "v0001")

@@ -353,6 +353,26 @@ def anomalies(settings: Settings, start: datetime | None = None, end: datetime |
         con.close()
 
 
+def anomaly_values(settings: Settings, column: str) -> list[str]:
+    """The distinct non-null values of ``column`` (``reason``, ``model_version``) over every anomaly,
+    sorted; ``[]`` before the first anomaly."""
+    from workbench.store.lakehouse import ANOMALY_SCHEMA
+
+    if column not in ANOMALY_SCHEMA.names:
+        msg = f"column must be one of the anomalies' columns {ANOMALY_SCHEMA.names}. Got {column!r} instead."
+        raise AnalysisError(msg)
+    try:
+        con = connect_settings(settings, read_only=True)
+    except LakehouseNotFoundError:
+        return []
+    try:
+        rows = con.execute(f'SELECT DISTINCT "{column}" FROM {CATALOG_ALIAS}.anomalies '
+                           f'WHERE "{column}" IS NOT NULL ORDER BY 1').fetchall()
+        return [str(row[0]) for row in rows]
+    finally:
+        con.close()
+
+
 def window_anomalies(settings: Settings, start: datetime | None = None, end: datetime | None = None,
                      instances: Sequence[int] | None = None, signal: str | None = None) -> pd.DataFrame:
     """Collective anomalies (flagged 10-minute windows) with ``start <= window_start < end``, newest first.

@@ -30,7 +30,9 @@ __all__ = [
     "parse_instances",
     "parse_list",
     "parse_range",
+    "parse_reason",
     "parse_time",
+    "parse_versions",
     "setup",
     "setup_charts",
     "stop_if_asked",
@@ -215,6 +217,64 @@ def parse_instances(value: str | int | Iterable[Any] | None) -> list[int] | None
                f"Got {value!r} instead.")
         raise ConfigurationError(msg)
     return ids or None
+
+
+def _refuse_unknown(name: str, given: Iterable[str], known: Iterable[str], what: str) -> None:
+    """Raise a :class:`ConfigurationError` for the first of ``given`` not in ``known``, with the
+    closest known values: a typo filtered everything out and read as "recall 0 for every kind"."""
+    import difflib
+
+    known = sorted(set(known))
+    for value in given:
+        if value not in known:
+            starting = [k for k in known if k.startswith(value)]  # "v0002" for "v0002-2024-03-05"
+            close = list(dict.fromkeys([*starting, *difflib.get_close_matches(value, known, n=3, cutoff=0.5)]))[:3]
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            listed = ", ".join(known) if known else f"none yet: no {what} was written"
+            msg = f"The `{name}` parameter names no {what}: {value!r}.{hint} Known: {listed}."
+            raise ConfigurationError(msg)
+
+
+def parse_reason(settings: Settings, value: str | None) -> str | None:
+    """The anomaly reason to keep (``None``: all); refused unless the detector gives it or the
+    lakehouse holds it (a version trained by an earlier release may have named its reasons otherwise)."""
+    reason = (value or "").strip()
+    if not reason:
+        return None
+    from workbench.ml.detector import ALERT_REASONS
+
+    if reason in ALERT_REASONS:
+        return reason
+    _refuse_unknown("reason", [reason], [*ALERT_REASONS, *_stored_values(settings, "reason")], "anomaly reason")
+    return reason
+
+
+def parse_versions(settings: Settings, value: str | Iterable[Any] | None) -> list[str]:
+    """Model versions from ``"v1, v2"`` or a list (``[]``: all) that the registry or the lakehouse knows.
+
+    Only unknown ones: refused with the closest known ones; some unknown: dropped with a warning.
+    """
+    versions = parse_list(value)
+    if not versions:
+        return versions
+    from workbench.ml.registry import ModelRegistry
+
+    known = {*ModelRegistry(settings.models_dir).versions(), *_stored_values(settings, "model_version")}
+    kept = [v for v in versions if v in known]
+    if not kept:
+        _refuse_unknown("versions", versions, known, "model version")
+    if len(kept) < len(versions):  # as notebook 03 does: the known ones are shown, the others named
+        unknown = ", ".join(v for v in versions if v not in known)
+        warnings.warn(f"versions {unknown} ignored: no such model version; showing {', '.join(kept)}",
+                      UserWarning, stacklevel=2)
+    return kept
+
+
+def _stored_values(settings: Settings, column: str) -> list[str]:
+    """The distinct values of an anomalies column in the lakehouse ([] before the first anomaly)."""
+    from workbench.analysis import read
+
+    return read.anomaly_values(settings, column)
 
 
 def find_labelled_log(settings: Settings, labels_path: str = "") -> Path | None:
