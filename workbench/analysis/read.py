@@ -251,12 +251,14 @@ def _summary(table: pa.Table) -> dict[str, Any]:
     }
 
 
-def _anomaly_count(settings: Settings, start: datetime, end: datetime, instances: list[int] | None) -> int | None:
+def _anomaly_count(settings: Settings, start: datetime, end: datetime, instances: list[int] | None) -> int:
     try:
         con = connect_settings(settings, read_only=True)
     except LakehouseNotFoundError:
+        # The sink creates the lakehouse with its first anomaly: none yet is 0, as 04's tables count it
+        # (its card read "Anomaly queries n/a" above a table reading "Anomalies 0").
         logger.info("no anomaly lakehouse yet path=%s", settings.lakehouse_dir)  # or its PostgreSQL catalog
-        return None
+        return 0
     try:
         row = con.execute(
             f"SELECT count(*) FROM {CATALOG_ALIAS}.anomalies WHERE arrival_timestamp >= $s AND "
@@ -277,7 +279,7 @@ def metrics(settings: Settings, window: str = "24h", instances: Sequence[int] | 
         ``period`` (:class:`Period`), and for each of ``instances``, ``total_queries``, ``cluster_size``
         (latest, meaningful for one instance), ``score`` (share of normal queries, higher is better),
         ``spilled_mb``, ``queue_time_ms``, ``queue_ratio`` (queue / (queue + exec)), ``anomalies``
-        (``None`` without a lakehouse): the current value and ``<key>_delta`` = current - previous,
+        (0 before the first anomaly): the current value and ``<key>_delta`` = current - previous,
         ``None`` when either side has no value (no data is not the same as zero).
     """
     p = period(settings, window, end=end)
