@@ -120,6 +120,46 @@ def test_label_agreement_leaves_out_queries_no_model_scored_yet(tmp_path: Path) 
     assert ds.label_agreement(_anomalies(), labels).note == ""  # no scored set: every query counts, as before
 
 
+def test_label_agreement_leaves_out_in_sample_queries_with_their_alerts_and_says_when_nothing_is_scored(
+        tmp_path: Path) -> None:
+    """02's whole-log precision counted the first day, which the version that scored it was trained on;
+    before any model it read "labelled anomalies 0" under a note about labelled anomalies not scored."""
+    labels = _labels(tmp_path / "log.parquet")
+    # alerts on 10, 11, 20, 30; 10 and 11 were scored in-sample (11 is a false alert, 10 a hit)
+    scored = pd.DataFrame({"instance_id": [1, 1, 2, 3, 3, 1], "query_id": [10, 11, 20, 30, 31, 12],
+                           "in_sample": [True, True, False, False, False, False]})
+    result = ds.label_agreement(_anomalies(), labels, scored=scored)
+    assert result.summary.loc["alerts", "value"] == 2 and result.precision == 1.0  # 20 and 30
+    assert result.recall == round(2 / 3, 3)  # 20 and 30 of 20, 30, 31
+    assert result.summary.loc["queries left out as in-sample", "value"] == 2
+    assert "2 queries scored by a version trained on their own day" in result.note
+    every = ds.label_agreement(_anomalies(), labels, scored=scored.assign(in_sample=False))
+    assert every.precision == 0.75 and "in-sample" not in every.note
+    nothing = ds.label_agreement(_anomalies().iloc[:0], labels, scored=scored.iloc[:0])
+    assert nothing.note.startswith("none of the span's 6 queries is scored yet") and nothing.precision is None
+
+
+def test_scored_queries_mark_the_days_their_version_was_trained_on(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    from tests.notebook_home import cached_home
+    from workbench.ml.registry import ModelRegistry
+
+    home, _ = cached_home(tmp_path_factory.getbasetemp())
+    settings = Settings(home=home)
+    scored = summary.scored_queries(settings)
+    registry = ModelRegistry(settings.models_dir)
+    windows = {v: set(registry.info(v)["window_days"]) for v in registry.versions()}
+    assert len(scored) and scored["in_sample"].dtype == bool
+    from workbench.store.shards import read_shards
+
+    rows = read_shards(settings.shards_dir, None, ["query_id", "instance_id", "arrival_timestamp", "model_version"])
+    frame = rows.to_pandas().dropna(subset=["model_version"])
+    expected = [t.strftime("%Y-%m-%d") in windows.get(v, set())
+                for t, v in zip(frame["arrival_timestamp"], frame["model_version"], strict=True)]
+    assert sum(expected) == int(scored["in_sample"].sum()), (sum(expected), windows)
+    assert 0 < sum(expected) < len(scored)
+
+
 def test_scored_queries_are_the_shard_rows_a_model_version_scored(tmp_path: Path) -> None:
     from tests.helpers import store_generated_days
     from workbench.store.shards import read_shards, write_shard
@@ -133,7 +173,8 @@ def test_scored_queries_are_the_shard_rows_a_model_version_scored(tmp_path: Path
                          pa.array(["v0001-2024-03-04"] * day.num_rows, pa.string()))
     write_shard(settings.shards_dir, "2024-03-05", 0, int(day.column("kafka_offset")[0].as_py()), day)
     scored = summary.scored_queries(settings)
-    assert sorted(map(tuple, scored.to_numpy().tolist())) == sorted(
+    assert not scored["in_sample"].any()  # a version the registry does not hold: its window is unknown
+    assert sorted(map(tuple, scored[["instance_id", "query_id"]].to_numpy().tolist())) == sorted(
         zip(day.column("instance_id").to_pylist(), day.column("query_id").to_pylist(), strict=True))
     noon = dt.datetime(2024, 3, 5, 12, tzinfo=dt.UTC)
     assert len(summary.scored_queries(settings, start=noon)) < len(scored)

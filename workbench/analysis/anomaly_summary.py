@@ -7,7 +7,7 @@ frame with its columns) and returns a small, sorted, deterministic pandas frame.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -201,11 +201,12 @@ def analysed_span(settings: Settings, start: datetime | None, end: datetime | No
 
 def scored_queries(settings: Settings, start: datetime | None = None, end: datetime | None = None,
                    instances: Sequence[int] | None = None) -> pd.DataFrame:
-    """``(instance_id, query_id)`` of the queries in the span that a model version scored (the shards).
+    """``(instance_id, query_id, in_sample)`` of the queries in the span that a model version scored
+    (the shards); ``in_sample``: the version that scored it was trained on the query's day.
 
     Events of a day no model covers yet (the first day, or scoring behind the replay) are stored
     unscored: a comparison with labels must leave them out, not count their anomalies as missed.
-    No shards yet: none.
+    The first day is scored later by the version trained on it, in-sample. No shards yet: none.
     """
     import datetime as dt
 
@@ -214,7 +215,8 @@ def scored_queries(settings: Settings, start: datetime | None = None, end: datet
 
     from workbench.store.shards import list_days, read_shards
 
-    empty = pd.DataFrame({"instance_id": pd.Series(dtype="int64"), "query_id": pd.Series(dtype="int64")})
+    empty = pd.DataFrame({"instance_id": pd.Series(dtype="int64"), "query_id": pd.Series(dtype="int64"),
+                          "in_sample": pd.Series(dtype=bool)})
     try:
         days = list_days(settings.shards_dir)
     except FileNotFoundError:
@@ -232,7 +234,25 @@ def scored_queries(settings: Settings, start: datetime | None = None, end: datet
         keep = pc.and_(keep, pc.less(table.column("arrival_timestamp"), _utc(end)))
     if instances:
         keep = pc.and_(keep, pc.is_in(table.column("instance_id"), pa.array([int(i) for i in instances], pa.int64())))
-    return table.filter(keep).select(["instance_id", "query_id"]).to_pandas()
+    frame = table.filter(keep).to_pandas()
+    day = frame["arrival_timestamp"].dt.tz_convert("UTC").dt.strftime("%Y-%m-%d")
+    trained_on = _training_days(settings, frame["model_version"].unique())
+    frame["in_sample"] = [d in trained_on.get(v, ()) for d, v in zip(day, frame["model_version"], strict=True)]
+    return frame[["instance_id", "query_id", "in_sample"]].reset_index(drop=True)
+
+
+def _training_days(settings: Settings, versions: Iterable[str]) -> dict[str, frozenset[str]]:
+    """Each version's training days (ISO dates); none for a version the registry no longer holds."""
+    from workbench.ml.exceptions import ModelNotFoundError
+    from workbench.ml.registry import ModelRegistry
+
+    registry, days = ModelRegistry(settings.models_dir), {}
+    for version in versions:
+        try:
+            days[version] = frozenset(registry.info(version).get("window_days", []))
+        except (ModelNotFoundError, OSError, ValueError):  # removed, or written by hand: window unknown
+            days[version] = frozenset()
+    return days
 
 
 def _utc(value: datetime) -> pd.Timestamp:

@@ -76,7 +76,8 @@ def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: dateti
     scored : DataFrame, optional
         ``(instance_id, query_id)`` of the queries a model scored
         (:func:`~workbench.analysis.anomaly_summary.scored_queries`): the others are left out, as no
-        detector has seen them yet (the first day, or scoring behind the replay); None: every query counts.
+        detector has seen them yet (the first day, or scoring behind the replay), and so are those its
+        ``in_sample`` column marks, with their alerts; None: every query and alert counts.
     """
     from workbench.ml.evaluate import anomaly_kinds, anomaly_labels, require_labels
 
@@ -91,19 +92,38 @@ def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: dateti
         log = log[log["arrival_timestamp"] < end]
     if instances:
         log = log[log["instance_id"].isin(list(instances))]
-    in_span, unscored_labels, note = len(log), 0, ""
+    in_span, unscored_labels, notes = len(log), 0, []
+    alerts = anomalies.drop_duplicates(["instance_id", "query_id"])[["instance_id", "query_id", "reason"]]
+    alerts = alerts.astype({"instance_id": "int64", "query_id": "int64"})
+    in_sample = 0
     if scored is not None:
         keys = scored[["instance_id", "query_id"]].drop_duplicates().astype("int64")
         seen = log.merge(keys, on=["instance_id", "query_id"], how="left", indicator=True)["_merge"].eq("both")
         unscored_labels = int(log["label_anomaly"].astype(bool)[~seen.to_numpy()].sum())
         log = log[seen.to_numpy()]
-        if len(log) < in_span:
-            note = (f"{in_span - len(log):,} of the span's {in_span:,} queries are not scored yet (no model covers "
-                    f"their day yet, or scoring is behind the replay); their {unscored_labels:,} labelled anomalies "
-                    "are left out, not counted as missed")
+        if not len(log) and in_span:
+            notes.append(f"none of the span's {in_span:,} queries is scored yet (no model covers their day yet, or "
+                         "scoring is behind the replay): precision and recall come once a model has scored some; "
+                         f"the span's {unscored_labels:,} labelled anomalies are not counted as missed")
+        elif len(log) < in_span:
+            notes.append(f"{in_span - len(log):,} of the span's {in_span:,} queries are not scored yet (no model "
+                         f"covers their day yet, or scoring is behind the replay); their {unscored_labels:,} labelled "
+                         "anomalies are left out, not counted as missed")
+        if "in_sample" in scored and scored["in_sample"].any():
+            # Scored by a version trained on their own day: it fitted them, anomalies included.
+            inside = scored.loc[scored["in_sample"].astype(bool), ["instance_id", "query_id"]].astype("int64")
+            mark = log.merge(inside.drop_duplicates(), on=["instance_id", "query_id"], how="left",
+                             indicator=True)["_merge"].eq("both").to_numpy()
+            in_sample = int(mark.sum())
+            log = log[~mark]
+            theirs = alerts.merge(inside.drop_duplicates(), on=["instance_id", "query_id"], how="left",
+                                  indicator=True)["_merge"].eq("both").to_numpy()
+            alerts = alerts[~theirs]
+            if in_sample:
+                notes.append(f"{in_sample:,} queries scored by a version trained on their own day (the first day's, "
+                             "in-sample) are left out with their alerts: those figures would flatter the detector")
+    note = "; ".join(notes)
     labelled = log[log["label_anomaly"].astype(bool)]
-    alerts = anomalies.drop_duplicates(["instance_id", "query_id"])[["instance_id", "query_id", "reason"]]
-    alerts = alerts.astype({"instance_id": "int64", "query_id": "int64"})
     joined = alerts.merge(log[["instance_id", "query_id", "label_anomaly"]], on=["instance_id", "query_id"],
                           how="left")
     hits = int(joined["label_anomaly"].astype("boolean").fillna(False).sum())
@@ -111,7 +131,9 @@ def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: dateti
     recall = round(hits / len(labelled), 3) if len(labelled) else None
     counts = {"labelled log": labels_file.name, "queries in span": in_span}
     if scored is not None:
-        counts |= {"queries scored": len(log), "labelled anomalies not scored yet": unscored_labels}
+        counts |= {"queries scored": len(log) + in_sample, "labelled anomalies not scored yet": unscored_labels}
+        if in_sample:
+            counts |= {"queries left out as in-sample": in_sample}
     summary = pd.DataFrame({"value": {
         **counts, "labelled anomalies": len(labelled),
         "alerts": len(alerts), "alerts that are labelled": hits, "precision": precision, "recall": recall}})
