@@ -250,3 +250,78 @@ def test_a_day_s_first_window_is_judged_with_the_whole_reference_of_the_window_b
     assert list(median["window_start"]) == [pd.Timestamp(day, tz="UTC")]  # flagged only with the window before
     assert "so is the window before it" in median["reason"].iloc[0]
     pd.testing.assert_frame_equal(streamed, offline)
+
+
+def _store_days_with_a_corrupt_duration(settings: Settings, start: dt.date, days: int) -> None:
+    """Like :func:`tests.helpers.store_generated_days`, with one executed row of the second day running
+    2**63 - 1 ms (a value validation and the event contract accept)."""
+    from datetime import timedelta
+
+    from workbench.data.schema import COLUMNS
+    from workbench.ml._testing import day_slice, generated_log
+    from workbench.store.shards import write_shard
+
+    log = generated_log(days=days, rows_per_day=3000, seed=3, start=start).select(list(COLUMNS))
+    offset = 0
+    for k in range(days):
+        part = day_slice(log, start + timedelta(days=k))
+        if k == 1:
+            runtime = part.column("execution_duration_ms").to_numpy(zero_copy_only=False).copy()
+            runtime[int(np.flatnonzero(runtime > 0)[0])] = 2**63 - 1
+            part = part.set_column(part.schema.get_field_index("execution_duration_ms"), "execution_duration_ms",
+                                   pa.array(runtime, pa.int64()))
+        n = part.num_rows
+        part = part.append_column("kafka_partition", pa.array([0] * n, pa.int32()))
+        part = part.append_column("kafka_offset", pa.array(range(offset, offset + n), pa.int64()))
+        write_shard(settings.shards_dir, start + timedelta(days=k), 0, offset, part)
+        offset += n
+
+
+def test_a_corrupt_duration_is_judged_and_a_day_that_keeps_failing_is_given_up_on_not_blocking_later_days(
+        tmp_path: Path, monkeypatch) -> None:
+    """One row of 2**63 - 1 ms stopped the judging of its day and of every later one, retried every two
+    seconds for ever, with every process 'running' in the status."""
+    from workbench.pipeline.scoring import _residuals
+    from workbench.runtime._status import WorkbenchStatus
+
+    d1 = dt.date(2024, 3, 4)
+    settings = Settings(home=tmp_path / "home")
+    _store_days_with_a_corrupt_duration(settings, d1, 4)
+    train_table(settings.models_dir, read_window(settings.shards_dir, d1, d1), d1, window_days=1)
+    days = [d1 + dt.timedelta(days=k) for k in range(4)]
+    assert rescore_unscored(settings.shards_dir, Scorer(settings.models_dir, background=False), days) > 0
+    status = AppStatus(settings, "scoring")
+    step = ResidualWindowsStep(settings, status)
+    assert step.run(watermark=days[1] + dt.timedelta(days=1)) == 2  # the corrupt day is judged like any other
+
+    # A day no pass can take (injected: a store that refuses its history) is tried again while it may be
+    # transient, then named and skipped: the days after it are judged.
+    now = [1000.0]
+    monkeypatch.setattr(_residuals.time, "monotonic", lambda: now[0])
+    judge = ResidualWindowsStep.judge_day
+
+    def refuse_day_3(self, store, day, windows):
+        if day == days[2]:
+            raise RuntimeError("cannot read the history of 2024-03-06")
+        return judge(self, store, day, windows)
+
+    monkeypatch.setattr(ResidualWindowsStep, "judge_day", refuse_day_3)
+    attempts = _residuals.GIVE_UP_AFTER
+    for attempt in range(attempts):
+        now[0] += 20.0
+        try:
+            stored = step.run(watermark=days[3] + dt.timedelta(days=1))
+        except RuntimeError:
+            assert attempt < attempts - 1 and "judging_failed" not in status.info
+        else:
+            assert attempt == attempts - 1 and stored == 1  # the day after the given-up one
+    assert status.info["judging_failed"] == {"2024-03-06": "RuntimeError: cannot read the history of 2024-03-06"}
+    assert step.pending is None and step.done_through == days[3]
+    with WindowStatsStore.from_settings(settings) as store:
+        judged = {ts.date() for ts in store.read_residuals().to_pandas()["window_start"]}
+    assert judged == {days[0], days[1], days[3]}
+    shown = WorkbenchStatus(replay=None, processes={}, apps={"scoring": {"info": dict(status.info)}}, lag={},
+                            model_version=None, model_versions=0, anomalies=None, late_events=None,
+                            dead_letters=None)
+    assert "judging failed, days left unjudged: 2024-03-06 (RuntimeError" in str(shown)
+    assert shown.as_dict()["failed_judging"] == {"2024-03-06": "RuntimeError: cannot read the history of 2024-03-06"}

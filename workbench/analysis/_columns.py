@@ -18,4 +18,6 @@ def flags(table: pa.Table, name: str) -> np.ndarray:
 
 def numbers(table: pa.Table, name: str) -> np.ndarray:
     """A numeric column as float (NaN where null)."""
-    return pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(float)
+    # unchecked: an int64 beyond 2**53 (a corrupt duration of 2**63 - 1 ms) rounds instead of raising,
+    # which stopped the judging of its day and of every later one
+    return pc.cast(table.column(name), pa.float64(), safe=False).to_numpy(zero_copy_only=False).astype(float)

@@ -217,7 +217,7 @@ def _num(table: pa.Table, name: str) -> np.ndarray:
     """A column as float64 with NaN for nulls."""
     col = table.column(name)
     return col.to_numpy(zero_copy_only=False).astype(np.float64, copy=False) if col.null_count == 0 \
-        else pc.fill_null(pc.cast(col, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+        else pc.fill_null(pc.cast(col, pa.float64(), safe=False), np.nan).to_numpy(zero_copy_only=False)
 
 
 def _instance_ids(table: pa.Table) -> np.ndarray:

@@ -386,6 +386,15 @@ class WorkbenchStatus:
             days.update(d for d, e in (training.get("days") or {}).items() if e.get("status") == "failed")
         return sorted(days)
 
+    @property
+    def failed_judging(self) -> dict[str, str]:
+        """Settled days the scoring app's deferred step (persistent runs, runtime-residual windows) gave
+        up on after repeated failures, with the error (its log: ``<home>/logs/scoring.log``)."""
+        failed: dict[str, str] = {}
+        for found in self.instances.get("scoring") or [self.apps.get("scoring") or {}]:
+            failed.update((found.get("info") or {}).get("judging_failed") or {})
+        return dict(sorted(failed.items()))
+
     def _scoring_info(self, key: str) -> list[Any]:
         found: set[Any] = set()
         for slot in self.instances.get("scoring") or [self.apps.get("scoring") or {}]:
@@ -440,6 +449,7 @@ class WorkbenchStatus:
             "instances": self.running_instances,
             "trainer_pid": self.trainer_pid,
             "failed_trainings": self.failed_trainings,
+            "failed_judging": self.failed_judging,
             "waiting_for_model": self.waiting_for_model,
             "paused_partitions": self.paused_partitions,
             "disk": dict(self.disk),
@@ -462,6 +472,9 @@ class WorkbenchStatus:
         if failed:
             lines.append(f"training failed on every attempt: {', '.join(failed)} "
                          "(see logs/train_<day>.log in the home)")
+        if self.failed_judging:
+            days = "; ".join(f"{day} ({why})" for day, why in self.failed_judging.items())
+            lines.append(f"judging failed, days left unjudged: {days} (see logs/scoring.log in the home)")
         waiting, paused = self.waiting_for_model, self.paused_partitions
         if waiting or paused:
             lines.append(f"scoring waits for a model: days {', '.join(waiting) or '-'} (waiting_for_model); "

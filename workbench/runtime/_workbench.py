@@ -505,13 +505,14 @@ class Workbench:
                 time.sleep(poll)
             if not settled:
                 return status
-            settle_by = time.monotonic() + settle_timeout
+            settle_from = time.monotonic()
+            settle_by = settle_from + settle_timeout
             if deadline is not None:
                 settle_by = min(settle_by, deadline)
             while pending := self._unsettled(status):
                 if time.monotonic() > settle_by or not self.running:
-                    logger.warning("drained, but not every result had landed after %.0f s: %s", settle_timeout,
-                                   pending)
+                    logger.warning("drained, but not every result had landed after %.0f s: %s",
+                                   time.monotonic() - settle_from, pending)
                     return status
                 bar.set_postfix_str(f"drained; waiting for {pending}", refresh=True)
                 time.sleep(poll)
@@ -550,6 +551,8 @@ class Workbench:
         if written > max((info.get("collective_checked_at") or 0.0 for info in analytics), default=0.0):
             return "the collective step over the windows written last (flagged windows)"
         last = self._last_day(status)
+        if last is not None and last.isoformat() in status.failed_judging:
+            return ""  # given up on (the status names it): nothing more will land
         if not judged_through(self.settings, last):
             return f"the judging of {last} (persistent runs, runtime-residual windows)"
         return ""

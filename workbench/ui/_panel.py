@@ -753,6 +753,9 @@ class ControlPanel(widgets.VBox):
              + (_LATE_HINT if status.late_events else "")),
             ("Dead letters", _num(status.dead_letters)),
         ]
+        failed_judging = _field(status, "failed_judging") or {}
+        if failed_judging:  # a settled day the deferred step gave up on: its windows and runs are missing
+            rows.append(("Judging failed", f"{', '.join(failed_judging)} (logs/scoring.log)"))
         procs = ", ".join(f"{n}: {p.get('state')}" for n, p in status.processes.items())
         if procs:
             rows.append(("Processes", procs))

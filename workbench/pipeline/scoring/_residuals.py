@@ -44,9 +44,14 @@ import pyarrow.compute as pc
 
 from workbench.pipeline._status import AppStatus
 
-__all__ = ["ResidualWindowsStep"]
+__all__ = ["GIVE_UP_AFTER", "GIVE_UP_AFTER_S", "ResidualWindowsStep"]
 
 logger = logging.getLogger(__name__)
+
+#: A day whose judging failed this many times, over at least this many seconds, is skipped and named in
+#: the status (a busy lakehouse recovers well within a minute; a row no step can take never does).
+GIVE_UP_AFTER = 5
+GIVE_UP_AFTER_S = 60.0
 
 #: Shard columns :func:`~workbench.analysis.residual_windows.residual_windows` reads; a day's pass adds
 #: those of the evidence source (:data:`~workbench.ml.features.REFERENCE_SOURCE_COLUMNS`).
@@ -87,8 +92,27 @@ class ResidualWindowsStep:
         self.last_try = 0.0  # monotonic start of the last pass
         self._features: dict[str, Any] = {}  # version -> FeatureBuilder (a day's rows share one or two)
         self._scales: dict[str, tuple[float, float]] = {}  # version -> its detector's runtime spread clip
+        self._failures: dict[dt.date, tuple[int, float]] = {}  # day -> (failed attempts, monotonic first)
         for name in ("residual_windows", "window_anomalies", "persistent_anomalies"):
             status.counters.setdefault(name, 0)  # the maintenance thread never inserts keys
+
+    def _gives_up(self, day: dt.date, exc: Exception) -> bool:
+        """Count a failed attempt at ``day``; True once it failed :data:`GIVE_UP_AFTER` times over at
+        least :data:`GIVE_UP_AFTER_S` seconds. Such a day is named in ``info["judging_failed"]`` and
+        skipped: one day whose rows a step cannot take (a corrupt duration of 2**63 - 1 ms) held back the
+        judging of every later day, retried every two seconds, with no sign in the status."""
+        count, first = self._failures.get(day, (0, time.monotonic()))
+        self._failures[day] = (count + 1, first)
+        if count + 1 < GIVE_UP_AFTER or time.monotonic() - first < GIVE_UP_AFTER_S:
+            return False
+        reason = f"{type(exc).__name__}: {exc}"[:300]
+        logger.error("residual windows of %s failed %d times; left unjudged, later days go on: %s",
+                     day, count + 1, reason, exc_info=exc)
+        failed = dict(self.status.info.get("judging_failed") or {})
+        failed[day.isoformat()] = reason
+        self.status.info["judging_failed"] = failed
+        self._failures.pop(day, None)
+        return True
 
     def due(self) -> bool:
         """Whether a waiting day should be tried again now (rate-limited)."""
@@ -130,7 +154,16 @@ class ResidualWindowsStep:
             self.pending = None
             for day in days:
                 self.pending = day  # until it is stored (an error leaves it to retry)
-                if not self._day(store, day):
+                skipped = False
+                try:
+                    judged = self._day(store, day)
+                except Exception as exc:
+                    if not self._gives_up(day, exc):
+                        raise
+                    judged = skipped = True  # left unjudged, named in the status: later days go on
+                else:
+                    self._failures.pop(day, None)
+                if not judged:
                     break
                 if day >= watermark:  # judged only because the log ended in it
                     set_provisional_day(self.settings.shards_dir, day, ended_us)
@@ -138,7 +171,7 @@ class ResidualWindowsStep:
                     set_provisional_day(self.settings.shards_dir, None)
                 self.done_through = max(day, self.done_through or day)
                 self.pending = None
-                stored += 1
+                stored += not skipped
         return stored
 
     def _day(self, store: Any, day: dt.date) -> bool:
