@@ -351,6 +351,25 @@ def test_validate_raises_with_the_first_problem_and_the_count(good: pa.Table, tm
     assert (info.value.row, info.value.column) == (2, "num_joins")
 
 
+def test_skipping_bad_rows_names_the_problem_it_cannot_skip(good: pa.Table, tmp_path: Path) -> None:
+    """With --skip-bad-rows the refusal named its first problem, a negative duration, the very kind it
+    skips, and not the unsorted row that stopped it."""
+    from workbench.replay._source import validate_log
+
+    path = tmp_path / "mixed.parquet"
+    times = good.column("arrival_timestamp").to_pylist()
+    table = _edit(_edit(good, "execution_duration_ms", {7: -5}), "arrival_timestamp", {30: times[0]})
+    pq.write_table(table, path)
+    with pytest.raises(DataValidationError) as info:
+        validate_log(path, skip_bad_rows=True)
+    message = str(info.value)
+    assert message.startswith(f"Query log {str(path)!r} cannot be replayed with --skip-bad-rows: it skips a row's "
+                              "own problems (1 here), not row 30, arrival_timestamp:")
+    assert "workbench prepare" in message and (info.value.row, info.value.column) == (30, "arrival_timestamp")
+    with pytest.raises(DataValidationError, match=r"the first at row 7, execution_duration_ms: -5"):
+        validate_log(path)  # without the flag, the first problem as before
+
+
 def test_cli_prints_every_line_and_exits_1(good: pa.Table, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(cli, "_COMMAND_MODULES", ("workbench.data._cli",))

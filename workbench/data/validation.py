@@ -169,9 +169,16 @@ class ValidationReport:
         return (f"FAILED {self.path}: {self.total:,} problem(s) in {self.bad_rows:,} of {self.rows:,} rows "
                 f"({per_column})")
 
-    def error(self) -> DataValidationError:
-        """The error :func:`validate` and the replay raise for a file with row problems."""
+    def error(self, *, skipping: bool = False) -> DataValidationError:
+        """The error :func:`validate` and the replay raise for a file with row problems.
+
+        ``skipping``: the replay was asked to skip bad rows, so the error names the first problem it
+        cannot skip (it named the first problem, a negative duration, the very kind it skips).
+        """
         first = self.problems[0]
+        blocking = [p for p in self.problems if p.kind not in SKIPPABLE_KINDS]
+        if skipping and blocking:
+            first = blocking[0]
         if first.kind == "unsorted":
             hint = _SORT_HINT.format(path=self.path)
         elif first.kind == "duplicate":
@@ -187,6 +194,12 @@ class ValidationReport:
                     "start`; skip_bad_rows=True in Python) to send them to the dead-letter topic and replay the rest.")
         else:
             hint = "Fix the file first."
+        if skipping and blocking:
+            skipped = sum(self.kinds[k] for k in self.kinds if k in SKIPPABLE_KINDS)
+            msg = (f"Query log {str(self.path)!r} cannot be replayed with --skip-bad-rows: it skips a row's own "
+                   f"problems ({skipped:,} here), not {first}. Run `workbench validate {self.path}` to list "
+                   f"every problem. {hint}")
+            return DataValidationError(msg, path=str(self.path), column=first.column, row=first.row)
         msg = (f"Query log {str(self.path)!r} fails validation: {self.total:,} problem(s) in {self.bad_rows:,} "
                f"row(s), the first at {first}. Run `workbench validate {self.path}` to list them. {hint}")
         return DataValidationError(msg, path=str(self.path), column=first.column, row=first.row)

@@ -231,7 +231,7 @@ def checked_part(part: Path, *, skip_bad_rows: bool) -> ValidationReport:
 
     report = check(part)
     if not (report.ok or (skip_bad_rows and report.skippable)):
-        raise report.error()
+        raise report.error(skipping=skip_bad_rows)
     return report
 
 
