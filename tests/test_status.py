@@ -95,14 +95,27 @@ def test_status_calls_share_their_kafka_clients_and_see_new_data(kafka_settings:
     for call in range(6):
         assert consumer_lag(kafka_settings, "done", topic) == 0  # reads the marker remainder (the first time)
         assert consumer_lag(kafka_settings, "nobody-yet", topic) == 2
-        assert topic_message_count(kafka_settings, topic) == 4
+        assert topic_message_count(kafka_settings, topic) == 2  # records: the 2 markers are no dead letters
         if call == 0:  # one client per group asked, one that reads
             first = list(opened)
             assert len(first) >= 3 and _librdkafka_threads() > before
     assert opened == first  # the same clients answered every call
     _produce_in_transactions(kafka_settings, topic, 1)  # offsets 4, 5
     assert consumer_lag(kafka_settings, "done", topic) == 1
-    assert topic_message_count(kafka_settings, topic) == 6
+    assert topic_message_count(kafka_settings, topic) == 3
+    assert opened == first
+    # An open transaction: its records count by offset until it commits (a reader cannot reach them
+    # before), then as records; an aborted one's records and markers never count.
+    producer = Producer({**kafka_settings.kafka_client_config(), "transactional.id": f"test-{uuid.uuid4().hex[:8]}"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce(topic, key=b"1", value=b"open", partition=0)
+    producer.flush(30)
+    assert topic_message_count(kafka_settings, topic) == 4
+    producer.abort_transaction(30)
+    del producer  # its threads are not the status clients'
+    gc.collect()
+    assert topic_message_count(kafka_settings, topic) == 3
     assert opened == first
     close_status_clients(kafka_settings)
     assert _threads_back_to(before) == before  # closed, not left running

@@ -56,6 +56,7 @@ class _StatusClients:
         self._reader: Consumer | None = None
         self._admin: Any = None
         self._counted: dict[tuple[str, int, int, int], int] = {}
+        self._tallies: dict[tuple[str, int], tuple[int, int]] = {}  # (topic, partition) -> (read up to, records)
 
     def _consumer(self, group: str) -> Consumer:
         consumer = self._consumers.get(group)
@@ -72,12 +73,17 @@ class _StatusClients:
             return None
         return list(metadata.partitions)
 
-    def watermarks(self, topic: str, partitions: list[int], timeout: float) -> dict[int, tuple[int, int]]:
-        """``(low, high)`` offsets of each partition (high: the high watermark, uncommitted data included).
+    def watermarks(self, topic: str, partitions: list[int], timeout: float, *,
+                   stable: bool = False) -> dict[int, tuple[int, int]]:
+        """``(low, high)`` offsets of each partition (high: the high watermark, uncommitted data included;
+        with ``stable``, the last stable offset: the end a read-committed reader can reach now).
 
         Two requests for all partitions (an admin client's ``list_offsets``), not two per partition.
         """
+        from confluent_kafka import IsolationLevel
         from confluent_kafka.admin import AdminClient, OffsetSpec
+
+        isolation = IsolationLevel.READ_COMMITTED if stable else IsolationLevel.READ_UNCOMMITTED
 
         def fetch(remaining: float) -> dict[int, tuple[int, int]]:
             out: dict[int, list[int]] = {p: [0, 0] for p in partitions}
@@ -86,12 +92,41 @@ class _StatusClients:
                     self._admin = AdminClient({**self._config, "log_level": 3})
                 for side, spec in enumerate((OffsetSpec.earliest(), OffsetSpec.latest())):
                     futures = self._admin.list_offsets({TopicPartition(topic, p): spec for p in partitions},
-                                                       request_timeout=remaining)
+                                                       isolation_level=isolation, request_timeout=remaining)
                     for tp, future in futures.items():
                         out[tp.partition][side] = future.result(remaining).offset
             return {p: (low, high) for p, (low, high) in out.items()}
 
         return when_ready(fetch, time.monotonic() + timeout)  # a new topic's leader may not be known yet
+
+    def data_count(self, topic: str, partition: int, low: int, stable: int, high: int, timeout: float) -> int:
+        """Data records in ``[low, high)`` of one partition: those below the last stable offset ``stable``
+        read and counted once (transaction markers and aborted records are not records), at most
+        :data:`_TALLY_CHUNK` more per call; the offsets not read yet count as records meanwhile."""
+        key = (topic, partition)
+        with self._lock:
+            start, counted = self._tallies.get(key, (low, 0))
+            if start < low:  # records before it were deleted (retention): count what is held again
+                start, counted = low, 0
+            end = min(stable, start + _TALLY_CHUNK)
+            if end > start:
+                if self._reader is None:
+                    self._reader = self._new_reader()
+                try:
+                    counted += sum(1 for _ in read_range(self._reader, topic, partition, start, end,
+                                                         time.monotonic() + timeout))
+                    start = end
+                except IncompleteReadError:
+                    pass  # the next call reads on
+                finally:
+                    self._reader.unassign()
+                self._tallies[key] = (start, counted)
+            return counted + max(0, high - start)
+
+    def _new_reader(self) -> Consumer:
+        return Consumer({**self._config, "group.id": f"workbench-lag-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "isolation.level": "read_committed",
+                         **RANGE_READER, "log_level": 3})
 
     def committed(self, group: str, topic: str, partitions: list[int], timeout: float) -> dict[int, int]:
         """The offset ``group`` committed on each partition (negative: none)."""
@@ -114,9 +149,7 @@ class _StatusClients:
             if key in self._counted:
                 return self._counted[key]
             if self._reader is None:
-                self._reader = Consumer({**self._config, "group.id": f"workbench-lag-{uuid.uuid4().hex[:8]}",
-                                         "enable.auto.commit": False, "isolation.level": "read_committed",
-                                         **RANGE_READER, "log_level": 3})
+                self._reader = self._new_reader()
             try:
                 count = sum(1 for _ in read_range(self._reader, topic, partition, start, end,
                                                   time.monotonic() + timeout))
@@ -135,6 +168,7 @@ class _StatusClients:
             clients = [*self._consumers.values(), *([self._reader] if self._reader is not None else [])]
             self._consumers, self._reader, self._admin = {}, None, None  # an AdminClient has no close()
             self._counted.clear()
+            self._tallies.clear()
         for client in clients:
             client.close()
 
@@ -222,15 +256,26 @@ def consumer_lag(settings: Settings, group: str, topic: str, timeout: float = 5.
         return None
 
 
+#: Records a status call reads at most per partition to count a topic's messages exactly.
+_TALLY_CHUNK = 50_000
+
+
 def topic_message_count(settings: Settings, topic: str, timeout: float = 5.0) -> int | None:
-    """Messages currently held by ``topic`` (sum of watermark spans; None if unknown)."""
+    """Messages currently held by ``topic`` (None if unknown).
+
+    Records, not offsets: the replay writes its dead letters in transactions, whose commit markers
+    take offsets too (the status read 4 dead letters for 3). Each record is read once per process
+    (:meth:`_StatusClients.data_count`); a record not read yet counts by its offset meanwhile.
+    """
     clients = _status_clients(settings)
     left = _budget(timeout)
     try:
         partitions = clients.partitions(_SIZE_GROUP, topic, left())
         if partitions is None:
             return None
-        return sum(high - low for low, high in clients.watermarks(topic, partitions, left()).values())
+        ends = clients.watermarks(topic, partitions, left())
+        stable = clients.watermarks(topic, partitions, left(), stable=True)
+        return sum(clients.data_count(topic, p, low, stable[p][1], high, left()) for p, (low, high) in ends.items())
     except Exception as exc:
         logger.debug("size of %s unknown: %s", topic, exc)
         _discard_status_clients(clients)
