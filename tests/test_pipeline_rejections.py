@@ -125,7 +125,9 @@ def test_the_anomaly_sink_dead_letters_values_the_lakehouse_cannot_hold(kafka_se
         "int above 2**63": dict(good, query_id=2**63 + 5),
         "time overflows to UTC": dict(good, arrival_timestamp="9999-12-31T23:00:00-05:00"),
         "wrong type": dict(good, pred_mean_ms="fast"),
-        "excess beyond the float range": dict(good, execution_duration_ms=1.7e308, pred_mean_ms=-1.7e308),
+        "a negative duration": dict(good, execution_duration_ms=-5),
+        "a name as long as a text": dict(good, model_version="v" * 100_000),
+        "outside the events' years": dict(good, arrival_timestamp="3000-01-01T00:00:00+00:00"),
     }
     producer = Producer({**settings.kafka_client_config(), "enable.idempotence": True})
     topic = settings.topic_anomalies
@@ -140,7 +142,7 @@ def test_the_anomaly_sink_dead_letters_values_the_lakehouse_cannot_hold(kafka_se
         producer.produce(topic, key=key, value=value, headers=headers, partition=0)
         families[offset] = family
         # a valid one after each, the last without an actual execution time (a queue alert): null-safe
-        after = dict(good, query_id=100 + i, execution_duration_ms=None if i == 5 else 90_000)
+        after = dict(good, query_id=100 + i, execution_duration_ms=None if family == "key not UTF-8" else 90_000)
         producer.produce(topic, key=b"1", value=orjson.dumps(after), headers=anomaly_headers(), partition=0)
         offset += 2
     assert producer.flush(10) == 0
@@ -149,12 +151,17 @@ def test_the_anomaly_sink_dead_letters_values_the_lakehouse_cannot_hold(kafka_se
     dead = consume_all(settings, settings.topic_dead_letter, expected=len(families), timeout=30)
     got = {int(dict(m.headers())["source_offset"]): dict(m.headers())["reason"].decode() for m in dead}
     assert set(got) == set(families)
+    late = [offset for offset, family in families.items() if family == "outside the events' years"]
+    assert got.pop(late[0]).startswith("event_time_out_of_range: event time 3000-01-01T00:00:00+00:00 is outside")
     assert all(reason.startswith("anomaly_contract: ") for reason in got.values())
     with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
         rows = lake.read()
     assert rows.num_rows == len(families)
     assert pa.compute.sum(rows["true_ms"].is_null()).as_py() == 1
-    assert "no key" in got[2 * 6] and "'anomaly-v9'" in got[2 * 7]
+    envelope = {family: offset for offset, family in families.items()}
+    assert "no key" in got[envelope["no key"]] and "'anomaly-v9'" in got[envelope["another schema"]]
+    assert "must be >= 0" in got[envelope["a negative duration"]]
+    assert "at most 200 characters" in got[envelope["a name as long as a text"]]
 
 
 def test_replay_sends_the_named_encoding(kafka_settings: Settings, tmp_path: Path) -> None:

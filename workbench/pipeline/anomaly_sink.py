@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from quixstreams import Application
@@ -26,6 +27,7 @@ from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
 from workbench.config import Settings
 from workbench.pipeline._app import WorkbenchApp, build_application
 from workbench.pipeline._deadletter import DeadLetters
+from workbench.pipeline._eventtime import EventTimeGuard
 from workbench.pipeline._quix import register_periodic
 from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline.contracts import ANOMALY_CONTRACT_VERSION, anomaly_row
@@ -34,6 +36,9 @@ from workbench.store.exceptions import LakehouseBusyError
 from workbench.store.lakehouse import AnomalyLakehouse
 
 __all__ = ["APP_NAME", "AnomalySinkApp", "DuckLakeSink", "run_anomaly_sink"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +149,7 @@ class AnomalySinkApp(WorkbenchApp):
         self.app: Application | None = None
         self.sink: DuckLakeSink | None = None
         self.dead_letters: DeadLetters | None = None
+        self._time_bounds = EventTimeGuard.from_settings(settings)
 
     def _row(self, value: bytes | None, key: Any, _ts: int, headers: Any) -> dict[str, Any] | None:
         """The message's lakehouse row, or None when it is dead-lettered (``anomaly_contract``)."""
@@ -162,6 +168,14 @@ class AnomalySinkApp(WorkbenchApp):
                 raise AnomalyContractError(msg)
         except AnomalyContractError as exc:
             self.dead_letters.send(value, f"anomaly_contract: {exc}", key=key, headers=headers)
+            self.status.add("dead_letters")
+            return None
+        at_us = (row["arrival_timestamp"] - _EPOCH) // _US
+        # The events' absolute bounds only (no watermark: anomalies of many days arrive in any order);
+        # the scoring app alerts only on events inside them.
+        reason = self._time_bounds.reason(at_us, at_us)
+        if reason is not None:
+            self.dead_letters.send(value, reason, key=key, headers=headers)
             self.status.add("dead_letters")
             return None
         self.status.add("anomalies")

@@ -29,8 +29,11 @@ message -> lakehouse row: :func:`anomaly_row` (a row of
 scored table -> lakehouse rows: :func:`anomaly_rows` (the composition, what production stores;
     the scoring app's persistence step writes its flagged runs through it too).
 
-Integers must fit int64 and ``arrival_timestamp`` must be an ISO-8601 time that converts to UTC
-inside years 1-9999; anything else raises :class:`AnomalyContractError` (the sink dead-letters it).
+Integers must fit int64, ``arrival_timestamp`` must be an ISO-8601 time that converts to UTC
+inside years 1-9999, durations and predictions are >= 0 and the names (``model_version``, ``reason``,
+``evidence_signal``, ``evidence_unit``) at most :data:`MAX_NAME_CHARS` characters; anything else raises
+:class:`AnomalyContractError` (the sink dead-letters it, as it does an anomaly dated outside the
+settings' ``event_time_min`` .. ``event_time_max``, reason ``event_time_out_of_range``).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ __all__ = [
     "ANOMALY_CONTRACT_VERSION",
     "ANOMALY_FIELDS",
     "FEATURE_COLUMNS",
+    "MAX_NAME_CHARS",
     "MAX_TEXT_CHARS",
     "anomaly_headers",
     "anomaly_key",
@@ -95,6 +99,12 @@ _CHECK: Final = {
     _STR: lambda v: type(v) is str,
     _OBJ: lambda v: isinstance(v, dict),
 }
+#: Fields that are durations (actual or predicted, ms): never negative.
+_NON_NEGATIVE: Final = ("execution_duration_ms", "queue_duration_ms", "compile_duration_ms", "pred_mean_ms",
+                        "pred_q_ms", "expected_ms")
+#: Fields that name something (a version, a reason, a signal): short, unlike the texts features carry.
+_NAMES: Final = ("model_version", "reason", "evidence_signal", "evidence_unit")
+MAX_NAME_CHARS: Final = 200
 _ROW_SCHEMA: Final = pa.schema([f.with_nullable(True) for f in ANOMALY_SCHEMA if f.name != "inserted_at"])
 
 
@@ -110,6 +120,17 @@ def _check(message: Mapping[str, Any]) -> None:
         v = message.get(name)
         if v is not None and not _CHECK[kind](v):
             msg = f"anomaly field {name!r} must be of type {kind} (integers within int64). Got {v!r:.80} instead."
+            raise AnomalyContractError(msg)
+    for name in _NON_NEGATIVE:
+        v = message.get(name)
+        if v is not None and v < 0:  # the event contract refuses negative durations: no scored row has one
+            msg = f"anomaly field {name!r} is a duration and must be >= 0. Got {v!r} instead."
+            raise AnomalyContractError(msg)
+    for name in _NAMES:
+        v = message.get(name)
+        if v is not None and len(v) > MAX_NAME_CHARS:
+            msg = (f"anomaly field {name!r} is a name of at most {MAX_NAME_CHARS} characters. Got one of "
+                   f"{len(v):,}: {v[:40]!r}...")
             raise AnomalyContractError(msg)
     if "\x00" in message["model_version"]:
         # DuckLake inlines the key's text into the SQL that finds the files to check for the row: a NUL
