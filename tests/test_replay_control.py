@@ -730,3 +730,27 @@ def test_a_finished_replays_average_rate_stays_what_it_was(kafka_settings: Setti
         replay.stop()
         replay.join(10)
 
+
+
+def test_replay_control_warns_of_an_unknown_replay_refuses_stray_values_and_explains_an_early_seek(
+        kafka_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`--replay-id nope speed 60` said "sent" of a replay that never ran, `pause extra` dropped the
+    value without a word, and `seek 1999-01-01` only said "sent"."""
+    from workbench.cli import main
+
+    log = make_log(tmp_path / "log.parquet", rows=50, spacing_s=60.0)
+    Replay(log, settings=kafka_settings, speedup=0).run()
+    for name, value in kafka_settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert main(["replay-control", "pause", "extra"]) == 2
+    assert "pause takes no value. Got 'extra'." in capsys.readouterr().err
+    assert main(["replay-control", "seek"]) == 2
+    assert "seek needs a value" in capsys.readouterr().err
+    assert main(["replay-control", "--replay-id", "nope", "speed", "60"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning: no replay named 'nope' has reported" in err and "sent speed to replay 'nope'" in out
+    assert main(["replay-control", "seek", "1999-01-01"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "1999-01-01 00:00:00 UTC is before the log's first event" in out
+    assert "restarts from its first row" in out

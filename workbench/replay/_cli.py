@@ -65,6 +65,14 @@ def _replay(args: argparse.Namespace) -> int:
 def _control(args: argparse.Namespace) -> int:
     from workbench.replay._control import ReplayController
 
+    if args.action in ("speed", "seek") and args.value is None:
+        print(f"workbench: error: {args.action} needs a value: "
+              + ("a speedup such as 600, 0.5 or max" if args.action == "speed" else "an ISO date-time such as "
+                 "2024-03-05T12:00 (UTC)"), file=sys.stderr)
+        return 2
+    if args.action not in ("speed", "seek") and args.value is not None:
+        print(f"workbench: error: {args.action} takes no value. Got {args.value!r}.", file=sys.stderr)
+        return 2
     settings = settings_from_args(args)
     if settings.manages_kafka:
         from workbench.broker import LocalKafka
@@ -93,14 +101,33 @@ def _control(args: argparse.Namespace) -> int:
             print(f"(this status is {silent:,.0f} s old, and an active replay reports every second: "
                   "it has stopped, or it cannot reach Kafka)")
         return 0 if status else 1
+    status = controller.status()
+    if status is None:
+        # Sent anyway: a replay of that id starting now takes commands sent since its start. A typo
+        # went unnoticed ("sent speed to replay 'nope'").
+        print(f"warning: no replay named {args.replay_id!r} has reported on {settings.bootstrap_servers}; "
+              "the command waits for one of that id (the workbench's replay is 'default')", file=sys.stderr)
     if args.action == "speed":
         controller.set_speed(args.value)
     elif args.action == "seek":
         controller.seek(args.value)
     else:
         getattr(controller, args.action)()
-    print(f"sent {args.action} to replay {args.replay_id!r}")
+    print(f"sent {args.action} to replay {args.replay_id!r}" + _seek_note(args, status))
     return 0
+
+
+def _seek_note(args: argparse.Namespace, status: ReplayStatus | None) -> str:
+    """What a seek before the log's first event does (the panel says it too)."""
+    from workbench.replay._control import _parse_time
+
+    if args.action != "seek" or status is None or status.first_event_time is None:
+        return ""
+    when = _parse_time(args.value)
+    if when >= status.first_event_time:
+        return ""
+    return (f": {when:%Y-%m-%d %H:%M:%S} UTC is before the log's first event "
+            f"({status.first_event_time:%Y-%m-%d %H:%M:%S} UTC), so the replay restarts from its first row")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
