@@ -411,6 +411,34 @@ def test_cli_prepare_prints_the_summary(canonical: pa.Table, tmp_path: Path,
     assert cli.main(["validate", str(tmp_path / "out" / "2024-03-04.parquet")]) == 0
 
 
+def test_epoch_times_name_their_unit_rule_a_backwards_range_is_refused_and_an_old_log_is_warned_of(
+        canonical: pa.Table, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The summary said only BIGINT -> TIMESTAMPTZ of epoch numbers; --start after --end read every file
+    and then reported every row filtered out; a log dated 1970 was prepared without the warning validate
+    gives (every one of its events would be dead-lettered)."""
+    monkeypatch.setattr(cli, "_COMMAND_MODULES", ("workbench.data._cli",))
+    ts = canonical.column("arrival_timestamp")
+    millis = pc.divide(ts.cast(pa.int64()), 1000)  # epoch milliseconds
+    source = tmp_path / "in.parquet"
+    pq.write_table(canonical.set_column(canonical.schema.get_field_index("arrival_timestamp"), "arrival_timestamp",
+                                        millis), source)
+    summary = prepare(source, tmp_path / "ms.parquet", temp_dir=tmp_path / "tmp")
+    assert summary.rows_out == ROWS and pq.read_table(tmp_path / "ms.parquet").equals(canonical)
+    assert ("BIGINT (epoch numbers: s, ms, us or ns by their magnitude) -> TIMESTAMPTZ: arrival_timestamp"
+            in summary.coercions)
+    with pytest.raises(DataValidationError, match=r"start \(2024-03-06T00:00:00\+00:00\) must be before end"):
+        prepare(source, tmp_path / "none.parquet", start="2024-03-06", end="2024-03-05", temp_dir=tmp_path)
+    seconds = pc.subtract(pc.divide(millis, 1000), 1_700_000_000)  # the same log in 1970
+    pq.write_table(canonical.set_column(canonical.schema.get_field_index("arrival_timestamp"), "arrival_timestamp",
+                                        seconds), tmp_path / "old.parquet")
+    argv = ["--home", str(tmp_path / "home"), "prepare", str(tmp_path / "old.parquet"), "--out",
+            str(tmp_path / "old-out.parquet"), "--no-progress"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "warning: Query log" in err and "has every event outside the apps' event-time range" in err
+
+
 def test_label_columns_are_kept_under_either_spelling(canonical: pa.Table, tmp_path: Path) -> None:
     renamed = _doubles(canonical).rename_columns(
         [{"label_anomaly": "is_anomaly", "label_kind": "Anomaly_Kind"}.get(n, n) for n in canonical.column_names])

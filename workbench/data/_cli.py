@@ -93,6 +93,13 @@ def _prepare(args: argparse.Namespace) -> int:
         temp_dir=settings.home / "tmp", progress=not args.no_progress and sys.stderr.isatty(),
     )
     print(summary)
+    if summary.first_arrival is not None and summary.last_arrival is not None:
+        from workbench.pipeline._eventtime import log_span_outside
+
+        # as validate warns: a log the apps would dead-letter whole is better known before a replay
+        outside = log_span_outside(settings, summary.first_arrival, summary.last_arrival, args.out)
+        if outside:
+            print(f"warning: {outside[1]}", file=sys.stderr)
     if summary.rows_out == 0:
         for output in summary.outputs:  # a log of no rows, which validate and the replay refuse
             output.unlink(missing_ok=True)

@@ -431,6 +431,8 @@ def _group_sql(group: _Group, labels: bool, raw: bool) -> tuple[str, list[str]]:
             problem = None  # fits in int64: nothing to refuse
         if family != target or (family == "timestamp" and "TIME ZONE" not in duck_type.upper()):
             naive = (" (naive, taken as UTC)" if family == "timestamp" else
+                     " (epoch numbers: s, ms, us or ns by their magnitude)" if target == "timestamp"
+                     and family == "integer" else
                      " (as milliseconds, finer parts cut)" if family in ("duration_us", "duration_ns") else
                      " (as milliseconds)" if family == "duration_s" else "")
             coercions.append(f"{duck_type}{naive} -> {_sql_type(target)}: {name}")
@@ -690,6 +692,11 @@ def prepare(
         msg = f"The output {str(out)!r} is also a source; write to another path."
         raise DataValidationError(msg, path=str(out))
     start_ts, end_ts = _parse_time(start, "start"), _parse_time(end, "end")
+    if start_ts is not None and end_ts is not None and start_ts >= end_ts:
+        # refused before reading anything: it read every file, then said "filtered out" of every row
+        msg = (f"start ({start_ts.isoformat()}) must be before end ({end_ts.isoformat()}): arrivals in "
+               "[start, end) are kept.")
+        raise DataValidationError(msg)
     if temp_dir is None:
         from workbench.config import get_settings
 
