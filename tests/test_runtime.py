@@ -248,3 +248,98 @@ def test_start_refuses_a_log_with_a_bad_row_unless_asked_to_dead_letter_it(kafka
     dead = consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=1, timeout=60)
     assert [dict(m.headers())["reason"].decode() for m in dead] == [
         "negative_value: execution_duration_ms: -5 is negative (durations, sizes and counts are >= 0)"]
+
+
+def test_a_start_interrupted_after_the_supervisor_launched_leaves_nothing_running(
+        kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C about 3.5 s into `workbench start` said "interrupted" and left the whole workbench running."""
+    from workbench.runtime import _workbench
+
+    real_read_state = _workbench.read_state
+    reads = {"n": 0}
+
+    def interrupted_while_waiting(home: Path) -> dict | None:
+        reads["n"] += 1
+        if reads["n"] == 3:  # the start's checks read it once; the wait for the supervisor then
+            time.sleep(1.0)  # (the supervisor starts its processes meanwhile)
+            raise KeyboardInterrupt
+        return real_read_state(home)
+
+    monkeypatch.setattr(_workbench, "read_state", interrupted_while_waiting)
+    with pytest.raises(KeyboardInterrupt):
+        Workbench.start(settings=kafka_settings, apps=("anomaly-sink",))
+    monkeypatch.setattr(_workbench, "read_state", real_read_state)
+    assert reads["n"] >= 3
+    assert wait_until(lambda: not home_processes(kafka_settings.home), timeout=30)
+    with pytest.raises(WorkbenchStateError, match="No workbench runs"):
+        Workbench.attach(kafka_settings)
+
+
+def test_stop_and_status_name_the_homes_kafka_left_running_and_stop_stops_a_killed_workbenchs(
+        tmp_path: Path, kafka_base: Settings, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a killed supervisor (or a start killed while its broker booted) `status` and `stop` said
+    "No workbench runs" while the home's 1 GB broker ran on; `stop` never stopped it."""
+    from tests.helpers import free_port_pair
+    from workbench.broker import LocalKafka
+    from workbench.cli import main
+    from workbench.runtime.supervisor import RunSpec, run_dir, write_json_atomic
+
+    settings = Settings(home=tmp_path / "home", kafka_port=free_port_pair(), kafka_heap="512m",
+                        cache_dir=kafka_base.cache_dir)
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("WORKBENCH_KAFKA_PORT", str(settings.kafka_port))
+    broker = LocalKafka(settings)
+    broker.start(timeout=120)
+    try:
+        pid = broker.pid()
+        home = ["--home", str(settings.home)]
+        assert main([*home, "status"]) == 2
+        err = capsys.readouterr().err
+        assert (f"Its local Kafka still runs (pid {pid}): `workbench stop --kafka` stops it (it was started by "
+                "hand)") in err
+        assert main([*home, "stop"]) == 0 and broker.pid() == pid  # started by hand: left to its owner
+        assert "No workbench runs" in capsys.readouterr().out
+        run_dir(settings.home).mkdir(parents=True, exist_ok=True)
+        spec = RunSpec(processes=[], env={}, started_kafka=True)  # a workbench's start started it
+        write_json_atomic(run_dir(settings.home) / "spec.json", spec.to_json())
+        assert main([*home, "stop"]) == 0
+        out = capsys.readouterr().out
+        assert (f"stopped the local Kafka of {settings.home} (pid {pid}), which a workbench that no longer runs "
+                "had started") in out
+        assert broker.pid() is None
+    finally:
+        broker.stop()
+
+
+def test_stop_waits_for_a_start_in_progress(tmp_path: Path) -> None:
+    """`stop` 2.5 s into a start said "No workbench runs" and the workbench came up a second later."""
+    from workbench._fs import try_flock
+    from workbench.runtime._workbench import wait_for_start
+    from workbench.runtime.supervisor import run_dir
+
+    home = tmp_path / "home"
+    assert wait_for_start(home, timeout=0.1)  # never started: nothing to wait for
+    run_dir(home).mkdir(parents=True)
+    lock = try_flock(run_dir(home) / "start.lock")
+    told: list[str] = []
+    assert not wait_for_start(home, timeout=0.5, on_wait=lambda: told.append("waiting"))
+    assert told == ["waiting"]
+    os.close(lock)
+    assert wait_for_start(home, timeout=0.5)
+
+
+def test_sigterm_undoes_a_command_as_ctrl_c_does(tmp_path: Path) -> None:
+    """`kill` (SIGTERM: timeout, a CI cancel, systemd) left `generate`'s partial file behind, and `start`'s
+    broker and `demo`'s whole workbench running; it now takes the Ctrl-C path."""
+    out = tmp_path / "big.parquet"
+    env = {**os.environ, "WORKBENCH_HOME": str(tmp_path / "home"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "generate", "--days", "30", "--instances", "16",
+                             "--out", str(out)], env=env, stderr=subprocess.PIPE, text=True)
+    assert wait_until(lambda: any(tmp_path.glob("*.partial*")) or proc.poll() is not None, timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "workbench: terminated" in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob("*.partial*"))

@@ -12,10 +12,12 @@ import errno
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from workbench._memory import prefer_jemalloc_for_arrow
 from workbench.exceptions import WorkbenchError
@@ -100,14 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Third-party chatter drowns the progress output at INFO.
     for noisy in ("quixstreams", "kafka", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.DEBUG)
+    previous = _terminate_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except WorkbenchError as exc:
         print(f"workbench: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("workbench: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"workbench: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:
         # The reader went away (`workbench models show | head`): stop quietly, as other CLI tools do.
         # Python would print the error again when it flushes stdout at exit, so point it at /dev/null.
@@ -124,6 +128,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as exc:
         return _unexpected(exc, args.verbose)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a CI cancel, systemd) while a command runs."""
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
+def _terminate_as_interrupt() -> Any:
+    """Make SIGTERM undo a command's work as Ctrl-C does (the previous handler, to restore; None when
+    it was not changed). Killed by the default action, `start` left its broker running, `demo` a whole
+    workbench no `stop` saw, and `generate`, `prepare` and `report` their partial files. A command that
+    handles SIGTERM itself (the replay, the apps) installs its own handler over this one."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+    if os.environ.get("WORKBENCH_PROCESS_ROLE"):  # (_lifeline.ROLE_ENV) a process the workbench started:
+        return None  # its supervisor stops it with SIGTERM and SIGKILL, as ever
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def _unexpected(exc: BaseException, verbose: bool) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from workbench import defaults
@@ -45,18 +46,33 @@ def _start(args: argparse.Namespace) -> int:
 
 def _stop(args: argparse.Namespace) -> int:
     from workbench.runtime import Workbench, WorkbenchStateError
+    from workbench.runtime._workbench import wait_for_start
 
     settings = settings_from_args(args)
+    if not wait_for_start(settings.home, on_wait=lambda: print(f"a start under {settings.home} is in progress: "
+                                                                "waiting for it, then stopping it")):
+        print(f"workbench: error: a start under {settings.home} has held its start lock for minutes; "
+              "see its logs, then run `workbench stop` again", file=sys.stderr)
+        return 2
     try:
         workbench = Workbench.attach(settings)
     except WorkbenchStateError as exc:
+        from workbench.runtime._workbench import leftover_kafka
+
         # No live supervisor; its children may still run (it was killed): find them by their home tag.
         orphans = Workbench.stop_orphans(settings)
-        print(f"stopped {orphans} orphaned process(es) of {settings.home}" if orphans else exc)
-        if args.kafka and settings.manages_kafka:
+        left = leftover_kafka(settings)
+        if left is not None and (args.kafka or left[1]):
+            # a killed workbench's broker (or one asked for): `stop` said "nothing runs" and left it
             from workbench.broker import LocalKafka
 
             LocalKafka(settings).stop()
+            print(f"stopped the local Kafka of {settings.home} (pid {left[0]})"
+                  + ("" if args.kafka else ", which a workbench that no longer runs had started"))
+        if orphans:
+            print(f"stopped {orphans} orphaned process(es) of {settings.home}")
+        elif left is None or not (args.kafka or left[1]):
+            print(exc)
         return 0
     workbench.stop(kafka=True if args.kafka else None)
     print("stopped")

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,6 +90,30 @@ def _start_lock(home: Path) -> Iterator[None]:
         os.close(lock)
 
 
+def wait_for_start(home: Path, *, timeout: float = 150.0, on_wait: Callable[[], None] | None = None) -> bool:
+    """Wait until no start holds ``home``'s start lock (True), at most ``timeout`` seconds (False).
+
+    `workbench stop` during a start said "No workbench runs" and the workbench came up a second later;
+    it waits for the start to finish (a broker may take a minute and a half to boot), then stops it.
+    """
+    lock_file = run_dir(home) / "start.lock"
+    if not lock_file.exists():
+        return True
+    deadline = time.monotonic() + timeout
+    told = False
+    while True:
+        lock = try_flock(lock_file)
+        if lock is not None:
+            os.close(lock)
+            return True
+        if time.monotonic() > deadline:
+            return False
+        if not told and on_wait is not None:
+            on_wait()
+            told = True
+        time.sleep(0.2)
+
+
 #: librdkafka's lines of the in-process clients. Its own handler (which drops them) keeps Python's
 #: last-resort handler, which prints WARNING and up to stderr when nothing set up logging (a notebook
 #: kernel), from putting every "Connection refused" into the cell output while the broker is down;
@@ -112,6 +136,27 @@ class _InProcessSettings(Settings):
 
 #: Seconds one lag or topic-size read of :meth:`Workbench.status` may take (all its requests together).
 LAG_READ_S = 5.0
+
+
+def leftover_kafka(settings: Settings) -> tuple[int, bool] | None:
+    """``(pid, started by a workbench)`` of this home's managed Kafka while no workbench of it runs (its
+    supervisor was killed, or a start was killed while the broker booted); None when it does not run.
+
+    "Started by a workbench": the home's last run spec says its start started the broker; otherwise
+    it was started by hand (`workbench kafka start`) and is left to its owner.
+    """
+    if not settings.manages_kafka:
+        return None
+    pid = LocalKafka(settings).pid()
+    if pid is None:
+        return None
+    try:
+        from workbench.runtime.supervisor import read_spec
+
+        started = read_spec(settings.home).started_kafka
+    except (OSError, ValueError, KeyError):
+        started = False
+    return pid, bool(started)
 
 
 def _supervisor_alive(state: dict[str, Any] | None) -> bool:
@@ -269,42 +314,61 @@ class Workbench:
                        "files. Stop them with `workbench stop` (or Workbench.stop_orphans()) first.")
                 raise WorkbenchStateError(msg)
             kafka_was_running = settings.manages_kafka and broker_status(settings).running
-            ensure_broker(settings)
             started_kafka = settings.manages_kafka and not kafka_was_running
-            specs = build_specs(data, apps=apps, speedup=speedup, pack=pack, replay_id=replay_id, reset=reset,
-                                retrain_every_days=retrain_every_days, idle_exit=idle_exit, encoding=encoding,
-                                commands_since=time.time(), app_instances=app_instances,
-                                skip_bad_rows=skip_bad_rows)
-            run = run_dir(settings.home)  # made by the start lock
-            (run / "state.json").unlink(missing_ok=True)
-            # The spec names the secrets; their values travel only in the supervisor's environment.
-            spec = RunSpec(processes=specs, env=settings.to_env(include_secrets=False),
-                           secret_env=settings.secret_env_names(), started_kafka=started_kafka, replay_id=replay_id,
-                           apps=list(apps))
-            write_json_atomic(run / "spec.json", spec.to_json())
-            settings.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # The supervisor logs through a rotating handler; its raw output only holds a crash.
-            raw_log = os.open(settings.logs_dir / "supervisor.stdout.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                              0o600)
-            with os.fdopen(raw_log, "ab") as log:
-                subprocess.Popen(
-                    [sys.executable, "-m", "workbench.runtime.supervisor", "--home", str(settings.home)],
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                    env={**os.environ, **settings.to_env(), **tags(settings.home, "supervisor")}, cwd=settings.home,
-                    umask=OWNER_ONLY_UMASK,
-                )
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                state = read_state(settings.home)
-                if state and state.get("processes"):
-                    break
-                time.sleep(0.1)
-            else:
-                msg = (f"The supervisor did not start within 20 s; see {settings.logs_dir / 'supervisor.log'} and "
-                       f"{settings.logs_dir / 'supervisor.stdout.log'}.")
-                raise WorkbenchStateError(msg)
-            logger.info("workbench started under %s: %s", settings.home, ", ".join(s.name for s in specs))
-            return cls(settings, replay_id=replay_id, apps=apps, started_kafka=started_kafka)
+            try:
+                return cls._launch(settings, data=data, apps=apps, speedup=speedup, pack=pack, replay_id=replay_id,
+                                   reset=reset, retrain_every_days=retrain_every_days, idle_exit=idle_exit,
+                                   encoding=encoding, app_instances=app_instances, skip_bad_rows=skip_bad_rows,
+                                   started_kafka=started_kafka)
+            except BaseException:
+                # Ctrl-C, SIGTERM or a failure before start returned: the caller never gets a Workbench
+                # to stop, so what this call started goes now (a Ctrl-C after "Kafka ready" left the
+                # whole workbench running, and one during the broker's boot its broker).
+                with contextlib.suppress(Exception):  # best effort: the caller sees what stopped the start
+                    cls(settings, replay_id=replay_id, apps=apps, started_kafka=started_kafka).stop(
+                        kafka=started_kafka, timeout=30)
+                raise
+
+    @classmethod
+    def _launch(cls, settings: Settings, *, data: Any, apps: Sequence[str], speedup: Any, pack: Any, replay_id: str,
+                reset: bool, retrain_every_days: Any, idle_exit: Any, encoding: Any, app_instances: Any,
+                skip_bad_rows: bool, started_kafka: bool) -> Workbench:
+        """Start the broker (when managed) and the supervisor; :meth:`start` holds the start lock."""
+        ensure_broker(settings)
+        specs = build_specs(data, apps=apps, speedup=speedup, pack=pack, replay_id=replay_id, reset=reset,
+                            retrain_every_days=retrain_every_days, idle_exit=idle_exit, encoding=encoding,
+                            commands_since=time.time(), app_instances=app_instances,
+                            skip_bad_rows=skip_bad_rows)
+        run = run_dir(settings.home)  # made by the start lock
+        (run / "state.json").unlink(missing_ok=True)
+        # The spec names the secrets; their values travel only in the supervisor's environment.
+        spec = RunSpec(processes=specs, env=settings.to_env(include_secrets=False),
+                       secret_env=settings.secret_env_names(), started_kafka=started_kafka, replay_id=replay_id,
+                       apps=list(apps))
+        write_json_atomic(run / "spec.json", spec.to_json())
+        settings.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The supervisor logs through a rotating handler; its raw output only holds a crash.
+        raw_log = os.open(settings.logs_dir / "supervisor.stdout.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                          0o600)
+        with os.fdopen(raw_log, "ab") as log:
+            subprocess.Popen(
+                [sys.executable, "-m", "workbench.runtime.supervisor", "--home", str(settings.home)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                env={**os.environ, **settings.to_env(), **tags(settings.home, "supervisor")}, cwd=settings.home,
+                umask=OWNER_ONLY_UMASK,
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            state = read_state(settings.home)
+            if state and state.get("processes"):
+                break
+            time.sleep(0.1)
+        else:
+            msg = (f"The supervisor did not start within 20 s; see {settings.logs_dir / 'supervisor.log'} and "
+                   f"{settings.logs_dir / 'supervisor.stdout.log'}.")
+            raise WorkbenchStateError(msg)
+        logger.info("workbench started under %s: %s", settings.home, ", ".join(s.name for s in specs))
+        return cls(settings, replay_id=replay_id, apps=apps, started_kafka=started_kafka)
 
     @classmethod
     def attach(cls, settings: Settings | None = None, *, replay_id: str | None = None) -> Workbench:
@@ -316,8 +380,13 @@ class Workbench:
         settings = settings or get_settings()
         state = read_state(settings.home)
         if not _supervisor_alive(state) or state.get("state") == "stopped":  # type: ignore[union-attr]
-            msg = (f"No workbench runs under {settings.home}. Start one with Workbench.start(data=...) "
-                   "or `workbench demo`, or set WORKBENCH_HOME to the home of the running one.")
+            msg = (f"No workbench runs under {settings.home}. Start one with `workbench start --data LOG` "
+                   "(Workbench.start(data=...)) or `workbench demo`, or set WORKBENCH_HOME to the home of the "
+                   "running one.")
+            left = leftover_kafka(settings)
+            if left is not None:
+                msg += (f" Its local Kafka still runs (pid {left[0]}): " + ("`workbench stop` stops it." if left[1]
+                        else "`workbench stop --kafka` stops it (it was started by hand)."))
             raise WorkbenchStateError(msg)
         spec = read_spec(settings.home)
         settings = Settings.from_env({**spec.env, "WORKBENCH_HOME": str(settings.home)})
