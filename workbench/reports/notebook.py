@@ -409,14 +409,15 @@ _STARTED_HOMES: set[str] = set()
 
 
 def open_workbench(mode: str, settings: Settings, *, data: str = "", speedup: float | str = 600.0,
-                   pack: int | None = None) -> tuple[Any, bool]:
+                   pack: int | None = None, fresh: bool = False) -> tuple[Any, bool]:
     """``(workbench or None, started_here)`` for the replay notebook's ``mode`` parameter.
 
     ``"start"`` starts one on ``data`` (default: the newest labelled log in the home's data
     folder) with the default encoding (packed Arrow) unless ``pack`` names one (1: JSON per
     query), or connects to the one already running there (a second Run All) and says so;
     ``started_here`` stays True for a workbench this kernel started. ``"attach"`` connects to
-    the running one and prints why when none runs; ``"skip"`` does nothing.
+    the running one and prints why when none runs; ``"skip"`` does nothing. ``fresh`` clears the
+    home's results of earlier runs before a start (:meth:`Workbench.start`).
     """
     from workbench.runtime import Workbench, WorkbenchStateError
 
@@ -446,7 +447,7 @@ def open_workbench(mode: str, settings: Settings, *, data: str = "", speedup: fl
                   "one (its replay goes on as it is). To replay `data` afresh, stop it first"
                   + (" (stop = True in the last cell, or wb.stop())." if started_here else " (wb.stop())."))
             return running, started_here
-        wb = Workbench.start(data=log, speedup=speedup, pack=pack, settings=settings)
+        wb = Workbench.start(data=log, speedup=speedup, pack=pack, settings=settings, fresh=fresh)
         _STARTED_HOMES.add(str(settings.home))
         return wb, True
     if mode == "attach":

@@ -37,7 +37,8 @@ def _start(args: argparse.Namespace) -> int:
 
     workbench = Workbench.start(data=args.data, speedup=args.speedup, pack=args.pack, settings=settings_from_args(args),
                                 reset=not args.resume, retrain_every_days=args.every_n_days,
-                                app_instances=args.app_instances, skip_bad_rows=args.skip_bad_rows)
+                                app_instances=args.app_instances, skip_bad_rows=args.skip_bad_rows,
+                                fresh=args.fresh)
     print(f"started: {workbench}; logs in {workbench.settings.logs_dir}")
     print("steer it with `workbench replay-control ...`, watch it with `workbench status`, "
           "end it with `workbench stop`")
@@ -125,6 +126,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "instance trains), e.g. 2 or scoring=2,analytics=2")
     start.add_argument("--skip-bad-rows", action="store_true",
                        help="replay a log with row problems: bad rows go to the dead-letter topic with their reason")
+    start.add_argument("--fresh", action="store_true",
+                       help="clear the home's results of earlier runs first (shards, window stats, lakehouse, "
+                            "models, state, the local broker's data); needed to replay another log into a used home")
     start.set_defaults(func=_start)
 
     stop = subparsers.add_parser("stop", help="stop the running workbench (and the Kafka it started)")

@@ -248,6 +248,7 @@ class Workbench:
         idle_exit: float | None = None,
         app_instances: int | Mapping[str, int] = 1,
         skip_bad_rows: bool = False,
+        fresh: bool = False,
     ) -> Workbench:
         """Start Kafka (if needed), the pipeline apps and the replay of ``data``; return at once.
 
@@ -281,6 +282,10 @@ class Workbench:
             Replay a log with row problems (a NULL id, a negative duration, ...): the bad rows go to the
             dead-letter topic with their reason, as ``workbench replay --skip-bad-rows``. Without it such
             a log is refused here, naming its first bad row. Rows out of order are refused either way.
+        fresh : bool
+            Clear the home's results of earlier runs first (shards, window stats, lakehouse, models,
+            state, the local broker's data; inputs, logs and reports stay). Without it a home that
+            holds results of another log than ``data`` is refused: the two would mix.
         """
         settings = settings or get_settings()
         # Checked here, not by the processes, which would refuse them in a restart loop after "started";
@@ -313,6 +318,14 @@ class Workbench:
                        f"{', '.join(str(p.pid) for p in orphans)}); a second set would work on the same state "
                        "files. Stop them with `workbench stop` (or Workbench.stop_orphans()) first.")
                 raise WorkbenchStateError(msg)
+            from workbench.runtime import _home
+
+            if fresh:
+                _home.clear_results(settings)
+            elif data is not None:
+                _home.check_log(settings, data, summary)
+            if data is not None:
+                _home.record_log(settings, data, summary)
             kafka_was_running = settings.manages_kafka and broker_status(settings).running
             started_kafka = settings.manages_kafka and not kafka_was_running
             try:

@@ -1,0 +1,116 @@
+"""Which log a home's results come from, and clearing them for a fresh start.
+
+Every write of the pipeline is idempotent per query, so replaying the same log into a home again
+adds nothing twice. Another log is different: its rows joined the first log's shards, its events
+were scored by the first log's models (trained on none of its own), and every event dated before
+windows the first log had closed was dropped as late (a second log of the same days lost 74 % of
+its events to that, silently). So :func:`check_log` refuses a log other than the one a home holds
+results of, and :func:`clear_results` empties the home for ``workbench start --fresh``.
+
+The identity is the log's resolved path, its rows and its first and last arrival: the same file
+replayed again matches; another file, or the same path rewritten with other rows, does not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from workbench.config import Settings
+from workbench.runtime._workbench import WorkbenchStateError
+
+__all__ = ["LOG_RECORD", "check_log", "clear_results", "held_results", "record_log"]
+
+logger = logging.getLogger(__name__)
+
+#: Where a home notes the log its results come from (under ``Settings.state_dir``).
+LOG_RECORD = "log.json"
+
+
+def _identity(data: str | Path, summary: Any) -> dict[str, Any]:
+    return {"path": str(Path(data).expanduser().resolve()), "rows": int(summary.rows),
+            "first_arrival": summary.first_arrival.isoformat(), "last_arrival": summary.last_arrival.isoformat()}
+
+
+def held_results(settings: Settings) -> list[Path]:
+    """The home's stores that hold results (empty for a fresh home)."""
+    found = []
+    for path in (settings.shards_dir, settings.sqlite_path, settings.lakehouse_dir, settings.models_dir):
+        if isinstance(path, Path) and path.exists() and (path.is_file() or any(path.iterdir())):
+            found.append(path)
+    return found
+
+
+def check_log(settings: Settings, data: str | Path, summary: Any) -> None:
+    """Raise :class:`WorkbenchStateError` when the home holds results of another log than ``data``."""
+    record = settings.state_dir / LOG_RECORD
+    if not record.is_file() or not held_results(settings):
+        return  # a fresh home, or one whose results predate the record: nothing to compare with
+    try:
+        held = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return
+    wanted = _identity(data, summary)
+    if held == wanted:
+        return
+    msg = (f"{settings.home} holds the results of another log: {held.get('path')} ({held.get('rows', 0):,} rows, "
+           f"{held.get('first_arrival')} .. {held.get('last_arrival')}), not {wanted['path']} "
+           f"({wanted['rows']:,} rows, {wanted['first_arrival']} .. {wanted['last_arrival']}). Replayed into it, "
+           "the two would mix: the new rows scored by models of the old log and those dated before its closed "
+           "windows dropped as late. Use another home (--home or WORKBENCH_HOME), or clear this one's results "
+           "first: `workbench start --fresh` (Workbench.start(..., fresh=True)).")
+    raise WorkbenchStateError(msg)
+
+
+def record_log(settings: Settings, data: str | Path, summary: Any) -> None:
+    """Note ``data`` as the log the home's results come from."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = settings.state_dir / f".{LOG_RECORD}.tmp"
+    tmp.write_text(json.dumps(_identity(data, summary), indent=1))
+    tmp.replace(settings.state_dir / LOG_RECORD)
+
+
+def clear_results(settings: Settings) -> list[Path]:
+    """Delete what the home holds from earlier runs (shards, window stats, lakehouse, models, state,
+    archive, the local broker's data), keeping its inputs, logs, reports and broker configuration.
+
+    Only for a home that keeps everything itself: a store that lives elsewhere (shared by other homes
+    or machines) is refused, naming its setting. The caller makes sure no workbench of the home runs.
+    """
+    elsewhere = {
+        "KAFKA_BOOTSTRAP_SERVERS (an external cluster keeps its topics and offsets)": not settings.manages_kafka,
+        "WORKBENCH_SHARDS_DIR": settings.shards_dir_override is not None,
+        "WORKBENCH_MODELS_DIR": settings.models_dir_override is not None,
+        "WORKBENCH_ARCHIVE_DIR": settings.archive_dir_override is not None,
+        "WORKBENCH_WINDOW_STATS_URL": settings.window_stats_url is not None,
+        "WORKBENCH_LAKEHOUSE_CATALOG": settings.lakehouse_catalog != "sqlite",
+        "WORKBENCH_LAKEHOUSE_DATA": settings.lakehouse_data is not None,
+    }
+    shared = [name for name, set_ in elsewhere.items() if set_]
+    if shared:
+        msg = (f"A fresh start clears only what lies in the home, and {', '.join(shared)} "
+               "point(s) elsewhere: clear those stores yourself, or use another home (--home or WORKBENCH_HOME).")
+        raise WorkbenchStateError(msg)
+    from workbench.broker import LocalKafka
+
+    broker = LocalKafka(settings)
+    if broker.pid() is not None:
+        broker.stop()  # its data goes below; the start brings it up again, empty
+    home = settings.home
+    targets = [settings.shards_dir, settings.sqlite_path, *home.glob(f"{settings.sqlite_path.name}-*"),
+               settings.lakehouse_dir, settings.models_dir, settings.state_dir, settings.archive_dir,
+               settings.kafka_dir / "data"]
+    cleared = []
+    for path in targets:
+        if not isinstance(path, Path) or not path.exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        cleared.append(path)
+    logger.info("fresh start: cleared %s", ", ".join(str(p) for p in cleared) or "nothing")
+    return cleared
