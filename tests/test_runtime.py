@@ -385,3 +385,25 @@ def test_a_fresh_start_clears_the_homes_results_and_keeps_its_inputs_logs_and_re
     shared = settings.with_overrides(window_stats_url="postgresql://db/stats")
     with pytest.raises(WorkbenchStateError, match="WORKBENCH_WINDOW_STATS_URL point"):
         clear_results(shared)
+
+
+def test_replay_control_and_train_follow_the_workbench_running_under_the_home(
+        kafka_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """With a stale WORKBENCH_KAFKA_PORT, `replay-control` read and paused another home's replay while
+    `status` showed this one's; `train` during a replay published a version from part of a day."""
+    from workbench.cli import main
+
+    log = make_log(tmp_path / "log.parquet", rows=40_000, spacing_s=1.0)
+    wb = Workbench.start(data=log, speedup=60, settings=kafka_settings, apps=("analytics",))
+    try:
+        assert wait_until(lambda: (s := wb.status()).replay and s.rows_sent > 0, timeout=180)
+        monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # stale: nothing listens there
+        home = ["--home", str(kafka_settings.home)]
+        assert main([*home, "replay-control", "pause"]) == 0
+        assert "sent pause to replay 'default'" in capsys.readouterr().out
+        assert wait_until(lambda: wb.status().replay_state == "paused", timeout=60)
+        assert main([*home, "train", "--day", "2024-03-04"]) == 2
+        assert f"a workbench runs under {kafka_settings.home}, and its scoring app trains" in capsys.readouterr().err
+    finally:
+        wb.stop()

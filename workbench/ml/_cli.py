@@ -100,6 +100,15 @@ def _train(args: argparse.Namespace) -> int:
     from workbench.ml._train import train_day
 
     settings = settings_from_args(args)
+    if _running_registry(settings) == settings.models_dir:
+        # Its scoring app trains each day once the stream has passed it; a version trained now from the
+        # shards took part of a day, became current and scored the rest of the replay (439 anomalies
+        # where the undisturbed run found 310).
+        print(f"workbench: error: a workbench runs under {settings.home}, and its scoring app trains each day "
+              "once the stream has passed it; a version trained now could see part of a day and would score the "
+              "rest of the replay. Stop it first (`workbench stop`), or train into another registry "
+              "(WORKBENCH_MODELS_DIR).", file=sys.stderr)
+        return 2
     last = _last_day(settings, args.data)
     if last is not None and args.day > last:
         # the window would hold only earlier days: a version named after a day it never saw, made current
@@ -113,6 +122,16 @@ def _train(args: argparse.Namespace) -> int:
     print(f"{result.version}: {result.rows} rows in {result.seconds:.1f} s, parity max|diff| "
           f"{meta['parity_max_abs_diff']:.2g}, holdout {json.dumps(meta['holdout_metrics'])}")
     return 0
+
+
+def _running_registry(settings: Any) -> Any:
+    """The model registry of the workbench running under the home, or None when none runs."""
+    from workbench.runtime import Workbench, WorkbenchStateError
+
+    try:
+        return Workbench.attach(settings).settings.models_dir
+    except WorkbenchStateError:
+        return None
 
 
 #: The smallest row cap a training takes: below it the holdout that calibrates the detector is a handful of rows.

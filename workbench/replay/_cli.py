@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import time
@@ -73,7 +74,13 @@ def _control(args: argparse.Namespace) -> int:
     if args.action not in ("speed", "seek") and args.value is not None:
         print(f"workbench: error: {args.action} takes no value. Got {args.value!r}.", file=sys.stderr)
         return 2
+    from workbench.runtime import Workbench, WorkbenchStateError
+
     settings = settings_from_args(args)
+    # The broker of the workbench running under this home, whatever the environment says: with a
+    # stale WORKBENCH_KAFKA_PORT it read and paused another home's replay while `status` showed this one's.
+    with contextlib.suppress(WorkbenchStateError):
+        settings = Workbench.attach(settings).settings
     if settings.manages_kafka:
         from workbench.broker import LocalKafka
 
