@@ -508,7 +508,8 @@ class _ReplayRun:
             msg = (
                 f"Replay {self.replay.replay_id!r} has a saved position in another file "
                 f"({saved.file}, row {saved.next_row}), not {self.replay.data}. "
-                "Pass reset=True (CLI: --reset) to start this file from its first row, or use another replay_id."
+                "Pass reset=True (`workbench replay --reset`; `workbench start` without --resume) to start this "
+                "file from its first row, or use another replay_id."
             )
             raise ReplayError(msg)
         return saved if saved.fingerprint == self.log.fingerprint else None
