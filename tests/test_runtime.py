@@ -407,3 +407,20 @@ def test_replay_control_and_train_follow_the_workbench_running_under_the_home(
         assert f"a workbench runs under {kafka_settings.home}, and its scoring app trains" in capsys.readouterr().err
     finally:
         wb.stop()
+
+
+def test_status_with_the_broker_silent_says_so_and_what_runs_not_to_run_status(tmp_path: Path) -> None:
+    """With the broker just killed, `workbench status` printed librdkafka's raw ERROR lines and then
+    "Is the workbench running (`workbench status`)?" to the user of `workbench status`."""
+    from workbench.runtime._cli import _broker_silent
+    from workbench.runtime.supervisor import run_dir, write_json_atomic
+
+    settings = Settings(home=tmp_path / "home")
+    run_dir(settings.home).mkdir(parents=True)
+    write_json_atomic(run_dir(settings.home) / "state.json", {"processes": {
+        "scoring": {"state": "running"}, "replay": {"state": "backoff"}}})
+    line = _broker_silent(Workbench(settings))
+    assert line == (f"workbench: the workbench under {settings.home} runs (processes: replay backoff, scoring "
+                    f"running), but its Kafka broker at {settings.bootstrap_servers} does not answer (the "
+                    "supervisor restarts the managed broker when it dies: try again in a few seconds)")
+    assert "`workbench status`" not in line

@@ -102,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Third-party chatter drowns the progress output at INFO.
     for noisy in ("quixstreams", "kafka", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.DEBUG)
+    # librdkafka's own lines ("FAIL ... Connection refused") at their level: a command says what failed
+    # in one line of its own (`status` printed raw ERROR lines above it while the broker restarted)
+    logging.getLogger("workbench.kafka").setLevel(logging.CRITICAL if not args.verbose else logging.DEBUG)
     previous = _terminate_as_interrupt()
     try:
         return int(args.func(args) or 0)

@@ -81,15 +81,35 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from workbench.replay import ReplayError
     from workbench.runtime import Workbench
 
     workbench = Workbench.attach(settings_from_args(args))
     while True:
-        print(workbench.status())
+        try:
+            print(workbench.status())
+        except ReplayError:
+            # Said "Is the workbench running (`workbench status`)?" to the user of `workbench status`.
+            print(_broker_silent(workbench), file=sys.stderr)
+            if not args.watch:
+                return 2
         if not args.watch:
             return 0
         time.sleep(args.watch)
         print()
+
+
+def _broker_silent(workbench: object) -> str:
+    """What `status` says when the workbench runs but its broker does not answer."""
+    from workbench.runtime.supervisor import read_state
+
+    settings = workbench.settings  # type: ignore[attr-defined]
+    processes = (read_state(settings.home) or {}).get("processes") or {}
+    states = ", ".join(f"{name} {entry.get('state')}" for name, entry in sorted(processes.items())) or "none yet"
+    restarts = (" (the supervisor restarts the managed broker when it dies: try again in a few seconds)"
+                if settings.manages_kafka else " (KAFKA_BOOTSTRAP_SERVERS names it)")
+    return (f"workbench: the workbench under {settings.home} runs (processes: {states}), but its Kafka broker at "
+            f"{settings.bootstrap_servers} does not answer{restarts}")
 
 
 def _positive_seconds(text: str) -> float:
