@@ -32,6 +32,20 @@ def test_a_training_day_after_the_logs_last_day_is_refused(tmp_path: Path, capsy
     assert info.value.code == 2 and "--max-rows: must be >= 1,000, got 5" in capsys.readouterr().err
 
 
+def test_evaluating_a_day_outside_the_log_names_the_logs_days(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`evaluate --day` outside the log read "(rows=0, columns with labels: True)"."""
+    from workbench.data.generator import generate
+
+    log = tmp_path / "log.parquet"
+    generate(log, days=2, instances=2, rows_per_day=3000, seed=1, progress=False)
+    home = ["--home", str(tmp_path / "home")]
+    code, err = _run(capsys, *home, "train", "--day", "2024-03-04", "--data", str(log))
+    assert code == 0, err
+    code, err = _run(capsys, *home, "evaluate", "--day", "2024-03-09", "--data", str(log))
+    assert code == 2 and "has no rows on 2024-03-09: its arrivals run from 2024-03-04 to 2024-03-05" in err
+
+
 def test_an_error_no_check_names_is_one_line_and_the_traceback_is_for_verbose(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`generate --out <a folder>` ended in IsADirectoryError's traceback."""

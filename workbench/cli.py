@@ -112,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"workbench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
+        # a notebook run cut short leaves asyncio tasks whose "exception was never retrieved" (a dead
+        # kernel) would print a traceback under the one-line message at exit
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         terminated = isinstance(exc, Terminated)
         print(f"workbench: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130

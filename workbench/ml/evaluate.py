@@ -343,9 +343,16 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
     use_baseline = version == "baseline"
     resolved = registry.resolve(None if use_baseline else version)
     table = load_log_window(Path(data), day, 1)
-    if table.num_rows == 0 or "label_anomaly" not in table.column_names:
-        msg = (f"{data} has no labelled rows on {day} (rows={table.num_rows}, columns with labels: "
-               f"{'label_anomaly' in table.column_names}). Pick a day inside the log of a generated file.")
+    if table.num_rows == 0:
+        from workbench.data.schema import validate
+
+        span = validate(Path(data))
+        msg = (f"{data} has no rows on {day}: its arrivals run from {span.first_arrival:%Y-%m-%d} to "
+               f"{span.last_arrival:%Y-%m-%d}. Pick a day inside it (--day).")
+        raise MLError(msg)
+    if "label_anomaly" not in table.column_names:
+        msg = (f"{data} has no label_anomaly column, so its alerts cannot be scored against labels; "
+               "`workbench generate` writes a labelled log.")
         raise MLError(msg)
     require_labels(Path(data))
     model = LoadedModel.load(registry, resolved)

@@ -40,8 +40,12 @@ def _start(args: argparse.Namespace) -> int:
                                 app_instances=args.app_instances, skip_bad_rows=args.skip_bad_rows,
                                 fresh=args.fresh)
     print(f"started: {workbench}; logs in {workbench.settings.logs_dir}")
-    print("steer it with `workbench replay-control ...`, watch it with `workbench status`, "
-          "end it with `workbench stop`")
+    if args.data:
+        print("steer it with `workbench replay-control ...`, watch it with `workbench status`, "
+              "end it with `workbench stop`")
+    else:  # only the apps: nothing to steer until a replay runs
+        print("the apps wait for events: replay a log into them with `workbench replay LOG`; watch with "
+              "`workbench status`, end with `workbench stop`")
     return 0
 
 
