@@ -217,3 +217,22 @@ def test_small_writes_go_to_files_so_a_reader_never_sees_rows_vanish(tmp_path: P
         assert lake.write(batch(1, 4)) == 3
         assert lake.data_files() == 2  # inlined rows would leave no file
         assert lake.count() == 4
+
+
+def test_the_status_counts_of_the_lakehouse_cover_anomalies_and_flagged_windows(tmp_path: Path) -> None:
+    """The status line's flagged windows counted only the apps' current run (0 after a restart)."""
+    import datetime as dt
+
+    from workbench.analysis.collective import WINDOW_ANOMALY_SCHEMA
+    from workbench.config import Settings
+    from workbench.runtime._status import lakehouse_counts
+
+    settings = Settings(home=tmp_path / "home")
+    assert lakehouse_counts(settings) == (None, None)  # no lakehouse yet
+    start = dt.datetime(2024, 3, 4, tzinfo=dt.UTC)
+    rows = pa.Table.from_pylist([{"instance_id": 1, "window_start": start + dt.timedelta(minutes=10 * k),
+                                  "signal": "queue_time", "expected": 1.0, "observed": 9.0, "score": 7.0,
+                                  "reason": "queue"} for k in range(3)], schema=WINDOW_ANOMALY_SCHEMA)
+    with AnomalyLakehouse.from_settings(settings) as lake:
+        assert lake.write_window_anomalies(rows) == 3
+    assert lakehouse_counts(settings) == (0, 3)

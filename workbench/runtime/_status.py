@@ -29,6 +29,7 @@ __all__ = [
     "consumer_lag",
     "disk_usage",
     "format_bytes",
+    "lakehouse_counts",
     "late_event_count",
     "replay_predates_process",
     "topic_message_count",
@@ -298,14 +299,19 @@ def late_event_count(settings: Settings) -> int | None:
 
 def anomaly_count(settings: Settings) -> int | None:
     """Rows in the anomaly lakehouse now (None if it cannot be read yet)."""
+    return lakehouse_counts(settings)[0]
+
+
+def lakehouse_counts(settings: Settings) -> tuple[int | None, int | None]:
+    """``(anomalies, flagged windows)`` stored in the lakehouse now, of every run (None: not readable yet)."""
     from workbench.store.lakehouse import AnomalyLakehouse
 
     try:
         with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
-            return lake.count()
+            return lake.count(), lake.count_window_anomalies()
     except Exception as exc:
-        logger.debug("anomaly count unavailable: %s", exc)
-        return None
+        logger.debug("lakehouse counts unavailable: %s", exc)
+        return None, None
 
 
 def _tree_bytes(path: Path) -> int:
@@ -372,6 +378,8 @@ class WorkbenchStatus:
     instances: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     #: pid of the elected trainer (the scoring instance holding the registry's trainer lease)
     trainer_pid: int | None = None
+    #: flagged windows stored in the lakehouse (every run, as ``anomalies``); None: not read
+    stored_window_anomalies: int | None = None
 
     # -- convenience views ------------------------------------------------------------------
     @property
@@ -411,8 +419,12 @@ class WorkbenchStatus:
 
     @property
     def window_anomalies(self) -> int | None:
-        """Collective anomalies (flagged windows) stored since the apps' last start: the analytics app's
-        (window statistics) and the scoring instances' (the runtime residual, judged by the trainer)."""
+        """Collective anomalies (flagged windows) in the lakehouse, of every run as ``anomalies`` is;
+        without that read, those the apps stored since their last start (the analytics app's window
+        statistics and the scoring instances' runtime residual). After a restart the status line read
+        "flagged windows 0" beside the anomalies of every run while the lakehouse held 3."""
+        if self.stored_window_anomalies is not None:
+            return self.stored_window_anomalies
         found = [(self.apps.get("analytics") or {}).get("counters"),
                  *((s or {}).get("counters") for s in self.instances.get("scoring") or [self.apps.get("scoring")])]
         counters = [c for c in found if c is not None]

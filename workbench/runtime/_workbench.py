@@ -32,10 +32,10 @@ from workbench.exceptions import ConfigurationError, WorkbenchError
 from workbench.replay import STATUS_READ_TIMEOUT_S, ReplayController, ReplayStatus
 from workbench.runtime._status import (
     WorkbenchStatus,
-    anomaly_count,
     close_status_clients,
     consumer_lag,
     disk_usage,
+    lakehouse_counts,
     late_event_count,
     topic_message_count,
 )
@@ -229,7 +229,7 @@ class Workbench:
         self.apps = tuple(apps)
         self.started_kafka = started_kafka
         self._controller = ReplayController(self.settings, replay_id)  # its clients log like the others
-        self._anomaly_cache: tuple[float, int | None] = (0.0, None)
+        self._anomaly_cache: tuple[float, tuple[int | None, int | None]] = (0.0, (None, None))
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -508,6 +508,7 @@ class Workbench:
         late = late_event_count(self.settings)
         if late is None and "counters" in analytics:
             late = analytics["counters"].get("late_events", 0)
+        stored_anomalies, stored_windows = self._lakehouse_counts()
         return WorkbenchStatus(
             replay=replay,
             processes=state.get("processes", {}),
@@ -515,13 +516,14 @@ class Workbench:
             lag=lag,
             model_version=registry.current(),
             model_versions=len(registry.versions()),
-            anomalies=self._anomaly_count(),
+            anomalies=stored_anomalies,
             late_events=late,
             dead_letters=None if unreachable else topic_message_count(self.settings, self.settings.topic_dead_letter,
                                                                       timeout=LAG_READ_S),
             disk=disk_usage(self.settings),
             instances=instances,
             trainer_pid=self._trainer_pid(instances.get("scoring", [])),
+            stored_window_anomalies=stored_windows,
         )
 
     def _trainer_pid(self, scoring: list[dict[str, Any]]) -> int | None:
@@ -533,13 +535,13 @@ class Workbench:
             return TrainerLease.holder(self.settings.models_dir)
         return next((s.get("pid") for s in scoring if s.get("info", {}).get("trainer")), None)
 
-    def _anomaly_count(self) -> int | None:
-        # Reading the lakehouse costs ~0.1 s: refresh at most every 5 s.
+    def _lakehouse_counts(self) -> tuple[int | None, int | None]:
+        """(anomalies, flagged windows) in the lakehouse. Reading it costs ~0.1 s: at most every 5 s."""
         at, cached = self._anomaly_cache
         if time.monotonic() - at < 5.0:
             return cached
-        value = anomaly_count(self.settings)
-        if value is None:  # keep showing the last figure while the lakehouse is busy
+        value = lakehouse_counts(self.settings)
+        if value[0] is None:  # keep showing the last figures while the lakehouse is busy
             value = cached
         self._anomaly_cache = (time.monotonic(), value)
         return value

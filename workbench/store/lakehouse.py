@@ -629,6 +629,11 @@ class AnomalyLakehouse(ConnectionStore):
         row = self.connection.execute(f"SELECT count(*) FROM {CATALOG_ALIAS}.anomalies{at}", params).fetchone()
         return int(row[0]) if row else 0
 
+    def count_window_anomalies(self) -> int:
+        """Rows in ``window_anomalies`` now (flagged windows of every run)."""
+        row = self.connection.execute(f"SELECT count(*) FROM {CATALOG_ALIAS}.window_anomalies").fetchone()
+        return int(row[0]) if row else 0
+
     def read(self, version: int | None = None) -> pa.Table:
         """The whole table (optionally at snapshot ``version``), ordered by arrival then key."""
         at = "" if version is None else " AT (VERSION => $v)"
