@@ -421,3 +421,20 @@ def test_a_refused_log_shows_no_progress_bar_before_its_error(kafka_settings: Se
     done = subprocess.run([sys.executable, "-m", "workbench.cli", "replay", str(log), "--speedup", "0"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "300/300" in done.stderr, done.stderr
+
+
+def test_a_foreground_replay_stopped_by_ctrl_c_exits_130(kafka_settings: Settings, tmp_path: Path) -> None:
+    """It saved its position and said 0, as if the log had been replayed to its end."""
+    log = make_log(tmp_path / "log.parquet", rows=20_000, spacing_s=1.0)
+    env = {**os.environ, "WORKBENCH_HOME": str(kafka_settings.home),
+           "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+           **{f"WORKBENCH_TOPIC_{name.upper()}": getattr(kafka_settings, f"topic_{name}")
+              for name in ("query_events", "dead_letter", "replay_control", "replay_state")}}
+    process = subprocess.Popen([sys.executable, "-m", "workbench.cli", "replay", str(log), "--speedup", "60",
+                                "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    controller = ReplayController(kafka_settings)
+    _wait(lambda: (controller.status() or _none).state == "running", timeout=60)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "[stopped]" in out or "stopped" in out

@@ -52,14 +52,22 @@ def _replay(args: argparse.Namespace) -> int:
         bar.refresh()
 
     # SIGTERM/SIGINT ask for a clean stop: the current batch commits, the position is saved.
+    stopped_by: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        stopped_by.append(signum)
+        replay.stop()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: replay.stop())
+        signal.signal(signum, stop)
     try:
         status = replay.run(timeout=args.timeout, progress=progress)
     finally:
         for bar in bars:
             bar.close()
     print(status)
+    if stopped_by:  # the shell's convention, 128 + the signal (it said 0, as if the log had been replayed)
+        return 128 + stopped_by[0]
     return 0 if status.state in ("finished", "stopped") else 1
 
 
