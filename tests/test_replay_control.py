@@ -754,3 +754,11 @@ def test_replay_control_warns_of_an_unknown_replay_refuses_stray_values_and_expl
     out, err = capsys.readouterr()
     assert err == "" and "1999-01-01 00:00:00 UTC is before the log's first event" in out
     assert "restarts from its first row" in out
+    # a rejected command's notice: shown by the panel, and now by the terminal's status too
+    status = ReplayController(kafka_settings).status()
+    producer = Producer(kafka_settings.kafka_client_config())
+    noticed = replace(status, notice="pause ignored: replay 'default' finished at row 50 of 50")
+    producer.produce(kafka_settings.topic_replay_state, key=b"default/status", value=noticed.to_json())
+    assert producer.flush(10) == 0
+    assert main(["replay-control", "status"]) == 0
+    assert "last command ignored: pause ignored: replay 'default' finished" in capsys.readouterr().out

@@ -111,6 +111,8 @@ def _control(args: argparse.Namespace) -> int:
                   f"and has not reported yet). The last status, from before it started: {status}")
             return 0
         print(status if status else f"replay {args.replay_id!r} has not run yet")
+        if status is not None and status.notice:  # the panel shows it; the terminal did not
+            print(f"last command ignored: {status.notice}")
         silent = status.silence() if status else None
         if silent is not None:
             print(f"(this status is {silent:,.0f} s old, and an active replay reports every second: "
