@@ -167,7 +167,8 @@ def test_a_port_without_room_for_the_controller_is_named(tmp_path: Path) -> None
         LocalKafka(Settings(home=tmp_path, kafka_port=65534, kafka_listeners="plaintext,ssl")).start()
 
 
-def test_topics_without_a_broker_say_what_to_check(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_topics_without_a_broker_say_what_to_check(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
@@ -177,6 +178,14 @@ def test_topics_without_a_broker_say_what_to_check(tmp_path: Path, capfd: pytest
         ensure_topics(Settings(home=tmp_path, kafka_port=port), timeout=2.0)
     # one clear error, not librdkafka's raw "%3|...|FAIL|" lines on stderr (they go to a debug logger)
     assert "|FAIL|" not in capfd.readouterr().err
+    # `workbench topics` on a home whose broker is not running says so at once (it waited 30 s)
+    from workbench.cli import main
+
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    started = time.monotonic()
+    assert main(["--home", str(tmp_path), "topics"]) == 2
+    assert time.monotonic() - started < 10
+    assert f"the local Kafka of {tmp_path} is not running" in capfd.readouterr().err
 
 
 def test_status_and_env_follow_the_listeners_the_broker_runs_with(kafka_base: Settings,

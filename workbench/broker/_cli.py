@@ -9,6 +9,7 @@ if TYPE_CHECKING:
 
 import argparse
 import shlex
+import sys
 
 __all__ = ["register"]
 
@@ -86,6 +87,15 @@ def _topics(args: argparse.Namespace) -> int:
     from workbench.broker import ensure_topics, topic_specs
 
     settings = _settings(args)
+    if settings.manages_kafka:
+        from workbench.broker import LocalKafka
+
+        if LocalKafka(settings).pid() is None:
+            # it waited 30 s for a broker that was not there (replay-control says so at once)
+            print(f"workbench: error: the local Kafka of {settings.home} is not running: start it with "
+                  "`workbench kafka start` (which creates the topics too) or `workbench start`, or set "
+                  "KAFKA_BOOTSTRAP_SERVERS to an existing cluster.", file=sys.stderr)
+            return 2
     ensure_topics(settings)
     for spec in topic_specs(settings):
         print(f"{spec.name}: {spec.partitions} partitions, retention.ms={spec.config['retention.ms']}")
