@@ -181,3 +181,17 @@ def test_a_previous_runs_replay_status_is_not_the_new_runs() -> None:
     same_run = status({"state": "running", "started_at": now - 120})
     assert not same_run.replay_is_stale and same_run.drained
     assert str(same_run).splitlines()[0] == str(finished)
+
+
+def test_a_large_dead_letter_topic_is_counted_a_piece_per_status_call_and_converges(
+        kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dead letter carries its whole message (up to megabytes): each status call reads a bounded piece,
+    keeps what it read, and counts the offsets not read yet as records meanwhile."""
+    ensure_topics(kafka_settings)
+    topic = kafka_settings.topic_dead_letter
+    _produce_in_transactions(kafka_settings, topic, 3)  # offsets 0..5: 3 records, 3 markers
+    close_status_clients(kafka_settings)
+    monkeypatch.setattr(_status, "_TALLY_CHUNK", 1)
+    counts = [topic_message_count(kafka_settings, topic) for _ in range(7)]
+    assert counts[0] <= 6 and counts == sorted(counts, reverse=True) and counts[-1] == 3, counts
+    close_status_clients(kafka_settings)

@@ -103,7 +103,8 @@ class _StatusClients:
     def data_count(self, topic: str, partition: int, low: int, stable: int, high: int, timeout: float) -> int:
         """Data records in ``[low, high)`` of one partition: those below the last stable offset ``stable``
         read and counted once (transaction markers and aborted records are not records), at most
-        :data:`_TALLY_CHUNK` more per call; the offsets not read yet count as records meanwhile."""
+        :data:`_TALLY_CHUNK` more and :data:`_TALLY_READ_S` seconds per call, what was read kept (a dead
+        letter carries its whole message, up to megabytes); the offsets not read yet count as records."""
         key = (topic, partition)
         with self._lock:
             start, counted = self._tallies.get(key, (low, 0))
@@ -113,12 +114,14 @@ class _StatusClients:
             if end > start:
                 if self._reader is None:
                     self._reader = self._new_reader()
+                deadline = time.monotonic() + min(timeout, _TALLY_READ_S)
                 try:
-                    counted += sum(1 for _ in read_range(self._reader, topic, partition, start, end,
-                                                         time.monotonic() + timeout))
-                    start = end
+                    for message in read_range(self._reader, topic, partition, start, end, deadline):
+                        counted += 1
+                        start = message.offset() + 1
+                    start = end  # read to the end: the markers after the last record are passed too
                 except IncompleteReadError:
-                    pass  # the next call reads on
+                    pass  # the next call reads on from the last record counted
                 finally:
                     self._reader.unassign()
                 self._tallies[key] = (start, counted)
@@ -257,8 +260,9 @@ def consumer_lag(settings: Settings, group: str, topic: str, timeout: float = 5.
         return None
 
 
-#: Records a status call reads at most per partition to count a topic's messages exactly.
+#: Records, and seconds, a status call spends at most per partition to count a topic's messages exactly.
 _TALLY_CHUNK = 50_000
+_TALLY_READ_S = 0.5
 
 
 def topic_message_count(settings: Settings, topic: str, timeout: float = 5.0) -> int | None:
