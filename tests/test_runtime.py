@@ -424,3 +424,20 @@ def test_status_with_the_broker_silent_says_so_and_what_runs_not_to_run_status(t
                     f"running), but its Kafka broker at {settings.bootstrap_servers} does not answer (the "
                     "supervisor restarts the managed broker when it dies: try again in a few seconds)")
     assert "`workbench status`" not in line
+
+
+def test_stop_on_a_home_stops_the_workbench_a_killed_demo_left_in_it(
+        kafka_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A demo runs under <home>/demo: killed, it left a whole workbench that `stop` on the home did not see."""
+    from workbench.cli import main
+    from workbench.runtime._demo import DEMO_MARKER
+
+    home = tmp_path / "home"
+    demo = kafka_settings.with_overrides(home=home / "demo")
+    (home / "demo").mkdir(parents=True)
+    (home / "demo" / DEMO_MARKER).write_text("demo")
+    Workbench.start(settings=demo, apps=("anomaly-sink",))  # as the killed demo left it
+    assert home_processes(demo.home)
+    assert main(["--home", str(home), "stop"]) == 0
+    assert f"stopped the workbench a `workbench demo` left running under {home / 'demo'}" in capsys.readouterr().out
+    assert wait_until(lambda: not home_processes(demo.home), timeout=30)

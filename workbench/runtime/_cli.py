@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from workbench import defaults
 from workbench.cli import settings_from_args
+
+if TYPE_CHECKING:
+    from workbench.config import Settings
 
 __all__ = ["register"]
 
@@ -74,14 +78,37 @@ def _stop(args: argparse.Namespace) -> int:
             LocalKafka(settings).stop()
             print(f"stopped the local Kafka of {settings.home} (pid {left[0]})"
                   + ("" if args.kafka else ", which a workbench that no longer runs had started"))
+        demo = _stop_killed_demo(settings)
         if orphans:
             print(f"stopped {orphans} orphaned process(es) of {settings.home}")
+        elif demo:
+            print(demo)
         elif left is None or not (args.kafka or left[1]):
             print(exc)
         return 0
     workbench.stop(kafka=True if args.kafka else None)
     print("stopped")
     return 0
+
+
+def _stop_killed_demo(settings: Settings) -> str:
+    """Stop the workbench a killed `workbench demo` left under ``<home>/demo`` (what was stopped, or "").
+
+    A demo runs in a home of its own, so `stop` on the home said "No workbench runs" beside it.
+    """
+    from workbench.runtime import Workbench, WorkbenchStateError
+    from workbench.runtime._demo import DEMO_MARKER
+
+    home = settings.home / "demo"
+    if not (home / DEMO_MARKER).is_file():
+        return ""
+    demo = settings.with_overrides(home=home)
+    try:
+        Workbench.attach(demo).stop(kafka=True)
+    except WorkbenchStateError:
+        if not Workbench.stop_orphans(demo):
+            return ""
+    return f"stopped the workbench a `workbench demo` left running under {home}"
 
 
 def _status(args: argparse.Namespace) -> int:
