@@ -118,6 +118,9 @@ def test_report_parameters_are_checked_before_any_notebook_runs(tmp_path: Path) 
         with pytest.raises(Exception, match=words):
             run_report(settings, run_id="r", params=params, progress=False)
     assert time.monotonic() - started < 10 and not (tmp_path / "reports" / "r").exists()
+    # `report --data missing` named the notebooks' `labels_path` parameter, which the user never typed
+    with pytest.raises(ReportError, match=r"The labelled log \(--data, data=\) '.*missing\.parquet' does not exist"):
+        run_report(settings, run_id="r", data=tmp_path / "missing.parquet", progress=False)
     (tmp_path / "reports").mkdir(exist_ok=True)
     (tmp_path / "reports" / "taken").write_text("a file")
     with pytest.raises(ReportError, match="exists and is a file"):

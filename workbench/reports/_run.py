@@ -236,6 +236,9 @@ def run_report(
     if isinstance(params.get("versions"), list | tuple):
         params["versions"] = ",".join(params["versions"])
     if data is not None:
+        if not Path(data).expanduser().exists():  # named as given, not as the notebooks' `labels_path`
+            msg = f"The labelled log (--data, data=) {str(data)!r} does not exist (`workbench generate` writes one)."
+            raise ReportError(msg)
         params.setdefault("labels_path", str(Path(data).expanduser().resolve()))
     from workbench.reports.notebook import check_parameter_ranges, find_labelled_log, parse_instances, parse_range
 
