@@ -108,7 +108,7 @@ def test_bad_arguments_are_explained(report: tuple[Settings, Path, Path]) -> Non
     with pytest.raises(ReportError, match="run_id must be"):
         run_report(settings, run_id="../x", notebooks=["04_stream_analytics"], progress=False)
     # a labelled log that is not there is refused before any notebook runs (and any folder is made)
-    with pytest.raises(ConfigurationError, match="missing.parquet', which does not exist"):
+    with pytest.raises(ReportError, match=r"The labelled log \(--data, data=\) '.*missing\.parquet' does not exist"):
         run_report(settings, run_id="never", data=settings.home / "missing.parquet", progress=False)
     assert not (settings.resolved_reports_dir / "never").exists()
     # so are versions none of which is registered (notebook 03 stopped on them in its second cell)
