@@ -97,10 +97,9 @@ def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: dateti
     alerts = alerts.astype({"instance_id": "int64", "query_id": "int64"})
     in_sample = 0
     if scored is not None:
-        keys = scored[["instance_id", "query_id"]].drop_duplicates().astype("int64")
-        seen = log.merge(keys, on=["instance_id", "query_id"], how="left", indicator=True)["_merge"].eq("both")
-        unscored_labels = int(log["label_anomaly"].astype(bool)[~seen.to_numpy()].sum())
-        log = log[seen.to_numpy()]
+        seen = _among(log, scored)
+        unscored_labels = int(log["label_anomaly"].astype(bool)[~seen].sum())
+        log = log[seen]
         if not len(log) and in_span:
             notes.append(f"none of the span's {in_span:,} queries is scored yet (no model covers their day yet, or "
                          "scoring is behind the replay): precision and recall come once a model has scored some; "
@@ -111,14 +110,10 @@ def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: dateti
                          "anomalies are left out, not counted as missed")
         if "in_sample" in scored and scored["in_sample"].any():
             # Scored by a version trained on their own day: it fitted them, anomalies included.
-            inside = scored.loc[scored["in_sample"].astype(bool), ["instance_id", "query_id"]].astype("int64")
-            mark = log.merge(inside.drop_duplicates(), on=["instance_id", "query_id"], how="left",
-                             indicator=True)["_merge"].eq("both").to_numpy()
+            inside = scored[scored["in_sample"].astype(bool)]
+            mark = _among(log, inside)
             in_sample = int(mark.sum())
-            log = log[~mark]
-            theirs = alerts.merge(inside.drop_duplicates(), on=["instance_id", "query_id"], how="left",
-                                  indicator=True)["_merge"].eq("both").to_numpy()
-            alerts = alerts[~theirs]
+            log, alerts = log[~mark], alerts[~_among(alerts, inside)]
             if in_sample:
                 notes.append(f"{in_sample:,} queries scored by a version trained on their own day (the first day's, "
                              "in-sample) are left out with their alerts: those figures would flatter the detector")
@@ -142,6 +137,13 @@ def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: dateti
                 .agg(["size", "sum", "mean"])
                 .rename(columns={"size": "labelled", "sum": "alerted", "mean": "recall"}).round(3))
     return LabelAgreement(summary=summary, per_kind=per_kind, precision=precision, recall=recall, note=note)
+
+
+def _among(frame: pd.DataFrame, keys: pd.DataFrame) -> np.ndarray:
+    """Per row of ``frame``: whether its ``(instance_id, query_id)`` is one of ``keys``'."""
+    wanted = keys[["instance_id", "query_id"]].drop_duplicates().astype("int64")
+    joined = frame.merge(wanted, on=["instance_id", "query_id"], how="left", indicator=True)
+    return joined["_merge"].eq("both").to_numpy()
 
 
 def _read_labels(labels_file: Path) -> Any:

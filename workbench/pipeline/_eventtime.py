@@ -133,6 +133,12 @@ class EventTimeGuard:
                     f"behind the stream ({_iso(reference)}; Settings.event_time_past_horizon_s)")
         return None
 
+    def outside_bounds(self, when: datetime) -> str | None:
+        """Why ``when`` is outside the absolute bounds (``event_time_min`` .. ``event_time_max``), or None;
+        the horizons, which need a stream's watermark, are not asked."""
+        at_us = _us(when)
+        return self.reason(at_us, at_us) if at_us < self.min_us or at_us >= self.max_us else None
+
     def check(self, lo_us: int, hi_us: int, reference_us: int | None = None) -> None:
         """Raise MessageDecodeError (``event_time_out_of_range``) or advance the watermark to ``hi_us``."""
         why = self.reason(lo_us, hi_us, reference_us)

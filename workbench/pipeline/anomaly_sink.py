@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from quixstreams import Application
@@ -36,9 +35,6 @@ from workbench.store.exceptions import LakehouseBusyError
 from workbench.store.lakehouse import AnomalyLakehouse
 
 __all__ = ["APP_NAME", "AnomalySinkApp", "DuckLakeSink", "run_anomaly_sink"]
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 
 logger = logging.getLogger(__name__)
 
@@ -170,10 +166,9 @@ class AnomalySinkApp(WorkbenchApp):
             self.dead_letters.send(value, f"anomaly_contract: {exc}", key=key, headers=headers)
             self.status.add("dead_letters")
             return None
-        at_us = (row["arrival_timestamp"] - _EPOCH) // _US
         # The events' absolute bounds only (no watermark: anomalies of many days arrive in any order);
         # the scoring app alerts only on events inside them.
-        reason = self._time_bounds.reason(at_us, at_us)
+        reason = self._time_bounds.outside_bounds(row["arrival_timestamp"])
         if reason is not None:
             self.dead_letters.send(value, reason, key=key, headers=headers)
             self.status.add("dead_letters")

@@ -136,15 +136,12 @@ def _control(args: argparse.Namespace) -> int:
 
 def _seek_note(args: argparse.Namespace, status: ReplayStatus | None) -> str:
     """What a seek before the log's first event does (the panel says it too)."""
-    from workbench.replay._control import _parse_time
+    from workbench.replay._control import _parse_time, seek_before_start
 
-    if args.action != "seek" or status is None or status.first_event_time is None:
+    if args.action != "seek" or status is None:
         return ""
-    when = _parse_time(args.value)
-    if when >= status.first_event_time:
-        return ""
-    return (f": {when:%Y-%m-%d %H:%M:%S} UTC is before the log's first event "
-            f"({status.first_event_time:%Y-%m-%d %H:%M:%S} UTC), so the replay restarts from its first row")
+    note = seek_before_start(_parse_time(args.value), status.first_event_time)
+    return f": {note}" if note else ""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

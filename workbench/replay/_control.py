@@ -276,6 +276,15 @@ def seek_past_end(when: datetime, first: datetime | None, last: datetime | None)
             f"({last:%Y-%m-%d %H:%M:%S} UTC); pick a time from {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC")
 
 
+def seek_before_start(when: datetime, first: datetime | None) -> str | None:
+    """What a seek to ``when`` does when it lies before the log's ``first`` event: the replay restarts
+    from its first row (said after "sent"). None when it does not."""
+    if first is None or when >= first:
+        return None
+    return (f"{when:%Y-%m-%d %H:%M:%S} UTC is before the log's first event ({first:%Y-%m-%d %H:%M:%S} UTC), "
+            "so the replay restarts from its first row")
+
+
 def _parse_time(value: datetime | str) -> datetime:
     if isinstance(value, str):
         try:

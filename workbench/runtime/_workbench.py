@@ -229,7 +229,7 @@ class Workbench:
         self.apps = tuple(apps)
         self.started_kafka = started_kafka
         self._controller = ReplayController(self.settings, replay_id)  # its clients log like the others
-        self._anomaly_cache: tuple[float, tuple[int | None, int | None]] = (0.0, (None, None))
+        self._lakehouse_cache: tuple[float, tuple[int | None, int | None]] = (0.0, (None, None))
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -537,13 +537,13 @@ class Workbench:
 
     def _lakehouse_counts(self) -> tuple[int | None, int | None]:
         """(anomalies, flagged windows) in the lakehouse. Reading it costs ~0.1 s: at most every 5 s."""
-        at, cached = self._anomaly_cache
+        at, cached = self._lakehouse_cache
         if time.monotonic() - at < 5.0:
             return cached
         value = lakehouse_counts(self.settings)
         if value[0] is None:  # keep showing the last figures while the lakehouse is busy
             value = cached
-        self._anomaly_cache = (time.monotonic(), value)
+        self._lakehouse_cache = (time.monotonic(), value)
         return value
 
     def wait(self, *, timeout: float | None = None, progress: bool = True, poll: float = 1.0,

@@ -556,7 +556,7 @@ class ControlPanel(widgets.VBox):
         except ConfigurationError as exc:
             self._say(str(exc), error=True)
             return
-        from workbench.replay._control import seek_past_end
+        from workbench.replay._control import seek_before_start, seek_past_end
 
         first, last = self._log_span
         # Checked here too (the controller checks again): the panel knows the span without a status read.
@@ -567,9 +567,9 @@ class ControlPanel(widgets.VBox):
             self._say(refused, error=True)
             return
         self._command("seek", when)
-        if first is not None and when < first and "sent" in self.message.value:
-            self._say(f"seek to {when:%Y-%m-%d %H:%M:%S} UTC sent: before the log's first event "
-                      f"({first:%Y-%m-%d %H:%M:%S} UTC), so the replay restarts from its first row")
+        early = seek_before_start(when, first)
+        if early and "sent" in self.message.value:
+            self._say(f"seek sent: {early}")
 
     def _say(self, text: str, *, error: bool = False) -> None:
         colour = "#C62828" if error else "#2E7D32"
