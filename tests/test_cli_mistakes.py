@@ -59,6 +59,14 @@ def test_an_error_no_check_names_is_one_line_and_the_traceback_is_for_verbose(
     assert "Traceback" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (a folder nothing can be made in)")
+def test_a_home_that_cannot_be_made_is_named_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A home under a folder that cannot be made ended in "FileNotFoundError: [Errno 2] ..." (helper finding)."""
+    code, err = _run(capsys, "--home", "/proc/no-such-folder/home", "generate", "--days", "1", "--instances", "1",
+                     "--rows-per-day", "500")
+    assert code == 2 and err.strip() == "workbench: error: No such file or directory: /proc/no-such-folder", err
+
+
 def test_generate_names_a_bad_seed_and_a_nan_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ["--home", str(tmp_path / "home"), "generate", "--days", "1", "--instances", "1", "--rows-per-day", "500",
             "--out", str(tmp_path / "g.parquet")]

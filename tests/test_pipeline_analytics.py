@@ -294,6 +294,42 @@ def test_a_log_replayed_again_counts_no_query_twice_even_in_windows_still_open(
     assert stored_windows(kafka_settings) == windows
 
 
+def test_second_copies_of_events_are_counted_once_also_after_a_restart(kafka_settings: Settings,
+                                                                       tmp_path: Path) -> None:
+    """Messages we did not send: a producer that retries without idempotence sends some events twice (one-row
+    JSON, and a packed Arrow message repeating 50 rows already sent one by one), and after the app stopped the
+    last rows come once more. Every window holds each query once; the copies are counted as repeated."""
+    ensure_topics(kafka_settings)
+    path = make_log(tmp_path / "l.parquet", rows=600, instances=1, spacing_s=10)
+    log = pq.read_table(path).combine_chunks()
+    producer = Producer(kafka_settings.kafka_client_config())
+    topic = kafka_settings.topic_query_events
+    json_headers = codec.message_headers(codec.ENCODING_JSON, 1)
+
+    def send_json(rows: pa.Table, times: int = 1) -> None:
+        for value in codec.encode_json(rows.to_batches()[0]):
+            for _ in range(times):
+                producer.produce(topic, key=b"1", value=value, headers=json_headers, partition=0)
+
+    send_json(log.slice(0, 200), times=2)  # each sent twice in a row
+    send_json(log.slice(200, 150))
+    producer.produce(topic, key=b"1", value=codec.encode_arrow(log.slice(300, 50).to_batches()[0]),
+                     headers=codec.message_headers(codec.ENCODING_ARROW, 50), partition=0)
+    send_json(log.slice(350))
+    producer.flush(20)
+    first = run_analytics(kafka_settings, idle_exit=4, timeout=90, commit_interval=1.0)
+    assert first["late_events"] == 0 and first["dead_letters"] == 0, first.counters
+    assert first["events"] == 850 and first["repeated_events"] == 250, first.counters
+    expected = expected_windows(path)
+    assert stored_windows(kafka_settings) == expected
+
+    send_json(log.slice(570))  # the last 5 minutes again: their windows are still open, held by the restart
+    producer.flush(20)
+    again = run_analytics(kafka_settings, idle_exit=4, timeout=90, commit_interval=1.0)
+    assert again["repeated_events"] == 30 and again["late_events"] == 0, again.counters
+    assert stored_windows(kafka_settings) == expected
+
+
 def test_a_dead_lettered_message_counts_none_of_its_rows_whatever_else_is_in_its_batch(
         kafka_settings: Settings, tmp_path: Path) -> None:
     """A message of no rows beside one of two made the batch look like one row per message: the guard then

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from pathlib import Path
@@ -39,8 +40,12 @@ def template(tmp_path: Path) -> dict:
     return row_template(tmp_path)
 
 
+_QUERY_IDS = itertools.count(1)
+
+
 def _rows(template: dict, times_ms: list[int], instance: int = 1) -> pa.RecordBatch:
-    rows = [dict(template, instance_id=instance, query_id=i, arrival_us=t * 1000) for i, t in enumerate(times_ms)]
+    """Rows of new queries (each call takes fresh query ids: a repeated id is a second copy of one event)."""
+    rows = [dict(template, instance_id=instance, query_id=next(_QUERY_IDS), arrival_us=t * 1000) for t in times_ms]
     return codec.rows_to_batch(rows)
 
 
@@ -211,8 +216,10 @@ def _feed(state: WindowState, template: dict, messages: list[list[int]], first_o
     times = [t for m in messages for t in m]
     offsets = np.repeat(np.arange(first_offset, first_offset + len(messages), dtype=np.int64),
                         [len(m) for m in messages])
-    rows = [dict(template, instance_id=(instances[o - first_offset] if instances else 1), query_id=i,
-                 arrival_us=t * 1000) for i, (t, o) in enumerate(zip(times, offsets.tolist(), strict=True))]
+    within = [j for m in messages for j in range(len(m))]
+    # a query per row, named by its message's offset: a message read again carries the same queries
+    rows = [dict(template, instance_id=(instances[o - first_offset] if instances else 1), query_id=o * 1000 + j,
+                 arrival_us=t * 1000) for t, o, j in zip(times, offsets.tolist(), within, strict=True)]
     (prep,) = state.prepare([p], codec.rows_to_batch(rows), np.zeros(len(times), np.int64), offsets)
     closed = state.apply(prep)
     state.advance(p, int(offsets[-1]))
@@ -419,3 +426,103 @@ def test_a_state_stored_before_the_clock_kept_its_messages_is_upgraded(tmp_path:
     assert _state(path, k=4).partition("t", 0).recent == [T0 + W + 1]
     key = _state(path, "key", k=4).partition("t", 0)
     assert key.key_time == {1: T0 + W} and key.key_recent == {1: []}
+
+
+def test_first_copies_agrees_with_a_set_per_window() -> None:
+    """Random windows, ids with many repeats and earlier ids: the mask keeps exactly each query's first copy
+    in row order, and the ids after are each window's sorted union."""
+    from workbench.pipeline._window_state import first_copies
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        n = int(rng.integers(0, 60))
+        part, inst, start = (rng.integers(0, 2, n), rng.integers(0, 3, n), rng.integers(0, 2, n) * W)
+        ids = rng.integers(-5, 15, n)
+        before = {(j, i, s): np.unique(rng.integers(-5, 15, int(rng.integers(0, 6))))
+                  for j in range(2) for i in range(3) for s in (0, W) if rng.random() < 0.5}
+        keep, after = first_copies((part, inst, start), ids, before.get)
+        seen = {k: set(v.tolist()) for k, v in before.items()}
+        want = []
+        for row in zip(part.tolist(), inst.tolist(), start.tolist(), ids.tolist(), strict=True):
+            window = seen.setdefault(row[:3], set())
+            want.append(row[3] not in window)
+            window.add(row[3])
+        assert keep.tolist() == want
+        present = set(zip(part.tolist(), inst.tolist(), start.tolist(), strict=True))
+        assert set(after) == present
+        assert all(after[k].tolist() == sorted(seen[k]) for k in present)
+
+
+def _copies(template: dict, query_ids: list[int], times: list[int], instance: int = 1) -> pa.RecordBatch:
+    return codec.rows_to_batch([dict(template, instance_id=instance, query_id=q, arrival_us=t * 1000)
+                                for q, t in zip(query_ids, times, strict=True)])
+
+
+def _count_copies(state: WindowState, template: dict, query_ids: list[int], times: list[int],
+                  first_offset: int) -> int:
+    """Count one-row messages of the given queries; returns how many were repeats."""
+    p = state.partition("t", 0)
+    offsets = np.arange(first_offset, first_offset + len(times), dtype=np.int64)
+    (prep,) = state.prepare([p], _copies(template, query_ids, times), np.zeros(len(times), np.int64), offsets)
+    state.apply(prep)
+    state.advance(p, int(offsets[-1]))
+    return prep.repeats
+
+
+def test_a_second_copy_of_a_query_counts_once_in_a_batch_across_batches_and_after_a_restart(
+        tmp_path: Path, template: dict) -> None:
+    """query_id is unique per instance: a copy of a counted query (a producer's retry, a message sent twice)
+    is not counted again, whether it comes in the same batch, a later one, or after the app restarted."""
+    path = tmp_path / "s.sqlite"
+    state = _state(path)
+    minute = 60_000
+    assert _count_copies(state, template, [1, 2, 1, 3, 2], [T0, T0 + minute, T0, T0 + 2 * minute, T0 + minute],
+                         first_offset=0) == 2
+    assert _count_copies(state, template, [3, 4], [T0 + 2 * minute, T0 + 3 * minute], first_offset=5) == 1
+    # the same id in another window, or of another instance, is another query
+    p = state.partition("t", 0)
+    (prep,) = state.prepare([p], _copies(template, [1], [T0 + W], instance=2), np.zeros(1, np.int64),
+                            np.array([7], np.int64))
+    assert prep.repeats == 0
+    state.apply(prep)
+    state.advance(p, 7)
+    state.flush()
+    restarted = _state(path)
+    assert restarted.partition("t", 0).counted[(1, T0)].tolist() == [1, 2, 3, 4]
+    assert _count_copies(restarted, template, [4, 5, 1], [T0 + 3 * minute, T0 + 4 * minute, T0], first_offset=8) == 2
+    restarted.flush()
+    rows, late = _stored(path)
+    assert rows == {(1, T0): 5, (2, T0 + W): 1} and late == 0
+    # once the window closed, its ids are dropped with it and a copy is late, like any event for it
+    _feed(restarted, template, _on_time(40, 16), first_offset=11)
+    assert (1, T0) not in restarted.partition("t", 0).counted
+    assert _count_copies(restarted, template, [2], [T0 + minute], first_offset=27) == 0
+    assert restarted.partition("t", 0).late == {(27, 1, T0): 1}
+    restarted.flush()
+    import sqlite3
+
+    with sqlite3.connect(path) as con:
+        (left,) = con.execute("SELECT count(*) FROM analytics_open_windows WHERE instance_id = 1 AND "
+                              "window_start_ms = ?", (T0,)).fetchone()
+    assert left == 0
+
+
+def test_open_windows_stored_before_their_ids_were_kept_are_upgraded(tmp_path: Path, template: dict) -> None:
+    import sqlite3
+
+    path = tmp_path / "s.sqlite"
+    _state(path)  # the other tables as they are now
+    con = sqlite3.connect(path)
+    con.executescript(
+        "DROP TABLE analytics_open_windows; CREATE TABLE analytics_open_windows (consumer_group TEXT NOT NULL, "
+        "topic TEXT NOT NULL, partition INTEGER NOT NULL, instance_id INTEGER NOT NULL, window_start_ms INTEGER "
+        "NOT NULL, partial TEXT NOT NULL, PRIMARY KEY (consumer_group, topic, partition, instance_id, "
+        "window_start_ms)) WITHOUT ROWID;")
+    con.commit()
+    con.close()
+    state = _state(path)
+    p = state.partition("t", 0)
+    assert p.counted == {}
+    assert _count_copies(state, template, [9, 9], [T0, T0], first_offset=0) == 1
+    state.flush()
+    assert _state(path).partition("t", 0).counted[(1, T0)].tolist() == [9]

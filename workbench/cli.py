@@ -126,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.close(devnull)
         return 141  # 128 + SIGPIPE, what a shell reports for a command a closed pipe stopped
     except OSError as exc:
+        if exc.errno == errno.ENOENT and exc.filename:
+            # a path that is not there (an input named wrong, a folder under one that cannot be made)
+            print(f"workbench: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+            return 2
         if exc.errno not in _UNWRITABLE:
             return _unexpected(exc, args.verbose)
         # a home on a read-only mount, a folder of another user, a full disk: the user's to fix, not a crash

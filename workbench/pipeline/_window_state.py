@@ -37,6 +37,17 @@ Why that is exactly once (a crash at any point neither loses nor duplicates a co
     * Any failed flush drops the whole in-memory state (it is reloaded from SQLite on the next message),
       so contributions of a checkpoint that was not committed are never written later.
 
+A query counted twice
+    ``query_id`` is unique per instance (Redset's contract, which ``validate`` and ``prepare`` check), so
+    a row whose query its open window has already counted is a second copy of one event: a producer's
+    retry without idempotence, the same message sent twice, a log replayed again into a topic whose
+    windows are still open. Each open window keeps the sorted ids of the queries it counted
+    (``analytics_open_windows.query_ids``, written with the window); a later copy, in the same batch or
+    after any restart, is not counted again (``repeated_events``). The first copy in message order
+    counts; the shards keep one copy too (the latest: the copies are the same event). A copy that
+    comes after its window closed is late, like any event for a closed window. A state stored before
+    the ids were kept knows no ids for its open windows: copies of their earlier rows count again.
+
 Windows and late events
     A window ``[start, start + window_ms)`` closes once the window clock (of the partition, or of the
     instance with ``closing_strategy="key"``) reaches ``start + window_ms + grace_ms``. A row is late
@@ -104,7 +115,8 @@ _CREATE: Final = (
     "  recent_ms TEXT,\n  PRIMARY KEY (consumer_group, topic, partition)\n) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS analytics_open_windows (\n  consumer_group TEXT NOT NULL,\n  topic TEXT NOT NULL,\n"
     "  partition INTEGER NOT NULL,\n  instance_id INTEGER NOT NULL,\n  window_start_ms INTEGER NOT NULL,\n"
-    "  partial TEXT NOT NULL,\n  PRIMARY KEY (consumer_group, topic, partition, instance_id, window_start_ms)\n"
+    "  partial TEXT NOT NULL,\n  query_ids TEXT,\n"
+    "  PRIMARY KEY (consumer_group, topic, partition, instance_id, window_start_ms)\n"
     ") WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS analytics_key_time (\n  consumer_group TEXT NOT NULL,\n  topic TEXT NOT NULL,\n"
     "  partition INTEGER NOT NULL,\n  instance_id INTEGER NOT NULL,\n  latest_ms INTEGER NOT NULL,\n"
@@ -115,7 +127,8 @@ _CREATE: Final = (
 )
 #: Columns added after the tables were first released: ``open`` adds them to a state stored before.
 _ADDED: Final = {"analytics_progress": (("topic_id", "TEXT"), ("recent_ms", "TEXT")),
-                 "analytics_key_time": (("recent_ms", "TEXT"),)}
+                 "analytics_key_time": (("recent_ms", "TEXT"),),
+                 "analytics_open_windows": (("query_ids", "TEXT"),)}
 _PROGRESS: Final = (
     "INSERT INTO analytics_progress (consumer_group, topic, partition, next_offset, watermark_ms, topic_id, "
     "recent_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
@@ -123,9 +136,9 @@ _PROGRESS: Final = (
     "recent_ms = excluded.recent_ms"
 )
 _OPEN: Final = (
-    "INSERT INTO analytics_open_windows (consumer_group, topic, partition, instance_id, window_start_ms, partial) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition, instance_id, window_start_ms) "
-    "DO UPDATE SET partial = excluded.partial"
+    "INSERT INTO analytics_open_windows (consumer_group, topic, partition, instance_id, window_start_ms, partial, "
+    "query_ids) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition, instance_id, "
+    "window_start_ms) DO UPDATE SET partial = excluded.partial, query_ids = excluded.query_ids"
 )
 _CLOSE: Final = ("DELETE FROM analytics_open_windows WHERE consumer_group = ? AND topic = ? AND partition = ? "
                  "AND instance_id = ? AND window_start_ms = ?")
@@ -191,6 +204,55 @@ def _message_floors(times: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray,
     return np.minimum.reduceat(times, starts), np.cumsum(boundary) - 1
 
 
+def first_copies(windows: tuple[np.ndarray, ...], query_id: np.ndarray,
+                 counted: Callable[[tuple[int, ...]], np.ndarray | None],
+                 ) -> tuple[np.ndarray, dict[tuple[int, ...], np.ndarray]]:
+    """Which rows count: not a repeat of a query their window counted before, nor of an earlier row.
+
+    ``windows`` are the columns that name each row's window (e.g. partition, instance, start);
+    ``counted(window)`` gives the sorted ids that window counted before (None: none). Returns the mask
+    of the rows to count (of each query, its first copy in row order) and, per window present, the
+    sorted ids it has counted after them.
+    """
+    n = len(query_id)
+    keep = np.ones(n, dtype=bool)
+    if not n:
+        return keep, {}
+    order = np.lexsort((query_id, *reversed(windows)))  # stable: copies keep their row order
+    keys = [column[order] for column in windows]
+    q = query_id[order]
+    head = np.zeros(n, dtype=bool)
+    head[0] = True
+    for column in keys:
+        head[1:] |= column[1:] != column[:-1]
+    repeat = np.zeros(n, dtype=bool)
+    repeat[1:] = ~head[1:] & (q[1:] == q[:-1])
+    starts = np.flatnonzero(head)
+    bounds = np.append(starts, n).tolist()
+    labels = list(zip(*(column[starts].tolist() for column in keys), strict=True))
+    after: dict[tuple[int, ...], np.ndarray] = {}
+    for label, lo, hi in zip(labels, bounds[:-1], bounds[1:], strict=True):
+        ids = q[lo:hi]
+        before = counted(label)
+        if before is not None and len(before):
+            at = np.searchsorted(before, ids)
+            repeat[lo:hi] |= before[np.minimum(at, len(before) - 1)] == ids
+            new = ids[~repeat[lo:hi]]
+            after[label] = np.insert(before, np.searchsorted(before, new), new) if len(new) else before
+        else:
+            after[label] = ids[~repeat[lo:hi]]
+    keep[order] = ~repeat
+    return keep, after
+
+
+def _ids_json(ids: np.ndarray | None) -> str | None:
+    return None if ids is None else orjson.dumps(ids, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def _ids_of(text: str | None) -> np.ndarray | None:
+    return None if text is None else np.asarray(orjson.loads(text), dtype=np.int64)
+
+
 def _recent_json(recent: list[int]) -> str:
     return orjson.dumps(recent).decode()
 
@@ -220,6 +282,7 @@ class PartitionState:
     key_time: dict[int, int] = field(default_factory=dict)
     key_recent: dict[int, list[int]] = field(default_factory=dict)
     open: dict[WindowKey, dict[str, Any]] = field(default_factory=dict)
+    counted: dict[WindowKey, np.ndarray] = field(default_factory=dict)  # sorted query ids an open window counted
     # changed since the last flush:
     dirty: set[WindowKey] = field(default_factory=set)
     closed: list[dict[str, Any]] = field(default_factory=list)
@@ -241,6 +304,8 @@ class Prepared:
     watermark: int | None
     recent: list[int]
     rows: int
+    counted: dict[WindowKey, np.ndarray] = field(default_factory=dict)  # the windows' counted ids after the batch
+    repeats: int = 0  # rows not counted: their query was counted before in their window
 
 
 @dataclass(frozen=True)
@@ -398,13 +463,16 @@ class WindowState:
             state.key_time[int(instance)] = int(latest)
             state.key_recent[int(instance)] = _recent_of(recent, self.k)
         dropped = 0
-        for instance, start, text in db.execute(
-                f"SELECT instance_id, window_start_ms, partial FROM analytics_open_windows {_WHERE}", args):
+        for instance, start, text, ids in db.execute(
+                f"SELECT instance_id, window_start_ms, partial, query_ids FROM analytics_open_windows {_WHERE}", args):
             partial = orjson.loads(text)
             if int(partial.get("window_ms", -1)) != self.window_ms:
                 dropped += 1  # the app was restarted with another window length: those windows cannot merge
                 continue
             state.open[(int(instance), int(start))] = partial
+            counted = _ids_of(ids)
+            if counted is not None:
+                state.counted[(int(instance), int(start))] = counted
         if dropped:
             logger.warning("dropped %d open windows of %s[%d] stored with another window_ms (now %d)",
                            dropped, topic, partition, self.window_ms)
@@ -517,8 +585,21 @@ class WindowState:
             counted = batch.filter(pa.array(~late))
             kept_state = row_state[~late]
             kept_instance = instance[~late]
+            kept_start = start[~late]
         else:
-            counted, kept_state, kept_instance = batch, row_state, instance
+            counted, kept_state, kept_instance, kept_start = batch, row_state, instance, start
+        # a query its window counted before (or an earlier row counts now) is a second copy: not counted again
+        first, ids_after = first_copies((kept_state, kept_instance, kept_start), _int64(counted.column("query_id")),
+                                        lambda w: states[w[0]].counted.get((w[1], w[2])))
+        counted_of: list[dict[WindowKey, np.ndarray]] = [{} for _ in states]
+        for (j, inst, st), ids in ids_after.items():
+            counted_of[j][(inst, st)] = ids
+        repeats_of = [0] * len(states)
+        if not first.all():
+            for j in kept_state[~first].tolist():
+                repeats_of[j] += 1
+            counted = counted.filter(pa.array(first))
+            kept_state, kept_instance = kept_state[first], kept_instance[first]
         partials_of: list[list[dict[str, Any]]] = [[] for _ in states]
         if single:
             partials_of[0] = partial_aggregates(counted, w)
@@ -536,7 +617,7 @@ class WindowState:
                         partials_of[j] = partial_aggregates(counted.filter(pa.array(mask)), w)
         counts = np.bincount(row_state, minlength=len(states)) if not single else np.array([n])
         return [Prepared(state, partials_of[j], late_counts[j], key_times[j], key_recents[j], watermarks[j],
-                         recents[j], int(counts[j]))
+                         recents[j], int(counts[j]), counted_of[j], repeats_of[j])
                 for j, state in enumerate(states)]
 
     def apply(self, prepared: Prepared) -> int:
@@ -550,6 +631,7 @@ class WindowState:
             current = state.open.get(k)
             state.open[k] = p if current is None else merge(current, p)
             state.dirty.add(k)
+        state.counted.update(prepared.counted)
         for k, c in prepared.late.items():
             state.late[k] = state.late.get(k, 0) + c
         if self.by_key:
@@ -579,6 +661,7 @@ class WindowState:
             done = [k for k in state.open if k[1] + w <= limit] if state.watermark_ms is not None else []
         for k in sorted(done):
             state.closed.append(state.open.pop(k))
+            state.counted.pop(k, None)
             state.dirty.discard(k)
         return len(done)
 
@@ -642,7 +725,8 @@ class WindowState:
                 finals += len(p.closed)
                 provisional += len(dirty)
                 db.executemany(_CLOSE, [(*g, int(c["instance_id"]), int(c["window_start_ms"])) for c in p.closed])
-                db.executemany(_OPEN, [(*g, k[0], k[1], orjson.dumps(p.open[k]).decode()) for k in dirty])
+                db.executemany(_OPEN, [(*g, k[0], k[1], orjson.dumps(p.open[k]).decode(), _ids_json(p.counted.get(k)))
+                                       for k in dirty])
                 for (offset, inst, start), count in p.late.items():
                     store.record_late(inst, start, count, source=(p.topic, p.partition, offset))
                 lates += len(p.late)

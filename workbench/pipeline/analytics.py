@@ -59,6 +59,11 @@ Late events
     row close other instances' windows behind them. The app counts wide messages (``wide_messages``)
     and warns once; raise ``grace_ms`` or use ``closing_strategy="key"`` (per-instance event time).
 
+Second copies of an event
+    A query already counted in its open window (same instance and ``query_id``) is not counted again
+    (``repeated_events``, logged the first and then every 1,000th): the window keeps the ids it
+    counted (:mod:`workbench.pipeline._window_state`).
+
 Sums
     Window sums saturate at the int64 bounds (:func:`~workbench.analysis.windows.merge`).
 
@@ -261,6 +266,7 @@ class AnalyticsApp(WorkbenchApp):
         self._collective_thread: threading.Thread | None = None
         self._warned_wide = False
         self._late_total = 0
+        self._repeats_total = 0
         self._stop_after: int | None = None
         self._applying = False  # True while a processed batch changes the state (no retry past that point)
 
@@ -429,8 +435,10 @@ class AnalyticsApp(WorkbenchApp):
         self._applying = True
         closed = 0
         late: dict[tuple[int, int, int], int] = {}
+        repeats = 0
         for prep in prepared:
             closed += state.apply(prep)
+            repeats += prep.repeats
             for (offset, inst, start), count in prep.late.items():
                 late[(inst, start, offset)] = late.get((inst, start, offset), 0) + count
         last = np.full(len(states), -1, dtype=np.int64)
@@ -447,6 +455,8 @@ class AnalyticsApp(WorkbenchApp):
             self._count_late(late)
         if wide:
             self._count_wide(wide)
+        if repeats:
+            self._count_repeats(repeats)
         for position in sorted(rejected):
             self._dead_letter(fresh[position], rejected[position])
         self._applying = False
@@ -459,6 +469,15 @@ class AnalyticsApp(WorkbenchApp):
             if before == 0 or before // 1000 != self._late_total // 1000:
                 logger.warning("late events dropped from closed window instance_id=%s window_start_ms=%d count=%d "
                                "source_offset=%s total_late=%d", inst, start, n, offset, self._late_total)
+
+    def _count_repeats(self, repeats: int) -> None:
+        before = self._repeats_total
+        self._repeats_total += repeats
+        self.status.add("repeated_events", repeats)
+        if before == 0 or before // 1000 != self._repeats_total // 1000:
+            logger.warning("events not counted again: their query_id was already counted in their window (a second "
+                           "copy of one event, e.g. a producer's retry or the same message sent twice) count=%d "
+                           "total_repeated=%d", repeats, self._repeats_total)
 
     def _count_wide(self, wide: int) -> None:
         self.status.add("wide_messages", wide)
@@ -614,6 +633,6 @@ def run_analytics(settings: Settings, *, timeout: float | None = None, idle_exit
     -------
     AppResult
         The final counters: ``events``, ``messages``, ``windows_emitted``, ``provisional_rows``,
-        ``late_events``, ``dead_letters``, ``sink_rows``, ``wide_messages``.
+        ``late_events``, ``repeated_events``, ``dead_letters``, ``sink_rows``, ``wide_messages``.
     """
     return AnalyticsApp(settings, **options).run(timeout=timeout, idle_exit=idle_exit, count=count)
