@@ -183,6 +183,20 @@ def test_a_previous_runs_replay_status_is_not_the_new_runs() -> None:
     assert str(same_run).splitlines()[0] == str(finished)
 
 
+def test_the_status_text_says_what_late_events_are() -> None:
+    """After a restart with the same log every re-sent event is late: the status read "late events 3,000"
+    with no word why (the panel said it)."""
+    from workbench.runtime._status import WorkbenchStatus
+
+    def status(late: int | None) -> str:
+        return str(WorkbenchStatus(replay=None, processes={}, apps={}, lag={}, model_version=None, model_versions=0,
+                                   anomalies=None, late_events=late, dead_letters=None))
+
+    assert "late events 3,000" in status(3000)
+    assert "late events: older than windows already closed, e.g. re-sent after a seek or reset back" in status(3000)
+    assert "late events:" not in status(0) and "late events:" not in status(None)
+
+
 def test_a_large_dead_letter_topic_is_counted_a_piece_per_status_call_and_converges(
         kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """A dead letter carries its whole message (up to megabytes): each status call reads a bounded piece,

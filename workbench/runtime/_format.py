@@ -5,7 +5,15 @@ Kept free of Kafka and widget imports, so the panel and the status module can bo
 
 from __future__ import annotations
 
-__all__ = ["format_bytes", "format_speed"]
+from typing import Final
+
+__all__ = ["LATE_HINT", "format_bytes", "format_speed"]
+
+#: What a non-zero late count means, beside it in the status text and the panel: after a seek or reset
+#: back in time, or the same log started again, every re-sent event is late, and a user should know
+#: that this is expected and that closed windows are not counted twice.
+LATE_HINT: Final = ("older than windows already closed, e.g. re-sent after a seek or reset back in time or the "
+                    "same log started again; those windows keep their counts")
 
 
 def format_bytes(n: int) -> str:

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 from workbench.broker import RANGE_READER, IncompleteReadError, quiet_logs, read_range, when_ready
 from workbench.config import Settings
 from workbench.replay import ReplayStatus
-from workbench.runtime._format import format_bytes, format_speed
+from workbench.runtime._format import LATE_HINT, format_bytes, format_speed
 
 __all__ = [
     "WorkbenchStatus",
@@ -529,6 +529,8 @@ class WorkbenchStatus:
         lines.append(f"model: {self.model_version or 'none yet'} ({self.model_versions} versions) | "
                      f"anomalies {count(self.anomalies)} | flagged windows {count(self.window_anomalies)} | "
                      f"late events {count(self.late_events)} | dead letters {count(self.dead_letters)}")
+        if self.late_events:
+            lines.append(f"late events: {LATE_HINT}")
         failed = self.failed_trainings
         if failed:
             lines.append(f"training failed on every attempt: {', '.join(failed)} "

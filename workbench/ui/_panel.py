@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import ipywidgets as widgets
 
 from workbench.exceptions import ConfigurationError
-from workbench.runtime._format import format_speed
+from workbench.runtime._format import LATE_HINT, format_speed
 
 __all__ = ["ControlPanel", "PanelTarget", "PanelView", "control_panel", "format_speed", "lag_trend", "metric_cards",
            "panel_view", "parse_speed"]
@@ -221,10 +221,6 @@ def lag_trend(history: Sequence[tuple[float, int]], *, span: float = _TREND_SPAN
     return "growing" if change > 0 else "shrinking"
 
 
-#: Shown next to a non-zero late count: after a seek or reset back in time every re-sent event is
-#: late, and a user should know that this is expected and that closed windows are not counted twice.
-_LATE_HINT = (" (older than windows already closed, e.g. re-sent after a seek or reset back in time; "
-              "those windows keep their counts)")
 
 
 def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple[float, int]] = ()) -> PanelView:
@@ -750,7 +746,7 @@ class ControlPanel(widgets.VBox):
                       + _failed_trainings_text(status)),
             # None: no window store yet (the first status), not an unknown count
             ("Late events", ("none yet" if status.late_events is None else _num(status.late_events))
-             + (_LATE_HINT if status.late_events else "")),
+             + (f" ({LATE_HINT})" if status.late_events else "")),
             ("Dead letters", _num(status.dead_letters)),
         ]
         failed_judging = _field(status, "failed_judging") or {}
