@@ -410,7 +410,8 @@ def test_step_leaves_windows_the_analytics_app_holds_open_for_a_later_run(tmp_pa
     opened = (*w["window_start"].iloc[298:303], *outlier["window_start"])
     held = [int(pd.Timestamp(s).timestamp() * 1000) for s in opened]
     with sqlite3.connect(settings.sqlite_path) as db:
-        db.executemany("INSERT INTO analytics_open_windows VALUES ('analytics', 'events', 0, 7, ?, '{}')",
+        db.executemany("INSERT INTO analytics_open_windows (consumer_group, topic, partition, instance_id, "
+                       "window_start_ms, partial) VALUES ('analytics', 'events', 0, 7, ?, '{}')",
                        [(start,) for start in held])
     step = CollectiveStep(settings)
     step.run()
