@@ -330,6 +330,30 @@ def test_second_copies_of_events_are_counted_once_also_after_a_restart(kafka_set
     assert stored_windows(kafka_settings) == expected
 
 
+def test_the_end_of_the_log_closes_every_window_so_the_collective_step_judges_the_last_ones(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    """After a replay each instance's last windows stayed open and within the settle time of the newest, so
+    the stream never judged the last quarter of an hour of a log. The replay's end-of-log marker closes them."""
+    from workbench.analysis.collective import CollectiveStep
+
+    ensure_topics(kafka_settings)
+    log = make_log(tmp_path / "l.parquet", rows=3_000, instances=3, spacing_s=1.0)
+    Replay(log, settings=kafka_settings, speedup=0).run()
+    result = run_analytics(kafka_settings, idle_exit=4, timeout=60, commit_interval=1.0)
+    assert result["events"] == 3_000 and not result["late_events"], result.counters
+    assert stored_windows(kafka_settings) == expected_windows(log)
+    last_ms = pq.read_table(log, columns=["arrival_timestamp"]).column(0).cast(pa.int64()).to_numpy().max() // 1000
+    with WindowStatsStore(kafka_settings.sqlite_path, read_only=True) as store:
+        assert store.earliest_open_windows() == {}
+        assert store.log_ends() == dict.fromkeys({k[0] for k in expected_windows(log)}, int(last_ms))
+    step = CollectiveStep(kafka_settings)
+    step.run()
+    newest = {}
+    for instance, start in stored_windows(kafka_settings):
+        newest[instance] = max(newest.get(instance, start), start)
+    assert step.cursor_ms == newest  # every window judged, the last ones too
+
+
 def test_a_dead_lettered_message_counts_none_of_its_rows_whatever_else_is_in_its_batch(
         kafka_settings: Settings, tmp_path: Path) -> None:
     """A message of no rows beside one of two made the batch look like one row per message: the guard then

@@ -150,13 +150,29 @@ def test_window_clock_state_on_postgres_matches_sqlite(postgres_server: Postgres
     assert run_clock(url, template, "partition", messages, instances, np.random.default_rng(1)) == on_sqlite
     with psycopg.connect(url, autocommit=True) as con:  # as the release before the clock made it
         con.execute("ALTER TABLE analytics_progress DROP COLUMN recent_ms")
+        con.execute("ALTER TABLE analytics_progress DROP COLUMN ended_ms")
         con.execute("ALTER TABLE analytics_key_time DROP COLUMN recent_ms")
+        con.execute("ALTER TABLE analytics_open_windows DROP COLUMN query_ids")
     state = WindowState(WindowStatsStore(url), "g", window_ms=600_000, grace_ms=60_000, closing_strategy="partition",
                         clock_messages=4)
     state.open()
     p = state.partition("t", 0)
     assert p.next_offset == len(messages) and p.recent == []  # what it stored before is kept
+    assert p.open and p.counted == {} and p.ended_ms is None
+    # the log's end closes every window up to it, stored with the counted ids of those still open
+    instances_open = sorted({k[0] for k in p.open})
+    state.foreign_partition([p], np.array(instances_open), np.zeros(len(instances_open), np.int64))
+    end_ms = max(k[1] for k in p.open)
+    state.end_of_log(p, end_ms - 1)
+    state.flush()
+    assert state.store.log_ends() == dict.fromkeys(instances_open, end_ms - 1)
     state.store.close()
+    again = WindowState(WindowStatsStore(url), "g", window_ms=600_000, grace_ms=60_000, closing_strategy="partition",
+                        clock_messages=4)
+    again.open()
+    assert again.partition("t", 0).ended_ms == end_ms - 1
+    assert [k[1] for k in again.partition("t", 0).open] == [end_ms]
+    again.store.close()
 
 
 def test_window_residuals_postgres_insert_if_absent(postgres_server: PostgresServer, postgres_db: str) -> None:

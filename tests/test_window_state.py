@@ -526,3 +526,32 @@ def test_open_windows_stored_before_their_ids_were_kept_are_upgraded(tmp_path: P
     assert _count_copies(state, template, [9, 9], [T0, T0], first_offset=0) == 1
     state.flush()
     assert _state(path).partition("t", 0).counted[(1, T0)].tolist() == [9]
+
+
+@pytest.mark.parametrize("strategy", ["partition", "key"])
+def test_the_end_of_the_log_closes_its_last_windows_and_keeps_rows_dated_ahead_open(
+        tmp_path: Path, template: dict, strategy: str) -> None:
+    """Each instance's last windows stayed open after a replay (nothing later closed them), so the
+    collective step never judged them. The end-of-log marker closes every window up to the log's end; a
+    row for one of them later is late; a window after the end (rows dated ahead) stays open."""
+    path = tmp_path / "s.sqlite"
+    state = _state(path, strategy, k=4)
+    _feed(state, template, _on_time(0, 25), instances=[1 + i % 2 for i in range(25)])  # windows 0-2, two instances
+    _feed(state, template, [[T0 + 5 * HOUR]], first_offset=25, instances=[1])  # one row hours ahead
+    p = state.partition("t", 0)
+    assert {k[1] for k in p.open} >= {T0 + 2 * W, T0 + 30 * W}
+    end_ms = T0 + 24 * 60_000
+    ending = len([k for k in p.open if k[1] <= end_ms])
+    assert ending >= 2 and state.end_of_log(p, end_ms) == ending
+    assert sorted(p.open) == [(1, T0 + 30 * W)] and p.ended_ms == end_ms
+    _feed(state, template, [[T0 + 23 * 60_000]], first_offset=26, instances=[2])  # after the end, for window 2
+    assert p.late == {(26, 2, T0 + 2 * W): 1}
+    state.foreign_partition([p], np.array([1, 2]), np.array([0, 0]))  # the app claims each instance's partition
+    state.flush()
+    rows, late = _stored(path)
+    assert late == 1 and sum(rows.values()) == 26
+    reloaded = _state(path, strategy, k=4).partition("t", 0)
+    assert reloaded.ended_ms == end_ms and sorted(reloaded.open) == [(1, T0 + 30 * W)]
+    with WindowStatsStore(path, read_only=True) as store:
+        assert store.log_ends() == {1: end_ms, 2: end_ms}
+        assert store.earliest_open_windows() == {1: T0 + 30 * W}

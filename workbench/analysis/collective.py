@@ -846,9 +846,11 @@ class CollectiveStep:
 
     Incremental: each :meth:`run` scores the final windows of each instance that started after the
     last scored window *of that instance* (a window is final once the store holds windows of the
-    same instance at least ``settle_ms`` later: window length plus grace, and the analytics app no
-    longer holds it or an earlier window of the instance open: a message dated hours ahead writes a
-    provisional window far ahead while the windows before it are still filling). The cursor is kept per
+    same instance at least ``settle_ms`` later, window length plus grace, or its partition delivered an
+    end-of-log marker after it (:meth:`WindowStatsStore.log_ends`: the analytics app closed the log's
+    last windows, and no later window will come); and the analytics app no longer holds it or an
+    earlier window of the instance open: a message dated hours ahead writes a provisional window far
+    ahead while the windows before it are still filling). The cursor is kept per
     instance because instances close their windows at different paces (one partition lags, or
     another analytics process owns it): with one cursor over all instances, a lagging instance's
     windows that close after a faster instance's later ones would be skipped for good. The read
@@ -875,6 +877,7 @@ class CollectiveStep:
         with WindowStatsStore.from_settings(self.settings, read_only=True) as store:
             # open windows first: one that closes between the two reads is only left for the next run
             still_open = store.earliest_open_windows()
+            ended = store.log_ends()
             table = store.read(start=start)
         if table.num_rows == 0:
             return 0
@@ -883,6 +886,9 @@ class CollectiveStep:
         instance = frame["instance_id"].to_numpy()
         newest = frame.assign(_ms=start_ms).groupby("instance_id")["_ms"].transform("max").to_numpy()
         final = start_ms <= newest - self.settle_ms
+        if ended:  # the log ended: its last windows are closed, no later window will come to settle them
+            end_ms = pd.Series(instance).map(ended).fillna(np.iinfo(np.int64).min)
+            final |= start_ms <= end_ms.to_numpy(dtype=np.int64)
         if still_open:
             first_open = pd.Series(instance).map(still_open).fillna(np.iinfo(np.int64).max)
             final &= start_ms < first_open.to_numpy(dtype=np.int64)

@@ -747,6 +747,8 @@ class DecodedBatch:
     errors: list[tuple[int, str]]
     #: The newest end-of-log marker among the messages (:func:`end_of_log_message`), or None.
     end_of_log_us: int | None = None
+    #: ``(position, end-of-log time µs)`` of every end-of-log marker among the messages, in order.
+    end_of_log_markers: tuple[tuple[int, int], ...] = ()
 
 
 def _empty_batch() -> pa.RecordBatch:
@@ -835,7 +837,7 @@ def _decode_one_by_one(values: Sequence[bytes | None], encodings: Iterable[str |
     encodings = list(encodings) if encodings is not None else [None] * len(values)
     pieces: list[tuple[pa.RecordBatch, list[int]]] = []
     errors: list[tuple[int, str]] = []
-    markers: list[int] = []
+    markers: list[tuple[int, int]] = []
     for position, value in enumerate(values):
         try:
             one = _decode_values([value], [encodings[position]],
@@ -849,9 +851,15 @@ def _decode_one_by_one(values: Sequence[bytes | None], encodings: Iterable[str |
         if one.batch.num_rows:
             pieces.append((one.batch, [position] * one.batch.num_rows))
         if one.end_of_log_us is not None:
-            markers.append(one.end_of_log_us)
-    decoded = _combine(pieces, errors)
-    return dataclasses.replace(decoded, end_of_log_us=max(markers)) if markers else decoded
+            markers.append((position, one.end_of_log_us))
+    return _with_markers(_combine(pieces, errors), markers)
+
+
+def _with_markers(decoded: DecodedBatch, markers: list[tuple[int, int]]) -> DecodedBatch:
+    if not markers:
+        return decoded
+    return dataclasses.replace(decoded, end_of_log_us=max(end for _, end in markers),
+                               end_of_log_markers=tuple(markers))
 
 
 def _decode_values(
@@ -876,7 +884,7 @@ def _decode_values(
     json_rows: list[int | None] = []  # their rows headers
     canonical: list[_Canonical] = []  # Arrow messages read by _arrow_fast: checked together below
     check_key = keys is not None
-    markers: list[int] = []
+    markers: list[tuple[int, int]] = []
     messages: Iterable[tuple[int, tuple[Any, Any, Any, Any]]] = enumerate(zip(
         values, headers if headers is not None else encodings, keys if keys is not None else encodings,
         encodings, strict=True))
@@ -891,7 +899,7 @@ def _decode_values(
             name, rows = (ENCODING_JSON, 1) if hdrs == _JSON_HEADERS else _meta(hdrs)
             if (end := _end_of_log(hdrs)) is not None:
                 _check_marker(value, name, rows)  # a marker, not a row: it must hold none
-                markers.append(end)
+                markers.append((position, end))
                 continue
             name = name or fallback or ENCODING_JSON
             if name == ENCODING_JSON:
@@ -914,7 +922,7 @@ def _decode_values(
         pieces[:0] = _decode_json_messages(values, keys, json_pos, json_rows, errors, json_fast)
     errors.sort()  # the exact path's order: by message
     decoded = _combine(pieces, errors)
-    return dataclasses.replace(decoded, end_of_log_us=max(markers)) if markers else decoded
+    return _with_markers(decoded, markers)
 
 
 def _fully_valid(batch: pa.RecordBatch) -> bool:

@@ -112,7 +112,7 @@ logger = logging.getLogger(__name__)
 _CREATE: Final = (
     "CREATE TABLE IF NOT EXISTS analytics_progress (\n  consumer_group TEXT NOT NULL,\n  topic TEXT NOT NULL,\n"
     "  partition INTEGER NOT NULL,\n  next_offset INTEGER NOT NULL,\n  watermark_ms INTEGER,\n  topic_id TEXT,\n"
-    "  recent_ms TEXT,\n  PRIMARY KEY (consumer_group, topic, partition)\n) WITHOUT ROWID",
+    "  recent_ms TEXT,\n  ended_ms INTEGER,\n  PRIMARY KEY (consumer_group, topic, partition)\n) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS analytics_open_windows (\n  consumer_group TEXT NOT NULL,\n  topic TEXT NOT NULL,\n"
     "  partition INTEGER NOT NULL,\n  instance_id INTEGER NOT NULL,\n  window_start_ms INTEGER NOT NULL,\n"
     "  partial TEXT NOT NULL,\n  query_ids TEXT,\n"
@@ -126,14 +126,14 @@ _CREATE: Final = (
     "  PRIMARY KEY (consumer_group, topic, instance_id)\n) WITHOUT ROWID",
 )
 #: Columns added after the tables were first released: ``open`` adds them to a state stored before.
-_ADDED: Final = {"analytics_progress": (("topic_id", "TEXT"), ("recent_ms", "TEXT")),
+_ADDED: Final = {"analytics_progress": (("topic_id", "TEXT"), ("recent_ms", "TEXT"), ("ended_ms", "INTEGER")),
                  "analytics_key_time": (("recent_ms", "TEXT"),),
                  "analytics_open_windows": (("query_ids", "TEXT"),)}
 _PROGRESS: Final = (
     "INSERT INTO analytics_progress (consumer_group, topic, partition, next_offset, watermark_ms, topic_id, "
-    "recent_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
-    "next_offset = excluded.next_offset, watermark_ms = excluded.watermark_ms, topic_id = excluded.topic_id, "
-    "recent_ms = excluded.recent_ms"
+    "recent_ms, ended_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition) DO UPDATE "
+    "SET next_offset = excluded.next_offset, watermark_ms = excluded.watermark_ms, topic_id = excluded.topic_id, "
+    "recent_ms = excluded.recent_ms, ended_ms = excluded.ended_ms"
 )
 _OPEN: Final = (
     "INSERT INTO analytics_open_windows (consumer_group, topic, partition, instance_id, window_start_ms, partial, "
@@ -278,6 +278,7 @@ class PartitionState:
     stored_next: int | None = None  # next_offset as SQLite holds it (None: no row yet)
     watermark_ms: int | None = None  # the window clock (None: no k messages yet)
     recent: list[int] = field(default_factory=list)  # floors of the last k - 1 messages
+    ended_ms: int | None = None  # the newest end-of-log marker's time (ms) the partition delivered
     topic_id: str | None = None  # Kafka's id of the topic the offsets belong to (None: unknown)
     key_time: dict[int, int] = field(default_factory=dict)
     key_recent: dict[int, list[int]] = field(default_factory=dict)
@@ -439,19 +440,21 @@ class WindowState:
     def _read(self, db: Any, topic: str, partition: int) -> PartitionState:
         args = (self.group, topic, partition)
         state = PartitionState(topic, partition)
-        row = db.execute(f"SELECT next_offset, watermark_ms, topic_id, recent_ms FROM analytics_progress {_WHERE}",
-                         args).fetchone()
+        row = db.execute(f"SELECT next_offset, watermark_ms, topic_id, recent_ms, ended_ms FROM analytics_progress "
+                         f"{_WHERE}", args).fetchone()
         state.topic_id = self._topic_ids.get(topic)
         if row is not None:
             state.next_offset = state.stored_next = int(row[0])
             state.watermark_ms = None if row[1] is None else int(row[1])
             state.recent = _recent_of(row[3], self.k)
+            state.ended_ms = None if row[4] is None else int(row[4])
             if row[2] is not None and state.topic_id is not None and row[2] != state.topic_id:
                 # The topic was deleted and created again: its offsets start over, the stored ones
                 # belong to the old topic (skipping below them would drop the new topic's messages).
                 logger.warning("topic %s was created again (id %s, stored offsets were of %s): reading partition "
                                "%d from its start", topic, state.topic_id, row[2], partition)
                 state.next_offset = 0
+                state.ended_ms = None  # the new topic's log has not ended yet
             elif state.topic_id is None:
                 state.topic_id = row[2]
         owners = self.owners.setdefault(topic, {})
@@ -645,6 +648,37 @@ class WindowState:
         state.changed = True
         return self._close(state)
 
+    def end_of_log(self, state: PartitionState, end_ms: int) -> int:
+        """The partition delivered an end-of-log marker (the log's rows up to ``end_ms`` are all in): close
+        every open window that starts at or before ``end_ms``; returns how many closed.
+
+        Nothing later would close them: each instance's last windows stayed open, so the collective step
+        never judged the last quarter of an hour of a replayed log. The clock (the partition's, or each
+        instance's) moves to close the latest such window, so a row that comes for one of them later is
+        late, as for any closed window (a re-sent row is late anyway). Windows after ``end_ms`` (rows dated
+        ahead of the log) stay open. The marker has its place in the partition's message order, so this
+        is the same at any replay speed and batch boundaries.
+        """
+        w, grace = self.window_ms, self.grace_ms
+        ending = [k for k in state.open if k[1] <= end_ms]
+        state.ended_ms = end_ms if state.ended_ms is None else max(state.ended_ms, end_ms)
+        state.changed = True
+        if not ending:
+            return 0
+        if self.by_key:
+            latest: dict[int, int] = {}
+            for instance, start in ending:
+                latest[instance] = max(latest.get(instance, start), start)
+            for instance, start in latest.items():
+                if state.key_time.get(instance, NO_CLOCK) < start + w + grace:
+                    state.key_time[instance] = start + w + grace
+                    state.key_dirty.add(instance)
+        else:
+            clock = max(start for _, start in ending) + w + grace
+            if state.watermark_ms is None or state.watermark_ms < clock:
+                state.watermark_ms = clock
+        return self._close(state)
+
     @staticmethod
     def advance(state: PartitionState, offset: int) -> None:
         """Mark every message of ``state``'s partition up to ``offset`` as counted."""
@@ -732,5 +766,6 @@ class WindowState:
                 lates += len(p.late)
                 db.executemany(_KEY_TIME, [(*g, inst, p.key_time[inst], _recent_json(p.key_recent.get(inst, [])))
                                            for inst in sorted(p.key_dirty)])
-                db.execute(_PROGRESS, (*g, p.next_offset, p.watermark_ms, p.topic_id, _recent_json(p.recent)))
+                db.execute(_PROGRESS, (*g, p.next_offset, p.watermark_ms, p.topic_id, _recent_json(p.recent),
+                                       p.ended_ms))
         return FlushResult(finals, provisional, lates)

@@ -59,6 +59,12 @@ Late events
     row close other instances' windows behind them. The app counts wide messages (``wide_messages``)
     and warns once; raise ``grace_ms`` or use ``closing_strategy="key"`` (per-instance event time).
 
+The end of the log
+    The replay ends every partition with an end-of-log marker after the log's last row. The marker
+    closes the partition's open windows up to the log's end (:meth:`WindowState.end_of_log`): nothing
+    later would, so each instance's last windows would stay provisional and unjudged. Rows that come
+    after the marker for a window it closed are late.
+
 Second copies of an event
     A query already counted in its open window (same instance and ``query_id``) is not counted again
     (``repeated_events``, logged the first and then every 1,000th): the window keeps the ids it
@@ -370,6 +376,16 @@ class AnalyticsApp(WorkbenchApp):
             return
         decoded = codec.decode_values(list(map(_VALUE, fresh)), headers=list(map(_HEADERS, fresh)),
                                       keys=list(map(_KEY, fresh)))
+        ended: tuple[int, int] | None = None  # (partition state index, end-of-log time ms) of a marker
+        if decoded.end_of_log_markers:
+            first, end_us = decoded.end_of_log_markers[0]
+            if first < len(fresh) - 1:
+                # messages after the log's end (re-sent rows, say): counted after the marker's effect, as they
+                # would be in the next batch, so batch boundaries never change what is late
+                self._process(fresh[:first + 1])
+                self._process(fresh[first + 1:])
+                return
+            ended = (int(fresh_state[first]), end_us // 1000)
         rejected: dict[int, str] = dict(decoded.errors)
         batch = decoded.batch
         n = batch.num_rows
@@ -441,6 +457,8 @@ class AnalyticsApp(WorkbenchApp):
             repeats += prep.repeats
             for (offset, inst, start), count in prep.late.items():
                 late[(inst, start, offset)] = late.get((inst, start, offset), 0) + count
+        if ended is not None:
+            closed += state.end_of_log(states[ended[0]], ended[1])
         last = np.full(len(states), -1, dtype=np.int64)
         np.maximum.at(last, fresh_state, fresh_offset)
         for j, top in enumerate(last.tolist()):

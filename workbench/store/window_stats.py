@@ -708,6 +708,28 @@ class WindowStatsStore(ConnectionStore):
         rows = self._fetch("SELECT instance_id, min(window_start_ms) FROM analytics_open_windows GROUP BY instance_id")
         return {int(instance): int(start) for instance, start in rows}
 
+    def log_ends(self) -> dict[int, int]:
+        """Per instance, the time (epoch ms) of the newest end-of-log marker its partition delivered to the
+        analytics app (the log's rows up to it are all counted, its windows up to it closed); empty before
+        any marker or before the app ran."""
+        if self.url is None:
+            exists = self._fetch("SELECT 1 FROM sqlite_master WHERE name = 'analytics_instance_owner'")
+        else:
+            exists = self._fetch("SELECT 1 WHERE to_regclass('analytics_instance_owner') IS NOT NULL")
+        if not exists or not self._has_column("analytics_progress", "ended_ms"):
+            return {}
+        rows = self._fetch(
+            "SELECT o.instance_id, max(p.ended_ms) FROM analytics_instance_owner o JOIN analytics_progress p "
+            "ON p.consumer_group = o.consumer_group AND p.topic = o.topic AND p.partition = o.partition "
+            "WHERE p.ended_ms IS NOT NULL GROUP BY o.instance_id")
+        return {int(instance): int(end) for instance, end in rows}
+
+    def _has_column(self, table: str, column: str) -> bool:
+        if self.url is None:
+            return any(str(r[1]) == column for r in self._fetch(f"PRAGMA table_info({table})"))
+        return bool(self._fetch("SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                                "AND table_name = %s AND column_name = %s", (table, column)))
+
     # --- runtime residuals per window (the scoring app) ---------------------------------------------
     def insert_residuals(self, windows: Any) -> int:
         """Store residual windows that are not stored yet (insert-if-absent on ``(instance_id, window_start)``).
