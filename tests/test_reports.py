@@ -117,6 +117,25 @@ def test_bad_arguments_are_explained(report: tuple[Settings, Path, Path]) -> Non
     assert not (settings.resolved_reports_dir / "never").exists()
 
 
+def test_instances_without_windows_are_named_before_any_notebook_runs(report: tuple[Settings, Path, Path],
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """`report --instances 999999` wrote a report whose every page said "no window in this selection"."""
+    from workbench.store.window_stats import WindowStatsStore
+
+    settings, _, _ = report
+    with WindowStatsStore.from_settings(settings, read_only=True) as store:
+        known = store.instance_ids()
+    assert known and 999999 not in known
+    with caplog.at_level(logging.WARNING, logger="workbench.reports"), pytest.raises(ReportError, match="run_id"):
+        run_report(settings, run_id="../x", params={"instances": "999999"}, progress=False)  # stops after the checks
+    assert "instances 999999 have no windows in the window store (it holds " in caplog.text
+    assert "the report has no data" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="workbench.reports"), pytest.raises(ReportError, match="run_id"):
+        run_report(settings, run_id="../x", params={"instances": str(known[0])}, progress=False)
+    assert "have no windows" not in caplog.text
+
+
 def test_a_parameter_out_of_its_range_is_refused_before_any_notebook_runs(tmp_path: Path) -> None:
     """top_n=-3 ran notebook 01 and then cut the last 3 rows off notebook 02's and 03's tables."""
     settings = Settings(home=tmp_path / "home")

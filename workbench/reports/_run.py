@@ -244,7 +244,7 @@ def run_report(
 
     check_parameter_ranges(params)  # before any notebook runs, not after the first one ran
     parse_range(params.get("start"), params.get("end"))  # likewise: a bad time ran every notebook first
-    parse_instances(params.get("instances"))
+    _warn_unknown_instances(settings, parse_instances(params.get("instances")))
     if isinstance(params.get("day"), str) and params["day"].strip():
         try:
             date.fromisoformat(params["day"].strip())
@@ -286,6 +286,26 @@ def run_report(
         raise
     _swap_in(out, staging, previous)
     return out
+
+
+def _warn_unknown_instances(settings: Settings, wanted: list[int] | None) -> None:
+    """Say up front when none or some of the chosen instances have windows (their pages would each say "no
+    window in this selection", and nothing else would)."""
+    if not wanted:
+        return
+    from workbench.store.window_stats import WindowStatsStore
+
+    try:
+        with WindowStatsStore.from_settings(settings, read_only=True) as store:
+            known = store.instance_ids()
+    except Exception:  # no window store yet: the pages say so
+        return
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        shown = ", ".join(map(str, known[:20])) + (", ..." if len(known) > 20 else "")
+        logger.warning("instances %s have no windows in the window store (it holds %s): %s",
+                       ", ".join(map(str, unknown[:20])), shown or "none",
+                       "the report has no data" if len(unknown) == len(set(wanted)) else "their parts stay empty")
 
 
 def _staging_folders(out: Path) -> tuple[Path, Path]:

@@ -678,6 +678,10 @@ class WindowStatsStore(ConnectionStore):
                          "late_count": pa.array(cols[2], pa.int64()),
                          "last_seen_at": pa.array(cols[3], pa.int64()).cast(_TS)})
 
+    def instance_ids(self) -> list[int]:
+        """The instances with windows stored (not archived), sorted."""
+        return [int(r[0]) for r in self._fetch("SELECT DISTINCT instance_id FROM window_stats ORDER BY 1")]
+
     def count(self) -> int:
         """Number of windows stored (not archived)."""
         return int(self._fetch("SELECT count(*) FROM window_stats")[0][0])
