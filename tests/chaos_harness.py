@@ -312,9 +312,10 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
     """The ``window_anomalies`` rows a finished, drained run must hold, from its final stores.
 
     * The analytics app's collective step: :func:`~workbench.analysis.collective.flag_windows` over
-      the final ``window_stats`` windows that are settled (their instance has a window at least
+      the final ``window_stats`` windows that are settled (their partition's end-of-log marker came after
+      them, or their instance has a window at least
       :data:`COLLECTIVE_SETTLE_MS` later, and the analytics app holds neither it nor an earlier window of
-      its instance open; the last ones of each instance are never judged), each
+      its instance open), each
       against the instance's earlier windows, as :class:`~workbench.analysis.collective.CollectiveStep` does.
     * The scoring app's runtime residual: each settled day (:func:`residual_days`) in order, its
       windows from the final shards (:func:`~workbench.analysis.residual_windows.residual_windows`
@@ -340,14 +341,19 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
     params = CollectiveParams()
     with WindowStatsStore.from_settings(settings, read_only=True) as store:
         still_open = store.earliest_open_windows()
+        ended = store.log_ends()
         frame = store.read().to_pandas()
     parts: list[pa.Table] = []
     if len(frame):
         start_ms = pd.DatetimeIndex(frame["window_start"]).as_unit("ms").asi8
         newest = pd.Series(start_ms).groupby(frame["instance_id"].to_numpy()).transform("max").to_numpy()
         settled = start_ms <= newest - COLLECTIVE_SETTLE_MS
-        first_open = pd.Series(frame["instance_id"].to_numpy()).map(still_open).fillna(np.iinfo(np.int64).max)
-        settled &= start_ms < first_open.to_numpy(dtype=np.int64)  # nor held open by the analytics app
+        instances = frame["instance_id"].tolist()
+        low, high = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+        end_ms = np.array([ended.get(i, low) for i in instances], dtype=np.int64)
+        settled |= start_ms <= end_ms  # or the log ended after it (end-of-log marker)
+        first_open = np.array([still_open.get(i, high) for i in instances], dtype=np.int64)
+        settled &= start_ms < first_open  # nor held open by the analytics app
         parts.append(flag_windows(frame[settled], frame, params))
     step = ResidualWindowsStep(settings, SimpleNamespace(counters={}), params=params)
     columns = list(dict.fromkeys(_WINDOW_COLUMNS + REFERENCE_SOURCE_COLUMNS + PERSISTENCE_COLUMNS))

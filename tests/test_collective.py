@@ -448,3 +448,30 @@ def test_every_signal_reads_in_its_own_unit_in_reasons_and_tables() -> None:
     assert table[["observed", "expected"]].to_numpy().tolist() == [["3.1 min", "9.0 s"], ["18 %", "<0.1 %"]]
     assert table["score"].tolist() == [2.59, 1.6]
     assert window_anomalies_table(frame.iloc[:0]).empty
+
+
+def test_an_instance_with_no_open_window_is_judged_while_another_holds_one_open(tmp_path: Path) -> None:
+    """The first open window per instance was mapped through floats: for an instance without one the int64
+    maximum became 2**63, which cast back to the int64 minimum, so its windows were never final while any
+    other instance had a window open (seen once the end-of-log marker closed one partition's windows)."""
+    import sqlite3
+
+    from workbench.pipeline._window_state import WindowState
+
+    settings = Settings(home=tmp_path / "home")
+    quiet = _windows(instance=7)
+    quiet.loc[quiet.index[300:302], "queue_wlm_bound_queries"] = quiet["total_queries"].iloc[300:302] // 2
+    busy = _windows(seed=1, instance=8)
+    with WindowStatsStore.from_settings(settings) as store:
+        store.upsert(quiet.to_dict("records"))
+        store.upsert(busy.to_dict("records"))
+        WindowState(store, "analytics", window_ms=600_000, grace_ms=300_000, closing_strategy="partition").open()
+    last = int(pd.Timestamp(busy["window_start"].iloc[-1]).timestamp() * 1000)
+    with sqlite3.connect(settings.sqlite_path) as db:
+        db.execute("INSERT INTO analytics_open_windows (consumer_group, topic, partition, instance_id, "
+                   "window_start_ms, partial) VALUES ('analytics', 'events', 1, 8, ?, '{}')", (last,))
+    step = CollectiveStep(settings)
+    step.run()
+    assert step.cursor_ms[8] < last and step.cursor_ms[7] > 0
+    starts = set(pd.to_datetime(read.window_anomalies(settings, instances=[7])["window_start"], utc=True))
+    assert {pd.Timestamp(s) for s in quiet["window_start"].iloc[300:302]} <= starts

@@ -193,8 +193,27 @@ def test_the_status_text_says_what_late_events_are() -> None:
                                    anomalies=None, late_events=late, dead_letters=None))
 
     assert "late events 3,000" in status(3000)
-    assert "late events: older than windows already closed, e.g. re-sent after a seek or reset back" in status(3000)
+    assert "late events: rows sent before and counted then, re-sent after a seek or reset back" in status(3000)
     assert "late events:" not in status(0) and "late events:" not in status(None)
+
+
+def test_the_status_text_says_what_rows_a_seek_forward_skipped_mean() -> None:
+    """A browser session seeked a day forward: that day's model was trained on 3,711 of its 20,656 rows and
+    nothing said so."""
+    from workbench.replay import ReplayStatus
+    from workbench.runtime._status import WorkbenchStatus
+
+    def text(skipped: int) -> str:
+        replay = ReplayStatus(replay_id="default", file="log.parquet", state="running", speedup=600.0,
+                              rows_sent=100, rows_total=1000, next_row=900, event_time=None, first_event_time=None,
+                              last_event_time=None, rate_now=0.0, rate_avg=0.0, eta_seconds=None,
+                              rows_skipped=skipped)
+        return str(WorkbenchStatus(replay=replay, processes={}, apps={}, lag={}, model_version=None,
+                                   model_versions=0, anomalies=None, late_events=None, dead_letters=None))
+
+    assert "a seek forward skipped 800 rows, not sent yet: a reset or a seek back sends them" in text(800)
+    assert "800 rows skipped by a seek forward" in text(800).splitlines()[0]
+    assert "skipped" not in text(0)
 
 
 def test_a_large_dead_letter_topic_is_counted_a_piece_per_status_call_and_converges(

@@ -294,9 +294,21 @@ def test_a_typed_speed_of_0_is_max_as_everywhere_else_and_a_bad_one_is_refused(
 def test_parse_speed() -> None:
     assert parse_speed("0") == parse_speed("max") == parse_speed("Max") == "max"
     assert parse_speed("3,600x") == 3600.0 and parse_speed("0.01") == 0.01 and parse_speed("1e6") == 1e6
-    for bad in ("-1", "0.001", "2e6", "inf", "x", "fast"):
+    assert parse_speed("1,000,000") == 1e6 and parse_speed("3_600.5x") == 3600.5 and parse_speed(" 1,200 ") == 1200
+    # a decimal comma is not a thousands separator: "1,5" read as 15x before (a browser session's finding)
+    for bad in ("-1", "0.001", "2e6", "inf", "x", "fast", "1,5", "0,5", "1,00", "12,34,5", ",600", "3,6000"):
         with pytest.raises(ConfigurationError, match="from 0.01 to 1,000,000, or max"):
             parse_speed(bad)
+
+
+def test_rows_a_seek_forward_skipped_are_shown_with_what_they_mean(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    panel, fake = panel_and_fake
+    panel.refresh()
+    assert "Skipped by a seek" not in panel.counters.value
+    fake.replay_extra["rows_skipped"] = 16_945
+    panel.refresh()
+    shown = panel.counters.value
+    assert "Skipped by a seek</td><td>16,945 rows not sent yet (a reset or a seek back sends them" in shown
 
 
 def test_a_training_that_failed_on_every_attempt_is_shown(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
@@ -398,7 +410,7 @@ def test_refresh_updates_labels_without_sending_commands(panel_and_fake: tuple[A
     for text in ("scoring 7", "anomaly-sink ?", "v0002-2024-03-05", "1,234 rows/s"):
         assert text in panel.counters.value
     # 4 late events: the count says why they are late and that closed windows are not counted twice.
-    assert "<td>4 (older than windows already closed, e.g. re-sent after a seek or reset" in panel.counters.value
+    assert "<td>4 (rows sent before and counted then, re-sent after a seek or reset" in panel.counters.value
     fake.state, fake.speedup, fake.next_row, fake.anomaly_count = "paused", 3600.0, 900, 42
     panel.refresh()
     assert panel.progress.value == pytest.approx(0.9)

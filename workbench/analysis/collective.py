@@ -94,10 +94,10 @@ the same store gives the same rows (the lakehouse write is insert-if-absent on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -841,6 +841,20 @@ def windows_of(table: pa.Table) -> pd.DataFrame:
     return pd.DataFrame([finalize(p) for p in merge_all(partials)])
 
 
+_NEVER: Final = np.iinfo(np.int64).min
+_ALWAYS: Final = np.iinfo(np.int64).max
+
+
+def _per_instance(instance: np.ndarray, values: Mapping[int, int], default: int) -> np.ndarray:
+    """Each row's instance's value (int64, exact), ``default`` for an instance without one.
+
+    Not ``Series.map(...).fillna(default)``: an instance missing turns the column into floats, and the
+    int64 maximum as a float is 2**63, which casts back to the int64 *minimum*: an instance without an
+    open window while another had one was never judged.
+    """
+    return np.fromiter((values.get(int(i), default) for i in instance), dtype=np.int64, count=len(instance))
+
+
 class CollectiveStep:
     """Reads closed windows from the SQLite ``window_stats``, flags them, stores them in the lakehouse.
 
@@ -887,14 +901,11 @@ class CollectiveStep:
         newest = frame.assign(_ms=start_ms).groupby("instance_id")["_ms"].transform("max").to_numpy()
         final = start_ms <= newest - self.settle_ms
         if ended:  # the log ended: its last windows are closed, no later window will come to settle them
-            end_ms = pd.Series(instance).map(ended).fillna(np.iinfo(np.int64).min)
-            final |= start_ms <= end_ms.to_numpy(dtype=np.int64)
+            final |= start_ms <= _per_instance(instance, ended, _NEVER)
         if still_open:
-            first_open = pd.Series(instance).map(still_open).fillna(np.iinfo(np.int64).max)
-            final &= start_ms < first_open.to_numpy(dtype=np.int64)
+            final &= start_ms < _per_instance(instance, still_open, _ALWAYS)
         if self.cursor_ms:
-            scored_to = pd.Series(instance).map(self.cursor_ms).fillna(np.iinfo(np.int64).min)
-            final &= start_ms > scored_to.to_numpy(dtype=np.int64)
+            final &= start_ms > _per_instance(instance, self.cursor_ms, _NEVER)
         if not final.any():
             return 0
         flagged = flag_windows(frame[final], frame, self.params)

@@ -65,6 +65,13 @@ The end of the log
     later would, so each instance's last windows would stay provisional and unjudged. Rows that come
     after the marker for a window it closed are late.
 
+Events first sent after their window closed
+    A row whose window the clock has closed, but that was never sent before (a seek forward skipped it,
+    and a reset or a seek back sent it; or another producer's event out of order), is counted in its
+    window all the same: the window is opened again from its stored partial (kept when it closed, in
+    ``analytics_closed_windows``), or as new when it was never counted, and closed again at once; its
+    row is written anew. Only re-sent rows, and rows of windows past ``retention_days``, are late.
+
 Second copies of an event
     A query already counted in its open window (same instance and ``query_id``) is not counted again
     (``repeated_events``, logged the first and then every 1,000th): the window keeps the ids it
@@ -574,9 +581,11 @@ class AnalyticsApp(WorkbenchApp):
         self.dead_letters = DeadLetters(self.settings, APP_NAME, app.get_producer())
         self.guard = EventTimeGuard.from_settings(self.settings)
         store = WindowStatsStore.from_settings(self.settings)  # SQLite in the home, or PostgreSQL
+        retention_ms = None if self.retention_days is None else int(self.retention_days * 86_400_000)
         self.state = WindowState(store, self.group or consumer_group(self.settings, APP_NAME), window_ms=self.window_ms,
                                  grace_ms=self.grace_ms, closing_strategy=self.closing_strategy,
-                                 topic_id=self._topic_id, clock_messages=self.settings.window_clock_messages)
+                                 topic_id=self._topic_id, clock_messages=self.settings.window_clock_messages,
+                                 retention_ms=retention_ms)
         self.state.open()
         self.sink = WindowStatsSink(self.state, before_flush=self.process_buffer, status=self.status)
         sdf = app.dataframe(event_topic(app, self.settings))

@@ -163,6 +163,8 @@ class ReplayStatus:
     listening: bool = False
     #: The last command the replay rejected, and why (for a UI to show).
     notice: str | None = None
+    #: Rows before ``next_row`` never sent: a seek forward skipped them (a reset or seek back sends them).
+    rows_skipped: int = 0
 
     @property
     def fraction(self) -> float:
@@ -248,9 +250,11 @@ class ReplayStatus:
         eta = f", ETA {self.eta_seconds:.0f} s" if self.eta_seconds is not None else ""
         if self.behind:
             eta += f", {self.behind_seconds:,.0f} s of event time behind"
+        skipped = f" | {self.rows_skipped:,} rows skipped by a seek forward, not sent yet" if self.rows_skipped else ""
         return (
             f"replay {self.replay_id} [{self.state}] {clock} UTC | {self.next_row:,}/{self.rows_total:,} rows "
             f"({self.fraction:.1%}) | {self.rate_now:,.0f} rows/s now, {self.rate_avg:,.0f} avg | {speed}{eta}"
+            f"{skipped}"
         )
 
 
@@ -262,7 +266,7 @@ _STATUS_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "last_event_time": (str, type(None)), "rate_now": _NUMBER, "rate_avg": _NUMBER,
     "eta_seconds": (*_NUMBER, type(None)), "dead_letters": (int,), "pack": (int,), "encoding": (str, type(None)),
     "error": (str, type(None)), "updated_at": _NUMBER, "behind": (bool,), "behind_seconds": _NUMBER,
-    "listening": (bool,), "notice": (str, type(None)),
+    "listening": (bool,), "notice": (str, type(None)), "rows_skipped": (int,),
 }
 
 

@@ -930,6 +930,8 @@ class _ReplayRun:
             rate_now=self.rate_now, rate_avg=rate_avg, eta_seconds=eta, dead_letters=self.dead_letters,
             pack=self.replay.pack, encoding=self.replay.encoding, behind=behind, behind_seconds=round(behind_s, 3),
             listening=self.replay.linger and self.state == "finished", notice=self.notice,
+            rows_skipped=next_row - sum(min(end, next_row) - start for start, end in self.sent_rows
+                                        if start < next_row),
         )
 
     def _publish_status(self, force: bool = False, *, end_of_log: bool = False) -> None:

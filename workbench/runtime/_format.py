@@ -7,13 +7,20 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["LATE_HINT", "format_bytes", "format_speed"]
+__all__ = ["LATE_HINT", "SKIPPED_HINT", "format_bytes", "format_speed"]
 
 #: What a non-zero late count means, beside it in the status text and the panel: after a seek or reset
 #: back in time, or the same log started again, every re-sent event is late, and a user should know
-#: that this is expected and that closed windows are not counted twice.
-LATE_HINT: Final = ("older than windows already closed, e.g. re-sent after a seek or reset back in time or the "
-                    "same log started again; those windows keep their counts")
+#: that this is expected and that windows are not counted twice (a row never sent before is counted
+#: in its window whenever it comes, so these are the late rows a replay makes).
+LATE_HINT: Final = ("rows sent before and counted then, re-sent after a seek or reset back in time or the same "
+                    "log started again; their windows keep their counts")
+
+
+#: What rows a seek forward skipped mean, beside their count: the windows count them whenever they come,
+#: but a day's model trained meanwhile was fitted without them, and its version stays.
+SKIPPED_HINT: Final = ("a reset or a seek back sends them and the windows count them then, but a day trained "
+                       "meanwhile was fitted without them (`workbench models list` shows its rows)")
 
 
 def format_bytes(n: int) -> str:

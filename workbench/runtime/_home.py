@@ -2,10 +2,10 @@
 
 Every write of the pipeline is idempotent per query, so replaying the same log into a home again
 adds nothing twice. Another log is different: its rows joined the first log's shards, its events
-were scored by the first log's models (trained on none of its own), and every event dated before
-windows the first log had closed was dropped as late (a second log of the same days lost 74 % of
-its events to that, silently). So :func:`check_log` refuses a log other than the one a home holds
-results of, and :func:`clear_results` empties the home for ``workbench start --fresh``.
+were scored by the first log's models (trained on none of its own), and its events were counted
+into the first log's windows (before closed windows opened again for rows never sent, a second log of
+the same days lost 74 % of its events to lateness, silently). So :func:`check_log` refuses a log
+other than the one a home holds results of, and :func:`clear_results` empties the home for ``workbench start --fresh``.
 
 The identity is the log's resolved path, its rows and its first and last arrival: the same file
 replayed again matches; another file, or the same path rewritten with other rows, does not.
@@ -59,8 +59,8 @@ def check_log(settings: Settings, data: str | Path, summary: Any) -> None:
     msg = (f"{settings.home} holds the results of another log: {held.get('path')} ({held.get('rows', 0):,} rows, "
            f"{held.get('first_arrival')} .. {held.get('last_arrival')}), not {wanted['path']} "
            f"({wanted['rows']:,} rows, {wanted['first_arrival']} .. {wanted['last_arrival']}). Replayed into it, "
-           "the two would mix: the new rows scored by models of the old log and those dated before its closed "
-           "windows dropped as late. Use another home (--home or WORKBENCH_HOME), or clear this one's results "
+           "the two would mix: the new rows scored by models of the old log and counted into its windows. "
+           "Use another home (--home or WORKBENCH_HOME), or clear this one's results "
            "first: `workbench start --fresh` (Workbench.start(..., fresh=True)).")
     raise WorkbenchStateError(msg)
 

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 from workbench.broker import RANGE_READER, IncompleteReadError, quiet_logs, read_range, when_ready
 from workbench.config import Settings
 from workbench.replay import ReplayStatus
-from workbench.runtime._format import LATE_HINT, format_bytes, format_speed
+from workbench.runtime._format import LATE_HINT, SKIPPED_HINT, format_bytes, format_speed
 
 __all__ = [
     "WorkbenchStatus",
@@ -531,6 +531,9 @@ class WorkbenchStatus:
                      f"late events {count(self.late_events)} | dead letters {count(self.dead_letters)}")
         if self.late_events:
             lines.append(f"late events: {LATE_HINT}")
+        skipped = getattr(self.replay, "rows_skipped", 0) if self.replay is not None else 0
+        if skipped:
+            lines.append(f"a seek forward skipped {skipped:,} rows, not sent yet: {SKIPPED_HINT}")
         failed = self.failed_trainings
         if failed:
             lines.append(f"training failed on every attempt: {', '.join(failed)} "

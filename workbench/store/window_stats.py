@@ -728,6 +728,11 @@ class WindowStatsStore(ConnectionStore):
             "WHERE p.ended_ms IS NOT NULL GROUP BY o.instance_id")
         return {int(instance): int(end) for instance, end in rows}
 
+    def _table_exists(self, db: Any, table: str) -> bool:
+        if self.url is None:
+            return db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone() is not None
+        return db.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None
+
     def _has_column(self, table: str, column: str) -> bool:
         if self.url is None:
             return any(str(r[1]) == column for r in self._fetch(f"PRAGMA table_info({table})"))
@@ -852,6 +857,8 @@ class WindowStatsStore(ConnectionStore):
                 db.execute(f"DELETE FROM window_stats WHERE window_start < {q}", (cutoff,))
                 db.execute(f"DELETE FROM late_event_sources WHERE window_start < {q}", (cutoff,))
                 db.execute(f"DELETE FROM window_residuals WHERE window_start < {q}", (cutoff,))
+                if self._table_exists(db, "analytics_closed_windows"):  # the analytics app's partials of them
+                    db.execute(f"DELETE FROM analytics_closed_windows WHERE window_start_ms < {q}", (cutoff,))
         cut_dt = datetime.fromtimestamp(cutoff / 1000, tz=UTC)
         logger.info("archived windows rows=%d files=%d cutoff=%s", len(rows), len(files), cut_dt.isoformat())
         return ArchiveResult(cut_dt, len(rows), tuple(files))

@@ -24,18 +24,19 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import ipywidgets as widgets
 
 from workbench.exceptions import ConfigurationError
-from workbench.runtime._format import LATE_HINT, format_speed
+from workbench.runtime._format import LATE_HINT, SKIPPED_HINT, format_speed
 
 __all__ = ["ControlPanel", "PanelTarget", "PanelView", "control_panel", "format_speed", "lag_trend", "metric_cards",
            "panel_view", "parse_speed"]
@@ -83,6 +84,10 @@ def parse_seek_time(text: str) -> datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+#: Digits grouped by thousands (``3,600``, ``1_000_000.5``): the only place a comma or underscore may stand.
+_THOUSANDS: Final = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d{1,3}(?:_\d{3})+(?:\.\d*)?")
+
+
 def parse_speed(text: str) -> float | str:
     """A speed typed into the panel: ``"max"`` for ``max`` or ``0`` (as fast as it goes, as everywhere
     else), else event seconds per wall second; a trailing ``x`` and thousands separators are allowed
@@ -96,14 +101,19 @@ def parse_speed(text: str) -> float | str:
     from workbench.exceptions import WorkbenchError
     from workbench.replay import validate_speed
 
-    value = text.strip().lower().replace(",", "").replace("_", "")
+    value = text.strip().lower()
+    number = value[:-1].strip() if value.endswith("x") and value != "max" else value
+    grouped = "," in number or "_" in number
     try:
-        speed = validate_speed(value[:-1].strip() if value.endswith("x") and value != "max" else value)
+        if grouped and not _THOUSANDS.fullmatch(number):  # "1,5" is not 15: a decimal comma, or a typo
+            raise ConfigurationError(number)
+        speed = validate_speed(number.replace(",", "").replace("_", "") if grouped else number)
     except WorkbenchError as exc:
         from workbench.replay._control import MAX_SPEEDUP, MIN_SPEEDUP
 
         msg = (f"Speed must be a number of event seconds per wall second from {MIN_SPEEDUP:g} to "
-               f"{MAX_SPEEDUP:,.0f}, or max (0: as fast as it goes). Got {text!r} instead.")
+               f"{MAX_SPEEDUP:,.0f}, or max (0: as fast as it goes), with a point for decimals (1.5) and "
+               f"commas only between thousands (3,600). Got {text!r} instead.")
         raise ConfigurationError(msg) from exc
     return "max" if speed == 0 else speed
 
@@ -735,6 +745,9 @@ class ControlPanel(widgets.VBox):
             else:
                 rows.append(("Rate", f"{replay.state}: {replay.rate_avg:,.0f} rows/s on average"))
             rows.append(("Encoding", encoding_text(_field(replay, "encoding"), _field(replay, "pack"))))
+            skipped = _field(replay, "rows_skipped") or 0
+            if skipped:
+                rows.append(("Skipped by a seek", f"{skipped:,} rows not sent yet ({SKIPPED_HINT})"))
         lag = ", ".join(f"{name} {_num(value)}" for name, value in status.lag.items()) or "-"
         rows += [
             ("Lag (messages)", lag),
