@@ -133,6 +133,25 @@ def test_archive_idempotent_and_crash_safe(tmp_path: Path) -> None:
         assert not list(archive.glob("*.tmp-*"))
 
 
+def test_archive_prunes_the_partials_the_analytics_app_keeps_of_closed_windows(tmp_path: Path) -> None:
+    """The kept partials of closed windows (a row never sent before reopens its window) follow the archive:
+    a window archived is never reopened, and the table does not grow without bound."""
+    from workbench.pipeline._window_state import WindowState
+
+    path = tmp_path / "s.sqlite"
+    with WindowStatsStore(path, archive_dir=tmp_path / "archive") as store:
+        store.upsert(window_rows(days=10))
+        WindowState(store, "g", window_ms=600_000, grace_ms=60_000, closing_strategy="partition").open()
+        starts = [int((T0 + timedelta(days=d)).timestamp() * 1000) for d in range(10)]
+        with store.transaction() as db:
+            db.executemany("INSERT INTO analytics_closed_windows (consumer_group, topic, partition, instance_id, "
+                           "window_start_ms, partial) VALUES ('g', 't', 0, 1, ?, '{}')", [(s,) for s in starts])
+        cutoff = store.archive_older_than(3).cutoff
+        with store.transaction() as db:
+            kept = sorted(r[0] for r in db.execute("SELECT window_start_ms FROM analytics_closed_windows"))
+    assert kept == [s for s in starts if s >= int(cutoff.timestamp() * 1000)] and 0 < len(kept) < 10
+
+
 def test_many_upsert_batches_keep_one_row_per_key(tmp_path: Path) -> None:
     # Speed lives in benchmarks/; here: 20 batches in a row, then the same rows again, no duplicates.
     rows = window_rows(days=50, per_day=144, instances=3)[:20_000]
