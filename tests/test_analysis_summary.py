@@ -648,6 +648,9 @@ def test_the_label_comparison_says_when_a_filter_narrows_the_alerts_it_counts() 
     assert "versions v0002-2024-03-05" in agreement_scope(some, versions=["v0002-2024-03-05"])
     none = agreement_scope(some.iloc[:0], reason="nope")
     assert none.startswith("no alert in this selection (reason 'nope')") and "counts as missed" in none
+    # an instance not in the log: no alert and nothing labelled, so nothing counts as missed
+    empty = agreement_scope(some.iloc[:0], labelled=0)
+    assert empty == "no alert and no labelled anomaly in this selection: nothing to compare"
 
 
 def test_an_empty_table_is_shown_as_the_reason_it_is_empty() -> None:

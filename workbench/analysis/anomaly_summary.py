@@ -327,16 +327,20 @@ def describe_anomalies(settings: Settings, anomalies: pd.DataFrame, *, start: da
             f"{times.min():%Y-%m-%d %H:%M} to {times.max():%Y-%m-%d %H:%M} UTC")
 
 
-def agreement_scope(anomalies: pd.DataFrame, *, reason: str = "", versions: Sequence[str] = ()) -> str | None:
+def agreement_scope(anomalies: pd.DataFrame, *, reason: str = "", versions: Sequence[str] = (),
+                    labelled: int | None = None) -> str | None:
     """What the label comparison counts when the alerts are narrowed beyond time and instances (a reason,
     model versions), or that nothing was alerted there; None when every alert of the span counts.
 
     Recall is over every labelled anomaly of the span, so with a filter it reads as misses what the
-    filter left out."""
+    filter left out. ``labelled``: the labelled anomalies of the span, when known (0: nothing to miss)."""
     narrowed = [f"reason {reason!r}"] if reason else []
     if versions:
         narrowed.append(f"versions {', '.join(versions)}")
     if len(anomalies) == 0:
+        if labelled == 0:  # e.g. an instance that is not in the log: nothing was missed either
+            return ("no alert and no labelled anomaly in this selection" + (f" ({'; '.join(narrowed)})" if narrowed
+                                                                              else "") + ": nothing to compare")
         return ("no alert in this selection" + (f" ({'; '.join(narrowed)})" if narrowed else "")
                 + ": every labelled anomaly a model scored in the span counts as missed")
     if narrowed:

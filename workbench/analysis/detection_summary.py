@@ -58,6 +58,11 @@ class LabelAgreement:
     #: Why some labels of the span were not counted (not scored yet), or "".
     note: str = ""
 
+    @property
+    def labelled(self) -> int:
+        """Labelled anomalies the comparison counts (over every kind)."""
+        return int(self.per_kind["labelled"].sum()) if "labelled" in self.per_kind else 0
+
 
 def label_agreement(anomalies: pd.DataFrame, labels_file: Path, *, start: datetime | None = None,
                     end: datetime | None = None, instances: Sequence[int] | None = None,

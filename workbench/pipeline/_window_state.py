@@ -240,12 +240,14 @@ def first_copies(windows: tuple[np.ndarray, ...], query_id: np.ndarray,
     keep = np.ones(n, dtype=bool)
     if not n:
         return keep, {}
-    order = np.lexsort((query_id, *reversed(windows)))  # stable: copies keep their row order
+    code = _one_code(windows)
+    # stable: copies keep their row order; one window key where the columns fit one int64 (a sort key fewer)
+    order = np.lexsort((query_id, code) if code is not None else (query_id, *reversed(windows)))
     keys = [column[order] for column in windows]
     q = query_id[order]
     head = np.zeros(n, dtype=bool)
     head[0] = True
-    for column in keys:
+    for column in ([code[order]] if code is not None else keys):
         head[1:] |= column[1:] != column[:-1]
     repeat = np.zeros(n, dtype=bool)
     repeat[1:] = ~head[1:] & (q[1:] == q[:-1])
@@ -265,6 +267,21 @@ def first_copies(windows: tuple[np.ndarray, ...], query_id: np.ndarray,
             after[label] = ids[~repeat[lo:hi]]
     keep[order] = ~repeat
     return keep, after
+
+
+def _one_code(columns: tuple[np.ndarray, ...]) -> np.ndarray | None:
+    """The columns as one int64 that orders like them (mixed radix over each column's range), or None
+    when their ranges do not fit."""
+    code = np.zeros(len(columns[0]), dtype=np.int64)
+    span = 1
+    for column in columns:
+        low, high = int(column.min()), int(column.max())
+        width = high - low + 1
+        if span * width >= 1 << 62:
+            return None
+        code = code * width + (column - low)
+        span *= width
+    return code
 
 
 def _ids_json(ids: np.ndarray | None) -> str | None:
