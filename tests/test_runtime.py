@@ -189,6 +189,7 @@ def test_wait_returns_once_every_result_has_landed_not_at_drained(kafka_settings
         info = wb.status().instances["analytics"][0]["info"]
         assert info["collective_checked_at"] >= info["windows_written_at"], info
         final, windows = anomaly_count(kafka_settings), len(wb.window_anomalies())
+        assert status.anomalies == final  # the status wait() returns has the final figures, not 5 s old ones
         time.sleep(31)  # past the collective step's regular pass
         assert anomaly_count(kafka_settings) == final and wb.status().lag["anomaly-sink"] == 0
         assert len(wb.window_anomalies()) == windows
@@ -283,6 +284,7 @@ def test_stop_and_status_name_the_homes_kafka_left_running_and_stop_stops_a_kill
     from tests.helpers import free_port_pair
     from workbench.broker import LocalKafka
     from workbench.cli import main
+    from workbench.runtime._workbench import broker_to_stop
     from workbench.runtime.supervisor import RunSpec, run_dir, write_json_atomic
 
     settings = Settings(home=tmp_path / "home", kafka_port=free_port_pair(), kafka_heap="512m",
@@ -300,9 +302,13 @@ def test_stop_and_status_name_the_homes_kafka_left_running_and_stop_stops_a_kill
                 "hand)") in err
         assert main([*home, "stop"]) == 0 and broker.pid() == pid  # started by hand: left to its owner
         assert "No workbench runs" in capsys.readouterr().out
+        assert not broker_to_stop(settings)  # a workbench starting beside it leaves it to its owner too
         run_dir(settings.home).mkdir(parents=True, exist_ok=True)
         spec = RunSpec(processes=[], env={}, started_kafka=True)  # a workbench's start started it
         write_json_atomic(run_dir(settings.home) / "spec.json", spec.to_json())
+        # a workbench started again after its supervisor was killed takes the broker over: its stop stops it
+        # (the restart had named it "started by hand" and left it running for good)
+        assert broker_to_stop(settings)
         assert main([*home, "stop"]) == 0
         out = capsys.readouterr().out
         assert (f"stopped the local Kafka of {settings.home} (pid {pid}), which a workbench that no longer runs "

@@ -159,6 +159,18 @@ def leftover_kafka(settings: Settings) -> tuple[int, bool] | None:
     return pid, bool(started)
 
 
+def broker_to_stop(settings: Settings) -> bool:
+    """Whether a workbench starting now is the one to stop the home's managed Kafka at its ``stop``: it
+    starts the broker, or takes over one that an earlier workbench of the home started and left running
+    (its supervisor killed: the restart had left it running for good, and named it "started by hand")."""
+    if not settings.manages_kafka:
+        return False
+    if not broker_status(settings).running:
+        return True
+    left = leftover_kafka(settings)
+    return left is not None and left[1]
+
+
 def _supervisor_alive(state: dict[str, Any] | None) -> bool:
     """The supervisor recorded in ``state`` still runs (same pid *and* start time)."""
     return bool(state) and same_process(state.get("supervisor_pid"), state.get("supervisor_started"))
@@ -326,8 +338,7 @@ class Workbench:
                 _home.check_log(settings, data, summary)
             if data is not None:
                 _home.record_log(settings, data, summary)
-            kafka_was_running = settings.manages_kafka and broker_status(settings).running
-            started_kafka = settings.manages_kafka and not kafka_was_running
+            started_kafka = broker_to_stop(settings)
             try:
                 return cls._launch(settings, data=data, apps=apps, speedup=speedup, pack=pack, replay_id=replay_id,
                                    reset=reset, retrain_every_days=retrain_every_days, idle_exit=idle_exit,
@@ -593,7 +604,17 @@ class Workbench:
             settle_by = settle_from + settle_timeout
             if deadline is not None:
                 settle_by = min(settle_by, deadline)
-            while pending := self._unsettled(status):
+            while True:
+                pending = self._unsettled(status)
+                if not pending:
+                    # Once more, with the lakehouse read now (its figures are cached for 5 s: wait() returned
+                    # 200 anomalies of 261) and the lag read after every check above: a rescoring can publish
+                    # anomalies after the lag was read as 0 and finish before the checks read its state.
+                    self._lakehouse_cache = (0.0, self._lakehouse_cache[1])
+                    status = self.status()
+                    if status.drained:
+                        return status
+                    pending = "the pipeline to drain (results published while the checks ran)"
                 if time.monotonic() > settle_by or not self.running:
                     logger.warning("drained, but not every result had landed after %.0f s: %s",
                                    time.monotonic() - settle_from, pending)
@@ -601,15 +622,14 @@ class Workbench:
                 bar.set_postfix_str(f"drained; waiting for {pending}", refresh=True)
                 time.sleep(poll)
                 status = self.status()
-            return status
         finally:
             bar.close()
 
     def settled(self, status: WorkbenchStatus | None = None) -> bool:
         """Whether every result of the replay has landed: the pipeline is drained, no training runs or
         waits, no stored events wait for a model that exists, the analytics app's collective step has
-        read every window written (the last windows of each instance stay open until the app stops,
-        as ever), and the scoring app's deferred step has judged the log's last day (the replay's
+        read every window written (the replay's end-of-log marker closes each instance's last windows),
+        and the scoring app's deferred step has judged the log's last day (the replay's
         end-of-log marker settles it; a log of one day is not waited for: its rows wait for a model
         until :meth:`train_waiting_days`)."""
         return not self._unsettled(status or self.status())
