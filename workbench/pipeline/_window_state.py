@@ -99,8 +99,10 @@ The window clock: k consecutive messages must agree
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -284,12 +286,26 @@ def _one_code(columns: tuple[np.ndarray, ...]) -> np.ndarray | None:
     return code
 
 
+#: Prefix of the compact form of a window's counted ids (text, so that one column type fits SQLite and PostgreSQL).
+_PACKED_IDS: Final = "z:"
+
+
 def _ids_json(ids: np.ndarray | None) -> str | None:
-    return None if ids is None else orjson.dumps(ids, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    """A window's sorted ids as text: the gaps between them, deflated and base64 (~1-2 bytes an id, where a
+    JSON list took ~13 and made the state 10x the size of ``window_stats`` on the demo log)."""
+    if ids is None:
+        return None
+    gaps = np.diff(ids.astype(np.int64, copy=False), prepend=np.int64(0)).astype("<i8", copy=False)
+    return _PACKED_IDS + base64.b64encode(zlib.compress(gaps.tobytes(), 1)).decode()
 
 
 def _ids_of(text: str | None) -> np.ndarray | None:
-    return None if text is None else np.asarray(orjson.loads(text), dtype=np.int64)
+    if text is None:
+        return None
+    if text.startswith(_PACKED_IDS):
+        gaps = np.frombuffer(zlib.decompress(base64.b64decode(text[len(_PACKED_IDS):])), dtype="<i8")
+        return np.cumsum(gaps, dtype=np.int64)
+    return np.asarray(orjson.loads(text), dtype=np.int64)  # a list, as the first release of the ids wrote them
 
 
 def _recent_json(recent: list[int]) -> str:
