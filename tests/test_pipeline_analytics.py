@@ -92,6 +92,18 @@ def stored_windows(settings: Settings) -> dict[tuple[int, int], tuple[int, ...]]
     return out
 
 
+def produce_json(producer: Producer, topic: str, rows: pa.Table, *, times: int = 1,
+                 partition: int | None = None) -> None:
+    """Produce ``rows`` as one-row JSON messages keyed by their instance, each ``times`` in a row (a producer
+    we did not write: the caller flushes)."""
+    batch = rows.combine_chunks().to_batches()[0]
+    headers = codec.message_headers(codec.ENCODING_JSON, 1)
+    on = {} if partition is None else {"partition": partition}
+    for instance, value in zip(batch.column("instance_id").to_pylist(), codec.encode_json(batch), strict=True):
+        for _ in range(times):
+            producer.produce(topic, key=str(instance).encode(), value=value, headers=headers, **on)
+
+
 @pytest.fixture(scope="module")
 def day_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("log") / "day.parquet"
@@ -262,17 +274,11 @@ def test_messages_hours_ahead_do_not_make_a_partitions_on_time_events_late(kafka
     one, packed = ahead(log.slice(0, 1), 5, 10_000), ahead(log.slice(0, 50), 6, 20_000)
     producer = Producer(kafka_settings.kafka_client_config())
     topic = kafka_settings.topic_query_events
-    json_headers = codec.message_headers(codec.ENCODING_JSON, 1)
-
-    def send_json(rows: pa.Table) -> None:
-        for value in codec.encode_json(rows.combine_chunks().to_batches()[0]):
-            producer.produce(topic, key=b"1", value=value, headers=json_headers, partition=0)
-
-    send_json(log.slice(0, 300))
-    send_json(one)
+    produce_json(producer, topic, log.slice(0, 300), partition=0)
+    produce_json(producer, topic, one, partition=0)
     producer.produce(topic, key=b"1", value=codec.encode_arrow(packed.combine_chunks().to_batches()[0]),
                      headers=codec.message_headers(codec.ENCODING_ARROW, 50), partition=0)
-    send_json(log.slice(300))
+    produce_json(producer, topic, log.slice(300), partition=0)
     producer.flush(20)
 
     result = run_analytics(kafka_settings, idle_exit=4, timeout=90, commit_interval=1.0)
@@ -310,18 +316,11 @@ def test_second_copies_of_events_are_counted_once_also_after_a_restart(kafka_set
     log = pq.read_table(path).combine_chunks()
     producer = Producer(kafka_settings.kafka_client_config())
     topic = kafka_settings.topic_query_events
-    json_headers = codec.message_headers(codec.ENCODING_JSON, 1)
-
-    def send_json(rows: pa.Table, times: int = 1) -> None:
-        for value in codec.encode_json(rows.to_batches()[0]):
-            for _ in range(times):
-                producer.produce(topic, key=b"1", value=value, headers=json_headers, partition=0)
-
-    send_json(log.slice(0, 200), times=2)  # each sent twice in a row
-    send_json(log.slice(200, 150))
+    produce_json(producer, topic, log.slice(0, 200), times=2, partition=0)  # each sent twice in a row
+    produce_json(producer, topic, log.slice(200, 150), partition=0)
     producer.produce(topic, key=b"1", value=codec.encode_arrow(log.slice(300, 50).to_batches()[0]),
                      headers=codec.message_headers(codec.ENCODING_ARROW, 50), partition=0)
-    send_json(log.slice(350))
+    produce_json(producer, topic, log.slice(350), partition=0)
     producer.flush(20)
     first = run_analytics(kafka_settings, idle_exit=4, timeout=90, commit_interval=1.0)
     assert first["late_events"] == 0 and first["dead_letters"] == 0, first.counters
@@ -329,7 +328,8 @@ def test_second_copies_of_events_are_counted_once_also_after_a_restart(kafka_set
     expected = expected_windows(path)
     assert stored_windows(kafka_settings) == expected
 
-    send_json(log.slice(570))  # the last 5 minutes again: their windows are still open, held by the restart
+    # the last 5 minutes again: their windows are still open, held by the restart
+    produce_json(producer, topic, log.slice(570), partition=0)
     producer.flush(20)
     again = run_analytics(kafka_settings, idle_exit=4, timeout=90, commit_interval=1.0)
     assert again["repeated_events"] == 30 and again["late_events"] == 0, again.counters
@@ -371,20 +371,14 @@ def test_rows_a_seek_forward_skipped_count_in_their_windows_when_they_come_later
     log = pq.read_table(path).combine_chunks()
     producer = Producer(kafka_settings.kafka_client_config())
     topic = kafka_settings.topic_query_events
-    json_headers = codec.message_headers(codec.ENCODING_JSON, 1)
-
-    def send(rows: pa.Table) -> None:
-        batch = rows.to_batches()[0]
-        instances = batch.column("instance_id").to_pylist()
-        for instance, value in zip(instances, codec.encode_json(batch), strict=True):
-            producer.produce(topic, key=str(instance).encode(), value=value, headers=json_headers)
-        producer.flush(20)
-
-    send(log.slice(0, 200))
-    send(log.slice(400))  # the seek forward: 200 rows (33 minutes) skipped
+    produce_json(producer, topic, log.slice(0, 200))
+    produce_json(producer, topic, log.slice(400))  # the seek forward: 200 rows (33 minutes) skipped
+    producer.flush(20)
     first = run_analytics(kafka_settings, idle_exit=4, timeout=90, commit_interval=1.0)
     assert first["events"] == 400 and first["late_events"] == 0, first.counters
-    send(log.slice(200, 200))  # the reset: the skipped rows come, their windows closed long ago
+    # the reset: the skipped rows come, their windows closed long ago
+    produce_json(producer, topic, log.slice(200, 200))
+    producer.flush(20)
     again = run_analytics(kafka_settings, idle_exit=4, timeout=90, commit_interval=1.0)
     assert again["events"] == 200 and again["late_events"] == 0, again.counters
     assert stored_windows(kafka_settings) == expected_windows(path)

@@ -79,7 +79,7 @@ def test_a_row_first_sent_after_its_window_closed_is_counted_in_it_and_a_re_sent
     closed = _count(state, template, [t0 + 1, t0 + 2, t0 + W + 60_000, t0 + 3])
     assert closed == 1
     p = state.partition("t", 0)
-    assert p.late == {} and p.closed[0]["total_queries"] == 3
+    assert p.late == {} and p.closed[(1, t0)][0]["total_queries"] == 3
     assert state.flush().final_rows == 1
     assert _count(state, template, [t0 + 4], first_offset=4) == 1  # opened again from its partial, closed again
     state.flush()
@@ -591,12 +591,12 @@ def test_the_end_of_the_log_closes_its_last_windows_and_keeps_rows_dated_ahead_o
 
 def test_counted_ids_are_stored_compactly_and_read_back_exactly() -> None:
     """A JSON list took ~10 bytes an id: on the demo log the kept ids made the state 10x window_stats."""
-    from workbench.pipeline._window_state import _ids_json, _ids_of
+    from workbench.pipeline._window_state import _ids_of, _ids_text
 
     rng = np.random.default_rng(3)
     cases = [np.array([], np.int64), np.array([7]), np.array([-(2**63), -5, 0, 9, 2**63 - 1]),
              np.sort(rng.integers(-(2**62), 2**62, 500)), np.arange(10**9, 10**9 + 3000, dtype=np.int64)]
     for ids in cases:
-        assert _ids_of(_ids_json(ids)).tolist() == ids.tolist()
-    assert len(_ids_json(cases[-1])) < 300  # consecutive ids: a few hundred bytes for 3,000
+        assert _ids_of(_ids_text(ids)).tolist() == ids.tolist()
+    assert len(_ids_text(cases[-1])) < 300  # consecutive ids: a few hundred bytes for 3,000
     assert _ids_of("[3, 5, 8]").tolist() == [3, 5, 8] and _ids_of(None) is None  # as first written; none kept

@@ -338,11 +338,10 @@ def agreement_scope(anomalies: pd.DataFrame, *, reason: str = "", versions: Sequ
     if versions:
         narrowed.append(f"versions {', '.join(versions)}")
     if len(anomalies) == 0:
+        which = f" ({'; '.join(narrowed)})" if narrowed else ""
         if labelled == 0:  # e.g. an instance that is not in the log: nothing was missed either
-            return ("no alert and no labelled anomaly in this selection" + (f" ({'; '.join(narrowed)})" if narrowed
-                                                                              else "") + ": nothing to compare")
-        return ("no alert in this selection" + (f" ({'; '.join(narrowed)})" if narrowed else "")
-                + ": every labelled anomaly a model scored in the span counts as missed")
+            return f"no alert and no labelled anomaly in this selection{which}: nothing to compare"
+        return f"no alert in this selection{which}: every labelled anomaly a model scored in the span counts as missed"
     if narrowed:
         return (f"only the alerts of {'; '.join(narrowed)} count: recall is theirs over every labelled "
                 "anomaly of the span, not the detector's")

@@ -150,22 +150,18 @@ _PROGRESS: Final = (
     "SET next_offset = excluded.next_offset, watermark_ms = excluded.watermark_ms, topic_id = excluded.topic_id, "
     "recent_ms = excluded.recent_ms, ended_ms = excluded.ended_ms"
 )
-_OPEN: Final = (
-    "INSERT INTO analytics_open_windows (consumer_group, topic, partition, instance_id, window_start_ms, partial, "
+_UPSERT_WINDOW: Final = (
+    "INSERT INTO {table} (consumer_group, topic, partition, instance_id, window_start_ms, partial, "
     "query_ids) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition, instance_id, "
     "window_start_ms) DO UPDATE SET partial = excluded.partial, query_ids = excluded.query_ids"
 )
+_OPEN: Final = _UPSERT_WINDOW.format(table="analytics_open_windows")
 _CLOSE: Final = ("DELETE FROM analytics_open_windows WHERE consumer_group = ? AND topic = ? AND partition = ? "
                  "AND instance_id = ? AND window_start_ms = ?")
-_KEEP_CLOSED: Final = (
-    "INSERT INTO analytics_closed_windows (consumer_group, topic, partition, instance_id, window_start_ms, partial, "
-    "query_ids) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition, instance_id, "
-    "window_start_ms) DO UPDATE SET partial = excluded.partial, query_ids = excluded.query_ids"
-)
+_KEEP_CLOSED: Final = _UPSERT_WINDOW.format(table="analytics_closed_windows")
 _CLOSED: Final = ("SELECT partial, query_ids FROM analytics_closed_windows WHERE consumer_group = ? AND topic = ? "
                   "AND partition = ? AND instance_id = ? AND window_start_ms = ?")
 _STORED: Final = "SELECT 1 FROM window_stats WHERE instance_id = ? AND window_start = ?"
-_OLDEST: Final = "SELECT min(window_start) FROM window_stats"
 _KEY_TIME: Final = (
     "INSERT INTO analytics_key_time (consumer_group, topic, partition, instance_id, latest_ms, recent_ms) "
     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition, instance_id) DO UPDATE SET "
@@ -290,7 +286,7 @@ def _one_code(columns: tuple[np.ndarray, ...]) -> np.ndarray | None:
 _PACKED_IDS: Final = "z:"
 
 
-def _ids_json(ids: np.ndarray | None) -> str | None:
+def _ids_text(ids: np.ndarray | None) -> str | None:
     """A window's sorted ids as text: the gaps between them, deflated and base64 (~1-2 bytes an id, where a
     JSON list took ~13 and made the state 10x the size of ``window_stats`` on the demo log)."""
     if ids is None:
@@ -341,8 +337,8 @@ class PartitionState:
     counted: dict[WindowKey, np.ndarray] = field(default_factory=dict)  # sorted query ids an open window counted
     # changed since the last flush:
     dirty: set[WindowKey] = field(default_factory=set)
-    closed: list[dict[str, Any]] = field(default_factory=list)
-    closed_ids: dict[WindowKey, np.ndarray] = field(default_factory=dict)  # the counted ids of the closed ones
+    #: closed since the last flush: each window's partial and counted ids (once, however often it closed)
+    closed: dict[WindowKey, tuple[dict[str, Any], np.ndarray | None]] = field(default_factory=dict)
     late: dict[tuple[int, int, int], int] = field(default_factory=dict)  # (offset, instance, start) -> rows
     key_dirty: set[int] = field(default_factory=set)
     claims: set[int] = field(default_factory=set)  # instances this partition counts from now, not yet stored
@@ -462,18 +458,11 @@ class WindowState:
             for statement in _CREATE:
                 db.execute(statement)
             for table, columns in _ADDED.items():
-                present = self._columns(db, table)
+                present = self.store.table_columns(table)
                 for name, kind in columns:
                     if name not in present:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
                         logger.info("window state migrated: added %s.%s", table, name)
-
-    def _columns(self, db: Any, table: str) -> set[str]:
-        if self.store.url is None:
-            return {str(r[1]) for r in db.execute(f"PRAGMA table_info({table})")}
-        return {str(r[0]) for r in db.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-            "AND table_name = ?", (table,))}
 
     def reset(self) -> None:
         """Forget everything in memory (reloaded from SQLite, partition by partition, when next seen)."""
@@ -719,22 +708,19 @@ class WindowState:
         keys = list(zip(js, instance[where].tolist(), start[where].tolist(), strict=True))
         counts: set[tuple[int, int, int]] = set()
         unknown = []
-        pending: dict[int, dict[WindowKey, dict[str, Any]]] = {}  # closed since the last flush, not written yet
         for j, inst, st in dict.fromkeys(keys):
             state = states[j]
             if (inst, st) in state.open:  # closed by the clock of this batch, not yet at apply
                 counts.add((j, inst, st))
-                continue
-            if j not in pending:
-                pending[j] = {(int(c["instance_id"]), int(c["window_start_ms"])): c for c in state.closed}
-            if (inst, st) in pending[j]:
-                reopened_of[j][(inst, st)] = (pending[j][(inst, st)], state.closed_ids.get((inst, st)))
+            elif (inst, st) in state.closed:  # closed since the last flush, not written yet
+                reopened_of[j][(inst, st)] = state.closed[(inst, st)]
                 counts.add((j, inst, st))
             else:
                 unknown.append((j, inst, st))
         if unknown:
+            newest_start = self.store.newest_window_start()
+            newest = None if newest_start is None else int(newest_start.timestamp() * 1000)
             with self.store.transaction() as db:
-                newest = db.execute("SELECT max(window_start) FROM window_stats").fetchone()[0]
                 for j, inst, st in unknown:
                     state = states[j]
                     row = db.execute(_CLOSED, (self.group, state.topic, state.partition, inst, st)).fetchone()
@@ -744,8 +730,7 @@ class WindowState:
                             reopened_of[j][(inst, st)] = (partial, _ids_of(row[1]))
                             counts.add((j, inst, st))
                         continue
-                    recent = (self.retention_ms is None or newest is None
-                              or st >= int(newest) - self.retention_ms)
+                    recent = self.retention_ms is None or newest is None or st >= newest - self.retention_ms
                     if recent and db.execute(_STORED, (inst, st)).fetchone() is None:
                         reopened_of[j][(inst, st)] = (None, None)
                         counts.add((j, inst, st))
@@ -786,10 +771,10 @@ class WindowState:
 
         Nothing later would close them: each instance's last windows stayed open, so the collective step
         never judged the last quarter of an hour of a replayed log. The clock (the partition's, or each
-        instance's) moves to close the latest such window, so a row that comes for one of them later is
-        late, as for any closed window (a re-sent row is late anyway). Windows after ``end_ms`` (rows dated
-        ahead of the log) stay open. The marker has its place in the partition's message order, so this
-        is the same at any replay speed and batch boundaries.
+        instance's) moves to close the latest such window; a row that comes for one of them later opens it
+        again if it was never sent before (:meth:`_reopen`), and is late if re-sent. Windows after
+        ``end_ms`` (rows dated ahead of the log) stay open. The marker has its place in the partition's
+        message order, so this is the same at any replay speed and batch boundaries.
         """
         w, grace = self.window_ms, self.grace_ms
         ending = [k for k in state.open if k[1] <= end_ms]
@@ -826,10 +811,7 @@ class WindowState:
             limit = (state.watermark_ms or 0) - grace
             done = [k for k in state.open if k[1] + w <= limit] if state.watermark_ms is not None else []
         for k in sorted(done):
-            state.closed.append(state.open.pop(k))
-            ids = state.counted.pop(k, None)
-            if ids is not None:
-                state.closed_ids[k] = ids
+            state.closed[k] = (state.open.pop(k), state.counted.pop(k, None))
             state.dirty.discard(k)
         return len(done)
 
@@ -860,7 +842,6 @@ class WindowState:
                 p.stored_next = p.next_offset
                 p.dirty.clear()
                 p.closed.clear()
-                p.closed_ids.clear()
                 p.late.clear()
                 p.key_dirty.clear()
                 p.changed = False
@@ -887,18 +868,17 @@ class WindowState:
                         raise StaleStateError(msg)
             for p in touched:
                 g = (self.group, p.topic, p.partition)
-                rows = [finalize(c) for c in p.closed]
+                rows = [finalize(c) for c, _ in p.closed.values()]
                 dirty = sorted(p.dirty)
                 rows.extend(finalize(p.open[k]) for k in dirty)
                 store.upsert(rows)
                 finals += len(p.closed)
                 provisional += len(dirty)
-                closed_keys = [(int(c["instance_id"]), int(c["window_start_ms"])) for c in p.closed]
-                db.executemany(_CLOSE, [(*g, *k) for k in closed_keys])
+                db.executemany(_CLOSE, [(*g, *k) for k in p.closed])
                 # kept, so that a row sent for the first time after the window closed still counts in it
-                db.executemany(_KEEP_CLOSED, [(*g, *k, orjson.dumps(c).decode(), _ids_json(p.closed_ids.get(k)))
-                                              for k, c in zip(closed_keys, p.closed, strict=True)])
-                db.executemany(_OPEN, [(*g, k[0], k[1], orjson.dumps(p.open[k]).decode(), _ids_json(p.counted.get(k)))
+                db.executemany(_KEEP_CLOSED, [(*g, *k, orjson.dumps(c).decode(), _ids_text(ids))
+                                              for k, (c, ids) in p.closed.items()])
+                db.executemany(_OPEN, [(*g, k[0], k[1], orjson.dumps(p.open[k]).decode(), _ids_text(p.counted.get(k)))
                                        for k in dirty])
                 for (offset, inst, start), count in p.late.items():
                     store.record_late(inst, start, count, source=(p.topic, p.partition, offset))

@@ -62,8 +62,9 @@ Late events
 The end of the log
     The replay ends every partition with an end-of-log marker after the log's last row. The marker
     closes the partition's open windows up to the log's end (:meth:`WindowState.end_of_log`): nothing
-    later would, so each instance's last windows would stay provisional and unjudged. Rows that come
-    after the marker for a window it closed are late.
+    later would, so each instance's last windows would stay provisional and unjudged. A row that comes
+    after the marker for a window it closed opens it again if it was never sent before (below), and is
+    late if re-sent.
 
 Events first sent after their window closed
     A row whose window the clock has closed, but that was never sent before (a seek forward skipped it,

@@ -531,7 +531,7 @@ class WorkbenchStatus:
                      f"late events {count(self.late_events)} | dead letters {count(self.dead_letters)}")
         if self.late_events:
             lines.append(f"late events: {LATE_HINT}")
-        skipped = getattr(self.replay, "rows_skipped", 0) if self.replay is not None else 0
+        skipped = self.replay.rows_skipped if self.replay is not None else 0
         if skipped:
             lines.append(f"a seek forward skipped {skipped:,} rows, not sent yet: {SKIPPED_HINT}")
         failed = self.failed_trainings

@@ -703,11 +703,7 @@ class WindowStatsStore(ConnectionStore):
         An instance's windows before that one are closed for good (its window clock only moves forward),
         so a reader can tell final windows from provisional ones without guessing from the newest row.
         """
-        if self.url is None:
-            exists = self._fetch("SELECT 1 FROM sqlite_master WHERE name = 'analytics_open_windows'")
-        else:
-            exists = self._fetch("SELECT 1 WHERE to_regclass('analytics_open_windows') IS NOT NULL")
-        if not exists:
+        if not self.table_columns("analytics_open_windows"):
             return {}
         rows = self._fetch("SELECT instance_id, min(window_start_ms) FROM analytics_open_windows GROUP BY instance_id")
         return {int(instance): int(start) for instance, start in rows}
@@ -716,11 +712,8 @@ class WindowStatsStore(ConnectionStore):
         """Per instance, the time (epoch ms) of the newest end-of-log marker its partition delivered to the
         analytics app (the log's rows up to it are all counted, its windows up to it closed); empty before
         any marker or before the app ran."""
-        if self.url is None:
-            exists = self._fetch("SELECT 1 FROM sqlite_master WHERE name = 'analytics_instance_owner'")
-        else:
-            exists = self._fetch("SELECT 1 WHERE to_regclass('analytics_instance_owner') IS NOT NULL")
-        if not exists or not self._has_column("analytics_progress", "ended_ms"):
+        if not self.table_columns("analytics_instance_owner") or "ended_ms" not in self.table_columns(
+                "analytics_progress"):
             return {}
         rows = self._fetch(
             "SELECT o.instance_id, max(p.ended_ms) FROM analytics_instance_owner o JOIN analytics_progress p "
@@ -728,16 +721,14 @@ class WindowStatsStore(ConnectionStore):
             "WHERE p.ended_ms IS NOT NULL GROUP BY o.instance_id")
         return {int(instance): int(end) for instance, end in rows}
 
-    def _table_exists(self, db: Any, table: str) -> bool:
+    def table_columns(self, table: str) -> set[str]:
+        """The column names of ``table`` in this store's database (empty when there is no such table: the
+        analytics app's state tables exist only once it ran). Runs on the store's connection, so inside
+        a :meth:`transaction` too."""
         if self.url is None:
-            return db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone() is not None
-        return db.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None
-
-    def _has_column(self, table: str, column: str) -> bool:
-        if self.url is None:
-            return any(str(r[1]) == column for r in self._fetch(f"PRAGMA table_info({table})"))
-        return bool(self._fetch("SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-                                "AND table_name = %s AND column_name = %s", (table, column)))
+            return {str(r[1]) for r in self._fetch(f"PRAGMA table_info({table})")}
+        return {str(r[0]) for r in self._fetch("SELECT column_name FROM information_schema.columns "
+                                               "WHERE table_schema = current_schema() AND table_name = %s", (table,))}
 
     # --- runtime residuals per window (the scoring app) ---------------------------------------------
     def insert_residuals(self, windows: Any) -> int:
@@ -857,7 +848,7 @@ class WindowStatsStore(ConnectionStore):
                 db.execute(f"DELETE FROM window_stats WHERE window_start < {q}", (cutoff,))
                 db.execute(f"DELETE FROM late_event_sources WHERE window_start < {q}", (cutoff,))
                 db.execute(f"DELETE FROM window_residuals WHERE window_start < {q}", (cutoff,))
-                if self._table_exists(db, "analytics_closed_windows"):  # the analytics app's partials of them
+                if self.table_columns("analytics_closed_windows"):  # the analytics app's partials of them
                     db.execute(f"DELETE FROM analytics_closed_windows WHERE window_start_ms < {q}", (cutoff,))
         cut_dt = datetime.fromtimestamp(cutoff / 1000, tz=UTC)
         logger.info("archived windows rows=%d files=%d cutoff=%s", len(rows), len(files), cut_dt.isoformat())
