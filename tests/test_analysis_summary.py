@@ -778,3 +778,11 @@ def test_a_reason_or_version_that_names_nothing_is_refused_with_the_closest_know
     assert parse_reason(empty, "queue_longer_than_run") == "queue_longer_than_run"
     with pytest.raises(ConfigurationError, match=r"Known: none yet: no model version was written"):
         parse_versions(empty, "v0001")
+
+
+def test_the_flagged_windows_say_that_a_reason_or_version_filter_does_not_narrow_them() -> None:
+    """02's reason filter left the collective table as it was, without a word (a browser finding)."""
+    assert summary.windows_scope() is None
+    note = summary.windows_scope(reason="long_queue", versions=["v0002-2024-03-05"])
+    assert "reason 'long_queue'" in note and "v0002-2024-03-05" in note and "narrow the queries only" in note
+    assert "versions v1" in summary.windows_scope(versions=["v1"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import json
 import re
 import threading
 import time
@@ -949,6 +950,31 @@ def test_readable_tables_show_units_separators_and_whole_versions() -> None:
     assert table_or_note(tables.readable(summary.worst_queries(anomalies, 2)), "nothing here").data is not None
 
 
+def test_the_drill_downs_evidence_reads_each_value_in_its_unit() -> None:
+    """A browser tester read `exec_ratio 2639.074172` and `mbytes_spilled 19931` in 02's drill-down."""
+    from workbench.analysis import anomaly_summary as summary
+    from workbench.ui import tables
+
+    features = {"feature_fingerprint": "0005a0298d53", "num_joins": 1, "read_table_ids": "6865926,6865383",
+                "was_cached": False, "mbytes_scanned": 0, "mbytes_spilled": 19_931, "exec_ratio": 2639.074172,
+                "kafka_offset": 14_094, "queue_duration_ms": 0, "compile_duration_ms": 6_600.0,
+                "threshold": 1.0, "evidence_signal": "exec", "evidence_unit": "ms", "expected_value": 59.6,
+                "observed_value": 25_900.0, "excess_value": 25_840.4, "reference": "model+fingerprint history"}
+    row = pd.Series({"features": json.dumps(features)})
+    shown = tables.readable(summary.query_features(row)).data["feature"]
+    assert shown["exec_ratio"] == "2,639.1x"
+    assert shown["mbytes_spilled"] == "19.5 GB" and shown["mbytes_scanned"] == "0 MB"
+    assert shown["compile_duration_ms"] == "6.6 s" and shown["queue_duration_ms"] == "0 ms"
+    assert (shown["expected_value"], shown["observed_value"]) == ("59.6 ms", "25.9 s")  # in evidence_unit
+    assert shown["kafka_offset"] == "14094" and shown["read_table_ids"] == "6865926,6865383"  # names, not sums
+    assert shown["threshold"] == "1" and shown["was_cached"] == "False" and shown["num_joins"] == "1"
+    features.update(evidence_unit="MB", expected_value=0.0, observed_value=19_931.0)
+    shown = tables.readable(summary.query_features(pd.Series({"features": json.dumps(features)}))).data["feature"]
+    assert (shown["expected_value"], shown["observed_value"]) == ("0 MB", "19.5 GB")
+    bare = tables.readable(summary.query_features(pd.Series({"features": None}))).data["feature"]
+    assert bare["evidence"] == summary.NO_EVIDENCE
+
+
 def test_a_commands_confirmation_goes_once_the_replay_ends_and_late_events_read_none_yet() -> None:
     """'resume sent' stayed under a finished replay; 'Late events ?' showed before the first window."""
     fake = FakeWorkbench()
@@ -1053,7 +1079,8 @@ def test_readable_tables_round_other_numbers_and_separate_thousands_in_mixed_col
     from workbench.ui import tables
 
     html = tables.readable(pd.DataFrame({"score": [1.4, 0.7791], "share %": [93.73, 6.27]})).to_html()
-    assert "1.400<" in html and "0.779<" in html and "93.730<" in html and "000000" not in html
+    assert "1.400<" in html and "0.779<" in html and "000000" not in html
+    assert "93.73<" in html and "93.730" not in html  # a share in % to the hundredth, as computed
     mixed = pd.DataFrame({"value": {"labelled log": "log.parquet", "queries in span": 229_519, "recall": 0.957}})
     html = tables.readable(mixed).to_html()
     assert "229,519" in html and "0.957" in html and "log.parquet" in html

@@ -34,6 +34,7 @@ __all__ = [
     "window_anomalies_or_empty",
     "window_anomalies_table",
     "window_stats_or_empty",
+    "windows_scope",
     "worst_queries",
 ]
 
@@ -85,6 +86,19 @@ def window_anomalies_or_empty(settings: Settings, *, start: datetime | None = No
     frame = frame.drop(columns=["inserted_at"], errors="ignore")
     return frame.sort_values(["score", "window_start", "instance_id"], ascending=[False, True, True],
                              ignore_index=True)
+
+
+def windows_scope(*, reason: str = "", versions: Sequence[str] = ()) -> str | None:
+    """What the query filters mean for the flagged windows: a window is flagged by a signal of the whole
+    instance, not by a query reason or a model version, so those filters leave it as it is (a browser
+    tester filtered by reason and read the same windows as without). None without such a filter."""
+    narrowed = [f"reason {reason!r}"] if reason else []
+    if versions:
+        narrowed.append(f"versions {', '.join(versions)}")
+    if not narrowed:
+        return None
+    return (f"every flagged window of the time range and instances is shown: {' and '.join(narrowed)} "
+            "narrow the queries only (a window is flagged by a signal of its instance, see `signal`)")
 
 
 def window_anomalies_table(windows: pd.DataFrame) -> pd.DataFrame:

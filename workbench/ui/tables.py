@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench._units import human_ms
+from workbench._units import human_mb, human_ms
 
 __all__ = ["readable"]
 
@@ -51,18 +51,71 @@ def _missing(value: Any) -> bool:
 #: Column name -> how its values read (the columns the analysis tables use).
 _FORMATS: dict[str, Callable[[Any], str]] = {
     **dict.fromkeys(("true_ms", "pred_ms", "pred_q_ms", "excess_ms"), _ms),
-    **dict.fromkeys(("under_ratio", "median_ratio", "worst_ratio"), _ratio),
+    **dict.fromkeys(("under_ratio", "median_ratio", "worst_ratio", "exec_ratio"), _ratio),
     **dict.fromkeys(("anomalies", "queries", "rows", "alerts", "trained rows"), _count),
     "excess_hours": _hours,
+    "share %": lambda value: "" if _missing(value) else f"{float(value):,.2f}",
 }
+#: The evidence values, in the unit ``evidence_unit`` names.
+_EVIDENCE_VALUES = frozenset({"expected_value", "observed_value", "excess_value"})
 #: Columns whose text may wrap (everything else stays on one line).
 _WRAPPING = frozenset({"reason", "evidence", "feature"})
 
 
+def _value_in(unit: Any) -> Callable[[Any], str]:
+    """How an evidence value in ``unit`` (the detector's ``evidence_unit``: ms or MB) reads."""
+    return {"ms": _ms, "MB": _mb}.get(str(unit), _number)
+
+
+def _mb(value: Any) -> str:
+    return "" if _missing(value) else human_mb(float(value))
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool | np.bool_) or _missing(value):
+        return "" if _missing(value) else str(value)
+    if isinstance(value, int | np.integer):
+        return f"{int(value):,}"
+    if isinstance(value, float | np.floating):
+        return f"{float(value):,.3f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def _feature_format(name: str, unit: Any) -> Callable[[Any], str]:
+    if name in _FORMATS:
+        return _FORMATS[name]
+    if name in _EVIDENCE_VALUES:
+        return _value_in(unit)
+    if name.endswith("_ms"):
+        return _ms
+    if name.startswith("mbytes_"):
+        return _mb
+    if name.endswith("_ids") or name.endswith("_fingerprint") or name.startswith("kafka_"):
+        return _name
+    return _number
+
+
+def _readable_features(frame: pd.DataFrame) -> Any:
+    """The drill-down's one-column evidence frame (:func:`~workbench.analysis.anomaly_summary.query_features`),
+    each value in the unit its name gives: a browser tester read ``exec_ratio 2639.074172`` and
+    ``mbytes_spilled 19931`` there."""
+    values = frame["feature"]
+    unit = values.get("evidence_unit")
+    text = [_feature_format(str(name), unit)(value) for name, value in values.items()]
+    shown = pd.DataFrame({"feature": text}, index=frame.index)
+    return shown.style.set_properties(subset=["feature"], **{"white-space": "pre-wrap"})
+
+
 def readable(frame: pd.DataFrame) -> Any:
-    """``frame`` as a notebook shows it (a pandas ``Styler``; an empty frame is returned as it is)."""
+    """``frame`` as a notebook shows it (a pandas ``Styler``; an empty frame is returned as it is).
+
+    The drill-down's evidence frame (one column, ``feature``, a row per stored value) reads each
+    value in the unit its name gives.
+    """
     if frame is None or frame.empty:
         return frame
+    if list(frame.columns) == ["feature"]:
+        return _readable_features(frame)
     formats: dict[str, Callable[[Any], str]] = {}
     for column in frame.columns:
         if column in _FORMATS:
