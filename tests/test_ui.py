@@ -114,11 +114,13 @@ def test_a_status_from_before_a_click_does_not_flip_the_play_button_back(
     panel.play.value = False  # the user pauses; the replay has not applied it yet
     panel.refresh()  # status still says running
     assert panel.play.value is False and panel.play.description == "Play"
+    assert "[pausing…]" in panel.clock.value  # not "[running]" under a Play button
     panel.play.value = True  # a second click resumes (not a second pause)
     assert fake.calls == [("pause", None), ("resume", None)]
     fake.state = "paused"  # the pause lands, the resume not yet
     panel.refresh()
     assert panel.play.value is True
+    assert "[resuming…]" in panel.clock.value
     fake.state = "running"
     panel.refresh()
     monkeypatch.setattr("workbench.ui._panel._COMMAND_GRACE", 0.0)
@@ -126,6 +128,7 @@ def test_a_status_from_before_a_click_does_not_flip_the_play_button_back(
     fake.state = "paused"  # paused from elsewhere (code, another panel): the status drives the button again
     panel.refresh()
     assert panel.play.value is False and panel.play.description == "Play"
+    assert "[paused]" in panel.clock.value
     panel.play.value = True  # a command that never lands: after the grace the status wins
     time.sleep(0.01)
     panel.refresh()

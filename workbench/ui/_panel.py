@@ -665,9 +665,9 @@ class ControlPanel(widgets.VBox):
         try:
             self.progress.value = view.progress
             self.progress.description = view.progress_text
-            self.clock.value = f"<b>{html.escape(view.clock)}</b> &nbsp; [{html.escape(view.state)}]"
             self.eta.value = view.eta + (f" · {view.behind}" if view.behind else "")
             with self._pending_lock:  # a click's pending command is settled and shown, or kept, as one step
+                self.clock.value = f"<b>{html.escape(view.clock)}</b> &nbsp; [{html.escape(self._state_text(view))}]"
                 if (view.speed is not None or view.speed_text == "max") and not self._speed_pending(view):
                     self._show_speed(view.speed)
                     self.speed_label.value = view.speed_text
@@ -694,6 +694,15 @@ class ControlPanel(widgets.VBox):
                 widget.tooltip = view.why_disabled or self._tooltips[widget.model_id]
         finally:
             self._local.syncing = False
+
+    def _state_text(self, view: PanelView) -> str:
+        """The replay's state, or what a play/pause click on its way makes of it: for about a second
+        after Pause the status still read "[running]" under a button that already said Play."""
+        pending = self._pending_play
+        if (pending is not None and view.playing is not None and view.playing != pending[0]
+                and _clock() - pending[1] <= _COMMAND_GRACE):
+            return "resuming…" if pending[0] else "pausing…"
+        return view.state
 
     def _show_speed(self, speed: float | None) -> None:
         """Put the slider at ``speed`` (within its range), or at its fast end for max (``None``); the
