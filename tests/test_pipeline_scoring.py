@@ -208,6 +208,40 @@ def test_killed_training_is_retried_while_scoring_continues_on_previous_version(
     assert set(late.column("model_version").to_pylist()) == {current}
 
 
+def test_a_first_day_too_small_to_train_does_not_stop_scoring(kafka_settings: Settings, logs: dict[str, Path],
+                                                             tmp_path: Path) -> None:
+    """A browser tester seeked forward right after the start: 284 usable rows of day 1 reached the
+    pipeline, its training failed for good, and day 3's events waited in Kafka (paused partitions) for a
+    version that only day 2's training could make, which needs day 3's events stored to be due: scoring
+    stopped for good. Day 3 comes paced, so its first batches end before day 2's training is due."""
+    settings = kafka_settings
+    ensure_topics(settings)
+    full = pq.read_table(logs["full"])
+    first, later = tmp_path / "sliver_and_day2.parquet", tmp_path / "day3_start.parquet"
+    pq.write_table(pa.concat_tables([day_slice(full, D1).slice(0, 150), day_slice(full, D2)]), first)
+    day3 = day_slice(full, D3)
+    cut = pa.scalar(dt.datetime.combine(D3, dt.time(0, 30), dt.UTC), pa.timestamp("us", tz="UTC"))
+    pq.write_table(day3.filter(pc.less(day3.column("arrival_timestamp"), cut)), later)
+    expected = _rows(first) + _rows(later)
+    Replay(first, settings=settings, speedup=0, pack=100).run()
+    paced = Replay(later, settings=settings, speedup=300, pack=1, replay_id="day3").start()  # ~6 s
+    try:
+        result = run_scoring(settings, idle_exit=3, timeout=90, batch_rows=4096, batch_seconds=0.5,
+                             status_interval=0.1, training_backoff_s=1)
+    finally:
+        paced.join(60)
+    days = _training_state(settings)["days"]
+    assert days[D1.isoformat()]["status"] == "failed"
+    assert days.get(D2.isoformat(), {}).get("status") == "done", "day 2 never trained: scoring waited for good"
+    shards = _assert_exactly_once(settings, expected)
+    assert result["events"] == expected
+    version = ModelRegistry(settings.models_dir).current()
+    assert version is not None and version.endswith(D2.isoformat())
+    # every row scored: days 1 and 2 by the first version there is (in-sample), day 3 by it as the rule says
+    assert shards.column("model_version").null_count == 0
+    assert set(shards.column("model_version").to_pylist()) == {version}
+
+
 def test_app_killed_mid_stream_restarts_without_duplicates(kafka_settings: Settings, logs: dict[str, Path]) -> None:
     settings = kafka_settings
     ensure_topics(settings)

@@ -447,3 +447,46 @@ def test_stop_on_a_home_stops_the_workbench_a_killed_demo_left_in_it(
     assert main(["--home", str(home), "stop"]) == 0
     assert f"stopped the workbench a `workbench demo` left running under {home / 'demo'}" in capsys.readouterr().out
     assert wait_until(lambda: not home_processes(demo.home), timeout=30)
+
+
+def test_wait_stops_waiting_for_a_drain_that_cannot_come_and_says_why() -> None:
+    """A first day too small to train held the scoring app's partitions for good, and ``wait()`` blocked
+    a notebook's kernel until it was interrupted (11 minutes); a paused replay holds it as long."""
+    from workbench.replay import ReplayStatus
+    from workbench.runtime._status import WorkbenchStatus
+    from workbench.runtime._workbench import PAUSED_STALL_S, STALL_S, _Stall
+
+    now = [0.0]
+    stall = _Stall(clock=lambda: now[0])
+
+    def status(state: str, next_row: int, lag: int, events: int, paused: tuple[int, ...] = ()) -> WorkbenchStatus:
+        replay = ReplayStatus(replay_id="default", file="log.parquet", state=state, speedup=1200.0, rows_sent=next_row,
+                              rows_total=1000, next_row=next_row, event_time=None, first_event_time=None,
+                              last_event_time=None, rate_now=0.0, rate_avg=0.0, eta_seconds=None)
+        scoring = {"counters": {"events": events},
+                   "info": {"paused_partitions": list(paused), "waiting_for_model": ["2024-03-05"] if paused else [],
+                            "training": {"days": {"2024-03-04": {"status": "failed"}}}}}
+        return WorkbenchStatus(replay=replay, processes={}, apps={"scoring": scoring}, lag={"scoring": lag},
+                               model_version=None, model_versions=0, anomalies=0, late_events=0, dead_letters=0)
+
+    # a running replay is never a stall, however long nothing moves
+    assert stall.check(status("running", 500, 9_499, 100), []) == ""
+    now[0] += 10 * STALL_S
+    assert stall.check(status("running", 500, 9_499, 100), []) == ""
+    # finished, held partitions, nothing moves: waited for, then named
+    assert stall.check(status("finished", 1000, 9_499, 100, (0, 1)), []) == ""
+    now[0] += STALL_S - 1
+    assert stall.check(status("finished", 1000, 9_499, 100, (0, 1)), []) == ""
+    now[0] += 2
+    why = stall.check(status("finished", 1000, 9_499, 100, (0, 1)), [])
+    assert "scoring 9,499" in why and "partitions 0, 1" in why and "2024-03-05" in why and "2024-03-04" in why
+    # progress (an event processed) starts the clock again, and a training that runs or waits holds it
+    assert stall.check(status("finished", 1000, 9_000, 600, (0, 1)), []) == ""
+    now[0] += STALL_S + 1
+    assert stall.check(status("finished", 1000, 9_000, 600, (0, 1)), ["2024-03-05"]) == ""
+    now[0] += 3 * STALL_S  # a long training
+    assert stall.check(status("finished", 1000, 9_000, 600, (0, 1)), ["2024-03-05"]) == ""
+    # a paused replay whose rows are all consumed: named after a few seconds
+    assert stall.check(status("paused", 700, 0, 700), []) == ""
+    now[0] += PAUSED_STALL_S
+    assert "paused" in stall.check(status("paused", 700, 0, 700), [])

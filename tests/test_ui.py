@@ -323,10 +323,10 @@ def test_a_training_that_failed_on_every_attempt_is_shown(panel_and_fake: tuple[
     fake.apps = {"scoring": {"state": "running", "info": {"training": {"days": days}}}}
     status = fake.status()
     assert status.failed_trainings == ["2024-03-05"]
-    assert "training failed on every attempt: 2024-03-05" in str(status)
+    assert "training failed for good: 2024-03-05" in str(status)
     assert status.as_dict()["failed_trainings"] == ["2024-03-05"]
     panel.refresh()
-    assert "training failed on every attempt for 2024-03-05" in panel.counters.value
+    assert "training failed for good for 2024-03-05" in panel.counters.value
     fake.apps = {}
     assert fake.status().failed_trainings == [] and "training failed" not in str(fake.status())
 

@@ -141,11 +141,31 @@ def is_ready(day: dt.date, windows: Sequence[VersionWindow], cadence: Cadence | 
     return True
 
 
+def _no_version_coming(day: dt.date, cadence: Cadence) -> bool:
+    """Whether every cadence training up to the one ``day`` waits for failed for good: no version can
+    come for ``day`` before a later day trains."""
+    step = dt.timedelta(days=cadence.every_n_days)
+    first_trained = cadence.first_day + step - dt.timedelta(days=1)
+    end = expected_window_end(day, cadence)
+    while end >= first_trained:
+        if end not in cadence.failed_days:
+            return False
+        end -= step
+    return True
+
+
 def may_accept(day: dt.date, windows: Sequence[VersionWindow], cadence: Cadence | None, *,
                pinned: str | None = None) -> bool:
-    """Whether the app may store events of ``day`` now (else it holds them: backpressure)."""
+    """Whether the app may store events of ``day`` now (else it holds them: backpressure).
+
+    Also when the day before it (by the cadence) can never get a version because every training up
+    to its own failed for good (e.g. a first day of fewer usable rows than a model needs, after a seek
+    skipped most of it): the next version needs the later days' events stored, and holding them
+    waited for good (the partitions stayed paused, and ``wait()`` with them).
+    """
     if pinned is not None or cadence is None:
         return True
     if day <= cadence.first_day + dt.timedelta(days=cadence.every_n_days):
         return True
-    return is_ready(day - dt.timedelta(days=cadence.every_n_days), windows, cadence)
+    previous = day - dt.timedelta(days=cadence.every_n_days)
+    return is_ready(previous, windows, cadence) or (not windows and _no_version_coming(previous, cadence))

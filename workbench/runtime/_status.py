@@ -436,10 +436,11 @@ class WorkbenchStatus:
 
     @property
     def failed_trainings(self) -> list[str]:
-        """Days whose training failed on every attempt (their log: ``<home>/logs/train_<day>.log``).
+        """Days whose training failed for good: every attempt failed, or the one run found too few usable
+        rows to fit (their log: ``<home>/logs/train_<day>.log``).
 
-        The previous model stays current; without one, the events those days' models would score
-        wait in Kafka until a training succeeds.
+        The previous model stays current; without one, the days wait for the next day's version, which
+        then scores them too.
         """
         days: set[str] = set()
         for found in self.instances.get("scoring") or [self.apps.get("scoring") or {}]:
@@ -536,8 +537,9 @@ class WorkbenchStatus:
             lines.append(f"a seek forward skipped {skipped:,} rows, not sent yet: {SKIPPED_HINT}")
         failed = self.failed_trainings
         if failed:
-            lines.append(f"training failed on every attempt: {', '.join(failed)} "
-                         "(see logs/train_<day>.log in the home)")
+            lines.append(f"training failed for good: {', '.join(failed)} "
+                         "(the version before it, or else the next one, scores the day after; "
+                         "see logs/train_<day>.log in the home)")
         if self.failed_judging:
             days = "; ".join(f"{day} ({why})" for day, why in self.failed_judging.items())
             lines.append(f"judging failed, days left unjudged: {days} (see logs/scoring.log in the home)")

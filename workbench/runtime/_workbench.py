@@ -122,6 +122,53 @@ _KAFKA_LOGGER = logging.getLogger("workbench.kafka")
 _KAFKA_LOGGER.addHandler(logging.NullHandler())
 
 
+#: Seconds without progress after which :meth:`Workbench.wait` stops waiting for a drain that cannot come.
+STALL_S = 120.0
+#: The same for a paused replay whose sent rows are all consumed (nothing else can move it).
+PAUSED_STALL_S = 10.0
+
+
+class _Stall:
+    """Tells :meth:`Workbench.wait` when the drain it waits for cannot come by itself: the replay is not
+    sending (paused, or finished) and nothing has moved for a while (no event processed, no lag change,
+    no training started or ended). A first day too small to train once held the scoring app's partitions
+    for good, and ``wait()`` in a notebook blocked its kernel for as long (a browser tester interrupted it
+    after 11 minutes); a paused replay does the same, and the panel cannot resume it while the cell runs."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.last: tuple[Any, ...] | None = None
+        self.since = clock()
+
+    def check(self, status: WorkbenchStatus, trainings: Sequence[str]) -> str:
+        """Why the drain cannot come ("" while it still may)."""
+        replay = status.replay
+        sending = replay is not None and replay.state in ("starting", "running")
+        progress = (replay.state if replay else None, replay.next_row if replay else None,
+                    tuple(sorted(status.events_processed.items())), tuple(sorted(status.lag.items())),
+                    tuple(trainings))
+        now = self.clock()
+        if progress != self.last or sending or trainings or status.replay_is_stale:  # a training may run minutes
+            self.last, self.since = progress, now
+            return ""
+        quiet = now - self.since
+        if replay is not None and replay.state == "paused" and all(v == 0 for v in status.lag.values()):
+            return ("the replay is paused and everything it sent is consumed: resume it, then wait again"
+                    if quiet >= PAUSED_STALL_S else "")
+        if quiet < STALL_S:
+            return ""
+        waiting, paused = status.waiting_for_model, status.paused_partitions
+        lag = ", ".join(f"{app} {v:,}" for app, v in sorted(status.lag.items()) if v)
+        why = f"nothing moved for {quiet:.0f} s (lag: {lag or 'unknown'})"
+        if paused:
+            why += (f"; the scoring app holds partitions {', '.join(map(str, paused))} for a model"
+                    f"{' of days ' + ', '.join(waiting) if waiting else ''} that no training makes")
+        failed = status.failed_trainings
+        if failed:
+            why += f"; training failed for good: {', '.join(failed)}"
+        return why + " (workbench status; logs in the home's logs/)"
+
+
 class _InProcessSettings(Settings):
     """Settings whose Kafka clients log through Python logging (``workbench.kafka``), not stderr.
 
@@ -573,6 +620,7 @@ class Workbench:
         from tqdm.auto import tqdm
 
         deadline = None if timeout is None else time.monotonic() + timeout
+        stall = _Stall()
         bar = tqdm(total=0, unit="events", unit_scale=True, disable=not progress, desc="pipeline")
         try:
             while True:
@@ -596,6 +644,11 @@ class Workbench:
                     msg = f"Workbench process(es) failed: {failed}; see {self.settings.logs_dir}."
                     raise WorkbenchStateError(msg)
                 if deadline is not None and time.monotonic() > deadline:
+                    return status
+                stuck = stall.check(status, self._trainings_due())
+                if stuck:
+                    logger.warning("wait() returns before the pipeline drained: %s", stuck)
+                    bar.set_postfix_str(f"not drained: {stuck}", refresh=True)
                     return status
                 time.sleep(poll)
             if not settled:
@@ -625,6 +678,13 @@ class Workbench:
         finally:
             bar.close()
 
+    def _trainings_due(self) -> list[str]:
+        """Days whose training runs or waits for its retry."""
+        from workbench.ml.supervisor import TrainingSupervisor
+
+        return sorted(day for day, entry in TrainingSupervisor(self.settings).state["days"].items()
+                      if entry["status"] in ("running", "pending"))
+
     def settled(self, status: WorkbenchStatus | None = None) -> bool:
         """Whether every result of the replay has landed: the pipeline is drained, no training runs or
         waits, no stored events wait for a model that exists, the analytics app's collective step has
@@ -638,13 +698,11 @@ class Workbench:
         """What keeps ``status`` from settled, in a few words ("" when nothing does)."""
         from workbench.analysis.read import judged_through
         from workbench.ml.registry import ModelRegistry
-        from workbench.ml.supervisor import TrainingSupervisor
         from workbench.pipeline.scoring import unscored_days
 
         if not status.drained:
             return "the pipeline to drain"
-        training = sorted(day for day, entry in TrainingSupervisor(self.settings).state["days"].items()
-                          if entry["status"] in ("running", "pending"))
+        training = self._trainings_due()
         if training:
             return f"the training of {', '.join(training)}"
         unscored = unscored_days(self.settings)

@@ -197,7 +197,7 @@ def _field(obj: Any, name: str, default: Any = None) -> Any:
 
 def _failed_trainings_text(status: Any) -> str:
     failed = _field(status, "failed_trainings") or []
-    return f"; training failed on every attempt for {', '.join(failed)} (logs/train_<day>.log)" if failed else ""
+    return f"; training failed for good for {', '.join(failed)} (logs/train_<day>.log)" if failed else ""
 
 
 def _stale(status: Any) -> bool:
