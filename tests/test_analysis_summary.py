@@ -785,4 +785,5 @@ def test_the_flagged_windows_say_that_a_reason_or_version_filter_does_not_narrow
     assert summary.windows_scope() is None
     note = summary.windows_scope(reason="long_queue", versions=["v0002-2024-03-05"])
     assert "reason 'long_queue'" in note and "v0002-2024-03-05" in note and "narrow the queries only" in note
+    assert "narrows the queries only" in summary.windows_scope(reason="long_queue") and "`" not in note
     assert "versions v1" in summary.windows_scope(versions=["v1"])

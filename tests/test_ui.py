@@ -666,6 +666,10 @@ def test_lag_trend_and_event_time_behind() -> None:
     assert lag_trend([(0.0, 5000), (5.0, 9000), (12.0, 20000)]) == "growing"
     assert lag_trend([(0.0, 20000), (12.0, 5000)]) == "shrinking"
     assert lag_trend([(0.0, 20000), (12.0, 20050)]) == "steady"
+    # a sawtooth (batches consumed and committed) is not "shrinking" while its newest sample rises
+    sawtooth = [(0.0, 1500), (2.0, 1100), (4.0, 1300), (6.0, 900), (8.0, 1200), (10.0, 1000), (12.0, 1089)]
+    assert lag_trend(sawtooth) == "shrinking" and lag_trend([*sawtooth, (14.0, 1399)]) == "steady"
+    assert lag_trend([(0.0, 800), (12.0, 0)]) == ""  # nothing behind: no trend (read "0 messages, shrinking")
     fake = FakeWorkbench()
     fake.lag = 140_000  # 1000 rows per day of events: 140,000 messages are ~97 days of event time
     view = panel_view(fake.status(), lag_history=[(0.0, 100_000), (11.0, 140_000)])
@@ -951,6 +955,27 @@ def test_readable_tables_show_units_separators_and_whole_versions() -> None:
     assert tables.readable(empty) is empty  # nothing to style: the note shows instead
     assert "nothing" in str(table_or_note(tables.readable(empty), "nothing here").data)
     assert table_or_note(tables.readable(summary.worst_queries(anomalies, 2)), "nothing here").data is not None
+
+
+def test_the_model_and_critical_instance_tables_read_rates_and_shares_in_their_units() -> None:
+    """03 read `holdout alert rate 0.000`, `alerts per 10k 85.1937`, `q90 coverage 0.8682`, `rows 19485`;
+    04's critical instances `cpu_bound_share 0.009` and `critical_types [network_bound]`."""
+    from workbench.analysis import detection_summary as ds
+    from workbench.ui import tables
+
+    evaluation = ds.evaluation_table({"v0002": {"rows": 19485, "anomalies": 82, "alerts": 166, "PR-AUC": 0.24591,
+                                                "alerts per 10k": 85.1937, "q90 coverage": 0.8682,
+                                                "recall[queue_storm]": 0.8}})
+    html = tables.readable(evaluation).to_html()
+    for text in (">19,485<", ">0.246<", ">85.2<", ">86.8 %<", ">0.800<"):
+        assert text in html, text
+    metadata = pd.DataFrame({"holdout q90 coverage": [0.905], "holdout alert rate": [0.0022], "trained rows": [469]})
+    html = tables.readable(metadata).to_html()
+    assert ">90.5 %<" in html and ">22.0 per 10k<" in html and ">469<" in html
+    critical = pd.DataFrame({"instance_id": [18], "total_queries": [4031], "cpu_bound_share": [0.0093],
+                             "critical_types": [["cpu_bound", "network_bound"]]})
+    html = tables.readable(critical).to_html()
+    assert ">4,031<" in html and ">0.9 %<" in html and ">cpu_bound, network_bound<" in html and "[" not in html
 
 
 def test_the_drill_downs_evidence_reads_each_value_in_its_unit() -> None:

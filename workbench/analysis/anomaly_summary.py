@@ -97,8 +97,9 @@ def windows_scope(*, reason: str = "", versions: Sequence[str] = ()) -> str | No
         narrowed.append(f"versions {', '.join(versions)}")
     if not narrowed:
         return None
+    verb = "narrows" if len(narrowed) == 1 else "narrow"
     return (f"every flagged window of the time range and instances is shown: {' and '.join(narrowed)} "
-            "narrow the queries only (a window is flagged by a signal of its instance, see `signal`)")
+            f"{verb} the queries only (a window is flagged by a signal of its instance: see its signal column)")
 
 
 def window_anomalies_table(windows: pd.DataFrame) -> pd.DataFrame:

@@ -252,7 +252,7 @@ class ReplayStatus:
             eta += f", {self.behind_seconds:,.0f} s of event time behind"
         skipped = f" | {self.rows_skipped:,} rows skipped by a seek forward, not sent yet" if self.rows_skipped else ""
         return (
-            f"replay {self.replay_id} [{self.state}] {clock} UTC | {self.next_row:,}/{self.rows_total:,} rows "
+            f"replay {self.replay_id} [{self.state}] {clock} UTC | row {self.next_row:,} of {self.rows_total:,} "
             f"({self.fraction:.1%}) | {self.rate_now:,.0f} rows/s now, {self.rate_avg:,.0f} avg | {speed}{eta}"
             f"{skipped}"
         )

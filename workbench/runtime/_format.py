@@ -20,7 +20,7 @@ LATE_HINT: Final = ("rows sent before and counted then, re-sent after a seek or 
 #: What rows a seek forward skipped mean, beside their count: the windows count them whenever they come,
 #: but a day's model trained meanwhile was fitted without them, and its version stays.
 SKIPPED_HINT: Final = ("a reset or a seek back sends them and the windows count them then, but a day trained "
-                       "meanwhile was fitted without them (`workbench models list` shows its rows)")
+                       "meanwhile was fitted without them: workbench models list shows its rows")
 
 
 def format_bytes(n: int) -> str:

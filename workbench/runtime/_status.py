@@ -527,7 +527,8 @@ class WorkbenchStatus:
 
         lag = ", ".join(f"{name} {count(value)}" for name, value in self.lag.items())
         lines.append(f"lag (messages): {lag or '-'}")
-        lines.append(f"model: {self.model_version or 'none yet'} ({self.model_versions} versions) | "
+        versions = f"{self.model_versions} version{'' if self.model_versions == 1 else 's'}"
+        lines.append(f"model: {self.model_version or 'none yet'} ({versions}) | "
                      f"anomalies {count(self.anomalies)} | flagged windows {count(self.window_anomalies)} | "
                      f"late events {count(self.late_events)} | dead letters {count(self.dead_letters)}")
         if self.late_events:

@@ -217,20 +217,33 @@ def _events_per_second(replay: Any) -> float | None:
 
 
 def lag_trend(history: Sequence[tuple[float, int]], *, span: float = _TREND_SPAN) -> str:
-    """``growing``, ``shrinking``, ``steady`` or ``""`` (too little history) from ``(time, lag)`` samples."""
+    """``growing``, ``shrinking``, ``steady`` or ``""`` (too little history, or nothing behind) from
+    ``(time, lag)`` samples.
+
+    The lag is a sawtooth (apps consume and commit in batches): one sample against one ``span`` ago read
+    "1,089 ... shrinking" and then "1,399 ... shrinking" four seconds later. So the mean of the last
+    ``span`` is compared with the mean before it, and a word is given only when the newest sample
+    agrees with it (above the earlier mean for growing, below it for shrinking); a lag of 0 has none.
+    """
     if len(history) < 2:
         return ""
     now, latest = history[-1]
-    older = [(t, v) for t, v in history if now - t >= span]
-    then, before = older[-1] if older else history[0]
-    if now - then <= 0:
+    if latest == 0:
         return ""
-    change = latest - before
-    if abs(change) <= max(100, _TREND_TOLERANCE * max(before, latest)):
+    recent = [v for t, v in history if now - t < span]
+    earlier = [v for t, v in history if span <= now - t < 2 * span]
+    if not earlier:
+        older = [v for t, v in history if now - t >= span]
+        if not older:
+            return ""
+        earlier = older[-1:]
+    before, after = sum(earlier) / len(earlier), sum(recent) / len(recent)
+    change = after - before
+    if abs(change) <= max(100, _TREND_TOLERANCE * max(before, after)):
         return "steady"
-    return "growing" if change > 0 else "shrinking"
-
-
+    if change > 0:
+        return "growing" if latest > before else "steady"
+    return "shrinking" if latest < before else "steady"
 
 
 def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple[float, int]] = ()) -> PanelView:
@@ -744,7 +757,9 @@ class ControlPanel(widgets.VBox):
         replay = None if _stale(status) else status.replay
         rows = []
         if replay is not None:
-            rows.append(("Rows sent", f"{replay.next_row:,} / {replay.rows_total:,}"))
+            # the log position, not a count of rows sent: a seek forward moves it past rows never sent
+            # ("Rows sent 21,885" sat above "Skipped by a seek 21,106" with 780 rows sent)
+            rows.append(("Log position", f"row {replay.next_row:,} of {replay.rows_total:,}"))
             if replay.state == "running":
                 rate = _field(replay, "rate")
                 measured = f", {rate:,.0f} measured" if rate else ""

@@ -44,6 +44,27 @@ def _time(value: Any) -> str:
     return "" if _missing(value) else f"{pd.Timestamp(value):%Y-%m-%d %H:%M:%S}"
 
 
+def _share(value: Any) -> str:
+    """A share (0..1) in percent to the tenth: coverage 0.905 and 0.868 read "90.5 %" and "86.8 %"."""
+    return "" if _missing(value) else f"{100 * float(value):.1f} %"
+
+
+def _per_10k(value: Any) -> str:
+    """A rate (0..1) per 10,000: a holdout alert rate of 0.0001 read "0.000"."""
+    return "" if _missing(value) else f"{10_000 * float(value):,.1f} per 10k"
+
+
+def _tenths(value: Any) -> str:
+    return "" if _missing(value) else f"{float(value):,.1f}"
+
+
+def _names(value: Any) -> str:
+    """A list of names (an instance's critical problem types) as text, not a Python list."""
+    if isinstance(value, list | tuple | np.ndarray):
+        return ", ".join(str(v) for v in value)
+    return _name(value)
+
+
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float | np.floating) and np.isnan(value)) or value is pd.NaT
 
@@ -54,6 +75,10 @@ _FORMATS: dict[str, Callable[[Any], str]] = {
     **dict.fromkeys(("under_ratio", "median_ratio", "worst_ratio", "exec_ratio"), _ratio),
     **dict.fromkeys(("anomalies", "queries", "rows", "alerts", "trained rows"), _count),
     "excess_hours": _hours,
+    **dict.fromkeys(("q90 coverage", "holdout q90 coverage"), _share),
+    "holdout alert rate": _per_10k,
+    "alerts per 10k": _tenths,
+    "critical_types": _names,
     "share %": lambda value: "" if _missing(value) else f"{float(value):,.2f}",
 }
 #: The evidence values, in the unit ``evidence_unit`` names.
@@ -120,9 +145,11 @@ def readable(frame: pd.DataFrame) -> Any:
     for column in frame.columns:
         if column in _FORMATS:
             formats[column] = _FORMATS[column]
+        elif str(column).endswith("_share"):
+            formats[column] = _share
         elif pd.api.types.is_datetime64_any_dtype(frame[column]):
             formats[column] = _time
-        elif str(column).endswith("_id"):
+        elif str(column).endswith(("_id", "pid")):
             formats[column] = _name  # an id is a name, not a quantity: no separators
         elif pd.api.types.is_integer_dtype(frame[column]):
             formats[column] = _count
