@@ -143,7 +143,8 @@ def test_a_log_of_less_than_a_day_is_scored_once_its_waiting_day_is_trained(kafk
         status = wb.wait(timeout=240, progress=False)
         status = wait_until(lambda: (s := wb.status()).drained and s.waiting_for_model and s, timeout=60)
         assert status.waiting_for_model == ["2024-03-04"] and status.model_version is None
-        assert "`workbench train --day 2024-03-04` or Workbench.train_waiting_days()" in str(status), str(status)
+        assert "Workbench.train_waiting_days() trains" in str(status), str(status)
+        assert "with the workbench stopped, workbench train --day 2024-03-04" in str(status), str(status)
         versions = wb.train_waiting_days()
         assert len(versions) == 1 and versions[0].endswith("-2024-03-04")
         settled = wait_until(lambda: not (s := wb.status()).waiting_for_model and s.drained and s, timeout=120)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import itertools
 import json
@@ -325,6 +326,20 @@ def test_a_training_that_failed_on_every_attempt_is_shown(panel_and_fake: tuple[
     assert status.failed_trainings == ["2024-03-05"]
     assert "training failed for good: 2024-03-05" in str(status)
     assert status.as_dict()["failed_trainings"] == ["2024-03-05"]
+    # a retry on its way is named, and the hint for a stream that ended before a day's end is not given
+    # (it named the wrong day, and `workbench train`, which a running workbench refuses)
+    assert status.trainings_due == {"2024-03-06": "pending, 1 attempt started"}
+    assert "training runs or waits for its retry: 2024-03-06 (pending, 1 attempt started)" in str(status)
+    fake.apps["scoring"]["info"]["waiting_for_model"] = ["2024-03-07"]
+    fake.state = "finished"
+
+    def drained() -> WorkbenchStatus:
+        return dataclasses.replace(fake.status(), lag={"scoring": 0, "analytics": 0})
+
+    assert drained().drained and "no training is due" not in str(drained())
+    days["2024-03-06"]["status"] = "done"
+    assert "no training is due" in str(drained())
+    fake.state = "running"
     panel.refresh()
     assert "training failed for good for 2024-03-05" in panel.counters.value
     fake.apps = {}

@@ -449,6 +449,18 @@ class WorkbenchStatus:
         return sorted(days)
 
     @property
+    def trainings_due(self) -> dict[str, str]:
+        """Days whose training runs or waits for its retry, with the attempts started so far."""
+        due: dict[str, str] = {}
+        for found in self.instances.get("scoring") or [self.apps.get("scoring") or {}]:
+            training = (found.get("info") or {}).get("training") or {}
+            for day, entry in (training.get("days") or {}).items():
+                if entry.get("status") in ("running", "pending"):
+                    attempts = int(entry.get("attempts") or 0)
+                    due[day] = f"{entry['status']}, {attempts} attempt{'' if attempts == 1 else 's'} started"
+        return dict(sorted(due.items()))
+
+    @property
     def failed_judging(self) -> dict[str, str]:
         """Settled days the scoring app's deferred step (persistent runs, runtime-residual windows) gave
         up on after repeated failures, with the error (its log: ``<home>/logs/scoring.log``)."""
@@ -548,11 +560,15 @@ class WorkbenchStatus:
         if waiting or paused:
             lines.append(f"scoring waits for a model: days {', '.join(waiting) or '-'} (waiting_for_model); "
                          f"paused partitions {', '.join(map(str, paused)) or '-'} (paused_partitions)")
-        if waiting and self.drained:
-            # the replay is over, so no later day will come to finish these: say how to score them
+        due = self.trainings_due
+        if due:
+            lines.append("training runs or waits for its retry: " + ", ".join(f"{d} ({s})" for d, s in due.items()))
+        elif waiting and self.drained:
+            # the replay is over, so no later day will come to finish these: say how to score them (a day
+            # waiting for a retry of an earlier training was given this hint, with the wrong day)
             lines.append(f"the stream ended before passing the end of {', '.join(waiting)}, so no training is due: "
-                         f"`workbench train --day {waiting[-1]}` or Workbench.train_waiting_days() trains from the "
-                         "stored events now, and the scoring app scores them")
+                         "Workbench.train_waiting_days() trains from the stored events now (or, with the workbench "
+                         f"stopped, workbench train --day {waiting[-1]}), and the scoring app scores them")
         procs = ", ".join(f"{name}: {p.get('state')}" + (f" ({p['restarts']} restarts)" if p.get("restarts") else "")
                           for name, p in self.processes.items())
         lines.append(f"processes: {procs or '-'}")
