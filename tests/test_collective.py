@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from workbench.analysis import read
@@ -475,3 +476,48 @@ def test_an_instance_with_no_open_window_is_judged_while_another_holds_one_open(
     assert step.cursor_ms[8] < last and step.cursor_ms[7] > 0
     starts = set(pd.to_datetime(read.window_anomalies(settings, instances=[7])["window_start"], utc=True))
     assert {pd.Timestamp(s) for s in quiet["window_start"].iloc[300:302]} <= starts
+
+
+def _stored_flags(settings: Settings) -> set[tuple]:
+    with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
+        table = lake.read_window_anomalies().to_pandas()
+    return {(int(r.instance_id), pd.Timestamp(r.window_start), r.signal, round(r.expected, 9), round(r.observed, 9),
+             round(r.score, 9)) for r in table.itertuples()}
+
+
+def test_windows_written_behind_the_judged_ones_are_judged_again_as_a_replay_without_a_seek(tmp_path: Path) -> None:
+    """A seek forward skipped rows, and a seek back or a reset sent them: their windows were written after
+    later windows had been judged against a history without them. A tester found a flagged window lost
+    (until a restart) and two flagged that a replay without the seek does not flag (for good)."""
+    windows = _windows()
+    windows.loc[windows.index[300:302], "queue_wlm_bound_queries"] = windows["total_queries"].iloc[300:302] // 2
+    reference = Settings(home=tmp_path / "reference")
+    with WindowStatsStore.from_settings(reference) as store:
+        store.upsert(windows.to_dict("records"))
+    CollectiveStep(reference).run()
+    expected = _stored_flags(reference)
+    assert expected  # the storm at least
+
+    seeked = Settings(home=tmp_path / "seeked")
+    skipped = windows.index[40:250]  # a seek forward from day 1's 06:40 to day 2's 17:40
+    with WindowStatsStore.from_settings(seeked) as store:
+        store.upsert(windows.drop(skipped).to_dict("records"))
+    step = CollectiveStep(seeked)
+    step.run()
+    before = _stored_flags(seeked)
+    assert before != expected  # judged against a history without the skipped windows
+    # the scoring app's flag of a window in the range judged again: not the step's to take back
+    residual = pd.DataFrame({"instance_id": [7], "window_start": [windows["window_start"].iloc[260]],
+                             "signal": ["runtime_residual"], "expected": [0.0], "observed": [0.7], "score": [9.0],
+                             "reason": ["every query runs slower"]})
+    with AnomalyLakehouse.from_settings(seeked) as lake:
+        lake.write_window_anomalies(pa.Table.from_pandas(residual, schema=WINDOW_ANOMALY_SCHEMA, preserve_index=False))
+    with WindowStatsStore.from_settings(seeked) as store:
+        store.upsert(windows.loc[skipped].to_dict("records"))  # the reset sends them
+    step.run()
+    after = _stored_flags(seeked)
+    window_rows = {f for f in after if f[2] != "runtime_residual"}
+    assert window_rows == expected, (sorted(before ^ expected)[:5], sorted(window_rows ^ expected)[:5])
+    assert any(f[2] == "runtime_residual" for f in after)
+    assert step.run() == 0 and _stored_flags(seeked) == after  # nothing written since: nothing judged again
+    assert CollectiveStep(seeked).run() == 0 and _stored_flags(seeked) == after  # a restart adds nothing

@@ -94,6 +94,7 @@ the same store gives the same rows (the lakehouse write is insert-if-absent on
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
@@ -104,6 +105,8 @@ import pandas as pd
 import pyarrow as pa
 
 from workbench._units import human_ms, percent
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "SIGNALS",
@@ -855,6 +858,14 @@ def _per_instance(instance: np.ndarray, values: Mapping[int, int], default: int)
     return np.fromiter((values.get(int(i), default) for i in instance), dtype=np.int64, count=len(instance))
 
 
+def _window_stats_signals() -> tuple[str, ...]:
+    """The signals judged from ``window_stats`` (the step's own): all but the scoring app's two, judged
+    on scores (:mod:`workbench.analysis.residual_windows`), whose flags a judging again must not touch."""
+    from workbench.analysis.residual_windows import RESIDUAL_SIGNAL, TOLERANCE_SIGNAL
+
+    return tuple(s for s in SIGNALS if s not in (RESIDUAL_SIGNAL, TOLERANCE_SIGNAL))
+
+
 class CollectiveStep:
     """Reads closed windows from the SQLite ``window_stats``, flags them, stores them in the lakehouse.
 
@@ -873,6 +884,14 @@ class CollectiveStep:
     The lakehouse write is insert-if-absent on ``(instance_id, window_start, signal)``, so a crash
     and restart (cursors lost, windows scored again) neither loses nor duplicates a row. A busy
     lakehouse leaves the cursors where they were.
+
+    A window written behind an instance's cursor after its windows there were judged (a seek forward
+    skipped rows, a seek back or a reset sent them: new windows, or closed ones opened again) changes
+    the history of every later window: the instance is judged again from that window on, and its
+    flags there are replaced (:meth:`~workbench.store.lakehouse.AnomalyLakehouse.replace_window_anomalies`),
+    so the lakehouse holds what a replay without the seek gives. Found by a tester comparing runs: a
+    seek forward and back lost a flagged window until the app restarted, and judged two windows flagged
+    against a history without the skipped rows, which no restart took back.
     """
 
     def __init__(self, settings: Any, params: CollectiveParams | None = None, *, settle_ms: int = 900_000) -> None:
@@ -880,6 +899,8 @@ class CollectiveStep:
         self.params = params or CollectiveParams()
         self.settle_ms = settle_ms
         self.cursor_ms: dict[int, int] = {}  # instance_id -> start of its last scored window (ms)
+        #: instance_id -> the newest ``updated_at`` (ms, the writer's clock) of its windows read when judged
+        self.judged_mark_ms: dict[int, int] = {}
 
     def run(self) -> int:
         """Score new final windows; returns the number of window anomalies inserted."""
@@ -887,11 +908,13 @@ class CollectiveStep:
         from workbench.store.window_stats import WindowStatsStore
 
         lookback_ms = int(self.params.lookback.total_seconds() * 1000)
-        start = min(self.cursor_ms.values()) - lookback_ms if self.cursor_ms else None
         with WindowStatsStore.from_settings(self.settings, read_only=True) as store:
             # open windows first: one that closes between the two reads is only left for the next run
             still_open = store.earliest_open_windows()
             ended = store.log_ends()
+            again = self._judge_again(store)
+            cursors = {i: (min(c, again[i] - 1) if i in again else c) for i, c in self.cursor_ms.items()}
+            start = min(cursors.values()) - lookback_ms if cursors else None
             table = store.read(start=start)
         if table.num_rows == 0:
             return 0
@@ -904,15 +927,42 @@ class CollectiveStep:
             final |= start_ms <= _per_instance(instance, ended, _NEVER)
         if still_open:
             final &= start_ms < _per_instance(instance, still_open, _ALWAYS)
-        if self.cursor_ms:
-            final &= start_ms > _per_instance(instance, self.cursor_ms, _NEVER)
+        if cursors:
+            final &= start_ms > _per_instance(instance, cursors, _NEVER)
+        marks = pd.Series(pd.DatetimeIndex(frame["updated_at"]).as_unit("ms").asi8).groupby(instance).max()
         if not final.any():
+            self._note_judged(marks, again)
             return 0
         flagged = flag_windows(frame[final], frame, self.params)
         inserted = 0
-        if flagged.num_rows:
+        scopes = {i: (t, self.cursor_ms[i]) for i, t in again.items()}
+        if flagged.num_rows or scopes:
             with AnomalyLakehouse.from_settings(self.settings) as lake:
-                inserted = lake.write_window_anomalies(flagged)
+                inserted = lake.replace_window_anomalies(flagged, scopes, _window_stats_signals())
         done = pd.Series(start_ms[final]).groupby(instance[final]).max()
-        self.cursor_ms.update({int(k): int(v) for k, v in done.items()})
+        for k, v in done.items():
+            # judged again from an earlier window: the cursor is where this pass ended (it may end earlier
+            # than before, when a window there is held open)
+            self.cursor_ms[int(k)] = int(v) if int(k) in again else max(int(v), self.cursor_ms.get(int(k), _NEVER))
+        self._note_judged(marks, again)
         return inserted
+
+    def _judge_again(self, store: Any) -> dict[int, int]:
+        """Per instance, the earliest window behind its cursor written after its windows were judged."""
+        if not self.judged_mark_ms:
+            return {}
+        again: dict[int, int] = {}
+        for instance, start, updated in store.written_since(min(self.judged_mark_ms.values())):
+            cursor, mark = self.cursor_ms.get(instance), self.judged_mark_ms.get(instance)
+            if cursor is not None and mark is not None and start <= cursor and updated > mark:
+                again.setdefault(instance, start)
+        if again:
+            logger.info("collective step: windows written behind the judged ones, judging again from %s",
+                        ", ".join(f"instance {i} {pd.Timestamp(t, unit='ms', tz='UTC'):%Y-%m-%d %H:%M}"
+                                  for i, t in sorted(again.items())))
+        return again
+
+    def _note_judged(self, marks: pd.Series, again: Mapping[int, int]) -> None:
+        """Remember the newest write read per instance (a later write behind its cursor is judged again)."""
+        for k, v in marks.items():
+            self.judged_mark_ms[int(k)] = max(int(v), self.judged_mark_ms.get(int(k), _NEVER))

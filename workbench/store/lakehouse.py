@@ -49,7 +49,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -610,6 +610,58 @@ class AnomalyLakehouse(ConnectionStore):
             raise self._failed(exc, "write window anomalies") from exc
         finally:
             con.unregister("_wb_windows")
+        return int(inserted[0]) if inserted else 0
+
+    def replace_window_anomalies(self, rows: pa.Table, scopes: Mapping[int, tuple[int, int]],
+                                 signals: Sequence[str]) -> int:
+        """Judge windows again: in one transaction, delete the stored flags of ``signals`` in each scope
+        (``instance_id -> (first, last window_start)``, epoch ms, inclusive) that ``rows`` does not hold
+        as they are, then insert ``rows`` as :meth:`write_window_anomalies` does. Returns rows inserted.
+
+        The collective step judged those windows before windows earlier than them were written (a seek
+        forward, then a seek back or a reset): their references lacked that history. Flags of other
+        signals (the scoring app's, judged on scores) and of windows outside the scopes stay.
+        """
+        if self.read_only:
+            msg = f"{self!r} was opened read_only; open it with read_only=False to write."
+            raise StoreError(msg)
+        if not scopes:
+            return self.write_window_anomalies(rows)
+        con = self.connection
+        key = (*WINDOW_ANOMALY_KEY, "expected", "observed", "score", "reason")
+        scope = pa.table({"instance_id": pa.array(list(scopes), pa.int64()),
+                          "lo": pa.array([lo for lo, _ in scopes.values()], pa.int64()),
+                          "hi": pa.array([hi for _, hi in scopes.values()], pa.int64())})
+        names = ", ".join(f"'{s}'" for s in signals if s.replace("_", "").isalnum())
+        delete = (
+            f"DELETE FROM {CATALOG_ALIAS}.window_anomalies t WHERE t.signal IN ({names}) AND EXISTS ("
+            "  SELECT 1 FROM _wb_scopes c WHERE c.instance_id = t.instance_id"
+            "  AND epoch_ms(t.window_start) BETWEEN c.lo AND c.hi)"
+            " AND NOT EXISTS (SELECT 1 FROM _wb_windows s WHERE "
+            + " AND ".join(f"s.{k} IS NOT DISTINCT FROM t.{k}" for k in key) + ")"
+        )
+        cols = ", ".join(key)
+        insert = (
+            f"INSERT INTO {CATALOG_ALIAS}.window_anomalies ({cols}, inserted_at) "
+            f"SELECT {cols}, now() FROM ("
+            f"  SELECT * FROM _wb_windows QUALIFY row_number() OVER (PARTITION BY {', '.join(WINDOW_ANOMALY_KEY)}) = 1"
+            f") s WHERE NOT EXISTS (SELECT 1 FROM {CATALOG_ALIAS}.window_anomalies t WHERE "
+            + " AND ".join(f"t.{k} = s.{k}" for k in WINDOW_ANOMALY_KEY) + ")"
+        )
+        con.register("_wb_windows", rows)
+        con.register("_wb_scopes", scope)
+        try:
+            with self._exclusive():
+                con.execute("BEGIN TRANSACTION")
+                con.execute(delete)
+                inserted = con.execute(insert).fetchone()
+                con.execute("COMMIT")
+        except duckdb.Error as exc:
+            _rollback(con)
+            raise self._failed(exc, "replace window anomalies") from exc
+        finally:
+            con.unregister("_wb_windows")
+            con.unregister("_wb_scopes")
         return int(inserted[0]) if inserted else 0
 
     def read_window_anomalies(self) -> pa.Table:

@@ -696,6 +696,13 @@ class WindowStatsStore(ConnectionStore):
         value = self._fetch("SELECT max(window_start) FROM window_stats")[0][0]
         return None if value is None else datetime.fromtimestamp(value / 1000, tz=UTC)
 
+    def written_since(self, after_ms: int) -> list[tuple[int, int, int]]:
+        """``(instance_id, window_start, updated_at)`` (epoch ms) of every window written after
+        ``after_ms`` (the writer's clock), oldest window first: what changed since a reader last looked."""
+        rows = self._fetch(f"SELECT instance_id, window_start, updated_at FROM window_stats WHERE updated_at > "
+                           f"{self.dialect.param} ORDER BY window_start, instance_id", [int(after_ms)])
+        return [(int(i), int(s), int(u)) for i, s, u in rows]
+
     def earliest_open_windows(self) -> dict[int, int]:
         """Per instance, the start (epoch ms) of its earliest window the analytics app holds open (its
         state table ``analytics_open_windows``, every group and partition); empty before the app ran.
