@@ -15,12 +15,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -72,7 +74,10 @@ def test_window_stats_postgres_matches_sqlite(postgres_server: PostgresServer, p
         with store:
             store.upsert(rows)
             store.upsert(rows[:100])  # a replay: replaces itself
+            mark = store.newest_write_ms()
+            time.sleep(0.01)
             store.upsert([{**rows[0], "total_queries": 99}])
+            written = [(i, s) for i, s, _ in store.written_since(mark)]  # what the collective step judges again
             store.record_late(5, T0, 2, source=("events", 0, 17))
             store.record_late(5, T0, 2, source=("events", 0, 17))  # the same message again
             store.record_late(5, T0, 1, source=("events", 1, 17))
@@ -86,12 +91,14 @@ def test_window_stats_postgres_matches_sqlite(postgres_server: PostgresServer, p
                 "rows": without(store.read(), "updated_at"), "count": store.count(),
                 "filtered": without(filtered, "updated_at"), "late": late,
                 "newest": (store.newest_window_start(), store.newest_window_end()),
-                "replaced": replaced["total_queries"].to_pylist(),
+                "replaced": replaced["total_queries"].to_pylist(), "written": written,
                 "archived": (archived.cutoff, archived.rows, files, again.rows),
                 "archive": without(pa.concat_tables(pq.read_table(f) for f in archived.files), "updated_at"),
             }
     assert got["postgres"] == got["sqlite"]
     assert got["postgres"]["replaced"] == [99]
+    first = rows[0]["window_start"]
+    assert got["postgres"]["written"] == [(rows[0]["instance_id"], int(pd.Timestamp(first).timestamp() * 1000))]
     assert got["postgres"]["filtered"] and got["postgres"]["archived"][1] > 0
     assert got["postgres"]["count"] + got["postgres"]["archived"][1] == len(rows)
     assert [r["late_count"] for r in got["postgres"]["late"]] == [3]

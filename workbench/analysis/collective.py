@@ -899,8 +899,8 @@ class CollectiveStep:
         self.params = params or CollectiveParams()
         self.settle_ms = settle_ms
         self.cursor_ms: dict[int, int] = {}  # instance_id -> start of its last scored window (ms)
-        #: instance_id -> the newest ``updated_at`` (ms, the writer's clock) of its windows read when judged
-        self.judged_mark_ms: dict[int, int] = {}
+        #: the newest ``updated_at`` (ms, the writer's clock) seen by the last run: what was written since
+        self.seen_through_ms: int | None = None
 
     def run(self) -> int:
         """Score new final windows; returns the number of window anomalies inserted."""
@@ -929,9 +929,7 @@ class CollectiveStep:
             final &= start_ms < _per_instance(instance, still_open, _ALWAYS)
         if cursors:
             final &= start_ms > _per_instance(instance, cursors, _NEVER)
-        marks = pd.Series(pd.DatetimeIndex(frame["updated_at"]).as_unit("ms").asi8).groupby(instance).max()
         if not final.any():
-            self._note_judged(marks, again)
             return 0
         flagged = flag_windows(frame[final], frame, self.params)
         inserted = 0
@@ -944,25 +942,24 @@ class CollectiveStep:
             # judged again from an earlier window: the cursor is where this pass ended (it may end earlier
             # than before, when a window there is held open)
             self.cursor_ms[int(k)] = int(v) if int(k) in again else max(int(v), self.cursor_ms.get(int(k), _NEVER))
-        self._note_judged(marks, again)
         return inserted
 
     def _judge_again(self, store: Any) -> dict[int, int]:
-        """Per instance, the earliest window behind its cursor written after its windows were judged."""
-        if not self.judged_mark_ms:
+        """Per instance, the earliest window behind its cursor written since the last run read the store.
+
+        A window written after this read is newer than the mark kept here, so the next run finds it
+        (one this run also judges is judged twice: the same flags)."""
+        if self.seen_through_ms is None:  # the first run judges everything it reads
+            self.seen_through_ms = store.newest_write_ms()
             return {}
         again: dict[int, int] = {}
-        for instance, start, updated in store.written_since(min(self.judged_mark_ms.values())):
-            cursor, mark = self.cursor_ms.get(instance), self.judged_mark_ms.get(instance)
-            if cursor is not None and mark is not None and start <= cursor and updated > mark:
+        for instance, start, updated in store.written_since(self.seen_through_ms):
+            self.seen_through_ms = max(self.seen_through_ms, updated)
+            cursor = self.cursor_ms.get(instance)
+            if cursor is not None and start <= cursor:
                 again.setdefault(instance, start)
         if again:
             logger.info("collective step: windows written behind the judged ones, judging again from %s",
                         ", ".join(f"instance {i} {pd.Timestamp(t, unit='ms', tz='UTC'):%Y-%m-%d %H:%M}"
                                   for i, t in sorted(again.items())))
         return again
-
-    def _note_judged(self, marks: pd.Series, again: Mapping[int, int]) -> None:
-        """Remember the newest write read per instance (a later write behind its cursor is judged again)."""
-        for k, v in marks.items():
-            self.judged_mark_ms[int(k)] = max(int(v), self.judged_mark_ms.get(int(k), _NEVER))

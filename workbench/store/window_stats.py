@@ -696,6 +696,11 @@ class WindowStatsStore(ConnectionStore):
         value = self._fetch("SELECT max(window_start) FROM window_stats")[0][0]
         return None if value is None else datetime.fromtimestamp(value / 1000, tz=UTC)
 
+    def newest_write_ms(self) -> int:
+        """The latest ``updated_at`` stored (epoch ms, the writer's clock), 0 when empty."""
+        value = self._fetch("SELECT max(updated_at) FROM window_stats")[0][0]
+        return 0 if value is None else int(value)
+
     def written_since(self, after_ms: int) -> list[tuple[int, int, int]]:
         """``(instance_id, window_start, updated_at)`` (epoch ms) of every window written after
         ``after_ms`` (the writer's clock), oldest window first: what changed since a reader last looked."""
