@@ -113,6 +113,7 @@ class ScoringLoop:
         sink = self.sink
         if sink is None:
             return
+        self.maintenance.residuals.note_stored(sink.take_days_stored())
         if self.election is not None:
             self.election.record(sink)
             if not self.election.leader:
@@ -199,5 +200,7 @@ class ScoringLoop:
         residuals = self.maintenance.residuals
         if self.maintenance.running or (residuals.pending is not None
                                         and residuals.last_try <= self.rescorer.finished_at):
+            return False
+        if residuals.grown:  # a judged day written to since waits for its quiet time, then is judged again
             return False
         return not self.rescorer.ready_days(self.scorer, self._cadence())

@@ -78,7 +78,8 @@ class ShardMaintenance:
         ended (``ended_us``, its last event), the log's last day too, though no later event settles
         it (:meth:`._residuals.ResidualWindowsStep.run`). Compaction and retention keep to ``watermark``.
         """
-        if self.running or ((watermark, ended_us) == self.done_for and not self.residuals.due()):
+        if self.running or ((watermark, ended_us) == self.done_for and not self.residuals.due()
+                            and not self.residuals.grown_due()):
             return
         self.done_for = (watermark, ended_us)
         self.thread = threading.Thread(target=self._maintain, args=(watermark, ended_us), name="shard-maintenance",

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +53,8 @@ logger = logging.getLogger(__name__)
 #: the status (a busy lakehouse recovers well within a minute; a row no step can take never does).
 GIVE_UP_AFTER = 5
 GIVE_UP_AFTER_S = 60.0
+#: Seconds without a write to a judged day before it is judged again (the rows a reset sends for it all came).
+GROWN_SETTLE_S = 10.0
 
 #: Shard columns :func:`~workbench.analysis.residual_windows.residual_windows` reads; a day's pass adds
 #: those of the evidence source (:data:`~workbench.ml.features.REFERENCE_SOURCE_COLUMNS`).
@@ -93,6 +96,11 @@ class ResidualWindowsStep:
         self._features: dict[str, Any] = {}  # version -> FeatureBuilder (a day's rows share one or two)
         self._scales: dict[str, tuple[float, float]] = {}  # version -> its detector's runtime spread clip
         self._failures: dict[dt.date, tuple[int, float]] = {}  # day -> (failed attempts, monotonic first)
+        #: judged days written to since (a seek forward's skipped rows, sent by a reset or seek back):
+        #: day -> monotonic time of its last write; judged again once quiet for ``settle_s``
+        self.grown: dict[dt.date, float] = {}
+        self._grown_lock = threading.Lock()  # noted by the scoring loop, taken by the maintenance thread
+        self.settle_s = GROWN_SETTLE_S
         for name in ("residual_windows", "window_anomalies", "persistent_anomalies"):
             status.counters.setdefault(name, 0)  # the maintenance thread never inserts keys
 
@@ -113,6 +121,28 @@ class ResidualWindowsStep:
         self.status.info["judging_failed"] = failed
         self._failures.pop(day, None)
         return True
+
+    def note_stored(self, days: set[dt.date]) -> None:
+        """Rows of ``days`` were written: a day judged already is judged again once its writes stop.
+
+        A seek forward skipped part of a day, the stream settled it, and its windows were judged and
+        stored without those rows; a reset or a seek back then sent them, and nothing judged the day
+        again (a tester's run stored 760 of 1,269 residual windows, for good). Rows sent again that were
+        there (the same pass again) cost one more reading of the day and change nothing: every write is
+        insert-if-absent.
+        """
+        now = time.monotonic()
+        with self._grown_lock:
+            for day in days:
+                # before the first pass (a restart) every day counts: the pass keeps those it judged already
+                if self.done_through is None or day <= self.done_through:
+                    self.grown[day] = now
+
+    def grown_due(self) -> bool:
+        """Whether a judged day that was written to since is quiet long enough to be judged again."""
+        now = time.monotonic()
+        with self._grown_lock:
+            return any(now - at >= self.settle_s for at in self.grown.values())
 
     def due(self) -> bool:
         """Whether a waiting day should be tried again now (rate-limited)."""
@@ -151,6 +181,15 @@ class ResidualWindowsStep:
                     if d < bound and (self.done_through is None or d > self.done_through)]
             if again is not None and again not in days:
                 days = sorted([again, *days])
+            now = time.monotonic()
+            with self._grown_lock:
+                for day in [d for d in self.grown if self.done_through is None or d > self.done_through]:
+                    del self.grown[day]  # not judged yet: judged as any other day
+                grown = [d for d, at in self.grown.items() if now - at >= self.settle_s and d not in days]
+            if grown:
+                logger.info("judging again %s: rows came for them after they were judged",
+                            ", ".join(d.isoformat() for d in sorted(grown)))
+                days = sorted([*grown, *days])
             self.pending = None
             for day in days:
                 self.pending = day  # until it is stored (an error leaves it to retry)
@@ -165,6 +204,9 @@ class ResidualWindowsStep:
                     self._failures.pop(day, None)
                 if not judged:
                     break
+                with self._grown_lock:  # written to again meanwhile: stays for the next pass
+                    if day in self.grown and now - self.grown[day] >= self.settle_s:
+                        del self.grown[day]
                 if day >= watermark:  # judged only because the log ended in it
                     set_provisional_day(self.settings.shards_dir, day, ended_us)
                 elif provisional is not None and day == provisional[0]:

@@ -158,6 +158,8 @@ class ScoringSink(BatchingSink):
         self.partition_seen: dict[int, float] = {}
         #: per partition: the newest end-of-log marker (the replay sent the log's last row before it)
         self.partition_end_us: dict[int, int] = {}
+        #: event days written since :meth:`take_days_stored` (a day judged before more of it came is judged again)
+        self.days_stored: set[dt.date] = set()
         #: partitions the pacer paused (``_pacing``): silent, but their backlog waits in Kafka
         self.held_partitions: set[int] = set()
         self.on_flushed: Callable[[], None] | None = None
@@ -222,6 +224,11 @@ class ScoringSink(BatchingSink):
         if self.first_message_wall is None:
             self.first_message_wall = time.time()
             self.first_message_cpu = time.process_time()
+
+    def take_days_stored(self) -> set[dt.date]:
+        """The event days written since the last call."""
+        days, self.days_stored = self.days_stored, set()
+        return days
 
     def take_delivered(self) -> bool:
         """Whether a message arrived since the last call (after a poll: False means the poll came back empty)."""
@@ -316,6 +323,7 @@ class ScoringSink(BatchingSink):
             part = stored if len(days) == 1 else stored.filter(pa.array(mask))
             write_shard(self.settings.shards_dir, day_names[int(d)], partition, int(offsets[mask].min()), part)
         self.unscored.add(unscored_days)  # again once written: a rescoring pass that began before keeps the day
+        self.days_stored.update(dt.date.fromisoformat(name) for name in day_names.values())
         self.status.add("shards", len(days))
         return ts_us, day_names
 
