@@ -95,7 +95,9 @@ def panel_and_fake() -> tuple[Any, FakeWorkbench]:
 
 def test_buttons_call_the_workbench(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
     panel, fake = panel_and_fake
+    panel.speed_entry.value = "600"
     panel.presets[0].click()
+    assert panel.speed_entry.value == ""  # a typed speed the preset replaced does not stay beside it
     panel.presets[3].click()
     panel.play.value = False
     panel.play.value = True

@@ -478,7 +478,7 @@ class ControlPanel(widgets.VBox):
                                                           self.speed_button, *self.presets)}
         self.speed.observe(self._on_speed, names="value")
         for button, (_, value) in zip(self.presets, PRESETS, strict=True):
-            button.on_click(lambda _b, v=value: self._command("speed", v))
+            button.on_click(lambda _b, v=value: self._speed_elsewhere(v))
         self.play.observe(self._on_play, names="value")
         self.reset_button.on_click(lambda _b: self._command("reset"))
         self.seek_button.on_click(lambda _b: self._on_seek())
@@ -550,7 +550,13 @@ class ControlPanel(widgets.VBox):
 
     def _on_speed(self, change: dict[str, Any]) -> None:
         if not getattr(self._local, "syncing", False):
-            self._command("speed", float(change["new"]))
+            self._speed_elsewhere(float(change["new"]))
+
+    def _speed_elsewhere(self, speed: float | str) -> None:
+        """A speed from a preset or the slider: the typed one, now stale, goes (the field kept "600" beside a
+        label reading 3,600x)."""
+        self.speed_entry.value = ""
+        self._command("speed", speed)
 
     def _on_speed_entry(self) -> None:
         try:
