@@ -587,30 +587,7 @@ class AnomalyLakehouse(ConnectionStore):
         ``rows`` follow :data:`workbench.analysis.collective.WINDOW_ANOMALY_SCHEMA`; one snapshot;
         re-delivered rows are skipped, so the collective step may run over the same windows again.
         """
-        if self.read_only:
-            msg = f"{self!r} was opened read_only; open it with read_only=False to write."
-            raise StoreError(msg)
-        if rows.num_rows == 0:
-            return 0
-        con = self.connection
-        cols = ", ".join((*WINDOW_ANOMALY_KEY, "expected", "observed", "score", "reason"))
-        sql = (
-            f"INSERT INTO {CATALOG_ALIAS}.window_anomalies ({cols}, inserted_at) "
-            f"SELECT {cols}, now() FROM ("
-            f"  SELECT * FROM _wb_windows QUALIFY row_number() OVER (PARTITION BY {', '.join(WINDOW_ANOMALY_KEY)}) = 1"
-            f") s WHERE NOT EXISTS (SELECT 1 FROM {CATALOG_ALIAS}.window_anomalies t WHERE "
-            + " AND ".join(f"t.{k} = s.{k}" for k in WINDOW_ANOMALY_KEY) + ")"
-        )
-        con.register("_wb_windows", rows)
-        try:
-            with self._exclusive():
-                inserted = con.execute(sql).fetchone()
-        except duckdb.Error as exc:
-            _rollback(con)
-            raise self._failed(exc, "write window anomalies") from exc
-        finally:
-            con.unregister("_wb_windows")
-        return int(inserted[0]) if inserted else 0
+        return self.replace_window_anomalies(rows, {}, ())
 
     def replace_window_anomalies(self, rows: pa.Table, scopes: Mapping[int, tuple[int, int]],
                                  signals: Sequence[str]) -> int:
@@ -625,40 +602,39 @@ class AnomalyLakehouse(ConnectionStore):
         if self.read_only:
             msg = f"{self!r} was opened read_only; open it with read_only=False to write."
             raise StoreError(msg)
-        if not scopes:
-            return self.write_window_anomalies(rows)
+        if rows.num_rows == 0 and not scopes:
+            return 0
         con = self.connection
         key = (*WINDOW_ANOMALY_KEY, "expected", "observed", "score", "reason")
-        scope = pa.table({"instance_id": pa.array(list(scopes), pa.int64()),
-                          "lo": pa.array([lo for lo, _ in scopes.values()], pa.int64()),
-                          "hi": pa.array([hi for _, hi in scopes.values()], pa.int64())})
-        names = ", ".join(f"'{s}'" for s in signals if s.replace("_", "").isalnum())
-        delete = (
-            f"DELETE FROM {CATALOG_ALIAS}.window_anomalies t WHERE t.signal IN ({names}) AND EXISTS ("
-            "  SELECT 1 FROM _wb_scopes c WHERE c.instance_id = t.instance_id"
-            "  AND epoch_ms(t.window_start) BETWEEN c.lo AND c.hi)"
-            " AND NOT EXISTS (SELECT 1 FROM _wb_windows s WHERE "
-            + " AND ".join(f"s.{k} IS NOT DISTINCT FROM t.{k}" for k in key) + ")"
-        )
         cols = ", ".join(key)
-        insert = (
+        statements = []
+        if scopes:
+            names = ", ".join(f"'{s}'" for s in signals if s.replace("_", "").isalnum())
+            statements.append(
+                f"DELETE FROM {CATALOG_ALIAS}.window_anomalies t WHERE t.signal IN ({names}) AND EXISTS ("
+                "  SELECT 1 FROM _wb_scopes c WHERE c.instance_id = t.instance_id"
+                "  AND epoch_ms(t.window_start) BETWEEN c.lo AND c.hi)"
+                " AND NOT EXISTS (SELECT 1 FROM _wb_windows s WHERE "
+                + " AND ".join(f"s.{k} IS NOT DISTINCT FROM t.{k}" for k in key) + ")")
+        statements.append(
             f"INSERT INTO {CATALOG_ALIAS}.window_anomalies ({cols}, inserted_at) "
             f"SELECT {cols}, now() FROM ("
             f"  SELECT * FROM _wb_windows QUALIFY row_number() OVER (PARTITION BY {', '.join(WINDOW_ANOMALY_KEY)}) = 1"
             f") s WHERE NOT EXISTS (SELECT 1 FROM {CATALOG_ALIAS}.window_anomalies t WHERE "
-            + " AND ".join(f"t.{k} = s.{k}" for k in WINDOW_ANOMALY_KEY) + ")"
-        )
+            + " AND ".join(f"t.{k} = s.{k}" for k in WINDOW_ANOMALY_KEY) + ")")
         con.register("_wb_windows", rows)
-        con.register("_wb_scopes", scope)
+        con.register("_wb_scopes", pa.table({"instance_id": pa.array(list(scopes), pa.int64()),
+                                             "lo": pa.array([lo for lo, _ in scopes.values()], pa.int64()),
+                                             "hi": pa.array([hi for _, hi in scopes.values()], pa.int64())}))
         try:
             with self._exclusive():
                 con.execute("BEGIN TRANSACTION")
-                con.execute(delete)
-                inserted = con.execute(insert).fetchone()
+                for sql in statements:
+                    inserted = con.execute(sql).fetchone()
                 con.execute("COMMIT")
         except duckdb.Error as exc:
             _rollback(con)
-            raise self._failed(exc, "replace window anomalies") from exc
+            raise self._failed(exc, "write window anomalies") from exc
         finally:
             con.unregister("_wb_windows")
             con.unregister("_wb_scopes")
