@@ -168,6 +168,9 @@ class WatermarkSink:
     def log_ended_us(self) -> None:
         return None  # no end-of-log marker: the log goes on
 
+    def take_days_stored(self) -> set[dt.date]:
+        return set()
+
 
 class RecordingMaintenance:
     """Records the training state at the moment the compaction starts."""
@@ -178,6 +181,9 @@ class RecordingMaintenance:
 
     def run(self, watermark: dt.date, *, ended_us: int | None = None) -> None:
         self.seen.append({d: self.supervisor.status(d) for d in ("2024-03-04", "2024-03-05")})
+
+    def note_stored(self, days: set[dt.date]) -> None:
+        pass
 
 
 class AfterFlushLoop(ScoringLoop):

@@ -34,14 +34,31 @@ def _idle_loop(tmp_path: Path) -> ScoringLoop:
     loop = ScoringLoop.__new__(ScoringLoop)
     now = time.monotonic()
     loop.sink = SimpleNamespace(last_message_at=now - 10.0, buffered_rows=0, first_message_wall=time.time() - 30.0,
-                                partition_max_us={}, partition_end_us={})
+                                partition_max_us={}, partition_end_us={}, days_stored=set())
     loop.sink.log_ended_us = types.MethodType(ScoringSink.log_ended_us, loop.sink)
+    loop.sink.take_days_stored = types.MethodType(ScoringSink.take_days_stored, loop.sink)
     loop._idle_exit, loop._assigned_at, loop._started = 4.0, now - 20.0, now - 30.0
     loop.rescorer = Rescorer(settings, UnscoredDays(tmp_path / "unscored.json"), status)
     loop.maintenance = ShardMaintenance(settings, status, window_days=1)
     loop.schedule, loop.pacer, loop.scorer, loop.election = None, None, None, None
     loop._watermark_held, loop._warmup_s, loop.training_grace_us = False, 4.0, 600_000_000
     return loop
+
+
+def test_no_idle_exit_while_a_judged_day_written_to_since_waits_to_be_judged_again(tmp_path: Path) -> None:
+    """Rows a seek forward skipped came (a reset) for a day judged without them: the app judges it again
+    once they stop coming, and does not exit before."""
+    loop = _idle_loop(tmp_path)
+    residuals = loop.maintenance.residuals
+    residuals.done_through = dt.date(2024, 3, 5)
+    loop.sink.days_stored = {dt.date(2024, 3, 4), dt.date(2024, 3, 6)}
+    loop.maintenance.note_stored(loop.sink.take_days_stored())
+    assert set(residuals.grown) == {dt.date(2024, 3, 4)} and not loop.sink.days_stored  # 03-06: not judged yet
+    assert not loop._idle() and not residuals.grown_due()  # written to just now: not quiet yet
+    residuals.grown[dt.date(2024, 3, 4)] -= residuals.settle_s
+    assert residuals.grown_due()
+    residuals.grown.clear()
+    assert loop._idle()
 
 
 def test_no_idle_exit_before_a_residual_pass_after_the_rescoring(tmp_path: Path) -> None:

@@ -113,7 +113,7 @@ class ScoringLoop:
         sink = self.sink
         if sink is None:
             return
-        self.maintenance.residuals.note_stored(sink.take_days_stored())
+        self.maintenance.note_stored(sink.take_days_stored())
         if self.election is not None:
             self.election.record(sink)
             if not self.election.leader:

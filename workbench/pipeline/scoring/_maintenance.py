@@ -86,6 +86,11 @@ class ShardMaintenance:
                                        daemon=True)
         self.thread.start()
 
+    def note_stored(self, days: set[dt.date]) -> None:
+        """Event days the sink wrote since the last call: a day judged already is judged again
+        (:meth:`._residuals.ResidualWindowsStep.note_stored`)."""
+        self.residuals.note_stored(days)
+
     def join(self, timeout: float | None = None) -> None:
         """Wait for a running pass (a pass cut short is safe: see :func:`~workbench.store.shards.compact_day`)."""
         if self.thread is not None:
