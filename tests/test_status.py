@@ -155,6 +155,9 @@ def test_the_status_line_says_which_days_wait_for_a_model_and_which_partitions_a
     assert "scoring waits for a model: days 2024-03-05, 2024-03-06 (waiting_for_model); " \
            "paused partitions 0, 3 (paused_partitions)" in str(waiting)
     assert waiting.as_dict()["waiting_for_model"] == ["2024-03-05", "2024-03-06"]
+    only_days = status({"scoring": {"info": {"waiting_for_model": ["2024-03-04"], "paused_partitions": []}}}, {})
+    assert "scoring waits for a model: days 2024-03-04 (waiting_for_model)\n" in str(only_days) + "\n"
+    assert "paused partitions" not in str(only_days) and "anomalies none yet" in str(only_days)  # not "-", "?"
     idle = status({"scoring": {"info": {"waiting_for_model": [], "paused_partitions": []}}}, {})
     assert idle.waiting_for_model == [] and "waits for a model" not in str(idle)
 

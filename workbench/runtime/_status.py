@@ -541,7 +541,9 @@ class WorkbenchStatus:
         lines.append(f"lag (messages): {lag or '-'}")
         versions = f"{self.model_versions} version{'' if self.model_versions == 1 else 's'}"
         lines.append(f"model: {self.model_version or 'none yet'} ({versions}) | "
-                     f"anomalies {count(self.anomalies)} | flagged windows {count(self.window_anomalies)} | "
+                     # None: no lakehouse yet (the sink creates it with the first anomaly), as the panel says
+                     f"anomalies {count(self.anomalies) if self.anomalies is not None else 'none yet'} | "
+                     f"flagged windows {count(self.window_anomalies)} | "
                      f"late events {count(self.late_events)} | dead letters {count(self.dead_letters)}")
         if self.late_events:
             lines.append(f"late events: {LATE_HINT}")
@@ -550,16 +552,18 @@ class WorkbenchStatus:
             lines.append(f"a seek forward skipped {skipped:,} rows, not sent yet: {SKIPPED_HINT}")
         failed = self.failed_trainings
         if failed:
-            lines.append(f"training failed for good: {', '.join(failed)} "
-                         "(the version before it, or else the next one, scores the day after; "
-                         "see logs/train_<day>.log in the home)")
+            lines.append(f"training failed for good: {', '.join(failed)} (the days after such a day are scored by "
+                         "the version trained before it, or, with none before it, by the first one trained "
+                         "after it; see logs/train_<day>.log in the home)")
         if self.failed_judging:
             days = "; ".join(f"{day} ({why})" for day, why in self.failed_judging.items())
             lines.append(f"judging failed, days left unjudged: {days} (see logs/scoring.log in the home)")
         waiting, paused = self.waiting_for_model, self.paused_partitions
         if waiting or paused:
-            lines.append(f"scoring waits for a model: days {', '.join(waiting) or '-'} (waiting_for_model); "
-                         f"paused partitions {', '.join(map(str, paused)) or '-'} (paused_partitions)")
+            parts = [f"days {', '.join(waiting)} (waiting_for_model)"] if waiting else []
+            if paused:
+                parts.append(f"paused partitions {', '.join(map(str, paused))} (paused_partitions)")
+            lines.append(f"scoring waits for a model: {'; '.join(parts)}")
         due = self.trainings_due
         if due:
             lines.append("training runs or waits for its retry: " + ", ".join(f"{d} ({s})" for d, s in due.items()))
