@@ -59,6 +59,11 @@ def test_no_idle_exit_while_a_judged_day_written_to_since_waits_to_be_judged_aga
     assert residuals.grown_due()
     residuals.grown.clear()
     assert loop._idle()
+    # another instance's days: not this one's to judge (its maintenance never runs, so they would stay)
+    loop.election = SimpleNamespace(leader=False, record=lambda sink: None)
+    loop.sink.days_stored = {dt.date(2024, 3, 4)}
+    loop._after_flush()
+    assert not residuals.grown and not loop.sink.days_stored and loop._idle()
 
 
 def test_no_idle_exit_before_a_residual_pass_after_the_rescoring(tmp_path: Path) -> None:

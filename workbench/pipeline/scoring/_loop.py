@@ -113,7 +113,9 @@ class ScoringLoop:
         sink = self.sink
         if sink is None:
             return
-        self.maintenance.note_stored(sink.take_days_stored())
+        stored = sink.take_days_stored()
+        if self._trains:  # only the trainer's maintenance judges days (another instance's notes never clear)
+            self.maintenance.note_stored(stored)
         if self.election is not None:
             self.election.record(sink)
             if not self.election.leader:
