@@ -870,8 +870,10 @@ def test_a_status_in_a_notebook_cell_reads_as_numbers_not_raw_floats_and_bytes()
     fake.replay_extra = {"rate_now": 37.17738630666017, "eta_seconds": 396.3184604483333}
     status = fake.status()
     object.__setattr__(status, "disk", {"kafka": 2_166_784, "shards": 1_589_248})
+    object.__setattr__(status, "trainer_pid", 10_018)
     table = status._repr_html_()
-    assert "37.2" in table and "37.177" not in table and "396 s" in table and "396.318" not in table
+    assert ">10018<" in table and "10,018" not in table  # a pid is a name, not a count
+    assert "37.2 rows/s" in table and "37.177" not in table and "396 s" in table and "396.318" not in table
     assert "kafka 2.1 MB" in table and "2166784" not in table
     assert "2024-03-04 02:00:00 UTC" in table and "600x" in table and "1,000" in table  # event time, speed, rows total
     assert "scoring 7" in table

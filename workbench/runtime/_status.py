@@ -612,6 +612,10 @@ def _readable(key: str, value: Any) -> str:
         return format_speed(value)
     if isinstance(value, bool):
         return str(value)
+    if key.endswith("pid") and isinstance(value, int):
+        return str(value)  # a name, not a quantity: "trainer_pid 10,018" read as a count
+    if key in ("rate_now", "rate_avg") and isinstance(value, int | float):
+        return f"{value:,.1f} rows/s"  # a tester read "rate_now 0.0" without a unit
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
