@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -442,23 +442,23 @@ class WorkbenchStatus:
         The previous model stays current; without one, the days wait for the next day's version, which
         then scores them too.
         """
-        days: set[str] = set()
-        for found in self.instances.get("scoring") or [self.apps.get("scoring") or {}]:
-            training = (found.get("info") or {}).get("training") or {}
-            days.update(d for d, e in (training.get("days") or {}).items() if e.get("status") == "failed")
-        return sorted(days)
+        return sorted({day for day, entry in self._training_days() if entry.get("status") == "failed"})
 
     @property
     def trainings_due(self) -> dict[str, str]:
         """Days whose training runs or waits for its retry, with the attempts started so far."""
         due: dict[str, str] = {}
+        for day, entry in self._training_days():
+            if entry.get("status") in ("running", "pending"):
+                attempts = int(entry.get("attempts") or 0)
+                due[day] = f"{entry['status']}, {attempts} attempt{'' if attempts == 1 else 's'} started"
+        return dict(sorted(due.items()))
+
+    def _training_days(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(day, entry)`` of the trainings every scoring instance reports (its status ``info``)."""
         for found in self.instances.get("scoring") or [self.apps.get("scoring") or {}]:
             training = (found.get("info") or {}).get("training") or {}
-            for day, entry in (training.get("days") or {}).items():
-                if entry.get("status") in ("running", "pending"):
-                    attempts = int(entry.get("attempts") or 0)
-                    due[day] = f"{entry['status']}, {attempts} attempt{'' if attempts == 1 else 's'} started"
-        return dict(sorted(due.items()))
+            yield from (training.get("days") or {}).items()
 
     @property
     def failed_judging(self) -> dict[str, str]:

@@ -140,13 +140,14 @@ class _Stall:
         self.last: tuple[Any, ...] | None = None
         self.since = clock()
 
-    def check(self, status: WorkbenchStatus, trainings: Sequence[str]) -> str:
+    def check(self, status: WorkbenchStatus) -> str:
         """Why the drain cannot come ("" while it still may)."""
         replay = status.replay
+        trainings = tuple(status.trainings_due)
         sending = replay is not None and replay.state in ("starting", "running")
         progress = (replay.state if replay else None, replay.next_row if replay else None,
                     tuple(sorted(status.events_processed.items())), tuple(sorted(status.lag.items())),
-                    tuple(trainings))
+                    trainings)
         now = self.clock()
         if progress != self.last or sending or trainings or status.replay_is_stale:  # a training may run minutes
             self.last, self.since = progress, now
@@ -645,7 +646,7 @@ class Workbench:
                     raise WorkbenchStateError(msg)
                 if deadline is not None and time.monotonic() > deadline:
                     return status
-                stuck = stall.check(status, self._trainings_due())
+                stuck = stall.check(status)
                 if stuck:
                     logger.warning("wait() returns before the pipeline drained: %s", stuck)
                     bar.set_postfix_str(f"not drained: {stuck}", refresh=True)

@@ -97,8 +97,10 @@ def _mb(value: Any) -> str:
 
 
 def _number(value: Any) -> str:
-    if isinstance(value, bool | np.bool_) or _missing(value):
-        return "" if _missing(value) else str(value)
+    if _missing(value):
+        return ""
+    if isinstance(value, bool | np.bool_):
+        return str(value)
     if isinstance(value, int | np.integer):
         return f"{int(value):,}"
     if isinstance(value, float | np.floating):
