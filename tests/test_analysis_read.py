@@ -179,4 +179,21 @@ def test_a_previous_period_with_less_data_is_said_to_be_unequal(settings: Settin
     assert (short["covered_h"], short["previous_covered_h"]) == (24.0, 7.67)
     assert coverage_note(short) == ("the previous period holds windows for 7.67 h, this one for 24 h: its changes "
                                     "compare unequal spans of data")
-    assert coverage_note(metrics(settings, "1week", [1])) == ""  # no previous data at all: the cards say so
+    week = metrics(settings, "1week", [1])  # no previous data at all: the cards say so, and the span
+    held = week["covered_h"]
+    assert coverage_note(week) == f"this period holds windows for {held:g} h of its 168 h (the log is shorter)"
+
+
+def test_a_period_longer_than_the_log_says_how_much_it_holds(tmp_path: Path) -> None:
+    """04's '1week' card over a 3-day log read like a week of data, beside 'no previous data'."""
+    from workbench.analysis.read import coverage_note
+
+    short = Settings(home=tmp_path / "short")
+    with WindowStatsStore.from_settings(short) as store:
+        store.upsert([{"instance_id": 1, "window_start": start, "window_end": start + timedelta(minutes=10),
+                       "total_queries": 10, "normal_queries": 10}
+                      for start in (T0 + timedelta(minutes=10 * w) for w in range(3 * 144))])
+    week = metrics(short, "1week", [1])
+    assert week["covered_h"] == 72.0
+    assert coverage_note(week) == "this period holds windows for 72 h of its 168 h (the log is shorter)"
+    assert coverage_note(metrics(short, "24h", [1])) == ""  # a full day, a full day before it

@@ -1018,6 +1018,7 @@ def test_the_drill_downs_evidence_reads_each_value_in_its_unit() -> None:
     features.update(evidence_unit="MB", expected_value=0.0, observed_value=19_931.0)
     shown = tables.readable(summary.query_features(pd.Series({"features": json.dumps(features)}))).data["feature"]
     assert (shown["expected_value"], shown["observed_value"]) == ("0 MB", "19.5 GB")
+    assert "evidence_unit" not in shown  # "evidence_unit MB" beside "19.5 GB" read as a contradiction
     bare = tables.readable(summary.query_features(pd.Series({"features": None}))).data["feature"]
     assert bare["evidence"] == summary.NO_EVIDENCE
 

@@ -313,14 +313,20 @@ def _covered_hours(table: pa.Table) -> float:
 
 
 def coverage_note(metrics: Mapping[str, Any]) -> str:
-    """A warning when the previous period of :func:`metrics` holds markedly less data than the current
-    one ("" otherwise): its changes are then not like for like (queries +47,566 against a previous 24 h
+    """Warnings when the periods of :func:`metrics` hold markedly less data than they span ("" otherwise):
+    the current period shorter than its name (a "1week" over a 4-day log), or the previous one shorter
+    than the current, whose changes are then not like for like (queries +47,566 against a previous 24 h
     that held 7 h 40 min of log)."""
     now, before = metrics.get("covered_h") or 0.0, metrics.get("previous_covered_h") or 0.0
-    if not before or before >= 0.9 * now:
-        return ""
-    return (f"the previous period holds windows for {before:g} h, this one for {now:g} h: its changes compare "
-            "unequal spans of data")
+    notes = []
+    period = metrics.get("period")
+    length_h = (period.end - period.start).total_seconds() / 3600 if period is not None else 0.0
+    if now and now < 0.9 * length_h:  # 04's "1week" card over a 4-day log read like a full week
+        notes.append(f"this period holds windows for {now:g} h of its {length_h:g} h (the log is shorter)")
+    if before and before < 0.9 * now:
+        notes.append(f"the previous period holds windows for {before:g} h, this one for {now:g} h: its changes "
+                     "compare unequal spans of data")
+    return "; ".join(notes)
 
 
 def anomalies(settings: Settings, start: datetime | None = None, end: datetime | None = None,

@@ -128,8 +128,10 @@ def _readable_features(frame: pd.DataFrame) -> Any:
     ``mbytes_spilled 19931`` there."""
     values = frame["feature"]
     unit = values.get("evidence_unit")
+    # every value now carries its unit, so the stored unit goes: "evidence_unit MB" sat beside "19.5 GB"
+    values = values.drop("evidence_unit", errors="ignore")
     text = [_feature_format(str(name), unit)(value) for name, value in values.items()]
-    shown = pd.DataFrame({"feature": text}, index=frame.index)
+    shown = pd.DataFrame({"feature": text}, index=values.index)
     return shown.style.set_properties(subset=["feature"], **{"white-space": "pre-wrap"})
 
 
