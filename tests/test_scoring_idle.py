@@ -22,7 +22,7 @@ from workbench.config import Settings
 from workbench.pipeline._status import AppStatus
 from workbench.pipeline.scoring._days import UnscoredDays
 from workbench.pipeline.scoring._loop import ScoringLoop
-from workbench.pipeline.scoring._maintenance import ShardMaintenance
+from workbench.pipeline.scoring._maintenance import ShardMaintenance, TrainerElection
 from workbench.pipeline.scoring._rescore import Rescorer
 from workbench.pipeline.scoring._sink import ScoringSink
 
@@ -60,10 +60,51 @@ def test_no_idle_exit_while_a_judged_day_written_to_since_waits_to_be_judged_aga
     residuals.grown.clear()
     assert loop._idle()
     # another instance's days: not this one's to judge (its maintenance never runs, so they would stay)
-    loop.election = SimpleNamespace(leader=False, record=lambda sink: None)
+    noted: list[set[dt.date]] = []
+    loop.election = SimpleNamespace(leader=False, record=lambda sink: None, note_written=noted.append)
     loop.sink.days_stored = {dt.date(2024, 3, 4)}
     loop._after_flush()
     assert not residuals.grown and not loop.sink.days_stored and loop._idle()
+    assert noted == [{dt.date(2024, 3, 4)}]  # into its heartbeats, for the trainer (the next test)
+
+
+def test_the_trainer_judges_again_a_day_another_instance_wrote_after_its_judging(tmp_path: Path) -> None:
+    """With two scoring instances, rows the other one stored for a judged day (a reset sent what a seek had
+    skipped) never made the trainer judge that day again: only its own sink's writes counted. Now every
+    instance names the days it wrote in its heartbeat, and the trainer's clock reads them."""
+    from workbench.store.shards import cluster_clock, write_heartbeat
+
+    settings = Settings(home=tmp_path)
+    shards = settings.shards_dir
+    residuals = ShardMaintenance(settings, AppStatus(settings, "scoring"), window_days=1).residuals
+    d1, d2, d3 = dt.date(2024, 3, 4), dt.date(2024, 3, 5), dt.date(2024, 3, 6)
+    other_status = AppStatus(settings, "scoring")
+    other_status.instance = 1  # a second process's slot
+    other = TrainerElection(settings, other_status, assignment=lambda: [1])
+    other.note_written({d1, d2})  # the other instance's sink stored rows of both days
+    other.tick(None, SimpleNamespace(reload=lambda: None), 1.0, force=True)  # its heartbeat
+    wrote = max(other.written.values())
+    assert cluster_clock(shards).written == {d1: wrote, d2: wrote}
+    residuals.note_written(cluster_clock(shards).written)
+    assert not residuals.grown  # before the first pass: where the store is is not known yet
+    residuals.done_through = d2
+    residuals.judged_at.update({d1: wrote + 1.0, d2: wrote + 1.0})  # judged after those writes: they were read
+    residuals.note_written(cluster_clock(shards).written)
+    assert not residuals.grown
+    later = wrote + 5.0
+    write_heartbeat(shards, 1, assigned=[1], idle=[], written={d1: later, d3: later})  # d3: not judged yet
+    residuals.note_written(cluster_clock(shards).written)
+    assert set(residuals.grown) == {d1}
+    residuals.grown.clear()
+    residuals.note_written(cluster_clock(shards).written)  # the same report again: noted once
+    assert not residuals.grown
+    write_heartbeat(shards, 0, assigned=[0], idle=[0], written={d2: later + 1.0})  # the trainer's own, too
+    residuals.note_written(cluster_clock(shards).written)
+    assert set(residuals.grown) == {d2}
+    restarted = ShardMaintenance(settings, AppStatus(settings, "scoring"), window_days=1).residuals
+    restarted.done_through = d2  # read from the store: when d1 and d2 were judged is not known
+    restarted.note_written(cluster_clock(shards).written)
+    assert set(restarted.grown) == {d1, d2}
 
 
 def test_no_idle_exit_before_a_residual_pass_after_the_rescoring(tmp_path: Path) -> None:

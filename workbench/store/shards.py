@@ -801,15 +801,18 @@ def _heartbeat_name(slot: int | str) -> str:
 
 
 def write_heartbeat(directory: Location, slot: int | str, *, assigned: Iterable[int], idle: Iterable[int],
-                    now: float | None = None) -> None:
+                    now: float | None = None, written: Mapping[dt.date, float] | None = None) -> None:
     """Instance ``slot`` is alive, holds ``assigned`` partitions, and ``idle`` of them delivered nothing lately.
 
     ``slot`` is the instance slot of one home, or a string unique across machines (``host-slot``)
-    when several homes share the shards.
+    when several homes share the shards. ``written``: event days it stored rows of lately, each with
+    the wall time after its last such write (the trainer judges a day again that was written after
+    it judged it: :attr:`ShardClock.written`).
     """
     store = _store(directory)
     data = {"slot": slot, "pid": os.getpid(), "at": time.time() if now is None else now,
-            "assigned": sorted(int(p) for p in assigned), "idle": sorted(int(p) for p in idle)}
+            "assigned": sorted(int(p) for p in assigned), "idle": sorted(int(p) for p in idle),
+            "written": {day.isoformat(): float(at) for day, at in sorted((written or {}).items())}}
     store.write_bytes(store.path(PROGRESS_DIR, _heartbeat_name(slot)), json.dumps(data).encode())
 
 
@@ -827,6 +830,9 @@ class ShardClock(NamedTuple):
     #: The newest stored event time once every partition that stored events has delivered an
     #: end-of-log marker at or after its newest one (the log's last day is complete), else None.
     ended_us: int | None = None
+    #: Event day -> the latest wall time any instance reported storing rows of it (its heartbeat's
+    #: ``written``, dead instances' included: their writes happened).
+    written: Mapping[dt.date, float] = {}
 
 
 def log_ended_us(newest: Mapping[int, int], ends: Mapping[int, int]) -> int | None:
@@ -839,10 +845,11 @@ def log_ended_us(newest: Mapping[int, int], ends: Mapping[int, int]) -> int | No
 
 def cluster_clock(directory: Location, *, alive_s: float = 15.0, now: float | None = None) -> ShardClock:
     """:func:`cluster_watermark`, and whether the log ended (:attr:`ShardClock.ended_us`), from one read."""
-    first, watermark, progress = _cluster_watermark(directory, alive_s=alive_s, now=now)
+    written: dict[dt.date, float] = {}
+    first, watermark, progress = _cluster_watermark(directory, alive_s=alive_s, now=now, written=written)
     ended = log_ended_us({p: int(d["max_us"]) for p, d in progress.items()},
                          {p: int(d["end_us"]) for p, d in progress.items() if "end_us" in d})
-    return ShardClock(first, watermark, ended)
+    return ShardClock(first, watermark, ended, written)
 
 
 def cluster_watermark(directory: Location, *, alive_s: float = 15.0, now: float | None = None
@@ -860,7 +867,8 @@ def cluster_watermark(directory: Location, *, alive_s: float = 15.0, now: float 
     return first, watermark
 
 
-def _cluster_watermark(directory: Location, *, alive_s: float, now: float | None
+def _cluster_watermark(directory: Location, *, alive_s: float, now: float | None,
+                       written: dict[dt.date, float] | None = None,
                        ) -> tuple[int | None, int | None, dict[int, dict[str, Any]]]:
     store = _store(directory)
     folder = store.path(PROGRESS_DIR)
@@ -877,7 +885,13 @@ def _cluster_watermark(directory: Location, *, alive_s: float, now: float | None
             continue
         if name.startswith("p"):
             progress[int(data["partition"])] = data
-        elif name.startswith("i") and now - float(data.get("at", 0.0)) < alive_s:
+            continue
+        if name.startswith("i") and written is not None:
+            for day, at in (data.get("written") or {}).items():
+                with contextlib.suppress(TypeError, ValueError):  # a damaged entry only costs a judging again
+                    key = dt.date.fromisoformat(day)
+                    written[key] = max(float(at), written.get(key, 0.0))
+        if name.startswith("i") and now - float(data.get("at", 0.0)) < alive_s:
             assigned |= set(data.get("assigned", ()))
             idle |= set(data.get("assigned", ())) & set(data.get("idle", ()))
     if not progress:

@@ -117,10 +117,13 @@ class ScoringLoop:
         if self._trains:  # only the trainer's maintenance judges days (another instance's notes never clear)
             self.maintenance.note_stored(stored)
         if self.election is not None:
+            self.election.note_written(stored)  # in the heartbeats: the trainer judges such days again
             self.election.record(sink)
             if not self.election.leader:
                 return
-            first_us, watermark, ended_us = self.election.clock()
+            clock = self.election.clock()
+            first_us, watermark, ended_us = clock.first_us, clock.watermark_us, clock.ended_us
+            self.maintenance.note_written(clock.written)  # every instance's writes, this one's included
         else:
             first_us, watermark = sink.first_event_us, sink.watermark_us(self._warmup_s)
             ended_us = sink.log_ended_us()

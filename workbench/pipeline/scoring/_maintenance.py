@@ -27,7 +27,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from workbench.config import Settings
@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 __all__ = ["ShardMaintenance", "TrainerElection", "adopt_unscored_days", "trainer_lease"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds a heartbeat keeps naming a day this instance wrote (the trainer reads the heartbeats at
+#: every flush; a trainer that starts later judges again the days written within this span).
+WRITTEN_KEEP_S = 600.0
 
 
 class ShardMaintenance:
@@ -90,6 +94,11 @@ class ShardMaintenance:
         """Event days the sink wrote since the last call: a day judged already is judged again
         (:meth:`._residuals.ResidualWindowsStep.note_stored`)."""
         self.residuals.note_stored(days)
+
+    def note_written(self, written: Mapping[dt.date, float]) -> None:
+        """Event days every scoring instance reported writing, with the wall time of the last write
+        (:attr:`~workbench.store.shards.ShardClock.written`; :meth:`._residuals.ResidualWindowsStep.note_written`)."""
+        self.residuals.note_written(written)
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for a running pass (a pass cut short is safe: see :func:`~workbench.store.shards.compact_day`)."""
@@ -180,11 +189,20 @@ class TrainerElection:
         self._assigned_since: dict[int, float] = {}
         self._recorded: dict[int, tuple[int | None, int | None]] = {}
         self._last = 0.0
+        #: event day -> wall time after this instance's last write of its rows (kept WRITTEN_KEEP_S)
+        self.written: dict[dt.date, float] = {}
 
     @property
     def leader(self) -> bool:
         """Whether this instance is the elected trainer."""
         return self.lease.held
+
+    def note_written(self, days: set[dt.date]) -> None:
+        """This instance stored rows of ``days`` just now (the sink flushed): the next heartbeats say so,
+        so the trainer judges such a day again if it judged it before (:attr:`ShardClock.written`)."""
+        now = time.time()
+        for day in days:
+            self.written[day] = now
 
     def tick(self, sink: Any, supervisor: Any, active_s: float, *, force: bool = False) -> None:
         """About once a second: heartbeat (assigned and idle partitions), then try the lease or follow.
@@ -211,8 +229,11 @@ class TrainerElection:
                 if p not in held and now - max(since, seen.get(p, since)) >= active_s}
         from workbench.store.shards import write_heartbeat
 
+        wall = time.time()
+        self.written = {day: at for day, at in self.written.items() if wall - at < WRITTEN_KEEP_S}
         try:
-            write_heartbeat(self.settings.shards_dir, self.heartbeat_id, assigned=assigned, idle=idle)
+            write_heartbeat(self.settings.shards_dir, self.heartbeat_id, assigned=assigned, idle=idle,
+                            written=self.written)
         except OSError as exc:  # a missed heartbeat only makes the watermark wait
             logger.warning("cannot write the scoring heartbeat: %s", exc)
         if not self.lease.held and self.lease.try_acquire():

@@ -35,7 +35,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -100,6 +100,9 @@ class ResidualWindowsStep:
         #: day -> monotonic time of its last write; judged again once quiet for ``settle_s``
         self.grown: dict[dt.date, float] = {}
         self._grown_lock = threading.Lock()  # noted by the scoring loop, taken by the maintenance thread
+        #: day -> wall time its last judging began to read it: a write reported later was not in the read
+        self.judged_at: dict[dt.date, float] = {}
+        self._stamps_seen: dict[dt.date, float] = {}  # day -> the newest write time already noted
         self.settle_s = GROWN_SETTLE_S
         for name in ("residual_windows", "window_anomalies", "persistent_anomalies"):
             status.counters.setdefault(name, 0)  # the maintenance thread never inserts keys
@@ -136,6 +139,27 @@ class ResidualWindowsStep:
             for day in days:
                 # before the first pass (a restart) every day counts: the pass keeps those it judged already
                 if self.done_through is None or day <= self.done_through:
+                    self.grown[day] = now
+
+    def note_written(self, written: Mapping[dt.date, float]) -> None:
+        """Every scoring instance's writes (:attr:`~workbench.store.shards.ShardClock.written`: day -> wall
+        time after its last write): a judged day written after its judging began is judged again, as
+        :meth:`note_stored` does for this instance's own sink.
+
+        With several scoring instances, rows another instance stored for a judged day (a reset sent what a
+        seek had skipped) did not make the trainer judge the day again. A write reported before the
+        judging began was in its read, so the normal end of a day costs no second judging. Before the
+        first pass, or for a day judged before this process started, every reported write counts.
+        """
+        now = time.monotonic()
+        with self._grown_lock:
+            if self.done_through is None:
+                return  # the first pass reads where the store is; the next call notes against it
+            for day, at in written.items():
+                if day > self.done_through or at <= self._stamps_seen.get(day, 0.0):
+                    continue
+                self._stamps_seen[day] = at
+                if at > self.judged_at.get(day, 0.0):
                     self.grown[day] = now
 
     def grown_due(self) -> bool:
@@ -194,6 +218,7 @@ class ResidualWindowsStep:
             for day in days:
                 self.pending = day  # until it is stored (an error leaves it to retry)
                 skipped = False
+                began = time.time()
                 try:
                     judged = self._day(store, day)
                 except Exception as exc:
@@ -207,6 +232,7 @@ class ResidualWindowsStep:
                 with self._grown_lock:  # written to again meanwhile: stays for the next pass
                     if day in self.grown and now - self.grown[day] >= self.settle_s:
                         del self.grown[day]
+                    self.judged_at[day] = began
                 if day >= watermark:  # judged only because the log ended in it
                     set_provisional_day(self.settings.shards_dir, day, ended_us)
                 elif provisional is not None and day == provisional[0]:
