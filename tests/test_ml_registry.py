@@ -146,3 +146,64 @@ def test_prune_waits_for_a_rollback_holding_the_lock(tmp_path: Path) -> None:
     pruner.join()
     assert result == [[versions[1]]]  # prune saw the new CURRENT and kept it
     assert registry.versions() == [versions[0], versions[2]]
+
+
+def test_a_deleted_versions_sequence_number_is_never_given_again(tmp_path: Path) -> None:
+    """A tester deleted v0001-2024-03-04 while the workbench ran; the next training was published as
+    v0001-2024-03-05, an id the shards and the lakehouse already held for the deleted one."""
+    import shutil
+
+    registry = ModelRegistry(tmp_path / "models")
+    first = _publish(registry, 4)
+    shutil.rmtree(registry.versions_dir / first)
+    assert _publish(registry, 5).startswith("v0002-")
+    old = ModelRegistry(tmp_path / "older")  # a registry from before SEQUENCE: its history still counts
+    made = _publish(old, 4)
+    old.set_current(made)
+    old.sequence_path.unlink()
+    shutil.rmtree(old.versions_dir / made)
+    assert old.next_version_id(dt.date(2024, 3, 5)) == "v0002-2024-03-05"
+
+
+@pytest.mark.parametrize("name", ["../models/versions/{v}", "{v}/.", "./{v}", "{root}/models/versions/{v}", " {v}"])
+def test_only_a_version_id_names_a_version(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
+    """`set-current ../../models/versions/v0001-...` was taken: the stream stamped that path on 176k rows and
+    664 anomalies, and `prune` then deleted the pinned version (its name compared as text)."""
+    from workbench.cli import main
+    from workbench.ml.exceptions import ModelNotFoundError
+
+    registry = ModelRegistry(tmp_path / "models")
+    version = _publish(registry, 4)
+    _publish(registry, 5)
+    path_like = name.format(v=version, root=tmp_path)
+    with pytest.raises(ModelNotFoundError, match="is not a model version id"):
+        registry.set_current(path_like)
+    assert registry.pinned() is None and registry.current() is None
+    assert main(["--home", str(tmp_path), "models", "set-current", path_like]) == 2
+    assert "is not a model version id" in capsys.readouterr().err
+    registry.set_current(version)
+    assert registry.prune(1) == []  # the pinned version stays
+    assert registry.versions() == [version, registry.versions()[-1]]
+
+
+def test_a_damaged_model_json_is_named_in_every_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`models show` printed a bare JSONDecodeError; a model.json without `rows` made `models list` list
+    nothing after its header (KeyError: 'rows')."""
+    import json
+
+    from workbench.cli import main
+
+    registry = ModelRegistry(tmp_path / "models")
+    truncated, keyless, fine = (_publish(registry, day) for day in (4, 5, 6))
+    path = registry.versions_dir / truncated / "model.json"
+    path.write_text(path.read_text()[:40])
+    meta = json.loads((registry.versions_dir / keyless / "model.json").read_text())
+    del meta["rows"]
+    (registry.versions_dir / keyless / "model.json").write_text(json.dumps(meta))
+    assert main(["--home", str(tmp_path), "models", "show", truncated]) == 2
+    assert str(path) in capsys.readouterr().err
+    assert main(["--home", str(tmp_path), "models", "set-current", truncated]) == 2
+    assert str(path) in capsys.readouterr().err
+    assert main(["--home", str(tmp_path), "models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"{truncated:<18} damaged model.json" in out and "missing 'rows'" in out and f"  {fine}" in out

@@ -12,7 +12,14 @@ from workbench.ml._testing import day_slice, generated_log
 from workbench.ml._train import train_table
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import Scorer
-from workbench.ml.selection import Cadence, VersionWindow, expected_window_end, is_ready, select_version
+from workbench.ml.selection import (
+    Cadence,
+    VersionWindow,
+    expected_window_end,
+    is_ready,
+    may_accept,
+    select_version,
+)
 
 D = [dt.date(2024, 3, 1) + dt.timedelta(days=k) for k in range(8)]
 
@@ -89,8 +96,24 @@ def test_a_ready_day_keeps_its_version_whatever_order_the_cadence_versions_come_
 def test_cadence_from_the_supervisor_state() -> None:
     state = {"first_day": "2024-03-01", "every_n_days": 2,
              "days": {"2024-03-02": {"status": "failed"}, "2024-03-04": {"status": "done"}}}
-    assert Cadence.from_state(state) == Cadence(D[0], 2, frozenset({D[1]}))
+    assert Cadence.from_state(state) == Cadence(D[0], 2, frozenset({D[1]}), frozenset({D[3]}))
     assert Cadence.from_state({"first_day": None}) is None
+
+
+def test_a_trained_version_that_is_gone_is_not_waited_for() -> None:
+    """A tester deleted v1's folder while the workbench ran, or pruned it and then seeked back: the days it
+    was to score waited for it for good (partitions paused, 87,477 messages of lag)."""
+    v1, v2 = _w("v0001-2024-03-01", D[0]), _w("v0002-2024-03-02", D[1])
+    trained = Cadence(D[0], 1, done_days=frozenset({D[0], D[1]}))
+    assert is_ready(D[2], [v1, v2], trained) and select_version(D[2], [v1, v2]) == v2.version
+    assert is_ready(D[2], [v1], trained)  # v2 was trained and is gone: v1 is final for D2
+    assert not is_ready(D[2], [v1], Cadence(D[0], 1, done_days=frozenset({D[0]})))  # v2 still to come
+    assert is_ready(D[1], [v2], trained)  # v1 gone: the first version scores the first days
+    assert is_ready(D[0], [v2], trained) and select_version(D[0], [v2]) == v2.version
+    assert not is_ready(D[0], [v2], Cadence(D[0], 1, done_days=frozenset({D[1]})))  # v1 may still come
+    assert not is_ready(D[1], [], trained)  # nothing to score with: stored unscored ...
+    assert may_accept(D[2], [], trained)  # ... and the later days taken, so that the next training is fed
+    assert not may_accept(D[2], [], Cadence(D[0], 1))
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +161,30 @@ def test_unreadable_version_is_skipped_and_the_previous_one_scores(
     shutil.copy(models / "versions" / v2 / "model.json", meta)
     scorer = Scorer(copy, by_event_time=True)
     assert set(scorer.score(day_slice(log, D[2]).slice(0, 20)).column("model_version").to_pylist()) == {v1}
+
+
+def test_a_damaged_version_repaired_while_the_scorer_runs_scores_again(
+        trained: tuple[Path, pa.Table, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tester truncated v2's mean.onnx, then copied it back: the scorer kept v2 'broken' (it watched only
+    model.json) and day 3 waited for a model until something else touched versions/. Meanwhile a damaged
+    version that was trained is not waited for: the one before it scores (it was waited for, for good)."""
+    import shutil
+
+    from workbench.ml import scorer as scorer_module
+
+    models, log, (v1, v2) = trained
+    copy = tmp_path / "models"
+    shutil.copytree(models, copy)
+    onnx = copy / "versions" / v2 / "mean.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:64])
+    trained_both = Cadence(D[0], 1, done_days=frozenset({D[0], D[1]}))
+    scorer = Scorer(copy, by_event_time=True, cadence=lambda: trained_both)
+    rows = day_slice(log, D[2]).slice(0, 20)
+    assert set(scorer.score(rows).column("model_version").to_pylist()) == {v1}
+    assert scorer.ready(D[2], trained_both)  # v2 damaged: v1 is final for now, nothing waits for good
+    shutil.copy(models / "versions" / v2 / "mean.onnx", onnx)  # repaired
+    monkeypatch.setattr(scorer_module, "BROKEN_RECHECK_S", 0.0)
+    assert set(scorer.score(rows).column("model_version").to_pylist()) == {v2}
 
 
 @pytest.mark.parametrize("failing", [0, 1, 2], ids=["no-failure", "first-fails", "first-two-fail"])

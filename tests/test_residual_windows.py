@@ -330,3 +330,24 @@ def test_a_corrupt_duration_is_judged_and_a_day_that_keeps_failing_is_given_up_o
                             dead_letters=None)
     assert "judging failed, days left unjudged: 2024-03-06 (RuntimeError" in str(shown)
     assert shown.as_dict()["failed_judging"] == {"2024-03-06": "RuntimeError: cannot read the history of 2024-03-06"}
+
+
+def test_days_scored_by_a_version_deleted_since_are_judged_without_its_histories(tmp_path: Path) -> None:
+    """A tester deleted the version folder that had scored a day (`rm -rf`, or `models prune`): judging that
+    day raised ModelNotFoundError every two seconds (30 tracebacks), then left it unjudged."""
+    import shutil
+
+    d1 = dt.date(2024, 3, 4)
+    settings = Settings(home=tmp_path / "home")
+    _store_days_with_a_corrupt_duration(settings, d1, 3)
+    version = train_table(settings.models_dir, read_window(settings.shards_dir, d1, d1), d1, window_days=1).version
+    days = [d1 + dt.timedelta(days=k) for k in range(3)]
+    assert rescore_unscored(settings.shards_dir, Scorer(settings.models_dir, background=False), days) > 0
+    shutil.rmtree(settings.models_dir / "versions" / version)
+    status = AppStatus(settings, "scoring")
+    step = ResidualWindowsStep(settings, status)
+    assert step.run(watermark=days[2]) == 2 and "judging_failed" not in status.info
+    with WindowStatsStore.from_settings(settings, read_only=True) as store:
+        stored = store.read_residuals().to_pandas()
+    assert sorted(set(pd.to_datetime(stored["window_start"]).dt.date)) == days[:2]
+    assert (stored["residual_queries"] == 0).all()  # no statement history to judge against: none judged

@@ -57,6 +57,10 @@ def test_no_idle_exit_while_a_judged_day_written_to_since_waits_to_be_judged_aga
     assert not loop._idle() and not residuals.grown_due()  # written to just now: not quiet yet
     residuals.grown[dt.date(2024, 3, 4)] -= residuals.settle_s
     assert residuals.grown_due()
+    residuals.last_try = time.monotonic()  # a pass just tried (the day still waits for its rescoring) ...
+    assert not residuals.grown_due()  # ... so not again at the next tick: every retry_s (a tester: 5 a second)
+    residuals.last_try -= residuals.retry_s
+    assert residuals.grown_due()
     residuals.grown.clear()
     assert loop._idle()
     # another instance's days: not this one's to judge (its maintenance never runs, so they would stay)

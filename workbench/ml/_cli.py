@@ -25,29 +25,41 @@ def _registry(args: argparse.Namespace) -> ModelRegistry:
 
 
 def _pr_auc(meta: dict) -> str:
+    """The newest out-of-sample evaluation's PR-AUC (an evaluation on a day of the version's own window
+    read like one: 0.994@2024-03-05 beside 0.980@2024-03-07)."""
+    own = set(meta.get("window_days") or [meta.get("training_day")])
     for record in reversed(meta.get("evaluations", [])):
-        if record.get("detector") == "residual":
+        if record.get("detector") == "residual" and record.get("day") not in own:
             return f"{record['metrics']['PR-AUC']:.3f}@{record['day']}"
     return "-"
 
 
 def _list(args: argparse.Namespace) -> int:
+    from workbench.ml.exceptions import MLError
+
     registry = _registry(args)
-    current = registry.current()
+    current, pinned = registry.current(), registry.pinned()
     versions = registry.versions()
     if not versions:
         print("no model versions (train one: workbench train --day YYYY-MM-DD)")
         return 0
-    print(f"  {'version':<18} {'day':<10} {'rows':>8} {'train_s':>8}  PR-AUC")
+    print(f"  {'version':<18} {'day':<10} {'rows':>8} {'train_s':>8}  PR-AUC (out of sample)")
     for version in versions:
+        marker = "*" if version == current else " "
         try:
             meta = registry.info(version)
-        except (OSError, ValueError) as exc:  # a truncated model.json: say so, list the others
-            print(f"  {version:<18} unreadable model.json ({exc}); it is skipped when scoring")
+            line = (f"{marker} {version:<18} {meta['training_day']:<10} {meta['rows']['trained']:>8} "
+                    f"{meta['training_seconds']:>8.1f}  {_pr_auc(meta)}")
+        except (MLError, OSError, ValueError, KeyError, TypeError) as exc:  # damaged: say so, list the others
+            why = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+            print(f"{marker} {version:<18} damaged model.json ({why}); it is skipped when scoring")
             continue
-        marker = "*" if version == current else " "
-        print(f"{marker} {version:<18} {meta['training_day']:<10} {meta['rows']['trained']:>8} "
-              f"{meta['training_seconds']:>8.1f}  {_pr_auc(meta)}")
+        print(line)
+    if pinned:
+        print(f"* = current; pinned by a person ({pinned} scores every event; `workbench models set-current auto` "
+              "lets each day's version score it again)")
+    else:
+        print("* = current (each event is scored by the version trained on the days before it)")
     return 0
 
 
@@ -73,7 +85,7 @@ def _history(args: argparse.Namespace) -> int:
     records = _registry(args).history()
     if not records:
         print("no changes of the current model recorded")
-    for r in records[-args.last:]:
+    for r in records[-args.last:] if args.last > 0 else records:
         pin = " (pinned)" if r.get("pinned") else ""
         print(f"{r['at']}  {r['actor']:<10} {r['from'] or '-'} -> {r['to']}{pin}"
               f"{'  ' + r['reason'] if r.get('reason') else ''}")
@@ -203,7 +215,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--reason", help="why (kept in the history)")
         p.set_defaults(func=_rollback)
     p = sub.add_parser("history", help="every change of the current model (time, actor, from, to)")
-    p.add_argument("--last", type=int, default=20)
+    p.add_argument("--last", type=int, default=20, help="the newest N changes (0: every change)")
     p.set_defaults(func=_history)
     p = sub.add_parser("prune", help="delete all but the newest versions (the current one always stays)")
     p.add_argument("--keep", type=int, required=True, help="how many of the newest versions to keep")

@@ -5,6 +5,7 @@ Layout under ``models_dir``::
     versions/v0003-2024-03-05/   mean.onnx, quantile.onnx, fingerprint_stats.parquet,
                                  instance_stats.parquet, model.json, evaluations.json (optional)
     CURRENT                      one line: the current version id
+    SEQUENCE                     the highest version sequence number ever published (never reused)
     PINNED                       present while a person pinned a version (set-current/rollback)
     history.jsonl                append-only: every move of CURRENT (time, actor, from, to, pinned)
     .lock                        flock-ed by every writer of CURRENT/PINNED and by prune
@@ -95,6 +96,9 @@ class ModelRegistry:
 
     def __init__(self, models_dir: Path) -> None:
         self.models_dir = Path(models_dir)
+        #: versions whose ``model.json`` the last :meth:`windows` could not read
+        self.unreadable: set[str] = set()
+        self._reported: set[tuple[str, int]] = set()  # (version, model.json mtime) logged as unreadable
 
     @property
     def versions_dir(self) -> Path:
@@ -152,7 +156,18 @@ class ModelRegistry:
         return sorted(ids, key=lambda v: int(_VERSION_RE.match(v).group(1)))  # type: ignore[union-attr]
 
     def path(self, version: str) -> Path:
-        """Folder of an existing version (raises :class:`ModelNotFoundError`)."""
+        """Folder of an existing version (raises :class:`ModelNotFoundError`).
+
+        Only a version id (``v0003-2024-03-05``) names one: a path to the same folder
+        (``../models/versions/v0003-...``, ``v0003-.../.``, or one into another home) was accepted by
+        ``set-current`` and became the id the stream stamped on every row and anomaly it scored.
+        """
+        if not isinstance(version, str) or not _VERSION_RE.match(version):
+            known = self.versions()
+            msg = (f"{version!r} is not a model version id: ids read like v0003-2024-03-05 (sequence, training "
+                   f"day; `workbench models list`). Known versions: "
+                   f"{', '.join(known[-5:]) if known else 'none (train one first)'}.")
+            raise ModelNotFoundError(msg)
         folder = self.versions_dir / version
         if not (folder / MODEL_JSON).is_file():
             known = self.versions()
@@ -162,11 +177,15 @@ class ModelRegistry:
         return folder
 
     def info(self, version: str) -> dict[str, Any]:
-        """``model.json`` of a version, plus its ``evaluations`` (if any)."""
+        """``model.json`` of a version, plus its ``evaluations`` (if any); :class:`RegistryError` naming
+        the file when one cannot be read."""
         folder = self.path(version)
-        meta = json.loads((folder / MODEL_JSON).read_text())
+        meta = _read_json(folder / MODEL_JSON, version)
+        if not isinstance(meta, dict):
+            msg = f"{folder / MODEL_JSON} of model version {version} is not a JSON object: the version is damaged."
+            raise RegistryError(msg)
         evals = folder / EVALUATIONS_JSON
-        meta["evaluations"] = json.loads(evals.read_text()) if evals.is_file() else []
+        meta["evaluations"] = _read_json(evals, version) if evals.is_file() else []
         return meta
 
     def current(self) -> str | None:
@@ -192,12 +211,22 @@ class ModelRegistry:
         logged error, so the version before it keeps scoring.
         """
         out = []
+        unreadable = set()
         for version in self.versions():
+            path = self.versions_dir / version / MODEL_JSON
             try:
-                meta = json.loads((self.versions_dir / version / MODEL_JSON).read_text())
+                meta = json.loads(path.read_text())
                 out.append(VersionWindow.from_meta(version, meta))
-            except (OSError, ValueError, TypeError, AttributeError) as exc:
-                logger.error("skipping unreadable model version version=%s error=%s", version, exc)
+            except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+                unreadable.add(version)
+                try:
+                    key = (version, path.stat().st_mtime_ns)
+                except OSError:
+                    key = (version, 0)
+                if key not in self._reported:  # once per state of the file, not at every look
+                    self._reported.add(key)
+                    logger.error("skipping unreadable model version version=%s file=%s error=%s", version, path, exc)
+        self.unreadable = unreadable
         return sorted(out)
 
     def history(self) -> list[dict[str, Any]]:
@@ -226,9 +255,17 @@ class ModelRegistry:
     def verify(self, version: str) -> None:
         """Check every file's SHA-256 against ``model.json`` (raises :class:`RegistryError`)."""
         folder = self.path(version)
-        meta = json.loads((folder / MODEL_JSON).read_text())
-        for name, digest in meta.get("files", {}).items():
-            actual = sha256_file(folder / name)
+        meta = _read_json(folder / MODEL_JSON, version)
+        files = meta.get("files") if isinstance(meta, dict) else None
+        if not isinstance(files, dict):
+            msg = f"{folder / MODEL_JSON} of model version {version} lists no files: the version is damaged."
+            raise RegistryError(msg)
+        for name, digest in files.items():
+            try:
+                actual = sha256_file(folder / name)
+            except OSError as exc:
+                msg = f"File {folder / name} of model version {version} cannot be read ({exc.strerror or exc})."
+                raise RegistryError(msg) from None
             if actual != digest:
                 msg = (f"File {name} of model version {version} is corrupt: SHA-256 {actual[:12]}... "
                        f"does not match {digest[:12]}... in model.json. Roll back to another version.")
@@ -236,11 +273,36 @@ class ModelRegistry:
 
     # --- writing ------------------------------------------------------------------------------
     def next_version_id(self, day: dt.date) -> str:
-        """The next sequence number with ``day`` as suffix."""
-        seqs = [int(_VERSION_RE.match(p.name).group(1))  # type: ignore[union-attr]
-                for p in (self.versions_dir.iterdir() if self.versions_dir.is_dir() else [])
-                if _VERSION_RE.match(p.name)]
+        """The next sequence number with ``day`` as suffix.
+
+        Never one a deleted version had (by a person or ``prune``): the shards and the lakehouse keep
+        the ids of the versions that scored them, and a tester's next training was published as
+        ``v0001-2024-03-05`` after ``v0001-2024-03-04`` was deleted. The highest sequence ever published
+        is kept in ``SEQUENCE``; ``history.jsonl`` covers registries from before that file.
+        """
+        names = [p.name for p in (self.versions_dir.iterdir() if self.versions_dir.is_dir() else [])]
+        names += [v for record in self.history() for v in (record.get("from"), record.get("to")) if isinstance(v, str)]
+        seqs = [int(m.group(1)) for m in map(_VERSION_RE.match, names) if m]
+        with contextlib.suppress(OSError, ValueError):
+            seqs.append(int(self.sequence_path.read_text().strip()))
         return f"v{max(seqs, default=0) + 1:04d}-{day.isoformat()}"
+
+    @property
+    def sequence_path(self) -> Path:
+        """The highest version sequence number ever published (``SEQUENCE``)."""
+        return self.models_dir / "SEQUENCE"
+
+    def _note_sequence(self, version: str) -> None:
+        match = _VERSION_RE.match(version)
+        if match is None:
+            return
+        with self.locked():
+            try:
+                highest = int(self.sequence_path.read_text().strip())
+            except (OSError, ValueError):
+                highest = 0
+            if int(match.group(1)) > highest:
+                write_atomic(self.sequence_path, f"{int(match.group(1))}\n".encode())
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
@@ -298,6 +360,7 @@ class ModelRegistry:
                     continue  # a concurrent publisher took this id
                 raise
             _fsync_dir(self.versions_dir)
+            self._note_sequence(version)
             logger.info("model version published version=%s", version)
             return version
         msg = f"Could not allocate a version id in {self.versions_dir} after 100 attempts."
@@ -413,6 +476,16 @@ class ModelRegistry:
         records = json.loads(path.read_text()) if path.is_file() else []
         records.append(record)
         write_atomic(path, json.dumps(records, indent=2, sort_keys=True).encode())
+
+
+def _read_json(path: Path, version: str) -> Any:
+    """A registry file's JSON, or :class:`RegistryError` naming the file (a bare JSONDecodeError did not)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        msg = (f"{path} of model version {version} cannot be read ({exc}): the version is damaged; "
+               "`workbench models set-current` another version, or train it again.")
+        raise RegistryError(msg) from None
 
 
 def _login() -> str:

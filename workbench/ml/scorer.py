@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -67,6 +68,8 @@ EXTRA_FIELDS: tuple[pa.Field, ...] = (
 _ALL_SCORE_NAMES = {f.name for f in SCORE_FIELDS + EXTRA_FIELDS}
 _BASE_REQUIRED = INPUT_COLUMNS + OBSERVED_COLUMNS
 _DAY_US = 86_400_000_000
+#: Seconds between two looks at the registry while a version is damaged (to see it repaired).
+BROKEN_RECHECK_S = 5.0
 
 
 def load_features(registry: ModelRegistry, version: str, *, verify: bool = True
@@ -260,7 +263,8 @@ class Scorer:
         self.by_event_time = by_event_time and version is None
         self.max_loaded = max(1, int(max_loaded))
         self._lru: OrderedDict[str, LoadedModel] = OrderedDict()
-        self._broken: dict[str, int] = {}  # version -> model.json mtime when it failed to load
+        self._broken: dict[str, tuple] = {}  # version -> its files' stamp when it failed to load
+        self._broken_checked = 0.0  # monotonic time the registry was last read again for them
         self._windows: list[VersionWindow] = []
         self._windows_stamp: tuple[int, ...] | None = None
         self._pinned: str | None = None
@@ -375,21 +379,30 @@ class Scorer:
                 stamp += [st.st_ino, st.st_mtime_ns, st.st_size]
             except FileNotFoundError:
                 stamp += [0, 0, 0]
-        if tuple(stamp) == self._windows_stamp:
+        # A damaged version is looked at again every few seconds: a file copied back into its folder
+        # changes neither stamp (a repaired version stayed skipped until something else touched versions/).
+        recheck = bool(self._broken or self._registry.unreadable) and (
+            time.monotonic() - self._broken_checked >= BROKEN_RECHECK_S)
+        if tuple(stamp) == self._windows_stamp and not recheck:
             return
         self._windows_stamp = tuple(stamp)
+        self._broken_checked = time.monotonic()
         self._pinned = self._registry.pinned()
         self._windows = [w for w in self._registry.windows() if not self._is_broken(w.version)]
+
+    def _folder_stamp(self, version: str) -> tuple:
+        """Every file of a version folder with its size and mtime (a repaired file changes it)."""
+        folder = self._registry.versions_dir / version
+        try:
+            return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir()))
+        except OSError:
+            return ()
 
     def _is_broken(self, version: str) -> bool:
         if version not in self._broken:
             return False
-        try:
-            mtime = (self._registry.versions_dir / version / MODEL_JSON).stat().st_mtime_ns
-        except OSError:
-            return True
-        if mtime != self._broken[version]:
-            del self._broken[version]  # replaced meanwhile: try again
+        if self._folder_stamp(version) != self._broken[version]:
+            del self._broken[version]  # changed meanwhile (repaired, replaced): try again
             return False
         return True
 
@@ -425,8 +438,7 @@ class Scorer:
         except (MLError, OSError, ValueError, KeyError) as exc:
             logger.error("skipping unreadable model version version=%s error=%s (the previous version scores)",
                          version, exc)
-            with contextlib.suppress(OSError):
-                self._broken[version] = (self._registry.versions_dir / version / MODEL_JSON).stat().st_mtime_ns
+            self._broken[version] = self._folder_stamp(version)
             self._windows = [w for w in self._windows if w.version != version]
             return None
         self._lru[version] = model

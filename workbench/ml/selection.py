@@ -64,21 +64,34 @@ class Cadence:
     """The training schedule: first event day seen and ``every_n_days`` (see the supervisor).
 
     Day ``first_day + i`` is trained when ``i % every_n_days == every_n_days - 1``.
-    ``failed_days`` are days whose training failed for good (they get no version).
+    ``failed_days`` are days whose training failed for good (they get no version); ``done_days``
+    days whose training finished (a version was registered: if it is not readable now, deleted by
+    a person or ``prune``, or damaged, none is coming either).
     """
 
     first_day: dt.date
     every_n_days: int = 1
     failed_days: frozenset[dt.date] = frozenset()
+    done_days: frozenset[dt.date] = frozenset()
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Cadence | None:
         """From the supervisor's ``ml_training.json`` state (``None`` before the first event)."""
         if not state.get("first_day"):
             return None
-        failed = frozenset(dt.date.fromisoformat(d) for d, e in state.get("days", {}).items()
-                           if e.get("status") == "failed")
-        return cls(dt.date.fromisoformat(state["first_day"]), int(state.get("every_n_days") or 1), failed)
+
+        def days(status: str) -> frozenset[dt.date]:
+            return frozenset(dt.date.fromisoformat(d) for d, e in state.get("days", {}).items()
+                             if e.get("status") == status)
+
+        return cls(dt.date.fromisoformat(state["first_day"]), int(state.get("every_n_days") or 1),
+                   days("failed"), days("done"))
+
+    def no_version_coming(self, end: dt.date, windows: Sequence[VersionWindow]) -> bool:
+        """Whether the cadence version ending on ``end`` will never be readable: its training failed for
+        good, or it finished and its version is gone (a folder deleted while the workbench ran, or a
+        ``prune`` before a seek back, left the stream waiting for it for good)."""
+        return end in self.failed_days or (end in self.done_days and all(w.end != end for w in windows))
 
     def trained(self, day: dt.date) -> bool:
         """Whether ``day`` is on the cadence (a version with this window end is due)."""
@@ -112,9 +125,10 @@ def is_ready(day: dt.date, windows: Sequence[VersionWindow], cadence: Cadence | 
 
     True when a pin is set; or when the version :func:`select_version` picks now is at least as
     new as the one the cadence promises (:func:`expected_window_end`), skipping cadence days
-    whose training failed for good; or, for the days up to the first cadence day, when a version
-    from before them exists or the first cadence version does. Without a cadence (no training
-    scheduled: ``train=False``) any existing version is final.
+    whose training failed for good or whose version is gone (:meth:`Cadence.no_version_coming`);
+    or, for the days up to the first cadence day, when a version from before them exists or the
+    first cadence version does (or will never be). Without a cadence (no training scheduled:
+    ``train=False``) any existing version is final.
     """
     if pinned is not None:
         return True
@@ -129,11 +143,12 @@ def is_ready(day: dt.date, windows: Sequence[VersionWindow], cadence: Cadence | 
         # Not any version: a later cadence version can be registered first (the first day's
         # training killed and retried after a backoff), and the rule gives these days the first
         # cadence version once it exists, so scoring them with the later one would not be final.
-        return bool(before) or any(w.end <= first_trained for w in windows) or first_trained in cadence.failed_days
+        return (bool(before) or any(w.end <= first_trained for w in windows)
+                or cadence.no_version_coming(first_trained, windows))
     newest = max(before, default=None)
     end = expected_window_end(day, cadence)
     while newest is None or newest < end:
-        if end not in cadence.failed_days:
+        if not cadence.no_version_coming(end, windows):
             return False
         end -= step  # that training failed for good: the previous cadence version is final
         if end < first_trained:
@@ -141,14 +156,14 @@ def is_ready(day: dt.date, windows: Sequence[VersionWindow], cadence: Cadence | 
     return True
 
 
-def _no_version_coming(day: dt.date, cadence: Cadence) -> bool:
-    """Whether every cadence training up to the one ``day`` waits for failed for good: no version can
-    come for ``day`` before a later day trains."""
+def _no_version_coming(day: dt.date, cadence: Cadence, windows: Sequence[VersionWindow]) -> bool:
+    """Whether every cadence training up to the one ``day`` waits for failed for good (or its version
+    is gone): no version can come for ``day`` before a later day trains."""
     step = dt.timedelta(days=cadence.every_n_days)
     first_trained = cadence.first_day + step - dt.timedelta(days=1)
     end = expected_window_end(day, cadence)
     while end >= first_trained:
-        if end not in cadence.failed_days:
+        if not cadence.no_version_coming(end, windows):
             return False
         end -= step
     return True
@@ -168,4 +183,4 @@ def may_accept(day: dt.date, windows: Sequence[VersionWindow], cadence: Cadence 
     if day <= cadence.first_day + dt.timedelta(days=cadence.every_n_days):
         return True
     previous = day - dt.timedelta(days=cadence.every_n_days)
-    return is_ready(previous, windows, cadence) or (not windows and _no_version_coming(previous, cadence))
+    return is_ready(previous, windows, cadence) or (not windows and _no_version_coming(previous, cadence, windows))

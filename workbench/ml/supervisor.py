@@ -367,8 +367,8 @@ class TrainingSupervisor:
 
     def _record_result(self, day: str, entry: dict[str, Any], rc: int) -> None:
         if rc == UNKNOWN_RC:
-            done = any(ModelRegistry(self.settings.models_dir).info(v).get("training_day") == day
-                       for v in ModelRegistry(self.settings.models_dir).versions())
+            # the readable versions' windows (a damaged model.json is skipped, not raised here)
+            done = any(w.end.isoformat() == day for w in ModelRegistry(self.settings.models_dir).windows())
             rc = 0 if done else -1
         entry["last_rc"] = rc
         try:

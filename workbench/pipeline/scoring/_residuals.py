@@ -95,6 +95,7 @@ class ResidualWindowsStep:
         self.last_try = 0.0  # monotonic start of the last pass
         self._features: dict[str, Any] = {}  # version -> FeatureBuilder (a day's rows share one or two)
         self._scales: dict[str, tuple[float, float]] = {}  # version -> its detector's runtime spread clip
+        self._unreadable: set[str] = set()  # versions in the shards that cannot be read now (warned once)
         self._failures: dict[dt.date, tuple[int, float]] = {}  # day -> (failed attempts, monotonic first)
         #: judged days written to since (a seek forward's skipped rows, sent by a reset or seek back):
         #: day -> monotonic time of its last write; judged again once quiet for ``settle_s``
@@ -163,8 +164,12 @@ class ResidualWindowsStep:
                     self.grown[day] = now
 
     def grown_due(self) -> bool:
-        """Whether a judged day that was written to since is quiet long enough to be judged again."""
+        """Whether a judged day that was written to since is quiet long enough to be judged again (at most
+        every ``retry_s``: a day that waits for its rows to be scored was read again at every tick, five
+        times a second, with a log line each)."""
         now = time.monotonic()
+        if now - self.last_try < self.retry_s:
+            return False
         with self._grown_lock:
             return any(now - at >= self.settle_s for at in self.grown.values())
 
@@ -321,6 +326,7 @@ class ResidualWindowsStep:
         keep which one): a never-seen statement's residual tells what the model does not know.
         Only the version's feature tables are loaded (no ONNX sessions). Unscored rows read False.
         """
+        from workbench.ml.exceptions import MLError
         from workbench.ml.registry import ModelRegistry
         from workbench.ml.scorer import load_features
 
@@ -332,10 +338,23 @@ class ResidualWindowsStep:
             mask = pc.fill_null(pc.equal(versions, version), False)
             features = self._features.get(version)
             if features is None:
-                meta, features = load_features(ModelRegistry(self.settings.models_dir), version)
+                try:
+                    meta, features = load_features(ModelRegistry(self.settings.models_dir), version)
+                    clip = meta["detector"]["params"]  # the spread clip of the version's runtime residual
+                    scales = (float(clip["min_scale"]), float(clip["max_scale"]))
+                except (MLError, OSError, ValueError, KeyError, TypeError) as exc:
+                    # Deleted (a person, `models prune`) or damaged since it scored these rows: its statements'
+                    # histories are unknown, so its rows stay out of the residual and the streaks (judging
+                    # the day failed five times, then left it unjudged, with the next days waiting meanwhile).
+                    if version not in self._unreadable:
+                        logger.warning("residual windows: model version %s, which scored some of these rows, cannot "
+                                       "be read (%s); its rows are judged as of statements without history",
+                                       version, exc)
+                    self._unreadable.add(version)
+                    continue
+                self._unreadable.discard(version)
                 self._features[version] = features
-                clip = meta["detector"]["params"]  # the spread clip of the version's runtime residual
-                self._scales[version] = (float(clip["min_scale"]), float(clip["max_scale"]))
+                self._scales[version] = scales
             known[mask.to_numpy(zero_copy_only=False)] = features.reference_source(rows.filter(mask)) == 0
         return known
 
