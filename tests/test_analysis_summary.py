@@ -787,3 +787,37 @@ def test_the_flagged_windows_say_that_a_reason_or_version_filter_does_not_narrow
     assert "reason 'long_queue'" in note and "v0002-2024-03-05" in note and "narrow the queries only" in note
     assert "narrows the queries only" in summary.windows_scope(reason="long_queue") and "`" not in note
     assert "versions v1" in summary.windows_scope(versions=["v1"])
+
+
+def test_the_report_summary_counts_the_streams_alerts_and_narrows_to_the_reports_versions(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A tester's `workbench rescore` of the whole log moved the summary's precision (0.716 -> 0.660: the
+    rescored version's alerts, on its own training day too, counted with the stream's), and `report
+    --versions V` gave a notebook of V's 1,046 anomalies under a summary of every version's 9,909."""
+    from tests.notebook_home import cached_home
+    from workbench.analysis.detection_summary import label_agreement
+    from workbench.reports._summary import key_figures
+
+    home, data = cached_home(tmp_path_factory.getbasetemp())
+    settings = Settings(home=home)
+    figures = key_figures(settings, labels_file=data)
+    every = summary.anomalies_or_empty(settings)
+    scored = summary.scored_queries(settings)
+    stream = summary.stream_alerts(every, scored)
+    assert len(stream) == len(every) > 0  # the stream's alerts are every alert of this home
+    # a rescore by another version adds its alerts beside them: every scored query of the log, flagged
+    rescored = scored.assign(model_version="v0009-2024-03-04", reason="slow_execution",
+                             arrival_timestamp=pd.Timestamp("2024-03-05", tz="UTC"))
+    both = pd.concat([every, rescored[[c for c in rescored.columns if c in every.columns]]], ignore_index=True)
+    assert len(summary.stream_alerts(both, scored)) == len(every)
+    polluted = label_agreement(both, data, scored=scored)
+    clean = label_agreement(summary.stream_alerts(both, scored), data, scored=scored)
+    assert polluted.precision < clean.precision == figures["agreement"].precision
+    from workbench.ml.registry import ModelRegistry
+
+    versions = ModelRegistry(settings.models_dir).versions()
+    counts = [int((every["model_version"] == v).sum()) for v in versions]
+    assert len(versions) == 2 and sum(counts) == len(every)
+    for version, count in zip(versions, counts, strict=True):
+        only = key_figures(settings, labels_file=data, versions=[version])
+        assert only["anomalies"] == count and set(only["by_reason"]["model_version"]) <= {version}

@@ -82,10 +82,14 @@ def _attempt(what: str, compute: Callable[[], Any]) -> tuple[Any, str | None]:
 
 
 def key_figures(settings: Settings, *, start: Any = None, end: Any = None,
-                instances: Sequence[int] | None = None, labels_file: Path | None = None) -> dict[str, Any]:
+                instances: Sequence[int] | None = None, labels_file: Path | None = None,
+                versions: Sequence[str] = ()) -> dict[str, Any]:
     """The summary's figures: events, windows, anomalies (total, per reason and version), critical
     instances (last 24 h of data), model versions, and, with ``labels_file``, precision and recall.
 
+    ``versions`` narrows the anomalies as the report's ``--versions`` narrows its notebooks (the summary
+    counted every version's beside a notebook that counted one). Without it, precision and recall are
+    the stream's (:func:`~workbench.analysis.anomaly_summary.stream_alerts`), not every rescored version's.
     Values are ``None`` (with a reason under ``<key>_why``) when their store does not exist yet.
     """
     from workbench.analysis import anomaly_summary, read
@@ -102,7 +106,7 @@ def key_figures(settings: Settings, *, start: Any = None, end: Any = None,
         out["first_window"] = stats["window_start"].min()
         out["last_window"] = stats["window_end"].max()
     anomalies, out["anomalies_why"] = _attempt("anomalies", lambda: anomaly_summary.anomalies_or_empty(
-        settings, start=start, end=end, instances=instances))
+        settings, start=start, end=end, instances=instances, versions=versions))
     out["anomalies_frame"] = anomalies
     if anomalies is not None:
         out["anomalies"] = len(anomalies)
@@ -114,10 +118,12 @@ def key_figures(settings: Settings, *, start: Any = None, end: Any = None,
     out["current_model"] = registry.current()
     if labels_file is not None and anomalies is not None:
         lo, hi = out.get("first_window", start), out.get("last_window", end)
-        agreement, out["agreement_why"] = _attempt("label agreement", lambda: label_agreement(
-            anomalies, labels_file, start=lo, end=hi, instances=instances,
-            scored=anomaly_summary.scored_queries(settings, lo, hi, instances)))
-        out["agreement"] = agreement
+        def agreement() -> Any:
+            scored = anomaly_summary.scored_queries(settings, lo, hi, instances)
+            alerts = anomalies if versions else anomaly_summary.stream_alerts(anomalies, scored)
+            return label_agreement(alerts, labels_file, start=lo, end=hi, instances=instances, scored=scored)
+
+        out["agreement"], out["agreement_why"] = _attempt("label agreement", agreement)
     return out
 
 
@@ -176,12 +182,13 @@ def write_summary(out: Path, run_id: str, settings: Settings, params: Mapping[st
     figures : mapping, optional
         Precomputed :func:`key_figures` (computed here when omitted).
     """
-    from workbench.reports.notebook import parse_instances, parse_time
+    from workbench.reports.notebook import parse_instances, parse_list, parse_time
 
     if figures is None:
         figures = key_figures(settings, start=parse_time(params.get("start"), "start"),
                               end=parse_time(params.get("end"), "end"),
-                              instances=parse_instances(params.get("instances")), labels_file=labels_file)
+                              instances=parse_instances(params.get("instances")), labels_file=labels_file,
+                              versions=parse_list(params.get("versions")))
     parts = [f"<h1>Workbench report <code>{html.escape(run_id)}</code></h1>"]
     span = ""
     if figures.get("first_window") is not None:
@@ -189,6 +196,9 @@ def write_summary(out: Path, run_id: str, settings: Settings, params: Mapping[st
     parts.append(f"<p class='muted'>Data of <code>{html.escape(str(settings.home))}</code>"
                  + (f", event time {html.escape(span)}" if span else "") + ".</p>")
 
+    if chosen := parse_list(params.get("versions")):
+        parts.append(f"<p class='muted' id='versions-scope'>Anomalies of model version{'s' if len(chosen) > 1 else ''} "
+                     f"{html.escape(', '.join(chosen))} only (the report's versions).</p>")
     parts.append("<h2>Key figures</h2><div class='cards' id='key-figures'>")
     parts.append(_card("Events", figures.get("events")))
     parts.append(_card("Instances", figures.get("instances")))
