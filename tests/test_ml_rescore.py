@@ -74,7 +74,12 @@ def test_cli_rescore_and_errors(home: Settings, capsys: pytest.CaptureFixture[st
 
     assert main(["--home", str(home.home), "rescore", "--version", "v0001-2024-03-01", "--start",
                  "2024-03-04"]) == 0
-    assert "v0001-2024-03-01: 1 day(s), " in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "v0001-2024-03-01: 1 day(s), " in captured.out and "no stored row" not in captured.err
+    # an instance the log does not have read like a finished run: "0 rows scored", and nothing else
+    assert main(["--home", str(home.home), "rescore", "--version", "v0001-2024-03-01", "--instances", "999"]) == 0
+    note = "note: no stored row matches the selection (the shards hold 2024-03-03 to 2024-03-04"
+    assert note in capsys.readouterr().err
     assert main(["--home", str(home.home), "rescore", "--version", "v0042-2024-03-01"]) == 2
     assert "does not exist" in capsys.readouterr().err
 

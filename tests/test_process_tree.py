@@ -297,6 +297,28 @@ def test_status_shows_disk_use_per_store(tmp_path: Path) -> None:
     status = WorkbenchStatus(replay=None, processes={}, apps={}, lag={}, model_version=None, model_versions=0,
                              anomalies=None, late_events=None, dead_letters=None, disk=disk)
     assert "disk: kafka 0 B, shards 100.0 KB, models 0 B" in str(status), str(status)
+    # stores kept elsewhere are not local disk: "window_stats 0 B" beside thousands of windows read as empty
+    shared = tmp_path / "shared-lake"
+    (shared / "main").mkdir(parents=True)
+    (shared / "main" / "a.parquet").write_bytes(b"0" * 30_000)
+    elsewhere = settings.with_overrides(window_stats_url="postgresql://wb@db.internal/stats",
+                                        lakehouse_catalog="postgres:dbname=lake host=db.internal",
+                                        lakehouse_data=str(shared), kafka_bootstrap_servers="kafka.internal:9092")
+    disk = disk_usage(elsewhere)
+    assert "window_stats" not in disk and "kafka" not in disk and disk["lakehouse"] >= 30_000
+    assert "lakehouse" not in disk_usage(elsewhere.with_overrides(lakehouse_data="s3://bucket/lake/"))
+
+
+def test_status_says_when_a_person_pinned_the_model() -> None:
+    """A pin was visible only in `models history`: the status read `model: v0001-... (3 versions)` either way."""
+    from workbench.runtime._status import WorkbenchStatus
+
+    common = dict(replay=None, processes={}, apps={}, lag={}, model_version="v0001-2024-03-04", model_versions=3,
+                  anomalies=None, late_events=None, dead_letters=None)
+    assert "model: v0001-2024-03-04 (3 versions) |" in str(WorkbenchStatus(**common))
+    pinned = WorkbenchStatus(**common, model_pinned="v0001-2024-03-04")
+    assert "model: v0001-2024-03-04 (3 versions; pinned: scores every event) |" in str(pinned)
+    assert pinned.as_dict()["model_pinned"] == "v0001-2024-03-04"
 
 
 @pytest.mark.slow

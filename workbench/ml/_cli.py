@@ -99,6 +99,16 @@ def _rescore(args: argparse.Namespace) -> int:
     skipped = f", {len(result.skipped_days)} day(s) done earlier" if result.skipped_days else ""
     print(f"{result.version}: {len(result.days)} day(s), {result.rows} rows scored, {result.anomalies} anomalies, "
           f"{result.inserted} new in the lakehouse{skipped}")
+    if not result.rows and not result.skipped_days:  # an instance or a span the shards do not hold read as done
+        from workbench.store.shards import list_days
+
+        try:
+            days = list_days(settings_from_args(args).shards_dir)
+        except (FileNotFoundError, OSError):
+            days = []
+        held = f"the shards hold {days[0]} to {days[-1]}" if days else "the shards hold no day yet"
+        print(f"note: no stored row matches the selection ({held}; `workbench report` or notebook 04 name the "
+              "instances); nothing was scored", file=sys.stderr)
     return 0
 
 
@@ -195,6 +205,16 @@ def _evaluate(args: argparse.Namespace) -> int:
                       window_kinds=window_kinds)
     print(f"day {result['day']}  version {result['version']}  detector {result['detector']}")
     print(format_table(result["metrics"]))
+    if result["detector"] != "baseline":
+        from workbench.ml.registry import ModelRegistry
+
+        try:
+            window = ModelRegistry(settings_from_args(args).models_dir).info(result["version"]).get("window_days") or []
+        except Exception:  # only the note below depends on it
+            window = []
+        if str(result["day"]) in window:  # notebook 03 says so; the CLI printed 0.994 as if out of sample
+            print(f"note: {result['day']} is in {result['version']}'s training window: in-sample figures flatter the "
+                  "detector (`models list` shows out-of-sample evaluations only); evaluate a later day")
     return 0
 
 

@@ -121,6 +121,7 @@ from workbench.pipeline._quix import consume_in_batches, register_periodic
 from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline._window_state import WRONG_PARTITION, FlushResult, Prepared, WindowState
 from workbench.pipeline.exceptions import PipelineConfigError
+from workbench.store.exceptions import LakehouseBusyError
 from workbench.store.window_stats import WindowStatsStore, database_errors
 
 __all__ = ["APP_NAME", "BATCH_BYTES", "BATCH_MESSAGES", "AnalyticsApp", "WindowStatsSink", "row_partial",
@@ -493,8 +494,10 @@ class AnalyticsApp(WorkbenchApp):
             self._late_total += n
             self.status.add("late_events", n)
             if before == 0 or before // 1000 != self._late_total // 1000:
-                logger.warning("late events dropped from closed window instance_id=%s window_start_ms=%d count=%d "
-                               "source_offset=%s total_late=%d", inst, start, n, offset, self._late_total)
+                # "dropped" read as data lost: these rows were counted when first sent (the README, the status)
+                logger.warning("late events for a closed window, not counted again (sent again by a seek or reset "
+                               "back, or older than the windows kept for late rows) instance_id=%s window_start_ms=%d "
+                               "count=%d source_offset=%s total_late=%d", inst, start, n, offset, self._late_total)
 
     def _count_repeats(self, repeats: int) -> None:
         before = self._repeats_total
@@ -560,6 +563,9 @@ class AnalyticsApp(WorkbenchApp):
             # every window written before this pass started has been read (and judged once final)
             self.status.info["collective_checked_at"] = started
             self._collective_failed = False
+        except LakehouseBusyError as exc:  # another writer's commit: expected with several instances
+            self._collective_failed = True
+            logger.warning("collective window step: the lakehouse was busy (%s); retried, nothing was written", exc)
         except Exception:  # never stop the stream for the collective step; retried on the next tick
             self._collective_failed = True  # retried at the 30 s pace, not at every idle tick
             logger.exception("collective window step failed; will retry")

@@ -336,18 +336,33 @@ def _tree_bytes(path: Path) -> int:
 
 
 def disk_usage(settings: Settings) -> dict[str, int]:
-    """Bytes on disk per store of the home (Kafka data, shards, models, window stats, lakehouse,
-    app state, logs)."""
-    stats = [settings.sqlite_path.with_name(settings.sqlite_path.name + suffix) for suffix in ("", "-wal", "-shm")]
-    return {
-        "kafka": _tree_bytes(settings.kafka_dir) if settings.manages_kafka else 0,
-        "shards": _tree_bytes(settings.shards_dir) if isinstance(settings.shards_dir, Path) else 0,  # a URL: not local
-        "models": _tree_bytes(settings.models_dir),
-        "window_stats": sum(_tree_bytes(p) for p in stats) + _tree_bytes(settings.archive_dir),
-        "lakehouse": _tree_bytes(settings.lakehouse_dir),
-        "state": _tree_bytes(settings.state_dir),
-        "logs": _tree_bytes(settings.logs_dir),
-    }
+    """Bytes on local disk per store (Kafka data, shards, models, window stats, lakehouse, app state, logs).
+
+    A store kept elsewhere (window stats or the lakehouse catalog in PostgreSQL, shards or lakehouse data
+    behind an object-store URL, a broker not managed here) is left out, not shown as "0 B": a tester read
+    ``window_stats 0 B`` and ``lakehouse 0 B`` beside 4,157 anomalies as empty stores.
+    """
+    usage: dict[str, int] = {}
+    if settings.manages_kafka:
+        usage["kafka"] = _tree_bytes(settings.kafka_dir)
+    if isinstance(settings.shards_dir, Path):  # a URL: not local
+        usage["shards"] = _tree_bytes(settings.shards_dir)
+    usage["models"] = _tree_bytes(settings.models_dir)
+    if settings.window_stats_url is None:
+        stats = [settings.sqlite_path.with_name(settings.sqlite_path.name + suffix) for suffix in ("", "-wal", "-shm")]
+        usage["window_stats"] = sum(_tree_bytes(p) for p in stats) + _tree_bytes(settings.archive_dir)
+    elif archive := _tree_bytes(settings.archive_dir):
+        usage["window_stats archive"] = archive
+    data = settings.lakehouse_data_path
+    local_data = "://" not in data
+    lakehouse = _tree_bytes(Path(data)) if local_data and settings.lakehouse_data is not None else 0
+    if settings.lakehouse_catalog == "sqlite" or settings.lakehouse_data is None:
+        lakehouse += _tree_bytes(settings.lakehouse_dir)  # the SQLite catalog, and the data unless elsewhere
+    if local_data or settings.lakehouse_catalog == "sqlite":
+        usage["lakehouse"] = lakehouse
+    usage["state"] = _tree_bytes(settings.state_dir)
+    usage["logs"] = _tree_bytes(settings.logs_dir)
+    return usage
 
 
 def replay_predates_process(replay: Any, processes: dict[str, dict[str, Any]] | None) -> bool:
@@ -382,6 +397,8 @@ class WorkbenchStatus:
     instances: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     #: pid of the elected trainer (the scoring instance holding the registry's trainer lease)
     trainer_pid: int | None = None
+    #: the version a person pinned (``models set-current``): it scores every event; None: each day's version
+    model_pinned: str | None = None
     #: flagged windows stored in the lakehouse (every run, as ``anomalies``); None: not read
     stored_window_anomalies: int | None = None
 
@@ -515,6 +532,7 @@ class WorkbenchStatus:
             "lag": dict(self.lag),
             "model_version": self.model_version,
             "model_versions": self.model_versions,
+            "model_pinned": self.model_pinned,
             "anomalies": self.anomalies,
             "window_anomalies": self.window_anomalies,
             "late_events": self.late_events,
@@ -540,7 +558,8 @@ class WorkbenchStatus:
         lag = ", ".join(f"{name} {count(value)}" for name, value in self.lag.items())
         lines.append(f"lag (messages): {lag or '-'}")
         versions = f"{self.model_versions} version{'' if self.model_versions == 1 else 's'}"
-        lines.append(f"model: {self.model_version or 'none yet'} ({versions}) | "
+        pin = "; pinned: scores every event" if self.model_pinned else ""
+        lines.append(f"model: {self.model_version or 'none yet'} ({versions}{pin}) | "
                      # None: no lakehouse yet (the sink creates it with the first anomaly), as the panel says
                      f"anomalies {count(self.anomalies) if self.anomalies is not None else 'none yet'} | "
                      f"flagged windows {count(self.window_anomalies)} | "

@@ -575,6 +575,7 @@ class Workbench:
             lag=lag,
             model_version=registry.current(),
             model_versions=len(registry.versions()),
+            model_pinned=registry.pinned(),
             anomalies=stored_anomalies,
             late_events=late,
             dead_letters=None if unreachable else topic_message_count(self.settings, self.settings.topic_dead_letter,
