@@ -320,6 +320,17 @@ def test_setup_warns_about_undeclared_parameters(tmp_path: Path, monkeypatch: py
         assert check_parameters({"start": "yesterday", "top_n": 5}) == []
 
 
+def test_a_warning_for_a_cells_call_reads_as_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Notebook 03's report page showed `/tmp/ipykernel_3113/288801447.py:11: UserWarning: Unknown model ...`."""
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    setup({"__annotations__": {}})
+    cell = warnings.formatwarning("Unknown model versions v9 ignored", UserWarning, "/tmp/ipykernel_31/28.py", 11)
+    assert cell == "warning: Unknown model versions v9 ignored\n"
+    library = warnings.formatwarning("old API", FutureWarning, "/usr/lib/python3/site-packages/x.py", 3)
+    assert "x.py:3: FutureWarning: old API" in library  # everything else as Python writes it
+
+
 def test_a_rerun_in_the_same_kernel_does_not_take_the_notebooks_own_variables_for_parameters(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
@@ -821,3 +832,5 @@ def test_the_report_summary_counts_the_streams_alerts_and_narrows_to_the_reports
     for version, count in zip(versions, counts, strict=True):
         only = key_figures(settings, labels_file=data, versions=[version])
         assert only["anomalies"] == count and set(only["by_reason"]["model_version"]) <= {version}
+    # the store holds windows, only not of instance 999: it read "no window stats yet"
+    assert key_figures(settings, instances=[999])["critical_why"] == "no window of the selected instances and span"

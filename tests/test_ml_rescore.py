@@ -117,3 +117,31 @@ def test_same_window_in_any_shard_layout_gives_the_same_model(tmp_path: Path) ->
     a, b = metas
     assert a["inputs_sha256"] == b["inputs_sha256"] and a["files"] == b["files"]  # byte-identical model files
     assert a["rows"] == b["rows"] and a["rows"]["window"] > 0
+
+
+def test_a_busy_lakehouse_is_waited_for_not_a_failed_rescore(home: Settings, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two rescores of one version at once: one stopped with 'the lakehouse catalog was locked ... retry the
+    same batch later' (exit 2). Another writer's commit is injected here before the first write of each day."""
+    import shutil
+
+    from workbench.store.exceptions import LakehouseBusyError
+
+    settings = Settings(home=tmp_path / "home")
+    shutil.copytree(home.models_dir, settings.models_dir)
+    shutil.copytree(home.shards_dir, settings.shards_dir)
+    real_write = AnomalyLakehouse.write
+    refused: list[int] = []
+
+    def busy_once(self: AnomalyLakehouse, rows: pa.Table) -> int:
+        if len(refused) % 2 == 0:
+            refused.append(rows.num_rows)
+            raise LakehouseBusyError("Failed to flush changes into DuckLake: database is locked (injected)")
+        refused.append(0)
+        return real_write(self, rows)
+
+    monkeypatch.setattr(AnomalyLakehouse, "write", busy_once)
+    monkeypatch.setattr("time.sleep", lambda s: None)  # the retry's backoff, on a fake clock
+    result = rescore(settings, "v0001-2024-03-01", progress=False)
+    assert result.inserted == result.anomalies > 0 and len(refused) == 2 * len(result.days)
+    assert len(_lake(settings)) == result.anomalies

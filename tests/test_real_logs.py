@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -41,7 +42,8 @@ def test_train_and_evaluate_work_on_a_prepared_unlabelled_log(prepared: Path, tm
     assert not has_labels(prepared)
     home = str(tmp_path / "home")
     assert main(["--home", home, "train", "--day", "2024-03-05", "--window-days", "2", "--data", str(prepared)]) == 0
-    assert "rows in" in capsys.readouterr().out
+    trained = capsys.readouterr().out  # the window's rows, and how many were fitted and held out
+    assert re.search(r": [\d,]+ rows of the window \([\d,]+ fitted, [\d,]+ held out\) in ", trained), trained
     assert main(["--home", home, "evaluate", "--day", "2024-03-06", "--data", str(prepared)]) == 0
     out = capsys.readouterr().out
     assert "precision and recall need labels" in out and "(no labels)" in out

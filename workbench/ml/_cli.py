@@ -141,7 +141,11 @@ def _train(args: argparse.Namespace) -> int:
     result = train_day(settings, args.day, window_days=args.window_days, max_rows=args.max_rows,
                        seed=args.seed, data=args.data)
     meta = result.meta
-    print(f"{result.version}: {result.rows} rows in {result.seconds:.1f} s, parity max|diff| "
+    rows = meta.get("rows") or {}
+    # "400000 rows" beside `models list`'s 351,514 trained: the window's rows read, of which some are held out
+    split = (f" ({rows['trained']:,} fitted, {rows['holdout']:,} held out)"
+             if isinstance(rows.get("trained"), int) and isinstance(rows.get("holdout"), int) else "")
+    print(f"{result.version}: {result.rows:,} rows of the window{split} in {result.seconds:.1f} s, parity max|diff| "
           f"{meta['parity_max_abs_diff']:.2g}, holdout {json.dumps(meta['holdout_metrics'])}")
     return 0
 

@@ -68,6 +68,29 @@ def _utc(value: dt.datetime | dt.date | str | None) -> dt.datetime | None:
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
+#: Attempts at one day's lakehouse write while another writer's commit holds the catalog (1, 2, 4, ... s apart).
+BUSY_ATTEMPTS = 6
+
+
+def _write_retrying(lake: Any, rows: pa.Table) -> int:
+    """``lake.write(rows)``, tried again while the catalog is busy: two rescores at once (or a rescore beside
+    the anomaly sink) stopped one of them with "the lakehouse catalog was locked ... retry later" (exit 2).
+    The write is insert-if-absent and rolled back whole on a conflict, so a retry is exact."""
+    import time
+
+    from workbench.store.exceptions import LakehouseBusyError
+
+    for attempt in range(BUSY_ATTEMPTS):
+        try:
+            return int(lake.write(rows))
+        except LakehouseBusyError as exc:
+            if attempt == BUSY_ATTEMPTS - 1:
+                raise
+            logger.info("lakehouse busy (%s); retrying the day's write in %d s", exc, 2**attempt)
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
 def _signature(start: dt.datetime | None, end: dt.datetime | None, instances: Sequence[int] | None) -> str:
     text = json.dumps([str(start), str(end), sorted(instances) if instances else None])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -153,7 +176,7 @@ def rescore(settings: Settings, version: str, *, start: dt.datetime | dt.date | 
                                    "first: %s", day, version, len(refused), refused[0][:200])
                 result.refused += len(refused)
                 result.anomalies += rows.num_rows
-                result.inserted += lake.write(rows) if rows.num_rows else 0
+                result.inserted += _write_retrying(lake, rows) if rows.num_rows else 0
                 result.rows += table.num_rows
             done.add(day.isoformat())
             state[key] = sorted(done)

@@ -111,8 +111,13 @@ def key_figures(settings: Settings, *, start: Any = None, end: Any = None,
     if anomalies is not None:
         out["anomalies"] = len(anomalies)
         out["by_reason"] = anomaly_summary.by_reason_and_version(anomalies)
-    out["critical"], out["critical_why"] = _attempt("critical instances", lambda: read.critical_instances(
-        settings, "24h", end=end)) if stats is not None and len(stats) else (None, "no window stats yet")
+    if stats is not None and len(stats):
+        out["critical"], out["critical_why"] = _attempt("critical instances", lambda: read.critical_instances(
+            settings, "24h", end=end))
+    else:  # the store may hold windows, only not of this selection (`--instances 999` read "no window stats yet")
+        out["critical"] = None
+        out["critical_why"] = ("no window of the selected instances and span" if stats is not None
+                               and (instances or start or end) else "no window stats yet")
     registry = ModelRegistry(settings.models_dir)
     out["model_versions"] = registry.versions()
     out["current_model"] = registry.current()

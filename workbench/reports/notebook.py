@@ -395,6 +395,7 @@ def setup(namespace: Mapping[str, Any], *, clear: bool = False) -> Settings:
     check_parameter_ranges({name: namespace[name] for name in namespace.get("__annotations__", {})
                             if name in namespace})
     setup_charts()
+    _readable_warnings()
     pd.set_option("display.width", 160)
     pd.set_option("display.max_columns", 30)
     pd.set_option("display.max_colwidth", 500)  # a window's reason is its evidence: not cut at 50 characters
@@ -402,6 +403,25 @@ def setup(namespace: Mapping[str, Any], *, clear: bool = False) -> Settings:
     if clear and isinstance(namespace, MutableMapping):
         namespace[_BEFORE_RESULTS_MARK] = frozenset(namespace) | {_BEFORE_RESULTS_MARK}
     return settings
+
+
+def _readable_warnings() -> None:
+    """The workbench's own warnings read as one line in a notebook and its report page: Python's format
+    led with the kernel's temporary cell file (``/tmp/ipykernel_3113/288801447.py:11: UserWarning: ...``)."""
+    import warnings
+
+    if getattr(warnings.formatwarning, "_workbench", False):
+        return
+    plain = warnings.formatwarning
+
+    def formatwarning(message: Any, category: type[Warning], filename: str, lineno: int, line: str | None = None
+                      ) -> str:
+        if issubclass(category, UserWarning) and "ipykernel" in str(filename):  # raised for a cell's call
+            return f"warning: {message}\n"
+        return plain(message, category, filename, lineno, line)
+
+    formatwarning._workbench = True  # type: ignore[attr-defined]
+    warnings.formatwarning = formatwarning
 
 
 #: Homes this process (the notebook's kernel) started a workbench on with ``open_workbench``.
