@@ -166,3 +166,28 @@ def test_no_day_is_judged_and_no_idle_exit_during_the_warm_up(tmp_path: Path) ->
     loop._after_flush()
     loop.maintenance.join()
     assert loop.maintenance.done_for == (dt.date(2024, 3, 5), None) and loop._idle()
+
+
+def test_a_trained_version_missing_from_the_registry_is_taken_for_gone_only_after_a_while(
+        tmp_path: Path, monkeypatch) -> None:
+    """The training state can say a day is done a moment before a shared registry lists its version: the rule
+    must wait for it then (scoring the next day with the version before it would not be final), and skip it
+    only when it stays missing (deleted or damaged: a tester's `rm -rf` stalled the stream for good)."""
+    from workbench.ml.scorer import Scorer
+    from workbench.ml.selection import Cadence
+    from workbench.pipeline.scoring import _loop
+
+    loop = _idle_loop(tmp_path)
+    d1, d2 = dt.date(2024, 3, 4), dt.date(2024, 3, 5)
+    trained = Cadence(d1, 1, done_days=frozenset({d1, d2}))
+    loop.schedule = SimpleNamespace(cadence=lambda: trained)
+    loop.scorer = Scorer(tmp_path / "models", by_event_time=True)  # an empty registry: neither version listed
+    now = [100.0]
+    monkeypatch.setattr(_loop.time, "monotonic", lambda: now[0])
+    assert loop._cadence().done_days == frozenset()  # just missing: still coming
+    now[0] += _loop.GONE_AFTER_S - 1
+    assert loop._cadence().done_days == frozenset()
+    now[0] += 1
+    assert loop._cadence() == trained  # missing for GONE_AFTER_S: gone, the rule skips them
+    loop.schedule = SimpleNamespace(cadence=lambda: None)
+    assert loop._cadence() is None and not loop.__dict__["_missing_since"]

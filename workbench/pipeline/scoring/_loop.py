@@ -8,6 +8,7 @@ election, training hand-off, pacing, rescoring, idle exit) and the status figure
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 #: Seconds an app with ``idle_exit`` waits for its first assignment before its idle clock runs anyway
 #: (Quix's own idle timeout waits as long), so one that never joins its group still ends.
 FIRST_ASSIGNMENT_WAIT_S = 60.0
+#: Seconds a trained day's version must stay unreadable before the selection rule takes it for gone.
+GONE_AFTER_S = 30.0
 
 
 class ScoringLoop:
@@ -151,8 +154,24 @@ class ScoringLoop:
         return sink is not None and time.time() - (sink.first_message_wall or 0.0) < self._warmup_s
 
     def _cadence(self) -> Any:
-        """The training cadence the selection rule needs (None without training or before the first event)."""
-        return None if self.schedule is None else self.schedule.cadence()
+        """The training cadence the selection rule needs (None without training or before the first event).
+
+        A trained day whose version this process does not see is taken for gone (deleted or damaged: the
+        rule then skips it) only once it has been missing for :data:`GONE_AFTER_S`: a registry on a shared
+        filesystem can list a new version seconds after the training state says it is done, and the
+        rule must not score that day's successors with the version before it meanwhile.
+        """
+        cadence = None if self.schedule is None else self.schedule.cadence()
+        missing_since: dict[Any, float] = self.__dict__.setdefault("_missing_since", {})
+        if cadence is None or self.scorer is None or not cadence.done_days:
+            missing_since.clear()
+            return cadence
+        missing = cadence.done_days - {w.end for w in self.scorer.windows}
+        now = time.monotonic()
+        for day in set(missing_since) - missing:
+            del missing_since[day]
+        settling = frozenset(d for d in missing if now - missing_since.setdefault(d, now) < GONE_AFTER_S)
+        return dataclasses.replace(cadence, done_days=cadence.done_days - settling) if settling else cadence
 
     def _hold_day(self, table: pa.Table) -> str | None:
         # Only the trainer writes the training state; the others follow it (TrainerElection.tick).
