@@ -207,3 +207,10 @@ def test_a_damaged_model_json_is_named_in_every_message(tmp_path: Path, capsys: 
     assert main(["--home", str(tmp_path), "models", "list"]) == 0
     out = capsys.readouterr().out
     assert f"{truncated:<18} damaged model.json" in out and "missing 'rows'" in out and f"  {fine}" in out
+    # notebook 03's metadata table lists it as damaged (one damaged version raised for the whole table)
+    from workbench.analysis.detection_summary import model_metadata
+    from workbench.config import Settings
+
+    table = model_metadata(Settings(home=tmp_path), [truncated, fine])
+    assert table.loc[truncated, "training day"].startswith("damaged model.json")
+    assert table.loc[fine, "training day"] == "2024-03-06"

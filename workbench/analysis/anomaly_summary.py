@@ -273,14 +273,14 @@ def stream_alerts(anomalies: pd.DataFrame, scored: pd.DataFrame) -> pd.DataFrame
 
 def _training_days(settings: Settings, versions: Iterable[str]) -> dict[str, frozenset[str]]:
     """Each version's training days (ISO dates); none for a version the registry no longer holds."""
-    from workbench.ml.exceptions import ModelNotFoundError
+    from workbench.ml.exceptions import MLError
     from workbench.ml.registry import ModelRegistry
 
     registry, days = ModelRegistry(settings.models_dir), {}
     for version in versions:
         try:
             days[version] = frozenset(registry.info(version).get("window_days", []))
-        except (ModelNotFoundError, OSError, ValueError):  # removed, or written by hand: window unknown
+        except (MLError, OSError, ValueError):  # removed, damaged, or written by hand: window unknown
             days[version] = frozenset()
     return days
 

@@ -9,6 +9,7 @@ queries on which two versions disagree.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +40,8 @@ __all__ = [
     "model_metadata",
     "score_day",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Rows of the evaluation table, in order (``recall[<kind>]`` rows follow).
 EVALUATION_KEYS: tuple[str, ...] = ("rows", "anomalies", "alerts", "PR-AUC", "F1", "precision", "recall",
@@ -227,7 +230,7 @@ def in_sample_note(settings: Settings, day: dt.date | None, versions: Sequence[s
     if day is None:
         return ""
     registry = ModelRegistry(settings.models_dir)
-    inside = [v for v in versions if day.isoformat() in registry.info(v).get("window_days", [])]
+    inside = [v for v in versions if day.isoformat() in _info_or_empty(registry, v).get("window_days", [])]
     if not inside:
         return ""
     one = len(inside) == 1
@@ -291,6 +294,17 @@ def choose_versions(settings: Settings, wanted: Sequence[str] = ()) -> list[str]
     return [v for v in wanted if v in known] if wanted else list(known)
 
 
+def _info_or_empty(registry: Any, version: str) -> dict[str, Any]:
+    """A version's ``model.json`` ({} when it is deleted or damaged since: the message names the file)."""
+    from workbench.ml.exceptions import MLError
+
+    try:
+        return registry.info(version)
+    except MLError as exc:
+        logger.warning("model version %s cannot be read: %s", version, exc)
+        return {}
+
+
 def model_metadata(settings: Settings, versions: Sequence[str]) -> pd.DataFrame:
     """One row per version from its ``model.json``: training day and window, rows, holdout metrics."""
     from workbench.ml import ModelRegistry
@@ -299,7 +313,11 @@ def model_metadata(settings: Settings, versions: Sequence[str]) -> pd.DataFrame:
     current = registry.current()
     rows = []
     for v in versions:
-        info = registry.info(v)
+        info = _info_or_empty(registry, v)
+        if not info:  # damaged since it was registered: listed, and said so (it raised for the whole table)
+            rows.append({"version": v, "training day": "damaged model.json (see `workbench models show`)",
+                         "current": v == current})
+            continue
         hold = info.get("holdout_metrics", {})
         rows.append({"version": v, "training day": info.get("training_day"),
                      "window days": len(info.get("window_days", [])),

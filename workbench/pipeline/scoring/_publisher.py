@@ -63,12 +63,13 @@ class AnomalyPublisher:
         if version is None:
             return None
         if version not in self._thresholds:
+            from workbench.ml.exceptions import MLError
             from workbench.ml.registry import ModelRegistry
 
             try:
                 meta = ModelRegistry(self.settings.models_dir).info(version)
                 self._thresholds[version] = float(meta["detector"]["threshold"])
-            except (OSError, KeyError, TypeError, ValueError):
+            except (MLError, OSError, KeyError, TypeError, ValueError):  # deleted or damaged since it scored
                 self._thresholds[version] = None
         return self._thresholds[version]
 
