@@ -191,3 +191,32 @@ def test_a_trained_version_missing_from_the_registry_is_taken_for_gone_only_afte
     assert loop._cadence() == trained  # missing for GONE_AFTER_S: gone, the rule skips them
     loop.schedule = SimpleNamespace(cadence=lambda: None)
     assert loop._cadence() is None and not loop.__dict__["_missing_since"]
+
+
+def test_rows_of_a_day_without_any_readable_version_stay_to_be_rescored(tmp_path: Path) -> None:
+    """The only version of a day was damaged after it was listed: the rescoring pass scored nothing and still
+    took the day out of the unscored set, so its rows stayed unscored for good (and the day's judging with
+    them). Now the day stays, and is tried again after UNSCORABLE_RETRY_S, not at every tick."""
+    from tests.helpers import store_generated_days
+    from workbench.ml._train import train_table
+    from workbench.ml.scorer import Scorer
+    from workbench.ml.selection import Cadence
+    from workbench.store.shards import read_shards, read_window
+
+    d1, d2 = dt.date(2024, 3, 4), dt.date(2024, 3, 5)
+    settings = store_generated_days(Settings(home=tmp_path / "home"), days=2, start=d1)
+    version = train_table(settings.models_dir, read_window(settings.shards_dir, d1, d1), d1, window_days=1).version
+    onnx = settings.models_dir / "versions" / version / "mean.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:64])  # damaged after it was registered
+    unscored = UnscoredDays(tmp_path / "unscored.json")
+    unscored.add({d2.isoformat()})
+    rescorer = Rescorer(settings, unscored, AppStatus(settings, "scoring"))
+    cadence = Cadence(d1, 1, done_days=frozenset({d1}))
+    main = Scorer(settings.models_dir, by_event_time=True, cadence=lambda: cadence)
+    rescorer.maybe_start(main, cadence)
+    rescorer.join()
+    assert unscored.snapshot() == {d2.isoformat()}  # kept: its rows are still unscored
+    assert read_shards(settings.shards_dir, [d2], ["model_version"]).column("model_version").null_count > 0
+    assert rescorer.not_before > time.monotonic()
+    rescorer.maybe_start(main, cadence)
+    assert not rescorer.running  # not again at the next tick

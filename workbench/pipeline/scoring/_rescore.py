@@ -30,6 +30,9 @@ __all__ = ["Rescorer"]
 
 logger = logging.getLogger(__name__)
 
+#: Seconds before a day that had no readable version is tried again.
+UNSCORABLE_RETRY_S = 10.0
+
 
 class _PublishingScorer:
     """A scorer for :func:`rescore_unscored` that publishes each rescored chunk's anomalies first."""
@@ -60,6 +63,7 @@ class Rescorer:
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self.finished_at = 0.0  # monotonic end of the last pass, once its days left the unscored set
+        self.not_before = 0.0  # monotonic: a pass that found no readable version for a day waits till then
 
     @property
     def running(self) -> bool:
@@ -78,7 +82,7 @@ class Rescorer:
 
     def maybe_start(self, scorer: Any, cadence: Any) -> None:
         """Start rescoring the days :meth:`ready_days` gives, if any (main thread)."""
-        if self.running:
+        if self.running or time.monotonic() < self.not_before:
             return
         days = self.ready_days(scorer, cadence)
         if not days:
@@ -115,7 +119,14 @@ class Rescorer:
             logger.exception("rescoring failed days=%s", sorted(days))
             self.error = exc
             return
-        kept = days - self.unscored.remove(marks)
+        # A day left without any readable version (its only one damaged since it was listed) keeps its rows
+        # unscored: it stays in the set, for the pass after a version comes (or the damaged one is repaired).
+        unscorable = {d for d in days if scorer.version_for(dt.date.fromisoformat(d)) is None}
+        if unscorable:
+            logger.warning("rescoring: no readable model version for days %s; their rows stay unscored until one is "
+                           "(tried again in %.0f s)", sorted(unscorable), UNSCORABLE_RETRY_S)
+            self.not_before = time.monotonic() + UNSCORABLE_RETRY_S
+        kept = days - self.unscored.remove({d: m for d, m in marks.items() if d not in unscorable})
         self.finished_at = time.monotonic()  # a residual pass that started before this saw the days waiting
         if kept:
             logger.info("rescoring: days %s got unscored rows meanwhile; they stay for the next pass", sorted(kept))
