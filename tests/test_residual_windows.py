@@ -351,3 +351,35 @@ def test_days_scored_by_a_version_deleted_since_are_judged_without_its_histories
         stored = store.read_residuals().to_pandas()
     assert sorted(set(pd.to_datetime(stored["window_start"]).dt.date)) == days[:2]
     assert (stored["residual_queries"] == 0).all()  # no statement history to judge against: none judged
+
+
+def test_rows_no_rescoring_will_take_hold_the_judging_only_for_a_while(tmp_path: Path, monkeypatch) -> None:
+    """A version deleted while it rescored its day left 404,525 rows unscored: that day waited for them, and
+    every later day with it, for good (no residual window stored for any day, a log line every 2 s)."""
+    from workbench.pipeline.scoring import _residuals
+    from workbench.runtime._status import WorkbenchStatus
+
+    d1 = dt.date(2024, 3, 4)
+    settings = Settings(home=tmp_path / "home")
+    store_generated_days(settings, days=3, start=d1)
+    train_table(settings.models_dir, read_window(settings.shards_dir, d1, d1), d1, window_days=1)
+    days = [d1 + dt.timedelta(days=k) for k in range(3)]
+    assert rescore_unscored(settings.shards_dir, Scorer(settings.models_dir, background=False), days[1:]) > 0
+    now = [1000.0]
+    monkeypatch.setattr(_residuals.time, "monotonic", lambda: now[0])
+    status = AppStatus(settings, "scoring")
+    step = ResidualWindowsStep(settings, status)
+    assert step.run(watermark=days[2]) == 0  # day 1's rows are unscored, and no rescoring of them is due
+    now[0] += _residuals.UNSCORED_WAIT_S - 1
+    assert step.run(watermark=days[2]) == 0
+    now[0] += 1
+    assert step.run(watermark=days[2]) == 2  # judged without them; day 2 goes on
+    n = status.info["judged_with_unscored"]["2024-03-04"]  # its executed rows (cache hits are not judged)
+    rows = read_window(settings.shards_dir, d1, d1).num_rows
+    assert 0.5 * rows < n < rows
+    with WindowStatsStore.from_settings(settings, read_only=True) as store:
+        stored = store.read_residuals().to_pandas()
+    assert sorted(set(pd.to_datetime(stored["window_start"]).dt.date)) == days[:2]
+    shown = WorkbenchStatus(replay=None, processes={}, apps={"scoring": status.snapshot()}, lag={},
+                            model_version=None, model_versions=0, anomalies=None, late_events=None, dead_letters=None)
+    assert f"rows left unscored, judged without them: 2024-03-04 ({n:,} rows)" in str(shown)

@@ -135,6 +135,8 @@ ClosingStrategy = Literal["partition", "key"]
 BATCH_MESSAGES: Final = 4096
 #: ... or buffered value bytes (packed Arrow messages carry many rows each).
 BATCH_BYTES: Final = 8 * 1024 * 1024
+#: Seconds between two log lines about late events (each says the running total).
+LATE_LOG_EVERY_S: Final = 10.0
 
 
 def _fatal() -> tuple[type[BaseException], ...]:
@@ -281,6 +283,7 @@ class AnalyticsApp(WorkbenchApp):
         self._collective_thread: threading.Thread | None = None
         self._warned_wide = False
         self._late_total = 0
+        self._late_logged_at = 0.0  # monotonic time of the last late-events line (one per LATE_LOG_EVERY_S)
         self._repeats_total = 0
         self._stop_after: int | None = None
         self._applying = False  # True while a processed batch changes the state (no retry past that point)
@@ -493,7 +496,9 @@ class AnalyticsApp(WorkbenchApp):
             before = self._late_total
             self._late_total += n
             self.status.add("late_events", n)
-            if before == 0 or before // 1000 != self._late_total // 1000:
+            now = time.monotonic()
+            if before == 0 or now - self._late_logged_at >= LATE_LOG_EVERY_S:  # a seek back: 35 lines a second
+                self._late_logged_at = now
                 # "dropped" read as data lost: these rows were counted when first sent (the README, the status)
                 logger.warning("late events for a closed window, not counted again (sent again by a seek or reset "
                                "back, or older than the windows kept for late rows) instance_id=%s window_start_ms=%d "
@@ -565,7 +570,8 @@ class AnalyticsApp(WorkbenchApp):
             self._collective_failed = False
         except LakehouseBusyError as exc:  # another writer's commit: expected with several instances
             self._collective_failed = True
-            logger.warning("collective window step: the lakehouse was busy (%s); retried, nothing was written", exc)
+            logger.warning("collective window step: the lakehouse was busy (%s); nothing was written, the next pass "
+                           "(within 30 s) writes it", exc)
         except Exception:  # never stop the stream for the collective step; retried on the next tick
             self._collective_failed = True  # retried at the 30 s pace, not at every idle tick
             logger.exception("collective window step failed; will retry")

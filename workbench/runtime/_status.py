@@ -486,6 +486,15 @@ class WorkbenchStatus:
             failed.update((found.get("info") or {}).get("judging_failed") or {})
         return dict(sorted(failed.items()))
 
+    @property
+    def judged_with_unscored(self) -> dict[str, int]:
+        """Settled days the deferred step judged without rows that stayed unscored (no rescoring was due for
+        them: their version was deleted while it scored them), with the count of such rows."""
+        left: dict[str, int] = {}
+        for found in self.instances.get("scoring") or [self.apps.get("scoring") or {}]:
+            left.update((found.get("info") or {}).get("judged_with_unscored") or {})
+        return dict(sorted(left.items()))
+
     def _scoring_info(self, key: str) -> list[Any]:
         found: set[Any] = set()
         for slot in self.instances.get("scoring") or [self.apps.get("scoring") or {}]:
@@ -542,6 +551,7 @@ class WorkbenchStatus:
             "trainer_pid": self.trainer_pid,
             "failed_trainings": self.failed_trainings,
             "failed_judging": self.failed_judging,
+            "judged_with_unscored": self.judged_with_unscored,
             "waiting_for_model": self.waiting_for_model,
             "paused_partitions": self.paused_partitions,
             "disk": dict(self.disk),
@@ -577,6 +587,10 @@ class WorkbenchStatus:
         if self.failed_judging:
             days = "; ".join(f"{day} ({why})" for day, why in self.failed_judging.items())
             lines.append(f"judging failed, days left unjudged: {days} (see logs/scoring.log in the home)")
+        if self.judged_with_unscored:
+            days = "; ".join(f"{day} ({n:,} rows)" for day, n in self.judged_with_unscored.items())
+            lines.append(f"rows left unscored, judged without them: {days} (no version could score them: "
+                         "see logs/scoring.log in the home)")
         waiting, paused = self.waiting_for_model, self.paused_partitions
         if waiting or paused:
             parts = [f"days {', '.join(waiting)} (waiting_for_model)"] if waiting else []

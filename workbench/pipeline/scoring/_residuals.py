@@ -55,6 +55,8 @@ GIVE_UP_AFTER = 5
 GIVE_UP_AFTER_S = 60.0
 #: Seconds without a write to a judged day before it is judged again (the rows a reset sends for it all came).
 GROWN_SETTLE_S = 10.0
+#: Seconds a settled day waits for rows no rescoring of this instance is due for before it is judged without them.
+UNSCORED_WAIT_S = 600.0
 
 #: Shard columns :func:`~workbench.analysis.residual_windows.residual_windows` reads; a day's pass adds
 #: those of the evidence source (:data:`~workbench.ml.features.REFERENCE_SOURCE_COLUMNS`).
@@ -96,6 +98,7 @@ class ResidualWindowsStep:
         self._features: dict[str, Any] = {}  # version -> FeatureBuilder (a day's rows share one or two)
         self._scales: dict[str, tuple[float, float]] = {}  # version -> its detector's runtime spread clip
         self._unreadable: set[str] = set()  # versions in the shards that cannot be read now (warned once)
+        self._unscored_since: dict[dt.date, float] = {}  # day -> monotonic time it was first found waiting
         self._failures: dict[dt.date, tuple[int, float]] = {}  # day -> (failed attempts, monotonic first)
         #: judged days written to since (a seek forward's skipped rows, sent by a reset or seek back):
         #: day -> monotonic time of its last write; judged again once quiet for ``settle_s``
@@ -264,8 +267,21 @@ class ResidualWindowsStep:
         rows = read_shards(self.settings.shards_dir, [day], columns=columns)
         unscored = int(residual_windows(rows)["unscored_queries"].sum())
         if unscored:
-            logger.info("residual windows of %s wait for %d unscored rows", day, unscored)
-            return False
+            now = time.monotonic()
+            since = self._unscored_since.setdefault(day, now)
+            if now - since < UNSCORED_WAIT_S:
+                log = logger.info if since == now else logger.debug  # once, not every 2 s for ever
+                log("residual windows of %s wait for %d unscored rows", day, unscored)
+                return False
+            # Rows no rescoring takes (their version deleted while it scored them): waiting held the judging of
+            # this day and of every later one for good. Their windows stay unjudged (not final); the rest go on.
+            logger.warning("residual windows of %s: %d rows stayed unscored for %.0f s with no rescoring of this "
+                           "instance due; the day is judged without them (their windows are not)", day, unscored,
+                           now - since)
+            left = dict(self.status.info.get("judged_with_unscored") or {})
+            left[day.isoformat()] = unscored
+            self.status.info["judged_with_unscored"] = left
+        self._unscored_since.pop(day, None)
         known = self._known(rows)
         windows = residual_windows(rows, known=known).drop(columns="unscored_queries")
         flagged = self.judge_day(store, day, windows)
