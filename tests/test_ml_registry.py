@@ -214,3 +214,18 @@ def test_a_damaged_model_json_is_named_in_every_message(tmp_path: Path, capsys: 
     table = model_metadata(Settings(home=tmp_path), [truncated, fine])
     assert table.loc[truncated, "training day"].startswith("damaged model.json")
     assert table.loc[fine, "training day"] == "2024-03-06"
+
+
+def test_auto_removes_a_pin_even_when_no_version_is_readable(tmp_path: Path) -> None:
+    """`set-current auto` refused ("No readable model version") and left PINNED naming a deleted version."""
+    import shutil
+
+    from workbench.ml.exceptions import ModelNotFoundError
+
+    registry = ModelRegistry(tmp_path / "models")
+    version = _publish(registry, 4)
+    registry.set_current(version)
+    shutil.rmtree(registry.versions_dir / version)
+    with pytest.raises(ModelNotFoundError, match="nothing to select; the pin is removed"):
+        registry.set_current("auto")
+    assert registry.pinned() is None and registry.history()[-1]["pinned"] is False

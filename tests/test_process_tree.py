@@ -319,6 +319,9 @@ def test_status_says_when_a_person_pinned_the_model() -> None:
     pinned = WorkbenchStatus(**common, model_pinned="v0001-2024-03-04")
     assert "model: v0001-2024-03-04 (3 versions; pinned: scores every event) |" in str(pinned)
     assert pinned.as_dict()["model_pinned"] == "v0001-2024-03-04"
+    # CURRENT naming a version deleted since read like a model in use: `model: v0001-... (0 versions)`
+    deleted = WorkbenchStatus(**{**common, "model_versions": 0}, model_deleted=True)
+    assert "model: v0001-2024-03-04 [deleted from the registry] (0 versions) |" in str(deleted)
 
 
 @pytest.mark.slow

@@ -396,7 +396,15 @@ class ModelRegistry:
             if version == AUTO:
                 windows = self.windows()
                 if not windows:
-                    msg = f"No readable model version in {self.versions_dir}: nothing to select."
+                    # the pin goes all the same: each day's version scores it once one exists (the pin stayed,
+                    # naming a version that may be gone, and kept every later version from scoring)
+                    unpinned = self.pinned() is not None
+                    with contextlib.suppress(FileNotFoundError):
+                        self.pinned_path.unlink()
+                    if unpinned:
+                        self._record(actor, previous, previous, pinned=False, reason=reason or "auto")
+                    msg = (f"No readable model version in {self.versions_dir}: nothing to select"
+                           f"{'; the pin is removed' if unpinned else ''}.")
                     raise ModelNotFoundError(msg)
                 target = windows[-1].version
                 write_atomic(self.current_path, (target + "\n").encode())

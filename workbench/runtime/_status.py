@@ -399,6 +399,8 @@ class WorkbenchStatus:
     trainer_pid: int | None = None
     #: the version a person pinned (``models set-current``): it scores every event; None: each day's version
     model_pinned: str | None = None
+    #: ``CURRENT`` names a version the registry no longer holds (deleted by a person or ``prune``)
+    model_deleted: bool = False
     #: flagged windows stored in the lakehouse (every run, as ``anomalies``); None: not read
     stored_window_anomalies: int | None = None
 
@@ -569,7 +571,8 @@ class WorkbenchStatus:
         lines.append(f"lag (messages): {lag or '-'}")
         versions = f"{self.model_versions} version{'' if self.model_versions == 1 else 's'}"
         pin = "; pinned: scores every event" if self.model_pinned else ""
-        lines.append(f"model: {self.model_version or 'none yet'} ({versions}{pin}) | "
+        gone = " [deleted from the registry]" if self.model_deleted else ""
+        lines.append(f"model: {self.model_version or 'none yet'}{gone} ({versions}{pin}) | "
                      # None: no lakehouse yet (the sink creates it with the first anomaly), as the panel says
                      f"anomalies {count(self.anomalies) if self.anomalies is not None else 'none yet'} | "
                      f"flagged windows {count(self.window_anomalies)} | "

@@ -568,14 +568,16 @@ class Workbench:
         if late is None and "counters" in analytics:
             late = analytics["counters"].get("late_events", 0)
         stored_anomalies, stored_windows = self._lakehouse_counts()
+        current, versions = registry.current(), registry.versions()
         return WorkbenchStatus(
             replay=replay,
             processes=state.get("processes", {}),
             apps=apps,
             lag=lag,
-            model_version=registry.current(),
-            model_versions=len(registry.versions()),
+            model_version=current,
+            model_versions=len(versions),
             model_pinned=registry.pinned(),
+            model_deleted=current is not None and current not in versions,
             anomalies=stored_anomalies,
             late_events=late,
             dead_letters=None if unreachable else topic_message_count(self.settings, self.settings.topic_dead_letter,
