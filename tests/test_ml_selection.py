@@ -182,9 +182,11 @@ def test_a_damaged_version_repaired_while_the_scorer_runs_scores_again(
     rows = day_slice(log, D[2]).slice(0, 20)
     assert set(scorer.score(rows).column("model_version").to_pylist()) == {v1}
     assert scorer.ready(D[2], trained_both)  # v2 damaged: v1 is final for now, nothing waits for good
+    assert scorer.unreadable_versions == [v2]  # for the status: only the log said so
     shutil.copy(models / "versions" / v2 / "mean.onnx", onnx)  # repaired
     monkeypatch.setattr(scorer_module, "BROKEN_RECHECK_S", 0.0)
     assert set(scorer.score(rows).column("model_version").to_pylist()) == {v2}
+    assert scorer.unreadable_versions == []
 
 
 @pytest.mark.parametrize("failing", [0, 1, 2], ids=["no-failure", "first-fails", "first-two-fail"])

@@ -322,6 +322,9 @@ def test_status_says_when_a_person_pinned_the_model() -> None:
     # CURRENT naming a version deleted since read like a model in use: `model: v0001-... (0 versions)`
     deleted = WorkbenchStatus(**{**common, "model_versions": 0}, model_deleted=True)
     assert "model: v0001-2024-03-04 [deleted from the registry] (0 versions) |" in str(deleted)
+    scoring = {"info": {"unreadable_versions": ["v0002-2024-03-05"]}}
+    damaged = WorkbenchStatus(**{**common, "apps": {"scoring": scoring}})
+    assert "model versions skipped as unreadable: v0002-2024-03-05 (damaged" in str(damaged)
 
 
 @pytest.mark.slow

@@ -407,6 +407,12 @@ class Scorer:
         return True
 
     @property
+    def unreadable_versions(self) -> list[str]:
+        """Versions skipped as unreadable now (a damaged file, or a ``model.json`` that cannot be read):
+        the version before each scores its days until it is repaired."""
+        return sorted(set(self._broken) | set(self._registry.unreadable))
+
+    @property
     def windows(self) -> list[VersionWindow]:
         """The readable versions in training-window order (event-time mode)."""
         self._refresh_windows()

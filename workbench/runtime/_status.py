@@ -509,6 +509,11 @@ class WorkbenchStatus:
         return self._scoring_info("waiting_for_model")
 
     @property
+    def unreadable_versions(self) -> list[str]:
+        """Model versions the scoring app skips as unreadable now (damaged): the version before each scores."""
+        return self._scoring_info("unreadable_versions")
+
+    @property
     def paused_partitions(self) -> list[int]:
         """Event-topic partitions the scoring app paused until training catches up (all its instances)."""
         return self._scoring_info("paused_partitions")
@@ -554,6 +559,7 @@ class WorkbenchStatus:
             "failed_trainings": self.failed_trainings,
             "failed_judging": self.failed_judging,
             "judged_with_unscored": self.judged_with_unscored,
+            "unreadable_versions": self.unreadable_versions,
             "waiting_for_model": self.waiting_for_model,
             "paused_partitions": self.paused_partitions,
             "disk": dict(self.disk),
@@ -590,6 +596,9 @@ class WorkbenchStatus:
         if self.failed_judging:
             days = "; ".join(f"{day} ({why})" for day, why in self.failed_judging.items())
             lines.append(f"judging failed, days left unjudged: {days} (see logs/scoring.log in the home)")
+        if self.unreadable_versions:
+            lines.append(f"model versions skipped as unreadable: {', '.join(self.unreadable_versions)} (damaged: the "
+                         "version before each scores its days meanwhile, and keeps them; `workbench models list`)")
         if self.judged_with_unscored:
             days = "; ".join(f"{day} ({n:,} rows)" for day, n in self.judged_with_unscored.items())
             lines.append(f"rows left unscored, judged without them: {days} (no version could score them: "

@@ -182,6 +182,8 @@ class ScoringLoop:
         if sink is None:
             return
         self.status.info["timings_s"] = {k: round(v, 3) for k, v in sink.timings.items()}
+        # a damaged version's days are scored by the version before it: only the log said so
+        self.status.info["unreadable_versions"] = getattr(self.scorer, "unreadable_versions", [])
         self.status.info["max_event_time"] = None if sink.max_event_us is None else us_to_iso(sink.max_event_us)
         self.status.info["first_message_at"] = sink.first_message_wall
         self.status.info["last_batch_at"] = sink.last_batch_wall
