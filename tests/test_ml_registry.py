@@ -156,7 +156,11 @@ def test_a_deleted_versions_sequence_number_is_never_given_again(tmp_path: Path)
     registry = ModelRegistry(tmp_path / "models")
     first = _publish(registry, 4)
     shutil.rmtree(registry.versions_dir / first)
-    assert _publish(registry, 5).startswith("v0002-")
+    second = _publish(registry, 5)
+    assert second.startswith("v0002-")
+    _publish(registry, 6)  # v0003, then deleted while v0002 stays: the highest left is not the highest given
+    shutil.rmtree(registry.versions_dir / registry.versions()[-1])
+    assert registry.versions() == [second] and _publish(registry, 7).startswith("v0004-")
     old = ModelRegistry(tmp_path / "older")  # a registry from before SEQUENCE: its history still counts
     made = _publish(old, 4)
     old.set_current(made)

@@ -39,6 +39,7 @@ __all__ = [
     "log_days",
     "model_metadata",
     "score_day",
+    "trained_on",
 ]
 
 logger = logging.getLogger(__name__)
@@ -219,18 +220,24 @@ def evaluation_day(labels_file: Path, day: str = "") -> tuple[dt.date | None, st
     return wanted, f"evaluation day: {wanted}"
 
 
+def trained_on(settings: Settings, day: dt.date | str | None, versions: Sequence[str]) -> list[str]:
+    """The ``versions`` whose training window holds ``day`` (their figures there are in-sample); a version
+    deleted or damaged since counts as not (its window is unknown)."""
+    from workbench.ml import ModelRegistry
+
+    if day is None:
+        return []
+    registry = ModelRegistry(settings.models_dir)
+    return [v for v in versions if str(day) in _info_or_empty(registry, v).get("window_days", [])]
+
+
 def in_sample_note(settings: Settings, day: dt.date | None, versions: Sequence[str]) -> str:
     """A warning when ``day`` lies inside a compared version's training window ("" when none does).
 
     Such a version has seen that day's queries (and its anomalies) while fitting: its figures there are
     in-sample, better than it would do on a day it has not seen, and not comparable with the others'.
     """
-    from workbench.ml import ModelRegistry
-
-    if day is None:
-        return ""
-    registry = ModelRegistry(settings.models_dir)
-    inside = [v for v in versions if day.isoformat() in _info_or_empty(registry, v).get("window_days", [])]
+    inside = trained_on(settings, day, versions)
     if not inside:
         return ""
     one = len(inside) == 1

@@ -210,13 +210,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"day {result['day']}  version {result['version']}  detector {result['detector']}")
     print(format_table(result["metrics"]))
     if result["detector"] != "baseline":
-        from workbench.ml.registry import ModelRegistry
+        from workbench.analysis.detection_summary import trained_on
 
-        try:
-            window = ModelRegistry(settings_from_args(args).models_dir).info(result["version"]).get("window_days") or []
-        except Exception:  # only the note below depends on it
-            window = []
-        if str(result["day"]) in window:  # notebook 03 says so; the CLI printed 0.994 as if out of sample
+        # notebook 03 says so (the same rule); the CLI printed 0.994 as if out of sample
+        if trained_on(settings_from_args(args), result["day"], [result["version"]]):
             print(f"note: {result['day']} is in {result['version']}'s training window: in-sample figures flatter the "
                   "detector (`models list` shows out-of-sample evaluations only); evaluate a later day")
     return 0

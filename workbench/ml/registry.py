@@ -163,18 +163,18 @@ class ModelRegistry:
         ``set-current`` and became the id the stream stamped on every row and anomaly it scored.
         """
         if not isinstance(version, str) or not _VERSION_RE.match(version):
-            known = self.versions()
             msg = (f"{version!r} is not a model version id: ids read like v0003-2024-03-05 (sequence, training "
-                   f"day; `workbench models list`). Known versions: "
-                   f"{', '.join(known[-5:]) if known else 'none (train one first)'}.")
+                   f"day; `workbench models list`). {self._known_versions()}")
             raise ModelNotFoundError(msg)
         folder = self.versions_dir / version
         if not (folder / MODEL_JSON).is_file():
-            known = self.versions()
-            msg = (f"Model version {version!r} does not exist in {self.versions_dir}. "
-                   f"Known versions: {', '.join(known[-5:]) if known else 'none (train one first)'}.")
+            msg = f"Model version {version!r} does not exist in {self.versions_dir}. {self._known_versions()}"
             raise ModelNotFoundError(msg)
         return folder
+
+    def _known_versions(self) -> str:
+        known = self.versions()
+        return f"Known versions: {', '.join(known[-5:]) if known else 'none (train one first)'}."
 
     def info(self, version: str) -> dict[str, Any]:
         """``model.json`` of a version, plus its ``evaluations`` (if any); :class:`RegistryError` naming
@@ -283,25 +283,26 @@ class ModelRegistry:
         names = [p.name for p in (self.versions_dir.iterdir() if self.versions_dir.is_dir() else [])]
         names += [v for record in self.history() for v in (record.get("from"), record.get("to")) if isinstance(v, str)]
         seqs = [int(m.group(1)) for m in map(_VERSION_RE.match, names) if m]
-        with contextlib.suppress(OSError, ValueError):
-            seqs.append(int(self.sequence_path.read_text().strip()))
-        return f"v{max(seqs, default=0) + 1:04d}-{day.isoformat()}"
+        return f"v{max([*seqs, self._recorded_sequence()]) + 1:04d}-{day.isoformat()}"
 
     @property
     def sequence_path(self) -> Path:
         """The highest version sequence number ever published (``SEQUENCE``)."""
         return self.models_dir / "SEQUENCE"
 
+    def _recorded_sequence(self) -> int:
+        """The sequence number in ``SEQUENCE`` (0 when there is none yet)."""
+        try:
+            return int(self.sequence_path.read_text().strip())
+        except (OSError, ValueError):
+            return 0
+
     def _note_sequence(self, version: str) -> None:
         match = _VERSION_RE.match(version)
         if match is None:
             return
         with self.locked():
-            try:
-                highest = int(self.sequence_path.read_text().strip())
-            except (OSError, ValueError):
-                highest = 0
-            if int(match.group(1)) > highest:
+            if int(match.group(1)) > self._recorded_sequence():
                 write_atomic(self.sequence_path, f"{int(match.group(1))}\n".encode())
 
     @contextlib.contextmanager

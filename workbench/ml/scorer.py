@@ -394,7 +394,7 @@ class Scorer:
         """Every file of a version folder with its size and mtime (a repaired file changes it)."""
         folder = self._registry.versions_dir / version
         try:
-            return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir()))
+            return tuple(sorted((p.name, st.st_mtime_ns, st.st_size) for p in folder.iterdir() for st in [p.stat()]))
         except OSError:
             return ()
 

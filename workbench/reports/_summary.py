@@ -189,11 +189,12 @@ def write_summary(out: Path, run_id: str, settings: Settings, params: Mapping[st
     """
     from workbench.reports.notebook import parse_instances, parse_list, parse_time
 
+    chosen = parse_list(params.get("versions"))
     if figures is None:
         figures = key_figures(settings, start=parse_time(params.get("start"), "start"),
                               end=parse_time(params.get("end"), "end"),
                               instances=parse_instances(params.get("instances")), labels_file=labels_file,
-                              versions=parse_list(params.get("versions")))
+                              versions=chosen)
     parts = [f"<h1>Workbench report <code>{html.escape(run_id)}</code></h1>"]
     span = ""
     if figures.get("first_window") is not None:
@@ -201,7 +202,7 @@ def write_summary(out: Path, run_id: str, settings: Settings, params: Mapping[st
     parts.append(f"<p class='muted'>Data of <code>{html.escape(str(settings.home))}</code>"
                  + (f", event time {html.escape(span)}" if span else "") + ".</p>")
 
-    if chosen := parse_list(params.get("versions")):
+    if chosen:
         parts.append(f"<p class='muted' id='versions-scope'>Anomalies of model version{'s' if len(chosen) > 1 else ''} "
                      f"{html.escape(', '.join(chosen))} only (the report's versions).</p>")
     parts.append("<h2>Key figures</h2><div class='cards' id='key-figures'>")

@@ -483,19 +483,20 @@ class WorkbenchStatus:
     def failed_judging(self) -> dict[str, str]:
         """Settled days the scoring app's deferred step (persistent runs, runtime-residual windows) gave
         up on after repeated failures, with the error (its log: ``<home>/logs/scoring.log``)."""
-        failed: dict[str, str] = {}
-        for found in self.instances.get("scoring") or [self.apps.get("scoring") or {}]:
-            failed.update((found.get("info") or {}).get("judging_failed") or {})
-        return dict(sorted(failed.items()))
+        return self._scoring_info_by_day("judging_failed")
 
     @property
     def judged_with_unscored(self) -> dict[str, int]:
         """Settled days the deferred step judged without rows that stayed unscored (no rescoring was due for
         them: their version was deleted while it scored them), with the count of such rows."""
-        left: dict[str, int] = {}
+        return self._scoring_info_by_day("judged_with_unscored")
+
+    def _scoring_info_by_day(self, key: str) -> dict[str, Any]:
+        """A day-keyed ``info`` entry of every scoring instance, merged and ordered by day."""
+        merged: dict[str, Any] = {}
         for found in self.instances.get("scoring") or [self.apps.get("scoring") or {}]:
-            left.update((found.get("info") or {}).get("judged_with_unscored") or {})
-        return dict(sorted(left.items()))
+            merged.update((found.get("info") or {}).get(key) or {})
+        return dict(sorted(merged.items()))
 
     def _scoring_info(self, key: str) -> list[Any]:
         found: set[Any] = set()
