@@ -96,6 +96,26 @@ def test_a_direct_child_gets_the_parent_death_signal(tmp_path: Path) -> None:
             os.kill(child_pid, signal.SIGKILL)
 
 
+def test_a_started_process_hears_sigterm_even_when_its_parent_had_it_blocked() -> None:
+    """A blocked signal survives fork and exec: an app started from a thread that had SIGTERM blocked never ran
+    its stop handler, so its supervisor's stop waited out the grace period and killed it."""
+    code = ("import signal, sys, time\n"
+            "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # as inherited\n"
+            "from workbench._lifeline import bind_to_supervisor\n"
+            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))  # an app's clean stop\n"
+            "bind_to_supervisor()\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert proc.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 7
+    finally:
+        proc.kill()
+
+
 def _is_zombie(pid: int) -> bool:
     import psutil
 

@@ -336,14 +336,27 @@ def test_stop_waits_for_a_start_in_progress(tmp_path: Path) -> None:
     assert wait_for_start(home, timeout=0.5)
 
 
-def test_sigterm_undoes_a_command_as_ctrl_c_does(tmp_path: Path) -> None:
+# The command is started through a tiny launcher that sets the signal state it inherits, so the test does not
+# depend on what the test process's other tests left in its own (a blocked mask and an ignored signal survive exec).
+_LAUNCH_WITH_SIGTERM = """
+import os, signal, sys
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+signal.pthread_sigmask(signal.SIG_BLOCK if sys.argv[1] == "blocked" else signal.SIG_UNBLOCK, {signal.SIGTERM})
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
+@pytest.mark.parametrize("inherited", ["default", "blocked"])
+def test_sigterm_undoes_a_command_as_ctrl_c_does(tmp_path: Path, inherited: str) -> None:
     """`kill` (SIGTERM: timeout, a CI cancel, systemd) left `generate`'s partial file behind, and `start`'s
-    broker and `demo`'s whole workbench running; it now takes the Ctrl-C path."""
+    broker and `demo`'s whole workbench running; it now takes the Ctrl-C path. A command started with SIGTERM
+    blocked (a mask its parent's thread had when it spawned us) finished its work, deaf to `kill`, and exited 0."""
     out = tmp_path / "big.parquet"
     env = {**os.environ, "WORKBENCH_HOME": str(tmp_path / "home"),
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "generate", "--days", "30", "--instances", "16",
-                             "--out", str(out)], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", _LAUNCH_WITH_SIGTERM, inherited, "-m", "workbench.cli", "generate",
+                             "--days", "30", "--instances", "16", "--out", str(out)],
+                            env=env, stderr=subprocess.PIPE, text=True)
     assert wait_until(lambda: any(tmp_path.glob("*.partial*")) or proc.poll() is not None, timeout=60)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

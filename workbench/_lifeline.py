@@ -39,6 +39,7 @@ __all__ = [
     "home_processes",
     "stop_processes",
     "tags",
+    "unblock_stop_signals",
     "untag_parent",
 ]
 
@@ -89,11 +90,23 @@ def _set_parent_death_signal(signum: int) -> bool:
         return False
 
 
+def unblock_stop_signals() -> None:
+    """Let SIGTERM and SIGINT reach this thread's handlers.
+
+    A blocked signal survives fork and exec: a process started from a thread that had them blocked (a
+    library spawning its helper under a mask) never ran its stop handler, so it ignored ``kill`` and its
+    supervisor's stop until SIGKILL. An ignored signal is its parent's choice and is left alone.
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+
+
 def bind_to_supervisor() -> None:
     """Call first thing in a process the workbench starts: die with the parent and the supervisor.
 
-    A no-op in a process without the tags (a user running ``workbench app`` by hand).
+    A no-op in a process without the tags (a user running ``workbench app`` by hand), but for the stop
+    signals, which it unblocks in every process.
     """
+    unblock_stop_signals()
     parent = os.environ.get(PARENT_PID_ENV)
     if parent:
         _set_parent_death_signal(signal.SIGTERM)

@@ -160,7 +160,11 @@ def _terminate_as_interrupt() -> Any:
         return None
     if os.environ.get("WORKBENCH_PROCESS_ROLE"):  # (_lifeline.ROLE_ENV) a process the workbench started:
         return None  # its supervisor stops it with SIGTERM and SIGKILL, as ever
-    return signal.signal(signal.SIGTERM, _raise_terminated)
+    from workbench._lifeline import unblock_stop_signals
+
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    unblock_stop_signals()  # inherited blocked, `kill` went unheard: the command finished and exited 0
+    return previous
 
 
 def _unexpected(exc: BaseException, verbose: bool) -> int:

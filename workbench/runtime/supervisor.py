@@ -37,7 +37,7 @@ import orjson
 
 from workbench import defaults
 from workbench._fs import process_start_time, remove_stale_temp_files, same_process, write_atomic, write_pid_file
-from workbench._lifeline import home_processes, stop_processes, tags
+from workbench._lifeline import home_processes, stop_processes, tags, unblock_stop_signals
 from workbench.config import Settings, get_settings
 
 __all__ = [
@@ -346,6 +346,7 @@ class Supervisor:
         """Supervise until SIGTERM/SIGINT; return 0."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        unblock_stop_signals()  # and its children inherit the unblocked mask
         os.umask(OWNER_ONLY_UMASK)
         removed = remove_stale_temp_files(self.home, skip=("kafka",))
         if removed:
