@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 
 from tests.helpers import store_generated_days
 from workbench.analysis.collective import WINDOW_ANOMALY_SCHEMA
@@ -330,6 +331,43 @@ def test_a_corrupt_duration_is_judged_and_a_day_that_keeps_failing_is_given_up_o
                             dead_letters=None)
     assert "judging failed, days left unjudged: 2024-03-06 (RuntimeError" in str(shown)
     assert shown.as_dict()["failed_judging"] == {"2024-03-06": "RuntimeError: cannot read the history of 2024-03-06"}
+
+
+def test_a_busy_lakehouse_is_waited_out_and_never_makes_a_day_given_up(tmp_path: Path, monkeypatch) -> None:
+    """A tester held the lakehouse's write lock for 100 s: every attempt failed, and two minutes of it would
+    have left the day's residual windows unjudged for good, as a day whose rows no step can take."""
+    from workbench.pipeline.scoring import _residuals
+    from workbench.store.exceptions import LakehouseBusyError
+
+    d1 = dt.date(2024, 3, 4)
+    settings = Settings(home=tmp_path / "home")
+    _store_days_with_a_corrupt_duration(settings, d1, 3)
+    train_table(settings.models_dir, read_window(settings.shards_dir, d1, d1), d1, window_days=1)
+    days = [d1 + dt.timedelta(days=k) for k in range(3)]
+    assert rescore_unscored(settings.shards_dir, Scorer(settings.models_dir, background=False), days) > 0
+    status = AppStatus(settings, "scoring")
+    step = ResidualWindowsStep(settings, status)
+    now = [1000.0]
+    monkeypatch.setattr(_residuals.time, "monotonic", lambda: now[0])
+    judge, busy = ResidualWindowsStep.judge_day, [True]
+
+    def locked(self, store, day, windows):
+        if busy[0]:
+            raise LakehouseBusyError("the lakehouse catalog is locked")
+        return judge(self, store, day, windows)
+
+    monkeypatch.setattr(ResidualWindowsStep, "judge_day", locked)
+    for _ in range(3 * _residuals.GIVE_UP_AFTER):
+        now[0] += 30.0
+        with pytest.raises(LakehouseBusyError):
+            step.run(watermark=days[2])
+    assert "judging_failed" not in status.info and step.pending == days[0]
+    busy[0] = False
+    now[0] += 30.0
+    assert step.run(watermark=days[2]) == 2 and "judging_failed" not in status.info
+    with WindowStatsStore.from_settings(settings, read_only=True) as store:
+        stored = store.read_residuals().to_pandas()
+    assert sorted(set(pd.to_datetime(stored["window_start"]).dt.date)) == days[:2]
 
 
 def test_days_scored_by_a_version_deleted_since_are_judged_without_its_histories(tmp_path: Path) -> None:

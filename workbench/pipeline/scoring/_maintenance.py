@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.config import Settings
 from workbench.pipeline._status import AppStatus
+from workbench.store.exceptions import LakehouseBusyError
 
 if TYPE_CHECKING:
     from workbench.store.shards import ShardClock
@@ -123,7 +124,10 @@ class ShardMaintenance:
             self.status.add("shard_days_deleted", len(done["deleted"]))
         try:
             self.residuals.run(watermark, ended_us=ended_us)
-        except Exception:  # a busy lakehouse or store: the day stays pending and is tried again
+        except LakehouseBusyError as exc:  # another writer's commit or a lock held: expected, said in one line
+            logger.warning("residual windows: the lakehouse was busy (%s); nothing was written, the next pass "
+                           "writes it", exc)
+        except Exception:  # a full disk, a store away: the day stays pending and is tried again
             logger.exception("residual windows failed watermark=%s; retried", watermark)
 
 

@@ -44,15 +44,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workbench.pipeline._status import AppStatus
+from workbench.store.exceptions import LakehouseBusyError
 
 __all__ = ["GIVE_UP_AFTER", "GIVE_UP_AFTER_S", "ResidualWindowsStep"]
 
 logger = logging.getLogger(__name__)
 
 #: A day whose judging failed this many times, over at least this many seconds, is skipped and named in
-#: the status (a busy lakehouse recovers well within a minute; a row no step can take never does).
+#: the status (a row no step can take never succeeds).
 GIVE_UP_AFTER = 5
 GIVE_UP_AFTER_S = 60.0
+#: Failures of the place, not of the day: never counted towards giving up. A lakehouse locked for two minutes
+#: (each attempt waits about 22 s for the lock) had left a day's residual windows unjudged for good.
+_TRANSIENT = (LakehouseBusyError, OSError)
 #: Seconds without a write to a judged day before it is judged again (the rows a reset sends for it all came).
 GROWN_SETTLE_S = 10.0
 #: Seconds a settled day waits for rows no rescoring of this instance is due for before it is judged without them.
@@ -229,6 +233,8 @@ class ResidualWindowsStep:
                 began = time.time()
                 try:
                     judged = self._day(store, day)
+                except _TRANSIENT:
+                    raise  # a busy lakehouse, a full disk: tried again for as long as it lasts, never given up
                 except Exception as exc:
                     if not self._gives_up(day, exc):
                         raise
