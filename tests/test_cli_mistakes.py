@@ -77,6 +77,32 @@ def test_generate_names_a_bad_seed_and_a_nan_rate(tmp_path: Path, capsys: pytest
     assert not (tmp_path / "g.parquet").exists()
 
 
+@pytest.mark.parametrize("split", ["none", "day"])
+def test_a_prepare_whose_filters_match_nothing_keeps_the_earlier_output(tmp_path: Path, split: str,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped instance id deleted the log an earlier run had prepared under the same name (a folder of
+    day files became an empty folder, and the summary raised IndexError)."""
+    import hashlib
+
+    log = make_log(tmp_path / "log.parquet", rows=500)
+    out = tmp_path / ("p" if split == "day" else "p.parquet")
+    base = ["--home", str(tmp_path / "home"), "prepare", str(log), "--out", str(out), "--no-progress",
+            *(["--split", split] if split == "day" else [])]
+    code, _ = _run(capsys, *base)
+    assert code == 0
+
+    def digest() -> dict[str, str]:
+        files = sorted(out.rglob("*.parquet")) if out.is_dir() else [out]
+        return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+    before = digest()
+    assert before
+    code, err = _run(capsys, *base, "--instances", "999999")
+    assert code == 1 and "nothing was written (an earlier output of the same name is kept)" in err
+    assert "Traceback" not in err and digest() == before
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
 def test_prepare_names_a_bad_memory_limit_and_leaves_no_empty_log(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     log = make_log(tmp_path / "log.parquet", rows=500)

@@ -100,11 +100,9 @@ def _prepare(args: argparse.Namespace) -> int:
         outside = log_span_outside(settings, summary.first_arrival, summary.last_arrival, args.out)
         if outside:
             print(f"warning: {outside[1]}", file=sys.stderr)
-    if summary.rows_out == 0:
-        for output in summary.outputs:  # a log of no rows, which validate and the replay refuse
-            output.unlink(missing_ok=True)
-        print("no rows left to write, so nothing was written: check the filters and the rejected-rows sample",
-              file=sys.stderr)
+    if summary.rows_out == 0:  # a log of no rows, which validate and the replay refuse: not written
+        print("no rows left to write, so nothing was written (an earlier output of the same name is kept): "
+              "check the filters and the rejected-rows sample", file=sys.stderr)
         return 1
     return 0
 

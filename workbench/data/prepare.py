@@ -106,7 +106,12 @@ class PrepareSummary:
     def __str__(self) -> str:
         span = (f", {self.first_arrival:%Y-%m-%d %H:%M:%S} .. {self.last_arrival:%Y-%m-%d %H:%M:%S} UTC"
                 if self.first_arrival and self.last_arrival else "")
-        target = self.outputs[0] if len(self.outputs) == 1 else f"{len(self.outputs)} files in {self.outputs[0].parent}"
+        if not self.outputs:
+            target = "nothing (no row left to write; an earlier output is left as it was)"
+        elif len(self.outputs) == 1:
+            target = str(self.outputs[0])
+        else:
+            target = f"{len(self.outputs)} files in {self.outputs[0].parent}"
         lines = [
             f"prepared {self.rows_out:,} of {self.rows_in:,} rows from {len(self.sources)} file(s) into {target}{span} "
             f"in {self.seconds:.1f} s ({self.rows_in / max(self.seconds, 1e-9):,.0f} rows/s)",
@@ -846,8 +851,13 @@ def prepare(
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
 
-    # Publish: a single file is renamed out of the temp folder; a split replaces the folder.
-    if split == "day":
+    # Publish: a single file is renamed out of the temp folder; a split replaces the folder. A log of no rows
+    # (filters that match nothing: a mistyped instance id or date) is not published: it replaced, and so
+    # deleted, the log an earlier run had prepared under the same name.
+    if writer.rows == 0:
+        shutil.rmtree(tmp_out, ignore_errors=True)
+        outputs: tuple[Path, ...] = ()
+    elif split == "day":
         _replace(tmp_out, out)
         outputs = tuple(out / name for name in writer.files)
     else:
