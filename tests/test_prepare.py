@@ -352,6 +352,29 @@ def test_output_is_byte_identical_and_row_groups_fixed(canonical: pa.Table, tmp_
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp leftovers
 
 
+def test_the_folders_of_a_killed_prepare_are_removed_by_the_next_one(canonical: pa.Table, tmp_path: Path) -> None:
+    """kill -9 of a prepare left its output folder beside the output and its spill folder in the home's tmp,
+    megabytes each, for good: later runs, and `start`, never removed them. A live run's folders stay."""
+    import os
+    import subprocess
+    import sys
+
+    pq.write_table(_everything(canonical), tmp_path / "in.parquet")
+    out, temp = tmp_path / "out.parquet", tmp_path / "tmp"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = [tmp_path / f".out.parquet.tmp-{dead.pid}-1a2b3c4d", temp / f"prepare-{dead.pid}-1a2b3c4d"]
+    live = [tmp_path / f".out.parquet.tmp-{os.getpid()}-5e6f7a8b", temp / f"prepare-{os.getpid()}-5e6f7a8b",
+            tmp_path / ".other.parquet.tmp-1-1a2b3c4d"]  # another output's: not this run's to judge
+    for folder in left + live:
+        folder.mkdir(parents=True)
+        (folder / "part.parquet").write_bytes(b"x" * 1000)
+    prepare(tmp_path / "in.parquet", out, temp_dir=temp)
+    assert pq.read_metadata(out).num_rows > 0
+    assert not any(folder.exists() for folder in left)
+    assert all(folder.exists() for folder in live)
+
+
 def test_split_by_day_writes_one_file_per_day_in_time_order(canonical: pa.Table, tmp_path: Path) -> None:
     pq.write_table(_unsorted(canonical), tmp_path / "in.parquet")
     out = tmp_path / "days"

@@ -706,10 +706,12 @@ def prepare(
         from workbench.config import get_settings
 
         temp_dir = get_settings().home / "tmp"
-    spill = Path(temp_dir).expanduser() / f"prepare-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    spill.mkdir(parents=True, exist_ok=True)
+    temp_dir = Path(temp_dir).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    _remove_leftovers_of_killed_runs(out, temp_dir)
+    spill = temp_dir / f"prepare-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    spill.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(spill),
                                      "preserve_insertion_order": True, **({"threads": threads} if threads else {})})
@@ -944,6 +946,20 @@ def _batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
 
 def _stamp(us: int | None) -> dt.datetime | None:
     return None if us is None else dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
+
+
+def _remove_leftovers_of_killed_runs(out: Path, temp_dir: Path) -> None:
+    """Remove the spill and output folders of earlier runs killed with SIGKILL (no ``finally`` ran): they
+    stayed for good, megabytes to gigabytes each. A folder's name carries its run's pid; a live run's stays."""
+    from workbench._fs import pid_alive
+
+    candidates = [*out.parent.glob(f".{glob.escape(out.name)}.tmp-*"), *temp_dir.glob("prepare-*")]
+    for path in candidates:
+        pid_text = path.name.rsplit(".tmp-", 1)[-1] if path.name.startswith(".") else path.name[len("prepare-"):]
+        pid, _, _ = pid_text.partition("-")
+        if path.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            logger.info("removing %s, left by a prepare that was killed", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _write_sample(out: Path, columns: list[str], rows: list[tuple], more: Sequence[dict] = ()) -> Path | None:
