@@ -407,6 +407,41 @@ def test_a_fresh_start_clears_the_homes_results_and_keeps_its_inputs_logs_and_re
         clear_results(shared)
 
 
+def test_a_fresh_start_killed_while_clearing_makes_the_next_plain_start_refuse(tmp_path: Path) -> None:
+    """kill -9 of `start --fresh` right after the lakehouse went left the broker's data and the state: a plain
+    start of the same log was taken, and counted 0 of 1,333 windows, for good."""
+    from workbench.runtime._home import CLEARING_MARK, clear_results
+
+    settings = Settings(home=tmp_path / "home")
+    home = settings.home
+    for path in (settings.sqlite_path, settings.lakehouse_dir / "catalog.sqlite", settings.state_dir / "log.json",
+                 settings.kafka_dir / "data" / "meta.properties", settings.shards_dir / "2024-03-04" / "p0.arrow"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    killed = ("import os, shutil, sys\n"
+              "from workbench.config import Settings\n"
+              "from workbench.runtime import _home\n"
+              "settings = Settings(home=sys.argv[1])\n"
+              "real = shutil.rmtree\n"
+              "def rmtree(path, *a, **k):\n"
+              "    real(path, *a, **k)\n"
+              "    if path == settings.lakehouse_dir:\n"
+              "        os._exit(9)  # as kill -9 there\n"
+              "_home.shutil.rmtree = rmtree\n"
+              "_home.clear_results(settings)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    assert subprocess.run([sys.executable, "-c", killed, str(home)], env=env, timeout=60).returncode == 9
+    assert (home / CLEARING_MARK).exists() and (settings.kafka_dir / "data").exists()
+    log = make_log(tmp_path / "log.parquet", rows=200)
+    with pytest.raises(WorkbenchStateError, match=r"A fresh start of .* was stopped while it cleared the home's "
+                                                  r"results \(begun .*UTC\).*`workbench start --fresh` again"):
+        Workbench.start(data=log, settings=settings, apps=("analytics",))
+    assert not home_processes(home)  # refused before anything started
+    clear_results(settings)  # what `start --fresh` does first
+    assert not (home / CLEARING_MARK).exists() and not (settings.kafka_dir / "data").exists()
+    assert not settings.state_dir.exists() and not settings.shards_dir.exists()
+
+
 def test_replay_control_and_train_follow_the_workbench_running_under_the_home(
         kafka_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,18 +16,22 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from workbench.config import Settings
 from workbench.runtime._workbench import WorkbenchStateError
 
-__all__ = ["LOG_RECORD", "check_log", "clear_results", "held_results", "record_log"]
+__all__ = ["CLEARING_MARK", "LOG_RECORD", "check_log", "check_not_half_cleared", "clear_results", "held_results",
+           "record_log"]
 
 logger = logging.getLogger(__name__)
 
 #: Where a home notes the log its results come from (under ``Settings.state_dir``).
 LOG_RECORD = "log.json"
+#: In the home while a fresh start clears it: written before the first store goes, removed after the last.
+CLEARING_MARK = ".fresh-start-incomplete"
 
 
 def _identity(data: str | Path, summary: Any) -> dict[str, Any]:
@@ -42,6 +46,25 @@ def held_results(settings: Settings) -> list[Path]:
         if isinstance(path, Path) and path.exists() and (path.is_file() or any(path.iterdir())):
             found.append(path)
     return found
+
+
+def check_not_half_cleared(settings: Settings) -> None:
+    """Raise :class:`WorkbenchStateError` when a fresh start of the home was stopped while it cleared it.
+
+    Killed half-way, it left some stores gone and others (the broker's data with the apps' positions, the
+    state) in place; a plain start then counted nothing again: 0 of 1,333 windows, for good.
+    """
+    mark = settings.home / CLEARING_MARK
+    if not mark.exists():
+        return
+    try:
+        began = f" (begun {mark.read_text().strip()})"
+    except OSError:
+        began = ""
+    msg = (f"A fresh start of {settings.home} was stopped while it cleared the home's results{began}: some "
+           "stores are gone and others are not, and a start on them would not count the log again. Run "
+           "`workbench start --fresh` again (Workbench.start(..., fresh=True)) to finish clearing it.")
+    raise WorkbenchStateError(msg)
 
 
 def check_log(settings: Settings, data: str | Path, summary: Any) -> None:
@@ -100,6 +123,9 @@ def clear_results(settings: Settings) -> list[Path]:
     if broker.pid() is not None:
         broker.stop()  # its data goes below; the start brings it up again, empty
     home = settings.home
+    mark = home / CLEARING_MARK
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mark.write_text(datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") + "\n")
     targets = [settings.shards_dir, settings.sqlite_path, *home.glob(f"{settings.sqlite_path.name}-*"),
                settings.lakehouse_dir, settings.models_dir, settings.state_dir, settings.archive_dir,
                settings.kafka_dir / "data"]
@@ -112,5 +138,6 @@ def clear_results(settings: Settings) -> list[Path]:
         else:
             path.unlink()
         cleared.append(path)
+    mark.unlink()
     logger.info("fresh start: cleared %s", ", ".join(str(p) for p in cleared) or "nothing")
     return cleared

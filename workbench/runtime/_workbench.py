@@ -382,8 +382,10 @@ class Workbench:
 
             if fresh:
                 _home.clear_results(settings)
-            elif data is not None:
-                _home.check_log(settings, data, summary)
+            else:
+                _home.check_not_half_cleared(settings)
+                if data is not None:
+                    _home.check_log(settings, data, summary)
             if data is not None:
                 _home.record_log(settings, data, summary)
             started_kafka = broker_to_stop(settings)
