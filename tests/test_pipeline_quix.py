@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import pytest
 import quixstreams
@@ -104,3 +105,49 @@ def test_the_assignment_callback_runs_after_quixs_own(tmp_path: Path) -> None:
     assert calls == [("quix", (None, [])), "callback"]
     with pytest.raises(QuixInternalsError, match="_on_assign"):
         on_assignment(SimpleNamespace(), lambda: None)  # type: ignore[arg-type]
+
+
+def test_a_commit_the_group_refused_is_told_from_other_failures_and_exits_the_app_for_a_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A scoring app stopped for 7 s (an overloaded machine; SIGSTOP in a tester's run) lost its group membership,
+    and Quix's next commit raised: it died with a traceback, and the status showed the restart without why."""
+    from confluent_kafka import KafkaError, KafkaException
+    from quixstreams.checkpointing import checkpoint as quix_checkpoint
+    from quixstreams.checkpointing.exceptions import CheckpointConsumerCommitError
+
+    from workbench.pipeline._app import lost_group_membership
+    from workbench.runtime import _launch
+
+    # Quix wraps librdkafka's error as the exception's first argument: the check reads it there
+    assert "raise CheckpointConsumerCommitError(e.args[0])" in inspect.getsource(quix_checkpoint)
+    refused = CheckpointConsumerCommitError(KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID)).args[0])
+    assert lost_group_membership(refused)
+    assert lost_group_membership(CheckpointConsumerCommitError(KafkaError(KafkaError.ILLEGAL_GENERATION)))
+    try:
+        try:
+            raise refused
+        except CheckpointConsumerCommitError as inner:
+            raise RuntimeError("the sink's flush failed") from inner
+    except RuntimeError as outer:
+        assert lost_group_membership(outer)
+    assert not lost_group_membership(CheckpointConsumerCommitError(KafkaError(KafkaError._MSG_TIMED_OUT)))
+    assert not lost_group_membership(OSError("disk full"))
+
+    def stalled(settings: Settings, **_: object) -> None:
+        raise refused
+
+    module = ModuleType("fake_runner")
+    module.run = stalled  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_runner", module)
+    monkeypatch.setitem(_launch.APP_RUNNERS, "stalled", "fake_runner:run")
+    assert _launch._run_app(Settings(home=tmp_path / "home"), "stalled", {}) == _launch.EXIT_LOST_PARTITIONS
+    line = capsys.readouterr().out
+    assert line.startswith("workbench: error: stalled lost its partitions: Kafka's consumer group dropped it")
+    assert "Unknown member" in line and "nothing is lost or counted twice" in line
+
+    def broken(settings: Settings, **_: object) -> None:
+        raise CheckpointConsumerCommitError(KafkaError(KafkaError._MSG_TIMED_OUT))
+
+    module.run = broken  # type: ignore[attr-defined]
+    with pytest.raises(CheckpointConsumerCommitError):  # any other failure stays a failure, with its traceback
+        _launch._run_app(Settings(home=tmp_path / "home"), "stalled", {})

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, Final
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from quixstreams import Application
 from quixstreams.kafka.configuration import ConnectionConfig
 
@@ -64,6 +64,26 @@ CONSUMER_DEFAULTS: Final[dict[str, Any]] = {
     "heartbeat.interval.ms": 2000,
     "fetch.wait.max.ms": 500,
 }
+
+
+#: Commit refusals that mean the group dropped this consumer (no heartbeat within the session timeout: a
+#: process stopped or starved that long), or moved its partitions meanwhile.
+_LOST_MEMBERSHIP = frozenset({KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION,
+                              KafkaError.REBALANCE_IN_PROGRESS, KafkaError.FENCED_INSTANCE_ID})
+
+
+def lost_group_membership(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a commit the consumer group refused because this process is no
+    longer the member owning its partitions. Quix raises it as ``CheckpointConsumerCommitError`` carrying
+    librdkafka's ``KafkaError``; the uncommitted messages are read again by whoever owns them next."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if any(isinstance(arg, KafkaError) and arg.code() in _LOST_MEMBERSHIP for arg in current.args):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def build_application(

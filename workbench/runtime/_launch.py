@@ -33,6 +33,10 @@ APP_RUNNERS: dict[str, str] = {
 }
 
 
+#: An app whose consumer group dropped it (EX_TEMPFAIL: its supervisor restarts it).
+EXIT_LOST_PARTITIONS = 75
+
+
 def _resolve(target: str) -> Callable[..., Any]:
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -46,7 +50,20 @@ def _run_app(settings: Settings, name: str, options: dict[str, Any]) -> int:
     from workbench.pipeline._imports import skip_unused_imports
 
     skip_unused_imports()  # before quixstreams is imported (start-up time)
-    _resolve(APP_RUNNERS[app])(settings, **options)
+    try:
+        _resolve(APP_RUNNERS[app])(settings, **options)
+    except Exception as exc:
+        from workbench.pipeline._app import CONSUMER_DEFAULTS, lost_group_membership
+
+        if not lost_group_membership(exc):
+            raise
+        # Not a fault of the app or of a message: a process stopped or starved for longer than the session
+        # timeout (an overloaded machine, a debugger, SIGSTOP). One line, as the status shows it, not a traceback.
+        print(f"workbench: error: {app} lost its partitions: Kafka's consumer group dropped it after no heartbeat "
+              f"for session.timeout.ms={CONSUMER_DEFAULTS['session.timeout.ms']} (the process was stopped or "
+              f"starved that long), so its commit was refused ({exc}). It exits to be restarted from its last "
+              "committed offsets: nothing is lost or counted twice.", flush=True)
+        return EXIT_LOST_PARTITIONS
     return 0
 
 
