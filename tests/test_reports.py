@@ -234,6 +234,11 @@ def test_the_kernels_own_errors_reach_the_terminal_but_not_the_shutdown_interrup
     assert "KeyboardInterrupt caught" not in err
 
 
+def _report_folders(settings: Settings) -> list[str]:
+    """What the reports folder holds but the run ids' lock files (kept: see ``_lock_path``)."""
+    return sorted(p.name for p in settings.resolved_reports_dir.iterdir() if not p.name.endswith(".lock"))
+
+
 def _write_notebooks(folder: Path, sources: dict[str, str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, code in sources.items():
@@ -259,11 +264,15 @@ def test_a_rerun_into_the_same_run_id_replaces_the_report_and_one_cut_short_keep
     out = run_report(settings, run_id="r", notebooks=["one", "two"], notebooks_dir=source, progress=False)
     assert {p.name for p in out.iterdir()} >= {"one.ipynb", "one.html", "two.ipynb", "two.html", "index.html"}
 
+    # a run killed with SIGKILL under a time-stamp run id, which nothing runs into again: its pages stayed
+    abandoned = settings.resolved_reports_dir / ".20240101T000000Z.partial"
+    abandoned.mkdir()
+    (abandoned / "one.ipynb").write_text("{}")
     again = run_report(settings, run_id="r", notebooks=["one"], notebooks_dir=source, progress=False)
     assert again == out
     assert not (out / "two.ipynb").exists() and not (out / "two.html").exists()
     assert "two.html" not in (out / "index.html").read_text()
-    assert [p.name for p in settings.resolved_reports_dir.iterdir()] == ["r"]  # nothing staged is left over
+    assert _report_folders(settings) == ["r"]  # nothing staged is left over, the abandoned run's pages neither
 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     reports = str(tmp_path / "reports")
@@ -278,8 +287,12 @@ def test_a_rerun_into_the_same_run_id_replaces_the_report_and_one_cut_short_keep
         assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
         time.sleep(0.2)
     assert staged.is_file(), "the slow notebook never started"
+    # a second run into the same run id deleted the pages the first was writing (FileNotFoundError in the first)
+    with pytest.raises(ReportError, match=r"Another report is being written into .*r right now: wait for it"):
+        run_report(settings, run_id="r", notebooks=["one"], notebooks_dir=source, progress=False)
+    assert staged.is_file() and proc.poll() is None
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and b"KeyboardInterrupt" in err, err.decode()[-2000:]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier report, untouched
-    assert [p.name for p in settings.resolved_reports_dir.iterdir()] == ["r"]
+    assert _report_folders(settings) == ["r"]

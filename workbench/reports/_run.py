@@ -272,20 +272,60 @@ def run_report(
         raise ReportError(msg)
     # The pages are written beside the report and swapped in whole: a rerun into the same run id
     # keeps none of the earlier run's pages, and one cut short leaves the earlier report as it was.
-    staging, previous = _staging_folders(out)
-    _recover_swap(out, staging, previous)
+    lock = _lock_run_id(out)
     try:
-        with quiet_kernels_on_interrupt():
-            _run_notebooks(settings, staging, out, run_id, params, notebooks, source, data, progress, timeout,
-                           show_code)
-    except KeyboardInterrupt:  # a report cut short is no report
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    except ReportError:  # a notebook failed: its partial page is the report, as documented
+        _recover_abandoned_runs(out.parent)
+        staging, previous = _staging_folders(out)
+        _recover_swap(out, staging, previous)
+        try:
+            with quiet_kernels_on_interrupt():
+                _run_notebooks(settings, staging, out, run_id, params, notebooks, source, data, progress, timeout,
+                               show_code)
+        except KeyboardInterrupt:  # a report cut short is no report
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        except ReportError:  # a notebook failed: its partial page is the report, as documented
+            _swap_in(out, staging, previous)
+            raise
         _swap_in(out, staging, previous)
-        raise
-    _swap_in(out, staging, previous)
+    finally:
+        os.close(lock)
     return out
+
+
+def _lock_run_id(out: Path) -> int:
+    """Hold the run id ``out`` for this run (a descriptor to close), or refuse: two runs into one run id at once
+    shared its staging folder, and the second deleted the pages the first was writing (FileNotFoundError)."""
+    from workbench._fs import try_flock
+
+    fd = try_flock(_lock_path(out))
+    if fd is None:
+        msg = (f"Another report is being written into {out} right now: wait for it to finish, or choose another "
+               "run id (--run-id, run_id=).")
+        raise ReportError(msg)
+    return fd
+
+
+def _lock_path(out: Path) -> Path:
+    # kept after the run: removing a lock file lets a third run lock a new file while a second holds the old one
+    return out.with_name(f".{out.name}.lock")
+
+
+def _recover_abandoned_runs(reports_dir: Path) -> None:
+    """Clear what runs killed with SIGKILL left under other run ids (a default run id is a time stamp, so
+    nothing ever ran into it again): their half-written pages stayed for good. A run that still writes holds
+    its run id's lock and is left alone."""
+    from workbench._fs import try_flock
+
+    for folder in [*reports_dir.glob(".*.partial"), *reports_dir.glob(".*.previous")]:
+        out = folder.with_name(folder.name[1:].rsplit(".", 1)[0])
+        fd = try_flock(_lock_path(out))
+        if fd is None:
+            continue  # being written now
+        try:
+            _recover_swap(out, *_staging_folders(out))
+        finally:
+            os.close(fd)
 
 
 def _warn_unknown_instances(settings: Settings, wanted: list[int] | None) -> None:
