@@ -82,6 +82,15 @@ def test_cli_rescore_and_errors(home: Settings, capsys: pytest.CaptureFixture[st
     assert note in capsys.readouterr().err
     assert main(["--home", str(home.home), "rescore", "--version", "v0042-2024-03-01"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # instance ids as `prepare` and `report` take them (it refused "1,2": "invalid int value")
+    ids = sorted(set(read_shards(home.shards_dir, columns=["instance_id"]).column("instance_id").to_pylist()))[:2]
+    for spelled in ([f"{ids[0]},{ids[1]}"], [str(ids[0]), str(ids[1])]):
+        assert main(["--home", str(home.home), "rescore", "--version", "v0001-2024-03-01", "--start", "2024-03-04",
+                     "--instances", *spelled]) == 0
+        assert "no stored row" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--home", str(home.home), "rescore", "--version", "v0001-2024-03-01", "--instances", "1,,2"])
+    assert "--instances takes comma-separated instance ids such as 3,17,42. Got '1,,2'" in capsys.readouterr().err
 
 
 def test_workbench_rescore_is_the_library_call(home: Settings) -> None:

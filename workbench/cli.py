@@ -57,6 +57,16 @@ _UNWRITABLE: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EN
 _SOLE_MODULE: Final = {"app": "workbench.pipeline._cli"}
 
 
+def instance_ids(text: str) -> list[int]:
+    """An ``--instances`` value: comma-separated instance ids such as ``3,17,42`` (an argparse type)."""
+    # "24,,31" is a typo, not a list of two: an empty id or a stray comma is refused like any bad id
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError as exc:
+        msg = f"--instances takes comma-separated instance ids such as 3,17,42. Got {text!r}."
+        raise argparse.ArgumentTypeError(msg) from exc
+
+
 def _command(argv: Sequence[str]) -> str | None:
     """The sub-command named in ``argv`` (the first word that is neither a global option nor its value)."""
     words = iter(argv)

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from workbench.cli import instance_ids
+
 __all__ = ["register"]
 
 
@@ -70,15 +72,6 @@ def _note_event_time_range(args: argparse.Namespace, path: Path, reports: list) 
     outside = log_span_outside(settings_from_args(args), min(times), max(times), path) if times else None
     if outside:
         print(f"warning: {outside[1]}", file=sys.stderr)
-
-
-def _instance_list(text: str) -> list[int]:
-    # "24,,31" is a typo, not a list of two: an empty id or a stray comma is refused like any bad id
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError as exc:
-        msg = f"--instances takes comma-separated instance ids such as 3,17,42. Got {text!r}."
-        raise argparse.ArgumentTypeError(msg) from exc
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -160,7 +153,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prep.add_argument("sources", nargs="+", metavar="SRC", help="Parquet files, folders (Redset's parts/) or globs")
     prep.add_argument("--out", required=True, help="Parquet file to write (with --split day: a folder)")
     prep.add_argument("--split", choices=["day"], help="one file per UTC day in the folder OUT")
-    prep.add_argument("--instances", type=_instance_list, help="keep only these instance ids, e.g. 3,17,42")
+    prep.add_argument("--instances", type=instance_ids, help="keep only these instance ids, e.g. 3,17,42")
     prep.add_argument("--start", help="keep arrivals at or after this ISO date/time (UTC)")
     prep.add_argument("--end", help="keep arrivals before this ISO date/time (UTC)")
     prep.add_argument("--sample-instances", type=int, metavar="N", help="keep N randomly chosen instances")

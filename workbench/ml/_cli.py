@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench import defaults
-from workbench.cli import settings_from_args
+from workbench.cli import instance_ids, settings_from_args
 
 if TYPE_CHECKING:
     from workbench.ml.registry import ModelRegistry
@@ -95,7 +95,8 @@ def _history(args: argparse.Namespace) -> int:
 def _rescore(args: argparse.Namespace) -> int:
     from workbench.ml.rescore import rescore
 
-    result = rescore(settings_from_args(args), args.version, start=args.start, end=args.end, instances=args.instances)
+    instances = [i for ids in args.instances for i in ids] if args.instances else None  # "3,17 42" too
+    result = rescore(settings_from_args(args), args.version, start=args.start, end=args.end, instances=instances)
     skipped = f", {len(result.skipped_days)} day(s) done earlier" if result.skipped_days else ""
     print(f"{result.version}: {len(result.days)} day(s), {result.rows} rows scored, {result.anomalies} anomalies, "
           f"{result.inserted} new in the lakehouse{skipped}")
@@ -257,7 +258,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rs.add_argument("--version", required=True, help="a version id or 'current'")
     rs.add_argument("--start", help="event time (ISO, UTC) from which to rescore (default: first shard day)")
     rs.add_argument("--end", help="event time (ISO, UTC, exclusive) up to which to rescore (default: all)")
-    rs.add_argument("--instances", type=int, nargs="+", help="only these instance ids")
+    rs.add_argument("--instances", type=instance_ids, nargs="+",
+                    help="only these instance ids, e.g. 3,17,42 (or 3 17 42)")
     rs.set_defaults(func=_rescore)
 
     ev = subparsers.add_parser("evaluate", help="score a labelled day and print detection metrics")
