@@ -184,6 +184,13 @@ def test_a_previous_runs_replay_status_is_not_the_new_runs() -> None:
     same_run = status({"state": "running", "started_at": now - 120})
     assert not same_run.replay_is_stale and same_run.drained
     assert str(same_run).splitlines()[0] == str(finished)
+    # a first run: no status on the topic yet, for 10-23 s on a loaded machine; "not started" read as "will not run"
+    for state, line in (("running", "replay: starting (its first status is not in yet)"),
+                        ("finished", "replay: not started"), (None, "replay: not started")):
+        processes = {"replay": {"state": state, "started_at": now - 5}} if state else {}
+        first = WorkbenchStatus(replay=None, processes=processes, apps={}, lag={}, model_version=None,
+                                model_versions=0, anomalies=None, late_events=None, dead_letters=None)
+        assert str(first).splitlines()[0] == line and not first.drained
 
 
 def test_the_status_text_says_what_late_events_are() -> None:

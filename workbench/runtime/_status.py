@@ -567,7 +567,10 @@ class WorkbenchStatus:
         }
 
     def __str__(self) -> str:
-        if self.replay_is_stale:
+        replay_process = (self.processes.get("replay") or {}).get("state")
+        if self.replay_is_stale or (self.replay is None and replay_process in ("running", "starting", "pending")):
+            # a first run's replay process publishes its first status 10-20 s after its start on a busy
+            # machine: "not started" read as "will not run"
             lines = ["replay: starting (its first status is not in yet)"]
         else:
             lines = [str(self.replay) if self.replay else "replay: not started"]
