@@ -264,3 +264,33 @@ def test_stress_pack_kinds_families_and_window_labels(tmp_path: Path) -> None:
     assert classic <= set(ANOMALY_KINDS)
     with pytest.raises(ConfigurationError, match="`kinds` parameter"):
         resolve_kinds("slow_fingerprint,nope")
+
+
+def test_a_generate_killed_before_its_log_is_in_place_leaves_no_window_labels_of_another_log(tmp_path: Path) -> None:
+    """The new log's window labels were put beside the old log first: killed between the two, the old log had
+    the labels of another one beside it."""
+    import os
+    import subprocess
+    import sys
+
+    from workbench.data.generator import window_labels_path
+
+    out = tmp_path / "log.parquet"
+    generate(out, days=2, instances=3, rows_per_day=3000, seed=1, kinds="all", progress=False)
+    old_log = hashlib.sha256(out.read_bytes()).hexdigest()
+    assert window_labels_path(out).exists()
+    killed = ("import os, pathlib, sys\n"
+              "from workbench.data import generate\n"
+              "real = pathlib.Path.replace\n"
+              "def replace(self, target):\n"
+              "    if pathlib.Path(target).name == 'log.parquet':\n"
+              "        os._exit(9)  # as kill -9 just before the new log is put in place\n"
+              "    return real(self, target)\n"
+              "pathlib.Path.replace = replace\n"
+              "generate(sys.argv[1], days=2, instances=3, rows_per_day=3000, seed=2, kinds='all', progress=False)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    assert subprocess.run([sys.executable, "-c", killed, str(out)], env=env, timeout=120).returncode == 9
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == old_log
+    assert not window_labels_path(out).exists()  # no labels rather than another log's
+    generate(out, days=2, instances=3, rows_per_day=3000, seed=2, kinds="all", progress=False)
+    assert window_labels_path(out).exists() and not list(tmp_path.glob("*.partial"))

@@ -912,6 +912,7 @@ def generate(
 
         bar = tqdm(total=days, desc="generate", unit="day")
     tmp = out.with_name(out.name + ".partial")
+    side_tmp = out.with_name(out.name + ".windows.partial")
     try:
         with pq.ParquetWriter(tmp, _OUTPUT_SCHEMA, compression="zstd") as writer:
             for day in range(days):
@@ -958,16 +959,21 @@ def generate(
                 logger.debug("generated day=%s rows=%d", date, table.num_rows)
                 if bar is not None:
                     bar.update(1)
+        # The window labels belong to the log beside them: the old ones go before the new log is put in place
+        # and the new ones after it, so a kill in between leaves a log without them (said where they are
+        # read), never the labels of another log beside it.
         side = window_labels_path(out)
         if stress:
-            pq.write_table(_episode_windows(episodes), side)
-        else:
-            side.unlink(missing_ok=True)
+            pq.write_table(_episode_windows(episodes), side_tmp)
+        side.unlink(missing_ok=True)
         tmp.replace(out)
+        if stress:
+            side_tmp.replace(side)
     finally:
         if bar is not None:
             bar.close()
         tmp.unlink(missing_ok=True)
+        side_tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
     summary = GenerateSummary(
         path=out, rows=total_rows, days=days, instances=instances, anomalies=total_anomalies,
