@@ -322,3 +322,33 @@ def test_a_partition_paused_for_training_holds_the_watermark_until_it_delivers_a
     assert sink.watermark_us(active_s=2.0) == held  # resumed: it holds the watermark until it delivers
     sink.partition_seen[1] = now - 60  # and then silent for good (caught up): no longer
     assert sink.watermark_us(active_s=2.0) == ahead
+
+
+def test_a_flush_longer_than_the_silence_rule_is_not_silence_of_a_partition_that_could_not_deliver(
+        tmp_path: Path) -> None:
+    """A partition is caught up once silent for ``active_s`` while the app listens. Counted in wall time, a
+    flush of a few seconds on a slow machine made a partition whose backlog had not come that cycle look
+    caught up: it stopped holding the watermark, and a day could be trained before all of it was stored."""
+    from types import SimpleNamespace
+
+    from workbench.pipeline.scoring._sink import ScoringSink
+
+    sink = ScoringSink(Settings(home=tmp_path / "home"), None, None, None, FakeStatus(), None)  # type: ignore[arg-type]
+    sink.publisher = SimpleNamespace(confirm=lambda: None)  # type: ignore[assignment]
+    ahead, behind = _us("2024-03-07", 1), _us("2024-03-06", 23)
+    sink.max_event_us = ahead
+    sink.partition_max_us = {0: ahead, 1: behind}
+    sink.mark_seen(0)
+    sink.mark_seen(1)
+
+    def slow_write(batch: Any) -> None:  # partition 0's batch, scored and stored in 2 s
+        time.sleep(2.0)
+        sink.mark_seen(0)
+
+    sink.write = slow_write  # type: ignore[method-assign]
+    sink._raw[("events", 0)] = object()  # type: ignore[assignment]
+    sink.flush()
+    assert sink.busy_s >= 2.0
+    assert sink.watermark_us(active_s=1.0) == behind  # partition 1 could not deliver during the flush
+    time.sleep(1.5)  # listening, and nothing from partition 1: caught up
+    assert sink.silent_s(1) >= 1.0 and sink.watermark_us(active_s=1.0) == ahead

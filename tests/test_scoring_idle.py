@@ -34,9 +34,10 @@ def _idle_loop(tmp_path: Path) -> ScoringLoop:
     loop = ScoringLoop.__new__(ScoringLoop)
     now = time.monotonic()
     loop.sink = SimpleNamespace(last_message_at=now - 10.0, buffered_rows=0, first_message_wall=time.time() - 30.0,
-                                partition_max_us={}, partition_end_us={}, days_stored=set())
-    loop.sink.log_ended_us = types.MethodType(ScoringSink.log_ended_us, loop.sink)
-    loop.sink.take_days_stored = types.MethodType(ScoringSink.take_days_stored, loop.sink)
+                                partition_max_us={}, partition_end_us={}, days_stored=set(),
+                                busy_s=0.0, _busy_at_seen={}, _flush_started=None)  # no flush: silence is wall time
+    for method in ("log_ended_us", "take_days_stored", "silent_s", "_busy_until"):
+        setattr(loop.sink, method, types.MethodType(getattr(ScoringSink, method), loop.sink))
     loop._idle_exit, loop._assigned_at, loop._started = 4.0, now - 20.0, now - 30.0
     loop.rescorer = Rescorer(settings, UnscoredDays(tmp_path / "unscored.json"), status)
     loop.maintenance = ShardMaintenance(settings, status, window_days=1)

@@ -229,8 +229,12 @@ class TrainerElection:
             del self._assigned_since[partition]
         seen = getattr(sink, "partition_seen", {}) if sink is not None else {}
         held = getattr(sink, "held_partitions", set()) if sink is not None else set()  # paused: not caught up
+
+        def silent(p: int) -> float:  # while listening: a flush is no silence (ScoringSink.silent_s)
+            return sink.silent_s(p, now) if hasattr(sink, "silent_s") else now - seen[p]
+
         idle = {p for p, since in self._assigned_since.items()
-                if p not in held and now - max(since, seen.get(p, since)) >= active_s}
+                if p not in held and now - since >= active_s and (p not in seen or silent(p) >= active_s)}
         from workbench.store.shards import write_heartbeat
 
         wall = time.time()

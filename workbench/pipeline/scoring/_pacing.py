@@ -15,7 +15,6 @@ A paused partition is silent but not caught up, so it keeps holding the training
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Final
 
 import pyarrow as pa
@@ -84,7 +83,8 @@ class PartitionPacer:
                     self.paused.discard(partition)
                     sink.held_partitions.discard(partition)
                     # resumed: not idle yet, nor silent (its backlog still holds the watermark)
-                    sink.last_message_at = sink.partition_seen[partition] = time.monotonic()
+                    sink.mark_seen(partition)
+                    sink.last_message_at = sink.partition_seen[partition]
                     logger.info("partition resumed partition=%d day=%s", partition, day)
             except Exception as exc:  # not assigned any more (rebalance): nothing to pace
                 logger.warning("cannot pause/resume partition=%d error=%s", partition, exc)

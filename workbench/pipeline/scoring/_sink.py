@@ -156,6 +156,11 @@ class ScoringSink(BatchingSink):
         # per partition: newest durable event time, and when it last delivered (the watermark)
         self.partition_max_us: dict[int, int] = {}
         self.partition_seen: dict[int, float] = {}
+        #: monotonic seconds spent in flushes (no partition can deliver then), in all and at each partition's
+        #: last delivery: silence is counted while the app listens (:meth:`silent_s`)
+        self.busy_s = 0.0
+        self._busy_at_seen: dict[int, float] = {}
+        self._flush_started: float | None = None
         #: per partition: the newest end-of-log marker (the replay sent the log's last row before it)
         self.partition_end_us: dict[int, int] = {}
         #: event days written since :meth:`take_days_stored` (a day judged before more of it came is judged again)
@@ -248,6 +253,7 @@ class ScoringSink(BatchingSink):
         written and the next partitions scored. Quix commits the offsets only after this returned.
         """
         wrote = bool(self._raw)
+        self._flush_started = time.monotonic()
         try:
             for (topic, partition), buffer in self._raw.items():
                 self.write(_Batch(topic, partition, buffer))
@@ -259,6 +265,8 @@ class ScoringSink(BatchingSink):
                 self.last_batch_wall = time.time()
                 self.last_batch_cpu = time.process_time()
         finally:
+            self.busy_s += time.monotonic() - self._flush_started
+            self._flush_started = None
             self._raw.clear()
             self._batches.clear()
             self.buffered.clear()
@@ -282,6 +290,26 @@ class ScoringSink(BatchingSink):
                                partition=batch.partition, offset=offset)
         self.status.add("dead_letters")
 
+    def mark_seen(self, partition: int) -> None:
+        """``partition`` delivered (or was resumed) now."""
+        now = time.monotonic()
+        self.partition_seen[partition] = now
+        self._busy_at_seen[partition] = self._busy_until(now)
+
+    def _busy_until(self, now: float) -> float:
+        return self.busy_s + (now - self._flush_started if self._flush_started is not None else 0.0)
+
+    def silent_s(self, partition: int, now: float | None = None) -> float:
+        """Seconds ``partition`` has not delivered while the app was listening for it.
+
+        Flushes do not count: no partition delivers during one. On a slow machine a flush of a few
+        seconds made every partition look silent, and a partition whose backlog had not come in that
+        cycle stopped holding the watermark back (a day could be trained before all of it was stored).
+        """
+        now = time.monotonic() if now is None else now
+        busy = self._busy_until(now) - self._busy_at_seen.get(partition, 0.0)
+        return max(0.0, now - self.partition_seen[partition] - busy)
+
     def watermark_us(self, active_s: float) -> int | None:
         """Newest event time every partition still delivering has durably stored.
 
@@ -296,7 +324,7 @@ class ScoringSink(BatchingSink):
             return None
         now = time.monotonic()
         active = [us for p, us in self.partition_max_us.items()
-                  if p in self.held_partitions or now - self.partition_seen[p] < active_s]
+                  if p in self.held_partitions or self.silent_s(p, now) < active_s]
         return min(active) if active else self.max_event_us
 
     def log_ended_us(self) -> int | None:
@@ -387,7 +415,7 @@ class ScoringSink(BatchingSink):
         self.first_event_us = lo if self.first_event_us is None else min(self.first_event_us, lo)
         self.max_event_us = hi if self.max_event_us is None else max(self.max_event_us, hi)
         self.partition_max_us[batch.partition] = max(self.partition_max_us.get(batch.partition, hi), hi)
-        self.partition_seen[batch.partition] = time.monotonic()
+        self.mark_seen(batch.partition)
         for key, seconds in (("decode", t1 - t0), ("score", t2 - t1), ("publish", t3 - t2), ("shards", t4 - t3)):
             self.timings[key] += seconds
         self.status.info["model_version"] = version
