@@ -54,9 +54,11 @@ logger = logging.getLogger(__name__)
 #: the status (a row no step can take never succeeds).
 GIVE_UP_AFTER = 5
 GIVE_UP_AFTER_S = 60.0
-#: Failures of the place, not of the day: never counted towards giving up. A lakehouse locked for two minutes
-#: (each attempt waits about 22 s for the lock) had left a day's residual windows unjudged for good.
-_TRANSIENT = (LakehouseBusyError, OSError)
+#: Failures of the moment, not of the day: never counted towards giving up. A lakehouse locked for two minutes
+#: (each attempt waits about 22 s for the lock) had left a day's residual windows unjudged for good. Other
+#: errors, a file that cannot be read included, still give a day up after the minute: held for good, they
+#: would hold every later day with it.
+_TRANSIENT = (LakehouseBusyError,)
 #: Seconds without a write to a judged day before it is judged again (the rows a reset sends for it all came).
 GROWN_SETTLE_S = 10.0
 #: Seconds a settled day waits for rows no rescoring of this instance is due for before it is judged without them.
@@ -234,7 +236,7 @@ class ResidualWindowsStep:
                 try:
                     judged = self._day(store, day)
                 except _TRANSIENT:
-                    raise  # a busy lakehouse, a full disk: tried again for as long as it lasts, never given up
+                    raise  # another writer holds the lakehouse: tried again for as long as it lasts, never given up
                 except Exception as exc:
                     if not self._gives_up(day, exc):
                         raise
