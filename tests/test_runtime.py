@@ -332,8 +332,19 @@ def test_stop_waits_for_a_start_in_progress(tmp_path: Path) -> None:
     told: list[str] = []
     assert not wait_for_start(home, timeout=0.5, on_wait=lambda: told.append("waiting"))
     assert told == ["waiting"]
+    # `workbench status` during the start read "No workbench runs ... Start one with `workbench start`"
+    with pytest.raises(WorkbenchStateError, match=r"A workbench is being started under .*ask again in a few"):
+        Workbench.attach(Settings(home=home))
     os.close(lock)
     assert wait_for_start(home, timeout=0.5)
+    with pytest.raises(WorkbenchStateError, match=r"No workbench runs under") as info:
+        Workbench.attach(Settings(home=home))
+    assert "fresh start" not in str(info.value)
+    from workbench.runtime._home import CLEARING_MARK
+
+    (home / CLEARING_MARK).write_text("2026-12-06 06:00:00 UTC\n")
+    with pytest.raises(WorkbenchStateError, match=r"No workbench runs .*`workbench start --fresh` finishes clearing"):
+        Workbench.attach(Settings(home=home))
 
 
 # The command is started through a tiny launcher that sets the signal state it inherits, so the test does not

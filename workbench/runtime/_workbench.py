@@ -454,9 +454,18 @@ class Workbench:
         settings = settings or get_settings()
         state = read_state(settings.home)
         if not _supervisor_alive(state) or state.get("state") == "stopped":  # type: ignore[union-attr]
+            if not wait_for_start(settings.home, timeout=0.0):  # a start holds the home: it read "No workbench"
+                msg = (f"A workbench is being started under {settings.home} (its broker and supervisor come up "
+                       "first): ask again in a few seconds, or `workbench status --watch 2`.")
+                raise WorkbenchStateError(msg)
             msg = (f"No workbench runs under {settings.home}. Start one with `workbench start --data LOG` "
                    "(Workbench.start(data=...)) or `workbench demo`, or set WORKBENCH_HOME to the home of the "
                    "running one.")
+            from workbench.runtime._home import CLEARING_MARK
+
+            if (settings.home / CLEARING_MARK).exists():
+                msg += (" A fresh start of this home was stopped while it cleared its results: "
+                        "`workbench start --fresh` finishes clearing it.")
             left = leftover_kafka(settings)
             if left is not None:
                 msg += (f" Its local Kafka still runs (pid {left[0]}): " + ("`workbench stop` stops it." if left[1]
