@@ -235,8 +235,8 @@ def test_the_kernels_own_errors_reach_the_terminal_but_not_the_shutdown_interrup
 
 
 def _report_folders(settings: Settings) -> list[str]:
-    """What the reports folder holds but the run ids' lock files (kept: see ``_lock_path``)."""
-    return sorted(p.name for p in settings.resolved_reports_dir.iterdir() if not p.name.endswith(".lock"))
+    """What the reports folder holds (a run id's lock file too, while a report is written into it)."""
+    return sorted(p.name for p in settings.resolved_reports_dir.iterdir())
 
 
 def _write_notebooks(folder: Path, sources: dict[str, str]) -> Path:

@@ -880,7 +880,7 @@ def prepare(
         first_arrival=_stamp(writer.first_us), last_arrival=_stamp(writer.last_us),
         seconds=time.monotonic() - started,
     )
-    logger.info("prepared %d of %d rows into %s", rows_out, rows_in, out)
+    logger.info("prepared %d of %d rows into %s", rows_out, rows_in, out if outputs else "nothing")
     return summary
 
 

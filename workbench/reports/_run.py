@@ -289,25 +289,39 @@ def run_report(
             raise
         _swap_in(out, staging, previous)
     finally:
-        os.close(lock)
+        _unlock_run_id(out, lock)
     return out
 
 
 def _lock_run_id(out: Path) -> int:
-    """Hold the run id ``out`` for this run (a descriptor to close), or refuse: two runs into one run id at once
-    shared its staging folder, and the second deleted the pages the first was writing (FileNotFoundError)."""
+    """Hold the run id ``out`` for this run (a descriptor for :func:`_unlock_run_id`), or refuse: two runs into
+    one run id at once shared its staging folder, and the second deleted the pages the first was writing."""
     from workbench._fs import try_flock
 
-    fd = try_flock(_lock_path(out))
-    if fd is None:
-        msg = (f"Another report is being written into {out} right now: wait for it to finish, or choose another "
-               "run id (--run-id, run_id=).")
-        raise ReportError(msg)
-    return fd
+    path = _lock_path(out)
+    while True:
+        fd = try_flock(path)
+        if fd is None:
+            msg = (f"Another report is being written into {out} right now: wait for it to finish, or choose "
+                   "another run id (--run-id, run_id=).")
+            raise ReportError(msg)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # locked a file its holder removed as it finished: lock the one at the path now
+
+
+def _unlock_run_id(out: Path, fd: int) -> None:
+    # Removed while held, so lock files do not pile up (one per time-stamped run); a run that opened this file
+    # meanwhile sees it is no longer at the path once it gets the lock, and locks the path again.
+    with contextlib.suppress(OSError):
+        _lock_path(out).unlink()
+    os.close(fd)
 
 
 def _lock_path(out: Path) -> Path:
-    # kept after the run: removing a lock file lets a third run lock a new file while a second holds the old one
     return out.with_name(f".{out.name}.lock")
 
 
@@ -315,17 +329,16 @@ def _recover_abandoned_runs(reports_dir: Path) -> None:
     """Clear what runs killed with SIGKILL left under other run ids (a default run id is a time stamp, so
     nothing ever ran into it again): their half-written pages stayed for good. A run that still writes holds
     its run id's lock and is left alone."""
-    from workbench._fs import try_flock
-
     for folder in [*reports_dir.glob(".*.partial"), *reports_dir.glob(".*.previous")]:
         out = folder.with_name(folder.name[1:].rsplit(".", 1)[0])
-        fd = try_flock(_lock_path(out))
-        if fd is None:
+        try:
+            fd = _lock_run_id(out)
+        except ReportError:
             continue  # being written now
         try:
             _recover_swap(out, *_staging_folders(out))
         finally:
-            os.close(fd)
+            _unlock_run_id(out, fd)
 
 
 def _warn_unknown_instances(settings: Settings, wanted: list[int] | None) -> None:
