@@ -283,6 +283,19 @@ def _store_days_with_a_corrupt_duration(settings: Settings, start: dt.date, days
         offset += n
 
 
+def _scored_days(tmp_path: Path, n: int) -> tuple[Settings, list[dt.date], AppStatus, ResidualWindowsStep]:
+    """``n`` stored days from 2024-03-04 (one row of a corrupt duration), scored by a version of the first,
+    and a residual step over them."""
+    d1 = dt.date(2024, 3, 4)
+    settings = Settings(home=tmp_path / "home")
+    _store_days_with_a_corrupt_duration(settings, d1, n)
+    train_table(settings.models_dir, read_window(settings.shards_dir, d1, d1), d1, window_days=1)
+    days = [d1 + dt.timedelta(days=k) for k in range(n)]
+    assert rescore_unscored(settings.shards_dir, Scorer(settings.models_dir, background=False), days) > 0
+    status = AppStatus(settings, "scoring")
+    return settings, days, status, ResidualWindowsStep(settings, status)
+
+
 def test_a_corrupt_duration_is_judged_and_a_day_that_keeps_failing_is_given_up_on_not_blocking_later_days(
         tmp_path: Path, monkeypatch) -> None:
     """One row of 2**63 - 1 ms stopped the judging of its day and of every later one, retried every two
@@ -290,14 +303,7 @@ def test_a_corrupt_duration_is_judged_and_a_day_that_keeps_failing_is_given_up_o
     from workbench.pipeline.scoring import _residuals
     from workbench.runtime._status import WorkbenchStatus
 
-    d1 = dt.date(2024, 3, 4)
-    settings = Settings(home=tmp_path / "home")
-    _store_days_with_a_corrupt_duration(settings, d1, 4)
-    train_table(settings.models_dir, read_window(settings.shards_dir, d1, d1), d1, window_days=1)
-    days = [d1 + dt.timedelta(days=k) for k in range(4)]
-    assert rescore_unscored(settings.shards_dir, Scorer(settings.models_dir, background=False), days) > 0
-    status = AppStatus(settings, "scoring")
-    step = ResidualWindowsStep(settings, status)
+    settings, days, status, step = _scored_days(tmp_path, 4)
     assert step.run(watermark=days[1] + dt.timedelta(days=1)) == 2  # the corrupt day is judged like any other
 
     # A day no pass can take (injected: a store that refuses its history) is tried again while it may be
@@ -339,14 +345,7 @@ def test_a_busy_lakehouse_is_waited_out_and_never_makes_a_day_given_up(tmp_path:
     from workbench.pipeline.scoring import _residuals
     from workbench.store.exceptions import LakehouseBusyError
 
-    d1 = dt.date(2024, 3, 4)
-    settings = Settings(home=tmp_path / "home")
-    _store_days_with_a_corrupt_duration(settings, d1, 3)
-    train_table(settings.models_dir, read_window(settings.shards_dir, d1, d1), d1, window_days=1)
-    days = [d1 + dt.timedelta(days=k) for k in range(3)]
-    assert rescore_unscored(settings.shards_dir, Scorer(settings.models_dir, background=False), days) > 0
-    status = AppStatus(settings, "scoring")
-    step = ResidualWindowsStep(settings, status)
+    settings, days, status, step = _scored_days(tmp_path, 3)
     now = [1000.0]
     monkeypatch.setattr(_residuals.time, "monotonic", lambda: now[0])
     judge, busy = ResidualWindowsStep.judge_day, [True]
