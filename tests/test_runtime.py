@@ -377,13 +377,20 @@ def test_sigterm_undoes_a_command_as_ctrl_c_does(tmp_path: Path, inherited: str)
     broker and `demo`'s whole workbench running; it now takes the Ctrl-C path. A command started with SIGTERM
     blocked (a mask its parent's thread had when it spawned us) finished its work, deaf to `kill`, and exited 0."""
     out = tmp_path / "big.parquet"
-    env = {**os.environ, "WORKBENCH_HOME": str(tmp_path / "home"),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # a command as a user starts it: not the test process's environment, session or standard input
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "WORKBENCH_HOME": str(tmp_path / "home"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-c", _LAUNCH_WITH_SIGTERM, inherited, "-m", "workbench.cli", "generate",
                              "--days", "30", "--instances", "16", "--out", str(out)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
     try:
         assert wait_until(lambda: any(tmp_path.glob("*.partial*")) or proc.poll() is not None, timeout=60)
+        assert proc.poll() is None, f"generate ended before it was signalled: {proc.communicate()[1]}"
+        state = _signal_state(proc.pid)
+        sigterm = 1 << (signal.SIGTERM - 1)
+        fields = dict(line.split("=", 1) for line in state.splitlines()[0].split(" ")[1:] if "=" in line)
+        assert int(fields["SigCgt"], 16) & sigterm and not int(fields["SigBlk"], 16) & sigterm, state
         proc.send_signal(signal.SIGTERM)
         try:
             _, err = proc.communicate(timeout=60)
