@@ -234,7 +234,9 @@ def _lognormal(rng: np.random.Generator, median: float, sigma: float, size: int)
 
 def _id_lists(rng: np.random.Generator, counts: np.ndarray, base: int, n_tables: int) -> np.ndarray:
     """Comma-separated table ids (``None`` for zero tables), one string per count."""
-    flat = (base + rng.integers(0, n_tables, int(counts.sum()))).astype(str)
+    # Python strings: str.join over a NumPy array of strings lost an exception a signal handler raised in it
+    # (1 in 50 in a test), so `kill` of `workbench generate` went unheard and the log was written to its end.
+    flat = (base + rng.integers(0, n_tables, int(counts.sum()))).astype(str).tolist()
     out = np.empty(len(counts), dtype=object)
     ends = np.cumsum(counts)
     starts = ends - counts
