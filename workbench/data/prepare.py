@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import threading
 import time
@@ -948,6 +949,10 @@ def _stamp(us: int | None) -> dt.datetime | None:
     return None if us is None else dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
 
 
+#: The end of the name of a run's spill or output folder: ``-<pid>-<8 hex digits>``.
+_RUN_FOLDER: Final = re.compile(r"-(\d+)-[0-9a-f]{8}$")
+
+
 def _remove_leftovers_of_killed_runs(out: Path, temp_dir: Path) -> None:
     """Remove the spill and output folders of earlier runs killed with SIGKILL (no ``finally`` ran): they
     stayed for good, megabytes to gigabytes each. A folder's name carries its run's pid; a live run's stays."""
@@ -955,9 +960,8 @@ def _remove_leftovers_of_killed_runs(out: Path, temp_dir: Path) -> None:
 
     candidates = [*out.parent.glob(f".{glob.escape(out.name)}.tmp-*"), *temp_dir.glob("prepare-*")]
     for path in candidates:
-        pid_text = path.name.rsplit(".tmp-", 1)[-1] if path.name.startswith(".") else path.name[len("prepare-"):]
-        pid, _, _ = pid_text.partition("-")
-        if path.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+        named = _RUN_FOLDER.search(path.name)  # both kinds end in -<pid>-<8 hex>
+        if path.is_dir() and named and not pid_alive(int(named.group(1))):
             logger.info("removing %s, left by a prepare that was killed", path)
             shutil.rmtree(path, ignore_errors=True)
 
