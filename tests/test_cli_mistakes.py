@@ -123,6 +123,33 @@ def test_prepare_names_a_bad_memory_limit_and_leaves_no_empty_log(tmp_path: Path
     assert not (tmp_path / "p.parquet").exists()
 
 
+def test_prepare_takes_instance_ids_apart_or_comma_separated(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`prepare --instances 1 3 LOG` said "unrecognized arguments: 3" (and several values would have
+    swallowed the sources after them)."""
+    import pyarrow.parquet as pq
+
+    log = make_log(tmp_path / "log.parquet", rows=600, instances=3)
+    home = ["--home", str(tmp_path / "home")]
+    outs = {}
+    for name, argv in {"comma": ["prepare", str(log), "--instances", "1,3"],
+                       "apart, sources after": ["prepare", "--instances", "1", "3", str(log)],
+                       "apart, sources before": ["prepare", str(log), "--instances", "1", "3"]}.items():
+        out = tmp_path / f"{len(outs)}.parquet"
+        code, err = _run(capsys, *home, *argv, "--out", str(out), "--no-progress")
+        assert code == 0, (name, err)
+        outs[name] = pq.read_table(out)
+    first = outs["comma"]
+    assert sorted(set(first.column("instance_id").to_pylist())) == [1, 3]
+    assert all(table.equals(first) for table in outs.values())
+
+    code, err = _run(capsys, *home, "prepare", "--instances", "1", "3", "--out", str(tmp_path / "x.parquet"))
+    assert code == 2 and "name at least one SRC" in err and not (tmp_path / "x.parquet").exists()
+    with pytest.raises(SystemExit) as info:  # a typo among the ids is an id typo, not a source
+        cli.main([*home, "prepare", str(log), "--out", str(tmp_path / "x.parquet"), "--instances", "3", "24,,31"])
+    assert info.value.code == 2 and "Got '24,,31'" in capsys.readouterr().err
+
+
 def test_replay_control_of_a_home_whose_kafka_is_not_running_steers_nothing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """On an idle home it read (and would have steered) another home's replay on the default port."""

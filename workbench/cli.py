@@ -12,6 +12,7 @@ import errno
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -65,6 +66,33 @@ def instance_ids(text: str) -> list[int]:
     except ValueError as exc:
         msg = f"--instances takes comma-separated instance ids such as 3,17,42. Got {text!r}."
         raise argparse.ArgumentTypeError(msg) from exc
+
+
+_ID_LIST: Final = re.compile(r"[\d,]+")
+
+
+class InstanceIdsThenSources(argparse.Action):
+    """``--instances 18 37 a.parquet`` (an argparse action, ``nargs="+"``): the leading values made of
+    digits and commas are instance ids (``3,17`` and ``3 17`` alike; a typo such as ``24,,31`` is
+    refused), the first other value and those after it are positional sources, kept in
+    ``sources_after_instances`` (several ids after the option swallowed the sources that followed)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        ids: list[int] = []
+        rest: list[str] = []
+        for value in values:
+            if rest or not _ID_LIST.fullmatch(value):
+                rest.append(value)
+                continue
+            try:
+                ids.extend(instance_ids(value))
+            except argparse.ArgumentTypeError as exc:
+                parser.error(str(exc))
+        if not ids:
+            parser.error(f"--instances takes comma-separated instance ids such as 3,17,42. Got {values[0]!r}.")
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), *ids])
+        namespace.sources_after_instances = [*getattr(namespace, "sources_after_instances", []), *rest]
 
 
 def _command(argv: Sequence[str]) -> str | None:

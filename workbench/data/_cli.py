@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from workbench.cli import instance_ids
+from workbench.cli import InstanceIdsThenSources
 
 __all__ = ["register"]
 
@@ -78,9 +78,14 @@ def _prepare(args: argparse.Namespace) -> int:
     from workbench.cli import settings_from_args
     from workbench.data.prepare import prepare
 
+    sources = [*args.sources, *getattr(args, "sources_after_instances", [])]
+    if not sources:
+        print("workbench prepare: error: name at least one SRC (a Parquet file, folder or glob); a source named "
+              "like a number after --instances is read as an instance id: write it as ./NAME", file=sys.stderr)
+        return 2
     settings = settings_from_args(args)
     summary = prepare(
-        args.sources, args.out, instances=args.instances, start=args.start, end=args.end,
+        sources, args.out, instances=args.instances, start=args.start, end=args.end,
         sample_instances=args.sample_instances, seed=args.seed, split=args.split,
         memory_limit=args.memory_limit, threads=args.threads, row_group_size=args.row_group_size,
         temp_dir=settings.home / "tmp", progress=not args.no_progress and sys.stderr.isatty(),
@@ -145,15 +150,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prep = subparsers.add_parser(
         "prepare",
         help="turn Redset files, folders or globs into one sorted log that replays",
+        usage="%(prog)s SRC [SRC ...] --out OUT [--split day] [--instances IDS [IDS ...]] [options]",
         description="Map columns case-insensitively, coerce types (integral floats and numeric strings to int64, "
         "naive timestamps of any unit as UTC, 0/1 and t/f booleans), drop and count rows that cannot be repaired "
         "(sample in OUT.rejected.jsonl), filter, and sort by (arrival_timestamp, query_id) out of core with DuckDB. "
         "Same inputs and options give byte-identical output.",
     )
-    prep.add_argument("sources", nargs="+", metavar="SRC", help="Parquet files, folders (Redset's parts/) or globs")
+    # "*" and a check in _prepare: --instances takes several ids, and sources after them
+    prep.add_argument("sources", nargs="*", metavar="SRC", help="Parquet files, folders (Redset's parts/) or globs")
     prep.add_argument("--out", required=True, help="Parquet file to write (with --split day: a folder)")
     prep.add_argument("--split", choices=["day"], help="one file per UTC day in the folder OUT")
-    prep.add_argument("--instances", type=instance_ids, help="keep only these instance ids, e.g. 3,17,42")
+    prep.add_argument("--instances", nargs="+", action=InstanceIdsThenSources, metavar="IDS",
+                      help="keep only these instance ids, e.g. 3,17,42 or 3 17 42")
     prep.add_argument("--start", help="keep arrivals at or after this ISO date/time (UTC)")
     prep.add_argument("--end", help="keep arrivals before this ISO date/time (UTC)")
     prep.add_argument("--sample-instances", type=int, metavar="N", help="keep N randomly chosen instances")
