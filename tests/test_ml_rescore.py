@@ -37,6 +37,43 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return settings
 
 
+def _store_day(settings: Settings, log: pa.Table, day: dt.date, parts: tuple[int, ...]) -> None:
+    """Write chunks ``parts`` of ``day`` (chunk 0: its first 700 rows on partition 0; chunk 1: the rest on 1)."""
+    events = day_slice(log, day).select(list(COLUMNS))
+    for part, chunk in enumerate((events.slice(0, 700), events.slice(700))):
+        if part not in parts:
+            continue
+        n, offset = chunk.num_rows, 10_000 * (day - D[0]).days + 700 * part
+        chunk = chunk.append_column("kafka_partition", pa.array([part] * n, pa.int32()))
+        chunk = chunk.append_column("kafka_offset", pa.array(range(offset, offset + n), pa.int64()))
+        write_shard(settings.shards_dir, day, part, offset, chunk)
+
+
+def test_a_resumed_rescore_scores_a_finished_day_again_when_rows_came_for_it(tmp_path: Path) -> None:
+    """A resumed run skipped the days an interrupted run had finished, also when the stream stored more
+    of their rows in between: those rows never got the version's anomalies."""
+    log = generated_log(days=4, rows_per_day=1500, seed=11, anomaly_rate=0.03)
+    homes = {name: Settings(home=tmp_path / name) for name in ("resumed", "whole")}
+    for settings in homes.values():
+        train_table(settings.models_dir, day_slice(log, D[1]), D[1], window_days=1)
+    resumed, whole = homes["resumed"], homes["whole"]
+    _store_day(resumed, log, D[2], (0,))
+    _store_day(resumed, log, D[3], (0, 1))
+
+    def stop_after_first_day(done: int, total: int, day: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rescore(resumed, "v0001-2024-03-02", progress=stop_after_first_day)
+    _store_day(resumed, log, D[2], (1,))  # the rest of the day, stored after its rescoring
+    again = rescore(resumed, "v0001-2024-03-02", progress=False)
+    assert again.skipped_days == [] and again.days == ["2024-03-03", "2024-03-04"]
+    for day in D[2:]:
+        _store_day(whole, log, day, (0, 1))
+    rescore(whole, "v0001-2024-03-02", progress=False)
+    assert _lake(resumed) == _lake(whole) and len(_lake(whole)) > 0
+
+
 def _lake(settings: Settings) -> set[tuple[int, int, str, float]]:
     with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
         rows = lake.read().select(["instance_id", "query_id", "model_version", "score"]).to_pylist()

@@ -9,8 +9,10 @@ insert-if-absent writer. The lakehouse key is ``(instance_id, query_id, model_ve
 anomalies sit next to the other versions' and a second run inserts nothing (idempotent).
 
 Resumable: after each day is written, the day is recorded in
-``<state_dir>/rescore/<version>.json`` under the run's signature (range + instances); an
-interrupted run (Ctrl-C, kill -9) started again with the same arguments skips the finished days.
+``<state_dir>/rescore/<version>.json`` under the run's signature (range + instances), with the names
+of the shard files it read; an interrupted run (Ctrl-C, kill -9) started again with the same
+arguments skips the finished days whose files are still the same (a day the stream stored more
+rows of meanwhile, or compacted, is scored again: insert-if-absent makes that exact).
 A run that completes clears its record, so the next identical call scores everything again
 (and inserts nothing new).
 The shards are not modified: rescoring with another version is an analysis, not a correction.
@@ -91,6 +93,13 @@ def _write_retrying(lake: Any, rows: pa.Table) -> int:
     raise AssertionError("unreachable")
 
 
+def _shard_files(settings: Settings, day: dt.date) -> list[str]:
+    """The names of a day's live shard files: new rows of the day come in new files."""
+    from workbench.store.shards import shard_paths
+
+    return [path.name for path in shard_paths(settings.shards_dir, [day])]
+
+
 def _signature(start: dt.datetime | None, end: dt.datetime | None, instances: Sequence[int] | None) -> str:
     text = json.dumps([str(start), str(end), sorted(instances) if instances else None])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -135,9 +144,13 @@ def rescore(settings: Settings, version: str, *, start: dt.datetime | dt.date | 
     state_path = settings.state_dir / "rescore" / f"{version}.json"
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {}
     key = _signature(lo, hi, instances)
-    done: set[str] = set(state.get(key, []))
-    result = RescoreResult(version=version, skipped_days=sorted(d.isoformat() for d in days if d.isoformat() in done))
-    todo = [d for d in days if d.isoformat() not in done]
+    recorded = state.get(key, {})
+    # a list: the record of an older release, without the files; those days are scored again
+    done: dict[str, list[str]] = recorded if isinstance(recorded, dict) else {}
+    files = {d.isoformat(): _shard_files(settings, d) for d in days}
+    result = RescoreResult(version=version, skipped_days=sorted(d for d, names in files.items()
+                                                                if done.get(d) == names))
+    todo = [d for d in days if d.isoformat() not in result.skipped_days]
     threshold = float(registry.info(version)["detector"]["threshold"])
     scorer = Scorer(settings.models_dir, version=version, intra_op_threads=intra_op_threads)
     bar = None
@@ -147,6 +160,7 @@ def rescore(settings: Settings, version: str, *, start: dt.datetime | dt.date | 
         bar = tqdm(total=len(todo), desc=f"rescore {version}", unit="day")
     with AnomalyLakehouse.from_settings(settings) as lake:
         for i, day in enumerate(todo, 1):
+            names = _shard_files(settings, day)  # before the read: rows stored after it make the names differ
             table = read_shards(settings.shards_dir, days=[day])
             mask = None
             ts = table.column("arrival_timestamp")
@@ -178,8 +192,8 @@ def rescore(settings: Settings, version: str, *, start: dt.datetime | dt.date | 
                 result.anomalies += rows.num_rows
                 result.inserted += _write_retrying(lake, rows) if rows.num_rows else 0
                 result.rows += table.num_rows
-            done.add(day.isoformat())
-            state[key] = sorted(done)
+            done[day.isoformat()] = names
+            state[key] = done
             write_atomic(state_path, json.dumps(state, indent=1, sort_keys=True).encode())
             result.days.append(day.isoformat())
             logger.info("rescored day=%s version=%s rows=%d", day, version, table.num_rows)
