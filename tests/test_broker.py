@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -105,14 +106,36 @@ def test_missing_maven_is_one_clear_paragraph(monkeypatch: pytest.MonkeyPatch, t
         _runtime.ensure_kafka_jars(Settings(home=tmp_path, cache_dir=tmp_path / "cache"))
 
 
-def test_stop_and_restart_keeps_topics(tmp_path: Path, kafka_base: Settings) -> None:
-    """A second, private broker: start, create topics, stop, start again, topics still there."""
+def test_a_cache_that_cannot_be_written_is_named_with_its_setting(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    """HOME missing or read-only: "No such file or directory: /proc/...", or a message blaming WORKBENCH_HOME."""
+    monkeypatch.setenv("HOME", "/proc/no-such-home")
+    for name in ("XDG_CACHE_HOME", "WORKBENCH_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(home=tmp_path / "home")
+    assert str(settings.cache_dir).startswith("/proc/no-such-home/")
+    with pytest.raises(BrokerSetupError) as info:
+        _runtime.ensure_kafka_jars(settings)
+    assert f"The Kafka jars' cache {settings.kafka_libs_dir.parent} cannot be created" in str(info.value)
+    assert "Set WORKBENCH_CACHE_DIR to a writable folder" in str(info.value)
+
+
+def test_stop_and_restart_keeps_topics(tmp_path: Path, kafka_base: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second, private broker: start, create topics, stop, start again, topics still there.
+
+    In a home whose name Java's properties files and a C locale read otherwise (non-ASCII, a backslash,
+    a log4j2 lookup): Kafka wrote its data and log into a garbled sibling folder, and its second start
+    failed on "Invalid cluster.id" for good; under LC_ALL=C it did not start at all."""
     from tests.helpers import free_port_pair
 
-    settings = Settings(home=tmp_path, kafka_port=free_port_pair(), kafka_heap="512m", cache_dir=kafka_base.cache_dir)
+    monkeypatch.setenv("LC_ALL", "C")
+    home = tmp_path / "dätä ü\\x ${sys:user.home}"
+    settings = Settings(home=home, kafka_port=free_port_pair(), kafka_heap="512m", cache_dir=kafka_base.cache_dir)
     broker = LocalKafka(settings)
+    old_umask = os.umask(0)  # the Python API sets no umask: the caller's applies
     try:
         broker.start(timeout=120)
+        os.umask(old_umask)
         ensure_topics(settings)
         assert broker.stop()
         assert not broker.status().running
@@ -120,7 +143,11 @@ def test_stop_and_restart_keeps_topics(tmp_path: Path, kafka_base: Settings) -> 
         broker.start(timeout=120)
         topics = AdminClient(settings.kafka_client_config()).list_topics(timeout=10).topics
         assert settings.topic_query_events in topics
+        assert (settings.kafka_dir / "data" / "meta.properties").is_file() and broker.log_file.is_file()
+        assert [p.name for p in tmp_path.iterdir()] == [home.name]  # nothing written beside the home
+        assert (settings.kafka_dir / "log4j2.properties").stat().st_mode & 0o077 == 0
     finally:
+        os.umask(old_umask)
         broker.stop()
 
 

@@ -27,7 +27,7 @@ from confluent_kafka import KafkaError, KafkaException
 from workbench import defaults
 from workbench._fs import pid_alive, read_pid_file, write_pid_file
 from workbench._lifeline import HOME_ENV, ROLE_ENV, tags
-from workbench.broker._runtime import ensure_kafka_jars, find_java
+from workbench.broker._runtime import ensure_kafka_jars, find_java, java_env, java_properties
 from workbench.broker._security import (
     ManagedCredentials,
     ensure_credentials,
@@ -363,8 +363,12 @@ class LocalKafka:
         # owner-only: holds the generated SASL password and key-store password of secured listeners
         config.touch(mode=0o600)
         config.chmod(0o600)
+        if "," in str(data_dir):  # log.dirs is a comma-separated list: no escape keeps one folder whole
+            msg = (f"Kafka cannot keep its data in {data_dir}: its log.dirs setting splits a path at commas. "
+                   "Use a WORKBENCH_HOME without a comma, or an external cluster (KAFKA_BOOTSTRAP_SERVERS).")
+            raise BrokerError(msg)
         config.write_text(
-            "\n".join(
+            java_properties(
                 [
                     "# Written by the workbench on every start; edit WORKBENCH_* settings instead.",
                     "process.roles=broker,controller",
@@ -391,15 +395,18 @@ class LocalKafka:
             )
         )
         log4j = self.directory / "log4j2.properties"
+        log4j.touch(mode=0o600)  # owner-only as everything under the home, whatever the caller's umask
+        log4j.chmod(0o600)
+        log_file = str(self.log_file).replace("${", "$${")  # log4j2 would look up "${...}" in a folder name
         log4j.write_text(
-            "\n".join(
+            java_properties(
                 [
                     "status = warn",
                     # Rolls at LOG_MAX_BYTES, keeping LOG_BACKUPS old files, like every workbench log.
                     "appender.file.type = RollingFile",
                     "appender.file.name = FILE",
-                    f"appender.file.fileName = {self.log_file}",
-                    f"appender.file.filePattern = {self.log_file}.%i",
+                    f"appender.file.fileName = {log_file}",
+                    f"appender.file.filePattern = {log_file}.%i",
                     "appender.file.layout.type = PatternLayout",
                     "appender.file.layout.pattern = [%d] %p %m (%c)%n",
                     "appender.file.policies.type = Policies",
@@ -430,7 +437,8 @@ class LocalKafka:
             "-XX:+UseSerialGC",
             "-XX:TieredStopAtLevel=1",  # faster start-up; the broker is not CPU-bound here
             "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={self.directory / 'log4j2.properties'}",
+            # a URI: a folder name with "${" or a backslash is read as written
+            f"-Dlog4j2.configurationFile={(self.directory / 'log4j2.properties').absolute().as_uri()}",
             "-cp",
             f"{libs}/*",
             main,
@@ -443,7 +451,8 @@ class LocalKafka:
         cluster_id = uuid.uuid4().hex[:22]
         command = self._java_command(java, libs, "kafka.tools.StorageTool",
                                      "format", "-t", cluster_id, "-c", str(config), "--ignore-formatted")
-        result = subprocess.run(command, capture_output=True, text=True, check=False, umask=_OWNER_ONLY)
+        result = subprocess.run(command, capture_output=True, text=True, check=False, umask=_OWNER_ONLY,
+                                env=java_env())
         if result.returncode != 0:
             msg = f"Formatting Kafka storage in {self.directory / 'data'} failed: {result.stderr.strip()[-800:]}"
             raise BrokerError(msg)
@@ -508,7 +517,7 @@ class LocalKafka:
         process = subprocess.Popen(
             command, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, cwd=self.directory, umask=_OWNER_ONLY,
-            env={**os.environ, **tags(self.settings.home, "kafka")},
+            env=java_env(tags(self.settings.home, "kafka")),
         )
         stdout.close()
         write_pid_file(self.pid_file, process.pid)

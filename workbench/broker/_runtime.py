@@ -13,7 +13,7 @@ from pathlib import Path
 from workbench.broker.exceptions import BrokerSetupError
 from workbench.config import KAFKA_VERSION, Settings
 
-__all__ = ["ensure_kafka_jars", "find_java"]
+__all__ = ["ensure_kafka_jars", "find_java", "java_env", "java_properties"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,41 @@ def find_java() -> str:
     raise BrokerSetupError(msg)
 
 
+def java_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a Java child (the broker, its tools): this one's, in a UTF-8 locale.
+
+    Python hands paths to Java as UTF-8 bytes whatever the locale; Java decodes them by the locale's
+    encoding, so under ``LC_ALL=C`` a home with a non-ASCII name stopped Kafka with
+    ``InvalidPathException``."""
+    return {**os.environ, "LC_ALL": "C.UTF-8", **(extra or {})}
+
+
+def _escape_property(value: str) -> str:
+    out = []
+    for char in value:
+        if char == "\\":
+            out.append("\\\\")
+        elif 0x20 <= ord(char) <= 0x7E:
+            out.append(char)
+        else:  # \\uXXXX per UTF-16 unit: line breaks, and what ISO-8859-1 would read as other letters
+            units = char.encode("utf-16-be")
+            out += [f"\\u{int.from_bytes(units[i:i + 2], 'big'):04x}" for i in range(0, len(units), 2)]
+    return "".join(out)
+
+
+def java_properties(lines: list[str]) -> str:
+    """``key=value`` lines as a Java ``.properties`` file reads them (``Properties.load``: ISO-8859-1,
+    ``\\`` an escape): a home with ``ä`` or a backslash in its name sent Kafka's data and log elsewhere."""
+    out = []
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            out.append(line)
+            continue
+        key, _, value = line.partition("=")
+        out.append(f"{key.strip()}={_escape_property(value.strip())}")
+    return "\n".join(out)
+
+
 def _java_major(version_output: str) -> int | None:
     # `openjdk version "17.0.15"` or `java version "1.8.0_392"`
     for token in version_output.replace('"', " ").split():
@@ -82,7 +117,14 @@ def ensure_kafka_jars(settings: Settings) -> Path:
     if mvn is None:
         msg = f"Maven (`mvn`) is not on PATH. {_MAVEN_HINT}"
         raise BrokerSetupError(msg)
-    libs.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        libs.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.TemporaryDirectory(dir=libs.parent, prefix=".fetch-")
+    except OSError as exc:  # HOME missing or read-only: the cache is the folder to name, not WORKBENCH_HOME
+        msg = (f"The Kafka jars' cache {libs.parent} cannot be created or written ({exc.strerror}). "
+               "Set WORKBENCH_CACHE_DIR to a writable folder (its default follows XDG_CACHE_HOME, then HOME).")
+        raise BrokerSetupError(msg) from exc
+    probe.cleanup()
     pom = resources.files("workbench.broker").joinpath("kafka-pom.xml")
     logger.info("fetching Apache Kafka %s from Maven Central into %s (once)", KAFKA_VERSION, libs)
     with tempfile.TemporaryDirectory(dir=libs.parent, prefix=".fetch-") as tmp:
@@ -96,7 +138,7 @@ def ensure_kafka_jars(settings: Settings) -> Path:
             f"-DoutputDirectory={tmp_libs}",
             "-DincludeScope=runtime",
         ]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        result = subprocess.run(command, capture_output=True, text=True, check=False, env=java_env())
         if result.returncode != 0 or not any(tmp_libs.glob("kafka_2.13-*.jar")):
             tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-8:])
             msg = (

@@ -91,8 +91,10 @@ def _stores_complete(directory: Path) -> bool:
 
 
 def _run(tool: str, work: Path, *args: str) -> None:
+    from workbench.broker._runtime import java_env
+
     result = subprocess.run([tool, *args], capture_output=True, text=True, check=False, cwd=work, umask=0o077,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, env=java_env())
     if result.returncode != 0:
         msg = (f"{Path(tool).name} {args[0]} failed making the local Kafka's certificates: "
                f"{(result.stdout + result.stderr).strip()[-800:]}")
