@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,10 +91,11 @@ def check_log(settings: Settings, data: str | Path, summary: Any) -> None:
 
 def record_log(settings: Settings, data: str | Path, summary: Any) -> None:
     """Note ``data`` as the log the home's results come from."""
+    from workbench._fs import write_atomic
+
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = settings.state_dir / f".{LOG_RECORD}.tmp"
-    tmp.write_text(json.dumps(_identity(data, summary), indent=1))
-    tmp.replace(settings.state_dir / LOG_RECORD)
+    # mkstemp's 0600: owner-only under any umask of the caller (the Python API sets none)
+    write_atomic(settings.state_dir / LOG_RECORD, json.dumps(_identity(data, summary), indent=1).encode())
 
 
 def clear_results(settings: Settings) -> list[Path]:
@@ -125,7 +127,8 @@ def clear_results(settings: Settings) -> list[Path]:
     home = settings.home
     mark = home / CLEARING_MARK
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    mark.write_text(datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") + "\n")
+    with open(os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:  # owner-only, any umask
+        fh.write(datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") + "\n")
     targets = [settings.shards_dir, settings.sqlite_path, *home.glob(f"{settings.sqlite_path.name}-*"),
                settings.lakehouse_dir, settings.models_dir, settings.state_dir, settings.archive_dir,
                settings.kafka_dir / "data"]
