@@ -802,6 +802,22 @@ def test_chart_is_valid_vega_lite_and_renders_offline(name: str) -> None:
     assert "title" in str(spec)
 
 
+@pytest.mark.parametrize("name", ["shares", "activity", "timeline", "events", "anomalies"])
+def test_times_in_tooltips_are_utc_as_on_the_axis(name: str) -> None:
+    """Tooltips showed the browser's local time under an axis that says UTC (a tester in another zone)."""
+    import json
+    import re
+
+    import vl_convert
+
+    chart = {**_all_charts(), "events": charts.events_chart(FakeWorkbench().window_stats()),
+             "anomalies": charts.anomalies_chart(_anoms())}[name]
+    vega = json.dumps(vl_convert.vegalite_to_vega(chart.to_dict()))
+    tooltips = re.findall(r'"tooltip": \{"signal": "(.*?)"\}', vega)
+    assert tooltips and any("utcFormat(" in signal for signal in tooltips)
+    assert not any("timeFormat(" in signal for signal in tooltips)
+
+
 def test_class_shares_uses_the_earlier_colours_in_order_and_utc() -> None:
     spec = charts.class_shares_chart(_shares()).to_dict()
     enc = spec["encoding"]

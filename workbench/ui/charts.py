@@ -83,6 +83,13 @@ def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         raise ConfigurationError(msg)
 
 
+def _utc_tooltip(field: str, *, seconds: bool = False) -> alt.Tooltip:
+    """A time in a tooltip in UTC, as the axis: a plain temporal tooltip showed the browser's local time."""
+    unit = "utcyearmonthdatehoursminutesseconds" if seconds else "utcyearmonthdatehoursminutes"
+    return alt.Tooltip(f"{field}:T", timeUnit=unit, format=_TIME_FORMAT + (":%S" if seconds else "") + " UTC",
+                       title=f"{field} (UTC)")
+
+
 def _utc(values: pd.Series) -> pd.Series:
     out = pd.to_datetime(values, utc=True)
     # Vega-Lite reads ISO strings with an explicit offset exactly; naive strings would be local time.
@@ -131,7 +138,7 @@ def class_shares_chart(shares: pd.DataFrame, *, title: str = "Query classes per 
         y2="top:Q",
         color=alt.Color("class:N", title="Class", sort=list(CLASS_COLORS),
                         scale=alt.Scale(domain=list(CLASS_COLORS), range=list(CLASS_COLORS.values()))),
-        tooltip=[alt.Tooltip("window_start:T", format=_TIME_FORMAT), "class:N",
+        tooltip=[_utc_tooltip("window_start"), "class:N",
                  alt.Tooltip("queries:Q", format=",d")],
     ).properties(title=title, width=_WIDTH, height=240)
 
@@ -147,7 +154,7 @@ def events_chart(stats: pd.DataFrame, *, title: str = "Events per 10 minutes",
     per["window_start"] = _utc(per["window_start"])
     return alt.Chart(per).mark_bar(color="#1565C0").encode(
         x=_time_x(domain=time_domain), y=_count_y("total_queries", "Queries per 10 min", per["total_queries"]),
-        tooltip=[alt.Tooltip("window_start:T", format=_TIME_FORMAT),
+        tooltip=[_utc_tooltip("window_start"),
                  alt.Tooltip("total_queries:Q", format=",d")],
     ).properties(title=title, width=_WIDTH, height=140)
 
@@ -177,7 +184,7 @@ def anomalies_chart(anomalies: pd.DataFrame, *, title: str = "Anomalies per 10 m
     # clip: with the events chart's time axis, a bar outside it is cut at the edge, not drawn beside the plot
     return alt.Chart(per).mark_bar(color="#C62828", clip=True).encode(
         x=_time_x(domain=time_domain), y=_count_y("anomalies", "Anomalies per 10 min", per["anomalies"]),
-        tooltip=[alt.Tooltip("window_start:T", format=_TIME_FORMAT), alt.Tooltip("anomalies:Q", format=",d")],
+        tooltip=[_utc_tooltip("window_start"), alt.Tooltip("anomalies:Q", format=",d")],
     ).properties(title=title, width=_WIDTH, height=120)
 
 
@@ -213,7 +220,7 @@ def anomaly_timeline(anomalies: pd.DataFrame, *, title: str = "Anomalies per ins
         color=alt.Color("reason:N", title="Reason"),
         size=alt.Size("under_ratio:Q", title="Actual / predicted", scale=alt.Scale(type="log", range=[20, 300]),
                       legend=alt.Legend(format=",.0f")),
-        tooltip=[alt.Tooltip("arrival_timestamp:T", format=_TIME_FORMAT), "instance_id:O", "query_id:N", "reason:N",
+        tooltip=[_utc_tooltip("arrival_timestamp", seconds=True), "instance_id:O", "query_id:N", "reason:N",
                  alt.Tooltip("under_ratio:Q", title="actual / predicted", format=",.1f")],
     ).properties(title=title, width=_WIDTH, height=max(80, 22 * df["instance_id"].nunique()))
 
