@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pyarrow.compute as pc
 import pytest
@@ -483,6 +486,38 @@ def test_a_fresh_start_killed_while_clearing_makes_the_next_plain_start_refuse(t
     clear_results(settings)  # what `start --fresh` does first
     assert not (home / CLEARING_MARK).exists() and not (settings.kafka_dir / "data").exists()
     assert not settings.state_dir.exists() and not settings.shards_dir.exists()
+
+
+def test_the_homes_own_records_are_owner_only_under_any_umask_of_the_caller(tmp_path: Path) -> None:
+    """The Python API sets no umask: under the caller's 000 the log record came out 0666."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from workbench.runtime._home import CLEARING_MARK, clear_results, record_log
+
+    settings = Settings(home=tmp_path / "home")
+    summary = SimpleNamespace(rows=1, first_arrival=pd.Timestamp("2024-03-04", tz="UTC"),
+                              last_arrival=pd.Timestamp("2024-03-05", tz="UTC"))
+    marks = []
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path: Path, *args: Any, **kwargs: Any) -> None:  # the mark, looked at while it stands
+        marks.append((settings.home / CLEARING_MARK).stat().st_mode)
+        real_rmtree(path, *args, **kwargs)
+
+    old = os.umask(0)
+    try:
+        record_log(settings, tmp_path / "log.parquet", summary)
+        settings.shards_dir.mkdir(parents=True)
+        with mock.patch("workbench.runtime._home.shutil.rmtree", rmtree):
+            clear_results(settings)
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        record_log(settings, tmp_path / "log.parquet", summary)
+    finally:
+        os.umask(old)
+    assert (settings.state_dir / "log.json").stat().st_mode & 0o077 == 0
+    assert marks and all(mode & 0o077 == 0 for mode in marks)
 
 
 def test_replay_control_and_train_follow_the_workbench_running_under_the_home(
