@@ -81,6 +81,13 @@ def test_window_stats_postgres_matches_sqlite(postgres_server: PostgresServer, p
             store.record_late(5, T0, 2, source=("events", 0, 17))
             store.record_late(5, T0, 2, source=("events", 0, 17))  # the same message again
             store.record_late(5, T0, 1, source=("events", 1, 17))
+            for _ in range(2):  # the analytics flush: the messages below the offset it stores fold into one row
+                with store.transaction():
+                    store.record_late(5, T0, 4, source=("events", 0, 30))
+                    store.merge_late_sources("events", 0, 31)
+            folded = (store.late_event_total(),
+                      sorted(tuple(r) for r in store._fetch('SELECT topic, "partition", "offset", late_count '
+                                                            "FROM late_event_sources")))
             filtered = store.read(start=T0 + timedelta(days=1), end=T0 + timedelta(days=2), instances=[2**40 + 1])
             replaced = store.read(end=T0 + timedelta(minutes=1), instances=[rows[0]["instance_id"]])
             late = without(store.late_events(), "last_seen_at")  # before archiving (which drops day 0's)
@@ -89,7 +96,7 @@ def test_window_stats_postgres_matches_sqlite(postgres_server: PostgresServer, p
             files = sorted(p.name for p in archived.files)
             got[name] = {
                 "rows": without(store.read(), "updated_at"), "count": store.count(),
-                "filtered": without(filtered, "updated_at"), "late": late,
+                "filtered": without(filtered, "updated_at"), "late": late, "folded": folded,
                 "newest": (store.newest_window_start(), store.newest_window_end()),
                 "replaced": replaced["total_queries"].to_pylist(), "written": written,
                 "archived": (archived.cutoff, archived.rows, files, again.rows),
@@ -101,7 +108,8 @@ def test_window_stats_postgres_matches_sqlite(postgres_server: PostgresServer, p
     assert got["postgres"]["written"] == [(rows[0]["instance_id"], int(pd.Timestamp(first).timestamp() * 1000))]
     assert got["postgres"]["filtered"] and got["postgres"]["archived"][1] > 0
     assert got["postgres"]["count"] + got["postgres"]["archived"][1] == len(rows)
-    assert [r["late_count"] for r in got["postgres"]["late"]] == [3]
+    assert [r["late_count"] for r in got["postgres"]["late"]] == [11]
+    assert got["postgres"]["folded"] == (11, [("(merged)", -1, 0, 10), ("events", 1, 17, 1)])
     assert stores["postgres"].url == url and "postgres" in repr(stores["postgres"])
 
 

@@ -61,7 +61,8 @@ Windows and late events
     marked re-sent (:data:`~workbench.data.codec.RESENT_HEADER`: the replay sent it before a seek or
     reset back in time, and it was counted then, even if its window is still open), or when its window
     was counted before partials were kept or lies ``retention_ms`` before the newest window; late rows
-    are counted per (source message, window) in ``late_event_sources`` and never merged. The collective
+    are counted per (source message, window) in ``late_event_sources``, folded into one row per window
+    in the transaction that stores the offset past them (never counted into ``window_stats``). The collective
     step does not judge a window opened again a second time.
 
 The window clock: k consecutive messages must agree
@@ -882,6 +883,8 @@ class WindowState:
                                        for k in dirty])
                 for (offset, inst, start), count in p.late.items():
                     store.record_late(inst, start, count, source=(p.topic, p.partition, offset))
+                if p.late:  # these messages are below the offset stored next: never counted again
+                    store.merge_late_sources(p.topic, p.partition, p.next_offset)
                 lates += len(p.late)
                 db.executemany(_KEY_TIME, [(*g, inst, p.key_time[inst], _recent_json(p.key_recent.get(inst, [])))
                                            for inst in sorted(p.key_dirty)])

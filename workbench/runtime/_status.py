@@ -295,7 +295,7 @@ def late_event_count(settings: Settings) -> int | None:
         return None
     try:
         with WindowStatsStore.from_settings(settings, read_only=True) as store:
-            return int(sum(store.late_events().column("late_count").to_pylist()))
+            return store.late_event_total()
     except Exception as exc:
         logger.debug("late-event count unavailable: %s", exc)
         return None
