@@ -256,3 +256,75 @@ def test_the_scoring_apps_compaction_runs_beside_the_loop_not_in_it(tmp_path: Pa
     assert (counters["shard_days_compacted"], counters["shard_days_deleted"]) == (1, 0)
     assert counters["residual_windows"] == 0  # its rows are unscored: the day's residual windows wait
     assert read_shards(settings.shards_dir).num_rows == 30
+
+
+def _passes(root: Path, passes: int, rows: int = 40, per_file: int = 10, partition: int = 0,
+            first_pass: int = 0) -> pa.Table:
+    """``passes`` copies of the same ``rows`` queries on one partition, each pass at new offsets (a Reset)."""
+    queries = _events(rows, 0, partition)
+    for k in range(first_pass, first_pass + passes):
+        base = k * rows
+        copy = queries.set_column(queries.schema.get_field_index("kafka_offset"), "kafka_offset",
+                                  pa.array(range(base, base + rows), pa.int64()))
+        for start in range(0, rows, per_file):
+            write_shard(root, DAY, partition, base + start, copy.slice(start, per_file))
+    return queries
+
+
+def test_compaction_keeps_only_the_latest_pass_of_a_replayed_day(tmp_path: Path) -> None:
+    """Every pass of a replayed log added a whole copy that compaction kept (it dropped only copies at one
+    offset): 85 Resets left 69 copies, 5.6 GB for a log of 83 MB, and a day's read needed 16 GB."""
+    from workbench.store.shards import compact_day
+
+    _passes(tmp_path, passes=5, partition=0)
+    _passes(tmp_path, passes=2, partition=1)
+    before = read_shards(tmp_path)
+    assert read_shards(tmp_path, dedupe=False).num_rows == 280 and before.num_rows == 80
+    assert compact_day(tmp_path, DAY) == 2
+    assert _day_files(tmp_path) == ["c000-o000000000000-o000000000199.arrow",
+                                    "c001-o000000000000-o000000000079.arrow"]
+    raw = read_shards(tmp_path, dedupe=False)
+    assert raw.num_rows == 80 and raw.equals(read_shards(tmp_path))  # one copy, in offset order
+    assert read_shards(tmp_path).equals(before)  # what every reader sees is unchanged: the latest pass
+    assert min(raw.column("kafka_offset").to_pylist()[:40]) == 160  # partition 0: its fifth pass
+    _passes(tmp_path, passes=7, partition=0, first_pass=5)  # more passes: offsets above the compacted range
+    assert compact_day(tmp_path, DAY) == 2 and read_shards(tmp_path, dedupe=False).num_rows == 80
+
+
+def test_days_a_replay_sent_again_are_compacted_once_quiet(tmp_path: Path) -> None:
+    """The watermark stands at the log's end while Resets send its days again: no day was compacted again
+    (a two-day log: never), and 4,846 files piled up. A day is compacted once no writer has written it
+    for the quiet time; before the log ended, only days the watermark settled (the first pass as ever)."""
+    from workbench.config import Settings
+    from workbench.pipeline.scoring._maintenance import ShardMaintenance
+
+    class Status:
+        counters: dict[str, int] = {}
+
+        def add(self, name: str, n: int = 1) -> None:
+            self.counters[name] = self.counters.get(name, 0) + n
+
+    settings = Settings(home=tmp_path)
+    _passes(settings.shards_dir, passes=3)
+    maintenance = ShardMaintenance(settings, Status(), window_days=7)  # type: ignore[arg-type]
+    maintenance.quiet_s = 0.5
+    last_event_us = int(dt.datetime.combine(DAY, dt.time(23), dt.UTC).timestamp() * 1_000_000)
+
+    def files_after(run: dt.date, ended_us: int | None) -> int:
+        maintenance.run(run, ended_us=ended_us)
+        maintenance.join(30)
+        return len(shard_paths(settings.shards_dir, [DAY]))
+
+    maintenance.note_stored({DAY})
+    assert files_after(DAY, last_event_us) == 12  # not quiet yet
+    import time
+
+    time.sleep(0.6)
+    assert files_after(DAY + dt.timedelta(days=1), None) == 12  # the log goes on: the day is not settled
+    assert files_after(DAY, last_event_us) == 1  # the log ended, the day is quiet: one file
+    _passes(settings.shards_dir, passes=2, first_pass=3)  # another Reset: two more passes
+    maintenance.note_written({DAY: time.time()})  # reported by another scoring instance's heartbeat
+    assert files_after(DAY, last_event_us) == 9
+    time.sleep(0.6)
+    assert files_after(DAY, last_event_us) == 1
+    assert read_shards(settings.shards_dir, dedupe=False).num_rows == 40

@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 #: every flush; a trainer that starts later judges again the days written within this span).
 WRITTEN_KEEP_S = 600.0
 
+#: Seconds without a write after which a day a replay sent again is compacted (its pass is over).
+QUIET_COMPACT_S = 10.0
+
 
 class ShardMaintenance:
     """Runs :func:`~workbench.store.shards.maintain` in a thread of its own when the watermark day moves,
@@ -67,6 +70,10 @@ class ShardMaintenance:
         self.done_for: tuple[dt.date, int | None] | None = None  # (watermark, ended_us) of the last pass
         self.thread: threading.Thread | None = None
         self.residuals = ResidualWindowsStep(settings, status, waiting_days=waiting_days)
+        self.quiet_s = QUIET_COMPACT_S
+        self._written: dict[dt.date, float] = {}  # day -> wall time of the last write any writer reported
+        self._compacted: dict[dt.date, float] = {}  # day -> wall time its last compaction pass began
+        self._written_lock = threading.Lock()
         for name in ("shard_days_compacted", "shard_days_deleted"):
             status.counters.setdefault(name, 0)  # the thread never inserts keys
 
@@ -83,31 +90,57 @@ class ShardMaintenance:
         ended (``ended_us``, its last event), the log's last day too, though no later event settles
         it (:meth:`._residuals.ResidualWindowsStep.run`). Compaction and retention keep to ``watermark``.
         """
-        if self.running or ((watermark, ended_us) == self.done_for and not self.residuals.due()
-                            and not self.residuals.grown_due()):
+        if self.running:
+            return
+        quiet = self.quiet_days(watermark, ended_us)
+        if ((watermark, ended_us) == self.done_for and not quiet and not self.residuals.due()
+                and not self.residuals.grown_due()):
             return
         self.done_for = (watermark, ended_us)
-        self.thread = threading.Thread(target=self._maintain, args=(watermark, ended_us), name="shard-maintenance",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self._maintain, args=(watermark, ended_us, quiet),
+                                       name="shard-maintenance", daemon=True)
         self.thread.start()
 
     def note_stored(self, days: set[dt.date]) -> None:
         """Event days the sink wrote since the last call: a day judged already is judged again
-        (:meth:`._residuals.ResidualWindowsStep.note_stored`)."""
+        (:meth:`._residuals.ResidualWindowsStep.note_stored`), and compacted once quiet."""
+        self._note_writes(dict.fromkeys(days, time.time()))
         self.residuals.note_stored(days)
 
     def note_written(self, written: Mapping[dt.date, float]) -> None:
         """Event days every scoring instance reported writing, with the wall time of the last write
         (:attr:`~workbench.store.shards.ShardClock.written`; :meth:`._residuals.ResidualWindowsStep.note_written`)."""
+        self._note_writes(written)
         self.residuals.note_written(written)
+
+    def _note_writes(self, written: Mapping[dt.date, float]) -> None:
+        with self._written_lock:
+            for day, at in written.items():
+                self._written[day] = max(at, self._written.get(day, 0.0))
+
+    def quiet_days(self, watermark: dt.date, ended_us: int | None) -> set[dt.date]:
+        """Days written since their last compaction pass and quiet for ``quiet_s`` that are settled: up to
+        the last day of a log that ended, or before it ended the days the watermark settled (those it
+        compacts). A Reset or seek back sent them again, and the watermark, standing at the log's end,
+        never settles them again: their files piled up a whole copy of the log per pass, for good
+        (:func:`~workbench.store.shards.compact_day`). The first pass of a log is compacted as ever."""
+        from workbench.pipeline.scoring._training import day_of
+
+        last = watermark - dt.timedelta(days=2) if ended_us is None else max(watermark, day_of(ended_us))
+        now = time.time()
+        with self._written_lock:
+            return {day for day, at in self._written.items()
+                    if day <= last and now - at >= self.quiet_s and at >= self._compacted.get(day, float("-inf"))}
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for a running pass (a pass cut short is safe: see :func:`~workbench.store.shards.compact_day`)."""
         if self.thread is not None:
             self.thread.join(timeout)
 
-    def _maintain(self, watermark: dt.date, ended_us: int | None = None) -> None:
+    def _maintain(self, watermark: dt.date, ended_us: int | None = None, quiet: set[dt.date] | None = None) -> None:
         from workbench.store.shards import maintain
+
+        began = time.time()
 
         keep = self.settings.shard_retention_days
         if keep is not None and keep <= self.window_days:
@@ -115,11 +148,13 @@ class ShardMaintenance:
                            keep, self.window_days + 1)
             keep = self.window_days + 1
         try:
-            done = maintain(self.settings.shards_dir, watermark, retention_days=keep)
+            done = maintain(self.settings.shards_dir, watermark, retention_days=keep, also=quiet or ())
         except Exception:  # a full disk, a busy object store: the next watermark day tries again
             logger.exception("shard maintenance failed watermark=%s; retried when the watermark moves", watermark)
             self.done_for = None
         else:
+            with self._written_lock:  # a write after `began` makes the day due again
+                self._compacted.update(dict.fromkeys(quiet or (), began))
             self.status.add("shard_days_compacted", len(done["compacted"]))
             self.status.add("shard_days_deleted", len(done["deleted"]))
         try:
