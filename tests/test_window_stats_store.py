@@ -275,3 +275,33 @@ def test_residual_windows_are_insert_if_absent(tmp_path: Path) -> None:
         assert store.read_residuals().column("window_start").to_pylist() == [T0 + timedelta(days=9, minutes=50)] * 2
     with WindowStatsStore(tmp_path / "s.sqlite", read_only=True) as reader:
         assert reader.read_residuals().num_rows == 2
+
+
+def test_the_write_ahead_log_is_emptied_once_large_without_waiting_for_readers(tmp_path: Path) -> None:
+    """A soak with a status read every second let the WAL grow without end (2 -> 105 MB in 50 minutes)."""
+    import sqlite3
+    import time
+
+    path = tmp_path / "s.sqlite"
+    wal = tmp_path / "s.sqlite-wal"
+    rows = window_rows(days=10, per_day=144, instances=3)
+    with WindowStatsStore(path) as store:
+        store.WAL_LIMIT_BYTES = 100_000
+        reader = sqlite3.connect(path, isolation_level=None)
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM window_stats").fetchone() == (0,)  # holds its snapshot
+        began = time.monotonic()
+        for i in range(0, len(rows), 500):
+            store.upsert(rows[i:i + 500])
+        # each of the 9 writes would have waited the 10 s busy timeout for the reader
+        assert time.monotonic() - began < 30
+        assert wal.stat().st_size > store.WAL_LIMIT_BYTES
+        reader.execute("COMMIT")
+        reader.close()
+        store._wal_tried_at = time.monotonic()
+        store.upsert(rows[:1])  # tried at most every 10 s
+        assert wal.stat().st_size > store.WAL_LIMIT_BYTES
+        store._wal_tried_at = float("-inf")
+        store.upsert(rows[:1])
+        assert wal.stat().st_size == 0
+        assert store.count() == len(rows)

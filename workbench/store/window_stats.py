@@ -437,6 +437,7 @@ class WindowStatsStore(ConnectionStore):
         self._upsert_sql = _upsert(self.dialect)
         self._late_sql = _late(self.dialect)
         self._merge_late_sql = _merge_late(self.dialect)
+        self._wal_tried_at = float("-inf")  # monotonic time of the last WAL truncation tried (_bound_wal)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, read_only: bool = False) -> WindowStatsStore:
@@ -560,6 +561,36 @@ class WindowStatsStore(ConnectionStore):
             with contextlib.suppress(Exception):
                 db.execute("ROLLBACK")
             raise
+        if self.url is None:
+            self._bound_wal()
+
+    #: Bytes of write-ahead log past which a writer checkpoints and truncates it.
+    WAL_LIMIT_BYTES: int = 64 * 1024 * 1024
+
+    def _bound_wal(self) -> None:
+        """Truncate the WAL once it passed :attr:`WAL_LIMIT_BYTES`. SQLite starts it over only at a moment
+        no reader holds it; with a status read every second beside a writer that moment did not come, and
+        in a long session the file grew without end (2 -> 105 MB in 50 minutes). A TRUNCATE checkpoint
+        leaves the file empty; it is tried without waiting (a reader of an older snapshot, a notebook's
+        long query, would hold the writer up to the busy timeout), at most every 10 s."""
+        assert self.path is not None
+        now = time.monotonic()
+        if now - self._wal_tried_at < 10.0:
+            return
+        try:
+            size = self.path.with_name(self.path.name + "-wal").stat().st_size
+        except FileNotFoundError:
+            return
+        if size <= self.WAL_LIMIT_BYTES:
+            return
+        self._wal_tried_at = now
+        db = self._db
+        db.execute("PRAGMA busy_timeout=0")
+        try:
+            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+        logger.debug("window stats WAL of %d bytes checkpointed (%s)", size, "readers held it" if busy else "emptied")
 
     # --- writes ------------------------------------------------------------------------------------
     def _tuple(self, row: Mapping[str, Any], now_ms: int) -> tuple[Any, ...]:
