@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -197,6 +198,26 @@ def test_wait_returns_once_every_result_has_landed_not_at_drained(kafka_settings
         time.sleep(31)  # past the collective step's regular pass
         assert anomaly_count(kafka_settings) == final and wb.status().lag["anomaly-sink"] == 0
         assert len(wb.window_anomalies()) == windows
+
+        # A Reset sends every row again: wait() said settled while the deferred step still judged the days
+        # again (84 s in a soak), and each pass left a whole copy of the log in the shards for good.
+        from workbench.store.shards import read_shards
+        from workbench.store.window_stats import WindowStatsStore
+
+        def stored_residuals() -> pa.Table:
+            with WindowStatsStore.from_settings(kafka_settings, read_only=True) as store:
+                return store.read_residuals()
+
+        residuals = stored_residuals()
+        assert residuals.num_rows
+        wb.reset()
+        status = wb.wait(timeout=400, progress=False)
+        assert wb.settled(status), wb._unsettled(status)
+        assert all(not (e.get("info") or {}).get("judging_again") for e in status.instances["scoring"])
+        assert status.late_events and status.anomalies == final and len(wb.window_anomalies()) == windows
+        assert stored_residuals().equals(residuals)
+        shards = kafka_settings.shards_dir  # a copy per pass until the days sent again are quiet and compacted
+        wait_until(lambda: read_shards(shards, dedupe=False).num_rows == read_shards(shards).num_rows, timeout=90)
     finally:
         wb.stop()
 

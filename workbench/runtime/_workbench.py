@@ -126,6 +126,11 @@ _KAFKA_LOGGER.addHandler(logging.NullHandler())
 STALL_S = 120.0
 #: The same for a paused replay whose sent rows are all consumed (nothing else can move it).
 PAUSED_STALL_S = 10.0
+#: Seconds :meth:`Workbench.wait` waits for the replay to publish a status after this object's command.
+COMMAND_ACK_S = 15.0
+#: A scoring status published sooner than this after its last batch may not name the days that batch
+#: stored yet (they reach its maintenance on the tick after the flush; statuses are written every second).
+_STATUS_AFTER_BATCH_S = 2.0
 
 
 class _Stall:
@@ -290,6 +295,8 @@ class Workbench:
         self.started_kafka = started_kafka
         self._controller = ReplayController(self.settings, replay_id)  # its clients log like the others
         self._lakehouse_cache: tuple[float, tuple[int | None, int | None]] = (0.0, (None, None))
+        #: time.time() of this object's last seek, reset or resume: wait() reads no replay status from before it
+        self._sent_command_at: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -531,14 +538,17 @@ class Workbench:
         self._controller.pause()
 
     def resume(self) -> None:
+        self._sent_command_at = time.time()
         self._controller.resume()
 
     def seek(self, event_time: datetime | str) -> None:
         """Continue the replay from ``event_time`` (UTC if no zone)."""
+        self._sent_command_at = time.time()
         self._controller.seek(event_time)
 
     def reset(self) -> None:
         """Replay from the first row again."""
+        self._sent_command_at = time.time()
         self._controller.reset()
 
     # -- status --------------------------------------------------------------------------------
@@ -652,7 +662,7 @@ class Workbench:
                         refresh=False,
                     )
                     bar.refresh()
-                if status.drained:
+                if status.drained and not self._before_last_command(status):
                     break
                 failed = [n for n, p in status.processes.items() if p.get("state") == "failed"]
                 if failed:
@@ -693,6 +703,17 @@ class Workbench:
         finally:
             bar.close()
 
+    def _before_last_command(self, status: WorkbenchStatus) -> bool:
+        """Whether the replay status predates this object's last seek, reset or resume (for at most
+        ``COMMAND_ACK_S``): ``reset(); wait()`` returned at once, on the finished status of the pass before."""
+        sent = self._sent_command_at
+        if sent is None or status.replay is None or status.replay.updated_at >= sent:
+            return False
+        if time.time() - sent > COMMAND_ACK_S:  # a command the replay never took (it said why in `notice`)
+            self._sent_command_at = None
+            return False
+        return True
+
     def _trainings_due(self) -> list[str]:
         """Days whose training runs or waits for its retry."""
         from workbench.ml.supervisor import TrainingSupervisor
@@ -727,6 +748,14 @@ class Workbench:
         written = max((info.get("windows_written_at") or 0.0 for info in analytics), default=0.0)
         if written > max((info.get("collective_checked_at") or 0.0 for info in analytics), default=0.0):
             return "the collective step over the windows written last (flagged windows)"
+        scoring = (status.instances or {}).get("scoring", [])
+        for entry in scoring:
+            info = entry.get("info") or {}
+            if info.get("judging_again"):  # a Reset or seek back sent rows of judged days
+                return f"the judging again of {', '.join(info['judging_again'])} (rows sent again after it)"
+            batch, published = info.get("last_batch_at"), entry.get("updated_at")
+            if batch is not None and published is not None and published - batch < _STATUS_AFTER_BATCH_S:
+                return "the scoring app's status after its last batch"  # the days it stored reach it after the flush
         last = self._last_day(status)
         if last is not None and last.isoformat() in status.failed_judging:
             return ""  # given up on (the status names it): nothing more will land

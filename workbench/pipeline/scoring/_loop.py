@@ -187,6 +187,8 @@ class ScoringLoop:
         self.status.info["max_event_time"] = None if sink.max_event_us is None else us_to_iso(sink.max_event_us)
         self.status.info["first_message_at"] = sink.first_message_wall
         self.status.info["last_batch_at"] = sink.last_batch_wall
+        # what Workbench.wait() waits for after a Reset: the days judged again once their rows stop coming
+        self.status.info["judging_again"] = self.maintenance.residuals.grown_days() if self._trains else []
         if sink.first_message_cpu is not None and sink.last_batch_cpu is not None:
             self.status.info["cpu_s_first_to_last_batch"] = round(sink.last_batch_cpu - sink.first_message_cpu, 3)
 

@@ -172,6 +172,11 @@ class ResidualWindowsStep:
                 if at > self.judged_at.get(day, 0.0):
                     self.grown[day] = now
 
+    def grown_days(self) -> list[str]:
+        """The judged days written to since, to be judged again (ISO dates, sorted)."""
+        with self._grown_lock:
+            return sorted(day.isoformat() for day in self.grown)
+
     def grown_due(self) -> bool:
         """Whether a judged day that was written to since is quiet long enough to be judged again (at most
         every ``retry_s``: a day that waits for its rows to be scored was read again at every tick, five
