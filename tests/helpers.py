@@ -197,3 +197,50 @@ def store_generated_days(settings: Settings, *, days: int, start: Any, seed: int
         write_shard(settings.shards_dir, day, 0, offset, part)
         offset += n
     return settings
+
+
+def produce_raw(bootstrap: str, topic: str, partition: int, key: bytes | None, value: bytes | None,
+                headers: list[tuple[bytes, bytes | None]]) -> int:
+    """Produce one record whose header *names* are any bytes, by a hand-built Produce v3 request (record
+    batch v2); returns the broker's error code (0: stored). confluent-kafka writes a bytes header name as
+    its repr text and Java clients write names as UTF-8, so neither can send a name that is not UTF-8;
+    any other client can, and the broker takes it."""
+    import struct
+
+    def varint(n: int) -> bytes:
+        zigzag, out = (n << 1) ^ (n >> 63), bytearray()
+        while True:
+            byte, zigzag = zigzag & 0x7F, zigzag >> 7
+            out.append(byte | 0x80 if zigzag else byte)
+            if not zigzag:
+                return bytes(out)
+
+    def field(data: bytes | None) -> bytes:
+        return varint(-1) if data is None else varint(len(data)) + data
+
+    def crc32c(data: bytes) -> int:
+        crc = 0xFFFFFFFF
+        for byte in data:
+            crc ^= byte
+            for _ in range(8):
+                crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        return crc ^ 0xFFFFFFFF
+
+    body = b"\x00" + varint(0) + varint(0) + field(key) + field(value) + varint(len(headers))
+    body += b"".join(field(name) + field(data) for name, data in headers)
+    now_ms = int(time.time() * 1000)
+    after_crc = struct.pack(">hiqqqhii", 0, 0, now_ms, now_ms, -1, -1, -1, 1) + varint(len(body)) + body
+    batch = struct.pack(">ibI", -1, 2, crc32c(after_crc)) + after_crc
+    records = struct.pack(">qi", 0, len(batch)) + batch
+    client, name = b"tests", topic.encode()
+    request = struct.pack(">hhih", 0, 3, 7, len(client)) + client + struct.pack(">hhi", -1, 1, 10_000)
+    request += struct.pack(">ih", 1, len(name)) + name + struct.pack(">iii", 1, partition, len(records)) + records
+    host, port = bootstrap.split(",")[0].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(struct.pack(">i", len(request)) + request)
+        size = struct.unpack(">i", sock.recv(4))[0]
+        response = b""
+        while len(response) < size:
+            response += sock.recv(size - len(response))
+    name_length = struct.unpack(">h", response[8:10])[0]  # correlation id, topic count, then the topic
+    return struct.unpack(">h", response[10 + name_length + 8:10 + name_length + 10])[0]

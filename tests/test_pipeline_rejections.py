@@ -116,6 +116,45 @@ def test_analytics_and_scoring_dead_letter_every_family_once_and_keep_going(kafk
     _assert_dead_letters(settings, "scoring", expected)
 
 
+def test_a_header_name_that_is_not_utf8_is_dead_lettered_by_every_app_and_they_go_on(kafka_settings: Settings) -> None:
+    """confluent-kafka cannot read such a name: Message.headers() raised, and a second call returned a list that
+    crashed the interpreter. Scoring, analytics and the anomaly sink restarted for good on that one message."""
+    from tests.helpers import produce_raw
+
+    settings = kafka_settings
+    ensure_topics(settings)
+    bad_name = (b"\xff\xfe-bad-name", b"v")
+    events = settings.topic_query_events
+    producer = Producer({**settings.kafka_client_config(), "enable.idempotence": True})
+    producer.produce(events, key=b"7", value=_event(1), headers=codec.message_headers("json", 1), partition=0)
+    assert producer.flush(10) == 0
+    contract = [(k.encode(), v) for k, v in codec.message_headers("json", 1)]
+    assert produce_raw(settings.bootstrap_servers, events, 0, b"7", _event(2), [*contract, bad_name]) == 0
+    producer.produce(events, key=b"7", value=_event(3), headers=codec.message_headers("json", 1), partition=0)
+    good = {"instance_id": 1, "query_id": 1, "model_version": "v1", "arrival_timestamp": T0.isoformat(),
+            "execution_duration_ms": 90_000, "pred_mean_ms": 1000.0}
+    sink_contract = [(k.encode(), v) for k, v in anomaly_headers()]
+    assert produce_raw(settings.bootstrap_servers, settings.topic_anomalies, 0, b"1", orjson.dumps(good),
+                       [*sink_contract, bad_name]) == 0
+    producer.produce(settings.topic_anomalies, key=b"1", value=orjson.dumps(dict(good, query_id=2)),
+                     headers=anomaly_headers(), partition=0)
+    assert producer.flush(10) == 0
+
+    analytics = run_analytics(settings, idle_exit=4, timeout=120, commit_interval=1.0)
+    scoring = run_scoring(settings, idle_exit=8, timeout=120, train=False, batch_seconds=0.3)
+    sink = run_anomaly_sink(settings, idle_exit=4, timeout=90, commit_interval=0.5)
+    for result in (analytics, scoring):
+        assert (result["events"], result["dead_letters"]) == (2, 1), result.counters
+    assert (sink["sink_rows"], sink["dead_letters"]) == (1, 1), sink.counters
+    dead = consume_all(settings, settings.topic_dead_letter, expected=3, timeout=30)
+    reasons = {(dict(m.headers())["app"].decode(), int(dict(m.headers())["source_offset"])):
+               dict(m.headers())["reason"].decode() for m in dead}
+    assert set(reasons) == {("analytics", 1), ("scoring", 1), ("anomaly-sink", 0)}
+    assert all(r.startswith("bad_header: the Kafka client could not read the message's headers") and
+               "a header name must be UTF-8 text" in r for r in reasons.values()), reasons
+    assert all(m.value() for m in dead)  # the value is kept, to be read again
+
+
 def test_the_anomaly_sink_dead_letters_values_the_lakehouse_cannot_hold(kafka_settings: Settings) -> None:
     settings = kafka_settings
     ensure_topics(settings)

@@ -93,6 +93,7 @@ __all__ = [
     "DecodedBatch",
     "Encoding",
     "MessageDecodeError",
+    "UnreadableHeaders",
     "decode_key",
     "decode_row",
     "decode_value",
@@ -103,6 +104,7 @@ __all__ = [
     "end_of_log_message",
     "get_encoding",
     "header",
+    "headers_of",
     "int64_bounds",
     "is_resent",
     "message_headers",
@@ -167,6 +169,62 @@ class MessageDecodeError(WorkbenchError, ValueError):
 
 
 Headers = Sequence[tuple[str, bytes | str | None]] | None
+
+
+class UnreadableHeaders(list):  # type: ignore[type-arg]
+    """The headers of a message the Kafka client could not read (no headers; ``why`` says what failed).
+
+    A header *name* that is not UTF-8 (any client can write one; the broker takes it) makes
+    confluent-kafka's ``Message.headers()`` raise, and a second call on the same message returns a
+    half-built list whose comparison crashes the interpreter: every app reading the topic restarted
+    for good on that one message. Decoding refuses such a message as ``bad_header``, so it is
+    dead-lettered like any other malformed one."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__()
+        self.why = why
+
+
+#: Messages whose headers could not be read, kept (with the message, so its id is not reused) until
+#: :data:`_UNREADABLE_KEEP` more fail: their headers are never asked for a second time.
+_UNREADABLE: dict[int, tuple[Any, UnreadableHeaders]] = {}
+_UNREADABLE_KEEP: Final = 1024
+
+
+def headers_of(message: Any) -> Any:
+    """``message.headers()`` of a confluent-kafka message, asked once: headers that cannot be read come back
+    as :class:`UnreadableHeaders` (the decoder dead-letters the message) instead of an exception, and
+    the same message asked again gets the same, without touching the client's half-built list."""
+    known = _UNREADABLE.get(id(message))
+    if known is not None and known[0] is message:
+        return known[1]
+    try:
+        return _ASK_HEADERS(message)
+    except Exception as exc:  # SystemError from the client's UnicodeDecodeError, or that error itself
+        return note_unreadable_headers(message, exc)
+
+
+# Not `message.headers()`: the client returns its list *and* sets the error, and CPython's specialised call
+# of a C method (a call site run often) does not check for that in a release build, so the half-built
+# list came back with the error pending (raised later elsewhere). A methodcaller is called the checked way.
+_ASK_HEADERS: Final = operator.methodcaller("headers")
+
+
+def note_unreadable_headers(message: Any, exc: BaseException) -> UnreadableHeaders:
+    """Record that ``message.headers()`` raised ``exc`` (a caller that asked first, such as a library's
+    deserializer); :func:`headers_of` then answers for it without asking the client again."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    found = UnreadableHeaders(f"the Kafka client could not read the message's headers ({type(cause).__name__}: "
+                              f"{str(cause)[:200]}); a header name must be UTF-8 text")
+    if len(_UNREADABLE) >= _UNREADABLE_KEEP:
+        _UNREADABLE.pop(next(iter(_UNREADABLE)))
+    _UNREADABLE[id(message)] = (message, found)
+    return found
+
+
+def unreadable_headers_error(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by ``Message.headers()``, is the client failing to read a header name."""
+    return isinstance(exc, UnicodeDecodeError) or isinstance(exc.__cause__ or exc.__context__, UnicodeDecodeError)
 
 
 @dataclass(frozen=True)
@@ -307,6 +365,8 @@ def _meta(headers: Headers) -> tuple[str | None, int | None]:
     is refused rather than read as this one. Each of the three headers may appear once (which of
     two ``encoding`` headers would be meant is a guess).
     """
+    if isinstance(headers, UnreadableHeaders):
+        raise MessageDecodeError("bad_header", headers.why)
     encoding = rows = None
     seen: set[str] = set()
     for key, value in headers or ():

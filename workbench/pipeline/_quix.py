@@ -121,6 +121,29 @@ def partition_flow(app: Application) -> PartitionFlow:
                          _internal(app, "_consumer", "resume", ("partitions",)))
 
 
+def read_headers_first(topic: Any) -> None:
+    """Make ``topic`` (a Quix ``Topic`` of the app) read each message's headers through
+    :func:`~workbench.data.codec.headers_of` before Quix's ``row_deserialize`` does: headers the Kafka
+    client cannot read (a header name that is not UTF-8) raise ``MessageDecodeError("bad_header")``,
+    which the app's ``on_consumer_error`` dead-letters. Quix's own ``message.headers()`` call crashed
+    the app on such a message, or, once that call site ran often, went on with a half-built list."""
+    from workbench.data import codec
+
+    original = getattr(topic, "row_deserialize", None)
+    if not callable(original):
+        msg = (f"quixstreams {_version()} has no Topic.row_deserialize; the workbench needs it "
+               "(workbench/pipeline/_quix.py). Pin quixstreams==3.28.* or port the adapter.")
+        raise QuixInternalsError(msg)
+
+    def row_deserialize(message: Any) -> Any:
+        headers = codec.headers_of(message)
+        if isinstance(headers, codec.UnreadableHeaders):
+            raise codec.MessageDecodeError("bad_header", headers.why)
+        return original(message=message)
+
+    topic.row_deserialize = row_deserialize
+
+
 def consume_in_batches(app: Application, on_messages: Callable[[list[Any]], None], *,
                        max_messages: int = 2000) -> None:
     """Make each iteration of ``app``'s loop consume up to ``max_messages`` raw messages at once.

@@ -149,7 +149,8 @@ def _fatal() -> tuple[type[BaseException], ...]:
 
 
 # the fields of a buffered (confluent-kafka) message, as functions for map()
-_VALUE, _KEY, _HEADERS, _TOPIC, _PARTITION, _OFFSET = (Message.value, Message.key, Message.headers, Message.topic,
+# (headers through codec.headers_of: a header name the client cannot read must not raise, nor be asked twice)
+_VALUE, _KEY, _HEADERS, _TOPIC, _PARTITION, _OFFSET = (Message.value, Message.key, codec.headers_of, Message.topic,
                                                        Message.partition, Message.offset)
 
 
@@ -354,7 +355,7 @@ class AnalyticsApp(WorkbenchApp):
     def _dead_letter(self, message: Message, reason: str) -> None:
         """Send ``message`` to the dead-letter topic with ``reason`` and count it."""
         assert self.dead_letters is not None
-        self.dead_letters.send(message.value(), reason, key=message.key(), headers=message.headers(),
+        self.dead_letters.send(message.value(), reason, key=message.key(), headers=_HEADERS(message),
                                topic=message.topic(), partition=message.partition(), offset=message.offset())
         self.status.add("dead_letters")
 

@@ -27,7 +27,7 @@ from workbench.config import Settings
 from workbench.pipeline._app import WorkbenchApp, build_application
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._eventtime import EventTimeGuard
-from workbench.pipeline._quix import register_periodic
+from workbench.pipeline._quix import read_headers_first, register_periodic
 from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline.contracts import ANOMALY_CONTRACT_VERSION, anomaly_row
 from workbench.pipeline.exceptions import AnomalyContractError, PipelineConfigError
@@ -179,13 +179,15 @@ class AnomalySinkApp(WorkbenchApp):
     def build(self) -> Application:
         """Declare the Quix pipeline; returns the Application (not started)."""
         app = build_application(self.settings, APP_NAME, group=self.group, commit_interval=self.commit_interval,
-                                use_changelog_topics=False, on_processing_error=self.on_processing_error)
+                                use_changelog_topics=False, on_processing_error=self.on_processing_error,
+                                on_consumer_error=self.on_consumer_error)
         self.dead_letters = DeadLetters(self.settings, APP_NAME, app.get_producer())
         lakehouse = AnomalyLakehouse.from_settings(self.settings)
         lakehouse.check_reachable()
         self.sink = DuckLakeSink(lakehouse, maintain_every=self.maintain_every,
                                  maintain_interval_s=self.maintain_interval_s, status=self.status)
         topic = app.topic(self.settings.topic_anomalies, value_deserializer="bytes", key_deserializer="bytes")
+        read_headers_first(topic)
         sdf = app.dataframe(topic)
         sdf = sdf.apply(self._row, metadata=True).filter(lambda row: row is not None)
         sdf.sink(self.sink)

@@ -37,6 +37,7 @@ from quixstreams.sinks import BatchingSink, SinkBackpressureError
 
 from workbench import defaults
 from workbench.config import Settings
+from workbench.data import codec
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._eventtime import EventTimeGuard
 from workbench.pipeline._status import AppStatus
@@ -93,7 +94,7 @@ class _Buffer:
 
 _VALUE: Final = operator.methodcaller("value")
 _KEY: Final = operator.methodcaller("key")
-_HEADERS: Final = operator.methodcaller("headers")
+_HEADERS: Final = codec.headers_of  # a header name the client cannot read: dead-lettered, never raised
 _OFFSET: Final = operator.methodcaller("offset")
 _PARTITION: Final = operator.methodcaller("partition")
 
