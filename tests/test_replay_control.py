@@ -161,8 +161,12 @@ def test_a_finished_replay_listens_for_seek_and_reset_and_rejects_pause(
         assert replay.status().notice == ("pause ignored: replay 'default' finished at row 1,000 of 1,000; "
                                           "seek or reset to replay again")
         replay.set_speed(0)  # taken for the next course (still max here, so the test stays fast)
+        sent = time.time()
+        assert (controller.status().applied_command_at or 0.0) < sent
         controller.seek("2024-03-04T00:30:00")  # row 900 (rows 2 s apart)
         _wait(lambda: replay.status().state == "finished" and replay.status().rows_sent == 1100)
+        # the status says which command it follows (Workbench.wait after a seek or reset waits for it)
+        _wait(lambda: (controller.status().applied_command_at or 0.0) >= sent)
         replay.reset_position()
         _wait(lambda: replay.status().state == "finished" and replay.status().rows_sent == 2100)
     finally:

@@ -165,6 +165,8 @@ class ReplayStatus:
     notice: str | None = None
     #: Rows before ``next_row`` never sent: a seek forward skipped them (a reset or seek back sends them).
     rows_skipped: int = 0
+    #: ``issued_at`` of the last command the replay took (applied or refused): a status after a command.
+    applied_command_at: float | None = None
 
     @property
     def fraction(self) -> float:
@@ -267,6 +269,7 @@ _STATUS_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "eta_seconds": (*_NUMBER, type(None)), "dead_letters": (int,), "pack": (int,), "encoding": (str, type(None)),
     "error": (str, type(None)), "updated_at": _NUMBER, "behind": (bool,), "behind_seconds": _NUMBER,
     "listening": (bool,), "notice": (str, type(None)), "rows_skipped": (int,),
+    "applied_command_at": (*_NUMBER, type(None)),
 }
 
 

@@ -394,6 +394,7 @@ class _ReplayRun:
         self.current_event_us: int | None = None
         self.next_event_us: int | None = None  # event time of the next row to send, when known
         self.notice: str | None = None
+        self.applied_command_at: float | None = None  # issued_at of the last command taken (ReplayStatus)
         self.control_offset: int | None = None
         self._waiting_control: list = []  # control records read before the first row, not applied yet
         self._resume_paused = False
@@ -543,6 +544,7 @@ class _ReplayRun:
         """Apply one command through :data:`_HANDLERS`; True when the batches restart at ``next_row``."""
         logger.info("replay %s: %s %s", self.replay.replay_id, command.command,
                     "" if command.value is None else command.value)
+        self.applied_command_at = max(self.applied_command_at or 0.0, float(command.issued_at))
         if self.state == "finished" and command.command in _LIVE_ONLY:
             self._reject(f"{command.command} ignored: replay {self.replay.replay_id!r} finished at row "
                          f"{self.next_row:,} of {self.log.num_rows:,}; seek or reset to replay again")
@@ -932,6 +934,7 @@ class _ReplayRun:
             listening=self.replay.linger and self.state == "finished", notice=self.notice,
             rows_skipped=next_row - sum(min(end, next_row) - start for start, end in self.sent_rows
                                         if start < next_row),
+            applied_command_at=self.applied_command_at,
         )
 
     def _publish_status(self, force: bool = False, *, end_of_log: bool = False) -> None:

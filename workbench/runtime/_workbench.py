@@ -704,10 +704,12 @@ class Workbench:
             bar.close()
 
     def _before_last_command(self, status: WorkbenchStatus) -> bool:
-        """Whether the replay status predates this object's last seek, reset or resume (for at most
-        ``COMMAND_ACK_S``): ``reset(); wait()`` returned at once, on the finished status of the pass before."""
+        """Whether the replay has not taken this object's last seek, reset or resume yet (for at most
+        ``COMMAND_ACK_S``): ``reset(); wait()`` returned at once, on the finished status of the pass before.
+        The replay names the last command it took (``applied_command_at``); a status merely published
+        after the command was sent can still be the old pass's."""
         sent = self._sent_command_at
-        if sent is None or status.replay is None or status.replay.updated_at >= sent:
+        if sent is None or status.replay is None or (status.replay.applied_command_at or 0.0) >= sent:
             return False
         if time.time() - sent > COMMAND_ACK_S:  # a command the replay never took (it said why in `notice`)
             self._sent_command_at = None
