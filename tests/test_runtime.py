@@ -641,3 +641,33 @@ def test_wait_stops_waiting_for_a_drain_that_cannot_come_and_says_why() -> None:
     assert stall.check(status("paused", 700, 0, 700)) == ""
     now[0] += PAUSED_STALL_S
     assert "paused" in stall.check(status("paused", 700, 0, 700))
+
+
+def test_wait_waits_for_the_replay_to_take_this_objects_last_command_and_not_for_a_refused_one() -> None:
+    """`reset(); wait()` returned at once on the old pass's finished status; a refused seek must not hold wait()."""
+    from types import SimpleNamespace
+
+    from workbench.replay.exceptions import ReplayError
+
+    class Controller:
+        def reset(self) -> None:
+            pass
+
+        def seek(self, _when: str) -> None:
+            raise ReplayError("seek not sent: after the log's last event")
+
+    wb = Workbench.__new__(Workbench)
+    wb._controller = Controller()
+    wb._sent_command_at = None
+
+    def status(applied: float | None) -> Any:
+        return SimpleNamespace(replay=SimpleNamespace(applied_command_at=applied))
+
+    with pytest.raises(ReplayError):
+        wb.seek("2099-01-01")
+    assert wb._sent_command_at is None and not wb._before_last_command(status(None))
+    wb.reset()
+    sent = wb._sent_command_at
+    assert sent is not None
+    assert wb._before_last_command(status(None)) and wb._before_last_command(status(sent - 1.0))
+    assert not wb._before_last_command(status(sent + 0.001))  # the replay took it (its issued_at is later)

@@ -538,18 +538,25 @@ class Workbench:
         self._controller.pause()
 
     def resume(self) -> None:
-        self._sent_command_at = time.time()
-        self._controller.resume()
+        self._command(self._controller.resume)
 
     def seek(self, event_time: datetime | str) -> None:
         """Continue the replay from ``event_time`` (UTC if no zone)."""
-        self._sent_command_at = time.time()
-        self._controller.seek(event_time)
+        self._command(self._controller.seek, event_time)
 
     def reset(self) -> None:
         """Replay from the first row again."""
-        self._sent_command_at = time.time()
-        self._controller.reset()
+        self._command(self._controller.reset)
+
+    def _command(self, send: Any, *args: Any) -> None:
+        """Send a command that starts sending rows again, noting when (:meth:`_before_last_command`); a
+        command refused here (a seek past the log's end, no broker) is not waited for."""
+        sent, self._sent_command_at = self._sent_command_at, time.time()
+        try:
+            send(*args)
+        except BaseException:
+            self._sent_command_at = sent
+            raise
 
     # -- status --------------------------------------------------------------------------------
     def replay_status(self) -> ReplayStatus | None:
