@@ -45,23 +45,33 @@ def free_port_pair(start: int | None = None) -> int:
 
 @contextlib.contextmanager
 def broker(home: Path | None = None) -> Iterator[Settings]:
-    """KAFKA_BOOTSTRAP_SERVERS if set, else a private local Kafka that is stopped afterwards."""
-    home = home or Path(tempfile.mkdtemp(prefix="workbench-bench-"))
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        settings = Settings(home=home)
-        ensure_broker(settings)
-        yield settings
-        return
-    settings = Settings(home=home, kafka_port=free_port_pair())
-    # A loaded machine (helpers benchmarking side by side) can take minutes to start a JVM.
-    ensure_broker(settings, timeout=300.0)
-    try:
-        yield settings
-    finally:
-        from workbench.runtime._status import close_status_clients
+    """KAFKA_BOOTSTRAP_SERVERS if set, else a private local Kafka that is stopped afterwards. A home made
+    here is deleted afterwards (each soak run had left 433 MB in /tmp), unless WORKBENCH_BENCH_KEEP_HOME=1."""
+    import shutil
 
-        close_status_clients()  # the status clients would keep reconnecting (and logging) once it is gone
-        LocalKafka(settings).stop()
+    made = home is None
+    home = home or Path(tempfile.mkdtemp(prefix="workbench-bench-"))
+    try:
+        if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+            settings = Settings(home=home)
+            ensure_broker(settings)
+            yield settings
+            return
+        settings = Settings(home=home, kafka_port=free_port_pair())
+        # A loaded machine (helpers benchmarking side by side) can take minutes to start a JVM.
+        ensure_broker(settings, timeout=300.0)
+        try:
+            yield settings
+        finally:
+            from workbench.runtime._status import close_status_clients
+
+            close_status_clients()  # the status clients would keep reconnecting (and logging) once it is gone
+            LocalKafka(settings).stop()
+    finally:
+        if made and os.environ.get("WORKBENCH_BENCH_KEEP_HOME") != "1":
+            shutil.rmtree(home, ignore_errors=True)
+        elif made:
+            print(f"home kept: {home}", file=sys.stderr)
 
 
 def demo_log(days: int = 4, instances: int = 16, seed: int = 0, rows_per_day: int | None = None,
