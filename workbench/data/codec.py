@@ -201,30 +201,19 @@ def headers_of(message: Any) -> Any:
     try:
         return _ASK_HEADERS(message)
     except Exception as exc:  # SystemError from the client's UnicodeDecodeError, or that error itself
-        return note_unreadable_headers(message, exc)
+        cause = exc.__cause__ or exc.__context__ or exc
+        found = UnreadableHeaders(f"the Kafka client could not read the message's headers ({type(cause).__name__}: "
+                                  f"{str(cause)[:200]}); a header name must be UTF-8 text")
+        if len(_UNREADABLE) >= _UNREADABLE_KEEP:
+            _UNREADABLE.pop(next(iter(_UNREADABLE)))
+        _UNREADABLE[id(message)] = (message, found)
+        return found
 
 
 # Not `message.headers()`: the client returns its list *and* sets the error, and CPython's specialised call
 # of a C method (a call site run often) does not check for that in a release build, so the half-built
 # list came back with the error pending (raised later elsewhere). A methodcaller is called the checked way.
 _ASK_HEADERS: Final = operator.methodcaller("headers")
-
-
-def note_unreadable_headers(message: Any, exc: BaseException) -> UnreadableHeaders:
-    """Record that ``message.headers()`` raised ``exc`` (a caller that asked first, such as a library's
-    deserializer); :func:`headers_of` then answers for it without asking the client again."""
-    cause = exc.__cause__ or exc.__context__ or exc
-    found = UnreadableHeaders(f"the Kafka client could not read the message's headers ({type(cause).__name__}: "
-                              f"{str(cause)[:200]}); a header name must be UTF-8 text")
-    if len(_UNREADABLE) >= _UNREADABLE_KEEP:
-        _UNREADABLE.pop(next(iter(_UNREADABLE)))
-    _UNREADABLE[id(message)] = (message, found)
-    return found
-
-
-def unreadable_headers_error(exc: BaseException) -> bool:
-    """Whether ``exc``, raised by ``Message.headers()``, is the client failing to read a header name."""
-    return isinstance(exc, UnicodeDecodeError) or isinstance(exc.__cause__ or exc.__context__, UnicodeDecodeError)
 
 
 @dataclass(frozen=True)

@@ -228,15 +228,11 @@ class WorkbenchApp:
         as Quix does by default. That one message had the app restart for good."""
         from workbench.data import codec
 
-        if message is None or self.dead_letters is None:
+        # raised by _quix.read_headers_first, which reads the headers before Quix does
+        if (message is None or self.dead_letters is None or not isinstance(exc, codec.MessageDecodeError)
+                or exc.reason != "bad_header"):
             return False
-        if isinstance(exc, codec.MessageDecodeError) and exc.reason == "bad_header":  # _quix.read_headers_first
-            reason = str(exc)
-        elif codec.unreadable_headers_error(exc):  # Quix asked first
-            reason = f"bad_header: {codec.note_unreadable_headers(message, exc).why}"  # never asked again
-        else:
-            return False
-        self.dead_letters.send(message.value(), reason, key=message.key(), headers=None, topic=message.topic(),
+        self.dead_letters.send(message.value(), str(exc), key=message.key(), headers=None, topic=message.topic(),
                                partition=message.partition(), offset=message.offset())
         if self.status is not None:
             self.status.add("dead_letters")
