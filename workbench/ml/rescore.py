@@ -160,7 +160,6 @@ def rescore(settings: Settings, version: str, *, start: dt.datetime | dt.date | 
         bar = tqdm(total=len(todo), desc=f"rescore {version}", unit="day")
     with AnomalyLakehouse.from_settings(settings) as lake:
         for i, day in enumerate(todo, 1):
-            names = _shard_files(settings, day)  # before the read: rows stored after it make the names differ
             table = read_shards(settings.shards_dir, days=[day])
             mask = None
             ts = table.column("arrival_timestamp")
@@ -192,7 +191,7 @@ def rescore(settings: Settings, version: str, *, start: dt.datetime | dt.date | 
                 result.anomalies += rows.num_rows
                 result.inserted += _write_retrying(lake, rows) if rows.num_rows else 0
                 result.rows += table.num_rows
-            done[day.isoformat()] = names
+            done[day.isoformat()] = files[day.isoformat()]  # listed before the read: later rows differ
             state[key] = done
             write_atomic(state_path, json.dumps(state, indent=1, sort_keys=True).encode())
             result.days.append(day.isoformat())
