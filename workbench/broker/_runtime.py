@@ -119,15 +119,14 @@ def ensure_kafka_jars(settings: Settings) -> Path:
         raise BrokerSetupError(msg)
     try:
         libs.parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.TemporaryDirectory(dir=libs.parent, prefix=".fetch-")
+        fetch = tempfile.TemporaryDirectory(dir=libs.parent, prefix=".fetch-")
     except OSError as exc:  # HOME missing or read-only: the cache is the folder to name, not WORKBENCH_HOME
         msg = (f"The Kafka jars' cache {libs.parent} cannot be created or written ({exc.strerror}). "
                "Set WORKBENCH_CACHE_DIR to a writable folder (its default follows XDG_CACHE_HOME, then HOME).")
         raise BrokerSetupError(msg) from exc
-    probe.cleanup()
     pom = resources.files("workbench.broker").joinpath("kafka-pom.xml")
     logger.info("fetching Apache Kafka %s from Maven Central into %s (once)", KAFKA_VERSION, libs)
-    with tempfile.TemporaryDirectory(dir=libs.parent, prefix=".fetch-") as tmp:
+    with fetch as tmp:
         tmp_libs = Path(tmp) / "libs"
         pom_path = Path(tmp) / "pom.xml"
         pom_path.write_text(pom.read_text())
