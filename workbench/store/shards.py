@@ -664,22 +664,14 @@ def compact_day(directory: Location, day: dt.date | str) -> int:
         for part, files in sorted(by_part.items()):
             if len(files) < 2:
                 continue
-            tables = [store.read_table(folder / n) for n in files]
-            table = pa.concat_tables(tables)
-            # A query is (instance_id, query_id): its latest copy is the one with the highest offset,
-            # of two at one offset (a re-delivered message) the later file's, as dedupe_latest reads.
-            offsets = table.column("kafka_offset").to_numpy()
-            inst = table.column("instance_id").to_numpy()
-            query = table.column("query_id").to_numpy()
-            order = np.lexsort((np.arange(len(offsets)), offsets, query, inst))
-            si, sq = inst[order], query[order]
-            last = np.ones(len(order), dtype=bool)
-            last[:-1] = (si[1:] != si[:-1]) | (sq[1:] != sq[:-1])
-            kept = order[last]
-            table = table.take(kept[np.argsort(offsets[kept], kind="stable")])  # in offset order
+            table = pa.concat_tables([store.read_table(folder / n) for n in files])
             # the name covers every offset the files held, dropped copies too: a file of them that a
             # compaction killed before deleting it stays covered (_live), not read as live again
-            lo, hi = int(offsets.min()), int(offsets.max())
+            bounds = pc.min_max(table.column("kafka_offset"))
+            lo, hi = int(bounds["min"].as_py()), int(bounds["max"].as_py())
+            # each query's latest copy, the one every read returns; in offset order
+            table = dedupe_latest(table).sort_by([("kafka_offset", "ascending"), ("instance_id", "ascending"),
+                                                  ("query_id", "ascending")])
             store.write_table(folder / compacted_name(part, lo, hi), table)
             for name in files:
                 if name != compacted_name(part, lo, hi):
