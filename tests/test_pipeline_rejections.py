@@ -155,6 +155,31 @@ def test_a_header_name_that_is_not_utf8_is_dead_lettered_by_every_app_and_they_g
     assert all(m.value() for m in dead)  # the value is kept, to be read again
 
 
+def test_an_unreadable_anomaly_as_a_partitions_last_message_is_dead_lettered_once_across_restarts(
+        kafka_settings: Settings) -> None:
+    """The sink dead-lettered it from Quix's consumer-error path, which stores no offset: each restart read
+    it again and dead-lettered it again, as long as no later message came."""
+    from tests.helpers import produce_raw
+
+    settings = kafka_settings
+    ensure_topics(settings)
+    good = {"instance_id": 1, "query_id": 1, "model_version": "v1", "arrival_timestamp": T0.isoformat(),
+            "execution_duration_ms": 90_000, "pred_mean_ms": 1000.0}
+    producer = Producer({**settings.kafka_client_config(), "enable.idempotence": True})
+    producer.produce(settings.topic_anomalies, key=b"1", value=orjson.dumps(good), headers=anomaly_headers(),
+                     partition=0)
+    assert producer.flush(10) == 0
+    sink_contract = [(k.encode(), v) for k, v in anomaly_headers()]
+    assert produce_raw(settings.bootstrap_servers, settings.topic_anomalies, 0, b"1",
+                       orjson.dumps(dict(good, query_id=2)), [*sink_contract, (b"\xff-name", b"v")]) == 0
+    first = run_anomaly_sink(settings, idle_exit=4, timeout=90, commit_interval=0.5)
+    again = run_anomaly_sink(settings, idle_exit=4, timeout=90, commit_interval=0.5)
+    assert (first["sink_rows"], first["dead_letters"]) == (1, 1), first.counters
+    assert (again["sink_rows"], again["dead_letters"]) == (0, 0), again.counters
+    dead = consume_all(settings, settings.topic_dead_letter, to_end=True)
+    assert [int(dict(m.headers())["source_offset"]) for m in dead] == [1]
+
+
 def test_the_anomaly_sink_dead_letters_values_the_lakehouse_cannot_hold(kafka_settings: Settings) -> None:
     settings = kafka_settings
     ensure_topics(settings)

@@ -96,7 +96,6 @@ def build_application(
     producer_extra_config: dict[str, Any] | None = None,
     use_changelog_topics: bool = True,
     on_processing_error: Any = None,
-    on_consumer_error: Any = None,
 ) -> Application:
     """A Quix Application for one workbench app, configured from ``settings``.
 
@@ -116,8 +115,6 @@ def build_application(
         Back window state with changelog topics (needed to recover state on another machine).
     on_processing_error : callable, optional
         Quix's per-message error callback (:meth:`WorkbenchApp.on_processing_error`).
-    on_consumer_error : callable, optional
-        Quix's callback for a message it could not read (:meth:`WorkbenchApp.on_consumer_error`).
 
     Returns
     -------
@@ -148,7 +145,6 @@ def build_application(
         use_changelog_topics=use_changelog_topics,
         consumer_poll_timeout=0.2,
         on_processing_error=on_processing_error,
-        on_consumer_error=on_consumer_error,
     )
 
 
@@ -218,22 +214,6 @@ class WorkbenchApp:
         logger.warning("message failed in processing, dead-lettered: %s", reason[:300], exc_info=exc)
         self.dead_letters.send(row.value, reason, key=row.key, headers=row.headers, topic=row.topic,
                                partition=row.partition, offset=row.offset)
-        if self.status is not None:
-            self.status.add("dead_letters")
-        return True
-
-    def on_consumer_error(self, exc: Exception, message: Any, _logger: Any) -> bool:
-        """A message Quix could not read into a row: one whose headers the Kafka client cannot read (a
-        header name that is not UTF-8) is dead-lettered, and the app goes on; anything else stops it,
-        as Quix does by default. That one message had the app restart for good."""
-        from workbench.data import codec
-
-        # raised by _quix.read_headers_first, which reads the headers before Quix does
-        if (message is None or self.dead_letters is None or not isinstance(exc, codec.MessageDecodeError)
-                or exc.reason != "bad_header"):
-            return False
-        self.dead_letters.send(message.value(), str(exc), key=message.key(), headers=None, topic=message.topic(),
-                               partition=message.partition(), offset=message.offset())
         if self.status is not None:
             self.status.add("dead_letters")
         return True

@@ -121,12 +121,33 @@ def partition_flow(app: Application) -> PartitionFlow:
                          _internal(app, "_consumer", "resume", ("partitions",)))
 
 
+class _HeadersReadOnce:
+    """A confluent-kafka message whose ``headers()`` answers what was read once (the rest is the message's)."""
+
+    __slots__ = ("_headers", "_message")
+
+    def __init__(self, message: Any, headers: Any) -> None:
+        self._message, self._headers = message, headers
+
+    def headers(self) -> Any:
+        return self._headers
+
+    def __len__(self) -> int:
+        return len(self._message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._message, name)
+
+
 def read_headers_first(topic: Any) -> None:
     """Make ``topic`` (a Quix ``Topic`` of the app) read each message's headers through
-    :func:`~workbench.data.codec.headers_of` before Quix's ``row_deserialize`` does: headers the Kafka
-    client cannot read (a header name that is not UTF-8) raise ``MessageDecodeError("bad_header")``,
-    which the app's ``on_consumer_error`` dead-letters. Quix's own ``message.headers()`` call crashed
-    the app on such a message, or, once that call site ran often, went on with a half-built list."""
+    :func:`~workbench.data.codec.headers_of` before Quix's ``row_deserialize`` does. Headers the Kafka
+    client cannot read (a header name that is not UTF-8) reach the pipeline as
+    :class:`~workbench.data.codec.UnreadableHeaders`, so the app dead-letters the message as it does any
+    other, and Quix stores its offset as processed. Quix's own ``message.headers()`` call crashed the
+    app on such a message, or, once that call site ran often, went on with a half-built list; raising
+    instead went to Quix's consumer-error path, which stores no offset (a partition's last such message
+    was dead-lettered again after every restart)."""
     from workbench.data import codec
 
     original = getattr(topic, "row_deserialize", None)
@@ -138,7 +159,7 @@ def read_headers_first(topic: Any) -> None:
     def row_deserialize(message: Any) -> Any:
         headers = codec.headers_of(message)
         if isinstance(headers, codec.UnreadableHeaders):
-            raise codec.MessageDecodeError("bad_header", headers.why)
+            message = _HeadersReadOnce(message, headers)
         return original(message=message)
 
     topic.row_deserialize = row_deserialize

@@ -24,6 +24,7 @@ from quixstreams import Application
 from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
 
 from workbench.config import Settings
+from workbench.data import codec
 from workbench.pipeline._app import WorkbenchApp, build_application
 from workbench.pipeline._deadletter import DeadLetters
 from workbench.pipeline._eventtime import EventTimeGuard
@@ -150,6 +151,10 @@ class AnomalySinkApp(WorkbenchApp):
     def _row(self, value: bytes | None, key: Any, _ts: int, headers: Any) -> dict[str, Any] | None:
         """The message's lakehouse row, or None when it is dead-lettered (``anomaly_contract``)."""
         assert self.dead_letters is not None
+        if isinstance(headers, codec.UnreadableHeaders):  # see _quix.read_headers_first
+            self.dead_letters.send(value, f"bad_header: {headers.why}", key=key, headers=None)
+            self.status.add("dead_letters")
+            return None
         try:
             schema = next((v for k, v in headers or () if k == "schema"), None)
             if schema is not None and bytes(schema) != ANOMALY_CONTRACT_VERSION.encode():
@@ -179,8 +184,7 @@ class AnomalySinkApp(WorkbenchApp):
     def build(self) -> Application:
         """Declare the Quix pipeline; returns the Application (not started)."""
         app = build_application(self.settings, APP_NAME, group=self.group, commit_interval=self.commit_interval,
-                                use_changelog_topics=False, on_processing_error=self.on_processing_error,
-                                on_consumer_error=self.on_consumer_error)
+                                use_changelog_topics=False, on_processing_error=self.on_processing_error)
         self.dead_letters = DeadLetters(self.settings, APP_NAME, app.get_producer())
         lakehouse = AnomalyLakehouse.from_settings(self.settings)
         lakehouse.check_reachable()
