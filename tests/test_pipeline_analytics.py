@@ -156,9 +156,10 @@ def test_dead_letters_and_late_events(kafka_settings: Settings, tmp_path: Path) 
     topic = kafka_settings.topic_query_events
     json_headers = codec.message_headers(codec.ENCODING_JSON, 1)
     good = orjson.loads(codec.encode_json(pq.read_table(log).to_batches()[0].slice(0, 1))[0])
-    # for the first window, long closed: the first query again, a query never sent before, and one re-sent
+    # for the first window, long closed: the first query again, a query never sent before, the first query marked
+    # re-sent (as the replay marks what it sends again) and a query never sent before marked so (another producer)
     straggler = dict(good, query_id=10**9)
-    resent = dict(good, query_id=10**9 + 1)
+    never_sent = dict(good, query_id=10**9 + 1)
     resent_headers = [*json_headers, (codec.RESENT_HEADER, b"1")]
     bad_type = dict(good, execution_duration_ms="slow")
     # the late events go to the partition that holds instance 1's data
@@ -170,14 +171,15 @@ def test_dead_letters_and_late_events(kafka_settings: Settings, tmp_path: Path) 
     for _ in range(3):
         producer.produce(topic, key=b"1", value=orjson.dumps(good), headers=json_headers, partition=part)
     producer.produce(topic, key=b"1", value=orjson.dumps(straggler), headers=json_headers, partition=part)
-    producer.produce(topic, key=b"1", value=orjson.dumps(resent), headers=resent_headers, partition=part)
+    producer.produce(topic, key=b"1", value=orjson.dumps(good), headers=resent_headers, partition=part)
+    producer.produce(topic, key=b"1", value=orjson.dumps(never_sent), headers=resent_headers, partition=part)
     producer.flush(10)
 
     result = run_analytics(kafka_settings, idle_exit=4, timeout=60, commit_interval=1.0)
     assert result["dead_letters"] == 4
-    # the copies are copies, the straggler counts in its window, only the re-sent row is late
+    # the copies are copies, the stragglers count in their window, only the re-sent copy is late
     assert result["late_events"] == 1 and result["repeated_events"] == 3, result.counters
-    assert result["events"] == 600 + 5
+    assert result["events"] == 600 + 6
     dead = consume_all(kafka_settings, kafka_settings.topic_dead_letter, expected=4, timeout=20)
     reasons = sorted(dict(m.headers())["reason"].decode() for m in dead)
     assert len(dead) == 4
@@ -194,7 +196,7 @@ def test_dead_letters_and_late_events(kafka_settings: Settings, tmp_path: Path) 
         late_rows = store.late_events().to_pylist()
         assert sum(r["late_count"] for r in late_rows) == 1
         assert store.read().to_pylist()  # the good rows landed
-    assert sum(v[0] for v in stored_windows(kafka_settings).values()) == 601
+    assert sum(v[0] for v in stored_windows(kafka_settings).values()) == 602
 
 
 def test_window_sums_saturate_instead_of_wrapping(tmp_path: Path) -> None:

@@ -43,9 +43,13 @@ def template(tmp_path: Path) -> dict:
 _QUERY_IDS = itertools.count(1)
 
 
-def _rows(template: dict, times_ms: list[int], instance: int = 1) -> pa.RecordBatch:
-    """Rows of new queries (each call takes fresh query ids: a repeated id is a second copy of one event)."""
-    rows = [dict(template, instance_id=instance, query_id=next(_QUERY_IDS), arrival_us=t * 1000) for t in times_ms]
+def _rows(template: dict, times_ms: list[int], instance: int = 1, query_ids: list[int] | None = None,
+          ) -> pa.RecordBatch:
+    """Rows of new queries (each call takes fresh query ids unless given: a repeated id is a second copy of one
+    event)."""
+    ids = query_ids or [next(_QUERY_IDS) for _ in times_ms]
+    rows = [dict(template, instance_id=instance, query_id=q, arrival_us=t * 1000) for t, q in zip(times_ms, ids,
+                                                                                                  strict=True)]
     return codec.rows_to_batch(rows)
 
 
@@ -69,7 +73,8 @@ def test_a_row_first_sent_after_its_window_closed_is_counted_in_it_and_a_re_sent
         tmp_path: Path, template: dict) -> None:
     """A row whose window the clock closed, sent for the first time (a seek forward skipped it, a reset sent
     it): it used to be late, lost from window_stats for good. Now its window opens again, from its kept
-    partial, and closes at once. Re-sent rows, and windows counted before their partial was kept, are late."""
+    partial, and closes at once. Copies marked re-sent, and rows of windows counted before their partial was kept,
+    are late."""
     import sqlite3
 
     path = tmp_path / "s.sqlite"
@@ -88,23 +93,28 @@ def test_a_row_first_sent_after_its_window_closed_is_counted_in_it_and_a_re_sent
     assert rows == {t0: 4, t0 + W: 1}  # the open window is there as a provisional row
     # a window never counted (no row in window_stats) opens as new behind the clock
     assert _count(state, template, [t0 - 3 * W], first_offset=5) == 1
-    # a re-sent row (the replay sent it before a seek or reset back) is late, its window open or not
-    (prep,) = state.prepare([p], _rows(template, [t0 + 5]), np.zeros(1, np.int64), np.array([6]),
-                            resent=np.array([True]))
-    state.apply(prep)
-    state.advance(p, 6)
-    assert p.late == {(6, 1, t0): 1}
+    # A row marked re-sent (the replay sent it before a seek or reset back) is late when its window counted
+    # its query, the window closed or open; one its window never counted (another producer's header) counts.
+    def resend(offset: int, query_id: int, at_ms: int) -> None:
+        row = codec.rows_to_batch([dict(template, instance_id=1, query_id=query_id, arrival_us=at_ms * 1000)])
+        (prep,) = state.prepare([p], row, np.zeros(1, np.int64), np.array([offset]), resent=np.array([True]))
+        state.apply(prep)
+        state.advance(p, offset)
+
+    for offset, at_ms in ((6, t0 + 5), (8, t0 + W + 1)):  # a closed window, then the open one
+        resend(offset, 10**12 + offset, at_ms)
+        resend(offset + 1, 10**12 + offset, at_ms)
+    assert p.late == {(7, 1, t0): 1, (9, 1, t0 + W): 1}
     state.flush()
     with sqlite3.connect(path) as con:  # as a window closed before its partial was kept
         con.execute("DELETE FROM analytics_closed_windows")
-    _count(state, template, [t0 + 6], first_offset=7)
-    assert p.late == {(7, 1, t0): 1}
+    _count(state, template, [t0 + 6], first_offset=10)
+    assert p.late == {(10, 1, t0): 1}
     state.flush()
     with WindowStatsStore(path, read_only=True) as store:
-        assert sum(r["late_count"] for r in store.late_events().to_pylist()) == 2
+        assert sum(r["late_count"] for r in store.late_events().to_pylist()) == 3
         rows = {r["window_start"].timestamp() * 1000: r["total_queries"] for r in store.read().to_pylist()}
-    assert rows == {t0 - 3 * W: 1, t0: 4, t0 + W: 1}
-
+    assert rows == {t0 - 3 * W: 1, t0: 5, t0 + W: 2}
 
 def test_re_sent_rows_of_many_passes_keep_one_late_row_per_window_and_a_crash_counts_none_twice(
         tmp_path: Path, template: dict) -> None:
@@ -117,14 +127,17 @@ def test_re_sent_rows_of_many_passes_keep_one_late_row_per_window_and_a_crash_co
     state = _state(path, k=1)
     t0 = 1_709_510_400_000
     times = [t0 + 1, t0 + W + 2, t0 + 2 * W + 3]
-    _count(state, template, times)
-    state.flush()
+    ids = [next(_QUERY_IDS) for _ in times]
     p = state.partition("t", 0)
+    (prep,) = state.prepare([p], _rows(template, times, query_ids=ids), np.zeros(3, np.int64), np.arange(3))
+    state.apply(prep)
+    state.advance(p, 2)
+    state.flush()
     offset = len(times)
     for _ in range(20):  # 20 passes, each re-sending every row in a message of its own
-        for t in times:
-            (prep,) = state.prepare([p], _rows(template, [t]), np.zeros(1, np.int64), np.array([offset]),
-                                    resent=np.array([True]))
+        for t, query_id in zip(times, ids, strict=True):
+            (prep,) = state.prepare([p], _rows(template, [t], query_ids=[query_id]), np.zeros(1, np.int64),
+                                    np.array([offset]), resent=np.array([True]))
             state.apply(prep)
             state.advance(p, offset)
             offset += 1
@@ -603,10 +616,10 @@ def test_the_end_of_the_log_closes_its_last_windows_and_keeps_rows_dated_ahead_o
     ending = len([k for k in p.open if k[1] <= end_ms])
     assert ending >= 2 and state.end_of_log(p, end_ms) == ending
     assert sorted(p.open) == [(1, T0 + 30 * W)] and p.ended_ms == end_ms
-    # after the end, for window 2: a row never sent before opens it again, a re-sent one is late
+    # after the end, for window 2: a row never sent before opens it again, a copy of it re-sent is late
     assert _feed(state, template, [[T0 + 23 * 60_000]], first_offset=26, instances=[2]) == 1
-    (prep,) = state.prepare([p], _rows(template, [T0 + 23 * 60_000], 2), np.zeros(1, np.int64), np.array([27]),
-                            resent=np.array([True]))
+    (prep,) = state.prepare([p], _rows(template, [T0 + 23 * 60_000], 2, query_ids=[26 * 1000]),
+                            np.zeros(1, np.int64), np.array([27]), resent=np.array([True]))
     state.apply(prep)
     state.advance(p, 27)
     assert p.late == {(27, 2, T0 + 2 * W): 1}

@@ -59,7 +59,8 @@ Windows and late events
     again at once and its row is rewritten; a window never counted opens as new. So what is counted
     does not depend on when a row comes, nor on batch boundaries. A row is *late* when its message is
     marked re-sent (:data:`~workbench.data.codec.RESENT_HEADER`: the replay sent it before a seek or
-    reset back in time, and it was counted then, even if its window is still open), or when its window
+    reset back in time) and its window counted its query then, open or closed (a marked row its window
+    never counted, e.g. another producer copied the header, counts), or when its window
     was counted before partials were kept or lies ``retention_ms`` before the newest window; late rows
     are counted per (source message, window) in ``late_event_sources``, folded into one row per window
     in the transaction that stores the offset past them (never counted into ``window_stats``). The collective
@@ -630,26 +631,18 @@ class WindowState:
             else:
                 late[rows] = part_late
         reopened_of: list[dict[WindowKey, tuple[dict[str, Any] | None, np.ndarray | None]]] = [{} for _ in states]
-        if late.any():
-            # a row its window closed before, never sent before: counted in that window all the same
-            first_time = late if resent is None else late & ~resent
-            if first_time.any():
-                late = late & ~self._reopen(states, row_state, instance, start, first_time, reopened_of)
-        if resent is not None:
-            late |= resent
-        late_counts: list[dict[tuple[int, int, int], int]] = [{} for _ in states]
-        if late.any():
-            where = np.flatnonzero(late)
-            for j, key in zip((row_state[where] if not single else np.zeros(len(where), np.int64)).tolist(),
-                              zip(offsets[where].tolist(), instance[where].tolist(), start[where].tolist(),
-                                  strict=True), strict=True):
-                late_counts[j][key] = late_counts[j].get(key, 0) + 1
-            counted = batch.filter(pa.array(~late))
-            kept_state = row_state[~late]
-            kept_instance = instance[~late]
-            kept_start = start[~late]
-        else:
-            counted, kept_state, kept_instance, kept_start = batch, row_state, instance, start
+        query_id = _int64(batch.column("query_id"))
+        maybe = late if resent is None else late | resent
+        if maybe.any():
+            # A row the clock made late, or one marked re-sent, still counts in its window when that window
+            # can be opened again and never counted its query (a seek forward skipped it, or another
+            # producer's header says re-sent): the window's kept ids tell a copy from a new row.
+            late = maybe & ~self._reopen(states, row_state, instance, start, maybe, reopened_of)
+            if resent is not None:
+                late |= self._ids_unknown(states, row_state, instance, start, resent & ~late, reopened_of)
+        kept = np.flatnonzero(~late)
+        kept_state, kept_instance, kept_start = row_state[kept], instance[kept], start[kept]
+
         # a query its window counted before (or an earlier row counts now) is a second copy: not counted again
         def counted_before(window: tuple[int, ...]) -> np.ndarray | None:
             j, key = window[0], (window[1], window[2])
@@ -658,17 +651,27 @@ class WindowState:
                 ids = reopened_of[j][key][1]
             return ids
 
-        first, ids_after = first_copies((kept_state, kept_instance, kept_start), _int64(counted.column("query_id")),
-                                        counted_before)
+        first, ids_after = first_copies((kept_state, kept_instance, kept_start), query_id[kept], counted_before)
+        repeats_of = [0] * len(states)
+        if not first.all():
+            copies = kept[~first]
+            if resent is not None:  # a re-sent copy was counted when first sent: late, as the replay said
+                late[copies[resent[copies]]] = True
+                copies = copies[~resent[copies]]
+            for j in row_state[copies].tolist():
+                repeats_of[j] += 1
+            kept_state, kept_instance = kept_state[first], kept_instance[first]
+        late_counts: list[dict[tuple[int, int, int], int]] = [{} for _ in states]
+        if late.any():
+            where = np.flatnonzero(late)
+            for j, key in zip((row_state[where] if not single else np.zeros(len(where), np.int64)).tolist(),
+                              zip(offsets[where].tolist(), instance[where].tolist(), start[where].tolist(),
+                                  strict=True), strict=True):
+                late_counts[j][key] = late_counts[j].get(key, 0) + 1
+        counted = batch if len(kept) == n and first.all() else batch.take(pa.array(kept[first]))
         counted_of: list[dict[WindowKey, np.ndarray]] = [{} for _ in states]
         for (j, inst, st), ids in ids_after.items():
             counted_of[j][(inst, st)] = ids
-        repeats_of = [0] * len(states)
-        if not first.all():
-            for j in kept_state[~first].tolist():
-                repeats_of[j] += 1
-            counted = counted.filter(pa.array(first))
-            kept_state, kept_instance = kept_state[first], kept_instance[first]
         partials_of: list[list[dict[str, Any]]] = [[] for _ in states]
         if single:
             partials_of[0] = partial_aggregates(counted, w)
@@ -692,7 +695,8 @@ class WindowState:
     def _reopen(self, states: list[PartitionState], row_state: np.ndarray, instance: np.ndarray, start: np.ndarray,
                 rows: np.ndarray, reopened_of: list[dict[WindowKey, tuple[dict[str, Any] | None, np.ndarray | None]]],
                 ) -> np.ndarray:
-        """Of the ``rows`` (a mask) whose window the clock has closed, those to count in it all the same.
+        """Of the ``rows`` (a mask: rows the clock made late, or marked re-sent), those whose window can
+        count them (:meth:`prepare` then keeps the ones it never counted).
 
         A row sent for the first time after its window closed was skipped by a seek forward (and sent by
         a reset or a seek back), or came out of order from another producer: counting it as late lost it
@@ -738,6 +742,33 @@ class WindowState:
         mask = np.zeros(len(rows), dtype=bool)
         mask[where[np.fromiter((k in counts for k in keys), dtype=bool, count=len(keys))]] = True
         return mask
+
+    @staticmethod
+    def _ids_unknown(states: list[PartitionState], row_state: np.ndarray, instance: np.ndarray, start: np.ndarray,
+                     rows: np.ndarray,
+                     reopened_of: list[dict[WindowKey, tuple[dict[str, Any] | None, np.ndarray | None]]],
+                     ) -> np.ndarray:
+        """Of the ``rows`` (a mask), those whose window counted rows but kept no ids (a state an earlier
+        release stored): a copy cannot be told from a new row there."""
+        where = np.flatnonzero(rows)
+        unknown = np.zeros(len(rows), dtype=bool)
+        if not len(where):
+            return unknown
+        js = row_state[where].tolist() if len(states) > 1 else [0] * len(where)
+        keys = list(zip(js, instance[where].tolist(), start[where].tolist(), strict=True))
+        blind = set()
+        for j, inst, st in dict.fromkeys(keys):
+            key = (inst, st)
+            if key in states[j].open:
+                known = key in states[j].counted
+            else:
+                partial, ids = reopened_of[j].get(key, (None, None))
+                known = partial is None or ids is not None  # (None, None): a window never counted
+            if not known:
+                blind.add((j, inst, st))
+        if blind:
+            unknown[where[np.fromiter((k in blind for k in keys), dtype=bool, count=len(keys))]] = True
+        return unknown
 
     def apply(self, prepared: Prepared) -> int:
         """Merge prepared partials into the open windows, record late rows, move event time, close
@@ -881,9 +912,8 @@ class WindowState:
                                               for k, (c, ids) in p.closed.items()])
                 db.executemany(_OPEN, [(*g, k[0], k[1], orjson.dumps(p.open[k]).decode(), _ids_text(p.counted.get(k)))
                                        for k in dirty])
-                for (offset, inst, start), count in p.late.items():
-                    store.record_late(inst, start, count, source=(p.topic, p.partition, offset))
                 if p.late:  # these messages are below the offset stored next: never counted again
+                    store.record_late_messages(p.topic, p.partition, p.late)
                     store.merge_late_sources(p.topic, p.partition, p.next_offset)
                 lates += len(p.late)
                 db.executemany(_KEY_TIME, [(*g, inst, p.key_time[inst], _recent_json(p.key_recent.get(inst, [])))

@@ -63,15 +63,16 @@ The end of the log
     The replay ends every partition with an end-of-log marker after the log's last row. The marker
     closes the partition's open windows up to the log's end (:meth:`WindowState.end_of_log`): nothing
     later would, so each instance's last windows would stay provisional and unjudged. A row that comes
-    after the marker for a window it closed opens it again if it was never sent before (below), and is
-    late if re-sent.
+    after the marker for a window it closed opens it again if the window never counted its query (below),
+    and is late if it did.
 
 Events first sent after their window closed
     A row whose window the clock has closed, but that was never sent before (a seek forward skipped it,
     and a reset or a seek back sent it; or another producer's event out of order), is counted in its
     window all the same: the window is opened again from its stored partial (kept when it closed, in
     ``analytics_closed_windows``), or as new when it was never counted, and closed again at once; its
-    row is written anew. Only re-sent rows, and rows of windows past ``retention_days``, are late.
+    row is written anew. Only copies the replay marks re-sent (their window counted the query), and rows
+    of windows past ``retention_days``, are late.
 
 Second copies of an event
     A query already counted in its open window (same instance and ``query_id``) is not counted again

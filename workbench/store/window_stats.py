@@ -706,6 +706,19 @@ class WindowStatsStore(ConnectionStore):
         self._fetch(self._late_sql, (str(topic), int(partition), int(offset), int(instance_id), start, int(count),
                                  now_ns // 1_000_000))
 
+    def record_late_messages(self, topic: str, partition: int, counts: Mapping[tuple[int, int, int], int]) -> None:
+        """:meth:`record_late` for many messages of ``topic[partition]`` in one statement; ``counts`` maps
+        ``(offset, instance_id, window start ms)`` to late rows. Call it inside :meth:`transaction`
+        (a Reset of a log of one-row messages recorded 400 k rows one statement each)."""
+        now_ms = time.time_ns() // 1_000_000
+        cur = self._db.cursor()  # the statement is in the store's dialect already
+        try:
+            cur.executemany(self._late_sql, [
+                (str(topic), int(partition), int(offset), int(instance), int(start), int(count), now_ms)
+                for (offset, instance, start), count in counts.items()])
+        finally:
+            cur.close()
+
     def merge_late_sources(self, topic: str, partition: int, below_offset: int) -> None:
         """Fold the late counts recorded for messages of ``topic[partition]`` below ``below_offset`` into
         one row per window (:data:`MERGED_LATE_SOURCE`).
