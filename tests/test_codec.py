@@ -104,6 +104,20 @@ def test_unknown_encoding_and_header_helpers() -> None:
     assert info.value.reason == "invalid_json"
 
 
+
+def test_a_contract_header_without_a_value_is_read_as_absent_whichever_it_is() -> None:
+    """Kafka allows a header with a null value; ``rows`` and ``encoding`` read it as absent, while ``schema``
+    refused the message with "header 'schema' says None" (a tester's finding: three readings of one thing)."""
+    value = _json()
+    for name in ("schema", "encoding", "rows"):
+        headers = [(k, None if k == name else v) for k, v in codec.message_headers("json", 1)]
+        decoded = codec.decode_values([value], headers=[headers], keys=[b"7"])
+        assert decoded.errors == [] and decoded.batch.num_rows == 1, name
+    arrow = codec.encode_arrow(_batch(3))
+    headers = [("schema", b"redset/1"), ("encoding", None)]
+    (error,) = codec.decode_values([arrow], headers=[headers], keys=[b"7"]).errors
+    assert error[1].startswith("invalid_json:") and "name its encoding in the 'encoding' header" in error[1]
+
 def _json(**changes: object) -> bytes:
     row = orjson.loads(codec.encode_json(_batch(1))[0])
     for name, value in changes.items():

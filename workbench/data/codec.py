@@ -352,13 +352,16 @@ def _meta(headers: Headers) -> tuple[str | None, int | None]:
 
     A ``schema`` header, when present, must name this event schema: a message of another version
     is refused rather than read as this one. Each of the three headers may appear once (which of
-    two ``encoding`` headers would be meant is a guess).
+    two ``encoding`` headers would be meant is a guess). A header without a value (Kafka allows a null
+    one) is read as absent, whichever of the three it is.
     """
     if isinstance(headers, UnreadableHeaders):
         raise MessageDecodeError("bad_header", headers.why)
     encoding = rows = None
     seen: set[str] = set()
     for key, value in headers or ():
+        if value is None:
+            continue
         if key in _CONTRACT_HEADERS:
             if key in seen:
                 raise MessageDecodeError("bad_header", f"header {key!r} appears more than once")
