@@ -180,6 +180,38 @@ def test_an_unreadable_anomaly_as_a_partitions_last_message_is_dead_lettered_onc
     assert [int(dict(m.headers())["source_offset"]) for m in dead] == [1]
 
 
+def test_an_end_of_log_marker_dated_past_the_horizon_is_dead_lettered_and_a_plausible_one_is_taken(
+        kafka_settings: Settings) -> None:
+    """Any producer can write a marker: one dated 2099 was taken as the log's end, and every later window
+    of its partition was settled for good. It is held to an event's horizon now."""
+    settings = kafka_settings
+    ensure_topics(settings)
+    events = settings.topic_query_events
+    producer = Producer({**settings.kafka_client_config(), "enable.idempotence": True})
+    json_headers = codec.message_headers("json", 1)
+    producer.produce(events, key=b"7", value=_event(1), headers=json_headers, partition=0)
+    forged, forged_headers = codec.end_of_log_message(int(datetime(2099, 1, 1, tzinfo=UTC).timestamp() * 1e6))
+    producer.produce(events, value=forged, headers=forged_headers, partition=0)  # offset 1
+    producer.produce(events, key=b"7", value=_event(2), headers=json_headers, partition=0)
+    end_us = int((T0 + timedelta(seconds=2)).timestamp() * 1e6)
+    plausible, plausible_headers = codec.end_of_log_message(end_us)
+    producer.produce(events, value=plausible, headers=plausible_headers, partition=0)  # offset 3
+    assert producer.flush(10) == 0
+
+    analytics = run_analytics(settings, idle_exit=4, timeout=120, commit_interval=1.0)
+    scoring = run_scoring(settings, idle_exit=8, timeout=120, train=False, batch_seconds=0.3)
+    for result in (analytics, scoring):
+        assert (result["events"], result["dead_letters"]) == (2, 1), result.counters
+    dead = consume_all(settings, settings.topic_dead_letter, to_end=True)
+    reasons = {dict(m.headers())["app"].decode(): (int(dict(m.headers())["source_offset"]),
+                                                    dict(m.headers())["reason"].decode()) for m in dead}
+    assert set(reasons) == {"analytics", "scoring"} and len(dead) == 2
+    for offset, reason in reasons.values():
+        assert offset == 1 and reason.startswith("event_time_out_of_range: end-of-log marker time 2099-01-01"), reason
+    with WindowStatsStore(settings.sqlite_path, read_only=True) as store:
+        assert store.log_ends() == {7: end_us // 1000}
+
+
 def test_the_anomaly_sink_dead_letters_values_the_lakehouse_cannot_hold(kafka_settings: Settings) -> None:
     settings = kafka_settings
     ensure_topics(settings)

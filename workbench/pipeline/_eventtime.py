@@ -133,6 +133,13 @@ class EventTimeGuard:
                     f"behind the stream ({_iso(reference)}; Settings.event_time_past_horizon_s)")
         return None
 
+    def marker_reason(self, end_us: int) -> str | None:
+        """Why an end-of-log marker saying the log ended at ``end_us`` is implausible, or None: its time is
+        held to the bounds and horizons of an event's (a marker dated years ahead settled every later
+        window of its partition for good). Asks only; the watermark does not move."""
+        why = self.reason(end_us, end_us)
+        return None if why is None else why.replace("event time", "end-of-log marker time", 1)
+
     def outside_bounds(self, when: datetime) -> str | None:
         """Why ``when`` is outside the absolute bounds (``event_time_min`` .. ``event_time_max``), or None;
         the horizons, which need a stream's watermark, are not asked."""

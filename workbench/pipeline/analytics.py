@@ -391,6 +391,7 @@ class AnalyticsApp(WorkbenchApp):
         decoded = codec.decode_values(list(map(_VALUE, fresh)), headers=list(map(_HEADERS, fresh)),
                                       keys=list(map(_KEY, fresh)))
         ended: tuple[int, int] | None = None  # (partition state index, end-of-log time ms) of a marker
+        marker: tuple[int, int] | None = None  # (message position, end-of-log time µs)
         if decoded.end_of_log_markers:
             first, end_us = decoded.end_of_log_markers[0]
             if first < len(fresh) - 1:
@@ -400,6 +401,7 @@ class AnalyticsApp(WorkbenchApp):
                 self._process(fresh[first + 1:])
                 return
             ended = (int(fresh_state[first]), end_us // 1000)
+            marker = (first, end_us)
         rejected: dict[int, str] = dict(decoded.errors)
         batch = decoded.batch
         n = batch.num_rows
@@ -461,6 +463,11 @@ class AnalyticsApp(WorkbenchApp):
                 resent = np.fromiter(map(codec.is_resent, map(_HEADERS, fresh)), dtype=bool, count=len(fresh))
                 prepared = state.prepare(states, batch, fresh_state[row_message], fresh_offset[row_message],
                                          resent=resent[row_message] if resent.any() else None)
+        if marker is not None:  # after the rows before it moved the watermark
+            why = self.guard.marker_reason(marker[1])
+            if why is not None:
+                rejected[marker[0]] = why
+                ended = None
         # --- everything computed: change the state, then tell ----------------------------------------
         self._applying = True
         closed = 0

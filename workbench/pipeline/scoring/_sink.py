@@ -364,9 +364,16 @@ class ScoringSink(BatchingSink):
         """
         t0 = time.perf_counter()
         buffer = batch.buffer
-        table, errors, end_of_log_us = decode_messages(buffer.values, buffer.keys, buffer.headers, buffer.offsets,
-                                                       batch.partition)
+        table, errors, markers = decode_messages(buffer.values, buffer.keys, buffer.headers, buffer.offsets,
+                                                 batch.partition)
         table, late = guard_event_time(self.guard, table)
+        end_of_log_us = None
+        for position, end_us in markers:  # held to an event's bounds, after the rows before them moved the watermark
+            why = self.guard.marker_reason(end_us)
+            if why is not None:
+                errors.append((position, why))
+            elif end_of_log_us is None or end_us > end_of_log_us:
+                end_of_log_us = end_us
         held = self.hold_day(table) if self.hold_day is not None and table.num_rows else None
         if held is not None:  # not stored: Quix pauses, then re-reads from the committed offsets
             self.status.add("held_batches")

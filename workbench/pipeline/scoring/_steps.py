@@ -22,9 +22,10 @@ _KAFKA: Final = ["kafka_partition", "kafka_offset"]
 
 
 def decode_messages(values: list[Any], keys: list[Any], headers: list[Any], offset_list: list[int],
-                    partition: int) -> tuple[pa.Table, list[tuple[int, str]], int | None]:
+                    partition: int) -> tuple[pa.Table, list[tuple[int, str]], tuple[tuple[int, int], ...]]:
     """All valid rows of the messages (+ ``kafka_*`` columns), ``(message index, reason)`` of the others,
-    and the newest end-of-log marker among them (:func:`~workbench.data.codec.end_of_log_message`) or None.
+    and ``(message index, end µs)`` of the end-of-log markers among them
+    (:func:`~workbench.data.codec.end_of_log_message`).
 
     The messages are given as parallel lists of their values, keys, headers (None: no headers) and offsets.
     """
@@ -34,7 +35,7 @@ def decode_messages(values: list[Any], keys: list[Any], headers: list[Any], offs
     table = pa.Table.from_batches([decoded.batch])
     table = table.append_column("kafka_partition", pa.array(np.full(len(index), partition, np.int32)))
     table = table.append_column("kafka_offset", pa.array(offsets[index] if len(index) else offsets[:0]))
-    return table.append_column("_message", pa.array(index)), decoded.errors, decoded.end_of_log_us
+    return table.append_column("_message", pa.array(index)), decoded.errors, decoded.end_of_log_markers
 
 
 def guard_event_time(guard: EventTimeGuard, table: pa.Table) -> tuple[pa.Table, list[tuple[int, str]]]:
