@@ -272,3 +272,45 @@ def test_replay_sends_the_named_encoding(kafka_settings: Settings, tmp_path: Pat
                                   keys=[m.key() for m in messages])
     assert decoded.errors == [] and decoded.batch.num_rows == 300
     assert sorted(decoded.batch.column("query_id").to_pylist()) == sorted(pq.read_table(log)["query_id"].to_pylist())
+
+
+def test_dead_letters_are_read_back_by_the_api_and_the_command(
+        kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Reading the reasons needed a hand-written consumer (a tester's finding): `workbench dead-letters`
+    counts them by app and reason and shows the newest with their source message."""
+    from workbench.cli import main
+    from workbench.pipeline import read_dead_letters
+
+    settings = kafka_settings
+    ensure_topics(settings)
+    assert read_dead_letters(settings).num_rows == 0
+    producer = Producer(settings.kafka_client_config())
+    json_headers = codec.message_headers("json", 1)
+    events = settings.topic_query_events
+    producer.produce(events, key=b"7", value=b"{not json", headers=json_headers, partition=0)
+    producer.produce(events, key=b"7", value=_event(1), headers=json_headers, partition=0)
+    producer.produce(events, key=b"7", value=_event(2, datetime(2150, 1, 1, tzinfo=UTC)), headers=json_headers,
+                     partition=0)
+    assert producer.flush(10) == 0
+    assert run_analytics(settings, idle_exit=4, timeout=120, commit_interval=1.0)["dead_letters"] == 2
+    table = read_dead_letters(settings)
+    rows = table.select(["app", "code", "source_topic", "source_partition", "source_offset", "value"]).to_pylist()
+    assert sorted(rows, key=lambda r: r["source_offset"]) == [
+        {"app": "analytics", "code": "invalid_json", "source_topic": events, "source_partition": 0,
+         "source_offset": 0, "value": b"{not json"},
+        {"app": "analytics", "code": "event_time_out_of_range", "source_topic": events, "source_partition": 0,
+         "source_offset": 2, "value": _event(2, datetime(2150, 1, 1, tzinfo=UTC))}]
+    assert read_dead_letters(settings, last=1)["source_offset"].to_pylist() == [2]
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert main(["dead-letters", "--last", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"2 dead letters on {settings.topic_dead_letter}\n")
+    assert "1  analytics     invalid_json" in out and "1  analytics     event_time_out_of_range" in out
+    assert f"analytics  {events}[0]@2" in out and f"{events}[0]@0" not in out  # the newest one only
+    assert main(["dead-letters", "--code", "invalid_json", "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert orjson.loads(line)["value_start"] == "{not json"
+    with pytest.raises(SystemExit) as refused:
+        main(["dead-letters", "--last", "0"])
+    assert refused.value.code == 2 and "must be a positive whole number, not '0'" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from quixstreams.kafka import Producer
 
 from workbench.config import Settings
 
-__all__ = ["MAX_VALUE_BYTES", "DeadLetters"]
+__all__ = ["DEAD_LETTER_COLUMNS", "MAX_VALUE_BYTES", "DeadLetters", "read_dead_letters"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +96,121 @@ class DeadLetters:
     def close(self) -> None:
         """Flush what is still queued."""
         self.producer.flush(10)
+
+
+#: The columns of :func:`read_dead_letters`.
+DEAD_LETTER_COLUMNS: Final = ("written_at", "app", "code", "reason", "source_topic", "source_partition",
+                              "source_offset", "value_bytes", "truncated", "value", "partition", "offset")
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else bytes(value).decode("utf-8", errors="backslashreplace")
+
+
+def _int_or_none(value: Any) -> int | None:
+    text = _text(value)
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def read_dead_letters(settings: Settings, *, last: int | None = None, timeout: float = 30.0) -> Any:
+    """The dead letters on ``settings.topic_dead_letter`` as a ``pyarrow.Table`` (:data:`DEAD_LETTER_COLUMNS`),
+    oldest first: when and by which app, the reason (``code`` is its part before ``: ``), the source
+    message's topic, partition and offset, and the value kept (``value_bytes`` is the original size
+    when it was truncated). ``last`` reads only about the newest ``last`` of each partition (the
+    topic can hold millions). Reads up to the end of every partition and stops; ``timeout`` bounds it.
+    """
+    import time
+    import uuid
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    if last is not None and last < 1:
+        msg = f"The last of read_dead_letters must be a positive number of dead letters. Got {last!r} instead."
+        raise ValueError(msg)
+    topic = settings.topic_dead_letter
+    consumer = Consumer({**settings.kafka_client_config(), "group.id": f"workbench-dead-letters-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         "isolation.level": "read_committed"})
+    rows: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        found = consumer.list_topics(topic, timeout=min(timeout, 10.0)).topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            return pa.Table.from_pylist([], schema=_dead_letter_schema())
+        assignment, pending = [], set()
+        for partition in sorted(found.partitions):
+            low, high = _watermarks(consumer, TopicPartition(topic, partition), deadline)
+            if high <= low:
+                continue
+            start = low if last is None else max(low, high - last)
+            assignment.append(TopicPartition(topic, partition, start))
+            pending.add(partition)
+        if not assignment:
+            return pa.Table.from_pylist([], schema=_dead_letter_schema())
+        consumer.assign(assignment)
+        while pending and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(message.partition())
+                continue
+            headers = {}
+            for key, value in message.headers() or ():
+                headers.setdefault(key, value)
+            reason = _text(headers.get("reason")) or ""
+            value = message.value()
+            truncated = _text(headers.get("truncated")) == "true"
+            rows.append({
+                "written_at": datetime.fromtimestamp(message.timestamp()[1] / 1000, UTC),
+                "app": _text(headers.get("app")), "code": reason.split(": ", 1)[0] if reason else None,
+                "reason": reason, "source_topic": _text(headers.get("source_topic")),
+                "source_partition": _int_or_none(headers.get("source_partition")),
+                "source_offset": _int_or_none(headers.get("source_offset")),
+                "value_bytes": (_int_or_none(headers.get("original_size")) if truncated else None)
+                or (len(value) if value is not None else 0),
+                "truncated": truncated, "value": value, "partition": message.partition(), "offset": message.offset(),
+            })
+        if pending:
+            logger.warning("dead letters: partitions %s of %s not read to their end within %.0f s", sorted(pending),
+                           topic, timeout)
+    finally:
+        consumer.close()
+    rows.sort(key=lambda row: (row["written_at"], row["partition"], row["offset"]))
+    if last is not None:
+        rows = rows[-last:]
+    return pa.Table.from_pylist(rows, schema=_dead_letter_schema())
+
+
+def _watermarks(consumer: Any, partition: Any, deadline: float) -> tuple[int, int]:
+    """A partition's low and high offsets; a leader still being elected (a topic just made) is waited for."""
+    import time
+
+    from confluent_kafka import KafkaError, KafkaException
+
+    electing = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT}
+    while True:
+        try:
+            return consumer.get_watermark_offsets(partition, timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not (error.retriable() or error.code() in electing) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _dead_letter_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([("written_at", pa.timestamp("ms", tz="UTC")), ("app", pa.string()), ("code", pa.string()),
+                      ("reason", pa.string()), ("source_topic", pa.string()), ("source_partition", pa.int32()),
+                      ("source_offset", pa.int64()), ("value_bytes", pa.int64()), ("truncated", pa.bool_()),
+                      ("value", pa.binary()), ("partition", pa.int32()), ("offset", pa.int64())])
