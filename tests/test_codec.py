@@ -398,3 +398,17 @@ def test_arrow_columns_of_the_types_family_from_other_writers_decode_to_the_same
         decoded = codec.decode_values([_arrow_with(**columns)], headers=[codec.message_headers("arrow", 3)],
                                       keys=[b"7"])
         assert decoded.errors == [] and decoded.batch.to_pylist() == expected, name
+
+
+def test_an_arrow_stream_compressed_as_a_whole_is_told_how_arrow_zstd_is_meant() -> None:
+    """A whole-value zstd frame is a natural misreading of 'arrow-zstd'; its reason only said "negative
+    continuation token"."""
+    import gzip
+
+    stream = codec.encode_arrow(_batch(3))
+    for packed, name in ((pa.Codec("zstd").compress(stream, asbytes=True), "zstd"), (gzip.compress(stream), "gzip")):
+        (error,) = codec.decode_values([packed], headers=[codec.message_headers("arrow-zstd", 3)], keys=[b"7"]).errors
+        assert error[1].startswith("invalid_arrow: not a complete Arrow IPC stream"), error
+        assert f"the value is a whole {name} stream" in error[1] and "IpcWriteOptions(compression='zstd')" in error[1]
+    (error,) = codec.decode_values([b"\x00garbage"], headers=[codec.message_headers("arrow", 3)], keys=[b"7"]).errors
+    assert "whole" not in error[1]

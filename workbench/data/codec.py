@@ -500,6 +500,11 @@ def encode_arrow(batch: pa.RecordBatch) -> bytes:
 
 
 # --- decoders (to a batch of whatever the value holds; validated afterwards) -----------------
+#: Magic numbers of a value compressed as a whole, a natural misreading of ``arrow-zstd``.
+_WHOLE_VALUE_COMPRESSION: Final = ((b"\x28\xb5\x2f\xfd", "zstd"), (b"\x1f\x8b", "gzip"),
+                                   (b"\x04\x22\x4d\x18", "lz4"))
+
+
 def _read_ipc(value: bytes) -> pa.RecordBatch:
     declared = _ipc_size.declared_bytes(value)
     if declared is not None and declared > MAX_DECODED_BYTES:
@@ -511,6 +516,10 @@ def _read_ipc(value: bytes) -> pa.RecordBatch:
         table = pa.ipc.open_stream(source).read_all()
     except (pa.ArrowException, OSError, ValueError) as exc:
         msg = f"not a complete Arrow IPC stream: {str(exc)[:200]}"
+        for magic, name in _WHOLE_VALUE_COMPRESSION:
+            if value.startswith(magic):
+                msg += (f"; the value is a whole {name} stream: send the Arrow IPC stream itself ('arrow-zstd' is one "
+                        "whose buffers are zstd-compressed inside it, pyarrow's IpcWriteOptions(compression='zstd'))")
         raise MessageDecodeError("invalid_arrow", msg) from exc
     end = source.tell()
     if end != len(value) and value[end:].strip(b"\0"):  # e.g. a second stream: its rows would be dropped
