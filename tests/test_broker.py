@@ -241,3 +241,44 @@ def test_status_and_env_follow_the_listeners_the_broker_runs_with(kafka_base: Se
     monkeypatch.setenv("WORKBENCH_KAFKA_LISTENERS", "sasl_plaintext,plaintext")
     code = main(["--home", str(kafka_base.home), "kafka", "env", "--listener", "sasl_plaintext"])
     assert code == 2 and "already runs with listeners PLAINTEXT:" in capsys.readouterr().err
+
+
+def test_an_existing_topic_the_apps_cannot_use_is_refused_naming_setting_and_fix(kafka_settings: Settings) -> None:
+    """On a cluster whose events topic was made compacted, the replay failed at the log's end for good (its
+    key-less end-of-log marker refused); with a small max.message.bytes it failed at once; a time retention
+    deleted the replayed (historical) events before the apps read them. Each was started without a word."""
+    from confluent_kafka.admin import NewTopic
+
+    from workbench.broker import TopicMismatchError
+
+    settings = kafka_settings
+    admin = AdminClient(settings.kafka_client_config())
+    made = admin.create_topics([NewTopic(settings.topic_query_events, 2, config={
+        "cleanup.policy": "compact", "max.message.bytes": "10000", "retention.ms": "604800000"})])
+    made[settings.topic_query_events].result()
+    with pytest.raises(TopicMismatchError) as refused:
+        ensure_topics(settings)
+    text = str(refused.value)
+    assert f"{settings.topic_query_events}: cleanup.policy=compact keeps one message per key" in text
+    assert "max.message.bytes=10000 is below" in text and "retention.ms=604800000 deletes messages" in text
+    assert "--alter --entity-type topics" in text
+    assert settings.topic_anomalies not in admin.list_topics(timeout=10).topics  # refused before creating anything
+
+
+def test_partitions_are_not_added_to_an_events_topic_that_has_held_events(kafka_settings: Settings) -> None:
+    """More partitions move instances (key hash modulo the count): the analytics app dead-lettered 79 % of a
+    log as wrong_partition after WORKBENCH_PARTITIONS was raised on a used home."""
+    from confluent_kafka import Producer
+
+    from workbench.broker import TopicMismatchError
+
+    settings = kafka_settings.with_overrides(partitions=2)
+    ensure_topics(settings)
+    ensure_topics(settings.with_overrides(partitions=3))  # no event yet: grown
+    producer = Producer(settings.kafka_client_config())
+    producer.produce(settings.topic_query_events, key=b"7", value=b"{}")
+    assert producer.flush(10) == 0
+    with pytest.raises(TopicMismatchError, match="has 3 partitions and has held events; WORKBENCH_PARTITIONS=4"):
+        ensure_topics(settings.with_overrides(partitions=4))
+    topics = AdminClient(settings.kafka_client_config()).list_topics(timeout=10).topics
+    assert len(topics[settings.topic_query_events].partitions) == 3

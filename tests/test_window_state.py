@@ -221,7 +221,7 @@ def test_a_topic_created_again_is_read_from_its_start(kafka_settings: Settings, 
     admin.delete_topics([topic], operation_timeout=20)[topic].result(30)
     for _ in range(60):  # deletion is asynchronous
         try:
-            admin.create_topics([NewTopic(topic, 4, 1)])[topic].result(30)
+            admin.create_topics([NewTopic(topic, 4, 1, config={"retention.ms": "-1"})])[topic].result(30)
             break
         except Exception:
             time.sleep(0.5)

@@ -20,6 +20,7 @@ __all__ = [
     "IncompleteReadError",
     "LocalKafka",
     "PortInUseError",
+    "TopicMismatchError",
     "TopicSpec",
     "broker_status",
     "ensure_broker",
@@ -54,6 +55,7 @@ _WHERE = {
     "BrokerUnavailableError": "workbench.broker.exceptions",
     "IncompleteReadError": "workbench.broker.exceptions",
     "PortInUseError": "workbench.broker.exceptions",
+    "TopicMismatchError": "workbench.broker.exceptions",
     "broker_status": "workbench.broker._ensure",
     "ensure_broker": "workbench.broker._ensure",
 }

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic, OffsetSpec
 
 from workbench.broker._client import quiet_logs
-from workbench.broker.exceptions import BrokerError
+from workbench.broker.exceptions import BrokerError, TopicMismatchError
 from workbench.config import Settings
 
 __all__ = ["TopicSpec", "ensure_topics", "topic_specs"]
@@ -57,6 +57,10 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
     Existing topics keep their data and configuration. Partitions are never reduced (Kafka
     cannot), and a topic with more partitions than configured is left as it is. Returns only once
     the broker's metadata shows every topic with all its partitions and their leaders.
+
+    Raises :class:`TopicMismatchError` (naming topic, setting, value and fix) for an existing topic the
+    apps cannot use as it is (:func:`_refuse_unusable`), and for partitions to add to an events topic
+    that holds events (:func:`_refuse_moving_instances`).
     """
     specs = specs or topic_specs(settings)
     deadline = time.monotonic() + timeout
@@ -68,6 +72,8 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
             "Is the local Kafka running (`workbench kafka start`)?" if settings.manages_kafka else
             "Check KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_PROTOCOL and that the cluster is reachable.")
         raise BrokerError(msg) from exc
+    present = [spec for spec in specs if spec.name in existing]
+    _refuse_unusable(admin, settings, present, timeout)
     to_create = [
         NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=-1, config=spec.config)
         for spec in specs
@@ -91,6 +97,7 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
         if spec.name in existing and len(existing[spec.name].partitions) < spec.partitions
     ]
     if grow:
+        _refuse_moving_instances(admin, settings, {g.topic: len(existing[g.topic].partitions) for g in grow}, timeout)
         for name, future in admin.create_partitions(grow, request_timeout=timeout).items():
             try:
                 future.result()
@@ -101,6 +108,76 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
     if to_create or grow:
         _await_metadata(admin, specs, deadline, settings.bootstrap_servers)
     return created
+
+
+#: Kafka's default ``max.message.bytes`` of a topic: what a batch of the replay's producer (1 MB) needs.
+MIN_MESSAGE_BYTES = 1_048_588
+
+
+def _refuse_unusable(admin: AdminClient, settings: Settings, present: list[TopicSpec], timeout: float) -> None:
+    """Raise :class:`TopicMismatchError` when an existing data topic (events, anomalies, dead letters) is
+    compacted (Kafka would keep one message per key, and refuses the replay's key-less end-of-log
+    markers: the replay failed at the log's end for good), takes smaller messages than a producer's
+    batch, or deletes by time the log's historical timestamps (replayed events deleted before the apps
+    read them). A cluster that does not let this client read topic configurations is not checked."""
+    data = {settings.topic_query_events, settings.topic_anomalies, settings.topic_dead_letter}
+    resources = [ConfigResource("topic", spec.name) for spec in present if spec.name in data]
+    if not resources:
+        return
+    problems: list[str] = []
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
+        try:
+            config = {name: entry.value for name, entry in future.result().items()}
+        except KafkaException as exc:
+            logger.warning("cannot read the configuration of topic %s (%s); not checked", resource.name, exc)
+            continue
+        name = resource.name
+        policy = config.get("cleanup.policy") or "delete"
+        if "compact" in policy:
+            problems.append(f"{name}: cleanup.policy={policy} keeps one message per key (and refuses the replay's "
+                            "end-of-log markers, which have none): set cleanup.policy=delete")
+        limit = int(config.get("max.message.bytes") or MIN_MESSAGE_BYTES)
+        if limit < MIN_MESSAGE_BYTES:
+            problems.append(f"{name}: max.message.bytes={limit} is below a producer's batch of 1 MB: set "
+                            f"max.message.bytes={MIN_MESSAGE_BYTES} or more (the workbench makes it 16777216)")
+        retention = int(config.get("retention.ms") or -1)
+        if retention >= 0 and config.get("message.timestamp.type", "CreateTime") == "CreateTime":
+            problems.append(f"{name}: retention.ms={retention} deletes messages by their timestamps, which are the "
+                            "log's own (historical) arrival times: replayed events would be deleted before the apps "
+                            "read them. Set retention.ms=-1 (the workbench keeps retention.bytes per partition)")
+    if problems:
+        where = settings.bootstrap_servers
+        msg = (f"Topics at {where} the workbench cannot use as they are:\n  " + "\n  ".join(problems)
+               + f"\nChange them (kafka-configs.sh --bootstrap-server {where} --alter --entity-type topics "
+               "--entity-name NAME --add-config SETTING=VALUE), or name other topics (WORKBENCH_TOPIC_*).")
+        raise TopicMismatchError(msg)
+
+
+def _refuse_moving_instances(admin: AdminClient, settings: Settings, counts: dict[str, int], timeout: float) -> None:
+    """Raise :class:`TopicMismatchError` before partitions are added to an events topic that has held events.
+
+    An event's partition is its key's hash modulo the partition count, so more partitions move most
+    instances to another; the analytics app counts each instance from the one partition its events
+    came on, and dead-lettered the moved instances' events (``wrong_partition``): 79 % of a log."""
+    name = settings.topic_query_events
+    if name not in counts:
+        return
+    latest = admin.list_offsets({TopicPartition(name, p): OffsetSpec.latest() for p in range(counts[name])},
+                                request_timeout=timeout)
+    held = 0
+    for future in latest.values():
+        try:
+            held += future.result().offset
+        except KafkaException as exc:
+            logger.warning("cannot read the offsets of topic %s (%s); partitions added unchecked", name, exc)
+            return
+    if held > 0:
+        msg = (f"Topic {name} has {counts[name]} partitions and has held events; WORKBENCH_PARTITIONS="
+               f"{settings.partitions} would add partitions, which moves instances to other partitions (an event's "
+               "partition is its key's hash modulo the count), and the analytics app counts each instance from "
+               f"one partition. Keep WORKBENCH_PARTITIONS={counts[name]} for this home, or start over with other "
+               "topics: `workbench start --fresh` on the managed Kafka, new WORKBENCH_TOPIC_* names on a cluster.")
+        raise TopicMismatchError(msg)
 
 
 def _missing(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> list[str]:

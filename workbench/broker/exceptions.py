@@ -5,7 +5,7 @@ from __future__ import annotations
 from workbench.exceptions import WorkbenchError
 
 __all__ = ["BrokerAuthenticationError", "BrokerError", "BrokerSetupError", "BrokerUnavailableError",
-           "IncompleteReadError", "PortInUseError"]
+           "IncompleteReadError", "PortInUseError", "TopicMismatchError"]
 
 
 class BrokerError(WorkbenchError, RuntimeError):
@@ -30,3 +30,7 @@ class BrokerAuthenticationError(BrokerUnavailableError):
 
 class IncompleteReadError(BrokerError):
     """A read of a partition range did not reach its end in time."""
+
+
+class TopicMismatchError(BrokerError):
+    """An existing topic is set up in a way the workbench cannot use without losing or miscounting events."""

@@ -440,7 +440,8 @@ class AnalyticsApp(WorkbenchApp):
                     f"{WRONG_PARTITION}: instance {int(instances[checked[i]])}'s windows are counted from partition "
                     f"{owner} of {message.topic()}, and this event came on partition {message.partition()}: produce "
                     "with the key's partitioner (murmur2, as Kafka's Java clients and the replay do) so that every "
-                    "event of an instance reaches one partition")
+                    "event of an instance reaches one partition, and never add partitions to a topic that holds "
+                    "events (the partition is the key's hash modulo their count)")
                 ok[checked[i]] = False
             if starts is None:
                 keep = ok
