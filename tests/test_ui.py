@@ -692,6 +692,15 @@ def test_lag_trend_and_event_time_behind() -> None:
     view = panel_view(fake.status(), lag_history=[(0.0, 100_000), (11.0, 140_000)])
     assert view.lag.startswith("140,000 messages, ~") and "of event time behind" in view.lag
     assert view.lag.endswith("growing")
+    # A packed replay's message carries many events: 3,340 messages of ~18 events were read as 3,340 events
+    # ("~3h 57m behind" for a whole 72 h log, a browser tester's finding).
+    fake.lag = 1_000
+    fake.replay_extra = {"pack": 100, "rows_sent": 900, "messages_sent": 50}
+    assert panel_view(fake.status()).lag.startswith("1,000 messages, ~18d 00h 00m of event time behind")
+    fake.replay_extra = {"pack": 100, "rows_sent": 900, "messages_sent": 0}  # an older replay: no figure
+    assert panel_view(fake.status()).lag == "1,000 messages"
+    fake.replay_extra = {}
+    assert panel_view(fake.status()).lag.startswith("1,000 messages, ~1d 00h 00m of event time behind")
 
 
 def test_speeds_read_as_numbers() -> None:

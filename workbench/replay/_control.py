@@ -167,6 +167,8 @@ class ReplayStatus:
     rows_skipped: int = 0
     #: ``issued_at`` of the last command the replay took (applied or refused): a status after a command.
     applied_command_at: float | None = None
+    #: Event messages sent this run (``rows_sent`` of them): how many events a message of lag stands for.
+    messages_sent: int = 0
 
     @property
     def fraction(self) -> float:
@@ -269,7 +271,7 @@ _STATUS_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "eta_seconds": (*_NUMBER, type(None)), "dead_letters": (int,), "pack": (int,), "encoding": (str, type(None)),
     "error": (str, type(None)), "updated_at": _NUMBER, "behind": (bool,), "behind_seconds": _NUMBER,
     "listening": (bool,), "notice": (str, type(None)), "rows_skipped": (int,),
-    "applied_command_at": (*_NUMBER, type(None)),
+    "applied_command_at": (*_NUMBER, type(None)), "messages_sent": (int,),
 }
 
 

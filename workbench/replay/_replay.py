@@ -382,6 +382,7 @@ class _ReplayRun:
         self.status_key = f"{replay.replay_id}/status".encode()
         self.rows_checked = False  # set by _open: every row passed the per-row rules
         self.rows_sent = 0
+        self.messages_sent = 0
         self.dead_letters = 0
         self.state = "starting"
         self.started = self.clock.monotonic()
@@ -934,7 +935,7 @@ class _ReplayRun:
             listening=self.replay.linger and self.state == "finished", notice=self.notice,
             rows_skipped=next_row - sum(min(end, next_row) - start for start, end in self.sent_rows
                                         if start < next_row),
-            applied_command_at=self.applied_command_at,
+            applied_command_at=self.applied_command_at, messages_sent=self.messages_sent,
         )
 
     def _publish_status(self, force: bool = False, *, end_of_log: bool = False) -> None:
@@ -1052,6 +1053,7 @@ class _ReplayRun:
                 raise
             self._last_commit = now
             self.rows_sent += count
+            self.messages_sent += len(messages)
             self.next_row = next_row
             self.current_event_us = int(pending_times[count - 1])
             if replay.observer is not None:

@@ -216,6 +216,15 @@ def _events_per_second(replay: Any) -> float | None:
     return total / span if span > 0 else None
 
 
+def _events_per_message(replay: Any) -> float | None:
+    """Events a message of the replay carried on average this run (1 for one per message); None when
+    unknown (a packed replay that has not said yet, or an older one)."""
+    sent, messages = _field(replay, "rows_sent") or 0, _field(replay, "messages_sent") or 0
+    if sent and messages:
+        return sent / messages
+    return 1.0 if _field(replay, "pack") == 1 else None
+
+
 def lag_trend(history: Sequence[tuple[float, int]], *, span: float = _TREND_SPAN) -> str:
     """``growing``, ``shrinking``, ``steady`` or ``""`` (too little history, or nothing behind) from
     ``(time, lag)`` samples.
@@ -319,8 +328,9 @@ def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple
         worst = max(lags)
         eps = _events_per_second(replay)
         parts = [f"{worst:,} messages"]
-        if eps and worst:
-            parts.append(f"~{_duration(worst / eps)} of event time behind")
+        per_message = _events_per_message(replay)
+        if eps and worst and per_message:  # a lag counts messages, which carry up to `pack` events each
+            parts.append(f"~{_duration(worst * per_message / eps)} of event time behind")
         trend = lag_trend(lag_history)
         if trend:
             parts.append(trend)
