@@ -181,8 +181,13 @@ def test_a_previous_runs_replay_status_is_not_the_new_runs() -> None:
     new_run = status({"state": "running", "started_at": now - 1})
     assert new_run.replay_is_stale and not new_run.drained  # Workbench.wait() returned at once before
     assert str(new_run).splitlines()[0] == "replay: starting (its first status is not in yet)"
+    # nor in the table notebook 01 shows, nor to the API (a browser tester saw "stopped, 60,804 rows, 600x" there)
+    shown = new_run.as_dict()
+    assert [shown[k] for k in ("replay_state", "rows_sent", "speedup", "rate_avg")] == ["starting", 0, None, None]
+    assert new_run.current_replay is None and new_run.rows_total == 100
     same_run = status({"state": "running", "started_at": now - 120})
     assert not same_run.replay_is_stale and same_run.drained
+    assert same_run.as_dict()["replay_state"] == "finished" and same_run.rows_sent == 100
     assert str(same_run).splitlines()[0] == str(finished)
     # a first run: no status on the topic yet, for 10-23 s on a loaded machine; "not started" read as "will not run"
     for state, line in (("running", "replay: starting (its first status is not in yet)"),

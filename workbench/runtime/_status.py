@@ -406,12 +406,19 @@ class WorkbenchStatus:
 
     # -- convenience views ------------------------------------------------------------------
     @property
+    def current_replay(self) -> ReplayStatus | None:
+        """The replay's status, or None while the one on record is a previous run's (:attr:`replay_is_stale`)."""
+        return None if self.replay_is_stale else self.replay
+
+    @property
     def event_time(self) -> datetime | None:
-        return self.replay.event_time if self.replay else None
+        replay = self.current_replay
+        return replay.event_time if replay else None
 
     @property
     def rows_sent(self) -> int:
-        return self.replay.next_row if self.replay else 0
+        replay = self.current_replay
+        return replay.next_row if replay else 0
 
     @property
     def rows_total(self) -> int:
@@ -419,10 +426,14 @@ class WorkbenchStatus:
 
     @property
     def speedup(self) -> float | None:
-        return self.replay.speedup if self.replay else None
+        replay = self.current_replay
+        return replay.speedup if replay else None
 
     @property
     def replay_state(self) -> str | None:
+        """The replay's state; ``starting`` while only a previous run's status is on record."""
+        if self.replay_is_stale:
+            return "starting"
         return self.replay.state if self.replay else None
 
     @property
@@ -535,8 +546,9 @@ class WorkbenchStatus:
                 and all(v == 0 for v in self.lag.values()))
 
     def as_dict(self) -> dict[str, Any]:
-        """A flat, JSON-friendly view (for tables and logs)."""
-        replay = self.replay
+        """A flat, JSON-friendly view (for tables and logs); a previous run's replay status is not shown as
+        this run's."""
+        replay = self.current_replay
         return {
             "event_time": self.event_time.isoformat() if self.event_time else None,
             "replay_state": self.replay_state,
