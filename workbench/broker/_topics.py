@@ -12,7 +12,7 @@ from workbench.broker._client import quiet_logs
 from workbench.broker.exceptions import BrokerError, TopicMismatchError
 from workbench.config import Settings
 
-__all__ = ["TopicSpec", "ensure_topics", "topic_specs"]
+__all__ = ["TopicSpec", "ensure_topics", "topic_id", "topic_specs"]
 
 logger = logging.getLogger(__name__)
 
@@ -212,3 +212,18 @@ def _await_metadata(admin: AdminClient, specs: list[TopicSpec], deadline: float,
             msg = f"Topics {missing} were created at {where} but their metadata is still incomplete"
             raise BrokerError(msg)
         time.sleep(0.05)
+
+
+def topic_id(settings: Settings, topic: str, timeout: float = 10.0) -> str | None:
+    """Kafka's id of ``topic``, which tells a topic created again under the same name; None when it cannot
+    be read (an old broker, a slow one, no such topic), with a warning."""
+    from confluent_kafka import TopicCollection
+
+    try:
+        admin = AdminClient(quiet_logs(settings.kafka_client_config()))
+        description = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic].result(timeout)
+        return str(description.topic_id)
+    except Exception:
+        logger.warning("cannot read the id of topic %s; a topic created again would not be noticed", topic,
+                       exc_info=True)
+        return None

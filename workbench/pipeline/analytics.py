@@ -632,17 +632,9 @@ class AnalyticsApp(WorkbenchApp):
 
     def _topic_id(self, topic: str) -> str | None:
         """Kafka's id of ``topic`` (tells a topic created again under the same name); None when unknown."""
-        try:
-            from confluent_kafka import TopicCollection
-            from confluent_kafka.admin import AdminClient
+        from workbench.broker import topic_id
 
-            admin = AdminClient(self.settings.kafka_client_config())
-            description = admin.describe_topics(TopicCollection([topic]), request_timeout=10)[topic].result(10)
-            return str(description.topic_id)
-        except Exception:  # an old broker or a slow one: the state is kept as stored
-            logger.warning("cannot read the id of topic %s; a topic created again would not be noticed", topic,
-                           exc_info=True)
-            return None
+        return topic_id(self.settings, topic)
 
     def _cleanup(self) -> None:
         # Quix's last checkpoint (at stop) already wrote everything counted; what is still buffered

@@ -197,8 +197,11 @@ class ScoringLoop:
         counters["anomalies"] = counters.get("stream_anomalies", 0) + counters.get("rescore_anomalies", 0)
 
     def _note_assignment(self) -> None:
-        """A rebalance gave the consumer its partitions (possibly none): the idle clock starts over."""
+        """A rebalance gave the consumer its partitions (possibly none): the idle clock starts over, and the
+        offset bases are read again."""
         self._assigned_at = time.monotonic()
+        if self.sink is not None:
+            self.sink.forget_offset_bases()
 
     def _idle(self) -> bool:
         sink = self.sink

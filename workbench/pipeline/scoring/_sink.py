@@ -144,6 +144,9 @@ class ScoringSink(BatchingSink):
         self.unscored = unscored
         self.batch_rows = batch_rows
         self.guard = EventTimeGuard.from_settings(settings)
+        self._offset_bases: dict[int, int] = {}  # per partition (see offset_base)
+        self._topic_id: str | None = None
+        self._topic_id_read = False
         self.buffered: dict[int, int] = {}
         self.size_due = False
         self.last_message_at = 0.0
@@ -356,6 +359,26 @@ class ScoringSink(BatchingSink):
         self.status.add("shards", len(days))
         return ts_us, day_names
 
+    def forget_offset_bases(self) -> None:
+        """Read the topic's id and each partition's offset base again before the next writes (after a
+        rebalance: the topic may have been created again)."""
+        self._offset_bases.clear()
+        self._topic_id_read = False
+
+    def _offset_base(self, partition: int) -> int:
+        """What this partition's Kafka offsets get added before they name shards
+        (:func:`~workbench.store.shards.offset_base`: past the stored ones for a topic created again)."""
+        base = self._offset_bases.get(partition)
+        if base is None:
+            from workbench.broker import topic_id
+            from workbench.store.shards import offset_base
+
+            if not self._topic_id_read:
+                self._topic_id = topic_id(self.settings, self.settings.topic_query_events)
+                self._topic_id_read = True
+            base = self._offset_bases[partition] = offset_base(self.settings.shards_dir, partition, self._topic_id)
+        return base
+
     def write(self, batch: _Batch) -> None:  # type: ignore[override]
         """Decode, score, publish and store one partition's batch.
 
@@ -364,8 +387,9 @@ class ScoringSink(BatchingSink):
         """
         t0 = time.perf_counter()
         buffer = batch.buffer
-        table, errors, markers = decode_messages(buffer.values, buffer.keys, buffer.headers, buffer.offsets,
-                                                 batch.partition)
+        base = self._offset_base(batch.partition)
+        offsets = buffer.offsets if not base else [offset + base for offset in buffer.offsets]
+        table, errors, markers = decode_messages(buffer.values, buffer.keys, buffer.headers, offsets, batch.partition)
         table, late = guard_event_time(self.guard, table)
         end_of_log_us = None
         for position, end_us in markers:  # held to an event's bounds, after the rows before them moved the watermark
@@ -403,7 +427,7 @@ class ScoringSink(BatchingSink):
             # produced first, acknowledged in flush(): the broker answers while the shards are written
             published = self.publisher.send_scored(scored.drop_columns(["_message"]))
             if self.publisher.rejected:
-                position_of = {offset: i for i, offset in enumerate(buffer.offsets)}
+                position_of = {offset: i for i, offset in enumerate(offsets)}
                 for message, reason in self.publisher.rejected:
                     position = position_of.get((message.get("features") or {}).get("kafka_offset"))
                     if position is not None:
