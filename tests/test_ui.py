@@ -660,6 +660,26 @@ def test_a_previous_runs_status_is_not_shown_as_the_new_one() -> None:
         panel.close()
 
 
+def test_a_replay_process_the_workbench_restarts_keeps_its_place_and_says_why() -> None:
+    """A replay whose log became unreadable flipped between "[failed]" and "[starting]" at 0 % every few seconds,
+    without the reason the terminal gave, and advised "start a new one" while the supervisor retried it (a
+    browser tester's finding)."""
+    fake = FakeWorkbench()
+    fake.state = "failed"
+    reason = "Query log '/tmp/copy.parquet' is not a readable Parquet file"
+    fake.processes = {"replay": {"state": "backoff", "restarts": 6, "started_at": 500.0, "error": reason}}
+    view = panel_view(fake.status())
+    assert view.state == "restarting" and view.progress > 0 and view.clock != "-"
+    assert reason in view.why_disabled and "restarts it (6 restarts so far)" in view.why_disabled
+    assert "start a new one" not in view.why_disabled and not view.can_play
+    # restarted: the previous process's status is still the newest on record, and its error is kept
+    fake.processes = {"replay": {"state": "running", "restarts": 7, "started_at": 2000.0, "exit_error": reason}}
+    view = panel_view(fake.status())
+    assert view.state == "restarting" and view.progress > 0 and reason in view.why_disabled
+    # a replay that failed for good: said so, in English
+    fake.processes = {"replay": {"state": "finished", "restarts": 0, "started_at": 500.0}}
+    assert panel_view(fake.status()).why_disabled.startswith("The replay has failed; start a new one")
+
 def test_eta_comes_from_the_measured_rate_when_behind() -> None:
     fake = FakeWorkbench()
     fake.speedup = 3600.0  # 1000 rows over a day: 41.7 rows/s needed, 1,000 rows/s sent: on schedule

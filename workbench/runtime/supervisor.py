@@ -198,6 +198,8 @@ class _Child:
     started_at: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     output: _RotatingOutput | None = None
+    #: The error line of the exit that made it restart (kept while the restarted process runs).
+    exit_error: str | None = None
 
 
 class Supervisor:
@@ -230,6 +232,7 @@ class Supervisor:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if child.output is None:
             child.output = _RotatingOutput(log_path)
+        child.exit_error = child.output.last_error if child.restarts else None
         child.output.last_error = None
         child.output.line(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {child.spec.name} "
                           f"({child.spec.kind}, options {child.spec.options_for(restarted=bool(child.restarts))})")
@@ -283,6 +286,7 @@ class Supervisor:
                     "log": str(self._log_path(child)),
                     "error": (child.output.last_error if child.output is not None
                               and child.state in ("backoff", "failed") else None),
+                    "exit_error": child.exit_error if child.state == "running" else None,
                 }
                 for child in self.children
             },

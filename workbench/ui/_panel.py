@@ -265,7 +265,12 @@ def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple
     otherwise they are disabled too.
     """
     replay = status.replay
-    stale = _stale(status)
+    process = (getattr(status, "processes", None) or {}).get("replay") or {}
+    restarts = int(process.get("restarts") or 0)
+    # a replay process the workbench restarts (it failed, or was killed): its last status is the previous
+    # process's, kept on screen as it was (not "starting" at 0 % between retries), the controls disabled
+    retrying = bool(restarts) and (process.get("state") == "backoff" or _stale(status))
+    stale = _stale(status) and not retrying
     state = "starting" if stale else (_field(replay, "state") or "not started")
     # A lingering replay (workbench.replay, ``listening``) restarts on seek and reset after it finished.
     finished_listens = (bool(_field(replay, "listening")) or _field(replay, "finished") is not None) and not stale
@@ -275,6 +280,15 @@ def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple
         why = "The workbench is not running: start one (mode='start') to steer a replay."
     elif replay is None:
         why = "No replay yet: the controls work once the replay has reported its first status."
+        if process.get("state") == "backoff" and process.get("error"):
+            why = (f"The replay process stopped ({process['error']}) and the workbench restarts it ({restarts:,} "
+                   f"restart{'s' if restarts != 1 else ''} so far).")
+    elif retrying:
+        err = process.get("error") or process.get("exit_error") or _field(replay, "error")
+        state = "restarting"
+        why = ("The replay process stopped" + (f" ({err})" if err else "") + f" and the workbench restarts it "
+               f"({restarts:,} restart{'s' if restarts != 1 else ''} so far): it goes on from its last position; "
+               "the controls work once it reports again.")
     elif stale or state == "starting":
         why = "The replay is starting; the controls work once it reports its first status."
     elif state in ("running", "paused"):
@@ -288,8 +302,9 @@ def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple
         else:
             why = "The replay has finished and no longer takes commands; start a new one to replay again."
     else:  # stopped, failed, or a state this panel does not know
-        err = _field(replay, "error")
-        why = f"The replay is {state}" + (f" ({err})" if err else "") + "; start a new one to replay again."
+        err = _field(replay, "error") or process.get("error")
+        verb = {"failed": "has failed", "stopped": "was stopped"}.get(state, f"is {state}")
+        why = f"The replay {verb}" + (f" ({err})" if err else "") + "; start a new one to replay again."
 
     speedup = None if stale else _field(replay, "speedup")
     speed = float(speedup) if speedup and speedup > 0 else None
