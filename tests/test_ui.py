@@ -344,7 +344,14 @@ def test_a_training_that_failed_on_every_attempt_is_shown(panel_and_fake: tuple[
     fake.state = "running"
     panel.refresh()
     assert "training failed for good for 2024-03-05" in panel.counters.value
+    # why the lag grows meanwhile, as the terminal says it (the panel said nothing: a browser tester's finding)
+    days["2024-03-06"]["status"] = "pending"
+    panel.refresh()
+    assert ("Scoring</td><td>waits for the model of 2024-03-07; training 2024-03-06 (pending, 1 attempt started)"
+            in panel.counters.value)
     fake.apps = {}
+    panel.refresh()
+    assert "<td>Scoring</td>" not in panel.counters.value and ">Scoring<" not in panel.counters.value
     assert fake.status().failed_trainings == [] and "training failed" not in str(fake.status())
 
 

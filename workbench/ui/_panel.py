@@ -817,6 +817,13 @@ class ControlPanel(widgets.VBox):
              + (f" ({LATE_HINT})" if status.late_events else "")),
             ("Dead letters", _num(status.dead_letters)),
         ]
+        waiting = _field(status, "waiting_for_model") or []
+        due = _field(status, "trainings_due") or {}
+        if waiting or due:  # the lag grows by design meanwhile: say why, as `workbench status` does
+            parts = [f"waits for the model of {', '.join(waiting)}"] if waiting else []
+            if due:
+                parts.append("training " + ", ".join(f"{day} ({state})" for day, state in due.items()))
+            rows.append(("Scoring", "; ".join(parts)))
         failed_judging = _field(status, "failed_judging") or {}
         if failed_judging:  # a settled day the deferred step gave up on: its windows and runs are missing
             rows.append(("Judging failed", f"{', '.join(failed_judging)} (logs/scoring.log)"))
