@@ -342,6 +342,18 @@ def test_replay_panel_and_explorer_in_jupyterlab(lab: str, live_home: tuple[Sett
     wait_until(lambda: "[running]" in panel.inner_text(), what="the panel shown again says running")
     assert _run_new_cell(page, "print('refreshing', panel.refreshing)") == "refreshing True"
 
+    # A kernel restarted or stopped sends nothing: its panel stayed "[running]" with every control enabled. The
+    # browser says so by itself once the clock has not been rendered anew for SILENT_AFTER_S (here the refresh
+    # thread is silenced, as a restart silences it).
+    def note_opacity() -> str:
+        return panel.locator("[data-beat]").evaluate("e => getComputedStyle(e).opacity")
+
+    page.wait_for_timeout(3000)
+    assert note_opacity() == "0"
+    _run_new_cell(page, "panel._stop.set(); panel._wake.set()")
+    wait_until(lambda: note_opacity() == "1", timeout=90, what="the silent panel's note shown")
+    assert "re-run this cell" in panel.inner_text()
+
     # A second tab (leaving the first would ask about unsaved changes), opened while the first is slow:
     # a busy tab answers JupyterLab's workspace beacon late, which once made the second tab reopen the
     # first's notebook when both used the default workspace (see ``lab``).

@@ -385,6 +385,12 @@ def test_a_status_that_cannot_be_read_disables_the_controls_until_it_can(
     monkeypatch.setattr(fake, "status", readable)  # the broker is back
     panel.refresh()
     assert "[running]" in panel.clock.value and panel.note.value == ""
+    # a live panel's clock carries a heartbeat that each refresh changes (tests/test_browser.py: the browser
+    # shows its note once no refresh came for a while, as after a kernel restart)
+    beat = re.search(r"data-beat='(\d+)'", panel.clock.value)
+    panel.refresh()
+    again = re.search(r"data-beat='(\d+)'", panel.clock.value)
+    assert beat and again and again.group(1) != beat.group(1)
     assert not any(w.disabled for w in controls)
 
 
@@ -505,7 +511,7 @@ def test_a_workbench_stopped_from_a_terminal_is_shown_as_stopped_not_as_a_kafka_
         while panel.refreshing and time.monotonic() < deadline:
             time.sleep(0.02)
         assert not panel.refreshing
-        assert "[workbench stopped]" in panel.clock.value
+        assert "[workbench stopped]" in panel.clock.value and "data-beat" not in panel.clock.value  # said; no heartbeat
         assert "not running" in panel.note.value and "workbench stop" in panel.note.value
         shown = panel.clock.value + panel.note.value + panel.counters.value + panel.eta.value
         assert "Kafka" not in shown and "unavailable" not in shown and "ETA" not in shown

@@ -255,6 +255,23 @@ def lag_trend(history: Sequence[tuple[float, int]], *, span: float = _TREND_SPAN
     return "shrinking" if latest < before else "steady"
 
 
+#: Seconds without a refresh after which the panel's clock says its kernel may be gone (refreshes come
+#: every second, or every few seconds on a loaded machine).
+SILENT_AFTER_S: Final = 20
+
+
+def _heartbeat(beat: int) -> str:
+    """A note that stays invisible while the clock's HTML is re-rendered at least every
+    :data:`SILENT_AFTER_S` s (each refresh changes ``beat``, so the front end renders it anew and the
+    CSS animation starts over). A kernel restarted or stopped sends nothing: the panel stayed on screen
+    as it was, "[running]" with every control enabled and clicks that did nothing (a browser tester's
+    finding); only the browser can tell, so the browser does, without any script."""
+    return (f"<span data-beat='{beat}' style='opacity:0;color:#C62828;animation:wb-silent 0s linear "
+            f"{SILENT_AFTER_S}s forwards'> &nbsp; not updated for {SILENT_AFTER_S} s: if the kernel was restarted "
+            "or stopped, re-run this cell (these controls no longer act)</span>"
+            "<style>@keyframes wb-silent{to{opacity:1}}</style>")
+
+
 def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple[float, int]] = ()) -> PanelView:
     """The panel's controls and texts for one ``Workbench.status()`` snapshot.
 
@@ -473,6 +490,7 @@ class ControlPanel(widgets.VBox):
         # then clear that one and draw the status's older speed over it: the click looked ignored.
         self._pending_lock = threading.RLock()
         self._lag_history: list[tuple[float, int]] = []
+        self._beats = 0  # refreshes shown: each changes the clock's heartbeat (_heartbeat)
         # The log's first and last event time from the last status (a seek outside is explained).
         self._log_span: tuple[datetime | None, datetime | None] = (None, None)
         self.presets = [widgets.Button(description=name, layout=widgets.Layout(width="64px"),
@@ -686,7 +704,7 @@ class ControlPanel(widgets.VBox):
         why = ("The workbench is not running (stopped with `workbench stop` or wb.stop()): start it again "
                "and re-run this cell to steer a replay.")
         self._apply(replace(last, can_play=False, can_speed=False, can_seek=False, can_reset=False,
-                            why_disabled=why, playing=None, state="workbench stopped", eta="", behind=""))
+                            why_disabled=why, playing=None, state="workbench stopped", eta="", behind=""), live=False)
         self.counters.value = ""
         self._say("the workbench is not running; refresh stopped", error=True)
 
@@ -699,19 +717,22 @@ class ControlPanel(widgets.VBox):
                "there. panel.start() makes this one refresh and act again.")
         last = getattr(self, "view", None) or panel_view(_NO_STATUS, running=False)
         self._apply(replace(last, can_play=False, can_speed=False, can_seek=False, can_reset=False,
-                            why_disabled=why, playing=None, state="replaced", eta="", behind=""))
+                            why_disabled=why, playing=None, state="replaced", eta="", behind=""), live=False)
         self._say("a newer panel of this workbench replaced this one; this one no longer refreshes", error=True)
 
-    def _apply(self, view: PanelView) -> None:
-        """Show ``view`` in the widgets (not a user action)."""
+    def _apply(self, view: PanelView, *, live: bool = True) -> None:
+        """Show ``view`` in the widgets (not a user action); ``live``: the refresh thread goes on (the clock
+        carries the heartbeat, :func:`_heartbeat`)."""
         self.view = view
+        self._beats += 1
         self._local.syncing = True
         try:
             self.progress.value = view.progress
             self.progress.description = view.progress_text
             self.eta.value = view.eta + (f" · {view.behind}" if view.behind else "")
             with self._pending_lock:  # a click's pending command is settled and shown, or kept, as one step
-                self.clock.value = f"<b>{html.escape(view.clock)}</b> &nbsp; [{html.escape(self._state_text(view))}]"
+                self.clock.value = (f"<b>{html.escape(view.clock)}</b> &nbsp; [{html.escape(self._state_text(view))}]"
+                                    + (_heartbeat(self._beats) if live else ""))
                 if (view.speed is not None or view.speed_text == "max") and not self._speed_pending(view):
                     self._show_speed(view.speed)
                     self.speed_label.value = view.speed_text
