@@ -458,6 +458,27 @@ def test_parameters_of_their_declared_types_pass(tmp_path: Path, monkeypatch: py
            "top_n": 3, "speedup": 600, "steer": False, "pack": None, "instances": [1, 2]})
 
 
+@pytest.mark.parametrize(("name", "value"), [("start", 20240305), ("day", 20240306), ("reason", 5),
+                                             ("versions", 2), ("data", 5), ("end", 1.5), ("mode", True)])
+def test_a_number_in_a_text_parameter_is_refused_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             name: str, value: object) -> None:
+    """`start = 20240305` (no quotes) ended in "'int' object has no attribute 'strip'" tracebacks in all four
+    notebooks (a browser tester's finding)."""
+    from workbench.exceptions import ConfigurationError
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    expected = rf"^The `{name}` parameter must be text in quotes, such as {name} = \"{value}\"\. Got {value!r} "
+    with pytest.raises(ConfigurationError, match=expected):
+        setup({"__annotations__": {name: str}, name: value})
+
+
+def test_text_parameters_take_what_their_parsers_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    setup({"__annotations__": {"instances": str, "versions": str, "start": str, "speedup": float | str},
+           "instances": 18, "versions": ["v0001"], "start": datetime(2024, 3, 5, tzinfo=UTC), "speedup": "max"})
+
 @pytest.mark.parametrize("value", [-3, 0])
 def test_a_top_n_that_shows_no_rows_is_refused_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          value: int) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -83,12 +83,26 @@ _TYPE_NAMES = {int: "a whole number such as 10", float: "a number such as 600.0"
                type(None): "None"}
 
 
-def check_parameter_types(namespace: Mapping[str, Any]) -> None:
-    """Refuse a number or flag parameter whose value is not of its declared type, naming it.
+#: Text parameters whose parsers take a number as well (``instances = 18``).
+_TEXT_TAKES_NUMBERS: Final = frozenset({"instances"})
 
-    Only ``int``, ``float`` and ``bool`` declarations (optionally ``| None``) are checked: text
-    parameters have parsers of their own, which accept lists too. Without this, ``top_n = "ten"``
-    failed deep inside pandas ("cannot do positional indexing on Index with these indexers [ten]").
+
+def _text_fits(name: str, value: Any) -> bool:
+    """Whether a ``str`` parameter's value is something its parser reads: text, a list (``instances``,
+    ``versions``), a date or time, None; an int too where :data:`_TEXT_TAKES_NUMBERS` says so."""
+    if isinstance(value, str | list | tuple | date | type(None)):
+        return True
+    return name in _TEXT_TAKES_NUMBERS and isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_parameter_types(namespace: Mapping[str, Any]) -> None:
+    """Refuse a parameter whose value is not of its declared type, naming it.
+
+    ``int``, ``float`` and ``bool`` declarations (optionally ``| None``) are checked as such; a
+    ``str`` one takes what its parser reads (:func:`_text_fits`: lists too). Without this,
+    ``top_n = "ten"`` failed deep inside pandas ("cannot do positional indexing on Index with these
+    indexers [ten]"), and ``start = 20240305`` (no quotes) in a traceback of ``'int' object has no
+    attribute 'strip'``.
 
     Raises
     ------
@@ -103,9 +117,18 @@ def check_parameter_types(namespace: Mapping[str, Any]) -> None:
             continue
         union = isinstance(declared, types.UnionType) or typing.get_origin(declared) is typing.Union
         allowed = typing.get_args(declared) if union else (declared,)
+        value = namespace[name]
+        if allowed == (str,):
+            if not _text_fits(name, value):
+                msg = (f"The `{name}` parameter must be text in quotes, such as {name} = \"{value}\". "
+                       f"Got {value!r} ({type(value).__name__}) instead.")
+                raise ConfigurationError(msg)
+            continue
+        if str in allowed and _text_fits(name, value):  # e.g. speedup: float | str, "max"
+            continue
+        allowed = tuple(t for t in allowed if t is not str)
         if not allowed or not all(t in _TYPE_NAMES for t in allowed):
             continue
-        value = namespace[name]
         if isinstance(value, bool):
             fits = bool in allowed
         elif isinstance(value, int):
