@@ -438,3 +438,29 @@ def test_a_foreground_replay_stopped_by_ctrl_c_exits_130(kafka_settings: Setting
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "[stopped]" in out or "stopped" in out
+
+
+def test_a_topic_that_refuses_the_replays_batches_mid_run_is_named_not_retried(kafka_settings: Settings,
+                                                                               tmp_path: Path) -> None:
+    """A topic whose max.message.bytes was lowered under a running replay: it retried the batch 5 times and
+    exited on "Local: Erroneous state", the producer's state after the first failure, which named nothing."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    from workbench.broker import ensure_topics
+
+    settings = kafka_settings
+    ensure_topics(settings)
+    log = make_log(tmp_path / "log.parquet", rows=400, spacing_s=60.0)
+    admin = AdminClient(settings.kafka_client_config())
+
+    def lower_the_limit(report: BatchReport) -> None:
+        if report.first_row == 0:  # after the first batch went through
+            resource = ConfigResource("topic", settings.topic_query_events, incremental_configs=[
+                ConfigEntry("max.message.bytes", "1000", incremental_operation=AlterConfigOpType.SET)])
+            admin.incremental_alter_configs([resource])[resource].result(30)
+            time.sleep(1.0)
+
+    started = time.monotonic()
+    with pytest.raises(ReplayError, match=r"cannot write to Kafka: .*Message size too large.*The topic refuses"):
+        Replay(log, settings=settings, speedup=3000, pack=100, observer=lower_the_limit).run()
+    assert time.monotonic() - started < 60  # not five rounds of retries with back-off

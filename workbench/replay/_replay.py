@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import logging
 import queue
+import re
 import threading
 import time
 import uuid
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 import orjson
@@ -820,6 +822,7 @@ class _ReplayRun:
         """
         dead = [(value, headers) for row, value, headers in self._pending_dead_letters if row < next_row]
         markers = self._end_of_log_markers() if end_of_log else []
+        first_error: str | None = None  # the cause; later attempts can fail on the producer's state after it
         for attempt in range(1, 6):
             open_txn = False
             try:
@@ -848,14 +851,20 @@ class _ReplayRun:
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
+                cause = "" if first_error is None or first_error == error.str() else f" (first: {first_error})"
+                first_error = first_error or error.str()
                 if error.fatal() or (not error.txn_requires_abort() and not error.retriable()):
-                    msg = f"Replay {self.replay.replay_id!r} cannot write to Kafka: {error.str()}"
+                    msg = f"Replay {self.replay.replay_id!r} cannot write to Kafka: {error.str()}{cause}"
+                    raise ReplayError(msg) from exc
+                if _REFUSED_FOR_GOOD.search(error.str()):  # the same batch fails the same way every time
+                    msg = (f"Replay {self.replay.replay_id!r} cannot write to Kafka: {error.str()}. The topic "
+                           f"refuses the batch as it is set up (`workbench topics` names what to change)")
                     raise ReplayError(msg) from exc
                 logger.warning("replay transaction failed (attempt %d): %s; retrying the batch", attempt, error.str())
                 if open_txn:
                     self._abort()
                 time.sleep(min(2.0, 0.1 * 2**attempt))
-        msg = f"Replay {self.replay.replay_id!r} could not commit a batch after 5 attempts."
+        msg = f"Replay {self.replay.replay_id!r} could not commit a batch after 5 attempts: {first_error}"
         raise ReplayError(msg)
 
     def _commit(self, attempt: int) -> None:
@@ -1072,6 +1081,12 @@ class _ReplayRun:
         snapshot = self._snapshot()
         self.on_status(snapshot)
         return snapshot
+
+
+#: Produce errors a retry of the same batch cannot cure: the topic's own settings or permissions refuse it
+#: (the replay retried them 5 times, then exited on the producer's "Erroneous state" that followed).
+_REFUSED_FOR_GOOD: Final = re.compile(r"Message size too large|failed to validate record|Policy violation|"
+                                      r"Topic authorization failed|Record list too large|Invalid record", re.IGNORECASE)
 
 
 def _too_large(size: int) -> str:
