@@ -578,6 +578,15 @@ def test_status_with_the_broker_silent_says_so_and_what_runs_not_to_run_status(t
                     f"running), but its Kafka broker at {settings.bootstrap_servers} does not answer (the "
                     "supervisor restarts the managed broker when it dies: try again in a few seconds)")
     assert "`workbench status`" not in line
+    # A broker that dies at each start (its disk full): "try again in a few seconds" never came true
+    write_json_atomic(run_dir(settings.home) / "state.json", {
+        "processes": {"scoring": {"state": "running"}},
+        "broker": {"restart_failures": 12, "error": "Kafka exited during start-up with code 1",
+                   "data_dir": "/x/kafka/data", "free_bytes": 0}})
+    line = _broker_silent(Workbench(settings))
+    assert line.endswith("does not answer: the supervisor failed to start it again 12 time(s), last: Kafka exited "
+                         "during start-up with code 1; its data folder /x/kafka/data has 0 B free (see "
+                         "logs/kafka.log in the home; it retries)"), line
 
 
 def test_stop_on_a_home_stops_the_workbench_a_killed_demo_left_in_it(

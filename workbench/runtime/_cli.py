@@ -132,13 +132,30 @@ def _status(args: argparse.Namespace) -> int:
 
 def _broker_silent(workbench: object) -> str:
     """What `status` says when the workbench runs but its broker does not answer."""
+    from workbench.runtime._format import format_bytes
     from workbench.runtime.supervisor import read_state
 
     settings = workbench.settings  # type: ignore[attr-defined]
-    processes = (read_state(settings.home) or {}).get("processes") or {}
+    state = read_state(settings.home) or {}
+    processes = state.get("processes") or {}
     states = ", ".join(f"{name} {entry.get('state')}" for name, entry in sorted(processes.items())) or "none yet"
-    restarts = (" (the supervisor restarts the managed broker when it dies: try again in a few seconds)"
-                if settings.manages_kafka else " (KAFKA_BOOTSTRAP_SERVERS names it)")
+    trouble = state.get("broker") or {}
+    if not settings.manages_kafka:
+        restarts = " (KAFKA_BOOTSTRAP_SERVERS names it)"
+    elif trouble.get("restart_failures"):
+        # a full disk, say: the broker dies at every start, and "try again in a few seconds" never came true
+        free = trouble.get("free_bytes")
+        space = (f"; its data folder {trouble.get('data_dir')} has {format_bytes(free)} free"
+                 if isinstance(free, int) else "")
+        restarts = (f": the supervisor failed to start it again {trouble['restart_failures']} time(s), last: "
+                    f"{trouble.get('error')}{space} (see logs/kafka.log in the home; it retries)")
+    else:
+        from workbench.broker import LocalKafka
+
+        pid = LocalKafka(settings).pid()
+        restarts = (f" although its process {pid} runs: stopped (SIGSTOP), swapping or overloaded; see "
+                    "logs/kafka.log in the home" if pid is not None else
+                    " (the supervisor restarts the managed broker when it dies: try again in a few seconds)")
     return (f"workbench: the workbench under {settings.home} runs (processes: {states}), but its Kafka broker at "
             f"{settings.bootstrap_servers} does not answer{restarts}")
 

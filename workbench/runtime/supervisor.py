@@ -24,6 +24,7 @@ import contextlib
 import logging
 import logging.handlers
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,6 +70,14 @@ def run_dir(home: Path) -> Path:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` so that readers never see a partial file."""
     write_atomic(path, orjson.dumps(data, option=orjson.OPT_INDENT_2), fsync=False)
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """Bytes free where ``folder`` lives (None when it cannot be told): a full disk kills the broker at each start."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 def read_state(home: Path) -> dict[str, Any] | None:
@@ -213,6 +222,8 @@ class Supervisor:
         self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self.grace_seconds = grace_seconds
         self._stopping = False
+        #: The managed broker failing to restart: how often, the last error, the disk space of its data.
+        self._broker_trouble: dict[str, Any] | None = None
         self._last_state: bytes | None = None
         self._last_write = 0.0
 
@@ -291,6 +302,8 @@ class Supervisor:
                 for child in self.children
             },
         }
+        if self._broker_trouble is not None:
+            body["broker"] = dict(self._broker_trouble)
         encoded = orjson.dumps(body)
         now = time.monotonic()
         # Written on change, plus a heartbeat: not twice a second for nothing.
@@ -345,6 +358,12 @@ class Supervisor:
                 ensure_broker(self.broker, topics=False)
             except Exception as exc:
                 logger.error("restarting Kafka failed (will retry): %s", exc)
+                failures = 1 + (self._broker_trouble or {}).get("restart_failures", 0)
+                self._broker_trouble = {"restart_failures": failures, "error": str(exc)[:300], "at": time.time(),
+                                        "data_dir": str(self.broker.kafka_dir / "data"),
+                                        "free_bytes": _free_bytes(self.broker.kafka_dir / "data")}
+            else:
+                self._broker_trouble = None
 
     def run(self) -> int:
         """Supervise until SIGTERM/SIGINT; return 0."""
