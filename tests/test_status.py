@@ -3,6 +3,7 @@ Kafka clients shared by every status call of the process."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 import uuid
@@ -188,6 +189,8 @@ def test_a_previous_runs_replay_status_is_not_the_new_runs() -> None:
     same_run = status({"state": "running", "started_at": now - 120})
     assert not same_run.replay_is_stale and same_run.drained
     assert same_run.as_dict()["replay_state"] == "finished" and same_run.rows_sent == 100
+    slow = dataclasses.replace(finished, state="running", eta_seconds=17_277_825.0)  # 0.01x: read as a clock
+    assert ", ETA 199d 23h 23m" in str(slow)
     assert str(same_run).splitlines()[0] == str(finished)
     # a first run: no status on the topic yet, for 10-23 s on a loaded machine; "not started" read as "will not run"
     for state, line in (("running", "replay: starting (its first status is not in yet)"),

@@ -1068,15 +1068,15 @@ def test_the_drill_downs_evidence_reads_each_value_in_its_unit() -> None:
     row = pd.Series({"features": json.dumps(features)})
     shown = tables.readable(summary.query_features(row)).data["feature"]
     assert shown["exec_ratio"] == "2,639.1x"
-    assert shown["mbytes_spilled"] == "19.5 GB" and shown["mbytes_scanned"] == "0 MB"
+    assert shown["mbytes_spilled"] == "19.9 GB" and shown["mbytes_scanned"] == "0 MB"
     assert shown["compile_duration_ms"] == "6.6 s" and shown["queue_duration_ms"] == "0 ms"
     assert (shown["expected_value"], shown["observed_value"]) == ("59.6 ms", "25.9 s")  # in evidence_unit
     assert shown["kafka_offset"] == "14094" and shown["read_table_ids"] == "6865926,6865383"  # names, not sums
     assert shown["threshold"] == "1" and shown["was_cached"] == "False" and shown["num_joins"] == "1"
     features.update(evidence_unit="MB", expected_value=0.0, observed_value=19_931.0)
     shown = tables.readable(summary.query_features(pd.Series({"features": json.dumps(features)}))).data["feature"]
-    assert (shown["expected_value"], shown["observed_value"]) == ("0 MB", "19.5 GB")
-    assert "evidence_unit" not in shown  # "evidence_unit MB" beside "19.5 GB" read as a contradiction
+    assert (shown["expected_value"], shown["observed_value"]) == ("0 MB", "19.9 GB")
+    assert "evidence_unit" not in shown  # "evidence_unit MB" beside "19.9 GB" read as a contradiction
     bare = tables.readable(summary.query_features(pd.Series({"features": None}))).data["feature"]
     assert bare["evidence"] == summary.NO_EVIDENCE
 

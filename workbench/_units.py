@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 from typing import Final
 
-__all__ = ["human_mb", "human_ms", "percent", "points"]
+__all__ = ["clock_duration", "human_mb", "human_ms", "percent", "points"]
 
-_HUMAN_MB: Final = (("TB", 1024 * 1024), ("GB", 1024), ("MB", 1))
+# Decimal, as the unit names say: 20,522,432 MB read "19.6 TB" with binary factors (a tester's finding).
+_HUMAN_MB: Final = (("TB", 1000 * 1000), ("GB", 1000), ("MB", 1))
 _HUMAN_MS: Final = (("h", 3_600_000), ("min", 60_000), ("s", 1000), ("ms", 1))
 
 
@@ -30,6 +31,19 @@ def human_ms(value: float) -> str:
 def human_mb(value: float) -> str:
     """``"12 MB"``, ``"1.5 GB"``, ``"2.0 TB"``."""
     return _scaled(float(value), _HUMAN_MB)
+
+
+def clock_duration(seconds: float | None) -> str:
+    """A wait as a clock reads it: ``"45s"``, ``"3m 05s"``, ``"2h 03m 05s"``, ``"199d 23h 23m"``; ``"-"`` for None."""
+    if seconds is None:
+        return "-"
+    whole = int(max(0, seconds))
+    d, rest = divmod(whole, 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    if d:
+        return f"{d}d {h:02d}h {m:02d}m"
+    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s" if m else f"{s}s"
 
 
 def percent(share: float) -> str:

@@ -34,6 +34,7 @@ from typing import Any, Final, Literal
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from workbench._units import clock_duration
 from workbench.broker import NO_SUCH_TOPIC, RANGE_READER, IncompleteReadError, quiet_logs, read_range, when_ready
 from workbench.config import Settings
 from workbench.replay.exceptions import ReplayError
@@ -251,7 +252,7 @@ class ReplayStatus:
     def __str__(self) -> str:
         clock = self.event_time.strftime("%Y-%m-%d %H:%M:%S") if self.event_time else "-"
         speed = format_speed(self.speedup)
-        eta = f", ETA {self.eta_seconds:.0f} s" if self.eta_seconds is not None else ""
+        eta = f", ETA {clock_duration(self.eta_seconds)}" if self.eta_seconds is not None else ""
         if self.behind:
             eta += f", {self.behind_seconds:,.0f} s of event time behind"
         skipped = f" | {self.rows_skipped:,} rows skipped by a seek forward, not sent yet" if self.rows_skipped else ""

@@ -119,15 +119,9 @@ def parse_speed(text: str) -> float | str:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(max(0, seconds))
-    d, rest = divmod(seconds, 86400)
-    h, rest = divmod(rest, 3600)
-    m, s = divmod(rest, 60)
-    if d:
-        return f"{d}d {h:02d}h {m:02d}m"
-    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s" if m else f"{s}s"
+    from workbench._units import clock_duration
+
+    return clock_duration(seconds)
 
 
 def _num(value: Any) -> str:

@@ -179,7 +179,7 @@ def anomalies_chart(anomalies: pd.DataFrame, *, title: str = "Anomalies per 10 m
     """
     per = anomalies_per_window(anomalies)
     if per.empty:
-        return empty_chart(title, "No anomalies yet")
+        return empty_chart(title, "No anomalies in this range")
     per["window_start"] = _utc(per["window_start"])
     # clip: with the events chart's time axis, a bar outside it is cut at the edge, not drawn beside the plot
     return alt.Chart(per).mark_bar(color="#C62828", clip=True).encode(
@@ -205,7 +205,7 @@ def anomaly_timeline(anomalies: pd.DataFrame, *, title: str = "Anomalies per ins
     """
     _require(anomalies, ["arrival_timestamp", "instance_id", "reason", "under_ratio"], "anomaly_timeline")
     if anomalies.empty:
-        return empty_chart(title, "No anomalies")
+        return empty_chart(title, "No anomalies in this range")
     df = anomalies[["arrival_timestamp", "instance_id", "reason", "under_ratio", "query_id"]].copy()
     df["arrival_timestamp"] = _utc(df["arrival_timestamp"])
     df["under_ratio"] = df["under_ratio"].clip(lower=1.0)
