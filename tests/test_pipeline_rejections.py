@@ -4,6 +4,7 @@ the app keeps running (returns normally) and the valid events after each bad one
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -314,3 +315,40 @@ def test_dead_letters_are_read_back_by_the_api_and_the_command(
     with pytest.raises(SystemExit) as refused:
         main(["dead-letters", "--last", "0"])
     assert refused.value.code == 2 and "must be a positive whole number, not '0'" in capsys.readouterr().err
+
+
+def test_a_dead_letter_the_broker_refuses_is_never_lost(kafka_settings: Settings) -> None:
+    """Letters were produced and flushed without asking whether the broker took them: with the dead-letter
+    topic deleted, or taking smaller messages than a letter, they were logged as sent and lost, and the app
+    committed past their source (a tester's finding). Now the topic is made again, a letter too large for it
+    is kept cut (the whole value is at its source offset), and anything else stops the app uncommitted."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    settings = kafka_settings
+    ensure_topics(settings)
+    admin = AdminClient(settings.kafka_client_config())
+    dead_topic = settings.topic_dead_letter
+    admin.delete_topics([dead_topic], operation_timeout=20)[dead_topic].result(30)
+    for _ in range(60):  # deletion is asynchronous
+        if dead_topic not in admin.list_topics(timeout=10).topics:
+            break
+        time.sleep(0.5)
+    producer = Producer(settings.kafka_client_config())
+    json_headers = codec.message_headers("json", 1)
+    producer.produce(settings.topic_query_events, key=b"7", value=b"{not json", headers=json_headers, partition=0)
+    assert producer.flush(10) == 0
+    assert run_analytics(settings, idle_exit=4, timeout=120, commit_interval=1.0)["dead_letters"] == 1
+    (letter,) = consume_all(settings, dead_topic, to_end=True)
+    assert letter.value() == b"{not json"
+
+    resource = ConfigResource("topic", dead_topic, incremental_configs=[
+        ConfigEntry("max.message.bytes", "20000", incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([resource])[resource].result(30)
+    junk = b"{" + b"x" * 200_000
+    producer.produce(settings.topic_query_events, key=b"7", value=junk, headers=json_headers, partition=0)
+    assert producer.flush(10) == 0
+    assert run_analytics(settings, idle_exit=4, timeout=120, commit_interval=1.0)["dead_letters"] == 1
+    letters = consume_all(settings, dead_topic, to_end=True)
+    assert len(letters) == 2 and letters[1].value() == junk[:1024]
+    headers = dict(letters[1].headers())
+    assert headers["truncated"] == b"true" and headers["original_size"] == str(len(junk)).encode()

@@ -10,9 +10,11 @@ producer is limited by ``message.max.bytes`` (1 MB by default) and the broker ma
 lower: a value larger than :data:`MAX_VALUE_BYTES` is stored truncated to that size, with the
 headers ``truncated=true``, ``original_size`` and ``original_sha256`` (so the payload can be
 matched to its source offset, where the full value still is). Keys and header values are capped
-the same way. Production is flushed before :meth:`DeadLetters.send` returns, so a dead
-letter is on the broker before the offset of its source message can be committed (at-least-once).
-Malformed messages are rare, so the synchronous flush costs nothing in steady state.
+the same way. :meth:`DeadLetters.send` returns once the broker acknowledged the letter, so a dead
+letter is on the broker before the offset of its source message can be committed (at-least-once); a
+letter the broker does not take raises (an infrastructure error: the app stops uncommitted), after the
+topic was created again if it was gone, or the value cut to 1 KiB if the topic takes less. Malformed
+messages are rare, so the synchronous wait costs nothing in steady state.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
+from confluent_kafka import KafkaError, KafkaException
 from quixstreams import message_context
 from quixstreams.kafka import Producer
 
@@ -36,6 +39,19 @@ logger = logging.getLogger(__name__)
 MAX_VALUE_BYTES: Final = 512 * 1024
 _MAX_KEY_BYTES: Final = 1024
 _MAX_HEADER_BYTES: Final = 1024
+
+
+#: What is kept of a letter's value when the dead-letter topic refuses :data:`MAX_VALUE_BYTES`.
+_SMALL_VALUE_BYTES: Final = 1024
+
+
+def _cut(value: bytes | None, limit: int, headers: list[tuple[str, Any]]) -> tuple[bytes | None, list[tuple[str, Any]]]:
+    """``value`` cut to ``limit`` bytes, and ``headers`` plus the ones that say so when it was."""
+    if value is None or len(value) <= limit:
+        return value, list(headers)
+    data = bytes(value)
+    return data[:limit], [*headers, ("truncated", b"true"), ("original_size", str(len(data)).encode()),
+                          ("original_sha256", hashlib.sha256(data).hexdigest().encode())]
 
 
 def _bytes(value: Any, limit: int = _MAX_HEADER_BYTES) -> bytes | None:
@@ -59,6 +75,7 @@ class DeadLetters:
     """
 
     def __init__(self, settings: Settings, app_name: str, producer: Producer) -> None:
+        self.settings = settings
         self.topic = settings.topic_dead_letter
         self.app_name = app_name
         self.producer = producer
@@ -81,17 +98,55 @@ class DeadLetters:
             ("source_offset", str(offset).encode()),
             ("app", self.app_name.encode()),
         ]
-        if value is not None and len(value) > MAX_VALUE_BYTES:
-            data = bytes(value)
-            out_headers += [("truncated", b"true"), ("original_size", str(len(data)).encode()),
-                            ("original_sha256", hashlib.sha256(data).hexdigest().encode())]
-            value = data[:MAX_VALUE_BYTES]
-        out_headers += [(f"orig.{str(k)[:200]}", _bytes(v)) for k, v in list(headers or ())[:32]]
-        self.producer.produce(topic=self.topic, value=value, key=_bytes(key, _MAX_KEY_BYTES), headers=out_headers)
-        self.producer.flush(10)
+        original = [(f"orig.{str(k)[:200]}", _bytes(v)) for k, v in list(headers or ())[:32]]
+        failure = self._deliver(*_cut(value, MAX_VALUE_BYTES, out_headers), original, key)
+        if (failure is not None and failure.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)
+                and self._made_again()):
+            failure = self._deliver(*_cut(value, MAX_VALUE_BYTES, out_headers), original, key)
+        if failure is not None and failure.code() == KafkaError.MSG_SIZE_TOO_LARGE and value:
+            # the topic takes less than a letter of MAX_VALUE_BYTES: its start, named as cut (the whole
+            # value is still at its source offset)
+            failure = self._deliver(*_cut(value, _SMALL_VALUE_BYTES, out_headers), [], key)
+        if failure is not None:
+            # Not delivered: the app must not go on and commit past the source message (it was logged as
+            # sent and lost). An infrastructure error: the app stops, and its restart reads the message again.
+            msg = (f"dead letter of {topic}[{partition}]@{offset} ({reason[:200]}) was not delivered to "
+                   f"{self.topic}: {failure.str()}")
+            raise KafkaException(KafkaError(failure.code(), msg))
         self.sent += 1
         logger.warning("dead letter app=%s source=%s[%s]@%s reason=%r", self.app_name, topic, partition, offset,
                        reason[:200])
+
+    def _made_again(self) -> bool:
+        """Create the dead-letter topic when it is missing (an operator deleted it); True when it was."""
+        from workbench.broker import ensure_topics, topic_specs
+
+        specs = [spec for spec in topic_specs(self.settings) if spec.name == self.topic]
+        try:
+            made = bool(specs) and bool(ensure_topics(self.settings, specs))
+        except Exception as exc:  # the letter's own failure is what gets raised
+            logger.warning("cannot check the dead-letter topic %s: %s", self.topic, exc)
+            return False
+        if made:
+            logger.warning("the dead-letter topic %s was missing: created it again", self.topic)
+        return made
+
+    def _deliver(self, value: bytes | None, headers: list[tuple[str, Any]], original: list[tuple[str, Any]],
+                 key: Any) -> KafkaError | None:
+        """Produce one letter and wait for the broker's answer: None once it holds it, else why not."""
+        answers: list[KafkaError | None] = []
+
+        def delivered(error: KafkaError | None, _message: Any) -> None:
+            answers.append(error)
+
+        self.producer.produce(topic=self.topic, value=value, key=_bytes(key, _MAX_KEY_BYTES),
+                              headers=headers + original, on_delivery=delivered)
+        self.producer.flush(10)
+        if not answers and self._made_again():  # still queued, for a topic that was gone: it goes now
+            self.producer.flush(30)
+        if not answers:
+            return KafkaError(KafkaError._MSG_TIMED_OUT, "not acknowledged by the broker in time")
+        return answers[0]
 
     def close(self) -> None:
         """Flush what is still queued."""
