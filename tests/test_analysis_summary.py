@@ -721,9 +721,9 @@ def test_the_replay_notebooks_last_cell_stops_only_what_it_started_and_says_so_t
 
     wb, panel = Stoppable(), Stoppable()
     said = stop_if_asked(wb, started=False, stop=True, panel=panel)
-    assert said.startswith("not stopped: this notebook attached to a workbench it did not start")
+    assert said.startswith("not stopped: this kernel attached to a workbench it did not start (or started it before")
     assert "set stop=True" not in said and not wb.stopped and not panel.stopped
-    assert "started elsewhere" in stop_if_asked(wb, started=False, stop=False, panel=panel)
+    assert "not started by this kernel" in stop_if_asked(wb, started=False, stop=False, panel=panel)
     assert "set stop=True" in stop_if_asked(wb, started=True, stop=False, panel=panel) and not wb.stopped
     assert stop_if_asked(None, started=False, stop=True) == "no workbench: nothing to stop"
     assert stop_if_asked(wb, started=True, stop=True, panel=panel) == "stopped" and wb.stopped and panel.stopped

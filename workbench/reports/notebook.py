@@ -516,11 +516,14 @@ def stop_if_asked(wb: Any, *, started: bool, stop: bool, panel: Any = None) -> s
             panel.stop()  # after the workbench: the panel then shows it stopped, its controls greyed out
         return "stopped"
     if stop:
-        return ("not stopped: this notebook attached to a workbench it did not start, which others may be using; "
-                "to stop it anyway: wb.stop() in a cell, or `workbench stop` in a terminal")
+        # "this kernel": one restarted forgets what it started (a tester read "did not start" as false)
+        return ("not stopped: this kernel attached to a workbench it did not start (or started it before a kernel "
+                "restart), which others may be using; to stop it anyway: wb.stop() in a cell, or `workbench stop` "
+                "in a terminal")
     if started:
         return "still running (set stop=True and run this cell to stop what this notebook started)"
-    return "still running (started elsewhere: `workbench stop` in a terminal stops it)"
+    return ("still running (not started by this kernel: wb.stop() in a cell, or `workbench stop` in a terminal, "
+            "stops it)")
 
 
 def wait_for_replay(wb: Any, *, timeout: float = 60.0, poll: float = 0.5) -> Any:
