@@ -244,6 +244,42 @@ def test_the_replay_notebooks_start_mode_run_again_connects_to_the_running_workb
 
 
 
+def test_two_notebooks_starting_in_the_same_second_share_one_workbench(kafka_settings: Settings,
+                                                                       tmp_path: Path) -> None:
+    """Two copies of 01 with mode="start", Run All within a second: the second got WorkbenchStateError
+    ("already runs") and every later cell "not run" (a browser tester's finding). It connects instead."""
+    import threading
+
+    from workbench.reports.notebook import open_workbench
+    from workbench.runtime.supervisor import read_state
+
+    log = make_log(tmp_path / "log.parquet", rows=2_000, spacing_s=1.0)
+    results: list[Any] = []
+    go = threading.Barrier(2)
+
+    def run_all() -> None:
+        go.wait()
+        try:
+            results.append(open_workbench("start", kafka_settings, data=str(log), speedup=600))
+        except Exception as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=run_all) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    try:
+        assert all(isinstance(r, tuple) for r in results) and len(results) == 2, results
+        assert sorted(started for _, started in results) == [False, True]  # one started it, one connected
+        assert all(wb.running for wb, _ in results)
+        assert len({read_state(kafka_settings.home)["supervisor_pid"]}) == 1
+    finally:
+        for result in results:
+            if isinstance(result, tuple) and result[1]:
+                result[0].stop()
+
+
 def test_start_refuses_a_log_with_a_bad_row_unless_asked_to_dead_letter_it(kafka_settings: Settings,
                                                                            tmp_path: Path) -> None:
     """`Workbench.start` / `workbench start` had no way to do what the refusal told to do (--skip-bad-rows,

@@ -490,7 +490,24 @@ def open_workbench(mode: str, settings: Settings, *, data: str = "", speedup: fl
                   "one (its replay goes on as it is). To replay `data` afresh, stop it first"
                   + (" (stop = True in the last cell, or wb.stop())." if started_here else " (wb.stop())."))
             return running, started_here
-        wb = Workbench.start(data=log, speedup=speedup, pack=pack, settings=settings, fresh=fresh)
+        try:
+            wb = Workbench.start(data=log, speedup=speedup, pack=pack, settings=settings, fresh=fresh)
+        except WorkbenchStateError:
+            # another notebook or terminal started one between the check above and this start (two Run Alls
+            # in the same second): connect to it once started, as a second Run All does; anything else is
+            # raised as it was
+            from workbench.runtime._workbench import wait_for_start
+
+            wait_for_start(settings.home)
+            try:
+                running = Workbench.attach(settings)
+            except WorkbenchStateError:
+                running = None
+            if running is None:
+                raise
+            print(f"A workbench was started under {settings.home} meanwhile (another notebook or terminal): "
+                  "connected to it instead of starting a second one (wb.stop() stops it).")
+            return running, False
         _STARTED_HOMES.add(str(settings.home))
         return wb, True
     if mode == "attach":
