@@ -223,7 +223,13 @@ def topic_id(settings: Settings, topic: str, timeout: float = 10.0) -> str | Non
         admin = AdminClient(quiet_logs(settings.kafka_client_config()))
         description = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic].result(timeout)
         return str(description.topic_id)
-    except Exception:
-        logger.warning("cannot read the id of topic %s; a topic created again would not be noticed", topic,
-                       exc_info=True)
+    except Exception as exc:
+        # asked at every rebalance: once per topic and process is enough (a cluster without the permission)
+        if topic not in _ID_UNREADABLE:
+            _ID_UNREADABLE.add(topic)
+            logger.warning("cannot read the id of topic %s (%s); a topic created again would not be noticed",
+                           topic, exc)
         return None
+
+
+_ID_UNREADABLE: set[str] = set()
