@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
+import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, Final
 
-from confluent_kafka import KafkaError, KafkaException
+import pyarrow as pa
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from quixstreams import message_context
 from quixstreams.kafka import Producer
 
 from workbench.config import Settings
 
-__all__ = ["DEAD_LETTER_COLUMNS", "MAX_VALUE_BYTES", "DeadLetters", "read_dead_letters"]
+__all__ = ["DEAD_LETTER_SCHEMA", "MAX_VALUE_BYTES", "DeadLetters", "read_dead_letters"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,10 +103,11 @@ class DeadLetters:
             ("app", self.app_name.encode()),
         ]
         original = [(f"orig.{str(k)[:200]}", _bytes(v)) for k, v in list(headers or ())[:32]]
-        failure = self._deliver(*_cut(value, MAX_VALUE_BYTES, out_headers), original, key)
+        letter = _cut(value, MAX_VALUE_BYTES, out_headers)
+        failure = self._deliver(*letter, original, key)
         if (failure is not None and failure.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)
                 and self._made_again()):
-            failure = self._deliver(*_cut(value, MAX_VALUE_BYTES, out_headers), original, key)
+            failure = self._deliver(*letter, original, key)
         if failure is not None and failure.code() == KafkaError.MSG_SIZE_TOO_LARGE and value:
             # the topic takes less than a letter of MAX_VALUE_BYTES: its start, named as cut (the whole
             # value is still at its source offset)
@@ -153,9 +158,12 @@ class DeadLetters:
         self.producer.flush(10)
 
 
-#: The columns of :func:`read_dead_letters`.
-DEAD_LETTER_COLUMNS: Final = ("written_at", "app", "code", "reason", "source_topic", "source_partition",
-                              "source_offset", "value_bytes", "truncated", "value", "partition", "offset")
+#: The table :func:`read_dead_letters` returns.
+DEAD_LETTER_SCHEMA: Final = pa.schema([
+    ("written_at", pa.timestamp("ms", tz="UTC")), ("app", pa.string()), ("code", pa.string()), ("reason", pa.string()),
+    ("source_topic", pa.string()), ("source_partition", pa.int32()), ("source_offset", pa.int64()),
+    ("value_bytes", pa.int64()), ("truncated", pa.bool_()), ("value", pa.binary()), ("partition", pa.int32()),
+    ("offset", pa.int64())])
 
 
 def _text(value: Any) -> str | None:
@@ -171,19 +179,12 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def read_dead_letters(settings: Settings, *, last: int | None = None, timeout: float = 30.0) -> Any:
-    """The dead letters on ``settings.topic_dead_letter`` as a ``pyarrow.Table`` (:data:`DEAD_LETTER_COLUMNS`),
+    """The dead letters on ``settings.topic_dead_letter`` as a ``pyarrow.Table`` (:data:`DEAD_LETTER_SCHEMA`),
     oldest first: when and by which app, the reason (``code`` is its part before ``: ``), the source
     message's topic, partition and offset, and the value kept (``value_bytes`` is the original size
     when it was truncated). ``last`` reads only about the newest ``last`` of each partition (the
     topic can hold millions). Reads up to the end of every partition and stops; ``timeout`` bounds it.
     """
-    import time
-    import uuid
-    from datetime import UTC, datetime
-
-    import pyarrow as pa
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
-
     if last is not None and last < 1:
         msg = f"The last of read_dead_letters must be a positive number of dead letters. Got {last!r} instead."
         raise ValueError(msg)
@@ -196,7 +197,7 @@ def read_dead_letters(settings: Settings, *, last: int | None = None, timeout: f
     try:
         found = consumer.list_topics(topic, timeout=min(timeout, 10.0)).topics.get(topic)
         if found is None or found.error is not None or not found.partitions:
-            return pa.Table.from_pylist([], schema=_dead_letter_schema())
+            return DEAD_LETTER_SCHEMA.empty_table()
         assignment, pending = [], set()
         for partition in sorted(found.partitions):
             low, high = _watermarks(consumer, TopicPartition(topic, partition), deadline)
@@ -206,7 +207,7 @@ def read_dead_letters(settings: Settings, *, last: int | None = None, timeout: f
             assignment.append(TopicPartition(topic, partition, start))
             pending.add(partition)
         if not assignment:
-            return pa.Table.from_pylist([], schema=_dead_letter_schema())
+            return DEAD_LETTER_SCHEMA.empty_table()
         consumer.assign(assignment)
         while pending and time.monotonic() < deadline:
             message = consumer.poll(0.5)
@@ -241,15 +242,11 @@ def read_dead_letters(settings: Settings, *, last: int | None = None, timeout: f
     rows.sort(key=lambda row: (row["written_at"], row["partition"], row["offset"]))
     if last is not None:
         rows = rows[-last:]
-    return pa.Table.from_pylist(rows, schema=_dead_letter_schema())
+    return pa.Table.from_pylist(rows, schema=DEAD_LETTER_SCHEMA)
 
 
 def _watermarks(consumer: Any, partition: Any, deadline: float) -> tuple[int, int]:
     """A partition's low and high offsets; a leader still being elected (a topic just made) is waited for."""
-    import time
-
-    from confluent_kafka import KafkaError, KafkaException
-
     electing = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
                 KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT}
     while True:
@@ -261,11 +258,3 @@ def _watermarks(consumer: Any, partition: Any, deadline: float) -> tuple[int, in
                 raise
             time.sleep(0.2)
 
-
-def _dead_letter_schema() -> Any:
-    import pyarrow as pa
-
-    return pa.schema([("written_at", pa.timestamp("ms", tz="UTC")), ("app", pa.string()), ("code", pa.string()),
-                      ("reason", pa.string()), ("source_topic", pa.string()), ("source_partition", pa.int32()),
-                      ("source_offset", pa.int64()), ("value_bytes", pa.int64()), ("truncated", pa.bool_()),
-                      ("value", pa.binary()), ("partition", pa.int32()), ("offset", pa.int64())])
