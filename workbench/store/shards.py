@@ -795,7 +795,7 @@ def offset_base(directory: Location, partition: int, topic_id: str | None) -> in
         return int(recorded.get("offset_base", 0))
     if topic_id is None:
         return 0
-    base = 0 if recorded is None else _next_offset(store, partition)
+    base = 0 if recorded is None else _next_offset(directory, partition)
     if recorded is not None:
         logger.warning("topic id of partition %d is %s, the shards' was %s (the topic was created again): its "
                        "offsets are stored from %d on", partition, topic_id, recorded.get("topic_id"), base)
@@ -804,22 +804,18 @@ def offset_base(directory: Location, partition: int, topic_id: str | None) -> in
     return base
 
 
-def _next_offset(store: _Local | _Remote, partition: int) -> int:
+def _next_offset(directory: Location, partition: int) -> int:
     """One past the highest ``kafka_offset`` stored for ``partition`` in any day."""
+    store = _store(directory)
     top = -1
-    for name in store.folders():
-        if not _DAY_RE.match(name):
-            continue
-        folder = store.path(name)
-        for shard in _live(store.names(folder)):
-            compacted = _COMPACT_RE.match(shard)
-            plain = _PLAIN_RE.match(shard)
-            if compacted and int(compacted.group(1)) == partition:
-                top = max(top, int(compacted.group(3)))
-            elif plain and int(plain.group(1)) == partition:
-                offsets = store.read_table(folder / shard, columns=["kafka_offset"]).column("kafka_offset")
-                if len(offsets):
-                    top = max(top, int(pc.max(offsets).as_py()))
+    for path in shard_paths(directory):
+        compacted, plain = _COMPACT_RE.match(path.name), _PLAIN_RE.match(path.name)
+        if compacted and int(compacted.group(1)) == partition:
+            top = max(top, int(compacted.group(3)))
+        elif plain and int(plain.group(1)) == partition:
+            offsets = store.read_table(path, columns=["kafka_offset"]).column("kafka_offset")
+            if len(offsets):
+                top = max(top, int(pc.max(offsets).as_py()))
     return top + 1
 
 

@@ -35,6 +35,7 @@ from typing import Any, Final, Protocol
 
 import ipywidgets as widgets
 
+from workbench._units import clock_duration
 from workbench.exceptions import ConfigurationError
 from workbench.runtime._format import LATE_HINT, SKIPPED_HINT, format_speed
 
@@ -116,12 +117,6 @@ def parse_speed(text: str) -> float | str:
                f"commas only between thousands (3,600). Got {text!r} instead.")
         raise ConfigurationError(msg) from exc
     return "max" if speed == 0 else speed
-
-
-def _duration(seconds: float | None) -> str:
-    from workbench._units import clock_duration
-
-    return clock_duration(seconds)
 
 
 def _num(value: Any) -> str:
@@ -344,7 +339,7 @@ def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple
         if behind_s is not None and behind_s > _BEHIND_AFTER and rate:
             eta = max(eta or 0.0, (total - sent) / rate)
             behind_text = f"behind schedule, sending {rate:,.0f} rows/s"
-        eta_text = "ETA paused" if state == "paused" else f"ETA {_duration(eta)}"
+        eta_text = "ETA paused" if state == "paused" else f"ETA {clock_duration(eta)}"
     elif state == "finished":
         eta_text = "done"
 
@@ -356,7 +351,7 @@ def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple
         parts = [f"{worst:,} messages"]
         per_message = _events_per_message(replay)
         if eps and worst and per_message:  # a lag counts messages, which carry up to `pack` events each
-            parts.append(f"~{_duration(worst * per_message / eps)} of event time behind")
+            parts.append(f"~{clock_duration(worst * per_message / eps)} of event time behind")
         trend = lag_trend(lag_history)
         if trend:
             parts.append(trend)
