@@ -27,7 +27,7 @@ from typing import Any
 from _harness import broker, demo_log, private_run
 
 from workbench.runtime import Workbench
-from workbench.store.shards import read_shards, shard_paths
+from workbench.store.shards import dedupe_latest, read_shards, shard_paths
 
 
 def _scoring_peak_mb(home: Path) -> float:
@@ -62,11 +62,17 @@ def _differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return [name for name in a if not (a[name].equals(b[name]) if hasattr(a[name], "equals") else a[name] == b[name])]
 
 
+def _copies(wb: Workbench) -> tuple[int, int]:
+    """Raw shard rows and distinct queries among them, from one read."""
+    raw = read_shards(wb.settings.shards_dir, columns=["instance_id", "query_id", "kafka_partition", "kafka_offset"],
+                      dedupe=False)
+    return raw.num_rows, dedupe_latest(raw).num_rows
+
+
 def _row(wb: Workbench, waited: float) -> dict[str, float]:
     settings = wb.settings
     files = shard_paths(settings.shards_dir)
-    raw = read_shards(settings.shards_dir, columns=["instance_id"], dedupe=False).num_rows
-    rows = read_shards(settings.shards_dir, columns=["instance_id"]).num_rows
+    raw, rows = _copies(wb)
     with sqlite3.connect(f"{settings.sqlite_path.resolve().as_uri()}?mode=ro", uri=True) as con:
         late_rows = con.execute("SELECT count(*) FROM late_event_sources").fetchone()[0]
     wal = settings.sqlite_path.with_name(settings.sqlite_path.name + "-wal")
@@ -87,9 +93,8 @@ def _compacted(wb: Workbench, limit_s: float = 120.0) -> None:
     """Until the days sent again hold one copy (their quiet time passed and the compaction ran)."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        shards = wb.settings.shards_dir
-        if read_shards(shards, columns=["instance_id"], dedupe=False).num_rows == \
-                read_shards(shards, columns=["instance_id"]).num_rows:
+        raw, rows = _copies(wb)
+        if raw == rows:
             return
         time.sleep(2.0)
 
