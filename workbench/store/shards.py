@@ -700,9 +700,10 @@ def maintain(directory: Location, watermark: dt.date, *, retention_days: int | N
 
     ``watermark`` is the scoring app's event-time day (its newest event minus the grace); ``also``
     are days its writers left quiet after a replay sent them again, which the watermark, standing at
-    the log's end, never settles again. A day is compacted when some partition has more than
+    the log's end, never settles again. A settled day is compacted when some partition has more than
     ``max_files_per_partition`` live files (so a compacted day is only touched again once late
-    events or another pass piled up). Returns what was done.
+    events piled up); a day in ``also`` when some partition has more than one: a pass the sink wrote
+    in one file beside the compacted one is a second copy of the day. Returns what was done.
     """
     done: dict[str, list[dt.date]] = {"compacted": [], "deleted": []}
     if retention_days is not None:
@@ -717,7 +718,8 @@ def maintain(directory: Location, watermark: dt.date, *, retention_days: int | N
         per_part: dict[str, int] = {}
         for name in names:
             per_part[name[1:name.index("-")]] = per_part.get(name[1:name.index("-")], 0) + 1
-        if any(n > max_files_per_partition for n in per_part.values()):
+        most = 1 if day in quiet else max_files_per_partition
+        if any(n > most for n in per_part.values()):
             compact_day(directory, day)
             done["compacted"].append(day)
     return done
