@@ -22,6 +22,9 @@ Three things the workbench needs have no public API in Quix 3.28:
   created librdkafka handles ``Producer._inner_producer``, ``BaseConsumer._inner_consumer`` and
   ``TopicAdmin._inner_admin`` of ``app._producer._producer``, ``app._consumer`` and
   ``app._topic_manager._admin``.
+* a partition's committed offset and earliest offset on the broker (:func:`consume_in_batches`'s
+  ``on_skipped``, :func:`low_offsets`): ``app._consumer.committed`` and
+  ``app._consumer.get_watermark_offsets``.
 * a callback after each rebalance that gave the consumer its (possibly empty) assignment
   (:func:`on_assignment`; Quix restarts its own idle timeout there): ``app._on_assign``.
 
@@ -35,6 +38,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +57,7 @@ __all__ = [
     "commit_first_checkpoint_at_once",
     "consume_in_batches",
     "force_checkpoint",
+    "low_offsets",
     "on_assignment",
     "partition_flow",
     "register_periodic",
@@ -166,7 +171,8 @@ def read_headers_first(topic: Any) -> None:
 
 
 def consume_in_batches(app: Application, on_messages: Callable[[list[Any]], None], *,
-                       max_messages: int = 2000) -> None:
+                       max_messages: int = 2000,
+                       on_skipped: Callable[[str, int, int, int], None] | None = None) -> None:
     """Make each iteration of ``app``'s loop consume up to ``max_messages`` raw messages at once.
 
     Quix runs every message through its per-message machinery (a Row, a context copy, the
@@ -180,6 +186,13 @@ def consume_in_batches(app: Application, on_messages: Callable[[list[Any]], None
     Quix's as before; the dataframe (and so ``on_processing_error``) is bypassed, so
     ``on_messages`` must not raise for a message's fault. A consumer error raises, as Quix's
     default consumer error callback does.
+
+    ``on_skipped(topic, partition, expected, first)`` is called before ``on_messages`` when a
+    partition's first message in a batch is at least two offsets past the one expected (the offset
+    after the last message read, or after a rebalance the committed offset; one offset is the
+    commit marker of the replay's transactions). Aborted transactions skip offsets; so does a
+    consumer whose position the broker deleted (retention, delete-records), which librdkafka resets
+    to the earliest offset with a log line only: ``on_skipped`` tells them apart (:mod:`._skipped`).
     """
     from quixstreams.kafka.exceptions import KafkaConsumerException
 
@@ -192,6 +205,8 @@ def consume_in_batches(app: Application, on_messages: Callable[[list[Any]], None
     # The assignment is read again only after a rebalance callback ran (they run inside consume):
     # asking librdkafka for it on every call cost more than the rest of the loop step.
     owned_cache: dict[str, set[tuple[str, int]] | None] = {"owned": None}
+    expected: dict[tuple[str, int], int] = {}  # the next offset of each partition read since the last rebalance
+    committed = _internal(app, "_consumer", "committed", ("partitions", "timeout")) if on_skipped else None
     for name in ("_on_assign", "_on_revoke", "_on_lost"):
         callback = getattr(app, name, None)
         if not callable(callback):
@@ -201,6 +216,7 @@ def consume_in_batches(app: Application, on_messages: Callable[[list[Any]], None
 
         def on_rebalance(*args: Any, _callback: Callable[..., Any] = callback, _name: str = name) -> Any:
             owned_cache["owned"] = None
+            expected.clear()
             started = time.perf_counter()
             result = _callback(*args)
             partitions = args[1] if len(args) > 1 else []
@@ -245,6 +261,10 @@ def consume_in_batches(app: Application, on_messages: Callable[[list[Any]], None
                 return
         last = dict(zip(tps, offsets, strict=True))  # the last offset of each partition wins
         first = dict(zip(reversed(tps), reversed(offsets), strict=True))  # ... and of the reversed: the first
+        if on_skipped is not None:
+            for tp, start, offset in _skips(tps, offsets, first, last, expected, committed):
+                on_skipped(tp[0], tp[1], start, offset)
+            expected.update((tp, offset + 1) for tp, offset in last.items())
         on_messages(messages)
         for tp, offset in first.items():
             store_offset(tp[0], tp[1], offset)
@@ -255,6 +275,49 @@ def consume_in_batches(app: Application, on_messages: Callable[[list[Any]], None
             mark()
 
     app._process_message = process  # type: ignore[method-assign]
+
+
+def _skips(tps: list[tuple[str, int]], offsets: list[int], first: dict[tuple[str, int], int],
+           last: dict[tuple[str, int], int], expected: dict[tuple[str, int], int | None],
+           committed: Callable[..., Any] | None) -> list[tuple[tuple[str, int], int, int]]:
+    """Where a batch skipped two offsets or more: ``(partition, first offset not read, next offset read)``.
+
+    Before its first message (against ``expected``, the committed offset after a rebalance) and between
+    its messages: a partition's span less its messages counts the offsets skipped inside the batch (a
+    C-level count), so only a batch that skipped at least two is walked message by message.
+    """
+    found = []
+    counts = Counter(tps)
+    for tp, offset in first.items():
+        start = expected.get(tp)
+        if start is None:
+            start = expected[tp] = _committed_offset(committed, tp)
+        if start is not None and offset >= start + 2:
+            found.append((tp, start, offset))
+        if last[tp] - offset + 1 - counts[tp] >= 2:
+            previous = offset
+            for at, next_offset in zip(tps, offsets, strict=True):
+                if at == tp:
+                    if next_offset >= previous + 3:
+                        found.append((tp, previous + 1, next_offset))
+                    previous = next_offset
+    return found
+
+
+def _committed_offset(committed: Callable[..., Any] | None, tp: tuple[str, int]) -> int | None:
+    """The group's committed offset of ``tp`` (0 when it has none: the group reads from the earliest), or None
+    when the broker does not say (then nothing is checked until the next message of the partition)."""
+    from confluent_kafka import TopicPartition
+
+    if committed is None:
+        return None
+    try:
+        found = committed([TopicPartition(tp[0], tp[1])], timeout=5.0)
+    except Exception as exc:  # the check must never stop the app
+        logger.warning("cannot read the committed offset of %s[%d]: %s", tp[0], tp[1], exc)
+        return None
+    offset = found[0].offset if found else -1
+    return offset if offset >= 0 else 0
 
 
 def commit_first_checkpoint_at_once(app: Application) -> None:
@@ -303,6 +366,16 @@ def on_assignment(app: Application, callback: Callable[[], None]) -> None:
         return result
 
     app._on_assign = on_assign  # type: ignore[method-assign]
+
+
+def low_offsets(app: Application) -> Callable[[Any], int]:
+    """A function that returns a partition's earliest offset on the broker now (``app``'s consumer, uncached)."""
+    watermarks = _internal(app, "_consumer", "get_watermark_offsets", ("partition", "timeout", "cached"))
+
+    def low_offset(partition: Any) -> int:
+        return int(watermarks(partition, timeout=5.0, cached=False)[0])
+
+    return low_offset
 
 
 def assigned_partitions(app: Application, topic: str) -> Callable[[], list[int]]:

@@ -118,7 +118,8 @@ from workbench.pipeline._decode import event_topic
 from workbench.pipeline._eventtime import EventTimeGuard
 from workbench.pipeline._instance import HomeLease
 from workbench.pipeline._names import consumer_group
-from workbench.pipeline._quix import consume_in_batches, register_periodic
+from workbench.pipeline._quix import consume_in_batches, low_offsets, register_periodic
+from workbench.pipeline._skipped import SkippedOffsets
 from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline._window_state import WRONG_PARTITION, FlushResult, Prepared, WindowState
 from workbench.pipeline.exceptions import PipelineConfigError
@@ -614,7 +615,8 @@ class AnalyticsApp(WorkbenchApp):
         sdf = app.dataframe(event_topic(app, self.settings))
         sdf.sink(self.sink)  # registers the sink with Quix's checkpoints (flushed before every commit)
         # nothing else runs per message: skip Quix's per-message machinery (see consume_in_batches)
-        consume_in_batches(app, self._on_messages, max_messages=self.batch_messages)
+        consume_in_batches(app, self._on_messages, max_messages=self.batch_messages,
+                           on_skipped=SkippedOffsets(low_offsets(app), self.dead_letters, self.status))
         register_periodic(app, self._tick)
         self.status.info.update({"window_ms": self.window_ms, "grace_ms": self.grace_ms,
                                  "closing_strategy": self.closing_strategy,

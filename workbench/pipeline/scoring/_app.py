@@ -25,10 +25,12 @@ from workbench.pipeline._quix import (
     assigned_partitions,
     consume_in_batches,
     force_checkpoint,
+    low_offsets,
     on_assignment,
     partition_flow,
     register_periodic,
 )
+from workbench.pipeline._skipped import SkippedOffsets
 from workbench.pipeline._status import AppResult, AppStatus
 from workbench.pipeline.exceptions import PipelineConfigError
 from workbench.pipeline.scoring._collector import BatchCollector
@@ -187,7 +189,8 @@ class ScoringApp(ScoringLoop, WorkbenchApp):
         sdf = app.dataframe(topic)
         sdf.sink(self.sink)  # registers the sink with Quix's checkpoints (flush before commit)
         # the whole dataframe is this sink: skip Quix's per-message machinery (see consume_in_batches)
-        consume_in_batches(app, self.sink.add_messages, max_messages=_CONSUME_MESSAGES)
+        consume_in_batches(app, self.sink.add_messages, max_messages=_CONSUME_MESSAGES,
+                           on_skipped=SkippedOffsets(low_offsets(app), self.dead_letters, self.status))
         on_assignment(app, self._note_assignment)  # the idle clock (idle_exit) starts there
         register_periodic(app, self._tick)
         self._force_commit = force_checkpoint(app)
