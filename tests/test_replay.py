@@ -464,3 +464,32 @@ def test_a_topic_that_refuses_the_replays_batches_mid_run_is_named_not_retried(k
     with pytest.raises(ReplayError, match=r"cannot write to Kafka: .*Message size too large.*The topic refuses"):
         Replay(log, settings=settings, speedup=3000, pack=100, observer=lower_the_limit).run()
     assert time.monotonic() - started < 60  # not five rounds of retries with back-off
+
+
+def test_a_replay_state_topic_deleted_mid_run_is_made_again_and_the_replay_goes_on_from_its_row(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    """Tester A (32nd session, F7): the replay-state topic deleted under a running replay hung it ~90 s, then
+    it died with a traceback and its restart, finding no saved position, sent the log again from row 0."""
+    from confluent_kafka.admin import AdminClient
+
+    from workbench.broker import ensure_topics
+
+    settings = kafka_settings
+    ensure_topics(settings)
+    log = make_log(tmp_path / "log.parquet", rows=400, spacing_s=60.0)
+    admin = AdminClient(settings.kafka_client_config())
+
+    def delete_the_state_topic(report: BatchReport) -> None:
+        if report.first_row == 0:  # after the first batch went through
+            for future in admin.delete_topics([settings.topic_replay_state], operation_timeout=30).values():
+                future.result(30)
+            time.sleep(1.0)
+
+    started = time.monotonic()
+    status = Replay(log, settings=settings, speedup=3000, pack=1, observer=delete_the_state_topic).run()
+    took = time.monotonic() - started
+    assert status.state == "finished" and status.rows_sent == 400, status
+    assert len(consume_all(settings, settings.topic_query_events, to_end=True)) == 400  # each row once
+    again = Replay(log, settings=settings, speedup=0, pack=1).run()  # the position was saved again: nothing to send
+    assert again.rows_sent == 0, again
+    assert took < 60, took

@@ -868,17 +868,48 @@ class _ReplayRun:
         raise ReplayError(msg)
 
     def _commit(self, attempt: int) -> None:
-        """Commit the open transaction; a timed-out commit is resumed once with the full timeout."""
+        """Commit the open transaction; a timed-out commit is resumed once with the full timeout.
+
+        A commit still waiting after :data:`_TOPIC_CHECK_AFTER_S` looks for a topic deleted under the
+        replay (its messages wait for it until they time out: a deleted replay-state topic hung the replay
+        ~90 s, failed it, and its restart sent the log again from row 0): a missing topic is made again,
+        and the commit goes on with the position this run holds.
+        """
         timeout = self.replay.commit_timeout
+        first = min(timeout, _TOPIC_CHECK_AFTER_S)
         try:
-            self.producer.commit_transaction(timeout)
+            self.producer.commit_transaction(first)
+            return
         except KafkaException as exc:
-            error: KafkaError = exc.args[0]
-            if not error.retriable() or error.txn_requires_abort() or error.fatal():
+            if not _resumable(exc):
                 raise
-            logger.warning("replay commit did not finish within %.3g s (attempt %d): %s; resuming it",
-                           timeout, attempt, error.str())
-            self.producer.commit_transaction(max(timeout, 60.0))
+            error: KafkaError = exc.args[0]
+        if first < timeout:
+            self._make_missing_topics()
+            try:
+                self.producer.commit_transaction(timeout - first)
+                return
+            except KafkaException as exc:
+                if not _resumable(exc):
+                    raise
+                error = exc.args[0]
+        logger.warning("replay commit did not finish within %.3g s (attempt %d): %s; resuming it",
+                       timeout, attempt, error.str())
+        self.producer.commit_transaction(max(timeout, 60.0))
+
+    def _make_missing_topics(self) -> None:
+        """Create again the workbench topics that are gone (an operator deleted one under the replay)."""
+        try:
+            listed = set(self.producer.list_topics(timeout=5).topics)
+            topics = {self.settings.topic_query_events, self.settings.topic_replay_state,
+                      self.settings.topic_dead_letter}
+            missing = sorted(topics - listed)
+            if missing:
+                ensure_topics(self.settings)
+                logger.warning("replay %s: the topics %s were gone (deleted under the running replay); made them "
+                               "again", self.replay.replay_id, ", ".join(missing))
+        except Exception as exc:  # the commit's own outcome is what counts
+            logger.warning("replay %s: cannot check its topics while a commit waits: %s", self.replay.replay_id, exc)
 
     def _abort(self) -> None:
         for _ in range(3):
@@ -1085,6 +1116,16 @@ class _ReplayRun:
 
 #: Produce errors a retry of the same batch cannot cure: the topic's own settings or permissions refuse it
 #: (the replay retried them 5 times, then exited on the producer's "Erroneous state" that followed).
+#: Seconds a commit waits before the replay looks for a topic deleted under it (:meth:`_ReplayRun._commit`).
+_TOPIC_CHECK_AFTER_S: Final = 5.0
+
+
+def _resumable(exc: KafkaException) -> bool:
+    """Whether a failed ``commit_transaction`` may be called again (it timed out) rather than aborted."""
+    error: KafkaError = exc.args[0]
+    return error.retriable() and not error.txn_requires_abort() and not error.fatal()
+
+
 _REFUSED_FOR_GOOD: Final = re.compile(r"Message size too large|failed to validate record|Policy violation|"
                                       r"Topic authorization failed|Record list too large|Invalid record", re.IGNORECASE)
 
