@@ -294,13 +294,15 @@ def _skips(tps: list[tuple[str, int]], offsets: list[int], first: dict[tuple[str
             start = expected[tp] = _committed_offset(committed, tp)
         if start is not None and offset >= start + 2:
             found.append((tp, start, offset))
-        if last[tp] - offset + 1 - counts[tp] >= 2:
-            previous = offset
-            for at, next_offset in zip(tps, offsets, strict=True):
-                if at == tp:
-                    if next_offset >= previous + 3:
-                        found.append((tp, previous + 1, next_offset))
-                    previous = next_offset
+    walk = {tp for tp, offset in first.items() if last[tp] - offset + 1 - counts[tp] >= 2}
+    if walk:  # one pass for every partition that skipped offsets inside the batch
+        previous: dict[tuple[str, int], int] = {}
+        for at, offset in zip(tps, offsets, strict=True):
+            if at in walk:
+                before = previous.get(at)
+                if before is not None and offset >= before + 3:
+                    found.append((at, before + 1, offset))
+                previous[at] = offset
     return found
 
 
