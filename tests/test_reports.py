@@ -211,6 +211,7 @@ def test_the_cli_report_on_a_fresh_home_prints_its_path_and_no_kernel_chatter(tm
     assert err.count("Input Notebook:") == 1, err[-2000:]
     page = (tmp_path / "home" / "reports" / "fresh" / "04_stream_analytics.html").read_text()
     assert "window_stats is empty: replay some data first" in page
+    assert "no classification: no window in this selection" in page  # not a table of zeros at 0.00 %
 
 
 def test_the_kernels_own_errors_reach_the_terminal_but_not_the_shutdown_interrupts_echo(

@@ -174,8 +174,12 @@ def pick_query(anomalies: pd.DataFrame, query_id: int = 0) -> pd.Series | None:
 
 
 def classification_table(stats: pd.DataFrame, anomalies: int) -> pd.DataFrame:
-    """Queries per class (and anomalies) over ``window_stats`` rows, with their share in %."""
+    """Queries per class (and anomalies) over ``window_stats`` rows, with their share in %; no rows when there
+    is neither a window nor an anomaly (a table of zeros with 0.00 % shares read as a measurement)."""
     from workbench.ui.charts import CLASS_LABELS
+
+    if not len(stats) and not anomalies:
+        return pd.DataFrame({"queries": pd.Series(dtype="int64"), "share %": pd.Series(dtype="float64")})
 
     labels = {"total": "total_queries", **{CLASS_LABELS[c]: f"{c}_queries" for c in
                                            ("normal", "cpu_bound", "io_bound", "network_bound", "queue_wlm_bound")}}
