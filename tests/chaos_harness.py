@@ -47,6 +47,7 @@ from workbench._lifeline import home_processes
 from workbench.broker import LocalKafka
 from workbench.config import Settings
 from workbench.data import codec
+from workbench.pipeline import read_dead_letters
 from workbench.replay import ReplayError
 from workbench.runtime import Workbench
 from workbench.runtime.supervisor import read_state
@@ -447,6 +448,8 @@ def compare(settings: Settings, data: Path, result: ChaosResult) -> None:
 
     lost, dup = _diff(expected, _topic_keys(settings))
     result.lost["events topic"], result.duplicated["events topic"] = lost, dup
+    # a valid log under kills calls for no dead letter (a kill's aborted transaction is not a deletion)
+    result.extra["dead letters"] = read_dead_letters(settings).num_rows
 
     shards = read_shards(settings.shards_dir, columns=["instance_id", "query_id", "model_version", "is_anomaly"])
     lost, dup = _diff(expected, Counter(zip(shards.column("instance_id").to_pylist(),
