@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -484,8 +486,30 @@ def test_another_log_into_a_used_home_is_refused_and_the_same_log_is_not(kafka_s
         Workbench.start(data=other, speedup="max", settings=kafka_settings, apps=("analytics",))
     assert not home_processes(kafka_settings.home)  # refused before anything started
     Workbench.start(data=first, speedup="max", settings=kafka_settings, apps=("analytics",)).stop()  # the same log
+    # a byte-identical copy is the same log too (tester B, 32nd session: refused, "another log" shown identical)
+    copy = tmp_path / "copy.parquet"
+    copy.write_bytes(first.read_bytes())
+    Workbench.start(data=copy, speedup="max", settings=kafka_settings, apps=("analytics",)).stop()
     with pytest.raises(WorkbenchStateError, match=r"KAFKA_BOOTSTRAP_SERVERS \(an external cluster keeps its topics"):
         Workbench.start(data=other, settings=kafka_settings, apps=("analytics",), fresh=True)
+
+
+def test_a_log_is_told_by_its_content_and_an_older_record_by_its_path(tmp_path: Path) -> None:
+    """A copy or a moved file of the log is the same log; the same path rewritten with other values is not, even
+    with the same rows and times; a record from before the fingerprint compares paths."""
+    from workbench.runtime._home import _identity, _same_log
+
+    log = make_log(tmp_path / "a.parquet", rows=300, spacing_s=5.0)
+    summary = SimpleNamespace(rows=300, first_arrival=dt.datetime(2024, 3, 4, tzinfo=dt.UTC),
+                              last_arrival=dt.datetime(2024, 3, 5, tzinfo=dt.UTC))
+    held = _identity(log, summary)
+    moved = tmp_path / "moved.parquet"
+    moved.write_bytes(log.read_bytes())
+    assert _same_log(held, _identity(moved, summary))
+    rewritten = make_log(tmp_path / "b.parquet", rows=300, spacing_s=5.0, seed=7)
+    assert not _same_log({**held, "path": str(rewritten)}, _identity(rewritten, summary))
+    older = {key: value for key, value in held.items() if key != "fingerprint"}
+    assert _same_log(older, _identity(log, summary)) and not _same_log(older, _identity(moved, summary))
 
 
 def test_a_fresh_start_clears_the_homes_results_and_keeps_its_inputs_logs_and_reports(tmp_path: Path) -> None:

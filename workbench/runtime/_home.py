@@ -7,8 +7,10 @@ into the first log's windows (before closed windows opened again for rows never 
 the same days lost 74 % of its events to lateness, silently). So :func:`check_log` refuses a log
 other than the one a home holds results of, and :func:`clear_results` empties the home for ``workbench start --fresh``.
 
-The identity is the log's resolved path, its rows and its first and last arrival: the same file
-replayed again matches; another file, or the same path rewritten with other rows, does not.
+The identity is the log's resolved path, its rows, its first and last arrival and its content's
+fingerprint (the replay's, a hash of the Parquet footers and sizes): the same file replayed again
+matches, and so does a byte-identical copy or a moved file (the replay resumes its saved position by
+the same fingerprint); another file, or the same path rewritten with other rows, does not.
 """
 
 from __future__ import annotations
@@ -36,8 +38,22 @@ CLEARING_MARK = ".fresh-start-incomplete"
 
 
 def _identity(data: str | Path, summary: Any) -> dict[str, Any]:
+    from workbench.replay._source import LogFile
+
     return {"path": str(Path(data).expanduser().resolve()), "rows": int(summary.rows),
-            "first_arrival": summary.first_arrival.isoformat(), "last_arrival": summary.last_arrival.isoformat()}
+            "first_arrival": summary.first_arrival.isoformat(), "last_arrival": summary.last_arrival.isoformat(),
+            "fingerprint": LogFile(data).fingerprint}
+
+
+def _same_log(held: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """The same path and rows, or the same content (a copy or a moved file); a record written before the
+    fingerprint was kept compares without it."""
+    keys = ("rows", "first_arrival", "last_arrival")
+    if any(held.get(key) != wanted[key] for key in keys):
+        return False
+    if held.get("fingerprint"):
+        return held["fingerprint"] == wanted["fingerprint"]
+    return held.get("path") == wanted["path"]
 
 
 def held_results(settings: Settings) -> list[Path]:
@@ -78,7 +94,7 @@ def check_log(settings: Settings, data: str | Path, summary: Any) -> None:
     except (OSError, ValueError):
         return
     wanted = _identity(data, summary)
-    if held == wanted:
+    if _same_log(held, wanted):
         return
     msg = (f"{settings.home} holds the results of another log: {held.get('path')} ({held.get('rows', 0):,} rows, "
            f"{held.get('first_arrival')} .. {held.get('last_arrival')}), not {wanted['path']} "
