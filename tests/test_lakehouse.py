@@ -236,3 +236,17 @@ def test_the_status_counts_of_the_lakehouse_cover_anomalies_and_flagged_windows(
     with AnomalyLakehouse.from_settings(settings) as lake:
         assert lake.write_window_anomalies(rows) == 3
     assert lakehouse_counts(settings) == (0, 3)
+
+
+def test_data_kept_elsewhere_still_gets_its_catalog_folder(tmp_path: Path) -> None:
+    """WORKBENCH_LAKEHOUSE_DATA alone (tester B, 33rd session): the SQLite catalog's folder was never made, and the
+    anomaly sink crash-looped on "Unable to open database .../lakehouse/catalog.sqlite"."""
+    from workbench.config import Settings
+
+    settings = Settings(home=tmp_path / "home", lakehouse_data=str(tmp_path / "shared" / "lake-data"))
+    with AnomalyLakehouse.from_settings(settings) as lake:
+        assert lake.write(batch(0, 10)) == 10
+    assert (tmp_path / "home" / "lakehouse" / "catalog.sqlite").is_file()
+    assert list((tmp_path / "shared" / "lake-data").rglob("*.parquet"))
+    with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
+        assert lake.count() == 10

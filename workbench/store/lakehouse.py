@@ -252,6 +252,8 @@ def connect(root: str | os.PathLike[str], *, read_only: bool = False, alias: str
         if "://" not in data:
             Path(data).mkdir(parents=True, exist_ok=True)
         if kind == "sqlite":
+            # the data may live elsewhere (WORKBENCH_LAKEHOUSE_DATA): the catalog's folder is made here then
+            sqlite_catalog.parent.mkdir(parents=True, exist_ok=True)
             _prepare_catalog(sqlite_catalog)
     # No data inlining: a reader on a SQLite catalog reads the catalog tables one by one, so while
     # maintenance flushed inlined rows into a file it could miss them (a count that went 3000, 2999).
