@@ -246,3 +246,26 @@ def test_a_large_dead_letter_topic_is_counted_a_piece_per_status_call_and_conver
     counts = [topic_message_count(kafka_settings, topic) for _ in range(7)]
     assert counts[0] <= 6 and counts == sorted(counts, reverse=True) and counts[-1] == 3, counts
     close_status_clients(kafka_settings)
+
+
+def test_an_instance_killed_with_its_status_saying_running_is_not_counted() -> None:
+    """Tester B (33rd session): after kill -9 of a supervisor with two analytics processes, a restart showed
+    "instances running: analytics 2" beside one analytics process (the dead one's status file said running)."""
+    import os
+    import subprocess
+    import sys
+
+    from workbench.runtime._status import WorkbenchStatus
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                              check=True)
+    dead_pid = int(finished.stdout)
+    now = time.time()
+    alive = {"state": "running", "pid": os.getpid(), "started_at": now}
+    instances = {"analytics": [alive, {"state": "running", "pid": dead_pid, "started_at": now}],
+                 # this pid, but a status written before this process was created: another process had the pid
+                 "scoring": [{"state": "running", "pid": os.getpid(), "started_at": now - 10 * 86_400}, alive],
+                 "anomaly-sink": [{"state": "stopped", "pid": os.getpid(), "started_at": now}, {"state": "running"}]}
+    status = WorkbenchStatus(replay=None, processes={}, apps={}, lag={}, model_version=None, model_versions=0,
+                             anomalies=None, late_events=None, dead_letters=None, instances=instances)
+    assert status.running_instances == {"analytics": 1, "scoring": 1, "anomaly-sink": 1}

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 from workbench.broker import RANGE_READER, IncompleteReadError, quiet_logs, read_range, when_ready
 from workbench.config import Settings
 from workbench.replay import ReplayStatus
-from workbench.runtime._format import LATE_HINT, SKIPPED_HINT, format_bytes, format_speed
+from workbench.runtime._format import LATE_HINT, PARTLY_TRAINED_HINT, SKIPPED_HINT, format_bytes, format_speed
 
 __all__ = [
     "WorkbenchStatus",
@@ -403,6 +403,8 @@ class WorkbenchStatus:
     model_deleted: bool = False
     #: flagged windows stored in the lakehouse (every run, as ``anomalies``); None: not read
     stored_window_anomalies: int | None = None
+    #: versions trained on part of their days (a seek skipped rows while they trained), one line each
+    partly_trained: list[str] = field(default_factory=list)
 
     # -- convenience views ------------------------------------------------------------------
     @property
@@ -448,8 +450,10 @@ class WorkbenchStatus:
 
     @property
     def running_instances(self) -> dict[str, int]:
-        """Instances of each app whose status says running."""
-        return {name: sum(1 for s in found if s.get("state") == "running") for name, found in self.instances.items()}
+        """Instances of each app whose status says running and whose process is alive (a process killed with
+        ``kill -9`` leaves its last status saying running)."""
+        return {name: sum(1 for s in found if s.get("state") == "running" and _status_process_alive(s))
+                for name, found in self.instances.items()}
 
     @property
     def window_anomalies(self) -> int | None:
@@ -573,6 +577,7 @@ class WorkbenchStatus:
             "failed_judging": self.failed_judging,
             "judged_with_unscored": self.judged_with_unscored,
             "unreadable_versions": self.unreadable_versions,
+            "partly_trained": list(self.partly_trained),
             "waiting_for_model": self.waiting_for_model,
             "paused_partitions": self.paused_partitions,
             "disk": dict(self.disk),
@@ -615,6 +620,9 @@ class WorkbenchStatus:
         if self.unreadable_versions:
             lines.append(f"model versions skipped as unreadable: {', '.join(self.unreadable_versions)} (damaged: the "
                          "version before each scores its days meanwhile, and keeps them; `workbench models list`)")
+        if self.partly_trained:
+            lines.append(f"model versions trained on part of their days: {'; '.join(self.partly_trained)} "
+                         f"({PARTLY_TRAINED_HINT})")
         if self.judged_with_unscored:
             days = "; ".join(f"{day} ({n:,} rows)" for day, n in self.judged_with_unscored.items())
             lines.append(f"rows left unscored, judged without them: {days} (no version could score them: "
@@ -652,6 +660,23 @@ class WorkbenchStatus:
         rows = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td style='text-align:left'>"
                        f"{html.escape(_readable(k, v))}</td></tr>" for k, v in self.as_dict().items())
         return f"<table>{rows}</table>"
+
+
+def _status_process_alive(app_status: dict[str, Any]) -> bool:
+    """Whether the process that wrote ``app_status`` still runs: its pid is alive and was created before the
+    status's ``started_at`` (not a later process given the same pid). A status without a pid counts as alive."""
+    import psutil
+
+    pid, started = app_status.get("pid"), app_status.get("started_at")
+    if not isinstance(pid, int):
+        return True
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # another user's process that cannot be read: it exists
+        return True
+    return not isinstance(started, int | float) or created <= float(started) + 1.0
 
 
 def _readable(key: str, value: Any) -> str:
