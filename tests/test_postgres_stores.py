@@ -91,12 +91,13 @@ def test_window_stats_postgres_matches_sqlite(postgres_server: PostgresServer, p
             filtered = store.read(start=T0 + timedelta(days=1), end=T0 + timedelta(days=2), instances=[2**40 + 1])
             replaced = store.read(end=T0 + timedelta(minutes=1), instances=[rows[0]["instance_id"]])
             late = without(store.late_events(), "last_seen_at")  # before archiving (which drops day 0's)
+            per_day = store.completed_queries_per_day()
             archived = store.archive_older_than(3)
             again = store.archive_older_than(3)
             files = sorted(p.name for p in archived.files)
             got[name] = {
                 "rows": without(store.read(), "updated_at"), "count": store.count(),
-                "filtered": without(filtered, "updated_at"), "late": late, "folded": folded,
+                "filtered": without(filtered, "updated_at"), "late": late, "folded": folded, "per_day": per_day,
                 "newest": (store.newest_window_start(), store.newest_window_end()),
                 "replaced": replaced["total_queries"].to_pylist(), "written": written,
                 "archived": (archived.cutoff, archived.rows, files, again.rows),
@@ -104,6 +105,7 @@ def test_window_stats_postgres_matches_sqlite(postgres_server: PostgresServer, p
             }
     assert got["postgres"] == got["sqlite"]
     assert got["postgres"]["replaced"] == [99]
+    assert len(got["postgres"]["per_day"]) == 10 and sum(got["postgres"]["per_day"].values()) > 0
     first = rows[0]["window_start"]
     assert got["postgres"]["written"] == [(rows[0]["instance_id"], int(pd.Timestamp(first).timestamp() * 1000))]
     assert got["postgres"]["filtered"] and got["postgres"]["archived"][1] > 0

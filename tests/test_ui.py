@@ -43,6 +43,7 @@ class FakeWorkbench:
         self.replay_extra: dict[str, Any] = {}
         self.no_replay = False
         self.apps: dict[str, dict[str, Any]] = {}
+        self.partly_trained: list[str] = []
 
     def status(self) -> WorkbenchStatus:
         replay = ReplayStatus(replay_id="default", file="log.parquet", state=self.state, speedup=self.speedup,
@@ -55,7 +56,7 @@ class FakeWorkbench:
         return WorkbenchStatus(replay=None if self.no_replay else replay, processes=self.processes,
                                apps=self.apps, lag={"scoring": self.lag, "analytics": 0, "anomaly-sink": None},
                                model_version="v0002-2024-03-05", model_versions=2, anomalies=self.anomaly_count,
-                               late_events=4, dead_letters=1)
+                               late_events=4, dead_letters=1, partly_trained=self.partly_trained)
 
     def set_speed(self, speedup: float | str) -> None:
         self.calls.append(("set_speed", speedup))
@@ -316,6 +317,23 @@ def test_rows_a_seek_forward_skipped_are_shown_with_what_they_mean(panel_and_fak
     panel.refresh()
     shown = panel.counters.value
     assert "Skipped by a seek</td><td>16,945 rows not sent yet (a reset or a seek back sends them" in shown
+
+
+def test_versions_trained_on_part_of_their_days_are_shown_for_as_long_as_it_lasts(
+        panel_and_fake: tuple[Any, FakeWorkbench]) -> None:
+    """Tester B (32nd session): a seek near the end, then Reset; the versions stayed fitted on 3 % of the log and
+    once the skipped rows were sent again nothing said so."""
+    panel, fake = panel_and_fake
+    panel.refresh()
+    assert "Trained on part of their days" not in panel.counters.value
+    fake.partly_trained = ["v0001-2024-03-04 was trained on 3,161 rows of its days, which hold 18,096 queries now "
+                           "(17%)"]
+    panel.refresh()
+    assert ("Trained on part of their days</td><td>v0001-2024-03-04 was trained on 3,161 rows of its days"
+            in panel.counters.value)
+    status = fake.status()
+    assert "model versions trained on part of their days: v0001-2024-03-04" in str(status)
+    assert "workbench start --fresh" in str(status) and status.as_dict()["partly_trained"] == fake.partly_trained
 
 
 def test_a_training_that_failed_on_every_attempt_is_shown(panel_and_fake: tuple[Any, FakeWorkbench]) -> None:

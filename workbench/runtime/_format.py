@@ -22,6 +22,10 @@ LATE_HINT: Final = ("rows sent before and counted then, re-sent after a seek or 
 SKIPPED_HINT: Final = ("a reset or a seek back sends them and the windows count them then, but a day trained "
                        "meanwhile was fitted without them: workbench models list shows its rows")
 
+#: What a version trained on part of its days means, and the way out (:mod:`workbench.ml.coverage`).
+PARTLY_TRAINED_HINT: Final = ("a seek forward skipped rows while they trained; they score their days' successors "
+                              "all the same: a fresh start (workbench start --fresh) trains them on the whole log")
+
 
 def format_bytes(n: int) -> str:
     """``1.2 GB``-style size."""

@@ -295,6 +295,7 @@ class Workbench:
         self.started_kafka = started_kafka
         self._controller = ReplayController(self.settings, replay_id)  # its clients log like the others
         self._lakehouse_cache: tuple[float, tuple[int | None, int | None]] = (0.0, (None, None))
+        self._coverage_cache: tuple[float, list[str]] = (float("-inf"), [])
         #: time.time() of this object's last seek, reset or resume: wait() reads no replay status from before it
         self._sent_command_at: float | None = None
 
@@ -614,6 +615,7 @@ class Workbench:
             instances=instances,
             trainer_pid=self._trainer_pid(instances.get("scoring", [])),
             stored_window_anomalies=stored_windows,
+            partly_trained=self._partly_trained(),
         )
 
     def _trainer_pid(self, scoring: list[dict[str, Any]]) -> int | None:
@@ -624,6 +626,21 @@ class Workbench:
         if self.settings.trainer_election_mode == "lock":
             return TrainerLease.holder(self.settings.models_dir)
         return next((s.get("pid") for s in scoring if s.get("info", {}).get("trainer")), None)
+
+    def _partly_trained(self) -> list[str]:
+        """The versions trained on part of their days (:mod:`workbench.ml.coverage`): at most every 30 s."""
+        from workbench.ml.coverage import partly_trained_versions
+
+        at, cached = self._coverage_cache
+        if time.monotonic() - at < 30.0:
+            return cached
+        try:
+            value = [str(found) for found in partly_trained_versions(self.settings)]
+        except Exception as exc:  # a store busy or away: the note waits for the next read
+            logger.debug("cannot compare the versions' training rows with the stored queries: %s", exc)
+            value = cached
+        self._coverage_cache = (time.monotonic(), value)
+        return value
 
     def _lakehouse_counts(self) -> tuple[int | None, int | None]:
         """(anomalies, flagged windows) in the lakehouse. Reading it costs ~0.1 s: at most every 5 s."""

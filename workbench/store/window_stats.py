@@ -60,7 +60,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
 
@@ -762,6 +762,15 @@ class WindowStatsStore(ConnectionStore):
                          "window_start": pa.array(cols[1], pa.int64()).cast(_TS),
                          "late_count": pa.array(cols[2], pa.int64()),
                          "last_seen_at": pa.array(cols[3], pa.int64()).cast(_TS)})
+
+    def completed_queries_per_day(self) -> dict[date, int]:
+        """The queries not aborted counted per UTC day of their windows' start (not archived; late events aside)."""
+        # CAST: PostgreSQL's sum of BIGINT is NUMERIC (a Decimal in Python).
+        rows = self._fetch("SELECT window_start / 86400000, CAST(coalesce(sum(coalesce(total_queries, 0) "
+                           "- coalesce(aborted_queries, 0)), 0) AS BIGINT) FROM window_stats "
+                           "GROUP BY window_start / 86400000")
+        epoch = date(1970, 1, 1)
+        return {epoch + timedelta(days=int(day)): int(n) for day, n in rows}
 
     def instance_ids(self) -> list[int]:
         """The instances with windows stored (not archived), sorted."""

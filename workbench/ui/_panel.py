@@ -37,7 +37,7 @@ import ipywidgets as widgets
 
 from workbench._units import clock_duration
 from workbench.exceptions import ConfigurationError
-from workbench.runtime._format import LATE_HINT, SKIPPED_HINT, format_speed
+from workbench.runtime._format import LATE_HINT, PARTLY_TRAINED_HINT, SKIPPED_HINT, format_speed
 
 __all__ = ["ControlPanel", "PanelTarget", "PanelView", "control_panel", "format_speed", "lag_trend", "metric_cards",
            "panel_view", "parse_speed"]
@@ -822,6 +822,8 @@ class ControlPanel(widgets.VBox):
             ("Model", f"{status.model_version or 'none yet'} ({status.model_versions} "
                       f"version{'' if status.model_versions == 1 else 's'})"
                       + _failed_trainings_text(status)),
+            *([("Trained on part of their days", f"{'; '.join(partly)} ({PARTLY_TRAINED_HINT})")]
+              if (partly := _field(status, "partly_trained")) else []),
             # None: no window store yet (the first status), not an unknown count
             ("Late events", ("none yet" if status.late_events is None else _num(status.late_events))
              + (f" ({LATE_HINT})" if status.late_events else "")),
