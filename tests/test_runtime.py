@@ -139,8 +139,8 @@ def test_bad_start_options_are_refused_before_anything_starts(tmp_path: Path) ->
     assert not settings.home.exists()  # a refused start leaves no (empty) home behind
 
 
-def test_a_log_of_less_than_a_day_is_scored_once_its_waiting_day_is_trained(kafka_settings: Settings,
-                                                                           tmp_path: Path) -> None:
+def test_a_log_of_less_than_a_day_is_scored_once_its_waiting_day_is_trained(
+        kafka_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A day trains when the stream passes its end: a log of a few hours left every event unscored,
     silently, for good (the demo with --days 1 reported 0 scored events and no model)."""
     log = make_log(tmp_path / "hours.parquet", rows=3000, spacing_s=5.0)  # 04:10 of one day
@@ -149,10 +149,14 @@ def test_a_log_of_less_than_a_day_is_scored_once_its_waiting_day_is_trained(kafk
         status = wb.wait(timeout=240, progress=False)
         status = wait_until(lambda: (s := wb.status()).drained and s.waiting_for_model and s, timeout=60)
         assert status.waiting_for_model == ["2024-03-04"] and status.model_version is None
-        assert "Workbench.train_waiting_days() trains" in str(status), str(status)
-        assert "with the workbench stopped, workbench train --day 2024-03-04" in str(status), str(status)
-        versions = wb.train_waiting_days()
+        assert "`workbench train --waiting` (Workbench.train_waiting_days()) trains them" in str(status), str(status)
+        # the CLI's way (`workbench train --day` is refused while the workbench runs: tester B, 33rd session)
+        from workbench.ml._cli import _train_waiting
+
+        assert _train_waiting(kafka_settings) == 0
+        versions = [meta["version"] for meta in wb.models()]
         assert len(versions) == 1 and versions[0].endswith("-2024-03-04")
+        assert capsys.readouterr().out.startswith(f"trained {versions[0]}: the scoring app scores")
         settled = wait_until(lambda: not (s := wb.status()).waiting_for_model and s.drained and s, timeout=120)
 
         def stored() -> tuple[int, set[str | None]]:

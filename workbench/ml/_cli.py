@@ -123,6 +123,8 @@ def _train(args: argparse.Namespace) -> int:
     from workbench.ml._train import train_day
 
     settings = settings_from_args(args)
+    if args.waiting:
+        return _train_waiting(settings)
     if _running_registry(settings) == settings.models_dir:
         # Its scoring app trains each day once the stream has passed it; a version trained now from the
         # shards took part of a day, became current and scored the rest of the replay (439 anomalies
@@ -148,6 +150,22 @@ def _train(args: argparse.Namespace) -> int:
              if isinstance(rows.get("trained"), int) and isinstance(rows.get("holdout"), int) else "")
     print(f"{result.version}: {result.rows:,} rows of the window{split} in {result.seconds:.1f} s, parity max|diff| "
           f"{meta['parity_max_abs_diff']:.2g}, holdout {json.dumps(meta['holdout_metrics'])}")
+    return 0
+
+
+def _train_waiting(settings: Any) -> int:
+    """``train --waiting``: the days the running workbench's scoring app waits for, trained now."""
+    from workbench.runtime import Workbench, WorkbenchStateError
+
+    try:
+        wb = Workbench.attach(settings)
+    except WorkbenchStateError as exc:
+        print(f"workbench: error: --waiting trains the days a running workbench waits for, and none runs ({exc}). "
+              "With the workbench stopped, train a day with --day D.", file=sys.stderr)
+        return 2
+    versions = wb.train_waiting_days()
+    print(f"trained {', '.join(versions)}: the scoring app scores the days that waited for them"
+          if versions else "no day waits for a model that no training is scheduled for")
     return 0
 
 
@@ -244,7 +262,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_prune)
 
     train = subparsers.add_parser("train", help="train, check and register a model for one day")
-    train.add_argument("--day", required=True, type=dt.date.fromisoformat, help="last day of the window")
+    which = train.add_mutually_exclusive_group(required=True)
+    which.add_argument("--day", type=dt.date.fromisoformat, help="last day of the window")
+    which.add_argument("--waiting", action="store_true",
+                       help="train now the days a running workbench's scoring app waits for (a log that ended "
+                            "before a later day passed them), as Workbench.train_waiting_days()")
     train.add_argument("--window-days", type=_at_least(1), default=defaults.TRAIN_WINDOW_DAYS,
                        help="days in the window")
     train.add_argument("--max-rows", type=_at_least(_MIN_TRAIN_ROWS), default=defaults.TRAIN_MAX_ROWS,

@@ -640,8 +640,8 @@ class WorkbenchStatus:
             # the replay is over, so no later day will come to finish these: say how to score them (a day
             # waiting for a retry of an earlier training was given this hint, with the wrong day)
             lines.append(f"the stream ended before passing the end of {', '.join(waiting)}, so no training is due: "
-                         "Workbench.train_waiting_days() trains from the stored events now (or, with the workbench "
-                         f"stopped, workbench train --day {waiting[-1]}), and the scoring app scores them")
+                         "`workbench train --waiting` (Workbench.train_waiting_days()) trains them from the stored "
+                         "events now, and the scoring app scores them")
         procs = ", ".join(f"{name}: {p.get('state')}" + (f" ({p['restarts']} restarts)" if p.get("restarts") else "")
                           for name, p in self.processes.items())
         lines.append(f"processes: {procs or '-'}")
