@@ -161,6 +161,8 @@ def test_a_finished_replay_listens_for_seek_and_reset_and_rejects_pause(
         assert replay.status().notice == ("pause ignored: replay 'default' finished at row 1,000 of 1,000; "
                                           "seek or reset to replay again")
         replay.set_speed(0)  # taken for the next course (still max here, so the test stays fast)
+        # a command that applied replaces the ignored one's notice (it stayed for good: tester B, 33rd session)
+        _wait(lambda: replay.status().notice is None)
         sent = time.time()
         assert (controller.status().applied_command_at or 0.0) < sent
         controller.seek("2024-03-04T00:30:00")  # row 900 (rows 2 s apart)

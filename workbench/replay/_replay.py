@@ -556,10 +556,14 @@ class _ReplayRun:
         # from the first status that follows it.
         self._last_status_publish = -1e9
         try:
-            return _HANDLERS[command.command](self, command.value)
+            moved = _HANDLERS[command.command](self, command.value)
         except ReplayError as exc:
             self._reject(f"{command.command} {command.value!r} ignored: {exc}")
             return False
+        # the notice is about the last command: one that applied replaces it (an ignored pause's notice
+        # stayed in the status after a reset, a pause, a speed and a resume had applied)
+        self.notice = None
+        return moved
 
     def _on_speed(self, value: object) -> bool:
         speed = validate_speed(value)  # type: ignore[arg-type]
