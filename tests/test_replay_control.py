@@ -452,6 +452,12 @@ def test_a_file_with_bad_rows_is_refused_or_replayed_with_the_bad_rows_dead_lett
                "(largest 9223372036854775807)",
     }
     assert all(codec.header(m.headers(), "source") == "replay" for m in dead)
+    # read back, each names its file and row (they showed as "replay None[None]@None": tester B, 33rd session)
+    from workbench.pipeline import read_dead_letters
+
+    letters = read_dead_letters(kafka_settings).select(["app", "source_topic", "source_file", "source_row"])
+    assert sorted(letters.to_pylist(), key=lambda r: r["source_row"]) == [
+        {"app": "replay", "source_topic": None, "source_file": str(path), "source_row": row} for row in (10, 250, 499)]
 
 
 def test_a_file_whose_only_bad_values_are_labels_is_refused_or_replayed_whole(kafka_settings: Settings,

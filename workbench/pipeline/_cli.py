@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
                     "letters with the source message's topic[partition]@offset, the reason, and the start of the "
                     "value kept.")
     letters.add_argument("--last", type=_positive, default=10, help="how many of the newest to show (default 10)")
-    letters.add_argument("--app", help="only this app's (analytics, scoring, anomaly-sink, replay)")
+    letters.add_argument("--app", choices=("analytics", "scoring", "anomaly-sink", "replay"), help="only this app's")
     letters.add_argument("--code", help="only this reason code (e.g. invalid_json, event_time_out_of_range)")
     letters.add_argument("--json", action="store_true", help="one JSON object per dead letter shown, no summary")
     letters.set_defaults(func=_dead_letters)
@@ -92,7 +92,8 @@ def _dead_letters(args: argparse.Namespace) -> int:
         print(f"  {count:>10,}  {app or '?':<13} {code or '(no reason)'}")
     print(f"newest {shown.num_rows}:")
     for row in shown.to_pylist():
-        source = f"{row['source_topic']}[{row['source_partition']}]@{row['source_offset']}"
+        source = (f"{row['source_topic']}[{row['source_partition']}]@{row['source_offset']}"
+                  if row["source_topic"] or not row["source_file"] else f"{row['source_file']} row {row['source_row']}")
         value = (row["value"] or b"")[:60].decode("utf-8", errors="backslashreplace")
         size = f"{row['value_bytes']:,} B" + (", truncated" if row["truncated"] else "")
         print(f"  {row['written_at']:%Y-%m-%d %H:%M:%S}  {row['app'] or '?'}  {source}\n"

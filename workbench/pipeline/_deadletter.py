@@ -162,8 +162,8 @@ class DeadLetters:
 DEAD_LETTER_SCHEMA: Final = pa.schema([
     ("written_at", pa.timestamp("ms", tz="UTC")), ("app", pa.string()), ("code", pa.string()), ("reason", pa.string()),
     ("source_topic", pa.string()), ("source_partition", pa.int32()), ("source_offset", pa.int64()),
-    ("value_bytes", pa.int64()), ("truncated", pa.bool_()), ("value", pa.binary()), ("partition", pa.int32()),
-    ("offset", pa.int64())])
+    ("source_file", pa.string()), ("source_row", pa.int64()), ("value_bytes", pa.int64()), ("truncated", pa.bool_()),
+    ("value", pa.binary()), ("partition", pa.int32()), ("offset", pa.int64())])
 
 
 def _text(value: Any) -> str | None:
@@ -181,7 +181,8 @@ def _int_or_none(value: Any) -> int | None:
 def read_dead_letters(settings: Settings, *, last: int | None = None, timeout: float = 30.0) -> Any:
     """The dead letters on ``settings.topic_dead_letter`` as a ``pyarrow.Table`` (:data:`DEAD_LETTER_SCHEMA`),
     oldest first: when and by which app, the reason (``code`` is its part before ``: ``), the source
-    message's topic, partition and offset, and the value kept (``value_bytes`` is the original size
+    message's topic, partition and offset (for the replay's letters: ``source_file`` and ``source_row``),
+    and the value kept (``value_bytes`` is the original size
     when it was truncated). ``last`` reads only about the newest ``last`` of each partition (the
     topic can hold millions). Reads up to the end of every partition and stops; ``timeout`` bounds it.
     """
@@ -230,6 +231,8 @@ def read_dead_letters(settings: Settings, *, last: int | None = None, timeout: f
                 "reason": reason, "source_topic": _text(headers.get("source_topic")),
                 "source_partition": _int_or_none(headers.get("source_partition")),
                 "source_offset": _int_or_none(headers.get("source_offset")),
+                # the replay's letters come from a log's row, not a message
+                "source_file": _text(headers.get("file")), "source_row": _int_or_none(headers.get("row")),
                 "value_bytes": (_int_or_none(headers.get("original_size")) if truncated else None)
                 or (len(value) if value is not None else 0),
                 "truncated": truncated, "value": value, "partition": message.partition(), "offset": message.offset(),
