@@ -186,6 +186,16 @@ def test_wrong_credentials_fail_fast_naming_the_setting(secured: dict, way: str,
         ensure_broker(settings, timeout=300)
     # a rejected credential is final: it is reported at once, not after the 300 s of waiting for a broker
     assert time.monotonic() - started < 150
+    if way == "SCRAM-SHA-512":
+        # `workbench topics` blamed "Broker transport failure" and `replay-control status` a broker "down or
+        # unreachable" (tester B, 33rd session): both name the credentials now
+        from workbench.broker import ensure_topics
+        from workbench.replay import ReplayController
+
+        with pytest.raises(BrokerAuthenticationError, match=named):
+            ensure_topics(settings, timeout=10)
+        with pytest.raises(BrokerAuthenticationError, match=named):
+            ReplayController(settings).status(timeout=5)
 
 
 @pytest.mark.parametrize("tool", ["openssl", "keytool"])

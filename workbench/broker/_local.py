@@ -43,7 +43,7 @@ from workbench.broker.exceptions import (
 )
 from workbench.config import KAFKA_VERSION, Settings
 
-__all__ = ["BrokerStatus", "LocalKafka", "wait_for_broker"]
+__all__ = ["BrokerStatus", "LocalKafka", "raise_if_login_refused", "wait_for_broker"]
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +217,23 @@ def wait_for_broker(settings: Settings, timeout: float = 60.0, *, auth_retries: 
            ". Check KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_PROTOCOL and that the cluster is reachable.")
     )
     raise BrokerUnavailableError(msg)
+
+
+def raise_if_login_refused(settings: Settings, timeout: float = 3.0) -> None:
+    """Raise :class:`BrokerAuthenticationError` when the broker answers but refuses the credentials.
+
+    For the failure paths of reads that cannot tell a refused login from a broker that is away
+    (``list_topics`` said "Broker transport failure" after 30 s, a state read "down or unreachable"):
+    a broker merely away costs ``timeout`` more and raises nothing here.
+    """
+    if str(settings.kafka_client_config().get("security.protocol", "PLAINTEXT")).upper() == "PLAINTEXT":
+        return  # no credentials to refuse
+    try:
+        wait_for_broker(settings, timeout=timeout)
+    except BrokerAuthenticationError:
+        raise
+    except Exception:  # away, or anything else: the caller's own error says it
+        return
 
 
 def _refuse_unresolvable(servers: str) -> None:

@@ -68,6 +68,9 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
     try:
         existing = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
+        from workbench.broker._local import raise_if_login_refused
+
+        raise_if_login_refused(settings)  # a refused password reads as "Broker transport failure" here
         msg = f"Cannot list topics at {settings.bootstrap_servers} within {timeout:.0f} s: {exc}. " + (
             "Is the local Kafka running (`workbench kafka start`)?" if settings.manages_kafka else
             "Check KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_PROTOCOL and that the cluster is reachable.")

@@ -373,6 +373,9 @@ def latest_state_value(settings: Settings, key: str, *, committed: bool = False,
             if code in NO_SUCH_TOPIC:
                 return None
             if code in _NO_ANSWER:
+                from workbench.broker import raise_if_login_refused
+
+                raise_if_login_refused(settings)  # a refused password reads as no answer here
                 msg = (f"Could not read the replay state topic {topic!r} at {settings.bootstrap_servers}: no Kafka "
                        f"broker answered within {timeout:g} s (down or unreachable). Is the workbench running "
                        "(`workbench status`)? KAFKA_BOOTSTRAP_SERVERS or WORKBENCH_KAFKA_PORT say where its broker is.")
