@@ -565,6 +565,17 @@ def test_labels_path_to_a_file_that_is_no_labelled_parquet_log_is_refused_naming
     nobody = pa.table({"query_id": [1], "label_anomaly": pa.nulls(1, pa.bool_())})
     pq.write_table(nobody, settings.data_dir / "b.parquet")
     assert find_labelled_log(settings) == settings.data_dir / "a.parquet"
+    # the log the home was replayed from comes first (tester B, 33rd session: a log outside the home gave
+    # no detection table); one without labels is passed over as well
+    import json
+
+    from workbench.runtime._home import LOG_RECORD
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    (settings.state_dir / LOG_RECORD).write_text(json.dumps({"path": str(labelled)}))
+    assert find_labelled_log(settings) == labelled
+    (settings.state_dir / LOG_RECORD).write_text(json.dumps({"path": str(blank)}))
+    assert find_labelled_log(settings) == settings.data_dir / "a.parquet"
 
 
 def test_start_mode_with_a_missing_data_file_is_refused_naming_the_parameter(tmp_path: Path) -> None:

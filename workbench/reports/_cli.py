@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument("--versions", help="model versions, comma-separated (default: all)")
     rep.add_argument("--day", help="UTC day for the model evaluation, YYYY-MM-DD (default: last day of --data)")
     rep.add_argument("--data", help="labelled Parquet log for label agreement and model evaluation "
-                                    "(default: newest labelled log in <home>/data)")
+                                    "(default: the log the home replayed when labelled, else the newest labelled log "
+                                    "in <home>/data)")
     from workbench.reports.pages import ALL
 
     rep.add_argument("--notebooks", help=f"comma-separated notebook names (default: all, {','.join(ALL)})")

@@ -303,10 +303,14 @@ def _stored_values(settings: Settings, column: str) -> list[str]:
 def find_labelled_log(settings: Settings, labels_path: str = "") -> Path | None:
     """The labelled Parquet log to compare with.
 
-    ``labels_path`` given: that file (must exist). ``"none"``: no labels. Empty: the newest
-    ``*.parquet`` in ``settings.data_dir`` that has the generator's ``label_anomaly`` column.
+    ``labels_path`` given: that file (must exist). ``"none"``: no labels. Empty: the log the home's
+    results come from (the one ``start`` recorded) when it carries the generator's ``label_anomaly``
+    labels, else the newest such ``*.parquet`` in ``settings.data_dir`` (a log replayed from another
+    folder gave no detection table).
     """
     import pyarrow.parquet as pq
+
+    from workbench.runtime._home import recorded_log
 
     if labels_path and labels_path.strip().lower() == "none":
         return None
@@ -336,6 +340,9 @@ def find_labelled_log(settings: Settings, labels_path: str = "") -> Path | None:
         return path
     candidates = sorted(settings.data_dir.glob("*.parquet"), key=lambda p: (p.stat().st_mtime, p.name),
                         reverse=True) if settings.data_dir.is_dir() else []
+    replayed = recorded_log(settings)
+    if replayed is not None and replayed.is_file():
+        candidates.insert(0, replayed)
     for path in candidates:
         try:
             if "label_anomaly" in pq.read_schema(path).names and _carries_labels(path):

@@ -27,7 +27,7 @@ from workbench.config import Settings
 from workbench.runtime._workbench import WorkbenchStateError
 
 __all__ = ["CLEARING_MARK", "LOG_RECORD", "check_log", "check_not_half_cleared", "clear_results", "held_results",
-           "record_log"]
+           "record_log", "recorded_log"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,15 @@ def check_log(settings: Settings, data: str | Path, summary: Any) -> None:
            "Use another home (--home or WORKBENCH_HOME), or clear this one's results "
            "first: `workbench start --fresh` (Workbench.start(..., fresh=True)).")
     raise WorkbenchStateError(msg)
+
+
+def recorded_log(settings: Settings) -> Path | None:
+    """The log the home's results come from (as :func:`record_log` noted it), or None."""
+    try:
+        path = json.loads((settings.state_dir / LOG_RECORD).read_text()).get("path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(path) if isinstance(path, str) and path else None
 
 
 def record_log(settings: Settings, data: str | Path, summary: Any) -> None:
