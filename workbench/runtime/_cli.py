@@ -183,12 +183,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=_demo)
 
     start = subparsers.add_parser("start", help="start Kafka, the pipeline apps and a replay in the background")
-    start.add_argument("--data", help="Parquet query log to replay")
+    start.add_argument("--data", help="Parquet query log (or folder) to replay; without it only Kafka and the apps "
+                                      "start, and they wait for events")
     start.add_argument("--speedup", default=f"{defaults.REPLAY_SPEEDUP:g}",
-                       help="event seconds per wall second, or 'max'")
-    start.add_argument("--pack", type=int, default=defaults.REPLAY_PACK)
-    start.add_argument("--resume", action="store_true", help="continue the replay's saved position")
-    start.add_argument("--every-n-days", type=int, default=defaults.TRAIN_EVERY_N_DAYS, help="training cadence")
+                       help=f"event seconds per wall second, or 'max' (default {defaults.REPLAY_SPEEDUP:g})")
+    start.add_argument("--pack", type=int, default=defaults.REPLAY_PACK,
+                       help=f"most queries per Kafka message (default {defaults.REPLAY_PACK}; 1: JSON, one each)")
+    start.add_argument("--resume", action="store_true",
+                       help="continue from the replay's saved position (default: the log starts again at its first "
+                            "row; rows sent before are counted once)")
+    start.add_argument("--every-n-days", type=int, default=defaults.TRAIN_EVERY_N_DAYS,
+                       help=f"train a new model version every N event days (default {defaults.TRAIN_EVERY_N_DAYS})")
     start.add_argument("--app-instances", type=parse_app_instances, default=1, metavar="N|APP=N,...",
                        help="processes per app on this home (Kafka spreads the partitions; one scoring "
                             "instance trains), e.g. 2 or scoring=2,analytics=2")
