@@ -97,10 +97,20 @@ def test_a_prepare_whose_filters_match_nothing_keeps_the_earlier_output(tmp_path
 
     before = digest()
     assert before
+    sample = out.with_name(out.name + ".rejected.jsonl")
+    sample.write_text('{"reason": "the earlier output\'s own sample"}\n')
     code, err = _run(capsys, *base, "--instances", "999999")
     assert code == 1 and "nothing was written (an earlier output of the same name is kept)" in err
     assert "Traceback" not in err and digest() == before
+    assert "the earlier output's own sample" in sample.read_text()  # it was replaced (tester B, 33rd session)
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_an_app_counted_twice_in_app_instances_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--app-instances scoring=2,scoring=3` started 3 scoring processes without a word (tester B, 33rd session)."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["start", "--app-instances", "scoring=2,scoring=3"])
+    assert info.value.code == 2 and "names scoring more than once" in capsys.readouterr().err
 
 
 def test_prepare_names_a_bad_memory_limit_and_leaves_no_empty_log(tmp_path: Path,

@@ -98,7 +98,8 @@ def _topics(args: argparse.Namespace) -> int:
             return 2
     ensure_topics(settings)
     for spec in topic_specs(settings):
-        print(f"{spec.name}: {spec.partitions} partitions, retention.ms={spec.config['retention.ms']}")
+        print(f"{spec.name}: {spec.partitions} partition{'' if spec.partitions == 1 else 's'}, "
+              f"retention.ms={spec.config['retention.ms']}")
     return 0
 
 

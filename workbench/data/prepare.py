@@ -871,7 +871,8 @@ def prepare(
         outputs = (out,)
     if repeats.count:
         rejected[_REPEAT_REASON] = repeats.count
-    sample_path = _write_sample(out, sample_cols, sample_rows, repeats.samples(schema.names))
+    # the kept output keeps its own sample of rejected rows too (an empty run replaced it with its own)
+    sample_path = _write_sample(out, sample_cols, sample_rows, repeats.samples(schema.names)) if outputs else None
     rows_out = writer.rows
     summary = PrepareSummary(
         sources=tuple(files), outputs=outputs, rows_in=rows_in, rows_out=rows_out,

@@ -30,10 +30,15 @@ def parse_app_instances(text: str) -> int | dict[str, int]:
     try:
         if "=" not in text:
             return int(text)
-        return {name.strip(): int(count) for name, count in (item.split("=", 1) for item in text.split(","))}
+        pairs = [(name.strip(), int(count)) for name, count in (item.split("=", 1) for item in text.split(","))]
     except ValueError:
         msg = f"--app-instances takes N or APP=N,APP=N (e.g. scoring=2,analytics=2). Got {text!r} instead."
         raise argparse.ArgumentTypeError(msg) from None
+    names = [name for name, _ in pairs]
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        msg = f"--app-instances names {', '.join(twice)} more than once in {text!r}: give each app one count."
+        raise argparse.ArgumentTypeError(msg)
+    return dict(pairs)
 
 
 def _start(args: argparse.Namespace) -> int:

@@ -142,7 +142,8 @@ def clear_results(settings: Settings) -> list[Path]:
     shared = [name for name, set_ in elsewhere.items() if set_]
     if shared:
         msg = (f"A fresh start clears only what lies in the home, and {', '.join(shared)} "
-               "point(s) elsewhere: clear those stores yourself, or use another home (--home or WORKBENCH_HOME).")
+               f"{'points' if len(shared) == 1 else 'point'} elsewhere: clear those stores yourself, or use another "
+               "home (--home or WORKBENCH_HOME).")
         raise WorkbenchStateError(msg)
     from workbench.broker import LocalKafka
 

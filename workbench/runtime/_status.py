@@ -642,7 +642,10 @@ class WorkbenchStatus:
             lines.append(f"the stream ended before passing the end of {', '.join(waiting)}, so no training is due: "
                          "`workbench train --waiting` (Workbench.train_waiting_days()) trains them from the stored "
                          "events now, and the scoring app scores them")
-        procs = ", ".join(f"{name}: {p.get('state')}" + (f" ({p['restarts']} restarts)" if p.get("restarts") else "")
+        def restarts(n: int) -> str:
+            return f" ({n} restart{'' if n == 1 else 's'})" if n else ""
+
+        procs = ", ".join(f"{name}: {p.get('state')}{restarts(p.get('restarts') or 0)}"
                           for name, p in self.processes.items())
         lines.append(f"processes: {procs or '-'}")
         lines.extend(f"{name} exited: {p['error']}" for name, p in self.processes.items() if p.get("error"))
