@@ -44,9 +44,9 @@ ANALYTICS_RETENTION_DAYS: Final = 8.0
 #: Replay: event seconds per wall second, queries per message, most rows per transaction.
 REPLAY_SPEEDUP: Final = 600.0
 #: The default message encoding of the workbench and ``workbench replay``: packed Arrow IPC
-#: (``arrow``, up to REPLAY_PACK queries of one instance per message) costs the replay ~2 us and
-#: each app ~5 us of CPU per event, against ~17 us each for JSON and ~20 us for ``arrow-zstd``
-#: (measured; see README). ``json`` (one query per message) is kept for other Kafka tools.
+#: (``arrow``, up to REPLAY_PACK queries of one instance per message) is the cheapest to encode and
+#: decode per event (the README's "Message contracts" has the measured figures). ``json`` (one
+#: query per message) is kept for other Kafka tools; ``arrow-zstd`` saves bytes over a slow network.
 REPLAY_ENCODING: Final = "arrow"
 REPLAY_PACK: Final = 100
 #: Paced, a transaction carries the rows of one tick (0.1 s); this bounds it when unpaced or catching
