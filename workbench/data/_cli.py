@@ -131,7 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--start", default="2024-03-04", help="first day, YYYY-MM-DD (default 2024-03-04)")
     gen.add_argument("--kinds", default="classic",
                      help="anomaly kinds: 'classic' (default, 4 kinds), 'all' (the 13-kind stress pack, "
-                          "window labels in <out>.windows.parquet) or comma-separated names")
+                          "window labels beside it: x.parquet gets x.windows.parquet) or comma-separated names")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
 
