@@ -744,3 +744,23 @@ def test_wait_waits_for_the_replay_to_take_this_objects_last_command_and_not_for
     assert sent is not None
     assert wb._before_last_command(status(None)) and wb._before_last_command(status(sent - 1.0))
     assert not wb._before_last_command(status(sent + 0.001))  # the replay took it (its issued_at is later)
+
+
+def test_no_workbench_here_names_a_demo_running_under_the_home(tmp_path: Path) -> None:
+    """`workbench status` said only "No workbench runs" while a killed demo's workbench ran under <home>/demo,
+    which `workbench stop` finds (tester B, 33rd session)."""
+    from workbench._fs import process_start_time
+    from workbench.runtime.supervisor import run_dir, write_json_atomic
+
+    settings = Settings(home=tmp_path / "home")
+    with pytest.raises(WorkbenchStateError) as plain:
+        Workbench.attach(settings)
+    assert "workbench demo` runs under" not in str(plain.value)
+    demo = settings.home / "demo"
+    run_dir(demo).mkdir(parents=True)
+    # this test's process stands in for the demo's supervisor: alive, with its own start time
+    write_json_atomic(run_dir(demo) / "state.json", {"state": "running", "supervisor_pid": os.getpid(),
+                                                     "supervisor_started": process_start_time(os.getpid())})
+    with pytest.raises(WorkbenchStateError, match=r"A `workbench demo` runs under .*/home/demo \(its own home\): "
+                                                  r"`workbench --home .*/home/demo status` shows it"):
+        Workbench.attach(settings)

@@ -478,6 +478,10 @@ class Workbench:
             if left is not None:
                 msg += (f" Its local Kafka still runs (pid {left[0]}): " + ("`workbench stop` stops it." if left[1]
                         else "`workbench stop --kafka` stops it (it was started by hand)."))
+            demo = settings.home / "demo"
+            if demo.is_dir() and _supervisor_alive(read_state(demo)):
+                msg += (f" A `workbench demo` runs under {demo} (its own home): `workbench --home {demo} status` "
+                        "shows it, and `workbench stop` stops it.")
             raise WorkbenchStateError(msg)
         spec = read_spec(settings.home)
         settings = Settings.from_env({**spec.env, "WORKBENCH_HOME": str(settings.home)})
