@@ -297,3 +297,14 @@ def test_a_rerun_into_the_same_run_id_replaces_the_report_and_one_cut_short_keep
     assert proc.returncode != 0 and b"KeyboardInterrupt" in err, err.decode()[-2000:]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier report, untouched
     assert _report_folders(settings) == ["r"]
+
+
+def test_a_summary_table_shows_counts_as_counts_beside_ratios() -> None:
+    """The summary's per-kind table printed counts below 10 as '2.000' beside '24' (tester B, 33rd session)."""
+    import pandas as pd
+
+    from workbench.reports._summary import _table
+
+    frame = pd.DataFrame({"labelled": [2, 24], "alerted": [1, 10], "recall": [0.5, 0.417]},
+                         index=pd.Index(["spill", "slow"], name="label_kind"))
+    assert "<td>spill</td><td>2</td><td>1</td><td>0.500</td>" in _table(frame)

@@ -62,8 +62,10 @@ def _table(frame: pd.DataFrame, *, index: bool = True) -> str:
     head_cells = ([frame.index.name or ""] if index else []) + [str(c) for c in frame.columns]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in head_cells)
     rows = []
-    for key, row in frame.iterrows():
-        cells = ([_fmt(key)] if index else []) + [_fmt(v) for v in row.tolist()]
+    # column by column: a row mixes counts and ratios, and pandas made the counts floats ("2.000" beside "24")
+    columns = [frame[c].tolist() for c in frame.columns]
+    for at, key in enumerate(frame.index.tolist()):
+        cells = ([_fmt(key)] if index else []) + [_fmt(values[at]) for values in columns]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
