@@ -675,14 +675,19 @@ class Workbench:
         deadline = None if timeout is None else time.monotonic() + timeout
         stall = _Stall()
         bar = tqdm(total=0, unit="events", unit_scale=True, disable=not progress, desc="pipeline")
+        start: tuple[int, int] | None = None  # (position of the log, events processed) at the first status
         try:
             while True:
                 status = self.status()
                 if status.replay:
-                    # Progress is what the slowest app has processed, not what the replay has sent.
+                    # Progress is what the slowest app has processed, not what the replay has sent; counted from
+                    # the log's position when the wait began (after a reset the apps' counts hold the pass before,
+                    # and the bar read 100 % at 0 % replayed)
                     processed = min(status.events_processed.values(), default=0)
+                    if start is None:
+                        start = (min(status.rows_sent, processed), processed)
                     bar.total = status.replay.rows_total
-                    bar.n = min(processed, bar.total)
+                    bar.n = max(0, min(start[0] + processed - start[1], bar.total))
                     clock = status.event_time.strftime("%Y-%m-%d %H:%M") if status.event_time else "-"
                     bar.set_postfix_str(
                         f"replayed {status.replay.fraction:.0%} to {clock} UTC, "
