@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from workbench import defaults
-from workbench.broker import IncompleteReadError, ensure_topics, read_range, when_ready
+from workbench.broker import IncompleteReadError, ensure_topics, quiet_logs, read_range, when_ready
 from workbench.config import Settings, get_settings
 from workbench.data import COLUMNS, codec
 from workbench.data.validation import MAX_EVENT_TIME, conform, find_bad_rows
@@ -415,7 +415,9 @@ class _ReplayRun:
         self.last_event_us = self._event_time(self.log.num_rows - 1)
         ensure_topics(self.settings)
         self.signer = PositionSigner(self.settings)
-        self.producer = Producer(
+        # librdkafka's own lines (a transient "Coordinator load in progress") go to the workbench.kafka logger: the
+        # replay says what failed in its own words
+        self.producer = Producer(quiet_logs(
             {
                 **self.settings.kafka_client_config(),
                 "transactional.id": f"workbench-replay-{replay.replay_id}",
@@ -430,7 +432,7 @@ class _ReplayRun:
                 "transaction.timeout.ms": 60_000,
                 "log_level": 4,
             }
-        )
+        ))
         try:
             self.producer.init_transactions(30)
         except KafkaException as exc:
