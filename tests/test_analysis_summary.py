@@ -865,5 +865,8 @@ def test_the_report_summary_counts_the_streams_alerts_and_narrows_to_the_reports
     for version, count in zip(versions, counts, strict=True):
         only = key_figures(settings, labels_file=data, versions=[version])
         assert only["anomalies"] == count and set(only["by_reason"]["model_version"]) <= {version}
+        # the summary page says what its recall is over, as notebook 02 does (tester B, 33rd session)
+        assert f"versions {version}" in only["agreement_scope"], only["agreement_scope"]
+    assert figures.get("agreement_scope") is None
     # the store holds windows, only not of instance 999: it read "no window stats yet"
     assert key_figures(settings, instances=[999])["critical_why"] == "no window of the selected instances and span"

@@ -131,6 +131,8 @@ def key_figures(settings: Settings, *, start: Any = None, end: Any = None,
             return label_agreement(alerts, labels_file, start=lo, end=hi, instances=instances, scored=scored)
 
         out["agreement"], out["agreement_why"] = _attempt("label agreement", agreement)
+        # with --versions, recall counts the labels of days those versions never scored (as 02 says)
+        out["agreement_scope"] = anomaly_summary.agreement_scope(anomalies, versions=versions or ())
     return out
 
 
@@ -236,8 +238,9 @@ def write_summary(out: Path, run_id: str, settings: Settings, params: Mapping[st
 
     if agreement is not None:
         parts.append("<h2>Detection against the generator's labels</h2><div id='detection'>")
-        if agreement.note:
-            parts.append(f"<p class='muted'>{html.escape(agreement.note)}</p>")
+        for note in (agreement.note, figures.get("agreement_scope")):
+            if note:
+                parts.append(f"<p class='muted'>{html.escape(note)}</p>")
         parts.append(_table(agreement.summary))
         parts.append("<h3>Recall per labelled kind</h3>" + _table(agreement.per_kind))
         parts.append("</div>")
