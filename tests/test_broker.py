@@ -282,3 +282,23 @@ def test_partitions_are_not_added_to_an_events_topic_that_has_held_events(kafka_
         ensure_topics(settings.with_overrides(partitions=4))
     topics = AdminClient(settings.kafka_client_config()).list_topics(timeout=10).topics
     assert len(topics[settings.topic_query_events].partitions) == 3
+
+
+def test_the_workbench_topics_take_events_dated_in_the_future(kafka_settings: Settings) -> None:
+    """Kafka refuses a message dated more than an hour past its clock by default: a log dated 2027 (on a machine in
+    2026) failed every batch and the replay restarted for good, nothing landed (tester A, 33rd session). The topics
+    the workbench makes have no such limit, and an existing one made with the default is lifted."""
+    from confluent_kafka.admin import NewTopic
+
+    from workbench.broker._topics import NO_LIMIT_MS
+
+    settings = kafka_settings
+    admin = AdminClient(settings.kafka_client_config())
+    made = admin.create_topics([NewTopic(settings.topic_anomalies, settings.partitions, config={
+        "message.timestamp.after.max.ms": "3600000", "retention.ms": "-1"})])
+    made[settings.topic_anomalies].result()
+    ensure_topics(settings)
+    names = (settings.topic_query_events, settings.topic_anomalies, settings.topic_dead_letter)
+    resources = [ConfigResource("topic", name) for name in names]
+    for resource, future in admin.describe_configs(resources).items():
+        assert int(future.result()["message.timestamp.after.max.ms"].value) == NO_LIMIT_MS, resource.name

@@ -493,3 +493,15 @@ def test_a_replay_state_topic_deleted_mid_run_is_made_again_and_the_replay_goes_
     again = Replay(log, settings=settings, speedup=0, pack=1).run()  # the position was saved again: nothing to send
     assert again.rows_sent == 0, again
     assert took < 60, took
+
+
+def test_a_log_dated_in_the_future_is_replayed_whole(kafka_settings: Settings, tmp_path: Path) -> None:
+    """A log dated a year past the machine's clock (synthetic data, or local times read as UTC): the broker
+    refused every batch ("Invalid timestamp") and the replay restarted for good (tester A, 33rd session)."""
+    import datetime as dt
+
+    start = (dt.datetime.now(dt.UTC) + dt.timedelta(days=400)).strftime("%Y-%m-%dT00:00:00")
+    log = make_log(tmp_path / "future.parquet", rows=300, spacing_s=60.0, start=start)
+    status = Replay(log, settings=kafka_settings, speedup=0, pack=1).run(timeout=120)
+    assert status.state == "finished" and status.rows_sent == 300, status
+    assert len(consume_all(kafka_settings, kafka_settings.topic_query_events, to_end=True)) == 300

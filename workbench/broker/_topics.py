@@ -38,6 +38,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         "retention.bytes": str(settings.retention_bytes),
         "compression.type": "producer",
         "max.message.bytes": "16777216",
+        # Kafka refuses a message dated more than an hour past its clock by default: a log in the future
+        # (synthetic, or local times read as UTC) made the replay fail each batch, for good
+        "message.timestamp.after.max.ms": str(NO_LIMIT_MS),
     }
     return [
         TopicSpec(settings.topic_query_events, settings.partitions, dict(by_size)),
@@ -115,6 +118,8 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
 
 #: Kafka's default ``max.message.bytes`` of a topic: what a batch of the replay's producer (1 MB) needs.
 MIN_MESSAGE_BYTES = 1_048_588
+#: "No limit" for Kafka's millisecond settings (Java's Long.MAX_VALUE).
+NO_LIMIT_MS = 9_223_372_036_854_775_807
 
 
 def _refuse_unusable(admin: AdminClient, settings: Settings, present: list[TopicSpec], timeout: float) -> None:
@@ -135,6 +140,8 @@ def _refuse_unusable(admin: AdminClient, settings: Settings, present: list[Topic
             logger.warning("cannot read the configuration of topic %s (%s); not checked", resource.name, exc)
             continue
         name = resource.name
+        if int(config.get("message.timestamp.after.max.ms") or NO_LIMIT_MS) < NO_LIMIT_MS:
+            _allow_future_timestamps(admin, name, config["message.timestamp.after.max.ms"], timeout)
         policy = config.get("cleanup.policy") or "delete"
         if "compact" in policy:
             problems.append(f"{name}: cleanup.policy={policy} keeps one message per key (and refuses the replay's "
@@ -154,6 +161,23 @@ def _refuse_unusable(admin: AdminClient, settings: Settings, present: list[Topic
                + f"\nChange them (kafka-configs.sh --bootstrap-server {where} --alter --entity-type topics "
                "--entity-name NAME --add-config SETTING=VALUE), or name other topics (WORKBENCH_TOPIC_*).")
         raise TopicMismatchError(msg)
+
+
+def _allow_future_timestamps(admin: AdminClient, name: str, limit: str, timeout: float) -> None:
+    """Lift an existing topic's limit on future timestamps (a topic made before the workbench set it, or by a
+    cluster's default of one hour); a cluster that does not allow it is told the setting to change."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry
+
+    resource = ConfigResource("topic", name, incremental_configs=[ConfigEntry(
+        "message.timestamp.after.max.ms", str(NO_LIMIT_MS), incremental_operation=AlterConfigOpType.SET)])
+    try:
+        admin.incremental_alter_configs([resource], request_timeout=timeout)[resource].result()
+        logger.info("topic %s: message.timestamp.after.max.ms %s -> no limit (a log may lie in the future)",
+                    name, limit)
+    except KafkaException as exc:
+        logger.warning("topic %s refuses events dated more than %s ms past the broker's clock, and its setting "
+                       "cannot be changed from here (%s): a log in the future would fail to replay. Set "
+                       "message.timestamp.after.max.ms=%d on it", name, limit, exc, NO_LIMIT_MS)
 
 
 def _refuse_moving_instances(admin: AdminClient, settings: Settings, counts: dict[str, int], timeout: float) -> None:

@@ -1133,7 +1133,8 @@ def _resumable(exc: KafkaException) -> bool:
 
 
 _REFUSED_FOR_GOOD: Final = re.compile(r"Message size too large|failed to validate record|Policy violation|"
-                                      r"Topic authorization failed|Record list too large|Invalid record", re.IGNORECASE)
+                                      r"Topic authorization failed|Record list too large|Invalid record|"
+                                      r"Invalid timestamp", re.IGNORECASE)
 
 
 def _too_large(size: int) -> str:
