@@ -778,3 +778,28 @@ def test_replay_control_warns_of_an_unknown_replay_refuses_stray_values_and_expl
     assert producer.flush(10) == 0
     assert main(["replay-control", "status"]) == 0
     assert "last command ignored: pause ignored: replay 'default' finished" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("nulls", ["last", "first"])
+def test_rows_without_an_arrival_time_at_either_end_are_dead_lettered_and_the_rest_replays(
+        kafka_settings: Settings, tmp_path: Path, nulls: str) -> None:
+    """A sort puts rows without an arrival time last (DuckDB) or first (Spark): the replay read the edge rows'
+    times for the order check and crashed with a TypeError under --skip-bad-rows, restarting for good, and a
+    seek in such a file did too (tester A, 33rd session)."""
+    from workbench.replay._source import LogFile
+
+    table = pq.read_table(make_log(tmp_path / "good.parquet", rows=300, row_group_size=100))
+    times = table.column("arrival_timestamp")
+    gone = [0, 1] if nulls == "first" else [298, 299]
+    kept = [i for i in range(300) if i not in gone]
+    nulled = pa.array([None if i in gone else times[i].as_py() for i in range(300)], times.type)
+    table = table.set_column(table.schema.get_field_index("arrival_timestamp"), "arrival_timestamp", nulled)
+    folder = tmp_path / "days"
+    folder.mkdir()
+    pq.write_table(table, folder / "part-0.parquet", row_group_size=100)  # a folder: its order check read the edges
+    log = LogFile(folder)
+    assert (log.first_time_us(), log.last_time_us()) == (int(times[kept[0]].value), int(times[kept[-1]].value))
+    assert log.row_at_or_after(int(times[150].value)) == 150
+    status = Replay(folder, settings=kafka_settings, speedup=0, skip_bad_rows=True).run(timeout=120)
+    assert status.state == "finished" and status.dead_letters == 2, status
+    assert len(consume_all(kafka_settings, kafka_settings.topic_query_events, to_end=True)) == 298

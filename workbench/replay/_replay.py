@@ -411,8 +411,9 @@ class _ReplayRun:
         # Every row passed the per-row rules at start-up: the batches need not be checked again.
         self.rows_checked = replay.check_rows()
         self.log = LogFile(replay.data)
-        self.first_event_us = self._event_time(0)
-        self.last_event_us = self._event_time(self.log.num_rows - 1)
+        # the log's first and last times, past rows without one (a sort puts NULLs first or last)
+        self.first_event_us = _usable(self.log.first_time_us())
+        self.last_event_us = _usable(self.log.last_time_us())
         ensure_topics(self.settings)
         self.signer = PositionSigner(self.settings)
         # librdkafka's own lines (a transient "Coordinator load in progress") go to the workbench.kafka logger: the
@@ -502,7 +503,7 @@ class _ReplayRun:
             value = self.log.event_time_us(row)
         except (TypeError, ValueError, OverflowError, pa.ArrowException):
             return None
-        return value if value is None or 0 <= value < _MAX_EVENT_US else None
+        return _usable(value)
 
     def _saved_position(self) -> Position | None:
         value = latest_state_value(self.settings, self.position_key.decode(), committed=True,
@@ -1122,6 +1123,11 @@ class _ReplayRun:
 
 #: Produce errors a retry of the same batch cannot cure: the topic's own settings or permissions refuse it
 #: (the replay retried them 5 times, then exited on the producer's "Erroneous state" that followed).
+def _usable(event_us: int | None) -> int | None:
+    """``event_us`` when a replay can send it (from 1970 to :data:`_MAX_EVENT_US`), else None."""
+    return event_us if event_us is not None and 0 <= event_us < _MAX_EVENT_US else None
+
+
 #: Seconds a commit waits before the replay looks for a topic deleted under it (:meth:`_ReplayRun._commit`).
 _TOPIC_CHECK_AFTER_S: Final = 5.0
 

@@ -15,8 +15,9 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -84,20 +85,37 @@ class _LogPart:
             return None
         group = self._group_of(row)
         column = self._read_group(group, ["arrival_timestamp"]).column(0)
-        return _to_us(column[row - self._group_starts[group]].as_py())
+        value = column[row - self._group_starts[group]].as_py()
+        return None if value is None else _to_us(value)
 
     def first_time_us(self) -> int | None:
-        return self.event_time_us(0)
+        """The first arrival time the file holds (rows without one, which the replay dead-letters, skipped)."""
+        found = self._edge(["arrival_timestamp"], last=False)
+        return None if found is None else _to_us(found[0])
 
     def last_time_us(self) -> int | None:
-        return self.event_time_us(self.num_rows - 1) if self.num_rows else None
+        """The last arrival time the file holds (rows without one skipped: a sort puts NULLs first or last)."""
+        found = self._edge(["arrival_timestamp"], last=True)
+        return None if found is None else _to_us(found[0])
 
-    def key_at(self, row: int) -> tuple[int, int]:
-        """``(arrival µs, query_id)`` of row ``row`` (which must exist)."""
-        group = self._group_of(row)
-        table = self._read_group(group, ["arrival_timestamp", "query_id"])
-        offset = row - self._group_starts[group]
-        return _to_us(table.column(0)[offset].as_py()), int(table.column(1)[offset].as_py())
+    def edge_key(self, *, last: bool) -> tuple[int, int] | None:
+        """``(arrival µs, query_id)`` of the first (or ``last``) row that has both; None when no row has."""
+        found = self._edge(["arrival_timestamp", "query_id"], last=last)
+        return None if found is None else (_to_us(found[0]), int(found[1]))
+
+    def _edge(self, columns: list[str], *, last: bool) -> list[Any] | None:
+        """The values of ``columns`` in the first (or last) row where none is NULL, row group by row group."""
+        groups = range(self._file.metadata.num_row_groups)
+        for group in reversed(groups) if last else groups:
+            table = self._read_group(group, columns)
+            valid = pc.is_valid(table.column(0))
+            for column in table.columns[1:]:
+                valid = pc.and_(valid, pc.is_valid(column))
+            rows = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
+            if len(rows):
+                at = int(rows[-1] if last else rows[0])
+                return [column[at].as_py() for column in table.columns]
+        return None
 
     def row_at_or_after(self, event_us: int) -> int:
         """Index of the first row whose arrival time is >= ``event_us`` (num_rows if none)."""
@@ -107,7 +125,9 @@ class _LogPart:
             if stats is not None and stats.has_min_max and _to_us(stats.max) < event_us:
                 continue
             column = self._read_group(group, ["arrival_timestamp"]).column(0).cast(pa.timestamp("us", tz="UTC"))
-            values = pc.cast(column, pa.int64()).to_numpy()
+            # rows without a time (dead-lettered by the replay) take the time before them, or come first
+            times = pc.fill_null_forward(pc.cast(column, pa.int64()))
+            values = pc.fill_null(times, np.iinfo(np.int64).min).to_numpy()
             offset = int(values.searchsorted(event_us, side="left"))
             if offset < len(values):
                 return self._group_starts[group] + offset
@@ -240,7 +260,9 @@ def check_order_across_files(path: str | os.PathLike[str]) -> None:
     previous: tuple[Path, tuple[int, int]] | None = None
     for part in log_parts(path):
         log = _LogPart(part)
-        first, last = log.key_at(0), log.key_at(log.num_rows - 1)
+        first, last = log.edge_key(last=False), log.edge_key(last=True)
+        if first is None or last is None:  # no row with a time and an id: the row checks name them
+            continue
         if previous is not None and first < previous[1]:
             msg = (f"Query log folder {str(Path(path))!r} is not sorted across files: the first row of "
                    f"{part.name} (arrival {_stamp(first[0])}, query_id {first[1]}) sorts before the last row of "
@@ -292,10 +314,12 @@ class LogFile:
         return self.parts[index].event_time_us(row - self._starts[index])
 
     def first_time_us(self) -> int | None:
-        return self.event_time_us(0)
+        """The log's first arrival time (rows without one skipped)."""
+        return next((t for part in self.parts if (t := part.first_time_us()) is not None), None)
 
     def last_time_us(self) -> int | None:
-        return self.event_time_us(self.num_rows - 1) if self.num_rows else None
+        """The log's last arrival time (rows without one skipped)."""
+        return next((t for part in reversed(self.parts) if (t := part.last_time_us()) is not None), None)
 
     def row_at_or_after(self, event_us: int) -> int:
         """Index of the first row whose arrival time is >= ``event_us`` (num_rows if none)."""
