@@ -60,7 +60,7 @@ from workbench.ml._train import load_log_window, split_window, train_table
 from workbench.ml.baseline import baseline_decide
 from workbench.ml.detector import COSTLY, FLOORS, ResidualDetector
 from workbench.ml.evaluate import anomaly_kinds, anomaly_labels, dominating_normals, labelled_windows, window_kinds_of
-from workbench.ml.features import SIGNALS, _log_signal
+from workbench.ml.features import observed_signals
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import LoadedModel
 
@@ -88,7 +88,7 @@ def train_all_but_last(data: Path, days: int, models_dir: Path) -> tuple[LoadedM
 def _inputs(model: LoadedModel, table: pa.Table) -> dict:
     X, refs, source = model.features.transform_with_evidence(table)
     mean_log, q_log = model.regressors.predict_log(X)
-    return {"obs": {s: _log_signal(table, s) for s in SIGNALS}, "mean": mean_log, "q": q_log, "refs": refs,
+    return {"obs": observed_signals(table), "mean": mean_log, "q": q_log, "refs": refs,
             "source": source}
 
 

@@ -415,3 +415,35 @@ def test_a_spill_far_beyond_the_largest_of_the_statement_alerts() -> None:
     state = det.to_dict()
     del state["params"]["record_spill_factor"]
     assert _first_spill(ResidualDetector.from_dict(state), spill_mb=6_000.0, largest_spill_mb=300.0) == (False, None)
+
+
+def test_a_spill_against_a_scan_nobody_measured_gets_no_verdict() -> None:
+    """A NULL mbytes_scanned read as 0 MB: every spill 'exceeded' it, and 195 of a tester's 196 spill_exceeds_scan
+    alerts were such rows (Redset's serverless SELECTs lack the scan about half the time; 33rd session)."""
+    from workbench.ml.detector import SCAN_KNOWN
+
+    det = _fitted()
+    mean, obs, refs = _run(200.0, 200.0, scan_mb=0.0)
+    obs["spill"] = np.log1p([50_000.0])  # 50 GB spilled
+    verdicts = {}
+    for known in (True, False):
+        observed = {**obs, SCAN_KNOWN: np.array([known])}
+        z = det.residuals(observed, mean, mean + 1.2816 * 0.35, refs)
+        _, alert, reason = det.decide(z, det.excess(observed, det.expected(mean, refs)))
+        verdicts[known] = (bool(alert[0]), reason[0])
+    assert verdicts[True] == (True, "spill_exceeds_scan")  # a measured 0 MB scan: the spill is beyond it
+    assert verdicts[False][1] != "spill_exceeds_scan" and verdicts[False][1] != "scan"
+
+
+def test_the_observed_signals_mark_the_rows_whose_scan_was_measured() -> None:
+    import pyarrow as pa
+
+    from workbench.ml.detector import SCAN_KNOWN
+    from workbench.ml.features import SIGNALS, observed_signals
+
+    table = pa.table({column: pa.array([1, 2, 3], pa.int64()) for column in SIGNALS.values()})
+    table = table.set_column(table.schema.get_field_index("mbytes_scanned"), "mbytes_scanned",
+                             pa.array([5, None, 0], pa.int64()))
+    observed = observed_signals(table)
+    assert observed[SCAN_KNOWN].tolist() == [True, False, True]
+    assert observed["scan"][1] == 0.0 and set(observed) == {*SIGNALS, SCAN_KNOWN}

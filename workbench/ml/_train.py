@@ -53,9 +53,9 @@ from workbench.ml.exceptions import UntrainableWindow
 from workbench.ml.features import (
     INPUT_COLUMNS,
     OBSERVED_COLUMNS,
-    SIGNALS,
     FeatureBuilder,
     _log_signal,
+    observed_signals,
 )
 from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
 from workbench.ml.registry import ModelRegistry
@@ -418,7 +418,7 @@ def _train_table(clock: _PhaseClock, registry: ModelRegistry, parent: str | None
     # The blocked holdout is the fits' early-stopping set (see DurationModel.fit), so its
     # features come first.
     X_hold, refs, source = builder.transform_with_evidence(hold)
-    observed = {s: _log_signal(hold, s) for s in SIGNALS}
+    observed = observed_signals(hold)
     clock.lap("holdout_features")
     # Each model is exported (skl2onnx imported, ~1 s, by the first) in its fit's thread as soon as
     # it is fitted, while the other fit still runs on the other core.

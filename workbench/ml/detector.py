@@ -162,6 +162,7 @@ __all__ = [
     "RECORD_SPILL_REASON",
     "RUNTIME_SCALE",
     "RUNTIME_SCALE_FACTOR",
+    "SCAN_KNOWN",
     "SPILL_HISTORY",
     "STAKE_SCALE",
     "THROUGHPUT",
@@ -217,6 +218,9 @@ UNEXPLAINED = "exec_unexplained_by_work"
 #: expectation (the larger of q90 and mean), in ms (negative below it), used by the costly path of
 #: statements with history.
 BEYOND_TOLERANCE = "exec_beyond_tolerance_ms"
+#: Key of the observed signals' mask of rows whose scan was measured (``features.observed_signals``): a
+#: NULL scan reads as 0 MB, and the spill and scan signals keep no verdict on such rows.
+SCAN_KNOWN = "scan_known"
 #: Key of the optional reference with a statement's own spill history: ``(largest log1p MB spilled, runs)``
 #: in the training window (NaN for a row whose references are not its statement's own).
 SPILL_HISTORY = "spill_history"
@@ -348,6 +352,7 @@ class ResidualDetector:
         """Raw standardised residual ``z`` of each signal (positive = more than expected)."""
         self._check_signals()
         z_q = _Z90 if self.quantile == 0.9 else float(np.sqrt(2) * _erfinv(2 * self.quantile - 1))
+        scan_known = observed_log.get(SCAN_KNOWN)  # rows whose scan was measured (features.observed_signals)
         out = {}
         for s in self.signals:
             if s == "exec":
@@ -365,8 +370,12 @@ class ResidualDetector:
             elif s in HISTORY_SIGNALS:
                 center, iqr = references[s]
                 out[s] = (observed_log[s] - center) / np.clip(iqr / _IQR_TO_SIGMA, self.min_scale, self.max_scale)
+                if s == "scan" and scan_known is not None:
+                    out[s] = np.where(scan_known, out[s], 0.0)  # a scan nobody measured: no verdict
             elif s == "spill":
                 out[s] = observed_log["spill"] - observed_log["scan"]
+                if scan_known is not None:  # against a scan nobody measured (NULL, read as 0 MB): no verdict
+                    out[s] = np.where(scan_known, out[s], 0.0)
                 if SPILL_HISTORY in references:
                     largest, runs = references[SPILL_HISTORY]
                     never = (largest == 0.0) & (runs >= self.first_spill_runs)  # NaN (no own history): False

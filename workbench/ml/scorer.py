@@ -38,11 +38,10 @@ from workbench.ml.features import (
     INPUT_COLUMNS,
     OBSERVED_COLUMNS,
     REFERENCE_SOURCES,
-    SIGNALS,
     FeatureBuilder,
     _as_table,
-    _log_signal,
     check_columns,
+    observed_signals,
 )
 from workbench.ml.models import OnnxPair
 from workbench.ml.registry import MODEL_JSON, ModelRegistry
@@ -118,7 +117,7 @@ class LoadedModel:
         check_columns(table.column_names, self.required_columns)
         X, refs, source = self.features.transform_with_evidence(table)
         mean_log, q_log = _batch_independent(self.regressors.predict_log, X, self.threads)
-        observed = {s: _log_signal(table, s) for s in SIGNALS}
+        observed = observed_signals(table)
         det = self.detector
         z = det.residuals(observed, mean_log, q_log, refs)
         expected = det.expected(mean_log, refs)
