@@ -514,6 +514,17 @@ def test_a_log_is_told_by_its_content_and_an_older_record_by_its_path(tmp_path: 
     assert not _same_log({**held, "path": str(rewritten)}, _identity(rewritten, summary))
     older = {key: value for key, value in held.items() if key != "fingerprint"}
     assert _same_log(older, _identity(log, summary)) and not _same_log(older, _identity(moved, summary))
+    # refused as the same name twice ("another log: X ..., not X ..."): it says the file changed (tester A, 33rd)
+    from workbench.runtime._home import check_log, record_log
+
+    settings = Settings(home=tmp_path / "home")
+    (settings.shards_dir / "2024-03-04").mkdir(parents=True)
+    (settings.shards_dir / "2024-03-04" / "p0.arrow").write_bytes(b"x")  # the home holds results
+    record_log(settings, log, summary)
+    log.write_bytes(rewritten.read_bytes())  # re-exported in place: same rows and times, other values
+    with pytest.raises(WorkbenchStateError, match=r"holds the results of .*a\.parquet as it was \(300 rows, .*the "
+                                                  r"log there has changed since \(now 300 rows, .*other content\)"):
+        check_log(settings, log, summary)
 
 
 def test_a_fresh_start_clears_the_homes_results_and_keeps_its_inputs_logs_and_reports(tmp_path: Path) -> None:

@@ -96,9 +96,16 @@ def check_log(settings: Settings, data: str | Path, summary: Any) -> None:
     wanted = _identity(data, summary)
     if _same_log(held, wanted):
         return
-    msg = (f"{settings.home} holds the results of another log: {held.get('path')} ({held.get('rows', 0):,} rows, "
-           f"{held.get('first_arrival')} .. {held.get('last_arrival')}), not {wanted['path']} "
-           f"({wanted['rows']:,} rows, {wanted['first_arrival']} .. {wanted['last_arrival']}). Replayed into it, "
+    if held.get("path") == wanted["path"]:  # the same name twice read as a riddle: say the file changed
+        what = (f"{settings.home} holds the results of {held['path']} as it was ({held.get('rows', 0):,} rows, "
+                f"{held.get('first_arrival')} .. {held.get('last_arrival')}), and the log there has changed since "
+                f"(now {wanted['rows']:,} rows, {wanted['first_arrival']} .. {wanted['last_arrival']}"
+                + (", other content" if held.get("rows") == wanted["rows"] else "") + "): rewritten or grown.")
+    else:
+        what = (f"{settings.home} holds the results of another log: {held.get('path')} ({held.get('rows', 0):,} "
+                f"rows, {held.get('first_arrival')} .. {held.get('last_arrival')}), not {wanted['path']} "
+                f"({wanted['rows']:,} rows, {wanted['first_arrival']} .. {wanted['last_arrival']}).")
+    msg = (f"{what} Replayed into it, "
            "the two would mix: the new rows scored by models of the old log and counted into its windows. "
            "Use another home (--home or WORKBENCH_HOME), or clear this one's results "
            "first: `workbench start --fresh` (Workbench.start(..., fresh=True)).")
