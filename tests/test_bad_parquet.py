@@ -262,6 +262,14 @@ FILE_CASES: dict[str, tuple[Callable[[pa.Table, Path], object], str | tuple[str,
         "instead. Convert it, e.g. with CAST(execution_duration_ms AS BIGINT) in DuckDB, or "
         "`workbench prepare {path} --out NEW` (it converts what converts without loss and sets aside, "
         "with reasons, the rows it cannot)."),
+    # a cluster named, not numbered (tester A, 33rd session: the CAST hint and prepare both failed on names)
+    "ids_as_names": (
+        lambda good, path: pq.write_table(_replace(good, "instance_id", [f"prod-cluster-{i}" for i in range(ROWS)],
+                                                   pa.string()), path),
+        "Column 'instance_id' of query log {path!r} must be integer (int64). Got string instead. Convert it, "
+        "e.g. with CAST(instance_id AS BIGINT) if its texts are numbers; if they are names, number them: "
+        "dense_rank() OVER (ORDER BY instance_id) AS instance_id in DuckDB, or `workbench prepare {path} --out NEW` "
+        "(it converts what converts without loss and sets aside, with reasons, the rows it cannot)."),
     "column_names_in_another_letter_case": (
         lambda good, path: pq.write_table(good.rename_columns([c.upper() for c in good.column_names]), path),
         "Query log {path!r} lacks 24 of the 24 required Redset column(s): instance_id, cluster_size, "

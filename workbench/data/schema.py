@@ -305,6 +305,10 @@ def kind_names(column: pa.Array | pa.ChunkedArray, path: str | os.PathLike[str],
     return pa.chunked_array(out, pa.string())
 
 
+#: Id columns another tool may hold as names (text) rather than numbers.
+_ID_COLUMNS = ("instance_id", "user_id", "database_id")
+
+
 def _conversion(name: str, want: pa.DataType, got: pa.DataType) -> str:
     """The DuckDB expression that converts a column of type ``got`` to ``want`` (for a type error's hint).
 
@@ -323,6 +327,10 @@ def _conversion(name: str, want: pa.DataType, got: pa.DataType) -> str:
         return {"s": f"{name} * 1000", "us": f"{name} // 1000", "ns": f"{name} // 1000000"}[got.unit]
     if want_family == "integer" and pa.types.is_decimal(got):
         return f"CAST({name} AS BIGINT) where every value is whole (CAST rounds 12.5 to 13)"
+    if name in _ID_COLUMNS and family == "string":
+        # names (a cluster's 'prod-cluster-173') do not CAST, and prepare sets every such row aside
+        return (f"CAST({name} AS BIGINT) if its texts are numbers; if they are names, number them: "
+                f"dense_rank() OVER (ORDER BY {name}) AS {name}")
     return f"CAST({name} AS {_SQL_TYPES.get(want_family, str(want))})"
 
 
