@@ -269,3 +269,34 @@ def test_an_instance_killed_with_its_status_saying_running_is_not_counted() -> N
     status = WorkbenchStatus(replay=None, processes={}, apps={}, lag={}, model_version=None, model_versions=0,
                              anomalies=None, late_events=None, dead_letters=None, instances=instances)
     assert status.running_instances == {"analytics": 1, "scoring": 1, "anomaly-sink": 1}
+
+
+def test_a_last_day_judged_without_any_residual_window_is_settled_and_no_anomaly_reads_as_none(
+        tmp_path: Path) -> None:
+    """A log whose last day yields no runtime-residual window (all-zero runtimes; sparse real logs) stores nothing
+    for it: wait() waited its 300 s for the store, then warned, though the scoring app had judged the day; and
+    Workbench.anomalies() raised "Start the anomaly sink first" while the sink ran (tester A, 33rd session)."""
+    from datetime import UTC, datetime
+
+    from workbench.replay import ReplayStatus
+    from workbench.runtime import Workbench
+    from workbench.runtime._status import WorkbenchStatus
+
+    now = time.time()
+    finished = ReplayStatus(replay_id="default", file="log.parquet", state="finished", speedup=0.0, rows_sent=100,
+                            rows_total=100, next_row=100, event_time=None,
+                            first_event_time=datetime(2024, 3, 4, tzinfo=UTC),
+                            last_event_time=datetime(2024, 3, 5, 23, tzinfo=UTC), rate_now=0.0, rate_avg=0.0,
+                            eta_seconds=None, updated_at=now - 60)
+    wb = Workbench(Settings(home=tmp_path / "home"))
+
+    def status(judged: str | None) -> WorkbenchStatus:
+        scoring = [{"info": {"judged_through": judged, "judging_again": []}, "updated_at": now}]
+        return WorkbenchStatus(replay=finished, processes={"replay": {"state": "finished", "started_at": now - 120}},
+                               apps={}, lag={"scoring": 0, "analytics": 0}, model_version=None, model_versions=0,
+                               anomalies=None, late_events=None, dead_letters=None, instances={"scoring": scoring})
+
+    assert wb._unsettled(status(None)) == "the judging of 2024-03-05 (persistent runs, runtime-residual windows)"
+    assert wb._unsettled(status("2024-03-04")).startswith("the judging of 2024-03-05")
+    assert wb._unsettled(status("2024-03-05")) == ""
+    assert wb.anomalies().empty and "query_id" in wb.anomalies().columns

@@ -27,6 +27,7 @@ __all__ = [
     "describe_anomalies",
     "describe_windows",
     "metrics_for_versions",
+    "no_anomalies",
     "pick_query",
     "query_features",
     "scored_queries",
@@ -45,6 +46,12 @@ ANOMALY_COLUMNS: tuple[str, ...] = (
     "under_ratio", "excess_ms", "score", "features")
 
 
+def no_anomalies() -> pd.DataFrame:
+    """An empty anomaly frame with :data:`ANOMALY_COLUMNS` (what a home holds before its first anomaly)."""
+    return pd.DataFrame({c: pd.Series(dtype="datetime64[ns, UTC]" if c == "arrival_timestamp" else object)
+                         for c in ANOMALY_COLUMNS})
+
+
 def anomalies_or_empty(settings: Settings, *, start: datetime | None = None, end: datetime | None = None,
                        instances: Sequence[int] | None = None, reason: str | None = None,
                        versions: Sequence[str] = ()) -> pd.DataFrame:
@@ -59,8 +66,7 @@ def anomalies_or_empty(settings: Settings, *, start: datetime | None = None, end
     try:
         frame = read.anomalies(settings, start=start, end=end, instances=instances, reason=reason or None)
     except LakehouseNotFoundError:
-        frame = pd.DataFrame({c: pd.Series(dtype="datetime64[ns, UTC]" if c == "arrival_timestamp" else object)
-                              for c in ANOMALY_COLUMNS})
+        frame = no_anomalies()
     if versions:
         frame = frame[frame["model_version"].isin(list(versions))]
     return frame.drop(columns=["inserted_at"], errors="ignore").reset_index(drop=True)

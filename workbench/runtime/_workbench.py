@@ -794,7 +794,8 @@ class Workbench:
         last = self._last_day(status)
         if last is not None and last.isoformat() in status.failed_judging:
             return ""  # given up on (the status names it): nothing more will land
-        if not judged_through(self.settings, last):
+        said = [(entry.get("info") or {}).get("judged_through") for entry in scoring]
+        if not (judged_through(self.settings, last) or any(d and d >= last.isoformat() for d in said)):
             return f"the judging of {last} (persistent runs, runtime-residual windows)"
         return ""
 
@@ -809,10 +810,16 @@ class Workbench:
 
     # -- data ----------------------------------------------------------------------------------
     def anomalies(self, **filters: Any) -> pd.DataFrame:
-        """Anomalies from the lakehouse (see :func:`workbench.analysis.read.anomalies`)."""
+        """Anomalies from the lakehouse (see :func:`workbench.analysis.read.anomalies`); an empty frame before the
+        anomaly sink stored the first one (it raised "Start the anomaly sink first" while the sink ran)."""
         from workbench.analysis import read
+        from workbench.analysis.anomaly_summary import no_anomalies
+        from workbench.store.exceptions import LakehouseNotFoundError
 
-        return read.anomalies(self.settings, **filters)
+        try:
+            return read.anomalies(self.settings, **filters)
+        except LakehouseNotFoundError:
+            return no_anomalies()
 
     def window_stats(self, **filters: Any) -> pd.DataFrame:
         """10-minute per-instance aggregates (see :func:`workbench.analysis.read.window_stats`)."""

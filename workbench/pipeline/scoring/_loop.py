@@ -189,6 +189,10 @@ class ScoringLoop:
         self.status.info["last_batch_at"] = sink.last_batch_wall
         # what Workbench.wait() waits for after a Reset: the days judged again once their rows stop coming
         self.status.info["judging_again"] = self.maintenance.residuals.grown_days() if self._trains else []
+        # the newest day judged: a judged day that yields no runtime-residual window (all-zero runtimes, a sparse
+        # log) stores nothing, and Workbench.wait() waited 300 s for the store to show it
+        done = self.maintenance.residuals.done_through if self._trains else None
+        self.status.info["judged_through"] = None if done is None else done.isoformat()
         if sink.first_message_cpu is not None and sink.last_batch_cpu is not None:
             self.status.info["cpu_s_first_to_last_batch"] = round(sink.last_batch_cpu - sink.first_message_cpu, 3)
 
