@@ -103,8 +103,14 @@ class _LogPart:
         found = self._edge(["arrival_timestamp", "query_id"], last=last)
         return None if found is None else (_to_us(found[0]), int(found[1]))
 
-    def _edge(self, columns: list[str], *, last: bool) -> list[Any] | None:
-        """The values of ``columns`` in the first (or last) row where none is NULL, row group by row group."""
+    def edge_query(self, *, last: bool) -> tuple[int, tuple[int, int, int]] | None:
+        """``(row, (arrival µs, query_id, instance_id))`` of the first (or ``last``) row that has all three."""
+        found = self._edge(["arrival_timestamp", "query_id", "instance_id"], last=last, with_row=True)
+        return None if found is None else (found[3], (_to_us(found[0]), int(found[1]), int(found[2])))
+
+    def _edge(self, columns: list[str], *, last: bool, with_row: bool = False) -> list[Any] | None:
+        """The values of ``columns`` in the first (or last) row where none is NULL, row group by row group
+        (and, ``with_row``, that row's number after them)."""
         groups = range(self._file.metadata.num_row_groups)
         for group in reversed(groups) if last else groups:
             table = self._read_group(group, columns)
@@ -114,7 +120,8 @@ class _LogPart:
             rows = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
             if len(rows):
                 at = int(rows[-1] if last else rows[0])
-                return [column[at].as_py() for column in table.columns]
+                values = [column[at].as_py() for column in table.columns]
+                return [*values, self._group_starts[group] + at] if with_row else values
         return None
 
     def row_at_or_after(self, event_us: int) -> int:
@@ -263,6 +270,8 @@ def check_order_across_files(path: str | os.PathLike[str]) -> None:
         first, last = log.edge_key(last=False), log.edge_key(last=True)
         if first is None or last is None:  # no row with a time and an id: the row checks name them
             continue
+        if previous is not None and first == previous[1]:
+            _refuse_repeat_across(previous[0], part)
         if previous is not None and first < previous[1]:
             msg = (f"Query log folder {str(Path(path))!r} is not sorted across files: the first row of "
                    f"{part.name} (arrival {_stamp(first[0])}, query_id {first[1]}) sorts before the last row of "
@@ -270,6 +279,24 @@ def check_order_across_files(path: str | os.PathLike[str]) -> None:
                    "replayed in name order; rebuild the folder with `workbench prepare SRC --out DIR --split day`.")
             raise DataValidationError(msg, path=str(part), column="arrival_timestamp", row=0)
         previous = (part, last)
+
+
+def _refuse_repeat_across(before: Path, after: Path) -> None:
+    """Raise DataValidationError when ``after``'s first row repeats ``before``'s last (overlapping exports).
+
+    Within a file the row checks refuse a query that appears twice (the copies of a sorted log are next
+    to each other); across two files the pair was passed over, and a second copy that differed was kept
+    by the shards while the windows kept the first.
+    """
+    end, start = _LogPart(before).edge_query(last=True), _LogPart(after).edge_query(last=False)
+    if end is None or start is None or end[1] != start[1]:
+        return  # the same arrival and id on two instances: two queries
+    arrival, query_id, instance = start[1]
+    msg = (f"Row {start[0]} of {after.name} (instance_id {instance}, query_id {query_id}, arrival {_stamp(arrival)}) "
+           f"repeats row {end[0]} of {before.name}: a query_id is unique per instance (overlapping exports?). "
+           "Drop one copy, or rebuild the folder with `workbench prepare SRC --out DIR --split day`, which keeps "
+           "one copy of each query.")
+    raise DataValidationError(msg, path=str(after), column="query_id", row=start[0])
 
 
 def _stamp(us: int) -> str:
