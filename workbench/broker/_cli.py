@@ -115,12 +115,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("env", _env, "print the KAFKA_* variables another client sets to reach one listener (shell lines)"),
     ):
         parser = actions.add_parser(name, help=help_text)
-        parser.add_argument("--port", type=int, help="client port of the local broker (WORKBENCH_KAFKA_PORT)")
-        parser.add_argument(
-            "--listeners", metavar="LIST",
-            help="listeners of the local broker, e.g. plaintext,sasl_plaintext,ssl,sasl_ssl; the first is on "
-                 "--port and is the one the workbench's clients use, the others on port+2, +3, ... "
-                 "(WORKBENCH_KAFKA_LISTENERS)")
+        if name != "fetch":  # the download needs no broker
+            parser.add_argument("--port", type=int, help="client port of the local broker (WORKBENCH_KAFKA_PORT)")
+            parser.add_argument(
+                "--listeners", metavar="LIST",
+                help="listeners of the local broker, e.g. plaintext,sasl_plaintext,ssl,sasl_ssl; the first is on "
+                     "--port and is the one the workbench's clients use, the others on port+2, +3, ... "
+                     "(WORKBENCH_KAFKA_LISTENERS)")
         if name == "env":
             parser.add_argument("--listener", help="which listener (default: the first)")
         parser.set_defaults(func=func)

@@ -248,8 +248,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("version", nargs="?", default="current")
     p.add_argument("--full", action="store_true", help="include the feature state")
     p.set_defaults(func=_show)
-    for name in ("rollback", "set-current"):
-        p = sub.add_parser(name, help="pin VERSION: it scores every event from now on ('auto': event-time "
+    for name, what in (("rollback", "go back to an earlier VERSION and pin it"), ("set-current", "pin VERSION")):
+        p = sub.add_parser(name, help=f"{what}: it scores every event from now on ('auto': event-time "
                                       "selection again); recorded in the registry history")
         p.add_argument("version", help="a version id, or 'auto' to remove the pin")
         p.add_argument("--reason", help="why (kept in the history)")
@@ -285,7 +285,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rs.set_defaults(func=_rescore)
 
     ev = subparsers.add_parser("evaluate", help="score a labelled day and print detection metrics")
-    ev.add_argument("--day", required=True, type=dt.date.fromisoformat)
+    ev.add_argument("--day", required=True, type=dt.date.fromisoformat,
+                    help="the labelled day to score, YYYY-MM-DD (a day after the version's window: out of sample)")
     ev.add_argument("--version", default="current", help="a version id, 'current' or 'baseline'")
     ev.add_argument("--data", required=True, type=Path,
                     help="Parquet log (file or prepared folder); without labels: alerts, reasons, scores per instance")

@@ -179,9 +179,9 @@ def _positive_seconds(text: str) -> float:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the runtime commands."""
     demo = subparsers.add_parser("demo", help="everything end to end on generated data, then stop")
-    demo.add_argument("--days", type=int, default=4)
-    demo.add_argument("--instances", type=int, default=16)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--days", type=int, default=4, help="days of generated log (default 4)")
+    demo.add_argument("--instances", type=int, default=16, help="Redshift instances in it (default 16)")
+    demo.add_argument("--seed", type=int, default=0, help="the generator's seed: the same numbers out (default 0)")
     demo.add_argument("--pack", type=int, default=100, help="queries per Kafka message (1 = JSON per query)")
     demo.add_argument("--no-report", action="store_true", help="skip the papermill reports")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
