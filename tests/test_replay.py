@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -440,6 +441,16 @@ def test_a_foreground_replay_stopped_by_ctrl_c_exits_130(kafka_settings: Setting
     assert "[stopped]" in out or "stopped" in out
 
 
+def _after_the_first_batch(change: Callable[[], None]) -> Callable[[BatchReport], None]:
+    """A replay observer that changes the cluster under the replay once its first batch went through."""
+    def observe(report: BatchReport) -> None:
+        if report.first_row == 0:
+            change()
+            time.sleep(1.0)
+
+    return observe
+
+
 def test_a_topic_that_refuses_the_replays_batches_mid_run_is_named_not_retried(kafka_settings: Settings,
                                                                                tmp_path: Path) -> None:
     """A topic whose max.message.bytes was lowered under a running replay: it retried the batch 5 times and
@@ -453,16 +464,14 @@ def test_a_topic_that_refuses_the_replays_batches_mid_run_is_named_not_retried(k
     log = make_log(tmp_path / "log.parquet", rows=400, spacing_s=60.0)
     admin = AdminClient(settings.kafka_client_config())
 
-    def lower_the_limit(report: BatchReport) -> None:
-        if report.first_row == 0:  # after the first batch went through
-            resource = ConfigResource("topic", settings.topic_query_events, incremental_configs=[
-                ConfigEntry("max.message.bytes", "1000", incremental_operation=AlterConfigOpType.SET)])
-            admin.incremental_alter_configs([resource])[resource].result(30)
-            time.sleep(1.0)
+    def lower_the_limit() -> None:
+        resource = ConfigResource("topic", settings.topic_query_events, incremental_configs=[
+            ConfigEntry("max.message.bytes", "1000", incremental_operation=AlterConfigOpType.SET)])
+        admin.incremental_alter_configs([resource])[resource].result(30)
 
     started = time.monotonic()
     with pytest.raises(ReplayError, match=r"cannot write to Kafka: .*Message size too large.*The topic refuses"):
-        Replay(log, settings=settings, speedup=3000, pack=100, observer=lower_the_limit).run()
+        Replay(log, settings=settings, speedup=3000, pack=100, observer=_after_the_first_batch(lower_the_limit)).run()
     assert time.monotonic() - started < 60  # not five rounds of retries with back-off
 
 
@@ -479,14 +488,13 @@ def test_a_replay_state_topic_deleted_mid_run_is_made_again_and_the_replay_goes_
     log = make_log(tmp_path / "log.parquet", rows=400, spacing_s=60.0)
     admin = AdminClient(settings.kafka_client_config())
 
-    def delete_the_state_topic(report: BatchReport) -> None:
-        if report.first_row == 0:  # after the first batch went through
-            for future in admin.delete_topics([settings.topic_replay_state], operation_timeout=30).values():
-                future.result(30)
-            time.sleep(1.0)
+    def delete_the_state_topic() -> None:
+        for future in admin.delete_topics([settings.topic_replay_state], operation_timeout=30).values():
+            future.result(30)
 
     started = time.monotonic()
-    status = Replay(log, settings=settings, speedup=3000, pack=1, observer=delete_the_state_topic).run()
+    observer = _after_the_first_batch(delete_the_state_topic)
+    status = Replay(log, settings=settings, speedup=3000, pack=1, observer=observer).run()
     took = time.monotonic() - started
     assert status.state == "finished" and status.rows_sent == 400, status
     assert len(consume_all(settings, settings.topic_query_events, to_end=True)) == 400  # each row once
