@@ -40,18 +40,23 @@ CLEARING_MARK = ".fresh-start-incomplete"
 def _identity(data: str | Path, summary: Any) -> dict[str, Any]:
     from workbench.replay._source import LogFile
 
+    try:
+        fingerprint: str | None = LogFile(data).fingerprint
+    except Exception as exc:  # gone or unreadable since its summary was read: told apart by path then
+        logger.warning("cannot fingerprint %s: %s", data, exc)
+        fingerprint = None
     return {"path": str(Path(data).expanduser().resolve()), "rows": int(summary.rows),
             "first_arrival": summary.first_arrival.isoformat(), "last_arrival": summary.last_arrival.isoformat(),
-            "fingerprint": LogFile(data).fingerprint}
+            "fingerprint": fingerprint}
 
 
 def _same_log(held: dict[str, Any], wanted: dict[str, Any]) -> bool:
     """The same path and rows, or the same content (a copy or a moved file); a record written before the
-    fingerprint was kept compares without it."""
+    fingerprint was kept, or a log that cannot be read now, compares paths."""
     keys = ("rows", "first_arrival", "last_arrival")
     if any(held.get(key) != wanted[key] for key in keys):
         return False
-    if held.get("fingerprint"):
+    if held.get("fingerprint") and wanted.get("fingerprint"):
         return held["fingerprint"] == wanted["fingerprint"]
     return held.get("path") == wanted["path"]
 
