@@ -117,7 +117,8 @@ def test_the_status_shows_why_a_supervised_process_keeps_exiting(kafka_settings:
         wb.stop()
 
 
-def test_bad_start_options_are_refused_before_anything_starts(tmp_path: Path) -> None:
+def test_bad_start_options_are_refused_before_anything_starts(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
     """The replay and the apps would refuse them too, but only after "started", restarted in a loop."""
     from workbench.exceptions import WorkbenchError
 
@@ -137,6 +138,11 @@ def test_bad_start_options_are_refused_before_anything_starts(tmp_path: Path) ->
     assert time.monotonic() - began < 30  # no broker wait (it would take 90 s)
     assert home_processes(settings.home) == []
     assert not settings.home.exists()  # a refused start leaves no (empty) home behind
+    # more processes than partitions are allowed (standbys), and said (tester B, 33rd session)
+    with caplog.at_level("WARNING"), pytest.raises(WorkbenchError, match="speedup must be"):
+        Workbench.start(data=log, settings=settings, app_instances={"scoring": settings.partitions + 2}, speedup="fast")
+    assert (f"more processes than the {settings.partitions} partitions (WORKBENCH_PARTITIONS) for scoring "
+            f"({settings.partitions + 2})") in caplog.text
 
 
 def test_a_log_of_less_than_a_day_is_scored_once_its_waiting_day_is_trained(

@@ -361,7 +361,11 @@ class Workbench:
         if retrain_every_days < 1:
             msg = f"retrain_every_days (--every-n-days) must be >= 1. Got {retrain_every_days!r} instead."
             raise ConfigurationError(msg)
-        app_instance_counts(apps, app_instances)
+        idle = {app: n for app, n in app_instance_counts(apps, app_instances).items() if n > settings.partitions}
+        if idle:  # Kafka gives each partition to one process of an app: the others wait as standbys
+            logger.warning("more processes than the %d partitions (WORKBENCH_PARTITIONS) for %s: the extra ones get "
+                           "no work until another stops", settings.partitions,
+                           ", ".join(f"{app} ({n})" for app, n in idle.items()))
         from workbench.replay import replay_format, validate_log, validate_speed
 
         pack, encoding = replay_format(pack, encoding)
