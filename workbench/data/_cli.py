@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def _validate(args: argparse.Namespace) -> int:
             print(line)
         print(report.verdict())
         _note_event_time_range(args, path, [report])
+        if report.ok:
+            _note_reused_query_ids(args, [path])
         return 0 if report.ok else 1
     from workbench.replay._source import check_order_across_files, log_parts
 
@@ -60,7 +63,28 @@ def _validate(args: argparse.Namespace) -> int:
     check_order_across_files(path)
     print(f"OK {path}: {len(reports)} files, {sum(r.rows for r in reports):,} queries, in order across files")
     _note_event_time_range(args, path, reports)
+    _note_reused_query_ids(args, [report.path for report in reports])
     return 0
+
+
+def _note_reused_query_ids(args: argparse.Namespace, paths: list[Path]) -> None:
+    """A query id that comes again at another arrival time gets a warning (the stores would count it apart)."""
+    from workbench.cli import settings_from_args
+    from workbench.data.validation import reused_query_ids
+
+    try:
+        count, first = reused_query_ids(paths, temp_dir=settings_from_args(args).home / "tmp")
+    except Exception as exc:  # a check DuckDB cannot run (types it cannot unite) must not fail a valid log
+        logging.getLogger(__name__).warning("could not look for query ids reused at another arrival: %s", exc)
+        return
+    if count:
+        shown = "; ".join(f"instance_id {i}, query_id {q}: {n} arrivals from {a:%Y-%m-%d %H:%M:%S} to "
+                          f"{b:%Y-%m-%d %H:%M:%S}" for i, q, n, a, b in first)
+        many = (f"{count:,} queries (instance_id, query_id) come" if count > 1
+                else "a query (instance_id, query_id) comes")
+        print(f"warning: {many} at more than one arrival time, e.g. {shown}. "
+              "A query_id is unique per instance: the shards keep one row of each (the latest sent) while the "
+              "windows count every arrival. If they are one query exported twice, keep one row.", file=sys.stderr)
 
 
 def _note_event_time_range(args: argparse.Namespace, path: Path, reports: list) -> None:

@@ -716,3 +716,41 @@ def validate(path: str | os.PathLike[str], *, batch_size: int = 65_536) -> LogSu
     if not report.ok:
         raise report.error()
     return report.summary()
+
+
+def reused_query_ids(paths: Sequence[Path], *, temp_dir: Path, shown: int = 3) -> tuple[int, list[tuple]]:
+    """Queries whose ``(instance_id, query_id)`` comes at more than one arrival time: ``(how many, the first
+    ``shown`` as (instance_id, query_id, arrivals, first, last))``.
+
+    Redset's ``query_id`` is unique per instance. The row checks find a repeat at the same arrival (the
+    copies are next to each other in a sorted log); one at another arrival needs every id of the log, so
+    DuckDB groups them here, spilling to ``temp_dir``. The shards keep one row per query (the latest) while
+    the windows count each arrival: a tester's file of 60,320 rows gave 60,315 and 60,320.
+    """
+    import shutil
+    import uuid
+
+    import duckdb
+
+    spill = Path(temp_dir) / f"validate-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    spill.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(config={"temp_directory": str(spill), "preserve_insertion_order": False})
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        rows = con.execute(
+            "SELECT count(*) OVER (), instance_id, query_id, arrivals, first_arrival, last_arrival FROM ("
+            "  SELECT instance_id, query_id, count(DISTINCT arrival_timestamp) AS arrivals,"
+            "         epoch_us(min(arrival_timestamp)) AS first_arrival,"
+            "         epoch_us(max(arrival_timestamp)) AS last_arrival"
+            "  FROM read_parquet(?, union_by_name = true)"
+            "  WHERE instance_id IS NOT NULL AND query_id IS NOT NULL AND arrival_timestamp IS NOT NULL"
+            "  GROUP BY instance_id, query_id HAVING count(DISTINCT arrival_timestamp) > 1)"
+            " ORDER BY first_arrival, instance_id, query_id LIMIT ?",
+            [[str(p) for p in paths], shown]).fetchall()
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+    def at(us: int) -> dt.datetime:
+        return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=int(us))
+
+    return (int(rows[0][0]) if rows else 0), [(*row[1:4], at(row[4]), at(row[5])) for row in rows]
