@@ -69,11 +69,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _note_reused_query_ids(args: argparse.Namespace, paths: list[Path]) -> None:
     """A query id that comes again at another arrival time gets a warning (the stores would count it apart)."""
-    from workbench.cli import settings_from_args
+    import tempfile
+
     from workbench.data.validation import reused_query_ids
 
-    try:
-        count, first = reused_query_ids(paths, temp_dir=settings_from_args(args).home / "tmp")
+    try:  # the system's temp folder (TMPDIR): validating must not create a home
+        count, first = reused_query_ids(paths, temp_dir=Path(tempfile.gettempdir()))
     except Exception as exc:  # a check DuckDB cannot run (types it cannot unite) must not fail a valid log
         logging.getLogger(__name__).warning("could not look for query ids reused at another arrival: %s", exc)
         return
