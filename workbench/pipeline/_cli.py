@@ -101,27 +101,17 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_bad_credentials(settings: Any) -> None:
-    """Stop at once, naming the setting, when the broker rejects the password or certificate (the Quix
-    clients would retry a rejected login forever); a broker that is merely down is waited for as before."""
-    from workbench.broker import BrokerAuthenticationError, BrokerUnavailableError, wait_for_broker
-
-    try:
-        wait_for_broker(settings, timeout=5.0)
-    except BrokerAuthenticationError:
-        raise
-    except BrokerUnavailableError:
-        pass
-
-
 def _run(args: argparse.Namespace) -> int:
     from workbench.cli import settings_from_args
     from workbench.pipeline._imports import skip_unused_imports
 
     skip_unused_imports()  # before quixstreams is imported (start-up time)
+    from workbench.broker import raise_if_login_refused
 
     settings = settings_from_args(args)
-    _refuse_bad_credentials(settings)
+    # Quix's clients would retry a refused password or certificate forever; a broker merely down is
+    # waited for by the app as before. 5 s: a SCRAM handshake with a broker just started needs more than 3.
+    raise_if_login_refused(settings, timeout=5.0)
     if args.name == "analytics":
         from workbench.pipeline.analytics import run_analytics
 
