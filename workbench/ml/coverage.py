@@ -46,7 +46,7 @@ def partly_trained(versions: Iterable[tuple[str, Mapping[str, Any]]], queries_pe
     queries ``queries_per_day`` counts for their window days; versions without that metadata are skipped."""
     found = []
     for version, meta in versions:
-        rows = (meta.get("rows") or {}).get("window") if isinstance(meta.get("rows"), dict) else None
+        rows = meta["rows"].get("window") if isinstance(meta.get("rows"), dict) else None
         days = meta.get("window_days") or []
         if not isinstance(rows, int) or not days:
             continue

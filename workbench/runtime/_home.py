@@ -27,7 +27,7 @@ from workbench.config import Settings
 from workbench.runtime._workbench import WorkbenchStateError
 
 __all__ = ["CLEARING_MARK", "LOG_RECORD", "check_log", "check_not_half_cleared", "clear_results", "held_results",
-           "record_log", "recorded_log"]
+           "log_identity", "record_log", "recorded_log"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,12 @@ def _identity(data: str | Path, summary: Any) -> dict[str, Any]:
     return {"path": str(Path(data).expanduser().resolve()), "rows": int(summary.rows),
             "first_arrival": summary.first_arrival.isoformat(), "last_arrival": summary.last_arrival.isoformat(),
             "fingerprint": fingerprint}
+
+
+def log_identity(data: str | Path, summary: Any) -> dict[str, Any]:
+    """What :func:`check_log` compares and :func:`record_log` notes of a log: path, rows, first and last
+    arrival, content fingerprint."""
+    return _identity(data, summary)
 
 
 def _same_log(held: dict[str, Any], wanted: dict[str, Any]) -> bool:
@@ -89,8 +95,11 @@ def check_not_half_cleared(settings: Settings) -> None:
     raise WorkbenchStateError(msg)
 
 
-def check_log(settings: Settings, data: str | Path, summary: Any) -> None:
-    """Raise :class:`WorkbenchStateError` when the home holds results of another log than ``data``."""
+def check_log(settings: Settings, data: str | Path, summary: Any, identity: dict[str, Any] | None = None) -> None:
+    """Raise :class:`WorkbenchStateError` when the home holds results of another log than ``data``.
+
+    ``identity``: :func:`log_identity` of ``data`` when the caller has it (it reads every part's footer).
+    """
     record = settings.state_dir / LOG_RECORD
     if not record.is_file() or not held_results(settings):
         return  # a fresh home, or one whose results predate the record: nothing to compare with
@@ -98,7 +107,7 @@ def check_log(settings: Settings, data: str | Path, summary: Any) -> None:
         held = json.loads(record.read_text())
     except (OSError, ValueError):
         return
-    wanted = _identity(data, summary)
+    wanted = identity or _identity(data, summary)
     if _same_log(held, wanted):
         return
     if held.get("path") == wanted["path"]:  # the same name twice read as a riddle: say the file changed
@@ -126,13 +135,13 @@ def recorded_log(settings: Settings) -> Path | None:
     return Path(path) if isinstance(path, str) and path else None
 
 
-def record_log(settings: Settings, data: str | Path, summary: Any) -> None:
-    """Note ``data`` as the log the home's results come from."""
+def record_log(settings: Settings, data: str | Path, summary: Any, identity: dict[str, Any] | None = None) -> None:
+    """Note ``data`` as the log the home's results come from (``identity`` as in :func:`check_log`)."""
     from workbench._fs import write_atomic
 
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # mkstemp's 0600: owner-only under any umask of the caller (the Python API sets none)
-    write_atomic(settings.state_dir / LOG_RECORD, json.dumps(_identity(data, summary), indent=1).encode())
+    write_atomic(settings.state_dir / LOG_RECORD, json.dumps(identity or _identity(data, summary), indent=1).encode())
 
 
 def clear_results(settings: Settings) -> list[Path]:

@@ -392,14 +392,15 @@ class Workbench:
                 raise WorkbenchStateError(msg)
             from workbench.runtime import _home
 
+            identity = _home.log_identity(data, summary) if data is not None else None
             if fresh:
                 _home.clear_results(settings)
             else:
                 _home.check_not_half_cleared(settings)
                 if data is not None:
-                    _home.check_log(settings, data, summary)
+                    _home.check_log(settings, data, summary, identity)
             if data is not None:
-                _home.record_log(settings, data, summary)
+                _home.record_log(settings, data, summary, identity)
             started_kafka = broker_to_stop(settings)
             try:
                 return cls._launch(settings, data=data, apps=apps, speedup=speedup, pack=pack, replay_id=replay_id,
