@@ -187,3 +187,48 @@ def test_a_folder_with_an_empty_day_file_is_read_without_it_and_says_so(tmp_path
     pq.write_table(log.slice(0, 0), only_empty / "2024-03-05.parquet")
     with pytest.raises(DataValidationError, match="2024-03-05.parquet' has no rows"):
         validate_log(only_empty)
+
+
+def _resent(message) -> bool:
+    return codec.header(message.headers(), codec.RESENT_HEADER) is not None
+
+
+def test_a_folder_that_gained_a_day_goes_on_from_its_saved_position(kafka_settings: Settings, tmp_path: Path) -> None:
+    """A daily export: the folder replayed to its end gains the next day's file. The replay goes on with exactly
+    the new rows; a reset replays the old rows marked re-sent (counted once downstream) and the new ones not."""
+    canonical = pq.read_table(make_log(tmp_path / "log.parquet", rows=6000, instances=3, spacing_s=60.0))
+    days = tmp_path / "days"
+    prepare(tmp_path / "log.parquet", days, split="day", row_group_size=500, temp_dir=tmp_path / "tmp")
+    files = sorted(days.glob("*.parquet"))
+    later = tmp_path / "later"
+    later.mkdir()
+    files[-1].rename(later / files[-1].name)
+    before = LogFile(days)
+    first = Replay(days, settings=kafka_settings, speedup=0).run()
+    assert first.state == "finished" and first.next_row == before.num_rows < 6000
+    (later / files[-1].name).rename(files[-1])  # the next day lands in the folder
+    grown = LogFile(days)
+    assert grown.grew_from(before.fingerprint, before.num_rows) and not grown.grew_from(before.fingerprint, 100)
+    rest = Replay(days, settings=kafka_settings, speedup=0).run()
+    assert rest.state == "finished" and rest.next_row == rest.rows_total == 6000
+    messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=6000, idle=3)
+    assert _ids(messages) == _table_ids(canonical)  # every row once: the first days not again
+    again = Replay(days, settings=kafka_settings, speedup=0, reset=True).run()
+    assert again.state == "finished" and again.next_row == 6000
+    messages = consume_all(kafka_settings, kafka_settings.topic_query_events, expected=12_000, idle=3)
+    fresh = [m for m in messages if not _resent(m)]
+    assert len(messages) == 12_000 and _ids(fresh) == _table_ids(canonical)
+
+
+def test_a_folder_whose_earlier_file_changed_is_not_taken_as_grown(kafka_settings: Settings, tmp_path: Path) -> None:
+    make_log(tmp_path / "log.parquet", rows=3000, instances=2, spacing_s=60.0)
+    days = tmp_path / "days"
+    prepare(tmp_path / "log.parquet", days, split="day", row_group_size=500, temp_dir=tmp_path / "tmp")
+    files = sorted(days.glob("*.parquet"))
+    before = LogFile(days)
+    Replay(days, settings=kafka_settings, speedup=0).run()
+    table = pq.read_table(files[0])
+    pq.write_table(table, files[0], row_group_size=100)  # the same rows, written again: other content
+    assert not LogFile(days).grew_from(before.fingerprint, before.num_rows)
+    with pytest.raises(Exception, match="saved position in another file"):
+        Replay(days, settings=kafka_settings, speedup=0).run()

@@ -504,6 +504,43 @@ def test_another_log_into_a_used_home_is_refused_and_the_same_log_is_not(kafka_s
         Workbench.start(data=other, settings=kafka_settings, apps=("analytics",), fresh=True)
 
 
+def test_a_folder_that_gained_a_day_goes_on_in_its_home_and_counts_every_query_once(kafka_settings: Settings,
+                                                                                     tmp_path: Path) -> None:
+    """A daily export (tester A, 33rd session): the folder gains the next day's file; a start on the same home
+    went on only with --fresh and a full replay ("holds the results of another log"). Now it goes on: the
+    default start replays the old rows again (counted once) and the new ones; no row is counted twice."""
+    import pyarrow.parquet as pq
+
+    from workbench.data import prepare
+
+    make_log(tmp_path / "log.parquet", rows=3000, spacing_s=100.0)
+    days = tmp_path / "days"
+    prepare(tmp_path / "log.parquet", days, split="day", row_group_size=500, temp_dir=tmp_path / "tmp")
+    last = sorted(days.glob("*.parquet"))[-1]
+    held_back = tmp_path / last.name
+    last.rename(held_back)
+    wb = Workbench.start(data=days, speedup="max", settings=kafka_settings, apps=("analytics",))
+    try:
+        first = wait_until(lambda: (s := wb.status()).drained and s, timeout=240, poll=1.0, what="drained")
+        assert first.rows_total < 3000
+        assert int(wb.window_stats()["total_queries"].sum()) == first.rows_total
+    finally:
+        wb.stop(kafka=False)
+    held_back.rename(last)
+    wb = Workbench.start(data=days, speedup="max", settings=kafka_settings, apps=("analytics",))
+    try:
+        done = wait_until(lambda: (s := wb.status()).drained and s.rows_total == 3000 and s, timeout=240, poll=1.0,
+                          what="drained")
+        assert done.rows_sent == 3000
+        assert int(wb.window_stats()["total_queries"].sum()) == 3000
+    finally:
+        wb.stop(kafka=False)
+    first_day = sorted(days.glob("*.parquet"))[0]  # an earlier day rewritten is no growth: refused
+    pq.write_table(pq.read_table(first_day), first_day, row_group_size=77)
+    with pytest.raises(WorkbenchStateError, match="has changed since"):
+        Workbench.start(data=days, speedup="max", settings=kafka_settings, apps=("analytics",))
+
+
 def test_a_log_is_told_by_its_content_and_an_older_record_by_its_path(tmp_path: Path) -> None:
     """A copy or a moved file of the log is the same log; the same path rewritten with other values is not, even
     with the same rows and times; a record from before the fingerprint compares paths."""

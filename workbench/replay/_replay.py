@@ -13,6 +13,7 @@ position past it: it is dead-lettered exactly once and can never stop the replay
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import queue
@@ -511,6 +512,11 @@ class _ReplayRun:
         saved = self.signer.decode(value) if value is not None else None
         if saved is None:
             return None
+        if saved.fingerprint != self.log.fingerprint and self.log.grew_from(saved.fingerprint, saved.rows_total):
+            # a folder that gained files after its last: the rows keep their indices, the replay goes on
+            logger.info("replay %s: %s grew from %d to %d rows since its saved position (row %d)",
+                        self.replay.replay_id, self.replay.data, saved.rows_total, self.log.num_rows, saved.next_row)
+            return dataclasses.replace(saved, fingerprint=self.log.fingerprint, rows_total=self.log.num_rows)
         if saved.fingerprint != self.log.fingerprint and not self.replay.reset:
             msg = (
                 f"Replay {self.replay.replay_id!r} has a saved position in another file "

@@ -330,6 +330,19 @@ class LogFile:
             digest.update(f"{part.path.name}:{part.fingerprint};".encode())
         return digest.hexdigest()[:16]
 
+    def grew_from(self, fingerprint: str, rows: int) -> bool:
+        """Whether this log is an earlier log (its :attr:`fingerprint` and row count) with files added after
+        its last: a folder that gained a day. The earlier files must be unchanged and first in name order, so
+        every row keeps its index (a replay's position and the rows it sent stay valid)."""
+        if not self.path.is_dir() or not 0 < rows < self.num_rows:
+            return False
+        digest = hashlib.sha256()
+        for part, start in zip(self.parts, self._starts, strict=True):
+            if start == rows:
+                return digest.hexdigest()[:16] == fingerprint
+            digest.update(f"{part.path.name}:{part.fingerprint};".encode())
+        return False
+
     def _part_of(self, row: int) -> int:
         return max(0, bisect.bisect_right(self._starts, row) - 1)
 

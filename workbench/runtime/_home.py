@@ -67,6 +67,22 @@ def _same_log(held: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return held.get("path") == wanted["path"]
 
 
+def _grown(held: dict[str, Any], data: str | Path) -> bool:
+    """Whether ``data`` is the held log (a folder) with files added after its last: the results go on."""
+    from workbench.replay._source import LogFile
+
+    fingerprint, rows = held.get("fingerprint"), held.get("rows")
+    if not isinstance(fingerprint, str) or not isinstance(rows, int):
+        return False
+    try:
+        grown = LogFile(data).grew_from(fingerprint, rows)
+    except Exception:  # unreadable: the refusal names the two logs
+        return False
+    if grown:
+        logger.info("%s is %s with files added after its last: its results go on", data, held.get("path"))
+    return grown
+
+
 def held_results(settings: Settings) -> list[Path]:
     """The home's stores that hold results (empty for a fresh home)."""
     found = []
@@ -108,13 +124,15 @@ def check_log(settings: Settings, data: str | Path, summary: Any, identity: dict
     except (OSError, ValueError):
         return
     wanted = identity or _identity(data, summary)
-    if _same_log(held, wanted):
+    if _same_log(held, wanted) or _grown(held, data):
         return
     if held.get("path") == wanted["path"]:  # the same name twice read as a riddle: say the file changed
         what = (f"{settings.home} holds the results of {held['path']} as it was ({held.get('rows', 0):,} rows, "
                 f"{held.get('first_arrival')} .. {held.get('last_arrival')}), and the log there has changed since "
                 f"(now {wanted['rows']:,} rows, {wanted['first_arrival']} .. {wanted['last_arrival']}"
-                + (", other content" if held.get("rows") == wanted["rows"] else "") + "): rewritten or grown.")
+                + (", other content" if held.get("rows") == wanted["rows"] else "") + "): rewritten or grown. "
+                "A log that grows is a folder: new files whose names sort after the old ones continue it "
+                "(`workbench prepare --split day` writes one file per day).")
     else:
         what = (f"{settings.home} holds the results of another log: {held.get('path')} ({held.get('rows', 0):,} "
                 f"rows, {held.get('first_arrival')} .. {held.get('last_arrival')}), not {wanted['path']} "
