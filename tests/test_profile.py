@@ -90,3 +90,22 @@ def test_a_log_of_types_validate_refuses_or_without_arrivals_gets_a_message_nami
                                                   r"500 rows") as info:
         profile(tmp_path / "no_times.parquet")
     assert info.value.column == "arrival_timestamp"
+
+
+def test_one_row_far_from_the_rest_is_said_not_taken_as_the_logs_span(tmp_path: Path) -> None:
+    """Tester A, 33rd session: one outlier row made a 3-day log "27482.0 days" and nothing more."""
+    import datetime as dt
+
+    table = pq.read_table(make_log(tmp_path / "log.parquet", rows=3000, spacing_s=100.0))
+    arrivals = table.column("arrival_timestamp").to_pylist()
+    arrivals[-1] = dt.datetime(2099, 5, 1, tzinfo=dt.UTC)
+    column = table.schema.get_field_index("arrival_timestamp")
+    table = table.set_column(column, "arrival_timestamp", pa.array(arrivals, table.schema.field(column).type))
+    pq.write_table(table, tmp_path / "outlier.parquet")
+    plain = profile(tmp_path / "log.parquet")
+    assert not plain.sparse_span and ", 3.5 days;" in str(plain).splitlines()[0]
+    stretched = profile(tmp_path / "outlier.parquet")
+    assert stretched.sparse_span and stretched.active_days == 5
+    assert ("27,451.0 days (2024-03-04 .. 2099-05-01) of which 5 have queries: a few rows lie far from the rest"
+            in str(stretched).splitlines()[0])
+    assert stretched.check("weekday / weekend rate").status == "n/a"  # five days, not a weekly cycle

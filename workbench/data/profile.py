@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,6 +76,15 @@ class ProfileReport:
     days: float
     tier: str
     checks: tuple[Check, ...]
+    #: UTC dates with at least one query: far fewer than ``days`` when a few rows lie far from the rest
+    active_days: int | None = None
+    first_arrival: datetime | None = None
+    last_arrival: datetime | None = None
+
+    @property
+    def sparse_span(self) -> bool:
+        """Whether the span is mostly empty days (an outlier row far from the rest stretches it)."""
+        return self.active_days is not None and self.days >= 3 and self.active_days < 0.5 * (self.days + 1)
 
     @property
     def all_in_range(self) -> bool:
@@ -100,7 +110,11 @@ class ProfileReport:
         return pd.DataFrame([{**dataclasses.asdict(c), "status": c.status} for c in self.checks])
 
     def __str__(self) -> str:
-        head = (f"{self.path}: {self.rows:,} queries, {self.instances} instances, {self.days:.1f} days; "
+        span = f"{self.days:.1f} days"
+        if self.sparse_span and self.first_arrival is not None and self.last_arrival is not None:
+            span = (f"{self.days:,.1f} days ({self.first_arrival:%Y-%m-%d} .. {self.last_arrival:%Y-%m-%d}) of which "
+                    f"{self.active_days:,} have queries: a few rows lie far from the rest")
+        head = (f"{self.path}: {self.rows:,} queries, {self.instances} instances, {span}; "
                 f"compared with published Redset figures ({self.tier})")
         w_name = max(len(c.name) for c in self.checks)
         w_obs = max(len(c.observed_text) for c in self.checks)
@@ -113,6 +127,10 @@ class ProfileReport:
         bad = self.out_of_range
         lines.append("all in range" if not bad else f"{len(bad)} out of range: {', '.join(c.name for c in bad)}")
         return "\n".join(lines)
+
+
+def _from_us(us: int | None) -> datetime | None:
+    return None if us is None else datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
 
 
 def _ranges(tier: str) -> dict[str, tuple[float, float, str]]:
@@ -206,10 +224,12 @@ def profile(path: str | os.PathLike[str], *, tier: str = "auto", memory_limit: s
                    avg(was_aborted::INT),
                    median(execution_duration_ms), avg(execution_duration_ms), avg(compile_duration_ms),
                    avg((queue_duration_ms > 0)::INT), avg((mbytes_spilled > 0)::INT),
-                   avg((cluster_size IS NULL)::INT), avg(cluster_size)
+                   avg((cluster_size IS NULL)::INT), avg(cluster_size),
+                   count(DISTINCT CAST(arrival_timestamp AS DATE)), epoch_us(min(arrival_timestamp)),
+                   epoch_us(max(arrival_timestamp))
             FROM log""").fetchone()
         (rows, instances, days, select, reads, copy, insert, cached, cached_other, aborted, exec_p50, exec_mean,
-         compile_mean, queue, spill, serverless_share, cluster_mean) = base
+         compile_mean, queue, spill, serverless_share, cluster_mean, active_days, first, last) = base
         if not rows:
             msg = f"Query log {str(path)!r} has no rows to profile."
             raise DataValidationError(msg, path=str(path))
@@ -250,7 +270,7 @@ def profile(path: str | os.PathLike[str], *, tier: str = "auto", memory_limit: s
             counts = [n for _, n in hours]
             peak_trough = max(counts) / min(counts) if min(counts) else None
         weekly = None
-        if days >= 7:
+        if days >= 7 and (active_days or 0) >= 7:  # not two weeks apart, one row each
             week = con.execute("""
                 SELECT avg(n) FILTER (WHERE dow NOT IN (0, 6)) / avg(n) FILTER (WHERE dow IN (0, 6)) FROM (
                     SELECT date_trunc('day', arrival_timestamp) AS d, dayofweek(any_value(arrival_timestamp)) AS dow,
@@ -283,4 +303,5 @@ def profile(path: str | os.PathLike[str], *, tier: str = "auto", memory_limit: s
         for name, (low, high, published) in _ranges(tier).items()
     )
     return ProfileReport(path=path, rows=int(rows), instances=int(instances), days=float(days or 0.0), tier=tier,
-                         checks=checks)
+                         checks=checks, active_days=int(active_days or 0), first_arrival=_from_us(first),
+                         last_arrival=_from_us(last))
