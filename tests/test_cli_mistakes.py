@@ -197,3 +197,32 @@ def test_report_parameters_are_checked_before_any_notebook_runs(tmp_path: Path) 
     with pytest.raises(ReportError, match="exists and is a file"):
         run_report(settings, run_id="taken", progress=False)
 
+
+
+def test_a_quoted_glob_as_the_log_is_told_to_be_a_folder_or_prepared(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Tester A, 33rd session: `validate 'logs/*.parquet'` said the log "does not exist"."""
+    for name in ("a", "b"):
+        make_log(tmp_path / f"{name}.parquet", rows=100, spacing_s=60.0)
+    pattern = str(tmp_path / "*.parquet")
+    code, err = _run(capsys, "validate", pattern)
+    assert code == 2 and f"Query log '{pattern}' is a pattern (2 files match)" in err
+    assert f"`workbench prepare '{pattern}' --out DIR --split day`" in err
+
+
+def test_validate_checks_several_logs_each_as_its_own(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two files were "unrecognized arguments"; now each is checked, and the exit code is the worst."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = make_log(tmp_path / "good.parquet", rows=100, spacing_s=60.0)
+    table = pq.read_table(good)
+    durations = table.column("execution_duration_ms").to_pylist()
+    durations[3] = -1
+    index = table.schema.get_field_index("execution_duration_ms")
+    pq.write_table(table.set_column(index, "execution_duration_ms", pa.array(durations, pa.int64())),
+                   tmp_path / "bad.parquet")
+    assert cli.main(["validate", str(good), str(tmp_path / "bad.parquet")]) == 1
+    out = capsys.readouterr().out
+    assert f"OK {good}" in out and "row 3" in out and "execution_duration_ms" in out
+    assert cli.main(["validate", str(good), str(good)]) == 0

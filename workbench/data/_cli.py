@@ -35,13 +35,18 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    """Each log named, one after the other (each a log of its own, as a replay reads it); 1 if any has problems."""
+    codes = [_validate_log(args, Path(file).expanduser()) for file in args.file]
+    return max(codes)
+
+
+def _validate_log(args: argparse.Namespace, path: Path) -> int:
     """Print one line per row problem (at most LINES_PER_COLUMN per column) and a verdict; 1 if any.
 
     A folder is checked as the replay reads it: each of its files, then the order across them.
     """
     from workbench.data.validation import check
 
-    path = Path(args.file).expanduser()
     if not path.is_dir():
         report = check(path)
         for line in report.lines():
@@ -169,7 +174,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(arrival_timestamp, query_id). "
         "Prints one line per problem (the first 10 per column; all are counted) and exits 1 if any.",
     )
-    val.add_argument("file", help="the Parquet query log, or a folder of them (as `prepare --split day` writes)")
+    val.add_argument("file", nargs="+", help="the Parquet query log, or a folder of them (as `prepare --split day` "
+                     "writes); several are checked one after the other, each as a log of its own")
     val.set_defaults(func=_validate)
 
     prep = subparsers.add_parser(

@@ -12,6 +12,7 @@ uses them as features.
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -182,6 +183,12 @@ def require_log(path: str | os.PathLike[str]) -> Path:
     """``path`` as a Path; DataValidationError naming it when no query log (file or folder) is there."""
     path = Path(path)
     if not path.exists():
+        if glob.has_magic(str(path)):  # quoted, so the shell did not expand it
+            matched = len(glob.glob(str(path)))
+            msg = (f"Query log {str(path)!r} is a pattern ({matched:,} files match): a log is one Parquet file or a "
+                   "folder of them read in name order. Name the folder, or gather the files into a folder of one "
+                   f"file per day with `workbench prepare '{path}' --out DIR --split day`.")
+            raise DataValidationError(msg, path=str(path))
         msg = f"Query log {str(path)!r} does not exist. Check the path, or create one with `workbench generate`."
         raise DataValidationError(msg, path=str(path))
     return path
