@@ -197,3 +197,23 @@ def test_a_period_longer_than_the_log_says_how_much_it_holds(tmp_path: Path) -> 
     assert week["covered_h"] == 72.0
     assert coverage_note(week) == "this period holds windows for 72 h of its 168 h (the log is shorter)"
     assert coverage_note(metrics(short, "24h", [1])) == ""  # a full day, a full day before it
+
+
+def test_cards_survive_saturated_sums_and_keep_the_last_known_cluster_size(tmp_path: Path) -> None:
+    """Tester C, 34th session: two windows at the int64 maximum (a corrupt 2**62 ms duration, which the
+    store saturates) failed the cards' cast, and with it notebook 04 and `workbench report`; a window whose
+    queries lacked `cluster_size` blanked the card where the earlier implementation carried the size on."""
+    s = Settings(home=tmp_path / "wb")
+    rows = []
+    for w in range(2 * 144):
+        start = T0 + timedelta(minutes=10 * w)
+        rows.append({"instance_id": 3, "window_start": start, "window_end": start + timedelta(minutes=10),
+                     "cluster_size": 16 if w < 100 else None, "total_queries": 10, "normal_queries": 10,
+                     "total_queue_time_ms": 5, "total_exec_time_ms": 2**63 - 1 if w in (150, 151) else 100})
+    with WindowStatsStore.from_settings(s) as store:
+        store.upsert(rows)
+    m = metrics(s, "24h", [3])
+    assert m["total_queries"] == 1440 and m["cluster_size"] == 16  # none in the last 24 h: carried on
+    assert m["queue_ratio"] == pytest.approx(0.0, abs=1e-9)  # exec saturated at the maximum, not wrapped
+    assert class_shares(s, instances=[3])["total_queries"].sum() == 2880
+    assert metrics(s, "1week", [3])["cluster_size"] == 16

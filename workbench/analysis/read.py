@@ -73,6 +73,7 @@ CRITICAL_MIN_COUNT: Final = 50
 CRITICAL_MIN_SHARE: Final = 0.05
 CriticalMode = Literal["all", "any"]
 _COUNT_COLS: Final = tuple(f"{c}_queries" for c in CLASSES)
+_INT64_MAX: Final = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ def class_shares(settings: Settings, start: datetime | None = None, end: datetim
     table = _stats_table(settings, start, end, instances)
     con = duckdb_connection()
     con.register("ws", table)
-    sums = ", ".join(f"sum({c})::BIGINT AS {c}" for c in ("total_queries", *_COUNT_COLS))
+    sums = ", ".join(f"{_sum(c)} AS {c}" for c in ("total_queries", *_COUNT_COLS))
     shares = ", ".join(f"{c}_queries / nullif(total_queries, 0) AS {c}_share" for c in CLASSES)
     rel = con.execute(f"SELECT *, {shares} FROM (SELECT window_start, {sums} FROM ws GROUP BY window_start) "
                       "ORDER BY window_start")
@@ -205,8 +206,8 @@ def critical_instances(settings: Settings, window: str = "24h", *, min_count: in
 def _critical(table: pa.Table, min_count: int, min_share: float, mode: CriticalMode) -> pd.DataFrame:
     con = duckdb_connection()
     con.register("ws", table)
-    sums = ", ".join(f"sum({c}_queries)::BIGINT AS {c}" for c in PROBLEM_CLASSES)
-    per = con.execute(f"SELECT instance_id, sum(total_queries)::BIGINT AS total_queries, {sums} FROM ws "
+    sums = ", ".join(f"{_sum(c + '_queries')} AS {c}" for c in PROBLEM_CLASSES)
+    per = con.execute(f"SELECT instance_id, {_sum('total_queries')} AS total_queries, {sums} FROM ws "
                       "GROUP BY instance_id ORDER BY instance_id")
     df = _frame(per)
     flags = []
@@ -232,13 +233,21 @@ def critical_types(settings: Settings, window: str = "24h", instances: Sequence[
     return [c for c in PROBLEM_CLASSES if c in found]
 
 
+def _sum(column: str) -> str:
+    """SQL: ``column`` summed, saturating at int64 as the window sums themselves do (a corrupt duration of
+    2**62 ms held one window at the maximum; adding a second window failed the cast, and with it 04's cards)."""
+    # not least(): it skips a NULL, and the sum of no rows would read as the maximum
+    return f"(CASE WHEN sum({column}) > {_INT64_MAX} THEN {_INT64_MAX} ELSE sum({column}) END)::BIGINT"
+
+
 def _summary(table: pa.Table) -> dict[str, Any]:
     con = duckdb_connection()
     con.register("ws", table)
     row = con.execute(
-        "SELECT count(DISTINCT instance_id), sum(total_queries)::BIGINT, sum(normal_queries)::BIGINT, "
-        "sum(total_spilled_mb)::BIGINT, sum(total_queue_time_ms)::BIGINT, sum(total_exec_time_ms)::BIGINT, "
-        "arg_max(cluster_size, window_start) FROM ws").fetchone() or (0, None, None, None, None, None, None)
+        f"SELECT count(DISTINCT instance_id), {_sum('total_queries')}, {_sum('normal_queries')}, "
+        f"{_sum('total_spilled_mb')}, {_sum('total_queue_time_ms')}, {_sum('total_exec_time_ms')}, "
+        "arg_max(cluster_size, window_start) FILTER (WHERE cluster_size IS NOT NULL) FROM ws"
+    ).fetchone() or (0, None, None, None, None, None, None)
     n_inst, total, normal, spilled, queue, exec_ms, size = row
     return {
         "instances": int(n_inst or 0),
@@ -277,10 +286,12 @@ def metrics(settings: Settings, window: str = "24h", instances: Sequence[int] | 
     -------
     dict
         ``period`` (:class:`Period`), and for each of ``instances``, ``total_queries``, ``cluster_size``
-        (latest, meaningful for one instance), ``score`` (share of normal queries, higher is better),
-        ``spilled_mb``, ``queue_time_ms``, ``queue_ratio`` (queue / (queue + exec)), ``anomalies``
-        (0 before the first anomaly): the current value and ``<key>_delta`` = current - previous,
-        ``None`` when either side has no value (no data is not the same as zero).
+        (the latest known, meaningful for one instance: a window whose queries lack it does not blank
+        it, and a period without it takes the previous period's; None for a serverless instance),
+        ``score`` (share of normal queries, higher is better), ``spilled_mb``, ``queue_time_ms``,
+        ``queue_ratio`` (queue / (queue + exec)), ``anomalies`` (0 before the first anomaly): the
+        current value and ``<key>_delta`` = current - previous, ``None`` when either side has no value
+        (no data is not the same as zero).
     """
     p = period(settings, window, end=end)
     ids = _ids(instances)
@@ -288,6 +299,8 @@ def metrics(settings: Settings, window: str = "24h", instances: Sequence[int] | 
     cur_mask = pc.greater_equal(table["window_start"], pa.scalar(p.start, table["window_start"].type))
     current_rows, previous_rows = table.filter(cur_mask), table.filter(pc.invert(cur_mask))
     current, previous = _summary(current_rows), _summary(previous_rows)
+    if current["cluster_size"] is None:  # no window of the period says it: the size known last before it
+        current["cluster_size"] = previous["cluster_size"]
     if not previous["total_queries"]:  # no window before: every delta is "no previous data", the instance
         previous = dict.fromkeys(previous)  # count's too (it read +3 against a count of 0)
     # A period without any window has no anomaly count either: "no previous data", not "+67".
