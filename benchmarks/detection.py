@@ -57,7 +57,7 @@ from workbench.analysis.persistence import PersistenceParams, persistent_flags
 from workbench.analysis.residual_windows import RESIDUAL_SIGNAL, residual_windows
 from workbench.data.generator import QUERY_KINDS, WINDOW_KINDS, generate
 from workbench.ml._train import load_log_window, split_window, train_table
-from workbench.ml.baseline import baseline_decide
+from workbench.ml.baseline import baseline_for_table
 from workbench.ml.detector import COSTLY, FLOORS, ResidualDetector
 from workbench.ml.evaluate import anomaly_kinds, anomaly_labels, dominating_normals, labelled_windows, window_kinds_of
 from workbench.ml.features import observed_signals
@@ -324,9 +324,8 @@ def main() -> None:
                                                       PersistenceParams(runs=k))  # are in the alert anyway)
                 runs[(*combo, k)] = (score[q], (alert | persistent[k])[q])
         pred = model.predict(day_table)
-        exec_ms = pc.fill_null(day_table.column("execution_duration_ms"), 0).to_numpy(zero_copy_only=False)
         inst = day_table.column("instance_id").to_numpy(zero_copy_only=False)
-        b_score, b_alert, _ = baseline_decide(inst, exec_ms, pred["pred_mean_ms"], pred["pred_q_ms"])
+        b_score, b_alert, _ = baseline_for_table(day_table, pred)
         rows = _query_table(labels[q], kinds[q], runs, b_score[q])
         default = (1.0, 1.0, 0.0005, PersistenceParams().runs)
         misses = _miss_lines(rows, runs, labels[q], kinds[q], {k: _rows(v, q) for k, v in day.items()}, default)

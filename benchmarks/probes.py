@@ -54,7 +54,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from sklearn.metrics import average_precision_score
 
 from benchmarks._probes import MIN_WINDOW_ROWS, PROBE_SETS, Probe, apply_probes
@@ -71,7 +70,7 @@ from benchmarks.detection import (
 from workbench.analysis.collective import score_window_runs, windows_of
 from workbench.analysis.residual_windows import RESIDUAL_SIGNAL
 from workbench.ml._train import load_log_window
-from workbench.ml.baseline import baseline_decide
+from workbench.ml.baseline import baseline_for_table
 from workbench.ml.detector import ResidualDetector
 from workbench.ml.evaluate import dominating_normals
 
@@ -101,10 +100,9 @@ def _query_rows(probes: tuple[Probe, ...], day: pa.Table, label: np.ndarray, inp
     ``alert`` is the detector's; ``persistent`` the runs the persistence step adds (recall counts both)."""
     logged = day.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool)
     normal = ~logged & pd.isna(label)
-    exec_ms = pc.fill_null(day.column("execution_duration_ms"), 0).to_numpy(zero_copy_only=False)
     inst = day.column("instance_id").to_numpy(zero_copy_only=False)
     pred_mean, pred_q = (np.expm1(np.clip(inputs[k], 0.0, 50.0)) for k in ("mean", "q"))
-    b_score, _, _ = baseline_decide(inst, exec_ms, pred_mean, pred_q)
+    b_score, _, _ = baseline_for_table(day, {"pred_mean_ms": pred_mean, "pred_q_ms": pred_q})
     base_top = np.zeros(len(alert), dtype=bool)
     base_top[np.argsort(-b_score, kind="stable")[:int(alert.sum())]] = True
     det = ResidualDetector()

@@ -74,6 +74,24 @@ def test_baseline_rules_and_per_instance_ranks() -> None:
     assert reason[0] == "underestimated_ratio"
 
 
+def test_the_baseline_neither_flags_nor_ranks_aborted_queries() -> None:
+    """Tester C, 34th session: the earlier code dropped aborted rows before scoring (pulse-study 2.4); the
+    baseline flagged six aborted 400 s queries, half its alerts on that day."""
+    import pyarrow as pa
+
+    from workbench.ml.baseline import baseline_for_table
+
+    table = pa.table({"instance_id": [1, 1, 1, 1], "execution_duration_ms": [400_000, 400_000, 10, None],
+                      "was_aborted": [True, False, None, False]})
+    prediction = {"pred_mean_ms": np.full(4, 300.0), "pred_q_ms": np.full(4, 300.0)}
+    score, alert, reason = baseline_for_table(table, prediction)
+    assert alert.tolist() == [False, True, False, False] and reason[1] == "underestimated_ratio"
+    assert score[0] == 0.0 and score[1] > 1e6
+    everything, _, _ = baseline_decide(np.ones(4), np.array([400_000.0, 400_000, 10, 0]), np.full(4, 300.0),
+                                       np.full(4, 300.0))
+    assert everything[0] > 1e6  # without the mask the aborted run alerts, as before
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
     from workbench.data.generator import generate

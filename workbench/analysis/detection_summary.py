@@ -392,7 +392,7 @@ def score_day(settings: Settings, labels_file: Path, day: dt.date, versions: Seq
     version's ``is_anomaly`` holds every alert it raises, its persistent runs' too (as ``evaluate`` counts)."""
     from workbench.ml import ModelRegistry
     from workbench.ml._train import load_log_window
-    from workbench.ml.baseline import baseline_decide
+    from workbench.ml.baseline import baseline_for_table
     from workbench.ml.scorer import LoadedModel
 
     registry = ModelRegistry(settings.models_dir)
@@ -417,9 +417,7 @@ def score_day(settings: Settings, labels_file: Path, day: dt.date, versions: Seq
         scored.outputs[v] = out
     if scored.outputs:
         cur = scored.outputs.get(registry.current() or "") or next(iter(scored.outputs.values()))
-        exec_ms = table.column("execution_duration_ms").fill_null(0).to_numpy(zero_copy_only=False)
-        scored.baseline_score, _, _ = baseline_decide(table.column("instance_id").to_numpy(zero_copy_only=False),
-                                                      exec_ms, cur["pred_mean_ms"], cur["pred_q_ms"])
+        scored.baseline_score, _, _ = baseline_for_table(table, cur)
     return scored
 
 

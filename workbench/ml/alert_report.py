@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workbench.config import Settings
@@ -71,7 +70,7 @@ def alert_report(settings: Settings, day: dt.date, version: str = "current", *, 
         ``rows``, ``alerts``, ``alerts per 10k``, ``reasons`` (reason -> count), ``score``
         quantiles, ``instances`` (one dict per instance with the same fields) and ``note``.
     """
-    from workbench.ml.baseline import baseline_decide
+    from workbench.ml.baseline import baseline_for_table
     from workbench.ml.scorer import LoadedModel
 
     registry = ModelRegistry(settings.models_dir)
@@ -85,8 +84,7 @@ def alert_report(settings: Settings, day: dt.date, version: str = "current", *, 
     out = LoadedModel.load(registry, resolved).predict(table)
     instance = table.column("instance_id").to_numpy(zero_copy_only=False)
     if use_baseline:
-        exec_ms = pc.fill_null(table.column("execution_duration_ms"), 0).to_numpy(zero_copy_only=False)
-        score, alert, reason = baseline_decide(instance, exec_ms, out["pred_mean_ms"], out["pred_q_ms"])
+        score, alert, reason = baseline_for_table(table, out)
     else:
         score, alert, reason = out["score"], out["is_anomaly"], out.get("reason")
     score = np.asarray(score, dtype=np.float64)

@@ -60,7 +60,7 @@ from sklearn.metrics import average_precision_score, f1_score, precision_score, 
 
 from workbench.config import Settings
 from workbench.ml._train import load_log_window
-from workbench.ml.baseline import baseline_decide
+from workbench.ml.baseline import baseline_for_table
 from workbench.ml.exceptions import MLError
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import LoadedModel
@@ -367,9 +367,8 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
                        ", ".join(map(repr, absent)), day, ", ".join(sorted(present)) or "none")
     window_kinds = window_kinds_of(Path(data), window_kinds, sidecar=sidecar)
     collective = labels & np.isin(kinds, list(window_kinds))
-    inst = table.column("instance_id").to_numpy(zero_copy_only=False)
     exec_ms = pa.compute.fill_null(table.column("execution_duration_ms"), 0).to_numpy(zero_copy_only=False)
-    b_score, b_alert, _ = baseline_decide(inst, exec_ms, out["pred_mean_ms"], out["pred_q_ms"])
+    b_score, b_alert, _ = baseline_for_table(table, out)
     q = ~collective  # per-query metrics: rows of window kinds are neither positives nor negatives
     score, alert = (b_score, b_alert) if use_baseline else (out["score"], out["is_anomaly"])
     persistent = np.zeros(table.num_rows, dtype=bool) if use_baseline else persistent_alerts(table, out, model)
