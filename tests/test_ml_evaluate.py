@@ -137,6 +137,10 @@ def test_cli_evaluate_prints_the_labelled_lines(demo: tuple[Settings, Path],
     assert main(["--home", str(settings.home), "evaluate", "--day", "2024-03-05", "--data", str(data),
                  "--no-store"]) == 0
     assert "is in v0001-2024-03-05's training window: in-sample figures flatter" in capsys.readouterr().out
+    # the baseline's rules run on that version's predictions: said too (tester C, 34th session)
+    assert main(["--home", str(settings.home), "evaluate", "--day", "2024-03-05", "--version", "baseline",
+                 "--data", str(data), "--no-store"]) == 0
+    assert "in-sample figures flatter the baseline's predictions" in capsys.readouterr().out
 
 
 def _foreign_collective_log(data: Path, out: Path, kind: str) -> tuple[int, set[tuple[int, pd.Timestamp]]]:
