@@ -300,3 +300,15 @@ def test_a_last_day_judged_without_any_residual_window_is_settled_and_no_anomaly
     assert wb._unsettled(status("2024-03-04")).startswith("the judging of 2024-03-05")
     assert wb._unsettled(status("2024-03-05")) == ""
     assert wb.anomalies().empty and "query_id" in wb.anomalies().columns
+
+
+def test_wait_counts_an_apps_events_across_its_restarts() -> None:
+    """Tester C, 34th session: after kill -9 of the apps, wait()'s bar ended at 49 % with every store complete:
+    a restarted app's counter starts from 0 again."""
+    from workbench.runtime._workbench import _RestartedCounters
+
+    counted = _RestartedCounters()
+    assert counted.update({"analytics": 100, "scoring": 80}) == {"analytics": 100, "scoring": 80}
+    assert counted.update({"analytics": 150, "scoring": 5}) == {"analytics": 150, "scoring": 85}  # restarted
+    assert counted.update({"analytics": 160, "scoring": 40}) == {"analytics": 160, "scoring": 120}
+    assert counted.update({"analytics": 3, "scoring": 41}) == {"analytics": 163, "scoring": 121}

@@ -133,6 +133,22 @@ COMMAND_ACK_S = 15.0
 _STATUS_AFTER_BATCH_S = 2.0
 
 
+class _RestartedCounters:
+    """Apps' event counters across restarts: a restarted app counts from 0 again (``events`` is since its
+    start), so a counter that went down adds what it had reached before."""
+
+    def __init__(self) -> None:
+        self._before: dict[str, int] = {}
+        self._last: dict[str, int] = {}
+
+    def update(self, counters: dict[str, int]) -> dict[str, int]:
+        for name, value in counters.items():
+            if value < self._last.get(name, 0):
+                self._before[name] = self._before.get(name, 0) + self._last[name]
+            self._last[name] = value
+        return {name: self._before.get(name, 0) + value for name, value in counters.items()}
+
+
 class _Stall:
     """Tells :meth:`Workbench.wait` when the drain it waits for cannot come by itself: the replay is not
     sending (paused, or finished) and nothing has moved for a while (no event processed, no lag change,
@@ -681,6 +697,7 @@ class Workbench:
         stall = _Stall()
         bar = tqdm(total=0, unit="events", unit_scale=True, disable=not progress, desc="pipeline")
         start: tuple[int, int] | None = None  # (position of the log, events processed) at the first status
+        counted = _RestartedCounters()
         try:
             while True:
                 status = self.status()
@@ -688,7 +705,7 @@ class Workbench:
                     # Progress is what the slowest app has processed, not what the replay has sent; counted from
                     # the log's position when the wait began (after a reset the apps' counts hold the pass before,
                     # and the bar read 100 % at 0 % replayed)
-                    processed = min(status.events_processed.values(), default=0)
+                    processed = min(counted.update(status.events_processed).values(), default=0)
                     if start is None:
                         start = (min(status.rows_sent, processed), processed)
                     bar.total = status.replay.rows_total
@@ -701,6 +718,9 @@ class Workbench:
                     )
                     bar.refresh()
                 if status.drained and not self._before_last_command(status):
+                    if status.replay and status.replay.state == "finished":
+                        bar.n = bar.total  # an app restarted meanwhile counted from 0 again (the bar stopped at 49 %)
+                        bar.refresh()
                     break
                 failed = [n for n, p in status.processes.items() if p.get("state") == "failed"]
                 if failed:
