@@ -54,7 +54,7 @@ from sklearn.metrics import average_precision_score
 
 from workbench.analysis.collective import CollectiveParams, score_window_runs, window_score, windows_of
 from workbench.analysis.persistence import PersistenceParams, persistent_flags
-from workbench.analysis.residual_windows import RESIDUAL_SIGNAL, residual_windows
+from workbench.analysis.residual_windows import RESIDUAL_SIGNAL
 from workbench.data.generator import QUERY_KINDS, WINDOW_KINDS, generate
 from workbench.ml._train import load_log_window, split_window, train_table
 from workbench.ml.baseline import baseline_for_table
@@ -62,6 +62,7 @@ from workbench.ml.detector import COSTLY, FLOORS, ResidualDetector
 from workbench.ml.evaluate import anomaly_kinds, anomaly_labels, dominating_normals, labelled_windows, window_kinds_of
 from workbench.ml.features import observed_signals
 from workbench.ml.registry import ModelRegistry
+from workbench.ml.residual_history import reference_residuals, residuals_of, with_residuals
 from workbench.ml.scorer import LoadedModel
 
 GRID = {"max_scale": (0.75, 1.0, 1.5), "floor_factor": (0.5, 1.0, 2.0), "alert_rate": (0.00025, 0.0005, 0.001),
@@ -96,43 +97,6 @@ def holdout_inputs(model: LoadedModel, hold_table: pa.Table) -> dict:
     """:func:`_inputs` of the holdout, with key ``unseen``: those of the holdout re-read as a never-seen
     instance, which calibrate the global prior's group as training does."""
     return {**_inputs(model, hold_table), "unseen": _inputs(model, model.features.as_never_seen_instance(hold_table))}
-
-
-def residuals_of(model: LoadedModel, table: pa.Table) -> pd.DataFrame:
-    """The runtime-residual windows of ``table`` (:func:`~workbench.analysis.residual_windows.residual_windows`,
-    what the scoring app stores in ``window_residuals``) from ``model``'s own scores of it."""
-    pred = model.predict(table)
-    scored = table.append_column("pred_mean_ms", pa.array(pred["pred_mean_ms"], pa.float64())).append_column(
-        "pred_q_ms", pa.array(pred["pred_q_ms"], pa.float64())).append_column(
-        "model_version", pa.array(pred["model_version"], pa.string()))
-    _, _, source = model.features.transform_with_evidence(table)
-    return residual_windows(scored, known=source == 0).drop(columns="unscored_queries")
-
-
-def reference_residuals(data: Path, first: dt.date, last: dt.date, models_dir: Path) -> pd.DataFrame:
-    """The residual windows of the days ``first..last`` as the scoring app stores them: each day scored
-    out-of-sample by the version the event-time rule gives it (trained through the day before, 7-day
-    window; the first day by the first version, in-sample), versions kept in ``models_dir``.
-
-    Not the evaluation version's in-sample scores of its own training days: those residuals spread
-    2-3x less than the next day's (stress seed 0, instance 73: window MAD 0.05-0.06 on its training
-    days, 0.15 on the evaluation day), which makes an ordinary window look significant.
-    """
-    frames = []
-    for k in range((last - first).days + 1):
-        day = first + dt.timedelta(days=k)
-        end = max(day - dt.timedelta(days=1), first)
-        folder = models_dir / f"through-{end}"
-        registry = ModelRegistry(folder)
-        version = registry.current() or train_table(folder, load_log_window(data, end, 7), end, window_days=7).version
-        frames.append(residuals_of(LoadedModel.load(registry, version), load_log_window(data, day, 1)))
-    return pd.concat(frames, ignore_index=True)
-
-
-def with_residuals(windows: pd.DataFrame, residuals: pd.DataFrame) -> pd.DataFrame:
-    """``window_stats`` rows with the residual columns of the same windows (NaN where none)."""
-    out = windows.assign(window_start=pd.to_datetime(windows["window_start"], utc=True).astype("datetime64[ms, UTC]"))
-    return out.merge(residuals, on=["instance_id", "window_start"], how="left")
 
 
 def _rows(value: object, keep: np.ndarray) -> object:

@@ -62,10 +62,7 @@ from benchmarks.detection import (
     _inputs,
     holdout_inputs,
     persistence_flags,
-    reference_residuals,
-    residuals_of,
     train_all_but_last,
-    with_residuals,
 )
 from workbench.analysis.collective import score_window_runs, windows_of
 from workbench.analysis.residual_windows import RESIDUAL_SIGNAL
@@ -73,6 +70,7 @@ from workbench.ml._train import load_log_window
 from workbench.ml.baseline import baseline_for_table
 from workbench.ml.detector import ResidualDetector
 from workbench.ml.evaluate import dominating_normals
+from workbench.ml.residual_history import reference_residuals, residuals_of, with_residuals
 
 DEFAULTS = {"max_scale": 1.0, "floor_factor": 1.0, "alert_rate": 0.0005}
 
@@ -140,7 +138,7 @@ def _window_rows(probes: tuple[Probe, ...], original: pa.Table, day: pa.Table, l
                  history: pa.Table, residuals: dict[str, pd.DataFrame]) -> tuple[dict[str, dict], str]:
     """Per collective probe: labelled windows flagged (and the signals that flagged them); and a
     line on the flagged windows no probe explains. ``residuals``: the residual windows of the
-    ``history``, ``day`` and ``original`` tables (:func:`benchmarks.detection.residuals_of`)."""
+    ``history``, ``day`` and ``original`` tables (:func:`workbench.ml.residual_history.residuals_of`)."""
     history_windows = with_residuals(windows_of(history), residuals["history"])
     scored = _scored_windows(day, residuals["day"], history_windows).query("score >= 1.0")
     hit = _best(scored)

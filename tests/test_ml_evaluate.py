@@ -361,3 +361,42 @@ def test_evaluate_counts_the_runs_the_persistence_step_flags(demo: tuple[Setting
     # ...and counted: the kind's recall is the detector's alerts together with the flagged runs
     assert metrics["recall[stays_slow]"] == pytest.approx((out["is_anomaly"] | flags)[mine].mean())
     assert metrics["recall[stays_slow]"] > out["is_anomaly"][mine].mean()
+
+
+def test_window_metrics_judge_the_models_expectations_as_the_scoring_app_does(tmp_path: Path) -> None:
+    """Tester B, 34th session: every query of an instance a little slower for an hour was flagged by the running
+    product (runtime residual, beyond-tolerance share) and not by `evaluate`, which judged the window statistics
+    alone (0.03 window recall against 30 of 36 windows). With the model, evaluate judges both, the earlier days
+    scored as the scoring app scored them (a version trained through each day before, not the user's registry)."""
+    import pyarrow.compute as pc
+
+    from workbench.data.generator import generate
+    from workbench.ml._train import load_log_window, train_table
+    from workbench.ml.evaluate import window_metrics
+    from workbench.ml.scorer import LoadedModel
+
+    log = tmp_path / "log.parquet"
+    generate(log, days=3, instances=4, rows_per_day=20_000, seed=5)
+    table = pq.read_table(log)
+    arrival = pc.cast(table.column("arrival_timestamp"), pa.timestamp("us", tz="UTC")).to_numpy(zero_copy_only=False)
+    instance = table.column("instance_id").to_numpy(zero_copy_only=False)
+    slow = ((instance == 123) & (arrival >= np.datetime64("2024-03-06T12:00")) & (arrival < np.datetime64(
+        "2024-03-06T13:00")) & ~table.column("was_cached").to_numpy(zero_copy_only=False))
+    durations = table.column("execution_duration_ms").to_numpy(zero_copy_only=False).astype(np.int64)
+    durations[slow] = (durations[slow] * 1.6).astype(np.int64)  # 60 % slower: no window statistic moves enough
+    labels = table.column("label_anomaly").to_numpy(zero_copy_only=False) | slow
+    kinds = np.where(slow, "slowdown", np.array(table.column("label_kind").to_pylist(), dtype=object))
+    for name, values in (("execution_duration_ms", pa.array(durations)), ("label_anomaly", pa.array(labels)),
+                         ("label_kind", pa.array(kinds.tolist(), pa.string()))):
+        table = table.set_column(table.schema.get_field_index(name), name, values)
+    pq.write_table(table, log)
+    models = tmp_path / "models"
+    version = train_table(models, load_log_window(log, dt.date(2024, 3, 5), 7), dt.date(2024, 3, 5)).version
+    registry = ModelRegistry(models)
+    day = dt.date(2024, 3, 6)
+    stats_only = window_metrics(log, day, window_kinds=["slowdown"])
+    both = window_metrics(log, day, window_kinds=["slowdown"], model=LoadedModel.load(registry, version),
+                          registry=registry)
+    assert stats_only["window recall[slowdown]"] == 0.0
+    assert both["window recall[slowdown]"] == 1.0 and both["window precision"] == 1.0
+    assert registry.versions() == [version]  # the reference versions were trained elsewhere

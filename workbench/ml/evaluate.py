@@ -30,8 +30,9 @@ Logs with collective kinds (``workbench generate --kinds all``, or any labelled 
 window kinds (anomalous only together) are left out of the per-query metrics (neither positives nor
 negatives; their per-query recall is still reported), and the windows are evaluated on their own
 (:func:`window_metrics`): the day's 10-minute windows are computed from the log, flagged by
-:mod:`workbench.analysis.collective` against the earlier days, and compared with the log's window
-labels: ``window recall[<kind>]`` and ``window precision`` (flagged labelled windows over flagged
+:mod:`workbench.analysis.collective` against the earlier days (on the signals of the window
+statistics and on those of the model's expectations, the earlier days scored as the scoring app
+scored them: :mod:`workbench.ml.residual_history`), and compared with the log's window labels: ``window recall[<kind>]`` and ``window precision`` (flagged labelled windows over flagged
 windows; a flagged window holding labelled per-query anomalies is explained by them and counts on
 neither side).
 
@@ -233,10 +234,17 @@ def labelled_windows(data: Path, day_rows: pa.Table, day: dt.date, kinds: set[st
 
 
 def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds: Sequence[str] = (), *,
-                   sidecar: pa.Table | None = None) -> dict[str, float]:
+                   sidecar: pa.Table | None = None, model: LoadedModel | None = None,
+                   registry: ModelRegistry | None = None) -> dict[str, float]:
     """Window-level precision and per-kind recall of the collective detector on one day (see above).
 
     ``sidecar``: the log's window labels (``LOG.windows.parquet``) when the caller has read them.
+    ``model``: the version that scores ``day``; with it the windows are also judged on the signals
+    of the model's expectations (``runtime_residual``, ``beyond_tolerance_share``), as the scoring
+    app judges them, the earlier days scored as it scored them
+    (:func:`~workbench.ml.residual_history.reference_residuals`: ``registry``'s versions, or ones
+    trained for the purpose in a temporary folder). Without it, only the signals of the window
+    statistics (tester B, 34th session: 0.03 window recall where the running product flagged 30 of 36).
     """
     from workbench.analysis.collective import flag_windows, windows_of
     from workbench.data.generator import window_labels
@@ -249,6 +257,8 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds
     if windows.empty:
         return {}
     start = pd.Timestamp(day, tz="UTC")
+    if model is not None:
+        windows = _with_model_residuals(Path(data), day, table, windows, model, registry)
     windows["window_start"] = pd.to_datetime(windows["window_start"], utc=True)
     today = windows[windows["window_start"] >= start]
     flagged = flag_windows(today, windows).to_pandas()
@@ -271,6 +281,24 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds
         keys = set(zip(group["instance_id"], group["window_start"], strict=True))
         out[f"window recall[{kind}]"] = len(keys & flagged_keys) / len(keys)
     return out
+
+
+def _with_model_residuals(data: Path, day: dt.date, table: pa.Table, windows: pd.DataFrame, model: LoadedModel,
+                          registry: ModelRegistry | None) -> pd.DataFrame:
+    """``windows`` with the residual columns: ``day`` scored by ``model``, the days before as the scoring
+    app scored them."""
+    import tempfile
+
+    from workbench.ml.residual_history import reference_residuals, residuals_of, with_residuals
+
+    arrivals = table.column("arrival_timestamp")
+    first = pc.min(arrivals).as_py().date()
+    frames = [residuals_of(model, load_log_window(data, day, 1))]
+    if first < day:
+        with tempfile.TemporaryDirectory(prefix="workbench-window-history-") as scratch:
+            frames.insert(0, reference_residuals(data, first, day - dt.timedelta(days=1), Path(scratch),
+                                                 registry=registry))
+    return with_residuals(windows, pd.concat(frames, ignore_index=True))
 
 
 def top_k_f1(labels: np.ndarray, score: np.ndarray, k: int) -> float:
@@ -384,7 +412,8 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
         metrics["baseline alerts"] = float(k_base)
         metrics.update(recall_at_volume(labels[q], out["score"][q], kinds[q], k_base))
         if collective.any() or window_labels_exist(data):
-            metrics.update(window_metrics(Path(data), day, window_kinds=sorted(window_kinds), sidecar=sidecar))
+            metrics.update(window_metrics(Path(data), day, window_kinds=sorted(window_kinds), sidecar=sidecar,
+                                          model=model, registry=registry))
     y_log = np.log1p(np.clip(exec_ms.astype(np.float64), 0, None))
     metrics.update(regression_metrics(y_log, out["mean_log"], out["q_log"]))
     result = {"day": day.isoformat(), "detector": "baseline" if use_baseline else "residual",
