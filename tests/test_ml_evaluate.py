@@ -133,6 +133,7 @@ def test_cli_evaluate_prints_the_labelled_lines(demo: tuple[Settings, Path],
                   "MAE(log)", "q90 coverage"):
         assert f"\n{label} " in out, label
     assert "in-sample" not in out
+    assert "recall@baseline volume[K]: the detector's recall of kind K when it raises only as many alerts" in out
     # a day of the version's own window: said, as notebook 03 says it (the CLI printed 0.994 as if out of sample)
     assert main(["--home", str(settings.home), "evaluate", "--day", "2024-03-05", "--data", str(data),
                  "--no-store"]) == 0
@@ -363,7 +364,8 @@ def test_evaluate_counts_the_runs_the_persistence_step_flags(demo: tuple[Setting
     assert metrics["recall[stays_slow]"] > out["is_anomaly"][mine].mean()
 
 
-def test_window_metrics_judge_the_models_expectations_as_the_scoring_app_does(tmp_path: Path) -> None:
+def test_window_metrics_judge_the_models_expectations_as_the_scoring_app_does(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Tester B, 34th session: every query of an instance a little slower for an hour was flagged by the running
     product (runtime residual, beyond-tolerance share) and not by `evaluate`, which judged the window statistics
     alone (0.03 window recall against 30 of 36 windows). With the model, evaluate judges both, the earlier days
@@ -384,8 +386,11 @@ def test_window_metrics_judge_the_models_expectations_as_the_scoring_app_does(tm
         "2024-03-06T13:00")) & ~table.column("was_cached").to_numpy(zero_copy_only=False))
     durations = table.column("execution_duration_ms").to_numpy(zero_copy_only=False).astype(np.int64)
     durations[slow] = (durations[slow] * 1.6).astype(np.int64)  # 60 % slower: no window statistic moves enough
-    labels = table.column("label_anomaly").to_numpy(zero_copy_only=False) | slow
+    sparse = np.zeros(len(slow), dtype=bool)
+    sparse[np.flatnonzero((instance == 18) & (arrival >= np.datetime64("2024-03-06T15:00")))[:3]] = True
+    labels = table.column("label_anomaly").to_numpy(zero_copy_only=False) | slow | sparse
     kinds = np.where(slow, "slowdown", np.array(table.column("label_kind").to_pylist(), dtype=object))
+    kinds[sparse] = "sparse"  # three rows: no window holds 10 of them
     for name, values in (("execution_duration_ms", pa.array(durations)), ("label_anomaly", pa.array(labels)),
                          ("label_kind", pa.array(kinds.tolist(), pa.string()))):
         table = table.set_column(table.schema.get_field_index(name), name, values)
@@ -394,7 +399,8 @@ def test_window_metrics_judge_the_models_expectations_as_the_scoring_app_does(tm
     version = train_table(models, load_log_window(log, dt.date(2024, 3, 5), 7), dt.date(2024, 3, 5)).version
     registry = ModelRegistry(models)
     day = dt.date(2024, 3, 6)
-    stats_only = window_metrics(log, day, window_kinds=["slowdown"])
+    stats_only = window_metrics(log, day, window_kinds=["slowdown", "sparse"])
+    assert "window kind 'sparse' has no window on 2024-03-06 with at least 10 of its labelled rows" in caplog.text
     both = window_metrics(log, day, window_kinds=["slowdown"], model=LoadedModel.load(registry, version),
                           registry=registry)
     assert stats_only["window recall[slowdown]"] == 0.0

@@ -228,6 +228,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                       window_kinds=window_kinds)
     print(f"day {result['day']}  version {result['version']}  detector {result['detector']}")
     print(format_table(result["metrics"]))
+    if any(key.startswith("recall@baseline volume") for key in result["metrics"]):
+        print(f"recall@baseline volume[K]: the detector's recall of kind K when it raises only as many alerts as the "
+              f"baseline ({result['metrics'].get('baseline alerts', 0):,.0f}); the baseline's own per-kind recall at "
+              "that volume: --version baseline")
     from workbench.analysis.detection_summary import trained_on
 
     # notebook 03 says so (the same rule); the CLI printed 0.994 as if out of sample. The baseline's rules

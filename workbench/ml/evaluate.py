@@ -32,8 +32,9 @@ negatives; their per-query recall is still reported), and the windows are evalua
 (:func:`window_metrics`): the day's 10-minute windows are computed from the log, flagged by
 :mod:`workbench.analysis.collective` against the earlier days (on the signals of the window
 statistics and on those of the model's expectations, the earlier days scored as the scoring app
-scored them: :mod:`workbench.ml.residual_history`), and compared with the log's window labels: ``window recall[<kind>]`` and ``window precision`` (flagged labelled windows over flagged
-windows; a flagged window holding labelled per-query anomalies is explained by them and counts on
+scored them: :mod:`workbench.ml.residual_history`), and compared with the log's window labels:
+``window recall[<kind>]`` and ``window precision`` (flagged labelled windows over flagged windows;
+a flagged window holding labelled per-query anomalies is explained by them and counts on
 neither side).
 
 A log made by another tool says which of its kinds are collective, and where, in either of two
@@ -233,6 +234,12 @@ def labelled_windows(data: Path, day_rows: pa.Table, day: dt.date, kinds: set[st
     return labels.reset_index(drop=True)
 
 
+def _min_window_rows() -> int:
+    from workbench.data.generator import MIN_WINDOW_ROWS
+
+    return MIN_WINDOW_ROWS
+
+
 def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds: Sequence[str] = (), *,
                    sidecar: pa.Table | None = None, model: LoadedModel | None = None,
                    registry: ModelRegistry | None = None) -> dict[str, float]:
@@ -265,10 +272,16 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds
     flagged_keys = set(zip(flagged["instance_id"], pd.to_datetime(flagged["window_start"], utc=True), strict=True))
     day_rows = table.filter(pc.greater_equal(table.column("arrival_timestamp"),
                                              pa.scalar(start.to_pydatetime(), pa.timestamp("us", tz="UTC"))))
-    labels = labelled_windows(Path(data), day_rows, day, window_kinds_of(Path(data), window_kinds, sidecar=sidecar),
-                              sidecar=sidecar)
+    wanted = window_kinds_of(Path(data), window_kinds, sidecar=sidecar)
+    labels = labelled_windows(Path(data), day_rows, day, wanted, sidecar=sidecar)
     label_keys = set(zip(labels["instance_id"], labels["window_start"], strict=True))
     lab = anomaly_labels(day_rows, Path(data))
+    if lab.any():  # a window kind's rows left the per-query figures: said when no window holds them either
+        present = {str(k) for k in anomaly_kinds(day_rows, lab, Path(data))[lab]}
+        for kind in sorted((set(wanted) & present) - set(labels["kind"])):
+            logger.warning("window kind %r has no window on %s with at least %d of its labelled rows (and none in "
+                           "a window-label file): its rows leave the per-query figures and no window judges them",
+                           kind, day, _min_window_rows())
     ts = pd.to_datetime(day_rows.column("arrival_timestamp").to_numpy(zero_copy_only=False)[lab], utc=True)
     inst = day_rows.column("instance_id").to_numpy(zero_copy_only=False)[lab]
     explained = set(zip(inst, ts.floor("10min"), strict=True)) - label_keys
