@@ -134,6 +134,7 @@ def test_cli_evaluate_prints_the_labelled_lines(demo: tuple[Settings, Path],
         assert f"\n{label} " in out, label
     assert "in-sample" not in out
     assert "recall@baseline volume[K]: the detector's recall of kind K when it raises only as many alerts" in out
+    assert "\nPR-AUC[slow_fingerprint] " in out  # per kind, as the README's detection table has it (tester B)
     # a day of the version's own window: said, as notebook 03 says it (the CLI printed 0.994 as if out of sample)
     assert main(["--home", str(settings.home), "evaluate", "--day", "2024-03-05", "--data", str(data),
                  "--no-store"]) == 0
@@ -406,3 +407,21 @@ def test_window_metrics_judge_the_models_expectations_as_the_scoring_app_does(
     assert stats_only["window recall[slowdown]"] == 0.0
     assert both["window recall[slowdown]"] == 1.0 and both["window precision"] == 1.0
     assert registry.versions() == [version]  # the reference versions were trained elsewhere
+
+
+def test_per_kind_pr_auc_ranks_one_kind_against_the_normal_rows() -> None:
+    from workbench.ml.evaluate import detection_metrics
+
+    labels = np.array([True, True, False, False, False, True])
+    kinds = np.array(["a", "b", None, None, None, "b"], dtype=object)
+    score = np.array([9.0, 0.5, 1.0, 2.0, 0.1, 0.2])
+    out = detection_metrics(labels, score, score > 1.5, kinds)
+    assert out["PR-AUC[a]"] == 1.0  # above every normal row
+    assert out["PR-AUC[b]"] == pytest.approx(average_precision([1, 0, 0, 0, 1], [0.5, 1.0, 2.0, 0.1, 0.2]))
+    assert "PR-AUC[a]" not in detection_metrics(labels & (kinds == "a"), score, score > 1.5, kinds)  # one kind
+
+
+def average_precision(labels: list[int], score: list[float]) -> float:
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(labels, score))

@@ -76,7 +76,8 @@ logger = logging.getLogger(__name__)
 
 def detection_metrics(labels: np.ndarray, score: np.ndarray, alert: np.ndarray,
                       kinds: Sequence[str | None] | np.ndarray | None = None) -> dict[str, float]:
-    """PR-AUC, F1, precision, recall, alerts per 10k and per-kind recall."""
+    """PR-AUC, F1, precision, recall, alerts per 10k, per-kind recall and (with several kinds) per-kind
+    PR-AUC: that kind's rows against the normal rows, the other kinds left out."""
     labels = np.asarray(labels, dtype=bool)
     alert = np.asarray(alert, dtype=bool)
     out: dict[str, float] = {
@@ -92,9 +93,15 @@ def detection_metrics(labels: np.ndarray, score: np.ndarray, alert: np.ndarray,
     out["false alerts per 10k normal"] = float(alert[~labels].mean() * 1e4) if (~labels).any() else 0.0
     if kinds is not None:
         kinds_arr = np.asarray(kinds, dtype=object)
-        for kind in sorted({k for k in kinds_arr[labels] if k is not None}):
+        present = sorted({k for k in kinds_arr[labels] if k is not None})
+        for kind in present:
             sel = labels & (kinds_arr == kind)
             out[f"recall[{kind}]"] = float(alert[sel].mean())
+        if len(present) > 1 and (~labels).any():  # one kind's rows against the normal rows (the others left out)
+            for kind in present:
+                sel = labels & (kinds_arr == kind)
+                out[f"PR-AUC[{kind}]"] = float(average_precision_score(sel[sel | ~labels],
+                                                                       np.asarray(score)[sel | ~labels]))
     return out
 
 
