@@ -513,3 +513,34 @@ def test_a_log_dated_in_the_future_is_replayed_whole(kafka_settings: Settings, t
     status = Replay(log, settings=kafka_settings, speedup=0, pack=1).run(timeout=120)
     assert status.state == "finished" and status.rows_sent == 300, status
     assert len(consume_all(kafka_settings, kafka_settings.topic_query_events, to_end=True)) == 300
+
+
+def test_two_deployments_on_one_cluster_do_not_fence_each_others_replay(kafka_settings: Settings,
+                                                                          tmp_path: Path) -> None:
+    """Tester A, 34th session: two deployments with their own topics and consumer-group prefix (as the README
+    says) fenced each other's replay under the one transactional id workbench-replay-default, in turn."""
+    import threading
+
+    from tests.conftest import isolated_settings
+    from workbench.replay._replay import replay_transactional_id
+
+    other = isolated_settings(kafka_settings, tmp_path / "other")
+    assert replay_transactional_id(kafka_settings, "default") != replay_transactional_id(other, "default")
+    assert replay_transactional_id(Settings(home=tmp_path / "x"), "default") == "workbench-replay-default"
+    log = make_log(tmp_path / "log.parquet", rows=3000, spacing_s=1.0)
+    results: dict[str, object] = {}
+
+    def run(name: str, settings: Settings) -> None:
+        try:  # 3,000 s of log at 1,000x: both run for seconds, side by side
+            results[name] = Replay(log, settings=settings, speedup=1000, batch_size=100, pack=1).run()
+        except Exception as exc:  # the fenced one failed here
+            results[name] = exc
+
+    threads = [threading.Thread(target=run, args=(name, s)) for name, s in (("a", kafka_settings), ("b", other))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert all(getattr(results.get(n), "state", None) == "finished" for n in "ab"), results
+    for settings in (kafka_settings, other):
+        assert len(consume_all(settings, settings.topic_query_events, expected=3000, idle=3)) == 3000

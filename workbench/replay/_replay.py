@@ -363,6 +363,12 @@ class Replay:
                           progress=progress).execute()
 
 
+def replay_transactional_id(settings: Settings, replay_id: str) -> str:
+    """The replay producer's ``transactional.id``: ``<consumer group prefix>-replay-<replay id>``
+    (``workbench-replay-default`` by default). A restart of the same replay fences its predecessor."""
+    return f"{settings.consumer_group_prefix}-replay-{replay_id}"
+
+
 class _ReplayRun:
     """The state of one run of a :class:`Replay` (kept apart so the public object stays small).
 
@@ -422,7 +428,9 @@ class _ReplayRun:
         self.producer = Producer(quiet_logs(
             {
                 **self.settings.kafka_client_config(),
-                "transactional.id": f"workbench-replay-{replay.replay_id}",
+                # one per deployment (its consumer-group prefix): two deployments on a cluster fenced each
+                # other's replay, restarting both in turn, under the one id workbench-replay-default
+                "transactional.id": replay_transactional_id(self.settings, replay.replay_id),
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 20,
