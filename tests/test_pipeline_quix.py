@@ -153,6 +153,20 @@ def test_a_commit_the_group_refused_is_told_from_other_failures_and_exits_the_ap
     assert line.startswith("workbench: error: stalled lost its partitions: Kafka's consumer group dropped it")
     assert "Unknown member" in line and "nothing is lost or counted twice" in line
 
+    # a broker of a cluster stopped or restarted: its groups' commits fail while their coordinator moves
+    # (tester A, 34th session: a traceback, or the process blamed for being stopped)
+    for code in (KafkaError._WAIT_COORD, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.NOT_COORDINATOR):
+        moving = CheckpointConsumerCommitError(KafkaError(code))
+
+        def away(settings: Settings, moving: Exception = moving, **_: object) -> None:
+            raise moving
+
+        module.run = away  # type: ignore[attr-defined]
+        assert _launch._run_app(Settings(home=tmp_path / "home"), "stalled", {}) == _launch.EXIT_LOST_PARTITIONS
+        line = capsys.readouterr().out
+        assert "its consumer group's coordinator (a broker) was away or moving" in line, line
+        assert "stopped or starved" not in line and "nothing is lost or counted twice" in line
+
     def broken(settings: Settings, **_: object) -> None:
         raise CheckpointConsumerCommitError(KafkaError(KafkaError._MSG_TIMED_OUT))
 

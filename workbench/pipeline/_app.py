@@ -72,18 +72,37 @@ _LOST_MEMBERSHIP = frozenset({KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_G
                               KafkaError.REBALANCE_IN_PROGRESS, KafkaError.FENCED_INSTANCE_ID})
 
 
-def lost_group_membership(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) is a commit the consumer group refused because this process is no
-    longer the member owning its partitions. Quix raises it as ``CheckpointConsumerCommitError`` carrying
+#: Commit failures while the group's coordinator (a broker) is away or moving: it died, restarts, or its
+#: partition of ``__consumer_offsets`` has a new leader that is still loading it (a 3-broker cluster: a
+#: broker killed, or restarted gracefully, ended the apps it coordinated with a traceback).
+_COORDINATOR_AWAY = frozenset({KafkaError._WAIT_COORD, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                               KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR})
+
+
+def refused_commit(exc: BaseException) -> KafkaError | None:
+    """The group's refusal of a commit in ``exc`` (or what caused it), or None: this process is no longer
+    the member owning its partitions (:data:`_LOST_MEMBERSHIP`), or the group's coordinator is away or
+    moving (:data:`_COORDINATOR_AWAY`). Quix raises either as ``CheckpointConsumerCommitError`` carrying
     librdkafka's ``KafkaError``; the uncommitted messages are read again by whoever owns them next."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if any(isinstance(arg, KafkaError) and arg.code() in _LOST_MEMBERSHIP for arg in current.args):
-            return True
+        for arg in current.args:
+            if isinstance(arg, KafkaError) and arg.code() in _LOST_MEMBERSHIP | _COORDINATOR_AWAY:
+                return arg
         current = current.__cause__ or current.__context__
-    return False
+    return None
+
+
+def coordinator_away(error: KafkaError) -> bool:
+    """Whether a :func:`refused_commit` error is the coordinator's absence, not this member's."""
+    return error.code() in _COORDINATOR_AWAY
+
+
+def lost_group_membership(exc: BaseException) -> bool:
+    """Whether ``exc`` holds a commit the group refused (:func:`refused_commit`)."""
+    return refused_commit(exc) is not None
 
 
 def build_application(

@@ -53,16 +53,21 @@ def _run_app(settings: Settings, name: str, options: dict[str, Any]) -> int:
     try:
         _resolve(APP_RUNNERS[app])(settings, **options)
     except Exception as exc:
-        from workbench.pipeline._app import CONSUMER_DEFAULTS, lost_group_membership
+        from workbench.pipeline._app import CONSUMER_DEFAULTS, coordinator_away, refused_commit
 
-        if not lost_group_membership(exc):
+        refusal = refused_commit(exc)
+        if refusal is None:
             raise
-        # Not a fault of the app or of a message: a process stopped or starved for longer than the session
-        # timeout (an overloaded machine, a debugger, SIGSTOP). One line, as the status shows it, not a traceback.
-        print(f"workbench: error: {app} lost its partitions: Kafka's consumer group dropped it after no heartbeat "
-              f"for session.timeout.ms={CONSUMER_DEFAULTS['session.timeout.ms']} (the process was stopped or "
-              f"starved that long), so its commit was refused ({exc}). It exits to be restarted from its last "
-              "committed offsets: nothing is lost or counted twice.", flush=True)
+        # Not a fault of the app or of a message. One line, as the status shows it, not a traceback.
+        if coordinator_away(refusal):
+            why = (f"its consumer group's coordinator (a broker) was away or moving ({refusal.str()}: a broker "
+                   "stopped, restarted or lost leadership)")
+        else:  # a process stopped or starved (an overloaded machine, a debugger, SIGSTOP), or the coordinator gone
+            why = (f"Kafka's consumer group dropped it after no heartbeat for session.timeout.ms="
+                   f"{CONSUMER_DEFAULTS['session.timeout.ms']} (the process was stopped or starved that long, or "
+                   f"its group coordinator broker was unreachable that long: {refusal.str()})")
+        print(f"workbench: error: {app} lost its partitions: {why}, so its commit was refused. It exits to be "
+              "restarted from its last committed offsets: nothing is lost or counted twice.", flush=True)
         return EXIT_LOST_PARTITIONS
     return 0
 
