@@ -312,3 +312,59 @@ def test_wait_counts_an_apps_events_across_its_restarts() -> None:
     assert counted.update({"analytics": 150, "scoring": 5}) == {"analytics": 150, "scoring": 85}  # restarted
     assert counted.update({"analytics": 160, "scoring": 40}) == {"analytics": 160, "scoring": 120}
     assert counted.update({"analytics": 3, "scoring": 41}) == {"analytics": 163, "scoring": 121}
+
+
+def test_wait_rides_out_a_status_kafka_cannot_serve_for_a_moment(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tester A, 34th session: wait() raised when one read of the replay state met a partition whose leader had
+    just moved (a cluster's periodic preferred-leader election), and the caller's script went on to stop the
+    replay at row 58,727 of 60,804. It waits through such reads now, for KAFKA_HICCUP_S at most."""
+    from types import SimpleNamespace
+
+    from workbench.replay import ReplayError
+    from workbench.runtime import _workbench
+    from workbench.runtime._workbench import Workbench
+
+    answers: list[object] = [ReplayError("leader moving"), ReplayError("leader moving"),
+                             SimpleNamespace(replay=None, drained=True, processes={})]
+
+    def status(self: Workbench) -> object:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(Workbench, "status", status)
+    monkeypatch.setattr(Workbench, "running", property(lambda self: True))
+    wb = Workbench(Settings(home=tmp_path / "home"))
+    assert wb.wait(progress=False, settled=False, poll=0.01).drained and not answers
+    answers[:] = [ReplayError("away for good")] * 1000
+    monkeypatch.setattr(_workbench, "KAFKA_HICCUP_S", 0.05)
+    with pytest.raises(ReplayError, match="away for good"):
+        wb.wait(progress=False, settled=False, poll=0.01)
+    monkeypatch.setattr(Workbench, "running", property(lambda self: False))
+    answers[:] = [ReplayError("stopped")]
+    monkeypatch.setattr(_workbench, "KAFKA_HICCUP_S", 60.0)
+    with pytest.raises(ReplayError, match="stopped"):  # nothing runs that could bring it back
+        wb.wait(progress=False, settled=False, poll=0.01)
+
+
+def test_a_leader_that_has_not_caught_up_is_retried_not_reported() -> None:
+    """`Failed to get watermark offsets: Leader high watermark is not caught up` (OFFSET_NOT_AVAILABLE) is the
+    second after a partition's leadership moved: asked again, the new leader answers."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from workbench.broker import when_ready
+
+    calls: list[float] = []
+
+    def watermarks(remaining: float) -> tuple[int, int]:
+        calls.append(remaining)
+        if len(calls) < 3:
+            raise KafkaException(KafkaError(KafkaError.OFFSET_NOT_AVAILABLE))
+        return 0, 42
+
+    assert when_ready(watermarks, time.monotonic() + 5) == (0, 42) and len(calls) == 3
+    with pytest.raises(KafkaException):  # not a moment's error: raised at once
+        when_ready(lambda _: (_ for _ in ()).throw(KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))),
+                   time.monotonic() + 5)

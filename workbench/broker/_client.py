@@ -18,11 +18,14 @@ T = TypeVar("T")
 #: Errors that mean the topic or partition does not exist (yet).
 NO_SUCH_TOPIC = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC)
 #: Errors of a broker that will answer shortly: a topic created a moment ago has no leader yet, a
-#: group coordinator is still loading, a request timed out on a busy machine.
+#: group coordinator is still loading, a request timed out on a busy machine, a partition's leader
+#: moved and the new one has not caught up its high watermark yet (a cluster's preferred-leader
+#: election, every 5 minutes by default: `workbench status` failed for a second).
 NOT_READY_YET = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TIMED_OUT,
                  KafkaError.REQUEST_TIMED_OUT, KafkaError._TRANSPORT, KafkaError.NOT_COORDINATOR,
                  KafkaError._WAIT_COORD, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-                 KafkaError.COORDINATOR_NOT_AVAILABLE)
+                 KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.OFFSET_NOT_AVAILABLE,
+                 KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH, KafkaError.REPLICA_NOT_AVAILABLE)
 
 #: Consumer settings of a short :func:`read_range` read. The end of a range is often a transaction
 #: marker, which is never delivered: the read ends on end-of-partition, which the client reports

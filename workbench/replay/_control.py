@@ -333,6 +333,21 @@ def _latest_value(consumer: Consumer, topic: str, start: int, end: int, wanted: 
     return latest
 
 
+def _partition_leader(consumer: Consumer, topic: str) -> str | None:
+    """"broker N" (or "none elected") leading partition 0 of ``topic`` when the cluster answers metadata
+    within 2 s, else None (no broker answers)."""
+    try:
+        meta = consumer.list_topics(topic, timeout=2.0)
+    except KafkaException:
+        return None
+    if not meta.brokers:
+        return None
+    partition = (meta.topics.get(topic).partitions or {}).get(0) if meta.topics.get(topic) else None
+    if partition is None or partition.leader < 0:
+        return "none elected"
+    return f"broker {partition.leader}"
+
+
 def latest_state_value(settings: Settings, key: str, *, committed: bool = False, timeout: float = 30.0,
                accept: Callable[[bytes], bool] | None = None) -> bytes | None:
     """The latest value under ``key`` in the replay state topic, or None if it has none.
@@ -376,6 +391,13 @@ def latest_state_value(settings: Settings, key: str, *, committed: bool = False,
                 from workbench.broker import raise_if_login_refused
 
                 raise_if_login_refused(settings)  # a refused password reads as no answer here
+                leader = _partition_leader(consumer, topic)
+                if leader is not None:  # the cluster answers: one broker, or one partition's leadership, is away
+                    msg = (f"Could not read the replay state topic {topic!r} at {settings.bootstrap_servers}: the "
+                           f"cluster answers, but partition 0's leader ({leader}) did not within {timeout:g} s "
+                           f"({exc.args[0].str() if exc.args else exc}): a broker down or its leadership moving; Kafka "
+                           "elects another leader within seconds")
+                    raise ReplayError(msg) from None
                 msg = (f"Could not read the replay state topic {topic!r} at {settings.bootstrap_servers}: no Kafka "
                        f"broker answered within {timeout:g} s (down or unreachable). Is the workbench running "
                        "(`workbench status`)? KAFKA_BOOTSTRAP_SERVERS or WORKBENCH_KAFKA_PORT say where its broker is.")

@@ -124,9 +124,9 @@ def _status(args: argparse.Namespace) -> int:
     while True:
         try:
             print(workbench.status())
-        except ReplayError:
+        except ReplayError as exc:
             # Said "Is the workbench running (`workbench status`)?" to the user of `workbench status`.
-            print(_broker_silent(workbench), file=sys.stderr)
+            print(_broker_silent(workbench, exc), file=sys.stderr)
             if not args.watch:
                 return 2
         if not args.watch:
@@ -135,8 +135,8 @@ def _status(args: argparse.Namespace) -> int:
         print()
 
 
-def _broker_silent(workbench: object) -> str:
-    """What `status` says when the workbench runs but its broker does not answer."""
+def _broker_silent(workbench: object, error: Exception | None = None) -> str:
+    """What `status` says when the workbench runs but its broker does not answer (``error``: the read's)."""
     from workbench.runtime._format import format_bytes
     from workbench.runtime.supervisor import read_state
 
@@ -145,8 +145,10 @@ def _broker_silent(workbench: object) -> str:
     processes = state.get("processes") or {}
     states = ", ".join(f"{name} {entry.get('state')}" for name, entry in sorted(processes.items())) or "none yet"
     trouble = state.get("broker") or {}
-    if not settings.manages_kafka:
-        restarts = " (KAFKA_BOOTSTRAP_SERVERS names it)"
+    if not settings.manages_kafka:  # a cluster: say what failed, not "its broker" of a list of three
+        return (f"workbench: the workbench under {settings.home} runs (processes: {states}), but its Kafka cluster "
+                f"(KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers}) did not serve the replay state"
+                + (f": {str(error).split(': ', 1)[-1]}" if error is not None else ""))
     elif trouble.get("restart_failures"):
         # a full disk, say: the broker dies at every start, and "try again in a few seconds" never came true
         free = trouble.get("free_bytes")

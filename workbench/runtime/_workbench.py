@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from workbench import defaults
 from workbench._fs import same_process, try_flock
@@ -131,6 +131,11 @@ COMMAND_ACK_S = 15.0
 #: A scoring status published sooner than this after its last batch may not name the days that batch
 #: stored yet (they reach its maintenance on the tick after the flush; statuses are written every second).
 _STATUS_AFTER_BATCH_S = 2.0
+
+
+#: How long :meth:`Workbench.wait` rides out a status it cannot read (a broker of a cluster restarting,
+#: leadership moving, the managed broker restarted by the supervisor) before it raises.
+KAFKA_HICCUP_S: Final = 120.0
 
 
 class _RestartedCounters:
@@ -698,9 +703,15 @@ class Workbench:
         bar = tqdm(total=0, unit="events", unit_scale=True, disable=not progress, desc="pipeline")
         start: tuple[int, int] | None = None  # (position of the log, events processed) at the first status
         counted = _RestartedCounters()
+        hiccup: list[float] = []  # when the status reads began failing (empty: they do not)
         try:
             while True:
-                status = self.status()
+                status = self._status_through_hiccups(bar, hiccup)
+                if status is None:
+                    if deadline is not None and time.monotonic() > deadline:
+                        return self.status()  # the caller's timeout: its answer, or the error itself
+                    time.sleep(poll)
+                    continue
                 if status.replay:
                     # Progress is what the slowest app has processed, not what the replay has sent; counted from
                     # the log's position when the wait began (after a reset the apps' counts hold the pass before,
@@ -757,9 +768,29 @@ class Workbench:
                     return status
                 bar.set_postfix_str(f"drained; waiting for {pending}", refresh=True)
                 time.sleep(poll)
-                status = self.status()
+                status = self._status_through_hiccups(bar, hiccup) or status
         finally:
             bar.close()
+
+    def _status_through_hiccups(self, bar: Any, hiccup: list[float]) -> WorkbenchStatus | None:
+        """:meth:`status`, or None while its reads fail for less than :data:`KAFKA_HICCUP_S` seconds and the
+        workbench runs: a broker of a cluster restarting, a partition's leadership moving (the cluster's own
+        preferred-leader election) made ``wait()`` raise, and the caller's script then stopped the replay."""
+        from workbench.replay import ReplayError
+
+        try:
+            status = self.status()
+        except ReplayError as exc:
+            now = time.monotonic()
+            hiccup[:] = hiccup or [now]
+            if now - hiccup[0] > KAFKA_HICCUP_S or not self.running:
+                raise
+            logger.warning("wait(): the status cannot be read (%s); waiting %.0f s more for Kafka", exc,
+                           KAFKA_HICCUP_S - (now - hiccup[0]))
+            bar.set_postfix_str(f"Kafka does not answer for {now - hiccup[0]:.0f} s; waiting", refresh=True)
+            return None
+        hiccup.clear()
+        return status
 
     def _before_last_command(self, status: WorkbenchStatus) -> bool:
         """Whether the replay has not taken this object's last seek, reset or resume yet (for at most
