@@ -269,6 +269,15 @@ def test_an_instance_killed_with_its_status_saying_running_is_not_counted() -> N
     status = WorkbenchStatus(replay=None, processes={}, apps={}, lag={}, model_version=None, model_versions=0,
                              anomalies=None, late_events=None, dead_letters=None, instances=instances)
     assert status.running_instances == {"analytics": 1, "scoring": 1, "anomaly-sink": 1}
+    # its last words are not the pipeline's now (tester A, 34th session: "waits for a model" and a
+    # `train --waiting` hint for 35 s after a scoring instance's kill -9, both versions trained)
+    killed = {"state": "running", "pid": dead_pid, "started_at": now,
+              "info": {"waiting_for_model": ["2024-03-05"], "paused_partitions": [0, 1]}}
+    ended = {"state": "finished", "pid": dead_pid, "started_at": now, "info": {"waiting_for_model": ["2024-03-07"]}}
+    status = WorkbenchStatus(replay=None, processes={}, apps={}, lag={}, model_version=None, model_versions=0,
+                             anomalies=None, late_events=None, dead_letters=None,
+                             instances={"scoring": [killed, alive, ended]})
+    assert status.waiting_for_model == ["2024-03-07"] and status.paused_partitions == []  # a clean exit's stand
 
 
 def test_a_last_day_judged_without_any_residual_window_is_settled_and_no_anomaly_reads_as_none(

@@ -882,7 +882,7 @@ class _ReplayRun:
                            f"refuses the batch as it is set up (`workbench topics` names what to change)")
                     raise ReplayError(msg) from exc
                 logger.warning("replay transaction failed (attempt %d): %s; retrying the batch", attempt, error.str())
-                if open_txn:
+                if open_txn or _ABORT_PENDING in error.str():  # an abort of an earlier attempt still in progress
                     self._abort()
                 time.sleep(min(2.0, 0.1 * 2**attempt))
         msg = f"Replay {self.replay.replay_id!r} could not commit a batch after 5 attempts: {first_error}"
@@ -933,15 +933,23 @@ class _ReplayRun:
             logger.warning("replay %s: cannot check its topics while a commit waits: %s", self.replay.replay_id, exc)
 
     def _abort(self) -> None:
-        for _ in range(3):
+        """Abort the open transaction, calling again while the abort times out (librdkafka resumes the one in
+        progress) for up to :data:`_ABORT_BUDGET_S`. It gave up silently after 3 x 30 s below a topic's
+        min.insync.replicas, and every retry then failed at once on "Conflicting abort_transaction API call is
+        already in progress" until the replay exited (tester A, 34th session)."""
+        deadline = time.monotonic() + _ABORT_BUDGET_S
+        while True:
             try:
                 self.producer.abort_transaction(30)
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
-                if error.fatal() or not error.retriable():
+                if error.fatal() or not error.retriable() or time.monotonic() >= deadline:
                     msg = f"Replay {self.replay.replay_id!r} cannot abort a transaction: {error.str()}"
                     raise ReplayError(msg) from exc
+                logger.warning("replay %s: aborting the failed batch waits for Kafka (%s); the broker may refuse "
+                               "writes (a broker down, or fewer in-sync replicas than min.insync.replicas)",
+                               self.replay.replay_id, error.str())
 
     # -- status ---------------------------------------------------------------------------------
     def _count_active_time(self) -> None:
@@ -1022,7 +1030,11 @@ class _ReplayRun:
             except Exception:
                 logger.debug("could not publish the final status", exc_info=True)
             self.control.close()
-            self.producer.flush(10)
+            try:
+                self.producer.flush(10)
+            except KafkaException as exc:  # a producer left fatal (a cluster that lost quorum): the run's own
+                logger.warning("replay %s: could not flush its producer on the way out: %s",  # outcome stands
+                               self.replay.replay_id, exc)
 
     def _loop(self) -> ReplayStatus:
         replay = self.replay
@@ -1151,6 +1163,11 @@ def _resumable(exc: KafkaException) -> bool:
     error: KafkaError = exc.args[0]
     return error.retriable() and not error.txn_requires_abort() and not error.fatal()
 
+
+#: How long :meth:`_ReplayRun._abort` keeps calling an abort that times out before the replay fails.
+_ABORT_BUDGET_S: Final = 300.0
+#: librdkafka's words for a call made while an abort is still in progress.
+_ABORT_PENDING: Final = "abort_transaction API call is already in progress"
 
 _REFUSED_FOR_GOOD: Final = re.compile(r"Message size too large|failed to validate record|Policy violation|"
                                       r"Topic authorization failed|Record list too large|Invalid record|"

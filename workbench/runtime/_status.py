@@ -506,16 +506,23 @@ class WorkbenchStatus:
         them: their version was deleted while it scored them), with the count of such rows."""
         return self._scoring_info_by_day("judged_with_unscored")
 
+    def _scoring_slots(self) -> list[dict[str, Any]]:
+        """The scoring instances' statuses, without those of an instance killed while running: its last words
+        ("waits for a model", paused partitions) are stale once another instance took its partitions (a
+        status read "waits for a model" and advised `train --waiting` for 35 s after both versions existed)."""
+        slots = self.instances.get("scoring") or [self.apps.get("scoring") or {}]
+        return [slot for slot in slots if slot.get("state") != "running" or _status_process_alive(slot)]
+
     def _scoring_info_by_day(self, key: str) -> dict[str, Any]:
         """A day-keyed ``info`` entry of every scoring instance, merged and ordered by day."""
         merged: dict[str, Any] = {}
-        for found in self.instances.get("scoring") or [self.apps.get("scoring") or {}]:
+        for found in self._scoring_slots():
             merged.update((found.get("info") or {}).get(key) or {})
         return dict(sorted(merged.items()))
 
     def _scoring_info(self, key: str) -> list[Any]:
         found: set[Any] = set()
-        for slot in self.instances.get("scoring") or [self.apps.get("scoring") or {}]:
+        for slot in self._scoring_slots():
             found.update((slot.get("info") or {}).get(key) or [])
         return sorted(found)
 
