@@ -296,3 +296,18 @@ def test_the_consumer_group_prefix_names_every_apps_group_and_reaches_child_proc
         "team-b-scoring", "team-b-analytics", "team-b-anomaly-sink"]
     child = Settings.from_env(settings.to_env())
     assert consumer_group(child, "analytics") == "team-b-analytics"
+
+
+def test_the_apps_session_timeout_outlives_a_clusters_coordinator_failover(tmp_path: Path) -> None:
+    """Tester A, 34th session: 6 s, hard-coded, dropped every member of a group whose coordinator broker died
+    (declared dead after 9 s). 15 s on a cluster; the managed broker keeps 6 s; settable within Kafka's bounds."""
+    from workbench.pipeline._app import build_application
+
+    assert Settings(home=tmp_path).session_timeout_ms == 6_000
+    cluster = Settings(home=tmp_path, kafka_bootstrap_servers="broker-1:9092,broker-2:9092")
+    assert cluster.session_timeout_ms == 15_000
+    assert Settings(home=tmp_path, kafka_session_timeout_ms=30_000).session_timeout_ms == 30_000
+    with pytest.raises(ConfigurationError, match="WORKBENCH_SESSION_TIMEOUT_MS .*greater than or equal to 6000"):
+        Settings(home=tmp_path, kafka_session_timeout_ms=1_000)  # below the broker's group.min.session.timeout.ms
+    app = build_application(cluster, "analytics", use_changelog_topics=False)
+    assert app.config.consumer_extra_config["session.timeout.ms"] == 15_000

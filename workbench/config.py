@@ -156,6 +156,15 @@ class Settings(BaseSettings):
     partitions: int = Field(
         default=4, ge=1, le=1024, validation_alias="WORKBENCH_PARTITIONS"
     )
+    kafka_session_timeout_ms: int | None = Field(
+        default=None, ge=6_000, le=300_000, validation_alias="WORKBENCH_SESSION_TIMEOUT_MS",
+        description=(
+            "The apps' consumer session.timeout.ms: how long a silent member keeps its partitions. Default "
+            "6000 on the managed broker (a killed process's partitions move quickly) and 15000 on a cluster, "
+            "where a broker that dies is declared dead after broker.session.timeout.ms (9 s) and its groups' "
+            "coordinator moves only then (at 6 s every member of those groups was dropped)."
+        ),
+    )
     end_of_log_markers: bool = Field(
         default=True,
         validation_alias="WORKBENCH_END_OF_LOG_MARKERS",
@@ -438,6 +447,13 @@ class Settings(BaseSettings):
         return value
 
     # --- derived -----------------------------------------------------------------------------
+    @property
+    def session_timeout_ms(self) -> int:
+        """The apps' consumer ``session.timeout.ms`` (``kafka_session_timeout_ms``, or its default)."""
+        if self.kafka_session_timeout_ms is not None:
+            return self.kafka_session_timeout_ms
+        return 6_000 if self.manages_kafka else 15_000
+
     @property
     def manages_kafka(self) -> bool:
         """True when no external cluster is configured and the workbench runs its own broker."""

@@ -6,8 +6,10 @@ behaviour:
 * its own consumer group ``workbench-<app>`` and state folder ``<state_dir>/<app>``;
 * ``auto_offset_reset="earliest"`` (a new group reads the whole retained topic);
 * ``isolation.level=read_committed``: the replay writes inside Kafka transactions;
-* ``session.timeout.ms=6000`` / ``heartbeat.interval.ms=2000``, so a restarted app gets its
-  partitions back in seconds instead of 45 s;
+* ``session.timeout.ms`` 6000 on the managed broker, 15000 on a cluster (``Settings.session_timeout_ms``,
+  ``WORKBENCH_SESSION_TIMEOUT_MS``) / ``heartbeat.interval.ms=2000``, so a restarted app gets its
+  partitions back in seconds instead of 45 s, and on a cluster a group outlives its coordinator's
+  failover (a dead broker is declared dead after 9 s);
 * ``fetch.wait.max.ms=500`` (librdkafka's default): how long the broker holds a fetch that finds
   nothing new. It does not delay data: a held fetch is answered as soon as a transaction commits
   (~10 ms from commit to consume either way, measured), while an idle consumer asks 2 times a second
@@ -157,7 +159,8 @@ def build_application(
         state_dir=str(state_dir / "quix"),
         auto_offset_reset="earliest",
         commit_interval=commit_interval,
-        consumer_extra_config={**CONSUMER_DEFAULTS, **(consumer_extra_config or {})},
+        consumer_extra_config={**CONSUMER_DEFAULTS, "session.timeout.ms": settings.session_timeout_ms,
+                               **(consumer_extra_config or {})},
         producer_extra_config={"linger.ms": 20, **(producer_extra_config or {})},
         processing_guarantee="at-least-once",
         auto_create_topics=True,

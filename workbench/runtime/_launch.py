@@ -53,7 +53,7 @@ def _run_app(settings: Settings, name: str, options: dict[str, Any]) -> int:
     try:
         _resolve(APP_RUNNERS[app])(settings, **options)
     except Exception as exc:
-        from workbench.pipeline._app import CONSUMER_DEFAULTS, coordinator_away, refused_commit
+        from workbench.pipeline._app import coordinator_away, refused_commit
 
         refusal = refused_commit(exc)
         if refusal is None:
@@ -64,7 +64,7 @@ def _run_app(settings: Settings, name: str, options: dict[str, Any]) -> int:
                    "stopped, restarted or lost leadership)")
         else:  # a process stopped or starved (an overloaded machine, a debugger, SIGSTOP), or the coordinator gone
             why = (f"Kafka's consumer group dropped it after no heartbeat for session.timeout.ms="
-                   f"{CONSUMER_DEFAULTS['session.timeout.ms']} (the process was stopped or starved that long, or "
+                   f"{settings.session_timeout_ms} (the process was stopped or starved that long, or "
                    f"its group coordinator broker was unreachable that long: {refusal.str()})")
         print(f"workbench: error: {app} lost its partitions: {why}, so its commit was refused. It exits to be "
               "restarted from its last committed offsets: nothing is lost or counted twice.", flush=True)
