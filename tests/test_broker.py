@@ -302,3 +302,36 @@ def test_the_workbench_topics_take_events_dated_in_the_future(kafka_settings: Se
     resources = [ConfigResource("topic", name) for name in names]
     for resource, future in admin.describe_configs(resources).items():
         assert int(future.result()["message.timestamp.after.max.ms"].value) == NO_LIMIT_MS, resource.name
+
+
+def test_a_refused_topic_check_changes_nothing(kafka_settings: Settings) -> None:
+    """Tester A, 34th session: `workbench topics` lifted a topic's future-timestamp limit, then refused the topic
+    for its retention: a refused check had changed the cluster."""
+    from confluent_kafka.admin import NewTopic
+
+    from workbench.broker import TopicMismatchError
+
+    settings = kafka_settings
+    admin = AdminClient(settings.kafka_client_config())
+    made = admin.create_topics([NewTopic(settings.topic_anomalies, settings.partitions, config={
+        "message.timestamp.after.max.ms": "3600000", "retention.ms": str(7 * 86_400_000)})])
+    made[settings.topic_anomalies].result()
+    with pytest.raises(TopicMismatchError, match="retention.ms=604800000"):
+        ensure_topics(settings)
+    resource = ConfigResource("topic", settings.topic_anomalies)
+    config = admin.describe_configs([resource])[resource].result()
+    assert config["message.timestamp.after.max.ms"].value == "3600000"
+
+
+def test_a_topic_with_fewer_replicas_than_the_cluster_could_give_is_warned_of(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Tester A, 34th session: topics made by hand with replication factor 1 on a 3-broker cluster were taken
+    without a word (one broker's loss makes them unavailable)."""
+    from workbench.broker._topics import _warn_under_replicated
+
+    _warn_under_replicated({"events": 1, "state": 3, "anomalies": 2}, 3)
+    assert "topic events has 1 replica(s) per partition on a cluster of 3 brokers" in caplog.text
+    assert "topic anomalies has 2 replica(s)" in caplog.text and "topic state" not in caplog.text
+    caplog.clear()
+    _warn_under_replicated({"events": 1}, 1)  # the managed single broker: nothing better to have
+    assert caplog.text == ""

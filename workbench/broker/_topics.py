@@ -69,7 +69,8 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
     deadline = time.monotonic() + timeout
     admin = AdminClient(quiet_logs(settings.kafka_client_config()))
     try:
-        existing = admin.list_topics(timeout=timeout).topics
+        metadata = admin.list_topics(timeout=timeout)
+        existing = metadata.topics
     except KafkaException as exc:
         from workbench.broker._local import raise_if_login_refused
 
@@ -79,7 +80,10 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
             "Check KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_PROTOCOL and that the cluster is reachable.")
         raise BrokerError(msg) from exc
     present = [spec for spec in specs if spec.name in existing]
-    _refuse_unusable(admin, settings, present, timeout)
+    replicas = {spec.name: min((len(p.replicas) for p in existing[spec.name].partitions.values()), default=0)
+                for spec in present}
+    _refuse_unusable(admin, settings, present, timeout, replicas)
+    _warn_under_replicated(replicas, len(metadata.brokers))
     to_create = [
         NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=-1, config=spec.config)
         for spec in specs
@@ -122,7 +126,8 @@ MIN_MESSAGE_BYTES = 1_048_588
 NO_LIMIT_MS = 9_223_372_036_854_775_807
 
 
-def _refuse_unusable(admin: AdminClient, settings: Settings, present: list[TopicSpec], timeout: float) -> None:
+def _refuse_unusable(admin: AdminClient, settings: Settings, present: list[TopicSpec], timeout: float,
+                     replicas: dict[str, int] | None = None) -> None:
     """Raise :class:`TopicMismatchError` when an existing data topic (events, anomalies, dead letters) is
     compacted (Kafka would keep one message per key, and refuses the replay's key-less end-of-log
     markers: the replay failed at the log's end for good), takes smaller messages than a producer's
@@ -133,6 +138,7 @@ def _refuse_unusable(admin: AdminClient, settings: Settings, present: list[Topic
     if not resources:
         return
     problems: list[str] = []
+    limited: list[tuple[str, str]] = []  # lifted only once nothing is refused: a refused check changes nothing
     for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
         try:
             config = {name: entry.value for name, entry in future.result().items()}
@@ -141,7 +147,11 @@ def _refuse_unusable(admin: AdminClient, settings: Settings, present: list[Topic
             continue
         name = resource.name
         if int(config.get("message.timestamp.after.max.ms") or NO_LIMIT_MS) < NO_LIMIT_MS:
-            _allow_future_timestamps(admin, name, config["message.timestamp.after.max.ms"], timeout)
+            limited.append((name, config["message.timestamp.after.max.ms"]))
+        copies = (replicas or {}).get(name, 0)
+        if int(config.get("min.insync.replicas") or 1) < 2 and copies >= 3:
+            logger.warning("topic %s: min.insync.replicas=%s on %d replicas: a write is acknowledged by one "
+                           "broker, and that broker's loss loses it", name, config.get("min.insync.replicas"), copies)
         policy = config.get("cleanup.policy") or "delete"
         if "compact" in policy:
             problems.append(f"{name}: cleanup.policy={policy} keeps one message per key (and refuses the replay's "
@@ -161,6 +171,19 @@ def _refuse_unusable(admin: AdminClient, settings: Settings, present: list[Topic
                + f"\nChange them (kafka-configs.sh --bootstrap-server {where} --alter --entity-type topics "
                "--entity-name NAME --add-config SETTING=VALUE), or name other topics (WORKBENCH_TOPIC_*).")
         raise TopicMismatchError(msg)
+    for name, limit in limited:
+        _allow_future_timestamps(admin, name, limit, timeout)
+
+
+def _warn_under_replicated(replicas: dict[str, int], brokers: int) -> None:
+    """Warn of an existing workbench topic with fewer replicas than the cluster could give it (at most 3): a
+    topic made by hand with replication factor 1 on a 3-broker cluster loses its partitions with one broker
+    (accepted without a word before; the workbench makes its own topics with the cluster's default)."""
+    for name, copies in replicas.items():
+        if 0 < copies < min(3, brokers):
+            logger.warning("topic %s has %d replica(s) per partition on a cluster of %d brokers: one broker's loss "
+                           "makes it unavailable, or loses it (kafka-reassign-partitions.sh raises the replication "
+                           "factor)", name, copies, brokers)
 
 
 def _allow_future_timestamps(admin: AdminClient, name: str, limit: str, timeout: float) -> None:
