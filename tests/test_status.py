@@ -192,6 +192,15 @@ def test_a_previous_runs_replay_status_is_not_the_new_runs() -> None:
     slow = dataclasses.replace(finished, state="running", eta_seconds=17_277_825.0)  # 0.01x: read as a clock
     assert ", ETA 199d 23h 23m" in str(slow)
     assert str(same_run).splitlines()[0] == str(finished)
+    assert "status is" not in str(same_run)  # a finished replay that does not listen has nothing to report
+    # a running replay whose status is a minute old: its writes wait (tester A, 34th session: "[running] 282 rows/s
+    # now, ETA 2m 42s" for 169 s below min.insync.replicas)
+    stalled = WorkbenchStatus(replay=dataclasses.replace(finished, state="running"),
+                              processes={"replay": {"state": "running", "started_at": now - 120}}, apps={}, lag={},
+                              model_version=None, model_versions=0, anomalies=None, late_events=None,
+                              dead_letters=None)
+    assert "(the replay's status is 60 s old, and a running replay reports every second: its writes wait for " \
+           "Kafka" in str(stalled)
     # a first run: no status on the topic yet, for 10-23 s on a loaded machine; "not started" read as "will not run"
     for state, line in (("running", "replay: starting (its first status is not in yet)"),
                         ("finished", "replay: not started"), (None, "replay: not started")):

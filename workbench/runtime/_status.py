@@ -598,6 +598,12 @@ class WorkbenchStatus:
             lines = ["replay: starting (its first status is not in yet)"]
         else:
             lines = [str(self.replay) if self.replay else "replay: not started"]
+            silent = self.replay.silence(self.taken_at) if self.replay else None
+            if silent is not None:  # its figures are from before: "282 rows/s now, ETA 2m 42s" through a stall
+                lines.append(f"(the replay's status is {silent:,.0f} s old, and a running replay reports every "
+                             "second: its writes wait for Kafka (a broker down, fewer in-sync replicas than "
+                             "min.insync.replicas), or it stopped; see logs/replay.log)")
+
         def count(value: int | None) -> str:  # "1,082,798": the status line read late events 1082798
             return "?" if value is None else f"{value:,}"
 
