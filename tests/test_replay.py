@@ -544,3 +544,49 @@ def test_two_deployments_on_one_cluster_do_not_fence_each_others_replay(kafka_se
     assert all(getattr(results.get(n), "state", None) == "finished" for n in "ab"), results
     for settings in (kafka_settings, other):
         assert len(consume_all(settings, settings.topic_query_events, expected=3000, idle=3)) == 3000
+
+
+def test_ending_a_failed_transaction_resumes_a_pending_commit_and_waits_between_aborts(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A commit that timed out may finish in the background: librdkafka then refuses every abort at once
+    ("Conflicting commit_transaction API call is already in progress"), and the abort loop spun at full CPU with a
+    warning per call (a review of the 34th session: 129,912 lines in 2 s). The commit is resumed instead, and
+    its success means the batch is committed (sent again, its rows would be twice on the topic)."""
+    from types import SimpleNamespace
+
+    from confluent_kafka import KafkaError, KafkaException
+
+    from workbench.replay import _replay
+
+    def failure(code: int, reason: str, **flags: bool) -> KafkaException:
+        return KafkaException(KafkaError(code, reason, **flags))
+
+    class Producer:
+        def __init__(self, aborts: list, commits: list) -> None:
+            self.aborts, self.commits, self.calls = aborts, commits, []
+
+        def abort_transaction(self, timeout: float) -> None:
+            self.calls.append("abort")
+            if self.aborts:
+                raise self.aborts.pop(0)
+
+        def commit_transaction(self, timeout: float) -> None:
+            self.calls.append("commit")
+            if self.commits:
+                raise self.commits.pop(0)
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(_replay.time, "sleep", sleeps.append)
+    run = _replay._ReplayRun.__new__(_replay._ReplayRun)
+    run.replay = SimpleNamespace(replay_id="default")
+    pending = failure(KafkaError._CONFLICT, "Conflicting commit_transaction API call is already in progress",
+                      retriable=True)
+    run.producer = Producer([pending], [])
+    assert run._abort() is True and run.producer.calls == ["abort", "commit"]  # committed after all
+    timed_out = failure(KafkaError._TIMED_OUT, "Timed out waiting for operation to finish", retriable=True)
+    run.producer = Producer([timed_out, timed_out, timed_out], [])
+    assert run._abort() is False and run.producer.calls == ["abort"] * 4
+    assert sleeps == [1.0, 1.0, 1.0] and caplog.text.count("ending the failed batch waits for Kafka") == 1
+    run.producer = Producer([failure(KafkaError._FENCED, "fenced", fatal=True)], [])
+    with pytest.raises(ReplayError, match="cannot end a failed transaction: fenced"):
+        run._abort()

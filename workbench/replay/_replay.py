@@ -867,8 +867,7 @@ class _ReplayRun:
                                   self._snapshot(next_row).to_json())
                 self._commit(attempt)
                 open_txn = False
-                self.dead_letters += len(dead)
-                self._pending_dead_letters = [item for item in self._pending_dead_letters if item[0] >= next_row]
+                self._committed(len(dead), next_row)
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
@@ -882,11 +881,18 @@ class _ReplayRun:
                            f"refuses the batch as it is set up (`workbench topics` names what to change)")
                     raise ReplayError(msg) from exc
                 logger.warning("replay transaction failed (attempt %d): %s; retrying the batch", attempt, error.str())
-                if open_txn or _ABORT_PENDING in error.str():  # an abort of an earlier attempt still in progress
-                    self._abort()
+                # an abort (or a commit) of an earlier attempt may still be in progress
+                if (open_txn or _ABORT_PENDING in error.str() or _COMMIT_PENDING in error.str()) and self._abort():
+                    self._committed(len(dead), next_row)  # a commit that had timed out finished after all
+                    return
                 time.sleep(min(2.0, 0.1 * 2**attempt))
         msg = f"Replay {self.replay.replay_id!r} could not commit a batch after 5 attempts: {first_error}"
         raise ReplayError(msg)
+
+    def _committed(self, dead: int, next_row: int) -> None:
+        """Book a committed batch: its dead letters sent, those of rows before ``next_row`` done."""
+        self.dead_letters += dead
+        self._pending_dead_letters = [item for item in self._pending_dead_letters if item[0] >= next_row]
 
     def _commit(self, attempt: int) -> None:
         """Commit the open transaction; a timed-out commit is resumed once with the full timeout.
@@ -932,24 +938,41 @@ class _ReplayRun:
         except Exception as exc:  # the commit's own outcome is what counts
             logger.warning("replay %s: cannot check its topics while a commit waits: %s", self.replay.replay_id, exc)
 
-    def _abort(self) -> None:
-        """Abort the open transaction, calling again while the abort times out (librdkafka resumes the one in
-        progress) for up to :data:`_ABORT_BUDGET_S`. It gave up silently after 3 x 30 s below a topic's
-        min.insync.replicas, and every retry then failed at once on "Conflicting abort_transaction API call is
-        already in progress" until the replay exited (tester A, 34th session)."""
+    def _abort(self) -> bool:
+        """End the open transaction after a failure; True when it turned out committed.
+
+        A commit that timed out may still finish: librdkafka then answers every abort at once with
+        "Conflicting commit_transaction API call is already in progress", and only calling the commit
+        again resumes it (its success means the batch is committed: sent again, its rows would be twice
+        on the topic). An abort that times out is called again (librdkafka resumes the one in progress)
+        for up to :data:`_ABORT_BUDGET_S`, a second apart, warning every 30 s: it gave up after 3 x 30 s
+        below a topic's min.insync.replicas, and every retry then failed on the abort still in progress
+        until the replay exited (tester A, 34th session).
+        """
         deadline = time.monotonic() + _ABORT_BUDGET_S
+        warned_at = -_ABORT_WARN_EVERY_S
         while True:
             try:
                 self.producer.abort_transaction(30)
-                return
+                return False
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
-                if error.fatal() or not error.retriable() or time.monotonic() >= deadline:
-                    msg = f"Replay {self.replay.replay_id!r} cannot abort a transaction: {error.str()}"
-                    raise ReplayError(msg) from exc
-                logger.warning("replay %s: aborting the failed batch waits for Kafka (%s); the broker may refuse "
+            if _COMMIT_PENDING in error.str():
+                try:
+                    self.producer.commit_transaction(30)
+                    return True
+                except KafkaException as exc:  # still pending (called again below), or now to be aborted
+                    error = exc.args[0]
+            if error.fatal() or not (error.retriable() or error.txn_requires_abort()) \
+                    or time.monotonic() >= deadline:
+                msg = f"Replay {self.replay.replay_id!r} cannot end a failed transaction: {error.str()}"
+                raise ReplayError(msg)
+            if time.monotonic() - warned_at >= _ABORT_WARN_EVERY_S:
+                warned_at = time.monotonic()
+                logger.warning("replay %s: ending the failed batch waits for Kafka (%s); the broker may refuse "
                                "writes (a broker down, or fewer in-sync replicas than min.insync.replicas)",
                                self.replay.replay_id, error.str())
+            time.sleep(1.0)
 
     # -- status ---------------------------------------------------------------------------------
     def _count_active_time(self) -> None:
@@ -1166,8 +1189,11 @@ def _resumable(exc: KafkaException) -> bool:
 
 #: How long :meth:`_ReplayRun._abort` keeps calling an abort that times out before the replay fails.
 _ABORT_BUDGET_S: Final = 300.0
-#: librdkafka's words for a call made while an abort is still in progress.
+#: librdkafka's words for a call made while an abort, or a commit, is still in progress.
 _ABORT_PENDING: Final = "abort_transaction API call is already in progress"
+_COMMIT_PENDING: Final = "commit_transaction API call is already in progress"
+#: Seconds between two warnings of an abort that keeps waiting.
+_ABORT_WARN_EVERY_S: Final = 30.0
 
 _REFUSED_FOR_GOOD: Final = re.compile(r"Message size too large|failed to validate record|Policy violation|"
                                       r"Topic authorization failed|Record list too large|Invalid record|"
