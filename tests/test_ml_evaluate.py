@@ -425,3 +425,27 @@ def average_precision(labels: list[int], score: list[float]) -> float:
     from sklearn.metrics import average_precision_score
 
     return float(average_precision_score(labels, score))
+
+
+def test_the_window_history_is_scored_as_the_log_was_even_where_no_version_can_be_trained(tmp_path: Path) -> None:
+    """A review of the 34th session: the oldest day of evaluate's history window was scored by a version trained
+    through itself (the log's first day is the only one its scoring app scores so), and a first day too small to
+    train on made evaluate raise UntrainableWindow."""
+    import pyarrow.compute as pc
+
+    from workbench.data.generator import generate
+    from workbench.ml.residual_history import reference_residuals
+
+    log = tmp_path / "log.parquet"
+    generate(log, days=3, instances=4, rows_per_day=20_000, seed=5)
+    day1, day2 = dt.date(2024, 3, 4), dt.date(2024, 3, 5)
+    reference_residuals(log, day2, day2, tmp_path / "a", log_first=day1)
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["through-2024-03-04"]  # not through itself
+    table = pq.read_table(log)
+    arrival = pc.cast(table.column("arrival_timestamp"), pa.timestamp("us", tz="UTC")).to_numpy(zero_copy_only=False)
+    first_day = np.flatnonzero(arrival < np.datetime64("2024-03-05"))
+    keep = arrival >= np.datetime64("2024-03-05")
+    keep[first_day[-300:]] = True  # a log that begins late in its first day: 300 rows, too few to train on
+    pq.write_table(table.filter(pa.array(keep)), log)
+    residuals = reference_residuals(log, day1, day2, tmp_path / "b")
+    assert residuals.empty  # both days' versions need day 1's 300 rows: left out, not raised

@@ -86,7 +86,7 @@ def residual_windows(rows: pa.Table, known: np.ndarray | None = None, window_ms:
     """
     if rows.num_rows == 0:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
-            RESIDUAL_COLUMNS, ("int64", "datetime64[ms, UTC]", "int64", "float64", "int64"), strict=True)})
+            RESIDUAL_COLUMNS, ("int64", "datetime64[ms, UTC]", "int64", "float64", "int64", "int64"), strict=True)})
     keep = pc.and_(pc.is_valid(rows.column("instance_id")), pc.is_valid(rows.column("arrival_timestamp")))
     known = np.ones(rows.num_rows, dtype=bool) if known is None else np.asarray(known, dtype=bool)
     known = known[keep.to_numpy(zero_copy_only=False)]

@@ -310,14 +310,16 @@ def _with_model_residuals(data: Path, day: dt.date, table: pa.Table, windows: pd
     import tempfile
 
     from workbench.ml.residual_history import reference_residuals, residuals_of, with_residuals
+    from workbench.replay._source import LogFile
 
-    arrivals = table.column("arrival_timestamp")
-    first = pc.min(arrivals).as_py().date()
+    first = pc.min(table.column("arrival_timestamp")).as_py().date()  # of the history window
+    log_first_us = LogFile(data).first_time_us()  # of the log: the one day its scoring app scored in-sample
+    log_first = first if log_first_us is None else dt.datetime.fromtimestamp(log_first_us / 1e6, dt.UTC).date()
     frames = [residuals_of(model, load_log_window(data, day, 1))]
     if first < day:
         with tempfile.TemporaryDirectory(prefix="workbench-window-history-") as scratch:
             frames.insert(0, reference_residuals(data, first, day - dt.timedelta(days=1), Path(scratch),
-                                                 registry=registry))
+                                                 registry=registry, log_first=log_first))
     return with_residuals(windows, pd.concat(frames, ignore_index=True))
 
 

@@ -61,21 +61,27 @@ def _registered(registry: ModelRegistry | None, end: dt.date) -> str | None:
 
 
 def reference_residuals(data: Path, first: dt.date, last: dt.date, models_dir: Path, *,
-                        registry: ModelRegistry | None = None) -> pd.DataFrame:
+                        registry: ModelRegistry | None = None, log_first: dt.date | None = None) -> pd.DataFrame:
     """The residual windows of the days ``first..last`` of ``data`` as the scoring app stores them: each
-    day scored by the version trained through the day before (``first`` by one trained through itself).
+    day scored by the version trained through the day before (the log's first day, ``log_first``,
+    default ``first``, by one trained through itself).
 
     ``registry``: versions to use where one has the right training day; the others are trained
     (7-day window, the default recipe) into ``models_dir``, one sub-folder per training day, and
-    reused from there by a later call with the same folder.
+    reused from there by a later call with the same folder. A day whose version cannot be trained
+    (too few usable rows) is left out with a warning: its windows are judged without the residual
+    signals, as the scoring app, which had no version for it either, judged them.
     """
+    from workbench.ml.exceptions import UntrainableWindow
+
+    log_first = first if log_first is None else log_first
     frames = []
     for k in range((last - first).days + 1):
         day = first + dt.timedelta(days=k)
         table = load_log_window(data, day, 1)
         if table.num_rows == 0:
             continue
-        end = max(day - dt.timedelta(days=1), first)
+        end = max(day - dt.timedelta(days=1), log_first)
         version = _registered(registry, end)
         if version is not None:
             model = LoadedModel.load(registry, version)  # type: ignore[arg-type]
@@ -85,8 +91,12 @@ def reference_residuals(data: Path, first: dt.date, last: dt.date, models_dir: P
             if scratch.current() is None:
                 logger.info("window history: training a reference version through %s (as the scoring app "
                             "scored %s)", end, day)
-            version = scratch.current() or train_table(folder, load_log_window(data, end, 7), end,
-                                                       window_days=7).version
+            try:
+                version = scratch.current() or train_table(folder, load_log_window(data, end, 7), end,
+                                                           window_days=7).version
+            except UntrainableWindow as exc:
+                logger.warning("window history: %s is left out of the residual signals' reference (%s)", day, exc)
+                continue
             model = LoadedModel.load(scratch, version)
         frames.append(residuals_of(model, table))
     if not frames:
