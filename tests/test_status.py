@@ -322,14 +322,26 @@ def test_a_last_day_judged_without_any_residual_window_is_settled_and_no_anomaly
 
 def test_wait_counts_an_apps_events_across_its_restarts() -> None:
     """Tester C, 34th session: after kill -9 of the apps, wait()'s bar ended at 49 % with every store complete:
-    a restarted app's counter starts from 0 again."""
+    a restarted app's counter starts from 0 again. Counted per process, so that one of two instances restarting
+    does not count the other's events twice (a review of the same session: 200 -> 110 read as 310)."""
+    from workbench.runtime._status import WorkbenchStatus
     from workbench.runtime._workbench import _RestartedCounters
 
+    def status(**instances: list[tuple[int, int]]) -> WorkbenchStatus:
+        slots = {name: [{"pid": pid, "started_at": 1.0, "counters": {"events": n}} for pid, n in found]
+                 for name, found in instances.items()}
+        return WorkbenchStatus(replay=None, processes={}, apps={name: found[0] for name, found in slots.items()},
+                               lag={}, model_version=None, model_versions=0, anomalies=None, late_events=None,
+                               dead_letters=None, instances=slots)
+
     counted = _RestartedCounters()
-    assert counted.update({"analytics": 100, "scoring": 80}) == {"analytics": 100, "scoring": 80}
-    assert counted.update({"analytics": 150, "scoring": 5}) == {"analytics": 150, "scoring": 85}  # restarted
-    assert counted.update({"analytics": 160, "scoring": 40}) == {"analytics": 160, "scoring": 120}
-    assert counted.update({"analytics": 3, "scoring": 41}) == {"analytics": 163, "scoring": 121}
+    assert counted.update(status(analytics=[(1, 100)], scoring=[(2, 80), (3, 120)])) == \
+        {"analytics": 100, "scoring": 200}
+    # scoring's pid 2 restarted as pid 4 (from 0): 80 + 5 + 120 + 10 more of pid 3, not 310
+    assert counted.update(status(analytics=[(1, 150)], scoring=[(4, 5), (3, 130)])) == \
+        {"analytics": 150, "scoring": 215}
+    assert counted.update(status(analytics=[(5, 3)], scoring=[(4, 40), (3, 131)])) == \
+        {"analytics": 153, "scoring": 251}
 
 
 def test_wait_rides_out_a_status_kafka_cannot_serve_for_a_moment(tmp_path: Path,

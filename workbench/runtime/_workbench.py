@@ -139,19 +139,23 @@ KAFKA_HICCUP_S: Final = 120.0
 
 
 class _RestartedCounters:
-    """Apps' event counters across restarts: a restarted app counts from 0 again (``events`` is since its
-    start), so a counter that went down adds what it had reached before."""
+    """Events each app has processed, across restarts: every process counts from its own start, so an app's
+    count is the sum, over every process it ran, of that process's last count (a restarted instance read as
+    "the app went back", summed over instances, counted the other instance's events twice: 200 -> 110 read 310)."""
 
     def __init__(self) -> None:
-        self._before: dict[str, int] = {}
-        self._last: dict[str, int] = {}
+        self._last: dict[tuple[str, Any, Any], int] = {}
 
-    def update(self, counters: dict[str, int]) -> dict[str, int]:
-        for name, value in counters.items():
-            if value < self._last.get(name, 0):
-                self._before[name] = self._before.get(name, 0) + self._last[name]
-            self._last[name] = value
-        return {name: self._before.get(name, 0) + value for name, value in counters.items()}
+    def update(self, status: WorkbenchStatus) -> dict[str, int]:
+        for name in status.events_processed:
+            for found in status.instances.get(name) or [status.apps.get(name) or {}]:
+                counters = found.get("counters") or {}
+                if "events" in counters:
+                    self._last[(name, found.get("pid"), found.get("started_at"))] = int(counters["events"])
+        totals: dict[str, int] = {}
+        for (name, _, _), count in self._last.items():
+            totals[name] = totals.get(name, 0) + count
+        return {name: totals.get(name, 0) for name in status.events_processed}
 
 
 class _Stall:
@@ -716,7 +720,7 @@ class Workbench:
                     # Progress is what the slowest app has processed, not what the replay has sent; counted from
                     # the log's position when the wait began (after a reset the apps' counts hold the pass before,
                     # and the bar read 100 % at 0 % replayed)
-                    processed = min(counted.update(status.events_processed).values(), default=0)
+                    processed = min(counted.update(status).values(), default=0)
                     if start is None:
                         start = (min(status.rows_sent, processed), processed)
                     bar.total = status.replay.rows_total
@@ -758,10 +762,12 @@ class Workbench:
                     # 200 anomalies of 261) and the lag read after every check above: a rescoring can publish
                     # anomalies after the lag was read as 0 and finish before the checks read its state.
                     self._lakehouse_cache = (0.0, self._lakehouse_cache[1])
-                    status = self.status()
-                    if status.drained:
-                        return status
-                    pending = "the pipeline to drain (results published while the checks ran)"
+                    final = self._status_through_hiccups(bar, hiccup)
+                    if final is not None and final.drained:
+                        return final
+                    status = final or status
+                    pending = ("the pipeline to drain (results published while the checks ran)" if final is not None
+                               else "Kafka to answer")
                 if time.monotonic() > settle_by or not self.running:
                     logger.warning("drained, but not every result had landed after %.0f s: %s",
                                    time.monotonic() - settle_from, pending)
