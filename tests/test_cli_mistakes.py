@@ -226,3 +226,7 @@ def test_validate_checks_several_logs_each_as_its_own(tmp_path: Path, capsys: py
     out = capsys.readouterr().out
     assert f"OK {good}" in out and "row 3" in out and "execution_duration_ms" in out
     assert cli.main(["validate", str(good), str(good)]) == 0
+    # a log that cannot be read is said, and the next is still checked (a review of the 34th session)
+    assert cli.main(["validate", str(tmp_path / "nope.parquet"), str(good)]) == 2
+    captured = capsys.readouterr()
+    assert "nope.parquet' does not exist" in captured.err and f"OK {good}" in captured.out

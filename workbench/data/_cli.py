@@ -36,7 +36,17 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     """Each log named, one after the other (each a log of its own, as a replay reads it); 1 if any has problems."""
-    codes = [_validate_log(args, Path(file).expanduser()) for file in args.file]
+    if len(args.file) == 1:  # one log: its error is the command's (one line, exit 2)
+        return _validate_log(args, Path(args.file[0]).expanduser())
+    from workbench.data.exceptions import DataValidationError
+
+    codes = []
+    for file in args.file:  # several: one that cannot be read is said, and the others are still checked
+        try:
+            codes.append(_validate_log(args, Path(file).expanduser()))
+        except DataValidationError as exc:
+            print(f"workbench: error: {exc}", file=sys.stderr)
+            codes.append(2)
     return max(codes)
 
 
