@@ -250,3 +250,37 @@ def test_data_kept_elsewhere_still_gets_its_catalog_folder(tmp_path: Path) -> No
     assert list((tmp_path / "shared" / "lake-data").rglob("*.parquet"))
     with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
         assert lake.count() == 10
+
+
+def test_maintenance_that_meets_a_file_another_writers_maintenance_removed_is_postponed(tmp_path: Path) -> None:
+    """Tester A, 34th session (re-test): anomaly sinks of --app-instances 3 stopping together all maintained the
+    lakehouse; one read a file another had just merged away and died with a DuckDB IOException traceback."""
+    import duckdb
+
+    from workbench.config import Settings
+    from workbench.pipeline.anomaly_sink import DuckLakeSink
+    from workbench.store.exceptions import LakehouseBusyError
+    from workbench.store.lakehouse import AnomalyLakehouse
+
+    lake = AnomalyLakehouse.from_settings(Settings(home=tmp_path / "home")).open()
+    real = lake.connection
+
+    class Connection:  # DuckDB's connection, except that the merge finds a file gone
+        def execute(self, sql: str, *args: object) -> object:
+            if "ducklake_merge_adjacent_files" in sql:
+                raise duckdb.IOException('Cannot open file "lake/x.parquet": No such file or directory')
+            return real.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+    lake._con = Connection()  # type: ignore[assignment]
+    with pytest.raises(LakehouseBusyError, match="another writer's maintenance removed"):
+        lake.maintain()
+    sink = DuckLakeSink.__new__(DuckLakeSink)
+    sink.lakehouse, sink.maintain_every, sink.maintain_interval_s = lake, 1, 0
+    sink._writes_since_maintain, sink._last_maintain = 1, 0.0
+    sink.maybe_maintain(force=True)  # postponed, not raised
+    assert sink._writes_since_maintain == 1
+    lake._con = real
+    lake.close()

@@ -139,6 +139,11 @@ def test_with_no_broker_the_status_fails_after_the_replay_read_without_waiting_f
         wb.status()
     assert time.monotonic() - started < 20  # the reader's own default is 30 s
     assert lag_reads == []  # the panel learns the broker is gone before any lag read waits its timeout
+    # a cluster of several: not "no Kafka broker answered ... Is the workbench running" (tester A, 34th session)
+    cluster = Workbench(Settings(home=tmp_path / "home", kafka_bootstrap_servers="127.0.0.1:9,127.0.0.1:10"))
+    with pytest.raises(ReplayError, match="a broker down or a leader moving") as info:
+        cluster.status()
+    assert "Is the workbench running" not in str(info.value)
 
 
 def test_the_status_line_says_which_days_wait_for_a_model_and_which_partitions_are_paused() -> None:

@@ -398,6 +398,11 @@ def latest_state_value(settings: Settings, key: str, *, committed: bool = False,
                            f"({exc.args[0].str() if exc.args else exc}): a broker down or its leadership moving; Kafka "
                            "elects another leader within seconds")
                     raise ReplayError(msg) from None
+                if "," in settings.bootstrap_servers:  # a cluster: one broker away is the likelier story
+                    msg = (f"Could not read the replay state topic {topic!r} at {settings.bootstrap_servers}: no "
+                           f"answer within {timeout:g} s (a broker down or a leader moving, which Kafka settles "
+                           "within seconds, or the cluster unreachable)")
+                    raise ReplayError(msg) from None
                 msg = (f"Could not read the replay state topic {topic!r} at {settings.bootstrap_servers}: no Kafka "
                        f"broker answered within {timeout:g} s (down or unreachable). Is the workbench running "
                        "(`workbench status`)? KAFKA_BOOTSTRAP_SERVERS or WORKBENCH_KAFKA_PORT say where its broker is.")

@@ -117,6 +117,8 @@ def _stop_killed_demo(settings: Settings) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaException
+
     from workbench.replay import ReplayError
     from workbench.runtime import Workbench
 
@@ -124,7 +126,7 @@ def _status(args: argparse.Namespace) -> int:
     while True:
         try:
             print(workbench.status())
-        except ReplayError as exc:
+        except (ReplayError, KafkaException) as exc:
             # Said "Is the workbench running (`workbench status`)?" to the user of `workbench status`.
             print(_broker_silent(workbench, exc), file=sys.stderr)
             if not args.watch:

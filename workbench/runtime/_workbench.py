@@ -782,11 +782,14 @@ class Workbench:
         """:meth:`status`, or None while its reads fail for less than :data:`KAFKA_HICCUP_S` seconds and the
         workbench runs: a broker of a cluster restarting, a partition's leadership moving (the cluster's own
         preferred-leader election) made ``wait()`` raise, and the caller's script then stopped the replay."""
+        from confluent_kafka import KafkaException
+
         from workbench.replay import ReplayError
 
         try:
             status = self.status()
-        except ReplayError as exc:
+        except (ReplayError, KafkaException) as exc:  # a client error a read did not wrap (a broker handle
+            # destroyed as its broker died) is as passing
             now = time.monotonic()
             hiccup[:] = hiccup or [now]
             if now - hiccup[0] > KAFKA_HICCUP_S or not self.running:

@@ -723,6 +723,11 @@ class AnomalyLakehouse(ConnectionStore):
                     {**cat, "age": orphan_age}).fetchone()
         except duckdb.Error as exc:
             _rollback(con)
+            if isinstance(exc, duckdb.IOException) and "No such file or directory" in str(exc):
+                # another process's maintenance merged away a file this one was about to read (anomaly sinks
+                # of --app-instances N stopping together: a traceback, the data intact): done, not failed
+                msg = f"Lakehouse maintenance met a file another writer's maintenance removed: {str(exc)[:200]}"
+                raise LakehouseBusyError(msg, retry_after=2.0) from exc
             raise self._failed(exc, "maintenance") from exc
         result = MaintenanceResult(before, self.data_files(), int(expired[0]) if expired else 0,
                                    int(deleted[0]) if deleted else 0, int(orphans[0]) if orphans else 0)
