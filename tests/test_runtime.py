@@ -544,7 +544,8 @@ def test_a_folder_that_gained_a_day_goes_on_in_its_home_and_counts_every_query_o
 def test_a_log_is_told_by_its_content_and_an_older_record_by_its_path(tmp_path: Path) -> None:
     """A copy or a moved file of the log is the same log; the same path rewritten with other values is not, even
     with the same rows and times; a record from before the fingerprint compares paths."""
-    from workbench.runtime._home import _identity, _same_log
+    from workbench.runtime._home import _same_log
+    from workbench.runtime._home import log_identity as _identity
 
     log = make_log(tmp_path / "a.parquet", rows=300, spacing_s=5.0)
     summary = SimpleNamespace(rows=300, first_arrival=dt.datetime(2024, 3, 4, tzinfo=dt.UTC),

@@ -127,7 +127,7 @@ NO_LIMIT_MS = 9_223_372_036_854_775_807
 
 
 def _refuse_unusable(admin: AdminClient, settings: Settings, present: list[TopicSpec], timeout: float,
-                     replicas: dict[str, int] | None = None) -> None:
+                     replicas: dict[str, int]) -> None:
     """Raise :class:`TopicMismatchError` when an existing data topic (events, anomalies, dead letters) is
     compacted (Kafka would keep one message per key, and refuses the replay's key-less end-of-log
     markers: the replay failed at the log's end for good), takes smaller messages than a producer's
@@ -148,7 +148,7 @@ def _refuse_unusable(admin: AdminClient, settings: Settings, present: list[Topic
         name = resource.name
         if int(config.get("message.timestamp.after.max.ms") or NO_LIMIT_MS) < NO_LIMIT_MS:
             limited.append((name, config["message.timestamp.after.max.ms"]))
-        copies = (replicas or {}).get(name, 0)
+        copies = replicas.get(name, 0)
         if int(config.get("min.insync.replicas") or 1) < 2 and copies >= 3:
             logger.warning("topic %s: min.insync.replicas=%s on %d replicas: a write is acknowledged by one "
                            "broker, and that broker's loss loses it", name, config.get("min.insync.replicas"), copies)

@@ -51,7 +51,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workbench.data.exceptions import DataValidationError
-from workbench.data.schema import FALSE_WORDS, LABEL_SCHEMA, REDSET_SCHEMA, TRUE_WORDS, open_parquet
+from workbench.data.schema import (
+    FALSE_WORDS,
+    LABEL_SCHEMA,
+    REDSET_SCHEMA,
+    TRUE_WORDS,
+    datetime_from_us,
+    open_parquet,
+)
 from workbench.data.validation import (
     MAX_EVENT_TIME,
     MIN_EVENT_TIME,
@@ -879,7 +886,7 @@ def prepare(
         rows_filtered=rows_in - rows_out - sum(rejected.values()), rejected=rejected,
         rejected_sample=sample_path, coercions=tuple(coercions), missing_columns=tuple(missing),
         ignored_columns=tuple(ignored.items()),
-        first_arrival=_stamp(writer.first_us), last_arrival=_stamp(writer.last_us),
+        first_arrival=datetime_from_us(writer.first_us), last_arrival=datetime_from_us(writer.last_us),
         seconds=time.monotonic() - started,
     )
     logger.info("prepared %d of %d rows into %s", rows_out, rows_in, out if outputs else "nothing")
@@ -944,10 +951,6 @@ def _batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
             yield reader.read_next_batch()
         except StopIteration:
             return
-
-
-def _stamp(us: int | None) -> dt.datetime | None:
-    return None if us is None else dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
 
 
 #: The end of the name of a run's spill or output folder: ``-<pid>-<8 hex digits>``.

@@ -16,12 +16,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workbench.data.exceptions import DataValidationError
-from workbench.data.schema import require_log
+from workbench.data.schema import datetime_from_us, require_log
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -127,10 +127,6 @@ class ProfileReport:
         bad = self.out_of_range
         lines.append("all in range" if not bad else f"{len(bad)} out of range: {', '.join(c.name for c in bad)}")
         return "\n".join(lines)
-
-
-def _from_us(us: int | None) -> datetime | None:
-    return None if us is None else datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
 
 
 def _ranges(tier: str) -> dict[str, tuple[float, float, str]]:
@@ -303,5 +299,5 @@ def profile(path: str | os.PathLike[str], *, tier: str = "auto", memory_limit: s
         for name, (low, high, published) in _ranges(tier).items()
     )
     return ProfileReport(path=path, rows=int(rows), instances=int(instances), days=float(days or 0.0), tier=tier,
-                         checks=checks, active_days=int(active_days or 0), first_arrival=_from_us(first),
-                         last_arrival=_from_us(last))
+                         checks=checks, active_days=int(active_days or 0), first_arrival=datetime_from_us(first),
+                         last_arrival=datetime_from_us(last))

@@ -39,6 +39,7 @@ __all__ = [
     "VERIFY_PAGES",
     "LogSummary",
     "batches_by_row_group",
+    "datetime_from_us",
     "kind_names",
     "label_words",
     "open_parquet",
@@ -55,6 +56,12 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = "redset/1"
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+def datetime_from_us(us: int | None) -> dt.datetime | None:
+    """An event time in microseconds since the epoch (the unit of every event time) as a UTC datetime; None
+    stays None."""
+    return None if us is None else dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=int(us))
 
 REDSET_SCHEMA = pa.schema(
     [

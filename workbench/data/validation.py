@@ -46,6 +46,7 @@ from workbench.data.schema import (
     _check_schema,
     _open,
     _type_family,
+    datetime_from_us,
     group_runs,
     label_words,
     open_parquet,
@@ -750,7 +751,5 @@ def reused_query_ids(paths: Sequence[Path], *, temp_dir: Path, shown: int = 3) -
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
-    def at(us: int) -> dt.datetime:
-        return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=int(us))
-
-    return (int(rows[0][0]) if rows else 0), [(*row[1:4], at(row[4]), at(row[5])) for row in rows]
+    return (int(rows[0][0]) if rows else 0), [(*row[1:4], datetime_from_us(row[4]), datetime_from_us(row[5]))
+                                             for row in rows]

@@ -241,12 +241,6 @@ def labelled_windows(data: Path, day_rows: pa.Table, day: dt.date, kinds: set[st
     return labels.reset_index(drop=True)
 
 
-def _min_window_rows() -> int:
-    from workbench.data.generator import MIN_WINDOW_ROWS
-
-    return MIN_WINDOW_ROWS
-
-
 def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds: Sequence[str] = (), *,
                    sidecar: pa.Table | None = None, model: LoadedModel | None = None,
                    registry: ModelRegistry | None = None) -> dict[str, float]:
@@ -261,7 +255,7 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds
     statistics (tester B, 34th session: 0.03 window recall where the running product flagged 30 of 36).
     """
     from workbench.analysis.collective import flag_windows, windows_of
-    from workbench.data.generator import window_labels
+    from workbench.data.generator import MIN_WINDOW_ROWS, window_labels
 
     if sidecar is None:
         sidecar = window_labels(data)
@@ -288,7 +282,7 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds
         for kind in sorted((set(wanted) & present) - set(labels["kind"])):
             logger.warning("window kind %r has no window on %s with at least %d of its labelled rows (and none in "
                            "a window-label file): its rows leave the per-query figures and no window judges them",
-                           kind, day, _min_window_rows())
+                           kind, day, MIN_WINDOW_ROWS)
     ts = pd.to_datetime(day_rows.column("arrival_timestamp").to_numpy(zero_copy_only=False)[lab], utc=True)
     inst = day_rows.column("instance_id").to_numpy(zero_copy_only=False)[lab]
     explained = set(zip(inst, ts.floor("10min"), strict=True)) - label_keys
@@ -309,12 +303,13 @@ def _with_model_residuals(data: Path, day: dt.date, table: pa.Table, windows: pd
     app scored them."""
     import tempfile
 
+    from workbench.data.schema import datetime_from_us
     from workbench.ml.residual_history import reference_residuals, residuals_of, with_residuals
     from workbench.replay._source import LogFile
 
     first = pc.min(table.column("arrival_timestamp")).as_py().date()  # of the history window
-    log_first_us = LogFile(data).first_time_us()  # of the log: the one day its scoring app scored in-sample
-    log_first = first if log_first_us is None else dt.datetime.fromtimestamp(log_first_us / 1e6, dt.UTC).date()
+    log_start = datetime_from_us(LogFile(data).first_time_us())  # the one day its scoring app scored in-sample
+    log_first = first if log_start is None else log_start.date()
     frames = [residuals_of(model, load_log_window(data, day, 1))]
     if first < day:
         with tempfile.TemporaryDirectory(prefix="workbench-window-history-") as scratch:

@@ -303,6 +303,14 @@ def _stamp(us: int) -> str:
     return f"{datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us):%Y-%m-%d %H:%M:%S.%f}"
 
 
+def _folder_fingerprint(parts: list[_LogPart]) -> str:
+    """A folder's :attr:`LogFile.fingerprint`: a hash over its files' names and fingerprints, in order."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(f"{part.path.name}:{part.fingerprint};".encode())
+    return digest.hexdigest()[:16]
+
+
 class LogFile:
     """A query log opened for replay, one file or a folder of files read as one ordered stream.
 
@@ -325,23 +333,15 @@ class LogFile:
         """Identifies the content: a single file's footer hash; for a folder, a hash over its files."""
         if len(self.parts) == 1 and not self.path.is_dir():
             return self.parts[0].fingerprint
-        digest = hashlib.sha256()
-        for part in self.parts:
-            digest.update(f"{part.path.name}:{part.fingerprint};".encode())
-        return digest.hexdigest()[:16]
+        return _folder_fingerprint(self.parts)
 
     def grew_from(self, fingerprint: str, rows: int) -> bool:
         """Whether this log is an earlier log (its :attr:`fingerprint` and row count) with files added after
         its last: a folder that gained a day. The earlier files must be unchanged and first in name order, so
         every row keeps its index (a replay's position and the rows it sent stay valid)."""
-        if not self.path.is_dir() or not 0 < rows < self.num_rows:
+        if not self.path.is_dir() or not 0 < rows < self.num_rows or rows not in self._starts:
             return False
-        digest = hashlib.sha256()
-        for part, start in zip(self.parts, self._starts, strict=True):
-            if start == rows:
-                return digest.hexdigest()[:16] == fingerprint
-            digest.update(f"{part.path.name}:{part.fingerprint};".encode())
-        return False
+        return _folder_fingerprint(self.parts[:self._starts.index(rows)]) == fingerprint
 
     def _part_of(self, row: int) -> int:
         return max(0, bisect.bisect_right(self._starts, row) - 1)

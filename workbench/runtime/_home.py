@@ -37,7 +37,9 @@ LOG_RECORD = "log.json"
 CLEARING_MARK = ".fresh-start-incomplete"
 
 
-def _identity(data: str | Path, summary: Any) -> dict[str, Any]:
+def log_identity(data: str | Path, summary: Any) -> dict[str, Any]:
+    """What :func:`check_log` compares and :func:`record_log` notes of a log: path, rows, first and last
+    arrival, content fingerprint."""
     from workbench.replay._source import LogFile
 
     try:
@@ -48,12 +50,6 @@ def _identity(data: str | Path, summary: Any) -> dict[str, Any]:
     return {"path": str(Path(data).expanduser().resolve()), "rows": int(summary.rows),
             "first_arrival": summary.first_arrival.isoformat(), "last_arrival": summary.last_arrival.isoformat(),
             "fingerprint": fingerprint}
-
-
-def log_identity(data: str | Path, summary: Any) -> dict[str, Any]:
-    """What :func:`check_log` compares and :func:`record_log` notes of a log: path, rows, first and last
-    arrival, content fingerprint."""
-    return _identity(data, summary)
 
 
 def _same_log(held: dict[str, Any], wanted: dict[str, Any]) -> bool:
@@ -123,7 +119,7 @@ def check_log(settings: Settings, data: str | Path, summary: Any, identity: dict
         held = json.loads(record.read_text())
     except (OSError, ValueError):
         return
-    wanted = identity or _identity(data, summary)
+    wanted = identity or log_identity(data, summary)
     if _same_log(held, wanted) or _grown(held, data):
         return
     if held.get("path") == wanted["path"]:  # the same name twice read as a riddle: say the file changed
@@ -159,7 +155,8 @@ def record_log(settings: Settings, data: str | Path, summary: Any, identity: dic
 
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # mkstemp's 0600: owner-only under any umask of the caller (the Python API sets none)
-    write_atomic(settings.state_dir / LOG_RECORD, json.dumps(identity or _identity(data, summary), indent=1).encode())
+    record = identity or log_identity(data, summary)
+    write_atomic(settings.state_dir / LOG_RECORD, json.dumps(record, indent=1).encode())
 
 
 def clear_results(settings: Settings) -> list[Path]:

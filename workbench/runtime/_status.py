@@ -439,13 +439,19 @@ class WorkbenchStatus:
         return self.replay.state if self.replay else None
 
     @property
+    def events_per_process(self) -> dict[tuple[str, Any, Any], int]:
+        """Events each process of an event-consuming app has processed since its start, by ``(app, pid,
+        started_at)``."""
+        return {(name, s.get("pid"), s.get("started_at")): int(s["counters"]["events"])
+                for name, app in self.apps.items() for s in self.instances.get(name) or [app]
+                if "events" in s.get("counters", {})}
+
+    @property
     def events_processed(self) -> dict[str, int]:
         """Events each event-consuming app has processed so far (since its last start; all its instances)."""
-        out = {}
-        for name, app in self.apps.items():
-            found = [s for s in self.instances.get(name) or [app] if "events" in s.get("counters", {})]
-            if found:
-                out[name] = sum(int(s["counters"]["events"]) for s in found)
+        out: dict[str, int] = {}
+        for (name, _, _), count in self.events_per_process.items():
+            out[name] = out.get(name, 0) + count
         return out
 
     @property

@@ -147,15 +147,13 @@ class _RestartedCounters:
         self._last: dict[tuple[str, Any, Any], int] = {}
 
     def update(self, status: WorkbenchStatus) -> dict[str, int]:
-        for name in status.events_processed:
-            for found in status.instances.get(name) or [status.apps.get(name) or {}]:
-                counters = found.get("counters") or {}
-                if "events" in counters:
-                    self._last[(name, found.get("pid"), found.get("started_at"))] = int(counters["events"])
-        totals: dict[str, int] = {}
+        now = status.events_per_process
+        self._last.update(now)
+        totals = dict.fromkeys({name for name, _, _ in now}, 0)
         for (name, _, _), count in self._last.items():
-            totals[name] = totals.get(name, 0) + count
-        return {name: totals.get(name, 0) for name in status.events_processed}
+            if name in totals:
+                totals[name] += count
+        return totals
 
 
 class _Stall:
