@@ -52,7 +52,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sklearn.metrics import average_precision_score
 
-from workbench.analysis.collective import CollectiveParams, score_window_runs, window_score, windows_of
+from workbench.analysis.collective import (
+    CollectiveParams,
+    score_window_runs,
+    window_score,
+    windows_of,
+    with_silent_windows,
+)
 from workbench.analysis.persistence import PersistenceParams, persistent_flags
 from workbench.analysis.residual_windows import RESIDUAL_SIGNAL
 from workbench.data.generator import QUERY_KINDS, WINDOW_KINDS, generate
@@ -312,7 +318,7 @@ def main() -> None:
             first = eval_day - dt.timedelta(days=args.days - 1)
             residuals = pd.concat([reference_residuals(data, first, train_day, Path(tmp) / "by-day"),
                                    residuals_of(model, day_table)], ignore_index=True)
-            windows = with_residuals(windows_of(log), residuals)
+            windows = with_silent_windows(with_residuals(windows_of(log), residuals))
             today = windows[windows["window_start"] >= start]
             scored = score_window_runs(today, windows, CollectiveParams(z_threshold=1.0))
             ts = pd.to_datetime(day_table.column("arrival_timestamp").to_numpy(zero_copy_only=False), utc=True)

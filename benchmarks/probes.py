@@ -64,7 +64,7 @@ from benchmarks.detection import (
     persistence_flags,
     train_all_but_last,
 )
-from workbench.analysis.collective import score_window_runs, windows_of
+from workbench.analysis.collective import score_window_runs, windows_of, with_silent_windows
 from workbench.analysis.residual_windows import RESIDUAL_SIGNAL
 from workbench.ml._train import load_log_window
 from workbench.ml.baseline import baseline_for_table
@@ -83,7 +83,9 @@ def _window_keys(frame: pd.DataFrame) -> set:
 def _scored_windows(day: pa.Table, residuals: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     """Every (window, signal) of ``day`` against ``history`` and the day's earlier windows (default constants)."""
     today = with_residuals(windows_of(day), residuals)
-    return score_window_runs(today, pd.concat([history, today], ignore_index=True))
+    first = pd.to_datetime(today["window_start"], utc=True).min().normalize()
+    windows = with_silent_windows(pd.concat([history, today], ignore_index=True))
+    return score_window_runs(windows[windows["window_start"] >= first], windows)
 
 
 def _best(scored: pd.DataFrame) -> pd.DataFrame:

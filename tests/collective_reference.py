@@ -89,6 +89,9 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
     above = np.array([SIGNALS[n].above or 0.0 for n in names])  # 0: not a quantile
     count_idx = np.flatnonzero([SIGNALS[n].count is not None for n in names])
     count_cols = [_count_name(names[i]) for i in count_idx]
+    down = np.where(up, 1.0, -1.0)
+    hourly = np.array([SIGNALS[n].empirical == "hour" for n in names])
+    recent = np.array([SIGNALS[n].recent for n in names])
 
     def transform(v: np.ndarray) -> np.ndarray:
         return np.where(logged, np.log1p(np.clip(v, 0, None)), v)
@@ -101,6 +104,7 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
         times = hist["start_ms"].to_numpy()
         how = hist["how"].to_numpy()
         hod = hist["hod"].to_numpy()
+        active = (hist["arrivals"] > 0).to_numpy()
         with np.errstate(invalid="ignore"):
             values = transform(hist[names].to_numpy(float))
         t_obs = targets[names].to_numpy(float)
@@ -135,9 +139,25 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
             observed = t_obs[j]
             with np.errstate(invalid="ignore"):
                 x = transform(observed)
-            z = (x - center) / spread
+            z = down * (x - center) / spread
             expected = np.where(logged, np.expm1(center), center)
-            excess = observed - expected
+            excess = down * (observed - expected)
+            if recent.any():
+                # The hour before: its median; its spread from changes between adjacent windows of traffic.
+                now = np.searchsorted(times, t, side="left")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    busy = values[hi:now][active[hi:now]]
+                    last_hour = np.nanmedian(busy, axis=0) if len(busy) else np.full(len(names), np.nan)
+                    step = np.median(np.diff(times)) if len(times) > 1 else 0
+                    changes = [values[k] - values[k - 1] for k in range(lo + 1, hi)
+                               if times[k] - times[k - 1] == step and active[k] and active[k - 1]]
+                    local = (np.nanmedian(np.abs(np.array(changes)), axis=0) * 1.4826 / np.sqrt(2.0)
+                             if changes else np.full(len(names), np.nan))
+                local = np.maximum(np.where(np.isnan(local), np.inf, local), params.min_spread)
+                with np.errstate(invalid="ignore"):
+                    z = np.where(recent, np.minimum(z, down * (x - last_hour) / local), z)
+                    excess = np.where(recent, np.minimum(excess, down * (observed - np.expm1(last_hour))), excess)
             z = np.where(two_sided, np.abs(z), z)
             excess = np.where(two_sided, np.abs(excess), excess)
             ratio = excess / floors
@@ -171,6 +191,11 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
                 dev_now = np.where(two_sided, np.abs(x - center), np.where(up, x - center, center - x))
                 dev_hist = np.where(two_sided, np.abs(tr - center), np.where(up, tr - center, center - tr))
                 as_extreme = np.nansum(dev_hist >= dev_now, axis=0) / np.maximum(n, 1)
+                if hourly.any():  # against the same hour of the day on earlier days only
+                    same = values[lo:day_hi][day_sel]
+                    dev_same = np.where(two_sided, np.abs(same - center), np.where(up, same - center, center - same))
+                    as_extreme = np.where(hourly, np.nansum(dev_same >= dev_now, axis=0)
+                                          / np.maximum((~np.isnan(same)).sum(axis=0), 1), as_extreme)
             ratio = np.minimum(ratio, params.max_history_share / np.maximum(as_extreme, 1e-12))
             score = np.minimum(z / params.z_threshold, ratio)
             ok = (n >= params.min_history) & ~np.isnan(observed) & ~np.isnan(score) & (t_many[j] | ~needs_many)

@@ -20,6 +20,7 @@ from workbench.analysis.collective import (
     pair_threshold,
     score_window_runs,
     score_windows,
+    with_silent_windows,
 )
 from workbench.config import Settings
 from workbench.store.lakehouse import AnomalyLakehouse
@@ -521,3 +522,89 @@ def test_windows_written_behind_the_judged_ones_are_judged_again_as_a_replay_wit
     assert any(f[2] == "runtime_residual" for f in after)
     assert step.run() == 0 and _stored_flags(seeked) == after  # nothing written since: nothing judged again
     assert CollectiveStep(seeked).run() == 0 and _stored_flags(seeked) == after  # a restart adds nothing
+
+
+# --- silence: windows without a query -----------------------------------------------------------
+def _fleet(days: int = 4) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two instances' windows over ``days`` days: the judged one (7) and one that keeps the log going (8)."""
+    return _windows(n=days * 144, instance=7), _windows(n=days * 144, seed=1, instance=8)
+
+
+def _day4(w: pd.DataFrame, start: str, end: str) -> np.ndarray:
+    starts = pd.to_datetime(w["window_start"], utc=True)
+    return ((starts >= pd.Timestamp(f"2024-03-07 {start}", tz="UTC"))
+            & (starts < pd.Timestamp(f"2024-03-07 {end}", tz="UTC"))).to_numpy()
+
+
+def test_silent_windows_are_added_only_between_an_instance_s_windows_where_the_log_has_windows() -> None:
+    def frame(instance: int, slots: list[int]) -> pd.DataFrame:
+        starts = [T0 + timedelta(minutes=10 * k) for k in slots]
+        return pd.DataFrame({"instance_id": instance, "window_start": starts,
+                             "window_end": [s + timedelta(minutes=10) for s in starts], "total_queries": 5})
+
+    # Slot 4: no instance has a window (the log's gap); slot 8: after instance 7's last window.
+    both = pd.concat([frame(7, [0, 1, 2, 5, 6, 7]), frame(8, [0, 1, 2, 3, 5, 6, 7, 8])], ignore_index=True)
+    filled = with_silent_windows(both)
+    silent = filled[filled["total_queries"] == 0]
+    assert list(zip(silent["instance_id"], silent["window_start"], strict=True)) == [
+        (7, pd.Timestamp(T0 + timedelta(minutes=30)))]
+    assert silent["window_end"].iloc[0] == pd.Timestamp(T0 + timedelta(minutes=40))
+    assert len(filled) == len(both) + 1 and filled["window_start"].dt.tz is not None
+    alone = frame(7, [0, 1, 5])
+    assert len(with_silent_windows(alone)) == 3  # one instance: its gaps may be the log's own
+
+
+def test_an_outage_is_flagged_on_arrivals_drop_and_nothing_else_reads_the_silent_windows() -> None:
+    judged, other = _fleet()
+    # Silent every night (its reference holds many empty windows: a busy hour's silence is still rare)
+    judged = judged[~pd.to_datetime(judged["window_start"], utc=True).dt.hour.between(1, 4).to_numpy()]
+    outage = _day4(judged, "10:00", "10:40")
+    rows = pd.concat([judged[~outage], other], ignore_index=True)
+    log = with_silent_windows(rows)
+    today = log[(log["instance_id"] == 7) & _day4(log, "09:00", "12:00")]
+    flagged = flag_windows(today, log).to_pandas()
+    assert set(flagged["signal"]) == {"arrivals_drop"}
+    assert set(pd.to_datetime(flagged["window_start"], utc=True)) == set(
+        pd.to_datetime(judged.loc[outage, "window_start"], utc=True))
+    row = flagged.iloc[0]
+    assert row["observed"] == 0 and row["expected"] > 30 and "traffic" in row["reason"]
+    # The silent windows are no share's or mean's reference: the other signals score as without them.
+    before = score_windows(rows[(rows["instance_id"] == 7) & _day4(rows, "11:00", "12:00")], rows)
+    after = score_windows(today[_day4(today, "11:00", "12:00")], log)
+    pd.testing.assert_frame_equal(before[before["signal"] != "arrivals_drop"].reset_index(drop=True),
+                                  after[after["signal"] != "arrivals_drop"].reset_index(drop=True))
+
+
+def test_a_quieter_day_a_small_instance_s_silence_and_a_quiet_night_are_not_outages() -> None:
+    judged, other = _fleet()
+    day4 = _day4(judged, "00:00", "23:59")
+    quieter = judged.copy()  # a whole day at 55 % of the traffic (a weekday cycle), from midnight on
+    quieter.loc[day4, "total_queries"] = (quieter.loc[day4, "total_queries"] * 0.55).astype(int)
+    small = judged.copy()  # an instance of 10 queries a window, silent for 40 minutes: not 30 queries
+    small["total_queries"] = np.maximum(small["total_queries"] // 6, 1)
+    small = small[~_day4(small, "10:00", "10:40")]
+    night = judged.copy()  # silent every night from 01:00 to 05:00, tonight too
+    hours = pd.to_datetime(night["window_start"], utc=True).dt.hour
+    night = night[~hours.between(1, 4).to_numpy()]
+    for case in (quieter, small, night):
+        log = with_silent_windows(pd.concat([case, other], ignore_index=True))
+        today = log[(log["instance_id"] == 7) & _day4(log, "00:00", "23:59")]
+        scored = score_window_runs(today, log)
+        drop = scored[scored["signal"] == "arrivals_drop"]
+        assert len(drop) > 100 and (drop["score"] < 1).all(), drop.sort_values("score").tail()
+
+
+def test_step_flags_an_outage_the_store_has_no_row_for_once(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    judged, other = _fleet()
+    outage = _day4(judged, "10:00", "10:30")
+    with WindowStatsStore.from_settings(settings) as store:
+        store.upsert(judged[~outage].to_dict("records"))
+        store.upsert(other.to_dict("records"))
+    inserted = CollectiveStep(settings).run()
+    frame = read.window_anomalies(settings, instances=[7])
+    drops = frame[frame["signal"] == "arrivals_drop"]
+    assert set(pd.to_datetime(drops["window_start"], utc=True)) == set(
+        pd.to_datetime(judged.loc[outage, "window_start"], utc=True))
+    assert inserted == len(read.window_anomalies(settings))
+    assert CollectiveStep(settings).run() == 0  # a restart judges them again and inserts nothing

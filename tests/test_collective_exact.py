@@ -2,26 +2,43 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from tests.collective_reference import reference_score_windows
 from workbench.analysis import collective
-from workbench.analysis.collective import CollectiveParams, flag_windows, score_windows, windows_of
+from workbench.analysis.collective import (
+    CollectiveParams,
+    flag_windows,
+    score_windows,
+    windows_of,
+    with_silent_windows,
+)
 from workbench.data.generator import generate
 
 
 @pytest.fixture(scope="module")
 def windows(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
-    """Eight generated days of two instances (a week and a day: same-hour-of-week references exist)."""
+    """Eight generated days of two instances (a week and a day: same-hour-of-week references exist), with
+    the windows each had no query in (``arrivals_drop`` reads them): the busier one is silent 40 minutes."""
     path = Path(tmp_path_factory.mktemp("log")) / "log.parquet"
     generate(path, days=8, instances=2, seed=5, rows_per_day=20_000)
-    return windows_of(pq.read_table(path))
+    table = pq.read_table(path)
+    busier = pc.mode(table.column("instance_id")).field("mode")[0]
+    ts = table.column("arrival_timestamp")
+    outage = pc.and_(pc.equal(table.column("instance_id"), busier),
+                     pc.and_(pc.greater_equal(ts, pa.scalar(datetime(2024, 3, 11, 9, tzinfo=UTC), ts.type)),
+                             pc.less(ts, pa.scalar(datetime(2024, 3, 11, 9, 40, tzinfo=UTC), ts.type))))
+    windows = with_silent_windows(windows_of(table.filter(pc.invert(outage))))
+    assert (windows["total_queries"] == 0).sum() >= 4
+    return windows
 
 
 def _between(w: pd.DataFrame, start: str, end: str) -> pd.DataFrame:
@@ -46,6 +63,8 @@ def test_scores_and_flags_are_the_reference_computation_s(windows: pd.DataFrame,
     flagged = flag_windows(targets, windows, params)
     monkeypatch.setattr(collective, "score_windows", reference_score_windows)
     assert flagged.num_rows and flagged.equals(flag_windows(targets, windows, params))  # the reason text too
+    if params == CollectiveParams():  # the outage of the fixture
+        assert "arrivals_drop" in flagged.column("signal").to_pylist()
 
 
 def test_runtime_residual_windows_score_and_read_as_the_reference_s(windows: pd.DataFrame,

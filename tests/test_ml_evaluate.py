@@ -204,6 +204,30 @@ def test_a_collective_kind_of_another_tool_is_judged_per_window(demo: tuple[Sett
     assert by_sidecar["window recall[queue_wave]"] == 1.0 and by_sidecar["anomalies"] == named["anomalies"]
 
 
+def test_an_outage_labelled_only_in_a_sidecar_is_judged_on_the_windows_without_a_query(
+        demo: tuple[Settings, Path], tmp_path: Path) -> None:
+    """An outage has no rows to label: its windows come from the sidecar alone, and have no window_stats row."""
+    from workbench.data.generator import window_labels_path
+
+    settings, data = demo
+    table = pq.read_table(data)
+    ts = pd.to_datetime(table.column("arrival_timestamp").to_numpy(zero_copy_only=False), utc=True)
+    inst = table.column("instance_id").to_numpy(zero_copy_only=False)
+    day = ts >= pd.Timestamp("2024-03-06", tz="UTC")
+    busiest = int(pd.Series(inst[day]).value_counts().index[0])
+    start = pd.Timestamp("2024-03-06 14:00", tz="UTC")
+    gone = day & (inst == busiest) & (ts >= start) & (ts < start + pd.Timedelta(minutes=30))
+    assert gone.sum() > 3 * 30  # more than the drop's floor a window
+    foreign = tmp_path / "outage.parquet"
+    pq.write_table(table.filter(pa.array(~gone)), foreign)
+    starts = pd.date_range(start, periods=3, freq="10min")
+    side = pa.table({"instance_id": pa.array([busiest] * 3, pa.int64()), "kind": ["outage"] * 3,
+                     "window_start": pa.array(starts.to_pydatetime(), pa.timestamp("ms", tz="UTC"))})
+    pq.write_table(side, window_labels_path(foreign))
+    metrics = evaluate(settings, dt.date(2024, 3, 6), data=foreign, store=False)["metrics"]
+    assert metrics["window recall[outage]"] == 1.0
+
+
 def test_labels_of_another_tool_without_kinds_or_as_text_are_evaluated(demo: tuple[Settings, Path],
                                                                       tmp_path: Path) -> None:
     from workbench.ml.exceptions import MLError

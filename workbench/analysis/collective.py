@@ -10,6 +10,12 @@ query can move on its own):
 
 * levels: arrivals (queries per window), mean runtime and mean queue wait per query without the
   window's largest one, p95 runtime, the cluster size (a resize, two-sided);
+* silence (``arrivals_drop``): traffic that falls or stops, on the windows without any query too
+  (:func:`with_silent_windows` adds them; no other signal reads them). Judged against the usual
+  (its empirical check over the same hour on earlier days) *and* against the hour before (the
+  median of its windows with queries, z against the spread of changes between adjacent such
+  windows), the weaker of the two: a day that runs quieter than the days before all day long, or a
+  batch instance whose busy hours move, is not an outage. Floor 30 queries, as the surge's.
 * shares of the window's queries: queue/WLM-bound, waited over a second, ran over a second,
   compiled over ten seconds, spilled (these four out of the queries that did work, i.e. not
   result-cache hits), aborted,
@@ -123,6 +129,7 @@ __all__ = [
     "window_score",
     "window_signals",
     "windows_of",
+    "with_silent_windows",
 ]
 
 _TS = pa.timestamp("ms", tz="UTC")
@@ -168,6 +175,16 @@ class Signal:
     #: The reason text of a flagged window, from ``(observed, expected, queries)``. None: the
     #: generic "observed vs expected (unit; reference)".
     describe: Callable[[float, float, float], str] | None = None
+    #: The windows of the empirical check (``max_history_share``): ``"all"`` the whole reference, or
+    #: ``"hour"`` the instance's windows at the same hour of the day on earlier days. Traffic *is* the
+    #: daily cycle: against the whole reference, a quiet night's windows made any busy hour's silence
+    #: ordinary.
+    empirical: str = "all"
+    #: Also judged against the instance's windows of the hour just before (the median of those with
+    #: queries, z against the spread of changes between adjacent such windows): a level that the
+    #: instance's whole day holds lower (a quieter weekday, a batch that moved) is not a window's
+    #: anomaly; one that breaks off from the hour before and from the usual is.
+    recent: bool = False
 
 
 def _values(w: pd.DataFrame, column: str) -> np.ndarray:
@@ -271,6 +288,14 @@ def _describe_beyond_tolerance(observed: float, expected: float, queries: float)
 #: not (per-query scoring tells that one), so they are not signals here.
 SIGNALS: dict[str, Signal] = {
     "arrivals": Signal(_col("total_queries"), 30.0, "queries", "arrival surge (concurrency)", needs_many=False),
+    # The other side of arrivals, on windows without a query as well (with_silent_windows): an
+    # outage, a paused or failed-over cluster, a client that lost its connection. Floor 30 queries,
+    # as the surge's: a quiet instance's empty window is not news. Judged against the usual *and*
+    # the hour before: whole days run 40 % quieter than the days before (weekday cycles), and
+    # batch instances' busy hours move from day to day; an outage breaks off from both.
+    "arrivals_drop": Signal(_col("total_queries"), 30.0, "queries",
+                            "traffic fell or stopped (an outage, a paused cluster, clients cut off?)",
+                            tail="down", needs_many=False, empirical="hour", recent=True),
     "queue_bound_share": Signal(_share("queue_wlm_bound_queries", _col("total_queries")), 0.05, "share",
                                 "more queries wait in the WLM queue longer than they run", log=False,
                                 base=_col("total_queries"), needs_many=False),
@@ -362,6 +387,13 @@ def window_signals(windows: pd.DataFrame) -> pd.DataFrame:
             out[_carriers_name(name)] = sig.carriers(windows)
         if sig.count is not None:
             out[_count_name(name)] = sig.count(windows)
+    # A window without a query (with_silent_windows) is only the drop's: the surge's reference stays
+    # the windows with queries (with zeros, a batch instance's moving busy hours were surges), and a
+    # share or mean has no value there.
+    silent = out["arrivals"].to_numpy() == 0
+    if silent.any():
+        rest = [c for c in out.columns[4:] if c != "arrivals_drop"]
+        out.loc[silent, rest] = np.nan
     return out
 
 
@@ -462,6 +494,8 @@ class _SignalTable:
     carrier_cols: list[str]
     count_idx: np.ndarray
     count_cols: list[str]
+    hour_empirical: np.ndarray
+    recent: np.ndarray
 
     @classmethod
     def of(cls, signals: dict[str, Signal]) -> _SignalTable:
@@ -480,7 +514,9 @@ class _SignalTable:
                    share_idx=share_idx, base_cols=[_base_name(names[i]) for i in share_idx],
                    is_share=is_share,
                    mean_idx=mean_idx, carrier_cols=[_carriers_name(names[i]) for i in mean_idx],
-                   count_idx=count_idx, count_cols=[_count_name(names[i]) for i in count_idx])
+                   count_idx=count_idx, count_cols=[_count_name(names[i]) for i in count_idx],
+                   hour_empirical=np.array([signals[n].empirical == "hour" for n in names]),
+                   recent=np.array([signals[n].recent for n in names]))
 
     def transform(self, v: np.ndarray) -> np.ndarray:
         """Counts, times and MB in ``log1p`` space, shares and logs as they are."""
@@ -599,11 +635,18 @@ def _references(hist: _Rows, targets: _Rows, x: np.ndarray, bounds: np.ndarray, 
     # shrunk: the hour of the week toward the hour of the day, toward the whole reference
     center, spread = _blend(week, _blend(day, overall[:2], params.shrink), params.shrink)
     as_extreme = np.empty(shape)
+    hourly = table.hour_empirical
     with np.errstate(invalid="ignore"):
         now = table.deviation(x - center)
-        for j, (lo, hi) in enumerate(bounds[:2].T):
-            as_extreme[j] = np.count_nonzero(table.deviation(values[lo:hi] - center[j]) >= now[j], axis=0)
-    return _References(center, spread, overall[2], as_extreme / np.maximum(overall[2], 1), base_sum, base_median)
+        for j, (lo, hi, day_hi) in enumerate(bounds[:3].T):
+            as_extreme[j] = np.count_nonzero(table.deviation(values[lo:hi] - center[j]) >= now[j],
+                                             axis=0) / np.maximum(overall[2][j], 1)
+            if hourly.any():  # the same hour of the day on earlier days (Signal.empirical)
+                same = values[lo:day_hi][hist.hod[lo:day_hi] == targets.hod[j]]
+                as_extreme[j, hourly] = (np.count_nonzero((table.deviation(same - center[j]) >= now[j])[:, hourly],
+                                                          axis=0)
+                                         / np.maximum(np.count_nonzero(~np.isnan(same[:, hourly]), axis=0), 1))
+    return _References(center, spread, overall[2], as_extreme, base_sum, base_median)
 
 
 def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
@@ -621,6 +664,27 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
     observed = targets.observed
     x = table.transform(observed)
     refs = _references(hist, targets, x, bounds, table, params)
+    if table.recent.any():  # the hour before (Signal.recent): its median, and the window-to-window spread.
+        # Over windows with traffic: an outage's own silent windows are no level (its fourth window was
+        # judged against a last hour of three silent windows and three busy ones); a last hour without
+        # any traffic gives no level either, so an outage is flagged in its first hour.
+        now = np.searchsorted(hist.start_ms, t[judged], side="left")
+        before = table.transform(hist.observed)[:, table.recent]
+        step = np.diff(hist.start_ms)
+        adjacent = np.concatenate([[False], step == (np.median(step) if len(step) else 0)])
+        change = np.vstack([np.full((1, before.shape[1]), np.nan), np.diff(before, axis=0)])
+        change[~adjacent] = np.nan
+        active = hist.arrivals > 0  # the noise of traffic while there is traffic (not a sporadic instance's on/off)
+        change[~(active & np.concatenate([[False], active[:-1]]))] = np.nan
+        last_hour = np.full((len(now), before.shape[1]), np.nan)
+        local = np.full((len(now), before.shape[1]), np.nan)
+        for j, (lo, guard_lo, hi) in enumerate(zip(bounds[0], bounds[1], now, strict=True)):
+            busy = before[guard_lo:hi][active[guard_lo:hi]]  # the hour's traffic while there was some
+            if len(busy):
+                last_hour[j] = _nanmedian0(busy)
+            if guard_lo > lo + 1:
+                local[j] = _nanmedian0(np.abs(change[lo + 1:guard_lo])) * 1.4826 / np.sqrt(2.0)
+        local = np.maximum(np.nan_to_num(local, nan=np.inf), params.min_spread)
     # The queries each signal is over: the window's, or the signal's own count (NaN: none).
     t_counts = np.repeat(targets.arrivals[:, None], len(table.names), axis=1)
     t_counts[:, table.count_idx] = targets.counts
@@ -631,12 +695,17 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
 
     center = refs.center
     share_idx, mean_idx = table.share_idx, table.mean_idx
+    down = np.where(table.up, 1.0, -1.0)  # a level where fewer is the anomaly (arrivals_drop): its z and excess
     share_spread = refs.spread[:, share_idx]
     spread = np.maximum(refs.spread, np.where(table.logged, params.min_spread, params.min_share_spread))
     with np.errstate(invalid="ignore", over="ignore"):
-        z = (x - center) / spread
+        z = down * (x - center) / spread
         expected = np.where(table.logged, np.expm1(center), center)
-        excess = observed - expected
+        excess = down * (observed - expected)
+        if table.recent.any():  # the weaker of the two comparisons: the usual and the hour before
+            rc = table.recent
+            z[:, rc] = np.minimum(z[:, rc], down[rc] * (x[:, rc] - last_hour) / local)
+            excess[:, rc] = np.minimum(excess[:, rc], down[rc] * (observed[:, rc] - np.expm1(last_hour)))
         z = np.where(table.two_sided, np.abs(z), z)
         excess = np.where(table.two_sided, np.abs(excess), excess)
         ratio = excess / table.floors
@@ -804,6 +873,44 @@ def _starts(windows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"instance_id": windows["instance_id"].to_numpy(), "start_ms": start, "length_ms": length})
 
 
+def with_silent_windows(windows: pd.DataFrame) -> pd.DataFrame:
+    """``windows`` and a row of zero queries for each window an instance had no query in.
+
+    ``window_stats`` holds a row only for a window with queries, so an instance's silence (an outage,
+    a paused cluster) had no row to judge and its quiet hours no zeros in its reference. A window is
+    silent for an instance when it lies between the instance's first and last window and *another*
+    instance has a window there: a stretch without any window of any instance is the log's own gap
+    (an export that missed an hour, a replay not there yet), not one instance's silence. So a log of
+    one instance has no silent windows. The added rows have ``total_queries`` 0, ``window_start``,
+    ``window_end`` and ``instance_id``, and nothing else (NaN): only ``arrivals_drop`` reads them.
+    ``window_start`` and ``window_end`` come back as UTC timestamps, rows in instance and time order.
+    """
+    if windows is None or not len(windows):
+        return windows
+    frame = windows.assign(window_start=pd.to_datetime(windows["window_start"], utc=True))
+    if "window_end" in frame:
+        frame["window_end"] = pd.to_datetime(frame["window_end"], utc=True)
+    keys = _starts(frame)
+    fleet = np.unique(keys["start_ms"].to_numpy())
+    added = []
+    for instance, starts in keys.groupby("instance_id")["start_ms"]:
+        own = np.unique(starts.to_numpy())
+        inside = fleet[(fleet > own[0]) & (fleet < own[-1])]
+        missing = np.setdiff1d(inside, own, assume_unique=True)
+        if len(missing):
+            added.append(pd.DataFrame({"instance_id": np.full(len(missing), instance, np.int64),
+                                       "start_ms": missing}))
+    if not added:
+        return frame.sort_values(["instance_id", "window_start"], ignore_index=True)
+    gaps = pd.concat(added, ignore_index=True)
+    length = int(keys["length_ms"].mode().iloc[0])
+    start = pd.to_datetime(gaps["start_ms"], unit="ms", utc=True)
+    silent = pd.DataFrame({"instance_id": gaps["instance_id"], "window_start": start,
+                           "window_end": start + pd.Timedelta(milliseconds=length), "total_queries": 0})
+    return pd.concat([frame, silent], ignore_index=True).sort_values(["instance_id", "window_start"],
+                                                                     ignore_index=True)
+
+
 def flag_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
                  params: CollectiveParams | None = None) -> pa.Table:
     """Flagged (window, signal) rows as a :data:`WINDOW_ANOMALY_SCHEMA` table (``score >= 1``, alone or
@@ -918,7 +1025,7 @@ class CollectiveStep:
             table = store.read(start=start)
         if table.num_rows == 0:
             return 0
-        frame = table.to_pandas()
+        frame = with_silent_windows(table.to_pandas())
         start_ms = pd.DatetimeIndex(frame["window_start"]).as_unit("ms").asi8
         instance = frame["instance_id"].to_numpy()
         newest = frame.assign(_ms=start_ms).groupby("instance_id")["_ms"].transform("max").to_numpy()

@@ -254,7 +254,7 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds
     trained for the purpose in a temporary folder). Without it, only the signals of the window
     statistics (tester B, 34th session: 0.03 window recall where the running product flagged 30 of 36).
     """
-    from workbench.analysis.collective import flag_windows, windows_of
+    from workbench.analysis.collective import flag_windows, windows_of, with_silent_windows
     from workbench.data.generator import MIN_WINDOW_ROWS, window_labels
 
     if sidecar is None:
@@ -267,7 +267,7 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds
     start = pd.Timestamp(day, tz="UTC")
     if model is not None:
         windows = _with_model_residuals(Path(data), day, table, windows, model, registry)
-    windows["window_start"] = pd.to_datetime(windows["window_start"], utc=True)
+    windows = with_silent_windows(windows)
     today = windows[windows["window_start"] >= start]
     flagged = flag_windows(today, windows).to_pandas()
     flagged_keys = set(zip(flagged["instance_id"], pd.to_datetime(flagged["window_start"], utc=True), strict=True))
