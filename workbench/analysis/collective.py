@@ -88,8 +88,8 @@ false windows down (none added at z 5 on stress seeds 0-2, see docs/detector-not
 
 The z threshold (5.0; robust z of heavy-tailed window statistics) aims at well under one false
 window per instance and week (about 5,000 window-signal tests); ``benchmarks/detection.py``
-chooses it leave-one-kind-out from {3, 4, 5} (4 or 5, depending on the kind held out; at
-5 every labelled window of the stress log is flagged at window precision 0.92). Nothing here knows
+chooses it leave-one-kind-out from {3, 4, 5} (5 for every kind held out since ``arrivals_drop``, 4 or 5
+before; at 5 every labelled window of the stress log is flagged at window precision 0.92). Nothing here knows
 about any generator or anomaly kind.
 
 Every value depends only on the window and the instance's earlier windows (the pair: also the window
