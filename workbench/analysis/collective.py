@@ -884,6 +884,12 @@ def with_silent_windows(windows: pd.DataFrame) -> pd.DataFrame:
     one instance has no silent windows. The added rows have ``total_queries`` 0, ``window_start``,
     ``window_end`` and ``instance_id``, and nothing else (NaN): only ``arrivals_drop`` reads them.
     ``window_start`` and ``window_end`` come back as UTC timestamps, rows in instance and time order.
+
+    In the stream the other instances' windows are those stored when the collective step runs. An
+    instance's partition-mates progress with it, so a silent window is left unjudged only when every
+    instance sharing its partition was silent there too *and* every other partition was more than the
+    settle time (15 minutes of event time) behind; a restart judges the store again and flags it then.
+    A seek forward skips the rows of every instance: no window there, no silence flagged.
     """
     if windows is None or not len(windows):
         return windows
