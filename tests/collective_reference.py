@@ -125,6 +125,10 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
             hi = np.searchsorted(times, t - guard, side="left")
             if hi - lo < params.min_history:
                 continue
+            now = np.searchsorted(times, t, side="left")
+            floor = min((floors[k] for k in range(len(names)) if recent[k]), default=np.inf)
+            if np.isnan(t_arrivals[j]) and not (hist["arrivals"].to_numpy()[hi:now] >= floor).any():
+                continue  # a silent window the hour before gives no excess of a drop's floor
             tr = values[lo:hi]
             med, mad, n = _robust(tr)
             # Same hour of the day on *earlier days*, same hour of the week in *earlier weeks*.
