@@ -66,8 +66,8 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
         ``signal``, ``expected``, ``observed``, ``excess``, ``z``, ``score``, ``reason``.
     """
     params = params or CollectiveParams()
-    columns = ["instance_id", "window_start", "signal", "expected", "observed", "excess", "z", "ratio", "score",
-               "queries", "reason"]
+    columns = ["instance_id", "window_start", "signal", "expected", "recent", "observed", "excess", "z", "ratio",
+               "score", "queries", "reason"]
     if windows is None or not len(windows):
         return pd.DataFrame(columns=columns)
     allw = windows if history is None or not len(history) else pd.concat([history, windows], ignore_index=True)
@@ -127,7 +127,8 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
                 continue
             now = np.searchsorted(times, t, side="left")
             floor = min((floors[k] for k in range(len(names)) if recent[k]), default=np.inf)
-            if np.isnan(t_arrivals[j]) and not (hist["arrivals"].to_numpy()[hi:now] >= floor).any():
+            silent = np.isnan(t_arrivals[j]) and (t_obs[j][recent] == 0).any()
+            if silent and not (hist["arrivals"].to_numpy()[hi:now] >= floor).any():
                 continue  # a silent window the hour before gives no excess of a drop's floor
             tr = values[lo:hi]
             med, mad, n = _robust(tr)
@@ -146,6 +147,7 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
             z = down * (x - center) / spread
             expected = np.where(logged, np.expm1(center), center)
             excess = down * (observed - expected)
+            hour_before = np.full(len(names), np.nan)
             if recent.any():
                 # The hour before: its median; its spread from changes between adjacent windows of traffic.
                 now = np.searchsorted(times, t, side="left")
@@ -159,6 +161,7 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
                     local = (np.nanmedian(np.abs(np.array(changes)), axis=0) * 1.4826 / np.sqrt(2.0)
                              if changes else np.full(len(names), np.nan))
                 local = np.maximum(np.where(np.isnan(local), np.inf, local), params.min_spread)
+                hour_before = np.where(recent, np.expm1(last_hour), np.nan)
                 with np.errstate(invalid="ignore"):
                     z = np.where(recent, np.minimum(z, down * (x - last_hour) / local), z)
                     excess = np.where(recent, np.minimum(excess, down * (observed - np.expm1(last_hour))), excess)
@@ -209,7 +212,8 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
                 continue
             out.append(pd.DataFrame({
                 "instance_id": int(inst), "window_start": pd.Timestamp(int(t), unit="ms", tz="UTC"),
-                "signal": np.array(names, dtype=object)[ok], "expected": expected[ok], "observed": observed[ok],
+                "signal": np.array(names, dtype=object)[ok], "expected": expected[ok], "recent": hour_before[ok],
+                "observed": observed[ok],
                 "excess": excess[ok], "z": z[ok], "ratio": ratio[ok], "score": score[ok], "queries": t_counts[j][ok],
                 "reason": reasons[ok]}))
     if not out:

@@ -437,6 +437,7 @@ def test_every_signal_reads_in_its_own_unit_in_reasons_and_tables() -> None:
         ("p95_exec_ms", 188_364.9): "3.1 min", ("p95_exec_ms", 9_041.7): "9.0 s",
         ("queued_share", 0.1778): "18 %", ("queued_share", 3.187e-05): "<0.1 %", ("slow_share", 0.098): "9.8 %",
         ("arrivals", 811.6): "812 queries", ("arrivals", 1_326.0): "1,326 queries", ("cluster_size", 4.0): "4 nodes",
+        ("arrivals_drop", 0.0): "0 queries", ("arrivals_drop", 2.5): "2.5 queries",
         ("exec_pace", float(np.log(1.61))): "1.61 ms per MB scanned",
         ("runtime_residual", float(np.log(1.6))): "1.60x the expected runtime",
         ("a_signal_of_a_later_version", 3.14159): "3.142", ("arrivals", float("nan")): "n/a",
@@ -568,6 +569,8 @@ def test_an_outage_is_flagged_on_arrivals_drop_and_nothing_else_reads_the_silent
         pd.to_datetime(judged.loc[outage, "window_start"], utc=True))
     row = flagged.iloc[0]
     assert row["observed"] == 0 and row["expected"] > 30 and "traffic" in row["reason"]
+    # its evidence: both references it broke off from, in queries
+    assert "observed 0 queries vs expected" in row["reason"] and " in the hour before " in row["reason"]
     # The silent windows are no share's or mean's reference: the other signals score as without them.
     before = score_windows(rows[(rows["instance_id"] == 7) & _day4(rows, "11:00", "12:00")], rows)
     after = score_windows(today[_day4(today, "11:00", "12:00")], log)

@@ -529,7 +529,8 @@ class _SignalTable:
         return np.where(self.two_sided, np.abs(d), dev)
 
 
-_SCORE_COLUMNS = ["instance_id", "window_start", "signal", "expected", "observed", "excess", "z", "ratio", "score",
+_SCORE_COLUMNS = ["instance_id", "window_start", "signal", "expected", "recent", "observed", "excess", "z", "ratio",
+                  "score",
                   "queries", "reason"]
 
 
@@ -673,7 +674,8 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
     bounds = np.searchsorted(hist.start_ms, np.stack([t - lookback, t - guard, t - 20 * 3_600_000,
                                                       t - 6 * 86_400_000]), side="left")
     enough = bounds[1] - bounds[0] >= params.min_history
-    silent = np.isnan(targets.arrivals)  # with_silent_windows' rows: only a recent signal reads them
+    # with_silent_windows' rows: no arrivals (window_signals), 0 on the drop (NaN too: a residual window)
+    silent = np.isnan(targets.arrivals) & (targets.observed[:, table.recent] == 0).any(axis=1)
     if silent.any():
         enough &= ~silent | _may_drop(hist, t, bounds[1], table)
     judged = np.flatnonzero(enough)
@@ -715,6 +717,7 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
     center = refs.center
     share_idx, mean_idx = table.share_idx, table.mean_idx
     down = np.where(table.up, 1.0, -1.0)  # a level where fewer is the anomaly (arrivals_drop): its z and excess
+    recent = np.full(observed.shape, np.nan)  # the hour before's level, for a recent signal (its evidence)
     share_spread = refs.spread[:, share_idx]
     spread = np.maximum(refs.spread, np.where(table.logged, params.min_spread, params.min_share_spread))
     with np.errstate(invalid="ignore", over="ignore"):
@@ -723,6 +726,7 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
         excess = down * (observed - expected)
         if table.recent.any():  # the weaker of the two comparisons: the usual and the hour before
             rc = table.recent
+            recent[:, rc] = np.expm1(last_hour)
             z[:, rc] = np.minimum(z[:, rc], down[rc] * (x[:, rc] - last_hour) / local)
             excess[:, rc] = np.minimum(excess[:, rc], down[rc] * (observed[:, rc] - np.expm1(last_hour)))
         z = np.where(table.two_sided, np.abs(z), z)
@@ -763,9 +767,9 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
     return pd.DataFrame({
         "instance_id": np.full(len(rows), inst, np.int64),
         "window_start": pd.to_datetime(targets.start_ms[rows], unit="ms", utc=True),
-        "signal": np.array(table.names, dtype=object)[cols], "expected": expected[ok], "observed": observed[ok],
-        "excess": excess[ok], "z": z[ok], "ratio": ratio[ok], "score": score[ok], "queries": t_counts[ok],
-        "reason": table.reasons[cols]})
+        "signal": np.array(table.names, dtype=object)[cols], "expected": expected[ok], "recent": recent[ok],
+        "observed": observed[ok], "excess": excess[ok], "z": z[ok], "ratio": ratio[ok], "score": score[ok],
+        "queries": t_counts[ok], "reason": table.reasons[cols]})
 
 
 def reference_start(first_start: pd.Timestamp, params: CollectiveParams | None = None,
@@ -853,7 +857,7 @@ def score_window_runs(windows: pd.DataFrame, history: pd.DataFrame | None = None
 
 
 def _queries(value: float) -> str:
-    return f"{value:,.0f} queries" if abs(value) >= 10 else f"{value:.1f} queries"
+    return f"{value:,.0f} queries" if abs(value) >= 10 or value == int(value) else f"{value:.1f} queries"
 
 
 #: How a value reads in each signal unit (a flagged window's observed and expected, in its reason
@@ -947,10 +951,12 @@ def flag_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
     reason = [(SIGNALS[s].describe(o, e, q) if SIGNALS[s].describe is not None else
                f"{r}: observed {format_signal_value(s, o)} vs expected {format_signal_value(s, e)} (the "
                "instance's own history for this hour of the week, shrunk toward its hour of day and overall)")
+              + ("" if np.isnan(h) else f", and {format_signal_value(s, h)} in the hour before (the median of "
+                 "its windows with any)")
               + ("" if a else f"; so is the window before it (together z {pz:.1f})")
-              for r, o, e, q, s, a, pz in zip(flagged["reason"], flagged["observed"], flagged["expected"],
-                                              flagged["queries"], flagged["signal"], alone, flagged["pair_z"],
-                                              strict=True)]
+              for r, o, e, h, q, s, a, pz in zip(flagged["reason"], flagged["observed"], flagged["expected"],
+                                                 flagged["recent"], flagged["queries"], flagged["signal"], alone,
+                                                 flagged["pair_z"], strict=True)]
     return pa.table({
         "instance_id": pa.array(flagged["instance_id"].to_numpy(), pa.int64()),
         "window_start": pa.array(flagged["window_start"].to_list(), _TS),
