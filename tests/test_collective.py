@@ -437,7 +437,7 @@ def test_every_signal_reads_in_its_own_unit_in_reasons_and_tables() -> None:
         ("p95_exec_ms", 188_364.9): "3.1 min", ("p95_exec_ms", 9_041.7): "9.0 s",
         ("queued_share", 0.1778): "18 %", ("queued_share", 3.187e-05): "<0.1 %", ("slow_share", 0.098): "9.8 %",
         ("arrivals", 811.6): "812 queries", ("arrivals", 1_326.0): "1,326 queries", ("cluster_size", 4.0): "4 nodes",
-        ("arrivals_drop", 0.0): "0 queries", ("arrivals_drop", 2.5): "2.5 queries",
+        ("arrivals_drop", 0.0): "0 queries", ("arrivals_drop", 1.0): "1 query", ("arrivals_drop", 2.5): "2.5 queries",
         ("exec_pace", float(np.log(1.61))): "1.61 ms per MB scanned",
         ("runtime_residual", float(np.log(1.6))): "1.60x the expected runtime",
         ("a_signal_of_a_later_version", 3.14159): "3.142", ("arrivals", float("nan")): "n/a",

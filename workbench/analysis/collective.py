@@ -857,6 +857,8 @@ def score_window_runs(windows: pd.DataFrame, history: pd.DataFrame | None = None
 
 
 def _queries(value: float) -> str:
+    if value == 1:
+        return "1 query"
     return f"{value:,.0f} queries" if abs(value) >= 10 or value == int(value) else f"{value:.1f} queries"
 
 
