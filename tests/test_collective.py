@@ -611,3 +611,20 @@ def test_step_flags_an_outage_the_store_has_no_row_for_once(tmp_path: Path) -> N
         pd.to_datetime(judged.loc[outage, "window_start"], utc=True))
     assert inserted == len(read.window_anomalies(settings))
     assert CollectiveStep(settings).run() == 0  # a restart judges them again and inserts nothing
+
+
+def test_the_first_window_back_after_an_outage_is_not_carried_by_the_outage_s_window() -> None:
+    """Tester D (35th session): the window after an outage, back at three quarters of its usual traffic,
+    was flagged "together z 40" with the outage's last window; each window's z now counts up to the bar."""
+    judged, other = _fleet()
+    outage = _day4(judged, "10:00", "10:40")
+    back = _day4(judged, "10:40", "10:50")
+    judged.loc[back, "total_queries"] = (judged.loc[back, "total_queries"] * 0.75).astype(int)
+    log = with_silent_windows(pd.concat([judged[~outage], other], ignore_index=True))
+    today = log[(log["instance_id"] == 7) & _day4(log, "09:00", "12:00")]
+    scored = score_window_runs(today, log)
+    drop = scored[scored["signal"] == "arrivals_drop"].set_index("window_start")
+    after = pd.Timestamp("2024-03-07 10:40", tz="UTC")
+    assert drop.loc[after, "z"] < 5 and drop.loc[after, "pair_z"] <= 2 * 5 / np.sqrt(2)
+    assert drop.loc[after, "score"] < 1
+    assert (drop.loc[pd.to_datetime(judged.loc[outage, "window_start"], utc=True), "score"] >= 1).all()

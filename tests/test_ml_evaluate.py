@@ -226,6 +226,9 @@ def test_an_outage_labelled_only_in_a_sidecar_is_judged_on_the_windows_without_a
     pq.write_table(side, window_labels_path(foreign))
     metrics = evaluate(settings, dt.date(2024, 3, 6), data=foreign, store=False)["metrics"]
     assert metrics["window recall[outage]"] == 1.0
+    # the flagged windows add up: labelled ones, false ones, and those a labelled query explains (tester D)
+    judged = metrics["windows flagged"] - metrics["windows flagged, explained by a labelled query"]
+    assert judged >= 3 and metrics["window precision"] * judged >= 3 - 1e-9
 
 
 def test_labels_of_another_tool_without_kinds_or_as_text_are_evaluated(demo: tuple[Settings, Path],

@@ -79,7 +79,9 @@ the other shares).
 
 A change that lasts can sit just under the bar in every window it touches. So each (window,
 signal) is also judged with the window just before it (:func:`score_window_runs`, used by
-:func:`flag_windows`): Stouffer's ``(z + z_before) / sqrt(2)`` against :func:`pair_threshold`
+:func:`flag_windows`): Stouffer's ``(z + z_before) / sqrt(2)``, each z counted up to
+``z_threshold`` (one extreme window must not carry an ordinary one: an outage's last window carried
+the first window back, "together z 40"), against :func:`pair_threshold`
 (the single bar's tail probability halved, since every window is now looked at twice), and only
 when *each* of the two windows is material on its own (floor, carriers, the empirical check).
 Normal deviations of adjacent windows are positively correlated (a busy hour), which the
@@ -814,7 +816,8 @@ def score_window_runs(windows: pd.DataFrame, history: pd.DataFrame | None = None
     A change that lasts (most collective episodes last 20 minutes or more) can sit just under the
     bar in each window: a result cache that stops hitting for 40 minutes reached z 4.2-4.8 in each
     of four windows (stress seed 2). Two consecutive windows of an instance on one signal are judged
-    by Stouffer's combination of their z, ``pair_z = (z + z_before) / sqrt(2)`` (standard normal
+    by Stouffer's combination of their z, each counted up to ``z_threshold``,
+    ``pair_z = (min(z, z_threshold) + min(z_before, z_threshold)) / sqrt(2)`` (standard normal
     when the two are independent null deviations), against :func:`pair_threshold`, and only when
     *each* window on its own is material (excess floor, carried by enough queries, at most 1 % of
     the reference as extreme): ``pair_ratio = min(ratio, ratio_before)``. The window before is the
@@ -849,7 +852,11 @@ def score_window_runs(windows: pd.DataFrame, history: pd.DataFrame | None = None
     prior = prior[~prior.index.duplicated(keep="first")]
     got = prior.reindex(pd.MultiIndex.from_arrays([scored["instance_id"], start_ms - step, scored["signal"]]))
     with np.errstate(invalid="ignore"):
-        pair_z = (scored["z"].to_numpy(float) + got["z"].to_numpy(float)) / np.sqrt(2.0)
+        # each window's z counts up to the single bar: one extreme window does not carry an ordinary one
+        # (the first window back after an outage read "together z 40" with the outage's own window)
+        bar = params.z_threshold
+        pair_z = (np.minimum(scored["z"].to_numpy(float), bar)
+                  + np.minimum(got["z"].to_numpy(float), bar)) / np.sqrt(2.0)
         pair_ratio = np.minimum(scored["ratio"].to_numpy(float), got["ratio"].to_numpy(float))
     out = scored.assign(pair_z=pair_z, pair_ratio=pair_ratio)
     out["score"] = window_score(out, params.z_threshold)

@@ -232,6 +232,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"recall@baseline volume[K]: the detector's recall of kind K when it raises only as many alerts as the "
               f"baseline ({result['metrics'].get('baseline alerts', 0):,.0f}); the baseline's own per-kind recall at "
               "that volume: --version baseline")
+    if "window precision" in result["metrics"]:
+        print("window precision: labelled windows flagged over windows flagged, leaving out the flagged windows that "
+              "hold a labelled per-query anomaly and no window label (explained by it: on neither side)")
     from workbench.analysis.detection_summary import trained_on
 
     # notebook 03 says so (the same rule); the CLI printed 0.994 as if out of sample. The baseline's rules

@@ -289,6 +289,9 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds
     tp = len(flagged_keys & label_keys)
     fp = len(flagged_keys - label_keys - explained)
     out: dict[str, float] = {"windows": float(len(today)), "windows flagged": float(len(flagged_keys)),
+                             # flagged, unlabelled, holding a labelled query: on neither side (tester D, 35th
+                             # session: "windows flagged" did not add up without it)
+                             "windows flagged, explained by a labelled query": float(len(flagged_keys & explained)),
                              "window precision": tp / (tp + fp) if tp + fp else float("nan"),
                              "false windows per 1k": 1e3 * fp / max(len(today) - len(label_keys), 1)}
     for kind, group in labels.groupby("kind"):
