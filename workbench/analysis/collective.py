@@ -613,14 +613,14 @@ class _References:
     base_median: np.ndarray
 
 
-def _references(hist: _Rows, targets: _Rows, x: np.ndarray, bounds: np.ndarray, table: _SignalTable,
-                params: CollectiveParams) -> _References:
+def _references(hist: _Rows, values: np.ndarray, targets: _Rows, x: np.ndarray, bounds: np.ndarray,
+                table: _SignalTable, params: CollectiveParams) -> _References:
     """The shrunk median/MAD reference of each target window (see the module docstring).
 
-    ``bounds`` holds per target the history rows ``[lo, hi)`` of its reference, then the ends of
-    its same-hour-of-day and same-hour-of-week candidates.
+    ``values`` are the history's observed values, transformed (:meth:`_SignalTable.transform`). ``bounds``
+    holds per target the history rows ``[lo, hi)`` of its reference, then the ends of its
+    same-hour-of-day and same-hour-of-week candidates.
     """
-    values = table.transform(hist.observed)
     shape = (len(targets.start_ms), len(table.names))
     overall, day, week = ((np.empty(shape), np.empty(shape), np.empty(shape, np.int64)) for _ in range(3))
     shares = (len(targets.start_ms), len(table.share_idx))
@@ -652,7 +652,7 @@ def _references(hist: _Rows, targets: _Rows, x: np.ndarray, bounds: np.ndarray, 
     return _References(center, spread, overall[2], as_extreme, base_sum, base_median)
 
 
-def _may_drop(hist: _Rows, t: np.ndarray, guard_lo: np.ndarray, table: _SignalTable) -> np.ndarray:
+def _may_drop(hist: _Rows, guard_lo: np.ndarray, now: np.ndarray, table: _SignalTable) -> np.ndarray:
     """Per target, whether a window of the hour before it held as many queries as a recent signal's floor.
 
     A silent window's excess is at most the hour before's median, so without such a window it cannot be
@@ -661,7 +661,6 @@ def _may_drop(hist: _Rows, t: np.ndarray, guard_lo: np.ndarray, table: _SignalTa
     """
     floor = float(table.floors[table.recent].min()) if table.recent.any() else np.inf
     busy = np.flatnonzero(hist.arrivals >= floor)  # NaN (silent) is not
-    now = np.searchsorted(hist.start_ms, t, side="left")
     # a busy row in [guard_lo, now): the first busy row at or after guard_lo comes before now
     first = np.searchsorted(busy, guard_lo, side="left")
     return (first < len(busy)) & (np.append(busy, len(hist.start_ms))[first] < now)
@@ -675,24 +674,25 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
     t = targets.start_ms
     bounds = np.searchsorted(hist.start_ms, np.stack([t - lookback, t - guard, t - 20 * 3_600_000,
                                                       t - 6 * 86_400_000]), side="left")
+    now = np.searchsorted(hist.start_ms, t, side="left")  # the history before each target
     enough = bounds[1] - bounds[0] >= params.min_history
     # with_silent_windows' rows: no arrivals (window_signals), 0 on the drop (NaN too: a residual window)
     silent = np.isnan(targets.arrivals) & (targets.observed[:, table.recent] == 0).any(axis=1)
     if silent.any():
-        enough &= ~silent | _may_drop(hist, t, bounds[1], table)
+        enough &= ~silent | _may_drop(hist, bounds[1], now, table)
     judged = np.flatnonzero(enough)
     if not len(judged):
         return pd.DataFrame(columns=_SCORE_COLUMNS)
-    targets, bounds = targets.take(judged), bounds[:, judged]
+    targets, bounds, now = targets.take(judged), bounds[:, judged], now[judged]
     observed = targets.observed
     x = table.transform(observed)
-    refs = _references(hist, targets, x, bounds, table, params)
+    values = table.transform(hist.observed)
+    refs = _references(hist, values, targets, x, bounds, table, params)
     if table.recent.any():  # the hour before (Signal.recent): its median, and the window-to-window spread.
         # Over windows with traffic: an outage's own silent windows are no level (its fourth window was
         # judged against a last hour of three silent windows and three busy ones); a last hour without
         # any traffic gives no level either, so an outage is flagged in its first hour.
-        now = np.searchsorted(hist.start_ms, t[judged], side="left")
-        before = table.transform(hist.observed)[:, table.recent]
+        before = values[:, table.recent]
         step = np.diff(hist.start_ms)
         adjacent = np.concatenate([[False], step == (np.median(step) if len(step) else 0)])
         change = np.vstack([np.full((1, before.shape[1]), np.nan), np.diff(before, axis=0)])
