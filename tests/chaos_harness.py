@@ -317,7 +317,9 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
       them, or their instance has a window at least
       :data:`COLLECTIVE_SETTLE_MS` later, and the analytics app holds neither it nor an earlier window of
       its instance open), each
-      against the instance's earlier windows, as :class:`~workbench.analysis.collective.CollectiveStep` does.
+      against the instance's earlier windows, the silent ones of
+      :func:`~workbench.analysis.collective.with_silent_windows` included, as
+      :class:`~workbench.analysis.collective.CollectiveStep` does.
     * The scoring app's runtime residual: each settled day (:func:`residual_days`) in order, its
       windows from the final shards (:func:`~workbench.analysis.residual_windows.residual_windows`
       with the scoring version's evidence source) judged against the earlier days' windows and its
@@ -331,7 +333,7 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
     """
     from types import SimpleNamespace
 
-    from workbench.analysis.collective import CollectiveParams, flag_windows
+    from workbench.analysis.collective import CollectiveParams, flag_windows, with_silent_windows
     from workbench.analysis.persistence import PERSISTENCE_COLUMNS, persistent_runs
     from workbench.analysis.residual_windows import judge_residual_windows, residual_windows
     from workbench.ml.features import REFERENCE_SOURCE_COLUMNS
@@ -346,6 +348,7 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
         frame = store.read().to_pandas()
     parts: list[pa.Table] = []
     if len(frame):
+        frame = with_silent_windows(frame)  # as the step judges them: the windows without a query too
         start_ms = pd.DatetimeIndex(frame["window_start"]).as_unit("ms").asi8
         newest = pd.Series(start_ms).groupby(frame["instance_id"].to_numpy()).transform("max").to_numpy()
         settled = start_ms <= newest - COLLECTIVE_SETTLE_MS
