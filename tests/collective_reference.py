@@ -128,7 +128,14 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
             now = np.searchsorted(times, t, side="left")
             floor = min((floors[k] for k in range(len(names)) if recent[k]), default=np.inf)
             silent = np.isnan(t_arrivals[j]) and (t_obs[j][recent] == 0).any()
-            if silent and not (hist["arrivals"].to_numpy()[hi:now] >= floor).any():
+            # The hour before; for a silent window, the hour before its instance fell silent.
+            r_hi, anchor = now, t
+            if silent:
+                while r_hi > 0 and not active[r_hi - 1]:
+                    r_hi -= 1
+                anchor = times[r_hi] if r_hi < now else t
+            r_lo = max(np.searchsorted(times, anchor - guard, side="left"), lo)
+            if silent and not (hist["arrivals"].to_numpy()[r_lo:r_hi] >= floor).any():
                 continue  # a silent window the hour before gives no excess of a drop's floor
             tr = values[lo:hi]
             med, mad, n = _robust(tr)
@@ -150,10 +157,9 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
             hour_before = np.full(len(names), np.nan)
             if recent.any():
                 # The hour before: its median; its spread from changes between adjacent windows of traffic.
-                now = np.searchsorted(times, t, side="left")
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    busy = values[hi:now][active[hi:now]]
+                    busy = values[r_lo:r_hi][active[r_lo:r_hi]]
                     last_hour = np.nanmedian(busy, axis=0) if len(busy) else np.full(len(names), np.nan)
                     step = np.median(np.diff(times)) if len(times) > 1 else 0
                     changes = [values[k] - values[k - 1] for k in range(lo + 1, hi)

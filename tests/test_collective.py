@@ -597,6 +597,35 @@ def test_a_quieter_day_a_small_instance_s_silence_and_a_quiet_night_are_not_outa
         assert len(drop) > 100 and (drop["score"] < 1).all(), drop.sort_values("score").tail()
 
 
+def _between(w: pd.DataFrame, start: str, end: str) -> np.ndarray:
+    starts = pd.to_datetime(w["window_start"], utc=True)
+    return ((starts >= pd.Timestamp(start, tz="UTC")) & (starts < pd.Timestamp(end, tz="UTC"))).to_numpy()
+
+
+def test_a_long_outage_is_flagged_while_it_lasts_through_hours_that_are_busy_as_a_rule() -> None:
+    """Tester D (35th session): a 4-hour pause was flagged in its first hour only (6 of 24 windows): from
+    its second hour on, the hour before held no traffic. A silent window's hour before is now the hour
+    before its instance fell silent; the usual (the same hour on earlier days) still has its say."""
+    judged, other = _fleet(days=5)
+    night = pd.to_datetime(judged["window_start"], utc=True).dt.hour.between(1, 4).to_numpy()
+    judged = judged[~night]  # silent every night from 01:00 to 05:00
+    long_day = _between(judged, "2024-03-07 08:00", "2024-03-07 14:00")
+    overnight = _between(judged, "2024-03-07 23:00", "2024-03-08 07:00")
+    log = with_silent_windows(pd.concat([judged[~(long_day | overnight)], other], ignore_index=True))
+    today = log[(log["instance_id"] == 7) & _between(log, "2024-03-07 00:00", "2024-03-08 12:00")]
+    flagged = flag_windows(today, log).to_pandas()
+    assert set(flagged["signal"]) == {"arrivals_drop"}
+    starts = set(pd.to_datetime(flagged["window_start"], utc=True))
+    six_hours = set(pd.to_datetime(judged.loc[long_day, "window_start"], utc=True))
+    assert six_hours <= starts and len(six_hours) == 36
+    # Overnight: the hour before midnight and the early morning, not the hours it is silent every night.
+    hours = {s.hour for s in starts - six_hours}
+    assert {23, 0, 5, 6} <= hours and not hours & {1, 2, 3, 4} and len(starts - six_hours) == 24, sorted(starts)
+    late = flagged[pd.to_datetime(flagged["window_start"], utc=True) == pd.Timestamp("2024-03-07 13:50", tz="UTC")]
+    assert " in the hour before the instance fell silent " in late["reason"].iloc[0]
+    assert late["observed"].iloc[0] == 0 and late["expected"].iloc[0] > 45
+
+
 def test_step_flags_an_outage_the_store_has_no_row_for_once(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home")
     judged, other = _fleet()

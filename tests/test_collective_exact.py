@@ -27,7 +27,7 @@ from workbench.data.generator import generate
 @pytest.fixture(scope="module")
 def windows(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     """Eight generated days of two instances (a week and a day: same-hour-of-week references exist), with
-    the windows each had no query in (``arrivals_drop`` reads them): the busier one is silent 40 minutes."""
+    the windows each had no query in (``arrivals_drop`` reads them): the busier one is silent three hours."""
     path = Path(tmp_path_factory.mktemp("log")) / "log.parquet"
     generate(path, days=8, instances=2, seed=5, rows_per_day=20_000)
     table = pq.read_table(path)
@@ -35,7 +35,7 @@ def windows(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     ts = table.column("arrival_timestamp")
     outage = pc.and_(pc.equal(table.column("instance_id"), busier),
                      pc.and_(pc.greater_equal(ts, pa.scalar(datetime(2024, 3, 11, 9, tzinfo=UTC), ts.type)),
-                             pc.less(ts, pa.scalar(datetime(2024, 3, 11, 9, 40, tzinfo=UTC), ts.type))))
+                             pc.less(ts, pa.scalar(datetime(2024, 3, 11, 12, 0, tzinfo=UTC), ts.type))))
     windows = with_silent_windows(windows_of(table.filter(pc.invert(outage))))
     assert (windows["total_queries"] == 0).sum() >= 4
     return windows

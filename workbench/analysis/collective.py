@@ -14,8 +14,10 @@ query can move on its own):
   (:func:`with_silent_windows` adds them; no other signal reads them). Judged against the usual
   (its empirical check over the same hour on earlier days) *and* against the hour before (the
   median of its windows with queries, z against the spread of changes between adjacent such
-  windows), the weaker of the two: a day that runs quieter than the days before all day long, or a
-  batch instance whose busy hours move, is not an outage. Floor 30 queries, as the surge's.
+  windows; for a silent window, the hour before the instance fell silent, so a pause of hours is
+  flagged for as long as it runs through hours that are busy as a rule), the weaker of the two: a
+  day that runs quieter than the days before all day long, or a batch instance whose busy hours
+  move, is not an outage. Floor 30 queries, as the surge's.
 * shares of the window's queries: queue/WLM-bound, waited over a second, ran over a second,
   compiled over ten seconds, spilled (these four out of the queries that did work, i.e. not
   result-cache hits), aborted,
@@ -652,8 +654,25 @@ def _references(hist: _Rows, values: np.ndarray, targets: _Rows, x: np.ndarray, 
     return _References(center, spread, overall[2], as_extreme, base_sum, base_median)
 
 
-def _may_drop(hist: _Rows, guard_lo: np.ndarray, now: np.ndarray, table: _SignalTable) -> np.ndarray:
-    """Per target, whether a window of the hour before it held as many queries as a recent signal's floor.
+def _hour_before(hist: _Rows, t: np.ndarray, now: np.ndarray, silent: np.ndarray,
+                 guard: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per target, the history rows ``[lo, hi)`` of the hour a recent signal compares it with.
+
+    The hour before the window; for a silent window, the hour before its instance fell silent (the
+    start of the run of windows without traffic that it ends): a pause of hours is the same pause in
+    its fourth hour as in its first, and its own silent windows are no level to compare with.
+    """
+    active = np.flatnonzero(hist.arrivals > 0)  # NaN (silent, residual) is not
+    before = np.searchsorted(active, now, side="left")  # active rows before each target
+    # one past each target's last active row (0: none; residual windows have no arrivals at all)
+    run_start = np.append(active, -1)[np.where(before > 0, before - 1, len(active))] + 1
+    hi = np.where(silent, run_start, now)
+    anchor = np.where(hi < now, np.append(hist.start_ms, 0)[hi], t)
+    return np.searchsorted(hist.start_ms, anchor - guard, side="left"), hi
+
+
+def _may_drop(hist: _Rows, lo: np.ndarray, hi: np.ndarray, table: _SignalTable) -> np.ndarray:
+    """Per target, whether a window of its hour before (rows ``[lo, hi)``) held a recent signal's floor.
 
     A silent window's excess is at most the hour before's median, so without such a window it cannot be
     flagged: it is not scored (a sparse instance has silent windows by the thousand, and judging every one
@@ -661,9 +680,9 @@ def _may_drop(hist: _Rows, guard_lo: np.ndarray, now: np.ndarray, table: _Signal
     """
     floor = float(table.floors[table.recent].min()) if table.recent.any() else np.inf
     busy = np.flatnonzero(hist.arrivals >= floor)  # NaN (silent) is not
-    # a busy row in [guard_lo, now): the first busy row at or after guard_lo comes before now
-    first = np.searchsorted(busy, guard_lo, side="left")
-    return (first < len(busy)) & (np.append(busy, len(hist.start_ms))[first] < now)
+    # a busy row in [lo, hi): the first busy row at or after lo comes before hi
+    first = np.searchsorted(busy, lo, side="left")
+    return (first < len(busy)) & (np.append(busy, len(hist.start_ms))[first] < hi)
 
 
 def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
@@ -678,20 +697,25 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
     enough = bounds[1] - bounds[0] >= params.min_history
     # with_silent_windows' rows: no arrivals (window_signals), 0 on the drop (NaN too: a residual window)
     silent = np.isnan(targets.arrivals) & (targets.observed[:, table.recent] == 0).any(axis=1)
+    recent_lo, recent_hi = _hour_before(hist, t, now, silent, guard)
+    recent_lo = np.maximum(recent_lo, bounds[0])  # within the lookback, as the stream reads it
     if silent.any():
-        enough &= ~silent | _may_drop(hist, bounds[1], now, table)
+        enough &= ~silent | _may_drop(hist, recent_lo, recent_hi, table)
     judged = np.flatnonzero(enough)
     if not len(judged):
         return pd.DataFrame(columns=_SCORE_COLUMNS)
     targets, bounds, now = targets.take(judged), bounds[:, judged], now[judged]
+    recent_lo, recent_hi = recent_lo[judged], recent_hi[judged]
     observed = targets.observed
     x = table.transform(observed)
     values = table.transform(hist.observed)
     refs = _references(hist, values, targets, x, bounds, table, params)
     if table.recent.any():  # the hour before (Signal.recent): its median, and the window-to-window spread.
         # Over windows with traffic: an outage's own silent windows are no level (its fourth window was
-        # judged against a last hour of three silent windows and three busy ones); a last hour without
-        # any traffic gives no level either, so an outage is flagged in its first hour.
+        # judged against a last hour of three silent windows and three busy ones). A silent window's hour
+        # is the hour before the silence began (_hour_before): an outage is flagged for as long as it
+        # lasts through hours that are busy as a rule (only its first hour was, the blind evaluation's
+        # 4-hour pause 6 of 24 windows).
         before = values[:, table.recent]
         step = np.diff(hist.start_ms)
         adjacent = np.concatenate([[False], step == (np.median(step) if len(step) else 0)])
@@ -701,8 +725,9 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
         change[~(active & np.concatenate([[False], active[:-1]]))] = np.nan
         last_hour = np.full((len(now), before.shape[1]), np.nan)
         local = np.full((len(now), before.shape[1]), np.nan)
-        for j, (lo, guard_lo, hi) in enumerate(zip(bounds[0], bounds[1], now, strict=True)):
-            busy = before[guard_lo:hi][active[guard_lo:hi]]  # the hour's traffic while there was some
+        for j, (lo, guard_lo, r_lo, r_hi) in enumerate(zip(bounds[0], bounds[1], recent_lo, recent_hi,
+                                                           strict=True)):
+            busy = before[r_lo:r_hi][active[r_lo:r_hi]]  # the hour's traffic while there was some
             if len(busy):
                 last_hour[j] = _nanmedian0(busy)
             if guard_lo > lo + 1:
@@ -960,8 +985,8 @@ def flag_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
     reason = [(SIGNALS[s].describe(o, e, q) if SIGNALS[s].describe is not None else
                f"{r}: observed {format_signal_value(s, o)} vs expected {format_signal_value(s, e)} (the "
                "instance's own history for this hour of the week, shrunk toward its hour of day and overall)")
-              + ("" if np.isnan(h) else f", and {format_signal_value(s, h)} in the hour before (the median of "
-                 "its windows with any)")
+              + ("" if np.isnan(h) else f", and {format_signal_value(s, h)} in the hour before "
+                 f"{'the instance fell silent' if o == 0 else 'it'} (the median of its windows with any)")
               + ("" if a else f"; so is the window before it (together z {pz:.1f})")
               for r, o, e, h, q, s, a, pz in zip(flagged["reason"], flagged["observed"], flagged["expected"],
                                                  flagged["recent"], flagged["queries"], flagged["signal"], alone,
