@@ -289,6 +289,17 @@ def _spill_beyond_largest(day: ProbeDay, name: str) -> None:
             execution_duration_ms=exec_ms * day.rng.uniform(1.5, 3, len(idx)))
 
 
+def _work_not_done(day: ProbeDay, name: str) -> None:
+    # Work that did not happen: a statement that runs for 10 s or more as a rule (5 runs or more) ends in
+    # 5-200 ms having read nothing (a load whose input never arrived, an ETL step that skipped its work).
+    # Not a cache hit and not an abort: nothing in the row says so.
+    work = day.frame["query_type"].isin(["copy", "insert", "ctas", "select", "unload", "update", "delete"]).to_numpy()
+    cand = day.free() & work & _known(day) & (day.hist["med_exec"].fillna(0).to_numpy() >= 10_000)
+    idx = day.pick(cand, POINT_ROWS)
+    day.set(idx, name, execution_duration_ms=day.rng.uniform(5, 200, len(idx)), mbytes_scanned=np.zeros(len(idx)),
+            mbytes_spilled=np.zeros(len(idx)))
+
+
 def _new_runaway(day: ProbeDay, name: str) -> None:
     f = day.frame
     work = f["query_type"].isin(["select", "insert", "ctas", "update", "delete"]).to_numpy()
@@ -508,6 +519,7 @@ PROBES: tuple[Probe, ...] = (
     Probe("heavy_slower", "point", _heavy_slower),
     Probe("first_spill", "point", _first_spill),
     Probe("spill_beyond_largest", "point", _spill_beyond_largest),
+    Probe("work_not_done", "point", _work_not_done),
 )
 
 #: A second set, measured on its own copy of the day (the main set takes the free episode slots):

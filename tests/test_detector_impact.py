@@ -438,7 +438,7 @@ def test_a_spill_against_a_scan_nobody_measured_gets_no_verdict() -> None:
 def test_the_observed_signals_mark_the_rows_whose_scan_was_measured() -> None:
     import pyarrow as pa
 
-    from workbench.ml.detector import SCAN_KNOWN
+    from workbench.ml.detector import RAN_IN_FULL, SCAN_KNOWN
     from workbench.ml.features import SIGNALS, observed_signals
 
     table = pa.table({column: pa.array([1, 2, 3], pa.int64()) for column in SIGNALS.values()})
@@ -446,4 +446,9 @@ def test_the_observed_signals_mark_the_rows_whose_scan_was_measured() -> None:
                              pa.array([5, None, 0], pa.int64()))
     observed = observed_signals(table)
     assert observed[SCAN_KNOWN].tolist() == [True, False, True]
-    assert observed["scan"][1] == 0.0 and set(observed) == {*SIGNALS, SCAN_KNOWN}
+    assert observed["scan"][1] == 0.0 and set(observed) == {*SIGNALS, SCAN_KNOWN, RAN_IN_FULL}
+    # without the flags a row is not known to have run its work; a NULL flag neither
+    assert observed[RAN_IN_FULL].tolist() == [False, False, False]
+    flags = table.append_column("was_cached", pa.array([False, True, None])).append_column(
+        "was_aborted", pa.array([False, False, False]))
+    assert observed_signals(flags)[RAN_IN_FULL].tolist() == [True, False, False]

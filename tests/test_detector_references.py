@@ -1,5 +1,6 @@
 """References from the training window that are not a statement's own runtime: the instance's ordinary
-wait, and a statement's spill history (the first-spill path)."""
+wait, a statement's spill history (the first-spill path) and its shortest run in full (the shortest-run
+path)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,16 @@ import pytest
 
 from workbench.ml._testing import generated_log
 from workbench.ml._train import train_table
-from workbench.ml.detector import FIRST_SPILL_REASON, RECORD_SPILL_REASON, SPILL_HISTORY
+from workbench.ml.detector import (
+    FIRST_SPILL_REASON,
+    RECORD_SPILL_REASON,
+    SHORT_OF_SHORTEST,
+    SHORT_RATIO,
+    SHORT_RUN_REASON,
+    SHORTEST_RUN,
+    SPILL_HISTORY,
+    ResidualDetector,
+)
 from workbench.ml.features import WAITED_MS, FeatureBuilder
 from workbench.ml.scorer import Scorer
 
@@ -123,3 +133,92 @@ def test_scorer_names_a_spill_beyond_the_largest_with_its_evidence(tmp_path: Pat
     assert row["reference"] == f"fingerprint history: largest spill 200 MB in {runs[i]:.0f} runs"
     # 4x its largest is no record worth an alert.
     assert _scored_with_spill(scorer, batch, i, 800.0)["reason"] != RECORD_SPILL_REASON
+
+
+# --- the shortest-run path: work that did not happen ----------------------------------------------
+def _bool(table: pa.Table, column: str, values: np.ndarray) -> pa.Table:
+    idx = table.schema.get_field_index(column)
+    return table.set_column(idx, table.schema.field(idx), pa.array(values, table.schema.field(idx).type))
+
+
+def test_shortest_run_is_the_statement_s_shortest_run_that_did_its_work() -> None:
+    log = generated_log(days=1, rows_per_day=4000, seed=3)
+    keys = _keys(log)
+    distinct, counts = np.unique(keys, return_counts=True)
+    busiest = keys == distinct[np.argmax(counts)]
+    runtime = np.where(busiest, 60_000.0, log.column("execution_duration_ms").to_numpy().astype(float))
+    rows = np.flatnonzero(busiest)
+    runtime[rows[0]], runtime[rows[1]] = 5.0, 45_000.0  # its one cache hit, and its shortest run in full
+    cached = np.zeros(len(keys), bool)
+    cached[rows[0]] = True
+    table = _bool(_with(log, "execution_duration_ms", runtime), "was_cached", cached)
+    builder = FeatureBuilder().fit(table)
+    shortest, full = builder.references(table)[SHORTEST_RUN]
+    assert np.expm1(shortest[busiest]) == pytest.approx(45_000.0)  # not the cache hit's 5 ms
+    did_work = busiest & ~cached & ~np.asarray(log.column("was_aborted").to_pylist(), bool)
+    assert (full[busiest] == did_work.sum()).all()
+    rare = np.isin(keys, distinct[counts < builder.min_history])
+    assert rare.any() and np.isnan(shortest[rare]).all()
+    # a log without was_cached keeps no shortest run (a cache hit's milliseconds would be the record)
+    assert SHORTEST_RUN not in FeatureBuilder().fit(log.drop_columns(["was_cached"])).references(table)
+
+
+def _short_run_model(tmp_path: Path) -> tuple[pa.Table, np.ndarray, Scorer, np.ndarray]:
+    """``(batch, shortest log runtime, scorer, candidates)``: a version trained on the first 3000 rows of a
+    small log, the 500 rows after them, their statements' shortest runs in full, and the rows of that batch
+    of a statement with at least 5 runs in full whose shortest took 10 s or more."""
+    log = generated_log(days=2, rows_per_day=3000, seed=5)
+    train, batch = log.slice(0, 3000), log.slice(3000, 500)
+    train_table(tmp_path / "models", train, dt.date(2024, 3, 1), window_days=1)
+    version = next((tmp_path / "models" / "versions").iterdir())
+    builder = FeatureBuilder.load(version, json.loads((version / "model.json").read_text())["features"])
+    shortest, full = builder.references(batch)[SHORTEST_RUN]
+    ran = ~np.asarray(batch.column("was_cached").to_pylist(), bool) & ~np.asarray(
+        batch.column("was_aborted").to_pylist(), bool)
+    candidates = np.flatnonzero((full >= 5) & (np.expm1(np.nan_to_num(shortest)) >= 10_000.0) & ran)
+    return batch, shortest, Scorer(tmp_path / "models", background=False), candidates
+
+
+def _scored_with_runtime(scorer: Scorer, batch: pa.Table, i: int, runtime_ms: float,
+                         **flags: bool) -> dict:
+    runtime = batch.column("execution_duration_ms").to_numpy().astype(float)
+    runtime[i] = runtime_ms
+    table = _with(batch, "execution_duration_ms", runtime)
+    for name, value in flags.items():
+        values = np.asarray(table.column(name).to_pylist(), bool)
+        values[i] = value
+        table = _bool(table, name, values)
+    out = scorer.score(table)
+    return {n: out.column(n)[i].as_py() for n in out.schema.names}
+
+
+def test_scorer_names_a_run_far_shorter_than_any_run_of_its_statement_with_its_evidence(tmp_path: Path) -> None:
+    batch, shortest, scorer, candidates = _short_run_model(tmp_path)
+    assert len(candidates), "the batch must hold a run of a statement whose 5+ runs in full took 10 s or more"
+    i = int(candidates[0])
+    least = float(np.expm1(shortest[i]))
+    # a load that found no input: 40 ms where the statement never took under 10 s
+    row = _scored_with_runtime(scorer, batch, i, 40.0)
+    assert row["is_anomaly"] and row["reason"] == SHORT_RUN_REASON and row["evidence_signal"] == "exec"
+    assert row["expected_value"] == pytest.approx(least, rel=1e-6)
+    assert row["observed_value"] == pytest.approx(40.0, rel=1e-6)
+    assert row["excess_value"] == pytest.approx(40.0 - least, rel=1e-6)
+    assert row["reference"].startswith(f"fingerprint history: shortest run {least:,.0f} ms in ")
+    # a third of its shortest is ordinary spread; a result-cache hit and an aborted run do not run the work
+    assert not _scored_with_runtime(scorer, batch, i, least / 3)["is_anomaly"]
+    assert not _scored_with_runtime(scorer, batch, i, 40.0, was_cached=True)["is_anomaly"]
+    assert not _scored_with_runtime(scorer, batch, i, 40.0, was_aborted=True)["is_anomaly"]
+
+
+def test_a_short_run_under_the_runtime_floor_is_no_alert() -> None:
+    det = ResidualDetector()
+    residuals = {SHORT_OF_SHORTEST: np.array([900.0, 1_200.0, 1_200.0]), SHORT_RATIO: np.log([50.0, 50.0, 4.0])}
+    score = det._short_run(residuals, np.zeros(3, np.int64))
+    assert score[0] < 1 <= score[1] and score[2] < 1  # under 1 s short; 5x; only 4x under its shortest
+    assert (det._short_run(residuals, np.ones(3, np.int64)) == 0).all()  # a prior's expectation: no path
+    # a model saved before the path keeps its decisions
+    rng = np.random.default_rng(0)
+    saved = det.fit({s: rng.normal(size=2_000) for s in det.signals}).to_dict()
+    assert ResidualDetector.from_dict(saved)._short_run(residuals, np.zeros(3, np.int64)) is not None
+    del saved["params"]["short_run_factor"]
+    assert ResidualDetector.from_dict(saved)._short_run(residuals, np.zeros(3, np.int64)) is None

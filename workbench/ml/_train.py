@@ -53,6 +53,7 @@ from workbench.ml.exceptions import UntrainableWindow
 from workbench.ml.features import (
     INPUT_COLUMNS,
     OBSERVED_COLUMNS,
+    RUN_FLAG_COLUMNS,
     FeatureBuilder,
     _log_signal,
     observed_signals,
@@ -411,7 +412,8 @@ def _train_table(clock: _PhaseClock, registry: ModelRegistry, parent: str | None
     builder = FeatureBuilder(seed=seed)
     # History over every run outside the holdout hours (only the columns the builder reads); the
     # regressors train on the sample's rows, the only ones transformed.
-    history = table.select(list(INPUT_COLUMNS + OBSERVED_COLUMNS)).take(history_rows)
+    flags = [c for c in RUN_FLAG_COLUMNS if c in table.column_names]  # a statement's runs that did their work
+    history = table.select([*INPUT_COLUMNS, *OBSERVED_COLUMNS, *flags]).take(history_rows)
     X = builder.fit_transform(history, np.searchsorted(history_rows, train_rows))
     y = _log_signal(train, "exec")
     clock.lap("features")

@@ -120,6 +120,15 @@ statement's largest. The spill signal proper misses it whenever the spill stays 
 path's first-spill half (the statement had spilled); on the demo day 13 normal runs of 242,616 with such
 a history spill 10x their largest and 1 GB beyond it, 27 five times.
 
+Work that did not happen has a path of its own, for the same group 0: a run that did its work (not
+a result-cache hit, not aborted) of a statement with ``first_spill_runs`` such runs or more, at least
+the runtime floor (1 s) short of the shortest of them, scores ``min((L - R) / runtime floor,
+ln((1 + L) / (1 + R)) / ln(short_run_factor))`` (``L`` the shortest run, ``R`` this one, ms), reason
+``shorter_than_ever``: a nightly load of minutes that ends in 40 ms found no input. Every other path
+prices excess only. Normal runs of such statements came at most 2.7x under their shortest run on eight
+generated logs (thirty-sixth session), so ``short_run_factor`` 5 is evidence on its own, as the
+record-spill factor is; an aborted run is not judged (aborts end runs early every day).
+
 Calibration: the threshold targets ``alert_rate`` false alerts on normal traffic. The holdout
 comes from the training window and may itself contain anomalies, so its raw ``1 - alert_rate``
 quantile would land inside them. Instead the tail is extrapolated from the holdout's 95th and
@@ -155,6 +164,7 @@ __all__ = [
     "HISTORY_SIGNALS",
     "KNOWN_COSTLY",
     "ONE_SIDED",
+    "RAN_IN_FULL",
     "REASONS",
     "RECORD_RATIO",
     "RECORD_SPILL",
@@ -163,6 +173,11 @@ __all__ = [
     "RUNTIME_SCALE",
     "RUNTIME_SCALE_FACTOR",
     "SCAN_KNOWN",
+    "SHORTEST_RUN",
+    "SHORT_OF_SHORTEST",
+    "SHORT_RATIO",
+    "SHORT_RUN_FACTOR",
+    "SHORT_RUN_REASON",
     "SPILL_HISTORY",
     "STAKE_SCALE",
     "THROUGHPUT",
@@ -241,8 +256,24 @@ RECORD_RATIO = "spill_record_log_ratio"
 RECORD_SPILL_REASON = "spill_beyond_record"
 #: How many times its largest spill a statement must spill for the record itself to be the evidence.
 RECORD_SPILL_FACTOR = 5.0
-#: Every reason an alert can carry: a signal's, or one of the spill paths'.
-ALERT_REASONS: tuple[str, ...] = (*REASONS.values(), FIRST_SPILL_REASON, RECORD_SPILL_REASON)
+#: Key of the observed signals' mask of rows that ran their work (``features.observed_signals``): not a
+#: result-cache hit, not aborted. Only those are judged for running short.
+RAN_IN_FULL = "ran_in_full"
+#: Key of the optional reference with a statement's own shortest run: ``(log1p ms of its shortest run in
+#: full in the training window, how many runs in full)`` (NaN for a row whose references are not its
+#: statement's own).
+SHORTEST_RUN = "exec_shortest_run"
+#: Key of the extra quantity :meth:`ResidualDetector.residuals` adds: ms by which a run in full of a
+#: statement with at least ``first_spill_runs`` such runs fell short of the shortest of them (0 otherwise).
+SHORT_OF_SHORTEST = "exec_short_of_shortest_ms"
+#: Key of the extra quantity next to :data:`SHORT_OF_SHORTEST`: ``log1p(shortest) - log1p(runtime)``.
+SHORT_RATIO = "exec_short_log_ratio"
+#: Reason of an alert the shortest-run path decided: work that did not happen.
+SHORT_RUN_REASON = "shorter_than_ever"
+#: How many times shorter than its shortest run in full a run must be for that alone to be the evidence.
+SHORT_RUN_FACTOR = 5.0
+#: Every reason an alert can carry: a signal's, one of the spill paths', or the shortest-run path's.
+ALERT_REASONS: tuple[str, ...] = (*REASONS.values(), FIRST_SPILL_REASON, RECORD_SPILL_REASON, SHORT_RUN_REASON)
 #: Runs of a statement's history without a spill after which its first spill is news: a statement that
 #: spills one run in two shows 5 clean runs 3 % of the time (one in four: 24 %), and 5 is more than the
 #: 3 runs after which its history is its own reference at all.
@@ -289,6 +320,11 @@ class ResidualDetector:
         How many times its largest spill (of at least ``first_spill_runs`` runs) a statement must spill,
         at least the spill floor beyond it, for the record alone to alert; see :data:`RECORD_SPILL_FACTOR`.
         1 or less turns the path off.
+    short_run_factor : float, default=5.0
+        How many times shorter than the shortest of its runs in full (of at least ``first_spill_runs``
+        such runs) a run in full of a statement must be, at least the runtime floor short of it, for that
+        alone to alert (reason :data:`SHORT_RUN_REASON`: a load that found no input, a statement that
+        skipped its work); see :data:`SHORT_RUN_FACTOR`. 1 or less turns the path off.
     runtime_scale_factor : float, default=5.0
         The runtime stakes (``costly["exec"]`` and ``known_costly``) of a row are multiplied by
         ``max(1, runtime_scale_factor * p99 / costly["exec"])``, ``p99`` its instance's 1-in-100 runtime
@@ -316,7 +352,8 @@ class ResidualDetector:
                  costly_z: float = 2.0, known_costly: float = KNOWN_COSTLY,
                  first_spill_runs: float = FIRST_SPILL_RUNS, one_sided: tuple[str, ...] = ONE_SIDED,
                  runtime_scale_factor: float = RUNTIME_SCALE_FACTOR,
-                 record_spill_factor: float = RECORD_SPILL_FACTOR) -> None:
+                 record_spill_factor: float = RECORD_SPILL_FACTOR,
+                 short_run_factor: float = SHORT_RUN_FACTOR) -> None:
         self.alert_rate = alert_rate
         self.signals = signals
         self.min_scale = min_scale
@@ -332,6 +369,7 @@ class ResidualDetector:
         self.one_sided = tuple(one_sided)
         self.runtime_scale_factor = runtime_scale_factor
         self.record_spill_factor = record_spill_factor
+        self.short_run_factor = short_run_factor
         self.n_groups = 1
 
     # --- per-row quantities -----------------------------------------------------------------
@@ -364,6 +402,11 @@ class ResidualDetector:
                     out[UNEXPLAINED] = (observed_log[s] - pred_mean_log - more_work) / scale
                 upper = np.maximum(pred_q_log, pred_mean_log)  # the two regressors may cross
                 out[BEYOND_TOLERANCE] = np.expm1(observed_log[s]) - np.expm1(np.clip(upper, 0.0, 50.0))
+                if SHORTEST_RUN in references and RAN_IN_FULL in observed_log:
+                    shortest, runs = references[SHORTEST_RUN]
+                    judged = observed_log[RAN_IN_FULL] & (runs >= self.first_spill_runs)  # NaN runs: False
+                    out[SHORT_OF_SHORTEST] = np.where(judged, np.expm1(shortest) - np.expm1(observed_log[s]), 0.0)
+                    out[SHORT_RATIO] = np.where(judged, shortest - observed_log[s], 0.0)
                 if RUNTIME_SCALE in references and self.runtime_scale_factor > 0:
                     heavy = self.runtime_scale_factor * np.expm1(np.clip(references[RUNTIME_SCALE][0], 0.0, 50.0))
                     out[STAKE_SCALE] = np.fmax(heavy / self.costly["exec"], 1.0)  # fmax: NaN (no scale) -> 1
@@ -565,7 +608,29 @@ class ResidualDetector:
         if first is not None:
             i = self.signals.index("spill")
             scores[i] = np.maximum(scores[i], first)
+        short = self._short_run(residuals, groups)
+        if short is not None:
+            i = self.signals.index("exec")
+            scores[i] = np.maximum(scores[i], short)
         return scores
+
+    def _short_run(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None) -> np.ndarray | None:
+        """Score of the shortest-run path per row, or None without its inputs: the smaller of the stake
+        (ms short of the statement's shortest run in full, over the runtime floor) and the evidence
+        (``ln(shortest / runtime) / ln(short_run_factor)``).
+
+        Work that did not happen: a load that found no input, a statement aborted by nobody that skipped
+        its work. The runtime signal prices excess only. Normal runs of a statement with five runs in full
+        or more came at most 2.7x under the shortest of them on eight generated logs, so 5x under it is
+        evidence on its own, as a spill five times the statement's largest is. Runs served from the
+        result cache, and aborted runs, are not judged: they do not run the work.
+        """
+        if SHORT_OF_SHORTEST not in residuals or groups is None or "exec" not in self.signals \
+                or self.short_run_factor <= 1.0:
+            return None
+        score = np.minimum(residuals[SHORT_OF_SHORTEST] / self.floors["exec"],
+                           residuals[SHORT_RATIO] / np.log(self.short_run_factor))
+        return np.where(np.asarray(groups) == 0, score, 0.0)
 
     def _first_spill(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None) -> np.ndarray | None:
         """Score of the first-spill path per row, or None without its inputs: the smaller of the stake (MB
@@ -592,13 +657,18 @@ class ResidualDetector:
     def reasons(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None, score: np.ndarray,
                 which: np.ndarray, alert: np.ndarray) -> np.ndarray:
         """The reason of each alert (None for other rows), from :meth:`decide_with_signal`'s values: the
-        deciding signal's :data:`REASONS` entry, or :data:`FIRST_SPILL_REASON` where the first-spill
-        path gave the score (``groups`` None: no first-spill path, as in :meth:`decide_with_signal`)."""
+        deciding signal's :data:`REASONS` entry, or :data:`FIRST_SPILL_REASON` (:data:`RECORD_SPILL_REASON`,
+        :data:`SHORT_RUN_REASON`) where that path gave the score (``groups`` None: no such path, as in
+        :meth:`decide_with_signal`)."""
         names = np.array([REASONS[s] for s in self.signals], dtype=object)[which]
         first = self._first_spill(residuals, groups)
         if first is not None:
             path = (which == self.signals.index("spill")) & (first > 0) & (first >= score)
             names = np.where(path, np.where(residuals[CLEAN_RUNS] > 0, FIRST_SPILL_REASON, RECORD_SPILL_REASON), names)
+        short = self._short_run(residuals, groups)
+        if short is not None:
+            path = (which == self.signals.index("exec")) & (short > 0) & (short >= score)
+            names = np.where(path, SHORT_RUN_REASON, names)
         return np.where(alert, names, None)
 
     def decide(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None,
@@ -633,7 +703,8 @@ class ResidualDetector:
                        "costly_z": self.costly_z, "known_costly": self.known_costly,
                        "first_spill_runs": self.first_spill_runs, "one_sided": list(self.one_sided),
                        "runtime_scale_factor": self.runtime_scale_factor,
-                       "record_spill_factor": self.record_spill_factor},
+                       "record_spill_factor": self.record_spill_factor,
+                       "short_run_factor": self.short_run_factor},
             "center": self.center_, "spread": self.spread_, "gamma": self.gamma_,
             "relative_threshold": self.relative_threshold_, "score_threshold": self.threshold_,
             "group_threshold": self.group_threshold_,
@@ -649,6 +720,7 @@ class ResidualDetector:
         params.setdefault("first_spill_runs", float("inf"))  # likewise
         params.setdefault("runtime_scale_factor", 0.0)  # likewise (fixed stakes)
         params.setdefault("record_spill_factor", 1.0)  # likewise (no record-spill path)
+        params.setdefault("short_run_factor", 1.0)  # likewise (no shortest-run path)
         params["one_sided"] = tuple(params.get("one_sided", _ONE_SIDED_BEFORE))
         det = cls(**params)
         det.n_groups = int(state.get("n_groups", 1))

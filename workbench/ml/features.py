@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workbench.data.schema import COLUMNS, LABEL_COLUMNS, query_type_key
-from workbench.ml.detector import RUNTIME_SCALE, SCAN_KNOWN, SPILL_HISTORY, THROUGHPUT
+from workbench.ml.detector import RAN_IN_FULL, RUNTIME_SCALE, SCAN_KNOWN, SHORTEST_RUN, SPILL_HISTORY, THROUGHPUT
 from workbench.ml.exceptions import ColumnMismatchError, NotFittedError
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "OBSERVED_COLUMNS",
     "REFERENCE_SOURCES",
     "REFERENCE_SOURCE_COLUMNS",
+    "RUN_FLAG_COLUMNS",
     "SIGNALS",
     "WAITED_MS",
     "FeatureBuilder",
@@ -103,6 +104,11 @@ _MED_WAITED = "med_waited_queue"
 #: Fingerprint column: the largest log MB spilled of the statement's runs in the window (0: it never
 #: spilled), for the detector's first-spill path (:data:`~workbench.ml.detector.SPILL_HISTORY`).
 _MAX_SPILL = "max_spill"
+#: Fingerprint columns: the shortest log runtime (ms) of the statement's runs in the window that ran in
+#: full (no result-cache hit; aborted runs are not training rows), and how many there were, for the
+#: detector's shortest-run path (:data:`~workbench.ml.detector.SHORTEST_RUN`). Absent when the window has
+#: no ``was_cached`` column.
+_MIN_EXEC, _FULL_RUNS = "min_full_exec", "full_runs"
 #: Instance column: the log runtime (ms) of the instance's 1-in-100 query in the window (NaN with fewer
 #: than :data:`_P99_MIN_RUNS` runs), the scale of its heavy work (:data:`~workbench.ml.detector.RUNTIME_SCALE`).
 _P99_EXEC = "p99_exec"
@@ -243,7 +249,24 @@ def observed_signals(table: pa.Table) -> dict[str, np.ndarray]:
     """
     out = {s: _log_signal(table, s) for s in SIGNALS}
     out[SCAN_KNOWN] = pc.is_valid(table.column(SIGNALS["scan"])).to_numpy(zero_copy_only=False)
+    out[RAN_IN_FULL] = _ran_in_full(table)
     return out
+
+
+#: The flags of a run that did not do its work: a result-cache hit, an abort.
+RUN_FLAG_COLUMNS = ("was_cached", "was_aborted")
+
+
+def _ran_in_full(table: pa.Table, flags: tuple[str, ...] = RUN_FLAG_COLUMNS) -> np.ndarray:
+    """Per row: the query ran its work (each of ``flags`` false; a NULL, or a log without the column, is
+    not known to have: no verdict on how short it ran)."""
+    full = np.ones(table.num_rows, dtype=bool)
+    for name in flags:
+        if name not in table.column_names:
+            return np.zeros(table.num_rows, dtype=bool)
+        flag = pc.cast(table.column(name), pa.bool_(), safe=False)
+        full &= pc.fill_null(pc.invert(flag), False).to_numpy(zero_copy_only=False)
+    return full
 
 
 def _id_count(table: pa.Table, name: str) -> np.ndarray:
@@ -431,6 +454,21 @@ def _stats_above(codes: np.ndarray, log_values: np.ndarray, value_order: np.ndar
     return np.where(thin, np.nan, med), np.where(thin, np.nan, q75 - q25)
 
 
+def _shortest_full_runs(codes: np.ndarray, log_exec: np.ndarray, order: np.ndarray, n_groups: int,
+                        full: np.ndarray) -> dict[str, np.ndarray]:
+    """Per group: the smallest ``log_exec`` of its runs in full (``full``) and their number (NaN, 0: none).
+
+    ``order``: the rows with a group sorted by ``(code, log_exec)``, so each group's first run in full is
+    its shortest."""
+    kept = order[full[order]]
+    group = codes[kept]
+    runs = np.bincount(group, minlength=n_groups).astype(np.float64)
+    shortest = np.full(n_groups, np.nan)
+    first = np.flatnonzero(np.concatenate(([True], group[1:] != group[:-1]))) if len(group) else group
+    shortest[group[first]] = log_exec[kept[first]]
+    return {_MIN_EXEC: shortest, _FULL_RUNS: runs}
+
+
 def _reading_pace(codes: np.ndarray, logs: dict[str, np.ndarray], n_groups: int) -> tuple[np.ndarray, float]:
     """Per group and fleet-wide :data:`_PACE_QUANTILE` of ``log(ms per MB)`` over reads of at least
     :data:`_PACE_MIN_MB` (NaN for a group with fewer than :data:`_PACE_MIN_READS` such reads)."""
@@ -519,6 +557,10 @@ class FeatureBuilder:
                                               self.min_history, WAITED_MS)[0]
         pace, fleet_pace = _reading_pace(inst_codes, logs, len(inst_ids))
         full_inst[_PACE] = pace
+        if "was_cached" in table.column_names:  # the statement's shortest run in full (training rows are not aborted)
+            flags = tuple(c for c in RUN_FLAG_COLUMNS if c in table.column_names)
+            full_fp.update(_shortest_full_runs(fp_codes, logs["exec"], orders["exec"], len(fp_dict),
+                                               _ran_in_full(table, flags)))
         by_runtime = inst_orders["exec"]  # rows sorted by (instance, log runtime)
         p99 = _sorted_group_quantiles(inst_codes[by_runtime], logs["exec"][by_runtime], len(inst_ids), (0.99,))[:, 0]
         full_inst[_P99_EXEC] = np.where(full_inst["n"] < _P99_MIN_RUNS, np.nan, p99)
@@ -742,6 +784,9 @@ class FeatureBuilder:
         if _MAX_SPILL in lookup.fp:  # versions trained before the largest spill was kept have none
             refs[SPILL_HISTORY] = (np.where(use_fp, lookup.fp[_MAX_SPILL], np.nan),
                                    np.where(use_fp, lookup.fp["n"], np.nan))
+        if _MIN_EXEC in lookup.fp:  # versions trained before the shortest run was kept (or without was_cached)
+            refs[SHORTEST_RUN] = (np.where(use_fp, lookup.fp[_MIN_EXEC], np.nan),
+                                  np.where(use_fp, lookup.fp[_FULL_RUNS], np.nan))
         if _PACE in lookup.inst:  # versions trained before the pace was kept have none
             pace = lookup.inst[_PACE]
             pace = np.where(np.isnan(pace), self.global_.get(_PACE, np.nan), pace)

@@ -32,7 +32,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from workbench.ml.detector import FIRST_SPILL_REASON, RECORD_SPILL_REASON, SPILL_HISTORY, UNITS, ResidualDetector
+from workbench.ml.detector import (
+    FIRST_SPILL_REASON,
+    RECORD_SPILL_REASON,
+    SHORT_RUN_REASON,
+    SHORTEST_RUN,
+    SPILL_HISTORY,
+    UNITS,
+    ResidualDetector,
+)
 from workbench.ml.exceptions import MLError
 from workbench.ml.features import (
     INPUT_COLUMNS,
@@ -128,11 +136,13 @@ class LoadedModel:
         pick = which[None, :]
         exp_v = np.take_along_axis(np.stack([expected[s] for s in det.signals]), pick, axis=0)[0]
         exc_v = np.take_along_axis(np.stack([excess[s] for s in det.signals]), pick, axis=0)[0]
-        record = reason == RECORD_SPILL_REASON
-        if record.any():  # a spill beyond the statement's largest is compared with that largest spill
-            observed_v = exp_v + exc_v
-            exp_v = np.where(record, np.expm1(np.nan_to_num(refs[SPILL_HISTORY][0])), exp_v)
-            exc_v = observed_v - exp_v
+        # the record paths compare a run with its statement's record: the largest spill, the shortest run
+        for path, key in ((RECORD_SPILL_REASON, SPILL_HISTORY), (SHORT_RUN_REASON, SHORTEST_RUN)):
+            record = reason == path
+            if record.any():
+                observed_v = exp_v + exc_v
+                exp_v = np.where(record, np.expm1(np.nan_to_num(refs[key][0])), exp_v)
+                exc_v = observed_v - exp_v
         labels = np.array([[_reference_label(s, src) for src in REFERENCE_SOURCES] for s in det.signals],
                           dtype=object)
         pred_mean = np.expm1(np.clip(mean_log, 0.0, 50.0))
@@ -159,14 +169,21 @@ class LoadedModel:
 
 def _with_first_spill_labels(labels: np.ndarray, reason: np.ndarray, refs: dict[str, tuple[np.ndarray, np.ndarray]]
                              ) -> np.ndarray:
-    """``labels`` with the spill paths' reference: how many runs of the statement spilled nothing (a first
-    spill), or the largest spill of its runs (a spill beyond it)."""
-    rows = np.flatnonzero((reason == FIRST_SPILL_REASON) | (reason == RECORD_SPILL_REASON))
+    """``labels`` with the record paths' reference: how many runs of the statement spilled nothing (a first
+    spill), the largest spill of its runs (a spill beyond it), or its shortest run in full (a run far
+    shorter)."""
+    rows = np.flatnonzero((reason == FIRST_SPILL_REASON) | (reason == RECORD_SPILL_REASON)
+                          | (reason == SHORT_RUN_REASON))
     if not len(rows):
         return labels
     labels = labels.copy()
-    largest, runs = refs[SPILL_HISTORY]
     for i in rows:
+        if reason[i] == SHORT_RUN_REASON:
+            shortest, full = refs[SHORTEST_RUN]
+            labels[i] = (f"fingerprint history: shortest run {np.expm1(shortest[i]):,.0f} ms in {full[i]:.0f} runs "
+                         "that did their work (no cache hit, no abort)")
+            continue
+        largest, runs = refs[SPILL_HISTORY]
         labels[i] = (f"fingerprint history: no spill in {runs[i]:.0f} runs" if reason[i] == FIRST_SPILL_REASON
                      else f"fingerprint history: largest spill {np.expm1(largest[i]):,.0f} MB in {runs[i]:.0f} runs")
     return labels
