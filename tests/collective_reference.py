@@ -77,6 +77,8 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
     logged = np.array([SIGNALS[n].log for n in names])
     two_sided = np.array([SIGNALS[n].two_sided for n in names])
     floors = np.array([SIGNALS[n].floor for n in names])
+    silent_floors = np.array([SIGNALS[n].floor if SIGNALS[n].silent_floor is None else SIGNALS[n].silent_floor
+                              for n in names])
     min_spread = np.where(logged, params.min_spread, params.min_share_spread)
     reasons = np.array([SIGNALS[n].reason for n in names], dtype=object)
     needs_many = np.array([SIGNALS[n].needs_many for n in names])
@@ -126,7 +128,7 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
             if hi - lo < params.min_history:
                 continue
             now = np.searchsorted(times, t, side="left")
-            floor = min((floors[k] for k in range(len(names)) if recent[k]), default=np.inf)
+            floor = min((silent_floors[k] for k in range(len(names)) if recent[k]), default=np.inf)
             silent = np.isnan(t_arrivals[j]) and (t_obs[j][recent] == 0).any()
             # The hour before; for a silent window, the hour before its instance fell silent.
             r_hi, anchor = now, t
@@ -173,7 +175,7 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
                     excess = np.where(recent, np.minimum(excess, down * (observed - np.expm1(last_hour))), excess)
             z = np.where(two_sided, np.abs(z), z)
             excess = np.where(two_sided, np.abs(excess), excess)
-            ratio = excess / floors
+            ratio = excess / np.where(observed == 0, silent_floors, floors)
             if len(share_idx):
                 # Shares: the over-dispersed binomial tail, p0 kept off 0 and 1 by half a query
                 # of the reference (a share never seen is not impossible), and the excess must

@@ -626,6 +626,25 @@ def test_a_long_outage_is_flagged_while_it_lasts_through_hours_that_are_busy_as_
     assert late["observed"].iloc[0] == 0 and late["expected"].iloc[0] > 45
 
 
+def test_a_smaller_instance_that_stops_is_flagged_and_the_same_loss_of_traffic_that_goes_on_is_not() -> None:
+    """An instance of about 20 queries a window (under the drop's floor of 30) that stops altogether is
+    unavailable: a window without any query has the floor of 15. Traffic that falls by as much without
+    stopping keeps the floor of 30 (tester D, 35th session: a small instance's outage 0/4)."""
+    judged, other = _fleet()
+    judged["total_queries"] = np.maximum(judged["total_queries"] // 3, 1)
+    outage = _day4(judged, "05:00", "05:40")  # its busy hours: about 30 a window
+    stopped = with_silent_windows(pd.concat([judged[~outage], other], ignore_index=True))
+    today = stopped[(stopped["instance_id"] == 7) & _day4(stopped, "03:00", "08:00")]
+    flagged = flag_windows(today, stopped).to_pandas()
+    assert set(pd.to_datetime(flagged["window_start"], utc=True)) == set(
+        pd.to_datetime(judged.loc[outage, "window_start"], utc=True))
+    fewer = judged.copy()  # the same windows with a query or two left: no stop, and not 30 queries fewer
+    fewer.loc[outage, "total_queries"] = 2
+    log = with_silent_windows(pd.concat([fewer, other], ignore_index=True))
+    scored = score_window_runs(log[(log["instance_id"] == 7) & _day4(log, "03:00", "08:00")], log)
+    assert (scored["score"] < 1).all(), scored.sort_values("score").tail()
+
+
 def test_step_flags_an_outage_the_store_has_no_row_for_once(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home")
     judged, other = _fleet()

@@ -17,7 +17,8 @@ query can move on its own):
   windows; for a silent window, the hour before the instance fell silent, so a pause of hours is
   flagged for as long as it runs through hours that are busy as a rule), the weaker of the two: a
   day that runs quieter than the days before all day long, or a batch instance whose busy hours
-  move, is not an outage. Floor 30 queries, as the surge's.
+  move, is not an outage. Floor 30 queries, as the surge's; 15 for a window without any query (the
+  instance stopped altogether).
 * shares of the window's queries: queue/WLM-bound, waited over a second, ran over a second,
   compiled over ten seconds, spilled (these four out of the queries that did work, i.e. not
   result-cache hits), aborted,
@@ -189,6 +190,9 @@ class Signal:
     #: instance's whole day holds lower (a quieter weekday, a batch that moved) is not a window's
     #: anomaly; one that breaks off from the hour before and from the usual is.
     recent: bool = False
+    #: The floor of a window without any query, when it differs from ``floor``: an instance that stops
+    #: altogether is unavailable, which is material sooner than 30 fewer queries of a busy one.
+    silent_floor: float | None = None
 
 
 def _values(w: pd.DataFrame, column: str) -> np.ndarray:
@@ -294,12 +298,15 @@ SIGNALS: dict[str, Signal] = {
     "arrivals": Signal(_col("total_queries"), 30.0, "queries", "arrival surge (concurrency)", needs_many=False),
     # The other side of arrivals, on windows without a query as well (with_silent_windows): an
     # outage, a paused or failed-over cluster, a client that lost its connection. Floor 30 queries,
-    # as the surge's: a quiet instance's empty window is not news. Judged against the usual *and*
+    # as the surge's; 15 for a window without any query (the instance stopped: at 10, bursty small
+    # instances' empty windows were flagged on three logs of eight; at 15, 5 windows on one log, after
+    # a sporadic instance's batch, where its usual for the hour read 16): a quiet instance's empty
+    # window is not news. Judged against the usual *and*
     # the hour before: whole days run 40 % quieter than the days before (weekday cycles), and
     # batch instances' busy hours move from day to day; an outage breaks off from both.
     "arrivals_drop": Signal(_col("total_queries"), 30.0, "queries",
                             "traffic fell or stopped (an outage, a paused cluster, clients cut off?)",
-                            tail="down", needs_many=False, empirical="hour", recent=True),
+                            tail="down", needs_many=False, empirical="hour", recent=True, silent_floor=15.0),
     "queue_bound_share": Signal(_share("queue_wlm_bound_queries", _col("total_queries")), 0.05, "share",
                                 "more queries wait in the WLM queue longer than they run", log=False,
                                 base=_col("total_queries"), needs_many=False),
@@ -500,6 +507,7 @@ class _SignalTable:
     count_cols: list[str]
     hour_empirical: np.ndarray
     recent: np.ndarray
+    silent_floors: np.ndarray  # the floor of a window without any query (Signal.silent_floor, else floor)
 
     @classmethod
     def of(cls, signals: dict[str, Signal]) -> _SignalTable:
@@ -520,7 +528,9 @@ class _SignalTable:
                    mean_idx=mean_idx, carrier_cols=[_carriers_name(names[i]) for i in mean_idx],
                    count_idx=count_idx, count_cols=[_count_name(names[i]) for i in count_idx],
                    hour_empirical=np.array([signals[n].empirical == "hour" for n in names]),
-                   recent=np.array([signals[n].recent for n in names]))
+                   recent=np.array([signals[n].recent for n in names]),
+                   silent_floors=np.array([signals[n].floor if signals[n].silent_floor is None
+                                           else signals[n].silent_floor for n in names]))
 
     def transform(self, v: np.ndarray) -> np.ndarray:
         """Counts, times and MB in ``log1p`` space, shares and logs as they are."""
@@ -672,13 +682,14 @@ def _hour_before(hist: _Rows, t: np.ndarray, now: np.ndarray, silent: np.ndarray
 
 
 def _may_drop(hist: _Rows, lo: np.ndarray, hi: np.ndarray, table: _SignalTable) -> np.ndarray:
-    """Per target, whether a window of its hour before (rows ``[lo, hi)``) held a recent signal's floor.
+    """Per target, whether a window of its hour before (rows ``[lo, hi)``) held a recent signal's floor for
+    a window without any query (``silent_floor``).
 
     A silent window's excess is at most the hour before's median, so without such a window it cannot be
     flagged: it is not scored (a sparse instance has silent windows by the thousand, and judging every one
     of them doubled the step's time on a log of 64 instances).
     """
-    floor = float(table.floors[table.recent].min()) if table.recent.any() else np.inf
+    floor = float(table.silent_floors[table.recent].min()) if table.recent.any() else np.inf
     busy = np.flatnonzero(hist.arrivals >= floor)  # NaN (silent) is not
     # a busy row in [lo, hi): the first busy row at or after lo comes before hi
     first = np.searchsorted(busy, lo, side="left")
@@ -758,7 +769,7 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
             excess[:, rc] = np.minimum(excess[:, rc], down[rc] * (observed[:, rc] - np.expm1(last_hour)))
         z = np.where(table.two_sided, np.abs(z), z)
         excess = np.where(table.two_sided, np.abs(excess), excess)
-        ratio = excess / table.floors
+        ratio = excess / np.where(observed == 0, table.silent_floors, table.floors)
         if len(share_idx):
             # Shares: the over-dispersed binomial tail, p0 kept off 0 and 1 by half a query
             # of the reference (a share never seen is not impossible), and the excess must
