@@ -315,7 +315,8 @@ class ResidualDetector:
         with its own history (group 0); see :data:`KNOWN_COSTLY`.
     first_spill_runs : float, default=5
         Runs without a spill in a statement's history before a first spill of at least the spill floor
-        alerts on its own; see :data:`FIRST_SPILL_RUNS`. The same history length opens the record-spill path.
+        alerts on its own; see :data:`FIRST_SPILL_RUNS`. The same history length opens the record-spill path
+        and the shortest-run path.
     record_spill_factor : float, default=5.0
         How many times its largest spill (of at least ``first_spill_runs`` runs) a statement must spill,
         at least the spill floor beyond it, for the record alone to alert; see :data:`RECORD_SPILL_FACTOR`.

@@ -161,14 +161,14 @@ class LoadedModel:
             "expected_value": exp_v,
             "observed_value": exp_v + exc_v,
             "excess_value": exc_v,
-            "reference": _with_first_spill_labels(labels[which, source], reason, refs),
+            "reference": _with_history_labels(labels[which, source], reason, refs),
             "mean_log": mean_log,
             "q_log": q_log,
         }
 
 
-def _with_first_spill_labels(labels: np.ndarray, reason: np.ndarray, refs: dict[str, tuple[np.ndarray, np.ndarray]]
-                             ) -> np.ndarray:
+def _with_history_labels(labels: np.ndarray, reason: np.ndarray, refs: dict[str, tuple[np.ndarray, np.ndarray]]
+                         ) -> np.ndarray:
     """``labels`` with the record paths' reference: how many runs of the statement spilled nothing (a first
     spill), the largest spill of its runs (a spill beyond it), or its shortest run in full (a run far
     shorter)."""
@@ -179,13 +179,14 @@ def _with_first_spill_labels(labels: np.ndarray, reason: np.ndarray, refs: dict[
     labels = labels.copy()
     for i in rows:
         if reason[i] == SHORT_RUN_REASON:
-            shortest, full = refs[SHORTEST_RUN]
-            labels[i] = (f"fingerprint history: shortest run {np.expm1(shortest[i]):,.0f} ms in {full[i]:.0f} runs "
+            shortest, full = refs[SHORTEST_RUN][0][i], refs[SHORTEST_RUN][1][i]
+            labels[i] = (f"fingerprint history: shortest run {np.expm1(shortest):,.0f} ms in {full:.0f} runs "
                          "that did their work (no cache hit, no abort)")
-            continue
-        largest, runs = refs[SPILL_HISTORY]
-        labels[i] = (f"fingerprint history: no spill in {runs[i]:.0f} runs" if reason[i] == FIRST_SPILL_REASON
-                     else f"fingerprint history: largest spill {np.expm1(largest[i]):,.0f} MB in {runs[i]:.0f} runs")
+        elif reason[i] == FIRST_SPILL_REASON:
+            labels[i] = f"fingerprint history: no spill in {refs[SPILL_HISTORY][1][i]:.0f} runs"
+        else:
+            largest, runs = refs[SPILL_HISTORY][0][i], refs[SPILL_HISTORY][1][i]
+            labels[i] = f"fingerprint history: largest spill {np.expm1(largest):,.0f} MB in {runs:.0f} runs"
     return labels
 
 
