@@ -110,6 +110,7 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
         with np.errstate(invalid="ignore"):
             values = transform(hist[names].to_numpy(float))
         t_obs = targets[names].to_numpy(float)
+        h_obs = hist[names].to_numpy(float)
         h_base = hist[base_cols].to_numpy(float)
         t_base = targets[base_cols].to_numpy(float)
         t_arrivals = targets["arrivals"].to_numpy(float)
@@ -169,6 +170,28 @@ def reference_score_windows(windows: pd.DataFrame, history: pd.DataFrame | None 
                     local = (np.nanmedian(np.abs(np.array(changes)), axis=0) * 1.4826 / np.sqrt(2.0)
                              if changes else np.full(len(names), np.nan))
                 local = np.maximum(np.where(np.isnan(local), np.inf, local), params.min_spread)
+                # A drop that goes on: of the rows r since which every window is a drop against the hour
+                # before r (the floor, and z_threshold times the local spread), the highest such level.
+                memory = params.lookback if params.drop_memory is None else params.drop_memory
+                memory = int(memory.total_seconds() * 1000)
+                for r in range(max(lo, np.searchsorted(times, t - memory, side="left")), now):
+                    h_lo = np.searchsorted(times, times[r] - guard, side="left")
+                    rows = [k for k in range(h_lo, r) if active[k]]
+                    if not rows:
+                        continue
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        level = np.nanmedian(values[rows], axis=0)
+                    for c in np.flatnonzero(recent):
+                        if np.isnan(level[c]):
+                            continue
+                        broke_off = all(
+                            down[c] * (h_obs[k, c] - np.expm1(level[c]))
+                            >= (silent_floors[c] if h_obs[k, c] == 0 else floors[c])
+                            and down[c] * (values[k, c] - level[c]) >= params.z_threshold * local[c]
+                            for k in range(r, now) if not np.isnan(h_obs[k, c]))
+                        if broke_off and not (-down[c] * level[c] <= -down[c] * last_hour[c]):
+                            last_hour[c] = level[c]
                 hour_before = np.where(recent, np.expm1(last_hour), np.nan)
                 with np.errstate(invalid="ignore"):
                     z = np.where(recent, np.minimum(z, down * (x - last_hour) / local), z)

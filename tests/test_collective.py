@@ -626,6 +626,33 @@ def test_a_long_outage_is_flagged_while_it_lasts_through_hours_that_are_busy_as_
     assert late["observed"].iloc[0] == 0 and late["expected"].iloc[0] > 45
 
 
+def test_clients_cut_off_for_hours_are_compared_with_the_traffic_they_broke_off_from() -> None:
+    """Tester D (36th session): with 60-90 % of an instance's traffic gone for hours, only the first hour
+    was flagged (21 of 134 windows): from the second hour on, the hour before was the fallen traffic.
+    A drop that goes on is compared with the hour before it began, if it began up to ``drop_memory``
+    (one hour) before the window."""
+    judged, other = _fleet(days=5)
+    cut = _between(judged, "2024-03-07 08:00", "2024-03-07 11:00")
+    judged.loc[cut, "total_queries"] = (judged.loc[cut, "total_queries"] * 0.2).astype(int)  # 80 % gone
+    log = with_silent_windows(pd.concat([judged, other], ignore_index=True))
+    today = log[(log["instance_id"] == 7) & _between(log, "2024-03-07 06:00", "2024-03-07 13:00")]
+    flagged = flag_windows(today, log).to_pandas()
+    drops = flagged[flagged["signal"] == "arrivals_drop"]
+    starts = set(pd.to_datetime(drops["window_start"], utc=True))
+    first_80_minutes = set(pd.date_range("2024-03-07 08:00", "2024-03-07 09:20", freq="10min", tz="UTC"))
+    assert first_80_minutes <= starts, sorted(starts)
+    late = drops[pd.to_datetime(drops["window_start"], utc=True) == pd.Timestamp("2024-03-07 09:10", tz="UTC")]
+    # Its own hour before (08:10-09:10) is cut too: its evidence is the level before 08:00.
+    assert " in the hour before the traffic fell (" in late["reason"].iloc[0]
+    level = float(late["reason"].iloc[0].split(", and ")[1].split(" queries")[0].replace(",", ""))
+    assert level > 3 * late["observed"].iloc[0]
+    # Judged against its own hour before only (no memory), the windows from 08:40 on are not flagged.
+    alone = flag_windows(today, log, CollectiveParams(drop_memory=timedelta(0))).to_pandas()
+    alone_starts = set(pd.to_datetime(alone.loc[alone["signal"] == "arrivals_drop", "window_start"], utc=True))
+    assert alone_starts and not alone_starts & set(
+        pd.date_range("2024-03-07 08:40", "2024-03-07 09:20", freq="10min", tz="UTC"))
+
+
 def test_a_smaller_instance_that_stops_is_flagged_and_the_same_loss_of_traffic_that_goes_on_is_not() -> None:
     """An instance of about 20 queries a window (under the drop's floor of 30) that stops altogether is
     unavailable: a window without any query has the floor of 15. Traffic that falls by as much without

@@ -27,7 +27,8 @@ from workbench.data.generator import generate
 @pytest.fixture(scope="module")
 def windows(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     """Eight generated days of two instances (a week and a day: same-hour-of-week references exist), with
-    the windows each had no query in (``arrivals_drop`` reads them): the busier one is silent three hours."""
+    the windows each had no query in (``arrivals_drop`` reads them): the busier one is silent three hours,
+    and loses 80 % of its traffic for two the day before."""
     path = Path(tmp_path_factory.mktemp("log")) / "log.parquet"
     generate(path, days=8, instances=2, seed=5, rows_per_day=20_000)
     table = pq.read_table(path)
@@ -36,7 +37,12 @@ def windows(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     outage = pc.and_(pc.equal(table.column("instance_id"), busier),
                      pc.and_(pc.greater_equal(ts, pa.scalar(datetime(2024, 3, 11, 9, tzinfo=UTC), ts.type)),
                              pc.less(ts, pa.scalar(datetime(2024, 3, 11, 12, 0, tzinfo=UTC), ts.type))))
-    windows = with_silent_windows(windows_of(table.filter(pc.invert(outage))))
+    # the day before: 80 % of its queries cut off for two hours (a drop that goes on)
+    cut = pc.and_(pc.equal(table.column("instance_id"), busier),
+                  pc.and_(pc.greater_equal(ts, pa.scalar(datetime(2024, 3, 10, 13, tzinfo=UTC), ts.type)),
+                          pc.less(ts, pa.scalar(datetime(2024, 3, 10, 15, 0, tzinfo=UTC), ts.type))))
+    cut = pc.and_(cut, pa.array(np.arange(table.num_rows) % 5 != 0))
+    windows = with_silent_windows(windows_of(table.filter(pc.invert(pc.or_(outage, cut)))))
     assert (windows["total_queries"] == 0).sum() >= 4
     return windows
 
@@ -63,8 +69,11 @@ def test_scores_and_flags_are_the_reference_computation_s(windows: pd.DataFrame,
     flagged = flag_windows(targets, windows, params)
     monkeypatch.setattr(collective, "score_windows", reference_score_windows)
     assert flagged.num_rows and flagged.equals(flag_windows(targets, windows, params))  # the reason text too
-    if params == CollectiveParams():  # the outage of the fixture
+    if params == CollectiveParams():  # the outage and the cut of the fixture
         assert "arrivals_drop" in flagged.column("signal").to_pylist()
+        reasons = [r for s, r in zip(flagged.column("signal").to_pylist(), flagged.column("reason").to_pylist(),
+                                     strict=True) if s == "arrivals_drop"]
+        assert any("in the hour before the traffic fell" in r for r in reasons), reasons
 
 
 def test_runtime_residual_windows_score_and_read_as_the_reference_s(windows: pd.DataFrame,

@@ -15,7 +15,8 @@ query can move on its own):
   (its empirical check over the same hour on earlier days) *and* against the hour before (the
   median of its windows with queries, z against the spread of changes between adjacent such
   windows; for a silent window, the hour before the instance fell silent, so a pause of hours is
-  flagged for as long as it runs through hours that are busy as a rule), the weaker of the two: a
+  flagged for as long as it runs through hours that are busy as a rule; for traffic that fell and goes
+  on falling short, the hour before it fell, up to ``drop_memory`` earlier), the weaker of the two: a
   day that runs quieter than the days before all day long, or a batch instance whose busy hours
   move, is not an outage. Floor 30 queries, as the surge's; 15 for a window without any query (the
   instance stopped altogether).
@@ -377,6 +378,14 @@ class CollectiveParams:
     #: The latest hour before a window is not part of its reference: an ongoing episode must not
     #: become its own baseline.
     recent_guard: timedelta = timedelta(hours=1)
+    #: How long before a window a drop that goes on may have begun (:func:`_level_before_drop`): the
+    #: window is compared with the hour before the traffic fell, not with its own hour before, which the
+    #: drop has emptied too. At one hour, a drop is judged against the level it broke off from for about
+    #: its first 80 minutes (about half an hour before: while its own hour before held the level); at
+    #: the lookback, a day whose traffic stepped down at midnight was a drop until morning (18 windows
+    #: more on eight generated logs; 13 at two hours, 7 at one, see docs/detector-notes.md).
+    #: None: the lookback.
+    drop_memory: timedelta | None = timedelta(hours=1)
     #: A share is only a collective claim when it exceeds its expectation by this many queries.
     min_excess_queries: float = 5.0
     #: A window is only unusual when at most this share of the instance's reference windows were
@@ -681,6 +690,42 @@ def _hour_before(hist: _Rows, t: np.ndarray, now: np.ndarray, silent: np.ndarray
     return np.searchsorted(hist.start_ms, anchor - guard, side="left"), hi
 
 
+def _hour_levels(hist: _Rows, before: np.ndarray, active: np.ndarray, rows: range, guard: int) -> np.ndarray:
+    """Per row of ``rows`` and recent signal: the median of the hour before the row over its windows with traffic."""
+    levels = np.full((len(rows), before.shape[1]), np.nan)
+    starts = np.searchsorted(hist.start_ms, hist.start_ms[rows.start:rows.stop] - guard, side="left")
+    for i, (lo, r) in enumerate(zip(starts, rows, strict=True)):
+        busy = before[lo:r][active[lo:r]]
+        if len(busy):
+            levels[i] = _nanmedian0(busy)
+    return levels
+
+
+def _level_before_drop(observed: np.ndarray, before: np.ndarray, levels: np.ndarray, floors: np.ndarray,
+                       silent_floors: np.ndarray, down: np.ndarray, bar: float) -> np.ndarray:
+    """Per recent signal, the level of the hour before a drop that goes on up to a window (NaN: none).
+
+    ``observed``/``before`` (natural and transformed values), ``levels`` (:func:`_hour_levels`) are the
+    history rows from the earliest possible start of the drop up to the window. A row ``r`` starts a
+    drop when every window from ``r`` on is a drop against the hour before ``r`` by the recent
+    comparison's own test (its floor, and ``bar``: the z threshold times the window-to-window
+    spread): clients cut off for hours are compared with the traffic they broke off from, not with
+    the hour before, which they have emptied too. Of such starts, the highest level counts (the
+    unusual side's most extreme). A smooth daily ramp is no drop (no window breaks off by the bar
+    from the hour before it), and the usual (the same hour on earlier days) still decides.
+    """
+    with np.errstate(invalid="ignore"):
+        floor = np.where(observed == 0, silent_floors, floors)
+        # every window from r on: the least unusual of them must clear the bar (NaN: no value, no veto)
+        least = np.nan_to_num(down * observed - floor, nan=np.inf)
+        least_x = np.nan_to_num(down * before, nan=np.inf)
+        least = np.minimum.accumulate(least[::-1], axis=0)[::-1]
+        least_x = np.minimum.accumulate(least_x[::-1], axis=0)[::-1]
+        starts = (least >= down * np.expm1(levels)) & (least_x >= down * levels + bar) & np.isfinite(levels)
+        most = np.where(starts, -down * levels, -np.inf).max(axis=0, initial=-np.inf)
+    return np.where(np.isfinite(most), -down * most, np.nan)
+
+
 def _may_drop(hist: _Rows, lo: np.ndarray, hi: np.ndarray, table: _SignalTable) -> np.ndarray:
     """Per target, whether a window of its hour before (rows ``[lo, hi)``) held a recent signal's floor for
     a window without any query (``silent_floor``).
@@ -721,6 +766,7 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
     x = table.transform(observed)
     values = table.transform(hist.observed)
     refs = _references(hist, values, targets, x, bounds, table, params)
+    down = np.where(table.up, 1.0, -1.0)  # a level where fewer is the anomaly (arrivals_drop): its z and excess
     if table.recent.any():  # the hour before (Signal.recent): its median, and the window-to-window spread.
         # Over windows with traffic: an outage's own silent windows are no level (its fourth window was
         # judged against a last hour of three silent windows and three busy ones). A silent window's hour
@@ -744,6 +790,26 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
             if guard_lo > lo + 1:
                 local[j] = _nanmedian0(np.abs(change[lo + 1:guard_lo])) * 1.4826 / np.sqrt(2.0)
         local = np.maximum(np.nan_to_num(local, nan=np.inf), params.min_spread)
+        # A drop that goes on: the hour before it began, when that hour stood higher (_level_before_drop).
+        rc = table.recent
+        memory = int((params.lookback if params.drop_memory is None else params.drop_memory).total_seconds() * 1000)
+        first = np.maximum(bounds[0], np.searchsorted(hist.start_ms, t[judged] - memory, side="left"))
+        for j, (lo, hi) in enumerate(zip(first, now, strict=True)):
+            if hi <= lo:
+                continue
+            # a row of [lo, hi) starts a drop only when the last row before the window broke off from a
+            # level of the hours before it, which is at most their most extreme window: most rows stop here
+            h_lo = np.searchsorted(hist.start_ms, hist.start_ms[lo] - guard, side="left")
+            seen = np.where(active[h_lo:hi - 1, None], -down[rc] * before[h_lo:hi - 1], -np.inf)
+            extreme = seen.max(axis=0, initial=-np.inf)
+            with np.errstate(invalid="ignore"):
+                if ((down[rc] * before[hi - 1] - params.z_threshold * local[j] + extreme) < 0).all():
+                    continue
+            levels = _hour_levels(hist, before, active, range(lo, hi), guard)
+            level = _level_before_drop(hist.observed[lo:hi, rc], before[lo:hi], levels, table.floors[rc],
+                                       table.silent_floors[rc], down[rc], params.z_threshold * local[j])
+            higher = np.isfinite(level) & ~(-down[rc] * level <= -down[rc] * last_hour[j])
+            last_hour[j] = np.where(higher, level, last_hour[j])
     # The queries each signal is over: the window's, or the signal's own count (NaN: none).
     t_counts = np.repeat(targets.arrivals[:, None], len(table.names), axis=1)
     t_counts[:, table.count_idx] = targets.counts
@@ -754,7 +820,6 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
 
     center = refs.center
     share_idx, mean_idx = table.share_idx, table.mean_idx
-    down = np.where(table.up, 1.0, -1.0)  # a level where fewer is the anomaly (arrivals_drop): its z and excess
     recent = np.full(observed.shape, np.nan)  # the hour before's level, for a recent signal (its evidence)
     share_spread = refs.spread[:, share_idx]
     spread = np.maximum(refs.spread, np.where(table.logged, params.min_spread, params.min_share_spread))
@@ -1001,7 +1066,8 @@ def flag_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
                f"{r}: observed {format_signal_value(s, o)} vs expected {format_signal_value(s, e)} (the "
                "instance's own history for this hour of the week, shrunk toward its hour of day and overall)")
               + ("" if np.isnan(h) else f", and {format_signal_value(s, h)} in the hour before "
-                 f"{'the instance fell silent' if o == 0 else 'it'} (the median of its windows with any)")
+                 f"{'the instance fell silent' if o == 0 else 'the traffic fell'} (the median of its windows "
+                 "with any)")
               + ("" if a else f"; so is the window before it (together z {pz:.1f})")
               for r, o, e, h, q, s, a, pz in zip(flagged["reason"], flagged["observed"], flagged["expected"],
                                                  flagged["recent"], flagged["queries"], flagged["signal"], alone,
