@@ -46,6 +46,15 @@ def test_evaluating_a_day_outside_the_log_names_the_logs_days(tmp_path: Path,
     assert code == 2 and "has no rows on 2024-03-09: its arrivals run from 2024-03-04 to 2024-03-05" in err
 
 
+def test_a_day_in_another_format_is_told_the_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`evaluate --day 07/03/2024` read "invalid fromisoformat value" (blind test, 37th session)."""
+    for command in (["evaluate", "--data", str(tmp_path / "log.parquet")], ["train"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["--home", str(tmp_path / "home"), *command, "--day", "07/03/2024"])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and "'07/03/2024' is not a day: write it as YYYY-MM-DD" in err, err
+
+
 def test_an_error_no_check_names_is_one_line_and_the_traceback_is_for_verbose(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`generate --out <a folder>` ended in IsADirectoryError's traceback."""

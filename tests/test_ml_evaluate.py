@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +227,9 @@ def test_an_outage_labelled_only_in_a_sidecar_is_judged_on_the_windows_without_a
     pq.write_table(side, window_labels_path(foreign))
     metrics = evaluate(settings, dt.date(2024, 3, 6), data=foreign, store=False)["metrics"]
     assert metrics["window recall[outage]"] == 1.0
+    # the earlier rules judge single queries: no window flagged, said as such (blind test, 37th session)
+    baseline = evaluate(settings, dt.date(2024, 3, 6), "baseline", data=foreign, store=False)["metrics"]
+    assert baseline["window recall[outage]"] == 0.0 and baseline["windows flagged"] == 0.0
     # the flagged windows add up: labelled ones, false ones, and those a labelled query explains (tester D)
     judged = metrics["windows flagged"] - metrics["windows flagged, explained by a labelled query"]
     assert judged >= 3 and metrics["window precision"] * judged >= 3 - 1e-9
@@ -454,7 +458,8 @@ def average_precision(labels: list[int], score: list[float]) -> float:
     return float(average_precision_score(labels, score))
 
 
-def test_the_window_history_is_scored_as_the_log_was_even_where_no_version_can_be_trained(tmp_path: Path) -> None:
+def test_the_window_history_is_scored_as_the_log_was_even_where_no_version_can_be_trained(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A review of the 34th session: the oldest day of evaluate's history window was scored by a version trained
     through itself (the log's first day is the only one its scoring app scores so), and a first day too small to
     train on made evaluate raise UntrainableWindow."""
@@ -466,8 +471,13 @@ def test_the_window_history_is_scored_as_the_log_was_even_where_no_version_can_b
     log = tmp_path / "log.parquet"
     generate(log, days=3, instances=4, rows_per_day=20_000, seed=5)
     day1, day2 = dt.date(2024, 3, 4), dt.date(2024, 3, 5)
-    reference_residuals(log, day2, day2, tmp_path / "a", log_first=day1)
+    with caplog.at_level("INFO"):
+        reference_residuals(log, day2, day2, tmp_path / "a", log_first=day1)
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["through-2024-03-04"]  # not through itself
+    # the scratch version's registry lines read as if the home's current model moved (blind test, 37th session)
+    assert "training a reference version through 2024-03-04" in caplog.text
+    assert "current model advanced" not in caplog.text and "model version published" not in caplog.text
+    assert logging.getLogger("workbench.ml.registry").level == logging.NOTSET  # restored
     table = pq.read_table(log)
     arrival = pc.cast(table.column("arrival_timestamp"), pa.timestamp("us", tz="UTC")).to_numpy(zero_copy_only=False)
     first_day = np.flatnonzero(arrival < np.datetime64("2024-03-05"))

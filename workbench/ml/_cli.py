@@ -232,6 +232,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"recall@baseline volume[K]: the detector's recall of kind K when it raises only as many alerts as the "
               f"baseline ({result['metrics'].get('baseline alerts', 0):,.0f}); the baseline's own per-kind recall at "
               "that volume: --version baseline")
+    if result["detector"] == "baseline" and "windows flagged" in result["metrics"]:
+        print("window recall: the baseline's rules judge single queries and flag no window; the detector's window "
+              "figures: evaluate without --version baseline")
     if "window precision" in result["metrics"]:
         print("window precision: labelled windows flagged over windows flagged, leaving out the flagged windows that "
               "hold a labelled per-query anomaly and no window label (explained by it: on neither side)")
@@ -245,6 +248,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"note: {result['day']} is in {result['version']}'s training window: in-sample figures flatter "
               f"{whose} (`models list` shows out-of-sample evaluations only); evaluate a later day")
     return 0
+
+
+def _day(text: str) -> dt.date:
+    """A ``--day`` argument: an ISO day, with the format named when it is not one."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        msg = f"{text!r} is not a day: write it as YYYY-MM-DD (e.g. 2024-03-07), a UTC day"
+        raise argparse.ArgumentTypeError(msg) from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -272,7 +284,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     train = subparsers.add_parser("train", help="train, check and register a model for one day")
     which = train.add_mutually_exclusive_group(required=True)
-    which.add_argument("--day", type=dt.date.fromisoformat, help="last day of the window")
+    which.add_argument("--day", type=_day, help="last day of the window, YYYY-MM-DD")
     which.add_argument("--waiting", action="store_true",
                        help="train now the days a running workbench's scoring app waits for (a log that ended "
                             "before a later day passed them), as Workbench.train_waiting_days()")
@@ -294,7 +306,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rs.set_defaults(func=_rescore)
 
     ev = subparsers.add_parser("evaluate", help="score a labelled day and print detection metrics")
-    ev.add_argument("--day", required=True, type=dt.date.fromisoformat,
+    ev.add_argument("--day", required=True, type=_day,
                     help="the labelled day to score, YYYY-MM-DD (a day after the version's window: out of sample)")
     ev.add_argument("--version", default="current", help="a version id, 'current' or 'baseline'")
     ev.add_argument("--data", required=True, type=Path,
