@@ -192,6 +192,11 @@ def test_a_collective_kind_of_another_tool_is_judged_per_window(demo: tuple[Sett
     assert "recall[queue_wave]" not in named and "recall[queue_wave] (per query)" in named
     assert named["window recall[queue_wave]"] == 1.0  # every query waits 5 s longer: flagged
     assert named["window precision"] > 0.5
+    # the explained windows, per kind they hold (each holds at least one kind's rows)
+    explained = named["windows flagged, explained by a labelled query"]
+    holding = {k: v for k, v in named.items() if k.startswith("windows flagged, holding ")}
+    assert explained > 0 and holding
+    assert sum(holding.values()) >= explained and max(holding.values()) <= explained
     derived = labelled_windows(foreign, pq.read_table(foreign), day, {"queue_wave"})
     assert set(zip(derived["instance_id"], derived["window_start"], strict=True)) == windows
     # A sidecar naming the kind does the same without the argument.
