@@ -128,6 +128,23 @@ def test_a_commit_that_times_out_is_resumed_and_nothing_is_lost_or_repeated(
     assert _ids(messages) == _file_ids(log)
 
 
+def test_a_commit_refused_while_it_is_still_under_way_is_resumed_and_other_refusals_are_not() -> None:
+    """CI (37th session): the resumed commit of the test above read "Operation not valid in state BeginCommit"
+    (the first phase's late reply), and the replay failed. Such a refusal is resumed again; others stand."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from workbench.replay._replay import _commit_under_way
+
+    def refusal(text: str, **flags: bool) -> KafkaException:
+        return KafkaException(KafkaError(KafkaError._STATE, text, **flags))
+
+    assert _commit_under_way(refusal("Operation not valid in state BeginCommit"))
+    assert _commit_under_way(refusal("Operation not valid in state CommittingTransaction"))
+    assert not _commit_under_way(refusal("Operation not valid in state Ready"))
+    assert not _commit_under_way(refusal("Operation not valid in state BeginCommit", fatal=True))
+    assert not _commit_under_way(KafkaException(KafkaError(KafkaError._TIMED_OUT, "in state BeginCommit")))
+
+
 def test_commands_sent_before_the_replay_listens_are_applied(kafka_settings: Settings, tmp_path: Path) -> None:
     log = make_log(tmp_path / "log.parquet", rows=5000, spacing_s=1.0)
     ensure_topics(kafka_settings)  # as `workbench start` does before it starts the replay

@@ -922,7 +922,21 @@ class _ReplayRun:
                 error = exc.args[0]
         logger.warning("replay commit did not finish within %.3g s (attempt %d): %s; resuming it",
                        timeout, attempt, error.str())
-        self.producer.commit_transaction(max(timeout, 60.0))
+        deadline = time.monotonic() + max(timeout, 60.0)
+        while True:
+            try:
+                self.producer.commit_transaction(max(deadline - time.monotonic(), 0.001))
+                return
+            except KafkaException as exc:
+                # A commit whose first phase timed out leaves that phase's reply behind, and a resumed
+                # call can read it for its own and then find the commit still under way ("Operation not
+                # valid in state BeginCommit": a CI run's replay failed on it). The commit goes on in
+                # the background: calling again resumes it.
+                if time.monotonic() >= deadline or not (_resumable(exc) or _commit_under_way(exc)):
+                    raise
+                logger.warning("replay commit resumed while still under way (%s); resuming it again",
+                               exc.args[0].str())
+                time.sleep(0.05)
 
     def _make_missing_topics(self) -> None:
         """Create again the workbench topics that are gone (an operator deleted one under the replay)."""
@@ -1187,6 +1201,15 @@ def _resumable(exc: KafkaException) -> bool:
     return error.retriable() and not error.txn_requires_abort() and not error.fatal()
 
 
+def _commit_under_way(exc: KafkaException) -> bool:
+    """Whether ``commit_transaction`` was refused because a commit of this transaction is still under way."""
+    error: KafkaError = exc.args[0]
+    return (error.code() == KafkaError._STATE and not error.fatal()
+            and any(state in error.str() for state in _COMMIT_UNDER_WAY))
+
+
+#: librdkafka's transaction states of a commit in progress (its "Operation not valid in state X").
+_COMMIT_UNDER_WAY: Final = ("in state BeginCommit", "in state CommittingTransaction")
 #: How long :meth:`_ReplayRun._abort` keeps calling an abort that times out before the replay fails.
 _ABORT_BUDGET_S: Final = 300.0
 #: librdkafka's words for a call made while an abort, or a commit, is still in progress.
