@@ -194,7 +194,7 @@ def test_a_collective_kind_of_another_tool_is_judged_per_window(demo: tuple[Sett
     assert named["window precision"] > 0.5
     # the explained windows, per kind they hold (each holds at least one kind's rows)
     explained = named["windows flagged, explained by a labelled query"]
-    holding = {k: v for k, v in named.items() if k.startswith("windows flagged, holding ")}
+    holding = {k: v for k, v in named.items() if k.startswith("windows explained[")}
     assert explained > 0 and holding
     assert sum(holding.values()) >= explained and max(holding.values()) <= explained
     derived = labelled_windows(foreign, pq.read_table(foreign), day, {"queue_wave"})

@@ -238,7 +238,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if "window precision" in result["metrics"]:
         print("window precision: labelled windows flagged over windows flagged, leaving out the flagged windows that "
               "hold a labelled per-query anomaly and no window label (explained by it: on neither side; "
-              "'windows flagged, holding K': those of them that hold kind K's rows)")
+              "'windows explained[K]': those of them that hold kind K's rows)")
     from workbench.analysis.detection_summary import trained_on
 
     # notebook 03 says so (the same rule); the CLI printed 0.994 as if out of sample. The baseline's rules

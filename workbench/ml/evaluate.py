@@ -35,7 +35,7 @@ statistics and on those of the model's expectations, the earlier days scored as 
 scored them: :mod:`workbench.ml.residual_history`), and compared with the log's window labels:
 ``window recall[<kind>]`` and ``window precision`` (flagged labelled windows over flagged windows;
 a flagged window holding labelled per-query anomalies is explained by them and counts on
-neither side; ``windows flagged, holding <kind>`` counts them per kind they hold). The baseline
+neither side; ``windows explained[<kind>]`` counts them per kind they hold). The baseline
 (the earlier rules) judges single queries and flags no window: its window recall is 0 for every
 labelled window kind.
 
@@ -307,7 +307,7 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds
     for kind, group in held.groupby("kind"):
         keys = set(zip(group["instance_id"], group["window_start"], strict=True)) & seen
         if keys:
-            out[f"windows flagged, holding {kind}"] = float(len(keys))
+            out[f"windows explained[{kind}]"] = float(len(keys))
     return out
 
 
