@@ -673,15 +673,16 @@ def _references(hist: _Rows, values: np.ndarray, targets: _Rows, x: np.ndarray, 
     return _References(center, spread, overall[2], as_extreme, base_sum, base_median)
 
 
-def _hour_before(hist: _Rows, t: np.ndarray, now: np.ndarray, silent: np.ndarray,
+def _hour_before(hist: _Rows, active: np.ndarray, t: np.ndarray, now: np.ndarray, silent: np.ndarray,
                  guard: int) -> tuple[np.ndarray, np.ndarray]:
     """Per target, the history rows ``[lo, hi)`` of the hour a recent signal compares it with.
 
     The hour before the window; for a silent window, the hour before its instance fell silent (the
     start of the run of windows without traffic that it ends): a pause of hours is the same pause in
     its fourth hour as in its first, and its own silent windows are no level to compare with.
+    ``active``: per history row, whether it had traffic.
     """
-    active = np.flatnonzero(hist.arrivals > 0)  # NaN (silent, residual) is not
+    active = np.flatnonzero(active)
     before = np.searchsorted(active, now, side="left")  # active rows before each target
     # one past each target's last active row (0: none; residual windows have no arrivals at all)
     run_start = np.append(active, -1)[np.where(before > 0, before - 1, len(active))] + 1
@@ -690,12 +691,11 @@ def _hour_before(hist: _Rows, t: np.ndarray, now: np.ndarray, silent: np.ndarray
     return np.searchsorted(hist.start_ms, anchor - guard, side="left"), hi
 
 
-def _hour_levels(hist: _Rows, before: np.ndarray, active: np.ndarray, rows: range, guard: int) -> np.ndarray:
-    """Per row of ``rows`` and recent signal: the median of the hour before the row over its windows with traffic."""
-    levels = np.full((len(rows), before.shape[1]), np.nan)
-    starts = np.searchsorted(hist.start_ms, hist.start_ms[rows.start:rows.stop] - guard, side="left")
-    for i, (lo, r) in enumerate(zip(starts, rows, strict=True)):
-        busy = before[lo:r][active[lo:r]]
+def _busy_medians(before: np.ndarray, active: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Per pair of ``lo``/``hi`` and recent signal: the median of rows ``[lo, hi)`` with traffic (NaN: none)."""
+    levels = np.full((len(lo), before.shape[1]), np.nan)
+    for i, (start, end) in enumerate(zip(lo, hi, strict=True)):
+        busy = before[start:end][active[start:end]]
         if len(busy):
             levels[i] = _nanmedian0(busy)
     return levels
@@ -705,7 +705,8 @@ def _level_before_drop(observed: np.ndarray, before: np.ndarray, levels: np.ndar
                        silent_floors: np.ndarray, down: np.ndarray, bar: float) -> np.ndarray:
     """Per recent signal, the level of the hour before a drop that goes on up to a window (NaN: none).
 
-    ``observed``/``before`` (natural and transformed values), ``levels`` (:func:`_hour_levels`) are the
+    ``observed``/``before`` (natural and transformed values), ``levels`` (each row's hour before,
+    :func:`_busy_medians`) are the
     history rows from the earliest possible start of the drop up to the window. A row ``r`` starts a
     drop when every window from ``r`` on is a drop against the hour before ``r`` by the recent
     comparison's own test (its floor, and ``bar``: the z threshold times the window-to-window
@@ -753,7 +754,9 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
     enough = bounds[1] - bounds[0] >= params.min_history
     # with_silent_windows' rows: no arrivals (window_signals), 0 on the drop (NaN too: a residual window)
     silent = np.isnan(targets.arrivals) & (targets.observed[:, table.recent] == 0).any(axis=1)
-    recent_lo, recent_hi = _hour_before(hist, t, now, silent, guard)
+    # the history rows with traffic (NaN arrivals, silent or residual, are not): the levels of the hour before
+    active = hist.arrivals > 0
+    recent_lo, recent_hi = _hour_before(hist, active, t, now, silent, guard)
     recent_lo = np.maximum(recent_lo, bounds[0])  # within the lookback, as the stream reads it
     if silent.any():
         enough &= ~silent | _may_drop(hist, recent_lo, recent_hi, table)
@@ -778,15 +781,11 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
         adjacent = np.concatenate([[False], step == (np.median(step) if len(step) else 0)])
         change = np.vstack([np.full((1, before.shape[1]), np.nan), np.diff(before, axis=0)])
         change[~adjacent] = np.nan
-        active = hist.arrivals > 0  # the noise of traffic while there is traffic (not a sporadic instance's on/off)
+        # the noise of traffic while there is traffic (not a sporadic instance's on/off)
         change[~(active & np.concatenate([[False], active[:-1]]))] = np.nan
-        last_hour = np.full((len(now), before.shape[1]), np.nan)
         local = np.full((len(now), before.shape[1]), np.nan)
-        for j, (lo, guard_lo, r_lo, r_hi) in enumerate(zip(bounds[0], bounds[1], recent_lo, recent_hi,
-                                                           strict=True)):
-            busy = before[r_lo:r_hi][active[r_lo:r_hi]]  # the hour's traffic while there was some
-            if len(busy):
-                last_hour[j] = _nanmedian0(busy)
+        last_hour = _busy_medians(before, active, recent_lo, recent_hi)  # the hour's traffic while there was some
+        for j, (lo, guard_lo) in enumerate(zip(bounds[0], bounds[1], strict=True)):
             if guard_lo > lo + 1:
                 local[j] = _nanmedian0(np.abs(change[lo + 1:guard_lo])) * 1.4826 / np.sqrt(2.0)
         local = np.maximum(np.nan_to_num(local, nan=np.inf), params.min_spread)
@@ -805,7 +804,8 @@ def _score_instance(inst: int, targets: _Rows, hist: _Rows, table: _SignalTable,
             with np.errstate(invalid="ignore"):
                 if ((down[rc] * before[hi - 1] - params.z_threshold * local[j] + extreme) < 0).all():
                     continue
-            levels = _hour_levels(hist, before, active, range(lo, hi), guard)
+            levels = _busy_medians(before, active, np.searchsorted(hist.start_ms, hist.start_ms[lo:hi] - guard,
+                                                                   side="left"), np.arange(lo, hi))
             level = _level_before_drop(hist.observed[lo:hi, rc], before[lo:hi], levels, table.floors[rc],
                                        table.silent_floors[rc], down[rc], params.z_threshold * local[j])
             higher = np.isfinite(level) & ~(-down[rc] * level <= -down[rc] * last_hour[j])
