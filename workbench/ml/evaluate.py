@@ -279,19 +279,18 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds
     labels = labelled_windows(Path(data), day_rows, day, wanted, sidecar=sidecar)
     label_keys = set(zip(labels["instance_id"], labels["window_start"], strict=True))
     lab = anomaly_labels(day_rows, Path(data))
-    if lab.any():  # a window kind's rows left the per-query figures: said when no window holds them either
-        present = {str(k) for k in anomaly_kinds(day_rows, lab, Path(data))[lab]}
-        for kind in sorted((set(wanted) & present) - set(labels["kind"])):
-            logger.warning("window kind %r has no window on %s with at least %d of its labelled rows (and none in "
-                           "a window-label file): its rows leave the per-query figures and no window judges them",
-                           kind, day, MIN_WINDOW_ROWS)
+    kinds = anomaly_kinds(day_rows, lab, Path(data))[lab] if lab.any() else np.array([], dtype=object)
+    # a window kind's rows left the per-query figures: said when no window holds them either
+    for kind in sorted((set(wanted) & {str(k) for k in kinds}) - set(labels["kind"])):
+        logger.warning("window kind %r has no window on %s with at least %d of its labelled rows (and none in "
+                       "a window-label file): its rows leave the per-query figures and no window judges them",
+                       kind, day, MIN_WINDOW_ROWS)
     ts = pd.to_datetime(day_rows.column("arrival_timestamp").to_numpy(zero_copy_only=False)[lab], utc=True)
-    inst = day_rows.column("instance_id").to_numpy(zero_copy_only=False)[lab]
-    explained = set(zip(inst, ts.floor("10min"), strict=True)) - label_keys
-    # which per-query kinds the explained windows hold (blind test, 37th session: the window layer saw a
+    # the labelled rows' windows, and which kinds they hold (blind test, 37th session: the window layer saw a
     # contextual kind's episode, and no figure said so)
-    held = pd.DataFrame({"instance_id": inst, "window_start": ts.floor("10min"),
-                         "kind": anomaly_kinds(day_rows, lab, Path(data))[lab] if lab.any() else []})
+    held = pd.DataFrame({"instance_id": day_rows.column("instance_id").to_numpy(zero_copy_only=False)[lab],
+                         "window_start": ts.floor("10min"), "kind": kinds})
+    explained = set(zip(held["instance_id"], held["window_start"], strict=True)) - label_keys
     tp = len(flagged_keys & label_keys)
     fp = len(flagged_keys - label_keys - explained)
     out: dict[str, float] = {"windows": float(len(today)), "windows flagged": float(len(flagged_keys)),
