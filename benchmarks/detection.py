@@ -61,6 +61,7 @@ from workbench.analysis.collective import (
 )
 from workbench.analysis.persistence import PersistenceParams, persistent_flags
 from workbench.analysis.residual_windows import RESIDUAL_SIGNAL
+from workbench.analysis.slower_groups import group_flags
 from workbench.data.generator import QUERY_KINDS, WINDOW_KINDS, generate
 from workbench.ml._train import load_log_window, split_window, train_table
 from workbench.ml.baseline import baseline_for_table
@@ -128,13 +129,17 @@ def _detect(params: dict, hold: dict, day: dict) -> tuple[np.ndarray, np.ndarray
     return score, alert
 
 
-def persistence_flags(table: pa.Table, day: dict, alert: np.ndarray, version: str,
-                      params: PersistenceParams | None = None) -> np.ndarray:
-    """Per row of ``table`` (one day): flagged by :func:`~workbench.analysis.persistence.persistent_runs`
-    over the model's scores (``day``: :func:`_inputs`) as the scoring app's step flags it (rows the
-    detector alerted on, ``alert``, are not flagged again)."""
-    return persistent_flags(table, np.expm1(np.clip(day["mean"], 0.0, 50.0)), np.expm1(np.clip(day["q"], 0.0, 50.0)),
-                            alert, day["source"] == 0, version, params)
+def deferred_flags(table: pa.Table, day: dict, alert: np.ndarray, version: str,
+                   params: PersistenceParams | None = None) -> np.ndarray:
+    """Per row of ``table`` (one day): flagged by the scoring app's deferred step over the model's
+    scores (``day``: :func:`_inputs`): :func:`~workbench.analysis.persistence.persistent_runs`, then
+    :func:`~workbench.analysis.slower_groups.slower_group_runs` at its defaults (the window
+    machinery's constants, chosen on no kind) on the rest. Rows the detector alerted on, ``alert``,
+    are not flagged again."""
+    mean, q = np.expm1(np.clip(day["mean"], 0.0, 50.0)), np.expm1(np.clip(day["q"], 0.0, 50.0))
+    known = day["source"] == 0
+    persistent = persistent_flags(table, mean, q, alert, known, version, params)
+    return persistent | group_flags(table, mean, q, alert, known, version, exclude=persistent)
 
 
 def _miss_lines(rows: list[dict], runs: dict, labels: np.ndarray, kinds: np.ndarray, day: dict,
@@ -290,7 +295,7 @@ def main() -> None:
             score, alert = _detect(dict(zip(detector_grid, combo, strict=True)), hold, day)
             for k in GRID["persistence_runs"]:
                 if k not in persistent:  # the flags do not depend on the detector's constants (rows it
-                    persistent[k] = persistence_flags(day_table, day, alert, model.version,  # alerted on
+                    persistent[k] = deferred_flags(day_table, day, alert, model.version,  # alerted on
                                                       PersistenceParams(runs=k))  # are in the alert anyway)
                 runs[(*combo, k)] = (score[q], (alert | persistent[k])[q])
         pred = model.predict(day_table)

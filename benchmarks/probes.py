@@ -15,9 +15,10 @@ name, collective probes also label every 10-minute window holding at least 10 af
 The probes themselves, and how each picks its rows, are in ``benchmarks/_probes.py``.
 
 Reported per probe: rows, instances (with their size initial), the product's per-query recall at
-the default constants (the detector's alerts and the runs the persistence step of the scoring app
-adds, :mod:`workbench.analysis.persistence`; column ``of it persistence``: the share only
-persistence flags) and the probe rows' median score (1 = the alert bar), the baseline's recall at
+the default constants (the detector's alerts and the queries the deferred step of the scoring app
+adds: runs of a statement that stays slower, :mod:`workbench.analysis.persistence`, and queries of
+a slower group, :mod:`workbench.analysis.slower_groups`; column ``of it persistence``: the share
+only that step flags) and the probe rows' median score (1 = the alert bar), the baseline's recall at
 the detector's alert volume (its top-k scores); for collective probes the labelled windows flagged
 by :mod:`workbench.analysis.collective` (default constants) and the signals that flagged them. Last,
 the false alerts per 10k normal queries, the PR-AUC of every per-query label (the log's and the
@@ -60,8 +61,8 @@ from benchmarks._probes import MIN_WINDOW_ROWS, PROBE_SETS, Probe, apply_probes
 from benchmarks.detection import (
     _detect,
     _inputs,
+    deferred_flags,
     holdout_inputs,
-    persistence_flags,
     train_all_but_last,
 )
 from workbench.analysis.collective import score_window_runs, windows_of, with_silent_windows
@@ -97,7 +98,8 @@ def _query_rows(probes: tuple[Probe, ...], day: pa.Table, label: np.ndarray, inp
                 alert: np.ndarray, sizes: dict[str, list[int]], persistent: np.ndarray) -> list[dict]:
     """Per probe: rows, instances (size class initial), recall, median score, the baseline's recall
     at the detector's alert volume, and per miss the normal rows that dominate it (median).
-    ``alert`` is the detector's; ``persistent`` the runs the persistence step adds (recall counts both)."""
+    ``alert`` is the detector's; ``persistent`` the queries the deferred step adds (persistence and
+    slower groups; recall counts both)."""
     logged = day.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool)
     normal = ~logged & pd.isna(label)
     inst = day.column("instance_id").to_numpy(zero_copy_only=False)
@@ -193,7 +195,7 @@ def main() -> None:
         day, label, labelled, sizes = apply_probes(original, history, args.seed, probes)
         hold, inputs = holdout_inputs(model, hold_table), _inputs(model, day)
         score, alert = _detect(DEFAULTS, hold, inputs)
-        persistent = persistence_flags(day, inputs, alert, model.version)
+        persistent = deferred_flags(day, inputs, alert, model.version)
         first = eval_day - dt.timedelta(days=args.days - 1)
         residuals = {"history": reference_residuals(args.data, first, train_day, by_day),
                      **{name: residuals_of(model, table) for name, table in (("day", day), ("original", original))}}
@@ -202,7 +204,7 @@ def main() -> None:
     table = pd.DataFrame([r | windows.get(r["probe"], {}) for r in rows])
     pd.set_option("display.width", 250)
     print(f"train {train_day} (7-day window), probe ({args.set} set) and evaluate {eval_day}; seed {args.seed}; "
-          f"{time.perf_counter() - t0:.0f} s; detector alerts {int(alert.sum())}, persistence adds "
+          f"{time.perf_counter() - t0:.0f} s; detector alerts {int(alert.sum())}, deferred step adds "
           f"{int((persistent & ~alert).sum())}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
     print(line)

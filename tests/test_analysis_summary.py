@@ -274,8 +274,10 @@ def test_the_evaluation_says_when_the_lakehouse_lacks_the_days_persistent_runs(t
     day = dt.date(2024, 3, 7)
     results = {"v2": {"alerts": 114.0, "persistent runs": 1.0}, "baseline": {"alerts": 90.0}}
     note = ds.deferred_alerts_note(settings, day, results)
-    assert "2024-03-07's persistent runs (v2 1)" in note and "lakehouse holds fewer" in note
+    assert "2024-03-07's persistent runs and slower groups' queries (v2 1)" in note and "lakehouse holds fewer" in note
     assert ds.deferred_alerts_note(settings, day, {"v2": {"alerts": 113.0, "persistent runs": 0.0}}) == ""
+    both = {"v2": {"alerts": 140.0, "persistent runs": 1.0, "slower group queries": 26.0}}
+    assert "queries (v2 27)" in ds.deferred_alerts_note(settings, day, both)
     assert ds.deferred_alerts_note(settings, None, results) == ""
     with WindowStatsStore.from_settings(settings) as store:  # the scoring app judged the day
         store.insert_residuals(pd.DataFrame({"instance_id": [1], "window_start": [pd.Timestamp("2024-03-07T23:50Z")],

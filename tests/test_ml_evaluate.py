@@ -358,7 +358,7 @@ def test_evaluate_counts_the_runs_the_persistence_step_flags(demo: tuple[Setting
     from noon on the evaluation day, is flagged by the persistence step from its 4th slowed run on, and
     those runs are alerts of the evaluation too (before, they were misses there while the lakehouse
     held them)."""
-    from workbench.ml.evaluate import persistent_alerts
+    from workbench.ml.evaluate import deferred_alerts
     from workbench.ml.scorer import LoadedModel
 
     settings, data = demo
@@ -392,13 +392,59 @@ def test_evaluate_counts_the_runs_the_persistence_step_flags(demo: tuple[Setting
     day_rows = table.filter(pa.compute.greater_equal(table.column("arrival_timestamp"), pa.scalar(
         dt.datetime(2024, 3, 6, tzinfo=dt.UTC), pa.timestamp("us", tz="UTC"))))
     out = model.predict(day_rows)
-    flags = persistent_alerts(day_rows, out, model)
+    flags, group = deferred_alerts(day_rows, out, model)
     mine = np.asarray(day_rows.column("label_kind").to_pylist(), dtype=object) == "stays_slow"
     assert flags[mine].sum() >= 1  # the streak is seen...
-    assert metrics["persistent runs"] == flags.sum()
+    assert metrics["persistent runs"] == flags.sum() and metrics["slower group queries"] == group.sum()
     # ...and counted: the kind's recall is the detector's alerts together with the flagged runs
-    assert metrics["recall[stays_slow]"] == pytest.approx((out["is_anomaly"] | flags)[mine].mean())
+    assert metrics["recall[stays_slow]"] == pytest.approx((out["is_anomaly"] | flags | group)[mine].mean())
     assert metrics["recall[stays_slow]"] > out["is_anomaly"][mine].mean()
+
+
+def test_evaluate_counts_the_queries_of_a_slower_user(demo: tuple[Settings, Path], tmp_path: Path) -> None:
+    """One user's queries 2.5x slower for an hour of the evaluation day, each of them under the per-query
+    floor or within its statement's spread, are flagged as a slower group by the deferred step, and
+    `evaluate` counts them as the pipeline raises them."""
+    from workbench.ml.evaluate import deferred_alerts
+    from workbench.ml.scorer import LoadedModel
+
+    settings, data = demo
+    day = dt.date(2024, 3, 6)
+    registry = ModelRegistry(settings.models_dir)
+    model = LoadedModel.load(registry, registry.current())
+    table = pq.read_table(data)
+    ts = pd.to_datetime(table.column("arrival_timestamp").to_numpy(zero_copy_only=False), utc=True)
+    exec_ms = table.column("execution_duration_ms").to_pandas().fillna(0).to_numpy()
+    normal = ~table.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool)
+    judged = (normal & ~table.column("was_cached").to_numpy(zero_copy_only=False).astype(bool) & (exec_ms > 0)
+              & (model.features.reference_source(table) == 0) & (ts >= pd.Timestamp("2024-03-06", tz="UTC")))
+    inst = table.column("instance_id").to_numpy(zero_copy_only=False)
+    user = table.column("user_id").to_numpy(zero_copy_only=False)
+    hour = ts.floor("h")
+    counts = pd.Series(1, index=pd.MultiIndex.from_arrays([inst[judged], user[judged], hour[judged]])).groupby(
+        level=[0, 1, 2]).size()
+    i, u, h = counts[(counts >= 30) & (counts <= 80)].sort_index().index[0]  # a user's busy hour on one instance
+    slowed = judged & (inst == i) & (user == u) & (hour == h)
+    kinds = np.asarray(table.column("label_kind").to_pylist(), dtype=object)
+    kinds[slowed] = "user_slower"
+    for name, values in (("execution_duration_ms", pa.array(np.where(slowed, exec_ms * 2.5, exec_ms).astype(np.int64))),
+                         ("label_kind", pa.array(kinds, pa.string())),
+                         ("label_anomaly", pa.array(~normal | slowed))):
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, name, values.cast(table.schema.field(name).type))
+    slow_log = tmp_path / "slow-user.parquet"
+    pq.write_table(table, slow_log)
+
+    metrics = evaluate(settings, day, data=slow_log, store=False)["metrics"]
+    day_rows = table.filter(pa.compute.greater_equal(table.column("arrival_timestamp"), pa.scalar(
+        dt.datetime(2024, 3, 6, tzinfo=dt.UTC), pa.timestamp("us", tz="UTC"))))
+    out = model.predict(day_rows)
+    persistent, group = deferred_alerts(day_rows, out, model)
+    mine = np.asarray(day_rows.column("label_kind").to_pylist(), dtype=object) == "user_slower"
+    assert group[mine].sum() >= 0.3 * mine.sum() and not (group & persistent).any()
+    assert metrics["slower group queries"] == group.sum()
+    assert metrics["recall[user_slower]"] == pytest.approx((out["is_anomaly"] | persistent | group)[mine].mean())
+    assert metrics["recall[user_slower]"] >= out["is_anomaly"][mine].mean() + 0.3
 
 
 def test_window_metrics_judge_the_models_expectations_as_the_scoring_app_does(

@@ -5,9 +5,11 @@ Metrics (all from :mod:`sklearn.metrics` where one exists):
 ``PR-AUC``
     Average precision of the anomaly score against ``label_anomaly``.
 ``F1``, ``precision``, ``recall``, ``alerts per 10k``
-    Of the alerts the pipeline raises: the detector's own decision (``is_anomaly``) and the runs
-    the scoring app's persistence step flags a settled day later (:func:`persistent_alerts`;
-    ``persistent runs`` counts them). PR-AUC and the equal-volume figures rank the per-query score.
+    Of the alerts the pipeline raises: the detector's own decision (``is_anomaly``) and the
+    queries the scoring app's deferred step flags a settled day later (:func:`deferred_alerts`):
+    runs of a statement that stays slower (``persistent runs`` counts them) and queries of a slower
+    part of an instance (``slower group queries``). PR-AUC and the equal-volume figures rank the
+    per-query score.
 ``recall[<kind>]``
     Share of each injected kind that alerts.
 ``F1 @ baseline volume``
@@ -363,15 +365,22 @@ def window_labels_exist(data: Path) -> bool:
     return window_labels_path(data).exists()
 
 
-def persistent_alerts(table: pa.Table, out: dict[str, np.ndarray], model: LoadedModel) -> np.ndarray:
-    """Per row of one scored day: a run the scoring app's persistence step flags
-    (:func:`~workbench.analysis.persistence.persistent_flags`, with the version's spread clip), so
-    the evaluation counts the alerts the pipeline raises, not only the per-query detector's."""
+def deferred_alerts(table: pa.Table, out: dict[str, np.ndarray], model: LoadedModel
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of one scored day: ``(persistent, group)``, the queries the scoring app's deferred step
+    flags (:func:`~workbench.analysis.persistence.persistent_flags` and then
+    :func:`~workbench.analysis.slower_groups.group_flags` on the rest, with the version's spread
+    clip), so the evaluation counts the alerts the pipeline raises, not only the per-query detector's."""
     from workbench.analysis.persistence import persistent_flags
+    from workbench.analysis.slower_groups import group_flags
 
-    return persistent_flags(table, out["pred_mean_ms"], out["pred_q_ms"], out["is_anomaly"],
-                            model.features.reference_source(table) == 0, model.version,
-                            scales={model.version: (model.detector.min_scale, model.detector.max_scale)})
+    known = model.features.reference_source(table) == 0
+    scales = {model.version: (model.detector.min_scale, model.detector.max_scale)}
+    persistent = persistent_flags(table, out["pred_mean_ms"], out["pred_q_ms"], out["is_anomaly"], known,
+                                  model.version, scales=scales)
+    group = group_flags(table, out["pred_mean_ms"], out["pred_q_ms"], out["is_anomaly"], known, model.version,
+                        scales=scales, exclude=persistent)
+    return persistent, group
 
 
 def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data: Path,
@@ -429,13 +438,15 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
     b_score, b_alert, _ = baseline_for_table(table, out)
     q = ~collective  # per-query metrics: rows of window kinds are neither positives nor negatives
     score, alert = (b_score, b_alert) if use_baseline else (out["score"], out["is_anomaly"])
-    persistent = np.zeros(table.num_rows, dtype=bool) if use_baseline else persistent_alerts(table, out, model)
-    alert = alert | persistent
+    none = np.zeros(table.num_rows, dtype=bool)
+    persistent, group = (none, none) if use_baseline else deferred_alerts(table, out, model)
+    alert = alert | persistent | group
     metrics = detection_metrics(labels[q], score[q], alert[q], kinds[q])
     for kind in sorted(set(kinds[collective])):
         metrics[f"recall[{kind}] (per query)"] = float(alert[kinds == kind].mean())
     if not use_baseline:
         metrics["persistent runs"] = float(persistent[q].sum())
+        metrics["slower group queries"] = float(group[q].sum())
         k_base = int(b_alert[q].sum())
         metrics["F1 @ baseline volume"] = top_k_f1(labels[q], out["score"][q], k_base)
         metrics["baseline F1"] = float(f1_score(labels[q], b_alert[q], zero_division=0.0))

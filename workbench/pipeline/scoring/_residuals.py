@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -79,7 +80,8 @@ class ResidualWindowsStep:
         ``shards_dir`` (the scored rows), the window-stats store (``window_residuals``) and the lakehouse.
     status : AppStatus
         Counters ``residual_windows`` (windows stored), ``window_anomalies`` (flagged windows inserted)
-        and ``persistent_anomalies`` (flagged runs inserted).
+        ``persistent_anomalies`` (flagged runs inserted) and ``group_anomalies`` (queries of slower
+        groups inserted).
     retry_s : float
         Least seconds between two attempts while a day waits for its rows to be scored.
     waiting_days : callable, optional
@@ -88,15 +90,18 @@ class ResidualWindowsStep:
     """
 
     def __init__(self, settings: Any, status: AppStatus, *, params: Any = None, retry_s: float = 2.0,
-                 waiting_days: Callable[[], set[str]] | None = None, persistence: Any = None) -> None:
+                 waiting_days: Callable[[], set[str]] | None = None, persistence: Any = None,
+                 groups: Any = None) -> None:
         from workbench.analysis.collective import CollectiveParams
         from workbench.analysis.persistence import PersistenceParams
+        from workbench.analysis.slower_groups import GroupParams
 
         self.settings = settings
         self.waiting_days = waiting_days
         self.status = status
         self.params = params or CollectiveParams()
         self.persistence = persistence or PersistenceParams()
+        self.groups = groups or GroupParams()
         self.retry_s = retry_s
         self.done_through: dt.date | None = None  # the last day stored (None: read it from the store)
         self.pending: dt.date | None = None  # a settled day waiting for its rows to be scored
@@ -114,7 +119,7 @@ class ResidualWindowsStep:
         self.judged_at: dict[dt.date, float] = {}
         self._stamps_seen: dict[dt.date, float] = {}  # day -> the newest write time already noted
         self.settle_s = GROWN_SETTLE_S
-        for name in ("residual_windows", "window_anomalies", "persistent_anomalies"):
+        for name in ("residual_windows", "window_anomalies", "persistent_anomalies", "group_anomalies"):
             status.counters.setdefault(name, 0)  # the maintenance thread never inserts keys
 
     def _gives_up(self, day: dt.date, exc: Exception) -> bool:
@@ -267,6 +272,7 @@ class ResidualWindowsStep:
         """Judge and store one day; False when some of its executed rows are not scored yet."""
         from workbench.analysis.persistence import PERSISTENCE_COLUMNS
         from workbench.analysis.residual_windows import residual_windows
+        from workbench.analysis.slower_groups import GROUP_COLUMNS
         from workbench.ml.features import REFERENCE_SOURCE_COLUMNS
         from workbench.store.lakehouse import AnomalyLakehouse
         from workbench.store.shards import read_shards
@@ -276,7 +282,8 @@ class ResidualWindowsStep:
             return False
         # Only the columns the windows and the evidence source need: a waiting day is read again
         # every few seconds, and a whole day with every column cost the scoring process ~0.5 GB.
-        columns = list(dict.fromkeys(_WINDOW_COLUMNS + REFERENCE_SOURCE_COLUMNS + PERSISTENCE_COLUMNS))
+        columns = list(dict.fromkeys(_WINDOW_COLUMNS + REFERENCE_SOURCE_COLUMNS + PERSISTENCE_COLUMNS
+                                     + GROUP_COLUMNS))
         rows = read_shards(self.settings.shards_dir, [day], columns=columns)
         unscored = int(residual_windows(rows)["unscored_queries"].sum())
         if unscored:
@@ -298,31 +305,44 @@ class ResidualWindowsStep:
         known = self._known(rows)
         windows = residual_windows(rows, known=known).drop(columns="unscored_queries")
         flagged = self.judge_day(store, day, windows)
-        persistent = self.persistent_day(day, rows, known)
-        if flagged.num_rows or persistent.num_rows:
+        persistent, group = self.deferred_day(day, rows, known)
+        if flagged.num_rows or persistent.num_rows or group.num_rows:
             with AnomalyLakehouse.from_settings(self.settings) as lake:
                 self.status.add("window_anomalies", lake.write_window_anomalies(flagged))
                 self.status.add("persistent_anomalies", lake.write(persistent))
+                self.status.add("group_anomalies", lake.write(group))
         self.status.add("residual_windows", store.insert_residuals(windows))
-        logger.info("residual windows of %s: %d stored, %d flagged; %d runs of persistently slower statements",
-                    day, len(windows), flagged.num_rows, persistent.num_rows)
+        logger.info("residual windows of %s: %d stored, %d flagged; %d runs of persistently slower statements, "
+                    "%d queries of slower groups", day, len(windows), flagged.num_rows, persistent.num_rows,
+                    group.num_rows)
         return True
 
-    def persistent_day(self, day: dt.date, rows: pa.Table, known: np.ndarray) -> pa.Table:
-        """The lakehouse ``anomalies`` rows of ``day``'s runs that complete a streak of slower runs.
+    def deferred_day(self, day: dt.date, rows: pa.Table, known: np.ndarray) -> tuple[pa.Table, pa.Table]:
+        """The lakehouse ``anomalies`` rows of ``day``'s runs that complete a streak of slower runs, and of
+        its queries in a slower group (the rest: a run has one alert).
 
-        :func:`~workbench.analysis.persistence.persistent_runs` over the whole scored day, each row's
-        spread clipped as its version's detector clips it; the flagged runs' shard rows (read again,
+        :func:`~workbench.analysis.persistence.persistent_runs` and
+        :func:`~workbench.analysis.slower_groups.slower_group_runs` over the whole scored day, each row's
+        spread clipped as its version's detector clips it; the flagged queries' shard rows (read again,
         only when there are any) become alerts through the anomaly contract, with their evidence.
         """
         from workbench.analysis.persistence import persistent_runs
+        from workbench.analysis.slower_groups import slower_group_runs
+
+        found = persistent_runs(rows, known, self.persistence, self._scales)
+        exclude = np.zeros(rows.num_rows, dtype=bool)
+        exclude[found["row"].to_numpy()] = True
+        slower = slower_group_runs(rows, known, self.groups, self._scales, exclude)
+        return (self._alerts(day, found, evidence_columns(found, self.persistence)),
+                self._alerts(day, slower, group_evidence_columns(slower, self.groups)))
+
+    def _alerts(self, day: dt.date, found: pd.DataFrame, evidence: dict[str, pa.Array]) -> pa.Table:
+        """The ``anomalies`` rows of ``found`` (``instance_id``, ``query_id``) with their ``evidence``."""
         from workbench.pipeline.contracts import ANOMALY_FIELDS, FEATURE_COLUMNS, anomaly_rows
         from workbench.store.shards import SHARD_SCHEMA, read_shards
 
-        found = persistent_runs(rows, known, self.persistence, self._scales)
         if found.empty:
             return anomaly_rows(pa.table({"is_anomaly": pa.array([], pa.bool_())}))
-        evidence = evidence_columns(found, self.persistence)
         # Only the columns the contract copies (not every shard column: a whole day of them costs ~0.5 GB);
         # once per settled day, after every row is scored.
         wanted = [c for c in dict.fromkeys((*ANOMALY_FIELDS, *FEATURE_COLUMNS))
@@ -409,6 +429,40 @@ def evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Array]:
         "reason": pa.array([PERSISTENCE_REASON] * n, pa.string()),
         "exec_ratio": pa.array(found["observed_ms"].to_numpy() / np.maximum(found["expected_ms"].to_numpy(), 1.0)),
         "evidence_signal": pa.array([PERSISTENCE_SIGNAL] * n, pa.string()),
+        "evidence_unit": pa.array(["ms"] * n, pa.string()),
+        "expected_value": pa.array(found["expected_ms"].to_numpy(), pa.float64()),
+        "observed_value": pa.array(found["observed_ms"].to_numpy(), pa.float64()),
+        "excess_value": pa.array(found["excess_ms"].to_numpy(), pa.float64()),
+        "reference": pa.array(reference, pa.string()),
+    }
+
+
+def group_evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Array]:
+    """The scored columns the anomaly contract reads, for the queries that
+    :func:`~workbench.analysis.slower_groups.slower_group_runs` flagged.
+
+    The evidence is the query's own runtime against its version's expectation; the reference says
+    what makes it an alert: its group's hour, how many queries it judged and how much slower they ran.
+    """
+    from workbench.analysis.slower_groups import GROUP_REASON, GROUP_SIGNAL
+
+    n = len(found)
+    hours = pd.to_datetime(found["hour_start"], utc=True)
+    names = {"user_id": "user", "database_id": "database", "query_type": "query type"}
+    reference = [f"model+fingerprint history; one of {queries} queries of {names.get(key, key)} {value} on this "
+                 f"instance {start:%H:%M}-{start + pd.Timedelta(hours=1):%H:%M} UTC whose median ran {ratio:.2f}x "
+                 f"the model's expectation (z {z:.1f}; a group needs {params.min_queries} queries, "
+                 f"{math.exp(params.floor):.2f}x and z {params.z_threshold:g}); this query beyond the model's "
+                 f"tolerance for it"
+                 for queries, key, value, start, ratio, z in zip(found["group_queries"], found["group_key"],
+                                                                 found["group_value"], hours, found["group_ratio"],
+                                                                 found["group_z"], strict=True)]
+    return {
+        "is_anomaly": pa.array(np.ones(n, dtype=bool)),
+        "score": pa.array(found["score"].to_numpy(), pa.float64()),
+        "reason": pa.array([GROUP_REASON] * n, pa.string()),
+        "exec_ratio": pa.array(found["observed_ms"].to_numpy() / np.maximum(found["expected_ms"].to_numpy(), 1.0)),
+        "evidence_signal": pa.array([GROUP_SIGNAL] * n, pa.string()),
         "evidence_unit": pa.array(["ms"] * n, pa.string()),
         "expected_value": pa.array(found["expected_ms"].to_numpy(), pa.float64()),
         "observed_value": pa.array(found["observed_ms"].to_numpy(), pa.float64()),

@@ -1,0 +1,173 @@
+"""A part of an instance (one user, one database, one query type) running slower for an hour is flagged on
+its queries past the model's tolerance; ordinary spread, small groups and sub-second parts are not."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pytest
+
+from workbench.analysis.slower_groups import (
+    GROUP_REASON,
+    GROUP_SIGNAL,
+    GroupParams,
+    group_flags,
+    slower_group_runs,
+)
+from workbench.pipeline.contracts import anomaly_rows
+from workbench.pipeline.scoring._residuals import group_evidence_columns
+
+DAY = dt.datetime(2024, 3, 7, tzinfo=dt.UTC)
+SPREAD = 0.4  # every statement's runtime spread in log units (the model's (log q90 - log mean) / 1.2816)
+Z90 = 1.2815515655446004
+
+
+def _hour(users: dict[int, int], *, factor: dict[int, float] | None = None, expected_ms: float = 3_000.0,
+          seed: int = 3, hour: int = 10, database: int = 7) -> pa.Table:
+    """One hour of instance 1's scored queries: ``users`` maps a user to its query count; each query's
+    runtime is its expectation times a draw of the model's own spread, times ``factor[user]``."""
+    rng = np.random.default_rng(seed)
+    factor = factor or {}
+    cols: dict[str, list] = {k: [] for k in ("user_id", "query_id", "arrival_timestamp", "execution_duration_ms")}
+    for user, count in users.items():
+        for i in range(count):
+            cols["user_id"].append(user)
+            cols["query_id"].append(1_000 * user + i)
+            cols["arrival_timestamp"].append(DAY + dt.timedelta(hours=hour, seconds=int(3_590 * i / count) + user))
+            draw = expected_ms * math.exp(rng.normal(0.0, SPREAD)) * factor.get(user, 1.0)
+            cols["execution_duration_ms"].append(int(draw))
+    n = len(cols["query_id"])
+    q_ms = np.expm1(np.log1p(expected_ms) + Z90 * SPREAD)
+    return pa.table({"instance_id": [1] * n, **cols, "database_id": [database] * n, "query_type": ["select"] * n,
+                     "was_cached": [False] * n, "was_aborted": [False] * n, "pred_mean_ms": [expected_ms] * n,
+                     "pred_q_ms": [q_ms] * n, "model_version": ["v1"] * n, "is_anomaly": [False] * n})
+
+
+def _users(found) -> set[int]:
+    return {int(q) // 1_000 for q in found["query_id"]}
+
+
+def test_one_users_queries_running_twice_their_expectation_are_flagged_and_the_others_are_not() -> None:
+    # user 5 is a tenth of the instance's hour: its slowdown cannot move the instance's medians
+    table = _hour({1: 120, 2: 90, 5: 24}, factor={5: 2.0})
+    found = slower_group_runs(table, params=GroupParams(keys=("user_id",)))
+    assert _users(found) == {5}
+    slow = table.filter(pa.compute.equal(table.column("user_id"), 5))
+    beyond = (slow.column("execution_duration_ms").to_numpy() > slow.column("pred_q_ms").to_numpy()).sum()
+    assert 0 < len(found) == beyond < 24  # the queries past the tolerance, not every query of the user
+    assert (found["group_key"] == "user_id").all() and (found["group_value"] == "5").all()
+    assert (found["group_queries"] == 24).all() and (found["group_ratio"] > 1.5).all()
+    assert (found["score"] >= 1.0).all() and (found["group_z"] >= 5.0).all()
+    assert (found["hour_start"] == DAY + dt.timedelta(hours=10)).all()
+    # the database and the query type hold the whole instance: a tenth slower moves neither median
+    assert _users(slower_group_runs(table, params=GroupParams(keys=("database_id", "query_type")))) == set()
+
+
+def test_ordinary_spread_is_never_a_slower_group() -> None:
+    for seed in range(20):
+        table = _hour({1: 60, 2: 25, 3: 200, 4: 21}, seed=seed)
+        assert slower_group_runs(table).empty, seed
+
+
+def test_the_bars_small_groups_small_slowdowns_and_sub_second_parts() -> None:
+    # 19 judged queries: not a group, however slow
+    assert slower_group_runs(_hour({1: 100, 5: 19}, factor={5: 3.0}), params=GroupParams(keys=("user_id",))).empty
+    # 1.3x: under the ln 1.5 floor, however many queries
+    assert slower_group_runs(_hour({1: 100, 5: 400}, factor={5: 1.3}), params=GroupParams(keys=("user_id",))).empty
+    # 30 queries of 20 ms running 3x: 1.2 s in all, but the rule needs the summed excess of 1 s ...
+    tiny = _hour({1: 100, 5: 30}, factor={5: 3.0}, expected_ms=20.0)
+    assert _users(slower_group_runs(tiny, params=GroupParams(keys=("user_id",)))) == {5}
+    # ... and 5 ms queries at 3x add 0.3 s: not an incident
+    tiniest = _hour({1: 100, 5: 30}, factor={5: 3.0}, expected_ms=5.0)
+    assert slower_group_runs(tiniest, params=GroupParams(keys=("user_id",))).empty
+
+
+def test_only_judged_queries_count_and_alerted_or_excluded_ones_keep_their_own_alert() -> None:
+    table = _hour({1: 100, 5: 30}, factor={5: 2.5})
+    keys = GroupParams(keys=("user_id",))
+    found = slower_group_runs(table, params=keys)
+    assert len(found) > 2
+    # statements without their own history (known False) are not judged: the group falls under 20
+    known = ~np.isin(table.column("query_id").to_numpy(), [5_000 + i for i in range(11)])
+    assert slower_group_runs(table, known, keys).empty
+    # the per-query detector's alerts and another rule's flags are left alone (the group still counts them)
+    rows = found["row"].to_numpy()
+    alerted = np.zeros(table.num_rows, dtype=bool)
+    alerted[rows[:1]] = True
+    table = table.set_column(table.schema.get_field_index("is_anomaly"), "is_anomaly", pa.array(alerted))
+    excluded = np.zeros(table.num_rows, dtype=bool)
+    excluded[rows[1:2]] = True
+    again = slower_group_runs(table, params=keys, exclude=excluded)
+    assert again["row"].tolist() == rows[2:].tolist()
+    # cached and aborted queries are never judged
+    for flag in ("was_cached", "was_aborted"):
+        marked = table.set_column(table.schema.get_field_index(flag), flag,
+                                  pa.array(table.column("user_id").to_numpy() == 5))
+        assert slower_group_runs(marked, params=keys).empty
+
+
+def test_a_query_in_two_slower_groups_carries_the_stronger_ones_evidence_once() -> None:
+    table = _hour({1: 100, 5: 40}, factor={5: 2.5}, database=9)
+    database = pa.array(np.where(table.column("user_id").to_numpy() == 5, 31, 9))
+    table = table.set_column(table.schema.get_field_index("database_id"), "database_id", database)
+    found = slower_group_runs(table)
+    assert found["row"].is_unique and _users(found) == {5}
+    by_key = {k: slower_group_runs(table, params=GroupParams(keys=(k,))) for k in ("user_id", "database_id")}
+    assert by_key["user_id"]["row"].tolist() == by_key["database_id"]["row"].tolist() == found["row"].tolist()
+    assert (found["group_key"] == "user_id").all()  # equal scores: the keys' order decides
+
+
+def test_hours_are_judged_apart_and_the_result_does_not_depend_on_row_order() -> None:
+    slow = _hour({1: 100, 5: 30}, factor={5: 2.5}, hour=10)
+    calm = _hour({1: 100, 5: 30}, hour=11, seed=4)
+    later = pa.array(calm.column("query_id").to_numpy() + 500)
+    table = pa.concat_tables([slow, calm.set_column(calm.schema.get_field_index("query_id"), "query_id", later)])
+    found = slower_group_runs(table, params=GroupParams(keys=("user_id",)))
+    assert (found["hour_start"] == DAY + dt.timedelta(hours=10)).all() and len(found) > 0
+    order = np.random.default_rng(0).permutation(table.num_rows)
+    shuffled = slower_group_runs(table.take(order), params=GroupParams(keys=("user_id",)))
+    assert shuffled["query_id"].tolist() == found["query_id"].tolist()
+
+
+def test_the_alert_carries_its_groups_evidence_through_the_anomaly_contract() -> None:
+    table = _hour({1: 100, 5: 30}, factor={5: 2.5})
+    params = GroupParams(keys=("user_id",))
+    found = slower_group_runs(table, params=params)
+    evidence = group_evidence_columns(found, params)
+    keys = pa.table({"instance_id": found["instance_id"].to_numpy(), "query_id": found["query_id"].to_numpy(),
+                     **evidence})
+    scored = table.drop_columns(["is_anomaly"]).join(keys, ["instance_id", "query_id"], join_type="inner")
+    rows = anomaly_rows(scored, thresholds=lambda _version: 1.0).to_pylist()
+    assert len(rows) == len(found)
+    first = rows[0]
+    features = orjson.loads(first["features"])
+    assert first["reason"] == GROUP_REASON and features["evidence_signal"] == GROUP_SIGNAL
+    assert features["evidence_unit"] == "ms" and first["pred_ms"] == 3_000.0
+    assert "user 5" in features["reference"] and "10:00-11:00 UTC" in features["reference"]
+    assert "of 30 queries" in features["reference"]
+
+
+def test_group_flags_scores_a_log_day_as_the_step_flags_it() -> None:
+    table = _hour({1: 100, 5: 30}, factor={5: 2.5})
+    step = slower_group_runs(table)
+    log = table.drop_columns(["pred_mean_ms", "pred_q_ms", "model_version", "is_anomaly"])
+    flags = group_flags(log, table.column("pred_mean_ms").to_numpy(), table.column("pred_q_ms").to_numpy(),
+                        np.zeros(table.num_rows, dtype=bool), np.ones(table.num_rows, dtype=bool), "v1")
+    assert np.flatnonzero(flags).tolist() == sorted(step["row"].tolist())
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"keys": ("user_id", "table_id")}, "keys"),
+    ({"keys": ()}, "keys"),
+    ({"min_queries": 1}, "min_queries"),
+    ({"floor": 0.0}, "floor"),
+    ({"z_threshold": float("nan")}, "z_threshold"),
+    ({"min_scale": 2.0}, "min_scale"),
+])
+def test_invalid_constants_are_refused_naming_the_parameter(change: dict, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        GroupParams(**change)
