@@ -86,6 +86,21 @@ def test_the_bars_small_groups_small_slowdowns_and_sub_second_parts() -> None:
     assert slower_group_runs(tiniest, params=GroupParams(keys=("user_id",))).empty
 
 
+def test_a_slowdown_of_forty_minutes_is_flagged_in_its_windows_not_in_the_rest_of_its_hour() -> None:
+    table = _hour({1: 100, 5: 120})
+    minute = (table.column("arrival_timestamp").to_numpy().astype("datetime64[s]").astype(np.int64) % 3_600) // 60
+    episode = (table.column("user_id").to_numpy() == 5) & (minute >= 10) & (minute < 50)
+    slowed = np.where(episode, table.column("execution_duration_ms").to_numpy() * 4, table.column(
+        "execution_duration_ms").to_numpy())
+    table = table.set_column(table.schema.get_field_index("execution_duration_ms"), "execution_duration_ms",
+                             pa.array(slowed))
+    found = slower_group_runs(table, params=GroupParams(keys=("user_id",)))
+    assert len(found) > 10 and episode[found["row"].to_numpy()].all()  # the hour is slower: 80 of its 120 at 4x
+    q_ms = table.column("pred_q_ms").to_numpy()
+    calm_beyond = (~episode & (table.column("user_id").to_numpy() == 5) & (slowed > q_ms)).sum()
+    assert calm_beyond > 0  # ordinary queries past the tolerance in the hour's calm windows: not flagged
+
+
 def test_only_judged_queries_count_and_alerted_or_excluded_ones_keep_their_own_alert() -> None:
     table = _hour({1: 100, 5: 30}, factor={5: 2.5})
     keys = GroupParams(keys=("user_id",))
@@ -167,6 +182,7 @@ def test_group_flags_scores_a_log_day_as_the_step_flags_it() -> None:
     ({"floor": 0.0}, "floor"),
     ({"z_threshold": float("nan")}, "z_threshold"),
     ({"min_scale": 2.0}, "min_scale"),
+    ({"window_ms": 7 * 60_000}, "window_ms"),
 ])
 def test_invalid_constants_are_refused_naming_the_parameter(change: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):
