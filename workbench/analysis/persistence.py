@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workbench.analysis._columns import flags, numbers
+from workbench.analysis._judged import judged_runs, offline_scored, runtime_spread
 
 __all__ = ["PERSISTENCE_COLUMNS", "PERSISTENCE_REASON", "PERSISTENCE_SIGNAL", "PersistenceParams",
            "persistent_flags", "persistent_runs"]
@@ -57,7 +58,6 @@ PERSISTENCE_REASON = "persistent_slowdown"
 PERSISTENCE_COLUMNS = ("instance_id", "query_id", "feature_fingerprint", "arrival_timestamp",
                        "execution_duration_ms", "was_cached", "was_aborted", "pred_mean_ms", "pred_q_ms",
                        "model_version", "is_anomaly")
-_Z90 = 1.2815515655446004  # the standard normal 0.9 quantile: the upper regressor's quantile
 
 
 @dataclass(frozen=True)
@@ -121,27 +121,14 @@ def persistent_runs(rows: pa.Table, known: np.ndarray | None = None, params: Per
     empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()})
     if rows.num_rows == 0:
         return empty
-    known = np.ones(rows.num_rows, dtype=bool) if known is None else np.asarray(known, dtype=bool)
-    exec_ms = np.nan_to_num(numbers(rows, "execution_duration_ms"), nan=0.0)
-    pred = numbers(rows, "pred_mean_ms")
-    pred_q = numbers(rows, "pred_q_ms")
-    versions = rows.column("model_version").to_numpy(zero_copy_only=False)
-    scored = pc.is_valid(rows.column("model_version")).to_numpy(zero_copy_only=False) & ~np.isnan(pred)
-    judged = (~flags(rows, "was_cached") & ~flags(rows, "was_aborted") & (exec_ms > 0) & scored & known
-              & pc.is_valid(rows.column("feature_fingerprint")).to_numpy(zero_copy_only=False)
-              & pc.is_valid(rows.column("instance_id")).to_numpy(zero_copy_only=False)
-              & pc.is_valid(rows.column("arrival_timestamp")).to_numpy(zero_copy_only=False))
+    judged = judged_runs(rows, known, ("feature_fingerprint", "instance_id", "arrival_timestamp"))
     if not judged.any():
         return empty
     idx = np.flatnonzero(judged)
-    lo = np.full(len(idx), params.min_scale)
-    hi = np.full(len(idx), params.max_scale)
-    for version, (v_lo, v_hi) in (scales or {}).items():
-        mine = versions[idx] == version
-        lo[mine], hi[mine] = v_lo, v_hi
-    mean_log = np.log1p(np.clip(pred[idx], 0.0, None))
-    q_log = np.log1p(np.clip(np.nan_to_num(pred_q[idx], nan=0.0), 0.0, None))
-    spread = np.clip((q_log - mean_log) / _Z90, lo, hi)
+    exec_ms = np.nan_to_num(numbers(rows, "execution_duration_ms"), nan=0.0)
+    pred = numbers(rows, "pred_mean_ms")
+    versions = rows.column("model_version").to_numpy(zero_copy_only=False)
+    mean_log, spread = runtime_spread(rows, idx, params.min_scale, params.max_scale, scales)
     z = (np.log1p(exec_ms[idx]) - mean_log) / spread
     excess = exec_ms[idx] - pred[idx]
     # microseconds (the log's resolution; finer is cut, never rounded into another run's place)
@@ -186,12 +173,7 @@ def persistent_flags(table: pa.Table, pred_mean_ms: np.ndarray, pred_q_ms: np.nd
     and per-query decision ``alerted``): flagged by :func:`persistent_runs` as the scoring app's step
     would flag it. For the evaluations (``workbench evaluate``, ``benchmarks/detection.py``), which
     score a log's rows rather than read shards."""
-    given = ("pred_mean_ms", "pred_q_ms", "model_version", "is_anomaly")
-    scored = table.select([c for c in PERSISTENCE_COLUMNS if c in table.column_names and c not in given])
-    scored = (scored.append_column("pred_mean_ms", pa.array(np.asarray(pred_mean_ms, dtype=float)))
-              .append_column("pred_q_ms", pa.array(np.asarray(pred_q_ms, dtype=float)))
-              .append_column("model_version", pa.array([version] * table.num_rows, pa.string()))
-              .append_column("is_anomaly", pa.array(np.asarray(alerted, dtype=bool))))
+    scored = offline_scored(table, PERSISTENCE_COLUMNS, pred_mean_ms, pred_q_ms, alerted, version)
     flags = np.zeros(table.num_rows, dtype=bool)
     flags[persistent_runs(scored, known, params, scales)["row"].to_numpy()] = True
     return flags

@@ -58,6 +58,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workbench.analysis._columns import flags, numbers
+from workbench.analysis._judged import judged_runs, offline_scored, runtime_spread
 
 __all__ = ["GROUP_COLUMNS", "GROUP_KEYS", "GROUP_REASON", "GROUP_SIGNAL", "GroupParams", "group_flags",
            "slower_group_runs"]
@@ -71,7 +72,6 @@ GROUP_KEYS = ("user_id", "database_id", "query_type")
 #: Shard columns :func:`slower_group_runs` reads.
 GROUP_COLUMNS = ("instance_id", "query_id", "arrival_timestamp", "execution_duration_ms", "was_cached",
                  "was_aborted", "pred_mean_ms", "pred_q_ms", "model_version", "is_anomaly", *GROUP_KEYS)
-_Z90 = 1.2815515655446004  # the standard normal 0.9 quantile: the upper regressor's quantile
 _MEDIAN_SE = math.sqrt(math.pi / 2.0)  # the standard error of a normal sample's median, in sigma / sqrt(n)
 _HOUR_US = 3_600_000_000
 
@@ -156,25 +156,15 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
     keys = [k for k in params.keys if k in rows.column_names]
     if n_rows == 0 or not keys:
         return _empty()
-    known = np.ones(n_rows, dtype=bool) if known is None else np.asarray(known, dtype=bool)
+    judged = judged_runs(rows, known, ("instance_id", "arrival_timestamp"))
+    if judged.sum() < params.min_queries:
+        return _empty()
+    idx = np.flatnonzero(judged)
     exec_ms = np.nan_to_num(numbers(rows, "execution_duration_ms"), nan=0.0)
     pred = numbers(rows, "pred_mean_ms")
     pred_q = numbers(rows, "pred_q_ms")
     versions = rows.column("model_version").to_numpy(zero_copy_only=False)
-    scored = pc.is_valid(rows.column("model_version")).to_numpy(zero_copy_only=False) & ~np.isnan(pred)
-    judged = (~flags(rows, "was_cached") & ~flags(rows, "was_aborted") & (exec_ms > 0) & scored & known
-              & pc.is_valid(rows.column("instance_id")).to_numpy(zero_copy_only=False)
-              & pc.is_valid(rows.column("arrival_timestamp")).to_numpy(zero_copy_only=False))
-    if judged.sum() < params.min_queries:
-        return _empty()
-    idx = np.flatnonzero(judged)
-    lo = np.full(len(idx), params.min_scale)
-    hi = np.full(len(idx), params.max_scale)
-    for version, (v_lo, v_hi) in (scales or {}).items():
-        mine = versions[idx] == version
-        lo[mine], hi[mine] = v_lo, v_hi
-    mean_log = np.log1p(np.clip(pred[idx], 0.0, None))
-    q_log = np.log1p(np.clip(np.nan_to_num(pred_q[idx], nan=0.0), 0.0, None))
+    mean_log, spread = runtime_spread(rows, idx, params.min_scale, params.max_scale, scales)
     arrival = pc.cast(rows.column("arrival_timestamp"), pa.timestamp("us", tz="UTC"), safe=False).cast(pa.int64())
     arrival_us = arrival.to_numpy(zero_copy_only=False)[idx]
     tolerance = np.fmax(pred[idx], np.nan_to_num(pred_q[idx], nan=-np.inf))
@@ -188,7 +178,7 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
         "model_version": versions[idx], "expected_ms": pred[idx], "observed_ms": exec_ms[idx],
         "excess_ms": exec_ms[idx] - pred[idx],
         "residual": np.log1p(exec_ms[idx]) - mean_log,
-        "spread": np.clip((q_log - mean_log) / _Z90, lo, hi),
+        "spread": spread,
         "beyond": exec_ms[idx] > tolerance,
         "alerted": flags(rows, "is_anomaly")[idx] | (np.zeros(n_rows, bool) if exclude is None
                                                      else np.asarray(exclude, dtype=bool))[idx],
@@ -237,12 +227,7 @@ def group_flags(table: pa.Table, pred_mean_ms: np.ndarray, pred_q_ms: np.ndarray
     """Per row of one day of a log scored offline by one ``version``: flagged by
     :func:`slower_group_runs` as the scoring app's step would flag it (for ``workbench evaluate`` and
     ``benchmarks/detection.py``, which score a log's rows rather than read shards)."""
-    given = ("pred_mean_ms", "pred_q_ms", "model_version", "is_anomaly")
-    scored = table.select([c for c in GROUP_COLUMNS if c in table.column_names and c not in given])
-    scored = (scored.append_column("pred_mean_ms", pa.array(np.asarray(pred_mean_ms, dtype=float)))
-              .append_column("pred_q_ms", pa.array(np.asarray(pred_q_ms, dtype=float)))
-              .append_column("model_version", pa.array([version] * table.num_rows, pa.string()))
-              .append_column("is_anomaly", pa.array(np.asarray(alerted, dtype=bool))))
+    scored = offline_scored(table, GROUP_COLUMNS, pred_mean_ms, pred_q_ms, alerted, version)
     out = np.zeros(table.num_rows, dtype=bool)
     out[slower_group_runs(scored, known, params, scales, exclude)["row"].to_numpy()] = True
     return out

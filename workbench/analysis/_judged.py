@@ -1,0 +1,64 @@
+"""The runs a settled day's per-query rules judge, and the runtime spread each is judged by.
+
+Shared by :mod:`workbench.analysis.persistence` and :mod:`workbench.analysis.slower_groups`: the same
+rows are judged (executed, scored, expected from the statement's own history) and a run's residual is
+measured in the same spreads, so the two rules of the scoring app's deferred step cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from workbench.analysis._columns import flags, numbers
+
+__all__ = ["Z90", "judged_runs", "offline_scored", "runtime_spread"]
+
+Z90 = 1.2815515655446004  # the standard normal 0.9 quantile: the upper regressor's quantile
+#: Columns the offline wrappers take from the caller's scoring rather than from the log.
+_GIVEN = ("pred_mean_ms", "pred_q_ms", "model_version", "is_anomaly")
+
+
+def judged_runs(rows: pa.Table, known: np.ndarray | None, required: Sequence[str]) -> np.ndarray:
+    """Per row: executed (not a result-cache hit, not aborted, a positive execution time), scored,
+    ``known`` (the version's expectation rests on the statement's own history; None: every row)
+    and non-null in every column of ``required``."""
+    known = np.ones(rows.num_rows, dtype=bool) if known is None else np.asarray(known, dtype=bool)
+    exec_ms = np.nan_to_num(numbers(rows, "execution_duration_ms"), nan=0.0)
+    scored = (pc.is_valid(rows.column("model_version")).to_numpy(zero_copy_only=False)
+              & ~np.isnan(numbers(rows, "pred_mean_ms")))
+    judged = ~flags(rows, "was_cached") & ~flags(rows, "was_aborted") & (exec_ms > 0) & scored & known
+    for column in required:
+        judged &= pc.is_valid(rows.column(column)).to_numpy(zero_copy_only=False)
+    return judged
+
+
+def runtime_spread(rows: pa.Table, idx: np.ndarray, min_scale: float, max_scale: float,
+                   scales: Mapping[str, tuple[float, float]] | None) -> tuple[np.ndarray, np.ndarray]:
+    """For rows ``idx``: ``(mean_log, spread)``, the version's mean expectation in ``log1p`` ms and
+    its runtime spread ``(log q90 - log mean) / 1.2816``, clipped to each version's ``scales`` (else
+    ``[min_scale, max_scale]``), as :meth:`workbench.ml.detector.ResidualDetector.residuals` reads it."""
+    versions = rows.column("model_version").to_numpy(zero_copy_only=False)[idx]
+    lo = np.full(len(idx), min_scale)
+    hi = np.full(len(idx), max_scale)
+    for version, (v_lo, v_hi) in (scales or {}).items():
+        mine = versions == version
+        lo[mine], hi[mine] = v_lo, v_hi
+    mean_log = np.log1p(np.clip(numbers(rows, "pred_mean_ms")[idx], 0.0, None))
+    q_log = np.log1p(np.clip(np.nan_to_num(numbers(rows, "pred_q_ms")[idx], nan=0.0), 0.0, None))
+    return mean_log, np.clip((q_log - mean_log) / Z90, lo, hi)
+
+
+def offline_scored(table: pa.Table, columns: Sequence[str], pred_mean_ms: np.ndarray, pred_q_ms: np.ndarray,
+                   alerted: np.ndarray, version: str) -> pa.Table:
+    """One day of a log scored offline by one ``version`` as the shards hold it: ``columns`` of
+    ``table`` with the caller's ``pred_mean_ms``, ``pred_q_ms`` and per-query decision ``alerted``
+    (for the evaluations, which score a log's rows rather than read shards)."""
+    scored = table.select([c for c in columns if c in table.column_names and c not in _GIVEN])
+    return (scored.append_column("pred_mean_ms", pa.array(np.asarray(pred_mean_ms, dtype=float)))
+            .append_column("pred_q_ms", pa.array(np.asarray(pred_q_ms, dtype=float)))
+            .append_column("model_version", pa.array([version] * table.num_rows, pa.string()))
+            .append_column("is_anomaly", pa.array(np.asarray(alerted, dtype=bool))))
