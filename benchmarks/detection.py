@@ -139,7 +139,8 @@ def deferred_flags(table: pa.Table, day: dict, alert: np.ndarray, version: str,
     mean, q = np.expm1(np.clip(day["mean"], 0.0, 50.0)), np.expm1(np.clip(day["q"], 0.0, 50.0))
     known = day["source"] == 0
     persistent = persistent_flags(table, mean, q, alert, known, version, params)
-    return persistent | group_flags(table, mean, q, alert, known, version, exclude=persistent)
+    return persistent | group_flags(table, mean, q, alert, known, version, exclude=persistent,
+                                    queue_reference=day["refs"]["queue"][0])
 
 
 def _miss_lines(rows: list[dict], runs: dict, labels: np.ndarray, kinds: np.ndarray, day: dict,

@@ -376,7 +376,7 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
         found = persistent_runs(rows, known, step.persistence, step._scales)
         exclude = np.zeros(rows.num_rows, dtype=bool)
         exclude[found["row"].to_numpy()] = True
-        slower = slower_group_runs(rows, known, step.groups, step._scales, exclude)
+        slower = slower_group_runs(rows, known, step.groups, step._scales, exclude, step._queue_reference(rows))
         for flagged in (found, slower):
             persistent.update(zip(flagged["instance_id"].tolist(), flagged["query_id"].tolist(),
                                   flagged["model_version"].tolist(), strict=True))

@@ -31,7 +31,7 @@ import pytest
 from tests.conftest import isolated_settings
 from tests.helpers import free_port_pair, make_log, wait_until
 from workbench.analysis.persistence import PERSISTENCE_REASON
-from workbench.analysis.slower_groups import GROUP_REASON
+from workbench.analysis.slower_groups import GROUP_REASONS
 from workbench.broker import BrokerAuthenticationError, BrokerError, LocalKafka, ensure_broker, find_java
 from workbench.broker._security import ensure_credentials, ensure_key_stores
 from workbench.config import Settings
@@ -165,7 +165,7 @@ def test_the_pipeline_runs_through_a_secured_listener(secured: dict, way: str, t
     with AnomalyLakehouse.from_settings(settings, read_only=True) as lake:
         rows = lake.read()
     # the sink's rows; the scoring app's deferred step may add runs and queries of a settled day beside them
-    from_sink = pc.fill_null(pc.invert(pc.is_in(rows.column("reason"), pa.array([PERSISTENCE_REASON, GROUP_REASON]))),
+    from_sink = pc.fill_null(pc.invert(pc.is_in(rows.column("reason"), pa.array([PERSISTENCE_REASON, *GROUP_REASONS]))),
                              True)
     assert rows.filter(from_sink).num_rows == flagged == sink["sink_rows"]
 

@@ -78,6 +78,12 @@ def test_reference_source_alone_matches_the_full_transform(log: pa.Table) -> Non
     assert set(np.unique(source)) == {0, 1, 2}  # every source occurs: the comparison covers each branch
     with pytest.raises(ColumnMismatchError, match="feature_fingerprint"):
         fb.reference_source(rows.select(["instance_id"]))
+    # the usual wait alone, for a settled day's slower groups, is the detector's queue reference
+    usual = fb.queue_reference(rows.select(["instance_id", "feature_fingerprint"]))
+    np.testing.assert_array_equal(usual, fb.references(rows)["queue"][0])
+    assert np.isfinite(usual).all() and len(np.unique(usual)) >= 2  # (mostly the instances' ordinary waits)
+    with pytest.raises(ColumnMismatchError, match="feature_fingerprint"):
+        fb.queue_reference(rows.select(["instance_id"]))
 
 
 def test_column_mismatch_lists_missing_and_unseen(log: pa.Table) -> None:

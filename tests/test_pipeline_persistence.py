@@ -1,5 +1,5 @@
 """The scoring app flags the runs of a statement whose plan stays slow for the rest of a day, and the
-queries of a user whose every query runs slower for an hour, once.
+queries of a user whose every query runs slower (another's: waits longer) for an hour, once.
 
 Real components: a generated log in which one known statement runs 4x its usual time from noon of
 its second day on and one user's queries of another instance run 2.5x their time for an hour of the
@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workbench.analysis.persistence import PERSISTENCE_REASON, PERSISTENCE_SIGNAL
-from workbench.analysis.slower_groups import GROUP_REASON, GROUP_SIGNAL
+from workbench.analysis.slower_groups import (
+    GROUP_REASON,
+    GROUP_REASONS,
+    GROUP_SIGNAL,
+    QUEUE_GROUP_REASON,
+    QUEUE_GROUP_SIGNAL,
+)
 from workbench.broker import ensure_topics
 from workbench.config import Settings
 from workbench.data.generator import generate
@@ -61,35 +68,38 @@ def _regressed_log(path: Path) -> tuple[str, list[int]]:
     return fingerprint, frame[slowed].sort_values(["arrival_timestamp", "query_id"])["query_id"].astype(int).tolist()
 
 
-def _slower_user(path: Path) -> tuple[int, pd.Timestamp, set[int], set[int]]:
-    """The busiest user-hour of day 2's morning (known statements only: seen on day 1) runs 2.5x slower.
-    Returns the user, the hour, its slowed query ids and the ids of every query of its instance and hour."""
+def _changed_user(path: Path, hours: tuple[int, int], column: str, change: Callable[[np.ndarray], np.ndarray]
+                  ) -> tuple[int, pd.Timestamp, set[int], set[int]]:
+    """The busiest user-hour of day 2 between ``hours`` (known statements only: seen on day 1) gets
+    ``change`` of its ``column``. Returns the user, the hour, its changed query ids and the ids of every
+    query of its instance and hour."""
     table = pq.read_table(path)
     frame = table.select(["instance_id", "user_id", "feature_fingerprint", "arrival_timestamp", "query_id",
-                          "execution_duration_ms", "was_cached"]).to_pandas()
+                          column, "was_cached"]).to_pandas()
     day1 = frame[frame["arrival_timestamp"].dt.date == D1]
     seen = set(zip(day1["instance_id"], day1["feature_fingerprint"], strict=True))
     known = np.array([k in seen for k in zip(frame["instance_id"], frame["feature_fingerprint"], strict=True)])
     hour = frame["arrival_timestamp"].dt.floor("h")
-    morning = ((hour >= pd.Timestamp(D2, tz="UTC") + pd.Timedelta(hours=8)) & (hour < pd.Timestamp(SLOW_FROM))
+    day2 = pd.Timestamp(D2, tz="UTC")
+    morning = ((hour >= day2 + pd.Timedelta(hours=hours[0])) & (hour < day2 + pd.Timedelta(hours=hours[1]))
                & known & ~frame["was_cached"].astype(bool))
     busiest = frame[morning].groupby(["instance_id", "user_id", hour[morning]]).size().sort_values(kind="stable")
     instance, user, at = busiest.index[-1]
     same_hour = ((frame["instance_id"] == instance) & (hour == at)).to_numpy()
     slowed = same_hour & (frame["user_id"] == user).to_numpy()
-    runtime = frame["execution_duration_ms"].to_numpy().copy()
-    runtime[slowed] = (runtime[slowed] * 2.5).astype(runtime.dtype)
-    index = table.schema.get_field_index("execution_duration_ms")
-    table = table.set_column(index, table.schema.field(index), pa.array(runtime, table.schema.field(index).type))
+    values = frame[column].fillna(0).to_numpy().copy()
+    values[slowed] = change(values[slowed]).astype(values.dtype)
+    index = table.schema.get_field_index(column)
+    table = table.set_column(index, table.schema.field(index), pa.array(values, table.schema.field(index).type))
     pq.write_table(table, path)
     ids = frame["query_id"].astype(int)
     return int(user), at, set(ids[slowed]), set(ids[same_hour])
 
 
-def _persistent(settings: Settings, reason: str = PERSISTENCE_REASON) -> list[dict]:
+def _persistent(settings: Settings, reasons: tuple[str, ...] = (PERSISTENCE_REASON,)) -> list[dict]:
     with AnomalyLakehouse.from_settings(settings) as lake:
         rows = lake.read().to_pylist()
-    return sorted((r for r in rows if r["reason"] == reason), key=lambda r: (r["arrival_timestamp"], r["query_id"]))
+    return sorted((r for r in rows if r["reason"] in reasons), key=lambda r: (r["arrival_timestamp"], r["query_id"]))
 
 
 def test_a_statement_whose_plan_stays_slow_is_flagged_on_its_later_runs_once(kafka_settings: Settings,
@@ -98,7 +108,9 @@ def test_a_statement_whose_plan_stays_slow_is_flagged_on_its_later_runs_once(kaf
     ensure_topics(settings)
     log = tmp_path / "regressed.parquet"
     fingerprint, slowed = _regressed_log(log)
-    user, hour, user_queries, hour_queries = _slower_user(log)
+    user, hour, user_queries, hour_queries = _changed_user(log, (8, 12), "execution_duration_ms", lambda x: x * 2.5)
+    # another user-hour, in the night: its queries wait 8 s more than they (and the instance) usually do
+    waiter, night, waiting, night_queries = _changed_user(log, (0, 8), "queue_duration_ms", lambda x: x + 8_000)
     train_day(settings, D1, window_days=1, data=log)  # the regression is on day 2: the model never saw it
     Replay(log, settings=settings, speedup=0, pack=100).run()
     first = run_scoring(settings, idle_exit=3, timeout=120, train=False, batch_rows=8192, batch_seconds=0.5)
@@ -119,16 +131,25 @@ def test_a_statement_whose_plan_stays_slow_is_flagged_on_its_later_runs_once(kaf
     # the slower user: its hour's queries past the model's tolerance, as slower_group_runs finds them on the shards
     # (and, where the user is most of its database's or query type's hour, those groups' other queries past
     # their tolerance: the same instance and hour, never elsewhere)
-    grouped = _persistent(settings, GROUP_REASON)
+    grouped = _persistent(settings, GROUP_REASONS)
+    waited = [r for r in grouped if r["reason"] == QUEUE_GROUP_REASON]
+    # (where the user is most of its instance's night hour, another query that waited long with it is flagged too)
+    assert {r["query_id"] for r in waited} <= night_queries and len(waited) <= len(waiting) + 0.1 * len(night_queries)
+    assert len([r for r in waited if r["query_id"] in waiting]) >= 0.5 * len(waiting)
+    wait = orjson.loads(next(r for r in waited if r["query_id"] in waiting)["features"])
+    assert wait["evidence_signal"] == QUEUE_GROUP_SIGNAL and wait["excess_value"] >= 1_000
+    assert f"user {waiter}'s queries on this instance {night:%H:%M}-" in wait["reference"]
+    grouped = [r for r in grouped if r["reason"] == GROUP_REASON]
     ids = {r["query_id"] for r in grouped}
-    assert first["group_anomalies"] == len(grouped) and ids <= hour_queries and not ids & {r["query_id"] for r in every}
+    assert first["group_anomalies"] == len(grouped) + len(waited)
+    assert ids <= hour_queries and not ids & {r["query_id"] for r in every}
     assert len(ids & user_queries) >= 0.3 * len(user_queries) and len(ids - user_queries) <= 0.1 * len(hour_queries)
-    mine = [r for r in grouped if r["query_id"] in user_queries]
+    mine = [r for r in grouped if r["query_id"] in user_queries and r["reason"] == GROUP_REASON]
     assert all(r["true_ms"] > r["pred_ms"] for r in grouped)
     evidence = orjson.loads(mine[0]["features"])
     assert evidence["evidence_signal"] == GROUP_SIGNAL and evidence["evidence_unit"] == "ms"
     assert f"{hour:%H:%M}-" in evidence["reference"] and " ran " in evidence["reference"]
-    assert any(f"of user {user} on this instance" in orjson.loads(r["features"])["reference"] for r in mine)
+    assert any(f"of user {user}'s queries on this instance" in orjson.loads(r["features"])["reference"] for r in mine)
     evidence = orjson.loads(flagged[0]["features"])
     assert evidence["evidence_signal"] == PERSISTENCE_SIGNAL and evidence["evidence_unit"] == "ms"
     assert evidence["observed_value"] == flagged[0]["true_ms"] and evidence["expected_value"] == flagged[0]["pred_ms"]
@@ -141,6 +162,7 @@ def test_a_statement_whose_plan_stays_slow_is_flagged_on_its_later_runs_once(kaf
     again = run_scoring(settings, idle_exit=3, timeout=120, train=False, batch_rows=8192, batch_seconds=0.5,
                         group="scoring-again")
     assert again["persistent_anomalies"] == again["group_anomalies"] == 0  # judged again, nothing new inserted
-    for reason, before in ((PERSISTENCE_REASON, every), (GROUP_REASON, grouped)):
-        assert [(r["query_id"], r["model_version"], r["features"]) for r in _persistent(settings, reason)] == [
+    for reasons, before in (((PERSISTENCE_REASON,), every), ((GROUP_REASON,), grouped), ((QUEUE_GROUP_REASON,),
+                                                                                           waited)):
+        assert [(r["query_id"], r["model_version"], r["features"]) for r in _persistent(settings, reasons)] == [
             (r["query_id"], r["model_version"], r["features"]) for r in before]

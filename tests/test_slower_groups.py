@@ -14,6 +14,8 @@ import pytest
 from workbench.analysis.slower_groups import (
     GROUP_REASON,
     GROUP_SIGNAL,
+    QUEUE_GROUP_REASON,
+    QUEUE_GROUP_SIGNAL,
     GroupParams,
     group_flags,
     slower_group_runs,
@@ -24,15 +26,18 @@ from workbench.pipeline.scoring._residuals import group_evidence_columns
 DAY = dt.datetime(2024, 3, 7, tzinfo=dt.UTC)
 SPREAD = 0.4  # every statement's runtime spread in log units (the model's (log q90 - log mean) / 1.2816)
 Z90 = 1.2815515655446004
+USUAL_WAIT_MS = 500.0  # every statement's usual wait (the detector's queue reference: its own, or the instance's)
 
 
 def _hour(users: dict[int, int], *, factor: dict[int, float] | None = None, expected_ms: float = 3_000.0,
-          seed: int = 3, hour: int = 10, database: int = 7) -> pa.Table:
+          seed: int = 3, hour: int = 10, database: int = 7, waits: dict[int, float] | None = None) -> pa.Table:
     """One hour of instance 1's scored queries: ``users`` maps a user to its query count; each query's
-    runtime is its expectation times a draw of the model's own spread, times ``factor[user]``."""
+    runtime is its expectation times a draw of the model's own spread, times ``factor[user]``; it
+    waits an ordinary wait (:data:`USUAL_WAIT_MS`, 0.5-2x) or ``waits[user]`` ms more."""
     rng = np.random.default_rng(seed)
     factor = factor or {}
-    cols: dict[str, list] = {k: [] for k in ("user_id", "query_id", "arrival_timestamp", "execution_duration_ms")}
+    cols: dict[str, list] = {k: [] for k in ("user_id", "query_id", "arrival_timestamp", "execution_duration_ms",
+                                             "queue_duration_ms")}
     for user, count in users.items():
         for i in range(count):
             cols["user_id"].append(user)
@@ -40,6 +45,8 @@ def _hour(users: dict[int, int], *, factor: dict[int, float] | None = None, expe
             cols["arrival_timestamp"].append(DAY + dt.timedelta(hours=hour, seconds=int(3_590 * i / count) + user))
             draw = expected_ms * math.exp(rng.normal(0.0, SPREAD)) * factor.get(user, 1.0)
             cols["execution_duration_ms"].append(int(draw))
+            cols["queue_duration_ms"].append(int(USUAL_WAIT_MS * math.exp(rng.uniform(-0.7, 0.7))
+                                                 + (waits or {}).get(user, 0.0)))
     n = len(cols["query_id"])
     q_ms = np.expm1(np.log1p(expected_ms) + Z90 * SPREAD)
     return pa.table({"instance_id": [1] * n, **cols, "database_id": [database] * n, "query_type": ["select"] * n,
@@ -62,7 +69,7 @@ def test_one_users_queries_running_twice_their_expectation_are_flagged_and_the_o
     assert (found["group_key"] == "user_id").all() and (found["group_value"] == "5").all()
     assert (found["group_queries"] == 24).all() and (found["group_ratio"] > 1.5).all()
     assert (found["score"] >= 1.0).all() and (found["group_z"] >= 5.0).all()
-    assert (found["hour_start"] == DAY + dt.timedelta(hours=10)).all()
+    assert (found["span_start"] == DAY + dt.timedelta(hours=10)).all()
     # the database and the query type hold the whole instance: a tenth slower moves neither median
     assert _users(slower_group_runs(table, params=GroupParams(keys=("database_id", "query_type")))) == set()
 
@@ -142,7 +149,7 @@ def test_hours_are_judged_apart_and_the_result_does_not_depend_on_row_order() ->
     later = pa.array(calm.column("query_id").to_numpy() + 500)
     table = pa.concat_tables([slow, calm.set_column(calm.schema.get_field_index("query_id"), "query_id", later)])
     found = slower_group_runs(table, params=GroupParams(keys=("user_id",)))
-    assert (found["hour_start"] == DAY + dt.timedelta(hours=10)).all() and len(found) > 0
+    assert (found["span_start"] == DAY + dt.timedelta(hours=10)).all() and len(found) > 0
     order = np.random.default_rng(0).permutation(table.num_rows)
     shuffled = slower_group_runs(table.take(order), params=GroupParams(keys=("user_id",)))
     assert shuffled["query_id"].tolist() == found["query_id"].tolist()
@@ -163,7 +170,7 @@ def test_the_alert_carries_its_groups_evidence_through_the_anomaly_contract() ->
     assert first["reason"] == GROUP_REASON and features["evidence_signal"] == GROUP_SIGNAL
     assert features["evidence_unit"] == "ms" and first["pred_ms"] == 3_000.0
     assert "user 5" in features["reference"] and "10:00-11:00 UTC" in features["reference"]
-    assert "of 30 queries" in features["reference"]
+    assert "one of 30 of user 5's queries on this instance" in features["reference"]
 
 
 def test_group_flags_scores_a_log_day_as_the_step_flags_it() -> None:
@@ -173,6 +180,43 @@ def test_group_flags_scores_a_log_day_as_the_step_flags_it() -> None:
     flags = group_flags(log, table.column("pred_mean_ms").to_numpy(), table.column("pred_q_ms").to_numpy(),
                         np.zeros(table.num_rows, dtype=bool), np.ones(table.num_rows, dtype=bool), "v1")
     assert np.flatnonzero(flags).tolist() == sorted(step["row"].tolist())
+
+
+def _usual(table: pa.Table) -> np.ndarray:
+    return np.full(table.num_rows, math.log1p(USUAL_WAIT_MS))
+
+
+def test_one_users_queries_waiting_seconds_longer_than_their_usual_wait_are_flagged_on_the_wait() -> None:
+    # user 5's queries routed to a starved queue: 3-40 s where its statements and the instance wait 0.5 s
+    table = _hour({1: 120, 2: 90, 5: 30}, waits={5: 8_000.0})
+    waited = slower_group_runs(table, queue_reference=_usual(table))
+    assert _users(waited) == {5} and len(waited) == 30
+    assert (waited["signal"] == QUEUE_GROUP_SIGNAL).all() and (waited["reason"] == QUEUE_GROUP_REASON).all()
+    assert (waited["group_key"] == "user_id").all() and (waited["excess_ms"] >= 7_000).all()
+    assert np.allclose(waited["expected_ms"], USUAL_WAIT_MS) and np.isnan(waited["group_z"]).all()
+    # the wait is judged only with the detector's usual waits; the runtime is as expected
+    assert slower_group_runs(table).empty
+    # everyone waiting as usual, however long that is, is no group's news
+    assert slower_group_runs(_hour({1: 120, 2: 90, 5: 30}), queue_reference=_usual(table)).empty
+
+
+def test_a_whole_instance_waiting_seconds_longer_for_twenty_minutes_is_flagged_in_those_windows() -> None:
+    table = _hour({1: 120, 2: 90, 3: 60})
+    minute = (table.column("arrival_timestamp").to_numpy().astype("datetime64[s]").astype(np.int64) % 3_600) // 60
+    storm = (minute >= 20) & (minute < 40)
+    waited = table.column("queue_duration_ms").to_numpy() + np.where(storm, 4_000, 0)
+    table = table.set_column(table.schema.get_field_index("queue_duration_ms"), "queue_duration_ms",
+                             pa.array(waited))
+    found = slower_group_runs(table, queue_reference=_usual(table))
+    # a third of the hour: no user's, database's or query type's hour moved; the instance's two windows did
+    assert set(found["group_key"]) == {"instance_id"} and storm[found["row"].to_numpy()].all()
+    assert len(found) == storm.sum()
+    assert set(found["span_start"]) == {DAY + dt.timedelta(hours=10, minutes=20), DAY + dt.timedelta(hours=10,
+                                                                                                     minutes=30)}
+    assert (found["span_end"] - found["span_start"] == dt.timedelta(minutes=10)).all()
+    assert slower_group_runs(table, params=GroupParams(instance_windows=False), queue_reference=_usual(table)).empty
+    evidence = group_evidence_columns(found, GroupParams())
+    assert "of this instance's queries 10:20-10:30 UTC whose median waited" in evidence["reference"][0].as_py()
 
 
 @pytest.mark.parametrize(("change", "named"), [

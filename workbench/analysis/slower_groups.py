@@ -1,4 +1,5 @@
-"""A part of an instance that runs slower: one user's, one database's or one query type's queries for an hour.
+"""A part of an instance that runs slower or waits longer: one user's, one database's or one query type's
+queries for an hour, or a whole instance's wait for 10 minutes.
 
 A database on a slower disk, one user's queries routed to a starved queue or scanning a grown table,
 the writes behind a vacuum: each query runs 1.5-3x its expectation, seconds at most, so none clears
@@ -40,6 +41,22 @@ detector already alerted on, and those in ``exclude`` (the persistence step's), 
 alert. A query in several slower groups (its user's and its database's) carries the evidence of the
 one with the highest score.
 
+**The wait** is judged the same way when the caller gives each query's usual wait (``queue_reference``:
+the detector's queue reference, its statement's usual ``log1p`` wait and at least an ordinary wait
+on its instance): the residual is ``log1p(queue ms) - usual``, a group waits longer when its median
+residual is at least ``ln 1.5`` and its median query waited at least the floor (1 s) longer than usual
+(the wait has no model spread to take a z from; a typical query a second or more late is the stake),
+and its flagged queries each waited ``ln 1.5`` and 1 s longer than their usual (reason
+:data:`QUEUE_GROUP_REASON`, signal :data:`QUEUE_GROUP_SIGNAL`). One user's queries in the wrong WLM
+queue wait 3-40 s where the instance's wait a second; the median query of every other group waits
+nothing or its usual. A whole instance's window (``instance_windows``) is judged on the wait as well:
+it holds as many queries as one user's hour, and "every query waits a few seconds longer for 20
+minutes" moves no hour but two windows. Its runtime is not (the window layer's ``runtime_residual``
+judges it, against the instance's history). On the evaluation days of the same nine logs, no group
+of a user, database or query type (26,363 hours of 20 or more queries) or instance (9,302 windows)
+without a labelled query waited longer; the stress logs' WLM saturations and concurrency surges and
+the blind evaluation's wrong queue did.
+
 The scoring app's deferred step (:class:`~workbench.pipeline.scoring._residuals.ResidualWindowsStep`)
 runs it over each settled day next to the persistence rule, and ``workbench evaluate`` counts its
 flags (:func:`group_flags`), so the same day gives the same flags at any replay speed and after any
@@ -60,18 +77,25 @@ import pyarrow.compute as pc
 from workbench.analysis._columns import flags, numbers
 from workbench.analysis._judged import judged_runs, offline_scored, runtime_spread
 
-__all__ = ["GROUP_COLUMNS", "GROUP_KEYS", "GROUP_REASON", "GROUP_SIGNAL", "GroupParams", "group_flags",
-           "slower_group_runs"]
+__all__ = ["GROUP_COLUMNS", "GROUP_KEYS", "GROUP_REASON", "GROUP_REASONS", "GROUP_SIGNAL", "QUEUE_GROUP_REASON",
+           "QUEUE_GROUP_SIGNAL", "GroupParams", "group_flags", "slower_group_runs"]
 
-#: The evidence signal of a flagged query.
+#: The evidence signal of a query of a group that runs slower.
 GROUP_SIGNAL = "exec_group"
-#: The alert's reason.
+#: Its alert's reason.
 GROUP_REASON = "group_slowdown"
+#: The evidence signal of a query of a group that waits longer in the queue.
+QUEUE_GROUP_SIGNAL = "queue_group"
+#: Its alert's reason.
+QUEUE_GROUP_REASON = "group_waits_longer"
+#: Every reason this module's alerts carry.
+GROUP_REASONS = (GROUP_REASON, QUEUE_GROUP_REASON)
 #: The grouping columns an instance's queries may be split by (Redset columns present on every row).
 GROUP_KEYS = ("user_id", "database_id", "query_type")
 #: Shard columns :func:`slower_group_runs` reads.
-GROUP_COLUMNS = ("instance_id", "query_id", "arrival_timestamp", "execution_duration_ms", "was_cached",
-                 "was_aborted", "pred_mean_ms", "pred_q_ms", "model_version", "is_anomaly", *GROUP_KEYS)
+GROUP_COLUMNS = ("instance_id", "query_id", "arrival_timestamp", "execution_duration_ms", "queue_duration_ms",
+                 "was_cached", "was_aborted", "pred_mean_ms", "pred_q_ms", "model_version", "is_anomaly",
+                 *GROUP_KEYS)
 _MEDIAN_SE = math.sqrt(math.pi / 2.0)  # the standard error of a normal sample's median, in sigma / sqrt(n)
 _HOUR_US = 3_600_000_000
 
@@ -83,8 +107,9 @@ class GroupParams:
     ``keys``: grouping columns, each of :data:`GROUP_KEYS`. ``min_queries``: judged queries a group
     needs. ``floor``: the least median log residual (``ln 1.5``), of the hour and of a flagged query's
     window. ``z_threshold``: the least median in standard errors. ``floor_ms``: the least summed excess
-    of the group's queries. ``window_ms``: the windows within the hour (10 minutes, the analytics
-    windows; a divisor of an hour). ``min_scale`` / ``max_scale``: the spread's clip for rows whose
+    of the group's queries (for the wait: of its median query). ``window_ms``: the windows within the
+    hour (10 minutes, the analytics windows; a divisor of an hour). ``instance_windows``: also judge the
+    wait of a whole instance's window. ``min_scale`` / ``max_scale``: the spread's clip for rows whose
     version does not say (the detector's defaults).
     """
 
@@ -94,6 +119,7 @@ class GroupParams:
     z_threshold: float = 5.0
     floor_ms: float = 1_000.0
     window_ms: int = 600_000
+    instance_windows: bool = True
     min_scale: float = 0.25
     max_scale: float = 1.0
 
@@ -114,18 +140,44 @@ class GroupParams:
 
 
 _RESULT = {"row": "int64", "instance_id": "int64", "query_id": "int64", "model_version": "object",
-           "expected_ms": "float64", "observed_ms": "float64", "excess_ms": "float64", "group_key": "object",
-           "group_value": "object", "hour_start": "datetime64[ms, UTC]", "group_queries": "int64",
-           "group_ratio": "float64", "group_z": "float64", "score": "float64"}
+           "signal": "object", "reason": "object", "expected_ms": "float64", "observed_ms": "float64",
+           "excess_ms": "float64", "group_key": "object", "group_value": "object",
+           "span_start": "datetime64[ms, UTC]", "span_end": "datetime64[ms, UTC]", "group_queries": "int64",
+           "group_ratio": "float64", "group_z": "float64", "score": "float64", "exec_ratio": "float64"}
+#: A measure's signal and reason: the runtime against the model, the wait against the usual wait.
+_MEASURES = {"runtime": (GROUP_SIGNAL, GROUP_REASON), "queue": (QUEUE_GROUP_SIGNAL, QUEUE_GROUP_REASON)}
 
 
 def _empty() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _RESULT.items()})
 
 
+def _slower(part: pd.DataFrame, span: str, measure: str, params: GroupParams) -> pd.DataFrame:
+    """The groups ``(instance_id, span, value)`` of ``part`` that clear ``measure``'s bars, with their
+    figures (``n``, ``median``, ``z``, ``score``)."""
+    per = part.groupby(["instance_id", span, "value"], sort=False).agg(
+        n=("residual", "size"), median=("residual", "median"), spread=("spread", "median"),
+        excess_sum=("excess_ms", "sum"), excess_median=("excess_ms", "median")).reset_index()
+    if measure == "runtime":
+        per["z"] = per["median"] / (_MEDIAN_SE * per["spread"] / np.sqrt(per["n"]))
+        per["score"] = np.minimum(per["z"] / params.z_threshold, per["median"] / params.floor)
+        material = per["excess_sum"] >= params.floor_ms
+    else:  # the wait has no model spread: the typical query of the group waited the floor longer
+        per["z"] = np.nan
+        per["score"] = per["median"] / params.floor
+        material = per["excess_median"] >= params.floor_ms
+    return per[(per["n"] >= params.min_queries) & (per["score"] >= 1.0) & material]
+
+
+def _measure_frame(base: pd.DataFrame, values: dict[str, np.ndarray]) -> pd.DataFrame:
+    """``base`` with one measure's columns, the rows where its residual is known."""
+    return base.assign(**values)[np.isfinite(values["residual"])]
+
+
 def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: GroupParams | None = None,
                       scales: Mapping[str, tuple[float, float]] | None = None,
-                      exclude: np.ndarray | None = None) -> pd.DataFrame:
+                      exclude: np.ndarray | None = None, queue_reference: np.ndarray | None = None
+                      ) -> pd.DataFrame:
     """The queries of ``rows`` flagged as part of a slower group (see the module docstring).
 
     Parameters
@@ -141,93 +193,115 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
         ``model_version -> (min_scale, max_scale)`` of each version's detector.
     exclude : ndarray of bool, optional
         Per row: flagged by another rule already (never flagged here).
+    queue_reference : ndarray of float, optional
+        Per row: the detector's usual ``log1p`` wait of the query (its statement's, at least an
+        ordinary wait on its instance: :meth:`workbench.ml.features.FeatureBuilder.queue_reference`;
+        NaN where unknown). None: the wait is not judged.
 
     Returns
     -------
     DataFrame
         One row per flagged query, in arrival order: ``row`` (position in ``rows``), ``instance_id``,
-        ``query_id``, ``model_version``, ``expected_ms``, ``observed_ms``, ``excess_ms``, and its
-        group's evidence: ``group_key`` (the column), ``group_value`` (as text), ``hour_start``,
-        ``group_queries`` (judged), ``group_ratio`` (``exp`` of the median residual), ``group_z``
-        and ``score`` (``min(z / z_threshold, median / floor)``, at least 1).
+        ``query_id``, ``model_version``, ``signal`` and ``reason`` (:data:`GROUP_SIGNAL` /
+        :data:`GROUP_REASON` for runtime, :data:`QUEUE_GROUP_SIGNAL` / :data:`QUEUE_GROUP_REASON`
+        for the wait), ``expected_ms``, ``observed_ms``, ``excess_ms`` (of that measure), and its
+        group's evidence: ``group_key`` (the column; ``instance_id`` for a whole instance's window),
+        ``group_value`` (as text), ``span_start`` and ``span_end``, ``group_queries`` (judged),
+        ``group_ratio`` (``exp`` of the median residual), ``group_z`` (NaN for the wait),
+        ``score`` (at least 1) and ``exec_ratio`` (the runtime against the model's expectation, as
+        the scorer's, whichever measure flagged the query).
     """
     params = params or GroupParams()
     n_rows = rows.num_rows
     keys = [k for k in params.keys if k in rows.column_names]
-    if n_rows == 0 or not keys:
+    if n_rows == 0:
         return _empty()
     judged = judged_runs(rows, known, ("instance_id", "arrival_timestamp"))
     if judged.sum() < params.min_queries:
         return _empty()
     idx = np.flatnonzero(judged)
-    exec_ms = np.nan_to_num(numbers(rows, "execution_duration_ms"), nan=0.0)
-    pred = numbers(rows, "pred_mean_ms")
-    pred_q = numbers(rows, "pred_q_ms")
-    versions = rows.column("model_version").to_numpy(zero_copy_only=False)
+    exec_ms = np.nan_to_num(numbers(rows, "execution_duration_ms"), nan=0.0)[idx]
+    pred = numbers(rows, "pred_mean_ms")[idx]
+    tolerance = np.fmax(pred, np.nan_to_num(numbers(rows, "pred_q_ms")[idx], nan=-np.inf))
     mean_log, spread = runtime_spread(rows, idx, params.min_scale, params.max_scale, scales)
     arrival = pc.cast(rows.column("arrival_timestamp"), pa.timestamp("us", tz="UTC"), safe=False).cast(pa.int64())
     arrival_us = arrival.to_numpy(zero_copy_only=False)[idx]
-    tolerance = np.fmax(pred[idx], np.nan_to_num(pred_q[idx], nan=-np.inf))
-    frame = pd.DataFrame({
+    window_us = params.window_ms * 1000
+    base = pd.DataFrame({
         "row": idx,
         "instance_id": pc.cast(rows.column("instance_id"), pa.int64()).to_numpy(zero_copy_only=False)[idx],
         "hour_us": np.floor_divide(arrival_us, _HOUR_US) * _HOUR_US,
-        "window_us": np.floor_divide(arrival_us, params.window_ms * 1000),
+        "window_us": np.floor_divide(arrival_us, window_us) * window_us,
         "arrival_us": arrival_us,
         "query_id": pc.cast(rows.column("query_id"), pa.int64()).to_numpy(zero_copy_only=False)[idx],
-        "model_version": versions[idx], "expected_ms": pred[idx], "observed_ms": exec_ms[idx],
-        "excess_ms": exec_ms[idx] - pred[idx],
-        "residual": np.log1p(exec_ms[idx]) - mean_log,
-        "spread": spread,
-        "beyond": exec_ms[idx] > tolerance,
+        "model_version": rows.column("model_version").to_numpy(zero_copy_only=False)[idx],
         "alerted": flags(rows, "is_anomaly")[idx] | (np.zeros(n_rows, bool) if exclude is None
                                                      else np.asarray(exclude, dtype=bool))[idx],
+        "exec_ratio": exec_ms / np.maximum(np.nan_to_num(pred, nan=0.0), 1.0),  # as the scorer's, whichever measure
     })
+    measures = {"runtime": _measure_frame(base, {
+        "expected_ms": pred, "observed_ms": exec_ms, "excess_ms": exec_ms - pred,
+        "residual": np.log1p(exec_ms) - mean_log, "spread": spread, "beyond": exec_ms > tolerance})}
+    if queue_reference is not None and "queue_duration_ms" in rows.column_names:
+        usual_log = np.asarray(queue_reference, dtype=float)[idx]
+        waited = numbers(rows, "queue_duration_ms")[idx]
+        usual = np.expm1(usual_log)
+        residual = np.log1p(np.clip(waited, 0.0, None)) - usual_log
+        # past the usual wait as the group is: by the floor, and by the detector's queue floor of time
+        measures["queue"] = _measure_frame(base, {
+            "expected_ms": usual, "observed_ms": waited, "excess_ms": waited - usual, "residual": residual,
+            "spread": np.full(len(idx), np.nan),
+            "beyond": (residual >= params.floor) & (waited - usual >= params.floor_ms)})
+    # (grouping column, evidence span): the parts by the hour; a whole instance, whose window holds the
+    # queries an hour of one user does, by the window, for the wait (its runtime is the window layer's)
+    groupings = [(key, "hour_us") for key in keys]
     found: list[pd.DataFrame] = []
-    for key in keys:
-        column = rows.column(key)
-        valid = pc.is_valid(column).to_numpy(zero_copy_only=False)[idx]
-        # as text: user and database ids are integers, the query type a name; one evidence column holds both
-        frame["value"] = pc.cast(column, pa.string()).to_numpy(zero_copy_only=False)[idx]
-        part = frame[valid]
-        part = part.assign(window_median=part.groupby(["instance_id", "window_us", "value"], sort=False)[
-            "residual"].transform("median"))
-        per = part.groupby(["instance_id", "hour_us", "value"], sort=False).agg(
-            n=("residual", "size"), median=("residual", "median"), spread=("spread", "median"),
-            excess=("excess_ms", "sum")).reset_index()
-        per["z"] = per["median"] / (_MEDIAN_SE * per["spread"] / np.sqrt(per["n"]))
-        per["score"] = np.minimum(per["z"] / params.z_threshold, per["median"] / params.floor)
-        slower = per[(per["n"] >= params.min_queries) & (per["score"] >= 1.0) & (per["excess"] >= params.floor_ms)]
-        if slower.empty:
-            continue
-        hits = part.merge(slower, on=["instance_id", "hour_us", "value"], suffixes=("", "_group"))
-        hits = hits[hits["beyond"] & (hits["window_median"] >= params.floor) & ~hits["alerted"]]
-        found.append(pd.DataFrame({
-            "row": hits["row"], "instance_id": hits["instance_id"], "query_id": hits["query_id"],
-            "model_version": hits["model_version"], "expected_ms": hits["expected_ms"],
-            "observed_ms": hits["observed_ms"], "excess_ms": hits["excess_ms"], "group_key": key,
-            "group_value": hits["value"], "hour_us": hits["hour_us"], "arrival_us": hits["arrival_us"],
-            "group_queries": hits["n"], "group_ratio": np.exp(hits["median"]), "group_z": hits["z"],
-            "score": hits["score"], "key_order": keys.index(key)}))
+    for measure, frame in measures.items():
+        for order, (key, span) in enumerate([*groupings, *((["instance_id", "window_us"],) if measure == "queue"
+                                                             and params.instance_windows else ())]):
+            key = key[0] if isinstance(key, list) else key
+            column = rows.column(key)
+            valid = pc.is_valid(column).to_numpy(zero_copy_only=False)[frame["row"].to_numpy()]
+            # as text: user and database ids are integers, the query type a name; one evidence column holds both
+            part = frame.assign(value=pc.cast(column, pa.string()).to_numpy(zero_copy_only=False)[
+                frame["row"].to_numpy()])[valid]
+            slower = _slower(part, span, measure, params)
+            if slower.empty:
+                continue
+            part = part.assign(window_median=part.groupby(["instance_id", "window_us", "value"], sort=False)[
+                "residual"].transform("median"))
+            hits = part.merge(slower, on=["instance_id", span, "value"], suffixes=("", "_group"))
+            hits = hits[hits["beyond"] & (hits["window_median"] >= params.floor) & ~hits["alerted"]]
+            start = hits[span].to_numpy()
+            signal, reason = _MEASURES[measure]
+            found.append(pd.DataFrame({
+                "row": hits["row"], "instance_id": hits["instance_id"], "query_id": hits["query_id"],
+                "model_version": hits["model_version"], "signal": signal, "reason": reason,
+                "expected_ms": hits["expected_ms"], "observed_ms": hits["observed_ms"],
+                "excess_ms": hits["excess_ms"], "group_key": key, "group_value": hits["value"],
+                "span_us": start, "span_end_us": start + (_HOUR_US if span == "hour_us" else window_us),
+                "arrival_us": hits["arrival_us"], "group_queries": hits["n"], "group_ratio": np.exp(hits["median"]),
+                "group_z": hits["z"], "score": hits["score"], "exec_ratio": hits["exec_ratio"], "order": order}))
     if not found:
         return _empty()
     out = pd.concat(found, ignore_index=True)
-    # one alert per query: its strongest group (ties: the keys' order)
-    out = out.sort_values(["row", "score", "key_order"], ascending=[True, False, True], kind="stable")
+    # one alert per query: its strongest group (ties: runtime before the wait, then the keys' order)
+    out = out.sort_values(["row", "score", "order"], ascending=[True, False, True], kind="stable")
     out = out.drop_duplicates("row", keep="first")
     out = out.sort_values(["arrival_us", "instance_id", "query_id"], kind="stable", ignore_index=True)
-    out["hour_start"] = pd.to_datetime(out["hour_us"], unit="us", utc=True)
+    out["span_start"] = pd.to_datetime(out["span_us"], unit="us", utc=True)
+    out["span_end"] = pd.to_datetime(out["span_end_us"], unit="us", utc=True)
     return out[list(_RESULT)].astype(_RESULT)
 
 
 def group_flags(table: pa.Table, pred_mean_ms: np.ndarray, pred_q_ms: np.ndarray, alerted: np.ndarray,
                 known: np.ndarray, version: str, params: GroupParams | None = None,
                 scales: Mapping[str, tuple[float, float]] | None = None,
-                exclude: np.ndarray | None = None) -> np.ndarray:
+                exclude: np.ndarray | None = None, queue_reference: np.ndarray | None = None) -> np.ndarray:
     """Per row of one day of a log scored offline by one ``version``: flagged by
     :func:`slower_group_runs` as the scoring app's step would flag it (for ``workbench evaluate`` and
     ``benchmarks/detection.py``, which score a log's rows rather than read shards)."""
     scored = offline_scored(table, GROUP_COLUMNS, pred_mean_ms, pred_q_ms, alerted, version)
     out = np.zeros(table.num_rows, dtype=bool)
-    out[slower_group_runs(scored, known, params, scales, exclude)["row"].to_numpy()] = True
+    out[slower_group_runs(scored, known, params, scales, exclude, queue_reference)["row"].to_numpy()] = True
     return out

@@ -379,7 +379,7 @@ def deferred_alerts(table: pa.Table, out: dict[str, np.ndarray], model: LoadedMo
     persistent = persistent_flags(table, out["pred_mean_ms"], out["pred_q_ms"], out["is_anomaly"], known,
                                   model.version, scales=scales)
     group = group_flags(table, out["pred_mean_ms"], out["pred_q_ms"], out["is_anomaly"], known, model.version,
-                        scales=scales, exclude=persistent)
+                        scales=scales, exclude=persistent, queue_reference=model.features.queue_reference(table))
     return persistent, group
 
 

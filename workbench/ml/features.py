@@ -677,6 +677,22 @@ class FeatureBuilder:
         check_columns(table.column_names, REFERENCE_SOURCE_COLUMNS)
         return self._source(self._lookup(table, only=_SOURCE_STATISTICS))
 
+    def queue_reference(self, data: pa.Table | pa.RecordBatch) -> np.ndarray:
+        """Only the queue's level of :meth:`references` (the usual ``log1p`` wait, at least the
+        instance's ordinary wait), from ``instance_id`` and ``feature_fingerprint``: a settled day's
+        slower groups judge the waits of scored rows without the whole feature matrix."""
+        self._check_fitted("queue_reference")
+        table = _as_table(data)
+        check_columns(table.column_names, REFERENCE_SOURCE_COLUMNS)
+        lookup = self._lookup(table, only=("n", "med_queue", _MED_WAITED))
+        use_fp = self._uses_fingerprint(lookup)
+        med = np.where(use_fp, lookup.fp["med_queue"], lookup.inst["med_queue"])
+        med = np.where(np.isnan(med), self.global_["med_queue"], med)
+        if _MED_WAITED in lookup.inst:  # the same rule as references()
+            waited = lookup.inst[_MED_WAITED]
+            med = np.maximum(med, np.where(np.isnan(waited), self.global_.get(_MED_WAITED, 0.0), waited))
+        return med
+
     def references(self, data: pa.Table | pa.RecordBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Expected ``log1p`` level and spread of each observed signal, per row.
 

@@ -332,7 +332,7 @@ class ResidualWindowsStep:
         found = persistent_runs(rows, known, self.persistence, self._scales)
         exclude = np.zeros(rows.num_rows, dtype=bool)
         exclude[found["row"].to_numpy()] = True
-        slower = slower_group_runs(rows, known, self.groups, self._scales, exclude)
+        slower = slower_group_runs(rows, known, self.groups, self._scales, exclude, self._queue_reference(rows))
         return (self._alerts(day, found, evidence_columns(found, self.persistence)),
                 self._alerts(day, slower, group_evidence_columns(slower, self.groups)))
 
@@ -367,6 +367,18 @@ class ResidualWindowsStep:
         history = store.read_residuals(start=reference_start(start, self.params).to_pydatetime(),
                                        end=start.to_pydatetime()).to_pandas()
         return judge_residual_windows(windows, pd.concat([history, windows], ignore_index=True), self.params)
+
+    def _queue_reference(self, rows: pa.Table) -> np.ndarray:
+        """Per row: the usual ``log1p`` wait its version expects
+        (:meth:`~workbench.ml.features.FeatureBuilder.queue_reference`), NaN for rows of a version
+        :meth:`_known` could not read. Call after :meth:`_known`, which loads the day's versions."""
+        reference = np.full(rows.num_rows, np.nan)
+        versions = rows.column("model_version")
+        for version, features in self._features.items():
+            mask = pc.fill_null(pc.equal(versions, version), False)
+            if pc.any(mask).as_py():
+                reference[mask.to_numpy(zero_copy_only=False)] = features.queue_reference(rows.filter(mask))
+        return reference
 
     def _known(self, rows: pa.Table) -> np.ndarray:
         """Per row: the version that scored it expected its runtime from the statement's own history.
@@ -441,28 +453,35 @@ def group_evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Arr
     """The scored columns the anomaly contract reads, for the queries that
     :func:`~workbench.analysis.slower_groups.slower_group_runs` flagged.
 
-    The evidence is the query's own runtime against its version's expectation; the reference says
-    what makes it an alert: its group's hour, how many queries it judged and how much slower they ran.
+    The evidence is the query's own runtime (or wait) against its expectation; the reference says
+    what makes it an alert: its group, the span, how many queries it judged and how much longer their
+    median ran (or waited).
     """
-    from workbench.analysis.slower_groups import GROUP_REASON, GROUP_SIGNAL
+    from workbench.analysis.slower_groups import QUEUE_GROUP_SIGNAL
 
     n = len(found)
-    hours = pd.to_datetime(found["hour_start"], utc=True)
     names = {"user_id": "user", "database_id": "database", "query_type": "query type"}
-    reference = [f"model+fingerprint history; one of {queries} queries of {names.get(key, key)} {value} on this "
-                 f"instance {start:%H:%M}-{start + pd.Timedelta(hours=1):%H:%M} UTC whose median ran {ratio:.2f}x "
-                 f"the model's expectation (z {z:.1f}; a group needs {params.min_queries} queries, "
-                 f"{math.exp(params.floor):.2f}x and z {params.z_threshold:g}); this query beyond the model's "
-                 f"tolerance for it"
-                 for queries, key, value, start, ratio, z in zip(found["group_queries"], found["group_key"],
-                                                                 found["group_value"], hours, found["group_ratio"],
-                                                                 found["group_z"], strict=True)]
+    reference = []
+    for row in found.itertuples(index=False):
+        who = ("this instance's queries" if row.group_key == "instance_id"
+               else f"{names.get(row.group_key, row.group_key)} {row.group_value}'s queries on this instance")
+        span = f"{row.span_start:%H:%M}-{row.span_end:%H:%M} UTC"
+        if row.signal == QUEUE_GROUP_SIGNAL:
+            reference.append(f"usual wait: fingerprint history, ordinary wait on the instance; one of "
+                             f"{row.group_queries} of {who} {span} whose median waited {row.group_ratio:.2f}x "
+                             f"its usual wait and at least {params.floor_ms / 1000:g} s longer (a group needs "
+                             f"{params.min_queries} queries and {math.exp(params.floor):.2f}x); this query too")
+        else:
+            reference.append(f"model+fingerprint history; one of {row.group_queries} of {who} {span} whose median "
+                             f"ran {row.group_ratio:.2f}x the model's expectation (z {row.group_z:.1f}; a group needs "
+                             f"{params.min_queries} queries, {math.exp(params.floor):.2f}x and z "
+                             f"{params.z_threshold:g}); this query beyond the model's tolerance for it")
     return {
         "is_anomaly": pa.array(np.ones(n, dtype=bool)),
         "score": pa.array(found["score"].to_numpy(), pa.float64()),
-        "reason": pa.array([GROUP_REASON] * n, pa.string()),
-        "exec_ratio": pa.array(found["observed_ms"].to_numpy() / np.maximum(found["expected_ms"].to_numpy(), 1.0)),
-        "evidence_signal": pa.array([GROUP_SIGNAL] * n, pa.string()),
+        "reason": pa.array(found["reason"].tolist(), pa.string()),
+        "exec_ratio": pa.array(found["exec_ratio"].to_numpy(), pa.float64()),
+        "evidence_signal": pa.array(found["signal"].tolist(), pa.string()),
         "evidence_unit": pa.array(["ms"] * n, pa.string()),
         "expected_value": pa.array(found["expected_ms"].to_numpy(), pa.float64()),
         "observed_value": pa.array(found["observed_ms"].to_numpy(), pa.float64()),
