@@ -257,9 +257,8 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
     groupings = [(key, "hour_us") for key in keys]
     found: list[pd.DataFrame] = []
     for measure, frame in measures.items():
-        for order, (key, span) in enumerate([*groupings, *((["instance_id", "window_us"],) if measure == "queue"
-                                                             and params.instance_windows else ())]):
-            key = key[0] if isinstance(key, list) else key
+        whole = [("instance_id", "window_us")] if measure == "queue" and params.instance_windows else []
+        for order, (key, span) in enumerate([*groupings, *whole]):
             column = rows.column(key)
             valid = pc.is_valid(column).to_numpy(zero_copy_only=False)[frame["row"].to_numpy()]
             # as text: user and database ids are integers, the query type a name; one evidence column holds both
