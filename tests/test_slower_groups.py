@@ -219,6 +219,17 @@ def test_a_whole_instance_waiting_seconds_longer_for_twenty_minutes_is_flagged_i
     assert "of this instance's queries 10:20-10:30 UTC whose median waited" in evidence["reference"][0].as_py()
 
 
+def test_an_hour_the_whole_instance_waits_through_is_the_instances_not_each_users() -> None:
+    table = _hour({1: 120, 2: 90, 5: 30}, waits={1: 8_000.0, 2: 8_000.0, 5: 8_000.0})
+    found = slower_group_runs(table, queue_reference=_usual(table))
+    assert set(found["group_key"]) == {"instance_id"} and len(found) == table.num_rows  # its six windows
+    # without the contrast every user, the database and the query type would wait longer too
+    plain = slower_group_runs(table, params=GroupParams(contrast=False, instance_windows=False),
+                              queue_reference=_usual(table))
+    assert "user_id" in set(plain["group_key"]) and "instance_id" not in set(plain["group_key"])
+    assert len(plain) == table.num_rows
+
+
 @pytest.mark.parametrize(("change", "named"), [
     ({"keys": ("user_id", "table_id")}, "keys"),
     ({"keys": ()}, "keys"),

@@ -49,7 +49,11 @@ residual is at least ``ln 1.5`` and its median query waited at least the floor (
 and its flagged queries each waited ``ln 1.5`` and 1 s longer than their usual (reason
 :data:`QUEUE_GROUP_REASON`, signal :data:`QUEUE_GROUP_SIGNAL`). One user's queries in the wrong WLM
 queue wait 3-40 s where the instance's wait a second; the median query of every other group waits
-nothing or its usual. A whole instance's window (``instance_windows``) is judged on the wait as well:
+nothing or its usual. A part (a user, database or query type) is judged against its instance too
+(``contrast``): its median residual must clear the floor above the median residual of all the
+instance's judged queries in the same hour, so an hour that the whole instance waits through (a
+recurring daily peak beyond the statements' usual waits, a WLM saturation) is not each user's alert
+but the instance's. A whole instance's window (``instance_windows``) is judged on the wait as well:
 it holds as many queries as one user's hour, and "every query waits a few seconds longer for 20
 minutes" moves no hour but two windows. Its runtime is not (the window layer's ``runtime_residual``
 judges it, against the instance's history). On the evaluation days of the same nine logs, no group
@@ -109,7 +113,8 @@ class GroupParams:
     window. ``z_threshold``: the least median in standard errors. ``floor_ms``: the least summed excess
     of the group's queries (for the wait: of its median query). ``window_ms``: the windows within the
     hour (10 minutes, the analytics windows; a divisor of an hour). ``instance_windows``: also judge the
-    wait of a whole instance's window. ``min_scale`` / ``max_scale``: the spread's clip for rows whose
+    wait of a whole instance's window. ``contrast``: a part's wait counts only what it waited beyond
+    the median of its whole instance in the same span. ``min_scale`` / ``max_scale``: the spread's clip for rows whose
     version does not say (the detector's defaults).
     """
 
@@ -120,6 +125,7 @@ class GroupParams:
     floor_ms: float = 1_000.0
     window_ms: int = 600_000
     instance_windows: bool = True
+    contrast: bool = True
     min_scale: float = 0.25
     max_scale: float = 1.0
 
@@ -166,6 +172,13 @@ def _slower(part: pd.DataFrame, span: str, measure: str, params: GroupParams) ->
         per["z"] = np.nan
         per["score"] = per["median"] / params.floor
         material = per["excess_median"] >= params.floor_ms
+        if "instance_median" in part:
+            # a part waits longer than the rest of its instance did then: a busy hour that every group
+            # waits through is the whole instance's (its windows), not each user's
+            per = per.merge(part.groupby(["instance_id", span], sort=False)["instance_median"].first().reset_index(),
+                            on=["instance_id", span])
+            per["score"] = np.minimum(per["score"], (per["median"] - per["instance_median"]) / params.floor)
+            material = per["excess_median"] >= params.floor_ms
     return per[(per["n"] >= params.min_queries) & (per["score"] >= 1.0) & material]
 
 
@@ -264,6 +277,9 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
             # as text: user and database ids are integers, the query type a name; one evidence column holds both
             part = frame.assign(value=pc.cast(column, pa.string()).to_numpy(zero_copy_only=False)[
                 frame["row"].to_numpy()])[valid]
+            if measure == "queue" and key != "instance_id" and params.contrast:
+                part = part.assign(instance_median=frame.groupby(["instance_id", span], sort=False)[
+                    "residual"].transform("median")[valid])
             slower = _slower(part, span, measure, params)
             if slower.empty:
                 continue
