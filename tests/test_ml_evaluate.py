@@ -353,6 +353,29 @@ def test_the_window_label_sidecar_is_read_once_per_evaluation(demo: tuple[Settin
     assert passed == {k: v for k, v in metrics.items() if k.startswith(("window", "false windows"))}
 
 
+def _slowed_log(table: pa.Table, slowed: np.ndarray, factor: float, kind: str, path: Path) -> tuple[pa.Table, Path]:
+    """``table`` with the ``slowed`` rows' runtime times ``factor``, labelled ``kind``, written to ``path``."""
+    exec_ms = table.column("execution_duration_ms").to_pandas().fillna(0).to_numpy()
+    normal = ~table.column("label_anomaly").to_numpy(zero_copy_only=False).astype(bool)
+    kinds = np.asarray(table.column("label_kind").to_pylist(), dtype=object)
+    kinds[slowed] = kind
+    runtime = np.where(slowed, exec_ms * factor, exec_ms).astype(np.int64)
+    for name, values in (("execution_duration_ms", pa.array(runtime)),
+                         ("label_kind", pa.array(kinds, pa.string())),
+                         ("label_anomaly", pa.array(~normal | slowed))):
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, name, values.cast(table.schema.field(name).type))
+    pq.write_table(table, path)
+    return table, path
+
+
+def _from_day(table: pa.Table, day: dt.date) -> pa.Table:
+    """The rows of ``table`` from ``day`` on (the evaluation day of a log that ends with it)."""
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    return table.filter(pa.compute.greater_equal(table.column("arrival_timestamp"),
+                                                 pa.scalar(start, pa.timestamp("us", tz="UTC"))))
+
+
 def test_evaluate_counts_the_runs_the_persistence_step_flags(demo: tuple[Settings, Path], tmp_path: Path) -> None:
     """`workbench evaluate` counts the alerts the pipeline raises: a statement the model knows, 4x slower
     from noon on the evaluation day, is flagged by the persistence step from its 4th slowed run on, and
@@ -378,19 +401,10 @@ def test_evaluate_counts_the_runs_the_persistence_step_flags(demo: tuple[Setting
     runs = pd.Series(inst[pick]).groupby([inst[pick], fp[pick]]).size()
     statement = runs[runs >= 8].sort_values(kind="stable").index[0]  # a known statement with a handful of runs
     slowed = pick & (inst == statement[0]) & (fp == statement[1])
-    kinds = np.asarray(table.column("label_kind").to_pylist(), dtype=object)
-    kinds[slowed] = "stays_slow"
-    for name, values in (("execution_duration_ms", pa.array(np.where(slowed, exec_ms * 4, exec_ms).astype(np.int64))),
-                         ("label_kind", pa.array(kinds, pa.string())),
-                         ("label_anomaly", pa.array(~normal | slowed))):
-        index = table.schema.get_field_index(name)
-        table = table.set_column(index, name, values.cast(table.schema.field(name).type))
-    slow_log = tmp_path / "slow.parquet"
-    pq.write_table(table, slow_log)
+    table, slow_log = _slowed_log(table, slowed, 4.0, "stays_slow", tmp_path / "slow.parquet")
 
     metrics = evaluate(settings, day, data=slow_log, store=False)["metrics"]
-    day_rows = table.filter(pa.compute.greater_equal(table.column("arrival_timestamp"), pa.scalar(
-        dt.datetime(2024, 3, 6, tzinfo=dt.UTC), pa.timestamp("us", tz="UTC"))))
+    day_rows = _from_day(table, day)
     out = model.predict(day_rows)
     flags, group = deferred_alerts(day_rows, out, model)
     mine = np.asarray(day_rows.column("label_kind").to_pylist(), dtype=object) == "stays_slow"
@@ -425,19 +439,10 @@ def test_evaluate_counts_the_queries_of_a_slower_user(demo: tuple[Settings, Path
         level=[0, 1, 2]).size()
     i, u, h = counts[(counts >= 30) & (counts <= 80)].sort_index().index[0]  # a user's busy hour on one instance
     slowed = judged & (inst == i) & (user == u) & (hour == h)
-    kinds = np.asarray(table.column("label_kind").to_pylist(), dtype=object)
-    kinds[slowed] = "user_slower"
-    for name, values in (("execution_duration_ms", pa.array(np.where(slowed, exec_ms * 2.5, exec_ms).astype(np.int64))),
-                         ("label_kind", pa.array(kinds, pa.string())),
-                         ("label_anomaly", pa.array(~normal | slowed))):
-        index = table.schema.get_field_index(name)
-        table = table.set_column(index, name, values.cast(table.schema.field(name).type))
-    slow_log = tmp_path / "slow-user.parquet"
-    pq.write_table(table, slow_log)
+    table, slow_log = _slowed_log(table, slowed, 2.5, "user_slower", tmp_path / "slow-user.parquet")
 
     metrics = evaluate(settings, day, data=slow_log, store=False)["metrics"]
-    day_rows = table.filter(pa.compute.greater_equal(table.column("arrival_timestamp"), pa.scalar(
-        dt.datetime(2024, 3, 6, tzinfo=dt.UTC), pa.timestamp("us", tz="UTC"))))
+    day_rows = _from_day(table, day)
     out = model.predict(day_rows)
     persistent, group = deferred_alerts(day_rows, out, model)
     mine = np.asarray(day_rows.column("label_kind").to_pylist(), dtype=object) == "user_slower"
