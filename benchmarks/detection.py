@@ -59,9 +59,9 @@ from workbench.analysis.collective import (
     windows_of,
     with_silent_windows,
 )
-from workbench.analysis.persistence import PersistenceParams, persistent_flags
+from workbench.analysis.deferred import deferred_flags as deferred_masks
+from workbench.analysis.persistence import PersistenceParams
 from workbench.analysis.residual_windows import RESIDUAL_SIGNAL
-from workbench.analysis.slower_groups import group_flags
 from workbench.data.generator import QUERY_KINDS, WINDOW_KINDS, generate
 from workbench.ml._train import load_log_window, split_window, train_table
 from workbench.ml.baseline import baseline_for_table
@@ -136,11 +136,10 @@ def deferred_flags(table: pa.Table, day: dict, alert: np.ndarray, version: str,
     :func:`~workbench.analysis.slower_groups.slower_group_runs` at its defaults (the window
     machinery's constants, chosen on no kind) on the rest. Rows the detector alerted on, ``alert``,
     are not flagged again."""
-    mean, q = np.expm1(np.clip(day["mean"], 0.0, 50.0)), np.expm1(np.clip(day["q"], 0.0, 50.0))
-    known = day["source"] == 0
-    persistent = persistent_flags(table, mean, q, alert, known, version, params)
-    return persistent | group_flags(table, mean, q, alert, known, version, exclude=persistent,
-                                    queue_reference=day["refs"]["queue"][0])
+    persistent, group = deferred_masks(table, np.expm1(np.clip(day["mean"], 0.0, 50.0)),
+                                       np.expm1(np.clip(day["q"], 0.0, 50.0)), alert, day["source"] == 0, version,
+                                       day["refs"]["queue"][0], persistence=params)
+    return persistent | group
 
 
 def _miss_lines(rows: list[dict], runs: dict, labels: np.ndarray, kinds: np.ndarray, day: dict,

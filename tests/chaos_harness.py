@@ -329,15 +329,13 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
     executed rows of settled days still unscored (such a day, and every later one, is never judged:
     the product waits for its rescoring) and the ``anomalies`` keys ``(instance, query, version)`` the
     same step adds for those days' runs of persistently slower statements and queries of slower groups
-    (:func:`~workbench.analysis.persistence.persistent_runs`, then
-    :func:`~workbench.analysis.slower_groups.slower_group_runs`, with the step's own constants and spreads).
+    (:func:`~workbench.analysis.deferred.deferred_runs`, with the step's own constants and spreads).
     """
     from types import SimpleNamespace
 
     from workbench.analysis.collective import CollectiveParams, flag_windows, with_silent_windows
-    from workbench.analysis.persistence import PERSISTENCE_COLUMNS, persistent_runs
+    from workbench.analysis.deferred import DEFERRED_COLUMNS, deferred_runs
     from workbench.analysis.residual_windows import judge_residual_windows, residual_windows
-    from workbench.analysis.slower_groups import GROUP_COLUMNS, slower_group_runs
     from workbench.ml.features import REFERENCE_SOURCE_COLUMNS
     from workbench.pipeline.scoring._residuals import _WINDOW_COLUMNS, ResidualWindowsStep
     from workbench.store.shards import read_shards
@@ -362,7 +360,7 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
         settled &= start_ms < first_open  # nor held open by the analytics app
         parts.append(flag_windows(frame[settled], frame, params))
     step = ResidualWindowsStep(settings, SimpleNamespace(counters={}), params=params)
-    columns = list(dict.fromkeys(_WINDOW_COLUMNS + REFERENCE_SOURCE_COLUMNS + PERSISTENCE_COLUMNS + GROUP_COLUMNS))
+    columns = list(dict.fromkeys(_WINDOW_COLUMNS + REFERENCE_SOURCE_COLUMNS + DEFERRED_COLUMNS))
     earlier: list[pd.DataFrame] = []
     persistent: Counter = Counter()
     unscored = 0
@@ -371,13 +369,10 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
         unscored = int(residual_windows(rows)["unscored_queries"].sum())
         if unscored:
             break
-        known = step._known(rows)
+        known, usual_wait = step._expectations(rows)
         windows = residual_windows(rows, known=known).drop(columns="unscored_queries")
-        found = persistent_runs(rows, known, step.persistence, step._scales)
-        exclude = np.zeros(rows.num_rows, dtype=bool)
-        exclude[found["row"].to_numpy()] = True
-        slower = slower_group_runs(rows, known, step.groups, step._scales, exclude, step._queue_reference(rows))
-        for flagged in (found, slower):
+        for flagged in deferred_runs(rows, known, usual_wait, persistence=step.persistence, groups=step.groups,
+                                     scales=step._scales):
             persistent.update(zip(flagged["instance_id"].tolist(), flagged["query_id"].tolist(),
                                   flagged["model_version"].tolist(), strict=True))
         # Every earlier day: the judge keeps each window's own lookback, so this is the whole-store answer.

@@ -11,13 +11,13 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from workbench.analysis.deferred import deferred_flags
 from workbench.analysis.slower_groups import (
     GROUP_REASON,
     GROUP_SIGNAL,
     QUEUE_GROUP_REASON,
     QUEUE_GROUP_SIGNAL,
     GroupParams,
-    group_flags,
     slower_group_runs,
 )
 from workbench.pipeline.contracts import anomaly_rows
@@ -173,13 +173,17 @@ def test_the_alert_carries_its_groups_evidence_through_the_anomaly_contract() ->
     assert "one of 30 of user 5's queries on this instance" in features["reference"]
 
 
-def test_group_flags_scores_a_log_day_as_the_step_flags_it() -> None:
+def test_deferred_flags_score_a_log_day_as_the_step_flags_it() -> None:
     table = _hour({1: 100, 5: 30}, factor={5: 2.5})
+    # every query its own statement: no streak of the persistence rule, which runs first
+    statements = [f"s{q}" for q in table.column("query_id").to_pylist()]
+    table = table.append_column("feature_fingerprint", pa.array(statements))
     step = slower_group_runs(table)
     log = table.drop_columns(["pred_mean_ms", "pred_q_ms", "model_version", "is_anomaly"])
-    flags = group_flags(log, table.column("pred_mean_ms").to_numpy(), table.column("pred_q_ms").to_numpy(),
-                        np.zeros(table.num_rows, dtype=bool), np.ones(table.num_rows, dtype=bool), "v1")
-    assert np.flatnonzero(flags).tolist() == sorted(step["row"].tolist())
+    persistent, flags = deferred_flags(log, table.column("pred_mean_ms").to_numpy(),
+                                       table.column("pred_q_ms").to_numpy(), np.zeros(table.num_rows, dtype=bool),
+                                       np.ones(table.num_rows, dtype=bool), "v1", None)
+    assert not persistent.any() and np.flatnonzero(flags).tolist() == sorted(step["row"].tolist())
 
 
 def _usual(table: pa.Table) -> np.ndarray:

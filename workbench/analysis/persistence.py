@@ -45,10 +45,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workbench.analysis._columns import flags, numbers
-from workbench.analysis._judged import judged_runs, offline_scored, runtime_spread
+from workbench.analysis._judged import judged_runs, runtime_spread
 
 __all__ = ["PERSISTENCE_COLUMNS", "PERSISTENCE_REASON", "PERSISTENCE_SIGNAL", "PersistenceParams",
-           "persistent_flags", "persistent_runs"]
+           "persistent_runs"]
 
 #: The evidence signal of a flagged run (the per-query detector's are exec, queue, scan, spill, compile).
 PERSISTENCE_SIGNAL = "exec_persistent"
@@ -164,16 +164,3 @@ def persistent_runs(rows: pa.Table, known: np.ndarray | None = None, params: Per
     out = frame[(frame["streak"] >= params.runs) & ~frame["alerted"]]
     out = out.sort_values(["arrival_us", "instance_id", "query_id"], kind="stable", ignore_index=True)
     return out[list(columns)].astype({"streak_start": "datetime64[ms, UTC]"})
-
-
-def persistent_flags(table: pa.Table, pred_mean_ms: np.ndarray, pred_q_ms: np.ndarray, alerted: np.ndarray,
-                     known: np.ndarray, version: str, params: PersistenceParams | None = None,
-                     scales: Mapping[str, tuple[float, float]] | None = None) -> np.ndarray:
-    """Per row of one day of a log scored offline by one ``version`` (its ``pred_mean_ms``, ``pred_q_ms``
-    and per-query decision ``alerted``): flagged by :func:`persistent_runs` as the scoring app's step
-    would flag it. For the evaluations (``workbench evaluate``, ``benchmarks/detection.py``), which
-    score a log's rows rather than read shards."""
-    scored = offline_scored(table, PERSISTENCE_COLUMNS, pred_mean_ms, pred_q_ms, alerted, version)
-    flags = np.zeros(table.num_rows, dtype=bool)
-    flags[persistent_runs(scored, known, params, scales)["row"].to_numpy()] = True
-    return flags

@@ -62,9 +62,9 @@ without a labelled query waited longer; the stress logs' WLM saturations and con
 the blind evaluation's wrong queue did.
 
 The scoring app's deferred step (:class:`~workbench.pipeline.scoring._residuals.ResidualWindowsStep`)
-runs it over each settled day next to the persistence rule, and ``workbench evaluate`` counts its
-flags (:func:`group_flags`), so the same day gives the same flags at any replay speed and after any
-restart.
+runs it over each settled day after the persistence rule (:mod:`workbench.analysis.deferred`), and
+``workbench evaluate`` counts its flags the same way, so the same day gives the same flags at any
+replay speed and after any restart.
 """
 
 from __future__ import annotations
@@ -79,10 +79,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workbench.analysis._columns import flags, numbers
-from workbench.analysis._judged import judged_runs, offline_scored, runtime_spread
+from workbench.analysis._judged import judged_runs, runtime_spread
 
 __all__ = ["GROUP_COLUMNS", "GROUP_KEYS", "GROUP_REASON", "GROUP_REASONS", "GROUP_SIGNAL", "QUEUE_GROUP_REASON",
-           "QUEUE_GROUP_SIGNAL", "GroupParams", "group_flags", "slower_group_runs"]
+           "QUEUE_GROUP_SIGNAL", "GroupParams", "slower_group_runs"]
 
 #: The evidence signal of a query of a group that runs slower.
 GROUP_SIGNAL = "exec_group"
@@ -307,16 +307,3 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
     out["span_start"] = pd.to_datetime(out["span_us"], unit="us", utc=True)
     out["span_end"] = pd.to_datetime(out["span_end_us"], unit="us", utc=True)
     return out[list(_RESULT)].astype(_RESULT)
-
-
-def group_flags(table: pa.Table, pred_mean_ms: np.ndarray, pred_q_ms: np.ndarray, alerted: np.ndarray,
-                known: np.ndarray, version: str, params: GroupParams | None = None,
-                scales: Mapping[str, tuple[float, float]] | None = None,
-                exclude: np.ndarray | None = None, queue_reference: np.ndarray | None = None) -> np.ndarray:
-    """Per row of one day of a log scored offline by one ``version``: flagged by
-    :func:`slower_group_runs` as the scoring app's step would flag it (for ``workbench evaluate`` and
-    ``benchmarks/detection.py``, which score a log's rows rather than read shards)."""
-    scored = offline_scored(table, GROUP_COLUMNS, pred_mean_ms, pred_q_ms, alerted, version)
-    out = np.zeros(table.num_rows, dtype=bool)
-    out[slower_group_runs(scored, known, params, scales, exclude, queue_reference)["row"].to_numpy()] = True
-    return out

@@ -368,19 +368,14 @@ def window_labels_exist(data: Path) -> bool:
 def deferred_alerts(table: pa.Table, out: dict[str, np.ndarray], model: LoadedModel
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Per row of one scored day: ``(persistent, group)``, the queries the scoring app's deferred step
-    flags (:func:`~workbench.analysis.persistence.persistent_flags` and then
-    :func:`~workbench.analysis.slower_groups.group_flags` on the rest, with the version's spread
-    clip), so the evaluation counts the alerts the pipeline raises, not only the per-query detector's."""
-    from workbench.analysis.persistence import persistent_flags
-    from workbench.analysis.slower_groups import group_flags
+    flags (:func:`~workbench.analysis.deferred.deferred_flags`, with the version's spread clip), so
+    the evaluation counts the alerts the pipeline raises, not only the per-query detector's."""
+    from workbench.analysis.deferred import deferred_flags
 
-    known = model.features.reference_source(table) == 0
-    scales = {model.version: (model.detector.min_scale, model.detector.max_scale)}
-    persistent = persistent_flags(table, out["pred_mean_ms"], out["pred_q_ms"], out["is_anomaly"], known,
-                                  model.version, scales=scales)
-    group = group_flags(table, out["pred_mean_ms"], out["pred_q_ms"], out["is_anomaly"], known, model.version,
-                        scales=scales, exclude=persistent, queue_reference=model.features.queue_reference(table))
-    return persistent, group
+    return deferred_flags(table, out["pred_mean_ms"], out["pred_q_ms"], out["is_anomaly"],
+                          model.features.reference_source(table) == 0, model.version,
+                          model.features.queue_reference(table),
+                          scales={model.version: (model.detector.min_scale, model.detector.max_scale)})
 
 
 def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data: Path,

@@ -270,9 +270,8 @@ class ResidualWindowsStep:
 
     def _day(self, store: Any, day: dt.date) -> bool:
         """Judge and store one day; False when some of its executed rows are not scored yet."""
-        from workbench.analysis.persistence import PERSISTENCE_COLUMNS
+        from workbench.analysis.deferred import DEFERRED_COLUMNS
         from workbench.analysis.residual_windows import residual_windows
-        from workbench.analysis.slower_groups import GROUP_COLUMNS
         from workbench.ml.features import REFERENCE_SOURCE_COLUMNS
         from workbench.store.lakehouse import AnomalyLakehouse
         from workbench.store.shards import read_shards
@@ -282,8 +281,7 @@ class ResidualWindowsStep:
             return False
         # Only the columns the windows and the evidence source need: a waiting day is read again
         # every few seconds, and a whole day with every column cost the scoring process ~0.5 GB.
-        columns = list(dict.fromkeys(_WINDOW_COLUMNS + REFERENCE_SOURCE_COLUMNS + PERSISTENCE_COLUMNS
-                                     + GROUP_COLUMNS))
+        columns = list(dict.fromkeys(_WINDOW_COLUMNS + REFERENCE_SOURCE_COLUMNS + DEFERRED_COLUMNS))
         rows = read_shards(self.settings.shards_dir, [day], columns=columns)
         unscored = int(residual_windows(rows)["unscored_queries"].sum())
         if unscored:
@@ -302,10 +300,10 @@ class ResidualWindowsStep:
             left[day.isoformat()] = unscored
             self.status.info["judged_with_unscored"] = left
         self._unscored_since.pop(day, None)
-        known = self._known(rows)
+        known, usual_wait = self._expectations(rows)
         windows = residual_windows(rows, known=known).drop(columns="unscored_queries")
         flagged = self.judge_day(store, day, windows)
-        persistent, group = self.deferred_day(day, rows, known)
+        persistent, group = self.deferred_day(day, rows, known, usual_wait)
         if flagged.num_rows or persistent.num_rows or group.num_rows:
             with AnomalyLakehouse.from_settings(self.settings) as lake:
                 self.status.add("window_anomalies", lake.write_window_anomalies(flagged))
@@ -317,22 +315,20 @@ class ResidualWindowsStep:
                     group.num_rows)
         return True
 
-    def deferred_day(self, day: dt.date, rows: pa.Table, known: np.ndarray) -> tuple[pa.Table, pa.Table]:
+    def deferred_day(self, day: dt.date, rows: pa.Table, known: np.ndarray, usual_wait: np.ndarray
+                     ) -> tuple[pa.Table, pa.Table]:
         """The lakehouse ``anomalies`` rows of ``day``'s runs that complete a streak of slower runs, and of
         its queries in a slower group (the rest: a run has one alert).
 
-        :func:`~workbench.analysis.persistence.persistent_runs` and
-        :func:`~workbench.analysis.slower_groups.slower_group_runs` over the whole scored day, each row's
-        spread clipped as its version's detector clips it; the flagged queries' shard rows (read again,
-        only when there are any) become alerts through the anomaly contract, with their evidence.
+        :func:`~workbench.analysis.deferred.deferred_runs` over the whole scored day (``known`` and
+        ``usual_wait``: :meth:`_expectations`), each row's spread clipped as its version's detector
+        clips it; the flagged queries' shard rows (read again, only when there are any) become alerts
+        through the anomaly contract, with their evidence.
         """
-        from workbench.analysis.persistence import persistent_runs
-        from workbench.analysis.slower_groups import slower_group_runs
+        from workbench.analysis.deferred import deferred_runs
 
-        found = persistent_runs(rows, known, self.persistence, self._scales)
-        exclude = np.zeros(rows.num_rows, dtype=bool)
-        exclude[found["row"].to_numpy()] = True
-        slower = slower_group_runs(rows, known, self.groups, self._scales, exclude, self._queue_reference(rows))
+        found, slower = deferred_runs(rows, known, usual_wait, persistence=self.persistence, groups=self.groups,
+                                      scales=self._scales)
         return (self._alerts(day, found, evidence_columns(found, self.persistence)),
                 self._alerts(day, slower, group_evidence_columns(slower, self.groups)))
 
@@ -368,30 +364,22 @@ class ResidualWindowsStep:
                                        end=start.to_pydatetime()).to_pandas()
         return judge_residual_windows(windows, pd.concat([history, windows], ignore_index=True), self.params)
 
-    def _queue_reference(self, rows: pa.Table) -> np.ndarray:
-        """Per row: the usual ``log1p`` wait its version expects
-        (:meth:`~workbench.ml.features.FeatureBuilder.queue_reference`), NaN for rows of a version
-        :meth:`_known` could not read. Call after :meth:`_known`, which loads the day's versions."""
-        reference = np.full(rows.num_rows, np.nan)
-        versions = rows.column("model_version")
-        for version, features in self._features.items():
-            mask = pc.fill_null(pc.equal(versions, version), False)
-            if pc.any(mask).as_py():
-                reference[mask.to_numpy(zero_copy_only=False)] = features.queue_reference(rows.filter(mask))
-        return reference
+    def _expectations(self, rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, from the version that scored it: ``(known, usual_wait)``.
 
-    def _known(self, rows: pa.Table) -> np.ndarray:
-        """Per row: the version that scored it expected its runtime from the statement's own history.
-
-        The detector's evidence source (``fingerprint``), from the row's own version (the shards
-        keep which one): a never-seen statement's residual tells what the model does not know.
-        Only the version's feature tables are loaded (no ONNX sessions). Unscored rows read False.
+        ``known``: it expected the runtime from the statement's own history (the detector's evidence
+        source ``fingerprint``; the shards keep which version): a never-seen statement's residual tells
+        what the model does not know. ``usual_wait``: the usual ``log1p`` wait it expects
+        (:meth:`~workbench.ml.features.FeatureBuilder.queue_reference`). Only the version's feature
+        tables are loaded (no ONNX sessions). Unscored rows, and rows of a version that cannot be
+        read, read False and NaN.
         """
         from workbench.ml.exceptions import MLError
         from workbench.ml.registry import ModelRegistry
         from workbench.ml.scorer import load_features
 
         known = np.zeros(rows.num_rows, dtype=bool)
+        usual_wait = np.full(rows.num_rows, np.nan)
         versions = rows.column("model_version")
         day_versions = pc.unique(versions.drop_null()).to_pylist()
         self._features = {v: f for v, f in self._features.items() if v in day_versions}  # the next day shares some
@@ -416,8 +404,10 @@ class ResidualWindowsStep:
                 self._unreadable.discard(version)
                 self._features[version] = features
                 self._scales[version] = scales
-            known[mask.to_numpy(zero_copy_only=False)] = features.reference_source(rows.filter(mask)) == 0
-        return known
+            mine, version_rows = mask.to_numpy(zero_copy_only=False), rows.filter(mask)
+            known[mine] = features.reference_source(version_rows) == 0
+            usual_wait[mine] = features.queue_reference(version_rows)
+        return known, usual_wait
 
 
 def evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Array]:
@@ -435,18 +425,9 @@ def evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Array]:
                  f"{params.bar:.2f} spreads and {params.floor_ms / 1000:g} s slower than expected (since {t}); the "
                  f"least of the last {params.runs}: {least:.2f} spreads"
                  for s, t, least in zip(found["streak"], starts, found["least_spreads"], strict=True)]
-    return {
-        "is_anomaly": pa.array(np.ones(n, dtype=bool)),
-        "score": pa.array(found["least_spreads"].to_numpy() / params.bar, pa.float64()),
-        "reason": pa.array([PERSISTENCE_REASON] * n, pa.string()),
-        "exec_ratio": pa.array(found["observed_ms"].to_numpy() / np.maximum(found["expected_ms"].to_numpy(), 1.0)),
-        "evidence_signal": pa.array([PERSISTENCE_SIGNAL] * n, pa.string()),
-        "evidence_unit": pa.array(["ms"] * n, pa.string()),
-        "expected_value": pa.array(found["expected_ms"].to_numpy(), pa.float64()),
-        "observed_value": pa.array(found["observed_ms"].to_numpy(), pa.float64()),
-        "excess_value": pa.array(found["excess_ms"].to_numpy(), pa.float64()),
-        "reference": pa.array(reference, pa.string()),
-    }
+    return _alert_columns(found, score=found["least_spreads"].to_numpy() / params.bar,
+                          reason=[PERSISTENCE_REASON] * n, signal=[PERSISTENCE_SIGNAL] * n, reference=reference,
+                          exec_ratio=found["observed_ms"].to_numpy() / np.maximum(found["expected_ms"].to_numpy(), 1.0))
 
 
 def group_evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Array]:
@@ -459,7 +440,6 @@ def group_evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Arr
     """
     from workbench.analysis.slower_groups import QUEUE_GROUP_SIGNAL
 
-    n = len(found)
     names = {"user_id": "user", "database_id": "database", "query_type": "query type"}
     reference = []
     for row in found.itertuples(index=False):
@@ -476,13 +456,23 @@ def group_evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Arr
                              f"ran {row.group_ratio:.2f}x the model's expectation (z {row.group_z:.1f}; a group needs "
                              f"{params.min_queries} queries, {math.exp(params.floor):.2f}x and z "
                              f"{params.z_threshold:g}); this query beyond the model's tolerance for it")
+    return _alert_columns(found, score=found["score"].to_numpy(), reason=found["reason"].tolist(),
+                          signal=found["signal"].tolist(), reference=reference,
+                          exec_ratio=found["exec_ratio"].to_numpy())
+
+
+def _alert_columns(found: pd.DataFrame, *, score: np.ndarray, reason: list[str], signal: list[str],
+                   reference: list[str], exec_ratio: np.ndarray) -> dict[str, pa.Array]:
+    """The anomaly contract's scored columns of a deferred rule's flagged rows: each an alert in ms, its
+    ``expected_ms``, ``observed_ms`` and ``excess_ms`` the evidence, with the rule's own score, reason,
+    signal, reference and runtime ratio."""
     return {
-        "is_anomaly": pa.array(np.ones(n, dtype=bool)),
-        "score": pa.array(found["score"].to_numpy(), pa.float64()),
-        "reason": pa.array(found["reason"].tolist(), pa.string()),
-        "exec_ratio": pa.array(found["exec_ratio"].to_numpy(), pa.float64()),
-        "evidence_signal": pa.array(found["signal"].tolist(), pa.string()),
-        "evidence_unit": pa.array(["ms"] * n, pa.string()),
+        "is_anomaly": pa.array(np.ones(len(found), dtype=bool)),
+        "score": pa.array(score, pa.float64()),
+        "reason": pa.array(reason, pa.string()),
+        "exec_ratio": pa.array(exec_ratio, pa.float64()),
+        "evidence_signal": pa.array(signal, pa.string()),
+        "evidence_unit": pa.array(["ms"] * len(found), pa.string()),
         "expected_value": pa.array(found["expected_ms"].to_numpy(), pa.float64()),
         "observed_value": pa.array(found["observed_ms"].to_numpy(), pa.float64()),
         "excess_value": pa.array(found["excess_ms"].to_numpy(), pa.float64()),

@@ -1,0 +1,54 @@
+"""The per-query rules of the scoring app's deferred step, in their order, for a settled day.
+
+A statement that stays slower (:mod:`workbench.analysis.persistence`) and a part of an instance that
+runs slower or waits longer (:mod:`workbench.analysis.slower_groups`) flag the same kind of rows of
+the same day; a row gets one alert, the persistence rule's first. The scoring app's step, the chaos
+oracle (:func:`deferred_runs`, over shards) and the evaluations (:func:`deferred_flags`, over a log
+scored offline) all take the rules from here, so the order cannot differ between what the stream
+stores and what ``workbench evaluate`` counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from workbench.analysis._judged import offline_scored
+from workbench.analysis.persistence import PERSISTENCE_COLUMNS, PersistenceParams, persistent_runs
+from workbench.analysis.slower_groups import GROUP_COLUMNS, GroupParams, slower_group_runs
+
+__all__ = ["DEFERRED_COLUMNS", "deferred_flags", "deferred_runs"]
+
+#: Shard columns :func:`deferred_runs` reads.
+DEFERRED_COLUMNS = tuple(dict.fromkeys(PERSISTENCE_COLUMNS + GROUP_COLUMNS))
+
+
+def deferred_runs(rows: pa.Table, known: np.ndarray | None, queue_reference: np.ndarray | None, *,
+                  persistence: PersistenceParams | None = None, groups: GroupParams | None = None,
+                  scales: Mapping[str, tuple[float, float]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(persistent, slower)``: :func:`~workbench.analysis.persistence.persistent_runs` of one day of
+    scored ``rows``, then :func:`~workbench.analysis.slower_groups.slower_group_runs` of the rows it
+    left (``known``, ``queue_reference`` and ``scales`` as those take them)."""
+    persistent = persistent_runs(rows, known, persistence, scales)
+    taken = np.zeros(rows.num_rows, dtype=bool)
+    taken[persistent["row"].to_numpy()] = True
+    return persistent, slower_group_runs(rows, known, groups, scales, taken, queue_reference)
+
+
+def deferred_flags(table: pa.Table, pred_mean_ms: np.ndarray, pred_q_ms: np.ndarray, alerted: np.ndarray,
+                   known: np.ndarray, version: str, queue_reference: np.ndarray | None, *,
+                   persistence: PersistenceParams | None = None, groups: GroupParams | None = None,
+                   scales: Mapping[str, tuple[float, float]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of one day of a log scored offline by one ``version`` (its ``pred_mean_ms``,
+    ``pred_q_ms`` and per-query decision ``alerted``): ``(persistent, group)``, flagged as the scoring
+    app's step flags it (for ``workbench evaluate`` and the benchmarks, which score a log's rows
+    rather than read shards)."""
+    scored = offline_scored(table, DEFERRED_COLUMNS, pred_mean_ms, pred_q_ms, alerted, version)
+    found = deferred_runs(scored, known, queue_reference, persistence=persistence, groups=groups, scales=scales)
+    masks = (np.zeros(table.num_rows, dtype=bool), np.zeros(table.num_rows, dtype=bool))
+    for mask, flagged in zip(masks, found, strict=True):
+        mask[flagged["row"].to_numpy()] = True
+    return masks
