@@ -97,7 +97,7 @@ def _inputs(model: LoadedModel, table: pa.Table) -> dict:
     X, refs, source = model.features.transform_with_evidence(table)
     mean_log, q_log = model.regressors.predict_log(X)
     return {"obs": observed_signals(table), "mean": mean_log, "q": q_log, "refs": refs,
-            "source": source}
+            "source": source, "usual_wait": model.features.usual_wait(table)}
 
 
 def holdout_inputs(model: LoadedModel, hold_table: pa.Table) -> dict:
@@ -138,7 +138,7 @@ def deferred_flags(table: pa.Table, day: dict, alert: np.ndarray, version: str,
     are not flagged again."""
     persistent, group = deferred_masks(table, np.expm1(np.clip(day["mean"], 0.0, 50.0)),
                                        np.expm1(np.clip(day["q"], 0.0, 50.0)), alert, day["source"] == 0, version,
-                                       day["refs"]["queue"][0], persistence=params)
+                                       day["usual_wait"], persistence=params)
     return persistent | group
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from workbench.ml._testing import generated_log
@@ -55,6 +56,50 @@ def test_the_queue_reference_is_at_least_an_ordinary_wait_on_the_instance() -> N
     waited = queue[queue >= WAITED_MS]
     # An instance that never waited gets the fleet's ordinary wait (the median of every run that waited).
     assert np.expm1(level[inst == b]) == pytest.approx(np.expm1(np.median(np.log1p(waited))))
+
+
+def _hour_of(table: pa.Table) -> np.ndarray:
+    return (table.column("arrival_timestamp").to_numpy().astype("datetime64[h]").astype(np.int64) % 24)
+
+
+def _day_of(table: pa.Table) -> np.ndarray:
+    return table.column("arrival_timestamp").to_numpy().astype("datetime64[D]").astype(np.int64)
+
+
+def test_the_usual_wait_is_raised_at_the_hour_an_instance_waits_through_every_day(tmp_path: Path) -> None:
+    log = generated_log(days=3, rows_per_day=6000, seed=5)
+    inst, hour, day = log.column("instance_id").to_numpy(), _hour_of(log), _day_of(log)
+    queue = log.column("queue_duration_ms").to_numpy().astype(float)
+    busiest = np.unique(inst)[np.argmax(np.unique(inst, return_counts=True)[1])]
+    peak = int(np.bincount(hour[inst == busiest]).argmax())  # its busiest hour, every day
+    other = int((peak + 12) % 24)
+    storm_day = np.unique(day)[0]
+    daily = (inst == busiest) & (hour == peak)
+    once = (inst == busiest) & (hour == other) & (day == storm_day)  # one day's storm is not a rule
+    assert daily.sum() >= 60 and once.sum() >= 20
+    # a third of its runs wait a second at any hour (its ordinary wait); at the peak every run waits 20 s more
+    ordinary = (inst == busiest) & (np.random.default_rng(0).random(len(inst)) < 0.3)
+    queue = np.where(ordinary, 1_000.0, queue)
+    queue = np.where(daily | once, queue + 20_000.0, queue)
+    table = _with(log, "queue_duration_ms", queue)
+    builder = FeatureBuilder().fit(table)
+    keys = table.select(["instance_id", "feature_fingerprint", "arrival_timestamp"])
+    plain, usual = builder.queue_reference(keys), builder.usual_wait(keys)
+    assert (usual >= plain).all()
+    raised = usual > plain + 1e-9
+    # every query of that instance at that hour expects the peak's wait (about 20 s), on any day
+    assert raised[daily].all() and np.expm1(np.median(usual[daily])) > 10_000.0
+    assert not raised[inst != busiest].any() and not raised[once].any()
+    # the same from a saved and loaded version; without the arrival time, the plain reference
+    state = builder.save(tmp_path)
+    loaded = FeatureBuilder.load(tmp_path, json.loads(json.dumps(state)))
+    np.testing.assert_array_equal(loaded.usual_wait(keys), usual)
+    np.testing.assert_array_equal(builder.usual_wait(keys.drop_columns(["arrival_timestamp"])), plain)
+    # a version trained before the hourly excess was kept reads the plain reference
+    stats = pq.read_table(tmp_path / "instance_stats.parquet")
+    pq.write_table(stats.select([c for c in stats.column_names if not c.startswith("hour_wait_")]),
+                   tmp_path / "instance_stats.parquet")
+    np.testing.assert_array_equal(FeatureBuilder.load(tmp_path, state).usual_wait(keys), plain)
 
 
 def test_spill_history_is_the_largest_spill_and_the_runs_of_the_statement_own_history_only() -> None:

@@ -246,3 +246,43 @@ def test_an_hour_the_whole_instance_waits_through_is_the_instances_not_each_user
 def test_invalid_constants_are_refused_naming_the_parameter(change: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):
         GroupParams(**change)
+
+
+def test_an_hour_an_instance_waits_through_every_day_is_not_flagged_a_storm_at_another_hour_is() -> None:
+    """The usual wait knows the hour (:meth:`FeatureBuilder.usual_wait`): a recurring daily peak of waits is
+    the instance's rule, not its anomaly; the same extra wait at an hour that never had it is."""
+    from workbench.ml._testing import generated_log
+    from workbench.ml.features import FeatureBuilder
+
+    log = generated_log(days=3, rows_per_day=6000, seed=5)
+    inst = log.column("instance_id").to_numpy()
+    stamps = log.column("arrival_timestamp").to_numpy()
+    hour = stamps.astype("datetime64[h]").astype(np.int64) % 24
+    day = stamps.astype("datetime64[D]")
+    ids, counts = np.unique(inst, return_counts=True)
+    busiest = ids[np.argmax(counts)]
+    peak = int(np.bincount(hour[inst == busiest]).argmax())
+    last = day.max()
+    storm_hour = next(h for h in np.argsort(-np.bincount(hour[(inst == busiest) & (day == last)], minlength=24))
+                      if abs(int(h) - peak) > 1)  # another busy hour of the last day, never a peak before
+    queue = log.column("queue_duration_ms").to_numpy().astype(float)
+    queue = np.where((inst == busiest) & (np.random.default_rng(0).random(len(inst)) < 0.3), 1_000.0, queue)
+    mine = (inst == busiest) & ~log.column("was_cached").to_numpy(zero_copy_only=False).astype(bool)
+    storm = mine & (day == last) & (hour == storm_hour)
+    queue = np.where(mine & (hour == peak), queue + 20_000.0, queue) + np.where(storm, 8_000.0, 0.0)
+    log = log.set_column(log.schema.get_field_index("queue_duration_ms"), "queue_duration_ms",
+                         pa.array(np.rint(queue).astype(np.int64)))
+    builder = FeatureBuilder().fit(log.filter(pa.array(day < last)))
+    rows = log.filter(pa.array(day == last))
+    exec_ms = rows.column("execution_duration_ms")
+    rows = rows.append_column("pred_mean_ms", exec_ms).append_column("pred_q_ms", exec_ms).append_column(
+        "model_version", pa.array(["v1"] * rows.num_rows)).append_column(
+        "is_anomaly", pa.array([False] * rows.num_rows))
+    known = builder.reference_source(rows) == 0
+    rows_hour = hour[day == last]
+    found = slower_group_runs(rows, known, queue_reference=builder.usual_wait(rows))
+    flagged_hours = set(rows_hour[found["row"].to_numpy()].tolist())
+    assert storm_hour in flagged_hours and peak not in flagged_hours
+    # against the usual wait of any hour, the daily peak would have been flagged too
+    plain = slower_group_runs(rows, known, queue_reference=builder.queue_reference(rows))
+    assert peak in set(rows_hour[plain["row"].to_numpy()].tolist())

@@ -43,7 +43,11 @@ one with the highest score.
 
 **The wait** is judged the same way when the caller gives each query's usual wait (``queue_reference``:
 the detector's queue reference, its statement's usual ``log1p`` wait and at least an ordinary wait
-on its instance): the residual is ``log1p(queue ms) - usual``, a group waits longer when its median
+on its instance, raised at an hour of the day that its instance waits through as a rule,
+:meth:`workbench.ml.features.FeatureBuilder.usual_wait`: a WLM queue that saturates every afternoon
+is the afternoon's usual, and without the hour it flagged such an instance's peak windows every day,
+35 queries in one hour of a generated log given a daily peak): the residual is
+``log1p(queue ms) - usual``, a group waits longer when its median
 residual is at least ``ln 1.5`` and its median query waited at least the floor (1 s) longer than usual
 (the wait has no model spread to take a z from; a typical query a second or more late is the stake),
 and its flagged queries each waited ``ln 1.5`` and 1 s longer than their usual (reason
@@ -207,9 +211,10 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
     exclude : ndarray of bool, optional
         Per row: flagged by another rule already (never flagged here).
     queue_reference : ndarray of float, optional
-        Per row: the detector's usual ``log1p`` wait of the query (its statement's, at least an
-        ordinary wait on its instance: :meth:`workbench.ml.features.FeatureBuilder.queue_reference`;
-        NaN where unknown). None: the wait is not judged.
+        Per row: the usual ``log1p`` wait of the query (its statement's, at least an ordinary wait on
+        its instance, and what its instance waits through at that hour as a rule:
+        :meth:`workbench.ml.features.FeatureBuilder.usual_wait`; NaN where unknown). None: the wait
+        is not judged.
 
     Returns
     -------

@@ -374,7 +374,7 @@ def deferred_alerts(table: pa.Table, out: dict[str, np.ndarray], model: LoadedMo
 
     return deferred_flags(table, out["pred_mean_ms"], out["pred_q_ms"], out["is_anomaly"],
                           model.features.reference_source(table) == 0, model.version,
-                          model.features.queue_reference(table),
+                          model.features.usual_wait(table),
                           scales={model.version: (model.detector.min_scale, model.detector.max_scale)})
 
 

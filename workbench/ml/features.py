@@ -114,6 +114,15 @@ _MIN_EXEC, _FULL_RUNS = "min_full_exec", "full_runs"
 _P99_EXEC = "p99_exec"
 #: Runs before an instance's 99th percentile is its own (a 1-in-100 level needs a few hundred runs).
 _P99_MIN_RUNS = 200
+#: Instance columns, one per UTC hour of the day: how far past their usual wait (the queue reference) the
+#: instance's queries waited in that hour as a rule (:meth:`FeatureBuilder.usual_wait`); NaN: no rule.
+_HOUR_WAIT_COLUMNS = tuple(f"hour_wait_{hour:02d}" for hour in range(24))
+#: A 10-minute slot of one day speaks for its hour with at least this many judged runs.
+_SLOT_MIN_RUNS = 5
+#: ... and a slot's excess is a rule when it held on at least this many days of the window.
+_SLOT_MIN_DAYS = 2
+_SLOT_US = 600_000_000
+_DAY_US = 86_400_000_000
 
 _COUNT_COLUMNS = (
     "num_permanent_tables_accessed",
@@ -231,6 +240,31 @@ def _instance_ids(table: pa.Table) -> np.ndarray:
     float64 (:func:`_num`): ids of another tool may be 64-bit hashes, which a double rounds together."""
     column = pc.cast(table.column("instance_id"), pa.int64())
     return pc.fill_null(column, np.iinfo(np.int64).min).to_numpy(zero_copy_only=False)
+
+
+def _arrival_us(table: pa.Table) -> np.ndarray:
+    """``arrival_timestamp`` as epoch microseconds (UTC); a null reads the int64 minimum."""
+    column = pc.cast(table.column("arrival_timestamp"), pa.timestamp("us", tz="UTC"), safe=False)
+    return pc.fill_null(column.cast(pa.int64()), np.iinfo(np.int64).min).to_numpy(zero_copy_only=False)
+
+
+def _utc_hours(table: pa.Table) -> np.ndarray:
+    """The UTC hour of the day of each row's arrival (-1 where it has none)."""
+    arrival = _arrival_us(table)
+    return np.where(arrival == np.iinfo(np.int64).min, -1, np.floor_divide(arrival % _DAY_US, 3_600_000_000))
+
+
+def _grouped_medians(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per distinct column of ``keys`` (``[k, n]``): the key, the median of its ``values`` and their count."""
+    if not values.size:
+        return keys[:, :0], values[:0], np.zeros(0, dtype=np.int64)
+    order = np.lexsort((values, *keys[::-1]))
+    keys, values = keys[:, order], values[order]
+    starts = np.flatnonzero(np.r_[True, (keys[:, 1:] != keys[:, :-1]).any(axis=0)])
+    counts = np.diff(np.r_[starts, len(values)])
+    lower = values[starts + (counts - 1) // 2]
+    upper = values[starts + counts // 2]
+    return keys[:, starts], (lower + upper) / 2.0, counts
 
 
 def _log_signal(table: pa.Table, signal: str) -> np.ndarray:
@@ -582,6 +616,11 @@ class FeatureBuilder:
         if not np.isnan(fleet_pace):  # model.json stays strict JSON (no NaN)
             self.global_[_PACE] = fleet_pace
         self._build_index()
+        hourly = self._hourly_wait_excess(table, logs["queue"])
+        if hourly is not None:  # the queue reference above is the owner of the rule these start from
+            for column, values in zip(_HOUR_WAIT_COLUMNS, hourly, strict=True):
+                self.instance_table_ = self.instance_table_.append_column(column, pa.array(values))
+            self._build_index()
         self.feature_names_: tuple[str, ...] = FEATURE_NAMES
         self.input_columns_: tuple[str, ...] = INPUT_COLUMNS
 
@@ -693,6 +732,64 @@ class FeatureBuilder:
             med = np.maximum(med, np.where(np.isnan(waited), self.global_.get(_MED_WAITED, 0.0), waited))
         return med
 
+    def usual_wait(self, data: pa.Table | pa.RecordBatch) -> np.ndarray:
+        """:meth:`queue_reference`, raised where the row's instance waits longer at that UTC hour of the day
+        as a rule: a settled day's slower groups judge a wait against what the hour usually brings.
+
+        An instance whose queries all wait longer every afternoon (a nightly load that moved, a WLM
+        queue that saturates at the daily peak) is not slower each afternoon. For each hour, the
+        largest of its 10-minute slots' usual excess: the median, over the window's days, of that
+        slot's median ``log1p`` wait past the queue reference (judged runs: the statement's own
+        history, executed in full; at least :data:`_SLOT_MIN_RUNS` of them on a day, on at least
+        :data:`_SLOT_MIN_DAYS` days, so one day's storm is not a rule). Only an excess raises the
+        reference. Needs ``arrival_timestamp`` besides :data:`REFERENCE_SOURCE_COLUMNS`; versions
+        trained before this was kept, and rows without an arrival time, read :meth:`queue_reference`.
+        """
+        usual = self.queue_reference(data)
+        table = _as_table(data)
+        if self._hour_waits is None or "arrival_timestamp" not in table.column_names:
+            return usual
+        inst = _instance_ids(table)
+        pos = np.clip(np.searchsorted(self._inst_ids, inst), 0, max(len(self._inst_ids) - 1, 0))
+        found = (self._inst_ids[pos] == inst) if len(self._inst_ids) else np.zeros(len(inst), bool)
+        hour = _utc_hours(table)
+        found &= hour >= 0
+        excess = np.zeros(len(inst))
+        excess[found] = np.nan_to_num(self._hour_waits[hour[found], pos[found]], nan=0.0)
+        return usual + np.clip(excess, 0.0, None)
+
+    def _hourly_wait_excess(self, table: pa.Table, log_queue: np.ndarray) -> list[np.ndarray] | None:
+        """Per hour of the day, per instance of the instance table: the usual wait excess of
+        :meth:`usual_wait` (NaN where no slot of the hour has a rule); None without arrival times."""
+        if "arrival_timestamp" not in table.column_names or not table.num_rows:
+            return None
+        flags = tuple(c for c in RUN_FLAG_COLUMNS if c in table.column_names)
+        judged = (self.reference_source(table) == 0) & _ran_in_full(table, flags) \
+            & np.isfinite(_num(table, SIGNALS["exec"]))
+        arrival = _arrival_us(table)
+        judged &= arrival != np.iinfo(np.int64).min
+        inst_ids = self._inst_ids
+        out = [np.full(len(inst_ids), np.nan) for _ in range(24)]
+        if not judged.any():
+            return out  # all NaN: the order does not matter
+        residual = (log_queue - self.queue_reference(table))[judged]
+        arrival = arrival[judged]
+        inst = np.searchsorted(inst_ids, _instance_ids(table)[judged])  # every training instance is in the table
+        slot = np.floor_divide(arrival % _DAY_US, _SLOT_US)
+        day = np.floor_divide(arrival, _DAY_US)
+        # median per (instance, slot, day), then over days, then the hour's largest slot: one numpy sort each
+        keys = np.stack([inst, slot, day])
+        daily_key, daily_median, daily_n = _grouped_medians(keys, residual)
+        daily = daily_n >= _SLOT_MIN_RUNS
+        slot_key, slot_median, slot_days = _grouped_medians(daily_key[:2, daily], daily_median[daily])
+        usual = slot_days >= _SLOT_MIN_DAYS
+        for i, s, value in zip(slot_key[0, usual], slot_key[1, usual], slot_median[usual], strict=True):
+            hour = int(s) // 6
+            out[hour][i] = value if np.isnan(out[hour][i]) else max(out[hour][i], value)
+        # in the instance table's row order (self._inst_ids is sorted)
+        rows = np.searchsorted(inst_ids, self.instance_table_.column("instance_id").to_numpy())
+        return [hour[rows] for hour in out]
+
     def references(self, data: pa.Table | pa.RecordBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Expected ``log1p`` level and spread of each observed signal, per row.
 
@@ -731,6 +828,9 @@ class FeatureBuilder:
         self._inst_cols = {name: self.instance_table_.column(name).to_numpy()[order]
                            for name in self.instance_table_.column_names[1:]}
         self._qtype_set = pa.array(self.categories_, pa.string())
+        # [hour, instance], kept out of the per-row lookups (24 columns a row that only usual_wait reads)
+        hourly = [self._inst_cols.pop(c, None) for c in _HOUR_WAIT_COLUMNS]
+        self._hour_waits = None if any(h is None for h in hourly) else np.stack(hourly).astype(np.float64)
 
     def _lookup(self, table: pa.Table, only: tuple[str, ...] | None = None) -> _Lookup:
         """History statistics of each row; ``only``: just these statistic names (the rest are absent)."""

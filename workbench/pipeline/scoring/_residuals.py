@@ -369,8 +369,8 @@ class ResidualWindowsStep:
 
         ``known``: it expected the runtime from the statement's own history (the detector's evidence
         source ``fingerprint``; the shards keep which version): a never-seen statement's residual tells
-        what the model does not know. ``usual_wait``: the usual ``log1p`` wait it expects
-        (:meth:`~workbench.ml.features.FeatureBuilder.queue_reference`). Only the version's feature
+        what the model does not know. ``usual_wait``: the usual ``log1p`` wait it expects at that hour
+        (:meth:`~workbench.ml.features.FeatureBuilder.usual_wait`). Only the version's feature
         tables are loaded (no ONNX sessions). Unscored rows, and rows of a version that cannot be
         read, read False and NaN.
         """
@@ -406,7 +406,7 @@ class ResidualWindowsStep:
                 self._scales[version] = scales
             mine, version_rows = mask.to_numpy(zero_copy_only=False), rows.filter(mask)
             known[mine] = features.reference_source(version_rows) == 0
-            usual_wait[mine] = features.queue_reference(version_rows)
+            usual_wait[mine] = features.usual_wait(version_rows)
         return known, usual_wait
 
 
