@@ -97,7 +97,7 @@ def _inputs(model: LoadedModel, table: pa.Table) -> dict:
     X, refs, source = model.features.transform_with_evidence(table)
     mean_log, q_log = model.regressors.predict_log(X)
     return {"obs": observed_signals(table), "mean": mean_log, "q": q_log, "refs": refs,
-            "source": source, "usual_wait": model.features.usual_wait(table)}
+            "source": source, "usual_wait": model.features.usual_wait(table), "usual_hours": model.usual_hours}
 
 
 def holdout_inputs(model: LoadedModel, hold_table: pa.Table) -> dict:
@@ -112,6 +112,8 @@ def _rows(value: object, keep: np.ndarray) -> object:
         return {k: _rows(v, keep) for k, v in value.items()}
     if isinstance(value, tuple):
         return tuple(_rows(v, keep) for v in value)
+    if value is None or isinstance(value, pd.DataFrame):  # per version, not per row (the usual hours)
+        return value
     return value[keep]
 
 
@@ -138,7 +140,7 @@ def deferred_flags(table: pa.Table, day: dict, alert: np.ndarray, version: str,
     are not flagged again."""
     persistent, group = deferred_masks(table, np.expm1(np.clip(day["mean"], 0.0, 50.0)),
                                        np.expm1(np.clip(day["q"], 0.0, 50.0)), alert, day["source"] == 0, version,
-                                       day["usual_wait"], persistence=params)
+                                       day["usual_wait"], persistence=params, usual_hours=day["usual_hours"])
     return persistent | group
 
 

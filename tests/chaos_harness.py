@@ -372,7 +372,7 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
         known, usual_wait = step._expectations(rows)
         windows = residual_windows(rows, known=known).drop(columns="unscored_queries")
         for flagged in deferred_runs(rows, known, usual_wait, persistence=step.persistence, groups=step.groups,
-                                     scales=step._scales):
+                                     scales=step._scales, usual_hours=step.usual_hours()):
             persistent.update(zip(flagged["instance_id"].tolist(), flagged["query_id"].tolist(),
                                   flagged["model_version"].tolist(), strict=True))
         # Every earlier day: the judge keeps each window's own lookback, so this is the whole-store answer.

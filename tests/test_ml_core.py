@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from workbench.analysis.slower_groups import USUAL_HOURS_SCHEMA
 from workbench.data.schema import COLUMNS
 from workbench.ml._testing import generated_log
 from workbench.ml._train import train_table
@@ -20,7 +21,7 @@ from workbench.ml.exceptions import ColumnMismatchError, ModelNotFoundError, Not
 from workbench.ml.features import FEATURE_NAMES, FeatureBuilder
 from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
 from workbench.ml.registry import ModelRegistry
-from workbench.ml.scorer import Scorer
+from workbench.ml.scorer import USUAL_HOURS_FILE, LoadedModel, Scorer
 from workbench.store.shards import SCORE_FIELDS, SHARD_SCHEMA, ShardError, read_shards, rescore_unscored, write_shard
 
 DAY1, DAY2 = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
@@ -144,8 +145,11 @@ def test_model_json_records_version_metadata(models_dir: Path) -> None:
         assert key in meta, key
     assert meta["parity_max_abs_diff"] < 1e-3
     assert set(meta["files"]) == {"mean.onnx", "quantile.onnx", "fingerprint_stats.parquet",
-                                  "instance_stats.parquet"}
+                                  "instance_stats.parquet", USUAL_HOURS_FILE}
     registry.verify(version)
+    usual = LoadedModel.load(registry, version).usual_hours  # the groups' usual hours, with the version
+    assert list(usual.columns) == [*USUAL_HOURS_SCHEMA.names, "model_version"]
+    assert (usual["model_version"] == version).all() and (usual["excess"] > 0).all()
 
 
 # --- registry, scorer, hot swap -------------------------------------------------------------

@@ -127,7 +127,8 @@ def test_the_warm_trainer_forks_each_day_and_the_reaper_starts_the_next_day_with
     warm = registry.path(registry.versions()[0])
     cold_settings = _settings(settings.home.parent / "cold")
     cold = ModelRegistry(cold_settings.models_dir).path(train_day(cold_settings, _day(0), window_days=1).version)
-    for name in ("mean.onnx", "quantile.onnx", "fingerprint_stats.parquet", "instance_stats.parquet"):
+    for name in ("mean.onnx", "quantile.onnx", "fingerprint_stats.parquet", "instance_stats.parquet",
+                 "usual_group_hours.parquet"):
         assert (warm / name).read_bytes() == (cold / name).read_bytes()
 
 

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import orjson
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -19,6 +20,7 @@ from workbench.analysis.slower_groups import (
     QUEUE_GROUP_SIGNAL,
     GroupParams,
     slower_group_runs,
+    usual_group_hours,
 )
 from workbench.pipeline.contracts import anomaly_rows
 from workbench.pipeline.scoring._residuals import group_evidence_columns
@@ -286,3 +288,51 @@ def test_an_hour_an_instance_waits_through_every_day_is_not_flagged_a_storm_at_a
     # against the usual wait of any hour, the daily peak would have been flagged too
     plain = slower_group_runs(rows, known, queue_reference=builder.queue_reference(rows))
     assert peak in set(rows_hour[plain["row"].to_numpy()].tolist())
+
+
+def _rules(rows: list[tuple[str, int, str, str, int, float]]) -> pd.DataFrame:
+    """A usual-hours frame: ``(model_version, instance_id, group_key, group_value, hour, excess)`` rows."""
+    return pd.DataFrame(rows, columns=["model_version", "instance_id", "group_key", "group_value", "hour", "excess"])
+
+
+def test_a_group_that_runs_slower_at_that_hour_as_a_rule_is_judged_past_its_rule() -> None:
+    table = _hour({1: 120, 2: 90, 5: 24}, factor={5: 2.0})
+    keys = GroupParams(keys=("user_id",))
+    assert _users(slower_group_runs(table, params=keys)) == {5}
+    # user 5 runs twice its expectation at 10:00 every day: its hour is as usual
+    assert slower_group_runs(table, params=keys, usual_hours=_rules([("v1", 1, "user_id", "5", 10, math.log(2.0))])
+                             ).empty
+    # a rule of another hour, another version, another user or instance, or a smaller one, does not excuse it
+    for rule in (("v1", 1, "user_id", "5", 11, math.log(2.0)), ("v0", 1, "user_id", "5", 10, math.log(2.0)),
+                 ("v1", 1, "user_id", "2", 10, math.log(2.0)), ("v1", 2, "user_id", "5", 10, math.log(2.0)),
+                 ("v1", 1, "database_id", "5", 10, math.log(2.0))):
+        assert _users(slower_group_runs(table, params=keys, usual_hours=_rules([rule]))) == {5}, rule
+    # the rule is subtracted, not a veto: three times slower against a rule of 1.2x is still slower
+    worse = _hour({1: 120, 2: 90, 5: 24}, factor={5: 3.0})
+    found = slower_group_runs(worse, params=keys, usual_hours=_rules([("v1", 1, "user_id", "5", 10, math.log(1.2))]))
+    assert _users(found) == {5} and (found["group_ratio"] < 3.0 / 1.2 * 1.3).all()
+    assert (found["expected_ms"] > 3_000.0 * 1.19).all()  # the expectation the evidence shows is the hour's
+
+
+def test_usual_group_hours_keeps_the_hours_a_group_is_slower_on_two_days_not_one() -> None:
+    rng = np.random.default_rng(0)
+    n = 3 * 24 * 40
+    arrival = [DAY + dt.timedelta(seconds=int(s)) for s in np.sort(rng.uniform(0, 3 * 86_400, n))]
+    hour = np.array([a.hour for a in arrival])
+    day = np.array([a.day for a in arrival])
+    user = rng.choice([1, 2], n)
+    residual = rng.normal(0.0, 0.2, n)
+    residual += np.where((user == 1) & (hour == 15), math.log(2.0), 0.0)  # every afternoon
+    residual += np.where((user == 2) & (hour == 9) & (day == day.min()), math.log(3.0), 0.0)  # one morning
+    rows = pa.table({"instance_id": [4] * n, "arrival_timestamp": pa.array(arrival, pa.timestamp("us", tz="UTC")),
+                     "user_id": user, "database_id": [7] * n, "query_type": ["select"] * n})
+    judged = np.ones(n, dtype=bool)
+    usual = usual_group_hours(rows, residual, judged, keys=("user_id",)).to_pandas()
+    rule = usual[(usual["group_value"] == "1") & (usual["hour"] == 15)]
+    assert len(rule) == 1 and rule["excess"].iloc[0] == pytest.approx(math.log(2.0), abs=0.15)
+    assert usual[(usual["group_value"] == "2") & (usual["hour"] == 9)].empty
+    assert (usual["excess"] > 0).all() and set(usual["group_key"]) == {"user_id"}
+    # rows not judged (a never-seen statement, a cache hit) say nothing
+    afternoon = (user == 1) & (hour == 15)
+    assert usual_group_hours(rows, residual, ~afternoon, keys=("user_id",)).to_pandas().query(
+        "group_value == '1' and hour == 15").empty

@@ -28,26 +28,29 @@ DEFERRED_COLUMNS = tuple(dict.fromkeys(PERSISTENCE_COLUMNS + GROUP_COLUMNS))
 
 def deferred_runs(rows: pa.Table, known: np.ndarray | None, queue_reference: np.ndarray | None, *,
                   persistence: PersistenceParams | None = None, groups: GroupParams | None = None,
-                  scales: Mapping[str, tuple[float, float]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  scales: Mapping[str, tuple[float, float]] | None = None,
+                  usual_hours: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(persistent, slower)``: :func:`~workbench.analysis.persistence.persistent_runs` of one day of
     scored ``rows``, then :func:`~workbench.analysis.slower_groups.slower_group_runs` of the rows it
-    left (``known``, ``queue_reference`` and ``scales`` as those take them)."""
+    left (``known``, ``queue_reference``, ``scales`` and ``usual_hours`` as those take them)."""
     persistent = persistent_runs(rows, known, persistence, scales)
     taken = np.zeros(rows.num_rows, dtype=bool)
     taken[persistent["row"].to_numpy()] = True
-    return persistent, slower_group_runs(rows, known, groups, scales, taken, queue_reference)
+    return persistent, slower_group_runs(rows, known, groups, scales, taken, queue_reference, usual_hours)
 
 
 def deferred_flags(table: pa.Table, pred_mean_ms: np.ndarray, pred_q_ms: np.ndarray, alerted: np.ndarray,
                    known: np.ndarray, version: str, queue_reference: np.ndarray | None, *,
                    persistence: PersistenceParams | None = None, groups: GroupParams | None = None,
-                   scales: Mapping[str, tuple[float, float]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   scales: Mapping[str, tuple[float, float]] | None = None,
+                   usual_hours: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per row of one day of a log scored offline by one ``version`` (its ``pred_mean_ms``,
     ``pred_q_ms`` and per-query decision ``alerted``): ``(persistent, group)``, flagged as the scoring
     app's step flags it (for ``workbench evaluate`` and the benchmarks, which score a log's rows
     rather than read shards)."""
     scored = offline_scored(table, DEFERRED_COLUMNS, pred_mean_ms, pred_q_ms, alerted, version)
-    found = deferred_runs(scored, known, queue_reference, persistence=persistence, groups=groups, scales=scales)
+    found = deferred_runs(scored, known, queue_reference, persistence=persistence, groups=groups, scales=scales,
+                          usual_hours=usual_hours)
     masks = (np.zeros(table.num_rows, dtype=bool), np.zeros(table.num_rows, dtype=bool))
     for mask, flagged in zip(masks, found, strict=True):
         mask[flagged["row"].to_numpy()] = True

@@ -86,7 +86,7 @@ from workbench.analysis._columns import flags, numbers
 from workbench.analysis._judged import judged_runs, runtime_spread
 
 __all__ = ["GROUP_COLUMNS", "GROUP_KEYS", "GROUP_REASON", "GROUP_REASONS", "GROUP_SIGNAL", "QUEUE_GROUP_REASON",
-           "QUEUE_GROUP_SIGNAL", "GroupParams", "slower_group_runs"]
+           "QUEUE_GROUP_SIGNAL", "USUAL_HOURS_SCHEMA", "GroupParams", "slower_group_runs", "usual_group_hours"]
 
 #: The evidence signal of a query of a group that runs slower.
 GROUP_SIGNAL = "exec_group"
@@ -106,6 +106,77 @@ GROUP_COLUMNS = ("instance_id", "query_id", "arrival_timestamp", "execution_dura
                  *GROUP_KEYS)
 _MEDIAN_SE = math.sqrt(math.pi / 2.0)  # the standard error of a normal sample's median, in sigma / sqrt(n)
 _HOUR_US = 3_600_000_000
+_DAY_US = 24 * _HOUR_US
+#: A group's hour of one training day speaks for it with at least this many judged runs ...
+_USUAL_MIN_RUNS = 5
+#: ... and its excess is the group's rule at that hour when it held on at least this many days.
+_USUAL_MIN_DAYS = 2
+#: The rows of :func:`usual_group_hours` (a model version keeps them): the groups that run slower than
+#: the model expects at an hour of the day as a rule, and by how much (median log residual).
+USUAL_HOURS_SCHEMA = pa.schema([
+    pa.field("instance_id", pa.int64()), pa.field("group_key", pa.string()), pa.field("group_value", pa.string()),
+    pa.field("hour", pa.int8()), pa.field("excess", pa.float64()),
+])
+
+
+def usual_group_hours(rows: pa.Table, residual: np.ndarray, judged: np.ndarray,
+                      keys: tuple[str, ...] = GROUP_KEYS) -> pa.Table:
+    """The groups of a training window that run slower than the model expects at a UTC hour of the day
+    *as a rule* (:data:`USUAL_HOURS_SCHEMA`): per instance, grouping column and value, and hour, the
+    median over days of the day's median log runtime residual (``residual``: ``log1p`` runtime minus the
+    model's ``log1p`` expectation; ``judged`` rows only), on at least :data:`_USUAL_MIN_DAYS` days with
+    :data:`_USUAL_MIN_RUNS` runs each, kept where positive.
+
+    A user whose reports run slower every afternoon (the instance's daily contention, which the model,
+    knowing the hour but not the instance's, does not learn) is slower each afternoon *as usual*:
+    :func:`slower_group_runs` judges a group's hour past it. One day's incident in the window is not a
+    rule (the median over days)."""
+    empty = USUAL_HOURS_SCHEMA.empty_table()
+    judged = np.asarray(judged, dtype=bool) & np.isfinite(residual)
+    if not judged.any():
+        return empty
+    arrival = pc.cast(rows.column("arrival_timestamp"), pa.timestamp("us", tz="UTC"), safe=False).cast(pa.int64())
+    arrival = arrival.to_numpy(zero_copy_only=False)
+    judged &= pc.is_valid(rows.column("instance_id")).to_numpy(zero_copy_only=False)
+    judged &= pc.is_valid(rows.column("arrival_timestamp")).to_numpy(zero_copy_only=False)
+    base = pd.DataFrame({"instance_id": pc.cast(rows.column("instance_id"), pa.int64()).to_numpy(
+        zero_copy_only=False)[judged], "hour": (arrival[judged] % _DAY_US) // _HOUR_US,
+        "day": arrival[judged] // _DAY_US, "residual": np.asarray(residual, dtype=float)[judged]})
+    found = []
+    for key in keys:
+        if key not in rows.column_names:
+            continue
+        column = rows.column(key)
+        part = base.assign(group_value=pc.cast(column, pa.string()).to_numpy(zero_copy_only=False)[judged])
+        part = part[pc.is_valid(column).to_numpy(zero_copy_only=False)[judged]]
+        daily = part.groupby(["instance_id", "group_value", "hour", "day"], sort=False)["residual"].agg(
+            ["median", "size"])
+        daily = daily[daily["size"] >= _USUAL_MIN_RUNS].reset_index()
+        usual = daily.groupby(["instance_id", "group_value", "hour"], sort=True)["median"].agg(["median", "size"])
+        usual = usual[(usual["size"] >= _USUAL_MIN_DAYS) & (usual["median"] > 0)].reset_index()
+        found.append(pd.DataFrame({"instance_id": usual["instance_id"], "group_key": key,
+                                   "group_value": usual["group_value"], "hour": usual["hour"],
+                                   "excess": usual["median"]}))
+    if not found:
+        return empty
+    return pa.Table.from_pandas(pd.concat(found, ignore_index=True), schema=USUAL_HOURS_SCHEMA, preserve_index=False)
+
+
+def _usual_excess(part: pd.DataFrame, key: str, usual: pd.DataFrame | None) -> np.ndarray:
+    """Per row of ``part`` (one grouping column's values): its group's usual log excess at that hour
+    of the day under the version that scored it (0 without one)."""
+    if usual is None or usual.empty:
+        return np.zeros(len(part))
+    mine = usual[usual["group_key"] == key]
+    if mine.empty:
+        return np.zeros(len(part))
+    keys = ["model_version", "instance_id", "group_value", "hour"]
+    rows = pd.DataFrame({"model_version": part["model_version"].to_numpy(),
+                         "instance_id": part["instance_id"].to_numpy(), "group_value": part["value"].to_numpy(),
+                         "hour": ((part["hour_us"].to_numpy() % _DAY_US) // _HOUR_US).astype(np.int64)})
+    mine = mine.assign(hour=mine["hour"].astype(np.int64), instance_id=mine["instance_id"].astype(np.int64))
+    merged = rows.merge(mine[[*keys, "excess"]], on=keys, how="left")
+    return np.nan_to_num(merged["excess"].to_numpy(dtype=float), nan=0.0)
 
 
 @dataclass(frozen=True)
@@ -186,6 +257,18 @@ def _slower(part: pd.DataFrame, span: str, measure: str, params: GroupParams) ->
     return per[(per["n"] >= params.min_queries) & (per["score"] >= 1.0) & material]
 
 
+def _past_the_hours_rule(part: pd.DataFrame, usual: np.ndarray) -> pd.DataFrame:
+    """``part``'s runtime figures with each query's expectation raised by its group's usual log excess
+    at that hour (``usual``, 0 where none): its residual, expectation, excess and tolerance test."""
+    if not usual.any():
+        return part
+    expected = np.expm1(np.log1p(part["expected_ms"].to_numpy()) + usual)
+    tolerance = np.expm1(np.log1p(np.clip(part["tolerance"].to_numpy(), 0.0, None)) + usual)
+    return part.assign(residual=part["residual"].to_numpy() - usual, expected_ms=expected,
+                       excess_ms=part["observed_ms"].to_numpy() - expected,
+                       beyond=part["observed_ms"].to_numpy() > tolerance)
+
+
 def _measure_frame(base: pd.DataFrame, values: dict[str, np.ndarray]) -> pd.DataFrame:
     """``base`` with one measure's columns, the rows where its residual is known."""
     return base.assign(**values)[np.isfinite(values["residual"])]
@@ -193,8 +276,8 @@ def _measure_frame(base: pd.DataFrame, values: dict[str, np.ndarray]) -> pd.Data
 
 def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: GroupParams | None = None,
                       scales: Mapping[str, tuple[float, float]] | None = None,
-                      exclude: np.ndarray | None = None, queue_reference: np.ndarray | None = None
-                      ) -> pd.DataFrame:
+                      exclude: np.ndarray | None = None, queue_reference: np.ndarray | None = None,
+                      usual_hours: pd.DataFrame | None = None) -> pd.DataFrame:
     """The queries of ``rows`` flagged as part of a slower group (see the module docstring).
 
     Parameters
@@ -215,6 +298,10 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
         its instance, and what its instance waits through at that hour as a rule:
         :meth:`workbench.ml.features.FeatureBuilder.usual_wait`; NaN where unknown). None: the wait
         is not judged.
+    usual_hours : DataFrame, optional
+        :func:`usual_group_hours` of each version that scored rows, with its ``model_version``: a
+        group's runtime is judged past what it runs at that hour of the day as a rule. None: past the
+        model's expectation alone.
 
     Returns
     -------
@@ -259,7 +346,8 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
     })
     measures = {"runtime": _measure_frame(base, {
         "expected_ms": pred, "observed_ms": exec_ms, "excess_ms": exec_ms - pred,
-        "residual": np.log1p(exec_ms) - mean_log, "spread": spread, "beyond": exec_ms > tolerance})}
+        "residual": np.log1p(exec_ms) - mean_log, "spread": spread, "beyond": exec_ms > tolerance,
+        "tolerance": tolerance})}
     if queue_reference is not None and "queue_duration_ms" in rows.column_names:
         usual_log = np.asarray(queue_reference, dtype=float)[idx]
         waited = numbers(rows, "queue_duration_ms")[idx]
@@ -282,6 +370,8 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
             # as text: user and database ids are integers, the query type a name; one evidence column holds both
             part = frame.assign(value=pc.cast(column, pa.string()).to_numpy(zero_copy_only=False)[
                 frame["row"].to_numpy()])[valid]
+            if measure == "runtime":
+                part = _past_the_hours_rule(part, _usual_excess(part, key, usual_hours))
             if measure == "queue" and key != "instance_id" and params.contrast:
                 part = part.assign(instance_median=frame.groupby(["instance_id", span], sort=False)[
                     "residual"].transform("median")[valid])

@@ -28,9 +28,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from workbench import defaults
 from workbench._lifeline import bind_to_supervisor
+from workbench.analysis.slower_groups import usual_group_hours
 from workbench.config import Settings, get_settings
 from workbench.data.exceptions import DataValidationError
 from workbench.data.schema import (
@@ -60,6 +62,7 @@ from workbench.ml.features import (
 )
 from workbench.ml.models import DurationModel, OnnxPair, export_onnx, parity_max_abs_diff
 from workbench.ml.registry import ModelRegistry
+from workbench.ml.scorer import USUAL_HOURS_FILE
 
 __all__ = ["TrainResult", "load_log_window", "main", "split_window", "table_sha256", "train_day",
            "train_table", "window_days_of"]
@@ -293,6 +296,16 @@ def _import_quietly(*modules: str) -> None:
             return
 
 
+def _usual_group_hours(train: pa.Table, y: np.ndarray, mean_log: np.ndarray, builder: FeatureBuilder) -> pa.Table:
+    """:func:`~workbench.analysis.slower_groups.usual_group_hours` of the training rows, from the model's
+    own (in-sample) expectations: the rows the slower groups judge (the statement's own history, not a
+    result-cache hit; training rows are not aborted and have a runtime)."""
+    judged = (builder.reference_source(train) == 0) & (y > 0)
+    if "was_cached" in train.column_names:
+        judged &= ~pc.fill_null(train.column("was_cached"), False).to_numpy(zero_copy_only=False).astype(bool)
+    return usual_group_hours(train, y - mean_log, judged)
+
+
 def split_window(table: pa.Table, *, max_rows: int = defaults.TRAIN_MAX_ROWS, seed: int = 0,
                  holdout_fraction: float = 0.15) -> tuple[pa.Table, pa.Table, int]:
     """``(train, holdout, usable rows)`` of a window: non-aborted rows with a runtime, capped.
@@ -446,6 +459,8 @@ def _train_table(clock: _PhaseClock, registry: ModelRegistry, parent: str | None
         feature_state = builder.save(staged)
         clock.lap("export")
         pair = OnnxPair(staged / "mean.onnx", staged / "quantile.onnx")
+        pq.write_table(_usual_group_hours(train, y, pair.predict_log(X)[0], builder), staged / USUAL_HOURS_FILE)
+        clock.lap("usual_hours")
         mean_log, q_log = pair.predict_log(X_hold)
         # Parity on the first holdout rows, against the ONNX predictions just made for them.
         parity = parity_max_abs_diff(model, pair, X_hold[:PARITY_ROWS], tolerance=parity_tolerance,

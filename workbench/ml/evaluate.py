@@ -375,7 +375,8 @@ def deferred_alerts(table: pa.Table, out: dict[str, np.ndarray], model: LoadedMo
     return deferred_flags(table, out["pred_mean_ms"], out["pred_q_ms"], out["is_anomaly"],
                           model.features.reference_source(table) == 0, model.version,
                           model.features.usual_wait(table),
-                          scales={model.version: (model.detector.min_scale, model.detector.max_scale)})
+                          scales={model.version: (model.detector.min_scale, model.detector.max_scale)},
+                          usual_hours=model.usual_hours)
 
 
 def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data: Path,

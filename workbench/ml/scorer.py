@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -56,7 +56,11 @@ from workbench.ml.registry import MODEL_JSON, ModelRegistry
 from workbench.ml.selection import Cadence, VersionWindow, is_ready, may_accept, select_version
 from workbench.store.shards import SCORE_FIELDS
 
-__all__ = ["EXTRA_FIELDS", "SCORE_FIELDS", "LoadedModel", "Scorer", "load_features"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["EXTRA_FIELDS", "SCORE_FIELDS", "USUAL_HOURS_FILE", "LoadedModel", "Scorer", "load_features",
+           "load_usual_hours"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +96,21 @@ def load_features(registry: ModelRegistry, version: str, *, verify: bool = True
     return meta, FeatureBuilder.load(folder, meta["features"])
 
 
+#: A version's groups that run slower at an hour of the day as a rule
+#: (:func:`~workbench.analysis.slower_groups.usual_group_hours`); versions trained before have none.
+USUAL_HOURS_FILE = "usual_group_hours.parquet"
+
+
+def load_usual_hours(registry: ModelRegistry, version: str) -> pd.DataFrame | None:
+    """A version's :data:`USUAL_HOURS_FILE` with a ``model_version`` column (None when it has none)."""
+    import pyarrow.parquet as pq
+
+    path = registry.path(version) / USUAL_HOURS_FILE
+    if not path.exists():
+        return None
+    return pq.read_table(path).to_pandas().assign(model_version=version)
+
+
 @dataclass
 class LoadedModel:
     """One registered version, ready to score."""
@@ -102,6 +121,9 @@ class LoadedModel:
     regressors: OnnxPair
     detector: ResidualDetector
     threads: int = 1  # row chunks scored in parallel (each session itself is single-threaded)
+    #: Its groups that run slower at an hour of the day as a rule (:func:`load_usual_hours`), for a
+    #: settled day's slower groups; None for a version trained before they were kept.
+    usual_hours: pd.DataFrame | None = None
 
     @classmethod
     def load(cls, registry: ModelRegistry, version: str, *, intra_op_threads: int = 2,
@@ -112,7 +134,7 @@ class LoadedModel:
         pair = OnnxPair(folder / meta["onnx"]["mean"], folder / meta["onnx"]["quantile"], intra_op_threads=1)
         detector = ResidualDetector.from_dict(meta["detector"])
         return cls(version=version, meta=meta, features=features, regressors=pair, detector=detector,
-                   threads=max(1, intra_op_threads))
+                   threads=max(1, intra_op_threads), usual_hours=load_usual_hours(registry, version))
 
     @property
     def required_columns(self) -> tuple[str, ...]:

@@ -108,6 +108,7 @@ class ResidualWindowsStep:
         self.last_try = 0.0  # monotonic start of the last pass
         self._features: dict[str, Any] = {}  # version -> FeatureBuilder (a day's rows share one or two)
         self._scales: dict[str, tuple[float, float]] = {}  # version -> its detector's runtime spread clip
+        self._usual_hours: dict[str, pd.DataFrame | None] = {}  # version -> its groups' usual hours (or none)
         self._unreadable: set[str] = set()  # versions in the shards that cannot be read now (warned once)
         self._unscored_since: dict[dt.date, float] = {}  # day -> monotonic time it was first found waiting
         self._failures: dict[dt.date, tuple[int, float]] = {}  # day -> (failed attempts, monotonic first)
@@ -328,9 +329,15 @@ class ResidualWindowsStep:
         from workbench.analysis.deferred import deferred_runs
 
         found, slower = deferred_runs(rows, known, usual_wait, persistence=self.persistence, groups=self.groups,
-                                      scales=self._scales)
+                                      scales=self._scales, usual_hours=self.usual_hours())
         return (self._alerts(day, found, evidence_columns(found, self.persistence)),
                 self._alerts(day, slower, group_evidence_columns(slower, self.groups)))
+
+    def usual_hours(self) -> pd.DataFrame | None:
+        """The groups that run slower at an hour of the day as a rule, of every version :meth:`_expectations`
+        read last (:func:`~workbench.ml.scorer.load_usual_hours`; None when none keeps them)."""
+        kept = [hours for hours in self._usual_hours.values() if hours is not None]
+        return pd.concat(kept, ignore_index=True) if kept else None
 
     def _alerts(self, day: dt.date, found: pd.DataFrame, evidence: dict[str, pa.Array]) -> pa.Table:
         """The ``anomalies`` rows of ``found`` (``instance_id``, ``query_id``) with their ``evidence``."""
@@ -376,13 +383,14 @@ class ResidualWindowsStep:
         """
         from workbench.ml.exceptions import MLError
         from workbench.ml.registry import ModelRegistry
-        from workbench.ml.scorer import load_features
+        from workbench.ml.scorer import load_features, load_usual_hours
 
         known = np.zeros(rows.num_rows, dtype=bool)
         usual_wait = np.full(rows.num_rows, np.nan)
         versions = rows.column("model_version")
         day_versions = pc.unique(versions.drop_null()).to_pylist()
         self._features = {v: f for v, f in self._features.items() if v in day_versions}  # the next day shares some
+        self._usual_hours = {v: h for v, h in self._usual_hours.items() if v in day_versions}
         for version in day_versions:
             mask = pc.fill_null(pc.equal(versions, version), False)
             features = self._features.get(version)
@@ -403,6 +411,7 @@ class ResidualWindowsStep:
                     continue
                 self._unreadable.discard(version)
                 self._features[version] = features
+                self._usual_hours[version] = load_usual_hours(ModelRegistry(self.settings.models_dir), version)
                 self._scales[version] = scales
             mine, version_rows = mask.to_numpy(zero_copy_only=False), rows.filter(mask)
             known[mine] = features.reference_source(version_rows) == 0
