@@ -29,6 +29,13 @@ log runtime residual ``r = log1p(exec) - log1p(pred_mean)``. A group is slower w
 
 Every constant is the window machinery's or the detector's; none was chosen on an injected kind.
 
+**The hour's rule.** The model knows the hour of the day but not each instance's, so a part of an
+instance that runs slower at the same hour every day (its daily contention, a user's reports that meet
+the nightly load) was a slower group every day (54 normal queries of one demo instance made 2x slower at
+15:00 on every day). A version keeps, per group and UTC hour, what the group runs past the model at that
+hour as a rule (:func:`usual_group_hours`, from the training rows; ``usual_hours``), and a group's
+hour is judged past it: the queries' expectations, residuals and tolerance are raised by it.
+
 Within a slower group, the queries that ran past the model's tolerance for them (longer than the
 larger of ``pred_mean_ms`` and ``pred_q_ms``: the ``beyond_tolerance_share`` signal's test) *in a
 10-minute window where the group's median residual clears the floor too* are flagged: which queries
