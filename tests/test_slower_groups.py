@@ -290,9 +290,11 @@ def test_an_hour_an_instance_waits_through_every_day_is_not_flagged_a_storm_at_a
     assert peak in set(rows_hour[plain["row"].to_numpy()].tolist())
 
 
-def _rules(rows: list[tuple[str, int, str, str, int, float]]) -> pd.DataFrame:
-    """A usual-hours frame: ``(model_version, instance_id, group_key, group_value, hour, excess)`` rows."""
-    return pd.DataFrame(rows, columns=["model_version", "instance_id", "group_key", "group_value", "hour", "excess"])
+def _rules(rows: list[tuple[str, int, str, str, int, float]], measure: str = "runtime") -> pd.DataFrame:
+    """A usual-hours frame of one ``measure``: ``(model_version, instance_id, group_key, group_value, hour,
+    excess)`` rows."""
+    return pd.DataFrame(rows, columns=["model_version", "instance_id", "group_key", "group_value", "hour",
+                                       "excess"]).assign(measure=measure)
 
 
 def test_a_group_that_runs_slower_at_that_hour_as_a_rule_is_judged_past_its_rule() -> None:
@@ -314,6 +316,17 @@ def test_a_group_that_runs_slower_at_that_hour_as_a_rule_is_judged_past_its_rule
     assert (found["expected_ms"] > 3_000.0 * 1.19).all()  # the expectation the evidence shows is the hour's
 
 
+def test_a_group_that_waits_longer_at_that_hour_as_a_rule_is_judged_past_its_rule() -> None:
+    table = _hour({1: 120, 2: 90, 5: 30}, waits={5: 8_000.0})
+    usual = _usual(table)
+    assert _users(slower_group_runs(table, queue_reference=usual)) == {5}
+    # user 5's loads wait in a saturated queue every day at 10:00 (about 17x its statements' usual wait)
+    rule = [("v1", 1, "user_id", "5", 10, math.log(8_500.0 / USUAL_WAIT_MS))]
+    assert slower_group_runs(table, queue_reference=usual, usual_hours=_rules(rule, "queue")).empty
+    # a runtime rule says nothing of the wait
+    assert _users(slower_group_runs(table, queue_reference=usual, usual_hours=_rules(rule))) == {5}
+
+
 def test_usual_group_hours_keeps_the_hours_a_group_is_slower_on_two_days_not_one() -> None:
     rng = np.random.default_rng(0)
     n = 3 * 24 * 40
@@ -327,12 +340,18 @@ def test_usual_group_hours_keeps_the_hours_a_group_is_slower_on_two_days_not_one
     rows = pa.table({"instance_id": [4] * n, "arrival_timestamp": pa.array(arrival, pa.timestamp("us", tz="UTC")),
                      "user_id": user, "database_id": [7] * n, "query_type": ["select"] * n})
     judged = np.ones(n, dtype=bool)
-    usual = usual_group_hours(rows, residual, judged, keys=("user_id",)).to_pandas()
+    usual = usual_group_hours(rows, {"runtime": residual}, judged, keys=("user_id",)).to_pandas()
     rule = usual[(usual["group_value"] == "1") & (usual["hour"] == 15)]
     assert len(rule) == 1 and rule["excess"].iloc[0] == pytest.approx(math.log(2.0), abs=0.15)
     assert usual[(usual["group_value"] == "2") & (usual["hour"] == 9)].empty
     assert (usual["excess"] > 0).all() and set(usual["group_key"]) == {"user_id"}
+    assert set(usual["measure"]) == {"runtime"}
+    # each measure has its own rules: the same residuals read as waits give the same hours, as waits
+    both = usual_group_hours(rows, {"runtime": residual, "queue": residual}, judged, keys=("user_id",)).to_pandas()
+    for measure in ("runtime", "queue"):
+        mine = both[both["measure"] == measure].drop(columns="measure").reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, usual.drop(columns="measure"))
     # rows not judged (a never-seen statement, a cache hit) say nothing
     afternoon = (user == 1) & (hour == 15)
-    assert usual_group_hours(rows, residual, ~afternoon, keys=("user_id",)).to_pandas().query(
+    assert usual_group_hours(rows, {"runtime": residual}, ~afternoon, keys=("user_id",)).to_pandas().query(
         "group_value == '1' and hour == 15").empty

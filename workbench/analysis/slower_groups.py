@@ -32,9 +32,12 @@ Every constant is the window machinery's or the detector's; none was chosen on a
 **The hour's rule.** The model knows the hour of the day but not each instance's, so a part of an
 instance that runs slower at the same hour every day (its daily contention, a user's reports that meet
 the nightly load) was a slower group every day (54 normal queries of one demo instance made 2x slower at
-15:00 on every day). A version keeps, per group and UTC hour, what the group runs past the model at that
-hour as a rule (:func:`usual_group_hours`, from the training rows; ``usual_hours``), and a group's
-hour is judged past it: the queries' expectations, residuals and tolerance are raised by it.
+15:00 on every day). So was a part that waits at the same hour every day (one user's loads in a queue
+that saturates every afternoon; a whole instance's hour is
+:meth:`~workbench.ml.features.FeatureBuilder.usual_wait`'s).
+A version keeps, per measure, group and UTC hour, what the group runs past the model or waits past its
+usual wait at that hour as a rule (:func:`usual_group_hours`, from the training rows; ``usual_hours``),
+and a group's hour is judged past it: the queries' expectations, residuals and tolerance are raised by it.
 
 Within a slower group, the queries that ran past the model's tolerance for them (longer than the
 larger of ``pred_mean_ms`` and ``pred_q_ms``: the ``beyond_tolerance_share`` signal's test) *in a
@@ -119,26 +122,38 @@ _USUAL_MIN_RUNS = 5
 #: ... and its excess is the group's rule at that hour when it held on at least this many days.
 _USUAL_MIN_DAYS = 2
 #: The rows of :func:`usual_group_hours` (a model version keeps them): the groups that run slower than
-#: the model expects at an hour of the day as a rule, and by how much (median log residual).
+#: the model expects, or wait longer than usual, at an hour of the day as a rule, and by how much (median
+#: log residual; ``measure``: ``runtime`` or ``queue``).
 USUAL_HOURS_SCHEMA = pa.schema([
-    pa.field("instance_id", pa.int64()), pa.field("group_key", pa.string()), pa.field("group_value", pa.string()),
-    pa.field("hour", pa.int8()), pa.field("excess", pa.float64()),
+    pa.field("measure", pa.string()), pa.field("instance_id", pa.int64()), pa.field("group_key", pa.string()),
+    pa.field("group_value", pa.string()), pa.field("hour", pa.int8()), pa.field("excess", pa.float64()),
 ])
 
 
-def usual_group_hours(rows: pa.Table, residual: np.ndarray, judged: np.ndarray,
+def usual_group_hours(rows: pa.Table, residuals: Mapping[str, np.ndarray], judged: np.ndarray,
                       keys: tuple[str, ...] = GROUP_KEYS) -> pa.Table:
-    """The groups of a training window that run slower than the model expects at a UTC hour of the day
-    *as a rule* (:data:`USUAL_HOURS_SCHEMA`): per instance, grouping column and value, and hour, the
-    median over days of the day's median log runtime residual (``residual``: ``log1p`` runtime minus the
-    model's ``log1p`` expectation; ``judged`` rows only), on at least :data:`_USUAL_MIN_DAYS` days with
-    :data:`_USUAL_MIN_RUNS` runs each, kept where positive.
+    """The groups of a training window that run slower or wait longer at a UTC hour of the day *as a
+    rule* (:data:`USUAL_HOURS_SCHEMA`): per measure of ``residuals`` (``runtime``: ``log1p`` runtime minus
+    the model's ``log1p`` expectation; ``queue``: ``log1p`` wait minus the usual wait), instance,
+    grouping column and value, and hour, the median over days of the day's median residual of the
+    ``judged`` rows, on at least :data:`_USUAL_MIN_DAYS` days with :data:`_USUAL_MIN_RUNS` runs each,
+    kept where positive.
 
     A user whose reports run slower every afternoon (the instance's daily contention, which the model,
-    knowing the hour but not the instance's, does not learn) is slower each afternoon *as usual*:
-    :func:`slower_group_runs` judges a group's hour past it. One day's incident in the window is not a
-    rule (the median over days)."""
-    empty = USUAL_HOURS_SCHEMA.empty_table()
+    knowing the hour but not the instance's, does not learn), or whose loads wait every night in a
+    saturated queue, is slower each afternoon or night *as usual*: :func:`slower_group_runs` judges a
+    group's hour past it. One day's incident in the window is not a rule (the median over days)."""
+    found = [_usual_hours_of(rows, measure, residual, judged, keys) for measure, residual in residuals.items()]
+    found = [f for f in found if len(f)]
+    if not found:
+        return USUAL_HOURS_SCHEMA.empty_table()
+    return pa.Table.from_pandas(pd.concat(found, ignore_index=True), schema=USUAL_HOURS_SCHEMA, preserve_index=False)
+
+
+def _usual_hours_of(rows: pa.Table, measure: str, residual: np.ndarray, judged: np.ndarray,
+                    keys: tuple[str, ...]) -> pd.DataFrame:
+    """:func:`usual_group_hours` of one measure, as a frame."""
+    empty = USUAL_HOURS_SCHEMA.empty_table().to_pandas()
     judged = np.asarray(judged, dtype=bool) & np.isfinite(residual)
     if not judged.any():
         return empty
@@ -161,20 +176,18 @@ def usual_group_hours(rows: pa.Table, residual: np.ndarray, judged: np.ndarray,
         daily = daily[daily["size"] >= _USUAL_MIN_RUNS].reset_index()
         usual = daily.groupby(["instance_id", "group_value", "hour"], sort=True)["median"].agg(["median", "size"])
         usual = usual[(usual["size"] >= _USUAL_MIN_DAYS) & (usual["median"] > 0)].reset_index()
-        found.append(pd.DataFrame({"instance_id": usual["instance_id"], "group_key": key,
+        found.append(pd.DataFrame({"measure": measure, "instance_id": usual["instance_id"], "group_key": key,
                                    "group_value": usual["group_value"], "hour": usual["hour"],
                                    "excess": usual["median"]}))
-    if not found:
-        return empty
-    return pa.Table.from_pandas(pd.concat(found, ignore_index=True), schema=USUAL_HOURS_SCHEMA, preserve_index=False)
+    return pd.concat(found, ignore_index=True) if found else empty
 
 
-def _usual_excess(part: pd.DataFrame, key: str, usual: pd.DataFrame | None) -> np.ndarray:
-    """Per row of ``part`` (one grouping column's values): its group's usual log excess at that hour
-    of the day under the version that scored it (0 without one)."""
+def _usual_excess(part: pd.DataFrame, measure: str, key: str, usual: pd.DataFrame | None) -> np.ndarray:
+    """Per row of ``part`` (one grouping column's values): its group's usual log excess of ``measure``
+    at that hour of the day under the version that scored it (0 without one)."""
     if usual is None or usual.empty:
         return np.zeros(len(part))
-    mine = usual[usual["group_key"] == key]
+    mine = usual[(usual["group_key"] == key) & (usual["measure"] == measure)]
     if mine.empty:
         return np.zeros(len(part))
     keys = ["model_version", "instance_id", "group_value", "hour"]
@@ -264,16 +277,20 @@ def _slower(part: pd.DataFrame, span: str, measure: str, params: GroupParams) ->
     return per[(per["n"] >= params.min_queries) & (per["score"] >= 1.0) & material]
 
 
-def _past_the_hours_rule(part: pd.DataFrame, usual: np.ndarray) -> pd.DataFrame:
-    """``part``'s runtime figures with each query's expectation raised by its group's usual log excess
-    at that hour (``usual``, 0 where none): its residual, expectation, excess and tolerance test."""
+def _past_the_hours_rule(part: pd.DataFrame, measure: str, usual: np.ndarray, params: GroupParams) -> pd.DataFrame:
+    """``part``'s figures of ``measure`` with each query's expectation raised by its group's usual log
+    excess at that hour (``usual``, 0 where none): its residual, expectation, excess and the test of a
+    query past it (the runtime's tolerance; the wait's floors)."""
     if not usual.any():
         return part
-    expected = np.expm1(np.log1p(part["expected_ms"].to_numpy()) + usual)
-    tolerance = np.expm1(np.log1p(np.clip(part["tolerance"].to_numpy(), 0.0, None)) + usual)
-    return part.assign(residual=part["residual"].to_numpy() - usual, expected_ms=expected,
-                       excess_ms=part["observed_ms"].to_numpy() - expected,
-                       beyond=part["observed_ms"].to_numpy() > tolerance)
+    expected = np.expm1(np.log1p(np.clip(part["expected_ms"].to_numpy(), 0.0, None)) + usual)
+    residual = part["residual"].to_numpy() - usual
+    observed = part["observed_ms"].to_numpy()
+    if measure == "runtime":
+        beyond = observed > np.expm1(np.log1p(np.clip(part["tolerance"].to_numpy(), 0.0, None)) + usual)
+    else:
+        beyond = (residual >= params.floor) & (observed - expected >= params.floor_ms)
+    return part.assign(residual=residual, expected_ms=expected, excess_ms=observed - expected, beyond=beyond)
 
 
 def _measure_frame(base: pd.DataFrame, values: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -377,8 +394,7 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
             # as text: user and database ids are integers, the query type a name; one evidence column holds both
             part = frame.assign(value=pc.cast(column, pa.string()).to_numpy(zero_copy_only=False)[
                 frame["row"].to_numpy()])[valid]
-            if measure == "runtime":
-                part = _past_the_hours_rule(part, _usual_excess(part, key, usual_hours))
+            part = _past_the_hours_rule(part, measure, _usual_excess(part, measure, key, usual_hours), params)
             if measure == "queue" and key != "instance_id" and params.contrast:
                 part = part.assign(instance_median=frame.groupby(["instance_id", span], sort=False)[
                     "residual"].transform("median")[valid])

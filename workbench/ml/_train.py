@@ -297,13 +297,15 @@ def _import_quietly(*modules: str) -> None:
 
 
 def _usual_group_hours(train: pa.Table, y: np.ndarray, mean_log: np.ndarray, builder: FeatureBuilder) -> pa.Table:
-    """:func:`~workbench.analysis.slower_groups.usual_group_hours` of the training rows, from the model's
-    own (in-sample) expectations: the rows the slower groups judge (the statement's own history, not a
-    result-cache hit; training rows are not aborted and have a runtime)."""
+    """:func:`~workbench.analysis.slower_groups.usual_group_hours` of the training rows: the runtime past
+    the model's own (in-sample) expectations, the wait past the usual wait at that hour
+    (:meth:`FeatureBuilder.usual_wait`), over the rows the slower groups judge (the statement's own
+    history, not a result-cache hit; training rows are not aborted and have a runtime)."""
     judged = (builder.reference_source(train) == 0) & (y > 0)
     if "was_cached" in train.column_names:
         judged &= ~pc.fill_null(train.column("was_cached"), False).to_numpy(zero_copy_only=False).astype(bool)
-    return usual_group_hours(train, y - mean_log, judged)
+    residuals = {"runtime": y - mean_log, "queue": _log_signal(train, "queue") - builder.usual_wait(train)}
+    return usual_group_hours(train, residuals, judged)
 
 
 def split_window(table: pa.Table, *, max_rows: int = defaults.TRAIN_MAX_ROWS, seed: int = 0,

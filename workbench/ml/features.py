@@ -18,7 +18,9 @@ The same lookup supplies the detector's references for the observed signals (que
 scanned and spilled MB, compile time) via :meth:`FeatureBuilder.references`. Compile time is also a
 feature; as a signal its history counts only the runs that compiled (:data:`COMPILED_MS`). Two
 statistics serve the detector only: each instance's ordinary wait (the median of its runs that waited,
-:data:`WAITED_MS`) and each statement's largest spill (for its first-spill path).
+:data:`WAITED_MS`) and each statement's largest spill (for its first-spill path). One serves a settled
+day's slower groups only: how far past that reference each instance's queries wait at each UTC hour of
+the day as a rule (:meth:`FeatureBuilder.usual_wait`).
 """
 
 from __future__ import annotations
@@ -788,7 +790,7 @@ class FeatureBuilder:
             out[hour][i] = value if np.isnan(out[hour][i]) else max(out[hour][i], value)
         # in the instance table's row order (self._inst_ids is sorted)
         rows = np.searchsorted(inst_ids, self.instance_table_.column("instance_id").to_numpy())
-        return [hour[rows] for hour in out]
+        return [by_instance[rows] for by_instance in out]
 
     def references(self, data: pa.Table | pa.RecordBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Expected ``log1p`` level and spread of each observed signal, per row.

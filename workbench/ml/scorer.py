@@ -96,7 +96,7 @@ def load_features(registry: ModelRegistry, version: str, *, verify: bool = True
     return meta, FeatureBuilder.load(folder, meta["features"])
 
 
-#: A version's groups that run slower at an hour of the day as a rule
+#: A version's groups that run slower or wait longer at an hour of the day as a rule
 #: (:func:`~workbench.analysis.slower_groups.usual_group_hours`); versions trained before have none.
 USUAL_HOURS_FILE = "usual_group_hours.parquet"
 
@@ -121,8 +121,8 @@ class LoadedModel:
     regressors: OnnxPair
     detector: ResidualDetector
     threads: int = 1  # row chunks scored in parallel (each session itself is single-threaded)
-    #: Its groups that run slower at an hour of the day as a rule (:func:`load_usual_hours`), for a
-    #: settled day's slower groups; None for a version trained before they were kept.
+    #: Its groups that run slower or wait longer at an hour of the day as a rule (:func:`load_usual_hours`),
+    #: for a settled day's slower groups; None for a version trained before they were kept.
     usual_hours: pd.DataFrame | None = None
 
     @classmethod

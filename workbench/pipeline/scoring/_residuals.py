@@ -334,8 +334,9 @@ class ResidualWindowsStep:
                 self._alerts(day, slower, group_evidence_columns(slower, self.groups)))
 
     def usual_hours(self) -> pd.DataFrame | None:
-        """The groups that run slower at an hour of the day as a rule, of every version :meth:`_expectations`
-        read last (:func:`~workbench.ml.scorer.load_usual_hours`; None when none keeps them)."""
+        """The groups that run slower or wait longer at an hour of the day as a rule, of every version
+        :meth:`_expectations` read last (:func:`~workbench.ml.scorer.load_usual_hours`; None when none
+        keeps them)."""
         kept = [hours for hours in self._usual_hours.values() if hours is not None]
         return pd.concat(kept, ignore_index=True) if kept else None
 
@@ -396,9 +397,11 @@ class ResidualWindowsStep:
             features = self._features.get(version)
             if features is None:
                 try:
-                    meta, features = load_features(ModelRegistry(self.settings.models_dir), version)
+                    registry = ModelRegistry(self.settings.models_dir)
+                    meta, features = load_features(registry, version)
                     clip = meta["detector"]["params"]  # the spread clip of the version's runtime residual
                     scales = (float(clip["min_scale"]), float(clip["max_scale"]))
+                    hours = load_usual_hours(registry, version)
                 except (MLError, OSError, ValueError, KeyError, TypeError) as exc:
                     # Deleted (a person, `models prune`) or damaged since it scored these rows: its statements'
                     # histories are unknown, so its rows stay out of the residual and the streaks (judging
@@ -411,7 +414,7 @@ class ResidualWindowsStep:
                     continue
                 self._unreadable.discard(version)
                 self._features[version] = features
-                self._usual_hours[version] = load_usual_hours(ModelRegistry(self.settings.models_dir), version)
+                self._usual_hours[version] = hours
                 self._scales[version] = scales
             mine, version_rows = mask.to_numpy(zero_copy_only=False), rows.filter(mask)
             known[mine] = features.reference_source(version_rows) == 0
