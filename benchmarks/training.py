@@ -13,6 +13,7 @@ Phases: ``prepare`` (split; the input hash and the HGB import run in a backgroun
 ``features`` (training features), ``holdout_features`` (the blocked holdout's, the fits' early-stopping
 set), ``fit`` (the two HGB fits, run concurrently, each followed by its ONNX conversion in its own
 thread; ``fit_mean``/``fit_quantile`` are each fit's own wall time), ``export`` (files written),
+``usual_hours`` (the training sample's in-sample predictions and the slower groups' hour rules),
 ``parity`` (ONNX predictions, sklearn parity), ``calibrate``.
 """
 
