@@ -137,7 +137,8 @@ def usual_group_hours(rows: pa.Table, residuals: Mapping[str, np.ndarray], judge
     the model's ``log1p`` expectation; ``queue``: ``log1p`` wait minus the usual wait), instance,
     grouping column and value, and hour, the median over days of the day's median residual of the
     ``judged`` rows, on at least :data:`_USUAL_MIN_DAYS` days with :data:`_USUAL_MIN_RUNS` runs each,
-    kept where positive.
+    less one standard error of a median of those runs (``sqrt(pi/2)`` times their robust spread over
+    the root of their number: what the rule is known to be at least), kept where positive.
 
     A user whose reports run slower every afternoon (the instance's daily contention, which the model,
     knowing the hour but not the instance's, does not learn), or whose loads wait every night in a
@@ -174,11 +175,22 @@ def _usual_hours_of(rows: pa.Table, measure: str, residual: np.ndarray, judged: 
         daily = part.groupby(["instance_id", "group_value", "hour", "day"], sort=False)["residual"].agg(
             ["median", "size"])
         daily = daily[daily["size"] >= _USUAL_MIN_RUNS].reset_index()
-        usual = daily.groupby(["instance_id", "group_value", "hour"], sort=True)["median"].agg(["median", "size"])
-        usual = usual[(usual["size"] >= _USUAL_MIN_DAYS) & (usual["median"] > 0)].reset_index()
+        hour_keys = ["instance_id", "group_value", "hour"]
+        usual = daily.groupby(hour_keys, sort=True)["median"].agg(["median", "size"])
+        usual = usual[(usual["size"] >= _USUAL_MIN_DAYS) & (usual["median"] > 0)]
+        # what the rule is known to at least: one standard error of a median of its runs below it (the
+        # runs of the days that counted, their robust spread), so that a rule is not the noise of a few
+        # days' medians (an excess of a few hundredths moved groups sitting on the bar)
+        counted = part.merge(daily[[*hour_keys, "day"]], on=[*hour_keys, "day"])
+        center = counted.groupby(hour_keys, sort=False)["residual"].transform("median")
+        spread = counted.assign(deviation=(counted["residual"] - center).abs()).groupby(hour_keys)["deviation"].agg(
+            ["median", "size"])
+        se = _MEDIAN_SE * 1.4826 * spread["median"] / np.sqrt(spread["size"])
+        usual = usual.assign(rule=usual["median"] - se.reindex(usual.index).fillna(0.0))
+        usual = usual[usual["rule"] > 0].reset_index()
         found.append(pd.DataFrame({"measure": measure, "instance_id": usual["instance_id"], "group_key": key,
                                    "group_value": usual["group_value"], "hour": usual["hour"],
-                                   "excess": usual["median"]}))
+                                   "excess": usual["rule"]}))
     return pd.concat(found, ignore_index=True) if found else empty
 
 
