@@ -44,7 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workbench.analysis._columns import flags, numbers
+from workbench.analysis._columns import arrival_us, flags, numbers
 from workbench.analysis._judged import judged_runs, runtime_spread
 
 __all__ = ["PERSISTENCE_COLUMNS", "PERSISTENCE_REASON", "PERSISTENCE_SIGNAL", "PersistenceParams",
@@ -131,13 +131,11 @@ def persistent_runs(rows: pa.Table, known: np.ndarray | None = None, params: Per
     mean_log, spread = runtime_spread(rows, idx, params.min_scale, params.max_scale, scales)
     z = (np.log1p(exec_ms[idx]) - mean_log) / spread
     excess = exec_ms[idx] - pred[idx]
-    # microseconds (the log's resolution; finer is cut, never rounded into another run's place)
-    arrival = pc.cast(rows.column("arrival_timestamp"), pa.timestamp("us", tz="UTC"), safe=False).cast(pa.int64())
     frame = pd.DataFrame({
         "row": idx,
         "instance_id": pc.cast(rows.column("instance_id"), pa.int64()).to_numpy(zero_copy_only=False)[idx],
         "fingerprint": rows.column("feature_fingerprint").to_numpy(zero_copy_only=False)[idx],
-        "arrival_us": arrival.to_numpy(zero_copy_only=False)[idx],
+        "arrival_us": arrival_us(rows)[idx],
         "query_id": pc.cast(rows.column("query_id"), pa.int64()).to_numpy(zero_copy_only=False)[idx],
         "model_version": versions[idx], "expected_ms": pred[idx], "observed_ms": exec_ms[idx],
         "excess_ms": excess, "spreads": z,
@@ -158,8 +156,8 @@ def persistent_runs(rows: pa.Table, known: np.ndarray | None = None, params: Per
     spreads = frame["spreads"].to_numpy()
     # where streak >= runs, the last ``runs`` positions are all this streak's (no wrap-around)
     frame["least_spreads"] = np.minimum.reduce([np.roll(spreads, j) for j in range(params.runs)])
-    arrival_us = frame["arrival_us"].to_numpy()
-    frame["streak_start"] = pd.to_datetime(arrival_us[np.arange(len(frame)) - np.maximum(streak - 1, 0)],
+    arrival = frame["arrival_us"].to_numpy()
+    frame["streak_start"] = pd.to_datetime(arrival[np.arange(len(frame)) - np.maximum(streak - 1, 0)],
                                            unit="us", utc=True)
     out = frame[(frame["streak"] >= params.runs) & ~frame["alerted"]]
     out = out.sort_values(["arrival_us", "instance_id", "query_id"], kind="stable", ignore_index=True)

@@ -92,7 +92,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workbench.analysis._columns import flags, numbers
+from workbench.analysis._columns import arrival_us, flags, numbers
 from workbench.analysis._judged import judged_runs, runtime_spread
 
 __all__ = ["GROUP_COLUMNS", "GROUP_KEYS", "GROUP_REASON", "GROUP_REASONS", "GROUP_SIGNAL", "QUEUE_GROUP_REASON",
@@ -158,8 +158,7 @@ def _usual_hours_of(rows: pa.Table, measure: str, residual: np.ndarray, judged: 
     judged = np.asarray(judged, dtype=bool) & np.isfinite(residual)
     if not judged.any():
         return empty
-    arrival = pc.cast(rows.column("arrival_timestamp"), pa.timestamp("us", tz="UTC"), safe=False).cast(pa.int64())
-    arrival = arrival.to_numpy(zero_copy_only=False)
+    arrival = arrival_us(rows)
     judged &= pc.is_valid(rows.column("instance_id")).to_numpy(zero_copy_only=False)
     judged &= pc.is_valid(rows.column("arrival_timestamp")).to_numpy(zero_copy_only=False)
     base = pd.DataFrame({"instance_id": pc.cast(rows.column("instance_id"), pa.int64()).to_numpy(
@@ -285,8 +284,13 @@ def _slower(part: pd.DataFrame, span: str, measure: str, params: GroupParams) ->
             per = per.merge(part.groupby(["instance_id", span], sort=False)["instance_median"].first().reset_index(),
                             on=["instance_id", span])
             per["score"] = np.minimum(per["score"], (per["median"] - per["instance_median"]) / params.floor)
-            material = per["excess_median"] >= params.floor_ms
     return per[(per["n"] >= params.min_queries) & (per["score"] >= 1.0) & material]
+
+
+def _waited_past(residual: np.ndarray, waited: np.ndarray, usual: np.ndarray, params: GroupParams) -> np.ndarray:
+    """Per query: waited past its usual wait (``usual`` ms; ``residual`` in ``log1p``) by the floor, and by
+    the detector's queue floor of time."""
+    return (residual >= params.floor) & (waited - usual >= params.floor_ms)
 
 
 def _past_the_hours_rule(part: pd.DataFrame, measure: str, usual: np.ndarray, params: GroupParams) -> pd.DataFrame:
@@ -301,7 +305,7 @@ def _past_the_hours_rule(part: pd.DataFrame, measure: str, usual: np.ndarray, pa
     if measure == "runtime":
         beyond = observed > np.expm1(np.log1p(np.clip(part["tolerance"].to_numpy(), 0.0, None)) + usual)
     else:
-        beyond = (residual >= params.floor) & (observed - expected >= params.floor_ms)
+        beyond = _waited_past(residual, observed, expected, params)
     return part.assign(residual=residual, expected_ms=expected, excess_ms=observed - expected, beyond=beyond)
 
 
@@ -365,15 +369,14 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
     pred = numbers(rows, "pred_mean_ms")[idx]
     tolerance = np.fmax(pred, np.nan_to_num(numbers(rows, "pred_q_ms")[idx], nan=-np.inf))
     mean_log, spread = runtime_spread(rows, idx, params.min_scale, params.max_scale, scales)
-    arrival = pc.cast(rows.column("arrival_timestamp"), pa.timestamp("us", tz="UTC"), safe=False).cast(pa.int64())
-    arrival_us = arrival.to_numpy(zero_copy_only=False)[idx]
+    arrival = arrival_us(rows)[idx]
     window_us = params.window_ms * 1000
     base = pd.DataFrame({
         "row": idx,
         "instance_id": pc.cast(rows.column("instance_id"), pa.int64()).to_numpy(zero_copy_only=False)[idx],
-        "hour_us": np.floor_divide(arrival_us, _HOUR_US) * _HOUR_US,
-        "window_us": np.floor_divide(arrival_us, window_us) * window_us,
-        "arrival_us": arrival_us,
+        "hour_us": np.floor_divide(arrival, _HOUR_US) * _HOUR_US,
+        "window_us": np.floor_divide(arrival, window_us) * window_us,
+        "arrival_us": arrival,
         "query_id": pc.cast(rows.column("query_id"), pa.int64()).to_numpy(zero_copy_only=False)[idx],
         "model_version": rows.column("model_version").to_numpy(zero_copy_only=False)[idx],
         "alerted": flags(rows, "is_anomaly")[idx] | (np.zeros(n_rows, bool) if exclude is None
@@ -389,11 +392,9 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
         waited = numbers(rows, "queue_duration_ms")[idx]
         usual = np.expm1(usual_log)
         residual = np.log1p(np.clip(waited, 0.0, None)) - usual_log
-        # past the usual wait as the group is: by the floor, and by the detector's queue floor of time
         measures["queue"] = _measure_frame(base, {
             "expected_ms": usual, "observed_ms": waited, "excess_ms": waited - usual, "residual": residual,
-            "spread": np.full(len(idx), np.nan),
-            "beyond": (residual >= params.floor) & (waited - usual >= params.floor_ms)})
+            "spread": np.full(len(idx), np.nan), "beyond": _waited_past(residual, waited, usual, params)})
     # (grouping column, evidence span): the parts by the hour; a whole instance, whose window holds the
     # queries an hour of one user does, by the window, for the wait (its runtime is the window layer's)
     groupings = [(key, "hour_us") for key in keys]

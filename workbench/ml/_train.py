@@ -461,7 +461,7 @@ def _train_table(clock: _PhaseClock, registry: ModelRegistry, parent: str | None
         feature_state = builder.save(staged)
         clock.lap("export")
         pair = OnnxPair(staged / "mean.onnx", staged / "quantile.onnx")
-        pq.write_table(_usual_group_hours(train, y, pair.predict_log(X)[0], builder), staged / USUAL_HOURS_FILE)
+        pq.write_table(_usual_group_hours(train, y, pair.predict_mean_log(X), builder), staged / USUAL_HOURS_FILE)
         clock.lap("usual_hours")
         mean_log, q_log = pair.predict_log(X_hold)
         # Parity on the first holdout rows, against the ONNX predictions just made for them.

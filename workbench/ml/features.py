@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from workbench.analysis._columns import arrival_us
 from workbench.data.schema import COLUMNS, LABEL_COLUMNS, query_type_key
 from workbench.ml.detector import RAN_IN_FULL, RUNTIME_SCALE, SCAN_KNOWN, SHORTEST_RUN, SPILL_HISTORY, THROUGHPUT
 from workbench.ml.exceptions import ColumnMismatchError, NotFittedError
@@ -244,15 +245,9 @@ def _instance_ids(table: pa.Table) -> np.ndarray:
     return pc.fill_null(column, np.iinfo(np.int64).min).to_numpy(zero_copy_only=False)
 
 
-def _arrival_us(table: pa.Table) -> np.ndarray:
-    """``arrival_timestamp`` as epoch microseconds (UTC); a null reads the int64 minimum."""
-    column = pc.cast(table.column("arrival_timestamp"), pa.timestamp("us", tz="UTC"), safe=False)
-    return pc.fill_null(column.cast(pa.int64()), np.iinfo(np.int64).min).to_numpy(zero_copy_only=False)
-
-
 def _utc_hours(table: pa.Table) -> np.ndarray:
     """The UTC hour of the day of each row's arrival (-1 where it has none)."""
-    arrival = _arrival_us(table)
+    arrival = arrival_us(table)
     return np.where(arrival == np.iinfo(np.int64).min, -1, np.floor_divide(arrival % _DAY_US, 3_600_000_000))
 
 
@@ -318,6 +313,8 @@ def _id_count(table: pa.Table, name: str) -> np.ndarray:
 REFERENCE_SOURCE_COLUMNS = ("instance_id", "feature_fingerprint")
 #: The history statistics :meth:`FeatureBuilder._source` reads.
 _SOURCE_STATISTICS = ("n", "med_exec")
+#: The history statistics :meth:`FeatureBuilder.queue_reference` reads.
+_QUEUE_STATISTICS = ("n", "med_queue", _MED_WAITED)
 
 
 def _fp_keys(table: pa.Table) -> pa.ChunkedArray:
@@ -725,7 +722,10 @@ class FeatureBuilder:
         self._check_fitted("queue_reference")
         table = _as_table(data)
         check_columns(table.column_names, REFERENCE_SOURCE_COLUMNS)
-        lookup = self._lookup(table, only=("n", "med_queue", _MED_WAITED))
+        return self._queue_level(self._lookup(table, only=_QUEUE_STATISTICS))
+
+    def _queue_level(self, lookup: _Lookup) -> np.ndarray:
+        """:meth:`queue_reference` of looked-up rows (their :data:`_QUEUE_STATISTICS` at least)."""
         use_fp = self._uses_fingerprint(lookup)
         med = np.where(use_fp, lookup.fp["med_queue"], lookup.inst["med_queue"])
         med = np.where(np.isnan(med), self.global_["med_queue"], med)
@@ -766,15 +766,15 @@ class FeatureBuilder:
         if "arrival_timestamp" not in table.column_names or not table.num_rows:
             return None
         flags = tuple(c for c in RUN_FLAG_COLUMNS if c in table.column_names)
-        judged = (self.reference_source(table) == 0) & _ran_in_full(table, flags) \
-            & np.isfinite(_num(table, SIGNALS["exec"]))
-        arrival = _arrival_us(table)
+        lookup = self._lookup(table, only=(*_SOURCE_STATISTICS, *_QUEUE_STATISTICS))  # one lookup for both
+        judged = (self._source(lookup) == 0) & _ran_in_full(table, flags) & np.isfinite(_num(table, SIGNALS["exec"]))
+        arrival = arrival_us(table)
         judged &= arrival != np.iinfo(np.int64).min
         inst_ids = self._inst_ids
         out = [np.full(len(inst_ids), np.nan) for _ in range(24)]
         if not judged.any():
             return out  # all NaN: the order does not matter
-        residual = (log_queue - self.queue_reference(table))[judged]
+        residual = (log_queue - self._queue_level(lookup))[judged]
         arrival = arrival[judged]
         inst = np.searchsorted(inst_ids, _instance_ids(table)[judged])  # every training instance is in the table
         slot = np.floor_divide(arrival % _DAY_US, _SLOT_US)

@@ -268,8 +268,17 @@ class OnnxPair:
             empty = np.zeros(0)
             return empty, empty
         X = np.ascontiguousarray(X, dtype=np.float32)
-        out = [s.run(None, {"X": X})[0].reshape(-1).astype(np.float64) for s in self._sessions]
-        return out[0], out[1]
+        return self._run(0, X), self._run(1, X)
+
+    def predict_mean_log(self, X: np.ndarray) -> np.ndarray:
+        """The mean model's ONNX predictions alone, in log space (float64)."""
+        if len(X) == 0:
+            return np.zeros(0)
+        return self._run(0, np.ascontiguousarray(X, dtype=np.float32))
+
+    def _run(self, model: int, X: np.ndarray) -> np.ndarray:
+        """One session's predictions (0: mean, 1: quantile) of a C-contiguous ``float32`` matrix."""
+        return self._sessions[model].run(None, {"X": X})[0].reshape(-1).astype(np.float64)
 
 
 def parity_max_abs_diff(model: DurationModel, pair: OnnxPair, X: np.ndarray, *,
