@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import itertools
 import json
 import logging
@@ -103,9 +104,13 @@ USUAL_HOURS_FILE = "usual_group_hours.parquet"
 
 def load_usual_hours(registry: ModelRegistry, version: str) -> pd.DataFrame | None:
     """A version's :data:`USUAL_HOURS_FILE` with a ``model_version`` column (None when it has none)."""
+    return _read_usual_hours(registry.path(version), version)
+
+
+def _read_usual_hours(folder: Path, version: str) -> pd.DataFrame | None:
     import pyarrow.parquet as pq
 
-    path = registry.path(version) / USUAL_HOURS_FILE
+    path = folder / USUAL_HOURS_FILE
     if not path.exists():
         return None
     return pq.read_table(path).to_pandas().assign(model_version=version)
@@ -121,9 +126,14 @@ class LoadedModel:
     regressors: OnnxPair
     detector: ResidualDetector
     threads: int = 1  # row chunks scored in parallel (each session itself is single-threaded)
-    #: Its groups that run slower or wait longer at an hour of the day as a rule (:func:`load_usual_hours`),
-    #: for a settled day's slower groups; None for a version trained before they were kept.
-    usual_hours: pd.DataFrame | None = None
+    folder: Path | None = None  # the version's files, for what only some callers read (usual_hours)
+
+    @functools.cached_property
+    def usual_hours(self) -> pd.DataFrame | None:
+        """Its groups that run slower or wait longer at an hour of the day as a rule
+        (:func:`load_usual_hours`), for a settled day's slower groups; None for a version trained before
+        they were kept. Read on first use: scoring never needs them."""
+        return None if self.folder is None else _read_usual_hours(self.folder, self.version)
 
     @classmethod
     def load(cls, registry: ModelRegistry, version: str, *, intra_op_threads: int = 2,
@@ -134,7 +144,7 @@ class LoadedModel:
         pair = OnnxPair(folder / meta["onnx"]["mean"], folder / meta["onnx"]["quantile"], intra_op_threads=1)
         detector = ResidualDetector.from_dict(meta["detector"])
         return cls(version=version, meta=meta, features=features, regressors=pair, detector=detector,
-                   threads=max(1, intra_op_threads), usual_hours=load_usual_hours(registry, version))
+                   threads=max(1, intra_op_threads), folder=folder)
 
     @property
     def required_columns(self) -> tuple[str, ...]:
