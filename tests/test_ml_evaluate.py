@@ -64,6 +64,14 @@ def test_dominating_normals_counts_rows_at_least_as_extreme_on_every_exceeded_si
     assert dominating_normals(np.array([0]), normal, excess, log_ratio, history).tolist() == [2]
     assert dominating_normals(np.array([0]), normal, excess, log_ratio).tolist() == [3]
     assert dominating_normals(np.array([0]), normal & (np.arange(6) != 4), excess, log_ratio, history).tolist() == [1]
+    # rows as positions or as masks, either argument (a blind evaluator passed positions for both: a broadcast error)
+    assert dominating_normals(np.array([0]), np.array([1, 2, 3, 5]), excess, log_ratio, history).tolist() == [1]
+    assert dominating_normals(~normal, np.flatnonzero(normal), excess, log_ratio).tolist() == [3]
+    assert dominating_normals(np.array([0, 0]), np.arange(1, 6), excess, log_ratio).tolist() == [3, 3]
+    with pytest.raises(ValueError, match="'normal' has 3 values for 6 rows"):
+        dominating_normals(np.array([0]), normal[:3], excess, log_ratio)
+    with pytest.raises(ValueError, match="'missed' holds a row position outside the 6 rows"):
+        dominating_normals(np.array([6]), normal, excess, log_ratio)
 
 
 def test_baseline_rules_and_per_instance_ranks() -> None:

@@ -123,7 +123,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     modules = (_SOLE_MODULE[command],) if command in _SOLE_MODULE else _COMMAND_MODULES
     for module_name in modules:
         importlib.import_module(module_name).register(subparsers)
+    _say_defaults(parser)
     return parser
+
+
+def _say_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option with a default says it in ``--help`` (``train --help`` showed none of its three),
+    unless its help already names it; an option without help gets its default as help."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                _say_defaults(sub)
+        elif (action.option_strings and action.help is not argparse.SUPPRESS
+              and not isinstance(action.default, bool) and action.default not in (None, argparse.SUPPRESS)
+              and "default" not in (action.help or "")):
+            shown = f"{action.default:,}" if isinstance(action.default, int) else str(action.default)
+            action.help = f"{action.help} (default {shown})" if action.help else f"default {shown}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

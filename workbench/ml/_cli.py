@@ -290,10 +290,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="train now the days a running workbench's scoring app waits for (a log that ended "
                             "before a later day passed them), as Workbench.train_waiting_days()")
     train.add_argument("--window-days", type=_at_least(1), default=defaults.TRAIN_WINDOW_DAYS,
-                       help="days in the window")
+                       help=f"days in the window, ending with --day (default {defaults.TRAIN_WINDOW_DAYS})")
     train.add_argument("--max-rows", type=_at_least(_MIN_TRAIN_ROWS), default=defaults.TRAIN_MAX_ROWS,
-                       help=f"row cap (at least {_MIN_TRAIN_ROWS:,}: the fit and its holdout need rows)")
-    train.add_argument("--seed", type=int, default=0)
+                       help=f"rows the regressors train on, a uniform sample of a larger window (default "
+                            f"{defaults.TRAIN_MAX_ROWS:,}; at least {_MIN_TRAIN_ROWS:,}: the fit and its holdout need "
+                            "rows)")
+    train.add_argument("--seed", type=int, default=0,
+                       help="seed of that sample and of the models: same seed, same version (default 0)")
     train.add_argument("--data", type=Path, help="train from a Parquet log instead of the shards")
     train.set_defaults(func=_train)
 

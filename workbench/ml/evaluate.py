@@ -121,22 +121,27 @@ def recall_at_volume(labels: np.ndarray, score: np.ndarray, kinds: np.ndarray, k
 
 def dominating_normals(missed: np.ndarray, normal: np.ndarray, excess: dict[str, np.ndarray],
                        log_ratio: dict[str, np.ndarray], stratum: np.ndarray | None = None) -> np.ndarray:
-    """Number of ``normal`` rows that dominate each ``missed`` row (indices) on what the detector sees.
+    """Number of ``normal`` rows that dominate each ``missed`` row on what the detector sees.
 
-    A normal row dominates a missed one when, on every signal where the missed row exceeds its
-    expectation (``excess > 0``), it has at least the same excess (natural units: seconds, MB)
-    *and* at least the same ``log_ratio`` (observed over expected, log), within the same
-    ``stratum`` (e.g. whether the row's references come from its own fingerprint history, so a
-    well-known query is not compared with a never-seen one). Any score that does not fall as
-    excess or surprise grows ranks every dominating row at least as high as the missed one, so
-    the count bounds from below the false alerts such a detector must add to catch the miss:
-    a miss dominated by dozens of normal rows is not catchable from these signals alone.
+    ``missed`` and ``normal`` each select rows of the per-row arrays (``excess``, ``log_ratio``,
+    ``stratum``: one value per row of the day), as row positions or as a boolean mask over every row;
+    the counts follow ``missed``'s rows in order. A normal row dominates a missed one when, on every
+    signal where the missed row exceeds its expectation (``excess > 0``), it has at least the same
+    excess (natural units: seconds, MB) *and* at least the same ``log_ratio`` (observed over expected,
+    log), within the same ``stratum`` (e.g. whether the row's references come from its own fingerprint
+    history, so a well-known query is not compared with a never-seen one). Any score that does not fall
+    as excess or surprise grows ranks every dominating row at least as high as the missed one, so the
+    count bounds from below the false alerts such a detector must add to catch the miss: a miss
+    dominated by dozens of normal rows is not catchable from these signals alone.
     """
-    missed = np.asarray(missed, dtype=np.int64)
-    normal = np.asarray(normal, dtype=bool)
+    sized = [*excess.values(), *([] if stratum is None else [stratum]), *([normal] if _is_mask(normal) else [])]
+    rows = len(sized[0]) if sized else int(np.max(normal, initial=-1)) + 1
+    missed = (np.flatnonzero(_row_mask(missed, rows, "missed")) if _is_mask(missed)
+              else _positions(missed, rows, "missed"))
+    normal_rows = _row_mask(normal, rows, "normal")
     counts = np.zeros(len(missed), dtype=np.int64)
     for k, i in enumerate(missed):
-        dominated = normal.copy()
+        dominated = normal_rows.copy()
         if stratum is not None:
             dominated &= stratum == stratum[i]
         for signal, e in excess.items():
@@ -144,6 +149,37 @@ def dominating_normals(missed: np.ndarray, normal: np.ndarray, excess: dict[str,
                 dominated &= (e >= e[i]) & (log_ratio[signal] >= log_ratio[signal][i])
         counts[k] = int(dominated.sum())
     return counts
+
+
+def _is_mask(rows: np.ndarray) -> bool:
+    return np.asarray(rows).dtype == bool
+
+
+def _positions(rows: np.ndarray, n: int, name: str) -> np.ndarray:
+    """Row positions (``rows`` of an integer type) checked against the day's ``n`` rows."""
+    positions = np.asarray(rows)
+    if positions.size and not np.issubdtype(positions.dtype, np.integer):
+        msg = f"dominating_normals: {name!r} must be row positions or a boolean mask, not {positions.dtype} values"
+        raise ValueError(msg)
+    positions = positions.astype(np.int64).ravel()
+    if positions.size and (positions.min() < -n or positions.max() >= n):
+        msg = f"dominating_normals: {name!r} holds a row position outside the {n:,} rows of the signals"
+        raise ValueError(msg)
+    return positions
+
+
+def _row_mask(rows: np.ndarray, n: int, name: str) -> np.ndarray:
+    """A boolean mask over the day's ``n`` rows, from a mask of that length or from row positions."""
+    if _is_mask(rows):
+        mask = np.asarray(rows).ravel()
+        if len(mask) != n:
+            msg = (f"dominating_normals: the boolean mask {name!r} has {len(mask):,} values for {n:,} rows "
+                   "of the signals")
+            raise ValueError(msg)
+        return mask
+    mask = np.zeros(n, dtype=bool)
+    mask[_positions(rows, n, name)] = True
+    return mask
 
 
 def anomaly_labels(table: pa.Table, data: Path) -> np.ndarray:

@@ -67,7 +67,9 @@ logger = logging.getLogger(__name__)
 
 #: Extra per-query values for the anomaly topic (not stored in shards).
 EXTRA_FIELDS: tuple[pa.Field, ...] = (
-    pa.field("expected_ms", pa.float64()),  # the fingerprint's (or instance's) median runtime
+    # context: the statement's median runtime in the training window (its instance's when never seen);
+    # the verdict's expectation is expected_value
+    pa.field("expected_ms", pa.float64()),
     pa.field("exec_ratio", pa.float64()),  # actual / predicted mean runtime
     # Evidence of the deciding signal (the one with the highest score), for every row:
     pa.field("evidence_signal", pa.string()),  # exec | queue | scan | spill | compile

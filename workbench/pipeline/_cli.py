@@ -21,7 +21,8 @@ def register(subparsers: Any) -> None:
                         help="analytics window length")
     parser.add_argument("--grace-minutes", type=float, default=defaults.ANALYTICS_GRACE_MINUTES,
                         help="analytics grace period (event time)")
-    parser.add_argument("--closing-strategy", choices=("partition", "key"), default="partition")
+    parser.add_argument("--closing-strategy", choices=("partition", "key"), default="partition",
+                        help="analytics: close windows by the partition's event time or each key's")
     parser.add_argument("--retention-days", type=float, default=defaults.ANALYTICS_RETENTION_DAYS,
                         help="archive older analytics windows")
     parser.add_argument("--batch-rows", type=int, default=defaults.SCORING_BATCH_ROWS,

@@ -179,5 +179,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     control = subparsers.add_parser("replay-control", help="steer a running replay from any process")
     control.add_argument("action", choices=["speed", "pause", "resume", "seek", "reset", "stop", "status"])
     control.add_argument("value", nargs="?", help="speedup for 'speed', ISO date-time for 'seek'")
-    control.add_argument("--replay-id", default="default")
+    control.add_argument("--replay-id", default="default", help="the replay to steer (its --replay-id)")
     control.set_defaults(func=_control)

@@ -30,7 +30,7 @@ ANOMALY_SCHEMA: Final = pa.schema([
     pa.field("pred_q_ms", pa.float64()),
     pa.field("excess_ms", pa.float64()),  # true - pred (positive = slower than expected)
     pa.field("under_ratio", pa.float64()),  # true / max(pred, 1)
-    pa.field("expected_ms", pa.float64()),  # the fingerprint's (or instance's) typical runtime
+    pa.field("expected_ms", pa.float64()),  # the statement's median runtime (its instance's when never seen)
     pa.field("score", pa.float64()),
     pa.field("reason", pa.string()),
     pa.field("features", pa.string()),  # JSON text
