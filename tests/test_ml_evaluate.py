@@ -21,6 +21,7 @@ from workbench.ml.evaluate import (
     dominating_normals,
     evaluate,
     format_table,
+    recall_at_volume,
     regression_metrics,
     top_k_f1,
 )
@@ -72,6 +73,26 @@ def test_dominating_normals_counts_rows_at_least_as_extreme_on_every_exceeded_si
         dominating_normals(np.array([0]), normal[:3], excess, log_ratio)
     with pytest.raises(ValueError, match="'missed' holds a row position outside the 6 rows"):
         dominating_normals(np.array([6]), normal, excess, log_ratio)
+
+
+def test_recall_at_volume_alone_does_not_depend_on_another_kind_of_the_day() -> None:
+    # 4 rows of kind "loud" score 9, 2 of "quiet" score 5 and 4, 6 normal rows score 0-3. The baseline
+    # alerts on 4 rows: 2 loud, 1 quiet, 1 normal. Shared top 4: all loud, no quiet row (a blind evaluator
+    # read "below the baseline at equal volume" for kinds the detector ranked above every normal row).
+    labels = np.array([True] * 6 + [False] * 6)
+    kinds = np.array(["loud"] * 4 + ["quiet"] * 2 + [None] * 6, dtype=object)
+    score = np.array([9, 9, 9, 9, 5, 4, 0, 1, 2, 3, 0, 0], dtype=float)
+    baseline = np.zeros(12, dtype=bool)
+    baseline[[0, 1, 4, 9]] = True
+    shared = recall_at_volume(labels, score, kinds, int(baseline.sum()))
+    assert shared == {"recall@baseline volume[loud]": 1.0, "recall@baseline volume[quiet]": 0.0}
+    both = recall_at_volume(labels, score, kinds, int(baseline.sum()), baseline)
+    # alone: quiet's rows and the normal ones, k = 2 (its row 4, normal row 9): both quiet rows rank first
+    assert both["recall@baseline volume, alone[quiet]"] == 1.0
+    assert both["recall@baseline volume, alone[loud]"] == 0.75  # k = 3 of its 4 rows (2 loud + 1 normal)
+    one = recall_at_volume(labels[[0, 1, 2, 3, *range(6, 12)]], score[[0, 1, 2, 3, *range(6, 12)]],
+                           kinds[[0, 1, 2, 3, *range(6, 12)]], 3, baseline[[0, 1, 2, 3, *range(6, 12)]])
+    assert "recall@baseline volume, alone[loud]" not in one  # one kind: the shared figure says it
 
 
 def test_baseline_rules_and_per_instance_ranks() -> None:
@@ -143,6 +164,8 @@ def test_cli_evaluate_prints_the_labelled_lines(demo: tuple[Settings, Path],
         assert f"\n{label} " in out, label
     assert "in-sample" not in out
     assert "recall@baseline volume[K]: the detector's recall of kind K when it raises only as many alerts" in out
+    assert "\nrecall@baseline volume, alone[slow_fingerprint] " in out
+    assert "alone[K]: the same with kind K's rows" in out
     assert "\nPR-AUC[slow_fingerprint] " in out  # per kind, as the README's detection table has it (tester B)
     # a day of the version's own window: said, as notebook 03 says it (the CLI printed 0.994 as if out of sample)
     assert main(["--home", str(settings.home), "evaluate", "--day", "2024-03-05", "--data", str(data),

@@ -232,6 +232,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"recall@baseline volume[K]: the detector's recall of kind K when it raises only as many alerts as the "
               f"baseline ({result['metrics'].get('baseline alerts', 0):,.0f}); the baseline's own per-kind recall at "
               "that volume: --version baseline")
+        if any(key.startswith("recall@baseline volume, alone") for key in result["metrics"]):
+            print("recall@baseline volume, alone[K]: the same with kind K's rows and the normal rows only, as many "
+                  "alerts as the baseline raises on them (other kinds scoring higher do not fill the top k)")
     if result["detector"] == "baseline" and "windows flagged" in result["metrics"]:
         print("window recall: the baseline's rules judge single queries and flag no window; the detector's window "
               "figures: evaluate without --version baseline")

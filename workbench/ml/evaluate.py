@@ -20,6 +20,10 @@ Metrics (all from :mod:`sklearn.metrics` where one exists):
 ``recall@baseline volume[<kind>]``
     Per-kind recall of the detector's top-k scores, k = the baseline's alert count: the two
     detectors compared at equal alert volume.
+``recall@baseline volume, alone[<kind>]`` (more than one kind labelled)
+    The same with only that kind's rows and the normal rows, k = the baseline's alerts on them: a
+    kind is not pushed out of the top k by another kind that scores higher (a log with the
+    generator's kinds and injected ones).
 ``dominating normals`` (:func:`dominating_normals`, printed by ``benchmarks/detection.py``)
     For a missed anomaly, the normal rows at least as extreme on every signal where it exceeds
     its expectation: a lower bound on the false alerts any score that grows with excess and
@@ -109,14 +113,27 @@ def detection_metrics(labels: np.ndarray, score: np.ndarray, alert: np.ndarray,
     return out
 
 
-def recall_at_volume(labels: np.ndarray, score: np.ndarray, kinds: np.ndarray, k: int) -> dict[str, float]:
-    """Per-kind recall when exactly the ``k`` highest scores alert."""
+def recall_at_volume(labels: np.ndarray, score: np.ndarray, kinds: np.ndarray, k: int,
+                     baseline_alert: np.ndarray | None = None) -> dict[str, float]:
+    """Per-kind recall when exactly the ``k`` highest scores alert; with ``baseline_alert`` and more
+    than one kind, also each kind alone against the normal rows (``recall@baseline volume, alone``:
+    the other kinds' rows left out and k the baseline's alerts on what is left), which does not depend
+    on what else is labelled that day (another source's rows, scoring higher, fill the shared top k)."""
+    score = np.asarray(score, dtype=float)
     alert = np.zeros(len(labels), dtype=bool)
     if k > 0:
-        alert[np.argsort(-np.asarray(score), kind="stable")[:k]] = True
+        alert[np.argsort(-score, kind="stable")[:k]] = True
     kinds = np.asarray(kinds, dtype=object)
-    return {f"recall@baseline volume[{kind}]": float(alert[labels & (kinds == kind)].mean())
-            for kind in sorted({x for x in kinds[labels] if x is not None})}
+    present = sorted({x for x in kinds[labels] if x is not None})
+    out = {f"recall@baseline volume[{kind}]": float(alert[labels & (kinds == kind)].mean()) for kind in present}
+    if baseline_alert is None or len(present) < 2:
+        return out
+    for kind in present:
+        rows = np.flatnonzero((labels & (kinds == kind)) | ~labels)
+        k_alone = int(np.asarray(baseline_alert, dtype=bool)[rows].sum())
+        top = rows[np.argsort(-score[rows], kind="stable")[:k_alone]]
+        out[f"recall@baseline volume, alone[{kind}]"] = float(labels[top].sum() / (labels[rows].sum() or 1))
+    return out
 
 
 def dominating_normals(missed: np.ndarray, normal: np.ndarray, excess: dict[str, np.ndarray],
@@ -483,7 +500,7 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
         metrics["F1 @ baseline volume"] = top_k_f1(labels[q], out["score"][q], k_base)
         metrics["baseline F1"] = float(f1_score(labels[q], b_alert[q], zero_division=0.0))
         metrics["baseline alerts"] = float(k_base)
-        metrics.update(recall_at_volume(labels[q], out["score"][q], kinds[q], k_base))
+        metrics.update(recall_at_volume(labels[q], out["score"][q], kinds[q], k_base, b_alert[q]))
         if collective.any() or window_labels_exist(data):
             metrics.update(window_metrics(Path(data), day, window_kinds=sorted(window_kinds), sidecar=sidecar,
                                           model=model, registry=registry))
