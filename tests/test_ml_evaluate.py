@@ -525,6 +525,37 @@ def test_window_metrics_judge_the_models_expectations_as_the_scoring_app_does(
     assert stats_only["window recall[slowdown]"] == 0.0
     assert both["window recall[slowdown]"] == 1.0 and both["window precision"] == 1.0
     assert registry.versions() == [version]  # the reference versions were trained elsewhere
+    # kept for the next run on the same log and code (a blind evaluator: ~30 s of every evaluate retrained them)
+    cache = tmp_path / "cache"
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        first = window_metrics(log, day, window_kinds=["slowdown"], model=LoadedModel.load(registry, version),
+                               registry=registry, history_cache=cache)
+    assert first == both and caplog.text.count("training a reference version") == 1  # through 03-05's day before
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        again = window_metrics(log, day, window_kinds=["slowdown"], model=LoadedModel.load(registry, version),
+                               registry=registry, history_cache=cache)
+    assert again == both and "training a reference version" not in caplog.text
+
+
+def test_the_window_history_folder_is_one_per_log_and_code_and_old_ones_go(tmp_path: Path) -> None:
+    from workbench.ml.residual_history import HISTORY_FOLDERS_KEPT, history_folder
+
+    cache, log = tmp_path / "cache", tmp_path / "log.parquet"
+    pq.write_table(pa.table({"x": [1]}), log)
+    folder = history_folder(cache, log)
+    assert history_folder(cache, log) == folder and folder.parent == cache and folder.name.startswith("log-")
+    (folder / "through-2024-03-04").mkdir()
+    pq.write_table(pa.table({"x": [1, 2]}), log)  # rewritten in place: its versions are not this log's
+    rewritten = history_folder(cache, log)
+    assert rewritten != folder and folder.exists()
+    logs = [tmp_path / f"other{k}.parquet" for k in range(HISTORY_FOLDERS_KEPT)]
+    for other in logs:
+        pq.write_table(pa.table({"x": [1]}), other)
+        history_folder(cache, other)
+    kept = sorted(f.name.split("-")[0] for f in cache.iterdir())
+    assert len(kept) == HISTORY_FOLDERS_KEPT and "log" not in kept  # the least recently used went first
 
 
 def test_per_kind_pr_auc_ranks_one_kind_against_the_normal_rows() -> None:

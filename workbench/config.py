@@ -564,6 +564,12 @@ class Settings(BaseSettings):
         return self.home / "logs"
 
     @property
+    def window_history_dir(self) -> Path:
+        """Reference versions ``workbench evaluate`` trains for a log's window history, kept for its next run
+        on the same log and code (:func:`workbench.ml.residual_history.history_folder`)."""
+        return self.home / "cache" / "window-history"
+
+    @property
     def resolved_reports_dir(self) -> Path:
         """Where reports are written."""
         return self.reports_dir or self.home / "reports"

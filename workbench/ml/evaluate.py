@@ -56,6 +56,7 @@ always window kinds. A labelled row without a kind counts as kind ``unnamed``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Sequence
@@ -300,7 +301,7 @@ def labelled_windows(data: Path, day_rows: pa.Table, day: dt.date, kinds: set[st
 
 def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds: Sequence[str] = (), *,
                    sidecar: pa.Table | None = None, model: LoadedModel | None = None,
-                   registry: ModelRegistry | None = None) -> dict[str, float]:
+                   registry: ModelRegistry | None = None, history_cache: Path | None = None) -> dict[str, float]:
     """Window-level precision and per-kind recall of the collective detector on one day (see above).
 
     ``sidecar``: the log's window labels (``LOG.windows.parquet``) when the caller has read them.
@@ -308,8 +309,10 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds
     of the model's expectations (``runtime_residual``, ``beyond_tolerance_share``), as the scoring
     app judges them, the earlier days scored as it scored them
     (:func:`~workbench.ml.residual_history.reference_residuals`: ``registry``'s versions, or ones
-    trained for the purpose in a temporary folder). Without it, only the signals of the window
-    statistics (tester B, 34th session: 0.03 window recall where the running product flagged 30 of 36).
+    trained for the purpose, in a folder of ``history_cache`` kept for the next call on the same log and
+    code, :func:`~workbench.ml.residual_history.history_folder`, or else in a temporary folder). Without
+    it, only the signals of the window statistics (tester B, 34th session: 0.03 window recall where the
+    running product flagged 30 of 36).
     """
     from workbench.analysis.collective import flag_windows, windows_of, with_silent_windows
     from workbench.data.generator import MIN_WINDOW_ROWS, window_labels
@@ -323,7 +326,7 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds
         return {}
     start = pd.Timestamp(day, tz="UTC")
     if model is not None:
-        windows = _with_model_residuals(Path(data), day, table, windows, model, registry)
+        windows = _with_model_residuals(Path(data), day, table, windows, model, registry, history_cache)
     windows = with_silent_windows(windows)
     today = windows[windows["window_start"] >= start]
     flagged = flag_windows(today, windows).to_pandas()
@@ -366,13 +369,13 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds
 
 
 def _with_model_residuals(data: Path, day: dt.date, table: pa.Table, windows: pd.DataFrame, model: LoadedModel,
-                          registry: ModelRegistry | None) -> pd.DataFrame:
+                          registry: ModelRegistry | None, history_cache: Path | None = None) -> pd.DataFrame:
     """``windows`` with the residual columns: ``day`` scored by ``model``, the days before as the scoring
     app scored them."""
     import tempfile
 
     from workbench.data.schema import datetime_from_us
-    from workbench.ml.residual_history import reference_residuals, residuals_of, with_residuals
+    from workbench.ml.residual_history import history_folder, reference_residuals, residuals_of, with_residuals
     from workbench.replay._source import LogFile
 
     first = pc.min(table.column("arrival_timestamp")).as_py().date()  # of the history window
@@ -380,8 +383,10 @@ def _with_model_residuals(data: Path, day: dt.date, table: pa.Table, windows: pd
     log_first = first if log_start is None else log_start.date()
     frames = [residuals_of(model, load_log_window(data, day, 1))]
     if first < day:
-        with tempfile.TemporaryDirectory(prefix="workbench-window-history-") as scratch:
-            frames.insert(0, reference_residuals(data, first, day - dt.timedelta(days=1), Path(scratch),
+        with contextlib.ExitStack() as stack:
+            folder = (history_folder(history_cache, data) if history_cache is not None
+                      else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="workbench-window-history-"))))
+            frames.insert(0, reference_residuals(data, first, day - dt.timedelta(days=1), folder,
                                                  registry=registry, log_first=log_first))
     return with_residuals(windows, pd.concat(frames, ignore_index=True))
 
@@ -503,6 +508,7 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
         metrics.update(recall_at_volume(labels[q], out["score"][q], kinds[q], k_base, b_alert[q]))
         if collective.any() or window_labels_exist(data):
             metrics.update(window_metrics(Path(data), day, window_kinds=sorted(window_kinds), sidecar=sidecar,
+                                          history_cache=settings.window_history_dir,
                                           model=model, registry=registry))
     elif collective.any() or window_labels_exist(data):
         # The earlier rules judge single queries: they flag no window (blind test, 37th session: the

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,9 +33,39 @@ from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import LoadedModel
 from workbench.ml.selection import VersionWindow
 
-__all__ = ["reference_residuals", "residuals_of", "with_residuals"]
+__all__ = ["history_folder", "reference_residuals", "residuals_of", "with_residuals"]
 
 logger = logging.getLogger(__name__)
+#: Reference-version folders kept under a cache (the newest by use): one per log and code.
+HISTORY_FOLDERS_KEPT = 6
+
+
+def history_folder(cache: Path, data: Path) -> Path:
+    """A folder of ``cache`` for the reference versions of ``data`` (:func:`reference_residuals`'s
+    ``models_dir``), the same for the same log and the same workbench code, so a second ``evaluate`` of
+    the log reuses the versions the first one trained (about 5-25 s a day of history each).
+
+    The key is the log's files (resolved path, size and modification time of each) and the source of
+    the installed ``workbench`` package: a log rewritten in place, or other code, gets a folder of its
+    own. Older folders beyond :data:`HISTORY_FOLDERS_KEPT` are removed, least recently used first."""
+    import workbench
+
+    digest = hashlib.sha256()
+    data = Path(data).resolve()
+    files = sorted(data.rglob("*.parquet")) if data.is_dir() else [data]
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    package = Path(workbench.__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    folder = cache / f"{data.stem}-{digest.hexdigest()[:16]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.touch()  # its use is its modification time
+    others = sorted((f for f in cache.iterdir() if f.is_dir() and f != folder), key=lambda f: f.stat().st_mtime)
+    for stale in others[:max(0, len(others) - (HISTORY_FOLDERS_KEPT - 1))]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return folder
 
 
 def residuals_of(model: LoadedModel, table: pa.Table) -> pd.DataFrame:
