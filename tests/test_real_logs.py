@@ -57,3 +57,52 @@ def test_train_and_evaluate_work_on_a_prepared_unlabelled_log(prepared: Path, tm
     assert main(["--home", home, "evaluate", "--day", "2024-03-06", "--version", "baseline",
                  "--data", str(prepared)]) == 0
     assert "detector baseline" in capsys.readouterr().out
+
+
+def test_evaluate_decides_labels_on_the_evaluated_day_and_reports_what_the_pipeline_raises(
+        prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Tester, 40th session: a folder whose first file had no labels was evaluated as unlabelled on its labelled
+    days; a labelled log's unlabelled day was scored against no anomalies (every alert false, a PR-AUC of nan
+    stored with the version); the unlabelled report left out the deferred step's alerts (412 of the 812 the
+    stream raised)."""
+    import shutil
+
+    import numpy as np
+
+    from workbench.ml.evaluate import evaluate
+    from workbench.ml.exceptions import UnlabelledDay
+    from workbench.ml.registry import ModelRegistry
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(prepared, mixed)
+    files = sorted(mixed.glob("*.parquet"))
+    assert len(files) == 3
+    last = pq.read_table(files[-1])  # 2024-03-06 labelled (every row normal), 03-04 and 03-05 not
+    pq.write_table(last.append_column("label_anomaly", pa.array(np.zeros(last.num_rows, dtype=bool)))
+                   .append_column("label_kind", pa.nulls(last.num_rows, pa.string())), files[-1])
+    home = tmp_path / "home"
+    assert main(["--home", str(home), "train", "--day", "2024-03-05", "--window-days", "2",
+                 "--data", str(mixed)]) == 0
+    capsys.readouterr()
+    settings = Settings(home=home)
+    assert has_labels(mixed)  # any file's labels count, not the first file's
+    assert main(["--home", str(home), "evaluate", "--day", "2024-03-06", "--data", str(mixed), "--no-store"]) == 0
+    labelled = capsys.readouterr().out
+    assert "\nfalse alerts per 10k normal " in labelled and "(no labels)" not in labelled
+    # the unlabelled day of the labelled log: its alert report, nothing stored with the version
+    assert main(["--home", str(home), "evaluate", "--day", "2024-03-05", "--data", str(mixed)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"'label_anomaly' of '.*mixed' is NULL on all [\d,]+ rows of 2024-03-05", out), out
+    assert "(no labels)" in out and "\nPR-AUC " not in out
+    registry = ModelRegistry(settings.models_dir)
+    assert registry.info(registry.current()).get("evaluations", []) == []
+    with pytest.raises(UnlabelledDay, match="2024-03-05: that day carries no labels"):
+        evaluate(settings, dt.date(2024, 3, 5), data=mixed, store=False)
+    # the report counts what the pipeline raises: the per-query alerts and the deferred step's
+    report = alert_report(settings, dt.date(2024, 3, 6), data=mixed)
+    metrics = evaluate(settings, dt.date(2024, 3, 6), data=mixed, store=False)["metrics"]
+    assert report["alerts"] == metrics["alerts"]
+    assert report["of them deferred"] > 0  # the deferred step flags queries of that day
+    assert report["of them deferred"] == metrics["persistent runs"] + metrics["slower group queries"]
+    assert report["alerts"] == sum(report["reasons"].values())
+    assert report["of them deferred"] == sum(item["of them deferred"] for item in report["instances"].values())

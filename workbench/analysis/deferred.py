@@ -17,10 +17,10 @@ import pandas as pd
 import pyarrow as pa
 
 from workbench.analysis._judged import offline_scored
-from workbench.analysis.persistence import PERSISTENCE_COLUMNS, PersistenceParams, persistent_runs
+from workbench.analysis.persistence import PERSISTENCE_COLUMNS, PERSISTENCE_REASON, PersistenceParams, persistent_runs
 from workbench.analysis.slower_groups import GROUP_COLUMNS, GroupParams, slower_group_runs
 
-__all__ = ["DEFERRED_COLUMNS", "deferred_flags", "deferred_runs"]
+__all__ = ["DEFERRED_COLUMNS", "deferred_flags", "deferred_reasons", "deferred_runs"]
 
 #: Shard columns :func:`deferred_runs` reads.
 DEFERRED_COLUMNS = tuple(dict.fromkeys(PERSISTENCE_COLUMNS + GROUP_COLUMNS))
@@ -48,10 +48,23 @@ def deferred_flags(table: pa.Table, pred_mean_ms: np.ndarray, pred_q_ms: np.ndar
     ``pred_q_ms`` and per-query decision ``alerted``): ``(persistent, group)``, flagged as the scoring
     app's step flags it (for ``workbench evaluate`` and the benchmarks, which score a log's rows
     rather than read shards)."""
+    reasons = deferred_reasons(table, pred_mean_ms, pred_q_ms, alerted, known, version, queue_reference,
+                               persistence=persistence, groups=groups, scales=scales, usual_hours=usual_hours)
+    persistent = reasons == PERSISTENCE_REASON
+    return persistent, (reasons != None) & ~persistent  # noqa: E711 (elementwise over an object array)
+
+
+def deferred_reasons(table: pa.Table, pred_mean_ms: np.ndarray, pred_q_ms: np.ndarray, alerted: np.ndarray,
+                     known: np.ndarray, version: str, queue_reference: np.ndarray | None, *,
+                     persistence: PersistenceParams | None = None, groups: GroupParams | None = None,
+                     scales: Mapping[str, tuple[float, float]] | None = None,
+                     usual_hours: pd.DataFrame | None = None) -> np.ndarray:
+    """Per row, as :func:`deferred_flags` takes them: the reason the scoring app's step flags it with
+    (``persistent_slowdown``, ``group_slowdown``, ``group_waits_longer``), None where it flags nothing."""
     scored = offline_scored(table, DEFERRED_COLUMNS, pred_mean_ms, pred_q_ms, alerted, version)
-    found = deferred_runs(scored, known, queue_reference, persistence=persistence, groups=groups, scales=scales,
-                          usual_hours=usual_hours)
-    masks = (np.zeros(table.num_rows, dtype=bool), np.zeros(table.num_rows, dtype=bool))
-    for mask, flagged in zip(masks, found, strict=True):
-        mask[flagged["row"].to_numpy()] = True
-    return masks
+    persistent, group = deferred_runs(scored, known, queue_reference, persistence=persistence, groups=groups,
+                                      scales=scales, usual_hours=usual_hours)
+    reasons = np.full(table.num_rows, None, dtype=object)
+    reasons[persistent["row"].to_numpy()] = PERSISTENCE_REASON
+    reasons[group["row"].to_numpy()] = group["reason"].to_numpy(dtype=object)
+    return reasons

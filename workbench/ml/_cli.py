@@ -218,14 +218,20 @@ def _last_day(settings: Any, data: Any) -> dt.date | None:
 def _evaluate(args: argparse.Namespace) -> int:
     from workbench.ml.alert_report import alert_report, format_alert_report, has_labels
     from workbench.ml.evaluate import evaluate, format_table
+    from workbench.ml.exceptions import UnlabelledDay
 
     if not has_labels(args.data):  # a real (unlabelled) log: alert volume, reasons and scores instead
         print(format_alert_report(alert_report(settings_from_args(args), args.day, args.version, data=args.data)))
         return 0
 
     window_kinds = [k.strip() for k in (args.window_kinds or "").split(",") if k.strip()]
-    result = evaluate(settings_from_args(args), args.day, args.version, data=args.data, store=not args.no_store,
-                      window_kinds=window_kinds)
+    try:
+        result = evaluate(settings_from_args(args), args.day, args.version, data=args.data,
+                          store=not args.no_store, window_kinds=window_kinds)
+    except UnlabelledDay as exc:  # a labelled log's unlabelled day: its alerts, not a table against no labels
+        print(f"{exc}\n")
+        print(format_alert_report(alert_report(settings_from_args(args), args.day, args.version, data=args.data)))
+        return 0
     print(f"day {result['day']}  version {result['version']}  detector {result['detector']}")
     print(format_table(result["metrics"]))
     if any(key.startswith("recall@baseline volume") for key in result["metrics"]):

@@ -72,7 +72,7 @@ from sklearn.metrics import average_precision_score, f1_score, precision_score, 
 from workbench.config import Settings
 from workbench.ml._train import load_log_window
 from workbench.ml.baseline import baseline_for_table
-from workbench.ml.exceptions import MLError
+from workbench.ml.exceptions import MLError, UnlabelledDay
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.scorer import LoadedModel
 
@@ -428,13 +428,23 @@ def deferred_alerts(table: pa.Table, out: dict[str, np.ndarray], model: LoadedMo
     """Per row of one scored day: ``(persistent, group)``, the queries the scoring app's deferred step
     flags (:func:`~workbench.analysis.deferred.deferred_flags`, with the version's spread clip), so
     the evaluation counts the alerts the pipeline raises, not only the per-query detector's."""
-    from workbench.analysis.deferred import deferred_flags
+    from workbench.analysis.persistence import PERSISTENCE_REASON
 
-    return deferred_flags(table, out["pred_mean_ms"], out["pred_q_ms"], out["is_anomaly"],
-                          model.features.reference_source(table) == 0, model.version,
-                          model.features.usual_wait(table),
-                          scales={model.version: (model.detector.min_scale, model.detector.max_scale)},
-                          usual_hours=model.usual_hours)
+    reasons = deferred_alert_reasons(table, out, model)
+    persistent = reasons == PERSISTENCE_REASON
+    return persistent, (reasons != None) & ~persistent  # noqa: E711 (elementwise over an object array)
+
+
+def deferred_alert_reasons(table: pa.Table, out: dict[str, np.ndarray], model: LoadedModel) -> np.ndarray:
+    """Per row of one scored day: the reason the scoring app's deferred step flags it with, None where it
+    flags nothing (:func:`~workbench.analysis.deferred.deferred_reasons`, with the version's spread clip)."""
+    from workbench.analysis.deferred import deferred_reasons
+
+    return deferred_reasons(table, out["pred_mean_ms"], out["pred_q_ms"], out["is_anomaly"],
+                            model.features.reference_source(table) == 0, model.version,
+                            model.features.usual_wait(table),
+                            scales={model.version: (model.detector.min_scale, model.detector.max_scale)},
+                            usual_hours=model.usual_hours)
 
 
 def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data: Path,
@@ -474,8 +484,14 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
     if "label_anomaly" not in table.column_names:
         msg = (f"{data} has no label_anomaly column, so its alerts cannot be scored against labels; "
                "`workbench generate` writes a labelled log.")
-        raise MLError(msg)
-    require_labels(Path(data))
+        raise UnlabelledDay(msg)
+    if table.column("label_anomaly").null_count == table.num_rows:
+        # a labelled log merged with an unlabelled one, a folder whose day's file has no labels: every
+        # alert of the day counted false and a PR-AUC of nothing stored with the version (tester, 40th session)
+        msg = (f"Column 'label_anomaly' of {str(data)!r} is NULL on all {table.num_rows:,} rows of {day}: that "
+               "day carries no labels to score its alerts against (label anomalies true, normal rows false or NULL). "
+               "Its alerts alone: `workbench evaluate` prints them for such a day, alert_report() from Python.")
+        raise UnlabelledDay(msg)
     model = LoadedModel.load(registry, resolved)
     out = model.predict(table)
     labels = anomaly_labels(table, data)

@@ -14,12 +14,19 @@ __all__ = [
     "ParityError",
     "RegistryError",
     "TrainingError",
+    "UnlabelledDay",
     "UntrainableWindow",
 ]
 
 
 class MLError(WorkbenchError):
     """Base class of every ML-engine error."""
+
+
+class UnlabelledDay(MLError):
+    """The evaluated day of a log carries no labels (``label_anomaly`` missing or NULL on every row of
+    it), though the log may have some: it cannot be scored against them, and NULL-is-normal would
+    evaluate it as a day without a single anomaly. ``workbench evaluate`` gives its alert report instead."""
 
 
 class NotFittedError(MLError, ValueError, AttributeError):
