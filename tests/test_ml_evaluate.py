@@ -44,6 +44,12 @@ def test_detection_metrics_on_a_hand_made_case() -> None:
     assert top_k_f1(labels, score, 2) == pytest.approx(2 * 1 * (2 / 3) / (1 + 2 / 3))
     r = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.5, 2.0, 2.0]), np.array([2.0, 2.5, 2.5]))
     assert r == {"MAE(log)": pytest.approx(0.5), "q90 coverage": pytest.approx(2 / 3)}
+    # a row without a runtime (NULL: NaN) is left out and counted, not read as a 0 ms run (tester, 40th session)
+    r = regression_metrics(np.array([1.0, np.nan, 2.0, 3.0]), np.array([1.5, 4.0, 2.0, 2.0]),
+                           np.array([2.0, 5.0, 2.5, 2.5]))
+    assert r == {"MAE(log)": pytest.approx(0.5), "q90 coverage": pytest.approx(2 / 3), "rows without a runtime": 1.0}
+    none = regression_metrics(np.full(2, np.nan), np.ones(2), np.ones(2))
+    assert np.isnan(none["MAE(log)"]) and np.isnan(none["q90 coverage"]) and none["rows without a runtime"] == 2.0
     text = format_table(m)
     assert "PR-AUC" in text and "recall[b]" in text
 
