@@ -3,9 +3,11 @@ nothing is left half-written. Found by a session that tried them (the cases name
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import make_log
@@ -30,6 +32,15 @@ def test_a_training_day_after_the_logs_last_day_is_refused(tmp_path: Path, capsy
         cli.main(["--home", str(tmp_path / "home"), "train", "--day", "2024-03-05", "--data", str(log),
                   "--max-rows", "5"])
     assert info.value.code == 2 and "--max-rows: must be >= 1,000, got 5" in capsys.readouterr().err
+    for seed in ("-1", "99999999999"):  # a raw NumPy / scikit-learn error after the window was read (tester, 40th)
+        with pytest.raises(SystemExit) as info:
+            cli.main(["--home", str(tmp_path / "home"), "train", "--day", "2024-03-05", "--data", str(log),
+                      "--seed", seed])
+        assert info.value.code == 2 and "--seed: must be from 0 to 4,294,967,295" in capsys.readouterr().err
+    from workbench.ml._train import train_table
+
+    with pytest.raises(ValueError, match=r"'seed' parameter of train_table must be an integer in \[0, 4,294,967,295\]"):
+        train_table(tmp_path / "models", pq.read_table(log), dt.date(2024, 3, 5), seed=2**32)
 
 
 def test_evaluating_a_day_outside_the_log_names_the_logs_days(tmp_path: Path,

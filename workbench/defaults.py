@@ -22,6 +22,7 @@ __all__ = [
     "SCORING_BATCH_SECONDS",
     "TRAIN_EVERY_N_DAYS",
     "TRAIN_MAX_ROWS",
+    "TRAIN_MAX_SEED",
     "TRAIN_WINDOW_DAYS",
 ]
 
@@ -29,6 +30,8 @@ __all__ = [
 TRAIN_MAX_ROWS: Final = 400_000
 #: Training: days of events in one training window.
 TRAIN_WINDOW_DAYS: Final = 7
+#: The largest training seed (scikit-learn's ``random_state`` takes 32 bits).
+TRAIN_MAX_SEED: Final = 2**32 - 1
 #: Training: train every N-th finished day.
 TRAIN_EVERY_N_DAYS: Final = 1
 

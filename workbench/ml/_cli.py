@@ -183,15 +183,17 @@ def _running_registry(settings: Any) -> Any:
 _MIN_TRAIN_ROWS = 1_000
 
 
-def _at_least(low: int) -> Any:
-    """An argparse type: an integer >= ``low`` (argparse prints the usage and this line otherwise)."""
+def _at_least(low: int, high: int | None = None) -> Any:
+    """An argparse type: an integer >= ``low`` (and <= ``high``; argparse prints the usage and this line
+    otherwise)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low:,}, got {value:,}")
+        if value < low or (high is not None and value > high):
+            span = f"from {low:,} to {high:,}" if high is not None else f">= {low:,}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value:,}")
         return value
     return parse
 
@@ -304,7 +306,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=f"rows the regressors train on, a uniform sample of a larger window (default "
                             f"{defaults.TRAIN_MAX_ROWS:,}; at least {_MIN_TRAIN_ROWS:,}: the fit and its holdout need "
                             "rows)")
-    train.add_argument("--seed", type=int, default=0,
+    train.add_argument("--seed", type=_at_least(0, defaults.TRAIN_MAX_SEED), default=0,
                        help="seed of that sample and of the models: same seed, same version (default 0)")
     train.add_argument("--data", type=Path, help="train from a Parquet log instead of the shards")
     train.set_defaults(func=_train)

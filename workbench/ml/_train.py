@@ -377,6 +377,9 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
         Last day of the window (names the version).
     max_rows : int, default=defaults.TRAIN_MAX_ROWS
         Seeded uniform sample cap.
+    seed : int, default=0
+        Seed of the sample and of the models, in ``[0, 2**32 - 1]`` (``defaults.TRAIN_MAX_SEED``): same
+        seed, same version.
     holdout_fraction : float, default=0.15
         Share of rows held out for parity, regression metrics and detector calibration.
     alert_rate : float, default=0.0005
@@ -386,6 +389,11 @@ def train_table(models_dir: Path, table: pa.Table, day: dt.date, *, window_days:
         ``model.json`` with ``recipe_sha256`` (inputs + parameters), which makes a retried
         training of the same window return the registered version instead of a second one.
     """
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed <= defaults.TRAIN_MAX_SEED:
+        # the sample's and the models' seed: NumPy and scikit-learn refused it only after the window was read
+        msg = (f"The 'seed' parameter of train_table must be an integer in [0, {defaults.TRAIN_MAX_SEED:,}]. "
+               f"Got {seed!r}.")
+        raise ValueError(msg)
     clock = _PhaseClock()
     registry = ModelRegistry(models_dir)
     registry.check_writable()  # before the fit, not after it
