@@ -817,3 +817,75 @@ def test_validate_warns_of_a_query_id_that_comes_again_at_another_arrival(
     assert cli.main(["--home", str(tmp_path / "home"), "validate", str(path)]) == 0
     assert "more than one arrival time" not in capsys.readouterr().err
     assert not (tmp_path / "home").exists()  # validating creates no home (nor leaves a spill folder in it)
+
+
+def _sidecar(log: Path, **columns: pa.Array) -> Path:
+    from workbench.data.generator import window_labels_path
+
+    side = window_labels_path(log)
+    pq.write_table(pa.table(columns), side)
+    return side
+
+
+def test_a_window_label_file_of_another_shape_is_read_or_refused_naming_it(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Tester, 40th session: a sidecar with instance ids as text, windows off the 10-minute grid, a date or an int64
+    start matched no window (window recall 0, no word; ms read as ns put another tool's kind in 1970), and one
+    without a column stopped evaluate on a KeyError that did not name the file."""
+    import datetime as dt
+
+    from workbench.cli import main
+    from workbench.data.exceptions import DataValidationError
+    from workbench.data.generator import window_labels
+
+    log = tmp_path / "log.parquet"
+    make_log(log, rows=50)
+    start = dt.datetime(2024, 3, 6, 12, 10, tzinfo=dt.UTC)
+    expected = [(7, start, "queue_wave"), (8, start + dt.timedelta(minutes=10), "3")]
+
+    def read() -> list[tuple]:
+        table = window_labels(log)
+        assert table.schema.field("window_start").type == pa.timestamp("ms", tz="UTC")
+        return list(zip(*(table.column(c).to_pylist() for c in ("instance_id", "window_start", "kind")), strict=True))
+
+    good = {"kind": pa.array(["queue_wave", "3"])}
+    _sidecar(log, instance_id=pa.array([7, 8], pa.int32()),
+             window_start=pa.array([start, start + dt.timedelta(minutes=10)], pa.timestamp("us", tz="Asia/Tokyo")),
+             **good)
+    assert read() == expected
+    _sidecar(log, instance_id=pa.array(["7", " 8"]), window_start=pa.array(["2024-03-06T12:10:00Z",
+                                                                             "2024-03-06 12:20"]), **good)
+    assert read() == expected  # digits as text, ISO text (naive = UTC)
+    naive = [start.replace(tzinfo=None), (start + dt.timedelta(minutes=10)).replace(tzinfo=None)]
+    _sidecar(log, instance_id=pa.array([7.0, 8.0]), window_start=pa.array(naive, pa.timestamp("ns")),
+             kind=pa.array([None, 3.0]))
+    assert [row[:2] for row in read()] == [row[:2] for row in expected] and read()[1][2] == "3"
+    refused = [
+        ({"instance_id": pa.array(["7", "eight"]), "window_start": pa.array([start] * 2), **good},
+         r"column 'instance_id', row 1 holds 'eight', not an instance id"),
+        ({"instance_id": pa.array([7, None]), "window_start": pa.array([start] * 2), **good},
+         r"column 'instance_id', row 1 is NULL"),
+        ({"instance_id": pa.array([7, 8]), "window_start": pa.array([start, start + dt.timedelta(minutes=3)]), **good},
+         r"column 'window_start', row 1 holds 2024-03-06 12:13:00.000000 UTC, not the start of a 10-minute window"),
+        ({"instance_id": pa.array([7, 8]), "window_start": pa.array([int(start.timestamp() * 1000)] * 2), **good},
+         r"column 'window_start' is of type int64, not a timestamp"),
+        ({"instance_id": pa.array([7, 8]), "window_start": pa.array([start.date()] * 2), **good},
+         r"column 'window_start' is of type date32\[day\]: a window starts at a time of day"),
+        ({"instance_id": pa.array([7, 8]), "window_start": pa.array(["yesterday", "today"]), **good},
+         r"column 'window_start', row 0 holds 'yesterday', not an ISO time"),
+        ({"instance_id": pa.array([7, 8]), "kind": good["kind"]}, r"lacks the column\(s\) 'window_start'"),
+    ]
+    for columns, message in refused:
+        side = _sidecar(log, **columns)
+        with pytest.raises(DataValidationError, match=rf"Window-label file '.*log\.windows\.parquet',? {message}"):
+            window_labels(log)
+    side.unlink()
+    side.write_bytes(b"instance_id,window_start,kind\n")
+    with pytest.raises(DataValidationError, match=r"'.*log\.windows\.parquet' does not read as Parquet"):
+        window_labels(log)
+    side.unlink()
+    side.mkdir()
+    with pytest.raises(DataValidationError, match="is a folder, not a Parquet file"):
+        window_labels(log)
+    assert main(["validate", str(log)]) == 2
+    assert "Window-label file" in capsys.readouterr().err

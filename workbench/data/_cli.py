@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import sys
 from pathlib import Path
@@ -65,6 +66,7 @@ def _validate_log(args: argparse.Namespace, path: Path) -> int:
         _note_event_time_range(args, path, [report])
         if report.ok:
             _note_reused_query_ids(args, [path])
+            _note_window_labels(path, [report])
         return 0 if report.ok else 1
     from workbench.replay._source import check_order_across_files, log_parts
 
@@ -79,7 +81,31 @@ def _validate_log(args: argparse.Namespace, path: Path) -> int:
     print(f"OK {path}: {len(reports)} files, {sum(r.rows for r in reports):,} queries, in order across files")
     _note_event_time_range(args, path, reports)
     _note_reused_query_ids(args, [report.path for report in reports])
+    _note_window_labels(path, reports)
     return 0
+
+
+def _note_window_labels(path: Path, reports: list) -> None:
+    """The log's window-label file, when it has one, read as ``evaluate`` reads it (a sidecar of another shape
+    was read as windows that match nothing); its error is the command's, windows outside the log a warning."""
+    from workbench.data.generator import window_labels, window_labels_path
+
+    side = window_labels_path(path)
+    if not side.exists():
+        return
+    labels = window_labels(path)
+    kinds = sorted({k for k in labels.column("kind").to_pylist() if k is not None})
+    print(f"OK {side}: {labels.num_rows:,} labelled windows" + (f" of {', '.join(kinds)}" if kinds else ""))
+    times = [t for r in reports for t in (r.first_arrival, r.last_arrival) if t is not None]
+    if times and labels.num_rows:
+        first = dt.datetime.combine(min(times).date(), dt.time(), dt.UTC)
+        end = dt.datetime.combine(max(times).date() + dt.timedelta(days=1), dt.time(), dt.UTC)
+        starts = labels.column("window_start").to_pylist()
+        outside = sum(not first <= start < end for start in starts)
+        if outside:
+            print(f"warning: {outside:,} of the {len(starts):,} labelled windows of {side} lie outside the log's days "
+                  f"({first:%Y-%m-%d} to {end - dt.timedelta(days=1):%Y-%m-%d}): no evaluation judges them",
+                  file=sys.stderr)
 
 
 def _note_reused_query_ids(args: argparse.Namespace, paths: list[Path]) -> None:

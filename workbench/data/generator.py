@@ -750,6 +750,8 @@ def window_labels_path(path: str | Path) -> Path:
     return path.with_name(path.stem + ".windows.parquet")
 
 
+#: The analytics windows' length: a labelled window starts on its grid.
+_WINDOW_US = 600_000_000
 _WINDOW_LABEL_SCHEMA = pa.schema([pa.field("instance_id", pa.int64()),
                                   pa.field("window_start", pa.timestamp("ms", tz="UTC")),
                                   pa.field("kind", pa.string())])
@@ -766,19 +768,116 @@ def _episode_windows(episodes: list[tuple[int, int, str]]) -> pa.Table:
 
 
 def window_labels(path: str | Path) -> pa.Table:
-    """The ``(instance_id, window_start, kind)`` collective anomalies of a generated log.
+    """The ``(instance_id, window_start, kind)`` collective anomalies of a labelled log.
 
     Read from the sidecar :func:`window_labels_path` written next to the log (labels never travel
-    on the wire); an empty table when the log has none.
+    on the wire); an empty table when the log has none. Another tool's sidecar is read into the same
+    types: an integer ``instance_id`` (or its digits as text), a ``window_start`` timestamp (naive =
+    UTC) or ISO text on the 10-minute grid of the analytics windows, a ``kind`` as
+    :func:`~workbench.data.schema.kind_names` reads it.
+
+    Raises
+    ------
+    DataValidationError
+        Naming the sidecar (and the column and row): it does not read as Parquet, lacks a column, or
+        holds a value that is none of these (a window off the grid, an integer start whose unit no one
+        knows, a NULL instance or start); such windows matched no window and read as missed.
     """
     side = window_labels_path(path)
     if not side.exists():
         return _WINDOW_LABEL_SCHEMA.empty_table()
-    table = pq.read_table(side)
-    if "kind" in table.column_names:  # kinds as the log's label_kind reads them (a code 3 or 3.0 is "3")
-        kinds = kind_names(table.column("kind"), side, "kind")
-        table = table.set_column(table.schema.get_field_index("kind"), "kind", kinds)
-    return table
+    if side.is_dir():
+        raise _sidecar_error(side, "is a folder, not a Parquet file")
+    try:
+        table = pq.read_table(side)
+    except (OSError, pa.ArrowException) as exc:
+        raise _sidecar_error(side, f"does not read as Parquet ({exc})") from None
+    missing = [name for name in _WINDOW_LABEL_SCHEMA.names if name not in table.column_names]
+    if missing:
+        raise _sidecar_error(side, f"lacks the column(s) {', '.join(map(repr, missing))}; it has "
+                                   f"{', '.join(map(repr, table.column_names)) or 'none'}")
+    instance = _sidecar_instances(side, table.column("instance_id"))
+    start = _sidecar_starts(side, table.column("window_start"))
+    kinds = kind_names(table.column("kind"), side, "kind")  # a code 3 or 3.0 is "3", as the log's label_kind
+    return pa.table([instance, start, kinds], schema=_WINDOW_LABEL_SCHEMA)
+
+
+def _sidecar_error(side: Path, what: str, column: str | None = None, row: int | None = None) -> Exception:
+    from workbench.data.exceptions import DataValidationError
+
+    where = f", column {column!r}" if column else ""
+    where += f", row {row:,}" if row is not None else ""
+    return DataValidationError(f"Window-label file {str(side)!r}{where} {what}. Expected columns instance_id "
+                               "(integer), window_start (a timestamp on the 10-minute grid, UTC when naive) and "
+                               "kind (text).", path=str(side), column=column, row=row)
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _sidecar_instances(side: Path, column: pa.ChunkedArray) -> pa.Array:
+    """``instance_id`` as int64: integers, whole floats (pandas beside NULLs) or digits as text."""
+    values = column.combine_chunks()
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    if values.null_count:
+        raise _sidecar_error(side, "is NULL: every window names its instance", "instance_id",
+                             _first(~values.is_valid().to_numpy(zero_copy_only=False)))
+    if pa.types.is_integer(values.type):
+        return values.cast(pa.int64())
+    if pa.types.is_floating(values.type) or pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        text = values.cast(pa.string()).to_numpy(zero_copy_only=False)
+        parsed = np.array([_whole_number(v) for v in text], dtype=object)
+        bad = np.array([v is None for v in parsed])
+        if bad.any():
+            row = _first(bad)
+            raise _sidecar_error(side, f"holds {text[row]!r}, not an instance id", "instance_id", row)
+        return pa.array(parsed.astype(np.int64), pa.int64())
+    raise _sidecar_error(side, f"is of type {values.type}, not an integer", "instance_id")
+
+
+def _whole_number(text: str) -> int | None:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return int(value) if math.isfinite(value) and value == int(value) and abs(value) < 2**63 else None
+
+
+def _sidecar_starts(side: Path, column: pa.ChunkedArray) -> pa.Array:
+    """``window_start`` as ``timestamp[ms, UTC]``, from a timestamp (naive = UTC) or ISO text, on the grid."""
+    values = column.combine_chunks()
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    if values.null_count:
+        raise _sidecar_error(side, "is NULL: every window names its start", "window_start",
+                             _first(~values.is_valid().to_numpy(zero_copy_only=False)))
+    if pa.types.is_timestamp(values.type):
+        us = values.cast(pa.timestamp("us", tz=values.type.tz)).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        text = values.cast(pa.string()).to_numpy(zero_copy_only=False)
+        us = np.empty(len(text), dtype=np.int64)
+        for row, value in enumerate(text):
+            try:
+                moment = dt.datetime.fromisoformat(value.strip())
+            except ValueError:
+                raise _sidecar_error(side, f"holds {value!r}, not an ISO time", "window_start", row) from None
+            moment = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment
+            us[row] = round(moment.timestamp() * 1_000_000)
+    elif pa.types.is_date(values.type):
+        raise _sidecar_error(side, f"is of type {values.type}: a window starts at a time of day, not on a date",
+                             "window_start")
+    else:  # an integer's unit (s, ms, us, ns) is anyone's guess: ms read as ns put the windows in 1970
+        raise _sidecar_error(side, f"is of type {values.type}, not a timestamp (or ISO text): say its unit by "
+                                   "storing a timestamp", "window_start")
+    off = us % _WINDOW_US != 0
+    if off.any():
+        row = _first(off)
+        moment = dt.datetime.fromtimestamp(us[row] / 1e6, dt.UTC)
+        raise _sidecar_error(side, f"holds {moment:%Y-%m-%d %H:%M:%S.%f} UTC, not the start of a 10-minute window "
+                                   "(:00, :10, ... :50)", "window_start", row)
+    return pa.array(us // 1000, pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
 
 
 def _to_table(rows: dict[str, np.ndarray], day_start_us: int, kind: np.ndarray) -> pa.Table:

@@ -502,11 +502,11 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
                "day carries no labels to score its alerts against (label anomalies true, normal rows false or NULL). "
                "Its alerts alone: `workbench evaluate` prints them for such a day, alert_report() from Python.")
         raise UnlabelledDay(msg)
+    sidecar = window_labels(Path(data))  # read once, before any scoring: the window kinds and metrics use it
     model = LoadedModel.load(registry, resolved)
     out = model.predict(table)
     labels = anomaly_labels(table, data)
     kinds = anomaly_kinds(table, labels, Path(data))
-    sidecar = window_labels(Path(data))  # read once: the window kinds and the window metrics use it
     present = {str(k) for k in kinds[labels] if k is not None}
     absent = [k for k in window_kinds if k not in present]
     if absent:  # a typo, or a kind with no episode that day: either way the user should know
