@@ -306,6 +306,23 @@ def test_labels_of_another_tool_without_kinds_or_as_text_are_evaluated(demo: tup
     words = pa.array(np.where(flags, " True", "f"))
     pq.write_table(table.set_column(table.schema.get_field_index("label_anomaly"), "label_anomaly", words), as_text)
     assert evaluate(settings, day, data=as_text, store=False)["metrics"]["PR-AUC"] == reference["PR-AUC"]
+    # 0/1 floats beside NaN, as pandas writes a 0/1 column with NULLs (validate refused them, train took them)
+    as_float = tmp_path / "float.parquet"
+    numbers = np.where(flags, 1.0, np.where(np.arange(len(flags)) % 3 == 0, np.nan, 0.0))
+    pq.write_table(table.set_column(table.schema.get_field_index("label_anomaly"), "label_anomaly",
+                                    pa.array(numbers, from_pandas=False)), as_float)
+    assert validate(as_float).has_labels
+    assert evaluate(settings, day, data=as_float, store=False)["metrics"]["PR-AUC"] == reference["PR-AUC"]
+    halves = tmp_path / "halves.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("label_anomaly"), "label_anomaly",
+                                    pa.array(np.where(flags, 0.5, 0.0))), halves)
+    with pytest.raises(MLError, match=r"'label_anomaly' of '.*halves\.parquet' holds 0\.5, neither 0 nor 1"):
+        evaluate(settings, day, data=halves, store=False)
+    all_nan = tmp_path / "all_nan.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("label_anomaly"), "label_anomaly",
+                                    pa.array(np.full(len(flags), np.nan), from_pandas=False)), all_nan)
+    with pytest.raises(MLError, match=r"is NULL on all [\d,]+ rows"):
+        evaluate(settings, day, data=all_nan, store=False)
     odd = tmp_path / "odd.parquet"
     pq.write_table(table.set_column(table.schema.get_field_index("label_anomaly"), "label_anomaly",
                                     pa.array(np.where(flags, "anomaly", "ok"))), odd)

@@ -260,15 +260,16 @@ def type_fits(name: str, got: pa.DataType, *, stored: bool = True) -> bool:
     return all_null_ok or family in _COERCIBLE.get(want, ()) or family in _LABEL_FORMS.get(name, ())
 
 
-#: Other tools' forms of a label that every reader of labels takes: ``label_anomaly`` as 0/1 or
-#: true/false text (``evaluate.anomaly_labels``), ``label_kind`` as integer codes, also stored as floats
-#: (:func:`kind_names`). The replay never sends labels, so a log must not be refused for holding them so.
-_LABEL_FORMS: dict[str, frozenset[str]] = {"label_anomaly": frozenset({"integer", "string"}),
+#: Other tools' forms of a label that every reader of labels takes: ``label_anomaly`` as 0/1 (also as
+#: floats beside NaN, as pandas writes them) or true/false text (``evaluate.anomaly_labels``),
+#: ``label_kind`` as integer codes, also stored as floats (:func:`kind_names`). The replay never sends
+#: labels, so a log must not be refused for holding them so.
+_LABEL_FORMS: dict[str, frozenset[str]] = {"label_anomaly": frozenset({"integer", "string", "float"}),
                                            "label_kind": frozenset({"integer", "float"})}
 
 
 #: What each label column may hold, as its type errors say it.
-_LABEL_TEXT = {"label_anomaly": "booleans (or 0/1, or true/false text)",
+_LABEL_TEXT = {"label_anomaly": "booleans (or 0/1, or true/false text)",  # 0/1 as floats too
                "label_kind": "kind names: text, or whole-number codes"}
 
 

@@ -408,6 +408,12 @@ def _check_label(name: str, array: pa.Array, valid: np.ndarray) -> list[_Finding
                 return [_Finding(name, "not_a_label", _rows(mask), array)]
     elif family == "float" and name == "label_kind":
         return _check_floats(name, array, valid)  # a code stored as a float must be a whole number
+    elif family == "float" and name == "label_anomaly":
+        # 0/1 beside NaN, as pandas writes a 0/1 column with NULLs (NaN: not labelled, a normal row)
+        values = array.to_numpy(zero_copy_only=False).astype(np.float64)
+        mask = valid & ~np.isnan(values) & (values != 0) & (values != 1)
+        if mask.any():
+            return [_Finding(name, "not_a_label", _rows(mask), array)]
     return []
 
 

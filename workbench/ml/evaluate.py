@@ -202,7 +202,8 @@ def _row_mask(rows: np.ndarray, n: int, name: str) -> np.ndarray:
 
 
 def anomaly_labels(table: pa.Table, data: Path) -> np.ndarray:
-    """``label_anomaly`` as booleans (NULL is normal): a bool, integer (non-zero) or true/false text column."""
+    """``label_anomaly`` as booleans (NULL is normal): a bool, integer (non-zero), true/false text or 0/1 float
+    column (NaN is normal)."""
     column = table.column("label_anomaly")
     if pa.types.is_dictionary(column.type):  # as the readers of a log decode them (a pandas category, Spark's)
         column = column.cast(column.type.value_type)
@@ -220,9 +221,26 @@ def anomaly_labels(table: pa.Table, data: Path) -> np.ndarray:
                    f"{', '.join(map(repr, odd[:5]))}. Use true/false, t/f, yes/no or 1/0.")
             raise MLError(msg)
         return np.isin(words, TRUE_WORDS)
+    if pa.types.is_floating(column.type):  # 0/1 beside NULLs, as pandas writes them (NaN: not labelled, normal)
+        values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+        odd = sorted({float(v) for v in values[np.isfinite(values) & (values != 0) & (values != 1)]}
+                     | ({float("inf")} if np.isinf(values).any() else set()))
+        if odd:
+            msg = (f"Column 'label_anomaly' of {str(data)!r} holds {', '.join(map(repr, odd[:5]))}, neither 0 nor 1. "
+                   "Use 1 for an anomaly, 0 (or NULL) for a normal row.")
+            raise MLError(msg)
+        return values == 1
     msg = (f"Column 'label_anomaly' of {str(data)!r} must be boolean (or 0/1, or true/false text). "
            f"Got {column.type} instead.")
     raise MLError(msg)
+
+
+def _unlabelled_rows(column: pa.ChunkedArray) -> int:
+    """Rows of a ``label_anomaly`` column that carry no label: NULL, or NaN in a float column (pandas' NULL)."""
+    missing = column.null_count
+    if pa.types.is_floating(column.type):
+        missing += int(pc.sum(pc.is_nan(column.drop_null())).as_py() or 0)
+    return missing
 
 
 def require_labels(data: Path) -> None:
@@ -239,7 +257,7 @@ def require_labels(data: Path) -> None:
         if "label_anomaly" not in file.schema_arrow.names:
             return  # an unlabelled part: the callers say which columns are missing
         rows += file.metadata.num_rows
-        nulls += file.read(columns=["label_anomaly"]).column(0).null_count
+        nulls += _unlabelled_rows(file.read(columns=["label_anomaly"]).column(0))
         if nulls < rows:
             return
     if rows:
@@ -495,7 +513,7 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
         msg = (f"{data} has no label_anomaly column, so its alerts cannot be scored against labels; "
                "`workbench generate` writes a labelled log.")
         raise UnlabelledDay(msg)
-    if table.column("label_anomaly").null_count == table.num_rows:
+    if _unlabelled_rows(table.column("label_anomaly")) == table.num_rows:
         # a labelled log merged with an unlabelled one, a folder whose day's file has no labels: every
         # alert of the day counted false and a PR-AUC of nothing stored with the version (tester, 40th session)
         msg = (f"Column 'label_anomaly' of {str(data)!r} is NULL on all {table.num_rows:,} rows of {day}: that "
