@@ -52,6 +52,34 @@ def test_same_batch_twice_no_duplicates(tmp_path: Path) -> None:
         assert t.column_names == ANOMALY_SCHEMA.names
 
 
+def _with_reason(table: pa.Table, reason: str) -> pa.Table:
+    return table.set_column(table.schema.get_field_index("reason"), "reason", pa.array([reason] * table.num_rows))
+
+
+def test_a_span_judged_again_keeps_only_what_the_new_judgement_flags(tmp_path: Path) -> None:
+    """Tester, 40th session: a day judged on part of an hour (a log cut mid-day) kept a group alert that judging the
+    whole day does not raise; the day's deferred flags are now replaced as a whole, in one transaction."""
+    day, next_day = T0, T0 + timedelta(days=1)
+    with AnomalyLakehouse(tmp_path / "lake") as lake:
+        lake.write(batch(0, 10))  # the per-query detector's alerts of the day: never touched
+        lake.write(_with_reason(batch(10, 20), "group_slowdown"))  # judged on the morning only
+        lake.write(_with_reason(batch(10, 20, version="v2"), "group_slowdown"))  # a rescoring's, another version
+        lake.write(_with_reason(batch(86_400 + 10, 86_400 + 15), "group_slowdown"))  # the next day's
+        judged = _with_reason(batch(15, 25), "group_slowdown")  # the whole day flags 15-24
+        assert lake.replace_judged(judged, day, next_day, ["v1"], ["group_slowdown", "group_waits_longer"]) == 5
+        assert lake.replace_judged(judged, day, next_day, ["v1"], ["group_slowdown", "group_waits_longer"]) == 0
+        rows = lake.read().to_pylist()
+        mine = sorted(r["query_id"] - 2**35 for r in rows if r["model_version"] == "v1"
+                      and r["reason"] == "group_slowdown" and r["arrival_timestamp"] < next_day)
+        assert mine == list(range(15, 25))
+        assert sum(r["reason"] == "underestimated_ratio" for r in rows) == 10
+        assert sum(r["model_version"] == "v2" for r in rows) == 10
+        assert sum(r["arrival_timestamp"] >= next_day for r in rows) == 5
+        # nothing flagged on the whole day any more: the day's stale flags go, the rest stays
+        assert lake.replace_judged(judged.slice(0, 0), day, next_day, ["v1"], ["group_slowdown"]) == 0
+        assert lake.count() == 10 + 10 + 5
+
+
 def test_dict_rows_with_features(tmp_path: Path) -> None:
     rows = [{"instance_id": 1, "query_id": 2, "model_version": "m", "arrival_timestamp": T0,
              "features": {"a": 1.5}, "reason": "underestimated_delta"}]

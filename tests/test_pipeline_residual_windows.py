@@ -115,8 +115,20 @@ def test_a_log_cut_in_the_middle_of_a_day_has_that_day_judged_again_whole_when_t
     d2 = dt.date(2024, 3, 5)
     assert day_windows(d2) and max(day_windows(d2)) < cut  # judged at the log's end: its morning
     assert provisional_day(settings.shards_dir) == (d2, int(morning.column("arrival_timestamp")[-1].value))
+    # A flag the morning alone raised and the whole day does not (a user's hour judged on its part before the cut:
+    # a tester's run kept one for good), stored as the deferred step stores its flags; and a rescoring's.
+    last = morning.slice(morning.num_rows - 1).to_pylist()[0]
+    stale = {"instance_id": last["instance_id"], "query_id": last["query_id"],
+             "arrival_timestamp": last["arrival_timestamp"], "true_ms": 1.0, "pred_ms": 1.0, "score": 1.0,
+             "reason": "group_slowdown", "features": "{}"}
+    with AnomalyLakehouse.from_settings(settings) as lake:
+        lake.write([{**stale, "model_version": "v0001-2024-03-04"}, {**stale, "model_version": "v0099-rescored"}])
     Replay(tmp_path / "b.parquet", settings=settings, speedup=0, pack=100, replay_id="b").run()
     run_scoring(settings, idle_exit=3, timeout=120, train=False, batch_rows=8192, batch_seconds=0.5)
+    with AnomalyLakehouse.from_settings(settings) as lake:
+        kept = [r["model_version"] for r in lake.read().to_pylist()
+                if (r["instance_id"], r["query_id"]) == (stale["instance_id"], stale["query_id"])]
+    assert kept == ["v0099-rescored"]  # the day judged whole replaced the stream version's flags, nobody else's
     afternoon = [w for w in day_windows(d2) if w >= cut]
     assert len(afternoon) == 12 * 6  # every 10-minute window of the afternoon (busy instances: never empty)
     assert day_windows(dt.date(2024, 3, 6))  # the new log's last day, judged at its end

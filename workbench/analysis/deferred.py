@@ -18,10 +18,19 @@ import pyarrow as pa
 
 from workbench.analysis._judged import offline_scored
 from workbench.analysis.persistence import PERSISTENCE_COLUMNS, PERSISTENCE_REASON, PersistenceParams, persistent_runs
-from workbench.analysis.slower_groups import GROUP_COLUMNS, GroupParams, slower_group_runs
+from workbench.analysis.slower_groups import (
+    GROUP_COLUMNS,
+    GROUP_REASON,
+    QUEUE_GROUP_REASON,
+    GroupParams,
+    slower_group_runs,
+)
 
-__all__ = ["DEFERRED_COLUMNS", "deferred_flags", "deferred_reasons", "deferred_runs"]
+__all__ = ["DEFERRED_COLUMNS", "DEFERRED_REASONS", "deferred_flags", "deferred_reasons", "deferred_runs"]
 
+#: The reasons of the alerts the step raises, the persistence rule's first (a settled day's are replaced as a
+#: whole when it is judged again).
+DEFERRED_REASONS = (PERSISTENCE_REASON, GROUP_REASON, QUEUE_GROUP_REASON)
 #: Shard columns :func:`deferred_runs` reads.
 DEFERRED_COLUMNS = tuple(dict.fromkeys(PERSISTENCE_COLUMNS + GROUP_COLUMNS))
 

@@ -51,7 +51,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
 from urllib.parse import urlsplit
@@ -582,6 +582,56 @@ class AnomalyLakehouse(ConnectionStore):
         count = int(inserted[0]) if inserted else 0
         logger.debug("lakehouse write rows=%d inserted=%d", table.num_rows, count)
         return count
+
+    def replace_judged(self, rows: pa.Table, start: datetime, end: datetime, versions: Sequence[str],
+                       reasons: Sequence[str]) -> int:
+        """Judge a span again: in one transaction, delete the stored anomalies of ``reasons`` by ``versions``
+        that arrived in ``[start, end)`` and that ``rows`` does not hold (key :data:`ANOMALY_KEY`), then insert
+        ``rows`` as :meth:`write` does. Returns rows inserted.
+
+        The scoring app's deferred step judges a settled day as a whole (a user's clock hour, a statement's
+        streak); a log that ended mid-day had that day judged on part of its hour, and a flag the whole hour
+        does not raise stayed when the rest of the day came (insert-if-absent kept it). Alerts of other
+        reasons (the per-query detector's) and of other versions (a rescoring's) stay.
+        """
+        if self.read_only:
+            msg = f"{self!r} was opened read_only; open it with read_only=False to write."
+            raise StoreError(msg)
+        table = _to_arrow(rows) if rows.num_rows else None
+        if not versions or not reasons:
+            return self.write(rows) if table is not None else 0
+        con = self.connection
+        key_match = " AND ".join(f"t.{k} = s.{k}" for k in ANOMALY_KEY)
+        cols = ", ".join(f.name for f in _INPUT_FIELDS)
+        keep = (f" AND NOT EXISTS (SELECT 1 FROM _wb_batch s WHERE {key_match})" if table is not None else "")
+        statements = [
+            f"DELETE FROM {CATALOG_ALIAS}.anomalies t WHERE t.arrival_timestamp >= $lo AND t.arrival_timestamp < $hi"
+            " AND t.model_version IN (SELECT v FROM _wb_versions) AND t.reason IN (SELECT r FROM _wb_reasons)" + keep]
+        if table is not None:
+            statements.append(
+                f"INSERT INTO {CATALOG_ALIAS}.anomalies ({cols}, inserted_at) "
+                f"SELECT {cols}, now() FROM ("
+                f"  SELECT * FROM _wb_batch QUALIFY row_number() OVER (PARTITION BY {', '.join(ANOMALY_KEY)}) = 1"
+                f") s WHERE NOT EXISTS (SELECT 1 FROM {CATALOG_ALIAS}.anomalies t"
+                f"  WHERE t.arrival_timestamp >= $lo AND t.arrival_timestamp < $hi AND {key_match})")
+            con.register("_wb_batch", table)
+        con.register("_wb_versions", pa.table({"v": pa.array(list(versions), pa.string())}))
+        con.register("_wb_reasons", pa.table({"r": pa.array(list(reasons), pa.string())}))
+        inserted = None
+        try:
+            with self._exclusive():
+                con.execute("BEGIN TRANSACTION")
+                for sql in statements:
+                    inserted = con.execute(sql, {"lo": start, "hi": end}).fetchone()
+                con.execute("COMMIT")
+        except duckdb.Error as exc:
+            _rollback(con)
+            raise self._failed(exc, "replace judged anomalies") from exc
+        finally:
+            for name in ("_wb_batch", "_wb_versions", "_wb_reasons"):
+                with contextlib.suppress(Exception):
+                    con.unregister(name)
+        return int(inserted[0]) if inserted and table is not None else 0
 
     def write_window_anomalies(self, rows: pa.Table) -> int:
         """Insert flagged windows not stored yet (key ``(instance_id, window_start, signal)``).

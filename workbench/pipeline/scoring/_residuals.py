@@ -271,7 +271,7 @@ class ResidualWindowsStep:
 
     def _day(self, store: Any, day: dt.date) -> bool:
         """Judge and store one day; False when some of its executed rows are not scored yet."""
-        from workbench.analysis.deferred import DEFERRED_COLUMNS
+        from workbench.analysis.deferred import DEFERRED_COLUMNS, DEFERRED_REASONS
         from workbench.analysis.residual_windows import residual_windows
         from workbench.ml.features import REFERENCE_SOURCE_COLUMNS
         from workbench.store.lakehouse import AnomalyLakehouse
@@ -305,11 +305,17 @@ class ResidualWindowsStep:
         windows = residual_windows(rows, known=known).drop(columns="unscored_queries")
         flagged = self.judge_day(store, day, windows)
         persistent, group = self.deferred_day(day, rows, known, usual_wait)
-        if flagged.num_rows or persistent.num_rows or group.num_rows:
-            with AnomalyLakehouse.from_settings(self.settings) as lake:
+        with AnomalyLakehouse.from_settings(self.settings) as lake:
+            if flagged.num_rows:
                 self.status.add("window_anomalies", lake.write_window_anomalies(flagged))
-                self.status.add("persistent_anomalies", lake.write(persistent))
-                self.status.add("group_anomalies", lake.write(group))
+            # the day's deferred flags as a whole (one transaction): a day judged on part of an hour (a log
+            # that ended mid-day) kept a flag its whole hour does not raise once the rest came (tester, 40th)
+            start = dt.datetime.combine(day, dt.time(), dt.UTC)
+            versions = pc.unique(rows.column("model_version").drop_null()).to_pylist()
+            for counter, found, reasons in (("persistent_anomalies", persistent, DEFERRED_REASONS[:1]),
+                                            ("group_anomalies", group, DEFERRED_REASONS[1:])):
+                self.status.add(counter, lake.replace_judged(found, start, start + dt.timedelta(days=1), versions,
+                                                             reasons))
         self.status.add("residual_windows", store.insert_residuals(windows))
         logger.info("residual windows of %s: %d stored, %d flagged; %d runs of persistently slower statements, "
                     "%d queries of slower groups", day, len(windows), flagged.num_rows, persistent.num_rows,
