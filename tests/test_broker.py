@@ -335,3 +335,21 @@ def test_a_topic_with_fewer_replicas_than_the_cluster_could_give_is_warned_of(
     caplog.clear()
     _warn_under_replicated({"events": 1}, 1)  # the managed single broker: nothing better to have
     assert caplog.text == ""
+
+
+def test_a_start_refused_for_a_port_in_use_ties_no_log_to_the_home(tmp_path: Path) -> None:
+    """A browser tester (40th session): a second home's start, refused because the first home's broker held the
+    port, had already noted the log, and notebooks 02 and 03 of the empty home then reported that log's labels."""
+    from tests.helpers import make_log
+    from workbench.runtime import Workbench
+    from workbench.runtime._home import LOG_RECORD
+
+    log = make_log(tmp_path / "log.parquet", rows=200)
+    home = tmp_path / "home"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        settings = Settings(home=home, kafka_port=sock.getsockname()[1])
+        with pytest.raises(PortInUseError):
+            Workbench.start(data=log, settings=settings)
+    assert not (settings.state_dir / LOG_RECORD).exists()

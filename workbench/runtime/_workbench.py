@@ -11,6 +11,7 @@ topic, status comes from the state topic, the apps' status files, the broker and
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -422,14 +423,16 @@ class Workbench:
                 _home.check_not_half_cleared(settings)
                 if data is not None:
                     _home.check_log(settings, data, summary, identity)
-            if data is not None:
-                _home.record_log(settings, data, summary, identity)
+            # noted once the broker is up, before anything can send a row: a start refused before that (the port
+            # another home's broker holds) tied an empty home to the log (a browser tester, 40th session)
+            record = (functools.partial(_home.record_log, settings, data, summary, identity) if data is not None
+                      else None)
             started_kafka = broker_to_stop(settings)
             try:
                 return cls._launch(settings, data=data, apps=apps, speedup=speedup, pack=pack, replay_id=replay_id,
                                    reset=reset, retrain_every_days=retrain_every_days, idle_exit=idle_exit,
                                    encoding=encoding, app_instances=app_instances, skip_bad_rows=skip_bad_rows,
-                                   started_kafka=started_kafka)
+                                   started_kafka=started_kafka, record=record)
             except BaseException:
                 # Ctrl-C, SIGTERM or a failure before start returned: the caller never gets a Workbench
                 # to stop, so what this call started goes now (a Ctrl-C after "Kafka ready" left the
@@ -442,9 +445,12 @@ class Workbench:
     @classmethod
     def _launch(cls, settings: Settings, *, data: Any, apps: Sequence[str], speedup: Any, pack: Any, replay_id: str,
                 reset: bool, retrain_every_days: Any, idle_exit: Any, encoding: Any, app_instances: Any,
-                skip_bad_rows: bool, started_kafka: bool) -> Workbench:
-        """Start the broker (when managed) and the supervisor; :meth:`start` holds the start lock."""
+                skip_bad_rows: bool, started_kafka: bool, record: Callable[[], None] | None = None) -> Workbench:
+        """Start the broker (when managed), note the log (``record``) and start the supervisor; :meth:`start`
+        holds the start lock."""
         ensure_broker(settings)
+        if record is not None:
+            record()
         specs = build_specs(data, apps=apps, speedup=speedup, pack=pack, replay_id=replay_id, reset=reset,
                             retrain_every_days=retrain_every_days, idle_exit=idle_exit, encoding=encoding,
                             commands_since=time.time(), app_instances=app_instances,
