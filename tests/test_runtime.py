@@ -819,3 +819,25 @@ def test_no_workbench_here_names_a_demo_running_under_the_home(tmp_path: Path) -
     with pytest.raises(WorkbenchStateError, match=r"A `workbench demo` runs under .*/home/demo \(its own home\): "
                                                   r"`workbench --home .*/home/demo status` shows it"):
         Workbench.attach(settings)
+
+
+def test_the_wait_bar_ends_on_the_status_wait_returns() -> None:
+    """A browser tester (40th session): the bar read 'anomalies 493' above a returned status of 511, or 'waiting for
+    the judging again' after wait() had returned."""
+    import io
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from workbench.runtime._workbench import _show_progress
+
+    out = io.StringIO()
+    bar = tqdm(total=100, file=out)
+    replay = SimpleNamespace(fraction=1.0)
+    status = SimpleNamespace(replay=replay, event_time=dt.datetime(2024, 3, 6, 23, 59), model_version="v0002",
+                             anomalies=511)
+    bar.set_postfix_str("drained; waiting for the judging again of 2024-03-06")
+    _show_progress(bar, status, "settled")  # type: ignore[arg-type]
+    bar.close()
+    assert bar.postfix == "replayed 100% to 2024-03-06 23:59 UTC, model v0002, anomalies 511; settled"
+    assert out.getvalue().rstrip().endswith("anomalies 511; settled]")

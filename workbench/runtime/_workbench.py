@@ -729,13 +729,7 @@ class Workbench:
                         start = (min(status.rows_sent, processed), processed)
                     bar.total = status.replay.rows_total
                     bar.n = max(0, min(start[0] + processed - start[1], bar.total))
-                    clock = status.event_time.strftime("%Y-%m-%d %H:%M") if status.event_time else "-"
-                    bar.set_postfix_str(
-                        f"replayed {status.replay.fraction:.0%} to {clock} UTC, "
-                        f"model {status.model_version or '-'}, anomalies {status.anomalies or 0:,}",
-                        refresh=False,
-                    )
-                    bar.refresh()
+                    _show_progress(bar, status)
                 if status.drained and not self._before_last_command(status):
                     if status.replay and status.replay.state == "finished":
                         bar.n = bar.total  # an app restarted meanwhile counted from 0 again (the bar stopped at 49 %)
@@ -754,6 +748,7 @@ class Workbench:
                     return status
                 time.sleep(poll)
             if not settled:
+                _show_progress(bar, status, "drained")
                 return status
             settle_from = time.monotonic()
             settle_by = settle_from + settle_timeout
@@ -768,6 +763,9 @@ class Workbench:
                     self._lakehouse_cache = (0.0, self._lakehouse_cache[1])
                     final = self._status_through_hiccups(bar, hiccup)
                     if final is not None and final.drained:
+                        # the bar's last words are the returned status's (it read 493 anomalies above a status
+                        # of 511, or "waiting for the judging" after wait() had returned; browser tester, 40th)
+                        _show_progress(bar, final, "settled")
                         return final
                     status = final or status
                     pending = ("the pipeline to drain (results published while the checks ran)" if final is not None
@@ -962,3 +960,16 @@ class Workbench:
 
     def __repr__(self) -> str:
         return f"Workbench(home={str(self.settings.home)!r}, replay_id={self.replay_id!r}, running={self.running})"
+
+
+def _show_progress(bar: Any, status: WorkbenchStatus, outcome: str = "") -> None:
+    """The progress bar's words for ``status``: how far the replay is, the model and the anomalies (and
+    ``outcome`` once :meth:`Workbench.wait` returns it)."""
+    if not status.replay:
+        if outcome:
+            bar.set_postfix_str(f"{outcome}, anomalies {status.anomalies or 0:,}", refresh=True)
+        return
+    clock = status.event_time.strftime("%Y-%m-%d %H:%M") if status.event_time else "-"
+    bar.set_postfix_str(f"replayed {status.replay.fraction:.0%} to {clock} UTC, model {status.model_version or '-'}, "
+                        f"anomalies {status.anomalies or 0:,}" + (f"; {outcome}" if outcome else ""), refresh=False)
+    bar.refresh()
