@@ -841,3 +841,21 @@ def test_the_wait_bar_ends_on_the_status_wait_returns() -> None:
     bar.close()
     assert bar.postfix == "replayed 100% to 2024-03-06 23:59 UTC, model v0002, anomalies 511; settled"
     assert out.getvalue().rstrip().endswith("anomalies 511; settled]")
+
+
+def test_steering_from_code_waits_for_a_replay_that_takes_commands_a_finished_one_too() -> None:
+    """A browser tester (40th session): notebook 01's steering example refused a finished replay ('finished after
+    up to 60 s', in 2 s), which the panel and the README say still takes a seek or a reset."""
+    from types import SimpleNamespace
+
+    from workbench.exceptions import ConfigurationError
+    from workbench.reports.notebook import wait_for_replay
+
+    def workbench(*states: str) -> SimpleNamespace:
+        snapshots = iter(SimpleNamespace(replay=SimpleNamespace(state=s), replay_is_stale=False) for s in states)
+        return SimpleNamespace(status=lambda: next(snapshots))
+
+    assert wait_for_replay(workbench("finished"), poll=0.01).state == "finished"
+    assert wait_for_replay(workbench("starting", "paused"), poll=0.01).state == "paused"
+    with pytest.raises(ConfigurationError, match=r"state: stopped, after 0 s\); nothing was sent. Start it again"):
+        wait_for_replay(workbench("stopped"), poll=0.01)

@@ -551,30 +551,35 @@ def stop_if_asked(wb: Any, *, started: bool, stop: bool, panel: Any = None) -> s
 
 
 def wait_for_replay(wb: Any, *, timeout: float = 60.0, poll: float = 0.5) -> Any:
-    """Wait until ``wb``'s replay takes commands (running or paused) and return its status.
+    """Wait until ``wb``'s replay takes commands and return its status: running, paused, or finished (under
+    the workbench a finished replay keeps listening: a seek or a reset replays it again).
 
     Commands sent before a replay listens may not reach it; steering code calls this first.
 
     Raises
     ------
     ConfigurationError
-        If the replay is not running or paused within ``timeout`` seconds (naming its state).
+        If the replay is stopped or failed, or not listening within ``timeout`` seconds (naming its state).
     """
     import time
 
-    deadline = time.monotonic() + timeout
+    began = time.monotonic()
     status = None
-    while time.monotonic() < deadline:
+    while time.monotonic() - began < timeout:
         snapshot = wb.status()  # one read: the replay's status and the process it must not predate
         status = snapshot.replay
         fresh = status is not None and not snapshot.replay_is_stale
-        if fresh and status.state in ("running", "paused"):
+        if fresh and status.state in ("running", "paused", "finished"):
             return status
-        if fresh and status.state in ("finished", "stopped", "failed"):
+        if fresh and status.state in ("stopped", "failed"):
             break
         time.sleep(poll)
     state = status.state if status is not None else "not started"
-    msg = f"The replay does not take commands (state: {state} after up to {timeout:.0f} s); nothing was sent."
+    waited = time.monotonic() - began
+    # a refused steering example read "finished after up to 60 s" in 2 s, of a replay that still took commands
+    msg = (f"The replay does not take commands (state: {state}, after {waited:.0f} s); nothing was sent."
+           + (" Start it again (notebook 01's start cell, or `workbench start`)." if state in ("stopped", "failed")
+              else ""))
     raise ConfigurationError(msg)
 
 
