@@ -872,3 +872,19 @@ def test_the_report_summary_counts_the_streams_alerts_and_narrows_to_the_reports
     assert figures.get("agreement_scope") is None
     # the store holds windows, only not of instance 999: it read "no window stats yet"
     assert key_figures(settings, instances=[999])["critical_why"] == "no window of the selected instances and span"
+
+
+def test_the_drill_down_heading_says_the_score_and_the_bar_it_cleared() -> None:
+    """A browser tester (40th session): the drill-down picks the highest-scoring anomaly, and its score was shown
+    nowhere in notebook 02."""
+    from workbench.analysis.anomaly_summary import query_heading
+
+    arrived = pd.Timestamp("2024-03-06 12:00:01", tz="UTC")
+    row = pd.Series({"query_id": 42, "instance_id": 7, "arrival_timestamp": arrived,
+                     "reason": "slow_execution", "score": 3.14159, "model_version": "v0002-2024-03-05",
+                     "features": json.dumps({"threshold": 1.0, "evidence_signal": "exec"})})
+    assert query_heading(row) == ("**Query 42** on instance 7, arrived 2024-03-06 12:00:01 UTC, reason "
+                                  "`slow_execution`, score 3.14 (it alerts from 1), model `v0002-2024-03-05`")
+    bare = row.drop(labels=["features"]).copy()
+    bare["score"] = None
+    assert "score" not in query_heading(bare) and query_heading(bare).endswith("model `v0002-2024-03-05`")

@@ -7,6 +7,7 @@ frame with its columns) and returns a small, sorted, deterministic pandas frame.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -30,6 +31,7 @@ __all__ = [
     "no_anomalies",
     "pick_query",
     "query_features",
+    "query_heading",
     "scored_queries",
     "stream_alerts",
     "top_offenders",
@@ -177,6 +179,28 @@ def pick_query(anomalies: pd.DataFrame, query_id: int = 0) -> pd.Series | None:
     else:
         rows = anomalies.sort_values(["score", "query_id"], ascending=[False, True]).head(1)
     return None if rows.empty else rows.iloc[0]
+
+
+def query_heading(row: pd.Series) -> str:
+    """The drill-down's first line (Markdown): the query, its instance and arrival, why it alerted and by how
+    much, and the version that scored it. A browser tester (40th session) found the score nowhere in the
+    notebook, though the drill-down picks the highest-scoring anomaly."""
+    when = pd.Timestamp(row["arrival_timestamp"])
+    text = (f"**Query {row['query_id']}** on instance {row['instance_id']}, arrived {when:%Y-%m-%d %H:%M:%S} UTC, "
+            f"reason `{row.get('reason')}`")
+    score = row.get("score")
+    if score is not None and pd.notna(score):
+        bar = _alert_bar(row)
+        text += f", score {float(score):.2f}" + (f" (it alerts from {bar:g})" if bar is not None else "")
+    return text + f", model `{row.get('model_version')}`"
+
+
+def _alert_bar(row: pd.Series) -> float | None:
+    """The score from which the row's version alerts, as its ``features`` note it (``threshold``)."""
+    raw = row.get("features")
+    values = json.loads(raw) if isinstance(raw, str) and raw else raw if isinstance(raw, dict) else {}
+    bar = values.get("threshold")
+    return float(bar) if isinstance(bar, int | float) and math.isfinite(bar) else None
 
 
 def classification_table(stats: pd.DataFrame, anomalies: int) -> pd.DataFrame:
