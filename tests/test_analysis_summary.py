@@ -54,6 +54,14 @@ def test_anomaly_tables_are_sorted_and_complete() -> None:
     worst = summary.worst_queries(a, 2)
     assert worst["query_id"].tolist() == [30, 10] and worst["under_ratio"].tolist() == [100.0, 50.0]
     assert summary.pick_query(a)["query_id"] == 30
+    # a query 20x faster than predicted (an alert on its wait) is no worst runtime, and its instance's ratios read
+    # as the worst queries round them, its excess 0.00 h, never -0.00 h (browser tester, 40th session)
+    fast = pd.concat([a, a.iloc[[0]].assign(instance_id=86, query_id=86, under_ratio=7.0 / 140.6,
+                                             excess_ms=-133.6, reason="queue_longer_than_run")], ignore_index=True)
+    assert 86 not in summary.worst_queries(fast, 10)["query_id"].tolist()
+    row = summary.top_offenders(fast, 10).loc[86]
+    assert (row["median_ratio"], row["worst_ratio"]) == (0.0, 0.0) and str(row["excess_hours"]) == "0.0"
+    assert summary.top_offenders(fast, 10)["anomalies"].dtype.kind == "i"
     assert summary.pick_query(a, 20)["instance_id"] == 2
     assert summary.pick_query(a, 99) is None and summary.pick_query(a.iloc[:0]) is None
     assert summary.query_features(a.iloc[0]).to_dict() == {"feature": {"bytes_scanned": 12}}

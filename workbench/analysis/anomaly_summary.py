@@ -153,19 +153,27 @@ def versions_side_by_side(anomalies: pd.DataFrame) -> pd.DataFrame:
 
 
 def top_offenders(anomalies: pd.DataFrame, n: int = 10) -> pd.DataFrame:
-    """Instances with the most anomalies: count, median and worst actual/predicted ratio, excess hours."""
+    """Instances with the most anomalies: count, median and worst actual/predicted ratio, excess hours.
+
+    Ratios are rounded as :func:`worst_queries` rounds them (one query read 0.1x here and 0.0x there), and an
+    excess that rounds to zero reads 0.00, never -0.00."""
     out = (anomalies.groupby("instance_id")
            .agg(anomalies=("query_id", "size"), median_ratio=("under_ratio", "median"),
                 worst_ratio=("under_ratio", "max"), excess_hours=("excess_ms", lambda s: s.sum() / 3.6e6))
            .sort_values(["anomalies", "worst_ratio"], ascending=False).head(n))
-    return out.astype({"median_ratio": float, "worst_ratio": float, "excess_hours": float}).round(2)
+    out = out.astype({"median_ratio": float, "worst_ratio": float, "excess_hours": float})
+    out = out.round({"median_ratio": 1, "worst_ratio": 1, "excess_hours": 2})
+    return out.assign(excess_hours=out["excess_hours"] + 0.0)  # + 0.0: -0.00 h reads 0.00 h
 
 
 def worst_queries(anomalies: pd.DataFrame, n: int = 10) -> pd.DataFrame:
-    """The ``n`` anomalies with the highest actual / predicted runtime ratio."""
+    """The ``n`` anomalies with the highest actual / predicted runtime ratio, among those that ran longer than
+    predicted (an alert on a wait or a scan of a query 20x faster than predicted was listed among the worst
+    runtimes; browser tester, 40th session)."""
     cols = ["arrival_timestamp", "instance_id", "query_id", "reason", "true_ms", "pred_ms", "under_ratio",
             "model_version"]
-    out = anomalies.sort_values(["under_ratio", "query_id"], ascending=[False, True]).head(n)[cols]
+    longer = anomalies[pd.to_numeric(anomalies["under_ratio"], errors="coerce") > 1.0]
+    out = longer.sort_values(["under_ratio", "query_id"], ascending=[False, True]).head(n)[cols]
     return out.astype({"true_ms": float, "pred_ms": float, "under_ratio": float}).round(
         {"true_ms": 0, "pred_ms": 1, "under_ratio": 1}).reset_index(drop=True)
 
