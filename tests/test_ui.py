@@ -920,8 +920,13 @@ def test_metric_cards_format_and_colour() -> None:
     assert "95.0 %" in html and "2.0 GB" in html and "1.5 min" in html and "no previous data" in html
     # score down is bad; a change of a share is in points (a relative "-1.0 %" would say 95 -> 94.05)
     assert "#C62828;font-size:12px'>▼ -1.0 pts vs previous" in html
-    assert "■ 0.0 pts vs previous" in html  # the queue ratio did not move
+    assert "#666;font-size:12px'>■ no change vs previous" in html  # the queue ratio did not move
     assert "#2E7D32;font-size:12px'>▼ -1.0 s" in html  # queue time down is good
+    # a change that rounds to nothing at the shown precision is no change: it read a red "▼ -0.0 pts" (40th session)
+    tiny = charts.metric_cards_html({"score": 0.945, "score_delta": -0.0004})
+    assert "#666;font-size:12px'>■ no change vs previous" in tiny and "-0.0" not in tiny
+    table = charts.metrics_table({"24h": {"score": 0.945, "score_delta": -0.0004}})
+    assert table.loc["24h", "Score (% normal)"] == "94.5 % (no change)"
     assert metric_cards({"score": 1.0}).value.count("n/a") == 4
 
 

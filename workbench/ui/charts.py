@@ -349,6 +349,12 @@ def _change(kind: str, delta: float) -> str:
     return points(delta) if kind == "pct" else f"{'+' if delta > 0 else ''}{format_metric(kind, delta)}"
 
 
+def _no_change(kind: str, delta: float) -> bool:
+    """Whether ``delta`` reads as no change at the precision it is shown with (a red "▼ -0.0 pts" for a
+    change that rounds to zero; browser tester, 40th session)."""
+    return delta == 0 or _change(kind, abs(delta)).lstrip("+-") == _change(kind, 0.0).lstrip("+-")
+
+
 def metric_cards_html(metrics: Mapping[str, Any], *, cards: Sequence[tuple[str, str, str, bool]] = CARDS,
                       caption: str = "") -> str:
     """Metric cards (value, trend arrow, delta vs the previous period) as a self-contained HTML block.
@@ -363,10 +369,11 @@ def metric_cards_html(metrics: Mapping[str, Any], *, cards: Sequence[tuple[str, 
         if delta is None or value is None:
             arrow, colour, delta_text = "", "#666", "no previous data"
         else:
-            arrow = "▲" if delta > 0 else "▼" if delta < 0 else "■"
+            flat = _no_change(kind, delta)
+            arrow = "■" if flat else "▲" if delta > 0 else "▼"
             good = (delta > 0) == higher_better
-            colour = "#666" if delta == 0 else "#2E7D32" if good else "#C62828"
-            delta_text = f"{_change(kind, delta)} vs previous"
+            colour = "#666" if flat else "#2E7D32" if good else "#C62828"
+            delta_text = "no change vs previous" if flat else f"{_change(kind, delta)} vs previous"
         parts.append(
             "<div style='border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:140px'>"
             f"<div style='color:#555;font-size:12px'>{html.escape(label)}</div>"
@@ -394,7 +401,7 @@ def metrics_table(periods: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
             value, delta = metrics.get(key), metrics.get(f"{key}_delta")
             text = format_metric(kind, value)
             if text != "n/a" and delta is not None and not (isinstance(delta, float) and np.isnan(delta)):
-                text = f"{text} ({'no change' if delta == 0 else _change(kind, delta)})"
+                text = f"{text} ({'no change' if _no_change(kind, delta) else _change(kind, delta)})"
             row[label] = text
         rows[period] = row
     return pd.DataFrame.from_dict(rows, orient="index")
