@@ -227,8 +227,8 @@ def test_a_seek_past_the_end_is_refused_by_the_controller_and_shows_the_last_row
     try:
         _wait(lambda: (controller.status() or _none).state == "running")
         with pytest.raises(ReplayError, match=r"seek not sent: 2099-01-01 00:00:00 UTC is after the log's last "
-                                              r"event \(2024-03-04 00:06:38 UTC\); pick a time from 2024-03-04 00:00 "
-                                              r"to 2024-03-04 00:06 UTC"):
+                                              r"event \(2024-03-04 00:06:38 UTC\); pick a time from 2024-03-04 "
+                                              r"00:00:\d\d to 2024-03-04 00:06:38 UTC"):
             controller.seek("2099-01-01")
         controller.seek("2024-03-04T00:06:00")  # inside the span: sent
         _wait(lambda: replay.status().next_row >= 180)

@@ -283,7 +283,8 @@ def seek_past_end(when: datetime, first: datetime | None, last: datetime | None)
         return None
     first = first or last
     return (f"seek not sent: {when:%Y-%m-%d %H:%M:%S} UTC is after the log's last event "
-            f"({last:%Y-%m-%d %H:%M:%S} UTC); pick a time from {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC")
+            f"({last:%Y-%m-%d %H:%M:%S} UTC); pick a time from {first:%Y-%m-%d %H:%M:%S} to "
+            f"{last:%Y-%m-%d %H:%M:%S} UTC")  # to the second: 23:59:59 was refused under "to ... 23:59" (40th)
 
 
 def seek_before_start(when: datetime, first: datetime | None) -> str | None:
