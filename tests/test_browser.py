@@ -350,6 +350,9 @@ def test_replay_panel_and_explorer_in_jupyterlab(lab: str, live_home: tuple[Sett
 
     page.wait_for_timeout(3000)
     assert note_opacity() == "0"
+    # hidden and sized 0 meanwhile: no blank lines in a narrow panel, nothing copied or read aloud (40th session)
+    assert "re-run this cell" not in panel.inner_text()
+    assert panel.locator("[data-beat]").evaluate("e => e.getBoundingClientRect().height") == 0
     _run_new_cell(page, "panel._stop.set(); panel._wake.set()")
     wait_until(lambda: note_opacity() == "1", timeout=90, what="the silent panel's note shown")
     assert "re-run this cell" in panel.inner_text()

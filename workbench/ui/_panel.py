@@ -255,10 +255,12 @@ def _heartbeat(beat: int) -> str:
     CSS animation starts over). A kernel restarted or stopped sends nothing: the panel stayed on screen
     as it was, "[running]" with every control enabled and clicks that did nothing (a browser tester's
     finding); only the browser can tell, so the browser does, without any script."""
-    return (f"<span data-beat='{beat}' style='opacity:0;color:#C62828;animation:wb-silent 0s linear "
-            f"{SILENT_AFTER_S}s forwards'> &nbsp; not updated for {SILENT_AFTER_S} s: if the kernel was restarted "
-            "or stopped, re-run this cell (these controls no longer act)</span>"
-            "<style>@keyframes wb-silent{to{opacity:1}}</style>")
+    # hidden and sized 0 until due: at opacity 0 alone it took four blank lines of a narrow panel, and copying
+    # or a screen reader read it on every live panel (browser tester, 40th session)
+    return (f"<span data-beat='{beat}' style='opacity:0;visibility:hidden;font-size:0;color:#C62828;"
+            f"animation:wb-silent 0s linear {SILENT_AFTER_S}s forwards'> &nbsp; not updated for {SILENT_AFTER_S} s: "
+            "if the kernel was restarted or stopped, re-run this cell (these controls no longer act)</span>"
+            "<style>@keyframes wb-silent{to{opacity:1;visibility:visible;font-size:1em}}</style>")
 
 
 def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple[float, int]] = ()) -> PanelView:
