@@ -217,3 +217,31 @@ def test_cards_survive_saturated_sums_and_keep_the_last_known_cluster_size(tmp_p
     assert m["queue_ratio"] == pytest.approx(0.0, abs=1e-9)  # exec saturated at the maximum, not wrapped
     assert class_shares(s, instances=[3])["total_queries"].sum() == 2880
     assert metrics(s, "1week", [3])["cluster_size"] == 16
+
+
+def test_a_selection_whose_data_end_early_gets_its_own_periods_and_no_false_changes(tmp_path: Path) -> None:
+    """A browser tester (40th session): two instances with data on the first day only read, on notebook 04's 24 h
+    cards, '0 instances', n/a and 'no previous data' (the previous period held all their queries), and in its
+    table 'Instances 0 (-2)' and 'Cluster size 8 (no change)': the periods ended at the fleet's newest data."""
+    from workbench.ui import charts
+
+    s = Settings(home=tmp_path / "wb")
+    rows = []
+    for w in range(3 * 144):  # instance 1: three days; instances 86 and 131: the first day only
+        start = T0 + timedelta(minutes=10 * w)
+        for inst in (1, 86, 131) if w < 144 else (1,):
+            rows.append({"instance_id": inst, "window_start": start, "window_end": start + timedelta(minutes=10),
+                         "cluster_size": 8, "total_queries": 10, "normal_queries": 9, "total_queue_time_ms": 5,
+                         "total_exec_time_ms": 100})
+    with WindowStatsStore.from_settings(s) as store:
+        store.upsert(rows)
+    m = metrics(s, "24h", [86, 131])
+    assert m["period"].end == T0 + timedelta(days=1)  # the selection's newest data
+    assert m["instances"] == 2 and m["total_queries"] == 2 * 1440
+    fleet = metrics(s, "24h", [86, 131], end=T0 + timedelta(days=3))  # a period after the selection's data
+    assert fleet["total_queries"] is None and fleet["cluster_size"] is None
+    assert all(fleet[f"{k}_delta"] is None for k in ("instances", "total_queries", "cluster_size", "score"))
+    cards = charts.metric_cards_html(fleet)
+    assert "no data in this period" in cards and "no previous data" not in cards
+    table = charts.metrics_table({"24h": {k: v for k, v in fleet.items() if k != "period"}})
+    assert "(-2)" not in table.loc["24h", "Instances"] and table.loc["24h", "Cluster size (nodes)"] == "n/a"

@@ -7,8 +7,9 @@ Time handling (fixes weaknesses 26/27 of the earlier dashboard):
 
 * every bound must be a tz-aware ``datetime`` (naive ones raise) and every returned time is UTC;
 * named periods (``'24h'``, ``'1week'``) end at the **data** time, the latest ``window_end`` in
-  ``window_stats``, never at the wall clock, and both the current ``[end - d, end)`` and the previous
-  ``[end - 2d, end - d)`` periods have explicit upper bounds;
+  ``window_stats`` (of the selected instances, for :func:`metrics` of a selection), never at the wall
+  clock, and both the current ``[end - d, end)`` and the previous ``[end - 2d, end - d)`` periods have
+  explicit upper bounds;
 * windows are selected by ``window_start`` and anomalies by ``arrival_timestamp`` with the same
   half-open bounds.
 
@@ -293,16 +294,22 @@ def metrics(settings: Settings, window: str = "24h", instances: Sequence[int] | 
         current value and ``<key>_delta`` = current - previous, ``None`` when either side has no value
         (no data is not the same as zero).
     """
-    p = period(settings, window, end=end)
     ids = _ids(instances)
+    if end is None and ids:
+        # the selection's own newest data ends its periods: instances whose data stop earlier than the
+        # fleet's read "0 instances" against a previous period holding them all (browser tester, 40th)
+        end = _selection_end(settings, ids)
+    p = period(settings, window, end=end)
     table = _stats_table(settings, p.previous_start, p.end, ids)
     cur_mask = pc.greater_equal(table["window_start"], pa.scalar(p.start, table["window_start"].type))
     current_rows, previous_rows = table.filter(cur_mask), table.filter(pc.invert(cur_mask))
     current, previous = _summary(current_rows), _summary(previous_rows)
-    if current["cluster_size"] is None:  # no window of the period says it: the size known last before it
+    if current["cluster_size"] is None and current["total_queries"]:  # no window says it: the size known last
         current["cluster_size"] = previous["cluster_size"]
-    if not previous["total_queries"]:  # no window before: every delta is "no previous data", the instance
-        previous = dict.fromkeys(previous)  # count's too (it read +3 against a count of 0)
+    if not previous["total_queries"] or not current["total_queries"]:
+        # no window before, or none in this period: no change to tell (a count of 0 read "+3", an empty
+        # period "Instances 0 (-2)")
+        previous = dict.fromkeys(previous)
     # A period without any window has no anomaly count either: "no previous data", not "+67".
     current["anomalies"] = _anomaly_count(settings, p.start, p.end, ids) if current["total_queries"] else None
     previous["anomalies"] = (_anomaly_count(settings, p.previous_start, p.start, ids)
@@ -314,6 +321,14 @@ def metrics(settings: Settings, window: str = "24h", instances: Sequence[int] | 
         out[f"{key}_delta"] = None if value is None or before is None else value - before
     out["covered_h"], out["previous_covered_h"] = _covered_hours(current_rows), _covered_hours(previous_rows)
     return out
+
+
+def _selection_end(settings: Settings, ids: list[int]) -> datetime | None:
+    """The newest ``window_end`` of the instances ``ids`` (None when they have no window)."""
+    table = _stats_table(settings, None, None, ids)
+    if not table.num_rows or "window_end" not in table.column_names:
+        return None
+    return pc.max(table["window_end"]).as_py()
 
 
 def _covered_hours(table: pa.Table) -> float:

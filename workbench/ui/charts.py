@@ -366,7 +366,9 @@ def metric_cards_html(metrics: Mapping[str, Any], *, cards: Sequence[tuple[str, 
     for key, label, kind, higher_better in cards:
         value = metrics.get(key)
         delta = metrics.get(f"{key}_delta")
-        if delta is None or value is None:
+        if value is None:  # "no previous data" under an empty period whose previous one held it all (40th)
+            arrow, colour, delta_text = "", "#666", "no data in this period"
+        elif delta is None:
             arrow, colour, delta_text = "", "#666", "no previous data"
         else:
             flat = _no_change(kind, delta)
