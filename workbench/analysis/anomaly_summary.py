@@ -135,20 +135,26 @@ def by_reason_and_version(anomalies: pd.DataFrame) -> pd.DataFrame:
                            ignore_index=True)
 
 
-def versions_side_by_side(anomalies: pd.DataFrame) -> pd.DataFrame:
-    """Per UTC day, each model version's anomalies, and the queries every listed version flags.
+def versions_side_by_side(anomalies: pd.DataFrame, versions: Sequence[str] = ()) -> pd.DataFrame:
+    """Per UTC day, each model version's anomalies, and the queries every version that flagged any that day flags.
 
-    One column per version (e.g. the stream's version and one added by ``workbench rescore``), so
-    versions that scored the same range compare directly; ``flagged by all`` counts the
-    ``(instance_id, query_id)`` that every version in the frame flags on that day.
+    One column per version (e.g. the stream's version and one added by ``workbench rescore``; each of
+    ``versions`` too, 0 where it flagged nothing), so versions that scored the same range compare
+    directly. ``flagged by all`` counts the ``(instance_id, query_id)`` that every version with an anomaly
+    on that day flags, and is empty (``<NA>``) on a day only one version flagged: the stream's versions
+    each score their own days, and "flagged by all" compared versions that never scored the same day
+    (0 on every day, or one version's count when a range held one; browser tester, 40th session).
     """
     if anomalies.empty:
         return pd.DataFrame(columns=["day"])
     frame = anomalies.assign(day=pd.to_datetime(anomalies["arrival_timestamp"], utc=True).dt.strftime("%Y-%m-%d"))
     table = pd.crosstab(frame["day"], frame["model_version"])
-    versions = frame["model_version"].nunique()
+    table = table.reindex(columns=sorted({*table.columns, *versions}), fill_value=0)
+    flagging = frame.groupby("day")["model_version"].nunique()
     per_query = frame.groupby(["day", "instance_id", "query_id"])["model_version"].nunique()
-    table["flagged by all"] = (per_query == versions).groupby(level="day").sum().reindex(table.index, fill_value=0)
+    shared = (per_query == per_query.index.get_level_values("day").map(flagging)).groupby(level="day").sum()
+    table["flagged by all"] = shared.reindex(table.index, fill_value=0).where(flagging.reindex(table.index) > 1)
+    table["flagged by all"] = table["flagged by all"].astype("Int64")
     return table.reset_index().rename_axis(columns=None)
 
 
