@@ -705,7 +705,7 @@ def test_the_label_comparison_says_when_a_filter_narrows_the_alerts_it_counts() 
     assert none.startswith("no alert in this selection (reason 'nope')") and "counts as missed" in none
     # an instance not in the log: no alert and nothing labelled, so nothing counts as missed
     empty = agreement_scope(some.iloc[:0], labelled=0)
-    assert empty == "no alert and no labelled anomaly in this selection: nothing to compare"
+    assert empty == "no alert and no labelled anomaly among the scored queries of this selection: nothing to compare"
 
 
 def test_an_empty_table_is_shown_as_the_reason_it_is_empty() -> None:

@@ -418,7 +418,9 @@ def agreement_scope(anomalies: pd.DataFrame, *, reason: str = "", versions: Sequ
     if len(anomalies) == 0:
         which = f" ({'; '.join(narrowed)})" if narrowed else ""
         if labelled == 0:  # e.g. an instance that is not in the log: nothing was missed either
-            return f"no alert and no labelled anomaly in this selection{which}: nothing to compare"
+            # "scored": the span's unscored labelled rows are said apart, and read as contradicting this line
+            return (f"no alert and no labelled anomaly among the scored queries of this selection{which}: "
+                    "nothing to compare")
         return f"no alert in this selection{which}: every labelled anomaly a model scored in the span counts as missed"
     if narrowed:
         return (f"only the alerts of {'; '.join(narrowed)} count: recall is theirs over every labelled "
