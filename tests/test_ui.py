@@ -1213,3 +1213,10 @@ def test_readable_tables_round_other_numbers_and_separate_thousands_in_mixed_col
     mixed = pd.DataFrame({"value": {"labelled log": "log.parquet", "queries in span": 229_519, "recall": 0.957}})
     html = tables.readable(mixed).to_html()
     assert "229,519" in html and "0.957" in html and "log.parquet" in html
+
+
+def test_two_versions_with_the_same_precision_recall_curve_both_show() -> None:
+    """A browser tester (40th session): v0001's curve lay under v0002's, and the legend named a line no one saw."""
+    same = ([1.0, 0.8, 0.5], [0.0, 0.5, 1.0])
+    spec = charts.pr_curve_chart({"v0001": same, "v0002": same}).to_dict(validate=True)
+    assert spec["encoding"]["strokeDash"]["field"] == "detector" and spec["mark"]["opacity"] < 1
