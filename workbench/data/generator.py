@@ -816,14 +816,20 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def _sidecar_instances(side: Path, column: pa.ChunkedArray) -> pa.Array:
-    """``instance_id`` as int64: integers, whole floats (pandas beside NULLs) or digits as text."""
+def _sidecar_values(side: Path, column: pa.ChunkedArray, name: str, what: str) -> pa.Array:
+    """One column of a window-label file as one array (a dictionary decoded), refused when a value is NULL."""
     values = column.combine_chunks()
     if pa.types.is_dictionary(values.type):
         values = values.dictionary_decode()
     if values.null_count:
-        raise _sidecar_error(side, "is NULL: every window names its instance", "instance_id",
+        raise _sidecar_error(side, f"is NULL: every window names its {what}", name,
                              _first(~values.is_valid().to_numpy(zero_copy_only=False)))
+    return values
+
+
+def _sidecar_instances(side: Path, column: pa.ChunkedArray) -> pa.Array:
+    """``instance_id`` as int64: integers, whole floats (pandas beside NULLs) or digits as text."""
+    values = _sidecar_values(side, column, "instance_id", "instance")
     if pa.types.is_integer(values.type):
         return values.cast(pa.int64())
     if pa.types.is_floating(values.type) or pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
@@ -847,12 +853,7 @@ def _whole_number(text: str) -> int | None:
 
 def _sidecar_starts(side: Path, column: pa.ChunkedArray) -> pa.Array:
     """``window_start`` as ``timestamp[ms, UTC]``, from a timestamp (naive = UTC) or ISO text, on the grid."""
-    values = column.combine_chunks()
-    if pa.types.is_dictionary(values.type):
-        values = values.dictionary_decode()
-    if values.null_count:
-        raise _sidecar_error(side, "is NULL: every window names its start", "window_start",
-                             _first(~values.is_valid().to_numpy(zero_copy_only=False)))
+    values = _sidecar_values(side, column, "window_start", "start")
     if pa.types.is_timestamp(values.type):
         us = values.cast(pa.timestamp("us", tz=values.type.tz)).cast(pa.int64()).to_numpy(zero_copy_only=False)
     elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
