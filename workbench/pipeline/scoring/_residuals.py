@@ -245,7 +245,7 @@ class ResidualWindowsStep:
                 skipped = False
                 began = time.time()
                 try:
-                    judged = self._day(store, day)
+                    judged = self._day(store, day, again=day == again or day in grown)
                 except _TRANSIENT:
                     raise  # another writer holds the lakehouse: tried again for as long as it lasts, never given up
                 except Exception as exc:
@@ -269,8 +269,10 @@ class ResidualWindowsStep:
                 stored += not skipped
         return stored
 
-    def _day(self, store: Any, day: dt.date) -> bool:
-        """Judge and store one day; False when some of its executed rows are not scored yet."""
+    def _day(self, store: Any, day: dt.date, *, again: bool = False) -> bool:
+        """Judge and store one day; False when some of its executed rows are not scored yet. ``again``: the day
+        was judged before on part of its rows (a log that ended in it, rows that came after it was judged),
+        so its deferred flags are replaced as a whole."""
         from workbench.analysis.deferred import DEFERRED_COLUMNS, DEFERRED_REASONS
         from workbench.analysis.residual_windows import residual_windows
         from workbench.ml.features import REFERENCE_SOURCE_COLUMNS
@@ -305,17 +307,18 @@ class ResidualWindowsStep:
         windows = residual_windows(rows, known=known).drop(columns="unscored_queries")
         flagged = self.judge_day(store, day, windows)
         persistent, group = self.deferred_day(day, rows, known, usual_wait)
-        with AnomalyLakehouse.from_settings(self.settings) as lake:
-            if flagged.num_rows:
-                self.status.add("window_anomalies", lake.write_window_anomalies(flagged))
-            # the day's deferred flags as a whole (one transaction): a day judged on part of an hour (a log
-            # that ended mid-day) kept a flag its whole hour does not raise once the rest came (tester, 40th)
-            start = dt.datetime.combine(day, dt.time(), dt.UTC)
-            versions = pc.unique(rows.column("model_version").drop_null()).to_pylist()
-            for counter, found, reasons in (("persistent_anomalies", persistent, DEFERRED_REASONS[:1]),
-                                            ("group_anomalies", group, DEFERRED_REASONS[1:])):
-                self.status.add(counter, lake.replace_judged(found, start, start + dt.timedelta(days=1), versions,
-                                                             reasons))
+        if again or flagged.num_rows or persistent.num_rows or group.num_rows:
+            with AnomalyLakehouse.from_settings(self.settings) as lake:
+                if flagged.num_rows:
+                    self.status.add("window_anomalies", lake.write_window_anomalies(flagged))
+                # the day's deferred flags as a whole (one transaction each): a day judged on part of an hour (a
+                # log that ended mid-day) kept a flag its whole hour does not raise once the rest came (40th)
+                start = dt.datetime.combine(day, dt.time(), dt.UTC)
+                versions = pc.unique(rows.column("model_version").drop_null()).to_pylist() if again else []
+                for counter, found, reasons in (("persistent_anomalies", persistent, DEFERRED_REASONS[:1]),
+                                                ("group_anomalies", group, DEFERRED_REASONS[1:])):
+                    self.status.add(counter, lake.replace_judged(found, start, start + dt.timedelta(days=1),
+                                                                 versions, reasons))
         self.status.add("residual_windows", store.insert_residuals(windows))
         logger.info("residual windows of %s: %d stored, %d flagged; %d runs of persistently slower statements, "
                     "%d queries of slower groups", day, len(windows), flagged.num_rows, persistent.num_rows,
