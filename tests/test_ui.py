@@ -958,6 +958,9 @@ def test_a_status_in_a_notebook_cell_reads_as_numbers_not_raw_floats_and_bytes()
     assert "kafka 2.1 MB" in table and "2166784" not in table
     assert "2024-03-04 02:00:00 UTC" in table and "600x" in table and "1,000" in table  # event time, speed, rows total
     assert "scoring 7" in table
+    # named as the panel names them, not in snake_case (`rows_sent` beside the panel's "Log position"; 40th session)
+    assert ">log position (rows)<" in table and ">rate now<" in table and "rows_sent" not in table and "_" not in \
+        "".join(re.findall(r"<th[^>]*>([^<]*)</th>", table))
 
 
 def test_a_slow_replay_speed_in_the_status_table_reads_as_the_panel_shows_it() -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -679,9 +679,19 @@ class WorkbenchStatus:
         """The fields of :meth:`as_dict`, readable: rates and ETA rounded, counts with separators,
         disk use in KB/MB/GB, the event time to the second (raw, a notebook's status cell showed
         ``rate_now 37.17738630666017``, ``eta_seconds 396.3184604483333`` and bytes)."""
-        rows = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td style='text-align:left'>"
-                       f"{html.escape(_readable(k, v))}</td></tr>" for k, v in self.as_dict().items())
+        rows = "".join(f"<tr><th style='text-align:left'>{html.escape(_HTML_LABELS.get(k, k.replace('_', ' ')))}"
+                       f"</th><td style='text-align:left'>{html.escape(_readable(k, v))}</td></tr>"
+                       for k, v in self.as_dict().items())
         return f"<table>{rows}</table>"
+
+
+#: The status table's names as the panel says them (it read ``rows_sent`` beside the panel's "Log position"
+#: and snake_case throughout; browser tester, 40th session); the other keys read with spaces.
+_HTML_LABELS: Final = {"event_time": "replay clock", "replay_state": "replay", "rows_sent": "log position (rows)",
+                       "rows_total": "rows in the log", "rate_now": "rate now", "rate_avg": "rate (average)",
+                       "eta_seconds": "ETA", "lag": "lag (messages)", "model_version": "model",
+                       "model_versions": "model versions", "window_anomalies": "flagged windows",
+                       "processes": "processes", "instances": "instances running"}
 
 
 def _status_process_alive(app_status: dict[str, Any]) -> bool:
