@@ -965,9 +965,7 @@ class Workbench:
 def _show_progress(bar: Any, status: WorkbenchStatus, outcome: str = "") -> None:
     """The progress bar's words for ``status``: how far the replay is, the model and the anomalies (and
     ``outcome`` once :meth:`Workbench.wait` returns it)."""
-    if not status.replay:
-        if outcome:
-            bar.set_postfix_str(f"{outcome}, anomalies {status.anomalies or 0:,}", refresh=True)
+    if not status.replay:  # no replay (apps waiting for another producer): no progress to tell
         return
     clock = status.event_time.strftime("%Y-%m-%d %H:%M") if status.event_time else "-"
     bar.set_postfix_str(f"replayed {status.replay.fraction:.0%} to {clock} UTC, model {status.model_version or '-'}, "
