@@ -1072,6 +1072,7 @@ def test_the_model_and_critical_instance_tables_read_rates_and_shares_in_their_u
     html = tables.readable(evaluation).to_html()
     for text in (">19,485<", ">0.246<", ">85.2<", ">86.8 %<", ">0.800<"):
         assert text in html, text
+    assert "th {\n  white-space: nowrap;" in html  # version names on one line (they broke down three; 40th session)
     metadata = pd.DataFrame({"holdout q90 coverage": [0.905], "holdout alert rate": [0.0022], "trained rows": [469]})
     html = tables.readable(metadata).to_html()
     assert ">90.5 %<" in html and ">22.0 per 10k<" in html and ">469<" in html
