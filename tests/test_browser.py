@@ -346,13 +346,17 @@ def test_replay_panel_and_explorer_in_jupyterlab(lab: str, live_home: tuple[Sett
     # browser says so by itself once the clock has not been rendered anew for SILENT_AFTER_S (here the refresh
     # thread is silenced, as a restart silences it).
     def note_opacity() -> str:
-        return panel.locator("[data-beat]").evaluate("e => getComputedStyle(e).opacity")
+        # read on a note in the page: each refresh renders a new one, and a replaced one reads '' (a CI run)
+        return panel.locator("[data-beat]").evaluate("e => e.isConnected ? getComputedStyle(e).opacity : 'gone'")
+
+    def note_height() -> float | None:
+        return panel.locator("[data-beat]").evaluate("e => e.isConnected ? e.getBoundingClientRect().height : null")
 
     page.wait_for_timeout(3000)
-    assert note_opacity() == "0"
+    wait_until(lambda: note_opacity() == "0", timeout=10, what="the live panel's note transparent")
     # hidden and sized 0 meanwhile: no blank lines in a narrow panel, nothing copied or read aloud (40th session)
-    assert "re-run this cell" not in panel.inner_text()
-    assert panel.locator("[data-beat]").evaluate("e => e.getBoundingClientRect().height") == 0
+    wait_until(lambda: note_height() == 0 and "re-run this cell" not in panel.inner_text(), timeout=10,
+               what="the live panel's note taking no room and no text")
     _run_new_cell(page, "panel._stop.set(); panel._wake.set()")
     wait_until(lambda: note_opacity() == "1", timeout=90, what="the silent panel's note shown")
     assert "re-run this cell" in panel.inner_text()
