@@ -578,6 +578,8 @@ def _inject_anomalies(rng: np.random.Generator, rows: dict[str, np.ndarray], rat
 
 # --- the stress pack ------------------------------------------------------------------------------
 _MIN = 60_000_000  # µs
+#: The analytics windows' length: a labelled window (the generator's, a sidecar's) starts on its grid.
+_WINDOW_US = 10 * _MIN
 #: Affected queries that make an instance's 10-minute window a labelled collective anomaly.
 MIN_WINDOW_ROWS = 10
 
@@ -717,15 +719,15 @@ def _inject_extra(rng: np.random.Generator, rows: dict[str, np.ndarray], kind: n
             else:
                 minutes = int(rng.integers(2, 6)) * 10
                 # start at a random query of the instance (episodes happen while it works)
-                start = min(int(rows["ts"][rng.choice(own)]) // (10 * _MIN) * 10 * _MIN, _DAY_US - minutes * _MIN)
+                start = min(int(rows["ts"][rng.choice(own)]) // _WINDOW_US * _WINDOW_US, _DAY_US - minutes * _MIN)
                 end = start + minutes * _MIN
                 hit = _collective(rng, rows, name, inst, start, end, kind)
             if len(hit):
                 kind[hit] = ALL_KINDS.index(name)
                 # A window is labelled when it holds at least MIN_WINDOW_ROWS affected queries.
-                starts, counts_w = np.unique(rows["ts"][hit] // (10 * _MIN), return_counts=True)
+                starts, counts_w = np.unique(rows["ts"][hit] // _WINDOW_US, return_counts=True)
                 for ws in starts[counts_w >= MIN_WINDOW_ROWS].tolist():
-                    episodes.append((inst, day_start_us + ws * 10 * _MIN, name))
+                    episodes.append((inst, day_start_us + ws * _WINDOW_US, name))
     return episodes
 
 
@@ -750,8 +752,6 @@ def window_labels_path(path: str | Path) -> Path:
     return path.with_name(path.stem + ".windows.parquet")
 
 
-#: The analytics windows' length: a labelled window starts on its grid.
-_WINDOW_US = 600_000_000
 _WINDOW_LABEL_SCHEMA = pa.schema([pa.field("instance_id", pa.int64()),
                                   pa.field("window_start", pa.timestamp("ms", tz="UTC")),
                                   pa.field("kind", pa.string())])
