@@ -366,6 +366,27 @@ class MaintenanceResult:
     orphans_deleted: int = 0
 
 
+#: An anomaly of the batch ``s`` that is stored as ``t`` (key :data:`ANOMALY_KEY`).
+_KEY_MATCH: Final = " AND ".join(f"t.{k} = s.{k}" for k in ANOMALY_KEY)
+#: Inserts the rows of ``_wb_batch`` not stored yet (one of each key), looking among the stored rows that
+#: arrived in ``[$lo, $hi]`` (:func:`_arrival_span`): :meth:`AnomalyLakehouse.write` and
+#: :meth:`AnomalyLakehouse.replace_judged`.
+_INSERT_NEW: Final = (
+    f"INSERT INTO {CATALOG_ALIAS}.anomalies ({', '.join(f.name for f in _INPUT_FIELDS)}, inserted_at) "
+    f"SELECT {', '.join(f.name for f in _INPUT_FIELDS)}, now() FROM ("
+    f"  SELECT * FROM _wb_batch QUALIFY row_number() OVER (PARTITION BY {', '.join(ANOMALY_KEY)}) = 1"
+    f") s WHERE NOT EXISTS ("
+    f"  SELECT 1 FROM {CATALOG_ALIAS}.anomalies t"
+    f"  WHERE t.arrival_timestamp BETWEEN $lo AND $hi AND {_KEY_MATCH})"
+)
+
+
+def _arrival_span(table: pa.Table) -> dict[str, Any]:
+    """:data:`_INSERT_NEW`'s parameters: the batch's first and last arrival."""
+    lo, hi = pc.min_max(table["arrival_timestamp"]).values()
+    return {"lo": lo.as_py(), "hi": hi.as_py()}
+
+
 class AnomalyLakehouse(ConnectionStore):
     """The ``anomalies`` DuckLake table: idempotent batch writes, reads, time travel, maintenance.
 
@@ -559,21 +580,10 @@ class AnomalyLakehouse(ConnectionStore):
         if table.num_rows == 0:
             return 0
         con = self.connection
-        lo, hi = pc.min_max(table["arrival_timestamp"]).values()
-        key_match = " AND ".join(f"t.{k} = s.{k}" for k in ANOMALY_KEY)
-        cols = ", ".join(f.name for f in _INPUT_FIELDS)
-        sql = (
-            f"INSERT INTO {CATALOG_ALIAS}.anomalies ({cols}, inserted_at) "
-            f"SELECT {cols}, now() FROM ("
-            f"  SELECT * FROM _wb_batch QUALIFY row_number() OVER (PARTITION BY {', '.join(ANOMALY_KEY)}) = 1"
-            f") s WHERE NOT EXISTS ("
-            f"  SELECT 1 FROM {CATALOG_ALIAS}.anomalies t"
-            f"  WHERE t.arrival_timestamp BETWEEN $lo AND $hi AND {key_match})"
-        )
         con.register("_wb_batch", table)
         try:
             with self._exclusive():
-                inserted = con.execute(sql, {"lo": lo.as_py(), "hi": hi.as_py()}).fetchone()
+                inserted = con.execute(_INSERT_NEW, _arrival_span(table)).fetchone()
         except duckdb.Error as exc:
             _rollback(con)
             raise self._failed(exc, "write") from exc
@@ -601,19 +611,13 @@ class AnomalyLakehouse(ConnectionStore):
         if not versions or not reasons:
             return self.write(rows) if table is not None else 0
         con = self.connection
-        key_match = " AND ".join(f"t.{k} = s.{k}" for k in ANOMALY_KEY)
-        cols = ", ".join(f.name for f in _INPUT_FIELDS)
-        keep = (f" AND NOT EXISTS (SELECT 1 FROM _wb_batch s WHERE {key_match})" if table is not None else "")
-        statements = [
+        keep = f" AND NOT EXISTS (SELECT 1 FROM _wb_batch s WHERE {_KEY_MATCH})" if table is not None else ""
+        statements = [(
             f"DELETE FROM {CATALOG_ALIAS}.anomalies t WHERE t.arrival_timestamp >= $lo AND t.arrival_timestamp < $hi"
-            " AND t.model_version IN (SELECT v FROM _wb_versions) AND t.reason IN (SELECT r FROM _wb_reasons)" + keep]
+            " AND t.model_version IN (SELECT v FROM _wb_versions) AND t.reason IN (SELECT r FROM _wb_reasons)" + keep,
+            {"lo": start, "hi": end})]
         if table is not None:
-            statements.append(
-                f"INSERT INTO {CATALOG_ALIAS}.anomalies ({cols}, inserted_at) "
-                f"SELECT {cols}, now() FROM ("
-                f"  SELECT * FROM _wb_batch QUALIFY row_number() OVER (PARTITION BY {', '.join(ANOMALY_KEY)}) = 1"
-                f") s WHERE NOT EXISTS (SELECT 1 FROM {CATALOG_ALIAS}.anomalies t"
-                f"  WHERE t.arrival_timestamp >= $lo AND t.arrival_timestamp < $hi AND {key_match})")
+            statements.append((_INSERT_NEW, _arrival_span(table)))  # as write() inserts
             con.register("_wb_batch", table)
         con.register("_wb_versions", pa.table({"v": pa.array(list(versions), pa.string())}))
         con.register("_wb_reasons", pa.table({"r": pa.array(list(reasons), pa.string())}))
@@ -621,8 +625,8 @@ class AnomalyLakehouse(ConnectionStore):
         try:
             with self._exclusive():
                 con.execute("BEGIN TRANSACTION")
-                for sql in statements:
-                    inserted = con.execute(sql, {"lo": start, "hi": end}).fetchone()
+                for sql, params in statements:
+                    inserted = con.execute(sql, params).fetchone()
                 con.execute("COMMIT")
         except duckdb.Error as exc:
             _rollback(con)
