@@ -26,7 +26,8 @@ from workbench.analysis.slower_groups import (
     slower_group_runs,
 )
 
-__all__ = ["DEFERRED_COLUMNS", "DEFERRED_REASONS", "deferred_flags", "deferred_reasons", "deferred_runs"]
+__all__ = ["DEFERRED_COLUMNS", "DEFERRED_REASONS", "deferred_flags", "deferred_reasons", "deferred_runs",
+           "split_reasons"]
 
 #: The reasons of the alerts the step raises, the persistence rule's first (a settled day's are replaced as a
 #: whole when it is judged again).
@@ -57,8 +58,13 @@ def deferred_flags(table: pa.Table, pred_mean_ms: np.ndarray, pred_q_ms: np.ndar
     ``pred_q_ms`` and per-query decision ``alerted``): ``(persistent, group)``, flagged as the scoring
     app's step flags it (for ``workbench evaluate`` and the benchmarks, which score a log's rows
     rather than read shards)."""
-    reasons = deferred_reasons(table, pred_mean_ms, pred_q_ms, alerted, known, version, queue_reference,
-                               persistence=persistence, groups=groups, scales=scales, usual_hours=usual_hours)
+    return split_reasons(deferred_reasons(table, pred_mean_ms, pred_q_ms, alerted, known, version, queue_reference,
+                                          persistence=persistence, groups=groups, scales=scales,
+                                          usual_hours=usual_hours))
+
+
+def split_reasons(reasons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`deferred_reasons` as ``(persistent, group)`` masks."""
     persistent = reasons == PERSISTENCE_REASON
     return persistent, (reasons != None) & ~persistent  # noqa: E711 (elementwise over an object array)
 

@@ -456,11 +456,9 @@ def deferred_alerts(table: pa.Table, out: dict[str, np.ndarray], model: LoadedMo
     """Per row of one scored day: ``(persistent, group)``, the queries the scoring app's deferred step
     flags (:func:`~workbench.analysis.deferred.deferred_flags`, with the version's spread clip), so
     the evaluation counts the alerts the pipeline raises, not only the per-query detector's."""
-    from workbench.analysis.persistence import PERSISTENCE_REASON
+    from workbench.analysis.deferred import split_reasons
 
-    reasons = deferred_alert_reasons(table, out, model)
-    persistent = reasons == PERSISTENCE_REASON
-    return persistent, (reasons != None) & ~persistent  # noqa: E711 (elementwise over an object array)
+    return split_reasons(deferred_alert_reasons(table, out, model))
 
 
 def deferred_alert_reasons(table: pa.Table, out: dict[str, np.ndarray], model: LoadedModel) -> np.ndarray:
