@@ -98,13 +98,16 @@ def test_window_stats_postgres_matches_sqlite(postgres_server: PostgresServer, p
             got[name] = {
                 "rows": without(store.read(), "updated_at"), "count": store.count(),
                 "filtered": without(filtered, "updated_at"), "late": late, "folded": folded, "per_day": per_day,
-                "newest": (store.newest_window_start(), store.newest_window_end()),
+                "newest": (store.newest_window_start(), store.newest_window_end(),
+                           store.newest_window_end([2**40 + 1]), store.newest_window_end([-5])),
                 "replaced": replaced["total_queries"].to_pylist(), "written": written,
                 "archived": (archived.cutoff, archived.rows, files, again.rows),
                 "archive": without(pa.concat_tables(pq.read_table(f) for f in archived.files), "updated_at"),
             }
     assert got["postgres"] == got["sqlite"]
     assert got["postgres"]["replaced"] == [99]
+    newest = got["postgres"]["newest"]
+    assert newest[2] is not None and newest[2] <= newest[1] and newest[3] is None  # one instance's, none's
     assert len(got["postgres"]["per_day"]) == 10 and sum(got["postgres"]["per_day"].values()) > 0
     first = rows[0]["window_start"]
     assert got["postgres"]["written"] == [(rows[0]["instance_id"], int(pd.Timestamp(first).timestamp() * 1000))]

@@ -109,10 +109,11 @@ def _frame(result: duckdb.DuckDBPyConnection | duckdb.DuckDBPyRelation) -> pd.Da
     return result.to_arrow_table().to_pandas()
 
 
-def data_end(settings: Settings) -> datetime | None:
-    """The data's "now": the latest ``window_end`` in ``window_stats`` (``None`` when empty)."""
+def data_end(settings: Settings, instances: Sequence[int] | None = None) -> datetime | None:
+    """The data's "now": the latest ``window_end`` in ``window_stats`` (of ``instances`` when given; ``None``
+    when there is none)."""
     with WindowStatsStore.from_settings(settings, read_only=True) as store:
-        return store.newest_window_end()
+        return store.newest_window_end(instances)
 
 
 def judged_through(settings: Settings, day: date | None) -> bool:
@@ -298,7 +299,7 @@ def metrics(settings: Settings, window: str = "24h", instances: Sequence[int] | 
     if end is None and ids:
         # the selection's own newest data ends its periods: instances whose data stop earlier than the
         # fleet's read "0 instances" against a previous period holding them all (browser tester, 40th)
-        end = _selection_end(settings, ids)
+        end = data_end(settings, ids)
     p = period(settings, window, end=end)
     table = _stats_table(settings, p.previous_start, p.end, ids)
     cur_mask = pc.greater_equal(table["window_start"], pa.scalar(p.start, table["window_start"].type))
@@ -321,14 +322,6 @@ def metrics(settings: Settings, window: str = "24h", instances: Sequence[int] | 
         out[f"{key}_delta"] = None if value is None or before is None else value - before
     out["covered_h"], out["previous_covered_h"] = _covered_hours(current_rows), _covered_hours(previous_rows)
     return out
-
-
-def _selection_end(settings: Settings, ids: list[int]) -> datetime | None:
-    """The newest ``window_end`` of the instances ``ids`` (None when they have no window)."""
-    table = _stats_table(settings, None, None, ids)
-    if not table.num_rows or "window_end" not in table.column_names:
-        return None
-    return pc.max(table["window_end"]).as_py()
 
 
 def _covered_hours(table: pa.Table) -> float:

@@ -262,6 +262,14 @@ def _merge_late(d: _Dialect) -> tuple[str, str]:
 def _select(d: _Dialect, lo: int | None, hi: int | None, instances: list[int] | None,
             columns: str) -> tuple[str, list[Any]]:
     """The windows query of :meth:`WindowStatsStore.read` with only the bounds given (values bound)."""
+    clause, params = _where(d, lo, hi, instances)
+    return (f"SELECT {columns} FROM window_stats{clause} "
+            "ORDER BY window_start, instance_id"), params
+
+
+def _where(d: _Dialect, lo: int | None, hi: int | None, instances: list[int] | None) -> tuple[str, list[Any]]:
+    """The ``WHERE`` clause (empty without a bound) of the windows with ``lo <= window_start < hi`` of
+    ``instances``, and its bound values."""
     where: list[str] = []
     params: list[Any] = []
     if lo is not None:
@@ -277,9 +285,7 @@ def _select(d: _Dialect, lo: int | None, hi: int | None, instances: list[int] | 
         else:
             where.append(f"instance_id IN (SELECT value FROM json_each({d.param}))")
             params.append(json.dumps(instances))
-    clause = f" WHERE {' AND '.join(where)}" if where else ""
-    return (f"SELECT {columns} FROM window_stats{clause} "
-            "ORDER BY window_start, instance_id"), params
+    return (f" WHERE {' AND '.join(where)}" if where else ""), params
 
 
 def _column_sql(existing: frozenset[str], columns: Sequence[str] = WINDOW_STATS_COLUMNS) -> str:
@@ -780,9 +786,11 @@ class WindowStatsStore(ConnectionStore):
         """Number of windows stored (not archived)."""
         return int(self._fetch("SELECT count(*) FROM window_stats")[0][0])
 
-    def newest_window_end(self) -> datetime | None:
-        """The latest ``window_end`` stored (the data's "now"), or ``None`` when empty."""
-        value = self._fetch("SELECT max(window_end) FROM window_stats")[0][0]
+    def newest_window_end(self, instances: Sequence[int] | None = None) -> datetime | None:
+        """The latest ``window_end`` stored (the data's "now"; of ``instances`` when given), or ``None`` when
+        there is none."""
+        clause, params = _where(self.dialect, None, None, None if instances is None else [int(i) for i in instances])
+        value = self._fetch(f"SELECT max(window_end) FROM window_stats{clause}", params)[0][0]
         return None if value is None else datetime.fromtimestamp(value / 1000, tz=UTC)
 
     def newest_window_start(self) -> datetime | None:
