@@ -209,11 +209,15 @@ def query_heading(row: pd.Series) -> str:
     return text + f", model `{row.get('model_version')}`"
 
 
+def _stored_features(row: pd.Series) -> dict[str, Any]:
+    """An anomaly's ``features`` (JSON text as the lakehouse stores it, or a dict) as a dict; {} when none."""
+    raw = row.get("features")
+    return json.loads(raw) if isinstance(raw, str) and raw else raw if isinstance(raw, dict) else {}
+
+
 def _alert_bar(row: pd.Series) -> float | None:
     """The score from which the row's version alerts, as its ``features`` note it (``threshold``)."""
-    raw = row.get("features")
-    values = json.loads(raw) if isinstance(raw, str) and raw else raw if isinstance(raw, dict) else {}
-    bar = values.get("threshold")
+    bar = _stored_features(row).get("threshold")
     return float(bar) if isinstance(bar, int | float) and math.isfinite(bar) else None
 
 
@@ -243,10 +247,7 @@ def query_features(row: pd.Series) -> pd.DataFrame:
     An anomaly stored without features gets one row saying so (:data:`NO_EVIDENCE`): the empty
     frame showed as a lone "feature" header under the drill-down chart.
     """
-    raw = row.get("features")
-    values = json.loads(raw) if isinstance(raw, str) and raw else raw if isinstance(raw, dict) else {}
-    if not values:
-        values = {"evidence": NO_EVIDENCE}
+    values = _stored_features(row) or {"evidence": NO_EVIDENCE}
     return pd.Series(values, name="feature", dtype=object).to_frame()
 
 
