@@ -688,10 +688,9 @@ class WorkbenchStatus:
 #: The status table's names as the panel says them (it read ``rows_sent`` beside the panel's "Log position"
 #: and snake_case throughout; browser tester, 40th session); the other keys read with spaces.
 _HTML_LABELS: Final = {"event_time": "replay clock", "replay_state": "replay", "rows_sent": "log position (rows)",
-                       "rows_total": "rows in the log", "rate_now": "rate now", "rate_avg": "rate (average)",
-                       "eta_seconds": "ETA", "lag": "lag (messages)", "model_version": "model",
-                       "model_versions": "model versions", "window_anomalies": "flagged windows",
-                       "processes": "processes", "instances": "instances running"}
+                       "rows_total": "rows in the log", "rate_avg": "rate (average)", "eta_seconds": "ETA",
+                       "lag": "lag (messages)", "model_version": "model", "window_anomalies": "flagged windows",
+                       "instances": "instances running"}
 
 
 def _status_process_alive(app_status: dict[str, Any]) -> bool:
