@@ -97,7 +97,8 @@ def _inputs(model: LoadedModel, table: pa.Table) -> dict:
     X, refs, source = model.features.transform_with_evidence(table)
     mean_log, q_log = model.regressors.predict_log(X)
     return {"obs": observed_signals(table), "mean": mean_log, "q": q_log, "refs": refs,
-            "source": source, "usual_wait": model.features.usual_wait(table), "usual_hours": model.usual_hours}
+            "source": source, "usual_wait": model.features.usual_wait(table), "usual_hours": model.usual_hours,
+            "homes": model.features.statement_homes(table)}
 
 
 def holdout_inputs(model: LoadedModel, hold_table: pa.Table) -> dict:
@@ -136,11 +137,13 @@ def deferred_flags(table: pa.Table, day: dict, alert: np.ndarray, version: str,
     """Per row of ``table`` (one day): flagged by the scoring app's deferred step over the model's
     scores (``day``: :func:`_inputs`): :func:`~workbench.analysis.persistence.persistent_runs`, then
     :func:`~workbench.analysis.slower_groups.slower_group_runs` at its defaults (the window
-    machinery's constants, chosen on no kind) on the rest. Rows the detector alerted on, ``alert``,
-    are not flagged again."""
+    machinery's constants, chosen on no kind) on the rest, then
+    :func:`~workbench.analysis.moved_statements.moved_statement_runs` on what those left. Rows the detector
+    alerted on, ``alert``, are not flagged again."""
     persistent, group = deferred_masks(table, np.expm1(np.clip(day["mean"], 0.0, 50.0)),
                                        np.expm1(np.clip(day["q"], 0.0, 50.0)), alert, day["source"] == 0, version,
-                                       day["usual_wait"], persistence=params, usual_hours=day["usual_hours"])
+                                       day["usual_wait"], persistence=params, usual_hours=day["usual_hours"],
+                                       homes=day["homes"])
     return persistent | group
 
 

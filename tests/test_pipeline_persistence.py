@@ -1,12 +1,14 @@
-"""The scoring app flags the runs of a statement whose plan stays slow for the rest of a day, and the
-queries of a user whose every query runs slower (another's: waits longer) for an hour, once.
+"""The scoring app flags the runs of a statement whose plan stays slow for the rest of a day, the
+queries of a user whose every query runs slower (another's: waits longer) for an hour, and the runs of
+another instance's statements (a user's connection repointed to the wrong instance), once.
 
 Real components: a generated log in which one known statement runs 4x its usual time from noon of
 its second day on and one user's queries of another instance run 2.5x their time for an hour of the
-morning, a model trained on the first day, the replay into a real broker, the scoring app
-(its maintenance thread judges each settled day's shards and writes the flagged runs into the
-lakehouse's ``anomalies`` through the anomaly contract), then the same events consumed again after
-the day's stored residual windows were lost (a crash before the day was marked done).
+morning, one user's afternoon statements moved to the other instance, a model trained on the first day,
+the replay into a real broker, the scoring app (its maintenance thread judges each settled day's shards
+and writes the flagged runs into the lakehouse's ``anomalies`` through the anomaly contract), then the
+same events consumed again after the day's stored residual windows were lost (a crash before the day
+was marked done).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workbench.analysis.moved_statements import MOVED_REASON, MOVED_SIGNAL
 from workbench.analysis.persistence import PERSISTENCE_REASON, PERSISTENCE_SIGNAL
 from workbench.analysis.slower_groups import (
     GROUP_REASON,
@@ -96,6 +99,38 @@ def _changed_user(path: Path, hours: tuple[int, int], column: str, change: Calla
     return int(user), at, set(ids[slowed]), set(ids[same_hour])
 
 
+def _moved_user(path: Path, fingerprint: str, avoid: set[int]) -> tuple[int, int, set[int]]:
+    """The user with the most day-2 afternoon (14-18 h) runs of statements its instance ran at least 6 times on
+    day 1, of at least 3 such statements (not ``fingerprint``, no query of ``avoid``), has those runs moved to
+    the other instance (new query ids there). Returns the home instance, the other and the moved ids."""
+    table = pq.read_table(path)
+    frame = table.select(["instance_id", "user_id", "feature_fingerprint", "arrival_timestamp", "query_id"]
+                         ).to_pandas()
+    day1 = frame[frame["arrival_timestamp"].dt.date == D1]
+    runs = day1.groupby(["instance_id", "feature_fingerprint"]).size()
+    # 6 runs: the model counts a statement's executed, unlabelled runs, which must be 3 (its min_history)
+    regular = {k for k, n in runs.items() if n >= 6 and k[1] != fingerprint}
+    hour = frame["arrival_timestamp"].dt.hour
+    afternoon = ((frame["arrival_timestamp"].dt.date == D2) & (hour >= 14) & (hour < 18)
+                 & np.array([k in regular for k in zip(frame["instance_id"], frame["feature_fingerprint"],
+                                                        strict=True)])
+                 & ~frame["query_id"].isin(avoid))
+    part = frame[afternoon]
+    per = part.groupby(["instance_id", "user_id"]).agg(runs=("query_id", "size"),
+                                                       statements=("feature_fingerprint", "nunique"))
+    instance, user = per[per["statements"] >= 3].sort_values("runs", kind="stable").index[-1]
+    moved = (afternoon & (frame["instance_id"] == instance) & (frame["user_id"] == user)).to_numpy()
+    other = int(next(i for i in frame["instance_id"].unique() if i != instance))
+    instances = frame["instance_id"].to_numpy().copy()
+    ids = frame["query_id"].to_numpy().copy()
+    instances[moved], ids[moved] = other, ids[moved] + 10**12  # query ids are unique per instance only
+    for column, values in (("instance_id", instances), ("query_id", ids)):
+        at = table.schema.get_field_index(column)
+        table = table.set_column(at, table.schema.field(at), pa.array(values, table.schema.field(at).type))
+    pq.write_table(table, path)
+    return int(instance), other, set(ids[moved].tolist())
+
+
 def _persistent(settings: Settings, reasons: tuple[str, ...] = (PERSISTENCE_REASON,)) -> list[dict]:
     with AnomalyLakehouse.from_settings(settings) as lake:
         rows = lake.read().to_pylist()
@@ -111,6 +146,7 @@ def test_a_statement_whose_plan_stays_slow_is_flagged_on_its_later_runs_once(kaf
     user, hour, user_queries, hour_queries = _changed_user(log, (8, 12), "execution_duration_ms", lambda x: x * 2.5)
     # another user-hour, in the night: its queries wait 8 s more than they (and the instance) usually do
     waiter, night, waiting, night_queries = _changed_user(log, (0, 8), "queue_duration_ms", lambda x: x + 8_000)
+    home, here, moved = _moved_user(log, fingerprint, set(slowed) | user_queries | waiting)
     train_day(settings, D1, window_days=1, data=log)  # the regression is on day 2: the model never saw it
     Replay(log, settings=settings, speedup=0, pack=100).run()
     first = run_scoring(settings, idle_exit=3, timeout=120, train=False, batch_rows=8192, batch_seconds=0.5)
@@ -139,9 +175,15 @@ def test_a_statement_whose_plan_stays_slow_is_flagged_on_its_later_runs_once(kaf
     wait = orjson.loads(next(r for r in waited if r["query_id"] in waiting)["features"])
     assert wait["evidence_signal"] == QUEUE_GROUP_SIGNAL and wait["excess_value"] >= 1_000
     assert f"user {waiter}'s queries on this instance {night:%H:%M}-" in wait["reference"]
+    # the moved statements: every run the per-query detector and the other rules left, as one workload of its home
+    went = _persistent(settings, (MOVED_REASON,))
+    assert len(moved) >= 9 and {r["query_id"] for r in went} == moved - alerted - {r["query_id"] for r in grouped}
+    assert all(r["instance_id"] == here for r in went)
+    move = orjson.loads(went[0]["features"])
+    assert move["evidence_signal"] == MOVED_SIGNAL and f"on instance {home}, its home" in move["reference"]
     grouped = [r for r in grouped if r["reason"] == GROUP_REASON]
     ids = {r["query_id"] for r in grouped}
-    assert first["group_anomalies"] == len(grouped) + len(waited)
+    assert first["group_anomalies"] == len(grouped) + len(waited) + len(went)
     assert ids <= hour_queries and not ids & {r["query_id"] for r in every}
     assert len(ids & user_queries) >= 0.3 * len(user_queries) and len(ids - user_queries) <= 0.1 * len(hour_queries)
     mine = [r for r in grouped if r["query_id"] in user_queries and r["reason"] == GROUP_REASON]
@@ -162,7 +204,7 @@ def test_a_statement_whose_plan_stays_slow_is_flagged_on_its_later_runs_once(kaf
     again = run_scoring(settings, idle_exit=3, timeout=120, train=False, batch_rows=8192, batch_seconds=0.5,
                         group="scoring-again")
     assert again["persistent_anomalies"] == again["group_anomalies"] == 0  # judged again, nothing new inserted
-    for reasons, before in (((PERSISTENCE_REASON,), every), ((GROUP_REASON,), grouped), ((QUEUE_GROUP_REASON,),
-                                                                                           waited)):
+    for reasons, before in (((PERSISTENCE_REASON,), every), ((GROUP_REASON,), grouped),
+                            ((QUEUE_GROUP_REASON,), waited), ((MOVED_REASON,), went)):
         assert [(r["query_id"], r["model_version"], r["features"]) for r in _persistent(settings, reasons)] == [
             (r["query_id"], r["model_version"], r["features"]) for r in before]

@@ -1,8 +1,9 @@
 """The per-query rules of the scoring app's deferred step, in their order, for a settled day.
 
-A statement that stays slower (:mod:`workbench.analysis.persistence`) and a part of an instance that
-runs slower or waits longer (:mod:`workbench.analysis.slower_groups`) flag the same kind of rows of
-the same day; a row gets one alert, the persistence rule's first. The scoring app's step, the chaos
+A statement that stays slower (:mod:`workbench.analysis.persistence`), a part of an instance that
+runs slower or waits longer (:mod:`workbench.analysis.slower_groups`) and another instance's workload
+(:mod:`workbench.analysis.moved_statements`) flag rows of the same day; a row gets one alert, the first
+rule's. The scoring app's step, the chaos
 oracle (:func:`deferred_runs`, over shards) and the evaluations (:func:`deferred_flags`, over a log
 scored offline) all take the rules from here, so the order cannot differ between what the stream
 stores and what ``workbench evaluate`` counts.
@@ -17,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from workbench.analysis._judged import offline_scored
+from workbench.analysis.moved_statements import MOVED_COLUMNS, MOVED_REASON, MovedParams, moved_statement_runs
 from workbench.analysis.persistence import PERSISTENCE_COLUMNS, PERSISTENCE_REASON, PersistenceParams, persistent_runs
 from workbench.analysis.slower_groups import (
     GROUP_COLUMNS,
@@ -31,36 +33,51 @@ __all__ = ["DEFERRED_COLUMNS", "DEFERRED_REASONS", "deferred_flags", "deferred_r
 
 #: The reasons of the alerts the step raises, the persistence rule's first (a settled day's are replaced as a
 #: whole when it is judged again).
-DEFERRED_REASONS = (PERSISTENCE_REASON, GROUP_REASON, QUEUE_GROUP_REASON)
+DEFERRED_REASONS = (PERSISTENCE_REASON, GROUP_REASON, QUEUE_GROUP_REASON, MOVED_REASON)
 #: Shard columns :func:`deferred_runs` reads.
-DEFERRED_COLUMNS = tuple(dict.fromkeys(PERSISTENCE_COLUMNS + GROUP_COLUMNS))
+DEFERRED_COLUMNS = tuple(dict.fromkeys(PERSISTENCE_COLUMNS + GROUP_COLUMNS + MOVED_COLUMNS))
+#: ``(home, home_ms)`` per row: :meth:`workbench.ml.features.FeatureBuilder.statement_homes`.
+Homes = tuple[np.ndarray, np.ndarray]
 
 
 def deferred_runs(rows: pa.Table, known: np.ndarray | None, queue_reference: np.ndarray | None, *,
                   persistence: PersistenceParams | None = None, groups: GroupParams | None = None,
                   scales: Mapping[str, tuple[float, float]] | None = None,
-                  usual_hours: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  usual_hours: pd.DataFrame | None = None, homes: Homes | None = None,
+                  moved: MovedParams | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(persistent, slower)``: :func:`~workbench.analysis.persistence.persistent_runs` of one day of
     scored ``rows``, then :func:`~workbench.analysis.slower_groups.slower_group_runs` of the rows it
-    left (``known``, ``queue_reference``, ``scales`` and ``usual_hours`` as those take them)."""
+    left (``known``, ``queue_reference``, ``scales`` and ``usual_hours`` as those take them), then
+    :func:`~workbench.analysis.moved_statements.moved_statement_runs` of the rows those left (``homes``;
+    None: no row has a home), its runs after the groups' in ``slower``."""
     persistent = persistent_runs(rows, known, persistence, scales)
     taken = np.zeros(rows.num_rows, dtype=bool)
     taken[persistent["row"].to_numpy()] = True
-    return persistent, slower_group_runs(rows, known, groups, scales, taken, queue_reference, usual_hours)
+    slower = slower_group_runs(rows, known, groups, scales, taken, queue_reference, usual_hours)
+    if homes is None:
+        return persistent, slower
+    taken[slower["row"].to_numpy()] = True
+    found = moved_statement_runs(rows, homes[0], homes[1], moved, taken)
+    if found.empty:
+        return persistent, slower
+    if slower.empty:
+        return persistent, found
+    return persistent, pd.concat([slower, found], ignore_index=True)
 
 
 def deferred_flags(table: pa.Table, pred_mean_ms: np.ndarray, pred_q_ms: np.ndarray, alerted: np.ndarray,
                    known: np.ndarray, version: str, queue_reference: np.ndarray | None, *,
                    persistence: PersistenceParams | None = None, groups: GroupParams | None = None,
                    scales: Mapping[str, tuple[float, float]] | None = None,
-                   usual_hours: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   usual_hours: pd.DataFrame | None = None, homes: Homes | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Per row of one day of a log scored offline by one ``version`` (its ``pred_mean_ms``,
     ``pred_q_ms`` and per-query decision ``alerted``): ``(persistent, group)``, flagged as the scoring
     app's step flags it (for ``workbench evaluate`` and the benchmarks, which score a log's rows
     rather than read shards)."""
     return split_reasons(deferred_reasons(table, pred_mean_ms, pred_q_ms, alerted, known, version, queue_reference,
                                           persistence=persistence, groups=groups, scales=scales,
-                                          usual_hours=usual_hours))
+                                          usual_hours=usual_hours, homes=homes))
 
 
 def split_reasons(reasons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -73,12 +90,12 @@ def deferred_reasons(table: pa.Table, pred_mean_ms: np.ndarray, pred_q_ms: np.nd
                      known: np.ndarray, version: str, queue_reference: np.ndarray | None, *,
                      persistence: PersistenceParams | None = None, groups: GroupParams | None = None,
                      scales: Mapping[str, tuple[float, float]] | None = None,
-                     usual_hours: pd.DataFrame | None = None) -> np.ndarray:
+                     usual_hours: pd.DataFrame | None = None, homes: Homes | None = None) -> np.ndarray:
     """Per row, as :func:`deferred_flags` takes them: the reason the scoring app's step flags it with
-    (``persistent_slowdown``, ``group_slowdown``, ``group_waits_longer``), None where it flags nothing."""
+    (one of :data:`DEFERRED_REASONS`), None where it flags nothing."""
     scored = offline_scored(table, DEFERRED_COLUMNS, pred_mean_ms, pred_q_ms, alerted, version)
     persistent, group = deferred_runs(scored, known, queue_reference, persistence=persistence, groups=groups,
-                                      scales=scales, usual_hours=usual_hours)
+                                      scales=scales, usual_hours=usual_hours, homes=homes)
     reasons = np.full(table.num_rows, None, dtype=object)
     reasons[persistent["row"].to_numpy()] = PERSISTENCE_REASON
     reasons[group["row"].to_numpy()] = group["reason"].to_numpy(dtype=object)

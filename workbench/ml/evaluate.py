@@ -470,7 +470,7 @@ def deferred_alert_reasons(table: pa.Table, out: dict[str, np.ndarray], model: L
                             model.features.reference_source(table) == 0, model.version,
                             model.features.usual_wait(table),
                             scales={model.version: (model.detector.min_scale, model.detector.max_scale)},
-                            usual_hours=model.usual_hours)
+                            usual_hours=model.usual_hours, homes=model.features.statement_homes(table))
 
 
 def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data: Path,

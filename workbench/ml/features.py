@@ -311,6 +311,10 @@ def _id_count(table: pa.Table, name: str) -> np.ndarray:
 
 #: The columns :meth:`FeatureBuilder.reference_source` reads (those of :func:`_fp_keys`).
 REFERENCE_SOURCE_COLUMNS = ("instance_id", "feature_fingerprint")
+#: :meth:`FeatureBuilder.statement_homes` finds no home when more than this share of a window's fingerprints
+#: ran on several instances: Redset's fingerprints virtually never repeat across clusters, and a log whose
+#: fingerprints do is not scoped by them.
+SHARED_FINGERPRINTS_MAX = 0.01
 #: The history statistics :meth:`FeatureBuilder._source` reads.
 _SOURCE_STATISTICS = ("n", "med_exec")
 #: The history statistics :meth:`FeatureBuilder.queue_reference` reads.
@@ -715,6 +719,59 @@ class FeatureBuilder:
         check_columns(table.column_names, REFERENCE_SOURCE_COLUMNS)
         return self._source(self._lookup(table, only=_SOURCE_STATISTICS))
 
+    def statement_homes(self, data: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: ``(home, home_ms)``, the other instance whose regular statement the row runs although its
+        own instance never ran it in the window, and the statement's median runtime there (ms); -1 and NaN
+        for every other row (a statement of its own instance, a null fingerprint, an instance without
+        history, a statement regular on none or on several other instances).
+
+        Redset's fingerprints are scoped to one cluster (they virtually never repeat across clusters), so
+        another instance's statement arriving here is a workload that moved: a failover or a connection
+        pointed at the wrong cluster. The rule holds only where the window shows it: when more than
+        :data:`SHARED_FINGERPRINTS_MAX` of the window's fingerprints ran on several instances (a log whose
+        fingerprints are global), no row has a home.
+        """
+        self._check_fitted("statement_homes")
+        table = _as_table(data)
+        check_columns(table.column_names, REFERENCE_SOURCE_COLUMNS)
+        n = table.num_rows
+        home, home_ms = np.full(n, -1, dtype=np.int64), np.full(n, np.nan)
+        homes = self._statement_home_table()
+        if not homes or n == 0:
+            return home, home_ms
+        lookup = self._lookup(table, only=("n",))
+        inst = _instance_ids(table)
+        candidates = np.flatnonzero(lookup.fp_unseen & np.isin(inst, self._inst_ids))
+        if len(candidates) == 0:
+            return home, home_ms
+        fingerprints = pc.cast(table.column("feature_fingerprint"), pa.string()).to_numpy(zero_copy_only=False)
+        for i in candidates:
+            found = homes.get(fingerprints[i])
+            if found is not None and found[0] != inst[i]:
+                home[i], home_ms[i] = found
+        return home, home_ms
+
+    def _statement_home_table(self) -> dict[str, tuple[int, float]]:
+        """``fingerprint -> (instance, median runtime ms)`` of the window's statements that ran on one
+        instance only, at least ``min_history`` times; empty when the window's fingerprints are not scoped
+        to an instance (:meth:`statement_homes`)."""
+        if self._homes is not None:
+            return self._homes
+        t = self.fp_table_.filter(pc.is_valid(self.fp_table_.column("feature_fingerprint")))
+        per_fp = t.group_by("feature_fingerprint").aggregate([("instance_id", "count")])
+        shared = pc.sum(pc.greater(per_fp.column("instance_id_count"), 1)).as_py() or 0
+        self._homes = {}
+        if per_fp.num_rows == 0 or shared / per_fp.num_rows > SHARED_FINGERPRINTS_MAX:
+            return self._homes
+        single = per_fp.filter(pc.equal(per_fp.column("instance_id_count"), 1)).column("feature_fingerprint")
+        regular = t.filter(pc.and_(pc.is_in(t.column("feature_fingerprint"), single),
+                                   pc.greater_equal(t.column("n"), self.min_history)))
+        runtime = np.expm1(regular.column("med_exec").to_numpy(zero_copy_only=False))
+        for fp, instance, ms in zip(regular.column("feature_fingerprint").to_pylist(),
+                                    regular.column("instance_id").to_pylist(), runtime, strict=True):
+            self._homes[fp] = (int(instance), float(ms))
+        return self._homes
+
     def queue_reference(self, data: pa.Table | pa.RecordBatch) -> np.ndarray:
         """Only the queue's level of :meth:`references` (the usual ``log1p`` wait, at least the
         instance's ordinary wait), from ``instance_id`` and ``feature_fingerprint``: a settled day's
@@ -820,6 +877,7 @@ class FeatureBuilder:
         # Each key's first row, as pc.index_in finds it. index_in hashes its whole value set on
         # every call (~25 ms for a day's ~100 k fingerprints: ~1.5 us a row of a 16 k-row scoring
         # batch); this table is hashed once per model instead.
+        self._homes: dict[str, tuple[int, float]] | None = None  # statement_homes' table, built when first asked
         self._fp_rows: dict[str | None, int] = {}
         for row, key in enumerate(_fp_keys(t).to_pylist()):
             self._fp_rows.setdefault(key, row)

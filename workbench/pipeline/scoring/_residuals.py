@@ -303,10 +303,10 @@ class ResidualWindowsStep:
             left[day.isoformat()] = unscored
             self.status.info["judged_with_unscored"] = left
         self._unscored_since.pop(day, None)
-        known, usual_wait = self._expectations(rows)
+        known, usual_wait, homes = self._expectations(rows)
         windows = residual_windows(rows, known=known).drop(columns="unscored_queries")
         flagged = self.judge_day(store, day, windows)
-        persistent, group = self.deferred_day(day, rows, known, usual_wait)
+        persistent, group = self.deferred_day(day, rows, known, usual_wait, homes)
         if again or flagged.num_rows or persistent.num_rows or group.num_rows:
             with AnomalyLakehouse.from_settings(self.settings) as lake:
                 if flagged.num_rows:
@@ -325,20 +325,20 @@ class ResidualWindowsStep:
                     group.num_rows)
         return True
 
-    def deferred_day(self, day: dt.date, rows: pa.Table, known: np.ndarray, usual_wait: np.ndarray
-                     ) -> tuple[pa.Table, pa.Table]:
+    def deferred_day(self, day: dt.date, rows: pa.Table, known: np.ndarray, usual_wait: np.ndarray,
+                     homes: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[pa.Table, pa.Table]:
         """The lakehouse ``anomalies`` rows of ``day``'s runs that complete a streak of slower runs, and of
-        its queries in a slower group (the rest: a run has one alert).
+        its queries in a slower group or of another instance's workload (the rest: a run has one alert).
 
-        :func:`~workbench.analysis.deferred.deferred_runs` over the whole scored day (``known`` and
-        ``usual_wait``: :meth:`_expectations`), each row's spread clipped as its version's detector
+        :func:`~workbench.analysis.deferred.deferred_runs` over the whole scored day (``known``,
+        ``usual_wait`` and ``homes``: :meth:`_expectations`), each row's spread clipped as its version's detector
         clips it; the flagged queries' shard rows (read again, only when there are any) become alerts
         through the anomaly contract, with their evidence.
         """
         from workbench.analysis.deferred import deferred_runs
 
         found, slower = deferred_runs(rows, known, usual_wait, persistence=self.persistence, groups=self.groups,
-                                      scales=self._scales, usual_hours=self.usual_hours())
+                                      scales=self._scales, usual_hours=self.usual_hours(), homes=homes)
         return (self._alerts(day, found, evidence_columns(found, self.persistence)),
                 self._alerts(day, slower, group_evidence_columns(slower, self.groups)))
 
@@ -381,15 +381,17 @@ class ResidualWindowsStep:
                                        end=start.to_pydatetime()).to_pandas()
         return judge_residual_windows(windows, pd.concat([history, windows], ignore_index=True), self.params)
 
-    def _expectations(self, rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """Per row, from the version that scored it: ``(known, usual_wait)``.
+    def _expectations(self, rows: pa.Table) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Per row, from the version that scored it: ``(known, usual_wait, (home, home_ms))``.
 
         ``known``: it expected the runtime from the statement's own history (the detector's evidence
         source ``fingerprint``; the shards keep which version): a never-seen statement's residual tells
         what the model does not know. ``usual_wait``: the usual ``log1p`` wait it expects at that hour
         (:meth:`~workbench.ml.features.FeatureBuilder.usual_wait`). Only the version's feature
-        tables are loaded (no ONNX sessions). Unscored rows, and rows of a version that cannot be
-        read, read False and NaN.
+        tables are loaded (no ONNX sessions). ``home``, ``home_ms``: the other instance whose statement
+        the row runs and its median runtime there
+        (:meth:`~workbench.ml.features.FeatureBuilder.statement_homes`). Unscored rows, and rows of a
+        version that cannot be read, read False, NaN, -1 and NaN.
         """
         from workbench.ml.exceptions import MLError
         from workbench.ml.registry import ModelRegistry
@@ -397,6 +399,7 @@ class ResidualWindowsStep:
 
         known = np.zeros(rows.num_rows, dtype=bool)
         usual_wait = np.full(rows.num_rows, np.nan)
+        home, home_ms = np.full(rows.num_rows, -1, dtype=np.int64), np.full(rows.num_rows, np.nan)
         versions = rows.column("model_version")
         day_versions = pc.unique(versions.drop_null()).to_pylist()
         self._features = {v: f for v, f in self._features.items() if v in day_versions}  # the next day shares some
@@ -428,7 +431,8 @@ class ResidualWindowsStep:
             mine, version_rows = mask.to_numpy(zero_copy_only=False), rows.filter(mask)
             known[mine] = features.reference_source(version_rows) == 0
             usual_wait[mine] = features.usual_wait(version_rows)
-        return known, usual_wait
+            home[mine], home_ms[mine] = features.statement_homes(version_rows)
+        return known, usual_wait, (home, home_ms)
 
 
 def evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Array]:
@@ -459,11 +463,15 @@ def group_evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Arr
     what makes it an alert: its group, the span, how many queries it judged and how much longer their
     median ran (or waited).
     """
+    from workbench.analysis.moved_statements import MOVED_SIGNAL
     from workbench.analysis.slower_groups import QUEUE_GROUP_SIGNAL
 
     names = {"user_id": "user", "database_id": "database", "query_type": "query type"}
     reference = []
     for row in found.itertuples(index=False):
+        if row.signal == MOVED_SIGNAL:
+            reference.append(moved_reference(row))
+            continue
         who = ("this instance's queries" if row.group_key == "instance_id"
                else f"{names.get(row.group_key, row.group_key)} {row.group_value}'s queries on this instance")
         span = f"{row.span_start:%H:%M}-{row.span_end:%H:%M} UTC"
@@ -480,6 +488,16 @@ def group_evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Arr
     return _alert_columns(found, score=found["score"].to_numpy(), reason=found["reason"].tolist(),
                           signal=found["signal"].tolist(), reference=reference,
                           exec_ratio=found["exec_ratio"].to_numpy())
+
+
+def moved_reference(row: Any) -> str:
+    """The evidence reference of a run of another instance's statement (a row of
+    :func:`~workbench.analysis.moved_statements.moved_statement_runs`)."""
+    statements = int(row.group_statements)
+    return (f"its statement's median runtime on instance {row.group_value}, its home, where it is a regular; this "
+            f"instance never ran it. One of {row.group_queries} runs of {statements} statements of instance "
+            f"{row.group_value} here {row.span_start:%H:%M}-{row.span_end:%H:%M} UTC (median {row.group_ratio:.2f}x "
+            f"their runtime at home): fingerprints do not cross instances, so its workload moved here")
 
 
 def _alert_columns(found: pd.DataFrame, *, score: np.ndarray, reason: list[str], signal: list[str],
