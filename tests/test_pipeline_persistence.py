@@ -1,6 +1,7 @@
 """The scoring app flags the runs of a statement whose plan stays slow for the rest of a day, the
 queries of a user whose every query runs slower (another's: waits longer) for an hour, and the runs of
-another instance's statements (a user's connection repointed to the wrong instance), once.
+another instance's statements (a user's connection repointed to the wrong instance), once; the
+regression's first runs, before a streak completes, as a statement whose runs rise that day.
 
 Real components: a generated log in which one known statement runs 4x its usual time from noon of
 its second day on and one user's queries of another instance run 2.5x their time for an hour of the
@@ -34,6 +35,7 @@ from workbench.analysis.slower_groups import (
     QUEUE_GROUP_REASON,
     QUEUE_GROUP_SIGNAL,
 )
+from workbench.analysis.trend import TREND_REASON, TREND_SIGNAL
 from workbench.broker import ensure_topics
 from workbench.config import Settings
 from workbench.data.generator import generate
@@ -181,9 +183,15 @@ def test_a_statement_whose_plan_stays_slow_is_flagged_on_its_later_runs_once(kaf
     assert all(r["instance_id"] == here for r in went)
     move = orjson.loads(went[0]["features"])
     assert move["evidence_signal"] == MOVED_SIGNAL and f"on instance {home}, its home" in move["reference"]
+    # the regression's first slowed runs, which no streak has completed yet: the statement's runs rise that day
+    crept = _persistent(settings, (TREND_REASON,))
+    assert {r["query_id"] for r in crept} >= set(slowed[:3]) - alerted
+    assert all(orjson.loads(r["features"])["feature_fingerprint"] == fingerprint for r in crept)
+    assert not {r["query_id"] for r in crept} & {r["query_id"] for r in every}
+    assert orjson.loads(crept[0]["features"])["evidence_signal"] == TREND_SIGNAL
     grouped = [r for r in grouped if r["reason"] == GROUP_REASON]
     ids = {r["query_id"] for r in grouped}
-    assert first["group_anomalies"] == len(grouped) + len(waited) + len(went)
+    assert first["group_anomalies"] == len(grouped) + len(waited) + len(went) + len(crept)
     assert ids <= hour_queries and not ids & {r["query_id"] for r in every}
     assert len(ids & user_queries) >= 0.3 * len(user_queries) and len(ids - user_queries) <= 0.1 * len(hour_queries)
     mine = [r for r in grouped if r["query_id"] in user_queries and r["reason"] == GROUP_REASON]
@@ -205,6 +213,6 @@ def test_a_statement_whose_plan_stays_slow_is_flagged_on_its_later_runs_once(kaf
                         group="scoring-again")
     assert again["persistent_anomalies"] == again["group_anomalies"] == 0  # judged again, nothing new inserted
     for reasons, before in (((PERSISTENCE_REASON,), every), ((GROUP_REASON,), grouped),
-                            ((QUEUE_GROUP_REASON,), waited), ((MOVED_REASON,), went)):
+                            ((QUEUE_GROUP_REASON,), waited), ((MOVED_REASON,), went), ((TREND_REASON,), crept)):
         assert [(r["query_id"], r["model_version"], r["features"]) for r in _persistent(settings, reasons)] == [
             (r["query_id"], r["model_version"], r["features"]) for r in before]

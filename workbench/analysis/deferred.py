@@ -1,9 +1,10 @@
 """The per-query rules of the scoring app's deferred step, in their order, for a settled day.
 
-A statement that stays slower (:mod:`workbench.analysis.persistence`), a part of an instance that
-runs slower or waits longer (:mod:`workbench.analysis.slower_groups`) and another instance's workload
-(:mod:`workbench.analysis.moved_statements`) flag rows of the same day; a row gets one alert, the first
-rule's. The scoring app's step, the chaos
+A statement that stays slower (:mod:`workbench.analysis.persistence`), a statement that creeps
+(:mod:`workbench.analysis.trend`), a part of an instance that runs slower or waits longer
+(:mod:`workbench.analysis.slower_groups`) and another instance's workload
+(:mod:`workbench.analysis.moved_statements`) flag rows of the same day, in this order; a row gets one
+alert, the first rule's. The scoring app's step, the chaos
 oracle (:func:`deferred_runs`, over shards) and the evaluations (:func:`deferred_flags`, over a log
 scored offline) all take the rules from here, so the order cannot differ between what the stream
 stores and what ``workbench evaluate`` counts.
@@ -27,15 +28,16 @@ from workbench.analysis.slower_groups import (
     GroupParams,
     slower_group_runs,
 )
+from workbench.analysis.trend import TREND_COLUMNS, TREND_REASON, TrendParams, creeping_runs
 
 __all__ = ["DEFERRED_COLUMNS", "DEFERRED_REASONS", "deferred_flags", "deferred_reasons", "deferred_runs",
            "split_reasons"]
 
 #: The reasons of the alerts the step raises, the persistence rule's first (a settled day's are replaced as a
 #: whole when it is judged again).
-DEFERRED_REASONS = (PERSISTENCE_REASON, GROUP_REASON, QUEUE_GROUP_REASON, MOVED_REASON)
+DEFERRED_REASONS = (PERSISTENCE_REASON, GROUP_REASON, QUEUE_GROUP_REASON, MOVED_REASON, TREND_REASON)
 #: Shard columns :func:`deferred_runs` reads.
-DEFERRED_COLUMNS = tuple(dict.fromkeys(PERSISTENCE_COLUMNS + GROUP_COLUMNS + MOVED_COLUMNS))
+DEFERRED_COLUMNS = tuple(dict.fromkeys(PERSISTENCE_COLUMNS + TREND_COLUMNS + GROUP_COLUMNS + MOVED_COLUMNS))
 #: ``(home, home_ms)`` per row: :meth:`workbench.ml.features.FeatureBuilder.statement_homes`.
 Homes = tuple[np.ndarray, np.ndarray]
 
@@ -44,25 +46,27 @@ def deferred_runs(rows: pa.Table, known: np.ndarray | None, queue_reference: np.
                   persistence: PersistenceParams | None = None, groups: GroupParams | None = None,
                   scales: Mapping[str, tuple[float, float]] | None = None,
                   usual_hours: pd.DataFrame | None = None, homes: Homes | None = None,
-                  moved: MovedParams | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  moved: MovedParams | None = None, trend: TrendParams | None = None
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(persistent, slower)``: :func:`~workbench.analysis.persistence.persistent_runs` of one day of
-    scored ``rows``, then :func:`~workbench.analysis.slower_groups.slower_group_runs` of the rows it
-    left (``known``, ``queue_reference``, ``scales`` and ``usual_hours`` as those take them), then
-    :func:`~workbench.analysis.moved_statements.moved_statement_runs` of the rows those left (``homes``;
-    None: no row has a home), its runs after the groups' in ``slower``."""
+    scored ``rows``, then :func:`~workbench.analysis.trend.creeping_runs`,
+    :func:`~workbench.analysis.slower_groups.slower_group_runs` and
+    :func:`~workbench.analysis.moved_statements.moved_statement_runs` (``homes``; None: no row has a
+    home), each of the rows the earlier ones left (``known``, ``queue_reference``, ``scales`` and
+    ``usual_hours`` as those take them); the last three's runs together in ``slower``."""
     persistent = persistent_runs(rows, known, persistence, scales)
     taken = np.zeros(rows.num_rows, dtype=bool)
     taken[persistent["row"].to_numpy()] = True
-    slower = slower_group_runs(rows, known, groups, scales, taken, queue_reference, usual_hours)
-    if homes is None:
-        return persistent, slower
-    taken[slower["row"].to_numpy()] = True
-    found = moved_statement_runs(rows, homes[0], homes[1], moved, taken)
-    if found.empty:
-        return persistent, slower
-    if slower.empty:
-        return persistent, found
-    return persistent, pd.concat([slower, found], ignore_index=True)
+    creeping = creeping_runs(rows, known, trend, scales, taken)
+    taken[creeping["row"].to_numpy()] = True
+    parts = [creeping, slower_group_runs(rows, known, groups, scales, taken, queue_reference, usual_hours)]
+    if homes is not None:
+        taken[parts[-1]["row"].to_numpy()] = True
+        parts.append(moved_statement_runs(rows, homes[0], homes[1], moved, taken))
+    found = [part for part in parts if not part.empty]
+    if not found:
+        return persistent, parts[1]
+    return persistent, found[0] if len(found) == 1 else pd.concat(found, ignore_index=True)
 
 
 def deferred_flags(table: pa.Table, pred_mean_ms: np.ndarray, pred_q_ms: np.ndarray, alerted: np.ndarray,

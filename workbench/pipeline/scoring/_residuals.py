@@ -465,12 +465,16 @@ def group_evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Arr
     """
     from workbench.analysis.moved_statements import MOVED_SIGNAL
     from workbench.analysis.slower_groups import QUEUE_GROUP_SIGNAL
+    from workbench.analysis.trend import TREND_SIGNAL
 
     names = {"user_id": "user", "database_id": "database", "query_type": "query type"}
     reference = []
     for row in found.itertuples(index=False):
         if row.signal == MOVED_SIGNAL:
             reference.append(moved_reference(row))
+            continue
+        if row.signal == TREND_SIGNAL:
+            reference.append(trend_reference(row))
             continue
         who = ("this instance's queries" if row.group_key == "instance_id"
                else f"{names.get(row.group_key, row.group_key)} {row.group_value}'s queries on this instance")
@@ -488,6 +492,16 @@ def group_evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Arr
     return _alert_columns(found, score=found["score"].to_numpy(), reason=found["reason"].tolist(),
                           signal=found["signal"].tolist(), reference=reference,
                           exec_ratio=found["exec_ratio"].to_numpy())
+
+
+def trend_reference(row: Any) -> str:
+    """The evidence reference of a run of a creeping statement (a row of
+    :func:`~workbench.analysis.trend.creeping_runs`)."""
+    bar = row.group_z / row.score
+    return (f"model+fingerprint history; run {row.trend_position} of {row.trend_runs} of this statement since "
+            f"{row.span_start:%H:%M:%S} UTC, each slower than expected since; its {row.group_queries} runs today "
+            f"rise run after run (Kendall z {row.group_z:.1f}; a bar of {bar:.2f}), to a median {row.group_ratio:.2f}x "
+            f"the expectation since then")
 
 
 def moved_reference(row: Any) -> str:
