@@ -282,10 +282,12 @@ def test_the_evaluation_says_when_the_lakehouse_lacks_the_days_persistent_runs(t
     day = dt.date(2024, 3, 7)
     results = {"v2": {"alerts": 114.0, "persistent runs": 1.0}, "baseline": {"alerts": 90.0}}
     note = ds.deferred_alerts_note(settings, day, results)
-    assert "2024-03-07's persistent runs and slower groups' queries (v2 1)" in note and "lakehouse holds fewer" in note
+    assert "2024-03-07's persistent and creeping runs, slower groups' queries and moved statements' runs (v2 1)" \
+        in note and "lakehouse holds fewer" in note
     assert ds.deferred_alerts_note(settings, day, {"v2": {"alerts": 113.0, "persistent runs": 0.0}}) == ""
-    both = {"v2": {"alerts": 140.0, "persistent runs": 1.0, "slower group queries": 26.0}}
-    assert "queries (v2 27)" in ds.deferred_alerts_note(settings, day, both)
+    every = {"v2": {"alerts": 140.0, "persistent runs": 1.0, "slower group queries": 26.0, "creeping runs": 3.0,
+                    "moved statement runs": 9.0}}
+    assert "runs (v2 39)" in ds.deferred_alerts_note(settings, day, every)
     assert ds.deferred_alerts_note(settings, None, results) == ""
     with WindowStatsStore.from_settings(settings) as store:  # the scoring app judged the day
         store.insert_residuals(pd.DataFrame({"instance_id": [1], "window_start": [pd.Timestamp("2024-03-07T23:50Z")],

@@ -348,19 +348,20 @@ def evaluation_table(results: dict[str, dict[str, Any]]) -> pd.DataFrame:
 def deferred_alerts_note(settings: Settings, day: dt.date | None, results: dict[str, dict[str, Any]]) -> str:
     """Why the lakehouse holds fewer of ``day``'s alerts than the evaluation counts, or "".
 
-    The evaluation's ``alerts`` include the day's persistent runs and slower groups' queries, which the
-    stream stores only once the day is settled: when events of a later day arrive, or the replay has
-    sent the log's last row.
+    The evaluation's ``alerts`` include the day's deferred alerts (persistent and creeping runs, slower
+    groups' queries, moved statements' runs), which the stream stores only once the day is settled: when
+    events of a later day arrive, or the replay has sent the log's last row.
     """
     from workbench.analysis.read import judged_through
+    from workbench.ml.evaluate import deferred_metric_reasons
 
-    runs = {name: int(m.get("persistent runs") or 0) + int(m.get("slower group queries") or 0)
-            for name, m in results.items()}
+    runs = {name: sum(int(m.get(metric) or 0) for metric in deferred_metric_reasons()) for name, m in results.items()}
     runs = {name: n for name, n in runs.items() if n}
     if day is None or not runs or judged_through(settings, day):
         return ""
     counts = ", ".join(f"{name} {n:,}" for name, n in runs.items())
-    return (f"The alerts above include {day}'s persistent runs and slower groups' queries ({counts}). The stream "
+    return (f"The alerts above include {day}'s persistent and creeping runs, slower groups' queries and moved "
+            f"statements' runs ({counts}). The stream "
             f"stores those once {day} is "
             f"settled (events of a later day arrived, or the replay sent the log's last row), so the lakehouse "
             f"holds fewer of {day}'s alerts for now.")

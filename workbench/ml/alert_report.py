@@ -156,6 +156,6 @@ def format_alert_report(report: dict[str, Any], *, top: int = 3) -> str:
     lines.append(f"note: {report['note']}")
     if report["detector"] != "baseline":
         lines.append("later: of the alerts, those the scoring app's deferred step raises once the day has settled "
-                     "(a statement that stays slower or creeps, a user, database or query type slower or waiting longer, "
-                     "another instance's statements)")
+                     "(a statement that stays slower or creeps, a user, database or query type slower or waiting "
+                     "longer, another instance's statements)")
     return "\n".join(lines)

@@ -7,8 +7,9 @@ Metrics (all from :mod:`sklearn.metrics` where one exists):
 ``F1``, ``precision``, ``recall``, ``alerts per 10k``
     Of the alerts the pipeline raises: the detector's own decision (``is_anomaly``) and the
     queries the scoring app's deferred step flags a settled day later (:func:`deferred_alerts`):
-    runs of a statement that stays slower (``persistent runs`` counts them) and queries of a slower
-    part of an instance (``slower group queries``). PR-AUC and the equal-volume figures rank the
+    runs of a statement that stays slower (``persistent runs`` counts them) or creeps (``creeping
+    runs``), queries of a slower part of an instance (``slower group queries``) and runs of another
+    instance's statements (``moved statement runs``). PR-AUC and the equal-volume figures rank the
     per-query score.
 ``recall[<kind>]``
     Share of each injected kind that alerts.
@@ -451,6 +452,17 @@ def window_labels_exist(data: Path) -> bool:
     return window_labels_path(data).exists()
 
 
+def deferred_metric_reasons() -> dict[str, tuple[str, ...]]:
+    """The metrics that count the deferred step's alerts (``persistent runs``, ...), and the reasons each counts."""
+    from workbench.analysis.moved_statements import MOVED_REASON
+    from workbench.analysis.persistence import PERSISTENCE_REASON
+    from workbench.analysis.slower_groups import GROUP_REASONS
+    from workbench.analysis.trend import TREND_REASON
+
+    return {"persistent runs": (PERSISTENCE_REASON,), "creeping runs": (TREND_REASON,),
+            "slower group queries": GROUP_REASONS, "moved statement runs": (MOVED_REASON,)}
+
+
 def deferred_alerts(table: pa.Table, out: dict[str, np.ndarray], model: LoadedModel
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Per row of one scored day: ``(persistent, group)``, the queries the scoring app's deferred step
@@ -534,15 +546,15 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
     b_score, b_alert, _ = baseline_for_table(table, out)
     q = ~collective  # per-query metrics: rows of window kinds are neither positives nor negatives
     score, alert = (b_score, b_alert) if use_baseline else (out["score"], out["is_anomaly"])
-    none = np.zeros(table.num_rows, dtype=bool)
-    persistent, group = (none, none) if use_baseline else deferred_alerts(table, out, model)
-    alert = alert | persistent | group
+    reasons = np.full(table.num_rows, None, dtype=object) if use_baseline else deferred_alert_reasons(table, out, model)
+    later = reasons != None  # noqa: E711 (elementwise over an object array)
+    alert = alert | later
     metrics = detection_metrics(labels[q], score[q], alert[q], kinds[q])
     for kind in sorted(set(kinds[collective])):
         metrics[f"recall[{kind}] (per query)"] = float(alert[kinds == kind].mean())
     if not use_baseline:
-        metrics["persistent runs"] = float(persistent[q].sum())
-        metrics["slower group queries"] = float(group[q].sum())
+        for name, rule in deferred_metric_reasons().items():
+            metrics[name] = float((np.isin(reasons, rule) & q).sum())
         k_base = int(b_alert[q].sum())
         metrics["F1 @ baseline volume"] = top_k_f1(labels[q], out["score"][q], k_base)
         metrics["baseline F1"] = float(f1_score(labels[q], b_alert[q], zero_division=0.0))
