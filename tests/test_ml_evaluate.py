@@ -627,3 +627,40 @@ def test_the_window_history_is_scored_as_the_log_was_even_where_no_version_can_b
     pq.write_table(table.filter(pa.array(keep)), log)
     residuals = reference_residuals(log, day1, day2, tmp_path / "b")
     assert residuals.empty  # both days' versions need day 1's 300 rows: left out, not raised
+
+
+def test_the_details_hold_every_querys_verdict_and_every_flagged_window_as_the_figures_count_them(
+        demo: tuple[Settings, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from workbench.cli import main
+
+    settings, data = demo
+    day = dt.date(2024, 3, 6)
+    foreign = tmp_path / "foreign.parquet"
+    _foreign_collective_log(data, foreign, "queue_wave")
+    result = evaluate(settings, day, data=foreign, store=False, window_kinds=["queue_wave"],
+                      details=tmp_path / "details")
+    metrics = result["metrics"]
+    queries = pq.read_table(result["details"]["queries"]).to_pandas()
+    windows = pq.read_table(result["details"]["windows"]).to_pandas()
+    per_query = queries[queries["per_query"]]
+    assert len(per_query) == metrics["rows"] and per_query["label_anomaly"].sum() == metrics["anomalies"]
+    assert len(queries) > len(per_query)  # the wave's rows too, judged per window
+    assert per_query["alert"].sum() == metrics["alerts"]
+    assert (per_query["alert"] == (per_query["detector_alert"] | per_query["deferred_reason"].notna())).all()
+    caught = per_query[per_query["label_kind"] == "slow_fingerprint"]
+    assert caught["alert"].mean() == pytest.approx(metrics["recall[slow_fingerprint]"])
+    assert not queries.loc[~queries["per_query"], "label_kind"].ne("queue_wave").any()
+    # the window figures, window by window: every flagged window once per signal, with its verdict
+    keys = windows.drop_duplicates(["instance_id", "window_start"])
+    assert len(keys) == metrics["windows flagged"]
+    assert (keys["verdict"] == "explained").sum() == metrics["windows flagged, explained by a labelled query"]
+    labelled, false = (keys["verdict"] == "labelled").sum(), (keys["verdict"] == "false").sum()
+    assert labelled / (labelled + false) == pytest.approx(metrics["window precision"])
+    assert set(keys.loc[keys["verdict"] == "labelled", "label"]) == {"queue_wave"}
+    # the CLI names the files; the baseline writes its own verdicts and no window
+    assert main(["--home", str(settings.home), "evaluate", "--day", "2024-03-06", "--data", str(foreign),
+                 "--no-store", "--version", "baseline", "--details", str(tmp_path / "base")]) == 0
+    assert f"details: every query's verdict in {tmp_path / 'base' / 'queries.parquet'}" in capsys.readouterr().out
+    base = pq.read_table(tmp_path / "base" / "queries.parquet").to_pandas()
+    assert base["deferred_reason"].isna().all() and "reference" not in base.columns
+    assert pq.read_table(tmp_path / "base" / "windows.parquet").num_rows == 0

@@ -924,8 +924,9 @@ def score_window_runs(windows: pd.DataFrame, history: pd.DataFrame | None = None
     the reference as extreme): ``pair_ratio = min(ratio, ratio_before)``. The window before is the
     one starting one window length earlier (``window_end - window_start``); it is scored against its
     own earlier windows exactly as if it were a target, so the pair depends only on the store.
-    Adds ``pair_z`` and ``pair_ratio`` (NaN without a scored window before) and sets ``score`` to
-    :func:`window_score` at ``params.z_threshold``.
+    Returns a pandas DataFrame: :func:`score_windows`' columns, with ``pair_z`` and ``pair_ratio`` added
+    (NaN without a scored window before) and ``score`` set to :func:`window_score` at
+    ``params.z_threshold``.
     """
     params = params or CollectiveParams()
     scored = score_windows(windows, history, params)
@@ -1056,8 +1057,12 @@ def with_silent_windows(windows: pd.DataFrame) -> pd.DataFrame:
 
 def flag_windows(windows: pd.DataFrame, history: pd.DataFrame | None = None,
                  params: CollectiveParams | None = None) -> pa.Table:
-    """Flagged (window, signal) rows as a :data:`WINDOW_ANOMALY_SCHEMA` table (``score >= 1``, alone or
-    with the window before it: :func:`score_window_runs`)."""
+    """Flagged (window, signal) rows as a pyarrow Table of :data:`WINDOW_ANOMALY_SCHEMA` (``instance_id``,
+    ``window_start``, ``signal``, ``expected``, ``observed``, ``score``, ``reason``; ``score >= 1``, alone or
+    with the window before it: :func:`score_window_runs`, which returns a pandas DataFrame). The window
+    statistics' signals only, unless ``windows`` carry the model's residual columns
+    (:func:`workbench.ml.residual_history.with_residuals`); ``workbench evaluate --details DIR`` writes
+    the flagged windows of every signal, as the evaluation judges them."""
     params = params or CollectiveParams()
     scored = score_window_runs(windows, history, params)
     flagged = scored[scored["score"] >= 1.0]

@@ -229,7 +229,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     window_kinds = [k.strip() for k in (args.window_kinds or "").split(",") if k.strip()]
     try:
         result = evaluate(settings_from_args(args), args.day, args.version, data=args.data,
-                          store=not args.no_store, window_kinds=window_kinds)
+                          store=not args.no_store, window_kinds=window_kinds, details=args.details)
     except UnlabelledDay as exc:  # a labelled log's unlabelled day: its alerts, not a table against no labels
         print(f"{exc}\n")
         print(format_alert_report(alert_report(settings_from_args(args), args.day, args.version, data=args.data)))
@@ -250,6 +250,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         print("window precision: labelled windows flagged over windows flagged, leaving out the flagged windows that "
               "hold a labelled per-query anomaly and no window label (explained by it: on neither side; "
               "'windows explained[K]': those of them that hold kind K's rows)")
+    if "details" in result:
+        print(f"details: every query's verdict in {result['details']['queries']}, the flagged windows (verdict "
+              f"labelled, explained or false) in {result['details']['windows']}")
     from workbench.analysis.detection_summary import trained_on
 
     # notebook 03 says so (the same rule); the CLI printed 0.994 as if out of sample. The baseline's rules
@@ -327,6 +330,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--data", required=True, type=Path,
                     help="Parquet log (file or prepared folder); without labels: alerts, reasons, scores per instance")
     ev.add_argument("--no-store", action="store_true", help="do not record the result with the version")
+    ev.add_argument("--details", type=Path, metavar="DIR",
+                    help="write the day's verdicts to DIR: queries.parquet (every query: label, score, the "
+                         "detector's alert, the deferred step's reason, evidence) and windows.parquet (every "
+                         "flagged window and signal: labelled, explained by labelled queries, or false)")
     ev.add_argument("--window-kinds", metavar="KIND,...",
                     help="labelled kinds that are anomalous only together (judged per 10-minute window: a window "
                          "holding at least 10 of its rows; the generator's collective kinds and those of a "

