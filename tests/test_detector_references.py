@@ -18,11 +18,16 @@ from workbench.ml._train import train_table
 from workbench.ml.detector import (
     FIRST_SPILL_REASON,
     RECORD_SPILL_REASON,
+    SCAN_SHORT_MS,
+    SCAN_SHORT_RATIO,
     SHORT_OF_SHORTEST,
     SHORT_RATIO,
     SHORT_RUN_REASON,
+    SHORT_SCAN_REASON,
     SHORTEST_RUN,
+    SMALLEST_SCAN,
     SPILL_HISTORY,
+    THROUGHPUT,
     ResidualDetector,
 )
 from workbench.ml.features import WAITED_MS, FeatureBuilder
@@ -267,3 +272,71 @@ def test_a_short_run_under_the_runtime_floor_is_no_alert() -> None:
     assert ResidualDetector.from_dict(saved)._short_run(residuals, np.zeros(3, np.int64)) is not None
     del saved["params"]["short_run_factor"]
     assert ResidualDetector.from_dict(saved)._short_run(residuals, np.zeros(3, np.int64)) is None
+
+
+# --- the smallest-scan path: input that was not there ----------------------------------------------
+def test_smallest_scan_is_the_statement_s_smallest_measured_scan_of_a_run_that_did_its_work() -> None:
+    log = generated_log(days=1, rows_per_day=4000, seed=3)
+    keys = _keys(log)
+    distinct, counts = np.unique(keys, return_counts=True)
+    busiest = keys == distinct[np.argmax(counts)]
+    rows = np.flatnonzero(busiest)
+    scanned = np.where(busiest, 8_000.0, log.column("mbytes_scanned").to_numpy(zero_copy_only=False).astype(float))
+    scanned[rows[0]], scanned[rows[1]] = 3.0, 6_000.0  # its one cache hit, and its smallest scan in full
+    cached = np.zeros(len(keys), bool)
+    cached[rows[0]] = True
+    table = _bool(_with(log, "mbytes_scanned", scanned), "was_cached", cached)
+    idx = table.schema.get_field_index("mbytes_scanned")  # one run's scan nobody measured: not the record
+    values = table.column("mbytes_scanned").to_pylist()
+    values[rows[2]] = None
+    table = table.set_column(idx, table.schema.field(idx), pa.array(values, table.schema.field(idx).type))
+    builder = FeatureBuilder().fit(table)
+    smallest, runs = builder.references(table)[SMALLEST_SCAN]
+    assert np.expm1(smallest[busiest]) == pytest.approx(6_000.0)  # not the cache hit's 3 MB nor the NULL
+    did_work = busiest & ~cached & ~np.asarray(log.column("was_aborted").to_pylist(), bool)
+    did_work[rows[2]] = False
+    assert (runs[busiest] == did_work.sum()).all()
+    assert SMALLEST_SCAN not in FeatureBuilder().fit(log.drop_columns(["was_cached"])).references(table)
+
+
+def _scored_with_scan(scorer: Scorer, batch: pa.Table, i: int, scanned_mb: float) -> dict:
+    scanned = batch.column("mbytes_scanned").to_numpy(zero_copy_only=False).astype(float)
+    scanned[i] = scanned_mb
+    out = scorer.score(_with(batch, "mbytes_scanned", scanned))
+    return {n: out.column(n)[i].as_py() for n in out.schema.names}
+
+
+def test_scorer_names_a_run_that_read_far_less_than_any_run_of_its_statement_with_its_evidence(
+        tmp_path: Path) -> None:
+    log = generated_log(days=2, rows_per_day=3000, seed=5)
+    train, batch = log.slice(0, 3000), log.slice(3000, 500)
+    train_table(tmp_path / "models", train, dt.date(2024, 3, 1), window_days=1)
+    version = next((tmp_path / "models" / "versions").iterdir())
+    builder = FeatureBuilder.load(version, json.loads((version / "model.json").read_text())["features"])
+    smallest, runs = builder.references(batch)[SMALLEST_SCAN]
+    pace = np.exp(builder.references(batch)[THROUGHPUT][0])
+    ran = ~np.asarray(batch.column("was_cached").to_pylist(), bool) & ~np.asarray(
+        batch.column("was_aborted").to_pylist(), bool)
+    least_mb = np.expm1(np.nan_to_num(smallest))
+    # a statement with 5+ runs in full that never read less than what its instance reads in 3 s
+    candidates = np.flatnonzero((runs >= 5) & (least_mb * np.nan_to_num(pace) >= 3_000.0) & ran)
+    assert len(candidates), "the batch must hold a run of a statement that always reads 3 s of its instance's work"
+    i = int(candidates[0])
+    least = float(least_mb[i])
+    scorer = Scorer(tmp_path / "models", background=False)
+    # a load that found a twentieth of its input, in its usual time
+    row = _scored_with_scan(scorer, batch, i, least / 20)
+    assert row["is_anomaly"] and row["reason"] == SHORT_SCAN_REASON and row["evidence_signal"] == "scan"
+    assert row["evidence_unit"] == "MB" and row["expected_value"] == pytest.approx(least, rel=1e-6)
+    assert row["observed_value"] == pytest.approx(round(least / 20), abs=1.0)
+    assert row["reference"].startswith(f"fingerprint history: smallest scan {least:,.0f} MB in ")
+    # a third of its smallest is within what a statement reads (parameters, pruning): no alert
+    assert _scored_with_scan(scorer, batch, i, least / 3)["reason"] != SHORT_SCAN_REASON
+
+
+def test_a_scan_short_of_its_smallest_by_less_than_a_second_of_reading_is_no_alert() -> None:
+    det = ResidualDetector()
+    residuals = {SCAN_SHORT_MS: np.array([900.0, 1_200.0, 1_200.0]), SCAN_SHORT_RATIO: np.log([50.0, 50.0, 4.0])}
+    score = det._short_scan(residuals, np.zeros(3, np.int64))
+    assert score[0] < 1 <= score[1] and score[2] < 1  # under 1 s of reading; 5x; only 4x under its smallest
+    assert (det._short_scan(residuals, np.ones(3, np.int64)) == 0).all()  # a prior's expectation: no path

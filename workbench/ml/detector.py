@@ -173,11 +173,15 @@ __all__ = [
     "RUNTIME_SCALE",
     "RUNTIME_SCALE_FACTOR",
     "SCAN_KNOWN",
+    "SCAN_SHORT_MS",
+    "SCAN_SHORT_RATIO",
     "SHORTEST_RUN",
     "SHORT_OF_SHORTEST",
     "SHORT_RATIO",
     "SHORT_RUN_FACTOR",
     "SHORT_RUN_REASON",
+    "SHORT_SCAN_REASON",
+    "SMALLEST_SCAN",
     "SPILL_HISTORY",
     "STAKE_SCALE",
     "THROUGHPUT",
@@ -272,8 +276,19 @@ SHORT_RATIO = "exec_short_log_ratio"
 SHORT_RUN_REASON = "shorter_than_ever"
 #: How many times shorter than its shortest run in full a run must be for that alone to be the evidence.
 SHORT_RUN_FACTOR = 5.0
-#: Every reason an alert can carry: a signal's, one of the spill paths', or the shortest-run path's.
-ALERT_REASONS: tuple[str, ...] = (*REASONS.values(), FIRST_SPILL_REASON, RECORD_SPILL_REASON, SHORT_RUN_REASON)
+#: Key of the optional reference of the smallest-scan path: ``(log1p MB of the statement's smallest scan among
+#: its runs in full with a measured scan, their number)`` (NaN without the statement's own history).
+SMALLEST_SCAN = "scan_smallest_run"
+#: Key of the extra quantity :meth:`ResidualDetector.residuals` adds: the time the instance needs to read
+#: the MB by which a run in full scanned less than the statement's smallest scan, at its pace (0 otherwise).
+SCAN_SHORT_MS = "scan_short_of_smallest_ms"
+#: Key of the extra quantity next to :data:`SCAN_SHORT_MS`: ``log1p(smallest) - log1p(MB scanned)``.
+SCAN_SHORT_RATIO = "scan_short_log_ratio"
+#: Reason of an alert the smallest-scan path decided: input that was not there.
+SHORT_SCAN_REASON = "scanned_less_than_ever"
+#: Every reason an alert can carry: a signal's, one of the spill paths', or one of the work-not-done paths'.
+ALERT_REASONS: tuple[str, ...] = (*REASONS.values(), FIRST_SPILL_REASON, RECORD_SPILL_REASON, SHORT_RUN_REASON,
+                                  SHORT_SCAN_REASON)
 #: Runs of a statement's history without a spill after which its first spill is news: a statement that
 #: spills one run in two shows 5 clean runs 3 % of the time (one in four: 24 %), and 5 is more than the
 #: 3 runs after which its history is its own reference at all.
@@ -416,6 +431,15 @@ class ResidualDetector:
                 out[s] = (observed_log[s] - center) / np.clip(iqr / _IQR_TO_SIGMA, self.min_scale, self.max_scale)
                 if s == "scan" and scan_known is not None:
                     out[s] = np.where(scan_known, out[s], 0.0)  # a scan nobody measured: no verdict
+                    if SMALLEST_SCAN in references and RAN_IN_FULL in observed_log and THROUGHPUT in references:
+                        smallest, runs = references[SMALLEST_SCAN]
+                        judged = scan_known & observed_log[RAN_IN_FULL] & (runs >= self.first_spill_runs)
+                        missing_mb = np.expm1(smallest) - np.expm1(observed_log[s])
+                        # priced as the time the instance needs to read what was not read (its pace, the
+                        # slow end of its reads), as extra MB are credited (_work_credit): NaN pace, no stake
+                        missing_ms = np.nan_to_num(missing_mb * np.exp(references[THROUGHPUT][0]), nan=0.0)
+                        out[SCAN_SHORT_MS] = np.where(judged, missing_ms, 0.0)
+                        out[SCAN_SHORT_RATIO] = np.where(judged, smallest - observed_log[s], 0.0)
             elif s == "spill":
                 out[s] = observed_log["spill"] - observed_log["scan"]
                 if scan_known is not None:  # against a scan nobody measured (NULL, read as 0 MB): no verdict
@@ -613,7 +637,29 @@ class ResidualDetector:
         if short is not None:
             i = self.signals.index("exec")
             scores[i] = np.maximum(scores[i], short)
+        less = self._short_scan(residuals, groups)
+        if less is not None:
+            i = self.signals.index("scan")
+            scores[i] = np.maximum(scores[i], less)
         return scores
+
+    def _short_scan(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None) -> np.ndarray | None:
+        """Score of the smallest-scan path per row, or None without its inputs: the smaller of the stake (the
+        time the instance needs to read the MB the run did not read, below the statement's smallest scan in
+        full, over the runtime floor) and the evidence (``ln(smallest / scanned) / ln(short_run_factor)``).
+
+        Work that did not happen, seen in the MB: a load that found a tenth of its input runs on its fixed
+        costs and ends in an ordinary time, so the shortest-run path does not see it, and the scan signal
+        prices extra MB only. The evidence is the shortest-run path's (5x under the statement's record);
+        the stake is priced as :func:`_work_credit` prices extra MB, in the time the instance takes to read
+        them, and held to the runtime floor like a run that ended a second early.
+        """
+        if SCAN_SHORT_MS not in residuals or groups is None or "scan" not in self.signals \
+                or self.short_run_factor <= 1.0:
+            return None
+        score = np.minimum(residuals[SCAN_SHORT_MS] / self.floors["exec"],
+                           residuals[SCAN_SHORT_RATIO] / np.log(self.short_run_factor))
+        return np.where(np.asarray(groups) == 0, score, 0.0)
 
     def _short_run(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None) -> np.ndarray | None:
         """Score of the shortest-run path per row, or None without its inputs: the smaller of the stake
@@ -670,6 +716,10 @@ class ResidualDetector:
         if short is not None:
             path = (which == self.signals.index("exec")) & (short > 0) & (short >= score)
             names = np.where(path, SHORT_RUN_REASON, names)
+        less = self._short_scan(residuals, groups)
+        if less is not None:
+            path = (which == self.signals.index("scan")) & (less > 0) & (less >= score)
+            names = np.where(path, SHORT_SCAN_REASON, names)
         return np.where(alert, names, None)
 
     def decide(self, residuals: dict[str, np.ndarray], excess: dict[str, np.ndarray] | None = None,

@@ -38,7 +38,15 @@ import pyarrow.parquet as pq
 
 from workbench.analysis._columns import arrival_us
 from workbench.data.schema import COLUMNS, LABEL_COLUMNS, query_type_key
-from workbench.ml.detector import RAN_IN_FULL, RUNTIME_SCALE, SCAN_KNOWN, SHORTEST_RUN, SPILL_HISTORY, THROUGHPUT
+from workbench.ml.detector import (
+    RAN_IN_FULL,
+    RUNTIME_SCALE,
+    SCAN_KNOWN,
+    SHORTEST_RUN,
+    SMALLEST_SCAN,
+    SPILL_HISTORY,
+    THROUGHPUT,
+)
 from workbench.ml.exceptions import ColumnMismatchError, NotFittedError
 
 __all__ = [
@@ -112,6 +120,9 @@ _MAX_SPILL = "max_spill"
 #: detector's shortest-run path (:data:`~workbench.ml.detector.SHORTEST_RUN`). Absent when the window has
 #: no ``was_cached`` column.
 _MIN_EXEC, _FULL_RUNS = "min_full_exec", "full_runs"
+#: Fingerprint columns: the smallest log MB scanned of the statement's runs in full whose scan was measured,
+#: and how many there were, for the detector's smallest-scan path (:data:`~workbench.ml.detector.SMALLEST_SCAN`).
+_MIN_SCAN, _SCAN_RUNS = "min_full_scan", "full_scan_runs"
 #: Instance column: the log runtime (ms) of the instance's 1-in-100 query in the window (NaN with fewer
 #: than :data:`_P99_MIN_RUNS` runs), the scale of its heavy work (:data:`~workbench.ml.detector.RUNTIME_SCALE`).
 _P99_EXEC = "p99_exec"
@@ -492,18 +503,19 @@ def _stats_above(codes: np.ndarray, log_values: np.ndarray, value_order: np.ndar
 
 
 def _shortest_full_runs(codes: np.ndarray, log_exec: np.ndarray, order: np.ndarray, n_groups: int,
-                        full: np.ndarray) -> dict[str, np.ndarray]:
-    """Per group: the smallest ``log_exec`` of its runs in full (``full``) and their number (NaN, 0: none).
+                        full: np.ndarray, names: tuple[str, str] = (_MIN_EXEC, _FULL_RUNS)) -> dict[str, np.ndarray]:
+    """Per group: the smallest ``log_exec`` of its runs in full (``full``) and their number (NaN, 0: none),
+    under ``names``.
 
     ``order``: the rows with a group sorted by ``(code, log_exec)``, so each group's first run in full is
-    its shortest."""
+    its shortest (its smallest, for another value sorted the same way)."""
     kept = order[full[order]]
     group = codes[kept]
     runs = np.bincount(group, minlength=n_groups).astype(np.float64)
     shortest = np.full(n_groups, np.nan)
     first = np.flatnonzero(np.concatenate(([True], group[1:] != group[:-1]))) if len(group) else group
     shortest[group[first]] = log_exec[kept[first]]
-    return {_MIN_EXEC: shortest, _FULL_RUNS: runs}
+    return {names[0]: shortest, names[1]: runs}
 
 
 def _reading_pace(codes: np.ndarray, logs: dict[str, np.ndarray], n_groups: int) -> tuple[np.ndarray, float]:
@@ -596,8 +608,11 @@ class FeatureBuilder:
         full_inst[_PACE] = pace
         if "was_cached" in table.column_names:  # the statement's shortest run in full (training rows are not aborted)
             flags = tuple(c for c in RUN_FLAG_COLUMNS if c in table.column_names)
-            full_fp.update(_shortest_full_runs(fp_codes, logs["exec"], orders["exec"], len(fp_dict),
-                                               _ran_in_full(table, flags)))
+            full = _ran_in_full(table, flags)
+            full_fp.update(_shortest_full_runs(fp_codes, logs["exec"], orders["exec"], len(fp_dict), full))
+            measured = pc.is_valid(table.column(SIGNALS["scan"])).to_numpy(zero_copy_only=False)
+            full_fp.update(_shortest_full_runs(fp_codes, logs["scan"], orders["scan"], len(fp_dict), full & measured,
+                                               (_MIN_SCAN, _SCAN_RUNS)))
         by_runtime = inst_orders["exec"]  # rows sorted by (instance, log runtime)
         p99 = _sorted_group_quantiles(inst_codes[by_runtime], logs["exec"][by_runtime], len(inst_ids), (0.99,))[:, 0]
         full_inst[_P99_EXEC] = np.where(full_inst["n"] < _P99_MIN_RUNS, np.nan, p99)
@@ -963,6 +978,9 @@ class FeatureBuilder:
         if _MIN_EXEC in lookup.fp:  # versions trained before the shortest run was kept (or without was_cached)
             refs[SHORTEST_RUN] = (np.where(use_fp, lookup.fp[_MIN_EXEC], np.nan),
                                   np.where(use_fp, lookup.fp[_FULL_RUNS], np.nan))
+        if _MIN_SCAN in lookup.fp:  # versions trained before the smallest scan was kept (or without was_cached)
+            refs[SMALLEST_SCAN] = (np.where(use_fp, lookup.fp[_MIN_SCAN], np.nan),
+                                   np.where(use_fp, lookup.fp[_SCAN_RUNS], np.nan))
         if _PACE in lookup.inst:  # versions trained before the pace was kept have none
             pace = lookup.inst[_PACE]
             pace = np.where(np.isnan(pace), self.global_.get(_PACE, np.nan), pace)

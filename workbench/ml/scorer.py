@@ -37,7 +37,9 @@ from workbench.ml.detector import (
     FIRST_SPILL_REASON,
     RECORD_SPILL_REASON,
     SHORT_RUN_REASON,
+    SHORT_SCAN_REASON,
     SHORTEST_RUN,
+    SMALLEST_SCAN,
     SPILL_HISTORY,
     UNITS,
     ResidualDetector,
@@ -171,7 +173,8 @@ class LoadedModel:
         exp_v = np.take_along_axis(np.stack([expected[s] for s in det.signals]), pick, axis=0)[0]
         exc_v = np.take_along_axis(np.stack([excess[s] for s in det.signals]), pick, axis=0)[0]
         # the record paths compare a run with its statement's record: the largest spill, the shortest run
-        for path, key in ((RECORD_SPILL_REASON, SPILL_HISTORY), (SHORT_RUN_REASON, SHORTEST_RUN)):
+        for path, key in ((RECORD_SPILL_REASON, SPILL_HISTORY), (SHORT_RUN_REASON, SHORTEST_RUN),
+                          (SHORT_SCAN_REASON, SMALLEST_SCAN)):
             record = reason == path
             if record.any():
                 observed_v = exp_v + exc_v
@@ -204,15 +207,19 @@ class LoadedModel:
 def _with_history_labels(labels: np.ndarray, reason: np.ndarray, refs: dict[str, tuple[np.ndarray, np.ndarray]]
                          ) -> np.ndarray:
     """``labels`` with the record paths' reference: how many runs of the statement spilled nothing (a first
-    spill), the largest spill of its runs (a spill beyond it), or its shortest run in full (a run far
-    shorter)."""
+    spill), the largest spill of its runs (a spill beyond it), its shortest run in full (a run far
+    shorter) or its smallest scan (a run that read far less)."""
     rows = np.flatnonzero((reason == FIRST_SPILL_REASON) | (reason == RECORD_SPILL_REASON)
-                          | (reason == SHORT_RUN_REASON))
+                          | (reason == SHORT_RUN_REASON) | (reason == SHORT_SCAN_REASON))
     if not len(rows):
         return labels
     labels = labels.copy()
     for i in rows:
-        if reason[i] == SHORT_RUN_REASON:
+        if reason[i] == SHORT_SCAN_REASON:
+            smallest, full = refs[SMALLEST_SCAN][0][i], refs[SMALLEST_SCAN][1][i]
+            labels[i] = (f"fingerprint history: smallest scan {np.expm1(smallest):,.0f} MB in {full:.0f} runs "
+                         "that did their work; the MB not read priced at the instance's reading pace")
+        elif reason[i] == SHORT_RUN_REASON:
             shortest, full = refs[SHORTEST_RUN][0][i], refs[SHORTEST_RUN][1][i]
             labels[i] = (f"fingerprint history: shortest run {np.expm1(shortest):,.0f} ms in {full:.0f} runs "
                          "that did their work (no cache hit, no abort)")
