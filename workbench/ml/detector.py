@@ -129,6 +129,14 @@ prices excess only. Normal runs of such statements came at most 2.7x under their
 generated logs (thirty-sixth session), so ``short_run_factor`` 5 is evidence on its own, as the
 record-spill factor is; an aborted run is not judged (aborts end runs early every day).
 
+The same in the MB (the scan signal's second path, group 0): a load that finds a twentieth of its
+input still pays its fixed costs and ends in an ordinary time. A run that did its work, with a
+measured scan, of a statement with ``first_spill_runs`` or more such runs, scores ``min(M / runtime
+floor, ln((1 + L) / (1 + S)) / ln(short_run_factor))`` (``L`` its smallest scan, ``S`` this one's, MB;
+``M`` the ms the instance needs to read ``L - S`` at its reading pace, :data:`THROUGHPUT`, as extra MB
+are credited by :func:`_work_credit`), reason ``scanned_less_than_ever``. No normal row of ten logs'
+evaluation days reads 5x under its statement's smallest scan by a second of reading.
+
 Calibration: the threshold targets ``alert_rate`` false alerts on normal traffic. The holdout
 comes from the training window and may itself contain anomalies, so its raw ``1 - alert_rate``
 quantile would land inside them. Instead the tail is extrapolated from the holdout's 95th and
