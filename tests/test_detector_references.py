@@ -213,18 +213,25 @@ def test_shortest_run_is_the_statement_s_shortest_run_that_did_its_work() -> Non
     assert SHORTEST_RUN not in FeatureBuilder().fit(log.drop_columns(["was_cached"])).references(table)
 
 
-def _short_run_model(tmp_path: Path) -> tuple[pa.Table, np.ndarray, Scorer, np.ndarray]:
-    """``(batch, shortest log runtime, scorer, candidates)``: a version trained on the first 3000 rows of a
-    small log, the 500 rows after them, their statements' shortest runs in full, and the rows of that batch
-    of a statement with at least 5 runs in full whose shortest took 10 s or more."""
+def _first_day_version(tmp_path: Path) -> tuple[pa.Table, FeatureBuilder, np.ndarray]:
+    """``(batch, builder, ran)``: a version trained on the first 3000 rows of a small log, the 500 rows after
+    them, the version's feature builder, and which rows of the batch did their work (no cache hit, no abort)."""
     log = generated_log(days=2, rows_per_day=3000, seed=5)
     train, batch = log.slice(0, 3000), log.slice(3000, 500)
     train_table(tmp_path / "models", train, dt.date(2024, 3, 1), window_days=1)
     version = next((tmp_path / "models" / "versions").iterdir())
     builder = FeatureBuilder.load(version, json.loads((version / "model.json").read_text())["features"])
-    shortest, full = builder.references(batch)[SHORTEST_RUN]
     ran = ~np.asarray(batch.column("was_cached").to_pylist(), bool) & ~np.asarray(
         batch.column("was_aborted").to_pylist(), bool)
+    return batch, builder, ran
+
+
+def _short_run_model(tmp_path: Path) -> tuple[pa.Table, np.ndarray, Scorer, np.ndarray]:
+    """``(batch, shortest log runtime, scorer, candidates)``: :func:`_first_day_version`'s batch, their
+    statements' shortest runs in full, and the rows of that batch of a statement with at least 5 runs in
+    full whose shortest took 10 s or more."""
+    batch, builder, ran = _first_day_version(tmp_path)
+    shortest, full = builder.references(batch)[SHORTEST_RUN]
     candidates = np.flatnonzero((full >= 5) & (np.expm1(np.nan_to_num(shortest)) >= 10_000.0) & ran)
     return batch, shortest, Scorer(tmp_path / "models", background=False), candidates
 
@@ -308,15 +315,9 @@ def _scored_with_scan(scorer: Scorer, batch: pa.Table, i: int, scanned_mb: float
 
 def test_scorer_names_a_run_that_read_far_less_than_any_run_of_its_statement_with_its_evidence(
         tmp_path: Path) -> None:
-    log = generated_log(days=2, rows_per_day=3000, seed=5)
-    train, batch = log.slice(0, 3000), log.slice(3000, 500)
-    train_table(tmp_path / "models", train, dt.date(2024, 3, 1), window_days=1)
-    version = next((tmp_path / "models" / "versions").iterdir())
-    builder = FeatureBuilder.load(version, json.loads((version / "model.json").read_text())["features"])
+    batch, builder, ran = _first_day_version(tmp_path)
     smallest, runs = builder.references(batch)[SMALLEST_SCAN]
     pace = np.exp(builder.references(batch)[THROUGHPUT][0])
-    ran = ~np.asarray(batch.column("was_cached").to_pylist(), bool) & ~np.asarray(
-        batch.column("was_aborted").to_pylist(), bool)
     least_mb = np.expm1(np.nan_to_num(smallest))
     # a statement with 5+ runs in full that never read less than what its instance reads in 3 s
     candidates = np.flatnonzero((runs >= 5) & (least_mb * np.nan_to_num(pace) >= 3_000.0) & ran)

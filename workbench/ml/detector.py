@@ -662,11 +662,16 @@ class ResidualDetector:
         the stake is priced as :func:`_work_credit` prices extra MB, in the time the instance takes to read
         them, and held to the runtime floor like a run that ended a second early.
         """
-        if SCAN_SHORT_MS not in residuals or groups is None or "scan" not in self.signals \
-                or self.short_run_factor <= 1.0:
+        return self._work_not_done(residuals, groups, "scan", SCAN_SHORT_MS, SCAN_SHORT_RATIO)
+
+    def _work_not_done(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None, signal: str,
+                       short_ms: str, ratio: str) -> np.ndarray | None:
+        """The work-not-done paths' score (:meth:`_short_run`, :meth:`_short_scan`): the smaller of the stake
+        (``residuals[short_ms]`` over the runtime floor) and the evidence (``residuals[ratio]`` over
+        ``ln(short_run_factor)``), for a statement's own history (group 0) only; None without the inputs."""
+        if short_ms not in residuals or groups is None or signal not in self.signals or self.short_run_factor <= 1.0:
             return None
-        score = np.minimum(residuals[SCAN_SHORT_MS] / self.floors["exec"],
-                           residuals[SCAN_SHORT_RATIO] / np.log(self.short_run_factor))
+        score = np.minimum(residuals[short_ms] / self.floors["exec"], residuals[ratio] / np.log(self.short_run_factor))
         return np.where(np.asarray(groups) == 0, score, 0.0)
 
     def _short_run(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None) -> np.ndarray | None:
@@ -680,12 +685,7 @@ class ResidualDetector:
         evidence on its own, as a spill five times the statement's largest is. Runs served from the
         result cache, and aborted runs, are not judged: they do not run the work.
         """
-        if SHORT_OF_SHORTEST not in residuals or groups is None or "exec" not in self.signals \
-                or self.short_run_factor <= 1.0:
-            return None
-        score = np.minimum(residuals[SHORT_OF_SHORTEST] / self.floors["exec"],
-                           residuals[SHORT_RATIO] / np.log(self.short_run_factor))
-        return np.where(np.asarray(groups) == 0, score, 0.0)
+        return self._work_not_done(residuals, groups, "exec", SHORT_OF_SHORTEST, SHORT_RATIO)
 
     def _first_spill(self, residuals: dict[str, np.ndarray], groups: np.ndarray | None) -> np.ndarray | None:
         """Score of the first-spill path per row, or None without its inputs: the smaller of the stake (MB
