@@ -364,7 +364,10 @@ def test_kinds_stored_as_integer_codes_are_the_same_kinds_as_their_text(demo: tu
         coded = tmp_path / f"coded_{type_}.parquet"
         pq.write_table(table.set_column(index, "label_kind", pa.array(as_codes, type_)), coded)
         assert validate(coded).has_labels
-        metrics = evaluate(settings, day, data=coded, store=False, window_kinds=["9"])["metrics"]
+        result = evaluate(settings, day, data=coded, store=False, window_kinds=["9"], details=tmp_path / "d")
+        metrics = result["metrics"]
+        verdicts = pq.read_table(result["details"]["queries"]).to_pandas()  # the kinds as their text there too
+        assert set(verdicts["label_kind"].dropna()) == {str(code) for code in codes.values()}
         renamed = {}
         for key, value in named.items():
             for name, code in codes.items():
@@ -664,3 +667,18 @@ def test_the_details_hold_every_querys_verdict_and_every_flagged_window_as_the_f
     base = pq.read_table(tmp_path / "base" / "queries.parquet").to_pandas()
     assert base["deferred_reason"].isna().all() and "reference" not in base.columns
     assert pq.read_table(tmp_path / "base" / "windows.parquet").num_rows == 0
+
+
+def test_a_details_path_that_cannot_be_a_folder_is_refused_before_the_scoring(demo: tuple[Settings, Path],
+                                                                             tmp_path: Path, monkeypatch) -> None:
+    from workbench.ml import evaluate as evaluation
+    from workbench.ml.exceptions import MLError
+
+    settings, data = demo
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("not a folder")
+    scored = []
+    monkeypatch.setattr(evaluation, "load_log_window", lambda *a, **k: scored.append(a) or pa.table({}))
+    with pytest.raises(MLError, match=r"details folder .*a-file is a file; name a folder"):
+        evaluation.evaluate(settings, dt.date(2024, 3, 6), data=data, store=False, details=in_the_way)
+    assert not scored  # refused before the day was read

@@ -441,12 +441,13 @@ def _query_details(table: pa.Table, labels: np.ndarray, kinds: np.ndarray, per_q
     columns = {
         "instance_id": table.column("instance_id"), "query_id": table.column("query_id"),
         "arrival_timestamp": table.column("arrival_timestamp"),
-        "label_anomaly": pa.array(labels, pa.bool_()), "label_kind": pa.array(kinds.tolist(), pa.string()),
+        "label_anomaly": pa.array(labels, pa.bool_()),
+        "label_kind": pa.array([None if k is None else str(k) for k in kinds.tolist()], pa.string()),
         # False for a window kind's rows: judged per window, neither positive nor negative per query
         "per_query": pa.array(per_query, pa.bool_()),
         "score": pa.array(score, pa.float64()),
         "detector_alert": pa.array(first_alert, pa.bool_()),
-        "deferred_reason": pa.array(reasons.tolist(), pa.string()),
+        "deferred_reason": pa.array([None if r is None else str(r) for r in reasons.tolist()], pa.string()),
         "alert": pa.array(alert, pa.bool_()),
     }
     if out is not None:
@@ -454,8 +455,21 @@ def _query_details(table: pa.Table, labels: np.ndarray, kinds: np.ndarray, per_q
                            ("observed_value", pa.float64()), ("excess_value", pa.float64()),
                            ("reference", pa.string()), ("pred_mean_ms", pa.float64())):
             values = out[name]
-            columns[name] = pa.array(values.tolist() if kind == pa.string() else values, kind)
+            columns[name] = pa.array([None if v is None else str(v) for v in values.tolist()] if kind == pa.string()
+                                     else values, kind)
     return pa.table(columns)
+
+
+def _details_folder(folder: Path) -> None:
+    """Make ``folder`` for :func:`write_details`, or raise :class:`MLError` saying why it cannot be one."""
+    if folder.exists() and not folder.is_dir():
+        msg = f"details folder {folder} is a file; name a folder (it is made when missing)"
+        raise MLError(msg)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        msg = f"details folder {folder} cannot be made: {exc.strerror or exc}"
+        raise MLError(msg) from exc
 
 
 def write_details(folder: Path, queries: pa.Table, windows: pd.DataFrame | None) -> dict[str, str]:
@@ -463,7 +477,7 @@ def write_details(folder: Path, queries: pa.Table, windows: pd.DataFrame | None)
     and return their paths."""
     import pyarrow.parquet as pq
 
-    folder.mkdir(parents=True, exist_ok=True)
+    _details_folder(folder)
     paths = {"queries": folder / "queries.parquet", "windows": folder / "windows.parquet"}
     pq.write_table(queries, paths["queries"])
     frame = windows if windows is not None else pd.DataFrame(
@@ -578,6 +592,8 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
 
     registry = ModelRegistry(settings.models_dir)
     use_baseline = version == "baseline"
+    if details is not None:  # before the scoring: a folder that cannot be written fails in a second, not after it
+        _details_folder(Path(details))
     resolved = registry.resolve(None if use_baseline else version)
     table = load_log_window(Path(data), day, 1)
     if table.num_rows == 0:
