@@ -359,3 +359,29 @@ def test_usual_group_hours_keeps_the_hours_a_group_is_slower_on_two_days_not_one
     afternoon = (user == 1) & (hour == 15)
     assert usual_group_hours(rows, {"runtime": residual}, ~afternoon, keys=("user_id",)).to_pandas().query(
         "group_value == '1' and hour == 15").empty
+
+
+def test_the_queries_with_joins_running_slower_are_a_part_of_the_instance_too() -> None:
+    # A distribution style that broadcasts: every third query of each user joins, and those run 2.5x their
+    # expectation for the hour; no user, database or query type is slower at the median.
+    from workbench.analysis.slower_groups import JOIN_SHAPE, group_column
+
+    plain = _hour({1: 90, 2: 90})
+    ids = np.asarray(plain.column("query_id").to_pylist())
+    joins = np.where(ids % 3 == 0, 2, 0)
+    runtime = plain.column("execution_duration_ms").to_numpy() * np.where(joins > 0, 2.5, 1.0)
+    table = plain.set_column(plain.schema.get_field_index("execution_duration_ms"), "execution_duration_ms",
+                             pa.array(runtime.astype(np.int64))).append_column("num_joins", pa.array(joins, pa.int64()))
+    assert group_column(table, JOIN_SHAPE).to_pylist() == ["joins" if j else "no joins" for j in joins]
+    found = slower_group_runs(table)
+    assert len(found) > 20 and set(found["group_key"]) == {JOIN_SHAPE} and set(found["group_value"]) == {"joins"}
+    assert (np.asarray(found["query_id"]) % 3 == 0).all()  # only the joins, none of the scans
+    # without the column (a log or shard of an older schema) the plan shape is no group
+    assert slower_group_runs(plain.set_column(plain.schema.get_field_index("execution_duration_ms"),
+                                              "execution_duration_ms", pa.array(runtime.astype(np.int64)))).empty
+    evidence = group_evidence_columns(found, GroupParams())
+    assert "one of 60 of this instance's queries with joins 10:00-11:00 UTC" in evidence["reference"][0].as_py()
+    # a NULL num_joins is in no plan-shape group
+    nulls = table.set_column(table.schema.get_field_index("num_joins"), "num_joins",
+                             pa.array([None] * table.num_rows, pa.int64()))
+    assert slower_group_runs(nulls).empty

@@ -95,8 +95,21 @@ import pyarrow.compute as pc
 from workbench.analysis._columns import arrival_us, flags, numbers
 from workbench.analysis._judged import judged_runs, runtime_spread
 
-__all__ = ["GROUP_COLUMNS", "GROUP_KEYS", "GROUP_REASON", "GROUP_REASONS", "GROUP_SIGNAL", "QUEUE_GROUP_REASON",
-           "QUEUE_GROUP_SIGNAL", "USUAL_HOURS_SCHEMA", "GroupParams", "slower_group_runs", "usual_group_hours"]
+__all__ = [
+    "GROUP_COLUMNS",
+    "GROUP_KEYS",
+    "GROUP_REASON",
+    "GROUP_REASONS",
+    "GROUP_SIGNAL",
+    "JOIN_SHAPE",
+    "QUEUE_GROUP_REASON",
+    "QUEUE_GROUP_SIGNAL",
+    "USUAL_HOURS_SCHEMA",
+    "GroupParams",
+    "group_column",
+    "slower_group_runs",
+    "usual_group_hours",
+]
 
 #: The evidence signal of a query of a group that runs slower.
 GROUP_SIGNAL = "exec_group"
@@ -108,12 +121,28 @@ QUEUE_GROUP_SIGNAL = "queue_group"
 QUEUE_GROUP_REASON = "group_waits_longer"
 #: Every reason this module's alerts carry.
 GROUP_REASONS = (GROUP_REASON, QUEUE_GROUP_REASON)
-#: The grouping columns an instance's queries may be split by (Redset columns present on every row).
-GROUP_KEYS = ("user_id", "database_id", "query_type")
+#: The plan-shape grouping, derived from ``num_joins``: ``joins`` (one or more) or ``no joins``. Queries that
+#: join and queries that only scan meet different trouble (a distribution style that broadcasts, hash joins
+#: short of memory; a slow disk), and a part defined by how the plan runs, not by who sent it, is a part too.
+JOIN_SHAPE = "join_shape"
+#: The grouping columns an instance's queries may be split by (Redset columns present on every row, and the
+#: plan shape derived from one).
+GROUP_KEYS = ("user_id", "database_id", "query_type", JOIN_SHAPE)
 #: Shard columns :func:`slower_group_runs` reads.
 GROUP_COLUMNS = ("instance_id", "query_id", "arrival_timestamp", "execution_duration_ms", "queue_duration_ms",
                  "was_cached", "was_aborted", "pred_mean_ms", "pred_q_ms", "model_version", "is_anomaly",
-                 *GROUP_KEYS)
+                 "user_id", "database_id", "query_type", "num_joins")
+
+
+def group_column(rows: pa.Table, key: str) -> pa.ChunkedArray | pa.Array | None:
+    """The values ``rows`` are grouped by for ``key``: its column, or for :data:`JOIN_SHAPE` the plan shape
+    derived from ``num_joins`` (null where that is); None when ``rows`` lack it."""
+    if key == JOIN_SHAPE:
+        if "num_joins" not in rows.column_names:
+            return None
+        joins = rows.column("num_joins")
+        return pc.if_else(pc.greater_equal(pc.cast(joins, pa.float64()), 1.0), "joins", "no joins")
+    return rows.column(key) if key in rows.column_names else None
 _MEDIAN_SE = math.sqrt(math.pi / 2.0)  # the standard error of a normal sample's median, in sigma / sqrt(n)
 _HOUR_US = 3_600_000_000
 _DAY_US = 24 * _HOUR_US
@@ -166,9 +195,9 @@ def _usual_hours_of(rows: pa.Table, measure: str, residual: np.ndarray, judged: 
         "day": arrival[judged] // _DAY_US, "residual": np.asarray(residual, dtype=float)[judged]})
     found = []
     for key in keys:
-        if key not in rows.column_names:
+        column = group_column(rows, key)
+        if column is None:
             continue
-        column = rows.column(key)
         part = base.assign(group_value=pc.cast(column, pa.string()).to_numpy(zero_copy_only=False)[judged])
         part = part[pc.is_valid(column).to_numpy(zero_copy_only=False)[judged]]
         daily = part.groupby(["instance_id", "group_value", "hour", "day"], sort=False)["residual"].agg(
@@ -358,7 +387,7 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
     """
     params = params or GroupParams()
     n_rows = rows.num_rows
-    keys = [k for k in params.keys if k in rows.column_names]
+    keys = [k for k in params.keys if group_column(rows, k) is not None]
     if n_rows == 0:
         return _empty()
     judged = judged_runs(rows, known, ("instance_id", "arrival_timestamp"))
@@ -402,7 +431,7 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
     for measure, frame in measures.items():
         whole = [("instance_id", "window_us")] if measure == "queue" and params.instance_windows else []
         for order, (key, span) in enumerate([*groupings, *whole]):
-            column = rows.column(key)
+            column = group_column(rows, key)
             valid = pc.is_valid(column).to_numpy(zero_copy_only=False)[frame["row"].to_numpy()]
             # as text: user and database ids are integers, the query type a name; one evidence column holds both
             part = frame.assign(value=pc.cast(column, pa.string()).to_numpy(zero_copy_only=False)[

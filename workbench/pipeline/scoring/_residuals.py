@@ -464,7 +464,7 @@ def group_evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Arr
     median ran (or waited).
     """
     from workbench.analysis.moved_statements import MOVED_SIGNAL
-    from workbench.analysis.slower_groups import QUEUE_GROUP_SIGNAL
+    from workbench.analysis.slower_groups import JOIN_SHAPE, QUEUE_GROUP_SIGNAL
     from workbench.analysis.trend import TREND_SIGNAL
 
     names = {"user_id": "user", "database_id": "database", "query_type": "query type"}
@@ -476,8 +476,12 @@ def group_evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Arr
         if row.signal == TREND_SIGNAL:
             reference.append(trend_reference(row))
             continue
-        who = ("this instance's queries" if row.group_key == "instance_id"
-               else f"{names.get(row.group_key, row.group_key)} {row.group_value}'s queries on this instance")
+        if row.group_key == "instance_id":
+            who = "this instance's queries"
+        elif row.group_key == JOIN_SHAPE:
+            who = f"this instance's queries {'with' if row.group_value == 'joins' else 'without'} joins"
+        else:
+            who = f"{names.get(row.group_key, row.group_key)} {row.group_value}'s queries on this instance"
         span = f"{row.span_start:%H:%M}-{row.span_end:%H:%M} UTC"
         if row.signal == QUEUE_GROUP_SIGNAL:
             reference.append(f"usual wait: fingerprint history, ordinary wait on the instance; one of "
