@@ -13,7 +13,8 @@ evaluation's slower database and user ``ln 2.2`` to ``ln 3.1``).
 
 :func:`slower_group_runs` reads a day of scored rows (the shard schema) and, per instance, clock hour
 (UTC) and value of each grouping column (:attr:`GroupParams.keys`: ``user_id``, ``database_id``,
-``query_type``), takes the *judged* queries (as :mod:`workbench.analysis.persistence` judges runs:
+``query_type`` and the plan shape :data:`JOIN_SHAPE`, derived from ``num_joins``), takes the *judged*
+queries (as :mod:`workbench.analysis.persistence` judges runs:
 executed, scored, and with an expectation from the statement's own history, ``known``) and their
 log runtime residual ``r = log1p(exec) - log1p(pred_mean)``. A group is slower when
 
@@ -357,7 +358,7 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
     known : ndarray of bool, optional
         Per row: the version's expectation rests on the statement's own history. None: every row.
     params : GroupParams, optional
-        The constants (defaults: user, database and query type; 20 queries; ``ln 1.5`` and z 5; 1 s).
+        The constants (defaults: user, database, query type and plan shape; 20 queries; ``ln 1.5`` and z 5; 1 s).
     scales : mapping, optional
         ``model_version -> (min_scale, max_scale)`` of each version's detector.
     exclude : ndarray of bool, optional
