@@ -10,14 +10,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from workbench.analysis._columns import flags, numbers
 
-__all__ = ["Z90", "judged_runs", "offline_scored", "runtime_spread"]
+__all__ = ["RULE_RESULT", "Z90", "already_flagged", "empty_result", "judged_runs", "offline_scored", "runtime_spread"]
 
 Z90 = 1.2815515655446004  # the standard normal 0.9 quantile: the upper regressor's quantile
+#: The flagged rows' columns of the rules that report in the slower groups' shape (slower groups, a creeping
+#: statement, a moved workload), each rule adding its own after them.
+RULE_RESULT = {"row": "int64", "instance_id": "int64", "query_id": "int64", "model_version": "object",
+               "signal": "object", "reason": "object", "expected_ms": "float64", "observed_ms": "float64",
+               "excess_ms": "float64", "group_key": "object", "group_value": "object",
+               "span_start": "datetime64[ms, UTC]", "span_end": "datetime64[ms, UTC]", "group_queries": "int64",
+               "group_ratio": "float64", "group_z": "float64", "score": "float64", "exec_ratio": "float64"}
 #: Columns the offline wrappers take from the caller's scoring rather than from the log.
 _GIVEN = ("pred_mean_ms", "pred_q_ms", "model_version", "is_anomaly")
 
@@ -62,3 +70,15 @@ def offline_scored(table: pa.Table, columns: Sequence[str], pred_mean_ms: np.nda
             .append_column("pred_q_ms", pa.array(np.asarray(pred_q_ms, dtype=float)))
             .append_column("model_version", pa.array([version] * table.num_rows, pa.string()))
             .append_column("is_anomaly", pa.array(np.asarray(alerted, dtype=bool))))
+
+
+def empty_result(columns: dict[str, str]) -> pd.DataFrame:
+    """A rule's result without rows: ``columns`` (name -> dtype) and nothing else."""
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()})
+
+
+def already_flagged(rows: pa.Table, exclude: np.ndarray | None) -> np.ndarray:
+    """Per row: alerted by the per-query detector (``is_anomaly``) or flagged by an earlier rule (``exclude``):
+    a run keeps that alert and is not flagged again."""
+    flagged = flags(rows, "is_anomaly")
+    return flagged if exclude is None else flagged | np.asarray(exclude, dtype=bool)

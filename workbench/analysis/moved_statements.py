@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workbench.analysis._columns import arrival_us, numbers
+from workbench.analysis._judged import RULE_RESULT, already_flagged, empty_result
 
 __all__ = ["MOVED_COLUMNS", "MOVED_REASON", "MOVED_SIGNAL", "MovedParams", "moved_statement_runs"]
 
@@ -64,12 +65,7 @@ class MovedParams:
             raise ValueError(f"MovedParams.floor_ms must be a finite number of at least 0; got {self.floor_ms!r}")
 
 
-_RESULT = {"row": "int64", "instance_id": "int64", "query_id": "int64", "model_version": "object",
-           "signal": "object", "reason": "object", "expected_ms": "float64", "observed_ms": "float64",
-           "excess_ms": "float64", "group_key": "object", "group_value": "object",
-           "span_start": "datetime64[ms, UTC]", "span_end": "datetime64[ms, UTC]", "group_queries": "int64",
-           "group_ratio": "float64", "group_z": "float64", "score": "float64", "exec_ratio": "float64",
-           "group_statements": "int64"}
+_RESULT = {**RULE_RESULT, "group_statements": "int64"}
 
 
 def moved_statement_runs(rows: pa.Table, home: np.ndarray, home_ms: np.ndarray, params: MovedParams | None = None,
@@ -127,11 +123,7 @@ def moved_statement_runs(rows: pa.Table, home: np.ndarray, home_ms: np.ndarray, 
     if per.empty:
         return _empty()
     part = part.merge(per, on=["instance_id", "home"])
-    taken = np.zeros(rows.num_rows, dtype=bool)
-    if exclude is not None:
-        taken |= np.asarray(exclude, dtype=bool)
-    if "is_anomaly" in rows.column_names:
-        taken |= pc.fill_null(rows.column("is_anomaly"), False).to_numpy(zero_copy_only=False)
+    taken = already_flagged(rows, exclude)
     part = part[~taken[part["row"].to_numpy()]].sort_values(["arrival_us", "row"], kind="stable")
     if part.empty:
         return _empty()
@@ -164,4 +156,4 @@ def moved_statement_runs(rows: pa.Table, home: np.ndarray, home_ms: np.ndarray, 
 
 
 def _empty() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _RESULT.items()})
+    return empty_result(_RESULT)

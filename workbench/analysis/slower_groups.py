@@ -93,8 +93,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workbench.analysis._columns import arrival_us, flags, numbers
-from workbench.analysis._judged import judged_runs, runtime_spread
+from workbench.analysis._columns import arrival_us, numbers
+from workbench.analysis._judged import RULE_RESULT, already_flagged, empty_result, judged_runs, runtime_spread
 
 __all__ = [
     "GROUP_COLUMNS",
@@ -281,17 +281,12 @@ class GroupParams:
             raise ValueError(f"GroupParams.min_scale ({self.min_scale}) must not exceed max_scale ({self.max_scale})")
 
 
-_RESULT = {"row": "int64", "instance_id": "int64", "query_id": "int64", "model_version": "object",
-           "signal": "object", "reason": "object", "expected_ms": "float64", "observed_ms": "float64",
-           "excess_ms": "float64", "group_key": "object", "group_value": "object",
-           "span_start": "datetime64[ms, UTC]", "span_end": "datetime64[ms, UTC]", "group_queries": "int64",
-           "group_ratio": "float64", "group_z": "float64", "score": "float64", "exec_ratio": "float64"}
 #: A measure's signal and reason: the runtime against the model, the wait against the usual wait.
 _MEASURES = {"runtime": (GROUP_SIGNAL, GROUP_REASON), "queue": (QUEUE_GROUP_SIGNAL, QUEUE_GROUP_REASON)}
 
 
 def _empty() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _RESULT.items()})
+    return empty_result(RULE_RESULT)
 
 
 def _slower(part: pd.DataFrame, span: str, measure: str, params: GroupParams) -> pd.DataFrame:
@@ -409,8 +404,7 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
         "arrival_us": arrival,
         "query_id": pc.cast(rows.column("query_id"), pa.int64()).to_numpy(zero_copy_only=False)[idx],
         "model_version": rows.column("model_version").to_numpy(zero_copy_only=False)[idx],
-        "alerted": flags(rows, "is_anomaly")[idx] | (np.zeros(n_rows, bool) if exclude is None
-                                                     else np.asarray(exclude, dtype=bool))[idx],
+        "alerted": already_flagged(rows, exclude)[idx],
         "exec_ratio": exec_ms / np.maximum(np.nan_to_num(pred, nan=0.0), 1.0),  # as the scorer's, whichever measure
     })
     measures = {"runtime": _measure_frame(base, {
@@ -467,4 +461,4 @@ def slower_group_runs(rows: pa.Table, known: np.ndarray | None = None, params: G
     out = out.sort_values(["arrival_us", "instance_id", "query_id"], kind="stable", ignore_index=True)
     out["span_start"] = pd.to_datetime(out["span_us"], unit="us", utc=True)
     out["span_end"] = pd.to_datetime(out["span_end_us"], unit="us", utc=True)
-    return out[list(_RESULT)].astype(_RESULT)
+    return out[list(RULE_RESULT)].astype(RULE_RESULT)

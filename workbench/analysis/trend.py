@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 from scipy.stats import kendalltau
 
 from workbench.analysis._columns import arrival_us, numbers
-from workbench.analysis._judged import judged_runs, runtime_spread
+from workbench.analysis._judged import RULE_RESULT, already_flagged, empty_result, judged_runs, runtime_spread
 
 __all__ = ["TREND_COLUMNS", "TREND_REASON", "TREND_SIGNAL", "TrendParams", "creeping_runs"]
 
@@ -95,12 +95,7 @@ class TrendParams:
         return NormalDist().inv_cdf(1.0 - self.false_rate)
 
 
-_RESULT = {"row": "int64", "instance_id": "int64", "query_id": "int64", "model_version": "object",
-           "signal": "object", "reason": "object", "expected_ms": "float64", "observed_ms": "float64",
-           "excess_ms": "float64", "group_key": "object", "group_value": "object",
-           "span_start": "datetime64[ms, UTC]", "span_end": "datetime64[ms, UTC]", "group_queries": "int64",
-           "group_ratio": "float64", "group_z": "float64", "score": "float64", "exec_ratio": "float64",
-           "trend_runs": "int64", "trend_position": "int64"}
+_RESULT = {**RULE_RESULT, "trend_runs": "int64", "trend_position": "int64"}
 
 
 def rise_score(values: np.ndarray) -> float:
@@ -180,15 +175,12 @@ def creeping_runs(rows: pa.Table, known: np.ndarray | None = None, params: Trend
     runs = np.bincount(statement)
     material = per.index[(per["median"] >= params.floor) & (per["excess"] >= params.floor_ms)
                          & (runs[per.index] >= params.min_runs)]
-    taken = np.zeros(rows.num_rows, dtype=bool)
-    if exclude is not None:
-        taken |= np.asarray(exclude, dtype=bool)
-    if "is_anomaly" in rows.column_names:
-        taken |= pc.fill_null(rows.column("is_anomaly"), False).to_numpy(zero_copy_only=False)
+    taken = already_flagged(rows, exclude)
+    first_at = start[last]  # per statement, its first run's position
     found = []
     candidates = frame[np.isin(statement, material)]
     for key, runs_of in candidates.groupby("statement", sort=False):
-        flagged = _creeping(runs_of, int(onset_at_end[key] - start[last][key]), params)
+        flagged = _creeping(runs_of, int(onset_at_end[key] - first_at[key]), params)
         if flagged is not None:
             found.append(flagged[~taken[flagged["row"].to_numpy()]])
     found = [f for f in found if len(f)]
@@ -226,4 +218,4 @@ def _creeping(runs: pd.DataFrame, onset: int, params: TrendParams) -> pd.DataFra
 
 
 def _empty() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _RESULT.items()})
+    return empty_result(_RESULT)

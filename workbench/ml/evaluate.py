@@ -442,22 +442,25 @@ def _query_details(table: pa.Table, labels: np.ndarray, kinds: np.ndarray, per_q
         "instance_id": table.column("instance_id"), "query_id": table.column("query_id"),
         "arrival_timestamp": table.column("arrival_timestamp"),
         "label_anomaly": pa.array(labels, pa.bool_()),
-        "label_kind": pa.array([None if k is None else str(k) for k in kinds.tolist()], pa.string()),
+        "label_kind": _text(kinds),
         # False for a window kind's rows: judged per window, neither positive nor negative per query
         "per_query": pa.array(per_query, pa.bool_()),
         "score": pa.array(score, pa.float64()),
         "detector_alert": pa.array(first_alert, pa.bool_()),
-        "deferred_reason": pa.array([None if r is None else str(r) for r in reasons.tolist()], pa.string()),
+        "deferred_reason": _text(reasons),
         "alert": pa.array(alert, pa.bool_()),
     }
     if out is not None:
         for name, kind in (("reason", pa.string()), ("evidence_signal", pa.string()), ("expected_value", pa.float64()),
                            ("observed_value", pa.float64()), ("excess_value", pa.float64()),
                            ("reference", pa.string()), ("pred_mean_ms", pa.float64())):
-            values = out[name]
-            columns[name] = pa.array([None if v is None else str(v) for v in values.tolist()] if kind == pa.string()
-                                     else values, kind)
+            columns[name] = _text(out[name]) if kind == pa.string() else pa.array(out[name], kind)
     return pa.table(columns)
+
+
+def _text(values: np.ndarray) -> pa.Array:
+    """An object array as text (whatever each value's type: a kind stored as an integer code reads ``3``)."""
+    return pa.array([None if v is None else str(v) for v in np.asarray(values, dtype=object).tolist()], pa.string())
 
 
 def _details_folder(folder: Path) -> None:
@@ -629,11 +632,10 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
     exec_ms = numbers(table, "execution_duration_ms")  # NaN where NULL: no runtime to compare the models with
     b_score, b_alert, _ = baseline_for_table(table, out)
     q = ~collective  # per-query metrics: rows of window kinds are neither positives nor negatives
-    score, alert = (b_score, b_alert) if use_baseline else (out["score"], out["is_anomaly"])
+    score, first_alert = (b_score, b_alert) if use_baseline else (out["score"], out["is_anomaly"])
     reasons = np.full(table.num_rows, None, dtype=object) if use_baseline else deferred_alert_reasons(table, out, model)
-    later = reasons != None  # noqa: E711 (elementwise over an object array)
     flagged: pd.DataFrame | None = None  # the flagged windows, when the day has window kinds
-    alert = alert | later
+    alert = first_alert | (reasons != None)  # noqa: E711 (elementwise over an object array)
     metrics = detection_metrics(labels[q], score[q], alert[q], kinds[q])
     for kind in sorted(set(kinds[collective])):
         metrics[f"recall[{kind}] (per query)"] = float(alert[kinds == kind].mean())
@@ -662,7 +664,6 @@ def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data
               "version": resolved, "data": str(data), "metrics": metrics,
               "evaluated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     if details is not None:
-        first_alert = b_alert if use_baseline else out["is_anomaly"]
         result["details"] = write_details(Path(details), _query_details(
             table, labels, kinds, q, score, first_alert, reasons, alert, None if use_baseline else out),
             flagged)

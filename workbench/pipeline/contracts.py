@@ -12,7 +12,8 @@ number?, ``pred_mean_ms`` number, ``pred_q_ms`` number?, ``expected_ms`` number?
 ``evidence_signal`` str? (exec, queue, scan, spill, compile; ``exec_persistent`` for a run the
 scoring app's persistence step flags, :mod:`workbench.analysis.persistence`; ``exec_group`` and
 ``queue_group`` for a query of a group that runs slower or waits longer,
-:mod:`workbench.analysis.slower_groups`; ``statement_moved`` for a run of another instance's statement,
+:mod:`workbench.analysis.slower_groups`; ``exec_trend`` for a run of a statement that creeps,
+:mod:`workbench.analysis.trend`; ``statement_moved`` for a run of another instance's statement,
 :mod:`workbench.analysis.moved_statements`), ``evidence_unit`` str? (ms, MB),
 ``expected_value``, ``observed_value``, ``excess_value`` number?, ``reference`` str? (what the
 expectation was built from). Text longer than :data:`MAX_TEXT_CHARS` is cut (``features["truncated"]``
