@@ -1224,3 +1224,82 @@ def test_two_versions_with_the_same_precision_recall_curve_both_show() -> None:
     same = ([1.0, 0.8, 0.5], [0.0, 0.5, 1.0])
     spec = charts.pr_curve_chart({"v0001": same, "v0002": same}).to_dict(validate=True)
     assert spec["encoding"]["strokeDash"]["field"] == "detector" and spec["mark"]["opacity"] < 1
+
+
+def test_the_eta_of_the_old_course_is_not_shown_under_a_command_the_replay_has_not_taken(
+        panel_and_fake: tuple[Any, FakeWorkbench], monkeypatch: pytest.MonkeyPatch) -> None:
+    """After clicks on 60x, max and 600x and a seek, one refresh read "600x ... ETA 1h 05m 34s": the
+    60x course's ETA under the new speed, before the replay had taken the commands."""
+    panel, fake = panel_and_fake
+    fake.replay_extra = {"applied_command_at": 0.0}
+    panel.refresh()
+    assert panel.eta.value == "ETA 1m 15s"
+    panel.presets[1].click()  # 600x
+    panel.seek_text.value = "2024-03-04 06:00"
+    panel.seek_button.click()
+    panel.refresh()  # a status from before the replay took them: its ETA is the old course's
+    assert panel.eta.value == "ETA …"
+    fake.replay_extra = {"applied_command_at": time.time() - 3600}  # an older command taken: still on its way
+    panel.refresh()
+    assert panel.eta.value == "ETA …"
+    fake.replay_extra = {"applied_command_at": time.time(), "eta_seconds": 20.0}  # taken: the new course's ETA
+    panel.refresh()
+    assert panel.eta.value == "ETA 20s"
+    monkeypatch.setattr("workbench.ui._panel._COMMAND_GRACE", 0.0)
+    panel.presets[0].click()  # a command the replay never takes: after the grace the status's ETA again
+    time.sleep(0.01)
+    panel.refresh()
+    assert panel.eta.value == "ETA 20s"
+    fake.state = "paused"
+    panel.refresh()
+    assert panel.eta.value == "ETA paused"
+
+
+def test_a_clock_ahead_of_the_analytics_app_keeps_its_latest_windows_not_a_placeholder() -> None:
+    """At max a log ends within seconds: the events chart read "waiting for the first window" for ~10 s
+    after it had shown windows, until the analytics app caught up with the clock at the log's end."""
+    fake = FakeWorkbench()
+    starts = pd.date_range(T0, periods=24, freq="10min", tz="UTC")  # the analytics app has reached 03:50
+    stored = pd.DataFrame({"window_start": starts, "instance_id": 1, "total_queries": 10})
+    reads: list[dict[str, Any]] = []
+
+    def window_stats(**filters: Any) -> pd.DataFrame:
+        reads.append(filters)
+        keep = stored["window_start"] < filters["end"]
+        if filters["start"] is not None:
+            keep &= stored["window_start"] >= filters["start"]
+        return stored[keep].reset_index(drop=True)
+
+    fake.window_stats = window_stats  # type: ignore[method-assign]
+    panel = control_panel(fake, auto_refresh=False)
+    try:
+        panel.refresh(charts=True)  # clock 02:00: its windows
+        assert "<svg" in panel.events_plot.value
+        fake.replay_extra = {"event_time": T0 + timedelta(hours=23, minutes=59), "state": "finished"}
+        panel.refresh(charts=True)  # the clock at the log's end, the analytics app at 03:50
+        assert "<svg" in panel.events_plot.value and "waiting" not in panel.events_plot.value
+        assert "the analytics app is at 2024-03-04 04:00 UTC" in html.unescape(panel.events_plot.value)
+        fake.replay_extra = {"event_time": T0 - timedelta(hours=1)}  # back before every window: nothing to show
+        panel.refresh(charts=True)
+        assert "waiting for the first window" in panel.events_plot.value
+        fake.replay_extra = {"event_time": T0 + timedelta(hours=23)}  # forward again, but nothing drawn since
+        panel.refresh(charts=True)
+        assert "waiting for the first window" in panel.events_plot.value
+    finally:
+        panel.close()
+
+
+def test_readable_tables_hide_row_positions_but_keep_a_named_index() -> None:
+    """03's "Versions side by side" showed a raw 0, 1, 2 as its first column; an index that names
+    something (an instance id) stays."""
+    from workbench.analysis.anomaly_summary import versions_side_by_side
+    from workbench.ui import tables
+
+    stored = pd.DataFrame({"arrival_timestamp": pd.to_datetime(["2024-03-05 01:00", "2024-03-06 01:00"], utc=True),
+                           "model_version": ["v1", "v2"], "instance_id": [1, 2], "query_id": [5, 6]})
+    side = tables.readable(versions_side_by_side(stored, ["v1", "v2"])).to_html()
+    assert "row_heading" not in side and "2024-03-05" in side
+    picked = pd.DataFrame({"query_id": [7, 8]}, index=[41, 97])  # a selection's leftover positions
+    assert "row_heading" not in tables.readable(picked).to_html()
+    named = pd.DataFrame({"anomalies": [3]}, index=pd.Index([86], name="instance_id"))
+    assert "row_heading" in tables.readable(named).to_html()

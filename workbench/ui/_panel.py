@@ -169,6 +169,9 @@ class PanelView:
     eta: str
     behind: str
     lag: str
+    #: ``issued_at`` of the last command the replay took (its status's ``applied_command_at``): what it
+    #: reports predates a command sent after that
+    applied_command_at: float | None = None
 
 
 def encoding_text(encoding: str | None, pack: int | None) -> str:
@@ -368,6 +371,7 @@ def panel_view(status: Any, *, running: bool = True, lag_history: Sequence[tuple
         speed_text=format_speed(speedup) if replay is not None and not stale else "-",
         progress=float(min(1.0, max(0.0, fraction))), progress_text=f"{fraction:.0%}",
         clock=clock, state=state, eta=eta_text, behind=behind_text, lag=lag_text,
+        applied_command_at=None if stale else _field(replay, "applied_command_at"),
     )
 
 
@@ -454,6 +458,10 @@ class ControlPanel(widgets.VBox):
         self._charts_enabled = charts
         self._last_chart = 0.0
         self._chart_end: datetime | None = None  # the replay clock the charts were last drawn at
+        # The first window and the replay clock of the last events chart drawn with windows in it
+        self._drawn: tuple[datetime, datetime] | None = None
+        # When this panel last sent a command: (wall time, as the replay's ``applied_command_at``; _clock())
+        self._command_sent: tuple[float, float] | None = None
 
         # No readout: the slider's readout is an editable field that the front end clamps to the slider's
         # range before the kernel sees it, so a typed 0 (max everywhere else) became 1x, the slowest
@@ -551,6 +559,7 @@ class ControlPanel(widgets.VBox):
         if view is not None and not getattr(view, allowed):
             self._say(f"{what} not sent: {view.why_disabled}", error=True)
             return
+        self._command_sent = (time.time(), _clock())
         try:
             if what == "speed":
                 self._wb.set_speed(value)
@@ -578,6 +587,7 @@ class ControlPanel(widgets.VBox):
                 self._say(f"seek to {value:%Y-%m-%d %H:%M:%S} UTC sent")
         except Exception as exc:
             logger.warning("panel command failed what=%s error=%s", what, exc)
+            self._command_sent = None  # not sent: the status's ETA stands
             self._say(str(exc), error=True)
         self._follow_ups = _FOLLOW_UPS
         self._wake.set()  # show the effect at once
@@ -720,7 +730,8 @@ class ControlPanel(widgets.VBox):
         try:
             self.progress.value = view.progress
             self.progress.description = view.progress_text
-            self.eta.value = view.eta + (f" · {view.behind}" if view.behind else "")
+            self.eta.value = ("ETA …" if self._command_on_its_way(view)
+                              else view.eta + (f" · {view.behind}" if view.behind else ""))
             with self._pending_lock:  # a click's pending command is settled and shown, or kept, as one step
                 self.clock.value = (f"<b>{html.escape(view.clock)}</b> &nbsp; [{html.escape(self._state_text(view))}]"
                                     + (_heartbeat(self._beats) if live else ""))
@@ -778,6 +789,18 @@ class ControlPanel(widgets.VBox):
         landed = shown == wanted if wanted is None or shown is None else abs(shown - wanted) <= 1e-6 * wanted
         if landed or _clock() - clicked_at > _COMMAND_GRACE:
             self._pending_speed = None
+            return False
+        return True
+
+    def _command_on_its_way(self, view: PanelView) -> bool:
+        """Whether the replay has not yet taken this panel's last command (for up to ``_COMMAND_GRACE``):
+        its ETA is then the old course's. After clicks on 60x, max and 600x and a seek, one refresh read
+        "600x ... ETA 1h 05m 34s", the 60x ETA, under the new speed (browser tester, 40th session)."""
+        sent = self._command_sent
+        if sent is None or view.state not in ("running", "paused"):
+            return False
+        if (view.applied_command_at or 0.0) >= sent[0] or _clock() - sent[1] > _COMMAND_GRACE:
+            self._command_sent = None
             return False
         return True
 
@@ -857,6 +880,7 @@ class ControlPanel(widgets.VBox):
         self._last_chart = time.monotonic()
         end = getattr(status, "event_time", None) if status is not None else None
         self._chart_end = end
+        drawn, self._drawn = self._drawn, None
         start = end - CHART_SPAN if end is not None else None
         # Up to the replay clock's own window: a store filled by an earlier pass (a seek back, a
         # reset, an earlier run) must not show later windows. The reads take window_start < end.
@@ -864,14 +888,28 @@ class ControlPanel(widgets.VBox):
         from workbench.store.exceptions import StoreNotFoundError
 
         domain = None  # the anomalies chart shares the events chart's time axis, bar under bar
+        title = "Events per 10 minutes"
         try:
             stats = self._wb.window_stats(start=start, end=upto)
+            if stats.empty and end is not None and drawn is not None and end >= drawn[1]:
+                # The clock ran ahead of the analytics app (at max a log ends within seconds): the latest
+                # windows it has written since the last chart, not "waiting for the first window" in
+                # place of a chart that had windows (browser tester, 40th session).
+                since = self._wb.window_stats(start=drawn[0], end=upto)
+                if not since.empty:
+                    at = pd.to_datetime(since["window_start"], utc=True)
+                    stats = since[(at > at.max() - CHART_SPAN).to_numpy()]
+                    start, upto = at.max() - CHART_SPAN, at.max() + pd.Timedelta(minutes=10)
+                    title = f"Events per 10 minutes (the analytics app is at {upto:%Y-%m-%d %H:%M} UTC)"
             if stats.empty:
                 self.events_plot.value = _placeholder("Events per 10 minutes", "waiting for the first window")
             else:
                 first = pd.to_datetime(stats["window_start"], utc=True)
                 domain = (first.min(), first.max() + pd.Timedelta(minutes=10))
-                self.events_plot.value = _fitted(charts.to_svg(charts.events_chart(stats, time_domain=domain)))
+                self.events_plot.value = _fitted(charts.to_svg(charts.events_chart(stats, title=title,
+                                                                                   time_domain=domain)))
+                if end is not None:
+                    self._drawn = (first.min().to_pydatetime(), end)
         except StoreNotFoundError:  # the analytics app creates it with its first window
             self.events_plot.value = _placeholder("Events per 10 minutes", "waiting for the first window")
         except Exception as exc:

@@ -159,6 +159,10 @@ def readable(frame: pd.DataFrame) -> Any:
             formats[column] = _count
     # other numbers: three decimals (recall 0.995 stays) and separators (pandas showed 93.730000, 1.400000)
     styler = frame.style.format(formats, na_rep="", precision=3, thousands=",")
+    if frame.index.name is None and pd.api.types.is_integer_dtype(frame.index):
+        # row positions (0, 1, 2, or a selection's leftovers) name nothing: 03's side-by-side table showed
+        # them as a first column (browser tester, 40th session)
+        styler = styler.hide(axis="index")
     one_line = [c for c in frame.columns if c not in _WRAPPING]
     if one_line:
         styler = styler.set_properties(subset=one_line, **{"white-space": "nowrap"})
