@@ -124,7 +124,7 @@ def test_scorer_rows_carry_their_evidence(tmp_path: Path) -> None:
     assert first["is_anomaly"] and first["evidence_signal"] == "exec" and first["evidence_unit"] == "ms"
     assert first["observed_value"] == pytest.approx(40 * 60_000, rel=1e-6)
     assert first["excess_value"] == pytest.approx(first["observed_value"] - first["expected_value"])
-    assert first["reference"].startswith("model+")
+    assert first["reference"].startswith("the runtime model's prediction from ")
     assert set(out.column("evidence_signal").to_pylist()) <= {"exec", "queue", "scan", "spill", "compile"}
 
 

@@ -163,7 +163,7 @@ def test_scorer_names_a_first_spill_with_its_evidence(tmp_path: Path) -> None:
     assert row["is_anomaly"] and row["reason"] == FIRST_SPILL_REASON and row["evidence_signal"] == "spill"
     assert row["evidence_unit"] == "MB" and row["observed_value"] == pytest.approx(3_000.0, rel=1e-6)
     assert row["expected_value"] == pytest.approx(0.0, abs=1e-6)
-    assert row["reference"] == f"fingerprint history: no spill in {runs[i]:.0f} runs"
+    assert row["reference"] == f"this statement's own runs: no spill in {runs[i]:.0f} runs"
     # Under the floor it is no alert.
     assert _scored_with_spill(scorer, batch, i, 900.0)["reason"] != FIRST_SPILL_REASON
 
@@ -180,7 +180,7 @@ def test_scorer_names_a_spill_beyond_the_largest_with_its_evidence(tmp_path: Pat
     assert row["is_anomaly"] and row["reason"] == RECORD_SPILL_REASON and row["evidence_signal"] == "spill"
     assert row["expected_value"] == pytest.approx(200.0, rel=1e-6)
     assert row["excess_value"] == pytest.approx(3_800.0, rel=1e-6)
-    assert row["reference"] == f"fingerprint history: largest spill 200 MB in {runs[i]:.0f} runs"
+    assert row["reference"] == f"this statement's largest spill: 200 MB in {runs[i]:.0f} runs"
     # 4x its largest is no record worth an alert.
     assert _scored_with_spill(scorer, batch, i, 800.0)["reason"] != RECORD_SPILL_REASON
 
@@ -260,7 +260,7 @@ def test_scorer_names_a_run_far_shorter_than_any_run_of_its_statement_with_its_e
     assert row["expected_value"] == pytest.approx(least, rel=1e-6)
     assert row["observed_value"] == pytest.approx(40.0, rel=1e-6)
     assert row["excess_value"] == pytest.approx(40.0 - least, rel=1e-6)
-    assert row["reference"].startswith(f"fingerprint history: shortest run {least:,.0f} ms in ")
+    assert row["reference"].startswith(f"this statement's shortest run: {least:,.0f} ms in ")
     # a third of its shortest is ordinary spread; a result-cache hit and an aborted run do not run the work
     assert not _scored_with_runtime(scorer, batch, i, least / 3)["is_anomaly"]
     assert not _scored_with_runtime(scorer, batch, i, 40.0, was_cached=True)["is_anomaly"]
@@ -330,7 +330,7 @@ def test_scorer_names_a_run_that_read_far_less_than_any_run_of_its_statement_wit
     assert row["is_anomaly"] and row["reason"] == SHORT_SCAN_REASON and row["evidence_signal"] == "scan"
     assert row["evidence_unit"] == "MB" and row["expected_value"] == pytest.approx(least, rel=1e-6)
     assert row["observed_value"] == pytest.approx(round(least / 20), abs=1.0)
-    assert row["reference"].startswith(f"fingerprint history: smallest scan {least:,.0f} MB in ")
+    assert row["reference"].startswith(f"this statement's smallest scan: {least:,.0f} MB in ")
     # a third of its smallest is within what a statement reads (parameters, pruning): no alert
     assert _scored_with_scan(scorer, batch, i, least / 3)["reason"] != SHORT_SCAN_REASON
 
@@ -341,3 +341,20 @@ def test_a_scan_short_of_its_smallest_by_less_than_a_second_of_reading_is_no_ale
     score = det._short_scan(residuals, np.zeros(3, np.int64))
     assert score[0] < 1 <= score[1] and score[2] < 1  # under 1 s of reading; 5x; only 4x under its smallest
     assert (det._short_scan(residuals, np.ones(3, np.int64)) == 0).all()  # a prior's expectation: no path
+
+
+def test_every_reference_reads_in_plain_words_naming_whose_runs_set_the_expectation() -> None:
+    """The drill-down's "reference" read "model+plan/instance prior" and "... spreads" (browser tester, 40th
+    session): each now says in words what the expectation came from."""
+    from workbench.ml.detector import REASONS
+    from workbench.ml.features import REFERENCE_SOURCES
+    from workbench.ml.scorer import _reference_label
+
+    whose = {"fingerprint": "this statement's own runs", "instance": "this instance's runs",
+             "global": "every instance's runs"}
+    for signal in REASONS:
+        for source in REFERENCE_SOURCES:
+            text = _reference_label(signal, source)
+            assert whose[source] in text, (signal, source, text)
+            assert not any(word in text for word in ("model+", "prior", "spreads", "max(", "history")), text
+    assert _reference_label("exec", "instance").startswith("the runtime model's prediction from its plan and ")

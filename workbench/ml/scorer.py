@@ -79,7 +79,7 @@ EXTRA_FIELDS: tuple[pa.Field, ...] = (
     pa.field("expected_value", pa.float64()),  # what the version expected for this query
     pa.field("observed_value", pa.float64()),
     pa.field("excess_value", pa.float64()),  # observed - expected
-    pa.field("reference", pa.string()),  # what it was compared with, e.g. "model+fingerprint history"
+    pa.field("reference", pa.string()),  # what it was compared with, e.g. "the runtime model's prediction from ..."
 )
 _ALL_SCORE_NAMES = {f.name for f in SCORE_FIELDS + EXTRA_FIELDS}
 _BASE_REQUIRED = INPUT_COLUMNS + OBSERVED_COLUMNS
@@ -217,32 +217,43 @@ def _with_history_labels(labels: np.ndarray, reason: np.ndarray, refs: dict[str,
     for i in rows:
         if reason[i] == SHORT_SCAN_REASON:
             smallest, full = refs[SMALLEST_SCAN][0][i], refs[SMALLEST_SCAN][1][i]
-            labels[i] = (f"fingerprint history: smallest scan {np.expm1(smallest):,.0f} MB in {full:.0f} runs "
+            labels[i] = (f"this statement's smallest scan: {np.expm1(smallest):,.0f} MB in {full:.0f} runs "
                          "that did their work; the MB not read priced at the instance's reading pace")
         elif reason[i] == SHORT_RUN_REASON:
             shortest, full = refs[SHORTEST_RUN][0][i], refs[SHORTEST_RUN][1][i]
-            labels[i] = (f"fingerprint history: shortest run {np.expm1(shortest):,.0f} ms in {full:.0f} runs "
+            labels[i] = (f"this statement's shortest run: {np.expm1(shortest):,.0f} ms in {full:.0f} runs "
                          "that did their work (no cache hit, no abort)")
         elif reason[i] == FIRST_SPILL_REASON:
-            labels[i] = f"fingerprint history: no spill in {refs[SPILL_HISTORY][1][i]:.0f} runs"
+            labels[i] = f"this statement's own runs: no spill in {refs[SPILL_HISTORY][1][i]:.0f} runs"
         else:
             largest, runs = refs[SPILL_HISTORY][0][i], refs[SPILL_HISTORY][1][i]
-            labels[i] = f"fingerprint history: largest spill {np.expm1(largest):,.0f} MB in {runs:.0f} runs"
+            labels[i] = f"this statement's largest spill: {np.expm1(largest):,.0f} MB in {runs:.0f} runs"
     return labels
 
 
+#: Whose runs an expectation was learnt from, per reference source (:data:`REFERENCE_SOURCES`), in the words
+#: of the alert's evidence ("model+plan/instance prior" read as jargon; browser tester, 40th session).
+_SOURCE_WORDS = {
+    "fingerprint": "this statement's own runs",
+    "instance": "this instance's runs (the statement is new or rare here)",
+    "global": "every instance's runs (this instance is new)",
+}
+
+
 def _reference_label(signal: str, source: str) -> str:
-    """What a signal's expectation was built from, for the alert's evidence."""
-    history = f"{source} history" if source != "global" else "training window"
+    """What a signal's expectation was built from, in plain words, for the alert's evidence."""
+    runs = _SOURCE_WORDS.get(source, f"{source} history")
     if signal == "exec":
-        return "model+" + ("fingerprint history" if source == "fingerprint" else "plan/instance prior")
+        plan = "" if source == "fingerprint" else "its plan and "
+        return f"the runtime model's prediction from {plan}{runs}"
     if signal == "queue":
-        return f"max(usual wait: {history}, ordinary wait on the instance, expected runtime)"
+        return (f"the longest of its usual wait ({runs}), an ordinary wait on this instance and its expected "
+                "runtime")
     if signal == "spill":
-        return f"{history} spill; relative to this query's scan"
+        return f"its usual spill ({runs}), against the MB this query scanned"
     if signal == "compile":
-        return f"{history} compile time when compiled"
-    return history
+        return f"its usual compile time when it compiles ({runs})"
+    return f"its usual MB scanned ({runs})"
 
 
 #: ONNX Runtime's TreeEnsemble adds up the trees in an order that depends on its thread count and

@@ -446,9 +446,10 @@ def evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Array]:
 
     n = len(found)
     starts = pd.to_datetime(found["streak_start"], utc=True).dt.strftime("%H:%M:%S UTC")
-    reference = [f"model+fingerprint history; run {s} of a streak of this statement's runs today each at least "
-                 f"{params.bar:.2f} spreads and {params.floor_ms / 1000:g} s slower than expected (since {t}); the "
-                 f"least of the last {params.runs}: {least:.2f} spreads"
+    reference = [f"the runtime model's prediction from this statement's own runs; run {s} of a streak of its runs "
+                 f"today (since {t}), each slower than predicted by at least {params.bar:.2f} standard deviations "
+                 f"and {params.floor_ms / 1000:g} s; the least of the last {params.runs}: {least:.2f} standard "
+                 "deviations"
                  for s, t, least in zip(found["streak"], starts, found["least_spreads"], strict=True)]
     return _alert_columns(found, score=found["least_spreads"].to_numpy() / params.bar,
                           reason=[PERSISTENCE_REASON] * n, signal=[PERSISTENCE_SIGNAL] * n, reference=reference,
@@ -484,15 +485,15 @@ def group_evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Arr
             who = f"{names.get(row.group_key, row.group_key)} {row.group_value}'s queries on this instance"
         span = f"{row.span_start:%H:%M}-{row.span_end:%H:%M} UTC"
         if row.signal == QUEUE_GROUP_SIGNAL:
-            reference.append(f"usual wait: fingerprint history, ordinary wait on the instance; one of "
+            reference.append(f"its usual wait (its own runs, or an ordinary wait on this instance); one of "
                              f"{row.group_queries} of {who} {span} whose median waited {row.group_ratio:.2f}x "
                              f"its usual wait and at least {params.floor_ms / 1000:g} s longer (a group needs "
                              f"{params.min_queries} queries and {math.exp(params.floor):.2f}x); this query too")
         else:
-            reference.append(f"model+fingerprint history; one of {row.group_queries} of {who} {span} whose median "
-                             f"ran {row.group_ratio:.2f}x the model's expectation (z {row.group_z:.1f}; a group needs "
+            reference.append(f"the runtime model's prediction; one of {row.group_queries} of {who} {span} whose "
+                             f"median ran {row.group_ratio:.2f}x the prediction (z {row.group_z:.1f}; a group needs "
                              f"{params.min_queries} queries, {math.exp(params.floor):.2f}x and z "
-                             f"{params.z_threshold:g}); this query beyond the model's tolerance for it")
+                             f"{params.z_threshold:g}); this query ran beyond the model's upper prediction for it")
     return _alert_columns(found, score=found["score"].to_numpy(), reason=found["reason"].tolist(),
                           signal=found["signal"].tolist(), reference=reference,
                           exec_ratio=found["exec_ratio"].to_numpy())
@@ -502,7 +503,8 @@ def trend_reference(row: Any) -> str:
     """The evidence reference of a run of a creeping statement (a row of
     :func:`~workbench.analysis.trend.creeping_runs`)."""
     bar = row.group_z / row.score
-    return (f"model+fingerprint history; run {row.trend_position} of {row.trend_runs} of this statement since "
+    return (f"the runtime model's prediction from this statement's own runs; run {row.trend_position} of "
+            f"{row.trend_runs} of this statement since "
             f"{row.span_start:%H:%M:%S} UTC, each slower than expected since; its {row.group_queries} runs today "
             f"rise run after run (Kendall z {row.group_z:.1f}; a bar of {bar:.2f}), to a median {row.group_ratio:.2f}x "
             f"the expectation since then")
