@@ -246,6 +246,9 @@ def test_the_replay_notebooks_start_mode_run_again_connects_to_the_running_workb
     wb, started = open_workbench("start", kafka_settings, data=str(log), speedup=600)
     try:
         assert started and wb.running
+        said = capsys.readouterr().out  # in words (the setup cell printed the repr), naming the home and the log
+        assert f"Started the workbench under {kafka_settings.home}: running" in said and str(log) in said
+        assert "fresh" not in said and "Workbench(" not in said
         supervisor = read_state(kafka_settings.home)["supervisor_pid"]
         again, started_again = open_workbench("start", kafka_settings, data=str(log), speedup=600)
         assert again is not None and again.running and started_again

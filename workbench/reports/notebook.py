@@ -516,12 +516,18 @@ def open_workbench(mode: str, settings: Settings, *, data: str = "", speedup: fl
                   "connected to it instead of starting a second one (wb.stop() stops it).")
             return running, False
         _STARTED_HOMES.add(str(settings.home))
+        # said, not left to a repr: with fresh=True nothing confirmed that the home had been cleared
+        print(f"Started {wb}, on {log}" + (" (fresh: the results of earlier runs in this home were cleared "
+                                           "first)" if fresh else "") + ".")
         return wb, True
     if mode == "attach":
         try:
-            return Workbench.attach(settings), False
+            wb = Workbench.attach(settings)
         except WorkbenchStateError as exc:
             print(f"Nothing to attach to: {exc}")
+        else:
+            print(f"Attached to {wb}.")
+            return wb, False
     return None, False
 
 

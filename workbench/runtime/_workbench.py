@@ -961,6 +961,11 @@ class Workbench:
     def __repr__(self) -> str:
         return f"Workbench(home={str(self.settings.home)!r}, replay_id={self.replay_id!r}, running={self.running})"
 
+    def __str__(self) -> str:
+        """In words, as a notebook prints it (the setup cell printed the repr; browser tester, 40th session)."""
+        return (f"the workbench under {self.settings.home}: {'running' if self.running else 'not running'}, "
+                f"replay {self.replay_id!r}")
+
 
 def _show_progress(bar: Any, status: WorkbenchStatus, outcome: str = "") -> None:
     """The progress bar's words for ``status``: how far the replay is, the model and the anomalies (and
