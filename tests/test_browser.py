@@ -80,6 +80,10 @@ def lab_server(browser_home: Settings, tmp_path: Path) -> Iterator[tuple[subproc
     news = lab_settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
     news.write_text('{"fetchNews": "false", "checkForUpdates": false}')  # no news prompt, no network
+    # The dark theme, where the charts were white blocks (browser tester, 40th session); the light one is
+    # what every other reader of the charts (papermill, the HTML reports, test_ui) sees.
+    theme = lab_settings / "@jupyterlab" / "apputils-extension" / "themes.jupyterlab-settings"
+    theme.write_text('{"theme": "JupyterLab Dark"}')
     env = {**os.environ, "WORKBENCH_HOME": str(settings.home), "JUPYTER_CONFIG_DIR": str(tmp_path / "jconfig"),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "jruntime"), "IPYTHONDIR": str(tmp_path / "ipython"),
            "JUPYTERLAB_SETTINGS_DIR": str(lab_settings), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
@@ -258,6 +262,13 @@ _MARKS_JS = """() => {
 }"""
 
 
+# The page's theme, and the background every chart is drawn on (the first rect of each chart's SVG).
+_BACKGROUNDS_JS = """(root) => ({light: document.body.dataset.jpThemeLight,
+  fills: [...root.querySelectorAll('svg.marks')].map(s => {
+    const r = s.querySelector(':scope > rect'); return r ? getComputedStyle(r).fill : 'none'; })})"""
+_WHITE = "rgb(255, 255, 255)"
+
+
 # What of the panel reaches past its output area's right edge (the area's width, and the elements).
 _OVERFLOW_JS = """(panel) => {
   const area = panel.closest('.jp-OutputArea-output') || panel.parentElement;
@@ -323,6 +334,8 @@ def test_replay_panel_and_explorer_in_jupyterlab(lab: str, live_home: tuple[Sett
            what="panel charts or their placeholders")
     _screenshot(panel, "panel.png", tmp_path)
     assert wb.running  # Run All stopped nothing
+    shown = panel.evaluate(_BACKGROUNDS_JS)
+    assert shown["light"] == "false" and _WHITE not in shown["fills"], shown  # the panel's charts in the theme
     # A narrow window (a laptop with JupyterLab's file browser open): the rows wrap and nothing is cut
     # off at the right (the text fields' edge was, in an output area of about 270 px).
     page.set_viewport_size({"width": 610, "height": 1500})
@@ -378,6 +391,9 @@ def test_replay_panel_and_explorer_in_jupyterlab(lab: str, live_home: tuple[Sett
         if rects:
             assert rects["visible"] == rects["count"], f"zero-size bars in {chart['title']!r}: {rects}"
     assert any("actual vs predicted runtime" in c["title"] for c in charts), [c["title"] for c in charts]
+    # drawn by JupyterLab in its theme, not white blocks of static SVG
+    shown = explorer.locator(".jp-Notebook").evaluate(_BACKGROUNDS_JS)
+    assert shown["light"] == "false" and len(shown["fills"]) >= 3 and _WHITE not in shown["fills"], shown
 
     # A refused selection, Run All again: the one-line refusal, and below it nothing that ran as if the
     # selection were fine, and no NameError traceback (ipykernel aborts only the cells already queued

@@ -488,7 +488,11 @@ def test_the_panel_fits_a_narrow_window_and_reads_in_a_dark_theme(panel_and_fake
     panel.refresh()
     for plot in (panel.events_plot, panel.anomalies_plot):
         assert plot.value.startswith("<svg style='max-width:100%;height:auto' ") and "viewBox" in plot.value
+        # the theme's colours over the SVG's white background and black text (white blocks in the dark theme)
+        assert "svg.marks > rect:first-child{fill:var(--jp-layout-color0" in plot.value
+        assert "{fill:var(--jp-ui-font-color1" in plot.value
     assert "color:#555" not in panel.counters.value and "color:var(--jp-ui-font-color2, #555)" in panel.counters.value
+    assert "white-space:nowrap'>Lag (messages)</td>" in panel.counters.value  # names on one line
 
 
 def test_refresh_thread_runs_and_stops_with_the_workbench() -> None:
@@ -576,7 +580,8 @@ def test_a_new_panel_of_the_same_workbench_stops_the_previous_ones_refresh() -> 
     other = control_panel(FakeWorkbench(), counter_interval=0.05, chart_interval=60, charts=False)
     try:
         first._thread.join(5)
-        assert not first.refreshing and "replaced" in first.message.value
+        assert not first.refreshing and "replaced" in first.note.value
+        assert first.message.value == "" and first.counters.value == ""  # said once; no live-looking rates left
         assert second.refreshing and other.refreshing  # another workbench's panel is not touched
         # Its frozen view no longer steers: a click was sent and said "sent" under a stale "[running]".
         controls = (first.play, first.speed, first.seek_text, first.seek_button, first.reset_button, *first.presets)
@@ -1303,3 +1308,55 @@ def test_readable_tables_hide_row_positions_but_keep_a_named_index() -> None:
     assert "row_heading" not in tables.readable(picked).to_html()
     named = pd.DataFrame({"anomalies": [3]}, index=pd.Index([86], name="instance_id"))
     assert "row_heading" in tables.readable(named).to_html()
+
+
+def test_notebook_charts_render_live_in_jupyterlab_and_as_svg_elsewhere() -> None:
+    """Static SVG was a white block in JupyterLab's dark theme: the chart goes as the Vega-Lite JupyterLab
+    draws in its theme (in SVG, with its export menu only) and as SVG for papermill and HTML reports."""
+    from workbench.reports.notebook import setup_charts
+
+    before = alt.renderers.active
+    setup_charts()
+    try:
+        assert alt.renderers.active == "workbench"
+        renderer = alt.renderers.get()
+        chart = charts.events_chart(FakeWorkbench().window_stats())
+        mimebundle = chart._repr_mimebundle_()
+    finally:
+        alt.renderers.enable(before)
+    bundle, metadata = renderer(chart.to_dict())
+    assert bundle[charts.LIVE_MIME] == chart.to_dict()
+    assert bundle["image/svg+xml"].startswith("<svg") and "Events per 10 minutes" in bundle["image/svg+xml"]
+    options = metadata[charts.LIVE_MIME]["embed_options"]
+    assert options["renderer"] == "svg" and options["actions"] == {"export": True, "source": False,
+                                                                  "compiled": False, "editor": False}
+    # JupyterLab 4's Vega extension draws this MIME type (v3 to v5; Altair 6 writes v6, which it does not)
+    assert charts.LIVE_MIME == "application/vnd.vegalite.v5+json"
+    assert charts.LIVE_MIME in (mimebundle[0] if isinstance(mimebundle, tuple) else mimebundle)
+
+
+def test_charts_with_a_legend_put_it_under_the_plot_to_stay_as_wide_as_the_others() -> None:
+    """The class shares and the timeline with their legends at the right were 150-250 px wider than the other
+    charts, and wider than a notebook's output area beside the file browser (cut off at the legend)."""
+    for name in ("shares", "timeline"):
+        spec = _all_charts()[name].to_dict()
+        legends = [v["legend"] for v in spec["encoding"].values() if isinstance(v, dict) and "legend" in v]
+        assert legends and all(legend["orient"] == "bottom" for legend in legends), (name, legends)
+        width = int(re.search(r'width="(\d+)"', charts.to_svg(_all_charts()[name])).group(1))
+        assert width <= 720, (name, width)
+
+
+def test_a_single_window_is_a_bar_at_the_start_of_an_hour_long_axis_not_across_it() -> None:
+    """Right after a seek back to the log's start the events chart showed one bar across a 10-minute axis with a
+    tick every minute."""
+    fake = FakeWorkbench()
+    fake.window_stats = lambda **filters: pd.DataFrame(  # type: ignore[method-assign]
+        {"window_start": [T0], "instance_id": 1, "total_queries": 40})
+    fake.replay_extra = {"event_time": T0 + timedelta(minutes=3)}
+    panel = control_panel(fake, auto_refresh=False)
+    try:
+        panel.refresh(charts=True)
+        ticks = _svg_texts(panel.events_plot.value, "x")
+        assert "Mar 04 00:00" in ticks and "Mar 04 01:00" in ticks and "Mar 04 00:01" not in ticks, ticks
+    finally:
+        panel.close()

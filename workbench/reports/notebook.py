@@ -365,10 +365,14 @@ def _carries_labels(path: Path) -> bool:
 
 
 def setup_charts() -> None:
-    """Render Altair charts as static SVG (offline, and kept in executed notebooks and reports)."""
+    """Render Altair charts live in JupyterLab (in its theme) and as static SVG beside it (offline, and kept
+    in executed notebooks and reports): :func:`workbench.ui.charts.notebook_renderer`."""
     import altair as alt
 
-    alt.renderers.enable("svg")
+    from workbench.ui.charts import notebook_renderer
+
+    alt.renderers.register("workbench", notebook_renderer)
+    alt.renderers.enable("workbench")
     alt.data_transformers.disable_max_rows()
 
 

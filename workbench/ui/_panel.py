@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 PRESETS: tuple[tuple[str, float | str], ...] = (("60x", 60.0), ("600x", 600.0), ("3600x", 3600.0), ("max", "max"))
 #: Event time shown in the panel's charts (the most recent hours of data).
 CHART_SPAN = timedelta(hours=12)
+#: The shortest time axis of the panel's charts (a first window or two are bars at its start).
+_LEAST_CHART_SPAN = timedelta(hours=1)
 
 
 class PanelTarget(Protocol):
@@ -396,10 +398,26 @@ def _placeholder(title: str, message: str) -> str:
             f"<i>{html.escape(message)}&hellip;</i></div>")
 
 
+#: The panel's charts are SVG drawn offline in Vega's light colours, which were white blocks in JupyterLab's dark
+#: theme (browser tester, 40th session): the page's theme colours take over their background, text and axes
+#: (CSS wins over SVG presentation attributes); the data marks keep theirs. The light theme looks as before.
+_CHART_THEME: Final = "".join((
+    "<style>",
+    ".workbench-panel svg.marks > rect:first-child{fill:var(--jp-layout-color0,#fff)}",
+    ".workbench-panel svg.marks g[class*='role-axis'] text,.workbench-panel svg.marks g[class*='role-title'] text,",
+    ".workbench-panel svg.marks g[class*='role-legend'] text{fill:var(--jp-ui-font-color1,#000)}",
+    ".workbench-panel svg.marks .role-axis-grid line,.workbench-panel svg.marks path.background",
+    "{stroke:var(--jp-border-color2,#ddd)}",
+    ".workbench-panel svg.marks .role-axis-domain line,.workbench-panel svg.marks .role-axis-tick line",
+    "{stroke:var(--jp-ui-font-color2,#888)}",
+    "</style>",
+))
+
+
 def _fitted(svg: str) -> str:
     """An SVG chart that shrinks to a narrow output area (its viewBox keeps the proportions) instead
-    of being cut off at the right."""
-    return svg.replace("<svg ", "<svg style='max-width:100%;height:auto' ", 1)
+    of being cut off at the right, in the notebook's theme colours (:data:`_CHART_THEME`)."""
+    return svg.replace("<svg ", "<svg style='max-width:100%;height:auto' ", 1) + _CHART_THEME
 
 
 def metric_cards(metrics: dict[str, Any], caption: str = "") -> widgets.HTML:
@@ -719,7 +737,10 @@ class ControlPanel(widgets.VBox):
         last = getattr(self, "view", None) or panel_view(_NO_STATUS, running=False)
         self._apply(replace(last, can_play=False, can_speed=False, can_seek=False, can_reset=False,
                             why_disabled=why, playing=None, state="replaced", eta="", behind=""), live=False)
-        self._say("a newer panel of this workbench replaced this one; this one no longer refreshes", error=True)
+        # Said once, by the note: its rates and lag stayed on screen, looking live ("402 rows/s now, growing"),
+        # under the note and a red copy of it (browser tester, 40th session).
+        self.counters.value = ""
+        self.message.value, self._confirmed_in = "", None
 
     def _apply(self, view: PanelView, *, live: bool = True) -> None:
         """Show ``view`` in the widgets (not a user action); ``live``: the refresh thread goes on (the clock
@@ -867,7 +888,8 @@ class ControlPanel(widgets.VBox):
         procs = ", ".join(f"{n}: {p.get('state')}" for n, p in status.processes.items())
         if procs:
             rows.append(("Processes", procs))
-        cells = "".join(f"<tr><td style='padding-right:12px;color:{_MUTED}'>{html.escape(k)}</td>"
+        # names on one line: a long value (the late events' explanation) narrowed their column to two lines each
+        cells = "".join(f"<tr><td style='padding-right:12px;color:{_MUTED};white-space:nowrap'>{html.escape(k)}</td>"
                         f"<td>{html.escape(v)}</td></tr>" for k, v in rows)
         return f"<table style='font-size:13px'>{cells}</table>"
 
@@ -905,7 +927,9 @@ class ControlPanel(widgets.VBox):
                 self.events_plot.value = _placeholder("Events per 10 minutes", "waiting for the first window")
             else:
                 first = pd.to_datetime(stats["window_start"], utc=True)
-                domain = (first.min(), first.max() + pd.Timedelta(minutes=10))
+                # at least an hour: one window alone (a seek back to the log's start) was one bar across the
+                # whole axis, with a tick every minute
+                domain = (first.min(), max(first.max() + pd.Timedelta(minutes=10), first.min() + _LEAST_CHART_SPAN))
                 self.events_plot.value = _fitted(charts.to_svg(charts.events_chart(stats, title=title,
                                                                                    time_domain=domain)))
                 if end is not None:

@@ -24,6 +24,7 @@ __all__ = [
     "CARDS",
     "CLASS_COLORS",
     "CLASS_LABELS",
+    "LIVE_MIME",
     "activity_chart",
     "anomalies_chart",
     "anomalies_per_window",
@@ -35,6 +36,7 @@ __all__ = [
     "format_metric",
     "metric_cards_html",
     "metrics_table",
+    "notebook_renderer",
     "pr_curve_chart",
     "problem_badges_html",
     "runtime_comparison_chart",
@@ -52,6 +54,9 @@ CLASS_COLORS: Final[dict[str, str]] = {
     "CPU": "#C62828", "IO": "#EF5350", "Network": "#F9A825", "Queue/WLM": "#FDD835", "Normal": "#2E7D32",
 }
 _WIDTH: Final = 640
+#: Legends under the plot: at the right they made the charts with one 150-250 px wider than the others and
+#: than a notebook's output area beside the file browser.
+_LEGEND: Final = alt.Legend(orient="bottom")
 _TIME_FORMAT: Final = "%b %d %H:%M"
 _WINDOW: Final = "10min"
 _Y_LABEL_ROOM: Final = 40  # px: "100,000" at the default label size
@@ -136,7 +141,7 @@ def class_shares_chart(shares: pd.DataFrame, *, title: str = "Query classes per 
         x2="window_end:T",
         y=alt.Y("bottom:Q", title="Share of queries (%)", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
         y2="top:Q",
-        color=alt.Color("class:N", title="Class", sort=list(CLASS_COLORS),
+        color=alt.Color("class:N", title="Class", sort=list(CLASS_COLORS), legend=_LEGEND,
                         scale=alt.Scale(domain=list(CLASS_COLORS), range=list(CLASS_COLORS.values()))),
         tooltip=[_utc_tooltip("window_start"), "class:N",
                  alt.Tooltip("queries:Q", format=",d")],
@@ -217,9 +222,9 @@ def anomaly_timeline(anomalies: pd.DataFrame, *, title: str = "Anomalies per ins
     return alt.Chart(df).mark_circle(opacity=0.7).encode(
         x=_time_x("arrival_timestamp", "Arrival time (UTC)"),
         y=alt.Y("instance_id:O", title="Instance"),
-        color=alt.Color("reason:N", title="Reason"),
+        color=alt.Color("reason:N", title="Reason", legend=_LEGEND),
         size=alt.Size("under_ratio:Q", title="Actual / predicted", scale=alt.Scale(type="log", range=[20, 300]),
-                      legend=alt.Legend(format=",.0f")),
+                      legend=alt.Legend(format=",.0f", orient="bottom")),
         tooltip=[_utc_tooltip("arrival_timestamp", seconds=True), "instance_id:O", "query_id:N", "reason:N",
                  alt.Tooltip("under_ratio:Q", title="actual / predicted", format=",.1f")],
     ).properties(title=title, width=_WIDTH, height=max(80, 22 * df["instance_id"].nunique()))
@@ -318,6 +323,25 @@ def to_svg(chart: alt.TopLevelMixin) -> str:
     import vl_convert
 
     return vl_convert.vegalite_to_svg(chart.to_dict())
+
+
+#: The Vega-Lite MIME type JupyterLab 4 renders (its vega5 extension knows v3 to v5; Altair 6 writes v6).
+LIVE_MIME: Final = "application/vnd.vegalite.v5+json"
+
+
+def notebook_renderer(spec: dict[str, Any], **embed_options: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An Altair renderer: the chart as JupyterLab draws it (in the theme shown: the static SVG was a white block
+    in the dark theme; browser tester, 40th session) and as static SVG for everything else (papermill, HTML
+    reports, nbconvert and viewers without Vega), which prefers SVG to the Vega-Lite MIME type.
+
+    JupyterLab draws it in SVG (the data marks stay inspectable) with its export menu only: the
+    others open the spec or the online Vega editor."""
+    import vl_convert
+
+    bundle = {LIVE_MIME: spec, "image/svg+xml": vl_convert.vegalite_to_svg(spec), "text/plain": "<Altair chart>"}
+    options = {"renderer": "svg", "actions": {"export": True, "source": False, "compiled": False, "editor": False},
+               **embed_options}
+    return bundle, {LIVE_MIME: {"embed_options": options}}
 
 
 # -- metric cards ------------------------------------------------------------------------------
