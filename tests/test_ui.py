@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from workbench._units import clock_duration
 from workbench.exceptions import ConfigurationError
 from workbench.replay import ReplayStatus
 from workbench.runtime import WorkbenchStatus
@@ -751,12 +752,25 @@ def test_lag_trend_and_event_time_behind() -> None:
     # A packed replay's message carries many events: 3,340 messages of ~18 events were read as 3,340 events
     # ("~3h 57m behind" for a whole 72 h log, a browser tester's finding).
     fake.lag = 1_000
-    fake.replay_extra = {"pack": 100, "rows_sent": 900, "messages_sent": 50}
+    late = T0 + timedelta(days=30)  # a clock far from the log's start: no cap (below)
+    fake.state = "paused"  # no sending rate: the log's average (1,000 rows a day)
+    fake.replay_extra = {"pack": 100, "rows_sent": 900, "messages_sent": 50, "event_time": late}
     assert panel_view(fake.status()).lag.startswith("1,000 messages, ~18d 00h 00m of event time behind")
-    fake.replay_extra = {"pack": 100, "rows_sent": 900, "messages_sent": 0}  # an older replay: no figure
+    fake.replay_extra = {"pack": 100, "rows_sent": 900, "messages_sent": 0, "event_time": late}  # older: no figure
     assert panel_view(fake.status()).lag == "1,000 messages"
-    fake.replay_extra = {}
+    fake.replay_extra = {"event_time": late}
     assert panel_view(fake.status()).lag.startswith("1,000 messages, ~1d 00h 00m of event time behind")
+    # Running on course: at the rate the replay sends now (1,234 rows/s at 600x), not the log's average.
+    fake.state = "running"
+    expected = clock_duration(1_000 / (1_234.0 / 600.0))
+    assert panel_view(fake.status()).lag.startswith(f"1,000 messages, ~{expected} of event time behind")
+    # The sawtooth's mean over the last 10 s, not its newest sample (14 minutes, then 1h 15m, within seconds).
+    view = panel_view(fake.status(), lag_history=[(0.0, 200), (4.0, 1_800), (8.0, 1_000)])
+    assert f"~{expected} of event time behind" in view.lag
+    # Never more than the event time from the log's start to the clock ("35m behind" at 00:09:50).
+    fake.state = "paused"  # the log's average: a day of event time
+    fake.replay_extra = {"event_time": T0 + timedelta(minutes=9, seconds=50)}
+    assert "~9m 50s of event time behind" in panel_view(fake.status()).lag
 
 
 def test_speeds_read_as_numbers() -> None:
@@ -1360,3 +1374,41 @@ def test_a_single_window_is_a_bar_at_the_start_of_an_hour_long_axis_not_across_i
         assert "Mar 04 00:00" in ticks and "Mar 04 01:00" in ticks and "Mar 04 00:01" not in ticks, ticks
     finally:
         panel.close()
+
+
+def test_a_timeline_of_many_reasons_stays_as_wide_as_the_other_charts() -> None:
+    """With eight reasons the legend under the plot ran in one row and the timeline was 1,096 px wide (its
+    export menu and the size legend off-screen); its sizes were near-black circles on the dark background."""
+    from workbench.ml.detector import ALERT_REASONS
+
+    reasons = sorted(ALERT_REASONS)[:8]
+    anomalies = pd.DataFrame({"arrival_timestamp": pd.date_range(T0, periods=len(reasons), freq="13min", tz="UTC"),
+                              "instance_id": 1, "reason": reasons, "under_ratio": 10.0,
+                              "query_id": range(len(reasons))})
+    chart = charts.anomaly_timeline(anomalies)
+    width = int(re.search(r'width="(\d+)"', charts.to_svg(chart)).group(1))
+    assert width <= 720, width
+    size_legend = chart.to_dict()["encoding"]["size"]["legend"]
+    assert size_legend["symbolFillColor"] == size_legend["symbolStrokeColor"] == "#9E9E9E"
+
+
+def test_tooltips_name_things_as_a_reader_does_and_every_chart_has_them() -> None:
+    """Tooltips read "window_start (UTC)", "instance_id", "ms: 26,577.0"; the PR curves and the coverage bars
+    had none."""
+    specs = {name: json.dumps(chart.to_dict()) for name, chart in _all_charts().items() if name != "empty"}
+    specs["comparison"] = json.dumps(charts.runtime_comparison_chart({"actual": 26_577.0, "predicted mean": 300.0})
+                                     .to_dict())
+    for name, spec in specs.items():
+        assert '"tooltip"' in spec, name
+        for raw in ('"title": "window_start (UTC)"', '"title": "arrival_timestamp (UTC)"', '"title": "ms"'):
+            assert raw not in spec, (name, raw)
+    assert '"title": "window (UTC)"' in specs["shares"] and '"field": "share"' in specs["shares"]
+    assert '"title": "instance"' in specs["timeline"] and '"title": "arrival (UTC)"' in specs["timeline"]
+    assert '"26.6 s"' in specs["comparison"]
+
+
+def test_precision_recall_steps_hold_each_points_precision_from_the_recall_before_it() -> None:
+    """Average precision (the PR-AUC beside the chart) counts a point's precision from the recall before it;
+    step-after drew the baseline flat at precision 0.3 up to recall 1 under a PR-AUC of 0.05."""
+    spec = charts.pr_curve_chart({"baseline": ([0.002, 0.3, 1.0], [1.0, 0.14, 0.0])}).to_dict()
+    assert spec["mark"]["interpolate"] == "step-before"

@@ -88,11 +88,15 @@ def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         raise ConfigurationError(msg)
 
 
+#: What a tooltip calls a time column (it read "window_start (UTC)", "arrival_timestamp (UTC)").
+_TIME_NAMES: Final = {"window_start": "window", "arrival_timestamp": "arrival"}
+
+
 def _utc_tooltip(field: str, *, seconds: bool = False) -> alt.Tooltip:
     """A time in a tooltip in UTC, as the axis: a plain temporal tooltip showed the browser's local time."""
     unit = "utcyearmonthdatehoursminutesseconds" if seconds else "utcyearmonthdatehoursminutes"
     return alt.Tooltip(f"{field}:T", timeUnit=unit, format=_TIME_FORMAT + (":%S" if seconds else "") + " UTC",
-                       title=f"{field} (UTC)")
+                       title=f"{_TIME_NAMES.get(field, field)} (UTC)")
 
 
 def _utc(values: pd.Series) -> pd.Series:
@@ -131,7 +135,8 @@ def class_shares_chart(shares: pd.DataFrame, *, title: str = "Query classes per 
     start = _utc(per["window_start"]).to_numpy()
     end = _utc(pd.to_datetime(per["window_start"], utc=True) + pd.Timedelta(_WINDOW)).to_numpy()
     long = pd.concat([pd.DataFrame({"window_start": start, "window_end": end, "class": label,
-                                    "queries": counts[:, i].astype(int), "bottom": bottom[:, i], "top": top[:, i]})
+                                    "queries": counts[:, i].astype(int), "bottom": bottom[:, i], "top": top[:, i],
+                                    "share": top[:, i] - bottom[:, i]})
                       for i, label in enumerate(CLASS_LABELS.values())], ignore_index=True)
     # One rectangle per window and class, 10 minutes wide and stacked here: hours without windows
     # stay empty (a step area held the last window's shares across them, a flat block over time
@@ -143,7 +148,7 @@ def class_shares_chart(shares: pd.DataFrame, *, title: str = "Query classes per 
         y2="top:Q",
         color=alt.Color("class:N", title="Class", sort=list(CLASS_COLORS), legend=_LEGEND,
                         scale=alt.Scale(domain=list(CLASS_COLORS), range=list(CLASS_COLORS.values()))),
-        tooltip=[_utc_tooltip("window_start"), "class:N",
+        tooltip=[_utc_tooltip("window_start"), "class:N", alt.Tooltip("share:Q", format=".1%"),  # the y axis'
                  alt.Tooltip("queries:Q", format=",d")],
     ).properties(title=title, width=_WIDTH, height=240)
 
@@ -160,7 +165,7 @@ def events_chart(stats: pd.DataFrame, *, title: str = "Events per 10 minutes",
     return alt.Chart(per).mark_bar(color="#1565C0").encode(
         x=_time_x(domain=time_domain), y=_count_y("total_queries", "Queries per 10 min", per["total_queries"]),
         tooltip=[_utc_tooltip("window_start"),
-                 alt.Tooltip("total_queries:Q", format=",d")],
+                 alt.Tooltip("total_queries:Q", title="queries", format=",d")],
     ).properties(title=title, width=_WIDTH, height=140)
 
 
@@ -222,11 +227,15 @@ def anomaly_timeline(anomalies: pd.DataFrame, *, title: str = "Anomalies per ins
     return alt.Chart(df).mark_circle(opacity=0.7).encode(
         x=_time_x("arrival_timestamp", "Arrival time (UTC)"),
         y=alt.Y("instance_id:O", title="Instance"),
-        color=alt.Color("reason:N", title="Reason", legend=_LEGEND),
+        # two columns of reasons: in one row under the plot they made the chart 1,100 px wide
+        color=alt.Color("reason:N", title="Reason", legend=alt.Legend(orient="bottom", columns=2)),
+        # grey sizes: the default near-black circles vanished on the dark theme's background
         size=alt.Size("under_ratio:Q", title="Actual / predicted", scale=alt.Scale(type="log", range=[20, 300]),
-                      legend=alt.Legend(format=",.0f", orient="bottom")),
-        tooltip=[_utc_tooltip("arrival_timestamp", seconds=True), "instance_id:O", "query_id:N", "reason:N",
-                 alt.Tooltip("under_ratio:Q", title="actual / predicted", format=",.1f")],
+                      legend=alt.Legend(format=",.0f", orient="bottom", symbolFillColor="#9E9E9E",
+                                        symbolStrokeColor="#9E9E9E")),
+        tooltip=[_utc_tooltip("arrival_timestamp", seconds=True), alt.Tooltip("instance_id:O", title="instance"),
+                 alt.Tooltip("query_id:N", title="query"), "reason:N",
+                 alt.Tooltip("under_ratio:Q", title="actual / predicted (x)", format=",.1f")],
     ).properties(title=title, width=_WIDTH, height=max(80, 22 * df["instance_id"].nunique()))
 
 
@@ -242,6 +251,7 @@ def runtime_comparison_chart(values: Mapping[str, float | None], *, highlight: s
     if not rows:
         return empty_chart(title, "No runtimes to compare")
     df = pd.DataFrame(rows, columns=["what", "ms"])
+    df["time"] = [human_ms(v) for v in df["ms"]]  # as the evidence table reads it ("26.6 s", not "ms: 26,577.0")
     df["shown"] = df["ms"].clip(lower=1.0)
     # One decade below the smallest value, so even the smallest bar has a visible length.
     lo = 10.0 ** (np.floor(np.log10(df["shown"].min())) - 1)
@@ -257,7 +267,7 @@ def runtime_comparison_chart(values: Mapping[str, float | None], *, highlight: s
         x2="shown:Q",
         y=alt.Y("what:N", title=None, sort=None),
         color=alt.Color("what:N", scale=alt.Scale(domain=list(df["what"]), range=colours), legend=None),
-        tooltip=[alt.Tooltip("what:N", title="runtime"), alt.Tooltip("ms:Q", title="ms", format=",.1f")],
+        tooltip=[alt.Tooltip("what:N", title="runtime"), alt.Tooltip("time:N", title="time")],
     ).properties(title=title, width=480, height=alt.Step(26))
 
 
@@ -294,11 +304,14 @@ def pr_curve_chart(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]]
     df = pd.concat(frames, ignore_index=True)
     # dashed and see-through: two versions with the same curve drew one line, the other hidden under it
     # (a browser tester's legend named a curve no one could see, 40th session)
-    return alt.Chart(df).mark_line(interpolate="step-after", opacity=0.8, strokeWidth=2).encode(
+    # step-before: a point's precision holds from the recall before it, as average precision (the PR-AUC beside
+    # it) counts it; step-after drew the baseline flat at 0.3 up to recall 1 under a PR-AUC of 0.05 (42nd session)
+    return alt.Chart(df).mark_line(interpolate="step-before", opacity=0.8, strokeWidth=2).encode(
         x=alt.X("recall:Q", title="Recall", scale=alt.Scale(domain=[0, 1])),
         y=alt.Y("precision:Q", title="Precision", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("detector:N", title="Detector"),
         strokeDash=alt.StrokeDash("detector:N", title="Detector"),
+        tooltip=["detector:N", alt.Tooltip("recall:Q", format=".3f"), alt.Tooltip("precision:Q", format=".3f")],
     ).properties(title=title, width=420, height=320)
 
 
@@ -312,6 +325,7 @@ def coverage_chart(coverage: pd.DataFrame, *, target: float = 0.9,
     bars = alt.Chart(coverage).mark_bar(color="#1565C0").encode(
         x=alt.X("version:N", title="Model version"),
         y=alt.Y("coverage:Q", title="Coverage (%)", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
+        tooltip=["version:N", alt.Tooltip("coverage:Q", format=".1%")],
     )
     rule = alt.Chart(pd.DataFrame({"target": [target]})).mark_rule(color="#C62828", strokeDash=[4, 4]).encode(
         y="target:Q")
