@@ -61,6 +61,7 @@ def test_anomaly_tables_are_sorted_and_complete() -> None:
     assert 86 not in summary.worst_queries(fast, 10)["query_id"].tolist()
     row = summary.top_offenders(fast, 10).loc[86]
     assert (row["median_ratio"], row["worst_ratio"]) == (0.0, 0.0) and str(row["excess_hours"]) == "0.0"
+    assert row["main_reason"] == "queue_longer_than_run" and top.loc[1, "main_reason"] == "slow_execution"
     assert summary.top_offenders(fast, 10)["anomalies"].dtype.kind == "i"
     assert summary.pick_query(a, 20)["instance_id"] == 2
     assert summary.pick_query(a, 99) is None and summary.pick_query(a.iloc[:0]) is None

@@ -136,4 +136,4 @@ def test_scorer_names_slow_compile_with_its_evidence(tmp_path: Path) -> None:
     assert row["evidence_unit"] == "ms" and row["observed_value"] == pytest.approx(compile_ms[i], rel=1e-6)
     assert row["expected_value"] == pytest.approx(np.expm1(level[i]), rel=1e-6)
     assert row["excess_value"] == pytest.approx(row["observed_value"] - row["expected_value"])
-    assert row["reference"] == "its usual compile time when it compiles (this statement's own runs)"
+    assert row["reference"] == "its usual compile time when it compiles, from this statement's own runs"

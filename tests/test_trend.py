@@ -124,5 +124,5 @@ def test_the_alert_carries_the_creeps_evidence_through_the_anomaly_contract() ->
     assert len(rows) == 14 and {r["reason"] for r in rows} == {TREND_REASON}
     features = orjson.loads(rows[0]["features"])
     assert features["evidence_signal"] == TREND_SIGNAL and features["expected_value"] == pytest.approx(8_000.0)
-    assert "run 1 of 14 of this statement since 05:00:00 UTC" in features["reference"]
-    assert "Kendall z" in features["reference"] and "a bar of 3.89" in features["reference"]
+    assert "run 1 of the 14 of this statement since 05:00:00 UTC" in features["reference"]
+    assert "Kendall's trend test: z " in features["reference"] and "a bar of 3.89" in features["reference"]

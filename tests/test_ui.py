@@ -1344,6 +1344,9 @@ def test_notebook_charts_render_live_in_jupyterlab_and_as_svg_elsewhere() -> Non
     options = metadata[charts.LIVE_MIME]["embed_options"]
     assert options["renderer"] == "svg" and options["actions"] == {"export": True, "source": False,
                                                                   "compiled": False, "editor": False}
+    assert options["downloadFileName"] == "events-per-10-minutes"  # every export was "visualization.svg"
+    assert renderer(charts.activity_chart(FakeWorkbench().window_stats(), _anoms()).to_dict())[1][
+        charts.LIVE_MIME]["embed_options"]["downloadFileName"] == "events-per-10-minutes"
     # JupyterLab 4's Vega extension draws this MIME type (v3 to v5; Altair 6 writes v6, which it does not)
     assert charts.LIVE_MIME == "application/vnd.vegalite.v5+json"
     assert charts.LIVE_MIME in (mimebundle[0] if isinstance(mimebundle, tuple) else mimebundle)
@@ -1412,3 +1415,12 @@ def test_precision_recall_steps_hold_each_points_precision_from_the_recall_befor
     step-after drew the baseline flat at precision 0.3 up to recall 1 under a PR-AUC of 0.05."""
     spec = charts.pr_curve_chart({"baseline": ([0.002, 0.3, 1.0], [1.0, 0.14, 0.0])}).to_dict()
     assert spec["mark"]["interpolate"] == "step-before"
+
+
+def test_readable_tables_read_long_text_from_the_left_in_a_column_wide_enough_for_a_sentence() -> None:
+    """02's flagged windows: a reason of two lines' worth was right-aligned in a 130 px column, 12 lines a row."""
+    from workbench.ui import tables
+
+    frame = pd.DataFrame({"instance_id": [7], "reason": ["observed 41 % vs expected <0.1 % " * 4]})
+    shown = tables.readable(frame).to_html()
+    assert "text-align: left" in shown and "min-width: 24em" in shown

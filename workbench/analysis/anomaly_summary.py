@@ -158,13 +158,23 @@ def versions_side_by_side(anomalies: pd.DataFrame, versions: Sequence[str] = ())
     return table.reset_index().rename_axis(columns=None)
 
 
+def _commonest(reasons: pd.Series) -> str | None:
+    """The reason most of an instance's anomalies have (ties: the first in name order); None without any."""
+    counts = reasons.dropna().value_counts()
+    return None if counts.empty else str(counts.sort_index(kind="stable").idxmax())
+
+
 def top_offenders(anomalies: pd.DataFrame, n: int = 10) -> pd.DataFrame:
-    """Instances with the most anomalies: count, median and worst actual/predicted ratio, excess hours.
+    """Instances with the most anomalies: count, the commonest reason, median and worst actual/predicted ratio,
+    excess hours.
 
     Ratios are rounded as :func:`worst_queries` rounds them (one query read 0.1x here and 0.0x there), and an
     excess that rounds to zero reads 0.00, never -0.00."""
+    # the commonest reason beside the ratios: an instance alerted on its waits read "0.0x, 0.0x, 0.00 h", which
+    # looked like no anomaly at all (browser tester, 42nd session)
     out = (anomalies.groupby("instance_id")
-           .agg(anomalies=("query_id", "size"), median_ratio=("under_ratio", "median"),
+           .agg(anomalies=("query_id", "size"), main_reason=("reason", _commonest),
+                median_ratio=("under_ratio", "median"),
                 worst_ratio=("under_ratio", "max"), excess_hours=("excess_ms", lambda s: s.sum() / 3.6e6))
            .sort_values(["anomalies", "worst_ratio"], ascending=False).head(n))
     out = out.astype({"median_ratio": float, "worst_ratio": float, "excess_hours": float})

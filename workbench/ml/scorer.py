@@ -247,13 +247,13 @@ def _reference_label(signal: str, source: str) -> str:
         plan = "" if source == "fingerprint" else "its plan and "
         return f"the runtime model's prediction from {plan}{runs}"
     if signal == "queue":
-        return (f"the longest of its usual wait ({runs}), an ordinary wait on this instance and its expected "
-                "runtime")
+        return (f"the longest of its usual wait from {runs}, an ordinary wait on this instance, and its "
+                "expected runtime")
     if signal == "spill":
-        return f"its usual spill ({runs}), against the MB this query scanned"
+        return f"its usual spill from {runs}, against the MB this query scanned"
     if signal == "compile":
-        return f"its usual compile time when it compiles ({runs})"
-    return f"its usual MB scanned ({runs})"
+        return f"its usual compile time when it compiles, from {runs}"
+    return f"its usual MB scanned, from {runs}"
 
 
 #: ONNX Runtime's TreeEnsemble adds up the trees in an order that depends on its thread count and

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -343,6 +344,15 @@ def to_svg(chart: alt.TopLevelMixin) -> str:
 LIVE_MIME: Final = "application/vnd.vegalite.v5+json"
 
 
+def _file_name(spec: dict[str, Any]) -> str:
+    """A chart's exported file name from its title ("anomalies-per-10-minutes"; every file was "visualization")."""
+    title = spec.get("title") or next((part.get("title") for part in (*spec.get("vconcat", ()), *spec.get("layer", ()))
+                                       if isinstance(part, dict) and part.get("title")), None)
+    text = title.get("text", "") if isinstance(title, dict) else title or ""
+    text = " ".join(text) if isinstance(text, list) else str(text)
+    return "-".join(re.findall(r"[a-z0-9]+", text.lower())[:8]) or "chart"
+
+
 def notebook_renderer(spec: dict[str, Any], **embed_options: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """An Altair renderer: the chart as JupyterLab draws it (in the theme shown: the static SVG was a white block
     in the dark theme; browser tester, 40th session) and as static SVG for everything else (papermill, HTML
@@ -354,7 +364,7 @@ def notebook_renderer(spec: dict[str, Any], **embed_options: Any) -> tuple[dict[
 
     bundle = {LIVE_MIME: spec, "image/svg+xml": vl_convert.vegalite_to_svg(spec), "text/plain": "<Altair chart>"}
     options = {"renderer": "svg", "actions": {"export": True, "source": False, "compiled": False, "editor": False},
-               **embed_options}
+               "downloadFileName": _file_name(spec), **embed_options}
     return bundle, {LIVE_MIME: {"embed_options": options}}
 
 

@@ -166,5 +166,8 @@ def readable(frame: pd.DataFrame) -> Any:
     one_line = [c for c in frame.columns if c not in _WRAPPING]
     if one_line:
         styler = styler.set_properties(subset=one_line, **{"white-space": "nowrap"})
+    wrapping = [c for c in frame.columns if c in _WRAPPING]
+    if wrapping:  # text reads from the left, in lines of a sentence (a window's reason was right-aligned in 130 px)
+        styler = styler.set_properties(subset=wrapping, **{"text-align": "left", "min-width": "24em"})
     # headers on one line too: 03's version names broke as "v0001-/2024-/03-04" down three lines (40th session)
     return styler.set_table_styles([{"selector": "th", "props": "white-space: nowrap"}], overwrite=False)

@@ -503,11 +503,11 @@ def trend_reference(row: Any) -> str:
     """The evidence reference of a run of a creeping statement (a row of
     :func:`~workbench.analysis.trend.creeping_runs`)."""
     bar = row.group_z / row.score
-    return (f"the runtime model's prediction from this statement's own runs; run {row.trend_position} of "
-            f"{row.trend_runs} of this statement since "
-            f"{row.span_start:%H:%M:%S} UTC, each slower than expected since; its {row.group_queries} runs today "
-            f"rise run after run (Kendall z {row.group_z:.1f}; a bar of {bar:.2f}), to a median {row.group_ratio:.2f}x "
-            f"the expectation since then")
+    since = f"{row.span_start:%H:%M:%S} UTC"
+    return (f"the runtime model's prediction from this statement's own runs; run {row.trend_position} of the "
+            f"{row.trend_runs} of this statement since {since}, each slower than predicted; its "
+            f"{row.group_queries} runs today grow slower run after run (Kendall's trend test: z {row.group_z:.1f}, "
+            f"a bar of {bar:.2f}), to a median of {row.group_ratio:.2f}x the prediction since {since}")
 
 
 def moved_reference(row: Any) -> str:
