@@ -536,6 +536,7 @@ def test_a_workbench_stopped_from_a_terminal_is_shown_as_stopped_not_as_a_kafka_
         assert not panel.refreshing
         assert "[workbench stopped]" in panel.clock.value and "data-beat" not in panel.clock.value  # said; no heartbeat
         assert "not running" in panel.note.value and "workbench stop" in panel.note.value
+        assert panel.message.value == ""  # said once, by the note
         shown = panel.clock.value + panel.note.value + panel.counters.value + panel.eta.value
         assert "Kafka" not in shown and "unavailable" not in shown and "ETA" not in shown
         assert all(w.disabled for w in (panel.play, panel.speed, panel.seek_button, panel.reset_button))
@@ -1424,3 +1425,14 @@ def test_readable_tables_read_long_text_from_the_left_in_a_column_wide_enough_fo
     frame = pd.DataFrame({"instance_id": [7], "reason": ["observed 41 % vs expected <0.1 % " * 4]})
     shown = tables.readable(frame).to_html()
     assert "text-align: left" in shown and "min-width: 24em" in shown
+
+
+def test_a_window_s_bar_spans_its_ten_minutes_from_zero() -> None:
+    """Over the panel's 12 hours each window was a sliver a pixel or two wide."""
+    starts = pd.date_range(T0, periods=72, freq="10min", tz="UTC")
+    stats = pd.DataFrame({"window_start": starts, "instance_id": 1, "total_queries": 100})
+    anomalies = pd.DataFrame({"arrival_timestamp": starts[::6] + pd.Timedelta(minutes=3)})
+    for chart in (charts.events_chart(stats), charts.anomalies_chart(anomalies, time_domain=(starts[0], starts[-1]))):
+        svg = charts.to_svg(chart)
+        bars = re.findall(r'aria-roledescription="bar" d="M[-\d.]+,[-\d.]+h([\d.]+)v([\d.]+)h', svg)
+        assert bars and all(float(w) >= 8 and float(h) > 0 for w, h in bars), bars[:3]  # 640 px / 72 windows

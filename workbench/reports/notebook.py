@@ -498,7 +498,8 @@ def open_workbench(mode: str, settings: Settings, *, data: str = "", speedup: fl
             # traceback. The one this kernel started stays this notebook's to stop (`stop = True`).
             started_here = str(settings.home) in _STARTED_HOMES
             print(f"A workbench already runs under {settings.home}: connected to it instead of starting a second "
-                  "one (its replay goes on as it is). To replay `data` afresh, stop it first"
+                  "one (its replay goes on as it is" + ("; fresh=True was not applied" if fresh else "")
+                  + "). To replay `data` afresh, stop it first"
                   + (" (stop = True in the last cell, or wb.stop())." if started_here else " (wb.stop())."))
             return running, started_here
         try:

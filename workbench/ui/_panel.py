@@ -749,7 +749,8 @@ class ControlPanel(widgets.VBox):
         self._apply(replace(last, can_play=False, can_speed=False, can_seek=False, can_reset=False,
                             why_disabled=why, playing=None, state="workbench stopped", eta="", behind=""), live=False)
         self.counters.value = ""
-        self._say("the workbench is not running; refresh stopped", error=True)
+        # said once, by the note (a red line under it said it again; browser tester, 42nd session)
+        self.message.value, self._confirmed_in = "", None
 
     def _show_replaced(self) -> None:
         """A newer panel of the same workbench took over: this one no longer refreshes, so its

@@ -100,6 +100,13 @@ def _utc_tooltip(field: str, *, seconds: bool = False) -> alt.Tooltip:
                        title=f"{_TIME_NAMES.get(field, field)} (UTC)")
 
 
+def _with_window_end(per: pd.DataFrame) -> pd.DataFrame:
+    """``per`` with UTC ``window_start`` and ``window_end`` strings: a bar spans its window (over 12 hours a bar
+    of the default width was a sliver a pixel or two wide; browser tester, 42nd session)."""
+    start = pd.to_datetime(per["window_start"], utc=True)
+    return per.assign(window_start=_utc(start), window_end=_utc(start + pd.Timedelta(_WINDOW)))
+
+
 def _utc(values: pd.Series) -> pd.Series:
     out = pd.to_datetime(values, utc=True)
     # Vega-Lite reads ISO strings with an explicit offset exactly; naive strings would be local time.
@@ -162,9 +169,10 @@ def events_chart(stats: pd.DataFrame, *, title: str = "Events per 10 minutes",
     if stats.empty:
         return empty_chart(title)
     per = stats.groupby("window_start", as_index=False)["total_queries"].sum()
-    per["window_start"] = _utc(per["window_start"])
+    per = _with_window_end(per)
     return alt.Chart(per).mark_bar(color="#1565C0").encode(
-        x=_time_x(domain=time_domain), y=_count_y("total_queries", "Queries per 10 min", per["total_queries"]),
+        x=_time_x(domain=time_domain), x2="window_end:T", y2=alt.datum(0),  # from 0: a ranged bar has no base
+        y=_count_y("total_queries", "Queries per 10 min", per["total_queries"]),
         tooltip=[_utc_tooltip("window_start"),
                  alt.Tooltip("total_queries:Q", title="queries", format=",d")],
     ).properties(title=title, width=_WIDTH, height=140)
@@ -190,11 +198,12 @@ def anomalies_chart(anomalies: pd.DataFrame, *, title: str = "Anomalies per 10 m
     """
     per = anomalies_per_window(anomalies)
     if per.empty:
-        return empty_chart(title, "No anomalies in this range")
-    per["window_start"] = _utc(per["window_start"])
+        return empty_chart(title, "No anomalies in this selection")
+    per = _with_window_end(per)
     # clip: with the events chart's time axis, a bar outside it is cut at the edge, not drawn beside the plot
     return alt.Chart(per).mark_bar(color="#C62828", clip=True).encode(
-        x=_time_x(domain=time_domain), y=_count_y("anomalies", "Anomalies per 10 min", per["anomalies"]),
+        x=_time_x(domain=time_domain), x2="window_end:T", y2=alt.datum(0),
+        y=_count_y("anomalies", "Anomalies per 10 min", per["anomalies"]),
         tooltip=[_utc_tooltip("window_start"), alt.Tooltip("anomalies:Q", format=",d")],
     ).properties(title=title, width=_WIDTH, height=120)
 
@@ -216,7 +225,7 @@ def anomaly_timeline(anomalies: pd.DataFrame, *, title: str = "Anomalies per ins
     """
     _require(anomalies, ["arrival_timestamp", "instance_id", "reason", "under_ratio"], "anomaly_timeline")
     if anomalies.empty:
-        return empty_chart(title, "No anomalies in this range")
+        return empty_chart(title, "No anomalies in this selection")  # a range, instances, a reason or versions
     df = anomalies[["arrival_timestamp", "instance_id", "reason", "under_ratio", "query_id"]].copy()
     df["arrival_timestamp"] = _utc(df["arrival_timestamp"])
     df["under_ratio"] = df["under_ratio"].clip(lower=1.0)
