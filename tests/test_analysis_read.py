@@ -105,8 +105,19 @@ def test_metrics_and_anomalies(settings: Settings) -> None:
     assert week["instances"] == 1
     assert all(week[key] is None for key in week if key.endswith("_delta")), week
     versions = metrics_for_versions(settings, "1week", [1], ["v1"])
-    assert versions["anomalies"] == 4 and versions["anomalies_delta"] is None
+    assert versions["anomalies"] == 4 and versions["anomalies_delta"] is None and versions["versions_note"] == ""
     assert metrics_for_versions(settings, "24h", [1], ["v1"])["anomalies_delta"] == 1
+    # A version that scored neither period (no shard names it, no anomaly of it): no count, no change, a note
+    # (it read "0, -223 vs previous" in green for a day it never scored)
+    other = metrics_for_versions(settings, "24h", [1], ["v9"])
+    assert other["anomalies"] is None and other["anomalies_delta"] is None
+    assert other["versions_note"] == "v9 scored no query of this period"
+    with AnomalyLakehouse.from_settings(settings) as lake:  # a rescore of v9 flagged one query of this period
+        lake.write([{"instance_id": 1, "query_id": 99, "model_version": "v9", "reason": "r",
+                     "arrival_timestamp": END - timedelta(hours=3)}])
+    other = metrics_for_versions(settings, "24h", [1], ["v9"])
+    assert other["anomalies"] == 1 and other["anomalies_delta"] is None
+    assert other["versions_note"] == "v9 scored no query of the previous period"
 
 
 def test_missing_stores_are_explained(tmp_path: Path) -> None:

@@ -475,16 +475,39 @@ def describe_windows(settings: Settings, stats: pd.DataFrame, *, start: datetime
 
 def metrics_for_versions(settings: Settings, window: str, instances: Sequence[int] | None,
                          versions: Sequence[str], *, end: datetime | None = None) -> dict[str, Any]:
-    """:func:`workbench.analysis.read.metrics`, with anomalies counted for ``versions`` only (all when empty)."""
+    """:func:`workbench.analysis.read.metrics`, with anomalies counted for ``versions`` only (all when empty).
+
+    A period none of ``versions`` scored (the stream's shards, or anomalies of a rescore) has no anomaly count
+    and no change (a version that never scored the last day read "0, -223 vs previous" in green; browser
+    tester, 42nd session); key ``versions_note`` then says so."""
     from workbench.analysis import read
 
     m = read.metrics(settings, window, instances, end=end)
+    m["versions_note"] = ""
     if versions and m.get("anomalies") is not None:
         p = m["period"]
         cur = anomalies_or_empty(settings, start=p.start, end=p.end, instances=instances, versions=versions)
         m["anomalies"] = len(cur)
-        if m.get("anomalies_delta") is not None:  # None: the previous period has no data
+        scored_now = _versions_scoring(settings, versions, cur, p.start, p.end, instances)
+        if not scored_now:
+            m["anomalies"] = m["anomalies_delta"] = None
+            m["versions_note"] = f"{', '.join(versions)} scored no query of this period"
+        elif m.get("anomalies_delta") is not None:  # None: the previous period has no data
             prev = anomalies_or_empty(settings, start=p.previous_start, end=p.start, instances=instances,
                                       versions=versions)
-            m["anomalies_delta"] = len(cur) - len(prev)
+            if _versions_scoring(settings, versions, prev, p.previous_start, p.start, instances):
+                m["anomalies_delta"] = len(cur) - len(prev)
+            else:
+                m["anomalies_delta"] = None
+                m["versions_note"] = f"{', '.join(versions)} scored no query of the previous period"
     return m
+
+
+def _versions_scoring(settings: Settings, versions: Sequence[str], anomalies: pd.DataFrame, start: datetime,
+                      end: datetime, instances: Sequence[int] | None) -> set[str]:
+    """Which of ``versions`` scored a query in ``[start, end)``: it flagged one, or the stream's shards name it."""
+    found = set(anomalies["model_version"].dropna()) if "model_version" in anomalies else set()
+    if set(versions) <= found:
+        return found
+    scored = scored_queries(settings, start, end, instances)
+    return (found | set(scored["model_version"].dropna())) & set(versions)
