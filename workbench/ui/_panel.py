@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import re
 import threading
 import time
@@ -114,9 +115,17 @@ def parse_speed(text: str) -> float | str:
     except WorkbenchError as exc:
         from workbench.replay._control import MAX_SPEEDUP, MIN_SPEEDUP
 
-        msg = (f"Speed must be a number of event seconds per wall second from {MIN_SPEEDUP:g} to "
-               f"{MAX_SPEEDUP:,.0f}, or max (0: as fast as it goes), with a point for decimals (1.5) and "
-               f"commas only between thousands (3,600). Got {text!r} instead.")
+        try:  # a number the replay cannot take is refused as such, not with the format's rules
+            number_given = float(number.replace(",", "").replace("_", "") if grouped else number)
+        except ValueError:
+            number_given = math.nan
+        if math.isfinite(number_given) and number_given > 0 and (not grouped or _THOUSANDS.fullmatch(number)):
+            msg = (f"Speed {number_given:,.10g}x is outside the replay's range: {MIN_SPEEDUP:g} to {MAX_SPEEDUP:,.0f} "
+                   f"event seconds per wall second, or max (0: as fast as it goes). Got {text!r}.")
+        else:
+            msg = (f"Speed must be a number of event seconds per wall second from {MIN_SPEEDUP:g} to "
+                   f"{MAX_SPEEDUP:,.0f}, or max (0: as fast as it goes), with a point for decimals (1.5) and "
+                   f"commas only between thousands (3,600). Got {text!r} instead.")
         raise ConfigurationError(msg) from exc
     return "max" if speed == 0 else speed
 
