@@ -348,13 +348,13 @@ def test_every_reference_reads_in_plain_words_naming_whose_runs_set_the_expectat
     session): each now says in words what the expectation came from."""
     from workbench.ml.detector import REASONS
     from workbench.ml.features import REFERENCE_SOURCES
-    from workbench.ml.scorer import _reference_label
+    from workbench.ml.scorer import reference_label
 
     whose = {"fingerprint": "this statement's own runs", "instance": "this instance's runs",
              "global": "every instance's runs"}
     for signal in REASONS:
         for source in REFERENCE_SOURCES:
-            text = _reference_label(signal, source)
+            text = reference_label(signal, source)
             assert whose[source] in text, (signal, source, text)
             assert not any(word in text for word in ("model+", "prior", "spreads", "max(", "history")), text
-    assert _reference_label("exec", "instance").startswith("the runtime model's prediction from its plan and ")
+    assert reference_label("exec", "instance").startswith("the runtime model's prediction from its plan and ")

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["EXTRA_FIELDS", "SCORE_FIELDS", "USUAL_HOURS_FILE", "LoadedModel", "Scorer", "load_features",
-           "load_usual_hours"]
+           "load_usual_hours", "reference_label"]
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class LoadedModel:
                 observed_v = exp_v + exc_v
                 exp_v = np.where(record, np.expm1(np.nan_to_num(refs[key][0])), exp_v)
                 exc_v = observed_v - exp_v
-        labels = np.array([[_reference_label(s, src) for src in REFERENCE_SOURCES] for s in det.signals],
+        labels = np.array([[reference_label(s, src) for src in REFERENCE_SOURCES] for s in det.signals],
                           dtype=object)
         pred_mean = np.expm1(np.clip(mean_log, 0.0, 50.0))
         exec_ms = np.expm1(observed["exec"])
@@ -240,8 +240,9 @@ _SOURCE_WORDS = {
 }
 
 
-def _reference_label(signal: str, source: str) -> str:
-    """What a signal's expectation was built from, in plain words, for the alert's evidence."""
+def reference_label(signal: str, source: str) -> str:
+    """What a signal's expectation was built from, in plain words, for the alert's evidence (``source``: one of
+    :data:`~workbench.ml.features.REFERENCE_SOURCES`). The deferred rules' references start with it too."""
     runs = _SOURCE_WORDS.get(source, f"{source} history")
     if signal == "exec":
         plan = "" if source == "fingerprint" else "its plan and "

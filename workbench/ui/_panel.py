@@ -752,27 +752,24 @@ class ControlPanel(widgets.VBox):
     def _show_stopped(self) -> None:
         """The workbench stopped (``workbench stop`` in a terminal, ``wb.stop()``): say so. Its broker
         is usually gone with it, so a status read would only wait 8 s and blame Kafka."""
-        last = getattr(self, "view", None) or panel_view(_NO_STATUS, running=False)
-        why = ("The workbench is not running (stopped with `workbench stop` or wb.stop()): start it again "
-               "and re-run this cell to steer a replay.")
-        self._apply(replace(last, can_play=False, can_speed=False, can_seek=False, can_reset=False,
-                            why_disabled=why, playing=None, state="workbench stopped", eta="", behind=""), live=False)
-        self.counters.value = ""
-        # said once, by the note (a red line under it said it again; browser tester, 42nd session)
-        self.message.value, self._confirmed_in = "", None
+        self._show_ended("workbench stopped", "The workbench is not running (stopped with `workbench stop` or "
+                         "wb.stop()): start it again and re-run this cell to steer a replay.")
 
     def _show_replaced(self) -> None:
         """A newer panel of the same workbench took over: this one no longer refreshes, so its
         controls are disabled too. Still enabled, a click was sent and answered with "sent" while
         the panel kept showing the state from before (a frozen "[running]" clock) and the notice
         that it had been replaced was overwritten by the click's message."""
-        why = ("A newer panel of this workbench replaced this one (wb.controls() again); steer the replay "
-               "there. panel.start() makes this one refresh and act again.")
+        self._show_ended("replaced", "A newer panel of this workbench replaced this one (wb.controls() again); "
+                         "steer the replay there. panel.start() makes this one refresh and act again.")
+
+    def _show_ended(self, state: str, why: str) -> None:
+        """This panel no longer refreshes (``state``; ``why`` in its note): the controls disabled, no heartbeat.
+        Said once, by the note: the rates and lag stayed on screen looking live ("402 rows/s now, growing") under
+        the note and a red copy of it (browser tester, 40th and 42nd sessions)."""
         last = getattr(self, "view", None) or panel_view(_NO_STATUS, running=False)
         self._apply(replace(last, can_play=False, can_speed=False, can_seek=False, can_reset=False,
-                            why_disabled=why, playing=None, state="replaced", eta="", behind=""), live=False)
-        # Said once, by the note: its rates and lag stayed on screen, looking live ("402 rows/s now, growing"),
-        # under the note and a red copy of it (browser tester, 40th session).
+                            why_disabled=why, playing=None, state=state, eta="", behind=""), live=False)
         self.counters.value = ""
         self.message.value, self._confirmed_in = "", None
 

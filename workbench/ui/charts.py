@@ -140,8 +140,8 @@ def class_shares_chart(shares: pd.DataFrame, *, title: str = "Query classes per 
     per, counts, total = per[total[:, 0] > 0], counts[total[:, 0] > 0], total[total[:, 0] > 0]
     top = np.cumsum(counts / total, axis=1)  # each class's band, stacked in CLASS_LABELS order
     bottom = np.hstack([np.zeros((len(top), 1)), top[:, :-1]])
-    start = _utc(per["window_start"]).to_numpy()
-    end = _utc(pd.to_datetime(per["window_start"], utc=True) + pd.Timedelta(_WINDOW)).to_numpy()
+    per = _with_window_end(per)
+    start, end = per["window_start"].to_numpy(), per["window_end"].to_numpy()
     long = pd.concat([pd.DataFrame({"window_start": start, "window_end": end, "class": label,
                                     "queries": counts[:, i].astype(int), "bottom": bottom[:, i], "top": top[:, i],
                                     "share": top[:, i] - bottom[:, i]})

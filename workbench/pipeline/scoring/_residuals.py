@@ -443,10 +443,12 @@ def evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Array]:
     what makes it an alert: the streak of the statement's runs that day.
     """
     from workbench.analysis.persistence import PERSISTENCE_REASON, PERSISTENCE_SIGNAL
+    from workbench.ml.scorer import reference_label
 
     n = len(found)
     starts = pd.to_datetime(found["streak_start"], utc=True).dt.strftime("%H:%M:%S UTC")
-    reference = [f"the runtime model's prediction from this statement's own runs; run {s} of a streak of its runs "
+    own = reference_label("exec", "fingerprint")  # the run's expectation, as the per-query alerts name it
+    reference = [f"{own}; run {s} of a streak of its runs "
                  f"today (since {t}), each slower than predicted by at least {params.bar:.2f} standard deviations "
                  f"and {params.floor_ms / 1000:g} s; the least of the last {params.runs}: {least:.2f} standard "
                  "deviations"
@@ -502,9 +504,11 @@ def group_evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Arr
 def trend_reference(row: Any) -> str:
     """The evidence reference of a run of a creeping statement (a row of
     :func:`~workbench.analysis.trend.creeping_runs`)."""
+    from workbench.ml.scorer import reference_label
+
     bar = row.group_z / row.score
     since = f"{row.span_start:%H:%M:%S} UTC"
-    return (f"the runtime model's prediction from this statement's own runs; run {row.trend_position} of the "
+    return (f"{reference_label('exec', 'fingerprint')}; run {row.trend_position} of the "
             f"{row.trend_runs} of this statement since {since}, each slower than predicted; its "
             f"{row.group_queries} runs today grow slower run after run (Kendall's trend test: z {row.group_z:.1f}, "
             f"a bar of {bar:.2f}), to a median of {row.group_ratio:.2f}x the prediction since {since}")
