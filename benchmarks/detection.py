@@ -67,7 +67,7 @@ from workbench.ml._train import load_log_window, split_window, train_table
 from workbench.ml.baseline import baseline_for_table
 from workbench.ml.detector import COSTLY, FLOORS, ResidualDetector
 from workbench.ml.evaluate import anomaly_kinds, anomaly_labels, dominating_normals, labelled_windows, window_kinds_of
-from workbench.ml.features import observed_signals
+from workbench.ml.features import REFERENCE_SOURCES, observed_signals
 from workbench.ml.registry import ModelRegistry
 from workbench.ml.residual_history import reference_residuals, residuals_of, with_residuals
 from workbench.ml.scorer import LoadedModel
@@ -77,6 +77,7 @@ GRID = {"max_scale": (0.75, 1.0, 1.5), "floor_factor": (0.5, 1.0, 2.0), "alert_r
 Z_GRID = (3.0, 4.0, 5.0)
 MAX_FALSE_PER_10K = 10.0
 MIN_WINDOW_PRECISION = 0.8
+GLOBAL_SOURCE = int(np.flatnonzero(REFERENCE_SOURCES == "global")[0])  # the never-seen instances' evidence source
 
 
 def train_all_but_last(data: Path, days: int, models_dir: Path) -> tuple[LoadedModel, pa.Table, dt.date, dt.date]:
@@ -138,12 +139,13 @@ def deferred_flags(table: pa.Table, day: dict, alert: np.ndarray, version: str,
     scores (``day``: :func:`_inputs`): :func:`~workbench.analysis.persistence.persistent_runs`, then
     :func:`~workbench.analysis.slower_groups.slower_group_runs` at its defaults (the window
     machinery's constants, chosen on no kind) on the rest, then
-    :func:`~workbench.analysis.moved_statements.moved_statement_runs` on what those left. Rows the detector
+    :func:`~workbench.analysis.moved_statements.moved_statement_runs` and
+    :func:`~workbench.analysis.instance_record.instance_record_runs` on what those left. Rows the detector
     alerted on, ``alert``, are not flagged again."""
     persistent, group = deferred_masks(table, np.expm1(np.clip(day["mean"], 0.0, 50.0)),
                                        np.expm1(np.clip(day["q"], 0.0, 50.0)), alert, day["source"] == 0, version,
                                        day["usual_wait"], persistence=params, usual_hours=day["usual_hours"],
-                                       homes=day["homes"])
+                                       homes=day["homes"], unseen=day["source"] == GLOBAL_SOURCE)
     return persistent | group
 
 

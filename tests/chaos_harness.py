@@ -369,10 +369,11 @@ def expected_window_anomalies(settings: Settings, data: Path) -> tuple[pa.Table,
         unscored = int(residual_windows(rows)["unscored_queries"].sum())
         if unscored:
             break
-        known, usual_wait, homes = step._expectations(rows)
+        known, usual_wait, homes, unseen = step._expectations(rows)
         windows = residual_windows(rows, known=known).drop(columns="unscored_queries")
         for flagged in deferred_runs(rows, known, usual_wait, persistence=step.persistence, groups=step.groups,
-                                     scales=step._scales, usual_hours=step.usual_hours(), homes=homes):
+                                     scales=step._scales, usual_hours=step.usual_hours(), homes=homes,
+                                     unseen=unseen):
             persistent.update(zip(flagged["instance_id"].tolist(), flagged["query_id"].tolist(),
                                   flagged["model_version"].tolist(), strict=True))
         # Every earlier day: the judge keeps each window's own lookback, so this is the whole-store answer.

@@ -1,11 +1,13 @@
 """The scoring app flags the runs of a statement whose plan stays slow for the rest of a day, the
 queries of a user whose every query runs slower (another's: waits longer) for an hour, and the runs of
 another instance's statements (a user's connection repointed to the wrong instance), once; the
-regression's first runs, before a streak completes, as a statement whose runs rise that day.
+regression's first runs, before a streak completes, as a statement whose runs rise that day; and, on an
+instance first seen on day 2, a run far beyond that instance's record of the day.
 
 Real components: a generated log in which one known statement runs 4x its usual time from noon of
 its second day on and one user's queries of another instance run 2.5x their time for an hour of the
-morning, one user's afternoon statements moved to the other instance, a model trained on the first day,
+morning, one user's afternoon statements moved to the other instance, a third instance that comes on the
+second day (one of its selects runs far beyond its earlier ones), a model trained on the first day,
 the replay into a real broker, the scoring app (its maintenance thread judges each settled day's shards
 and writes the flagged runs into the lakehouse's ``anomalies`` through the anomaly contract), then the
 same events consumed again after the day's stored residual windows were lost (a crash before the day
@@ -26,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workbench.analysis.instance_record import RECORD_REASON, RECORD_SIGNAL
 from workbench.analysis.moved_statements import MOVED_REASON, MOVED_SIGNAL
 from workbench.analysis.persistence import PERSISTENCE_REASON, PERSISTENCE_SIGNAL
 from workbench.analysis.slower_groups import (
@@ -133,6 +136,54 @@ def _moved_user(path: Path, fingerprint: str, avoid: set[int]) -> tuple[int, int
     return int(instance), other, set(ids[moved].tolist())
 
 
+def _new_instance(path: Path, settings: Settings) -> tuple[int, int]:
+    """Day 2 of the busiest instance again, as a new instance (its own statements, new query ids), appended to
+    the log after the model was trained: the model never saw it. One of its runs, after 300 others of its query
+    type, runs beyond the record of the earlier ones by the least factor from 6x that the per-query detector
+    does not alert on (its offline scores are the scoring app's); the type whose record is lowest that has
+    such a factor. Returns the new instance and the run's query id."""
+    from workbench.ml.registry import ModelRegistry
+    from workbench.ml.scorer import LoadedModel
+
+    table = pq.read_table(path)
+    frame = table.select(["instance_id", "arrival_timestamp"]).to_pandas()
+    day2 = (frame["arrival_timestamp"].dt.date == D2).to_numpy()
+    busiest = frame[day2]["instance_id"].value_counts().index[0]
+    copy = table.filter(pa.array(day2 & (frame["instance_id"] == busiest).to_numpy()))
+    copy = copy.sort_by([("arrival_timestamp", "ascending"), ("query_id", "ascending")])
+    newcomer = int(frame["instance_id"].max()) + 100
+    fps = [None if f is None else f"new-{f}" for f in copy.column("feature_fingerprint").to_pylist()]
+    for column, values in (("instance_id", [newcomer] * copy.num_rows), ("feature_fingerprint", fps),
+                           ("query_id", [q + 2 * 10**12 for q in copy.column("query_id").to_pylist()])):
+        at = copy.schema.get_field_index(column)
+        copy = copy.set_column(at, copy.schema.field(at), pa.array(values, copy.schema.field(at).type))
+    registry = ModelRegistry(settings.models_dir)
+    model = LoadedModel.load(registry, registry.current())
+    out = model.predict(copy)
+    exec_ms = np.nan_to_num(copy.column("execution_duration_ms").to_numpy(zero_copy_only=False).astype(float))
+    kinds = np.asarray(copy.column("query_type").to_pylist(), dtype=object)
+    judged = (~np.asarray(copy.column("was_cached").fill_null(False)) & ~np.asarray(copy.column("was_aborted")
+              .fill_null(False)) & (exec_ms > 0) & ~out["is_anomaly"])
+    overrun = np.log1p(exec_ms) - np.log1p(out["pred_mean_ms"])
+    candidates = []
+    for kind in set(kinds[judged]):
+        runs = np.flatnonzero(judged & (kinds == kind))
+        if len(runs) > 301:
+            candidates.append((overrun[runs[:300]].max(), runs[300]))
+    column = copy.schema.get_field_index("execution_duration_ms")
+    for record, at in sorted(candidates):
+        row = copy.slice(at, 1)
+        allowed = np.expm1(np.log1p(out["pred_mean_ms"][at]) + record)
+        for factor in (6, 8, 10, 15, 20):
+            runtime = int(np.expm1(np.log1p(out["pred_mean_ms"][at]) + record + np.log(factor)))
+            row = row.set_column(column, copy.schema.field(column), pa.array([runtime], copy.schema.field(column).type))
+            if runtime - allowed >= 2_000 and not model.predict(row)["is_anomaly"][0]:
+                copy = pa.concat_tables([copy.slice(0, at), row, copy.slice(at + 1)])
+                pq.write_table(pa.concat_tables([table, copy]).sort_by([("arrival_timestamp", "ascending")]), path)
+                return newcomer, int(row.column("query_id")[0].as_py())
+    raise AssertionError("every runaway tried alerts on its own")
+
+
 def _persistent(settings: Settings, reasons: tuple[str, ...] = (PERSISTENCE_REASON,)) -> list[dict]:
     with AnomalyLakehouse.from_settings(settings) as lake:
         rows = lake.read().to_pylist()
@@ -150,6 +201,7 @@ def test_a_statement_whose_plan_stays_slow_is_flagged_on_its_later_runs_once(kaf
     waiter, night, waiting, night_queries = _changed_user(log, (0, 8), "queue_duration_ms", lambda x: x + 8_000)
     home, here, moved = _moved_user(log, fingerprint, set(slowed) | user_queries | waiting)
     train_day(settings, D1, window_days=1, data=log)  # the regression is on day 2: the model never saw it
+    newcomer, runaway = _new_instance(log, settings)
     Replay(log, settings=settings, speedup=0, pack=100).run()
     first = run_scoring(settings, idle_exit=3, timeout=120, train=False, batch_rows=8192, batch_seconds=0.5)
     shards = read_shards(settings.shards_dir, [D2], columns=["query_id", "is_anomaly"])
@@ -191,7 +243,13 @@ def test_a_statement_whose_plan_stays_slow_is_flagged_on_its_later_runs_once(kaf
     assert orjson.loads(crept[0]["features"])["evidence_signal"] == TREND_SIGNAL
     grouped = [r for r in grouped if r["reason"] == GROUP_REASON]
     ids = {r["query_id"] for r in grouped}
-    assert first["group_anomalies"] == len(grouped) + len(waited) + len(went) + len(crept)
+    # the new instance's runaway select, beyond the record of its earlier selects of the day
+    beyond = _persistent(settings, (RECORD_REASON,))
+    assert runaway in {r["query_id"] for r in beyond} and {r["instance_id"] for r in beyond} == {newcomer}
+    record = orjson.loads(next(r for r in beyond if r["query_id"] == runaway)["features"])
+    assert record["evidence_signal"] == RECORD_SIGNAL and "(this instance is new)" in record["reference"]
+    assert "runs on this instance today that raised no alert" in record["reference"]
+    assert first["group_anomalies"] == len(grouped) + len(waited) + len(went) + len(crept) + len(beyond)
     assert ids <= hour_queries and not ids & {r["query_id"] for r in every}
     assert len(ids & user_queries) >= 0.3 * len(user_queries) and len(ids - user_queries) <= 0.1 * len(hour_queries)
     mine = [r for r in grouped if r["query_id"] in user_queries and r["reason"] == GROUP_REASON]
@@ -213,6 +271,7 @@ def test_a_statement_whose_plan_stays_slow_is_flagged_on_its_later_runs_once(kaf
                         group="scoring-again")
     assert again["persistent_anomalies"] == again["group_anomalies"] == 0  # judged again, nothing new inserted
     for reasons, before in (((PERSISTENCE_REASON,), every), ((GROUP_REASON,), grouped),
-                            ((QUEUE_GROUP_REASON,), waited), ((MOVED_REASON,), went), ((TREND_REASON,), crept)):
+                            ((QUEUE_GROUP_REASON,), waited), ((MOVED_REASON,), went), ((TREND_REASON,), crept),
+                            ((RECORD_REASON,), beyond)):
         assert [(r["query_id"], r["model_version"], r["features"]) for r in _persistent(settings, reasons)] == [
             (r["query_id"], r["model_version"], r["features"]) for r in before]

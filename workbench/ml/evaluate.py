@@ -8,8 +8,9 @@ Metrics (all from :mod:`sklearn.metrics` where one exists):
     Of the alerts the pipeline raises: the detector's own decision (``is_anomaly``) and the
     queries the scoring app's deferred step flags a settled day later (:func:`deferred_alerts`):
     runs of a statement that stays slower (``persistent runs`` counts them) or creeps (``creeping
-    runs``), queries of a slower part of an instance (``slower group queries``) and runs of another
-    instance's statements (``moved statement runs``). PR-AUC and the equal-volume figures rank the
+    runs``), queries of a slower part of an instance (``slower group queries``), runs of another
+    instance's statements (``moved statement runs``) and runs on a never-seen instance far beyond its
+    record of the day (``beyond-record runs``). PR-AUC and the equal-volume figures rank the
     per-query score.
 ``recall[<kind>]``
     Share of each injected kind that alerts.
@@ -534,13 +535,15 @@ def window_labels_exist(data: Path) -> bool:
 
 def deferred_metric_reasons() -> dict[str, tuple[str, ...]]:
     """The metrics that count the deferred step's alerts (``persistent runs``, ...), and the reasons each counts."""
+    from workbench.analysis.instance_record import RECORD_REASON
     from workbench.analysis.moved_statements import MOVED_REASON
     from workbench.analysis.persistence import PERSISTENCE_REASON
     from workbench.analysis.slower_groups import GROUP_REASONS
     from workbench.analysis.trend import TREND_REASON
 
     return {"persistent runs": (PERSISTENCE_REASON,), "creeping runs": (TREND_REASON,),
-            "slower group queries": GROUP_REASONS, "moved statement runs": (MOVED_REASON,)}
+            "slower group queries": GROUP_REASONS, "moved statement runs": (MOVED_REASON,),
+            "beyond-record runs": (RECORD_REASON,)}
 
 
 def deferred_alerts(table: pa.Table, out: dict[str, np.ndarray], model: LoadedModel
@@ -557,12 +560,14 @@ def deferred_alert_reasons(table: pa.Table, out: dict[str, np.ndarray], model: L
     """Per row of one scored day: the reason the scoring app's deferred step flags it with, None where it
     flags nothing (:func:`~workbench.analysis.deferred.deferred_reasons`, with the version's spread clip)."""
     from workbench.analysis.deferred import deferred_reasons
+    from workbench.ml.features import REFERENCE_SOURCES
 
+    source = REFERENCE_SOURCES[model.features.reference_source(table)]
     return deferred_reasons(table, out["pred_mean_ms"], out["pred_q_ms"], out["is_anomaly"],
-                            model.features.reference_source(table) == 0, model.version,
-                            model.features.usual_wait(table),
+                            source == "fingerprint", model.version, model.features.usual_wait(table),
                             scales={model.version: (model.detector.min_scale, model.detector.max_scale)},
-                            usual_hours=model.usual_hours, homes=model.features.statement_homes(table))
+                            usual_hours=model.usual_hours, homes=model.features.statement_homes(table),
+                            unseen=source == "global")
 
 
 def evaluate(settings: Settings, day: dt.date, version: str = "current", *, data: Path,

@@ -14,7 +14,8 @@ scoring app's persistence step flags, :mod:`workbench.analysis.persistence`; ``e
 ``queue_group`` for a query of a group that runs slower or waits longer,
 :mod:`workbench.analysis.slower_groups`; ``exec_trend`` for a run of a statement that creeps,
 :mod:`workbench.analysis.trend`; ``statement_moved`` for a run of another instance's statement,
-:mod:`workbench.analysis.moved_statements`), ``evidence_unit`` str? (ms, MB),
+:mod:`workbench.analysis.moved_statements`; ``exec_instance_record`` for a run far beyond a never-seen
+instance's record of the day, :mod:`workbench.analysis.instance_record`), ``evidence_unit`` str? (ms, MB),
 ``expected_value``, ``observed_value``, ``excess_value`` number?, ``reference`` str? (what the
 expectation was built from). Text longer than :data:`MAX_TEXT_CHARS` is cut (``features["truncated"]``
 names each such field and its full length), so a message always fits one Kafka message.

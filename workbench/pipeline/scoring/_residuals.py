@@ -303,10 +303,10 @@ class ResidualWindowsStep:
             left[day.isoformat()] = unscored
             self.status.info["judged_with_unscored"] = left
         self._unscored_since.pop(day, None)
-        known, usual_wait, homes = self._expectations(rows)
+        known, usual_wait, homes, unseen = self._expectations(rows)
         windows = residual_windows(rows, known=known).drop(columns="unscored_queries")
         flagged = self.judge_day(store, day, windows)
-        persistent, group = self.deferred_day(day, rows, known, usual_wait, homes)
+        persistent, group = self.deferred_day(day, rows, known, usual_wait, homes, unseen)
         if again or flagged.num_rows or persistent.num_rows or group.num_rows:
             with AnomalyLakehouse.from_settings(self.settings) as lake:
                 if flagged.num_rows:
@@ -326,19 +326,22 @@ class ResidualWindowsStep:
         return True
 
     def deferred_day(self, day: dt.date, rows: pa.Table, known: np.ndarray, usual_wait: np.ndarray,
-                     homes: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[pa.Table, pa.Table]:
+                     homes: tuple[np.ndarray, np.ndarray] | None = None, unseen: np.ndarray | None = None
+                     ) -> tuple[pa.Table, pa.Table]:
         """The lakehouse ``anomalies`` rows of ``day``'s runs that complete a streak of slower runs, and of
-        its queries in a slower group or of another instance's workload (the rest: a run has one alert).
+        its queries in a slower group, of another instance's workload or beyond a never-seen instance's record
+        (the rest: a run has one alert).
 
         :func:`~workbench.analysis.deferred.deferred_runs` over the whole scored day (``known``,
-        ``usual_wait`` and ``homes``: :meth:`_expectations`), each row's spread clipped as its version's detector
-        clips it; the flagged queries' shard rows (read again, only when there are any) become alerts
+        ``usual_wait``, ``homes`` and ``unseen``: :meth:`_expectations`), each row's spread clipped as its
+        version's detector clips it; the flagged queries' shard rows (read again, only when there are any) become alerts
         through the anomaly contract, with their evidence.
         """
         from workbench.analysis.deferred import deferred_runs
 
         found, slower = deferred_runs(rows, known, usual_wait, persistence=self.persistence, groups=self.groups,
-                                      scales=self._scales, usual_hours=self.usual_hours(), homes=homes)
+                                      scales=self._scales, usual_hours=self.usual_hours(), homes=homes,
+                                      unseen=unseen)
         return (self._alerts(day, found, evidence_columns(found, self.persistence)),
                 self._alerts(day, slower, group_evidence_columns(slower, self.groups)))
 
@@ -381,8 +384,9 @@ class ResidualWindowsStep:
                                        end=start.to_pydatetime()).to_pandas()
         return judge_residual_windows(windows, pd.concat([history, windows], ignore_index=True), self.params)
 
-    def _expectations(self, rows: pa.Table) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
-        """Per row, from the version that scored it: ``(known, usual_wait, (home, home_ms))``.
+    def _expectations(self, rows: pa.Table
+                      ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray]:
+        """Per row, from the version that scored it: ``(known, usual_wait, (home, home_ms), unseen)``.
 
         ``known``: it expected the runtime from the statement's own history (the detector's evidence
         source ``fingerprint``; the shards keep which version): a never-seen statement's residual tells
@@ -390,14 +394,17 @@ class ResidualWindowsStep:
         (:meth:`~workbench.ml.features.FeatureBuilder.usual_wait`). Only the version's feature
         tables are loaded (no ONNX sessions). ``home``, ``home_ms``: the other instance whose statement
         the row runs and its median runtime there
-        (:meth:`~workbench.ml.features.FeatureBuilder.statement_homes`). Unscored rows, and rows of a
-        version that cannot be read, read False, NaN, -1 and NaN.
+        (:meth:`~workbench.ml.features.FeatureBuilder.statement_homes`). ``unseen``: the version never saw
+        the row's instance (evidence source ``global``). Unscored rows, and rows of a version that cannot be
+        read, read False, NaN, -1, NaN and False.
         """
         from workbench.ml.exceptions import MLError
+        from workbench.ml.features import REFERENCE_SOURCES
         from workbench.ml.registry import ModelRegistry
         from workbench.ml.scorer import load_features, load_usual_hours
 
         known = np.zeros(rows.num_rows, dtype=bool)
+        unseen = np.zeros(rows.num_rows, dtype=bool)
         usual_wait = np.full(rows.num_rows, np.nan)
         home, home_ms = np.full(rows.num_rows, -1, dtype=np.int64), np.full(rows.num_rows, np.nan)
         versions = rows.column("model_version")
@@ -429,10 +436,11 @@ class ResidualWindowsStep:
                 self._usual_hours[version] = hours
                 self._scales[version] = scales
             mine, version_rows = mask.to_numpy(zero_copy_only=False), rows.filter(mask)
-            known[mine] = features.reference_source(version_rows) == 0
+            source = REFERENCE_SOURCES[features.reference_source(version_rows)]
+            known[mine], unseen[mine] = source == "fingerprint", source == "global"
             usual_wait[mine] = features.usual_wait(version_rows)
             home[mine], home_ms[mine] = features.statement_homes(version_rows)
-        return known, usual_wait, (home, home_ms)
+        return known, usual_wait, (home, home_ms), unseen
 
 
 def evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Array]:
@@ -466,6 +474,7 @@ def group_evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Arr
     what makes it an alert: its group, the span, how many queries it judged and how much longer their
     median ran (or waited).
     """
+    from workbench.analysis.instance_record import RECORD_SIGNAL
     from workbench.analysis.moved_statements import MOVED_SIGNAL
     from workbench.analysis.slower_groups import JOIN_SHAPE, QUEUE_GROUP_SIGNAL
     from workbench.analysis.trend import TREND_SIGNAL
@@ -478,6 +487,9 @@ def group_evidence_columns(found: pd.DataFrame, params: Any) -> dict[str, pa.Arr
             continue
         if row.signal == TREND_SIGNAL:
             reference.append(trend_reference(row))
+            continue
+        if row.signal == RECORD_SIGNAL:
+            reference.append(record_reference(row))
             continue
         if row.group_key == "instance_id":
             who = "this instance's queries"
@@ -512,6 +524,19 @@ def trend_reference(row: Any) -> str:
             f"{row.trend_runs} of this statement since {since}, each slower than predicted; its "
             f"{row.group_queries} runs today grow slower run after run (Kendall's trend test: z {row.group_z:.1f}, "
             f"a bar of {bar:.2f}), to a median of {row.group_ratio:.2f}x the prediction since {since}")
+
+
+def record_reference(row: Any) -> str:
+    """The evidence reference of a run beyond its never-seen instance's record (a row of
+    :func:`~workbench.analysis.instance_record.instance_record_runs`)."""
+    from workbench.ml.scorer import reference_label
+
+    kind = f"{row.group_value} " if row.group_value else ""
+    return (f"{reference_label('exec', 'global')}, times the largest overrun of that prediction among the "
+            f"{row.group_queries} earlier {kind}runs on this instance today that raised no alert "
+            f"({row.span_start:%H:%M}-{row.span_end:%H:%M} UTC; that run took {row.record_ratio:.1f}x its "
+            f"prediction). This run took {row.exec_ratio:.0f}x its prediction, {row.group_ratio:.1f}x beyond "
+            "that record")
 
 
 def moved_reference(row: Any) -> str:
