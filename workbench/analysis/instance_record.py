@@ -120,27 +120,19 @@ def instance_record_runs(rows: pa.Table, unseen: np.ndarray | None, params: Reco
                          .to_numpy(zero_copy_only=False)[idx], "query_type": kinds, "arrival_us": arrival_us(rows)[idx],
                          "overrun": np.log1p(exec_ms) - np.log1p(pred), "exec_ms": exec_ms, "pred_ms": pred,
                          "taken": already_flagged(rows, exclude)[idx]})
-    part = part.sort_values(["arrival_us", "row"], kind="stable")
-    least_overrun = np.log(params.factor)
-    found = []
-    for (_, kind), runs in part.groupby(["instance_id", "query_type"], sort=False):
-        if len(runs) <= params.min_runs:
-            continue
-        record, count, first_us = -np.inf, 0, None
-        for run in runs.itertuples(index=False):
-            if run.taken:
-                continue
-            beyond = run.overrun - record
-            allowed_ms = np.expm1(np.log1p(run.pred_ms) + record) if count else np.nan
-            if count >= params.min_runs and beyond >= least_overrun and run.exec_ms - allowed_ms >= params.floor_ms:
-                found.append((run.row, run.instance_id, kind, first_us, run.arrival_us, count, allowed_ms,
-                              run.exec_ms, run.pred_ms, beyond, record))
-            record, count = max(record, run.overrun), count + 1
-            first_us = run.arrival_us if first_us is None else first_us
-    if not found:
+    # Taken runs are no part of any record and never flagged; every other run, flagged or not, raises its
+    # group's record, so the record is a running maximum and the whole day one pass.
+    part = part[~part["taken"].to_numpy()].sort_values(["arrival_us", "row"], kind="stable")
+    groups = part.groupby(["instance_id", "query_type"], sort=False)
+    part["record"] = groups["overrun"].cummax().groupby([part["instance_id"], part["query_type"]]).shift(1)
+    part["count"] = groups.cumcount()
+    part["first_us"] = groups["arrival_us"].transform("first")
+    part["allowed_ms"] = np.expm1(np.log1p(part["pred_ms"]) + part["record"])
+    part["beyond"] = part["overrun"] - part["record"]
+    hit = part[(part["count"] >= params.min_runs) & (part["beyond"] >= np.log(params.factor))
+               & (part["exec_ms"] - part["allowed_ms"] >= params.floor_ms)]
+    if hit.empty:
         return _empty()
-    hit = pd.DataFrame(found, columns=["row", "instance_id", "query_type", "first_us", "arrival_us", "count",
-                                       "allowed_ms", "exec_ms", "pred_ms", "beyond", "record"])
     hit = hit.sort_values(["arrival_us", "row"], kind="stable")
     rows_idx = hit["row"].to_numpy(np.int64)
     excess = hit["exec_ms"].to_numpy() - hit["allowed_ms"].to_numpy()
@@ -163,7 +155,7 @@ def instance_record_runs(rows: pa.Table, unseen: np.ndarray | None, params: Reco
         "group_queries": hit["count"].to_numpy(np.int64),
         "group_ratio": np.exp(hit["beyond"].to_numpy()),
         "group_z": np.nan,
-        "score": np.minimum(hit["beyond"].to_numpy() / least_overrun, excess / max(params.floor_ms, 1.0)),
+        "score": np.minimum(hit["beyond"].to_numpy() / np.log(params.factor), excess / max(params.floor_ms, 1.0)),
         "exec_ratio": exec_ratio,
         "record_ratio": np.exp(hit["record"].to_numpy()),
     })
