@@ -100,6 +100,16 @@ def test_only_never_seen_instances_runs_and_each_query_type_has_its_own_record()
     assert instance_record_runs(two, np.ones(two.num_rows, dtype=bool))["query_id"].tolist() == [320]
 
 
+def test_query_types_spelled_otherwise_are_one_type() -> None:
+    # 'SELECT' and ' select ' as another tool writes them: the same type as 'select', so its 3x run is the record
+    day = _day([*_ordinary(320), 20.0])
+    spelled = [("SELECT", " select ", "select")[i % 3] for i in range(day.num_rows)]
+    day = day.set_column(day.schema.get_field_index("query_type"), "query_type", pa.array(spelled))
+    found = instance_record_runs(day, np.ones(day.num_rows, dtype=bool))
+    assert found["query_id"].tolist() == [320] and found["group_queries"].tolist() == [320]
+    assert found["group_value"].tolist() == ["select"]
+
+
 def test_alerted_runs_make_no_record_and_a_flagged_run_is_the_next_record() -> None:
     # an earlier runaway the detector alerted on (100x) does not hide the later one (20x); the flagged run is the
     # record the next ones are judged by: 18x is no new level, 120x is

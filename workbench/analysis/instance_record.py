@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 
 from workbench.analysis._columns import arrival_us, numbers
 from workbench.analysis._judged import RULE_RESULT, already_flagged, empty_result, judged_runs
+from workbench.data.schema import query_type_key
 
 __all__ = ["RECORD_COLUMNS", "RECORD_REASON", "RECORD_SIGNAL", "RecordParams", "instance_record_runs"]
 
@@ -97,11 +98,11 @@ def instance_record_runs(rows: pa.Table, unseen: np.ndarray | None, params: Reco
         One row per flagged run, in arrival order, with the columns of
         :func:`~workbench.analysis.slower_groups.slower_group_runs` (``signal`` :data:`RECORD_SIGNAL`,
         ``reason`` :data:`RECORD_REASON`; ``expected_ms`` the prediction times the record's overrun, what
-        the instance's runs of the day allow; ``group_key`` ``query_type`` and ``group_value`` the type;
-        ``span_start`` the first of the record's runs, ``span_end`` the run; ``group_queries`` the record's
-        runs, ``group_ratio`` the run's overrun against the record's, ``group_z`` NaN, ``score`` the smaller
-        of that ratio's log over the log of ``factor`` and the excess over ``floor_ms``) and
-        ``record_ratio``, the record's runtime against its prediction.
+        the instance's runs of the day allow; ``group_key`` ``query_type`` and ``group_value`` the type
+        (trimmed, lower-cased); ``span_start`` the first of the record's runs, ``span_end`` the run;
+        ``group_queries`` the record's runs, ``group_ratio`` the run's overrun against the record's,
+        ``group_z`` NaN, ``score`` the smaller of that ratio's log over the log of ``factor`` and the excess
+        over ``floor_ms``) and ``record_ratio``, the record's runtime against its prediction.
     """
     params = params or RecordParams()
     if unseen is None:
@@ -115,7 +116,8 @@ def instance_record_runs(rows: pa.Table, unseen: np.ndarray | None, params: Reco
     idx = np.flatnonzero(judged)
     exec_ms = numbers(rows, "execution_duration_ms")[idx]
     pred = np.clip(numbers(rows, "pred_mean_ms")[idx], 0.0, None)
-    kinds = pc.fill_null(pc.cast(rows.column("query_type"), pa.string()), "").to_numpy(zero_copy_only=False)[idx]
+    # as every reader compares query types ('SELECT ' is a select); a null type is a group of its own
+    kinds = pc.fill_null(query_type_key(rows.column("query_type")), "").to_numpy(zero_copy_only=False)[idx]
     part = pd.DataFrame({"row": idx, "instance_id": pc.cast(rows.column("instance_id"), pa.int64())
                          .to_numpy(zero_copy_only=False)[idx], "query_type": kinds, "arrival_us": arrival_us(rows)[idx],
                          "overrun": np.log1p(exec_ms) - np.log1p(pred), "exec_ms": exec_ms, "pred_ms": pred,
