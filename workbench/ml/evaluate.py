@@ -534,16 +534,11 @@ def window_labels_exist(data: Path) -> bool:
 
 
 def deferred_metric_reasons() -> dict[str, tuple[str, ...]]:
-    """The metrics that count the deferred step's alerts (``persistent runs``, ...), and the reasons each counts."""
-    from workbench.analysis.instance_record import RECORD_REASON
-    from workbench.analysis.moved_statements import MOVED_REASON
-    from workbench.analysis.persistence import PERSISTENCE_REASON
-    from workbench.analysis.slower_groups import GROUP_REASONS
-    from workbench.analysis.trend import TREND_REASON
+    """The metrics that count the deferred step's alerts (``persistent runs``, ...), and the reasons each counts:
+    one per rule of :data:`~workbench.analysis.deferred.DEFERRED_RULES`."""
+    from workbench.analysis.deferred import DEFERRED_RULES
 
-    return {"persistent runs": (PERSISTENCE_REASON,), "creeping runs": (TREND_REASON,),
-            "slower group queries": GROUP_REASONS, "moved statement runs": (MOVED_REASON,),
-            "beyond-record runs": (RECORD_REASON,)}
+    return {rule.metric: rule.reasons for rule in DEFERRED_RULES.values()}
 
 
 def deferred_alerts(table: pa.Table, out: dict[str, np.ndarray], model: LoadedModel
