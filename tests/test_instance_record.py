@@ -100,6 +100,21 @@ def test_only_never_seen_instances_runs_and_each_query_type_has_its_own_record()
     assert instance_record_runs(two, np.ones(two.num_rows, dtype=bool))["query_id"].tolist() == [320]
 
 
+def test_runs_of_the_same_microsecond_are_taken_in_query_id_order_whatever_the_rows_order() -> None:
+    # the 20x run and an ordinary one arrive together; the rows' order (the stream's batching) must not decide
+    day = _day([*_ordinary(320), 20.0, 1.0])
+    arrivals = day.column("arrival_timestamp").to_pylist()
+    arrivals[321] = arrivals[320]
+    day = day.set_column(day.schema.get_field_index("arrival_timestamp"), "arrival_timestamp",
+                         pa.array(arrivals, pa.timestamp("us", tz="UTC")))
+    results = set()
+    for order in (np.arange(day.num_rows), np.arange(day.num_rows)[::-1],
+                  np.random.default_rng(3).permutation(day.num_rows)):
+        found = instance_record_runs(day.take(order), np.ones(day.num_rows, dtype=bool))
+        results.add(tuple(zip(found["query_id"], found["group_queries"], strict=True)))
+    assert results == {((320, 320),)}  # the 20x run (query 320) before its twin: 320 runs make its record
+
+
 def test_query_types_spelled_otherwise_are_one_type() -> None:
     # 'SELECT' and ' select ' as another tool writes them: the same type as 'select', so its 3x run is the record
     day = _day([*_ordinary(320), 20.0])

@@ -120,11 +120,14 @@ def instance_record_runs(rows: pa.Table, unseen: np.ndarray | None, params: Reco
     kinds = pc.fill_null(query_type_key(rows.column("query_type")), "").to_numpy(zero_copy_only=False)[idx]
     part = pd.DataFrame({"row": idx, "instance_id": pc.cast(rows.column("instance_id"), pa.int64())
                          .to_numpy(zero_copy_only=False)[idx], "query_type": kinds, "arrival_us": arrival_us(rows)[idx],
+                         "query_id": pc.cast(rows.column("query_id"), pa.int64()).to_numpy(zero_copy_only=False)[idx],
                          "overrun": np.log1p(exec_ms) - np.log1p(pred), "exec_ms": exec_ms, "pred_ms": pred,
                          "taken": already_flagged(rows, exclude)[idx]})
     # Taken runs are no part of any record and never flagged; every other run, flagged or not, raises its
     # group's record, so the record is a running maximum and the whole day one pass.
-    part = part[~part["taken"].to_numpy()].sort_values(["arrival_us", "row"], kind="stable")
+    # runs that arrived in the same microsecond in query-id order: the order the shards were read in (the
+    # stream's batching) must not decide which of them makes the record
+    part = part[~part["taken"].to_numpy()].sort_values(["arrival_us", "query_id", "row"], kind="stable")
     groups = part.groupby(["instance_id", "query_type"], sort=False)
     part["record"] = groups["overrun"].cummax().groupby([part["instance_id"], part["query_type"]]).shift(1)
     part["count"] = groups.cumcount()
@@ -135,7 +138,6 @@ def instance_record_runs(rows: pa.Table, unseen: np.ndarray | None, params: Reco
                & (part["exec_ms"] - part["allowed_ms"] >= params.floor_ms)]
     if hit.empty:
         return _empty()
-    hit = hit.sort_values(["arrival_us", "row"], kind="stable")
     rows_idx = hit["row"].to_numpy(np.int64)
     excess = hit["exec_ms"].to_numpy() - hit["allowed_ms"].to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -143,7 +145,7 @@ def instance_record_runs(rows: pa.Table, unseen: np.ndarray | None, params: Reco
     result = pd.DataFrame({
         "row": rows_idx,
         "instance_id": hit["instance_id"].to_numpy(np.int64),
-        "query_id": pc.cast(rows.column("query_id"), pa.int64()).to_numpy(zero_copy_only=False)[rows_idx],
+        "query_id": hit["query_id"].to_numpy(np.int64),
         "model_version": rows.column("model_version").to_numpy(zero_copy_only=False)[rows_idx],
         "signal": RECORD_SIGNAL,
         "reason": RECORD_REASON,
