@@ -77,7 +77,6 @@ GRID = {"max_scale": (0.75, 1.0, 1.5), "floor_factor": (0.5, 1.0, 2.0), "alert_r
 Z_GRID = (3.0, 4.0, 5.0)
 MAX_FALSE_PER_10K = 10.0
 MIN_WINDOW_PRECISION = 0.8
-GLOBAL_SOURCE = int(np.flatnonzero(REFERENCE_SOURCES == "global")[0])  # the never-seen instances' evidence source
 
 
 def train_all_but_last(data: Path, days: int, models_dir: Path) -> tuple[LoadedModel, pa.Table, dt.date, dt.date]:
@@ -145,7 +144,7 @@ def deferred_flags(table: pa.Table, day: dict, alert: np.ndarray, version: str,
     persistent, group = deferred_masks(table, np.expm1(np.clip(day["mean"], 0.0, 50.0)),
                                        np.expm1(np.clip(day["q"], 0.0, 50.0)), alert, day["source"] == 0, version,
                                        day["usual_wait"], persistence=params, usual_hours=day["usual_hours"],
-                                       homes=day["homes"], unseen=day["source"] == GLOBAL_SOURCE)
+                                       homes=day["homes"], unseen=REFERENCE_SOURCES[day["source"]] == "global")
     return persistent | group
 
 

@@ -66,11 +66,15 @@ class RecordParams:
     def __post_init__(self) -> None:
         if isinstance(self.min_runs, bool) or not isinstance(self.min_runs, int) or self.min_runs < 1:
             raise ValueError(f"RecordParams.min_runs must be an integer of at least 1; got {self.min_runs!r}")
-        for name, least, value in (("factor", 1.0, self.factor), ("floor_ms", 0.0, self.floor_ms)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
-                    or value < least or (name == "factor" and value == least):
-                bound = "greater than 1" if name == "factor" else "at least 0"
-                raise ValueError(f"RecordParams.{name} must be a finite number {bound}; got {value!r}")
+        if not _finite(self.factor) or self.factor <= 1.0:
+            raise ValueError(f"RecordParams.factor must be a finite number greater than 1; got {self.factor!r}")
+        if not _finite(self.floor_ms) or self.floor_ms < 0.0:
+            raise ValueError(f"RecordParams.floor_ms must be a finite number at least 0; got {self.floor_ms!r}")
+
+
+def _finite(value: object) -> bool:
+    """A real number (not a bool), finite."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and bool(np.isfinite(value))
 
 
 _RESULT = {**RULE_RESULT, "record_ratio": "float64"}
@@ -110,10 +114,10 @@ def instance_record_runs(rows: pa.Table, unseen: np.ndarray | None, params: Reco
     unseen = np.asarray(unseen, dtype=bool)
     if len(unseen) != rows.num_rows:
         raise ValueError(f"unseen must have one value per row ({rows.num_rows}); got {len(unseen)}")
-    judged = judged_runs(rows, unseen, ())
-    if not judged.any():
+    # runs another alert took are no part of any record and never flagged
+    idx = np.flatnonzero(judged_runs(rows, unseen, ()) & ~already_flagged(rows, exclude))
+    if not len(idx):
         return _empty()
-    idx = np.flatnonzero(judged)
     exec_ms = numbers(rows, "execution_duration_ms")[idx]
     pred = np.clip(numbers(rows, "pred_mean_ms")[idx], 0.0, None)
     # as every reader compares query types ('SELECT ' is a select); a null type is a group of its own
@@ -121,13 +125,11 @@ def instance_record_runs(rows: pa.Table, unseen: np.ndarray | None, params: Reco
     part = pd.DataFrame({"row": idx, "instance_id": pc.cast(rows.column("instance_id"), pa.int64())
                          .to_numpy(zero_copy_only=False)[idx], "query_type": kinds, "arrival_us": arrival_us(rows)[idx],
                          "query_id": pc.cast(rows.column("query_id"), pa.int64()).to_numpy(zero_copy_only=False)[idx],
-                         "overrun": np.log1p(exec_ms) - np.log1p(pred), "exec_ms": exec_ms, "pred_ms": pred,
-                         "taken": already_flagged(rows, exclude)[idx]})
-    # Taken runs are no part of any record and never flagged; every other run, flagged or not, raises its
-    # group's record, so the record is a running maximum and the whole day one pass.
-    # runs that arrived in the same microsecond in query-id order: the order the shards were read in (the
-    # stream's batching) must not decide which of them makes the record
-    part = part[~part["taken"].to_numpy()].sort_values(["arrival_us", "query_id", "row"], kind="stable")
+                         "overrun": np.log1p(exec_ms) - np.log1p(pred), "exec_ms": exec_ms, "pred_ms": pred})
+    # Every run left, flagged here or not, raises its group's record: the record is a running maximum. Runs of
+    # the same microsecond go in query-id order: the order the shards were read in (the stream's batching) must
+    # not decide which of them makes the record.
+    part = part.sort_values(["arrival_us", "query_id", "row"], kind="stable")
     groups = part.groupby(["instance_id", "query_type"], sort=False)
     part["record"] = groups["overrun"].cummax().groupby([part["instance_id"], part["query_type"]]).shift(1)
     part["count"] = groups.cumcount()
